@@ -1,0 +1,207 @@
+// Package attest turns a caller's SPIFFE SVID into a verified identity.
+//
+// A caller proves who it is with an X.509-SVID presented over mutual TLS or
+// with a JWT-SVID bearer token whose audience is the broker's own SPIFFE ID.
+// Either is verified against the trust bundles of an allowlist of trust
+// domains, on every call: a connection opened with an SVID that has since
+// expired, or whose authority has left the bundle, is refused on its next
+// call. Nothing else identifies a caller; identity named in a request body is
+// never trusted.
+//
+// SPIFFE IDs are parsed strictly: an ID must have a path (a trust domain on
+// its own names no workload), and go-spiffe's parser already refuses
+// uppercase trust domains, dot segments and percent-encoding.
+package attest
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// ErrUnauthenticated wraps every verification failure.
+var ErrUnauthenticated = errors.New("attest: unauthenticated")
+
+// MaxJWTSize bounds the bearer tokens the verifier will parse, so an
+// oversized token costs nothing but a length check.
+const MaxJWTSize = 8 << 10
+
+// Method is how a caller proved its identity.
+type Method int
+
+// Authentication methods.
+const (
+	X509SVID Method = iota + 1
+	JWTSVID
+)
+
+func (m Method) String() string {
+	switch m {
+	case X509SVID:
+		return "x509-svid"
+	case JWTSVID:
+		return "jwt-svid"
+	}
+	return fmt.Sprintf("method(%d)", int(m))
+}
+
+// Identity is a verified caller.
+type Identity struct {
+	ID     spiffeid.ID
+	Method Method
+	// ExpiresAt is when the presented SVID stops being valid.
+	ExpiresAt time.Time
+}
+
+// Config configures a Verifier.
+type Config struct {
+	// TrustDomains lists the trust domains whose workloads may call. Required.
+	TrustDomains []spiffeid.TrustDomain
+	// X509Bundles holds the X.509 authorities of those trust domains.
+	// Required.
+	X509Bundles x509bundle.Source
+	// JWTBundles holds their JWT authorities. Nil disables JWT-SVIDs.
+	JWTBundles jwtbundle.Source
+	// Audience is the audience a JWT-SVID must carry: the broker's own
+	// SPIFFE ID. Required when JWTBundles is set.
+	Audience string
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Verifier verifies SVIDs. It is safe for concurrent use.
+type Verifier struct {
+	cfg Config
+}
+
+// New returns a Verifier for cfg.
+func New(cfg Config) (*Verifier, error) {
+	switch {
+	case len(cfg.TrustDomains) == 0:
+		return nil, errors.New("attest: at least one trusted trust domain is required")
+	case cfg.X509Bundles == nil:
+		return nil, errors.New("attest: an X.509 bundle source is required")
+	case cfg.JWTBundles != nil && cfg.Audience == "":
+		return nil, errors.New("attest: JWT-SVIDs need an audience (the broker's SPIFFE ID); an empty audience would accept tokens meant for anyone")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Verifier{cfg: cfg}, nil
+}
+
+// ParseID parses a workload SPIFFE ID strictly: it must have a path.
+func ParseID(s string) (spiffeid.ID, error) {
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("attest: invalid SPIFFE ID %q: %w", s, err)
+	}
+	if id.Path() == "" {
+		return spiffeid.ID{}, fmt.Errorf("attest: invalid SPIFFE ID %q: a workload ID needs a path after the trust domain", s)
+	}
+	return id, nil
+}
+
+// CheckID checks that id is a workload ID of a trusted trust domain.
+func (v *Verifier) CheckID(id spiffeid.ID) error {
+	if id.Path() == "" {
+		return fmt.Errorf("%w: SPIFFE ID %q has no path", ErrUnauthenticated, id)
+	}
+	if !slices.Contains(v.cfg.TrustDomains, id.TrustDomain()) {
+		return fmt.Errorf("%w: trust domain %q is not trusted by this broker", ErrUnauthenticated, id.TrustDomain().Name())
+	}
+	return nil
+}
+
+// VerifyX509 verifies an X.509-SVID chain, leaf first, as of now.
+func (v *Verifier) VerifyX509(chain []*x509.Certificate) (Identity, error) {
+	if len(chain) == 0 {
+		return Identity{}, fmt.Errorf("%w: no client certificate", ErrUnauthenticated)
+	}
+	// The trust domain is checked before any signature work.
+	id, err := x509svid.IDFromCert(chain[0])
+	if err != nil {
+		return Identity{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
+	}
+	if err := v.CheckID(id); err != nil {
+		return Identity{}, err
+	}
+	if _, _, err := x509svid.Verify(chain, v.cfg.X509Bundles, x509svid.WithTime(v.cfg.Now())); err != nil {
+		return Identity{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
+	}
+	return Identity{ID: id, Method: X509SVID, ExpiresAt: chain[0].NotAfter}, nil
+}
+
+// VerifyJWT verifies a JWT-SVID bearer token. The token must name exactly
+// one audience, the broker's: a token for several relying parties could be
+// replayed to the broker by any of them.
+func (v *Verifier) VerifyJWT(token string) (Identity, error) {
+	if v.cfg.JWTBundles == nil {
+		return Identity{}, fmt.Errorf("%w: JWT-SVIDs are not accepted by this broker", ErrUnauthenticated)
+	}
+	if len(token) > MaxJWTSize {
+		return Identity{}, fmt.Errorf("%w: bearer token longer than %d bytes", ErrUnauthenticated, MaxJWTSize)
+	}
+	if strings.Count(token, ".") != 2 {
+		return Identity{}, fmt.Errorf("%w: bearer token is not a compact JWS", ErrUnauthenticated)
+	}
+	// Check the trust domain before the signature, from unverified claims.
+	unverified, err := jwtsvid.ParseInsecure(token, []string{v.cfg.Audience})
+	if err != nil {
+		return Identity{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
+	}
+	if err := v.CheckID(unverified.ID); err != nil {
+		return Identity{}, err
+	}
+	svid, err := jwtsvid.ParseAndValidate(token, v.cfg.JWTBundles, []string{v.cfg.Audience})
+	if err != nil {
+		return Identity{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
+	}
+	if len(svid.Audience) != 1 {
+		return Identity{}, fmt.Errorf("%w: JWT-SVID names %d audiences; it must name only this broker", ErrUnauthenticated, len(svid.Audience))
+	}
+	// go-jose allows a minute of leeway; the broker's clock is the judge.
+	if !v.cfg.Now().Before(svid.Expiry) {
+		return Identity{}, fmt.Errorf("%w: JWT-SVID expired at %s", ErrUnauthenticated, svid.Expiry.Format(time.RFC3339))
+	}
+	return Identity{ID: svid.ID, Method: JWTSVID, ExpiresAt: svid.Expiry}, nil
+}
+
+// ServerTLSConfig returns the broker's TLS configuration: it serves svid,
+// and verifies a client certificate when one is presented (callers that
+// authenticate with a JWT-SVID present none). Session tickets are off so a
+// resumed session cannot skip verification.
+func (v *Verifier) ServerTLSConfig(svid x509svid.Source) *tls.Config {
+	return &tls.Config{
+		MinVersion:             tls.VersionTLS12,
+		GetCertificate:         tlsconfig.GetCertificate(svid),
+		ClientAuth:             tls.RequestClientCert,
+		SessionTicketsDisabled: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return nil
+			}
+			chain := make([]*x509.Certificate, 0, len(raw))
+			for _, der := range raw {
+				c, err := x509.ParseCertificate(der)
+				if err != nil {
+					return fmt.Errorf("%w: unparsable client certificate: %v", ErrUnauthenticated, err)
+				}
+				chain = append(chain, c)
+			}
+			_, err := v.VerifyX509(chain)
+			return err
+		},
+	}
+}

@@ -1,0 +1,211 @@
+// Package authz decides whether an agent may have a credential for a role,
+// and explains why.
+//
+// It owns the maturity levels and role classes of the Agentic Trust Framework
+// and the hard invariants no policy file can override: an agent that is not
+// registered and active gets nothing, a role outside the agent's capability
+// manifest is never issued, and an Intern never gets a write or privileged
+// credential. Decisions are data (allow or deny, a stable reason code, a
+// message a person can act on, the granted TTL), so the caller can audit and
+// report them.
+package authz
+
+import (
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Level is an agent's maturity level. The zero value is not a level.
+type Level int
+
+// The ATF maturity levels, in order of autonomy.
+const (
+	Intern Level = iota + 1
+	Junior
+	Senior
+	Principal
+)
+
+var levelNames = [...]string{Intern: "intern", Junior: "junior", Senior: "senior", Principal: "principal"}
+
+func (l Level) String() string {
+	if l.Valid() {
+		return levelNames[l]
+	}
+	return fmt.Sprintf("level(%d)", int(l))
+}
+
+// Valid reports whether l is one of the four levels.
+func (l Level) Valid() bool { return l >= Intern && l <= Principal }
+
+// ParseLevel parses a level name as written by String.
+func ParseLevel(s string) (Level, error) {
+	for l := Intern; l <= Principal; l++ {
+		if levelNames[l] == s {
+			return l, nil
+		}
+	}
+	return 0, fmt.Errorf("authz: unknown level %q (want intern, junior, senior or principal)", s)
+}
+
+// Class is what a role lets its holder do.
+type Class int
+
+// Role classes, in increasing order of risk.
+const (
+	Read Class = iota + 1
+	Write
+	Privileged
+)
+
+var classNames = [...]string{Read: "read", Write: "write", Privileged: "privileged"}
+
+func (c Class) String() string {
+	if c >= Read && c <= Privileged {
+		return classNames[c]
+	}
+	return fmt.Sprintf("class(%d)", int(c))
+}
+
+// ParseClass parses a class name as written by String.
+func ParseClass(s string) (Class, error) {
+	for c := Read; c <= Privileged; c++ {
+		if classNames[c] == s {
+			return c, nil
+		}
+	}
+	return 0, fmt.Errorf("authz: unknown role class %q (want read, write or privileged)", s)
+}
+
+// LevelLimits is what one maturity level may be issued.
+type LevelLimits struct {
+	// Classes the level may hold without a human in the loop.
+	Classes []Class
+	// MaxTTL caps every credential's lifetime.
+	MaxTTL time.Duration
+	// MaxUses caps how many Vault requests a credential may make; 0 means
+	// unlimited within its TTL.
+	MaxUses int
+}
+
+// DefaultLimits are DESIGN.md §4's defaults. Junior writes need a human
+// approval, which this version does not offer, so Junior holds read only.
+func DefaultLimits() map[Level]LevelLimits {
+	return map[Level]LevelLimits{
+		Intern:    {Classes: []Class{Read}, MaxTTL: time.Hour},
+		Junior:    {Classes: []Class{Read}, MaxTTL: 15 * time.Minute},
+		Senior:    {Classes: []Class{Read, Write}, MaxTTL: 15 * time.Minute},
+		Principal: {Classes: []Class{Read, Write, Privileged}, MaxTTL: 5 * time.Minute, MaxUses: 100},
+	}
+}
+
+// Agent is the registry's view of the caller, as far as a decision needs it.
+type Agent struct {
+	ID     string
+	Level  Level
+	Active bool
+	// Roles is the agent's capability manifest.
+	Roles []string
+}
+
+// Role is a credential the broker can issue.
+type Role struct {
+	Name   string
+	Class  Class
+	MaxTTL time.Duration
+}
+
+// Reason is a stable code for a decision's outcome, for metrics and scripts.
+type Reason string
+
+// Decision reasons.
+const (
+	Allowed         Reason = "allowed"
+	NotRegistered   Reason = "not_registered"
+	NotActive       Reason = "not_active"
+	InvalidLevel    Reason = "invalid_level"
+	NotInManifest   Reason = "not_in_manifest"
+	ClassNotAllowed Reason = "class_not_allowed"
+	InvalidRole     Reason = "invalid_role"
+)
+
+// Decision is the outcome of Decide.
+type Decision struct {
+	Allow  bool
+	Reason Reason
+	// Message explains the outcome to a person.
+	Message string
+	// TTL and MaxUses size an allowed credential.
+	TTL     time.Duration
+	MaxUses int
+}
+
+// Gate applies maturity limits to credential requests. The zero value is not
+// usable; build one with NewGate.
+type Gate struct {
+	limits map[Level]LevelLimits
+}
+
+// NewGate returns a gate enforcing limits, which must name every level. A
+// limit may tighten the defaults but never lets an Intern hold more than
+// read: that invariant is checked here, whatever the configuration says.
+func NewGate(limits map[Level]LevelLimits) (*Gate, error) {
+	for l := Intern; l <= Principal; l++ {
+		lim, ok := limits[l]
+		if !ok {
+			return nil, fmt.Errorf("authz: no limits for level %s", l)
+		}
+		if lim.MaxTTL <= 0 {
+			return nil, fmt.Errorf("authz: level %s: max TTL must be positive", l)
+		}
+		if l == Intern && slices.ContainsFunc(lim.Classes, func(c Class) bool { return c != Read }) {
+			return nil, fmt.Errorf("authz: level intern may hold only read credentials")
+		}
+	}
+	own := make(map[Level]LevelLimits, len(limits))
+	for l, lim := range limits {
+		lim.Classes = slices.Clone(lim.Classes)
+		own[l] = lim
+	}
+	return &Gate{limits: own}, nil
+}
+
+// Decide says whether agent may have a credential for role, for at most
+// requested (0 means as long as allowed). A nil agent is an unregistered
+// caller.
+func (g *Gate) Decide(agent *Agent, role Role, requested time.Duration) Decision {
+	switch {
+	case agent == nil:
+		return deny(NotRegistered, "caller is not a registered agent; ask the platform team to register its SPIFFE ID")
+	case !agent.Active:
+		return deny(NotActive, "agent %s is deregistered", agent.ID)
+	case !agent.Level.Valid():
+		return deny(InvalidLevel, "agent %s has no valid maturity level", agent.ID)
+	case !slices.Contains(agent.Roles, role.Name):
+		return deny(NotInManifest, "role %q is not in agent %s's capability manifest", role.Name, agent.ID)
+	case role.MaxTTL <= 0:
+		// Vault reads a zero TTL as "its default", which may be long.
+		return deny(InvalidRole, "role %q has no positive max TTL; fix the roles file", role.Name)
+	}
+	lim := g.limits[agent.Level]
+	// The Intern invariant holds even if a Gate were built around NewGate.
+	if !slices.Contains(lim.Classes, role.Class) || (agent.Level == Intern && role.Class != Read) {
+		return deny(ClassNotAllowed, "agents at level %s may not hold %s credentials (role %q)", agent.Level, role.Class, role.Name)
+	}
+	ttl := min(lim.MaxTTL, role.MaxTTL)
+	if requested > 0 {
+		ttl = min(ttl, requested)
+	}
+	return Decision{
+		Allow:   true,
+		Reason:  Allowed,
+		Message: fmt.Sprintf("%s agent may hold %s role %q", agent.Level, role.Class, role.Name),
+		TTL:     ttl,
+		MaxUses: lim.MaxUses,
+	}
+}
+
+func deny(r Reason, format string, args ...any) Decision {
+	return Decision{Reason: r, Message: fmt.Sprintf(format, args...)}
+}

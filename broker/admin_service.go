@@ -1,0 +1,188 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/agentictrust/atf/attest"
+	"github.com/agentictrust/atf/broker/store"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+)
+
+type adminService struct {
+	adminv1.UnimplementedAdminServiceServer
+	s *Server
+}
+
+func (a *adminService) RegisterAgent(ctx context.Context, req *adminv1.RegisterAgentRequest) (*adminv1.RegisterAgentResponse, error) {
+	id, err := a.agentID(ctx, req.GetSpiffeId())
+	if err != nil {
+		return nil, err
+	}
+	if err := a.checkRoles(req.GetRoles()); err != nil {
+		return nil, err
+	}
+	agent, err := a.s.store.RegisterAgent(store.Agent{
+		ID:           id,
+		Owner:        req.GetOwner(),
+		Purpose:      req.GetPurpose(),
+		Roles:        req.GetRoles(),
+		Level:        levelFromProto(req.GetLevel()),
+		Version:      req.GetVersion(),
+		ConfigDigest: req.GetConfigDigest(),
+	}, identity(ctx).ID.String())
+	if err != nil {
+		return nil, a.s.statusOf(ctx, "register agent", err)
+	}
+	a.s.logger(ctx).Info("agent registered", slog.String(logAgent, id), slog.String(logLevel, agent.Level.String()))
+	return &adminv1.RegisterAgentResponse{Agent: agentToProto(agent)}, nil
+}
+
+func (a *adminService) GetAgent(ctx context.Context, req *adminv1.GetAgentRequest) (*adminv1.GetAgentResponse, error) {
+	agent, err := a.s.store.GetAgent(req.GetSpiffeId())
+	if err != nil {
+		return nil, a.s.statusOf(ctx, "get agent", err)
+	}
+	return &adminv1.GetAgentResponse{Agent: agentToProto(agent)}, nil
+}
+
+func (a *adminService) ListAgents(ctx context.Context, req *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
+	// The page token is the last ID of the previous page: opaque to callers,
+	// and stable while agents are added.
+	agents, next, err := a.s.store.ListAgents(req.GetPageToken(), int(req.GetPageSize()), req.GetIncludeDeregistered())
+	if err != nil {
+		return nil, a.s.statusOf(ctx, "list agents", err)
+	}
+	resp := &adminv1.ListAgentsResponse{NextPageToken: next}
+	for _, ag := range agents {
+		resp.Agents = append(resp.Agents, agentToProto(ag))
+	}
+	return resp, nil
+}
+
+func (a *adminService) UpdateAgent(ctx context.Context, req *adminv1.UpdateAgentRequest) (*adminv1.UpdateAgentResponse, error) {
+	id, err := a.agentID(ctx, req.GetSpiffeId())
+	if err != nil {
+		return nil, err
+	}
+	if req.Roles != nil {
+		if err := a.checkRoles(req.GetRoles().GetRoles()); err != nil {
+			return nil, err
+		}
+	}
+	agent, err := a.s.store.UpdateAgent(id, identity(ctx).ID.String(), req.GetExpectedRevision(), func(ag *store.Agent) {
+		if req.Owner != nil {
+			ag.Owner = req.GetOwner()
+		}
+		if req.Purpose != nil {
+			ag.Purpose = req.GetPurpose()
+		}
+		if req.Roles != nil {
+			ag.Roles = req.GetRoles().GetRoles()
+		}
+		if req.Level != nil {
+			ag.Level = levelFromProto(req.GetLevel())
+		}
+		if req.Version != nil {
+			ag.Version = req.GetVersion()
+		}
+		if req.ConfigDigest != nil {
+			ag.ConfigDigest = req.GetConfigDigest()
+		}
+	})
+	if err != nil {
+		return nil, a.s.statusOf(ctx, "update agent", err)
+	}
+	a.s.logger(ctx).Info("agent updated", slog.String(logAgent, id), slog.Uint64("revision", agent.Revision))
+	return &adminv1.UpdateAgentResponse{Agent: agentToProto(agent)}, nil
+}
+
+func (a *adminService) DeregisterAgent(ctx context.Context, req *adminv1.DeregisterAgentRequest) (*adminv1.DeregisterAgentResponse, error) {
+	agent, queued, err := a.s.store.DeregisterAgent(req.GetSpiffeId(), identity(ctx).ID.String(), req.GetReason())
+	if err != nil {
+		return nil, a.s.statusOf(ctx, "deregister agent", err)
+	}
+	// The deregistration and the revocation queue are committed: from here
+	// the agent gets nothing, whatever Vault says.
+	revoked := a.s.revoker.revoke(ctx, queued)
+	a.s.logger(ctx).Info("agent deregistered", slog.String(logAgent, agent.ID),
+		slog.Int("revoked", revoked), slog.Int("pending", len(queued)-revoked))
+	return &adminv1.DeregisterAgentResponse{
+		Agent:              agentToProto(agent),
+		CredentialsRevoked: int32(revoked),
+		RevocationsPending: int32(len(queued) - revoked),
+	}, nil
+}
+
+func (a *adminService) ListAgentHistory(ctx context.Context, req *adminv1.ListAgentHistoryRequest) (*adminv1.ListAgentHistoryResponse, error) {
+	changes, err := a.s.store.AgentHistory(req.GetSpiffeId())
+	if err != nil {
+		return nil, a.s.statusOf(ctx, "list agent history", err)
+	}
+	resp := &adminv1.ListAgentHistoryResponse{}
+	for _, c := range changes {
+		resp.Changes = append(resp.Changes, &adminv1.AgentChange{
+			Revision: c.Revision,
+			Time:     timestamppb.New(c.Time),
+			Actor:    c.Actor,
+			Action:   c.Action,
+			Agent:    agentToProto(c.Agent),
+			Reason:   c.Reason,
+		})
+	}
+	return resp, nil
+}
+
+// agentID checks a SPIFFE ID an admin wants to register or change: strictly
+// parsed, of a trusted trust domain, and not the admin's own (nobody grants
+// themselves authority).
+func (a *adminService) agentID(ctx context.Context, raw string) (string, error) {
+	id, err := attest.ParseID(raw)
+	if err != nil {
+		return "", status.Error(codes.InvalidArgument, err.Error()[len("attest: "):])
+	}
+	if err := a.s.verifier.CheckID(id); err != nil {
+		return "", status.Errorf(codes.InvalidArgument, "%s can never authenticate here: its trust domain is not in trust_domains", id)
+	}
+	if id == identity(ctx).ID {
+		return "", status.Errorf(codes.PermissionDenied, "%s may not register or change its own agent record", id)
+	}
+	return id.String(), nil
+}
+
+func (a *adminService) checkRoles(roles []string) error {
+	for _, r := range roles {
+		if _, ok := a.s.roles[r]; !ok {
+			known := make([]string, 0, len(a.s.roles))
+			for name := range a.s.roles {
+				known = append(known, name)
+			}
+			slices.Sort(known)
+			return status.Error(codes.InvalidArgument, fmt.Sprintf("role %q is not defined in the broker's roles file (defined: %v)", r, known))
+		}
+	}
+	return nil
+}
+
+func agentToProto(a store.Agent) *adminv1.Agent {
+	return &adminv1.Agent{
+		SpiffeId:     a.ID,
+		Owner:        a.Owner,
+		Purpose:      a.Purpose,
+		Roles:        a.Roles,
+		Level:        levelToProto(a.Level),
+		Status:       statusToProto(a.Status),
+		Version:      a.Version,
+		ConfigDigest: a.ConfigDigest,
+		CreatedAt:    timestamppb.New(a.CreatedAt),
+		UpdatedAt:    timestamppb.New(a.UpdatedAt),
+		UpdatedBy:    a.UpdatedBy,
+		Revision:     a.Revision,
+	}
+}

@@ -1,0 +1,149 @@
+// Package client connects agents and operators to an ATF broker: it gets the
+// caller's SVID (from the SPIRE Workload API or from files), dials the broker
+// over mutual TLS, checks that the server is the broker it expects, and
+// optionally authenticates with a JWT-SVID instead of the X.509-SVID.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/agentictrust/atf/broker/svid"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+// Config says how to reach the broker and who the caller is.
+type Config struct {
+	// Addr is the broker's gRPC address, host:port.
+	Addr string
+	// BrokerID is the SPIFFE ID the broker must present; default
+	// spiffe://<caller's trust domain>/atfd.
+	BrokerID string
+	// WorkloadAPIAddr defaults to $SPIFFE_ENDPOINT_SOCKET.
+	WorkloadAPIAddr string
+	// SVIDFile, SVIDKeyFile and BundleFile replace the Workload API; the
+	// bundle is the broker's trust domain's (PEM or SPIFFE bundle).
+	SVIDFile    string
+	SVIDKeyFile string
+	BundleFile  string
+	// JWT authenticates with a JWT-SVID from the Workload API, whose
+	// audience is the broker's ID, instead of the X.509-SVID.
+	JWT bool
+}
+
+// Conn is a connection to the broker.
+type Conn struct {
+	*grpc.ClientConn
+	Broker brokerv1.BrokerServiceClient
+	Admin  adminv1.AdminServiceClient
+	source *svid.Source
+}
+
+// Dial connects to the broker. The connection is lazy: errors reaching the
+// broker surface on the first call.
+func Dial(ctx context.Context, cfg Config) (*Conn, error) {
+	if cfg.Addr == "" {
+		return nil, errors.New("client: broker address is required")
+	}
+	var own spiffeid.ID
+	if cfg.SVIDFile != "" {
+		sv, err := x509svid.Load(cfg.SVIDFile, cfg.SVIDKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+		own = sv.ID
+	}
+	// The broker's ID may depend on the caller's, which the Workload API
+	// only tells once the source is open.
+	brokerID, err := resolveBrokerID(cfg.BrokerID, own)
+	if err != nil {
+		return nil, err
+	}
+	sc := svid.Config{WorkloadAPIAddr: cfg.WorkloadAPIAddr, CertFile: cfg.SVIDFile, KeyFile: cfg.SVIDKeyFile}
+	if cfg.BundleFile != "" {
+		if brokerID.IsZero() {
+			return nil, errors.New("client: a bundle file without an SVID file needs the broker's SPIFFE ID")
+		}
+		sc.BundleFiles = map[string]string{brokerID.TrustDomain().Name(): cfg.BundleFile}
+	}
+	src, err := svid.Open(ctx, sc)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	if brokerID.IsZero() {
+		if own, err = src.ID(); err == nil {
+			brokerID, err = resolveBrokerID("", own)
+		}
+		if err != nil {
+			src.Close()
+			return nil, fmt.Errorf("client: %w", err)
+		}
+	}
+	var opts []grpc.DialOption
+	if cfg.JWT {
+		tc := tlsconfig.TLSClientConfig(src, tlsconfig.AuthorizeID(brokerID))
+		opts = append(opts,
+			grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+			grpc.WithPerRPCCredentials(jwtCreds{src: src, audience: brokerID.String()}))
+	} else {
+		tc := tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(brokerID))
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	}
+	cc, err := grpc.NewClient(cfg.Addr, opts...)
+	if err != nil {
+		src.Close()
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	return &Conn{
+		ClientConn: cc,
+		Broker:     brokerv1.NewBrokerServiceClient(cc),
+		Admin:      adminv1.NewAdminServiceClient(cc),
+		source:     src,
+	}, nil
+}
+
+// Close closes the connection and the SVID source.
+func (c *Conn) Close() error {
+	return errors.Join(c.ClientConn.Close(), c.source.Close())
+}
+
+// resolveBrokerID returns the configured broker ID or, by default,
+// spiffe://<own trust domain>/atfd; the zero ID if neither is known yet.
+func resolveBrokerID(configured string, own spiffeid.ID) (spiffeid.ID, error) {
+	switch {
+	case configured != "":
+		id, err := spiffeid.FromString(configured)
+		if err != nil {
+			return spiffeid.ID{}, fmt.Errorf("client: broker ID: %w", err)
+		}
+		return id, nil
+	case own.IsZero():
+		return spiffeid.ID{}, nil
+	}
+	return spiffeid.FromSegments(own.TrustDomain(), "atfd")
+}
+
+// jwtCreds attaches a fresh JWT-SVID to every call; the Workload API caches
+// and rotates them.
+type jwtCreds struct {
+	src      *svid.Source
+	audience string
+}
+
+func (j jwtCreds) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
+	tok, err := j.src.FetchJWTSVID(ctx, j.audience)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"authorization": "Bearer " + tok}, nil
+}
+
+func (jwtCreds) RequireTransportSecurity() bool { return true }

@@ -1,0 +1,219 @@
+package broker
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"regexp"
+	"slices"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/agentictrust/atf/attest"
+	"github.com/agentictrust/atf/authz"
+)
+
+// Config is atfd's configuration, read from YAML (see the README's
+// configuration reference). Secrets are never written in it: it names the
+// files or environment variables that hold them.
+type Config struct {
+	// ListenAddr is the gRPC address, e.g. 0.0.0.0:8443.
+	ListenAddr string `yaml:"listen_addr"`
+	// SPIFFE says where the broker's own SVID and the trust bundles come from.
+	SPIFFE SPIFFEConfig `yaml:"spiffe"`
+	// TrustDomains lists the trust domains whose workloads may call.
+	TrustDomains []string `yaml:"trust_domains"`
+	// JWTAudience is the audience a caller's JWT-SVID must carry; default
+	// the broker's own SPIFFE ID.
+	JWTAudience string `yaml:"jwt_audience"`
+	// Admins are the SPIFFE IDs allowed to call AdminService.
+	Admins []string `yaml:"admins"`
+	// StorePath is the bbolt file.
+	StorePath string `yaml:"store_path"`
+	// RolesFile defines the roles credentials are issued for.
+	RolesFile string      `yaml:"roles_file"`
+	Vault     VaultConfig `yaml:"vault"`
+	// LogLevel is debug, info, warn or error; LogFormat is json or text.
+	LogLevel  string `yaml:"log_level"`
+	LogFormat string `yaml:"log_format"`
+}
+
+// SPIFFEConfig selects the Workload API or files.
+type SPIFFEConfig struct {
+	// WorkloadAPIAddr defaults to $SPIFFE_ENDPOINT_SOCKET.
+	WorkloadAPIAddr string `yaml:"workload_api_addr"`
+	// SVIDFile and SVIDKeyFile replace the Workload API's SVID.
+	SVIDFile    string `yaml:"svid_file"`
+	SVIDKeyFile string `yaml:"svid_key_file"`
+	// BundleFiles maps trust domain names to bundle files and replaces the
+	// Workload API's bundles.
+	BundleFiles map[string]string `yaml:"bundle_files"`
+}
+
+// VaultConfig says how to reach and log in to Vault.
+type VaultConfig struct {
+	Address        string        `yaml:"address"`
+	CACertFile     string        `yaml:"ca_cert_file"`
+	CredentialRole string        `yaml:"credential_role"`
+	Timeout        time.Duration `yaml:"timeout"`
+	Auth           VaultAuth     `yaml:"auth"`
+}
+
+// VaultAuth is the broker's own Vault login.
+type VaultAuth struct {
+	// Method is token (development), approle or jwt.
+	Method string `yaml:"method"`
+	// TokenEnv names the environment variable holding the token (method
+	// token); default VAULT_TOKEN. TokenFile, if set, is read instead.
+	TokenEnv  string `yaml:"token_env"`
+	TokenFile string `yaml:"token_file"`
+	// Mount is the auth mount path (approle, jwt); defaults to the method name.
+	Mount string `yaml:"mount"`
+	// RoleID and SecretIDFile are the AppRole credentials.
+	RoleID       string `yaml:"role_id"`
+	SecretIDFile string `yaml:"secret_id_file"`
+	// Role and Audience are the JWT auth role and the audience of the
+	// broker's JWT-SVID that Vault expects (default "vault").
+	Role     string `yaml:"role"`
+	Audience string `yaml:"audience"`
+}
+
+// LoadConfig reads a YAML configuration file. Unknown keys are errors, so a
+// typo never silently leaves a default in place.
+func LoadConfig(path string) (Config, error) {
+	var cfg Config
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("broker: config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		return cfg, fmt.Errorf("broker: config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Validate checks cfg and fills in defaults.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.ListenAddr == "" {
+		bad("listen_addr is required")
+	}
+	if len(c.TrustDomains) == 0 {
+		bad("trust_domains needs at least one trust domain")
+	}
+	for _, a := range c.Admins {
+		if _, err := attest.ParseID(a); err != nil {
+			bad("admins: %v", err)
+		}
+	}
+	if c.StorePath == "" {
+		bad("store_path is required")
+	}
+	if c.RolesFile == "" {
+		bad("roles_file is required")
+	}
+	if (c.SPIFFE.SVIDFile == "") != (c.SPIFFE.SVIDKeyFile == "") {
+		bad("spiffe.svid_file and spiffe.svid_key_file go together")
+	}
+	if c.Vault.Address == "" {
+		bad("vault.address is required")
+	}
+	switch c.Vault.Auth.Method {
+	case "token":
+		if c.Vault.Auth.TokenEnv == "" && c.Vault.Auth.TokenFile == "" {
+			c.Vault.Auth.TokenEnv = "VAULT_TOKEN"
+		}
+	case "approle":
+		if c.Vault.Auth.RoleID == "" || c.Vault.Auth.SecretIDFile == "" {
+			bad("vault.auth: approle needs role_id and secret_id_file")
+		}
+	case "jwt":
+		if c.Vault.Auth.Role == "" {
+			bad("vault.auth: jwt needs role")
+		}
+		if c.Vault.Auth.Audience == "" {
+			c.Vault.Auth.Audience = "vault"
+		}
+	default:
+		bad("vault.auth.method must be token, approle or jwt, not %q", c.Vault.Auth.Method)
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		bad("log_level: %v", err)
+	}
+	if c.LogFormat == "" {
+		c.LogFormat = "json"
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		bad("log_format must be json or text, not %q", c.LogFormat)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("broker: invalid config:\n%w", err)
+	}
+	return nil
+}
+
+// Role is a credential the broker issues: a name agents ask for, a class
+// that maturity gating checks, and the Vault policies the token carries.
+type Role struct {
+	Name        string        `yaml:"name"`
+	Description string        `yaml:"description"`
+	Class       string        `yaml:"class"`
+	Policies    []string      `yaml:"policies"`
+	MaxTTL      time.Duration `yaml:"max_ttl"`
+
+	class authz.Class
+}
+
+var roleName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+
+// LoadRoles reads and checks a roles file.
+func LoadRoles(path string) (map[string]Role, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("broker: roles: %w", err)
+	}
+	var file struct {
+		Roles []Role `yaml:"roles"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&file); err != nil {
+		return nil, fmt.Errorf("broker: roles %s: %w", path, err)
+	}
+	roles := make(map[string]Role, len(file.Roles))
+	for i, r := range file.Roles {
+		where := fmt.Sprintf("broker: roles %s: role %d (%q)", path, i+1, r.Name)
+		if !roleName.MatchString(r.Name) || len(r.Name) > 128 {
+			return nil, fmt.Errorf("%s: name must match %s", where, roleName)
+		}
+		if _, dup := roles[r.Name]; dup {
+			return nil, fmt.Errorf("%s: defined twice", where)
+		}
+		if r.class, err = authz.ParseClass(r.Class); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		if len(r.Policies) == 0 || slices.Contains(r.Policies, "root") || slices.Contains(r.Policies, "") {
+			return nil, fmt.Errorf("%s: needs one or more Vault policies, none of them root", where)
+		}
+		if r.MaxTTL <= 0 {
+			return nil, fmt.Errorf("%s: max_ttl must be positive", where)
+		}
+		roles[r.Name] = r
+	}
+	if len(roles) == 0 {
+		return nil, fmt.Errorf("broker: roles %s: no roles defined", path)
+	}
+	return roles, nil
+}
+
+func (r Role) authz() authz.Role { return authz.Role{Name: r.Name, Class: r.class, MaxTTL: r.MaxTTL} }

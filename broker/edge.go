@@ -1,0 +1,256 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"buf.build/go/protovalidate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/agentictrust/atf/attest"
+	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/vault"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+)
+
+// Log field names.
+const (
+	logMethod     = "method"
+	logCaller     = "caller"
+	logAuthMethod = "auth_method"
+	logCode       = "code"
+	logDuration   = "duration"
+	logRequestID  = "request_id"
+	logError      = "error"
+	logSPIFFEID   = "spiffe_id"
+	logVaultAddr  = "vault_addr"
+	logAgent      = "agent"
+	logRole       = "role"
+	logLevel      = "level"
+	logDecisionID = "decision_id"
+	logReason     = "reason"
+	logAccessor   = "accessor"
+	logTTL        = "ttl"
+	logCount      = "count"
+)
+
+// requestIDHeader lets a caller correlate its request with the broker's
+// logs; the broker makes one up when it is absent.
+const requestIDHeader = "x-request-id"
+
+type ctxKey int
+
+const (
+	identityKey ctxKey = iota
+	loggerKey
+)
+
+// identity returns the caller verified by the interceptor.
+func identity(ctx context.Context) attest.Identity {
+	id, _ := ctx.Value(identityKey).(attest.Identity)
+	return id
+}
+
+// logger returns the request-scoped logger.
+func (s *Server) logger(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(loggerKey).(*slog.Logger); ok {
+		return l
+	}
+	return s.log
+}
+
+// unauthenticated methods: health probes and reflection reveal nothing an
+// agent could use.
+func public(method string) bool {
+	return strings.HasPrefix(method, "/grpc.health.v1.Health/") || strings.HasPrefix(method, "/grpc.reflection.")
+}
+
+var adminPrefix = "/" + adminv1.AdminService_ServiceDesc.ServiceName + "/"
+
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	if public(info.FullMethod) {
+		return handler(ctx, req)
+	}
+	start := time.Now()
+	ctx, log := s.begin(ctx, info.FullMethod)
+	defer func() {
+		log.Info("request", slog.String(logCode, status.Code(err).String()), slog.Duration(logDuration, time.Since(start)))
+	}()
+	if ctx, err = s.authorize(ctx, info.FullMethod); err != nil {
+		return nil, err
+	}
+	if m, ok := req.(proto.Message); ok {
+		if err := s.validator.Validate(m); err != nil {
+			return nil, invalidRequest(err)
+		}
+	}
+	return handler(ctx, req)
+}
+
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if public(info.FullMethod) {
+		return handler(srv, ss)
+	}
+	ctx, _ := s.begin(ss.Context(), info.FullMethod)
+	ctx, err := s.authorize(ctx, info.FullMethod)
+	if err != nil {
+		return err
+	}
+	return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+}
+
+type wrappedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (w *wrappedStream) Context() context.Context { return w.ctx }
+
+// begin attaches a request id and a logger carrying it to ctx.
+func (s *Server) begin(ctx context.Context, method string) (context.Context, *slog.Logger) {
+	rid := ""
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(requestIDHeader); len(v) == 1 && len(v[0]) <= 128 {
+			rid = v[0]
+		}
+	}
+	if rid == "" {
+		rid = newID()
+	}
+	log := s.log.With(slog.String(logRequestID, rid), slog.String(logMethod, method))
+	return context.WithValue(ctx, loggerKey, log), log
+}
+
+// authorize authenticates the caller from its SVID and, for AdminService,
+// checks that it is an admin. It returns ctx carrying the identity and a
+// logger naming the caller.
+func (s *Server) authorize(ctx context.Context, method string) (context.Context, error) {
+	log := s.logger(ctx)
+	id, err := s.authenticate(ctx)
+	if err != nil {
+		log.Warn("unauthenticated call", slog.String(logError, err.Error()))
+		return ctx, status.Error(codes.Unauthenticated, strings.TrimPrefix(err.Error(), "attest: "))
+	}
+	log = log.With(slog.String(logCaller, id.ID.String()), slog.String(logAuthMethod, id.Method.String()))
+	ctx = context.WithValue(context.WithValue(ctx, identityKey, id), loggerKey, log)
+	if strings.HasPrefix(method, adminPrefix) && !s.admins[id.ID] {
+		log.Warn("admin call refused: caller is not an admin")
+		return ctx, status.Errorf(codes.PermissionDenied, "%s is not a broker admin; admins are listed in atfd's configuration (admins)", id.ID)
+	}
+	return ctx, nil
+}
+
+// authenticate verifies the caller's X.509-SVID (from mutual TLS) or
+// JWT-SVID (from the authorization header). If both are presented they must
+// name the same workload.
+func (s *Server) authenticate(ctx context.Context) (attest.Identity, error) {
+	var x509ID *attest.Identity
+	if p, ok := peer.FromContext(ctx); ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+			id, err := s.verifier.VerifyX509(ti.State.PeerCertificates)
+			if err != nil {
+				return attest.Identity{}, err
+			}
+			x509ID = &id
+		}
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	auth := md.Get("authorization")
+	switch {
+	case len(auth) > 1:
+		return attest.Identity{}, fmt.Errorf("%w: more than one authorization header", attest.ErrUnauthenticated)
+	case len(auth) == 0 && x509ID != nil:
+		return *x509ID, nil
+	case len(auth) == 0:
+		return attest.Identity{}, fmt.Errorf("%w: no SVID presented: connect with an X.509-SVID (mutual TLS) or send a JWT-SVID as \"authorization: Bearer <token>\"", attest.ErrUnauthenticated)
+	}
+	token, ok := strings.CutPrefix(auth[0], "Bearer ")
+	if !ok {
+		return attest.Identity{}, fmt.Errorf("%w: authorization header must be \"Bearer <JWT-SVID>\"", attest.ErrUnauthenticated)
+	}
+	id, err := s.verifier.VerifyJWT(token)
+	if err != nil {
+		return attest.Identity{}, err
+	}
+	if x509ID != nil && x509ID.ID != id.ID {
+		return attest.Identity{}, fmt.Errorf("%w: X.509-SVID names %s but JWT-SVID names %s", attest.ErrUnauthenticated, x509ID.ID, id.ID)
+	}
+	return id, nil
+}
+
+// invalidRequest turns validation violations into one readable message.
+func invalidRequest(err error) error {
+	var ve *protovalidate.ValidationError
+	if !errors.As(err, &ve) {
+		return status.Errorf(codes.InvalidArgument, "invalid request: %v", err)
+	}
+	parts := make([]string, 0, len(ve.Violations))
+	for _, v := range ve.Violations {
+		parts = append(parts, v.String())
+	}
+	return status.Errorf(codes.InvalidArgument, "invalid request: %s", strings.Join(parts, "; "))
+}
+
+// statusOf maps an internal error to a gRPC status, logging what the
+// caller does not need to see.
+func (s *Server) statusOf(ctx context.Context, op string, err error) error {
+	var code codes.Code
+	msg := err.Error()
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, store.ErrExists):
+		code = codes.AlreadyExists
+	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrDeregistered):
+		code = codes.FailedPrecondition
+	case errors.Is(err, store.ErrInvalid):
+		code = codes.InvalidArgument
+	case errors.Is(err, vault.ErrUnavailable):
+		code, msg = codes.Unavailable, "Vault is unavailable; nothing was issued; retry later"
+	case errors.Is(err, vault.ErrRejected):
+		code, msg = codes.FailedPrecondition, "Vault refused the request; the broker's Vault setup needs attention (see atfd's log)"
+	default:
+		code, msg = codes.Internal, "internal error (see atfd's log)"
+	}
+	s.logger(ctx).Error(op+" failed", slog.String(logError, err.Error()), slog.String(logCode, code.String()))
+	return status.Error(code, strings.TrimPrefix(msg, "store: "))
+}
+
+// newID returns a random 128-bit identifier.
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
+}
+
+// readSecret reads a secret from a file or, if no file is named, from an
+// environment variable.
+func readSecret(file, env string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("broker: vault token: %w", err)
+		}
+		if v := strings.TrimSpace(string(b)); v != "" {
+			return v, nil
+		}
+		return "", fmt.Errorf("broker: vault token file %s is empty", file)
+	}
+	if v := os.Getenv(env); v != "" {
+		return v, nil
+	}
+	return "", fmt.Errorf("broker: vault token: environment variable %s is empty", env)
+}

@@ -1,0 +1,107 @@
+package broker
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/vault"
+)
+
+// revoker finishes queued revocations: inline when they are queued, and in
+// the background, with jittered backoff, for those Vault did not confirm.
+// The queue lives in the store, so a restart resumes it.
+type revoker struct {
+	store  *store.Store
+	issuer *vault.Issuer
+	log    *slog.Logger
+
+	kick   chan struct{}
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func newRevoker(st *store.Store, is *vault.Issuer, log *slog.Logger) *revoker {
+	return &revoker{store: st, issuer: is, log: log, kick: make(chan struct{}, 1), cancel: func() {}}
+}
+
+// revoke revokes creds in Vault and returns how many Vault confirmed; the
+// rest stay queued, and the background loop is woken to retry them.
+func (r *revoker) revoke(ctx context.Context, creds []store.Credential) int {
+	done := r.revokeAll(ctx, creds)
+	if done < len(creds) {
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+	return done
+}
+
+func (r *revoker) revokeAll(ctx context.Context, creds []store.Credential) int {
+	done := 0
+	for _, c := range creds {
+		if err := r.issuer.Revoke(ctx, c.Accessor); err != nil {
+			r.log.Warn("revocation queued for retry", slog.String(logAccessor, c.Accessor), slog.String(logError, err.Error()))
+			continue
+		}
+		if err := r.store.CompleteRevocation(c.Accessor); err != nil {
+			// Vault revoked it; the retry will find it gone and succeed.
+			r.log.Error("recording a revocation failed", slog.String(logAccessor, c.Accessor), slog.String(logError, err.Error()))
+			continue
+		}
+		done++
+	}
+	return done
+}
+
+func (r *revoker) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.loop(ctx)
+	}()
+}
+
+func (r *revoker) stop() {
+	r.cancel()
+	r.wg.Wait()
+}
+
+// loop drains the queue at start, then whenever kicked, retrying with
+// backoff (1 s doubling to 1 min) while anything is left.
+func (r *revoker) loop(ctx context.Context) {
+	backoff := time.Second
+	for {
+		pending, err := r.store.PendingRevocations()
+		if err != nil {
+			r.log.Error("reading the revocation queue failed", slog.String(logError, err.Error()))
+		}
+		if len(pending) > 0 {
+			rctx, cancel := context.WithTimeout(ctx, time.Minute)
+			n := r.revokeAll(rctx, pending)
+			cancel()
+			r.log.Info("revocation queue drained", slog.Int(logCount, n), slog.Int("pending", len(pending)-n))
+			if n == len(pending) {
+				backoff = time.Second
+				continue
+			}
+		}
+		var wait <-chan time.Time
+		if len(pending) > 0 || err != nil {
+			wait = time.After(backoff/2 + rand.N(backoff))
+			backoff = min(2*backoff, time.Minute)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.kick:
+		case <-wait:
+		}
+	}
+}

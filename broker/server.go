@@ -1,0 +1,217 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"buf.build/go/protovalidate"
+	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/agentictrust/atf/attest"
+	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/svid"
+	"github.com/agentictrust/atf/broker/vault"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+// maxRequestBytes bounds every request message; the largest legitimate one
+// is a few kilobytes.
+const maxRequestBytes = 64 << 10
+
+// Option tunes New.
+type Option func(*options)
+
+type options struct {
+	logger *slog.Logger
+	now    func() time.Time
+}
+
+// WithLogger sets the logger; default discards.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithClock sets the clock; default time.Now.
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// Server is a running broker.
+type Server struct {
+	log       *slog.Logger
+	now       func() time.Time
+	store     *store.Store
+	source    *svid.Source
+	verifier  *attest.Verifier
+	issuer    *vault.Issuer
+	gate      *authz.Gate
+	roles     map[string]Role
+	admins    map[spiffeid.ID]bool
+	validator protovalidate.Validator
+	grpc      *grpc.Server
+	health    *health.Server
+	revoker   *revoker
+
+	closeOnce sync.Once
+}
+
+// New builds a broker from cfg: it opens the store (failing fast if another
+// atfd holds it), gets the broker's SVID, logs in to Vault and registers the
+// gRPC services. It does not listen; call Serve.
+func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error) {
+	o := options{logger: slog.New(slog.DiscardHandler), now: time.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{log: o.logger, now: o.now, admins: make(map[spiffeid.ID]bool)}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	for _, a := range cfg.Admins {
+		id, _ := attest.ParseID(a) // checked by Validate
+		s.admins[id] = true
+	}
+	if s.roles, err = LoadRoles(cfg.RolesFile); err != nil {
+		return nil, err
+	}
+	if s.gate, err = authz.NewGate(authz.DefaultLimits()); err != nil {
+		return nil, err
+	}
+	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: o.now}); err != nil {
+		return nil, err
+	}
+	if s.source, err = svid.Open(ctx, svid.Config{
+		WorkloadAPIAddr: cfg.SPIFFE.WorkloadAPIAddr,
+		CertFile:        cfg.SPIFFE.SVIDFile,
+		KeyFile:         cfg.SPIFFE.SVIDKeyFile,
+		BundleFiles:     cfg.SPIFFE.BundleFiles,
+	}); err != nil {
+		return nil, err
+	}
+	self, err := s.source.ID()
+	if err != nil {
+		return nil, err
+	}
+	tds := make([]spiffeid.TrustDomain, 0, len(cfg.TrustDomains))
+	for _, name := range cfg.TrustDomains {
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil {
+			return nil, fmt.Errorf("broker: trust_domains: %w", err)
+		}
+		tds = append(tds, td)
+	}
+	audience := cfg.JWTAudience
+	if audience == "" {
+		audience = self.String()
+	}
+	if s.verifier, err = attest.New(attest.Config{
+		TrustDomains: tds,
+		X509Bundles:  s.source,
+		JWTBundles:   s.source,
+		Audience:     audience,
+		Now:          o.now,
+	}); err != nil {
+		return nil, err
+	}
+	vcfg := vault.Config{
+		Address:        cfg.Vault.Address,
+		CACertFile:     cfg.Vault.CACertFile,
+		CredentialRole: cfg.Vault.CredentialRole,
+		Timeout:        cfg.Vault.Timeout,
+		Logger:         o.logger,
+	}
+	if vcfg.Login, vcfg.Token, err = vaultLogin(cfg.Vault.Auth, s.source); err != nil {
+		return nil, err
+	}
+	if s.issuer, err = vault.New(ctx, vcfg); err != nil {
+		return nil, err
+	}
+	if s.validator, err = protovalidate.New(); err != nil {
+		return nil, fmt.Errorf("broker: validator: %w", err)
+	}
+	s.revoker = newRevoker(s.store, s.issuer, o.logger)
+
+	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(s.verifier.ServerTLSConfig(s.source))),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+	)
+	brokerv1.RegisterBrokerServiceServer(s.grpc, &brokerService{s: s})
+	adminv1.RegisterAdminServiceServer(s.grpc, &adminService{s: s})
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	o.logger.Info("broker ready", slog.String(logSPIFFEID, self.String()), slog.String(logVaultAddr, s.issuer.Address()),
+		slog.Int("roles", len(s.roles)), slog.Int("admins", len(s.admins)))
+	return s, nil
+}
+
+// Serve serves gRPC on lis until Close. It also retries queued revocations.
+func (s *Server) Serve(lis net.Listener) error {
+	s.revoker.start()
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	err := s.grpc.Serve(lis)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// Close stops serving (letting calls in flight finish for up to 5 s) and
+// releases the store, the Workload API and Vault renewal. Safe to call more
+// than once and after a failed New.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		if s.grpc != nil {
+			s.health.Shutdown()
+			done := make(chan struct{})
+			go func() { s.grpc.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				s.grpc.Stop()
+			}
+		}
+		if s.revoker != nil {
+			s.revoker.stop()
+		}
+		if s.issuer != nil {
+			s.issuer.Close()
+		}
+		if s.source != nil {
+			s.source.Close()
+		}
+		if s.store != nil {
+			s.store.Close()
+		}
+	})
+}
+
+// vaultLogin turns the auth config into a Vault login method or a token.
+func vaultLogin(a VaultAuth, src *svid.Source) (login vaultapi.AuthMethod, token string, err error) {
+	switch a.Method {
+	case "approle":
+		return vault.AppRole{Mount: a.Mount, RoleID: a.RoleID, SecretIDFile: a.SecretIDFile}, "", nil
+	case "jwt":
+		return vault.JWT{Mount: a.Mount, Role: a.Role, Token: func(ctx context.Context) (string, error) {
+			return src.FetchJWTSVID(ctx, a.Audience)
+		}}, "", nil
+	}
+	token, err = readSecret(a.TokenFile, a.TokenEnv)
+	return nil, token, err
+}

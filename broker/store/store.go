@@ -1,0 +1,467 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/agentictrust/atf/authz"
+)
+
+// Errors returned by the store; test with errors.Is.
+var (
+	ErrNotFound     = errors.New("store: not found")
+	ErrExists       = errors.New("store: already exists")
+	ErrConflict     = errors.New("store: revision conflict")
+	ErrDeregistered = errors.New("store: agent is deregistered")
+	ErrLocked       = errors.New("store: file is locked by another process")
+	ErrInvalid      = errors.New("store: invalid record")
+)
+
+var (
+	bucketAgents      = []byte("agents")
+	bucketHistory     = []byte("agent_history")
+	bucketCredentials = []byte("credentials")
+	bucketRevocations = []byte("revocations")
+)
+
+// Status is an agent's standing in the registry.
+type Status int
+
+// Agent statuses.
+const (
+	Active Status = iota + 1
+	Deregistered
+)
+
+func (s Status) String() string {
+	switch s {
+	case Active:
+		return "active"
+	case Deregistered:
+		return "deregistered"
+	}
+	return fmt.Sprintf("status(%d)", int(s))
+}
+
+// Agent is one registered agent.
+type Agent struct {
+	ID           string      `json:"id"`
+	Owner        string      `json:"owner"`
+	Purpose      string      `json:"purpose"`
+	Roles        []string    `json:"roles"`
+	Level        authz.Level `json:"level"`
+	Status       Status      `json:"status"`
+	Version      string      `json:"version,omitempty"`
+	ConfigDigest string      `json:"config_digest,omitempty"`
+	CreatedAt    time.Time   `json:"created_at"`
+	UpdatedAt    time.Time   `json:"updated_at"`
+	UpdatedBy    string      `json:"updated_by"`
+	Revision     uint64      `json:"revision"`
+}
+
+// Change actions recorded in an agent's history.
+const (
+	ActionRegister   = "register"
+	ActionUpdate     = "update"
+	ActionDeregister = "deregister"
+)
+
+// AgentChange is one recorded change to an agent.
+type AgentChange struct {
+	Revision uint64    `json:"revision"`
+	Time     time.Time `json:"time"`
+	Actor    string    `json:"actor"`
+	Action   string    `json:"action"`
+	Reason   string    `json:"reason,omitempty"`
+	// Agent is the record as it was after the change.
+	Agent Agent `json:"agent"`
+}
+
+// Credential records one issued Vault token, by accessor.
+type Credential struct {
+	Accessor   string      `json:"accessor"`
+	AgentID    string      `json:"agent_id"`
+	Role       string      `json:"role"`
+	Level      authz.Level `json:"level"`
+	Policies   []string    `json:"policies"`
+	DecisionID string      `json:"decision_id"`
+	IssuedAt   time.Time   `json:"issued_at"`
+	ExpiresAt  time.Time   `json:"expires_at"`
+	// RevokedAt is set once Vault confirmed the revocation.
+	RevokedAt time.Time `json:"revoked_at,omitzero"`
+}
+
+// Options tune Open.
+type Options struct {
+	// LockTimeout bounds the wait for the file lock; default 1 s.
+	LockTimeout time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Store is the broker's state. It is safe for concurrent use.
+type Store struct {
+	db  *bolt.DB
+	now func() time.Time
+}
+
+// Open opens or creates the store file at path (mode 0600).
+func Open(path string, opts Options) (*Store, error) {
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s (is another atfd running on it?)", ErrLocked, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketAgents, bucketHistory, bucketCredentials, bucketRevocations} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: init %s: %w", path, err)
+	}
+	return &Store{db: db, now: opts.Now}, nil
+}
+
+// Close releases the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// RegisterAgent adds a new agent, recorded as made by actor. It sets the
+// status, timestamps and revision.
+func (s *Store) RegisterAgent(a Agent, actor string) (Agent, error) {
+	// Keys rely on an ID never holding NUL; callers pass parsed SPIFFE IDs.
+	if a.ID == "" || strings.ContainsRune(a.ID, 0) || !a.Level.Valid() {
+		return Agent{}, fmt.Errorf("%w: agent needs an ID without NUL and a valid level", ErrInvalid)
+	}
+	now := s.now().UTC()
+	a.Status, a.CreatedAt, a.UpdatedAt, a.UpdatedBy, a.Revision = Active, now, now, actor, 1
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketAgents).Get([]byte(a.ID)) != nil {
+			return fmt.Errorf("%w: agent %s", ErrExists, a.ID)
+		}
+		return putAgent(tx, a, AgentChange{Action: ActionRegister})
+	})
+	if err != nil {
+		return Agent{}, err
+	}
+	return a, nil
+}
+
+// GetAgent returns the agent with the given SPIFFE ID.
+func (s *Store) GetAgent(id string) (Agent, error) {
+	var a Agent
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		a, err = getAgent(tx, id)
+		return err
+	})
+	return a, err
+}
+
+// ListAgents returns up to limit agents (100 if limit is not positive)
+// whose IDs sort after `after`, and the ID to continue after ("" when there
+// are no more).
+func (s *Store) ListAgents(after string, limit int, includeDeregistered bool) ([]Agent, string, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	var out []Agent
+	next := ""
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAgents).Cursor()
+		k, v := c.First()
+		if after != "" {
+			k, v = c.Seek([]byte(after))
+			if k != nil && string(k) == after {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil; k, v = c.Next() {
+			var a Agent
+			if err := json.Unmarshal(v, &a); err != nil {
+				return fmt.Errorf("store: decode agent %q: %w", k, err)
+			}
+			if a.Status == Deregistered && !includeDeregistered {
+				continue
+			}
+			if len(out) == limit {
+				next = out[len(out)-1].ID
+				return nil
+			}
+			out = append(out, a)
+		}
+		return nil
+	})
+	return out, next, err
+}
+
+// UpdateAgent applies change to an active agent and records it as made by
+// actor. If expectedRevision is non-zero the agent must be at it.
+func (s *Store) UpdateAgent(id, actor string, expectedRevision uint64, change func(*Agent)) (Agent, error) {
+	return s.modify(id, actor, expectedRevision, AgentChange{Action: ActionUpdate}, change)
+}
+
+// DeregisterAgent marks an agent deregistered and, in the same transaction,
+// queues the revocation of every credential of it that has not expired. The
+// record and its history are kept; the agent gets nothing from then on. It
+// returns the queued credentials.
+func (s *Store) DeregisterAgent(id, actor, reason string) (Agent, []Credential, error) {
+	var queued []Credential
+	a, err := s.modify(id, actor, 0, AgentChange{Action: ActionDeregister, Reason: reason}, func(*Agent) {}, func(tx *bolt.Tx) error {
+		var err error
+		queued, err = queueAgentRevocations(tx, id, s.now())
+		return err
+	})
+	if err != nil {
+		return Agent{}, nil, err
+	}
+	return a, queued, nil
+}
+
+func queueAgentRevocations(tx *bolt.Tx, agentID string, now time.Time) ([]Credential, error) {
+	var out []Credential
+	prefix := credentialKey(agentID, "")
+	c := tx.Bucket(bucketCredentials).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		var cr Credential
+		if err := json.Unmarshal(v, &cr); err != nil {
+			return nil, fmt.Errorf("store: decode credential: %w", err)
+		}
+		if !cr.RevokedAt.IsZero() || !cr.ExpiresAt.After(now) {
+			continue
+		}
+		if err := tx.Bucket(bucketRevocations).Put([]byte(cr.Accessor), k); err != nil {
+			return nil, fmt.Errorf("store: queue revocation: %w", err)
+		}
+		out = append(out, cr)
+	}
+	return out, nil
+}
+
+func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange, change func(*Agent), also ...func(*bolt.Tx) error) (Agent, error) {
+	var a Agent
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		if a, err = getAgent(tx, id); err != nil {
+			return err
+		}
+		if a.Status == Deregistered {
+			return fmt.Errorf("%w: %s", ErrDeregistered, id)
+		}
+		if expectedRevision != 0 && a.Revision != expectedRevision {
+			return fmt.Errorf("%w: agent %s is at revision %d, not %d", ErrConflict, id, a.Revision, expectedRevision)
+		}
+		orig := a
+		change(&a)
+		// Identity, creation and standing change only through their own
+		// operations, so the history always says what happened.
+		a.ID, a.CreatedAt, a.Status = orig.ID, orig.CreatedAt, orig.Status
+		if ch.Action == ActionDeregister {
+			a.Status = Deregistered
+		}
+		if !a.Level.Valid() {
+			return fmt.Errorf("%w: invalid level %d", ErrInvalid, a.Level)
+		}
+		a.UpdatedAt, a.UpdatedBy, a.Revision = s.now().UTC(), actor, orig.Revision+1
+		for _, f := range also {
+			if err := f(tx); err != nil {
+				return err
+			}
+		}
+		return putAgent(tx, a, ch)
+	})
+	if err != nil {
+		return Agent{}, err
+	}
+	return a, nil
+}
+
+// AgentHistory returns every recorded change to an agent, oldest first.
+func (s *Store) AgentHistory(id string) ([]AgentChange, error) {
+	var out []AgentChange
+	err := s.db.View(func(tx *bolt.Tx) error {
+		prefix := historyPrefix(id)
+		c := tx.Bucket(bucketHistory).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var ch AgentChange
+			if err := json.Unmarshal(v, &ch); err != nil {
+				return fmt.Errorf("store: decode history of %s: %w", id, err)
+			}
+			out = append(out, ch)
+		}
+		if len(out) == 0 {
+			return fmt.Errorf("%w: agent %s", ErrNotFound, id)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// RecordCredential records an issued credential, if its agent is still
+// active. If the agent was deregistered meanwhile, the credential is queued
+// for revocation instead and ErrDeregistered is returned: a credential racing
+// a deregistration is either recorded before it (and revoked by it) or
+// refused. Concurrent calls share commits (bbolt batching); it returns once
+// the record is durable.
+func (s *Store) RecordCredential(c Credential) error {
+	v, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("store: encode credential: %w", err)
+	}
+	key := credentialKey(c.AgentID, c.Accessor)
+	var deregistered bool
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		a, err := getAgent(tx, c.AgentID)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketCredentials).Put(key, v); err != nil {
+			return err
+		}
+		// Batch may run this more than once; the flag is set on every run.
+		deregistered = a.Status != Active
+		if deregistered {
+			return tx.Bucket(bucketRevocations).Put([]byte(c.Accessor), key)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: record credential: %w", err)
+	}
+	if deregistered {
+		return fmt.Errorf("%w: %s; credential queued for revocation", ErrDeregistered, c.AgentID)
+	}
+	return nil
+}
+
+// PendingRevocations returns the credentials whose revocation is queued and
+// not yet confirmed by Vault.
+func (s *Store) PendingRevocations() ([]Credential, error) {
+	var out []Credential
+	err := s.db.View(func(tx *bolt.Tx) error {
+		creds := tx.Bucket(bucketCredentials)
+		return tx.Bucket(bucketRevocations).ForEach(func(_, key []byte) error {
+			var cr Credential
+			if err := json.Unmarshal(creds.Get(key), &cr); err != nil {
+				return fmt.Errorf("store: decode queued credential: %w", err)
+			}
+			out = append(out, cr)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// CompleteRevocation records that Vault confirmed a queued revocation.
+func (s *Store) CompleteRevocation(accessor string) error {
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		q := tx.Bucket(bucketRevocations)
+		key := q.Get([]byte(accessor))
+		if key == nil {
+			return nil
+		}
+		key = bytes.Clone(key)
+		creds := tx.Bucket(bucketCredentials)
+		var cr Credential
+		if err := json.Unmarshal(creds.Get(key), &cr); err != nil {
+			return fmt.Errorf("store: decode queued credential: %w", err)
+		}
+		cr.RevokedAt = s.now().UTC()
+		v, err := json.Marshal(cr)
+		if err != nil {
+			return err
+		}
+		if err := creds.Put(key, v); err != nil {
+			return err
+		}
+		return q.Delete([]byte(accessor))
+	})
+	if err != nil {
+		return fmt.Errorf("store: complete revocation: %w", err)
+	}
+	return nil
+}
+
+// Credentials returns the credentials recorded for an agent.
+func (s *Store) Credentials(agentID string) ([]Credential, error) {
+	var out []Credential
+	err := s.db.View(func(tx *bolt.Tx) error {
+		prefix := credentialKey(agentID, "")
+		c := tx.Bucket(bucketCredentials).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var cr Credential
+			if err := json.Unmarshal(v, &cr); err != nil {
+				return fmt.Errorf("store: decode credential: %w", err)
+			}
+			out = append(out, cr)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func getAgent(tx *bolt.Tx, id string) (Agent, error) {
+	var a Agent
+	v := tx.Bucket(bucketAgents).Get([]byte(id))
+	if v == nil {
+		return a, fmt.Errorf("%w: agent %s", ErrNotFound, id)
+	}
+	// Unmarshal copies out of the mmap'd value, so a outlives tx safely.
+	if err := json.Unmarshal(v, &a); err != nil {
+		return a, fmt.Errorf("store: decode agent %s: %w", id, err)
+	}
+	return a, nil
+}
+
+// putAgent writes a and its history entry in tx.
+func putAgent(tx *bolt.Tx, a Agent, ch AgentChange) error {
+	ch.Revision, ch.Time, ch.Actor, ch.Agent = a.Revision, a.UpdatedAt, a.UpdatedBy, a
+	av, err := json.Marshal(a)
+	if err != nil {
+		return fmt.Errorf("store: encode agent: %w", err)
+	}
+	hv, err := json.Marshal(ch)
+	if err != nil {
+		return fmt.Errorf("store: encode change: %w", err)
+	}
+	if err := tx.Bucket(bucketAgents).Put([]byte(a.ID), av); err != nil {
+		return fmt.Errorf("store: put agent: %w", err)
+	}
+	if err := tx.Bucket(bucketHistory).Put(binary.BigEndian.AppendUint64(historyPrefix(a.ID), a.Revision), hv); err != nil {
+		return fmt.Errorf("store: put change: %w", err)
+	}
+	return nil
+}
+
+// Keys are "<agent id>\x00<suffix>": a SPIFFE ID never contains NUL, so a
+// prefix scan for one agent never reaches another.
+func historyPrefix(id string) []byte { return append([]byte(id), 0) }
+
+func credentialKey(agentID, accessor string) []byte {
+	return append(append([]byte(agentID), 0), accessor...)
+}

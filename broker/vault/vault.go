@@ -1,0 +1,311 @@
+// Package vault issues and revokes the broker's Vault credentials.
+//
+// Every credential is a Vault service token created through one token role
+// (DESIGN.md §3), carrying exactly the policies the broker decided on,
+// non-renewable, with the agent, role, level and decision id in its metadata.
+// The broker's own Vault token (from a static token for development, or an
+// AppRole or JWT-SVID login) is renewed in the background, re-obtained when
+// it cannot be renewed, and never leaves this package.
+//
+// Errors never carry a token. A Vault that cannot be reached, times out or
+// answers 5xx yields ErrUnavailable, so callers fail closed with a retryable
+// status; a refusal (4xx) yields ErrRejected.
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+)
+
+// Errors returned by the issuer; test with errors.Is.
+var (
+	ErrUnavailable = errors.New("vault: unavailable")
+	ErrRejected    = errors.New("vault: request rejected")
+)
+
+// Config configures an Issuer.
+type Config struct {
+	// Address of the Vault server, e.g. https://vault.internal:8200.
+	Address string
+	// CACertFile verifies Vault's TLS certificate; empty uses the system roots.
+	CACertFile string
+	// CredentialRole is the token role credentials are created through;
+	// default "atf-credential".
+	CredentialRole string
+	// Timeout bounds each Vault call; default 5 s.
+	Timeout time.Duration
+	// Login obtains the broker's own token. Nil means Token is used as is.
+	Login vaultapi.AuthMethod
+	// Token is the broker's token when Login is nil (development).
+	Token string
+	// Logger receives renewal events; default discards.
+	Logger *slog.Logger
+}
+
+// Issuer talks to Vault for the broker. It is safe for concurrent use.
+type Issuer struct {
+	client *vaultapi.Client
+	cfg    Config
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New logs in to Vault and starts renewing the broker's token.
+func New(ctx context.Context, cfg Config) (*Issuer, error) {
+	if cfg.Address == "" {
+		return nil, errors.New("vault: address is required")
+	}
+	if cfg.Login == nil && cfg.Token == "" {
+		return nil, errors.New("vault: a login method or a token is required")
+	}
+	if cfg.CredentialRole == "" {
+		cfg.CredentialRole = "atf-credential"
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	vc := vaultapi.DefaultConfig()
+	vc.Address = cfg.Address
+	vc.Timeout = cfg.Timeout
+	// Fail fast: an agent waiting on a retrying broker is worse than an
+	// Unavailable it can retry itself.
+	vc.MaxRetries = 0
+	if cfg.CACertFile != "" {
+		if err := vc.ConfigureTLS(&vaultapi.TLSConfig{CACert: cfg.CACertFile}); err != nil {
+			return nil, fmt.Errorf("vault: TLS: %w", err)
+		}
+	}
+	if vc.Error != nil {
+		return nil, fmt.Errorf("vault: config: %w", vc.Error)
+	}
+	client, err := vaultapi.NewClient(vc)
+	if err != nil {
+		return nil, fmt.Errorf("vault: client: %w", err)
+	}
+	// Never pick up VAULT_TOKEN or a token helper implicitly.
+	client.ClearToken()
+	is := &Issuer{client: client, cfg: cfg, done: make(chan struct{})}
+	secret, err := is.login(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	is.cancel = cancel
+	go is.keepAlive(rctx, secret)
+	return is, nil
+}
+
+// Close stops the renewal loop. It does not revoke the broker's token:
+// credentials issued under it must outlive a broker restart.
+func (is *Issuer) Close() {
+	is.cancel()
+	<-is.done
+}
+
+// login obtains a token and returns its self-lookup as a renewable secret,
+// or nil if the token does not expire.
+func (is *Issuer) login(ctx context.Context) (*vaultapi.Secret, error) {
+	if is.cfg.Login != nil {
+		s, err := is.cfg.Login.Login(ctx, is.client)
+		if err != nil {
+			return nil, classify("login", err)
+		}
+		if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
+			return nil, fmt.Errorf("%w: login returned no token", ErrRejected)
+		}
+		is.client.SetToken(s.Auth.ClientToken)
+		if !s.Auth.Renewable || s.Auth.LeaseDuration == 0 {
+			return nil, nil
+		}
+		return s, nil
+	}
+	is.client.SetToken(is.cfg.Token)
+	self, err := is.client.Auth().Token().LookupSelfWithContext(ctx)
+	if err != nil {
+		return nil, classify("look up own token", err)
+	}
+	ttl, _ := self.TokenTTL()
+	renewable, _ := self.TokenIsRenewable()
+	if !renewable || ttl == 0 {
+		return nil, nil
+	}
+	return &vaultapi.Secret{Auth: &vaultapi.SecretAuth{
+		ClientToken: is.cfg.Token, Renewable: true, LeaseDuration: int(ttl.Seconds()),
+	}}, nil
+}
+
+// keepAlive renews the broker's token until it cannot, then logs in again,
+// with jittered backoff while Vault is unreachable.
+func (is *Issuer) keepAlive(ctx context.Context, secret *vaultapi.Secret) {
+	defer close(is.done)
+	backoff := time.Second
+	for {
+		if secret == nil {
+			// A token that does not expire needs no renewal.
+			<-ctx.Done()
+			return
+		}
+		err := is.watch(ctx, secret)
+		if ctx.Err() != nil {
+			return
+		}
+		is.cfg.Logger.Warn("vault token renewal ended; logging in again", slog.String("error", err.Error()))
+		for {
+			secret, err = is.login(ctx)
+			if err == nil {
+				backoff = time.Second
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			wait := backoff/2 + rand.N(backoff)
+			is.cfg.Logger.Error("vault login failed", slog.String("error", err.Error()), slog.Duration("retry_in", wait))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			backoff = min(2*backoff, time.Minute)
+		}
+	}
+}
+
+func (is *Issuer) watch(ctx context.Context, secret *vaultapi.Secret) error {
+	w, err := is.client.NewLifetimeWatcher(&vaultapi.LifetimeWatcherInput{Secret: secret})
+	if err != nil {
+		return err
+	}
+	go w.Start()
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-w.DoneCh():
+			if err == nil {
+				err = errors.New("token reached its maximum TTL")
+			}
+			return err
+		case <-w.RenewCh():
+			is.cfg.Logger.Debug("renewed vault token")
+		}
+	}
+}
+
+// Request describes a credential to create.
+type Request struct {
+	Policies []string
+	TTL      time.Duration
+	// NumUses limits the token's uses; 0 means unlimited.
+	NumUses int
+	// Metadata is stored on the token (agent, role, level, decision id).
+	Metadata map[string]string
+	// DisplayName shows in Vault's audit log; Vault prefixes it "token-".
+	DisplayName string
+}
+
+// Credential is a created token. Token must go only to the agent.
+type Credential struct {
+	Token     string
+	Accessor  string
+	Policies  []string
+	IssuedAt  time.Time
+	ExpiresAt time.Time
+}
+
+// Issue creates a credential through the credential role. It checks that
+// Vault granted exactly the requested policies and lifetime and revokes the
+// token otherwise.
+func (is *Issuer) Issue(ctx context.Context, req Request) (Credential, error) {
+	if len(req.Policies) == 0 || req.TTL <= 0 {
+		return Credential{}, fmt.Errorf("%w: a credential needs policies and a positive TTL", ErrRejected)
+	}
+	renewable := false
+	issuedAt := time.Now()
+	s, err := is.client.Auth().Token().CreateWithRoleWithContext(ctx, &vaultapi.TokenCreateRequest{
+		Policies:        req.Policies,
+		TTL:             strconv.FormatInt(int64(req.TTL/time.Second), 10) + "s",
+		ExplicitMaxTTL:  strconv.FormatInt(int64(req.TTL/time.Second), 10) + "s",
+		NumUses:         req.NumUses,
+		Metadata:        req.Metadata,
+		DisplayName:     req.DisplayName,
+		NoDefaultPolicy: true,
+		Renewable:       &renewable,
+		Type:            "service",
+	}, is.cfg.CredentialRole)
+	if err != nil {
+		return Credential{}, classify("create token", err)
+	}
+	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" || s.Auth.Accessor == "" {
+		return Credential{}, fmt.Errorf("%w: create token: Vault returned no token", ErrRejected)
+	}
+	c := Credential{
+		Token:     s.Auth.ClientToken,
+		Accessor:  s.Auth.Accessor,
+		Policies:  slices.Sorted(slices.Values(s.Auth.TokenPolicies)),
+		IssuedAt:  issuedAt,
+		ExpiresAt: issuedAt.Add(time.Duration(s.Auth.LeaseDuration) * time.Second),
+	}
+	want := slices.Sorted(slices.Values(req.Policies))
+	if !slices.Equal(c.Policies, want) || s.Auth.Renewable || time.Duration(s.Auth.LeaseDuration)*time.Second > req.TTL {
+		// Fail closed: a token wider or longer-lived than decided never leaves.
+		rerr := is.Revoke(context.WithoutCancel(ctx), c.Accessor)
+		return Credential{}, fmt.Errorf("%w: Vault issued policies %q (renewable=%t, ttl=%ds), not the requested %q; token revoked (revoke error: %v)",
+			ErrRejected, c.Policies, s.Auth.Renewable, s.Auth.LeaseDuration, want, rerr)
+	}
+	return c, nil
+}
+
+// Revoke revokes a token, and every token below it, by accessor.
+// Revoking a token that no longer exists succeeds.
+func (is *Issuer) Revoke(ctx context.Context, accessor string) error {
+	err := is.client.Auth().Token().RevokeAccessorWithContext(ctx, accessor)
+	var re *vaultapi.ResponseError
+	if errors.As(err, &re) && re.StatusCode == http.StatusBadRequest && slices.ContainsFunc(re.Errors, isInvalidAccessor) {
+		return nil
+	}
+	if err != nil {
+		return classify("revoke token", err)
+	}
+	return nil
+}
+
+// Healthy reports whether Vault answers and the broker's token is valid.
+func (is *Issuer) Healthy(ctx context.Context) error {
+	if _, err := is.client.Auth().Token().LookupSelfWithContext(ctx); err != nil {
+		return classify("look up own token", err)
+	}
+	return nil
+}
+
+// Address is the Vault address credentials are valid at.
+func (is *Issuer) Address() string { return is.client.Address() }
+
+func isInvalidAccessor(msg string) bool { return msg == "invalid accessor" }
+
+// classify maps a Vault client error to ErrUnavailable or ErrRejected.
+// Vault's messages name paths and reasons, never the token in use.
+func classify(op string, err error) error {
+	var re *vaultapi.ResponseError
+	if errors.As(err, &re) {
+		if re.StatusCode >= 500 || re.StatusCode == http.StatusTooManyRequests {
+			return fmt.Errorf("%w: %s: Vault answered %d: %v", ErrUnavailable, op, re.StatusCode, re.Errors)
+		}
+		return fmt.Errorf("%w: %s: Vault answered %d: %v", ErrRejected, op, re.StatusCode, re.Errors)
+	}
+	// Anything else is transport: refused, reset, timed out, cancelled.
+	return fmt.Errorf("%w: %s: %v", ErrUnavailable, op, err)
+}

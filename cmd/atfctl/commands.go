@@ -1,0 +1,370 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+func newWhoAmI(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "whoami",
+		Short:   "Show the identity the broker sees and the caller's registry standing",
+		Example: "  atfctl whoami\n  atfctl whoami --svid agent.pem --svid-key agent.key --bundle bundle.pem -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Broker.WhoAmI(cmd.Context(), &brokerv1.WhoAmIRequest{})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "SPIFFE ID:\t%s\n", r.GetSpiffeId())
+				fmt.Fprintf(w, "Authenticated with:\t%s\n", enumName(r.GetAuthMethod().String(), "AUTH_METHOD_"))
+				fmt.Fprintf(w, "SVID expires:\t%s\n", ts(r.GetSvidExpiresAt()))
+				if !r.GetRegistered() {
+					fmt.Fprintf(w, "Registered:\tno (ask the platform team to register this SPIFFE ID)\n")
+					return
+				}
+				fmt.Fprintf(w, "Registered:\tyes\n")
+				fmt.Fprintf(w, "Status:\t%s\n", enumName(r.GetStatus().String(), "AGENT_STATUS_"))
+				fmt.Fprintf(w, "Level:\t%s\n", enumName(r.GetLevel().String(), "LEVEL_"))
+				fmt.Fprintf(w, "Roles:\t%s\n", strings.Join(r.GetRoles(), ", "))
+			})
+		},
+	}
+}
+
+func newCreds(g *globals) *cobra.Command {
+	creds := &cobra.Command{Use: "creds", Short: "Fetch credentials"}
+	var (
+		role, purpose string
+		ttl           time.Duration
+		tokenOnly     bool
+	)
+	fetch := &cobra.Command{
+		Use:   "fetch --role ROLE",
+		Short: "Fetch a short-lived Vault token for a role",
+		Example: `  atfctl creds fetch --role reports-read
+  export VAULT_TOKEN=$(atfctl creds fetch --role reports-read --token-only)
+  atfctl creds fetch --role reports-read --ttl 5m --purpose "nightly summary" -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if role == "" {
+				return usageError{fmt.Errorf("--role is required")}
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			req := &brokerv1.FetchCredentialRequest{Role: role, Purpose: purpose}
+			if ttl > 0 {
+				req.Ttl = durationpb.New(ttl)
+			}
+			r, err := c.Broker.FetchCredential(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			cr := r.GetCredential()
+			if tokenOnly {
+				_, err := fmt.Fprintln(cmd.OutOrStdout(), cr.GetToken())
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Role:\t%s\n", cr.GetRole())
+				fmt.Fprintf(w, "Token:\t%s\n", cr.GetToken())
+				fmt.Fprintf(w, "Accessor:\t%s\n", cr.GetAccessor())
+				fmt.Fprintf(w, "Policies:\t%s\n", strings.Join(cr.GetPolicies(), ", "))
+				fmt.Fprintf(w, "Expires:\t%s (in %s)\n", ts(cr.GetExpiresAt()), time.Until(cr.GetExpiresAt().AsTime()).Round(time.Second))
+				fmt.Fprintf(w, "Renewable:\t%t\n", cr.GetRenewable())
+				fmt.Fprintf(w, "Level:\t%s\n", enumName(cr.GetLevel().String(), "LEVEL_"))
+				fmt.Fprintf(w, "Vault:\t%s\n", cr.GetVaultAddress())
+				fmt.Fprintf(w, "Decision:\t%s\n", cr.GetDecisionId())
+			})
+		},
+	}
+	fetch.Flags().StringVar(&role, "role", "", "role to fetch a credential for (required)")
+	fetch.Flags().DurationVar(&ttl, "ttl", 0, "requested lifetime; default and maximum: the role's and your level's")
+	fetch.Flags().StringVar(&purpose, "purpose", "", "why, for the audit trail")
+	fetch.Flags().BoolVar(&tokenOnly, "token-only", false, "print only the token")
+	creds.AddCommand(fetch)
+	return creds
+}
+
+func newAgent(g *globals) *cobra.Command {
+	agent := &cobra.Command{Use: "agent", Short: "Manage the agent registry (admins)"}
+	agent.AddCommand(agentRegister(g), agentGet(g), agentList(g), agentUpdate(g), agentDeregister(g), agentHistory(g))
+	return agent
+}
+
+func agentRegister(g *globals) *cobra.Command {
+	var (
+		owner, purpose, level, version, digest string
+		roles                                  []string
+	)
+	cmd := &cobra.Command{
+		Use:     "register SPIFFE_ID --owner EMAIL --purpose TEXT --role ROLE...",
+		Short:   "Register an agent (default level: intern)",
+		Example: `  atfctl agent register spiffe://example.org/agents/reporter --owner alice@example.org --purpose "weekly reports" --role reports-read`,
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			lvl, err := parseLevel(level)
+			if err != nil {
+				return err
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Admin.RegisterAgent(cmd.Context(), &adminv1.RegisterAgentRequest{
+				SpiffeId: args[0], Owner: owner, Purpose: purpose, Roles: roles,
+				Level: lvl, Version: version, ConfigDigest: digest,
+			})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { agentTable(w, r.GetAgent()) })
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&owner, "owner", "", "accountable human, e.g. an email address (required)")
+	f.StringVar(&purpose, "purpose", "", "what the agent is for (required)")
+	f.StringSliceVar(&roles, "role", nil, "role in the agent's capability manifest (repeatable)")
+	f.StringVar(&level, "level", "intern", "maturity level: intern, junior, senior or principal")
+	f.StringVar(&version, "version", "", "agent version")
+	f.StringVar(&digest, "config-digest", "", "digest of the agent's configuration")
+	return cmd
+}
+
+func agentGet(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "get SPIFFE_ID",
+		Short:   "Show one agent",
+		Example: "  atfctl agent get spiffe://example.org/agents/reporter -o json",
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Admin.GetAgent(cmd.Context(), &adminv1.GetAgentRequest{SpiffeId: args[0]})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { agentTable(w, r.GetAgent()) })
+		},
+	}
+}
+
+func agentList(g *globals) *cobra.Command {
+	var (
+		pageSize int32
+		all      bool
+	)
+	cmd := &cobra.Command{
+		Use:     "list",
+		Short:   "List registered agents, one page at a time",
+		Example: "  atfctl agent list\n  atfctl agent list --all -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			out := &adminv1.ListAgentsResponse{}
+			token := ""
+			for {
+				r, err := c.Admin.ListAgents(cmd.Context(), &adminv1.ListAgentsRequest{PageSize: pageSize, PageToken: token, IncludeDeregistered: all})
+				if err != nil {
+					return err
+				}
+				out.Agents = append(out.Agents, r.GetAgents()...)
+				if token = r.GetNextPageToken(); token == "" {
+					break
+				}
+			}
+			return g.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "SPIFFE ID\tLEVEL\tSTATUS\tOWNER\tROLES")
+				for _, a := range out.GetAgents() {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", a.GetSpiffeId(), enumName(a.GetLevel().String(), "LEVEL_"),
+						enumName(a.GetStatus().String(), "AGENT_STATUS_"), a.GetOwner(), strings.Join(a.GetRoles(), ","))
+				}
+			})
+		},
+	}
+	cmd.Flags().Int32Var(&pageSize, "page-size", 100, "agents fetched per request")
+	cmd.Flags().BoolVar(&all, "all", false, "include deregistered agents")
+	return cmd
+}
+
+func agentUpdate(g *globals) *cobra.Command {
+	var (
+		owner, purpose, level, version, digest string
+		roles                                  []string
+		revision                               uint64
+	)
+	cmd := &cobra.Command{
+		Use:     "update SPIFFE_ID [flags]",
+		Short:   "Change an agent's registration; only the flags given change",
+		Example: "  atfctl agent update spiffe://example.org/agents/reporter --role reports-read --role reports-write --level senior",
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &adminv1.UpdateAgentRequest{SpiffeId: args[0], ExpectedRevision: revision}
+			fl := cmd.Flags()
+			if fl.Changed("owner") {
+				req.Owner = &owner
+			}
+			if fl.Changed("purpose") {
+				req.Purpose = &purpose
+			}
+			if fl.Changed("role") {
+				req.Roles = &adminv1.RoleList{Roles: roles}
+			}
+			if fl.Changed("level") {
+				lvl, err := parseLevel(level)
+				if err != nil {
+					return err
+				}
+				req.Level = &lvl
+			}
+			if fl.Changed("version") {
+				req.Version = &version
+			}
+			if fl.Changed("config-digest") {
+				req.ConfigDigest = &digest
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Admin.UpdateAgent(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { agentTable(w, r.GetAgent()) })
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&owner, "owner", "", "accountable human")
+	f.StringVar(&purpose, "purpose", "", "what the agent is for")
+	f.StringSliceVar(&roles, "role", nil, "replace the capability manifest (repeatable; --role= empties it)")
+	f.StringVar(&level, "level", "", "maturity level")
+	f.StringVar(&version, "version", "", "agent version")
+	f.StringVar(&digest, "config-digest", "", "digest of the agent's configuration")
+	f.Uint64Var(&revision, "revision", 0, "apply only if the agent is at this revision")
+	return cmd
+}
+
+func agentDeregister(g *globals) *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:     "deregister SPIFFE_ID --reason TEXT",
+		Short:   "Deregister an agent and revoke its live credentials",
+		Example: `  atfctl agent deregister spiffe://example.org/agents/reporter --reason "replaced by v2"`,
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if reason == "" {
+				return usageError{fmt.Errorf("--reason is required")}
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Admin.DeregisterAgent(cmd.Context(), &adminv1.DeregisterAgentRequest{SpiffeId: args[0], Reason: reason})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+				agentTable(w, r.GetAgent())
+				fmt.Fprintf(w, "Credentials revoked:\t%d\n", r.GetCredentialsRevoked())
+				fmt.Fprintf(w, "Revocations pending:\t%d\n", r.GetRevocationsPending())
+			})
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why (required; kept in the agent's history)")
+	return cmd
+}
+
+func agentHistory(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "history SPIFFE_ID",
+		Short:   "Show every recorded change to an agent",
+		Example: "  atfctl agent history spiffe://example.org/agents/reporter",
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Admin.ListAgentHistory(cmd.Context(), &adminv1.ListAgentHistoryRequest{SpiffeId: args[0]})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "REV\tTIME\tACTOR\tACTION\tLEVEL\tREASON")
+				for _, ch := range r.GetChanges() {
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", ch.GetRevision(), ts(ch.GetTime()), ch.GetActor(), ch.GetAction(),
+						enumName(ch.GetAgent().GetLevel().String(), "LEVEL_"), ch.GetReason())
+				}
+			})
+		},
+	}
+}
+
+func agentTable(w *tabwriter.Writer, a *adminv1.Agent) {
+	fmt.Fprintf(w, "SPIFFE ID:\t%s\n", a.GetSpiffeId())
+	fmt.Fprintf(w, "Status:\t%s\n", enumName(a.GetStatus().String(), "AGENT_STATUS_"))
+	fmt.Fprintf(w, "Level:\t%s\n", enumName(a.GetLevel().String(), "LEVEL_"))
+	fmt.Fprintf(w, "Owner:\t%s\n", a.GetOwner())
+	fmt.Fprintf(w, "Purpose:\t%s\n", a.GetPurpose())
+	fmt.Fprintf(w, "Roles:\t%s\n", strings.Join(a.GetRoles(), ", "))
+	if a.GetVersion() != "" || a.GetConfigDigest() != "" {
+		fmt.Fprintf(w, "Version:\t%s %s\n", a.GetVersion(), a.GetConfigDigest())
+	}
+	fmt.Fprintf(w, "Updated:\t%s by %s (revision %d)\n", ts(a.GetUpdatedAt()), a.GetUpdatedBy(), a.GetRevision())
+}
+
+func parseLevel(s string) (brokerv1.Level, error) {
+	v, ok := brokerv1.Level_value["LEVEL_"+strings.ToUpper(s)]
+	if !ok || v == 0 {
+		return 0, usageError{fmt.Errorf("--level must be intern, junior, senior or principal, not %q", s)}
+	}
+	return brokerv1.Level(v), nil
+}
+
+func enumName(s, prefix string) string { return strings.ToLower(strings.TrimPrefix(s, prefix)) }
+
+func ts(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return "-"
+	}
+	return t.AsTime().Local().Format(time.RFC3339)
+}
+
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError{fmt.Errorf("%s takes %d argument(s), got %d; see --help", cmd.CommandPath(), n, len(args))}
+		}
+		return nil
+	}
+}

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/agentictrust/atf/broker/client"
+)
+
+// globals are the flags every command shares.
+type globals struct {
+	cfg    client.Config
+	output string
+}
+
+func (g *globals) register(root *cobra.Command) {
+	f := root.PersistentFlags()
+	f.StringVar(&g.cfg.Addr, "addr", envOr("ATF_BROKER_ADDR", "127.0.0.1:8443"), "broker address (env ATF_BROKER_ADDR)")
+	f.StringVar(&g.cfg.BrokerID, "broker-id", os.Getenv("ATF_BROKER_ID"), "SPIFFE ID the broker must present; default spiffe://<your trust domain>/atfd (env ATF_BROKER_ID)")
+	f.StringVar(&g.cfg.WorkloadAPIAddr, "workload-api", "", "Workload API socket, e.g. unix:///run/spire/agent.sock (default $SPIFFE_ENDPOINT_SOCKET)")
+	f.StringVar(&g.cfg.SVIDFile, "svid", "", "X.509-SVID file (PEM), instead of the Workload API")
+	f.StringVar(&g.cfg.SVIDKeyFile, "svid-key", "", "private key of --svid (PEM)")
+	f.StringVar(&g.cfg.BundleFile, "bundle", "", "trust bundle of the broker's trust domain (PEM or SPIFFE bundle), instead of the Workload API")
+	f.BoolVar(&g.cfg.JWT, "jwt", false, "authenticate with a JWT-SVID from the Workload API instead of the X.509-SVID")
+	f.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// dial connects to the broker with the global flags.
+func (g *globals) dial(ctx context.Context) (*client.Conn, error) {
+	if g.output != "table" && g.output != "json" {
+		return nil, usageError{fmt.Errorf("--output must be table or json, not %q", g.output)}
+	}
+	return client.Dial(ctx, g.cfg)
+}
+
+// print writes m as JSON, or as a table through table.
+func (g *globals) print(w io.Writer, m proto.Message, table func(*tabwriter.Writer)) error {
+	if g.output == "json" {
+		raw, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+		if err != nil {
+			return err
+		}
+		var pretty any
+		if err := json.Unmarshal(raw, &pretty); err != nil {
+			return err
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(pretty)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}

@@ -1,0 +1,87 @@
+// Command atfctl is the ATF broker's CLI, for agents (whoami, creds) and
+// for the platform team (agent registry).
+//
+// The caller's identity is its SPIFFE SVID, from the Workload API socket
+// ($SPIFFE_ENDPOINT_SOCKET) or from files (--svid, --svid-key, --bundle).
+//
+// Exit codes: 0 success, 1 other error, 2 usage error, 3 unauthenticated or
+// permission denied, 4 not found, 5 broker or Vault unavailable, 6 invalid
+// argument or failed precondition.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	err := newRoot().ExecuteContext(ctx)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "atfctl:", message(err))
+	}
+	stop()
+	os.Exit(exitCode(err))
+}
+
+type usageError struct{ error }
+
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return 1
+	}
+	switch st.Code() {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return 3
+	case codes.NotFound:
+		return 4
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return 5
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.AlreadyExists:
+		return 6
+	}
+	return 1
+}
+
+func message(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return fmt.Sprintf("%s: %s", st.Code(), st.Message())
+	}
+	return err.Error()
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "atfctl",
+		Short: "Operate the ATF broker and fetch agent credentials",
+		Long: `atfctl talks to atfd, the ATF broker. Agents use it to fetch short-lived Vault
+credentials; the platform team uses it to manage the agent registry.
+
+Identity comes from the caller's SPIFFE SVID: from the SPIRE Workload API
+($SPIFFE_ENDPOINT_SOCKET or --workload-api), or from files (--svid, --svid-key,
+--bundle).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	g.register(root)
+	root.AddCommand(newWhoAmI(g), newCreds(g), newAgent(g))
+	return root
+}
