@@ -178,30 +178,19 @@ func (v *Verifier) VerifyJWT(token string) (Identity, error) {
 	return Identity{ID: svid.ID, Method: JWTSVID, ExpiresAt: svid.Expiry}, nil
 }
 
-// ServerTLSConfig returns the broker's TLS configuration: it serves svid,
-// and verifies a client certificate when one is presented (callers that
-// authenticate with a JWT-SVID present none). Session tickets are off so a
-// resumed session cannot skip verification.
+// ServerTLSConfig returns the broker's TLS configuration: it serves svid
+// and asks for a client certificate without judging it. The handshake still
+// proves the client holds the certificate's key; the certificate itself is
+// verified on every call (VerifyX509), so a caller gets an Unauthenticated
+// status saying what is wrong rather than a bare TLS alert, and an SVID that
+// expires or loses its authority mid-connection stops working at once.
+// Callers that authenticate with a JWT-SVID present no certificate.
 func (v *Verifier) ServerTLSConfig(svid x509svid.Source) *tls.Config {
 	return &tls.Config{
-		MinVersion:             tls.VersionTLS12,
-		GetCertificate:         tlsconfig.GetCertificate(svid),
-		ClientAuth:             tls.RequestClientCert,
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: tlsconfig.GetCertificate(svid),
+		ClientAuth:     tls.RequestClientCert,
+		// No resumption: every connection runs a full handshake.
 		SessionTicketsDisabled: true,
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 {
-				return nil
-			}
-			chain := make([]*x509.Certificate, 0, len(raw))
-			for _, der := range raw {
-				c, err := x509.ParseCertificate(der)
-				if err != nil {
-					return fmt.Errorf("%w: unparsable client certificate: %v", ErrUnauthenticated, err)
-				}
-				chain = append(chain, c)
-			}
-			_, err := v.VerifyX509(chain)
-			return err
-		},
 	}
 }
