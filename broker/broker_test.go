@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -22,22 +23,27 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/broker"
+	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/deploy/dev"
+	"github.com/agentictrust/atf/deploy/dev/devtest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
+func TestMain(m *testing.M) { devtest.Main(m) }
+
 // A registered agent with a SPIRE-minted SVID gets a token that Vault
 // accepts for exactly its role's policies and lifetime, and for nothing else.
 func TestFetchCredentialIssuesScopedVaultToken(t *testing.T) {
-	f := setup(t)
-	b := f.start(t, f.config(t, t.TempDir()))
-	agent := f.id(t, "reporter")
-	b.register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	agent := f.ID(t, "reporter")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
 
 	before := time.Now()
-	r, err := b.dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"})
+	r, err := b.Dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"})
 	if err != nil {
 		t.Fatalf("FetchCredential: %v", err)
 	}
@@ -49,13 +55,13 @@ func TestFetchCredentialIssuesScopedVaultToken(t *testing.T) {
 	if got := c.GetExpiresAt().AsTime().Sub(before); got > 30*time.Minute+time.Second || got < 29*time.Minute {
 		t.Errorf("credential lives %s, want 30m", got)
 	}
-	if c.GetRenewable() || c.GetLevel() != brokerv1.Level_LEVEL_INTERN || c.GetDecisionId() == "" || c.GetVaultAddress() != f.stack.VaultAddr {
+	if c.GetRenewable() || c.GetLevel() != brokerv1.Level_LEVEL_INTERN || c.GetDecisionId() == "" || c.GetVaultAddress() != f.Stack.VaultAddr {
 		t.Errorf("credential = %v", c)
 	}
 
 	// Vault's own view of the token.
-	v := f.vaultAs(t, c.GetToken())
-	self, err := v.Auth().Token().LookupSelfWithContext(t.Context())
+	v := f.VaultAs(t, c.GetToken())
+	self, err := f.Lookup(t, c.GetToken())
 	if err != nil {
 		t.Fatalf("Vault rejects the issued token: %v", err)
 	}
@@ -88,19 +94,19 @@ func TestFetchCredentialIssuesScopedVaultToken(t *testing.T) {
 	}
 
 	// A shorter TTL on request is honoured.
-	r, err = b.dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read", Ttl: durationpb.New(90 * time.Second)})
+	r, err = b.Dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read", Ttl: durationpb.New(90 * time.Second)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ttl, _ := f.vaultAs(t, r.GetCredential().GetToken()).Auth().Token().LookupSelfWithContext(t.Context()); ttl == nil {
+	if ttl, _ := f.Lookup(t, r.GetCredential().GetToken()); ttl == nil {
 		t.Fatal("lookup failed")
 	} else if d, _ := ttl.TokenTTL(); d > 90*time.Second {
 		t.Errorf("requested 90s, Vault says %s", d)
 	}
 
 	// Both issuances are recorded, by accessor, and never the token.
-	b.stop()
-	st, err := store.Open(b.cfg.StorePath, store.Options{})
+	b.Stop()
+	st, err := store.Open(b.Cfg.StorePath, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +115,7 @@ func TestFetchCredentialIssuesScopedVaultToken(t *testing.T) {
 	if err != nil || len(creds) != 2 {
 		t.Fatalf("recorded %d credentials (%v), want 2", len(creds), err)
 	}
-	raw, err := os.ReadFile(b.cfg.StorePath)
+	raw, err := os.ReadFile(b.Cfg.StorePath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,20 +127,20 @@ func TestFetchCredentialIssuesScopedVaultToken(t *testing.T) {
 // Maturity gating: an Intern never gets a write role, a Senior does; a role
 // outside the manifest is refused; an unknown role is NotFound.
 func TestFetchCredentialGating(t *testing.T) {
-	f := setup(t)
-	b := f.start(t, f.config(t, t.TempDir()))
-	intern, senior := f.id(t, "intern"), f.id(t, "senior")
-	b.register(t, intern, brokerv1.Level_LEVEL_INTERN, "reports-read", "reports-write")
-	b.register(t, senior, brokerv1.Level_LEVEL_SENIOR, "reports-read", "reports-write")
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	intern, senior := f.ID(t, "intern"), f.ID(t, "senior")
+	b.Register(t, intern, brokerv1.Level_LEVEL_INTERN, "reports-read", "reports-write")
+	b.Register(t, senior, brokerv1.Level_LEVEL_SENIOR, "reports-read", "reports-write")
 
-	_, err := b.dial(t, intern).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-write"})
-	wantCode(t, err, codes.PermissionDenied, "level intern may not hold write", "decision ")
-	_, err = b.dial(t, intern).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "payroll-read"})
-	wantCode(t, err, codes.PermissionDenied, `role "payroll-read" is not in agent`)
-	_, err = b.dial(t, intern).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "no-such-role"})
-	wantCode(t, err, codes.NotFound, `role "no-such-role" is not defined`)
+	_, err := b.Dial(t, intern).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-write"})
+	brokertest.WantCode(t, err, codes.PermissionDenied, "level intern may not hold write", "decision ")
+	_, err = b.Dial(t, intern).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "payroll-read"})
+	brokertest.WantCode(t, err, codes.PermissionDenied, `role "payroll-read" is not in agent`)
+	_, err = b.Dial(t, intern).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "no-such-role"})
+	brokertest.WantCode(t, err, codes.NotFound, `role "no-such-role" is not defined`)
 
-	r, err := b.dial(t, senior).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-write"})
+	r, err := b.Dial(t, senior).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-write"})
 	if err != nil {
 		t.Fatalf("senior write: %v", err)
 	}
@@ -142,7 +148,7 @@ func TestFetchCredentialGating(t *testing.T) {
 	if d := time.Until(r.GetCredential().GetExpiresAt().AsTime()); d > 10*time.Minute+time.Second {
 		t.Errorf("senior write credential lives %s, want <= 10m", d)
 	}
-	v := f.vaultAs(t, r.GetCredential().GetToken())
+	v := f.VaultAs(t, r.GetCredential().GetToken())
 	if _, err := v.Logical().WriteWithContext(t.Context(), "secret/data/demo/reports", map[string]any{"data": map[string]any{"summary": "written by " + senior.String()}}); err != nil {
 		t.Errorf("write credential cannot write: %v", err)
 	}
@@ -150,71 +156,71 @@ func TestFetchCredentialGating(t *testing.T) {
 
 // Callers the broker must refuse, each with a status a person can act on.
 func TestRefusedCallers(t *testing.T) {
-	f := setup(t)
-	b := f.start(t, f.config(t, t.TempDir()))
-	agent, stranger := f.id(t, "agent"), f.id(t, "stranger")
-	b.register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	agent, stranger := f.ID(t, "agent"), f.ID(t, "stranger")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
 	fetch := &brokerv1.FetchCredentialRequest{Role: "reports-read"}
 
 	t.Run("unregistered", func(t *testing.T) {
-		_, err := b.dial(t, stranger).Broker.FetchCredential(t.Context(), fetch)
-		wantCode(t, err, codes.PermissionDenied, "not a registered agent")
-		who, err := b.dial(t, stranger).Broker.WhoAmI(t.Context(), &brokerv1.WhoAmIRequest{})
+		_, err := b.Dial(t, stranger).Broker.FetchCredential(t.Context(), fetch)
+		brokertest.WantCode(t, err, codes.PermissionDenied, "not a registered agent")
+		who, err := b.Dial(t, stranger).Broker.WhoAmI(t.Context(), &brokerv1.WhoAmIRequest{})
 		if err != nil || who.GetRegistered() || who.GetSpiffeId() != stranger.String() {
 			t.Fatalf("WhoAmI = %v, %v", who, err)
 		}
 	})
 	t.Run("body names another agent", func(t *testing.T) {
-		_, err := b.dial(t, stranger).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read", AgentId: agent.String()})
-		wantCode(t, err, codes.PermissionDenied, "identity comes only from the SVID")
+		_, err := b.Dial(t, stranger).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read", AgentId: agent.String()})
+		brokertest.WantCode(t, err, codes.PermissionDenied, "identity comes only from the SVID")
 	})
 	t.Run("body names itself", func(t *testing.T) {
-		_, err := b.dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read", AgentId: agent.String()})
+		_, err := b.Dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read", AgentId: agent.String()})
 		if err != nil {
 			t.Fatal(err)
 		}
 	})
 	t.Run("non-admin on AdminService", func(t *testing.T) {
-		_, err := b.dial(t, agent).Admin.ListAgents(t.Context(), &adminv1.ListAgentsRequest{})
-		wantCode(t, err, codes.PermissionDenied, "is not a broker admin")
-		_, err = b.dial(t, agent).Admin.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{SpiffeId: stranger.String(), Owner: "x", Purpose: "y"})
-		wantCode(t, err, codes.PermissionDenied, "is not a broker admin")
+		_, err := b.Dial(t, agent).Admin.ListAgents(t.Context(), &adminv1.ListAgentsRequest{})
+		brokertest.WantCode(t, err, codes.PermissionDenied, "is not a broker admin")
+		_, err = b.Dial(t, agent).Admin.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{SpiffeId: stranger.String(), Owner: "x", Purpose: "y"})
+		brokertest.WantCode(t, err, codes.PermissionDenied, "is not a broker admin")
 	})
 	t.Run("expired SVID", func(t *testing.T) {
-		s, err := f.stack.MintX509(t.Context(), f.id(t, "shortlived"), 2*time.Second)
+		s, err := f.Stack.MintX509(t.Context(), f.ID(t, "shortlived"), 2*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := b.dialFiles(t, s)
+		c := b.DialFiles(t, s)
 		// Register it, prove it works, then let it expire on the open
 		// connection: the next call is refused.
-		b.register(t, f.id(t, "shortlived"), brokerv1.Level_LEVEL_INTERN, "reports-read")
+		b.Register(t, f.ID(t, "shortlived"), brokerv1.Level_LEVEL_INTERN, "reports-read")
 		if _, err := c.Broker.WhoAmI(t.Context(), &brokerv1.WhoAmIRequest{}); err != nil {
 			t.Skipf("SVID expired before the first call (slow machine): %v", err)
 		}
 		time.Sleep(time.Until(leafExpiry(t, s)) + 100*time.Millisecond)
 		_, err = c.Broker.FetchCredential(t.Context(), fetch)
-		wantCode(t, err, codes.Unauthenticated, "expired")
+		brokertest.WantCode(t, err, codes.Unauthenticated, "expired")
 	})
 	t.Run("no SVID", func(t *testing.T) {
 		conn := dialNoClientCert(t, b)
 		_, err := brokerv1.NewBrokerServiceClient(conn).WhoAmI(t.Context(), &brokerv1.WhoAmIRequest{})
-		wantCode(t, err, codes.Unauthenticated, "no SVID presented")
+		brokertest.WantCode(t, err, codes.Unauthenticated, "no SVID presented")
 	})
 	t.Run("malformed bearer", func(t *testing.T) {
 		conn := dialNoClientCert(t, b)
 		ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Basic Zm9vOmJhcg==")
 		_, err := brokerv1.NewBrokerServiceClient(conn).WhoAmI(ctx, &brokerv1.WhoAmIRequest{})
-		wantCode(t, err, codes.Unauthenticated, "Bearer")
+		brokertest.WantCode(t, err, codes.Unauthenticated, "Bearer")
 	})
 }
 
 // JWT-SVIDs: accepted only with the broker's own ID as the one audience.
 func TestJWTSVID(t *testing.T) {
-	f := setup(t)
-	b := f.start(t, f.config(t, t.TempDir()))
-	agent := f.id(t, "jwt-agent")
-	b.register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	agent := f.ID(t, "jwt-agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
 	conn := dialNoClientCert(t, b)
 	bc := brokerv1.NewBrokerServiceClient(conn)
 	call := func(token string) (*brokerv1.WhoAmIResponse, error) {
@@ -222,7 +228,7 @@ func TestJWTSVID(t *testing.T) {
 		return bc.WhoAmI(ctx, &brokerv1.WhoAmIRequest{})
 	}
 
-	good, err := f.stack.MintJWT(t.Context(), agent, f.stack.BrokerID.String(), time.Minute)
+	good, err := f.Stack.MintJWT(t.Context(), agent, f.Stack.BrokerID.String(), time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,32 +244,32 @@ func TestJWTSVID(t *testing.T) {
 		t.Errorf("FetchCredential with JWT-SVID: %v", err)
 	}
 
-	other, err := f.stack.MintJWT(t.Context(), agent, "spiffe://atf.test/some-other-service", time.Minute)
+	other, err := f.Stack.MintJWT(t.Context(), agent, "spiffe://atf.test/some-other-service", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = call(other)
-	wantCode(t, err, codes.Unauthenticated, "audience")
+	brokertest.WantCode(t, err, codes.Unauthenticated, "audience")
 
 	_, err = call("not-a-jwt")
-	wantCode(t, err, codes.Unauthenticated)
+	brokertest.WantCode(t, err, codes.Unauthenticated)
 	_, err = call(strings.Repeat("a", 9000))
-	wantCode(t, err, codes.Unauthenticated, "longer than")
+	brokertest.WantCode(t, err, codes.Unauthenticated, "longer than")
 
 	// An X.509-SVID and a JWT-SVID naming different workloads.
-	c := b.dial(t, f.id(t, "someone-else"))
+	c := b.Dial(t, f.ID(t, "someone-else"))
 	_, err = c.Broker.WhoAmI(ctx, &brokerv1.WhoAmIRequest{})
-	wantCode(t, err, codes.Unauthenticated, "X.509-SVID names")
+	brokertest.WantCode(t, err, codes.Unauthenticated, "X.509-SVID names")
 }
 
 // Every malformed request gets InvalidArgument with the field and the rule.
 func TestMalformedRequests(t *testing.T) {
-	f := setup(t)
-	b := f.start(t, f.config(t, t.TempDir()))
-	agent := f.id(t, "agent")
-	b.register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
-	bc := b.dial(t, agent).Broker
-	ac := b.dial(t, f.admin).Admin
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	agent := f.ID(t, "agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	bc := b.Dial(t, agent).Broker
+	ac := b.Dial(t, f.Admin).Admin
 
 	for _, tt := range []struct {
 		name  string
@@ -291,7 +297,7 @@ func TestMalformedRequests(t *testing.T) {
 			return err
 		}, []string{"ttl"}},
 		{"register without owner", func() error {
-			_, err := ac.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{SpiffeId: f.id(t, "x").String(), Purpose: "p"})
+			_, err := ac.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{SpiffeId: f.ID(t, "x").String(), Purpose: "p"})
 			return err
 		}, []string{"owner"}},
 		{"register uppercase trust domain", func() error {
@@ -315,11 +321,11 @@ func TestMalformedRequests(t *testing.T) {
 			return err
 		}, []string{"trust domain is not in trust_domains"}},
 		{"register undefined role", func() error {
-			_, err := ac.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{SpiffeId: f.id(t, "y").String(), Owner: "o", Purpose: "p", Roles: []string{"db-admin"}})
+			_, err := ac.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{SpiffeId: f.ID(t, "y").String(), Owner: "o", Purpose: "p", Roles: []string{"db-admin"}})
 			return err
 		}, []string{`role "db-admin" is not defined`}},
 		{"register undefined level", func() error {
-			_, err := ac.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{SpiffeId: f.id(t, "z").String(), Owner: "o", Purpose: "p", Level: 99})
+			_, err := ac.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{SpiffeId: f.ID(t, "z").String(), Owner: "o", Purpose: "p", Level: 99})
 			return err
 		}, []string{"level"}},
 		{"list page too large", func() error {
@@ -328,7 +334,7 @@ func TestMalformedRequests(t *testing.T) {
 		}, []string{"page_size"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			wantCode(t, tt.call(), codes.InvalidArgument, tt.parts...)
+			brokertest.WantCode(t, tt.call(), codes.InvalidArgument, tt.parts...)
 		})
 	}
 }
@@ -336,27 +342,27 @@ func TestMalformedRequests(t *testing.T) {
 // The registry: register, get, list (paginated), update, deregister, and
 // the history of who changed what; it survives a restart.
 func TestRegistryLifecycleAndRestart(t *testing.T) {
-	f := setup(t)
-	cfg := f.config(t, t.TempDir())
-	b := f.start(t, cfg)
-	ac := b.dial(t, f.admin).Admin
+	f := brokertest.Setup(t)
+	cfg := f.Config(t, t.TempDir())
+	b := f.Start(t, cfg)
+	ac := b.Dial(t, f.Admin).Admin
 	var ids []spiffeid.ID
 	for i := range 5 {
-		id := f.id(t, "agent-"+string(rune('a'+i)))
+		id := f.ID(t, "agent-"+string(rune('a'+i)))
 		ids = append(ids, id)
-		b.register(t, id, brokerv1.Level_LEVEL_INTERN, "reports-read")
+		b.Register(t, id, brokerv1.Level_LEVEL_INTERN, "reports-read")
 	}
 	got, err := ac.GetAgent(t.Context(), &adminv1.GetAgentRequest{SpiffeId: ids[0].String()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a := got.GetAgent(); a.GetOwner() != "owner@example.org" || a.GetLevel() != brokerv1.Level_LEVEL_INTERN || a.GetStatus() != brokerv1.AgentStatus_AGENT_STATUS_ACTIVE || a.GetUpdatedBy() != f.admin.String() || a.GetRevision() != 1 {
+	if a := got.GetAgent(); a.GetOwner() != "owner@example.org" || a.GetLevel() != brokerv1.Level_LEVEL_INTERN || a.GetStatus() != brokerv1.AgentStatus_AGENT_STATUS_ACTIVE || a.GetUpdatedBy() != f.Admin.String() || a.GetRevision() != 1 {
 		t.Errorf("GetAgent = %v", a)
 	}
 	_, err = ac.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{SpiffeId: ids[0].String(), Owner: "o", Purpose: "p"})
-	wantCode(t, err, codes.AlreadyExists)
-	_, err = ac.GetAgent(t.Context(), &adminv1.GetAgentRequest{SpiffeId: f.id(t, "nobody").String()})
-	wantCode(t, err, codes.NotFound)
+	brokertest.WantCode(t, err, codes.AlreadyExists)
+	_, err = ac.GetAgent(t.Context(), &adminv1.GetAgentRequest{SpiffeId: f.ID(t, "nobody").String()})
+	brokertest.WantCode(t, err, codes.NotFound)
 
 	// Pages of two cover all five, once each, in order.
 	var seen []string
@@ -390,22 +396,22 @@ func TestRegistryLifecycleAndRestart(t *testing.T) {
 		t.Errorf("UpdateAgent = %v", up.GetAgent())
 	}
 	_, err = ac.UpdateAgent(t.Context(), &adminv1.UpdateAgentRequest{SpiffeId: ids[1].String(), Level: &level, ExpectedRevision: 1})
-	wantCode(t, err, codes.FailedPrecondition, "revision")
+	brokertest.WantCode(t, err, codes.FailedPrecondition, "revision")
 
 	// Nobody registers or changes their own record.
-	_, err = ac.UpdateAgent(t.Context(), &adminv1.UpdateAgentRequest{SpiffeId: f.admin.String(), Level: &level})
-	wantCode(t, err, codes.PermissionDenied, "its own agent record")
+	_, err = ac.UpdateAgent(t.Context(), &adminv1.UpdateAgentRequest{SpiffeId: f.Admin.String(), Level: &level})
+	brokertest.WantCode(t, err, codes.PermissionDenied, "its own agent record")
 
 	if _, err := ac.DeregisterAgent(t.Context(), &adminv1.DeregisterAgentRequest{SpiffeId: ids[2].String(), Reason: "retired"}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = b.dial(t, ids[2]).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"})
-	wantCode(t, err, codes.PermissionDenied, "deregistered")
+	_, err = b.Dial(t, ids[2]).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"})
+	brokertest.WantCode(t, err, codes.PermissionDenied, "deregistered")
 
 	// Restart on the same store: everything is still there.
-	b.stop()
-	b2 := f.start(t, cfg)
-	ac2 := b2.dial(t, f.admin).Admin
+	b.Stop()
+	b2 := f.Start(t, cfg)
+	ac2 := b2.Dial(t, f.Admin).Admin
 	r, err := ac2.ListAgents(t.Context(), &adminv1.ListAgentsRequest{IncludeDeregistered: true})
 	if err != nil || len(r.GetAgents()) != 5 {
 		t.Fatalf("after restart: %d agents, %v", len(r.GetAgents()), err)
@@ -417,7 +423,7 @@ func TestRegistryLifecycleAndRestart(t *testing.T) {
 	var actions []string
 	for _, c := range h.GetChanges() {
 		actions = append(actions, c.GetAction())
-		if c.GetActor() != f.admin.String() || c.GetTime() == nil {
+		if c.GetActor() != f.Admin.String() || c.GetTime() == nil {
 			t.Errorf("change %v lacks actor or time", c)
 		}
 	}
@@ -432,11 +438,11 @@ func TestRegistryLifecycleAndRestart(t *testing.T) {
 
 // A second atfd on the same store file fails fast with a clear message.
 func TestSecondBrokerOnSameStoreFailsFast(t *testing.T) {
-	f := setup(t)
-	cfg := f.config(t, t.TempDir())
-	f.start(t, cfg)
+	f := brokertest.Setup(t)
+	cfg := f.Config(t, t.TempDir())
+	f.Start(t, cfg)
 	start := time.Now()
-	_, err := f.tryStart(t, cfg)
+	_, err := f.TryStart(t, cfg)
 	if !errors.Is(err, store.ErrLocked) || !strings.Contains(err.Error(), "another atfd") {
 		t.Fatalf("second broker: %v, want ErrLocked naming another atfd", err)
 	}
@@ -450,31 +456,31 @@ func TestSecondBrokerOnSameStoreFailsFast(t *testing.T) {
 // even across a restart. Issuance with Vault down is Unavailable and leaves
 // no record.
 func TestVaultOutage(t *testing.T) {
-	f := setup(t)
-	proxy := newFaultProxy(t, strings.TrimPrefix(f.stack.VaultAddr, "http://"))
-	cfg := f.config(t, t.TempDir())
-	cfg.Vault.Address = proxy.url()
-	b := f.start(t, cfg)
-	agent, other := f.id(t, "agent"), f.id(t, "other")
-	b.register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
-	b.register(t, other, brokerv1.Level_LEVEL_INTERN, "reports-read")
-	bc := b.dial(t, agent).Broker
+	f := brokertest.Setup(t)
+	proxy := brokertest.NewFaultProxy(t, strings.TrimPrefix(f.Stack.VaultAddr, "http://"))
+	cfg := f.Config(t, t.TempDir())
+	cfg.Vault.Address = proxy.URL()
+	b := f.Start(t, cfg)
+	agent, other := f.ID(t, "agent"), f.ID(t, "other")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	b.Register(t, other, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	bc := b.Dial(t, agent).Broker
 	fetch := &brokerv1.FetchCredentialRequest{Role: "reports-read"}
 
 	live, err := bc.FetchCredential(t.Context(), fetch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherLive, err := b.dial(t, other).Broker.FetchCredential(t.Context(), fetch)
+	otherLive, err := b.Dial(t, other).Broker.FetchCredential(t.Context(), fetch)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	proxy.down()
+	proxy.Down()
 	_, err = bc.FetchCredential(t.Context(), fetch)
-	wantCode(t, err, codes.Unavailable, "Vault is unavailable", "nothing was issued")
+	brokertest.WantCode(t, err, codes.Unavailable, "Vault is unavailable", "nothing was issued")
 
-	ac := b.dial(t, f.admin).Admin
+	ac := b.Dial(t, f.Admin).Admin
 	dr, err := ac.DeregisterAgent(t.Context(), &adminv1.DeregisterAgentRequest{SpiffeId: agent.String(), Reason: "compromised"})
 	if err != nil {
 		t.Fatal(err)
@@ -484,12 +490,12 @@ func TestVaultOutage(t *testing.T) {
 	}
 	// The broker refuses at once, whatever Vault's state.
 	_, err = bc.FetchCredential(t.Context(), fetch)
-	wantCode(t, err, codes.PermissionDenied, "deregistered")
+	brokertest.WantCode(t, err, codes.PermissionDenied, "deregistered")
 
 	// Restart while Vault is still away: the queue is in the store. The
 	// broker needs Vault to start, so bring it back just after the restart
 	// begins... simplest honest order: stop, restore, start.
-	b.stop()
+	b.Stop()
 	st, err := store.Open(cfg.StorePath, store.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -503,26 +509,25 @@ func TestVaultOutage(t *testing.T) {
 	if len(creds) != 1 {
 		t.Fatalf("recorded %d credentials for the agent, want 1 (the failed issuance must leave none)", len(creds))
 	}
-	proxy.restore(t)
-	f.start(t, cfg)
+	proxy.Restore(t)
+	f.Start(t, cfg)
 	// The restarted broker drains the queue: the token dies in Vault.
 	waitFor(t, 30*time.Second, "the queued revocation to reach Vault", func() bool {
-		_, err := f.vaultAs(t, live.GetCredential().GetToken()).Auth().Token().LookupSelfWithContext(t.Context())
-		return err != nil && strings.Contains(err.Error(), "permission denied")
+		return f.Dead(t, live.GetCredential().GetToken())
 	})
 	// The other agent's credential is untouched.
-	if _, err := f.vaultAs(t, otherLive.GetCredential().GetToken()).Auth().Token().LookupSelfWithContext(t.Context()); err != nil {
+	if _, err := f.Lookup(t, otherLive.GetCredential().GetToken()); err != nil {
 		t.Errorf("another agent's credential was revoked: %v", err)
 	}
 }
 
 // Deregistration with Vault up revokes at once, before it answers.
 func TestDeregisterRevokesLiveCredentials(t *testing.T) {
-	f := setup(t)
-	b := f.start(t, f.config(t, t.TempDir()))
-	agent := f.id(t, "agent")
-	b.register(t, agent, brokerv1.Level_LEVEL_SENIOR, "reports-read", "reports-write")
-	bc := b.dial(t, agent).Broker
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	agent := f.ID(t, "agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_SENIOR, "reports-read", "reports-write")
+	bc := b.Dial(t, agent).Broker
 	var tokens []string
 	for _, role := range []string{"reports-read", "reports-write", "reports-read"} {
 		r, err := bc.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: role})
@@ -531,7 +536,7 @@ func TestDeregisterRevokesLiveCredentials(t *testing.T) {
 		}
 		tokens = append(tokens, r.GetCredential().GetToken())
 	}
-	dr, err := b.dial(t, f.admin).Admin.DeregisterAgent(t.Context(), &adminv1.DeregisterAgentRequest{SpiffeId: agent.String(), Reason: "done"})
+	dr, err := b.Dial(t, f.Admin).Admin.DeregisterAgent(t.Context(), &adminv1.DeregisterAgentRequest{SpiffeId: agent.String(), Reason: "done"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -539,7 +544,7 @@ func TestDeregisterRevokesLiveCredentials(t *testing.T) {
 		t.Errorf("revoked %d, pending %d; want 3, 0", dr.GetCredentialsRevoked(), dr.GetRevocationsPending())
 	}
 	for i, tok := range tokens {
-		if _, err := f.vaultAs(t, tok).Auth().Token().LookupSelfWithContext(t.Context()); err == nil {
+		if !f.Dead(t, tok) {
 			t.Errorf("token %d still valid in Vault after deregistration", i)
 		}
 	}
@@ -547,10 +552,10 @@ func TestDeregisterRevokesLiveCredentials(t *testing.T) {
 
 // The broker logs in to Vault with AppRole, as in production.
 func TestVaultAppRoleLogin(t *testing.T) {
-	f := setup(t)
+	f := brokertest.Setup(t)
 	dir := t.TempDir()
-	cfg := f.config(t, dir)
-	roleID, secretID, err := f.stack.BrokerAppRole(t.Context())
+	cfg := f.Config(t, dir)
+	roleID, secretID, err := f.Stack.BrokerAppRole(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -559,10 +564,10 @@ func TestVaultAppRoleLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Vault.Auth = broker.VaultAuth{Method: "approle", RoleID: roleID, SecretIDFile: secretFile}
-	b := f.start(t, cfg)
-	agent := f.id(t, "agent")
-	b.register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
-	if _, err := b.dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"}); err != nil {
+	b := f.Start(t, cfg)
+	agent := f.ID(t, "agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	if _, err := b.Dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"}); err != nil {
 		t.Fatal(err)
 	}
 	// A wrong secret id: the broker refuses to start, saying why.
@@ -570,7 +575,7 @@ func TestVaultAppRoleLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.StorePath = filepath.Join(dir, "other.db")
-	_, err = f.tryStart(t, cfg)
+	_, err = f.TryStart(t, cfg)
 	if err == nil || !strings.Contains(err.Error(), "login") || strings.Contains(err.Error(), "not-the-secret") {
 		t.Fatalf("start with a bad secret id: %v", err)
 	}
@@ -578,21 +583,21 @@ func TestVaultAppRoleLogin(t *testing.T) {
 
 // The broker logs in to Vault with its own JWT-SVID from the Workload API.
 func TestVaultJWTLogin(t *testing.T) {
-	f := setup(t)
-	cfg := f.config(t, t.TempDir())
+	f := brokertest.Setup(t)
+	cfg := f.Config(t, t.TempDir())
 	cfg.Vault.Auth = broker.VaultAuth{Method: "jwt", Role: "atf-broker", Audience: "vault"}
-	b := f.start(t, cfg)
-	agent := f.id(t, "agent")
-	b.register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
-	if _, err := b.dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"}); err != nil {
+	b := f.Start(t, cfg)
+	agent := f.ID(t, "agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	if _, err := b.Dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"}); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // Health and reflection answer without an SVID, so probes and grpcurl work.
 func TestHealthWithoutSVID(t *testing.T) {
-	f := setup(t)
-	b := f.start(t, f.config(t, t.TempDir()))
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
 	conn := dialNoClientCert(t, b)
 	r, err := healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{})
 	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
@@ -602,14 +607,14 @@ func TestHealthWithoutSVID(t *testing.T) {
 
 // dialNoClientCert connects over TLS, verifying the broker against the
 // bundle, without presenting a client certificate.
-func dialNoClientCert(t *testing.T, b *testBroker) *grpc.ClientConn {
+func dialNoClientCert(t *testing.T, b *brokertest.Broker) *grpc.ClientConn {
 	t.Helper()
-	bundle, err := x509bundle.Load(b.f.stack.TrustDomain, b.f.stack.BundlePath)
+	bundle, err := x509bundle.Load(b.F.Stack.TrustDomain, b.F.Stack.BundlePath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(b.f.stack.BrokerID))
-	conn, err := grpc.NewClient(b.addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	tc := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(b.F.Stack.BrokerID))
+	conn, err := grpc.NewClient(b.Addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -638,5 +643,63 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("timed out after %s waiting for %s", d, what)
 		case <-tick.C:
 		}
+	}
+}
+
+// Clients get their identity from the Workload API, as X.509-SVID or as
+// JWT-SVID. The test process is registered as the broker's workload, so it
+// calls the broker as the broker's own ID.
+func TestClientOverWorkloadAPI(t *testing.T) {
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	for _, tt := range []struct {
+		jwt  bool
+		want brokerv1.AuthMethod
+	}{
+		{false, brokerv1.AuthMethod_AUTH_METHOD_X509_SVID},
+		{true, brokerv1.AuthMethod_AUTH_METHOD_JWT_SVID},
+	} {
+		t.Run(tt.want.String(), func(t *testing.T) {
+			c, err := client.Dial(t.Context(), client.Config{Addr: b.Addr, WorkloadAPIAddr: f.Stack.WorkloadAPIAddr, JWT: tt.jwt})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			who, err := c.Broker.WhoAmI(t.Context(), &brokerv1.WhoAmIRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if who.GetSpiffeId() != f.Stack.BrokerID.String() || who.GetAuthMethod() != tt.want || who.GetRegistered() {
+				t.Errorf("WhoAmI = %v", who)
+			}
+		})
+	}
+}
+
+// The broker keeps its own Vault token alive: with a token whose period is
+// a few seconds, issuance still works well past that period.
+func TestBrokerRenewsItsVaultToken(t *testing.T) {
+	f := brokertest.Setup(t)
+	dir := t.TempDir()
+	cfg := f.Config(t, dir)
+	root := f.Stack.VaultClient()
+	s, err := root.Auth().Token().CreateOrphanWithContext(t.Context(), &vaultapi.TokenCreateRequest{
+		Policies: []string{"atf-broker"}, NoDefaultPolicy: true, Period: "3s",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg.Vault.Auth.TokenFile, []byte(s.Auth.ClientToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := f.Start(t, cfg)
+	agent := f.ID(t, "agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	deadline := time.Now().Add(8 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := b.Dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"}); err != nil {
+			t.Fatalf("issuance failed %s after start: %v", 8*time.Second-time.Until(deadline), err)
+		}
+		time.Sleep(time.Second)
 	}
 }

@@ -154,7 +154,6 @@ func run(ctx context.Context) error {
 	title("The reporter uses the token: its role's path is readable, anything else is denied")
 	d.vault(ctx, token, true, "kv", "get", "secret/demo/reports")
 	d.vault(ctx, token, false, "kv", "get", "secret/demo/payroll")
-	d.vault(ctx, token, true, "token", "lookup")
 
 	title("The reporter is an Intern: a write role is refused, whatever its manifest says")
 	d.atfctl(ctx, false, "creds", "fetch", "--role", "reports-write")

@@ -1,0 +1,356 @@
+// Package brokertest runs in-process brokers against the shared dev stack
+// (real SPIRE and Vault, package deploy/dev) for integration tests, and
+// dials them as SPIRE-minted agents.
+//
+// A test package using it calls devtest.Main from TestMain.
+package brokertest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/agentictrust/atf/broker"
+	"github.com/agentictrust/atf/broker/client"
+	"github.com/agentictrust/atf/deploy/dev"
+	"github.com/agentictrust/atf/deploy/dev/devtest"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+// Roles is the roles file of every test broker; its policies are the dev
+// stack's demo policies.
+const Roles = `roles:
+  - name: reports-read
+    class: read
+    policies: [demo-reports-read]
+    max_ttl: 30m
+  - name: reports-write
+    class: write
+    policies: [demo-reports-write]
+    max_ttl: 10m
+  - name: payroll-read
+    class: read
+    policies: [demo-payroll-read]
+    max_ttl: 2m
+`
+
+// Fixture is the shared SPIRE + Vault stack, with the test process
+// registered as the broker's workload.
+type Fixture struct {
+	Stack *dev.Stack
+	// Admin is the SPIFFE ID in every broker's admins list.
+	Admin spiffeid.ID
+
+	mu    sync.Mutex
+	svids map[spiffeid.ID]dev.SVIDFiles
+}
+
+var (
+	fixOnce sync.Once
+	fix     *Fixture
+	fixErr  error
+)
+
+// Setup returns the fixture on the test binary's shared dev stack,
+// registering the test process as the broker's workload on first use.
+func Setup(t *testing.T) *Fixture {
+	t.Helper()
+	s := devtest.Shared(t)
+	fixOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		// The broker runs inside the test binary: it is the workload with
+		// this process's uid.
+		if fixErr = s.RegisterWorkload(ctx, s.BrokerID, "unix:uid:"+strconv.Itoa(os.Getuid())); fixErr != nil {
+			return
+		}
+		if _, fixErr = s.AwaitX509SVID(ctx, s.BrokerID); fixErr != nil {
+			return
+		}
+		fix = &Fixture{Stack: s, Admin: spiffeid.RequireFromPath(s.TrustDomain, "/ops/admin"), svids: map[spiffeid.ID]dev.SVIDFiles{}}
+	})
+	if fixErr != nil {
+		t.Fatalf("setup: %v", fixErr)
+	}
+	return fix
+}
+
+// ID returns a SPIFFE ID in the stack's trust domain, unique to the test.
+func (f *Fixture) ID(t *testing.T, name string) spiffeid.ID {
+	return spiffeid.RequireFromSegments(f.Stack.TrustDomain, "agents", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), name)
+}
+
+// SVID mints (once) an X.509-SVID for id.
+func (f *Fixture) SVID(t *testing.T, id spiffeid.ID) dev.SVIDFiles {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s, ok := f.svids[id]; ok {
+		return s
+	}
+	s, err := f.Stack.MintX509(t.Context(), id, time.Hour)
+	if err != nil {
+		t.Fatalf("mint %s: %v", id, err)
+	}
+	f.svids[id] = s
+	return s
+}
+
+// Broker is an in-process broker serving on loopback.
+type Broker struct {
+	F    *Fixture
+	Cfg  broker.Config
+	Addr string
+	srv  *broker.Server
+	done chan error
+}
+
+// Config returns a broker configuration for the fixture, with its store in
+// dir and the broker logged in to Vault with a token holding atf-broker.
+func (f *Fixture) Config(t *testing.T, dir string) broker.Config {
+	t.Helper()
+	roles := filepath.Join(dir, "roles.yaml")
+	if err := os.WriteFile(roles, []byte(Roles), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := f.Stack.BrokerVaultToken(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokFile := filepath.Join(dir, "vault-token")
+	if err := os.WriteFile(tokFile, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return broker.Config{
+		ListenAddr:   "127.0.0.1:0",
+		SPIFFE:       broker.SPIFFEConfig{WorkloadAPIAddr: f.Stack.WorkloadAPIAddr},
+		TrustDomains: []string{f.Stack.TrustDomain.Name()},
+		Admins:       []string{f.Admin.String()},
+		StorePath:    filepath.Join(dir, "atf.db"),
+		RolesFile:    roles,
+		Vault: broker.VaultConfig{
+			Address: f.Stack.VaultAddr,
+			Timeout: 2 * time.Second,
+			Auth:    broker.VaultAuth{Method: "token", TokenFile: tokFile},
+		},
+	}
+}
+
+// Start starts a broker with cfg and stops it when t ends.
+func (f *Fixture) Start(t *testing.T, cfg broker.Config) *Broker {
+	t.Helper()
+	b, err := f.TryStart(t, cfg)
+	if err != nil {
+		t.Fatalf("broker.New: %v", err)
+	}
+	return b
+}
+
+// TryStart is Start, returning broker.New's error.
+func (f *Fixture) TryStart(t *testing.T, cfg broker.Config) (*Broker, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	srv, err := broker.New(ctx, cfg, broker.WithLogger(logger()))
+	if err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		srv.Close()
+		t.Fatal(err)
+	}
+	b := &Broker{F: f, Cfg: cfg, Addr: lis.Addr().String(), srv: srv, done: make(chan error, 1)}
+	go func() { b.done <- srv.Serve(lis) }()
+	t.Cleanup(b.Stop)
+	return b, nil
+}
+
+// Stop stops the broker and waits for Serve to return; idempotent.
+func (b *Broker) Stop() {
+	b.srv.Close()
+	if b.done != nil {
+		<-b.done
+		b.done = nil
+	}
+}
+
+// Dial connects to the broker as id, with an SVID minted by SPIRE.
+func (b *Broker) Dial(t *testing.T, id spiffeid.ID) *client.Conn {
+	t.Helper()
+	s := b.F.SVID(t, id)
+	return b.DialFiles(t, s)
+}
+
+// DialFiles connects to the broker with the given SVID files.
+func (b *Broker) DialFiles(t *testing.T, s dev.SVIDFiles) *client.Conn {
+	t.Helper()
+	c, err := client.Dial(t.Context(), client.Config{
+		Addr:        b.Addr,
+		BrokerID:    b.F.Stack.BrokerID.String(),
+		SVIDFile:    s.CertPath,
+		SVIDKeyFile: s.KeyPath,
+		BundleFile:  s.BundlePath,
+	})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Register registers id through AdminService as the admin.
+func (b *Broker) Register(t *testing.T, id spiffeid.ID, level brokerv1.Level, roles ...string) *adminv1.Agent {
+	t.Helper()
+	r, err := b.Dial(t, b.F.Admin).Admin.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{
+		SpiffeId: id.String(), Owner: "owner@example.org", Purpose: "test " + t.Name(), Roles: roles, Level: level,
+	})
+	if err != nil {
+		t.Fatalf("register %s: %v", id, err)
+	}
+	return r.GetAgent()
+}
+
+// VaultAs returns a Vault client using token.
+func (f *Fixture) VaultAs(t *testing.T, token string) *vaultapi.Client {
+	t.Helper()
+	c := f.Stack.VaultClient()
+	c.SetToken(token)
+	return c
+}
+
+// Lookup asks Vault, as root, about token. An error containing "bad token"
+// means Vault does not know it: revoked or expired. (Credentials carry no
+// default policy, so they cannot look themselves up.)
+func (f *Fixture) Lookup(t *testing.T, token string) (*vaultapi.Secret, error) {
+	t.Helper()
+	return f.Stack.VaultClient().Auth().Token().LookupWithContext(t.Context(), token)
+}
+
+// Dead reports whether Vault says token does not exist.
+func (f *Fixture) Dead(t *testing.T, token string) bool {
+	t.Helper()
+	_, err := f.Lookup(t, token)
+	return err != nil && strings.Contains(err.Error(), "bad token")
+}
+
+// WantCode fails t unless err has code and its message contains every part.
+func WantCode(t *testing.T, err error, code codes.Code, parts ...string) {
+	t.Helper()
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != code {
+		t.Fatalf("got %v, want code %s", err, code)
+	}
+	for _, p := range parts {
+		if !strings.Contains(st.Message(), p) {
+			t.Fatalf("message %q does not contain %q", st.Message(), p)
+		}
+	}
+}
+
+// logger logs to stderr with -v and discards otherwise.
+func logger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// FaultProxy forwards TCP to a real server and can be cut and restored, to
+// make the real Vault unreachable for one broker without stopping it.
+type FaultProxy struct {
+	target string
+	addr   string
+
+	mu    sync.Mutex
+	lis   net.Listener
+	conns map[net.Conn]bool
+}
+
+// NewFaultProxy starts a proxy to target (host:port), stopped when t ends.
+func NewFaultProxy(t *testing.T, target string) *FaultProxy {
+	t.Helper()
+	p := &FaultProxy{target: target, conns: map[net.Conn]bool{}}
+	if err := p.up("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Down)
+	return p
+}
+
+func (p *FaultProxy) up(addr string) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.lis, p.addr = lis, lis.Addr().String()
+	p.mu.Unlock()
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go p.forward(c)
+		}
+	}()
+	return nil
+}
+
+func (p *FaultProxy) forward(c net.Conn) {
+	s, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns[c], p.conns[s] = true, true
+	p.mu.Unlock()
+	go func() { io.Copy(s, c); s.Close() }()
+	io.Copy(c, s)
+	c.Close()
+	p.mu.Lock()
+	delete(p.conns, c)
+	delete(p.conns, s)
+	p.mu.Unlock()
+}
+
+// Down cuts every connection and stops listening.
+func (p *FaultProxy) Down() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lis != nil {
+		p.lis.Close()
+		p.lis = nil
+	}
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// Restore listens again on the same address.
+func (p *FaultProxy) Restore(t *testing.T) {
+	t.Helper()
+	if err := p.up(p.addr); err != nil && !errors.Is(err, net.ErrClosed) {
+		t.Fatal(err)
+	}
+}
+
+// URL is the proxy's address as an http URL.
+func (p *FaultProxy) URL() string { return "http://" + p.addr }

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/devtest"
+)
+
+func TestMain(m *testing.M) { devtest.Main(m) }
+
+// run runs atfctl in-process as id and returns its output and exit code.
+func run(t *testing.T, b *brokertest.Broker, id spiffeid.ID, args ...string) (string, int) {
+	t.Helper()
+	s := b.F.SVID(t, id)
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(append([]string{"--addr", b.Addr, "--broker-id", b.F.Stack.BrokerID.String(),
+		"--svid", s.CertPath, "--svid-key", s.KeyPath, "--bundle", s.BundlePath}, args...))
+	err := root.ExecuteContext(t.Context())
+	if err != nil {
+		out.WriteString(message(err))
+	}
+	return out.String(), exitCode(err)
+}
+
+func TestCLI(t *testing.T) {
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	agent, stranger := f.ID(t, "agent"), f.ID(t, "stranger")
+
+	out, code := run(t, b, f.Admin, "agent", "register", agent.String(), "--owner", "alice@example.org", "--purpose", "cli test", "--role", "reports-read")
+	if code != 0 || !strings.Contains(out, "intern") || !strings.Contains(out, "alice@example.org") {
+		t.Fatalf("register: exit %d\n%s", code, out)
+	}
+	out, code = run(t, b, f.Admin, "agent", "get", agent.String(), "-o", "json")
+	var got struct {
+		Agent struct {
+			SpiffeID string `json:"spiffe_id"`
+			Level    string `json:"level"`
+		} `json:"agent"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || got.Agent.SpiffeID != agent.String() || got.Agent.Level != "LEVEL_INTERN" {
+		t.Fatalf("get -o json: exit %d\n%s", code, out)
+	}
+	if out, code = run(t, b, f.Admin, "agent", "update", agent.String(), "--version", "1.2.0"); code != 0 || !strings.Contains(out, "revision 2") {
+		t.Fatalf("update: exit %d\n%s", code, out)
+	}
+	if out, code = run(t, b, f.Admin, "agent", "list"); code != 0 || !strings.Contains(out, agent.String()) {
+		t.Fatalf("list: exit %d\n%s", code, out)
+	}
+
+	out, code = run(t, b, agent, "whoami")
+	if code != 0 || !strings.Contains(out, agent.String()) || !regexp.MustCompile(`Registered:\s+yes`).MatchString(out) {
+		t.Fatalf("whoami: exit %d\n%s", code, out)
+	}
+	out, code = run(t, b, agent, "creds", "fetch", "--role", "reports-read", "--token-only")
+	if code != 0 {
+		t.Fatalf("creds fetch: exit %d\n%s", code, out)
+	}
+	if _, err := f.Lookup(t, strings.TrimSpace(out)); err != nil {
+		t.Fatalf("the printed token is not valid in Vault: %v", err)
+	}
+
+	// Exit codes scripts can rely on.
+	for _, tt := range []struct {
+		name string
+		as   spiffeid.ID
+		args []string
+		code int
+		want string
+	}{
+		{"unregistered", stranger, []string{"creds", "fetch", "--role", "reports-read"}, 3, "PermissionDenied"},
+		{"non-admin", agent, []string{"agent", "list"}, 3, "not a broker admin"},
+		{"not found", f.Admin, []string{"agent", "get", f.ID(t, "nobody").String()}, 4, "NotFound"},
+		{"invalid", f.Admin, []string{"agent", "register", "spiffe://atf.test", "--owner", "o", "--purpose", "p"}, 6, "needs a path"},
+		{"missing role flag", agent, []string{"creds", "fetch"}, 2, "--role is required"},
+		{"bad level", f.Admin, []string{"agent", "register", agent.String(), "--level", "boss"}, 2, "--level must be"},
+		{"extra argument", agent, []string{"agent", "get"}, 2, "takes 1 argument"},
+		{"bad output", agent, []string{"whoami", "-o", "yaml"}, 2, "--output must be"},
+		{"unknown flag", agent, []string{"whoami", "--bogus"}, 2, "unknown flag"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, code := run(t, b, tt.as, tt.args...)
+			if code != tt.code || !strings.Contains(out, tt.want) {
+				t.Fatalf("exit %d, want %d; output:\n%s", code, tt.code, out)
+			}
+		})
+	}
+
+	out, code = run(t, b, f.Admin, "agent", "deregister", agent.String(), "--reason", "cli test over")
+	if code != 0 || !regexp.MustCompile(`Credentials revoked:\s+1\n`).MatchString(out) {
+		t.Fatalf("deregister: exit %d\n%s", code, out)
+	}
+	if out, code = run(t, b, f.Admin, "agent", "history", agent.String()); code != 0 || strings.Count(out, "\n") != 4 || !strings.Contains(out, "cli test over") {
+		t.Fatalf("history: exit %d\n%s", code, out)
+	}
+}
