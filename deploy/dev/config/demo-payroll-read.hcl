@@ -1,0 +1,4 @@
+# Demo policy: read the demo payroll secret.
+path "secret/data/demo/payroll" {
+  capabilities = ["read"]
+}
