@@ -202,6 +202,15 @@ func TestRefusedCallers(t *testing.T) {
 		_, err = c.Broker.FetchCredential(t.Context(), fetch)
 		brokertest.WantCode(t, err, codes.Unauthenticated, "expired")
 	})
+	t.Run("trust domain not allowlisted", func(t *testing.T) {
+		// A broker that trusts only another trust domain refuses a valid
+		// SVID of this one, though it holds its bundle.
+		cfg := f.Config(t, t.TempDir())
+		cfg.TrustDomains = []string{"elsewhere.test"}
+		other := f.Start(t, cfg)
+		_, err := other.Dial(t, agent).Broker.WhoAmI(t.Context(), &brokerv1.WhoAmIRequest{})
+		brokertest.WantCode(t, err, codes.Unauthenticated, `trust domain "atf.test" is not trusted by this broker`)
+	})
 	t.Run("no SVID", func(t *testing.T) {
 		conn := dialNoClientCert(t, b)
 		_, err := brokerv1.NewBrokerServiceClient(conn).WhoAmI(t.Context(), &brokerv1.WhoAmIRequest{})

@@ -194,10 +194,20 @@ func (s *Stack) MintJWT(ctx context.Context, id spiffeid.ID, audience string, tt
 // an error. The agent serves the SVID about two seconds later; see
 // AwaitX509SVID.
 func (s *Stack) RegisterWorkload(ctx context.Context, id spiffeid.ID, selectors ...string) error {
+	return s.RegisterWorkloadTTL(ctx, id, 0, selectors...)
+}
+
+// RegisterWorkloadTTL is RegisterWorkload with the lifetime of the entry's
+// X.509-SVIDs (whole seconds; 0 means the server's default, 1 h). A short
+// lifetime makes the agent rotate the SVID soon: at about half of it.
+func (s *Stack) RegisterWorkloadTTL(ctx context.Context, id spiffeid.ID, ttl time.Duration, selectors ...string) error {
 	if len(selectors) == 0 {
 		return fmt.Errorf("dev: registering %s: no selectors", id)
 	}
 	args := []string{"entry", "create", "-parentID", s.AgentID.String(), "-spiffeID", id.String()}
+	if ttl > 0 {
+		args = append(args, "-x509SVIDTTL", strconv.Itoa(int(ttl/time.Second)))
+	}
 	for _, sel := range selectors {
 		args = append(args, "-selector", sel)
 	}
