@@ -189,8 +189,7 @@ func (g *Gate) Decide(agent *Agent, role Role, requested time.Duration) Decision
 		return deny(InvalidRole, "role %q has no positive max TTL; fix the roles file", role.Name)
 	}
 	lim := g.limits[agent.Level]
-	// The Intern invariant holds even if a Gate were built around NewGate.
-	if !slices.Contains(lim.Classes, role.Class) || (agent.Level == Intern && role.Class != Read) {
+	if !g.LevelMayHold(agent.Level, role.Class) {
 		return deny(ClassNotAllowed, "agents at level %s may not hold %s credentials (role %q)", agent.Level, role.Class, role.Name)
 	}
 	ttl := min(lim.MaxTTL, role.MaxTTL)
@@ -204,6 +203,16 @@ func (g *Gate) Decide(agent *Agent, role Role, requested time.Duration) Decision
 		TTL:     ttl,
 		MaxUses: lim.MaxUses,
 	}
+}
+
+// LevelMayHold reports whether an agent at level may hold credentials of
+// class at all, whatever its manifest says.
+func (g *Gate) LevelMayHold(level Level, class Class) bool {
+	// The Intern invariant holds even if a Gate were built around NewGate.
+	if !level.Valid() || (level == Intern && class != Read) {
+		return false
+	}
+	return slices.Contains(g.limits[level].Classes, class)
 }
 
 func deny(r Reason, format string, args ...any) Decision {

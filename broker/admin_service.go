@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -104,20 +105,46 @@ func (a *adminService) UpdateAgent(ctx context.Context, req *adminv1.UpdateAgent
 }
 
 func (a *adminService) DeregisterAgent(ctx context.Context, req *adminv1.DeregisterAgentRequest) (*adminv1.DeregisterAgentResponse, error) {
-	agent, queued, err := a.s.store.DeregisterAgent(req.GetSpiffeId(), identity(ctx).ID.String(), req.GetReason())
+	start := time.Now()
+	actor := identity(ctx).ID.String()
+	agent, rev, err := a.s.store.DeregisterAgent(req.GetSpiffeId(), actor, req.GetReason())
 	if err != nil {
 		return nil, a.s.statusOf(ctx, "deregister agent", err)
 	}
-	// The deregistration and the revocation queue are committed: from here
-	// the agent gets nothing, whatever Vault says.
-	revoked := a.s.revoker.revoke(ctx, queued)
-	a.s.logger(ctx).Info("agent deregistered", slog.String(logAgent, agent.ID),
-		slog.Int("revoked", revoked), slog.Int("pending", len(queued)-revoked))
+	// Committed: from here the agent and its lineage get nothing, whatever
+	// Vault says.
+	sum := a.s.finishRevocation(ctx, store.Root{AgentID: agent.ID}, actor, req.GetReason(), rev, start, time.Since(start))
+	a.s.logger(ctx).Info("agent deregistered", slog.String(logAgent, agent.ID))
 	return &adminv1.DeregisterAgentResponse{
 		Agent:              agentToProto(agent),
-		CredentialsRevoked: int32(revoked),
-		RevocationsPending: int32(len(queued) - revoked),
+		CredentialsRevoked: sum.GetCredentialsRevoked(),
+		RevocationsPending: sum.GetVaultPending(),
 	}, nil
+}
+
+func (a *adminService) RevokeLineage(ctx context.Context, req *adminv1.RevokeLineageRequest) (*adminv1.RevokeLineageResponse, error) {
+	sum, err := a.s.revokeLineage(ctx, store.Root{AgentID: req.GetAgentId(), GrantID: req.GetGrantId()}, identity(ctx).ID.String(), req.GetReason())
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.RevokeLineageResponse{Summary: sum}, nil
+}
+
+func (a *adminService) GetLineage(ctx context.Context, req *adminv1.GetLineageRequest) (*adminv1.GetLineageResponse, error) {
+	grants, creds, err := a.s.store.Lineage(store.Root{AgentID: req.GetAgentId(), GrantID: req.GetGrantId()})
+	if err != nil {
+		return nil, a.s.statusOf(ctx, "get lineage", err)
+	}
+	resp := &adminv1.GetLineageResponse{}
+	for _, g := range grants {
+		resp.Grants = append(resp.Grants, grantToProto(g))
+	}
+	for _, c := range creds {
+		resp.Credentials = append(resp.Credentials, &adminv1.LiveCredential{
+			Accessor: c.Accessor, AgentId: c.AgentID, Role: c.Role, GrantId: c.GrantID, ExpiresAt: timestamppb.New(c.ExpiresAt),
+		})
+	}
+	return resp, nil
 }
 
 func (a *adminService) ListAgentHistory(ctx context.Context, req *adminv1.ListAgentHistoryRequest) (*adminv1.ListAgentHistoryResponse, error) {

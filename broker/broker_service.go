@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strconv"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -14,6 +18,7 @@ import (
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/vault"
+	"github.com/agentictrust/atf/delegation"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
@@ -52,6 +57,13 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "role %q is not defined in the broker's roles file", req.GetRole())
 	}
+	decisionID := newID()
+	log = log.With(slog.String(logDecisionID, decisionID), slog.String(logRole, role.Name))
+	deny := func(reason, format string, args ...any) error {
+		log.Warn("credential denied", slog.String(logReason, reason))
+		return status.Errorf(codes.PermissionDenied, format+" (decision %s)", append(args, decisionID)...)
+	}
+
 	var agent *authz.Agent
 	a, err := s.store.GetAgent(caller)
 	switch {
@@ -60,25 +72,54 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, s.statusOf(ctx, "look up caller", err)
 	}
-	decisionID := newID()
-	d := s.gate.Decide(agent, role.authz(), req.GetTtl().AsDuration())
-	log = log.With(slog.String(logDecisionID, decisionID), slog.String(logRole, role.Name))
-	if !d.Allow {
-		log.Warn("credential denied", slog.String(logReason, string(d.Reason)))
-		return nil, status.Errorf(codes.PermissionDenied, "%s (decision %s)", d.Message, decisionID)
+	// Under a grant, the agent's authority narrows to the chain's: roles
+	// intersected, level the lowest, expiry the earliest.
+	chain := []string{caller}
+	var notAfter time.Time
+	if gid := req.GetGrantId(); gid != "" && agent != nil {
+		grants, ancestors, err := s.chainOf(gid)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, status.Errorf(codes.NotFound, "grant %s does not exist", gid)
+		}
+		if err != nil {
+			return nil, s.statusOf(ctx, "load grant chain", err)
+		}
+		auth, err := delegation.Effective(s.principal(a), grants, ancestors, s.now())
+		if err != nil {
+			return nil, deny("grant", "%s", strings.TrimPrefix(err.Error(), "delegation: "))
+		}
+		agent.Level, agent.Roles = authz.Level(auth.Level), auth.Roles
+		chain, notAfter = auth.Chain, auth.ExpiresAt
 	}
-	cred, err := s.issuer.Issue(ctx, vault.Request{
+	d := s.gate.Decide(agent, role.authz(), req.GetTtl().AsDuration())
+	if !d.Allow {
+		return nil, deny(string(d.Reason), "%s", d.Message)
+	}
+	if !notAfter.IsZero() {
+		d.TTL = min(d.TTL, time.Until(notAfter).Truncate(time.Second))
+		if d.TTL < time.Second {
+			return nil, deny("grant", "grant %s expires too soon to issue anything under it", req.GetGrantId())
+		}
+	}
+	node := store.AgentNode(caller)
+	if req.GetGrantId() != "" {
+		node = store.GrantNode(req.GetGrantId())
+	}
+	vreq := vault.Request{
 		Policies: role.Policies,
 		TTL:      d.TTL,
 		NumUses:  d.MaxUses,
 		Metadata: map[string]string{
 			"atf_agent":       caller,
 			"atf_role":        role.Name,
-			"atf_level":       a.Level.String(),
+			"atf_level":       agent.Level.String(),
 			"atf_decision_id": decisionID,
+			"atf_grant_id":    req.GetGrantId(),
+			"atf_chain":       strings.Join(chain, " > "),
 		},
 		DisplayName: "atf-" + role.Name,
-	})
+	}
+	cred, anchor, err := s.issueUnder(ctx, node, vreq)
 	if err != nil {
 		return nil, s.statusOf(ctx, "issue credential", err)
 	}
@@ -86,28 +127,33 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		Accessor:   cred.Accessor,
 		AgentID:    caller,
 		Role:       role.Name,
-		Level:      a.Level,
+		Level:      agent.Level,
 		Policies:   cred.Policies,
 		DecisionID: decisionID,
 		IssuedAt:   cred.IssuedAt.UTC(),
 		ExpiresAt:  cred.ExpiresAt.UTC(),
+		GrantID:    req.GetGrantId(),
+		Anchor:     anchor,
 	})
 	if err != nil {
-		// Never hand out a credential the broker has not recorded. If it was
-		// queued (deregistered meanwhile), the revoker finishes the job.
+		// Never hand out a credential the broker has not recorded. A refused
+		// record is queued for revocation; revoke it now as well.
 		if rerr := s.issuer.Revoke(context.WithoutCancel(ctx), cred.Accessor); rerr != nil {
 			log.Error("revoking an unrecorded credential failed; it expires on its own", slog.String(logError, rerr.Error()),
 				slog.String(logAccessor, cred.Accessor), slog.Time("expires_at", cred.ExpiresAt))
-		} else if errors.Is(err, store.ErrDeregistered) {
+		} else if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrRevoked) {
 			_ = s.store.CompleteRevocation(cred.Accessor)
 		}
-		if errors.Is(err, store.ErrDeregistered) {
-			return nil, status.Errorf(codes.PermissionDenied, "agent %s was deregistered (decision %s)", caller, decisionID)
+		switch {
+		case errors.Is(err, store.ErrDeregistered):
+			return nil, deny("deregistered", "agent %s was deregistered", caller)
+		case errors.Is(err, store.ErrRevoked):
+			return nil, deny("revoked", "the lineage this credential belongs to was revoked")
 		}
 		return nil, s.statusOf(ctx, "record credential", err)
 	}
 	log.Info("credential issued", slog.String(logAccessor, cred.Accessor), slog.Duration(logTTL, d.TTL),
-		slog.String(logLevel, a.Level.String()), slog.String("uses", strconv.Itoa(d.MaxUses)))
+		slog.String(logLevel, agent.Level.String()), slog.String("grant", req.GetGrantId()), slog.Int("uses", d.MaxUses))
 	return &brokerv1.FetchCredentialResponse{Credential: &brokerv1.Credential{
 		Token:        cred.Token,
 		Accessor:     cred.Accessor,
@@ -116,10 +162,150 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		IssuedAt:     timestamppb.New(cred.IssuedAt),
 		ExpiresAt:    timestamppb.New(cred.ExpiresAt),
 		Renewable:    false,
-		Level:        levelToProto(a.Level),
+		Level:        levelToProto(agent.Level),
 		DecisionId:   decisionID,
 		VaultAddress: s.issuer.Address(),
+		GrantId:      req.GetGrantId(),
+		Chain:        chain,
 	}}, nil
+}
+
+// issueUnder creates a credential under node's anchor. If Vault refuses the
+// anchor (revoked or expired behind the broker's back), it is replaced once.
+func (s *Server) issueUnder(ctx context.Context, node string, req vault.Request) (vault.Credential, string, error) {
+	for attempt := 0; ; attempt++ {
+		anchor, err := s.anchors.get(ctx, node)
+		if err != nil {
+			return vault.Credential{}, "", err
+		}
+		req.Parent = anchor
+		cred, err := s.issuer.Issue(ctx, req)
+		if errors.Is(err, vault.ErrRejected) && attempt == 0 {
+			s.anchors.drop(node)
+			continue
+		}
+		return cred, anchor.Accessor, err
+	}
+}
+
+func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (*brokerv1.DelegateResponse, error) {
+	s := b.s
+	caller := identity(ctx).ID.String()
+	a, err := s.store.GetAgent(caller)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Error(codes.PermissionDenied, "caller is not a registered agent")
+	}
+	if err != nil {
+		return nil, s.statusOf(ctx, "look up caller", err)
+	}
+	delegateeID, err := attest.ParseID(req.GetDelegatee())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, strings.TrimPrefix(err.Error(), "attest: "))
+	}
+	var delegatee *delegation.Agent
+	switch e, err := s.store.GetAgent(delegateeID.String()); {
+	case err == nil:
+		p := s.principal(e)
+		delegatee = &p
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, s.statusOf(ctx, "look up delegatee", err)
+	}
+	dreq := delegation.Request{
+		Delegator: s.principal(a),
+		Delegatee: delegatee,
+		Roles:     req.GetRoles(),
+		TTL:       req.GetTtl().AsDuration(),
+		MaxDepth:  int(req.GetMaxDepth()),
+	}
+	if dreq.TTL == 0 {
+		dreq.TTL = time.Hour
+	}
+	if pid := req.GetParentGrantId(); pid != "" {
+		grants, ancestors, err := s.chainOf(pid)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, status.Errorf(codes.NotFound, "grant %s does not exist", pid)
+		}
+		if err != nil {
+			return nil, s.statusOf(ctx, "load grant chain", err)
+		}
+		if grants[len(grants)-1].Delegatee != caller {
+			return nil, status.Errorf(codes.PermissionDenied, "grant %s was not given to %s", pid, caller)
+		}
+		dreq.Chain, dreq.Ancestors = grants, ancestors
+	}
+	given, err := s.store.GrantsGivenBy(caller)
+	if err != nil {
+		return nil, s.statusOf(ctx, "count grants", err)
+	}
+	now := s.now()
+	for _, g := range given {
+		if g.ParentID == req.GetParentGrantId() && g.RevokedAt.IsZero() && g.ExpiresAt.After(now) {
+			dreq.LiveFanOut++
+		}
+	}
+	g, err := s.rules.Check(dreq, now)
+	if err != nil {
+		s.logger(ctx).Warn("delegation refused", slog.String(logError, err.Error()))
+		return nil, delegationStatus(err)
+	}
+	g.ID = newID()
+	if err := s.store.PutGrant(g); err != nil {
+		if errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrDeregistered) {
+			return nil, status.Errorf(codes.PermissionDenied, "%s", strings.TrimPrefix(err.Error(), "store: "))
+		}
+		return nil, s.statusOf(ctx, "record grant", err)
+	}
+	if err := s.store.AppendAudit(store.AuditRecord{Kind: "grant_created", Actor: caller, Subject: g.ID, Detail: map[string]string{
+		"delegatee": g.Delegatee, "roles": strings.Join(g.Roles, ","), "parent": g.ParentID, "expires_at": g.ExpiresAt.Format(time.RFC3339),
+	}}); err != nil {
+		s.logger(ctx).Error("writing the grant audit record failed", slog.String(logError, err.Error()))
+	}
+	s.logger(ctx).Info("grant created", slog.String("grant", g.ID), slog.String("delegatee", g.Delegatee), slog.Int("depth", g.Depth))
+	return &brokerv1.DelegateResponse{Grant: grantToProto(g)}, nil
+}
+
+func (b *brokerService) RevokeGrant(ctx context.Context, req *brokerv1.RevokeGrantRequest) (*brokerv1.RevokeGrantResponse, error) {
+	s := b.s
+	caller := identity(ctx).ID.String()
+	chain, err := s.store.Chain(req.GetGrantId())
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "grant %s does not exist", req.GetGrantId())
+	}
+	if err != nil {
+		return nil, s.statusOf(ctx, "load grant chain", err)
+	}
+	// The delegator, or anyone above it in the chain, may revoke.
+	if !slices.ContainsFunc(chain, func(g delegation.Grant) bool { return g.Delegator == caller }) {
+		return nil, status.Errorf(codes.PermissionDenied, "%s did not give grant %s nor any grant above it", caller, req.GetGrantId())
+	}
+	sum, err := s.revokeLineage(ctx, store.Root{GrantID: req.GetGrantId()}, caller, req.GetReason())
+	if err != nil {
+		return nil, err
+	}
+	return &brokerv1.RevokeGrantResponse{Summary: sum}, nil
+}
+
+func (b *brokerService) WatchRevocations(_ *brokerv1.WatchRevocationsRequest, stream grpc.ServerStreamingServer[brokerv1.WatchRevocationsResponse]) error {
+	ctx := stream.Context()
+	events, cancel := b.s.hub.subscribe(identity(ctx).ID.String())
+	defer cancel()
+	// Headers tell the client the watch is in place before any event.
+	if err := stream.SendHeader(nil); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				return status.Error(codes.ResourceExhausted, "revocation watcher fell behind; reconnect and refetch credentials")
+			}
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		}
+	}
 }
 
 func authMethodToProto(m attest.Method) brokerv1.AuthMethod {

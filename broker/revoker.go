@@ -30,9 +30,9 @@ func newRevoker(st *store.Store, is *vault.Issuer, log *slog.Logger) *revoker {
 
 // revoke revokes creds in Vault and returns how many Vault confirmed; the
 // rest stay queued, and the background loop is woken to retry them.
-func (r *revoker) revoke(ctx context.Context, creds []store.Credential) int {
-	done := r.revokeAll(ctx, creds)
-	if done < len(creds) {
+func (r *revoker) revoke(ctx context.Context, accessors []string) int {
+	done := r.revokeAll(ctx, accessors)
+	if done < len(accessors) {
 		select {
 		case r.kick <- struct{}{}:
 		default:
@@ -41,16 +41,22 @@ func (r *revoker) revoke(ctx context.Context, creds []store.Credential) int {
 	return done
 }
 
-func (r *revoker) revokeAll(ctx context.Context, creds []store.Credential) int {
+// revokeAll revokes accessors in order (anchors come first, so most of
+// what follows is already dead in Vault and answers at once) and returns
+// how many Vault confirmed. It stops early if ctx ends.
+func (r *revoker) revokeAll(ctx context.Context, accessors []string) int {
 	done := 0
-	for _, c := range creds {
-		if err := r.issuer.Revoke(ctx, c.Accessor); err != nil {
-			r.log.Warn("revocation queued for retry", slog.String(logAccessor, c.Accessor), slog.String(logError, err.Error()))
+	for _, acc := range accessors {
+		if ctx.Err() != nil {
+			break
+		}
+		if err := r.issuer.Revoke(ctx, acc); err != nil {
+			r.log.Warn("revocation queued for retry", slog.String(logAccessor, acc), slog.String(logError, err.Error()))
 			continue
 		}
-		if err := r.store.CompleteRevocation(c.Accessor); err != nil {
+		if err := r.store.CompleteRevocation(acc); err != nil {
 			// Vault revoked it; the retry will find it gone and succeed.
-			r.log.Error("recording a revocation failed", slog.String(logAccessor, c.Accessor), slog.String(logError, err.Error()))
+			r.log.Error("recording a revocation failed", slog.String(logAccessor, acc), slog.String(logError, err.Error()))
 			continue
 		}
 		done++

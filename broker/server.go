@@ -23,6 +23,7 @@ import (
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/svid"
 	"github.com/agentictrust/atf/broker/vault"
+	"github.com/agentictrust/atf/delegation"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -60,6 +61,9 @@ type Server struct {
 	grpc      *grpc.Server
 	health    *health.Server
 	revoker   *revoker
+	anchors   *anchors
+	hub       hub
+	rules     delegation.Rules
 
 	closeOnce sync.Once
 }
@@ -144,6 +148,8 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 		return nil, fmt.Errorf("broker: validator: %w", err)
 	}
 	s.revoker = newRevoker(s.store, s.issuer, o.logger)
+	s.anchors = &anchors{issuer: s.issuer, store: s.store, m: map[string]*vault.Anchor{}}
+	s.rules = delegation.DefaultRules()
 
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.verifier.ServerTLSConfig(s.source))),

@@ -25,6 +25,7 @@ var (
 	ErrDeregistered = errors.New("store: agent is deregistered")
 	ErrLocked       = errors.New("store: file is locked by another process")
 	ErrInvalid      = errors.New("store: invalid record")
+	ErrRevoked      = errors.New("store: revoked")
 )
 
 var (
@@ -32,6 +33,16 @@ var (
 	bucketHistory     = []byte("agent_history")
 	bucketCredentials = []byte("credentials")
 	bucketRevocations = []byte("revocations")
+	bucketGrants      = []byte("grants")
+	bucketChildren    = []byte("grant_children")
+	bucketGiven       = []byte("grants_by_delegator")
+	bucketGrantCreds  = []byte("grant_credentials")
+	bucketAnchors     = []byte("anchors")
+	bucketNodeAnchors = []byte("node_anchors")
+	bucketAudit       = []byte("audit")
+
+	allBuckets = [][]byte{bucketAgents, bucketHistory, bucketCredentials, bucketRevocations,
+		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketAnchors, bucketNodeAnchors, bucketAudit}
 )
 
 // Status is an agent's standing in the registry.
@@ -97,7 +108,13 @@ type Credential struct {
 	DecisionID string      `json:"decision_id"`
 	IssuedAt   time.Time   `json:"issued_at"`
 	ExpiresAt  time.Time   `json:"expires_at"`
-	// RevokedAt is set once Vault confirmed the revocation.
+	// GrantID is the grant it was issued under; "" for the agent's own
+	// authority.
+	GrantID string `json:"grant_id,omitempty"`
+	// Anchor is the accessor of the Vault anchor token it is a child of.
+	Anchor string `json:"anchor,omitempty"`
+	// RevokedAt is when the broker revoked it; the Vault side may still be
+	// queued (PendingRevocations).
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
 }
 
@@ -134,7 +151,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketAgents, bucketHistory, bucketCredentials, bucketRevocations} {
+		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -227,40 +244,20 @@ func (s *Store) UpdateAgent(id, actor string, expectedRevision uint64, change fu
 }
 
 // DeregisterAgent marks an agent deregistered and, in the same transaction,
-// queues the revocation of every credential of it that has not expired. The
-// record and its history are kept; the agent gets nothing from then on. It
-// returns the queued credentials.
-func (s *Store) DeregisterAgent(id, actor, reason string) (Agent, []Credential, error) {
-	var queued []Credential
+// revokes its lineage (see RevokeLineage): from the commit on, the agent and
+// everything it delegated get nothing, and the Vault side is queued. The
+// record and its history are kept.
+func (s *Store) DeregisterAgent(id, actor, reason string) (Agent, Revocation, error) {
+	var rev Revocation
 	a, err := s.modify(id, actor, 0, AgentChange{Action: ActionDeregister, Reason: reason}, func(*Agent) {}, func(tx *bolt.Tx) error {
 		var err error
-		queued, err = queueAgentRevocations(tx, id, s.now())
+		rev, err = revokeLineage(tx, Root{AgentID: id}, actor, reason, s.now().UTC())
 		return err
 	})
 	if err != nil {
-		return Agent{}, nil, err
+		return Agent{}, Revocation{}, err
 	}
-	return a, queued, nil
-}
-
-func queueAgentRevocations(tx *bolt.Tx, agentID string, now time.Time) ([]Credential, error) {
-	var out []Credential
-	prefix := credentialKey(agentID, "")
-	c := tx.Bucket(bucketCredentials).Cursor()
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-		var cr Credential
-		if err := json.Unmarshal(v, &cr); err != nil {
-			return nil, fmt.Errorf("store: decode credential: %w", err)
-		}
-		if !cr.RevokedAt.IsZero() || !cr.ExpiresAt.After(now) {
-			continue
-		}
-		if err := tx.Bucket(bucketRevocations).Put([]byte(cr.Accessor), k); err != nil {
-			return nil, fmt.Errorf("store: queue revocation: %w", err)
-		}
-		out = append(out, cr)
-	}
-	return out, nil
+	return a, rev, nil
 }
 
 func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange, change func(*Agent), also ...func(*bolt.Tx) error) (Agent, error) {
@@ -322,91 +319,6 @@ func (s *Store) AgentHistory(id string) ([]AgentChange, error) {
 	return out, err
 }
 
-// RecordCredential records an issued credential, if its agent is still
-// active. If the agent was deregistered meanwhile, the credential is queued
-// for revocation instead and ErrDeregistered is returned: a credential racing
-// a deregistration is either recorded before it (and revoked by it) or
-// refused. Concurrent calls share commits (bbolt batching); it returns once
-// the record is durable.
-func (s *Store) RecordCredential(c Credential) error {
-	v, err := json.Marshal(c)
-	if err != nil {
-		return fmt.Errorf("store: encode credential: %w", err)
-	}
-	key := credentialKey(c.AgentID, c.Accessor)
-	var deregistered bool
-	err = s.db.Batch(func(tx *bolt.Tx) error {
-		a, err := getAgent(tx, c.AgentID)
-		if err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketCredentials).Put(key, v); err != nil {
-			return err
-		}
-		// Batch may run this more than once; the flag is set on every run.
-		deregistered = a.Status != Active
-		if deregistered {
-			return tx.Bucket(bucketRevocations).Put([]byte(c.Accessor), key)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("store: record credential: %w", err)
-	}
-	if deregistered {
-		return fmt.Errorf("%w: %s; credential queued for revocation", ErrDeregistered, c.AgentID)
-	}
-	return nil
-}
-
-// PendingRevocations returns the credentials whose revocation is queued and
-// not yet confirmed by Vault.
-func (s *Store) PendingRevocations() ([]Credential, error) {
-	var out []Credential
-	err := s.db.View(func(tx *bolt.Tx) error {
-		creds := tx.Bucket(bucketCredentials)
-		return tx.Bucket(bucketRevocations).ForEach(func(_, key []byte) error {
-			var cr Credential
-			if err := json.Unmarshal(creds.Get(key), &cr); err != nil {
-				return fmt.Errorf("store: decode queued credential: %w", err)
-			}
-			out = append(out, cr)
-			return nil
-		})
-	})
-	return out, err
-}
-
-// CompleteRevocation records that Vault confirmed a queued revocation.
-func (s *Store) CompleteRevocation(accessor string) error {
-	err := s.db.Batch(func(tx *bolt.Tx) error {
-		q := tx.Bucket(bucketRevocations)
-		key := q.Get([]byte(accessor))
-		if key == nil {
-			return nil
-		}
-		key = bytes.Clone(key)
-		creds := tx.Bucket(bucketCredentials)
-		var cr Credential
-		if err := json.Unmarshal(creds.Get(key), &cr); err != nil {
-			return fmt.Errorf("store: decode queued credential: %w", err)
-		}
-		cr.RevokedAt = s.now().UTC()
-		v, err := json.Marshal(cr)
-		if err != nil {
-			return err
-		}
-		if err := creds.Put(key, v); err != nil {
-			return err
-		}
-		return q.Delete([]byte(accessor))
-	})
-	if err != nil {
-		return fmt.Errorf("store: complete revocation: %w", err)
-	}
-	return nil
-}
-
 // Credentials returns the credentials recorded for an agent.
 func (s *Store) Credentials(agentID string) ([]Credential, error) {
 	var out []Credential
@@ -460,8 +372,6 @@ func putAgent(tx *bolt.Tx, a Agent, ch AgentChange) error {
 
 // Keys are "<agent id>\x00<suffix>": a SPIFFE ID never contains NUL, so a
 // prefix scan for one agent never reaches another.
-func historyPrefix(id string) []byte { return append([]byte(id), 0) }
+func historyPrefix(id string) []byte { return pair(id, "") }
 
-func credentialKey(agentID, accessor string) []byte {
-	return append(append([]byte(agentID), 0), accessor...)
-}
+func credentialKey(agentID, accessor string) []byte { return pair(agentID, accessor) }

@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -41,6 +42,9 @@ type Config struct {
 	// CredentialRole is the token role credentials are created through;
 	// default "atf-credential".
 	CredentialRole string
+	// AnchorRole is the token role anchors are created through; default
+	// "atf-anchor". Anchors carry only the policy of the same name.
+	AnchorRole string
 	// Timeout bounds each Vault call; default 5 s.
 	Timeout time.Duration
 	// Login obtains the broker's own token. Nil means Token is used as is.
@@ -57,6 +61,9 @@ type Issuer struct {
 	cfg    Config
 	cancel context.CancelFunc
 	done   chan struct{}
+	// generation counts logins: anchors made under an earlier login hang on
+	// a token that is no longer renewed, so they must not be used again.
+	generation atomic.Uint64
 }
 
 // New logs in to Vault and starts renewing the broker's token.
@@ -69,6 +76,9 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	}
 	if cfg.CredentialRole == "" {
 		cfg.CredentialRole = "atf-credential"
+	}
+	if cfg.AnchorRole == "" {
+		cfg.AnchorRole = "atf-anchor"
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Second
@@ -126,12 +136,14 @@ func (is *Issuer) login(ctx context.Context) (*vaultapi.Secret, error) {
 			return nil, fmt.Errorf("%w: login returned no token", ErrRejected)
 		}
 		is.client.SetToken(s.Auth.ClientToken)
+		is.generation.Add(1)
 		if !s.Auth.Renewable || s.Auth.LeaseDuration == 0 {
 			return nil, nil
 		}
 		return s, nil
 	}
 	is.client.SetToken(is.cfg.Token)
+	is.generation.Add(1)
 	self, err := is.client.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
 		return nil, classify("look up own token", err)
@@ -215,6 +227,9 @@ type Request struct {
 	Metadata map[string]string
 	// DisplayName shows in Vault's audit log; Vault prefixes it "token-".
 	DisplayName string
+	// Parent is the anchor the credential is created under; nil means the
+	// broker's own token.
+	Parent *Anchor
 }
 
 // Credential is a created token. Token must go only to the agent.
@@ -235,7 +250,7 @@ func (is *Issuer) Issue(ctx context.Context, req Request) (Credential, error) {
 	}
 	renewable := false
 	issuedAt := time.Now()
-	s, err := is.client.Auth().Token().CreateWithRoleWithContext(ctx, &vaultapi.TokenCreateRequest{
+	s, err := is.clientFor(req.Parent).Auth().Token().CreateWithRoleWithContext(ctx, &vaultapi.TokenCreateRequest{
 		Policies:        req.Policies,
 		TTL:             strconv.FormatInt(int64(req.TTL/time.Second), 10) + "s",
 		ExplicitMaxTTL:  strconv.FormatInt(int64(req.TTL/time.Second), 10) + "s",
@@ -267,6 +282,72 @@ func (is *Issuer) Issue(ctx context.Context, req Request) (Credential, error) {
 			ErrRejected, c.Policies, s.Auth.Renewable, s.Auth.LeaseDuration, want, rerr)
 	}
 	return c, nil
+}
+
+// Anchor is a token the broker holds, never hands out, and creates
+// credentials and child anchors under: revoking it in Vault revokes all of
+// them (DESIGN.md §3).
+type Anchor struct {
+	Accessor string
+	// ExpiresAt is when the anchor dies: its own expiry or its parent's,
+	// whichever comes first.
+	ExpiresAt time.Time
+	// Generation is the broker login it hangs under.
+	Generation uint64
+	client     *vaultapi.Client // carries the anchor's token
+}
+
+// Usable reports whether children lasting up to d can still be created
+// under the anchor: it lives long enough and hangs under the current login.
+func (is *Issuer) Usable(a *Anchor, d time.Duration) bool {
+	return a != nil && a.Generation == is.generation.Load() && time.Until(a.ExpiresAt) > d
+}
+
+// CreateAnchor creates an anchor under parent (nil: the broker's own token)
+// living ttl, with meta stored on the token.
+func (is *Issuer) CreateAnchor(ctx context.Context, parent *Anchor, ttl time.Duration, meta map[string]string) (*Anchor, error) {
+	gen := is.generation.Load()
+	if parent != nil {
+		gen = parent.Generation
+	}
+	created := time.Now()
+	secs := strconv.FormatInt(int64(ttl/time.Second), 10) + "s"
+	s, err := is.clientFor(parent).Auth().Token().CreateWithRoleWithContext(ctx, &vaultapi.TokenCreateRequest{
+		Policies:       []string{is.cfg.AnchorRole},
+		TTL:            secs,
+		ExplicitMaxTTL: secs,
+		Metadata:       meta,
+		DisplayName:    "atf-anchor",
+		Type:           "service",
+	}, is.cfg.AnchorRole)
+	if err != nil {
+		return nil, classify("create anchor", err)
+	}
+	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" || s.Auth.Accessor == "" {
+		return nil, fmt.Errorf("%w: create anchor: Vault returned no token", ErrRejected)
+	}
+	c, err := is.client.Clone()
+	if err != nil {
+		return nil, fmt.Errorf("vault: %w", err)
+	}
+	c.SetToken(s.Auth.ClientToken)
+	a := &Anchor{
+		Accessor:   s.Auth.Accessor,
+		ExpiresAt:  created.Add(time.Duration(s.Auth.LeaseDuration) * time.Second),
+		Generation: gen,
+		client:     c,
+	}
+	if parent != nil && parent.ExpiresAt.Before(a.ExpiresAt) {
+		a.ExpiresAt = parent.ExpiresAt
+	}
+	return a, nil
+}
+
+func (is *Issuer) clientFor(parent *Anchor) *vaultapi.Client {
+	if parent != nil {
+		return parent.client
+	}
+	return is.client
 }
 
 // Revoke revokes a token, and every token below it, by accessor.

@@ -818,6 +818,353 @@ func (x *DeregisterAgentResponse) GetRevocationsPending() int32 {
 	return 0
 }
 
+type RevokeLineageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Root:
+	//
+	//	*RevokeLineageRequest_AgentId
+	//	*RevokeLineageRequest_GrantId
+	Root          isRevokeLineageRequest_Root `protobuf_oneof:"root"`
+	Reason        string                      `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeLineageRequest) Reset() {
+	*x = RevokeLineageRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeLineageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeLineageRequest) ProtoMessage() {}
+
+func (x *RevokeLineageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeLineageRequest.ProtoReflect.Descriptor instead.
+func (*RevokeLineageRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RevokeLineageRequest) GetRoot() isRevokeLineageRequest_Root {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
+func (x *RevokeLineageRequest) GetAgentId() string {
+	if x != nil {
+		if x, ok := x.Root.(*RevokeLineageRequest_AgentId); ok {
+			return x.AgentId
+		}
+	}
+	return ""
+}
+
+func (x *RevokeLineageRequest) GetGrantId() string {
+	if x != nil {
+		if x, ok := x.Root.(*RevokeLineageRequest_GrantId); ok {
+			return x.GrantId
+		}
+	}
+	return ""
+}
+
+func (x *RevokeLineageRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type isRevokeLineageRequest_Root interface {
+	isRevokeLineageRequest_Root()
+}
+
+type RevokeLineageRequest_AgentId struct {
+	AgentId string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3,oneof"`
+}
+
+type RevokeLineageRequest_GrantId struct {
+	GrantId string `protobuf:"bytes,2,opt,name=grant_id,json=grantId,proto3,oneof"`
+}
+
+func (*RevokeLineageRequest_AgentId) isRevokeLineageRequest_Root() {}
+
+func (*RevokeLineageRequest_GrantId) isRevokeLineageRequest_Root() {}
+
+type RevokeLineageResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Summary       *v1.RevocationSummary  `protobuf:"bytes,1,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeLineageResponse) Reset() {
+	*x = RevokeLineageResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeLineageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeLineageResponse) ProtoMessage() {}
+
+func (x *RevokeLineageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeLineageResponse.ProtoReflect.Descriptor instead.
+func (*RevokeLineageResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RevokeLineageResponse) GetSummary() *v1.RevocationSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
+type GetLineageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Root:
+	//
+	//	*GetLineageRequest_AgentId
+	//	*GetLineageRequest_GrantId
+	Root          isGetLineageRequest_Root `protobuf_oneof:"root"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLineageRequest) Reset() {
+	*x = GetLineageRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLineageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLineageRequest) ProtoMessage() {}
+
+func (x *GetLineageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLineageRequest.ProtoReflect.Descriptor instead.
+func (*GetLineageRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GetLineageRequest) GetRoot() isGetLineageRequest_Root {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
+func (x *GetLineageRequest) GetAgentId() string {
+	if x != nil {
+		if x, ok := x.Root.(*GetLineageRequest_AgentId); ok {
+			return x.AgentId
+		}
+	}
+	return ""
+}
+
+func (x *GetLineageRequest) GetGrantId() string {
+	if x != nil {
+		if x, ok := x.Root.(*GetLineageRequest_GrantId); ok {
+			return x.GrantId
+		}
+	}
+	return ""
+}
+
+type isGetLineageRequest_Root interface {
+	isGetLineageRequest_Root()
+}
+
+type GetLineageRequest_AgentId struct {
+	AgentId string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3,oneof"`
+}
+
+type GetLineageRequest_GrantId struct {
+	GrantId string `protobuf:"bytes,2,opt,name=grant_id,json=grantId,proto3,oneof"`
+}
+
+func (*GetLineageRequest_AgentId) isGetLineageRequest_Root() {}
+
+func (*GetLineageRequest_GrantId) isGetLineageRequest_Root() {}
+
+type GetLineageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The grants in the lineage, parents before children.
+	Grants []*v1.Grant `protobuf:"bytes,1,rep,name=grants,proto3" json:"grants,omitempty"`
+	// Credentials in the lineage that have not expired or been revoked.
+	Credentials   []*LiveCredential `protobuf:"bytes,2,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLineageResponse) Reset() {
+	*x = GetLineageResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLineageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLineageResponse) ProtoMessage() {}
+
+func (x *GetLineageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLineageResponse.ProtoReflect.Descriptor instead.
+func (*GetLineageResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetLineageResponse) GetGrants() []*v1.Grant {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
+}
+
+func (x *GetLineageResponse) GetCredentials() []*LiveCredential {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+// LiveCredential is a credential record (never the token).
+type LiveCredential struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Accessor      string                 `protobuf:"bytes,1,opt,name=accessor,proto3" json:"accessor,omitempty"`
+	AgentId       string                 `protobuf:"bytes,2,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	Role          string                 `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	GrantId       string                 `protobuf:"bytes,4,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LiveCredential) Reset() {
+	*x = LiveCredential{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LiveCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LiveCredential) ProtoMessage() {}
+
+func (x *LiveCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LiveCredential.ProtoReflect.Descriptor instead.
+func (*LiveCredential) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *LiveCredential) GetAccessor() string {
+	if x != nil {
+		return x.Accessor
+	}
+	return ""
+}
+
+func (x *LiveCredential) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *LiveCredential) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *LiveCredential) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *LiveCredential) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 type ListAgentHistoryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
@@ -827,7 +1174,7 @@ type ListAgentHistoryRequest struct {
 
 func (x *ListAgentHistoryRequest) Reset() {
 	*x = ListAgentHistoryRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +1186,7 @@ func (x *ListAgentHistoryRequest) String() string {
 func (*ListAgentHistoryRequest) ProtoMessage() {}
 
 func (x *ListAgentHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +1199,7 @@ func (x *ListAgentHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentHistoryRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListAgentHistoryRequest) GetSpiffeId() string {
@@ -871,7 +1218,7 @@ type ListAgentHistoryResponse struct {
 
 func (x *ListAgentHistoryResponse) Reset() {
 	*x = ListAgentHistoryResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +1230,7 @@ func (x *ListAgentHistoryResponse) String() string {
 func (*ListAgentHistoryResponse) ProtoMessage() {}
 
 func (x *ListAgentHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +1243,7 @@ func (x *ListAgentHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentHistoryResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListAgentHistoryResponse) GetChanges() []*AgentChange {
@@ -925,7 +1272,7 @@ type AgentChange struct {
 
 func (x *AgentChange) Reset() {
 	*x = AgentChange{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1284,7 @@ func (x *AgentChange) String() string {
 func (*AgentChange) ProtoMessage() {}
 
 func (x *AgentChange) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1297,7 @@ func (x *AgentChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentChange.ProtoReflect.Descriptor instead.
 func (*AgentChange) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AgentChange) GetRevision() uint64 {
@@ -1075,7 +1422,31 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\x17DeregisterAgentResponse\x12)\n" +
 	"\x05agent\x18\x01 \x01(\v2\x13.atf.admin.v1.AgentR\x05agent\x12/\n" +
 	"\x13credentials_revoked\x18\x02 \x01(\x05R\x12credentialsRevoked\x12/\n" +
-	"\x13revocations_pending\x18\x03 \x01(\x05R\x12revocationsPending\"B\n" +
+	"\x13revocations_pending\x18\x03 \x01(\x05R\x12revocationsPending\"\xa6\x01\n" +
+	"\x14RevokeLineageRequest\x12'\n" +
+	"\bagent_id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x10H\x00R\aagentId\x122\n" +
+	"\bgrant_id\x18\x02 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{32}$H\x00R\agrantId\x12\"\n" +
+	"\x06reason\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\x06reasonB\r\n" +
+	"\x04root\x12\x05\xbaH\x02\b\x01\"S\n" +
+	"\x15RevokeLineageResponse\x12:\n" +
+	"\asummary\x18\x01 \x01(\v2 .atf.broker.v1.RevocationSummaryR\asummary\"\x7f\n" +
+	"\x11GetLineageRequest\x12'\n" +
+	"\bagent_id\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x10H\x00R\aagentId\x122\n" +
+	"\bgrant_id\x18\x02 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{32}$H\x00R\agrantIdB\r\n" +
+	"\x04root\x12\x05\xbaH\x02\b\x01\"\x82\x01\n" +
+	"\x12GetLineageResponse\x12,\n" +
+	"\x06grants\x18\x01 \x03(\v2\x14.atf.broker.v1.GrantR\x06grants\x12>\n" +
+	"\vcredentials\x18\x02 \x03(\v2\x1c.atf.admin.v1.LiveCredentialR\vcredentials\"\xb1\x01\n" +
+	"\x0eLiveCredential\x12\x1a\n" +
+	"\baccessor\x18\x01 \x01(\tR\baccessor\x12\x19\n" +
+	"\bagent_id\x18\x02 \x01(\tR\aagentId\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x19\n" +
+	"\bgrant_id\x18\x04 \x01(\tR\agrantId\x129\n" +
+	"\n" +
+	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"B\n" +
 	"\x17ListAgentHistoryRequest\x12'\n" +
 	"\tspiffe_id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x10R\bspiffeId\"O\n" +
@@ -1087,7 +1458,7 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\x05actor\x18\x03 \x01(\tR\x05actor\x12\x16\n" +
 	"\x06action\x18\x04 \x01(\tR\x06action\x12)\n" +
 	"\x05agent\x18\x05 \x01(\v2\x13.atf.admin.v1.AgentR\x05agent\x12\x16\n" +
-	"\x06reason\x18\x06 \x01(\tR\x06reason2\x9b\x04\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason2\xc6\x05\n" +
 	"\fAdminService\x12X\n" +
 	"\rRegisterAgent\x12\".atf.admin.v1.RegisterAgentRequest\x1a#.atf.admin.v1.RegisterAgentResponse\x12I\n" +
 	"\bGetAgent\x12\x1d.atf.admin.v1.GetAgentRequest\x1a\x1e.atf.admin.v1.GetAgentResponse\x12O\n" +
@@ -1095,7 +1466,10 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"ListAgents\x12\x1f.atf.admin.v1.ListAgentsRequest\x1a .atf.admin.v1.ListAgentsResponse\x12R\n" +
 	"\vUpdateAgent\x12 .atf.admin.v1.UpdateAgentRequest\x1a!.atf.admin.v1.UpdateAgentResponse\x12^\n" +
 	"\x0fDeregisterAgent\x12$.atf.admin.v1.DeregisterAgentRequest\x1a%.atf.admin.v1.DeregisterAgentResponse\x12a\n" +
-	"\x10ListAgentHistory\x12%.atf.admin.v1.ListAgentHistoryRequest\x1a&.atf.admin.v1.ListAgentHistoryResponseB8Z6github.com/agentictrust/atf/proto/atf/admin/v1;adminv1b\x06proto3"
+	"\x10ListAgentHistory\x12%.atf.admin.v1.ListAgentHistoryRequest\x1a&.atf.admin.v1.ListAgentHistoryResponse\x12X\n" +
+	"\rRevokeLineage\x12\".atf.admin.v1.RevokeLineageRequest\x1a#.atf.admin.v1.RevokeLineageResponse\x12O\n" +
+	"\n" +
+	"GetLineage\x12\x1f.atf.admin.v1.GetLineageRequest\x1a .atf.admin.v1.GetLineageResponseB8Z6github.com/agentictrust/atf/proto/atf/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_atf_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1109,7 +1483,7 @@ func file_atf_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_atf_admin_v1_admin_proto_rawDescData
 }
 
-var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_atf_admin_v1_admin_proto_goTypes = []any{
 	(*Agent)(nil),                    // 0: atf.admin.v1.Agent
 	(*RegisterAgentRequest)(nil),     // 1: atf.admin.v1.RegisterAgentRequest
@@ -1123,46 +1497,61 @@ var file_atf_admin_v1_admin_proto_goTypes = []any{
 	(*UpdateAgentResponse)(nil),      // 9: atf.admin.v1.UpdateAgentResponse
 	(*DeregisterAgentRequest)(nil),   // 10: atf.admin.v1.DeregisterAgentRequest
 	(*DeregisterAgentResponse)(nil),  // 11: atf.admin.v1.DeregisterAgentResponse
-	(*ListAgentHistoryRequest)(nil),  // 12: atf.admin.v1.ListAgentHistoryRequest
-	(*ListAgentHistoryResponse)(nil), // 13: atf.admin.v1.ListAgentHistoryResponse
-	(*AgentChange)(nil),              // 14: atf.admin.v1.AgentChange
-	(v1.Level)(0),                    // 15: atf.broker.v1.Level
-	(v1.AgentStatus)(0),              // 16: atf.broker.v1.AgentStatus
-	(*timestamppb.Timestamp)(nil),    // 17: google.protobuf.Timestamp
+	(*RevokeLineageRequest)(nil),     // 12: atf.admin.v1.RevokeLineageRequest
+	(*RevokeLineageResponse)(nil),    // 13: atf.admin.v1.RevokeLineageResponse
+	(*GetLineageRequest)(nil),        // 14: atf.admin.v1.GetLineageRequest
+	(*GetLineageResponse)(nil),       // 15: atf.admin.v1.GetLineageResponse
+	(*LiveCredential)(nil),           // 16: atf.admin.v1.LiveCredential
+	(*ListAgentHistoryRequest)(nil),  // 17: atf.admin.v1.ListAgentHistoryRequest
+	(*ListAgentHistoryResponse)(nil), // 18: atf.admin.v1.ListAgentHistoryResponse
+	(*AgentChange)(nil),              // 19: atf.admin.v1.AgentChange
+	(v1.Level)(0),                    // 20: atf.broker.v1.Level
+	(v1.AgentStatus)(0),              // 21: atf.broker.v1.AgentStatus
+	(*timestamppb.Timestamp)(nil),    // 22: google.protobuf.Timestamp
+	(*v1.RevocationSummary)(nil),     // 23: atf.broker.v1.RevocationSummary
+	(*v1.Grant)(nil),                 // 24: atf.broker.v1.Grant
 }
 var file_atf_admin_v1_admin_proto_depIdxs = []int32{
-	15, // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
-	16, // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
-	17, // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
-	17, // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
-	15, // 4: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
+	20, // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
+	21, // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
+	22, // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
+	22, // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
+	20, // 4: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
 	0,  // 5: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
 	0,  // 6: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
 	0,  // 7: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
 	8,  // 8: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
-	15, // 9: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
+	20, // 9: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
 	0,  // 10: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
 	0,  // 11: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	14, // 12: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
-	17, // 13: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
-	0,  // 14: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
-	1,  // 15: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
-	3,  // 16: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
-	5,  // 17: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
-	7,  // 18: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
-	10, // 19: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
-	12, // 20: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
-	2,  // 21: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
-	4,  // 22: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
-	6,  // 23: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
-	9,  // 24: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
-	11, // 25: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
-	13, // 26: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
-	21, // [21:27] is the sub-list for method output_type
-	15, // [15:21] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	23, // 12: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	24, // 13: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
+	16, // 14: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
+	22, // 15: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
+	19, // 16: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
+	22, // 17: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
+	0,  // 18: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
+	1,  // 19: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
+	3,  // 20: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
+	5,  // 21: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
+	7,  // 22: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
+	10, // 23: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
+	17, // 24: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
+	12, // 25: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
+	14, // 26: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
+	2,  // 27: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
+	4,  // 28: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
+	6,  // 29: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
+	9,  // 30: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
+	11, // 31: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
+	18, // 32: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
+	13, // 33: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
+	15, // 34: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
+	27, // [27:35] is the sub-list for method output_type
+	19, // [19:27] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_atf_admin_v1_admin_proto_init() }
@@ -1171,13 +1560,21 @@ func file_atf_admin_v1_admin_proto_init() {
 		return
 	}
 	file_atf_admin_v1_admin_proto_msgTypes[7].OneofWrappers = []any{}
+	file_atf_admin_v1_admin_proto_msgTypes[12].OneofWrappers = []any{
+		(*RevokeLineageRequest_AgentId)(nil),
+		(*RevokeLineageRequest_GrantId)(nil),
+	}
+	file_atf_admin_v1_admin_proto_msgTypes[14].OneofWrappers = []any{
+		(*GetLineageRequest_AgentId)(nil),
+		(*GetLineageRequest_GrantId)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_admin_v1_admin_proto_rawDesc), len(file_atf_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

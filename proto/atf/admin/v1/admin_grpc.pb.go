@@ -28,6 +28,8 @@ const (
 	AdminService_UpdateAgent_FullMethodName      = "/atf.admin.v1.AdminService/UpdateAgent"
 	AdminService_DeregisterAgent_FullMethodName  = "/atf.admin.v1.AdminService/DeregisterAgent"
 	AdminService_ListAgentHistory_FullMethodName = "/atf.admin.v1.AdminService/ListAgentHistory"
+	AdminService_RevokeLineage_FullMethodName    = "/atf.admin.v1.AdminService/RevokeLineage"
+	AdminService_GetLineage_FullMethodName       = "/atf.admin.v1.AdminService/GetLineage"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -49,6 +51,13 @@ type AdminServiceClient interface {
 	DeregisterAgent(ctx context.Context, in *DeregisterAgentRequest, opts ...grpc.CallOption) (*DeregisterAgentResponse, error)
 	// ListAgentHistory returns every recorded change to an agent, oldest first.
 	ListAgentHistory(ctx context.Context, in *ListAgentHistoryRequest, opts ...grpc.CallOption) (*ListAgentHistoryResponse, error)
+	// RevokeLineage revokes everything below an agent or a grant: the grants,
+	// the credentials issued under them and (for an agent) its own live
+	// credentials, in the broker at once and in Vault through its token tree.
+	RevokeLineage(ctx context.Context, in *RevokeLineageRequest, opts ...grpc.CallOption) (*RevokeLineageResponse, error)
+	// GetLineage returns the tree of grants and live credentials below an
+	// agent or a grant.
+	GetLineage(ctx context.Context, in *GetLineageRequest, opts ...grpc.CallOption) (*GetLineageResponse, error)
 }
 
 type adminServiceClient struct {
@@ -119,6 +128,26 @@ func (c *adminServiceClient) ListAgentHistory(ctx context.Context, in *ListAgent
 	return out, nil
 }
 
+func (c *adminServiceClient) RevokeLineage(ctx context.Context, in *RevokeLineageRequest, opts ...grpc.CallOption) (*RevokeLineageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeLineageResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeLineage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetLineage(ctx context.Context, in *GetLineageRequest, opts ...grpc.CallOption) (*GetLineageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetLineageResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetLineage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -138,6 +167,13 @@ type AdminServiceServer interface {
 	DeregisterAgent(context.Context, *DeregisterAgentRequest) (*DeregisterAgentResponse, error)
 	// ListAgentHistory returns every recorded change to an agent, oldest first.
 	ListAgentHistory(context.Context, *ListAgentHistoryRequest) (*ListAgentHistoryResponse, error)
+	// RevokeLineage revokes everything below an agent or a grant: the grants,
+	// the credentials issued under them and (for an agent) its own live
+	// credentials, in the broker at once and in Vault through its token tree.
+	RevokeLineage(context.Context, *RevokeLineageRequest) (*RevokeLineageResponse, error)
+	// GetLineage returns the tree of grants and live credentials below an
+	// agent or a grant.
+	GetLineage(context.Context, *GetLineageRequest) (*GetLineageResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -165,6 +201,12 @@ func (UnimplementedAdminServiceServer) DeregisterAgent(context.Context, *Deregis
 }
 func (UnimplementedAdminServiceServer) ListAgentHistory(context.Context, *ListAgentHistoryRequest) (*ListAgentHistoryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAgentHistory not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeLineage(context.Context, *RevokeLineageRequest) (*RevokeLineageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeLineage not implemented")
+}
+func (UnimplementedAdminServiceServer) GetLineage(context.Context, *GetLineageRequest) (*GetLineageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetLineage not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -295,6 +337,42 @@ func _AdminService_ListAgentHistory_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RevokeLineage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeLineageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeLineage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeLineage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeLineage(ctx, req.(*RevokeLineageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetLineage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetLineageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetLineage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetLineage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetLineage(ctx, req.(*GetLineageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -325,6 +403,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAgentHistory",
 			Handler:    _AdminService_ListAgentHistory_Handler,
+		},
+		{
+			MethodName: "RevokeLineage",
+			Handler:    _AdminService_RevokeLineage_Handler,
+		},
+		{
+			MethodName: "GetLineage",
+			Handler:    _AdminService_GetLineage_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -334,7 +334,9 @@ type FetchCredentialRequest struct {
 	// from the SVID: a value naming anyone else is refused.
 	AgentId string `protobuf:"bytes,3,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
 	// Why the agent needs the credential, for the audit trail.
-	Purpose       string `protobuf:"bytes,4,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	Purpose string `protobuf:"bytes,4,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	// Act under this grant instead of the caller's own authority.
+	GrantId       string `protobuf:"bytes,5,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -393,6 +395,13 @@ func (x *FetchCredentialRequest) GetAgentId() string {
 func (x *FetchCredentialRequest) GetPurpose() string {
 	if x != nil {
 		return x.Purpose
+	}
+	return ""
+}
+
+func (x *FetchCredentialRequest) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
 	}
 	return ""
 }
@@ -460,7 +469,12 @@ type Credential struct {
 	// Identifies the decision in the audit trail.
 	DecisionId string `protobuf:"bytes,9,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
 	// The Vault address the token is valid at.
-	VaultAddress  string `protobuf:"bytes,10,opt,name=vault_address,json=vaultAddress,proto3" json:"vault_address,omitempty"`
+	VaultAddress string `protobuf:"bytes,10,opt,name=vault_address,json=vaultAddress,proto3" json:"vault_address,omitempty"`
+	// The grant the credential was issued under, if any.
+	GrantId string `protobuf:"bytes,11,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	// The chain of SPIFFE IDs from the root delegator down to the holder
+	// (just the holder for its own authority).
+	Chain         []string `protobuf:"bytes,12,rep,name=chain,proto3" json:"chain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -565,6 +579,556 @@ func (x *Credential) GetVaultAddress() string {
 	return ""
 }
 
+func (x *Credential) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *Credential) GetChain() []string {
+	if x != nil {
+		return x.Chain
+	}
+	return nil
+}
+
+type DelegateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent to delegate to.
+	Delegatee string `protobuf:"bytes,1,opt,name=delegatee,proto3" json:"delegatee,omitempty"`
+	// The roles to delegate: a subset of the caller's effective authority.
+	Roles []string `protobuf:"bytes,2,rep,name=roles,proto3" json:"roles,omitempty"`
+	// How long the grant lives; at most the caller's own remaining authority.
+	Ttl *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// How many further hops the delegatee may re-delegate (0: none).
+	MaxDepth int32 `protobuf:"varint,4,opt,name=max_depth,json=maxDepth,proto3" json:"max_depth,omitempty"`
+	// Delegate from a grant the caller holds rather than its own authority.
+	ParentGrantId string `protobuf:"bytes,5,opt,name=parent_grant_id,json=parentGrantId,proto3" json:"parent_grant_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DelegateRequest) Reset() {
+	*x = DelegateRequest{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DelegateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DelegateRequest) ProtoMessage() {}
+
+func (x *DelegateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DelegateRequest.ProtoReflect.Descriptor instead.
+func (*DelegateRequest) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DelegateRequest) GetDelegatee() string {
+	if x != nil {
+		return x.Delegatee
+	}
+	return ""
+}
+
+func (x *DelegateRequest) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *DelegateRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *DelegateRequest) GetMaxDepth() int32 {
+	if x != nil {
+		return x.MaxDepth
+	}
+	return 0
+}
+
+func (x *DelegateRequest) GetParentGrantId() string {
+	if x != nil {
+		return x.ParentGrantId
+	}
+	return ""
+}
+
+type DelegateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Grant         *Grant                 `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DelegateResponse) Reset() {
+	*x = DelegateResponse{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DelegateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DelegateResponse) ProtoMessage() {}
+
+func (x *DelegateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DelegateResponse.ProtoReflect.Descriptor instead.
+func (*DelegateResponse) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DelegateResponse) GetGrant() *Grant {
+	if x != nil {
+		return x.Grant
+	}
+	return nil
+}
+
+// Grant is one delegation from one agent to another.
+type Grant struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	ParentGrantId string                 `protobuf:"bytes,2,opt,name=parent_grant_id,json=parentGrantId,proto3" json:"parent_grant_id,omitempty"`
+	Delegator     string                 `protobuf:"bytes,3,opt,name=delegator,proto3" json:"delegator,omitempty"`
+	Delegatee     string                 `protobuf:"bytes,4,opt,name=delegatee,proto3" json:"delegatee,omitempty"`
+	Roles         []string               `protobuf:"bytes,5,rep,name=roles,proto3" json:"roles,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	MaxDepth      int32                  `protobuf:"varint,8,opt,name=max_depth,json=maxDepth,proto3" json:"max_depth,omitempty"`
+	// 1 for a grant of the delegator's own authority.
+	Depth int32 `protobuf:"varint,9,opt,name=depth,proto3" json:"depth,omitempty"`
+	// Set once revoked.
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Grant) Reset() {
+	*x = Grant{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Grant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Grant) ProtoMessage() {}
+
+func (x *Grant) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Grant.ProtoReflect.Descriptor instead.
+func (*Grant) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Grant) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Grant) GetParentGrantId() string {
+	if x != nil {
+		return x.ParentGrantId
+	}
+	return ""
+}
+
+func (x *Grant) GetDelegator() string {
+	if x != nil {
+		return x.Delegator
+	}
+	return ""
+}
+
+func (x *Grant) GetDelegatee() string {
+	if x != nil {
+		return x.Delegatee
+	}
+	return ""
+}
+
+func (x *Grant) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *Grant) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Grant) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *Grant) GetMaxDepth() int32 {
+	if x != nil {
+		return x.MaxDepth
+	}
+	return 0
+}
+
+func (x *Grant) GetDepth() int32 {
+	if x != nil {
+		return x.Depth
+	}
+	return 0
+}
+
+func (x *Grant) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+type RevokeGrantRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GrantId       string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeGrantRequest) Reset() {
+	*x = RevokeGrantRequest{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeGrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeGrantRequest) ProtoMessage() {}
+
+func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
+func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RevokeGrantRequest) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *RevokeGrantRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeGrantResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Summary       *RevocationSummary     `protobuf:"bytes,1,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeGrantResponse) Reset() {
+	*x = RevokeGrantResponse{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeGrantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeGrantResponse) ProtoMessage() {}
+
+func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
+func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RevokeGrantResponse) GetSummary() *RevocationSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
+// RevocationSummary reports a lineage revocation.
+type RevocationSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Grants revoked by this call (including the root grant, if any).
+	GrantsRevoked int32 `protobuf:"varint,1,opt,name=grants_revoked,json=grantsRevoked,proto3" json:"grants_revoked,omitempty"`
+	// Live credentials in the lineage, now dead in the broker.
+	CredentialsRevoked int32 `protobuf:"varint,2,opt,name=credentials_revoked,json=credentialsRevoked,proto3" json:"credentials_revoked,omitempty"`
+	// Vault anchors and tokens Vault confirmed revoked before the answer.
+	VaultConfirmed int32 `protobuf:"varint,3,opt,name=vault_confirmed,json=vaultConfirmed,proto3" json:"vault_confirmed,omitempty"`
+	// Vault revocations still queued (retried until Vault confirms).
+	VaultPending int32 `protobuf:"varint,4,opt,name=vault_pending,json=vaultPending,proto3" json:"vault_pending,omitempty"`
+	// Time to commit the revocation in the broker, and until the answer.
+	CommitDuration *durationpb.Duration `protobuf:"bytes,5,opt,name=commit_duration,json=commitDuration,proto3" json:"commit_duration,omitempty"`
+	TotalDuration  *durationpb.Duration `protobuf:"bytes,6,opt,name=total_duration,json=totalDuration,proto3" json:"total_duration,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RevocationSummary) Reset() {
+	*x = RevocationSummary{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevocationSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevocationSummary) ProtoMessage() {}
+
+func (x *RevocationSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevocationSummary.ProtoReflect.Descriptor instead.
+func (*RevocationSummary) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RevocationSummary) GetGrantsRevoked() int32 {
+	if x != nil {
+		return x.GrantsRevoked
+	}
+	return 0
+}
+
+func (x *RevocationSummary) GetCredentialsRevoked() int32 {
+	if x != nil {
+		return x.CredentialsRevoked
+	}
+	return 0
+}
+
+func (x *RevocationSummary) GetVaultConfirmed() int32 {
+	if x != nil {
+		return x.VaultConfirmed
+	}
+	return 0
+}
+
+func (x *RevocationSummary) GetVaultPending() int32 {
+	if x != nil {
+		return x.VaultPending
+	}
+	return 0
+}
+
+func (x *RevocationSummary) GetCommitDuration() *durationpb.Duration {
+	if x != nil {
+		return x.CommitDuration
+	}
+	return nil
+}
+
+func (x *RevocationSummary) GetTotalDuration() *durationpb.Duration {
+	if x != nil {
+		return x.TotalDuration
+	}
+	return nil
+}
+
+type WatchRevocationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRevocationsRequest) Reset() {
+	*x = WatchRevocationsRequest{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRevocationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRevocationsRequest) ProtoMessage() {}
+
+func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRevocationsRequest.ProtoReflect.Descriptor instead.
+func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{11}
+}
+
+type WatchRevocationsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Accessors of the caller's credentials that are revoked.
+	Accessors []string `protobuf:"bytes,1,rep,name=accessors,proto3" json:"accessors,omitempty"`
+	// Grants the caller held that are revoked.
+	GrantIds      []string               `protobuf:"bytes,2,rep,name=grant_ids,json=grantIds,proto3" json:"grant_ids,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRevocationsResponse) Reset() {
+	*x = WatchRevocationsResponse{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRevocationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRevocationsResponse) ProtoMessage() {}
+
+func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRevocationsResponse.ProtoReflect.Descriptor instead.
+func (*WatchRevocationsResponse) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WatchRevocationsResponse) GetAccessors() []string {
+	if x != nil {
+		return x.Accessors
+	}
+	return nil
+}
+
+func (x *WatchRevocationsResponse) GetGrantIds() []string {
+	if x != nil {
+		return x.GrantIds
+	}
+	return nil
+}
+
+func (x *WatchRevocationsResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *WatchRevocationsResponse) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
 var File_atf_broker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_atf_broker_v1_broker_proto_rawDesc = "" +
@@ -581,17 +1145,18 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"registered\x12*\n" +
 	"\x05level\x18\x05 \x01(\x0e2\x14.atf.broker.v1.LevelR\x05level\x122\n" +
 	"\x06status\x18\x06 \x01(\x0e2\x1a.atf.broker.v1.AgentStatusR\x06status\x12\x14\n" +
-	"\x05roles\x18\a \x03(\tR\x05roles\"\xd8\x01\n" +
+	"\x05roles\x18\a \x03(\tR\x05roles\"\x8f\x02\n" +
 	"\x16FetchCredentialRequest\x126\n" +
 	"\x04role\x18\x01 \x01(\tB\"\xbaH\x1fr\x1d\x10\x01\x18\x80\x012\x16^[a-z0-9][a-z0-9._-]*$R\x04role\x12=\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationB\x10\xbaH\r\xaa\x01\n" +
 	"\"\x04\b\x80\xa3\x052\x02\b\x01R\x03ttl\x12#\n" +
 	"\bagent_id\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x10R\aagentId\x12\"\n" +
-	"\apurpose\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\apurpose\"T\n" +
+	"\apurpose\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\apurpose\x125\n" +
+	"\bgrant_id\x18\x05 \x01(\tB\x1a\xbaH\x17r\x15\x18@2\x11^([0-9a-f]{32})?$R\agrantId\"T\n" +
 	"\x17FetchCredentialResponse\x129\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x19.atf.broker.v1.CredentialR\n" +
-	"credential\"\xf7\x02\n" +
+	"credential\"\xa8\x03\n" +
 	"\n" +
 	"Credential\x12\x19\n" +
 	"\x05token\x18\x01 \x01(\tB\x03\x80\x01\x01R\x05token\x12\x1a\n" +
@@ -606,7 +1171,52 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\vdecision_id\x18\t \x01(\tR\n" +
 	"decisionId\x12#\n" +
 	"\rvault_address\x18\n" +
-	" \x01(\tR\fvaultAddress*i\n" +
+	" \x01(\tR\fvaultAddress\x12\x19\n" +
+	"\bgrant_id\x18\v \x01(\tR\agrantId\x12\x14\n" +
+	"\x05chain\x18\f \x03(\tR\x05chain\"\xb6\x02\n" +
+	"\x0fDelegateRequest\x123\n" +
+	"\tdelegatee\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\tdelegatee\x12C\n" +
+	"\x05roles\x18\x02 \x03(\tB-\xbaH*\x92\x01'\b\x01\x10@\x18\x01\"\x1fr\x1d\x10\x01\x18\x80\x012\x16^[a-z0-9][a-z0-9._-]*$R\x05roles\x12=\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x10\xbaH\r\xaa\x01\n" +
+	"\"\x04\b\x80\xf5$2\x02\b\x01R\x03ttl\x12&\n" +
+	"\tmax_depth\x18\x04 \x01(\x05B\t\xbaH\x06\x1a\x04\x18\b(\x00R\bmaxDepth\x12B\n" +
+	"\x0fparent_grant_id\x18\x05 \x01(\tB\x1a\xbaH\x17r\x15\x18@2\x11^([0-9a-f]{32})?$R\rparentGrantId\">\n" +
+	"\x10DelegateResponse\x12*\n" +
+	"\x05grant\x18\x01 \x01(\v2\x14.atf.broker.v1.GrantR\x05grant\"\xf5\x02\n" +
+	"\x05Grant\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12&\n" +
+	"\x0fparent_grant_id\x18\x02 \x01(\tR\rparentGrantId\x12\x1c\n" +
+	"\tdelegator\x18\x03 \x01(\tR\tdelegator\x12\x1c\n" +
+	"\tdelegatee\x18\x04 \x01(\tR\tdelegatee\x12\x14\n" +
+	"\x05roles\x18\x05 \x03(\tR\x05roles\x129\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1b\n" +
+	"\tmax_depth\x18\b \x01(\x05R\bmaxDepth\x12\x14\n" +
+	"\x05depth\x18\t \x01(\x05R\x05depth\x129\n" +
+	"\n" +
+	"revoked_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"j\n" +
+	"\x12RevokeGrantRequest\x120\n" +
+	"\bgrant_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{32}$R\agrantId\x12\"\n" +
+	"\x06reason\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\x06reason\"Q\n" +
+	"\x13RevokeGrantResponse\x12:\n" +
+	"\asummary\x18\x01 \x01(\v2 .atf.broker.v1.RevocationSummaryR\asummary\"\xbf\x02\n" +
+	"\x11RevocationSummary\x12%\n" +
+	"\x0egrants_revoked\x18\x01 \x01(\x05R\rgrantsRevoked\x12/\n" +
+	"\x13credentials_revoked\x18\x02 \x01(\x05R\x12credentialsRevoked\x12'\n" +
+	"\x0fvault_confirmed\x18\x03 \x01(\x05R\x0evaultConfirmed\x12#\n" +
+	"\rvault_pending\x18\x04 \x01(\x05R\fvaultPending\x12B\n" +
+	"\x0fcommit_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0ecommitDuration\x12@\n" +
+	"\x0etotal_duration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\rtotalDuration\"\x19\n" +
+	"\x17WatchRevocationsRequest\"\x9d\x01\n" +
+	"\x18WatchRevocationsResponse\x12\x1c\n" +
+	"\taccessors\x18\x01 \x03(\tR\taccessors\x12\x1b\n" +
+	"\tgrant_ids\x18\x02 \x03(\tR\bgrantIds\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12.\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time*i\n" +
 	"\x05Level\x12\x15\n" +
 	"\x11LEVEL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fLEVEL_INTERN\x10\x01\x12\x10\n" +
@@ -621,10 +1231,13 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"AuthMethod\x12\x1b\n" +
 	"\x17AUTH_METHOD_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AUTH_METHOD_X509_SVID\x10\x01\x12\x18\n" +
-	"\x14AUTH_METHOD_JWT_SVID\x10\x022\xb8\x01\n" +
+	"\x14AUTH_METHOD_JWT_SVID\x10\x022\xc2\x03\n" +
 	"\rBrokerService\x12E\n" +
 	"\x06WhoAmI\x12\x1c.atf.broker.v1.WhoAmIRequest\x1a\x1d.atf.broker.v1.WhoAmIResponse\x12`\n" +
-	"\x0fFetchCredential\x12%.atf.broker.v1.FetchCredentialRequest\x1a&.atf.broker.v1.FetchCredentialResponseB:Z8github.com/agentictrust/atf/proto/atf/broker/v1;brokerv1b\x06proto3"
+	"\x0fFetchCredential\x12%.atf.broker.v1.FetchCredentialRequest\x1a&.atf.broker.v1.FetchCredentialResponse\x12K\n" +
+	"\bDelegate\x12\x1e.atf.broker.v1.DelegateRequest\x1a\x1f.atf.broker.v1.DelegateResponse\x12T\n" +
+	"\vRevokeGrant\x12!.atf.broker.v1.RevokeGrantRequest\x1a\".atf.broker.v1.RevokeGrantResponse\x12e\n" +
+	"\x10WatchRevocations\x12&.atf.broker.v1.WatchRevocationsRequest\x1a'.atf.broker.v1.WatchRevocationsResponse0\x01B:Z8github.com/agentictrust/atf/proto/atf/broker/v1;brokerv1b\x06proto3"
 
 var (
 	file_atf_broker_v1_broker_proto_rawDescOnce sync.Once
@@ -639,38 +1252,61 @@ func file_atf_broker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_atf_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_atf_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_atf_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_atf_broker_v1_broker_proto_goTypes = []any{
-	(Level)(0),                      // 0: atf.broker.v1.Level
-	(AgentStatus)(0),                // 1: atf.broker.v1.AgentStatus
-	(AuthMethod)(0),                 // 2: atf.broker.v1.AuthMethod
-	(*WhoAmIRequest)(nil),           // 3: atf.broker.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),          // 4: atf.broker.v1.WhoAmIResponse
-	(*FetchCredentialRequest)(nil),  // 5: atf.broker.v1.FetchCredentialRequest
-	(*FetchCredentialResponse)(nil), // 6: atf.broker.v1.FetchCredentialResponse
-	(*Credential)(nil),              // 7: atf.broker.v1.Credential
-	(*timestamppb.Timestamp)(nil),   // 8: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 9: google.protobuf.Duration
+	(Level)(0),                       // 0: atf.broker.v1.Level
+	(AgentStatus)(0),                 // 1: atf.broker.v1.AgentStatus
+	(AuthMethod)(0),                  // 2: atf.broker.v1.AuthMethod
+	(*WhoAmIRequest)(nil),            // 3: atf.broker.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),           // 4: atf.broker.v1.WhoAmIResponse
+	(*FetchCredentialRequest)(nil),   // 5: atf.broker.v1.FetchCredentialRequest
+	(*FetchCredentialResponse)(nil),  // 6: atf.broker.v1.FetchCredentialResponse
+	(*Credential)(nil),               // 7: atf.broker.v1.Credential
+	(*DelegateRequest)(nil),          // 8: atf.broker.v1.DelegateRequest
+	(*DelegateResponse)(nil),         // 9: atf.broker.v1.DelegateResponse
+	(*Grant)(nil),                    // 10: atf.broker.v1.Grant
+	(*RevokeGrantRequest)(nil),       // 11: atf.broker.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),      // 12: atf.broker.v1.RevokeGrantResponse
+	(*RevocationSummary)(nil),        // 13: atf.broker.v1.RevocationSummary
+	(*WatchRevocationsRequest)(nil),  // 14: atf.broker.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil), // 15: atf.broker.v1.WatchRevocationsResponse
+	(*timestamppb.Timestamp)(nil),    // 16: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 17: google.protobuf.Duration
 }
 var file_atf_broker_v1_broker_proto_depIdxs = []int32{
 	2,  // 0: atf.broker.v1.WhoAmIResponse.auth_method:type_name -> atf.broker.v1.AuthMethod
-	8,  // 1: atf.broker.v1.WhoAmIResponse.svid_expires_at:type_name -> google.protobuf.Timestamp
+	16, // 1: atf.broker.v1.WhoAmIResponse.svid_expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: atf.broker.v1.WhoAmIResponse.level:type_name -> atf.broker.v1.Level
 	1,  // 3: atf.broker.v1.WhoAmIResponse.status:type_name -> atf.broker.v1.AgentStatus
-	9,  // 4: atf.broker.v1.FetchCredentialRequest.ttl:type_name -> google.protobuf.Duration
+	17, // 4: atf.broker.v1.FetchCredentialRequest.ttl:type_name -> google.protobuf.Duration
 	7,  // 5: atf.broker.v1.FetchCredentialResponse.credential:type_name -> atf.broker.v1.Credential
-	8,  // 6: atf.broker.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	8,  // 7: atf.broker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	16, // 6: atf.broker.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	16, // 7: atf.broker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 8: atf.broker.v1.Credential.level:type_name -> atf.broker.v1.Level
-	3,  // 9: atf.broker.v1.BrokerService.WhoAmI:input_type -> atf.broker.v1.WhoAmIRequest
-	5,  // 10: atf.broker.v1.BrokerService.FetchCredential:input_type -> atf.broker.v1.FetchCredentialRequest
-	4,  // 11: atf.broker.v1.BrokerService.WhoAmI:output_type -> atf.broker.v1.WhoAmIResponse
-	6,  // 12: atf.broker.v1.BrokerService.FetchCredential:output_type -> atf.broker.v1.FetchCredentialResponse
-	11, // [11:13] is the sub-list for method output_type
-	9,  // [9:11] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	17, // 9: atf.broker.v1.DelegateRequest.ttl:type_name -> google.protobuf.Duration
+	10, // 10: atf.broker.v1.DelegateResponse.grant:type_name -> atf.broker.v1.Grant
+	16, // 11: atf.broker.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
+	16, // 12: atf.broker.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
+	16, // 13: atf.broker.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
+	13, // 14: atf.broker.v1.RevokeGrantResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	17, // 15: atf.broker.v1.RevocationSummary.commit_duration:type_name -> google.protobuf.Duration
+	17, // 16: atf.broker.v1.RevocationSummary.total_duration:type_name -> google.protobuf.Duration
+	16, // 17: atf.broker.v1.WatchRevocationsResponse.time:type_name -> google.protobuf.Timestamp
+	3,  // 18: atf.broker.v1.BrokerService.WhoAmI:input_type -> atf.broker.v1.WhoAmIRequest
+	5,  // 19: atf.broker.v1.BrokerService.FetchCredential:input_type -> atf.broker.v1.FetchCredentialRequest
+	8,  // 20: atf.broker.v1.BrokerService.Delegate:input_type -> atf.broker.v1.DelegateRequest
+	11, // 21: atf.broker.v1.BrokerService.RevokeGrant:input_type -> atf.broker.v1.RevokeGrantRequest
+	14, // 22: atf.broker.v1.BrokerService.WatchRevocations:input_type -> atf.broker.v1.WatchRevocationsRequest
+	4,  // 23: atf.broker.v1.BrokerService.WhoAmI:output_type -> atf.broker.v1.WhoAmIResponse
+	6,  // 24: atf.broker.v1.BrokerService.FetchCredential:output_type -> atf.broker.v1.FetchCredentialResponse
+	9,  // 25: atf.broker.v1.BrokerService.Delegate:output_type -> atf.broker.v1.DelegateResponse
+	12, // 26: atf.broker.v1.BrokerService.RevokeGrant:output_type -> atf.broker.v1.RevokeGrantResponse
+	15, // 27: atf.broker.v1.BrokerService.WatchRevocations:output_type -> atf.broker.v1.WatchRevocationsResponse
+	23, // [23:28] is the sub-list for method output_type
+	18, // [18:23] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_atf_broker_v1_broker_proto_init() }
@@ -684,7 +1320,7 @@ func file_atf_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_broker_v1_broker_proto_rawDesc), len(file_atf_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   5,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

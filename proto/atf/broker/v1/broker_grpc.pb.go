@@ -23,8 +23,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BrokerService_WhoAmI_FullMethodName          = "/atf.broker.v1.BrokerService/WhoAmI"
-	BrokerService_FetchCredential_FullMethodName = "/atf.broker.v1.BrokerService/FetchCredential"
+	BrokerService_WhoAmI_FullMethodName           = "/atf.broker.v1.BrokerService/WhoAmI"
+	BrokerService_FetchCredential_FullMethodName  = "/atf.broker.v1.BrokerService/FetchCredential"
+	BrokerService_Delegate_FullMethodName         = "/atf.broker.v1.BrokerService/Delegate"
+	BrokerService_RevokeGrant_FullMethodName      = "/atf.broker.v1.BrokerService/RevokeGrant"
+	BrokerService_WatchRevocations_FullMethodName = "/atf.broker.v1.BrokerService/WatchRevocations"
 )
 
 // BrokerServiceClient is the client API for BrokerService service.
@@ -35,8 +38,17 @@ const (
 type BrokerServiceClient interface {
 	// WhoAmI reports the caller's verified identity and registry standing.
 	WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error)
-	// FetchCredential issues a short-lived Vault token for one role.
+	// FetchCredential issues a short-lived Vault token for one role, under
+	// the caller's own authority or under a grant delegated to it.
 	FetchCredential(ctx context.Context, in *FetchCredentialRequest, opts ...grpc.CallOption) (*FetchCredentialResponse, error)
+	// Delegate grants another registered agent a narrower slice of the
+	// caller's authority.
+	Delegate(ctx context.Context, in *DelegateRequest, opts ...grpc.CallOption) (*DelegateResponse, error)
+	// RevokeGrant revokes a grant the caller gave, and everything below it.
+	RevokeGrant(ctx context.Context, in *RevokeGrantRequest, opts ...grpc.CallOption) (*RevokeGrantResponse, error)
+	// WatchRevocations streams revocations that affect the caller, so it can
+	// drop cached credentials at once.
+	WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error)
 }
 
 type brokerServiceClient struct {
@@ -67,6 +79,45 @@ func (c *brokerServiceClient) FetchCredential(ctx context.Context, in *FetchCred
 	return out, nil
 }
 
+func (c *brokerServiceClient) Delegate(ctx context.Context, in *DelegateRequest, opts ...grpc.CallOption) (*DelegateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DelegateResponse)
+	err := c.cc.Invoke(ctx, BrokerService_Delegate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerServiceClient) RevokeGrant(ctx context.Context, in *RevokeGrantRequest, opts ...grpc.CallOption) (*RevokeGrantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeGrantResponse)
+	err := c.cc.Invoke(ctx, BrokerService_RevokeGrant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *brokerServiceClient) WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BrokerService_ServiceDesc.Streams[0], BrokerService_WatchRevocations_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRevocationsRequest, WatchRevocationsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BrokerService_WatchRevocationsClient = grpc.ServerStreamingClient[WatchRevocationsResponse]
+
 // BrokerServiceServer is the server API for BrokerService service.
 // All implementations must embed UnimplementedBrokerServiceServer
 // for forward compatibility.
@@ -75,8 +126,17 @@ func (c *brokerServiceClient) FetchCredential(ctx context.Context, in *FetchCred
 type BrokerServiceServer interface {
 	// WhoAmI reports the caller's verified identity and registry standing.
 	WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error)
-	// FetchCredential issues a short-lived Vault token for one role.
+	// FetchCredential issues a short-lived Vault token for one role, under
+	// the caller's own authority or under a grant delegated to it.
 	FetchCredential(context.Context, *FetchCredentialRequest) (*FetchCredentialResponse, error)
+	// Delegate grants another registered agent a narrower slice of the
+	// caller's authority.
+	Delegate(context.Context, *DelegateRequest) (*DelegateResponse, error)
+	// RevokeGrant revokes a grant the caller gave, and everything below it.
+	RevokeGrant(context.Context, *RevokeGrantRequest) (*RevokeGrantResponse, error)
+	// WatchRevocations streams revocations that affect the caller, so it can
+	// drop cached credentials at once.
+	WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error
 	mustEmbedUnimplementedBrokerServiceServer()
 }
 
@@ -92,6 +152,15 @@ func (UnimplementedBrokerServiceServer) WhoAmI(context.Context, *WhoAmIRequest) 
 }
 func (UnimplementedBrokerServiceServer) FetchCredential(context.Context, *FetchCredentialRequest) (*FetchCredentialResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FetchCredential not implemented")
+}
+func (UnimplementedBrokerServiceServer) Delegate(context.Context, *DelegateRequest) (*DelegateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Delegate not implemented")
+}
+func (UnimplementedBrokerServiceServer) RevokeGrant(context.Context, *RevokeGrantRequest) (*RevokeGrantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeGrant not implemented")
+}
+func (UnimplementedBrokerServiceServer) WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchRevocations not implemented")
 }
 func (UnimplementedBrokerServiceServer) mustEmbedUnimplementedBrokerServiceServer() {}
 func (UnimplementedBrokerServiceServer) testEmbeddedByValue()                       {}
@@ -150,6 +219,53 @@ func _BrokerService_FetchCredential_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BrokerService_Delegate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DelegateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServiceServer).Delegate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BrokerService_Delegate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServiceServer).Delegate(ctx, req.(*DelegateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BrokerService_RevokeGrant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeGrantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServiceServer).RevokeGrant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BrokerService_RevokeGrant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServiceServer).RevokeGrant(ctx, req.(*RevokeGrantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BrokerService_WatchRevocations_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRevocationsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BrokerServiceServer).WatchRevocations(m, &grpc.GenericServerStream[WatchRevocationsRequest, WatchRevocationsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BrokerService_WatchRevocationsServer = grpc.ServerStreamingServer[WatchRevocationsResponse]
+
 // BrokerService_ServiceDesc is the grpc.ServiceDesc for BrokerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -165,7 +281,21 @@ var BrokerService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "FetchCredential",
 			Handler:    _BrokerService_FetchCredential_Handler,
 		},
+		{
+			MethodName: "Delegate",
+			Handler:    _BrokerService_Delegate_Handler,
+		},
+		{
+			MethodName: "RevokeGrant",
+			Handler:    _BrokerService_RevokeGrant_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchRevocations",
+			Handler:       _BrokerService_WatchRevocations_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "atf/broker/v1/broker.proto",
 }

@@ -1,0 +1,274 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/vault"
+	"github.com/agentictrust/atf/delegation"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+const (
+	// anchorTTL is how long an anchor lives; it is replaced once less than
+	// anchorReserve is left, so every credential and child anchor made
+	// under it can live out its full lifetime.
+	anchorTTL     = 4 * time.Hour
+	anchorReserve = 70 * time.Minute
+	// inlineRevokeTimeout bounds the Vault work a revoking call waits for;
+	// the rest finishes from the queue.
+	inlineRevokeTimeout = 30 * time.Second
+)
+
+// anchors holds the broker's current Vault anchor per lineage node, in
+// memory only: the store keeps their accessors, never their tokens.
+type anchors struct {
+	issuer *vault.Issuer
+	store  *store.Store
+
+	mu sync.Mutex
+	m  map[string]*vault.Anchor
+}
+
+// get returns a usable anchor for node, creating it (and its parents) if
+// needed: an agent's anchor hangs under the broker's token, a grant's under
+// its parent grant's or its delegator's.
+func (a *anchors) get(ctx context.Context, node string) (*vault.Anchor, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.getLocked(ctx, node, 0)
+}
+
+func (a *anchors) getLocked(ctx context.Context, node string, depth int) (*vault.Anchor, error) {
+	if an := a.m[node]; a.issuer.Usable(an, anchorReserve) {
+		return an, nil
+	}
+	if depth > 64 {
+		return nil, errors.New("broker: anchor chain too deep (corrupted grants?)")
+	}
+	var parent *vault.Anchor
+	parentAccessor := ""
+	if id, ok := strings.CutPrefix(node, "grant:"); ok {
+		g, err := a.store.GetGrant(id)
+		if err != nil {
+			return nil, err
+		}
+		up := store.AgentNode(g.Delegator)
+		if g.ParentID != "" {
+			up = store.GrantNode(g.ParentID)
+		}
+		if parent, err = a.getLocked(ctx, up, depth+1); err != nil {
+			return nil, err
+		}
+		parentAccessor = parent.Accessor
+	}
+	an, err := a.issuer.CreateAnchor(ctx, parent, anchorTTL, map[string]string{"atf_node": node})
+	if err != nil {
+		return nil, err
+	}
+	// Recorded before use: a revocation must always find it.
+	if err := a.store.AddAnchor(store.Anchor{Accessor: an.Accessor, Node: node, Parent: parentAccessor, CreatedAt: time.Now().UTC(), ExpiresAt: an.ExpiresAt.UTC()}); err != nil {
+		_ = a.issuer.Revoke(context.WithoutCancel(ctx), an.Accessor)
+		return nil, err
+	}
+	a.m[node] = an
+	return an, nil
+}
+
+// drop forgets the anchors of revoked nodes.
+func (a *anchors) drop(nodes ...string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, n := range nodes {
+		delete(a.m, n)
+	}
+}
+
+// hub fans revocation events out to the agents watching them.
+type hub struct {
+	mu   sync.Mutex
+	subs map[string]map[chan *brokerv1.WatchRevocationsResponse]bool
+}
+
+// subscribe registers a watcher for agent; cancel removes it.
+func (h *hub) subscribe(agent string) (<-chan *brokerv1.WatchRevocationsResponse, func()) {
+	ch := make(chan *brokerv1.WatchRevocationsResponse, 64)
+	h.mu.Lock()
+	if h.subs == nil {
+		h.subs = map[string]map[chan *brokerv1.WatchRevocationsResponse]bool{}
+	}
+	if h.subs[agent] == nil {
+		h.subs[agent] = map[chan *brokerv1.WatchRevocationsResponse]bool{}
+	}
+	h.subs[agent][ch] = true
+	h.mu.Unlock()
+	return ch, func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.subs[agent][ch] {
+			delete(h.subs[agent], ch)
+			close(ch)
+		}
+	}
+}
+
+// publish sends ev to agent's watchers. A watcher too slow to keep up is
+// cut off (its stream ends), so it reconnects and refetches rather than
+// missing an event silently.
+func (h *hub) publish(agent string, ev *brokerv1.WatchRevocationsResponse) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for ch := range h.subs[agent] {
+		select {
+		case ch <- ev:
+		default:
+			delete(h.subs[agent], ch)
+			close(ch)
+		}
+	}
+}
+
+// revokeLineage commits the revocation of root's lineage, then revokes it
+// in Vault, tells the affected agents and writes the audit summary.
+func (s *Server) revokeLineage(ctx context.Context, root store.Root, actor, reason string) (*brokerv1.RevocationSummary, error) {
+	start := time.Now()
+	rev, err := s.store.RevokeLineage(root, actor, reason)
+	if err != nil {
+		return nil, s.statusOf(ctx, "revoke lineage", err)
+	}
+	return s.finishRevocation(ctx, root, actor, reason, rev, start, time.Since(start)), nil
+}
+
+// finishRevocation does what follows a committed revocation.
+func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, reason string, rev store.Revocation, start time.Time, commit time.Duration) *brokerv1.RevocationSummary {
+	nodes := make([]string, 0, len(rev.Grants)+1)
+	if root.AgentID != "" {
+		nodes = append(nodes, store.AgentNode(root.AgentID))
+	}
+	events := map[string]*brokerv1.WatchRevocationsResponse{}
+	event := func(agent string) *brokerv1.WatchRevocationsResponse {
+		if events[agent] == nil {
+			events[agent] = &brokerv1.WatchRevocationsResponse{Reason: reason, Time: timestamppb.Now()}
+		}
+		return events[agent]
+	}
+	for _, g := range rev.Grants {
+		nodes = append(nodes, store.GrantNode(g.ID))
+		ev := event(g.Delegatee)
+		ev.GrantIds = append(ev.GrantIds, g.ID)
+	}
+	s.anchors.drop(nodes...)
+
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), inlineRevokeTimeout)
+	confirmed := s.revoker.revoke(rctx, rev.Queued)
+	cancel()
+
+	for agent, accs := range rev.Credentials {
+		ev := event(agent)
+		ev.Accessors = append(ev.Accessors, accs...)
+	}
+	for agent, ev := range events {
+		s.hub.publish(agent, ev)
+	}
+	sum := &brokerv1.RevocationSummary{
+		GrantsRevoked:      int32(len(rev.Grants)),
+		CredentialsRevoked: int32(rev.CredentialCount()),
+		VaultConfirmed:     int32(confirmed),
+		VaultPending:       int32(len(rev.Queued) - confirmed),
+		CommitDuration:     durationpb.New(commit),
+		TotalDuration:      durationpb.New(time.Since(start)),
+	}
+	if err := s.store.AppendAudit(store.AuditRecord{Kind: "lineage_revoked", Actor: actor, Subject: root.String(), Detail: map[string]string{
+		"reason":              reason,
+		"grants_revoked":      itoa(sum.GrantsRevoked),
+		"credentials_revoked": itoa(sum.CredentialsRevoked),
+		"vault_confirmed":     itoa(sum.VaultConfirmed),
+		"vault_pending":       itoa(sum.VaultPending),
+		"commit_duration":     commit.String(),
+		"total_duration":      sum.TotalDuration.AsDuration().String(),
+	}}); err != nil {
+		s.logger(ctx).Error("writing the revocation audit summary failed", slog.String(logError, err.Error()))
+	}
+	s.logger(ctx).Info("lineage revoked", slog.String("root", root.String()), slog.Int("grants", len(rev.Grants)),
+		slog.Int("credentials", rev.CredentialCount()), slog.Int("vault_confirmed", confirmed),
+		slog.Int("vault_pending", len(rev.Queued)-confirmed), slog.Duration("commit", commit), slog.Duration(logDuration, time.Since(start)))
+	return sum
+}
+
+// principal is an agent as delegation sees it: its manifest narrowed to the
+// roles its level may hold.
+func (s *Server) principal(a store.Agent) delegation.Agent {
+	var roles []string
+	for _, r := range a.Roles {
+		if role, ok := s.roles[r]; ok && s.gate.LevelMayHold(a.Level, role.class) {
+			roles = append(roles, r)
+		}
+	}
+	return delegation.Agent{ID: a.ID, Level: delegation.Level(a.Level), Active: a.Status == store.Active, Roles: roles}
+}
+
+// chainOf loads the chain down to grantID and its delegators as they are
+// now.
+func (s *Server) chainOf(grantID string) ([]delegation.Grant, map[string]delegation.Agent, error) {
+	chain, err := s.store.Chain(grantID)
+	if err != nil {
+		return nil, nil, err
+	}
+	ancestors := make(map[string]delegation.Agent, len(chain))
+	for _, g := range chain {
+		a, err := s.store.GetAgent(g.Delegator)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // counts as deregistered
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		ancestors[g.Delegator] = s.principal(a)
+	}
+	return chain, ancestors, nil
+}
+
+// delegationStatus maps a delegation refusal to a status.
+func delegationStatus(err error) error {
+	code := codes.PermissionDenied
+	switch {
+	case errors.Is(err, delegation.ErrUnknownDelegatee):
+		code = codes.NotFound
+	case errors.Is(err, delegation.ErrFanOut):
+		code = codes.ResourceExhausted
+	case errors.Is(err, delegation.ErrNoRoles), errors.Is(err, delegation.ErrInvalidTTL), errors.Is(err, delegation.ErrMalformedChain):
+		code = codes.InvalidArgument
+	}
+	return status.Error(code, strings.TrimPrefix(err.Error(), "delegation: "))
+}
+
+func grantToProto(g delegation.Grant) *brokerv1.Grant {
+	p := &brokerv1.Grant{
+		Id:            g.ID,
+		ParentGrantId: g.ParentID,
+		Delegator:     g.Delegator,
+		Delegatee:     g.Delegatee,
+		Roles:         g.Roles,
+		CreatedAt:     timestamppb.New(g.CreatedAt),
+		ExpiresAt:     timestamppb.New(g.ExpiresAt),
+		MaxDepth:      int32(g.MaxDepth),
+		Depth:         int32(g.Depth),
+	}
+	if !g.RevokedAt.IsZero() {
+		p.RevokedAt = timestamppb.New(g.RevokedAt)
+	}
+	return p
+}
+
+func itoa(n int32) string { return strconv.Itoa(int(n)) }

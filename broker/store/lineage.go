@@ -1,0 +1,588 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/agentictrust/atf/delegation"
+)
+
+// Anchor is a Vault token the broker holds, never hands out, and creates
+// credentials and child anchors under, so that revoking it in Vault revokes
+// everything below (DESIGN.md §3). Only its accessor is stored.
+type Anchor struct {
+	Accessor string `json:"accessor"`
+	// Node is the agent or grant it anchors (AgentNode, GrantNode).
+	Node string `json:"node"`
+	// Parent is the accessor of the anchor it is a child of; "" for a child
+	// of the broker's own token.
+	Parent    string    `json:"parent,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	RevokedAt time.Time `json:"revoked_at,omitzero"`
+}
+
+// AgentNode and GrantNode name the nodes of the lineage tree anchors hang on.
+func AgentNode(id string) string { return "agent:" + id }
+
+// GrantNode names a grant's node; see AgentNode.
+func GrantNode(id string) string { return "grant:" + id }
+
+// Root names the top of a lineage: an agent or a grant.
+type Root struct {
+	AgentID string
+	GrantID string
+}
+
+func (r Root) String() string {
+	if r.GrantID != "" {
+		return "grant " + r.GrantID
+	}
+	return "agent " + r.AgentID
+}
+
+// Revocation is what revoking a lineage committed.
+type Revocation struct {
+	// Grants newly revoked, parents before children.
+	Grants []delegation.Grant
+	// Credentials newly revoked, by agent: who must be told.
+	Credentials map[string][]string
+	// Queued is every accessor queued for revocation in Vault: anchors
+	// first, parents before children, then credentials not under a queued
+	// anchor.
+	Queued []string
+}
+
+// CredentialCount is the number of credentials revoked.
+func (r Revocation) CredentialCount() int {
+	n := 0
+	for _, acc := range r.Credentials {
+		n += len(acc)
+	}
+	return n
+}
+
+// queueItem is a revocation queue entry, keyed by accessor.
+type queueItem struct {
+	Kind string `json:"kind"` // "anchor" or "credential"
+	// Order keeps anchors before credentials and parents before children.
+	Order int `json:"order"`
+}
+
+// PutGrant records a new grant, checking in the same transaction that its
+// delegator and delegatee are active and that no grant above it has been
+// revoked: a grant racing a revocation is either recorded before it (and
+// revoked by it) or refused.
+func (s *Store) PutGrant(g delegation.Grant) error {
+	v, err := json.Marshal(g)
+	if err != nil {
+		return fmt.Errorf("store: encode grant: %w", err)
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, id := range []string{g.Delegator, g.Delegatee} {
+			a, err := getAgent(tx, id)
+			if err != nil {
+				return err
+			}
+			if a.Status != Active {
+				return fmt.Errorf("%w: %s", ErrDeregistered, id)
+			}
+		}
+		if g.ParentID != "" {
+			if _, err := liveChain(tx, g.ParentID, s.now()); err != nil {
+				return err
+			}
+		}
+		if tx.Bucket(bucketGrants).Get([]byte(g.ID)) != nil {
+			return fmt.Errorf("%w: grant %s", ErrExists, g.ID)
+		}
+		if err := tx.Bucket(bucketGrants).Put([]byte(g.ID), v); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketGiven).Put(pair(g.Delegator, g.ID), nil); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketChildren).Put(pair(g.ParentID, g.ID), nil)
+	})
+}
+
+// GetGrant returns one grant.
+func (s *Store) GetGrant(id string) (delegation.Grant, error) {
+	var g delegation.Grant
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		g, err = getGrant(tx, id)
+		return err
+	})
+	return g, err
+}
+
+// Chain returns the grants from the root delegator's own authority down to
+// id, root first. It does not check that they are live.
+func (s *Store) Chain(id string) ([]delegation.Grant, error) {
+	var chain []delegation.Grant
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		chain, err = chainOf(tx, id)
+		return err
+	})
+	return chain, err
+}
+
+// GrantsGivenBy returns the grants an agent gave, live or not.
+func (s *Store) GrantsGivenBy(agentID string) ([]delegation.Grant, error) {
+	var out []delegation.Grant
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		out, err = given(tx, agentID)
+		return err
+	})
+	return out, err
+}
+
+// AddAnchor records an anchor before the broker uses it, so that a
+// revocation can always find it.
+func (s *Store) AddAnchor(a Anchor) error {
+	v, err := json.Marshal(a)
+	if err != nil {
+		return fmt.Errorf("store: encode anchor: %w", err)
+	}
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketAnchors).Put([]byte(a.Accessor), v); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketNodeAnchors).Put(pair(a.Node, a.Accessor), nil)
+	})
+	if err != nil {
+		return fmt.Errorf("store: add anchor: %w", err)
+	}
+	return nil
+}
+
+// RecordCredential records an issued credential if its agent is active and,
+// for a credential under a grant, the grant chain and the anchor are live.
+// Otherwise the credential is recorded as revoked, queued for revocation in
+// Vault, and an error wrapping ErrDeregistered or ErrRevoked is returned:
+// a credential racing a revocation is either recorded before it (and revoked
+// by it) or refused. Concurrent calls share commits (bbolt batching).
+func (s *Store) RecordCredential(c Credential) error {
+	key := credentialKey(c.AgentID, c.Accessor)
+	var refused error
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		// Batch may run this more than once; refused is set on every run.
+		refused = nil
+		a, err := getAgent(tx, c.AgentID)
+		if err != nil {
+			return err
+		}
+		now := s.now().UTC()
+		switch {
+		case a.Status != Active:
+			refused = fmt.Errorf("%w: %s", ErrDeregistered, c.AgentID)
+		case c.GrantID != "":
+			if _, err := liveChain(tx, c.GrantID, now); err != nil {
+				refused = err
+			}
+		}
+		if refused == nil && c.Anchor != "" {
+			if an, err := getAnchor(tx, c.Anchor); err != nil || !an.RevokedAt.IsZero() {
+				refused = fmt.Errorf("%w: anchor of %s", ErrRevoked, c.AgentID)
+			}
+		}
+		rec := c
+		if refused != nil {
+			rec.RevokedAt = now
+			if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
+				return err
+			}
+		}
+		v, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketCredentials).Put(key, v); err != nil {
+			return err
+		}
+		if c.GrantID != "" {
+			return tx.Bucket(bucketGrantCreds).Put(pair(c.GrantID, c.Accessor), key)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: record credential: %w", err)
+	}
+	if refused != nil {
+		return fmt.Errorf("%w; credential queued for revocation", refused)
+	}
+	return nil
+}
+
+// RevokeLineage revokes, in one transaction, every grant below root (an
+// agent's grants, or a grant and its descendants), every live credential
+// issued under them and, for an agent, its own live credentials; it queues
+// the Vault anchors and credentials for revocation and writes one audit
+// record per revoked grant. From the commit on, nothing in the lineage can
+// be issued or used through the broker.
+func (s *Store) RevokeLineage(root Root, actor, reason string) (Revocation, error) {
+	var rev Revocation
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if root.AgentID != "" {
+			if _, err := getAgent(tx, root.AgentID); err != nil {
+				return err
+			}
+		}
+		var err error
+		rev, err = revokeLineage(tx, root, actor, reason, s.now().UTC())
+		return err
+	})
+	return rev, err
+}
+
+func revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now time.Time) (Revocation, error) {
+	children := func(id string) ([]delegation.Grant, error) { return childrenOf(tx, id) }
+	var grants []delegation.Grant
+	var err error
+	var nodes []string
+	if root.GrantID != "" {
+		g, gerr := getGrant(tx, root.GrantID)
+		if gerr != nil {
+			return Revocation{}, gerr
+		}
+		grants, err = delegation.LineageOfGrant(g, children)
+	} else {
+		nodes = append(nodes, AgentNode(root.AgentID))
+		grants, err = delegation.LineageOfAgent(root.AgentID, func(id string) ([]delegation.Grant, error) { return given(tx, id) }, children)
+	}
+	if err != nil {
+		return Revocation{}, fmt.Errorf("store: lineage of %s: %w", root, err)
+	}
+	rev := Revocation{Credentials: map[string][]string{}}
+	for _, g := range grants {
+		nodes = append(nodes, GrantNode(g.ID))
+		if !g.RevokedAt.IsZero() {
+			continue
+		}
+		g.RevokedAt = now
+		if err := putGrant(tx, g); err != nil {
+			return Revocation{}, err
+		}
+		rev.Grants = append(rev.Grants, g)
+		if err := appendAudit(tx, AuditRecord{Time: now, Kind: "grant_revoked", Actor: actor, Subject: g.ID, Detail: map[string]string{
+			"delegator": g.Delegator, "delegatee": g.Delegatee, "root": root.String(), "reason": reason,
+		}}); err != nil {
+			return Revocation{}, err
+		}
+	}
+	// Anchors, in lineage order (parents first): revoking the first in Vault
+	// already kills what hangs below it.
+	queuedAnchors := map[string]bool{}
+	for _, node := range nodes {
+		anchors, err := nodeAnchors(tx, node)
+		if err != nil {
+			return Revocation{}, err
+		}
+		for _, an := range anchors {
+			if !an.RevokedAt.IsZero() || !an.ExpiresAt.After(now) {
+				continue
+			}
+			an.RevokedAt = now
+			if err := putAnchor(tx, an); err != nil {
+				return Revocation{}, err
+			}
+			if err := enqueue(tx, an.Accessor, queueItem{Kind: "anchor", Order: len(rev.Queued)}); err != nil {
+				return Revocation{}, err
+			}
+			queuedAnchors[an.Accessor] = true
+			rev.Queued = append(rev.Queued, an.Accessor)
+		}
+	}
+	// Credentials: those under the revoked grants, and the agent's own.
+	var keys [][]byte
+	for _, g := range grants {
+		ks, err := grantCredentialKeys(tx, g.ID)
+		if err != nil {
+			return Revocation{}, err
+		}
+		keys = append(keys, ks...)
+	}
+	if root.AgentID != "" {
+		prefix := credentialKey(root.AgentID, "")
+		c := tx.Bucket(bucketCredentials).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			keys = append(keys, bytes.Clone(k))
+		}
+	}
+	creds := tx.Bucket(bucketCredentials)
+	for _, k := range keys {
+		var cr Credential
+		if err := json.Unmarshal(creds.Get(k), &cr); err != nil {
+			return Revocation{}, fmt.Errorf("store: decode credential: %w", err)
+		}
+		if !cr.RevokedAt.IsZero() || !cr.ExpiresAt.After(now) {
+			continue
+		}
+		cr.RevokedAt = now
+		v, err := json.Marshal(cr)
+		if err != nil {
+			return Revocation{}, err
+		}
+		if err := creds.Put(k, v); err != nil {
+			return Revocation{}, err
+		}
+		rev.Credentials[cr.AgentID] = append(rev.Credentials[cr.AgentID], cr.Accessor)
+		if queuedAnchors[cr.Anchor] {
+			continue // dies with its anchor in Vault
+		}
+		if err := enqueue(tx, cr.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
+			return Revocation{}, err
+		}
+		rev.Queued = append(rev.Queued, cr.Accessor)
+	}
+	return rev, nil
+}
+
+// Lineage returns the grants below root (parents first) and the credentials
+// issued under them (and, for an agent, its own) that are neither revoked
+// nor expired.
+func (s *Store) Lineage(root Root) ([]delegation.Grant, []Credential, error) {
+	var grants []delegation.Grant
+	var live []Credential
+	err := s.db.View(func(tx *bolt.Tx) error {
+		children := func(id string) ([]delegation.Grant, error) { return childrenOf(tx, id) }
+		var err error
+		if root.GrantID != "" {
+			g, gerr := getGrant(tx, root.GrantID)
+			if gerr != nil {
+				return gerr
+			}
+			grants, err = delegation.LineageOfGrant(g, children)
+		} else {
+			if _, err := getAgent(tx, root.AgentID); err != nil {
+				return err
+			}
+			grants, err = delegation.LineageOfAgent(root.AgentID, func(id string) ([]delegation.Grant, error) { return given(tx, id) }, children)
+		}
+		if err != nil {
+			return err
+		}
+		now := s.now()
+		add := func(v []byte) error {
+			var cr Credential
+			if err := json.Unmarshal(v, &cr); err != nil {
+				return fmt.Errorf("store: decode credential: %w", err)
+			}
+			if cr.RevokedAt.IsZero() && cr.ExpiresAt.After(now) {
+				live = append(live, cr)
+			}
+			return nil
+		}
+		creds := tx.Bucket(bucketCredentials)
+		if root.AgentID != "" {
+			prefix := credentialKey(root.AgentID, "")
+			c := creds.Cursor()
+			for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+				if err := add(v); err != nil {
+					return err
+				}
+			}
+		}
+		for _, g := range grants {
+			keys, err := grantCredentialKeys(tx, g.ID)
+			if err != nil {
+				return err
+			}
+			for _, k := range keys {
+				if err := add(creds.Get(k)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	return grants, live, err
+}
+
+// PendingRevocations returns the accessors whose revocation Vault has not
+// confirmed yet: anchors first (parents before children), then credentials.
+func (s *Store) PendingRevocations() ([]string, error) {
+	type entry struct {
+		acc   string
+		order int
+	}
+	var es []entry
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRevocations).ForEach(func(k, v []byte) error {
+			var it queueItem
+			if err := json.Unmarshal(v, &it); err != nil {
+				return fmt.Errorf("store: decode queue entry: %w", err)
+			}
+			es = append(es, entry{string(k), it.Order})
+			return nil
+		})
+	})
+	slices.SortStableFunc(es, func(a, b entry) int { return a.order - b.order })
+	out := make([]string, len(es))
+	for i, e := range es {
+		out[i] = e.acc
+	}
+	return out, err
+}
+
+// CompleteRevocation records that Vault confirmed a queued revocation.
+func (s *Store) CompleteRevocation(accessor string) error {
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRevocations).Delete([]byte(accessor))
+	})
+	if err != nil {
+		return fmt.Errorf("store: complete revocation: %w", err)
+	}
+	return nil
+}
+
+// liveChain returns the chain down to grant id, checking that every grant
+// in it is neither revoked nor expired at now.
+func liveChain(tx *bolt.Tx, id string, now time.Time) ([]delegation.Grant, error) {
+	chain, err := chainOf(tx, id)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range chain {
+		switch {
+		case !g.RevokedAt.IsZero():
+			return nil, fmt.Errorf("%w: grant %s", ErrRevoked, g.ID)
+		case !g.ExpiresAt.After(now):
+			return nil, fmt.Errorf("%w: grant %s expired", ErrRevoked, g.ID)
+		}
+	}
+	return chain, nil
+}
+
+func chainOf(tx *bolt.Tx, id string) ([]delegation.Grant, error) {
+	var chain []delegation.Grant
+	seen := map[string]bool{}
+	for id != "" {
+		if seen[id] {
+			return nil, fmt.Errorf("%w: grant chain loops at %s", ErrInvalid, id)
+		}
+		seen[id] = true
+		g, err := getGrant(tx, id)
+		if err != nil {
+			return nil, err
+		}
+		chain = append(chain, g)
+		id = g.ParentID
+	}
+	slices.Reverse(chain)
+	return chain, nil
+}
+
+func getGrant(tx *bolt.Tx, id string) (delegation.Grant, error) {
+	var g delegation.Grant
+	v := tx.Bucket(bucketGrants).Get([]byte(id))
+	if v == nil {
+		return g, fmt.Errorf("%w: grant %s", ErrNotFound, id)
+	}
+	if err := json.Unmarshal(v, &g); err != nil {
+		return g, fmt.Errorf("store: decode grant %s: %w", id, err)
+	}
+	return g, nil
+}
+
+func putGrant(tx *bolt.Tx, g delegation.Grant) error {
+	v, err := json.Marshal(g)
+	if err != nil {
+		return fmt.Errorf("store: encode grant: %w", err)
+	}
+	return tx.Bucket(bucketGrants).Put([]byte(g.ID), v)
+}
+
+// grantsUnder reads the grant ids indexed under prefix in bucket b.
+func grantsUnder(tx *bolt.Tx, b []byte, owner string) ([]delegation.Grant, error) {
+	var out []delegation.Grant
+	prefix := pair(owner, "")
+	c := tx.Bucket(b).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		g, err := getGrant(tx, string(k[len(prefix):]))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	return out, nil
+}
+
+func childrenOf(tx *bolt.Tx, id string) ([]delegation.Grant, error) {
+	return grantsUnder(tx, bucketChildren, id)
+}
+
+func given(tx *bolt.Tx, agentID string) ([]delegation.Grant, error) {
+	return grantsUnder(tx, bucketGiven, agentID)
+}
+
+func grantCredentialKeys(tx *bolt.Tx, grantID string) ([][]byte, error) {
+	var out [][]byte
+	prefix := pair(grantID, "")
+	c := tx.Bucket(bucketGrantCreds).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		out = append(out, bytes.Clone(v))
+	}
+	return out, nil
+}
+
+func getAnchor(tx *bolt.Tx, accessor string) (Anchor, error) {
+	var a Anchor
+	v := tx.Bucket(bucketAnchors).Get([]byte(accessor))
+	if v == nil {
+		return a, fmt.Errorf("%w: anchor", ErrNotFound)
+	}
+	if err := json.Unmarshal(v, &a); err != nil {
+		return a, fmt.Errorf("store: decode anchor: %w", err)
+	}
+	return a, nil
+}
+
+func putAnchor(tx *bolt.Tx, a Anchor) error {
+	v, err := json.Marshal(a)
+	if err != nil {
+		return fmt.Errorf("store: encode anchor: %w", err)
+	}
+	return tx.Bucket(bucketAnchors).Put([]byte(a.Accessor), v)
+}
+
+func nodeAnchors(tx *bolt.Tx, node string) ([]Anchor, error) {
+	var out []Anchor
+	prefix := pair(node, "")
+	c := tx.Bucket(bucketNodeAnchors).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		a, err := getAnchor(tx, string(k[len(prefix):]))
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func enqueue(tx *bolt.Tx, accessor string, it queueItem) error {
+	v, err := json.Marshal(it)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketRevocations).Put([]byte(accessor), v); err != nil {
+		return fmt.Errorf("store: queue revocation: %w", err)
+	}
+	return nil
+}
+
+// pair is "<a>\x00<b>": SPIFFE IDs, grant ids and accessors never hold NUL,
+// so a prefix scan for one owner never reaches another.
+func pair(a, b string) []byte { return append(append([]byte(a), 0), b...) }
