@@ -101,7 +101,36 @@ func (a *adminService) UpdateAgent(ctx context.Context, req *adminv1.UpdateAgent
 		return nil, a.s.statusOf(ctx, "update agent", err)
 	}
 	a.s.logger(ctx).Info("agent updated", slog.String(logAgent, id), slog.Uint64("revision", agent.Revision))
+	if err := a.s.revokeUnbackedGrants(ctx, agent, identity(ctx).ID.String()); err != nil {
+		return nil, err
+	}
 	return &adminv1.UpdateAgentResponse{Agent: agentToProto(agent)}, nil
+}
+
+// revokeUnbackedGrants revokes the lineage of every live grant agent gave
+// that its current level or manifest no longer backs: a demotion below what
+// a grant needs, or a role taken away, takes the grants with it.
+func (s *Server) revokeUnbackedGrants(ctx context.Context, agent store.Agent, actor string) error {
+	given, err := s.store.GrantsGivenBy(agent.ID)
+	if err != nil {
+		return s.statusOf(ctx, "list grants", err)
+	}
+	p := s.principal(agent)
+	now := s.now()
+	for _, g := range given {
+		if !g.RevokedAt.IsZero() || !g.ExpiresAt.After(now) {
+			continue
+		}
+		backed := s.rules.MaxDepth[p.Level] > 0 && !slices.ContainsFunc(g.Roles, func(r string) bool { return !slices.Contains(p.Roles, r) })
+		if backed {
+			continue
+		}
+		reason := fmt.Sprintf("delegator %s no longer holds the authority grant %s needs (level %s, roles %v)", agent.ID, g.ID, agent.Level, p.Roles)
+		if _, err := s.revokeLineage(ctx, store.Root{GrantID: g.ID}, actor, reason); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *adminService) DeregisterAgent(ctx context.Context, req *adminv1.DeregisterAgentRequest) (*adminv1.DeregisterAgentResponse, error) {

@@ -50,9 +50,9 @@ func newWhoAmI(g *globals) *cobra.Command {
 func newCreds(g *globals) *cobra.Command {
 	creds := &cobra.Command{Use: "creds", Short: "Fetch credentials"}
 	var (
-		role, purpose string
-		ttl           time.Duration
-		tokenOnly     bool
+		role, purpose, grant string
+		ttl                  time.Duration
+		tokenOnly            bool
 	)
 	fetch := &cobra.Command{
 		Use:   "fetch --role ROLE",
@@ -70,7 +70,7 @@ func newCreds(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			req := &brokerv1.FetchCredentialRequest{Role: role, Purpose: purpose}
+			req := &brokerv1.FetchCredentialRequest{Role: role, Purpose: purpose, GrantId: grant}
 			if ttl > 0 {
 				req.Ttl = durationpb.New(ttl)
 			}
@@ -93,6 +93,10 @@ func newCreds(g *globals) *cobra.Command {
 				fmt.Fprintf(w, "Level:\t%s\n", enumName(cr.GetLevel().String(), "LEVEL_"))
 				fmt.Fprintf(w, "Vault:\t%s\n", cr.GetVaultAddress())
 				fmt.Fprintf(w, "Decision:\t%s\n", cr.GetDecisionId())
+				if cr.GetGrantId() != "" {
+					fmt.Fprintf(w, "Grant:\t%s\n", cr.GetGrantId())
+					fmt.Fprintf(w, "Chain:\t%s\n", strings.Join(cr.GetChain(), " → "))
+				}
 			})
 		},
 	}
@@ -100,6 +104,7 @@ func newCreds(g *globals) *cobra.Command {
 	fetch.Flags().DurationVar(&ttl, "ttl", 0, "requested lifetime; default and maximum: the role's and your level's")
 	fetch.Flags().StringVar(&purpose, "purpose", "", "why, for the audit trail")
 	fetch.Flags().BoolVar(&tokenOnly, "token-only", false, "print only the token")
+	fetch.Flags().StringVar(&grant, "grant", "", "act under a grant delegated to you")
 	creds.AddCommand(fetch)
 	return creds
 }

@@ -5,7 +5,8 @@
 // starts atfd (which gets its SVID from the Workload API and logs in to Vault
 // with its JWT-SVID), registers two agents, and shows one of them fetching a
 // short-lived Vault token and using it, an Intern refused a write role, an
-// unregistered workload refused, and a deregistration killing a live token.
+// unregistered workload refused, a delegation to a helper agent, and a
+// deregistration killing the agent's tokens and everything it delegated.
 // Everything runs in a temporary directory that is removed at the end, also
 // on Ctrl-C.
 package main
@@ -14,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -86,7 +88,7 @@ func run(ctx context.Context) error {
 	d := &demo{stack: stack, bin: stack.BinDir}
 	td := stack.TrustDomain
 	id := func(path string) spiffeid.ID { return spiffeid.RequireFromPath(td, path) }
-	reporter, writer, stranger, alice := id("/agents/reporter"), id("/agents/writer"), id("/agents/stranger"), id("/ops/alice")
+	reporter, writer, helper, stranger, alice := id("/agents/reporter"), id("/agents/writer"), id("/agents/helper"), id("/agents/stranger"), id("/ops/alice")
 
 	title("Register workloads with SPIRE")
 	fmt.Println("   atfd and the reporter agent get their SVIDs from the SPIRE agent's Workload API,")
@@ -99,7 +101,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 	files := map[spiffeid.ID]dev.SVIDFiles{}
-	for _, who := range []spiffeid.ID{alice, writer, stranger} {
+	for _, who := range []spiffeid.ID{alice, writer, helper, stranger} {
 		f, err := stack.MintX509(ctx, who, time.Hour)
 		if err != nil {
 			return err
@@ -134,11 +136,13 @@ func run(ctx context.Context) error {
 	}
 	fmt.Printf("   atfd is serving on %s as %s (log: %s)\n", brokerAddr, stack.BrokerID, d.atfLog)
 
-	title("The platform team (alice, an admin) registers two agents")
+	title("The platform team (alice, an admin) registers three agents")
 	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "register", reporter.String(),
 		"--owner", "alice@example.org", "--purpose", "summarise the quarterly reports", "--role", "reports-read", "--role", "reports-write")...)
 	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "register", writer.String(),
-		"--owner", "bob@example.org", "--purpose", "publish report updates", "--role", "reports-write", "--level", "senior")...)
+		"--owner", "bob@example.org", "--purpose", "publish report updates", "--role", "reports-read", "--role", "reports-write", "--level", "senior")...)
+	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "register", helper.String(),
+		"--owner", "bob@example.org", "--purpose", "proof-read reports for the writer", "--role", "reports-read", "--level", "junior")...)
 	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "list")...)
 
 	title("The reporter agent asks who it is (SVID from the Workload API, no files)")
@@ -165,14 +169,31 @@ func run(ctx context.Context) error {
 	title("A non-admin cannot touch the registry")
 	d.atfctl(ctx, false, append(svidFlags(writer), "agent", "list")...)
 
-	title("The writer (Senior) gets a write token; deregistering it kills the token in Vault at once")
+	title("The writer (Senior) gets a write token and delegates read access to a helper agent")
 	wtoken, err := d.atfctlOut(ctx, append(svidFlags(writer), "creds", "fetch", "--role", "reports-write", "--token-only")...)
 	if err != nil {
 		return err
 	}
 	d.vault(ctx, wtoken, true, "kv", "put", "secret/demo/reports", "summary=Q3 revenue up 13% (restated)")
+	grant, err := d.atfctlOut(ctx, append(svidFlags(writer), "delegate", "--to", helper.String(), "--role", "reports-read", "--ttl", "10m", "-o", "json")...)
+	if err != nil {
+		return err
+	}
+	grantID := jsonField(grant, "id")
+	fmt.Print(indent(grant))
+	d.atfctl(ctx, false, append(svidFlags(writer), "delegate", "--to", helper.String(), "--role", "payroll-read")...)
+	htoken, err := d.atfctlOut(ctx, append(svidFlags(helper), "creds", "fetch", "--role", "reports-read", "--grant", grantID, "--token-only")...)
+	if err != nil {
+		return err
+	}
+	d.atfctl(ctx, true, append(svidFlags(helper), "creds", "fetch", "--role", "reports-read", "--grant", grantID)...)
+	d.vault(ctx, htoken, true, "kv", "get", "-field=summary", "secret/demo/reports")
+	d.atfctl(ctx, true, append(svidFlags(alice), "lineage", "show", writer.String())...)
+
+	title("Deregistering the writer kills its tokens and everything it delegated, in Vault, at once")
 	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "deregister", writer.String(), "--reason", "replaced by v2")...)
 	d.vault(ctx, wtoken, false, "kv", "get", "secret/demo/reports")
+	d.vault(ctx, htoken, false, "kv", "get", "secret/demo/reports")
 	d.atfctl(ctx, false, append(svidFlags(writer), "creds", "fetch", "--role", "reports-write")...)
 	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "history", writer.String())...)
 
@@ -286,6 +307,21 @@ func (d *demo) show(ctx context.Context, wantOK bool, extraEnv []string, tool st
 		d.unexpected++
 		fmt.Printf("     %s✘ unexpected outcome (%v)%s\n", red, err, reset)
 	}
+}
+
+// jsonField returns a top-level-or-nested string field of atfctl's JSON
+// output, e.g. the grant id.
+func jsonField(out, field string) string {
+	var v map[string]map[string]any
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		return ""
+	}
+	for _, inner := range v {
+		if s, ok := inner[field].(string); ok {
+			return s
+		}
+	}
+	return ""
 }
 
 // shorten hides SVID file paths, which are long and all alike.
