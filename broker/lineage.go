@@ -247,8 +247,12 @@ func delegationStatus(err error) error {
 		code = codes.NotFound
 	case errors.Is(err, delegation.ErrFanOut):
 		code = codes.ResourceExhausted
-	case errors.Is(err, delegation.ErrNoRoles), errors.Is(err, delegation.ErrInvalidTTL), errors.Is(err, delegation.ErrMalformedChain):
+	case errors.Is(err, delegation.ErrNoRoles), errors.Is(err, delegation.ErrInvalidTTL), errors.Is(err, delegation.ErrTTLAboveMax),
+		errors.Is(err, delegation.ErrOutlivesChain), errors.Is(err, delegation.ErrMaxDepth):
 		code = codes.InvalidArgument
+	case errors.Is(err, delegation.ErrMalformedChain):
+		// The store handed over a chain that does not link up.
+		code = codes.Internal
 	}
 	return status.Error(code, strings.TrimPrefix(err.Error(), "delegation: "))
 }

@@ -12,7 +12,9 @@ type Authority struct {
 	// Roles are the agent's manifest narrowed by every grant in the chain
 	// and every ancestor's current manifest, sorted.
 	Roles []string
-	// Level is the lowest level along the chain, the agent's included.
+	// Level is the lowest level along the chain, the agent's included; an
+	// invalid (zero) level anywhere leaves it invalid, for the caller to
+	// refuse.
 	Level Level
 	// ExpiresAt is the earliest expiry in the chain; zero when the agent
 	// acts under its own authority.
@@ -104,19 +106,6 @@ func intersect(base []string, lists [][]string) []string {
 	// seen[i] == j once roles[i] has been found in lists[:j].
 	seen := make([]int, len(roles))
 	for j, l := range lists {
-		if slices.IsSorted(l) {
-			// Grants made by Check, and most manifests, are sorted: merge.
-			i := 0
-			for _, r := range l {
-				for i < len(roles) && roles[i] < r {
-					i++
-				}
-				if i < len(roles) && roles[i] == r && seen[i] == j {
-					seen[i] = j + 1
-				}
-			}
-			continue
-		}
 		for _, r := range l {
 			if i, ok := slices.BinarySearch(roles, r); ok && seen[i] == j {
 				seen[i] = j + 1

@@ -76,10 +76,11 @@ type queueItem struct {
 }
 
 // PutGrant records a new grant, checking in the same transaction that its
-// delegator and delegatee are active and that no grant above it has been
-// revoked: a grant racing a revocation is either recorded before it (and
-// revoked by it) or refused.
-func (s *Store) PutGrant(g delegation.Grant) error {
+// delegator and delegatee are active, that no grant above it has been
+// revoked (a grant racing a revocation is either recorded before it, and
+// revoked by it, or refused), and that the delegator holds fewer than
+// maxFanOut live grants under the same parent (ErrLimit).
+func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 	v, err := json.Marshal(g)
 	if err != nil {
 		return fmt.Errorf("store: encode grant: %w", err)
@@ -101,6 +102,19 @@ func (s *Store) PutGrant(g delegation.Grant) error {
 		}
 		if tx.Bucket(bucketGrants).Get([]byte(g.ID)) != nil {
 			return fmt.Errorf("%w: grant %s", ErrExists, g.ID)
+		}
+		out, err := given(tx, g.Delegator)
+		if err != nil {
+			return err
+		}
+		live := 0
+		for _, o := range out {
+			if o.ParentID == g.ParentID && o.RevokedAt.IsZero() && o.ExpiresAt.After(s.now()) {
+				live++
+			}
+		}
+		if live >= maxFanOut {
+			return fmt.Errorf("%w: %s already holds out %d live grants here (limit %d)", ErrLimit, g.Delegator, live, maxFanOut)
 		}
 		if err := tx.Bucket(bucketGrants).Put([]byte(g.ID), v); err != nil {
 			return err

@@ -26,6 +26,7 @@ var (
 	ErrLocked       = errors.New("store: file is locked by another process")
 	ErrInvalid      = errors.New("store: invalid record")
 	ErrRevoked      = errors.New("store: revoked")
+	ErrLimit        = errors.New("store: limit reached")
 )
 
 var (

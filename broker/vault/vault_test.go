@@ -1,0 +1,129 @@
+package vault_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentictrust/atf/broker/vault"
+	"github.com/agentictrust/atf/deploy/dev/devtest"
+)
+
+func TestMain(m *testing.M) { devtest.Main(m) }
+
+func newIssuer(t *testing.T, addr string) *vault.Issuer {
+	t.Helper()
+	s := devtest.Shared(t)
+	tok, err := s.BrokerVaultToken(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addr == "" {
+		addr = s.VaultAddr
+	}
+	is, err := vault.New(t.Context(), vault.Config{Address: addr, Token: tok, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(is.Close)
+	return is
+}
+
+// Credentials and anchors against the real Vault: exact policies, anchors
+// whose revocation kills everything below, and fail-closed errors.
+func TestIssuer(t *testing.T) {
+	s := devtest.Shared(t)
+	is := newIssuer(t, "")
+	root := s.VaultClient()
+	ctx := t.Context()
+	alive := func(token string) bool {
+		_, err := root.Auth().Token().LookupWithContext(ctx, token)
+		return err == nil
+	}
+
+	agent, err := is.CreateAnchor(ctx, nil, time.Hour, map[string]string{"atf_node": "agent:test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !is.Usable(agent, 30*time.Minute) || is.Usable(agent, 2*time.Hour) {
+		t.Errorf("a 1h anchor: usable for 30m children %t, for 2h children %t", is.Usable(agent, 30*time.Minute), is.Usable(agent, 2*time.Hour))
+	}
+	grant, err := is.CreateAnchor(ctx, agent, 2*time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if grant.ExpiresAt.After(agent.ExpiresAt) {
+		t.Errorf("child anchor outlives its parent: %s > %s", grant.ExpiresAt, agent.ExpiresAt)
+	}
+	var creds []vault.Credential
+	for _, parent := range []*vault.Anchor{nil, agent, grant} {
+		c, err := is.Issue(ctx, vault.Request{Policies: []string{"demo-reports-read"}, TTL: 5 * time.Minute, Parent: parent, Metadata: map[string]string{"atf_role": "reports-read"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(c.Policies, []string{"demo-reports-read"}) || c.ExpiresAt.Sub(c.IssuedAt) > 5*time.Minute {
+			t.Errorf("credential = %+v", c)
+		}
+		creds = append(creds, c)
+	}
+
+	// A policy outside the token role's allowed_policies is refused by Vault.
+	_, err = is.Issue(ctx, vault.Request{Policies: []string{"root"}, TTL: time.Minute})
+	if !errors.Is(err, vault.ErrRejected) {
+		t.Errorf("issuing root: %v, want ErrRejected", err)
+	}
+	_, err = is.Issue(ctx, vault.Request{Policies: []string{"atf-broker"}, TTL: time.Minute, Parent: agent})
+	if !errors.Is(err, vault.ErrRejected) {
+		t.Errorf("issuing atf-broker under an anchor: %v, want ErrRejected", err)
+	}
+	if _, err := is.Issue(ctx, vault.Request{TTL: time.Minute}); !errors.Is(err, vault.ErrRejected) {
+		t.Errorf("issuing no policy: %v, want ErrRejected (Vault would grant all allowed policies)", err)
+	}
+
+	// Revoking the agent anchor kills the anchor below it and both
+	// credentials under them, not the one under the broker's own token.
+	if err := is.Revoke(ctx, agent.Accessor); err != nil {
+		t.Fatal(err)
+	}
+	if !alive(creds[0].Token) || alive(creds[1].Token) || alive(creds[2].Token) {
+		t.Errorf("after revoking the agent anchor, alive = %t %t %t; want true false false", alive(creds[0].Token), alive(creds[1].Token), alive(creds[2].Token))
+	}
+	// Revoking what is already gone succeeds: the queue can retry blindly.
+	if err := is.Revoke(ctx, grant.Accessor); err != nil {
+		t.Errorf("revoking a dead anchor: %v", err)
+	}
+	if err := is.Revoke(ctx, creds[1].Accessor); err != nil {
+		t.Errorf("revoking a dead credential: %v", err)
+	}
+	// Issuing under a revoked anchor is refused.
+	if _, err := is.Issue(ctx, vault.Request{Policies: []string{"demo-reports-read"}, TTL: time.Minute, Parent: grant}); !errors.Is(err, vault.ErrRejected) {
+		t.Errorf("issuing under a revoked anchor: %v, want ErrRejected", err)
+	}
+	if err := is.Healthy(ctx); err != nil {
+		t.Errorf("Healthy: %v", err)
+	}
+}
+
+// An unreachable Vault is ErrUnavailable, and errors never carry a token.
+func TestIssuerUnavailable(t *testing.T) {
+	s := devtest.Shared(t)
+	tok, err := s.BrokerVaultToken(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Nothing listens on port 1.
+	_, err = vault.New(context.Background(), vault.Config{Address: "http://127.0.0.1:1", Token: tok, Timeout: time.Second})
+	if !errors.Is(err, vault.ErrUnavailable) {
+		t.Fatalf("New against a closed port: %v, want ErrUnavailable", err)
+	}
+	if strings.Contains(err.Error(), tok) {
+		t.Fatal("the error contains the token")
+	}
+	_, err = vault.New(t.Context(), vault.Config{Address: s.VaultAddr, Token: "hvs.not-a-token", Timeout: time.Second})
+	if !errors.Is(err, vault.ErrRejected) || strings.Contains(err.Error(), "hvs.not-a-token") {
+		t.Fatalf("New with a bad token: %v, want ErrRejected without the token", err)
+	}
+}
