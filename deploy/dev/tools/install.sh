@@ -44,7 +44,7 @@ build_vault() {
 	# The published sdk v0.9.2 panics at server start on a check the 1.14
 	# release's in-tree sdk does not have; build against a copy without it.
 	cp -r "$sdk" "$dir/sdk" && chmod -R u+w "$dir/sdk"
-	(cd "$dir/sdk" && patch -s -p1 <"$here/vault/sdk-existence-check.patch")
+	(cd "$dir/sdk" && git apply -p1 "$here/vault/sdk-existence-check.patch")
 	(cd "$dir/src" && go mod edit -replace github.com/hashicorp/vault/sdk=../sdk &&
 		go build -trimpath -o "$dir/bin/vault" .)
 	rm -rf "$dir/src" "$dir/sdk"
