@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -60,8 +61,14 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	decisionID := newID()
 	log = log.With(slog.String(logDecisionID, decisionID), slog.String(logRole, role.Name))
 	deny := func(reason, format string, args ...any) error {
+		msg := fmt.Sprintf(format, args...)
 		log.Warn("credential denied", slog.String(logReason, reason))
-		return status.Errorf(codes.PermissionDenied, format+" (decision %s)", append(args, decisionID)...)
+		if err := s.store.AppendAudit(store.AuditRecord{Kind: "credential_denied", Actor: caller, Subject: role.Name, Detail: map[string]string{
+			"decision_id": decisionID, "reason": reason, "message": msg, "grant_id": req.GetGrantId(),
+		}}); err != nil {
+			log.Error("writing the denial audit record failed", slog.String(logError, err.Error()))
+		}
+		return status.Errorf(codes.PermissionDenied, "%s (decision %s)", msg, decisionID)
 	}
 
 	var agent *authz.Agent
@@ -75,6 +82,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	// Under a grant, the agent's authority narrows to the chain's: roles
 	// intersected, level the lowest, expiry the earliest.
 	chain := []string{caller}
+	var grantIDs []string
 	var notAfter time.Time
 	if gid := req.GetGrantId(); gid != "" && agent != nil {
 		grants, ancestors, err := s.chainOf(gid)
@@ -89,7 +97,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 			return nil, deny("grant", "%s", strings.TrimPrefix(err.Error(), "delegation: "))
 		}
 		agent.Level, agent.Roles = authz.Level(auth.Level), auth.Roles
-		chain, notAfter = auth.Chain, auth.ExpiresAt
+		chain, grantIDs, notAfter = auth.Chain, auth.GrantIDs, auth.ExpiresAt
 	}
 	d := s.gate.Decide(agent, role.authz(), req.GetTtl().AsDuration())
 	if !d.Allow {
@@ -116,6 +124,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 			"atf_decision_id": decisionID,
 			"atf_grant_id":    req.GetGrantId(),
 			"atf_chain":       strings.Join(chain, " > "),
+			"atf_grant_chain": strings.Join(grantIDs, ","),
 		},
 		DisplayName: "atf-" + role.Name,
 	}
@@ -134,6 +143,8 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		ExpiresAt:  cred.ExpiresAt.UTC(),
 		GrantID:    req.GetGrantId(),
 		Anchor:     anchor,
+		Chain:      chain,
+		GrantIDs:   grantIDs,
 	})
 	if err != nil {
 		// Never hand out a credential the broker has not recorded. A refused

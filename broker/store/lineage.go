@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -179,8 +180,10 @@ func (s *Store) AddAnchor(a Anchor) error {
 	return nil
 }
 
-// RecordCredential records an issued credential if its agent is active and,
-// for a credential under a grant, the grant chain and the anchor are live.
+// RecordCredential records an issued credential, with a credential_issued
+// audit record carrying its provenance in the same transaction, if its agent
+// is active and, for a credential under a grant, the grant chain and the
+// anchor are live.
 // Otherwise the credential is recorded as revoked, queued for revocation in
 // Vault, and an error wrapping ErrDeregistered or ErrRevoked is returned:
 // a credential racing a revocation is either recorded before it (and revoked
@@ -224,9 +227,19 @@ func (s *Store) RecordCredential(c Credential) error {
 			return err
 		}
 		if c.GrantID != "" {
-			return tx.Bucket(bucketGrantCreds).Put(pair(c.GrantID, c.Accessor), key)
+			if err := tx.Bucket(bucketGrantCreds).Put(pair(c.GrantID, c.Accessor), key); err != nil {
+				return err
+			}
 		}
-		return nil
+		kind := "credential_issued"
+		if refused != nil {
+			kind = "credential_refused"
+		}
+		return appendAudit(tx, AuditRecord{Time: now, Kind: kind, Actor: c.AgentID, Subject: c.Accessor, Detail: map[string]string{
+			"role": c.Role, "level": c.Level.String(), "decision_id": c.DecisionID, "grant_id": c.GrantID,
+			"chain": strings.Join(c.Chain, " > "), "grant_ids": strings.Join(c.GrantIDs, ","),
+			"policies": strings.Join(c.Policies, ","), "expires_at": c.ExpiresAt.UTC().Format(time.RFC3339),
+		}})
 	})
 	if err != nil {
 		return fmt.Errorf("store: record credential: %w", err)

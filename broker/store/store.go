@@ -114,6 +114,10 @@ type Credential struct {
 	GrantID string `json:"grant_id,omitempty"`
 	// Anchor is the accessor of the Vault anchor token it is a child of.
 	Anchor string `json:"anchor,omitempty"`
+	// Chain is the provenance: the SPIFFE IDs from the root delegator down
+	// to the holder, and the grants between them, root first.
+	Chain    []string `json:"chain,omitempty"`
+	GrantIDs []string `json:"grant_ids,omitempty"`
 	// RevokedAt is when the broker revoked it; the Vault side may still be
 	// queued (PendingRevocations).
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
