@@ -37,7 +37,7 @@ type anchors struct {
 	issuer *vault.Issuer
 	store  *store.Store
 
-	mu sync.Mutex
+	mu sync.RWMutex
 	m  map[string]*vault.Anchor
 }
 
@@ -45,6 +45,14 @@ type anchors struct {
 // needed: an agent's anchor hangs under the broker's token, a grant's under
 // its parent grant's or its delegator's.
 func (a *anchors) get(ctx context.Context, node string) (*vault.Anchor, error) {
+	// Issuance reads a live anchor; only a missing or ageing one takes the
+	// write lock (and a Vault call).
+	a.mu.RLock()
+	an := a.m[node]
+	a.mu.RUnlock()
+	if a.issuer.Usable(an, anchorReserve) {
+		return an, nil
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.getLocked(ctx, node, 0)
