@@ -13,8 +13,11 @@ import (
 
 // AuditRecord is one entry of the tamper-evident audit trail. Records are
 // numbered and hash-chained: each Hash covers the record and the previous
-// record's Hash, so an edited, inserted or deleted record breaks the chain
-// from there on (VerifyAudit).
+// record's Hash, so editing, inserting or deleting a record breaks the chain
+// from there on (VerifyAudit). What the chain alone cannot show is the
+// newest records cut off, or the whole tail rewritten with fresh hashes: for
+// that, keep the latest Seq and Hash somewhere the store's writer cannot
+// change (a log shipper, a notary).
 type AuditRecord struct {
 	Seq     uint64            `json:"seq"`
 	Time    time.Time         `json:"time"`

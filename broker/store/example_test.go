@@ -9,6 +9,7 @@ import (
 
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/delegation"
 )
 
 // openExample opens a store in a fresh directory, reading the time from
@@ -87,11 +88,11 @@ func ExampleStore_DeregisterAgent() {
 	}
 
 	now = now.Add(10 * time.Minute) // acc-1 has expired by now
-	_, queued, err := s.DeregisterAgent(id, "carol", "compromised")
+	_, rev, err := s.DeregisterAgent(id, "carol", "compromised")
 	if err != nil {
 		panic(err)
 	}
-	fmt.Println("queued by the deregistration:", len(queued))
+	fmt.Println("revoked by the deregistration:", rev.Queued)
 	// A credential issued while the deregistration ran is queued too.
 	if err := issue("acc-4", time.Hour); errors.Is(err, store.ErrDeregistered) {
 		fmt.Println("late credential:", err)
@@ -103,11 +104,11 @@ func ExampleStore_DeregisterAgent() {
 	if err != nil {
 		panic(err)
 	}
-	for _, c := range pending {
-		if err := s.CompleteRevocation(c.Accessor); err != nil {
+	for _, accessor := range pending {
+		if err := s.CompleteRevocation(accessor); err != nil {
 			panic(err)
 		}
-		fmt.Println("revoked", c.Accessor)
+		fmt.Println("revoked in Vault:", accessor)
 	}
 	pending, err = s.PendingRevocations()
 	if err != nil {
@@ -115,10 +116,72 @@ func ExampleStore_DeregisterAgent() {
 	}
 	fmt.Println("still pending:", len(pending))
 	// Output:
-	// queued by the deregistration: 2
+	// revoked by the deregistration: [acc-2 acc-3]
 	// late credential: store: agent is deregistered: spiffe://example.org/agent/reconciler; credential queued for revocation
-	// revoked acc-2
-	// revoked acc-3
-	// revoked acc-4
+	// revoked in Vault: acc-2
+	// revoked in Vault: acc-3
+	// revoked in Vault: acc-4
 	// still pending: 0
+}
+
+func ExampleStore_RevokeLineage() {
+	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	s, done := openExample(&now)
+	defer done()
+
+	const planner, researcher, summarizer = "spiffe://example.org/agent/planner",
+		"spiffe://example.org/agent/researcher", "spiffe://example.org/agent/summarizer"
+	for _, id := range []string{planner, researcher, summarizer} {
+		if _, err := s.RegisterAgent(store.Agent{ID: id, Owner: "team-research", Level: authz.Senior}, "alice"); err != nil {
+			panic(err)
+		}
+	}
+	// The planner delegates to the researcher, which re-delegates to the
+	// summarizer. Each grant has an anchor, a child of the one above it.
+	grants := []delegation.Grant{
+		{ID: "g1", Delegator: planner, Delegatee: researcher, Roles: []string{"web-read"}, Depth: 1, MaxDepth: 1},
+		{ID: "g2", ParentID: "g1", Delegator: researcher, Delegatee: summarizer, Roles: []string{"web-read"}, Depth: 2},
+	}
+	for _, g := range grants {
+		g.CreatedAt, g.ExpiresAt = now, now.Add(time.Hour)
+		if err := s.PutGrant(g, 16); err != nil {
+			panic(err)
+		}
+		parent := ""
+		if g.ParentID != "" {
+			parent = "anchor-" + g.ParentID
+		}
+		if err := s.AddAnchor(store.Anchor{Accessor: "anchor-" + g.ID, Node: store.GrantNode(g.ID), Parent: parent,
+			CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+			panic(err)
+		}
+	}
+	issue := func(accessor string) error {
+		return s.RecordCredential(store.Credential{Accessor: accessor, AgentID: summarizer, Role: "web-read",
+			GrantID: "g2", Anchor: "anchor-g2", IssuedAt: now, ExpiresAt: now.Add(time.Hour)})
+	}
+	if err := issue("token-1"); err != nil {
+		panic(err)
+	}
+
+	// Revoking the planner's grant revokes everything below it.
+	rev, err := s.RevokeLineage(store.Root{GrantID: "g1"}, "alice", "researcher compromised")
+	if err != nil {
+		panic(err)
+	}
+	for _, g := range rev.Grants {
+		fmt.Println("revoked grant", g.ID)
+	}
+	fmt.Println("credentials revoked:", rev.CredentialCount())
+	// token-1 dies with its anchor in Vault, so only the anchors are queued.
+	fmt.Println("to revoke in Vault:", rev.Queued)
+	if err := issue("token-2"); errors.Is(err, store.ErrRevoked) {
+		fmt.Println("late credential:", err)
+	}
+	// Output:
+	// revoked grant g1
+	// revoked grant g2
+	// credentials revoked: 1
+	// to revoke in Vault: [anchor-g1 anchor-g2]
+	// late credential: store: revoked: grant g1; credential queued for revocation
 }

@@ -82,6 +82,9 @@ type queueItem struct {
 // revoked by it, or refused), and that the delegator holds fewer than
 // maxFanOut live grants under the same parent (ErrLimit).
 func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
+	if g.ID == "" || strings.ContainsRune(g.ID, 0) {
+		return fmt.Errorf("%w: grant needs an ID without NUL", ErrInvalid)
+	}
 	v, err := json.Marshal(g)
 	if err != nil {
 		return fmt.Errorf("store: encode grant: %w", err)
@@ -169,6 +172,18 @@ func (s *Store) AddAnchor(a Anchor) error {
 		return fmt.Errorf("store: encode anchor: %w", err)
 	}
 	err = s.db.Batch(func(tx *bolt.Tx) error {
+		// An anchor for a node revoked meanwhile is refused, so that every
+		// anchor is either recorded before a revocation (and revoked by it)
+		// or never used.
+		if id, ok := strings.CutPrefix(a.Node, "grant:"); ok {
+			if _, err := liveChain(tx, id, s.now()); err != nil {
+				return err
+			}
+		} else if ag, err := getAgent(tx, strings.TrimPrefix(a.Node, "agent:")); err != nil {
+			return err
+		} else if ag.Status != Active {
+			return fmt.Errorf("%w: %s", ErrDeregistered, ag.ID)
+		}
 		if err := tx.Bucket(bucketAnchors).Put([]byte(a.Accessor), v); err != nil {
 			return err
 		}
@@ -203,8 +218,12 @@ func (s *Store) RecordCredential(c Credential) error {
 		case a.Status != Active:
 			refused = fmt.Errorf("%w: %s", ErrDeregistered, c.AgentID)
 		case c.GrantID != "":
-			if _, err := liveChain(tx, c.GrantID, now); err != nil {
+			chain, err := liveChain(tx, c.GrantID, now)
+			switch {
+			case err != nil:
 				refused = err
+			case chain[len(chain)-1].Delegatee != c.AgentID:
+				refused = fmt.Errorf("%w: grant %s was not given to %s", ErrRevoked, c.GrantID, c.AgentID)
 			}
 		}
 		if refused == nil && c.Anchor != "" {
@@ -257,6 +276,9 @@ func (s *Store) RecordCredential(c Credential) error {
 // record per revoked grant. From the commit on, nothing in the lineage can
 // be issued or used through the broker.
 func (s *Store) RevokeLineage(root Root, actor, reason string) (Revocation, error) {
+	if (root.AgentID == "") == (root.GrantID == "") {
+		return Revocation{}, fmt.Errorf("%w: a lineage root is one agent or one grant", ErrInvalid)
+	}
 	var rev Revocation
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if root.AgentID != "" {
