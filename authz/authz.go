@@ -205,6 +205,10 @@ func (g *Gate) Decide(agent *Agent, role Role, requested time.Duration) Decision
 	}
 }
 
+// Limits returns the limits of level (the zero LevelLimits for an invalid
+// level).
+func (g *Gate) Limits(level Level) LevelLimits { return g.limits[level] }
+
 // LevelMayHold reports whether an agent at level may hold credentials of
 // class at all, whatever its manifest says.
 func (g *Gate) LevelMayHold(level Level, class Class) bool {

@@ -83,6 +83,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	// intersected, level the lowest, expiry the earliest.
 	chain := []string{caller}
 	var grantIDs []string
+	var chainLevels []authz.Level
 	var notAfter time.Time
 	if gid := req.GetGrantId(); gid != "" && agent != nil {
 		grants, ancestors, err := s.chainOf(gid)
@@ -97,11 +98,23 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 			return nil, deny("grant", "%s", strings.TrimPrefix(err.Error(), "delegation: "))
 		}
 		agent.Level, agent.Roles = authz.Level(auth.Level), auth.Roles
+		for _, an := range ancestors {
+			chainLevels = append(chainLevels, authz.Level(an.Level))
+		}
 		chain, grantIDs, notAfter = auth.Chain, auth.GrantIDs, auth.ExpiresAt
 	}
 	d := s.gate.Decide(agent, role.authz(), req.GetTtl().AsDuration())
 	if !d.Allow {
 		return nil, deny(string(d.Reason), "%s", d.Message)
+	}
+	// A delegated credential never exceeds what any ancestor could hold
+	// itself: the strictest lifetime and use limits along the chain apply.
+	for _, lvl := range chainLevels {
+		lim := s.gate.Limits(lvl)
+		d.TTL = min(d.TTL, lim.MaxTTL)
+		if lim.MaxUses > 0 && (d.MaxUses == 0 || lim.MaxUses < d.MaxUses) {
+			d.MaxUses = lim.MaxUses
+		}
 	}
 	if !notAfter.IsZero() {
 		d.TTL = min(d.TTL, time.Until(notAfter).Truncate(time.Second))
@@ -129,6 +142,11 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		DisplayName: "atf-" + role.Name,
 	}
 	cred, anchor, err := s.issueUnder(ctx, node, vreq)
+	if errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrDeregistered) {
+		// The store refused an anchor: a revocation committed while this
+		// call was in flight.
+		return nil, deny("revoked", "the lineage this credential belongs to was revoked")
+	}
 	if err != nil {
 		return nil, s.statusOf(ctx, "issue credential", err)
 	}
@@ -228,9 +246,7 @@ func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequ
 		TTL:       req.GetTtl().AsDuration(),
 		MaxDepth:  int(req.GetMaxDepth()),
 	}
-	if dreq.TTL == 0 {
-		dreq.TTL = time.Hour
-	}
+
 	if pid := req.GetParentGrantId(); pid != "" {
 		grants, ancestors, err := s.chainOf(pid)
 		if errors.Is(err, store.ErrNotFound) {
@@ -243,6 +259,13 @@ func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequ
 			return nil, status.Errorf(codes.PermissionDenied, "grant %s was not given to %s", pid, caller)
 		}
 		dreq.Chain, dreq.Ancestors = grants, ancestors
+	}
+	if dreq.TTL == 0 {
+		// Unset: an hour, or what is left of the chain if less.
+		dreq.TTL = time.Hour
+		for _, g := range dreq.Chain {
+			dreq.TTL = min(dreq.TTL, time.Until(g.ExpiresAt).Truncate(time.Second))
+		}
 	}
 	given, err := s.store.GrantsGivenBy(caller)
 	if err != nil {

@@ -177,11 +177,8 @@ func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, r
 		ev.GrantIds = append(ev.GrantIds, g.ID)
 	}
 	s.anchors.drop(nodes...)
-
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), inlineRevokeTimeout)
-	confirmed := s.revoker.revoke(rctx, rev.Queued)
-	cancel()
-
+	// Agents hear at once: the broker already refuses everything revoked,
+	// whatever Vault is doing.
 	for agent, accs := range rev.Credentials {
 		ev := event(agent)
 		ev.Accessors = append(ev.Accessors, accs...)
@@ -189,6 +186,10 @@ func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, r
 	for agent, ev := range events {
 		s.hub.publish(agent, ev)
 	}
+
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), inlineRevokeTimeout)
+	confirmed := s.revoker.revoke(rctx, rev.Queued)
+	cancel()
 	sum := &brokerv1.RevocationSummary{
 		GrantsRevoked:      int32(len(rev.Grants)),
 		CredentialsRevoked: int32(rev.CredentialCount()),
