@@ -1,7 +1,6 @@
 package broker_test
 
 import (
-	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -524,7 +523,7 @@ func TestVaultOutage(t *testing.T) {
 	proxy.Restore(t)
 	f.Start(t, cfg)
 	// The restarted broker drains the queue: the token dies in Vault.
-	waitFor(t, 30*time.Second, "the queued revocation to reach Vault", func() bool {
+	devtest.WaitFor(t, 30*time.Second, "the queued revocation to reach Vault", func() bool {
 		return f.Dead(t, live.GetCredential().GetToken())
 	})
 	// The other agent's credential is untouched.
@@ -641,21 +640,6 @@ func leafExpiry(t *testing.T, s dev.SVIDFiles) time.Time {
 		t.Fatal(err)
 	}
 	return sv.Certificates[0].NotAfter
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), d)
-	defer cancel()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		case <-tick.C:
-		}
-	}
 }
 
 // Clients get their identity from the Workload API, as X.509-SVID or as

@@ -19,6 +19,7 @@ import (
 	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/broker/brokertest"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/deploy/dev/devtest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -942,7 +943,7 @@ func TestRevokeLineageVaultDown(t *testing.T) {
 			} else {
 				proxy.Restore(t)
 			}
-			waitFor(t, 30*time.Second, "the queued revocations to reach Vault", func() bool {
+			devtest.WaitFor(t, 30*time.Second, "the queued revocations to reach Vault", func() bool {
 				for _, tok := range below {
 					if !f.Dead(t, tok) {
 						return false

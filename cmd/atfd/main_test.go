@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -110,7 +109,7 @@ log_format: text
 		t.Fatal(err)
 	}
 	defer c.Close()
-	poll(t, 30*time.Second, "atfd to serve", func() bool {
+	devtest.WaitFor(t, 30*time.Second, "atfd to serve", func() bool {
 		_, err := c.Broker.WhoAmI(ctx, &brokerv1.WhoAmIRequest{})
 		return err == nil
 	})
@@ -129,7 +128,7 @@ log_format: text
 		return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
 	}
 	first := serial()
-	poll(t, 45*time.Second, "atfd to serve a rotated SVID", func() bool { return serial() != first })
+	devtest.WaitFor(t, 45*time.Second, "atfd to serve a rotated SVID", func() bool { return serial() != first })
 	if _, err := c.Broker.WhoAmI(ctx, &brokerv1.WhoAmIRequest{}); err != nil {
 		t.Fatalf("after rotation: %v", err)
 	}
@@ -198,19 +197,4 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), d)
-	defer cancel()
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		case <-tick.C:
-		}
-	}
 }
