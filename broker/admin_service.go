@@ -101,16 +101,29 @@ func (a *adminService) UpdateAgent(ctx context.Context, req *adminv1.UpdateAgent
 		return nil, a.s.statusOf(ctx, "update agent", err)
 	}
 	a.s.logger(ctx).Info("agent updated", slog.String(logAgent, id), slog.Uint64("revision", agent.Revision))
-	if err := a.s.revokeUnbackedGrants(ctx, agent, identity(ctx).ID.String()); err != nil {
+	if err := a.s.revokeUnbacked(ctx, agent, identity(ctx).ID.String()); err != nil {
 		return nil, err
 	}
 	return &adminv1.UpdateAgentResponse{Agent: agentToProto(agent)}, nil
 }
 
-// revokeUnbackedGrants revokes the lineage of every live grant agent gave
-// that its current level or manifest no longer backs: a demotion below what
-// a grant needs, or a role taken away, takes the grants with it.
-func (s *Server) revokeUnbackedGrants(ctx context.Context, agent store.Agent, actor string) error {
+// revokeUnbacked revokes what agent's current level and manifest no longer
+// back: its live credentials for roles it lost or whose class its level may
+// not hold, and the lineage of every live grant it gave that exceeds its
+// authority now. A demotion or a role taken away takes effect at once.
+func (s *Server) revokeUnbacked(ctx context.Context, agent store.Agent, actor string) error {
+	start := time.Now()
+	reason := fmt.Sprintf("agent %s changed (level %s, roles %v)", agent.ID, agent.Level, agent.Roles)
+	rev, err := s.store.RevokeCredentials(agent.ID, actor, reason, func(c store.Credential) bool {
+		role, ok := s.roles[c.Role]
+		return c.GrantID == "" && (!ok || !slices.Contains(agent.Roles, c.Role) || !s.gate.LevelMayHold(agent.Level, role.class))
+	})
+	if err != nil {
+		return s.statusOf(ctx, "revoke credentials", err)
+	}
+	if len(rev.Queued) > 0 {
+		s.finishRevocation(ctx, store.Root{}, actor, reason, rev, start, time.Since(start))
+	}
 	given, err := s.store.GrantsGivenBy(agent.ID)
 	if err != nil {
 		return s.statusOf(ctx, "list grants", err)

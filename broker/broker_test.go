@@ -699,3 +699,33 @@ func TestBrokerRenewsItsVaultToken(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 }
+
+// A demotion or a role taken away revokes, at once, the live credentials
+// the new registration would not grant, and only those.
+func TestDemotionRevokesWhatTheLevelNoLongerHolds(t *testing.T) {
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	agent := f.ID(t, "agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_SENIOR, "reports-read", "reports-write", "payroll-read")
+	bc := b.Dial(t, agent).Broker
+	tokens := map[string]string{}
+	for _, role := range []string{"reports-read", "reports-write", "payroll-read"} {
+		r, err := bc.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: role})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[role] = r.GetCredential().GetToken()
+	}
+	intern := brokerv1.Level_LEVEL_INTERN
+	_, err := b.Dial(t, f.Admin).Admin.UpdateAgent(t.Context(), &adminv1.UpdateAgentRequest{
+		SpiffeId: agent.String(), Level: &intern, Roles: &adminv1.RoleList{Roles: []string{"reports-read", "reports-write"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for role, want := range map[string]bool{"reports-read": false, "reports-write": true, "payroll-read": true} {
+		if got := f.Dead(t, tokens[role]); got != want {
+			t.Errorf("%s token dead = %t, want %t", role, got, want)
+		}
+	}
+}

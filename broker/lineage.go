@@ -164,6 +164,10 @@ func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, r
 	if root.AgentID != "" {
 		nodes = append(nodes, store.AgentNode(root.AgentID))
 	}
+	subject := root.String()
+	if root == (store.Root{}) {
+		subject = "credentials"
+	}
 	events := map[string]*brokerv1.WatchRevocationsResponse{}
 	event := func(agent string) *brokerv1.WatchRevocationsResponse {
 		if events[agent] == nil {
@@ -198,7 +202,7 @@ func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, r
 		CommitDuration:     durationpb.New(commit),
 		TotalDuration:      durationpb.New(time.Since(start)),
 	}
-	if err := s.store.AppendAudit(store.AuditRecord{Kind: "lineage_revoked", Actor: actor, Subject: root.String(), Detail: map[string]string{
+	if err := s.store.AppendAudit(store.AuditRecord{Kind: "lineage_revoked", Actor: actor, Subject: subject, Detail: map[string]string{
 		"reason":              reason,
 		"grants_revoked":      itoa(sum.GrantsRevoked),
 		"credentials_revoked": itoa(sum.CredentialsRevoked),
@@ -209,7 +213,7 @@ func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, r
 	}}); err != nil {
 		s.logger(ctx).Error("writing the revocation audit summary failed", slog.String(logError, err.Error()))
 	}
-	s.logger(ctx).Info("lineage revoked", slog.String("root", root.String()), slog.Int("grants", len(rev.Grants)),
+	s.logger(ctx).Info("lineage revoked", slog.String("root", subject), slog.Int("grants", len(rev.Grants)),
 		slog.Int("credentials", rev.CredentialCount()), slog.Int("vault_confirmed", confirmed),
 		slog.Int("vault_pending", len(rev.Queued)-confirmed), slog.Duration("commit", commit), slog.Duration(logDuration, time.Since(start)))
 	return sum

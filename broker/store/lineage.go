@@ -396,6 +396,56 @@ func revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now time.Time) 
 	return rev, nil
 }
 
+// RevokeCredentials revokes the agent's live credentials that drop says
+// should go (a demotion or a role taken away), in one transaction, queues
+// them for revocation in Vault and audits each.
+func (s *Store) RevokeCredentials(agentID, actor, reason string, drop func(Credential) bool) (Revocation, error) {
+	rev := Revocation{Credentials: map[string][]string{}}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		rev = Revocation{Credentials: map[string][]string{}}
+		now := s.now().UTC()
+		creds := tx.Bucket(bucketCredentials)
+		// Collect first: bbolt cursors must not see writes mid-iteration.
+		var drops []Credential
+		prefix := credentialKey(agentID, "")
+		c := creds.Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var cr Credential
+			if err := json.Unmarshal(v, &cr); err != nil {
+				return fmt.Errorf("store: decode credential: %w", err)
+			}
+			if cr.RevokedAt.IsZero() && cr.ExpiresAt.After(now) && drop(cr) {
+				drops = append(drops, cr)
+			}
+		}
+		for _, cr := range drops {
+			cr.RevokedAt = now
+			nv, err := json.Marshal(cr)
+			if err != nil {
+				return err
+			}
+			if err := creds.Put(credentialKey(agentID, cr.Accessor), nv); err != nil {
+				return err
+			}
+			if err := enqueue(tx, cr.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
+				return err
+			}
+			if err := appendAudit(tx, AuditRecord{Time: now, Kind: "credential_revoked", Actor: actor, Subject: cr.Accessor, Detail: map[string]string{
+				"agent": agentID, "role": cr.Role, "reason": reason,
+			}}); err != nil {
+				return err
+			}
+			rev.Credentials[agentID] = append(rev.Credentials[agentID], cr.Accessor)
+			rev.Queued = append(rev.Queued, cr.Accessor)
+		}
+		return nil
+	})
+	if err != nil {
+		return Revocation{}, err
+	}
+	return rev, nil
+}
+
 // Lineage returns the grants below root (parents first) and the credentials
 // issued under them (and, for an agent, its own) that are neither revoked
 // nor expired.
