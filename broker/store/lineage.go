@@ -171,7 +171,7 @@ func (s *Store) AddAnchor(a Anchor) error {
 	if err != nil {
 		return fmt.Errorf("store: encode anchor: %w", err)
 	}
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.group(func(tx *bolt.Tx) error {
 		// An anchor for a node revoked meanwhile is refused, so that every
 		// anchor is either recorded before a revocation (and revoked by it)
 		// or never used.
@@ -202,12 +202,12 @@ func (s *Store) AddAnchor(a Anchor) error {
 // Otherwise the credential is recorded as revoked, queued for revocation in
 // Vault, and an error wrapping ErrDeregistered or ErrRevoked is returned:
 // a credential racing a revocation is either recorded before it (and revoked
-// by it) or refused. Concurrent calls share commits (bbolt batching).
+// by it) or refused. Concurrent calls share commits (see group).
 func (s *Store) RecordCredential(c Credential) error {
 	key := credentialKey(c.AgentID, c.Accessor)
 	var refused error
-	err := s.db.Batch(func(tx *bolt.Tx) error {
-		// Batch may run this more than once; refused is set on every run.
+	err := s.group(func(tx *bolt.Tx) error {
+		// group may run this more than once; refused is set on every run.
 		refused = nil
 		a, err := getAgent(tx, c.AgentID)
 		if err != nil {
@@ -535,7 +535,7 @@ func (s *Store) PendingRevocations() ([]string, error) {
 
 // CompleteRevocation records that Vault confirmed a queued revocation.
 func (s *Store) CompleteRevocation(accessor string) error {
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.group(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRevocations).Delete([]byte(accessor))
 	})
 	if err != nil {

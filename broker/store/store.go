@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -135,6 +136,12 @@ type Options struct {
 type Store struct {
 	db  *bolt.DB
 	now func() time.Time
+
+	reqs    chan *commitReq
+	quit    chan struct{}
+	stopped chan struct{}
+	closeMu sync.RWMutex
+	closed  bool
 }
 
 // Open opens or creates the store file at path (mode 0600).
@@ -167,11 +174,33 @@ func Open(path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", path, err)
 	}
-	return &Store{db: db, now: opts.Now}, nil
+	s := &Store{db: db, now: opts.Now, reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}
+	go s.committer()
+	return s, nil
 }
 
-// Close releases the file.
-func (s *Store) Close() error { return s.db.Close() }
+// Close waits for the write being committed, refuses later writes and
+// releases the file.
+func (s *Store) Close() error {
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return s.db.Close()
+	}
+	s.closed = true
+	s.closeMu.Unlock()
+	close(s.quit)
+	<-s.stopped
+	// Writes queued but not taken by the committer are refused.
+	for {
+		select {
+		case r := <-s.reqs:
+			r.done <- ErrClosed
+		default:
+			return s.db.Close()
+		}
+	}
+}
 
 // RegisterAgent adds a new agent, recorded as made by actor. It sets the
 // status, timestamps and revision.

@@ -27,6 +27,10 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 )
 
+// revokeTimeout bounds one revocation call (the caller's context may end it
+// sooner).
+const revokeTimeout = 2 * time.Minute
+
 // Errors returned by the issuer; test with errors.Is.
 var (
 	ErrUnavailable = errors.New("vault: unavailable")
@@ -353,7 +357,16 @@ func (is *Issuer) clientFor(parent *Anchor) *vaultapi.Client {
 // Revoke revokes a token, and every token below it, by accessor.
 // Revoking a token that no longer exists succeeds.
 func (is *Issuer) Revoke(ctx context.Context, accessor string) error {
-	err := is.client.Auth().Token().RevokeAccessorWithContext(ctx, accessor)
+	// Vault revokes a token's whole subtree before it answers: an anchor
+	// over thousands of tokens takes seconds, longer than the per-call
+	// timeout suits issuance.
+	c, err := is.client.Clone()
+	if err != nil {
+		return fmt.Errorf("vault: %w", err)
+	}
+	c.SetToken(is.client.Token())
+	c.SetClientTimeout(max(is.cfg.Timeout, revokeTimeout))
+	err = c.Auth().Token().RevokeAccessorWithContext(ctx, accessor)
 	var re *vaultapi.ResponseError
 	if errors.As(err, &re) && re.StatusCode == http.StatusBadRequest && slices.ContainsFunc(re.Errors, isInvalidAccessor) {
 		return nil
