@@ -68,7 +68,7 @@ var (
 
 // Setup returns the fixture on the test binary's shared dev stack,
 // registering the test process as the broker's workload on first use.
-func Setup(t *testing.T) *Fixture {
+func Setup(t testing.TB) *Fixture {
 	t.Helper()
 	s := devtest.Shared(t)
 	fixOnce.Do(func() {
@@ -91,12 +91,12 @@ func Setup(t *testing.T) *Fixture {
 }
 
 // ID returns a SPIFFE ID in the stack's trust domain, unique to the test.
-func (f *Fixture) ID(t *testing.T, name string) spiffeid.ID {
+func (f *Fixture) ID(t testing.TB, name string) spiffeid.ID {
 	return spiffeid.RequireFromSegments(f.Stack.TrustDomain, "agents", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), name)
 }
 
 // SVID mints (once) an X.509-SVID for id.
-func (f *Fixture) SVID(t *testing.T, id spiffeid.ID) dev.SVIDFiles {
+func (f *Fixture) SVID(t testing.TB, id spiffeid.ID) dev.SVIDFiles {
 	t.Helper()
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -122,7 +122,7 @@ type Broker struct {
 
 // Config returns a broker configuration for the fixture, with its store in
 // dir and the broker logged in to Vault with a token holding atf-broker.
-func (f *Fixture) Config(t *testing.T, dir string) broker.Config {
+func (f *Fixture) Config(t testing.TB, dir string) broker.Config {
 	t.Helper()
 	roles := filepath.Join(dir, "roles.yaml")
 	if err := os.WriteFile(roles, []byte(Roles), 0o600); err != nil {
@@ -152,7 +152,7 @@ func (f *Fixture) Config(t *testing.T, dir string) broker.Config {
 }
 
 // Start starts a broker with cfg and stops it when t ends.
-func (f *Fixture) Start(t *testing.T, cfg broker.Config) *Broker {
+func (f *Fixture) Start(t testing.TB, cfg broker.Config) *Broker {
 	t.Helper()
 	b, err := f.TryStart(t, cfg)
 	if err != nil {
@@ -162,7 +162,7 @@ func (f *Fixture) Start(t *testing.T, cfg broker.Config) *Broker {
 }
 
 // TryStart is Start, returning broker.New's error.
-func (f *Fixture) TryStart(t *testing.T, cfg broker.Config) (*Broker, error) {
+func (f *Fixture) TryStart(t testing.TB, cfg broker.Config) (*Broker, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -191,14 +191,14 @@ func (b *Broker) Stop() {
 }
 
 // Dial connects to the broker as id, with an SVID minted by SPIRE.
-func (b *Broker) Dial(t *testing.T, id spiffeid.ID) *client.Conn {
+func (b *Broker) Dial(t testing.TB, id spiffeid.ID) *client.Conn {
 	t.Helper()
 	s := b.F.SVID(t, id)
 	return b.DialFiles(t, s)
 }
 
 // DialFiles connects to the broker with the given SVID files.
-func (b *Broker) DialFiles(t *testing.T, s dev.SVIDFiles) *client.Conn {
+func (b *Broker) DialFiles(t testing.TB, s dev.SVIDFiles) *client.Conn {
 	t.Helper()
 	c, err := client.Dial(t.Context(), client.Config{
 		Addr:        b.Addr,
@@ -215,7 +215,7 @@ func (b *Broker) DialFiles(t *testing.T, s dev.SVIDFiles) *client.Conn {
 }
 
 // Register registers id through AdminService as the admin.
-func (b *Broker) Register(t *testing.T, id spiffeid.ID, level brokerv1.Level, roles ...string) *adminv1.Agent {
+func (b *Broker) Register(t testing.TB, id spiffeid.ID, level brokerv1.Level, roles ...string) *adminv1.Agent {
 	t.Helper()
 	r, err := b.Dial(t, b.F.Admin).Admin.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{
 		SpiffeId: id.String(), Owner: "owner@example.org", Purpose: "test " + t.Name(), Roles: roles, Level: level,
@@ -227,7 +227,7 @@ func (b *Broker) Register(t *testing.T, id spiffeid.ID, level brokerv1.Level, ro
 }
 
 // VaultAs returns a Vault client using token.
-func (f *Fixture) VaultAs(t *testing.T, token string) *vaultapi.Client {
+func (f *Fixture) VaultAs(t testing.TB, token string) *vaultapi.Client {
 	t.Helper()
 	c := f.Stack.VaultClient()
 	c.SetToken(token)
@@ -237,20 +237,20 @@ func (f *Fixture) VaultAs(t *testing.T, token string) *vaultapi.Client {
 // Lookup asks Vault, as root, about token. An error containing "bad token"
 // means Vault does not know it: revoked or expired. (Credentials carry no
 // default policy, so they cannot look themselves up.)
-func (f *Fixture) Lookup(t *testing.T, token string) (*vaultapi.Secret, error) {
+func (f *Fixture) Lookup(t testing.TB, token string) (*vaultapi.Secret, error) {
 	t.Helper()
 	return f.Stack.VaultClient().Auth().Token().LookupWithContext(t.Context(), token)
 }
 
 // Dead reports whether Vault says token does not exist.
-func (f *Fixture) Dead(t *testing.T, token string) bool {
+func (f *Fixture) Dead(t testing.TB, token string) bool {
 	t.Helper()
 	_, err := f.Lookup(t, token)
 	return err != nil && strings.Contains(err.Error(), "bad token")
 }
 
 // WantCode fails t unless err has code and its message contains every part.
-func WantCode(t *testing.T, err error, code codes.Code, parts ...string) {
+func WantCode(t testing.TB, err error, code codes.Code, parts ...string) {
 	t.Helper()
 	st, ok := status.FromError(err)
 	if !ok || st.Code() != code {
@@ -283,7 +283,7 @@ type FaultProxy struct {
 }
 
 // NewFaultProxy starts a proxy to target (host:port), stopped when t ends.
-func NewFaultProxy(t *testing.T, target string) *FaultProxy {
+func NewFaultProxy(t testing.TB, target string) *FaultProxy {
 	t.Helper()
 	p := &FaultProxy{target: target, conns: map[net.Conn]bool{}}
 	if err := p.up("127.0.0.1:0"); err != nil {
@@ -345,7 +345,7 @@ func (p *FaultProxy) Down() {
 }
 
 // Restore listens again on the same address.
-func (p *FaultProxy) Restore(t *testing.T) {
+func (p *FaultProxy) Restore(t testing.TB) {
 	t.Helper()
 	if err := p.up(p.addr); err != nil && !errors.Is(err, net.ErrClosed) {
 		t.Fatal(err)

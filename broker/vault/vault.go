@@ -366,12 +366,9 @@ func (is *Issuer) Revoke(ctx context.Context, accessor string) error {
 	}
 	c.SetToken(is.client.Token())
 	c.SetClientTimeout(max(is.cfg.Timeout, revokeTimeout))
-	err = c.Auth().Token().RevokeAccessorWithContext(ctx, accessor)
-	var re *vaultapi.ResponseError
-	if errors.As(err, &re) && re.StatusCode == http.StatusBadRequest && slices.ContainsFunc(re.Errors, isInvalidAccessor) {
-		return nil
-	}
-	if err != nil {
+	// Vault answers an accessor that no longer exists with success (and a
+	// warning), so retrying a revocation is always safe.
+	if err := c.Auth().Token().RevokeAccessorWithContext(ctx, accessor); err != nil {
 		return classify("revoke token", err)
 	}
 	return nil
@@ -387,8 +384,6 @@ func (is *Issuer) Healthy(ctx context.Context) error {
 
 // Address is the Vault address credentials are valid at.
 func (is *Issuer) Address() string { return is.client.Address() }
-
-func isInvalidAccessor(msg string) bool { return msg == "invalid accessor" }
 
 // classify maps a Vault client error to ErrUnavailable or ErrRejected.
 // Vault's messages name paths and reasons, never the token in use.
