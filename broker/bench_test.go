@@ -1,0 +1,581 @@
+package broker_test
+
+// Benchmarks of DESIGN.md §5's targets. Each measures the broker and the raw
+// Vault operation it builds on, against the same real Vault (the shared dev
+// stack) in the same run, and reports the broker's cost as ratios. They
+// report and never fail on speed.
+//
+// Each iteration takes a fixed number of samples and times its phases
+// itself, so `-benchtime 1x` (make bench) is enough; ns/op is suppressed
+// where it would only be the length of an iteration.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/broker/client"
+	"github.com/agentictrust/atf/delegation"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+const (
+	// benchConcurrency is the load of the throughput phases, and how many
+	// calls at once build the token trees of the lineage benchmark.
+	benchConcurrency = 32
+	// latencySamples is how many sequential calls of each kind, broker and
+	// raw, one issuance iteration times.
+	latencySamples = 500
+	// throughputOps is how many calls of each kind one throughput phase
+	// makes; an issuance iteration runs two phases of each, alternating.
+	throughputOps = 2000
+	// decisionSamples is how many decisions one iteration times one by one.
+	decisionSamples = 20000
+	// decisionTarget is DESIGN.md §5's bound on a decision's p50.
+	decisionTarget = 20 * time.Microsecond
+	// revocationSamples is how many tokens of a lineage are checked in Vault
+	// after a revocation, besides its anchor.
+	revocationSamples = 20
+)
+
+// BenchmarkIssuance compares FetchCredential, end to end over gRPC and
+// mutual TLS, with what the broker asks Vault for, asked directly: a child
+// token through the atf-credential role, under an anchor made through
+// atf-anchor with a token of the broker's policy, with the same policies,
+// lifetime and metadata. Sequential calls alternate between the two (p50,
+// p99); throughput phases run each at benchConcurrency.
+func BenchmarkIssuance(b *testing.B) {
+	f, bk := startBroker(b)
+	ctx := b.Context()
+	agent := f.ID(b, "issuer")
+	bk.Register(b, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	conn := bk.Dial(b, agent)
+	req := &brokerv1.FetchCredentialRequest{Role: "reports-read"}
+	viaBroker := func(ctx context.Context, _ int) error {
+		_, err := conn.Broker.FetchCredential(ctx, req)
+		return err
+	}
+	anchor, err := newRawAnchor(ctx, vaultClient(b, f, vaultToken(b, f)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	direct := func(ctx context.Context, _ int) error {
+		_, err := anchor.credential(ctx, agent.String())
+		return err
+	}
+	const raw, brk = 0, 1
+	kinds := [2]func(context.Context, int) error{raw: direct, brk: viaBroker}
+
+	// Warm up TLS sessions, connection pools and the agent's anchor.
+	for _, op := range kinds {
+		if _, err := parallel(ctx, 4*benchConcurrency, benchConcurrency, op); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var lat [2][]time.Duration
+	var ops [2]int
+	var wall [2]time.Duration
+	for b.Loop() {
+		// Alternating, so that drift in Vault (its token count grows)
+		// touches both alike.
+		for range latencySamples {
+			for k, op := range kinds {
+				start := time.Now()
+				if err := op(ctx, 0); err != nil {
+					b.Fatal(err)
+				}
+				lat[k] = append(lat[k], time.Since(start))
+			}
+		}
+		for range 2 {
+			for k, op := range kinds {
+				d, err := parallel(ctx, throughputOps, benchConcurrency, op)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ops[k] += throughputOps
+				wall[k] += d
+			}
+		}
+	}
+	var p50, p99, rate [2]float64
+	for k := range kinds {
+		slices.Sort(lat[k])
+		p50[k] = float64(percentile(lat[k], 0.50))
+		p99[k] = float64(percentile(lat[k], 0.99))
+		rate[k] = float64(ops[k]) / wall[k].Seconds()
+	}
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(p50[raw], "raw-p50-ns")
+	b.ReportMetric(p99[raw], "raw-p99-ns")
+	b.ReportMetric(rate[raw], "raw-ops/s")
+	b.ReportMetric(p50[brk], "p50-ns")
+	b.ReportMetric(p99[brk], "p99-ns")
+	b.ReportMetric(rate[brk], "ops/s")
+	b.ReportMetric(p50[brk]/p50[raw], "p50-ratio")
+	b.ReportMetric(p99[brk]/p99[raw], "p99-ratio")
+	b.ReportMetric(rate[brk]/rate[raw], "throughput-ratio")
+}
+
+// BenchmarkDecision times the in-process decision of a credential request
+// under a chain of three grants: delegation.Effective, then authz's maturity
+// gate. There is no Casbin segmentation yet, so the target's "10k policy
+// lines" are not part of it. Each decision is timed on its own (time.Now
+// costs a few tens of ns); ns/op is their mean.
+func BenchmarkDecision(b *testing.B) {
+	gate, err := authz.NewGate(authz.DefaultLimits())
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Now()
+	manifest := []string{"payroll-read", "reports-read", "reports-write"}
+	levels := []delegation.Level{delegation.Principal, delegation.Senior, delegation.Senior, delegation.Intern}
+	agents := make([]delegation.Agent, len(levels))
+	ancestors := map[string]delegation.Agent{}
+	for i, l := range levels {
+		agents[i] = delegation.Agent{ID: fmt.Sprintf("spiffe://atf.test/agents/bench/a%d", i), Level: l, Active: true, Roles: manifest}
+		ancestors[agents[i].ID] = agents[i]
+	}
+	chain := make([]delegation.Grant, len(agents)-1)
+	for i := range chain {
+		parent := ""
+		if i > 0 {
+			parent = chain[i-1].ID
+		}
+		chain[i] = delegation.Grant{
+			ID: fmt.Sprintf("%032x", i+1), ParentID: parent, Delegator: agents[i].ID, Delegatee: agents[i+1].ID,
+			Roles: manifest[:2], ExpiresAt: now.Add(time.Hour), MaxDepth: len(chain) - 1 - i, Depth: i + 1, CreatedAt: now,
+		}
+	}
+	delete(ancestors, agents[len(agents)-1].ID)
+	role := authz.Role{Name: "reports-read", Class: authz.Read, MaxTTL: 30 * time.Minute}
+	decide := func() (authz.Decision, error) {
+		auth, err := delegation.Effective(agents[len(agents)-1], chain, ancestors, now)
+		if err != nil {
+			return authz.Decision{}, err
+		}
+		return gate.Decide(&authz.Agent{ID: auth.Chain[len(auth.Chain)-1], Level: authz.Level(auth.Level), Active: true, Roles: auth.Roles}, role, 0), nil
+	}
+
+	var lat []time.Duration
+	for b.Loop() {
+		for range decisionSamples {
+			start := time.Now()
+			d, err := decide()
+			lat = append(lat, time.Since(start))
+			if err != nil || !d.Allow {
+				b.Fatalf("decision = %+v, %v; want allowed", d, err)
+			}
+		}
+	}
+	var sum time.Duration
+	for _, d := range lat {
+		sum += d
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(sum)/float64(len(lat)), "ns/op")
+	b.ReportMetric(float64(percentile(lat, 0.50)), "p50-ns")
+	b.ReportMetric(float64(percentile(lat, 0.99)), "p99-ns")
+	b.ReportMetric(float64(percentile(lat, 0.50))/float64(decisionTarget), "p50-vs-target")
+}
+
+// BenchmarkLineageRevocation revokes, through AdminService.RevokeLineage,
+// one grant under which N live credentials were issued, and times it until
+// the call returns and until Vault confirms the tokens dead (the grant's
+// anchor and revocationSamples of the credentials). Baselines on the same
+// Vault: (a) revoke-tree of an equivalent tree made with the root client (an
+// anchor through atf-anchor, N children through atf-credential) by revoking
+// the anchor's accessor; (b) revoking N such tokens one by one by accessor.
+// The ratios compare times until Vault confirms, each measured the same way.
+// commit-ms is the broker's store commit, part of return-ms; vault-pending
+// counts revocations the call could not confirm in Vault (left to the
+// broker's retry queue).
+func BenchmarkLineageRevocation(b *testing.B) {
+	f, bk := startBroker(b)
+	principal, helper := f.ID(b, "principal"), f.ID(b, "helper")
+	bk.Register(b, principal, brokerv1.Level_LEVEL_PRINCIPAL, "reports-read")
+	bk.Register(b, helper, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	pconn, hconn, admin := bk.Dial(b, principal), bk.Dial(b, helper), bk.Dial(b, f.Admin)
+	root := f.Stack.VaultClient()
+
+	for _, n := range []int{10, 1000, 10000} {
+		b.Run("credentials="+strconv.Itoa(n), func(b *testing.B) {
+			ctx := b.Context()
+			var ret, dead, commit, treeRet, treeDead, flatDead time.Duration
+			var pending int32
+			for b.Loop() {
+				grant, anchor, creds := lineage(b, root, pconn, hconn, helper, n)
+				tree, err := newRawTree(ctx, root, n)
+				if err != nil {
+					b.Fatal(err)
+				}
+				flat, err := newRawTree(ctx, root, n)
+				if err != nil {
+					b.Fatal(err)
+				}
+				brokerCheck := append(sample(creds), anchor)
+				treeCheck := append(sample(tree.children), tree.anchor.accessor)
+				flatCheck := sample(flat.children)
+				for _, check := range [][]string{brokerCheck, treeCheck, flatCheck} {
+					if d, err := countDead(ctx, root, check); err != nil || d > 0 {
+						b.Fatalf("before revoking: %d of %d sampled tokens dead (%v)", d, len(check), err)
+					}
+				}
+
+				start := time.Now()
+				resp, err := admin.Admin.RevokeLineage(ctx, &adminv1.RevokeLineageRequest{Root: &adminv1.RevokeLineageRequest_GrantId{GrantId: grant}, Reason: "benchmark"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ret += time.Since(start)
+				if s := resp.GetSummary(); s.GetCredentialsRevoked() != int32(n) || s.GetGrantsRevoked() != 1 {
+					b.Errorf("summary = %v; want 1 grant and %d credentials revoked", s, n)
+				}
+				pending += resp.GetSummary().GetVaultPending()
+				commit += resp.GetSummary().GetCommitDuration().AsDuration()
+				if err := awaitDead(ctx, root, brokerCheck); err != nil {
+					b.Fatal(err)
+				}
+				dead += time.Since(start)
+
+				start = time.Now()
+				if err := revokeAccessor(ctx, root, tree.anchor.accessor); err != nil {
+					b.Fatal(err)
+				}
+				treeRet += time.Since(start)
+				if err := awaitDead(ctx, root, treeCheck); err != nil {
+					b.Fatal(err)
+				}
+				treeDead += time.Since(start)
+
+				start = time.Now()
+				for _, acc := range flat.children {
+					if err := revokeAccessor(ctx, root, acc); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := awaitDead(ctx, root, flatCheck); err != nil {
+					b.Fatal(err)
+				}
+				flatDead += time.Since(start)
+				if err := revokeAccessor(ctx, root, flat.anchor.accessor); err != nil {
+					b.Fatal(err)
+				}
+			}
+			ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) / float64(b.N) }
+			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(ms(ret), "return-ms")
+			b.ReportMetric(ms(dead), "dead-ms")
+			b.ReportMetric(ms(commit), "commit-ms")
+			b.ReportMetric(ms(treeRet), "tree-return-ms")
+			b.ReportMetric(ms(treeDead), "tree-dead-ms")
+			b.ReportMetric(ms(flatDead), "one-by-one-ms")
+			b.ReportMetric(float64(dead)/float64(treeDead), "vs-revoke-tree")
+			b.ReportMetric(float64(dead)/float64(flatDead), "vs-one-by-one")
+			b.ReportMetric(float64(pending)/float64(b.N), "vault-pending")
+		})
+	}
+}
+
+// startBroker starts a broker with brokertest's configuration. The Vault
+// token it logs in with is revoked, with everything made under it, when b
+// ends, after the broker has stopped, so Vault is left as it was.
+func startBroker(b *testing.B) (*brokertest.Fixture, *brokertest.Broker) {
+	b.Helper()
+	f := brokertest.Setup(b)
+	cfg := f.Config(b, b.TempDir())
+	tok, err := os.ReadFile(cfg.Vault.Auth.TokenFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	revokeAtEnd(b, f, string(tok))
+	return f, f.Start(b, cfg)
+}
+
+// vaultToken returns a new token with the broker's policy, revoked with
+// everything made under it when b ends.
+func vaultToken(b *testing.B, f *brokertest.Fixture) string {
+	b.Helper()
+	tok, err := f.Stack.BrokerVaultToken(b.Context())
+	if err != nil {
+		b.Fatal(err)
+	}
+	revokeAtEnd(b, f, tok)
+	return tok
+}
+
+// revokeAtEnd revokes the tree of token when b ends (cleanups run last
+// registered first).
+func revokeAtEnd(b *testing.B, f *brokertest.Fixture, token string) {
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := f.Stack.VaultClient().Auth().Token().RevokeTreeWithContext(ctx, token); err != nil {
+			b.Errorf("revoking a benchmark's broker token: %v", err)
+		}
+	})
+}
+
+// vaultClient returns a Vault client using token, configured as the
+// broker's issuer configures its own: same transport, no retries.
+func vaultClient(b *testing.B, f *brokertest.Fixture, token string) *vaultapi.Client {
+	b.Helper()
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = f.Stack.VaultAddr
+	cfg.MaxRetries = 0
+	c, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.SetToken(token)
+	c.ClearNamespace()
+	return c
+}
+
+// lineage has the delegator grant reports-read to the delegatee, which then
+// fetches n credentials under the grant, and returns the grant's ID, the
+// accessor of its Vault anchor and the credentials' accessors.
+func lineage(b *testing.B, root *vaultapi.Client, delegator, delegatee *client.Conn, delegateeID spiffeid.ID, n int) (grant, anchor string, creds []string) {
+	b.Helper()
+	ctx := b.Context()
+	g, err := delegator.Broker.Delegate(ctx, &brokerv1.DelegateRequest{Delegatee: delegateeID.String(), Roles: []string{"reports-read"}})
+	if err != nil {
+		b.Fatalf("delegate: %v", err)
+	}
+	grant = g.GetGrant().GetId()
+	req := &brokerv1.FetchCredentialRequest{Role: "reports-read", GrantId: grant}
+	creds = make([]string, n)
+	fetch := func(ctx context.Context, i int) error {
+		r, err := delegatee.Broker.FetchCredential(ctx, req)
+		creds[i] = r.GetCredential().GetAccessor()
+		return err
+	}
+	// The anchor is never handed out: it is the token that the first
+	// credential under the grant brought into Vault besides the credential
+	// and the agent anchor above it.
+	before, err := accessors(ctx, root)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := fetch(ctx, 0); err != nil {
+		b.Fatalf("fetch under grant: %v", err)
+	}
+	after, err := accessors(ctx, root)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for acc := range after {
+		if before[acc] || acc == creds[0] {
+			continue
+		}
+		s, err := root.Auth().Token().LookupAccessorWithContext(ctx, acc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if meta, _ := s.TokenMetadata(); meta["atf_node"] == "grant:"+grant {
+			anchor = acc
+		}
+	}
+	if anchor == "" {
+		b.Fatalf("no Vault anchor for grant %s among the new tokens", grant)
+	}
+	if _, err := parallel(ctx, n-1, benchConcurrency, func(ctx context.Context, i int) error { return fetch(ctx, i+1) }); err != nil {
+		b.Fatalf("fetch under grant: %v", err)
+	}
+	return grant, anchor, creds
+}
+
+// rawAnchor is a baseline anchor: a token made through atf-anchor as the
+// broker makes its own (vault.Issuer.CreateAnchor), and a client using it.
+type rawAnchor struct {
+	accessor string
+	client   *vaultapi.Client
+}
+
+func newRawAnchor(ctx context.Context, parent *vaultapi.Client) (rawAnchor, error) {
+	s, err := parent.Auth().Token().CreateWithRoleWithContext(ctx, &vaultapi.TokenCreateRequest{
+		Policies:       []string{"atf-anchor"},
+		TTL:            "14400s",
+		ExplicitMaxTTL: "14400s",
+		Metadata:       map[string]string{"atf_node": "benchmark"},
+		DisplayName:    "atf-anchor",
+		Type:           "service",
+	}, "atf-anchor")
+	if err != nil {
+		return rawAnchor{}, fmt.Errorf("create anchor: %w", err)
+	}
+	c, err := parent.Clone()
+	if err != nil {
+		return rawAnchor{}, err
+	}
+	c.SetToken(s.Auth.ClientToken)
+	return rawAnchor{accessor: s.Auth.Accessor, client: c}, nil
+}
+
+// credential creates, under the anchor, the token the broker creates for
+// an Intern's reports-read credential (vault.Issuer.Issue), and returns its
+// accessor.
+func (a rawAnchor) credential(ctx context.Context, agent string) (string, error) {
+	renewable := false
+	s, err := a.client.Auth().Token().CreateWithRoleWithContext(ctx, &vaultapi.TokenCreateRequest{
+		Policies:       []string{"demo-reports-read"},
+		TTL:            "1800s",
+		ExplicitMaxTTL: "1800s",
+		Metadata: map[string]string{
+			"atf_agent":       agent,
+			"atf_role":        "reports-read",
+			"atf_level":       "intern",
+			"atf_decision_id": "0123456789abcdef0123456789abcdef",
+			"atf_grant_id":    "",
+			"atf_chain":       agent,
+		},
+		DisplayName:     "atf-reports-read",
+		NoDefaultPolicy: true,
+		Renewable:       &renewable,
+		Type:            "service",
+	}, "atf-credential")
+	if err != nil {
+		return "", fmt.Errorf("create credential: %w", err)
+	}
+	return s.Auth.Accessor, nil
+}
+
+// rawTree is a baseline lineage: an anchor and its children's accessors.
+type rawTree struct {
+	anchor   rawAnchor
+	children []string
+}
+
+func newRawTree(ctx context.Context, parent *vaultapi.Client, n int) (rawTree, error) {
+	a, err := newRawAnchor(ctx, parent)
+	if err != nil {
+		return rawTree{}, err
+	}
+	t := rawTree{anchor: a, children: make([]string, n)}
+	_, err = parallel(ctx, n, benchConcurrency, func(ctx context.Context, i int) error {
+		acc, err := a.credential(ctx, "spiffe://atf.test/agents/bench/raw")
+		t.children[i] = acc
+		return err
+	})
+	return t, err
+}
+
+// parallel calls op for i in [0, n) from conc goroutines and returns the
+// wall time; the first error stops it.
+func parallel(ctx context.Context, n, conc int, op func(ctx context.Context, i int) error) (time.Duration, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range min(n, conc) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n && ctx.Err() == nil; i = int(next.Add(1) - 1) {
+				if err := op(ctx, i); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if ctx.Err() != nil {
+		return elapsed, context.Cause(ctx)
+	}
+	return elapsed, nil
+}
+
+// percentile returns the p-quantile of sorted, by the nearest-rank method.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	return sorted[max(int(math.Ceil(p*float64(len(sorted))))-1, 0)]
+}
+
+// sample returns up to revocationSamples of accessors, evenly spread.
+func sample(accessors []string) []string {
+	k := min(len(accessors), revocationSamples)
+	out := make([]string, k)
+	for i := range out {
+		out[i] = accessors[i*len(accessors)/k]
+	}
+	return out
+}
+
+// accessors lists every token accessor Vault holds.
+func accessors(ctx context.Context, root *vaultapi.Client) (map[string]bool, error) {
+	s, err := root.Logical().ListWithContext(ctx, "auth/token/accessors")
+	if err != nil || s == nil {
+		return nil, fmt.Errorf("list accessors: %v", err)
+	}
+	keys, _ := s.Data["keys"].([]any)
+	out := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		if acc, ok := k.(string); ok {
+			out[acc] = true
+		}
+	}
+	return out, nil
+}
+
+// countDead asks Vault about every accessor at once and returns how many it
+// no longer knows (revoked or expired).
+func countDead(ctx context.Context, root *vaultapi.Client, accs []string) (int, error) {
+	var dead atomic.Int32
+	_, err := parallel(ctx, len(accs), len(accs), func(ctx context.Context, i int) error {
+		_, err := root.Auth().Token().LookupAccessorWithContext(ctx, accs[i])
+		var re *vaultapi.ResponseError
+		switch {
+		case err == nil:
+		// Vault wraps the message: "1 error occurred: * invalid accessor".
+		case errors.As(err, &re) && re.StatusCode == http.StatusBadRequest &&
+			slices.ContainsFunc(re.Errors, func(m string) bool { return strings.Contains(m, "invalid accessor") }):
+			dead.Add(1)
+		default:
+			return err
+		}
+		return nil
+	})
+	return int(dead.Load()), err
+}
+
+// awaitDead polls Vault until it knows none of accs, for up to two minutes.
+func awaitDead(ctx context.Context, root *vaultapi.Client, accs []string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n, err := countDead(ctx, root, accs)
+		if err == nil && n == len(accs) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d of %d sampled tokens still alive in Vault (%v)", len(accs)-n, len(accs), err)
+		case <-tick.C:
+		}
+	}
+}
+
+func revokeAccessor(ctx context.Context, c *vaultapi.Client, accessor string) error {
+	if err := c.Auth().Token().RevokeAccessorWithContext(ctx, accessor); err != nil {
+		return fmt.Errorf("revoke-accessor: %w", err)
+	}
+	return nil
+}
