@@ -104,3 +104,50 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("history: exit %d\n%s", code, out)
 	}
 }
+
+// Delegation from the command line: delegate, fetch under the grant, draw
+// the lineage, revoke it.
+func TestCLIDelegation(t *testing.T) {
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	lead, helper := f.ID(t, "lead"), f.ID(t, "helper")
+	for _, a := range []struct {
+		id    spiffeid.ID
+		level string
+	}{{lead, "senior"}, {helper, "junior"}} {
+		if out, code := run(t, b, f.Admin, "agent", "register", a.id.String(), "--owner", "o@example.org", "--purpose", "cli delegation", "--role", "reports-read", "--level", a.level); code != 0 {
+			t.Fatalf("register: exit %d\n%s", code, out)
+		}
+	}
+	out, code := run(t, b, lead, "delegate", "--to", helper.String(), "--role", "reports-read", "--ttl", "10m", "-o", "json")
+	var got struct {
+		Grant struct {
+			ID string `json:"id"`
+		} `json:"grant"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || len(got.Grant.ID) != 32 {
+		t.Fatalf("delegate: exit %d\n%s", code, out)
+	}
+	grant := got.Grant.ID
+	if out, code := run(t, b, helper, "delegate", "--to", lead.String(), "--role", "reports-read"); code != 3 || !strings.Contains(out, "may not delegate") {
+		t.Fatalf("a Junior delegating: exit %d, want 3\n%s", code, out)
+	}
+	out, code = run(t, b, helper, "creds", "fetch", "--role", "reports-read", "--grant", grant)
+	if code != 0 || !strings.Contains(out, grant) || !strings.Contains(out, lead.String()+" → "+helper.String()) {
+		t.Fatalf("creds fetch --grant: exit %d\n%s", code, out)
+	}
+	out, code = run(t, b, f.Admin, "lineage", "show", lead.String())
+	if code != 0 || !strings.Contains(out, "grant "+grant) || !strings.Contains(out, "• credential") {
+		t.Fatalf("lineage show: exit %d\n%s", code, out)
+	}
+	out, code = run(t, b, f.Admin, "revoke", "lineage", grant, "--reason", "cli test")
+	if code != 0 || !regexp.MustCompile(`Grants revoked:\s+1\n`).MatchString(out) || !regexp.MustCompile(`Credentials revoked:\s+1\n`).MatchString(out) {
+		t.Fatalf("revoke lineage: exit %d\n%s", code, out)
+	}
+	if out, code = run(t, b, f.Admin, "lineage", "show", grant); code != 0 || !strings.Contains(out, "REVOKED") {
+		t.Fatalf("lineage show after revoke: exit %d\n%s", code, out)
+	}
+	if out, code = run(t, b, helper, "creds", "fetch", "--role", "reports-read", "--grant", grant); code != 3 {
+		t.Fatalf("fetch under a revoked grant: exit %d, want 3\n%s", code, out)
+	}
+}
