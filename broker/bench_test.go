@@ -26,6 +26,7 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/brokertest"
@@ -578,4 +579,88 @@ func revokeAccessor(ctx context.Context, c *vaultapi.Client, accessor string) er
 		return fmt.Errorf("revoke-accessor: %w", err)
 	}
 	return nil
+}
+
+// BenchmarkLineageRevocationAgents times AdminService.RevokeLineage of an
+// agent whose lineage spans N other agents: a tree of Principals, each
+// delegating reports-read to up to 16 others (the fan-out limit), three
+// levels deep at most, every delegator holding a credential under its
+// grant (so every grant has a Vault anchor). It reports the time to return
+// (denial is effective from then on), the store commit within it, and the
+// grants and credentials revoked.
+func BenchmarkLineageRevocationAgents(b *testing.B) {
+	f, bk := startBroker(b)
+	admin := bk.Dial(b, f.Admin)
+	for _, n := range []int{1, 100, 1000} {
+		b.Run("agents="+strconv.Itoa(n), func(b *testing.B) {
+			ctx := b.Context()
+			var ret, commit time.Duration
+			var grants, creds int32
+			iter := 0
+			for b.Loop() {
+				iter++
+				id := func(i int) spiffeid.ID {
+					return spiffeid.RequireFromSegments(f.Stack.TrustDomain, "agents", "bench-lineage", fmt.Sprintf("n%d-i%d-a%d", n, iter, i))
+				}
+				rootID := id(0)
+				bk.Register(b, rootID, brokerv1.Level_LEVEL_PRINCIPAL, "reports-read")
+				ids := make([]spiffeid.ID, n+1)
+				ids[0] = rootID
+				if _, err := parallel(ctx, n, benchConcurrency, func(ctx context.Context, i int) error {
+					ids[i+1] = id(i + 1)
+					_, err := admin.Admin.RegisterAgent(ctx, &adminv1.RegisterAgentRequest{SpiffeId: ids[i+1].String(), Owner: "bench", Purpose: "bench", Roles: []string{"reports-read"}, Level: brokerv1.Level_LEVEL_PRINCIPAL})
+					return err
+				}); err != nil {
+					b.Fatal(err)
+				}
+				// Breadth first: delegator d gives grants to agents
+				// 16d+1 .. 16d+16, under the grant it received.
+				received := make([]string, n+1)
+				for d := 0; 16*d+1 <= n; d++ {
+					conn := bk.Dial(b, ids[d])
+					depth := 0
+					for k := d; k > 0; k = (k - 1) / 16 {
+						depth++
+					}
+					if received[d] != "" || d == 0 {
+						if _, err := conn.Broker.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "reports-read", GrantId: received[d]}); err != nil {
+							b.Fatal(err)
+						}
+					}
+					first, last := 16*d+1, min(16*d+16, n)
+					if _, err := parallel(ctx, last-first+1, benchConcurrency, func(ctx context.Context, i int) error {
+						r, err := conn.Broker.Delegate(ctx, &brokerv1.DelegateRequest{Delegatee: ids[first+i].String(), Roles: []string{"reports-read"},
+							Ttl: durationpb.New(time.Hour - time.Duration(depth)*time.Minute), MaxDepth: int32(3 - depth), ParentGrantId: received[d]})
+						if err != nil {
+							return err
+						}
+						received[first+i] = r.GetGrant().GetId()
+						return nil
+					}); err != nil {
+						b.Fatal(err)
+					}
+				}
+
+				start := time.Now()
+				resp, err := admin.Admin.RevokeLineage(ctx, &adminv1.RevokeLineageRequest{Root: &adminv1.RevokeLineageRequest_AgentId{AgentId: rootID.String()}, Reason: "benchmark"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ret += time.Since(start)
+				s := resp.GetSummary()
+				if s.GetGrantsRevoked() != int32(n) {
+					b.Errorf("summary = %v; want %d grants revoked", s, n)
+				}
+				commit += s.GetCommitDuration().AsDuration()
+				grants += s.GetGrantsRevoked()
+				creds += s.GetCredentialsRevoked()
+			}
+			ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) / float64(b.N) }
+			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(ms(ret), "return-ms")
+			b.ReportMetric(ms(commit), "commit-ms")
+			b.ReportMetric(float64(grants)/float64(b.N), "grants")
+			b.ReportMetric(float64(creds)/float64(b.N), "credentials")
+		})
+	}
 }
