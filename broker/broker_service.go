@@ -284,11 +284,9 @@ func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequ
 	}
 	g.ID = newID()
 	if err := s.store.PutGrant(g, s.rules.MaxFanOut); err != nil {
-		switch {
-		case errors.Is(err, store.ErrRevoked), errors.Is(err, store.ErrDeregistered):
+		// An agent deregistered meanwhile may not be delegated to or from.
+		if errors.Is(err, store.ErrDeregistered) {
 			return nil, status.Errorf(codes.PermissionDenied, "%s", strings.TrimPrefix(err.Error(), "store: "))
-		case errors.Is(err, store.ErrLimit):
-			return nil, status.Errorf(codes.ResourceExhausted, "%s", strings.TrimPrefix(err.Error(), "store: "))
 		}
 		return nil, s.statusOf(ctx, "record grant", err)
 	}

@@ -205,10 +205,10 @@ func invalidRequest(err error) error {
 }
 
 // statusOf maps an internal error to a gRPC status, logging what the
-// caller does not need to see.
+// caller does not need to see. Refusals the caller can act on are logged at
+// info; faults of the broker or Vault at error.
 func (s *Server) statusOf(ctx context.Context, op string, err error) error {
-	var code codes.Code
-	msg := err.Error()
+	code, msg, level := codes.Internal, err.Error(), slog.LevelInfo
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		code = codes.NotFound
@@ -218,14 +218,18 @@ func (s *Server) statusOf(ctx context.Context, op string, err error) error {
 		code = codes.FailedPrecondition
 	case errors.Is(err, store.ErrInvalid):
 		code = codes.InvalidArgument
+	case errors.Is(err, store.ErrRevoked):
+		code = codes.PermissionDenied
+	case errors.Is(err, store.ErrLimit):
+		code = codes.ResourceExhausted
 	case errors.Is(err, vault.ErrUnavailable):
-		code, msg = codes.Unavailable, "Vault is unavailable; nothing was issued; retry later"
+		code, msg, level = codes.Unavailable, "Vault is unavailable; nothing was issued; retry later", slog.LevelError
 	case errors.Is(err, vault.ErrRejected):
-		code, msg = codes.FailedPrecondition, "Vault refused the request; the broker's Vault setup needs attention (see atfd's log)"
+		code, msg, level = codes.FailedPrecondition, "Vault refused the request; the broker's Vault setup needs attention (see atfd's log)", slog.LevelError
 	default:
-		code, msg = codes.Internal, "internal error (see atfd's log)"
+		msg, level = "internal error (see atfd's log)", slog.LevelError
 	}
-	s.logger(ctx).Error(op+" failed", slog.String(logError, err.Error()), slog.String(logCode, code.String()))
+	s.logger(ctx).Log(ctx, level, op+" failed", slog.String(logError, err.Error()), slog.String(logCode, code.String()))
 	return status.Error(code, strings.TrimPrefix(msg, "store: "))
 }
 
