@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -44,7 +45,13 @@ type Source struct {
 	x509    x509bundle.Source
 	jwt     jwtbundle.Source
 	addr    string
+	wopts   []workloadapi.ClientOption
 	closers []func() error
+
+	// jwtClient fetches JWT-SVIDs over one Workload API connection, made on
+	// first use (clients authenticating with JWT-SVIDs fetch one per call).
+	mu        sync.Mutex
+	jwtClient *workloadapi.Client
 }
 
 // Open opens the sources cfg names and waits for the first SVID.
@@ -56,10 +63,10 @@ func Open(ctx context.Context, cfg Config) (*Source, error) {
 			s.Close()
 		}
 	}()
-	var wopts []workloadapi.ClientOption
 	if cfg.WorkloadAPIAddr != "" {
-		wopts = append(wopts, workloadapi.WithAddr(cfg.WorkloadAPIAddr))
+		s.wopts = append(s.wopts, workloadapi.WithAddr(cfg.WorkloadAPIAddr))
 	}
+	wopts := s.wopts
 	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
 		return nil, errors.New("svid: an SVID file needs its key file, and the other way round")
 	}
@@ -119,11 +126,19 @@ func (s *Source) ID() (spiffeid.ID, error) {
 
 // FetchJWTSVID fetches a JWT-SVID for audience from the Workload API.
 func (s *Source) FetchJWTSVID(ctx context.Context, audience string) (string, error) {
-	var opts []workloadapi.ClientOption
-	if s.addr != "" {
-		opts = append(opts, workloadapi.WithAddr(s.addr))
+	s.mu.Lock()
+	if s.jwtClient == nil {
+		c, err := workloadapi.New(ctx, s.wopts...)
+		if err != nil {
+			s.mu.Unlock()
+			return "", fmt.Errorf("svid: Workload API %s: %w", addrOrEnv(s.addr), err)
+		}
+		s.jwtClient = c
+		s.closers = append(s.closers, c.Close)
 	}
-	sv, err := workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience}, opts...)
+	c := s.jwtClient
+	s.mu.Unlock()
+	sv, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience})
 	if err != nil {
 		return "", fmt.Errorf("svid: fetch JWT-SVID from Workload API %s: %w", addrOrEnv(s.addr), err)
 	}
@@ -132,6 +147,8 @@ func (s *Source) FetchJWTSVID(ctx context.Context, audience string) (string, err
 
 // Close stops watching the Workload API.
 func (s *Source) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var errs []error
 	for _, c := range s.closers {
 		errs = append(errs, c())
