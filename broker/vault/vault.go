@@ -61,10 +61,11 @@ type Config struct {
 
 // Issuer talks to Vault for the broker. It is safe for concurrent use.
 type Issuer struct {
-	client *vaultapi.Client
-	cfg    Config
-	cancel context.CancelFunc
-	done   chan struct{}
+	client  *vaultapi.Client
+	revoker *vaultapi.Client // same token, longer timeout
+	cfg     Config
+	cancel  context.CancelFunc
+	done    chan struct{}
 	// generation counts logins: anchors made under an earlier login hang on
 	// a token that is no longer renewed, so they must not be used again.
 	generation atomic.Uint64
@@ -110,7 +111,15 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	}
 	// Never pick up VAULT_TOKEN or a token helper implicitly.
 	client.ClearToken()
-	is := &Issuer{client: client, cfg: cfg, done: make(chan struct{})}
+	// Vault revokes a token's whole subtree before it answers: an anchor
+	// over thousands of tokens takes seconds, longer than suits issuance, so
+	// revocations go through a client of their own with a longer timeout.
+	revoker, err := client.Clone()
+	if err != nil {
+		return nil, fmt.Errorf("vault: client: %w", err)
+	}
+	revoker.SetClientTimeout(max(cfg.Timeout, revokeTimeout))
+	is := &Issuer{client: client, revoker: revoker, cfg: cfg, done: make(chan struct{})}
 	secret, err := is.login(ctx)
 	if err != nil {
 		return nil, err
@@ -128,6 +137,14 @@ func (is *Issuer) Close() {
 	<-is.done
 }
 
+// setToken makes token the broker's own, for issuing and revoking; anchors
+// made under the previous one are not used again.
+func (is *Issuer) setToken(token string) {
+	is.client.SetToken(token)
+	is.revoker.SetToken(token)
+	is.generation.Add(1)
+}
+
 // login obtains a token and returns its self-lookup as a renewable secret,
 // or nil if the token does not expire.
 func (is *Issuer) login(ctx context.Context) (*vaultapi.Secret, error) {
@@ -139,15 +156,13 @@ func (is *Issuer) login(ctx context.Context) (*vaultapi.Secret, error) {
 		if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
 			return nil, fmt.Errorf("%w: login returned no token", ErrRejected)
 		}
-		is.client.SetToken(s.Auth.ClientToken)
-		is.generation.Add(1)
+		is.setToken(s.Auth.ClientToken)
 		if !s.Auth.Renewable || s.Auth.LeaseDuration == 0 {
 			return nil, nil
 		}
 		return s, nil
 	}
-	is.client.SetToken(is.cfg.Token)
-	is.generation.Add(1)
+	is.setToken(is.cfg.Token)
 	self, err := is.client.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
 		return nil, classify("look up own token", err)
@@ -357,18 +372,9 @@ func (is *Issuer) clientFor(parent *Anchor) *vaultapi.Client {
 // Revoke revokes a token, and every token below it, by accessor.
 // Revoking a token that no longer exists succeeds.
 func (is *Issuer) Revoke(ctx context.Context, accessor string) error {
-	// Vault revokes a token's whole subtree before it answers: an anchor
-	// over thousands of tokens takes seconds, longer than the per-call
-	// timeout suits issuance.
-	c, err := is.client.Clone()
-	if err != nil {
-		return fmt.Errorf("vault: %w", err)
-	}
-	c.SetToken(is.client.Token())
-	c.SetClientTimeout(max(is.cfg.Timeout, revokeTimeout))
 	// Vault answers an accessor that no longer exists with success (and a
 	// warning), so retrying a revocation is always safe.
-	if err := c.Auth().Token().RevokeAccessorWithContext(ctx, accessor); err != nil {
+	if err := is.revoker.Auth().Token().RevokeAccessorWithContext(ctx, accessor); err != nil {
 		return classify("revoke token", err)
 	}
 	return nil
