@@ -186,7 +186,7 @@ func TestRefusedCallers(t *testing.T) {
 		brokertest.WantCode(t, err, codes.PermissionDenied, "is not a broker admin")
 	})
 	t.Run("expired SVID", func(t *testing.T) {
-		s, err := f.Stack.MintX509(t.Context(), f.ID(t, "shortlived"), 2*time.Second)
+		s, err := f.Stack.MintX509(t.Context(), f.ID(t, "shortlived"), 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -309,8 +309,8 @@ func (d *demo) show(ctx context.Context, wantOK bool, extraEnv []string, tool st
 	}
 }
 
-// jsonField returns a top-level-or-nested string field of atfctl's JSON
-// output, e.g. the grant id.
+// jsonField returns a string field of the object atfctl's JSON output
+// wraps, e.g. "id" of {"grant": {...}}.
 func jsonField(out, field string) string {
 	var v map[string]map[string]any
 	if err := json.Unmarshal([]byte(out), &v); err != nil {
