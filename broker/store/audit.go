@@ -79,7 +79,7 @@ func (s *Store) VerifyAudit() (uint64, error) {
 			if r.Prev != prev {
 				return fmt.Errorf("store: audit record %d does not follow record %d", r.Seq, n-1)
 			}
-			if r.Hash != auditHash(r) {
+			if r.Hash != r.ComputeHash() {
 				return fmt.Errorf("store: audit record %d was altered", r.Seq)
 			}
 			prev = r.Hash
@@ -104,7 +104,7 @@ func appendAudit(tx *bolt.Tx, r AuditRecord) error {
 		r.Seq = 1
 	}
 	r.Time = r.Time.UTC()
-	r.Hash = auditHash(r)
+	r.Hash = r.ComputeHash()
 	v, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("store: encode audit record: %w", err)
@@ -112,8 +112,10 @@ func appendAudit(tx *bolt.Tx, r AuditRecord) error {
 	return b.Put(seqKey(r.Seq), v)
 }
 
-// auditHash is SHA-256 over the record's JSON without its Hash.
-func auditHash(r AuditRecord) string {
+// ComputeHash is SHA-256 over the record's JSON without its Hash: what Hash
+// must be for an unaltered record. Anyone holding a copy of the trail (the
+// JSON-lines stream, say) can check the chain with it.
+func (r AuditRecord) ComputeHash() string {
 	r.Hash = ""
 	v, _ := json.Marshal(r) // a struct of strings, times and a string map always encodes
 	sum := sha256.Sum256(v)
