@@ -14,6 +14,7 @@ import (
 	v1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -26,6 +27,112 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// Outcome is what a decision came to.
+type Outcome int32
+
+const (
+	Outcome_OUTCOME_UNSPECIFIED      Outcome = 0
+	Outcome_OUTCOME_ALLOW            Outcome = 1
+	Outcome_OUTCOME_DENY             Outcome = 2
+	Outcome_OUTCOME_PENDING_APPROVAL Outcome = 3
+	Outcome_OUTCOME_LIMITED          Outcome = 4
+)
+
+// Enum value maps for Outcome.
+var (
+	Outcome_name = map[int32]string{
+		0: "OUTCOME_UNSPECIFIED",
+		1: "OUTCOME_ALLOW",
+		2: "OUTCOME_DENY",
+		3: "OUTCOME_PENDING_APPROVAL",
+		4: "OUTCOME_LIMITED",
+	}
+	Outcome_value = map[string]int32{
+		"OUTCOME_UNSPECIFIED":      0,
+		"OUTCOME_ALLOW":            1,
+		"OUTCOME_DENY":             2,
+		"OUTCOME_PENDING_APPROVAL": 3,
+		"OUTCOME_LIMITED":          4,
+	}
+)
+
+func (x Outcome) Enum() *Outcome {
+	p := new(Outcome)
+	*p = x
+	return p
+}
+
+func (x Outcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Outcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_atf_admin_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (Outcome) Type() protoreflect.EnumType {
+	return &file_atf_admin_v1_admin_proto_enumTypes[0]
+}
+
+func (x Outcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Outcome.Descriptor instead.
+func (Outcome) EnumDescriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+// Verdict is an approver's answer.
+type Verdict int32
+
+const (
+	Verdict_VERDICT_UNSPECIFIED Verdict = 0
+	Verdict_VERDICT_APPROVE     Verdict = 1
+	Verdict_VERDICT_DENY        Verdict = 2
+)
+
+// Enum value maps for Verdict.
+var (
+	Verdict_name = map[int32]string{
+		0: "VERDICT_UNSPECIFIED",
+		1: "VERDICT_APPROVE",
+		2: "VERDICT_DENY",
+	}
+	Verdict_value = map[string]int32{
+		"VERDICT_UNSPECIFIED": 0,
+		"VERDICT_APPROVE":     1,
+		"VERDICT_DENY":        2,
+	}
+)
+
+func (x Verdict) Enum() *Verdict {
+	p := new(Verdict)
+	*p = x
+	return p
+}
+
+func (x Verdict) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Verdict) Descriptor() protoreflect.EnumDescriptor {
+	return file_atf_admin_v1_admin_proto_enumTypes[1].Descriptor()
+}
+
+func (Verdict) Type() protoreflect.EnumType {
+	return &file_atf_admin_v1_admin_proto_enumTypes[1]
+}
+
+func (x Verdict) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Verdict.Descriptor instead.
+func (Verdict) EnumDescriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+}
 
 // Agent is one registered agent.
 type Agent struct {
@@ -1342,11 +1449,1572 @@ func (x *AgentChange) GetReason() string {
 	return ""
 }
 
+// PolicyVersion describes one stored version of the segmentation policy.
+type PolicyVersion struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Version   uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// The admin who set it.
+	Author  string `protobuf:"bytes,3,opt,name=author,proto3" json:"author,omitempty"`
+	Comment string `protobuf:"bytes,4,opt,name=comment,proto3" json:"comment,omitempty"`
+	// SHA-256 over the model and the policy text.
+	Digest string `protobuf:"bytes,5,opt,name=digest,proto3" json:"digest,omitempty"`
+	// Non-zero if this version restored an earlier one.
+	RolledBackFrom uint64 `protobuf:"varint,6,opt,name=rolled_back_from,json=rolledBackFrom,proto3" json:"rolled_back_from,omitempty"`
+	PolicyLines    int32  `protobuf:"varint,7,opt,name=policy_lines,json=policyLines,proto3" json:"policy_lines,omitempty"`
+	Current        bool   `protobuf:"varint,8,opt,name=current,proto3" json:"current,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PolicyVersion) Reset() {
+	*x = PolicyVersion{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyVersion) ProtoMessage() {}
+
+func (x *PolicyVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyVersion.ProtoReflect.Descriptor instead.
+func (*PolicyVersion) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PolicyVersion) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *PolicyVersion) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *PolicyVersion) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+func (x *PolicyVersion) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *PolicyVersion) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *PolicyVersion) GetRolledBackFrom() uint64 {
+	if x != nil {
+		return x.RolledBackFrom
+	}
+	return 0
+}
+
+func (x *PolicyVersion) GetPolicyLines() int32 {
+	if x != nil {
+		return x.PolicyLines
+	}
+	return 0
+}
+
+func (x *PolicyVersion) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
+}
+
+type GetPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyRequest) Reset() {
+	*x = GetPolicyRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyRequest) ProtoMessage() {}
+
+func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetPolicyRequest) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type GetPolicyResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version *PolicyVersion         `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// The Casbin model (CONF) and policy (CSV lines) text.
+	Model         string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	Policy        string `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyResponse) Reset() {
+	*x = GetPolicyResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyResponse) ProtoMessage() {}
+
+func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetPolicyResponse) GetVersion() *PolicyVersion {
+	if x != nil {
+		return x.Version
+	}
+	return nil
+}
+
+func (x *GetPolicyResponse) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *GetPolicyResponse) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+type ListPoliciesRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	PageSize int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Continue below this version.
+	Before        uint64 `protobuf:"varint,2,opt,name=before,proto3" json:"before,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoliciesRequest) Reset() {
+	*x = ListPoliciesRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoliciesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoliciesRequest) ProtoMessage() {}
+
+func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
+func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListPoliciesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListPoliciesRequest) GetBefore() uint64 {
+	if x != nil {
+		return x.Before
+	}
+	return 0
+}
+
+type ListPoliciesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Versions      []*PolicyVersion       `protobuf:"bytes,1,rep,name=versions,proto3" json:"versions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoliciesResponse) Reset() {
+	*x = ListPoliciesResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoliciesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoliciesResponse) ProtoMessage() {}
+
+func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
+func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListPoliciesResponse) GetVersions() []*PolicyVersion {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+type SetPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Casbin model; empty keeps the current model.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// The policy lines.
+	Policy  string `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	Comment string `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	// Refuse the update unless the current version is this one (0: any).
+	ExpectedVersion uint64 `protobuf:"varint,4,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
+	// Check and report, but do not store or apply.
+	DryRun        bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPolicyRequest) Reset() {
+	*x = SetPolicyRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPolicyRequest) ProtoMessage() {}
+
+func (x *SetPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPolicyRequest.ProtoReflect.Descriptor instead.
+func (*SetPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SetPolicyRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *SetPolicyRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *SetPolicyRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *SetPolicyRequest) GetExpectedVersion() uint64 {
+	if x != nil {
+		return x.ExpectedVersion
+	}
+	return 0
+}
+
+func (x *SetPolicyRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type SetPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new version (unset for a dry run).
+	Version *PolicyVersion `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// Lint findings that did not stop the update.
+	Warnings      []string `protobuf:"bytes,2,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPolicyResponse) Reset() {
+	*x = SetPolicyResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPolicyResponse) ProtoMessage() {}
+
+func (x *SetPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPolicyResponse.ProtoReflect.Descriptor instead.
+func (*SetPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SetPolicyResponse) GetVersion() *PolicyVersion {
+	if x != nil {
+		return x.Version
+	}
+	return nil
+}
+
+func (x *SetPolicyResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+type RollbackPolicyRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Version         uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Comment         string                 `protobuf:"bytes,2,opt,name=comment,proto3" json:"comment,omitempty"`
+	ExpectedVersion uint64                 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RollbackPolicyRequest) Reset() {
+	*x = RollbackPolicyRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackPolicyRequest) ProtoMessage() {}
+
+func (x *RollbackPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackPolicyRequest.ProtoReflect.Descriptor instead.
+func (*RollbackPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RollbackPolicyRequest) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *RollbackPolicyRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *RollbackPolicyRequest) GetExpectedVersion() uint64 {
+	if x != nil {
+		return x.ExpectedVersion
+	}
+	return 0
+}
+
+type RollbackPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       *PolicyVersion         `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackPolicyResponse) Reset() {
+	*x = RollbackPolicyResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackPolicyResponse) ProtoMessage() {}
+
+func (x *RollbackPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackPolicyResponse.ProtoReflect.Descriptor instead.
+func (*RollbackPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RollbackPolicyResponse) GetVersion() *PolicyVersion {
+	if x != nil {
+		return x.Version
+	}
+	return nil
+}
+
+type TestPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent whose request to decide. If registered, its level and
+	// manifest come from the registry unless overridden below.
+	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Role     string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// Decide as if the agent had this level (and, if it is not registered,
+	// a manifest holding the role).
+	Level v1.Level `protobuf:"varint,3,opt,name=level,proto3,enum=atf.broker.v1.Level" json:"level,omitempty"`
+	// Decide against this candidate instead of the current version.
+	Model         string `protobuf:"bytes,4,opt,name=model,proto3" json:"model,omitempty"`
+	Policy        string `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TestPolicyRequest) Reset() {
+	*x = TestPolicyRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TestPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TestPolicyRequest) ProtoMessage() {}
+
+func (x *TestPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TestPolicyRequest.ProtoReflect.Descriptor instead.
+func (*TestPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *TestPolicyRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *TestPolicyRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *TestPolicyRequest) GetLevel() v1.Level {
+	if x != nil {
+		return x.Level
+	}
+	return v1.Level(0)
+}
+
+func (x *TestPolicyRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *TestPolicyRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+type TestPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Decision      *Decision              `protobuf:"bytes,1,opt,name=decision,proto3" json:"decision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TestPolicyResponse) Reset() {
+	*x = TestPolicyResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TestPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TestPolicyResponse) ProtoMessage() {}
+
+func (x *TestPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TestPolicyResponse.ProtoReflect.Descriptor instead.
+func (*TestPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *TestPolicyResponse) GetDecision() *Decision {
+	if x != nil {
+		return x.Decision
+	}
+	return nil
+}
+
+// Decision explains one authorization decision.
+type Decision struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Outcome Outcome                `protobuf:"varint,1,opt,name=outcome,proto3,enum=atf.admin.v1.Outcome" json:"outcome,omitempty"`
+	// A stable code, e.g. allowed, no_policy_match, class_not_allowed.
+	Reason  string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// The policy lines that decided it, as written in the policy.
+	MatchedPolicy []string `protobuf:"bytes,4,rep,name=matched_policy,json=matchedPolicy,proto3" json:"matched_policy,omitempty"`
+	// The maturity rule that applied, e.g. "junior: write needs approval".
+	MaturityRule string               `protobuf:"bytes,5,opt,name=maturity_rule,json=maturityRule,proto3" json:"maturity_rule,omitempty"`
+	Ttl          *durationpb.Duration `protobuf:"bytes,6,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	MaxUses      int32                `protobuf:"varint,7,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
+	// Whether issuance notifies (Senior writes).
+	Notify         bool     `protobuf:"varint,8,opt,name=notify,proto3" json:"notify,omitempty"`
+	PolicyVersion  uint64   `protobuf:"varint,9,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	Classification string   `protobuf:"bytes,10,opt,name=classification,proto3" json:"classification,omitempty"`
+	Class          string   `protobuf:"bytes,11,opt,name=class,proto3" json:"class,omitempty"`
+	Level          v1.Level `protobuf:"varint,12,opt,name=level,proto3,enum=atf.broker.v1.Level" json:"level,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Decision) Reset() {
+	*x = Decision{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Decision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Decision) ProtoMessage() {}
+
+func (x *Decision) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Decision.ProtoReflect.Descriptor instead.
+func (*Decision) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *Decision) GetOutcome() Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return Outcome_OUTCOME_UNSPECIFIED
+}
+
+func (x *Decision) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Decision) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Decision) GetMatchedPolicy() []string {
+	if x != nil {
+		return x.MatchedPolicy
+	}
+	return nil
+}
+
+func (x *Decision) GetMaturityRule() string {
+	if x != nil {
+		return x.MaturityRule
+	}
+	return ""
+}
+
+func (x *Decision) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *Decision) GetMaxUses() int32 {
+	if x != nil {
+		return x.MaxUses
+	}
+	return 0
+}
+
+func (x *Decision) GetNotify() bool {
+	if x != nil {
+		return x.Notify
+	}
+	return false
+}
+
+func (x *Decision) GetPolicyVersion() uint64 {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return 0
+}
+
+func (x *Decision) GetClassification() string {
+	if x != nil {
+		return x.Classification
+	}
+	return ""
+}
+
+func (x *Decision) GetClass() string {
+	if x != nil {
+		return x.Class
+	}
+	return ""
+}
+
+func (x *Decision) GetLevel() v1.Level {
+	if x != nil {
+		return x.Level
+	}
+	return v1.Level(0)
+}
+
+type QueryAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Filters; empty means any.
+	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	Role  string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// allow, deny, pending or limited.
+	Decision string `protobuf:"bytes,3,opt,name=decision,proto3" json:"decision,omitempty"`
+	// Record kind, e.g. credential_issued, policy_updated.
+	Kind  string                 `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	Since *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=since,proto3" json:"since,omitempty"`
+	Until *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=until,proto3" json:"until,omitempty"`
+	// Continue after this record.
+	AfterSeq      uint64 `protobuf:"varint,7,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	PageSize      int32  `protobuf:"varint,8,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryAuditRequest) Reset() {
+	*x = QueryAuditRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryAuditRequest) ProtoMessage() {}
+
+func (x *QueryAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryAuditRequest.ProtoReflect.Descriptor instead.
+func (*QueryAuditRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *QueryAuditRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *QueryAuditRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *QueryAuditRequest) GetDecision() string {
+	if x != nil {
+		return x.Decision
+	}
+	return ""
+}
+
+func (x *QueryAuditRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *QueryAuditRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *QueryAuditRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *QueryAuditRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *QueryAuditRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+// AuditRecord is one record of the hash-chained audit trail.
+type AuditRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Actor         string                 `protobuf:"bytes,4,opt,name=actor,proto3" json:"actor,omitempty"`
+	Subject       string                 `protobuf:"bytes,5,opt,name=subject,proto3" json:"subject,omitempty"`
+	Detail        map[string]string      `protobuf:"bytes,6,rep,name=detail,proto3" json:"detail,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Prev          string                 `protobuf:"bytes,7,opt,name=prev,proto3" json:"prev,omitempty"`
+	Hash          string                 `protobuf:"bytes,8,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRecord) Reset() {
+	*x = AuditRecord{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRecord) ProtoMessage() {}
+
+func (x *AuditRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
+func (*AuditRecord) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *AuditRecord) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetDetail() map[string]string {
+	if x != nil {
+		return x.Detail
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetPrev() string {
+	if x != nil {
+		return x.Prev
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+type QueryAuditResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Records []*AuditRecord         `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// Pass as after_seq for the next page; 0 when there is none.
+	NextAfterSeq  uint64 `protobuf:"varint,2,opt,name=next_after_seq,json=nextAfterSeq,proto3" json:"next_after_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryAuditResponse) Reset() {
+	*x = QueryAuditResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryAuditResponse) ProtoMessage() {}
+
+func (x *QueryAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryAuditResponse.ProtoReflect.Descriptor instead.
+func (*QueryAuditResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *QueryAuditResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *QueryAuditResponse) GetNextAfterSeq() uint64 {
+	if x != nil {
+		return x.NextAfterSeq
+	}
+	return 0
+}
+
+type VerifyAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditRequest) Reset() {
+	*x = VerifyAuditRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditRequest) ProtoMessage() {}
+
+func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
+func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+type VerifyAuditResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Ok      bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	Records uint64                 `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
+	// The newest record: keep it somewhere else to detect a cut-off tail
+	// later.
+	HeadSeq  uint64 `protobuf:"varint,3,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	HeadHash string `protobuf:"bytes,4,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	// What is wrong, if not ok.
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditResponse) Reset() {
+	*x = VerifyAuditResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditResponse) ProtoMessage() {}
+
+func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
+func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *VerifyAuditResponse) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *VerifyAuditResponse) GetRecords() uint64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetHeadSeq() uint64 {
+	if x != nil {
+		return x.HeadSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetHeadHash() string {
+	if x != nil {
+		return x.HeadHash
+	}
+	return ""
+}
+
+func (x *VerifyAuditResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type WatchEventsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsRequest) Reset() {
+	*x = WatchEventsRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsRequest) ProtoMessage() {}
+
+func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
+func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+// Event is one notification.
+type Event struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Agent         string                 `protobuf:"bytes,4,opt,name=agent,proto3" json:"agent,omitempty"`
+	Role          string                 `protobuf:"bytes,5,opt,name=role,proto3" json:"role,omitempty"`
+	Summary       string                 `protobuf:"bytes,6,opt,name=summary,proto3" json:"summary,omitempty"`
+	Detail        map[string]string      `protobuf:"bytes,7,rep,name=detail,proto3" json:"detail,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *Event) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Event) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *Event) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Event) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *Event) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Event) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+func (x *Event) GetDetail() map[string]string {
+	if x != nil {
+		return x.Detail
+	}
+	return nil
+}
+
+type WatchEventsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsResponse) Reset() {
+	*x = WatchEventsResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsResponse) ProtoMessage() {}
+
+func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
+func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *WatchEventsResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+type ListApprovalsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only requests in this status (unspecified: pending).
+	Status        v1.ApprovalStatus `protobuf:"varint,1,opt,name=status,proto3,enum=atf.broker.v1.ApprovalStatus" json:"status,omitempty"`
+	Agent         string            `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
+	PageSize      int32             `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApprovalsRequest) Reset() {
+	*x = ListApprovalsRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApprovalsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApprovalsRequest) ProtoMessage() {}
+
+func (x *ListApprovalsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApprovalsRequest.ProtoReflect.Descriptor instead.
+func (*ListApprovalsRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ListApprovalsRequest) GetStatus() v1.ApprovalStatus {
+	if x != nil {
+		return x.Status
+	}
+	return v1.ApprovalStatus(0)
+}
+
+func (x *ListApprovalsRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *ListApprovalsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+type ListApprovalsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Approvals     []*v1.Approval         `protobuf:"bytes,1,rep,name=approvals,proto3" json:"approvals,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApprovalsResponse) Reset() {
+	*x = ListApprovalsResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApprovalsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApprovalsResponse) ProtoMessage() {}
+
+func (x *ListApprovalsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApprovalsResponse.ProtoReflect.Descriptor instead.
+func (*ListApprovalsResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ListApprovalsResponse) GetApprovals() []*v1.Approval {
+	if x != nil {
+		return x.Approvals
+	}
+	return nil
+}
+
+type DecideApprovalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ApprovalId    string                 `protobuf:"bytes,1,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
+	Verdict       Verdict                `protobuf:"varint,3,opt,name=verdict,proto3,enum=atf.admin.v1.Verdict" json:"verdict,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideApprovalRequest) Reset() {
+	*x = DecideApprovalRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideApprovalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideApprovalRequest) ProtoMessage() {}
+
+func (x *DecideApprovalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideApprovalRequest.ProtoReflect.Descriptor instead.
+func (*DecideApprovalRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *DecideApprovalRequest) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
+func (x *DecideApprovalRequest) GetVerdict() Verdict {
+	if x != nil {
+		return x.Verdict
+	}
+	return Verdict_VERDICT_UNSPECIFIED
+}
+
+func (x *DecideApprovalRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type DecideApprovalResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Approval      *v1.Approval           `protobuf:"bytes,1,opt,name=approval,proto3" json:"approval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideApprovalResponse) Reset() {
+	*x = DecideApprovalResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideApprovalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideApprovalResponse) ProtoMessage() {}
+
+func (x *DecideApprovalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideApprovalResponse.ProtoReflect.Descriptor instead.
+func (*DecideApprovalResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *DecideApprovalResponse) GetApproval() *v1.Approval {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 var File_atf_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18atf/admin/v1/admin.proto\x12\fatf.admin.v1\x1a\x1aatf/broker/v1/broker.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n" +
+	"\x18atf/admin/v1/admin.proto\x12\fatf.admin.v1\x1a\x1aatf/broker/v1/broker.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x18\n" +
@@ -1363,14 +3031,14 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1d\n" +
 	"\n" +
 	"updated_by\x18\v \x01(\tR\tupdatedBy\x12\x1a\n" +
-	"\brevision\x18\f \x01(\x04R\brevision\"\xde\x02\n" +
+	"\brevision\x18\f \x01(\x04R\brevision\"\xc6\x02\n" +
 	"\x14RegisterAgentRequest\x122\n" +
 	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12 \n" +
 	"\x05owner\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x05owner\x12$\n" +
 	"\apurpose\x18\x03 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\bR\apurpose\x12A\n" +
-	"\x05roles\x18\x04 \x03(\tB+\xbaH(\x92\x01%\x10@\x18\x01\"\x1fr\x1d\x10\x01\x18\x80\x012\x16^[a-z0-9][a-z0-9._-]*$R\x05roles\x124\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\apurpose\x12)\n" +
+	"\x05roles\x18\x04 \x03(\tB\x13\xbaH\x10\x92\x01\r\x10@\x18\x01\"\ar\x05\x10\x01\x18\x80\x01R\x05roles\x124\n" +
 	"\x05level\x18\x05 \x01(\x0e2\x14.atf.broker.v1.LevelB\b\xbaH\x05\x82\x01\x02\x10\x01R\x05level\x12\"\n" +
 	"\aversion\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\aversion\x12-\n" +
 	"\rconfig_digest\x18\a \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\fconfigDigest\"B\n" +
@@ -1409,9 +3077,9 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\x06_levelB\n" +
 	"\n" +
 	"\b_versionB\x10\n" +
-	"\x0e_config_digest\"M\n" +
-	"\bRoleList\x12A\n" +
-	"\x05roles\x18\x01 \x03(\tB+\xbaH(\x92\x01%\x10@\x18\x01\"\x1fr\x1d\x10\x01\x18\x80\x012\x16^[a-z0-9][a-z0-9._-]*$R\x05roles\"@\n" +
+	"\x0e_config_digest\"5\n" +
+	"\bRoleList\x12)\n" +
+	"\x05roles\x18\x01 \x03(\tB\x13\xbaH\x10\x92\x01\r\x10@\x18\x01\"\ar\x05\x10\x01\x18\x80\x01R\x05roles\"@\n" +
 	"\x13UpdateAgentResponse\x12)\n" +
 	"\x05agent\x18\x01 \x01(\v2\x13.atf.admin.v1.AgentR\x05agent\"e\n" +
 	"\x16DeregisterAgentRequest\x12'\n" +
@@ -1458,7 +3126,144 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\x05actor\x18\x03 \x01(\tR\x05actor\x12\x16\n" +
 	"\x06action\x18\x04 \x01(\tR\x06action\x12)\n" +
 	"\x05agent\x18\x05 \x01(\v2\x13.atf.admin.v1.AgentR\x05agent\x12\x16\n" +
-	"\x06reason\x18\x06 \x01(\tR\x06reason2\xc6\x05\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"\x95\x02\n" +
+	"\rPolicyVersion\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x129\n" +
+	"\n" +
+	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x16\n" +
+	"\x06author\x18\x03 \x01(\tR\x06author\x12\x18\n" +
+	"\acomment\x18\x04 \x01(\tR\acomment\x12\x16\n" +
+	"\x06digest\x18\x05 \x01(\tR\x06digest\x12(\n" +
+	"\x10rolled_back_from\x18\x06 \x01(\x04R\x0erolledBackFrom\x12!\n" +
+	"\fpolicy_lines\x18\a \x01(\x05R\vpolicyLines\x12\x18\n" +
+	"\acurrent\x18\b \x01(\bR\acurrent\",\n" +
+	"\x10GetPolicyRequest\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\"x\n" +
+	"\x11GetPolicyResponse\x125\n" +
+	"\aversion\x18\x01 \x01(\v2\x1b.atf.admin.v1.PolicyVersionR\aversion\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12\x16\n" +
+	"\x06policy\x18\x03 \x01(\tR\x06policy\"V\n" +
+	"\x13ListPoliciesRequest\x12'\n" +
+	"\tpage_size\x18\x01 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12\x16\n" +
+	"\x06before\x18\x02 \x01(\x04R\x06before\"O\n" +
+	"\x14ListPoliciesResponse\x127\n" +
+	"\bversions\x18\x01 \x03(\v2\x1b.atf.admin.v1.PolicyVersionR\bversions\"\xc1\x01\n" +
+	"\x10SetPolicyRequest\x12\x1f\n" +
+	"\x05model\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x18\x80\x80\x04R\x05model\x12\"\n" +
+	"\x06policy\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x18\x80\x80\x80\bR\x06policy\x12$\n" +
+	"\acomment\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\acomment\x12)\n" +
+	"\x10expected_version\x18\x04 \x01(\x04R\x0fexpectedVersion\x12\x17\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"f\n" +
+	"\x11SetPolicyResponse\x125\n" +
+	"\aversion\x18\x01 \x01(\v2\x1b.atf.admin.v1.PolicyVersionR\aversion\x12\x1a\n" +
+	"\bwarnings\x18\x02 \x03(\tR\bwarnings\"\x8b\x01\n" +
+	"\x15RollbackPolicyRequest\x12!\n" +
+	"\aversion\x18\x01 \x01(\x04B\a\xbaH\x042\x02 \x00R\aversion\x12$\n" +
+	"\acomment\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\acomment\x12)\n" +
+	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"O\n" +
+	"\x16RollbackPolicyResponse\x125\n" +
+	"\aversion\x18\x01 \x01(\v2\x1b.atf.admin.v1.PolicyVersionR\aversion\"\xd8\x01\n" +
+	"\x11TestPolicyRequest\x122\n" +
+	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12\x1e\n" +
+	"\x04role\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x04role\x12*\n" +
+	"\x05level\x18\x03 \x01(\x0e2\x14.atf.broker.v1.LevelR\x05level\x12\x1f\n" +
+	"\x05model\x18\x04 \x01(\tB\t\xbaH\x06r\x04\x18\x80\x80\x04R\x05model\x12\"\n" +
+	"\x06policy\x18\x05 \x01(\tB\n" +
+	"\xbaH\ar\x05\x18\x80\x80\x80\bR\x06policy\"H\n" +
+	"\x12TestPolicyResponse\x122\n" +
+	"\bdecision\x18\x01 \x01(\v2\x16.atf.admin.v1.DecisionR\bdecision\"\xaa\x03\n" +
+	"\bDecision\x12/\n" +
+	"\aoutcome\x18\x01 \x01(\x0e2\x15.atf.admin.v1.OutcomeR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12%\n" +
+	"\x0ematched_policy\x18\x04 \x03(\tR\rmatchedPolicy\x12#\n" +
+	"\rmaturity_rule\x18\x05 \x01(\tR\fmaturityRule\x12+\n" +
+	"\x03ttl\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
+	"\bmax_uses\x18\a \x01(\x05R\amaxUses\x12\x16\n" +
+	"\x06notify\x18\b \x01(\bR\x06notify\x12%\n" +
+	"\x0epolicy_version\x18\t \x01(\x04R\rpolicyVersion\x12&\n" +
+	"\x0eclassification\x18\n" +
+	" \x01(\tR\x0eclassification\x12\x14\n" +
+	"\x05class\x18\v \x01(\tR\x05class\x12*\n" +
+	"\x05level\x18\f \x01(\x0e2\x14.atf.broker.v1.LevelR\x05level\"\xdc\x02\n" +
+	"\x11QueryAuditRequest\x12\x1e\n" +
+	"\x05agent\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x10R\x05agent\x12\x1c\n" +
+	"\x04role\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x04role\x12B\n" +
+	"\bdecision\x18\x03 \x01(\tB&\xbaH#r!R\x00R\x05allowR\x04denyR\apendingR\alimitedR\bdecision\x12\x1b\n" +
+	"\x04kind\x18\x04 \x01(\tB\a\xbaH\x04r\x02\x18@R\x04kind\x120\n" +
+	"\x05since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x1b\n" +
+	"\tafter_seq\x18\a \x01(\x04R\bafterSeq\x12'\n" +
+	"\tpage_size\x18\b \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\"\xb5\x02\n" +
+	"\vAuditRecord\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05actor\x18\x04 \x01(\tR\x05actor\x12\x18\n" +
+	"\asubject\x18\x05 \x01(\tR\asubject\x12=\n" +
+	"\x06detail\x18\x06 \x03(\v2%.atf.admin.v1.AuditRecord.DetailEntryR\x06detail\x12\x12\n" +
+	"\x04prev\x18\a \x01(\tR\x04prev\x12\x12\n" +
+	"\x04hash\x18\b \x01(\tR\x04hash\x1a9\n" +
+	"\vDetailEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +
+	"\x12QueryAuditResponse\x123\n" +
+	"\arecords\x18\x01 \x03(\v2\x19.atf.admin.v1.AuditRecordR\arecords\x12$\n" +
+	"\x0enext_after_seq\x18\x02 \x01(\x04R\fnextAfterSeq\"\x14\n" +
+	"\x12VerifyAuditRequest\"\x8d\x01\n" +
+	"\x13VerifyAuditResponse\x12\x0e\n" +
+	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
+	"\arecords\x18\x02 \x01(\x04R\arecords\x12\x19\n" +
+	"\bhead_seq\x18\x03 \x01(\x04R\aheadSeq\x12\x1b\n" +
+	"\thead_hash\x18\x04 \x01(\tR\bheadHash\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"\x14\n" +
+	"\x12WatchEventsRequest\"\x93\x02\n" +
+	"\x05Event\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05agent\x18\x04 \x01(\tR\x05agent\x12\x12\n" +
+	"\x04role\x18\x05 \x01(\tR\x04role\x12\x18\n" +
+	"\asummary\x18\x06 \x01(\tR\asummary\x127\n" +
+	"\x06detail\x18\a \x03(\v2\x1f.atf.admin.v1.Event.DetailEntryR\x06detail\x1a9\n" +
+	"\vDetailEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"@\n" +
+	"\x13WatchEventsResponse\x12)\n" +
+	"\x05event\x18\x01 \x01(\v2\x13.atf.admin.v1.EventR\x05event\"\x96\x01\n" +
+	"\x14ListApprovalsRequest\x125\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x1d.atf.broker.v1.ApprovalStatusR\x06status\x12\x1e\n" +
+	"\x05agent\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x10R\x05agent\x12'\n" +
+	"\tpage_size\x18\x03 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\"N\n" +
+	"\x15ListApprovalsResponse\x125\n" +
+	"\tapprovals\x18\x01 \x03(\v2\x17.atf.broker.v1.ApprovalR\tapprovals\"\xb0\x01\n" +
+	"\x15DecideApprovalRequest\x126\n" +
+	"\vapproval_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{32}$R\n" +
+	"approvalId\x12;\n" +
+	"\averdict\x18\x03 \x01(\x0e2\x15.atf.admin.v1.VerdictB\n" +
+	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\averdict\x12\"\n" +
+	"\x06reason\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\x06reason\"M\n" +
+	"\x16DecideApprovalResponse\x123\n" +
+	"\bapproval\x18\x01 \x01(\v2\x17.atf.broker.v1.ApprovalR\bapproval*z\n" +
+	"\aOutcome\x12\x17\n" +
+	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rOUTCOME_ALLOW\x10\x01\x12\x10\n" +
+	"\fOUTCOME_DENY\x10\x02\x12\x1c\n" +
+	"\x18OUTCOME_PENDING_APPROVAL\x10\x03\x12\x13\n" +
+	"\x0fOUTCOME_LIMITED\x10\x04*I\n" +
+	"\aVerdict\x12\x17\n" +
+	"\x13VERDICT_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fVERDICT_APPROVE\x10\x01\x12\x10\n" +
+	"\fVERDICT_DENY\x10\x022\xe2\n" +
+	"\n" +
 	"\fAdminService\x12X\n" +
 	"\rRegisterAgent\x12\".atf.admin.v1.RegisterAgentRequest\x1a#.atf.admin.v1.RegisterAgentResponse\x12I\n" +
 	"\bGetAgent\x12\x1d.atf.admin.v1.GetAgentRequest\x1a\x1e.atf.admin.v1.GetAgentResponse\x12O\n" +
@@ -1469,7 +3274,20 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\x10ListAgentHistory\x12%.atf.admin.v1.ListAgentHistoryRequest\x1a&.atf.admin.v1.ListAgentHistoryResponse\x12X\n" +
 	"\rRevokeLineage\x12\".atf.admin.v1.RevokeLineageRequest\x1a#.atf.admin.v1.RevokeLineageResponse\x12O\n" +
 	"\n" +
-	"GetLineage\x12\x1f.atf.admin.v1.GetLineageRequest\x1a .atf.admin.v1.GetLineageResponseB8Z6github.com/agentictrust/atf/proto/atf/admin/v1;adminv1b\x06proto3"
+	"GetLineage\x12\x1f.atf.admin.v1.GetLineageRequest\x1a .atf.admin.v1.GetLineageResponse\x12L\n" +
+	"\tGetPolicy\x12\x1e.atf.admin.v1.GetPolicyRequest\x1a\x1f.atf.admin.v1.GetPolicyResponse\x12U\n" +
+	"\fListPolicies\x12!.atf.admin.v1.ListPoliciesRequest\x1a\".atf.admin.v1.ListPoliciesResponse\x12L\n" +
+	"\tSetPolicy\x12\x1e.atf.admin.v1.SetPolicyRequest\x1a\x1f.atf.admin.v1.SetPolicyResponse\x12[\n" +
+	"\x0eRollbackPolicy\x12#.atf.admin.v1.RollbackPolicyRequest\x1a$.atf.admin.v1.RollbackPolicyResponse\x12O\n" +
+	"\n" +
+	"TestPolicy\x12\x1f.atf.admin.v1.TestPolicyRequest\x1a .atf.admin.v1.TestPolicyResponse\x12O\n" +
+	"\n" +
+	"QueryAudit\x12\x1f.atf.admin.v1.QueryAuditRequest\x1a .atf.admin.v1.QueryAuditResponse\x12R\n" +
+	"\vVerifyAudit\x12 .atf.admin.v1.VerifyAuditRequest\x1a!.atf.admin.v1.VerifyAuditResponse\x12T\n" +
+	"\vWatchEvents\x12 .atf.admin.v1.WatchEventsRequest\x1a!.atf.admin.v1.WatchEventsResponse0\x012\xc8\x01\n" +
+	"\x0fApprovalService\x12X\n" +
+	"\rListApprovals\x12\".atf.admin.v1.ListApprovalsRequest\x1a#.atf.admin.v1.ListApprovalsResponse\x12[\n" +
+	"\x0eDecideApproval\x12#.atf.admin.v1.DecideApprovalRequest\x1a$.atf.admin.v1.DecideApprovalResponseB8Z6github.com/agentictrust/atf/proto/atf/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_atf_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1483,75 +3301,149 @@ func file_atf_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_atf_admin_v1_admin_proto_rawDescData
 }
 
-var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_atf_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_atf_admin_v1_admin_proto_goTypes = []any{
-	(*Agent)(nil),                    // 0: atf.admin.v1.Agent
-	(*RegisterAgentRequest)(nil),     // 1: atf.admin.v1.RegisterAgentRequest
-	(*RegisterAgentResponse)(nil),    // 2: atf.admin.v1.RegisterAgentResponse
-	(*GetAgentRequest)(nil),          // 3: atf.admin.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),         // 4: atf.admin.v1.GetAgentResponse
-	(*ListAgentsRequest)(nil),        // 5: atf.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),       // 6: atf.admin.v1.ListAgentsResponse
-	(*UpdateAgentRequest)(nil),       // 7: atf.admin.v1.UpdateAgentRequest
-	(*RoleList)(nil),                 // 8: atf.admin.v1.RoleList
-	(*UpdateAgentResponse)(nil),      // 9: atf.admin.v1.UpdateAgentResponse
-	(*DeregisterAgentRequest)(nil),   // 10: atf.admin.v1.DeregisterAgentRequest
-	(*DeregisterAgentResponse)(nil),  // 11: atf.admin.v1.DeregisterAgentResponse
-	(*RevokeLineageRequest)(nil),     // 12: atf.admin.v1.RevokeLineageRequest
-	(*RevokeLineageResponse)(nil),    // 13: atf.admin.v1.RevokeLineageResponse
-	(*GetLineageRequest)(nil),        // 14: atf.admin.v1.GetLineageRequest
-	(*GetLineageResponse)(nil),       // 15: atf.admin.v1.GetLineageResponse
-	(*LiveCredential)(nil),           // 16: atf.admin.v1.LiveCredential
-	(*ListAgentHistoryRequest)(nil),  // 17: atf.admin.v1.ListAgentHistoryRequest
-	(*ListAgentHistoryResponse)(nil), // 18: atf.admin.v1.ListAgentHistoryResponse
-	(*AgentChange)(nil),              // 19: atf.admin.v1.AgentChange
-	(v1.Level)(0),                    // 20: atf.broker.v1.Level
-	(v1.AgentStatus)(0),              // 21: atf.broker.v1.AgentStatus
-	(*timestamppb.Timestamp)(nil),    // 22: google.protobuf.Timestamp
-	(*v1.RevocationSummary)(nil),     // 23: atf.broker.v1.RevocationSummary
-	(*v1.Grant)(nil),                 // 24: atf.broker.v1.Grant
+	(Outcome)(0),                     // 0: atf.admin.v1.Outcome
+	(Verdict)(0),                     // 1: atf.admin.v1.Verdict
+	(*Agent)(nil),                    // 2: atf.admin.v1.Agent
+	(*RegisterAgentRequest)(nil),     // 3: atf.admin.v1.RegisterAgentRequest
+	(*RegisterAgentResponse)(nil),    // 4: atf.admin.v1.RegisterAgentResponse
+	(*GetAgentRequest)(nil),          // 5: atf.admin.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),         // 6: atf.admin.v1.GetAgentResponse
+	(*ListAgentsRequest)(nil),        // 7: atf.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),       // 8: atf.admin.v1.ListAgentsResponse
+	(*UpdateAgentRequest)(nil),       // 9: atf.admin.v1.UpdateAgentRequest
+	(*RoleList)(nil),                 // 10: atf.admin.v1.RoleList
+	(*UpdateAgentResponse)(nil),      // 11: atf.admin.v1.UpdateAgentResponse
+	(*DeregisterAgentRequest)(nil),   // 12: atf.admin.v1.DeregisterAgentRequest
+	(*DeregisterAgentResponse)(nil),  // 13: atf.admin.v1.DeregisterAgentResponse
+	(*RevokeLineageRequest)(nil),     // 14: atf.admin.v1.RevokeLineageRequest
+	(*RevokeLineageResponse)(nil),    // 15: atf.admin.v1.RevokeLineageResponse
+	(*GetLineageRequest)(nil),        // 16: atf.admin.v1.GetLineageRequest
+	(*GetLineageResponse)(nil),       // 17: atf.admin.v1.GetLineageResponse
+	(*LiveCredential)(nil),           // 18: atf.admin.v1.LiveCredential
+	(*ListAgentHistoryRequest)(nil),  // 19: atf.admin.v1.ListAgentHistoryRequest
+	(*ListAgentHistoryResponse)(nil), // 20: atf.admin.v1.ListAgentHistoryResponse
+	(*AgentChange)(nil),              // 21: atf.admin.v1.AgentChange
+	(*PolicyVersion)(nil),            // 22: atf.admin.v1.PolicyVersion
+	(*GetPolicyRequest)(nil),         // 23: atf.admin.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),        // 24: atf.admin.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),      // 25: atf.admin.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 26: atf.admin.v1.ListPoliciesResponse
+	(*SetPolicyRequest)(nil),         // 27: atf.admin.v1.SetPolicyRequest
+	(*SetPolicyResponse)(nil),        // 28: atf.admin.v1.SetPolicyResponse
+	(*RollbackPolicyRequest)(nil),    // 29: atf.admin.v1.RollbackPolicyRequest
+	(*RollbackPolicyResponse)(nil),   // 30: atf.admin.v1.RollbackPolicyResponse
+	(*TestPolicyRequest)(nil),        // 31: atf.admin.v1.TestPolicyRequest
+	(*TestPolicyResponse)(nil),       // 32: atf.admin.v1.TestPolicyResponse
+	(*Decision)(nil),                 // 33: atf.admin.v1.Decision
+	(*QueryAuditRequest)(nil),        // 34: atf.admin.v1.QueryAuditRequest
+	(*AuditRecord)(nil),              // 35: atf.admin.v1.AuditRecord
+	(*QueryAuditResponse)(nil),       // 36: atf.admin.v1.QueryAuditResponse
+	(*VerifyAuditRequest)(nil),       // 37: atf.admin.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),      // 38: atf.admin.v1.VerifyAuditResponse
+	(*WatchEventsRequest)(nil),       // 39: atf.admin.v1.WatchEventsRequest
+	(*Event)(nil),                    // 40: atf.admin.v1.Event
+	(*WatchEventsResponse)(nil),      // 41: atf.admin.v1.WatchEventsResponse
+	(*ListApprovalsRequest)(nil),     // 42: atf.admin.v1.ListApprovalsRequest
+	(*ListApprovalsResponse)(nil),    // 43: atf.admin.v1.ListApprovalsResponse
+	(*DecideApprovalRequest)(nil),    // 44: atf.admin.v1.DecideApprovalRequest
+	(*DecideApprovalResponse)(nil),   // 45: atf.admin.v1.DecideApprovalResponse
+	nil,                              // 46: atf.admin.v1.AuditRecord.DetailEntry
+	nil,                              // 47: atf.admin.v1.Event.DetailEntry
+	(v1.Level)(0),                    // 48: atf.broker.v1.Level
+	(v1.AgentStatus)(0),              // 49: atf.broker.v1.AgentStatus
+	(*timestamppb.Timestamp)(nil),    // 50: google.protobuf.Timestamp
+	(*v1.RevocationSummary)(nil),     // 51: atf.broker.v1.RevocationSummary
+	(*v1.Grant)(nil),                 // 52: atf.broker.v1.Grant
+	(*durationpb.Duration)(nil),      // 53: google.protobuf.Duration
+	(v1.ApprovalStatus)(0),           // 54: atf.broker.v1.ApprovalStatus
+	(*v1.Approval)(nil),              // 55: atf.broker.v1.Approval
 }
 var file_atf_admin_v1_admin_proto_depIdxs = []int32{
-	20, // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
-	21, // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
-	22, // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
-	22, // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
-	20, // 4: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
-	0,  // 5: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	0,  // 6: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	0,  // 7: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
-	8,  // 8: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
-	20, // 9: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
-	0,  // 10: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	0,  // 11: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	23, // 12: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	24, // 13: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
-	16, // 14: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
-	22, // 15: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
-	19, // 16: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
-	22, // 17: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
-	0,  // 18: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
-	1,  // 19: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
-	3,  // 20: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
-	5,  // 21: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
-	7,  // 22: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
-	10, // 23: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
-	17, // 24: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
-	12, // 25: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
-	14, // 26: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
-	2,  // 27: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
-	4,  // 28: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
-	6,  // 29: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
-	9,  // 30: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
-	11, // 31: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
-	18, // 32: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
-	13, // 33: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
-	15, // 34: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
-	27, // [27:35] is the sub-list for method output_type
-	19, // [19:27] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	48, // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
+	49, // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
+	50, // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
+	50, // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
+	48, // 4: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
+	2,  // 5: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	2,  // 6: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	2,  // 7: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
+	10, // 8: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
+	48, // 9: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
+	2,  // 10: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	2,  // 11: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	51, // 12: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	52, // 13: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
+	18, // 14: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
+	50, // 15: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 16: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
+	50, // 17: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
+	2,  // 18: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
+	50, // 19: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
+	22, // 20: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	22, // 21: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
+	22, // 22: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	22, // 23: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	48, // 24: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
+	33, // 25: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
+	0,  // 26: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
+	53, // 27: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
+	48, // 28: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
+	50, // 29: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
+	50, // 30: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
+	50, // 31: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	46, // 32: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
+	35, // 33: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
+	50, // 34: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	47, // 35: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
+	40, // 36: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
+	54, // 37: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
+	55, // 38: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
+	1,  // 39: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
+	55, // 40: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
+	3,  // 41: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
+	5,  // 42: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
+	7,  // 43: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
+	9,  // 44: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
+	12, // 45: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
+	19, // 46: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
+	14, // 47: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
+	16, // 48: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
+	23, // 49: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
+	25, // 50: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
+	27, // 51: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
+	29, // 52: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
+	31, // 53: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
+	34, // 54: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
+	37, // 55: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
+	39, // 56: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
+	42, // 57: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
+	44, // 58: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
+	4,  // 59: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
+	6,  // 60: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
+	8,  // 61: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
+	11, // 62: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
+	13, // 63: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
+	20, // 64: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
+	15, // 65: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
+	17, // 66: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
+	24, // 67: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
+	26, // 68: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
+	28, // 69: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
+	30, // 70: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
+	32, // 71: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
+	36, // 72: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
+	38, // 73: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
+	41, // 74: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
+	43, // 75: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
+	45, // 76: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
+	59, // [59:77] is the sub-list for method output_type
+	41, // [41:59] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_atf_admin_v1_admin_proto_init() }
@@ -1573,13 +3465,14 @@ func file_atf_admin_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_admin_v1_admin_proto_rawDesc), len(file_atf_admin_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   20,
+			NumEnums:      2,
+			NumMessages:   46,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_atf_admin_v1_admin_proto_goTypes,
 		DependencyIndexes: file_atf_admin_v1_admin_proto_depIdxs,
+		EnumInfos:         file_atf_admin_v1_admin_proto_enumTypes,
 		MessageInfos:      file_atf_admin_v1_admin_proto_msgTypes,
 	}.Build()
 	File_atf_admin_v1_admin_proto = out.File

@@ -191,6 +191,75 @@ func (AuthMethod) EnumDescriptor() ([]byte, []int) {
 	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{2}
 }
 
+// ApprovalStatus is where an approval request stands.
+type ApprovalStatus int32
+
+const (
+	ApprovalStatus_APPROVAL_STATUS_UNSPECIFIED ApprovalStatus = 0
+	// Waiting for an approver.
+	ApprovalStatus_APPROVAL_STATUS_PENDING ApprovalStatus = 1
+	// Approved; the agent may redeem it once.
+	ApprovalStatus_APPROVAL_STATUS_APPROVED ApprovalStatus = 2
+	// Denied by an approver.
+	ApprovalStatus_APPROVAL_STATUS_DENIED ApprovalStatus = 3
+	// Nobody decided in time, or it was approved but not redeemed in time.
+	ApprovalStatus_APPROVAL_STATUS_EXPIRED ApprovalStatus = 4
+	// Redeemed: the credential was issued.
+	ApprovalStatus_APPROVAL_STATUS_REDEEMED ApprovalStatus = 5
+	// Cancelled by the broker (the agent was deregistered or its lineage
+	// revoked).
+	ApprovalStatus_APPROVAL_STATUS_CANCELLED ApprovalStatus = 6
+)
+
+// Enum value maps for ApprovalStatus.
+var (
+	ApprovalStatus_name = map[int32]string{
+		0: "APPROVAL_STATUS_UNSPECIFIED",
+		1: "APPROVAL_STATUS_PENDING",
+		2: "APPROVAL_STATUS_APPROVED",
+		3: "APPROVAL_STATUS_DENIED",
+		4: "APPROVAL_STATUS_EXPIRED",
+		5: "APPROVAL_STATUS_REDEEMED",
+		6: "APPROVAL_STATUS_CANCELLED",
+	}
+	ApprovalStatus_value = map[string]int32{
+		"APPROVAL_STATUS_UNSPECIFIED": 0,
+		"APPROVAL_STATUS_PENDING":     1,
+		"APPROVAL_STATUS_APPROVED":    2,
+		"APPROVAL_STATUS_DENIED":      3,
+		"APPROVAL_STATUS_EXPIRED":     4,
+		"APPROVAL_STATUS_REDEEMED":    5,
+		"APPROVAL_STATUS_CANCELLED":   6,
+	}
+)
+
+func (x ApprovalStatus) Enum() *ApprovalStatus {
+	p := new(ApprovalStatus)
+	*p = x
+	return p
+}
+
+func (x ApprovalStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ApprovalStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_atf_broker_v1_broker_proto_enumTypes[3].Descriptor()
+}
+
+func (ApprovalStatus) Type() protoreflect.EnumType {
+	return &file_atf_broker_v1_broker_proto_enumTypes[3]
+}
+
+func (x ApprovalStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ApprovalStatus.Descriptor instead.
+func (ApprovalStatus) EnumDescriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{3}
+}
+
 type WhoAmIRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -336,7 +405,13 @@ type FetchCredentialRequest struct {
 	// Why the agent needs the credential, for the audit trail.
 	Purpose string `protobuf:"bytes,4,opt,name=purpose,proto3" json:"purpose,omitempty"`
 	// Act under this grant instead of the caller's own authority.
-	GrantId       string `protobuf:"bytes,5,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	GrantId string `protobuf:"bytes,5,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	// Why the action needs doing, for the human who approves it (Junior
+	// writes).
+	Justification string `protobuf:"bytes,6,opt,name=justification,proto3" json:"justification,omitempty"`
+	// Redeem this approved request. The role, grant and caller must be those
+	// of the request.
+	ApprovalId    string `protobuf:"bytes,7,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -406,9 +481,28 @@ func (x *FetchCredentialRequest) GetGrantId() string {
 	return ""
 }
 
+func (x *FetchCredentialRequest) GetJustification() string {
+	if x != nil {
+		return x.Justification
+	}
+	return ""
+}
+
+func (x *FetchCredentialRequest) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
+// FetchCredentialResponse carries either the credential or, when a human
+// must approve first, the pending approval request.
 type FetchCredentialResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Credential    *Credential            `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Credential *Credential            `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	// Set instead of credential when the request waits for approval
+	// (status APPROVAL_STATUS_PENDING).
+	Approval      *Approval `protobuf:"bytes,2,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -450,6 +544,296 @@ func (x *FetchCredentialResponse) GetCredential() *Credential {
 	return nil
 }
 
+func (x *FetchCredentialResponse) GetApproval() *Approval {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
+// Approval is a request for a credential that a human must approve first.
+type Approval struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The requesting agent and what it asked for.
+	AgentId        string               `protobuf:"bytes,2,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	Role           string               `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	Class          string               `protobuf:"bytes,4,opt,name=class,proto3" json:"class,omitempty"`
+	Classification string               `protobuf:"bytes,5,opt,name=classification,proto3" json:"classification,omitempty"`
+	Level          Level                `protobuf:"varint,6,opt,name=level,proto3,enum=atf.broker.v1.Level" json:"level,omitempty"`
+	GrantId        string               `protobuf:"bytes,7,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	Ttl            *durationpb.Duration `protobuf:"bytes,8,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Redacted free text from the request.
+	Purpose       string                 `protobuf:"bytes,9,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	Justification string                 `protobuf:"bytes,10,opt,name=justification,proto3" json:"justification,omitempty"`
+	Status        ApprovalStatus         `protobuf:"varint,11,opt,name=status,proto3,enum=atf.broker.v1.ApprovalStatus" json:"status,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// A pending request expires at expires_at; an approved one must be
+	// redeemed by then.
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// Who decided, when and why (redacted).
+	DecidedBy string                 `protobuf:"bytes,14,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	DecidedAt *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	Reason    string                 `protobuf:"bytes,16,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The decision that asked for approval, and the one that redeemed it.
+	DecisionId         string   `protobuf:"bytes,17,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
+	RedeemedDecisionId string   `protobuf:"bytes,18,opt,name=redeemed_decision_id,json=redeemedDecisionId,proto3" json:"redeemed_decision_id,omitempty"`
+	Chain              []string `protobuf:"bytes,19,rep,name=chain,proto3" json:"chain,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *Approval) Reset() {
+	*x = Approval{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Approval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Approval) ProtoMessage() {}
+
+func (x *Approval) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Approval.ProtoReflect.Descriptor instead.
+func (*Approval) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Approval) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Approval) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *Approval) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Approval) GetClass() string {
+	if x != nil {
+		return x.Class
+	}
+	return ""
+}
+
+func (x *Approval) GetClassification() string {
+	if x != nil {
+		return x.Classification
+	}
+	return ""
+}
+
+func (x *Approval) GetLevel() Level {
+	if x != nil {
+		return x.Level
+	}
+	return Level_LEVEL_UNSPECIFIED
+}
+
+func (x *Approval) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *Approval) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *Approval) GetPurpose() string {
+	if x != nil {
+		return x.Purpose
+	}
+	return ""
+}
+
+func (x *Approval) GetJustification() string {
+	if x != nil {
+		return x.Justification
+	}
+	return ""
+}
+
+func (x *Approval) GetStatus() ApprovalStatus {
+	if x != nil {
+		return x.Status
+	}
+	return ApprovalStatus_APPROVAL_STATUS_UNSPECIFIED
+}
+
+func (x *Approval) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Approval) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *Approval) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+func (x *Approval) GetDecidedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DecidedAt
+	}
+	return nil
+}
+
+func (x *Approval) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Approval) GetDecisionId() string {
+	if x != nil {
+		return x.DecisionId
+	}
+	return ""
+}
+
+func (x *Approval) GetRedeemedDecisionId() string {
+	if x != nil {
+		return x.RedeemedDecisionId
+	}
+	return ""
+}
+
+func (x *Approval) GetChain() []string {
+	if x != nil {
+		return x.Chain
+	}
+	return nil
+}
+
+type WaitApprovalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ApprovalId    string                 `protobuf:"bytes,1,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitApprovalRequest) Reset() {
+	*x = WaitApprovalRequest{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitApprovalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitApprovalRequest) ProtoMessage() {}
+
+func (x *WaitApprovalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitApprovalRequest.ProtoReflect.Descriptor instead.
+func (*WaitApprovalRequest) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *WaitApprovalRequest) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
+type WaitApprovalResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Approval      *Approval              `protobuf:"bytes,1,opt,name=approval,proto3" json:"approval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitApprovalResponse) Reset() {
+	*x = WaitApprovalResponse{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitApprovalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitApprovalResponse) ProtoMessage() {}
+
+func (x *WaitApprovalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitApprovalResponse.ProtoReflect.Descriptor instead.
+func (*WaitApprovalResponse) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *WaitApprovalResponse) GetApproval() *Approval {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 // Credential is a Vault token issued to one agent for one role.
 type Credential struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -481,7 +865,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[4]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +877,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[4]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +890,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{4}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Credential) GetToken() string {
@@ -611,7 +995,7 @@ type DelegateRequest struct {
 
 func (x *DelegateRequest) Reset() {
 	*x = DelegateRequest{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[5]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +1007,7 @@ func (x *DelegateRequest) String() string {
 func (*DelegateRequest) ProtoMessage() {}
 
 func (x *DelegateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[5]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +1020,7 @@ func (x *DelegateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelegateRequest.ProtoReflect.Descriptor instead.
 func (*DelegateRequest) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{5}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DelegateRequest) GetDelegatee() string {
@@ -683,7 +1067,7 @@ type DelegateResponse struct {
 
 func (x *DelegateResponse) Reset() {
 	*x = DelegateResponse{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[6]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +1079,7 @@ func (x *DelegateResponse) String() string {
 func (*DelegateResponse) ProtoMessage() {}
 
 func (x *DelegateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[6]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +1092,7 @@ func (x *DelegateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelegateResponse.ProtoReflect.Descriptor instead.
 func (*DelegateResponse) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{6}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DelegateResponse) GetGrant() *Grant {
@@ -739,7 +1123,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[7]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +1135,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[7]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +1148,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{7}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Grant) GetId() string {
@@ -847,7 +1231,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[8]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +1243,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[8]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +1256,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RevokeGrantRequest) GetGrantId() string {
@@ -898,7 +1282,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[9]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1294,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[9]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1307,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RevokeGrantResponse) GetSummary() *RevocationSummary {
@@ -953,7 +1337,7 @@ type RevocationSummary struct {
 
 func (x *RevocationSummary) Reset() {
 	*x = RevocationSummary{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[10]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1349,7 @@ func (x *RevocationSummary) String() string {
 func (*RevocationSummary) ProtoMessage() {}
 
 func (x *RevocationSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[10]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1362,7 @@ func (x *RevocationSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevocationSummary.ProtoReflect.Descriptor instead.
 func (*RevocationSummary) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RevocationSummary) GetGrantsRevoked() int32 {
@@ -1031,7 +1415,7 @@ type WatchRevocationsRequest struct {
 
 func (x *WatchRevocationsRequest) Reset() {
 	*x = WatchRevocationsRequest{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[11]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1427,7 @@ func (x *WatchRevocationsRequest) String() string {
 func (*WatchRevocationsRequest) ProtoMessage() {}
 
 func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[11]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1440,7 @@ func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 type WatchRevocationsResponse struct {
@@ -1073,7 +1457,7 @@ type WatchRevocationsResponse struct {
 
 func (x *WatchRevocationsResponse) Reset() {
 	*x = WatchRevocationsResponse{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[12]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1469,7 @@ func (x *WatchRevocationsResponse) String() string {
 func (*WatchRevocationsResponse) ProtoMessage() {}
 
 func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[12]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1482,7 @@ func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchRevocationsResponse) GetAccessors() []string {
@@ -1145,18 +1529,54 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"registered\x12*\n" +
 	"\x05level\x18\x05 \x01(\x0e2\x14.atf.broker.v1.LevelR\x05level\x122\n" +
 	"\x06status\x18\x06 \x01(\x0e2\x1a.atf.broker.v1.AgentStatusR\x06status\x12\x14\n" +
-	"\x05roles\x18\a \x03(\tR\x05roles\"\x8f\x02\n" +
-	"\x16FetchCredentialRequest\x126\n" +
-	"\x04role\x18\x01 \x01(\tB\"\xbaH\x1fr\x1d\x10\x01\x18\x80\x012\x16^[a-z0-9][a-z0-9._-]*$R\x04role\x12=\n" +
+	"\x05roles\x18\a \x03(\tR\x05roles\"\xe4\x02\n" +
+	"\x16FetchCredentialRequest\x12\x1e\n" +
+	"\x04role\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x04role\x12=\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationB\x10\xbaH\r\xaa\x01\n" +
 	"\"\x04\b\x80\xa3\x052\x02\b\x01R\x03ttl\x12#\n" +
 	"\bagent_id\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x10R\aagentId\x12\"\n" +
 	"\apurpose\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\apurpose\x125\n" +
-	"\bgrant_id\x18\x05 \x01(\tB\x1a\xbaH\x17r\x15\x18@2\x11^([0-9a-f]{32})?$R\agrantId\"T\n" +
+	"\bgrant_id\x18\x05 \x01(\tB\x1a\xbaH\x17r\x15\x18@2\x11^([0-9a-f]{32})?$R\agrantId\x12.\n" +
+	"\rjustification\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\rjustification\x12;\n" +
+	"\vapproval_id\x18\a \x01(\tB\x1a\xbaH\x17r\x15\x18@2\x11^([0-9a-f]{32})?$R\n" +
+	"approvalId\"\x89\x01\n" +
 	"\x17FetchCredentialResponse\x129\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x19.atf.broker.v1.CredentialR\n" +
-	"credential\"\xa8\x03\n" +
+	"credential\x123\n" +
+	"\bapproval\x18\x02 \x01(\v2\x17.atf.broker.v1.ApprovalR\bapproval\"\xc3\x05\n" +
+	"\bApproval\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
+	"\bagent_id\x18\x02 \x01(\tR\aagentId\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x14\n" +
+	"\x05class\x18\x04 \x01(\tR\x05class\x12&\n" +
+	"\x0eclassification\x18\x05 \x01(\tR\x0eclassification\x12*\n" +
+	"\x05level\x18\x06 \x01(\x0e2\x14.atf.broker.v1.LevelR\x05level\x12\x19\n" +
+	"\bgrant_id\x18\a \x01(\tR\agrantId\x12+\n" +
+	"\x03ttl\x18\b \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x18\n" +
+	"\apurpose\x18\t \x01(\tR\apurpose\x12$\n" +
+	"\rjustification\x18\n" +
+	" \x01(\tR\rjustification\x125\n" +
+	"\x06status\x18\v \x01(\x0e2\x1d.atf.broker.v1.ApprovalStatusR\x06status\x129\n" +
+	"\n" +
+	"created_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\x0e \x01(\tR\tdecidedBy\x129\n" +
+	"\n" +
+	"decided_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12\x16\n" +
+	"\x06reason\x18\x10 \x01(\tR\x06reason\x12\x1f\n" +
+	"\vdecision_id\x18\x11 \x01(\tR\n" +
+	"decisionId\x120\n" +
+	"\x14redeemed_decision_id\x18\x12 \x01(\tR\x12redeemedDecisionId\x12\x14\n" +
+	"\x05chain\x18\x13 \x03(\tR\x05chain\"M\n" +
+	"\x13WaitApprovalRequest\x126\n" +
+	"\vapproval_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{32}$R\n" +
+	"approvalId\"K\n" +
+	"\x14WaitApprovalResponse\x123\n" +
+	"\bapproval\x18\x01 \x01(\v2\x17.atf.broker.v1.ApprovalR\bapproval\"\xa8\x03\n" +
 	"\n" +
 	"Credential\x12\x19\n" +
 	"\x05token\x18\x01 \x01(\tB\x03\x80\x01\x01R\x05token\x12\x1a\n" +
@@ -1173,10 +1593,10 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\rvault_address\x18\n" +
 	" \x01(\tR\fvaultAddress\x12\x19\n" +
 	"\bgrant_id\x18\v \x01(\tR\agrantId\x12\x14\n" +
-	"\x05chain\x18\f \x03(\tR\x05chain\"\xb6\x02\n" +
+	"\x05chain\x18\f \x03(\tR\x05chain\"\x9e\x02\n" +
 	"\x0fDelegateRequest\x123\n" +
-	"\tdelegatee\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\tdelegatee\x12C\n" +
-	"\x05roles\x18\x02 \x03(\tB-\xbaH*\x92\x01'\b\x01\x10@\x18\x01\"\x1fr\x1d\x10\x01\x18\x80\x012\x16^[a-z0-9][a-z0-9._-]*$R\x05roles\x12=\n" +
+	"\tdelegatee\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\tdelegatee\x12+\n" +
+	"\x05roles\x18\x02 \x03(\tB\x15\xbaH\x12\x92\x01\x0f\b\x01\x10@\x18\x01\"\ar\x05\x10\x01\x18\x80\x01R\x05roles\x12=\n" +
 	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x10\xbaH\r\xaa\x01\n" +
 	"\"\x04\b\x80\xf5$2\x02\b\x01R\x03ttl\x12&\n" +
 	"\tmax_depth\x18\x04 \x01(\x05B\t\xbaH\x06\x1a\x04\x18\b(\x00R\bmaxDepth\x12B\n" +
@@ -1231,13 +1651,22 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"AuthMethod\x12\x1b\n" +
 	"\x17AUTH_METHOD_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AUTH_METHOD_X509_SVID\x10\x01\x12\x18\n" +
-	"\x14AUTH_METHOD_JWT_SVID\x10\x022\xc2\x03\n" +
+	"\x14AUTH_METHOD_JWT_SVID\x10\x02*\xe2\x01\n" +
+	"\x0eApprovalStatus\x12\x1f\n" +
+	"\x1bAPPROVAL_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17APPROVAL_STATUS_PENDING\x10\x01\x12\x1c\n" +
+	"\x18APPROVAL_STATUS_APPROVED\x10\x02\x12\x1a\n" +
+	"\x16APPROVAL_STATUS_DENIED\x10\x03\x12\x1b\n" +
+	"\x17APPROVAL_STATUS_EXPIRED\x10\x04\x12\x1c\n" +
+	"\x18APPROVAL_STATUS_REDEEMED\x10\x05\x12\x1d\n" +
+	"\x19APPROVAL_STATUS_CANCELLED\x10\x062\x9d\x04\n" +
 	"\rBrokerService\x12E\n" +
 	"\x06WhoAmI\x12\x1c.atf.broker.v1.WhoAmIRequest\x1a\x1d.atf.broker.v1.WhoAmIResponse\x12`\n" +
 	"\x0fFetchCredential\x12%.atf.broker.v1.FetchCredentialRequest\x1a&.atf.broker.v1.FetchCredentialResponse\x12K\n" +
 	"\bDelegate\x12\x1e.atf.broker.v1.DelegateRequest\x1a\x1f.atf.broker.v1.DelegateResponse\x12T\n" +
 	"\vRevokeGrant\x12!.atf.broker.v1.RevokeGrantRequest\x1a\".atf.broker.v1.RevokeGrantResponse\x12e\n" +
-	"\x10WatchRevocations\x12&.atf.broker.v1.WatchRevocationsRequest\x1a'.atf.broker.v1.WatchRevocationsResponse0\x01B:Z8github.com/agentictrust/atf/proto/atf/broker/v1;brokerv1b\x06proto3"
+	"\x10WatchRevocations\x12&.atf.broker.v1.WatchRevocationsRequest\x1a'.atf.broker.v1.WatchRevocationsResponse0\x01\x12Y\n" +
+	"\fWaitApproval\x12\".atf.broker.v1.WaitApprovalRequest\x1a#.atf.broker.v1.WaitApprovalResponse0\x01B:Z8github.com/agentictrust/atf/proto/atf/broker/v1;brokerv1b\x06proto3"
 
 var (
 	file_atf_broker_v1_broker_proto_rawDescOnce sync.Once
@@ -1251,62 +1680,76 @@ func file_atf_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_atf_broker_v1_broker_proto_rawDescData
 }
 
-var file_atf_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_atf_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_atf_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_atf_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_atf_broker_v1_broker_proto_goTypes = []any{
 	(Level)(0),                       // 0: atf.broker.v1.Level
 	(AgentStatus)(0),                 // 1: atf.broker.v1.AgentStatus
 	(AuthMethod)(0),                  // 2: atf.broker.v1.AuthMethod
-	(*WhoAmIRequest)(nil),            // 3: atf.broker.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),           // 4: atf.broker.v1.WhoAmIResponse
-	(*FetchCredentialRequest)(nil),   // 5: atf.broker.v1.FetchCredentialRequest
-	(*FetchCredentialResponse)(nil),  // 6: atf.broker.v1.FetchCredentialResponse
-	(*Credential)(nil),               // 7: atf.broker.v1.Credential
-	(*DelegateRequest)(nil),          // 8: atf.broker.v1.DelegateRequest
-	(*DelegateResponse)(nil),         // 9: atf.broker.v1.DelegateResponse
-	(*Grant)(nil),                    // 10: atf.broker.v1.Grant
-	(*RevokeGrantRequest)(nil),       // 11: atf.broker.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),      // 12: atf.broker.v1.RevokeGrantResponse
-	(*RevocationSummary)(nil),        // 13: atf.broker.v1.RevocationSummary
-	(*WatchRevocationsRequest)(nil),  // 14: atf.broker.v1.WatchRevocationsRequest
-	(*WatchRevocationsResponse)(nil), // 15: atf.broker.v1.WatchRevocationsResponse
-	(*timestamppb.Timestamp)(nil),    // 16: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 17: google.protobuf.Duration
+	(ApprovalStatus)(0),              // 3: atf.broker.v1.ApprovalStatus
+	(*WhoAmIRequest)(nil),            // 4: atf.broker.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),           // 5: atf.broker.v1.WhoAmIResponse
+	(*FetchCredentialRequest)(nil),   // 6: atf.broker.v1.FetchCredentialRequest
+	(*FetchCredentialResponse)(nil),  // 7: atf.broker.v1.FetchCredentialResponse
+	(*Approval)(nil),                 // 8: atf.broker.v1.Approval
+	(*WaitApprovalRequest)(nil),      // 9: atf.broker.v1.WaitApprovalRequest
+	(*WaitApprovalResponse)(nil),     // 10: atf.broker.v1.WaitApprovalResponse
+	(*Credential)(nil),               // 11: atf.broker.v1.Credential
+	(*DelegateRequest)(nil),          // 12: atf.broker.v1.DelegateRequest
+	(*DelegateResponse)(nil),         // 13: atf.broker.v1.DelegateResponse
+	(*Grant)(nil),                    // 14: atf.broker.v1.Grant
+	(*RevokeGrantRequest)(nil),       // 15: atf.broker.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),      // 16: atf.broker.v1.RevokeGrantResponse
+	(*RevocationSummary)(nil),        // 17: atf.broker.v1.RevocationSummary
+	(*WatchRevocationsRequest)(nil),  // 18: atf.broker.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil), // 19: atf.broker.v1.WatchRevocationsResponse
+	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 21: google.protobuf.Duration
 }
 var file_atf_broker_v1_broker_proto_depIdxs = []int32{
 	2,  // 0: atf.broker.v1.WhoAmIResponse.auth_method:type_name -> atf.broker.v1.AuthMethod
-	16, // 1: atf.broker.v1.WhoAmIResponse.svid_expires_at:type_name -> google.protobuf.Timestamp
+	20, // 1: atf.broker.v1.WhoAmIResponse.svid_expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: atf.broker.v1.WhoAmIResponse.level:type_name -> atf.broker.v1.Level
 	1,  // 3: atf.broker.v1.WhoAmIResponse.status:type_name -> atf.broker.v1.AgentStatus
-	17, // 4: atf.broker.v1.FetchCredentialRequest.ttl:type_name -> google.protobuf.Duration
-	7,  // 5: atf.broker.v1.FetchCredentialResponse.credential:type_name -> atf.broker.v1.Credential
-	16, // 6: atf.broker.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	16, // 7: atf.broker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
-	0,  // 8: atf.broker.v1.Credential.level:type_name -> atf.broker.v1.Level
-	17, // 9: atf.broker.v1.DelegateRequest.ttl:type_name -> google.protobuf.Duration
-	10, // 10: atf.broker.v1.DelegateResponse.grant:type_name -> atf.broker.v1.Grant
-	16, // 11: atf.broker.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
-	16, // 12: atf.broker.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
-	16, // 13: atf.broker.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
-	13, // 14: atf.broker.v1.RevokeGrantResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	17, // 15: atf.broker.v1.RevocationSummary.commit_duration:type_name -> google.protobuf.Duration
-	17, // 16: atf.broker.v1.RevocationSummary.total_duration:type_name -> google.protobuf.Duration
-	16, // 17: atf.broker.v1.WatchRevocationsResponse.time:type_name -> google.protobuf.Timestamp
-	3,  // 18: atf.broker.v1.BrokerService.WhoAmI:input_type -> atf.broker.v1.WhoAmIRequest
-	5,  // 19: atf.broker.v1.BrokerService.FetchCredential:input_type -> atf.broker.v1.FetchCredentialRequest
-	8,  // 20: atf.broker.v1.BrokerService.Delegate:input_type -> atf.broker.v1.DelegateRequest
-	11, // 21: atf.broker.v1.BrokerService.RevokeGrant:input_type -> atf.broker.v1.RevokeGrantRequest
-	14, // 22: atf.broker.v1.BrokerService.WatchRevocations:input_type -> atf.broker.v1.WatchRevocationsRequest
-	4,  // 23: atf.broker.v1.BrokerService.WhoAmI:output_type -> atf.broker.v1.WhoAmIResponse
-	6,  // 24: atf.broker.v1.BrokerService.FetchCredential:output_type -> atf.broker.v1.FetchCredentialResponse
-	9,  // 25: atf.broker.v1.BrokerService.Delegate:output_type -> atf.broker.v1.DelegateResponse
-	12, // 26: atf.broker.v1.BrokerService.RevokeGrant:output_type -> atf.broker.v1.RevokeGrantResponse
-	15, // 27: atf.broker.v1.BrokerService.WatchRevocations:output_type -> atf.broker.v1.WatchRevocationsResponse
-	23, // [23:28] is the sub-list for method output_type
-	18, // [18:23] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	21, // 4: atf.broker.v1.FetchCredentialRequest.ttl:type_name -> google.protobuf.Duration
+	11, // 5: atf.broker.v1.FetchCredentialResponse.credential:type_name -> atf.broker.v1.Credential
+	8,  // 6: atf.broker.v1.FetchCredentialResponse.approval:type_name -> atf.broker.v1.Approval
+	0,  // 7: atf.broker.v1.Approval.level:type_name -> atf.broker.v1.Level
+	21, // 8: atf.broker.v1.Approval.ttl:type_name -> google.protobuf.Duration
+	3,  // 9: atf.broker.v1.Approval.status:type_name -> atf.broker.v1.ApprovalStatus
+	20, // 10: atf.broker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
+	20, // 11: atf.broker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
+	20, // 12: atf.broker.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
+	8,  // 13: atf.broker.v1.WaitApprovalResponse.approval:type_name -> atf.broker.v1.Approval
+	20, // 14: atf.broker.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	20, // 15: atf.broker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 16: atf.broker.v1.Credential.level:type_name -> atf.broker.v1.Level
+	21, // 17: atf.broker.v1.DelegateRequest.ttl:type_name -> google.protobuf.Duration
+	14, // 18: atf.broker.v1.DelegateResponse.grant:type_name -> atf.broker.v1.Grant
+	20, // 19: atf.broker.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
+	20, // 20: atf.broker.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
+	20, // 21: atf.broker.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
+	17, // 22: atf.broker.v1.RevokeGrantResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	21, // 23: atf.broker.v1.RevocationSummary.commit_duration:type_name -> google.protobuf.Duration
+	21, // 24: atf.broker.v1.RevocationSummary.total_duration:type_name -> google.protobuf.Duration
+	20, // 25: atf.broker.v1.WatchRevocationsResponse.time:type_name -> google.protobuf.Timestamp
+	4,  // 26: atf.broker.v1.BrokerService.WhoAmI:input_type -> atf.broker.v1.WhoAmIRequest
+	6,  // 27: atf.broker.v1.BrokerService.FetchCredential:input_type -> atf.broker.v1.FetchCredentialRequest
+	12, // 28: atf.broker.v1.BrokerService.Delegate:input_type -> atf.broker.v1.DelegateRequest
+	15, // 29: atf.broker.v1.BrokerService.RevokeGrant:input_type -> atf.broker.v1.RevokeGrantRequest
+	18, // 30: atf.broker.v1.BrokerService.WatchRevocations:input_type -> atf.broker.v1.WatchRevocationsRequest
+	9,  // 31: atf.broker.v1.BrokerService.WaitApproval:input_type -> atf.broker.v1.WaitApprovalRequest
+	5,  // 32: atf.broker.v1.BrokerService.WhoAmI:output_type -> atf.broker.v1.WhoAmIResponse
+	7,  // 33: atf.broker.v1.BrokerService.FetchCredential:output_type -> atf.broker.v1.FetchCredentialResponse
+	13, // 34: atf.broker.v1.BrokerService.Delegate:output_type -> atf.broker.v1.DelegateResponse
+	16, // 35: atf.broker.v1.BrokerService.RevokeGrant:output_type -> atf.broker.v1.RevokeGrantResponse
+	19, // 36: atf.broker.v1.BrokerService.WatchRevocations:output_type -> atf.broker.v1.WatchRevocationsResponse
+	10, // 37: atf.broker.v1.BrokerService.WaitApproval:output_type -> atf.broker.v1.WaitApprovalResponse
+	32, // [32:38] is the sub-list for method output_type
+	26, // [26:32] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_atf_broker_v1_broker_proto_init() }
@@ -1319,8 +1762,8 @@ func file_atf_broker_v1_broker_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_broker_v1_broker_proto_rawDesc), len(file_atf_broker_v1_broker_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   13,
+			NumEnums:      4,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	BrokerService_Delegate_FullMethodName         = "/atf.broker.v1.BrokerService/Delegate"
 	BrokerService_RevokeGrant_FullMethodName      = "/atf.broker.v1.BrokerService/RevokeGrant"
 	BrokerService_WatchRevocations_FullMethodName = "/atf.broker.v1.BrokerService/WatchRevocations"
+	BrokerService_WaitApproval_FullMethodName     = "/atf.broker.v1.BrokerService/WaitApproval"
 )
 
 // BrokerServiceClient is the client API for BrokerService service.
@@ -49,6 +50,11 @@ type BrokerServiceClient interface {
 	// WatchRevocations streams revocations that affect the caller, so it can
 	// drop cached credentials at once.
 	WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error)
+	// WaitApproval streams the state of one of the caller's approval
+	// requests: the current state at once, then every change, and ends when
+	// the request is decided, expires or is redeemed. Once approved, the
+	// caller redeems it with FetchCredential and approval_id.
+	WaitApproval(ctx context.Context, in *WaitApprovalRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WaitApprovalResponse], error)
 }
 
 type brokerServiceClient struct {
@@ -118,6 +124,25 @@ func (c *brokerServiceClient) WatchRevocations(ctx context.Context, in *WatchRev
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BrokerService_WatchRevocationsClient = grpc.ServerStreamingClient[WatchRevocationsResponse]
 
+func (c *brokerServiceClient) WaitApproval(ctx context.Context, in *WaitApprovalRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WaitApprovalResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BrokerService_ServiceDesc.Streams[1], BrokerService_WaitApproval_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WaitApprovalRequest, WaitApprovalResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BrokerService_WaitApprovalClient = grpc.ServerStreamingClient[WaitApprovalResponse]
+
 // BrokerServiceServer is the server API for BrokerService service.
 // All implementations must embed UnimplementedBrokerServiceServer
 // for forward compatibility.
@@ -137,6 +162,11 @@ type BrokerServiceServer interface {
 	// WatchRevocations streams revocations that affect the caller, so it can
 	// drop cached credentials at once.
 	WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error
+	// WaitApproval streams the state of one of the caller's approval
+	// requests: the current state at once, then every change, and ends when
+	// the request is decided, expires or is redeemed. Once approved, the
+	// caller redeems it with FetchCredential and approval_id.
+	WaitApproval(*WaitApprovalRequest, grpc.ServerStreamingServer[WaitApprovalResponse]) error
 	mustEmbedUnimplementedBrokerServiceServer()
 }
 
@@ -161,6 +191,9 @@ func (UnimplementedBrokerServiceServer) RevokeGrant(context.Context, *RevokeGran
 }
 func (UnimplementedBrokerServiceServer) WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchRevocations not implemented")
+}
+func (UnimplementedBrokerServiceServer) WaitApproval(*WaitApprovalRequest, grpc.ServerStreamingServer[WaitApprovalResponse]) error {
+	return status.Error(codes.Unimplemented, "method WaitApproval not implemented")
 }
 func (UnimplementedBrokerServiceServer) mustEmbedUnimplementedBrokerServiceServer() {}
 func (UnimplementedBrokerServiceServer) testEmbeddedByValue()                       {}
@@ -266,6 +299,17 @@ func _BrokerService_WatchRevocations_Handler(srv interface{}, stream grpc.Server
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BrokerService_WatchRevocationsServer = grpc.ServerStreamingServer[WatchRevocationsResponse]
 
+func _BrokerService_WaitApproval_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WaitApprovalRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BrokerServiceServer).WaitApproval(m, &grpc.GenericServerStream[WaitApprovalRequest, WaitApprovalResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BrokerService_WaitApprovalServer = grpc.ServerStreamingServer[WaitApprovalResponse]
+
 // BrokerService_ServiceDesc is the grpc.ServiceDesc for BrokerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -294,6 +338,11 @@ var BrokerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchRevocations",
 			Handler:       _BrokerService_WatchRevocations_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WaitApproval",
+			Handler:       _BrokerService_WaitApproval_Handler,
 			ServerStreams: true,
 		},
 	},
