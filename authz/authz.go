@@ -82,6 +82,11 @@ func ParseClass(s string) (Class, error) {
 type LevelLimits struct {
 	// Classes the level may hold without a human in the loop.
 	Classes []Class
+	// Approval lists classes the level may hold once a human approves each
+	// request.
+	Approval []Class
+	// Notify lists classes whose every issuance notifies people.
+	Notify []Class
 	// MaxTTL caps every credential's lifetime.
 	MaxTTL time.Duration
 	// MaxUses caps how many Vault requests a credential may make; 0 means
@@ -89,13 +94,12 @@ type LevelLimits struct {
 	MaxUses int
 }
 
-// DefaultLimits are DESIGN.md §4's defaults. Junior writes need a human
-// approval, which this version does not offer, so Junior holds read only.
+// DefaultLimits are DESIGN.md §4's defaults.
 func DefaultLimits() map[Level]LevelLimits {
 	return map[Level]LevelLimits{
 		Intern:    {Classes: []Class{Read}, MaxTTL: time.Hour},
-		Junior:    {Classes: []Class{Read}, MaxTTL: 15 * time.Minute},
-		Senior:    {Classes: []Class{Read, Write}, MaxTTL: 15 * time.Minute},
+		Junior:    {Classes: []Class{Read}, Approval: []Class{Write}, MaxTTL: 15 * time.Minute},
+		Senior:    {Classes: []Class{Read, Write}, Notify: []Class{Write}, MaxTTL: 15 * time.Minute},
 		Principal: {Classes: []Class{Read, Write, Privileged}, MaxTTL: 5 * time.Minute, MaxUses: 100},
 	}
 }
@@ -111,9 +115,10 @@ type Agent struct {
 
 // Role is a credential the broker can issue.
 type Role struct {
-	Name   string
-	Class  Class
-	MaxTTL time.Duration
+	Name           string
+	Class          Class
+	Classification Classification
+	MaxTTL         time.Duration
 }
 
 // Reason is a stable code for a decision's outcome, for metrics and scripts.
@@ -121,25 +126,65 @@ type Reason string
 
 // Decision reasons.
 const (
-	Allowed         Reason = "allowed"
-	NotRegistered   Reason = "not_registered"
-	NotActive       Reason = "not_active"
-	InvalidLevel    Reason = "invalid_level"
-	NotInManifest   Reason = "not_in_manifest"
-	ClassNotAllowed Reason = "class_not_allowed"
-	InvalidRole     Reason = "invalid_role"
+	Allowed          Reason = "allowed"
+	ApprovalRequired Reason = "approval_required"
+	NotRegistered    Reason = "not_registered"
+	NotActive        Reason = "not_active"
+	InvalidLevel     Reason = "invalid_level"
+	NotInManifest    Reason = "not_in_manifest"
+	ClassNotAllowed  Reason = "class_not_allowed"
+	InvalidRole      Reason = "invalid_role"
+	NoPolicy         Reason = "no_policy"
+	PolicyError      Reason = "policy_error"
+	NoPolicyMatch    Reason = "no_policy_match"
+	PolicyDenied     Reason = "policy_denied"
+	LevelTooLow      Reason = "level_too_low"
 )
 
-// Decision is the outcome of Decide.
+// Outcome is what a decision comes to.
+type Outcome int
+
+// Outcomes. The zero value denies.
+const (
+	Deny Outcome = iota
+	Allow
+	// NeedsApproval: allowed once a human approves this request.
+	NeedsApproval
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Allow:
+		return "allow"
+	case NeedsApproval:
+		return "pending"
+	}
+	return "deny"
+}
+
+// Decision is the outcome of Decide, with why.
 type Decision struct {
-	Allow  bool
-	Reason Reason
-	// Message explains the outcome to a person.
+	Outcome Outcome
+	Reason  Reason
+	// Message explains the outcome to the requester, without policy
+	// internals.
 	Message string
-	// TTL and MaxUses size an allowed credential.
+	// Matched is the policy line that decided, for the audit trail.
+	Matched string
+	// Rule is the maturity rule that applied, e.g. "junior: write needs
+	// human approval".
+	Rule string
+	// PolicyVersion is the version of the policy that decided (0: none).
+	PolicyVersion uint64
+	// TTL and MaxUses size an allowed credential; Notify says its issuance
+	// notifies people.
 	TTL     time.Duration
 	MaxUses int
+	Notify  bool
 }
+
+// Allowed reports whether the credential may be issued now.
+func (d Decision) Allowed() bool { return d.Outcome == Allow }
 
 // Gate applies maturity limits to credential requests. The zero value is not
 // usable; build one with NewGate.
@@ -159,22 +204,25 @@ func NewGate(limits map[Level]LevelLimits) (*Gate, error) {
 		if lim.MaxTTL <= 0 {
 			return nil, fmt.Errorf("authz: level %s: max TTL must be positive", l)
 		}
-		if l == Intern && slices.ContainsFunc(lim.Classes, func(c Class) bool { return c != Read }) {
+		if l == Intern && slices.ContainsFunc(slices.Concat(lim.Classes, lim.Approval), func(c Class) bool { return c != Read }) {
 			return nil, fmt.Errorf("authz: level intern may hold only read credentials")
 		}
 	}
 	own := make(map[Level]LevelLimits, len(limits))
 	for l, lim := range limits {
 		lim.Classes = slices.Clone(lim.Classes)
+		lim.Approval = slices.Clone(lim.Approval)
+		lim.Notify = slices.Clone(lim.Notify)
 		own[l] = lim
 	}
 	return &Gate{limits: own}, nil
 }
 
 // Decide says whether agent may have a credential for role, for at most
-// requested (0 means as long as allowed). A nil agent is an unregistered
-// caller.
-func (g *Gate) Decide(agent *Agent, role Role, requested time.Duration) Decision {
+// requested (0 means as long as allowed), under policy p. A nil agent is an
+// unregistered caller; a nil policy denies everything. The hard invariants
+// come first and no policy can lift them.
+func (g *Gate) Decide(p *Policy, agent *Agent, role Role, requested time.Duration) Decision {
 	switch {
 	case agent == nil:
 		return deny(NotRegistered, "caller is not a registered agent; ask the platform team to register its SPIFFE ID")
@@ -184,25 +232,79 @@ func (g *Gate) Decide(agent *Agent, role Role, requested time.Duration) Decision
 		return deny(InvalidLevel, "agent %s has no valid maturity level", agent.ID)
 	case !slices.Contains(agent.Roles, role.Name):
 		return deny(NotInManifest, "role %q is not in agent %s's capability manifest", role.Name, agent.ID)
-	case role.MaxTTL <= 0:
+	case role.MaxTTL <= 0 || role.Classification < Public || role.Classification > Secret:
 		// Vault reads a zero TTL as "its default", which may be long.
-		return deny(InvalidRole, "role %q has no positive max TTL; fix the roles file", role.Name)
+		return deny(InvalidRole, "role %q has no positive max TTL or no data classification; fix the roles file", role.Name)
+	case agent.Level == Intern && role.Class != Read:
+		d := deny(ClassNotAllowed, "intern agents may hold only read credentials (role %q is %s)", role.Name, role.Class)
+		d.Rule = "intern: read only (invariant)"
+		return d
+	case p == nil:
+		return deny(NoPolicy, "no segmentation policy is loaded, so the broker denies every request; ask the platform team to set one")
+	}
+	d := g.consult(p, agent, role)
+	if d.Outcome == Deny {
+		return d
 	}
 	lim := g.limits[agent.Level]
-	if !g.LevelMayHold(agent.Level, role.Class) {
-		return deny(ClassNotAllowed, "agents at level %s may not hold %s credentials (role %q)", agent.Level, role.Class, role.Name)
+	switch {
+	case slices.Contains(lim.Classes, role.Class):
+		d.Outcome, d.Reason = Allow, Allowed
+		d.Message = fmt.Sprintf("%s agent may hold %s role %q", agent.Level, role.Class, role.Name)
+		d.Rule = fmt.Sprintf("%s: %s allowed", agent.Level, role.Class)
+	case slices.Contains(lim.Approval, role.Class):
+		d.Outcome, d.Reason = NeedsApproval, ApprovalRequired
+		d.Message = fmt.Sprintf("%s agents need a human's approval for %s role %q; the request waits for an approver", agent.Level, role.Class, role.Name)
+		d.Rule = fmt.Sprintf("%s: %s needs human approval", agent.Level, role.Class)
+	default:
+		d.Outcome, d.Reason = Deny, ClassNotAllowed
+		d.Message = fmt.Sprintf("agents at level %s may not hold %s credentials (role %q)", agent.Level, role.Class, role.Name)
+		d.Rule = fmt.Sprintf("%s: no %s", agent.Level, role.Class)
+		return d
 	}
-	ttl := min(lim.MaxTTL, role.MaxTTL)
+	if slices.Contains(lim.Notify, role.Class) {
+		d.Notify = true
+		d.Rule += ", notify"
+	}
+	d.TTL = min(lim.MaxTTL, role.MaxTTL)
 	if requested > 0 {
-		ttl = min(ttl, requested)
+		d.TTL = min(d.TTL, requested)
 	}
-	return Decision{
-		Allow:   true,
-		Reason:  Allowed,
-		Message: fmt.Sprintf("%s agent may hold %s role %q", agent.Level, role.Class, role.Name),
-		TTL:     ttl,
-		MaxUses: lim.MaxUses,
+	d.MaxUses = lim.MaxUses
+	return d
+}
+
+// consult asks the policy and, on a denial, works out a reason the
+// requester can act on: an explicit deny rule, a level too low (the lowest
+// level the policy would allow), or no rule at all.
+func (g *Gate) consult(p *Policy, agent *Agent, role Role) Decision {
+	q := Query{Subject: agent.ID, Role: role.Name, Class: role.Class, Level: agent.Level, Classification: role.Classification}
+	v, err := p.Decide(q)
+	d := Decision{PolicyVersion: p.Version(), Matched: v.Matched}
+	switch {
+	case err != nil:
+		d.Reason, d.Message = PolicyError, "the segmentation policy could not be evaluated, so the request is denied; the platform team has the details"
+		d.Matched = err.Error()
+		return d
+	case v.Allow:
+		d.Outcome = Allow
+		return d
+	case v.Denied:
+		d.Reason, d.Message = PolicyDenied, fmt.Sprintf("a segmentation rule denies agent %s the %s role %q", agent.ID, role.Class, role.Name)
+		return d
 	}
+	for l := agent.Level + 1; l <= Principal; l++ {
+		q.Level = l
+		if v, err := p.Decide(q); err == nil && v.Allow {
+			d.Reason = LevelTooLow
+			d.Message = fmt.Sprintf("role %q (%s, %s data) needs maturity level %s or above; agent %s is %s",
+				role.Name, role.Class, role.Classification, l, agent.ID, agent.Level)
+			return d
+		}
+	}
+	d.Reason = NoPolicyMatch
+	d.Message = fmt.Sprintf("no segmentation rule lets agent %s hold the %s role %q at level %s; ask the platform team", agent.ID, role.Class, role.Name, agent.Level)
+	return d
 }
 
 // Limits returns the limits of level (the zero LevelLimits for an invalid

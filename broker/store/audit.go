@@ -36,7 +36,7 @@ func (s *Store) AppendAudit(recs ...AuditRecord) error {
 			if r.Time.IsZero() {
 				r.Time = s.now().UTC()
 			}
-			if err := appendAudit(tx, r); err != nil {
+			if err := s.appendAudit(tx, r); err != nil {
 				return err
 			}
 		}
@@ -89,8 +89,12 @@ func (s *Store) VerifyAudit() (uint64, error) {
 	return n, err
 }
 
-// appendAudit appends r in tx, filling Seq, Prev and Hash.
-func appendAudit(tx *bolt.Tx, r AuditRecord) error {
+// appendAudit appends r in tx, filling Seq, Prev and Hash. Once tx
+// commits, Options.OnAudit is called.
+func (s *Store) appendAudit(tx *bolt.Tx, r AuditRecord) error {
+	if s.onAudit != nil {
+		tx.OnCommit(s.onAudit)
+	}
 	b := tx.Bucket(bucketAudit)
 	r.Prev = ""
 	if k, v := b.Cursor().Last(); k != nil {
@@ -123,3 +127,70 @@ func (r AuditRecord) ComputeHash() string {
 }
 
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+
+// AuditFilter selects audit records; zero fields match anything.
+type AuditFilter struct {
+	// Agent matches the actor or the record's "agent" detail.
+	Agent    string
+	Role     string
+	Decision string
+	Kind     string
+	Since    time.Time
+	Until    time.Time
+}
+
+func (f AuditFilter) match(r AuditRecord) bool {
+	return (f.Agent == "" || r.Actor == f.Agent || r.Detail["agent"] == f.Agent) &&
+		(f.Role == "" || r.Detail["role"] == f.Role) &&
+		(f.Decision == "" || r.Detail["decision"] == f.Decision) &&
+		(f.Kind == "" || r.Kind == f.Kind) &&
+		(f.Since.IsZero() || !r.Time.Before(f.Since)) &&
+		(f.Until.IsZero() || r.Time.Before(f.Until))
+}
+
+// maxAuditScan bounds the records one query reads, so a selective filter
+// over a long trail answers in bounded time; the caller continues from the
+// returned position.
+const maxAuditScan = 100_000
+
+// QueryAudit returns up to limit records with Seq > after that match f, in
+// order, and the Seq to continue after (0 when the trail is exhausted).
+func (s *Store) QueryAudit(f AuditFilter, after uint64, limit int) ([]AuditRecord, uint64, error) {
+	var out []AuditRecord
+	var next uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAudit).Cursor()
+		scanned := 0
+		for k, v := c.Seek(seqKey(after + 1)); k != nil; k, v = c.Next() {
+			if len(out) == limit || scanned == maxAuditScan {
+				next = binary.BigEndian.Uint64(k) - 1
+				return nil
+			}
+			scanned++
+			var r AuditRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("store: decode audit record %d: %w", binary.BigEndian.Uint64(k), err)
+			}
+			if !f.Until.IsZero() && !r.Time.Before(f.Until) {
+				return nil // records are in time order
+			}
+			if f.match(r) {
+				out = append(out, r)
+			}
+		}
+		return nil
+	})
+	return out, next, err
+}
+
+// AuditHead returns the newest record (the zero record for an empty trail).
+func (s *Store) AuditHead() (AuditRecord, error) {
+	var r AuditRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if _, v := tx.Bucket(bucketAudit).Cursor().Last(); v != nil {
+			return json.Unmarshal(v, &r)
+		}
+		return nil
+	})
+	return r, err
+}

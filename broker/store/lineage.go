@@ -254,11 +254,20 @@ func (s *Store) RecordCredential(c Credential) error {
 		if refused != nil {
 			kind = "credential_refused"
 		}
-		return appendAudit(tx, AuditRecord{Time: now, Kind: kind, Actor: c.AgentID, Subject: c.Accessor, Detail: map[string]string{
-			"role": c.Role, "level": c.Level.String(), "decision_id": c.DecisionID, "grant_id": c.GrantID,
+		detail := map[string]string{
+			"decision": "allow", "role": c.Role, "level": c.Level.String(), "decision_id": c.DecisionID, "grant_id": c.GrantID,
 			"chain": strings.Join(c.Chain, " > "), "grant_ids": strings.Join(c.GrantIDs, ","),
 			"policies": strings.Join(c.Policies, ","), "expires_at": c.ExpiresAt.UTC().Format(time.RFC3339),
-		}})
+		}
+		for k, v := range c.Why {
+			if _, set := detail[k]; !set {
+				detail[k] = v
+			}
+		}
+		if refused != nil {
+			detail["decision"], detail["refused"] = "deny", refused.Error()
+		}
+		return s.appendAudit(tx, AuditRecord{Time: now, Kind: kind, Actor: c.AgentID, Subject: c.Accessor, Detail: detail})
 	})
 	if err != nil {
 		return fmt.Errorf("store: record credential: %w", err)
@@ -287,13 +296,13 @@ func (s *Store) RevokeLineage(root Root, actor, reason string) (Revocation, erro
 			}
 		}
 		var err error
-		rev, err = revokeLineage(tx, root, actor, reason, s.now().UTC())
+		rev, err = s.revokeLineage(tx, root, actor, reason, s.now().UTC())
 		return err
 	})
 	return rev, err
 }
 
-func revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now time.Time) (Revocation, error) {
+func (s *Store) revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now time.Time) (Revocation, error) {
 	children := func(id string) ([]delegation.Grant, error) { return childrenOf(tx, id) }
 	var grants []delegation.Grant
 	var err error
@@ -322,7 +331,7 @@ func revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now time.Time) 
 			return Revocation{}, err
 		}
 		rev.Grants = append(rev.Grants, g)
-		if err := appendAudit(tx, AuditRecord{Time: now, Kind: "grant_revoked", Actor: actor, Subject: g.ID, Detail: map[string]string{
+		if err := s.appendAudit(tx, AuditRecord{Time: now, Kind: "grant_revoked", Actor: actor, Subject: g.ID, Detail: map[string]string{
 			"delegator": g.Delegator, "delegatee": g.Delegatee, "root": root.String(), "reason": reason,
 		}}); err != nil {
 			return Revocation{}, err
@@ -430,7 +439,7 @@ func (s *Store) RevokeCredentials(agentID, actor, reason string, drop func(Crede
 			if err := enqueue(tx, cr.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
 				return err
 			}
-			if err := appendAudit(tx, AuditRecord{Time: now, Kind: "credential_revoked", Actor: actor, Subject: cr.Accessor, Detail: map[string]string{
+			if err := s.appendAudit(tx, AuditRecord{Time: now, Kind: "credential_revoked", Actor: actor, Subject: cr.Accessor, Detail: map[string]string{
 				"agent": agentID, "role": cr.Role, "reason": reason,
 			}}); err != nil {
 				return err

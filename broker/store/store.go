@@ -42,9 +42,12 @@ var (
 	bucketAnchors     = []byte("anchors")
 	bucketNodeAnchors = []byte("node_anchors")
 	bucketAudit       = []byte("audit")
+	bucketPolicies    = []byte("policies")
+	bucketApprovals   = []byte("approvals")
 
 	allBuckets = [][]byte{bucketAgents, bucketHistory, bucketCredentials, bucketRevocations,
-		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketAnchors, bucketNodeAnchors, bucketAudit}
+		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketAnchors, bucketNodeAnchors, bucketAudit,
+		bucketPolicies, bucketApprovals}
 )
 
 // Status is an agent's standing in the registry.
@@ -122,6 +125,9 @@ type Credential struct {
 	// RevokedAt is when the broker revoked it; the Vault side may still be
 	// queued (PendingRevocations).
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	// Why explains the decision in the issuance's audit record; it is not
+	// kept in the credential record.
+	Why map[string]string `json:"-"`
 }
 
 // Options tune Open.
@@ -130,12 +136,16 @@ type Options struct {
 	LockTimeout time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// OnAudit, if set, is called after every commit that appended audit
+	// records (e.g. to wake a streamer). It must not block.
+	OnAudit func()
 }
 
 // Store is the broker's state. It is safe for concurrent use.
 type Store struct {
-	db  *bolt.DB
-	now func() time.Time
+	db      *bolt.DB
+	now     func() time.Time
+	onAudit func()
 
 	reqs    chan *commitReq
 	quit    chan struct{}
@@ -174,7 +184,7 @@ func Open(path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", path, err)
 	}
-	s := &Store{db: db, now: opts.Now, reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}
+	s := &Store{db: db, now: opts.Now, onAudit: opts.OnAudit, reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}
 	go s.committer()
 	return s, nil
 }
@@ -285,7 +295,7 @@ func (s *Store) DeregisterAgent(id, actor, reason string) (Agent, Revocation, er
 	var rev Revocation
 	a, err := s.modify(id, actor, 0, AgentChange{Action: ActionDeregister, Reason: reason}, func(*Agent) {}, func(tx *bolt.Tx) error {
 		var err error
-		rev, err = revokeLineage(tx, Root{AgentID: id}, actor, reason, s.now().UTC())
+		rev, err = s.revokeLineage(tx, Root{AgentID: id}, actor, reason, s.now().UTC())
 		return err
 	})
 	if err != nil {

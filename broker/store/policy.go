@@ -1,0 +1,114 @@
+package store
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// PolicyVersion is one stored version of the segmentation policy. Versions
+// are never changed or removed: a rollback stores an earlier version's text
+// again as the newest version, so the newest version is always the current
+// one and the history shows every change.
+type PolicyVersion struct {
+	Version        uint64    `json:"version"`
+	CreatedAt      time.Time `json:"created_at"`
+	Author         string    `json:"author"`
+	Comment        string    `json:"comment"`
+	Model          string    `json:"model"`
+	Policy         string    `json:"policy"`
+	Digest         string    `json:"digest"`
+	Lines          int       `json:"lines"`
+	RolledBackFrom uint64    `json:"rolled_back_from,omitempty"`
+}
+
+// PutPolicy stores pv as the newest version and returns it with its number.
+// If expected is not 0 and the current version is not expected, it fails
+// with ErrConflict: someone else changed the policy meanwhile. The change
+// is audited in the same transaction.
+func (s *Store) PutPolicy(pv PolicyVersion, expected uint64) (PolicyVersion, error) {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPolicies)
+		var cur uint64
+		if k, _ := b.Cursor().Last(); k != nil {
+			cur = binary.BigEndian.Uint64(k)
+		}
+		if expected != 0 && cur != expected {
+			return fmt.Errorf("%w: the policy is at version %d, not %d; review the change and retry", ErrConflict, cur, expected)
+		}
+		pv.Version = cur + 1
+		pv.CreatedAt = s.now().UTC()
+		v, err := json.Marshal(pv)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(seqKey(pv.Version), v); err != nil {
+			return err
+		}
+		detail := map[string]string{"version": strconv.FormatUint(pv.Version, 10), "digest": pv.Digest,
+			"comment": pv.Comment, "lines": strconv.Itoa(pv.Lines), "previous": strconv.FormatUint(cur, 10)}
+		kind := "policy_updated"
+		if pv.RolledBackFrom != 0 {
+			kind = "policy_rolled_back"
+			detail["restored"] = strconv.FormatUint(pv.RolledBackFrom, 10)
+		}
+		return s.appendAudit(tx, AuditRecord{Time: pv.CreatedAt, Kind: kind, Actor: pv.Author, Subject: "policy", Detail: detail})
+	})
+	if err != nil {
+		return PolicyVersion{}, fmt.Errorf("store: put policy: %w", err)
+	}
+	return pv, nil
+}
+
+// Policy returns one version, or the current one if version is 0. With no
+// policy stored it fails with ErrNotFound.
+func (s *Store) Policy(version uint64) (PolicyVersion, error) {
+	var pv PolicyVersion
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPolicies)
+		var v []byte
+		if version == 0 {
+			_, v = b.Cursor().Last()
+		} else {
+			v = b.Get(seqKey(version))
+		}
+		if v == nil {
+			if version == 0 {
+				return fmt.Errorf("%w: no policy has been set", ErrNotFound)
+			}
+			return fmt.Errorf("%w: policy version %d", ErrNotFound, version)
+		}
+		return json.Unmarshal(v, &pv)
+	})
+	return pv, err
+}
+
+// Policies returns up to limit versions below before (0: from the newest),
+// newest first, without their text.
+func (s *Store) Policies(before uint64, limit int) ([]PolicyVersion, error) {
+	var out []PolicyVersion
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketPolicies).Cursor()
+		var k, v []byte
+		if before == 0 {
+			k, v = c.Last()
+		} else {
+			c.Seek(seqKey(before))
+			k, v = c.Prev()
+		}
+		for ; k != nil && len(out) < limit; k, v = c.Prev() {
+			var pv PolicyVersion
+			if err := json.Unmarshal(v, &pv); err != nil {
+				return fmt.Errorf("store: decode policy version %d: %w", binary.BigEndian.Uint64(k), err)
+			}
+			pv.Model, pv.Policy = "", ""
+			out = append(out, pv)
+		}
+		return nil
+	})
+	return out, err
+}
