@@ -232,9 +232,9 @@ func (g *Gate) Decide(p *Policy, agent *Agent, role Role, requested time.Duratio
 		return deny(InvalidLevel, "agent %s has no valid maturity level", agent.ID)
 	case !slices.Contains(agent.Roles, role.Name):
 		return deny(NotInManifest, "role %q is not in agent %s's capability manifest", role.Name, agent.ID)
-	case role.MaxTTL <= 0 || role.Classification < Public || role.Classification > Secret:
+	case role.MaxTTL <= 0 || role.Classification < Public || role.Classification > Secret || role.Class < Read || role.Class > Privileged:
 		// Vault reads a zero TTL as "its default", which may be long.
-		return deny(InvalidRole, "role %q has no positive max TTL or no data classification; fix the roles file", role.Name)
+		return deny(InvalidRole, "role %q lacks a positive max TTL, a class or a data classification; fix the roles file", role.Name)
 	case agent.Level == Intern && role.Class != Read:
 		d := deny(ClassNotAllowed, "intern agents may hold only read credentials (role %q is %s)", role.Name, role.Class)
 		d.Rule = "intern: read only (invariant)"

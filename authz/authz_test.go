@@ -1,6 +1,7 @@
 package authz_test
 
 import (
+	"os"
 	"reflect"
 	"testing"
 	"time"
@@ -8,12 +9,19 @@ import (
 	"github.com/agentictrust/atf/authz"
 )
 
-const agentID = "spiffe://td/agent/a"
+const (
+	agentID = "spiffe://td/agent/a"
+	// allowAll grants every role of every class to every agent of trust
+	// domain td, so that only the code's invariants and the shipped model's
+	// maturity gating decide.
+	allowAll     = "g, spiffe://td/*, group:all\n" + allowAllLine + "\n"
+	allowAllLine = "p, group:all, *, *, intern, allow"
+)
 
 var (
-	readRole  = authz.Role{Name: "db-read", Class: authz.Read, MaxTTL: time.Hour}
-	writeRole = authz.Role{Name: "db-write", Class: authz.Write, MaxTTL: time.Hour}
-	adminRole = authz.Role{Name: "db-admin", Class: authz.Privileged, MaxTTL: time.Hour}
+	readRole  = authz.Role{Name: "db-read", Class: authz.Read, Classification: authz.Internal, MaxTTL: time.Hour}
+	writeRole = authz.Role{Name: "db-write", Class: authz.Write, Classification: authz.Internal, MaxTTL: time.Hour}
+	adminRole = authz.Role{Name: "db-admin", Class: authz.Privileged, Classification: authz.Internal, MaxTTL: time.Hour}
 )
 
 // agent is an active agent at level whose manifest holds all three roles.
@@ -28,6 +36,26 @@ func defaultGate(t testing.TB) *authz.Gate {
 		t.Fatalf("NewGate(DefaultLimits()): %v", err)
 	}
 	return g
+}
+
+// shippedModel is the default model the broker ships.
+func shippedModel(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile("../deploy/policy/model.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// newPolicy loads policy under the shipped model.
+func newPolicy(t testing.TB, version uint64, policy string) *authz.Policy {
+	t.Helper()
+	p, err := authz.NewPolicy(version, shippedModel(t), policy)
+	if err != nil {
+		t.Fatalf("NewPolicy: %v", err)
+	}
+	return p
 }
 
 func TestLevelRoundTrip(t *testing.T) {
@@ -135,8 +163,8 @@ func TestParseClassRejects(t *testing.T) {
 func TestDefaultLimits(t *testing.T) {
 	want := map[authz.Level]authz.LevelLimits{
 		authz.Intern:    {Classes: []authz.Class{authz.Read}, MaxTTL: time.Hour},
-		authz.Junior:    {Classes: []authz.Class{authz.Read}, MaxTTL: 15 * time.Minute},
-		authz.Senior:    {Classes: []authz.Class{authz.Read, authz.Write}, MaxTTL: 15 * time.Minute},
+		authz.Junior:    {Classes: []authz.Class{authz.Read}, Approval: []authz.Class{authz.Write}, MaxTTL: 15 * time.Minute},
+		authz.Senior:    {Classes: []authz.Class{authz.Read, authz.Write}, Notify: []authz.Class{authz.Write}, MaxTTL: 15 * time.Minute},
 		authz.Principal: {Classes: []authz.Class{authz.Read, authz.Write, authz.Privileged}, MaxTTL: 5 * time.Minute, MaxUses: 100},
 	}
 	mine := authz.DefaultLimits()
@@ -147,8 +175,9 @@ func TestDefaultLimits(t *testing.T) {
 	// Changing one caller's copy, down to the shared-looking class slices,
 	// must not reach the next caller.
 	mine[authz.Senior].Classes[0] = authz.Privileged
+	mine[authz.Junior].Approval[0] = authz.Privileged
 	mine[authz.Intern] = authz.LevelLimits{Classes: []authz.Class{authz.Write}, MaxTTL: time.Second}
-	delete(mine, authz.Junior)
+	delete(mine, authz.Principal)
 	if got := authz.DefaultLimits(); !reflect.DeepEqual(got, want) {
 		t.Errorf("after mutating an earlier result, DefaultLimits() = %v, want %v", got, want)
 	}
@@ -173,6 +202,7 @@ func TestNewGate(t *testing.T) {
 		{"defaults", authz.DefaultLimits(), ""},
 		{"intern with no classes", with(authz.Intern, authz.LevelLimits{MaxTTL: time.Minute}), ""},
 		{"tightened senior", with(authz.Senior, authz.LevelLimits{Classes: []authz.Class{authz.Read}, MaxTTL: time.Minute}), ""},
+		{"intern notified of reads", with(authz.Intern, authz.LevelLimits{Classes: []authz.Class{authz.Read}, Notify: []authz.Class{authz.Read}, MaxTTL: time.Hour}), ""},
 		{"nil", nil, "authz: no limits for level intern"},
 		{"empty", map[authz.Level]authz.LevelLimits{}, "authz: no limits for level intern"},
 		{"no junior", without(authz.Junior), "authz: no limits for level junior"},
@@ -182,6 +212,8 @@ func TestNewGate(t *testing.T) {
 		{"intern write", with(authz.Intern, authz.LevelLimits{Classes: []authz.Class{authz.Read, authz.Write}, MaxTTL: time.Hour}), "authz: level intern may hold only read credentials"},
 		{"intern privileged", with(authz.Intern, authz.LevelLimits{Classes: []authz.Class{authz.Privileged}, MaxTTL: time.Hour}), "authz: level intern may hold only read credentials"},
 		{"intern invalid class", with(authz.Intern, authz.LevelLimits{Classes: []authz.Class{0}, MaxTTL: time.Hour}), "authz: level intern may hold only read credentials"},
+		{"intern write after approval", with(authz.Intern, authz.LevelLimits{Classes: []authz.Class{authz.Read}, Approval: []authz.Class{authz.Write}, MaxTTL: time.Hour}), "authz: level intern may hold only read credentials"},
+		{"intern privileged after approval", with(authz.Intern, authz.LevelLimits{Approval: []authz.Class{authz.Privileged}, MaxTTL: time.Hour}), "authz: level intern may hold only read credentials"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -208,12 +240,25 @@ func TestDecide(t *testing.T) {
 	inactiveNoLevel := &authz.Agent{ID: agentID}
 	noManifest := agent(authz.Principal)
 	noManifest.Roles = nil
+	noTTL := readRole
+	noTTL.MaxTTL = 0
+	negativeTTL := readRole
+	negativeTTL.MaxTTL = -time.Minute
+	unclassified := readRole
+	unclassified.Classification = 0
+	overclassified := readRole
+	overclassified.Classification = authz.Secret + 1
 
 	deny := func(r authz.Reason, msg string) authz.Decision {
 		return authz.Decision{Reason: r, Message: msg}
 	}
-	allow := func(msg string, ttl time.Duration, maxUses int) authz.Decision {
-		return authz.Decision{Allow: true, Reason: authz.Allowed, Message: msg, TTL: ttl, MaxUses: maxUses}
+	// consulted is a denial the policy (version 1) had a say in.
+	consulted := func(r authz.Reason, msg string) authz.Decision {
+		return authz.Decision{Reason: r, Message: msg, PolicyVersion: 1}
+	}
+	allow := func(msg, rule string, ttl time.Duration, maxUses int, notify bool) authz.Decision {
+		return authz.Decision{Outcome: authz.Allow, Reason: authz.Allowed, Message: msg, Matched: allowAllLine, Rule: rule,
+			PolicyVersion: 1, TTL: ttl, MaxUses: maxUses, Notify: notify}
 	}
 	tests := []struct {
 		name  string
@@ -231,37 +276,47 @@ func TestDecide(t *testing.T) {
 			deny(authz.InvalidLevel, "agent spiffe://td/agent/a has no valid maturity level")},
 		{"level above principal", agent(authz.Principal + 1), readRole,
 			deny(authz.InvalidLevel, "agent spiffe://td/agent/a has no valid maturity level")},
-		{"role not in manifest", agent(authz.Principal), authz.Role{Name: "kv-read", Class: authz.Read, MaxTTL: time.Hour},
+		{"role not in manifest", agent(authz.Principal), authz.Role{Name: "kv-read", Class: authz.Read, Classification: authz.Internal, MaxTTL: time.Hour},
 			deny(authz.NotInManifest, `role "kv-read" is not in agent spiffe://td/agent/a's capability manifest`)},
 		{"empty manifest", noManifest, readRole,
 			deny(authz.NotInManifest, `role "db-read" is not in agent spiffe://td/agent/a's capability manifest`)},
-		{"intern write", agent(authz.Intern), writeRole,
-			deny(authz.ClassNotAllowed, `agents at level intern may not hold write credentials (role "db-write")`)},
-		{"intern privileged", agent(authz.Intern), adminRole,
-			deny(authz.ClassNotAllowed, `agents at level intern may not hold privileged credentials (role "db-admin")`)},
-		{"junior write", agent(authz.Junior), writeRole,
-			deny(authz.ClassNotAllowed, `agents at level junior may not hold write credentials (role "db-write")`)},
-		{"junior privileged", agent(authz.Junior), adminRole,
-			deny(authz.ClassNotAllowed, `agents at level junior may not hold privileged credentials (role "db-admin")`)},
-		{"senior privileged", agent(authz.Senior), adminRole,
-			deny(authz.ClassNotAllowed, `agents at level senior may not hold privileged credentials (role "db-admin")`)},
-		{"principal role of no class", agent(authz.Principal), authz.Role{Name: "db-read", MaxTTL: time.Hour},
-			deny(authz.ClassNotAllowed, `agents at level principal may not hold class(0) credentials (role "db-read")`)},
+		{"role without TTL", agent(authz.Principal), noTTL,
+			deny(authz.InvalidRole, `role "db-read" lacks a positive max TTL, a class or a data classification; fix the roles file`)},
+		{"role with negative TTL", agent(authz.Principal), negativeTTL,
+			deny(authz.InvalidRole, `role "db-read" lacks a positive max TTL, a class or a data classification; fix the roles file`)},
+		{"role without classification", agent(authz.Principal), unclassified,
+			deny(authz.InvalidRole, `role "db-read" lacks a positive max TTL, a class or a data classification; fix the roles file`)},
+		{"role with unknown classification", agent(authz.Principal), overclassified,
+			deny(authz.InvalidRole, `role "db-read" lacks a positive max TTL, a class or a data classification; fix the roles file`)},
+		{"intern write", agent(authz.Intern), writeRole, authz.Decision{Reason: authz.ClassNotAllowed,
+			Message: `intern agents may hold only read credentials (role "db-write" is write)`, Rule: "intern: read only (invariant)"}},
+		{"intern privileged", agent(authz.Intern), adminRole, authz.Decision{Reason: authz.ClassNotAllowed,
+			Message: `intern agents may hold only read credentials (role "db-admin" is privileged)`, Rule: "intern: read only (invariant)"}},
+		{"junior privileged", agent(authz.Junior), adminRole, consulted(authz.LevelTooLow,
+			`role "db-admin" (privileged, internal data) needs maturity level principal or above; agent spiffe://td/agent/a is junior`)},
+		{"senior privileged", agent(authz.Senior), adminRole, consulted(authz.LevelTooLow,
+			`role "db-admin" (privileged, internal data) needs maturity level principal or above; agent spiffe://td/agent/a is senior`)},
+		{"principal role of no class", agent(authz.Principal), authz.Role{Name: "db-read", Classification: authz.Internal, MaxTTL: time.Hour}, deny(authz.InvalidRole,
+			`role "db-read" lacks a positive max TTL, a class or a data classification; fix the roles file`)},
+		{"junior write", agent(authz.Junior), writeRole, authz.Decision{Outcome: authz.NeedsApproval, Reason: authz.ApprovalRequired,
+			Message: `junior agents need a human's approval for write role "db-write"; the request waits for an approver`,
+			Matched: allowAllLine, Rule: "junior: write needs human approval", PolicyVersion: 1, TTL: 15 * time.Minute}},
 		{"intern read", agent(authz.Intern), readRole,
-			allow(`intern agent may hold read role "db-read"`, time.Hour, 0)},
+			allow(`intern agent may hold read role "db-read"`, "intern: read allowed", time.Hour, 0, false)},
 		{"junior read", agent(authz.Junior), readRole,
-			allow(`junior agent may hold read role "db-read"`, 15*time.Minute, 0)},
+			allow(`junior agent may hold read role "db-read"`, "junior: read allowed", 15*time.Minute, 0, false)},
 		{"senior write", agent(authz.Senior), writeRole,
-			allow(`senior agent may hold write role "db-write"`, 15*time.Minute, 0)},
+			allow(`senior agent may hold write role "db-write"`, "senior: write allowed, notify", 15*time.Minute, 0, true)},
 		{"principal privileged", agent(authz.Principal), adminRole,
-			allow(`principal agent may hold privileged role "db-admin"`, 5*time.Minute, 100)},
+			allow(`principal agent may hold privileged role "db-admin"`, "principal: privileged allowed", 5*time.Minute, 100, false)},
 		{"principal read", agent(authz.Principal), readRole,
-			allow(`principal agent may hold read role "db-read"`, 5*time.Minute, 100)},
+			allow(`principal agent may hold read role "db-read"`, "principal: read allowed", 5*time.Minute, 100, false)},
 	}
 	g := defaultGate(t)
+	p := newPolicy(t, 1, allowAll)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := g.Decide(tt.agent, tt.role, 0); !reflect.DeepEqual(got, tt.want) {
+			if got := g.Decide(p, tt.agent, tt.role, 0); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("Decide =\n %+v\nwant\n %+v", got, tt.want)
 			}
 		})
@@ -287,12 +342,14 @@ func TestDecideTTL(t *testing.T) {
 		{"negative request is no cap", time.Hour, -time.Minute, 15 * time.Minute},
 	}
 	g := defaultGate(t)
+	p := newPolicy(t, 1, allowAll)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			role := authz.Role{Name: "db-write", Class: authz.Write, MaxTTL: tt.roleMax}
-			d := g.Decide(agent(authz.Senior), role, tt.requested)
-			if !d.Allow {
-				t.Fatalf("Decide denied: %s", d.Message)
+			role := writeRole
+			role.MaxTTL = tt.roleMax
+			d := g.Decide(p, agent(authz.Senior), role, tt.requested)
+			if d.Outcome != authz.Allow {
+				t.Fatalf("Decide = %s: %s", d.Outcome, d.Message)
 			}
 			if d.TTL != tt.want {
 				t.Errorf("TTL = %v, want %v", d.TTL, tt.want)
@@ -308,12 +365,20 @@ func TestDecideCustomLimits(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NewGate: %v", err)
 	}
-	want := authz.Decision{Allow: true, Reason: authz.Allowed, Message: `senior agent may hold read role "db-read"`, TTL: 2 * time.Minute, MaxUses: 3}
-	if got := g.Decide(agent(authz.Senior), readRole, 0); !reflect.DeepEqual(got, want) {
-		t.Errorf("Decide(senior, read) =\n %+v\nwant\n %+v", got, want)
-	}
-	if got := g.Decide(agent(authz.Senior), writeRole, 0); got.Allow || got.Reason != authz.ClassNotAllowed {
-		t.Errorf("Decide(senior, write) = %+v, want a class_not_allowed denial", got)
+	p := newPolicy(t, 1, allowAll)
+	for _, tt := range []struct {
+		role authz.Role
+		want authz.Decision
+	}{
+		{readRole, authz.Decision{Outcome: authz.Allow, Reason: authz.Allowed, Message: `senior agent may hold read role "db-read"`,
+			Matched: allowAllLine, Rule: "senior: read allowed", PolicyVersion: 1, TTL: 2 * time.Minute, MaxUses: 3}},
+		// The policy allows the write; the tightened limits do not.
+		{writeRole, authz.Decision{Reason: authz.ClassNotAllowed, Message: `agents at level senior may not hold write credentials (role "db-write")`,
+			Matched: allowAllLine, Rule: "senior: no write", PolicyVersion: 1}},
+	} {
+		if got := g.Decide(p, agent(authz.Senior), tt.role, 0); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("Decide(senior, %s) =\n %+v\nwant\n %+v", tt.role.Class, got, tt.want)
+		}
 	}
 }
 
@@ -323,18 +388,23 @@ func TestDecideInternInvariantSurvivesLimitChanges(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NewGate: %v", err)
 	}
+	p := newPolicy(t, 1, allowAll)
 	// Whatever happens to the map after validation, an Intern gets no more
 	// than read.
-	limits[authz.Intern] = authz.LevelLimits{Classes: []authz.Class{authz.Read, authz.Write, authz.Privileged}, MaxTTL: time.Hour}
+	limits[authz.Intern] = authz.LevelLimits{Classes: []authz.Class{authz.Read, authz.Write, authz.Privileged}, Approval: []authz.Class{authz.Write, authz.Privileged}, MaxTTL: time.Hour}
 	for _, role := range []authz.Role{writeRole, adminRole} {
-		if d := g.Decide(agent(authz.Intern), role, 0); d.Allow || d.Reason != authz.ClassNotAllowed {
+		if d := g.Decide(p, agent(authz.Intern), role, 0); d.Outcome != authz.Deny || d.Reason != authz.ClassNotAllowed {
 			t.Errorf("Decide(intern, %s) = %+v, want a class_not_allowed denial", role.Class, d)
 		}
+	}
+	if g.LevelMayHold(authz.Intern, authz.Write) || g.LevelMayHold(authz.Intern, authz.Privileged) {
+		t.Error("LevelMayHold(intern, write or privileged) = true after the limits map changed")
 	}
 }
 
 func BenchmarkDecide(b *testing.B) {
 	g := defaultGate(b)
+	p := newPolicy(b, 1, allowAll)
 	for _, bb := range []struct {
 		name  string
 		agent *authz.Agent
@@ -347,7 +417,7 @@ func BenchmarkDecide(b *testing.B) {
 		b.Run(bb.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				g.Decide(bb.agent, bb.role, 10*time.Minute)
+				g.Decide(p, bb.agent, bb.role, 10*time.Minute)
 			}
 		})
 	}

@@ -298,7 +298,7 @@ func lintPolicy(m model.Model, text string) ([]policyLine, error) {
 		ptype, fields := parts[0], parts[1:]
 		l := policyLine{n: n, ptype: ptype, fields: fields, text: strings.Join(parts, ", ")}
 		bad := func(format string, args ...any) error {
-			return fmt.Errorf("authz: policy line %d: %s", n, fmt.Sprintf(format, args...))
+			return fmt.Errorf("authz: policy line %d: %s", n, strings.TrimPrefix(fmt.Sprintf(format, args...), "authz: "))
 		}
 		var tokens []string
 		switch {
