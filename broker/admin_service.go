@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/attest"
+	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 )
@@ -32,7 +33,7 @@ func (a *adminService) RegisterAgent(ctx context.Context, req *adminv1.RegisterA
 	agent, err := a.s.store.RegisterAgent(store.Agent{
 		ID:           id,
 		Owner:        req.GetOwner(),
-		Purpose:      req.GetPurpose(),
+		Purpose:      audit.Redact(req.GetPurpose()),
 		Roles:        req.GetRoles(),
 		Level:        levelFromProto(req.GetLevel()),
 		Version:      req.GetVersion(),
@@ -82,7 +83,7 @@ func (a *adminService) UpdateAgent(ctx context.Context, req *adminv1.UpdateAgent
 			ag.Owner = req.GetOwner()
 		}
 		if req.Purpose != nil {
-			ag.Purpose = req.GetPurpose()
+			ag.Purpose = audit.Redact(req.GetPurpose())
 		}
 		if req.Roles != nil {
 			ag.Roles = req.GetRoles().GetRoles()
@@ -149,13 +150,14 @@ func (s *Server) revokeUnbacked(ctx context.Context, agent store.Agent, actor st
 func (a *adminService) DeregisterAgent(ctx context.Context, req *adminv1.DeregisterAgentRequest) (*adminv1.DeregisterAgentResponse, error) {
 	start := time.Now()
 	actor := identity(ctx).ID.String()
-	agent, rev, err := a.s.store.DeregisterAgent(req.GetSpiffeId(), actor, req.GetReason())
+	reason := audit.Redact(req.GetReason())
+	agent, rev, err := a.s.store.DeregisterAgent(req.GetSpiffeId(), actor, reason)
 	if err != nil {
 		return nil, a.s.statusOf(ctx, "deregister agent", err)
 	}
 	// Committed: from here the agent and its lineage get nothing, whatever
 	// Vault says.
-	sum := a.s.finishRevocation(ctx, store.Root{AgentID: agent.ID}, actor, req.GetReason(), rev, start, time.Since(start))
+	sum := a.s.finishRevocation(ctx, store.Root{AgentID: agent.ID}, actor, reason, rev, start, time.Since(start))
 	a.s.logger(ctx).Info("agent deregistered", slog.String(logAgent, agent.ID))
 	return &adminv1.DeregisterAgentResponse{
 		Agent:              agentToProto(agent),

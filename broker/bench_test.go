@@ -32,6 +32,7 @@ import (
 	"github.com/agentictrust/atf/broker/brokertest"
 	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/delegation"
+	"github.com/agentictrust/atf/deploy/policy"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -165,35 +166,69 @@ func BenchmarkDecision(b *testing.B) {
 		}
 	}
 	delete(ancestors, agents[len(agents)-1].ID)
-	role := authz.Role{Name: "reports-read", Class: authz.Read, MaxTTL: 30 * time.Minute}
-	decide := func() (authz.Decision, error) {
-		auth, err := delegation.Effective(agents[len(agents)-1], chain, ancestors, now)
-		if err != nil {
-			return authz.Decision{}, err
-		}
-		return gate.Decide(&authz.Agent{ID: auth.Chain[len(auth.Chain)-1], Level: authz.Level(auth.Level), Active: true, Roles: auth.Roles}, role, 0), nil
-	}
-
-	var lat []time.Duration
-	for b.Loop() {
-		for range decisionSamples {
-			start := time.Now()
-			d, err := decide()
-			lat = append(lat, time.Since(start))
-			if err != nil || !d.Allow {
-				b.Fatalf("decision = %+v, %v; want allowed", d, err)
+	role := authz.Role{Name: "reports-read", Class: authz.Read, Classification: authz.Internal, MaxTTL: 30 * time.Minute}
+	for _, lines := range []int{10, 1000, 10000} {
+		b.Run(fmt.Sprintf("lines=%d", lines), func(b *testing.B) {
+			policy := benchPolicy(b, lines, agents)
+			// As FetchCredential does: the holder's decision at the chain's
+			// level, then every delegator's.
+			decide := func() (authz.Decision, error) {
+				auth, err := delegation.Effective(agents[len(agents)-1], chain, ancestors, now)
+				if err != nil {
+					return authz.Decision{}, err
+				}
+				a := &authz.Agent{ID: auth.Chain[len(auth.Chain)-1], Level: authz.Level(auth.Level), Active: true, Roles: auth.Roles}
+				d := gate.Decide(policy, a, role, 0)
+				for _, up := range auth.Chain[:len(auth.Chain)-1] {
+					if d.Outcome != authz.Allow {
+						break
+					}
+					d = gate.Decide(policy, &authz.Agent{ID: up, Level: a.Level, Active: true, Roles: a.Roles}, role, 0)
+				}
+				return d, nil
 			}
-		}
+			var lat []time.Duration
+			for b.Loop() {
+				for range decisionSamples {
+					start := time.Now()
+					d, err := decide()
+					lat = append(lat, time.Since(start))
+					if err != nil || d.Outcome != authz.Allow {
+						b.Fatalf("decision = %+v, %v; want allowed", d, err)
+					}
+				}
+			}
+			var sum time.Duration
+			for _, d := range lat {
+				sum += d
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(sum)/float64(len(lat)), "ns/op")
+			b.ReportMetric(float64(percentile(lat, 0.50)), "p50-ns")
+			b.ReportMetric(float64(percentile(lat, 0.99)), "p99-ns")
+			b.ReportMetric(float64(percentile(lat, 0.50))/float64(decisionTarget), "p50-vs-target")
+		})
 	}
-	var sum time.Duration
-	for _, d := range lat {
-		sum += d
+}
+
+// benchPolicy is a policy of n p lines in the shape a platform team writes:
+// one line per agent on its team's prefix, teams as groups, and the bench
+// agents in a group allowed the reports roles.
+func benchPolicy(b *testing.B, n int, agents []delegation.Agent) *authz.Policy {
+	var sb strings.Builder
+	for _, a := range agents {
+		fmt.Fprintf(&sb, "g, %s, group:bench\n", a.ID)
 	}
-	slices.Sort(lat)
-	b.ReportMetric(float64(sum)/float64(len(lat)), "ns/op")
-	b.ReportMetric(float64(percentile(lat, 0.50)), "p50-ns")
-	b.ReportMetric(float64(percentile(lat, 0.99)), "p99-ns")
-	b.ReportMetric(float64(percentile(lat, 0.50))/float64(decisionTarget), "p50-vs-target")
+	fmt.Fprintf(&sb, "p, group:bench, reports-read, read, intern, allow\n")
+	for i := 1; i < n; i++ {
+		fmt.Fprintf(&sb, "g, spiffe://atf.test/agents/fleet/a%d, group:team%d\n", i, i%50)
+		fmt.Fprintf(&sb, "p, spiffe://atf.test/agents/fleet/a%d, kv/team%d/*, read, intern, allow\n", i, i%50)
+	}
+	p, err := authz.NewPolicy(1, policy.Model, sb.String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
 }
 
 // BenchmarkLineageRevocation revokes, through AdminService.RevokeLineage,

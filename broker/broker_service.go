@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/vault"
 	"github.com/agentictrust/atf/delegation"
@@ -54,21 +56,44 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		log.Warn("request names another agent", slog.String(logAgent, req.GetAgentId()))
 		return nil, status.Errorf(codes.PermissionDenied, "request names agent %q but the caller's SVID is %s; identity comes only from the SVID", req.GetAgentId(), caller)
 	}
-	role, ok := s.roles[req.GetRole()]
+	roleName, err := authz.CanonicalRole(req.GetRole())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, strings.TrimPrefix(err.Error(), "authz: "))
+	}
+	role, ok := s.roles[roleName]
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "role %q is not defined in the broker's roles file", req.GetRole())
+		return nil, status.Errorf(codes.NotFound, "role %q is not defined in the broker's roles file", roleName)
 	}
 	decisionID := newID()
 	log = log.With(slog.String(logDecisionID, decisionID), slog.String(logRole, role.Name))
-	deny := func(reason, format string, args ...any) error {
-		msg := fmt.Sprintf(format, args...)
-		log.Warn("credential denied", slog.String(logReason, reason))
-		if err := s.store.AppendAudit(store.AuditRecord{Kind: "credential_denied", Actor: caller, Subject: role.Name, Detail: map[string]string{
-			"decision_id": decisionID, "reason": reason, "message": msg, "grant_id": req.GetGrantId(),
-		}}); err != nil {
-			log.Error("writing the denial audit record failed", slog.String(logError, err.Error()))
+	// why is the decision's explanation, for the audit record whatever the
+	// outcome. Free text is redacted before it goes anywhere.
+	why := map[string]string{
+		"decision_id": decisionID, "request_id": requestID(ctx), "role": role.Name, "class": role.class.String(),
+		"classification": role.classification.String(), "grant_id": req.GetGrantId(), "approval_id": req.GetApprovalId(),
+		"purpose": audit.Redact(req.GetPurpose()),
+	}
+	explain := func(d authz.Decision) {
+		why["reason"], why["message"], why["rule"] = string(d.Reason), d.Message, d.Rule
+		why["policy"], why["policy_version"] = d.Matched, strconv.FormatUint(d.PolicyVersion, 10)
+	}
+	refuse := func(kind, decision string) {
+		why["decision"] = decision
+		if err := s.store.AppendAudit(store.AuditRecord{Kind: kind, Actor: caller, Subject: role.Name, Detail: why}); err != nil {
+			log.Error("writing the audit record failed", slog.String(logError, err.Error()))
 		}
-		return status.Errorf(codes.PermissionDenied, "%s (decision %s)", msg, decisionID)
+	}
+	deny := func(d authz.Decision) error {
+		explain(d)
+		log.Warn("credential denied", slog.String(logReason, string(d.Reason)))
+		refuse("credential_denied", "deny")
+		return status.Errorf(codes.PermissionDenied, "%s (decision %s)", d.Message, decisionID)
+	}
+	limited := func(lerr *limitError) error {
+		why["limit"], why["message"] = lerr.limit, lerr.msg
+		log.Warn("credential limited", slog.String("limit", lerr.limit))
+		refuse("credential_limited", "limited")
+		return lerr.status()
 	}
 
 	var agent *authz.Agent
@@ -78,6 +103,9 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		agent = &authz.Agent{ID: a.ID, Level: a.Level, Active: a.Status == store.Active, Roles: a.Roles}
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, s.statusOf(ctx, "look up caller", err)
+	}
+	if lerr := s.rate.allow(caller, a.Level); lerr != nil {
+		return nil, limited(lerr)
 	}
 	// Under a grant, the agent's authority narrows to the chain's: roles
 	// intersected, level the lowest, expiry the earliest.
@@ -95,7 +123,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		}
 		auth, err := delegation.Effective(s.principal(a), grants, ancestors, s.now())
 		if err != nil {
-			return nil, deny("grant", "%s", strings.TrimPrefix(err.Error(), "delegation: "))
+			return nil, deny(authz.Decision{Reason: "grant", Message: strings.TrimPrefix(err.Error(), "delegation: ")})
 		}
 		agent.Level, agent.Roles = authz.Level(auth.Level), auth.Roles
 		for _, an := range ancestors {
@@ -103,9 +131,32 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		}
 		chain, grantIDs, notAfter = auth.Chain, auth.GrantIDs, auth.ExpiresAt
 	}
-	d := s.gate.Decide(agent, role.authz(), req.GetTtl().AsDuration())
-	if !d.Allow {
-		return nil, deny(string(d.Reason), "%s", d.Message)
+	if agent != nil {
+		why["level"], why["chain"] = agent.Level.String(), strings.Join(chain, " > ")
+	}
+	policy := s.policy.Load()
+	d := s.gate.Decide(policy, agent, role.authz(), req.GetTtl().AsDuration())
+	// Under a grant, every delegator above the caller must be allowed the
+	// role by the policy too: a delegation never launders authority.
+	for _, up := range chain[:len(chain)-1] {
+		if d.Outcome == authz.Deny {
+			break
+		}
+		if ud := s.gate.Decide(policy, &authz.Agent{ID: up, Level: agent.Level, Active: true, Roles: agent.Roles}, role.authz(), 0); ud.Outcome == authz.Deny {
+			ud.Message = fmt.Sprintf("delegator %s may not hold role %q itself, so it cannot pass it on: %s", up, role.Name, ud.Message)
+			d = ud
+		}
+	}
+	explain(d)
+	if d.Outcome == authz.Deny {
+		return nil, deny(d)
+	}
+	if d.Outcome == authz.NeedsApproval && req.GetApprovalId() == "" {
+		return s.requestApproval(ctx, store.Approval{
+			ID: newID(), AgentID: caller, Role: role.Name, Class: role.class.String(), Classification: role.classification.String(),
+			Level: agent.Level, GrantID: req.GetGrantId(), Chain: chain, TTL: d.TTL, Purpose: why["purpose"],
+			Justification: audit.Redact(req.GetJustification()), CreatedAt: s.now().UTC(), DecisionID: decisionID,
+		})
 	}
 	// A delegated credential never exceeds what any ancestor could hold
 	// itself: the strictest lifetime and use limits along the chain apply.
@@ -119,8 +170,29 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	if !notAfter.IsZero() {
 		d.TTL = min(d.TTL, time.Until(notAfter).Truncate(time.Second))
 		if d.TTL < time.Second {
-			return nil, deny("grant", "grant %s expires too soon to issue anything under it", req.GetGrantId())
+			return nil, deny(authz.Decision{Reason: "grant", Message: fmt.Sprintf("grant %s expires too soon to issue anything under it", req.GetGrantId())})
 		}
+	}
+	lc, lerr := s.live.reserve(caller, lineageRoot(caller, chain), role.Name)
+	if lerr != nil {
+		return nil, limited(lerr)
+	}
+	issued := false
+	defer func() {
+		if !issued {
+			s.live.cancel(lc)
+		}
+	}()
+	if id := req.GetApprovalId(); id != "" {
+		release, err := s.claimApproval(ctx, id, caller, role.Name, req.GetGrantId(), decisionID)
+		if err != nil {
+			return nil, err
+		}
+		defer func() {
+			if !issued {
+				release()
+			}
+		}()
 	}
 	node := store.AgentNode(caller)
 	if req.GetGrantId() != "" {
@@ -139,13 +211,13 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 			"atf_chain":       strings.Join(chain, " > "),
 			"atf_grant_chain": strings.Join(grantIDs, ","),
 		},
-		DisplayName: "atf-" + role.Name,
+		DisplayName: "atf-" + strings.ReplaceAll(role.Name, "/", "-"),
 	}
 	cred, anchor, err := s.issueUnder(ctx, node, vreq)
 	if errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrDeregistered) {
 		// The store refused an anchor: a revocation committed while this
 		// call was in flight.
-		return nil, deny("revoked", "the lineage this credential belongs to was revoked")
+		return nil, deny(authz.Decision{Reason: "revoked", Message: "the lineage this credential belongs to was revoked"})
 	}
 	if err != nil {
 		return nil, s.statusOf(ctx, "issue credential", err)
@@ -163,6 +235,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		Anchor:     anchor,
 		Chain:      chain,
 		GrantIDs:   grantIDs,
+		Why:        why,
 	})
 	if err != nil {
 		// Never hand out a credential the broker has not recorded. A refused
@@ -175,14 +248,21 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		}
 		switch {
 		case errors.Is(err, store.ErrDeregistered):
-			return nil, deny("deregistered", "agent %s was deregistered", caller)
+			return nil, status.Errorf(codes.PermissionDenied, "agent %s was deregistered (decision %s)", caller, decisionID)
 		case errors.Is(err, store.ErrRevoked):
-			return nil, deny("revoked", "the lineage this credential belongs to was revoked")
+			return nil, status.Errorf(codes.PermissionDenied, "the lineage this credential belongs to was revoked (decision %s)", decisionID)
 		}
 		return nil, s.statusOf(ctx, "record credential", err)
 	}
+	issued = true
+	s.live.commit(lc, cred.Accessor, cred.ExpiresAt)
 	log.Info("credential issued", slog.String(logAccessor, cred.Accessor), slog.Duration(logTTL, d.TTL),
 		slog.String(logLevel, agent.Level.String()), slog.String("grant", req.GetGrantId()), slog.Int("uses", d.MaxUses))
+	if d.Notify {
+		s.notify(ctx, "write_issued", caller, role.Name,
+			fmt.Sprintf("%s agent %s was issued %s role %s for %s", agent.Level, caller, role.class, role.Name, d.TTL),
+			map[string]string{"decision_id": decisionID, "accessor": cred.Accessor, "purpose": why["purpose"], "chain": why["chain"]})
+	}
 	return &brokerv1.FetchCredentialResponse{Credential: &brokerv1.Credential{
 		Token:        cred.Token,
 		Accessor:     cred.Accessor,

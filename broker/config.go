@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"regexp"
 	"slices"
 	"time"
 
@@ -39,6 +38,93 @@ type Config struct {
 	// LogLevel is debug, info, warn or error; LogFormat is json or text.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
+	// Policy seeds the segmentation policy.
+	Policy PolicyConfig `yaml:"policy"`
+	// Approvals configures human approval of Junior writes.
+	Approvals ApprovalsConfig `yaml:"approvals"`
+	// Notifications says where notifications go besides admins' event
+	// streams.
+	Notifications NotificationsConfig `yaml:"notifications"`
+	// Audit says where the audit trail is streamed besides the store.
+	Audit AuditConfig `yaml:"audit"`
+	// Limits bound request rates and live credentials (ATF S-3..S-5).
+	Limits LimitsConfig `yaml:"limits"`
+}
+
+// PolicyConfig names the Casbin model and policy the store starts with.
+// They are read only while the store holds no policy; after that the
+// store's versions (changed through AdminService) are the truth, and a
+// start with different files logs a warning.
+type PolicyConfig struct {
+	ModelFile  string `yaml:"model_file"`
+	PolicyFile string `yaml:"policy_file"`
+}
+
+// ApprovalsConfig configures human approval.
+type ApprovalsConfig struct {
+	// Approvers are the SPIFFE IDs (of people's tools or workloads) allowed
+	// to call ApprovalService.
+	Approvers []string `yaml:"approvers"`
+	// PendingTTL is how long a request waits for a decision (default 1h);
+	// RedeemWithin how long an approved request may be redeemed (default
+	// 15m).
+	PendingTTL   time.Duration `yaml:"pending_ttl"`
+	RedeemWithin time.Duration `yaml:"redeem_within"`
+}
+
+// NotificationsConfig configures the webhook sink.
+type NotificationsConfig struct {
+	Webhook WebhookConfig `yaml:"webhook"`
+}
+
+// WebhookConfig is an HTTP endpoint notifications are POSTed to as JSON.
+// Its URL often embeds a secret, so it is read from a file or an
+// environment variable, like the signing secret.
+type WebhookConfig struct {
+	URLFile     string        `yaml:"url_file"`
+	URLEnv      string        `yaml:"url_env"`
+	SecretFile  string        `yaml:"secret_file"`
+	Timeout     time.Duration `yaml:"timeout"`
+	MaxAttempts int           `yaml:"max_attempts"`
+}
+
+// AuditConfig streams audit records as JSON lines.
+type AuditConfig struct {
+	// File is appended to (and resumed after a restart without gaps or
+	// duplicates).
+	File string `yaml:"file"`
+	// Stdout also writes them to standard output, for a log shipper.
+	Stdout bool `yaml:"stdout"`
+}
+
+// LimitsConfig bounds what agents can ask for. A count of 0 takes the
+// default; -1 means no limit.
+type LimitsConfig struct {
+	// Rate is a token bucket per agent, by maturity level name. Unset takes
+	// the defaults; a level left out of a set map is not rate limited.
+	Rate map[string]RateLimit `yaml:"rate"`
+	// Live credentials at once: per agent (default 50), per lineage (all
+	// credentials issued under one root agent's authority, default 500) and
+	// per role (default 5000).
+	MaxLivePerAgent   int `yaml:"max_live_per_agent"`
+	MaxLivePerLineage int `yaml:"max_live_per_lineage"`
+	MaxLivePerRole    int `yaml:"max_live_per_role"`
+}
+
+// RateLimit is a token bucket: PerSecond requests on average, Burst at once.
+type RateLimit struct {
+	PerSecond float64 `yaml:"per_second"`
+	Burst     int     `yaml:"burst"`
+}
+
+// DefaultRateLimits are the credential request rates per level.
+func DefaultRateLimits() map[string]RateLimit {
+	return map[string]RateLimit{
+		"intern":    {PerSecond: 1, Burst: 10},
+		"junior":    {PerSecond: 2, Burst: 20},
+		"senior":    {PerSecond: 10, Burst: 50},
+		"principal": {PerSecond: 20, Burst: 100},
+	}
 }
 
 // SPIFFEConfig selects the Workload API or files.
@@ -156,6 +242,53 @@ func (c *Config) Validate() error {
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		bad("log_format must be json or text, not %q", c.LogFormat)
 	}
+	if (c.Policy.ModelFile == "") != (c.Policy.PolicyFile == "") {
+		bad("policy.model_file and policy.policy_file go together")
+	}
+	for _, a := range c.Approvals.Approvers {
+		if _, err := attest.ParseID(a); err != nil {
+			bad("approvals.approvers: %v", err)
+		}
+	}
+	if c.Approvals.PendingTTL == 0 {
+		c.Approvals.PendingTTL = time.Hour
+	}
+	if c.Approvals.RedeemWithin == 0 {
+		c.Approvals.RedeemWithin = 15 * time.Minute
+	}
+	if c.Approvals.PendingTTL < 0 || c.Approvals.RedeemWithin < 0 {
+		bad("approvals: pending_ttl and redeem_within must be positive")
+	}
+	if w := c.Notifications.Webhook; w.URLFile != "" && w.URLEnv != "" {
+		bad("notifications.webhook: url_file and url_env are alternatives")
+	}
+	if c.Limits.Rate == nil {
+		c.Limits.Rate = DefaultRateLimits()
+	}
+	for name, r := range c.Limits.Rate {
+		if _, err := authz.ParseLevel(name); err != nil {
+			bad("limits.rate: %v", err)
+		}
+		if r.PerSecond <= 0 || r.Burst < 1 {
+			bad("limits.rate.%s: per_second must be positive and burst at least 1", name)
+		}
+	}
+	for _, l := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"max_live_per_agent", &c.Limits.MaxLivePerAgent, 50},
+		{"max_live_per_lineage", &c.Limits.MaxLivePerLineage, 500},
+		{"max_live_per_role", &c.Limits.MaxLivePerRole, 5000},
+	} {
+		switch {
+		case *l.v == 0:
+			*l.v = l.def
+		case *l.v < -1:
+			bad("limits.%s must be positive, or -1 for no limit", l.name)
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("broker: invalid config:\n%w", err)
 	}
@@ -165,16 +298,18 @@ func (c *Config) Validate() error {
 // Role is a credential the broker issues: a name agents ask for, a class
 // that maturity gating checks, and the Vault policies the token carries.
 type Role struct {
-	Name        string        `yaml:"name"`
-	Description string        `yaml:"description"`
-	Class       string        `yaml:"class"`
-	Policies    []string      `yaml:"policies"`
-	MaxTTL      time.Duration `yaml:"max_ttl"`
+	Name        string `yaml:"name"`
+	Description string `yaml:"description"`
+	Class       string `yaml:"class"`
+	// Classification is the data behind the role: public, internal, pii or
+	// secret (ATF D-3). The default policy needs Senior+ for pii and secret.
+	Classification string        `yaml:"classification"`
+	Policies       []string      `yaml:"policies"`
+	MaxTTL         time.Duration `yaml:"max_ttl"`
 
-	class authz.Class
+	class          authz.Class
+	classification authz.Classification
 }
-
-var roleName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
 
 // LoadRoles reads and checks a roles file.
 func LoadRoles(path string) (map[string]Role, error) {
@@ -193,13 +328,16 @@ func LoadRoles(path string) (map[string]Role, error) {
 	roles := make(map[string]Role, len(file.Roles))
 	for i, r := range file.Roles {
 		where := fmt.Sprintf("broker: roles %s: role %d (%q)", path, i+1, r.Name)
-		if !roleName.MatchString(r.Name) || len(r.Name) > 128 {
-			return nil, fmt.Errorf("%s: name must match %s", where, roleName)
+		if _, err := authz.CanonicalRole(r.Name); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		if _, dup := roles[r.Name]; dup {
 			return nil, fmt.Errorf("%s: defined twice", where)
 		}
 		if r.class, err = authz.ParseClass(r.Class); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		if r.classification, err = authz.ParseClassification(r.Classification); err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		if len(r.Policies) == 0 || slices.Contains(r.Policies, "root") || slices.Contains(r.Policies, "") {
@@ -216,4 +354,6 @@ func LoadRoles(path string) (map[string]Role, error) {
 	return roles, nil
 }
 
-func (r Role) authz() authz.Role { return authz.Role{Name: r.Name, Class: r.class, MaxTTL: r.MaxTTL} }
+func (r Role) authz() authz.Role {
+	return authz.Role{Name: r.Name, Class: r.class, Classification: r.classification, MaxTTL: r.MaxTTL}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -56,6 +57,7 @@ type ctxKey int
 const (
 	identityKey ctxKey = iota
 	loggerKey
+	requestIDKey
 )
 
 // identity returns the caller verified by the interceptor.
@@ -78,7 +80,10 @@ func public(method string) bool {
 	return strings.HasPrefix(method, "/grpc.health.v1.Health/") || strings.HasPrefix(method, "/grpc.reflection.")
 }
 
-var adminPrefix = "/" + adminv1.AdminService_ServiceDesc.ServiceName + "/"
+var (
+	adminPrefix    = "/" + adminv1.AdminService_ServiceDesc.ServiceName + "/"
+	approverPrefix = "/" + adminv1.ApprovalService_ServiceDesc.ServiceName + "/"
+)
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 	if public(info.FullMethod) {
@@ -123,7 +128,7 @@ func (w *wrappedStream) Context() context.Context { return w.ctx }
 func (s *Server) begin(ctx context.Context, method string) (context.Context, *slog.Logger) {
 	rid := ""
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(requestIDHeader); len(v) == 1 && len(v[0]) <= 128 {
+		if v := md.Get(requestIDHeader); len(v) == 1 && requestIDPattern.MatchString(v[0]) {
 			rid = v[0]
 		}
 	}
@@ -131,7 +136,17 @@ func (s *Server) begin(ctx context.Context, method string) (context.Context, *sl
 		rid = newID()
 	}
 	log := s.log.With(slog.String(logRequestID, rid), slog.String(logMethod, method))
-	return context.WithValue(ctx, loggerKey, log), log
+	return context.WithValue(context.WithValue(ctx, loggerKey, log), requestIDKey, rid), log
+}
+
+// requestIDPattern keeps caller-chosen request ids to plain tokens, since
+// they reach logs and the audit trail.
+var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+
+// requestID is the request's id ("" outside a call).
+func requestID(ctx context.Context) string {
+	rid, _ := ctx.Value(requestIDKey).(string)
+	return rid
 }
 
 // authorize authenticates the caller from its SVID and, for AdminService,
@@ -149,6 +164,10 @@ func (s *Server) authorize(ctx context.Context, method string) (context.Context,
 	if strings.HasPrefix(method, adminPrefix) && !s.admins[id.ID] {
 		log.Warn("admin call refused: caller is not an admin")
 		return ctx, status.Errorf(codes.PermissionDenied, "%s is not a broker admin; admins are listed in atfd's configuration (admins)", id.ID)
+	}
+	if strings.HasPrefix(method, approverPrefix) && !s.approvers[id.ID] {
+		log.Warn("approval call refused: caller is not an approver")
+		return ctx, status.Errorf(codes.PermissionDenied, "%s is not an approver; approvers are listed in atfd's configuration (approvals.approvers)", id.ID)
 	}
 	return ctx, nil
 }

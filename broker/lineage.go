@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/vault"
 	"github.com/agentictrust/atf/delegation"
@@ -151,6 +152,7 @@ func (h *hub) publish(agent string, ev *brokerv1.WatchRevocationsResponse) {
 // in Vault, tells the affected agents and writes the audit summary.
 func (s *Server) revokeLineage(ctx context.Context, root store.Root, actor, reason string) (*brokerv1.RevocationSummary, error) {
 	start := time.Now()
+	reason = audit.Redact(reason)
 	rev, err := s.store.RevokeLineage(root, actor, reason)
 	if err != nil {
 		return nil, s.statusOf(ctx, "revoke lineage", err)
@@ -186,6 +188,7 @@ func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, r
 	for agent, accs := range rev.Credentials {
 		ev := event(agent)
 		ev.Accessors = append(ev.Accessors, accs...)
+		s.live.remove(accs...)
 	}
 	for agent, ev := range events {
 		s.hub.publish(agent, ev)

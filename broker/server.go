@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"buf.build/go/protovalidate"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/notify"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/svid"
 	"github.com/agentictrust/atf/broker/vault"
@@ -65,6 +68,18 @@ type Server struct {
 	hub       hub
 	rules     delegation.Rules
 
+	cfg       Config
+	policy    atomic.Pointer[authz.Policy]
+	policyMu  sync.Mutex // serialises policy updates
+	approvers map[spiffeid.ID]bool
+	approvals signal // fired on every approval change
+	rate      *rateLimiter
+	live      *liveSet
+	notifier  *notify.Notifier
+	streamers []*audit.Streamer
+	stop      context.CancelFunc // stops background loops
+	loops     sync.WaitGroup
+
 	closeOnce sync.Once
 }
 
@@ -79,7 +94,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{log: o.logger, now: o.now, admins: make(map[spiffeid.ID]bool)}
+	s := &Server{log: o.logger, now: o.now, cfg: cfg, admins: map[spiffeid.ID]bool{}, approvers: map[spiffeid.ID]bool{}}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -89,15 +104,37 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 		id, _ := attest.ParseID(a) // checked by Validate
 		s.admins[id] = true
 	}
+	for _, a := range cfg.Approvals.Approvers {
+		id, _ := attest.ParseID(a) // checked by Validate
+		s.approvers[id] = true
+	}
+	sinks, err := webhookSinks(cfg.Notifications.Webhook)
+	if err != nil {
+		return nil, err
+	}
+	s.notifier = notify.New(o.logger, sinks...)
 	if s.roles, err = LoadRoles(cfg.RolesFile); err != nil {
 		return nil, err
 	}
 	if s.gate, err = authz.NewGate(authz.DefaultLimits()); err != nil {
 		return nil, err
 	}
-	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: o.now}); err != nil {
+	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: o.now, OnAudit: s.auditCommitted}); err != nil {
 		return nil, err
 	}
+	if err := s.loadPolicy(cfg.Policy); err != nil {
+		return nil, err
+	}
+	if err := s.auditStreams(cfg.Audit); err != nil {
+		return nil, err
+	}
+	s.rate = newRateLimiter(cfg.Limits.Rate, o.now)
+	s.live = newLiveSet(cfg.Limits, o.now)
+	live, err := s.store.LiveCredentials(o.now())
+	if err != nil {
+		return nil, err
+	}
+	s.live.load(live)
 	if s.source, err = svid.Open(ctx, svid.Config{
 		WorkloadAPIAddr: cfg.SPIFFE.WorkloadAPIAddr,
 		CertFile:        cfg.SPIFFE.SVIDFile,
@@ -159,6 +196,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	)
 	brokerv1.RegisterBrokerServiceServer(s.grpc, &brokerService{s: s})
 	adminv1.RegisterAdminServiceServer(s.grpc, &adminService{s: s})
+	adminv1.RegisterApprovalServiceServer(s.grpc, &approvalService{s: s})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -167,9 +205,15 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	return s, nil
 }
 
-// Serve serves gRPC on lis until Close. It also retries queued revocations.
+// Serve serves gRPC on lis until Close. It also retries queued revocations
+// and streams the audit trail.
 func (s *Server) Serve(lis net.Listener) error {
 	s.revoker.start()
+	ctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	for _, st := range s.streamers {
+		s.loops.Go(func() { st.Run(ctx) })
+	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	err := s.grpc.Serve(lis)
 	if errors.Is(err, grpc.ErrServerStopped) {
@@ -196,6 +240,18 @@ func (s *Server) Close() {
 		if s.revoker != nil {
 			s.revoker.stop()
 		}
+		if s.stop != nil {
+			s.stop() // the streamers drain what is committed, then return
+		}
+		s.loops.Wait()
+		for _, st := range s.streamers {
+			st.Close()
+		}
+		if s.notifier != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			s.notifier.Close(ctx)
+			cancel()
+		}
 		if s.issuer != nil {
 			s.issuer.Close()
 		}
@@ -220,4 +276,31 @@ func vaultLogin(a VaultAuth, src *svid.Source) (login vaultapi.AuthMethod, token
 	}
 	token, err = readSecret(a.TokenFile, a.TokenEnv)
 	return nil, token, err
+}
+
+// auditCommitted wakes the audit streamers after a commit with records.
+func (s *Server) auditCommitted() {
+	for _, st := range s.streamers {
+		st.Notify()
+	}
+}
+
+// webhookSinks builds the notification webhook, if configured.
+func webhookSinks(cfg WebhookConfig) ([]notify.Sink, error) {
+	if cfg.URLFile == "" && cfg.URLEnv == "" {
+		return nil, nil
+	}
+	url, err := readSecret(cfg.URLFile, cfg.URLEnv)
+	if err != nil {
+		return nil, fmt.Errorf("broker: notifications.webhook url: %w", err)
+	}
+	wh := &notify.Webhook{URL: url, Timeout: cfg.Timeout, MaxAttempts: cfg.MaxAttempts}
+	if cfg.SecretFile != "" {
+		secret, err := readSecret(cfg.SecretFile, "")
+		if err != nil {
+			return nil, fmt.Errorf("broker: notifications.webhook secret: %w", err)
+		}
+		wh.Secret = []byte(secret)
+	}
+	return []notify.Sink{wh}, nil
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/deploy/dev"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
+	"github.com/agentictrust/atf/deploy/policy"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -37,17 +38,27 @@ import (
 const Roles = `roles:
   - name: reports-read
     class: read
+    classification: internal
     policies: [demo-reports-read]
     max_ttl: 30m
   - name: reports-write
     class: write
+    classification: internal
     policies: [demo-reports-write]
     max_ttl: 10m
   - name: payroll-read
     class: read
+    classification: pii
     policies: [demo-payroll-read]
     max_ttl: 2m
 `
+
+// OpenPolicy is the segmentation policy of every test broker unless a test
+// sets its own: every agent of the trust domain may have every role, so
+// the shipped model's maturity gating (and the code's invariants) decide.
+func OpenPolicy(td spiffeid.TrustDomain) string {
+	return "g, " + td.IDString() + "/*, group:all\np, group:all, *, *, intern, allow\n"
+}
 
 // Fixture is the shared SPIRE + Vault stack, with the test process
 // registered as the broker's workload.
@@ -136,6 +147,13 @@ func (f *Fixture) Config(t testing.TB, dir string) broker.Config {
 	if err := os.WriteFile(tokFile, []byte(tok), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	modelFile, policyFile := filepath.Join(dir, "model.conf"), filepath.Join(dir, "policy.csv")
+	if err := os.WriteFile(modelFile, []byte(policy.Model), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(policyFile, []byte(OpenPolicy(f.Stack.TrustDomain)), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	return broker.Config{
 		ListenAddr:   "127.0.0.1:0",
 		SPIFFE:       broker.SPIFFEConfig{WorkloadAPIAddr: f.Stack.WorkloadAPIAddr},
@@ -143,6 +161,12 @@ func (f *Fixture) Config(t testing.TB, dir string) broker.Config {
 		Admins:       []string{f.Admin.String()},
 		StorePath:    filepath.Join(dir, "atf.db"),
 		RolesFile:    roles,
+		Policy:       broker.PolicyConfig{ModelFile: modelFile, PolicyFile: policyFile},
+		// Tests fetch in bursts; limit tests set their own.
+		Limits: broker.LimitsConfig{
+			Rate:            map[string]broker.RateLimit{},
+			MaxLivePerAgent: -1, MaxLivePerLineage: -1, MaxLivePerRole: -1,
+		},
 		Vault: broker.VaultConfig{
 			Address: f.Stack.VaultAddr,
 			Timeout: 2 * time.Second,

@@ -44,7 +44,9 @@ type Conn struct {
 	*grpc.ClientConn
 	Broker brokerv1.BrokerServiceClient
 	Admin  adminv1.AdminServiceClient
-	source *svid.Source
+	// Approvals is for approvers (approvals.approvers in atfd's config).
+	Approvals adminv1.ApprovalServiceClient
+	source    *svid.Source
 }
 
 // Dial connects to the broker. The connection is lazy: errors reaching the
@@ -106,6 +108,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		ClientConn: cc,
 		Broker:     brokerv1.NewBrokerServiceClient(cc),
 		Admin:      adminv1.NewAdminServiceClient(cc),
+		Approvals:  adminv1.NewApprovalServiceClient(cc),
 		source:     src,
 	}, nil
 }

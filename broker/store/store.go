@@ -419,3 +419,22 @@ func putAgent(tx *bolt.Tx, a Agent, ch AgentChange) error {
 func historyPrefix(id string) []byte { return pair(id, "") }
 
 func credentialKey(agentID, accessor string) []byte { return pair(agentID, accessor) }
+
+// LiveCredentials returns every credential neither revoked nor expired at
+// now.
+func (s *Store) LiveCredentials(now time.Time) ([]Credential, error) {
+	var out []Credential
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketCredentials).ForEach(func(_, v []byte) error {
+			var cr Credential
+			if err := json.Unmarshal(v, &cr); err != nil {
+				return fmt.Errorf("store: decode credential: %w", err)
+			}
+			if cr.RevokedAt.IsZero() && cr.ExpiresAt.After(now) {
+				out = append(out, cr)
+			}
+			return nil
+		})
+	})
+	return out, err
+}

@@ -51,15 +51,18 @@ func newCreds(g *globals) *cobra.Command {
 	creds := &cobra.Command{Use: "creds", Short: "Fetch credentials"}
 	var (
 		role, purpose, grant string
+		justification        string
+		approval             string
 		ttl                  time.Duration
-		tokenOnly            bool
+		tokenOnly, wait      bool
 	)
 	fetch := &cobra.Command{
 		Use:   "fetch --role ROLE",
 		Short: "Fetch a short-lived Vault token for a role",
 		Example: `  atfctl creds fetch --role reports-read
   export VAULT_TOKEN=$(atfctl creds fetch --role reports-read --token-only)
-  atfctl creds fetch --role reports-read --ttl 5m --purpose "nightly summary" -o json`,
+  atfctl creds fetch --role reports-read --ttl 5m --purpose "nightly summary" -o json
+  atfctl creds fetch --role reports-write --justification "publish Q3 numbers" --wait`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if role == "" {
@@ -70,13 +73,29 @@ func newCreds(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			req := &brokerv1.FetchCredentialRequest{Role: role, Purpose: purpose, GrantId: grant}
+			req := &brokerv1.FetchCredentialRequest{Role: role, Purpose: purpose, GrantId: grant, Justification: justification, ApprovalId: approval}
 			if ttl > 0 {
 				req.Ttl = durationpb.New(ttl)
 			}
 			r, err := c.Broker.FetchCredential(cmd.Context(), req)
 			if err != nil {
 				return err
+			}
+			if ap := r.GetApproval(); ap != nil {
+				if !wait {
+					if err := g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { printApproval(w, ap) }); err != nil {
+						return err
+					}
+					return exitError{code: 8, msg: fmt.Sprintf("request waits for approval %s; redeem it with --approval %s once approved, or use --wait", ap.GetId(), ap.GetId())}
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "waiting for a human to approve request %s (expires %s)...\n", ap.GetId(), ts(ap.GetExpiresAt()))
+				if err := waitApproval(cmd, c.Broker, ap.GetId()); err != nil {
+					return err
+				}
+				req.ApprovalId = ap.GetId()
+				if r, err = c.Broker.FetchCredential(cmd.Context(), req); err != nil {
+					return err
+				}
 			}
 			cr := r.GetCredential()
 			if tokenOnly {
@@ -105,6 +124,9 @@ func newCreds(g *globals) *cobra.Command {
 	fetch.Flags().StringVar(&purpose, "purpose", "", "why, for the audit trail")
 	fetch.Flags().BoolVar(&tokenOnly, "token-only", false, "print only the token")
 	fetch.Flags().StringVar(&grant, "grant", "", "act under a grant delegated to you")
+	fetch.Flags().StringVar(&justification, "justification", "", "why the action is needed, for the approver (Junior writes)")
+	fetch.Flags().BoolVar(&wait, "wait", false, "if a human must approve, wait for the decision and then fetch")
+	fetch.Flags().StringVar(&approval, "approval", "", "redeem this approved request")
 	creds.AddCommand(fetch)
 	return creds
 }
@@ -372,4 +394,33 @@ func exactArgs(n int) cobra.PositionalArgs {
 		}
 		return nil
 	}
+}
+
+// waitApproval follows an approval request until it is decided.
+func waitApproval(cmd *cobra.Command, b brokerv1.BrokerServiceClient, id string) error {
+	stream, err := b.WaitApproval(cmd.Context(), &brokerv1.WaitApprovalRequest{ApprovalId: id})
+	if err != nil {
+		return err
+	}
+	for {
+		r, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch ap := r.GetApproval(); ap.GetStatus() {
+		case brokerv1.ApprovalStatus_APPROVAL_STATUS_APPROVED:
+			fmt.Fprintf(cmd.ErrOrStderr(), "approved by %s: %s\n", ap.GetDecidedBy(), ap.GetReason())
+			return nil
+		case brokerv1.ApprovalStatus_APPROVAL_STATUS_PENDING:
+		default:
+			return exitError{code: 3, msg: fmt.Sprintf("approval %s is %s: %s", id, enumName(ap.GetStatus().String(), "APPROVAL_STATUS_"), ap.GetReason())}
+		}
+	}
+}
+
+func printApproval(w *tabwriter.Writer, ap *brokerv1.Approval) {
+	fmt.Fprintf(w, "Status:\t%s\n", enumName(ap.GetStatus().String(), "APPROVAL_STATUS_"))
+	fmt.Fprintf(w, "Approval:\t%s\n", ap.GetId())
+	fmt.Fprintf(w, "Role:\t%s (%s, %s data)\n", ap.GetRole(), ap.GetClass(), ap.GetClassification())
+	fmt.Fprintf(w, "Expires:\t%s\n", ts(ap.GetExpiresAt()))
 }

@@ -6,7 +6,8 @@
 //
 // Exit codes: 0 success, 1 other error, 2 usage error, 3 unauthenticated or
 // permission denied, 4 not found, 5 broker or Vault unavailable, 6 invalid
-// argument or failed precondition.
+// argument or failed precondition, 7 a limit was hit (retry later), 8 a
+// credential request waits for approval (creds fetch without --wait).
 package main
 
 import (
@@ -34,6 +35,15 @@ func main() {
 
 type usageError struct{ error }
 
+// exitError ends atfctl with its own code and message, for outcomes that
+// are not gRPC errors (a broken audit chain, a request left pending).
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return e.msg }
+
 func exitCode(err error) int {
 	if err == nil {
 		return 0
@@ -41,6 +51,10 @@ func exitCode(err error) int {
 	var ue usageError
 	if errors.As(err, &ue) {
 		return 2
+	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code
 	}
 	st, ok := status.FromError(err)
 	if !ok {
@@ -55,6 +69,8 @@ func exitCode(err error) int {
 		return 5
 	case codes.InvalidArgument, codes.FailedPrecondition, codes.AlreadyExists:
 		return 6
+	case codes.ResourceExhausted:
+		return 7
 	}
 	return 1
 }
@@ -82,6 +98,7 @@ Identity comes from the caller's SPIFFE SVID: from the SPIRE Workload API
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	g.register(root)
-	root.AddCommand(newWhoAmI(g), newCreds(g), newAgent(g), newDelegate(g), newRevoke(g), newLineage(g), newWatch(g))
+	root.AddCommand(newWhoAmI(g), newCreds(g), newAgent(g), newDelegate(g), newRevoke(g), newLineage(g), newWatch(g),
+		newPolicy(g), newApprovals(g), newAudit(g), newEvents(g))
 	return root
 }

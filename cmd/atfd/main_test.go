@@ -18,7 +18,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/agentictrust/atf/broker/client"
+	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
+	"github.com/agentictrust/atf/deploy/policy"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
@@ -35,6 +37,7 @@ func TestMain(m *testing.M) {
 const roles = `roles:
   - name: reports-read
     class: read
+    classification: internal
     policies: [demo-reports-read]
     max_ttl: 5m
 `
@@ -67,6 +70,7 @@ func TestAtfdProcess(t *testing.T) {
 		return p
 	}
 	addr := freeAddr(t)
+	auditFile := filepath.Join(dir, "audit.jsonl")
 	cfg := write("atfd.yaml", fmt.Sprintf(`listen_addr: %s
 spiffe:
   workload_api_addr: %s
@@ -74,13 +78,19 @@ trust_domains: [%s]
 admins: [%s]
 store_path: %s
 roles_file: %s
+policy:
+  model_file: %s
+  policy_file: %s
+audit:
+  file: %s
 vault:
   address: %s
   auth:
     method: token
     token_file: %s
 log_format: text
-`, addr, s.WorkloadAPIAddr, s.TrustDomain.Name(), admin, filepath.Join(dir, "atf.db"), write("roles.yaml", roles), s.VaultAddr, write("token", tok)))
+`, addr, s.WorkloadAPIAddr, s.TrustDomain.Name(), admin, filepath.Join(dir, "atf.db"), write("roles.yaml", roles),
+		write("model.conf", policy.Model), write("policy.csv", policy.Example), auditFile, s.VaultAddr, write("token", tok)))
 
 	var logs bytes.Buffer
 	atfd := exec.Command(exe, "-config", cfg)
@@ -157,6 +167,18 @@ log_format: text
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("atfd did not stop within 15s of SIGTERM")
+	}
+
+	// The audit trail's JSON-lines copy holds the seeding of the policy and
+	// verifies.
+	f, err := os.Open(auditFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n, last, err := audit.VerifyLines(f)
+	if err != nil || n == 0 || last.Seq != n {
+		t.Fatalf("audit.jsonl: %d records, last %d, %v; want a verified copy from record 1", n, last.Seq, err)
 	}
 }
 

@@ -3,10 +3,12 @@
 //
 // It starts a SPIRE server and agent and a Vault dev server on loopback,
 // starts atfd (which gets its SVID from the Workload API and logs in to Vault
-// with its JWT-SVID), registers two agents, and shows one of them fetching a
+// with its JWT-SVID), registers agents, and shows one of them fetching a
 // short-lived Vault token and using it, an Intern refused a write role, an
-// unregistered workload refused, a delegation to a helper agent, and a
-// deregistration killing the agent's tokens and everything it delegated.
+// unregistered workload refused, a delegation to a helper agent, a Junior
+// write approved by a human and redeemed once, the policy explaining its
+// decisions and refusing a dangerous pattern, the audit chain verified, and
+// a deregistration killing the agent's tokens and everything it delegated.
 // Everything runs in a temporary directory that is removed at the end, also
 // on Ctrl-C.
 package main
@@ -30,6 +32,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/agentictrust/atf/deploy/dev"
+	"github.com/agentictrust/atf/deploy/policy"
 )
 
 //go:embed roles.yaml
@@ -89,6 +92,7 @@ func run(ctx context.Context) error {
 	td := stack.TrustDomain
 	id := func(path string) spiffeid.ID { return spiffeid.RequireFromPath(td, path) }
 	reporter, writer, helper, stranger, alice := id("/agents/reporter"), id("/agents/writer"), id("/agents/helper"), id("/agents/stranger"), id("/ops/alice")
+	drafter, bob := id("/agents/drafter"), id("/ops/bob")
 
 	title("Register workloads with SPIRE")
 	fmt.Println("   atfd and the reporter agent get their SVIDs from the SPIRE agent's Workload API,")
@@ -101,7 +105,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 	files := map[spiffeid.ID]dev.SVIDFiles{}
-	for _, who := range []spiffeid.ID{alice, writer, helper, stranger} {
+	for _, who := range []spiffeid.ID{alice, bob, writer, helper, drafter, stranger} {
 		f, err := stack.MintX509(ctx, who, time.Hour)
 		if err != nil {
 			return err
@@ -114,7 +118,7 @@ func run(ctx context.Context) error {
 	}
 
 	title("Start atfd")
-	cfgPath, err := d.writeConfig(alice)
+	cfgPath, err := d.writeConfig(alice, bob)
 	if err != nil {
 		return err
 	}
@@ -190,6 +194,35 @@ func run(ctx context.Context) error {
 	d.vault(ctx, htoken, true, "kv", "get", "-field=summary", "secret/demo/reports")
 	d.atfctl(ctx, true, append(svidFlags(alice), "lineage", "show", writer.String())...)
 
+	title("A Junior agent's write waits for a human: bob (an approver) approves it, the agent redeems it once")
+	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "register", drafter.String(),
+		"--owner", "carol@example.org", "--purpose", "draft report corrections", "--role", "reports-write", "--level", "junior")...)
+	d.atfctl(ctx, false, append(svidFlags(drafter), "creds", "fetch", "--role", "reports-write", "--justification", "fix the Q3 typo")...)
+	d.atfctl(ctx, true, append(svidFlags(bob), "approvals", "list")...)
+	list, err := d.atfctlOut(ctx, append(svidFlags(bob), "approvals", "list", "-o", "json")...)
+	if err != nil {
+		return err
+	}
+	approvalID := firstApprovalID(list)
+	d.atfctl(ctx, false, append(svidFlags(drafter), "approvals", "approve", approvalID, "--reason", "approving myself")...)
+	d.atfctl(ctx, true, append(svidFlags(bob), "approvals", "approve", approvalID, "--reason", "typo fix, ticket REP-7")...)
+	d.atfctl(ctx, true, append(svidFlags(drafter), "creds", "fetch", "--role", "reports-write", "--approval", approvalID)...)
+	d.atfctl(ctx, false, append(svidFlags(drafter), "creds", "fetch", "--role", "reports-write", "--approval", approvalID)...)
+
+	title("Segmentation is explainable: dry-run a request, query the decisions, verify the audit chain")
+	d.atfctl(ctx, true, append(svidFlags(alice), "policy", "test", reporter.String(), "--role", "payroll-read")...)
+	d.atfctl(ctx, true, append(svidFlags(alice), "policy", "test", drafter.String(), "--role", "reports-write")...)
+	d.atfctl(ctx, true, append(svidFlags(alice), "audit", "query", "--decision", "deny")...)
+	d.atfctl(ctx, true, append(svidFlags(alice), "audit", "verify")...)
+
+	title("A policy with a pattern that matches more than it seems is refused; the current one keeps serving")
+	bad := filepath.Join(stack.Dir, "bad-policy.csv")
+	if err := os.WriteFile(bad, []byte("p, group:reporting, reports/*/write, write, junior, allow\n"), 0o600); err != nil {
+		return err
+	}
+	d.atfctl(ctx, false, append(svidFlags(alice), "policy", "set", "--policy", bad, "--comment", "let reporting write everywhere")...)
+	d.atfctl(ctx, true, append(svidFlags(alice), "policy", "list")...)
+
 	title("Deregistering the writer kills its tokens and everything it delegated, in Vault, at once")
 	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "deregister", writer.String(), "--reason", "replaced by v2")...)
 	d.vault(ctx, wtoken, false, "kv", "get", "secret/demo/reports")
@@ -206,11 +239,33 @@ func run(ctx context.Context) error {
 
 const brokerAddr = "127.0.0.1:18443"
 
-// writeConfig writes atfd's configuration and roles file into the stack dir.
-func (d *demo) writeConfig(admin spiffeid.ID) (string, error) {
+// firstApprovalID picks the newest request from `approvals list -o json`.
+func firstApprovalID(list string) string {
+	var out struct {
+		Approvals []struct {
+			ID string `json:"id"`
+		} `json:"approvals"`
+	}
+	if json.Unmarshal([]byte(list), &out) != nil || len(out.Approvals) == 0 {
+		return "none"
+	}
+	return out.Approvals[0].ID
+}
+
+// writeConfig writes atfd's configuration, roles file and policy (the
+// shipped example, in the stack's trust domain) into the stack dir.
+func (d *demo) writeConfig(admin, approver spiffeid.ID) (string, error) {
 	dir := d.stack.Dir
 	roles := filepath.Join(dir, "roles.yaml")
 	if err := os.WriteFile(roles, rolesYAML, 0o600); err != nil {
+		return "", err
+	}
+	model, pol := filepath.Join(dir, "model.conf"), filepath.Join(dir, "policy.csv")
+	if err := os.WriteFile(model, []byte(policy.Model), 0o600); err != nil {
+		return "", err
+	}
+	example := strings.ReplaceAll(policy.Example, "spiffe://example.org/", d.stack.TrustDomain.IDString()+"/")
+	if err := os.WriteFile(pol, []byte(example), 0o600); err != nil {
 		return "", err
 	}
 	cfg := fmt.Sprintf(`# atfd configuration for the demo (see the README's configuration reference)
@@ -221,6 +276,13 @@ trust_domains: [%s]
 admins: [%s]
 store_path: %s
 roles_file: %s
+policy:                  # seeds the store; later changes go through atfctl policy
+  model_file: %s
+  policy_file: %s
+approvals:
+  approvers: [%s]
+audit:
+  file: %s               # the hash-chained trail, also as JSON lines
 vault:
   address: %s
   auth:
@@ -228,7 +290,8 @@ vault:
     role: atf-broker
     audience: vault
 log_format: text
-`, brokerAddr, d.stack.WorkloadAPIAddr, d.stack.TrustDomain.Name(), admin, filepath.Join(dir, "atf.db"), roles, d.stack.VaultAddr)
+`, brokerAddr, d.stack.WorkloadAPIAddr, d.stack.TrustDomain.Name(), admin, filepath.Join(dir, "atf.db"), roles,
+		model, pol, approver, filepath.Join(dir, "audit.jsonl"), d.stack.VaultAddr)
 	path := filepath.Join(dir, "atfd.yaml")
 	fmt.Printf("%s%s%s", dim, indent(cfg), reset)
 	return path, os.WriteFile(path, []byte(cfg), 0o600)

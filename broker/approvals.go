@@ -1,0 +1,226 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/store"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+// signal wakes everyone waiting for a change: wait returns a channel that
+// is closed at the next fire.
+type signal struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func (s *signal) wait() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ch == nil {
+		s.ch = make(chan struct{})
+	}
+	return s.ch
+}
+
+func (s *signal) fire() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ch != nil {
+		close(s.ch)
+		s.ch = nil
+	}
+}
+
+// approvalService lets approvers decide Junior agents' requests.
+type approvalService struct {
+	adminv1.UnimplementedApprovalServiceServer
+	s *Server
+}
+
+func (a *approvalService) ListApprovals(ctx context.Context, req *adminv1.ListApprovalsRequest) (*adminv1.ListApprovalsResponse, error) {
+	st := approvalStatusFromProto(req.GetStatus())
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = 100
+	}
+	list, err := a.s.store.Approvals(st, req.GetAgent(), size)
+	if err != nil {
+		return nil, a.s.statusOf(ctx, "list approvals", err)
+	}
+	resp := &adminv1.ListApprovalsResponse{}
+	for _, ap := range list {
+		resp.Approvals = append(resp.Approvals, approvalToProto(ap))
+	}
+	return resp, nil
+}
+
+func (a *approvalService) DecideApproval(ctx context.Context, req *adminv1.DecideApprovalRequest) (*adminv1.DecideApprovalResponse, error) {
+	s := a.s
+	approver := identity(ctx).ID.String()
+	ap, err := s.store.GetApproval(req.GetApprovalId())
+	if err != nil {
+		return nil, s.statusOf(ctx, "get approval", err)
+	}
+	// Nobody decides a request they are part of: the requester, or anyone
+	// along the delegation chain it acts under.
+	if ap.AgentID == approver || slices.Contains(ap.Chain, approver) {
+		s.logger(ctx).Warn("self-approval refused", slog.String("approval", ap.ID))
+		return nil, status.Errorf(codes.PermissionDenied, "%s may not decide approval %s: it is part of the request", approver, ap.ID)
+	}
+	approve := req.GetVerdict() == adminv1.Verdict_VERDICT_APPROVE
+	ap, err = s.store.DecideApproval(ap.ID, approver, approve, audit.Redact(req.GetReason()), s.cfg.Approvals.RedeemWithin)
+	if err != nil {
+		return nil, s.statusOf(ctx, "decide approval", err)
+	}
+	s.approvals.fire()
+	verb := "denied"
+	if approve {
+		verb = "approved"
+	}
+	s.logger(ctx).Info("approval "+verb, slog.String("approval", ap.ID), slog.String(logAgent, ap.AgentID), slog.String(logRole, ap.Role))
+	s.notify(ctx, "approval_"+verb, ap.AgentID, ap.Role, fmt.Sprintf("%s %s %s's request for %s: %s", approver, verb, ap.AgentID, ap.Role, ap.Reason),
+		map[string]string{"approval_id": ap.ID, "approver": approver})
+	return &adminv1.DecideApprovalResponse{Approval: approvalToProto(ap)}, nil
+}
+
+func (b *brokerService) WaitApproval(req *brokerv1.WaitApprovalRequest, stream grpc.ServerStreamingServer[brokerv1.WaitApprovalResponse]) error {
+	s := b.s
+	ctx := stream.Context()
+	caller := identity(ctx).ID.String()
+	var last store.ApprovalStatus
+	for {
+		// Take the wake-up channel before reading, so no change is missed.
+		changed := s.approvals.wait()
+		ap, err := s.store.GetApproval(req.GetApprovalId())
+		if err == nil && ap.AgentID != caller {
+			err = fmt.Errorf("%w: approval %s", store.ErrNotFound, req.GetApprovalId())
+		}
+		if err != nil {
+			return s.statusOf(ctx, "get approval", err)
+		}
+		if ap.Status != last {
+			if err := stream.Send(&brokerv1.WaitApprovalResponse{Approval: approvalToProto(ap)}); err != nil {
+				return err
+			}
+			last = ap.Status
+		}
+		if ap.Status.Final() {
+			return nil
+		}
+		timer := time.NewTimer(time.Until(ap.ExpiresAt) + 10*time.Millisecond)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-changed:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// requestApproval records a pending request and tells the approvers.
+func (s *Server) requestApproval(ctx context.Context, ap store.Approval) (*brokerv1.FetchCredentialResponse, error) {
+	ap.ExpiresAt = ap.CreatedAt.Add(s.cfg.Approvals.PendingTTL)
+	if err := s.store.PutApproval(ap); err != nil {
+		return nil, s.statusOf(ctx, "record approval request", err)
+	}
+	s.approvals.fire()
+	s.logger(ctx).Info("credential waits for approval", slog.String("approval", ap.ID), slog.String(logRole, ap.Role))
+	s.notify(ctx, "approval_requested", ap.AgentID, ap.Role,
+		fmt.Sprintf("%s agent %s asks for %s role %s: %s (approve: atfctl approvals approve %s --reason ...)", ap.Level, ap.AgentID, ap.Class, ap.Role, ap.Justification, ap.ID),
+		map[string]string{"approval_id": ap.ID, "expires_at": ap.ExpiresAt.Format(time.RFC3339)})
+	return &brokerv1.FetchCredentialResponse{Approval: approvalToProto(ap)}, nil
+}
+
+// claimApproval redeems an approved request for this decision; release
+// gives it back if the credential cannot be issued after all.
+func (s *Server) claimApproval(ctx context.Context, id, agent, role, grantID, decisionID string) (release func(), err error) {
+	_, err = s.store.ClaimApproval(id, agent, role, grantID, decisionID)
+	if err != nil {
+		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
+			return nil, status.Errorf(codes.FailedPrecondition, "approval cannot be redeemed: %s", trimStore(err))
+		}
+		return nil, s.statusOf(ctx, "claim approval", err)
+	}
+	s.approvals.fire()
+	return func() {
+		if err := s.store.ReleaseApproval(id, decisionID); err != nil {
+			s.logger(ctx).Error("releasing an approval after a failed issuance failed", slog.String(logError, err.Error()))
+		}
+		s.approvals.fire()
+	}, nil
+}
+
+func trimStore(err error) string {
+	msg := err.Error()
+	for _, p := range []string{"store: claim approval: ", "store: "} {
+		if len(msg) > len(p) && msg[:len(p)] == p {
+			msg = msg[len(p):]
+		}
+	}
+	return msg
+}
+
+var approvalStatuses = map[store.ApprovalStatus]brokerv1.ApprovalStatus{
+	store.ApprovalPending:   brokerv1.ApprovalStatus_APPROVAL_STATUS_PENDING,
+	store.ApprovalApproved:  brokerv1.ApprovalStatus_APPROVAL_STATUS_APPROVED,
+	store.ApprovalDenied:    brokerv1.ApprovalStatus_APPROVAL_STATUS_DENIED,
+	store.ApprovalExpired:   brokerv1.ApprovalStatus_APPROVAL_STATUS_EXPIRED,
+	store.ApprovalRedeemed:  brokerv1.ApprovalStatus_APPROVAL_STATUS_REDEEMED,
+	store.ApprovalCancelled: brokerv1.ApprovalStatus_APPROVAL_STATUS_CANCELLED,
+}
+
+func approvalStatusFromProto(st brokerv1.ApprovalStatus) store.ApprovalStatus {
+	if st == brokerv1.ApprovalStatus_APPROVAL_STATUS_UNSPECIFIED {
+		return store.ApprovalPending
+	}
+	for k, v := range approvalStatuses {
+		if v == st {
+			return k
+		}
+	}
+	return store.ApprovalPending
+}
+
+func approvalToProto(a store.Approval) *brokerv1.Approval {
+	out := &brokerv1.Approval{
+		Id:                 a.ID,
+		AgentId:            a.AgentID,
+		Role:               a.Role,
+		Class:              a.Class,
+		Classification:     a.Classification,
+		Level:              levelToProto(a.Level),
+		GrantId:            a.GrantID,
+		Ttl:                durationpb.New(a.TTL),
+		Purpose:            a.Purpose,
+		Justification:      a.Justification,
+		Status:             approvalStatuses[a.Status],
+		CreatedAt:          timestamppb.New(a.CreatedAt),
+		ExpiresAt:          timestamppb.New(a.ExpiresAt),
+		DecidedBy:          a.DecidedBy,
+		Reason:             a.Reason,
+		DecisionId:         a.DecisionID,
+		RedeemedDecisionId: a.RedeemedDecisionID,
+		Chain:              a.Chain,
+	}
+	if !a.DecidedAt.IsZero() {
+		out.DecidedAt = timestamppb.New(a.DecidedAt)
+	}
+	return out
+}
