@@ -17,8 +17,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
-	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	"github.com/agentictrust/atf/deploy/policy"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
