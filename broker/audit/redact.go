@@ -375,6 +375,11 @@ func pickPhone(m string) (int, int) {
 // highEntropy reports whether a run holds letters and digits and has at
 // least 4 bits of Shannon entropy per character.
 func highEntropy(s string) bool {
+	// Paths and slugs (/api/v1/agents/reports-read/2026) mix letters and
+	// digits too, but in lowercase words; base64 secrets mix cases.
+	if strings.ContainsRune(s, '/') && strings.ToLower(s) == s {
+		return false
+	}
 	var counts [256]int
 	letters := false
 	for i := 0; i < len(s); i++ {

@@ -87,7 +87,9 @@ func (w *Webhook) Send(ctx context.Context, ev Event) error {
 		// The parse error would quote the URL.
 		return errors.New("notify: webhook URL is not an http or https URL")
 	}
-	where := (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}).String()
+	// Chat webhooks keep their secret in the path: errors and logs name
+	// only the scheme and host.
+	where := (&url.URL{Scheme: u.Scheme, Host: u.Host}).String()
 	body, err := json.Marshal(struct {
 		Event
 		Text string `json:"text"`
