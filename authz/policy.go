@@ -90,6 +90,7 @@ type Policy struct {
 	enforcer *casbin.SyncedEnforcer
 	deny     map[string]bool // policy lines with effect deny
 	warnings []string
+	part     *partition // nil: every request walks the whole policy
 
 	mu    sync.RWMutex
 	cache map[Query]Verdict
@@ -152,6 +153,9 @@ func NewPolicy(version uint64, modelText, policyText string) (*Policy, error) {
 		p.warnings = append(p.warnings, "the policy has no p lines: every request will be denied")
 	}
 	p.enforcer = e
+	if p.part, err = newPartition(modelText, m, lines); err != nil {
+		return nil, fmt.Errorf("authz: model: %w", err)
+	}
 	// A model can parse and still fail at enforcement (an unknown function,
 	// an unsupported effect): try one request now rather than deny every
 	// request later.
@@ -217,7 +221,14 @@ func (p *Policy) enforce(q Query) (Verdict, error) {
 			args[i] = q.Classification.String()
 		}
 	}
-	ok, explain, err := p.enforcer.EnforceEx(args...)
+	e := p.enforcer
+	if p.part != nil {
+		var err error
+		if e, err = p.part.enforcerFor(q.Subject); err != nil {
+			return Verdict{}, fmt.Errorf("authz: policy evaluation: %w", err)
+		}
+	}
+	ok, explain, err := e.EnforceEx(args...)
 	if err != nil {
 		return Verdict{}, fmt.Errorf("authz: policy evaluation: %w", err)
 	}
