@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -137,6 +138,7 @@ func (b *brokerService) WaitApproval(req *brokerv1.WaitApprovalRequest, stream g
 // requestApproval records a pending request and tells the approvers.
 func (s *Server) requestApproval(ctx context.Context, ap store.Approval) (*brokerv1.FetchCredentialResponse, error) {
 	ap.ExpiresAt = ap.CreatedAt.Add(s.cfg.Approvals.PendingTTL)
+	ap.Status = store.ApprovalPending
 	if err := s.store.PutApproval(ap); err != nil {
 		return nil, s.statusOf(ctx, "record approval request", err)
 	}
@@ -169,10 +171,8 @@ func (s *Server) claimApproval(ctx context.Context, id, agent, role, grantID, de
 
 func trimStore(err error) string {
 	msg := err.Error()
-	for _, p := range []string{"store: claim approval: ", "store: "} {
-		if len(msg) > len(p) && msg[:len(p)] == p {
-			msg = msg[len(p):]
-		}
+	for _, p := range []string{"store: claim approval: ", "store: revision conflict: ", "store: not found: "} {
+		msg = strings.TrimPrefix(msg, p)
 	}
 	return msg
 }

@@ -155,7 +155,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		return s.requestApproval(ctx, store.Approval{
 			ID: newID(), AgentID: caller, Role: role.Name, Class: role.class.String(), Classification: role.classification.String(),
 			Level: agent.Level, GrantID: req.GetGrantId(), Chain: chain, TTL: d.TTL, Purpose: why["purpose"],
-			Justification: audit.Redact(req.GetJustification()), CreatedAt: s.now().UTC(), DecisionID: decisionID,
+			Justification: audit.Redact(req.GetJustification()), CreatedAt: s.now().UTC(), DecisionID: decisionID, Why: why,
 		})
 	}
 	// A delegated credential never exceeds what any ancestor could hold

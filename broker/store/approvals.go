@@ -53,6 +53,9 @@ type Approval struct {
 	DecisionID string    `json:"decision_id"`
 	// RedeemedDecisionID is the decision that issued the credential.
 	RedeemedDecisionID string `json:"redeemed_decision_id,omitempty"`
+	// Why explains the decision in the request's audit record; it is not
+	// kept in the approval record.
+	Why map[string]string `json:"-"`
 }
 
 // at returns a as seen at now: an open request past its expiry is expired.
@@ -74,11 +77,17 @@ func (s *Store) PutApproval(a Approval) error {
 		if err := putApproval(tx, a); err != nil {
 			return err
 		}
-		return s.appendAudit(tx, AuditRecord{Time: a.CreatedAt, Kind: "approval_requested", Actor: a.AgentID, Subject: a.ID, Detail: map[string]string{
+		detail := map[string]string{
 			"decision": "pending", "role": a.Role, "class": a.Class, "classification": a.Classification, "level": a.Level.String(),
 			"grant_id": a.GrantID, "chain": strings.Join(a.Chain, " > "), "decision_id": a.DecisionID,
 			"purpose": a.Purpose, "justification": a.Justification, "expires_at": a.ExpiresAt.UTC().Format(time.RFC3339),
-		}})
+		}
+		for k, v := range a.Why {
+			if _, set := detail[k]; !set {
+				detail[k] = v
+			}
+		}
+		return s.appendAudit(tx, AuditRecord{Time: a.CreatedAt, Kind: "approval_requested", Actor: a.AgentID, Subject: a.ID, Detail: detail})
 	})
 	if err != nil {
 		return fmt.Errorf("store: put approval: %w", err)

@@ -210,7 +210,7 @@ func run(ctx context.Context) error {
 	d.atfctl(ctx, false, append(svidFlags(drafter), "creds", "fetch", "--role", "reports-write", "--approval", approvalID)...)
 
 	title("Segmentation is explainable: dry-run a request, query the decisions, verify the audit chain")
-	d.atfctl(ctx, true, append(svidFlags(alice), "policy", "test", reporter.String(), "--role", "payroll-read")...)
+	d.atfctl(ctx, true, append(svidFlags(alice), "policy", "test", id("/agents/finance/payroll-bot").String(), "--role", "payroll-read", "--level", "junior")...)
 	d.atfctl(ctx, true, append(svidFlags(alice), "policy", "test", drafter.String(), "--role", "reports-write")...)
 	d.atfctl(ctx, true, append(svidFlags(alice), "audit", "query", "--decision", "deny")...)
 	d.atfctl(ctx, true, append(svidFlags(alice), "audit", "verify")...)
