@@ -631,5 +631,19 @@ func BenchmarkDecision(b *testing.B) {
 				}
 			}
 		})
+		// Cold: a policy version's first request from each agent, which
+		// also builds that agent's slice of the policy.
+		b.Run(fmt.Sprintf("lines=%d/cold", n), func(b *testing.B) {
+			b.ReportAllocs()
+			j := 0
+			for b.Loop() {
+				j = (j + 1) % n
+				cq := q
+				cq.Subject = fmt.Sprintf("spiffe://td/agent/%d", j)
+				if _, err := p.DecideUncached(cq); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
