@@ -109,6 +109,41 @@ type LimitsConfig struct {
 	MaxLivePerAgent   int `yaml:"max_live_per_agent"`
 	MaxLivePerLineage int `yaml:"max_live_per_lineage"`
 	MaxLivePerRole    int `yaml:"max_live_per_role"`
+	// MaxTTL and MaxUses tighten the maturity defaults per level (a value
+	// above the default is refused: autonomy is widened by promotion, not
+	// by configuration).
+	MaxTTL  map[string]time.Duration `yaml:"max_ttl"`
+	MaxUses map[string]int           `yaml:"max_uses"`
+}
+
+// levelLimits applies the configured tightening to the maturity defaults.
+func (c LimitsConfig) levelLimits() (map[authz.Level]authz.LevelLimits, error) {
+	limits := authz.DefaultLimits()
+	for name, ttl := range c.MaxTTL {
+		l, err := authz.ParseLevel(name)
+		if err != nil {
+			return nil, fmt.Errorf("limits.max_ttl: %w", err)
+		}
+		lim := limits[l]
+		if ttl <= 0 || ttl > lim.MaxTTL {
+			return nil, fmt.Errorf("limits.max_ttl.%s must be positive and at most the default %s", name, lim.MaxTTL)
+		}
+		lim.MaxTTL = ttl
+		limits[l] = lim
+	}
+	for name, uses := range c.MaxUses {
+		l, err := authz.ParseLevel(name)
+		if err != nil {
+			return nil, fmt.Errorf("limits.max_uses: %w", err)
+		}
+		lim := limits[l]
+		if uses <= 0 || (lim.MaxUses > 0 && uses > lim.MaxUses) {
+			return nil, fmt.Errorf("limits.max_uses.%s must be positive and at most the default %d", name, lim.MaxUses)
+		}
+		lim.MaxUses = uses
+		limits[l] = lim
+	}
+	return limits, nil
 }
 
 // RateLimit is a token bucket: PerSecond requests on average, Burst at once.
@@ -272,6 +307,9 @@ func (c *Config) Validate() error {
 		if r.PerSecond <= 0 || r.Burst < 1 {
 			bad("limits.rate.%s: per_second must be positive and burst at least 1", name)
 		}
+	}
+	if _, err := c.Limits.levelLimits(); err != nil {
+		bad("%v", err)
 	}
 	for _, l := range []struct {
 		name string

@@ -116,7 +116,11 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	if s.roles, err = LoadRoles(cfg.RolesFile); err != nil {
 		return nil, err
 	}
-	if s.gate, err = authz.NewGate(authz.DefaultLimits()); err != nil {
+	limits, err := cfg.Limits.levelLimits()
+	if err != nil {
+		return nil, err
+	}
+	if s.gate, err = authz.NewGate(limits); err != nil {
 		return nil, err
 	}
 	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: o.now, OnAudit: s.auditCommitted}); err != nil {

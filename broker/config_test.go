@@ -1,0 +1,108 @@
+package broker_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agentictrust/atf/broker"
+)
+
+// minimal is a configuration that validates.
+func minimal() broker.Config {
+	return broker.Config{
+		ListenAddr:   "127.0.0.1:0",
+		TrustDomains: []string{"td"},
+		StorePath:    "atf.db",
+		RolesFile:    "roles.yaml",
+		Vault:        broker.VaultConfig{Address: "http://127.0.0.1:8200", Auth: broker.VaultAuth{Method: "token"}},
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	c := minimal()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Approvals.PendingTTL != time.Hour || c.Approvals.RedeemWithin != 15*time.Minute {
+		t.Errorf("approval windows = %s, %s; want 1h, 15m", c.Approvals.PendingTTL, c.Approvals.RedeemWithin)
+	}
+	if len(c.Limits.Rate) != 4 || c.Limits.Rate["intern"] != (broker.RateLimit{PerSecond: 1, Burst: 10}) {
+		t.Errorf("rate limits = %v, want the defaults", c.Limits.Rate)
+	}
+	if c.Limits.MaxLivePerAgent != 50 || c.Limits.MaxLivePerLineage != 500 || c.Limits.MaxLivePerRole != 5000 {
+		t.Errorf("live limits = %d/%d/%d, want 50/500/5000", c.Limits.MaxLivePerAgent, c.Limits.MaxLivePerLineage, c.Limits.MaxLivePerRole)
+	}
+	// A set map is taken as written: levels left out are not rate limited.
+	c = minimal()
+	c.Limits.Rate = map[string]broker.RateLimit{"junior": {PerSecond: 3, Burst: 3}}
+	c.Limits.MaxLivePerAgent = -1
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Limits.Rate) != 1 || c.Limits.MaxLivePerAgent != -1 {
+		t.Errorf("limits = %+v; want the rate map and -1 kept", c.Limits)
+	}
+}
+
+func TestConfigRefusals(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		change func(*broker.Config)
+		want   string
+	}{
+		{"policy model without policy", func(c *broker.Config) { c.Policy.ModelFile = "m.conf" }, "policy.model_file and policy.policy_file go together"},
+		{"approver not a SPIFFE ID", func(c *broker.Config) { c.Approvals.Approvers = []string{"bob"} }, "approvals.approvers:"},
+		{"negative approval window", func(c *broker.Config) { c.Approvals.RedeemWithin = -time.Minute }, "redeem_within must be positive"},
+		{"webhook url twice", func(c *broker.Config) {
+			c.Notifications.Webhook.URLFile, c.Notifications.Webhook.URLEnv = "f", "E"
+		}, "url_file and url_env are alternatives"},
+		{"rate for an unknown level", func(c *broker.Config) { c.Limits.Rate = map[string]broker.RateLimit{"boss": {PerSecond: 1, Burst: 1}} }, `limits.rate: authz: unknown level "boss"`},
+		{"rate of zero", func(c *broker.Config) { c.Limits.Rate = map[string]broker.RateLimit{"intern": {Burst: 1}} }, "limits.rate.intern: per_second must be positive"},
+		{"live limit below -1", func(c *broker.Config) { c.Limits.MaxLivePerRole = -5 }, "limits.max_live_per_role must be positive, or -1"},
+		{"max ttl above the default", func(c *broker.Config) { c.Limits.MaxTTL = map[string]time.Duration{"junior": time.Hour} }, "limits.max_ttl.junior must be positive and at most the default 15m0s"},
+		{"max uses above the default", func(c *broker.Config) { c.Limits.MaxUses = map[string]int{"principal": 1000} }, "limits.max_uses.principal must be positive and at most the default 100"},
+		{"max uses for an unknown level", func(c *broker.Config) { c.Limits.MaxUses = map[string]int{"chief": 1} }, `limits.max_uses: authz: unknown level "chief"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := minimal()
+			tt.change(&c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate = %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadRolesRefusals(t *testing.T) {
+	for _, tt := range []struct {
+		name, yaml, want string
+	}{
+		{"no classification", "roles:\n  - {name: a, class: read, policies: [p], max_ttl: 1m}\n", `role 1 ("a"): authz: unknown data classification ""`},
+		{"unknown classification", "roles:\n  - {name: a, class: read, classification: top, policies: [p], max_ttl: 1m}\n", `unknown data classification "top"`},
+		{"dot segment", "roles:\n  - {name: kv/../a, class: read, classification: public, policies: [p], max_ttl: 1m}\n", "dot segments are not allowed"},
+		{"uppercase", "roles:\n  - {name: KV/a, class: read, classification: public, policies: [p], max_ttl: 1m}\n", `use lowercase: "kv/a"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "roles.yaml")
+			if err := os.WriteFile(path, []byte(tt.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := broker.LoadRoles(path)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("LoadRoles = %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+	// Hierarchical names are fine.
+	path := filepath.Join(t.TempDir(), "roles.yaml")
+	if err := os.WriteFile(path, []byte("roles:\n  - {name: kv/reports/read, class: read, classification: internal, policies: [p], max_ttl: 1m}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if roles, err := broker.LoadRoles(path); err != nil || len(roles) != 1 {
+		t.Fatalf("LoadRoles = %v, %v; want one role", roles, err)
+	}
+}
