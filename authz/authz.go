@@ -321,6 +321,12 @@ func (g *Gate) LevelMayHold(level Level, class Class) bool {
 	return slices.Contains(g.limits[level].Classes, class)
 }
 
+// LevelMayRequest reports whether an agent at level may hold credentials
+// of class at all, counting classes that need a human's approval.
+func (g *Gate) LevelMayRequest(level Level, class Class) bool {
+	return g.LevelMayHold(level, class) || (level.Valid() && level != Intern && slices.Contains(g.limits[level].Approval, class))
+}
+
 func deny(r Reason, format string, args ...any) Decision {
 	return Decision{Reason: r, Message: fmt.Sprintf(format, args...)}
 }

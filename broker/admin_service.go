@@ -117,7 +117,7 @@ func (s *Server) revokeUnbacked(ctx context.Context, agent store.Agent, actor st
 	reason := fmt.Sprintf("agent %s changed (level %s, roles %v)", agent.ID, agent.Level, agent.Roles)
 	rev, err := s.store.RevokeCredentials(agent.ID, actor, reason, func(c store.Credential) bool {
 		role, ok := s.roles[c.Role]
-		return c.GrantID == "" && (!ok || !slices.Contains(agent.Roles, c.Role) || !s.gate.LevelMayHold(agent.Level, role.class))
+		return c.GrantID == "" && (!ok || !slices.Contains(agent.Roles, c.Role) || !s.gate.LevelMayRequest(agent.Level, role.class))
 	})
 	if err != nil {
 		return s.statusOf(ctx, "revoke credentials", err)

@@ -85,6 +85,9 @@ func (a *approvalService) DecideApproval(ctx context.Context, req *adminv1.Decid
 	}
 	approve := req.GetVerdict() == adminv1.Verdict_VERDICT_APPROVE
 	ap, err = s.store.DecideApproval(ap.ID, approver, approve, audit.Redact(req.GetReason()), s.cfg.Approvals.RedeemWithin)
+	if errors.Is(err, store.ErrConflict) {
+		return nil, status.Errorf(codes.FailedPrecondition, "%s", trimStore(err))
+	}
 	if err != nil {
 		return nil, s.statusOf(ctx, "decide approval", err)
 	}
@@ -120,8 +123,8 @@ func (b *brokerService) WaitApproval(req *brokerv1.WaitApprovalRequest, stream g
 			}
 			last = ap.Status
 		}
-		if ap.Status.Final() {
-			return nil
+		if ap.Status != store.ApprovalPending {
+			return nil // decided, expired or cancelled
 		}
 		timer := time.NewTimer(time.Until(ap.ExpiresAt) + 10*time.Millisecond)
 		select {
@@ -171,7 +174,7 @@ func (s *Server) claimApproval(ctx context.Context, id, agent, role, grantID, de
 
 func trimStore(err error) string {
 	msg := err.Error()
-	for _, p := range []string{"store: claim approval: ", "store: revision conflict: ", "store: not found: "} {
+	for _, p := range []string{"store: claim approval: ", "store: decide approval: ", "store: revision conflict: ", "store: not found: "} {
 		msg = strings.TrimPrefix(msg, p)
 	}
 	return msg

@@ -183,6 +183,9 @@ func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, r
 		ev.GrantIds = append(ev.GrantIds, g.ID)
 	}
 	s.anchors.drop(nodes...)
+	if len(rev.Approvals) > 0 {
+		s.approvals.fire()
+	}
 	// Agents hear at once: the broker already refuses everything revoked,
 	// whatever Vault is doing.
 	for agent, accs := range rev.Credentials {
@@ -223,11 +226,12 @@ func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, r
 }
 
 // principal is an agent as delegation sees it: its manifest narrowed to the
-// roles its level may hold.
+// roles its level may hold (Junior writes included: each still needs a
+// human's approval when used).
 func (s *Server) principal(a store.Agent) delegation.Agent {
 	var roles []string
 	for _, r := range a.Roles {
-		if role, ok := s.roles[r]; ok && s.gate.LevelMayHold(a.Level, role.class) {
+		if role, ok := s.roles[r]; ok && s.gate.LevelMayRequest(a.Level, role.class) {
 			roles = append(roles, r)
 		}
 	}

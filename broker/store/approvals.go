@@ -233,3 +233,37 @@ func putApproval(tx *bolt.Tx, a Approval) error {
 	}
 	return tx.Bucket(bucketApprovals).Put([]byte(a.ID), v)
 }
+
+// cancelApprovals cancels, in tx, every open request that match selects,
+// and audits each.
+func (s *Store) cancelApprovals(tx *bolt.Tx, match func(Approval) bool, actor, reason string, now time.Time) ([]string, error) {
+	var open []Approval
+	err := tx.Bucket(bucketApprovals).ForEach(func(k, v []byte) error {
+		var a Approval
+		if err := json.Unmarshal(v, &a); err != nil {
+			return fmt.Errorf("store: decode approval %s: %w", k, err)
+		}
+		if a.at(now).Status.Final() || !match(a) {
+			return nil
+		}
+		open = append(open, a)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(open))
+	for _, a := range open {
+		a.Status, a.DecidedBy, a.DecidedAt, a.Reason = ApprovalCancelled, actor, now, reason
+		if err := putApproval(tx, a); err != nil {
+			return nil, err
+		}
+		if err := s.appendAudit(tx, AuditRecord{Time: now, Kind: "approval_cancelled", Actor: actor, Subject: a.ID, Detail: map[string]string{
+			"decision": "deny", "agent": a.AgentID, "role": a.Role, "reason": reason, "decision_id": a.DecisionID,
+		}}); err != nil {
+			return nil, err
+		}
+		ids = append(ids, a.ID)
+	}
+	return ids, nil
+}

@@ -77,9 +77,13 @@ func TestAudit(t *testing.T) {
 		t.Fatal("RecordCredential under a revoked grant succeeded")
 	}
 
-	credDetail := func(decision string) map[string]string {
-		return map[string]string{"role": "db-read", "level": "senior", "decision_id": decision, "grant_id": "g1",
+	credDetail := func(decision string, extra ...string) map[string]string {
+		d := map[string]string{"decision": "allow", "role": "db-read", "level": "senior", "decision_id": decision, "grant_id": "g1",
 			"chain": a + " > " + b, "grant_ids": "g1", "policies": "db-read,default", "expires_at": "2025-03-01T11:15:00Z"}
+		for i := 0; i+1 < len(extra); i += 2 {
+			d[extra[i]] = extra[i+1]
+		}
+		return d
 	}
 	want := []store.AuditRecord{
 		{Seq: 1, Time: t0.UTC(), Kind: "agent_killed", Actor: "alice", Subject: a, Detail: map[string]string{"reason": "test"}},
@@ -87,7 +91,7 @@ func TestAudit(t *testing.T) {
 		{Seq: 3, Time: t0.Add(time.Minute).UTC(), Kind: "credential_issued", Actor: b, Subject: "acc-1", Detail: credDetail("dec-acc-1")},
 		{Seq: 4, Time: t0.Add(2 * time.Minute).UTC(), Kind: "grant_revoked", Actor: "carol", Subject: "g1",
 			Detail: map[string]string{"delegator": a, "delegatee": b, "root": "grant g1", "reason": "over-broad"}},
-		{Seq: 5, Time: t0.Add(2 * time.Minute).UTC(), Kind: "credential_refused", Actor: b, Subject: "acc-2", Detail: credDetail("dec-acc-2")},
+		{Seq: 5, Time: t0.Add(2 * time.Minute).UTC(), Kind: "credential_refused", Actor: b, Subject: "acc-2", Detail: credDetail("dec-acc-2", "decision", "deny", "refused", "store: revoked: grant g1")},
 	}
 	got := mustAudit(t, s, 0)
 	if len(got) != len(want) {

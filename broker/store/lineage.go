@@ -58,6 +58,8 @@ type Revocation struct {
 	// first, parents before children, then credentials not under a queued
 	// anchor.
 	Queued []string
+	// Approvals are the open approval requests cancelled.
+	Approvals []string
 }
 
 // CredentialCount is the number of credentials revoked.
@@ -336,6 +338,16 @@ func (s *Store) revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now 
 		}}); err != nil {
 			return Revocation{}, err
 		}
+	}
+	// Requests waiting for a human in the lineage can no longer be granted.
+	inLineage := map[string]bool{}
+	for _, g := range grants {
+		inLineage[g.ID] = true
+	}
+	if rev.Approvals, err = s.cancelApprovals(tx, func(a Approval) bool {
+		return (root.AgentID != "" && a.AgentID == root.AgentID) || inLineage[a.GrantID]
+	}, actor, reason, now); err != nil {
+		return Revocation{}, err
 	}
 	// Anchors, in lineage order (parents first): revoking the first in Vault
 	// already kills what hangs below it.
