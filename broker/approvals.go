@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -86,7 +85,7 @@ func (a *approvalService) DecideApproval(ctx context.Context, req *adminv1.Decid
 	approve := req.GetVerdict() == adminv1.Verdict_VERDICT_APPROVE
 	ap, err = s.store.DecideApproval(ap.ID, approver, approve, audit.Redact(req.GetReason()), s.cfg.Approvals.RedeemWithin)
 	if errors.Is(err, store.ErrConflict) {
-		return nil, status.Errorf(codes.FailedPrecondition, "%s", trimStore(err))
+		return nil, status.Errorf(codes.FailedPrecondition, "%s", plainMessage(err))
 	}
 	if err != nil {
 		return nil, s.statusOf(ctx, "decide approval", err)
@@ -159,7 +158,7 @@ func (s *Server) claimApproval(ctx context.Context, id, agent, role, grantID, de
 	_, err = s.store.ClaimApproval(id, agent, role, grantID, decisionID)
 	if err != nil {
 		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
-			return nil, status.Errorf(codes.FailedPrecondition, "approval cannot be redeemed: %s", trimStore(err))
+			return nil, status.Errorf(codes.FailedPrecondition, "approval cannot be redeemed: %s", plainMessage(err))
 		}
 		return nil, s.statusOf(ctx, "claim approval", err)
 	}
@@ -170,14 +169,6 @@ func (s *Server) claimApproval(ctx context.Context, id, agent, role, grantID, de
 		}
 		s.approvals.fire()
 	}, nil
-}
-
-func trimStore(err error) string {
-	msg := err.Error()
-	for _, p := range []string{"store: claim approval: ", "store: decide approval: ", "store: revision conflict: ", "store: not found: "} {
-		msg = strings.TrimPrefix(msg, p)
-	}
-	return msg
 }
 
 var approvalStatuses = map[store.ApprovalStatus]brokerv1.ApprovalStatus{

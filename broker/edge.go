@@ -249,7 +249,25 @@ func (s *Server) statusOf(ctx context.Context, op string, err error) error {
 		msg, level = "internal error (see atfd's log)", slog.LevelError
 	}
 	s.logger(ctx).Log(ctx, level, op+" failed", slog.String(logError, err.Error()), slog.String(logCode, code.String()))
-	return status.Error(code, strings.TrimPrefix(msg, "store: "))
+	if msg == err.Error() {
+		msg = plainMessage(err)
+	}
+	return status.Error(code, msg)
+}
+
+// plainMessage is what is wrong, without the store's wrapping of it:
+// "store: decide approval: store: revision conflict: approval X is
+// denied, not pending" becomes "approval X is denied, not pending".
+func plainMessage(err error) string {
+	msg := err.Error()
+	for _, sentinel := range []error{store.ErrConflict, store.ErrNotFound, store.ErrExists} {
+		if errors.Is(err, sentinel) {
+			if i := strings.LastIndex(msg, sentinel.Error()+": "); i >= 0 {
+				return msg[i+len(sentinel.Error())+2:]
+			}
+		}
+	}
+	return strings.TrimPrefix(msg, "store: ")
 }
 
 // newID returns a random 128-bit identifier.

@@ -202,7 +202,9 @@ func (a *adminService) TestPolicy(ctx context.Context, req *adminv1.TestPolicyRe
 	if err != nil {
 		return nil, err
 	}
-	agent := &authz.Agent{ID: id, Active: true, Roles: []string{roleName}}
+	// Unregistered: decide as if it were registered with this role, at the
+	// level a registration gives unless one is named.
+	agent := &authz.Agent{ID: id, Level: authz.Intern, Active: true, Roles: []string{roleName}}
 	switch rec, err := s.store.GetAgent(id); {
 	case err == nil:
 		agent = &authz.Agent{ID: rec.ID, Level: rec.Level, Active: rec.Status == store.Active, Roles: rec.Roles}

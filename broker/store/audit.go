@@ -104,6 +104,12 @@ func (s *Store) appendAudit(tx *bolt.Tx, r AuditRecord) error {
 		}
 		r.Prev = last.Hash
 		r.Seq = last.Seq + 1
+		// Records are in time order too (queries rely on it): a record
+		// stamped before its commit by a slower writer takes its
+		// predecessor's time.
+		if r.Time.Before(last.Time) {
+			r.Time = last.Time
+		}
 	} else {
 		r.Seq = 1
 	}

@@ -475,6 +475,15 @@ func newAudit(g *globals) *cobra.Command {
 		Example: "  atfctl audit verify\n  atfctl audit verify --expect 1042:9f86d0...",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var seq uint64
+			var hash string
+			if expect != "" {
+				seqText, h, ok := strings.Cut(expect, ":")
+				if _, err := fmt.Sscan(seqText, &seq); !ok || err != nil || seq == 0 || h == "" {
+					return usageError{fmt.Errorf("--expect %q is not SEQ:HASH", expect)}
+				}
+				hash = h
+			}
 			c, err := g.dial(cmd.Context())
 			if err != nil {
 				return err
@@ -485,7 +494,7 @@ func newAudit(g *globals) *cobra.Command {
 				return err
 			}
 			if r.GetOk() && expect != "" {
-				if msg := checkExpected(cmd, g, c.Admin, expect); msg != "" {
+				if msg := checkExpected(cmd, c.Admin, seq, hash); msg != "" {
 					r.Ok, r.Error = false, msg
 				}
 			}
@@ -511,14 +520,9 @@ func newAudit(g *globals) *cobra.Command {
 	return au
 }
 
-// checkExpected returns what is wrong if the record named by expect
-// (SEQ:HASH) is no longer in the trail as it was.
-func checkExpected(cmd *cobra.Command, _ *globals, admin adminv1.AdminServiceClient, expect string) string {
-	var seq uint64
-	seqText, hash, ok := strings.Cut(expect, ":")
-	if _, err := fmt.Sscan(seqText, &seq); !ok || err != nil || seq == 0 {
-		return fmt.Sprintf("--expect %q is not SEQ:HASH", expect)
-	}
+// checkExpected returns what is wrong if record seq is no longer in the
+// trail with this hash.
+func checkExpected(cmd *cobra.Command, admin adminv1.AdminServiceClient, seq uint64, hash string) string {
 	r, err := admin.QueryAudit(cmd.Context(), &adminv1.QueryAuditRequest{AfterSeq: seq - 1, PageSize: 1})
 	if err != nil {
 		return fmt.Sprintf("reading record %d: %v", seq, err)
@@ -561,8 +565,16 @@ func newEvents(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if _, err := stream.Header(); err != nil {
+			// A refused stream ends before its headers: its error comes
+			// with the first Recv.
+			md, err := stream.Header()
+			if err != nil {
 				return err
+			}
+			if md == nil {
+				if _, err := stream.Recv(); err != nil {
+					return err
+				}
 			}
 			fmt.Fprintln(cmd.ErrOrStderr(), "watching events; Ctrl-C to stop")
 			out := bufio.NewWriter(cmd.OutOrStdout())
