@@ -48,7 +48,9 @@ func TestAudit(t *testing.T) {
 		t.Fatalf("VerifyAudit of an empty trail = %d, want 0", n)
 	}
 
-	// The store numbers and chains the records, whatever the caller says.
+	// The store numbers and chains the records, whatever the caller says,
+	// and keeps them in time order: a time before the previous record's
+	// becomes that record's.
 	given := t0.Add(-time.Hour) // not UTC
 	err := s.AppendAudit(
 		store.AuditRecord{Kind: "agent_killed", Actor: "alice", Subject: a, Detail: map[string]string{"reason": "test"},
@@ -87,7 +89,7 @@ func TestAudit(t *testing.T) {
 	}
 	want := []store.AuditRecord{
 		{Seq: 1, Time: t0.UTC(), Kind: "agent_killed", Actor: "alice", Subject: a, Detail: map[string]string{"reason": "test"}},
-		{Seq: 2, Time: given.UTC(), Kind: "grant_created", Actor: a, Subject: "g1"},
+		{Seq: 2, Time: t0.UTC(), Kind: "grant_created", Actor: a, Subject: "g1"},
 		{Seq: 3, Time: t0.Add(time.Minute).UTC(), Kind: "credential_issued", Actor: b, Subject: "acc-1", Detail: credDetail("dec-acc-1")},
 		{Seq: 4, Time: t0.Add(2 * time.Minute).UTC(), Kind: "grant_revoked", Actor: "carol", Subject: "g1",
 			Detail: map[string]string{"delegator": a, "delegatee": b, "root": "grant g1", "reason": "over-broad"}},
