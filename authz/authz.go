@@ -109,6 +109,8 @@ type Agent struct {
 	ID     string
 	Level  Level
 	Active bool
+	// Killed: the kill switch holds the agent.
+	Killed bool
 	// Roles is the agent's capability manifest.
 	Roles []string
 }
@@ -130,6 +132,7 @@ const (
 	ApprovalRequired Reason = "approval_required"
 	NotRegistered    Reason = "not_registered"
 	NotActive        Reason = "not_active"
+	Killed           Reason = "killed"
 	InvalidLevel     Reason = "invalid_level"
 	NotInManifest    Reason = "not_in_manifest"
 	ClassNotAllowed  Reason = "class_not_allowed"
@@ -226,6 +229,8 @@ func (g *Gate) Decide(p *Policy, agent *Agent, role Role, requested time.Duratio
 	switch {
 	case agent == nil:
 		return deny(NotRegistered, "caller is not a registered agent; ask the platform team to register its SPIFFE ID")
+	case agent.Killed:
+		return deny(Killed, "agent %s is stopped by the kill switch; only a security operator can release it", agent.ID)
 	case !agent.Active:
 		return deny(NotActive, "agent %s is deregistered", agent.ID)
 	case !agent.Level.Valid():

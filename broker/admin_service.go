@@ -123,7 +123,7 @@ func (s *Server) revokeUnbacked(ctx context.Context, agent store.Agent, actor st
 		return s.statusOf(ctx, "revoke credentials", err)
 	}
 	if len(rev.Queued) > 0 {
-		s.finishRevocation(ctx, store.Root{}, actor, reason, rev, start, time.Since(start))
+		s.finishRevocation(ctx, store.Root{}, actor, reason, rev, start, time.Since(start), true)
 	}
 	given, err := s.store.GrantsGivenBy(agent.ID)
 	if err != nil {
@@ -157,7 +157,7 @@ func (a *adminService) DeregisterAgent(ctx context.Context, req *adminv1.Deregis
 	}
 	// Committed: from here the agent and its lineage get nothing, whatever
 	// Vault says.
-	sum := a.s.finishRevocation(ctx, store.Root{AgentID: agent.ID}, actor, reason, rev, start, time.Since(start))
+	sum := a.s.finishRevocation(ctx, store.Root{AgentID: agent.ID}, actor, reason, rev, start, time.Since(start), true)
 	a.s.logger(ctx).Info("agent deregistered", slog.String(logAgent, agent.ID))
 	return &adminv1.DeregisterAgentResponse{
 		Agent:              agentToProto(agent),
@@ -248,12 +248,13 @@ func agentToProto(a store.Agent) *adminv1.Agent {
 		Purpose:      a.Purpose,
 		Roles:        a.Roles,
 		Level:        levelToProto(a.Level),
-		Status:       statusToProto(a.Status),
+		Status:       statusToProto(a),
 		Version:      a.Version,
 		ConfigDigest: a.ConfigDigest,
 		CreatedAt:    timestamppb.New(a.CreatedAt),
 		UpdatedAt:    timestamppb.New(a.UpdatedAt),
 		UpdatedBy:    a.UpdatedBy,
 		Revision:     a.Revision,
+		Kill:         killToProto(a.Kill),
 	}
 }

@@ -44,7 +44,7 @@ func (b *brokerService) WhoAmI(ctx context.Context, _ *brokerv1.WhoAmIRequest) (
 	case err != nil:
 		return nil, b.s.statusOf(ctx, "look up caller", err)
 	}
-	resp.Registered, resp.Level, resp.Status, resp.Roles = true, levelToProto(a.Level), statusToProto(a.Status), a.Roles
+	resp.Registered, resp.Level, resp.Status, resp.Roles = true, levelToProto(a.Level), statusToProto(a), a.Roles
 	return resp, nil
 }
 
@@ -100,9 +100,14 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	a, err := s.store.GetAgent(caller)
 	switch {
 	case err == nil:
-		agent = &authz.Agent{ID: a.ID, Level: a.Level, Active: a.Status == store.Active, Roles: a.Roles}
+		agent = &authz.Agent{ID: a.ID, Level: a.Level, Active: a.Status == store.Active, Killed: a.Kill != nil, Roles: a.Roles}
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, s.statusOf(ctx, "look up caller", err)
+	}
+	if kerr := s.killedError(); kerr != nil {
+		why["reason"], why["message"] = string(authz.Killed), status.Convert(kerr).Message()
+		refuse("credential_denied", "deny")
+		return nil, kerr
 	}
 	if lerr := s.rate.allow(caller, a.Level); lerr != nil {
 		return nil, limited(lerr)
@@ -300,6 +305,9 @@ func (s *Server) issueUnder(ctx context.Context, node string, req vault.Request)
 func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (*brokerv1.DelegateResponse, error) {
 	s := b.s
 	caller := identity(ctx).ID.String()
+	if err := s.killedError(); err != nil {
+		return nil, err
+	}
 	a, err := s.store.GetAgent(caller)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, status.Error(codes.PermissionDenied, "caller is not a registered agent")
@@ -365,7 +373,7 @@ func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequ
 	g.ID = newID()
 	if err := s.store.PutGrant(g, s.rules.MaxFanOut); err != nil {
 		// An agent deregistered meanwhile may not be delegated to or from.
-		if errors.Is(err, store.ErrDeregistered) {
+		if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrKilled) {
 			return nil, status.Errorf(codes.PermissionDenied, "%s", strings.TrimPrefix(err.Error(), "store: "))
 		}
 		return nil, s.statusOf(ctx, "record grant", err)
@@ -460,8 +468,12 @@ func levelFromProto(l brokerv1.Level) authz.Level {
 	return authz.Intern
 }
 
-func statusToProto(st store.Status) brokerv1.AgentStatus {
-	switch st {
+func statusToProto(a store.Agent) brokerv1.AgentStatus {
+	switch {
+	case a.Status == store.Active && a.Kill != nil:
+		return brokerv1.AgentStatus_AGENT_STATUS_KILLED
+	}
+	switch a.Status {
 	case store.Active:
 		return brokerv1.AgentStatus_AGENT_STATUS_ACTIVE
 	case store.Deregistered:

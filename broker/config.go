@@ -30,6 +30,9 @@ type Config struct {
 	JWTAudience string `yaml:"jwt_audience"`
 	// Admins are the SPIFFE IDs allowed to call AdminService.
 	Admins []string `yaml:"admins"`
+	// SecurityOperators may stop agents (as admins may) and are the only
+	// ones who may release them (ResponseService).
+	SecurityOperators []string `yaml:"security_operators"`
 	// StorePath is the bbolt file.
 	StorePath string `yaml:"store_path"`
 	// RolesFile defines the roles credentials are issued for.
@@ -283,6 +286,11 @@ func (c *Config) Validate() error {
 	for _, a := range c.Approvals.Approvers {
 		if _, err := attest.ParseID(a); err != nil {
 			bad("approvals.approvers: %v", err)
+		}
+	}
+	for _, a := range c.SecurityOperators {
+		if _, err := attest.ParseID(a); err != nil {
+			bad("security_operators: %v", err)
 		}
 	}
 	if c.Approvals.PendingTTL == 0 {

@@ -83,6 +83,7 @@ func public(method string) bool {
 var (
 	adminPrefix    = "/" + adminv1.AdminService_ServiceDesc.ServiceName + "/"
 	approverPrefix = "/" + adminv1.ApprovalService_ServiceDesc.ServiceName + "/"
+	responsePrefix = "/" + adminv1.ResponseService_ServiceDesc.ServiceName + "/"
 )
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
@@ -165,6 +166,10 @@ func (s *Server) authorize(ctx context.Context, method string) (context.Context,
 		log.Warn("admin call refused: caller is not an admin")
 		return ctx, status.Errorf(codes.PermissionDenied, "%s is not a broker admin; admins are listed in atfd's configuration (admins)", id.ID)
 	}
+	if strings.HasPrefix(method, responsePrefix) && !s.admins[id.ID] && !s.operators[id.ID] {
+		log.Warn("incident response call refused: caller is neither an admin nor a security operator")
+		return ctx, status.Errorf(codes.PermissionDenied, "%s is neither a broker admin nor a security operator (atfd's configuration: admins, security_operators)", id.ID)
+	}
 	if strings.HasPrefix(method, approverPrefix) && !s.approvers[id.ID] {
 		log.Warn("approval call refused: caller is not an approver")
 		return ctx, status.Errorf(codes.PermissionDenied, "%s is not an approver; approvers are listed in atfd's configuration (approvals.approvers)", id.ID)
@@ -237,7 +242,7 @@ func (s *Server) statusOf(ctx context.Context, op string, err error) error {
 		code = codes.FailedPrecondition
 	case errors.Is(err, store.ErrInvalid):
 		code = codes.InvalidArgument
-	case errors.Is(err, store.ErrRevoked):
+	case errors.Is(err, store.ErrRevoked), errors.Is(err, store.ErrKilled):
 		code = codes.PermissionDenied
 	case errors.Is(err, store.ErrLimit):
 		code = codes.ResourceExhausted

@@ -104,6 +104,13 @@ func (a *anchors) drop(nodes ...string) {
 	}
 }
 
+// dropAll forgets every anchor (the global kill switch revoked them all).
+func (a *anchors) dropAll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	clear(a.m)
+}
+
 // hub fans revocation events out to the agents watching them.
 type hub struct {
 	mu   sync.Mutex
@@ -157,11 +164,14 @@ func (s *Server) revokeLineage(ctx context.Context, root store.Root, actor, reas
 	if err != nil {
 		return nil, s.statusOf(ctx, "revoke lineage", err)
 	}
-	return s.finishRevocation(ctx, root, actor, reason, rev, start, time.Since(start)), nil
+	return s.finishRevocation(ctx, root, actor, reason, rev, start, time.Since(start), true), nil
 }
 
 // finishRevocation does what follows a committed revocation.
-func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, reason string, rev store.Revocation, start time.Time, commit time.Duration) *brokerv1.RevocationSummary {
+//
+// With wait, it waits (briefly) for Vault to confirm; without, it leaves
+// Vault to the background revoker and answers at once.
+func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, reason string, rev store.Revocation, start time.Time, commit time.Duration, wait bool) *brokerv1.RevocationSummary {
 	nodes := make([]string, 0, len(rev.Grants)+1)
 	if root.AgentID != "" {
 		nodes = append(nodes, store.AgentNode(root.AgentID))
@@ -197,7 +207,11 @@ func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, r
 		s.hub.publish(agent, ev)
 	}
 
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), inlineRevokeTimeout)
+	timeout := inlineRevokeTimeout
+	if !wait {
+		timeout = 0 // nothing confirmed inline; the revoker is woken
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	confirmed := s.revoker.revoke(rctx, rev.Queued)
 	cancel()
 	sum := &brokerv1.RevocationSummary{
@@ -235,7 +249,7 @@ func (s *Server) principal(a store.Agent) delegation.Agent {
 			roles = append(roles, r)
 		}
 	}
-	return delegation.Agent{ID: a.ID, Level: delegation.Level(a.Level), Active: a.Status == store.Active, Roles: roles}
+	return delegation.Agent{ID: a.ID, Level: delegation.Level(a.Level), Active: a.Usable(), Roles: roles}
 }
 
 // chainOf loads the chain down to grantID and its delegators as they are

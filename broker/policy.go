@@ -207,7 +207,7 @@ func (a *adminService) TestPolicy(ctx context.Context, req *adminv1.TestPolicyRe
 	agent := &authz.Agent{ID: id, Level: authz.Intern, Active: true, Roles: []string{roleName}}
 	switch rec, err := s.store.GetAgent(id); {
 	case err == nil:
-		agent = &authz.Agent{ID: rec.ID, Level: rec.Level, Active: rec.Status == store.Active, Roles: rec.Roles}
+		agent = &authz.Agent{ID: rec.ID, Level: rec.Level, Active: rec.Status == store.Active, Killed: rec.Kill != nil, Roles: rec.Roles}
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, s.statusOf(ctx, "look up agent", err)
 	}

@@ -72,6 +72,9 @@ type Server struct {
 	policy    atomic.Pointer[authz.Policy]
 	policyMu  sync.Mutex // serialises policy updates
 	approvers map[spiffeid.ID]bool
+	operators map[spiffeid.ID]bool // security operators
+	// globalKill is the global kill switch, as committed in the store.
+	globalKill atomic.Pointer[store.Kill]
 	approvals signal // fired on every approval change
 	rate      *rateLimiter
 	live      *liveSet
@@ -94,7 +97,8 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{log: o.logger, now: o.now, cfg: cfg, admins: map[spiffeid.ID]bool{}, approvers: map[spiffeid.ID]bool{}}
+	s := &Server{log: o.logger, now: o.now, cfg: cfg, admins: map[spiffeid.ID]bool{}, approvers: map[spiffeid.ID]bool{},
+		operators: map[spiffeid.ID]bool{}}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -107,6 +111,10 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	for _, a := range cfg.Approvals.Approvers {
 		id, _ := attest.ParseID(a) // checked by Validate
 		s.approvers[id] = true
+	}
+	for _, a := range cfg.SecurityOperators {
+		id, _ := attest.ParseID(a) // checked by Validate
+		s.operators[id] = true
 	}
 	sinks, err := webhookSinks(cfg.Notifications.Webhook)
 	if err != nil {
@@ -128,6 +136,14 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	}
 	if err := s.loadPolicy(cfg.Policy); err != nil {
 		return nil, err
+	}
+	gk, err := s.store.GlobalKill()
+	if err != nil {
+		return nil, err
+	}
+	if gk != nil {
+		s.globalKill.Store(gk)
+		s.log.Warn("the global kill switch holds every agent; a security operator must release it", slog.String(logReason, gk.Reason))
 	}
 	if err := s.auditStreams(cfg.Audit); err != nil {
 		return nil, err
@@ -201,6 +217,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	brokerv1.RegisterBrokerServiceServer(s.grpc, &brokerService{s: s})
 	adminv1.RegisterAdminServiceServer(s.grpc, &adminService{s: s})
 	adminv1.RegisterApprovalServiceServer(s.grpc, &approvalService{s: s})
+	adminv1.RegisterResponseServiceServer(s.grpc, &responseService{s: s})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)

@@ -46,6 +46,8 @@ type Conn struct {
 	Admin  adminv1.AdminServiceClient
 	// Approvals is for approvers (approvals.approvers in atfd's config).
 	Approvals adminv1.ApprovalServiceClient
+	// Response is the kill switch, for admins and security operators.
+	Response adminv1.ResponseServiceClient
 	source    *svid.Source
 }
 
@@ -109,6 +111,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		Broker:     brokerv1.NewBrokerServiceClient(cc),
 		Admin:      adminv1.NewAdminServiceClient(cc),
 		Approvals:  adminv1.NewApprovalServiceClient(cc),
+		Response:   adminv1.NewResponseServiceClient(cc),
 		source:     src,
 	}, nil
 }

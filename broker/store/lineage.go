@@ -97,8 +97,8 @@ func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 			if err != nil {
 				return err
 			}
-			if a.Status != Active {
-				return fmt.Errorf("%w: %s", ErrDeregistered, id)
+			if err := usable(tx, a); err != nil {
+				return err
 			}
 		}
 		if g.ParentID != "" {
@@ -183,8 +183,8 @@ func (s *Store) AddAnchor(a Anchor) error {
 			}
 		} else if ag, err := getAgent(tx, strings.TrimPrefix(a.Node, "agent:")); err != nil {
 			return err
-		} else if ag.Status != Active {
-			return fmt.Errorf("%w: %s", ErrDeregistered, ag.ID)
+		} else if err := usable(tx, ag); err != nil {
+			return err
 		}
 		if err := tx.Bucket(bucketAnchors).Put([]byte(a.Accessor), v); err != nil {
 			return err
@@ -217,8 +217,8 @@ func (s *Store) RecordCredential(c Credential) error {
 		}
 		now := s.now().UTC()
 		switch {
-		case a.Status != Active:
-			refused = fmt.Errorf("%w: %s", ErrDeregistered, c.AgentID)
+		case usable(tx, a) != nil:
+			refused = usable(tx, a)
 		case c.GrantID != "":
 			chain, err := liveChain(tx, c.GrantID, now)
 			switch {

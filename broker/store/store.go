@@ -28,6 +28,7 @@ var (
 	ErrInvalid      = errors.New("store: invalid record")
 	ErrRevoked      = errors.New("store: revoked")
 	ErrLimit        = errors.New("store: limit reached")
+	ErrKilled       = errors.New("store: stopped by the kill switch")
 )
 
 var (
@@ -44,10 +45,11 @@ var (
 	bucketAudit       = []byte("audit")
 	bucketPolicies    = []byte("policies")
 	bucketApprovals   = []byte("approvals")
+	bucketMeta        = []byte("meta")
 
 	allBuckets = [][]byte{bucketAgents, bucketHistory, bucketCredentials, bucketRevocations,
 		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketAnchors, bucketNodeAnchors, bucketAudit,
-		bucketPolicies, bucketApprovals}
+		bucketPolicies, bucketApprovals, bucketMeta}
 )
 
 // Status is an agent's standing in the registry.
@@ -83,6 +85,22 @@ type Agent struct {
 	UpdatedAt    time.Time   `json:"updated_at"`
 	UpdatedBy    string      `json:"updated_by"`
 	Revision     uint64      `json:"revision"`
+	// Kill is set while the kill switch holds the agent.
+	Kill *Kill `json:"kill,omitempty"`
+}
+
+// Usable reports whether the agent may get or give anything: registered,
+// active and not stopped by the kill switch.
+func (a Agent) Usable() bool { return a.Status == Active && a.Kill == nil }
+
+// Kill records who stopped an agent, when and why.
+type Kill struct {
+	At     time.Time `json:"at"`
+	By     string    `json:"by"`
+	Reason string    `json:"reason"`
+	// Lineage is set when the agent was stopped because an agent above it
+	// in a delegation lineage was.
+	Lineage string `json:"lineage,omitempty"`
 }
 
 // Change actions recorded in an agent's history.
@@ -90,6 +108,8 @@ const (
 	ActionRegister   = "register"
 	ActionUpdate     = "update"
 	ActionDeregister = "deregister"
+	ActionKill       = "kill"
+	ActionRelease    = "release"
 )
 
 // AgentChange is one recorded change to an agent.
@@ -321,7 +341,7 @@ func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange
 		change(&a)
 		// Identity, creation and standing change only through their own
 		// operations, so the history always says what happened.
-		a.ID, a.CreatedAt, a.Status = orig.ID, orig.CreatedAt, orig.Status
+		a.ID, a.CreatedAt, a.Status, a.Kill = orig.ID, orig.CreatedAt, orig.Status, orig.Kill
 		if ch.Action == ActionDeregister {
 			a.Status = Deregistered
 		}

@@ -360,6 +360,9 @@ func agentHistory(g *globals) *cobra.Command {
 func agentTable(w *tabwriter.Writer, a *adminv1.Agent) {
 	fmt.Fprintf(w, "SPIFFE ID:\t%s\n", a.GetSpiffeId())
 	fmt.Fprintf(w, "Status:\t%s\n", enumName(a.GetStatus().String(), "AGENT_STATUS_"))
+	if k := a.GetKill(); k != nil {
+		fmt.Fprintf(w, "Killed:\t%s by %s: %s\n", ts(k.GetAt()), k.GetBy(), k.GetReason())
+	}
 	fmt.Fprintf(w, "Level:\t%s\n", enumName(a.GetLevel().String(), "LEVEL_"))
 	fmt.Fprintf(w, "Owner:\t%s\n", a.GetOwner())
 	fmt.Fprintf(w, "Purpose:\t%s\n", a.GetPurpose())

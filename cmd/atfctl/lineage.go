@@ -57,7 +57,7 @@ func newDelegate(g *globals) *cobra.Command {
 }
 
 func newRevoke(g *globals) *cobra.Command {
-	revoke := &cobra.Command{Use: "revoke", Short: "Revoke grants and lineages"}
+	revoke := &cobra.Command{Use: "revoke", Short: "Revoke grants, lineages and sessions"}
 	var reason string
 	grant := &cobra.Command{
 		Use:     "grant GRANT_ID --reason TEXT",
@@ -111,7 +111,30 @@ func newRevoke(g *globals) *cobra.Command {
 		},
 	}
 	lineage.Flags().StringVar(&lreason, "reason", "", "why (required; kept in the audit trail)")
-	revoke.AddCommand(grant, lineage)
+	var sreason string
+	sessions := &cobra.Command{
+		Use:     "sessions SPIFFE_ID --reason TEXT",
+		Short:   "Revoke every live credential of an agent without blocking it (admins, security operators)",
+		Example: `  atfctl revoke sessions spiffe://example.org/agents/planner --reason "rotate after incident INC-7"`,
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if sreason == "" {
+				return usageError{fmt.Errorf("--reason is required")}
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Response.RevokeSessions(cmd.Context(), &adminv1.RevokeSessionsRequest{AgentId: args[0], Reason: sreason})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { summaryTable(w, r.GetSummary()) })
+		},
+	}
+	sessions.Flags().StringVar(&sreason, "reason", "", "why (required; kept in the audit trail)")
+	revoke.AddCommand(grant, lineage, sessions)
 	return revoke
 }
 

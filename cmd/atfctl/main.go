@@ -99,6 +99,6 @@ Identity comes from the caller's SPIFFE SVID: from the SPIRE Workload API
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	g.register(root)
 	root.AddCommand(newWhoAmI(g), newCreds(g), newAgent(g), newDelegate(g), newRevoke(g), newLineage(g), newWatch(g),
-		newPolicy(g), newApprovals(g), newAudit(g), newEvents(g))
+		newPolicy(g), newApprovals(g), newAudit(g), newEvents(g), newKill(g), newUnkill(g), newKilled(g))
 	return root
 }

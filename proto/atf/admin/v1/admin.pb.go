@@ -158,7 +158,9 @@ type Agent struct {
 	UpdatedBy string `protobuf:"bytes,11,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
 	// Increases by one with every change; send it back in UpdateAgent to
 	// refuse a lost update.
-	Revision      uint64 `protobuf:"varint,12,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,12,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Set while the kill switch holds the agent.
+	Kill          *KillState `protobuf:"bytes,13,opt,name=kill,proto3" json:"kill,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -275,6 +277,13 @@ func (x *Agent) GetRevision() uint64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *Agent) GetKill() *KillState {
+	if x != nil {
+		return x.Kill
+	}
+	return nil
 }
 
 type RegisterAgentRequest struct {
@@ -3010,11 +3019,609 @@ func (x *DecideApprovalResponse) GetApproval() *v1.Approval {
 	return nil
 }
 
+// KillState says who stopped an agent (or every agent), when and why.
+type KillState struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	At     *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	By     string                 `protobuf:"bytes,2,opt,name=by,proto3" json:"by,omitempty"`
+	Reason string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Set when the agent was stopped with the lineage of this agent.
+	LineageRoot   string `protobuf:"bytes,4,opt,name=lineage_root,json=lineageRoot,proto3" json:"lineage_root,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KillState) Reset() {
+	*x = KillState{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KillState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KillState) ProtoMessage() {}
+
+func (x *KillState) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KillState.ProtoReflect.Descriptor instead.
+func (*KillState) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *KillState) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *KillState) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+func (x *KillState) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *KillState) GetLineageRoot() string {
+	if x != nil {
+		return x.LineageRoot
+	}
+	return ""
+}
+
+type KillRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Target:
+	//
+	//	*KillRequest_AgentId
+	//	*KillRequest_All
+	Target isKillRequest_Target `protobuf_oneof:"target"`
+	// Also stop every agent holding a grant below the agent.
+	Lineage bool `protobuf:"varint,3,opt,name=lineage,proto3" json:"lineage,omitempty"`
+	// Answer once the broker has committed the stop, without waiting for
+	// Vault to confirm the revocations (they complete from the durable
+	// queue). By default the answer waits for Vault, briefly.
+	Forced        bool   `protobuf:"varint,4,opt,name=forced,proto3" json:"forced,omitempty"`
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KillRequest) Reset() {
+	*x = KillRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KillRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KillRequest) ProtoMessage() {}
+
+func (x *KillRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KillRequest.ProtoReflect.Descriptor instead.
+func (*KillRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *KillRequest) GetTarget() isKillRequest_Target {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *KillRequest) GetAgentId() string {
+	if x != nil {
+		if x, ok := x.Target.(*KillRequest_AgentId); ok {
+			return x.AgentId
+		}
+	}
+	return ""
+}
+
+func (x *KillRequest) GetAll() bool {
+	if x != nil {
+		if x, ok := x.Target.(*KillRequest_All); ok {
+			return x.All
+		}
+	}
+	return false
+}
+
+func (x *KillRequest) GetLineage() bool {
+	if x != nil {
+		return x.Lineage
+	}
+	return false
+}
+
+func (x *KillRequest) GetForced() bool {
+	if x != nil {
+		return x.Forced
+	}
+	return false
+}
+
+func (x *KillRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type isKillRequest_Target interface {
+	isKillRequest_Target()
+}
+
+type KillRequest_AgentId struct {
+	AgentId string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3,oneof"`
+}
+
+type KillRequest_All struct {
+	// Every agent: the global switch.
+	All bool `protobuf:"varint,2,opt,name=all,proto3,oneof"`
+}
+
+func (*KillRequest_AgentId) isKillRequest_Target() {}
+
+func (*KillRequest_All) isKillRequest_Target() {}
+
+type KillResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agents stopped by this call.
+	Killed        []string              `protobuf:"bytes,1,rep,name=killed,proto3" json:"killed,omitempty"`
+	Summary       *v1.RevocationSummary `protobuf:"bytes,2,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KillResponse) Reset() {
+	*x = KillResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KillResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KillResponse) ProtoMessage() {}
+
+func (x *KillResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KillResponse.ProtoReflect.Descriptor instead.
+func (*KillResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *KillResponse) GetKilled() []string {
+	if x != nil {
+		return x.Killed
+	}
+	return nil
+}
+
+func (x *KillResponse) GetSummary() *v1.RevocationSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
+type ReleaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Target:
+	//
+	//	*ReleaseRequest_AgentId
+	//	*ReleaseRequest_All
+	Target        isReleaseRequest_Target `protobuf_oneof:"target"`
+	Reason        string                  `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseRequest) Reset() {
+	*x = ReleaseRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseRequest) ProtoMessage() {}
+
+func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ReleaseRequest) GetTarget() isReleaseRequest_Target {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *ReleaseRequest) GetAgentId() string {
+	if x != nil {
+		if x, ok := x.Target.(*ReleaseRequest_AgentId); ok {
+			return x.AgentId
+		}
+	}
+	return ""
+}
+
+func (x *ReleaseRequest) GetAll() bool {
+	if x != nil {
+		if x, ok := x.Target.(*ReleaseRequest_All); ok {
+			return x.All
+		}
+	}
+	return false
+}
+
+func (x *ReleaseRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type isReleaseRequest_Target interface {
+	isReleaseRequest_Target()
+}
+
+type ReleaseRequest_AgentId struct {
+	AgentId string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3,oneof"`
+}
+
+type ReleaseRequest_All struct {
+	All bool `protobuf:"varint,2,opt,name=all,proto3,oneof"`
+}
+
+func (*ReleaseRequest_AgentId) isReleaseRequest_Target() {}
+
+func (*ReleaseRequest_All) isReleaseRequest_Target() {}
+
+type ReleaseResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseResponse) Reset() {
+	*x = ReleaseResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseResponse) ProtoMessage() {}
+
+func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{48}
+}
+
+type RevokeSessionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AgentId       string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeSessionsRequest) Reset() {
+	*x = RevokeSessionsRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeSessionsRequest) ProtoMessage() {}
+
+func (x *RevokeSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeSessionsRequest.ProtoReflect.Descriptor instead.
+func (*RevokeSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *RevokeSessionsRequest) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *RevokeSessionsRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeSessionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Summary       *v1.RevocationSummary  `protobuf:"bytes,1,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeSessionsResponse) Reset() {
+	*x = RevokeSessionsResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeSessionsResponse) ProtoMessage() {}
+
+func (x *RevokeSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeSessionsResponse.ProtoReflect.Descriptor instead.
+func (*RevokeSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *RevokeSessionsResponse) GetSummary() *v1.RevocationSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
+type GetKillSwitchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetKillSwitchRequest) Reset() {
+	*x = GetKillSwitchRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetKillSwitchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetKillSwitchRequest) ProtoMessage() {}
+
+func (x *GetKillSwitchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetKillSwitchRequest.ProtoReflect.Descriptor instead.
+func (*GetKillSwitchRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{51}
+}
+
+type GetKillSwitchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Set while the global switch holds every agent.
+	Global        *KillState     `protobuf:"bytes,1,opt,name=global,proto3" json:"global,omitempty"`
+	Agents        []*KilledAgent `protobuf:"bytes,2,rep,name=agents,proto3" json:"agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetKillSwitchResponse) Reset() {
+	*x = GetKillSwitchResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetKillSwitchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetKillSwitchResponse) ProtoMessage() {}
+
+func (x *GetKillSwitchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetKillSwitchResponse.ProtoReflect.Descriptor instead.
+func (*GetKillSwitchResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *GetKillSwitchResponse) GetGlobal() *KillState {
+	if x != nil {
+		return x.Global
+	}
+	return nil
+}
+
+func (x *GetKillSwitchResponse) GetAgents() []*KilledAgent {
+	if x != nil {
+		return x.Agents
+	}
+	return nil
+}
+
+// KilledAgent is one agent the kill switch holds.
+type KilledAgent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Kill          *KillState             `protobuf:"bytes,2,opt,name=kill,proto3" json:"kill,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KilledAgent) Reset() {
+	*x = KilledAgent{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KilledAgent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KilledAgent) ProtoMessage() {}
+
+func (x *KilledAgent) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KilledAgent.ProtoReflect.Descriptor instead.
+func (*KilledAgent) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *KilledAgent) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *KilledAgent) GetKill() *KillState {
+	if x != nil {
+		return x.Kill
+	}
+	return nil
+}
+
 var File_atf_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18atf/admin/v1/admin.proto\x12\fatf.admin.v1\x1a\x1aatf/broker/v1/broker.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n" +
+	"\x18atf/admin/v1/admin.proto\x12\fatf.admin.v1\x1a\x1aatf/broker/v1/broker.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x03\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x18\n" +
@@ -3031,7 +3638,8 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1d\n" +
 	"\n" +
 	"updated_by\x18\v \x01(\tR\tupdatedBy\x12\x1a\n" +
-	"\brevision\x18\f \x01(\x04R\brevision\"\xc6\x02\n" +
+	"\brevision\x18\f \x01(\x04R\brevision\x12+\n" +
+	"\x04kill\x18\r \x01(\v2\x17.atf.admin.v1.KillStateR\x04kill\"\xc6\x02\n" +
 	"\x14RegisterAgentRequest\x122\n" +
 	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12 \n" +
 	"\x05owner\x18\x02 \x01(\tB\n" +
@@ -3252,7 +3860,43 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\bR\x06reason\"M\n" +
 	"\x16DecideApprovalResponse\x123\n" +
-	"\bapproval\x18\x01 \x01(\v2\x17.atf.broker.v1.ApprovalR\bapproval*z\n" +
+	"\bapproval\x18\x01 \x01(\v2\x17.atf.broker.v1.ApprovalR\bapproval\"\x82\x01\n" +
+	"\tKillState\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x0e\n" +
+	"\x02by\x18\x02 \x01(\tR\x02by\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12!\n" +
+	"\flineage_root\x18\x04 \x01(\tR\vlineageRoot\"\xbc\x01\n" +
+	"\vKillRequest\x122\n" +
+	"\bagent_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://H\x00R\aagentId\x12\x12\n" +
+	"\x03all\x18\x02 \x01(\bH\x00R\x03all\x12\x18\n" +
+	"\alineage\x18\x03 \x01(\bR\alineage\x12\x16\n" +
+	"\x06forced\x18\x04 \x01(\bR\x06forced\x12\"\n" +
+	"\x06reason\x18\x05 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\x06reasonB\x0f\n" +
+	"\x06target\x12\x05\xbaH\x02\b\x01\"b\n" +
+	"\fKillResponse\x12\x16\n" +
+	"\x06killed\x18\x01 \x03(\tR\x06killed\x12:\n" +
+	"\asummary\x18\x02 \x01(\v2 .atf.broker.v1.RevocationSummaryR\asummary\"\x8d\x01\n" +
+	"\x0eReleaseRequest\x122\n" +
+	"\bagent_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://H\x00R\aagentId\x12\x12\n" +
+	"\x03all\x18\x02 \x01(\bH\x00R\x03all\x12\"\n" +
+	"\x06reason\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\x06reasonB\x0f\n" +
+	"\x06target\x12\x05\xbaH\x02\b\x01\"\x11\n" +
+	"\x0fReleaseResponse\"m\n" +
+	"\x15RevokeSessionsRequest\x120\n" +
+	"\bagent_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\aagentId\x12\"\n" +
+	"\x06reason\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\x06reason\"T\n" +
+	"\x16RevokeSessionsResponse\x12:\n" +
+	"\asummary\x18\x01 \x01(\v2 .atf.broker.v1.RevocationSummaryR\asummary\"\x16\n" +
+	"\x14GetKillSwitchRequest\"{\n" +
+	"\x15GetKillSwitchResponse\x12/\n" +
+	"\x06global\x18\x01 \x01(\v2\x17.atf.admin.v1.KillStateR\x06global\x121\n" +
+	"\x06agents\x18\x02 \x03(\v2\x19.atf.admin.v1.KilledAgentR\x06agents\"W\n" +
+	"\vKilledAgent\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12+\n" +
+	"\x04kill\x18\x02 \x01(\v2\x17.atf.admin.v1.KillStateR\x04kill*z\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rOUTCOME_ALLOW\x10\x01\x12\x10\n" +
@@ -3284,7 +3928,12 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"QueryAudit\x12\x1f.atf.admin.v1.QueryAuditRequest\x1a .atf.admin.v1.QueryAuditResponse\x12R\n" +
 	"\vVerifyAudit\x12 .atf.admin.v1.VerifyAuditRequest\x1a!.atf.admin.v1.VerifyAuditResponse\x12T\n" +
-	"\vWatchEvents\x12 .atf.admin.v1.WatchEventsRequest\x1a!.atf.admin.v1.WatchEventsResponse0\x012\xc8\x01\n" +
+	"\vWatchEvents\x12 .atf.admin.v1.WatchEventsRequest\x1a!.atf.admin.v1.WatchEventsResponse0\x012\xcf\x02\n" +
+	"\x0fResponseService\x12=\n" +
+	"\x04Kill\x12\x19.atf.admin.v1.KillRequest\x1a\x1a.atf.admin.v1.KillResponse\x12F\n" +
+	"\aRelease\x12\x1c.atf.admin.v1.ReleaseRequest\x1a\x1d.atf.admin.v1.ReleaseResponse\x12[\n" +
+	"\x0eRevokeSessions\x12#.atf.admin.v1.RevokeSessionsRequest\x1a$.atf.admin.v1.RevokeSessionsResponse\x12X\n" +
+	"\rGetKillSwitch\x12\".atf.admin.v1.GetKillSwitchRequest\x1a#.atf.admin.v1.GetKillSwitchResponse2\xc8\x01\n" +
 	"\x0fApprovalService\x12X\n" +
 	"\rListApprovals\x12\".atf.admin.v1.ListApprovalsRequest\x1a#.atf.admin.v1.ListApprovalsResponse\x12[\n" +
 	"\x0eDecideApproval\x12#.atf.admin.v1.DecideApprovalRequest\x1a$.atf.admin.v1.DecideApprovalResponseB8Z6github.com/agentictrust/atf/proto/atf/admin/v1;adminv1b\x06proto3"
@@ -3302,7 +3951,7 @@ func file_atf_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_atf_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_atf_admin_v1_admin_proto_goTypes = []any{
 	(Outcome)(0),                     // 0: atf.admin.v1.Outcome
 	(Verdict)(0),                     // 1: atf.admin.v1.Verdict
@@ -3350,100 +3999,125 @@ var file_atf_admin_v1_admin_proto_goTypes = []any{
 	(*ListApprovalsResponse)(nil),    // 43: atf.admin.v1.ListApprovalsResponse
 	(*DecideApprovalRequest)(nil),    // 44: atf.admin.v1.DecideApprovalRequest
 	(*DecideApprovalResponse)(nil),   // 45: atf.admin.v1.DecideApprovalResponse
-	nil,                              // 46: atf.admin.v1.AuditRecord.DetailEntry
-	nil,                              // 47: atf.admin.v1.Event.DetailEntry
-	(v1.Level)(0),                    // 48: atf.broker.v1.Level
-	(v1.AgentStatus)(0),              // 49: atf.broker.v1.AgentStatus
-	(*timestamppb.Timestamp)(nil),    // 50: google.protobuf.Timestamp
-	(*v1.RevocationSummary)(nil),     // 51: atf.broker.v1.RevocationSummary
-	(*v1.Grant)(nil),                 // 52: atf.broker.v1.Grant
-	(*durationpb.Duration)(nil),      // 53: google.protobuf.Duration
-	(v1.ApprovalStatus)(0),           // 54: atf.broker.v1.ApprovalStatus
-	(*v1.Approval)(nil),              // 55: atf.broker.v1.Approval
+	(*KillState)(nil),                // 46: atf.admin.v1.KillState
+	(*KillRequest)(nil),              // 47: atf.admin.v1.KillRequest
+	(*KillResponse)(nil),             // 48: atf.admin.v1.KillResponse
+	(*ReleaseRequest)(nil),           // 49: atf.admin.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),          // 50: atf.admin.v1.ReleaseResponse
+	(*RevokeSessionsRequest)(nil),    // 51: atf.admin.v1.RevokeSessionsRequest
+	(*RevokeSessionsResponse)(nil),   // 52: atf.admin.v1.RevokeSessionsResponse
+	(*GetKillSwitchRequest)(nil),     // 53: atf.admin.v1.GetKillSwitchRequest
+	(*GetKillSwitchResponse)(nil),    // 54: atf.admin.v1.GetKillSwitchResponse
+	(*KilledAgent)(nil),              // 55: atf.admin.v1.KilledAgent
+	nil,                              // 56: atf.admin.v1.AuditRecord.DetailEntry
+	nil,                              // 57: atf.admin.v1.Event.DetailEntry
+	(v1.Level)(0),                    // 58: atf.broker.v1.Level
+	(v1.AgentStatus)(0),              // 59: atf.broker.v1.AgentStatus
+	(*timestamppb.Timestamp)(nil),    // 60: google.protobuf.Timestamp
+	(*v1.RevocationSummary)(nil),     // 61: atf.broker.v1.RevocationSummary
+	(*v1.Grant)(nil),                 // 62: atf.broker.v1.Grant
+	(*durationpb.Duration)(nil),      // 63: google.protobuf.Duration
+	(v1.ApprovalStatus)(0),           // 64: atf.broker.v1.ApprovalStatus
+	(*v1.Approval)(nil),              // 65: atf.broker.v1.Approval
 }
 var file_atf_admin_v1_admin_proto_depIdxs = []int32{
-	48, // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
-	49, // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
-	50, // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
-	50, // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
-	48, // 4: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
-	2,  // 5: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	2,  // 6: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	2,  // 7: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
-	10, // 8: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
-	48, // 9: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
-	2,  // 10: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	2,  // 11: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	51, // 12: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	52, // 13: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
-	18, // 14: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
-	50, // 15: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
-	21, // 16: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
-	50, // 17: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
-	2,  // 18: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
-	50, // 19: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
-	22, // 20: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	22, // 21: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
-	22, // 22: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	22, // 23: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	48, // 24: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
-	33, // 25: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
-	0,  // 26: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
-	53, // 27: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
-	48, // 28: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
-	50, // 29: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
-	50, // 30: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
-	50, // 31: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	46, // 32: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
-	35, // 33: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
-	50, // 34: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	47, // 35: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
-	40, // 36: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
-	54, // 37: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
-	55, // 38: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
-	1,  // 39: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
-	55, // 40: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
-	3,  // 41: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
-	5,  // 42: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
-	7,  // 43: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
-	9,  // 44: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
-	12, // 45: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
-	19, // 46: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
-	14, // 47: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
-	16, // 48: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
-	23, // 49: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
-	25, // 50: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
-	27, // 51: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
-	29, // 52: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
-	31, // 53: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
-	34, // 54: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
-	37, // 55: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
-	39, // 56: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
-	42, // 57: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
-	44, // 58: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
-	4,  // 59: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
-	6,  // 60: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
-	8,  // 61: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
-	11, // 62: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
-	13, // 63: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
-	20, // 64: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
-	15, // 65: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
-	17, // 66: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
-	24, // 67: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
-	26, // 68: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
-	28, // 69: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
-	30, // 70: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
-	32, // 71: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
-	36, // 72: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
-	38, // 73: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
-	41, // 74: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
-	43, // 75: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
-	45, // 76: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
-	59, // [59:77] is the sub-list for method output_type
-	41, // [41:59] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	58, // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
+	59, // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
+	60, // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
+	60, // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
+	46, // 4: atf.admin.v1.Agent.kill:type_name -> atf.admin.v1.KillState
+	58, // 5: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
+	2,  // 6: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	2,  // 7: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	2,  // 8: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
+	10, // 9: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
+	58, // 10: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
+	2,  // 11: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	2,  // 12: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	61, // 13: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	62, // 14: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
+	18, // 15: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
+	60, // 16: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 17: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
+	60, // 18: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
+	2,  // 19: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
+	60, // 20: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
+	22, // 21: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	22, // 22: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
+	22, // 23: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	22, // 24: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	58, // 25: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
+	33, // 26: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
+	0,  // 27: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
+	63, // 28: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
+	58, // 29: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
+	60, // 30: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
+	60, // 31: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
+	60, // 32: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	56, // 33: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
+	35, // 34: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
+	60, // 35: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	57, // 36: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
+	40, // 37: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
+	64, // 38: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
+	65, // 39: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
+	1,  // 40: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
+	65, // 41: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
+	60, // 42: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
+	61, // 43: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	61, // 44: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	46, // 45: atf.admin.v1.GetKillSwitchResponse.global:type_name -> atf.admin.v1.KillState
+	55, // 46: atf.admin.v1.GetKillSwitchResponse.agents:type_name -> atf.admin.v1.KilledAgent
+	46, // 47: atf.admin.v1.KilledAgent.kill:type_name -> atf.admin.v1.KillState
+	3,  // 48: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
+	5,  // 49: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
+	7,  // 50: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
+	9,  // 51: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
+	12, // 52: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
+	19, // 53: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
+	14, // 54: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
+	16, // 55: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
+	23, // 56: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
+	25, // 57: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
+	27, // 58: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
+	29, // 59: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
+	31, // 60: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
+	34, // 61: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
+	37, // 62: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
+	39, // 63: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
+	47, // 64: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
+	49, // 65: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
+	51, // 66: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
+	53, // 67: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
+	42, // 68: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
+	44, // 69: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
+	4,  // 70: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
+	6,  // 71: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
+	8,  // 72: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
+	11, // 73: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
+	13, // 74: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
+	20, // 75: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
+	15, // 76: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
+	17, // 77: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
+	24, // 78: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
+	26, // 79: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
+	28, // 80: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
+	30, // 81: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
+	32, // 82: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
+	36, // 83: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
+	38, // 84: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
+	41, // 85: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
+	48, // 86: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
+	50, // 87: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
+	52, // 88: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
+	54, // 89: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
+	43, // 90: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
+	45, // 91: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
+	70, // [70:92] is the sub-list for method output_type
+	48, // [48:70] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_atf_admin_v1_admin_proto_init() }
@@ -3460,15 +4134,23 @@ func file_atf_admin_v1_admin_proto_init() {
 		(*GetLineageRequest_AgentId)(nil),
 		(*GetLineageRequest_GrantId)(nil),
 	}
+	file_atf_admin_v1_admin_proto_msgTypes[45].OneofWrappers = []any{
+		(*KillRequest_AgentId)(nil),
+		(*KillRequest_All)(nil),
+	}
+	file_atf_admin_v1_admin_proto_msgTypes[47].OneofWrappers = []any{
+		(*ReleaseRequest_AgentId)(nil),
+		(*ReleaseRequest_All)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_admin_v1_admin_proto_rawDesc), len(file_atf_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   46,
+			NumMessages:   56,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_atf_admin_v1_admin_proto_goTypes,
 		DependencyIndexes: file_atf_admin_v1_admin_proto_depIdxs,

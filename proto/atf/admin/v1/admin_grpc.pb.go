@@ -754,6 +754,248 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	ResponseService_Kill_FullMethodName           = "/atf.admin.v1.ResponseService/Kill"
+	ResponseService_Release_FullMethodName        = "/atf.admin.v1.ResponseService/Release"
+	ResponseService_RevokeSessions_FullMethodName = "/atf.admin.v1.ResponseService/RevokeSessions"
+	ResponseService_GetKillSwitch_FullMethodName  = "/atf.admin.v1.ResponseService/GetKillSwitch"
+)
+
+// ResponseServiceClient is the client API for ResponseService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// ResponseService is incident response: the kill switch (ATF R-2) and
+// session revocation. Admins and security operators (both named in
+// the broker's configuration) may stop agents; only security operators may
+// release them.
+type ResponseServiceClient interface {
+	// Kill stops one agent (and, with lineage, every agent below it in a
+	// delegation lineage) or every agent: their live credentials die in Vault
+	// and nothing more is issued to them until a security operator releases
+	// them. The switch survives restarts.
+	Kill(ctx context.Context, in *KillRequest, opts ...grpc.CallOption) (*KillResponse, error)
+	// Release lifts the kill switch from an agent, or the global one.
+	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
+	// RevokeSessions revokes every live credential of an agent without
+	// blocking it.
+	RevokeSessions(ctx context.Context, in *RevokeSessionsRequest, opts ...grpc.CallOption) (*RevokeSessionsResponse, error)
+	// GetKillSwitch shows the global switch and the agents it holds.
+	GetKillSwitch(ctx context.Context, in *GetKillSwitchRequest, opts ...grpc.CallOption) (*GetKillSwitchResponse, error)
+}
+
+type responseServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewResponseServiceClient(cc grpc.ClientConnInterface) ResponseServiceClient {
+	return &responseServiceClient{cc}
+}
+
+func (c *responseServiceClient) Kill(ctx context.Context, in *KillRequest, opts ...grpc.CallOption) (*KillResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KillResponse)
+	err := c.cc.Invoke(ctx, ResponseService_Kill_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *responseServiceClient) Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseResponse)
+	err := c.cc.Invoke(ctx, ResponseService_Release_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *responseServiceClient) RevokeSessions(ctx context.Context, in *RevokeSessionsRequest, opts ...grpc.CallOption) (*RevokeSessionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeSessionsResponse)
+	err := c.cc.Invoke(ctx, ResponseService_RevokeSessions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *responseServiceClient) GetKillSwitch(ctx context.Context, in *GetKillSwitchRequest, opts ...grpc.CallOption) (*GetKillSwitchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetKillSwitchResponse)
+	err := c.cc.Invoke(ctx, ResponseService_GetKillSwitch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ResponseServiceServer is the server API for ResponseService service.
+// All implementations must embed UnimplementedResponseServiceServer
+// for forward compatibility.
+//
+// ResponseService is incident response: the kill switch (ATF R-2) and
+// session revocation. Admins and security operators (both named in
+// the broker's configuration) may stop agents; only security operators may
+// release them.
+type ResponseServiceServer interface {
+	// Kill stops one agent (and, with lineage, every agent below it in a
+	// delegation lineage) or every agent: their live credentials die in Vault
+	// and nothing more is issued to them until a security operator releases
+	// them. The switch survives restarts.
+	Kill(context.Context, *KillRequest) (*KillResponse, error)
+	// Release lifts the kill switch from an agent, or the global one.
+	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
+	// RevokeSessions revokes every live credential of an agent without
+	// blocking it.
+	RevokeSessions(context.Context, *RevokeSessionsRequest) (*RevokeSessionsResponse, error)
+	// GetKillSwitch shows the global switch and the agents it holds.
+	GetKillSwitch(context.Context, *GetKillSwitchRequest) (*GetKillSwitchResponse, error)
+	mustEmbedUnimplementedResponseServiceServer()
+}
+
+// UnimplementedResponseServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedResponseServiceServer struct{}
+
+func (UnimplementedResponseServiceServer) Kill(context.Context, *KillRequest) (*KillResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Kill not implemented")
+}
+func (UnimplementedResponseServiceServer) Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Release not implemented")
+}
+func (UnimplementedResponseServiceServer) RevokeSessions(context.Context, *RevokeSessionsRequest) (*RevokeSessionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeSessions not implemented")
+}
+func (UnimplementedResponseServiceServer) GetKillSwitch(context.Context, *GetKillSwitchRequest) (*GetKillSwitchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetKillSwitch not implemented")
+}
+func (UnimplementedResponseServiceServer) mustEmbedUnimplementedResponseServiceServer() {}
+func (UnimplementedResponseServiceServer) testEmbeddedByValue()                         {}
+
+// UnsafeResponseServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to ResponseServiceServer will
+// result in compilation errors.
+type UnsafeResponseServiceServer interface {
+	mustEmbedUnimplementedResponseServiceServer()
+}
+
+func RegisterResponseServiceServer(s grpc.ServiceRegistrar, srv ResponseServiceServer) {
+	// If the following call panics, it indicates UnimplementedResponseServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&ResponseService_ServiceDesc, srv)
+}
+
+func _ResponseService_Kill_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KillRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ResponseServiceServer).Kill(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ResponseService_Kill_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ResponseServiceServer).Kill(ctx, req.(*KillRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ResponseService_Release_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ResponseServiceServer).Release(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ResponseService_Release_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ResponseServiceServer).Release(ctx, req.(*ReleaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ResponseService_RevokeSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeSessionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ResponseServiceServer).RevokeSessions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ResponseService_RevokeSessions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ResponseServiceServer).RevokeSessions(ctx, req.(*RevokeSessionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ResponseService_GetKillSwitch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetKillSwitchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ResponseServiceServer).GetKillSwitch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ResponseService_GetKillSwitch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ResponseServiceServer).GetKillSwitch(ctx, req.(*GetKillSwitchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// ResponseService_ServiceDesc is the grpc.ServiceDesc for ResponseService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var ResponseService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "atf.admin.v1.ResponseService",
+	HandlerType: (*ResponseServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Kill",
+			Handler:    _ResponseService_Kill_Handler,
+		},
+		{
+			MethodName: "Release",
+			Handler:    _ResponseService_Release_Handler,
+		},
+		{
+			MethodName: "RevokeSessions",
+			Handler:    _ResponseService_RevokeSessions_Handler,
+		},
+		{
+			MethodName: "GetKillSwitch",
+			Handler:    _ResponseService_GetKillSwitch_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "atf/admin/v1/admin.proto",
+}
+
+const (
 	ApprovalService_ListApprovals_FullMethodName  = "/atf.admin.v1.ApprovalService/ListApprovals"
 	ApprovalService_DecideApproval_FullMethodName = "/atf.admin.v1.ApprovalService/DecideApproval"
 )

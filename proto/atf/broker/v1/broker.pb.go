@@ -98,6 +98,9 @@ const (
 	AgentStatus_AGENT_STATUS_ACTIVE AgentStatus = 1
 	// Deregistered: gets nothing, kept for the record.
 	AgentStatus_AGENT_STATUS_DEREGISTERED AgentStatus = 2
+	// Stopped by the kill switch: gets nothing until a security operator
+	// releases it.
+	AgentStatus_AGENT_STATUS_KILLED AgentStatus = 3
 )
 
 // Enum value maps for AgentStatus.
@@ -106,11 +109,13 @@ var (
 		0: "AGENT_STATUS_UNSPECIFIED",
 		1: "AGENT_STATUS_ACTIVE",
 		2: "AGENT_STATUS_DEREGISTERED",
+		3: "AGENT_STATUS_KILLED",
 	}
 	AgentStatus_value = map[string]int32{
 		"AGENT_STATUS_UNSPECIFIED":  0,
 		"AGENT_STATUS_ACTIVE":       1,
 		"AGENT_STATUS_DEREGISTERED": 2,
+		"AGENT_STATUS_KILLED":       3,
 	}
 )
 
@@ -1642,11 +1647,12 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\fLEVEL_INTERN\x10\x01\x12\x10\n" +
 	"\fLEVEL_JUNIOR\x10\x02\x12\x10\n" +
 	"\fLEVEL_SENIOR\x10\x03\x12\x13\n" +
-	"\x0fLEVEL_PRINCIPAL\x10\x04*c\n" +
+	"\x0fLEVEL_PRINCIPAL\x10\x04*|\n" +
 	"\vAgentStatus\x12\x1c\n" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13AGENT_STATUS_ACTIVE\x10\x01\x12\x1d\n" +
-	"\x19AGENT_STATUS_DEREGISTERED\x10\x02*^\n" +
+	"\x19AGENT_STATUS_DEREGISTERED\x10\x02\x12\x17\n" +
+	"\x13AGENT_STATUS_KILLED\x10\x03*^\n" +
 	"\n" +
 	"AuthMethod\x12\x1b\n" +
 	"\x17AUTH_METHOD_UNSPECIFIED\x10\x00\x12\x19\n" +

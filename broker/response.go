@@ -1,0 +1,148 @@
+package broker
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/store"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+)
+
+// responseService is incident response: the kill switch and session
+// revocation.
+type responseService struct {
+	adminv1.UnimplementedResponseServiceServer
+	s *Server
+}
+
+func (r *responseService) Kill(ctx context.Context, req *adminv1.KillRequest) (*adminv1.KillResponse, error) {
+	s := r.s
+	actor := identity(ctx).ID.String()
+	reason := audit.Redact(req.GetReason())
+	start := time.Now()
+	var (
+		rev    store.Revocation
+		killed []string
+		root   store.Root
+		err    error
+	)
+	if req.GetAll() {
+		rev, err = s.store.KillAll(actor, reason)
+		if err == nil {
+			gk, gerr := s.store.GlobalKill()
+			if gerr != nil {
+				return nil, s.statusOf(ctx, "read the kill switch", gerr)
+			}
+			s.globalKill.Store(gk)
+			s.anchors.dropAll()
+			killed = []string{"*"}
+		}
+	} else {
+		id, perr := (&adminService{s: s}).agentID(ctx, req.GetAgentId())
+		if perr != nil {
+			return nil, perr
+		}
+		root = store.Root{AgentID: id}
+		rev, killed, err = s.store.KillAgent(id, actor, reason, req.GetLineage())
+		for _, k := range killed {
+			s.anchors.drop(store.AgentNode(k))
+		}
+	}
+	if err != nil {
+		return nil, s.statusOf(ctx, "kill", err)
+	}
+	commit := time.Since(start)
+	// Whoever waits for an approval hears of the cancellation now.
+	s.approvals.fire()
+	sum := s.finishRevocation(ctx, root, actor, reason, rev, start, commit, !req.GetForced())
+	s.logger(ctx).Warn("kill switch", slog.Any("killed", killed), slog.Bool("lineage", req.GetLineage()), slog.Bool("forced", req.GetForced()),
+		slog.Duration("commit", commit), slog.Duration(logDuration, time.Since(start)))
+	s.notify(ctx, "kill", req.GetAgentId(), "", "kill switch: "+actor+" stopped "+killedSummary(killed)+": "+reason, map[string]string{"reason": reason})
+	return &adminv1.KillResponse{Killed: killed, Summary: sum}, nil
+}
+
+func killedSummary(killed []string) string {
+	switch {
+	case len(killed) == 1 && killed[0] == "*":
+		return "every agent"
+	case len(killed) == 0:
+		return "nobody new (already stopped)"
+	case len(killed) == 1:
+		return killed[0]
+	}
+	return killed[0] + " and " + itoa(int32(len(killed)-1)) + " agent(s) below it"
+}
+
+func (r *responseService) Release(ctx context.Context, req *adminv1.ReleaseRequest) (*adminv1.ReleaseResponse, error) {
+	s := r.s
+	caller := identity(ctx).ID
+	if !s.operators[caller] {
+		return nil, status.Errorf(codes.PermissionDenied, "only a security operator may release the kill switch; %s is not one (atfd's configuration: security_operators)", caller)
+	}
+	reason := audit.Redact(req.GetReason())
+	if req.GetAll() {
+		if err := s.store.ReleaseAll(caller.String(), reason); err != nil {
+			return nil, s.statusOf(ctx, "release all", err)
+		}
+		s.globalKill.Store(nil)
+	} else {
+		if _, err := s.store.ReleaseAgent(req.GetAgentId(), caller.String(), reason); err != nil {
+			return nil, s.statusOf(ctx, "release agent", err)
+		}
+	}
+	s.logger(ctx).Warn("kill switch released", slog.String(logAgent, req.GetAgentId()), slog.Bool("all", req.GetAll()))
+	s.notify(ctx, "release", req.GetAgentId(), "", "kill switch released by "+caller.String()+": "+reason, nil)
+	return &adminv1.ReleaseResponse{}, nil
+}
+
+func (r *responseService) RevokeSessions(ctx context.Context, req *adminv1.RevokeSessionsRequest) (*adminv1.RevokeSessionsResponse, error) {
+	s := r.s
+	actor := identity(ctx).ID.String()
+	reason := audit.Redact(req.GetReason())
+	start := time.Now()
+	rev, err := s.store.RevokeCredentials(req.GetAgentId(), actor, reason, func(store.Credential) bool { return true })
+	if err != nil {
+		return nil, s.statusOf(ctx, "revoke sessions", err)
+	}
+	sum := s.finishRevocation(ctx, store.Root{}, actor, reason, rev, start, time.Since(start), true)
+	return &adminv1.RevokeSessionsResponse{Summary: sum}, nil
+}
+
+func (r *responseService) GetKillSwitch(ctx context.Context, _ *adminv1.GetKillSwitchRequest) (*adminv1.GetKillSwitchResponse, error) {
+	s := r.s
+	resp := &adminv1.GetKillSwitchResponse{}
+	gk, err := s.store.GlobalKill()
+	if err != nil {
+		return nil, s.statusOf(ctx, "read the kill switch", err)
+	}
+	resp.Global = killToProto(gk)
+	agents, err := s.store.KilledAgents()
+	if err != nil {
+		return nil, s.statusOf(ctx, "list killed agents", err)
+	}
+	for _, a := range agents {
+		resp.Agents = append(resp.Agents, &adminv1.KilledAgent{SpiffeId: a.ID, Kill: killToProto(a.Kill)})
+	}
+	return resp, nil
+}
+
+func killToProto(k *store.Kill) *adminv1.KillState {
+	if k == nil {
+		return nil
+	}
+	return &adminv1.KillState{At: timestamppb.New(k.At), By: k.By, Reason: k.Reason, LineageRoot: k.Lineage}
+}
+
+// killedError is the answer to an agent while the global switch holds.
+func (s *Server) killedError() error {
+	if gk := s.globalKill.Load(); gk != nil {
+		return status.Errorf(codes.PermissionDenied, "the global kill switch stops every agent (since %s); only a security operator can release it", gk.At.Format(time.RFC3339))
+	}
+	return nil
+}

@@ -1,0 +1,211 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/agentictrust/atf/delegation"
+)
+
+// keyGlobalKill holds the global kill switch in the meta bucket.
+var keyGlobalKill = []byte("global_kill")
+
+// usable refuses an agent that is deregistered or held by the kill switch,
+// its own or the global one.
+func usable(tx *bolt.Tx, a Agent) error {
+	switch {
+	case a.Status != Active:
+		return fmt.Errorf("%w: %s", ErrDeregistered, a.ID)
+	case a.Kill != nil:
+		return fmt.Errorf("%w: agent %s", ErrKilled, a.ID)
+	}
+	if tx.Bucket(bucketMeta).Get(keyGlobalKill) != nil {
+		return fmt.Errorf("%w: every agent (global switch)", ErrKilled)
+	}
+	return nil
+}
+
+// KillAgent stops an agent: in one transaction it is marked killed (so
+// nothing more is issued to it or under it, whatever is in flight), its
+// lineage is revoked as RevokeLineage does, and, with lineage, every agent
+// that holds a grant below it is killed too. It returns the revocation and
+// the agents killed.
+func (s *Store) KillAgent(id, actor, reason string, lineage bool) (Revocation, []string, error) {
+	var rev Revocation
+	var killed []string
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		rev, killed = Revocation{Credentials: map[string][]string{}}, nil
+		now := s.now().UTC()
+		queue := []string{id}
+		seen := map[string]bool{id: true}
+		for len(queue) > 0 {
+			cur := queue[0]
+			queue = queue[1:]
+			a, err := getAgent(tx, cur)
+			if err != nil {
+				return err
+			}
+			if a.Status == Active && a.Kill == nil {
+				k := &Kill{At: now, By: actor, Reason: reason}
+				if cur != id {
+					k.Lineage = id
+				}
+				a.Kill = k
+				a.UpdatedAt, a.UpdatedBy, a.Revision = now, actor, a.Revision+1
+				if err := putAgent(tx, a, AgentChange{Action: ActionKill, Reason: reason}); err != nil {
+					return err
+				}
+				if err := s.appendAudit(tx, AuditRecord{Time: now, Kind: "agent_killed", Actor: actor, Subject: cur, Detail: map[string]string{
+					"reason": reason, "lineage_root": k.Lineage, "decision": "deny",
+				}}); err != nil {
+					return err
+				}
+				killed = append(killed, cur)
+			}
+			r, err := s.revokeLineage(tx, Root{AgentID: cur}, actor, reason, now)
+			if err != nil {
+				return err
+			}
+			rev.merge(r)
+			if !lineage {
+				continue
+			}
+			// The lineage below: everyone holding a grant from cur or
+			// below it (revoked just now or earlier).
+			grants, err := delegation.LineageOfAgent(cur,
+				func(id string) ([]delegation.Grant, error) { return given(tx, id) },
+				func(id string) ([]delegation.Grant, error) { return childrenOf(tx, id) })
+			if err != nil {
+				return err
+			}
+			for _, g := range grants {
+				if !seen[g.Delegatee] {
+					seen[g.Delegatee] = true
+					queue = append(queue, g.Delegatee)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Revocation{}, nil, fmt.Errorf("store: kill agent: %w", err)
+	}
+	return rev, killed, nil
+}
+
+// ReleaseAgent lifts the kill switch from an agent. Its revoked grants and
+// credentials stay revoked.
+func (s *Store) ReleaseAgent(id, actor, reason string) (Agent, error) {
+	var a Agent
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		if a, err = getAgent(tx, id); err != nil {
+			return err
+		}
+		if a.Kill == nil {
+			return fmt.Errorf("%w: agent %s is not stopped by the kill switch", ErrConflict, id)
+		}
+		now := s.now().UTC()
+		a.Kill = nil
+		a.UpdatedAt, a.UpdatedBy, a.Revision = now, actor, a.Revision+1
+		if err := putAgent(tx, a, AgentChange{Action: ActionRelease, Reason: reason}); err != nil {
+			return err
+		}
+		return s.appendAudit(tx, AuditRecord{Time: now, Kind: "agent_released", Actor: actor, Subject: id, Detail: map[string]string{"reason": reason}})
+	})
+	if err != nil {
+		return Agent{}, fmt.Errorf("store: release agent: %w", err)
+	}
+	return a, nil
+}
+
+// KillAll sets the global kill switch and revokes every agent's lineage:
+// nothing is issued to anyone until ReleaseAll.
+func (s *Store) KillAll(actor, reason string) (Revocation, error) {
+	var rev Revocation
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		rev = Revocation{Credentials: map[string][]string{}}
+		now := s.now().UTC()
+		v, err := json.Marshal(Kill{At: now, By: actor, Reason: reason})
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketMeta).Put(keyGlobalKill, v); err != nil {
+			return err
+		}
+		if err := s.appendAudit(tx, AuditRecord{Time: now, Kind: "global_kill", Actor: actor, Subject: "*", Detail: map[string]string{"reason": reason, "decision": "deny"}}); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketAgents).ForEach(func(k, _ []byte) error {
+			r, err := s.revokeLineage(tx, Root{AgentID: string(k)}, actor, reason, now)
+			rev.merge(r)
+			return err
+		})
+	})
+	if err != nil {
+		return Revocation{}, fmt.Errorf("store: kill all: %w", err)
+	}
+	return rev, nil
+}
+
+// ReleaseAll lifts the global kill switch.
+func (s *Store) ReleaseAll(actor, reason string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta)
+		if b.Get(keyGlobalKill) == nil {
+			return fmt.Errorf("%w: the global kill switch is not set", ErrConflict)
+		}
+		if err := b.Delete(keyGlobalKill); err != nil {
+			return err
+		}
+		return s.appendAudit(tx, AuditRecord{Time: s.now().UTC(), Kind: "global_release", Actor: actor, Subject: "*", Detail: map[string]string{"reason": reason}})
+	})
+	if err != nil {
+		return fmt.Errorf("store: release all: %w", err)
+	}
+	return nil
+}
+
+// GlobalKill returns the global kill switch, or nil when it is not set.
+func (s *Store) GlobalKill() (*Kill, error) {
+	var k *Kill
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMeta).Get(keyGlobalKill)
+		if v == nil {
+			return nil
+		}
+		k = &Kill{}
+		return json.Unmarshal(v, k)
+	})
+	return k, err
+}
+
+// KilledAgents lists the agents the kill switch holds.
+func (s *Store) KilledAgents() ([]Agent, error) {
+	var out []Agent
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAgents).ForEach(func(k, v []byte) error {
+			var a Agent
+			if err := json.Unmarshal(v, &a); err != nil {
+				return fmt.Errorf("store: decode agent %s: %w", k, err)
+			}
+			if a.Kill != nil {
+				out = append(out, a)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// merge adds r to rev.
+func (rev *Revocation) merge(r Revocation) {
+	rev.Grants = append(rev.Grants, r.Grants...)
+	for agent, accs := range r.Credentials {
+		rev.Credentials[agent] = append(rev.Credentials[agent], accs...)
+	}
+	rev.Queued = append(rev.Queued, r.Queued...)
+	rev.Approvals = append(rev.Approvals, r.Approvals...)
+}
