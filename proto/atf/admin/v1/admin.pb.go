@@ -3617,6 +3617,1798 @@ func (x *KilledAgent) GetKill() *KillState {
 	return nil
 }
 
+type EvaluatePromotionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvaluatePromotionRequest) Reset() {
+	*x = EvaluatePromotionRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvaluatePromotionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvaluatePromotionRequest) ProtoMessage() {}
+
+func (x *EvaluatePromotionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvaluatePromotionRequest.ProtoReflect.Descriptor instead.
+func (*EvaluatePromotionRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *EvaluatePromotionRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+// GateCheck is one check of a promotion gate, with its numbers.
+type GateCheck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Pass          bool                   `protobuf:"varint,2,opt,name=pass,proto3" json:"pass,omitempty"`
+	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GateCheck) Reset() {
+	*x = GateCheck{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GateCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GateCheck) ProtoMessage() {}
+
+func (x *GateCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GateCheck.ProtoReflect.Descriptor instead.
+func (*GateCheck) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *GateCheck) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GateCheck) GetPass() bool {
+	if x != nil {
+		return x.Pass
+	}
+	return false
+}
+
+func (x *GateCheck) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// PromotionGate is one of the five gates.
+type PromotionGate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// performance, security, business, incidents or governance.
+	Name          string       `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Pass          bool         `protobuf:"varint,2,opt,name=pass,proto3" json:"pass,omitempty"`
+	Checks        []*GateCheck `protobuf:"bytes,3,rep,name=checks,proto3" json:"checks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromotionGate) Reset() {
+	*x = PromotionGate{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromotionGate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromotionGate) ProtoMessage() {}
+
+func (x *PromotionGate) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromotionGate.ProtoReflect.Descriptor instead.
+func (*PromotionGate) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *PromotionGate) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PromotionGate) GetPass() bool {
+	if x != nil {
+		return x.Pass
+	}
+	return false
+}
+
+func (x *PromotionGate) GetChecks() []*GateCheck {
+	if x != nil {
+		return x.Checks
+	}
+	return nil
+}
+
+type PromotionReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	From          v1.Level               `protobuf:"varint,2,opt,name=from,proto3,enum=atf.broker.v1.Level" json:"from,omitempty"`
+	To            v1.Level               `protobuf:"varint,3,opt,name=to,proto3,enum=atf.broker.v1.Level" json:"to,omitempty"`
+	Gates         []*PromotionGate       `protobuf:"bytes,4,rep,name=gates,proto3" json:"gates,omitempty"`
+	Promotable    bool                   `protobuf:"varint,5,opt,name=promotable,proto3" json:"promotable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromotionReport) Reset() {
+	*x = PromotionReport{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromotionReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromotionReport) ProtoMessage() {}
+
+func (x *PromotionReport) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromotionReport.ProtoReflect.Descriptor instead.
+func (*PromotionReport) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *PromotionReport) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *PromotionReport) GetFrom() v1.Level {
+	if x != nil {
+		return x.From
+	}
+	return v1.Level(0)
+}
+
+func (x *PromotionReport) GetTo() v1.Level {
+	if x != nil {
+		return x.To
+	}
+	return v1.Level(0)
+}
+
+func (x *PromotionReport) GetGates() []*PromotionGate {
+	if x != nil {
+		return x.Gates
+	}
+	return nil
+}
+
+func (x *PromotionReport) GetPromotable() bool {
+	if x != nil {
+		return x.Promotable
+	}
+	return false
+}
+
+type EvaluatePromotionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Report        *PromotionReport       `protobuf:"bytes,1,opt,name=report,proto3" json:"report,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvaluatePromotionResponse) Reset() {
+	*x = EvaluatePromotionResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvaluatePromotionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvaluatePromotionResponse) ProtoMessage() {}
+
+func (x *EvaluatePromotionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvaluatePromotionResponse.ProtoReflect.Descriptor instead.
+func (*EvaluatePromotionResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *EvaluatePromotionResponse) GetReport() *PromotionReport {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
+type PromoteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteRequest) Reset() {
+	*x = PromoteRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteRequest) ProtoMessage() {}
+
+func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
+func (*PromoteRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *PromoteRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *PromoteRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type PromoteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Report        *PromotionReport       `protobuf:"bytes,1,opt,name=report,proto3" json:"report,omitempty"`
+	Agent         *Agent                 `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteResponse) Reset() {
+	*x = PromoteResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteResponse) ProtoMessage() {}
+
+func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
+func (*PromoteResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *PromoteResponse) GetReport() *PromotionReport {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
+func (x *PromoteResponse) GetAgent() *Agent {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+type DemoteRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Reason   string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// How many levels (default 1; never below Intern).
+	Levels        int32 `protobuf:"varint,3,opt,name=levels,proto3" json:"levels,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DemoteRequest) Reset() {
+	*x = DemoteRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DemoteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DemoteRequest) ProtoMessage() {}
+
+func (x *DemoteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DemoteRequest.ProtoReflect.Descriptor instead.
+func (*DemoteRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *DemoteRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *DemoteRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DemoteRequest) GetLevels() int32 {
+	if x != nil {
+		return x.Levels
+	}
+	return 0
+}
+
+type DemoteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agent         *Agent                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	Summary       *v1.RevocationSummary  `protobuf:"bytes,2,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DemoteResponse) Reset() {
+	*x = DemoteResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DemoteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DemoteResponse) ProtoMessage() {}
+
+func (x *DemoteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DemoteResponse.ProtoReflect.Descriptor instead.
+func (*DemoteResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *DemoteResponse) GetAgent() *Agent {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+func (x *DemoteResponse) GetSummary() *v1.RevocationSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
+type RollbackLevelRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// The revision whose level to restore (see atfctl agent history).
+	Revision      uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackLevelRequest) Reset() {
+	*x = RollbackLevelRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackLevelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackLevelRequest) ProtoMessage() {}
+
+func (x *RollbackLevelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackLevelRequest.ProtoReflect.Descriptor instead.
+func (*RollbackLevelRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *RollbackLevelRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *RollbackLevelRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *RollbackLevelRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RollbackLevelResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agent         *Agent                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	Summary       *v1.RevocationSummary  `protobuf:"bytes,2,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackLevelResponse) Reset() {
+	*x = RollbackLevelResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackLevelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackLevelResponse) ProtoMessage() {}
+
+func (x *RollbackLevelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackLevelResponse.ProtoReflect.Descriptor instead.
+func (*RollbackLevelResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *RollbackLevelResponse) GetAgent() *Agent {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+func (x *RollbackLevelResponse) GetSummary() *v1.RevocationSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
+type Evidence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// vulnerability_assessment, code_review, configuration_audit, pen_test,
+	// adversarial_test, metrics_baseline, improvement, roi,
+	// stakeholder_signoff.
+	Kind   string   `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Target v1.Level `protobuf:"varint,2,opt,name=target,proto3,enum=atf.broker.v1.Level" json:"target,omitempty"`
+	// Where the evidence is (a report's URL, a ticket).
+	Reference     string                 `protobuf:"bytes,3,opt,name=reference,proto3" json:"reference,omitempty"`
+	RecordedBy    string                 `protobuf:"bytes,4,opt,name=recorded_by,json=recordedBy,proto3" json:"recorded_by,omitempty"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Evidence) Reset() {
+	*x = Evidence{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Evidence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Evidence) ProtoMessage() {}
+
+func (x *Evidence) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Evidence.ProtoReflect.Descriptor instead.
+func (*Evidence) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *Evidence) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Evidence) GetTarget() v1.Level {
+	if x != nil {
+		return x.Target
+	}
+	return v1.Level(0)
+}
+
+func (x *Evidence) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+func (x *Evidence) GetRecordedBy() string {
+	if x != nil {
+		return x.RecordedBy
+	}
+	return ""
+}
+
+func (x *Evidence) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+type RecordEvidenceRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Kind     string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Default: the agent's next level.
+	Target        v1.Level `protobuf:"varint,3,opt,name=target,proto3,enum=atf.broker.v1.Level" json:"target,omitempty"`
+	Reference     string   `protobuf:"bytes,4,opt,name=reference,proto3" json:"reference,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordEvidenceRequest) Reset() {
+	*x = RecordEvidenceRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordEvidenceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordEvidenceRequest) ProtoMessage() {}
+
+func (x *RecordEvidenceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordEvidenceRequest.ProtoReflect.Descriptor instead.
+func (*RecordEvidenceRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *RecordEvidenceRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *RecordEvidenceRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RecordEvidenceRequest) GetTarget() v1.Level {
+	if x != nil {
+		return x.Target
+	}
+	return v1.Level(0)
+}
+
+func (x *RecordEvidenceRequest) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+type RecordEvidenceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Evidence      *Evidence              `protobuf:"bytes,1,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordEvidenceResponse) Reset() {
+	*x = RecordEvidenceResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordEvidenceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordEvidenceResponse) ProtoMessage() {}
+
+func (x *RecordEvidenceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordEvidenceResponse.ProtoReflect.Descriptor instead.
+func (*RecordEvidenceResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *RecordEvidenceResponse) GetEvidence() *Evidence {
+	if x != nil {
+		return x.Evidence
+	}
+	return nil
+}
+
+type SignOff struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The person signing (e.g. an e-mail address).
+	Signer         string                 `protobuf:"bytes,1,opt,name=signer,proto3" json:"signer,omitempty"`
+	RiskAcceptance string                 `protobuf:"bytes,2,opt,name=risk_acceptance,json=riskAcceptance,proto3" json:"risk_acceptance,omitempty"`
+	Target         v1.Level               `protobuf:"varint,3,opt,name=target,proto3,enum=atf.broker.v1.Level" json:"target,omitempty"`
+	RecordedBy     string                 `protobuf:"bytes,4,opt,name=recorded_by,json=recordedBy,proto3" json:"recorded_by,omitempty"`
+	At             *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SignOff) Reset() {
+	*x = SignOff{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignOff) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignOff) ProtoMessage() {}
+
+func (x *SignOff) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignOff.ProtoReflect.Descriptor instead.
+func (*SignOff) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *SignOff) GetSigner() string {
+	if x != nil {
+		return x.Signer
+	}
+	return ""
+}
+
+func (x *SignOff) GetRiskAcceptance() string {
+	if x != nil {
+		return x.RiskAcceptance
+	}
+	return ""
+}
+
+func (x *SignOff) GetTarget() v1.Level {
+	if x != nil {
+		return x.Target
+	}
+	return v1.Level(0)
+}
+
+func (x *SignOff) GetRecordedBy() string {
+	if x != nil {
+		return x.RecordedBy
+	}
+	return ""
+}
+
+func (x *SignOff) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+type RecordSignOffRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId       string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Signer         string                 `protobuf:"bytes,2,opt,name=signer,proto3" json:"signer,omitempty"`
+	RiskAcceptance string                 `protobuf:"bytes,3,opt,name=risk_acceptance,json=riskAcceptance,proto3" json:"risk_acceptance,omitempty"`
+	// Default: the agent's next level.
+	Target        v1.Level `protobuf:"varint,4,opt,name=target,proto3,enum=atf.broker.v1.Level" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordSignOffRequest) Reset() {
+	*x = RecordSignOffRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordSignOffRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordSignOffRequest) ProtoMessage() {}
+
+func (x *RecordSignOffRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordSignOffRequest.ProtoReflect.Descriptor instead.
+func (*RecordSignOffRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *RecordSignOffRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *RecordSignOffRequest) GetSigner() string {
+	if x != nil {
+		return x.Signer
+	}
+	return ""
+}
+
+func (x *RecordSignOffRequest) GetRiskAcceptance() string {
+	if x != nil {
+		return x.RiskAcceptance
+	}
+	return ""
+}
+
+func (x *RecordSignOffRequest) GetTarget() v1.Level {
+	if x != nil {
+		return x.Target
+	}
+	return v1.Level(0)
+}
+
+type RecordSignOffResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SignOff       *SignOff               `protobuf:"bytes,1,opt,name=sign_off,json=signOff,proto3" json:"sign_off,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordSignOffResponse) Reset() {
+	*x = RecordSignOffResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordSignOffResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordSignOffResponse) ProtoMessage() {}
+
+func (x *RecordSignOffResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordSignOffResponse.ProtoReflect.Descriptor instead.
+func (*RecordSignOffResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *RecordSignOffResponse) GetSignOff() *SignOff {
+	if x != nil {
+		return x.SignOff
+	}
+	return nil
+}
+
+type Incident struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	SpiffeId string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// low, medium, high or critical.
+	Severity string `protobuf:"bytes,3,opt,name=severity,proto3" json:"severity,omitempty"`
+	Summary  string `protobuf:"bytes,4,opt,name=summary,proto3" json:"summary,omitempty"`
+	// The agent's level when the incident opened.
+	Level    v1.Level               `protobuf:"varint,5,opt,name=level,proto3,enum=atf.broker.v1.Level" json:"level,omitempty"`
+	OpenedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=opened_at,json=openedAt,proto3" json:"opened_at,omitempty"`
+	OpenedBy string                 `protobuf:"bytes,7,opt,name=opened_by,json=openedBy,proto3" json:"opened_by,omitempty"`
+	ClosedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=closed_at,json=closedAt,proto3" json:"closed_at,omitempty"`
+	ClosedBy string                 `protobuf:"bytes,9,opt,name=closed_by,json=closedBy,proto3" json:"closed_by,omitempty"`
+	// Root-cause analysis, required to close.
+	Rca           string `protobuf:"bytes,10,opt,name=rca,proto3" json:"rca,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Incident) Reset() {
+	*x = Incident{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Incident) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Incident) ProtoMessage() {}
+
+func (x *Incident) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Incident.ProtoReflect.Descriptor instead.
+func (*Incident) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *Incident) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Incident) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Incident) GetSeverity() string {
+	if x != nil {
+		return x.Severity
+	}
+	return ""
+}
+
+func (x *Incident) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+func (x *Incident) GetLevel() v1.Level {
+	if x != nil {
+		return x.Level
+	}
+	return v1.Level(0)
+}
+
+func (x *Incident) GetOpenedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OpenedAt
+	}
+	return nil
+}
+
+func (x *Incident) GetOpenedBy() string {
+	if x != nil {
+		return x.OpenedBy
+	}
+	return ""
+}
+
+func (x *Incident) GetClosedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ClosedAt
+	}
+	return nil
+}
+
+func (x *Incident) GetClosedBy() string {
+	if x != nil {
+		return x.ClosedBy
+	}
+	return ""
+}
+
+func (x *Incident) GetRca() string {
+	if x != nil {
+		return x.Rca
+	}
+	return ""
+}
+
+type OpenIncidentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Severity      string                 `protobuf:"bytes,2,opt,name=severity,proto3" json:"severity,omitempty"`
+	Summary       string                 `protobuf:"bytes,3,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenIncidentRequest) Reset() {
+	*x = OpenIncidentRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenIncidentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenIncidentRequest) ProtoMessage() {}
+
+func (x *OpenIncidentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenIncidentRequest.ProtoReflect.Descriptor instead.
+func (*OpenIncidentRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *OpenIncidentRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *OpenIncidentRequest) GetSeverity() string {
+	if x != nil {
+		return x.Severity
+	}
+	return ""
+}
+
+func (x *OpenIncidentRequest) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+type OpenIncidentResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Incident *Incident              `protobuf:"bytes,1,opt,name=incident,proto3" json:"incident,omitempty"`
+	// Set if the incident demoted the agent.
+	Demoted       *Agent `protobuf:"bytes,2,opt,name=demoted,proto3" json:"demoted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenIncidentResponse) Reset() {
+	*x = OpenIncidentResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenIncidentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenIncidentResponse) ProtoMessage() {}
+
+func (x *OpenIncidentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenIncidentResponse.ProtoReflect.Descriptor instead.
+func (*OpenIncidentResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *OpenIncidentResponse) GetIncident() *Incident {
+	if x != nil {
+		return x.Incident
+	}
+	return nil
+}
+
+func (x *OpenIncidentResponse) GetDemoted() *Agent {
+	if x != nil {
+		return x.Demoted
+	}
+	return nil
+}
+
+type CloseIncidentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	IncidentId    string                 `protobuf:"bytes,1,opt,name=incident_id,json=incidentId,proto3" json:"incident_id,omitempty"`
+	Rca           string                 `protobuf:"bytes,2,opt,name=rca,proto3" json:"rca,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseIncidentRequest) Reset() {
+	*x = CloseIncidentRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseIncidentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseIncidentRequest) ProtoMessage() {}
+
+func (x *CloseIncidentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseIncidentRequest.ProtoReflect.Descriptor instead.
+func (*CloseIncidentRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *CloseIncidentRequest) GetIncidentId() string {
+	if x != nil {
+		return x.IncidentId
+	}
+	return ""
+}
+
+func (x *CloseIncidentRequest) GetRca() string {
+	if x != nil {
+		return x.Rca
+	}
+	return ""
+}
+
+type CloseIncidentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Incident      *Incident              `protobuf:"bytes,1,opt,name=incident,proto3" json:"incident,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseIncidentResponse) Reset() {
+	*x = CloseIncidentResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseIncidentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseIncidentResponse) ProtoMessage() {}
+
+func (x *CloseIncidentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseIncidentResponse.ProtoReflect.Descriptor instead.
+func (*CloseIncidentResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *CloseIncidentResponse) GetIncident() *Incident {
+	if x != nil {
+		return x.Incident
+	}
+	return nil
+}
+
+type ListIncidentsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	OpenOnly      bool                   `protobuf:"varint,2,opt,name=open_only,json=openOnly,proto3" json:"open_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListIncidentsRequest) Reset() {
+	*x = ListIncidentsRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListIncidentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListIncidentsRequest) ProtoMessage() {}
+
+func (x *ListIncidentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListIncidentsRequest.ProtoReflect.Descriptor instead.
+func (*ListIncidentsRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *ListIncidentsRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *ListIncidentsRequest) GetOpenOnly() bool {
+	if x != nil {
+		return x.OpenOnly
+	}
+	return false
+}
+
+type ListIncidentsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Incidents     []*Incident            `protobuf:"bytes,1,rep,name=incidents,proto3" json:"incidents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListIncidentsResponse) Reset() {
+	*x = ListIncidentsResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListIncidentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListIncidentsResponse) ProtoMessage() {}
+
+func (x *ListIncidentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListIncidentsResponse.ProtoReflect.Descriptor instead.
+func (*ListIncidentsResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *ListIncidentsResponse) GetIncidents() []*Incident {
+	if x != nil {
+		return x.Incidents
+	}
+	return nil
+}
+
+type GetMaturityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMaturityRequest) Reset() {
+	*x = GetMaturityRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMaturityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMaturityRequest) ProtoMessage() {}
+
+func (x *GetMaturityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMaturityRequest.ProtoReflect.Descriptor instead.
+func (*GetMaturityRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *GetMaturityRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+// OutcomeCounts are outcome reports since the agent reached its level.
+type OutcomeCounts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Success       int64                  `protobuf:"varint,1,opt,name=success,proto3" json:"success,omitempty"`
+	Failure       int64                  `protobuf:"varint,2,opt,name=failure,proto3" json:"failure,omitempty"`
+	Rejected      int64                  `protobuf:"varint,3,opt,name=rejected,proto3" json:"rejected,omitempty"`
+	Errors        int64                  `protobuf:"varint,4,opt,name=errors,proto3" json:"errors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutcomeCounts) Reset() {
+	*x = OutcomeCounts{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutcomeCounts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutcomeCounts) ProtoMessage() {}
+
+func (x *OutcomeCounts) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutcomeCounts.ProtoReflect.Descriptor instead.
+func (*OutcomeCounts) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *OutcomeCounts) GetSuccess() int64 {
+	if x != nil {
+		return x.Success
+	}
+	return 0
+}
+
+func (x *OutcomeCounts) GetFailure() int64 {
+	if x != nil {
+		return x.Failure
+	}
+	return 0
+}
+
+func (x *OutcomeCounts) GetRejected() int64 {
+	if x != nil {
+		return x.Rejected
+	}
+	return 0
+}
+
+func (x *OutcomeCounts) GetErrors() int64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+// Breaker is an agent's circuit breaker (ATF R-1).
+type Breaker struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// closed, open or half-open.
+	State         string                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	OpenUntil     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=open_until,json=openUntil,proto3" json:"open_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Breaker) Reset() {
+	*x = Breaker{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Breaker) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Breaker) ProtoMessage() {}
+
+func (x *Breaker) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Breaker.ProtoReflect.Descriptor instead.
+func (*Breaker) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *Breaker) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Breaker) GetOpenUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OpenUntil
+	}
+	return nil
+}
+
+// Baseline is an agent's behaviour profile (ATF B-3).
+type Baseline struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Formed        bool                   `protobuf:"varint,1,opt,name=formed,proto3" json:"formed,omitempty"`
+	Events        int64                  `protobuf:"varint,2,opt,name=events,proto3" json:"events,omitempty"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	RatePerMinute float64                `protobuf:"fixed64,4,opt,name=rate_per_minute,json=ratePerMinute,proto3" json:"rate_per_minute,omitempty"`
+	Roles         map[string]int64       `protobuf:"bytes,5,rep,name=roles,proto3" json:"roles,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	DenialRatio   float64                `protobuf:"fixed64,6,opt,name=denial_ratio,json=denialRatio,proto3" json:"denial_ratio,omitempty"`
+	Hours         []int64                `protobuf:"varint,7,rep,packed,name=hours,proto3" json:"hours,omitempty"`
+	Delegations   int64                  `protobuf:"varint,8,opt,name=delegations,proto3" json:"delegations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Baseline) Reset() {
+	*x = Baseline{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Baseline) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Baseline) ProtoMessage() {}
+
+func (x *Baseline) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Baseline.ProtoReflect.Descriptor instead.
+func (*Baseline) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *Baseline) GetFormed() bool {
+	if x != nil {
+		return x.Formed
+	}
+	return false
+}
+
+func (x *Baseline) GetEvents() int64 {
+	if x != nil {
+		return x.Events
+	}
+	return 0
+}
+
+func (x *Baseline) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *Baseline) GetRatePerMinute() float64 {
+	if x != nil {
+		return x.RatePerMinute
+	}
+	return 0
+}
+
+func (x *Baseline) GetRoles() map[string]int64 {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *Baseline) GetDenialRatio() float64 {
+	if x != nil {
+		return x.DenialRatio
+	}
+	return 0
+}
+
+func (x *Baseline) GetHours() []int64 {
+	if x != nil {
+		return x.Hours
+	}
+	return nil
+}
+
+func (x *Baseline) GetDelegations() int64 {
+	if x != nil {
+		return x.Delegations
+	}
+	return 0
+}
+
+type GetMaturityResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agent         *Agent                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	LevelSince    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=level_since,json=levelSince,proto3" json:"level_since,omitempty"`
+	Outcomes      *OutcomeCounts         `protobuf:"bytes,3,opt,name=outcomes,proto3" json:"outcomes,omitempty"`
+	Evidence      []*Evidence            `protobuf:"bytes,4,rep,name=evidence,proto3" json:"evidence,omitempty"`
+	SignOffs      []*SignOff             `protobuf:"bytes,5,rep,name=sign_offs,json=signOffs,proto3" json:"sign_offs,omitempty"`
+	Incidents     []*Incident            `protobuf:"bytes,6,rep,name=incidents,proto3" json:"incidents,omitempty"`
+	Breaker       *Breaker               `protobuf:"bytes,7,opt,name=breaker,proto3" json:"breaker,omitempty"`
+	Baseline      *Baseline              `protobuf:"bytes,8,opt,name=baseline,proto3" json:"baseline,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMaturityResponse) Reset() {
+	*x = GetMaturityResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMaturityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMaturityResponse) ProtoMessage() {}
+
+func (x *GetMaturityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMaturityResponse.ProtoReflect.Descriptor instead.
+func (*GetMaturityResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{82}
+}
+
+func (x *GetMaturityResponse) GetAgent() *Agent {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+func (x *GetMaturityResponse) GetLevelSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LevelSince
+	}
+	return nil
+}
+
+func (x *GetMaturityResponse) GetOutcomes() *OutcomeCounts {
+	if x != nil {
+		return x.Outcomes
+	}
+	return nil
+}
+
+func (x *GetMaturityResponse) GetEvidence() []*Evidence {
+	if x != nil {
+		return x.Evidence
+	}
+	return nil
+}
+
+func (x *GetMaturityResponse) GetSignOffs() []*SignOff {
+	if x != nil {
+		return x.SignOffs
+	}
+	return nil
+}
+
+func (x *GetMaturityResponse) GetIncidents() []*Incident {
+	if x != nil {
+		return x.Incidents
+	}
+	return nil
+}
+
+func (x *GetMaturityResponse) GetBreaker() *Breaker {
+	if x != nil {
+		return x.Breaker
+	}
+	return nil
+}
+
+func (x *GetMaturityResponse) GetBaseline() *Baseline {
+	if x != nil {
+		return x.Baseline
+	}
+	return nil
+}
+
 var File_atf_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_atf_admin_v1_admin_proto_rawDesc = "" +
@@ -3896,7 +5688,147 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\x06agents\x18\x02 \x03(\v2\x19.atf.admin.v1.KilledAgentR\x06agents\"W\n" +
 	"\vKilledAgent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12+\n" +
-	"\x04kill\x18\x02 \x01(\v2\x17.atf.admin.v1.KillStateR\x04kill*z\n" +
+	"\x04kill\x18\x02 \x01(\v2\x17.atf.admin.v1.KillStateR\x04kill\"N\n" +
+	"\x18EvaluatePromotionRequest\x122\n" +
+	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\"K\n" +
+	"\tGateCheck\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04pass\x18\x02 \x01(\bR\x04pass\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"h\n" +
+	"\rPromotionGate\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04pass\x18\x02 \x01(\bR\x04pass\x12/\n" +
+	"\x06checks\x18\x03 \x03(\v2\x17.atf.admin.v1.GateCheckR\x06checks\"\xd1\x01\n" +
+	"\x0fPromotionReport\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12(\n" +
+	"\x04from\x18\x02 \x01(\x0e2\x14.atf.broker.v1.LevelR\x04from\x12$\n" +
+	"\x02to\x18\x03 \x01(\x0e2\x14.atf.broker.v1.LevelR\x02to\x121\n" +
+	"\x05gates\x18\x04 \x03(\v2\x1b.atf.admin.v1.PromotionGateR\x05gates\x12\x1e\n" +
+	"\n" +
+	"promotable\x18\x05 \x01(\bR\n" +
+	"promotable\"R\n" +
+	"\x19EvaluatePromotionResponse\x125\n" +
+	"\x06report\x18\x01 \x01(\v2\x1d.atf.admin.v1.PromotionReportR\x06report\"h\n" +
+	"\x0ePromoteRequest\x122\n" +
+	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12\"\n" +
+	"\x06reason\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\x06reason\"s\n" +
+	"\x0fPromoteResponse\x125\n" +
+	"\x06report\x18\x01 \x01(\v2\x1d.atf.admin.v1.PromotionReportR\x06report\x12)\n" +
+	"\x05agent\x18\x02 \x01(\v2\x13.atf.admin.v1.AgentR\x05agent\"\x8a\x01\n" +
+	"\rDemoteRequest\x122\n" +
+	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12\"\n" +
+	"\x06reason\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\x06reason\x12!\n" +
+	"\x06levels\x18\x03 \x01(\x05B\t\xbaH\x06\x1a\x04\x18\x03(\x00R\x06levels\"w\n" +
+	"\x0eDemoteResponse\x12)\n" +
+	"\x05agent\x18\x01 \x01(\v2\x13.atf.admin.v1.AgentR\x05agent\x12:\n" +
+	"\asummary\x18\x02 \x01(\v2 .atf.broker.v1.RevocationSummaryR\asummary\"\x93\x01\n" +
+	"\x14RollbackLevelRequest\x122\n" +
+	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12#\n" +
+	"\brevision\x18\x02 \x01(\x04B\a\xbaH\x042\x02 \x00R\brevision\x12\"\n" +
+	"\x06reason\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\x06reason\"~\n" +
+	"\x15RollbackLevelResponse\x12)\n" +
+	"\x05agent\x18\x01 \x01(\v2\x13.atf.admin.v1.AgentR\x05agent\x12:\n" +
+	"\asummary\x18\x02 \x01(\v2 .atf.broker.v1.RevocationSummaryR\asummary\"\xb7\x01\n" +
+	"\bEvidence\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12,\n" +
+	"\x06target\x18\x02 \x01(\x0e2\x14.atf.broker.v1.LevelR\x06target\x12\x1c\n" +
+	"\treference\x18\x03 \x01(\tR\treference\x12\x1f\n" +
+	"\vrecorded_by\x18\x04 \x01(\tR\n" +
+	"recordedBy\x12*\n" +
+	"\x02at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xc2\x01\n" +
+	"\x15RecordEvidenceRequest\x122\n" +
+	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12\x1d\n" +
+	"\x04kind\x18\x02 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\x04kind\x12,\n" +
+	"\x06target\x18\x03 \x01(\x0e2\x14.atf.broker.v1.LevelR\x06target\x12(\n" +
+	"\treference\x18\x04 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\treference\"L\n" +
+	"\x16RecordEvidenceResponse\x122\n" +
+	"\bevidence\x18\x01 \x01(\v2\x16.atf.admin.v1.EvidenceR\bevidence\"\xc5\x01\n" +
+	"\aSignOff\x12\x16\n" +
+	"\x06signer\x18\x01 \x01(\tR\x06signer\x12'\n" +
+	"\x0frisk_acceptance\x18\x02 \x01(\tR\x0eriskAcceptance\x12,\n" +
+	"\x06target\x18\x03 \x01(\x0e2\x14.atf.broker.v1.LevelR\x06target\x12\x1f\n" +
+	"\vrecorded_by\x18\x04 \x01(\tR\n" +
+	"recordedBy\x12*\n" +
+	"\x02at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xd1\x01\n" +
+	"\x14RecordSignOffRequest\x122\n" +
+	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12\"\n" +
+	"\x06signer\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x06signer\x123\n" +
+	"\x0frisk_acceptance\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x10R\x0eriskAcceptance\x12,\n" +
+	"\x06target\x18\x04 \x01(\x0e2\x14.atf.broker.v1.LevelR\x06target\"I\n" +
+	"\x15RecordSignOffResponse\x120\n" +
+	"\bsign_off\x18\x01 \x01(\v2\x15.atf.admin.v1.SignOffR\asignOff\"\xd7\x02\n" +
+	"\bIncident\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1a\n" +
+	"\bseverity\x18\x03 \x01(\tR\bseverity\x12\x18\n" +
+	"\asummary\x18\x04 \x01(\tR\asummary\x12*\n" +
+	"\x05level\x18\x05 \x01(\x0e2\x14.atf.broker.v1.LevelR\x05level\x127\n" +
+	"\topened_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bopenedAt\x12\x1b\n" +
+	"\topened_by\x18\a \x01(\tR\bopenedBy\x127\n" +
+	"\tclosed_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bclosedAt\x12\x1b\n" +
+	"\tclosed_by\x18\t \x01(\tR\bclosedBy\x12\x10\n" +
+	"\x03rca\x18\n" +
+	" \x01(\tR\x03rca\"\xaf\x01\n" +
+	"\x13OpenIncidentRequest\x122\n" +
+	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12>\n" +
+	"\bseverity\x18\x02 \x01(\tB\"\xbaH\x1fr\x1dR\x03lowR\x06mediumR\x04highR\bcriticalR\bseverity\x12$\n" +
+	"\asummary\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x10R\asummary\"y\n" +
+	"\x14OpenIncidentResponse\x122\n" +
+	"\bincident\x18\x01 \x01(\v2\x16.atf.admin.v1.IncidentR\bincident\x12-\n" +
+	"\ademoted\x18\x02 \x01(\v2\x13.atf.admin.v1.AgentR\ademoted\"l\n" +
+	"\x14CloseIncidentRequest\x126\n" +
+	"\vincident_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{32}$R\n" +
+	"incidentId\x12\x1c\n" +
+	"\x03rca\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80@R\x03rca\"K\n" +
+	"\x15CloseIncidentResponse\x122\n" +
+	"\bincident\x18\x01 \x01(\v2\x16.atf.admin.v1.IncidentR\bincident\"Z\n" +
+	"\x14ListIncidentsRequest\x12%\n" +
+	"\tspiffe_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x10R\bspiffeId\x12\x1b\n" +
+	"\topen_only\x18\x02 \x01(\bR\bopenOnly\"M\n" +
+	"\x15ListIncidentsResponse\x124\n" +
+	"\tincidents\x18\x01 \x03(\v2\x16.atf.admin.v1.IncidentR\tincidents\"H\n" +
+	"\x12GetMaturityRequest\x122\n" +
+	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\"w\n" +
+	"\rOutcomeCounts\x12\x18\n" +
+	"\asuccess\x18\x01 \x01(\x03R\asuccess\x12\x18\n" +
+	"\afailure\x18\x02 \x01(\x03R\afailure\x12\x1a\n" +
+	"\brejected\x18\x03 \x01(\x03R\brejected\x12\x16\n" +
+	"\x06errors\x18\x04 \x01(\x03R\x06errors\"Z\n" +
+	"\aBreaker\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x129\n" +
+	"\n" +
+	"open_until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\topenUntil\"\xe2\x02\n" +
+	"\bBaseline\x12\x16\n" +
+	"\x06formed\x18\x01 \x01(\bR\x06formed\x12\x16\n" +
+	"\x06events\x18\x02 \x01(\x03R\x06events\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12&\n" +
+	"\x0frate_per_minute\x18\x04 \x01(\x01R\rratePerMinute\x127\n" +
+	"\x05roles\x18\x05 \x03(\v2!.atf.admin.v1.Baseline.RolesEntryR\x05roles\x12!\n" +
+	"\fdenial_ratio\x18\x06 \x01(\x01R\vdenialRatio\x12\x14\n" +
+	"\x05hours\x18\a \x03(\x03R\x05hours\x12 \n" +
+	"\vdelegations\x18\b \x01(\x03R\vdelegations\x1a8\n" +
+	"\n" +
+	"RolesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xb9\x03\n" +
+	"\x13GetMaturityResponse\x12)\n" +
+	"\x05agent\x18\x01 \x01(\v2\x13.atf.admin.v1.AgentR\x05agent\x12;\n" +
+	"\vlevel_since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"levelSince\x127\n" +
+	"\boutcomes\x18\x03 \x01(\v2\x1b.atf.admin.v1.OutcomeCountsR\boutcomes\x122\n" +
+	"\bevidence\x18\x04 \x03(\v2\x16.atf.admin.v1.EvidenceR\bevidence\x122\n" +
+	"\tsign_offs\x18\x05 \x03(\v2\x15.atf.admin.v1.SignOffR\bsignOffs\x124\n" +
+	"\tincidents\x18\x06 \x03(\v2\x16.atf.admin.v1.IncidentR\tincidents\x12/\n" +
+	"\abreaker\x18\a \x01(\v2\x15.atf.admin.v1.BreakerR\abreaker\x122\n" +
+	"\bbaseline\x18\b \x01(\v2\x16.atf.admin.v1.BaselineR\bbaseline*z\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rOUTCOME_ALLOW\x10\x01\x12\x10\n" +
@@ -3928,7 +5860,18 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"QueryAudit\x12\x1f.atf.admin.v1.QueryAuditRequest\x1a .atf.admin.v1.QueryAuditResponse\x12R\n" +
 	"\vVerifyAudit\x12 .atf.admin.v1.VerifyAuditRequest\x1a!.atf.admin.v1.VerifyAuditResponse\x12T\n" +
-	"\vWatchEvents\x12 .atf.admin.v1.WatchEventsRequest\x1a!.atf.admin.v1.WatchEventsResponse0\x012\xcf\x02\n" +
+	"\vWatchEvents\x12 .atf.admin.v1.WatchEventsRequest\x1a!.atf.admin.v1.WatchEventsResponse0\x012\xf4\x06\n" +
+	"\x0fMaturityService\x12d\n" +
+	"\x11EvaluatePromotion\x12&.atf.admin.v1.EvaluatePromotionRequest\x1a'.atf.admin.v1.EvaluatePromotionResponse\x12F\n" +
+	"\aPromote\x12\x1c.atf.admin.v1.PromoteRequest\x1a\x1d.atf.admin.v1.PromoteResponse\x12C\n" +
+	"\x06Demote\x12\x1b.atf.admin.v1.DemoteRequest\x1a\x1c.atf.admin.v1.DemoteResponse\x12X\n" +
+	"\rRollbackLevel\x12\".atf.admin.v1.RollbackLevelRequest\x1a#.atf.admin.v1.RollbackLevelResponse\x12[\n" +
+	"\x0eRecordEvidence\x12#.atf.admin.v1.RecordEvidenceRequest\x1a$.atf.admin.v1.RecordEvidenceResponse\x12X\n" +
+	"\rRecordSignOff\x12\".atf.admin.v1.RecordSignOffRequest\x1a#.atf.admin.v1.RecordSignOffResponse\x12U\n" +
+	"\fOpenIncident\x12!.atf.admin.v1.OpenIncidentRequest\x1a\".atf.admin.v1.OpenIncidentResponse\x12X\n" +
+	"\rCloseIncident\x12\".atf.admin.v1.CloseIncidentRequest\x1a#.atf.admin.v1.CloseIncidentResponse\x12X\n" +
+	"\rListIncidents\x12\".atf.admin.v1.ListIncidentsRequest\x1a#.atf.admin.v1.ListIncidentsResponse\x12R\n" +
+	"\vGetMaturity\x12 .atf.admin.v1.GetMaturityRequest\x1a!.atf.admin.v1.GetMaturityResponse2\xcf\x02\n" +
 	"\x0fResponseService\x12=\n" +
 	"\x04Kill\x12\x19.atf.admin.v1.KillRequest\x1a\x1a.atf.admin.v1.KillResponse\x12F\n" +
 	"\aRelease\x12\x1c.atf.admin.v1.ReleaseRequest\x1a\x1d.atf.admin.v1.ReleaseResponse\x12[\n" +
@@ -3951,173 +5894,260 @@ func file_atf_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_atf_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
 var file_atf_admin_v1_admin_proto_goTypes = []any{
-	(Outcome)(0),                     // 0: atf.admin.v1.Outcome
-	(Verdict)(0),                     // 1: atf.admin.v1.Verdict
-	(*Agent)(nil),                    // 2: atf.admin.v1.Agent
-	(*RegisterAgentRequest)(nil),     // 3: atf.admin.v1.RegisterAgentRequest
-	(*RegisterAgentResponse)(nil),    // 4: atf.admin.v1.RegisterAgentResponse
-	(*GetAgentRequest)(nil),          // 5: atf.admin.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),         // 6: atf.admin.v1.GetAgentResponse
-	(*ListAgentsRequest)(nil),        // 7: atf.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),       // 8: atf.admin.v1.ListAgentsResponse
-	(*UpdateAgentRequest)(nil),       // 9: atf.admin.v1.UpdateAgentRequest
-	(*RoleList)(nil),                 // 10: atf.admin.v1.RoleList
-	(*UpdateAgentResponse)(nil),      // 11: atf.admin.v1.UpdateAgentResponse
-	(*DeregisterAgentRequest)(nil),   // 12: atf.admin.v1.DeregisterAgentRequest
-	(*DeregisterAgentResponse)(nil),  // 13: atf.admin.v1.DeregisterAgentResponse
-	(*RevokeLineageRequest)(nil),     // 14: atf.admin.v1.RevokeLineageRequest
-	(*RevokeLineageResponse)(nil),    // 15: atf.admin.v1.RevokeLineageResponse
-	(*GetLineageRequest)(nil),        // 16: atf.admin.v1.GetLineageRequest
-	(*GetLineageResponse)(nil),       // 17: atf.admin.v1.GetLineageResponse
-	(*LiveCredential)(nil),           // 18: atf.admin.v1.LiveCredential
-	(*ListAgentHistoryRequest)(nil),  // 19: atf.admin.v1.ListAgentHistoryRequest
-	(*ListAgentHistoryResponse)(nil), // 20: atf.admin.v1.ListAgentHistoryResponse
-	(*AgentChange)(nil),              // 21: atf.admin.v1.AgentChange
-	(*PolicyVersion)(nil),            // 22: atf.admin.v1.PolicyVersion
-	(*GetPolicyRequest)(nil),         // 23: atf.admin.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),        // 24: atf.admin.v1.GetPolicyResponse
-	(*ListPoliciesRequest)(nil),      // 25: atf.admin.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 26: atf.admin.v1.ListPoliciesResponse
-	(*SetPolicyRequest)(nil),         // 27: atf.admin.v1.SetPolicyRequest
-	(*SetPolicyResponse)(nil),        // 28: atf.admin.v1.SetPolicyResponse
-	(*RollbackPolicyRequest)(nil),    // 29: atf.admin.v1.RollbackPolicyRequest
-	(*RollbackPolicyResponse)(nil),   // 30: atf.admin.v1.RollbackPolicyResponse
-	(*TestPolicyRequest)(nil),        // 31: atf.admin.v1.TestPolicyRequest
-	(*TestPolicyResponse)(nil),       // 32: atf.admin.v1.TestPolicyResponse
-	(*Decision)(nil),                 // 33: atf.admin.v1.Decision
-	(*QueryAuditRequest)(nil),        // 34: atf.admin.v1.QueryAuditRequest
-	(*AuditRecord)(nil),              // 35: atf.admin.v1.AuditRecord
-	(*QueryAuditResponse)(nil),       // 36: atf.admin.v1.QueryAuditResponse
-	(*VerifyAuditRequest)(nil),       // 37: atf.admin.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),      // 38: atf.admin.v1.VerifyAuditResponse
-	(*WatchEventsRequest)(nil),       // 39: atf.admin.v1.WatchEventsRequest
-	(*Event)(nil),                    // 40: atf.admin.v1.Event
-	(*WatchEventsResponse)(nil),      // 41: atf.admin.v1.WatchEventsResponse
-	(*ListApprovalsRequest)(nil),     // 42: atf.admin.v1.ListApprovalsRequest
-	(*ListApprovalsResponse)(nil),    // 43: atf.admin.v1.ListApprovalsResponse
-	(*DecideApprovalRequest)(nil),    // 44: atf.admin.v1.DecideApprovalRequest
-	(*DecideApprovalResponse)(nil),   // 45: atf.admin.v1.DecideApprovalResponse
-	(*KillState)(nil),                // 46: atf.admin.v1.KillState
-	(*KillRequest)(nil),              // 47: atf.admin.v1.KillRequest
-	(*KillResponse)(nil),             // 48: atf.admin.v1.KillResponse
-	(*ReleaseRequest)(nil),           // 49: atf.admin.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),          // 50: atf.admin.v1.ReleaseResponse
-	(*RevokeSessionsRequest)(nil),    // 51: atf.admin.v1.RevokeSessionsRequest
-	(*RevokeSessionsResponse)(nil),   // 52: atf.admin.v1.RevokeSessionsResponse
-	(*GetKillSwitchRequest)(nil),     // 53: atf.admin.v1.GetKillSwitchRequest
-	(*GetKillSwitchResponse)(nil),    // 54: atf.admin.v1.GetKillSwitchResponse
-	(*KilledAgent)(nil),              // 55: atf.admin.v1.KilledAgent
-	nil,                              // 56: atf.admin.v1.AuditRecord.DetailEntry
-	nil,                              // 57: atf.admin.v1.Event.DetailEntry
-	(v1.Level)(0),                    // 58: atf.broker.v1.Level
-	(v1.AgentStatus)(0),              // 59: atf.broker.v1.AgentStatus
-	(*timestamppb.Timestamp)(nil),    // 60: google.protobuf.Timestamp
-	(*v1.RevocationSummary)(nil),     // 61: atf.broker.v1.RevocationSummary
-	(*v1.Grant)(nil),                 // 62: atf.broker.v1.Grant
-	(*durationpb.Duration)(nil),      // 63: google.protobuf.Duration
-	(v1.ApprovalStatus)(0),           // 64: atf.broker.v1.ApprovalStatus
-	(*v1.Approval)(nil),              // 65: atf.broker.v1.Approval
+	(Outcome)(0),                      // 0: atf.admin.v1.Outcome
+	(Verdict)(0),                      // 1: atf.admin.v1.Verdict
+	(*Agent)(nil),                     // 2: atf.admin.v1.Agent
+	(*RegisterAgentRequest)(nil),      // 3: atf.admin.v1.RegisterAgentRequest
+	(*RegisterAgentResponse)(nil),     // 4: atf.admin.v1.RegisterAgentResponse
+	(*GetAgentRequest)(nil),           // 5: atf.admin.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),          // 6: atf.admin.v1.GetAgentResponse
+	(*ListAgentsRequest)(nil),         // 7: atf.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),        // 8: atf.admin.v1.ListAgentsResponse
+	(*UpdateAgentRequest)(nil),        // 9: atf.admin.v1.UpdateAgentRequest
+	(*RoleList)(nil),                  // 10: atf.admin.v1.RoleList
+	(*UpdateAgentResponse)(nil),       // 11: atf.admin.v1.UpdateAgentResponse
+	(*DeregisterAgentRequest)(nil),    // 12: atf.admin.v1.DeregisterAgentRequest
+	(*DeregisterAgentResponse)(nil),   // 13: atf.admin.v1.DeregisterAgentResponse
+	(*RevokeLineageRequest)(nil),      // 14: atf.admin.v1.RevokeLineageRequest
+	(*RevokeLineageResponse)(nil),     // 15: atf.admin.v1.RevokeLineageResponse
+	(*GetLineageRequest)(nil),         // 16: atf.admin.v1.GetLineageRequest
+	(*GetLineageResponse)(nil),        // 17: atf.admin.v1.GetLineageResponse
+	(*LiveCredential)(nil),            // 18: atf.admin.v1.LiveCredential
+	(*ListAgentHistoryRequest)(nil),   // 19: atf.admin.v1.ListAgentHistoryRequest
+	(*ListAgentHistoryResponse)(nil),  // 20: atf.admin.v1.ListAgentHistoryResponse
+	(*AgentChange)(nil),               // 21: atf.admin.v1.AgentChange
+	(*PolicyVersion)(nil),             // 22: atf.admin.v1.PolicyVersion
+	(*GetPolicyRequest)(nil),          // 23: atf.admin.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),         // 24: atf.admin.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),       // 25: atf.admin.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),      // 26: atf.admin.v1.ListPoliciesResponse
+	(*SetPolicyRequest)(nil),          // 27: atf.admin.v1.SetPolicyRequest
+	(*SetPolicyResponse)(nil),         // 28: atf.admin.v1.SetPolicyResponse
+	(*RollbackPolicyRequest)(nil),     // 29: atf.admin.v1.RollbackPolicyRequest
+	(*RollbackPolicyResponse)(nil),    // 30: atf.admin.v1.RollbackPolicyResponse
+	(*TestPolicyRequest)(nil),         // 31: atf.admin.v1.TestPolicyRequest
+	(*TestPolicyResponse)(nil),        // 32: atf.admin.v1.TestPolicyResponse
+	(*Decision)(nil),                  // 33: atf.admin.v1.Decision
+	(*QueryAuditRequest)(nil),         // 34: atf.admin.v1.QueryAuditRequest
+	(*AuditRecord)(nil),               // 35: atf.admin.v1.AuditRecord
+	(*QueryAuditResponse)(nil),        // 36: atf.admin.v1.QueryAuditResponse
+	(*VerifyAuditRequest)(nil),        // 37: atf.admin.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),       // 38: atf.admin.v1.VerifyAuditResponse
+	(*WatchEventsRequest)(nil),        // 39: atf.admin.v1.WatchEventsRequest
+	(*Event)(nil),                     // 40: atf.admin.v1.Event
+	(*WatchEventsResponse)(nil),       // 41: atf.admin.v1.WatchEventsResponse
+	(*ListApprovalsRequest)(nil),      // 42: atf.admin.v1.ListApprovalsRequest
+	(*ListApprovalsResponse)(nil),     // 43: atf.admin.v1.ListApprovalsResponse
+	(*DecideApprovalRequest)(nil),     // 44: atf.admin.v1.DecideApprovalRequest
+	(*DecideApprovalResponse)(nil),    // 45: atf.admin.v1.DecideApprovalResponse
+	(*KillState)(nil),                 // 46: atf.admin.v1.KillState
+	(*KillRequest)(nil),               // 47: atf.admin.v1.KillRequest
+	(*KillResponse)(nil),              // 48: atf.admin.v1.KillResponse
+	(*ReleaseRequest)(nil),            // 49: atf.admin.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),           // 50: atf.admin.v1.ReleaseResponse
+	(*RevokeSessionsRequest)(nil),     // 51: atf.admin.v1.RevokeSessionsRequest
+	(*RevokeSessionsResponse)(nil),    // 52: atf.admin.v1.RevokeSessionsResponse
+	(*GetKillSwitchRequest)(nil),      // 53: atf.admin.v1.GetKillSwitchRequest
+	(*GetKillSwitchResponse)(nil),     // 54: atf.admin.v1.GetKillSwitchResponse
+	(*KilledAgent)(nil),               // 55: atf.admin.v1.KilledAgent
+	(*EvaluatePromotionRequest)(nil),  // 56: atf.admin.v1.EvaluatePromotionRequest
+	(*GateCheck)(nil),                 // 57: atf.admin.v1.GateCheck
+	(*PromotionGate)(nil),             // 58: atf.admin.v1.PromotionGate
+	(*PromotionReport)(nil),           // 59: atf.admin.v1.PromotionReport
+	(*EvaluatePromotionResponse)(nil), // 60: atf.admin.v1.EvaluatePromotionResponse
+	(*PromoteRequest)(nil),            // 61: atf.admin.v1.PromoteRequest
+	(*PromoteResponse)(nil),           // 62: atf.admin.v1.PromoteResponse
+	(*DemoteRequest)(nil),             // 63: atf.admin.v1.DemoteRequest
+	(*DemoteResponse)(nil),            // 64: atf.admin.v1.DemoteResponse
+	(*RollbackLevelRequest)(nil),      // 65: atf.admin.v1.RollbackLevelRequest
+	(*RollbackLevelResponse)(nil),     // 66: atf.admin.v1.RollbackLevelResponse
+	(*Evidence)(nil),                  // 67: atf.admin.v1.Evidence
+	(*RecordEvidenceRequest)(nil),     // 68: atf.admin.v1.RecordEvidenceRequest
+	(*RecordEvidenceResponse)(nil),    // 69: atf.admin.v1.RecordEvidenceResponse
+	(*SignOff)(nil),                   // 70: atf.admin.v1.SignOff
+	(*RecordSignOffRequest)(nil),      // 71: atf.admin.v1.RecordSignOffRequest
+	(*RecordSignOffResponse)(nil),     // 72: atf.admin.v1.RecordSignOffResponse
+	(*Incident)(nil),                  // 73: atf.admin.v1.Incident
+	(*OpenIncidentRequest)(nil),       // 74: atf.admin.v1.OpenIncidentRequest
+	(*OpenIncidentResponse)(nil),      // 75: atf.admin.v1.OpenIncidentResponse
+	(*CloseIncidentRequest)(nil),      // 76: atf.admin.v1.CloseIncidentRequest
+	(*CloseIncidentResponse)(nil),     // 77: atf.admin.v1.CloseIncidentResponse
+	(*ListIncidentsRequest)(nil),      // 78: atf.admin.v1.ListIncidentsRequest
+	(*ListIncidentsResponse)(nil),     // 79: atf.admin.v1.ListIncidentsResponse
+	(*GetMaturityRequest)(nil),        // 80: atf.admin.v1.GetMaturityRequest
+	(*OutcomeCounts)(nil),             // 81: atf.admin.v1.OutcomeCounts
+	(*Breaker)(nil),                   // 82: atf.admin.v1.Breaker
+	(*Baseline)(nil),                  // 83: atf.admin.v1.Baseline
+	(*GetMaturityResponse)(nil),       // 84: atf.admin.v1.GetMaturityResponse
+	nil,                               // 85: atf.admin.v1.AuditRecord.DetailEntry
+	nil,                               // 86: atf.admin.v1.Event.DetailEntry
+	nil,                               // 87: atf.admin.v1.Baseline.RolesEntry
+	(v1.Level)(0),                     // 88: atf.broker.v1.Level
+	(v1.AgentStatus)(0),               // 89: atf.broker.v1.AgentStatus
+	(*timestamppb.Timestamp)(nil),     // 90: google.protobuf.Timestamp
+	(*v1.RevocationSummary)(nil),      // 91: atf.broker.v1.RevocationSummary
+	(*v1.Grant)(nil),                  // 92: atf.broker.v1.Grant
+	(*durationpb.Duration)(nil),       // 93: google.protobuf.Duration
+	(v1.ApprovalStatus)(0),            // 94: atf.broker.v1.ApprovalStatus
+	(*v1.Approval)(nil),               // 95: atf.broker.v1.Approval
 }
 var file_atf_admin_v1_admin_proto_depIdxs = []int32{
-	58, // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
-	59, // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
-	60, // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
-	60, // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
-	46, // 4: atf.admin.v1.Agent.kill:type_name -> atf.admin.v1.KillState
-	58, // 5: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
-	2,  // 6: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	2,  // 7: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	2,  // 8: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
-	10, // 9: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
-	58, // 10: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
-	2,  // 11: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	2,  // 12: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	61, // 13: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	62, // 14: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
-	18, // 15: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
-	60, // 16: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
-	21, // 17: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
-	60, // 18: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
-	2,  // 19: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
-	60, // 20: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
-	22, // 21: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	22, // 22: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
-	22, // 23: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	22, // 24: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	58, // 25: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
-	33, // 26: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
-	0,  // 27: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
-	63, // 28: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
-	58, // 29: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
-	60, // 30: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
-	60, // 31: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
-	60, // 32: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	56, // 33: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
-	35, // 34: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
-	60, // 35: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	57, // 36: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
-	40, // 37: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
-	64, // 38: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
-	65, // 39: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
-	1,  // 40: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
-	65, // 41: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
-	60, // 42: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
-	61, // 43: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	61, // 44: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	46, // 45: atf.admin.v1.GetKillSwitchResponse.global:type_name -> atf.admin.v1.KillState
-	55, // 46: atf.admin.v1.GetKillSwitchResponse.agents:type_name -> atf.admin.v1.KilledAgent
-	46, // 47: atf.admin.v1.KilledAgent.kill:type_name -> atf.admin.v1.KillState
-	3,  // 48: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
-	5,  // 49: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
-	7,  // 50: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
-	9,  // 51: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
-	12, // 52: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
-	19, // 53: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
-	14, // 54: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
-	16, // 55: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
-	23, // 56: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
-	25, // 57: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
-	27, // 58: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
-	29, // 59: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
-	31, // 60: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
-	34, // 61: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
-	37, // 62: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
-	39, // 63: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
-	47, // 64: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
-	49, // 65: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
-	51, // 66: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
-	53, // 67: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
-	42, // 68: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
-	44, // 69: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
-	4,  // 70: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
-	6,  // 71: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
-	8,  // 72: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
-	11, // 73: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
-	13, // 74: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
-	20, // 75: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
-	15, // 76: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
-	17, // 77: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
-	24, // 78: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
-	26, // 79: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
-	28, // 80: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
-	30, // 81: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
-	32, // 82: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
-	36, // 83: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
-	38, // 84: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
-	41, // 85: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
-	48, // 86: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
-	50, // 87: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
-	52, // 88: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
-	54, // 89: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
-	43, // 90: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
-	45, // 91: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
-	70, // [70:92] is the sub-list for method output_type
-	48, // [48:70] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	88,  // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
+	89,  // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
+	90,  // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
+	90,  // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
+	46,  // 4: atf.admin.v1.Agent.kill:type_name -> atf.admin.v1.KillState
+	88,  // 5: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
+	2,   // 6: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	2,   // 7: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	2,   // 8: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
+	10,  // 9: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
+	88,  // 10: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
+	2,   // 11: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	2,   // 12: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	91,  // 13: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	92,  // 14: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
+	18,  // 15: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
+	90,  // 16: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
+	21,  // 17: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
+	90,  // 18: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
+	2,   // 19: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
+	90,  // 20: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
+	22,  // 21: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	22,  // 22: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
+	22,  // 23: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	22,  // 24: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	88,  // 25: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
+	33,  // 26: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
+	0,   // 27: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
+	93,  // 28: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
+	88,  // 29: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
+	90,  // 30: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
+	90,  // 31: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
+	90,  // 32: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	85,  // 33: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
+	35,  // 34: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
+	90,  // 35: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	86,  // 36: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
+	40,  // 37: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
+	94,  // 38: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
+	95,  // 39: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
+	1,   // 40: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
+	95,  // 41: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
+	90,  // 42: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
+	91,  // 43: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	91,  // 44: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	46,  // 45: atf.admin.v1.GetKillSwitchResponse.global:type_name -> atf.admin.v1.KillState
+	55,  // 46: atf.admin.v1.GetKillSwitchResponse.agents:type_name -> atf.admin.v1.KilledAgent
+	46,  // 47: atf.admin.v1.KilledAgent.kill:type_name -> atf.admin.v1.KillState
+	57,  // 48: atf.admin.v1.PromotionGate.checks:type_name -> atf.admin.v1.GateCheck
+	88,  // 49: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
+	88,  // 50: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
+	58,  // 51: atf.admin.v1.PromotionReport.gates:type_name -> atf.admin.v1.PromotionGate
+	59,  // 52: atf.admin.v1.EvaluatePromotionResponse.report:type_name -> atf.admin.v1.PromotionReport
+	59,  // 53: atf.admin.v1.PromoteResponse.report:type_name -> atf.admin.v1.PromotionReport
+	2,   // 54: atf.admin.v1.PromoteResponse.agent:type_name -> atf.admin.v1.Agent
+	2,   // 55: atf.admin.v1.DemoteResponse.agent:type_name -> atf.admin.v1.Agent
+	91,  // 56: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	2,   // 57: atf.admin.v1.RollbackLevelResponse.agent:type_name -> atf.admin.v1.Agent
+	91,  // 58: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	88,  // 59: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
+	90,  // 60: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
+	88,  // 61: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
+	67,  // 62: atf.admin.v1.RecordEvidenceResponse.evidence:type_name -> atf.admin.v1.Evidence
+	88,  // 63: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
+	90,  // 64: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
+	88,  // 65: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
+	70,  // 66: atf.admin.v1.RecordSignOffResponse.sign_off:type_name -> atf.admin.v1.SignOff
+	88,  // 67: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
+	90,  // 68: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
+	90,  // 69: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
+	73,  // 70: atf.admin.v1.OpenIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	2,   // 71: atf.admin.v1.OpenIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
+	73,  // 72: atf.admin.v1.CloseIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	73,  // 73: atf.admin.v1.ListIncidentsResponse.incidents:type_name -> atf.admin.v1.Incident
+	90,  // 74: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
+	90,  // 75: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
+	87,  // 76: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
+	2,   // 77: atf.admin.v1.GetMaturityResponse.agent:type_name -> atf.admin.v1.Agent
+	90,  // 78: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
+	81,  // 79: atf.admin.v1.GetMaturityResponse.outcomes:type_name -> atf.admin.v1.OutcomeCounts
+	67,  // 80: atf.admin.v1.GetMaturityResponse.evidence:type_name -> atf.admin.v1.Evidence
+	70,  // 81: atf.admin.v1.GetMaturityResponse.sign_offs:type_name -> atf.admin.v1.SignOff
+	73,  // 82: atf.admin.v1.GetMaturityResponse.incidents:type_name -> atf.admin.v1.Incident
+	82,  // 83: atf.admin.v1.GetMaturityResponse.breaker:type_name -> atf.admin.v1.Breaker
+	83,  // 84: atf.admin.v1.GetMaturityResponse.baseline:type_name -> atf.admin.v1.Baseline
+	3,   // 85: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
+	5,   // 86: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
+	7,   // 87: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
+	9,   // 88: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
+	12,  // 89: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
+	19,  // 90: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
+	14,  // 91: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
+	16,  // 92: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
+	23,  // 93: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
+	25,  // 94: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
+	27,  // 95: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
+	29,  // 96: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
+	31,  // 97: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
+	34,  // 98: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
+	37,  // 99: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
+	39,  // 100: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
+	56,  // 101: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
+	61,  // 102: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
+	63,  // 103: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
+	65,  // 104: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
+	68,  // 105: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
+	71,  // 106: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
+	74,  // 107: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
+	76,  // 108: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
+	78,  // 109: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
+	80,  // 110: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
+	47,  // 111: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
+	49,  // 112: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
+	51,  // 113: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
+	53,  // 114: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
+	42,  // 115: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
+	44,  // 116: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
+	4,   // 117: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
+	6,   // 118: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
+	8,   // 119: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
+	11,  // 120: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
+	13,  // 121: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
+	20,  // 122: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
+	15,  // 123: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
+	17,  // 124: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
+	24,  // 125: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
+	26,  // 126: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
+	28,  // 127: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
+	30,  // 128: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
+	32,  // 129: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
+	36,  // 130: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
+	38,  // 131: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
+	41,  // 132: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
+	60,  // 133: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
+	62,  // 134: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
+	64,  // 135: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
+	66,  // 136: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
+	69,  // 137: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
+	72,  // 138: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
+	75,  // 139: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
+	77,  // 140: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
+	79,  // 141: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
+	84,  // 142: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
+	48,  // 143: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
+	50,  // 144: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
+	52,  // 145: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
+	54,  // 146: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
+	43,  // 147: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
+	45,  // 148: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
+	117, // [117:149] is the sub-list for method output_type
+	85,  // [85:117] is the sub-list for method input_type
+	85,  // [85:85] is the sub-list for extension type_name
+	85,  // [85:85] is the sub-list for extension extendee
+	0,   // [0:85] is the sub-list for field type_name
 }
 
 func init() { file_atf_admin_v1_admin_proto_init() }
@@ -4148,9 +6178,9 @@ func file_atf_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_admin_v1_admin_proto_rawDesc), len(file_atf_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   56,
+			NumMessages:   86,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_atf_admin_v1_admin_proto_goTypes,
 		DependencyIndexes: file_atf_admin_v1_admin_proto_depIdxs,

@@ -754,6 +754,474 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	MaturityService_EvaluatePromotion_FullMethodName = "/atf.admin.v1.MaturityService/EvaluatePromotion"
+	MaturityService_Promote_FullMethodName           = "/atf.admin.v1.MaturityService/Promote"
+	MaturityService_Demote_FullMethodName            = "/atf.admin.v1.MaturityService/Demote"
+	MaturityService_RollbackLevel_FullMethodName     = "/atf.admin.v1.MaturityService/RollbackLevel"
+	MaturityService_RecordEvidence_FullMethodName    = "/atf.admin.v1.MaturityService/RecordEvidence"
+	MaturityService_RecordSignOff_FullMethodName     = "/atf.admin.v1.MaturityService/RecordSignOff"
+	MaturityService_OpenIncident_FullMethodName      = "/atf.admin.v1.MaturityService/OpenIncident"
+	MaturityService_CloseIncident_FullMethodName     = "/atf.admin.v1.MaturityService/CloseIncident"
+	MaturityService_ListIncidents_FullMethodName     = "/atf.admin.v1.MaturityService/ListIncidents"
+	MaturityService_GetMaturity_FullMethodName       = "/atf.admin.v1.MaturityService/GetMaturity"
+)
+
+// MaturityServiceClient is the client API for MaturityService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// MaturityService runs the agents' maturity lifecycle (ATF maturity model):
+// promotion through five gates, demotion, level rollback, and the records
+// the gates read: evidence, incidents, sign-offs. Admins only.
+type MaturityServiceClient interface {
+	// EvaluatePromotion reports each gate for the agent's next level.
+	EvaluatePromotion(ctx context.Context, in *EvaluatePromotionRequest, opts ...grpc.CallOption) (*EvaluatePromotionResponse, error)
+	// Promote moves the agent up one level if every gate passes.
+	Promote(ctx context.Context, in *PromoteRequest, opts ...grpc.CallOption) (*PromoteResponse, error)
+	// Demote moves the agent down and revokes at once what the new level may
+	// not hold.
+	Demote(ctx context.Context, in *DemoteRequest, opts ...grpc.CallOption) (*DemoteResponse, error)
+	// RollbackLevel restores the agent's level as it was at an earlier
+	// revision of its record (ATF R-4), as a new change.
+	RollbackLevel(ctx context.Context, in *RollbackLevelRequest, opts ...grpc.CallOption) (*RollbackLevelResponse, error)
+	RecordEvidence(ctx context.Context, in *RecordEvidenceRequest, opts ...grpc.CallOption) (*RecordEvidenceResponse, error)
+	RecordSignOff(ctx context.Context, in *RecordSignOffRequest, opts ...grpc.CallOption) (*RecordSignOffResponse, error)
+	OpenIncident(ctx context.Context, in *OpenIncidentRequest, opts ...grpc.CallOption) (*OpenIncidentResponse, error)
+	CloseIncident(ctx context.Context, in *CloseIncidentRequest, opts ...grpc.CallOption) (*CloseIncidentResponse, error)
+	ListIncidents(ctx context.Context, in *ListIncidentsRequest, opts ...grpc.CallOption) (*ListIncidentsResponse, error)
+	// GetMaturity returns an agent's maturity records: outcomes at its level,
+	// evidence, sign-offs, incidents, circuit breaker and behaviour baseline.
+	GetMaturity(ctx context.Context, in *GetMaturityRequest, opts ...grpc.CallOption) (*GetMaturityResponse, error)
+}
+
+type maturityServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewMaturityServiceClient(cc grpc.ClientConnInterface) MaturityServiceClient {
+	return &maturityServiceClient{cc}
+}
+
+func (c *maturityServiceClient) EvaluatePromotion(ctx context.Context, in *EvaluatePromotionRequest, opts ...grpc.CallOption) (*EvaluatePromotionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EvaluatePromotionResponse)
+	err := c.cc.Invoke(ctx, MaturityService_EvaluatePromotion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *maturityServiceClient) Promote(ctx context.Context, in *PromoteRequest, opts ...grpc.CallOption) (*PromoteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PromoteResponse)
+	err := c.cc.Invoke(ctx, MaturityService_Promote_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *maturityServiceClient) Demote(ctx context.Context, in *DemoteRequest, opts ...grpc.CallOption) (*DemoteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DemoteResponse)
+	err := c.cc.Invoke(ctx, MaturityService_Demote_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *maturityServiceClient) RollbackLevel(ctx context.Context, in *RollbackLevelRequest, opts ...grpc.CallOption) (*RollbackLevelResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RollbackLevelResponse)
+	err := c.cc.Invoke(ctx, MaturityService_RollbackLevel_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *maturityServiceClient) RecordEvidence(ctx context.Context, in *RecordEvidenceRequest, opts ...grpc.CallOption) (*RecordEvidenceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecordEvidenceResponse)
+	err := c.cc.Invoke(ctx, MaturityService_RecordEvidence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *maturityServiceClient) RecordSignOff(ctx context.Context, in *RecordSignOffRequest, opts ...grpc.CallOption) (*RecordSignOffResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecordSignOffResponse)
+	err := c.cc.Invoke(ctx, MaturityService_RecordSignOff_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *maturityServiceClient) OpenIncident(ctx context.Context, in *OpenIncidentRequest, opts ...grpc.CallOption) (*OpenIncidentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OpenIncidentResponse)
+	err := c.cc.Invoke(ctx, MaturityService_OpenIncident_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *maturityServiceClient) CloseIncident(ctx context.Context, in *CloseIncidentRequest, opts ...grpc.CallOption) (*CloseIncidentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CloseIncidentResponse)
+	err := c.cc.Invoke(ctx, MaturityService_CloseIncident_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *maturityServiceClient) ListIncidents(ctx context.Context, in *ListIncidentsRequest, opts ...grpc.CallOption) (*ListIncidentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListIncidentsResponse)
+	err := c.cc.Invoke(ctx, MaturityService_ListIncidents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *maturityServiceClient) GetMaturity(ctx context.Context, in *GetMaturityRequest, opts ...grpc.CallOption) (*GetMaturityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetMaturityResponse)
+	err := c.cc.Invoke(ctx, MaturityService_GetMaturity_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// MaturityServiceServer is the server API for MaturityService service.
+// All implementations must embed UnimplementedMaturityServiceServer
+// for forward compatibility.
+//
+// MaturityService runs the agents' maturity lifecycle (ATF maturity model):
+// promotion through five gates, demotion, level rollback, and the records
+// the gates read: evidence, incidents, sign-offs. Admins only.
+type MaturityServiceServer interface {
+	// EvaluatePromotion reports each gate for the agent's next level.
+	EvaluatePromotion(context.Context, *EvaluatePromotionRequest) (*EvaluatePromotionResponse, error)
+	// Promote moves the agent up one level if every gate passes.
+	Promote(context.Context, *PromoteRequest) (*PromoteResponse, error)
+	// Demote moves the agent down and revokes at once what the new level may
+	// not hold.
+	Demote(context.Context, *DemoteRequest) (*DemoteResponse, error)
+	// RollbackLevel restores the agent's level as it was at an earlier
+	// revision of its record (ATF R-4), as a new change.
+	RollbackLevel(context.Context, *RollbackLevelRequest) (*RollbackLevelResponse, error)
+	RecordEvidence(context.Context, *RecordEvidenceRequest) (*RecordEvidenceResponse, error)
+	RecordSignOff(context.Context, *RecordSignOffRequest) (*RecordSignOffResponse, error)
+	OpenIncident(context.Context, *OpenIncidentRequest) (*OpenIncidentResponse, error)
+	CloseIncident(context.Context, *CloseIncidentRequest) (*CloseIncidentResponse, error)
+	ListIncidents(context.Context, *ListIncidentsRequest) (*ListIncidentsResponse, error)
+	// GetMaturity returns an agent's maturity records: outcomes at its level,
+	// evidence, sign-offs, incidents, circuit breaker and behaviour baseline.
+	GetMaturity(context.Context, *GetMaturityRequest) (*GetMaturityResponse, error)
+	mustEmbedUnimplementedMaturityServiceServer()
+}
+
+// UnimplementedMaturityServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedMaturityServiceServer struct{}
+
+func (UnimplementedMaturityServiceServer) EvaluatePromotion(context.Context, *EvaluatePromotionRequest) (*EvaluatePromotionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EvaluatePromotion not implemented")
+}
+func (UnimplementedMaturityServiceServer) Promote(context.Context, *PromoteRequest) (*PromoteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Promote not implemented")
+}
+func (UnimplementedMaturityServiceServer) Demote(context.Context, *DemoteRequest) (*DemoteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Demote not implemented")
+}
+func (UnimplementedMaturityServiceServer) RollbackLevel(context.Context, *RollbackLevelRequest) (*RollbackLevelResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackLevel not implemented")
+}
+func (UnimplementedMaturityServiceServer) RecordEvidence(context.Context, *RecordEvidenceRequest) (*RecordEvidenceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecordEvidence not implemented")
+}
+func (UnimplementedMaturityServiceServer) RecordSignOff(context.Context, *RecordSignOffRequest) (*RecordSignOffResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecordSignOff not implemented")
+}
+func (UnimplementedMaturityServiceServer) OpenIncident(context.Context, *OpenIncidentRequest) (*OpenIncidentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method OpenIncident not implemented")
+}
+func (UnimplementedMaturityServiceServer) CloseIncident(context.Context, *CloseIncidentRequest) (*CloseIncidentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CloseIncident not implemented")
+}
+func (UnimplementedMaturityServiceServer) ListIncidents(context.Context, *ListIncidentsRequest) (*ListIncidentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListIncidents not implemented")
+}
+func (UnimplementedMaturityServiceServer) GetMaturity(context.Context, *GetMaturityRequest) (*GetMaturityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetMaturity not implemented")
+}
+func (UnimplementedMaturityServiceServer) mustEmbedUnimplementedMaturityServiceServer() {}
+func (UnimplementedMaturityServiceServer) testEmbeddedByValue()                         {}
+
+// UnsafeMaturityServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to MaturityServiceServer will
+// result in compilation errors.
+type UnsafeMaturityServiceServer interface {
+	mustEmbedUnimplementedMaturityServiceServer()
+}
+
+func RegisterMaturityServiceServer(s grpc.ServiceRegistrar, srv MaturityServiceServer) {
+	// If the following call panics, it indicates UnimplementedMaturityServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&MaturityService_ServiceDesc, srv)
+}
+
+func _MaturityService_EvaluatePromotion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EvaluatePromotionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaturityServiceServer).EvaluatePromotion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaturityService_EvaluatePromotion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaturityServiceServer).EvaluatePromotion(ctx, req.(*EvaluatePromotionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MaturityService_Promote_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PromoteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaturityServiceServer).Promote(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaturityService_Promote_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaturityServiceServer).Promote(ctx, req.(*PromoteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MaturityService_Demote_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DemoteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaturityServiceServer).Demote(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaturityService_Demote_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaturityServiceServer).Demote(ctx, req.(*DemoteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MaturityService_RollbackLevel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackLevelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaturityServiceServer).RollbackLevel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaturityService_RollbackLevel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaturityServiceServer).RollbackLevel(ctx, req.(*RollbackLevelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MaturityService_RecordEvidence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordEvidenceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaturityServiceServer).RecordEvidence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaturityService_RecordEvidence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaturityServiceServer).RecordEvidence(ctx, req.(*RecordEvidenceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MaturityService_RecordSignOff_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordSignOffRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaturityServiceServer).RecordSignOff(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaturityService_RecordSignOff_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaturityServiceServer).RecordSignOff(ctx, req.(*RecordSignOffRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MaturityService_OpenIncident_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OpenIncidentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaturityServiceServer).OpenIncident(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaturityService_OpenIncident_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaturityServiceServer).OpenIncident(ctx, req.(*OpenIncidentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MaturityService_CloseIncident_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CloseIncidentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaturityServiceServer).CloseIncident(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaturityService_CloseIncident_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaturityServiceServer).CloseIncident(ctx, req.(*CloseIncidentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MaturityService_ListIncidents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListIncidentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaturityServiceServer).ListIncidents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaturityService_ListIncidents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaturityServiceServer).ListIncidents(ctx, req.(*ListIncidentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MaturityService_GetMaturity_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetMaturityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaturityServiceServer).GetMaturity(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaturityService_GetMaturity_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaturityServiceServer).GetMaturity(ctx, req.(*GetMaturityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// MaturityService_ServiceDesc is the grpc.ServiceDesc for MaturityService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var MaturityService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "atf.admin.v1.MaturityService",
+	HandlerType: (*MaturityServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "EvaluatePromotion",
+			Handler:    _MaturityService_EvaluatePromotion_Handler,
+		},
+		{
+			MethodName: "Promote",
+			Handler:    _MaturityService_Promote_Handler,
+		},
+		{
+			MethodName: "Demote",
+			Handler:    _MaturityService_Demote_Handler,
+		},
+		{
+			MethodName: "RollbackLevel",
+			Handler:    _MaturityService_RollbackLevel_Handler,
+		},
+		{
+			MethodName: "RecordEvidence",
+			Handler:    _MaturityService_RecordEvidence_Handler,
+		},
+		{
+			MethodName: "RecordSignOff",
+			Handler:    _MaturityService_RecordSignOff_Handler,
+		},
+		{
+			MethodName: "OpenIncident",
+			Handler:    _MaturityService_OpenIncident_Handler,
+		},
+		{
+			MethodName: "CloseIncident",
+			Handler:    _MaturityService_CloseIncident_Handler,
+		},
+		{
+			MethodName: "ListIncidents",
+			Handler:    _MaturityService_ListIncidents_Handler,
+		},
+		{
+			MethodName: "GetMaturity",
+			Handler:    _MaturityService_GetMaturity_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "atf/admin/v1/admin.proto",
+}
+
+const (
 	ResponseService_Kill_FullMethodName           = "/atf.admin.v1.ResponseService/Kill"
 	ResponseService_Release_FullMethodName        = "/atf.admin.v1.ResponseService/Release"
 	ResponseService_RevokeSessions_FullMethodName = "/atf.admin.v1.ResponseService/RevokeSessions"

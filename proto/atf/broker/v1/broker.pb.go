@@ -265,6 +265,66 @@ func (ApprovalStatus) EnumDescriptor() ([]byte, []int) {
 	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{3}
 }
 
+// Outcome is how one of an agent's actions went.
+type Outcome int32
+
+const (
+	Outcome_OUTCOME_UNSPECIFIED Outcome = 0
+	// Done, and (for a recommendation) accepted.
+	Outcome_OUTCOME_SUCCESS Outcome = 1
+	// Done, but wrong or failed.
+	Outcome_OUTCOME_FAILURE Outcome = 2
+	// A recommendation a human rejected.
+	Outcome_OUTCOME_REJECTED Outcome = 3
+	// The agent could not act (crashed, unavailable).
+	Outcome_OUTCOME_ERROR Outcome = 4
+)
+
+// Enum value maps for Outcome.
+var (
+	Outcome_name = map[int32]string{
+		0: "OUTCOME_UNSPECIFIED",
+		1: "OUTCOME_SUCCESS",
+		2: "OUTCOME_FAILURE",
+		3: "OUTCOME_REJECTED",
+		4: "OUTCOME_ERROR",
+	}
+	Outcome_value = map[string]int32{
+		"OUTCOME_UNSPECIFIED": 0,
+		"OUTCOME_SUCCESS":     1,
+		"OUTCOME_FAILURE":     2,
+		"OUTCOME_REJECTED":    3,
+		"OUTCOME_ERROR":       4,
+	}
+)
+
+func (x Outcome) Enum() *Outcome {
+	p := new(Outcome)
+	*p = x
+	return p
+}
+
+func (x Outcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Outcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_atf_broker_v1_broker_proto_enumTypes[4].Descriptor()
+}
+
+func (Outcome) Type() protoreflect.EnumType {
+	return &file_atf_broker_v1_broker_proto_enumTypes[4]
+}
+
+func (x Outcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Outcome.Descriptor instead.
+func (Outcome) EnumDescriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{4}
+}
+
 type WhoAmIRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1518,6 +1578,112 @@ func (x *WatchRevocationsResponse) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+type ReportOutcomeRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Outcome Outcome                `protobuf:"varint,1,opt,name=outcome,proto3,enum=atf.broker.v1.Outcome" json:"outcome,omitempty"`
+	// The credential's decision the action used, if any.
+	DecisionId string `protobuf:"bytes,2,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
+	Role       string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	// What happened, for people (redacted before it is stored).
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportOutcomeRequest) Reset() {
+	*x = ReportOutcomeRequest{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportOutcomeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportOutcomeRequest) ProtoMessage() {}
+
+func (x *ReportOutcomeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportOutcomeRequest.ProtoReflect.Descriptor instead.
+func (*ReportOutcomeRequest) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ReportOutcomeRequest) GetOutcome() Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return Outcome_OUTCOME_UNSPECIFIED
+}
+
+func (x *ReportOutcomeRequest) GetDecisionId() string {
+	if x != nil {
+		return x.DecisionId
+	}
+	return ""
+}
+
+func (x *ReportOutcomeRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *ReportOutcomeRequest) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+type ReportOutcomeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportOutcomeResponse) Reset() {
+	*x = ReportOutcomeResponse{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportOutcomeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportOutcomeResponse) ProtoMessage() {}
+
+func (x *ReportOutcomeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportOutcomeResponse.ProtoReflect.Descriptor instead.
+func (*ReportOutcomeResponse) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{17}
+}
+
 var File_atf_broker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_atf_broker_v1_broker_proto_rawDesc = "" +
@@ -1641,7 +1807,15 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\taccessors\x18\x01 \x03(\tR\taccessors\x12\x1b\n" +
 	"\tgrant_ids\x18\x02 \x03(\tR\bgrantIds\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12.\n" +
-	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time*i\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xd1\x01\n" +
+	"\x14ReportOutcomeRequest\x12<\n" +
+	"\aoutcome\x18\x01 \x01(\x0e2\x16.atf.broker.v1.OutcomeB\n" +
+	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\aoutcome\x12;\n" +
+	"\vdecision_id\x18\x02 \x01(\tB\x1a\xbaH\x17r\x15\x18@2\x11^([0-9a-f]{32})?$R\n" +
+	"decisionId\x12\x1c\n" +
+	"\x04role\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x04role\x12 \n" +
+	"\x06detail\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\x06detail\"\x17\n" +
+	"\x15ReportOutcomeResponse*i\n" +
 	"\x05Level\x12\x15\n" +
 	"\x11LEVEL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fLEVEL_INTERN\x10\x01\x12\x10\n" +
@@ -1665,14 +1839,21 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\x16APPROVAL_STATUS_DENIED\x10\x03\x12\x1b\n" +
 	"\x17APPROVAL_STATUS_EXPIRED\x10\x04\x12\x1c\n" +
 	"\x18APPROVAL_STATUS_REDEEMED\x10\x05\x12\x1d\n" +
-	"\x19APPROVAL_STATUS_CANCELLED\x10\x062\x9d\x04\n" +
+	"\x19APPROVAL_STATUS_CANCELLED\x10\x06*u\n" +
+	"\aOutcome\x12\x17\n" +
+	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fOUTCOME_SUCCESS\x10\x01\x12\x13\n" +
+	"\x0fOUTCOME_FAILURE\x10\x02\x12\x14\n" +
+	"\x10OUTCOME_REJECTED\x10\x03\x12\x11\n" +
+	"\rOUTCOME_ERROR\x10\x042\xf9\x04\n" +
 	"\rBrokerService\x12E\n" +
 	"\x06WhoAmI\x12\x1c.atf.broker.v1.WhoAmIRequest\x1a\x1d.atf.broker.v1.WhoAmIResponse\x12`\n" +
 	"\x0fFetchCredential\x12%.atf.broker.v1.FetchCredentialRequest\x1a&.atf.broker.v1.FetchCredentialResponse\x12K\n" +
 	"\bDelegate\x12\x1e.atf.broker.v1.DelegateRequest\x1a\x1f.atf.broker.v1.DelegateResponse\x12T\n" +
 	"\vRevokeGrant\x12!.atf.broker.v1.RevokeGrantRequest\x1a\".atf.broker.v1.RevokeGrantResponse\x12e\n" +
 	"\x10WatchRevocations\x12&.atf.broker.v1.WatchRevocationsRequest\x1a'.atf.broker.v1.WatchRevocationsResponse0\x01\x12Y\n" +
-	"\fWaitApproval\x12\".atf.broker.v1.WaitApprovalRequest\x1a#.atf.broker.v1.WaitApprovalResponse0\x01B:Z8github.com/agentictrust/atf/proto/atf/broker/v1;brokerv1b\x06proto3"
+	"\fWaitApproval\x12\".atf.broker.v1.WaitApprovalRequest\x1a#.atf.broker.v1.WaitApprovalResponse0\x01\x12Z\n" +
+	"\rReportOutcome\x12#.atf.broker.v1.ReportOutcomeRequest\x1a$.atf.broker.v1.ReportOutcomeResponseB:Z8github.com/agentictrust/atf/proto/atf/broker/v1;brokerv1b\x06proto3"
 
 var (
 	file_atf_broker_v1_broker_proto_rawDescOnce sync.Once
@@ -1686,76 +1867,82 @@ func file_atf_broker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_atf_broker_v1_broker_proto_rawDescData
 }
 
-var file_atf_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_atf_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_atf_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_atf_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_atf_broker_v1_broker_proto_goTypes = []any{
 	(Level)(0),                       // 0: atf.broker.v1.Level
 	(AgentStatus)(0),                 // 1: atf.broker.v1.AgentStatus
 	(AuthMethod)(0),                  // 2: atf.broker.v1.AuthMethod
 	(ApprovalStatus)(0),              // 3: atf.broker.v1.ApprovalStatus
-	(*WhoAmIRequest)(nil),            // 4: atf.broker.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),           // 5: atf.broker.v1.WhoAmIResponse
-	(*FetchCredentialRequest)(nil),   // 6: atf.broker.v1.FetchCredentialRequest
-	(*FetchCredentialResponse)(nil),  // 7: atf.broker.v1.FetchCredentialResponse
-	(*Approval)(nil),                 // 8: atf.broker.v1.Approval
-	(*WaitApprovalRequest)(nil),      // 9: atf.broker.v1.WaitApprovalRequest
-	(*WaitApprovalResponse)(nil),     // 10: atf.broker.v1.WaitApprovalResponse
-	(*Credential)(nil),               // 11: atf.broker.v1.Credential
-	(*DelegateRequest)(nil),          // 12: atf.broker.v1.DelegateRequest
-	(*DelegateResponse)(nil),         // 13: atf.broker.v1.DelegateResponse
-	(*Grant)(nil),                    // 14: atf.broker.v1.Grant
-	(*RevokeGrantRequest)(nil),       // 15: atf.broker.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),      // 16: atf.broker.v1.RevokeGrantResponse
-	(*RevocationSummary)(nil),        // 17: atf.broker.v1.RevocationSummary
-	(*WatchRevocationsRequest)(nil),  // 18: atf.broker.v1.WatchRevocationsRequest
-	(*WatchRevocationsResponse)(nil), // 19: atf.broker.v1.WatchRevocationsResponse
-	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 21: google.protobuf.Duration
+	(Outcome)(0),                     // 4: atf.broker.v1.Outcome
+	(*WhoAmIRequest)(nil),            // 5: atf.broker.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),           // 6: atf.broker.v1.WhoAmIResponse
+	(*FetchCredentialRequest)(nil),   // 7: atf.broker.v1.FetchCredentialRequest
+	(*FetchCredentialResponse)(nil),  // 8: atf.broker.v1.FetchCredentialResponse
+	(*Approval)(nil),                 // 9: atf.broker.v1.Approval
+	(*WaitApprovalRequest)(nil),      // 10: atf.broker.v1.WaitApprovalRequest
+	(*WaitApprovalResponse)(nil),     // 11: atf.broker.v1.WaitApprovalResponse
+	(*Credential)(nil),               // 12: atf.broker.v1.Credential
+	(*DelegateRequest)(nil),          // 13: atf.broker.v1.DelegateRequest
+	(*DelegateResponse)(nil),         // 14: atf.broker.v1.DelegateResponse
+	(*Grant)(nil),                    // 15: atf.broker.v1.Grant
+	(*RevokeGrantRequest)(nil),       // 16: atf.broker.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),      // 17: atf.broker.v1.RevokeGrantResponse
+	(*RevocationSummary)(nil),        // 18: atf.broker.v1.RevocationSummary
+	(*WatchRevocationsRequest)(nil),  // 19: atf.broker.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil), // 20: atf.broker.v1.WatchRevocationsResponse
+	(*ReportOutcomeRequest)(nil),     // 21: atf.broker.v1.ReportOutcomeRequest
+	(*ReportOutcomeResponse)(nil),    // 22: atf.broker.v1.ReportOutcomeResponse
+	(*timestamppb.Timestamp)(nil),    // 23: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 24: google.protobuf.Duration
 }
 var file_atf_broker_v1_broker_proto_depIdxs = []int32{
 	2,  // 0: atf.broker.v1.WhoAmIResponse.auth_method:type_name -> atf.broker.v1.AuthMethod
-	20, // 1: atf.broker.v1.WhoAmIResponse.svid_expires_at:type_name -> google.protobuf.Timestamp
+	23, // 1: atf.broker.v1.WhoAmIResponse.svid_expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: atf.broker.v1.WhoAmIResponse.level:type_name -> atf.broker.v1.Level
 	1,  // 3: atf.broker.v1.WhoAmIResponse.status:type_name -> atf.broker.v1.AgentStatus
-	21, // 4: atf.broker.v1.FetchCredentialRequest.ttl:type_name -> google.protobuf.Duration
-	11, // 5: atf.broker.v1.FetchCredentialResponse.credential:type_name -> atf.broker.v1.Credential
-	8,  // 6: atf.broker.v1.FetchCredentialResponse.approval:type_name -> atf.broker.v1.Approval
+	24, // 4: atf.broker.v1.FetchCredentialRequest.ttl:type_name -> google.protobuf.Duration
+	12, // 5: atf.broker.v1.FetchCredentialResponse.credential:type_name -> atf.broker.v1.Credential
+	9,  // 6: atf.broker.v1.FetchCredentialResponse.approval:type_name -> atf.broker.v1.Approval
 	0,  // 7: atf.broker.v1.Approval.level:type_name -> atf.broker.v1.Level
-	21, // 8: atf.broker.v1.Approval.ttl:type_name -> google.protobuf.Duration
+	24, // 8: atf.broker.v1.Approval.ttl:type_name -> google.protobuf.Duration
 	3,  // 9: atf.broker.v1.Approval.status:type_name -> atf.broker.v1.ApprovalStatus
-	20, // 10: atf.broker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
-	20, // 11: atf.broker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
-	20, // 12: atf.broker.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
-	8,  // 13: atf.broker.v1.WaitApprovalResponse.approval:type_name -> atf.broker.v1.Approval
-	20, // 14: atf.broker.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	20, // 15: atf.broker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	23, // 10: atf.broker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
+	23, // 11: atf.broker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
+	23, // 12: atf.broker.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
+	9,  // 13: atf.broker.v1.WaitApprovalResponse.approval:type_name -> atf.broker.v1.Approval
+	23, // 14: atf.broker.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	23, // 15: atf.broker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 16: atf.broker.v1.Credential.level:type_name -> atf.broker.v1.Level
-	21, // 17: atf.broker.v1.DelegateRequest.ttl:type_name -> google.protobuf.Duration
-	14, // 18: atf.broker.v1.DelegateResponse.grant:type_name -> atf.broker.v1.Grant
-	20, // 19: atf.broker.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
-	20, // 20: atf.broker.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
-	20, // 21: atf.broker.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
-	17, // 22: atf.broker.v1.RevokeGrantResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	21, // 23: atf.broker.v1.RevocationSummary.commit_duration:type_name -> google.protobuf.Duration
-	21, // 24: atf.broker.v1.RevocationSummary.total_duration:type_name -> google.protobuf.Duration
-	20, // 25: atf.broker.v1.WatchRevocationsResponse.time:type_name -> google.protobuf.Timestamp
-	4,  // 26: atf.broker.v1.BrokerService.WhoAmI:input_type -> atf.broker.v1.WhoAmIRequest
-	6,  // 27: atf.broker.v1.BrokerService.FetchCredential:input_type -> atf.broker.v1.FetchCredentialRequest
-	12, // 28: atf.broker.v1.BrokerService.Delegate:input_type -> atf.broker.v1.DelegateRequest
-	15, // 29: atf.broker.v1.BrokerService.RevokeGrant:input_type -> atf.broker.v1.RevokeGrantRequest
-	18, // 30: atf.broker.v1.BrokerService.WatchRevocations:input_type -> atf.broker.v1.WatchRevocationsRequest
-	9,  // 31: atf.broker.v1.BrokerService.WaitApproval:input_type -> atf.broker.v1.WaitApprovalRequest
-	5,  // 32: atf.broker.v1.BrokerService.WhoAmI:output_type -> atf.broker.v1.WhoAmIResponse
-	7,  // 33: atf.broker.v1.BrokerService.FetchCredential:output_type -> atf.broker.v1.FetchCredentialResponse
-	13, // 34: atf.broker.v1.BrokerService.Delegate:output_type -> atf.broker.v1.DelegateResponse
-	16, // 35: atf.broker.v1.BrokerService.RevokeGrant:output_type -> atf.broker.v1.RevokeGrantResponse
-	19, // 36: atf.broker.v1.BrokerService.WatchRevocations:output_type -> atf.broker.v1.WatchRevocationsResponse
-	10, // 37: atf.broker.v1.BrokerService.WaitApproval:output_type -> atf.broker.v1.WaitApprovalResponse
-	32, // [32:38] is the sub-list for method output_type
-	26, // [26:32] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	24, // 17: atf.broker.v1.DelegateRequest.ttl:type_name -> google.protobuf.Duration
+	15, // 18: atf.broker.v1.DelegateResponse.grant:type_name -> atf.broker.v1.Grant
+	23, // 19: atf.broker.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
+	23, // 20: atf.broker.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
+	23, // 21: atf.broker.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
+	18, // 22: atf.broker.v1.RevokeGrantResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	24, // 23: atf.broker.v1.RevocationSummary.commit_duration:type_name -> google.protobuf.Duration
+	24, // 24: atf.broker.v1.RevocationSummary.total_duration:type_name -> google.protobuf.Duration
+	23, // 25: atf.broker.v1.WatchRevocationsResponse.time:type_name -> google.protobuf.Timestamp
+	4,  // 26: atf.broker.v1.ReportOutcomeRequest.outcome:type_name -> atf.broker.v1.Outcome
+	5,  // 27: atf.broker.v1.BrokerService.WhoAmI:input_type -> atf.broker.v1.WhoAmIRequest
+	7,  // 28: atf.broker.v1.BrokerService.FetchCredential:input_type -> atf.broker.v1.FetchCredentialRequest
+	13, // 29: atf.broker.v1.BrokerService.Delegate:input_type -> atf.broker.v1.DelegateRequest
+	16, // 30: atf.broker.v1.BrokerService.RevokeGrant:input_type -> atf.broker.v1.RevokeGrantRequest
+	19, // 31: atf.broker.v1.BrokerService.WatchRevocations:input_type -> atf.broker.v1.WatchRevocationsRequest
+	10, // 32: atf.broker.v1.BrokerService.WaitApproval:input_type -> atf.broker.v1.WaitApprovalRequest
+	21, // 33: atf.broker.v1.BrokerService.ReportOutcome:input_type -> atf.broker.v1.ReportOutcomeRequest
+	6,  // 34: atf.broker.v1.BrokerService.WhoAmI:output_type -> atf.broker.v1.WhoAmIResponse
+	8,  // 35: atf.broker.v1.BrokerService.FetchCredential:output_type -> atf.broker.v1.FetchCredentialResponse
+	14, // 36: atf.broker.v1.BrokerService.Delegate:output_type -> atf.broker.v1.DelegateResponse
+	17, // 37: atf.broker.v1.BrokerService.RevokeGrant:output_type -> atf.broker.v1.RevokeGrantResponse
+	20, // 38: atf.broker.v1.BrokerService.WatchRevocations:output_type -> atf.broker.v1.WatchRevocationsResponse
+	11, // 39: atf.broker.v1.BrokerService.WaitApproval:output_type -> atf.broker.v1.WaitApprovalResponse
+	22, // 40: atf.broker.v1.BrokerService.ReportOutcome:output_type -> atf.broker.v1.ReportOutcomeResponse
+	34, // [34:41] is the sub-list for method output_type
+	27, // [27:34] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_atf_broker_v1_broker_proto_init() }
@@ -1768,8 +1955,8 @@ func file_atf_broker_v1_broker_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_broker_v1_broker_proto_rawDesc), len(file_atf_broker_v1_broker_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   16,
+			NumEnums:      5,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

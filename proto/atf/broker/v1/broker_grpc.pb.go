@@ -29,6 +29,7 @@ const (
 	BrokerService_RevokeGrant_FullMethodName      = "/atf.broker.v1.BrokerService/RevokeGrant"
 	BrokerService_WatchRevocations_FullMethodName = "/atf.broker.v1.BrokerService/WatchRevocations"
 	BrokerService_WaitApproval_FullMethodName     = "/atf.broker.v1.BrokerService/WaitApproval"
+	BrokerService_ReportOutcome_FullMethodName    = "/atf.broker.v1.BrokerService/ReportOutcome"
 )
 
 // BrokerServiceClient is the client API for BrokerService service.
@@ -55,6 +56,10 @@ type BrokerServiceClient interface {
 	// the request is decided, expires or is redeemed. Once approved, the
 	// caller redeems it with FetchCredential and approval_id.
 	WaitApproval(ctx context.Context, in *WaitApprovalRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WaitApprovalResponse], error)
+	// ReportOutcome records how an action the caller took went, for its
+	// promotion gates (success and acceptance rates, availability) and its
+	// circuit breaker (failures).
+	ReportOutcome(ctx context.Context, in *ReportOutcomeRequest, opts ...grpc.CallOption) (*ReportOutcomeResponse, error)
 }
 
 type brokerServiceClient struct {
@@ -143,6 +148,16 @@ func (c *brokerServiceClient) WaitApproval(ctx context.Context, in *WaitApproval
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BrokerService_WaitApprovalClient = grpc.ServerStreamingClient[WaitApprovalResponse]
 
+func (c *brokerServiceClient) ReportOutcome(ctx context.Context, in *ReportOutcomeRequest, opts ...grpc.CallOption) (*ReportOutcomeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportOutcomeResponse)
+	err := c.cc.Invoke(ctx, BrokerService_ReportOutcome_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BrokerServiceServer is the server API for BrokerService service.
 // All implementations must embed UnimplementedBrokerServiceServer
 // for forward compatibility.
@@ -167,6 +182,10 @@ type BrokerServiceServer interface {
 	// the request is decided, expires or is redeemed. Once approved, the
 	// caller redeems it with FetchCredential and approval_id.
 	WaitApproval(*WaitApprovalRequest, grpc.ServerStreamingServer[WaitApprovalResponse]) error
+	// ReportOutcome records how an action the caller took went, for its
+	// promotion gates (success and acceptance rates, availability) and its
+	// circuit breaker (failures).
+	ReportOutcome(context.Context, *ReportOutcomeRequest) (*ReportOutcomeResponse, error)
 	mustEmbedUnimplementedBrokerServiceServer()
 }
 
@@ -194,6 +213,9 @@ func (UnimplementedBrokerServiceServer) WatchRevocations(*WatchRevocationsReques
 }
 func (UnimplementedBrokerServiceServer) WaitApproval(*WaitApprovalRequest, grpc.ServerStreamingServer[WaitApprovalResponse]) error {
 	return status.Error(codes.Unimplemented, "method WaitApproval not implemented")
+}
+func (UnimplementedBrokerServiceServer) ReportOutcome(context.Context, *ReportOutcomeRequest) (*ReportOutcomeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportOutcome not implemented")
 }
 func (UnimplementedBrokerServiceServer) mustEmbedUnimplementedBrokerServiceServer() {}
 func (UnimplementedBrokerServiceServer) testEmbeddedByValue()                       {}
@@ -310,6 +332,24 @@ func _BrokerService_WaitApproval_Handler(srv interface{}, stream grpc.ServerStre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BrokerService_WaitApprovalServer = grpc.ServerStreamingServer[WaitApprovalResponse]
 
+func _BrokerService_ReportOutcome_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportOutcomeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BrokerServiceServer).ReportOutcome(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BrokerService_ReportOutcome_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BrokerServiceServer).ReportOutcome(ctx, req.(*ReportOutcomeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BrokerService_ServiceDesc is the grpc.ServiceDesc for BrokerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -332,6 +372,10 @@ var BrokerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeGrant",
 			Handler:    _BrokerService_RevokeGrant_Handler,
+		},
+		{
+			MethodName: "ReportOutcome",
+			Handler:    _BrokerService_ReportOutcome_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
