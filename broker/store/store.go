@@ -49,7 +49,7 @@ var (
 
 	allBuckets = [][]byte{bucketAgents, bucketHistory, bucketCredentials, bucketRevocations,
 		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketAnchors, bucketNodeAnchors, bucketAudit,
-		bucketPolicies, bucketApprovals, bucketMeta}
+		bucketPolicies, bucketApprovals, bucketMeta, bucketOutcomes, bucketEvidence, bucketSignOffs, bucketIncidents}
 )
 
 // Status is an agent's standing in the registry.
@@ -87,6 +87,8 @@ type Agent struct {
 	Revision     uint64      `json:"revision"`
 	// Kill is set while the kill switch holds the agent.
 	Kill *Kill `json:"kill,omitempty"`
+	// LevelSince is when the agent reached its level.
+	LevelSince time.Time `json:"level_since"`
 }
 
 // Usable reports whether the agent may get or give anything: registered,
@@ -110,6 +112,9 @@ const (
 	ActionDeregister = "deregister"
 	ActionKill       = "kill"
 	ActionRelease    = "release"
+	ActionPromote    = "promote"
+	ActionDemote     = "demote"
+	ActionRollback   = "rollback"
 )
 
 // AgentChange is one recorded change to an agent.
@@ -240,7 +245,7 @@ func (s *Store) RegisterAgent(a Agent, actor string) (Agent, error) {
 		return Agent{}, fmt.Errorf("%w: agent needs an ID without NUL and a valid level", ErrInvalid)
 	}
 	now := s.now().UTC()
-	a.Status, a.CreatedAt, a.UpdatedAt, a.UpdatedBy, a.Revision = Active, now, now, actor, 1
+	a.Status, a.CreatedAt, a.UpdatedAt, a.UpdatedBy, a.Revision, a.LevelSince = Active, now, now, actor, 1, now
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketAgents).Get([]byte(a.ID)) != nil {
 			return fmt.Errorf("%w: agent %s", ErrExists, a.ID)
@@ -341,7 +346,7 @@ func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange
 		change(&a)
 		// Identity, creation and standing change only through their own
 		// operations, so the history always says what happened.
-		a.ID, a.CreatedAt, a.Status, a.Kill = orig.ID, orig.CreatedAt, orig.Status, orig.Kill
+		a.ID, a.CreatedAt, a.Status, a.Kill, a.LevelSince = orig.ID, orig.CreatedAt, orig.Status, orig.Kill, orig.LevelSince
 		if ch.Action == ActionDeregister {
 			a.Status = Deregistered
 		}
@@ -349,6 +354,9 @@ func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange
 			return fmt.Errorf("%w: invalid level %d", ErrInvalid, a.Level)
 		}
 		a.UpdatedAt, a.UpdatedBy, a.Revision = s.now().UTC(), actor, orig.Revision+1
+		if a.Level != orig.Level || a.LevelSince.IsZero() {
+			a.LevelSince = a.UpdatedAt
+		}
 		for _, f := range also {
 			if err := f(tx); err != nil {
 				return err

@@ -208,7 +208,7 @@ func TestRegisterAgent(t *testing.T) {
 	}
 	want := agent("spiffe://td/agent/reconciler")
 	want.Status, want.Revision, want.UpdatedBy = store.Active, 1, "alice"
-	want.CreatedAt, want.UpdatedAt = t0.UTC(), t0.UTC()
+	want.CreatedAt, want.UpdatedAt, want.LevelSince = t0.UTC(), t0.UTC(), t0.UTC()
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("RegisterAgent returned\n %+v\nwant\n %+v", got, want)
 	}
@@ -379,6 +379,7 @@ func TestUpdateAgent(t *testing.T) {
 			want.Level = authz.Senior
 			want.Roles = []string{"db-read", "db-write", "db-admin"}
 			want.UpdatedAt, want.UpdatedBy, want.Revision = t0.Add(90*time.Second).UTC(), "bob", 2
+			want.LevelSince = want.UpdatedAt // a new level starts its clock
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("UpdateAgent returned\n %+v\nwant\n %+v", got, want)
 			}
@@ -626,8 +627,12 @@ func TestAgentHistory(t *testing.T) {
 			t.Fatalf("step %d (%s by %s): %v", i+1, st.action, st.actor, err)
 		}
 		now := c.Now().UTC()
+		level := cur.Level
 		st.after(&cur)
 		cur.UpdatedAt, cur.UpdatedBy, cur.Revision = now, st.actor, uint64(i+1)
+		if i == 0 || cur.Level != level {
+			cur.LevelSince = now
+		}
 		if !reflect.DeepEqual(got, cur) {
 			t.Fatalf("step %d returned\n %+v\nwant\n %+v", i+1, got, cur)
 		}

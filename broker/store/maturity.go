@@ -1,0 +1,296 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/agentictrust/atf/authz"
+)
+
+// Records the promotion gates read. Evidence and sign-offs are kept per
+// agent in the order recorded; incidents by id; outcome counts per agent
+// for its current level (a level change starts them again).
+var (
+	bucketOutcomes  = []byte("outcomes")
+	bucketEvidence  = []byte("evidence")
+	bucketSignOffs  = []byte("sign_offs")
+	bucketIncidents = []byte("incidents")
+)
+
+// Outcomes counts an agent's outcome reports at one level.
+type Outcomes struct {
+	Level    authz.Level `json:"level"`
+	Success  int         `json:"success"`
+	Failure  int         `json:"failure"`
+	Rejected int         `json:"rejected"`
+	Errors   int         `json:"errors"`
+}
+
+// Evidence is a security or business record for a promotion.
+type Evidence struct {
+	Agent      string      `json:"agent"`
+	Kind       string      `json:"kind"`
+	Target     authz.Level `json:"target"`
+	Reference  string      `json:"reference"`
+	RecordedBy string      `json:"recorded_by"`
+	At         time.Time   `json:"at"`
+}
+
+// SignOff is a person's approval of a promotion and the risk they accept.
+type SignOff struct {
+	Agent          string      `json:"agent"`
+	Signer         string      `json:"signer"`
+	RiskAcceptance string      `json:"risk_acceptance"`
+	Target         authz.Level `json:"target"`
+	RecordedBy     string      `json:"recorded_by"`
+	At             time.Time   `json:"at"`
+}
+
+// Incident is an incident involving an agent.
+type Incident struct {
+	ID       string      `json:"id"`
+	Agent    string      `json:"agent"`
+	Severity string      `json:"severity"`
+	Summary  string      `json:"summary"`
+	Level    authz.Level `json:"level"`
+	OpenedAt time.Time   `json:"opened_at"`
+	OpenedBy string      `json:"opened_by"`
+	ClosedAt time.Time   `json:"closed_at,omitzero"`
+	ClosedBy string      `json:"closed_by,omitempty"`
+	RCA      string      `json:"rca,omitempty"`
+}
+
+// RecordOutcome counts one outcome report of agent ("success", "failure",
+// "rejected" or "error") at its current level.
+func (s *Store) RecordOutcome(agent, outcome string) error {
+	err := s.group(func(tx *bolt.Tx) error {
+		a, err := getAgent(tx, agent)
+		if err != nil {
+			return err
+		}
+		o, err := outcomesOf(tx, a)
+		if err != nil {
+			return err
+		}
+		switch outcome {
+		case "success":
+			o.Success++
+		case "failure":
+			o.Failure++
+		case "rejected":
+			o.Rejected++
+		case "error":
+			o.Errors++
+		default:
+			return fmt.Errorf("%w: outcome %q", ErrInvalid, outcome)
+		}
+		v, err := json.Marshal(o)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketOutcomes).Put([]byte(agent), v)
+	})
+	if err != nil {
+		return fmt.Errorf("store: record outcome: %w", err)
+	}
+	return nil
+}
+
+// AgentOutcomes returns the agent's outcome counts at its current level.
+func (s *Store) AgentOutcomes(agent string) (Outcomes, error) {
+	var o Outcomes
+	err := s.db.View(func(tx *bolt.Tx) error {
+		a, err := getAgent(tx, agent)
+		if err != nil {
+			return err
+		}
+		o, err = outcomesOf(tx, a)
+		return err
+	})
+	return o, err
+}
+
+func outcomesOf(tx *bolt.Tx, a Agent) (Outcomes, error) {
+	o := Outcomes{Level: a.Level}
+	if v := tx.Bucket(bucketOutcomes).Get([]byte(a.ID)); v != nil {
+		var stored Outcomes
+		if err := json.Unmarshal(v, &stored); err != nil {
+			return o, fmt.Errorf("store: decode outcomes of %s: %w", a.ID, err)
+		}
+		if stored.Level == a.Level {
+			o = stored
+		}
+	}
+	return o, nil
+}
+
+// AddEvidence records evidence for a promotion, audited.
+func (s *Store) AddEvidence(e Evidence) error {
+	return s.addRecord(bucketEvidence, e.Agent, e, AuditRecord{Time: e.At, Kind: "evidence_recorded", Actor: e.RecordedBy, Subject: e.Agent,
+		Detail: map[string]string{"agent": e.Agent, "kind": e.Kind, "target": e.Target.String(), "reference": e.Reference}})
+}
+
+// AddSignOff records a sign-off for a promotion, audited.
+func (s *Store) AddSignOff(so SignOff) error {
+	return s.addRecord(bucketSignOffs, so.Agent, so, AuditRecord{Time: so.At, Kind: "promotion_signed_off", Actor: so.RecordedBy, Subject: so.Agent,
+		Detail: map[string]string{"agent": so.Agent, "signer": so.Signer, "target": so.Target.String(), "risk_acceptance": so.RiskAcceptance}})
+}
+
+// AgentEvidence returns the evidence recorded for agent, oldest first.
+func (s *Store) AgentEvidence(agent string) ([]Evidence, error) {
+	return listRecords[Evidence](s, bucketEvidence, agent)
+}
+
+// AgentSignOffs returns the sign-offs recorded for agent, oldest first.
+func (s *Store) AgentSignOffs(agent string) ([]SignOff, error) {
+	return listRecords[SignOff](s, bucketSignOffs, agent)
+}
+
+// addRecord appends v under agent in bucket, with its audit record.
+func (s *Store) addRecord(bucket []byte, agent string, v any, rec AuditRecord) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if _, err := getAgent(tx, agent); err != nil {
+			return err
+		}
+		b := tx.Bucket(bucket)
+		seq, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		if err := b.Put(binaryPair(agent, seq), raw); err != nil {
+			return err
+		}
+		return s.appendAudit(tx, rec)
+	})
+	if err != nil {
+		return fmt.Errorf("store: record %s: %w", rec.Kind, err)
+	}
+	return nil
+}
+
+func binaryPair(agent string, seq uint64) []byte { return append(pair(agent, ""), seqKey(seq)...) }
+
+func listRecords[T any](s *Store, bucket []byte, agent string) ([]T, error) {
+	var out []T
+	err := s.db.View(func(tx *bolt.Tx) error {
+		prefix := pair(agent, "")
+		c := tx.Bucket(bucket).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var r T
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("store: decode record of %s: %w", agent, err)
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// OpenIncident records a new incident against an agent, audited. The
+// agent's level at that moment is kept with it.
+func (s *Store) OpenIncident(in Incident) (Incident, error) {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		a, err := getAgent(tx, in.Agent)
+		if err != nil {
+			return err
+		}
+		in.Level = a.Level
+		if err := putJSON(tx, bucketIncidents, in.ID, in); err != nil {
+			return err
+		}
+		return s.appendAudit(tx, AuditRecord{Time: in.OpenedAt, Kind: "incident_opened", Actor: in.OpenedBy, Subject: in.ID,
+			Detail: map[string]string{"agent": in.Agent, "severity": in.Severity, "summary": in.Summary, "level": a.Level.String()}})
+	})
+	if err != nil {
+		return Incident{}, fmt.Errorf("store: open incident: %w", err)
+	}
+	return in, nil
+}
+
+// CloseIncident closes an open incident with its root-cause analysis.
+func (s *Store) CloseIncident(id, actor, rca string) (Incident, error) {
+	var in Incident
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketIncidents).Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("%w: incident %s", ErrNotFound, id)
+		}
+		if err := json.Unmarshal(v, &in); err != nil {
+			return err
+		}
+		if !in.ClosedAt.IsZero() {
+			return fmt.Errorf("%w: incident %s is already closed", ErrConflict, id)
+		}
+		in.ClosedAt, in.ClosedBy, in.RCA = s.now().UTC(), actor, rca
+		if err := putJSON(tx, bucketIncidents, id, in); err != nil {
+			return err
+		}
+		return s.appendAudit(tx, AuditRecord{Time: in.ClosedAt, Kind: "incident_closed", Actor: actor, Subject: id,
+			Detail: map[string]string{"agent": in.Agent, "severity": in.Severity, "rca": rca}})
+	})
+	if err != nil {
+		return Incident{}, fmt.Errorf("store: close incident: %w", err)
+	}
+	return in, nil
+}
+
+// Incidents returns the incidents of agent ("" for all), oldest first.
+func (s *Store) Incidents(agent string, openOnly bool) ([]Incident, error) {
+	var out []Incident
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketIncidents).ForEach(func(k, v []byte) error {
+			var in Incident
+			if err := json.Unmarshal(v, &in); err != nil {
+				return fmt.Errorf("store: decode incident %s: %w", k, err)
+			}
+			if (agent == "" || in.Agent == agent) && (!openOnly || in.ClosedAt.IsZero()) {
+				out = append(out, in)
+			}
+			return nil
+		})
+	})
+	slices.SortFunc(out, func(a, b Incident) int { return a.OpenedAt.Compare(b.OpenedAt) })
+	return out, err
+}
+
+func putJSON(tx *bolt.Tx, bucket []byte, key string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucket).Put([]byte(key), raw)
+}
+
+// SetLevel changes an agent's level as action ("promote", "demote",
+// "rollback"), recorded in its history with reason, and returns the agent.
+func (s *Store) SetLevel(id, actor, action, reason string, level authz.Level) (Agent, error) {
+	a, err := s.modify(id, actor, 0, AgentChange{Action: action, Reason: reason}, func(a *Agent) { a.Level = level })
+	if err != nil {
+		return Agent{}, fmt.Errorf("store: set level: %w", err)
+	}
+	return a, nil
+}
+
+// AgentAt returns the agent's record as of revision.
+func (s *Store) AgentAt(id string, revision uint64) (Agent, error) {
+	hist, err := s.AgentHistory(id)
+	if err != nil {
+		return Agent{}, err
+	}
+	for _, ch := range hist {
+		if ch.Revision == revision {
+			return ch.Agent, nil
+		}
+	}
+	return Agent{}, fmt.Errorf("%w: agent %s has no revision %d", ErrNotFound, id, revision)
+}
