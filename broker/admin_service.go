@@ -9,12 +9,14 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
 type adminService struct {
@@ -51,7 +53,9 @@ func (a *adminService) GetAgent(ctx context.Context, req *adminv1.GetAgentReques
 	if err != nil {
 		return nil, a.s.statusOf(ctx, "get agent", err)
 	}
-	return &adminv1.GetAgentResponse{Agent: agentToProto(agent)}, nil
+	out := agentToProto(agent)
+	out.Breaker = a.s.breakerToProto(agent.ID)
+	return &adminv1.GetAgentResponse{Agent: out}, nil
 }
 
 func (a *adminService) ListAgents(ctx context.Context, req *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
@@ -102,7 +106,7 @@ func (a *adminService) UpdateAgent(ctx context.Context, req *adminv1.UpdateAgent
 		return nil, a.s.statusOf(ctx, "update agent", err)
 	}
 	a.s.logger(ctx).Info("agent updated", slog.String(logAgent, id), slog.Uint64("revision", agent.Revision))
-	if err := a.s.revokeUnbacked(ctx, agent, identity(ctx).ID.String()); err != nil {
+	if _, err := a.s.revokeUnbacked(ctx, agent, identity(ctx).ID.String()); err != nil {
 		return nil, err
 	}
 	return &adminv1.UpdateAgentResponse{Agent: agentToProto(agent)}, nil
@@ -112,22 +116,29 @@ func (a *adminService) UpdateAgent(ctx context.Context, req *adminv1.UpdateAgent
 // back: its live credentials for roles it lost or whose class its level may
 // not hold, and the lineage of every live grant it gave that exceeds its
 // authority now. A demotion or a role taken away takes effect at once.
-func (s *Server) revokeUnbacked(ctx context.Context, agent store.Agent, actor string) error {
+func (s *Server) revokeUnbacked(ctx context.Context, agent store.Agent, actor string) (*brokerv1.RevocationSummary, error) {
 	start := time.Now()
+	total := &brokerv1.RevocationSummary{}
+	add := func(sum *brokerv1.RevocationSummary) {
+		total.GrantsRevoked += sum.GetGrantsRevoked()
+		total.CredentialsRevoked += sum.GetCredentialsRevoked()
+		total.VaultConfirmed += sum.GetVaultConfirmed()
+		total.VaultPending += sum.GetVaultPending()
+	}
 	reason := fmt.Sprintf("agent %s changed (level %s, roles %v)", agent.ID, agent.Level, agent.Roles)
 	rev, err := s.store.RevokeCredentials(agent.ID, actor, reason, func(c store.Credential) bool {
 		role, ok := s.roles[c.Role]
 		return c.GrantID == "" && (!ok || !slices.Contains(agent.Roles, c.Role) || !s.gate.LevelMayRequest(agent.Level, role.class))
 	})
 	if err != nil {
-		return s.statusOf(ctx, "revoke credentials", err)
+		return nil, s.statusOf(ctx, "revoke credentials", err)
 	}
 	if len(rev.Queued) > 0 {
-		s.finishRevocation(ctx, store.Root{}, actor, reason, rev, start, time.Since(start), true)
+		add(s.finishRevocation(ctx, store.Root{}, actor, reason, rev, start, time.Since(start), true))
 	}
 	given, err := s.store.GrantsGivenBy(agent.ID)
 	if err != nil {
-		return s.statusOf(ctx, "list grants", err)
+		return nil, s.statusOf(ctx, "list grants", err)
 	}
 	p := s.principal(agent)
 	now := s.now()
@@ -140,11 +151,15 @@ func (s *Server) revokeUnbacked(ctx context.Context, agent store.Agent, actor st
 			continue
 		}
 		reason := fmt.Sprintf("delegator %s no longer holds the authority grant %s needs (level %s, roles %v)", agent.ID, g.ID, agent.Level, p.Roles)
-		if _, err := s.revokeLineage(ctx, store.Root{GrantID: g.ID}, actor, reason); err != nil {
-			return err
+		sum, err := s.revokeLineage(ctx, store.Root{GrantID: g.ID}, actor, reason)
+		if err != nil {
+			return nil, err
 		}
+		add(sum)
 	}
-	return nil
+	total.CommitDuration = durationpb.New(time.Since(start))
+	total.TotalDuration = total.CommitDuration
+	return total, nil
 }
 
 func (a *adminService) DeregisterAgent(ctx context.Context, req *adminv1.DeregisterAgentRequest) (*adminv1.DeregisterAgentResponse, error) {

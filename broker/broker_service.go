@@ -19,6 +19,7 @@ import (
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/monitor"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/vault"
 	"github.com/agentictrust/atf/delegation"
@@ -83,16 +84,26 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 			log.Error("writing the audit record failed", slog.String(logError, err.Error()))
 		}
 	}
+	// watched is set once the caller is known to be a registered agent:
+	// its refusals feed the behaviour monitor and its circuit breaker.
+	watched := false
 	deny := func(d authz.Decision) error {
 		explain(d)
 		log.Warn("credential denied", slog.String(logReason, string(d.Reason)))
 		refuse("credential_denied", "deny")
+		if watched {
+			s.observe(ctx, monitor.Event{Agent: caller, Role: role.Name, Kind: monitor.Denied})
+			s.recordBreaker(ctx, caller, true)
+		}
 		return status.Errorf(codes.PermissionDenied, "%s (decision %s)", d.Message, decisionID)
 	}
 	limited := func(lerr *limitError) error {
 		why["limit"], why["message"] = lerr.limit, lerr.msg
 		log.Warn("credential limited", slog.String("limit", lerr.limit))
 		refuse("credential_limited", "limited")
+		if watched {
+			s.observe(ctx, monitor.Event{Agent: caller, Role: role.Name, Kind: monitor.Limited})
+		}
 		return lerr.status()
 	}
 
@@ -138,6 +149,16 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	}
 	if agent != nil {
 		why["level"], why["chain"] = agent.Level.String(), strings.Join(chain, " > ")
+		if lerr := s.breakerOpen(caller); lerr != nil {
+			return nil, limited(lerr)
+		}
+		if an := s.observe(ctx, monitor.Event{Agent: caller, Lineage: chain[0], Role: role.Name,
+			InManifest: slices.Contains(a.Roles, role.Name), Kind: monitor.Request}); an != nil {
+			watched = true
+			return nil, deny(authz.Decision{Reason: "anomaly", Message: fmt.Sprintf(
+				"request refused: %s behaviour anomaly (%s); the platform team has been notified", an.Severity, an.Rule)})
+		}
+		watched = true
 	}
 	policy := s.policy.Load()
 	d := s.gate.Decide(policy, agent, role.authz(), req.GetTtl().AsDuration())
@@ -261,6 +282,8 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	}
 	issued = true
 	s.live.commit(lc, cred.Accessor, cred.ExpiresAt)
+	s.observe(ctx, monitor.Event{Agent: caller, Lineage: chain[0], Role: role.Name, InManifest: true, Kind: monitor.Issued})
+	s.recordBreaker(ctx, caller, false)
 	log.Info("credential issued", slog.String(logAccessor, cred.Accessor), slog.Duration(logTTL, d.TTL),
 		slog.String(logLevel, agent.Level.String()), slog.String("grant", req.GetGrantId()), slog.Int("uses", d.MaxUses))
 	if d.Notify {
@@ -384,6 +407,7 @@ func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequ
 		s.logger(ctx).Error("writing the grant audit record failed", slog.String(logError, err.Error()))
 	}
 	s.logger(ctx).Info("grant created", slog.String("grant", g.ID), slog.String("delegatee", g.Delegatee), slog.Int("depth", g.Depth))
+	s.observe(ctx, monitor.Event{Agent: caller, InManifest: true, Kind: monitor.Delegated})
 	return &brokerv1.DelegateResponse{Grant: grantToProto(g)}, nil
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/maturity"
 )
 
 // Config is atfd's configuration, read from YAML (see the README's
@@ -52,6 +53,47 @@ type Config struct {
 	Audit AuditConfig `yaml:"audit"`
 	// Limits bound request rates and live credentials (ATF S-3..S-5).
 	Limits LimitsConfig `yaml:"limits"`
+	// Maturity tunes the promotion gates.
+	Maturity MaturityConfig `yaml:"maturity"`
+	// Monitor tunes behaviour monitoring and the circuit breaker.
+	Monitor MonitorConfig `yaml:"monitor"`
+}
+
+// MaturityConfig tunes the promotion gates (defaults: ATF's).
+type MaturityConfig struct {
+	// Authorities are the people (as recorded in sign-offs) whose sign-off
+	// counts; empty: anyone's.
+	Authorities []string `yaml:"authorities"`
+	// MinTimeAtLevel overrides the time at intern, junior, senior.
+	MinTimeAtLevel map[string]time.Duration `yaml:"min_time_at_level"`
+	// MinOutcomes is how many outcome reports rates need (default 20).
+	MinOutcomes int `yaml:"min_outcomes"`
+	// DemoteOnBreakerTrip demotes an agent whenever its breaker opens.
+	DemoteOnBreakerTrip bool `yaml:"demote_on_breaker_trip"`
+}
+
+// MonitorConfig tunes behaviour monitoring (ATF B-3, B-4) and the circuit
+// breaker (R-1).
+type MonitorConfig struct {
+	// BaselineWindow and BaselineOps: a baseline forms after this long or
+	// this many events (defaults 168h, 1000).
+	BaselineWindow time.Duration `yaml:"baseline_window"`
+	BaselineOps    int           `yaml:"baseline_ops"`
+	// Actions maps an anomaly severity (low, medium, high, critical) to
+	// alert, breaker, demote or kill. Default: low and medium alert, high
+	// trips the breaker, critical demotes.
+	Actions map[string]string `yaml:"actions"`
+	// Breaker: failures or denials within window open it for open_for; then
+	// probes successes close it.
+	Breaker BreakerConfig `yaml:"breaker"`
+}
+
+// BreakerConfig is the per-agent circuit breaker.
+type BreakerConfig struct {
+	Failures int           `yaml:"failures"`
+	Window   time.Duration `yaml:"window"`
+	OpenFor  time.Duration `yaml:"open_for"`
+	Probes   int           `yaml:"probes"`
 }
 
 // PolicyConfig names the Casbin model and policy the store starts with.
@@ -319,6 +361,20 @@ func (c *Config) Validate() error {
 	if _, err := c.Limits.levelLimits(); err != nil {
 		bad("%v", err)
 	}
+	if _, err := c.Maturity.config(); err != nil {
+		bad("maturity: %v", err)
+	}
+	if c.Monitor.Actions == nil {
+		c.Monitor.Actions = map[string]string{"low": "alert", "medium": "alert", "high": "breaker", "critical": "demote"}
+	}
+	for sev, act := range c.Monitor.Actions {
+		if _, err := maturity.ParseSeverity(sev); err != nil {
+			bad("monitor.actions: %v", err)
+		}
+		if !slices.Contains([]string{"alert", "breaker", "demote", "kill"}, act) {
+			bad("monitor.actions.%s must be alert, breaker, demote or kill, not %q", sev, act)
+		}
+	}
 	for _, l := range []struct {
 		name string
 		v    *int
@@ -402,4 +458,22 @@ func LoadRoles(path string) (map[string]Role, error) {
 
 func (r Role) authz() authz.Role {
 	return authz.Role{Name: r.Name, Class: r.class, Classification: r.classification, MaxTTL: r.MaxTTL}
+}
+
+// config is the maturity package's configuration with these settings.
+func (m MaturityConfig) config() (maturity.Config, error) {
+	c := maturity.DefaultConfig()
+	c.Authorities = m.Authorities
+	c.DemoteOnBreakerTrip = m.DemoteOnBreakerTrip
+	if m.MinOutcomes != 0 {
+		c.MinOutcomes = m.MinOutcomes
+	}
+	for name, d := range m.MinTimeAtLevel {
+		l, err := authz.ParseLevel(name)
+		if err != nil {
+			return c, fmt.Errorf("min_time_at_level: %w", err)
+		}
+		c.MinTimeAtLevel[l] = d
+	}
+	return c, c.Validate()
 }

@@ -84,6 +84,7 @@ var (
 	adminPrefix    = "/" + adminv1.AdminService_ServiceDesc.ServiceName + "/"
 	approverPrefix = "/" + adminv1.ApprovalService_ServiceDesc.ServiceName + "/"
 	responsePrefix = "/" + adminv1.ResponseService_ServiceDesc.ServiceName + "/"
+	maturityPrefix = "/" + adminv1.MaturityService_ServiceDesc.ServiceName + "/"
 )
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
@@ -162,7 +163,7 @@ func (s *Server) authorize(ctx context.Context, method string) (context.Context,
 	}
 	log = log.With(slog.String(logCaller, id.ID.String()), slog.String(logAuthMethod, id.Method.String()))
 	ctx = context.WithValue(context.WithValue(ctx, identityKey, id), loggerKey, log)
-	if strings.HasPrefix(method, adminPrefix) && !s.admins[id.ID] {
+	if (strings.HasPrefix(method, adminPrefix) || strings.HasPrefix(method, maturityPrefix)) && !s.admins[id.ID] {
 		log.Warn("admin call refused: caller is not an admin")
 		return ctx, status.Errorf(codes.PermissionDenied, "%s is not a broker admin; admins are listed in atfd's configuration (admins)", id.ID)
 	}

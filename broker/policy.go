@@ -109,6 +109,9 @@ func (a *adminService) SetPolicy(ctx context.Context, req *adminv1.SetPolicyRequ
 	model := req.GetModel()
 	if model == "" {
 		cur, err := a.s.store.Policy(0)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, status.Error(codes.FailedPrecondition, "no policy has been set yet: send a model with the first policy")
+		}
 		if err != nil {
 			return nil, a.s.statusOf(ctx, "load current model", err)
 		}
@@ -187,7 +190,7 @@ func (a *adminService) TestPolicy(ctx context.Context, req *adminv1.TestPolicyRe
 		}
 		var err error
 		if p, err = authz.NewPolicy(0, model, req.GetPolicy()); err != nil {
-			return nil, policyStatus(err)
+			return nil, status.Errorf(codes.InvalidArgument, "candidate policy does not load: %s", strings.TrimPrefix(err.Error(), "authz: "))
 		}
 	}
 	roleName, err := authz.CanonicalRole(req.GetRole())

@@ -22,6 +22,8 @@ import (
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/maturity"
+	"github.com/agentictrust/atf/broker/monitor"
 	"github.com/agentictrust/atf/broker/notify"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/svid"
@@ -75,14 +77,19 @@ type Server struct {
 	operators map[spiffeid.ID]bool // security operators
 	// globalKill is the global kill switch, as committed in the store.
 	globalKill atomic.Pointer[store.Kill]
-	approvals signal // fired on every approval change
-	rate      *rateLimiter
-	live      *liveSet
-	notifier  *notify.Notifier
-	streamers []*audit.Streamer
-	stop      context.CancelFunc // stops background loops
-	loops     sync.WaitGroup
+	approvals  signal // fired on every approval change
+	rate       *rateLimiter
+	live       *liveSet
+	notifier   *notify.Notifier
+	streamers  []*audit.Streamer
+	maturity   maturity.Config
+	monitor    *monitor.Monitor
+	breakers   *monitor.Breakers
+	stop       context.CancelFunc // stops background loops
+	loops      sync.WaitGroup
 
+	lifeMu    sync.Mutex // orders Serve's start against Close
+	closing   bool
 	closeOnce sync.Once
 }
 
@@ -146,6 +153,26 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 		s.log.Warn("the global kill switch holds every agent; a security operator must release it", slog.String(logReason, gk.Reason))
 	}
 	if err := s.auditStreams(cfg.Audit); err != nil {
+		return nil, err
+	}
+	if s.maturity, err = cfg.Maturity.config(); err != nil {
+		return nil, fmt.Errorf("broker: maturity: %w", err)
+	}
+	mcfg := monitor.DefaultConfig()
+	if cfg.Monitor.BaselineWindow > 0 {
+		mcfg.BaselineWindow = cfg.Monitor.BaselineWindow
+	}
+	if cfg.Monitor.BaselineOps > 0 {
+		mcfg.BaselineOps = cfg.Monitor.BaselineOps
+	}
+	if s.monitor, err = monitor.New(mcfg); err != nil {
+		return nil, fmt.Errorf("broker: monitor: %w", err)
+	}
+	bc := cfg.Monitor.Breaker
+	if s.breakers, err = monitor.NewBreakers(monitor.BreakerConfig{Failures: bc.Failures, Window: bc.Window, OpenFor: bc.OpenFor, Probes: bc.Probes}, o.now); err != nil {
+		return nil, fmt.Errorf("broker: monitor.breaker: %w", err)
+	}
+	if err := s.loadBaselines(); err != nil {
 		return nil, err
 	}
 	s.rate = newRateLimiter(cfg.Limits.Rate, o.now)
@@ -218,6 +245,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	adminv1.RegisterAdminServiceServer(s.grpc, &adminService{s: s})
 	adminv1.RegisterApprovalServiceServer(s.grpc, &approvalService{s: s})
 	adminv1.RegisterResponseServiceServer(s.grpc, &responseService{s: s})
+	adminv1.RegisterMaturityServiceServer(s.grpc, &maturityService{s: s})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -229,12 +257,32 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 // Serve serves gRPC on lis until Close. It also retries queued revocations
 // and streams the audit trail.
 func (s *Server) Serve(lis net.Listener) error {
+	// Close may run before or while Serve starts: background work starts
+	// only if it has not, and under the lock Close takes to stop it.
+	s.lifeMu.Lock()
+	if s.closing {
+		s.lifeMu.Unlock()
+		return nil
+	}
 	s.revoker.start()
 	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	for _, st := range s.streamers {
 		s.loops.Go(func() { st.Run(ctx) })
 	}
+	s.loops.Go(func() {
+		t := time.NewTicker(baselineSaveEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				s.saveBaselines()
+			}
+		}
+	})
+	s.lifeMu.Unlock()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	err := s.grpc.Serve(lis)
 	if errors.Is(err, grpc.ErrServerStopped) {
@@ -248,6 +296,9 @@ func (s *Server) Serve(lis net.Listener) error {
 // than once and after a failed New.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
+		s.lifeMu.Lock()
+		s.closing = true
+		s.lifeMu.Unlock()
 		if s.grpc != nil {
 			s.health.Shutdown()
 			done := make(chan struct{})
@@ -258,13 +309,18 @@ func (s *Server) Close() {
 				s.grpc.Stop()
 			}
 		}
+		s.lifeMu.Lock()
 		if s.revoker != nil {
 			s.revoker.stop()
 		}
 		if s.stop != nil {
 			s.stop() // the streamers drain what is committed, then return
 		}
+		s.lifeMu.Unlock()
 		s.loops.Wait()
+		if s.monitor != nil && s.store != nil {
+			s.saveBaselines()
+		}
 		for _, st := range s.streamers {
 			st.Close()
 		}

@@ -167,6 +167,12 @@ func (f *Fixture) Config(t testing.TB, dir string) broker.Config {
 			Rate:            map[string]broker.RateLimit{},
 			MaxLivePerAgent: -1, MaxLivePerLineage: -1, MaxLivePerRole: -1,
 		},
+		// Tests provoke refusals on purpose: anomalies only alert and the
+		// breaker needs many failures, unless a test sets its own.
+		Monitor: broker.MonitorConfig{
+			Actions: map[string]string{"low": "alert", "medium": "alert", "high": "alert", "critical": "alert"},
+			Breaker: broker.BreakerConfig{Failures: 1000},
+		},
 		Vault: broker.VaultConfig{
 			Address: f.Stack.VaultAddr,
 			Timeout: 2 * time.Second,

@@ -48,7 +48,7 @@ type Conn struct {
 	Approvals adminv1.ApprovalServiceClient
 	// Response is the kill switch, for admins and security operators.
 	Response adminv1.ResponseServiceClient
-	source    *svid.Source
+	source   *svid.Source
 }
 
 // Dial connects to the broker. The connection is lazy: errors reaching the

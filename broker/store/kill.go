@@ -209,3 +209,21 @@ func (rev *Revocation) merge(r Revocation) {
 	rev.Queued = append(rev.Queued, r.Queued...)
 	rev.Approvals = append(rev.Approvals, r.Approvals...)
 }
+
+// keyBaselines holds the behaviour monitor's saved baselines.
+var keyBaselines = []byte("baselines")
+
+// SaveBaselines keeps the behaviour monitor's baselines (opaque JSON).
+func (s *Store) SaveBaselines(raw []byte) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyBaselines, raw) })
+}
+
+// Baselines returns what SaveBaselines kept (nil if nothing).
+func (s *Store) Baselines() ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		out = append([]byte(nil), tx.Bucket(bucketMeta).Get(keyBaselines)...)
+		return nil
+	})
+	return out, err
+}

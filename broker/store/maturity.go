@@ -273,8 +273,9 @@ func putJSON(tx *bolt.Tx, bucket []byte, key string, v any) error {
 
 // SetLevel changes an agent's level as action ("promote", "demote",
 // "rollback"), recorded in its history with reason, and returns the agent.
-func (s *Store) SetLevel(id, actor, action, reason string, level authz.Level) (Agent, error) {
-	a, err := s.modify(id, actor, 0, AgentChange{Action: action, Reason: reason}, func(a *Agent) { a.Level = level })
+// A non-zero expectedRevision refuses a concurrent change (ErrConflict).
+func (s *Store) SetLevel(id, actor, action, reason string, level authz.Level, expectedRevision uint64) (Agent, error) {
+	a, err := s.modify(id, actor, expectedRevision, AgentChange{Action: action, Reason: reason}, func(a *Agent) { a.Level = level })
 	if err != nil {
 		return Agent{}, fmt.Errorf("store: set level: %w", err)
 	}

@@ -160,7 +160,9 @@ type Agent struct {
 	// refuse a lost update.
 	Revision uint64 `protobuf:"varint,12,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Set while the kill switch holds the agent.
-	Kill          *KillState `protobuf:"bytes,13,opt,name=kill,proto3" json:"kill,omitempty"`
+	Kill *KillState `protobuf:"bytes,13,opt,name=kill,proto3" json:"kill,omitempty"`
+	// The agent's circuit breaker (GetAgent only).
+	Breaker       *Breaker `protobuf:"bytes,14,opt,name=breaker,proto3" json:"breaker,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -282,6 +284,13 @@ func (x *Agent) GetRevision() uint64 {
 func (x *Agent) GetKill() *KillState {
 	if x != nil {
 		return x.Kill
+	}
+	return nil
+}
+
+func (x *Agent) GetBreaker() *Breaker {
+	if x != nil {
+		return x.Breaker
 	}
 	return nil
 }
@@ -5413,7 +5422,7 @@ var File_atf_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18atf/admin/v1/admin.proto\x12\fatf.admin.v1\x1a\x1aatf/broker/v1/broker.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x03\n" +
+	"\x18atf/admin/v1/admin.proto\x12\fatf.admin.v1\x1a\x1aatf/broker/v1/broker.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x04\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x18\n" +
@@ -5431,7 +5440,8 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"updated_by\x18\v \x01(\tR\tupdatedBy\x12\x1a\n" +
 	"\brevision\x18\f \x01(\x04R\brevision\x12+\n" +
-	"\x04kill\x18\r \x01(\v2\x17.atf.admin.v1.KillStateR\x04kill\"\xc6\x02\n" +
+	"\x04kill\x18\r \x01(\v2\x17.atf.admin.v1.KillStateR\x04kill\x12/\n" +
+	"\abreaker\x18\x0e \x01(\v2\x15.atf.admin.v1.BreakerR\abreaker\"\xc6\x02\n" +
 	"\x14RegisterAgentRequest\x122\n" +
 	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12 \n" +
 	"\x05owner\x18\x02 \x01(\tB\n" +
@@ -5999,155 +6009,156 @@ var file_atf_admin_v1_admin_proto_depIdxs = []int32{
 	90,  // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
 	90,  // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
 	46,  // 4: atf.admin.v1.Agent.kill:type_name -> atf.admin.v1.KillState
-	88,  // 5: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
-	2,   // 6: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	2,   // 7: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	2,   // 8: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
-	10,  // 9: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
-	88,  // 10: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
-	2,   // 11: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	2,   // 12: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	91,  // 13: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	92,  // 14: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
-	18,  // 15: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
-	90,  // 16: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
-	21,  // 17: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
-	90,  // 18: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
-	2,   // 19: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
-	90,  // 20: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
-	22,  // 21: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	22,  // 22: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
-	22,  // 23: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	22,  // 24: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	88,  // 25: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
-	33,  // 26: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
-	0,   // 27: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
-	93,  // 28: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
-	88,  // 29: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
-	90,  // 30: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
-	90,  // 31: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
-	90,  // 32: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	85,  // 33: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
-	35,  // 34: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
-	90,  // 35: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	86,  // 36: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
-	40,  // 37: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
-	94,  // 38: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
-	95,  // 39: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
-	1,   // 40: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
-	95,  // 41: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
-	90,  // 42: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
-	91,  // 43: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	91,  // 44: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	46,  // 45: atf.admin.v1.GetKillSwitchResponse.global:type_name -> atf.admin.v1.KillState
-	55,  // 46: atf.admin.v1.GetKillSwitchResponse.agents:type_name -> atf.admin.v1.KilledAgent
-	46,  // 47: atf.admin.v1.KilledAgent.kill:type_name -> atf.admin.v1.KillState
-	57,  // 48: atf.admin.v1.PromotionGate.checks:type_name -> atf.admin.v1.GateCheck
-	88,  // 49: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
-	88,  // 50: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
-	58,  // 51: atf.admin.v1.PromotionReport.gates:type_name -> atf.admin.v1.PromotionGate
-	59,  // 52: atf.admin.v1.EvaluatePromotionResponse.report:type_name -> atf.admin.v1.PromotionReport
-	59,  // 53: atf.admin.v1.PromoteResponse.report:type_name -> atf.admin.v1.PromotionReport
-	2,   // 54: atf.admin.v1.PromoteResponse.agent:type_name -> atf.admin.v1.Agent
-	2,   // 55: atf.admin.v1.DemoteResponse.agent:type_name -> atf.admin.v1.Agent
-	91,  // 56: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	2,   // 57: atf.admin.v1.RollbackLevelResponse.agent:type_name -> atf.admin.v1.Agent
-	91,  // 58: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	88,  // 59: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
-	90,  // 60: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
-	88,  // 61: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
-	67,  // 62: atf.admin.v1.RecordEvidenceResponse.evidence:type_name -> atf.admin.v1.Evidence
-	88,  // 63: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
-	90,  // 64: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
-	88,  // 65: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
-	70,  // 66: atf.admin.v1.RecordSignOffResponse.sign_off:type_name -> atf.admin.v1.SignOff
-	88,  // 67: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
-	90,  // 68: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
-	90,  // 69: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
-	73,  // 70: atf.admin.v1.OpenIncidentResponse.incident:type_name -> atf.admin.v1.Incident
-	2,   // 71: atf.admin.v1.OpenIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
-	73,  // 72: atf.admin.v1.CloseIncidentResponse.incident:type_name -> atf.admin.v1.Incident
-	73,  // 73: atf.admin.v1.ListIncidentsResponse.incidents:type_name -> atf.admin.v1.Incident
-	90,  // 74: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
-	90,  // 75: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
-	87,  // 76: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
-	2,   // 77: atf.admin.v1.GetMaturityResponse.agent:type_name -> atf.admin.v1.Agent
-	90,  // 78: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
-	81,  // 79: atf.admin.v1.GetMaturityResponse.outcomes:type_name -> atf.admin.v1.OutcomeCounts
-	67,  // 80: atf.admin.v1.GetMaturityResponse.evidence:type_name -> atf.admin.v1.Evidence
-	70,  // 81: atf.admin.v1.GetMaturityResponse.sign_offs:type_name -> atf.admin.v1.SignOff
-	73,  // 82: atf.admin.v1.GetMaturityResponse.incidents:type_name -> atf.admin.v1.Incident
-	82,  // 83: atf.admin.v1.GetMaturityResponse.breaker:type_name -> atf.admin.v1.Breaker
-	83,  // 84: atf.admin.v1.GetMaturityResponse.baseline:type_name -> atf.admin.v1.Baseline
-	3,   // 85: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
-	5,   // 86: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
-	7,   // 87: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
-	9,   // 88: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
-	12,  // 89: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
-	19,  // 90: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
-	14,  // 91: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
-	16,  // 92: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
-	23,  // 93: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
-	25,  // 94: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
-	27,  // 95: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
-	29,  // 96: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
-	31,  // 97: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
-	34,  // 98: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
-	37,  // 99: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
-	39,  // 100: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
-	56,  // 101: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
-	61,  // 102: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
-	63,  // 103: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
-	65,  // 104: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
-	68,  // 105: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
-	71,  // 106: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
-	74,  // 107: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
-	76,  // 108: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
-	78,  // 109: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
-	80,  // 110: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
-	47,  // 111: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
-	49,  // 112: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
-	51,  // 113: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
-	53,  // 114: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
-	42,  // 115: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
-	44,  // 116: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
-	4,   // 117: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
-	6,   // 118: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
-	8,   // 119: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
-	11,  // 120: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
-	13,  // 121: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
-	20,  // 122: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
-	15,  // 123: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
-	17,  // 124: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
-	24,  // 125: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
-	26,  // 126: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
-	28,  // 127: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
-	30,  // 128: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
-	32,  // 129: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
-	36,  // 130: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
-	38,  // 131: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
-	41,  // 132: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
-	60,  // 133: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
-	62,  // 134: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
-	64,  // 135: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
-	66,  // 136: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
-	69,  // 137: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
-	72,  // 138: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
-	75,  // 139: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
-	77,  // 140: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
-	79,  // 141: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
-	84,  // 142: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
-	48,  // 143: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
-	50,  // 144: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
-	52,  // 145: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
-	54,  // 146: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
-	43,  // 147: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
-	45,  // 148: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
-	117, // [117:149] is the sub-list for method output_type
-	85,  // [85:117] is the sub-list for method input_type
-	85,  // [85:85] is the sub-list for extension type_name
-	85,  // [85:85] is the sub-list for extension extendee
-	0,   // [0:85] is the sub-list for field type_name
+	82,  // 5: atf.admin.v1.Agent.breaker:type_name -> atf.admin.v1.Breaker
+	88,  // 6: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
+	2,   // 7: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	2,   // 8: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	2,   // 9: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
+	10,  // 10: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
+	88,  // 11: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
+	2,   // 12: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	2,   // 13: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	91,  // 14: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	92,  // 15: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
+	18,  // 16: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
+	90,  // 17: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
+	21,  // 18: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
+	90,  // 19: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
+	2,   // 20: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
+	90,  // 21: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
+	22,  // 22: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	22,  // 23: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
+	22,  // 24: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	22,  // 25: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	88,  // 26: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
+	33,  // 27: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
+	0,   // 28: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
+	93,  // 29: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
+	88,  // 30: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
+	90,  // 31: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
+	90,  // 32: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
+	90,  // 33: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	85,  // 34: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
+	35,  // 35: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
+	90,  // 36: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	86,  // 37: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
+	40,  // 38: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
+	94,  // 39: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
+	95,  // 40: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
+	1,   // 41: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
+	95,  // 42: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
+	90,  // 43: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
+	91,  // 44: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	91,  // 45: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	46,  // 46: atf.admin.v1.GetKillSwitchResponse.global:type_name -> atf.admin.v1.KillState
+	55,  // 47: atf.admin.v1.GetKillSwitchResponse.agents:type_name -> atf.admin.v1.KilledAgent
+	46,  // 48: atf.admin.v1.KilledAgent.kill:type_name -> atf.admin.v1.KillState
+	57,  // 49: atf.admin.v1.PromotionGate.checks:type_name -> atf.admin.v1.GateCheck
+	88,  // 50: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
+	88,  // 51: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
+	58,  // 52: atf.admin.v1.PromotionReport.gates:type_name -> atf.admin.v1.PromotionGate
+	59,  // 53: atf.admin.v1.EvaluatePromotionResponse.report:type_name -> atf.admin.v1.PromotionReport
+	59,  // 54: atf.admin.v1.PromoteResponse.report:type_name -> atf.admin.v1.PromotionReport
+	2,   // 55: atf.admin.v1.PromoteResponse.agent:type_name -> atf.admin.v1.Agent
+	2,   // 56: atf.admin.v1.DemoteResponse.agent:type_name -> atf.admin.v1.Agent
+	91,  // 57: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	2,   // 58: atf.admin.v1.RollbackLevelResponse.agent:type_name -> atf.admin.v1.Agent
+	91,  // 59: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	88,  // 60: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
+	90,  // 61: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
+	88,  // 62: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
+	67,  // 63: atf.admin.v1.RecordEvidenceResponse.evidence:type_name -> atf.admin.v1.Evidence
+	88,  // 64: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
+	90,  // 65: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
+	88,  // 66: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
+	70,  // 67: atf.admin.v1.RecordSignOffResponse.sign_off:type_name -> atf.admin.v1.SignOff
+	88,  // 68: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
+	90,  // 69: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
+	90,  // 70: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
+	73,  // 71: atf.admin.v1.OpenIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	2,   // 72: atf.admin.v1.OpenIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
+	73,  // 73: atf.admin.v1.CloseIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	73,  // 74: atf.admin.v1.ListIncidentsResponse.incidents:type_name -> atf.admin.v1.Incident
+	90,  // 75: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
+	90,  // 76: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
+	87,  // 77: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
+	2,   // 78: atf.admin.v1.GetMaturityResponse.agent:type_name -> atf.admin.v1.Agent
+	90,  // 79: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
+	81,  // 80: atf.admin.v1.GetMaturityResponse.outcomes:type_name -> atf.admin.v1.OutcomeCounts
+	67,  // 81: atf.admin.v1.GetMaturityResponse.evidence:type_name -> atf.admin.v1.Evidence
+	70,  // 82: atf.admin.v1.GetMaturityResponse.sign_offs:type_name -> atf.admin.v1.SignOff
+	73,  // 83: atf.admin.v1.GetMaturityResponse.incidents:type_name -> atf.admin.v1.Incident
+	82,  // 84: atf.admin.v1.GetMaturityResponse.breaker:type_name -> atf.admin.v1.Breaker
+	83,  // 85: atf.admin.v1.GetMaturityResponse.baseline:type_name -> atf.admin.v1.Baseline
+	3,   // 86: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
+	5,   // 87: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
+	7,   // 88: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
+	9,   // 89: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
+	12,  // 90: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
+	19,  // 91: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
+	14,  // 92: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
+	16,  // 93: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
+	23,  // 94: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
+	25,  // 95: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
+	27,  // 96: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
+	29,  // 97: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
+	31,  // 98: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
+	34,  // 99: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
+	37,  // 100: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
+	39,  // 101: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
+	56,  // 102: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
+	61,  // 103: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
+	63,  // 104: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
+	65,  // 105: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
+	68,  // 106: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
+	71,  // 107: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
+	74,  // 108: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
+	76,  // 109: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
+	78,  // 110: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
+	80,  // 111: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
+	47,  // 112: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
+	49,  // 113: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
+	51,  // 114: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
+	53,  // 115: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
+	42,  // 116: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
+	44,  // 117: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
+	4,   // 118: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
+	6,   // 119: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
+	8,   // 120: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
+	11,  // 121: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
+	13,  // 122: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
+	20,  // 123: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
+	15,  // 124: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
+	17,  // 125: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
+	24,  // 126: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
+	26,  // 127: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
+	28,  // 128: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
+	30,  // 129: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
+	32,  // 130: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
+	36,  // 131: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
+	38,  // 132: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
+	41,  // 133: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
+	60,  // 134: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
+	62,  // 135: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
+	64,  // 136: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
+	66,  // 137: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
+	69,  // 138: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
+	72,  // 139: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
+	75,  // 140: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
+	77,  // 141: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
+	79,  // 142: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
+	84,  // 143: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
+	48,  // 144: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
+	50,  // 145: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
+	52,  // 146: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
+	54,  // 147: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
+	43,  // 148: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
+	45,  // 149: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
+	118, // [118:150] is the sub-list for method output_type
+	86,  // [86:118] is the sub-list for method input_type
+	86,  // [86:86] is the sub-list for extension type_name
+	86,  // [86:86] is the sub-list for extension extendee
+	0,   // [0:86] is the sub-list for field type_name
 }
 
 func init() { file_atf_admin_v1_admin_proto_init() }
