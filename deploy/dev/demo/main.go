@@ -223,6 +223,14 @@ func run(ctx context.Context) error {
 	d.atfctl(ctx, false, append(svidFlags(alice), "policy", "set", "--policy", bad, "--comment", "let reporting write everywhere")...)
 	d.atfctl(ctx, true, append(svidFlags(alice), "policy", "list")...)
 
+	title("The kill switch: alice stops the reporter at once; only a security operator (bob) can release it")
+	d.atfctl(ctx, true, append(svidFlags(alice), "kill", reporter.String(), "--reason", "drill: suspected prompt injection")...)
+	d.vault(ctx, token, false, "kv", "get", "secret/demo/reports")
+	d.atfctl(ctx, false, "creds", "fetch", "--role", "reports-read")
+	d.atfctl(ctx, false, append(svidFlags(alice), "unkill", reporter.String(), "--reason", "drill over")...)
+	d.atfctl(ctx, true, append(svidFlags(bob), "unkill", reporter.String(), "--reason", "drill over")...)
+	d.atfctl(ctx, true, "creds", "fetch", "--role", "reports-read", "--ttl", "5m")
+
 	title("Deregistering the writer kills its tokens and everything it delegated, in Vault, at once")
 	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "deregister", writer.String(), "--reason", "replaced by v2")...)
 	d.vault(ctx, wtoken, false, "kv", "get", "secret/demo/reports")
@@ -281,6 +289,7 @@ policy:                  # seeds the store; later changes go through atfctl poli
   policy_file: %s
 approvals:
   approvers: [%s]
+security_operators: [%s]     # may release the kill switch
 audit:
   file: %s               # the hash-chained trail, also as JSON lines
 vault:
@@ -291,7 +300,7 @@ vault:
     audience: vault
 log_format: text
 `, brokerAddr, d.stack.WorkloadAPIAddr, d.stack.TrustDomain.Name(), admin, filepath.Join(dir, "atf.db"), roles,
-		model, pol, approver, filepath.Join(dir, "audit.jsonl"), d.stack.VaultAddr)
+		model, pol, approver, approver, filepath.Join(dir, "audit.jsonl"), d.stack.VaultAddr)
 	path := filepath.Join(dir, "atfd.yaml")
 	fmt.Printf("%s%s%s", dim, indent(cfg), reset)
 	return path, os.WriteFile(path, []byte(cfg), 0o600)
