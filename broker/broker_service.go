@@ -240,6 +240,9 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		DisplayName: "atf-" + strings.ReplaceAll(role.Name, "/", "-"),
 	}
 	cred, anchor, err := s.issueUnder(ctx, node, vreq)
+	if errors.Is(err, store.ErrKilled) {
+		return nil, deny(authz.Decision{Reason: authz.Killed, Message: "the kill switch stopped this agent while the request was in flight"})
+	}
 	if errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrDeregistered) {
 		// The store refused an anchor: a revocation committed while this
 		// call was in flight.
@@ -269,10 +272,12 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		if rerr := s.issuer.Revoke(context.WithoutCancel(ctx), cred.Accessor); rerr != nil {
 			log.Error("revoking an unrecorded credential failed; it expires on its own", slog.String(logError, rerr.Error()),
 				slog.String(logAccessor, cred.Accessor), slog.Time("expires_at", cred.ExpiresAt))
-		} else if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrRevoked) {
+		} else if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrKilled) {
 			_ = s.store.CompleteRevocation(cred.Accessor)
 		}
 		switch {
+		case errors.Is(err, store.ErrKilled):
+			return nil, status.Errorf(codes.PermissionDenied, "agent %s was stopped by the kill switch (decision %s)", caller, decisionID)
 		case errors.Is(err, store.ErrDeregistered):
 			return nil, status.Errorf(codes.PermissionDenied, "agent %s was deregistered (decision %s)", caller, decisionID)
 		case errors.Is(err, store.ErrRevoked):

@@ -357,6 +357,22 @@ func TestKillSwitch(t *testing.T) {
 	if want := accessorsOf(handedOut); !slices.Equal(got, want) || r.msg.GetReason() != reason {
 		t.Errorf("revocation event: %d accessors, reason %q; want the %d handed out, reason %q", len(got), r.msg.GetReason(), len(want), reason)
 	}
+
+	// Vault confirmed every revocation, the kill's and those of the calls
+	// the store refused, so nothing is left in the revocation queue (which
+	// the background revoker would otherwise retry only when next woken).
+	// Only the store shows the queue; read it with the broker stopped (it
+	// holds the file's lock).
+	e.b.Stop()
+	st, err := store.Open(e.cfg.StorePath, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending, err := st.PendingRevocations()
+	st.Close()
+	if err != nil || len(pending) > 0 {
+		t.Errorf("%d revocations Vault already confirmed are still queued (%v); want none", len(pending), err)
+	}
 }
 
 // The switch holds across a restart, and only a security operator releases

@@ -31,7 +31,8 @@ type AuditRecord struct {
 
 // AppendAudit appends records to the audit trail in one transaction.
 func (s *Store) AppendAudit(recs ...AuditRecord) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	// Denials come in bursts: they share commits like issuances do.
+	return s.group(func(tx *bolt.Tx) error {
 		for _, r := range recs {
 			if r.Time.IsZero() {
 				r.Time = s.now().UTC()

@@ -58,7 +58,7 @@ func (s *Store) KillAgent(id, actor, reason string, lineage bool) (Revocation, [
 					return err
 				}
 				if err := s.appendAudit(tx, AuditRecord{Time: now, Kind: "agent_killed", Actor: actor, Subject: cur, Detail: map[string]string{
-					"reason": reason, "lineage_root": k.Lineage, "decision": "deny",
+					"agent": cur, "reason": reason, "lineage_root": k.Lineage, "decision": "deny",
 				}}); err != nil {
 					return err
 				}
@@ -113,7 +113,7 @@ func (s *Store) ReleaseAgent(id, actor, reason string) (Agent, error) {
 		if err := putAgent(tx, a, AgentChange{Action: ActionRelease, Reason: reason}); err != nil {
 			return err
 		}
-		return s.appendAudit(tx, AuditRecord{Time: now, Kind: "agent_released", Actor: actor, Subject: id, Detail: map[string]string{"reason": reason}})
+		return s.appendAudit(tx, AuditRecord{Time: now, Kind: "agent_released", Actor: actor, Subject: id, Detail: map[string]string{"agent": id, "reason": reason}})
 	})
 	if err != nil {
 		return Agent{}, fmt.Errorf("store: release agent: %w", err)
