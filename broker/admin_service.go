@@ -82,6 +82,16 @@ func (a *adminService) UpdateAgent(ctx context.Context, req *adminv1.UpdateAgent
 			return nil, err
 		}
 	}
+	// Autonomy is earned through the promotion gates, never edited in.
+	if req.Level != nil {
+		cur, err := a.s.store.GetAgent(id)
+		if err != nil {
+			return nil, a.s.statusOf(ctx, "get agent", err)
+		}
+		if levelFromProto(req.GetLevel()) > cur.Level {
+			return nil, status.Errorf(codes.FailedPrecondition, "an update cannot raise %s's level above %s; promote it through the gates (atfctl agent promote)", id, cur.Level)
+		}
+	}
 	agent, err := a.s.store.UpdateAgent(id, identity(ctx).ID.String(), req.GetExpectedRevision(), func(ag *store.Agent) {
 		if req.Owner != nil {
 			ag.Owner = req.GetOwner()

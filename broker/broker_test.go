@@ -395,7 +395,11 @@ func TestRegistryLifecycleAndRestart(t *testing.T) {
 		t.Errorf("listed %q, want %q", seen, want)
 	}
 
+	// A level is raised only through the promotion gates.
 	level := brokerv1.Level_LEVEL_SENIOR
+	_, err = ac.UpdateAgent(t.Context(), &adminv1.UpdateAgentRequest{SpiffeId: ids[1].String(), Level: &level})
+	brokertest.WantCode(t, err, codes.FailedPrecondition, "promote it through the gates")
+	level = brokerv1.Level_LEVEL_INTERN
 	up, err := ac.UpdateAgent(t.Context(), &adminv1.UpdateAgentRequest{SpiffeId: ids[1].String(), Level: &level, Roles: &adminv1.RoleList{Roles: []string{"reports-read", "reports-write"}}, ExpectedRevision: 1})
 	if err != nil {
 		t.Fatal(err)

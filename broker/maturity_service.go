@@ -163,6 +163,9 @@ func (m *maturityService) RollbackLevel(ctx context.Context, req *adminv1.Rollba
 	if err != nil {
 		return nil, s.statusOf(ctx, "get agent", err)
 	}
+	if old.Level == a.Level {
+		return nil, status.Errorf(codes.FailedPrecondition, "%s is already at level %s, the level of revision %d", a.ID, a.Level, req.GetRevision())
+	}
 	a, sum, err := s.changeLevel(ctx, a, identity(ctx).ID.String(), store.ActionRollback,
 		fmt.Sprintf("level of revision %d restored: %s", req.GetRevision(), audit.Redact(req.GetReason())), old.Level)
 	if err != nil {
@@ -233,11 +236,14 @@ func (m *maturityService) OpenIncident(ctx context.Context, req *adminv1.OpenInc
 	s.notify(ctx, "incident_opened", inc.Agent, "", fmt.Sprintf("%s incident %s on %s: %s", inc.Severity, inc.ID, inc.Agent, inc.Summary), nil)
 	sev, _ := maturity.ParseSeverity(inc.Severity)
 	if _, demote := s.maturity.Demotion(inc.Level, maturity.Trigger{Kind: maturity.TriggerIncident, Severity: sev}); demote {
+		// The incident stands whatever happens to the demotion: a failure
+		// is logged and the caller can demote by hand.
 		a, _, err := s.demote(ctx, inc.Agent, actor, fmt.Sprintf("%s incident %s: %s", inc.Severity, inc.ID, inc.Summary), s.maturity.DemotionSteps)
 		if err != nil {
-			return nil, err
+			s.logger(ctx).Error("demotion after an incident failed; demote the agent by hand", slog.String("incident", inc.ID), slog.String(logError, err.Error()))
+		} else {
+			resp.Demoted = agentToProto(a)
 		}
-		resp.Demoted = agentToProto(a)
 	}
 	return resp, nil
 }
@@ -307,11 +313,23 @@ func (m *maturityService) GetMaturity(ctx context.Context, req *adminv1.GetMatur
 func (b *brokerService) ReportOutcome(ctx context.Context, req *brokerv1.ReportOutcomeRequest) (*brokerv1.ReportOutcomeResponse, error) {
 	s := b.s
 	caller := identity(ctx).ID.String()
+	a, err := s.store.GetAgent(caller)
+	if err != nil || !a.Usable() {
+		return nil, status.Errorf(codes.PermissionDenied, "%s is not an active registered agent; only agents report outcomes", caller)
+	}
 	outcome := strings.ToLower(strings.TrimPrefix(req.GetOutcome().String(), "OUTCOME_"))
 	if err := s.store.RecordOutcome(caller, outcome); err != nil {
 		return nil, s.statusOf(ctx, "record outcome", err)
 	}
-	s.observeOutcome(ctx, caller, req.GetRole(), req.GetOutcome() == brokerv1.Outcome_OUTCOME_SUCCESS)
+	if err := s.store.AppendAudit(store.AuditRecord{Kind: "outcome_reported", Actor: caller, Subject: outcome, Detail: map[string]string{
+		"agent": caller, "outcome": outcome, "role": req.GetRole(), "decision_id": req.GetDecisionId(),
+		"message": audit.Redact(req.GetDetail()), "level": a.Level.String(), "request_id": requestID(ctx),
+	}}); err != nil {
+		s.logger(ctx).Error("writing the outcome audit record failed", slog.String(logError, err.Error()))
+	}
+	// A human rejecting a recommendation is not the agent failing.
+	failed := req.GetOutcome() == brokerv1.Outcome_OUTCOME_FAILURE || req.GetOutcome() == brokerv1.Outcome_OUTCOME_ERROR
+	s.observeOutcome(ctx, caller, req.GetRole(), !failed)
 	return &brokerv1.ReportOutcomeResponse{}, nil
 }
 

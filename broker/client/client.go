@@ -48,6 +48,8 @@ type Conn struct {
 	Approvals adminv1.ApprovalServiceClient
 	// Response is the kill switch, for admins and security operators.
 	Response adminv1.ResponseServiceClient
+	// Maturity is the agents' maturity lifecycle, for admins.
+	Maturity adminv1.MaturityServiceClient
 	source   *svid.Source
 }
 
@@ -112,6 +114,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		Admin:      adminv1.NewAdminServiceClient(cc),
 		Approvals:  adminv1.NewApprovalServiceClient(cc),
 		Response:   adminv1.NewResponseServiceClient(cc),
+		Maturity:   adminv1.NewMaturityServiceClient(cc),
 		source:     src,
 	}, nil
 }

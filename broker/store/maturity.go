@@ -204,6 +204,9 @@ func (s *Store) OpenIncident(in Incident) (Incident, error) {
 		if err != nil {
 			return err
 		}
+		if a.Status != Active {
+			return fmt.Errorf("%w: %s", ErrDeregistered, a.ID)
+		}
 		in.Level = a.Level
 		if err := putJSON(tx, bucketIncidents, in.ID, in); err != nil {
 			return err

@@ -133,7 +133,8 @@ func newCreds(g *globals) *cobra.Command {
 
 func newAgent(g *globals) *cobra.Command {
 	agent := &cobra.Command{Use: "agent", Short: "Manage the agent registry (admins)"}
-	agent.AddCommand(agentRegister(g), agentGet(g), agentList(g), agentUpdate(g), agentDeregister(g), agentHistory(g))
+	agent.AddCommand(agentRegister(g), agentGet(g), agentList(g), agentUpdate(g), agentDeregister(g), agentHistory(g),
+		agentPromote(g), agentDemote(g), agentRollback(g), agentMaturity(g))
 	return agent
 }
 
@@ -362,6 +363,9 @@ func agentTable(w *tabwriter.Writer, a *adminv1.Agent) {
 	fmt.Fprintf(w, "Status:\t%s\n", enumName(a.GetStatus().String(), "AGENT_STATUS_"))
 	if k := a.GetKill(); k != nil {
 		fmt.Fprintf(w, "Killed:\t%s by %s: %s\n", ts(k.GetAt()), k.GetBy(), k.GetReason())
+	}
+	if b := a.GetBreaker(); b.GetState() != "" && b.GetState() != "closed" {
+		fmt.Fprintf(w, "Breaker:\t%s\n", breakerText(b))
 	}
 	fmt.Fprintf(w, "Level:\t%s\n", enumName(a.GetLevel().String(), "LEVEL_"))
 	fmt.Fprintf(w, "Owner:\t%s\n", a.GetOwner())

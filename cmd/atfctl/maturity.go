@@ -1,0 +1,470 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+// The maturity lifecycle: promotion through the five gates, demotion, level
+// rollback, and the records the gates read (outcomes, evidence, sign-offs,
+// incidents).
+
+func agentPromote(g *globals) *cobra.Command {
+	var reason string
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "promote SPIFFE_ID --reason TEXT [--dry-run]",
+		Short: "Move an agent up one level if every promotion gate passes",
+		Long: "The five gates are performance (time at level, success rate, availability), security and business\n" +
+			"(evidence recorded for the next level), incidents, and governance (a sign-off by someone other than the\n" +
+			"owner). --dry-run prints every check and changes nothing; without it a failing gate refuses (exit 6) and\n" +
+			"the message lists the failing checks.",
+		Example: `  atfctl agent promote spiffe://example.org/agents/reporter --dry-run
+  atfctl agent promote spiffe://example.org/agents/reporter --reason "gates passed, CAB-42"`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if reason == "" && !dryRun {
+				return usageError{fmt.Errorf("--reason is required (or --dry-run)")}
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if dryRun {
+				r, err := c.Maturity.EvaluatePromotion(cmd.Context(), &adminv1.EvaluatePromotionRequest{SpiffeId: args[0]})
+				if err != nil {
+					return err
+				}
+				return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { reportTable(w, r.GetReport()) })
+			}
+			r, err := c.Maturity.Promote(cmd.Context(), &adminv1.PromoteRequest{SpiffeId: args[0], Reason: reason})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+				reportTable(w, r.GetReport())
+				fmt.Fprintf(w, "Promoted:\t%s is now %s (revision %d)\n", r.GetAgent().GetSpiffeId(), levelName(r.GetAgent().GetLevel()), r.GetAgent().GetRevision())
+			})
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why (required unless --dry-run; kept in the agent's history)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only evaluate the gates and print the report")
+	return cmd
+}
+
+func agentDemote(g *globals) *cobra.Command {
+	var reason string
+	var levels int32
+	cmd := &cobra.Command{
+		Use:   "demote SPIFFE_ID --reason TEXT [--levels N]",
+		Short: "Move an agent down (never below intern) and revoke at once what the new level may not hold",
+		Example: `  atfctl agent demote spiffe://example.org/agents/reporter --reason "wrote outside its purpose (INC-12)"
+  atfctl agent demote spiffe://example.org/agents/planner --levels 2 --reason "back to supervised work"`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if reason == "" {
+				return usageError{fmt.Errorf("--reason is required")}
+			}
+			if levels < 1 || levels > 3 {
+				return usageError{fmt.Errorf("--levels must be 1, 2 or 3, not %d", levels)}
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Maturity.Demote(cmd.Context(), &adminv1.DemoteRequest{SpiffeId: args[0], Reason: reason, Levels: levels})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Level:\t%s (revision %d)\n", levelName(r.GetAgent().GetLevel()), r.GetAgent().GetRevision())
+				summaryTable(w, r.GetSummary())
+			})
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why (required; kept in the agent's history)")
+	cmd.Flags().Int32Var(&levels, "levels", 1, "how many levels down")
+	return cmd
+}
+
+func agentRollback(g *globals) *cobra.Command {
+	var reason string
+	var revision uint64
+	cmd := &cobra.Command{
+		Use:   "rollback SPIFFE_ID --revision N --reason TEXT",
+		Short: "Restore the level an agent had at an earlier revision (see agent history), as a new change",
+		Example: `  atfctl agent history spiffe://example.org/agents/reporter
+  atfctl agent rollback spiffe://example.org/agents/reporter --revision 3 --reason "demotion of revision 4 was a mistake"`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if revision == 0 || reason == "" {
+				return usageError{fmt.Errorf("--revision and --reason are required")}
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Maturity.RollbackLevel(cmd.Context(), &adminv1.RollbackLevelRequest{SpiffeId: args[0], Revision: revision, Reason: reason})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Level:\t%s (of revision %d; now revision %d)\n", levelName(r.GetAgent().GetLevel()), revision, r.GetAgent().GetRevision())
+				summaryTable(w, r.GetSummary())
+			})
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why (required; kept in the agent's history)")
+	cmd.Flags().Uint64Var(&revision, "revision", 0, "the revision whose level to restore (required)")
+	return cmd
+}
+
+func agentMaturity(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "maturity SPIFFE_ID",
+		Short:   "Show what the promotion gates read: outcomes, evidence, sign-offs, incidents, breaker and baseline",
+		Example: "  atfctl agent maturity spiffe://example.org/agents/reporter\n  atfctl agent maturity spiffe://example.org/agents/reporter -o json",
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Maturity.GetMaturity(cmd.Context(), &adminv1.GetMaturityRequest{SpiffeId: args[0]})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { maturityTable(w, r) })
+		},
+	}
+}
+
+func newEvidence(g *globals) *cobra.Command {
+	ev := &cobra.Command{Use: "evidence", Short: "Record the security and business evidence the promotion gates read (admins)"}
+	var kind, reference, target string
+	add := &cobra.Command{
+		Use:   "add SPIFFE_ID --kind KIND --reference REF [--target LEVEL]",
+		Short: "Record a piece of evidence for an agent's promotion (default: to its next level)",
+		Long: "Kinds: vulnerability_assessment, code_review, configuration_audit, pen_test, adversarial_test (security\n" +
+			"gate); metrics_baseline, improvement, roi, stakeholder_signoff (business gate). Only evidence recorded\n" +
+			"since the agent reached its level counts.",
+		Example: `  atfctl evidence add spiffe://example.org/agents/reporter --kind code_review --reference https://git.example.org/pr/42
+  atfctl evidence add spiffe://example.org/agents/reporter --kind pen_test --reference SEC-7 --target senior`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if kind == "" || reference == "" {
+				return usageError{fmt.Errorf("--kind and --reference are required")}
+			}
+			to, err := parseTarget(target)
+			if err != nil {
+				return err
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Maturity.RecordEvidence(cmd.Context(), &adminv1.RecordEvidenceRequest{SpiffeId: args[0], Kind: kind, Reference: reference, Target: to})
+			if err != nil {
+				return err
+			}
+			e := r.GetEvidence()
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Evidence:\t%s for %s\n", e.GetKind(), levelName(e.GetTarget()))
+				fmt.Fprintf(w, "Reference:\t%s\n", e.GetReference())
+				fmt.Fprintf(w, "Recorded:\t%s by %s\n", ts(e.GetAt()), e.GetRecordedBy())
+			})
+		},
+	}
+	add.Flags().StringVar(&kind, "kind", "", "what the evidence shows (required; see --help)")
+	add.Flags().StringVar(&reference, "reference", "", "where it is: a report's URL, a ticket (required)")
+	add.Flags().StringVar(&target, "target", "", "the level the promotion is to (default: the agent's next)")
+	ev.AddCommand(add)
+	return ev
+}
+
+func newSignOff(g *globals) *cobra.Command {
+	so := &cobra.Command{Use: "signoff", Short: "Record the sign-offs the governance gate reads (admins)"}
+	var signer, risk, target string
+	add := &cobra.Command{
+		Use:   "add SPIFFE_ID --signer WHO --risk TEXT [--target LEVEL]",
+		Short: "Record a person's approval of an agent's promotion and the risk they accept",
+		Long: "The governance gate counts sign-offs since the agent reached its level, by someone other than the agent's\n" +
+			"owner (and, if atfd names authorities, by one of them): one for junior and senior, two for principal.",
+		Example: `  atfctl signoff add spiffe://example.org/agents/reporter --signer bob@example.org --risk "may publish reports unreviewed"`,
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if signer == "" || risk == "" {
+				return usageError{fmt.Errorf("--signer and --risk are required")}
+			}
+			to, err := parseTarget(target)
+			if err != nil {
+				return err
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Maturity.RecordSignOff(cmd.Context(), &adminv1.RecordSignOffRequest{SpiffeId: args[0], Signer: signer, RiskAcceptance: risk, Target: to})
+			if err != nil {
+				return err
+			}
+			s := r.GetSignOff()
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Sign-off:\t%s for %s\n", s.GetSigner(), levelName(s.GetTarget()))
+				fmt.Fprintf(w, "Risk accepted:\t%s\n", s.GetRiskAcceptance())
+				fmt.Fprintf(w, "Recorded:\t%s by %s\n", ts(s.GetAt()), s.GetRecordedBy())
+			})
+		},
+	}
+	add.Flags().StringVar(&signer, "signer", "", "the person signing, e.g. an email address (required)")
+	add.Flags().StringVar(&risk, "risk", "", "the risk they accept (required)")
+	add.Flags().StringVar(&target, "target", "", "the level the promotion is to (default: the agent's next)")
+	so.AddCommand(add)
+	return so
+}
+
+func newIncident(g *globals) *cobra.Command {
+	inc := &cobra.Command{Use: "incident", Short: "Open, close and list incidents involving agents (admins)",
+		Long: "An incident severe enough for the agent's level (by default critical; high at principal) demotes the\n" +
+			"agent at once. A high or critical incident blocks promotion while open; a closed one needs a root-cause analysis."}
+
+	var severity, summary string
+	open := &cobra.Command{
+		Use:     "open SPIFFE_ID --severity low|medium|high|critical --summary TEXT",
+		Short:   "Open an incident; it demotes the agent if severe enough for its level",
+		Example: `  atfctl incident open spiffe://example.org/agents/reporter --severity critical --summary "published draft numbers"`,
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !slices.Contains([]string{"low", "medium", "high", "critical"}, severity) {
+				return usageError{fmt.Errorf("--severity must be low, medium, high or critical, not %q", severity)}
+			}
+			if summary == "" {
+				return usageError{fmt.Errorf("--summary is required")}
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Maturity.OpenIncident(cmd.Context(), &adminv1.OpenIncidentRequest{SpiffeId: args[0], Severity: severity, Summary: summary})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+				incidentTable(w, r.GetIncident())
+				if d := r.GetDemoted(); d != nil {
+					fmt.Fprintf(w, "Demoted to:\t%s (revision %d)\n", levelName(d.GetLevel()), d.GetRevision())
+				}
+			})
+		},
+	}
+	open.Flags().StringVar(&severity, "severity", "", "low, medium, high or critical (required)")
+	open.Flags().StringVar(&summary, "summary", "", "what happened (required)")
+
+	var rca string
+	closeCmd := &cobra.Command{
+		Use:     "close INCIDENT_ID --rca TEXT",
+		Short:   "Close an incident with its root-cause analysis",
+		Example: `  atfctl incident close 3f2a...c9 --rca "prompt injection through a shared document; input filter added"`,
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if rca == "" {
+				return usageError{fmt.Errorf("--rca is required")}
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Maturity.CloseIncident(cmd.Context(), &adminv1.CloseIncidentRequest{IncidentId: args[0], Rca: rca})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { incidentTable(w, r.GetIncident()) })
+		},
+	}
+	closeCmd.Flags().StringVar(&rca, "rca", "", "the root-cause analysis, or where it lives (required)")
+
+	var agent string
+	var openOnly bool
+	list := &cobra.Command{
+		Use:     "list [--agent SPIFFE_ID] [--open]",
+		Short:   "List incidents, oldest first",
+		Example: "  atfctl incident list --open\n  atfctl incident list --agent spiffe://example.org/agents/reporter -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Maturity.ListIncidents(cmd.Context(), &adminv1.ListIncidentsRequest{SpiffeId: agent, OpenOnly: openOnly})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { incidentRows(w, r.GetIncidents()) })
+		},
+	}
+	list.Flags().StringVar(&agent, "agent", "", "only this agent's incidents")
+	list.Flags().BoolVar(&openOnly, "open", false, "only open incidents")
+
+	inc.AddCommand(open, closeCmd, list)
+	return inc
+}
+
+func newOutcome(g *globals) *cobra.Command {
+	oc := &cobra.Command{Use: "outcome", Short: "Report how your actions went, for your promotion gates and circuit breaker (agents)"}
+	var outcome, role, decision, detail string
+	report := &cobra.Command{
+		Use:   "report --outcome success|failure|rejected|error [--role R] [--decision ID] [--detail TEXT]",
+		Short: "Report the outcome of an action you took",
+		Long: "success: the action did what was intended; failure: it did not; rejected: a human turned the\n" +
+			"recommendation down; error: you failed to answer at all. Anything but success counts against your\n" +
+			"circuit breaker.",
+		Example: `  atfctl outcome report --outcome success --role reports-write --decision 3f2a...c9
+  atfctl outcome report --outcome failure --detail "report job timed out"`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, ok := brokerv1.Outcome_value["OUTCOME_"+strings.ToUpper(outcome)]
+			if !ok || v == 0 {
+				return usageError{fmt.Errorf("--outcome must be success, failure, rejected or error, not %q", outcome)}
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Broker.ReportOutcome(cmd.Context(), &brokerv1.ReportOutcomeRequest{Outcome: brokerv1.Outcome(v), Role: role, DecisionId: decision, Detail: detail})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { fmt.Fprintf(w, "Recorded:\t%s\n", outcome) })
+		},
+	}
+	report.Flags().StringVar(&outcome, "outcome", "", "success, failure, rejected or error (required)")
+	report.Flags().StringVar(&role, "role", "", "the role the action used")
+	report.Flags().StringVar(&decision, "decision", "", "the decision ID of the credential the action used")
+	report.Flags().StringVar(&detail, "detail", "", "what happened, for people")
+	oc.AddCommand(report)
+	return oc
+}
+
+// parseTarget reads --target: a level, or "" for the agent's next.
+func parseTarget(s string) (brokerv1.Level, error) {
+	if s == "" {
+		return brokerv1.Level_LEVEL_UNSPECIFIED, nil
+	}
+	l, err := parseLevel(s)
+	if err != nil || l == brokerv1.Level_LEVEL_INTERN {
+		return 0, usageError{fmt.Errorf("--target must be junior, senior or principal, not %q", s)}
+	}
+	return l, nil
+}
+
+func levelName(l brokerv1.Level) string { return enumName(l.String(), "LEVEL_") }
+
+// reportTable prints every check of a promotion report, then the verdict.
+func reportTable(w *tabwriter.Writer, r *adminv1.PromotionReport) {
+	fmt.Fprintf(w, "Promotion:\t%s → %s\n\n", levelName(r.GetFrom()), levelName(r.GetTo()))
+	fmt.Fprintln(w, "GATE\tCHECK\tRESULT\tDETAIL")
+	for _, gate := range r.GetGates() {
+		for _, c := range gate.GetChecks() {
+			result := "FAIL"
+			if c.GetPass() {
+				result = "pass"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", gate.GetName(), c.GetName(), result, c.GetDetail())
+		}
+	}
+	verdict := "no"
+	if r.GetPromotable() {
+		verdict = "yes"
+	}
+	fmt.Fprintf(w, "\nPromotable:\t%s\n", verdict)
+}
+
+// breakerText is a circuit breaker's state and, while open, until when.
+func breakerText(b *adminv1.Breaker) string {
+	if b.GetOpenUntil() == nil {
+		return b.GetState()
+	}
+	return b.GetState() + " until " + ts(b.GetOpenUntil())
+}
+
+func maturityTable(w *tabwriter.Writer, r *adminv1.GetMaturityResponse) {
+	a, o := r.GetAgent(), r.GetOutcomes()
+	fmt.Fprintf(w, "SPIFFE ID:\t%s\n", a.GetSpiffeId())
+	fmt.Fprintf(w, "Level:\t%s since %s\n", levelName(a.GetLevel()), ts(r.GetLevelSince()))
+	fmt.Fprintf(w, "Outcomes:\t%d success, %d failure, %d rejected, %d errors (at this level)\n", o.GetSuccess(), o.GetFailure(), o.GetRejected(), o.GetErrors())
+	fmt.Fprintf(w, "Breaker:\t%s\n", breakerText(r.GetBreaker()))
+	fmt.Fprintf(w, "Baseline:\t%s\n", baselineText(r.GetBaseline()))
+	fmt.Fprintf(w, "Evidence:\t%d\n", len(r.GetEvidence()))
+	fmt.Fprintf(w, "Sign-offs:\t%d\n", len(r.GetSignOffs()))
+	fmt.Fprintf(w, "Incidents:\t%d\n", len(r.GetIncidents()))
+	if ev := r.GetEvidence(); len(ev) > 0 {
+		fmt.Fprintln(w, "\nEVIDENCE\tTARGET\tREFERENCE\tRECORDED BY\tAT")
+		for _, e := range ev {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", e.GetKind(), levelName(e.GetTarget()), e.GetReference(), e.GetRecordedBy(), ts(e.GetAt()))
+		}
+	}
+	if sos := r.GetSignOffs(); len(sos) > 0 {
+		fmt.Fprintln(w, "\nSIGNER\tTARGET\tRISK ACCEPTED\tRECORDED BY\tAT")
+		for _, s := range sos {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", s.GetSigner(), levelName(s.GetTarget()), s.GetRiskAcceptance(), s.GetRecordedBy(), ts(s.GetAt()))
+		}
+	}
+	if incs := r.GetIncidents(); len(incs) > 0 {
+		fmt.Fprintln(w)
+		incidentRows(w, incs)
+	}
+}
+
+// baselineText summarises a behaviour baseline in one line.
+func baselineText(b *adminv1.Baseline) string {
+	if b == nil {
+		return "none yet"
+	}
+	if !b.GetFormed() {
+		return fmt.Sprintf("forming: %d events since %s", b.GetEvents(), ts(b.GetSince()))
+	}
+	roles := make([]string, 0, len(b.GetRoles()))
+	for r, n := range b.GetRoles() {
+		roles = append(roles, fmt.Sprintf("%s %d", r, n))
+	}
+	slices.Sort(roles)
+	return fmt.Sprintf("formed from %d events since %s: %.2f requests/minute, %.1f%% denied, %d delegations, roles: %s",
+		b.GetEvents(), ts(b.GetSince()), b.GetRatePerMinute(), b.GetDenialRatio()*100, b.GetDelegations(), strings.Join(roles, ", "))
+}
+
+func incidentTable(w *tabwriter.Writer, in *adminv1.Incident) {
+	fmt.Fprintf(w, "Incident:\t%s\n", in.GetId())
+	fmt.Fprintf(w, "Agent:\t%s (%s when opened)\n", in.GetSpiffeId(), levelName(in.GetLevel()))
+	fmt.Fprintf(w, "Severity:\t%s\n", in.GetSeverity())
+	fmt.Fprintf(w, "Summary:\t%s\n", in.GetSummary())
+	fmt.Fprintf(w, "Opened:\t%s by %s\n", ts(in.GetOpenedAt()), in.GetOpenedBy())
+	if in.GetClosedAt() != nil {
+		fmt.Fprintf(w, "Closed:\t%s by %s\n", ts(in.GetClosedAt()), in.GetClosedBy())
+		fmt.Fprintf(w, "RCA:\t%s\n", in.GetRca())
+	}
+}
+
+func incidentRows(w *tabwriter.Writer, incs []*adminv1.Incident) {
+	fmt.Fprintln(w, "INCIDENT\tAGENT\tSEVERITY\tLEVEL\tOPENED\tCLOSED\tSUMMARY")
+	for _, in := range incs {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", in.GetId(), in.GetSpiffeId(), in.GetSeverity(), levelName(in.GetLevel()),
+			ts(in.GetOpenedAt()), ts(in.GetClosedAt()), in.GetSummary())
+	}
+}
