@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/attest"
+	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
@@ -136,9 +137,26 @@ func (s *Server) revokeUnbacked(ctx context.Context, agent store.Agent, actor st
 		total.VaultPending += sum.GetVaultPending()
 	}
 	reason := fmt.Sprintf("agent %s changed (level %s, roles %v)", agent.ID, agent.Level, agent.Roles)
+	// A credential is backed if the agent, as it is now, would get it now:
+	// the whole decision (invariants, policy, maturity), where a write that
+	// needs approval is backed only if it was approved.
+	policy := s.policy.Load()
+	asNow := &authz.Agent{ID: agent.ID, Level: agent.Level, Active: agent.Usable(), Killed: agent.Kill != nil, Roles: agent.Roles}
 	rev, err := s.store.RevokeCredentials(agent.ID, actor, reason, func(c store.Credential) bool {
 		role, ok := s.roles[c.Role]
-		return c.GrantID == "" && (!ok || !slices.Contains(agent.Roles, c.Role) || !s.gate.LevelMayRequest(agent.Level, role.class))
+		if c.GrantID != "" {
+			return false // grants are checked below, as lineages
+		}
+		if !ok {
+			return true
+		}
+		switch s.gate.Decide(policy, asNow, role.authz(), 0).Outcome {
+		case authz.Allow:
+			return false
+		case authz.NeedsApproval:
+			return c.ApprovalID == ""
+		}
+		return true
 	})
 	if err != nil {
 		return nil, s.statusOf(ctx, "revoke credentials", err)

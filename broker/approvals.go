@@ -125,7 +125,7 @@ func (b *brokerService) WaitApproval(req *brokerv1.WaitApprovalRequest, stream g
 		if ap.Status != store.ApprovalPending {
 			return nil // decided, expired or cancelled
 		}
-		timer := time.NewTimer(time.Until(ap.ExpiresAt) + 10*time.Millisecond)
+		timer := time.NewTimer(ap.ExpiresAt.Sub(s.now()) + 10*time.Millisecond)
 		select {
 		case <-ctx.Done():
 			timer.Stop()

@@ -194,7 +194,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		}
 	}
 	if !notAfter.IsZero() {
-		d.TTL = min(d.TTL, time.Until(notAfter).Truncate(time.Second))
+		d.TTL = min(d.TTL, notAfter.Sub(s.now()).Truncate(time.Second))
 		if d.TTL < time.Second {
 			return nil, deny(authz.Decision{Reason: "grant", Message: fmt.Sprintf("grant %s expires too soon to issue anything under it", req.GetGrantId())})
 		}
@@ -264,6 +264,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		Anchor:     anchor,
 		Chain:      chain,
 		GrantIDs:   grantIDs,
+		ApprovalID: req.GetApprovalId(),
 		Why:        why,
 	})
 	if err != nil {
@@ -380,7 +381,7 @@ func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequ
 		// Unset: an hour, or what is left of the chain if less.
 		dreq.TTL = time.Hour
 		for _, g := range dreq.Chain {
-			dreq.TTL = min(dreq.TTL, time.Until(g.ExpiresAt).Truncate(time.Second))
+			dreq.TTL = min(dreq.TTL, g.ExpiresAt.Sub(s.now()).Truncate(time.Second))
 		}
 	}
 	given, err := s.store.GrantsGivenBy(caller)

@@ -108,7 +108,7 @@ func (s *Server) breakerOpen(agent string) *limitError {
 	if ok {
 		return nil
 	}
-	return &limitError{limit: "circuit_breaker", retry: max(time.Until(retryAt), time.Second),
+	return &limitError{limit: "circuit_breaker", retry: max(retryAt.Sub(s.now()), time.Second),
 		msg: fmt.Sprintf("circuit breaker %s for %s after repeated failures or denials", st, agent)}
 }
 

@@ -184,19 +184,26 @@ func (f *Fixture) Config(t testing.TB, dir string) broker.Config {
 // Start starts a broker with cfg and stops it when t ends.
 func (f *Fixture) Start(t testing.TB, cfg broker.Config) *Broker {
 	t.Helper()
-	b, err := f.TryStart(t, cfg)
+	return f.StartWith(t, cfg)
+}
+
+// StartWith is Start with options for broker.New, such as a clock. They
+// apply after the fixture's logger, so one may replace it.
+func (f *Fixture) StartWith(t testing.TB, cfg broker.Config, opts ...broker.Option) *Broker {
+	t.Helper()
+	b, err := f.TryStart(t, cfg, opts...)
 	if err != nil {
 		t.Fatalf("broker.New: %v", err)
 	}
 	return b
 }
 
-// TryStart is Start, returning broker.New's error.
-func (f *Fixture) TryStart(t testing.TB, cfg broker.Config) (*Broker, error) {
+// TryStart is StartWith, returning broker.New's error.
+func (f *Fixture) TryStart(t testing.TB, cfg broker.Config, opts ...broker.Option) (*Broker, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	srv, err := broker.New(ctx, cfg, broker.WithLogger(logger()))
+	srv, err := broker.New(ctx, cfg, append([]broker.Option{broker.WithLogger(logger())}, opts...)...)
 	if err != nil {
 		return nil, err
 	}

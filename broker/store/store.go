@@ -150,6 +150,8 @@ type Credential struct {
 	// RevokedAt is when the broker revoked it; the Vault side may still be
 	// queued (PendingRevocations).
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	// ApprovalID is the human approval it was issued on, if any.
+	ApprovalID string `json:"approval_id,omitempty"`
 	// Why explains the decision in the issuance's audit record; it is not
 	// kept in the credential record.
 	Why map[string]string `json:"-"`
