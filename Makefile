@@ -55,7 +55,7 @@ lint: proto-tools
 # cores); the in-process micro-benchmarks run as usual.
 bench: tools
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./broker/
-	$(GO) test -run '^$$' -bench . ./authz/ ./delegation/
+	$(GO) test -run '^$$' -bench . ./authz/ ./delegation/ ./broker/monitor/ ./broker/audit/
 
 clean:
 	rm -f bin/atfd bin/atfctl

@@ -488,6 +488,41 @@ func TestLifecycleIncidentDemotion(t *testing.T) {
 	}
 }
 
+// An incident raised to critical demotes the agent then, once; notes are
+// appended, closed incidents are not updated, and level changes are in the
+// audit trail.
+func TestLifecycleIncidentUpdate(t *testing.T) {
+	e := newLifeEnv(t, brokertest.Setup(t).Config(t, t.TempDir()), nil)
+	id := e.register(t, "agent", senior, "reports-read").id
+	opened, err := e.admin.maturity.OpenIncident(e.admin.ctx, &adminv1.OpenIncidentRequest{SpiffeId: id.String(), Severity: "medium", Summary: "odd reads"})
+	if err != nil || opened.GetDemoted() != nil {
+		t.Fatalf("OpenIncident = %v, %v; want a medium incident that demotes nobody", opened, err)
+	}
+	inc := opened.GetIncident().GetId()
+	up, err := e.admin.maturity.UpdateIncident(e.admin.ctx, &adminv1.UpdateIncidentRequest{IncidentId: inc, Note: "reads match a scraping pattern"})
+	if err != nil || up.GetDemoted() != nil || !strings.Contains(up.GetIncident().GetSummary(), "reads match a scraping pattern") {
+		t.Fatalf("UpdateIncident(note) = %v, %v", up, err)
+	}
+	up, err = e.admin.maturity.UpdateIncident(e.admin.ctx, &adminv1.UpdateIncidentRequest{IncidentId: inc, Severity: "critical"})
+	if err != nil || up.GetDemoted().GetLevel() != junior || up.GetIncident().GetSeverity() != "critical" {
+		t.Fatalf("UpdateIncident(critical) = %v, %v; want the agent demoted to Junior", up, err)
+	}
+	// Already critical: a note does not demote again.
+	up, err = e.admin.maturity.UpdateIncident(e.admin.ctx, &adminv1.UpdateIncidentRequest{IncidentId: inc, Severity: "critical", Note: "still"})
+	if err != nil || up.GetDemoted() != nil || e.agent(t, id).GetLevel() != junior {
+		t.Fatalf("UpdateIncident(critical again) = %v, %v; want no second demotion", up, err)
+	}
+	if _, err := e.admin.maturity.CloseIncident(e.admin.ctx, &adminv1.CloseIncidentRequest{IncidentId: inc, Rca: "RCA-9"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.admin.maturity.UpdateIncident(e.admin.ctx, &adminv1.UpdateIncidentRequest{IncidentId: inc, Note: "late"})
+	brokertest.WantCode(t, err, codes.FailedPrecondition, "is closed")
+	recs, err := e.admin.admin.QueryAudit(e.admin.ctx, &adminv1.QueryAuditRequest{Kind: "agent_demote", Agent: id.String()})
+	if err != nil || len(recs.GetRecords()) != 1 || recs.GetRecords()[0].GetDetail()["to"] != "junior" {
+		t.Fatalf("agent_demote audit records = %v, %v; want one, to junior", recs.GetRecords(), err)
+	}
+}
+
 // A Senior demoted to Junior keeps only what a Junior may hold: not a write
 // no human approved, nor pii, which the policy keeps for Senior and above.
 func TestLifecycleDemotionRevokesUnbacked(t *testing.T) {

@@ -234,15 +234,40 @@ func (m *maturityService) OpenIncident(ctx context.Context, req *adminv1.OpenInc
 	}
 	resp := &adminv1.OpenIncidentResponse{Incident: incidentToProto(inc)}
 	s.notify(ctx, "incident_opened", inc.Agent, "", fmt.Sprintf("%s incident %s on %s: %s", inc.Severity, inc.ID, inc.Agent, inc.Summary), nil)
+	resp.Demoted = s.incidentDemotion(ctx, inc, actor)
+	return resp, nil
+}
+
+// incidentDemotion demotes the agent if the incident's severity calls for
+// it at the level the agent had when the incident opened. The incident
+// stands whatever happens to the demotion: a failure is logged and the
+// caller can demote by hand.
+func (s *Server) incidentDemotion(ctx context.Context, inc store.Incident, actor string) *adminv1.Agent {
 	sev, _ := maturity.ParseSeverity(inc.Severity)
-	if _, demote := s.maturity.Demotion(inc.Level, maturity.Trigger{Kind: maturity.TriggerIncident, Severity: sev}); demote {
-		// The incident stands whatever happens to the demotion: a failure
-		// is logged and the caller can demote by hand.
-		a, _, err := s.demote(ctx, inc.Agent, actor, fmt.Sprintf("%s incident %s: %s", inc.Severity, inc.ID, inc.Summary), s.maturity.DemotionSteps)
-		if err != nil {
-			s.logger(ctx).Error("demotion after an incident failed; demote the agent by hand", slog.String("incident", inc.ID), slog.String(logError, err.Error()))
-		} else {
-			resp.Demoted = agentToProto(a)
+	if _, demote := s.maturity.Demotion(inc.Level, maturity.Trigger{Kind: maturity.TriggerIncident, Severity: sev}); !demote {
+		return nil
+	}
+	a, _, err := s.demote(ctx, inc.Agent, actor, fmt.Sprintf("%s incident %s", inc.Severity, inc.ID), s.maturity.DemotionSteps)
+	if err != nil {
+		s.logger(ctx).Error("demotion after an incident failed; demote the agent by hand", slog.String("incident", inc.ID), slog.String(logError, err.Error()))
+		return nil
+	}
+	return agentToProto(a)
+}
+
+func (m *maturityService) UpdateIncident(ctx context.Context, req *adminv1.UpdateIncidentRequest) (*adminv1.UpdateIncidentResponse, error) {
+	s := m.s
+	actor := identity(ctx).ID.String()
+	inc, before, err := s.store.UpdateIncident(req.GetIncidentId(), actor, req.GetSeverity(), audit.Redact(req.GetNote()))
+	if err != nil {
+		return nil, s.statusOf(ctx, "update incident", err)
+	}
+	resp := &adminv1.UpdateIncidentResponse{Incident: incidentToProto(inc)}
+	if inc.Severity != before {
+		s.notify(ctx, "incident_updated", inc.Agent, "", fmt.Sprintf("incident %s on %s is now %s (was %s)", inc.ID, inc.Agent, inc.Severity, before), nil)
+		old, _ := maturity.ParseSeverity(before)
+		if _, already := s.maturity.Demotion(inc.Level, maturity.Trigger{Kind: maturity.TriggerIncident, Severity: old}); !already {
+			resp.Demoted = s.incidentDemotion(ctx, inc, actor)
 		}
 	}
 	return resp, nil

@@ -220,6 +220,42 @@ func (s *Store) OpenIncident(in Incident) (Incident, error) {
 	return in, nil
 }
 
+// UpdateIncident changes an open incident's severity (if sev is not "")
+// and appends note to its summary, audited. It returns the incident and
+// its severity before the change.
+func (s *Store) UpdateIncident(id, actor, sev, note string) (Incident, string, error) {
+	var in Incident
+	var before string
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketIncidents).Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("%w: incident %s", ErrNotFound, id)
+		}
+		if err := json.Unmarshal(v, &in); err != nil {
+			return err
+		}
+		if !in.ClosedAt.IsZero() {
+			return fmt.Errorf("%w: incident %s is closed", ErrConflict, id)
+		}
+		before = in.Severity
+		if sev != "" {
+			in.Severity = sev
+		}
+		if note != "" {
+			in.Summary += "\n" + s.now().UTC().Format(time.RFC3339) + " " + actor + ": " + note
+		}
+		if err := putJSON(tx, bucketIncidents, id, in); err != nil {
+			return err
+		}
+		return s.appendAudit(tx, AuditRecord{Time: s.now().UTC(), Kind: "incident_updated", Actor: actor, Subject: id,
+			Detail: map[string]string{"agent": in.Agent, "severity": in.Severity, "previous_severity": before, "note": note}})
+	})
+	if err != nil {
+		return Incident{}, "", fmt.Errorf("store: update incident: %w", err)
+	}
+	return in, before, nil
+}
+
 // CloseIncident closes an open incident with its root-cause analysis.
 func (s *Store) CloseIncident(id, actor, rca string) (Incident, error) {
 	var in Incident
@@ -278,7 +314,14 @@ func putJSON(tx *bolt.Tx, bucket []byte, key string, v any) error {
 // "rollback"), recorded in its history with reason, and returns the agent.
 // A non-zero expectedRevision refuses a concurrent change (ErrConflict).
 func (s *Store) SetLevel(id, actor, action, reason string, level authz.Level, expectedRevision uint64) (Agent, error) {
-	a, err := s.modify(id, actor, expectedRevision, AgentChange{Action: action, Reason: reason}, func(a *Agent) { a.Level = level })
+	var from authz.Level
+	a, err := s.modify(id, actor, expectedRevision, AgentChange{Action: action, Reason: reason}, func(a *Agent) {
+		from, a.Level = a.Level, level
+	}, func(tx *bolt.Tx) error {
+		return s.appendAudit(tx, AuditRecord{Time: s.now().UTC(), Kind: "agent_" + action, Actor: actor, Subject: id, Detail: map[string]string{
+			"agent": id, "from": from.String(), "to": level.String(), "reason": reason,
+		}})
+	})
 	if err != nil {
 		return Agent{}, fmt.Errorf("store: set level: %w", err)
 	}

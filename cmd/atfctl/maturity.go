@@ -237,7 +237,7 @@ func newSignOff(g *globals) *cobra.Command {
 }
 
 func newIncident(g *globals) *cobra.Command {
-	inc := &cobra.Command{Use: "incident", Short: "Open, close and list incidents involving agents (admins)",
+	inc := &cobra.Command{Use: "incident", Short: "Open, update, close and list incidents involving agents (admins)",
 		Long: "An incident severe enough for the agent's level (by default critical; high at principal) demotes the\n" +
 			"agent at once. A high or critical incident blocks promotion while open; a closed one needs a root-cause analysis."}
 
@@ -321,7 +321,41 @@ func newIncident(g *globals) *cobra.Command {
 	list.Flags().StringVar(&agent, "agent", "", "only this agent's incidents")
 	list.Flags().BoolVar(&openOnly, "open", false, "only open incidents")
 
-	inc.AddCommand(open, closeCmd, list)
+	var newSeverity, note string
+	update := &cobra.Command{
+		Use:   "update INCIDENT_ID [--severity S] [--note TEXT]",
+		Short: "Change an open incident's severity or add a note; raising it far enough demotes the agent",
+		Example: `  atfctl incident update 3f2a...c9 --severity critical --note "customer data confirmed exposed"
+  atfctl incident update 3f2a...c9 --note "vendor contacted"`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if newSeverity == "" && note == "" {
+				return usageError{fmt.Errorf("--severity or --note is required")}
+			}
+			if newSeverity != "" && !slices.Contains([]string{"low", "medium", "high", "critical"}, newSeverity) {
+				return usageError{fmt.Errorf("--severity must be low, medium, high or critical, not %q", newSeverity)}
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			r, err := c.Maturity.UpdateIncident(cmd.Context(), &adminv1.UpdateIncidentRequest{IncidentId: args[0], Severity: newSeverity, Note: note})
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+				incidentTable(w, r.GetIncident())
+				if d := r.GetDemoted(); d != nil {
+					fmt.Fprintf(w, "Demoted to:\t%s (revision %d)\n", levelName(d.GetLevel()), d.GetRevision())
+				}
+			})
+		},
+	}
+	update.Flags().StringVar(&newSeverity, "severity", "", "the new severity")
+	update.Flags().StringVar(&note, "note", "", "a note appended to the summary")
+
+	inc.AddCommand(open, update, closeCmd, list)
 	return inc
 }
 

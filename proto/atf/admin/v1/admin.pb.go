@@ -4858,6 +4858,120 @@ func (x *OpenIncidentResponse) GetDemoted() *Agent {
 	return nil
 }
 
+type UpdateIncidentRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	IncidentId string                 `protobuf:"bytes,1,opt,name=incident_id,json=incidentId,proto3" json:"incident_id,omitempty"`
+	// Empty keeps the severity.
+	Severity      string `protobuf:"bytes,2,opt,name=severity,proto3" json:"severity,omitempty"`
+	Note          string `protobuf:"bytes,3,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateIncidentRequest) Reset() {
+	*x = UpdateIncidentRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateIncidentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateIncidentRequest) ProtoMessage() {}
+
+func (x *UpdateIncidentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateIncidentRequest.ProtoReflect.Descriptor instead.
+func (*UpdateIncidentRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *UpdateIncidentRequest) GetIncidentId() string {
+	if x != nil {
+		return x.IncidentId
+	}
+	return ""
+}
+
+func (x *UpdateIncidentRequest) GetSeverity() string {
+	if x != nil {
+		return x.Severity
+	}
+	return ""
+}
+
+func (x *UpdateIncidentRequest) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+type UpdateIncidentResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Incident *Incident              `protobuf:"bytes,1,opt,name=incident,proto3" json:"incident,omitempty"`
+	// Set if the change demoted the agent.
+	Demoted       *Agent `protobuf:"bytes,2,opt,name=demoted,proto3" json:"demoted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateIncidentResponse) Reset() {
+	*x = UpdateIncidentResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateIncidentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateIncidentResponse) ProtoMessage() {}
+
+func (x *UpdateIncidentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateIncidentResponse.ProtoReflect.Descriptor instead.
+func (*UpdateIncidentResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *UpdateIncidentResponse) GetIncident() *Incident {
+	if x != nil {
+		return x.Incident
+	}
+	return nil
+}
+
+func (x *UpdateIncidentResponse) GetDemoted() *Agent {
+	if x != nil {
+		return x.Demoted
+	}
+	return nil
+}
+
 type CloseIncidentRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	IncidentId    string                 `protobuf:"bytes,1,opt,name=incident_id,json=incidentId,proto3" json:"incident_id,omitempty"`
@@ -4868,7 +4982,7 @@ type CloseIncidentRequest struct {
 
 func (x *CloseIncidentRequest) Reset() {
 	*x = CloseIncidentRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[74]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4880,7 +4994,7 @@ func (x *CloseIncidentRequest) String() string {
 func (*CloseIncidentRequest) ProtoMessage() {}
 
 func (x *CloseIncidentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[74]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4893,7 +5007,7 @@ func (x *CloseIncidentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseIncidentRequest.ProtoReflect.Descriptor instead.
 func (*CloseIncidentRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{74}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *CloseIncidentRequest) GetIncidentId() string {
@@ -4919,7 +5033,7 @@ type CloseIncidentResponse struct {
 
 func (x *CloseIncidentResponse) Reset() {
 	*x = CloseIncidentResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[75]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4931,7 +5045,7 @@ func (x *CloseIncidentResponse) String() string {
 func (*CloseIncidentResponse) ProtoMessage() {}
 
 func (x *CloseIncidentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[75]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4944,7 +5058,7 @@ func (x *CloseIncidentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseIncidentResponse.ProtoReflect.Descriptor instead.
 func (*CloseIncidentResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{75}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *CloseIncidentResponse) GetIncident() *Incident {
@@ -4964,7 +5078,7 @@ type ListIncidentsRequest struct {
 
 func (x *ListIncidentsRequest) Reset() {
 	*x = ListIncidentsRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[76]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4976,7 +5090,7 @@ func (x *ListIncidentsRequest) String() string {
 func (*ListIncidentsRequest) ProtoMessage() {}
 
 func (x *ListIncidentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[76]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4989,7 +5103,7 @@ func (x *ListIncidentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIncidentsRequest.ProtoReflect.Descriptor instead.
 func (*ListIncidentsRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{76}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ListIncidentsRequest) GetSpiffeId() string {
@@ -5015,7 +5129,7 @@ type ListIncidentsResponse struct {
 
 func (x *ListIncidentsResponse) Reset() {
 	*x = ListIncidentsResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[77]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5027,7 +5141,7 @@ func (x *ListIncidentsResponse) String() string {
 func (*ListIncidentsResponse) ProtoMessage() {}
 
 func (x *ListIncidentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[77]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5040,7 +5154,7 @@ func (x *ListIncidentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIncidentsResponse.ProtoReflect.Descriptor instead.
 func (*ListIncidentsResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{77}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *ListIncidentsResponse) GetIncidents() []*Incident {
@@ -5059,7 +5173,7 @@ type GetMaturityRequest struct {
 
 func (x *GetMaturityRequest) Reset() {
 	*x = GetMaturityRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[78]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5071,7 +5185,7 @@ func (x *GetMaturityRequest) String() string {
 func (*GetMaturityRequest) ProtoMessage() {}
 
 func (x *GetMaturityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[78]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5084,7 +5198,7 @@ func (x *GetMaturityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMaturityRequest.ProtoReflect.Descriptor instead.
 func (*GetMaturityRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{78}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *GetMaturityRequest) GetSpiffeId() string {
@@ -5107,7 +5221,7 @@ type OutcomeCounts struct {
 
 func (x *OutcomeCounts) Reset() {
 	*x = OutcomeCounts{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[79]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5119,7 +5233,7 @@ func (x *OutcomeCounts) String() string {
 func (*OutcomeCounts) ProtoMessage() {}
 
 func (x *OutcomeCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[79]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5132,7 +5246,7 @@ func (x *OutcomeCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutcomeCounts.ProtoReflect.Descriptor instead.
 func (*OutcomeCounts) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{79}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *OutcomeCounts) GetSuccess() int64 {
@@ -5175,7 +5289,7 @@ type Breaker struct {
 
 func (x *Breaker) Reset() {
 	*x = Breaker{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[80]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5187,7 +5301,7 @@ func (x *Breaker) String() string {
 func (*Breaker) ProtoMessage() {}
 
 func (x *Breaker) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[80]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5200,7 +5314,7 @@ func (x *Breaker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Breaker.ProtoReflect.Descriptor instead.
 func (*Breaker) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{80}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *Breaker) GetState() string {
@@ -5234,7 +5348,7 @@ type Baseline struct {
 
 func (x *Baseline) Reset() {
 	*x = Baseline{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[81]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5246,7 +5360,7 @@ func (x *Baseline) String() string {
 func (*Baseline) ProtoMessage() {}
 
 func (x *Baseline) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[81]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5259,7 +5373,7 @@ func (x *Baseline) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Baseline.ProtoReflect.Descriptor instead.
 func (*Baseline) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{81}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *Baseline) GetFormed() bool {
@@ -5334,7 +5448,7 @@ type GetMaturityResponse struct {
 
 func (x *GetMaturityResponse) Reset() {
 	*x = GetMaturityResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[82]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5346,7 +5460,7 @@ func (x *GetMaturityResponse) String() string {
 func (*GetMaturityResponse) ProtoMessage() {}
 
 func (x *GetMaturityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[82]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5359,7 +5473,7 @@ func (x *GetMaturityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMaturityResponse.ProtoReflect.Descriptor instead.
 func (*GetMaturityResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{82}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *GetMaturityResponse) GetAgent() *Agent {
@@ -5792,6 +5906,14 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x10R\asummary\"y\n" +
 	"\x14OpenIncidentResponse\x122\n" +
 	"\bincident\x18\x01 \x01(\v2\x16.atf.admin.v1.IncidentR\bincident\x12-\n" +
+	"\ademoted\x18\x02 \x01(\v2\x13.atf.admin.v1.AgentR\ademoted\"\xaf\x01\n" +
+	"\x15UpdateIncidentRequest\x126\n" +
+	"\vincident_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{32}$R\n" +
+	"incidentId\x12@\n" +
+	"\bseverity\x18\x02 \x01(\tB$\xbaH!r\x1fR\x00R\x03lowR\x06mediumR\x04highR\bcriticalR\bseverity\x12\x1c\n" +
+	"\x04note\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x10R\x04note\"{\n" +
+	"\x16UpdateIncidentResponse\x122\n" +
+	"\bincident\x18\x01 \x01(\v2\x16.atf.admin.v1.IncidentR\bincident\x12-\n" +
 	"\ademoted\x18\x02 \x01(\v2\x13.atf.admin.v1.AgentR\ademoted\"l\n" +
 	"\x14CloseIncidentRequest\x126\n" +
 	"\vincident_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{32}$R\n" +
@@ -5870,7 +5992,7 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"QueryAudit\x12\x1f.atf.admin.v1.QueryAuditRequest\x1a .atf.admin.v1.QueryAuditResponse\x12R\n" +
 	"\vVerifyAudit\x12 .atf.admin.v1.VerifyAuditRequest\x1a!.atf.admin.v1.VerifyAuditResponse\x12T\n" +
-	"\vWatchEvents\x12 .atf.admin.v1.WatchEventsRequest\x1a!.atf.admin.v1.WatchEventsResponse0\x012\xf4\x06\n" +
+	"\vWatchEvents\x12 .atf.admin.v1.WatchEventsRequest\x1a!.atf.admin.v1.WatchEventsResponse0\x012\xd1\a\n" +
 	"\x0fMaturityService\x12d\n" +
 	"\x11EvaluatePromotion\x12&.atf.admin.v1.EvaluatePromotionRequest\x1a'.atf.admin.v1.EvaluatePromotionResponse\x12F\n" +
 	"\aPromote\x12\x1c.atf.admin.v1.PromoteRequest\x1a\x1d.atf.admin.v1.PromoteResponse\x12C\n" +
@@ -5878,7 +6000,8 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\rRollbackLevel\x12\".atf.admin.v1.RollbackLevelRequest\x1a#.atf.admin.v1.RollbackLevelResponse\x12[\n" +
 	"\x0eRecordEvidence\x12#.atf.admin.v1.RecordEvidenceRequest\x1a$.atf.admin.v1.RecordEvidenceResponse\x12X\n" +
 	"\rRecordSignOff\x12\".atf.admin.v1.RecordSignOffRequest\x1a#.atf.admin.v1.RecordSignOffResponse\x12U\n" +
-	"\fOpenIncident\x12!.atf.admin.v1.OpenIncidentRequest\x1a\".atf.admin.v1.OpenIncidentResponse\x12X\n" +
+	"\fOpenIncident\x12!.atf.admin.v1.OpenIncidentRequest\x1a\".atf.admin.v1.OpenIncidentResponse\x12[\n" +
+	"\x0eUpdateIncident\x12#.atf.admin.v1.UpdateIncidentRequest\x1a$.atf.admin.v1.UpdateIncidentResponse\x12X\n" +
 	"\rCloseIncident\x12\".atf.admin.v1.CloseIncidentRequest\x1a#.atf.admin.v1.CloseIncidentResponse\x12X\n" +
 	"\rListIncidents\x12\".atf.admin.v1.ListIncidentsRequest\x1a#.atf.admin.v1.ListIncidentsResponse\x12R\n" +
 	"\vGetMaturity\x12 .atf.admin.v1.GetMaturityRequest\x1a!.atf.admin.v1.GetMaturityResponse2\xcf\x02\n" +
@@ -5904,7 +6027,7 @@ func file_atf_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_atf_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
+var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 88)
 var file_atf_admin_v1_admin_proto_goTypes = []any{
 	(Outcome)(0),                      // 0: atf.admin.v1.Outcome
 	(Verdict)(0),                      // 1: atf.admin.v1.Verdict
@@ -5982,183 +6105,189 @@ var file_atf_admin_v1_admin_proto_goTypes = []any{
 	(*Incident)(nil),                  // 73: atf.admin.v1.Incident
 	(*OpenIncidentRequest)(nil),       // 74: atf.admin.v1.OpenIncidentRequest
 	(*OpenIncidentResponse)(nil),      // 75: atf.admin.v1.OpenIncidentResponse
-	(*CloseIncidentRequest)(nil),      // 76: atf.admin.v1.CloseIncidentRequest
-	(*CloseIncidentResponse)(nil),     // 77: atf.admin.v1.CloseIncidentResponse
-	(*ListIncidentsRequest)(nil),      // 78: atf.admin.v1.ListIncidentsRequest
-	(*ListIncidentsResponse)(nil),     // 79: atf.admin.v1.ListIncidentsResponse
-	(*GetMaturityRequest)(nil),        // 80: atf.admin.v1.GetMaturityRequest
-	(*OutcomeCounts)(nil),             // 81: atf.admin.v1.OutcomeCounts
-	(*Breaker)(nil),                   // 82: atf.admin.v1.Breaker
-	(*Baseline)(nil),                  // 83: atf.admin.v1.Baseline
-	(*GetMaturityResponse)(nil),       // 84: atf.admin.v1.GetMaturityResponse
-	nil,                               // 85: atf.admin.v1.AuditRecord.DetailEntry
-	nil,                               // 86: atf.admin.v1.Event.DetailEntry
-	nil,                               // 87: atf.admin.v1.Baseline.RolesEntry
-	(v1.Level)(0),                     // 88: atf.broker.v1.Level
-	(v1.AgentStatus)(0),               // 89: atf.broker.v1.AgentStatus
-	(*timestamppb.Timestamp)(nil),     // 90: google.protobuf.Timestamp
-	(*v1.RevocationSummary)(nil),      // 91: atf.broker.v1.RevocationSummary
-	(*v1.Grant)(nil),                  // 92: atf.broker.v1.Grant
-	(*durationpb.Duration)(nil),       // 93: google.protobuf.Duration
-	(v1.ApprovalStatus)(0),            // 94: atf.broker.v1.ApprovalStatus
-	(*v1.Approval)(nil),               // 95: atf.broker.v1.Approval
+	(*UpdateIncidentRequest)(nil),     // 76: atf.admin.v1.UpdateIncidentRequest
+	(*UpdateIncidentResponse)(nil),    // 77: atf.admin.v1.UpdateIncidentResponse
+	(*CloseIncidentRequest)(nil),      // 78: atf.admin.v1.CloseIncidentRequest
+	(*CloseIncidentResponse)(nil),     // 79: atf.admin.v1.CloseIncidentResponse
+	(*ListIncidentsRequest)(nil),      // 80: atf.admin.v1.ListIncidentsRequest
+	(*ListIncidentsResponse)(nil),     // 81: atf.admin.v1.ListIncidentsResponse
+	(*GetMaturityRequest)(nil),        // 82: atf.admin.v1.GetMaturityRequest
+	(*OutcomeCounts)(nil),             // 83: atf.admin.v1.OutcomeCounts
+	(*Breaker)(nil),                   // 84: atf.admin.v1.Breaker
+	(*Baseline)(nil),                  // 85: atf.admin.v1.Baseline
+	(*GetMaturityResponse)(nil),       // 86: atf.admin.v1.GetMaturityResponse
+	nil,                               // 87: atf.admin.v1.AuditRecord.DetailEntry
+	nil,                               // 88: atf.admin.v1.Event.DetailEntry
+	nil,                               // 89: atf.admin.v1.Baseline.RolesEntry
+	(v1.Level)(0),                     // 90: atf.broker.v1.Level
+	(v1.AgentStatus)(0),               // 91: atf.broker.v1.AgentStatus
+	(*timestamppb.Timestamp)(nil),     // 92: google.protobuf.Timestamp
+	(*v1.RevocationSummary)(nil),      // 93: atf.broker.v1.RevocationSummary
+	(*v1.Grant)(nil),                  // 94: atf.broker.v1.Grant
+	(*durationpb.Duration)(nil),       // 95: google.protobuf.Duration
+	(v1.ApprovalStatus)(0),            // 96: atf.broker.v1.ApprovalStatus
+	(*v1.Approval)(nil),               // 97: atf.broker.v1.Approval
 }
 var file_atf_admin_v1_admin_proto_depIdxs = []int32{
-	88,  // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
-	89,  // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
-	90,  // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
-	90,  // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
+	90,  // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
+	91,  // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
+	92,  // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
+	92,  // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
 	46,  // 4: atf.admin.v1.Agent.kill:type_name -> atf.admin.v1.KillState
-	82,  // 5: atf.admin.v1.Agent.breaker:type_name -> atf.admin.v1.Breaker
-	88,  // 6: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
+	84,  // 5: atf.admin.v1.Agent.breaker:type_name -> atf.admin.v1.Breaker
+	90,  // 6: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
 	2,   // 7: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
 	2,   // 8: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
 	2,   // 9: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
 	10,  // 10: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
-	88,  // 11: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
+	90,  // 11: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
 	2,   // 12: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
 	2,   // 13: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	91,  // 14: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	92,  // 15: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
+	93,  // 14: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	94,  // 15: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
 	18,  // 16: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
-	90,  // 17: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
+	92,  // 17: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
 	21,  // 18: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
-	90,  // 19: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
+	92,  // 19: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
 	2,   // 20: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
-	90,  // 21: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
+	92,  // 21: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
 	22,  // 22: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
 	22,  // 23: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
 	22,  // 24: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
 	22,  // 25: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	88,  // 26: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
+	90,  // 26: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
 	33,  // 27: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
 	0,   // 28: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
-	93,  // 29: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
-	88,  // 30: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
-	90,  // 31: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
-	90,  // 32: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
-	90,  // 33: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	85,  // 34: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
+	95,  // 29: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
+	90,  // 30: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
+	92,  // 31: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
+	92,  // 32: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
+	92,  // 33: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	87,  // 34: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
 	35,  // 35: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
-	90,  // 36: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	86,  // 37: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
+	92,  // 36: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	88,  // 37: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
 	40,  // 38: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
-	94,  // 39: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
-	95,  // 40: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
+	96,  // 39: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
+	97,  // 40: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
 	1,   // 41: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
-	95,  // 42: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
-	90,  // 43: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
-	91,  // 44: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	91,  // 45: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	97,  // 42: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
+	92,  // 43: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
+	93,  // 44: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	93,  // 45: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
 	46,  // 46: atf.admin.v1.GetKillSwitchResponse.global:type_name -> atf.admin.v1.KillState
 	55,  // 47: atf.admin.v1.GetKillSwitchResponse.agents:type_name -> atf.admin.v1.KilledAgent
 	46,  // 48: atf.admin.v1.KilledAgent.kill:type_name -> atf.admin.v1.KillState
 	57,  // 49: atf.admin.v1.PromotionGate.checks:type_name -> atf.admin.v1.GateCheck
-	88,  // 50: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
-	88,  // 51: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
+	90,  // 50: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
+	90,  // 51: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
 	58,  // 52: atf.admin.v1.PromotionReport.gates:type_name -> atf.admin.v1.PromotionGate
 	59,  // 53: atf.admin.v1.EvaluatePromotionResponse.report:type_name -> atf.admin.v1.PromotionReport
 	59,  // 54: atf.admin.v1.PromoteResponse.report:type_name -> atf.admin.v1.PromotionReport
 	2,   // 55: atf.admin.v1.PromoteResponse.agent:type_name -> atf.admin.v1.Agent
 	2,   // 56: atf.admin.v1.DemoteResponse.agent:type_name -> atf.admin.v1.Agent
-	91,  // 57: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	93,  // 57: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
 	2,   // 58: atf.admin.v1.RollbackLevelResponse.agent:type_name -> atf.admin.v1.Agent
-	91,  // 59: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	88,  // 60: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
-	90,  // 61: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
-	88,  // 62: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
+	93,  // 59: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	90,  // 60: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
+	92,  // 61: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
+	90,  // 62: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
 	67,  // 63: atf.admin.v1.RecordEvidenceResponse.evidence:type_name -> atf.admin.v1.Evidence
-	88,  // 64: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
-	90,  // 65: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
-	88,  // 66: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
+	90,  // 64: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
+	92,  // 65: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
+	90,  // 66: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
 	70,  // 67: atf.admin.v1.RecordSignOffResponse.sign_off:type_name -> atf.admin.v1.SignOff
-	88,  // 68: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
-	90,  // 69: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
-	90,  // 70: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
+	90,  // 68: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
+	92,  // 69: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
+	92,  // 70: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
 	73,  // 71: atf.admin.v1.OpenIncidentResponse.incident:type_name -> atf.admin.v1.Incident
 	2,   // 72: atf.admin.v1.OpenIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
-	73,  // 73: atf.admin.v1.CloseIncidentResponse.incident:type_name -> atf.admin.v1.Incident
-	73,  // 74: atf.admin.v1.ListIncidentsResponse.incidents:type_name -> atf.admin.v1.Incident
-	90,  // 75: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
-	90,  // 76: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
-	87,  // 77: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
-	2,   // 78: atf.admin.v1.GetMaturityResponse.agent:type_name -> atf.admin.v1.Agent
-	90,  // 79: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
-	81,  // 80: atf.admin.v1.GetMaturityResponse.outcomes:type_name -> atf.admin.v1.OutcomeCounts
-	67,  // 81: atf.admin.v1.GetMaturityResponse.evidence:type_name -> atf.admin.v1.Evidence
-	70,  // 82: atf.admin.v1.GetMaturityResponse.sign_offs:type_name -> atf.admin.v1.SignOff
-	73,  // 83: atf.admin.v1.GetMaturityResponse.incidents:type_name -> atf.admin.v1.Incident
-	82,  // 84: atf.admin.v1.GetMaturityResponse.breaker:type_name -> atf.admin.v1.Breaker
-	83,  // 85: atf.admin.v1.GetMaturityResponse.baseline:type_name -> atf.admin.v1.Baseline
-	3,   // 86: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
-	5,   // 87: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
-	7,   // 88: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
-	9,   // 89: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
-	12,  // 90: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
-	19,  // 91: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
-	14,  // 92: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
-	16,  // 93: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
-	23,  // 94: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
-	25,  // 95: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
-	27,  // 96: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
-	29,  // 97: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
-	31,  // 98: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
-	34,  // 99: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
-	37,  // 100: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
-	39,  // 101: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
-	56,  // 102: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
-	61,  // 103: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
-	63,  // 104: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
-	65,  // 105: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
-	68,  // 106: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
-	71,  // 107: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
-	74,  // 108: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
-	76,  // 109: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
-	78,  // 110: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
-	80,  // 111: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
-	47,  // 112: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
-	49,  // 113: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
-	51,  // 114: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
-	53,  // 115: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
-	42,  // 116: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
-	44,  // 117: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
-	4,   // 118: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
-	6,   // 119: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
-	8,   // 120: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
-	11,  // 121: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
-	13,  // 122: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
-	20,  // 123: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
-	15,  // 124: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
-	17,  // 125: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
-	24,  // 126: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
-	26,  // 127: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
-	28,  // 128: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
-	30,  // 129: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
-	32,  // 130: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
-	36,  // 131: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
-	38,  // 132: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
-	41,  // 133: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
-	60,  // 134: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
-	62,  // 135: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
-	64,  // 136: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
-	66,  // 137: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
-	69,  // 138: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
-	72,  // 139: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
-	75,  // 140: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
-	77,  // 141: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
-	79,  // 142: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
-	84,  // 143: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
-	48,  // 144: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
-	50,  // 145: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
-	52,  // 146: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
-	54,  // 147: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
-	43,  // 148: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
-	45,  // 149: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
-	118, // [118:150] is the sub-list for method output_type
-	86,  // [86:118] is the sub-list for method input_type
-	86,  // [86:86] is the sub-list for extension type_name
-	86,  // [86:86] is the sub-list for extension extendee
-	0,   // [0:86] is the sub-list for field type_name
+	73,  // 73: atf.admin.v1.UpdateIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	2,   // 74: atf.admin.v1.UpdateIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
+	73,  // 75: atf.admin.v1.CloseIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	73,  // 76: atf.admin.v1.ListIncidentsResponse.incidents:type_name -> atf.admin.v1.Incident
+	92,  // 77: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
+	92,  // 78: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
+	89,  // 79: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
+	2,   // 80: atf.admin.v1.GetMaturityResponse.agent:type_name -> atf.admin.v1.Agent
+	92,  // 81: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
+	83,  // 82: atf.admin.v1.GetMaturityResponse.outcomes:type_name -> atf.admin.v1.OutcomeCounts
+	67,  // 83: atf.admin.v1.GetMaturityResponse.evidence:type_name -> atf.admin.v1.Evidence
+	70,  // 84: atf.admin.v1.GetMaturityResponse.sign_offs:type_name -> atf.admin.v1.SignOff
+	73,  // 85: atf.admin.v1.GetMaturityResponse.incidents:type_name -> atf.admin.v1.Incident
+	84,  // 86: atf.admin.v1.GetMaturityResponse.breaker:type_name -> atf.admin.v1.Breaker
+	85,  // 87: atf.admin.v1.GetMaturityResponse.baseline:type_name -> atf.admin.v1.Baseline
+	3,   // 88: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
+	5,   // 89: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
+	7,   // 90: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
+	9,   // 91: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
+	12,  // 92: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
+	19,  // 93: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
+	14,  // 94: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
+	16,  // 95: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
+	23,  // 96: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
+	25,  // 97: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
+	27,  // 98: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
+	29,  // 99: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
+	31,  // 100: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
+	34,  // 101: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
+	37,  // 102: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
+	39,  // 103: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
+	56,  // 104: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
+	61,  // 105: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
+	63,  // 106: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
+	65,  // 107: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
+	68,  // 108: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
+	71,  // 109: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
+	74,  // 110: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
+	76,  // 111: atf.admin.v1.MaturityService.UpdateIncident:input_type -> atf.admin.v1.UpdateIncidentRequest
+	78,  // 112: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
+	80,  // 113: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
+	82,  // 114: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
+	47,  // 115: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
+	49,  // 116: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
+	51,  // 117: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
+	53,  // 118: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
+	42,  // 119: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
+	44,  // 120: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
+	4,   // 121: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
+	6,   // 122: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
+	8,   // 123: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
+	11,  // 124: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
+	13,  // 125: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
+	20,  // 126: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
+	15,  // 127: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
+	17,  // 128: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
+	24,  // 129: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
+	26,  // 130: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
+	28,  // 131: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
+	30,  // 132: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
+	32,  // 133: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
+	36,  // 134: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
+	38,  // 135: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
+	41,  // 136: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
+	60,  // 137: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
+	62,  // 138: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
+	64,  // 139: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
+	66,  // 140: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
+	69,  // 141: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
+	72,  // 142: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
+	75,  // 143: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
+	77,  // 144: atf.admin.v1.MaturityService.UpdateIncident:output_type -> atf.admin.v1.UpdateIncidentResponse
+	79,  // 145: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
+	81,  // 146: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
+	86,  // 147: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
+	48,  // 148: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
+	50,  // 149: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
+	52,  // 150: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
+	54,  // 151: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
+	43,  // 152: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
+	45,  // 153: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
+	121, // [121:154] is the sub-list for method output_type
+	88,  // [88:121] is the sub-list for method input_type
+	88,  // [88:88] is the sub-list for extension type_name
+	88,  // [88:88] is the sub-list for extension extendee
+	0,   // [0:88] is the sub-list for field type_name
 }
 
 func init() { file_atf_admin_v1_admin_proto_init() }
@@ -6189,7 +6318,7 @@ func file_atf_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_admin_v1_admin_proto_rawDesc), len(file_atf_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   86,
+			NumMessages:   88,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -761,6 +761,7 @@ const (
 	MaturityService_RecordEvidence_FullMethodName    = "/atf.admin.v1.MaturityService/RecordEvidence"
 	MaturityService_RecordSignOff_FullMethodName     = "/atf.admin.v1.MaturityService/RecordSignOff"
 	MaturityService_OpenIncident_FullMethodName      = "/atf.admin.v1.MaturityService/OpenIncident"
+	MaturityService_UpdateIncident_FullMethodName    = "/atf.admin.v1.MaturityService/UpdateIncident"
 	MaturityService_CloseIncident_FullMethodName     = "/atf.admin.v1.MaturityService/CloseIncident"
 	MaturityService_ListIncidents_FullMethodName     = "/atf.admin.v1.MaturityService/ListIncidents"
 	MaturityService_GetMaturity_FullMethodName       = "/atf.admin.v1.MaturityService/GetMaturity"
@@ -787,6 +788,9 @@ type MaturityServiceClient interface {
 	RecordEvidence(ctx context.Context, in *RecordEvidenceRequest, opts ...grpc.CallOption) (*RecordEvidenceResponse, error)
 	RecordSignOff(ctx context.Context, in *RecordSignOffRequest, opts ...grpc.CallOption) (*RecordSignOffResponse, error)
 	OpenIncident(ctx context.Context, in *OpenIncidentRequest, opts ...grpc.CallOption) (*OpenIncidentResponse, error)
+	// UpdateIncident changes an open incident's severity or adds a note; a
+	// severity raised to the demotion threshold demotes the agent.
+	UpdateIncident(ctx context.Context, in *UpdateIncidentRequest, opts ...grpc.CallOption) (*UpdateIncidentResponse, error)
 	CloseIncident(ctx context.Context, in *CloseIncidentRequest, opts ...grpc.CallOption) (*CloseIncidentResponse, error)
 	ListIncidents(ctx context.Context, in *ListIncidentsRequest, opts ...grpc.CallOption) (*ListIncidentsResponse, error)
 	// GetMaturity returns an agent's maturity records: outcomes at its level,
@@ -872,6 +876,16 @@ func (c *maturityServiceClient) OpenIncident(ctx context.Context, in *OpenIncide
 	return out, nil
 }
 
+func (c *maturityServiceClient) UpdateIncident(ctx context.Context, in *UpdateIncidentRequest, opts ...grpc.CallOption) (*UpdateIncidentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateIncidentResponse)
+	err := c.cc.Invoke(ctx, MaturityService_UpdateIncident_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *maturityServiceClient) CloseIncident(ctx context.Context, in *CloseIncidentRequest, opts ...grpc.CallOption) (*CloseIncidentResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CloseIncidentResponse)
@@ -923,6 +937,9 @@ type MaturityServiceServer interface {
 	RecordEvidence(context.Context, *RecordEvidenceRequest) (*RecordEvidenceResponse, error)
 	RecordSignOff(context.Context, *RecordSignOffRequest) (*RecordSignOffResponse, error)
 	OpenIncident(context.Context, *OpenIncidentRequest) (*OpenIncidentResponse, error)
+	// UpdateIncident changes an open incident's severity or adds a note; a
+	// severity raised to the demotion threshold demotes the agent.
+	UpdateIncident(context.Context, *UpdateIncidentRequest) (*UpdateIncidentResponse, error)
 	CloseIncident(context.Context, *CloseIncidentRequest) (*CloseIncidentResponse, error)
 	ListIncidents(context.Context, *ListIncidentsRequest) (*ListIncidentsResponse, error)
 	// GetMaturity returns an agent's maturity records: outcomes at its level,
@@ -958,6 +975,9 @@ func (UnimplementedMaturityServiceServer) RecordSignOff(context.Context, *Record
 }
 func (UnimplementedMaturityServiceServer) OpenIncident(context.Context, *OpenIncidentRequest) (*OpenIncidentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method OpenIncident not implemented")
+}
+func (UnimplementedMaturityServiceServer) UpdateIncident(context.Context, *UpdateIncidentRequest) (*UpdateIncidentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateIncident not implemented")
 }
 func (UnimplementedMaturityServiceServer) CloseIncident(context.Context, *CloseIncidentRequest) (*CloseIncidentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CloseIncident not implemented")
@@ -1115,6 +1135,24 @@ func _MaturityService_OpenIncident_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MaturityService_UpdateIncident_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateIncidentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaturityServiceServer).UpdateIncident(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaturityService_UpdateIncident_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaturityServiceServer).UpdateIncident(ctx, req.(*UpdateIncidentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _MaturityService_CloseIncident_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CloseIncidentRequest)
 	if err := dec(in); err != nil {
@@ -1203,6 +1241,10 @@ var MaturityService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "OpenIncident",
 			Handler:    _MaturityService_OpenIncident_Handler,
+		},
+		{
+			MethodName: "UpdateIncident",
+			Handler:    _MaturityService_UpdateIncident_Handler,
 		},
 		{
 			MethodName: "CloseIncident",
