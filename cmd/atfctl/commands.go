@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/agentictrust/atf/broker/client"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -21,16 +23,9 @@ func newWhoAmI(g *globals) *cobra.Command {
 		Example: "  atfctl whoami\n  atfctl whoami --svid agent.pem --svid-key agent.key --bundle bundle.pem -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Broker.WhoAmI(cmd.Context(), &brokerv1.WhoAmIRequest{})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*brokerv1.WhoAmIResponse, error) {
+				return c.Broker.WhoAmI(ctx, &brokerv1.WhoAmIRequest{})
+			}, func(w *tabwriter.Writer, r *brokerv1.WhoAmIResponse) {
 				fmt.Fprintf(w, "SPIFFE ID:\t%s\n", r.GetSpiffeId())
 				fmt.Fprintf(w, "Authenticated with:\t%s\n", enumName(r.GetAuthMethod().String(), "AUTH_METHOD_"))
 				fmt.Fprintf(w, "SVID expires:\t%s\n", ts(r.GetSvidExpiresAt()))
@@ -185,16 +180,9 @@ func agentGet(g *globals) *cobra.Command {
 		Example: "  atfctl agent get spiffe://example.org/agents/reporter -o json",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Admin.GetAgent(cmd.Context(), &adminv1.GetAgentRequest{SpiffeId: args[0]})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { agentTable(w, r.GetAgent()) })
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.GetAgentResponse, error) {
+				return c.Admin.GetAgent(ctx, &adminv1.GetAgentRequest{SpiffeId: args[0]})
+			}, func(w *tabwriter.Writer, r *adminv1.GetAgentResponse) { agentTable(w, r.GetAgent()) })
 		},
 	}
 }
@@ -277,16 +265,9 @@ func agentUpdate(g *globals) *cobra.Command {
 			if fl.Changed("config-digest") {
 				req.ConfigDigest = &digest
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Admin.UpdateAgent(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { agentTable(w, r.GetAgent()) })
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.UpdateAgentResponse, error) {
+				return c.Admin.UpdateAgent(ctx, req)
+			}, func(w *tabwriter.Writer, r *adminv1.UpdateAgentResponse) { agentTable(w, r.GetAgent()) })
 		},
 	}
 	f := cmd.Flags()
@@ -311,16 +292,9 @@ func agentDeregister(g *globals) *cobra.Command {
 			if reason == "" {
 				return usageError{fmt.Errorf("--reason is required")}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Admin.DeregisterAgent(cmd.Context(), &adminv1.DeregisterAgentRequest{SpiffeId: args[0], Reason: reason})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.DeregisterAgentResponse, error) {
+				return c.Admin.DeregisterAgent(ctx, &adminv1.DeregisterAgentRequest{SpiffeId: args[0], Reason: reason})
+			}, func(w *tabwriter.Writer, r *adminv1.DeregisterAgentResponse) {
 				agentTable(w, r.GetAgent())
 				fmt.Fprintf(w, "Credentials revoked:\t%d\n", r.GetCredentialsRevoked())
 				fmt.Fprintf(w, "Revocations pending:\t%d\n", r.GetRevocationsPending())
@@ -338,16 +312,9 @@ func agentHistory(g *globals) *cobra.Command {
 		Example: "  atfctl agent history spiffe://example.org/agents/reporter",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Admin.ListAgentHistory(cmd.Context(), &adminv1.ListAgentHistoryRequest{SpiffeId: args[0]})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.ListAgentHistoryResponse, error) {
+				return c.Admin.ListAgentHistory(ctx, &adminv1.ListAgentHistoryRequest{SpiffeId: args[0]})
+			}, func(w *tabwriter.Writer, r *adminv1.ListAgentHistoryResponse) {
 				fmt.Fprintln(w, "REV\tTIME\tACTOR\tACTION\tLEVEL\tREASON")
 				for _, ch := range r.GetChanges() {
 					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", ch.GetRevision(), ts(ch.GetTime()), ch.GetActor(), ch.GetAction(),

@@ -67,3 +67,18 @@ func (g *globals) print(w io.Writer, m proto.Message, table func(*tabwriter.Writ
 	table(tw)
 	return tw.Flush()
 }
+
+// call is the shape of nearly every command: dial the broker, make one call
+// with the connection, print its answer (as JSON, or as a table by table).
+func call[R proto.Message](cmd *cobra.Command, g *globals, do func(context.Context, *client.Conn) (R, error), table func(*tabwriter.Writer, R)) error {
+	c, err := g.dial(cmd.Context())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r, err := do(cmd.Context(), c)
+	if err != nil {
+		return err
+	}
+	return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { table(w, r) })
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/agentictrust/atf/broker/client"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -31,16 +33,9 @@ func policyList(g *globals) *cobra.Command {
 		Example: "  atfctl policy list\n  atfctl policy list -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Admin.ListPolicies(cmd.Context(), &adminv1.ListPoliciesRequest{})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.ListPoliciesResponse, error) {
+				return c.Admin.ListPolicies(ctx, &adminv1.ListPoliciesRequest{})
+			}, func(w *tabwriter.Writer, r *adminv1.ListPoliciesResponse) {
 				fmt.Fprintln(w, "VERSION\tCREATED\tAUTHOR\tLINES\tCOMMENT")
 				for _, v := range r.GetVersions() {
 					cur := ""
@@ -122,16 +117,9 @@ func policySet(g *globals) *cobra.Command {
 				}
 				req.Model = string(raw)
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Admin.SetPolicy(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.SetPolicyResponse, error) {
+				return c.Admin.SetPolicy(ctx, req)
+			}, func(w *tabwriter.Writer, r *adminv1.SetPolicyResponse) {
 				for _, warn := range r.GetWarnings() {
 					fmt.Fprintf(w, "warning:\t%s\n", warn)
 				}
@@ -184,17 +172,10 @@ func policyTest(g *globals) *cobra.Command {
 					*f.dst = string(raw)
 				}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Admin.TestPolicy(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			d := r.GetDecision()
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.TestPolicyResponse, error) {
+				return c.Admin.TestPolicy(ctx, req)
+			}, func(w *tabwriter.Writer, r *adminv1.TestPolicyResponse) {
+				d := r.GetDecision()
 				fmt.Fprintf(w, "Outcome:\t%s\n", enumName(d.GetOutcome().String(), "OUTCOME_"))
 				fmt.Fprintf(w, "Reason:\t%s\n", d.GetReason())
 				fmt.Fprintf(w, "Message:\t%s\n", d.GetMessage())
@@ -304,16 +285,9 @@ func policyRollback(g *globals) *cobra.Command {
 			if comment == "" {
 				return usageError{fmt.Errorf("--comment is required")}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Admin.RollbackPolicy(cmd.Context(), &adminv1.RollbackPolicyRequest{Version: v, Comment: comment, ExpectedVersion: expected})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.RollbackPolicyResponse, error) {
+				return c.Admin.RollbackPolicy(ctx, &adminv1.RollbackPolicyRequest{Version: v, Comment: comment, ExpectedVersion: expected})
+			}, func(w *tabwriter.Writer, r *adminv1.RollbackPolicyResponse) {
 				fmt.Fprintf(w, "Version:\t%d (restores %d, now current)\n", r.GetVersion().GetVersion(), v)
 			})
 		},
@@ -336,16 +310,9 @@ func newApprovals(g *globals) *cobra.Command {
 			if !ok || status == "" {
 				return usageError{fmt.Errorf("--status %q: want pending, approved, denied, expired, redeemed or cancelled", status)}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Approvals.ListApprovals(cmd.Context(), &adminv1.ListApprovalsRequest{Status: brokerv1.ApprovalStatus(st), Agent: agent})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.ListApprovalsResponse, error) {
+				return c.Approvals.ListApprovals(ctx, &adminv1.ListApprovalsRequest{Status: brokerv1.ApprovalStatus(st), Agent: agent})
+			}, func(w *tabwriter.Writer, r *adminv1.ListApprovalsResponse) {
 				fmt.Fprintln(w, "ID\tAGENT\tROLE\tCLASS\tSTATUS\tEXPIRES\tJUSTIFICATION")
 				for _, a := range r.GetApprovals() {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.GetId(), a.GetAgentId(), a.GetRole(), a.GetClass(),
@@ -372,17 +339,10 @@ func decide(g *globals, v adminv1.Verdict) *cobra.Command {
 			if reason == "" {
 				return usageError{fmt.Errorf("--reason is required")}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Approvals.DecideApproval(cmd.Context(), &adminv1.DecideApprovalRequest{ApprovalId: args[0], Verdict: v, Reason: reason})
-			if err != nil {
-				return err
-			}
-			a := r.GetApproval()
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.DecideApprovalResponse, error) {
+				return c.Approvals.DecideApproval(ctx, &adminv1.DecideApprovalRequest{ApprovalId: args[0], Verdict: v, Reason: reason})
+			}, func(w *tabwriter.Writer, r *adminv1.DecideApprovalResponse) {
+				a := r.GetApproval()
 				fmt.Fprintf(w, "Approval:\t%s\n", a.GetId())
 				fmt.Fprintf(w, "Status:\t%s\n", enumName(a.GetStatus().String(), "APPROVAL_STATUS_"))
 				fmt.Fprintf(w, "Agent:\t%s\n", a.GetAgentId())

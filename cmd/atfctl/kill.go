@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/agentictrust/atf/broker/client"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 )
 
@@ -37,16 +39,9 @@ func newKill(g *globals) *cobra.Command {
 			default:
 				return usageError{fmt.Errorf("name one SPIFFE ID, or --all (without --lineage)")}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Response.Kill(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.KillResponse, error) {
+				return c.Response.Kill(ctx, req)
+			}, func(w *tabwriter.Writer, r *adminv1.KillResponse) {
 				fmt.Fprintf(w, "Stopped:\t%s\n", strings.Join(r.GetKilled(), ", "))
 				summaryTable(w, r.GetSummary())
 			})
@@ -80,16 +75,9 @@ func newUnkill(g *globals) *cobra.Command {
 			default:
 				return usageError{fmt.Errorf("name one SPIFFE ID, or --all")}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Response.Release(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { fmt.Fprintln(w, "Released.") })
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.ReleaseResponse, error) {
+				return c.Response.Release(ctx, req)
+			}, func(w *tabwriter.Writer, r *adminv1.ReleaseResponse) { fmt.Fprintln(w, "Released.") })
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why (required; kept in the audit trail)")
@@ -104,16 +92,9 @@ func newKilled(g *globals) *cobra.Command {
 		Example: "  atfctl killed\n  atfctl killed -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Response.GetKillSwitch(cmd.Context(), &adminv1.GetKillSwitchRequest{})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.GetKillSwitchResponse, error) {
+				return c.Response.GetKillSwitch(ctx, &adminv1.GetKillSwitchRequest{})
+			}, func(w *tabwriter.Writer, r *adminv1.GetKillSwitchResponse) {
 				if gk := r.GetGlobal(); gk != nil {
 					fmt.Fprintf(w, "GLOBAL SWITCH SET\t%s by %s: %s\n", ts(gk.GetAt()), gk.GetBy(), gk.GetReason())
 				}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/agentictrust/atf/broker/client"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -68,16 +70,9 @@ func newRevoke(g *globals) *cobra.Command {
 			if reason == "" {
 				return usageError{fmt.Errorf("--reason is required")}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Broker.RevokeGrant(cmd.Context(), &brokerv1.RevokeGrantRequest{GrantId: args[0], Reason: reason})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { summaryTable(w, r.GetSummary()) })
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*brokerv1.RevokeGrantResponse, error) {
+				return c.Broker.RevokeGrant(ctx, &brokerv1.RevokeGrantRequest{GrantId: args[0], Reason: reason})
+			}, func(w *tabwriter.Writer, r *brokerv1.RevokeGrantResponse) { summaryTable(w, r.GetSummary()) })
 		},
 	}
 	grant.Flags().StringVar(&reason, "reason", "", "why (required; kept in the audit trail)")
@@ -98,16 +93,9 @@ func newRevoke(g *globals) *cobra.Command {
 			} else {
 				req.Root = &adminv1.RevokeLineageRequest_AgentId{AgentId: args[0]}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Admin.RevokeLineage(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { summaryTable(w, r.GetSummary()) })
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.RevokeLineageResponse, error) {
+				return c.Admin.RevokeLineage(ctx, req)
+			}, func(w *tabwriter.Writer, r *adminv1.RevokeLineageResponse) { summaryTable(w, r.GetSummary()) })
 		},
 	}
 	lineage.Flags().StringVar(&lreason, "reason", "", "why (required; kept in the audit trail)")
@@ -121,16 +109,9 @@ func newRevoke(g *globals) *cobra.Command {
 			if sreason == "" {
 				return usageError{fmt.Errorf("--reason is required")}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Response.RevokeSessions(cmd.Context(), &adminv1.RevokeSessionsRequest{AgentId: args[0], Reason: sreason})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { summaryTable(w, r.GetSummary()) })
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.RevokeSessionsResponse, error) {
+				return c.Response.RevokeSessions(ctx, &adminv1.RevokeSessionsRequest{AgentId: args[0], Reason: sreason})
+			}, func(w *tabwriter.Writer, r *adminv1.RevokeSessionsResponse) { summaryTable(w, r.GetSummary()) })
 		},
 	}
 	sessions.Flags().StringVar(&sreason, "reason", "", "why (required; kept in the audit trail)")
@@ -152,16 +133,9 @@ func newLineage(g *globals) *cobra.Command {
 			} else {
 				req.Root = &adminv1.GetLineageRequest_AgentId{AgentId: args[0]}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Admin.GetLineage(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { drawLineage(w, args[0], r) })
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.GetLineageResponse, error) {
+				return c.Admin.GetLineage(ctx, req)
+			}, func(w *tabwriter.Writer, r *adminv1.GetLineageResponse) { drawLineage(w, args[0], r) })
 		},
 	})
 	return lineage

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/agentictrust/atf/broker/client"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -76,16 +78,9 @@ func agentDemote(g *globals) *cobra.Command {
 			if levels < 1 || levels > 3 {
 				return usageError{fmt.Errorf("--levels must be 1, 2 or 3, not %d", levels)}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Maturity.Demote(cmd.Context(), &adminv1.DemoteRequest{SpiffeId: args[0], Reason: reason, Levels: levels})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.DemoteResponse, error) {
+				return c.Maturity.Demote(ctx, &adminv1.DemoteRequest{SpiffeId: args[0], Reason: reason, Levels: levels})
+			}, func(w *tabwriter.Writer, r *adminv1.DemoteResponse) {
 				fmt.Fprintf(w, "Level:\t%s (revision %d)\n", levelName(r.GetAgent().GetLevel()), r.GetAgent().GetRevision())
 				summaryTable(w, r.GetSummary())
 			})
@@ -109,16 +104,9 @@ func agentRollback(g *globals) *cobra.Command {
 			if revision == 0 || reason == "" {
 				return usageError{fmt.Errorf("--revision and --reason are required")}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Maturity.RollbackLevel(cmd.Context(), &adminv1.RollbackLevelRequest{SpiffeId: args[0], Revision: revision, Reason: reason})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.RollbackLevelResponse, error) {
+				return c.Maturity.RollbackLevel(ctx, &adminv1.RollbackLevelRequest{SpiffeId: args[0], Revision: revision, Reason: reason})
+			}, func(w *tabwriter.Writer, r *adminv1.RollbackLevelResponse) {
 				fmt.Fprintf(w, "Level:\t%s (of revision %d; now revision %d)\n", levelName(r.GetAgent().GetLevel()), revision, r.GetAgent().GetRevision())
 				summaryTable(w, r.GetSummary())
 			})
@@ -136,16 +124,9 @@ func agentMaturity(g *globals) *cobra.Command {
 		Example: "  atfctl agent maturity spiffe://example.org/agents/reporter\n  atfctl agent maturity spiffe://example.org/agents/reporter -o json",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Maturity.GetMaturity(cmd.Context(), &adminv1.GetMaturityRequest{SpiffeId: args[0]})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { maturityTable(w, r) })
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.GetMaturityResponse, error) {
+				return c.Maturity.GetMaturity(ctx, &adminv1.GetMaturityRequest{SpiffeId: args[0]})
+			}, func(w *tabwriter.Writer, r *adminv1.GetMaturityResponse) { maturityTable(w, r) })
 		},
 	}
 }
@@ -170,17 +151,10 @@ func newEvidence(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Maturity.RecordEvidence(cmd.Context(), &adminv1.RecordEvidenceRequest{SpiffeId: args[0], Kind: kind, Reference: reference, Target: to})
-			if err != nil {
-				return err
-			}
-			e := r.GetEvidence()
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.RecordEvidenceResponse, error) {
+				return c.Maturity.RecordEvidence(ctx, &adminv1.RecordEvidenceRequest{SpiffeId: args[0], Kind: kind, Reference: reference, Target: to})
+			}, func(w *tabwriter.Writer, r *adminv1.RecordEvidenceResponse) {
+				e := r.GetEvidence()
 				fmt.Fprintf(w, "Evidence:\t%s for %s\n", e.GetKind(), levelName(e.GetTarget()))
 				fmt.Fprintf(w, "Reference:\t%s\n", e.GetReference())
 				fmt.Fprintf(w, "Recorded:\t%s by %s\n", ts(e.GetAt()), e.GetRecordedBy())
@@ -212,17 +186,10 @@ func newSignOff(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Maturity.RecordSignOff(cmd.Context(), &adminv1.RecordSignOffRequest{SpiffeId: args[0], Signer: signer, RiskAcceptance: risk, Target: to})
-			if err != nil {
-				return err
-			}
-			s := r.GetSignOff()
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.RecordSignOffResponse, error) {
+				return c.Maturity.RecordSignOff(ctx, &adminv1.RecordSignOffRequest{SpiffeId: args[0], Signer: signer, RiskAcceptance: risk, Target: to})
+			}, func(w *tabwriter.Writer, r *adminv1.RecordSignOffResponse) {
+				s := r.GetSignOff()
 				fmt.Fprintf(w, "Sign-off:\t%s for %s\n", s.GetSigner(), levelName(s.GetTarget()))
 				fmt.Fprintf(w, "Risk accepted:\t%s\n", s.GetRiskAcceptance())
 				fmt.Fprintf(w, "Recorded:\t%s by %s\n", ts(s.GetAt()), s.GetRecordedBy())
@@ -254,16 +221,9 @@ func newIncident(g *globals) *cobra.Command {
 			if summary == "" {
 				return usageError{fmt.Errorf("--summary is required")}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Maturity.OpenIncident(cmd.Context(), &adminv1.OpenIncidentRequest{SpiffeId: args[0], Severity: severity, Summary: summary})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.OpenIncidentResponse, error) {
+				return c.Maturity.OpenIncident(ctx, &adminv1.OpenIncidentRequest{SpiffeId: args[0], Severity: severity, Summary: summary})
+			}, func(w *tabwriter.Writer, r *adminv1.OpenIncidentResponse) {
 				incidentTable(w, r.GetIncident())
 				if d := r.GetDemoted(); d != nil {
 					fmt.Fprintf(w, "Demoted to:\t%s (revision %d)\n", levelName(d.GetLevel()), d.GetRevision())
@@ -284,16 +244,9 @@ func newIncident(g *globals) *cobra.Command {
 			if rca == "" {
 				return usageError{fmt.Errorf("--rca is required")}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Maturity.CloseIncident(cmd.Context(), &adminv1.CloseIncidentRequest{IncidentId: args[0], Rca: rca})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { incidentTable(w, r.GetIncident()) })
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.CloseIncidentResponse, error) {
+				return c.Maturity.CloseIncident(ctx, &adminv1.CloseIncidentRequest{IncidentId: args[0], Rca: rca})
+			}, func(w *tabwriter.Writer, r *adminv1.CloseIncidentResponse) { incidentTable(w, r.GetIncident()) })
 		},
 	}
 	closeCmd.Flags().StringVar(&rca, "rca", "", "the root-cause analysis, or where it lives (required)")
@@ -306,16 +259,9 @@ func newIncident(g *globals) *cobra.Command {
 		Example: "  atfctl incident list --open\n  atfctl incident list --agent spiffe://example.org/agents/reporter -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Maturity.ListIncidents(cmd.Context(), &adminv1.ListIncidentsRequest{SpiffeId: agent, OpenOnly: openOnly})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { incidentRows(w, r.GetIncidents()) })
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.ListIncidentsResponse, error) {
+				return c.Maturity.ListIncidents(ctx, &adminv1.ListIncidentsRequest{SpiffeId: agent, OpenOnly: openOnly})
+			}, func(w *tabwriter.Writer, r *adminv1.ListIncidentsResponse) { incidentRows(w, r.GetIncidents()) })
 		},
 	}
 	list.Flags().StringVar(&agent, "agent", "", "only this agent's incidents")
@@ -335,16 +281,9 @@ func newIncident(g *globals) *cobra.Command {
 			if newSeverity != "" && !slices.Contains([]string{"low", "medium", "high", "critical"}, newSeverity) {
 				return usageError{fmt.Errorf("--severity must be low, medium, high or critical, not %q", newSeverity)}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Maturity.UpdateIncident(cmd.Context(), &adminv1.UpdateIncidentRequest{IncidentId: args[0], Severity: newSeverity, Note: note})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.UpdateIncidentResponse, error) {
+				return c.Maturity.UpdateIncident(ctx, &adminv1.UpdateIncidentRequest{IncidentId: args[0], Severity: newSeverity, Note: note})
+			}, func(w *tabwriter.Writer, r *adminv1.UpdateIncidentResponse) {
 				incidentTable(w, r.GetIncident())
 				if d := r.GetDemoted(); d != nil {
 					fmt.Fprintf(w, "Demoted to:\t%s (revision %d)\n", levelName(d.GetLevel()), d.GetRevision())
@@ -376,16 +315,11 @@ func newOutcome(g *globals) *cobra.Command {
 			if !ok || v == 0 {
 				return usageError{fmt.Errorf("--outcome must be success, failure, rejected or error, not %q", outcome)}
 			}
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Broker.ReportOutcome(cmd.Context(), &brokerv1.ReportOutcomeRequest{Outcome: brokerv1.Outcome(v), Role: role, DecisionId: decision, Detail: detail})
-			if err != nil {
-				return err
-			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { fmt.Fprintf(w, "Recorded:\t%s\n", outcome) })
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*brokerv1.ReportOutcomeResponse, error) {
+				return c.Broker.ReportOutcome(ctx, &brokerv1.ReportOutcomeRequest{Outcome: brokerv1.Outcome(v), Role: role, DecisionId: decision, Detail: detail})
+			}, func(w *tabwriter.Writer, r *brokerv1.ReportOutcomeResponse) {
+				fmt.Fprintf(w, "Recorded:\t%s\n", outcome)
+			})
 		},
 	}
 	report.Flags().StringVar(&outcome, "outcome", "", "success, failure, rejected or error (required)")

@@ -329,7 +329,7 @@ func TestCLIPromotion(t *testing.T) {
 		t.Fatalf("agent history: exit %d\n%s", code, out)
 	}
 	mustMatch(t, "agent history", out,
-		`(?m)^3\s+\S+\s+\S+\s+demote\s+intern\s+critical incident `+inc[1]+`: published draft numbers$`,
+		`(?m)^3\s+\S+\s+\S+\s+demote\s+intern\s+critical incident `+inc[1]+`$`,
 		`(?m)^4\s+\S+\s+\S+\s+rollback\s+junior\s+level of revision 2 restored: the incident was upstream's$`,
 		`(?m)^5\s+\S+\s+\S+\s+demote\s+intern\s+back to supervised work$`)
 }
