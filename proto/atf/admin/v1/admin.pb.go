@@ -5532,6 +5532,104 @@ func (x *GetMaturityResponse) GetBaseline() *Baseline {
 	return nil
 }
 
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{85}
+}
+
+type BackupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The next piece of the bbolt file, in order.
+	Chunk []byte `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	// Set on the first message: the file's size and the newest audit record.
+	Size          int64  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	AuditHeadSeq  uint64 `protobuf:"varint,3,opt,name=audit_head_seq,json=auditHeadSeq,proto3" json:"audit_head_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupResponse) Reset() {
+	*x = BackupResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupResponse) ProtoMessage() {}
+
+func (x *BackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
+func (*BackupResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *BackupResponse) GetChunk() []byte {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
+func (x *BackupResponse) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *BackupResponse) GetAuditHeadSeq() uint64 {
+	if x != nil {
+		return x.AuditHeadSeq
+	}
+	return 0
+}
+
 var File_atf_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_atf_admin_v1_admin_proto_rawDesc = "" +
@@ -5960,7 +6058,12 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\tsign_offs\x18\x05 \x03(\v2\x15.atf.admin.v1.SignOffR\bsignOffs\x124\n" +
 	"\tincidents\x18\x06 \x03(\v2\x16.atf.admin.v1.IncidentR\tincidents\x12/\n" +
 	"\abreaker\x18\a \x01(\v2\x15.atf.admin.v1.BreakerR\abreaker\x122\n" +
-	"\bbaseline\x18\b \x01(\v2\x16.atf.admin.v1.BaselineR\bbaseline*z\n" +
+	"\bbaseline\x18\b \x01(\v2\x16.atf.admin.v1.BaselineR\bbaseline\"\x0f\n" +
+	"\rBackupRequest\"`\n" +
+	"\x0eBackupResponse\x12\x14\n" +
+	"\x05chunk\x18\x01 \x01(\fR\x05chunk\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x12$\n" +
+	"\x0eaudit_head_seq\x18\x03 \x01(\x04R\fauditHeadSeq*z\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rOUTCOME_ALLOW\x10\x01\x12\x10\n" +
@@ -5970,8 +6073,7 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\aVerdict\x12\x17\n" +
 	"\x13VERDICT_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fVERDICT_APPROVE\x10\x01\x12\x10\n" +
-	"\fVERDICT_DENY\x10\x022\xe2\n" +
-	"\n" +
+	"\fVERDICT_DENY\x10\x022\xa9\v\n" +
 	"\fAdminService\x12X\n" +
 	"\rRegisterAgent\x12\".atf.admin.v1.RegisterAgentRequest\x1a#.atf.admin.v1.RegisterAgentResponse\x12I\n" +
 	"\bGetAgent\x12\x1d.atf.admin.v1.GetAgentRequest\x1a\x1e.atf.admin.v1.GetAgentResponse\x12O\n" +
@@ -5992,7 +6094,8 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"QueryAudit\x12\x1f.atf.admin.v1.QueryAuditRequest\x1a .atf.admin.v1.QueryAuditResponse\x12R\n" +
 	"\vVerifyAudit\x12 .atf.admin.v1.VerifyAuditRequest\x1a!.atf.admin.v1.VerifyAuditResponse\x12T\n" +
-	"\vWatchEvents\x12 .atf.admin.v1.WatchEventsRequest\x1a!.atf.admin.v1.WatchEventsResponse0\x012\xd1\a\n" +
+	"\vWatchEvents\x12 .atf.admin.v1.WatchEventsRequest\x1a!.atf.admin.v1.WatchEventsResponse0\x01\x12E\n" +
+	"\x06Backup\x12\x1b.atf.admin.v1.BackupRequest\x1a\x1c.atf.admin.v1.BackupResponse0\x012\xd1\a\n" +
 	"\x0fMaturityService\x12d\n" +
 	"\x11EvaluatePromotion\x12&.atf.admin.v1.EvaluatePromotionRequest\x1a'.atf.admin.v1.EvaluatePromotionResponse\x12F\n" +
 	"\aPromote\x12\x1c.atf.admin.v1.PromoteRequest\x1a\x1d.atf.admin.v1.PromoteResponse\x12C\n" +
@@ -6027,7 +6130,7 @@ func file_atf_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_atf_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 88)
+var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 90)
 var file_atf_admin_v1_admin_proto_goTypes = []any{
 	(Outcome)(0),                      // 0: atf.admin.v1.Outcome
 	(Verdict)(0),                      // 1: atf.admin.v1.Verdict
@@ -6116,101 +6219,103 @@ var file_atf_admin_v1_admin_proto_goTypes = []any{
 	(*Breaker)(nil),                   // 84: atf.admin.v1.Breaker
 	(*Baseline)(nil),                  // 85: atf.admin.v1.Baseline
 	(*GetMaturityResponse)(nil),       // 86: atf.admin.v1.GetMaturityResponse
-	nil,                               // 87: atf.admin.v1.AuditRecord.DetailEntry
-	nil,                               // 88: atf.admin.v1.Event.DetailEntry
-	nil,                               // 89: atf.admin.v1.Baseline.RolesEntry
-	(v1.Level)(0),                     // 90: atf.broker.v1.Level
-	(v1.AgentStatus)(0),               // 91: atf.broker.v1.AgentStatus
-	(*timestamppb.Timestamp)(nil),     // 92: google.protobuf.Timestamp
-	(*v1.RevocationSummary)(nil),      // 93: atf.broker.v1.RevocationSummary
-	(*v1.Grant)(nil),                  // 94: atf.broker.v1.Grant
-	(*durationpb.Duration)(nil),       // 95: google.protobuf.Duration
-	(v1.ApprovalStatus)(0),            // 96: atf.broker.v1.ApprovalStatus
-	(*v1.Approval)(nil),               // 97: atf.broker.v1.Approval
+	(*BackupRequest)(nil),             // 87: atf.admin.v1.BackupRequest
+	(*BackupResponse)(nil),            // 88: atf.admin.v1.BackupResponse
+	nil,                               // 89: atf.admin.v1.AuditRecord.DetailEntry
+	nil,                               // 90: atf.admin.v1.Event.DetailEntry
+	nil,                               // 91: atf.admin.v1.Baseline.RolesEntry
+	(v1.Level)(0),                     // 92: atf.broker.v1.Level
+	(v1.AgentStatus)(0),               // 93: atf.broker.v1.AgentStatus
+	(*timestamppb.Timestamp)(nil),     // 94: google.protobuf.Timestamp
+	(*v1.RevocationSummary)(nil),      // 95: atf.broker.v1.RevocationSummary
+	(*v1.Grant)(nil),                  // 96: atf.broker.v1.Grant
+	(*durationpb.Duration)(nil),       // 97: google.protobuf.Duration
+	(v1.ApprovalStatus)(0),            // 98: atf.broker.v1.ApprovalStatus
+	(*v1.Approval)(nil),               // 99: atf.broker.v1.Approval
 }
 var file_atf_admin_v1_admin_proto_depIdxs = []int32{
-	90,  // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
-	91,  // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
-	92,  // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
-	92,  // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
+	92,  // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
+	93,  // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
+	94,  // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
+	94,  // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
 	46,  // 4: atf.admin.v1.Agent.kill:type_name -> atf.admin.v1.KillState
 	84,  // 5: atf.admin.v1.Agent.breaker:type_name -> atf.admin.v1.Breaker
-	90,  // 6: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
+	92,  // 6: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
 	2,   // 7: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
 	2,   // 8: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
 	2,   // 9: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
 	10,  // 10: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
-	90,  // 11: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
+	92,  // 11: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
 	2,   // 12: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
 	2,   // 13: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	93,  // 14: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	94,  // 15: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
+	95,  // 14: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	96,  // 15: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
 	18,  // 16: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
-	92,  // 17: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
+	94,  // 17: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
 	21,  // 18: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
-	92,  // 19: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
+	94,  // 19: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
 	2,   // 20: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
-	92,  // 21: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
+	94,  // 21: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
 	22,  // 22: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
 	22,  // 23: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
 	22,  // 24: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
 	22,  // 25: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	90,  // 26: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
+	92,  // 26: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
 	33,  // 27: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
 	0,   // 28: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
-	95,  // 29: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
-	90,  // 30: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
-	92,  // 31: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
-	92,  // 32: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
-	92,  // 33: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	87,  // 34: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
+	97,  // 29: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
+	92,  // 30: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
+	94,  // 31: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
+	94,  // 32: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
+	94,  // 33: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	89,  // 34: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
 	35,  // 35: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
-	92,  // 36: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	88,  // 37: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
+	94,  // 36: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	90,  // 37: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
 	40,  // 38: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
-	96,  // 39: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
-	97,  // 40: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
+	98,  // 39: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
+	99,  // 40: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
 	1,   // 41: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
-	97,  // 42: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
-	92,  // 43: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
-	93,  // 44: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	93,  // 45: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	99,  // 42: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
+	94,  // 43: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
+	95,  // 44: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	95,  // 45: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
 	46,  // 46: atf.admin.v1.GetKillSwitchResponse.global:type_name -> atf.admin.v1.KillState
 	55,  // 47: atf.admin.v1.GetKillSwitchResponse.agents:type_name -> atf.admin.v1.KilledAgent
 	46,  // 48: atf.admin.v1.KilledAgent.kill:type_name -> atf.admin.v1.KillState
 	57,  // 49: atf.admin.v1.PromotionGate.checks:type_name -> atf.admin.v1.GateCheck
-	90,  // 50: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
-	90,  // 51: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
+	92,  // 50: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
+	92,  // 51: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
 	58,  // 52: atf.admin.v1.PromotionReport.gates:type_name -> atf.admin.v1.PromotionGate
 	59,  // 53: atf.admin.v1.EvaluatePromotionResponse.report:type_name -> atf.admin.v1.PromotionReport
 	59,  // 54: atf.admin.v1.PromoteResponse.report:type_name -> atf.admin.v1.PromotionReport
 	2,   // 55: atf.admin.v1.PromoteResponse.agent:type_name -> atf.admin.v1.Agent
 	2,   // 56: atf.admin.v1.DemoteResponse.agent:type_name -> atf.admin.v1.Agent
-	93,  // 57: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	95,  // 57: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
 	2,   // 58: atf.admin.v1.RollbackLevelResponse.agent:type_name -> atf.admin.v1.Agent
-	93,  // 59: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	90,  // 60: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
-	92,  // 61: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
-	90,  // 62: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
+	95,  // 59: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	92,  // 60: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
+	94,  // 61: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
+	92,  // 62: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
 	67,  // 63: atf.admin.v1.RecordEvidenceResponse.evidence:type_name -> atf.admin.v1.Evidence
-	90,  // 64: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
-	92,  // 65: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
-	90,  // 66: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
+	92,  // 64: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
+	94,  // 65: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
+	92,  // 66: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
 	70,  // 67: atf.admin.v1.RecordSignOffResponse.sign_off:type_name -> atf.admin.v1.SignOff
-	90,  // 68: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
-	92,  // 69: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
-	92,  // 70: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
+	92,  // 68: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
+	94,  // 69: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
+	94,  // 70: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
 	73,  // 71: atf.admin.v1.OpenIncidentResponse.incident:type_name -> atf.admin.v1.Incident
 	2,   // 72: atf.admin.v1.OpenIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
 	73,  // 73: atf.admin.v1.UpdateIncidentResponse.incident:type_name -> atf.admin.v1.Incident
 	2,   // 74: atf.admin.v1.UpdateIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
 	73,  // 75: atf.admin.v1.CloseIncidentResponse.incident:type_name -> atf.admin.v1.Incident
 	73,  // 76: atf.admin.v1.ListIncidentsResponse.incidents:type_name -> atf.admin.v1.Incident
-	92,  // 77: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
-	92,  // 78: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
-	89,  // 79: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
+	94,  // 77: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
+	94,  // 78: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
+	91,  // 79: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
 	2,   // 80: atf.admin.v1.GetMaturityResponse.agent:type_name -> atf.admin.v1.Agent
-	92,  // 81: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
+	94,  // 81: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
 	83,  // 82: atf.admin.v1.GetMaturityResponse.outcomes:type_name -> atf.admin.v1.OutcomeCounts
 	67,  // 83: atf.admin.v1.GetMaturityResponse.evidence:type_name -> atf.admin.v1.Evidence
 	70,  // 84: atf.admin.v1.GetMaturityResponse.sign_offs:type_name -> atf.admin.v1.SignOff
@@ -6233,58 +6338,60 @@ var file_atf_admin_v1_admin_proto_depIdxs = []int32{
 	34,  // 101: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
 	37,  // 102: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
 	39,  // 103: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
-	56,  // 104: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
-	61,  // 105: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
-	63,  // 106: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
-	65,  // 107: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
-	68,  // 108: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
-	71,  // 109: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
-	74,  // 110: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
-	76,  // 111: atf.admin.v1.MaturityService.UpdateIncident:input_type -> atf.admin.v1.UpdateIncidentRequest
-	78,  // 112: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
-	80,  // 113: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
-	82,  // 114: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
-	47,  // 115: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
-	49,  // 116: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
-	51,  // 117: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
-	53,  // 118: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
-	42,  // 119: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
-	44,  // 120: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
-	4,   // 121: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
-	6,   // 122: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
-	8,   // 123: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
-	11,  // 124: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
-	13,  // 125: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
-	20,  // 126: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
-	15,  // 127: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
-	17,  // 128: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
-	24,  // 129: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
-	26,  // 130: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
-	28,  // 131: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
-	30,  // 132: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
-	32,  // 133: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
-	36,  // 134: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
-	38,  // 135: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
-	41,  // 136: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
-	60,  // 137: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
-	62,  // 138: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
-	64,  // 139: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
-	66,  // 140: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
-	69,  // 141: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
-	72,  // 142: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
-	75,  // 143: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
-	77,  // 144: atf.admin.v1.MaturityService.UpdateIncident:output_type -> atf.admin.v1.UpdateIncidentResponse
-	79,  // 145: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
-	81,  // 146: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
-	86,  // 147: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
-	48,  // 148: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
-	50,  // 149: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
-	52,  // 150: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
-	54,  // 151: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
-	43,  // 152: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
-	45,  // 153: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
-	121, // [121:154] is the sub-list for method output_type
-	88,  // [88:121] is the sub-list for method input_type
+	87,  // 104: atf.admin.v1.AdminService.Backup:input_type -> atf.admin.v1.BackupRequest
+	56,  // 105: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
+	61,  // 106: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
+	63,  // 107: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
+	65,  // 108: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
+	68,  // 109: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
+	71,  // 110: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
+	74,  // 111: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
+	76,  // 112: atf.admin.v1.MaturityService.UpdateIncident:input_type -> atf.admin.v1.UpdateIncidentRequest
+	78,  // 113: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
+	80,  // 114: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
+	82,  // 115: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
+	47,  // 116: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
+	49,  // 117: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
+	51,  // 118: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
+	53,  // 119: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
+	42,  // 120: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
+	44,  // 121: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
+	4,   // 122: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
+	6,   // 123: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
+	8,   // 124: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
+	11,  // 125: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
+	13,  // 126: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
+	20,  // 127: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
+	15,  // 128: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
+	17,  // 129: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
+	24,  // 130: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
+	26,  // 131: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
+	28,  // 132: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
+	30,  // 133: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
+	32,  // 134: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
+	36,  // 135: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
+	38,  // 136: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
+	41,  // 137: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
+	88,  // 138: atf.admin.v1.AdminService.Backup:output_type -> atf.admin.v1.BackupResponse
+	60,  // 139: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
+	62,  // 140: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
+	64,  // 141: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
+	66,  // 142: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
+	69,  // 143: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
+	72,  // 144: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
+	75,  // 145: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
+	77,  // 146: atf.admin.v1.MaturityService.UpdateIncident:output_type -> atf.admin.v1.UpdateIncidentResponse
+	79,  // 147: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
+	81,  // 148: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
+	86,  // 149: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
+	48,  // 150: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
+	50,  // 151: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
+	52,  // 152: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
+	54,  // 153: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
+	43,  // 154: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
+	45,  // 155: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
+	122, // [122:156] is the sub-list for method output_type
+	88,  // [88:122] is the sub-list for method input_type
 	88,  // [88:88] is the sub-list for extension type_name
 	88,  // [88:88] is the sub-list for extension extendee
 	0,   // [0:88] is the sub-list for field type_name
@@ -6318,7 +6425,7 @@ func file_atf_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_admin_v1_admin_proto_rawDesc), len(file_atf_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   88,
+			NumMessages:   90,
 			NumExtensions: 0,
 			NumServices:   4,
 		},
