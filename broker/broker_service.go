@@ -78,8 +78,14 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		why["reason"], why["message"], why["rule"] = string(d.Reason), d.Message, d.Rule
 		why["policy"], why["policy_version"] = d.Matched, strconv.FormatUint(d.PolicyVersion, 10)
 	}
+	start := time.Now()
 	refuse := func(kind, decision string) {
 		why["decision"] = decision
+		reason := why["reason"]
+		if decision == "limited" {
+			reason = why["limit"]
+		}
+		s.metrics.decisions.WithLabelValues(decision, reason).Inc()
 		if err := s.store.AppendAudit(store.AuditRecord{Kind: kind, Actor: caller, Subject: role.Name, Detail: why}); err != nil {
 			log.Error("writing the audit record failed", slog.String(logError, err.Error()))
 		}
@@ -178,6 +184,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		return nil, deny(d)
 	}
 	if d.Outcome == authz.NeedsApproval && req.GetApprovalId() == "" {
+		s.metrics.decisions.WithLabelValues("pending", string(d.Reason)).Inc()
 		return s.requestApproval(ctx, store.Approval{
 			ID: newID(), AgentID: caller, Role: role.Name, Class: role.class.String(), Classification: role.classification.String(),
 			Level: agent.Level, GrantID: req.GetGrantId(), Chain: chain, TTL: d.TTL, Purpose: why["purpose"],
@@ -288,6 +295,8 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	}
 	issued = true
 	s.live.commit(lc, cred.Accessor, cred.ExpiresAt)
+	s.metrics.decisions.WithLabelValues("allow", string(authz.Allowed)).Inc()
+	s.metrics.issuance.Observe(time.Since(start).Seconds())
 	s.observe(ctx, monitor.Event{Agent: caller, Lineage: chain[0], Role: role.Name, InManifest: true, Kind: monitor.Issued})
 	s.recordBreaker(ctx, caller, false)
 	log.Info("credential issued", slog.String(logAccessor, cred.Accessor), slog.Duration(logTTL, d.TTL),

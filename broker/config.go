@@ -53,6 +53,12 @@ type Config struct {
 	Audit AuditConfig `yaml:"audit"`
 	// Limits bound request rates and live credentials (ATF S-3..S-5).
 	Limits LimitsConfig `yaml:"limits"`
+	// MetricsAddr serves Prometheus metrics on /metrics (plain HTTP, e.g.
+	// 127.0.0.1:9090); empty: off.
+	MetricsAddr string `yaml:"metrics_addr"`
+	// HealthInterval is how often Vault and the Workload API are probed for
+	// the gRPC health service (default 5s).
+	HealthInterval time.Duration `yaml:"health_interval"`
 	// Maturity tunes the promotion gates.
 	Maturity MaturityConfig `yaml:"maturity"`
 	// Monitor tunes behaviour monitoring and the circuit breaker.
@@ -334,6 +340,12 @@ func (c *Config) Validate() error {
 		if _, err := attest.ParseID(a); err != nil {
 			bad("security_operators: %v", err)
 		}
+	}
+	if c.HealthInterval == 0 {
+		c.HealthInterval = 5 * time.Second
+	}
+	if c.HealthInterval < 0 {
+		bad("health_interval must be positive")
 	}
 	if c.Approvals.PendingTTL == 0 {
 		c.Approvals.PendingTTL = time.Hour

@@ -191,6 +191,13 @@ func (l *liveSet) commit(lc *liveCred, accessor string, expires time.Time) {
 	heap.Push(&l.byExpiry, lc)
 }
 
+// total is the number of live credentials counted.
+func (l *liveSet) total() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.byAcc)
+}
+
 // cancel gives a reservation back.
 func (l *liveSet) cancel(lc *liveCred) {
 	l.mu.Lock()

@@ -34,6 +34,7 @@ func (s *Server) observe(ctx context.Context, ev monitor.Event) (stopped *monito
 // onAnomaly records, notifies and acts on an anomaly.
 func (s *Server) onAnomaly(ctx context.Context, an monitor.Anomaly) (stopped bool) {
 	action := s.cfg.Monitor.Actions[an.Severity.String()]
+	s.metrics.anomalies.WithLabelValues(an.Rule, an.Severity.String()).Inc()
 	log := s.logger(ctx).With(slog.String(logAgent, an.Agent), slog.String("rule", an.Rule), slog.String("severity", an.Severity.String()), slog.String("action", action))
 	log.Warn("anomaly", slog.String("detail", an.Detail))
 	if err := s.store.AppendAudit(store.AuditRecord{Kind: "anomaly", Actor: "atfd", Subject: an.Agent, Detail: map[string]string{
@@ -87,6 +88,7 @@ func (s *Server) recordBreaker(ctx context.Context, agent string, failure bool) 
 	if !s.breakers.Record(agent, failure) {
 		return
 	}
+	s.metrics.trips.Inc()
 	_, until := s.breakers.State(agent)
 	reason := fmt.Sprintf("circuit breaker opened until %s after repeated failures or denials", until.Format(time.RFC3339))
 	if err := s.store.AppendAudit(store.AuditRecord{Kind: "breaker_open", Actor: "atfd", Subject: agent, Detail: map[string]string{

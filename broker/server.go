@@ -82,6 +82,8 @@ type Server struct {
 	live       *liveSet
 	notifier   *notify.Notifier
 	streamers  []*audit.Streamer
+	metrics    *metrics
+	metricsLn  net.Listener
 	maturity   maturity.Config
 	monitor    *monitor.Monitor
 	breakers   *monitor.Breakers
@@ -174,6 +176,12 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	}
 	if err := s.loadBaselines(); err != nil {
 		return nil, err
+	}
+	s.metrics = newMetrics(s)
+	if cfg.MetricsAddr != "" {
+		if s.metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return nil, fmt.Errorf("broker: metrics_addr: %w", err)
+		}
 	}
 	s.rate = newRateLimiter(cfg.Limits.Rate, o.now)
 	s.live = newLiveSet(cfg.Limits, o.now)
@@ -282,8 +290,14 @@ func (s *Server) Serve(lis net.Listener) error {
 			}
 		}
 	})
+	for _, svc := range healthServices {
+		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
+	s.loops.Go(func() { s.probeHealth(ctx, s.cfg.HealthInterval) })
+	if s.metricsLn != nil {
+		s.loops.Go(func() { s.serveMetrics(ctx, s.metricsLn) })
+	}
 	s.lifeMu.Unlock()
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	err := s.grpc.Serve(lis)
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
@@ -318,6 +332,9 @@ func (s *Server) Close() {
 		}
 		s.lifeMu.Unlock()
 		s.loops.Wait()
+		if s.metricsLn != nil {
+			_ = s.metricsLn.Close() // already closed if Serve ran
+		}
 		if s.monitor != nil && s.store != nil {
 			s.saveBaselines()
 		}

@@ -124,20 +124,45 @@ func (s *Source) ID() (spiffeid.ID, error) {
 	return sv.ID, nil
 }
 
-// FetchJWTSVID fetches a JWT-SVID for audience from the Workload API.
-func (s *Source) FetchJWTSVID(ctx context.Context, audience string) (string, error) {
+// client returns the Workload API client, made on first use.
+func (s *Source) client(ctx context.Context) (*workloadapi.Client, error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.jwtClient == nil {
 		c, err := workloadapi.New(ctx, s.wopts...)
 		if err != nil {
-			s.mu.Unlock()
-			return "", fmt.Errorf("svid: Workload API %s: %w", addrOrEnv(s.addr), err)
+			return nil, fmt.Errorf("svid: Workload API %s: %w", addrOrEnv(s.addr), err)
 		}
 		s.jwtClient = c
 		s.closers = append(s.closers, c.Close)
 	}
-	c := s.jwtClient
-	s.mu.Unlock()
+	return s.jwtClient, nil
+}
+
+// Healthy reports whether the Workload API answers (nil when SVID and
+// bundles both come from files).
+func (s *Source) Healthy(ctx context.Context) error {
+	if _, static := s.svid.(staticSVID); static && s.x509 != nil {
+		if _, files := s.x509.(*spiffebundle.Set); files {
+			return nil
+		}
+	}
+	c, err := s.client(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := c.FetchX509Bundles(ctx); err != nil {
+		return fmt.Errorf("svid: Workload API %s: %w", addrOrEnv(s.addr), err)
+	}
+	return nil
+}
+
+// FetchJWTSVID fetches a JWT-SVID for audience from the Workload API.
+func (s *Source) FetchJWTSVID(ctx context.Context, audience string) (string, error) {
+	c, err := s.client(ctx)
+	if err != nil {
+		return "", err
+	}
 	sv, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience})
 	if err != nil {
 		return "", fmt.Errorf("svid: fetch JWT-SVID from Workload API %s: %w", addrOrEnv(s.addr), err)
