@@ -130,6 +130,9 @@ func (b *brokerService) WaitApproval(req *brokerv1.WaitApprovalRequest, stream g
 		case <-ctx.Done():
 			timer.Stop()
 			return nil
+		case <-s.closingCh:
+			timer.Stop()
+			return errShuttingDown
 		case <-changed:
 		case <-timer.C:
 		}

@@ -459,6 +459,8 @@ func (b *brokerService) WatchRevocations(_ *brokerv1.WatchRevocationsRequest, st
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-b.s.closingCh:
+			return errShuttingDown
 		case ev, ok := <-events:
 			if !ok {
 				return status.Error(codes.ResourceExhausted, "revocation watcher fell behind; reconnect and refetch credentials")

@@ -41,6 +41,8 @@ func (a *adminService) WatchEvents(_ *adminv1.WatchEventsRequest, stream grpc.Se
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-a.s.closingCh:
+			return errShuttingDown
 		case ev, ok := <-events:
 			if !ok {
 				return status.Error(codes.ResourceExhausted, "event watcher fell behind; reconnect (missed events are in the audit trail)")

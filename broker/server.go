@@ -14,10 +14,12 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
@@ -90,6 +92,9 @@ type Server struct {
 	stop       context.CancelFunc // stops background loops
 	loops      sync.WaitGroup
 
+	// closingCh is closed when Close starts: streams end at once, telling
+	// clients to reconnect, instead of holding up the shutdown.
+	closingCh chan struct{}
 	lifeMu    sync.Mutex // orders Serve's start against Close
 	closing   bool
 	closeOnce sync.Once
@@ -107,7 +112,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 		return nil, err
 	}
 	s := &Server{log: o.logger, now: o.now, cfg: cfg, admins: map[spiffeid.ID]bool{}, approvers: map[spiffeid.ID]bool{},
-		operators: map[spiffeid.ID]bool{}}
+		operators: map[spiffeid.ID]bool{}, closingCh: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -313,6 +318,7 @@ func (s *Server) Close() {
 		s.lifeMu.Lock()
 		s.closing = true
 		s.lifeMu.Unlock()
+		close(s.closingCh)
 		if s.grpc != nil {
 			s.health.Shutdown()
 			done := make(chan struct{})
@@ -398,3 +404,6 @@ func webhookSinks(cfg WebhookConfig) ([]notify.Sink, error) {
 	}
 	return []notify.Sink{wh}, nil
 }
+
+// errShuttingDown ends streams when atfd stops.
+var errShuttingDown = status.Error(codes.Unavailable, "atfd is shutting down; reconnect")

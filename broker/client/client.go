@@ -2,6 +2,11 @@
 // caller's SVID (from the SPIRE Workload API or from files), dials the broker
 // over mutual TLS, checks that the server is the broker it expects, and
 // optionally authenticates with a JWT-SVID instead of the X.509-SVID.
+//
+// Agents use New: an Agent caches each role's credential, refreshes it
+// before it expires, drops it the moment the broker revokes it, and waits
+// for a human's approval where its level needs one. Dial is the raw
+// connection, for operators' tools.
 package client
 
 import (
