@@ -1299,8 +1299,9 @@ func TestOpenCorrupt(t *testing.T) {
 			if s != nil {
 				t.Error("Open returned a store along with its error")
 			}
-			if prefix := "store: open " + path + ": "; !strings.HasPrefix(err.Error(), prefix) {
-				t.Errorf("err = %q, want prefix %q", err, prefix)
+			var de *store.DamagedError
+			if !errors.As(err, &de) || de.Path != path || !strings.Contains(err.Error(), "atfd will not start on it. Restore the latest backup") {
+				t.Errorf("err = %q, want a DamagedError for %s saying how to restore", err, path)
 			}
 		})
 	}

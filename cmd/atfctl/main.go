@@ -100,6 +100,6 @@ Identity comes from the caller's SPIFFE SVID: from the SPIRE Workload API
 	g.register(root)
 	root.AddCommand(newWhoAmI(g), newCreds(g), newAgent(g), newDelegate(g), newRevoke(g), newLineage(g), newWatch(g),
 		newPolicy(g), newApprovals(g), newAudit(g), newEvents(g), newKill(g), newUnkill(g), newKilled(g),
-		newEvidence(g), newSignOff(g), newIncident(g), newOutcome(g))
+		newEvidence(g), newSignOff(g), newIncident(g), newOutcome(g), newAdmin(g))
 	return root
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -17,8 +19,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
+	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/client"
+	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	"github.com/agentictrust/atf/deploy/policy"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -208,6 +212,75 @@ func TestAtfdRefusesBadConfig(t *testing.T) {
 		if err == nil || !strings.Contains(string(out), want) {
 			t.Errorf("atfd with an incomplete config does not mention %s: %v\n%s", want, err, out)
 		}
+	}
+}
+
+// A damaged store stops atfd at once, saying how to recover, and is left
+// as it was.
+func TestAtfdRefusesDamagedStore(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	storePath := filepath.Join(dir, "atf.db")
+	s, err := store.Open(storePath, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		if _, err := s.RegisterAgent(store.Agent{ID: fmt.Sprintf("spiffe://atf.test/agent/%d", i), Level: authz.Intern}, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// bbolt grows the file ahead of its pages: cut half of the pages.
+	pages, err := s.Backup(io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(storePath, pages/2); err != nil {
+		t.Fatal(err)
+	}
+	damaged, err := os.ReadFile(storePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rolesFile, cfg := filepath.Join(dir, "roles.yaml"), filepath.Join(dir, "atfd.yaml")
+	if err := os.WriteFile(rolesFile, []byte(roles), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`listen_addr: 127.0.0.1:0
+trust_domains: [atf.test]
+store_path: %s
+roles_file: %s
+vault:
+  address: http://127.0.0.1:1
+  auth:
+    method: token
+`, storePath, rolesFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	cmd := exec.CommandContext(t.Context(), exe, "-config", cfg)
+	cmd.Env = append(os.Environ(), "ATF_TEST_RUN_ATFD=1")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+		t.Fatalf("atfd on a damaged store: %v, want a non-zero exit\n%s", err, out)
+	}
+	want := fmt.Sprintf("atfd: store: %s is damaged (", storePath)
+	if !strings.Contains(string(out), want) || !strings.Contains(string(out), "Restore the latest backup (atfctl admin backup makes one) to "+storePath) {
+		t.Errorf("atfd's output does not say the store is damaged and how to restore it:\n%s", out)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("atfd took %s to give up", d)
+	}
+	if after, err := os.ReadFile(storePath); err != nil || !bytes.Equal(after, damaged) {
+		t.Errorf("atfd changed the damaged store (%v)", err)
 	}
 }
 
