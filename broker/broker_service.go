@@ -259,20 +259,21 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		return nil, s.statusOf(ctx, "issue credential", err)
 	}
 	err = s.store.RecordCredential(store.Credential{
-		Accessor:   cred.Accessor,
-		AgentID:    caller,
-		Role:       role.Name,
-		Level:      agent.Level,
-		Policies:   cred.Policies,
-		DecisionID: decisionID,
-		IssuedAt:   cred.IssuedAt.UTC(),
-		ExpiresAt:  cred.ExpiresAt.UTC(),
-		GrantID:    req.GetGrantId(),
-		Anchor:     anchor,
-		Chain:      chain,
-		GrantIDs:   grantIDs,
-		ApprovalID: req.GetApprovalId(),
-		Why:        why,
+		Accessor:      cred.Accessor,
+		AgentID:       caller,
+		Role:          role.Name,
+		Level:         agent.Level,
+		Policies:      cred.Policies,
+		DecisionID:    decisionID,
+		IssuedAt:      cred.IssuedAt.UTC(),
+		ExpiresAt:     cred.ExpiresAt.UTC(),
+		GrantID:       req.GetGrantId(),
+		Anchor:        anchor,
+		Chain:         chain,
+		GrantIDs:      grantIDs,
+		ApprovalID:    req.GetApprovalId(),
+		AgentRevision: a.Revision,
+		Why:           why,
 	})
 	if err != nil {
 		// Never hand out a credential the broker has not recorded. A refused
@@ -280,10 +281,12 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		if rerr := s.issuer.Revoke(context.WithoutCancel(ctx), cred.Accessor); rerr != nil {
 			log.Error("revoking an unrecorded credential failed; it expires on its own", slog.String(logError, rerr.Error()),
 				slog.String(logAccessor, cred.Accessor), slog.Time("expires_at", cred.ExpiresAt))
-		} else if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrKilled) {
+		} else if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrKilled) || errors.Is(err, store.ErrConflict) {
 			_ = s.store.CompleteRevocation(cred.Accessor)
 		}
 		switch {
+		case errors.Is(err, store.ErrConflict):
+			return nil, status.Errorf(codes.Aborted, "agent %s's registration changed while the credential was issued; nothing was issued, retry (decision %s)", caller, decisionID)
 		case errors.Is(err, store.ErrKilled):
 			return nil, status.Errorf(codes.PermissionDenied, "agent %s was stopped by the kill switch (decision %s)", caller, decisionID)
 		case errors.Is(err, store.ErrDeregistered):

@@ -216,9 +216,14 @@ func (s *Store) RecordCredential(c Credential) error {
 			return err
 		}
 		now := s.now().UTC()
+		refused = usable(tx, a)
 		switch {
-		case usable(tx, a) != nil:
-			refused = usable(tx, a)
+		case refused != nil:
+		case c.AgentRevision != 0 && a.Revision != c.AgentRevision:
+			// A demotion (or any change) committed after the decision: its
+			// revocation of unbacked credentials could not see this one.
+			refused = fmt.Errorf("%w: agent %s changed (revision %d, decided at %d) while the credential was issued; retry",
+				ErrConflict, c.AgentID, a.Revision, c.AgentRevision)
 		case c.GrantID != "":
 			chain, err := liveChain(tx, c.GrantID, now)
 			switch {

@@ -149,6 +149,9 @@ type Credential struct {
 	// RevokedAt is when the broker revoked it; the Vault side may still be
 	// queued (PendingRevocations).
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	// AgentRevision is the revision of the agent's record the decision
+	// read; recording refuses the credential if the record changed since.
+	AgentRevision uint64 `json:"agent_revision,omitempty"`
 	// ApprovalID is the human approval it was issued on, if any.
 	ApprovalID string `json:"approval_id,omitempty"`
 	// Why explains the decision in the issuance's audit record; it is not

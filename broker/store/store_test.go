@@ -1328,3 +1328,31 @@ func TestOpenFileModes(t *testing.T) {
 		}
 	}
 }
+
+// A credential decided on one revision of the agent's record is refused,
+// and queued for revocation, if the record changed before it was recorded:
+// a demotion's revocation of what the new level does not back could not
+// have seen it.
+func TestRecordCredentialRefusesStaleDecision(t *testing.T) {
+	s, _ := open(t)
+	const id = "spiffe://td/agent/a"
+	a := mustRegister(t, s, id, "alice")
+
+	fresh := credential(id, "acc-fresh")
+	fresh.AgentRevision = a.Revision
+	mustRecord(t, s, fresh)
+
+	if _, err := s.SetLevel(id, "bob", store.ActionDemote, "incident", authz.Intern, 0); err != nil {
+		t.Fatal(err)
+	}
+	stale := credential(id, "acc-stale")
+	stale.AgentRevision = a.Revision
+	err := s.RecordCredential(stale)
+	if !errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), "changed (revision 2, decided at 1)") {
+		t.Fatalf("RecordCredential(stale) = %v, want ErrConflict naming both revisions", err)
+	}
+	pending, err := s.PendingRevocations()
+	if err != nil || !slices.Contains(pending, "acc-stale") || slices.Contains(pending, "acc-fresh") {
+		t.Fatalf("pending revocations = %v, %v; want the stale credential only", pending, err)
+	}
+}
