@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -81,4 +83,55 @@ func call[R proto.Message](cmd *cobra.Command, g *globals, do func(context.Conte
 		return err
 	}
 	return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { table(w, r) })
+}
+
+// follow is the shape of the watch commands: dial, open a stream, print
+// each message as it comes (flushed at once) until Ctrl-C. A stream the
+// broker refuses ends before its headers; its error comes with the first
+// Recv and is returned before anything is printed.
+func follow[M any, PM interface {
+	*M
+	proto.Message
+}](cmd *cobra.Command, g *globals, what string, open func(context.Context, *client.Conn) (grpc.ServerStreamingClient[M], error), table func(*tabwriter.Writer, PM)) error {
+	c, err := g.dial(cmd.Context())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	stream, err := open(cmd.Context(), c)
+	if err != nil {
+		return err
+	}
+	md, err := stream.Header()
+	if err != nil {
+		return err
+	}
+	var first *M
+	pending := false
+	if md == nil {
+		if first, err = stream.Recv(); err != nil {
+			return err
+		}
+		pending = true
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "watching %s; Ctrl-C to stop\n", what)
+	out := bufio.NewWriter(cmd.OutOrStdout())
+	for {
+		r := first
+		if !pending {
+			if r, err = stream.Recv(); err != nil {
+				if cmd.Context().Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
+		pending = false
+		if err := g.print(out, PM(r), func(w *tabwriter.Writer) { table(w, PM(r)) }); err != nil {
+			return err
+		}
+		if err := out.Flush(); err != nil {
+			return err
+		}
+	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/broker/client"
@@ -516,46 +516,12 @@ func newEvents(g *globals) *cobra.Command {
 		Example: "  atfctl events watch\n  atfctl events watch -o json | jq .event.summary",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			stream, err := c.Admin.WatchEvents(cmd.Context(), &adminv1.WatchEventsRequest{})
-			if err != nil {
-				return err
-			}
-			// A refused stream ends before its headers: its error comes
-			// with the first Recv.
-			md, err := stream.Header()
-			if err != nil {
-				return err
-			}
-			if md == nil {
-				if _, err := stream.Recv(); err != nil {
-					return err
-				}
-			}
-			fmt.Fprintln(cmd.ErrOrStderr(), "watching events; Ctrl-C to stop")
-			out := bufio.NewWriter(cmd.OutOrStdout())
-			for {
-				r, err := stream.Recv()
-				if err != nil {
-					if cmd.Context().Err() != nil {
-						return nil
-					}
-					return err
-				}
+			return follow(cmd, g, "events", func(ctx context.Context, c *client.Conn) (grpc.ServerStreamingClient[adminv1.WatchEventsResponse], error) {
+				return c.Admin.WatchEvents(ctx, &adminv1.WatchEventsRequest{})
+			}, func(w *tabwriter.Writer, r *adminv1.WatchEventsResponse) {
 				e := r.GetEvent()
-				if err := g.print(out, r, func(w *tabwriter.Writer) {
-					fmt.Fprintf(w, "%s\t%s\t%s\n", ts(e.GetTime()), e.GetKind(), e.GetSummary())
-				}); err != nil {
-					return err
-				}
-				if err := out.Flush(); err != nil {
-					return err
-				}
-			}
+				fmt.Fprintf(w, "%s\t%s\t%s\n", ts(e.GetTime()), e.GetKind(), e.GetSummary())
+			})
 		},
 	})
 	return ev

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/broker/client"
@@ -148,30 +149,12 @@ func newWatch(g *globals) *cobra.Command {
 		Example: "  atfctl watch -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			stream, err := c.Broker.WatchRevocations(cmd.Context(), &brokerv1.WatchRevocationsRequest{})
-			if err != nil {
-				return err
-			}
-			for {
-				ev, err := stream.Recv()
-				if err != nil {
-					if cmd.Context().Err() != nil {
-						return nil
-					}
-					return err
-				}
-				if err := g.print(cmd.OutOrStdout(), ev, func(w *tabwriter.Writer) {
-					fmt.Fprintf(w, "%s\trevoked: %d credential(s) %s, grant(s) %s: %s\n", ts(ev.GetTime()), len(ev.GetAccessors()),
-						strings.Join(ev.GetAccessors(), ","), strings.Join(ev.GetGrantIds(), ","), ev.GetReason())
-				}); err != nil {
-					return err
-				}
-			}
+			return follow(cmd, g, "revocations", func(ctx context.Context, c *client.Conn) (grpc.ServerStreamingClient[brokerv1.WatchRevocationsResponse], error) {
+				return c.Broker.WatchRevocations(ctx, &brokerv1.WatchRevocationsRequest{})
+			}, func(w *tabwriter.Writer, ev *brokerv1.WatchRevocationsResponse) {
+				fmt.Fprintf(w, "%s\trevoked: %d credential(s) %s, grant(s) %s: %s\n", ts(ev.GetTime()), len(ev.GetAccessors()),
+					strings.Join(ev.GetAccessors(), ","), strings.Join(ev.GetGrantIds(), ","), ev.GetReason())
+			})
 		},
 	}
 }
