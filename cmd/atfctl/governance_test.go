@@ -576,3 +576,27 @@ func TestCLIRateLimit(t *testing.T) {
 		t.Fatalf("audit query --decision limited: exit %d\n%s", code, out)
 	}
 }
+
+// watch prints the caller's revocations as they happen.
+func TestCLIWatchRevocations(t *testing.T) {
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	agent := f.ID(t, "agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	out, code := run(t, b, agent, "creds", "fetch", "--role", "reports-read", "-o", "json")
+	if code != 0 {
+		t.Fatalf("creds fetch: exit %d\n%s", code, out)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	w := start(ctx, t, b, agent, "watch")
+	w.await(t, regexp.MustCompile(`watching revocations; Ctrl-C to stop\n`))
+	if out, code := run(t, b, f.Admin, "revoke", "lineage", agent.String(), "--reason", "rotate"); code != 0 {
+		t.Fatalf("revoke lineage: exit %d\n%s", code, out)
+	}
+	w.await(t, regexp.MustCompile(`revoked: 1 credential\(s\) \S+, grant\(s\) : rotate\n`))
+	cancel()
+	if out, code := w.wait(t); code != 0 {
+		t.Fatalf("watch after cancel: exit %d, want 0\n%s", code, out)
+	}
+}
