@@ -56,6 +56,48 @@ const (
 	logReason   = "reason"
 )
 
+// ChangeKind says what happened to a role's cached credential.
+type ChangeKind int
+
+const (
+	// Refreshed: a successor replaced the credential before it expired.
+	Refreshed ChangeKind = iota + 1
+	// Revoked: the broker revoked the credential.
+	Revoked
+	// Expired: the credential expired without a successor (refreshing it
+	// failed until then, or needed a human's approval).
+	Expired
+	// Reset: the credential was dropped because the revocation watch broke;
+	// it may have been revoked meanwhile, or may still be valid.
+	Reset
+)
+
+func (k ChangeKind) String() string {
+	switch k {
+	case Refreshed:
+		return "refreshed"
+	case Revoked:
+		return "revoked"
+	case Expired:
+		return "expired"
+	case Reset:
+		return "reset"
+	}
+	return fmt.Sprintf("ChangeKind(%d)", int(k))
+}
+
+// Change is something that happened to a role's cached credential.
+type Change struct {
+	Role string
+	Kind ChangeKind
+	// Credential is the successor, for Refreshed; nil otherwise.
+	Credential *brokerv1.Credential
+	// Accessor is the accessor of the credential that changed.
+	Accessor string
+	// Reason is the broker's reason, for Revoked.
+	Reason string
+}
+
 // Option tunes New.
 type Option func(*options)
 
@@ -64,6 +106,7 @@ type options struct {
 	ttl           time.Duration
 	waitApproval  bool
 	logger        *slog.Logger
+	onChange      func(Change)
 }
 
 // WithRefreshBefore refreshes a credential when this share of its lifetime
@@ -84,6 +127,12 @@ func WithApprovalWait(wait bool) Option { return func(o *options) { o.waitApprov
 
 // WithLogger sets the logger; default discards. Tokens are never logged.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithOnChange calls fn for every change to a cached credential, in order,
+// from one goroutine and never with the agent's lock held, so fn may call
+// the agent. Processes that copied a credential elsewhere (an environment, a
+// file) use it to follow refreshes and revocations.
+func WithOnChange(fn func(Change)) Option { return func(o *options) { o.onChange = fn } }
 
 // Agent fetches, caches and refreshes an agent's credentials, and drops any
 // the broker revokes.
@@ -118,6 +167,10 @@ type Agent struct {
 	// fetch that overlapped one is not cached: its credential may be among
 	// those revoked.
 	epoch uint64
+	// changes waits for delivery to opts.onChange; changed is signalled when
+	// one is queued.
+	changes []Change
+	changed chan struct{}
 }
 
 // entry is a cached credential.
@@ -161,6 +214,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Agent, error) {
 	a := &Agent{
 		conn: conn, opts: o, log: o.logger, ctx: actx, cancel: cancel,
 		creds: map[string]*entry{}, calls: map[string]*call{}, refreshing: map[string]bool{},
+		changed: make(chan struct{}, 1),
 	}
 	// The watch lives as long as the agent, but New gives up on it with ctx.
 	stop := context.AfterFunc(ctx, cancel)
@@ -175,6 +229,10 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Agent, error) {
 	}
 	a.wg.Add(1)
 	go a.watch(w)
+	if o.onChange != nil {
+		a.wg.Add(1)
+		go a.deliver()
+	}
 	return a, nil
 }
 
@@ -347,6 +405,7 @@ func (a *Agent) keep(role string, cred *brokerv1.Credential, approved bool) {
 	}
 	if old := a.creds[role]; old != nil {
 		close(old.gone)
+		a.notify(Change{Role: role, Kind: Refreshed, Credential: proto.CloneOf(cred), Accessor: old.cred.GetAccessor()})
 	}
 	a.creds[role] = e
 	if !a.refreshing[role] {
@@ -356,12 +415,45 @@ func (a *Agent) keep(role string, cred *brokerv1.Credential, approved bool) {
 	}
 }
 
-// drop forgets role's credential if it is still e (any if e is nil).
-// Called with a.mu held.
-func (a *Agent) drop(role string, e *entry) {
+// drop forgets role's credential if it is still e (any if e is nil), and
+// tells onChange why. Called with a.mu held.
+func (a *Agent) drop(role string, e *entry, why Change) {
 	if cur := a.creds[role]; cur != nil && (e == nil || cur == e) {
 		close(cur.gone)
 		delete(a.creds, role)
+		why.Role, why.Accessor = role, cur.cred.GetAccessor()
+		a.notify(why)
+	}
+}
+
+// notify queues c for onChange. Called with a.mu held.
+func (a *Agent) notify(c Change) {
+	if a.opts.onChange == nil {
+		return
+	}
+	a.changes = append(a.changes, c)
+	select {
+	case a.changed <- struct{}{}:
+	default:
+	}
+}
+
+// deliver hands queued changes to onChange until the agent closes.
+func (a *Agent) deliver() {
+	defer a.wg.Done()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-a.changed:
+		}
+		a.mu.Lock()
+		batch := a.changes
+		a.changes = nil
+		a.mu.Unlock()
+		for _, c := range batch {
+			a.opts.onChange(c)
+		}
 	}
 }
 
@@ -413,7 +505,7 @@ func (a *Agent) renew(role string, e *entry) {
 		}
 		if !time.Now().Before(e.expires) {
 			a.mu.Lock()
-			a.drop(role, e)
+			a.drop(role, e, Change{Kind: Expired})
 			a.mu.Unlock()
 			return
 		}
@@ -424,7 +516,7 @@ func (a *Agent) renew(role string, e *entry) {
 func (a *Agent) hold(role string, e *entry) {
 	if a.sleep(time.Until(e.expires), e.gone) {
 		a.mu.Lock()
-		a.drop(role, e)
+		a.drop(role, e, Change{Kind: Expired})
 		a.mu.Unlock()
 	}
 }
@@ -493,7 +585,7 @@ func (a *Agent) watch(w brokerv1.BrokerService_WatchRevocationsClient) {
 		a.epoch++
 		n := len(a.creds)
 		for role := range a.creds {
-			a.drop(role, nil)
+			a.drop(role, nil, Change{Kind: Reset})
 		}
 		a.mu.Unlock()
 		a.log.Info("revocation watch restored; dropped every cached credential, since revocations may have been missed", slog.Int("dropped", n))
@@ -507,7 +599,7 @@ func (a *Agent) revoked(m *brokerv1.WatchRevocationsResponse) {
 	a.epoch++
 	for role, e := range a.creds {
 		if acc := e.cred.GetAccessor(); slices.Contains(m.GetAccessors(), acc) {
-			a.drop(role, e)
+			a.drop(role, e, Change{Kind: Revoked, Reason: m.GetReason()})
 			a.log.Info("credential revoked; dropped", slog.String(logRole, role), slog.String(logAccessor, acc), slog.String(logReason, m.GetReason()))
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -121,22 +120,7 @@ func receiveBackup(file string, force bool, first *adminv1.BackupResponse, strea
 	if n != size {
 		return 0, fmt.Errorf("the broker sent %d bytes of the %d it announced", n, size)
 	}
-	if err := f.Sync(); err != nil {
-		return 0, err
-	}
-	if err := f.Close(); err != nil {
-		return 0, err
-	}
-	if err := os.Rename(tmp, file); err != nil {
-		return 0, err
-	}
-	// The rename is durable once the directory is synced.
-	dir, err := os.Open(filepath.Dir(file))
-	if err != nil {
-		return 0, err
-	}
-	defer dir.Close()
-	return n, dir.Sync()
+	return n, publish(f, file)
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }

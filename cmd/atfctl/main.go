@@ -7,7 +7,9 @@
 // Exit codes: 0 success, 1 other error, 2 usage error, 3 unauthenticated or
 // permission denied, 4 not found, 5 broker or Vault unavailable, 6 invalid
 // argument or failed precondition, 7 a limit was hit (retry later), 8 a
-// credential request waits for approval (creds fetch without --wait).
+// credential request waits for approval (creds fetch without --wait), 9 a
+// credential was revoked or the agent killed (exec and sidecar stop). exec
+// otherwise exits with its command's status.
 package main
 
 import (
@@ -26,8 +28,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	err := newRoot().ExecuteContext(ctx)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "atfctl:", message(err))
+	if msg := message(err); err != nil && msg != "" {
+		fmt.Fprintln(os.Stderr, "atfctl:", msg)
 	}
 	stop()
 	os.Exit(exitCode(err))
@@ -100,6 +102,6 @@ Identity comes from the caller's SPIFFE SVID: from the SPIRE Workload API
 	g.register(root)
 	root.AddCommand(newWhoAmI(g), newCreds(g), newAgent(g), newDelegate(g), newRevoke(g), newLineage(g), newWatch(g),
 		newPolicy(g), newApprovals(g), newAudit(g), newEvents(g), newKill(g), newUnkill(g), newKilled(g),
-		newEvidence(g), newSignOff(g), newIncident(g), newOutcome(g), newAdmin(g))
+		newEvidence(g), newSignOff(g), newIncident(g), newOutcome(g), newAdmin(g), newExec(g), newSidecar(g))
 	return root
 }
