@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -192,5 +193,44 @@ func TestCLISidecar(t *testing.T) {
 	}
 	if out, code := run(t, b, other, "sidecar", "--role", "reports-read=../x", "--dir", dir); code != 2 || !strings.Contains(out, "plain name") {
 		t.Fatalf("a file outside --dir: exit %d\n%s", code, out)
+	}
+}
+
+// The Python agent example (deploy/examples/python) reads a Vault secret
+// with the token atfctl exec puts in its environment, and with the file
+// atfctl sidecar writes.
+func TestPythonExample(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed")
+	}
+	script, err := filepath.Abs(filepath.Join("..", "..", "deploy", "examples", "python", "agent.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	agent := f.ID(t, "python-agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	const want = `"summary": "Q3 revenue up 12%"`
+
+	out, code := run(t, b, agent, "exec", "--role", "reports-read", "--", python, script, "--secret", "demo/reports", "--once")
+	if code != 0 || !strings.Contains(out, want) {
+		t.Fatalf("under atfctl exec: exit %d\n%s", code, out)
+	}
+
+	dir := t.TempDir()
+	if out, code := run(t, b, agent, "sidecar", "--role", "reports-read", "--dir", dir, "--once"); code != 0 {
+		t.Fatalf("sidecar: exit %d\n%s", code, out)
+	}
+	py := exec.CommandContext(t.Context(), python, script, "--token-file", filepath.Join(dir, "reports-read"), "--secret", "demo/reports", "--once")
+	py.Env = append(os.Environ(), "VAULT_ADDR="+f.Stack.VaultAddr, "VAULT_TOKEN=")
+	got, err := py.CombinedOutput()
+	if err != nil || !strings.Contains(string(got), want) {
+		t.Fatalf("with the sidecar's file: %v\n%s", err, got)
+	}
+	// Payroll is not in its manifest: the broker refuses, the agent never runs.
+	if out, code := run(t, b, agent, "exec", "--role", "payroll-read", "--", python, script, "--secret", "demo/payroll", "--once"); code != 3 || strings.Contains(out, "1,234,567") {
+		t.Fatalf("payroll under exec: exit %d, want 3\n%s", code, out)
 	}
 }
