@@ -33,7 +33,7 @@ func (a *adminService) RegisterAgent(ctx context.Context, req *adminv1.RegisterA
 	if err := a.checkRoles(req.GetRoles()); err != nil {
 		return nil, err
 	}
-	agent, err := a.s.store.RegisterAgent(store.Agent{
+	agent, err := a.s.db(ctx).RegisterAgent(store.Agent{
 		ID:           id,
 		Owner:        req.GetOwner(),
 		Purpose:      audit.Redact(req.GetPurpose()),
@@ -93,7 +93,7 @@ func (a *adminService) UpdateAgent(ctx context.Context, req *adminv1.UpdateAgent
 			return nil, status.Errorf(codes.FailedPrecondition, "an update cannot raise %s's level above %s; promote it through the gates (atfctl agent promote)", id, cur.Level)
 		}
 	}
-	agent, err := a.s.store.UpdateAgent(id, identity(ctx).ID.String(), req.GetExpectedRevision(), func(ag *store.Agent) {
+	agent, err := a.s.db(ctx).UpdateAgent(id, identity(ctx).ID.String(), req.GetExpectedRevision(), func(ag *store.Agent) {
 		if req.Owner != nil {
 			ag.Owner = req.GetOwner()
 		}
@@ -142,7 +142,7 @@ func (s *Server) revokeUnbacked(ctx context.Context, agent store.Agent, actor st
 	// needs approval is backed only if it was approved.
 	policy := s.policy.Load()
 	asNow := &authz.Agent{ID: agent.ID, Level: agent.Level, Active: agent.Usable(), Killed: agent.Kill != nil, Roles: agent.Roles}
-	rev, err := s.store.RevokeCredentials(agent.ID, actor, reason, func(c store.Credential) bool {
+	rev, err := s.db(ctx).RevokeCredentials(agent.ID, actor, reason, func(c store.Credential) bool {
 		role, ok := s.roles[c.Role]
 		if c.GrantID != "" {
 			return false // grants are checked below, as lineages
@@ -194,7 +194,7 @@ func (a *adminService) DeregisterAgent(ctx context.Context, req *adminv1.Deregis
 	start := time.Now()
 	actor := identity(ctx).ID.String()
 	reason := audit.Redact(req.GetReason())
-	agent, rev, err := a.s.store.DeregisterAgent(req.GetSpiffeId(), actor, reason)
+	agent, rev, err := a.s.db(ctx).DeregisterAgent(req.GetSpiffeId(), actor, reason)
 	if err != nil {
 		return nil, a.s.statusOf(ctx, "deregister agent", err)
 	}

@@ -83,7 +83,7 @@ func (a *approvalService) DecideApproval(ctx context.Context, req *adminv1.Decid
 		return nil, status.Errorf(codes.PermissionDenied, "%s may not decide approval %s: it is part of the request", approver, ap.ID)
 	}
 	approve := req.GetVerdict() == adminv1.Verdict_VERDICT_APPROVE
-	ap, err = s.store.DecideApproval(ap.ID, approver, approve, audit.Redact(req.GetReason()), s.cfg.Approvals.RedeemWithin)
+	ap, err = s.db(ctx).DecideApproval(ap.ID, approver, approve, audit.Redact(req.GetReason()), s.cfg.Approvals.RedeemWithin)
 	if errors.Is(err, store.ErrConflict) {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s", plainMessage(err))
 	}
@@ -144,7 +144,7 @@ func (b *brokerService) WaitApproval(req *brokerv1.WaitApprovalRequest, stream g
 func (s *Server) requestApproval(ctx context.Context, ap store.Approval) (*brokerv1.FetchCredentialResponse, error) {
 	ap.ExpiresAt = ap.CreatedAt.Add(s.cfg.Approvals.PendingTTL)
 	ap.Status = store.ApprovalPending
-	if err := s.store.PutApproval(ap); err != nil {
+	if err := s.db(ctx).PutApproval(ap); err != nil {
 		return nil, s.statusOf(ctx, "record approval request", err)
 	}
 	s.approvals.fire()
@@ -158,7 +158,7 @@ func (s *Server) requestApproval(ctx context.Context, ap store.Approval) (*broke
 // claimApproval redeems an approved request for this decision; release
 // gives it back if the credential cannot be issued after all.
 func (s *Server) claimApproval(ctx context.Context, id, agent, role, grantID, decisionID string) (release func(), err error) {
-	_, err = s.store.ClaimApproval(id, agent, role, grantID, decisionID)
+	_, err = s.db(ctx).ClaimApproval(id, agent, role, grantID, decisionID)
 	if err != nil {
 		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
 			return nil, status.Errorf(codes.FailedPrecondition, "approval cannot be redeemed: %s", plainMessage(err))
@@ -167,7 +167,7 @@ func (s *Server) claimApproval(ctx context.Context, id, agent, role, grantID, de
 	}
 	s.approvals.fire()
 	return func() {
-		if err := s.store.ReleaseApproval(id, decisionID); err != nil {
+		if err := s.db(ctx).ReleaseApproval(id, decisionID); err != nil {
 			s.logger(ctx).Error("releasing an approval after a failed issuance failed", slog.String(logError, err.Error()))
 		}
 		s.approvals.fire()

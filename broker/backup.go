@@ -55,7 +55,7 @@ func (a *adminService) Backup(_ *adminv1.BackupRequest, stream grpc.ServerStream
 	copyErr := <-copied
 
 	complete := sendErr == nil && copyErr == nil
-	if err := a.s.store.AppendAudit(store.AuditRecord{Kind: "store_backup", Actor: identity(ctx).ID.String(), Subject: "store", Detail: map[string]string{
+	if err := a.s.db(ctx).AppendAudit(store.AuditRecord{Kind: "store_backup", Actor: identity(ctx).ID.String(), Subject: "store", Detail: map[string]string{
 		"size":           strconv.FormatInt(info.Size, 10),
 		"sent":           strconv.FormatInt(sent, 10),
 		"audit_head_seq": strconv.FormatUint(info.AuditHead, 10),

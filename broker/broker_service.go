@@ -86,7 +86,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 			reason = why["limit"]
 		}
 		s.metrics.decisions.WithLabelValues(decision, reason).Inc()
-		if err := s.store.AppendAudit(store.AuditRecord{Kind: kind, Actor: caller, Subject: role.Name, Detail: why}); err != nil {
+		if err := s.db(ctx).AppendAudit(store.AuditRecord{Kind: kind, Actor: caller, Subject: role.Name, Detail: why}); err != nil {
 			log.Error("writing the audit record failed", slog.String(logError, err.Error()))
 		}
 	}
@@ -258,7 +258,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	if err != nil {
 		return nil, s.statusOf(ctx, "issue credential", err)
 	}
-	err = s.store.RecordCredential(store.Credential{
+	err = s.db(ctx).RecordCredential(store.Credential{
 		Accessor:      cred.Accessor,
 		AgentID:       caller,
 		Role:          role.Name,
@@ -412,14 +412,14 @@ func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequ
 		return nil, delegationStatus(err)
 	}
 	g.ID = newID()
-	if err := s.store.PutGrant(g, s.rules.MaxFanOut); err != nil {
+	if err := s.db(ctx).PutGrant(g, s.rules.MaxFanOut); err != nil {
 		// An agent deregistered meanwhile may not be delegated to or from.
 		if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrKilled) {
 			return nil, status.Errorf(codes.PermissionDenied, "%s", strings.TrimPrefix(err.Error(), "store: "))
 		}
 		return nil, s.statusOf(ctx, "record grant", err)
 	}
-	if err := s.store.AppendAudit(store.AuditRecord{Kind: "grant_created", Actor: caller, Subject: g.ID, Detail: map[string]string{
+	if err := s.db(ctx).AppendAudit(store.AuditRecord{Kind: "grant_created", Actor: caller, Subject: g.ID, Detail: map[string]string{
 		"delegatee": g.Delegatee, "roles": strings.Join(g.Roles, ","), "parent": g.ParentID, "expires_at": g.ExpiresAt.Format(time.RFC3339),
 	}}); err != nil {
 		s.logger(ctx).Error("writing the grant audit record failed", slog.String(logError, err.Error()))

@@ -301,3 +301,9 @@ func readSecret(file, env string) (string, error) {
 	}
 	return "", fmt.Errorf("broker: vault token: environment variable %s is empty", env)
 }
+
+// db is the store handle for a request: its audit records carry the
+// request id.
+func (s *Server) db(ctx context.Context) *store.Store {
+	return s.store.ForRequest(requestID(ctx))
+}

@@ -160,7 +160,7 @@ func (h *hub) publish(agent string, ev *brokerv1.WatchRevocationsResponse) {
 func (s *Server) revokeLineage(ctx context.Context, root store.Root, actor, reason string) (*brokerv1.RevocationSummary, error) {
 	start := time.Now()
 	reason = audit.Redact(reason)
-	rev, err := s.store.RevokeLineage(root, actor, reason)
+	rev, err := s.db(ctx).RevokeLineage(root, actor, reason)
 	if err != nil {
 		return nil, s.statusOf(ctx, "revoke lineage", err)
 	}
@@ -222,7 +222,7 @@ func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, r
 		CommitDuration:     durationpb.New(commit),
 		TotalDuration:      durationpb.New(time.Since(start)),
 	}
-	if err := s.store.AppendAudit(store.AuditRecord{Kind: "lineage_revoked", Actor: actor, Subject: subject, Detail: map[string]string{
+	if err := s.db(ctx).AppendAudit(store.AuditRecord{Kind: "lineage_revoked", Actor: actor, Subject: subject, Detail: map[string]string{
 		"reason":              reason,
 		"grants_revoked":      itoa(sum.GrantsRevoked),
 		"credentials_revoked": itoa(sum.CredentialsRevoked),

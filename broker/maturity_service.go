@@ -100,7 +100,7 @@ func (m *maturityService) Promote(ctx context.Context, req *adminv1.PromoteReque
 	}
 	actor := identity(ctx).ID.String()
 	// The gates were read at this revision: a concurrent change refuses.
-	a, err = s.store.SetLevel(a.ID, actor, store.ActionPromote, audit.Redact(req.GetReason()), r.To, a.Revision)
+	a, err = s.db(ctx).SetLevel(a.ID, actor, store.ActionPromote, audit.Redact(req.GetReason()), r.To, a.Revision)
 	if err != nil {
 		return nil, s.statusOf(ctx, "promote", err)
 	}
@@ -138,7 +138,7 @@ func (s *Server) demote(ctx context.Context, id, actor, reason string, steps int
 // changeLevel sets the agent's level and revokes what it no longer backs.
 func (s *Server) changeLevel(ctx context.Context, a store.Agent, actor, action, reason string, to authz.Level) (store.Agent, *brokerv1.RevocationSummary, error) {
 	from := a.Level
-	a, err := s.store.SetLevel(a.ID, actor, action, reason, to, 0)
+	a, err := s.db(ctx).SetLevel(a.ID, actor, action, reason, to, 0)
 	if err != nil {
 		return a, nil, s.statusOf(ctx, action, err)
 	}
@@ -200,7 +200,7 @@ func (m *maturityService) RecordEvidence(ctx context.Context, req *adminv1.Recor
 		return nil, err
 	}
 	e := store.Evidence{Agent: a.ID, Kind: string(kind), Target: to, Reference: audit.Redact(req.GetReference()), RecordedBy: identity(ctx).ID.String(), At: s.now().UTC()}
-	if err := s.store.AddEvidence(e); err != nil {
+	if err := s.db(ctx).AddEvidence(e); err != nil {
 		return nil, s.statusOf(ctx, "record evidence", err)
 	}
 	return &adminv1.RecordEvidenceResponse{Evidence: evidenceToProto(e)}, nil
@@ -218,7 +218,7 @@ func (m *maturityService) RecordSignOff(ctx context.Context, req *adminv1.Record
 	}
 	so := store.SignOff{Agent: a.ID, Signer: req.GetSigner(), RiskAcceptance: audit.Redact(req.GetRiskAcceptance()), Target: to,
 		RecordedBy: identity(ctx).ID.String(), At: s.now().UTC()}
-	if err := s.store.AddSignOff(so); err != nil {
+	if err := s.db(ctx).AddSignOff(so); err != nil {
 		return nil, s.statusOf(ctx, "record sign-off", err)
 	}
 	return &adminv1.RecordSignOffResponse{SignOff: signOffToProto(so)}, nil
@@ -227,7 +227,7 @@ func (m *maturityService) RecordSignOff(ctx context.Context, req *adminv1.Record
 func (m *maturityService) OpenIncident(ctx context.Context, req *adminv1.OpenIncidentRequest) (*adminv1.OpenIncidentResponse, error) {
 	s := m.s
 	actor := identity(ctx).ID.String()
-	inc, err := s.store.OpenIncident(store.Incident{ID: newID(), Agent: req.GetSpiffeId(), Severity: req.GetSeverity(),
+	inc, err := s.db(ctx).OpenIncident(store.Incident{ID: newID(), Agent: req.GetSpiffeId(), Severity: req.GetSeverity(),
 		Summary: audit.Redact(req.GetSummary()), OpenedAt: s.now().UTC(), OpenedBy: actor})
 	if err != nil {
 		return nil, s.statusOf(ctx, "open incident", err)
@@ -258,7 +258,7 @@ func (s *Server) incidentDemotion(ctx context.Context, inc store.Incident, actor
 func (m *maturityService) UpdateIncident(ctx context.Context, req *adminv1.UpdateIncidentRequest) (*adminv1.UpdateIncidentResponse, error) {
 	s := m.s
 	actor := identity(ctx).ID.String()
-	inc, before, err := s.store.UpdateIncident(req.GetIncidentId(), actor, req.GetSeverity(), audit.Redact(req.GetNote()))
+	inc, before, err := s.db(ctx).UpdateIncident(req.GetIncidentId(), actor, req.GetSeverity(), audit.Redact(req.GetNote()))
 	if err != nil {
 		return nil, s.statusOf(ctx, "update incident", err)
 	}
@@ -274,7 +274,7 @@ func (m *maturityService) UpdateIncident(ctx context.Context, req *adminv1.Updat
 }
 
 func (m *maturityService) CloseIncident(ctx context.Context, req *adminv1.CloseIncidentRequest) (*adminv1.CloseIncidentResponse, error) {
-	inc, err := m.s.store.CloseIncident(req.GetIncidentId(), identity(ctx).ID.String(), audit.Redact(req.GetRca()))
+	inc, err := m.s.db(ctx).CloseIncident(req.GetIncidentId(), identity(ctx).ID.String(), audit.Redact(req.GetRca()))
 	if err != nil {
 		return nil, m.s.statusOf(ctx, "close incident", err)
 	}
@@ -343,10 +343,10 @@ func (b *brokerService) ReportOutcome(ctx context.Context, req *brokerv1.ReportO
 		return nil, status.Errorf(codes.PermissionDenied, "%s is not an active registered agent; only agents report outcomes", caller)
 	}
 	outcome := strings.ToLower(strings.TrimPrefix(req.GetOutcome().String(), "OUTCOME_"))
-	if err := s.store.RecordOutcome(caller, outcome); err != nil {
+	if err := s.db(ctx).RecordOutcome(caller, outcome); err != nil {
 		return nil, s.statusOf(ctx, "record outcome", err)
 	}
-	if err := s.store.AppendAudit(store.AuditRecord{Kind: "outcome_reported", Actor: caller, Subject: outcome, Detail: map[string]string{
+	if err := s.db(ctx).AppendAudit(store.AuditRecord{Kind: "outcome_reported", Actor: caller, Subject: outcome, Detail: map[string]string{
 		"agent": caller, "outcome": outcome, "role": req.GetRole(), "decision_id": req.GetDecisionId(),
 		"message": audit.Redact(req.GetDetail()), "level": a.Level.String(), "request_id": requestID(ctx),
 	}}); err != nil {

@@ -37,7 +37,7 @@ func (s *Server) onAnomaly(ctx context.Context, an monitor.Anomaly) (stopped boo
 	s.metrics.anomalies.WithLabelValues(an.Rule, an.Severity.String()).Inc()
 	log := s.logger(ctx).With(slog.String(logAgent, an.Agent), slog.String("rule", an.Rule), slog.String("severity", an.Severity.String()), slog.String("action", action))
 	log.Warn("anomaly", slog.String("detail", an.Detail))
-	if err := s.store.AppendAudit(store.AuditRecord{Kind: "anomaly", Actor: "atfd", Subject: an.Agent, Detail: map[string]string{
+	if err := s.db(ctx).AppendAudit(store.AuditRecord{Kind: "anomaly", Actor: "atfd", Subject: an.Agent, Detail: map[string]string{
 		"agent": an.Agent, "lineage": an.Lineage, "rule": an.Rule, "severity": an.Severity.String(),
 		"score": strconv.FormatFloat(an.Score, 'f', 2, 64), "message": an.Detail, "action": action, "request_id": requestID(ctx),
 	}}); err != nil {
@@ -57,7 +57,7 @@ func (s *Server) onAnomaly(ctx context.Context, an monitor.Anomaly) (stopped boo
 		return true
 	case "kill":
 		start := time.Now()
-		rev, killed, err := s.store.KillAgent(an.Agent, "atfd", reason, false)
+		rev, killed, err := s.db(ctx).KillAgent(an.Agent, "atfd", reason, false)
 		if err != nil {
 			log.Error("automatic kill failed", slog.String(logError, err.Error()))
 			return true
@@ -91,7 +91,7 @@ func (s *Server) recordBreaker(ctx context.Context, agent string, failure bool) 
 	s.metrics.trips.Inc()
 	_, until := s.breakers.State(agent)
 	reason := fmt.Sprintf("circuit breaker opened until %s after repeated failures or denials", until.Format(time.RFC3339))
-	if err := s.store.AppendAudit(store.AuditRecord{Kind: "breaker_open", Actor: "atfd", Subject: agent, Detail: map[string]string{
+	if err := s.db(ctx).AppendAudit(store.AuditRecord{Kind: "breaker_open", Actor: "atfd", Subject: agent, Detail: map[string]string{
 		"agent": agent, "until": until.Format(time.RFC3339), "request_id": requestID(ctx),
 	}}); err != nil {
 		s.logger(ctx).Error("writing the breaker audit record failed", slog.String(logError, err.Error()))

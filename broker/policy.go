@@ -159,7 +159,7 @@ func (s *Server) commitPolicy(ctx context.Context, pv store.PolicyVersion, p *au
 	pv.Author = identity(ctx).ID.String()
 	pv.Comment = audit.Redact(pv.Comment)
 	pv.Digest, pv.Lines = p.Digest(), p.Lines()
-	pv, err := s.store.PutPolicy(pv, expected)
+	pv, err := s.db(ctx).PutPolicy(pv, expected)
 	if err != nil {
 		return pv, s.statusOf(ctx, "store policy", err)
 	}

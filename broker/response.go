@@ -33,7 +33,7 @@ func (r *responseService) Kill(ctx context.Context, req *adminv1.KillRequest) (*
 		err    error
 	)
 	if req.GetAll() {
-		rev, err = s.store.KillAll(actor, reason)
+		rev, err = s.db(ctx).KillAll(actor, reason)
 		if err == nil {
 			gk, gerr := s.store.GlobalKill()
 			if gerr != nil {
@@ -49,7 +49,7 @@ func (r *responseService) Kill(ctx context.Context, req *adminv1.KillRequest) (*
 			return nil, perr
 		}
 		root = store.Root{AgentID: id}
-		rev, killed, err = s.store.KillAgent(id, actor, reason, req.GetLineage())
+		rev, killed, err = s.db(ctx).KillAgent(id, actor, reason, req.GetLineage())
 		for _, k := range killed {
 			s.anchors.drop(store.AgentNode(k))
 		}
@@ -87,12 +87,12 @@ func (r *responseService) Release(ctx context.Context, req *adminv1.ReleaseReque
 	}
 	reason := audit.Redact(req.GetReason())
 	if req.GetAll() {
-		if err := s.store.ReleaseAll(caller.String(), reason); err != nil {
+		if err := s.db(ctx).ReleaseAll(caller.String(), reason); err != nil {
 			return nil, s.statusOf(ctx, "release all", err)
 		}
 		s.globalKill.Store(nil)
 	} else {
-		if _, err := s.store.ReleaseAgent(req.GetAgentId(), caller.String(), reason); err != nil {
+		if _, err := s.db(ctx).ReleaseAgent(req.GetAgentId(), caller.String(), reason); err != nil {
 			return nil, s.statusOf(ctx, "release agent", err)
 		}
 	}
@@ -106,7 +106,7 @@ func (r *responseService) RevokeSessions(ctx context.Context, req *adminv1.Revok
 	actor := identity(ctx).ID.String()
 	reason := audit.Redact(req.GetReason())
 	start := time.Now()
-	rev, err := s.store.RevokeCredentials(req.GetAgentId(), actor, reason, func(store.Credential) bool { return true })
+	rev, err := s.db(ctx).RevokeCredentials(req.GetAgentId(), actor, reason, func(store.Credential) bool { return true })
 	if err != nil {
 		return nil, s.statusOf(ctx, "revoke sessions", err)
 	}

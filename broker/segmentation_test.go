@@ -764,6 +764,13 @@ func TestAuditTrail(t *testing.T) {
 		v.GetHeadHash() != all[len(all)-1].GetHash() {
 		t.Errorf("VerifyAudit = %v with %d records queried", v, len(all))
 	}
+	// Every record a request wrote carries its id; only atfd's own (the
+	// policy seeded at start) have none.
+	for _, r := range all {
+		if r.GetDetail()["request_id"] == "" && r.GetActor() != "atfd" {
+			t.Errorf("record %d (%s by %s) has no request_id", r.GetSeq(), r.GetKind(), r.GetActor())
+		}
+	}
 
 	t.Run("JSON-lines copy", func(t *testing.T) { wantAuditFile(t, cfg.Audit.File, v) })
 

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -93,6 +94,14 @@ func (s *Store) VerifyAudit() (uint64, error) {
 // appendAudit appends r in tx, filling Seq, Prev and Hash. Once tx
 // commits, Options.OnAudit is called.
 func (s *Store) appendAudit(tx *bolt.Tx, r AuditRecord) error {
+	if s.requestID != "" && r.Detail["request_id"] == "" {
+		d := maps.Clone(r.Detail)
+		if d == nil {
+			d = map[string]string{}
+		}
+		d["request_id"] = s.requestID
+		r.Detail = d
+	}
 	if s.onAudit != nil {
 		tx.OnCommit(s.onAudit)
 	}

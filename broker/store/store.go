@@ -172,6 +172,14 @@ type Options struct {
 
 // Store is the broker's state. It is safe for concurrent use.
 type Store struct {
+	*core
+	// requestID goes into every audit record written through this handle
+	// (ForRequest).
+	requestID string
+}
+
+// core is the store that every handle shares.
+type core struct {
 	db      *bolt.DB
 	now     func() time.Time
 	onAudit func()
@@ -211,9 +219,20 @@ func Open(path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", path, err)
 	}
-	s := &Store{db: db, now: opts.Now, onAudit: opts.OnAudit, reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}
+	s := &Store{core: &core{db: db, now: opts.Now, onAudit: opts.OnAudit, reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}}
 	go s.committer()
 	return s, nil
+}
+
+// ForRequest returns a handle on the same store whose audit records carry
+// rid in their detail as "request_id", so that every record a request
+// causes can be found from the request id in atfd's log and the caller's
+// answer. An empty rid returns s.
+func (s *Store) ForRequest(rid string) *Store {
+	if rid == "" {
+		return s
+	}
+	return &Store{core: s.core, requestID: rid}
 }
 
 // Close waits for the write being committed, refuses later writes and
