@@ -134,6 +134,114 @@ func (Verdict) EnumDescriptor() ([]byte, []int) {
 	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{1}
 }
 
+// ConformanceStatus is how far the broker, as configured, meets a
+// requirement: the spec's "fully met, partially met, or not yet addressed".
+type ConformanceStatus int32
+
+const (
+	ConformanceStatus_CONFORMANCE_STATUS_UNSPECIFIED ConformanceStatus = 0
+	ConformanceStatus_CONFORMANCE_STATUS_MET         ConformanceStatus = 1
+	ConformanceStatus_CONFORMANCE_STATUS_PARTIAL     ConformanceStatus = 2
+	ConformanceStatus_CONFORMANCE_STATUS_NOT_MET     ConformanceStatus = 3
+)
+
+// Enum value maps for ConformanceStatus.
+var (
+	ConformanceStatus_name = map[int32]string{
+		0: "CONFORMANCE_STATUS_UNSPECIFIED",
+		1: "CONFORMANCE_STATUS_MET",
+		2: "CONFORMANCE_STATUS_PARTIAL",
+		3: "CONFORMANCE_STATUS_NOT_MET",
+	}
+	ConformanceStatus_value = map[string]int32{
+		"CONFORMANCE_STATUS_UNSPECIFIED": 0,
+		"CONFORMANCE_STATUS_MET":         1,
+		"CONFORMANCE_STATUS_PARTIAL":     2,
+		"CONFORMANCE_STATUS_NOT_MET":     3,
+	}
+)
+
+func (x ConformanceStatus) Enum() *ConformanceStatus {
+	p := new(ConformanceStatus)
+	*p = x
+	return p
+}
+
+func (x ConformanceStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConformanceStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_atf_admin_v1_admin_proto_enumTypes[2].Descriptor()
+}
+
+func (ConformanceStatus) Type() protoreflect.EnumType {
+	return &file_atf_admin_v1_admin_proto_enumTypes[2]
+}
+
+func (x ConformanceStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConformanceStatus.Descriptor instead.
+func (ConformanceStatus) EnumDescriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+// Obligation is how strongly the spec expects a requirement at a maturity
+// level (RFC 2119).
+type Obligation int32
+
+const (
+	Obligation_OBLIGATION_UNSPECIFIED Obligation = 0
+	Obligation_OBLIGATION_MUST        Obligation = 1
+	Obligation_OBLIGATION_SHOULD      Obligation = 2
+	Obligation_OBLIGATION_MAY         Obligation = 3
+)
+
+// Enum value maps for Obligation.
+var (
+	Obligation_name = map[int32]string{
+		0: "OBLIGATION_UNSPECIFIED",
+		1: "OBLIGATION_MUST",
+		2: "OBLIGATION_SHOULD",
+		3: "OBLIGATION_MAY",
+	}
+	Obligation_value = map[string]int32{
+		"OBLIGATION_UNSPECIFIED": 0,
+		"OBLIGATION_MUST":        1,
+		"OBLIGATION_SHOULD":      2,
+		"OBLIGATION_MAY":         3,
+	}
+)
+
+func (x Obligation) Enum() *Obligation {
+	p := new(Obligation)
+	*p = x
+	return p
+}
+
+func (x Obligation) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Obligation) Descriptor() protoreflect.EnumDescriptor {
+	return file_atf_admin_v1_admin_proto_enumTypes[3].Descriptor()
+}
+
+func (Obligation) Type() protoreflect.EnumType {
+	return &file_atf_admin_v1_admin_proto_enumTypes[3]
+}
+
+func (x Obligation) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Obligation.Descriptor instead.
+func (Obligation) EnumDescriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
 // Agent is one registered agent.
 type Agent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -5630,6 +5738,440 @@ func (x *BackupResponse) GetAuditHeadSeq() uint64 {
 	return 0
 }
 
+type GetConformanceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The maturity level the statement targets: it decides which
+	// requirements are MUST, SHOULD or MAY. Unspecified: the highest level of
+	// any active agent (Intern if there is none).
+	TargetLevel v1.Level `protobuf:"varint,1,opt,name=target_level,json=targetLevel,proto3,enum=atf.broker.v1.Level" json:"target_level,omitempty"`
+	// The organization named in the statement.
+	Organization  string `protobuf:"bytes,2,opt,name=organization,proto3" json:"organization,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConformanceRequest) Reset() {
+	*x = GetConformanceRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConformanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConformanceRequest) ProtoMessage() {}
+
+func (x *GetConformanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConformanceRequest.ProtoReflect.Descriptor instead.
+func (*GetConformanceRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{87}
+}
+
+func (x *GetConformanceRequest) GetTargetLevel() v1.Level {
+	if x != nil {
+		return x.TargetLevel
+	}
+	return v1.Level(0)
+}
+
+func (x *GetConformanceRequest) GetOrganization() string {
+	if x != nil {
+		return x.Organization
+	}
+	return ""
+}
+
+type GetConformanceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Statement     *ConformanceStatement  `protobuf:"bytes,1,opt,name=statement,proto3" json:"statement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConformanceResponse) Reset() {
+	*x = GetConformanceResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[88]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConformanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConformanceResponse) ProtoMessage() {}
+
+func (x *GetConformanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[88]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConformanceResponse.ProtoReflect.Descriptor instead.
+func (*GetConformanceResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{88}
+}
+
+func (x *GetConformanceResponse) GetStatement() *ConformanceStatement {
+	if x != nil {
+		return x.Statement
+	}
+	return nil
+}
+
+// ConformanceStatement follows the spec's conformance statement template.
+type ConformanceStatement struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Organization string                 `protobuf:"bytes,1,opt,name=organization,proto3" json:"organization,omitempty"`
+	// The product assessed, e.g. "ATF Broker (atfd)".
+	Implementation string `protobuf:"bytes,2,opt,name=implementation,proto3" json:"implementation,omitempty"`
+	// The version of the ATF conformance specification assessed against.
+	AtfVersion  string   `protobuf:"bytes,3,opt,name=atf_version,json=atfVersion,proto3" json:"atf_version,omitempty"`
+	TargetLevel v1.Level `protobuf:"varint,4,opt,name=target_level,json=targetLevel,proto3,enum=atf.broker.v1.Level" json:"target_level,omitempty"`
+	// Set when the target level was taken from the registry, not asked for.
+	TargetLevelDerived bool                   `protobuf:"varint,5,opt,name=target_level_derived,json=targetLevelDerived,proto3" json:"target_level_derived,omitempty"`
+	AssessedAt         *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=assessed_at,json=assessedAt,proto3" json:"assessed_at,omitempty"`
+	Elements           []*ConformanceElement  `protobuf:"bytes,7,rep,name=elements,proto3" json:"elements,omitempty"`
+	// Fully and partially met requirements, of total, over every element.
+	Met     int32 `protobuf:"varint,8,opt,name=met,proto3" json:"met,omitempty"`
+	Partial int32 `protobuf:"varint,9,opt,name=partial,proto3" json:"partial,omitempty"`
+	Total   int32 `protobuf:"varint,10,opt,name=total,proto3" json:"total,omitempty"`
+	// Requirements the target level makes MUST that are not fully met.
+	UnmetMust []string `protobuf:"bytes,11,rep,name=unmet_must,json=unmetMust,proto3" json:"unmet_must,omitempty"`
+	// Scope limitations that apply to the whole statement.
+	Notes         []string `protobuf:"bytes,12,rep,name=notes,proto3" json:"notes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConformanceStatement) Reset() {
+	*x = ConformanceStatement{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[89]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConformanceStatement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConformanceStatement) ProtoMessage() {}
+
+func (x *ConformanceStatement) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[89]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConformanceStatement.ProtoReflect.Descriptor instead.
+func (*ConformanceStatement) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{89}
+}
+
+func (x *ConformanceStatement) GetOrganization() string {
+	if x != nil {
+		return x.Organization
+	}
+	return ""
+}
+
+func (x *ConformanceStatement) GetImplementation() string {
+	if x != nil {
+		return x.Implementation
+	}
+	return ""
+}
+
+func (x *ConformanceStatement) GetAtfVersion() string {
+	if x != nil {
+		return x.AtfVersion
+	}
+	return ""
+}
+
+func (x *ConformanceStatement) GetTargetLevel() v1.Level {
+	if x != nil {
+		return x.TargetLevel
+	}
+	return v1.Level(0)
+}
+
+func (x *ConformanceStatement) GetTargetLevelDerived() bool {
+	if x != nil {
+		return x.TargetLevelDerived
+	}
+	return false
+}
+
+func (x *ConformanceStatement) GetAssessedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AssessedAt
+	}
+	return nil
+}
+
+func (x *ConformanceStatement) GetElements() []*ConformanceElement {
+	if x != nil {
+		return x.Elements
+	}
+	return nil
+}
+
+func (x *ConformanceStatement) GetMet() int32 {
+	if x != nil {
+		return x.Met
+	}
+	return 0
+}
+
+func (x *ConformanceStatement) GetPartial() int32 {
+	if x != nil {
+		return x.Partial
+	}
+	return 0
+}
+
+func (x *ConformanceStatement) GetTotal() int32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *ConformanceStatement) GetUnmetMust() []string {
+	if x != nil {
+		return x.UnmetMust
+	}
+	return nil
+}
+
+func (x *ConformanceStatement) GetNotes() []string {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
+}
+
+// ConformanceElement is one of the five ATF elements.
+type ConformanceElement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Identity, Behavior, Data Governance, Segmentation, Incident Response.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The element's question, e.g. "Who are you?".
+	Question      string                    `protobuf:"bytes,2,opt,name=question,proto3" json:"question,omitempty"`
+	Met           int32                     `protobuf:"varint,3,opt,name=met,proto3" json:"met,omitempty"`
+	Partial       int32                     `protobuf:"varint,4,opt,name=partial,proto3" json:"partial,omitempty"`
+	Total         int32                     `protobuf:"varint,5,opt,name=total,proto3" json:"total,omitempty"`
+	Requirements  []*ConformanceRequirement `protobuf:"bytes,6,rep,name=requirements,proto3" json:"requirements,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConformanceElement) Reset() {
+	*x = ConformanceElement{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[90]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConformanceElement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConformanceElement) ProtoMessage() {}
+
+func (x *ConformanceElement) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[90]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConformanceElement.ProtoReflect.Descriptor instead.
+func (*ConformanceElement) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{90}
+}
+
+func (x *ConformanceElement) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConformanceElement) GetQuestion() string {
+	if x != nil {
+		return x.Question
+	}
+	return ""
+}
+
+func (x *ConformanceElement) GetMet() int32 {
+	if x != nil {
+		return x.Met
+	}
+	return 0
+}
+
+func (x *ConformanceElement) GetPartial() int32 {
+	if x != nil {
+		return x.Partial
+	}
+	return 0
+}
+
+func (x *ConformanceElement) GetTotal() int32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *ConformanceElement) GetRequirements() []*ConformanceRequirement {
+	if x != nil {
+		return x.Requirements
+	}
+	return nil
+}
+
+// ConformanceRequirement is one core requirement and how the broker meets it.
+type ConformanceRequirement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The spec's identifier, e.g. I-1.
+	Id   string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The spec's description of the requirement.
+	Description string            `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	Status      ConformanceStatus `protobuf:"varint,4,opt,name=status,proto3,enum=atf.admin.v1.ConformanceStatus" json:"status,omitempty"`
+	// At the statement's target level.
+	Obligation Obligation `protobuf:"varint,5,opt,name=obligation,proto3,enum=atf.admin.v1.Obligation" json:"obligation,omitempty"`
+	// What the broker does for it: the feature, the setting and its value,
+	// counts from the registry.
+	Evidence []string `protobuf:"bytes,6,rep,name=evidence,proto3" json:"evidence,omitempty"`
+	// Why it is not fully met, and the setting that would change that.
+	Gaps []string `protobuf:"bytes,7,rep,name=gaps,proto3" json:"gaps,omitempty"`
+	// What stays the operator's job whatever the broker's configuration.
+	OperatorScope string `protobuf:"bytes,8,opt,name=operator_scope,json=operatorScope,proto3" json:"operator_scope,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConformanceRequirement) Reset() {
+	*x = ConformanceRequirement{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[91]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConformanceRequirement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConformanceRequirement) ProtoMessage() {}
+
+func (x *ConformanceRequirement) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[91]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConformanceRequirement.ProtoReflect.Descriptor instead.
+func (*ConformanceRequirement) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{91}
+}
+
+func (x *ConformanceRequirement) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ConformanceRequirement) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConformanceRequirement) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ConformanceRequirement) GetStatus() ConformanceStatus {
+	if x != nil {
+		return x.Status
+	}
+	return ConformanceStatus_CONFORMANCE_STATUS_UNSPECIFIED
+}
+
+func (x *ConformanceRequirement) GetObligation() Obligation {
+	if x != nil {
+		return x.Obligation
+	}
+	return Obligation_OBLIGATION_UNSPECIFIED
+}
+
+func (x *ConformanceRequirement) GetEvidence() []string {
+	if x != nil {
+		return x.Evidence
+	}
+	return nil
+}
+
+func (x *ConformanceRequirement) GetGaps() []string {
+	if x != nil {
+		return x.Gaps
+	}
+	return nil
+}
+
+func (x *ConformanceRequirement) GetOperatorScope() string {
+	if x != nil {
+		return x.OperatorScope
+	}
+	return ""
+}
+
 var File_atf_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_atf_admin_v1_admin_proto_rawDesc = "" +
@@ -6063,7 +6605,47 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\x0eBackupResponse\x12\x14\n" +
 	"\x05chunk\x18\x01 \x01(\fR\x05chunk\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12$\n" +
-	"\x0eaudit_head_seq\x18\x03 \x01(\x04R\fauditHeadSeq*z\n" +
+	"\x0eaudit_head_seq\x18\x03 \x01(\x04R\fauditHeadSeq\"\x88\x01\n" +
+	"\x15GetConformanceRequest\x12A\n" +
+	"\ftarget_level\x18\x01 \x01(\x0e2\x14.atf.broker.v1.LevelB\b\xbaH\x05\x82\x01\x02\x10\x01R\vtargetLevel\x12,\n" +
+	"\forganization\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\forganization\"Z\n" +
+	"\x16GetConformanceResponse\x12@\n" +
+	"\tstatement\x18\x01 \x01(\v2\".atf.admin.v1.ConformanceStatementR\tstatement\"\xe0\x03\n" +
+	"\x14ConformanceStatement\x12\"\n" +
+	"\forganization\x18\x01 \x01(\tR\forganization\x12&\n" +
+	"\x0eimplementation\x18\x02 \x01(\tR\x0eimplementation\x12\x1f\n" +
+	"\vatf_version\x18\x03 \x01(\tR\n" +
+	"atfVersion\x127\n" +
+	"\ftarget_level\x18\x04 \x01(\x0e2\x14.atf.broker.v1.LevelR\vtargetLevel\x120\n" +
+	"\x14target_level_derived\x18\x05 \x01(\bR\x12targetLevelDerived\x12;\n" +
+	"\vassessed_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"assessedAt\x12<\n" +
+	"\belements\x18\a \x03(\v2 .atf.admin.v1.ConformanceElementR\belements\x12\x10\n" +
+	"\x03met\x18\b \x01(\x05R\x03met\x12\x18\n" +
+	"\apartial\x18\t \x01(\x05R\apartial\x12\x14\n" +
+	"\x05total\x18\n" +
+	" \x01(\x05R\x05total\x12\x1d\n" +
+	"\n" +
+	"unmet_must\x18\v \x03(\tR\tunmetMust\x12\x14\n" +
+	"\x05notes\x18\f \x03(\tR\x05notes\"\xd0\x01\n" +
+	"\x12ConformanceElement\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bquestion\x18\x02 \x01(\tR\bquestion\x12\x10\n" +
+	"\x03met\x18\x03 \x01(\x05R\x03met\x12\x18\n" +
+	"\apartial\x18\x04 \x01(\x05R\apartial\x12\x14\n" +
+	"\x05total\x18\x05 \x01(\x05R\x05total\x12H\n" +
+	"\frequirements\x18\x06 \x03(\v2$.atf.admin.v1.ConformanceRequirementR\frequirements\"\xa8\x02\n" +
+	"\x16ConformanceRequirement\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\x127\n" +
+	"\x06status\x18\x04 \x01(\x0e2\x1f.atf.admin.v1.ConformanceStatusR\x06status\x128\n" +
+	"\n" +
+	"obligation\x18\x05 \x01(\x0e2\x18.atf.admin.v1.ObligationR\n" +
+	"obligation\x12\x1a\n" +
+	"\bevidence\x18\x06 \x03(\tR\bevidence\x12\x12\n" +
+	"\x04gaps\x18\a \x03(\tR\x04gaps\x12%\n" +
+	"\x0eoperator_scope\x18\b \x01(\tR\roperatorScope*z\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rOUTCOME_ALLOW\x10\x01\x12\x10\n" +
@@ -6073,7 +6655,18 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\aVerdict\x12\x17\n" +
 	"\x13VERDICT_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fVERDICT_APPROVE\x10\x01\x12\x10\n" +
-	"\fVERDICT_DENY\x10\x022\xa9\v\n" +
+	"\fVERDICT_DENY\x10\x02*\x93\x01\n" +
+	"\x11ConformanceStatus\x12\"\n" +
+	"\x1eCONFORMANCE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16CONFORMANCE_STATUS_MET\x10\x01\x12\x1e\n" +
+	"\x1aCONFORMANCE_STATUS_PARTIAL\x10\x02\x12\x1e\n" +
+	"\x1aCONFORMANCE_STATUS_NOT_MET\x10\x03*h\n" +
+	"\n" +
+	"Obligation\x12\x1a\n" +
+	"\x16OBLIGATION_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fOBLIGATION_MUST\x10\x01\x12\x15\n" +
+	"\x11OBLIGATION_SHOULD\x10\x02\x12\x12\n" +
+	"\x0eOBLIGATION_MAY\x10\x032\x86\f\n" +
 	"\fAdminService\x12X\n" +
 	"\rRegisterAgent\x12\".atf.admin.v1.RegisterAgentRequest\x1a#.atf.admin.v1.RegisterAgentResponse\x12I\n" +
 	"\bGetAgent\x12\x1d.atf.admin.v1.GetAgentRequest\x1a\x1e.atf.admin.v1.GetAgentResponse\x12O\n" +
@@ -6095,7 +6688,8 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"QueryAudit\x12\x1f.atf.admin.v1.QueryAuditRequest\x1a .atf.admin.v1.QueryAuditResponse\x12R\n" +
 	"\vVerifyAudit\x12 .atf.admin.v1.VerifyAuditRequest\x1a!.atf.admin.v1.VerifyAuditResponse\x12T\n" +
 	"\vWatchEvents\x12 .atf.admin.v1.WatchEventsRequest\x1a!.atf.admin.v1.WatchEventsResponse0\x01\x12E\n" +
-	"\x06Backup\x12\x1b.atf.admin.v1.BackupRequest\x1a\x1c.atf.admin.v1.BackupResponse0\x012\xd1\a\n" +
+	"\x06Backup\x12\x1b.atf.admin.v1.BackupRequest\x1a\x1c.atf.admin.v1.BackupResponse0\x01\x12[\n" +
+	"\x0eGetConformance\x12#.atf.admin.v1.GetConformanceRequest\x1a$.atf.admin.v1.GetConformanceResponse2\xd1\a\n" +
 	"\x0fMaturityService\x12d\n" +
 	"\x11EvaluatePromotion\x12&.atf.admin.v1.EvaluatePromotionRequest\x1a'.atf.admin.v1.EvaluatePromotionResponse\x12F\n" +
 	"\aPromote\x12\x1c.atf.admin.v1.PromoteRequest\x1a\x1d.atf.admin.v1.PromoteResponse\x12C\n" +
@@ -6129,272 +6723,289 @@ func file_atf_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_atf_admin_v1_admin_proto_rawDescData
 }
 
-var file_atf_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 90)
+var file_atf_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 95)
 var file_atf_admin_v1_admin_proto_goTypes = []any{
 	(Outcome)(0),                      // 0: atf.admin.v1.Outcome
 	(Verdict)(0),                      // 1: atf.admin.v1.Verdict
-	(*Agent)(nil),                     // 2: atf.admin.v1.Agent
-	(*RegisterAgentRequest)(nil),      // 3: atf.admin.v1.RegisterAgentRequest
-	(*RegisterAgentResponse)(nil),     // 4: atf.admin.v1.RegisterAgentResponse
-	(*GetAgentRequest)(nil),           // 5: atf.admin.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),          // 6: atf.admin.v1.GetAgentResponse
-	(*ListAgentsRequest)(nil),         // 7: atf.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),        // 8: atf.admin.v1.ListAgentsResponse
-	(*UpdateAgentRequest)(nil),        // 9: atf.admin.v1.UpdateAgentRequest
-	(*RoleList)(nil),                  // 10: atf.admin.v1.RoleList
-	(*UpdateAgentResponse)(nil),       // 11: atf.admin.v1.UpdateAgentResponse
-	(*DeregisterAgentRequest)(nil),    // 12: atf.admin.v1.DeregisterAgentRequest
-	(*DeregisterAgentResponse)(nil),   // 13: atf.admin.v1.DeregisterAgentResponse
-	(*RevokeLineageRequest)(nil),      // 14: atf.admin.v1.RevokeLineageRequest
-	(*RevokeLineageResponse)(nil),     // 15: atf.admin.v1.RevokeLineageResponse
-	(*GetLineageRequest)(nil),         // 16: atf.admin.v1.GetLineageRequest
-	(*GetLineageResponse)(nil),        // 17: atf.admin.v1.GetLineageResponse
-	(*LiveCredential)(nil),            // 18: atf.admin.v1.LiveCredential
-	(*ListAgentHistoryRequest)(nil),   // 19: atf.admin.v1.ListAgentHistoryRequest
-	(*ListAgentHistoryResponse)(nil),  // 20: atf.admin.v1.ListAgentHistoryResponse
-	(*AgentChange)(nil),               // 21: atf.admin.v1.AgentChange
-	(*PolicyVersion)(nil),             // 22: atf.admin.v1.PolicyVersion
-	(*GetPolicyRequest)(nil),          // 23: atf.admin.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),         // 24: atf.admin.v1.GetPolicyResponse
-	(*ListPoliciesRequest)(nil),       // 25: atf.admin.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),      // 26: atf.admin.v1.ListPoliciesResponse
-	(*SetPolicyRequest)(nil),          // 27: atf.admin.v1.SetPolicyRequest
-	(*SetPolicyResponse)(nil),         // 28: atf.admin.v1.SetPolicyResponse
-	(*RollbackPolicyRequest)(nil),     // 29: atf.admin.v1.RollbackPolicyRequest
-	(*RollbackPolicyResponse)(nil),    // 30: atf.admin.v1.RollbackPolicyResponse
-	(*TestPolicyRequest)(nil),         // 31: atf.admin.v1.TestPolicyRequest
-	(*TestPolicyResponse)(nil),        // 32: atf.admin.v1.TestPolicyResponse
-	(*Decision)(nil),                  // 33: atf.admin.v1.Decision
-	(*QueryAuditRequest)(nil),         // 34: atf.admin.v1.QueryAuditRequest
-	(*AuditRecord)(nil),               // 35: atf.admin.v1.AuditRecord
-	(*QueryAuditResponse)(nil),        // 36: atf.admin.v1.QueryAuditResponse
-	(*VerifyAuditRequest)(nil),        // 37: atf.admin.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),       // 38: atf.admin.v1.VerifyAuditResponse
-	(*WatchEventsRequest)(nil),        // 39: atf.admin.v1.WatchEventsRequest
-	(*Event)(nil),                     // 40: atf.admin.v1.Event
-	(*WatchEventsResponse)(nil),       // 41: atf.admin.v1.WatchEventsResponse
-	(*ListApprovalsRequest)(nil),      // 42: atf.admin.v1.ListApprovalsRequest
-	(*ListApprovalsResponse)(nil),     // 43: atf.admin.v1.ListApprovalsResponse
-	(*DecideApprovalRequest)(nil),     // 44: atf.admin.v1.DecideApprovalRequest
-	(*DecideApprovalResponse)(nil),    // 45: atf.admin.v1.DecideApprovalResponse
-	(*KillState)(nil),                 // 46: atf.admin.v1.KillState
-	(*KillRequest)(nil),               // 47: atf.admin.v1.KillRequest
-	(*KillResponse)(nil),              // 48: atf.admin.v1.KillResponse
-	(*ReleaseRequest)(nil),            // 49: atf.admin.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),           // 50: atf.admin.v1.ReleaseResponse
-	(*RevokeSessionsRequest)(nil),     // 51: atf.admin.v1.RevokeSessionsRequest
-	(*RevokeSessionsResponse)(nil),    // 52: atf.admin.v1.RevokeSessionsResponse
-	(*GetKillSwitchRequest)(nil),      // 53: atf.admin.v1.GetKillSwitchRequest
-	(*GetKillSwitchResponse)(nil),     // 54: atf.admin.v1.GetKillSwitchResponse
-	(*KilledAgent)(nil),               // 55: atf.admin.v1.KilledAgent
-	(*EvaluatePromotionRequest)(nil),  // 56: atf.admin.v1.EvaluatePromotionRequest
-	(*GateCheck)(nil),                 // 57: atf.admin.v1.GateCheck
-	(*PromotionGate)(nil),             // 58: atf.admin.v1.PromotionGate
-	(*PromotionReport)(nil),           // 59: atf.admin.v1.PromotionReport
-	(*EvaluatePromotionResponse)(nil), // 60: atf.admin.v1.EvaluatePromotionResponse
-	(*PromoteRequest)(nil),            // 61: atf.admin.v1.PromoteRequest
-	(*PromoteResponse)(nil),           // 62: atf.admin.v1.PromoteResponse
-	(*DemoteRequest)(nil),             // 63: atf.admin.v1.DemoteRequest
-	(*DemoteResponse)(nil),            // 64: atf.admin.v1.DemoteResponse
-	(*RollbackLevelRequest)(nil),      // 65: atf.admin.v1.RollbackLevelRequest
-	(*RollbackLevelResponse)(nil),     // 66: atf.admin.v1.RollbackLevelResponse
-	(*Evidence)(nil),                  // 67: atf.admin.v1.Evidence
-	(*RecordEvidenceRequest)(nil),     // 68: atf.admin.v1.RecordEvidenceRequest
-	(*RecordEvidenceResponse)(nil),    // 69: atf.admin.v1.RecordEvidenceResponse
-	(*SignOff)(nil),                   // 70: atf.admin.v1.SignOff
-	(*RecordSignOffRequest)(nil),      // 71: atf.admin.v1.RecordSignOffRequest
-	(*RecordSignOffResponse)(nil),     // 72: atf.admin.v1.RecordSignOffResponse
-	(*Incident)(nil),                  // 73: atf.admin.v1.Incident
-	(*OpenIncidentRequest)(nil),       // 74: atf.admin.v1.OpenIncidentRequest
-	(*OpenIncidentResponse)(nil),      // 75: atf.admin.v1.OpenIncidentResponse
-	(*UpdateIncidentRequest)(nil),     // 76: atf.admin.v1.UpdateIncidentRequest
-	(*UpdateIncidentResponse)(nil),    // 77: atf.admin.v1.UpdateIncidentResponse
-	(*CloseIncidentRequest)(nil),      // 78: atf.admin.v1.CloseIncidentRequest
-	(*CloseIncidentResponse)(nil),     // 79: atf.admin.v1.CloseIncidentResponse
-	(*ListIncidentsRequest)(nil),      // 80: atf.admin.v1.ListIncidentsRequest
-	(*ListIncidentsResponse)(nil),     // 81: atf.admin.v1.ListIncidentsResponse
-	(*GetMaturityRequest)(nil),        // 82: atf.admin.v1.GetMaturityRequest
-	(*OutcomeCounts)(nil),             // 83: atf.admin.v1.OutcomeCounts
-	(*Breaker)(nil),                   // 84: atf.admin.v1.Breaker
-	(*Baseline)(nil),                  // 85: atf.admin.v1.Baseline
-	(*GetMaturityResponse)(nil),       // 86: atf.admin.v1.GetMaturityResponse
-	(*BackupRequest)(nil),             // 87: atf.admin.v1.BackupRequest
-	(*BackupResponse)(nil),            // 88: atf.admin.v1.BackupResponse
-	nil,                               // 89: atf.admin.v1.AuditRecord.DetailEntry
-	nil,                               // 90: atf.admin.v1.Event.DetailEntry
-	nil,                               // 91: atf.admin.v1.Baseline.RolesEntry
-	(v1.Level)(0),                     // 92: atf.broker.v1.Level
-	(v1.AgentStatus)(0),               // 93: atf.broker.v1.AgentStatus
-	(*timestamppb.Timestamp)(nil),     // 94: google.protobuf.Timestamp
-	(*v1.RevocationSummary)(nil),      // 95: atf.broker.v1.RevocationSummary
-	(*v1.Grant)(nil),                  // 96: atf.broker.v1.Grant
-	(*durationpb.Duration)(nil),       // 97: google.protobuf.Duration
-	(v1.ApprovalStatus)(0),            // 98: atf.broker.v1.ApprovalStatus
-	(*v1.Approval)(nil),               // 99: atf.broker.v1.Approval
+	(ConformanceStatus)(0),            // 2: atf.admin.v1.ConformanceStatus
+	(Obligation)(0),                   // 3: atf.admin.v1.Obligation
+	(*Agent)(nil),                     // 4: atf.admin.v1.Agent
+	(*RegisterAgentRequest)(nil),      // 5: atf.admin.v1.RegisterAgentRequest
+	(*RegisterAgentResponse)(nil),     // 6: atf.admin.v1.RegisterAgentResponse
+	(*GetAgentRequest)(nil),           // 7: atf.admin.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),          // 8: atf.admin.v1.GetAgentResponse
+	(*ListAgentsRequest)(nil),         // 9: atf.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),        // 10: atf.admin.v1.ListAgentsResponse
+	(*UpdateAgentRequest)(nil),        // 11: atf.admin.v1.UpdateAgentRequest
+	(*RoleList)(nil),                  // 12: atf.admin.v1.RoleList
+	(*UpdateAgentResponse)(nil),       // 13: atf.admin.v1.UpdateAgentResponse
+	(*DeregisterAgentRequest)(nil),    // 14: atf.admin.v1.DeregisterAgentRequest
+	(*DeregisterAgentResponse)(nil),   // 15: atf.admin.v1.DeregisterAgentResponse
+	(*RevokeLineageRequest)(nil),      // 16: atf.admin.v1.RevokeLineageRequest
+	(*RevokeLineageResponse)(nil),     // 17: atf.admin.v1.RevokeLineageResponse
+	(*GetLineageRequest)(nil),         // 18: atf.admin.v1.GetLineageRequest
+	(*GetLineageResponse)(nil),        // 19: atf.admin.v1.GetLineageResponse
+	(*LiveCredential)(nil),            // 20: atf.admin.v1.LiveCredential
+	(*ListAgentHistoryRequest)(nil),   // 21: atf.admin.v1.ListAgentHistoryRequest
+	(*ListAgentHistoryResponse)(nil),  // 22: atf.admin.v1.ListAgentHistoryResponse
+	(*AgentChange)(nil),               // 23: atf.admin.v1.AgentChange
+	(*PolicyVersion)(nil),             // 24: atf.admin.v1.PolicyVersion
+	(*GetPolicyRequest)(nil),          // 25: atf.admin.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),         // 26: atf.admin.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),       // 27: atf.admin.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),      // 28: atf.admin.v1.ListPoliciesResponse
+	(*SetPolicyRequest)(nil),          // 29: atf.admin.v1.SetPolicyRequest
+	(*SetPolicyResponse)(nil),         // 30: atf.admin.v1.SetPolicyResponse
+	(*RollbackPolicyRequest)(nil),     // 31: atf.admin.v1.RollbackPolicyRequest
+	(*RollbackPolicyResponse)(nil),    // 32: atf.admin.v1.RollbackPolicyResponse
+	(*TestPolicyRequest)(nil),         // 33: atf.admin.v1.TestPolicyRequest
+	(*TestPolicyResponse)(nil),        // 34: atf.admin.v1.TestPolicyResponse
+	(*Decision)(nil),                  // 35: atf.admin.v1.Decision
+	(*QueryAuditRequest)(nil),         // 36: atf.admin.v1.QueryAuditRequest
+	(*AuditRecord)(nil),               // 37: atf.admin.v1.AuditRecord
+	(*QueryAuditResponse)(nil),        // 38: atf.admin.v1.QueryAuditResponse
+	(*VerifyAuditRequest)(nil),        // 39: atf.admin.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),       // 40: atf.admin.v1.VerifyAuditResponse
+	(*WatchEventsRequest)(nil),        // 41: atf.admin.v1.WatchEventsRequest
+	(*Event)(nil),                     // 42: atf.admin.v1.Event
+	(*WatchEventsResponse)(nil),       // 43: atf.admin.v1.WatchEventsResponse
+	(*ListApprovalsRequest)(nil),      // 44: atf.admin.v1.ListApprovalsRequest
+	(*ListApprovalsResponse)(nil),     // 45: atf.admin.v1.ListApprovalsResponse
+	(*DecideApprovalRequest)(nil),     // 46: atf.admin.v1.DecideApprovalRequest
+	(*DecideApprovalResponse)(nil),    // 47: atf.admin.v1.DecideApprovalResponse
+	(*KillState)(nil),                 // 48: atf.admin.v1.KillState
+	(*KillRequest)(nil),               // 49: atf.admin.v1.KillRequest
+	(*KillResponse)(nil),              // 50: atf.admin.v1.KillResponse
+	(*ReleaseRequest)(nil),            // 51: atf.admin.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),           // 52: atf.admin.v1.ReleaseResponse
+	(*RevokeSessionsRequest)(nil),     // 53: atf.admin.v1.RevokeSessionsRequest
+	(*RevokeSessionsResponse)(nil),    // 54: atf.admin.v1.RevokeSessionsResponse
+	(*GetKillSwitchRequest)(nil),      // 55: atf.admin.v1.GetKillSwitchRequest
+	(*GetKillSwitchResponse)(nil),     // 56: atf.admin.v1.GetKillSwitchResponse
+	(*KilledAgent)(nil),               // 57: atf.admin.v1.KilledAgent
+	(*EvaluatePromotionRequest)(nil),  // 58: atf.admin.v1.EvaluatePromotionRequest
+	(*GateCheck)(nil),                 // 59: atf.admin.v1.GateCheck
+	(*PromotionGate)(nil),             // 60: atf.admin.v1.PromotionGate
+	(*PromotionReport)(nil),           // 61: atf.admin.v1.PromotionReport
+	(*EvaluatePromotionResponse)(nil), // 62: atf.admin.v1.EvaluatePromotionResponse
+	(*PromoteRequest)(nil),            // 63: atf.admin.v1.PromoteRequest
+	(*PromoteResponse)(nil),           // 64: atf.admin.v1.PromoteResponse
+	(*DemoteRequest)(nil),             // 65: atf.admin.v1.DemoteRequest
+	(*DemoteResponse)(nil),            // 66: atf.admin.v1.DemoteResponse
+	(*RollbackLevelRequest)(nil),      // 67: atf.admin.v1.RollbackLevelRequest
+	(*RollbackLevelResponse)(nil),     // 68: atf.admin.v1.RollbackLevelResponse
+	(*Evidence)(nil),                  // 69: atf.admin.v1.Evidence
+	(*RecordEvidenceRequest)(nil),     // 70: atf.admin.v1.RecordEvidenceRequest
+	(*RecordEvidenceResponse)(nil),    // 71: atf.admin.v1.RecordEvidenceResponse
+	(*SignOff)(nil),                   // 72: atf.admin.v1.SignOff
+	(*RecordSignOffRequest)(nil),      // 73: atf.admin.v1.RecordSignOffRequest
+	(*RecordSignOffResponse)(nil),     // 74: atf.admin.v1.RecordSignOffResponse
+	(*Incident)(nil),                  // 75: atf.admin.v1.Incident
+	(*OpenIncidentRequest)(nil),       // 76: atf.admin.v1.OpenIncidentRequest
+	(*OpenIncidentResponse)(nil),      // 77: atf.admin.v1.OpenIncidentResponse
+	(*UpdateIncidentRequest)(nil),     // 78: atf.admin.v1.UpdateIncidentRequest
+	(*UpdateIncidentResponse)(nil),    // 79: atf.admin.v1.UpdateIncidentResponse
+	(*CloseIncidentRequest)(nil),      // 80: atf.admin.v1.CloseIncidentRequest
+	(*CloseIncidentResponse)(nil),     // 81: atf.admin.v1.CloseIncidentResponse
+	(*ListIncidentsRequest)(nil),      // 82: atf.admin.v1.ListIncidentsRequest
+	(*ListIncidentsResponse)(nil),     // 83: atf.admin.v1.ListIncidentsResponse
+	(*GetMaturityRequest)(nil),        // 84: atf.admin.v1.GetMaturityRequest
+	(*OutcomeCounts)(nil),             // 85: atf.admin.v1.OutcomeCounts
+	(*Breaker)(nil),                   // 86: atf.admin.v1.Breaker
+	(*Baseline)(nil),                  // 87: atf.admin.v1.Baseline
+	(*GetMaturityResponse)(nil),       // 88: atf.admin.v1.GetMaturityResponse
+	(*BackupRequest)(nil),             // 89: atf.admin.v1.BackupRequest
+	(*BackupResponse)(nil),            // 90: atf.admin.v1.BackupResponse
+	(*GetConformanceRequest)(nil),     // 91: atf.admin.v1.GetConformanceRequest
+	(*GetConformanceResponse)(nil),    // 92: atf.admin.v1.GetConformanceResponse
+	(*ConformanceStatement)(nil),      // 93: atf.admin.v1.ConformanceStatement
+	(*ConformanceElement)(nil),        // 94: atf.admin.v1.ConformanceElement
+	(*ConformanceRequirement)(nil),    // 95: atf.admin.v1.ConformanceRequirement
+	nil,                               // 96: atf.admin.v1.AuditRecord.DetailEntry
+	nil,                               // 97: atf.admin.v1.Event.DetailEntry
+	nil,                               // 98: atf.admin.v1.Baseline.RolesEntry
+	(v1.Level)(0),                     // 99: atf.broker.v1.Level
+	(v1.AgentStatus)(0),               // 100: atf.broker.v1.AgentStatus
+	(*timestamppb.Timestamp)(nil),     // 101: google.protobuf.Timestamp
+	(*v1.RevocationSummary)(nil),      // 102: atf.broker.v1.RevocationSummary
+	(*v1.Grant)(nil),                  // 103: atf.broker.v1.Grant
+	(*durationpb.Duration)(nil),       // 104: google.protobuf.Duration
+	(v1.ApprovalStatus)(0),            // 105: atf.broker.v1.ApprovalStatus
+	(*v1.Approval)(nil),               // 106: atf.broker.v1.Approval
 }
 var file_atf_admin_v1_admin_proto_depIdxs = []int32{
-	92,  // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
-	93,  // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
-	94,  // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
-	94,  // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
-	46,  // 4: atf.admin.v1.Agent.kill:type_name -> atf.admin.v1.KillState
-	84,  // 5: atf.admin.v1.Agent.breaker:type_name -> atf.admin.v1.Breaker
-	92,  // 6: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
-	2,   // 7: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	2,   // 8: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	2,   // 9: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
-	10,  // 10: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
-	92,  // 11: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
-	2,   // 12: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	2,   // 13: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	95,  // 14: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	96,  // 15: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
-	18,  // 16: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
-	94,  // 17: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
-	21,  // 18: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
-	94,  // 19: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
-	2,   // 20: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
-	94,  // 21: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
-	22,  // 22: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	22,  // 23: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
-	22,  // 24: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	22,  // 25: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	92,  // 26: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
-	33,  // 27: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
+	99,  // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
+	100, // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
+	101, // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
+	101, // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
+	48,  // 4: atf.admin.v1.Agent.kill:type_name -> atf.admin.v1.KillState
+	86,  // 5: atf.admin.v1.Agent.breaker:type_name -> atf.admin.v1.Breaker
+	99,  // 6: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
+	4,   // 7: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	4,   // 8: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	4,   // 9: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
+	12,  // 10: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
+	99,  // 11: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
+	4,   // 12: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	4,   // 13: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	102, // 14: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	103, // 15: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
+	20,  // 16: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
+	101, // 17: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
+	23,  // 18: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
+	101, // 19: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
+	4,   // 20: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
+	101, // 21: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
+	24,  // 22: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	24,  // 23: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
+	24,  // 24: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	24,  // 25: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	99,  // 26: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
+	35,  // 27: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
 	0,   // 28: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
-	97,  // 29: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
-	92,  // 30: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
-	94,  // 31: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
-	94,  // 32: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
-	94,  // 33: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	89,  // 34: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
-	35,  // 35: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
-	94,  // 36: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	90,  // 37: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
-	40,  // 38: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
-	98,  // 39: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
-	99,  // 40: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
+	104, // 29: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
+	99,  // 30: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
+	101, // 31: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
+	101, // 32: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
+	101, // 33: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	96,  // 34: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
+	37,  // 35: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
+	101, // 36: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	97,  // 37: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
+	42,  // 38: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
+	105, // 39: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
+	106, // 40: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
 	1,   // 41: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
-	99,  // 42: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
-	94,  // 43: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
-	95,  // 44: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	95,  // 45: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	46,  // 46: atf.admin.v1.GetKillSwitchResponse.global:type_name -> atf.admin.v1.KillState
-	55,  // 47: atf.admin.v1.GetKillSwitchResponse.agents:type_name -> atf.admin.v1.KilledAgent
-	46,  // 48: atf.admin.v1.KilledAgent.kill:type_name -> atf.admin.v1.KillState
-	57,  // 49: atf.admin.v1.PromotionGate.checks:type_name -> atf.admin.v1.GateCheck
-	92,  // 50: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
-	92,  // 51: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
-	58,  // 52: atf.admin.v1.PromotionReport.gates:type_name -> atf.admin.v1.PromotionGate
-	59,  // 53: atf.admin.v1.EvaluatePromotionResponse.report:type_name -> atf.admin.v1.PromotionReport
-	59,  // 54: atf.admin.v1.PromoteResponse.report:type_name -> atf.admin.v1.PromotionReport
-	2,   // 55: atf.admin.v1.PromoteResponse.agent:type_name -> atf.admin.v1.Agent
-	2,   // 56: atf.admin.v1.DemoteResponse.agent:type_name -> atf.admin.v1.Agent
-	95,  // 57: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	2,   // 58: atf.admin.v1.RollbackLevelResponse.agent:type_name -> atf.admin.v1.Agent
-	95,  // 59: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	92,  // 60: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
-	94,  // 61: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
-	92,  // 62: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
-	67,  // 63: atf.admin.v1.RecordEvidenceResponse.evidence:type_name -> atf.admin.v1.Evidence
-	92,  // 64: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
-	94,  // 65: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
-	92,  // 66: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
-	70,  // 67: atf.admin.v1.RecordSignOffResponse.sign_off:type_name -> atf.admin.v1.SignOff
-	92,  // 68: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
-	94,  // 69: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
-	94,  // 70: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
-	73,  // 71: atf.admin.v1.OpenIncidentResponse.incident:type_name -> atf.admin.v1.Incident
-	2,   // 72: atf.admin.v1.OpenIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
-	73,  // 73: atf.admin.v1.UpdateIncidentResponse.incident:type_name -> atf.admin.v1.Incident
-	2,   // 74: atf.admin.v1.UpdateIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
-	73,  // 75: atf.admin.v1.CloseIncidentResponse.incident:type_name -> atf.admin.v1.Incident
-	73,  // 76: atf.admin.v1.ListIncidentsResponse.incidents:type_name -> atf.admin.v1.Incident
-	94,  // 77: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
-	94,  // 78: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
-	91,  // 79: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
-	2,   // 80: atf.admin.v1.GetMaturityResponse.agent:type_name -> atf.admin.v1.Agent
-	94,  // 81: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
-	83,  // 82: atf.admin.v1.GetMaturityResponse.outcomes:type_name -> atf.admin.v1.OutcomeCounts
-	67,  // 83: atf.admin.v1.GetMaturityResponse.evidence:type_name -> atf.admin.v1.Evidence
-	70,  // 84: atf.admin.v1.GetMaturityResponse.sign_offs:type_name -> atf.admin.v1.SignOff
-	73,  // 85: atf.admin.v1.GetMaturityResponse.incidents:type_name -> atf.admin.v1.Incident
-	84,  // 86: atf.admin.v1.GetMaturityResponse.breaker:type_name -> atf.admin.v1.Breaker
-	85,  // 87: atf.admin.v1.GetMaturityResponse.baseline:type_name -> atf.admin.v1.Baseline
-	3,   // 88: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
-	5,   // 89: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
-	7,   // 90: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
-	9,   // 91: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
-	12,  // 92: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
-	19,  // 93: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
-	14,  // 94: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
-	16,  // 95: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
-	23,  // 96: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
-	25,  // 97: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
-	27,  // 98: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
-	29,  // 99: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
-	31,  // 100: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
-	34,  // 101: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
-	37,  // 102: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
-	39,  // 103: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
-	87,  // 104: atf.admin.v1.AdminService.Backup:input_type -> atf.admin.v1.BackupRequest
-	56,  // 105: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
-	61,  // 106: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
-	63,  // 107: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
-	65,  // 108: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
-	68,  // 109: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
-	71,  // 110: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
-	74,  // 111: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
-	76,  // 112: atf.admin.v1.MaturityService.UpdateIncident:input_type -> atf.admin.v1.UpdateIncidentRequest
-	78,  // 113: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
-	80,  // 114: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
-	82,  // 115: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
-	47,  // 116: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
-	49,  // 117: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
-	51,  // 118: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
-	53,  // 119: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
-	42,  // 120: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
-	44,  // 121: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
-	4,   // 122: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
-	6,   // 123: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
-	8,   // 124: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
-	11,  // 125: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
-	13,  // 126: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
-	20,  // 127: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
-	15,  // 128: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
-	17,  // 129: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
-	24,  // 130: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
-	26,  // 131: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
-	28,  // 132: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
-	30,  // 133: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
-	32,  // 134: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
-	36,  // 135: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
-	38,  // 136: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
-	41,  // 137: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
-	88,  // 138: atf.admin.v1.AdminService.Backup:output_type -> atf.admin.v1.BackupResponse
-	60,  // 139: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
-	62,  // 140: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
-	64,  // 141: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
-	66,  // 142: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
-	69,  // 143: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
-	72,  // 144: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
-	75,  // 145: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
-	77,  // 146: atf.admin.v1.MaturityService.UpdateIncident:output_type -> atf.admin.v1.UpdateIncidentResponse
-	79,  // 147: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
-	81,  // 148: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
-	86,  // 149: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
-	48,  // 150: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
-	50,  // 151: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
-	52,  // 152: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
-	54,  // 153: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
-	43,  // 154: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
-	45,  // 155: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
-	122, // [122:156] is the sub-list for method output_type
-	88,  // [88:122] is the sub-list for method input_type
-	88,  // [88:88] is the sub-list for extension type_name
-	88,  // [88:88] is the sub-list for extension extendee
-	0,   // [0:88] is the sub-list for field type_name
+	106, // 42: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
+	101, // 43: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
+	102, // 44: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	102, // 45: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	48,  // 46: atf.admin.v1.GetKillSwitchResponse.global:type_name -> atf.admin.v1.KillState
+	57,  // 47: atf.admin.v1.GetKillSwitchResponse.agents:type_name -> atf.admin.v1.KilledAgent
+	48,  // 48: atf.admin.v1.KilledAgent.kill:type_name -> atf.admin.v1.KillState
+	59,  // 49: atf.admin.v1.PromotionGate.checks:type_name -> atf.admin.v1.GateCheck
+	99,  // 50: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
+	99,  // 51: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
+	60,  // 52: atf.admin.v1.PromotionReport.gates:type_name -> atf.admin.v1.PromotionGate
+	61,  // 53: atf.admin.v1.EvaluatePromotionResponse.report:type_name -> atf.admin.v1.PromotionReport
+	61,  // 54: atf.admin.v1.PromoteResponse.report:type_name -> atf.admin.v1.PromotionReport
+	4,   // 55: atf.admin.v1.PromoteResponse.agent:type_name -> atf.admin.v1.Agent
+	4,   // 56: atf.admin.v1.DemoteResponse.agent:type_name -> atf.admin.v1.Agent
+	102, // 57: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	4,   // 58: atf.admin.v1.RollbackLevelResponse.agent:type_name -> atf.admin.v1.Agent
+	102, // 59: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	99,  // 60: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
+	101, // 61: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
+	99,  // 62: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
+	69,  // 63: atf.admin.v1.RecordEvidenceResponse.evidence:type_name -> atf.admin.v1.Evidence
+	99,  // 64: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
+	101, // 65: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
+	99,  // 66: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
+	72,  // 67: atf.admin.v1.RecordSignOffResponse.sign_off:type_name -> atf.admin.v1.SignOff
+	99,  // 68: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
+	101, // 69: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
+	101, // 70: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
+	75,  // 71: atf.admin.v1.OpenIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	4,   // 72: atf.admin.v1.OpenIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
+	75,  // 73: atf.admin.v1.UpdateIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	4,   // 74: atf.admin.v1.UpdateIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
+	75,  // 75: atf.admin.v1.CloseIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	75,  // 76: atf.admin.v1.ListIncidentsResponse.incidents:type_name -> atf.admin.v1.Incident
+	101, // 77: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
+	101, // 78: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
+	98,  // 79: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
+	4,   // 80: atf.admin.v1.GetMaturityResponse.agent:type_name -> atf.admin.v1.Agent
+	101, // 81: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
+	85,  // 82: atf.admin.v1.GetMaturityResponse.outcomes:type_name -> atf.admin.v1.OutcomeCounts
+	69,  // 83: atf.admin.v1.GetMaturityResponse.evidence:type_name -> atf.admin.v1.Evidence
+	72,  // 84: atf.admin.v1.GetMaturityResponse.sign_offs:type_name -> atf.admin.v1.SignOff
+	75,  // 85: atf.admin.v1.GetMaturityResponse.incidents:type_name -> atf.admin.v1.Incident
+	86,  // 86: atf.admin.v1.GetMaturityResponse.breaker:type_name -> atf.admin.v1.Breaker
+	87,  // 87: atf.admin.v1.GetMaturityResponse.baseline:type_name -> atf.admin.v1.Baseline
+	99,  // 88: atf.admin.v1.GetConformanceRequest.target_level:type_name -> atf.broker.v1.Level
+	93,  // 89: atf.admin.v1.GetConformanceResponse.statement:type_name -> atf.admin.v1.ConformanceStatement
+	99,  // 90: atf.admin.v1.ConformanceStatement.target_level:type_name -> atf.broker.v1.Level
+	101, // 91: atf.admin.v1.ConformanceStatement.assessed_at:type_name -> google.protobuf.Timestamp
+	94,  // 92: atf.admin.v1.ConformanceStatement.elements:type_name -> atf.admin.v1.ConformanceElement
+	95,  // 93: atf.admin.v1.ConformanceElement.requirements:type_name -> atf.admin.v1.ConformanceRequirement
+	2,   // 94: atf.admin.v1.ConformanceRequirement.status:type_name -> atf.admin.v1.ConformanceStatus
+	3,   // 95: atf.admin.v1.ConformanceRequirement.obligation:type_name -> atf.admin.v1.Obligation
+	5,   // 96: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
+	7,   // 97: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
+	9,   // 98: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
+	11,  // 99: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
+	14,  // 100: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
+	21,  // 101: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
+	16,  // 102: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
+	18,  // 103: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
+	25,  // 104: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
+	27,  // 105: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
+	29,  // 106: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
+	31,  // 107: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
+	33,  // 108: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
+	36,  // 109: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
+	39,  // 110: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
+	41,  // 111: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
+	89,  // 112: atf.admin.v1.AdminService.Backup:input_type -> atf.admin.v1.BackupRequest
+	91,  // 113: atf.admin.v1.AdminService.GetConformance:input_type -> atf.admin.v1.GetConformanceRequest
+	58,  // 114: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
+	63,  // 115: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
+	65,  // 116: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
+	67,  // 117: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
+	70,  // 118: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
+	73,  // 119: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
+	76,  // 120: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
+	78,  // 121: atf.admin.v1.MaturityService.UpdateIncident:input_type -> atf.admin.v1.UpdateIncidentRequest
+	80,  // 122: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
+	82,  // 123: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
+	84,  // 124: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
+	49,  // 125: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
+	51,  // 126: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
+	53,  // 127: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
+	55,  // 128: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
+	44,  // 129: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
+	46,  // 130: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
+	6,   // 131: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
+	8,   // 132: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
+	10,  // 133: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
+	13,  // 134: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
+	15,  // 135: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
+	22,  // 136: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
+	17,  // 137: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
+	19,  // 138: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
+	26,  // 139: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
+	28,  // 140: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
+	30,  // 141: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
+	32,  // 142: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
+	34,  // 143: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
+	38,  // 144: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
+	40,  // 145: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
+	43,  // 146: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
+	90,  // 147: atf.admin.v1.AdminService.Backup:output_type -> atf.admin.v1.BackupResponse
+	92,  // 148: atf.admin.v1.AdminService.GetConformance:output_type -> atf.admin.v1.GetConformanceResponse
+	62,  // 149: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
+	64,  // 150: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
+	66,  // 151: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
+	68,  // 152: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
+	71,  // 153: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
+	74,  // 154: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
+	77,  // 155: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
+	79,  // 156: atf.admin.v1.MaturityService.UpdateIncident:output_type -> atf.admin.v1.UpdateIncidentResponse
+	81,  // 157: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
+	83,  // 158: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
+	88,  // 159: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
+	50,  // 160: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
+	52,  // 161: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
+	54,  // 162: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
+	56,  // 163: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
+	45,  // 164: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
+	47,  // 165: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
+	131, // [131:166] is the sub-list for method output_type
+	96,  // [96:131] is the sub-list for method input_type
+	96,  // [96:96] is the sub-list for extension type_name
+	96,  // [96:96] is the sub-list for extension extendee
+	0,   // [0:96] is the sub-list for field type_name
 }
 
 func init() { file_atf_admin_v1_admin_proto_init() }
@@ -6424,8 +7035,8 @@ func file_atf_admin_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_admin_v1_admin_proto_rawDesc), len(file_atf_admin_v1_admin_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   90,
+			NumEnums:      4,
+			NumMessages:   95,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

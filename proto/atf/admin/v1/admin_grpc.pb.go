@@ -39,6 +39,7 @@ const (
 	AdminService_VerifyAudit_FullMethodName      = "/atf.admin.v1.AdminService/VerifyAudit"
 	AdminService_WatchEvents_FullMethodName      = "/atf.admin.v1.AdminService/WatchEvents"
 	AdminService_Backup_FullMethodName           = "/atf.admin.v1.AdminService/Backup"
+	AdminService_GetConformance_FullMethodName   = "/atf.admin.v1.AdminService/GetConformance"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -92,6 +93,10 @@ type AdminServiceClient interface {
 	// Backup streams a consistent copy of the store file, taken online in one
 	// read transaction (writes continue meanwhile).
 	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
+	// GetConformance assesses the running broker, from its configuration and
+	// its registry, against the 25 core requirements of the ATF conformance
+	// specification, as an ATF Compatible self-assessment statement.
+	GetConformance(ctx context.Context, in *GetConformanceRequest, opts ...grpc.CallOption) (*GetConformanceResponse, error)
 }
 
 type adminServiceClient struct {
@@ -290,6 +295,16 @@ func (c *adminServiceClient) Backup(ctx context.Context, in *BackupRequest, opts
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_BackupClient = grpc.ServerStreamingClient[BackupResponse]
 
+func (c *adminServiceClient) GetConformance(ctx context.Context, in *GetConformanceRequest, opts ...grpc.CallOption) (*GetConformanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetConformanceResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetConformance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -341,6 +356,10 @@ type AdminServiceServer interface {
 	// Backup streams a consistent copy of the store file, taken online in one
 	// read transaction (writes continue meanwhile).
 	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
+	// GetConformance assesses the running broker, from its configuration and
+	// its registry, against the 25 core requirements of the ATF conformance
+	// specification, as an ATF Compatible self-assessment statement.
+	GetConformance(context.Context, *GetConformanceRequest) (*GetConformanceResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -401,6 +420,9 @@ func (UnimplementedAdminServiceServer) WatchEvents(*WatchEventsRequest, grpc.Ser
 }
 func (UnimplementedAdminServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
 	return status.Error(codes.Unimplemented, "method Backup not implemented")
+}
+func (UnimplementedAdminServiceServer) GetConformance(context.Context, *GetConformanceRequest) (*GetConformanceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetConformance not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -715,6 +737,24 @@ func _AdminService_Backup_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_BackupServer = grpc.ServerStreamingServer[BackupResponse]
 
+func _AdminService_GetConformance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetConformanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetConformance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetConformance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetConformance(ctx, req.(*GetConformanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -781,6 +821,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyAudit",
 			Handler:    _AdminService_VerifyAudit_Handler,
+		},
+		{
+			MethodName: "GetConformance",
+			Handler:    _AdminService_GetConformance_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
