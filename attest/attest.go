@@ -132,7 +132,7 @@ func (v *Verifier) VerifyX509(chain []*x509.Certificate) (Identity, error) {
 	// The trust domain is checked before any signature work.
 	id, err := x509svid.IDFromCert(chain[0])
 	if err != nil {
-		return Identity{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
+		return Identity{}, fmt.Errorf("%w: client certificate is not an X.509-SVID: %v", ErrUnauthenticated, err)
 	}
 	if err := v.CheckID(id); err != nil {
 		return Identity{}, err
