@@ -19,6 +19,7 @@ import (
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/failpoint"
 	"github.com/agentictrust/atf/broker/monitor"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/vault"
@@ -258,6 +259,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	if err != nil {
 		return nil, s.statusOf(ctx, "issue credential", err)
 	}
+	failpoint.Hit(failpoint.IssueAfterVault)
 	err = s.db(ctx).RecordCredential(store.Credential{
 		Accessor:      cred.Accessor,
 		AgentID:       caller,
@@ -297,6 +299,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		return nil, s.statusOf(ctx, "record credential", err)
 	}
 	issued = true
+	failpoint.Hit(failpoint.IssueAfterRecord)
 	s.live.commit(lc, cred.Accessor, cred.ExpiresAt)
 	s.metrics.decisions.WithLabelValues("allow", string(authz.Allowed)).Inc()
 	s.metrics.issuance.Observe(time.Since(start).Seconds())

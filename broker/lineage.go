@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/failpoint"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/vault"
 	"github.com/agentictrust/atf/delegation"
@@ -86,6 +87,7 @@ func (a *anchors) getLocked(ctx context.Context, node string, depth int) (*vault
 	if err != nil {
 		return nil, err
 	}
+	failpoint.Hit(failpoint.AnchorAfterVault)
 	// Recorded before use: a revocation must always find it.
 	if err := a.store.AddAnchor(store.Anchor{Accessor: an.Accessor, Node: node, Parent: parentAccessor, CreatedAt: time.Now().UTC(), ExpiresAt: an.ExpiresAt.UTC()}); err != nil {
 		_ = a.issuer.Revoke(context.WithoutCancel(ctx), an.Accessor)
@@ -164,6 +166,7 @@ func (s *Server) revokeLineage(ctx context.Context, root store.Root, actor, reas
 	if err != nil {
 		return nil, s.statusOf(ctx, "revoke lineage", err)
 	}
+	failpoint.Hit(failpoint.RevokeAfterCommit)
 	return s.finishRevocation(ctx, root, actor, reason, rev, start, time.Since(start), true), nil
 }
 

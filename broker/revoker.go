@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agentictrust/atf/broker/failpoint"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/vault"
 )
@@ -60,6 +61,7 @@ func (r *revoker) revokeAll(ctx context.Context, accessors []string) int {
 			continue
 		}
 		done++
+		failpoint.Hit(failpoint.RevokeMidLineage)
 	}
 	return done
 }

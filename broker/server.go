@@ -68,9 +68,12 @@ type Server struct {
 	grpc      *grpc.Server
 	health    *health.Server
 	revoker   *revoker
-	anchors   *anchors
-	hub       hub
-	rules     delegation.Rules
+	// runBegun is set once the store is marked in use (BeginRun); Close
+	// marks a clean end only then, and only if no call was cut off.
+	runBegun bool
+	anchors  *anchors
+	hub      hub
+	rules    delegation.Rules
 
 	cfg       Config
 	policy    atomic.Pointer[authz.Policy]
@@ -147,6 +150,15 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	}
 	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: o.now, OnAudit: s.auditCommitted}); err != nil {
 		return nil, err
+	}
+	crashed, rev, err := s.store.BeginRun("atfd")
+	if err != nil {
+		return nil, err
+	}
+	s.runBegun = true
+	if crashed {
+		s.log.Warn("the previous run did not stop cleanly: every live credential and anchor is revoked, since Vault may have issued tokens just before the crash that were never recorded; agents fetch anew",
+			slog.Int("credentials", rev.CredentialCount()), slog.Int("queued", len(rev.Queued)))
 	}
 	if err := s.loadPolicy(cfg.Policy); err != nil {
 		return nil, err
@@ -327,6 +339,9 @@ func (s *Server) Close() {
 			case <-done:
 			case <-time.After(5 * time.Second):
 				s.grpc.Stop()
+				// Handlers may still be between Vault and the store: the
+				// next start must treat this run as crashed.
+				s.runBegun = false
 			}
 		}
 		s.lifeMu.Lock()
@@ -359,6 +374,11 @@ func (s *Server) Close() {
 			s.source.Close()
 		}
 		if s.store != nil {
+			if s.runBegun {
+				if err := s.store.EndRun(); err != nil {
+					s.log.Error("marking a clean stop failed; the next start revokes every live credential", slog.String(logError, err.Error()))
+				}
+			}
 			s.store.Close()
 		}
 	})

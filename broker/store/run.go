@@ -1,0 +1,121 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// keyRunning is present in the meta bucket while an atfd uses the store.
+var keyRunning = []byte("running")
+
+// BeginRun marks the store in use and reports whether the previous run
+// ended without EndRun: a crash, a SIGKILL, a power cut. After such an end
+// the broker cannot know which tokens Vault issued just before it that were
+// never recorded, so BeginRun revokes, in the same transaction, every live
+// anchor and every live credential: each credential the broker creates is a
+// child of an anchor recorded before it is used, so revoking the anchors in
+// Vault kills any unrecorded credential too. Agents fetch anew (the client
+// package does so on its own when its revocation watch reconnects).
+//
+// The anchors and credentials are queued for revocation in Vault (the
+// revoker drains the queue) and one audit record says what was revoked.
+func (s *Store) BeginRun(actor string) (crashed bool, rev Revocation, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		crashed = meta.Get(keyRunning) != nil
+		rev = Revocation{Credentials: map[string][]string{}}
+		if crashed {
+			var err error
+			if rev, err = s.revokeAllLive(tx, actor, s.now().UTC()); err != nil {
+				return err
+			}
+		}
+		return meta.Put(keyRunning, []byte(s.now().UTC().Format(time.RFC3339Nano)))
+	})
+	if err != nil {
+		return false, Revocation{}, fmt.Errorf("store: begin run: %w", err)
+	}
+	return crashed, rev, nil
+}
+
+// EndRun marks a clean end: every issuance of the run was recorded or
+// refused. Call it only when no call is in flight.
+func (s *Store) EndRun() error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keyRunning) })
+}
+
+// revokeAllLive revokes every live anchor (parents first) and credential.
+func (s *Store) revokeAllLive(tx *bolt.Tx, actor string, now time.Time) (Revocation, error) {
+	rev := Revocation{Credentials: map[string][]string{}}
+	var anchors []Anchor
+	err := tx.Bucket(bucketAnchors).ForEach(func(_, v []byte) error {
+		var a Anchor
+		if err := json.Unmarshal(v, &a); err != nil {
+			return fmt.Errorf("store: decode anchor: %w", err)
+		}
+		if a.RevokedAt.IsZero() && a.ExpiresAt.After(now) {
+			anchors = append(anchors, a)
+		}
+		return nil
+	})
+	if err != nil {
+		return rev, err
+	}
+	// A child anchor is created after its parent.
+	slices.SortFunc(anchors, func(a, b Anchor) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	queued := map[string]bool{}
+	for _, a := range anchors {
+		a.RevokedAt = now
+		if err := putAnchor(tx, a); err != nil {
+			return rev, err
+		}
+		if err := enqueue(tx, a.Accessor, queueItem{Kind: "anchor", Order: len(rev.Queued)}); err != nil {
+			return rev, err
+		}
+		queued[a.Accessor] = true
+		rev.Queued = append(rev.Queued, a.Accessor)
+	}
+	creds := tx.Bucket(bucketCredentials)
+	var live []Credential
+	err = creds.ForEach(func(_, v []byte) error {
+		var c Credential
+		if err := json.Unmarshal(v, &c); err != nil {
+			return fmt.Errorf("store: decode credential: %w", err)
+		}
+		if c.RevokedAt.IsZero() && c.ExpiresAt.After(now) {
+			live = append(live, c)
+		}
+		return nil
+	})
+	if err != nil {
+		return rev, err
+	}
+	for _, c := range live { // written after the scan: cursors must not see writes
+		c.RevokedAt = now
+		v, err := json.Marshal(c)
+		if err != nil {
+			return rev, err
+		}
+		if err := creds.Put(credentialKey(c.AgentID, c.Accessor), v); err != nil {
+			return rev, err
+		}
+		rev.Credentials[c.AgentID] = append(rev.Credentials[c.AgentID], c.Accessor)
+		if queued[c.Anchor] {
+			continue // dies with its anchor in Vault
+		}
+		if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
+			return rev, err
+		}
+		rev.Queued = append(rev.Queued, c.Accessor)
+	}
+	return rev, s.appendAudit(tx, AuditRecord{Time: now, Kind: "crash_recovery", Actor: actor, Subject: "store", Detail: map[string]string{
+		"reason":      "the previous run ended without a clean stop; tokens Vault issued just before it may be unrecorded",
+		"anchors":     strconv.Itoa(len(anchors)),
+		"credentials": strconv.Itoa(rev.CredentialCount()),
+	}})
+}

@@ -1,0 +1,307 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/broker/client"
+	"github.com/agentictrust/atf/broker/failpoint"
+	"github.com/agentictrust/atf/deploy/dev"
+	"github.com/agentictrust/atf/deploy/dev/devtest"
+	"github.com/agentictrust/atf/deploy/policy"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+// buildFailpointAtfd builds atfd with the failpoints tag (once per test
+// binary) and registers it with SPIRE as the broker's workload.
+func buildFailpointAtfd(t *testing.T, s *dev.Stack) string {
+	t.Helper()
+	fpOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "atf-failpoints-")
+		if err != nil {
+			fpErr = err
+			return
+		}
+		fpBin = filepath.Join(dir, "atfd")
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+		}
+		if out, err := exec.Command(goTool, "build", "-tags", "failpoints", "-o", fpBin, ".").CombinedOutput(); err != nil {
+			fpErr = fmt.Errorf("go build -tags failpoints: %v\n%s", err, out)
+		}
+	})
+	if fpErr != nil {
+		t.Fatal(fpErr)
+	}
+	if err := s.RegisterWorkloadTTL(t.Context(), s.BrokerID, time.Hour, "unix:path:"+fpBin); err != nil {
+		t.Fatal(err)
+	}
+	return fpBin
+}
+
+var (
+	fpOnce sync.Once
+	fpBin  string
+	fpErr  error
+)
+
+// crashEnv is one atfd, started and restarted on one store.
+type crashEnv struct {
+	t      *testing.T
+	s      *dev.Stack
+	bin    string
+	cfg    string
+	addr   string
+	logs   *bytes.Buffer
+	proc   *exec.Cmd
+	exited chan error
+}
+
+func newCrashEnv(t *testing.T, s *dev.Stack, bin string) *crashEnv {
+	dir := t.TempDir()
+	tok, err := s.BrokerVaultToken(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	addr := freeAddr(t)
+	cfg := write("atfd.yaml", fmt.Sprintf(`listen_addr: %s
+spiffe:
+  workload_api_addr: %s
+trust_domains: [%s]
+admins: [%s]
+store_path: %s
+roles_file: %s
+policy:
+  model_file: %s
+  policy_file: %s
+vault:
+  address: %s
+  auth:
+    method: token
+    token_file: %s
+log_format: text
+`, addr, s.WorkloadAPIAddr, s.TrustDomain.Name(), crashAdmin(s), filepath.Join(dir, "atf.db"), write("roles.yaml", roles),
+		write("model.conf", policy.Model), write("policy.csv", brokertest.OpenPolicy(s.TrustDomain)), s.VaultAddr, write("token", tok)))
+	return &crashEnv{t: t, s: s, bin: bin, cfg: cfg, addr: addr, logs: &bytes.Buffer{}}
+}
+
+func crashAdmin(s *dev.Stack) spiffeid.ID { return spiffeid.RequireFromPath(s.TrustDomain, "/ops/admin") }
+
+// start starts atfd with the failpoints armed and waits until it serves.
+func (e *crashEnv) start(armed string) {
+	e.t.Helper()
+	e.proc = exec.Command(e.bin, "-config", e.cfg)
+	e.proc.Env = append(os.Environ(), "ATF_FAILPOINT="+armed)
+	e.proc.Stdout, e.proc.Stderr = e.logs, e.logs
+	if err := e.proc.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	e.exited = exited
+	go func() { exited <- e.proc.Wait() }()
+	p := e.proc
+	e.t.Cleanup(func() {
+		p.Process.Kill()
+		<-exited
+		exited <- nil
+		if e.t.Failed() {
+			e.t.Logf("atfd output:\n%s", e.logs.String())
+		}
+	})
+	c := e.dial(crashAdmin(e.s))
+	devtest.WaitFor(e.t, 30*time.Second, "atfd to serve", func() bool {
+		_, err := c.Broker.WhoAmI(e.t.Context(), &brokerv1.WhoAmIRequest{})
+		return err == nil
+	})
+}
+
+// awaitKilled waits for atfd to die by SIGKILL: the failpoint was hit.
+func (e *crashEnv) awaitKilled(point string) {
+	e.t.Helper()
+	select {
+	case err := <-e.exited:
+		e.exited <- err
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || !ee.Sys().(syscall.WaitStatus).Signaled() || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			e.t.Fatalf("atfd ended with %v, not SIGKILL at failpoint %s", err, point)
+		}
+	case <-time.After(30 * time.Second):
+		e.t.Fatalf("failpoint %s was not hit", point)
+	}
+}
+
+func (e *crashEnv) dial(id spiffeid.ID) *client.Conn {
+	e.t.Helper()
+	files, err := e.s.MintX509(e.t.Context(), id, time.Hour)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c, err := client.Dial(e.t.Context(), client.Config{Addr: e.addr, BrokerID: e.s.BrokerID.String(), SVIDFile: files.CertPath, SVIDKeyFile: files.KeyPath, BundleFile: files.BundlePath})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// liveTokensOf lists the live Vault credentials whose metadata names one of
+// agents, by accessor, asking Vault as root.
+func liveTokensOf(t *testing.T, s *dev.Stack, agents ...string) []string {
+	t.Helper()
+	v := s.VaultClient()
+	list, err := v.Logical().ListWithContext(t.Context(), "auth/token/accessors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	keys, _ := list.Data["keys"].([]any)
+	for _, k := range keys {
+		acc, _ := k.(string)
+		sec, err := v.Auth().Token().LookupAccessorWithContext(t.Context(), acc)
+		if err != nil {
+			continue // expired or revoked meanwhile
+		}
+		meta, _ := sec.Data["meta"].(map[string]any)
+		if agent, _ := meta["atf_agent"].(string); slices.Contains(agents, agent) {
+			out = append(out, acc)
+		}
+	}
+	return out
+}
+
+// atfd killed (SIGKILL) at each failpoint of issuance and revocation, then
+// restarted: no credential of a revoked lineage is alive in Vault, no live
+// credential in Vault is unknown to the broker, the audit chain verifies
+// and the broker serves again.
+func TestCrashSafety(t *testing.T) {
+	s := devtest.Shared(t)
+	bin := buildFailpointAtfd(t, s)
+	for i, point := range []string{failpoint.AnchorAfterVault, failpoint.IssueAfterVault, failpoint.IssueAfterRecord,
+		failpoint.RevokeAfterCommit, failpoint.RevokeMidLineage} {
+		t.Run(point, func(t *testing.T) {
+			ctx := t.Context()
+			e := newCrashEnv(t, s, bin)
+			lead := spiffeid.RequireFromPath(s.TrustDomain, fmt.Sprintf("/crash/%d/lead", i))
+			helper := spiffeid.RequireFromPath(s.TrustDomain, fmt.Sprintf("/crash/%d/helper", i))
+			revoking := point == failpoint.RevokeAfterCommit || point == failpoint.RevokeMidLineage
+			armed := point
+			if revoking {
+				armed = "" // armed at the restart below, after the lineage is built
+			}
+			e.start(armed)
+			admin := e.dial(crashAdmin(s))
+			for _, a := range []struct {
+				id    spiffeid.ID
+				level brokerv1.Level
+			}{{lead, brokerv1.Level_LEVEL_SENIOR}, {helper, brokerv1.Level_LEVEL_JUNIOR}} {
+				if _, err := admin.Admin.RegisterAgent(ctx, &adminv1.RegisterAgentRequest{SpiffeId: a.id.String(), Owner: "o@example.org",
+					Purpose: "crash test", Roles: []string{"reports-read"}, Level: a.level}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			leadC, helperC := e.dial(lead), e.dial(helper)
+			fetch := func(c *client.Conn, grant string) (*brokerv1.Credential, error) {
+				r, err := c.Broker.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "reports-read", GrantId: grant})
+				return r.GetCredential(), err
+			}
+
+			var held []*brokerv1.Credential // credentials the agents received
+			if !revoking {
+				if _, err := fetch(leadC, ""); err == nil {
+					t.Fatal("the request that crashed atfd returned a credential")
+				}
+				e.awaitKilled(point)
+				e.start("")
+			} else {
+				own, err := fetch(leadC, "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				g, err := leadC.Broker.Delegate(ctx, &brokerv1.DelegateRequest{Delegatee: helper.String(), Roles: []string{"reports-read"}, Ttl: durationpb.New(time.Hour)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				under, err := fetch(helperC, g.GetGrant().GetId())
+				if err != nil {
+					t.Fatal(err)
+				}
+				held = append(held, own, under)
+				// Restart with the failpoint armed (a clean stop first).
+				e.proc.Process.Signal(syscall.SIGTERM)
+				<-e.exited
+				e.exited <- nil
+				e.start(point)
+				admin = e.dial(crashAdmin(s))
+				if _, err := admin.Admin.RevokeLineage(ctx, &adminv1.RevokeLineageRequest{Root: &adminv1.RevokeLineageRequest_AgentId{AgentId: lead.String()}, Reason: "crash test"}); err == nil {
+					t.Fatal("the revocation that crashed atfd answered")
+				}
+				e.awaitKilled(point)
+				e.start("")
+			}
+			admin = e.dial(crashAdmin(s))
+
+			// Revoked lineages are dead in Vault (the queue drains at start).
+			for _, c := range held {
+				devtest.WaitFor(t, 20*time.Second, "a revoked lineage's credential to die in Vault", func() bool {
+					_, err := s.VaultClient().Auth().Token().LookupWithContext(ctx, c.GetToken())
+					return err != nil
+				})
+			}
+			// No live credential in Vault is unknown to the broker: after a
+			// crash, everything issued before it is revoked.
+			devtest.WaitFor(t, 20*time.Second, "credentials issued before the crash to die in Vault", func() bool {
+				return len(liveTokensOf(t, s, lead.String(), helper.String())) == 0
+			})
+			v, err := admin.Admin.VerifyAudit(ctx, &adminv1.VerifyAuditRequest{})
+			if err != nil || !v.GetOk() {
+				t.Fatalf("audit chain after the crash: %v, %v", v, err)
+			}
+			recovery, err := admin.Admin.QueryAudit(ctx, &adminv1.QueryAuditRequest{Kind: "crash_recovery"})
+			if err != nil || len(recovery.GetRecords()) != 1 {
+				t.Fatalf("crash_recovery records: %v, %v", recovery, err)
+			}
+
+			// And it serves: the lead fetches anew (its own authority is
+			// untouched unless its lineage was revoked); the revoked grant
+			// is refused.
+			leadC, helperC = e.dial(lead), e.dial(helper)
+			cred, err := fetch(leadC, "")
+			if err != nil {
+				t.Fatalf("fetch after the restart: %v", err)
+			}
+			if _, err := s.VaultClient().Auth().Token().LookupWithContext(ctx, cred.GetToken()); err != nil {
+				t.Fatalf("the new credential is not valid in Vault: %v", err)
+			}
+			if live := liveTokensOf(t, s, lead.String(), helper.String()); !slices.Equal(live, []string{cred.GetAccessor()}) {
+				t.Fatalf("live credentials in Vault %v, want only the new %s", live, cred.GetAccessor())
+			}
+			if revoking {
+				if _, err := fetch(helperC, held[1].GetGrantId()); err == nil {
+					t.Fatal("a grant of the revoked lineage still issues")
+				}
+			}
+		})
+	}
+}
