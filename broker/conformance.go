@@ -292,7 +292,7 @@ var conformanceElements = []element{
 			"Record the agent's own reasoning (its trace, prompts, tool choices) with the decision id the broker returns.",
 			func(a assessment) (v verdict) {
 				v.add("every decision records its id, reason code, the policy lines that matched, the maturity rule and the policy version (atfctl audit query); atfctl policy test explains any request without issuing")
-				v.add("the purpose and justification an agent gives with each request are recorded (PII redacted)")
+				v.add("the purpose an agent states with a request is kept in its decision record, and the justification of a write that waits for approval with the approval (PII redacted)")
 				v.gap("the rationale behind the agent's own decisions is not visible to the broker: only why it asked for a credential and why the broker decided")
 				return v
 			}},
