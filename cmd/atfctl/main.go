@@ -101,7 +101,7 @@ Identity comes from the caller's SPIFFE SVID: from the SPIRE Workload API
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	g.register(root)
 	root.AddCommand(newWhoAmI(g), newCreds(g), newAgent(g), newDelegate(g), newRevoke(g), newLineage(g), newWatch(g),
-		newPolicy(g), newApprovals(g), newAudit(g), newEvents(g), newKill(g), newUnkill(g), newKilled(g),
+		newPolicy(g), newApprovals(g), newAudit(g), newEvents(g), newKill(g), newUnkill(g), newKilled(g), newConformance(g),
 		newEvidence(g), newSignOff(g), newIncident(g), newOutcome(g), newAdmin(g), newExec(g), newSidecar(g))
 	return root
 }
