@@ -21,7 +21,7 @@ func newWhoAmI(g *globals) *cobra.Command {
 		Use:     "whoami",
 		Short:   "Show the identity the broker sees and the caller's registry standing",
 		Example: "  atfctl whoami\n  atfctl whoami --svid agent.pem --svid-key agent.key --bundle bundle.pem -o json",
-		Args:    cobra.NoArgs,
+		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*brokerv1.WhoAmIResponse, error) {
 				return c.Broker.WhoAmI(ctx, &brokerv1.WhoAmIRequest{})
@@ -58,7 +58,7 @@ func newCreds(g *globals) *cobra.Command {
   export VAULT_TOKEN=$(atfctl creds fetch --role reports-read --token-only)
   atfctl creds fetch --role reports-read --ttl 5m --purpose "nightly summary" -o json
   atfctl creds fetch --role reports-write --justification "publish Q3 numbers" --wait`,
-		Args: cobra.NoArgs,
+		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if role == "" {
 				return usageError{fmt.Errorf("--role is required")}
@@ -196,7 +196,7 @@ func agentList(g *globals) *cobra.Command {
 		Use:     "list",
 		Short:   "List registered agents, one page at a time",
 		Example: "  atfctl agent list\n  atfctl agent list --all -o json",
-		Args:    cobra.NoArgs,
+		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.dial(cmd.Context())
 			if err != nil {

@@ -31,7 +31,7 @@ func policyList(g *globals) *cobra.Command {
 		Use:     "list",
 		Short:   "List policy versions, newest first",
 		Example: "  atfctl policy list\n  atfctl policy list -o json",
-		Args:    cobra.NoArgs,
+		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.ListPoliciesResponse, error) {
 				return c.Admin.ListPolicies(ctx, &adminv1.ListPoliciesRequest{})
@@ -59,7 +59,7 @@ func policyShow(g *globals) *cobra.Command {
 		Use:     "show [--version N] [--part policy|model]",
 		Short:   "Print a policy version's text (default: the current policy lines)",
 		Example: "  atfctl policy show > policy.csv\n  atfctl policy show --version 3 --part model",
-		Args:    cobra.NoArgs,
+		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.dial(cmd.Context())
 			if err != nil {
@@ -100,7 +100,7 @@ func policySet(g *globals) *cobra.Command {
 		Example: `  atfctl policy set --policy deploy/policy/policy.csv --comment "finance may read payroll"
   atfctl policy set --policy new.csv --comment "try" --dry-run
   atfctl policy set --policy new.csv --comment "reviewed in PR 42" --expect-version 7`,
-		Args: cobra.NoArgs,
+		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if policyFile == "" || comment == "" {
 				return usageError{fmt.Errorf("--policy and --comment are required")}
@@ -304,7 +304,7 @@ func newApprovals(g *globals) *cobra.Command {
 		Use:     "list [--status pending|approved|denied|expired|redeemed|cancelled] [--agent ID]",
 		Short:   "List approval requests, newest first (default: pending)",
 		Example: "  atfctl approvals list\n  atfctl approvals list --status redeemed -o json",
-		Args:    cobra.NoArgs,
+		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, ok := brokerv1.ApprovalStatus_value["APPROVAL_STATUS_"+strings.ToUpper(status)]
 			if !ok || status == "" {
@@ -369,7 +369,7 @@ func newAudit(g *globals) *cobra.Command {
 		Short: "List audit records, oldest first",
 		Example: `  atfctl audit query --agent spiffe://example.org/agents/reporter --decision deny
   atfctl audit query --kind policy_updated --since 24h -o json`,
-		Args: cobra.NoArgs,
+		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			for _, t := range []struct {
 				in  string
@@ -433,7 +433,7 @@ func newAudit(g *globals) *cobra.Command {
 			"cut off at the end still verifies, so keep the printed head (SEQ:HASH) elsewhere and pass it later as\n" +
 			"--expect: the record must still be there, unchanged.",
 		Example: "  atfctl audit verify\n  atfctl audit verify --expect 1042:9f86d0...",
-		Args:    cobra.NoArgs,
+		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var seq uint64
 			var hash string
@@ -514,7 +514,7 @@ func newEvents(g *globals) *cobra.Command {
 		Use:     "watch",
 		Short:   "Stream approval requests, write issuances and policy changes as they happen",
 		Example: "  atfctl events watch\n  atfctl events watch -o json | jq .event.summary",
-		Args:    cobra.NoArgs,
+		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return follow(cmd, g, "events", func(ctx context.Context, c *client.Conn) (grpc.ServerStreamingClient[adminv1.WatchEventsResponse], error) {
 				return c.Admin.WatchEvents(ctx, &adminv1.WatchEventsRequest{})

@@ -90,7 +90,7 @@ func newKilled(g *globals) *cobra.Command {
 		Use:     "killed",
 		Short:   "Show the global kill switch and the agents the kill switch holds",
 		Example: "  atfctl killed\n  atfctl killed -o json",
-		Args:    cobra.NoArgs,
+		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.GetKillSwitchResponse, error) {
 				return c.Response.GetKillSwitch(ctx, &adminv1.GetKillSwitchRequest{})

@@ -31,7 +31,7 @@ func newDelegate(g *globals) *cobra.Command {
 		Short: "Give another agent a narrower slice of your authority",
 		Example: `  atfctl delegate --to spiffe://example.org/agents/helper --role reports-read --ttl 10m
   atfctl delegate --to spiffe://example.org/agents/sub --role reports-read --parent 3f2a... --max-depth 0`,
-		Args: cobra.NoArgs,
+		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if to == "" || len(roles) == 0 {
 				return usageError{fmt.Errorf("--to and at least one --role are required")}
@@ -147,7 +147,7 @@ func newWatch(g *globals) *cobra.Command {
 		Use:     "watch",
 		Short:   "Print revocations of your credentials and grants as they happen",
 		Example: "  atfctl watch -o json",
-		Args:    cobra.NoArgs,
+		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return follow(cmd, g, "revocations", func(ctx context.Context, c *client.Conn) (grpc.ServerStreamingClient[brokerv1.WatchRevocationsResponse], error) {
 				return c.Broker.WatchRevocations(ctx, &brokerv1.WatchRevocationsRequest{})

@@ -84,7 +84,8 @@ func TestCLI(t *testing.T) {
 		{"invalid", f.Admin, []string{"agent", "register", "spiffe://atf.test", "--owner", "o", "--purpose", "p"}, 6, "needs a path"},
 		{"missing role flag", agent, []string{"creds", "fetch"}, 2, "--role is required"},
 		{"bad level", f.Admin, []string{"agent", "register", agent.String(), "--level", "boss"}, 2, "--level must be"},
-		{"extra argument", agent, []string{"agent", "get"}, 2, "takes 1 argument"},
+		{"missing argument", agent, []string{"agent", "get"}, 2, "takes 1 argument"},
+		{"extra argument", agent, []string{"whoami", "me"}, 2, "takes 0 argument"},
 		{"bad output", agent, []string{"whoami", "-o", "yaml"}, 2, "--output must be"},
 		{"unknown flag", agent, []string{"whoami", "--bogus"}, 2, "unknown flag"},
 	} {

@@ -257,7 +257,7 @@ func newIncident(g *globals) *cobra.Command {
 		Use:     "list [--agent SPIFFE_ID] [--open]",
 		Short:   "List incidents, oldest first",
 		Example: "  atfctl incident list --open\n  atfctl incident list --agent spiffe://example.org/agents/reporter -o json",
-		Args:    cobra.NoArgs,
+		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.ListIncidentsResponse, error) {
 				return c.Maturity.ListIncidents(ctx, &adminv1.ListIncidentsRequest{SpiffeId: agent, OpenOnly: openOnly})
@@ -309,7 +309,7 @@ func newOutcome(g *globals) *cobra.Command {
 			"circuit breaker.",
 		Example: `  atfctl outcome report --outcome success --role reports-write --decision 3f2a...c9
   atfctl outcome report --outcome failure --detail "report job timed out"`,
-		Args: cobra.NoArgs,
+		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v, ok := brokerv1.Outcome_value["OUTCOME_"+strings.ToUpper(outcome)]
 			if !ok || v == 0 {

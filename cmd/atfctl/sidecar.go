@@ -46,7 +46,7 @@ credential's file).`,
 		Example: `  atfctl sidecar --role reports-read --dir /run/atf
   atfctl sidecar --role reports-read=read.json --format json --dir /run/atf
   atfctl sidecar --role reports-read --dir /run/atf --once`,
-		Args: cobra.NoArgs,
+		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			roles, err := parseRoles(roleFlags, func(role string) string { return strings.ReplaceAll(role, "/", "_") })
 			if err != nil {

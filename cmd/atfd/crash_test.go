@@ -107,7 +107,9 @@ log_format: text
 	return &crashEnv{t: t, s: s, bin: bin, cfg: cfg, addr: addr, logs: &bytes.Buffer{}}
 }
 
-func crashAdmin(s *dev.Stack) spiffeid.ID { return spiffeid.RequireFromPath(s.TrustDomain, "/ops/admin") }
+func crashAdmin(s *dev.Stack) spiffeid.ID {
+	return spiffeid.RequireFromPath(s.TrustDomain, "/ops/admin")
+}
 
 // start starts atfd with the failpoints armed and waits until it serves.
 func (e *crashEnv) start(armed string) {
