@@ -10,8 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -50,7 +51,7 @@ func (b *brokerService) WhoAmI(ctx context.Context, _ *brokerv1.WhoAmIRequest) (
 	return resp, nil
 }
 
-func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.FetchCredentialRequest) (*brokerv1.FetchCredentialResponse, error) {
+func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.FetchCredentialRequest) (resp *brokerv1.FetchCredentialResponse, err error) {
 	s := b.s
 	caller := identity(ctx).ID.String()
 	log := s.logger(ctx)
@@ -68,6 +69,9 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	}
 	decisionID := newID()
 	log = log.With(slog.String(logDecisionID, decisionID), slog.String(logRole, role.Name))
+	ctx, span := s.tracing.tracer.Start(ctx, spanDecision, trace.WithAttributes(
+		attribute.String(attrAgent, caller), attribute.String(attrRole, role.Name),
+		attribute.String(attrDecisionID, decisionID), attribute.String(attrRequestID, requestID(ctx))))
 	// why is the decision's explanation, for the audit record whatever the
 	// outcome. Free text is redacted before it goes anywhere.
 	why := map[string]string{
@@ -75,6 +79,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		"classification": role.classification.String(), "grant_id": req.GetGrantId(), "approval_id": req.GetApprovalId(),
 		"purpose": audit.Redact(req.GetPurpose()),
 	}
+	defer func() { traceDecision(span, resp, why, err) }()
 	explain := func(d authz.Decision) {
 		why["reason"], why["message"], why["rule"] = string(d.Reason), d.Message, d.Rule
 		why["policy"], why["policy_version"] = d.Matched, strconv.FormatUint(d.PolicyVersion, 10)
@@ -247,7 +252,9 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		},
 		DisplayName: "atf-" + strings.ReplaceAll(role.Name, "/", "-"),
 	}
-	cred, anchor, err := s.issueUnder(ctx, node, vreq)
+	vctx, vspan := s.tracing.tracer.Start(ctx, spanVaultIssue)
+	cred, anchor, err := s.issueUnder(vctx, node, vreq)
+	endSpan(vspan, err)
 	if errors.Is(err, store.ErrKilled) {
 		return nil, deny(authz.Decision{Reason: authz.Killed, Message: "the kill switch stopped this agent while the request was in flight"})
 	}
@@ -260,6 +267,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		return nil, s.statusOf(ctx, "issue credential", err)
 	}
 	failpoint.Hit(failpoint.IssueAfterVault)
+	_, rspan := s.tracing.tracer.Start(ctx, spanStoreRecord)
 	err = s.db(ctx).RecordCredential(store.Credential{
 		Accessor:      cred.Accessor,
 		AgentID:       caller,
@@ -277,6 +285,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		AgentRevision: a.Revision,
 		Why:           why,
 	})
+	endSpan(rspan, err)
 	if err != nil {
 		// Never hand out a credential the broker has not recorded. A refused
 		// record is queued for revocation; revoke it now as well.

@@ -63,6 +63,20 @@ type Config struct {
 	Maturity MaturityConfig `yaml:"maturity"`
 	// Monitor tunes behaviour monitoring and the circuit breaker.
 	Monitor MonitorConfig `yaml:"monitor"`
+	// Tracing exports an OpenTelemetry span for every call and every
+	// credential decision; off unless an endpoint is set.
+	Tracing TracingConfig `yaml:"tracing"`
+}
+
+// TracingConfig sends traces over OTLP/gRPC.
+type TracingConfig struct {
+	// Endpoint is the OTLP/gRPC collector, host:port; empty: off.
+	Endpoint string `yaml:"endpoint"`
+	// Insecure sends without TLS, for a collector on the same host.
+	Insecure bool `yaml:"insecure"`
+	// SampleRatio is the share of traces started here that are kept
+	// (default 1); a caller's sampled trace is always continued.
+	SampleRatio *float64 `yaml:"sample_ratio"`
 }
 
 // MaturityConfig tunes the promotion gates (defaults: ATF's).
@@ -340,6 +354,9 @@ func (c *Config) Validate() error {
 		if _, err := attest.ParseID(a); err != nil {
 			bad("security_operators: %v", err)
 		}
+	}
+	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
+		bad("tracing.sample_ratio must be between 0 and 1")
 	}
 	if c.HealthInterval == 0 {
 		c.HealthInterval = 5 * time.Second

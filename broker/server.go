@@ -71,6 +71,7 @@ type Server struct {
 	// runBegun is set once the store is marked in use (BeginRun); Close
 	// marks a clean end only then, and only if no call was cut off.
 	runBegun bool
+	tracing  *tracing
 	anchors  *anchors
 	hub      hub
 	rules    delegation.Rules
@@ -149,6 +150,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 		return nil, err
 	}
 	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: o.now, OnAudit: s.auditCommitted}); err != nil {
+		return nil, err
+	}
+	if s.tracing, err = newTracing(cfg.Tracing); err != nil {
 		return nil, err
 	}
 	crashed, rev, err := s.store.BeginRun("atfd")
@@ -260,12 +264,16 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	s.anchors = &anchors{issuer: s.issuer, store: s.store, m: map[string]*vault.Anchor{}}
 	s.rules = delegation.DefaultRules()
 
-	s.grpc = grpc.NewServer(
+	sopts := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(s.verifier.ServerTLSConfig(s.source))),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
-	)
+	}
+	if s.tracing.serverOption != nil {
+		sopts = append(sopts, s.tracing.serverOption)
+	}
+	s.grpc = grpc.NewServer(sopts...)
 	brokerv1.RegisterBrokerServiceServer(s.grpc, &brokerService{s: s})
 	adminv1.RegisterAdminServiceServer(s.grpc, &adminService{s: s})
 	adminv1.RegisterApprovalServiceServer(s.grpc, &approvalService{s: s})
@@ -365,6 +373,11 @@ func (s *Server) Close() {
 		if s.notifier != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			s.notifier.Close(ctx)
+			cancel()
+		}
+		if s.tracing != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = s.tracing.shutdown(ctx) // spans lost here cost no request
 			cancel()
 		}
 		if s.issuer != nil {
