@@ -1,0 +1,821 @@
+package k8s_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/strategicpatch"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	sigsjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
+
+	"github.com/agentictrust/atf/broker"
+	"github.com/agentictrust/atf/deploy/policy"
+)
+
+// clusterSPIFFEID is the part of spire-controller-manager's
+// spire.spiffe.io/v1alpha1 ClusterSPIFFEID that these manifests use, with
+// its field names; any other field fails the strict decoding until it is
+// added here on purpose.
+type clusterSPIFFEID struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		SPIFFEIDTemplate          string                `json:"spiffeIDTemplate"`
+		NamespaceSelector         *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+		PodSelector               *metav1.LabelSelector `json:"podSelector,omitempty"`
+		WorkloadSelectorTemplates []string              `json:"workloadSelectorTemplates,omitempty"`
+		ClassName                 string                `json:"className,omitempty"`
+	} `json:"spec"`
+}
+
+// kustomization is the part of kustomize's Kustomization and Component
+// that these files use.
+type kustomization struct {
+	metav1.TypeMeta    `json:",inline"`
+	Resources          []string `json:"resources,omitempty"`
+	Components         []string `json:"components,omitempty"`
+	ConfigMapGenerator []struct {
+		Name      string   `json:"name"`
+		Namespace string   `json:"namespace,omitempty"`
+		Files     []string `json:"files"`
+	} `json:"configMapGenerator,omitempty"`
+	Images []struct {
+		Name    string `json:"name"`
+		NewName string `json:"newName,omitempty"`
+		NewTag  string `json:"newTag,omitempty"`
+		Digest  string `json:"digest,omitempty"`
+	} `json:"images,omitempty"`
+	Patches []struct {
+		Path string `json:"path"`
+	} `json:"patches,omitempty"`
+}
+
+// kinds maps apiVersion/kind to the Go type a document decodes into. A
+// document of any other kind is an error.
+var kinds = map[string]func() any{
+	"v1/Namespace":                                  func() any { return new(corev1.Namespace) },
+	"v1/ServiceAccount":                             func() any { return new(corev1.ServiceAccount) },
+	"v1/Service":                                    func() any { return new(corev1.Service) },
+	"apps/v1/StatefulSet":                           func() any { return new(appsv1.StatefulSet) },
+	"policy/v1/PodDisruptionBudget":                 func() any { return new(policyv1.PodDisruptionBudget) },
+	"networking.k8s.io/v1/NetworkPolicy":            func() any { return new(networkingv1.NetworkPolicy) },
+	"spire.spiffe.io/v1alpha1/ClusterSPIFFEID":      func() any { return new(clusterSPIFFEID) },
+	"kustomize.config.k8s.io/v1beta1/Kustomization": func() any { return new(kustomization) },
+	"kustomize.config.k8s.io/v1alpha1/Component":    func() any { return new(kustomization) },
+}
+
+// examples are manifests that kustomization.yaml deliberately leaves out.
+var examples = []string{"agents-clusterspiffeid.yaml"}
+
+// object is one decoded YAML document.
+type object struct {
+	key string // Kind/name
+	obj any
+}
+
+// documents splits a YAML file into its documents, as JSON, leaving out
+// those that hold only comments.
+func documents(file string) ([][]byte, error) {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var docs [][]byte
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(raw)))
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return docs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", file, err)
+		}
+		js, err := yaml.YAMLToJSONStrict(doc)
+		if err != nil {
+			return nil, fmt.Errorf("%s: document %d: %w", file, len(docs)+1, err)
+		}
+		if string(js) != "null" {
+			docs = append(docs, js)
+		}
+	}
+}
+
+// typeOf reads a document's apiVersion/kind and Kind/name.
+func typeOf(js []byte) (kind, key string, err error) {
+	var meta struct {
+		metav1.TypeMeta `json:",inline"`
+		Metadata        struct {
+			Name string `json:"name"`
+		} `json:"metadata"`
+	}
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(js, &meta); err != nil {
+		return "", "", err
+	}
+	kind = meta.APIVersion + "/" + meta.Kind
+	if _, ok := kinds[kind]; !ok {
+		return "", "", fmt.Errorf("unexpected kind %q", kind)
+	}
+	return kind, meta.Kind + "/" + meta.Metadata.Name, nil
+}
+
+// decodeStrict decodes a JSON document into the Go type of its kind as the
+// API server does with fieldValidation=Strict: unknown fields, fields in
+// the wrong case and duplicate fields are errors.
+func decodeStrict(js []byte) (key string, obj any, err error) {
+	kind, key, err := typeOf(js)
+	if err != nil {
+		return "", nil, err
+	}
+	obj = kinds[kind]()
+	strict, err := sigsjson.UnmarshalStrict(js, obj)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := errors.Join(strict...); err != nil {
+		return "", nil, fmt.Errorf("%s: %w", kind, err)
+	}
+	return key, obj, nil
+}
+
+// readDocument decodes one YAML document strictly into its type; YAML with
+// a duplicate key is refused too.
+func readDocument(doc []byte) (any, error) {
+	js, err := yaml.YAMLToJSONStrict(doc)
+	if err != nil {
+		return nil, err
+	}
+	_, obj, err := decodeStrict(js)
+	return obj, err
+}
+
+// readFile decodes every document of a YAML file strictly into its type.
+func readFile(file string) ([]object, error) {
+	docs, err := documents(file)
+	if err != nil {
+		return nil, err
+	}
+	objs := make([]object, 0, len(docs))
+	for i, js := range docs {
+		key, obj, err := decodeStrict(js)
+		if err != nil {
+			return nil, fmt.Errorf("%s: document %d: %w", file, i+1, err)
+		}
+		objs = append(objs, object{key: key, obj: obj})
+	}
+	return objs, nil
+}
+
+// yamlFiles lists the YAML files under dir, except atfd's own files in
+// config/ (checked by atfd's loaders instead).
+func yamlFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var files []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		switch {
+		case err != nil:
+			return err
+		case d.IsDir() && p == filepath.Join(dir, "config"):
+			return fs.SkipDir
+		case !d.IsDir() && (strings.HasSuffix(p, ".yaml") || strings.HasSuffix(p, ".yml")):
+			files = append(files, p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// TestDecodeStrictRefuses shows that the decoding the other tests rely on
+// is strict.
+func TestDecodeStrictRefuses(t *testing.T) {
+	const sts, id = "apiVersion: apps/v1\nkind: StatefulSet\n", "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterSPIFFEID\n"
+	for _, tc := range []struct {
+		name, doc, want string
+	}{
+		{"unknown field", sts + "spec:\n  replica: 1\n", `unknown field "spec.replica"`},
+		{"field in the wrong case", sts + "spec:\n  Replicas: 1\n", `unknown field "spec.Replicas"`},
+		{"duplicate field", sts + "spec:\n  replicas: 1\n  replicas: 2\n", `key "replicas" already set in map`},
+		{"wrong type", sts + "spec:\n  replicas: one\n", "cannot unmarshal string"},
+		{"field the local ClusterSPIFFEID leaves out", id + "spec:\n  ttl: 1h\n", `unknown field "spec.ttl"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs, err := readDocument([]byte(tc.doc))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("decoded %v, error %v; want an error with %q", objs, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestManifestsDecodeStrictly decodes every manifest, patch and
+// kustomization in this directory into its type, refusing unknown fields.
+func TestManifestsDecodeStrictly(t *testing.T) {
+	files := yamlFiles(t, ".")
+	if len(files) == 0 {
+		t.Fatal("no manifests found")
+	}
+	for _, f := range files {
+		t.Run(f, func(t *testing.T) {
+			objs, err := readFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(objs) == 0 {
+				t.Fatal("no documents")
+			}
+		})
+	}
+}
+
+// TestKustomization checks that kustomization.yaml lists every manifest
+// (but the examples), that the files it and the components name exist, and
+// that its image is the one the StatefulSet runs.
+func TestKustomization(t *testing.T) {
+	k := readKustomization(t, "kustomization.yaml")
+	for _, f := range yamlFiles(t, ".") {
+		if f == "kustomization.yaml" || strings.HasPrefix(f, "components"+string(filepath.Separator)) || slices.Contains(examples, f) {
+			continue
+		}
+		if !slices.Contains(k.Resources, f) {
+			t.Errorf("%s is neither in kustomization.yaml's resources nor an example", f)
+		}
+	}
+	for _, g := range k.ConfigMapGenerator {
+		for _, f := range g.Files {
+			if _, err := os.Stat(f); err != nil {
+				t.Errorf("configMapGenerator %s: %v", g.Name, err)
+			}
+		}
+	}
+	components, err := filepath.Glob(filepath.Join("components", "*"))
+	if err != nil || len(components) == 0 {
+		t.Fatalf("no components: %v", err)
+	}
+	for _, dir := range components {
+		c := readKustomization(t, filepath.Join(dir, "kustomization.yaml"))
+		if c.Kind != "Component" || len(c.Patches) == 0 {
+			t.Errorf("%s: a %s with %d patches, want a Component with patches", dir, c.Kind, len(c.Patches))
+		}
+	}
+	d := loadBase(t)
+	image := d.container(t).Image
+	if len(k.Images) != 1 || k.Images[0].Name != image {
+		t.Errorf("kustomization.yaml images %+v, want one entry for the StatefulSet's image %q", k.Images, image)
+	}
+}
+
+// readKustomization reads a Kustomization or Component and checks that the
+// files it names exist.
+func readKustomization(t *testing.T, file string) *kustomization {
+	t.Helper()
+	objs, err := readFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 1 {
+		t.Fatalf("%s: %d documents, want one Kustomization or Component", file, len(objs))
+	}
+	k, ok := objs[0].obj.(*kustomization)
+	if !ok {
+		t.Fatalf("%s: a %s, want a Kustomization or Component", file, objs[0].key)
+	}
+	for _, p := range k.Patches {
+		if _, err := os.Stat(filepath.Join(filepath.Dir(file), p.Path)); err != nil {
+			t.Errorf("%s: patch: %v", file, err)
+		}
+	}
+	for _, r := range k.Resources {
+		if _, err := os.Stat(filepath.Join(filepath.Dir(file), r)); err != nil {
+			t.Errorf("%s: resource: %v", file, err)
+		}
+	}
+	return k
+}
+
+// deployment is the set of objects kustomization.yaml deploys, by Kind/name,
+// and its generated ConfigMap (key -> file).
+type deployment struct {
+	objs      map[string]any
+	configMap string
+	keys      map[string]string
+}
+
+// loadBase reads what kustomization.yaml deploys.
+func loadBase(t *testing.T) deployment {
+	t.Helper()
+	k := readKustomization(t, "kustomization.yaml")
+	d := deployment{objs: map[string]any{}, keys: map[string]string{}}
+	for _, f := range k.Resources {
+		objs, err := readFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range objs {
+			if _, dup := d.objs[o.key]; dup {
+				t.Fatalf("%s: %s defined twice", f, o.key)
+			}
+			d.objs[o.key] = o.obj
+		}
+	}
+	if len(k.ConfigMapGenerator) != 1 {
+		t.Fatalf("kustomization.yaml: %d ConfigMap generators, want 1 (atfd's configuration)", len(k.ConfigMapGenerator))
+	}
+	g := k.ConfigMapGenerator[0]
+	d.configMap = g.Name
+	for _, f := range g.Files {
+		d.keys[path.Base(f)] = f
+	}
+	ns := get[corev1.Namespace](t, d, "Namespace")
+	if g.Namespace != ns.Name {
+		t.Errorf("configMapGenerator %s: namespace %q, want %q", g.Name, g.Namespace, ns.Name)
+	}
+	return d
+}
+
+// get returns the one object of kind.
+func get[T any](t *testing.T, d deployment, kind string) *T {
+	t.Helper()
+	var found []*T
+	for key, o := range d.objs {
+		if strings.HasPrefix(key, kind+"/") {
+			if obj, ok := o.(*T); ok {
+				found = append(found, obj)
+			}
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%d objects of kind %s, want 1", len(found), kind)
+	}
+	return found[0]
+}
+
+func (d deployment) container(t *testing.T) corev1.Container {
+	t.Helper()
+	sts := get[appsv1.StatefulSet](t, d, "StatefulSet")
+	cs := sts.Spec.Template.Spec.Containers
+	if len(cs) != 1 {
+		t.Fatalf("StatefulSet %s: %d containers, want 1", sts.Name, len(cs))
+	}
+	return cs[0]
+}
+
+// patched applies a component's strategic merge patches to a copy of d,
+// as kustomize does, and decodes the results strictly again.
+func (d deployment) patched(t *testing.T, component string) deployment {
+	t.Helper()
+	c := readKustomization(t, filepath.Join("components", component, "kustomization.yaml"))
+	out := deployment{objs: map[string]any{}, configMap: d.configMap, keys: d.keys}
+	for k, v := range d.objs {
+		out.objs[k] = v
+	}
+	for _, p := range c.Patches {
+		file := filepath.Join("components", component, p.Path)
+		patches, err := documents(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, patch := range patches {
+			_, key, err := typeOf(patch)
+			if err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			target, ok := out.objs[key]
+			if !ok {
+				t.Fatalf("%s: patches %s, which kustomization.yaml does not deploy", file, key)
+			}
+			orig, err := json.Marshal(target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			merged, err := strategicpatch.StrategicMergePatch(orig, patch, target)
+			if err != nil {
+				t.Fatalf("%s: %s: %v", file, key, err)
+			}
+			if _, out.objs[key], err = decodeStrict(merged); err != nil {
+				t.Fatalf("%s: %s after the patch: %v", file, key, err)
+			}
+		}
+	}
+	return out
+}
+
+// TestDeployment checks the manifests against atfd's configuration, read
+// and validated by atfd's own loader, as deployed and with each component.
+func TestDeployment(t *testing.T) {
+	const enforce = "pod-security.kubernetes.io/enforce"
+	type variant struct {
+		component string // "": kustomization.yaml as it is
+		check     func(*testing.T, deployment, broker.Config)
+	}
+	variants := []variant{
+		{"", func(t *testing.T, d deployment, cfg broker.Config) {
+			if v := socketVolume(t, d, cfg); v.CSI == nil || v.CSI.Driver != "csi.spiffe.io" || v.CSI.ReadOnly == nil || !*v.CSI.ReadOnly {
+				t.Errorf("Workload API volume %+v, want a read-only csi.spiffe.io volume", v.VolumeSource)
+			}
+			if ns := get[corev1.Namespace](t, d, "Namespace"); ns.Labels[enforce] != "restricted" {
+				t.Errorf("namespace %s enforces %q, want Pod Security restricted", ns.Name, ns.Labels[enforce])
+			}
+		}},
+		{"hostpath-socket", func(t *testing.T, d deployment, cfg broker.Config) {
+			if v := socketVolume(t, d, cfg); v.CSI != nil || v.HostPath == nil {
+				t.Errorf("Workload API volume %+v, want a hostPath and no CSI", v.VolumeSource)
+			}
+			if ns := get[corev1.Namespace](t, d, "Namespace"); ns.Labels[enforce] != "privileged" {
+				t.Errorf("namespace %s enforces %q, but a hostPath volume needs privileged", ns.Name, ns.Labels[enforce])
+			}
+		}},
+		{"grpc-tls-probe", func(t *testing.T, d deployment, _ broker.Config) {
+			if p := d.container(t).ReadinessProbe; p.GRPC == nil {
+				t.Errorf("readiness probe %+v, want gRPC health", p.ProbeHandler)
+			}
+		}},
+	}
+	dirs, err := filepath.Glob(filepath.Join("components", "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range dirs {
+		if !slices.ContainsFunc(variants, func(v variant) bool { return v.component == filepath.Base(dir) }) {
+			t.Errorf("%s: no check for this component here", dir)
+		}
+	}
+	base := loadBase(t)
+	for _, v := range variants {
+		name := v.component
+		if name == "" {
+			name = "base"
+		}
+		t.Run(name, func(t *testing.T) {
+			d := base
+			if v.component != "" {
+				d = base.patched(t, v.component)
+			}
+			cfg := d.config(t)
+			checkDeployment(t, d, cfg)
+			v.check(t, d, cfg)
+		})
+	}
+}
+
+// config reads atfd's configuration, the roles file and the policy from the
+// files the generated ConfigMap holds, with atfd's loaders, and checks that
+// the model and policy are deploy/policy's.
+func (d deployment) config(t *testing.T) broker.Config {
+	t.Helper()
+	c := d.container(t)
+	if len(c.Command) < 2 || c.Command[len(c.Command)-2] != "-config" {
+		t.Fatalf("atfd's command %q, want it to end with -config FILE", c.Command)
+	}
+	cfgPath := c.Command[len(c.Command)-1]
+	file := d.configMapFile(t, cfgPath)
+	cfg, err := broker.LoadConfig(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := broker.LoadRoles(d.configMapFile(t, cfg.RolesFile)); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []struct{ path, want, of string }{
+		{cfg.Policy.ModelFile, policy.Model, "deploy/policy/model.conf"},
+		{cfg.Policy.PolicyFile, policy.Example, "deploy/policy/policy.csv"},
+	} {
+		got, err := os.ReadFile(d.configMapFile(t, f.path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != f.want {
+			t.Errorf("%s differs from %s: copy it again", d.keys[path.Base(f.path)], f.of)
+		}
+	}
+	return cfg
+}
+
+// configMapFile returns the file in this directory that atfd reads at p:
+// p must be a key of the generated ConfigMap, in the directory it is
+// mounted at.
+func (d deployment) configMapFile(t *testing.T, p string) string {
+	t.Helper()
+	c := d.container(t)
+	m, v := mountAt(t, d, path.Dir(p))
+	if v.ConfigMap == nil || v.ConfigMap.Name != d.configMap {
+		t.Fatalf("%s: %s is not the %s ConfigMap", p, m.MountPath, d.configMap)
+	}
+	if !m.ReadOnly {
+		t.Errorf("container %s mounts the configuration read-write", c.Name)
+	}
+	file, ok := d.keys[path.Base(p)]
+	if !ok {
+		t.Fatalf("%s: no key %s in the %s ConfigMap", p, path.Base(p), d.configMap)
+	}
+	return file
+}
+
+// mountAt returns the container's mount at dir and the volume mounted
+// there.
+func mountAt(t *testing.T, d deployment, dir string) (corev1.VolumeMount, corev1.Volume) {
+	t.Helper()
+	c := d.container(t)
+	for _, m := range c.VolumeMounts {
+		if path.Clean(m.MountPath) != dir {
+			continue
+		}
+		sts := get[appsv1.StatefulSet](t, d, "StatefulSet")
+		for _, v := range sts.Spec.Template.Spec.Volumes {
+			if v.Name == m.Name {
+				return m, v
+			}
+		}
+		for _, pvc := range sts.Spec.VolumeClaimTemplates {
+			if pvc.Name == m.Name {
+				return m, corev1.Volume{Name: m.Name, VolumeSource: corev1.VolumeSource{
+					PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: pvc.Name},
+				}}
+			}
+		}
+		t.Fatalf("mount %s: no volume or volume claim template %s", dir, m.Name)
+	}
+	t.Fatalf("container %s mounts nothing at %s", c.Name, dir)
+	return corev1.VolumeMount{}, corev1.Volume{}
+}
+
+// socketDir returns the directory of the Workload API socket.
+func socketDir(t *testing.T, cfg broker.Config) string {
+	t.Helper()
+	u, err := url.Parse(cfg.SPIFFE.WorkloadAPIAddr)
+	if err != nil || u.Scheme != "unix" || u.Path == "" {
+		t.Fatalf("spiffe.workload_api_addr %q, want unix:///PATH", cfg.SPIFFE.WorkloadAPIAddr)
+	}
+	return path.Dir(u.Path)
+}
+
+// socketVolume returns the volume the Workload API socket is in.
+func socketVolume(t *testing.T, d deployment, cfg broker.Config) corev1.Volume {
+	t.Helper()
+	_, v := mountAt(t, d, socketDir(t, cfg))
+	return v
+}
+
+// hostPort splits a listen address whose host must be reachable from other
+// pods.
+func hostPort(t *testing.T, key, addr string) int32 {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("%s: %v", key, err)
+	}
+	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+		t.Errorf("%s %q: loopback, unreachable from the Service and the kubelet", key, addr)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 {
+		t.Fatalf("%s %q: want a fixed port", key, addr)
+	}
+	return int32(n)
+}
+
+// containerPort resolves a port by number or name against the container's
+// ports; 0 if it is not one of them.
+func containerPort(c corev1.Container, p intstr.IntOrString) int32 {
+	for _, cp := range c.Ports {
+		if (p.Type == intstr.String && cp.Name == p.StrVal) || (p.Type == intstr.Int && cp.ContainerPort == p.IntVal) {
+			return cp.ContainerPort
+		}
+	}
+	return 0
+}
+
+// checkProbe checks that a probe can work against atfd: one handler, on
+// one of its ports, with what that port speaks.
+func checkProbe(c corev1.Container, p *corev1.Probe, grpcPort, metricsPort int32) error {
+	if p == nil {
+		return errors.New("missing")
+	}
+	h := p.ProbeHandler
+	n := 0
+	for _, set := range []bool{h.Exec != nil, h.HTTPGet != nil, h.TCPSocket != nil, h.GRPC != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return fmt.Errorf("%d handlers, want 1", n)
+	}
+	switch {
+	case h.Exec != nil:
+		return errors.New("exec: the image has no shell and no probe binary")
+	case h.TCPSocket != nil:
+		if port := containerPort(c, h.TCPSocket.Port); port != grpcPort && port != metricsPort {
+			return fmt.Errorf("tcpSocket %s: not atfd's gRPC (%d) or metrics (%d) port", h.TCPSocket.Port.String(), grpcPort, metricsPort)
+		}
+	case h.HTTPGet != nil:
+		if port := containerPort(c, h.HTTPGet.Port); port != metricsPort || h.HTTPGet.Path != "/metrics" || (h.HTTPGet.Scheme != "" && h.HTTPGet.Scheme != corev1.URISchemeHTTP) {
+			return fmt.Errorf("httpGet %s %s:%s: only the metrics port (%d) serves HTTP, plain, on /metrics", h.HTTPGet.Scheme, h.HTTPGet.Port.String(), h.HTTPGet.Path, metricsPort)
+		}
+	case h.GRPC != nil:
+		if h.GRPC.Port != grpcPort {
+			return fmt.Errorf("grpc port %d: the health service is on the gRPC port %d", h.GRPC.Port, grpcPort)
+		}
+		// Without mode TLS the kubelet dials plaintext, and this port
+		// speaks only TLS.
+		if h.GRPC.Mode == nil || *h.GRPC.Mode != corev1.GRPCProbeModeTLS {
+			return errors.New("grpc without mode TLS: atfd's gRPC port speaks only TLS")
+		}
+	}
+	return nil
+}
+
+// selects reports whether sel selects the set of labels.
+func selects(t *testing.T, sel *metav1.LabelSelector, set map[string]string) bool {
+	t.Helper()
+	if sel == nil {
+		return false
+	}
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return !s.Empty() && s.Matches(labels.Set(set))
+}
+
+// checkDeployment checks one variant of the deployment against atfd's
+// configuration.
+func checkDeployment(t *testing.T, d deployment, cfg broker.Config) {
+	ns := get[corev1.Namespace](t, d, "Namespace")
+	sa := get[corev1.ServiceAccount](t, d, "ServiceAccount")
+	svc := get[corev1.Service](t, d, "Service")
+	sts := get[appsv1.StatefulSet](t, d, "StatefulSet")
+	pdb := get[policyv1.PodDisruptionBudget](t, d, "PodDisruptionBudget")
+	np := get[networkingv1.NetworkPolicy](t, d, "NetworkPolicy")
+	id := get[clusterSPIFFEID](t, d, "ClusterSPIFFEID")
+	pod := sts.Spec.Template
+	c := d.container(t)
+
+	for _, m := range []metav1.ObjectMeta{sa.ObjectMeta, svc.ObjectMeta, sts.ObjectMeta, pdb.ObjectMeta, np.ObjectMeta} {
+		if m.Namespace != ns.Name {
+			t.Errorf("%s is in namespace %q, want %q", m.Name, m.Namespace, ns.Name)
+		}
+	}
+
+	// One replica: bbolt has one writer.
+	if sts.Spec.Replicas == nil || *sts.Spec.Replicas != 1 {
+		t.Errorf("StatefulSet replicas %v, want exactly 1", sts.Spec.Replicas)
+	}
+	if !selects(t, sts.Spec.Selector, pod.Labels) {
+		t.Errorf("StatefulSet selector %v does not select its pods %v", sts.Spec.Selector, pod.Labels)
+	}
+	if pod.Spec.ServiceAccountName != sa.Name {
+		t.Errorf("pod runs as service account %q, want %q", pod.Spec.ServiceAccountName, sa.Name)
+	}
+
+	// Ports: the configuration's, reachable, named.
+	grpcPort := hostPort(t, "listen_addr", cfg.ListenAddr)
+	if cfg.MetricsAddr == "" {
+		t.Fatal("metrics_addr is off: liveness needs it")
+	}
+	metricsPort := hostPort(t, "metrics_addr", cfg.MetricsAddr)
+	for name, want := range map[string]int32{"grpc": grpcPort, "metrics": metricsPort} {
+		if got := containerPort(c, intstr.FromString(name)); got != want {
+			t.Errorf("container port %q is %d, want %d from the configuration", name, got, want)
+		}
+	}
+
+	// Probes.
+	for name, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		if err := checkProbe(c, p, grpcPort, metricsPort); err != nil {
+			t.Errorf("%s probe: %v", name, err)
+		}
+	}
+
+	// Paths: the store on the volume claim, the socket on a read-only volume.
+	m, v := mountAt(t, d, path.Dir(cfg.StorePath))
+	if v.PersistentVolumeClaim == nil || m.ReadOnly {
+		t.Errorf("store_path %s: not on a writable volume claim template", cfg.StorePath)
+	}
+	if m, _ := mountAt(t, d, socketDir(t, cfg)); !m.ReadOnly {
+		t.Errorf("the Workload API socket's directory %s is mounted read-write", m.MountPath)
+	}
+	env := map[string]string{}
+	for _, e := range c.Env {
+		env[e.Name] = e.Value
+	}
+	if got := env["SPIFFE_ENDPOINT_SOCKET"]; got != cfg.SPIFFE.WorkloadAPIAddr {
+		t.Errorf("SPIFFE_ENDPOINT_SOCKET %q (atfctl in the container), want spiffe.workload_api_addr %q", got, cfg.SPIFFE.WorkloadAPIAddr)
+	}
+
+	// Security context: what Pod Security "restricted" asks, and a
+	// read-only root filesystem.
+	ps, cs := pod.Spec.SecurityContext, c.SecurityContext
+	switch {
+	case ps == nil || cs == nil:
+		t.Fatal("pod or container without a security context")
+	case ps.RunAsNonRoot == nil || !*ps.RunAsNonRoot || ps.RunAsUser == nil || *ps.RunAsUser == 0:
+		t.Error("the pod must run as a numeric non-root user (the image's user is a name)")
+	case ps.SeccompProfile == nil || ps.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault:
+		t.Error("the pod's seccomp profile must be RuntimeDefault")
+	case cs.AllowPrivilegeEscalation == nil || *cs.AllowPrivilegeEscalation:
+		t.Error("the container must not allow privilege escalation")
+	case cs.ReadOnlyRootFilesystem == nil || !*cs.ReadOnlyRootFilesystem:
+		t.Error("the container's root filesystem must be read-only")
+	case cs.Capabilities == nil || !slices.Equal(cs.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(cs.Capabilities.Add) != 0:
+		t.Error("the container must drop ALL capabilities and add none")
+	}
+	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		if _, ok := c.Resources.Requests[r]; !ok {
+			t.Errorf("no %s request", r)
+		}
+		if _, ok := c.Resources.Limits[r]; !ok {
+			t.Errorf("no %s limit", r)
+		}
+	}
+
+	// The Service: atfd's two ports, by name, on the same numbers.
+	if !selects(t, &metav1.LabelSelector{MatchLabels: svc.Spec.Selector}, pod.Labels) {
+		t.Errorf("Service selector %v does not select atfd's pods %v", svc.Spec.Selector, pod.Labels)
+	}
+	var served []int32
+	for _, p := range svc.Spec.Ports {
+		port := containerPort(c, p.TargetPort)
+		if port == 0 || port != p.Port {
+			t.Errorf("Service port %s: %d -> %s, want a container port of the same number", p.Name, p.Port, p.TargetPort.String())
+		}
+		served = append(served, port)
+	}
+	slices.Sort(served)
+	if want := []int32{min(grpcPort, metricsPort), max(grpcPort, metricsPort)}; !slices.Equal(served, want) {
+		t.Errorf("Service serves ports %v, want %v", served, want)
+	}
+
+	// The PodDisruptionBudget: no voluntary eviction of the one replica.
+	if !selects(t, pdb.Spec.Selector, pod.Labels) {
+		t.Errorf("PodDisruptionBudget selector %v does not select atfd's pods", pdb.Spec.Selector)
+	}
+	if mu, ma := pdb.Spec.MaxUnavailable, pdb.Spec.MinAvailable; !(mu != nil && mu.String() == "0") && !(ma != nil && ma.String() == "1") {
+		t.Errorf("PodDisruptionBudget maxUnavailable %v minAvailable %v, want maxUnavailable 0 or minAvailable 1", mu, ma)
+	}
+
+	// The NetworkPolicy: atfd's pods, both ports open to someone.
+	if !selects(t, &np.Spec.PodSelector, pod.Labels) {
+		t.Errorf("NetworkPolicy selector %v does not select atfd's pods", np.Spec.PodSelector)
+	}
+	var open []int32
+	for _, rule := range np.Spec.Ingress {
+		for _, p := range rule.Ports {
+			if p.Port != nil {
+				open = append(open, containerPort(c, *p.Port))
+			}
+		}
+	}
+	for _, want := range []int32{grpcPort, metricsPort} {
+		if !slices.Contains(open, want) {
+			t.Errorf("NetworkPolicy admits no traffic to port %d", want)
+		}
+	}
+
+	// atfd's SPIFFE ID: the default broker ID (broker/client:
+	// spiffe://<trust domain>/atfd), for atfd's container only.
+	if id.Spec.SPIFFEIDTemplate != "spiffe://{{ .TrustDomain }}/atfd" {
+		t.Errorf("ClusterSPIFFEID %s: template %q, want the default broker ID", id.Name, id.Spec.SPIFFEIDTemplate)
+	}
+	if id.Namespace != "" {
+		t.Errorf("ClusterSPIFFEID %s: cluster-scoped, but has namespace %q", id.Name, id.Namespace)
+	}
+	nsLabels := map[string]string{"kubernetes.io/metadata.name": ns.Name} // set by the API server
+	for k, v := range ns.Labels {
+		nsLabels[k] = v
+	}
+	if !selects(t, id.Spec.NamespaceSelector, nsLabels) || !selects(t, id.Spec.PodSelector, pod.Labels) {
+		t.Errorf("ClusterSPIFFEID %s does not select atfd's namespace and pods", id.Name)
+	}
+	for _, sel := range []string{"k8s:sa:" + sa.Name, "k8s:container-name:" + c.Name} {
+		if !slices.Contains(id.Spec.WorkloadSelectorTemplates, sel) {
+			t.Errorf("ClusterSPIFFEID %s: no workload selector %s", id.Name, sel)
+		}
+	}
+}
