@@ -16,6 +16,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +32,7 @@ import (
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/brokertest"
 	"github.com/agentictrust/atf/broker/client"
+	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/delegation"
 	"github.com/agentictrust/atf/deploy/policy"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
@@ -90,7 +92,7 @@ func BenchmarkIssuance(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	var lat [2][]time.Duration
+	var lat, loaded [2][]time.Duration // sequential; at benchConcurrency
 	var ops [2]int
 	var wall [2]time.Duration
 	for b.Loop() {
@@ -107,7 +109,17 @@ func BenchmarkIssuance(b *testing.B) {
 		}
 		for range 2 {
 			for k, op := range kinds {
-				d, err := parallel(ctx, throughputOps, benchConcurrency, op)
+				var mu sync.Mutex
+				timed := func(ctx context.Context, i int) error {
+					start := time.Now()
+					err := op(ctx, i)
+					d := time.Since(start)
+					mu.Lock()
+					loaded[k] = append(loaded[k], d)
+					mu.Unlock()
+					return err
+				}
+				d, err := parallel(ctx, throughputOps, benchConcurrency, timed)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -116,11 +128,15 @@ func BenchmarkIssuance(b *testing.B) {
 			}
 		}
 	}
-	var p50, p99, rate [2]float64
+	commit := storeCommitP50(b)
+	var p50, p99, lp50, lp99, rate [2]float64
 	for k := range kinds {
 		slices.Sort(lat[k])
+		slices.Sort(loaded[k])
 		p50[k] = float64(percentile(lat[k], 0.50))
 		p99[k] = float64(percentile(lat[k], 0.99))
+		lp50[k] = float64(percentile(loaded[k], 0.50))
+		lp99[k] = float64(percentile(loaded[k], 0.99))
 		rate[k] = float64(ops[k]) / wall[k].Seconds()
 	}
 	b.ReportMetric(0, "ns/op")
@@ -133,6 +149,39 @@ func BenchmarkIssuance(b *testing.B) {
 	b.ReportMetric(p50[brk]/p50[raw], "p50-ratio")
 	b.ReportMetric(p99[brk]/p99[raw], "p99-ratio")
 	b.ReportMetric(rate[brk]/rate[raw], "throughput-ratio")
+	b.ReportMetric(lp50[brk]/lp50[raw], "c32-p50-ratio")
+	b.ReportMetric(lp99[brk]/lp99[raw], "c32-p99-ratio")
+	b.ReportMetric(lp50[brk], "c32-p50-ns")
+	b.ReportMetric(lp50[raw], "c32-raw-p50-ns")
+	b.ReportMetric(float64(commit), "commit-p50-ns")
+	b.ReportMetric(float64(commit)/p50[brk], "commit-share")
+}
+
+// storeCommitP50 is the median time of the store commit an issuance makes
+// (RecordCredential: the credential, its audit record, one fsync), on a
+// fresh store file on the same disk, sequentially.
+func storeCommitP50(b *testing.B) time.Duration {
+	st, err := store.Open(filepath.Join(b.TempDir(), "commit.db"), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	agent := "spiffe://atf.test/bench/commit"
+	if _, err := st.RegisterAgent(store.Agent{ID: agent, Owner: "o@example.org", Purpose: "bench", Roles: []string{"r"}, Level: authz.Intern}, "bench"); err != nil {
+		b.Fatal(err)
+	}
+	lat := make([]time.Duration, 0, latencySamples)
+	now := time.Now().UTC()
+	for i := range latencySamples {
+		start := time.Now()
+		if err := st.RecordCredential(store.Credential{Accessor: fmt.Sprintf("acc-%d", i), AgentID: agent, Role: "r", Policies: []string{"p"},
+			IssuedAt: now, ExpiresAt: now.Add(time.Hour), Why: map[string]string{"decision": "allow"}}); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	return percentile(lat, 0.50)
 }
 
 // BenchmarkDecision times the in-process decision of a credential request
