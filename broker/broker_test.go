@@ -10,13 +10,10 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -624,17 +621,7 @@ func TestHealthWithoutSVID(t *testing.T) {
 // bundle, without presenting a client certificate.
 func dialNoClientCert(t *testing.T, b *brokertest.Broker) *grpc.ClientConn {
 	t.Helper()
-	bundle, err := x509bundle.Load(b.F.Stack.TrustDomain, b.F.Stack.BundlePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(b.F.Stack.BrokerID))
-	conn, err := grpc.NewClient(b.Addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
+	return dialTLS(t, b, nil, nil)
 }
 
 func leafExpiry(t *testing.T, s dev.SVIDFiles) time.Time {

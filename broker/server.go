@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/encoding"
+	protoenc "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -38,6 +40,14 @@ import (
 // maxRequestBytes bounds every request message; the largest legitimate one
 // is a few kilobytes.
 const maxRequestBytes = 64 << 10
+
+// maxHeaderBytes bounds a request's header list (HTTP/2 counting: names,
+// values and 32 bytes per field): room for a bearer token of
+// attest.MaxJWTSize and the usual headers. grpc-go's default, 16 MiB,
+// would let any client make the broker decode megabytes before the
+// token's length is checked; over the limit, the framer drops the stream
+// or the connection without keeping the headers.
+const maxHeaderBytes = attest.MaxJWTSize + 8<<10
 
 // Option tunes New.
 type Option func(*options)
@@ -267,6 +277,8 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	sopts := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(s.verifier.ServerTLSConfig(s.source))),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.MaxHeaderListSize(maxHeaderBytes),
+		grpc.ForceServerCodecV2(requestCodec{encoding.GetCodecV2(protoenc.Name)}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	}
@@ -274,11 +286,12 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 		sopts = append(sopts, s.tracing.serverOption)
 	}
 	s.grpc = grpc.NewServer(sopts...)
-	brokerv1.RegisterBrokerServiceServer(s.grpc, &brokerService{s: s})
-	adminv1.RegisterAdminServiceServer(s.grpc, &adminService{s: s})
-	adminv1.RegisterApprovalServiceServer(s.grpc, &approvalService{s: s})
-	adminv1.RegisterResponseServiceServer(s.grpc, &responseService{s: s})
-	adminv1.RegisterMaturityServiceServer(s.grpc, &maturityService{s: s})
+	reg := decodingRegistrar{s.grpc}
+	brokerv1.RegisterBrokerServiceServer(reg, &brokerService{s: s})
+	adminv1.RegisterAdminServiceServer(reg, &adminService{s: s})
+	adminv1.RegisterApprovalServiceServer(reg, &approvalService{s: s})
+	adminv1.RegisterResponseServiceServer(reg, &responseService{s: s})
+	adminv1.RegisterMaturityServiceServer(reg, &maturityService{s: s})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
