@@ -21,7 +21,6 @@ import (
 	"github.com/agentictrust/atf/broker/failpoint"
 	"github.com/agentictrust/atf/deploy/dev"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
-	"github.com/agentictrust/atf/deploy/policy"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -73,37 +72,8 @@ type crashEnv struct {
 }
 
 func newCrashEnv(t *testing.T, s *dev.Stack, bin string) *crashEnv {
-	dir := t.TempDir()
-	tok, err := s.BrokerVaultToken(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
 	addr := freeAddr(t)
-	cfg := write("atfd.yaml", fmt.Sprintf(`listen_addr: %s
-spiffe:
-  workload_api_addr: %s
-trust_domains: [%s]
-admins: [%s]
-store_path: %s
-roles_file: %s
-policy:
-  model_file: %s
-  policy_file: %s
-vault:
-  address: %s
-  auth:
-    method: token
-    token_file: %s
-log_format: text
-`, addr, s.WorkloadAPIAddr, s.TrustDomain.Name(), crashAdmin(s), filepath.Join(dir, "atf.db"), write("roles.yaml", roles),
-		write("model.conf", policy.Model), write("policy.csv", brokertest.OpenPolicy(s.TrustDomain)), s.VaultAddr, write("token", tok)))
+	cfg := writeConfig(t, s, t.TempDir(), addr, crashAdmin(s), brokertest.OpenPolicy(s.TrustDomain), "")
 	return &crashEnv{t: t, s: s, bin: bin, cfg: cfg, addr: addr, logs: &bytes.Buffer{}}
 }
 

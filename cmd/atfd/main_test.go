@@ -23,6 +23,7 @@ import (
 	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/deploy/dev"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	"github.com/agentictrust/atf/deploy/policy"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -62,39 +63,9 @@ func TestAtfdProcess(t *testing.T) {
 	}
 	dir := t.TempDir()
 	admin := spiffeid.RequireFromPath(s.TrustDomain, "/ops/admin")
-	tok, err := s.BrokerVaultToken(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
 	addr := freeAddr(t)
 	auditFile := filepath.Join(dir, "audit.jsonl")
-	cfg := write("atfd.yaml", fmt.Sprintf(`listen_addr: %s
-spiffe:
-  workload_api_addr: %s
-trust_domains: [%s]
-admins: [%s]
-store_path: %s
-roles_file: %s
-policy:
-  model_file: %s
-  policy_file: %s
-audit:
-  file: %s
-vault:
-  address: %s
-  auth:
-    method: token
-    token_file: %s
-log_format: text
-`, addr, s.WorkloadAPIAddr, s.TrustDomain.Name(), admin, filepath.Join(dir, "atf.db"), write("roles.yaml", roles),
-		write("model.conf", policy.Model), write("policy.csv", policy.Example), auditFile, s.VaultAddr, write("token", tok)))
+	cfg := writeConfig(t, s, dir, addr, admin, policy.Example, "audit:\n  file: "+auditFile+"\n")
 
 	var logs bytes.Buffer
 	atfd := exec.Command(exe, "-config", cfg)
@@ -282,6 +253,42 @@ vault:
 	if after, err := os.ReadFile(storePath); err != nil || !bytes.Equal(after, damaged) {
 		t.Errorf("atfd changed the damaged store (%v)", err)
 	}
+}
+
+// writeConfig writes an atfd config in dir for the dev stack s, listening
+// on addr with admin as its admin, the roles above, the shipped model with
+// policyCSV, and extra YAML, and returns its path.
+func writeConfig(t *testing.T, s *dev.Stack, dir, addr string, admin spiffeid.ID, policyCSV, extra string) string {
+	t.Helper()
+	tok, err := s.BrokerVaultToken(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return write("atfd.yaml", fmt.Sprintf(`listen_addr: %s
+spiffe:
+  workload_api_addr: %s
+trust_domains: [%s]
+admins: [%s]
+store_path: %s
+roles_file: %s
+policy:
+  model_file: %s
+  policy_file: %s
+vault:
+  address: %s
+  auth:
+    method: token
+    token_file: %s
+log_format: text
+%s`, addr, s.WorkloadAPIAddr, s.TrustDomain.Name(), admin, filepath.Join(dir, "atf.db"), write("roles.yaml", roles),
+		write("model.conf", policy.Model), write("policy.csv", policyCSV), s.VaultAddr, write("token", tok), extra))
 }
 
 func freeAddr(t *testing.T) string {
