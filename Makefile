@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/bin:$(PATH)
 GO ?= go
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all tools proto-tools proto proto-check proto-breaking build test demo lint bench clean
+.PHONY: all tools proto-tools proto proto-check proto-breaking build test demo lint bench clean fuzz
 
 all: build
 
@@ -61,6 +61,17 @@ lint: proto-tools
 bench: tools
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./broker/
 	$(GO) test -run '^$$' -bench . ./authz/ ./delegation/ ./broker/monitor/ ./broker/audit/
+
+# Every fuzz target runs for FUZZTIME (their seed corpora already run in
+# make test). New findings land in the package's testdata/fuzz: commit them.
+FUZZTIME ?= 30s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$f ($$pkg, $(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
 
 clean:
 	rm -f bin/atfd bin/atfctl
