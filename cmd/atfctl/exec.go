@@ -78,18 +78,25 @@ func newAgentLogger(cmd *cobra.Command) *slog.Logger {
 
 // startAgent starts a client.Agent with the global flags, whose changes go
 // to the returned channel (buffered; a slow reader holds the agent's
-// delivery goroutine, never its lock).
-func (g *globals) startAgent(cmd *cobra.Command, ttl time.Duration) (*client.Agent, <-chan client.Change, error) {
+// delivery goroutine, never its lock). stop closes the agent; changes
+// nobody reads any more are then dropped, so that closing never waits on
+// them.
+func (g *globals) startAgent(cmd *cobra.Command, ttl time.Duration) (_ *client.Agent, _ <-chan client.Change, stop func(), _ error) {
 	if g.output != "table" && g.output != "json" {
-		return nil, nil, usageError{fmt.Errorf("--output must be table or json, not %q", g.output)}
+		return nil, nil, nil, usageError{fmt.Errorf("--output must be table or json, not %q", g.output)}
 	}
-	changes := make(chan client.Change, 64)
+	changes, done := make(chan client.Change, 64), make(chan struct{})
 	a, err := client.New(cmd.Context(), g.cfg, client.WithTTL(ttl), client.WithLogger(newAgentLogger(cmd)),
-		client.WithOnChange(func(c client.Change) { changes <- c }))
+		client.WithOnChange(func(c client.Change) {
+			select {
+			case changes <- c:
+			case <-done:
+			}
+		}))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return a, changes, nil
+	return a, changes, func() { close(done); a.Close() }, nil
 }
 
 // fetchAll gets a credential for every role.
@@ -149,11 +156,11 @@ children stop too.`,
 			if grace <= 0 {
 				return usageError{errors.New("--grace must be positive")}
 			}
-			a, changes, err := g.startAgent(cmd, ttl)
+			a, changes, stop, err := g.startAgent(cmd, ttl)
 			if err != nil {
 				return err
 			}
-			defer a.Close()
+			defer stop()
 			x := &execution{cmd: cmd, argv: argv, roles: roles, addrEnv: addrEnv, grace: grace, agent: a}
 			return x.run(changes)
 		},

@@ -69,11 +69,11 @@ credential's file).`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM)
 			defer stop()
 			cmd.SetContext(ctx)
-			a, changes, err := g.startAgent(cmd, ttl)
+			a, changes, stop, err := g.startAgent(cmd, ttl)
 			if err != nil {
 				return err
 			}
-			defer a.Close()
+			defer stop()
 			s := &sidecar{cmd: cmd, agent: a, roles: roles, dir: dir, json: format == "json"}
 			return s.run(changes, once)
 		},
