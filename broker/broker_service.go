@@ -67,6 +67,11 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "role %q is not defined in the broker's roles file", roleName)
 	}
+	// A full store could record neither the credential nor the decision:
+	// refuse before anything happens in Vault.
+	if err := s.store.Full(); err != nil {
+		return nil, s.statusOf(ctx, "check the store's space", err)
+	}
 	decisionID := newID()
 	log = log.With(slog.String(logDecisionID, decisionID), slog.String(logRole, role.Name))
 	ctx, span := s.tracing.tracer.Start(ctx, spanDecision, trace.WithAttributes(

@@ -36,6 +36,11 @@ type Config struct {
 	SecurityOperators []string `yaml:"security_operators"`
 	// StorePath is the bbolt file.
 	StorePath string `yaml:"store_path"`
+	// StoreMaxSize bounds the store file, in bytes (0: the disk is the
+	// limit). Near it, nothing new is issued while revocations still
+	// commit in the room kept for them (store.Options.MaxSize). Set it
+	// below the disk's free space so that room is real.
+	StoreMaxSize int64 `yaml:"store_max_size"`
 	// RolesFile defines the roles credentials are issued for.
 	RolesFile string      `yaml:"roles_file"`
 	Vault     VaultConfig `yaml:"vault"`
@@ -297,6 +302,9 @@ func (c *Config) Validate() error {
 		if _, err := attest.ParseID(a); err != nil {
 			bad("admins: %v", err)
 		}
+	}
+	if c.StoreMaxSize < 0 {
+		bad("store_max_size must not be negative")
 	}
 	if c.StorePath == "" {
 		bad("store_path is required")

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"buf.build/go/protovalidate"
@@ -311,6 +312,8 @@ func (s *Server) statusOf(ctx context.Context, op string, err error) error {
 		code = codes.PermissionDenied
 	case errors.Is(err, store.ErrLimit):
 		code = codes.ResourceExhausted
+	case errors.Is(err, store.ErrFull), errors.Is(err, syscall.ENOSPC):
+		code, msg, level = codes.ResourceExhausted, "the broker's store is full: nothing new is issued until space is made (store_max_size, or the disk); revocations still work", slog.LevelError
 	case errors.Is(err, vault.ErrUnavailable):
 		code, msg, level = codes.Unavailable, "Vault is unavailable; nothing was issued; retry later", slog.LevelError
 	case errors.Is(err, vault.ErrRejected):

@@ -159,7 +159,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	if s.gate, err = authz.NewGate(limits); err != nil {
 		return nil, err
 	}
-	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: o.now, OnAudit: s.auditCommitted}); err != nil {
+	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: o.now, OnAudit: s.auditCommitted, MaxSize: cfg.StoreMaxSize}); err != nil {
 		return nil, err
 	}
 	if s.tracing, err = newTracing(cfg.Tracing); err != nil {

@@ -69,6 +69,9 @@ func (a Approval) at(now time.Time) Approval {
 // PutApproval records a new pending request and audits it.
 func (s *Store) PutApproval(a Approval) error {
 	err := s.group(func(tx *bolt.Tx) error {
+		if err := s.room(tx); err != nil {
+			return err
+		}
 		b := tx.Bucket(bucketApprovals)
 		if b.Get([]byte(a.ID)) != nil {
 			return fmt.Errorf("%w: approval %s", ErrExists, a.ID)

@@ -34,6 +34,9 @@ type AuditRecord struct {
 func (s *Store) AppendAudit(recs ...AuditRecord) error {
 	// Denials come in bursts: they share commits like issuances do.
 	return s.group(func(tx *bolt.Tx) error {
+		if err := s.room(tx); err != nil {
+			return err
+		}
 		for _, r := range recs {
 			if r.Time.IsZero() {
 				r.Time = s.now().UTC()

@@ -92,7 +92,7 @@ const initialMmapSize = 1 << 30
 //     on this goroutine, every key and value is read (checkPages);
 //  3. tx.Check, on a goroutine of bbolt's, which reads nothing that step 2
 //     has not: every page is used or free, once, and keys are in order.
-func openDB(path string, timeout time.Duration) (*bolt.DB, error) {
+func openDB(path string, timeout time.Duration, maxSize int64) (*bolt.DB, error) {
 	fi, err := os.Stat(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -103,7 +103,7 @@ func openDB(path string, timeout time.Duration) (*bolt.DB, error) {
 			return nil, err
 		}
 	}
-	db, err := boltOpen(path, bolt.Options{Timeout: timeout, InitialMmapSize: initialMmapSize})
+	db, err := boltOpen(path, bolt.Options{Timeout: timeout, InitialMmapSize: initialMmapSize, MaxSize: int(maxSize)})
 	if err != nil {
 		return nil, err
 	}

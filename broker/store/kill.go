@@ -215,7 +215,12 @@ var keyBaselines = []byte("baselines")
 
 // SaveBaselines keeps the behaviour monitor's baselines (opaque JSON).
 func (s *Store) SaveBaselines(raw []byte) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyBaselines, raw) })
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := s.room(tx); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keyBaselines, raw)
+	})
 }
 
 // Baselines returns what SaveBaselines kept (nil if nothing).

@@ -92,6 +92,9 @@ func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 		return fmt.Errorf("store: encode grant: %w", err)
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := s.room(tx); err != nil {
+			return err
+		}
 		for _, id := range []string{g.Delegator, g.Delegatee} {
 			a, err := getAgent(tx, id)
 			if err != nil {
@@ -174,6 +177,9 @@ func (s *Store) AddAnchor(a Anchor) error {
 		return fmt.Errorf("store: encode anchor: %w", err)
 	}
 	err = s.group(func(tx *bolt.Tx) error {
+		if err := s.room(tx); err != nil {
+			return err
+		}
 		// An anchor for a node revoked meanwhile is refused, so that every
 		// anchor is either recorded before a revocation (and revoked by it)
 		// or never used.
@@ -209,6 +215,9 @@ func (s *Store) RecordCredential(c Credential) error {
 	key := credentialKey(c.AgentID, c.Accessor)
 	var refused error
 	err := s.group(func(tx *bolt.Tx) error {
+		if err := s.room(tx); err != nil {
+			return err
+		}
 		// group may run this more than once; refused is set on every run.
 		refused = nil
 		a, err := getAgent(tx, c.AgentID)

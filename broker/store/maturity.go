@@ -69,6 +69,9 @@ type Incident struct {
 // "rejected" or "error") at its current level.
 func (s *Store) RecordOutcome(agent, outcome string) error {
 	err := s.group(func(tx *bolt.Tx) error {
+		if err := s.room(tx); err != nil {
+			return err
+		}
 		a, err := getAgent(tx, agent)
 		if err != nil {
 			return err
@@ -158,6 +161,9 @@ func (s *Store) addRecord(bucket []byte, agent string, v any, rec AuditRecord) e
 		return err
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
+		if err := s.room(tx); err != nil {
+			return err
+		}
 		if _, err := getAgent(tx, agent); err != nil {
 			return err
 		}
@@ -200,6 +206,9 @@ func listRecords[T any](s *Store, bucket []byte, agent string) ([]T, error) {
 // agent's level at that moment is kept with it.
 func (s *Store) OpenIncident(in Incident) (Incident, error) {
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := s.room(tx); err != nil {
+			return err
+		}
 		a, err := getAgent(tx, in.Agent)
 		if err != nil {
 			return err

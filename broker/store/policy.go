@@ -32,6 +32,9 @@ type PolicyVersion struct {
 // is audited in the same transaction.
 func (s *Store) PutPolicy(pv PolicyVersion, expected uint64) (PolicyVersion, error) {
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := s.room(tx); err != nil {
+			return err
+		}
 		b := tx.Bucket(bucketPolicies)
 		var cur uint64
 		if k, _ := b.Cursor().Last(); k != nil {

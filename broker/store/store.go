@@ -28,6 +28,9 @@ var (
 	ErrRevoked      = errors.New("store: revoked")
 	ErrLimit        = errors.New("store: limit reached")
 	ErrKilled       = errors.New("store: stopped by the kill switch")
+	// ErrFull: the file reached its size limit, less the room kept for
+	// revocations; nothing new is recorded until space is made.
+	ErrFull = errors.New("store: full")
 )
 
 var (
@@ -168,6 +171,13 @@ type Options struct {
 	// OnAudit, if set, is called after every commit that appended audit
 	// records (e.g. to wake a streamer). It must not block.
 	OnAudit func()
+	// MaxSize bounds the file, in bytes; 0: the disk is the limit. Writes
+	// that record something new (credentials, grants, agents, approvals,
+	// audit records of decisions, ...) fail with ErrFull once less than
+	// a tenth of it (at least 1 MiB, at most 64 MiB) is left, so that
+	// revocations, kills and deregistrations, which use that room, still
+	// commit.
+	MaxSize int64
 }
 
 // Store is the broker's state. It is safe for concurrent use.
@@ -184,6 +194,8 @@ type core struct {
 	now     func() time.Time
 	onAudit func()
 
+	maxSize int64 // Options.MaxSize
+	reserve int64 // kept for revocations
 	reqs    chan *commitReq
 	quit    chan struct{}
 	stopped chan struct{}
@@ -203,7 +215,10 @@ func Open(path string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	db, err := openDB(path, opts.LockTimeout)
+	if opts.MaxSize < 0 {
+		return nil, fmt.Errorf("store: negative size limit %d", opts.MaxSize)
+	}
+	db, err := openDB(path, opts.LockTimeout, opts.MaxSize)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +234,7 @@ func Open(path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", path, err)
 	}
-	s := &Store{core: &core{db: db, now: opts.Now, onAudit: opts.OnAudit, reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}}
+	s := &Store{core: &core{db: db, now: opts.Now, onAudit: opts.OnAudit, maxSize: opts.MaxSize, reserve: reserveFor(opts.MaxSize), reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}}
 	go s.committer()
 	return s, nil
 }
@@ -268,6 +283,9 @@ func (s *Store) RegisterAgent(a Agent, actor string) (Agent, error) {
 	now := s.now().UTC()
 	a.Status, a.CreatedAt, a.UpdatedAt, a.UpdatedBy, a.Revision, a.LevelSince = Active, now, now, actor, 1, now
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := s.room(tx); err != nil {
+			return err
+		}
 		if tx.Bucket(bucketAgents).Get([]byte(a.ID)) != nil {
 			return fmt.Errorf("%w: agent %s", ErrExists, a.ID)
 		}

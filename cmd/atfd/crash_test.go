@@ -138,29 +138,14 @@ func (e *crashEnv) dial(id spiffeid.ID) *client.Conn {
 	return c
 }
 
-// liveTokensOf lists the live Vault credentials whose metadata names one of
-// agents, by accessor, asking Vault as root.
+// liveTokensOf lists the live Vault credentials of agents, by accessor.
 func liveTokensOf(t *testing.T, s *dev.Stack, agents ...string) []string {
 	t.Helper()
-	v := s.VaultClient()
-	list, err := v.Logical().ListWithContext(t.Context(), "auth/token/accessors")
+	live, err := s.LiveCredentials(t.Context(), agents...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
-	keys, _ := list.Data["keys"].([]any)
-	for _, k := range keys {
-		acc, _ := k.(string)
-		sec, err := v.Auth().Token().LookupAccessorWithContext(t.Context(), acc)
-		if err != nil {
-			continue // expired or revoked meanwhile
-		}
-		meta, _ := sec.Data["meta"].(map[string]any)
-		if agent, _ := meta["atf_agent"].(string); slices.Contains(agents, agent) {
-			out = append(out, acc)
-		}
-	}
-	return out
+	return live
 }
 
 // atfd killed (SIGKILL) at each failpoint of issuance and revocation, then

@@ -213,6 +213,31 @@ func (s *Stack) VaultClient() *vaultapi.Client {
 	return c
 }
 
+// LiveCredentials lists, asking Vault as root, the accessors of the live
+// tokens whose metadata names one of agents (atf_agent): the credentials
+// brokers issued to them that Vault still honours.
+func (s *Stack) LiveCredentials(ctx context.Context, agents ...string) ([]string, error) {
+	v := s.VaultClient()
+	list, err := v.Logical().ListWithContext(ctx, "auth/token/accessors")
+	if err != nil {
+		return nil, fmt.Errorf("dev: list token accessors: %w", err)
+	}
+	var out []string
+	keys, _ := list.Data["keys"].([]any)
+	for _, k := range keys {
+		acc, _ := k.(string)
+		sec, err := v.Auth().Token().LookupAccessorWithContext(ctx, acc)
+		if err != nil {
+			continue // expired or revoked since the list
+		}
+		meta, _ := sec.Data["meta"].(map[string]any)
+		if agent, _ := meta["atf_agent"].(string); slices.Contains(agents, agent) {
+			out = append(out, acc)
+		}
+	}
+	return out, nil
+}
+
 // Vault runs the vault CLI against the stack, as root, and returns its
 // stdout.
 func (s *Stack) Vault(ctx context.Context, args ...string) (string, error) {

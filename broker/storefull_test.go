@@ -1,0 +1,87 @@
+package broker_test
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/broker/store"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+// Disk full (store_max_size): with the store at its limit, issuance and
+// delegation are refused with ResourceExhausted before anything happens in
+// Vault, a lineage revocation still commits and kills its credentials in
+// Vault, and issuance works again once the store may grow.
+func TestStoreFullRefusesIssuanceNotRevocation(t *testing.T) {
+	f := brokertest.Setup(t)
+	cfg := f.Config(t, t.TempDir())
+	const limit = 4 << 20
+	cfg.StoreMaxSize = limit
+	e := newDelegEnv(t, f, cfg)
+	lead := e.register(t, "full-lead", brokerv1.Level_LEVEL_SENIOR, "reports-read")
+	helper := e.register(t, "full-helper", brokerv1.Level_LEVEL_JUNIOR, "reports-read")
+	own := lead.mustFetch(t, "reports-read", "")
+	g, err := lead.delegate(t.Context(), helper.id, "", time.Hour, 0, "reports-read")
+	if err != nil {
+		t.Fatal(err)
+	}
+	under := helper.mustFetch(t, "reports-read", g.GetId())
+
+	// Fill the store to its limit while atfd is stopped.
+	e.b.Stop()
+	st, err := store.Open(cfg.StorePath, store.Options{MaxSize: limit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	filler := store.AuditRecord{Kind: "filler", Actor: "test", Detail: map[string]string{"padding": string(make([]byte, 2000))}}
+	for err == nil {
+		err = st.AppendAudit(filler, filler, filler, filler)
+	}
+	st.Close()
+	if !errors.Is(err, store.ErrFull) {
+		t.Fatalf("filling the store: %v", err)
+	}
+
+	e.start(t)
+	e.redial(t, &lead, &helper)
+	_, err = lead.fetch(t.Context(), "reports-read", "")
+	brokertest.WantCode(t, err, codes.ResourceExhausted, "store is full", "revocations still work")
+	_, err = lead.delegate(t.Context(), helper.id, "", time.Hour, 0, "reports-read")
+	brokertest.WantCode(t, err, codes.ResourceExhausted, "store is full")
+	if live, err := f.Stack.LiveCredentials(t.Context(), lead.id.String(), helper.id.String()); err != nil || !slices.Equal(sorted(live), sorted([]string{own.GetAccessor(), under.GetAccessor()})) {
+		t.Fatalf("live credentials in Vault %v (%v), want only the two issued before", live, err)
+	}
+
+	// Revocation commits in the room kept for it, and Vault follows.
+	r, err := e.admin.RevokeLineage(t.Context(), &adminv1.RevokeLineageRequest{Root: &adminv1.RevokeLineageRequest_AgentId{AgentId: lead.id.String()}, Reason: "store full drill"})
+	if err != nil {
+		t.Fatalf("revoking with a full store: %v", err)
+	}
+	if r.GetSummary().GetCredentialsRevoked() != 2 {
+		t.Fatalf("revocation summary %v, want 2 credentials", r.GetSummary())
+	}
+	for _, tok := range []string{own.GetToken(), under.GetToken()} {
+		if !f.Dead(t, tok) {
+			t.Fatal("a revoked credential is alive in Vault")
+		}
+	}
+	_, err = helper.fetch(t.Context(), "reports-read", g.GetId())
+	brokertest.WantCode(t, err, codes.ResourceExhausted)
+
+	// Space returns: a higher limit, and issuance works again.
+	e.b.Stop()
+	e.cfg.StoreMaxSize = 4 * limit
+	e.start(t)
+	e.redial(t, &lead)
+	if c := lead.mustFetch(t, "reports-read", ""); f.Dead(t, c.GetToken()) {
+		t.Fatal("the credential issued after space returned is not valid in Vault")
+	}
+}
+
+func sorted(s []string) []string { return slices.Sorted(slices.Values(s)) }
