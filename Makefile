@@ -55,12 +55,13 @@ lint: proto-tools
 	cd deploy/k8s && $(GO) vet ./...
 	buf lint
 
-# The broker's benchmarks run against the dev stack's real Vault and take
-# their samples per iteration, so one iteration each (a few minutes on 2
-# cores); the in-process micro-benchmarks run as usual.
+# make bench runs the benchmark suite (the broker's against the dev stack's
+# real SPIRE and Vault, one iteration each since they take their samples
+# per iteration; the in-process micro-benchmarks as usual) and writes
+# BENCHMARKS.md: every row a ratio to a baseline of the same run. About
+# 10-15 minutes on 2 cores.
 bench: tools
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./broker/
-	$(GO) test -run '^$$' -bench . ./authz/ ./delegation/ ./broker/monitor/ ./broker/audit/
+	$(GO) run ./deploy/dev/benchreport -go $(GO) -o BENCHMARKS.md
 
 # Every fuzz target runs for FUZZTIME (their seed corpora already run in
 # make test). New findings land in the package's testdata/fuzz: commit them.

@@ -282,7 +282,9 @@ func (s *Store) RegisterAgent(a Agent, actor string) (Agent, error) {
 	}
 	now := s.now().UTC()
 	a.Status, a.CreatedAt, a.UpdatedAt, a.UpdatedBy, a.Revision, a.LevelSince = Active, now, now, actor, 1, now
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	// Registrations come in bulk when a fleet is onboarded: they share
+	// commits like issuances do.
+	err := s.group(func(tx *bolt.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}

@@ -59,33 +59,36 @@ var (
 	fpErr  error
 )
 
-// crashEnv is one atfd, started and restarted on one store.
-type crashEnv struct {
-	t      *testing.T
-	s      *dev.Stack
-	bin    string
-	cfg    string
-	addr   string
-	logs   *bytes.Buffer
-	proc   *exec.Cmd
-	exited chan error
+// atfdEnv is one atfd process, started and restarted on one store.
+type atfdEnv struct {
+	t    testing.TB
+	s    *dev.Stack
+	bin  string
+	cfg  string
+	addr string
+	// storePath is the store file the config names.
+	storePath string
+	logs      *bytes.Buffer
+	proc      *exec.Cmd
+	exited    chan error
 }
 
-func newCrashEnv(t *testing.T, s *dev.Stack, bin string) *crashEnv {
-	addr := freeAddr(t)
-	cfg := writeConfig(t, s, t.TempDir(), addr, crashAdmin(s), brokertest.OpenPolicy(s.TrustDomain), "")
-	return &crashEnv{t: t, s: s, bin: bin, cfg: cfg, addr: addr, logs: &bytes.Buffer{}}
+func newAtfdEnv(t testing.TB, s *dev.Stack, bin string) *atfdEnv {
+	addr, dir := freeAddr(t), t.TempDir()
+	cfg := writeConfig(t, s, dir, addr, testAdmin(s), brokertest.OpenPolicy(s.TrustDomain), "")
+	return &atfdEnv{t: t, s: s, bin: bin, cfg: cfg, addr: addr, storePath: filepath.Join(dir, "atf.db"), logs: &bytes.Buffer{}}
 }
 
-func crashAdmin(s *dev.Stack) spiffeid.ID {
+func testAdmin(s *dev.Stack) spiffeid.ID {
 	return spiffeid.RequireFromPath(s.TrustDomain, "/ops/admin")
 }
 
-// start starts atfd with the failpoints armed and waits until it serves.
-func (e *crashEnv) start(armed string) {
+// start starts atfd with env added to the test's environment and waits
+// until it serves.
+func (e *atfdEnv) start(env ...string) {
 	e.t.Helper()
 	e.proc = exec.Command(e.bin, "-config", e.cfg)
-	e.proc.Env = append(os.Environ(), "ATF_FAILPOINT="+armed)
+	e.proc.Env = append(os.Environ(), env...)
 	e.proc.Stdout, e.proc.Stderr = e.logs, e.logs
 	if err := e.proc.Start(); err != nil {
 		e.t.Fatal(err)
@@ -102,7 +105,7 @@ func (e *crashEnv) start(armed string) {
 			e.t.Logf("atfd output:\n%s", e.logs.String())
 		}
 	})
-	c := e.dial(crashAdmin(e.s))
+	c := e.dial(testAdmin(e.s))
 	devtest.WaitFor(e.t, 30*time.Second, "atfd to serve", func() bool {
 		_, err := c.Broker.WhoAmI(e.t.Context(), &brokerv1.WhoAmIRequest{})
 		return err == nil
@@ -110,7 +113,7 @@ func (e *crashEnv) start(armed string) {
 }
 
 // awaitKilled waits for atfd to die by SIGKILL: the failpoint was hit.
-func (e *crashEnv) awaitKilled(point string) {
+func (e *atfdEnv) awaitKilled(point string) {
 	e.t.Helper()
 	select {
 	case err := <-e.exited:
@@ -124,7 +127,7 @@ func (e *crashEnv) awaitKilled(point string) {
 	}
 }
 
-func (e *crashEnv) dial(id spiffeid.ID) *client.Conn {
+func (e *atfdEnv) dial(id spiffeid.ID) *client.Conn {
 	e.t.Helper()
 	files, err := e.s.MintX509(e.t.Context(), id, time.Hour)
 	if err != nil {
@@ -159,7 +162,7 @@ func TestCrashSafety(t *testing.T) {
 		failpoint.RevokeAfterCommit, failpoint.RevokeMidLineage} {
 		t.Run(point, func(t *testing.T) {
 			ctx := t.Context()
-			e := newCrashEnv(t, s, bin)
+			e := newAtfdEnv(t, s, bin)
 			lead := spiffeid.RequireFromPath(s.TrustDomain, fmt.Sprintf("/crash/%d/lead", i))
 			helper := spiffeid.RequireFromPath(s.TrustDomain, fmt.Sprintf("/crash/%d/helper", i))
 			revoking := point == failpoint.RevokeAfterCommit || point == failpoint.RevokeMidLineage
@@ -167,8 +170,8 @@ func TestCrashSafety(t *testing.T) {
 			if revoking {
 				armed = "" // armed at the restart below, after the lineage is built
 			}
-			e.start(armed)
-			admin := e.dial(crashAdmin(s))
+			e.start("ATF_FAILPOINT=" + armed)
+			admin := e.dial(testAdmin(s))
 			for _, a := range []struct {
 				id    spiffeid.ID
 				level brokerv1.Level
@@ -190,7 +193,7 @@ func TestCrashSafety(t *testing.T) {
 					t.Fatal("the request that crashed atfd returned a credential")
 				}
 				e.awaitKilled(point)
-				e.start("")
+				e.start()
 			} else {
 				own, err := fetch(leadC, "")
 				if err != nil {
@@ -209,15 +212,15 @@ func TestCrashSafety(t *testing.T) {
 				e.proc.Process.Signal(syscall.SIGTERM)
 				<-e.exited
 				e.exited <- nil
-				e.start(point)
-				admin = e.dial(crashAdmin(s))
+				e.start("ATF_FAILPOINT=" + point)
+				admin = e.dial(testAdmin(s))
 				if _, err := admin.Admin.RevokeLineage(ctx, &adminv1.RevokeLineageRequest{Root: &adminv1.RevokeLineageRequest_AgentId{AgentId: lead.String()}, Reason: "crash test"}); err == nil {
 					t.Fatal("the revocation that crashed atfd answered")
 				}
 				e.awaitKilled(point)
-				e.start("")
+				e.start()
 			}
-			admin = e.dial(crashAdmin(s))
+			admin = e.dial(testAdmin(s))
 
 			// Revoked lineages are dead in Vault (the queue drains at start).
 			for _, c := range held {

@@ -258,7 +258,7 @@ vault:
 // writeConfig writes an atfd config in dir for the dev stack s, listening
 // on addr with admin as its admin, the roles above, the shipped model with
 // policyCSV, and extra YAML, and returns its path.
-func writeConfig(t *testing.T, s *dev.Stack, dir, addr string, admin spiffeid.ID, policyCSV, extra string) string {
+func writeConfig(t testing.TB, s *dev.Stack, dir, addr string, admin spiffeid.ID, policyCSV, extra string) string {
 	t.Helper()
 	tok, err := s.BrokerVaultToken(t.Context())
 	if err != nil {
@@ -291,7 +291,7 @@ log_format: text
 		write("model.conf", policy.Model), write("policy.csv", policyCSV), s.VaultAddr, write("token", tok), extra))
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const sample = `goos: linux
+pkg: github.com/agentictrust/atf/broker
+BenchmarkIssuance-2   	       1	  97085359 c32-p50-ns	         3.220 c32-p50-ratio	   5522015 p50-ns	         2.387 p50-ratio	   2313515 raw-p50-ns
+BenchmarkDecision/lines=10-2         	       1	      1843 p50-ns	         0.09215 p50-vs-target
+pkg: github.com/agentictrust/atf/authz
+BenchmarkDecision/lines=10/uncached-2         	  100000	     10634 ns/op	     400 B/op
+ok  	github.com/agentictrust/atf/authz	3.1s
+`
+
+// The report reads go test -bench output by package and sub-benchmark, and
+// its rows say "not measured" for what the run did not produce.
+func TestReport(t *testing.T) {
+	res := results{}
+	parse(strings.NewReader(sample), res)
+	for _, tt := range []struct {
+		key, unit string
+		want      float64
+	}{
+		{"broker/Issuance", "p50-ratio", 2.387},
+		{"broker/Issuance", "c32-p50-ns", 97085359},
+		{"broker/Decision/lines=10", "p50-ns", 1843},
+		{"authz/Decision/lines=10/uncached", "ns/op", 10634},
+	} {
+		if got, ok := res.get(tt.key, tt.unit); !ok || got != tt.want {
+			t.Errorf("%s %s = %v (%t), want %v", tt.key, tt.unit, got, ok, tt.want)
+		}
+	}
+	var sb strings.Builder
+	writeReport(&sb, res, time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
+	report := sb.String()
+	for _, want := range []string{
+		"| issuance p50, concurrency 1 | 5.52 ms | raw Vault child-token create 2.31 ms | 2.39× | ≤ 1.3× |",
+		"| full decision (chain of 4, Casbin + maturity), 10 policy lines, p50 | 1.8 µs | target 20 µs | 0.09× | ≤ 1× |",
+		"| Casbin decision alone, uncached, 10 lines | 10.6 µs | target 20 µs | 0.53× | ≤ 1× |",
+		"| kill switch p99 | not measured |",
+		"2026-11-26 12:00 UTC",
+	} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q:\n%s", want, report)
+		}
+	}
+}
