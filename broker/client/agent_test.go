@@ -483,3 +483,37 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// WithOnChange reports a refresh (with the successor) and a revocation
+// (with the broker's reason), in order, naming the credential that changed.
+func TestAgentReportsChanges(t *testing.T) {
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	id := f.ID(t, "watcher")
+	b.Register(t, id, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	changes := make(chan client.Change, 16)
+	a := newAgent(t, f, b.Addr, id, client.WithTTL(4*time.Second), client.WithOnChange(func(c client.Change) { changes <- c }))
+
+	first := a.credential(t, "reports-read")
+	next := func(what string) client.Change {
+		t.Helper()
+		select {
+		case c := <-changes:
+			return c
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no change reported: want %s", what)
+		}
+		return client.Change{}
+	}
+	c := next("a refresh")
+	if c.Kind != client.Refreshed || c.Role != "reports-read" || c.Accessor != first.GetAccessor() || c.Credential.GetAccessor() == first.GetAccessor() {
+		t.Fatalf("change %+v, want reports-read %s refreshed", c, first.GetAccessor())
+	}
+	a.seen(c.Credential)
+	refreshed := c.Credential.GetAccessor()
+	revokeLineage(t, b, id)
+	c = next("a revocation")
+	if c.Kind != client.Revoked || c.Accessor != refreshed || c.Reason != "suspected compromise" || c.Credential != nil {
+		t.Fatalf("change %+v, want the refreshed credential revoked", c)
+	}
+}
