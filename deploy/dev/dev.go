@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +28,7 @@ const (
 	logLines = 200
 
 	keyAddr      = "addr"
+	keyComponent = "component"
 	keyDir       = "dir"
 	keyElapsed   = "elapsed"
 	keyID        = "spiffe_id"
@@ -254,6 +256,31 @@ func (s *Stack) PIDs() map[string]int {
 		pids[p.name] = p.pid // a restarted component replaces its first try
 	}
 	return pids
+}
+
+// Stop stops one component (spire-server, spire-agent or vault) and leaves
+// the others running, to test how they cope with its outage. A stopped
+// agent can be started again with StartAgent; Close still stops the rest.
+func (s *Stack) Stop(name string) error {
+	s.mu.Lock()
+	var stop []*process
+	s.procs = slices.DeleteFunc(s.procs, func(p *process) bool {
+		if p.name == name {
+			stop = append(stop, p)
+			return true
+		}
+		return false
+	})
+	closed := s.closed
+	s.mu.Unlock()
+	if closed || len(stop) == 0 {
+		return fmt.Errorf("dev: stop %s: not running", name)
+	}
+	for _, p := range stop {
+		p.stop()
+	}
+	s.log.Info("stopped", keyComponent, name)
+	return nil
 }
 
 // logFiles are the logs Logs reports, in order.

@@ -142,6 +142,17 @@ func (s *Stack) startSPIREAgent(ctx context.Context) error {
 	return nil
 }
 
+// StartAgent starts the SPIRE agent again after Stop("spire-agent"), on
+// the same Workload API socket. Its key lived in memory, so it attests
+// afresh, with a new join token under the same node alias: workload entries
+// still apply, and workloads get new SVIDs.
+func (s *Stack) StartAgent(ctx context.Context) error {
+	if _, running := s.PIDs()["spire-agent"]; running {
+		return errors.New("dev: start spire-agent: already running")
+	}
+	return s.startSPIREAgent(ctx)
+}
+
 // render writes config/<name> filled with data to Dir, without the .tmpl
 // suffix, readable by the owner only (the agent's holds its join token).
 func (s *Stack) render(name string, data any) (string, error) {
