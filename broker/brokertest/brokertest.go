@@ -8,9 +8,14 @@ package brokertest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -85,20 +90,38 @@ func Setup(t testing.TB) *Fixture {
 	fixOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		// The broker runs inside the test binary: it is the workload with
-		// this process's uid.
-		if fixErr = s.RegisterWorkload(ctx, s.BrokerID, "unix:uid:"+strconv.Itoa(os.Getuid())); fixErr != nil {
-			return
-		}
-		if _, fixErr = s.AwaitX509SVID(ctx, s.BrokerID); fixErr != nil {
-			return
-		}
-		fix = &Fixture{Stack: s, Admin: spiffeid.RequireFromPath(s.TrustDomain, "/ops/admin"), svids: map[spiffeid.ID]dev.SVIDFiles{}}
+		fix, fixErr = newFixture(ctx, s, 0)
 	})
 	if fixErr != nil {
 		t.Fatalf("setup: %v", fixErr)
 	}
 	return fix
+}
+
+// SetupStack returns a fixture on s, a stack of the test's own (one it may
+// break, see devtest.Start), with the test process registered as the
+// broker's workload, its X.509-SVIDs living svidTTL (0: SPIRE's default).
+func SetupStack(t testing.TB, s *dev.Stack, svidTTL time.Duration) *Fixture {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	f, err := newFixture(ctx, s, svidTTL)
+	if err != nil {
+		t.Fatalf("setup: %v", err)
+	}
+	return f
+}
+
+func newFixture(ctx context.Context, s *dev.Stack, svidTTL time.Duration) (*Fixture, error) {
+	// The broker runs inside the test binary: it is the workload with this
+	// process's uid.
+	if err := s.RegisterWorkloadTTL(ctx, s.BrokerID, svidTTL, "unix:uid:"+strconv.Itoa(os.Getuid())); err != nil {
+		return nil, err
+	}
+	if _, err := s.AwaitX509SVID(ctx, s.BrokerID); err != nil {
+		return nil, err
+	}
+	return &Fixture{Stack: s, Admin: spiffeid.RequireFromPath(s.TrustDomain, "/ops/admin"), svids: map[spiffeid.ID]dev.SVIDFiles{}}, nil
 }
 
 // ID returns a SPIFFE ID in the stack's trust domain, unique to the test.
@@ -308,21 +331,32 @@ func logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// FaultProxy forwards TCP to a real server and can be cut and restored, to
-// make the real Vault unreachable for one broker without stopping it.
+// FaultProxy is an HTTP proxy in front of a real Vault that a test can
+// break for one broker without touching the server: cut it (Down, which
+// refuses connections as a stopped Vault does), make Vault's answers late
+// (Delay), or answer errors in Vault's place (Fail). It counts the requests
+// that reach it.
 type FaultProxy struct {
-	target string
-	addr   string
+	proxy *httputil.ReverseProxy
+	addr  string
 
-	mu    sync.Mutex
-	lis   net.Listener
-	conns map[net.Conn]bool
+	mu       sync.Mutex
+	srv      *http.Server
+	cut      chan struct{} // closed by Down: late answers are dropped
+	delay    time.Duration
+	fail     int
+	requests map[string]int // by path
 }
 
 // NewFaultProxy starts a proxy to target (host:port), stopped when t ends.
 func NewFaultProxy(t testing.TB, target string) *FaultProxy {
 	t.Helper()
-	p := &FaultProxy{target: target, conns: map[net.Conn]bool{}}
+	p := &FaultProxy{requests: map[string]int{}}
+	p.proxy = &httputil.ReverseProxy{
+		Rewrite:      func(r *httputil.ProxyRequest) { r.SetURL(&url.URL{Scheme: "http", Host: target}) },
+		Transport:    lateTransport{p},
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) },
+	}
 	if err := p.up("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
@@ -335,49 +369,60 @@ func (p *FaultProxy) up(addr string) error {
 	if err != nil {
 		return err
 	}
+	srv := &http.Server{Handler: p, ErrorLog: log.New(io.Discard, "", 0), ReadHeaderTimeout: 10 * time.Second}
 	p.mu.Lock()
-	p.lis, p.addr = lis, lis.Addr().String()
+	p.srv, p.addr, p.cut = srv, lis.Addr().String(), make(chan struct{})
 	p.mu.Unlock()
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			go p.forward(c)
-		}
-	}()
+	go srv.Serve(lis)
 	return nil
 }
 
-func (p *FaultProxy) forward(c net.Conn) {
-	s, err := net.Dial("tcp", p.target)
-	if err != nil {
-		c.Close()
+func (p *FaultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	p.requests[r.URL.Path]++
+	fail := p.fail
+	p.mu.Unlock()
+	if fail != 0 {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(fail)
+		fmt.Fprintf(w, `{"errors":["fault injected by the test: %d %s"]}`, fail, http.StatusText(fail))
 		return
 	}
-	p.mu.Lock()
-	p.conns[c], p.conns[s] = true, true
-	p.mu.Unlock()
-	go func() { io.Copy(s, c); s.Close() }()
-	io.Copy(c, s)
-	c.Close()
-	p.mu.Lock()
-	delete(p.conns, c)
-	delete(p.conns, s)
-	p.mu.Unlock()
+	p.proxy.ServeHTTP(w, r)
 }
 
-// Down cuts every connection and stops listening.
+// lateTransport forwards to Vault and holds its answer for the proxy's
+// delay. Vault gets the request whatever the client does meanwhile: the
+// fault is a late answer, not a lost request.
+type lateTransport struct{ p *FaultProxy }
+
+func (t lateTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := http.DefaultTransport.RoundTrip(r.WithContext(context.WithoutCancel(r.Context())))
+	t.p.mu.Lock()
+	delay, cut := t.p.delay, t.p.cut
+	t.p.mu.Unlock()
+	if err != nil || delay == 0 {
+		return resp, err
+	}
+	wait := time.NewTimer(delay)
+	defer wait.Stop()
+	select {
+	case <-wait.C:
+		return resp, nil
+	case <-cut:
+		resp.Body.Close()
+		return nil, errors.New("brokertest: proxy down")
+	}
+}
+
+// Down refuses new connections and cuts open ones.
 func (p *FaultProxy) Down() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.lis != nil {
-		p.lis.Close()
-		p.lis = nil
-	}
-	for c := range p.conns {
-		c.Close()
+	if p.srv != nil {
+		p.srv.Close()
+		close(p.cut)
+		p.srv = nil
 	}
 }
 
@@ -387,6 +432,36 @@ func (p *FaultProxy) Restore(t testing.TB) {
 	if err := p.up(p.addr); err != nil && !errors.Is(err, net.ErrClosed) {
 		t.Fatal(err)
 	}
+}
+
+// Delay holds each of Vault's answers for d before passing it on; 0 stops
+// delaying.
+func (p *FaultProxy) Delay(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.delay = d
+}
+
+// Fail answers every request with HTTP status code (e.g. 503) without
+// forwarding it; 0 forwards again.
+func (p *FaultProxy) Fail(code int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fail = code
+}
+
+// Requests counts the requests that reached the proxy (forwarded or not)
+// whose path begins with prefix, e.g. "/v1/auth/token/create".
+func (p *FaultProxy) Requests(prefix string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for path, c := range p.requests {
+		if strings.HasPrefix(path, prefix) {
+			n += c
+		}
+	}
+	return n
 }
 
 // URL is the proxy's address as an http URL.
