@@ -10,6 +10,13 @@
 // Errors never carry a token. A Vault that cannot be reached, times out or
 // answers 5xx yields ErrUnavailable, so callers fail closed with a retryable
 // status; a refusal (4xx) yields ErrRejected.
+//
+// Faults: a token Vault creates after the broker stopped waiting for it is
+// revoked when Vault's late answer arrives, since nobody will record it.
+// After repeated unavailability a circuit breaker fails issuance fast
+// (BreakerOpenError) instead of stacking calls on a Vault that does not
+// answer, and lets one call through now and then to see whether it does
+// again. Revocations bypass the breaker.
 package vault
 
 import (
@@ -55,20 +62,33 @@ type Config struct {
 	Login vaultapi.AuthMethod
 	// Token is the broker's token when Login is nil (development).
 	Token string
-	// Logger receives renewal events; default discards.
+	// Logger receives renewal and breaker events; default discards.
 	Logger *slog.Logger
+	// Breaker tunes the circuit breaker in front of issuance.
+	Breaker BreakerConfig
+	// Now is the breaker's clock; default time.Now.
+	Now func() time.Time
 }
 
 // Issuer talks to Vault for the broker. It is safe for concurrent use.
 type Issuer struct {
-	client  *vaultapi.Client
-	revoker *vaultapi.Client // same token, longer timeout
+	client *vaultapi.Client
+	// slow has the same token and a longer timeout: for revocations, and
+	// for creations, whose answer is awaited after the caller has given up.
+	slow    *vaultapi.Client
 	cfg     Config
+	breaker *breaker
 	cancel  context.CancelFunc
 	done    chan struct{}
 	// generation counts logins: anchors made under an earlier login hang on
 	// a token that is no longer renewed, so they must not be used again.
 	generation atomic.Uint64
+	// late counts creations the caller gave up on, until their answer is
+	// in and any token in it revoked (each end signals lateEnded);
+	// lateRevoked counts those tokens.
+	late        atomic.Int64
+	lateEnded   chan struct{}
+	lateRevoked atomic.Uint64
 }
 
 // New logs in to Vault and starts renewing the broker's token.
@@ -90,6 +110,9 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	vc := vaultapi.DefaultConfig()
 	vc.Address = cfg.Address
@@ -114,12 +137,14 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	// Vault revokes a token's whole subtree before it answers: an anchor
 	// over thousands of tokens takes seconds, longer than suits issuance, so
 	// revocations go through a client of their own with a longer timeout.
-	revoker, err := client.Clone()
+	// Creations use it too, bounding the caller's wait themselves.
+	slow, err := client.Clone()
 	if err != nil {
 		return nil, fmt.Errorf("vault: client: %w", err)
 	}
-	revoker.SetClientTimeout(max(cfg.Timeout, revokeTimeout))
-	is := &Issuer{client: client, revoker: revoker, cfg: cfg, done: make(chan struct{})}
+	slow.SetClientTimeout(max(cfg.Timeout, revokeTimeout))
+	is := &Issuer{client: client, slow: slow, cfg: cfg, done: make(chan struct{}), lateEnded: make(chan struct{}, 1),
+		breaker: newBreaker(cfg.Breaker, cfg.Now, cfg.Timeout)}
 	secret, err := is.login(ctx)
 	if err != nil {
 		return nil, err
@@ -130,18 +155,31 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	return is, nil
 }
 
-// Close stops the renewal loop. It does not revoke the broker's token:
-// credentials issued under it must outlive a broker restart.
+// Close stops the renewal loop and gives creations still awaiting a late
+// answer up to the Vault timeout to finish (and their tokens to be
+// revoked). It does not revoke the broker's token: credentials issued under
+// it must outlive a broker restart.
 func (is *Issuer) Close() {
 	is.cancel()
 	<-is.done
+	grace := time.NewTimer(is.cfg.Timeout)
+	defer grace.Stop()
+	for is.late.Load() > 0 {
+		select {
+		case <-is.lateEnded:
+		case <-grace.C:
+			is.cfg.Logger.Warn("stopping with Vault token creations still unanswered; a token Vault creates for one now lives until it expires",
+				slog.Int64("unanswered", is.late.Load()))
+			return
+		}
+	}
 }
 
 // setToken makes token the broker's own, for issuing and revoking; anchors
 // made under the previous one are not used again.
 func (is *Issuer) setToken(token string) {
 	is.client.SetToken(token)
-	is.revoker.SetToken(token)
+	is.slow.SetToken(token)
 	is.generation.Add(1)
 }
 
@@ -269,7 +307,7 @@ func (is *Issuer) Issue(ctx context.Context, req Request) (Credential, error) {
 	}
 	renewable := false
 	issuedAt := time.Now()
-	s, err := is.clientFor(req.Parent).Auth().Token().CreateWithRoleWithContext(ctx, &vaultapi.TokenCreateRequest{
+	s, err := is.create(ctx, "create token", is.clientFor(req.Parent), is.cfg.CredentialRole, &vaultapi.TokenCreateRequest{
 		Policies:        req.Policies,
 		TTL:             strconv.FormatInt(int64(req.TTL/time.Second), 10) + "s",
 		ExplicitMaxTTL:  strconv.FormatInt(int64(req.TTL/time.Second), 10) + "s",
@@ -279,9 +317,9 @@ func (is *Issuer) Issue(ctx context.Context, req Request) (Credential, error) {
 		NoDefaultPolicy: true,
 		Renewable:       &renewable,
 		Type:            "service",
-	}, is.cfg.CredentialRole)
+	})
 	if err != nil {
-		return Credential{}, classify("create token", err)
+		return Credential{}, err
 	}
 	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" || s.Auth.Accessor == "" {
 		return Credential{}, fmt.Errorf("%w: create token: Vault returned no token", ErrRejected)
@@ -313,7 +351,7 @@ type Anchor struct {
 	ExpiresAt time.Time
 	// Generation is the broker login it hangs under.
 	Generation uint64
-	client     *vaultapi.Client // carries the anchor's token
+	client     *vaultapi.Client // carries the anchor's token; slow's timeout
 }
 
 // Usable reports whether children lasting up to d can still be created
@@ -331,21 +369,21 @@ func (is *Issuer) CreateAnchor(ctx context.Context, parent *Anchor, ttl time.Dur
 	}
 	created := time.Now()
 	secs := strconv.FormatInt(int64(ttl/time.Second), 10) + "s"
-	s, err := is.clientFor(parent).Auth().Token().CreateWithRoleWithContext(ctx, &vaultapi.TokenCreateRequest{
+	s, err := is.create(ctx, "create anchor", is.clientFor(parent), is.cfg.AnchorRole, &vaultapi.TokenCreateRequest{
 		Policies:       []string{is.cfg.AnchorRole},
 		TTL:            secs,
 		ExplicitMaxTTL: secs,
 		Metadata:       meta,
 		DisplayName:    "atf-anchor",
 		Type:           "service",
-	}, is.cfg.AnchorRole)
+	})
 	if err != nil {
-		return nil, classify("create anchor", err)
+		return nil, err
 	}
 	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" || s.Auth.Accessor == "" {
 		return nil, fmt.Errorf("%w: create anchor: Vault returned no token", ErrRejected)
 	}
-	c, err := is.client.Clone()
+	c, err := is.slow.Clone()
 	if err != nil {
 		return nil, fmt.Errorf("vault: %w", err)
 	}
@@ -366,7 +404,109 @@ func (is *Issuer) clientFor(parent *Anchor) *vaultapi.Client {
 	if parent != nil {
 		return parent.client
 	}
-	return is.client
+	return is.slow
+}
+
+// create has Vault create a token through role, once the breaker admits
+// the call, and waits for the answer up to the Vault timeout. The request
+// itself runs on: a token Vault creates after the caller stopped waiting
+// would be recorded nowhere, so it is revoked as soon as the late answer
+// arrives.
+func (is *Issuer) create(ctx context.Context, op string, c *vaultapi.Client, role string, req *vaultapi.TokenCreateRequest) (*vaultapi.Secret, error) {
+	probe, err := is.breaker.admit()
+	if err != nil {
+		return nil, err
+	}
+	type answer struct {
+		secret *vaultapi.Secret
+		err    error
+	}
+	answers := make(chan answer, 1)
+	go func() {
+		s, err := c.Auth().Token().CreateWithRoleWithContext(context.WithoutCancel(ctx), req, role)
+		answers <- answer{s, err}
+	}()
+	wait := time.NewTimer(is.cfg.Timeout)
+	defer wait.Stop()
+	select {
+	case a := <-answers:
+		if a.err != nil {
+			err := classify(op, a.err)
+			if errors.Is(err, ErrUnavailable) {
+				is.record(probe, failed, err)
+			} else {
+				is.record(probe, answered, nil)
+			}
+			return nil, err
+		}
+		is.record(probe, answered, nil)
+		return a.secret, nil
+	case <-wait.C:
+		err = fmt.Errorf("%w: %s: Vault did not answer within %s", ErrUnavailable, op, is.cfg.Timeout)
+		is.record(probe, failed, err)
+	case <-ctx.Done():
+		err = fmt.Errorf("%w: %s: %w", ErrUnavailable, op, context.Cause(ctx))
+		is.record(probe, abandoned, nil)
+	}
+	is.late.Add(1)
+	go func() {
+		is.revokeLate(op, (<-answers).secret)
+		is.late.Add(-1)
+		select {
+		case is.lateEnded <- struct{}{}:
+		default:
+		}
+	}()
+	return nil, err
+}
+
+// revokeLate revokes a token in an answer nobody waited for.
+func (is *Issuer) revokeLate(op string, s *vaultapi.Secret) {
+	if s == nil || s.Auth == nil || s.Auth.Accessor == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), revokeTimeout)
+	defer cancel()
+	log := is.cfg.Logger.With(slog.String("op", op), slog.String("accessor", s.Auth.Accessor))
+	if err := is.Revoke(ctx, s.Auth.Accessor); err != nil {
+		log.Error("Vault created a token after the broker stopped waiting, and revoking it failed; it lives until it expires",
+			slog.Duration("ttl", time.Duration(s.Auth.LeaseDuration)*time.Second), slog.String("error", err.Error()))
+		return
+	}
+	is.lateRevoked.Add(1)
+	log.Warn("Vault created a token after the broker stopped waiting; revoked it")
+}
+
+// record feeds a call's outcome to the breaker and logs what that changed.
+func (is *Issuer) record(probe bool, o outcome, err error) {
+	switch is.breaker.record(probe, o) {
+	case opened:
+		_, _, at := is.breaker.state()
+		is.cfg.Logger.Error("vault circuit breaker opened: issuance fails fast until a probe gets an answer",
+			slog.Int("failures", is.breaker.cfg.Failures), slog.Time("retry_at", at), slog.String("error", err.Error()))
+	case reopened:
+		_, _, at := is.breaker.state()
+		is.cfg.Logger.Warn("vault circuit breaker probe failed; staying open", slog.Time("retry_at", at), slog.String("error", err.Error()))
+	case closed:
+		is.cfg.Logger.Info("vault circuit breaker closed: Vault answers again")
+	}
+}
+
+// Stats are the issuer's fault counters, for metrics.
+type Stats struct {
+	// BreakerOpen is true while issuance fails fast (or one probe is out).
+	BreakerOpen bool
+	// BreakerTrips counts the times the breaker opened.
+	BreakerTrips uint64
+	// LateTokensRevoked counts tokens Vault created after the broker
+	// stopped waiting, which it then revoked.
+	LateTokensRevoked uint64
+}
+
+// Stats returns the issuer's fault counters.
+func (is *Issuer) Stats() Stats {
+	open, trips, _ := is.breaker.state()
+	return Stats{BreakerOpen: open, BreakerTrips: trips, LateTokensRevoked: is.lateRevoked.Load()}
 }
 
 // Revoke revokes a token, and every token below it, by accessor.
@@ -374,7 +514,7 @@ func (is *Issuer) clientFor(parent *Anchor) *vaultapi.Client {
 func (is *Issuer) Revoke(ctx context.Context, accessor string) error {
 	// Vault answers an accessor that no longer exists with success (and a
 	// warning), so retrying a revocation is always safe.
-	if err := is.revoker.Auth().Token().RevokeAccessorWithContext(ctx, accessor); err != nil {
+	if err := is.slow.Auth().Token().RevokeAccessorWithContext(ctx, accessor); err != nil {
 		return classify("revoke token", err)
 	}
 	return nil
