@@ -251,6 +251,19 @@ type VaultConfig struct {
 	CredentialRole string        `yaml:"credential_role"`
 	Timeout        time.Duration `yaml:"timeout"`
 	Auth           VaultAuth     `yaml:"auth"`
+	// Breaker fails issuance fast while Vault keeps failing.
+	Breaker VaultBreakerConfig `yaml:"breaker"`
+}
+
+// VaultBreakerConfig is the circuit breaker in front of Vault: failures
+// unavailability failures in a row within window open it, and issuance
+// then fails fast (Unavailable, with the time to retry) for open_for;
+// then one request probes Vault, and an answer closes it. Revocations
+// never wait on it. Zero takes the defaults (5, 1m, 10s).
+type VaultBreakerConfig struct {
+	Failures int           `yaml:"failures"`
+	Window   time.Duration `yaml:"window"`
+	OpenFor  time.Duration `yaml:"open_for"`
 }
 
 // VaultAuth is the broker's own Vault login.
@@ -317,6 +330,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Vault.Address == "" {
 		bad("vault.address is required")
+	}
+	if b := c.Vault.Breaker; b.Failures < 0 || b.Window < 0 || b.OpenFor < 0 {
+		bad("vault.breaker: failures, window and open_for must not be negative")
 	}
 	switch c.Vault.Auth.Method {
 	case "token":

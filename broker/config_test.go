@@ -65,6 +65,7 @@ func TestConfigRefusals(t *testing.T) {
 		{"max ttl above the default", func(c *broker.Config) { c.Limits.MaxTTL = map[string]time.Duration{"junior": time.Hour} }, "limits.max_ttl.junior must be positive and at most the default 15m0s"},
 		{"max uses above the default", func(c *broker.Config) { c.Limits.MaxUses = map[string]int{"principal": 1000} }, "limits.max_uses.principal must be positive and at most the default 100"},
 		{"max uses for an unknown level", func(c *broker.Config) { c.Limits.MaxUses = map[string]int{"chief": 1} }, `limits.max_uses: authz: unknown level "chief"`},
+		{"negative Vault breaker", func(c *broker.Config) { c.Vault.Breaker.OpenFor = -time.Second }, "vault.breaker: failures, window and open_for must not be negative"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := minimal()

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"buf.build/go/protovalidate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/broker/store"
@@ -299,6 +301,7 @@ func (s decodingStream) RecvMsg(m any) error { return decodeRequest(s.ServerStre
 // info; faults of the broker or Vault at error.
 func (s *Server) statusOf(ctx context.Context, op string, err error) error {
 	code, msg, level := codes.Internal, err.Error(), slog.LevelInfo
+	var open *vault.BreakerOpenError
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		code = codes.NotFound
@@ -314,6 +317,16 @@ func (s *Server) statusOf(ctx context.Context, op string, err error) error {
 		code = codes.ResourceExhausted
 	case errors.Is(err, store.ErrFull), errors.Is(err, syscall.ENOSPC):
 		code, msg, level = codes.ResourceExhausted, "the broker's store is full: nothing new is issued until space is made (store_max_size, or the disk); revocations still work", slog.LevelError
+	case errors.As(err, &open):
+		// The breaker logged its opening; each refusal is routine.
+		retry := max(open.RetryAt.Sub(s.now()), 0)
+		s.logger(ctx).Warn(op+" refused: Vault circuit breaker open", slog.Time("retry_at", open.RetryAt))
+		st := status.New(codes.Unavailable, fmt.Sprintf("Vault circuit breaker open; retrying at %s (in %s); nothing was issued",
+			open.RetryAt.UTC().Format(time.RFC3339), retry.Round(time.Millisecond)))
+		if d, derr := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)}); derr == nil {
+			st = d
+		}
+		return st.Err()
 	case errors.Is(err, vault.ErrUnavailable):
 		code, msg, level = codes.Unavailable, "Vault is unavailable; nothing was issued; retry later", slog.LevelError
 	case errors.Is(err, vault.ErrRejected):

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,6 +66,12 @@ func newMetrics(s *Server) *metrics {
 				}
 				return 0
 			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_vault_breaker_open", Help: "1 while the circuit breaker in front of Vault fails issuance fast."},
+			func() float64 { return boolGauge(s.issuer.Stats().BreakerOpen) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "atf_vault_breaker_trips_total", Help: "Times the circuit breaker in front of Vault opened."},
+			func() float64 { return float64(s.issuer.Stats().BreakerTrips) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "atf_vault_late_tokens_revoked_total", Help: "Tokens Vault created after the broker stopped waiting for its answer, which the broker then revoked."},
+			func() float64 { return float64(s.issuer.Stats().LateTokensRevoked) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_global_kill", Help: "1 while the global kill switch holds every agent."},
 			func() float64 {
 				if s.globalKill.Load() != nil {
@@ -101,10 +108,21 @@ func (s *Server) probeHealth(ctx context.Context, interval time.Duration) {
 	defer t.Stop()
 	serving := true
 	for {
-		pctx, cancel := context.WithTimeout(ctx, min(interval, 2*time.Second))
-		verr := s.issuer.Healthy(pctx)
-		werr := s.source.Healthy(pctx)
-		cancel()
+		// Each probe has its own deadline: a Vault that hangs must not make
+		// the Workload API look down, nor the other way round.
+		var verr, werr error
+		var probes sync.WaitGroup
+		for _, p := range []struct {
+			healthy func(context.Context) error
+			err     *error
+		}{{s.issuer.Healthy, &verr}, {s.source.Healthy, &werr}} {
+			probes.Go(func() {
+				pctx, cancel := context.WithTimeout(ctx, min(interval, 2*time.Second))
+				defer cancel()
+				*p.err = p.healthy(pctx)
+			})
+		}
+		probes.Wait()
 		if ctx.Err() != nil {
 			return
 		}

@@ -260,6 +260,8 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 		CredentialRole: cfg.Vault.CredentialRole,
 		Timeout:        cfg.Vault.Timeout,
 		Logger:         o.logger,
+		Breaker:        vault.BreakerConfig(cfg.Vault.Breaker),
+		Now:            o.now,
 	}
 	if vcfg.Login, vcfg.Token, err = vaultLogin(cfg.Vault.Auth, s.source); err != nil {
 		return nil, err
