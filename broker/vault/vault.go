@@ -413,6 +413,10 @@ func (is *Issuer) clientFor(parent *Anchor) *vaultapi.Client {
 // would be recorded nowhere, so it is revoked as soon as the late answer
 // arrives.
 func (is *Issuer) create(ctx context.Context, op string, c *vaultapi.Client, role string, req *vaultapi.TokenCreateRequest) (*vaultapi.Secret, error) {
+	if ctx.Err() != nil {
+		// Nobody waits for the answer: do not ask.
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, op, context.Cause(ctx))
+	}
 	probe, err := is.breaker.admit()
 	if err != nil {
 		return nil, err
