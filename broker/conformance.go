@@ -12,6 +12,7 @@ import (
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/monitor"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/vault"
 	"github.com/agentictrust/atf/delegation"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 )
@@ -461,6 +462,9 @@ var conformanceElements = []element{
 				if sev := severities(a.cfg.Monitor.Actions, "breaker"); sev != "" {
 					v.add("anomalies of severity %s trip it (monitor.actions)", sev)
 				}
+				vb := vault.BreakerConfig(a.cfg.Vault.Breaker).WithDefaults()
+				v.add("a circuit breaker towards Vault: %d unavailability failures in a row within %s stop issuance for %s (fail fast, Unavailable with the time to retry), then one probe; revocations never wait on it (vault.breaker)",
+					vb.Failures, dur(vb.Window), dur(vb.OpenFor))
 				return v
 			}},
 		{"R-2", "Kill Switch", "Immediate manual termination capability (<1 second)",
@@ -508,6 +512,7 @@ var conformanceElements = []element{
 					v.add("anomalies of severity %s demote the agent (monitor.actions)", sev)
 				}
 				v.add("maturity.demote_on_breaker_trip: %t", a.cfg.Maturity.DemoteOnBreakerTrip)
+				v.add("when Vault, the Workload API or the store cannot serve, nothing is issued (fail closed) while revocations go on: queued durably, with room kept in a full store (store_max_size)")
 				if sev == "" && !a.cfg.Maturity.DemoteOnBreakerTrip {
 					v.gap("nothing lowers autonomy automatically: no monitor.actions severity is demote and maturity.demote_on_breaker_trip is false; only a person does (atfctl agent demote, a critical incident)")
 				}

@@ -67,17 +67,22 @@ type breaker struct {
 	trips       uint64
 }
 
+// WithDefaults fills what c leaves zero with the defaults.
+func (c BreakerConfig) WithDefaults() BreakerConfig {
+	if c.Failures <= 0 {
+		c.Failures = defaultBreakerFailures
+	}
+	if c.Window <= 0 {
+		c.Window = defaultBreakerWindow
+	}
+	if c.OpenFor <= 0 {
+		c.OpenFor = defaultBreakerOpenFor
+	}
+	return c
+}
+
 func newBreaker(cfg BreakerConfig, now func() time.Time, probeFor time.Duration) *breaker {
-	if cfg.Failures <= 0 {
-		cfg.Failures = defaultBreakerFailures
-	}
-	if cfg.Window <= 0 {
-		cfg.Window = defaultBreakerWindow
-	}
-	if cfg.OpenFor <= 0 {
-		cfg.OpenFor = defaultBreakerOpenFor
-	}
-	return &breaker{cfg: cfg, now: now, probeFor: probeFor}
+	return &breaker{cfg: cfg.WithDefaults(), now: now, probeFor: probeFor}
 }
 
 // admit lets a call through, or returns a *BreakerOpenError. probe is true
