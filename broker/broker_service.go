@@ -269,6 +269,12 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		return nil, deny(authz.Decision{Reason: "revoked", Message: "the lineage this credential belongs to was revoked"})
 	}
 	if err != nil {
+		// Allowed, but Vault did not issue: the trail says so too.
+		why["reason"], why["message"] = "vault_unavailable", "Vault did not issue the credential; nothing was issued"
+		if !errors.Is(err, vault.ErrUnavailable) {
+			why["reason"], why["message"] = "vault_refused", "Vault refused to issue the credential; nothing was issued"
+		}
+		refuse("credential_failed", "error")
 		return nil, s.statusOf(ctx, "issue credential", err)
 	}
 	failpoint.Hit(failpoint.IssueAfterVault)

@@ -149,6 +149,10 @@ func TestVaultFaults(t *testing.T) {
 			if got := e.proxy.Requests(createPath) - creates; got != tt.reached {
 				t.Errorf("%d token creations reached Vault's proxy, want %d", got, tt.reached)
 			}
+			failed, err := e.b.Dial(t, e.f.Admin).Admin.QueryAudit(t.Context(), &adminv1.QueryAuditRequest{Kind: "credential_failed", Agent: e.agent.String()})
+			if err != nil || len(failed.GetRecords()) != attempts || failed.GetRecords()[0].GetDetail()["reason"] != "vault_unavailable" {
+				t.Errorf("credential_failed records %v (%v), want %d with reason vault_unavailable", failed.GetRecords(), err, attempts)
+			}
 			devtest.WaitFor(t, 10*time.Second, "the health probe to find Vault down and the Workload API up", func() bool {
 				return e.metric(t, "atf_dependency_up", map[string]string{"dependency": "vault"}) == 0 &&
 					e.metric(t, "atf_dependency_up", map[string]string{"dependency": "workload_api"}) == 1
