@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/bin:$(PATH)
 GO ?= go
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all tools proto-tools proto proto-check proto-breaking build test demo lint bench clean fuzz
+.PHONY: all tools proto-tools proto proto-check proto-breaking build test demo lint bench clean fuzz soak
 
 all: build
 
@@ -62,6 +62,12 @@ lint: proto-tools
 # 10-15 minutes on 2 cores.
 bench: tools
 	$(GO) run ./deploy/dev/benchreport -go $(GO) -o BENCHMARKS.md
+
+# The broker's load test at soak size (TestSoak: 50,000 agents, 2,000
+# callers with their revocation streams) for SOAK_DURATION.
+SOAK_DURATION ?= 10m
+soak: tools
+	ATF_SOAK=1 ATF_SOAK_DURATION=$(SOAK_DURATION) $(GO) test -race -count=1 -timeout 60m -run '^TestSoak$$' -v ./broker/
 
 # Every fuzz target runs for FUZZTIME (their seed corpora already run in
 # make test). New findings land in the package's testdata/fuzz: commit them.

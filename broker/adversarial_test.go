@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/attest/attesttest"
+	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/broker/brokertest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -403,18 +404,24 @@ func TestAdversarialPageSizes(t *testing.T) {
 	}
 }
 
-// advBroker starts a broker that trusts, besides the dev stack's trust
-// domain, adv's: from bundle files, as a federated trust domain would be.
+// advBroker starts a broker with advConfig.
 func advBroker(t *testing.T, f *brokertest.Fixture, adv *attesttest.Authority) *brokertest.Broker {
 	t.Helper()
-	dir := t.TempDir()
+	return f.Start(t, advConfig(t, f, adv, t.TempDir()))
+}
+
+// advConfig is the fixture's broker configuration (files in dir) trusting,
+// besides the dev stack's trust domain, adv's: from bundle files, as a
+// federated trust domain would be.
+func advConfig(t *testing.T, f *brokertest.Fixture, adv *attesttest.Authority, dir string) broker.Config {
+	t.Helper()
 	cfg := f.Config(t, dir)
 	cfg.TrustDomains = append(cfg.TrustDomains, adv.TD.Name())
 	cfg.SPIFFE.BundleFiles = map[string]string{
 		f.Stack.TrustDomain.Name(): f.Stack.SPIFFEBundlePath,
 		adv.TD.Name():              adv.WriteBundle(t, dir),
 	}
-	return f.Start(t, cfg)
+	return cfg
 }
 
 // dialTLS connects to b presenting cert (none if nil) and verifying the

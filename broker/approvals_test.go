@@ -622,8 +622,19 @@ func TestNotifications(t *testing.T) {
 func wantLimited(t *testing.T, err error, limit string, parts ...string) time.Duration {
 	t.Helper()
 	brokertest.WantCode(t, err, codes.ResourceExhausted, append(parts, "; retry in ")...)
-	var quota *errdetails.QuotaFailure
-	var retry *errdetails.RetryInfo
+	quota, retry := limitDetails(err)
+	if v := quota.GetViolations(); len(v) != 1 || v[0].GetSubject() != limit || !strings.Contains(v[0].GetDescription(), parts[0]) {
+		t.Errorf("QuotaFailure = %v, want one violation of %s", quota, limit)
+	}
+	if retry.GetRetryDelay().AsDuration() <= 0 {
+		t.Fatalf("RetryInfo = %v, want a positive delay", retry)
+	}
+	return retry.GetRetryDelay().AsDuration()
+}
+
+// limitDetails returns the QuotaFailure and RetryInfo of a limit refusal
+// (nil where absent).
+func limitDetails(err error) (quota *errdetails.QuotaFailure, retry *errdetails.RetryInfo) {
 	for _, d := range status.Convert(err).Details() {
 		switch d := d.(type) {
 		case *errdetails.QuotaFailure:
@@ -632,13 +643,7 @@ func wantLimited(t *testing.T, err error, limit string, parts ...string) time.Du
 			retry = d
 		}
 	}
-	if v := quota.GetViolations(); len(v) != 1 || v[0].GetSubject() != limit || !strings.Contains(v[0].GetDescription(), parts[0]) {
-		t.Errorf("QuotaFailure = %v, want one violation of %s", quota, limit)
-	}
-	if retry.GetRetryDelay().AsDuration() <= 0 {
-		t.Fatalf("RetryInfo = %v, want a positive delay", retry)
-	}
-	return retry.GetRetryDelay().AsDuration()
+	return quota, retry
 }
 
 // The rate limit is a token bucket per agent by level; a limited request is
