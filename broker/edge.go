@@ -105,10 +105,8 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	if ctx, err = s.authorize(ctx, info.FullMethod); err != nil {
 		return nil, err
 	}
-	if m, ok := req.(proto.Message); ok {
-		if err := s.validator.Validate(m); err != nil {
-			return nil, invalidRequest(err)
-		}
+	if err := s.validate(req); err != nil {
+		return nil, err
 	}
 	return handler(ctx, req)
 }
@@ -122,15 +120,43 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	if err != nil {
 		return err
 	}
-	return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx, validate: s.validate})
 }
 
 type wrappedStream struct {
 	grpc.ServerStream
-	ctx context.Context
+	ctx      context.Context
+	validate func(any) error
 }
 
 func (w *wrappedStream) Context() context.Context { return w.ctx }
+
+// RecvMsg validates a stream's request as the unary interceptor does. It
+// receives the request through decodeRequest: one that did not unmarshal
+// is left for decodeRequest to refuse.
+func (w *wrappedStream) RecvMsg(m any) error {
+	if err := w.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if u, ok := m.(*undecoded); ok {
+		if u.err != nil {
+			return nil
+		}
+		m = u.msg
+	}
+	return w.validate(m)
+}
+
+// validate refuses a request that breaks its message's protovalidate
+// rules, with InvalidArgument.
+func (s *Server) validate(req any) error {
+	if m, ok := req.(proto.Message); ok {
+		if err := s.validator.Validate(m); err != nil {
+			return invalidRequest(err)
+		}
+	}
+	return nil
+}
 
 // begin attaches a request id and a logger carrying it to ctx.
 func (s *Server) begin(ctx context.Context, method string) (context.Context, *slog.Logger) {
