@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -144,6 +145,14 @@ func (s *Store) appendAudit(tx *bolt.Tx, r AuditRecord) error {
 func (r AuditRecord) ComputeHash() string {
 	r.Hash = ""
 	v, _ := json.Marshal(r) // a struct of strings, times and a string map always encodes
+	// JSON writes invalid UTF-8 as \ufffd, which reads back as U+FFFD and
+	// encodes as itself: hash the record as it reads back, or it never
+	// verifies.
+	if bytes.Contains(v, []byte(`\ufffd`)) {
+		var back AuditRecord
+		_ = json.Unmarshal(v, &back)
+		v, _ = json.Marshal(back)
+	}
 	sum := sha256.Sum256(v)
 	return hex.EncodeToString(sum[:])
 }

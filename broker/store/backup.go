@@ -87,7 +87,8 @@ const initialMmapSize = 1 << 30
 // goroutine asked for a panic instead (debug.SetPanicOnFault). So the file
 // is checked in steps, each safe because of the one before:
 //
-//  1. read-only: the file is as long as its meta page says, so that
+//  1. read-only: the file is as long as its meta page says, and its pages
+//     form a tree within it (checkTree), so that
 //  2. opening it for writing, which reads the freelist, cannot fault; then,
 //     on this goroutine, every key and value is read (checkPages);
 //  3. tx.Check, on a goroutine of bbolt's, which reads nothing that step 2
@@ -125,7 +126,7 @@ func checkLength(path string, size int64, timeout time.Duration) error {
 		if tx.Size() > size {
 			return &DamagedError{Path: path, Reason: fmt.Sprintf("it is %d bytes long but its pages reach byte %d: it was cut short", size, tx.Size())}
 		}
-		return nil
+		return checkTree(path, tx, db.Info().PageSize)
 	})
 }
 

@@ -416,7 +416,7 @@ func TestOpenDamaged(t *testing.T) {
 		}}, ""},
 		{damage{"cut to two pages", truncate(func(int64) int64 { return int64(2 * pageSize) })}, "it was cut short"},
 		{damage{"cut to one page", truncate(func(int64) int64 { return int64(pageSize) })}, "file size too small"},
-		{damage{"garbage in the middle", overwrite(func(pages int64) int64 { return pages/2 - 32<<10 }, garbage, 64<<10)}, "assertion failed"},
+		{damage{"garbage in the middle", overwrite(func(pages int64) int64 { return pages/2 - 32<<10 }, garbage, 64<<10)}, "says it is page"},
 		{damage{"a branch pointing past the end", pointBranch(func(size int64) uint64 { return uint64(size)/uint64(pageSize) + 16 })}, "a page points outside the file"},
 		{damage{"a branch pointing past the map", pointBranch(func(int64) uint64 { return 1 << 30 })}, "a page points outside the file"}, // 4 TiB on
 		{damage{"keys out of order", disorderKeys}, "on leaf page"},
