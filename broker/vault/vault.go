@@ -92,9 +92,6 @@ type Issuer struct {
 }
 
 // New logs in to Vault and starts renewing the broker's token.
-// maxIdleConns is how many idle connections to Vault are kept.
-const maxIdleConns = 64
-
 func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	if cfg.Address == "" {
 		return nil, errors.New("vault: address is required")
@@ -123,11 +120,6 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	// Fail fast: an agent waiting on a retrying broker is worse than an
 	// Unavailable it can retry itself.
 	vc.MaxRetries = 0
-	// Keep connections for concurrent issuance: the default pool keeps
-	// GOMAXPROCS+1 idle, so a burst opened a new connection per call.
-	if t, ok := vc.HttpClient.Transport.(*http.Transport); ok {
-		t.MaxIdleConnsPerHost = maxIdleConns
-	}
 	if cfg.CACertFile != "" {
 		if err := vc.ConfigureTLS(&vaultapi.TLSConfig{CACert: cfg.CACertFile}); err != nil {
 			return nil, fmt.Errorf("vault: TLS: %w", err)
@@ -170,6 +162,8 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 func (is *Issuer) Close() {
 	is.cancel()
 	<-is.done
+	// The kept connections (and their goroutines) end with the issuer.
+	defer is.client.CloneConfig().HttpClient.CloseIdleConnections()
 	grace := time.NewTimer(is.cfg.Timeout)
 	defer grace.Stop()
 	for is.late.Load() > 0 {
