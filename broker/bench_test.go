@@ -34,6 +34,7 @@ import (
 	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/delegation"
+	"github.com/agentictrust/atf/deploy/dev"
 	"github.com/agentictrust/atf/deploy/policy"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -610,16 +611,13 @@ func sample(accessors []string) []string {
 
 // accessors lists every token accessor Vault holds.
 func accessors(ctx context.Context, root *vaultapi.Client) (map[string]bool, error) {
-	s, err := root.Logical().ListWithContext(ctx, "auth/token/accessors")
-	if err != nil || s == nil {
-		return nil, fmt.Errorf("list accessors: %v", err)
+	all, err := dev.Accessors(ctx, root)
+	if err != nil {
+		return nil, err
 	}
-	keys, _ := s.Data["keys"].([]any)
-	out := make(map[string]bool, len(keys))
-	for _, k := range keys {
-		if acc, ok := k.(string); ok {
-			out[acc] = true
-		}
+	out := make(map[string]bool, len(all))
+	for _, acc := range all {
+		out[acc] = true
 	}
 	return out, nil
 }

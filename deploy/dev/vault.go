@@ -213,19 +213,34 @@ func (s *Stack) VaultClient() *vaultapi.Client {
 	return c
 }
 
+// Accessors lists every token accessor Vault holds; c must have a token
+// allowed to list them (the root token).
+func Accessors(ctx context.Context, c *vaultapi.Client) ([]string, error) {
+	list, err := c.Logical().ListWithContext(ctx, "auth/token/accessors")
+	if err != nil || list == nil {
+		return nil, fmt.Errorf("dev: list token accessors: %v", err)
+	}
+	keys, _ := list.Data["keys"].([]any)
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		if acc, ok := k.(string); ok {
+			out = append(out, acc)
+		}
+	}
+	return out, nil
+}
+
 // LiveCredentials lists, asking Vault as root, the accessors of the live
 // tokens whose metadata names one of agents (atf_agent): the credentials
 // brokers issued to them that Vault still honours.
 func (s *Stack) LiveCredentials(ctx context.Context, agents ...string) ([]string, error) {
 	v := s.VaultClient()
-	list, err := v.Logical().ListWithContext(ctx, "auth/token/accessors")
+	all, err := Accessors(ctx, v)
 	if err != nil {
-		return nil, fmt.Errorf("dev: list token accessors: %w", err)
+		return nil, err
 	}
 	var out []string
-	keys, _ := list.Data["keys"].([]any)
-	for _, k := range keys {
-		acc, _ := k.(string)
+	for _, acc := range all {
 		sec, err := v.Auth().Token().LookupAccessorWithContext(ctx, acc)
 		if err != nil {
 			continue // expired or revoked since the list
