@@ -94,8 +94,8 @@ type sidecar struct {
 	roles []roleTarget
 	dir   string
 	json  bool
-	// held maps the accessors in the files to their roles.
-	held map[string]string
+	// held maps the accessors in the files to their roles and files.
+	held map[string]roleTarget
 }
 
 func (s *sidecar) run(changes <-chan client.Change, once bool) error {
@@ -104,7 +104,7 @@ func (s *sidecar) run(changes <-chan client.Change, once bool) error {
 	if err != nil {
 		return err
 	}
-	s.held = map[string]string{}
+	s.held = map[string]roleTarget{}
 	for _, r := range s.roles {
 		if err := s.write(r, creds[r.role]); err != nil {
 			s.removeAll()
@@ -121,11 +121,10 @@ func (s *sidecar) run(changes <-chan client.Change, once bool) error {
 		case <-ctx.Done():
 			return nil
 		case c := <-changes:
-			role, ok := s.held[c.Accessor]
+			r, ok := s.held[c.Accessor]
 			if !ok {
 				continue
 			}
-			r := s.target(role)
 			delete(s.held, c.Accessor)
 			if c.Kind == client.Refreshed {
 				if err := s.write(r, c.Credential); err != nil {
@@ -138,13 +137,13 @@ func (s *sidecar) run(changes <-chan client.Change, once bool) error {
 			if err := os.Remove(filepath.Join(s.dir, r.name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return err
 			}
-			fmt.Fprintf(s.cmd.ErrOrStderr(), "atfctl sidecar: credential for role %s %s%s; removed %s, fetching a new one\n", role, c.Kind, reasonSuffix(c.Reason), r.name)
-			cred, err := s.refetch(ctx, role)
+			fmt.Fprintf(s.cmd.ErrOrStderr(), "atfctl sidecar: credential for role %s %s%s; removed %s, fetching a new one\n", r.role, c.Kind, reasonSuffix(c.Reason), r.name)
+			cred, err := s.refetch(ctx, r.role)
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
-				return exitError{code: exitRevoked, msg: fmt.Sprintf("the broker refuses a new credential for role %s (%s); removed every file", role, message(err))}
+				return exitError{code: exitRevoked, msg: fmt.Sprintf("the broker refuses a new credential for role %s (%s); removed every file", r.role, message(err))}
 			}
 			if err := s.write(r, cred); err != nil {
 				return err
@@ -158,15 +157,6 @@ func reasonSuffix(reason string) string {
 		return ""
 	}
 	return " (" + reason + ")"
-}
-
-func (s *sidecar) target(role string) roleTarget {
-	for _, r := range s.roles {
-		if r.role == role {
-			return r
-		}
-	}
-	panic("sidecar: unknown role " + role) // held only maps to roles of s.roles
 }
 
 // refetch asks for a new credential for role until it gets one, the broker
@@ -203,7 +193,7 @@ func (s *sidecar) write(r roleTarget, cred *brokerv1.Credential) error {
 	if err := writeFileAtomic(filepath.Join(s.dir, r.name), data); err != nil {
 		return fmt.Errorf("writing the credential for role %s: %w", r.role, err)
 	}
-	s.held[cred.GetAccessor()] = r.role
+	s.held[cred.GetAccessor()] = r
 	return nil
 }
 
