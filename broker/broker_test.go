@@ -19,7 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/broker"
-	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/deploy/dev"

@@ -12,7 +12,7 @@ import (
 
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker"
-	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )

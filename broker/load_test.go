@@ -31,7 +31,7 @@ import (
 
 	"github.com/agentictrust/atf/attest/attesttest"
 	"github.com/agentictrust/atf/broker"
-	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )

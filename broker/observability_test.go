@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/common/model"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )

@@ -19,7 +19,7 @@ import (
 
 	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/broker/audit"
-	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/deploy/policy"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"

@@ -5,7 +5,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 

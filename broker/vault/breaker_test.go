@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/vault"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 )

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/agentictrust/atf/broker"
-	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 

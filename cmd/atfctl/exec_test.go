@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentictrust/atf/broker/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
