@@ -2,22 +2,26 @@
 #   make demo   builds what it needs and runs the demo on a local SPIRE + Vault + atfd
 #   make test   runs every test, including those against real SPIRE and Vault
 #
-# Pinned tools (Vault 1.14.2, SPIRE 1.13.3, buf and the protoc plugins) are
-# built once into $(ATF_TOOLS_CACHE) (default ~/.cache/atf-tools) and linked
-# into bin/.
+# Pinned tools are built once into $(ATF_TOOLS_CACHE) (default
+# ~/.cache/atf-tools) and linked into bin/, each target building only those
+# it uses: dev-tools (Vault 1.14.2, SPIRE 1.13.3) for demo, test, bench and
+# soak; proto-tools (buf and the protoc plugins) for proto and lint; tools
+# for all of them.
 
 SHELL := /bin/bash
 export PATH := $(CURDIR)/bin:$(PATH)
 GO ?= go
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all tools proto-tools proto proto-check proto-breaking build test demo lint bench clean fuzz soak
+.PHONY: all tools dev-tools proto-tools proto proto-check proto-breaking build test demo lint bench clean fuzz soak
 
 all: build
 
 # install.sh is a cached no-op once a tool is built for its pinned version.
-tools:
-	./deploy/dev/tools/install.sh
+tools: dev-tools proto-tools
+
+dev-tools:
+	./deploy/dev/tools/install.sh spire vault
 
 proto-tools:
 	./deploy/dev/tools/install.sh proto
@@ -42,11 +46,11 @@ build:
 # deploy/k8s is a module of its own (the Kubernetes API packages stay out of
 # the broker's go.mod); it reaches the broker through a replace of ../.., so
 # a change to the root go.mod needs `go mod tidy` there too.
-test: tools
+test: dev-tools
 	$(GO) test $(TEST_FLAGS) ./...
 	cd deploy/k8s && $(GO) test $(TEST_FLAGS) ./...
 
-demo: tools build
+demo: dev-tools build
 	$(GO) run ./deploy/dev/demo
 
 lint: proto-tools
@@ -60,13 +64,13 @@ lint: proto-tools
 # per iteration; the in-process micro-benchmarks as usual) and writes
 # BENCHMARKS.md: every row a ratio to a baseline of the same run. About
 # 10-15 minutes on 2 cores.
-bench: tools
+bench: dev-tools
 	$(GO) run ./deploy/dev/benchreport -go $(GO) -o BENCHMARKS.md
 
 # The broker's load test at soak size (TestSoak: 50,000 agents, 2,000
 # callers with their revocation streams) for SOAK_DURATION.
 SOAK_DURATION ?= 10m
-soak: tools
+soak: dev-tools
 	ATF_SOAK=1 ATF_SOAK_DURATION=$(SOAK_DURATION) $(GO) test -race -count=1 -timeout 60m -run '^TestSoak$$' -v ./broker/
 
 # Every fuzz target runs for FUZZTIME (their seed corpora already run in

@@ -7,14 +7,15 @@ import (
 	"slices"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/fault"
+	"github.com/agentictrust/atf/broker/protoconv"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -38,23 +39,23 @@ func (a *adminService) RegisterAgent(ctx context.Context, req *adminv1.RegisterA
 		Owner:        req.GetOwner(),
 		Purpose:      audit.Redact(req.GetPurpose()),
 		Roles:        req.GetRoles(),
-		Level:        levelFromProto(req.GetLevel()),
+		Level:        protoconv.LevelFromProto(req.GetLevel()),
 		Version:      req.GetVersion(),
 		ConfigDigest: req.GetConfigDigest(),
-	}, identity(ctx).ID.String())
+	}, edge.Caller(ctx))
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "register agent", err)
+		return nil, fmt.Errorf("register agent: %w", err)
 	}
-	a.s.logger(ctx).Info("agent registered", slog.String(logAgent, id), slog.String(logLevel, agent.Level.String()))
-	return &adminv1.RegisterAgentResponse{Agent: agentToProto(agent)}, nil
+	edge.Logger(ctx).Info("agent registered", slog.String(edge.LogAgent, id), slog.String(edge.LogLevel, agent.Level.String()))
+	return &adminv1.RegisterAgentResponse{Agent: protoconv.AgentToProto(agent)}, nil
 }
 
 func (a *adminService) GetAgent(ctx context.Context, req *adminv1.GetAgentRequest) (*adminv1.GetAgentResponse, error) {
 	agent, err := a.s.store.GetAgent(req.GetSpiffeId())
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "get agent", err)
+		return nil, fmt.Errorf("get agent: %w", err)
 	}
-	out := agentToProto(agent)
+	out := protoconv.AgentToProto(agent)
 	out.Breaker = a.s.breakerToProto(agent.ID)
 	return &adminv1.GetAgentResponse{Agent: out}, nil
 }
@@ -64,11 +65,11 @@ func (a *adminService) ListAgents(ctx context.Context, req *adminv1.ListAgentsRe
 	// and stable while agents are added.
 	agents, next, err := a.s.store.ListAgents(req.GetPageToken(), int(req.GetPageSize()), req.GetIncludeDeregistered())
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "list agents", err)
+		return nil, fmt.Errorf("list agents: %w", err)
 	}
 	resp := &adminv1.ListAgentsResponse{NextPageToken: next}
 	for _, ag := range agents {
-		resp.Agents = append(resp.Agents, agentToProto(ag))
+		resp.Agents = append(resp.Agents, protoconv.AgentToProto(ag))
 	}
 	return resp, nil
 }
@@ -87,13 +88,13 @@ func (a *adminService) UpdateAgent(ctx context.Context, req *adminv1.UpdateAgent
 	if req.Level != nil {
 		cur, err := a.s.store.GetAgent(id)
 		if err != nil {
-			return nil, a.s.statusOf(ctx, "get agent", err)
+			return nil, fmt.Errorf("get agent: %w", err)
 		}
-		if levelFromProto(req.GetLevel()) > cur.Level {
-			return nil, status.Errorf(codes.FailedPrecondition, "an update cannot raise %s's level above %s; promote it through the gates (atfctl agent promote)", id, cur.Level)
+		if protoconv.LevelFromProto(req.GetLevel()) > cur.Level {
+			return nil, fault.New(fault.Precondition, "an update cannot raise %s's level above %s; promote it through the gates (atfctl agent promote)", id, cur.Level)
 		}
 	}
-	agent, err := a.s.db(ctx).UpdateAgent(id, identity(ctx).ID.String(), req.GetExpectedRevision(), func(ag *store.Agent) {
+	agent, err := a.s.db(ctx).UpdateAgent(id, edge.Caller(ctx), req.GetExpectedRevision(), func(ag *store.Agent) {
 		if req.Owner != nil {
 			ag.Owner = req.GetOwner()
 		}
@@ -104,7 +105,7 @@ func (a *adminService) UpdateAgent(ctx context.Context, req *adminv1.UpdateAgent
 			ag.Roles = req.GetRoles().GetRoles()
 		}
 		if req.Level != nil {
-			ag.Level = levelFromProto(req.GetLevel())
+			ag.Level = protoconv.LevelFromProto(req.GetLevel())
 		}
 		if req.Version != nil {
 			ag.Version = req.GetVersion()
@@ -114,13 +115,13 @@ func (a *adminService) UpdateAgent(ctx context.Context, req *adminv1.UpdateAgent
 		}
 	})
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "update agent", err)
+		return nil, fmt.Errorf("update agent: %w", err)
 	}
-	a.s.logger(ctx).Info("agent updated", slog.String(logAgent, id), slog.Uint64("revision", agent.Revision))
-	if _, err := a.s.revokeUnbacked(ctx, agent, identity(ctx).ID.String()); err != nil {
+	edge.Logger(ctx).Info("agent updated", slog.String(edge.LogAgent, id), slog.Uint64("revision", agent.Revision))
+	if _, err := a.s.revokeUnbacked(ctx, agent, edge.Caller(ctx)); err != nil {
 		return nil, err
 	}
-	return &adminv1.UpdateAgentResponse{Agent: agentToProto(agent)}, nil
+	return &adminv1.UpdateAgentResponse{Agent: protoconv.AgentToProto(agent)}, nil
 }
 
 // revokeUnbacked revokes what agent's current level and manifest no longer
@@ -150,7 +151,7 @@ func (s *Server) revokeUnbacked(ctx context.Context, agent store.Agent, actor st
 		if !ok {
 			return true
 		}
-		switch s.gate.Decide(policy, asNow, role.authz(), 0).Outcome {
+		switch s.gate.Decide(policy, asNow, role.Authz(), 0).Outcome {
 		case authz.Allow:
 			return false
 		case authz.NeedsApproval:
@@ -159,14 +160,14 @@ func (s *Server) revokeUnbacked(ctx context.Context, agent store.Agent, actor st
 		return true
 	})
 	if err != nil {
-		return nil, s.statusOf(ctx, "revoke credentials", err)
+		return nil, fmt.Errorf("revoke credentials: %w", err)
 	}
 	if len(rev.Queued) > 0 {
 		add(s.finishRevocation(ctx, store.Root{}, actor, reason, rev, start, time.Since(start), true))
 	}
 	given, err := s.store.GrantsGivenBy(agent.ID)
 	if err != nil {
-		return nil, s.statusOf(ctx, "list grants", err)
+		return nil, fmt.Errorf("list grants: %w", err)
 	}
 	p := s.principal(agent)
 	now := s.now()
@@ -192,25 +193,25 @@ func (s *Server) revokeUnbacked(ctx context.Context, agent store.Agent, actor st
 
 func (a *adminService) DeregisterAgent(ctx context.Context, req *adminv1.DeregisterAgentRequest) (*adminv1.DeregisterAgentResponse, error) {
 	start := time.Now()
-	actor := identity(ctx).ID.String()
+	actor := edge.Caller(ctx)
 	reason := audit.Redact(req.GetReason())
 	agent, rev, err := a.s.db(ctx).DeregisterAgent(req.GetSpiffeId(), actor, reason)
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "deregister agent", err)
+		return nil, fmt.Errorf("deregister agent: %w", err)
 	}
 	// Committed: from here the agent and its lineage get nothing, whatever
 	// Vault says.
 	sum := a.s.finishRevocation(ctx, store.Root{AgentID: agent.ID}, actor, reason, rev, start, time.Since(start), true)
-	a.s.logger(ctx).Info("agent deregistered", slog.String(logAgent, agent.ID))
+	edge.Logger(ctx).Info("agent deregistered", slog.String(edge.LogAgent, agent.ID))
 	return &adminv1.DeregisterAgentResponse{
-		Agent:              agentToProto(agent),
+		Agent:              protoconv.AgentToProto(agent),
 		CredentialsRevoked: sum.GetCredentialsRevoked(),
 		RevocationsPending: sum.GetVaultPending(),
 	}, nil
 }
 
 func (a *adminService) RevokeLineage(ctx context.Context, req *adminv1.RevokeLineageRequest) (*adminv1.RevokeLineageResponse, error) {
-	sum, err := a.s.revokeLineage(ctx, store.Root{AgentID: req.GetAgentId(), GrantID: req.GetGrantId()}, identity(ctx).ID.String(), req.GetReason())
+	sum, err := a.s.revokeLineage(ctx, store.Root{AgentID: req.GetAgentId(), GrantID: req.GetGrantId()}, edge.Caller(ctx), req.GetReason())
 	if err != nil {
 		return nil, err
 	}
@@ -220,11 +221,11 @@ func (a *adminService) RevokeLineage(ctx context.Context, req *adminv1.RevokeLin
 func (a *adminService) GetLineage(ctx context.Context, req *adminv1.GetLineageRequest) (*adminv1.GetLineageResponse, error) {
 	grants, creds, err := a.s.store.Lineage(store.Root{AgentID: req.GetAgentId(), GrantID: req.GetGrantId()})
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "get lineage", err)
+		return nil, fmt.Errorf("get lineage: %w", err)
 	}
 	resp := &adminv1.GetLineageResponse{}
 	for _, g := range grants {
-		resp.Grants = append(resp.Grants, grantToProto(g))
+		resp.Grants = append(resp.Grants, protoconv.GrantToProto(g))
 	}
 	for _, c := range creds {
 		resp.Credentials = append(resp.Credentials, &adminv1.LiveCredential{
@@ -237,7 +238,7 @@ func (a *adminService) GetLineage(ctx context.Context, req *adminv1.GetLineageRe
 func (a *adminService) ListAgentHistory(ctx context.Context, req *adminv1.ListAgentHistoryRequest) (*adminv1.ListAgentHistoryResponse, error) {
 	changes, err := a.s.store.AgentHistory(req.GetSpiffeId())
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "list agent history", err)
+		return nil, fmt.Errorf("list agent history: %w", err)
 	}
 	resp := &adminv1.ListAgentHistoryResponse{}
 	for _, c := range changes {
@@ -246,7 +247,7 @@ func (a *adminService) ListAgentHistory(ctx context.Context, req *adminv1.ListAg
 			Time:     timestamppb.New(c.Time),
 			Actor:    c.Actor,
 			Action:   c.Action,
-			Agent:    agentToProto(c.Agent),
+			Agent:    protoconv.AgentToProto(c.Agent),
 			Reason:   c.Reason,
 		})
 	}
@@ -259,13 +260,13 @@ func (a *adminService) ListAgentHistory(ctx context.Context, req *adminv1.ListAg
 func (a *adminService) agentID(ctx context.Context, raw string) (string, error) {
 	id, err := attest.ParseID(raw)
 	if err != nil {
-		return "", status.Error(codes.InvalidArgument, err.Error()[len("attest: "):])
+		return "", fault.Wrap(fault.Invalid, err)
 	}
 	if err := a.s.verifier.CheckID(id); err != nil {
-		return "", status.Errorf(codes.InvalidArgument, "%s can never authenticate here: its trust domain is not in trust_domains", id)
+		return "", fault.New(fault.Invalid, "%s can never authenticate here: its trust domain is not in trust_domains", id)
 	}
-	if id == identity(ctx).ID {
-		return "", status.Errorf(codes.PermissionDenied, "%s may not register or change its own agent record", id)
+	if id == edge.Identity(ctx).ID {
+		return "", fault.New(fault.Denied, "%s may not register or change its own agent record", id)
 	}
 	return id.String(), nil
 }
@@ -278,26 +279,8 @@ func (a *adminService) checkRoles(roles []string) error {
 				known = append(known, name)
 			}
 			slices.Sort(known)
-			return status.Error(codes.InvalidArgument, fmt.Sprintf("role %q is not defined in the broker's roles file (defined: %v)", r, known))
+			return fault.New(fault.Invalid, "role %q is not defined in the broker's roles file (defined: %v)", r, known)
 		}
 	}
 	return nil
-}
-
-func agentToProto(a store.Agent) *adminv1.Agent {
-	return &adminv1.Agent{
-		SpiffeId:     a.ID,
-		Owner:        a.Owner,
-		Purpose:      a.Purpose,
-		Roles:        a.Roles,
-		Level:        levelToProto(a.Level),
-		Status:       statusToProto(a),
-		Version:      a.Version,
-		ConfigDigest: a.ConfigDigest,
-		CreatedAt:    timestamppb.New(a.CreatedAt),
-		UpdatedAt:    timestamppb.New(a.UpdatedAt),
-		UpdatedBy:    a.UpdatedBy,
-		Revision:     a.Revision,
-		Kill:         killToProto(a.Kill),
-	}
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/config"
+
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -28,7 +30,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/attest/attesttest"
-	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -413,7 +414,7 @@ func advBroker(t *testing.T, f *brokertest.Fixture, adv *attesttest.Authority) *
 // advConfig is the fixture's broker configuration (files in dir) trusting,
 // besides the dev stack's trust domain, adv's: from bundle files, as a
 // federated trust domain would be.
-func advConfig(t *testing.T, f *brokertest.Fixture, adv *attesttest.Authority, dir string) broker.Config {
+func advConfig(t *testing.T, f *brokertest.Fixture, adv *attesttest.Authority, dir string) config.Config {
 	t.Helper()
 	cfg := f.Config(t, dir)
 	cfg.TrustDomains = append(cfg.TrustDomains, adv.TD.Name())

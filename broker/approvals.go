@@ -10,12 +10,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/fault"
+	"github.com/agentictrust/atf/broker/protoconv"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -53,58 +52,55 @@ type approvalService struct {
 }
 
 func (a *approvalService) ListApprovals(ctx context.Context, req *adminv1.ListApprovalsRequest) (*adminv1.ListApprovalsResponse, error) {
-	st := approvalStatusFromProto(req.GetStatus())
+	st := protoconv.ApprovalStatusFromProto(req.GetStatus())
 	size := int(req.GetPageSize())
 	if size == 0 {
 		size = 100
 	}
 	list, err := a.s.store.Approvals(st, req.GetAgent(), size)
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "list approvals", err)
+		return nil, fmt.Errorf("list approvals: %w", err)
 	}
 	resp := &adminv1.ListApprovalsResponse{}
 	for _, ap := range list {
-		resp.Approvals = append(resp.Approvals, approvalToProto(ap))
+		resp.Approvals = append(resp.Approvals, protoconv.ApprovalToProto(ap))
 	}
 	return resp, nil
 }
 
 func (a *approvalService) DecideApproval(ctx context.Context, req *adminv1.DecideApprovalRequest) (*adminv1.DecideApprovalResponse, error) {
 	s := a.s
-	approver := identity(ctx).ID.String()
+	approver := edge.Caller(ctx)
 	ap, err := s.store.GetApproval(req.GetApprovalId())
 	if err != nil {
-		return nil, s.statusOf(ctx, "get approval", err)
+		return nil, fmt.Errorf("get approval: %w", err)
 	}
 	// Nobody decides a request they are part of: the requester, or anyone
 	// along the delegation chain it acts under.
 	if ap.AgentID == approver || slices.Contains(ap.Chain, approver) {
-		s.logger(ctx).Warn("self-approval refused", slog.String("approval", ap.ID))
-		return nil, status.Errorf(codes.PermissionDenied, "%s may not decide approval %s: it is part of the request", approver, ap.ID)
+		edge.Logger(ctx).Warn("self-approval refused", slog.String("approval", ap.ID))
+		return nil, fault.New(fault.Denied, "%s may not decide approval %s: it is part of the request", approver, ap.ID)
 	}
 	approve := req.GetVerdict() == adminv1.Verdict_VERDICT_APPROVE
 	ap, err = s.db(ctx).DecideApproval(ap.ID, approver, approve, audit.Redact(req.GetReason()), s.cfg.Approvals.RedeemWithin)
-	if errors.Is(err, store.ErrConflict) {
-		return nil, status.Errorf(codes.FailedPrecondition, "%s", plainMessage(err))
-	}
 	if err != nil {
-		return nil, s.statusOf(ctx, "decide approval", err)
+		return nil, fmt.Errorf("decide approval: %w", err)
 	}
 	s.approvals.fire()
 	verb := "denied"
 	if approve {
 		verb = "approved"
 	}
-	s.logger(ctx).Info("approval "+verb, slog.String("approval", ap.ID), slog.String(logAgent, ap.AgentID), slog.String(logRole, ap.Role))
+	edge.Logger(ctx).Info("approval "+verb, slog.String("approval", ap.ID), slog.String(edge.LogAgent, ap.AgentID), slog.String(edge.LogRole, ap.Role))
 	s.notify(ctx, "approval_"+verb, ap.AgentID, ap.Role, fmt.Sprintf("%s %s %s's request for %s: %s", approver, verb, ap.AgentID, ap.Role, ap.Reason),
 		map[string]string{"approval_id": ap.ID, "approver": approver})
-	return &adminv1.DecideApprovalResponse{Approval: approvalToProto(ap)}, nil
+	return &adminv1.DecideApprovalResponse{Approval: protoconv.ApprovalToProto(ap)}, nil
 }
 
 func (b *brokerService) WaitApproval(req *brokerv1.WaitApprovalRequest, stream grpc.ServerStreamingServer[brokerv1.WaitApprovalResponse]) error {
 	s := b.s
 	ctx := stream.Context()
-	caller := identity(ctx).ID.String()
+	caller := edge.Caller(ctx)
 	var last store.ApprovalStatus
 	for {
 		// Take the wake-up channel before reading, so no change is missed.
@@ -114,10 +110,10 @@ func (b *brokerService) WaitApproval(req *brokerv1.WaitApprovalRequest, stream g
 			err = fmt.Errorf("%w: approval %s", store.ErrNotFound, req.GetApprovalId())
 		}
 		if err != nil {
-			return s.statusOf(ctx, "get approval", err)
+			return fmt.Errorf("get approval: %w", err)
 		}
 		if ap.Status != last {
-			if err := stream.Send(&brokerv1.WaitApprovalResponse{Approval: approvalToProto(ap)}); err != nil {
+			if err := stream.Send(&brokerv1.WaitApprovalResponse{Approval: protoconv.ApprovalToProto(ap)}); err != nil {
 				return err
 			}
 			last = ap.Status
@@ -145,14 +141,14 @@ func (s *Server) requestApproval(ctx context.Context, ap store.Approval) (*broke
 	ap.ExpiresAt = ap.CreatedAt.Add(s.cfg.Approvals.PendingTTL)
 	ap.Status = store.ApprovalPending
 	if err := s.db(ctx).PutApproval(ap); err != nil {
-		return nil, s.statusOf(ctx, "record approval request", err)
+		return nil, fmt.Errorf("record approval request: %w", err)
 	}
 	s.approvals.fire()
-	s.logger(ctx).Info("credential waits for approval", slog.String("approval", ap.ID), slog.String(logRole, ap.Role))
+	edge.Logger(ctx).Info("credential waits for approval", slog.String("approval", ap.ID), slog.String(edge.LogRole, ap.Role))
 	s.notify(ctx, "approval_requested", ap.AgentID, ap.Role,
 		fmt.Sprintf("%s agent %s asks for %s role %s: %s (approve: atfctl approvals approve %s --reason ...)", ap.Level, ap.AgentID, ap.Class, ap.Role, ap.Justification, ap.ID),
 		map[string]string{"approval_id": ap.ID, "expires_at": ap.ExpiresAt.Format(time.RFC3339)})
-	return &brokerv1.FetchCredentialResponse{Approval: approvalToProto(ap)}, nil
+	return &brokerv1.FetchCredentialResponse{Approval: protoconv.ApprovalToProto(ap)}, nil
 }
 
 // claimApproval redeems an approved request for this decision; release
@@ -161,63 +157,15 @@ func (s *Server) claimApproval(ctx context.Context, id, agent, role, grantID, de
 	_, err = s.db(ctx).ClaimApproval(id, agent, role, grantID, decisionID)
 	if err != nil {
 		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
-			return nil, status.Errorf(codes.FailedPrecondition, "approval cannot be redeemed: %s", plainMessage(err))
+			return nil, fault.New(fault.Precondition, "approval cannot be redeemed: %w", err)
 		}
-		return nil, s.statusOf(ctx, "claim approval", err)
+		return nil, fmt.Errorf("claim approval: %w", err)
 	}
 	s.approvals.fire()
 	return func() {
 		if err := s.db(ctx).ReleaseApproval(id, decisionID); err != nil {
-			s.logger(ctx).Error("releasing an approval after a failed issuance failed", slog.String(logError, err.Error()))
+			edge.Logger(ctx).Error("releasing an approval after a failed issuance failed", slog.String(edge.LogError, err.Error()))
 		}
 		s.approvals.fire()
 	}, nil
-}
-
-var approvalStatuses = map[store.ApprovalStatus]brokerv1.ApprovalStatus{
-	store.ApprovalPending:   brokerv1.ApprovalStatus_APPROVAL_STATUS_PENDING,
-	store.ApprovalApproved:  brokerv1.ApprovalStatus_APPROVAL_STATUS_APPROVED,
-	store.ApprovalDenied:    brokerv1.ApprovalStatus_APPROVAL_STATUS_DENIED,
-	store.ApprovalExpired:   brokerv1.ApprovalStatus_APPROVAL_STATUS_EXPIRED,
-	store.ApprovalRedeemed:  brokerv1.ApprovalStatus_APPROVAL_STATUS_REDEEMED,
-	store.ApprovalCancelled: brokerv1.ApprovalStatus_APPROVAL_STATUS_CANCELLED,
-}
-
-func approvalStatusFromProto(st brokerv1.ApprovalStatus) store.ApprovalStatus {
-	if st == brokerv1.ApprovalStatus_APPROVAL_STATUS_UNSPECIFIED {
-		return store.ApprovalPending
-	}
-	for k, v := range approvalStatuses {
-		if v == st {
-			return k
-		}
-	}
-	return store.ApprovalPending
-}
-
-func approvalToProto(a store.Approval) *brokerv1.Approval {
-	out := &brokerv1.Approval{
-		Id:                 a.ID,
-		AgentId:            a.AgentID,
-		Role:               a.Role,
-		Class:              a.Class,
-		Classification:     a.Classification,
-		Level:              levelToProto(a.Level),
-		GrantId:            a.GrantID,
-		Ttl:                durationpb.New(a.TTL),
-		Purpose:            a.Purpose,
-		Justification:      a.Justification,
-		Status:             approvalStatuses[a.Status],
-		CreatedAt:          timestamppb.New(a.CreatedAt),
-		ExpiresAt:          timestamppb.New(a.ExpiresAt),
-		DecidedBy:          a.DecidedBy,
-		Reason:             a.Reason,
-		DecisionId:         a.DecisionID,
-		RedeemedDecisionId: a.RedeemedDecisionID,
-		Chain:              a.Chain,
-	}
-	if !a.DecidedAt.IsZero() {
-		out.DecidedAt = timestamppb.New(a.DecidedAt)
-	}
-	return out
 }

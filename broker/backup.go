@@ -2,12 +2,14 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
 
 	"google.golang.org/grpc"
 
+	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 )
@@ -46,7 +48,7 @@ func (a *adminService) Backup(_ *adminv1.BackupRequest, stream grpc.ServerStream
 	select {
 	case info = <-started:
 	case err := <-copied:
-		return a.s.statusOf(ctx, "back up the store", err)
+		return fmt.Errorf("back up the store: %w", err)
 	}
 	sent, sendErr := sendBackup(stream, pr, info)
 	// If sending stopped early, this fails the copy's next write, which
@@ -55,22 +57,22 @@ func (a *adminService) Backup(_ *adminv1.BackupRequest, stream grpc.ServerStream
 	copyErr := <-copied
 
 	complete := sendErr == nil && copyErr == nil
-	if err := a.s.db(ctx).AppendAudit(store.AuditRecord{Kind: "store_backup", Actor: identity(ctx).ID.String(), Subject: "store", Detail: map[string]string{
+	if err := a.s.db(ctx).AppendAudit(store.AuditRecord{Kind: "store_backup", Actor: edge.Caller(ctx), Subject: "store", Detail: map[string]string{
 		"size":           strconv.FormatInt(info.Size, 10),
 		"sent":           strconv.FormatInt(sent, 10),
 		"audit_head_seq": strconv.FormatUint(info.AuditHead, 10),
 		"complete":       strconv.FormatBool(complete),
 	}}); err != nil {
-		a.s.logger(ctx).Error("writing the backup audit record failed", slog.String(logError, err.Error()))
+		edge.Logger(ctx).Error("writing the backup audit record failed", slog.String(edge.LogError, err.Error()))
 	}
-	log := a.s.logger(ctx).With(slog.Int64(logSize, info.Size), slog.Int64(logSent, sent), slog.Uint64(logAuditHead, info.AuditHead))
+	log := edge.Logger(ctx).With(slog.Int64(logSize, info.Size), slog.Int64(logSent, sent), slog.Uint64(logAuditHead, info.AuditHead))
 	switch {
 	case sendErr != nil:
 		// The stream broke or the caller went away: nothing to tell it.
-		log.Warn("store backup abandoned", slog.String(logError, sendErr.Error()))
+		log.Warn("store backup abandoned", slog.String(edge.LogError, sendErr.Error()))
 		return sendErr
 	case copyErr != nil:
-		return a.s.statusOf(ctx, "back up the store", copyErr)
+		return fmt.Errorf("back up the store: %w", copyErr)
 	}
 	log.Info("store backed up")
 	return nil

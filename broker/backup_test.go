@@ -14,8 +14,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
 
-	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"

@@ -30,11 +30,11 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/authz"
-	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/delegation"
 	"github.com/agentictrust/atf/deploy/dev"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/policy"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"

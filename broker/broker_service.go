@@ -13,15 +13,16 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/failpoint"
+	"github.com/agentictrust/atf/broker/fault"
 	"github.com/agentictrust/atf/broker/monitor"
+	"github.com/agentictrust/atf/broker/protoconv"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/vault"
 	"github.com/agentictrust/atf/delegation"
@@ -34,10 +35,10 @@ type brokerService struct {
 }
 
 func (b *brokerService) WhoAmI(ctx context.Context, _ *brokerv1.WhoAmIRequest) (*brokerv1.WhoAmIResponse, error) {
-	id := identity(ctx)
+	id := edge.Identity(ctx)
 	resp := &brokerv1.WhoAmIResponse{
 		SpiffeId:      id.ID.String(),
-		AuthMethod:    authMethodToProto(id.Method),
+		AuthMethod:    protoconv.AuthMethodToProto(id.Method),
 		SvidExpiresAt: timestamppb.New(id.ExpiresAt),
 	}
 	a, err := b.s.store.GetAgent(id.ID.String())
@@ -45,43 +46,43 @@ func (b *brokerService) WhoAmI(ctx context.Context, _ *brokerv1.WhoAmIRequest) (
 	case errors.Is(err, store.ErrNotFound):
 		return resp, nil
 	case err != nil:
-		return nil, b.s.statusOf(ctx, "look up caller", err)
+		return nil, fmt.Errorf("look up caller: %w", err)
 	}
-	resp.Registered, resp.Level, resp.Status, resp.Roles = true, levelToProto(a.Level), statusToProto(a), a.Roles
+	resp.Registered, resp.Level, resp.Status, resp.Roles = true, protoconv.LevelToProto(a.Level), protoconv.StatusToProto(a), a.Roles
 	return resp, nil
 }
 
 func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.FetchCredentialRequest) (resp *brokerv1.FetchCredentialResponse, err error) {
 	s := b.s
-	caller := identity(ctx).ID.String()
-	log := s.logger(ctx)
+	caller := edge.Caller(ctx)
+	log := edge.Logger(ctx)
 	if req.GetAgentId() != "" && req.GetAgentId() != caller {
-		log.Warn("request names another agent", slog.String(logAgent, req.GetAgentId()))
-		return nil, status.Errorf(codes.PermissionDenied, "request names agent %q but the caller's SVID is %s; identity comes only from the SVID", req.GetAgentId(), caller)
+		log.Warn("request names another agent", slog.String(edge.LogAgent, req.GetAgentId()))
+		return nil, fault.New(fault.Denied, "request names agent %q but the caller's SVID is %s; identity comes only from the SVID", req.GetAgentId(), caller)
 	}
 	roleName, err := authz.CanonicalRole(req.GetRole())
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, strings.TrimPrefix(err.Error(), "authz: "))
+		return nil, fault.Wrap(fault.Invalid, err)
 	}
 	role, ok := s.roles[roleName]
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "role %q is not defined in the broker's roles file", roleName)
+		return nil, fault.New(fault.NotFound, "role %q is not defined in the broker's roles file", roleName)
 	}
 	// A full store could record neither the credential nor the decision:
 	// refuse before anything happens in Vault.
 	if err := s.store.Full(); err != nil {
-		return nil, s.statusOf(ctx, "check the store's space", err)
+		return nil, fmt.Errorf("check the store's space: %w", err)
 	}
-	decisionID := newID()
-	log = log.With(slog.String(logDecisionID, decisionID), slog.String(logRole, role.Name))
+	decisionID := edge.NewID()
+	log = log.With(slog.String(edge.LogDecisionID, decisionID), slog.String(edge.LogRole, role.Name))
 	ctx, span := s.tracing.tracer.Start(ctx, spanDecision, trace.WithAttributes(
 		attribute.String(attrAgent, caller), attribute.String(attrRole, role.Name),
-		attribute.String(attrDecisionID, decisionID), attribute.String(attrRequestID, requestID(ctx))))
+		attribute.String(attrDecisionID, decisionID), attribute.String(attrRequestID, edge.RequestID(ctx))))
 	// why is the decision's explanation, for the audit record whatever the
 	// outcome. Free text is redacted before it goes anywhere.
 	why := map[string]string{
-		"decision_id": decisionID, "request_id": requestID(ctx), "role": role.Name, "class": role.class.String(),
-		"classification": role.classification.String(), "grant_id": req.GetGrantId(), "approval_id": req.GetApprovalId(),
+		"decision_id": decisionID, "request_id": edge.RequestID(ctx), "role": role.Name, "class": role.Authz().Class.String(),
+		"classification": role.Authz().Classification.String(), "grant_id": req.GetGrantId(), "approval_id": req.GetApprovalId(),
 		"purpose": audit.Redact(req.GetPurpose()),
 	}
 	defer func() { traceDecision(span, resp, why, err) }()
@@ -98,7 +99,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		}
 		s.metrics.decisions.WithLabelValues(decision, reason).Inc()
 		if err := s.db(ctx).AppendAudit(store.AuditRecord{Kind: kind, Actor: caller, Subject: role.Name, Detail: why}); err != nil {
-			log.Error("writing the audit record failed", slog.String(logError, err.Error()))
+			log.Error("writing the audit record failed", slog.String(edge.LogError, err.Error()))
 		}
 	}
 	// watched is set once the caller is known to be a registered agent:
@@ -106,22 +107,22 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	watched := false
 	deny := func(d authz.Decision) error {
 		explain(d)
-		log.Warn("credential denied", slog.String(logReason, string(d.Reason)))
+		log.Warn("credential denied", slog.String(edge.LogReason, string(d.Reason)))
 		refuse("credential_denied", "deny")
 		if watched {
 			s.observe(ctx, monitor.Event{Agent: caller, Role: role.Name, Kind: monitor.Denied})
 			s.recordBreaker(ctx, caller, true)
 		}
-		return status.Errorf(codes.PermissionDenied, "%s (decision %s)", d.Message, decisionID)
+		return fault.New(fault.Denied, "%s (decision %s)", d.Message, decisionID)
 	}
-	limited := func(lerr *limitError) error {
-		why["limit"], why["message"] = lerr.limit, lerr.msg
-		log.Warn("credential limited", slog.String("limit", lerr.limit))
+	limited := func(lerr *fault.Error) error {
+		why["limit"], why["message"] = lerr.Limit, lerr.Msg
+		log.Warn("credential limited", slog.String("limit", lerr.Limit))
 		refuse("credential_limited", "limited")
 		if watched {
 			s.observe(ctx, monitor.Event{Agent: caller, Role: role.Name, Kind: monitor.Limited})
 		}
-		return lerr.status()
+		return lerr
 	}
 
 	var agent *authz.Agent
@@ -130,10 +131,10 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	case err == nil:
 		agent = &authz.Agent{ID: a.ID, Level: a.Level, Active: a.Status == store.Active, Killed: a.Kill != nil, Roles: a.Roles}
 	case !errors.Is(err, store.ErrNotFound):
-		return nil, s.statusOf(ctx, "look up caller", err)
+		return nil, fmt.Errorf("look up caller: %w", err)
 	}
 	if kerr := s.killedError(); kerr != nil {
-		why["reason"], why["message"] = string(authz.Killed), status.Convert(kerr).Message()
+		why["reason"], why["message"] = string(authz.Killed), kerr.Error()
 		refuse("credential_denied", "deny")
 		return nil, kerr
 	}
@@ -149,14 +150,14 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	if gid := req.GetGrantId(); gid != "" && agent != nil {
 		grants, ancestors, err := s.chainOf(gid)
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, status.Errorf(codes.NotFound, "grant %s does not exist", gid)
+			return nil, fault.New(fault.NotFound, "grant %s does not exist", gid)
 		}
 		if err != nil {
-			return nil, s.statusOf(ctx, "load grant chain", err)
+			return nil, fmt.Errorf("load grant chain: %w", err)
 		}
 		auth, err := delegation.Effective(s.principal(a), grants, ancestors, s.now())
 		if err != nil {
-			return nil, deny(authz.Decision{Reason: "grant", Message: strings.TrimPrefix(err.Error(), "delegation: ")})
+			return nil, deny(authz.Decision{Reason: "grant", Message: err.Error()})
 		}
 		agent.Level, agent.Roles = authz.Level(auth.Level), auth.Roles
 		for _, an := range ancestors {
@@ -178,14 +179,14 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		watched = true
 	}
 	policy := s.policy.Load()
-	d := s.gate.Decide(policy, agent, role.authz(), req.GetTtl().AsDuration())
+	d := s.gate.Decide(policy, agent, role.Authz(), req.GetTtl().AsDuration())
 	// Under a grant, every delegator above the caller must be allowed the
 	// role by the policy too: a delegation never launders authority.
 	for _, up := range chain[:len(chain)-1] {
 		if d.Outcome == authz.Deny {
 			break
 		}
-		if ud := s.gate.Decide(policy, &authz.Agent{ID: up, Level: agent.Level, Active: true, Roles: agent.Roles}, role.authz(), 0); ud.Outcome == authz.Deny {
+		if ud := s.gate.Decide(policy, &authz.Agent{ID: up, Level: agent.Level, Active: true, Roles: agent.Roles}, role.Authz(), 0); ud.Outcome == authz.Deny {
 			ud.Message = fmt.Sprintf("delegator %s may not hold role %q itself, so it cannot pass it on: %s", up, role.Name, ud.Message)
 			d = ud
 		}
@@ -197,7 +198,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	if d.Outcome == authz.NeedsApproval && req.GetApprovalId() == "" {
 		s.metrics.decisions.WithLabelValues("pending", string(d.Reason)).Inc()
 		return s.requestApproval(ctx, store.Approval{
-			ID: newID(), AgentID: caller, Role: role.Name, Class: role.class.String(), Classification: role.classification.String(),
+			ID: edge.NewID(), AgentID: caller, Role: role.Name, Class: role.Authz().Class.String(), Classification: role.Authz().Classification.String(),
 			Level: agent.Level, GrantID: req.GetGrantId(), Chain: chain, TTL: d.TTL, Purpose: why["purpose"],
 			Justification: audit.Redact(req.GetJustification()), CreatedAt: s.now().UTC(), DecisionID: decisionID, Why: why,
 		})
@@ -275,7 +276,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 			why["reason"], why["message"] = "vault_refused", "Vault refused to issue the credential; nothing was issued"
 		}
 		refuse("credential_failed", "error")
-		return nil, s.statusOf(ctx, "issue credential", err)
+		return nil, fmt.Errorf("issue credential: %w", err)
 	}
 	failpoint.Hit(failpoint.IssueAfterVault)
 	_, rspan := s.tracing.tracer.Start(ctx, spanStoreRecord)
@@ -301,22 +302,22 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		// Never hand out a credential the broker has not recorded. A refused
 		// record is queued for revocation; revoke it now as well.
 		if rerr := s.issuer.Revoke(context.WithoutCancel(ctx), cred.Accessor); rerr != nil {
-			log.Error("revoking an unrecorded credential failed; it expires on its own", slog.String(logError, rerr.Error()),
-				slog.String(logAccessor, cred.Accessor), slog.Time("expires_at", cred.ExpiresAt))
+			log.Error("revoking an unrecorded credential failed; it expires on its own", slog.String(edge.LogError, rerr.Error()),
+				slog.String(edge.LogAccessor, cred.Accessor), slog.Time("expires_at", cred.ExpiresAt))
 		} else if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrKilled) || errors.Is(err, store.ErrConflict) {
 			_ = s.store.CompleteRevocation(cred.Accessor)
 		}
 		switch {
 		case errors.Is(err, store.ErrConflict):
-			return nil, status.Errorf(codes.Aborted, "agent %s's registration changed while the credential was issued; nothing was issued, retry (decision %s)", caller, decisionID)
+			return nil, fault.New(fault.Aborted, "agent %s's registration changed while the credential was issued; nothing was issued, retry (decision %s)", caller, decisionID)
 		case errors.Is(err, store.ErrKilled):
-			return nil, status.Errorf(codes.PermissionDenied, "agent %s was stopped by the kill switch (decision %s)", caller, decisionID)
+			return nil, fault.New(fault.Denied, "agent %s was stopped by the kill switch (decision %s)", caller, decisionID)
 		case errors.Is(err, store.ErrDeregistered):
-			return nil, status.Errorf(codes.PermissionDenied, "agent %s was deregistered (decision %s)", caller, decisionID)
+			return nil, fault.New(fault.Denied, "agent %s was deregistered (decision %s)", caller, decisionID)
 		case errors.Is(err, store.ErrRevoked):
-			return nil, status.Errorf(codes.PermissionDenied, "the lineage this credential belongs to was revoked (decision %s)", decisionID)
+			return nil, fault.New(fault.Denied, "the lineage this credential belongs to was revoked (decision %s)", decisionID)
 		}
-		return nil, s.statusOf(ctx, "record credential", err)
+		return nil, fmt.Errorf("record credential: %w", err)
 	}
 	issued = true
 	failpoint.Hit(failpoint.IssueAfterRecord)
@@ -325,11 +326,11 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 	s.metrics.issuance.Observe(time.Since(start).Seconds())
 	s.observe(ctx, monitor.Event{Agent: caller, Lineage: chain[0], Role: role.Name, InManifest: true, Kind: monitor.Issued})
 	s.recordBreaker(ctx, caller, false)
-	log.Info("credential issued", slog.String(logAccessor, cred.Accessor), slog.Duration(logTTL, d.TTL),
-		slog.String(logLevel, agent.Level.String()), slog.String("grant", req.GetGrantId()), slog.Int("uses", d.MaxUses))
+	log.Info("credential issued", slog.String(edge.LogAccessor, cred.Accessor), slog.Duration(edge.LogTTL, d.TTL),
+		slog.String(edge.LogLevel, agent.Level.String()), slog.String("grant", req.GetGrantId()), slog.Int("uses", d.MaxUses))
 	if d.Notify {
 		s.notify(ctx, "write_issued", caller, role.Name,
-			fmt.Sprintf("%s agent %s was issued %s role %s for %s", agent.Level, caller, role.class, role.Name, d.TTL),
+			fmt.Sprintf("%s agent %s was issued %s role %s for %s", agent.Level, caller, role.Authz().Class, role.Name, d.TTL),
 			map[string]string{"decision_id": decisionID, "accessor": cred.Accessor, "purpose": why["purpose"], "chain": why["chain"]})
 	}
 	return &brokerv1.FetchCredentialResponse{Credential: &brokerv1.Credential{
@@ -340,7 +341,7 @@ func (b *brokerService) FetchCredential(ctx context.Context, req *brokerv1.Fetch
 		IssuedAt:     timestamppb.New(cred.IssuedAt),
 		ExpiresAt:    timestamppb.New(cred.ExpiresAt),
 		Renewable:    false,
-		Level:        levelToProto(agent.Level),
+		Level:        protoconv.LevelToProto(agent.Level),
 		DecisionId:   decisionID,
 		VaultAddress: s.issuer.Address(),
 		GrantId:      req.GetGrantId(),
@@ -368,20 +369,20 @@ func (s *Server) issueUnder(ctx context.Context, node string, req vault.Request)
 
 func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (*brokerv1.DelegateResponse, error) {
 	s := b.s
-	caller := identity(ctx).ID.String()
+	caller := edge.Caller(ctx)
 	if err := s.killedError(); err != nil {
 		return nil, err
 	}
 	a, err := s.store.GetAgent(caller)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, status.Error(codes.PermissionDenied, "caller is not a registered agent")
+		return nil, fault.New(fault.Denied, "caller is not a registered agent")
 	}
 	if err != nil {
-		return nil, s.statusOf(ctx, "look up caller", err)
+		return nil, fmt.Errorf("look up caller: %w", err)
 	}
 	delegateeID, err := attest.ParseID(req.GetDelegatee())
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, strings.TrimPrefix(err.Error(), "attest: "))
+		return nil, fault.Wrap(fault.Invalid, err)
 	}
 	var delegatee *delegation.Agent
 	switch e, err := s.store.GetAgent(delegateeID.String()); {
@@ -389,7 +390,7 @@ func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequ
 		p := s.principal(e)
 		delegatee = &p
 	case !errors.Is(err, store.ErrNotFound):
-		return nil, s.statusOf(ctx, "look up delegatee", err)
+		return nil, fmt.Errorf("look up delegatee: %w", err)
 	}
 	dreq := delegation.Request{
 		Delegator: s.principal(a),
@@ -402,13 +403,13 @@ func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequ
 	if pid := req.GetParentGrantId(); pid != "" {
 		grants, ancestors, err := s.chainOf(pid)
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, status.Errorf(codes.NotFound, "grant %s does not exist", pid)
+			return nil, fault.New(fault.NotFound, "grant %s does not exist", pid)
 		}
 		if err != nil {
-			return nil, s.statusOf(ctx, "load grant chain", err)
+			return nil, fmt.Errorf("load grant chain: %w", err)
 		}
 		if grants[len(grants)-1].Delegatee != caller {
-			return nil, status.Errorf(codes.PermissionDenied, "grant %s was not given to %s", pid, caller)
+			return nil, fault.New(fault.Denied, "grant %s was not given to %s", pid, caller)
 		}
 		dreq.Chain, dreq.Ancestors = grants, ancestors
 	}
@@ -421,7 +422,7 @@ func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequ
 	}
 	given, err := s.store.GrantsGivenBy(caller)
 	if err != nil {
-		return nil, s.statusOf(ctx, "count grants", err)
+		return nil, fmt.Errorf("count grants: %w", err)
 	}
 	now := s.now()
 	for _, g := range given {
@@ -431,40 +432,40 @@ func (b *brokerService) Delegate(ctx context.Context, req *brokerv1.DelegateRequ
 	}
 	g, err := s.rules.Check(dreq, now)
 	if err != nil {
-		s.logger(ctx).Warn("delegation refused", slog.String(logError, err.Error()))
-		return nil, delegationStatus(err)
+		edge.Logger(ctx).Warn("delegation refused", slog.String(edge.LogError, err.Error()))
+		return nil, err
 	}
-	g.ID = newID()
+	g.ID = edge.NewID()
 	if err := s.db(ctx).PutGrant(g, s.rules.MaxFanOut); err != nil {
 		// An agent deregistered meanwhile may not be delegated to or from.
 		if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrKilled) {
-			return nil, status.Errorf(codes.PermissionDenied, "%s", strings.TrimPrefix(err.Error(), "store: "))
+			return nil, fault.Wrap(fault.Denied, err)
 		}
-		return nil, s.statusOf(ctx, "record grant", err)
+		return nil, fmt.Errorf("record grant: %w", err)
 	}
 	if err := s.db(ctx).AppendAudit(store.AuditRecord{Kind: "grant_created", Actor: caller, Subject: g.ID, Detail: map[string]string{
 		"delegatee": g.Delegatee, "roles": strings.Join(g.Roles, ","), "parent": g.ParentID, "expires_at": g.ExpiresAt.Format(time.RFC3339),
 	}}); err != nil {
-		s.logger(ctx).Error("writing the grant audit record failed", slog.String(logError, err.Error()))
+		edge.Logger(ctx).Error("writing the grant audit record failed", slog.String(edge.LogError, err.Error()))
 	}
-	s.logger(ctx).Info("grant created", slog.String("grant", g.ID), slog.String("delegatee", g.Delegatee), slog.Int("depth", g.Depth))
+	edge.Logger(ctx).Info("grant created", slog.String("grant", g.ID), slog.String("delegatee", g.Delegatee), slog.Int("depth", g.Depth))
 	s.observe(ctx, monitor.Event{Agent: caller, InManifest: true, Kind: monitor.Delegated})
-	return &brokerv1.DelegateResponse{Grant: grantToProto(g)}, nil
+	return &brokerv1.DelegateResponse{Grant: protoconv.GrantToProto(g)}, nil
 }
 
 func (b *brokerService) RevokeGrant(ctx context.Context, req *brokerv1.RevokeGrantRequest) (*brokerv1.RevokeGrantResponse, error) {
 	s := b.s
-	caller := identity(ctx).ID.String()
+	caller := edge.Caller(ctx)
 	chain, err := s.store.Chain(req.GetGrantId())
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, status.Errorf(codes.NotFound, "grant %s does not exist", req.GetGrantId())
+		return nil, fault.New(fault.NotFound, "grant %s does not exist", req.GetGrantId())
 	}
 	if err != nil {
-		return nil, s.statusOf(ctx, "load grant chain", err)
+		return nil, fmt.Errorf("load grant chain: %w", err)
 	}
 	// The delegator, or anyone above it in the chain, may revoke.
 	if !slices.ContainsFunc(chain, func(g delegation.Grant) bool { return g.Delegator == caller }) {
-		return nil, status.Errorf(codes.PermissionDenied, "%s did not give grant %s nor any grant above it", caller, req.GetGrantId())
+		return nil, fault.New(fault.Denied, "%s did not give grant %s nor any grant above it", caller, req.GetGrantId())
 	}
 	sum, err := s.revokeLineage(ctx, store.Root{GrantID: req.GetGrantId()}, caller, req.GetReason())
 	if err != nil {
@@ -475,7 +476,7 @@ func (b *brokerService) RevokeGrant(ctx context.Context, req *brokerv1.RevokeGra
 
 func (b *brokerService) WatchRevocations(_ *brokerv1.WatchRevocationsRequest, stream grpc.ServerStreamingServer[brokerv1.WatchRevocationsResponse]) error {
 	ctx := stream.Context()
-	events, cancel := b.s.hub.subscribe(identity(ctx).ID.String())
+	events, cancel := b.s.hub.subscribe(edge.Caller(ctx))
 	defer cancel()
 	// Headers tell the client the watch is in place before any event.
 	if err := stream.SendHeader(nil); err != nil {
@@ -489,62 +490,11 @@ func (b *brokerService) WatchRevocations(_ *brokerv1.WatchRevocationsRequest, st
 			return errShuttingDown
 		case ev, ok := <-events:
 			if !ok {
-				return status.Error(codes.ResourceExhausted, "revocation watcher fell behind; reconnect and refetch credentials")
+				return fault.New(fault.Exhausted, "revocation watcher fell behind; reconnect and refetch credentials")
 			}
 			if err := stream.Send(ev); err != nil {
 				return err
 			}
 		}
 	}
-}
-
-func authMethodToProto(m attest.Method) brokerv1.AuthMethod {
-	switch m {
-	case attest.X509SVID:
-		return brokerv1.AuthMethod_AUTH_METHOD_X509_SVID
-	case attest.JWTSVID:
-		return brokerv1.AuthMethod_AUTH_METHOD_JWT_SVID
-	}
-	return brokerv1.AuthMethod_AUTH_METHOD_UNSPECIFIED
-}
-
-func levelToProto(l authz.Level) brokerv1.Level {
-	switch l {
-	case authz.Intern:
-		return brokerv1.Level_LEVEL_INTERN
-	case authz.Junior:
-		return brokerv1.Level_LEVEL_JUNIOR
-	case authz.Senior:
-		return brokerv1.Level_LEVEL_SENIOR
-	case authz.Principal:
-		return brokerv1.Level_LEVEL_PRINCIPAL
-	}
-	return brokerv1.Level_LEVEL_UNSPECIFIED
-}
-
-func levelFromProto(l brokerv1.Level) authz.Level {
-	switch l {
-	case brokerv1.Level_LEVEL_JUNIOR:
-		return authz.Junior
-	case brokerv1.Level_LEVEL_SENIOR:
-		return authz.Senior
-	case brokerv1.Level_LEVEL_PRINCIPAL:
-		return authz.Principal
-	}
-	// Unspecified means Intern: autonomy is earned.
-	return authz.Intern
-}
-
-func statusToProto(a store.Agent) brokerv1.AgentStatus {
-	switch {
-	case a.Status == store.Active && a.Kill != nil:
-		return brokerv1.AgentStatus_AGENT_STATUS_KILLED
-	}
-	switch a.Status {
-	case store.Active:
-		return brokerv1.AgentStatus_AGENT_STATUS_ACTIVE
-	case store.Deregistered:
-		return brokerv1.AgentStatus_AGENT_STATUS_DEREGISTERED
-	}
-	return brokerv1.AgentStatus_AGENT_STATUS_UNSPECIFIED
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/config"
+
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -16,13 +18,13 @@ import (
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/agentictrust/atf/broker"
-	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/deploy/dev"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -575,7 +577,7 @@ func TestVaultAppRoleLogin(t *testing.T) {
 	if err := os.WriteFile(secretFile, []byte(secretID+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg.Vault.Auth = broker.VaultAuth{Method: "approle", RoleID: roleID, SecretIDFile: secretFile}
+	cfg.Vault.Auth = config.VaultAuth{Method: "approle", RoleID: roleID, SecretIDFile: secretFile}
 	b := f.Start(t, cfg)
 	agent := f.ID(t, "agent")
 	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
@@ -597,7 +599,7 @@ func TestVaultAppRoleLogin(t *testing.T) {
 func TestVaultJWTLogin(t *testing.T) {
 	f := brokertest.Setup(t)
 	cfg := f.Config(t, t.TempDir())
-	cfg.Vault.Auth = broker.VaultAuth{Method: "jwt", Role: "atf-broker", Audience: "vault"}
+	cfg.Vault.Auth = config.VaultAuth{Method: "jwt", Role: "atf-broker", Audience: "vault"}
 	b := f.Start(t, cfg)
 	agent := f.ID(t, "agent")
 	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
@@ -607,13 +609,35 @@ func TestVaultJWTLogin(t *testing.T) {
 }
 
 // Health and reflection answer without an SVID, so probes and grpcurl work.
-func TestHealthWithoutSVID(t *testing.T) {
+func TestHealthAndReflectionWithoutSVID(t *testing.T) {
 	f := brokertest.Setup(t)
 	b := f.Start(t, f.Config(t, t.TempDir()))
 	conn := dialNoClientCert(t, b)
 	r, err := healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{})
 	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health = %v, %v", r, err)
+	}
+
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	listed, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("reflection: %v", err)
+	}
+	var names []string
+	for _, s := range listed.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	for _, want := range []string{brokerv1.BrokerService_ServiceDesc.ServiceName, adminv1.AdminService_ServiceDesc.ServiceName,
+		adminv1.ApprovalService_ServiceDesc.ServiceName, adminv1.ResponseService_ServiceDesc.ServiceName, adminv1.MaturityService_ServiceDesc.ServiceName} {
+		if !slices.Contains(names, want) {
+			t.Errorf("reflection lists %q, without %s", names, want)
+		}
 	}
 }
 

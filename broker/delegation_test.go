@@ -10,15 +10,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/config"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/agentictrust/atf/broker"
-	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -32,12 +33,12 @@ var reportsRW = []string{"reports-read", "reports-write"}
 // delegEnv is a broker and the admin's connection to it.
 type delegEnv struct {
 	f     *brokertest.Fixture
-	cfg   broker.Config
+	cfg   config.Config
 	b     *brokertest.Broker
 	admin adminv1.AdminServiceClient
 }
 
-func newDelegEnv(t *testing.T, f *brokertest.Fixture, cfg broker.Config) *delegEnv {
+func newDelegEnv(t *testing.T, f *brokertest.Fixture, cfg config.Config) *delegEnv {
 	t.Helper()
 	e := &delegEnv{f: f, cfg: cfg}
 	e.start(t)

@@ -5,15 +5,16 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/config"
+	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/fault"
 	"github.com/agentictrust/atf/broker/notify"
+	"github.com/agentictrust/atf/broker/protoconv"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 )
@@ -24,10 +25,10 @@ func (s *Server) notify(ctx context.Context, kind, agent, role, summary string, 
 	if detail == nil {
 		detail = map[string]string{}
 	}
-	if rid := requestID(ctx); rid != "" {
+	if rid := edge.RequestID(ctx); rid != "" {
 		detail["request_id"] = rid
 	}
-	s.notifier.Publish(notify.Event{ID: newID(), Time: s.now().UTC(), Kind: kind, Agent: agent, Role: role, Summary: summary, Detail: detail})
+	s.notifier.Publish(notify.Event{ID: edge.NewID(), Time: s.now().UTC(), Kind: kind, Agent: agent, Role: role, Summary: summary, Detail: detail})
 }
 
 func (a *adminService) WatchEvents(_ *adminv1.WatchEventsRequest, stream grpc.ServerStreamingServer[adminv1.WatchEventsResponse]) error {
@@ -45,7 +46,7 @@ func (a *adminService) WatchEvents(_ *adminv1.WatchEventsRequest, stream grpc.Se
 			return errShuttingDown
 		case ev, ok := <-events:
 			if !ok {
-				return status.Error(codes.ResourceExhausted, "event watcher fell behind; reconnect (missed events are in the audit trail)")
+				return fault.New(fault.Exhausted, "event watcher fell behind; reconnect (missed events are in the audit trail)")
 			}
 			if err := stream.Send(&adminv1.WatchEventsResponse{Event: &adminv1.Event{
 				Id: ev.ID, Time: timestamppb.New(ev.Time), Kind: ev.Kind, Agent: ev.Agent, Role: ev.Role, Summary: ev.Summary, Detail: ev.Detail,
@@ -70,11 +71,11 @@ func (a *adminService) QueryAudit(ctx context.Context, req *adminv1.QueryAuditRe
 	}
 	recs, next, err := a.s.store.QueryAudit(f, req.GetAfterSeq(), size)
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "query audit", err)
+		return nil, fmt.Errorf("query audit: %w", err)
 	}
 	resp := &adminv1.QueryAuditResponse{NextAfterSeq: next}
 	for _, r := range recs {
-		resp.Records = append(resp.Records, auditToProto(r))
+		resp.Records = append(resp.Records, protoconv.AuditToProto(r))
 	}
 	return resp, nil
 }
@@ -83,22 +84,18 @@ func (a *adminService) VerifyAudit(ctx context.Context, _ *adminv1.VerifyAuditRe
 	n, verr := a.s.store.VerifyAudit()
 	head, err := a.s.store.AuditHead()
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "read audit head", err)
+		return nil, fmt.Errorf("read audit head: %w", err)
 	}
 	resp := &adminv1.VerifyAuditResponse{Ok: verr == nil, Records: n, HeadSeq: head.Seq, HeadHash: head.Hash}
 	if verr != nil {
-		resp.Error = strings.TrimPrefix(verr.Error(), "store: ")
-		a.s.logger(ctx).Error("audit trail verification failed", slog.String(logError, verr.Error()))
+		resp.Error = verr.Error()
+		edge.Logger(ctx).Error("audit trail verification failed", slog.String(edge.LogError, verr.Error()))
 	}
 	return resp, nil
 }
 
-func auditToProto(r store.AuditRecord) *adminv1.AuditRecord {
-	return &adminv1.AuditRecord{Seq: r.Seq, Time: timestamppb.New(r.Time), Kind: r.Kind, Actor: r.Actor, Subject: r.Subject, Detail: r.Detail, Prev: r.Prev, Hash: r.Hash}
-}
-
 // auditStreams starts the configured JSON-lines copies of the audit trail.
-func (s *Server) auditStreams(cfg AuditConfig) error {
+func (s *Server) auditStreams(cfg config.AuditConfig) error {
 	if cfg.File != "" {
 		st, err := audit.OpenFile(s.store, cfg.File, s.log)
 		if err != nil {

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/breaker"
+	"github.com/agentictrust/atf/broker/config"
+
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -21,8 +24,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/agentictrust/atf/broker"
-	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -44,7 +47,7 @@ const createPath = "/v1/auth/token/create/"
 type faultEnv struct {
 	f     *brokertest.Fixture
 	proxy *brokertest.FaultProxy
-	cfg   broker.Config
+	cfg   config.Config
 	b     *brokertest.Broker
 	agent spiffeid.ID
 	bc    brokerv1.BrokerServiceClient
@@ -53,7 +56,7 @@ type faultEnv struct {
 	warm *brokerv1.Credential
 }
 
-func newFaultEnv(t *testing.T, tune func(*broker.Config), opts ...broker.Option) *faultEnv {
+func newFaultEnv(t *testing.T, tune func(*config.Config), opts ...broker.Option) *faultEnv {
 	t.Helper()
 	e := &faultEnv{f: brokertest.Setup(t)}
 	e.proxy = brokertest.NewFaultProxy(t, strings.TrimPrefix(e.f.Stack.VaultAddr, "http://"))
@@ -135,7 +138,7 @@ func TestVaultFaults(t *testing.T) {
 		{"503", func(_ *testing.T, p *brokertest.FaultProxy) { p.Fail(503) }, func(_ *testing.T, p *brokertest.FaultProxy) { p.Fail(0) }, attempts, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newFaultEnv(t, func(cfg *broker.Config) {
+			e := newFaultEnv(t, func(cfg *config.Config) {
 				cfg.Vault.Timeout = timeout
 				cfg.Vault.Breaker.Failures = 1000
 				cfg.HealthInterval = 500 * time.Millisecond
@@ -181,7 +184,7 @@ func TestVaultSlowBurst(t *testing.T) {
 		// slack is far below a goroutine per request.
 		slack = 50
 	)
-	e := newFaultEnv(t, func(cfg *broker.Config) {
+	e := newFaultEnv(t, func(cfg *config.Config) {
 		cfg.Vault.Timeout = timeout
 		cfg.Vault.Breaker.Failures = 1000 // every request waits on Vault
 	})
@@ -256,8 +259,8 @@ func TestVaultBreaker(t *testing.T) {
 		openFor  = 30 * time.Second
 	)
 	clk := &stoppableClock{}
-	e := newFaultEnv(t, func(cfg *broker.Config) {
-		cfg.Vault.Breaker = broker.VaultBreakerConfig{Failures: failures, OpenFor: openFor}
+	e := newFaultEnv(t, func(cfg *config.Config) {
+		cfg.Vault.Breaker = breaker.Config{Failures: failures, OpenFor: openFor}
 	}, broker.WithClock(clk.Now))
 	other := e.f.ID(t, "other")
 	e.b.Register(t, other, brokerv1.Level_LEVEL_INTERN, "reports-read")

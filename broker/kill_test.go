@@ -10,13 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/config"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/agentictrust/atf/broker"
-	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -45,7 +46,7 @@ type killEnv struct {
 }
 
 // newKillEnv starts a broker on cfg with a fresh security operator.
-func newKillEnv(t *testing.T, f *brokertest.Fixture, cfg broker.Config) *killEnv {
+func newKillEnv(t *testing.T, f *brokertest.Fixture, cfg config.Config) *killEnv {
 	t.Helper()
 	op := f.ID(t, "operator")
 	cfg.SecurityOperators = []string{op.String()}

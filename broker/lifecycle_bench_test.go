@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/breaker"
+
 	"github.com/agentictrust/atf/broker/monitor"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -99,7 +101,7 @@ func formedMonitor(b *testing.B) (*monitor.Monitor, *monitor.Breakers, []string,
 	if err != nil {
 		b.Fatal(err)
 	}
-	breakers, err := monitor.NewBreakers(monitor.DefaultBreakerConfig(), nil)
+	breakers, err := monitor.NewBreakers(breaker.DefaultConfig(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

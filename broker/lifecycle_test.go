@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/breaker"
+	"github.com/agentictrust/atf/broker/config"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -101,7 +104,7 @@ type lifeEnv struct {
 // parties therefore authenticate with JWT-SVIDs: go-jose checks those by the
 // real clock and the broker only their expiry by its own, which a clock in
 // the past passes.
-func newLifeEnv(t *testing.T, cfg broker.Config, clk *clock) *lifeEnv {
+func newLifeEnv(t *testing.T, cfg config.Config, clk *clock) *lifeEnv {
 	t.Helper()
 	e := &lifeEnv{f: brokertest.Setup(t)}
 	if clk == nil {
@@ -279,13 +282,13 @@ func (p party) report(t *testing.T, role string, outcome brokerv1.Outcome, n int
 func TestLifecycleScenario(t *testing.T) {
 	cfg := brokertest.Setup(t).Config(t, t.TempDir())
 	cfg.Maturity.MinOutcomes = 5
-	cfg.Monitor = broker.MonitorConfig{
+	cfg.Monitor = config.MonitorConfig{
 		// The baseline forms by count alone: 31 events come before step 6,
 		// so the Junior's first write request is not yet new behaviour.
 		BaselineWindow: 365 * day,
 		BaselineOps:    50,
 		Actions:        map[string]string{"low": "alert", "medium": "demote", "high": "alert", "critical": "alert"},
-		Breaker:        broker.BreakerConfig{Failures: 1000},
+		Breaker:        breaker.Config{Failures: 1000},
 	}
 	clk := pastClock()
 	e := newLifeEnv(t, cfg, clk)
@@ -553,7 +556,7 @@ func TestLifecycleDemotionRevokesUnbacked(t *testing.T) {
 func TestBreaker(t *testing.T) {
 	cfg := brokertest.Setup(t).Config(t, t.TempDir())
 	const openFor = 2 * time.Second
-	cfg.Monitor = broker.MonitorConfig{Actions: quiet, Breaker: broker.BreakerConfig{Failures: 3, Window: time.Minute, OpenFor: openFor, Probes: 1}}
+	cfg.Monitor = config.MonitorConfig{Actions: quiet, Breaker: breaker.Config{Failures: 3, Window: time.Minute, OpenFor: openFor, Probes: 1}}
 	clk := &clock{now: time.Now()}
 	e := newLifeEnv(t, cfg, clk)
 	agent := e.register(t, "agent", brokerv1.Level_LEVEL_INTERN, "reports-read", "reports-write")
@@ -607,9 +610,9 @@ func TestBreaker(t *testing.T) {
 // the agent is killed, and its live credentials are dead in Vault.
 func TestAnomalyKill(t *testing.T) {
 	cfg := brokertest.Setup(t).Config(t, t.TempDir())
-	cfg.Monitor = broker.MonitorConfig{
+	cfg.Monitor = config.MonitorConfig{
 		Actions: map[string]string{"low": "alert", "medium": "alert", "high": "kill", "critical": "alert"},
-		Breaker: broker.BreakerConfig{Failures: 1000},
+		Breaker: breaker.Config{Failures: 1000},
 	}
 	e := newLifeEnv(t, cfg, nil)
 	agent := e.register(t, "agent", brokerv1.Level_LEVEL_INTERN, "reports-read")

@@ -2,45 +2,20 @@ package broker
 
 import (
 	"container/heap"
-	"fmt"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/config"
+	"github.com/agentictrust/atf/broker/fault"
 	"github.com/agentictrust/atf/broker/store"
 )
 
-// limitError is a limit an agent hit: which one, and when to retry.
-type limitError struct {
-	limit string // a stable name, e.g. rate, live_per_agent
-	msg   string
-	retry time.Duration
-}
-
-func (e *limitError) Error() string { return e.msg }
-
-// status is the gRPC error: ResourceExhausted, with the limit as a
-// QuotaFailure and the wait as RetryInfo so clients can back off exactly.
-func (e *limitError) status() error {
-	st := status.New(codes.ResourceExhausted, fmt.Sprintf("%s; retry in %s", e.msg, e.retry.Round(time.Millisecond)))
-	if d, err := st.WithDetails(
-		&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: e.limit, Description: e.msg}}},
-		&errdetails.RetryInfo{RetryDelay: durationpb.New(e.retry)},
-	); err == nil {
-		st = d
-	}
-	return st.Err()
-}
-
 // rateLimiter is a token bucket per agent, sized by its level (ATF S-3).
 type rateLimiter struct {
-	byLevel map[authz.Level]RateLimit
+	byLevel map[authz.Level]config.RateLimit
 	now     func() time.Time
 
 	mu      sync.Mutex
@@ -52,8 +27,8 @@ type bucket struct {
 	lim   *rate.Limiter
 }
 
-func newRateLimiter(cfg map[string]RateLimit, now func() time.Time) *rateLimiter {
-	r := &rateLimiter{byLevel: map[authz.Level]RateLimit{}, now: now, buckets: map[string]*bucket{}}
+func newRateLimiter(cfg map[string]config.RateLimit, now func() time.Time) *rateLimiter {
+	r := &rateLimiter{byLevel: map[authz.Level]config.RateLimit{}, now: now, buckets: map[string]*bucket{}}
 	for name, rl := range cfg {
 		l, _ := authz.ParseLevel(name) // checked by Validate
 		r.byLevel[l] = rl
@@ -67,7 +42,7 @@ const maxBuckets = 100_000
 
 // allow takes one request from agent's bucket. Unregistered callers share
 // the Intern rate, per SPIFFE ID.
-func (r *rateLimiter) allow(agent string, level authz.Level) *limitError {
+func (r *rateLimiter) allow(agent string, level authz.Level) *fault.Error {
 	if !level.Valid() {
 		level = authz.Intern
 	}
@@ -94,8 +69,7 @@ func (r *rateLimiter) allow(agent string, level authz.Level) *limitError {
 	if delay == 0 {
 		return nil
 	}
-	return &limitError{limit: "rate", retry: delay,
-		msg: fmt.Sprintf("rate limit: %s agents may make %g credential requests per second (burst %d)", level, rl.PerSecond, rl.Burst)}
+	return fault.Limited("rate", delay, "rate limit: %s agents may make %g credential requests per second (burst %d)", level, rl.PerSecond, rl.Burst)
 }
 
 func (r *rateLimiter) pruneLocked(now time.Time) {
@@ -130,7 +104,7 @@ type liveCred struct {
 	index                int // in the heap
 }
 
-func newLiveSet(cfg LimitsConfig, now func() time.Time) *liveSet {
+func newLiveSet(cfg config.LimitsConfig, now func() time.Time) *liveSet {
 	return &liveSet{
 		maxAgent: cfg.MaxLivePerAgent, maxLineage: cfg.MaxLivePerLineage, maxRole: cfg.MaxLivePerRole, now: now,
 		agent: map[string]int{}, lineage: map[string]int{}, role: map[string]int{}, byAcc: map[string]*liveCred{},
@@ -159,7 +133,7 @@ func lineageRoot(agent string, chain []string) string {
 
 // reserve counts one more credential for agent in lineage and role, or says
 // which limit it would break. The caller must commit or cancel.
-func (l *liveSet) reserve(agent, lineage, role string) (*liveCred, *limitError) {
+func (l *liveSet) reserve(agent, lineage, role string) (*liveCred, *fault.Error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.expireLocked()
@@ -174,8 +148,7 @@ func (l *liveSet) reserve(agent, lineage, role string) (*liveCred, *limitError) 
 		{"live_per_role", "role " + role, l.role[role], l.maxRole, func(x *liveCred) bool { return x.role == role }},
 	} {
 		if c.max >= 0 && c.n >= c.max {
-			return nil, &limitError{limit: c.name, retry: l.nextExpiryLocked(c.match),
-				msg: fmt.Sprintf("limit %s: %s already holds %d live credentials, the most allowed", c.name, c.what, c.n)}
+			return nil, fault.Limited(c.name, l.nextExpiryLocked(c.match), "limit %s: %s already holds %d live credentials, the most allowed", c.name, c.what, c.n)
 		}
 	}
 	l.addLocked(lc)

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -10,12 +11,11 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/failpoint"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/vault"
@@ -226,7 +226,7 @@ func (s *Server) revokeLineage(ctx context.Context, root store.Root, actor, reas
 	reason = audit.Redact(reason)
 	rev, err := s.db(ctx).RevokeLineage(root, actor, reason)
 	if err != nil {
-		return nil, s.statusOf(ctx, "revoke lineage", err)
+		return nil, fmt.Errorf("revoke lineage: %w", err)
 	}
 	failpoint.Hit(failpoint.RevokeAfterCommit)
 	return s.finishRevocation(ctx, root, actor, reason, rev, start, time.Since(start), true), nil
@@ -296,11 +296,11 @@ func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, r
 		"commit_duration":     commit.String(),
 		"total_duration":      sum.TotalDuration.AsDuration().String(),
 	}}); err != nil {
-		s.logger(ctx).Error("writing the revocation audit summary failed", slog.String(logError, err.Error()))
+		edge.Logger(ctx).Error("writing the revocation audit summary failed", slog.String(edge.LogError, err.Error()))
 	}
-	s.logger(ctx).Info("lineage revoked", slog.String("root", subject), slog.Int("grants", len(rev.Grants)),
+	edge.Logger(ctx).Info("lineage revoked", slog.String("root", subject), slog.Int("grants", len(rev.Grants)),
 		slog.Int("credentials", rev.CredentialCount()), slog.Int("vault_confirmed", confirmed),
-		slog.Int("vault_pending", len(rev.Queued)-confirmed), slog.Duration("commit", commit), slog.Duration(logDuration, time.Since(start)))
+		slog.Int("vault_pending", len(rev.Queued)-confirmed), slog.Duration("commit", commit), slog.Duration(edge.LogDuration, time.Since(start)))
 	return sum
 }
 
@@ -310,7 +310,7 @@ func (s *Server) finishRevocation(ctx context.Context, root store.Root, actor, r
 func (s *Server) principal(a store.Agent) delegation.Agent {
 	var roles []string
 	for _, r := range a.Roles {
-		if role, ok := s.roles[r]; ok && s.gate.LevelMayRequest(a.Level, role.class) {
+		if role, ok := s.roles[r]; ok && s.gate.LevelMayRequest(a.Level, role.Authz().Class) {
 			roles = append(roles, r)
 		}
 	}
@@ -336,42 +336,6 @@ func (s *Server) chainOf(grantID string) ([]delegation.Grant, map[string]delegat
 		ancestors[g.Delegator] = s.principal(a)
 	}
 	return chain, ancestors, nil
-}
-
-// delegationStatus maps a delegation refusal to a status.
-func delegationStatus(err error) error {
-	code := codes.PermissionDenied
-	switch {
-	case errors.Is(err, delegation.ErrUnknownDelegatee):
-		code = codes.NotFound
-	case errors.Is(err, delegation.ErrFanOut):
-		code = codes.ResourceExhausted
-	case errors.Is(err, delegation.ErrNoRoles), errors.Is(err, delegation.ErrInvalidTTL), errors.Is(err, delegation.ErrTTLAboveMax),
-		errors.Is(err, delegation.ErrOutlivesChain), errors.Is(err, delegation.ErrMaxDepth):
-		code = codes.InvalidArgument
-	case errors.Is(err, delegation.ErrMalformedChain):
-		// The store handed over a chain that does not link up.
-		code = codes.Internal
-	}
-	return status.Error(code, strings.TrimPrefix(err.Error(), "delegation: "))
-}
-
-func grantToProto(g delegation.Grant) *brokerv1.Grant {
-	p := &brokerv1.Grant{
-		Id:            g.ID,
-		ParentGrantId: g.ParentID,
-		Delegator:     g.Delegator,
-		Delegatee:     g.Delegatee,
-		Roles:         g.Roles,
-		CreatedAt:     timestamppb.New(g.CreatedAt),
-		ExpiresAt:     timestamppb.New(g.ExpiresAt),
-		MaxDepth:      int32(g.MaxDepth),
-		Depth:         int32(g.Depth),
-	}
-	if !g.RevokedAt.IsZero() {
-		p.RevokedAt = timestamppb.New(g.RevokedAt)
-	}
-	return p
 }
 
 func itoa(n int32) string { return strconv.Itoa(int(n)) }

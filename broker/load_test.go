@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/config"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -182,8 +184,8 @@ func newLoadRun(t *testing.T, f *brokertest.Fixture, spec loadSpec) *loadRun {
 	adv := attesttest.New(t, "load.test")
 	dir := t.TempDir()
 	cfg := advConfig(t, f, adv, dir)
-	rate := broker.RateLimit{Burst: loadBurst, PerSecond: loadPerSecond}
-	cfg.Limits.Rate = map[string]broker.RateLimit{"intern": rate, "junior": rate, "senior": rate, "principal": rate}
+	rate := config.RateLimit{Burst: loadBurst, PerSecond: loadPerSecond}
+	cfg.Limits.Rate = map[string]config.RateLimit{"intern": rate, "junior": rate, "senior": rate, "principal": rate}
 	// The broker sends Vault every issuance at once, and the dev stack's
 	// Vault shares two cores with a thousand callers under -race: calls
 	// queue there for seconds, which the fixture's 2 s would count as an

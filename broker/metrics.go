@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/agentictrust/atf/broker/edge"
 )
 
 // metrics are the broker's Prometheus metrics, served on their own
@@ -95,7 +97,7 @@ func (s *Server) serveMetrics(ctx context.Context, lis net.Listener) {
 		_ = srv.Shutdown(sctx)
 	}()
 	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		s.log.Error("metrics listener failed", slog.String(logError, err.Error()))
+		s.log.Error("metrics listener failed", slog.String(edge.LogError, err.Error()))
 	}
 }
 

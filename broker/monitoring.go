@@ -10,6 +10,8 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/fault"
 	"github.com/agentictrust/atf/broker/monitor"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
@@ -35,13 +37,13 @@ func (s *Server) observe(ctx context.Context, ev monitor.Event) (stopped *monito
 func (s *Server) onAnomaly(ctx context.Context, an monitor.Anomaly) (stopped bool) {
 	action := s.cfg.Monitor.Actions[an.Severity.String()]
 	s.metrics.anomalies.WithLabelValues(an.Rule, an.Severity.String()).Inc()
-	log := s.logger(ctx).With(slog.String(logAgent, an.Agent), slog.String("rule", an.Rule), slog.String("severity", an.Severity.String()), slog.String("action", action))
+	log := edge.Logger(ctx).With(slog.String(edge.LogAgent, an.Agent), slog.String("rule", an.Rule), slog.String("severity", an.Severity.String()), slog.String("action", action))
 	log.Warn("anomaly", slog.String("detail", an.Detail))
 	if err := s.db(ctx).AppendAudit(store.AuditRecord{Kind: "anomaly", Actor: "atfd", Subject: an.Agent, Detail: map[string]string{
 		"agent": an.Agent, "lineage": an.Lineage, "rule": an.Rule, "severity": an.Severity.String(),
-		"score": strconv.FormatFloat(an.Score, 'f', 2, 64), "message": an.Detail, "action": action, "request_id": requestID(ctx),
+		"score": strconv.FormatFloat(an.Score, 'f', 2, 64), "message": an.Detail, "action": action, "request_id": edge.RequestID(ctx),
 	}}); err != nil {
-		log.Error("writing the anomaly audit record failed", slog.String(logError, err.Error()))
+		log.Error("writing the anomaly audit record failed", slog.String(edge.LogError, err.Error()))
 	}
 	s.notify(ctx, "anomaly", an.Agent, "", fmt.Sprintf("%s anomaly on %s (%s): %s; action: %s", an.Severity, an.Agent, an.Rule, an.Detail, action),
 		map[string]string{"rule": an.Rule, "severity": an.Severity.String(), "action": action})
@@ -52,14 +54,14 @@ func (s *Server) onAnomaly(ctx context.Context, an monitor.Anomaly) (stopped boo
 		return true
 	case "demote":
 		if _, _, err := s.demote(ctx, an.Agent, "atfd", reason, s.maturity.DemotionSteps); err != nil {
-			log.Warn("automatic demotion did not happen", slog.String(logError, err.Error()))
+			log.Warn("automatic demotion did not happen", slog.String(edge.LogError, err.Error()))
 		}
 		return true
 	case "kill":
 		start := time.Now()
 		rev, killed, err := s.db(ctx).KillAgent(an.Agent, "atfd", reason, false)
 		if err != nil {
-			log.Error("automatic kill failed", slog.String(logError, err.Error()))
+			log.Error("automatic kill failed", slog.String(edge.LogError, err.Error()))
 			return true
 		}
 		for _, k := range killed {
@@ -92,26 +94,25 @@ func (s *Server) recordBreaker(ctx context.Context, agent string, failure bool) 
 	_, until := s.breakers.State(agent)
 	reason := fmt.Sprintf("circuit breaker opened until %s after repeated failures or denials", until.Format(time.RFC3339))
 	if err := s.db(ctx).AppendAudit(store.AuditRecord{Kind: "breaker_open", Actor: "atfd", Subject: agent, Detail: map[string]string{
-		"agent": agent, "until": until.Format(time.RFC3339), "request_id": requestID(ctx),
+		"agent": agent, "until": until.Format(time.RFC3339), "request_id": edge.RequestID(ctx),
 	}}); err != nil {
-		s.logger(ctx).Error("writing the breaker audit record failed", slog.String(logError, err.Error()))
+		edge.Logger(ctx).Error("writing the breaker audit record failed", slog.String(edge.LogError, err.Error()))
 	}
 	s.notify(ctx, "breaker_open", agent, "", agent+": "+reason, nil)
 	if s.maturity.DemoteOnBreakerTrip {
 		if _, _, err := s.demote(ctx, agent, "atfd", reason, s.maturity.DemotionSteps); err != nil {
-			s.logger(ctx).Warn("automatic demotion did not happen", slog.String(logError, err.Error()))
+			edge.Logger(ctx).Warn("automatic demotion did not happen", slog.String(edge.LogError, err.Error()))
 		}
 	}
 }
 
 // breakerOpen is the refusal while the agent's breaker is open.
-func (s *Server) breakerOpen(agent string) *limitError {
+func (s *Server) breakerOpen(agent string) *fault.Error {
 	ok, st, retryAt := s.breakers.Allow(agent)
 	if ok {
 		return nil
 	}
-	return &limitError{limit: "circuit_breaker", retry: max(retryAt.Sub(s.now()), time.Second),
-		msg: fmt.Sprintf("circuit breaker %s for %s after repeated failures or denials", st, agent)}
+	return fault.Limited("circuit_breaker", max(retryAt.Sub(s.now()), time.Second), "circuit breaker %s for %s after repeated failures or denials", st, agent)
 }
 
 func (s *Server) breakerToProto(agent string) *adminv1.Breaker {
@@ -147,11 +148,11 @@ func (s *Server) loadBaselines() error {
 	}
 	var bs []monitor.Baseline
 	if err := json.Unmarshal(raw, &bs); err != nil {
-		s.log.Warn("saved behaviour baselines are unreadable; they form again", slog.String(logError, err.Error()))
+		s.log.Warn("saved behaviour baselines are unreadable; they form again", slog.String(edge.LogError, err.Error()))
 		return nil
 	}
 	if err := s.monitor.Restore(bs); err != nil {
-		s.log.Warn("saved behaviour baselines were refused; they form again", slog.String(logError, err.Error()))
+		s.log.Warn("saved behaviour baselines were refused; they form again", slog.String(edge.LogError, err.Error()))
 	}
 	return nil
 }
@@ -163,7 +164,7 @@ func (s *Server) saveBaselines() {
 		err = s.store.SaveBaselines(raw)
 	}
 	if err != nil {
-		s.log.Error("saving behaviour baselines failed", slog.String(logError, err.Error()))
+		s.log.Error("saving behaviour baselines failed", slog.String(edge.LogError, err.Error()))
 	}
 }
 

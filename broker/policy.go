@@ -6,15 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/config"
+	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/fault"
+	"github.com/agentictrust/atf/broker/protoconv"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 )
@@ -23,7 +23,7 @@ import (
 // the store from the configured files if it holds none. A stored policy
 // that no longer loads (a broker downgrade, a hand-edited file) stops the
 // start: serving with a guessed policy is worse than not serving.
-func (s *Server) loadPolicy(cfg PolicyConfig) error {
+func (s *Server) loadPolicy(cfg config.PolicyConfig) error {
 	pv, err := s.store.Policy(0)
 	switch {
 	case errors.Is(err, store.ErrNotFound) && cfg.ModelFile == "":
@@ -63,7 +63,7 @@ func (s *Server) loadPolicy(cfg PolicyConfig) error {
 	return nil
 }
 
-func readPolicyFiles(cfg PolicyConfig) (model, policy string, err error) {
+func readPolicyFiles(cfg config.PolicyConfig) (model, policy string, err error) {
 	m, err := os.ReadFile(cfg.ModelFile)
 	if err != nil {
 		return "", "", fmt.Errorf("broker: policy: %w", err)
@@ -78,13 +78,13 @@ func readPolicyFiles(cfg PolicyConfig) (model, policy string, err error) {
 // policyStatus turns a policy that does not load into InvalidArgument,
 // saying why.
 func policyStatus(err error) error {
-	return status.Errorf(codes.InvalidArgument, "policy refused, the current one keeps serving: %s", strings.TrimPrefix(err.Error(), "authz: "))
+	return fault.New(fault.Invalid, "policy refused, the current one keeps serving: %w", err)
 }
 
 func (a *adminService) GetPolicy(ctx context.Context, req *adminv1.GetPolicyRequest) (*adminv1.GetPolicyResponse, error) {
 	pv, err := a.s.store.Policy(req.GetVersion())
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "get policy", err)
+		return nil, fmt.Errorf("get policy: %w", err)
 	}
 	return &adminv1.GetPolicyResponse{Version: a.s.policyVersionToProto(pv), Model: pv.Model, Policy: pv.Policy}, nil
 }
@@ -96,7 +96,7 @@ func (a *adminService) ListPolicies(ctx context.Context, req *adminv1.ListPolici
 	}
 	versions, err := a.s.store.Policies(req.GetBefore(), size)
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "list policies", err)
+		return nil, fmt.Errorf("list policies: %w", err)
 	}
 	resp := &adminv1.ListPoliciesResponse{}
 	for _, pv := range versions {
@@ -110,16 +110,16 @@ func (a *adminService) SetPolicy(ctx context.Context, req *adminv1.SetPolicyRequ
 	if model == "" {
 		cur, err := a.s.store.Policy(0)
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, status.Error(codes.FailedPrecondition, "no policy has been set yet: send a model with the first policy")
+			return nil, fault.New(fault.Precondition, "no policy has been set yet: send a model with the first policy")
 		}
 		if err != nil {
-			return nil, a.s.statusOf(ctx, "load current model", err)
+			return nil, fmt.Errorf("load current model: %w", err)
 		}
 		model = cur.Model
 	}
 	p, err := authz.NewPolicy(0, model, req.GetPolicy())
 	if err != nil {
-		a.s.logger(ctx).Info("policy update refused", slog.String(logError, err.Error()))
+		edge.Logger(ctx).Info("policy update refused", slog.String(edge.LogError, err.Error()))
 		return nil, policyStatus(err)
 	}
 	resp := &adminv1.SetPolicyResponse{Warnings: p.Warnings()}
@@ -137,7 +137,7 @@ func (a *adminService) SetPolicy(ctx context.Context, req *adminv1.SetPolicyRequ
 func (a *adminService) RollbackPolicy(ctx context.Context, req *adminv1.RollbackPolicyRequest) (*adminv1.RollbackPolicyResponse, error) {
 	old, err := a.s.store.Policy(req.GetVersion())
 	if err != nil {
-		return nil, a.s.statusOf(ctx, "load policy version", err)
+		return nil, fmt.Errorf("load policy version: %w", err)
 	}
 	p, err := authz.NewPolicy(0, old.Model, old.Policy)
 	if err != nil {
@@ -156,20 +156,20 @@ func (a *adminService) RollbackPolicy(ctx context.Context, req *adminv1.Rollback
 func (s *Server) commitPolicy(ctx context.Context, pv store.PolicyVersion, p *authz.Policy, expected uint64) (store.PolicyVersion, error) {
 	s.policyMu.Lock()
 	defer s.policyMu.Unlock()
-	pv.Author = identity(ctx).ID.String()
+	pv.Author = edge.Caller(ctx)
 	pv.Comment = audit.Redact(pv.Comment)
 	pv.Digest, pv.Lines = p.Digest(), p.Lines()
 	pv, err := s.db(ctx).PutPolicy(pv, expected)
 	if err != nil {
-		return pv, s.statusOf(ctx, "store policy", err)
+		return pv, fmt.Errorf("store policy: %w", err)
 	}
 	// The version number is known only now; the loaded rules are the same.
 	p, err = authz.NewPolicy(pv.Version, pv.Model, pv.Policy)
 	if err != nil {
-		return pv, s.statusOf(ctx, "load stored policy", err)
+		return pv, fmt.Errorf("load stored policy: %w", err)
 	}
 	s.policy.Store(p)
-	s.logger(ctx).Info("segmentation policy updated", slog.Uint64("version", pv.Version), slog.Int("lines", pv.Lines),
+	edge.Logger(ctx).Info("segmentation policy updated", slog.Uint64("version", pv.Version), slog.Int("lines", pv.Lines),
 		slog.Uint64("restored", pv.RolledBackFrom))
 	s.notify(ctx, "policy_updated", "", "", fmt.Sprintf("segmentation policy version %d set by %s: %s", pv.Version, pv.Author, pv.Comment),
 		map[string]string{"version": fmt.Sprint(pv.Version), "digest": pv.Digest})
@@ -184,22 +184,22 @@ func (a *adminService) TestPolicy(ctx context.Context, req *adminv1.TestPolicyRe
 		if model == "" && p != nil {
 			cur, err := s.store.Policy(p.Version())
 			if err != nil {
-				return nil, s.statusOf(ctx, "load current model", err)
+				return nil, fmt.Errorf("load current model: %w", err)
 			}
 			model = cur.Model
 		}
 		var err error
 		if p, err = authz.NewPolicy(0, model, req.GetPolicy()); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "candidate policy does not load: %s", strings.TrimPrefix(err.Error(), "authz: "))
+			return nil, fault.New(fault.Invalid, "candidate policy does not load: %w", err)
 		}
 	}
 	roleName, err := authz.CanonicalRole(req.GetRole())
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, strings.TrimPrefix(err.Error(), "authz: "))
+		return nil, fault.Wrap(fault.Invalid, err)
 	}
 	role, ok := s.roles[roleName]
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "role %q is not defined in the broker's roles file", roleName)
+		return nil, fault.New(fault.NotFound, "role %q is not defined in the broker's roles file", roleName)
 	}
 	id, err := a.agentID(ctx, req.GetSpiffeId())
 	if err != nil {
@@ -212,42 +212,13 @@ func (a *adminService) TestPolicy(ctx context.Context, req *adminv1.TestPolicyRe
 	case err == nil:
 		agent = &authz.Agent{ID: rec.ID, Level: rec.Level, Active: rec.Status == store.Active, Killed: rec.Kill != nil, Roles: rec.Roles}
 	case !errors.Is(err, store.ErrNotFound):
-		return nil, s.statusOf(ctx, "look up agent", err)
+		return nil, fmt.Errorf("look up agent: %w", err)
 	}
 	if req.GetLevel() != 0 {
-		agent.Level = levelFromProto(req.GetLevel())
+		agent.Level = protoconv.LevelFromProto(req.GetLevel())
 	}
-	d := s.gate.Decide(p, agent, role.authz(), 0)
-	return &adminv1.TestPolicyResponse{Decision: decisionToProto(d, role, agent.Level)}, nil
-}
-
-func decisionToProto(d authz.Decision, role Role, level authz.Level) *adminv1.Decision {
-	out := &adminv1.Decision{
-		Reason:         string(d.Reason),
-		Message:        d.Message,
-		MaturityRule:   d.Rule,
-		MaxUses:        int32(d.MaxUses),
-		Notify:         d.Notify,
-		PolicyVersion:  d.PolicyVersion,
-		Classification: role.classification.String(),
-		Class:          role.class.String(),
-		Level:          levelToProto(level),
-	}
-	if d.Matched != "" && d.Reason != authz.PolicyError {
-		out.MatchedPolicy = []string{d.Matched}
-	}
-	if d.TTL > 0 {
-		out.Ttl = durationpb.New(d.TTL)
-	}
-	switch d.Outcome {
-	case authz.Allow:
-		out.Outcome = adminv1.Outcome_OUTCOME_ALLOW
-	case authz.NeedsApproval:
-		out.Outcome = adminv1.Outcome_OUTCOME_PENDING_APPROVAL
-	default:
-		out.Outcome = adminv1.Outcome_OUTCOME_DENY
-	}
-	return out
+	d := s.gate.Decide(p, agent, role.Authz(), 0)
+	return &adminv1.TestPolicyResponse{Decision: protoconv.DecisionToProto(d, role, agent.Level)}, nil
 }
 
 func (s *Server) policyVersionToProto(pv store.PolicyVersion) *adminv1.PolicyVersion {

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/failpoint"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/vault"
@@ -52,12 +53,12 @@ func (r *revoker) revokeAll(ctx context.Context, accessors []string) int {
 			break
 		}
 		if err := r.issuer.Revoke(ctx, acc); err != nil {
-			r.log.Warn("revocation queued for retry", slog.String(logAccessor, acc), slog.String(logError, err.Error()))
+			r.log.Warn("revocation queued for retry", slog.String(edge.LogAccessor, acc), slog.String(edge.LogError, err.Error()))
 			continue
 		}
 		if err := r.store.CompleteRevocation(acc); err != nil {
 			// Vault revoked it; the retry will find it gone and succeed.
-			r.log.Error("recording a revocation failed", slog.String(logAccessor, acc), slog.String(logError, err.Error()))
+			r.log.Error("recording a revocation failed", slog.String(edge.LogAccessor, acc), slog.String(edge.LogError, err.Error()))
 			continue
 		}
 		done++
@@ -88,13 +89,13 @@ func (r *revoker) loop(ctx context.Context) {
 	for {
 		pending, err := r.store.PendingRevocations()
 		if err != nil {
-			r.log.Error("reading the revocation queue failed", slog.String(logError, err.Error()))
+			r.log.Error("reading the revocation queue failed", slog.String(edge.LogError, err.Error()))
 		}
 		if len(pending) > 0 {
 			rctx, cancel := context.WithTimeout(ctx, time.Minute)
 			n := r.revokeAll(rctx, pending)
 			cancel()
-			r.log.Info("revocation queue drained", slog.Int(logCount, n), slog.Int("pending", len(pending)-n))
+			r.log.Info("revocation queue drained", slog.Int(edge.LogCount, n), slog.Int("pending", len(pending)-n))
 			if n == len(pending) {
 				backoff = time.Second
 				continue

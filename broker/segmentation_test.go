@@ -11,16 +11,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/config"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/broker/audit"
-	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/policy"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -336,7 +337,7 @@ func TestPolicyLifecycle(t *testing.T) {
 	}
 	restart("restart with other policy files")
 	gone := t.TempDir()
-	e.cfg.Policy = broker.PolicyConfig{ModelFile: filepath.Join(gone, "model.conf"), PolicyFile: filepath.Join(gone, "policy.csv")}
+	e.cfg.Policy = config.PolicyConfig{ModelFile: filepath.Join(gone, "model.conf"), PolicyFile: filepath.Join(gone, "policy.csv")}
 	restart("restart without the policy files")
 
 	// 9. Of concurrent updates expecting the same version, one wins.
@@ -421,7 +422,7 @@ func TestPolicyStoredButBrokenStopsTheStart(t *testing.T) {
 func TestSegmentationWithoutPolicy(t *testing.T) {
 	f := brokertest.Setup(t)
 	cfg := f.Config(t, t.TempDir())
-	cfg.Policy = broker.PolicyConfig{}
+	cfg.Policy = config.PolicyConfig{}
 	e := newDelegEnv(t, f, cfg)
 	ctx := t.Context()
 	reader := e.register(t, "reader", brokerv1.Level_LEVEL_SENIOR, "reports-read")

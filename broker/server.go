@@ -10,22 +10,20 @@ import (
 	"sync/atomic"
 	"time"
 
-	"buf.build/go/protovalidate"
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/encoding"
-	protoenc "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/status"
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/config"
+	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/fault"
 	"github.com/agentictrust/atf/broker/maturity"
 	"github.com/agentictrust/atf/broker/monitor"
 	"github.com/agentictrust/atf/broker/notify"
@@ -36,18 +34,6 @@ import (
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
-
-// maxRequestBytes bounds every request message; the largest legitimate one
-// is a few kilobytes.
-const maxRequestBytes = 64 << 10
-
-// maxHeaderBytes bounds a request's header list (HTTP/2 counting: names,
-// values and 32 bytes per field): room for a bearer token of
-// attest.MaxJWTSize and the usual headers. grpc-go's default, 16 MiB,
-// would let any client make the broker decode megabytes before the
-// token's length is checked; over the limit, the framer drops the stream
-// or the connection without keeping the headers.
-const maxHeaderBytes = attest.MaxJWTSize + 8<<10
 
 // Option tunes New.
 type Option func(*options)
@@ -65,19 +51,18 @@ func WithClock(now func() time.Time) Option { return func(o *options) { o.now = 
 
 // Server is a running broker.
 type Server struct {
-	log       *slog.Logger
-	now       func() time.Time
-	store     *store.Store
-	source    *svid.Source
-	verifier  *attest.Verifier
-	issuer    *vault.Issuer
-	gate      *authz.Gate
-	roles     map[string]Role
-	admins    map[spiffeid.ID]bool
-	validator protovalidate.Validator
-	grpc      *grpc.Server
-	health    *health.Server
-	revoker   *revoker
+	log      *slog.Logger
+	now      func() time.Time
+	store    *store.Store
+	source   *svid.Source
+	verifier *attest.Verifier
+	issuer   *vault.Issuer
+	gate     *authz.Gate
+	roles    map[string]config.Role
+	self     spiffeid.ID
+	grpc     *grpc.Server
+	health   *health.Server
+	revoker  *revoker
 	// runBegun is set once the store is marked in use (BeginRun); Close
 	// marks a clean end only then, and only if no call was cut off.
 	runBegun bool
@@ -86,10 +71,9 @@ type Server struct {
 	hub      hub
 	rules    delegation.Rules
 
-	cfg       Config
+	cfg       config.Config
 	policy    atomic.Pointer[authz.Policy]
-	policyMu  sync.Mutex // serialises policy updates
-	approvers map[spiffeid.ID]bool
+	policyMu  sync.Mutex           // serialises policy updates
 	operators map[spiffeid.ID]bool // security operators
 	// globalKill is the global kill switch, as committed in the store.
 	globalKill atomic.Pointer[store.Kill]
@@ -117,7 +101,7 @@ type Server struct {
 // New builds a broker from cfg: it opens the store (failing fast if another
 // atfd holds it), gets the broker's SVID, logs in to Vault and registers the
 // gRPC services. It does not listen; call Serve.
-func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error) {
+func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err error) {
 	o := options{logger: slog.New(slog.DiscardHandler), now: time.Now}
 	for _, opt := range opts {
 		opt(&o)
@@ -125,49 +109,63 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{log: o.logger, now: o.now, cfg: cfg, admins: map[spiffeid.ID]bool{}, approvers: map[spiffeid.ID]bool{},
-		operators: map[spiffeid.ID]bool{}, closingCh: make(chan struct{})}
+	s := &Server{log: o.logger, now: o.now, cfg: cfg, operators: idSet(cfg.SecurityOperators), closingCh: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
-	for _, a := range cfg.Admins {
-		id, _ := attest.ParseID(a) // checked by Validate
-		s.admins[id] = true
+	for _, step := range []func(context.Context) error{s.openPolicy, s.openStore, s.openMonitoring, s.openIdentity, s.openVault, s.openGRPC} {
+		if err := step(ctx); err != nil {
+			return nil, err
+		}
 	}
-	for _, a := range cfg.Approvals.Approvers {
+	o.logger.Info("broker ready", slog.String(edge.LogSPIFFEID, s.self.String()), slog.String(edge.LogVaultAddr, s.issuer.Address()),
+		slog.Int("roles", len(s.roles)), slog.Int("admins", len(cfg.Admins)))
+	return s, nil
+}
+
+// idSet is a set of SPIFFE IDs checked by Config.Validate.
+func idSet(ids []string) map[spiffeid.ID]bool {
+	set := make(map[spiffeid.ID]bool, len(ids))
+	for _, a := range ids {
 		id, _ := attest.ParseID(a) // checked by Validate
-		s.approvers[id] = true
+		set[id] = true
 	}
-	for _, a := range cfg.SecurityOperators {
-		id, _ := attest.ParseID(a) // checked by Validate
-		s.operators[id] = true
-	}
-	sinks, err := webhookSinks(cfg.Notifications.Webhook)
+	return set
+}
+
+// openPolicy loads what decisions read: roles, level limits, notifications.
+func (s *Server) openPolicy(context.Context) error {
+	sinks, err := webhookSinks(s.cfg.Notifications.Webhook)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	s.notifier = notify.New(o.logger, sinks...)
-	if s.roles, err = LoadRoles(cfg.RolesFile); err != nil {
-		return nil, err
+	s.notifier = notify.New(s.log, sinks...)
+	if s.roles, err = config.LoadRoles(s.cfg.RolesFile); err != nil {
+		return err
 	}
-	limits, err := cfg.Limits.levelLimits()
+	limits, err := s.cfg.Limits.LevelLimits()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if s.gate, err = authz.NewGate(limits); err != nil {
-		return nil, err
-	}
-	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: o.now, OnAudit: s.auditCommitted, MaxSize: cfg.StoreMaxSize}); err != nil {
-		return nil, err
+	s.gate, err = authz.NewGate(limits)
+	return err
+}
+
+// openStore opens the store and what lives in it: the run marker, the
+// policy in force, the kill switch and the audit streams.
+func (s *Server) openStore(context.Context) (err error) {
+	cfg := s.cfg
+	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: s.now, OnAudit: s.auditCommitted, MaxSize: cfg.StoreMaxSize}); err != nil {
+		return err
 	}
 	if s.tracing, err = newTracing(cfg.Tracing); err != nil {
-		return nil, err
+		return err
 	}
 	crashed, rev, err := s.store.BeginRun("atfd")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.runBegun = true
 	if crashed {
@@ -175,21 +173,25 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 			slog.Int("credentials", rev.CredentialCount()), slog.Int("queued", len(rev.Queued)))
 	}
 	if err := s.loadPolicy(cfg.Policy); err != nil {
-		return nil, err
+		return err
 	}
 	gk, err := s.store.GlobalKill()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if gk != nil {
 		s.globalKill.Store(gk)
-		s.log.Warn("the global kill switch holds every agent; a security operator must release it", slog.String(logReason, gk.Reason))
+		s.log.Warn("the global kill switch holds every agent; a security operator must release it", slog.String(edge.LogReason, gk.Reason))
 	}
-	if err := s.auditStreams(cfg.Audit); err != nil {
-		return nil, err
-	}
-	if s.maturity, err = cfg.Maturity.config(); err != nil {
-		return nil, fmt.Errorf("broker: maturity: %w", err)
+	return s.auditStreams(cfg.Audit)
+}
+
+// openMonitoring sets up maturity, behaviour monitoring, circuit breakers,
+// metrics and the live-credential limits.
+func (s *Server) openMonitoring(context.Context) (err error) {
+	cfg := s.cfg
+	if s.maturity, err = cfg.Maturity.Config(); err != nil {
+		return fmt.Errorf("broker: maturity: %w", err)
 	}
 	mcfg := monitor.DefaultConfig()
 	if cfg.Monitor.BaselineWindow > 0 {
@@ -199,96 +201,99 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 		mcfg.BaselineOps = cfg.Monitor.BaselineOps
 	}
 	if s.monitor, err = monitor.New(mcfg); err != nil {
-		return nil, fmt.Errorf("broker: monitor: %w", err)
+		return fmt.Errorf("broker: monitor: %w", err)
 	}
-	bc := cfg.Monitor.Breaker
-	if s.breakers, err = monitor.NewBreakers(monitor.BreakerConfig{Failures: bc.Failures, Window: bc.Window, OpenFor: bc.OpenFor, Probes: bc.Probes}, o.now); err != nil {
-		return nil, fmt.Errorf("broker: monitor.breaker: %w", err)
+	if s.breakers, err = monitor.NewBreakers(cfg.Monitor.Breaker, s.now); err != nil {
+		return fmt.Errorf("broker: monitor.breaker: %w", err)
 	}
 	if err := s.loadBaselines(); err != nil {
-		return nil, err
+		return err
 	}
 	s.metrics = newMetrics(s)
 	if cfg.MetricsAddr != "" {
 		if s.metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
-			return nil, fmt.Errorf("broker: metrics_addr: %w", err)
+			return fmt.Errorf("broker: metrics_addr: %w", err)
 		}
 	}
-	s.rate = newRateLimiter(cfg.Limits.Rate, o.now)
-	s.live = newLiveSet(cfg.Limits, o.now)
-	live, err := s.store.LiveCredentials(o.now())
+	s.rate = newRateLimiter(cfg.Limits.Rate, s.now)
+	s.live = newLiveSet(cfg.Limits, s.now)
+	live, err := s.store.LiveCredentials(s.now())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.live.load(live)
+	return nil
+}
+
+// openIdentity gets the broker's SVID and trust bundles and the verifier of
+// callers' SVIDs.
+func (s *Server) openIdentity(ctx context.Context) (err error) {
+	cfg := s.cfg
 	if s.source, err = svid.Open(ctx, svid.Config{
 		WorkloadAPIAddr: cfg.SPIFFE.WorkloadAPIAddr,
 		CertFile:        cfg.SPIFFE.SVIDFile,
 		KeyFile:         cfg.SPIFFE.SVIDKeyFile,
 		BundleFiles:     cfg.SPIFFE.BundleFiles,
 	}); err != nil {
-		return nil, err
+		return err
 	}
-	self, err := s.source.ID()
-	if err != nil {
-		return nil, err
+	if s.self, err = s.source.ID(); err != nil {
+		return err
 	}
 	tds := make([]spiffeid.TrustDomain, 0, len(cfg.TrustDomains))
 	for _, name := range cfg.TrustDomains {
 		td, err := spiffeid.TrustDomainFromString(name)
 		if err != nil {
-			return nil, fmt.Errorf("broker: trust_domains: %w", err)
+			return fmt.Errorf("broker: trust_domains: %w", err)
 		}
 		tds = append(tds, td)
 	}
 	audience := cfg.JWTAudience
 	if audience == "" {
-		audience = self.String()
+		audience = s.self.String()
 	}
-	if s.verifier, err = attest.New(attest.Config{
-		TrustDomains: tds,
-		X509Bundles:  s.source,
-		JWTBundles:   s.source,
-		Audience:     audience,
-		Now:          o.now,
-	}); err != nil {
-		return nil, err
-	}
+	s.verifier, err = attest.New(attest.Config{TrustDomains: tds, X509Bundles: s.source, JWTBundles: s.source, Audience: audience, Now: s.now})
+	return err
+}
+
+// openVault logs in to Vault and starts what revokes there.
+func (s *Server) openVault(ctx context.Context) (err error) {
+	cfg := s.cfg
 	vcfg := vault.Config{
 		Address:        cfg.Vault.Address,
 		CACertFile:     cfg.Vault.CACertFile,
 		CredentialRole: cfg.Vault.CredentialRole,
 		Timeout:        cfg.Vault.Timeout,
-		Logger:         o.logger,
-		Breaker:        vault.BreakerConfig(cfg.Vault.Breaker),
-		Now:            o.now,
+		Logger:         s.log,
+		Breaker:        cfg.Vault.Breaker,
+		Now:            s.now,
 	}
 	if vcfg.Login, vcfg.Token, err = vaultLogin(cfg.Vault.Auth, s.source); err != nil {
-		return nil, err
+		return err
 	}
 	if s.issuer, err = vault.New(ctx, vcfg); err != nil {
-		return nil, err
+		return err
 	}
-	if s.validator, err = protovalidate.New(); err != nil {
-		return nil, fmt.Errorf("broker: validator: %w", err)
-	}
-	s.revoker = newRevoker(s.store, s.issuer, o.logger)
+	s.revoker = newRevoker(s.store, s.issuer, s.log)
 	s.anchors = &anchors{issuer: s.issuer, store: s.store, m: map[string]*vault.Anchor{}}
 	s.rules = delegation.DefaultRules()
+	return nil
+}
 
-	sopts := []grpc.ServerOption{
-		grpc.Creds(credentials.NewTLS(s.verifier.ServerTLSConfig(s.source))),
-		grpc.MaxRecvMsgSize(maxRequestBytes),
-		grpc.MaxHeaderListSize(maxHeaderBytes),
-		grpc.ForceServerCodecV2(requestCodec{encoding.GetCodecV2(protoenc.Name)}),
-		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
-		grpc.ChainStreamInterceptor(s.streamInterceptor),
+// openGRPC builds the gRPC server behind the edge and registers the
+// services, health and reflection.
+func (s *Server) openGRPC(context.Context) error {
+	e, err := edge.New(edge.Config{Verifier: s.verifier, Admins: idSet(s.cfg.Admins), SecurityOperators: s.operators,
+		Approvers: idSet(s.cfg.Approvals.Approvers), Log: s.log, Now: s.now})
+	if err != nil {
+		return err
 	}
+	sopts := e.ServerOptions(credentials.NewTLS(s.verifier.ServerTLSConfig(s.source)))
 	if s.tracing.serverOption != nil {
 		sopts = append(sopts, s.tracing.serverOption)
 	}
 	s.grpc = grpc.NewServer(sopts...)
-	reg := decodingRegistrar{s.grpc}
+	reg := edge.Registrar(s.grpc)
 	brokerv1.RegisterBrokerServiceServer(reg, &brokerService{s: s})
 	adminv1.RegisterAdminServiceServer(reg, &adminService{s: s})
 	adminv1.RegisterApprovalServiceServer(reg, &approvalService{s: s})
@@ -297,9 +302,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (_ *Server, err error)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
-	o.logger.Info("broker ready", slog.String(logSPIFFEID, self.String()), slog.String(logVaultAddr, s.issuer.Address()),
-		slog.Int("roles", len(s.roles)), slog.Int("admins", len(s.admins)))
-	return s, nil
+	return nil
 }
 
 // Serve serves gRPC on lis until Close. It also retries queued revocations
@@ -404,7 +407,7 @@ func (s *Server) Close() {
 		if s.store != nil {
 			if s.runBegun {
 				if err := s.store.EndRun(); err != nil {
-					s.log.Error("marking a clean stop failed; the next start revokes every live credential", slog.String(logError, err.Error()))
+					s.log.Error("marking a clean stop failed; the next start revokes every live credential", slog.String(edge.LogError, err.Error()))
 				}
 			}
 			s.store.Close()
@@ -413,7 +416,7 @@ func (s *Server) Close() {
 }
 
 // vaultLogin turns the auth config into a Vault login method or a token.
-func vaultLogin(a VaultAuth, src *svid.Source) (login vaultapi.AuthMethod, token string, err error) {
+func vaultLogin(a config.VaultAuth, src *svid.Source) (login vaultapi.AuthMethod, token string, err error) {
 	switch a.Method {
 	case "approle":
 		return vault.AppRole{Mount: a.Mount, RoleID: a.RoleID, SecretIDFile: a.SecretIDFile}, "", nil
@@ -434,7 +437,7 @@ func (s *Server) auditCommitted() {
 }
 
 // webhookSinks builds the notification webhook, if configured.
-func webhookSinks(cfg WebhookConfig) ([]notify.Sink, error) {
+func webhookSinks(cfg config.WebhookConfig) ([]notify.Sink, error) {
 	if cfg.URLFile == "" && cfg.URLEnv == "" {
 		return nil, nil
 	}
@@ -454,4 +457,4 @@ func webhookSinks(cfg WebhookConfig) ([]notify.Sink, error) {
 }
 
 // errShuttingDown ends streams when atfd stops.
-var errShuttingDown = status.Error(codes.Unavailable, "atfd is shutting down; reconnect")
+var errShuttingDown = fault.New(fault.Unavailable, "atfd is shutting down; reconnect")

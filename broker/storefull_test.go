@@ -8,8 +8,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )

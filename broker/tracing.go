@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/config"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
@@ -49,7 +50,7 @@ type tracing struct {
 
 // newTracing sets up OTLP/gRPC export as cfg says, or a tracer that does
 // nothing. Spans carry ids and names, never tokens.
-func newTracing(cfg TracingConfig) (*tracing, error) {
+func newTracing(cfg config.TracingConfig) (*tracing, error) {
 	if cfg.Endpoint == "" {
 		return &tracing{tracer: noop.NewTracerProvider().Tracer(tracerName), shutdown: func(context.Context) error { return nil }}, nil
 	}

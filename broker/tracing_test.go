@@ -9,13 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/config"
+
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -83,7 +84,7 @@ func TestTracing(t *testing.T) {
 
 	f := brokertest.Setup(t)
 	cfg := f.Config(t, t.TempDir())
-	cfg.Tracing = broker.TracingConfig{Endpoint: lis.Addr().String(), Insecure: true}
+	cfg.Tracing = config.TracingConfig{Endpoint: lis.Addr().String(), Insecure: true}
 	b := f.Start(t, cfg)
 	agent := f.ID(t, "traced")
 	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read", "reports-write")

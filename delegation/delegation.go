@@ -117,37 +117,88 @@ type Request struct {
 
 // Check decides whether req may become a grant. On success it returns the
 // grant to store, with CreatedAt set to now and ID left for the caller to
-// fill; otherwise an error wrapping one of the Err values.
+// fill; otherwise an error wrapping one of the Err values. The checks run in
+// this order, and the first refusal is the answer: who receives, the chain
+// it extends, the roles, the lifetime, the depth, the fan-out.
 func (r Rules) Check(req Request, now time.Time) (Grant, error) {
-	d, e := req.Delegator, req.Delegatee
-	switch {
-	case e == nil:
-		return Grant{}, fmt.Errorf("%w: the delegatee is not a registered agent; check its SPIFFE ID or register it first", ErrUnknownDelegatee)
-	case !e.Active:
-		return Grant{}, fmt.Errorf("%w: agent %s is deregistered or killed and may receive no authority", ErrDelegateeInactive, e.ID)
-	case e.ID == d.ID:
-		return Grant{}, fmt.Errorf("%w: agent %s may not delegate to itself; it already holds its own authority", ErrSelfDelegation, d.ID)
+	if err := checkDelegatee(req); err != nil {
+		return Grant{}, err
 	}
-	auth, err := Effective(d, req.Chain, req.Ancestors, now)
+	auth, err := Effective(req.Delegator, req.Chain, req.Ancestors, now)
 	if err != nil {
 		return Grant{}, err
 	}
+	if err := r.checkChain(req, auth); err != nil {
+		return Grant{}, err
+	}
+	roles, err := checkScope(req, auth)
+	if err != nil {
+		return Grant{}, err
+	}
+	expires, err := r.checkTTL(req, auth, now)
+	if err != nil {
+		return Grant{}, err
+	}
+	depth, err := r.checkDepth(req)
+	if err != nil {
+		return Grant{}, err
+	}
+	parent, err := r.checkFanOut(req)
+	if err != nil {
+		return Grant{}, err
+	}
+	return Grant{
+		ParentID:  parent,
+		Delegator: req.Delegator.ID,
+		Delegatee: req.Delegatee.ID,
+		Roles:     roles,
+		ExpiresAt: expires,
+		MaxDepth:  req.MaxDepth,
+		Depth:     depth,
+		CreatedAt: now,
+	}, nil
+}
+
+// checkDelegatee refuses a delegatee that is unknown, inactive or the
+// delegator itself.
+func checkDelegatee(req Request) error {
+	d, e := req.Delegator, req.Delegatee
+	switch {
+	case e == nil:
+		return fmt.Errorf("%w: the delegatee is not a registered agent; check its SPIFFE ID or register it first", ErrUnknownDelegatee)
+	case !e.Active:
+		return fmt.Errorf("%w: agent %s is deregistered or killed and may receive no authority", ErrDelegateeInactive, e.ID)
+	case e.ID == d.ID:
+		return fmt.Errorf("%w: agent %s may not delegate to itself; it already holds its own authority", ErrSelfDelegation, d.ID)
+	}
+	return nil
+}
+
+// checkChain refuses to extend the chain back up to an agent already in it,
+// or when the delegator or any ancestor is at a level that may not delegate.
+func (r Rules) checkChain(req Request, auth Authority) error {
+	d, e := req.Delegator, req.Delegatee
 	if slices.Contains(auth.Chain, e.ID) {
-		return Grant{}, fmt.Errorf("%w: agent %s already appears in the chain %s; authority may not flow back up a chain", ErrCycle, e.ID, strings.Join(auth.Chain, " → "))
+		return fmt.Errorf("%w: agent %s already appears in the chain %s; authority may not flow back up a chain", ErrCycle, e.ID, strings.Join(auth.Chain, " → "))
 	}
 	if r.MaxDepth[d.Level] <= 0 {
-		return Grant{}, fmt.Errorf("%w: agent %s is at level %s, which may not delegate", ErrLevelMayNotDelegate, d.ID, d.Level)
+		return fmt.Errorf("%w: agent %s is at level %s, which may not delegate", ErrLevelMayNotDelegate, d.ID, d.Level)
 	}
 	for _, g := range req.Chain {
 		// Effective has checked every delegator is present and active.
 		if a := req.Ancestors[g.Delegator]; r.MaxDepth[a.Level] <= 0 {
-			return Grant{}, fmt.Errorf("%w: %s, which gave grant %s in this chain, is now at level %s, which may not delegate; the chain cannot be extended", ErrAncestorLevel, g.Delegator, g.ID, a.Level)
+			return fmt.Errorf("%w: %s, which gave grant %s in this chain, is now at level %s, which may not delegate; the chain cannot be extended", ErrAncestorLevel, g.Delegator, g.ID, a.Level)
 		}
 	}
+	return nil
+}
 
+// checkScope returns the requested roles, normalized, if they are within
+// the delegator's effective authority.
+func checkScope(req Request, auth Authority) ([]string, error) {
 	roles := normalize(req.Roles)
 	if len(roles) == 0 {
-		return Grant{}, fmt.Errorf("%w: a grant must name at least one role", ErrNoRoles)
+		return nil, fmt.Errorf("%w: a grant must name at least one role", ErrNoRoles)
 	}
 	var outside []string
 	for _, role := range roles {
@@ -156,32 +207,49 @@ func (r Rules) Check(req Request, now time.Time) (Grant, error) {
 		}
 	}
 	if len(outside) > 0 {
-		return Grant{}, fmt.Errorf("%w: agent %s may delegate only %q here (its manifest, narrowed by every grant and every ancestor's current manifest in its chain), not %q", ErrScope, d.ID, auth.Roles, outside)
+		return nil, fmt.Errorf("%w: agent %s may delegate only %q here (its manifest, narrowed by every grant and every ancestor's current manifest in its chain), not %q", ErrScope, req.Delegator.ID, auth.Roles, outside)
 	}
+	return roles, nil
+}
 
+// checkTTL returns when the grant expires, if its TTL is positive, within
+// MaxTTL and ends no later than the chain it extends.
+func (r Rules) checkTTL(req Request, auth Authority, now time.Time) (time.Time, error) {
 	expires := now.Add(req.TTL)
 	switch {
 	case req.TTL <= 0:
-		return Grant{}, fmt.Errorf("%w: TTL %s must be positive", ErrInvalidTTL, req.TTL)
+		return time.Time{}, fmt.Errorf("%w: TTL %s must be positive", ErrInvalidTTL, req.TTL)
 	case req.TTL > r.MaxTTL:
-		return Grant{}, fmt.Errorf("%w: TTL %s exceeds the maximum grant TTL %s", ErrTTLAboveMax, req.TTL, r.MaxTTL)
+		return time.Time{}, fmt.Errorf("%w: TTL %s exceeds the maximum grant TTL %s", ErrTTLAboveMax, req.TTL, r.MaxTTL)
 	case !auth.ExpiresAt.IsZero() && expires.After(auth.ExpiresAt):
 		g := req.Chain[slices.IndexFunc(req.Chain, func(g Grant) bool { return g.ExpiresAt.Equal(auth.ExpiresAt) })]
-		return Grant{}, fmt.Errorf("%w: it would expire at %s, after grant %s which expires at %s; ask for a TTL of at most %s",
+		return time.Time{}, fmt.Errorf("%w: it would expire at %s, after grant %s which expires at %s; ask for a TTL of at most %s",
 			ErrOutlivesChain, expires.Format(time.RFC3339), g.ID, g.ExpiresAt.Format(time.RFC3339), auth.ExpiresAt.Sub(now))
 	}
+	return expires, nil
+}
 
+// checkDepth returns the grant's depth, if the chain may grow by a hop and
+// the requested MaxDepth fits in the hops left below it.
+func (r Rules) checkDepth(req Request) (int, error) {
+	d := req.Delegator
 	depth := len(req.Chain) + 1
 	limit, at, byGrant := r.depthLimit(d, req.Chain, req.Ancestors)
 	switch {
 	case limit < depth:
-		return Grant{}, fmt.Errorf("%w: %s; this grant would be at depth %d", ErrDepthExhausted, r.depthReason(d, req.Chain, req.Ancestors, limit, at, byGrant), depth)
+		return 0, fmt.Errorf("%w: %s; this grant would be at depth %d", ErrDepthExhausted, r.depthReason(d, req.Chain, req.Ancestors, limit, at, byGrant), depth)
 	case req.MaxDepth < 0:
-		return Grant{}, fmt.Errorf("%w: max depth %d must not be negative", ErrMaxDepth, req.MaxDepth)
+		return 0, fmt.Errorf("%w: max depth %d must not be negative", ErrMaxDepth, req.MaxDepth)
 	case req.MaxDepth > limit-depth:
-		return Grant{}, fmt.Errorf("%w: max depth %d exceeds the %d further hop(s) left below this grant at depth %d: %s", ErrMaxDepth, req.MaxDepth, limit-depth, depth, r.depthReason(d, req.Chain, req.Ancestors, limit, at, byGrant))
+		return 0, fmt.Errorf("%w: max depth %d exceeds the %d further hop(s) left below this grant at depth %d: %s", ErrMaxDepth, req.MaxDepth, limit-depth, depth, r.depthReason(d, req.Chain, req.Ancestors, limit, at, byGrant))
 	}
+	return depth, nil
+}
 
+// checkFanOut returns the grant's parent ("" for the delegator's own
+// authority), if the delegator holds out fewer than MaxFanOut live grants
+// under it.
+func (r Rules) checkFanOut(req Request) (string, error) {
 	parent := ""
 	if len(req.Chain) > 0 {
 		parent = req.Chain[len(req.Chain)-1].ID
@@ -191,19 +259,9 @@ func (r Rules) Check(req Request, now time.Time) (Grant, error) {
 		if parent != "" {
 			under = "grant " + parent
 		}
-		return Grant{}, fmt.Errorf("%w: agent %s already holds out %d live grant(s) under %s (limit %d); revoke one or let it expire", ErrFanOut, d.ID, req.LiveFanOut, under, r.MaxFanOut)
+		return "", fmt.Errorf("%w: agent %s already holds out %d live grant(s) under %s (limit %d); revoke one or let it expire", ErrFanOut, req.Delegator.ID, req.LiveFanOut, under, r.MaxFanOut)
 	}
-
-	return Grant{
-		ParentID:  parent,
-		Delegator: d.ID,
-		Delegatee: e.ID,
-		Roles:     roles,
-		ExpiresAt: expires,
-		MaxDepth:  req.MaxDepth,
-		Depth:     depth,
-		CreatedAt: now,
-	}, nil
+	return parent, nil
 }
 
 // depthLimit returns the deepest depth a grant below chain may reach, and

@@ -1,6 +1,9 @@
 package maturity_test
 
 import (
+	"encoding/json"
+	"errors"
+	"fmt"
 	"math"
 	"testing"
 
@@ -141,9 +144,39 @@ func TestParseSeverity(t *testing.T) {
 			t.Errorf("ParseSeverity(%q) = %s, %v", s, got, err)
 		}
 	}
-	_, err := maturity.ParseSeverity("Critical")
-	if want := `maturity: unknown severity "Critical" (want low, medium, high or critical)`; errString(err) != want {
-		t.Errorf("error %v, want %s", err, want)
+	// Exactly as String writes them: a configuration keyed by "High" would
+	// never match an anomaly's "high".
+	for _, in := range []string{"Critical", "HIGH", "urgent", ""} {
+		_, err := maturity.ParseSeverity(in)
+		if want := fmt.Sprintf("maturity: unknown severity %q (want low, medium, high or critical)", in); errString(err) != want {
+			t.Errorf("ParseSeverity(%q): error %v, want %s", in, err, want)
+		}
+	}
+	for _, s := range []maturity.Severity{0, 5} {
+		if got, want := s.String(), fmt.Sprintf("severity(%d)", int(s)); got != want {
+			t.Errorf("Severity(%d).String() = %q, want %q", int(s), got, want)
+		}
+	}
+}
+
+func TestSeverityText(t *testing.T) {
+	type doc struct {
+		Severity maturity.Severity `json:"severity"`
+	}
+	data, err := json.Marshal(doc{maturity.High})
+	if err != nil || string(data) != `{"severity":"high"}` {
+		t.Fatalf("json.Marshal = %s, %v; want {\"severity\":\"high\"}", data, err)
+	}
+	var back doc
+	if err := json.Unmarshal(data, &back); err != nil || back.Severity != maturity.High {
+		t.Fatalf("json.Unmarshal = %+v, %v; want high", back, err)
+	}
+	if _, err := json.Marshal(doc{}); errString(errors.Unwrap(err)) != "maturity: cannot encode severity(0)" {
+		t.Errorf("json.Marshal of severity 0: %v, want maturity: cannot encode severity(0)", err)
+	}
+	err = json.Unmarshal([]byte(`{"severity":"dire"}`), &back)
+	if want := `maturity: unknown severity "dire" (want low, medium, high or critical)`; errString(err) != want {
+		t.Errorf("json.Unmarshal of severity dire: %v, want %s", err, want)
 	}
 }
 

@@ -12,6 +12,10 @@
 // one line a check, for a person to act on. Config.Demotion says whether a
 // Trigger demotes an agent and to which level.
 //
+// Severity is the one scale of incidents and anomalies: package monitor
+// grades the anomalies it raises with it, and configurations name its
+// values as String writes them (low, medium, high, critical).
+//
 // The time is Input.Now, never the clock, so a report can be reproduced.
 //
 // # Caveats

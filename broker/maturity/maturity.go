@@ -8,8 +8,9 @@ import (
 	"github.com/agentictrust/atf/authz"
 )
 
-// Severity grades an incident or an anomaly. The zero value is not a
-// severity.
+// Severity grades an incident or an anomaly (package monitor grades the
+// anomalies it raises with it). The zero value is not a severity. Its text
+// form is its String.
 type Severity int
 
 // Severities, in increasing order.
@@ -40,6 +41,24 @@ func ParseSeverity(s string) (Severity, error) {
 		}
 	}
 	return 0, fmt.Errorf("maturity: unknown severity %q (want low, medium, high or critical)", s)
+}
+
+// MarshalText encodes s as its String.
+func (s Severity) MarshalText() ([]byte, error) {
+	if !s.Valid() {
+		return nil, fmt.Errorf("maturity: cannot encode %s", s)
+	}
+	return []byte(s.String()), nil
+}
+
+// UnmarshalText decodes what MarshalText encodes.
+func (s *Severity) UnmarshalText(text []byte) error {
+	v, err := ParseSeverity(string(text))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
 }
 
 // EvidenceKind is what a piece of evidence shows.

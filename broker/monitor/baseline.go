@@ -6,6 +6,9 @@ import (
 	"maps"
 	"math"
 	"time"
+
+	"github.com/agentictrust/atf/broker/breaker"
+	"github.com/agentictrust/atf/broker/maturity"
 )
 
 const (
@@ -87,7 +90,7 @@ type agent struct {
 	minute    time.Time // start of the minute being counted
 	count     int       // requests in it so far
 	rateLevel int       // 1 or 2 once rate_spike was raised this minute at RateZ or twice it
-	denials   recent
+	denials   breaker.Burst
 	inBurst   bool      // denial_burst was raised and the burst has not cleared
 	oddHour   time.Time // clock hour of the latest unusual_hour
 }
@@ -112,11 +115,11 @@ func (a *agent) observe(c *Config, ev Event) []Anomaly {
 		found = a.request(c, ev, t)
 	case Denied:
 		b.Denials++
-		if !a.denials.add(t, c.DenialBurst, c.DenialWindow) {
+		if !a.denials.Add(t, c.DenialBurst, c.DenialWindow) {
 			a.inBurst = false
 		} else if !a.inBurst {
 			a.inBurst = true
-			found = append(found, anomaly(ev, RuleDenialBurst, High, float64(c.DenialBurst),
+			found = append(found, anomaly(ev, RuleDenialBurst, maturity.High, float64(c.DenialBurst),
 				fmt.Sprintf("%d denials within %s", c.DenialBurst, c.DenialWindow)))
 		}
 	case Delegated:
@@ -135,11 +138,11 @@ func (a *agent) request(c *Config, ev Event, t time.Time) []Anomaly {
 	var found []Anomaly
 	b := &a.b
 	if !ev.InManifest {
-		found = append(found, anomaly(ev, RuleOutsideManifest, High, 1,
+		found = append(found, anomaly(ev, RuleOutsideManifest, maturity.High, 1,
 			fmt.Sprintf("role %q is not in the agent's manifest", ev.Role)))
 	}
 	if b.Formed && b.Roles[ev.Role] == 0 {
-		found = append(found, anomaly(ev, RuleNewRole, Medium, 1,
+		found = append(found, anomaly(ev, RuleNewRole, maturity.Medium, 1,
 			fmt.Sprintf("first request for role %q", ev.Role)))
 	}
 
@@ -161,9 +164,9 @@ func (a *agent) request(c *Config, ev Event, t time.Time) []Anomaly {
 		}
 		if level > a.rateLevel {
 			a.rateLevel = level
-			sev := Medium
+			sev := maturity.Medium
 			if level == 2 {
-				sev = High
+				sev = maturity.High
 			}
 			found = append(found, anomaly(ev, RuleRateSpike, sev, z,
 				fmt.Sprintf("%d requests this minute against a usual %.1f±%.1f (z %.1f)", a.count, b.RateMean, sd, z)))
@@ -175,7 +178,7 @@ func (a *agent) request(c *Config, ev Event, t time.Time) []Anomaly {
 		share := float64(b.Hours[h]) / float64(b.Requests)
 		if hour := t.Truncate(time.Hour); share < unusualShare && !hour.Equal(a.oddHour) {
 			a.oddHour = hour
-			found = append(found, anomaly(ev, RuleUnusualHour, Low, share,
+			found = append(found, anomaly(ev, RuleUnusualHour, maturity.Low, share,
 				fmt.Sprintf("request at %02d h UTC, an hour with %.1f%% of %d requests", h, 100*share, b.Requests)))
 		}
 	}
@@ -203,6 +206,6 @@ func (a *agent) learnRate(c *Config, count int) {
 	b.Minutes++
 }
 
-func anomaly(ev Event, rule string, sev Severity, score float64, detail string) Anomaly {
+func anomaly(ev Event, rule string, sev maturity.Severity, score float64, detail string) Anomaly {
 	return Anomaly{Agent: ev.Agent, Lineage: ev.lineage(), Rule: rule, Severity: sev, Score: score, Detail: detail, Time: ev.Time}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/breaker"
 	"github.com/agentictrust/atf/broker/monitor"
 )
 
@@ -77,7 +78,7 @@ func BenchmarkObserve(b *testing.B) {
 // BenchmarkBreakerAllow asks Allow for 10,000 agents, round robin, every
 // tenth of them with an open breaker.
 func BenchmarkBreakerAllow(b *testing.B) {
-	br := newBreakers(b, monitor.BreakerConfig{}, func() time.Time { return t0 })
+	br := newBreakers(b, breaker.Config{}, func() time.Time { return t0 })
 	names := make([]string, benchAgents)
 	for i := range names {
 		names[i] = "spiffe://example.org/agent/" + strconv.Itoa(i)

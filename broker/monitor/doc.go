@@ -20,9 +20,12 @@
 // Snapshot and Restore carry baselines across restarts as plain,
 // JSON-serialisable Baseline values.
 //
-// Breakers hold a circuit breaker per agent: failures (or denials) within a
-// window open it, it refuses the agent for a while, then lets probes through
-// one at a time until enough succeed to close it again.
+// Anomalies are graded on maturity.Severity, the scale incidents share, so
+// that the broker can act on both alike.
+//
+// Breakers hold a circuit breaker (package breaker) per agent: failures (or
+// denials) within a window open it, it refuses the agent for a while, then
+// lets probes through one at a time until enough succeed to close it again.
 //
 // Both types are safe for concurrent use. State is split into shards by
 // agent, so calls for different agents seldom wait for one another.

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/agentictrust/atf/broker/breaker"
+	"github.com/agentictrust/atf/broker/maturity"
 	"github.com/agentictrust/atf/broker/monitor"
 )
 
@@ -15,7 +17,7 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
-	breakers, err := monitor.NewBreakers(monitor.BreakerConfig{Failures: 2}, func() time.Time { return now })
+	breakers, err := monitor.NewBreakers(breaker.Config{Failures: 2}, func() time.Time { return now })
 	if err != nil {
 		panic(err)
 	}
@@ -24,7 +26,7 @@ func Example() {
 	found := m.Observe(monitor.Event{Agent: agent, Role: "payments-admin", Kind: monitor.Request, Time: now})
 	for _, a := range found {
 		fmt.Println(a.Rule, a.Severity, a.Detail)
-		if a.Severity >= monitor.High {
+		if a.Severity >= maturity.High {
 			breakers.Trip(agent)
 		}
 	}

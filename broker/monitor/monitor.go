@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/agentictrust/atf/broker/maturity"
 )
 
 // Kind is what an Event records.
@@ -41,54 +41,6 @@ func (ev Event) lineage() string {
 	return ev.Lineage
 }
 
-// Severity ranks anomalies. The zero value is not a severity.
-type Severity int
-
-// Severities, in increasing order.
-const (
-	Low Severity = iota + 1
-	Medium
-	High
-	Critical
-)
-
-var severityNames = [...]string{Low: "low", Medium: "medium", High: "high", Critical: "critical"}
-
-func (s Severity) String() string {
-	if s < Low || s > Critical {
-		return "severity(" + strconv.Itoa(int(s)) + ")"
-	}
-	return severityNames[s]
-}
-
-// ParseSeverity parses what String returns, in any case.
-func ParseSeverity(s string) (Severity, error) {
-	for v := Low; v <= Critical; v++ {
-		if strings.EqualFold(s, severityNames[v]) {
-			return v, nil
-		}
-	}
-	return 0, fmt.Errorf("monitor: unknown severity %q", s)
-}
-
-// MarshalText encodes s as its String.
-func (s Severity) MarshalText() ([]byte, error) {
-	if s < Low || s > Critical {
-		return nil, fmt.Errorf("monitor: unknown severity %d", int(s))
-	}
-	return []byte(s.String()), nil
-}
-
-// UnmarshalText decodes what MarshalText encodes.
-func (s *Severity) UnmarshalText(text []byte) error {
-	v, err := ParseSeverity(string(text))
-	if err != nil {
-		return err
-	}
-	*s = v
-	return nil
-}
-
 // Rules, as named in Anomaly.Rule.
 const (
 	RuleOutsideManifest = "outside_manifest" // a request for a role outside the manifest
@@ -100,13 +52,13 @@ const (
 
 // Anomaly is a departure from an agent's baseline or from a rule.
 type Anomaly struct {
-	Agent    string    `json:"agent"`
-	Lineage  string    `json:"lineage"`
-	Rule     string    `json:"rule"`
-	Severity Severity  `json:"severity"`
-	Score    float64   `json:"score"` // how strong, by rule; see Observe
-	Detail   string    `json:"detail"`
-	Time     time.Time `json:"time"`
+	Agent    string            `json:"agent"`
+	Lineage  string            `json:"lineage"`
+	Rule     string            `json:"rule"`
+	Severity maturity.Severity `json:"severity"`
+	Score    float64           `json:"score"` // how strong, by rule; see Observe
+	Detail   string            `json:"detail"`
+	Time     time.Time         `json:"time"`
 }
 
 // Config tunes a Monitor. A zero field takes its default (see DefaultConfig).
@@ -245,7 +197,7 @@ func (m *Monitor) correlate(ev Event, found []Anomaly) {
 	if gap := ev.Time.Sub(other.at).Abs(); !other.at.IsZero() && gap <= m.cfg.CorrelationWindow {
 		note := fmt.Sprintf("; lineage_correlation: agent %q of lineage %q anomalous %s apart", other.agent, name, gap)
 		for i := range found {
-			found[i].Severity = min(found[i].Severity+1, Critical)
+			found[i].Severity = min(found[i].Severity+1, maturity.Critical)
 			found[i].Detail += note
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/maturity"
 	"github.com/agentictrust/atf/broker/monitor"
 )
 
@@ -213,13 +214,13 @@ func TestAnomalyDetail(t *testing.T) {
 	}{{
 		name:   "outside_manifest",
 		events: []monitor.Event{{Agent: "a", Lineage: "root", Role: "admin", Kind: monitor.Request, Time: day}},
-		want: monitor.Anomaly{Agent: "a", Lineage: "root", Rule: monitor.RuleOutsideManifest, Severity: monitor.High, Score: 1,
+		want: monitor.Anomaly{Agent: "a", Lineage: "root", Rule: monitor.RuleOutsideManifest, Severity: maturity.High, Score: 1,
 			Detail: `role "admin" is not in the agent's manifest`, Time: day},
 	}, {
 		name:    "new_role",
 		history: true,
 		events:  []monitor.Event{request("a", day.Add(10*time.Hour), "deploy")},
-		want: monitor.Anomaly{Agent: "a", Lineage: "a", Rule: monitor.RuleNewRole, Severity: monitor.Medium, Score: 1,
+		want: monitor.Anomaly{Agent: "a", Lineage: "a", Rule: monitor.RuleNewRole, Severity: maturity.Medium, Score: 1,
 			Detail: `first request for role "deploy"`, Time: day.Add(10 * time.Hour)},
 	}, {
 		name:    "rate_spike",
@@ -229,18 +230,18 @@ func TestAnomalyDetail(t *testing.T) {
 			request("a", day.Add(10*time.Hour+2), "read"), request("a", day.Add(10*time.Hour+3), "read"),
 			request("a", day.Add(10*time.Hour+4), "read"),
 		},
-		want: monitor.Anomaly{Agent: "a", Lineage: "a", Rule: monitor.RuleRateSpike, Severity: monitor.Medium, Score: 4,
+		want: monitor.Anomaly{Agent: "a", Lineage: "a", Rule: monitor.RuleRateSpike, Severity: maturity.Medium, Score: 4,
 			Detail: "5 requests this minute against a usual 1.0±1.0 (z 4.0)", Time: day.Add(10*time.Hour + 4)},
 	}, {
 		name:   "denial_burst",
 		events: []monitor.Event{denied("a", day), denied("a", day), denied("a", day), denied("a", day), denied("a", day.Add(time.Minute))},
-		want: monitor.Anomaly{Agent: "a", Lineage: "a", Rule: monitor.RuleDenialBurst, Severity: monitor.High, Score: 5,
+		want: monitor.Anomaly{Agent: "a", Lineage: "a", Rule: monitor.RuleDenialBurst, Severity: maturity.High, Score: 5,
 			Detail: "5 denials within 1m0s", Time: day.Add(time.Minute)},
 	}, {
 		name:    "unusual_hour",
 		history: true,
 		events:  []monitor.Event{request("a", day.Add(3*time.Hour+59*time.Minute), "read")},
-		want: monitor.Anomaly{Agent: "a", Lineage: "a", Rule: monitor.RuleUnusualHour, Severity: monitor.Low, Score: 0,
+		want: monitor.Anomaly{Agent: "a", Lineage: "a", Rule: monitor.RuleUnusualHour, Severity: maturity.Low, Score: 0,
 			Detail: "request at 03 h UTC, an hour with 0.0% of 1056 requests", Time: day.Add(3*time.Hour + 59*time.Minute)},
 	}}
 	for _, tt := range tests {
@@ -441,45 +442,8 @@ func TestNewInvalidConfig(t *testing.T) {
 	}
 }
 
-func TestSeverity(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    monitor.Severity
-		wantErr string
-	}{
-		{"low", monitor.Low, ""},
-		{"Medium", monitor.Medium, ""},
-		{"HIGH", monitor.High, ""},
-		{"critical", monitor.Critical, ""},
-		{"urgent", 0, `monitor: unknown severity "urgent"`},
-		{"", 0, `monitor: unknown severity ""`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got, err := monitor.ParseSeverity(tt.in)
-			if tt.wantErr != "" {
-				if err == nil || err.Error() != tt.wantErr {
-					t.Fatalf("ParseSeverity(%q) = %v, %v; want error %q", tt.in, got, err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil || got != tt.want {
-				t.Fatalf("ParseSeverity(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
-			}
-			if back, _ := monitor.ParseSeverity(got.String()); back != got {
-				t.Errorf("ParseSeverity(%v.String()) = %v", got, back)
-			}
-		})
-	}
-	for _, s := range []monitor.Severity{0, 5} {
-		if got, want := s.String(), fmt.Sprintf("severity(%d)", int(s)); got != want {
-			t.Errorf("Severity(%d).String() = %q, want %q", int(s), got, want)
-		}
-	}
-}
-
 func TestAnomalyJSON(t *testing.T) {
-	a := monitor.Anomaly{Agent: "a", Lineage: "a", Rule: monitor.RuleNewRole, Severity: monitor.Critical, Score: 1, Detail: "d", Time: t0}
+	a := monitor.Anomaly{Agent: "a", Lineage: "a", Rule: monitor.RuleNewRole, Severity: maturity.Critical, Score: 1, Detail: "d", Time: t0}
 	data, err := json.Marshal(a)
 	if err != nil {
 		t.Fatal(err)
@@ -496,7 +460,7 @@ func TestAnomalyJSON(t *testing.T) {
 		t.Error("json.Marshal of an anomaly without a severity succeeded")
 	}
 	err = json.Unmarshal([]byte(`{"severity":"dire"}`), &back)
-	if want := `monitor: unknown severity "dire"`; err == nil || err.Error() != want {
+	if want := `maturity: unknown severity "dire" (want low, medium, high or critical)`; err == nil || err.Error() != want {
 		t.Errorf("json.Unmarshal of severity dire = %v, want %s", err, want)
 	}
 }

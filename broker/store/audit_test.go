@@ -33,20 +33,21 @@ func seqs(recs []store.AuditRecord) []uint64 {
 	return out
 }
 
-// The store writes audit records itself for what it decides (a credential
-// recorded or refused, a grant revoked) and appends the caller's; all of
-// them are numbered and chained in commit order.
+// The store writes audit records itself for every change it commits (an
+// agent registered, a grant created, a credential recorded or refused, a
+// grant revoked) and appends the caller's; all of them are numbered and
+// chained in commit order.
 func TestAudit(t *testing.T) {
 	s, c := open(t)
-	const a, b = "spiffe://td/agent/a", "spiffe://td/agent/b"
-	mustRegister(t, s, a, "alice")
-	mustRegister(t, s, b, "alice")
 	if got := mustAudit(t, s, 0); len(got) != 0 {
 		t.Fatalf("audit trail of a fresh store = %+v, want empty", got)
 	}
 	if n := mustVerifyAudit(t, s); n != 0 {
 		t.Fatalf("VerifyAudit of an empty trail = %d, want 0", n)
 	}
+	const a, b = "spiffe://td/agent/a", "spiffe://td/agent/b"
+	mustRegister(t, s, a, "alice")
+	mustRegister(t, s, b, "alice")
 
 	// The store numbers and chains the records, whatever the caller says,
 	// and keeps them in time order: a time before the previous record's
@@ -55,7 +56,7 @@ func TestAudit(t *testing.T) {
 	err := s.AppendAudit(
 		store.AuditRecord{Kind: "agent_killed", Actor: "alice", Subject: a, Detail: map[string]string{"reason": "test"},
 			Seq: 99, Prev: "forged", Hash: "forged"},
-		store.AuditRecord{Time: given, Kind: "grant_created", Actor: a, Subject: "g1"},
+		store.AuditRecord{Time: given, Kind: "anomaly", Actor: "atfd", Subject: a},
 	)
 	if err != nil {
 		t.Fatalf("AppendAudit: %v", err)
@@ -87,13 +88,21 @@ func TestAudit(t *testing.T) {
 		}
 		return d
 	}
+	registered := func(id string) map[string]string {
+		return map[string]string{"agent": id, "level": "junior", "revision": "1", "changed": "owner,purpose,roles,level,version,config_digest",
+			"owner": "team-payments", "purpose": "reconcile invoices", "roles": "db-read,db-write", "version": "1.4.2", "config_digest": "sha256:0123"}
+	}
 	want := []store.AuditRecord{
-		{Seq: 1, Time: t0.UTC(), Kind: "agent_killed", Actor: "alice", Subject: a, Detail: map[string]string{"reason": "test"}},
-		{Seq: 2, Time: t0.UTC(), Kind: "grant_created", Actor: a, Subject: "g1"},
-		{Seq: 3, Time: t0.Add(time.Minute).UTC(), Kind: "credential_issued", Actor: b, Subject: "acc-1", Detail: credDetail("dec-acc-1")},
-		{Seq: 4, Time: t0.Add(2 * time.Minute).UTC(), Kind: "grant_revoked", Actor: "carol", Subject: "g1",
+		{Seq: 1, Time: t0.UTC(), Kind: "agent_registered", Actor: "alice", Subject: a, Detail: registered(a)},
+		{Seq: 2, Time: t0.UTC(), Kind: "agent_registered", Actor: "alice", Subject: b, Detail: registered(b)},
+		{Seq: 3, Time: t0.UTC(), Kind: "agent_killed", Actor: "alice", Subject: a, Detail: map[string]string{"reason": "test"}},
+		{Seq: 4, Time: t0.UTC(), Kind: "anomaly", Actor: "atfd", Subject: a},
+		{Seq: 5, Time: t0.Add(time.Minute).UTC(), Kind: "grant_created", Actor: a, Subject: "g1",
+			Detail: map[string]string{"delegatee": b, "roles": "db-read", "parent": "", "expires_at": "2025-03-01T12:01:00Z"}},
+		{Seq: 6, Time: t0.Add(time.Minute).UTC(), Kind: "credential_issued", Actor: b, Subject: "acc-1", Detail: credDetail("dec-acc-1")},
+		{Seq: 7, Time: t0.Add(2 * time.Minute).UTC(), Kind: "grant_revoked", Actor: "carol", Subject: "g1",
 			Detail: map[string]string{"delegator": a, "delegatee": b, "root": "grant g1", "reason": "over-broad"}},
-		{Seq: 5, Time: t0.Add(2 * time.Minute).UTC(), Kind: "credential_refused", Actor: b, Subject: "acc-2", Detail: credDetail("dec-acc-2", "decision", "deny", "refused", "store: revoked: grant g1")},
+		{Seq: 8, Time: t0.Add(2 * time.Minute).UTC(), Kind: "credential_refused", Actor: b, Subject: "acc-2", Detail: credDetail("dec-acc-2", "decision", "deny", "refused", "store: revoked: grant g1")},
 	}
 	got := mustAudit(t, s, 0)
 	if len(got) != len(want) {
@@ -110,8 +119,8 @@ func TestAudit(t *testing.T) {
 			t.Errorf("record %d =\n %+v\nwant\n %+v", i+1, got[i], want[i])
 		}
 	}
-	if n := mustVerifyAudit(t, s); n != 5 {
-		t.Errorf("VerifyAudit = %d, want 5", n)
+	if n := mustVerifyAudit(t, s); n != 8 {
+		t.Errorf("VerifyAudit = %d, want 8", n)
 	}
 
 	pages := []struct {
@@ -121,9 +130,10 @@ func TestAudit(t *testing.T) {
 	}{
 		{0, 2, []uint64{1, 2}},
 		{2, 2, []uint64{3, 4}},
-		{4, 2, []uint64{5}},
-		{5, 2, []uint64{}},
-		{3, 100, []uint64{4, 5}},
+		{6, 2, []uint64{7, 8}},
+		{7, 2, []uint64{8}},
+		{8, 2, []uint64{}},
+		{5, 100, []uint64{6, 7, 8}},
 		{0, 0, []uint64{}},
 		{99, 2, []uint64{}},
 	}

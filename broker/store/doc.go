@@ -1,13 +1,19 @@
 // Package store keeps the broker's state in one bbolt file: the agent
-// registry with the history of every change, and a record of every issued
-// credential.
+// registry with the history of every change, a record of every issued
+// credential, and the hash-chained audit trail.
 //
 // # Basics
 //
 // Open takes an exclusive lock on the file; a second process opening the same
 // file fails after Options.LockTimeout with ErrLocked instead of waiting
 // forever. Every method runs in one managed bbolt transaction, so a change is
-// either wholly committed (and fsynced) or not at all.
+// either wholly committed (and fsynced) or not at all. A method that makes
+// an audited change (to an agent, a grant, a credential, an approval request
+// or decision, an incident, an outcome count, the policy, the kill switch)
+// appends its audit record in that same transaction, so the trail never
+// misses a committed change nor records one that rolled back. AppendAudit
+// is for what changes nothing here: refused decisions, anomalies, work done
+// elsewhere.
 //
 // # Caveats
 //

@@ -48,18 +48,13 @@ func (s *Store) KillAgent(id, actor, reason string, lineage bool) (Revocation, [
 				return err
 			}
 			if a.Status == Active && a.Kill == nil {
-				k := &Kill{At: now, By: actor, Reason: reason}
+				before := a
+				a.Kill = &Kill{At: now, By: actor, Reason: reason}
 				if cur != id {
-					k.Lineage = id
+					a.Kill.Lineage = id
 				}
-				a.Kill = k
 				a.UpdatedAt, a.UpdatedBy, a.Revision = now, actor, a.Revision+1
-				if err := putAgent(tx, a, AgentChange{Action: ActionKill, Reason: reason}); err != nil {
-					return err
-				}
-				if err := s.appendAudit(tx, AuditRecord{Time: now, Kind: "agent_killed", Actor: actor, Subject: cur, Detail: map[string]string{
-					"agent": cur, "reason": reason, "lineage_root": k.Lineage, "decision": "deny",
-				}}); err != nil {
+				if err := s.putAgent(tx, before, a, AgentChange{Action: ActionKill, Reason: reason}); err != nil {
 					return err
 				}
 				killed = append(killed, cur)
@@ -107,13 +102,10 @@ func (s *Store) ReleaseAgent(id, actor, reason string) (Agent, error) {
 		if a.Kill == nil {
 			return fmt.Errorf("%w: agent %s is not stopped by the kill switch", ErrConflict, id)
 		}
-		now := s.now().UTC()
+		before := a
 		a.Kill = nil
-		a.UpdatedAt, a.UpdatedBy, a.Revision = now, actor, a.Revision+1
-		if err := putAgent(tx, a, AgentChange{Action: ActionRelease, Reason: reason}); err != nil {
-			return err
-		}
-		return s.appendAudit(tx, AuditRecord{Time: now, Kind: "agent_released", Actor: actor, Subject: id, Detail: map[string]string{"agent": id, "reason": reason}})
+		a.UpdatedAt, a.UpdatedBy, a.Revision = s.now().UTC(), actor, a.Revision+1
+		return s.putAgent(tx, before, a, AgentChange{Action: ActionRelease, Reason: reason})
 	})
 	if err != nil {
 		return Agent{}, fmt.Errorf("store: release agent: %w", err)

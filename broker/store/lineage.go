@@ -78,11 +78,12 @@ type queueItem struct {
 	Order int `json:"order"`
 }
 
-// PutGrant records a new grant, checking in the same transaction that its
-// delegator and delegatee are active, that no grant above it has been
-// revoked (a grant racing a revocation is either recorded before it, and
-// revoked by it, or refused), and that the delegator holds fewer than
-// maxFanOut live grants under the same parent (ErrLimit).
+// PutGrant records a new grant with its grant_created audit record,
+// checking in the same transaction that its delegator and delegatee are
+// active, that no grant above it has been revoked (a grant racing a
+// revocation is either recorded before it, and revoked by it, or refused),
+// and that the delegator holds fewer than maxFanOut live grants under the
+// same parent (ErrLimit). A refused grant leaves no record.
 func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 	if g.ID == "" || strings.ContainsRune(g.ID, 0) {
 		return fmt.Errorf("%w: grant needs an ID without NUL", ErrInvalid)
@@ -131,7 +132,12 @@ func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 		if err := tx.Bucket(bucketGiven).Put(pair(g.Delegator, g.ID), nil); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketChildren).Put(pair(g.ParentID, g.ID), nil)
+		if err := tx.Bucket(bucketChildren).Put(pair(g.ParentID, g.ID), nil); err != nil {
+			return err
+		}
+		return s.appendAudit(tx, AuditRecord{Time: s.now().UTC(), Kind: "grant_created", Actor: g.Delegator, Subject: g.ID, Detail: map[string]string{
+			"delegatee": g.Delegatee, "roles": strings.Join(g.Roles, ","), "parent": g.ParentID, "expires_at": g.ExpiresAt.UTC().Format(time.RFC3339),
+		}})
 	})
 }
 
@@ -212,7 +218,6 @@ func (s *Store) AddAnchor(a Anchor) error {
 // a credential racing a revocation is either recorded before it (and revoked
 // by it) or refused. Concurrent calls share commits (see group).
 func (s *Store) RecordCredential(c Credential) error {
-	key := credentialKey(c.AgentID, c.Accessor)
 	var refused error
 	err := s.group(func(tx *bolt.Tx) error {
 		if err := s.room(tx); err != nil {
@@ -225,65 +230,11 @@ func (s *Store) RecordCredential(c Credential) error {
 			return err
 		}
 		now := s.now().UTC()
-		refused = usable(tx, a)
-		switch {
-		case refused != nil:
-		case c.AgentRevision != 0 && a.Revision != c.AgentRevision:
-			// A demotion (or any change) committed after the decision: its
-			// revocation of unbacked credentials could not see this one.
-			refused = fmt.Errorf("%w: agent %s changed (revision %d, decided at %d) while the credential was issued; retry",
-				ErrConflict, c.AgentID, a.Revision, c.AgentRevision)
-		case c.GrantID != "":
-			chain, err := liveChain(tx, c.GrantID, now)
-			switch {
-			case err != nil:
-				refused = err
-			case chain[len(chain)-1].Delegatee != c.AgentID:
-				refused = fmt.Errorf("%w: grant %s was not given to %s", ErrRevoked, c.GrantID, c.AgentID)
-			}
-		}
-		if refused == nil && c.Anchor != "" {
-			if an, err := getAnchor(tx, c.Anchor); err != nil || !an.RevokedAt.IsZero() {
-				refused = fmt.Errorf("%w: anchor of %s", ErrRevoked, c.AgentID)
-			}
-		}
-		rec := c
-		if refused != nil {
-			rec.RevokedAt = now
-			if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
-				return err
-			}
-		}
-		v, err := json.Marshal(rec)
-		if err != nil {
+		refused = credentialRefusal(tx, c, a, now)
+		if err := putCredential(tx, c, refused, now); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketCredentials).Put(key, v); err != nil {
-			return err
-		}
-		if c.GrantID != "" {
-			if err := tx.Bucket(bucketGrantCreds).Put(pair(c.GrantID, c.Accessor), key); err != nil {
-				return err
-			}
-		}
-		kind := "credential_issued"
-		if refused != nil {
-			kind = "credential_refused"
-		}
-		detail := map[string]string{
-			"decision": "allow", "role": c.Role, "level": c.Level.String(), "decision_id": c.DecisionID, "grant_id": c.GrantID,
-			"chain": strings.Join(c.Chain, " > "), "grant_ids": strings.Join(c.GrantIDs, ","),
-			"policies": strings.Join(c.Policies, ","), "expires_at": c.ExpiresAt.UTC().Format(time.RFC3339),
-		}
-		for k, v := range c.Why {
-			if _, set := detail[k]; !set {
-				detail[k] = v
-			}
-		}
-		if refused != nil {
-			detail["decision"], detail["refused"] = "deny", refused.Error()
-		}
-		return s.appendAudit(tx, AuditRecord{Time: now, Kind: kind, Actor: c.AgentID, Subject: c.Accessor, Detail: detail})
+		return s.appendAudit(tx, credentialAudit(c, refused, now))
 	})
 	if err != nil {
 		return fmt.Errorf("store: record credential: %w", err)
@@ -292,6 +243,82 @@ func (s *Store) RecordCredential(c Credential) error {
 		return fmt.Errorf("%w; credential queued for revocation", refused)
 	}
 	return nil
+}
+
+// credentialRefusal says why c, issued to a, may not be kept at now: its
+// agent is not usable or changed since the decision, or the grant chain or
+// the anchor it was issued under is no longer live. It is nil for a
+// credential that may be kept.
+func credentialRefusal(tx *bolt.Tx, c Credential, a Agent, now time.Time) error {
+	if err := usable(tx, a); err != nil {
+		return err
+	}
+	if c.AgentRevision != 0 && a.Revision != c.AgentRevision {
+		// A demotion (or any change) committed after the decision: its
+		// revocation of unbacked credentials could not see this one.
+		return fmt.Errorf("%w: agent %s changed (revision %d, decided at %d) while the credential was issued; retry",
+			ErrConflict, c.AgentID, a.Revision, c.AgentRevision)
+	}
+	if c.GrantID != "" {
+		chain, err := liveChain(tx, c.GrantID, now)
+		if err != nil {
+			return err
+		}
+		if chain[len(chain)-1].Delegatee != c.AgentID {
+			return fmt.Errorf("%w: grant %s was not given to %s", ErrRevoked, c.GrantID, c.AgentID)
+		}
+	}
+	if c.Anchor != "" {
+		if an, err := getAnchor(tx, c.Anchor); err != nil || !an.RevokedAt.IsZero() {
+			return fmt.Errorf("%w: anchor of %s", ErrRevoked, c.AgentID)
+		}
+	}
+	return nil
+}
+
+// putCredential writes c in tx, indexed under its grant; a refused
+// credential is written revoked at now and queued for revocation in Vault.
+func putCredential(tx *bolt.Tx, c Credential, refused error, now time.Time) error {
+	if refused != nil {
+		c.RevokedAt = now
+		if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
+			return err
+		}
+	}
+	v, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	key := credentialKey(c.AgentID, c.Accessor)
+	if err := tx.Bucket(bucketCredentials).Put(key, v); err != nil {
+		return err
+	}
+	if c.GrantID != "" {
+		return tx.Bucket(bucketGrantCreds).Put(pair(c.GrantID, c.Accessor), key)
+	}
+	return nil
+}
+
+// credentialAudit is the audit record of recording c: credential_issued
+// with its provenance and the decision's reasons, or credential_refused
+// saying why.
+func credentialAudit(c Credential, refused error, now time.Time) AuditRecord {
+	kind := "credential_issued"
+	detail := map[string]string{
+		"decision": "allow", "role": c.Role, "level": c.Level.String(), "decision_id": c.DecisionID, "grant_id": c.GrantID,
+		"chain": strings.Join(c.Chain, " > "), "grant_ids": strings.Join(c.GrantIDs, ","),
+		"policies": strings.Join(c.Policies, ","), "expires_at": c.ExpiresAt.UTC().Format(time.RFC3339),
+	}
+	for k, v := range c.Why {
+		if _, set := detail[k]; !set {
+			detail[k] = v
+		}
+	}
+	if refused != nil {
+		kind = "credential_refused"
+		detail["decision"], detail["refused"] = "deny", refused.Error()
+	}
+	return AuditRecord{Time: now, Kind: kind, Actor: c.AgentID, Subject: c.Accessor, Detail: detail}
 }
 
 // RevokeLineage revokes, in one transaction, every grant below root (an
@@ -318,40 +345,16 @@ func (s *Store) RevokeLineage(root Root, actor, reason string) (Revocation, erro
 	return rev, err
 }
 
+// revokeLineage revokes root's lineage in tx at now: its grants, the open
+// approvals in it, the anchors of its nodes and its live credentials.
 func (s *Store) revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now time.Time) (Revocation, error) {
-	children := func(id string) ([]delegation.Grant, error) { return childrenOf(tx, id) }
-	var grants []delegation.Grant
-	var err error
-	var nodes []string
-	if root.GrantID != "" {
-		g, gerr := getGrant(tx, root.GrantID)
-		if gerr != nil {
-			return Revocation{}, gerr
-		}
-		grants, err = delegation.LineageOfGrant(g, children)
-	} else {
-		nodes = append(nodes, AgentNode(root.AgentID))
-		grants, err = delegation.LineageOfAgent(root.AgentID, func(id string) ([]delegation.Grant, error) { return given(tx, id) }, children)
-	}
+	grants, err := lineageGrants(tx, root)
 	if err != nil {
-		return Revocation{}, fmt.Errorf("store: lineage of %s: %w", root, err)
+		return Revocation{}, err
 	}
 	rev := Revocation{Credentials: map[string][]string{}}
-	for _, g := range grants {
-		nodes = append(nodes, GrantNode(g.ID))
-		if !g.RevokedAt.IsZero() {
-			continue
-		}
-		g.RevokedAt = now
-		if err := putGrant(tx, g); err != nil {
-			return Revocation{}, err
-		}
-		rev.Grants = append(rev.Grants, g)
-		if err := s.appendAudit(tx, AuditRecord{Time: now, Kind: "grant_revoked", Actor: actor, Subject: g.ID, Detail: map[string]string{
-			"delegator": g.Delegator, "delegatee": g.Delegatee, "root": root.String(), "reason": reason,
-		}}); err != nil {
-			return Revocation{}, err
-		}
+	if rev.Grants, err = s.revokeGrants(tx, grants, root, actor, reason, now); err != nil {
+		return Revocation{}, err
 	}
 	// Requests waiting for a human in the lineage can no longer be granted.
 	inLineage := map[string]bool{}
@@ -363,13 +366,77 @@ func (s *Store) revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now 
 	}, actor, reason, now); err != nil {
 		return Revocation{}, err
 	}
-	// Anchors, in lineage order (parents first): revoking the first in Vault
-	// already kills what hangs below it.
-	queuedAnchors := map[string]bool{}
+	var nodes []string
+	if root.AgentID != "" {
+		nodes = append(nodes, AgentNode(root.AgentID))
+	}
+	for _, g := range grants {
+		nodes = append(nodes, GrantNode(g.ID))
+	}
+	queuedAnchors, err := revokeAnchors(tx, nodes, now, &rev)
+	if err != nil {
+		return Revocation{}, err
+	}
+	keys, err := lineageCredentialKeys(tx, root, grants)
+	if err != nil {
+		return Revocation{}, err
+	}
+	return rev, revokeCredentialKeys(tx, keys, queuedAnchors, now, &rev)
+}
+
+// lineageGrants returns the grants below root, parents first: a grant and
+// its descendants, or every grant an agent gave and their descendants.
+func lineageGrants(tx *bolt.Tx, root Root) ([]delegation.Grant, error) {
+	children := func(id string) ([]delegation.Grant, error) { return childrenOf(tx, id) }
+	var grants []delegation.Grant
+	var err error
+	if root.GrantID != "" {
+		g, gerr := getGrant(tx, root.GrantID)
+		if gerr != nil {
+			return nil, gerr
+		}
+		grants, err = delegation.LineageOfGrant(g, children)
+	} else {
+		grants, err = delegation.LineageOfAgent(root.AgentID, func(id string) ([]delegation.Grant, error) { return given(tx, id) }, children)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: lineage of %s: %w", root, err)
+	}
+	return grants, nil
+}
+
+// revokeGrants marks the grants not yet revoked as revoked at now, with a
+// grant_revoked audit record each, and returns them.
+func (s *Store) revokeGrants(tx *bolt.Tx, grants []delegation.Grant, root Root, actor, reason string, now time.Time) ([]delegation.Grant, error) {
+	var revoked []delegation.Grant
+	for _, g := range grants {
+		if !g.RevokedAt.IsZero() {
+			continue
+		}
+		g.RevokedAt = now
+		if err := putGrant(tx, g); err != nil {
+			return nil, err
+		}
+		revoked = append(revoked, g)
+		if err := s.appendAudit(tx, AuditRecord{Time: now, Kind: "grant_revoked", Actor: actor, Subject: g.ID, Detail: map[string]string{
+			"delegator": g.Delegator, "delegatee": g.Delegatee, "root": root.String(), "reason": reason,
+		}}); err != nil {
+			return nil, err
+		}
+	}
+	return revoked, nil
+}
+
+// revokeAnchors marks the live anchors of nodes as revoked at now and
+// queues them in rev, in the order of nodes (parents first): revoking the
+// first in Vault already kills what hangs below it. It returns the
+// accessors queued.
+func revokeAnchors(tx *bolt.Tx, nodes []string, now time.Time, rev *Revocation) (map[string]bool, error) {
+	queued := map[string]bool{}
 	for _, node := range nodes {
 		anchors, err := nodeAnchors(tx, node)
 		if err != nil {
-			return Revocation{}, err
+			return nil, err
 		}
 		for _, an := range anchors {
 			if !an.RevokedAt.IsZero() || !an.ExpiresAt.After(now) {
@@ -377,21 +444,26 @@ func (s *Store) revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now 
 			}
 			an.RevokedAt = now
 			if err := putAnchor(tx, an); err != nil {
-				return Revocation{}, err
+				return nil, err
 			}
 			if err := enqueue(tx, an.Accessor, queueItem{Kind: "anchor", Order: len(rev.Queued)}); err != nil {
-				return Revocation{}, err
+				return nil, err
 			}
-			queuedAnchors[an.Accessor] = true
+			queued[an.Accessor] = true
 			rev.Queued = append(rev.Queued, an.Accessor)
 		}
 	}
-	// Credentials: those under the revoked grants, and the agent's own.
+	return queued, nil
+}
+
+// lineageCredentialKeys returns the keys of the credentials issued under
+// grants and, for an agent root, of the agent's own.
+func lineageCredentialKeys(tx *bolt.Tx, root Root, grants []delegation.Grant) ([][]byte, error) {
 	var keys [][]byte
 	for _, g := range grants {
 		ks, err := grantCredentialKeys(tx, g.ID)
 		if err != nil {
-			return Revocation{}, err
+			return nil, err
 		}
 		keys = append(keys, ks...)
 	}
@@ -402,11 +474,18 @@ func (s *Store) revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now 
 			keys = append(keys, bytes.Clone(k))
 		}
 	}
+	return keys, nil
+}
+
+// revokeCredentialKeys marks the live credentials at keys as revoked at now
+// and adds them to rev; those not under a queued anchor (which takes them
+// with it in Vault) are queued for revocation.
+func revokeCredentialKeys(tx *bolt.Tx, keys [][]byte, queuedAnchors map[string]bool, now time.Time, rev *Revocation) error {
 	creds := tx.Bucket(bucketCredentials)
 	for _, k := range keys {
 		var cr Credential
 		if err := json.Unmarshal(creds.Get(k), &cr); err != nil {
-			return Revocation{}, fmt.Errorf("store: decode credential: %w", err)
+			return fmt.Errorf("store: decode credential: %w", err)
 		}
 		if !cr.RevokedAt.IsZero() || !cr.ExpiresAt.After(now) {
 			continue
@@ -414,21 +493,21 @@ func (s *Store) revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now 
 		cr.RevokedAt = now
 		v, err := json.Marshal(cr)
 		if err != nil {
-			return Revocation{}, err
+			return err
 		}
 		if err := creds.Put(k, v); err != nil {
-			return Revocation{}, err
+			return err
 		}
 		rev.Credentials[cr.AgentID] = append(rev.Credentials[cr.AgentID], cr.Accessor)
 		if queuedAnchors[cr.Anchor] {
 			continue // dies with its anchor in Vault
 		}
 		if err := enqueue(tx, cr.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
-			return Revocation{}, err
+			return err
 		}
 		rev.Queued = append(rev.Queued, cr.Accessor)
 	}
-	return rev, nil
+	return nil
 }
 
 // RevokeCredentials revokes the agent's live credentials that drop says
@@ -488,21 +567,13 @@ func (s *Store) Lineage(root Root) ([]delegation.Grant, []Credential, error) {
 	var grants []delegation.Grant
 	var live []Credential
 	err := s.db.View(func(tx *bolt.Tx) error {
-		children := func(id string) ([]delegation.Grant, error) { return childrenOf(tx, id) }
-		var err error
-		if root.GrantID != "" {
-			g, gerr := getGrant(tx, root.GrantID)
-			if gerr != nil {
-				return gerr
-			}
-			grants, err = delegation.LineageOfGrant(g, children)
-		} else {
+		if root.GrantID == "" {
 			if _, err := getAgent(tx, root.AgentID); err != nil {
 				return err
 			}
-			grants, err = delegation.LineageOfAgent(root.AgentID, func(id string) ([]delegation.Grant, error) { return given(tx, id) }, children)
 		}
-		if err != nil {
+		var err error
+		if grants, err = lineageGrants(tx, root); err != nil {
 			return err
 		}
 		now := s.now()

@@ -239,6 +239,9 @@ func TestRevokeLineage(t *testing.T) {
 		wantAnchors     []string
 		wantCreds       map[string][]string
 		wantQueuedCreds []string
+		// deregistration: the root agent is deregistered, audited before
+		// its grants are.
+		deregistration bool
 	}{
 		{
 			name:        "grant A→B",
@@ -288,6 +291,7 @@ func TestRevokeLineage(t *testing.T) {
 				agentD: {"cred-ad-anchored", "cred-ad-bare"},
 			},
 			wantQueuedCreds: []string{"cred-a-bare", "cred-ab-bare", "cred-ad-bare", "cred-bc-bare"},
+			deregistration:  true,
 		},
 		{
 			// B loses every credential it holds, even those under g-ab,
@@ -366,8 +370,13 @@ func TestRevokeLineage(t *testing.T) {
 				t.Errorf("credentials after the revocation:\n %+v\nwant\n %+v", got, want)
 			}
 
-			// One audit record per revoked grant.
+			// One audit record per revoked grant, after the deregistration's.
 			var wantAudit []store.AuditRecord
+			if tt.deregistration {
+				wantAudit = append(wantAudit, store.AuditRecord{Time: now, Kind: "agent_deregistered", Actor: "carol", Subject: tt.root.AgentID,
+					Detail: map[string]string{"agent": tt.root.AgentID, "level": "junior", "revision": "2", "reason": "compromised",
+						"changed": "status", "status": "deregistered"}})
+			}
 			for _, g := range rev.Grants {
 				wantAudit = append(wantAudit, store.AuditRecord{Time: now, Kind: "grant_revoked", Actor: "carol", Subject: g.ID,
 					Detail: map[string]string{"delegator": g.Delegator, "delegatee": g.Delegatee, "root": tt.root.String(), "reason": "compromised"}})
@@ -674,6 +683,16 @@ func TestPutGrant(t *testing.T) {
 			wantIs: store.ErrNotFound, wantErr: "store: not found: agent spiffe://td/agent/nobody",
 		},
 		{
+			name: "killed delegator",
+			prepare: func(t *testing.T, s *store.Store, _ *clock) {
+				if _, _, err := s.KillAgent(agentC, "carol", "test", false); err != nil {
+					t.Fatal(err)
+				}
+			},
+			grant: grant("g-new", "", agentC, agentD, 1), maxFanOut: 16,
+			wantIs: store.ErrKilled, wantErr: "store: stopped by the kill switch: agent " + agentC,
+		},
+		{
 			name: "fan-out reached", grant: grant("g-new", "", agentA, agentC, 1), maxFanOut: 2,
 			wantIs: store.ErrLimit, wantErr: "store: limit reached: " + agentA + " already holds out 2 live grants here (limit 2)",
 		},
@@ -698,11 +717,24 @@ func TestPutGrant(t *testing.T) {
 				t.Fatal(err)
 			}
 			before, beforeErr := s.GetGrant(tt.grant.ID)
+			seq := lastSeq(t, s)
 
-			err = s.PutGrant(tt.grant, tt.maxFanOut)
+			err = s.ForRequest("req-1").PutGrant(tt.grant, tt.maxFanOut)
+			audit := mustAudit(t, s, seq)
+			mustVerifyAudit(t, s)
 			if tt.wantIs == nil {
 				if err != nil {
 					t.Fatalf("PutGrant: %v", err)
+				}
+				// Its audit record is committed with it.
+				want := []store.AuditRecord{{Seq: seq + 1, Time: c.Now().UTC(), Kind: "grant_created", Actor: tt.grant.Delegator, Subject: tt.grant.ID,
+					Detail: map[string]string{"delegatee": tt.grant.Delegatee, "roles": "db-read", "parent": tt.grant.ParentID, "expires_at": "2025-03-01T12:00:00Z",
+						"request_id": "req-1"}}}
+				for i := range audit {
+					audit[i].Prev, audit[i].Hash = "", ""
+				}
+				if !reflect.DeepEqual(audit, want) {
+					t.Errorf("audit records of PutGrant:\n %+v\nwant\n %+v", audit, want)
 				}
 				if got, err := s.GetGrant(tt.grant.ID); err != nil || !reflect.DeepEqual(got, tt.grant) {
 					t.Errorf("GetGrant = %+v, %v; want %+v", got, err, tt.grant)
@@ -719,7 +751,10 @@ func TestPutGrant(t *testing.T) {
 			if !errors.Is(err, tt.wantIs) || err.Error() != tt.wantErr {
 				t.Fatalf("err = %v, want %q", err, tt.wantErr)
 			}
-			// A refused grant leaves no trace.
+			// A refused grant leaves no trace, in the audit trail neither.
+			if len(audit) != 0 {
+				t.Errorf("a refused PutGrant wrote audit records %+v", audit)
+			}
 			if after, afterErr := s.GetGrant(tt.grant.ID); !reflect.DeepEqual(after, before) || fmt.Sprint(afterErr) != fmt.Sprint(beforeErr) {
 				t.Errorf("GetGrant after a refused PutGrant = %+v, %v; want %+v, %v", after, afterErr, before, beforeErr)
 			}
@@ -867,20 +902,22 @@ func TestRecordCredentialRacesRevokeLineage(t *testing.T) {
 	tests := []struct {
 		name   string
 		revoke func(*store.Store) (store.Revocation, error)
+		// changes is the number of agent records the revocation changes.
+		changes int
 	}{
 		{"the grant", func(s *store.Store) (store.Revocation, error) {
 			return s.RevokeLineage(store.Root{GrantID: "g-bc"}, "carol", "race")
-		}},
+		}, 0},
 		{"its parent grant", func(s *store.Store) (store.Revocation, error) {
 			return s.RevokeLineage(store.Root{GrantID: "g-ab"}, "carol", "race")
-		}},
+		}, 0},
 		{"the root delegator", func(s *store.Store) (store.Revocation, error) {
 			return s.RevokeLineage(store.Root{AgentID: agentA}, "carol", "race")
-		}},
+		}, 0},
 		{"deregistering the delegator", func(s *store.Store) (store.Revocation, error) {
 			_, rev, err := s.DeregisterAgent(agentB, "carol", "race")
 			return rev, err
-		}},
+		}, 1},
 	}
 	const workers = 50
 	for _, tt := range tests {
@@ -991,9 +1028,11 @@ func TestRecordCredentialRacesRevokeLineage(t *testing.T) {
 			if len(live) != 0 {
 				t.Errorf("live credentials under the revoked grant: %q", accessors(live))
 			}
-			// One audit record per credential, the fixture's included, and
-			// per revoked grant, however the commits were shared.
-			if n, want := mustVerifyAudit(t, s), uint64(len(fixtureCredentials())+recorded+refused+len(rev.Grants)); n != want {
+			// One audit record per agent change, grant created and
+			// credential, the fixture's included, and per revoked grant,
+			// however the commits were shared.
+			fixture := len(fixtureAgents) + len(fixtureGrants()) + len(fixtureCredentials())
+			if n, want := mustVerifyAudit(t, s), uint64(fixture+recorded+refused+len(rev.Grants)+tt.changes); n != want {
 				t.Errorf("VerifyAudit = %d records, want %d", n, want)
 			}
 		})

@@ -65,14 +65,25 @@ type Incident struct {
 	RCA      string      `json:"rca,omitempty"`
 }
 
-// RecordOutcome counts one outcome report of agent ("success", "failure",
-// "rejected" or "error") at its current level.
-func (s *Store) RecordOutcome(agent, outcome string) error {
+// OutcomeReport is an agent's report of how one of its tasks ended.
+type OutcomeReport struct {
+	Agent string
+	// Outcome is "success", "failure", "rejected" or "error".
+	Outcome    string
+	Role       string
+	DecisionID string
+	// Message is the agent's free text, redacted by the caller.
+	Message string
+}
+
+// RecordOutcome counts r at its agent's current level and, in the same
+// transaction, appends its outcome_reported audit record.
+func (s *Store) RecordOutcome(r OutcomeReport) error {
 	err := s.group(func(tx *bolt.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
-		a, err := getAgent(tx, agent)
+		a, err := getAgent(tx, r.Agent)
 		if err != nil {
 			return err
 		}
@@ -80,7 +91,7 @@ func (s *Store) RecordOutcome(agent, outcome string) error {
 		if err != nil {
 			return err
 		}
-		switch outcome {
+		switch r.Outcome {
 		case "success":
 			o.Success++
 		case "failure":
@@ -90,13 +101,14 @@ func (s *Store) RecordOutcome(agent, outcome string) error {
 		case "error":
 			o.Errors++
 		default:
-			return fmt.Errorf("%w: outcome %q", ErrInvalid, outcome)
+			return fmt.Errorf("%w: outcome %q", ErrInvalid, r.Outcome)
 		}
-		v, err := json.Marshal(o)
-		if err != nil {
+		if err := putJSON(tx, bucketOutcomes, r.Agent, o); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketOutcomes).Put([]byte(agent), v)
+		return s.appendAudit(tx, AuditRecord{Time: s.now().UTC(), Kind: "outcome_reported", Actor: r.Agent, Subject: r.Outcome, Detail: map[string]string{
+			"agent": r.Agent, "outcome": r.Outcome, "role": r.Role, "decision_id": r.DecisionID, "message": r.Message, "level": a.Level.String(),
+		}})
 	})
 	if err != nil {
 		return fmt.Errorf("store: record outcome: %w", err)
@@ -319,18 +331,17 @@ func putJSON(tx *bolt.Tx, bucket []byte, key string, v any) error {
 	return tx.Bucket(bucket).Put([]byte(key), raw)
 }
 
-// SetLevel changes an agent's level as action ("promote", "demote",
-// "rollback"), recorded in its history with reason, and returns the agent.
-// A non-zero expectedRevision refuses a concurrent change (ErrConflict).
+// SetLevel changes an agent's level as action (ActionPromote, ActionDemote
+// or ActionRollback), recorded in its history with reason and audited as
+// "agent_" and the action, and returns the agent. A non-zero
+// expectedRevision refuses a concurrent change (ErrConflict).
 func (s *Store) SetLevel(id, actor, action, reason string, level authz.Level, expectedRevision uint64) (Agent, error) {
-	var from authz.Level
-	a, err := s.modify(id, actor, expectedRevision, AgentChange{Action: action, Reason: reason}, func(a *Agent) {
-		from, a.Level = a.Level, level
-	}, func(tx *bolt.Tx) error {
-		return s.appendAudit(tx, AuditRecord{Time: s.now().UTC(), Kind: "agent_" + action, Actor: actor, Subject: id, Detail: map[string]string{
-			"agent": id, "from": from.String(), "to": level.String(), "reason": reason,
-		}})
-	})
+	switch action {
+	case ActionPromote, ActionDemote, ActionRollback:
+	default:
+		return Agent{}, fmt.Errorf("store: set level: %w: action %q", ErrInvalid, action)
+	}
+	a, err := s.modify(id, actor, expectedRevision, AgentChange{Action: action, Reason: reason}, func(a *Agent) { a.Level = level })
 	if err != nil {
 		return Agent{}, fmt.Errorf("store: set level: %w", err)
 	}

@@ -260,7 +260,7 @@ func fuzzStore(f *testing.F) ([]byte, []store.AuditRecord) {
 	must(err)
 	must(s.PutApproval(store.Approval{ID: "ap-1", AgentID: agentB, Role: "db-write", Class: "write", Classification: "internal",
 		Level: authz.Junior, TTL: time.Minute, CreatedAt: c.Now(), ExpiresAt: c.Now().Add(time.Hour), DecisionID: "dec-ap-1"}))
-	must(s.RecordOutcome(agentA, "success"))
+	must(s.RecordOutcome(store.OutcomeReport{Agent: agentA, Outcome: "success", Role: "db-read", DecisionID: "dec-1", Message: "done"}))
 	must(s.AddEvidence(store.Evidence{Agent: agentA, Kind: "pentest", Target: authz.Senior, Reference: "r", RecordedBy: "alice", At: c.Now()}))
 	_, err = s.OpenIncident(store.Incident{ID: "inc-1", Agent: agentA, Severity: "high", Summary: "s", OpenedAt: c.Now(), OpenedBy: "alice"})
 	must(err)

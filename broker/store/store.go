@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -273,7 +274,8 @@ func (s *Store) Close() error {
 	}
 }
 
-// RegisterAgent adds a new agent, recorded as made by actor. It sets the
+// RegisterAgent adds a new agent, recorded as made by actor, with its
+// agent_registered audit record in the same transaction. It sets the
 // status, timestamps and revision.
 func (s *Store) RegisterAgent(a Agent, actor string) (Agent, error) {
 	// Keys rely on an ID never holding NUL; callers pass parsed SPIFFE IDs.
@@ -291,7 +293,7 @@ func (s *Store) RegisterAgent(a Agent, actor string) (Agent, error) {
 		if tx.Bucket(bucketAgents).Get([]byte(a.ID)) != nil {
 			return fmt.Errorf("%w: agent %s", ErrExists, a.ID)
 		}
-		return putAgent(tx, a, AgentChange{Action: ActionRegister})
+		return s.putAgent(tx, Agent{}, a, AgentChange{Action: ActionRegister})
 	})
 	if err != nil {
 		return Agent{}, err
@@ -348,15 +350,17 @@ func (s *Store) ListAgents(after string, limit int, includeDeregistered bool) ([
 }
 
 // UpdateAgent applies change to an active agent and records it as made by
-// actor. If expectedRevision is non-zero the agent must be at it.
+// actor, with an agent_updated audit record naming the fields changed. If
+// expectedRevision is non-zero the agent must be at it.
 func (s *Store) UpdateAgent(id, actor string, expectedRevision uint64, change func(*Agent)) (Agent, error) {
 	return s.modify(id, actor, expectedRevision, AgentChange{Action: ActionUpdate}, change)
 }
 
-// DeregisterAgent marks an agent deregistered and, in the same transaction,
-// revokes its lineage (see RevokeLineage): from the commit on, the agent and
-// everything it delegated get nothing, and the Vault side is queued. The
-// record and its history are kept.
+// DeregisterAgent marks an agent deregistered, audited as
+// agent_deregistered, and, in the same transaction, revokes its lineage (see
+// RevokeLineage): from the commit on, the agent and everything it delegated
+// get nothing, and the Vault side is queued. The record and its history are
+// kept.
 func (s *Store) DeregisterAgent(id, actor, reason string) (Agent, Revocation, error) {
 	var rev Revocation
 	a, err := s.modify(id, actor, 0, AgentChange{Action: ActionDeregister, Reason: reason}, func(*Agent) {}, func(tx *bolt.Tx) error {
@@ -370,6 +374,8 @@ func (s *Store) DeregisterAgent(id, actor, reason string) (Agent, Revocation, er
 	return a, rev, nil
 }
 
+// modify applies change to an active agent as ch, then runs also in the
+// same transaction.
 func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange, change func(*Agent), also ...func(*bolt.Tx) error) (Agent, error) {
 	var a Agent
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -398,12 +404,15 @@ func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange
 		if a.Level != orig.Level || a.LevelSince.IsZero() {
 			a.LevelSince = a.UpdatedAt
 		}
+		if err := s.putAgent(tx, orig, a, ch); err != nil {
+			return err
+		}
 		for _, f := range also {
 			if err := f(tx); err != nil {
 				return err
 			}
 		}
-		return putAgent(tx, a, ch)
+		return nil
 	})
 	if err != nil {
 		return Agent{}, err
@@ -463,10 +472,30 @@ func getAgent(tx *bolt.Tx, id string) (Agent, error) {
 	return a, nil
 }
 
-// putAgent writes a and its history entry in tx.
-func putAgent(tx *bolt.Tx, a Agent, ch AgentChange) error {
-	ch.Revision, ch.Time, ch.Actor, ch.Agent = a.Revision, a.UpdatedAt, a.UpdatedBy, a
-	av, err := json.Marshal(a)
+// changeKinds are the audit record kinds of the changes to an agent. The
+// level changes keep the kinds the trail has always had for them.
+var changeKinds = map[string]string{
+	ActionRegister:   "agent_registered",
+	ActionUpdate:     "agent_updated",
+	ActionDeregister: "agent_deregistered",
+	ActionKill:       "agent_killed",
+	ActionRelease:    "agent_released",
+	ActionPromote:    "agent_promote",
+	ActionDemote:     "agent_demote",
+	ActionRollback:   "agent_rollback",
+}
+
+// putAgent writes after, its history entry and its audit record in tx, so
+// that no change to the registry commits without its record in the chain.
+// before is the record the change started from: the zero Agent for a
+// registration.
+func (s *Store) putAgent(tx *bolt.Tx, before, after Agent, ch AgentChange) error {
+	kind, ok := changeKinds[ch.Action]
+	if !ok {
+		return fmt.Errorf("%w: agent change %q", ErrInvalid, ch.Action)
+	}
+	ch.Revision, ch.Time, ch.Actor, ch.Agent = after.Revision, after.UpdatedAt, after.UpdatedBy, after
+	av, err := json.Marshal(after)
 	if err != nil {
 		return fmt.Errorf("store: encode agent: %w", err)
 	}
@@ -474,13 +503,56 @@ func putAgent(tx *bolt.Tx, a Agent, ch AgentChange) error {
 	if err != nil {
 		return fmt.Errorf("store: encode change: %w", err)
 	}
-	if err := tx.Bucket(bucketAgents).Put([]byte(a.ID), av); err != nil {
+	if err := tx.Bucket(bucketAgents).Put([]byte(after.ID), av); err != nil {
 		return fmt.Errorf("store: put agent: %w", err)
 	}
-	if err := tx.Bucket(bucketHistory).Put(binary.BigEndian.AppendUint64(historyPrefix(a.ID), a.Revision), hv); err != nil {
+	if err := tx.Bucket(bucketHistory).Put(binary.BigEndian.AppendUint64(historyPrefix(after.ID), after.Revision), hv); err != nil {
 		return fmt.Errorf("store: put change: %w", err)
 	}
-	return nil
+	return s.appendAudit(tx, AuditRecord{Time: after.UpdatedAt, Kind: kind, Actor: after.UpdatedBy, Subject: after.ID,
+		Detail: changeDetail(before, after, ch.Reason)})
+}
+
+// changeDetail describes a change to an agent for its audit record: the
+// agent, its level and revision after the change, the reason if any, which
+// fields changed ("changed", comma-separated) and the new value of each.
+// A level change of a registered agent also gives "from" and "to"; a kill
+// gives "lineage_root" and the decision "deny".
+func changeDetail(before, after Agent, reason string) map[string]string {
+	d := map[string]string{"agent": after.ID, "level": after.Level.String(), "revision": strconv.FormatUint(after.Revision, 10)}
+	if reason != "" {
+		d["reason"] = reason
+	}
+	var changed []string
+	field := func(name, was, is string) {
+		if was != is {
+			changed = append(changed, name)
+			d[name] = is
+		}
+	}
+	field("owner", before.Owner, after.Owner)
+	field("purpose", before.Purpose, after.Purpose)
+	field("roles", strings.Join(before.Roles, ","), strings.Join(after.Roles, ","))
+	if before.Level != after.Level {
+		changed = append(changed, "level")
+		if before.Revision != 0 {
+			d["from"], d["to"] = before.Level.String(), after.Level.String()
+		}
+	}
+	field("version", before.Version, after.Version)
+	field("config_digest", before.ConfigDigest, after.ConfigDigest)
+	if before.Revision != 0 {
+		field("status", before.Status.String(), after.Status.String())
+	}
+	switch {
+	case before.Kill == nil && after.Kill != nil:
+		changed = append(changed, "kill")
+		d["lineage_root"], d["decision"] = after.Kill.Lineage, "deny"
+	case before.Kill != nil && after.Kill == nil:
+		changed = append(changed, "kill")
+	}
+	d["changed"] = strings.Join(changed, ",")
+	return d
 }
 
 // Keys are "<agent id>\x00<suffix>": a SPIFFE ID never contains NUL, so a

@@ -1,30 +1,21 @@
 package vault
 
 import (
-	"sync"
+	"log/slog"
 	"time"
+
+	"github.com/agentictrust/atf/broker/breaker"
 )
 
-// Breaker defaults.
-const (
-	defaultBreakerFailures = 5
-	defaultBreakerWindow   = time.Minute
-	defaultBreakerOpenFor  = 10 * time.Second
-)
-
-// BreakerConfig configures the circuit breaker in front of Vault for
-// issuance (credentials and anchors). Revocations never wait on it: they
-// must reach Vault as soon as it answers, and the broker queues them
-// durably anyway.
-type BreakerConfig struct {
-	// Failures unavailability failures in a row (no call answered in
-	// between), all within Window, open the breaker; defaults 5 and 1 min.
-	Failures int
-	Window   time.Duration
-	// OpenFor is how long issuance then fails fast, without calling Vault,
-	// before one call goes through as a probe: Vault's answer closes the
-	// breaker, another failure opens it again. Default 10 s.
-	OpenFor time.Duration
+// DefaultBreakerConfig returns the defaults of the circuit breaker in front
+// of Vault for issuance (credentials and anchors): 5 unavailability
+// failures in a row within a minute open it for 10 s. The result is the
+// caller's to modify.
+//
+// Revocations never wait on the breaker: they must reach Vault as soon as it
+// answers, and the broker queues them durably anyway.
+func DefaultBreakerConfig() breaker.Config {
+	return breaker.Config{Failures: 5, Window: time.Minute, OpenFor: 10 * time.Second}
 }
 
 // BreakerOpenError is returned, wrapping ErrUnavailable, while the breaker
@@ -40,118 +31,47 @@ func (e *BreakerOpenError) Error() string {
 
 func (e *BreakerOpenError) Unwrap() error { return ErrUnavailable }
 
-// outcome is how a call admitted by the breaker ended.
-type outcome int
-
-const (
-	answered  outcome = iota // Vault answered, whatever it said
-	failed                   // Vault could not be reached, timed out or answered 5xx
-	abandoned                // the caller gave up first: says nothing about Vault
-)
-
-// breaker is closed (calls go through), open (calls fail fast until
-// retryAt) or half-open (open, with one probe in flight).
-type breaker struct {
-	cfg BreakerConfig
-	now func() time.Time
-	// probeFor is how long a probe may take (the Vault timeout): callers
-	// refused meanwhile are told to retry once it has had its time.
-	probeFor time.Duration
-
-	mu          sync.Mutex
-	streak      int
-	streakStart time.Time
-	open        bool
-	retryAt     time.Time
-	probing     bool
-	trips       uint64
+// admit lets a call through the breaker, or returns a *BreakerOpenError.
+// probe is true for the one call that tests a Vault the breaker had given
+// up on.
+func (is *Issuer) admit() (probe bool, err error) {
+	ok, state, retryAt := is.breaker.Allow()
+	if !ok {
+		return false, &BreakerOpenError{RetryAt: retryAt}
+	}
+	return state == breaker.HalfOpen, nil
 }
 
-// WithDefaults fills what c leaves zero with the defaults.
-func (c BreakerConfig) WithDefaults() BreakerConfig {
-	if c.Failures <= 0 {
-		c.Failures = defaultBreakerFailures
+// answered records that Vault answered a call, whatever it said: Vault
+// works, so the breaker closes and forgets the failures before.
+func (is *Issuer) answered() {
+	if is.breaker.Reset() != breaker.Closed {
+		is.cfg.Logger.Info("vault circuit breaker closed: Vault answers again")
 	}
-	if c.Window <= 0 {
-		c.Window = defaultBreakerWindow
-	}
-	if c.OpenFor <= 0 {
-		c.OpenFor = defaultBreakerOpenFor
-	}
-	return c
 }
 
-func newBreaker(cfg BreakerConfig, now func() time.Time, probeFor time.Duration) *breaker {
-	return &breaker{cfg: cfg.WithDefaults(), now: now, probeFor: probeFor}
+// failed records that Vault could not be reached, timed out or answered
+// 5xx, with err saying which.
+func (is *Issuer) failed(err error) {
+	from, to := is.breaker.Record(true)
+	if to != breaker.Open || from == breaker.Open {
+		return
+	}
+	_, retryAt := is.breaker.State()
+	if from == breaker.HalfOpen {
+		is.cfg.Logger.Warn("vault circuit breaker probe failed; staying open", slog.Time("retry_at", retryAt), slog.String("error", err.Error()))
+		return
+	}
+	is.trips.Add(1)
+	is.cfg.Logger.Error("vault circuit breaker opened: issuance fails fast until a probe gets an answer",
+		slog.Int("failures", is.cfg.Breaker.Failures), slog.Time("retry_at", retryAt), slog.String("error", err.Error()))
 }
 
-// admit lets a call through, or returns a *BreakerOpenError. probe is true
-// for the one call that tests a Vault the breaker had given up on.
-func (b *breaker) admit() (probe bool, err error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if !b.open {
-		return false, nil
-	}
-	now := b.now()
-	if b.probing || now.Before(b.retryAt) {
-		return false, &BreakerOpenError{RetryAt: b.retryAt}
-	}
-	b.probing = true
-	b.retryAt = now.Add(b.probeFor)
-	return true, nil
-}
-
-// transition is what record did to the breaker.
-type transition int
-
-const (
-	unchanged transition = iota
-	opened
-	reopened // a probe failed
-	closed
-)
-
-// record counts how an admitted call ended.
-func (b *breaker) record(probe bool, o outcome) transition {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	now := b.now()
+// abandoned records that the caller gave up on a call first, which says
+// nothing about Vault: if the call was the probe, the next one probes
+// instead.
+func (is *Issuer) abandoned(probe bool) {
 	if probe {
-		b.probing = false
+		is.breaker.Abandon()
 	}
-	switch o {
-	case answered:
-		b.streak = 0
-		if b.open {
-			b.open = false
-			return closed
-		}
-	case failed:
-		if b.streak == 0 || now.Sub(b.streakStart) > b.cfg.Window {
-			b.streak, b.streakStart = 0, now
-		}
-		b.streak++
-		switch {
-		case probe:
-			b.open, b.retryAt = true, now.Add(b.cfg.OpenFor)
-			return reopened
-		case !b.open && b.streak >= b.cfg.Failures:
-			b.open, b.retryAt = true, now.Add(b.cfg.OpenFor)
-			b.trips++
-			return opened
-		}
-	case abandoned:
-		if probe {
-			b.retryAt = now // the next call probes instead
-		}
-	}
-	return unchanged
-}
-
-// state is whether the breaker fails issuance fast, and how often it opened.
-func (b *breaker) state() (open bool, trips uint64, retryAt time.Time) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.open, b.trips, b.retryAt
 }

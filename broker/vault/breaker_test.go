@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentictrust/atf/deploy/dev/brokertest"
+	"github.com/agentictrust/atf/broker/breaker"
 	"github.com/agentictrust/atf/broker/vault"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 )
 
@@ -50,7 +51,7 @@ func TestIssuerBreaker(t *testing.T) {
 	}
 	clk := &clock{now: time.Now()}
 	is, err := vault.New(t.Context(), vault.Config{Address: proxy.URL(), Token: tok, Timeout: timeout, Now: clk.Now,
-		Breaker: vault.BreakerConfig{Failures: 2, Window: time.Minute, OpenFor: openFor}})
+		Breaker: breaker.Config{Failures: 2, Window: time.Minute, OpenFor: openFor}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,8 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/agentictrust/atf/broker/breaker"
 )
 
 // revokeTimeout bounds one revocation call (the caller's context may end it
@@ -64,8 +66,11 @@ type Config struct {
 	Token string
 	// Logger receives renewal and breaker events; default discards.
 	Logger *slog.Logger
-	// Breaker tunes the circuit breaker in front of issuance.
-	Breaker BreakerConfig
+	// Breaker tunes the circuit breaker in front of issuance. Fields that
+	// are zero take the values of DefaultBreakerConfig, and ProbeTimeout
+	// defaults to Timeout. Probes does not apply: Vault's first answer
+	// closes the breaker, and forgets the failures before it.
+	Breaker breaker.Config
 	// Now is the breaker's clock; default time.Now.
 	Now func() time.Time
 }
@@ -77,7 +82,8 @@ type Issuer struct {
 	// for creations, whose answer is awaited after the caller has given up.
 	slow    *vaultapi.Client
 	cfg     Config
-	breaker *breaker
+	breaker *breaker.Breaker
+	trips   atomic.Uint64 // times the breaker opened
 	cancel  context.CancelFunc
 	done    chan struct{}
 	// generation counts logins: anchors made under an earlier login hang on
@@ -114,6 +120,14 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if err := cfg.Breaker.Validate(); err != nil {
+		return nil, fmt.Errorf("vault: %w", err)
+	}
+	cfg.Breaker = cfg.Breaker.WithDefaults(DefaultBreakerConfig())
+	if cfg.Breaker.ProbeTimeout <= 0 {
+		// Callers refused while the probe is out retry once it has had its time.
+		cfg.Breaker.ProbeTimeout = cfg.Timeout
+	}
 	vc := vaultapi.DefaultConfig()
 	vc.Address = cfg.Address
 	vc.Timeout = cfg.Timeout
@@ -144,7 +158,7 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	}
 	slow.SetClientTimeout(max(cfg.Timeout, revokeTimeout))
 	is := &Issuer{client: client, slow: slow, cfg: cfg, done: make(chan struct{}), lateEnded: make(chan struct{}, 1),
-		breaker: newBreaker(cfg.Breaker, cfg.Now, cfg.Timeout)}
+		breaker: breaker.New(cfg.Breaker, cfg.Now)}
 	secret, err := is.login(ctx)
 	if err != nil {
 		return nil, err
@@ -419,7 +433,7 @@ func (is *Issuer) create(ctx context.Context, op string, c *vaultapi.Client, rol
 		// Nobody waits for the answer: do not ask.
 		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, op, context.Cause(ctx))
 	}
-	probe, err := is.breaker.admit()
+	probe, err := is.admit()
 	if err != nil {
 		return nil, err
 	}
@@ -439,20 +453,20 @@ func (is *Issuer) create(ctx context.Context, op string, c *vaultapi.Client, rol
 		if a.err != nil {
 			err := classify(op, a.err)
 			if errors.Is(err, ErrUnavailable) {
-				is.record(probe, failed, err)
+				is.failed(err)
 			} else {
-				is.record(probe, answered, nil)
+				is.answered()
 			}
 			return nil, err
 		}
-		is.record(probe, answered, nil)
+		is.answered()
 		return a.secret, nil
 	case <-wait.C:
 		err = fmt.Errorf("%w: %s: Vault did not answer within %s", ErrUnavailable, op, is.cfg.Timeout)
-		is.record(probe, failed, err)
+		is.failed(err)
 	case <-ctx.Done():
 		err = fmt.Errorf("%w: %s: %w", ErrUnavailable, op, context.Cause(ctx))
-		is.record(probe, abandoned, nil)
+		is.abandoned(probe)
 	}
 	is.late.Add(1)
 	go func() {
@@ -483,21 +497,6 @@ func (is *Issuer) revokeLate(op string, s *vaultapi.Secret) {
 	log.Warn("Vault created a token after the broker stopped waiting; revoked it")
 }
 
-// record feeds a call's outcome to the breaker and logs what that changed.
-func (is *Issuer) record(probe bool, o outcome, err error) {
-	switch is.breaker.record(probe, o) {
-	case opened:
-		_, _, at := is.breaker.state()
-		is.cfg.Logger.Error("vault circuit breaker opened: issuance fails fast until a probe gets an answer",
-			slog.Int("failures", is.breaker.cfg.Failures), slog.Time("retry_at", at), slog.String("error", err.Error()))
-	case reopened:
-		_, _, at := is.breaker.state()
-		is.cfg.Logger.Warn("vault circuit breaker probe failed; staying open", slog.Time("retry_at", at), slog.String("error", err.Error()))
-	case closed:
-		is.cfg.Logger.Info("vault circuit breaker closed: Vault answers again")
-	}
-}
-
 // Stats are the issuer's fault counters, for metrics.
 type Stats struct {
 	// BreakerOpen is true while issuance fails fast (or one probe is out).
@@ -511,8 +510,8 @@ type Stats struct {
 
 // Stats returns the issuer's fault counters.
 func (is *Issuer) Stats() Stats {
-	open, trips, _ := is.breaker.state()
-	return Stats{BreakerOpen: open, BreakerTrips: trips, LateTokensRevoked: is.lateRevoked.Load()}
+	state, _ := is.breaker.State()
+	return Stats{BreakerOpen: state != breaker.Closed, BreakerTrips: is.trips.Load(), LateTokensRevoked: is.lateRevoked.Load()}
 }
 
 // Revoke revokes a token, and every token below it, by accessor.

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 )
 
 // admin backup writes a store file that opens, verifies and holds the

@@ -44,14 +44,17 @@ func newWhoAmI(g *globals) *cobra.Command {
 
 func newCreds(g *globals) *cobra.Command {
 	creds := &cobra.Command{Use: "creds", Short: "Fetch credentials"}
+	creds.AddCommand(credsFetch(g))
+	return creds
+}
+
+func credsFetch(g *globals) *cobra.Command {
 	var (
-		role, purpose, grant string
-		justification        string
-		approval             string
-		ttl                  time.Duration
-		tokenOnly, wait      bool
+		req             brokerv1.FetchCredentialRequest
+		ttl             time.Duration
+		tokenOnly, wait bool
 	)
-	fetch := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "fetch --role ROLE",
 		Short: "Fetch a short-lived Vault token for a role",
 		Example: `  atfctl creds fetch --role reports-read
@@ -60,70 +63,78 @@ func newCreds(g *globals) *cobra.Command {
   atfctl creds fetch --role reports-write --justification "publish Q3 numbers" --wait`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if role == "" {
+			if req.Role == "" {
 				return usageError{fmt.Errorf("--role is required")}
+			}
+			if ttl > 0 {
+				req.Ttl = durationpb.New(ttl)
 			}
 			c, err := g.dial(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			req := &brokerv1.FetchCredentialRequest{Role: role, Purpose: purpose, GrantId: grant, Justification: justification, ApprovalId: approval}
-			if ttl > 0 {
-				req.Ttl = durationpb.New(ttl)
-			}
-			r, err := c.Broker.FetchCredential(cmd.Context(), req)
+			r, err := fetchCredential(cmd, g, c, &req, wait)
 			if err != nil {
 				return err
-			}
-			if ap := r.GetApproval(); ap != nil {
-				if !wait {
-					if err := g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { printApproval(w, ap) }); err != nil {
-						return err
-					}
-					return exitError{code: 8, msg: fmt.Sprintf("request waits for approval %s; redeem it with --approval %s once approved, or use --wait", ap.GetId(), ap.GetId())}
-				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "waiting for a human to approve request %s (expires %s)...\n", ap.GetId(), ts(ap.GetExpiresAt()))
-				if err := waitApproval(cmd, c.Broker, ap.GetId()); err != nil {
-					return err
-				}
-				req.ApprovalId = ap.GetId()
-				if r, err = c.Broker.FetchCredential(cmd.Context(), req); err != nil {
-					return err
-				}
 			}
 			cr := r.GetCredential()
 			if tokenOnly {
 				_, err := fmt.Fprintln(cmd.OutOrStdout(), cr.GetToken())
 				return err
 			}
-			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
-				fmt.Fprintf(w, "Role:\t%s\n", cr.GetRole())
-				fmt.Fprintf(w, "Token:\t%s\n", cr.GetToken())
-				fmt.Fprintf(w, "Accessor:\t%s\n", cr.GetAccessor())
-				fmt.Fprintf(w, "Policies:\t%s\n", strings.Join(cr.GetPolicies(), ", "))
-				fmt.Fprintf(w, "Expires:\t%s (in %s)\n", ts(cr.GetExpiresAt()), time.Until(cr.GetExpiresAt().AsTime()).Round(time.Second))
-				fmt.Fprintf(w, "Renewable:\t%t\n", cr.GetRenewable())
-				fmt.Fprintf(w, "Level:\t%s\n", enumName(cr.GetLevel().String(), "LEVEL_"))
-				fmt.Fprintf(w, "Vault:\t%s\n", cr.GetVaultAddress())
-				fmt.Fprintf(w, "Decision:\t%s\n", cr.GetDecisionId())
-				if cr.GetGrantId() != "" {
-					fmt.Fprintf(w, "Grant:\t%s\n", cr.GetGrantId())
-					fmt.Fprintf(w, "Chain:\t%s\n", strings.Join(cr.GetChain(), " → "))
-				}
-			})
+			return g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { credentialTable(w, cr) })
 		},
 	}
-	fetch.Flags().StringVar(&role, "role", "", "role to fetch a credential for (required)")
-	fetch.Flags().DurationVar(&ttl, "ttl", 0, "requested lifetime; default and maximum: the role's and your level's")
-	fetch.Flags().StringVar(&purpose, "purpose", "", "why, for the audit trail")
-	fetch.Flags().BoolVar(&tokenOnly, "token-only", false, "print only the token")
-	fetch.Flags().StringVar(&grant, "grant", "", "act under a grant delegated to you")
-	fetch.Flags().StringVar(&justification, "justification", "", "why the action is needed, for the approver (Junior writes)")
-	fetch.Flags().BoolVar(&wait, "wait", false, "if a human must approve, wait for the decision and then fetch")
-	fetch.Flags().StringVar(&approval, "approval", "", "redeem this approved request")
-	creds.AddCommand(fetch)
-	return creds
+	f := cmd.Flags()
+	f.StringVar(&req.Role, "role", "", "role to fetch a credential for (required)")
+	f.DurationVar(&ttl, "ttl", 0, "requested lifetime; default and maximum: the role's and your level's")
+	f.StringVar(&req.Purpose, "purpose", "", "why, for the audit trail")
+	f.BoolVar(&tokenOnly, "token-only", false, "print only the token")
+	f.StringVar(&req.GrantId, "grant", "", "act under a grant delegated to you")
+	f.StringVar(&req.Justification, "justification", "", "why the action is needed, for the approver (Junior writes)")
+	f.BoolVar(&wait, "wait", false, "if a human must approve, wait for the decision and then fetch")
+	f.StringVar(&req.ApprovalId, "approval", "", "redeem this approved request")
+	return cmd
+}
+
+// fetchCredential fetches a credential. When a human must approve it first,
+// it prints the pending request and ends with exit code 8, or with wait
+// follows the request until it is decided and then redeems it.
+func fetchCredential(cmd *cobra.Command, g *globals, c *client.Conn, req *brokerv1.FetchCredentialRequest, wait bool) (*brokerv1.FetchCredentialResponse, error) {
+	r, err := c.Broker.FetchCredential(cmd.Context(), req)
+	ap := r.GetApproval()
+	if err != nil || ap == nil {
+		return r, err
+	}
+	if !wait {
+		if err := g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { printApproval(w, ap) }); err != nil {
+			return nil, err
+		}
+		return nil, exitError{code: 8, msg: fmt.Sprintf("request waits for approval %s; redeem it with --approval %s once approved, or use --wait", ap.GetId(), ap.GetId())}
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "waiting for a human to approve request %s (expires %s)...\n", ap.GetId(), ts(ap.GetExpiresAt()))
+	if err := waitApproval(cmd, c.Broker, ap.GetId()); err != nil {
+		return nil, err
+	}
+	req.ApprovalId = ap.GetId()
+	return c.Broker.FetchCredential(cmd.Context(), req)
+}
+
+func credentialTable(w *tabwriter.Writer, cr *brokerv1.Credential) {
+	fmt.Fprintf(w, "Role:\t%s\n", cr.GetRole())
+	fmt.Fprintf(w, "Token:\t%s\n", cr.GetToken())
+	fmt.Fprintf(w, "Accessor:\t%s\n", cr.GetAccessor())
+	fmt.Fprintf(w, "Policies:\t%s\n", strings.Join(cr.GetPolicies(), ", "))
+	fmt.Fprintf(w, "Expires:\t%s (in %s)\n", ts(cr.GetExpiresAt()), time.Until(cr.GetExpiresAt().AsTime()).Round(time.Second))
+	fmt.Fprintf(w, "Renewable:\t%t\n", cr.GetRenewable())
+	fmt.Fprintf(w, "Level:\t%s\n", enumName(cr.GetLevel().String(), "LEVEL_"))
+	fmt.Fprintf(w, "Vault:\t%s\n", cr.GetVaultAddress())
+	fmt.Fprintf(w, "Decision:\t%s\n", cr.GetDecisionId())
+	if cr.GetGrantId() != "" {
+		fmt.Fprintf(w, "Grant:\t%s\n", cr.GetGrantId())
+		fmt.Fprintf(w, "Chain:\t%s\n", strings.Join(cr.GetChain(), " → "))
+	}
 }
 
 func newAgent(g *globals) *cobra.Command {

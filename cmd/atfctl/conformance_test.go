@@ -6,7 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/agentictrust/atf/broker"
+	"github.com/agentictrust/atf/broker/config"
+
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -20,7 +21,7 @@ func TestCLIConformance(t *testing.T) {
 	// broker's defaults switch them on.
 	off := f.Config(t, t.TempDir())
 	on := f.Config(t, t.TempDir())
-	on.Limits = broker.LimitsConfig{}
+	on.Limits = config.LimitsConfig{}
 	bOff, bOn := f.Start(t, off), f.Start(t, on)
 	agent := f.ID(t, "agent")
 	for _, b := range []*brokertest.Broker{bOff, bOn} {

@@ -359,12 +359,17 @@ func decide(g *globals, v adminv1.Verdict) *cobra.Command {
 
 func newAudit(g *globals) *cobra.Command {
 	au := &cobra.Command{Use: "audit", Short: "Query and verify the tamper-evident audit trail (admins)"}
+	au.AddCommand(auditQuery(g), auditVerify(g))
+	return au
+}
+
+func auditQuery(g *globals) *cobra.Command {
 	var (
 		f            adminv1.QueryAuditRequest
 		since, until string
 		limit        int
 	)
-	query := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "query [--agent ID] [--role R] [--decision allow|deny|pending|limited] [--kind K] [--since T] [--until T]",
 		Short: "List audit records, oldest first",
 		Example: `  atfctl audit query --agent spiffe://example.org/agents/reporter --decision deny
@@ -389,44 +394,58 @@ func newAudit(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			all := &adminv1.QueryAuditResponse{}
-			req := &f
-			for len(all.Records) < limit {
-				req.PageSize = int32(min(1000, limit-len(all.Records)))
-				r, err := c.Admin.QueryAudit(cmd.Context(), req)
-				if err != nil {
-					return err
-				}
-				all.Records = append(all.Records, r.GetRecords()...)
-				all.NextAfterSeq = r.GetNextAfterSeq()
-				if r.GetNextAfterSeq() == 0 {
-					break
-				}
-				req.AfterSeq = r.GetNextAfterSeq()
+			all, err := queryAudit(cmd.Context(), c.Admin, &f, limit)
+			if err != nil {
+				return err
 			}
-			return g.print(cmd.OutOrStdout(), all, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "SEQ\tTIME\tKIND\tACTOR\tSUBJECT\tDECISION\tWHY")
-				for _, r := range all.GetRecords() {
-					d := r.GetDetail()
-					why := d["message"]
-					if why == "" {
-						why = d["reason"]
-					}
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetSeq(), ts(r.GetTime()), r.GetKind(), r.GetActor(), r.GetSubject(), d["decision"], why)
-				}
-			})
+			return g.print(cmd.OutOrStdout(), all, func(w *tabwriter.Writer) { auditRows(w, all.GetRecords()) })
 		},
 	}
-	query.Flags().StringVar(&f.Agent, "agent", "", "records by or about this agent")
-	query.Flags().StringVar(&f.Role, "role", "", "records about this role")
-	query.Flags().StringVar(&f.Decision, "decision", "", "allow, deny, pending or limited")
-	query.Flags().StringVar(&f.Kind, "kind", "", "record kind, e.g. credential_issued")
-	query.Flags().StringVar(&since, "since", "", "RFC 3339 time or a duration ago (e.g. 24h)")
-	query.Flags().StringVar(&until, "until", "", "RFC 3339 time or a duration ago")
-	query.Flags().IntVar(&limit, "limit", 1000, "at most this many records")
+	fl := cmd.Flags()
+	fl.StringVar(&f.Agent, "agent", "", "records by or about this agent")
+	fl.StringVar(&f.Role, "role", "", "records about this role")
+	fl.StringVar(&f.Decision, "decision", "", "allow, deny, pending or limited")
+	fl.StringVar(&f.Kind, "kind", "", "record kind, e.g. credential_issued")
+	fl.StringVar(&since, "since", "", "RFC 3339 time or a duration ago (e.g. 24h)")
+	fl.StringVar(&until, "until", "", "RFC 3339 time or a duration ago")
+	fl.IntVar(&limit, "limit", 1000, "at most this many records")
+	return cmd
+}
 
+// queryAudit pages through the records req selects, up to limit of them.
+func queryAudit(ctx context.Context, admin adminv1.AdminServiceClient, req *adminv1.QueryAuditRequest, limit int) (*adminv1.QueryAuditResponse, error) {
+	all := &adminv1.QueryAuditResponse{}
+	for len(all.Records) < limit {
+		req.PageSize = int32(min(1000, limit-len(all.Records)))
+		r, err := admin.QueryAudit(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		all.Records = append(all.Records, r.GetRecords()...)
+		all.NextAfterSeq = r.GetNextAfterSeq()
+		if r.GetNextAfterSeq() == 0 {
+			break
+		}
+		req.AfterSeq = r.GetNextAfterSeq()
+	}
+	return all, nil
+}
+
+func auditRows(w *tabwriter.Writer, records []*adminv1.AuditRecord) {
+	fmt.Fprintln(w, "SEQ\tTIME\tKIND\tACTOR\tSUBJECT\tDECISION\tWHY")
+	for _, r := range records {
+		d := r.GetDetail()
+		why := d["message"]
+		if why == "" {
+			why = d["reason"]
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetSeq(), ts(r.GetTime()), r.GetKind(), r.GetActor(), r.GetSubject(), d["decision"], why)
+	}
+}
+
+func auditVerify(g *globals) *cobra.Command {
 	var expect string
-	verify := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "verify [--expect SEQ:HASH]",
 		Short: "Check the audit trail's hash chain; --expect also catches a cut-off tail",
 		Long: "Verify recomputes every record's hash and link. It detects an edited, inserted or removed record. A trail\n" +
@@ -458,15 +477,7 @@ func newAudit(g *globals) *cobra.Command {
 					r.Ok, r.Error = false, msg
 				}
 			}
-			if err := g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) {
-				fmt.Fprintf(w, "Records:\t%d\n", r.GetRecords())
-				fmt.Fprintf(w, "Head:\t%d:%s\n", r.GetHeadSeq(), r.GetHeadHash())
-				if r.GetOk() {
-					fmt.Fprintln(w, "Result:\tok, the chain is intact")
-				} else {
-					fmt.Fprintf(w, "Result:\tBROKEN: %s\n", r.GetError())
-				}
-			}); err != nil {
+			if err := g.print(cmd.OutOrStdout(), r, func(w *tabwriter.Writer) { verifyTable(w, r) }); err != nil {
 				return err
 			}
 			if !r.GetOk() {
@@ -475,9 +486,18 @@ func newAudit(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	verify.Flags().StringVar(&expect, "expect", "", "a head printed by an earlier verify, as SEQ:HASH")
-	au.AddCommand(query, verify)
-	return au
+	cmd.Flags().StringVar(&expect, "expect", "", "a head printed by an earlier verify, as SEQ:HASH")
+	return cmd
+}
+
+func verifyTable(w *tabwriter.Writer, r *adminv1.VerifyAuditResponse) {
+	fmt.Fprintf(w, "Records:\t%d\n", r.GetRecords())
+	fmt.Fprintf(w, "Head:\t%d:%s\n", r.GetHeadSeq(), r.GetHeadHash())
+	if r.GetOk() {
+		fmt.Fprintln(w, "Result:\tok, the chain is intact")
+	} else {
+		fmt.Fprintf(w, "Result:\tBROKEN: %s\n", r.GetError())
+	}
 }
 
 // checkExpected returns what is wrong if record seq is no longer in the

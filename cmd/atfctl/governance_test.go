@@ -12,9 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/config"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/policy"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -559,7 +560,7 @@ func TestCLIEvents(t *testing.T) {
 func TestCLIRateLimit(t *testing.T) {
 	f := brokertest.Setup(t)
 	cfg := f.Config(t, t.TempDir())
-	cfg.Limits.Rate = map[string]broker.RateLimit{"intern": {PerSecond: 0.5, Burst: 1}}
+	cfg.Limits.Rate = map[string]config.RateLimit{"intern": {PerSecond: 0.5, Burst: 1}}
 	b := f.Start(t, cfg)
 	agent := f.ID(t, "agent")
 	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")

@@ -207,16 +207,20 @@ func newIncident(g *globals) *cobra.Command {
 	inc := &cobra.Command{Use: "incident", Short: "Open, update, close and list incidents involving agents (admins)",
 		Long: "An incident severe enough for the agent's level (by default critical; high at principal) demotes the\n" +
 			"agent at once. A high or critical incident blocks promotion while open; a closed one needs a root-cause analysis."}
+	inc.AddCommand(incidentOpen(g), incidentUpdate(g), incidentClose(g), incidentList(g))
+	return inc
+}
 
+func incidentOpen(g *globals) *cobra.Command {
 	var severity, summary string
-	open := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:     "open SPIFFE_ID --severity low|medium|high|critical --summary TEXT",
 		Short:   "Open an incident; it demotes the agent if severe enough for its level",
 		Example: `  atfctl incident open spiffe://example.org/agents/reporter --severity critical --summary "published draft numbers"`,
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !slices.Contains([]string{"low", "medium", "high", "critical"}, severity) {
-				return usageError{fmt.Errorf("--severity must be low, medium, high or critical, not %q", severity)}
+			if err := checkSeverity(severity); err != nil {
+				return err
 			}
 			if summary == "" {
 				return usageError{fmt.Errorf("--summary is required")}
@@ -224,18 +228,47 @@ func newIncident(g *globals) *cobra.Command {
 			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.OpenIncidentResponse, error) {
 				return c.Maturity.OpenIncident(ctx, &adminv1.OpenIncidentRequest{SpiffeId: args[0], Severity: severity, Summary: summary})
 			}, func(w *tabwriter.Writer, r *adminv1.OpenIncidentResponse) {
-				incidentTable(w, r.GetIncident())
-				if d := r.GetDemoted(); d != nil {
-					fmt.Fprintf(w, "Demoted to:\t%s (revision %d)\n", levelName(d.GetLevel()), d.GetRevision())
-				}
+				incidentChangeTable(w, r.GetIncident(), r.GetDemoted())
 			})
 		},
 	}
-	open.Flags().StringVar(&severity, "severity", "", "low, medium, high or critical (required)")
-	open.Flags().StringVar(&summary, "summary", "", "what happened (required)")
+	cmd.Flags().StringVar(&severity, "severity", "", "low, medium, high or critical (required)")
+	cmd.Flags().StringVar(&summary, "summary", "", "what happened (required)")
+	return cmd
+}
 
+func incidentUpdate(g *globals) *cobra.Command {
+	var severity, note string
+	cmd := &cobra.Command{
+		Use:   "update INCIDENT_ID [--severity S] [--note TEXT]",
+		Short: "Change an open incident's severity or add a note; raising it far enough demotes the agent",
+		Example: `  atfctl incident update 3f2a...c9 --severity critical --note "customer data confirmed exposed"
+  atfctl incident update 3f2a...c9 --note "vendor contacted"`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if severity == "" && note == "" {
+				return usageError{fmt.Errorf("--severity or --note is required")}
+			}
+			if severity != "" {
+				if err := checkSeverity(severity); err != nil {
+					return err
+				}
+			}
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.UpdateIncidentResponse, error) {
+				return c.Maturity.UpdateIncident(ctx, &adminv1.UpdateIncidentRequest{IncidentId: args[0], Severity: severity, Note: note})
+			}, func(w *tabwriter.Writer, r *adminv1.UpdateIncidentResponse) {
+				incidentChangeTable(w, r.GetIncident(), r.GetDemoted())
+			})
+		},
+	}
+	cmd.Flags().StringVar(&severity, "severity", "", "the new severity")
+	cmd.Flags().StringVar(&note, "note", "", "a note appended to the summary")
+	return cmd
+}
+
+func incidentClose(g *globals) *cobra.Command {
 	var rca string
-	closeCmd := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:     "close INCIDENT_ID --rca TEXT",
 		Short:   "Close an incident with its root-cause analysis",
 		Example: `  atfctl incident close 3f2a...c9 --rca "prompt injection through a shared document; input filter added"`,
@@ -249,11 +282,14 @@ func newIncident(g *globals) *cobra.Command {
 			}, func(w *tabwriter.Writer, r *adminv1.CloseIncidentResponse) { incidentTable(w, r.GetIncident()) })
 		},
 	}
-	closeCmd.Flags().StringVar(&rca, "rca", "", "the root-cause analysis, or where it lives (required)")
+	cmd.Flags().StringVar(&rca, "rca", "", "the root-cause analysis, or where it lives (required)")
+	return cmd
+}
 
+func incidentList(g *globals) *cobra.Command {
 	var agent string
 	var openOnly bool
-	list := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:     "list [--agent SPIFFE_ID] [--open]",
 		Short:   "List incidents, oldest first",
 		Example: "  atfctl incident list --open\n  atfctl incident list --agent spiffe://example.org/agents/reporter -o json",
@@ -264,38 +300,17 @@ func newIncident(g *globals) *cobra.Command {
 			}, func(w *tabwriter.Writer, r *adminv1.ListIncidentsResponse) { incidentRows(w, r.GetIncidents()) })
 		},
 	}
-	list.Flags().StringVar(&agent, "agent", "", "only this agent's incidents")
-	list.Flags().BoolVar(&openOnly, "open", false, "only open incidents")
+	cmd.Flags().StringVar(&agent, "agent", "", "only this agent's incidents")
+	cmd.Flags().BoolVar(&openOnly, "open", false, "only open incidents")
+	return cmd
+}
 
-	var newSeverity, note string
-	update := &cobra.Command{
-		Use:   "update INCIDENT_ID [--severity S] [--note TEXT]",
-		Short: "Change an open incident's severity or add a note; raising it far enough demotes the agent",
-		Example: `  atfctl incident update 3f2a...c9 --severity critical --note "customer data confirmed exposed"
-  atfctl incident update 3f2a...c9 --note "vendor contacted"`,
-		Args: exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if newSeverity == "" && note == "" {
-				return usageError{fmt.Errorf("--severity or --note is required")}
-			}
-			if newSeverity != "" && !slices.Contains([]string{"low", "medium", "high", "critical"}, newSeverity) {
-				return usageError{fmt.Errorf("--severity must be low, medium, high or critical, not %q", newSeverity)}
-			}
-			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.UpdateIncidentResponse, error) {
-				return c.Maturity.UpdateIncident(ctx, &adminv1.UpdateIncidentRequest{IncidentId: args[0], Severity: newSeverity, Note: note})
-			}, func(w *tabwriter.Writer, r *adminv1.UpdateIncidentResponse) {
-				incidentTable(w, r.GetIncident())
-				if d := r.GetDemoted(); d != nil {
-					fmt.Fprintf(w, "Demoted to:\t%s (revision %d)\n", levelName(d.GetLevel()), d.GetRevision())
-				}
-			})
-		},
+// checkSeverity refuses a --severity the broker does not know.
+func checkSeverity(s string) error {
+	if !slices.Contains([]string{"low", "medium", "high", "critical"}, s) {
+		return usageError{fmt.Errorf("--severity must be low, medium, high or critical, not %q", s)}
 	}
-	update.Flags().StringVar(&newSeverity, "severity", "", "the new severity")
-	update.Flags().StringVar(&note, "note", "", "a note appended to the summary")
-
-	inc.AddCommand(open, update, closeCmd, list)
-	return inc
+	return nil
 }
 
 func newOutcome(g *globals) *cobra.Command {
@@ -426,6 +441,15 @@ func incidentTable(w *tabwriter.Writer, in *adminv1.Incident) {
 	if in.GetClosedAt() != nil {
 		fmt.Fprintf(w, "Closed:\t%s by %s\n", ts(in.GetClosedAt()), in.GetClosedBy())
 		fmt.Fprintf(w, "RCA:\t%s\n", in.GetRca())
+	}
+}
+
+// incidentChangeTable prints an opened or updated incident and, if it
+// demoted the agent, the agent's new level.
+func incidentChangeTable(w *tabwriter.Writer, in *adminv1.Incident, demoted *adminv1.Agent) {
+	incidentTable(w, in)
+	if demoted != nil {
+		fmt.Fprintf(w, "Demoted to:\t%s (revision %d)\n", levelName(demoted.GetLevel()), demoted.GetRevision())
 	}
 }
 

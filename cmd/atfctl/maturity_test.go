@@ -7,9 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/breaker"
+	"github.com/agentictrust/atf/broker/config"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -32,7 +34,7 @@ func mustMatch(t *testing.T, what, out string, want ...string) {
 func TestCLIPromotionGates(t *testing.T) {
 	f := brokertest.Setup(t)
 	cfg := f.Config(t, t.TempDir())
-	cfg.Monitor.Breaker = broker.BreakerConfig{Failures: 2, OpenFor: time.Hour}
+	cfg.Monitor.Breaker = breaker.Config{Failures: 2, OpenFor: time.Hour}
 	b := f.Start(t, cfg)
 	agent, flaky := f.ID(t, "agent"), f.ID(t, "flaky")
 	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
@@ -174,7 +176,7 @@ func TestCLIPromotionGates(t *testing.T) {
 func TestCLIPromotion(t *testing.T) {
 	f := brokertest.Setup(t)
 	cfg := f.Config(t, t.TempDir())
-	cfg.Maturity = broker.MaturityConfig{MinTimeAtLevel: map[string]time.Duration{"intern": 0}, MinOutcomes: 3}
+	cfg.Maturity = config.MaturityConfig{MinTimeAtLevel: map[string]time.Duration{"intern": 0}, MinOutcomes: 3}
 	b := f.Start(t, cfg)
 	agent := f.ID(t, "agent")
 	id := agent.String()

@@ -12,9 +12,9 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/deploy/dev"
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )

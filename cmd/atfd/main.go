@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/agentictrust/atf/broker/config"
+
 	"github.com/agentictrust/atf/broker"
 )
 
@@ -38,7 +40,7 @@ func run() error {
 		return fmt.Errorf("unexpected arguments %q (atfd takes only flags; see -h)", flag.Args())
 	}
 
-	cfg, err := broker.LoadConfig(*configPath)
+	cfg, err := config.Load(*configPath)
 	if err != nil {
 		return err
 	}
@@ -82,7 +84,7 @@ func run() error {
 	}
 }
 
-func newLogger(cfg broker.Config) *slog.Logger {
+func newLogger(cfg config.Config) *slog.Logger {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(cfg.LogLevel)) // checked by Validate
 	opts := &slog.HandlerOptions{Level: lvl}

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/agentictrust/atf/broker/config"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -30,7 +32,6 @@ import (
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
-	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/deploy/policy"
 )
 
@@ -429,10 +430,10 @@ func TestDeployment(t *testing.T) {
 	const enforce = "pod-security.kubernetes.io/enforce"
 	type variant struct {
 		component string // "": kustomization.yaml as it is
-		check     func(*testing.T, deployment, broker.Config)
+		check     func(*testing.T, deployment, config.Config)
 	}
 	variants := []variant{
-		{"", func(t *testing.T, d deployment, cfg broker.Config) {
+		{"", func(t *testing.T, d deployment, cfg config.Config) {
 			if v := socketVolume(t, d, cfg); v.CSI == nil || v.CSI.Driver != "csi.spiffe.io" || v.CSI.ReadOnly == nil || !*v.CSI.ReadOnly {
 				t.Errorf("Workload API volume %+v, want a read-only csi.spiffe.io volume", v.VolumeSource)
 			}
@@ -440,7 +441,7 @@ func TestDeployment(t *testing.T) {
 				t.Errorf("namespace %s enforces %q, want Pod Security restricted", ns.Name, ns.Labels[enforce])
 			}
 		}},
-		{"hostpath-socket", func(t *testing.T, d deployment, cfg broker.Config) {
+		{"hostpath-socket", func(t *testing.T, d deployment, cfg config.Config) {
 			if v := socketVolume(t, d, cfg); v.CSI != nil || v.HostPath == nil {
 				t.Errorf("Workload API volume %+v, want a hostPath and no CSI", v.VolumeSource)
 			}
@@ -448,7 +449,7 @@ func TestDeployment(t *testing.T) {
 				t.Errorf("namespace %s enforces %q, but a hostPath volume needs privileged", ns.Name, ns.Labels[enforce])
 			}
 		}},
-		{"grpc-tls-probe", func(t *testing.T, d deployment, _ broker.Config) {
+		{"grpc-tls-probe", func(t *testing.T, d deployment, _ config.Config) {
 			if p := d.container(t).ReadinessProbe; p.GRPC == nil {
 				t.Errorf("readiness probe %+v, want gRPC health", p.ProbeHandler)
 			}
@@ -484,7 +485,7 @@ func TestDeployment(t *testing.T) {
 // config reads atfd's configuration, the roles file and the policy from the
 // files the generated ConfigMap holds, with atfd's loaders, and checks that
 // the model and policy are deploy/policy's.
-func (d deployment) config(t *testing.T) broker.Config {
+func (d deployment) config(t *testing.T) config.Config {
 	t.Helper()
 	c := d.container(t)
 	if len(c.Command) < 2 || c.Command[len(c.Command)-2] != "-config" {
@@ -492,14 +493,14 @@ func (d deployment) config(t *testing.T) broker.Config {
 	}
 	cfgPath := c.Command[len(c.Command)-1]
 	file := d.configMapFile(t, cfgPath)
-	cfg, err := broker.LoadConfig(file)
+	cfg, err := config.Load(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := broker.LoadRoles(d.configMapFile(t, cfg.RolesFile)); err != nil {
+	if _, err := config.LoadRoles(d.configMapFile(t, cfg.RolesFile)); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range []struct{ path, want, of string }{
@@ -566,7 +567,7 @@ func mountAt(t *testing.T, d deployment, dir string) (corev1.VolumeMount, corev1
 }
 
 // socketDir returns the directory of the Workload API socket.
-func socketDir(t *testing.T, cfg broker.Config) string {
+func socketDir(t *testing.T, cfg config.Config) string {
 	t.Helper()
 	u, err := url.Parse(cfg.SPIFFE.WorkloadAPIAddr)
 	if err != nil || u.Scheme != "unix" || u.Path == "" {
@@ -576,7 +577,7 @@ func socketDir(t *testing.T, cfg broker.Config) string {
 }
 
 // socketVolume returns the volume the Workload API socket is in.
-func socketVolume(t *testing.T, d deployment, cfg broker.Config) corev1.Volume {
+func socketVolume(t *testing.T, d deployment, cfg config.Config) corev1.Volume {
 	t.Helper()
 	_, v := mountAt(t, d, socketDir(t, cfg))
 	return v
@@ -666,7 +667,7 @@ func selects(t *testing.T, sel *metav1.LabelSelector, set map[string]string) boo
 
 // checkDeployment checks one variant of the deployment against atfd's
 // configuration.
-func checkDeployment(t *testing.T, d deployment, cfg broker.Config) {
+func checkDeployment(t *testing.T, d deployment, cfg config.Config) {
 	ns := get[corev1.Namespace](t, d, "Namespace")
 	sa := get[corev1.ServiceAccount](t, d, "ServiceAccount")
 	svc := get[corev1.Service](t, d, "Service")

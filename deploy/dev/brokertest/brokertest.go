@@ -24,6 +24,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/breaker"
+	"github.com/agentictrust/atf/broker/config"
+
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -148,7 +151,7 @@ func (f *Fixture) SVID(t testing.TB, id spiffeid.ID) dev.SVIDFiles {
 // Broker is an in-process broker serving on loopback.
 type Broker struct {
 	F    *Fixture
-	Cfg  broker.Config
+	Cfg  config.Config
 	Addr string
 	srv  *broker.Server
 	done chan error
@@ -156,7 +159,7 @@ type Broker struct {
 
 // Config returns a broker configuration for the fixture, with its store in
 // dir and the broker logged in to Vault with a token holding atf-broker.
-func (f *Fixture) Config(t testing.TB, dir string) broker.Config {
+func (f *Fixture) Config(t testing.TB, dir string) config.Config {
 	t.Helper()
 	roles := filepath.Join(dir, "roles.yaml")
 	if err := os.WriteFile(roles, []byte(Roles), 0o600); err != nil {
@@ -177,42 +180,42 @@ func (f *Fixture) Config(t testing.TB, dir string) broker.Config {
 	if err := os.WriteFile(policyFile, []byte(OpenPolicy(f.Stack.TrustDomain)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return broker.Config{
+	return config.Config{
 		ListenAddr:   "127.0.0.1:0",
-		SPIFFE:       broker.SPIFFEConfig{WorkloadAPIAddr: f.Stack.WorkloadAPIAddr},
+		SPIFFE:       config.SPIFFEConfig{WorkloadAPIAddr: f.Stack.WorkloadAPIAddr},
 		TrustDomains: []string{f.Stack.TrustDomain.Name()},
 		Admins:       []string{f.Admin.String()},
 		StorePath:    filepath.Join(dir, "atf.db"),
 		RolesFile:    roles,
-		Policy:       broker.PolicyConfig{ModelFile: modelFile, PolicyFile: policyFile},
+		Policy:       config.PolicyConfig{ModelFile: modelFile, PolicyFile: policyFile},
 		// Tests fetch in bursts; limit tests set their own.
-		Limits: broker.LimitsConfig{
-			Rate:            map[string]broker.RateLimit{},
+		Limits: config.LimitsConfig{
+			Rate:            map[string]config.RateLimit{},
 			MaxLivePerAgent: -1, MaxLivePerLineage: -1, MaxLivePerRole: -1,
 		},
 		// Tests provoke refusals on purpose: anomalies only alert and the
 		// breaker needs many failures, unless a test sets its own.
-		Monitor: broker.MonitorConfig{
+		Monitor: config.MonitorConfig{
 			Actions: map[string]string{"low": "alert", "medium": "alert", "high": "alert", "critical": "alert"},
-			Breaker: broker.BreakerConfig{Failures: 1000},
+			Breaker: breaker.Config{Failures: 1000},
 		},
-		Vault: broker.VaultConfig{
+		Vault: config.VaultConfig{
 			Address: f.Stack.VaultAddr,
 			Timeout: 2 * time.Second,
-			Auth:    broker.VaultAuth{Method: "token", TokenFile: tokFile},
+			Auth:    config.VaultAuth{Method: "token", TokenFile: tokFile},
 		},
 	}
 }
 
 // Start starts a broker with cfg and stops it when t ends.
-func (f *Fixture) Start(t testing.TB, cfg broker.Config) *Broker {
+func (f *Fixture) Start(t testing.TB, cfg config.Config) *Broker {
 	t.Helper()
 	return f.StartWith(t, cfg)
 }
 
 // StartWith is Start with options for broker.New, such as a clock. They
 // apply after the fixture's logger, so one may replace it.
-func (f *Fixture) StartWith(t testing.TB, cfg broker.Config, opts ...broker.Option) *Broker {
+func (f *Fixture) StartWith(t testing.TB, cfg config.Config, opts ...broker.Option) *Broker {
 	t.Helper()
 	b, err := f.TryStart(t, cfg, opts...)
 	if err != nil {
@@ -222,7 +225,7 @@ func (f *Fixture) StartWith(t testing.TB, cfg broker.Config, opts ...broker.Opti
 }
 
 // TryStart is StartWith, returning broker.New's error.
-func (f *Fixture) TryStart(t testing.TB, cfg broker.Config, opts ...broker.Option) (*Broker, error) {
+func (f *Fixture) TryStart(t testing.TB, cfg config.Config, opts ...broker.Option) (*Broker, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()

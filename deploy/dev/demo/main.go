@@ -63,16 +63,74 @@ type demo struct {
 	stack      *dev.Stack
 	bin        string
 	env        []string // for atfctl and vault
+	atfd       *exec.Cmd
 	atfLog     string
 	unexpected int // steps whose outcome was not the expected one
+
+	// The cast: agents, admins and approvers, and the SVID files of those
+	// that do not use the Workload API.
+	reporter, writer, helper, stranger, drafter spiffeid.ID
+	alice, bob                                  spiffeid.ID
+	files                                       map[spiffeid.ID]dev.SVIDFiles
+
+	// Vault tokens of the reporter, the writer and the helper, which later
+	// steps show dead.
+	token, wtoken, htoken string
+}
+
+// steps is the demo's script, in order.
+var steps = []struct {
+	title string
+	run   func(*demo, context.Context) error
+}{
+	{"Start a local SPIRE server + agent and a Vault dev server", (*demo).startStack},
+	{"Register workloads with SPIRE", (*demo).registerWorkloads},
+	{"Start atfd", (*demo).startBroker},
+	{"The platform team (alice, an admin) registers three agents", (*demo).registerAgents},
+	{"The reporter agent asks who it is (SVID from the Workload API, no files)", (*demo).reporterWhoAmI},
+	{"The reporter fetches a short-lived Vault token for reports-read", (*demo).reporterFetches},
+	{"The reporter uses the token: its role's path is readable, anything else is denied", (*demo).reporterUsesToken},
+	{"The reporter is an Intern: a write role is refused, whatever its manifest says", (*demo).internRefusedWrite},
+	{"An unregistered workload has a valid SVID but gets nothing", (*demo).strangerRefused},
+	{"A non-admin cannot touch the registry", (*demo).nonAdminRefused},
+	{"The writer (Senior) gets a write token and delegates read access to a helper agent", (*demo).delegate},
+	{"A Junior agent's write waits for a human: bob (an approver) approves it, the agent redeems it once", (*demo).approve},
+	{"Segmentation is explainable: dry-run a request, query the decisions, verify the audit chain", (*demo).explain},
+	{"A policy with a pattern that matches more than it seems is refused; the current one keeps serving", (*demo).refuseBadPolicy},
+	{"The kill switch: alice stops the reporter at once; only a security operator (bob) can release it", (*demo).killSwitch},
+	{"Deregistering the writer kills its tokens and everything it delegated, in Vault, at once", (*demo).deregister},
 }
 
 func run(ctx context.Context) error {
-	step := 0
-	title := func(s string) { step++; fmt.Printf("\n%s%d. %s%s\n", bold, step, s, reset) }
+	d := &demo{}
+	defer d.close()
+	for i, s := range steps {
+		fmt.Printf("\n%s%d. %s%s\n", bold, i+1, s.title, reset)
+		if err := s.run(d, ctx); err != nil {
+			return err
+		}
+	}
+	if d.unexpected > 0 {
+		return fmt.Errorf("%d step(s) did not behave as expected; atfd's log is %s", d.unexpected, d.atfLog)
+	}
+	fmt.Printf("\n%sDone.%s Every step above went through real SPIRE SVIDs, a real Vault and atfd.\n", green, reset)
+	return nil
+}
 
-	title("Start a local SPIRE server + agent and a Vault dev server")
-	fmt.Println("   (loopback only, in a temporary directory; the first run of `make tools` built them)")
+// close stops atfd and the stack, whichever the demo got to start.
+func (d *demo) close() {
+	if d.atfd != nil {
+		d.atfd.Process.Signal(syscall.SIGTERM)
+		d.atfd.Wait()
+	}
+	if d.stack != nil {
+		fmt.Printf("\n%sCleaning up:%s stopping atfd, SPIRE and Vault, removing %s\n", bold, reset, d.stack.Dir)
+		d.stack.Close()
+	}
+}
+
+func (d *demo) startStack(ctx context.Context) error {
+	fmt.Println("   (loopback only, in a temporary directory; `make dev-tools` built them once)")
 	stack, err := dev.Start(ctx, dev.Options{Logger: slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{
 		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
 			if a.Key == slog.TimeKey || a.Key == slog.LevelKey {
@@ -84,164 +142,181 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		fmt.Printf("\n%sCleaning up:%s stopping atfd, SPIRE and Vault, removing %s\n", bold, reset, stack.Dir)
-		stack.Close()
-	}()
-	d := &demo{stack: stack, bin: stack.BinDir}
-	td := stack.TrustDomain
-	id := func(path string) spiffeid.ID { return spiffeid.RequireFromPath(td, path) }
-	reporter, writer, helper, stranger, alice := id("/agents/reporter"), id("/agents/writer"), id("/agents/helper"), id("/agents/stranger"), id("/ops/alice")
-	drafter, bob := id("/agents/drafter"), id("/ops/bob")
+	d.stack, d.bin = stack, stack.BinDir
+	id := func(path string) spiffeid.ID { return spiffeid.RequireFromPath(stack.TrustDomain, path) }
+	d.reporter, d.writer, d.helper, d.stranger, d.drafter = id("/agents/reporter"), id("/agents/writer"), id("/agents/helper"), id("/agents/stranger"), id("/agents/drafter")
+	d.alice, d.bob = id("/ops/alice"), id("/ops/bob")
+	return nil
+}
 
-	title("Register workloads with SPIRE")
+func (d *demo) registerWorkloads(ctx context.Context) error {
 	fmt.Println("   atfd and the reporter agent get their SVIDs from the SPIRE agent's Workload API,")
 	fmt.Println("   attested by their binary path; the admin, the writer and a stranger use SVIDs minted by SPIRE.")
 	uid := fmt.Sprintf("unix:uid:%d", os.Getuid())
-	if err := stack.RegisterWorkload(ctx, stack.BrokerID, uid, "unix:path:"+filepath.Join(d.bin, "atfd")); err != nil {
+	if err := d.stack.RegisterWorkload(ctx, d.stack.BrokerID, uid, "unix:path:"+filepath.Join(d.bin, "atfd")); err != nil {
 		return err
 	}
-	if err := stack.RegisterWorkload(ctx, reporter, uid, "unix:path:"+filepath.Join(d.bin, "atfctl")); err != nil {
+	if err := d.stack.RegisterWorkload(ctx, d.reporter, uid, "unix:path:"+filepath.Join(d.bin, "atfctl")); err != nil {
 		return err
 	}
-	files := map[spiffeid.ID]dev.SVIDFiles{}
-	for _, who := range []spiffeid.ID{alice, bob, writer, helper, drafter, stranger} {
-		f, err := stack.MintX509(ctx, who, time.Hour)
+	d.files = map[spiffeid.ID]dev.SVIDFiles{}
+	for _, who := range []spiffeid.ID{d.alice, d.bob, d.writer, d.helper, d.drafter, d.stranger} {
+		f, err := d.stack.MintX509(ctx, who, time.Hour)
 		if err != nil {
 			return err
 		}
-		files[who] = f
+		d.files[who] = f
 	}
-	svidFlags := func(who spiffeid.ID) []string {
-		f := files[who]
-		return []string{"--svid", f.CertPath, "--svid-key", f.KeyPath, "--bundle", f.BundlePath}
-	}
+	return nil
+}
 
-	title("Start atfd")
-	cfgPath, err := d.writeConfig(alice, bob)
+// as returns the atfctl flags that present who's minted SVID.
+func (d *demo) as(who spiffeid.ID) []string {
+	f := d.files[who]
+	return []string{"--svid", f.CertPath, "--svid-key", f.KeyPath, "--bundle", f.BundlePath}
+}
+
+func (d *demo) startBroker(ctx context.Context) error {
+	cfgPath, err := d.writeConfig(d.alice, d.bob)
 	if err != nil {
 		return err
 	}
-	atfd, err := d.startAtfd(ctx, cfgPath)
-	if err != nil {
+	if d.atfd, err = d.startAtfd(ctx, cfgPath); err != nil {
 		return err
 	}
-	defer func() {
-		atfd.Process.Signal(syscall.SIGTERM)
-		atfd.Wait()
-	}()
 	d.env = append(os.Environ(),
-		"SPIFFE_ENDPOINT_SOCKET="+stack.WorkloadAPIAddr,
+		"SPIFFE_ENDPOINT_SOCKET="+d.stack.WorkloadAPIAddr,
 		"ATF_BROKER_ADDR="+brokerAddr,
-		"VAULT_ADDR="+stack.VaultAddr,
+		"VAULT_ADDR="+d.stack.VaultAddr,
 	)
-	if err := d.waitReady(ctx, svidFlags(alice)); err != nil {
+	if err := d.waitReady(ctx, d.as(d.alice)); err != nil {
 		return err
 	}
-	fmt.Printf("   atfd is serving on %s as %s (log: %s)\n", brokerAddr, stack.BrokerID, d.atfLog)
+	fmt.Printf("   atfd is serving on %s as %s (log: %s)\n", brokerAddr, d.stack.BrokerID, d.atfLog)
+	return nil
+}
 
-	title("The platform team (alice, an admin) registers three agents")
-	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "register", reporter.String(),
+func (d *demo) registerAgents(ctx context.Context) error {
+	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.reporter.String(),
 		"--owner", "alice@example.org", "--purpose", "summarise the quarterly reports", "--role", "reports-read", "--role", "reports-write")...)
-	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "register", writer.String(),
+	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.writer.String(),
 		"--owner", "bob@example.org", "--purpose", "publish report updates", "--role", "reports-read", "--role", "reports-write", "--level", "senior")...)
-	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "register", helper.String(),
+	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.helper.String(),
 		"--owner", "bob@example.org", "--purpose", "proof-read reports for the writer", "--role", "reports-read", "--level", "junior")...)
-	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "list")...)
+	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "list")...)
+	return nil
+}
 
-	title("The reporter agent asks who it is (SVID from the Workload API, no files)")
+func (d *demo) reporterWhoAmI(ctx context.Context) error {
 	d.atfctl(ctx, true, "whoami")
+	return nil
+}
 
-	title("The reporter fetches a short-lived Vault token for reports-read")
-	token, err := d.atfctlOut(ctx, "creds", "fetch", "--role", "reports-read", "--token-only")
-	if err != nil {
+func (d *demo) reporterFetches(ctx context.Context) error {
+	var err error
+	if d.token, err = d.atfctlOut(ctx, "creds", "fetch", "--role", "reports-read", "--token-only"); err != nil {
 		return err
 	}
 	d.atfctl(ctx, true, "creds", "fetch", "--role", "reports-read", "--ttl", "5m")
+	return nil
+}
 
-	title("The reporter uses the token: its role's path is readable, anything else is denied")
-	d.vault(ctx, token, true, "kv", "get", "secret/demo/reports")
-	d.vault(ctx, token, false, "kv", "get", "secret/demo/payroll")
+func (d *demo) reporterUsesToken(ctx context.Context) error {
+	d.vault(ctx, d.token, true, "kv", "get", "secret/demo/reports")
+	d.vault(ctx, d.token, false, "kv", "get", "secret/demo/payroll")
+	return nil
+}
 
-	title("The reporter is an Intern: a write role is refused, whatever its manifest says")
+func (d *demo) internRefusedWrite(ctx context.Context) error {
 	d.atfctl(ctx, false, "creds", "fetch", "--role", "reports-write")
+	return nil
+}
 
-	title("An unregistered workload has a valid SVID but gets nothing")
-	d.atfctl(ctx, true, append(svidFlags(stranger), "whoami")...)
-	d.atfctl(ctx, false, append(svidFlags(stranger), "creds", "fetch", "--role", "reports-read")...)
+func (d *demo) strangerRefused(ctx context.Context) error {
+	d.atfctl(ctx, true, append(d.as(d.stranger), "whoami")...)
+	d.atfctl(ctx, false, append(d.as(d.stranger), "creds", "fetch", "--role", "reports-read")...)
+	return nil
+}
 
-	title("A non-admin cannot touch the registry")
-	d.atfctl(ctx, false, append(svidFlags(writer), "agent", "list")...)
+func (d *demo) nonAdminRefused(ctx context.Context) error {
+	d.atfctl(ctx, false, append(d.as(d.writer), "agent", "list")...)
+	return nil
+}
 
-	title("The writer (Senior) gets a write token and delegates read access to a helper agent")
-	wtoken, err := d.atfctlOut(ctx, append(svidFlags(writer), "creds", "fetch", "--role", "reports-write", "--token-only")...)
-	if err != nil {
+func (d *demo) delegate(ctx context.Context) error {
+	var err error
+	if d.wtoken, err = d.atfctlOut(ctx, append(d.as(d.writer), "creds", "fetch", "--role", "reports-write", "--token-only")...); err != nil {
 		return err
 	}
-	d.vault(ctx, wtoken, true, "kv", "put", "secret/demo/reports", "summary=Q3 revenue up 13% (restated)")
-	grant, err := d.atfctlOut(ctx, append(svidFlags(writer), "delegate", "--to", helper.String(), "--role", "reports-read", "--ttl", "10m", "-o", "json")...)
+	d.vault(ctx, d.wtoken, true, "kv", "put", "secret/demo/reports", "summary=Q3 revenue up 13% (restated)")
+	grant, err := d.atfctlOut(ctx, append(d.as(d.writer), "delegate", "--to", d.helper.String(), "--role", "reports-read", "--ttl", "10m", "-o", "json")...)
 	if err != nil {
 		return err
 	}
 	grantID := jsonField(grant, "id")
 	fmt.Print(indent(grant))
-	d.atfctl(ctx, false, append(svidFlags(writer), "delegate", "--to", helper.String(), "--role", "payroll-read")...)
-	htoken, err := d.atfctlOut(ctx, append(svidFlags(helper), "creds", "fetch", "--role", "reports-read", "--grant", grantID, "--token-only")...)
-	if err != nil {
+	d.atfctl(ctx, false, append(d.as(d.writer), "delegate", "--to", d.helper.String(), "--role", "payroll-read")...)
+	if d.htoken, err = d.atfctlOut(ctx, append(d.as(d.helper), "creds", "fetch", "--role", "reports-read", "--grant", grantID, "--token-only")...); err != nil {
 		return err
 	}
-	d.atfctl(ctx, true, append(svidFlags(helper), "creds", "fetch", "--role", "reports-read", "--grant", grantID)...)
-	d.vault(ctx, htoken, true, "kv", "get", "-field=summary", "secret/demo/reports")
-	d.atfctl(ctx, true, append(svidFlags(alice), "lineage", "show", writer.String())...)
+	d.atfctl(ctx, true, append(d.as(d.helper), "creds", "fetch", "--role", "reports-read", "--grant", grantID)...)
+	d.vault(ctx, d.htoken, true, "kv", "get", "-field=summary", "secret/demo/reports")
+	d.atfctl(ctx, true, append(d.as(d.alice), "lineage", "show", d.writer.String())...)
+	return nil
+}
 
-	title("A Junior agent's write waits for a human: bob (an approver) approves it, the agent redeems it once")
-	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "register", drafter.String(),
+func (d *demo) approve(ctx context.Context) error {
+	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.drafter.String(),
 		"--owner", "carol@example.org", "--purpose", "draft report corrections", "--role", "reports-write", "--level", "junior")...)
-	d.atfctl(ctx, false, append(svidFlags(drafter), "creds", "fetch", "--role", "reports-write", "--justification", "fix the Q3 typo")...)
-	d.atfctl(ctx, true, append(svidFlags(bob), "approvals", "list")...)
-	list, err := d.atfctlOut(ctx, append(svidFlags(bob), "approvals", "list", "-o", "json")...)
+	d.atfctl(ctx, false, append(d.as(d.drafter), "creds", "fetch", "--role", "reports-write", "--justification", "fix the Q3 typo")...)
+	d.atfctl(ctx, true, append(d.as(d.bob), "approvals", "list")...)
+	list, err := d.atfctlOut(ctx, append(d.as(d.bob), "approvals", "list", "-o", "json")...)
 	if err != nil {
 		return err
 	}
 	approvalID := firstApprovalID(list)
-	d.atfctl(ctx, false, append(svidFlags(drafter), "approvals", "approve", approvalID, "--reason", "approving myself")...)
-	d.atfctl(ctx, true, append(svidFlags(bob), "approvals", "approve", approvalID, "--reason", "typo fix, ticket REP-7")...)
-	d.atfctl(ctx, true, append(svidFlags(drafter), "creds", "fetch", "--role", "reports-write", "--approval", approvalID)...)
-	d.atfctl(ctx, false, append(svidFlags(drafter), "creds", "fetch", "--role", "reports-write", "--approval", approvalID)...)
+	d.atfctl(ctx, false, append(d.as(d.drafter), "approvals", "approve", approvalID, "--reason", "approving myself")...)
+	d.atfctl(ctx, true, append(d.as(d.bob), "approvals", "approve", approvalID, "--reason", "typo fix, ticket REP-7")...)
+	d.atfctl(ctx, true, append(d.as(d.drafter), "creds", "fetch", "--role", "reports-write", "--approval", approvalID)...)
+	d.atfctl(ctx, false, append(d.as(d.drafter), "creds", "fetch", "--role", "reports-write", "--approval", approvalID)...)
+	return nil
+}
 
-	title("Segmentation is explainable: dry-run a request, query the decisions, verify the audit chain")
-	d.atfctl(ctx, true, append(svidFlags(alice), "policy", "test", id("/agents/finance/payroll-bot").String(), "--role", "payroll-read", "--level", "junior")...)
-	d.atfctl(ctx, true, append(svidFlags(alice), "policy", "test", drafter.String(), "--role", "reports-write")...)
-	d.atfctl(ctx, true, append(svidFlags(alice), "audit", "query", "--decision", "deny")...)
-	d.atfctl(ctx, true, append(svidFlags(alice), "audit", "verify")...)
+func (d *demo) explain(ctx context.Context) error {
+	payrollBot := spiffeid.RequireFromPath(d.stack.TrustDomain, "/agents/finance/payroll-bot")
+	d.atfctl(ctx, true, append(d.as(d.alice), "policy", "test", payrollBot.String(), "--role", "payroll-read", "--level", "junior")...)
+	d.atfctl(ctx, true, append(d.as(d.alice), "policy", "test", d.drafter.String(), "--role", "reports-write")...)
+	d.atfctl(ctx, true, append(d.as(d.alice), "audit", "query", "--decision", "deny")...)
+	d.atfctl(ctx, true, append(d.as(d.alice), "audit", "verify")...)
+	return nil
+}
 
-	title("A policy with a pattern that matches more than it seems is refused; the current one keeps serving")
-	bad := filepath.Join(stack.Dir, "bad-policy.csv")
+func (d *demo) refuseBadPolicy(ctx context.Context) error {
+	bad := filepath.Join(d.stack.Dir, "bad-policy.csv")
 	if err := os.WriteFile(bad, []byte("p, group:reporting, reports/*/write, write, junior, allow\n"), 0o600); err != nil {
 		return err
 	}
-	d.atfctl(ctx, false, append(svidFlags(alice), "policy", "set", "--policy", bad, "--comment", "let reporting write everywhere")...)
-	d.atfctl(ctx, true, append(svidFlags(alice), "policy", "list")...)
+	d.atfctl(ctx, false, append(d.as(d.alice), "policy", "set", "--policy", bad, "--comment", "let reporting write everywhere")...)
+	d.atfctl(ctx, true, append(d.as(d.alice), "policy", "list")...)
+	return nil
+}
 
-	title("The kill switch: alice stops the reporter at once; only a security operator (bob) can release it")
-	d.atfctl(ctx, true, append(svidFlags(alice), "kill", reporter.String(), "--reason", "drill: suspected prompt injection")...)
-	d.vault(ctx, token, false, "kv", "get", "secret/demo/reports")
+func (d *demo) killSwitch(ctx context.Context) error {
+	d.atfctl(ctx, true, append(d.as(d.alice), "kill", d.reporter.String(), "--reason", "drill: suspected prompt injection")...)
+	d.vault(ctx, d.token, false, "kv", "get", "secret/demo/reports")
 	d.atfctl(ctx, false, "creds", "fetch", "--role", "reports-read")
-	d.atfctl(ctx, false, append(svidFlags(alice), "unkill", reporter.String(), "--reason", "drill over")...)
-	d.atfctl(ctx, true, append(svidFlags(bob), "unkill", reporter.String(), "--reason", "drill over")...)
+	d.atfctl(ctx, false, append(d.as(d.alice), "unkill", d.reporter.String(), "--reason", "drill over")...)
+	d.atfctl(ctx, true, append(d.as(d.bob), "unkill", d.reporter.String(), "--reason", "drill over")...)
 	d.atfctl(ctx, true, "creds", "fetch", "--role", "reports-read", "--ttl", "5m")
+	return nil
+}
 
-	title("Deregistering the writer kills its tokens and everything it delegated, in Vault, at once")
-	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "deregister", writer.String(), "--reason", "replaced by v2")...)
-	d.vault(ctx, wtoken, false, "kv", "get", "secret/demo/reports")
-	d.vault(ctx, htoken, false, "kv", "get", "secret/demo/reports")
-	d.atfctl(ctx, false, append(svidFlags(writer), "creds", "fetch", "--role", "reports-write")...)
-	d.atfctl(ctx, true, append(svidFlags(alice), "agent", "history", writer.String())...)
-
-	if d.unexpected > 0 {
-		return fmt.Errorf("%d step(s) did not behave as expected; atfd's log is %s", d.unexpected, d.atfLog)
-	}
-	fmt.Printf("\n%sDone.%s Every step above went through real SPIRE SVIDs, a real Vault and atfd.\n", green, reset)
+func (d *demo) deregister(ctx context.Context) error {
+	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "deregister", d.writer.String(), "--reason", "replaced by v2")...)
+	d.vault(ctx, d.wtoken, false, "kv", "get", "secret/demo/reports")
+	d.vault(ctx, d.htoken, false, "kv", "get", "secret/demo/reports")
+	d.atfctl(ctx, false, append(d.as(d.writer), "creds", "fetch", "--role", "reports-write")...)
+	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "history", d.writer.String())...)
 	return nil
 }
 

@@ -1,17 +1,19 @@
-package broker
+// Package conformance assesses a broker's configuration and state against the
+// 25 core requirements of the ATF conformance specification. It is pure: the
+// same configuration and facts give the same statement.
+package conformance
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/breaker"
+	"github.com/agentictrust/atf/broker/config"
+	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/monitor"
-	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/protoconv"
 	"github.com/agentictrust/atf/broker/vault"
 	"github.com/agentictrust/atf/delegation"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
@@ -25,9 +27,9 @@ const (
 	implementation = "ATF Broker (atfd)"
 )
 
-// ConformanceFacts are what a conformance assessment reads besides the
+// Facts are what a conformance assessment reads besides the
 // configuration: counts from the registry and the broker's state.
-type ConformanceFacts struct {
+type Facts struct {
 	// Agents counts the active (not deregistered) agents by level.
 	Agents map[authz.Level]int
 	// Active agents without an owner, without a purpose, with an empty
@@ -55,7 +57,7 @@ type ConformanceFacts struct {
 	BaselinesFormed int
 }
 
-func (f ConformanceFacts) active() int {
+func (f Facts) active() int {
 	n := 0
 	for _, c := range f.Agents {
 		n += c
@@ -77,8 +79,8 @@ var allLevels = []authz.Level{authz.Intern, authz.Junior, authz.Senior, authz.Pr
 
 // assessment is what a requirement's check reads.
 type assessment struct {
-	cfg    Config
-	f      ConformanceFacts
+	cfg    config.Config
+	f      Facts
 	target authz.Level
 }
 
@@ -112,13 +114,13 @@ type element struct {
 	reqs           []requirement
 }
 
-// EvaluateConformance assesses a broker with configuration cfg (validated:
+// Evaluate assesses a broker with configuration cfg (validated:
 // defaults filled in) and state f against the 25 core requirements of the
 // ATF conformance specification, for agents up to target. An invalid target
 // (0) means the highest level of any active agent, Intern if there is none.
 // It reads nothing else, so the same inputs give the same statement; the
 // caller fills in the organization and the assessment time.
-func EvaluateConformance(cfg Config, f ConformanceFacts, target authz.Level) *adminv1.ConformanceStatement {
+func Evaluate(cfg config.Config, f Facts, target authz.Level) *adminv1.ConformanceStatement {
 	st := &adminv1.ConformanceStatement{Implementation: implementation, AtfVersion: atfVersion}
 	if !target.Valid() {
 		st.TargetLevelDerived = true
@@ -129,7 +131,7 @@ func EvaluateConformance(cfg Config, f ConformanceFacts, target authz.Level) *ad
 			}
 		}
 	}
-	st.TargetLevel = levelToProto(target)
+	st.TargetLevel = protoconv.LevelToProto(target)
 	a := assessment{cfg: cfg, f: f, target: target}
 	for _, el := range conformanceElements {
 		e := &adminv1.ConformanceElement{Name: el.name, Question: el.question}
@@ -303,7 +305,7 @@ var conformanceElements = []element{
 			[4]adminv1.Obligation{should, must, must, must},
 			"Validate the agent's inputs (prompts, retrieved documents, tool results) in the agent or a gateway in front of it.",
 			func(a assessment) (v verdict) {
-				v.add("every request to the broker is validated against its schema (protovalidate rules) and bounded to %d KiB; role names must be canonical; the configuration and roles files refuse unknown keys", maxRequestBytes>>10)
+				v.add("every request to the broker is validated against its schema (protovalidate rules) and bounded to %d KiB; role names must be canonical; the configuration and roles files refuse unknown keys", edge.MaxRequestBytes>>10)
 				v.gap("the agent's own inputs never pass through the broker")
 				return v
 			}},
@@ -398,7 +400,7 @@ var conformanceElements = []element{
 			[4]adminv1.Obligation{may, should, must, must},
 			"The size of one operation made with a credential (an amount, a number of rows) is for the Vault policy and the target system to bound.",
 			func(a assessment) (v verdict) {
-				lim, _ := a.cfg.Limits.levelLimits() // checked by Validate
+				lim, _ := a.cfg.Limits.LevelLimits() // checked by Validate
 				var ttl, uses []string
 				for _, l := range allLevels {
 					ttl = append(ttl, fmt.Sprintf("%s %s", l, span(lim[l].MaxTTL)))
@@ -443,26 +445,13 @@ var conformanceElements = []element{
 			[4]adminv1.Obligation{should, must, must, must},
 			"An open breaker halts new credentials; credentials already issued live until they expire unless revoked (R-3).",
 			func(a assessment) (v verdict) {
-				b := monitor.DefaultBreakerConfig()
-				c := a.cfg.Monitor.Breaker
-				if c.Failures > 0 {
-					b.Failures = c.Failures
-				}
-				if c.Window > 0 {
-					b.Window = c.Window
-				}
-				if c.OpenFor > 0 {
-					b.OpenFor = c.OpenFor
-				}
-				if c.Probes > 0 {
-					b.Probes = c.Probes
-				}
+				b := a.cfg.Monitor.Breaker.WithDefaults(breaker.DefaultConfig())
 				v.add("a circuit breaker per agent on every request: %d failures or denials within %s open it for %s, then %d successful probes close it (monitor.breaker)",
 					b.Failures, dur(b.Window), dur(b.OpenFor), b.Probes)
 				if sev := severities(a.cfg.Monitor.Actions, "breaker"); sev != "" {
 					v.add("anomalies of severity %s trip it (monitor.actions)", sev)
 				}
-				vb := vault.BreakerConfig(a.cfg.Vault.Breaker).WithDefaults()
+				vb := a.cfg.Vault.Breaker.WithDefaults(vault.DefaultBreakerConfig())
 				v.add("a circuit breaker towards Vault: %d unavailability failures in a row within %s stop issuance for %s (fail fast, Unavailable with the time to retry), then one probe; revocations never wait on it (vault.breaker)",
 					vb.Failures, dur(vb.Window), dur(vb.OpenFor))
 				return v
@@ -522,7 +511,7 @@ var conformanceElements = []element{
 }
 
 // webhookSet reports whether notifications go to a webhook.
-func webhookSet(cfg Config) bool {
+func webhookSet(cfg config.Config) bool {
 	return cfg.Notifications.Webhook.URLFile != "" || cfg.Notifications.Webhook.URLEnv != ""
 }
 
@@ -598,78 +587,4 @@ func dur(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
-}
-
-// conformanceFacts reads the registry and the broker's state.
-func (s *Server) conformanceFacts() (ConformanceFacts, error) {
-	f := ConformanceFacts{Agents: map[authz.Level]int{}, RoleClasses: map[string]int{}, RoleClassifications: map[string]int{},
-		GlobalKill: s.globalKill.Load() != nil}
-	for after := ""; ; {
-		agents, next, err := s.store.ListAgents(after, 1000, false)
-		if err != nil {
-			return f, err
-		}
-		for _, ag := range agents {
-			f.Agents[ag.Level]++
-			if strings.TrimSpace(ag.Owner) == "" {
-				f.NoOwner++
-			}
-			if strings.TrimSpace(ag.Purpose) == "" {
-				f.NoPurpose++
-			}
-			if len(ag.Roles) == 0 {
-				f.EmptyManifest++
-			}
-			if ag.Version != "" && ag.ConfigDigest != "" {
-				f.Bound++
-			}
-			if ag.Kill != nil {
-				f.Killed++
-			}
-			if b, ok := s.monitor.Baseline(ag.ID); ok && b.Formed {
-				f.BaselinesFormed++
-			}
-		}
-		if next == "" {
-			break
-		}
-		after = next
-	}
-	switch pv, err := s.store.Policy(0); {
-	case errors.Is(err, store.ErrNotFound):
-	case err != nil:
-		return f, err
-	default:
-		f.PolicyVersion, f.PolicyLines = pv.Version, pv.Lines
-	}
-	for _, r := range s.roles {
-		f.RoleClasses[r.class.String()]++
-		f.RoleClassifications[r.classification.String()]++
-	}
-	head, err := s.store.AuditHead()
-	if err != nil {
-		return f, err
-	}
-	f.AuditHead = head.Seq
-	pending, err := s.store.PendingRevocations()
-	if err != nil {
-		return f, err
-	}
-	f.PendingRevocations = len(pending)
-	return f, nil
-}
-
-func (a *adminService) GetConformance(ctx context.Context, req *adminv1.GetConformanceRequest) (*adminv1.GetConformanceResponse, error) {
-	f, err := a.s.conformanceFacts()
-	if err != nil {
-		return nil, a.s.statusOf(ctx, "assess conformance", err)
-	}
-	var target authz.Level
-	if req.GetTargetLevel() != 0 {
-		target = levelFromProto(req.GetTargetLevel())
-	}
-	st := EvaluateConformance(a.s.cfg, f, target)
-	st.Organization = req.GetOrganization()
-	st.AssessedAt = timestamppb.New(a.s.now())
-	return &adminv1.GetConformanceResponse{Statement: st}, nil
 }

@@ -1,4 +1,4 @@
-package broker_test
+package config_test
 
 import (
 	"os"
@@ -7,17 +7,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentictrust/atf/broker"
+	"github.com/agentictrust/atf/broker/config"
 )
 
 // minimal is a configuration that validates.
-func minimal() broker.Config {
-	return broker.Config{
+func minimal() config.Config {
+	return config.Config{
 		ListenAddr:   "127.0.0.1:0",
 		TrustDomains: []string{"td"},
 		StorePath:    "atf.db",
 		RolesFile:    "roles.yaml",
-		Vault:        broker.VaultConfig{Address: "http://127.0.0.1:8200", Auth: broker.VaultAuth{Method: "token"}},
+		Vault:        config.VaultConfig{Address: "http://127.0.0.1:8200", Auth: config.VaultAuth{Method: "token"}},
 	}
 }
 
@@ -29,7 +29,7 @@ func TestConfigDefaults(t *testing.T) {
 	if c.Approvals.PendingTTL != time.Hour || c.Approvals.RedeemWithin != 15*time.Minute {
 		t.Errorf("approval windows = %s, %s; want 1h, 15m", c.Approvals.PendingTTL, c.Approvals.RedeemWithin)
 	}
-	if len(c.Limits.Rate) != 4 || c.Limits.Rate["intern"] != (broker.RateLimit{PerSecond: 1, Burst: 10}) {
+	if len(c.Limits.Rate) != 4 || c.Limits.Rate["intern"] != (config.RateLimit{PerSecond: 1, Burst: 10}) {
 		t.Errorf("rate limits = %v, want the defaults", c.Limits.Rate)
 	}
 	if c.Limits.MaxLivePerAgent != 50 || c.Limits.MaxLivePerLineage != 500 || c.Limits.MaxLivePerRole != 5000 {
@@ -37,7 +37,7 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	// A set map is taken as written: levels left out are not rate limited.
 	c = minimal()
-	c.Limits.Rate = map[string]broker.RateLimit{"junior": {PerSecond: 3, Burst: 3}}
+	c.Limits.Rate = map[string]config.RateLimit{"junior": {PerSecond: 3, Burst: 3}}
 	c.Limits.MaxLivePerAgent = -1
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
@@ -50,22 +50,22 @@ func TestConfigDefaults(t *testing.T) {
 func TestConfigRefusals(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
-		change func(*broker.Config)
+		change func(*config.Config)
 		want   string
 	}{
-		{"policy model without policy", func(c *broker.Config) { c.Policy.ModelFile = "m.conf" }, "policy.model_file and policy.policy_file go together"},
-		{"approver not a SPIFFE ID", func(c *broker.Config) { c.Approvals.Approvers = []string{"bob"} }, "approvals.approvers:"},
-		{"negative approval window", func(c *broker.Config) { c.Approvals.RedeemWithin = -time.Minute }, "redeem_within must be positive"},
-		{"webhook url twice", func(c *broker.Config) {
+		{"policy model without policy", func(c *config.Config) { c.Policy.ModelFile = "m.conf" }, "policy.model_file and policy.policy_file go together"},
+		{"approver not a SPIFFE ID", func(c *config.Config) { c.Approvals.Approvers = []string{"bob"} }, "approvals.approvers:"},
+		{"negative approval window", func(c *config.Config) { c.Approvals.RedeemWithin = -time.Minute }, "redeem_within must be positive"},
+		{"webhook url twice", func(c *config.Config) {
 			c.Notifications.Webhook.URLFile, c.Notifications.Webhook.URLEnv = "f", "E"
 		}, "url_file and url_env are alternatives"},
-		{"rate for an unknown level", func(c *broker.Config) { c.Limits.Rate = map[string]broker.RateLimit{"boss": {PerSecond: 1, Burst: 1}} }, `limits.rate: authz: unknown level "boss"`},
-		{"rate of zero", func(c *broker.Config) { c.Limits.Rate = map[string]broker.RateLimit{"intern": {Burst: 1}} }, "limits.rate.intern: per_second must be positive"},
-		{"live limit below -1", func(c *broker.Config) { c.Limits.MaxLivePerRole = -5 }, "limits.max_live_per_role must be positive, or -1"},
-		{"max ttl above the default", func(c *broker.Config) { c.Limits.MaxTTL = map[string]time.Duration{"junior": time.Hour} }, "limits.max_ttl.junior must be positive and at most the default 15m0s"},
-		{"max uses above the default", func(c *broker.Config) { c.Limits.MaxUses = map[string]int{"principal": 1000} }, "limits.max_uses.principal must be positive and at most the default 100"},
-		{"max uses for an unknown level", func(c *broker.Config) { c.Limits.MaxUses = map[string]int{"chief": 1} }, `limits.max_uses: authz: unknown level "chief"`},
-		{"negative Vault breaker", func(c *broker.Config) { c.Vault.Breaker.OpenFor = -time.Second }, "vault.breaker: failures, window and open_for must not be negative"},
+		{"rate for an unknown level", func(c *config.Config) { c.Limits.Rate = map[string]config.RateLimit{"boss": {PerSecond: 1, Burst: 1}} }, `limits.rate: authz: unknown level "boss"`},
+		{"rate of zero", func(c *config.Config) { c.Limits.Rate = map[string]config.RateLimit{"intern": {Burst: 1}} }, "limits.rate.intern: per_second must be positive"},
+		{"live limit below -1", func(c *config.Config) { c.Limits.MaxLivePerRole = -5 }, "limits.max_live_per_role must be positive, or -1"},
+		{"max ttl above the default", func(c *config.Config) { c.Limits.MaxTTL = map[string]time.Duration{"junior": time.Hour} }, "limits.max_ttl.junior must be positive and at most the default 15m0s"},
+		{"max uses above the default", func(c *config.Config) { c.Limits.MaxUses = map[string]int{"principal": 1000} }, "limits.max_uses.principal must be positive and at most the default 100"},
+		{"max uses for an unknown level", func(c *config.Config) { c.Limits.MaxUses = map[string]int{"chief": 1} }, `limits.max_uses: authz: unknown level "chief"`},
+		{"negative Vault breaker", func(c *config.Config) { c.Vault.Breaker.OpenFor = -time.Second }, "vault.breaker: OpenFor is -1s; want 0 or more"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := minimal()
@@ -92,7 +92,7 @@ func TestLoadRolesRefusals(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tt.yaml), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, err := broker.LoadRoles(path)
+			_, err := config.LoadRoles(path)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("LoadRoles = %v, want an error containing %q", err, tt.want)
 			}
@@ -103,7 +103,7 @@ func TestLoadRolesRefusals(t *testing.T) {
 	if err := os.WriteFile(path, []byte("roles:\n  - {name: kv/reports/read, class: read, classification: internal, policies: [p], max_ttl: 1m}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if roles, err := broker.LoadRoles(path); err != nil || len(roles) != 1 {
+	if roles, err := config.LoadRoles(path); err != nil || len(roles) != 1 {
 		t.Fatalf("LoadRoles = %v, %v; want one role", roles, err)
 	}
 }

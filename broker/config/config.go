@@ -1,4 +1,6 @@
-package broker
+// Package config is atfd's configuration: the YAML file, its validation and
+// defaults, and the roles file. It owns no running state.
+package config
 
 import (
 	"bytes"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/breaker"
 	"github.com/agentictrust/atf/broker/maturity"
 )
 
@@ -110,15 +113,7 @@ type MonitorConfig struct {
 	Actions map[string]string `yaml:"actions"`
 	// Breaker: failures or denials within window open it for open_for; then
 	// probes successes close it.
-	Breaker BreakerConfig `yaml:"breaker"`
-}
-
-// BreakerConfig is the per-agent circuit breaker.
-type BreakerConfig struct {
-	Failures int           `yaml:"failures"`
-	Window   time.Duration `yaml:"window"`
-	OpenFor  time.Duration `yaml:"open_for"`
-	Probes   int           `yaml:"probes"`
+	Breaker breaker.Config `yaml:"breaker"`
 }
 
 // PolicyConfig names the Casbin model and policy the store starts with.
@@ -186,8 +181,8 @@ type LimitsConfig struct {
 	MaxUses map[string]int           `yaml:"max_uses"`
 }
 
-// levelLimits applies the configured tightening to the maturity defaults.
-func (c LimitsConfig) levelLimits() (map[authz.Level]authz.LevelLimits, error) {
+// LevelLimits applies the configured tightening to the maturity defaults.
+func (c LimitsConfig) LevelLimits() (map[authz.Level]authz.LevelLimits, error) {
 	limits := authz.DefaultLimits()
 	for name, ttl := range c.MaxTTL {
 		l, err := authz.ParseLevel(name)
@@ -251,19 +246,12 @@ type VaultConfig struct {
 	CredentialRole string        `yaml:"credential_role"`
 	Timeout        time.Duration `yaml:"timeout"`
 	Auth           VaultAuth     `yaml:"auth"`
-	// Breaker fails issuance fast while Vault keeps failing.
-	Breaker VaultBreakerConfig `yaml:"breaker"`
-}
-
-// VaultBreakerConfig is the circuit breaker in front of Vault: failures
-// unavailability failures in a row within window open it, and issuance
-// then fails fast (Unavailable, with the time to retry) for open_for;
-// then one request probes Vault, and an answer closes it. Revocations
-// never wait on it. Zero takes the defaults (5, 1m, 10s).
-type VaultBreakerConfig struct {
-	Failures int           `yaml:"failures"`
-	Window   time.Duration `yaml:"window"`
-	OpenFor  time.Duration `yaml:"open_for"`
+	// Breaker fails issuance fast while Vault keeps failing: failures
+	// unavailability failures in a row within window open it, and
+	// issuance then fails fast (Unavailable, with the time to retry) for
+	// open_for; then one request probes Vault, and an answer closes it.
+	// Revocations never wait on it. Zero takes vault.DefaultBreakerConfig.
+	Breaker breaker.Config `yaml:"breaker"`
 }
 
 // VaultAuth is the broker's own Vault login.
@@ -285,109 +273,140 @@ type VaultAuth struct {
 	Audience string `yaml:"audience"`
 }
 
-// LoadConfig reads a YAML configuration file. Unknown keys are errors, so a
+// Load reads a YAML configuration file. Unknown keys are errors, so a
 // typo never silently leaves a default in place.
-func LoadConfig(path string) (Config, error) {
+func Load(path string) (Config, error) {
 	var cfg Config
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return cfg, fmt.Errorf("broker: config: %w", err)
+		return cfg, fmt.Errorf("config: %w", err)
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil {
-		return cfg, fmt.Errorf("broker: config %s: %w", path, err)
+		return cfg, fmt.Errorf("config: %s: %w", path, err)
 	}
 	return cfg, nil
 }
 
-// Validate checks cfg and fills in defaults.
+// Validate checks cfg and fills in defaults. Every problem is reported,
+// one per line, not just the first.
 func (c *Config) Validate() error {
-	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	var v validation
+	c.validateCore(&v)
+	c.validateVault(&v)
+	c.validateLogging(&v)
+	c.validatePeople(&v)
+	c.validateApprovals(&v)
+	c.validateLimits(&v)
+	c.validateMonitor(&v)
+	if err := errors.Join(v.errs...); err != nil {
+		return fmt.Errorf("config: invalid:\n%w", err)
+	}
+	return nil
+}
+
+// validation collects the problems Validate finds.
+type validation struct{ errs []error }
+
+func (v *validation) bad(format string, args ...any) {
+	v.errs = append(v.errs, fmt.Errorf(format, args...))
+}
+
+// ids checks a list of SPIFFE IDs named under key.
+func (v *validation) ids(key string, ids []string) {
+	for _, a := range ids {
+		if _, err := attest.ParseID(a); err != nil {
+			v.bad("%s: %v", key, err)
+		}
+	}
+}
+
+func (c *Config) validateCore(v *validation) {
 	if c.ListenAddr == "" {
-		bad("listen_addr is required")
+		v.bad("listen_addr is required")
 	}
 	if len(c.TrustDomains) == 0 {
-		bad("trust_domains needs at least one trust domain")
-	}
-	for _, a := range c.Admins {
-		if _, err := attest.ParseID(a); err != nil {
-			bad("admins: %v", err)
-		}
+		v.bad("trust_domains needs at least one trust domain")
 	}
 	if c.StoreMaxSize < 0 {
-		bad("store_max_size must not be negative")
+		v.bad("store_max_size must not be negative")
 	}
 	if c.StorePath == "" {
-		bad("store_path is required")
+		v.bad("store_path is required")
 	}
 	if c.RolesFile == "" {
-		bad("roles_file is required")
+		v.bad("roles_file is required")
 	}
 	if (c.SPIFFE.SVIDFile == "") != (c.SPIFFE.SVIDKeyFile == "") {
-		bad("spiffe.svid_file and spiffe.svid_key_file go together")
-	}
-	if c.Vault.Address == "" {
-		bad("vault.address is required")
-	}
-	if b := c.Vault.Breaker; b.Failures < 0 || b.Window < 0 || b.OpenFor < 0 {
-		bad("vault.breaker: failures, window and open_for must not be negative")
-	}
-	switch c.Vault.Auth.Method {
-	case "token":
-		if c.Vault.Auth.TokenEnv == "" && c.Vault.Auth.TokenFile == "" {
-			c.Vault.Auth.TokenEnv = "VAULT_TOKEN"
-		}
-	case "approle":
-		if c.Vault.Auth.RoleID == "" || c.Vault.Auth.SecretIDFile == "" {
-			bad("vault.auth: approle needs role_id and secret_id_file")
-		}
-	case "jwt":
-		if c.Vault.Auth.Role == "" {
-			bad("vault.auth: jwt needs role")
-		}
-		if c.Vault.Auth.Audience == "" {
-			c.Vault.Auth.Audience = "vault"
-		}
-	default:
-		bad("vault.auth.method must be token, approle or jwt, not %q", c.Vault.Auth.Method)
-	}
-	if c.LogLevel == "" {
-		c.LogLevel = "info"
-	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		bad("log_level: %v", err)
-	}
-	if c.LogFormat == "" {
-		c.LogFormat = "json"
-	}
-	if c.LogFormat != "json" && c.LogFormat != "text" {
-		bad("log_format must be json or text, not %q", c.LogFormat)
+		v.bad("spiffe.svid_file and spiffe.svid_key_file go together")
 	}
 	if (c.Policy.ModelFile == "") != (c.Policy.PolicyFile == "") {
-		bad("policy.model_file and policy.policy_file go together")
-	}
-	for _, a := range c.Approvals.Approvers {
-		if _, err := attest.ParseID(a); err != nil {
-			bad("approvals.approvers: %v", err)
-		}
-	}
-	for _, a := range c.SecurityOperators {
-		if _, err := attest.ParseID(a); err != nil {
-			bad("security_operators: %v", err)
-		}
-	}
-	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
-		bad("tracing.sample_ratio must be between 0 and 1")
+		v.bad("policy.model_file and policy.policy_file go together")
 	}
 	if c.HealthInterval == 0 {
 		c.HealthInterval = 5 * time.Second
 	}
 	if c.HealthInterval < 0 {
-		bad("health_interval must be positive")
+		v.bad("health_interval must be positive")
 	}
+	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
+		v.bad("tracing.sample_ratio must be between 0 and 1")
+	}
+}
+
+func (c *Config) validateVault(v *validation) {
+	if c.Vault.Address == "" {
+		v.bad("vault.address is required")
+	}
+	if err := c.Vault.Breaker.Validate(); err != nil {
+		v.bad("vault.%v", err)
+	}
+	a := &c.Vault.Auth
+	switch a.Method {
+	case "token":
+		if a.TokenEnv == "" && a.TokenFile == "" {
+			a.TokenEnv = "VAULT_TOKEN"
+		}
+	case "approle":
+		if a.RoleID == "" || a.SecretIDFile == "" {
+			v.bad("vault.auth: approle needs role_id and secret_id_file")
+		}
+	case "jwt":
+		if a.Role == "" {
+			v.bad("vault.auth: jwt needs role")
+		}
+		if a.Audience == "" {
+			a.Audience = "vault"
+		}
+	default:
+		v.bad("vault.auth.method must be token, approle or jwt, not %q", a.Method)
+	}
+}
+
+func (c *Config) validateLogging(v *validation) {
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		v.bad("log_level: %v", err)
+	}
+	if c.LogFormat == "" {
+		c.LogFormat = "json"
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		v.bad("log_format must be json or text, not %q", c.LogFormat)
+	}
+}
+
+func (c *Config) validatePeople(v *validation) {
+	v.ids("admins", c.Admins)
+	v.ids("approvals.approvers", c.Approvals.Approvers)
+	v.ids("security_operators", c.SecurityOperators)
+}
+
+func (c *Config) validateApprovals(v *validation) {
 	if c.Approvals.PendingTTL == 0 {
 		c.Approvals.PendingTTL = time.Hour
 	}
@@ -395,38 +414,27 @@ func (c *Config) Validate() error {
 		c.Approvals.RedeemWithin = 15 * time.Minute
 	}
 	if c.Approvals.PendingTTL < 0 || c.Approvals.RedeemWithin < 0 {
-		bad("approvals: pending_ttl and redeem_within must be positive")
+		v.bad("approvals: pending_ttl and redeem_within must be positive")
 	}
 	if w := c.Notifications.Webhook; w.URLFile != "" && w.URLEnv != "" {
-		bad("notifications.webhook: url_file and url_env are alternatives")
+		v.bad("notifications.webhook: url_file and url_env are alternatives")
 	}
+}
+
+func (c *Config) validateLimits(v *validation) {
 	if c.Limits.Rate == nil {
 		c.Limits.Rate = DefaultRateLimits()
 	}
 	for name, r := range c.Limits.Rate {
 		if _, err := authz.ParseLevel(name); err != nil {
-			bad("limits.rate: %v", err)
+			v.bad("limits.rate: %v", err)
 		}
 		if r.PerSecond <= 0 || r.Burst < 1 {
-			bad("limits.rate.%s: per_second must be positive and burst at least 1", name)
+			v.bad("limits.rate.%s: per_second must be positive and burst at least 1", name)
 		}
 	}
-	if _, err := c.Limits.levelLimits(); err != nil {
-		bad("%v", err)
-	}
-	if _, err := c.Maturity.config(); err != nil {
-		bad("maturity: %v", err)
-	}
-	if c.Monitor.Actions == nil {
-		c.Monitor.Actions = map[string]string{"low": "alert", "medium": "alert", "high": "breaker", "critical": "demote"}
-	}
-	for sev, act := range c.Monitor.Actions {
-		if _, err := maturity.ParseSeverity(sev); err != nil {
-			bad("monitor.actions: %v", err)
-		}
-		if !slices.Contains([]string{"alert", "breaker", "demote", "kill"}, act) {
-			bad("monitor.actions.%s must be alert, breaker, demote or kill, not %q", sev, act)
-		}
+	if _, err := c.Limits.LevelLimits(); err != nil {
+		v.bad("%v", err)
 	}
 	for _, l := range []struct {
 		name string
@@ -441,13 +449,26 @@ func (c *Config) Validate() error {
 		case *l.v == 0:
 			*l.v = l.def
 		case *l.v < -1:
-			bad("limits.%s must be positive, or -1 for no limit", l.name)
+			v.bad("limits.%s must be positive, or -1 for no limit", l.name)
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("broker: invalid config:\n%w", err)
+}
+
+func (c *Config) validateMonitor(v *validation) {
+	if _, err := c.Maturity.Config(); err != nil {
+		v.bad("maturity: %v", err)
 	}
-	return nil
+	if c.Monitor.Actions == nil {
+		c.Monitor.Actions = map[string]string{"low": "alert", "medium": "alert", "high": "breaker", "critical": "demote"}
+	}
+	for sev, act := range c.Monitor.Actions {
+		if _, err := maturity.ParseSeverity(sev); err != nil {
+			v.bad("monitor.actions: %v", err)
+		}
+		if !slices.Contains([]string{"alert", "breaker", "demote", "kill"}, act) {
+			v.bad("monitor.actions.%s must be alert, breaker, demote or kill, not %q", sev, act)
+		}
+	}
 }
 
 // Role is a credential the broker issues: a name agents ask for, a class
@@ -470,7 +491,7 @@ type Role struct {
 func LoadRoles(path string) (map[string]Role, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("broker: roles: %w", err)
+		return nil, fmt.Errorf("config: roles: %w", err)
 	}
 	var file struct {
 		Roles []Role `yaml:"roles"`
@@ -478,11 +499,11 @@ func LoadRoles(path string) (map[string]Role, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(&file); err != nil {
-		return nil, fmt.Errorf("broker: roles %s: %w", path, err)
+		return nil, fmt.Errorf("config: roles %s: %w", path, err)
 	}
 	roles := make(map[string]Role, len(file.Roles))
 	for i, r := range file.Roles {
-		where := fmt.Sprintf("broker: roles %s: role %d (%q)", path, i+1, r.Name)
+		where := fmt.Sprintf("config: roles %s: role %d (%q)", path, i+1, r.Name)
 		if _, err := authz.CanonicalRole(r.Name); err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
@@ -504,17 +525,17 @@ func LoadRoles(path string) (map[string]Role, error) {
 		roles[r.Name] = r
 	}
 	if len(roles) == 0 {
-		return nil, fmt.Errorf("broker: roles %s: no roles defined", path)
+		return nil, fmt.Errorf("config: roles %s: no roles defined", path)
 	}
 	return roles, nil
 }
 
-func (r Role) authz() authz.Role {
+func (r Role) Authz() authz.Role {
 	return authz.Role{Name: r.Name, Class: r.class, Classification: r.classification, MaxTTL: r.MaxTTL}
 }
 
-// config is the maturity package's configuration with these settings.
-func (m MaturityConfig) config() (maturity.Config, error) {
+// Config is the maturity package's configuration with these settings.
+func (m MaturityConfig) Config() (maturity.Config, error) {
 	c := maturity.DefaultConfig()
 	c.Authorities = m.Authorities
 	c.DemoteOnBreakerTrip = m.DemoteOnBreakerTrip

@@ -1,6 +1,8 @@
-package broker_test
+package conformance_test
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,8 +13,10 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/agentictrust/atf/authz"
-	"github.com/agentictrust/atf/broker"
+	"github.com/agentictrust/atf/broker/config"
+	"github.com/agentictrust/atf/broker/conformance"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/devtest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -24,6 +28,19 @@ const (
 )
 
 // requirements indexes a statement's requirements by id.
+func TestMain(m *testing.M) { devtest.Main(m) }
+
+// minimal is a configuration that validates.
+func minimal() config.Config {
+	return config.Config{
+		ListenAddr:   "127.0.0.1:0",
+		TrustDomains: []string{"td"},
+		StorePath:    "atf.db",
+		RolesFile:    "roles.yaml",
+		Vault:        config.VaultConfig{Address: "http://127.0.0.1:8200", Auth: config.VaultAuth{Method: "token"}},
+	}
+}
+
 func requirements(st *adminv1.ConformanceStatement) map[string]*adminv1.ConformanceRequirement {
 	out := map[string]*adminv1.ConformanceRequirement{}
 	for _, e := range st.GetElements() {
@@ -45,14 +62,14 @@ func scores(st *adminv1.ConformanceStatement) [][2]int32 {
 
 // conformanceBase is a validated configuration with every default, and a
 // registry of one Junior and one Senior agent.
-func conformanceBase(t *testing.T) (broker.Config, broker.ConformanceFacts) {
+func conformanceBase(t *testing.T) (config.Config, conformance.Facts) {
 	t.Helper()
 	cfg := minimal()
 	cfg.Admins = []string{"spiffe://td/ops/admin"}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	return cfg, broker.ConformanceFacts{
+	return cfg, conformance.Facts{
 		Agents:              map[authz.Level]int{authz.Junior: 1, authz.Senior: 1},
 		Bound:               1,
 		PolicyVersion:       3,
@@ -77,8 +94,8 @@ func TestEvaluateConformance(t *testing.T) {
 	}
 	for _, tt := range []struct {
 		name   string
-		cfg    func(*broker.Config)
-		facts  func(*broker.ConformanceFacts)
+		cfg    func(*config.Config)
+		facts  func(*conformance.Facts)
 		target authz.Level
 		// The requirements whose status differs from defaults, and a part
 		// of the first gap of each that has one.
@@ -86,51 +103,51 @@ func TestEvaluateConformance(t *testing.T) {
 		wantGap map[string]string
 	}{
 		{name: "defaults"},
-		{name: "audit file", cfg: func(c *broker.Config) { c.Audit.File = "/var/log/atf/audit.jsonl" },
+		{name: "audit file", cfg: func(c *config.Config) { c.Audit.File = "/var/log/atf/audit.jsonl" },
 			want: map[string]adminv1.ConformanceStatus{"B-1": met}},
-		{name: "audit stdout", cfg: func(c *broker.Config) { c.Audit.Stdout = true },
+		{name: "audit stdout", cfg: func(c *config.Config) { c.Audit.Stdout = true },
 			want: map[string]adminv1.ConformanceStatus{"B-1": met}},
-		{name: "webhook", cfg: func(c *broker.Config) { c.Notifications.Webhook.URLEnv = "ATF_WEBHOOK" },
+		{name: "webhook", cfg: func(c *config.Config) { c.Notifications.Webhook.URLEnv = "ATF_WEBHOOK" },
 			want: map[string]adminv1.ConformanceStatus{"B-4": met}},
-		{name: "approvers", cfg: func(c *broker.Config) { c.Approvals.Approvers = []string{"spiffe://td/people/ann"} },
+		{name: "approvers", cfg: func(c *config.Config) { c.Approvals.Approvers = []string{"spiffe://td/people/ann"} },
 			want: map[string]adminv1.ConformanceStatus{"S-2": met}},
 		{name: "no approvers, intern target", target: authz.Intern,
 			want: map[string]adminv1.ConformanceStatus{"S-2": met}},
 		{name: "no approvers, junior target", target: authz.Junior,
 			wantGap: map[string]string{"S-2": "approvals.approvers is empty: a Junior agent's write can never be approved"}},
-		{name: "short baseline window", cfg: func(c *broker.Config) { c.Monitor.BaselineWindow = time.Hour },
+		{name: "short baseline window", cfg: func(c *config.Config) { c.Monitor.BaselineWindow = time.Hour },
 			want:    map[string]adminv1.ConformanceStatus{"B-3": partial},
 			wantGap: map[string]string{"B-3": "a baseline forms after 1h or 1000 events, sooner than the spec's 7 days or 1000 operations"}},
-		{name: "few baseline operations", cfg: func(c *broker.Config) { c.Monitor.BaselineOps = 50 },
+		{name: "few baseline operations", cfg: func(c *config.Config) { c.Monitor.BaselineOps = 50 },
 			want:    map[string]adminv1.ConformanceStatus{"B-3": partial},
 			wantGap: map[string]string{"B-3": "a baseline forms after 7d or 50 events"}},
-		{name: "rate limits off", cfg: func(c *broker.Config) { c.Limits.Rate = map[string]broker.RateLimit{} },
+		{name: "rate limits off", cfg: func(c *config.Config) { c.Limits.Rate = map[string]config.RateLimit{} },
 			want:    map[string]adminv1.ConformanceStatus{"S-3": notMet},
 			wantGap: map[string]string{"S-3": "limits.rate is empty: no agent is rate limited"}},
-		{name: "rate limits for some levels", cfg: func(c *broker.Config) {
-			c.Limits.Rate = map[string]broker.RateLimit{"intern": {PerSecond: 1, Burst: 5}, "junior": {PerSecond: 2, Burst: 5}}
+		{name: "rate limits for some levels", cfg: func(c *config.Config) {
+			c.Limits.Rate = map[string]config.RateLimit{"intern": {PerSecond: 1, Burst: 5}, "junior": {PerSecond: 2, Burst: 5}}
 		},
 			want:    map[string]adminv1.ConformanceStatus{"S-3": partial},
 			wantGap: map[string]string{"S-3": "limits.rate has no entry for senior, principal: those agents are not rate limited"}},
-		{name: "no lineage limit", cfg: func(c *broker.Config) { c.Limits.MaxLivePerLineage = -1 },
+		{name: "no lineage limit", cfg: func(c *config.Config) { c.Limits.MaxLivePerLineage = -1 },
 			want:    map[string]adminv1.ConformanceStatus{"S-5": partial},
 			wantGap: map[string]string{"S-5": "limits.max_live_per_lineage set to -1"}},
-		{name: "anomalies only alert", cfg: func(c *broker.Config) {
+		{name: "anomalies only alert", cfg: func(c *config.Config) {
 			c.Monitor.Actions = map[string]string{"low": "alert", "medium": "alert", "high": "alert", "critical": "alert"}
 		},
 			want:    map[string]adminv1.ConformanceStatus{"R-5": partial},
 			wantGap: map[string]string{"R-5": "nothing lowers autonomy automatically"}},
-		{name: "breaker trips demote", cfg: func(c *broker.Config) {
+		{name: "breaker trips demote", cfg: func(c *config.Config) {
 			c.Monitor.Actions = map[string]string{"low": "alert", "medium": "alert", "high": "alert", "critical": "alert"}
 			c.Maturity.DemoteOnBreakerTrip = true
 		}},
-		{name: "nobody may kill", cfg: func(c *broker.Config) { c.Admins = nil },
+		{name: "nobody may kill", cfg: func(c *config.Config) { c.Admins = nil },
 			want:    map[string]adminv1.ConformanceStatus{"R-2": partial},
 			wantGap: map[string]string{"R-2": "nobody can pull the kill switch"}},
-		{name: "agent without owner or purpose", facts: func(f *broker.ConformanceFacts) { f.NoOwner, f.NoPurpose = 1, 2 },
+		{name: "agent without owner or purpose", facts: func(f *conformance.Facts) { f.NoOwner, f.NoPurpose = 1, 2 },
 			want:    map[string]adminv1.ConformanceStatus{"I-3": partial, "I-4": partial},
 			wantGap: map[string]string{"I-3": "active agents without an owner: 1", "I-4": "active agents without a purpose: 2"}},
-		{name: "no policy", facts: func(f *broker.ConformanceFacts) { f.PolicyVersion = 0 },
+		{name: "no policy", facts: func(f *conformance.Facts) { f.PolicyVersion = 0 },
 			want:    map[string]adminv1.ConformanceStatus{"S-1": partial},
 			wantGap: map[string]string{"S-1": "no segmentation policy is stored: every credential request is denied"}},
 	} {
@@ -145,7 +162,7 @@ func TestEvaluateConformance(t *testing.T) {
 			if tt.facts != nil {
 				tt.facts(&facts)
 			}
-			st := broker.EvaluateConformance(cfg, facts, tt.target)
+			st := conformance.Evaluate(cfg, facts, tt.target)
 			reqs := requirements(st)
 			if len(st.GetElements()) != 5 || len(reqs) != 25 || st.GetTotal() != 25 {
 				t.Fatalf("%d elements, %d requirements, total %d; want 5, 25, 25", len(st.GetElements()), len(reqs), st.GetTotal())
@@ -205,7 +222,7 @@ func TestEvaluateConformanceTarget(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			facts.Agents = tt.agents
-			st := broker.EvaluateConformance(cfg, facts, tt.target)
+			st := conformance.Evaluate(cfg, facts, tt.target)
 			if st.GetTargetLevel() != tt.want || st.GetTargetLevelDerived() != tt.derived {
 				t.Errorf("target %s (derived %t), want %s (%t)", st.GetTargetLevel(), st.GetTargetLevelDerived(), tt.want, tt.derived)
 			}
@@ -229,9 +246,9 @@ func TestConformance(t *testing.T) {
 	off := f.Config(t, dir)
 	on := off
 	on.Audit.File = filepath.Join(dir, "audit.jsonl")
-	on.Notifications.Webhook.URLFile, _ = webhook(t, dir)
+	on.Notifications.Webhook.URLFile = webhookURLFile(t, dir)
 	on.Approvals.Approvers = []string{f.ID(t, "approver").String()}
-	on.Limits = broker.LimitsConfig{} // the defaults: rates per level, live credential limits
+	on.Limits = config.LimitsConfig{} // the defaults: rates per level, live credential limits
 	on.Monitor.Actions = map[string]string{"low": "alert", "medium": "alert", "high": "breaker", "critical": "demote"}
 
 	b := f.Start(t, on)
@@ -311,3 +328,15 @@ func TestConformance(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// webhookURLFile is a file naming a webhook that accepts every post.
+func webhookURLFile(t *testing.T, dir string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	t.Cleanup(srv.Close)
+	path := filepath.Join(dir, "webhook-url")
+	if err := os.WriteFile(path, []byte(srv.URL), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}

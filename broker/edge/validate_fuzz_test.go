@@ -1,9 +1,11 @@
-package broker
+package edge
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"buf.build/go/protovalidate"
 	"google.golang.org/grpc"
@@ -71,14 +73,14 @@ func (r rawStream) RecvMsg(m any) error {
 // request through decodeRequest and the unary interceptor's validate, a
 // stream's through the stream interceptor's wrappedStream under the
 // registrar's decodingStream.
-func (s *Server) receive(r request, raw []byte, m proto.Message) error {
+func (s *Edge) receive(r request, raw []byte, m proto.Message) error {
 	if r.stream {
-		return decodingStream{&wrappedStream{ServerStream: rawStream{raw: raw}, validate: s.validate}}.RecvMsg(m)
+		return s.Status(context.Background(), decodingStream{&wrappedStream{ServerStream: rawStream{raw: raw}, validate: s.validate}}.RecvMsg(m))
 	}
 	if err := decodeRequest(rawStream{raw: raw}.RecvMsg, m); err != nil {
 		return err
 	}
-	return s.validate(m)
+	return s.Status(context.Background(), s.validate(m))
 }
 
 // roleNames returns the values of every string field named role or roles
@@ -116,7 +118,7 @@ func FuzzRequestValidation(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	s := &Server{validator: v}
+	s := &Edge{validator: v, cfg: Config{Now: time.Now}}
 
 	const id = "0123456789abcdef0123456789abcdef"
 	examples := []proto.Message{
@@ -187,7 +189,7 @@ func FuzzRequestValidation(f *testing.F) {
 				undecodable != strings.HasPrefix(msg, "invalid request: not a valid "+name+" message: ") {
 				t.Fatalf("%s (unmarshals: %t): refused with %v", name, !undecodable, err)
 			}
-			if again := s.validate(m); !undecodable && (again == nil || again.Error() != err.Error()) {
+			if again := s.Status(context.Background(), s.validate(m)); !undecodable && (again == nil || again.Error() != err.Error()) {
 				t.Fatalf("%s: refused with %v, then validated to %v", name, err, again)
 			}
 			return

@@ -1,0 +1,84 @@
+// Package edge is the broker's gRPC edge: every call passes through it on
+// the way in (size limits, decoding, authentication from the caller's SVID,
+// the access rule of its service, request validation, a request id and a
+// logger) and on the way out, where the handler's plain error becomes a
+// gRPC status. That mapping (Status) is the only one in the broker.
+//
+// Handlers read the verified caller with Identity, the request's logger
+// with Logger and its id with RequestID.
+package edge
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+
+	"github.com/agentictrust/atf/attest"
+)
+
+// Log field names used across the broker.
+const (
+	LogMethod     = "method"
+	LogCaller     = "caller"
+	LogAuthMethod = "auth_method"
+	LogCode       = "code"
+	LogDuration   = "duration"
+	LogRequestID  = "request_id"
+	LogError      = "error"
+	LogSPIFFEID   = "spiffe_id"
+	LogVaultAddr  = "vault_addr"
+	LogAgent      = "agent"
+	LogRole       = "role"
+	LogLevel      = "level"
+	LogDecisionID = "decision_id"
+	LogReason     = "reason"
+	LogAccessor   = "accessor"
+	LogTTL        = "ttl"
+	LogCount      = "count"
+)
+
+type ctxKey int
+
+const (
+	identityKey ctxKey = iota
+	loggerKey
+	requestIDKey
+)
+
+// Identity is the caller the edge verified (zero outside a call).
+func Identity(ctx context.Context) attest.Identity {
+	id, _ := ctx.Value(identityKey).(attest.Identity)
+	return id
+}
+
+// Caller is the verified caller's SPIFFE ID as a string.
+func Caller(ctx context.Context) string { return Identity(ctx).ID.String() }
+
+// Logger is the request's logger, carrying its id, method and caller;
+// outside a call, a logger that discards.
+func Logger(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(loggerKey).(*slog.Logger); ok {
+		return l
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// RequestID is the request's id ("" outside a call).
+func RequestID(ctx context.Context) string {
+	rid, _ := ctx.Value(requestIDKey).(string)
+	return rid
+}
+
+// WithLogger returns ctx carrying log as its request logger, for work
+// started outside a call (background loops) that calls handlers' helpers.
+func WithLogger(ctx context.Context, log *slog.Logger) context.Context {
+	return context.WithValue(ctx, loggerKey, log)
+}
+
+// NewID returns a random 128-bit identifier, hex encoded.
+func NewID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
+}
