@@ -94,7 +94,7 @@ type LevelLimits struct {
 	MaxUses int
 }
 
-// DefaultLimits are DESIGN.md §4's defaults.
+// DefaultLimits are docs/design.md §4's defaults.
 func DefaultLimits() map[Level]LevelLimits {
 	return map[Level]LevelLimits{
 		Intern:    {Classes: []Class{Read}, MaxTTL: time.Hour},

@@ -20,7 +20,7 @@ var (
 	classifications = []authz.Classification{authz.Public, authz.Internal, authz.PII, authz.Secret}
 )
 
-// DESIGN.md §4's "role classes" row, written out: what each level may hold,
+// docs/design.md §4's "role classes" row, written out: what each level may hold,
 // and whether a human must approve it first.
 var designClasses = map[authz.Level]map[authz.Class]authz.Outcome{
 	authz.Intern:    {authz.Read: authz.Allow},
@@ -37,7 +37,7 @@ var designClassificationFloor = map[authz.Classification]authz.Level{
 	authz.Secret:   authz.Senior,
 }
 
-// designLowest is the lowest level DESIGN.md lets hold a role of class and
+// designLowest is the lowest level docs/design.md lets hold a role of class and
 // classification.
 func designLowest(class authz.Class, cls authz.Classification) authz.Level {
 	for _, l := range levels {
@@ -45,7 +45,7 @@ func designLowest(class authz.Class, cls authz.Classification) authz.Level {
 			return l
 		}
 	}
-	panic(fmt.Sprintf("DESIGN.md gives %s %s data to no level", class, cls))
+	panic(fmt.Sprintf("docs/design.md gives %s %s data to no level", class, cls))
 }
 
 // TestDecideMaturityMatrix runs every level, class and classification
@@ -69,7 +69,7 @@ func TestDecideMaturityMatrix(t *testing.T) {
 				case designClasses[level][class] == authz.NeedsApproval:
 					want = authz.Decision{Outcome: authz.NeedsApproval, Reason: authz.ApprovalRequired}
 				default:
-					// DESIGN.md §4: Senior notifies on every write issuance.
+					// docs/design.md §4: Senior notifies on every write issuance.
 					want = authz.Decision{Outcome: authz.Allow, Reason: authz.Allowed, Notify: level == authz.Senior && class == authz.Write}
 				}
 				t.Run(fmt.Sprintf("%s/%s/%s", level, class, cls), func(t *testing.T) {

@@ -1,6 +1,6 @@
 package broker_test
 
-// Benchmarks of DESIGN.md §5's targets. Each measures the broker and the raw
+// Benchmarks of docs/design.md §5's targets. Each measures the broker and the raw
 // Vault operation it builds on, against the same real Vault (the shared dev
 // stack) in the same run, and reports the broker's cost as ratios. They
 // report and never fail on speed.
@@ -52,7 +52,7 @@ const (
 	throughputOps = 2000
 	// decisionSamples is how many decisions one iteration times one by one.
 	decisionSamples = 20000
-	// decisionTarget is DESIGN.md §5's bound on a decision's p50.
+	// decisionTarget is docs/design.md §5's bound on a decision's p50.
 	decisionTarget = 20 * time.Microsecond
 	// revocationSamples is how many tokens of a lineage are checked in Vault
 	// after a revocation, besides its anchor.

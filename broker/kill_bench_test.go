@@ -14,7 +14,7 @@ const (
 	// killSamples is how many agents one kill switch iteration stops, one
 	// at a time; with 20, the p99 is the slowest of them.
 	killSamples = 20
-	// killTarget is DESIGN.md §5's bound on Kill's p99 for an agent with
+	// killTarget is docs/design.md §5's bound on Kill's p99 for an agent with
 	// heldCredentials live credentials; killEndToEnd its bound until Vault
 	// has them all dead.
 	killTarget   = 100 * time.Millisecond

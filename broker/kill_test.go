@@ -29,7 +29,7 @@ import (
 
 const (
 	// heldCredentials is how many live credentials a killed agent holds:
-	// DESIGN.md §5's kill switch target is for an agent with 100.
+	// docs/design.md §5's kill switch target is for an agent with 100.
 	heldCredentials = 100
 	// vaultGrace bounds how long a test waits for Vault to confirm a
 	// revocation the broker did not wait for.

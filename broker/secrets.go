@@ -1,13 +1,9 @@
 package broker
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"strings"
-
-	"github.com/agentictrust/atf/broker/edge"
-	"github.com/agentictrust/atf/broker/store"
 )
 
 // readSecret reads a secret from a file or, if no file is named, from an
@@ -27,10 +23,4 @@ func readSecret(file, env string) (string, error) {
 		return v, nil
 	}
 	return "", fmt.Errorf("broker: vault token: environment variable %s is empty", env)
-}
-
-// db is the store handle for a request: its audit records carry the
-// request id.
-func (s *Server) db(ctx context.Context) *store.Store {
-	return s.store.ForRequest(edge.RequestID(ctx))
 }

@@ -429,7 +429,7 @@ func TestSegmentationWithoutPolicy(t *testing.T) {
 
 	_, err := reader.fetch(ctx, "reports-read", "")
 	brokertest.WantCode(t, err, codes.PermissionDenied, "no segmentation policy is loaded, so the broker denies every request")
-	rec := oneRecord(t, e.admin, &adminv1.QueryAuditRequest{Agent: reader.id.String()})
+	rec := oneRecord(t, e.admin, &adminv1.QueryAuditRequest{Agent: reader.id.String(), Kind: "credential_denied"})
 	wantDetail(t, rec, map[string]string{"decision": "deny", "reason": "no_policy", "policy_version": "0"})
 	wantDecisionAudited(t, err, rec)
 
@@ -637,8 +637,10 @@ func TestPolicyTestExplains(t *testing.T) {
 		t.Errorf("versions %v, current %d; want [1], 1", all, cur)
 	}
 	senior.mustFetch(t, "reports-read", "")
-	if recs := auditOf(t, e.admin, &adminv1.QueryAuditRequest{Agent: junior.id.String()}); len(recs) != 0 {
-		t.Errorf("TestPolicy left audit records of decisions: %v", recs)
+	for _, kind := range []string{"credential_denied", "credential_issued", "credential_limited"} {
+		if recs := auditOf(t, e.admin, &adminv1.QueryAuditRequest{Agent: junior.id.String(), Kind: kind}); len(recs) != 0 {
+			t.Errorf("TestPolicy left audit records of decisions: %v", recs)
+		}
 	}
 }
 

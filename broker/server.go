@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -20,19 +19,30 @@ import (
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/adminapi"
+	"github.com/agentictrust/atf/broker/agentapi"
+	"github.com/agentictrust/atf/broker/approval"
+	"github.com/agentictrust/atf/broker/approvalapi"
 	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/edge"
-	"github.com/agentictrust/atf/broker/fault"
+	"github.com/agentictrust/atf/broker/issue"
+	"github.com/agentictrust/atf/broker/levels"
+	"github.com/agentictrust/atf/broker/limits"
 	"github.com/agentictrust/atf/broker/maturity"
+	"github.com/agentictrust/atf/broker/maturityapi"
+	"github.com/agentictrust/atf/broker/metrics"
 	"github.com/agentictrust/atf/broker/monitor"
 	"github.com/agentictrust/atf/broker/notify"
+	"github.com/agentictrust/atf/broker/policy"
+	"github.com/agentictrust/atf/broker/responseapi"
+	"github.com/agentictrust/atf/broker/revoke"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/svid"
+	"github.com/agentictrust/atf/broker/tracing"
 	"github.com/agentictrust/atf/broker/vault"
+	"github.com/agentictrust/atf/broker/watch"
 	"github.com/agentictrust/atf/delegation"
-	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
-	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
 // Option tunes New.
@@ -51,44 +61,41 @@ func WithClock(now func() time.Time) Option { return func(o *options) { o.now = 
 
 // Server is a running broker.
 type Server struct {
-	log      *slog.Logger
-	now      func() time.Time
+	log *slog.Logger
+	now func() time.Time
+	cfg config.Config
+
 	store    *store.Store
 	source   *svid.Source
-	verifier *attest.Verifier
-	issuer   *vault.Issuer
-	gate     *authz.Gate
-	roles    map[string]config.Role
 	self     spiffeid.ID
-	grpc     *grpc.Server
-	health   *health.Server
-	revoker  *revoker
+	verifier *attest.Verifier
+	vault    *vault.Issuer
+	roles    map[string]config.Role
+	gate     *authz.Gate
+	policy   *policy.Holder
+	notifier *notify.Notifier
+	// streamers copy the audit trail out (audit.file, audit.stdout).
+	streamers []*audit.Streamer
+	tracing   *tracing.Tracing
+	metrics   *metrics.Metrics
+	metricsLn net.Listener
+	rate      *limits.Rate
+	live      *limits.Live
+	maturity  maturity.Config
+	monitor   *monitor.Monitor
+	breakers  *monitor.Breakers
+	approvals *approval.Book
+	revoker   *revoke.Revoker
+	levels    *levels.Levels
+	watch     *watch.Watch
+
+	grpc   *grpc.Server
+	health *health.Server
 	// runBegun is set once the store is marked in use (BeginRun); Close
 	// marks a clean end only then, and only if no call was cut off.
 	runBegun bool
-	tracing  *tracing
-	anchors  *anchors
-	hub      hub
-	rules    delegation.Rules
-
-	cfg       config.Config
-	policy    atomic.Pointer[authz.Policy]
-	policyMu  sync.Mutex           // serialises policy updates
-	operators map[spiffeid.ID]bool // security operators
-	// globalKill is the global kill switch, as committed in the store.
-	globalKill atomic.Pointer[store.Kill]
-	approvals  signal // fired on every approval change
-	rate       *rateLimiter
-	live       *liveSet
-	notifier   *notify.Notifier
-	streamers  []*audit.Streamer
-	metrics    *metrics
-	metricsLn  net.Listener
-	maturity   maturity.Config
-	monitor    *monitor.Monitor
-	breakers   *monitor.Breakers
-	stop       context.CancelFunc // stops background loops
-	loops      sync.WaitGroup
+	stop     context.CancelFunc // stops background loops
+	loops    sync.WaitGroup
 
 	// closingCh is closed when Close starts: streams end at once, telling
 	// clients to reconnect, instead of holding up the shutdown.
@@ -109,18 +116,18 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{log: o.logger, now: o.now, cfg: cfg, operators: idSet(cfg.SecurityOperators), closingCh: make(chan struct{})}
+	s := &Server{log: o.logger, now: o.now, cfg: cfg, closingCh: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
-	for _, step := range []func(context.Context) error{s.openPolicy, s.openStore, s.openMonitoring, s.openIdentity, s.openVault, s.openGRPC} {
+	for _, step := range []func(context.Context) error{s.openPolicy, s.openStore, s.openMonitoring, s.openIdentity, s.openVault, s.openServices} {
 		if err := step(ctx); err != nil {
 			return nil, err
 		}
 	}
-	o.logger.Info("broker ready", slog.String(edge.LogSPIFFEID, s.self.String()), slog.String(edge.LogVaultAddr, s.issuer.Address()),
+	o.logger.Info("broker ready", slog.String(edge.LogSPIFFEID, s.self.String()), slog.String(edge.LogVaultAddr, s.vault.Address()),
 		slog.Int("roles", len(s.roles)), slog.Int("admins", len(cfg.Admins)))
 	return s, nil
 }
@@ -160,7 +167,7 @@ func (s *Server) openStore(context.Context) (err error) {
 	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: s.now, OnAudit: s.auditCommitted, MaxSize: cfg.StoreMaxSize}); err != nil {
 		return err
 	}
-	if s.tracing, err = newTracing(cfg.Tracing); err != nil {
+	if s.tracing, err = tracing.New(cfg.Tracing); err != nil {
 		return err
 	}
 	crashed, rev, err := s.store.BeginRun("atfd")
@@ -172,16 +179,8 @@ func (s *Server) openStore(context.Context) (err error) {
 		s.log.Warn("the previous run did not stop cleanly: every live credential and anchor is revoked, since Vault may have issued tokens just before the crash that were never recorded; agents fetch anew",
 			slog.Int("credentials", rev.CredentialCount()), slog.Int("queued", len(rev.Queued)))
 	}
-	if err := s.loadPolicy(cfg.Policy); err != nil {
+	if s.policy, err = policy.Load(s.store, cfg.Policy, notifier{s.notifier, s.now}, s.log); err != nil {
 		return err
-	}
-	gk, err := s.store.GlobalKill()
-	if err != nil {
-		return err
-	}
-	if gk != nil {
-		s.globalKill.Store(gk)
-		s.log.Warn("the global kill switch holds every agent; a security operator must release it", slog.String(edge.LogReason, gk.Reason))
 	}
 	return s.auditStreams(cfg.Audit)
 }
@@ -206,22 +205,33 @@ func (s *Server) openMonitoring(context.Context) (err error) {
 	if s.breakers, err = monitor.NewBreakers(cfg.Monitor.Breaker, s.now); err != nil {
 		return fmt.Errorf("broker: monitor.breaker: %w", err)
 	}
-	if err := s.loadBaselines(); err != nil {
-		return err
-	}
-	s.metrics = newMetrics(s)
+	s.metrics = metrics.New(metrics.State{
+		LiveCredentials: func() int { return s.live.Total() },
+		PendingRevocations: func() (int, error) {
+			q, err := s.store.PendingRevocations()
+			return len(q), err
+		},
+		PolicyVersion: func() uint64 {
+			if p := s.policy.Current(); p != nil {
+				return p.Version()
+			}
+			return 0
+		},
+		Vault:      func() vault.Stats { return s.vault.Stats() },
+		GlobalKill: func() bool { return s.revoker.GlobalKill() != nil },
+	})
 	if cfg.MetricsAddr != "" {
 		if s.metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
 			return fmt.Errorf("broker: metrics_addr: %w", err)
 		}
 	}
-	s.rate = newRateLimiter(cfg.Limits.Rate, s.now)
-	s.live = newLiveSet(cfg.Limits, s.now)
+	s.rate = limits.NewRate(cfg.Limits.Rate, s.now)
+	s.live = limits.NewLive(cfg.Limits, s.now)
 	live, err := s.store.LiveCredentials(s.now())
 	if err != nil {
 		return err
 	}
-	s.live.load(live)
+	s.live.Load(live)
 	return nil
 }
 
@@ -256,7 +266,7 @@ func (s *Server) openIdentity(ctx context.Context) (err error) {
 	return err
 }
 
-// openVault logs in to Vault and starts what revokes there.
+// openVault logs in to Vault.
 func (s *Server) openVault(ctx context.Context) (err error) {
 	cfg := s.cfg
 	vcfg := vault.Config{
@@ -271,38 +281,61 @@ func (s *Server) openVault(ctx context.Context) (err error) {
 	if vcfg.Login, vcfg.Token, err = vaultLogin(cfg.Vault.Auth, s.source); err != nil {
 		return err
 	}
-	if s.issuer, err = vault.New(ctx, vcfg); err != nil {
-		return err
-	}
-	s.revoker = newRevoker(s.store, s.issuer, s.log)
-	s.anchors = &anchors{issuer: s.issuer, store: s.store, m: map[string]*vault.Anchor{}}
-	s.rules = delegation.DefaultRules()
-	return nil
+	s.vault, err = vault.New(ctx, vcfg)
+	return err
 }
 
-// openGRPC builds the gRPC server behind the edge and registers the
-// services, health and reflection.
-func (s *Server) openGRPC(context.Context) error {
-	e, err := edge.New(edge.Config{Verifier: s.verifier, Admins: idSet(s.cfg.Admins), SecurityOperators: s.operators,
+// openServices wires what decides, issues and revokes, and the gRPC
+// services that use them, behind the edge.
+func (s *Server) openServices(context.Context) (err error) {
+	note := notifier{s.notifier, s.now}
+	s.approvals = approval.New(approval.Config{Store: s.store, PendingTTL: s.cfg.Approvals.PendingTTL,
+		RedeemWithin: s.cfg.Approvals.RedeemWithin, Notifier: note, Now: s.now})
+	if s.revoker, err = revoke.New(revoke.Config{Store: s.store, Vault: s.vault, Live: s.live, Approvals: s.approvals, Log: s.log}); err != nil {
+		return err
+	}
+	if gk := s.revoker.GlobalKill(); gk != nil {
+		s.log.Warn("the global kill switch holds every agent; a security operator must release it", slog.String(edge.LogReason, gk.Reason))
+	}
+	rules := delegation.DefaultRules()
+	s.levels = levels.New(levels.Config{Store: s.store, Revoker: s.revoker, Policy: s.policy, Gate: s.gate, Roles: s.roles,
+		Rules: rules, Notifier: note, Now: s.now})
+	if s.watch, err = watch.New(watch.Config{Store: s.store, Monitor: s.monitor, Breakers: s.breakers, Levels: s.levels, Revoker: s.revoker,
+		Metrics: s.metrics, Notifier: note, Maturity: s.maturity, Actions: s.cfg.Monitor.Actions, Log: s.log, Now: s.now}); err != nil {
+		return err
+	}
+	e, err := edge.New(edge.Config{Verifier: s.verifier, Admins: idSet(s.cfg.Admins), SecurityOperators: idSet(s.cfg.SecurityOperators),
 		Approvers: idSet(s.cfg.Approvals.Approvers), Log: s.log, Now: s.now})
 	if err != nil {
 		return err
 	}
 	sopts := e.ServerOptions(credentials.NewTLS(s.verifier.ServerTLSConfig(s.source)))
-	if s.tracing.serverOption != nil {
-		sopts = append(sopts, s.tracing.serverOption)
+	if s.tracing.ServerOption != nil {
+		sopts = append(sopts, s.tracing.ServerOption)
 	}
 	s.grpc = grpc.NewServer(sopts...)
-	reg := edge.Registrar(s.grpc)
-	brokerv1.RegisterBrokerServiceServer(reg, &brokerService{s: s})
-	adminv1.RegisterAdminServiceServer(reg, &adminService{s: s})
-	adminv1.RegisterApprovalServiceServer(reg, &approvalService{s: s})
-	adminv1.RegisterResponseServiceServer(reg, &responseService{s: s})
-	adminv1.RegisterMaturityServiceServer(reg, &maturityService{s: s})
+	for _, svc := range s.services(rules, note) {
+		svc.RegisterService(edge.Registrar(s.grpc))
+	}
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	return nil
+}
+
+// services are the broker's gRPC services, each given what it uses.
+func (s *Server) services(rules delegation.Rules, note notifier) []interface{ RegisterService(grpc.ServiceRegistrar) } {
+	issuer := issue.New(issue.Config{Store: s.store, Vault: s.vault, Anchors: s.revoker.Anchors(), Live: s.live, Approvals: s.approvals, Tracer: s.tracing.Tracer})
+	return []interface{ RegisterService(grpc.ServiceRegistrar) }{
+		agentapi.New(agentapi.Config{Store: s.store, Roles: s.roles, Gate: s.gate, Policy: s.policy, Rules: rules, Rate: s.rate, Watch: s.watch,
+			Approvals: s.approvals, Issuer: issuer, Revoker: s.revoker, Metrics: s.metrics, Tracer: s.tracing.Tracer, Notifier: note,
+			VaultAddress: s.vault.Address(), Closing: s.closingCh, Now: s.now}),
+		adminapi.New(adminapi.Config{Store: s.store, Trust: s.verifier, Roles: s.roles, Gate: s.gate, Policy: s.policy, Levels: s.levels,
+			Revoker: s.revoker, Watch: s.watch, Notifier: note, Events: s.notifier, Config: s.cfg, Closing: s.closingCh, Now: s.now}),
+		approvalapi.New(approvalapi.Config{Store: s.store, Approvals: s.approvals}),
+		responseapi.New(responseapi.Config{Store: s.store, Revoker: s.revoker, Trust: s.verifier, Operators: idSet(s.cfg.SecurityOperators), Notifier: note}),
+		maturityapi.New(maturityapi.Config{Store: s.store, Levels: s.levels, Watch: s.watch, Maturity: s.maturity, Notifier: note, Now: s.now}),
+	}
 }
 
 // Serve serves gRPC on lis until Close. It also retries queued revocations
@@ -315,21 +348,21 @@ func (s *Server) Serve(lis net.Listener) error {
 		s.lifeMu.Unlock()
 		return nil
 	}
-	s.revoker.start()
+	s.revoker.Start()
 	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	for _, st := range s.streamers {
 		s.loops.Go(func() { st.Run(ctx) })
 	}
 	s.loops.Go(func() {
-		t := time.NewTicker(baselineSaveEvery)
+		t := time.NewTicker(watch.BaselineSaveEvery)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				s.saveBaselines()
+				s.watch.SaveBaselines()
 			}
 		}
 	})
@@ -338,7 +371,7 @@ func (s *Server) Serve(lis net.Listener) error {
 	}
 	s.loops.Go(func() { s.probeHealth(ctx, s.cfg.HealthInterval) })
 	if s.metricsLn != nil {
-		s.loops.Go(func() { s.serveMetrics(ctx, s.metricsLn) })
+		s.loops.Go(func() { s.metrics.Serve(ctx, s.metricsLn, s.log) })
 	}
 	s.lifeMu.Unlock()
 	err := s.grpc.Serve(lis)
@@ -372,7 +405,7 @@ func (s *Server) Close() {
 		}
 		s.lifeMu.Lock()
 		if s.revoker != nil {
-			s.revoker.stop()
+			s.revoker.Stop()
 		}
 		if s.stop != nil {
 			s.stop() // the streamers drain what is committed, then return
@@ -382,8 +415,8 @@ func (s *Server) Close() {
 		if s.metricsLn != nil {
 			_ = s.metricsLn.Close() // already closed if Serve ran
 		}
-		if s.monitor != nil && s.store != nil {
-			s.saveBaselines()
+		if s.watch != nil {
+			s.watch.SaveBaselines()
 		}
 		for _, st := range s.streamers {
 			st.Close()
@@ -395,11 +428,11 @@ func (s *Server) Close() {
 		}
 		if s.tracing != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_ = s.tracing.shutdown(ctx) // spans lost here cost no request
+			_ = s.tracing.Shutdown(ctx) // spans lost here cost no request
 			cancel()
 		}
-		if s.issuer != nil {
-			s.issuer.Close()
+		if s.vault != nil {
+			s.vault.Close()
 		}
 		if s.source != nil {
 			s.source.Close()
@@ -455,6 +488,3 @@ func webhookSinks(cfg config.WebhookConfig) ([]notify.Sink, error) {
 	}
 	return []notify.Sink{wh}, nil
 }
-
-// errShuttingDown ends streams when atfd stops.
-var errShuttingDown = fault.New(fault.Unavailable, "atfd is shutting down; reconnect")

@@ -81,7 +81,7 @@ type Rules struct {
 	MaxFanOut int
 }
 
-// DefaultRules are DESIGN.md §4's defaults: Interns and Juniors may not
+// DefaultRules are docs/design.md §4's defaults: Interns and Juniors may not
 // delegate, Seniors may delegate two hops below themselves and Principals
 // four; a grant lives at most 24 hours; 16 live grants per delegator and
 // parent. Each call returns a fresh value that is safe to modify.

@@ -19,7 +19,7 @@ import (
 	"github.com/agentictrust/atf/broker/maturity"
 )
 
-// Config is atfd's configuration, read from YAML (see the README's
+// Config is atfd's configuration, read from YAML (see docs/operations.md,
 // configuration reference). Secrets are never written in it: it names the
 // files or environment variables that hold them.
 type Config struct {

@@ -11,7 +11,6 @@ import (
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/breaker"
 	"github.com/agentictrust/atf/broker/config"
-	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/monitor"
 	"github.com/agentictrust/atf/broker/protoconv"
 	"github.com/agentictrust/atf/broker/vault"
@@ -55,6 +54,8 @@ type Facts struct {
 	// BaselinesFormed counts active agents whose behaviour baseline has
 	// formed.
 	BaselinesFormed int
+	// MaxRequestBytes is the largest request the broker reads.
+	MaxRequestBytes int
 }
 
 func (f Facts) active() int {
@@ -305,7 +306,7 @@ var conformanceElements = []element{
 			[4]adminv1.Obligation{should, must, must, must},
 			"Validate the agent's inputs (prompts, retrieved documents, tool results) in the agent or a gateway in front of it.",
 			func(a assessment) (v verdict) {
-				v.add("every request to the broker is validated against its schema (protovalidate rules) and bounded to %d KiB; role names must be canonical; the configuration and roles files refuse unknown keys", edge.MaxRequestBytes>>10)
+				v.add("every request to the broker is validated against its schema (protovalidate rules) and bounded to %d KiB; role names must be canonical; the configuration and roles files refuse unknown keys", a.f.MaxRequestBytes>>10)
 				v.gap("the agent's own inputs never pass through the broker")
 				return v
 			}},

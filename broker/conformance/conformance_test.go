@@ -77,6 +77,7 @@ func conformanceBase(t *testing.T) (config.Config, conformance.Facts) {
 		RoleClasses:         map[string]int{"read": 2, "write": 1},
 		RoleClassifications: map[string]int{"internal": 2, "pii": 1},
 		AuditHead:           40,
+		MaxRequestBytes:     64 << 10,
 	}
 }
 

@@ -14,7 +14,10 @@ import (
 	"encoding/hex"
 	"log/slog"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/agentictrust/atf/attest"
+	"github.com/agentictrust/atf/broker/fault"
 )
 
 // Log field names used across the broker.
@@ -81,4 +84,31 @@ func NewID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
 	return hex.EncodeToString(b[:])
+}
+
+// ErrShuttingDown ends streams when atfd stops, telling clients to
+// reconnect (to this atfd once it is back, or another).
+var ErrShuttingDown = fault.New(fault.Unavailable, "atfd is shutting down; reconnect")
+
+// TrustChecker says whether an ID's trust domain may call the broker;
+// *attest.Verifier is one.
+type TrustChecker interface {
+	CheckID(id spiffeid.ID) error
+}
+
+// SubjectID checks a SPIFFE ID the caller names as the subject of an act
+// (register, change, stop an agent): strictly parsed, of a trusted trust
+// domain, and not the caller's own (nobody grants or judges themselves).
+func SubjectID(ctx context.Context, raw string, trust TrustChecker) (string, error) {
+	id, err := attest.ParseID(raw)
+	if err != nil {
+		return "", fault.Wrap(fault.Invalid, err)
+	}
+	if err := trust.CheckID(id); err != nil {
+		return "", fault.New(fault.Invalid, "%s can never authenticate here: its trust domain is not in trust_domains", id)
+	}
+	if id == Identity(ctx).ID {
+		return "", fault.New(fault.Denied, "%s may not register or change its own agent record", id)
+	}
+	return id.String(), nil
 }

@@ -37,7 +37,7 @@ type Config struct {
 	DemotionSteps int
 }
 
-// DefaultConfig returns ATF's defaults (DESIGN.md §1): 2, 4 and 8 weeks at
+// DefaultConfig returns ATF's defaults (docs/design.md §1): 2, 4 and 8 weeks at
 // intern, junior and senior; over 95% success to leave junior and over 99%
 // to leave senior; a critical incident demotes, and at principal any
 // significant (high) one does.

@@ -16,7 +16,7 @@ import (
 
 // Anchor is a Vault token the broker holds, never hands out, and creates
 // credentials and child anchors under, so that revoking it in Vault revokes
-// everything below (DESIGN.md §3). Only its accessor is stored.
+// everything below (docs/design.md §3). Only its accessor is stored.
 type Anchor struct {
 	Accessor string `json:"accessor"`
 	// Node is the agent or grant it anchors (AgentNode, GrantNode).

@@ -1,7 +1,7 @@
 // Package vault issues and revokes the broker's Vault credentials.
 //
 // Every credential is a Vault service token created through one token role
-// (DESIGN.md §3), carrying exactly the policies the broker decided on,
+// (docs/design.md §3), carrying exactly the policies the broker decided on,
 // non-renewable, with the agent, role, level and decision id in its metadata.
 // The broker's own Vault token (from a static token for development, or an
 // AppRole or JWT-SVID login) is renewed in the background, re-obtained when
@@ -359,7 +359,7 @@ func (is *Issuer) Issue(ctx context.Context, req Request) (Credential, error) {
 
 // Anchor is a token the broker holds, never hands out, and creates
 // credentials and child anchors under: revoking it in Vault revokes all of
-// them (DESIGN.md §3).
+// them (docs/design.md §3).
 type Anchor struct {
 	Accessor string
 	// ExpiresAt is when the anchor dies: its own expiry or its parent's,

@@ -3,7 +3,7 @@
 //
 //	atfd -config /etc/atf/atfd.yaml
 //
-// See the README's configuration reference for the file's keys.
+// See docs/operations.md, "Configuration reference", for the file's keys.
 package main
 
 import (

@@ -105,7 +105,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	for _, tool := range tools {
 		path := filepath.Join(binDir, tool)
 		if _, err := os.Stat(path); err != nil {
-			return nil, fmt.Errorf("dev: %s not found: run `make tools` first (or set ATF_BIN_DIR): %w", path, err)
+			return nil, fmt.Errorf("dev: %s not found: run `make dev-tools` first (or set ATF_BIN_DIR): %w", path, err)
 		}
 	}
 	tdName := opts.TrustDomain

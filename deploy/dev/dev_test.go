@@ -26,8 +26,8 @@ import (
 
 func TestStartWithoutTools(t *testing.T) {
 	_, err := dev.Start(t.Context(), dev.Options{BinDir: t.TempDir()})
-	if err == nil || !strings.Contains(err.Error(), "not found: run `make tools` first") {
-		t.Fatalf("Start with an empty bin dir: got error %v, want one that says to run `make tools`", err)
+	if err == nil || !strings.Contains(err.Error(), "not found: run `make dev-tools` first") {
+		t.Fatalf("Start with an empty bin dir: got error %v, want one that says to run `make dev-tools`", err)
 	}
 }
 

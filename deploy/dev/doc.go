@@ -4,9 +4,9 @@
 //
 // # Basics
 //
-// Start launches the three components from the pinned builds in bin/ (made by
-// `make tools`), waits until each one answers its health check, and prepares
-// them:
+// Start launches the three components from the pinned builds in bin/ (made
+// by `make dev-tools`), waits until each one answers its health check, and
+// prepares them:
 //
 //   - SPIRE: trust domain Options.TrustDomain, join-token node attestation and
 //     the unix workload attestor. The agent's node alias is Stack.AgentID;

@@ -351,7 +351,7 @@ func (d *demo) writeConfig(admin, approver spiffeid.ID) (string, error) {
 	if err := os.WriteFile(pol, []byte(example), 0o600); err != nil {
 		return "", err
 	}
-	cfg := fmt.Sprintf(`# atfd configuration for the demo (see the README's configuration reference)
+	cfg := fmt.Sprintf(`# atfd configuration for the demo (see docs/operations.md, configuration reference)
 listen_addr: %s
 spiffe:
   workload_api_addr: %s

@@ -15,7 +15,7 @@
 // IDs and Vault paths. Start gives a test a stack of its own.
 //
 // A missing tool build is a failure, never a skip: the error says to run
-// `make tools`.
+// `make dev-tools`.
 package devtest
 
 import (

@@ -1,4 +1,4 @@
-package broker
+package revoke
 
 import (
 	"context"
@@ -13,10 +13,10 @@ import (
 	"github.com/agentictrust/atf/broker/vault"
 )
 
-// revoker finishes queued revocations: inline when they are queued, and in
+// queue finishes queued revocations: inline when they are queued, and in
 // the background, with jittered backoff, for those Vault did not confirm.
 // The queue lives in the store, so a restart resumes it.
-type revoker struct {
+type queue struct {
 	store  *store.Store
 	issuer *vault.Issuer
 	log    *slog.Logger
@@ -26,13 +26,13 @@ type revoker struct {
 	wg     sync.WaitGroup
 }
 
-func newRevoker(st *store.Store, is *vault.Issuer, log *slog.Logger) *revoker {
-	return &revoker{store: st, issuer: is, log: log, kick: make(chan struct{}, 1), cancel: func() {}}
+func newQueue(st *store.Store, is *vault.Issuer, log *slog.Logger) *queue {
+	return &queue{store: st, issuer: is, log: log, kick: make(chan struct{}, 1), cancel: func() {}}
 }
 
 // revoke revokes creds in Vault and returns how many Vault confirmed; the
 // rest stay queued, and the background loop is woken to retry them.
-func (r *revoker) revoke(ctx context.Context, accessors []string) int {
+func (r *queue) revoke(ctx context.Context, accessors []string) int {
 	done := r.revokeAll(ctx, accessors)
 	if done < len(accessors) {
 		select {
@@ -46,7 +46,7 @@ func (r *revoker) revoke(ctx context.Context, accessors []string) int {
 // revokeAll revokes accessors in order (anchors come first, so most of
 // what follows is already dead in Vault and answers at once) and returns
 // how many Vault confirmed. It stops early if ctx ends.
-func (r *revoker) revokeAll(ctx context.Context, accessors []string) int {
+func (r *queue) revokeAll(ctx context.Context, accessors []string) int {
 	done := 0
 	for _, acc := range accessors {
 		if ctx.Err() != nil {
@@ -67,7 +67,7 @@ func (r *revoker) revokeAll(ctx context.Context, accessors []string) int {
 	return done
 }
 
-func (r *revoker) start() {
+func (r *queue) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	r.wg.Add(1)
@@ -77,14 +77,14 @@ func (r *revoker) start() {
 	}()
 }
 
-func (r *revoker) stop() {
+func (r *queue) stop() {
 	r.cancel()
 	r.wg.Wait()
 }
 
 // loop drains the queue at start, then whenever kicked, retrying with
 // backoff (1 s doubling to 1 min) while anything is left.
-func (r *revoker) loop(ctx context.Context) {
+func (r *queue) loop(ctx context.Context) {
 	backoff := time.Second
 	for {
 		pending, err := r.store.PendingRevocations()

@@ -1,4 +1,4 @@
-package broker
+package adminapi
 
 import (
 	"context"
@@ -10,17 +10,18 @@ import (
 
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/conformance"
+	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/protoconv"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 )
 
 // conformanceFacts reads the registry and the broker's state.
-func (s *Server) conformanceFacts() (conformance.Facts, error) {
+func (s *Service) conformanceFacts() (conformance.Facts, error) {
 	f := conformance.Facts{Agents: map[authz.Level]int{}, RoleClasses: map[string]int{}, RoleClassifications: map[string]int{},
-		GlobalKill: s.globalKill.Load() != nil}
+		GlobalKill: s.cfg.Revoker.GlobalKill() != nil, MaxRequestBytes: edge.MaxRequestBytes}
 	for after := ""; ; {
-		agents, next, err := s.store.ListAgents(after, 1000, false)
+		agents, next, err := s.cfg.Store.ListAgents(after, 1000, false)
 		if err != nil {
 			return f, err
 		}
@@ -41,7 +42,7 @@ func (s *Server) conformanceFacts() (conformance.Facts, error) {
 			if ag.Kill != nil {
 				f.Killed++
 			}
-			if b, ok := s.monitor.Baseline(ag.ID); ok && b.Formed {
+			if s.cfg.Watch.BaselineFormed(ag.ID) {
 				f.BaselinesFormed++
 			}
 		}
@@ -50,23 +51,23 @@ func (s *Server) conformanceFacts() (conformance.Facts, error) {
 		}
 		after = next
 	}
-	switch pv, err := s.store.Policy(0); {
+	switch pv, err := s.cfg.Store.Policy(0); {
 	case errors.Is(err, store.ErrNotFound):
 	case err != nil:
 		return f, err
 	default:
 		f.PolicyVersion, f.PolicyLines = pv.Version, pv.Lines
 	}
-	for _, r := range s.roles {
+	for _, r := range s.cfg.Roles {
 		f.RoleClasses[r.Authz().Class.String()]++
 		f.RoleClassifications[r.Authz().Classification.String()]++
 	}
-	head, err := s.store.AuditHead()
+	head, err := s.cfg.Store.AuditHead()
 	if err != nil {
 		return f, err
 	}
 	f.AuditHead = head.Seq
-	pending, err := s.store.PendingRevocations()
+	pending, err := s.cfg.Store.PendingRevocations()
 	if err != nil {
 		return f, err
 	}
@@ -74,8 +75,8 @@ func (s *Server) conformanceFacts() (conformance.Facts, error) {
 	return f, nil
 }
 
-func (a *adminService) GetConformance(ctx context.Context, req *adminv1.GetConformanceRequest) (*adminv1.GetConformanceResponse, error) {
-	f, err := a.s.conformanceFacts()
+func (s *Service) GetConformance(ctx context.Context, req *adminv1.GetConformanceRequest) (*adminv1.GetConformanceResponse, error) {
+	f, err := s.conformanceFacts()
 	if err != nil {
 		return nil, fmt.Errorf("assess conformance: %w", err)
 	}
@@ -83,8 +84,8 @@ func (a *adminService) GetConformance(ctx context.Context, req *adminv1.GetConfo
 	if req.GetTargetLevel() != 0 {
 		target = protoconv.LevelFromProto(req.GetTargetLevel())
 	}
-	st := conformance.Evaluate(a.s.cfg, f, target)
+	st := conformance.Evaluate(s.cfg.Config, f, target)
 	st.Organization = req.GetOrganization()
-	st.AssessedAt = timestamppb.New(a.s.now())
+	st.AssessedAt = timestamppb.New(s.cfg.Now())
 	return &adminv1.GetConformanceResponse{Statement: st}, nil
 }

@@ -1,4 +1,8 @@
-package broker
+// Package limits holds the broker's in-memory limits on agents: a token
+// bucket per agent sized by its level (ATF S-3), and the count of live
+// credentials per agent, lineage and role (S-4, S-5), with reservations for
+// issuances in flight so that concurrent requests cannot overshoot.
+package limits
 
 import (
 	"container/heap"
@@ -13,8 +17,8 @@ import (
 	"github.com/agentictrust/atf/broker/store"
 )
 
-// rateLimiter is a token bucket per agent, sized by its level (ATF S-3).
-type rateLimiter struct {
+// Rate is a token bucket per agent, sized by its level (ATF S-3).
+type Rate struct {
 	byLevel map[authz.Level]config.RateLimit
 	now     func() time.Time
 
@@ -27,8 +31,9 @@ type bucket struct {
 	lim   *rate.Limiter
 }
 
-func newRateLimiter(cfg map[string]config.RateLimit, now func() time.Time) *rateLimiter {
-	r := &rateLimiter{byLevel: map[authz.Level]config.RateLimit{}, now: now, buckets: map[string]*bucket{}}
+// NewRate returns the rate limits of cfg (checked by config.Validate).
+func NewRate(cfg map[string]config.RateLimit, now func() time.Time) *Rate {
+	r := &Rate{byLevel: map[authz.Level]config.RateLimit{}, now: now, buckets: map[string]*bucket{}}
 	for name, rl := range cfg {
 		l, _ := authz.ParseLevel(name) // checked by Validate
 		r.byLevel[l] = rl
@@ -40,9 +45,9 @@ func newRateLimiter(cfg map[string]config.RateLimit, now func() time.Time) *rate
 // buckets are dropped, which forgets nothing that matters.
 const maxBuckets = 100_000
 
-// allow takes one request from agent's bucket. Unregistered callers share
+// Allow takes one request from agent's bucket. Unregistered callers share
 // the Intern rate, per SPIFFE ID.
-func (r *rateLimiter) allow(agent string, level authz.Level) *fault.Error {
+func (r *Rate) Allow(agent string, level authz.Level) *fault.Error {
 	if !level.Valid() {
 		level = authz.Intern
 	}
@@ -72,7 +77,7 @@ func (r *rateLimiter) allow(agent string, level authz.Level) *fault.Error {
 	return fault.Limited("rate", delay, "rate limit: %s agents may make %g credential requests per second (burst %d)", level, rl.PerSecond, rl.Burst)
 }
 
-func (r *rateLimiter) pruneLocked(now time.Time) {
+func (r *Rate) pruneLocked(now time.Time) {
 	for id, b := range r.buckets {
 		if b.lim.TokensAt(now) >= float64(b.lim.Burst()) {
 			delete(r.buckets, id)
@@ -80,11 +85,11 @@ func (r *rateLimiter) pruneLocked(now time.Time) {
 	}
 }
 
-// liveSet counts live credentials per agent, lineage and role, for the
+// Live counts live credentials per agent, lineage and role, for the
 // transaction and blast-radius limits (ATF S-4, S-5). Counts include
 // reservations for issuances in flight, so concurrent requests cannot
 // overshoot a limit. It is rebuilt from the store at start.
-type liveSet struct {
+type Live struct {
 	maxAgent, maxLineage, maxRole int // -1: no limit
 	now                           func() time.Time
 
@@ -92,60 +97,61 @@ type liveSet struct {
 	agent    map[string]int
 	lineage  map[string]int
 	role     map[string]int
-	byAcc    map[string]*liveCred
+	byAcc    map[string]*Reservation
 	byExpiry expiryHeap
 }
 
-// liveCred is one counted credential (or reservation, until commit).
-type liveCred struct {
+// Reservation is one counted credential (or reservation, until commit).
+type Reservation struct {
 	accessor             string
 	agent, lineage, role string
 	expires              time.Time
 	index                int // in the heap
 }
 
-func newLiveSet(cfg config.LimitsConfig, now func() time.Time) *liveSet {
-	return &liveSet{
+// NewLive returns empty live-credential counts with the limits of cfg.
+func NewLive(cfg config.LimitsConfig, now func() time.Time) *Live {
+	return &Live{
 		maxAgent: cfg.MaxLivePerAgent, maxLineage: cfg.MaxLivePerLineage, maxRole: cfg.MaxLivePerRole, now: now,
-		agent: map[string]int{}, lineage: map[string]int{}, role: map[string]int{}, byAcc: map[string]*liveCred{},
+		agent: map[string]int{}, lineage: map[string]int{}, role: map[string]int{}, byAcc: map[string]*Reservation{},
 	}
 }
 
-// load counts the store's live credentials.
-func (l *liveSet) load(creds []store.Credential) {
+// Load counts the store's live credentials.
+func (l *Live) Load(creds []store.Credential) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, c := range creds {
-		lc := &liveCred{accessor: c.Accessor, agent: c.AgentID, lineage: lineageRoot(c.AgentID, c.Chain), role: c.Role, expires: c.ExpiresAt}
+		lc := &Reservation{accessor: c.Accessor, agent: c.AgentID, lineage: LineageRoot(c.AgentID, c.Chain), role: c.Role, expires: c.ExpiresAt}
 		l.addLocked(lc)
 		l.byAcc[c.Accessor] = lc
 		heap.Push(&l.byExpiry, lc)
 	}
 }
 
-// lineageRoot is the agent whose authority a credential ultimately rests on.
-func lineageRoot(agent string, chain []string) string {
+// LineageRoot is the agent whose authority a credential ultimately rests on.
+func LineageRoot(agent string, chain []string) string {
 	if len(chain) > 0 {
 		return chain[0]
 	}
 	return agent
 }
 
-// reserve counts one more credential for agent in lineage and role, or says
+// Reserve counts one more credential for agent in lineage and role, or says
 // which limit it would break. The caller must commit or cancel.
-func (l *liveSet) reserve(agent, lineage, role string) (*liveCred, *fault.Error) {
+func (l *Live) Reserve(agent, lineage, role string) (*Reservation, *fault.Error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.expireLocked()
-	lc := &liveCred{agent: agent, lineage: lineage, role: role, index: -1}
+	lc := &Reservation{agent: agent, lineage: lineage, role: role, index: -1}
 	for _, c := range []struct {
 		name, what string
 		n, max     int
-		match      func(*liveCred) bool
+		match      func(*Reservation) bool
 	}{
-		{"live_per_agent", "agent " + agent, l.agent[agent], l.maxAgent, func(x *liveCred) bool { return x.agent == agent }},
-		{"live_per_lineage", "the lineage of " + lineage, l.lineage[lineage], l.maxLineage, func(x *liveCred) bool { return x.lineage == lineage }},
-		{"live_per_role", "role " + role, l.role[role], l.maxRole, func(x *liveCred) bool { return x.role == role }},
+		{"live_per_agent", "agent " + agent, l.agent[agent], l.maxAgent, func(x *Reservation) bool { return x.agent == agent }},
+		{"live_per_lineage", "the lineage of " + lineage, l.lineage[lineage], l.maxLineage, func(x *Reservation) bool { return x.lineage == lineage }},
+		{"live_per_role", "role " + role, l.role[role], l.maxRole, func(x *Reservation) bool { return x.role == role }},
 	} {
 		if c.max >= 0 && c.n >= c.max {
 			return nil, fault.Limited(c.name, l.nextExpiryLocked(c.match), "limit %s: %s already holds %d live credentials, the most allowed", c.name, c.what, c.n)
@@ -155,8 +161,8 @@ func (l *liveSet) reserve(agent, lineage, role string) (*liveCred, *fault.Error)
 	return lc, nil
 }
 
-// commit records the issued credential behind a reservation.
-func (l *liveSet) commit(lc *liveCred, accessor string, expires time.Time) {
+// Commit records the issued credential behind a reservation.
+func (l *Live) Commit(lc *Reservation, accessor string, expires time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	lc.accessor, lc.expires = accessor, expires
@@ -164,22 +170,22 @@ func (l *liveSet) commit(lc *liveCred, accessor string, expires time.Time) {
 	heap.Push(&l.byExpiry, lc)
 }
 
-// total is the number of live credentials counted.
-func (l *liveSet) total() int {
+// Total is the number of live credentials counted.
+func (l *Live) Total() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.byAcc)
 }
 
-// cancel gives a reservation back.
-func (l *liveSet) cancel(lc *liveCred) {
+// Cancel gives a reservation back.
+func (l *Live) Cancel(lc *Reservation) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.addLockedN(lc, -1)
 }
 
-// remove forgets revoked credentials.
-func (l *liveSet) remove(accessors ...string) {
+// Remove forgets revoked credentials.
+func (l *Live) Remove(accessors ...string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, acc := range accessors {
@@ -191,9 +197,9 @@ func (l *liveSet) remove(accessors ...string) {
 	}
 }
 
-func (l *liveSet) addLocked(lc *liveCred) { l.addLockedN(lc, 1) }
+func (l *Live) addLocked(lc *Reservation) { l.addLockedN(lc, 1) }
 
-func (l *liveSet) addLockedN(lc *liveCred, n int) {
+func (l *Live) addLockedN(lc *Reservation, n int) {
 	for _, m := range []struct {
 		counts map[string]int
 		key    string
@@ -204,10 +210,10 @@ func (l *liveSet) addLockedN(lc *liveCred, n int) {
 	}
 }
 
-func (l *liveSet) expireLocked() {
+func (l *Live) expireLocked() {
 	now := l.now()
 	for len(l.byExpiry) > 0 && !l.byExpiry[0].expires.After(now) {
-		lc := heap.Pop(&l.byExpiry).(*liveCred)
+		lc := heap.Pop(&l.byExpiry).(*Reservation)
 		delete(l.byAcc, lc.accessor)
 		l.addLockedN(lc, -1)
 	}
@@ -215,7 +221,7 @@ func (l *liveSet) expireLocked() {
 
 // nextExpiryLocked is how long until the first credential matching match
 // expires (a minute if only reservations match).
-func (l *liveSet) nextExpiryLocked(match func(*liveCred) bool) time.Duration {
+func (l *Live) nextExpiryLocked(match func(*Reservation) bool) time.Duration {
 	var first time.Time
 	for _, lc := range l.byExpiry {
 		if match(lc) && (first.IsZero() || lc.expires.Before(first)) {
@@ -229,7 +235,7 @@ func (l *liveSet) nextExpiryLocked(match func(*liveCred) bool) time.Duration {
 }
 
 // expiryHeap orders live credentials by expiry.
-type expiryHeap []*liveCred
+type expiryHeap []*Reservation
 
 func (h expiryHeap) Len() int           { return len(h) }
 func (h expiryHeap) Less(i, j int) bool { return h[i].expires.Before(h[j].expires) }
@@ -238,7 +244,7 @@ func (h expiryHeap) Swap(i, j int) {
 	h[i].index, h[j].index = i, j
 }
 func (h *expiryHeap) Push(x any) {
-	lc := x.(*liveCred)
+	lc := x.(*Reservation)
 	lc.index = len(*h)
 	*h = append(*h, lc)
 }

@@ -1,4 +1,4 @@
-package broker
+package adminapi
 
 import (
 	"errors"
@@ -28,7 +28,7 @@ const (
 // errBackupAbandoned ends the copy when the stream stops taking it.
 var errBackupAbandoned = errors.New("broker: the backup stream ended")
 
-func (a *adminService) Backup(_ *adminv1.BackupRequest, stream grpc.ServerStreamingServer[adminv1.BackupResponse]) error {
+func (s *Service) Backup(_ *adminv1.BackupRequest, stream grpc.ServerStreamingServer[adminv1.BackupResponse]) error {
 	ctx := stream.Context()
 	// The copy is written into a pipe by the store's read transaction, on
 	// its own goroutine, and read from it here in chunks.
@@ -36,7 +36,7 @@ func (a *adminService) Backup(_ *adminv1.BackupRequest, stream grpc.ServerStream
 	started := make(chan store.BackupInfo, 1)
 	copied := make(chan error, 1)
 	go func() {
-		_, err := a.s.store.BackupTo(func(info store.BackupInfo) (io.Writer, error) {
+		_, err := s.cfg.Store.BackupTo(func(info store.BackupInfo) (io.Writer, error) {
 			started <- info
 			return pw, nil
 		})
@@ -57,7 +57,7 @@ func (a *adminService) Backup(_ *adminv1.BackupRequest, stream grpc.ServerStream
 	copyErr := <-copied
 
 	complete := sendErr == nil && copyErr == nil
-	if err := a.s.db(ctx).AppendAudit(store.AuditRecord{Kind: "store_backup", Actor: edge.Caller(ctx), Subject: "store", Detail: map[string]string{
+	if err := s.db(ctx).AppendAudit(store.AuditRecord{Kind: "store_backup", Actor: edge.Caller(ctx), Subject: "store", Detail: map[string]string{
 		"size":           strconv.FormatInt(info.Size, 10),
 		"sent":           strconv.FormatInt(sent, 10),
 		"audit_head_seq": strconv.FormatUint(info.AuditHead, 10),

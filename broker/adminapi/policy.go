@@ -1,0 +1,149 @@
+package adminapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/fault"
+	"github.com/agentictrust/atf/broker/protoconv"
+	"github.com/agentictrust/atf/broker/store"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+)
+
+// policyRefused is the answer to a policy that does not load.
+func policyRefused(err error) error {
+	return fault.New(fault.Invalid, "policy refused, the current one keeps serving: %w", err)
+}
+
+func (s *Service) GetPolicy(ctx context.Context, req *adminv1.GetPolicyRequest) (*adminv1.GetPolicyResponse, error) {
+	pv, err := s.cfg.Store.Policy(req.GetVersion())
+	if err != nil {
+		return nil, fmt.Errorf("get policy: %w", err)
+	}
+	return &adminv1.GetPolicyResponse{Version: s.versionToProto(pv), Model: pv.Model, Policy: pv.Policy}, nil
+}
+
+func (s *Service) ListPolicies(ctx context.Context, req *adminv1.ListPoliciesRequest) (*adminv1.ListPoliciesResponse, error) {
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = 50
+	}
+	versions, err := s.cfg.Store.Policies(req.GetBefore(), size)
+	if err != nil {
+		return nil, fmt.Errorf("list policies: %w", err)
+	}
+	resp := &adminv1.ListPoliciesResponse{}
+	for _, pv := range versions {
+		resp.Versions = append(resp.Versions, s.versionToProto(pv))
+	}
+	return resp, nil
+}
+
+func (s *Service) SetPolicy(ctx context.Context, req *adminv1.SetPolicyRequest) (*adminv1.SetPolicyResponse, error) {
+	model := req.GetModel()
+	if model == "" {
+		cur, err := s.cfg.Store.Policy(0)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fault.New(fault.Precondition, "no policy has been set yet: send a model with the first policy")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("load current model: %w", err)
+		}
+		model = cur.Model
+	}
+	p, err := authz.NewPolicy(0, model, req.GetPolicy())
+	if err != nil {
+		edge.Logger(ctx).Info("policy update refused", slog.String(edge.LogError, err.Error()))
+		return nil, policyRefused(err)
+	}
+	resp := &adminv1.SetPolicyResponse{Warnings: p.Warnings()}
+	if req.GetDryRun() {
+		return resp, nil
+	}
+	pv, err := s.cfg.Policy.Commit(ctx, store.PolicyVersion{Model: model, Policy: req.GetPolicy(), Comment: req.GetComment()}, p, req.GetExpectedVersion())
+	if err != nil {
+		return nil, err
+	}
+	resp.Version = s.versionToProto(pv)
+	return resp, nil
+}
+
+func (s *Service) RollbackPolicy(ctx context.Context, req *adminv1.RollbackPolicyRequest) (*adminv1.RollbackPolicyResponse, error) {
+	old, err := s.cfg.Store.Policy(req.GetVersion())
+	if err != nil {
+		return nil, fmt.Errorf("load policy version: %w", err)
+	}
+	p, err := authz.NewPolicy(0, old.Model, old.Policy)
+	if err != nil {
+		return nil, policyRefused(err)
+	}
+	pv, err := s.cfg.Policy.Commit(ctx, store.PolicyVersion{Model: old.Model, Policy: old.Policy, Comment: req.GetComment(), RolledBackFrom: old.Version}, p, req.GetExpectedVersion())
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.RollbackPolicyResponse{Version: s.versionToProto(pv)}, nil
+}
+
+func (s *Service) TestPolicy(ctx context.Context, req *adminv1.TestPolicyRequest) (*adminv1.TestPolicyResponse, error) {
+	p := s.cfg.Policy.Current()
+	if req.GetPolicy() != "" || req.GetModel() != "" {
+		model := req.GetModel()
+		if model == "" && p != nil {
+			cur, err := s.cfg.Store.Policy(p.Version())
+			if err != nil {
+				return nil, fmt.Errorf("load current model: %w", err)
+			}
+			model = cur.Model
+		}
+		var err error
+		if p, err = authz.NewPolicy(0, model, req.GetPolicy()); err != nil {
+			return nil, fault.New(fault.Invalid, "candidate policy does not load: %w", err)
+		}
+	}
+	roleName, err := authz.CanonicalRole(req.GetRole())
+	if err != nil {
+		return nil, fault.Wrap(fault.Invalid, err)
+	}
+	role, ok := s.cfg.Roles[roleName]
+	if !ok {
+		return nil, fault.New(fault.NotFound, "role %q is not defined in the broker's roles file", roleName)
+	}
+	id, err := s.agentID(ctx, req.GetSpiffeId())
+	if err != nil {
+		return nil, err
+	}
+	// Unregistered: decide as if it were registered with this role, at the
+	// level a registration gives unless one is named.
+	agent := &authz.Agent{ID: id, Level: authz.Intern, Active: true, Roles: []string{roleName}}
+	switch rec, err := s.cfg.Store.GetAgent(id); {
+	case err == nil:
+		agent = &authz.Agent{ID: rec.ID, Level: rec.Level, Active: rec.Status == store.Active, Killed: rec.Kill != nil, Roles: rec.Roles}
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, fmt.Errorf("look up agent: %w", err)
+	}
+	if req.GetLevel() != 0 {
+		agent.Level = protoconv.LevelFromProto(req.GetLevel())
+	}
+	d := s.cfg.Gate.Decide(p, agent, role.Authz(), 0)
+	return &adminv1.TestPolicyResponse{Decision: protoconv.DecisionToProto(d, role, agent.Level)}, nil
+}
+
+func (s *Service) versionToProto(pv store.PolicyVersion) *adminv1.PolicyVersion {
+	cur := s.cfg.Policy.Current()
+	return &adminv1.PolicyVersion{
+		Version:        pv.Version,
+		CreatedAt:      timestamppb.New(pv.CreatedAt),
+		Author:         pv.Author,
+		Comment:        pv.Comment,
+		Digest:         pv.Digest,
+		RolledBackFrom: pv.RolledBackFrom,
+		PolicyLines:    int32(pv.Lines),
+		Current:        cur != nil && cur.Version() == pv.Version,
+	}
+}

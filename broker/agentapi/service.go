@@ -1,0 +1,275 @@
+// Package agentapi is BrokerService, the API agents call: who am I, fetch
+// a credential, delegate, revoke a grant, watch revocations, wait for an
+// approval, report an outcome.
+package agentapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/agentictrust/atf/attest"
+	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/approval"
+	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/config"
+	"github.com/agentictrust/atf/broker/decide"
+	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/fault"
+	"github.com/agentictrust/atf/broker/issue"
+	"github.com/agentictrust/atf/broker/limits"
+	"github.com/agentictrust/atf/broker/metrics"
+	"github.com/agentictrust/atf/broker/monitor"
+	"github.com/agentictrust/atf/broker/protoconv"
+	"github.com/agentictrust/atf/broker/revoke"
+	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/watch"
+	"github.com/agentictrust/atf/delegation"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+// Notifier tells people what happened.
+type Notifier interface {
+	Notify(ctx context.Context, kind, agent, role, summary string, detail map[string]string)
+}
+
+// Config is what the service needs.
+type Config struct {
+	Store     *store.Store
+	Roles     map[string]config.Role
+	Gate      *authz.Gate
+	Policy    interface{ Current() *authz.Policy }
+	Rules     delegation.Rules
+	Rate      *limits.Rate
+	Watch     *watch.Watch
+	Approvals *approval.Book
+	Issuer    *issue.Issuer
+	Revoker   *revoke.Revoker
+	Metrics   *metrics.Metrics
+	Tracer    trace.Tracer
+	Notifier  Notifier
+	// VaultAddress is where agents use their credentials.
+	VaultAddress string
+	// Closing is closed when atfd stops: streams end at once.
+	Closing <-chan struct{}
+	Now     func() time.Time
+}
+
+// Service is BrokerService.
+type Service struct {
+	brokerv1.UnimplementedBrokerServiceServer
+	cfg Config
+}
+
+// New returns the service.
+func New(cfg Config) *Service { return &Service{cfg: cfg} }
+
+// RegisterService registers the service with r.
+func (s *Service) RegisterService(r grpc.ServiceRegistrar) {
+	brokerv1.RegisterBrokerServiceServer(r, s)
+}
+
+func (s *Service) db(ctx context.Context) *store.Store {
+	return s.cfg.Store.ForRequest(edge.RequestID(ctx))
+}
+
+// principal is agent a as delegation sees it.
+func (s *Service) principal(a store.Agent) delegation.Agent {
+	return decide.Principal(a, s.cfg.Roles, s.cfg.Gate)
+}
+
+func (s *Service) WhoAmI(ctx context.Context, _ *brokerv1.WhoAmIRequest) (*brokerv1.WhoAmIResponse, error) {
+	id := edge.Identity(ctx)
+	resp := &brokerv1.WhoAmIResponse{
+		SpiffeId:      id.ID.String(),
+		AuthMethod:    protoconv.AuthMethodToProto(id.Method),
+		SvidExpiresAt: timestamppb.New(id.ExpiresAt),
+	}
+	a, err := s.cfg.Store.GetAgent(id.ID.String())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return resp, nil
+	case err != nil:
+		return nil, fmt.Errorf("look up caller: %w", err)
+	}
+	resp.Registered, resp.Level, resp.Status, resp.Roles = true, protoconv.LevelToProto(a.Level), protoconv.StatusToProto(a), a.Roles
+	return resp, nil
+}
+
+func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (*brokerv1.DelegateResponse, error) {
+	caller := edge.Caller(ctx)
+	if gk := s.cfg.Revoker.GlobalKill(); gk != nil {
+		return nil, fault.New(fault.Denied, "%s", decide.KillSwitchMessage(gk))
+	}
+	a, err := s.cfg.Store.GetAgent(caller)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fault.New(fault.Denied, "caller is not a registered agent")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up caller: %w", err)
+	}
+	delegateeID, err := attest.ParseID(req.GetDelegatee())
+	if err != nil {
+		return nil, fault.Wrap(fault.Invalid, err)
+	}
+	var delegatee *delegation.Agent
+	switch e, err := s.cfg.Store.GetAgent(delegateeID.String()); {
+	case err == nil:
+		p := s.principal(e)
+		delegatee = &p
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, fmt.Errorf("look up delegatee: %w", err)
+	}
+	dreq := delegation.Request{
+		Delegator: s.principal(a),
+		Delegatee: delegatee,
+		Roles:     req.GetRoles(),
+		TTL:       req.GetTtl().AsDuration(),
+		MaxDepth:  int(req.GetMaxDepth()),
+	}
+
+	if pid := req.GetParentGrantId(); pid != "" {
+		grants, ancestors, err := s.chainOf(pid)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fault.New(fault.NotFound, "grant %s does not exist", pid)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("load grant chain: %w", err)
+		}
+		if grants[len(grants)-1].Delegatee != caller {
+			return nil, fault.New(fault.Denied, "grant %s was not given to %s", pid, caller)
+		}
+		dreq.Chain, dreq.Ancestors = grants, ancestors
+	}
+	if dreq.TTL == 0 {
+		// Unset: an hour, or what is left of the chain if less.
+		dreq.TTL = time.Hour
+		for _, g := range dreq.Chain {
+			dreq.TTL = min(dreq.TTL, g.ExpiresAt.Sub(s.cfg.Now()).Truncate(time.Second))
+		}
+	}
+	given, err := s.cfg.Store.GrantsGivenBy(caller)
+	if err != nil {
+		return nil, fmt.Errorf("count grants: %w", err)
+	}
+	now := s.cfg.Now()
+	for _, g := range given {
+		if g.ParentID == req.GetParentGrantId() && g.RevokedAt.IsZero() && g.ExpiresAt.After(now) {
+			dreq.LiveFanOut++
+		}
+	}
+	g, err := s.cfg.Rules.Check(dreq, now)
+	if err != nil {
+		edge.Logger(ctx).Warn("delegation refused", slog.String(edge.LogError, err.Error()))
+		return nil, err
+	}
+	g.ID = edge.NewID()
+	if err := s.db(ctx).PutGrant(g, s.cfg.Rules.MaxFanOut); err != nil {
+		// An agent deregistered meanwhile may not be delegated to or from.
+		if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrKilled) {
+			return nil, fault.Wrap(fault.Denied, err)
+		}
+		return nil, fmt.Errorf("record grant: %w", err)
+	}
+	edge.Logger(ctx).Info("grant created", slog.String("grant", g.ID), slog.String("delegatee", g.Delegatee), slog.Int("depth", g.Depth))
+	s.cfg.Watch.Observe(ctx, monitor.Event{Agent: caller, InManifest: true, Kind: monitor.Delegated})
+	return &brokerv1.DelegateResponse{Grant: protoconv.GrantToProto(g)}, nil
+}
+
+func (s *Service) RevokeGrant(ctx context.Context, req *brokerv1.RevokeGrantRequest) (*brokerv1.RevokeGrantResponse, error) {
+	caller := edge.Caller(ctx)
+	chain, err := s.cfg.Store.Chain(req.GetGrantId())
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fault.New(fault.NotFound, "grant %s does not exist", req.GetGrantId())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load grant chain: %w", err)
+	}
+	// The delegator, or anyone above it in the chain, may revoke.
+	if !slices.ContainsFunc(chain, func(g delegation.Grant) bool { return g.Delegator == caller }) {
+		return nil, fault.New(fault.Denied, "%s did not give grant %s nor any grant above it", caller, req.GetGrantId())
+	}
+	sum, err := s.cfg.Revoker.Lineage(ctx, store.Root{GrantID: req.GetGrantId()}, caller, req.GetReason())
+	if err != nil {
+		return nil, err
+	}
+	return &brokerv1.RevokeGrantResponse{Summary: sum}, nil
+}
+
+func (s *Service) WatchRevocations(_ *brokerv1.WatchRevocationsRequest, stream grpc.ServerStreamingServer[brokerv1.WatchRevocationsResponse]) error {
+	ctx := stream.Context()
+	events, cancel := s.cfg.Revoker.Subscribe(edge.Caller(ctx))
+	defer cancel()
+	// Headers tell the client the watch is in place before any event.
+	if err := stream.SendHeader(nil); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.cfg.Closing:
+			return edge.ErrShuttingDown
+		case ev, ok := <-events:
+			if !ok {
+				return fault.New(fault.Exhausted, "revocation watcher fell behind; reconnect and refetch credentials")
+			}
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Service) WaitApproval(req *brokerv1.WaitApprovalRequest, stream grpc.ServerStreamingServer[brokerv1.WaitApprovalResponse]) error {
+	ctx := stream.Context()
+	return s.cfg.Approvals.Wait(ctx, req.GetApprovalId(), edge.Caller(ctx), s.cfg.Closing, edge.ErrShuttingDown, func(ap store.Approval) error {
+		return stream.Send(&brokerv1.WaitApprovalResponse{Approval: protoconv.ApprovalToProto(ap)})
+	})
+}
+
+func (s *Service) ReportOutcome(ctx context.Context, req *brokerv1.ReportOutcomeRequest) (*brokerv1.ReportOutcomeResponse, error) {
+	caller := edge.Caller(ctx)
+	a, err := s.cfg.Store.GetAgent(caller)
+	if err != nil || !a.Usable() {
+		return nil, fault.New(fault.Denied, "%s is not an active registered agent; only agents report outcomes", caller)
+	}
+	outcome := strings.ToLower(strings.TrimPrefix(req.GetOutcome().String(), "OUTCOME_"))
+	if err := s.db(ctx).RecordOutcome(store.OutcomeReport{Agent: caller, Outcome: outcome, Role: req.GetRole(),
+		DecisionID: req.GetDecisionId(), Message: audit.Redact(req.GetDetail())}); err != nil {
+		return nil, fmt.Errorf("record outcome: %w", err)
+	}
+	// A human rejecting a recommendation is not the agent failing.
+	failed := req.GetOutcome() == brokerv1.Outcome_OUTCOME_FAILURE || req.GetOutcome() == brokerv1.Outcome_OUTCOME_ERROR
+	s.cfg.Watch.Outcome(ctx, caller, req.GetRole(), !failed)
+	return &brokerv1.ReportOutcomeResponse{}, nil
+}
+
+// chainOf loads the chain down to grantID and its delegators as they are
+// now.
+func (s *Service) chainOf(grantID string) ([]delegation.Grant, map[string]delegation.Agent, error) {
+	chain, err := s.cfg.Store.Chain(grantID)
+	if err != nil {
+		return nil, nil, err
+	}
+	ancestors := make(map[string]delegation.Agent, len(chain))
+	for _, g := range chain {
+		a, err := s.cfg.Store.GetAgent(g.Delegator)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // counts as deregistered
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		ancestors[g.Delegator] = s.principal(a)
+	}
+	return chain, ancestors, nil
+}

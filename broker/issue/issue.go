@@ -1,0 +1,185 @@
+// Package issue carries out a credential Plan (package decide): it
+// reserves the credential against the live-credential limits, redeems the
+// approval it rests on, creates the token under its lineage node's Vault
+// anchor, and records it, all or nothing: a step that fails undoes the
+// ones before it, and a token the broker could not record is revoked
+// before the caller hears anything. No credential leaves unrecorded.
+package issue
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/decide"
+	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/failpoint"
+	"github.com/agentictrust/atf/broker/fault"
+	"github.com/agentictrust/atf/broker/limits"
+	"github.com/agentictrust/atf/broker/revoke"
+	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/tracing"
+	"github.com/agentictrust/atf/broker/vault"
+)
+
+// Approvals redeems approvals.
+type Approvals interface {
+	Claim(ctx context.Context, id, agent, role, grantID, decisionID string) (release func(), err error)
+}
+
+// Config is what an Issuer needs.
+type Config struct {
+	Store     *store.Store
+	Vault     *vault.Issuer
+	Anchors   *revoke.Anchors
+	Live      *limits.Live
+	Approvals Approvals
+	Tracer    trace.Tracer
+}
+
+// Issuer issues planned credentials.
+type Issuer struct{ cfg Config }
+
+// New returns an Issuer.
+func New(cfg Config) *Issuer { return &Issuer{cfg: cfg} }
+
+// Issue issues p for an agent whose record is at revision. A refusal on
+// the way (a limit, a revocation or kill committed meanwhile, Vault not
+// issuing) is a *decide.Refusal, to be audited as the decision's outcome;
+// any other error left nothing issued and nothing recorded.
+func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ vault.Credential, err error) {
+	res, lerr := is.cfg.Live.Reserve(p.Caller, limits.LineageRoot(p.Caller, p.Chain), p.Role.Name)
+	if lerr != nil {
+		return vault.Credential{}, decide.Limit(p.Reasons, lerr)
+	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for _, u := range undo {
+				u()
+			}
+		}
+	}()
+	undo = append(undo, func() { is.cfg.Live.Cancel(res) })
+	if id := p.ApprovalID; id != "" {
+		release, err := is.cfg.Approvals.Claim(ctx, id, p.Caller, p.Role.Name, p.GrantID, p.Reasons.DecisionID)
+		if err != nil {
+			return vault.Credential{}, err
+		}
+		undo = append(undo, release)
+	}
+	cred, anchor, err := is.create(ctx, p)
+	if err != nil {
+		return cred, err
+	}
+	failpoint.Hit(failpoint.IssueAfterVault)
+	if err := is.record(ctx, p, cred, anchor, revision); err != nil {
+		return vault.Credential{}, err
+	}
+	failpoint.Hit(failpoint.IssueAfterRecord)
+	is.cfg.Live.Commit(res, cred.Accessor, cred.ExpiresAt)
+	return cred, nil
+}
+
+// create makes the token in Vault under the plan's lineage node.
+func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, string, error) {
+	vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
+	cred, anchor, err := is.underAnchor(vctx, p.Node(), vault.Request{
+		Policies: p.Policies,
+		TTL:      p.TTL,
+		NumUses:  p.MaxUses,
+		Metadata: map[string]string{
+			"atf_agent":       p.Caller,
+			"atf_role":        p.Role.Name,
+			"atf_level":       p.Level.String(),
+			"atf_decision_id": p.Reasons.DecisionID,
+			"atf_grant_id":    p.GrantID,
+			"atf_chain":       strings.Join(p.Chain, " > "),
+			"atf_grant_chain": strings.Join(p.GrantIDs, ","),
+		},
+		DisplayName: "atf-" + strings.ReplaceAll(p.Role.Name, "/", "-"),
+	})
+	tracing.EndSpan(span, err)
+	switch {
+	case err == nil:
+		return cred, anchor, nil
+	case errors.Is(err, store.ErrKilled):
+		return cred, "", decide.Deny(p.Reasons, authz.Decision{Reason: authz.Killed, Message: "the kill switch stopped this agent while the request was in flight"})
+	case errors.Is(err, store.ErrRevoked), errors.Is(err, store.ErrDeregistered):
+		// The store refused an anchor: a revocation committed while this
+		// call was in flight.
+		return cred, "", decide.Deny(p.Reasons, authz.Decision{Reason: decide.ReasonRevoked, Message: "the lineage this credential belongs to was revoked"})
+	case errors.Is(err, vault.ErrUnavailable):
+		return cred, "", decide.Fail(p.Reasons, "vault_unavailable", "Vault did not issue the credential; nothing was issued", err)
+	}
+	return cred, "", decide.Fail(p.Reasons, "vault_refused", "Vault refused to issue the credential; nothing was issued", err)
+}
+
+// underAnchor creates a credential under node's anchor. If Vault refuses
+// the anchor (revoked or expired behind the broker's back), it is replaced
+// once.
+func (is *Issuer) underAnchor(ctx context.Context, node string, req vault.Request) (vault.Credential, string, error) {
+	for attempt := 0; ; attempt++ {
+		anchor, err := is.cfg.Anchors.Get(ctx, node)
+		if err != nil {
+			return vault.Credential{}, "", err
+		}
+		req.Parent = anchor
+		cred, err := is.cfg.Vault.Issue(ctx, req)
+		if errors.Is(err, vault.ErrRejected) && attempt == 0 {
+			is.cfg.Anchors.Drop(node)
+			continue
+		}
+		return cred, anchor.Accessor, err
+	}
+}
+
+// record records cred; if the store refuses, cred is revoked before the
+// caller hears anything: never hand out a credential the broker has not
+// recorded. (A refused record is queued for revocation too.)
+func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credential, anchor string, revision uint64) error {
+	_, span := is.cfg.Tracer.Start(ctx, tracing.SpanStoreRecord)
+	err := is.cfg.Store.ForRequest(edge.RequestID(ctx)).RecordCredential(store.Credential{
+		Accessor:      cred.Accessor,
+		AgentID:       p.Caller,
+		Role:          p.Role.Name,
+		Level:         p.Level,
+		Policies:      cred.Policies,
+		DecisionID:    p.Reasons.DecisionID,
+		IssuedAt:      cred.IssuedAt.UTC(),
+		ExpiresAt:     cred.ExpiresAt.UTC(),
+		GrantID:       p.GrantID,
+		Anchor:        anchor,
+		Chain:         p.Chain,
+		GrantIDs:      p.GrantIDs,
+		ApprovalID:    p.ApprovalID,
+		AgentRevision: revision,
+		Why:           p.Reasons.Detail(),
+	})
+	tracing.EndSpan(span, err)
+	if err == nil {
+		return nil
+	}
+	if rerr := is.cfg.Vault.Revoke(context.WithoutCancel(ctx), cred.Accessor); rerr != nil {
+		edge.Logger(ctx).Error("revoking an unrecorded credential failed; it expires on its own", slog.String(edge.LogError, rerr.Error()),
+			slog.String(edge.LogAccessor, cred.Accessor), slog.Time("expires_at", cred.ExpiresAt))
+	} else if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrKilled) || errors.Is(err, store.ErrConflict) {
+		_ = is.cfg.Store.CompleteRevocation(cred.Accessor)
+	}
+	id := p.Reasons.DecisionID
+	switch {
+	case errors.Is(err, store.ErrConflict):
+		return fault.New(fault.Aborted, "agent %s's registration changed while the credential was issued; nothing was issued, retry (decision %s)", p.Caller, id)
+	case errors.Is(err, store.ErrKilled):
+		return fault.New(fault.Denied, "agent %s was stopped by the kill switch (decision %s)", p.Caller, id)
+	case errors.Is(err, store.ErrDeregistered):
+		return fault.New(fault.Denied, "agent %s was deregistered (decision %s)", p.Caller, id)
+	case errors.Is(err, store.ErrRevoked):
+		return fault.New(fault.Denied, "the lineage this credential belongs to was revoked (decision %s)", id)
+	}
+	return err
+}

@@ -1,0 +1,118 @@
+// Package metrics holds atfd's Prometheus metrics and serves them on
+// their own listener (metrics_addr), so that scraping never shares the
+// gRPC port's mutual TLS.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/vault"
+)
+
+// Metrics are the broker's Prometheus metrics.
+type Metrics struct {
+	reg *prometheus.Registry
+	// Decisions counts credential decisions by outcome and reason;
+	// Issuance times issuances; Anomalies counts anomalies by rule and
+	// severity; Trips counts agents' breakers opening; Up is 1 per
+	// dependency that answered its last health probe.
+	Decisions *prometheus.CounterVec
+	Issuance  prometheus.Histogram
+	Anomalies *prometheus.CounterVec
+	Trips     prometheus.Counter
+	Up        *prometheus.GaugeVec
+}
+
+// State is what the gauges read from the running broker.
+type State struct {
+	LiveCredentials    func() int
+	PendingRevocations func() (int, error)
+	PolicyVersion      func() uint64
+	Vault              func() vault.Stats
+	GlobalKill         func() bool
+}
+
+// New returns the metrics, their gauges reading s.
+func New(s State) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "atf_decisions_total", Help: "Credential decisions by outcome (allow, deny, pending, limited) and reason.",
+		}, []string{"outcome", "reason"}),
+		Issuance: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "atf_issuance_seconds", Help: "Time to issue a credential, from request to answer.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		Anomalies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "atf_anomalies_total", Help: "Behaviour anomalies by rule and severity.",
+		}, []string{"rule", "severity"}),
+		Trips: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "atf_breaker_trips_total", Help: "Times an agent's circuit breaker opened.",
+		}),
+		Up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "atf_dependency_up", Help: "1 if the dependency (vault, workload_api) answered the last health probe.",
+		}, []string{"dependency"}),
+	}
+	m.reg.MustRegister(m.Decisions, m.Issuance, m.Anomalies, m.Trips, m.Up,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_live_credentials", Help: "Credentials issued and neither revoked nor expired."},
+			func() float64 { return float64(s.LiveCredentials()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_revocation_queue_depth", Help: "Vault revocations queued, not yet confirmed."},
+			func() float64 {
+				n, err := s.PendingRevocations()
+				if err != nil {
+					return -1
+				}
+				return float64(n)
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_policy_version", Help: "Version of the segmentation policy in force (0: none)."},
+			func() float64 {
+				return float64(s.PolicyVersion())
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_vault_breaker_open", Help: "1 while the circuit breaker in front of Vault fails issuance fast."},
+			func() float64 { return BoolGauge(s.Vault().BreakerOpen) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "atf_vault_breaker_trips_total", Help: "Times the circuit breaker in front of Vault opened."},
+			func() float64 { return float64(s.Vault().BreakerTrips) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "atf_vault_late_tokens_revoked_total", Help: "Tokens Vault created after the broker stopped waiting for its answer, which the broker then revoked."},
+			func() float64 { return float64(s.Vault().LateTokensRevoked) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_global_kill", Help: "1 while the global kill switch holds every agent."},
+			func() float64 {
+				return BoolGauge(s.GlobalKill())
+			}),
+	)
+	return m
+}
+
+// Serve serves /metrics on lis until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, lis net.Listener, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("metrics listener failed", slog.String(edge.LogError, err.Error()))
+	}
+}
+
+// BoolGauge is a gauge value of b.
+func BoolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

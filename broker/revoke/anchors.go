@@ -1,0 +1,166 @@
+package revoke
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentictrust/atf/broker/failpoint"
+	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/vault"
+)
+
+const (
+	// anchorTTL is how long an anchor lives; it is replaced once less than
+	// anchorReserve is left, so every credential and child anchor made
+	// under it can live out its full lifetime.
+	anchorTTL     = 4 * time.Hour
+	anchorReserve = 70 * time.Minute
+	// inlineRevokeTimeout bounds the Vault work a revoking call waits for;
+	// the rest finishes from the queue.
+	inlineRevokeTimeout = 30 * time.Second
+)
+
+// Anchors holds the broker's current Vault anchor per lineage node, in
+// memory only: the store keeps their accessors, never their tokens.
+//
+// Anchors of different nodes are made concurrently, and the map is locked
+// only to be read or changed, never across a Vault call or a commit: a
+// thousand agents starting together would otherwise queue behind one
+// another's anchors, and every issuance and revocation behind them.
+type Anchors struct {
+	issuer *vault.Issuer
+	store  *store.Store
+
+	mu sync.Mutex
+	m  map[string]*vault.Anchor
+	// making holds the anchors being made, by node; everyone asking for a
+	// node meanwhile waits for the one making.
+	making map[string]*making
+}
+
+// making is one anchor being made.
+type making struct {
+	done chan struct{} // closed once an and err are set
+	an   *vault.Anchor
+	err  error
+	// dropped: the node was revoked meanwhile, so the anchor is handed to
+	// those who asked before, but not kept.
+	dropped bool
+}
+
+// Get returns a usable anchor for node, creating it (and its parents) if
+// needed: an agent's anchor hangs under the broker's token, a grant's under
+// its parent grant's or its delegator's.
+func (a *Anchors) Get(ctx context.Context, node string) (*vault.Anchor, error) {
+	return a.getBelow(ctx, node, nil)
+}
+
+// getBelow is get for the anchor of a parent of the nodes below, whose
+// anchors wait on it.
+func (a *Anchors) getBelow(ctx context.Context, node string, below []string) (*vault.Anchor, error) {
+	if len(below) > 64 || slices.Contains(below, node) {
+		return nil, errors.New("revoke: anchor chain too deep or cyclic (corrupted grants?)")
+	}
+	for {
+		a.mu.Lock()
+		if an := a.m[node]; a.issuer.Usable(an, anchorReserve) {
+			a.mu.Unlock()
+			return an, nil
+		}
+		mk := a.making[node]
+		if mk == nil {
+			break // a.mu held
+		}
+		a.mu.Unlock()
+		select {
+		case <-mk.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		// Unless the caller making it gave up waiting for a parent's, it
+		// is everyone's answer.
+		if ctx.Err() != nil || !errors.Is(mk.err, context.Canceled) && !errors.Is(mk.err, context.DeadlineExceeded) {
+			return mk.an, mk.err
+		}
+	}
+	mk := &making{done: make(chan struct{})}
+	if a.making == nil {
+		a.making = map[string]*making{}
+	}
+	a.making[node] = mk
+	a.mu.Unlock()
+	mk.an, mk.err = a.create(ctx, node, append(below, node))
+	a.mu.Lock()
+	if a.making[node] == mk {
+		delete(a.making, node)
+	}
+	if mk.err == nil && !mk.dropped {
+		a.m[node] = mk.an
+	}
+	a.mu.Unlock()
+	close(mk.done)
+	return mk.an, mk.err
+}
+
+// create makes and records an anchor for node; path is node and the nodes
+// below it waiting on it.
+func (a *Anchors) create(ctx context.Context, node string, path []string) (*vault.Anchor, error) {
+	var parent *vault.Anchor
+	parentAccessor := ""
+	if id, ok := strings.CutPrefix(node, "grant:"); ok {
+		g, err := a.store.GetGrant(id)
+		if err != nil {
+			return nil, err
+		}
+		up := store.AgentNode(g.Delegator)
+		if g.ParentID != "" {
+			up = store.GrantNode(g.ParentID)
+		}
+		if parent, err = a.getBelow(ctx, up, path); err != nil {
+			return nil, err
+		}
+		parentAccessor = parent.Accessor
+	}
+	// Others may be waiting for it: the caller's giving up does not stop
+	// it (the Vault timeout bounds it).
+	ctx = context.WithoutCancel(ctx)
+	an, err := a.issuer.CreateAnchor(ctx, parent, anchorTTL, map[string]string{"atf_node": node})
+	if err != nil {
+		return nil, err
+	}
+	failpoint.Hit(failpoint.AnchorAfterVault)
+	// Recorded before use: a revocation must always find it.
+	if err := a.store.AddAnchor(store.Anchor{Accessor: an.Accessor, Node: node, Parent: parentAccessor, CreatedAt: time.Now().UTC(), ExpiresAt: an.ExpiresAt.UTC()}); err != nil {
+		_ = a.issuer.Revoke(ctx, an.Accessor)
+		return nil, err
+	}
+	return an, nil
+}
+
+// Drop forgets the anchors of revoked nodes, and those being made for them.
+func (a *Anchors) Drop(nodes ...string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, n := range nodes {
+		delete(a.m, n)
+		if mk := a.making[n]; mk != nil {
+			mk.dropped = true
+			delete(a.making, n) // later callers make anew
+		}
+	}
+}
+
+// DropAll forgets every anchor (the global kill switch revoked them all).
+func (a *Anchors) DropAll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	clear(a.m)
+	for _, mk := range a.making {
+		mk.dropped = true
+	}
+	clear(a.making)
+}

@@ -1,0 +1,231 @@
+// Package revoke carries out revocations once the store has committed
+// them: it forgets the revoked nodes' Vault anchors, tells the agents
+// watching (WatchRevocations), revokes the anchors and credentials in Vault
+// (inline for a while, then from the store's durable queue, with backoff,
+// across restarts) and writes the audit summary. It also holds the anchor
+// cache issuance uses and the global kill switch as committed.
+//
+// # Basics
+//
+// A revocation is committed first (store), so it is in force, for the
+// broker, before anything happens in Vault: Lineage, Kill, KillAll and
+// Sessions commit and then Finish. Finish never fails; what Vault does not
+// confirm stays queued.
+package revoke
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/failpoint"
+	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/vault"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+// Config is what a Revoker needs.
+type Config struct {
+	Store *store.Store
+	Vault *vault.Issuer
+	// Live forgets the revoked credentials' counts.
+	Live interface{ Remove(accessors ...string) }
+	// Approvals is told when approvals were cancelled.
+	Approvals interface{ Fire() }
+	Log       *slog.Logger
+}
+
+// Revoker carries out revocations.
+type Revoker struct {
+	cfg     Config
+	anchors *Anchors
+	hub     hub
+	queue   *queue
+	// globalKill is the global kill switch, as committed in the store.
+	globalKill atomic.Pointer[store.Kill]
+}
+
+// New returns a Revoker; the global kill switch starts as the store has
+// it. Start its queue with Start.
+func New(cfg Config) (*Revoker, error) {
+	r := &Revoker{cfg: cfg, anchors: &Anchors{issuer: cfg.Vault, store: cfg.Store, m: map[string]*vault.Anchor{}},
+		queue: newQueue(cfg.Store, cfg.Vault, cfg.Log)}
+	gk, err := cfg.Store.GlobalKill()
+	if err != nil {
+		return nil, err
+	}
+	r.globalKill.Store(gk)
+	return r, nil
+}
+
+// Start starts retrying the durable queue; Stop stops it.
+func (r *Revoker) Start() { r.queue.start() }
+
+// Stop stops the queue's retries (the queue stays in the store).
+func (r *Revoker) Stop() { r.queue.stop() }
+
+// Anchors is the anchor cache issuance hangs credentials under.
+func (r *Revoker) Anchors() *Anchors { return r.anchors }
+
+// GlobalKill is the global kill switch in force (nil: released).
+func (r *Revoker) GlobalKill() *store.Kill { return r.globalKill.Load() }
+
+// Subscribe registers a watcher of agent's revocations; cancel removes it.
+func (r *Revoker) Subscribe(agent string) (<-chan *brokerv1.WatchRevocationsResponse, func()) {
+	return r.hub.subscribe(agent)
+}
+
+// db is the store handle of the request in ctx.
+func (r *Revoker) db(ctx context.Context) *store.Store {
+	return r.cfg.Store.ForRequest(edge.RequestID(ctx))
+}
+
+// Kill stops agent id (and, with lineage, every agent below it in its
+// delegation tree) and revokes what they hold; killed lists the agents
+// stopped now. Without wait it does not wait for Vault.
+func (r *Revoker) Kill(ctx context.Context, id, actor, reason string, lineage, wait bool) (killed []string, sum *brokerv1.RevocationSummary, err error) {
+	start := time.Now()
+	rev, killed, err := r.db(ctx).KillAgent(id, actor, reason, lineage)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kill: %w", err)
+	}
+	for _, k := range killed {
+		r.anchors.Drop(store.AgentNode(k))
+	}
+	// Whoever waits for an approval hears of the cancellation now.
+	r.cfg.Approvals.Fire()
+	return killed, r.Finish(ctx, store.Root{AgentID: id}, actor, reason, rev, start, time.Since(start), wait), nil
+}
+
+// KillAll flips the global kill switch: every agent is stopped and every
+// credential revoked.
+func (r *Revoker) KillAll(ctx context.Context, actor, reason string, wait bool) (*brokerv1.RevocationSummary, error) {
+	start := time.Now()
+	rev, err := r.db(ctx).KillAll(actor, reason)
+	if err != nil {
+		return nil, fmt.Errorf("kill all: %w", err)
+	}
+	gk, err := r.cfg.Store.GlobalKill()
+	if err != nil {
+		return nil, fmt.Errorf("read the kill switch: %w", err)
+	}
+	r.globalKill.Store(gk)
+	r.anchors.DropAll()
+	r.cfg.Approvals.Fire()
+	return r.Finish(ctx, store.Root{}, actor, reason, rev, start, time.Since(start), wait), nil
+}
+
+// ReleaseAll releases the global kill switch.
+func (r *Revoker) ReleaseAll(ctx context.Context, actor, reason string) error {
+	if err := r.db(ctx).ReleaseAll(actor, reason); err != nil {
+		return fmt.Errorf("release all: %w", err)
+	}
+	r.globalKill.Store(nil)
+	return nil
+}
+
+// Credentials revokes agent's credentials that revoke selects (its own,
+// not those of its grants' lineages).
+func (r *Revoker) Credentials(ctx context.Context, agent, actor, reason string, revoke func(store.Credential) bool) (*brokerv1.RevocationSummary, error) {
+	start := time.Now()
+	rev, err := r.db(ctx).RevokeCredentials(agent, actor, reason, revoke)
+	if err != nil {
+		return nil, fmt.Errorf("revoke credentials: %w", err)
+	}
+	return r.Finish(ctx, store.Root{}, actor, reason, rev, start, time.Since(start), true), nil
+}
+
+// Lineage commits the revocation of root's lineage, then revokes it
+// in Vault, tells the affected agents and writes the audit summary.
+func (r *Revoker) Lineage(ctx context.Context, root store.Root, actor, reason string) (*brokerv1.RevocationSummary, error) {
+	start := time.Now()
+	reason = audit.Redact(reason)
+	rev, err := r.db(ctx).RevokeLineage(root, actor, reason)
+	if err != nil {
+		return nil, fmt.Errorf("revoke lineage: %w", err)
+	}
+	failpoint.Hit(failpoint.RevokeAfterCommit)
+	return r.Finish(ctx, root, actor, reason, rev, start, time.Since(start), true), nil
+}
+
+// Finish does what follows a committed revocation.
+//
+// With wait, it waits (briefly) for Vault to confirm; without, it leaves
+// Vault to the background revoker and answers at once.
+func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason string, rev store.Revocation, start time.Time, commit time.Duration, wait bool) *brokerv1.RevocationSummary {
+	nodes := make([]string, 0, len(rev.Grants)+1)
+	if root.AgentID != "" {
+		nodes = append(nodes, store.AgentNode(root.AgentID))
+	}
+	subject := root.String()
+	if root == (store.Root{}) {
+		subject = "credentials"
+	}
+	events := map[string]*brokerv1.WatchRevocationsResponse{}
+	event := func(agent string) *brokerv1.WatchRevocationsResponse {
+		if events[agent] == nil {
+			events[agent] = &brokerv1.WatchRevocationsResponse{Reason: reason, Time: timestamppb.Now()}
+		}
+		return events[agent]
+	}
+	for _, g := range rev.Grants {
+		nodes = append(nodes, store.GrantNode(g.ID))
+		ev := event(g.Delegatee)
+		ev.GrantIds = append(ev.GrantIds, g.ID)
+	}
+	r.anchors.Drop(nodes...)
+	if len(rev.Approvals) > 0 {
+		r.cfg.Approvals.Fire()
+	}
+	// Agents hear at once: the broker already refuses everything revoked,
+	// whatever Vault is doing.
+	for agent, accs := range rev.Credentials {
+		ev := event(agent)
+		ev.Accessors = append(ev.Accessors, accs...)
+		r.cfg.Live.Remove(accs...)
+	}
+	for agent, ev := range events {
+		r.hub.publish(agent, ev)
+	}
+
+	timeout := inlineRevokeTimeout
+	if !wait {
+		timeout = 0 // nothing confirmed inline; the revoker is woken
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	confirmed := r.queue.revoke(rctx, rev.Queued)
+	cancel()
+	sum := &brokerv1.RevocationSummary{
+		GrantsRevoked:      int32(len(rev.Grants)),
+		CredentialsRevoked: int32(rev.CredentialCount()),
+		VaultConfirmed:     int32(confirmed),
+		VaultPending:       int32(len(rev.Queued) - confirmed),
+		CommitDuration:     durationpb.New(commit),
+		TotalDuration:      durationpb.New(time.Since(start)),
+	}
+	if err := r.db(ctx).AppendAudit(store.AuditRecord{Kind: "lineage_revoked", Actor: actor, Subject: subject, Detail: map[string]string{
+		"reason":              reason,
+		"grants_revoked":      itoa(sum.GrantsRevoked),
+		"credentials_revoked": itoa(sum.CredentialsRevoked),
+		"vault_confirmed":     itoa(sum.VaultConfirmed),
+		"vault_pending":       itoa(sum.VaultPending),
+		"commit_duration":     commit.String(),
+		"total_duration":      sum.TotalDuration.AsDuration().String(),
+	}}); err != nil {
+		edge.Logger(ctx).Error("writing the revocation audit summary failed", slog.String(edge.LogError, err.Error()))
+	}
+	edge.Logger(ctx).Info("lineage revoked", slog.String("root", subject), slog.Int("grants", len(rev.Grants)),
+		slog.Int("credentials", rev.CredentialCount()), slog.Int("vault_confirmed", confirmed),
+		slog.Int("vault_pending", len(rev.Queued)-confirmed), slog.Duration("commit", commit), slog.Duration(edge.LogDuration, time.Since(start)))
+	return sum
+}
+
+func itoa(n int32) string { return strconv.Itoa(int(n)) }
