@@ -32,7 +32,9 @@ type Service struct {
 func New(cfg Config) *Service { return &Service{cfg: cfg} }
 
 // RegisterService registers the service with r.
-func (s *Service) RegisterService(r grpc.ServiceRegistrar) { adminv1.RegisterApprovalServiceServer(r, s) }
+func (s *Service) RegisterService(r grpc.ServiceRegistrar) {
+	adminv1.RegisterApprovalServiceServer(r, s)
+}
 
 func (s *Service) ListApprovals(ctx context.Context, req *adminv1.ListApprovalsRequest) (*adminv1.ListApprovalsResponse, error) {
 	size := int(req.GetPageSize())
