@@ -1,10 +1,9 @@
-// Package broker is the ATF broker's composition root and gRPC edge: it
-// wires the agent registry (store), SVID verification (attest), maturity
-// gating (authz) and the Vault issuer (vault) into BrokerService, for agents,
-// and AdminService, for the platform team.
+// Package broker is the ATF broker's composition root: New opens the store,
+// gets the broker's SVID, logs in to Vault and wires the packages that
+// decide (decide), issue (issue), revoke (revoke), watch behaviour (watch)
+// and change levels (levels) into the gRPC services, one package per API
+// (agentapi, adminapi, approvalapi, responseapi, maturityapi), behind the
+// gRPC edge (edge). Serve serves them; Close stops everything in order.
 //
-// Every call is authenticated from the caller's SVID and every request is
-// validated before a handler sees it. Errors become gRPC status codes here,
-// and only here; internal detail is logged, never returned, and no token or
-// secret is ever logged.
+// docs/architecture.md draws the request path and the import rules.
 package broker

@@ -79,6 +79,9 @@ const (
 	msgFull             = "the broker's store is full: nothing new is issued until space is made (store_max_size, or the disk); revocations still work"
 	msgVaultUnavailable = "Vault is unavailable; nothing was issued; retry later"
 	msgVaultRejected    = "Vault refused the request; the broker's Vault setup needs attention (see atfd's log)"
+	msgClosing          = "atfd is shutting down; reconnect"
+	msgCanceled         = "the request was cancelled"
+	msgDeadline         = "the request's deadline passed before the broker answered"
 )
 
 // Status turns a handler's error into the gRPC status the caller gets. It
@@ -92,8 +95,14 @@ func (e *Edge) Status(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
-	if _, ok := status.FromError(err); ok {
-		return err
+	// A status (a stream's send error, say) is already an answer: the
+	// innermost one passes, without the text wrapped around it.
+	var gs interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &gs) {
+		if e, ok := gs.(error); ok && e == err {
+			return err
+		}
+		return gs.GRPCStatus().Err()
 	}
 	st, level := e.status(err)
 	Logger(ctx).Log(ctx, level, "refused", slog.String(LogError, err.Error()), slog.String(LogCode, st.Code().String()))
@@ -107,8 +116,6 @@ func (e *Edge) status(err error) (*status.Status, slog.Level) {
 		open *vault.BreakerOpenError
 	)
 	switch {
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return status.FromContextError(err), slog.LevelInfo
 	case errors.As(err, &open):
 		retry := max(open.RetryAt.Sub(e.cfg.Now()), 0)
 		st := status.New(codes.Unavailable, fmt.Sprintf("Vault circuit breaker open; retrying at %s (in %s); nothing was issued",
@@ -122,6 +129,12 @@ func (e *Edge) status(err error) (*status.Status, slog.Level) {
 		return status.New(codes.Unavailable, msgVaultUnavailable), slog.LevelError
 	case errors.Is(err, vault.ErrRejected):
 		return status.New(codes.FailedPrecondition, msgVaultRejected), slog.LevelError
+	case errors.Is(err, store.ErrClosed):
+		return status.New(codes.Unavailable, msgClosing), slog.LevelInfo
+	case errors.Is(err, context.Canceled):
+		return status.New(codes.Canceled, msgCanceled), slog.LevelInfo
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.New(codes.DeadlineExceeded, msgDeadline), slog.LevelInfo
 	}
 	for _, s := range sentinelCodes {
 		if errors.Is(err, s.err) {
@@ -135,9 +148,9 @@ func (e *Edge) status(err error) (*status.Status, slog.Level) {
 // when to retry, as QuotaFailure and RetryInfo, so clients can back off
 // exactly.
 func faultStatus(f *fault.Error) (*status.Status, slog.Level) {
-	code := kindCodes[f.Kind]
-	if f.Kind == fault.Internal {
-		return status.New(code, msgInternal), slog.LevelError
+	code, known := kindCodes[f.Kind]
+	if !known || f.Kind == fault.Internal {
+		return status.New(codes.Internal, msgInternal), slog.LevelError
 	}
 	msg := f.Error()
 	if f.Retry > 0 && f.Limit != "" {
