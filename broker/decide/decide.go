@@ -15,7 +15,8 @@
 //	           level the lowest, expiry the earliest (package delegation)
 //	Decide     the maturity gate and the segmentation policy, for the
 //	           caller and for every delegator above it, then the limits of
-//	           every ancestor's level and of the chain's expiry
+//	           every level along the chain (the caller's own included) and
+//	           of the chain's expiry
 package decide
 
 import (
@@ -64,8 +65,11 @@ type Authority struct {
 	GrantIDs []string
 	// NotAfter is the chain's earliest expiry (zero: no chain).
 	NotAfter time.Time
-	// Ancestors are the levels of the delegators above the caller.
-	Ancestors []authz.Level
+	// Levels are the levels of the agents along a chain, the delegators
+	// above the caller and the caller itself, root first: a credential
+	// issued under the chain keeps within the limits of every one of them.
+	// Empty without a chain.
+	Levels []authz.Level
 }
 
 // Lineage is the agent whose authority the credential rests on.
@@ -128,10 +132,11 @@ func (r *Refusal) AuditKind() string {
 	return "credential_denied"
 }
 
-// Deny is a refusal by decision d; the caller is told its message and the
-// decision's id.
+// Deny is a refusal for d's reason; the caller is told its message and
+// the decision's id. The policy explanation in why (rule, matched line,
+// version) is the gate's, if the gate was asked; Deny does not change it.
 func Deny(why Reasons, d authz.Decision) *Refusal {
-	why.explain(d)
+	why.Reason, why.Message = string(d.Reason), d.Message
 	why.Decision = string(Denied)
 	return &Refusal{Outcome: Denied, Reasons: why, Err: &fault.Error{Kind: fault.Denied, Msg: fmt.Sprintf("%s (decision %s)", d.Message, why.DecisionID)}}
 }
@@ -191,8 +196,12 @@ func Own(caller string, a *store.Agent) Authority {
 }
 
 // Attenuate narrows own, the caller's own authority, to what the chain of
-// grants leaves of it, given the chain's delegators as they are now.
+// grants leaves of it, given the chain's delegators as they are now. Only
+// a registered caller acts under a grant: own.Agent must be set.
 func Attenuate(why Reasons, own Authority, self delegation.Agent, grants []delegation.Grant, ancestors map[string]delegation.Agent, now time.Time) (Authority, *Refusal) {
+	if own.Agent == nil {
+		return own, Deny(why, authz.Decision{Reason: authz.NotRegistered, Message: "only a registered agent acts under a grant"})
+	}
 	auth, err := delegation.Effective(self, grants, ancestors, now)
 	if err != nil {
 		return own, Deny(why, authz.Decision{Reason: ReasonGrant, Message: err.Error()})
@@ -200,9 +209,12 @@ func Attenuate(why Reasons, own Authority, self delegation.Agent, grants []deleg
 	agent := *own.Agent
 	agent.Level, agent.Roles = authz.Level(auth.Level), auth.Roles
 	out := Authority{Agent: &agent, Chain: auth.Chain, GrantIDs: auth.GrantIDs, NotAfter: auth.ExpiresAt}
-	for _, an := range ancestors {
-		out.Ancestors = append(out.Ancestors, authz.Level(an.Level))
+	for _, g := range grants {
+		if an, ok := ancestors[g.Delegator]; ok {
+			out.Levels = append(out.Levels, authz.Level(an.Level))
+		}
 	}
+	out.Levels = append(out.Levels, own.Agent.Level)
 	return out, nil
 }
 
@@ -217,8 +229,11 @@ type Input struct {
 
 // Decide runs the gate for the caller and for every delegator above it
 // (a delegation never launders authority), then clamps the lifetime and
-// uses to what every ancestor's level and the chain's expiry allow.
+// uses to what every level along the chain and the chain's expiry allow.
 func Decide(in Input, why Reasons) (Plan, *Refusal) {
+	if len(in.Chain) == 0 {
+		in.Chain = []string{in.Caller}
+	}
 	role := in.Role.Authz()
 	d := in.Gate.Decide(in.Policy, in.Agent, role, in.Request.TTL)
 	for _, up := range in.Chain[:len(in.Chain)-1] {
@@ -237,12 +252,11 @@ func Decide(in Input, why Reasons) (Plan, *Refusal) {
 	}
 	p := Plan{Request: in.Request, Level: in.Agent.Level, Policies: in.Role.Policies, TTL: d.TTL, MaxUses: d.MaxUses, Notify: d.Notify,
 		NeedsApproval: d.Outcome == authz.NeedsApproval && in.ApprovalID == "", Authority: in.Authority, Reasons: why}
-	if p.NeedsApproval {
-		return p, nil
-	}
-	// A delegated credential never exceeds what any ancestor could hold
-	// itself: the strictest lifetime and use limits along the chain apply.
-	for _, lvl := range in.Ancestors {
+	// A delegated credential never exceeds what any agent along the chain
+	// could hold itself: the strictest lifetime and use limits apply. An
+	// approval request is clamped too, so the approver sees what would be
+	// issued.
+	for _, lvl := range in.Levels {
 		lim := in.Gate.Limits(lvl)
 		p.TTL = min(p.TTL, lim.MaxTTL)
 		if lim.MaxUses > 0 && (p.MaxUses == 0 || lim.MaxUses < p.MaxUses) {

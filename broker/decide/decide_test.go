@@ -1,6 +1,7 @@
 package decide_test
 
 import (
+	"cmp"
 	"errors"
 	"maps"
 	"os"
@@ -222,10 +223,11 @@ type wantPlan struct {
 	needsApproval bool
 	chain         []string
 	grantIDs      []string
-	ancestors     []authz.Level
-	node          string
-	reasons       decide.Reasons
-	version       string
+	// levels are Plan.Levels, in order: root first, the caller last.
+	levels  []authz.Level
+	node    string
+	reasons decide.Reasons
+	version string
 }
 
 func checkPlan(t *testing.T, req decide.Request, p decide.Plan, want wantPlan) {
@@ -243,11 +245,8 @@ func checkPlan(t *testing.T, req decide.Request, p decide.Plan, want wantPlan) {
 	if !slices.Equal(p.Chain, want.chain) || !slices.Equal(p.GrantIDs, want.grantIDs) {
 		t.Errorf("Plan chain %q, grants %q; want %q, %q", p.Chain, p.GrantIDs, want.chain, want.grantIDs)
 	}
-	// Attenuate collects the ancestors' levels from a map: compare them
-	// as a multiset.
-	got := slices.Sorted(slices.Values(p.Ancestors))
-	if !slices.Equal(got, want.ancestors) {
-		t.Errorf("Plan.Ancestors = %v, want %v", got, want.ancestors)
+	if !slices.Equal(p.Levels, want.levels) {
+		t.Errorf("Plan.Levels = %v, want %v", p.Levels, want.levels)
 	}
 	if p.Lineage() != want.chain[0] {
 		t.Errorf("Plan.Lineage() = %q, want %q", p.Lineage(), want.chain[0])
@@ -448,7 +447,7 @@ func TestDecide(t *testing.T) {
 			grants:    []delegation.Grant{grant("g1", "", writer, reporter, 1, in1h, "reports-read")},
 			ancestors: []store.Agent{agent(writer, authz.Senior, "reports-read", "reports-write")},
 			plan: &wantPlan{level: authz.Senior, ttl: 15 * time.Minute, chain: []string{writer, reporter}, grantIDs: []string{"g1"},
-				ancestors: []authz.Level{authz.Senior}, node: "grant:g1",
+				levels: []authz.Level{authz.Senior, authz.Senior}, node: "grant:g1",
 				reasons: decide.Reasons{Level: "senior", Chain: chainOf(writer, reporter), Reason: "allowed", Rule: "senior: read allowed",
 					Message: `senior agent may hold read role "reports-read"`, Policy: "p, group:reporting, reports-read, read, intern, allow", PolicyVersion: policyVersion}},
 		},
@@ -479,7 +478,7 @@ func TestDecide(t *testing.T) {
 			grants:    []delegation.Grant{grant("g1", "", helper, reporter, 1, in1h, "reports-write")},
 			ancestors: []store.Agent{agent(helper, authz.Junior, "reports-write")},
 			plan: &wantPlan{level: authz.Junior, ttl: 10 * time.Minute, needsApproval: true, chain: []string{helper, reporter}, grantIDs: []string{"g1"},
-				ancestors: []authz.Level{authz.Junior}, node: "grant:g1",
+				levels: []authz.Level{authz.Junior, authz.Senior}, node: "grant:g1",
 				reasons: decide.Reasons{Level: "junior", Chain: chainOf(helper, reporter), Reason: "approval_required", Rule: "junior: write needs human approval",
 					Message: `junior agents need a human's approval for write role "reports-write"; the request waits for an approver`,
 					Policy:  "p, group:reporting, reports-write, write, junior, allow", PolicyVersion: policyVersion}},
@@ -491,7 +490,7 @@ func TestDecide(t *testing.T) {
 			grants:    []delegation.Grant{grant("g1", "", writer, reporter, 1, in1h, "reports-read")},
 			ancestors: []store.Agent{agent(writer, authz.Principal, "reports-read")},
 			plan: &wantPlan{level: authz.Senior, ttl: 5 * time.Minute, maxUses: 100, chain: []string{writer, reporter}, grantIDs: []string{"g1"},
-				ancestors: []authz.Level{authz.Principal}, node: "grant:g1",
+				levels: []authz.Level{authz.Principal, authz.Senior}, node: "grant:g1",
 				reasons: decide.Reasons{Level: "senior", Chain: chainOf(writer, reporter), Reason: "allowed", Rule: "senior: read allowed",
 					Message: `senior agent may hold read role "reports-read"`, Policy: "p, group:reporting, reports-read, read, intern, allow", PolicyVersion: policyVersion}},
 		},
@@ -506,7 +505,7 @@ func TestDecide(t *testing.T) {
 			},
 			ancestors: []store.Agent{agent(writer, authz.Principal, "reports-read", "reports-write"), agent(helper, authz.Senior, "reports-read")},
 			plan: &wantPlan{level: authz.Senior, ttl: time.Minute, maxUses: 100, chain: []string{writer, helper, reporter}, grantIDs: []string{"g1", "g2"},
-				ancestors: []authz.Level{authz.Senior, authz.Principal}, node: "grant:g2",
+				levels: []authz.Level{authz.Principal, authz.Senior, authz.Senior}, node: "grant:g2",
 				reasons: decide.Reasons{Level: "senior", Chain: chainOf(writer, helper, reporter), Reason: "allowed", Rule: "senior: read allowed",
 					Message: `senior agent may hold read role "reports-read"`, Policy: "p, group:reporting, reports-read, read, intern, allow", PolicyVersion: policyVersion}},
 		},
@@ -517,21 +516,73 @@ func TestDecide(t *testing.T) {
 			grants:    []delegation.Grant{grant("g1", "", writer, reporter, 1, in90s, "reports-read")},
 			ancestors: []store.Agent{agent(writer, authz.Senior, "reports-read")},
 			plan: &wantPlan{level: authz.Senior, ttl: 90 * time.Second, chain: []string{writer, reporter}, grantIDs: []string{"g1"},
-				ancestors: []authz.Level{authz.Senior}, node: "grant:g1",
+				levels: []authz.Level{authz.Senior, authz.Senior}, node: "grant:g1",
 				reasons: decide.Reasons{Level: "senior", Chain: chainOf(writer, reporter), Reason: "allowed", Rule: "senior: read allowed",
 					Message: `senior agent may hold read role "reports-read"`, Policy: "p, group:reporting, reports-read, read, intern, allow", PolicyVersion: policyVersion}},
 		},
 		{
-			// The refusal's reasons are those of the expiry, not of the
-			// policy that allowed the role: rule, policy and version are
-			// cleared.
+			// The reason and message are the expiry's; the policy
+			// explanation stays the gate's, which allowed the role: its
+			// rule, matched line and version.
 			name:      "chain: a grant expiring within a second",
 			caller:    ptr(agent(reporter, authz.Senior, "reports-read")),
 			role:      "reports-read",
 			grants:    []delegation.Grant{grant("g1", "", writer, reporter, 1, inHalfSecond, "reports-read")},
 			ancestors: []store.Agent{agent(writer, authz.Senior, "reports-read")},
 			refusal: &wantRefusal{reasons: decide.Reasons{Level: "senior", Chain: chainOf(writer, reporter), Reason: "grant",
-				Message: "grant g1 expires too soon to issue anything under it"}},
+				Message: "grant g1 expires too soon to issue anything under it", Rule: "senior: read allowed",
+				Policy: "p, group:reporting, reports-read, read, intern, allow", PolicyVersion: policyVersion}},
+		},
+		{
+			// The chain's level is the Senior's, but the caller's own
+			// level is along the chain too: a Principal keeps its own
+			// lifetime and use limits.
+			name:      "chain: a principal caller under a senior's grant keeps its own limits",
+			caller:    ptr(agent(reporter, authz.Principal, "reports-read")),
+			role:      "reports-read",
+			grants:    []delegation.Grant{grant("g1", "", writer, reporter, 1, in1h, "reports-read")},
+			ancestors: []store.Agent{agent(writer, authz.Senior, "reports-read")},
+			plan: &wantPlan{level: authz.Senior, ttl: 5 * time.Minute, maxUses: 100, chain: []string{writer, reporter}, grantIDs: []string{"g1"},
+				levels: []authz.Level{authz.Senior, authz.Principal}, node: "grant:g1",
+				reasons: decide.Reasons{Level: "senior", Chain: chainOf(writer, reporter), Reason: "allowed", Rule: "senior: read allowed",
+					Message: `senior agent may hold read role "reports-read"`, Policy: "p, group:reporting, reports-read, read, intern, allow", PolicyVersion: policyVersion}},
+		},
+		{
+			// An approval request is clamped like an issuance: the
+			// approver sees what would be issued.
+			name:      "chain: a junior write's approval request keeps within a principal delegator's limits",
+			caller:    ptr(agent(reporter, authz.Junior, "reports-read", "reports-write")),
+			role:      "reports-write",
+			grants:    []delegation.Grant{grant("g1", "", writer, reporter, 1, in1h, "reports-write")},
+			ancestors: []store.Agent{agent(writer, authz.Principal, "reports-write")},
+			plan: &wantPlan{level: authz.Junior, ttl: 5 * time.Minute, maxUses: 100, needsApproval: true, chain: []string{writer, reporter}, grantIDs: []string{"g1"},
+				levels: []authz.Level{authz.Principal, authz.Junior}, node: "grant:g1",
+				reasons: decide.Reasons{Level: "junior", Chain: chainOf(writer, reporter), Reason: "approval_required", Rule: "junior: write needs human approval",
+					Message: `junior agents need a human's approval for write role "reports-write"; the request waits for an approver`,
+					Policy:  "p, group:reporting, reports-write, write, junior, allow", PolicyVersion: policyVersion}},
+		},
+		{
+			name:      "chain: a junior write's approval request ends with the grant",
+			caller:    ptr(agent(reporter, authz.Junior, "reports-read", "reports-write")),
+			role:      "reports-write",
+			grants:    []delegation.Grant{grant("g1", "", writer, reporter, 1, in90s, "reports-write")},
+			ancestors: []store.Agent{agent(writer, authz.Senior, "reports-write")},
+			plan: &wantPlan{level: authz.Junior, ttl: 90 * time.Second, needsApproval: true, chain: []string{writer, reporter}, grantIDs: []string{"g1"},
+				levels: []authz.Level{authz.Senior, authz.Junior}, node: "grant:g1",
+				reasons: decide.Reasons{Level: "junior", Chain: chainOf(writer, reporter), Reason: "approval_required", Rule: "junior: write needs human approval",
+					Message: `junior agents need a human's approval for write role "reports-write"; the request waits for an approver`,
+					Policy:  "p, group:reporting, reports-write, write, junior, allow", PolicyVersion: policyVersion}},
+		},
+		{
+			// No human is asked to approve what could not be issued.
+			name:      "chain: a junior write under a grant expiring within a second",
+			caller:    ptr(agent(reporter, authz.Junior, "reports-read", "reports-write")),
+			role:      "reports-write",
+			grants:    []delegation.Grant{grant("g1", "", writer, reporter, 1, inHalfSecond, "reports-write")},
+			ancestors: []store.Agent{agent(writer, authz.Senior, "reports-write")},
+			refusal: &wantRefusal{reasons: decide.Reasons{Level: "junior", Chain: chainOf(writer, reporter), Reason: "grant",
+				Message: "grant g1 expires too soon to issue anything under it", Rule: "junior: write needs human approval",
+				Policy: "p, group:reporting, reports-write, write, junior, allow", PolicyVersion: policyVersion}},
 		},
 		{
 			name:      "chain: a delegator the policy does not allow the role",
@@ -590,6 +641,7 @@ func TestDecide(t *testing.T) {
 				want := *tt.refusal
 				want.outcome, want.auditKind, want.kind = decide.Denied, "credential_denied", fault.Denied
 				want.err = want.reasons.Message + " (decision d-1)"
+				// Every refusal here passed the gate, which explained it.
 				want.version = "0"
 				if want.reasons.PolicyVersion != 0 {
 					want.version = uintString(want.reasons.PolicyVersion)
@@ -613,20 +665,22 @@ func TestDecide(t *testing.T) {
 	}
 }
 
-// TestDecideChainLimits runs a Senior under a Principal's grant with
-// level limits tightened through the configuration: the strictest
-// lifetime and use limit of the caller's (chain) level and every
-// ancestor's level applies.
+// TestDecideChainLimits runs a caller under a delegator's grant (a Senior
+// under a Principal unless a case says otherwise) with level limits
+// tightened through the configuration: the strictest lifetime and use
+// limit of the chain's level and of every level along the chain, the
+// delegator's and the caller's own, applies.
 func TestDecideChainLimits(t *testing.T) {
 	w := newWorld(t)
-	self := agent(reporter, authz.Senior, "reports-read")
 	grants := []delegation.Grant{grant("g1", "", writer, reporter, 1, now.Add(time.Hour), "reports-read")}
-	ancestors := w.ancestorsOf(agent(writer, authz.Principal, "reports-read"))
 	for _, tt := range []struct {
-		name    string
-		limits  config.LimitsConfig
-		ttl     time.Duration
-		maxUses int
+		name string
+		// self and delegator are the levels of the caller and the
+		// delegator: Senior and Principal if unset.
+		self, delegator authz.Level
+		limits          config.LimitsConfig
+		ttl             time.Duration
+		maxUses         int
 	}{
 		{name: "defaults: the principal's", ttl: 5 * time.Minute, maxUses: 100},
 		{
@@ -644,8 +698,22 @@ func TestDecideChainLimits(t *testing.T) {
 			limits: config.LimitsConfig{MaxTTL: map[string]time.Duration{"senior": time.Minute}},
 			ttl:    time.Minute, maxUses: 100,
 		},
+		{
+			name: "a principal caller under a senior: the caller's own defaults",
+			self: authz.Principal, delegator: authz.Senior,
+			ttl: 5 * time.Minute, maxUses: 100,
+		},
+		{
+			name: "a principal caller under a senior: the caller's own tightened limits",
+			self: authz.Principal, delegator: authz.Senior,
+			limits: config.LimitsConfig{MaxUses: map[string]int{"principal": 20}, MaxTTL: map[string]time.Duration{"principal": 2 * time.Minute}},
+			ttl:    2 * time.Minute, maxUses: 20,
+		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			selfLevel, delegatorLevel := cmp.Or(tt.self, authz.Senior), cmp.Or(tt.delegator, authz.Principal)
+			self := agent(reporter, selfLevel, "reports-read")
+			ancestors := w.ancestorsOf(agent(writer, delegatorLevel, "reports-read"))
 			limits, err := tt.limits.LevelLimits()
 			if err != nil {
 				t.Fatalf("LevelLimits: %v", err)
@@ -671,9 +739,41 @@ func TestDecideChainLimits(t *testing.T) {
 	}
 }
 
+// TestDecideEmptyChain: an Authority without a chain (not built by Own or
+// Attenuate) is the caller's own: the caller is the chain, and Decide
+// neither panics nor changes its input.
+func TestDecideEmptyChain(t *testing.T) {
+	w := newWorld(t)
+	req := decide.Request{Caller: reporter, Role: w.readersRole}
+	why := decide.NewReasons("d-1", "r-1", req)
+
+	t.Run("registered caller", func(t *testing.T) {
+		auth := decide.Authority{Agent: &authz.Agent{ID: reporter, Level: authz.Senior, Active: true, Roles: []string{"reports-read"}}}
+		p, ref := decide.Decide(decide.Input{Gate: w.gate, Policy: w.policy, Request: req, Authority: auth, Now: now}, why)
+		if ref != nil {
+			t.Fatalf("Decide: %v", ref)
+		}
+		checkPlan(t, req, p, wantPlan{level: authz.Senior, ttl: 15 * time.Minute, chain: []string{reporter}, node: "agent:" + reporter,
+			reasons: merge(baseReasons(req), decide.Reasons{Reason: "allowed", Rule: "senior: read allowed",
+				Message: `senior agent may hold read role "reports-read"`, Policy: "p, group:reporting, reports-read, read, intern, allow", PolicyVersion: policyVersion}),
+			version: uintString(policyVersion)})
+		if auth.Chain != nil {
+			t.Errorf("Decide changed its input's chain: %q", auth.Chain)
+		}
+	})
+	t.Run("unregistered caller", func(t *testing.T) {
+		_, ref := decide.Decide(decide.Input{Gate: w.gate, Policy: w.policy, Request: req, Now: now}, why)
+		const msg = "caller is not a registered agent; ask the platform team to register its SPIFFE ID"
+		want := baseReasons(req)
+		want.Decision, want.Reason, want.Message = "deny", "not_registered", msg
+		checkRefusal(t, ref, wantRefusal{outcome: decide.Denied, auditKind: "credential_denied", kind: fault.Denied,
+			err: msg + " (decision d-1)", reasons: want, version: "0"})
+	})
+}
+
 // TestAttenuateRefusals covers the chains Attenuate refuses: each is
-// denied with reason "grant" and delegation's explanation, and leaves the
-// caller's own authority as it was.
+// denied with reason "grant" and delegation's explanation, leaves the
+// caller's own authority as it was, and reads no policy (no version).
 func TestAttenuateRefusals(t *testing.T) {
 	w := newWorld(t)
 	self := agent(reporter, authz.Senior, "reports-read")
@@ -724,11 +824,40 @@ func TestAttenuateRefusals(t *testing.T) {
 			want := baseReasons(req)
 			want.Decision, want.Reason, want.Message = "deny", "grant", tt.msg
 			checkRefusal(t, ref, wantRefusal{outcome: decide.Denied, auditKind: "credential_denied", kind: fault.Denied,
-				err: tt.msg + " (decision d-1)", reasons: want, version: "0"})
+				err: tt.msg + " (decision d-1)", reasons: want, version: ""})
 			if !reflect.DeepEqual(auth, own) {
 				t.Errorf("Attenuate returned %+v on a refusal, want the own authority %+v", auth, own)
 			}
 		})
+	}
+}
+
+// TestAttenuateUnregistered: a caller that is not a registered agent
+// (Own with no record) acts under no grant. Attenuate refuses it, without
+// panicking and before looking at the chain, and leaves its authority as
+// it was.
+func TestAttenuateUnregistered(t *testing.T) {
+	w := newWorld(t)
+	req := decide.Request{Caller: stranger, Role: w.readersRole, GrantID: "g1"}
+	why := decide.NewReasons("d-1", "r-1", req)
+	own := decide.Own(stranger, nil)
+	grants := []delegation.Grant{grant("g1", "", writer, stranger, 1, now.Add(time.Hour), "reports-read")}
+	auth, ref := decide.Attenuate(why, own, delegation.Agent{ID: stranger}, grants,
+		w.ancestorsOf(agent(writer, authz.Senior, "reports-read")), now)
+	const msg = "only a registered agent acts under a grant"
+	want := baseReasons(req)
+	want.Decision, want.Reason, want.Message = "deny", "not_registered", msg
+	checkRefusal(t, ref, wantRefusal{outcome: decide.Denied, auditKind: "credential_denied", kind: fault.Denied,
+		err: msg + " (decision d-1)", reasons: want, version: ""})
+	if !reflect.DeepEqual(auth, own) {
+		t.Errorf("Attenuate returned %+v on a refusal, want the own authority %+v", auth, own)
+	}
+	if ref != nil {
+		for _, k := range []string{"rule", "policy", "policy_version"} {
+			if v, ok := ref.Reasons.Detail()[k]; ok {
+				t.Errorf("Detail()[%q] = %q; no policy was read", k, v)
+			}
+		}
 	}
 }
 
@@ -745,6 +874,9 @@ func TestRefusals(t *testing.T) {
 		cause error
 	}{
 		{
+			// Deny takes d's reason and message only: the rule, the
+			// matched line and the version are the gate's to explain, and
+			// fresh reasons have none.
 			name: "deny",
 			ref: func(why decide.Reasons) *decide.Refusal {
 				return decide.Deny(why, authz.Decision{Reason: decide.ReasonAnomaly, Message: "request refused: high behaviour anomaly (new role)",
@@ -752,8 +884,8 @@ func TestRefusals(t *testing.T) {
 			},
 			want: wantRefusal{outcome: decide.Denied, auditKind: "credential_denied", kind: fault.Denied,
 				err:     "request refused: high behaviour anomaly (new role) (decision d-1)",
-				reasons: decide.Reasons{Decision: "deny", Reason: "anomaly", Message: "request refused: high behaviour anomaly (new role)", Rule: "r", Policy: "m", PolicyVersion: 3},
-				version: "3"},
+				reasons: decide.Reasons{Decision: "deny", Reason: "anomaly", Message: "request refused: high behaviour anomaly (new role)"},
+				version: ""},
 		},
 		{
 			name: "deny revoked",
@@ -763,7 +895,7 @@ func TestRefusals(t *testing.T) {
 			want: wantRefusal{outcome: decide.Denied, auditKind: "credential_denied", kind: fault.Denied,
 				err:     "the lineage this credential belongs to was revoked (decision d-1)",
 				reasons: decide.Reasons{Decision: "deny", Reason: "revoked", Message: "the lineage this credential belongs to was revoked"},
-				version: "0"},
+				version: ""},
 		},
 		{
 			name: "limit",
@@ -936,8 +1068,9 @@ func TestPrincipal(t *testing.T) {
 }
 
 // TestAttenuate checks the authority a chain leaves: the caller's record
-// with the chain's level and roles, the chain, its grants and expiry, the
-// ancestors' levels.
+// with the chain's level and roles, the chain, its grants and expiry, and
+// the levels along it, the delegators' root first and the caller's own
+// last.
 func TestAttenuate(t *testing.T) {
 	w := newWorld(t)
 	self := agent(reporter, authz.Principal, "reports-read", "reports-write", "payroll-read")
@@ -945,7 +1078,10 @@ func TestAttenuate(t *testing.T) {
 		grant("g1", "", writer, helper, 1, now.Add(2*time.Hour), "reports-read", "reports-write", "payroll-read"),
 		grant("g2", "g1", helper, reporter, 2, now.Add(time.Hour), "reports-read", "reports-write"),
 	}
-	ancestors := w.ancestorsOf(agent(writer, authz.Principal, "reports-read", "reports-write"), agent(helper, authz.Junior, "reports-read", "reports-write"))
+	// payroll is known to the broker but not along the chain: its level
+	// is not among the chain's.
+	ancestors := w.ancestorsOf(agent(writer, authz.Principal, "reports-read", "reports-write"), agent(helper, authz.Junior, "reports-read", "reports-write"),
+		agent(payroll, authz.Intern, "payroll-read"))
 	req := decide.Request{Caller: reporter, Role: w.readersRole, GrantID: "g2"}
 	own := decide.Own(reporter, &self)
 	auth, ref := decide.Attenuate(decide.NewReasons("d-1", "r-1", req), own, decide.Principal(self, w.roles, w.gate), grants, ancestors, now)
@@ -957,14 +1093,18 @@ func TestAttenuate(t *testing.T) {
 		Chain:    []string{writer, helper, reporter},
 		GrantIDs: []string{"g1", "g2"},
 		NotAfter: now.Add(time.Hour),
+		Levels:   []authz.Level{authz.Principal, authz.Junior, authz.Principal},
 	}
-	got := auth
-	got.Ancestors = nil
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("Attenuate = %+v (agent %+v), want %+v (agent %+v)", got, got.Agent, want, want.Agent)
+	if !reflect.DeepEqual(auth, want) {
+		t.Errorf("Attenuate = %+v (agent %+v), want %+v (agent %+v)", auth, auth.Agent, want, want.Agent)
 	}
-	if lv := slices.Sorted(slices.Values(auth.Ancestors)); !slices.Equal(lv, []authz.Level{authz.Junior, authz.Principal}) {
-		t.Errorf("Ancestors = %v, want junior and principal", auth.Ancestors)
+	// The levels follow the grants, not the ancestors map's order: the
+	// same chain gives the same levels every time.
+	for range 20 {
+		again, ref := decide.Attenuate(decide.NewReasons("d-1", "r-1", req), own, decide.Principal(self, w.roles, w.gate), grants, ancestors, now)
+		if ref != nil || !slices.Equal(again.Levels, want.Levels) {
+			t.Fatalf("Attenuate again: levels %v, %v; want %v", again.Levels, ref, want.Levels)
+		}
 	}
 	if auth.Lineage() != writer {
 		t.Errorf("Lineage() = %q, want the root %q", auth.Lineage(), writer)
@@ -1021,14 +1161,46 @@ func TestReasonsDetail(t *testing.T) {
 			want: with("decision", "limited", "limit", "live_per_agent", "message", "too many live credentials"),
 		},
 		{
-			// Explained, even by a decision without a rule or policy:
-			// those keys are there, empty.
-			name: "denied without a policy",
+			// Deny outside the gate explains nothing, whatever d says.
+			name: "denied before the gate: not explained",
 			why: func(r decide.Reasons) decide.Reasons {
-				return decide.Deny(r, authz.Decision{Reason: decide.ReasonGrant, Message: "no"}).Reasons
+				return decide.Deny(r, authz.Decision{Reason: decide.ReasonGrant, Message: "no", Rule: "r", Matched: "m", PolicyVersion: 3}).Reasons
 			},
-			want:    with("decision", "deny", "reason", "grant", "message", "no", "rule", "", "policy", "", "policy_version", "0"),
+			want: with("decision", "deny", "reason", "grant", "message", "no"),
+		},
+		{
+			// Explained by the gate, even without a rule or policy: those
+			// keys are there, empty.
+			name: "denied by the gate without a policy",
+			why: func(r decide.Reasons) decide.Reasons {
+				r.Of(senior)
+				_, ref := decide.Decide(decide.Input{Gate: w.gate, Request: req, Authority: senior, Now: now}, r)
+				if ref == nil {
+					t.Fatal("Decide without a policy: no refusal")
+				}
+				return ref.Reasons
+			},
+			want: with("level", "senior", "chain", reporter, "decision", "deny", "reason", "no_policy",
+				"message", "no segmentation policy is loaded, so the broker denies every request; ask the platform team to set one",
+				"rule", "", "policy", "", "policy_version", "0"),
 			version: "0",
+		},
+		{
+			// A refusal after the gate allowed (the kill switch or a
+			// revocation while the request was in flight) keeps the
+			// gate's explanation.
+			name: "denied after the gate allowed: explained by the gate",
+			why: func(r decide.Reasons) decide.Reasons {
+				r.Of(senior)
+				p, ref := decide.Decide(decide.Input{Gate: w.gate, Policy: w.policy, Request: req, Authority: senior, Now: now}, r)
+				if ref != nil {
+					t.Fatalf("Decide: %v", ref)
+				}
+				return decide.Deny(p.Reasons, authz.Decision{Reason: decide.ReasonRevoked, Message: "revoked"}).Reasons
+			},
+			want: with("level", "senior", "chain", reporter, "decision", "deny", "reason", "revoked", "message", "revoked",
+				"rule", "senior: read allowed", "policy", "p, group:reporting, reports-read, read, intern, allow", "policy_version", "7"),
+			version: "7",
 		},
 		{
 			name: "planned",
@@ -1127,7 +1299,7 @@ func clone(in decide.Input) decide.Input {
 	a := *in.Agent
 	a.Roles = slices.Clone(a.Roles)
 	out.Agent = &a
-	out.Chain, out.GrantIDs, out.Ancestors = slices.Clone(in.Chain), slices.Clone(in.GrantIDs), slices.Clone(in.Ancestors)
+	out.Chain, out.GrantIDs, out.Levels = slices.Clone(in.Chain), slices.Clone(in.GrantIDs), slices.Clone(in.Levels)
 	return out
 }
 
