@@ -478,7 +478,17 @@ func TestLifecycleIncidentDemotion(t *testing.T) {
 		t.Errorf("closed incident = %v", c)
 	}
 
-	// Revision 1 is the registration, at Junior.
+	// Revision 1 is the registration, at Junior. The rollback is notified
+	// under its own name.
+	wctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	events, err := e.admin.admin.WatchEvents(wctx, &adminv1.WatchEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := events.Header(); err != nil {
+		t.Fatal(err)
+	}
 	rb, err := e.admin.maturity.RollbackLevel(e.admin.ctx, &adminv1.RollbackLevelRequest{SpiffeId: id.String(), Revision: 1, Reason: "RCA-7 clears the agent"})
 	if err != nil {
 		t.Fatal(err)
@@ -488,6 +498,17 @@ func TestLifecycleIncidentDemotion(t *testing.T) {
 	}
 	if ch := e.lastChange(t, id); ch.GetAction() != "rollback" || ch.GetAgent().GetLevel() != junior || !strings.Contains(ch.GetReason(), "level of revision 1 restored") {
 		t.Errorf("last change = %v, want the rollback", ch)
+	}
+	for {
+		ev, err := events.Recv()
+		if err != nil {
+			t.Fatalf("no agent_level_rolled_back event before %v", err)
+		}
+		if k := ev.GetEvent().GetKind(); k == "agent_level_rolled_back" && ev.GetEvent().GetAgent() == id.String() {
+			break
+		} else if strings.HasPrefix(k, "agent_") && strings.HasSuffix(k, "d") && strings.Contains(k, "rollback") {
+			t.Fatalf("rollback notified as %q", k)
+		}
 	}
 }
 

@@ -89,8 +89,8 @@ func (b *Book) Request(ctx context.Context, ap store.Approval) (store.Approval, 
 func (b *Book) Claim(ctx context.Context, id, agent, role, grantID, decisionID string) (release func(), err error) {
 	if _, err := b.db(ctx).ClaimApproval(id, agent, role, grantID, decisionID); err != nil {
 		// Not theirs, not approved, or spent: the caller can act on it.
-		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
-			return nil, fault.New(fault.Precondition, "approval cannot be redeemed: %w", err)
+		if r := (*store.Refusal)(nil); errors.As(err, &r) && (errors.Is(r, store.ErrConflict) || errors.Is(r, store.ErrNotFound)) {
+			return nil, &fault.Error{Kind: fault.Precondition, Msg: "approval cannot be redeemed: " + r.Msg, Err: err}
 		}
 		return nil, fmt.Errorf("claim approval: %w", err)
 	}

@@ -138,7 +138,13 @@ func (e *Edge) status(err error) (*status.Status, slog.Level) {
 	}
 	for _, s := range sentinelCodes {
 		if errors.Is(err, s.err) {
-			return status.New(s.code, err.Error()), slog.LevelInfo
+			msg := err.Error()
+			// The store says what is wrong in words of its own, without the
+			// operations it passed through.
+			if r := (*store.Refusal)(nil); errors.As(err, &r) {
+				msg = r.Msg
+			}
+			return status.New(s.code, msg), slog.LevelInfo
 		}
 	}
 	return status.New(codes.Internal, msgInternal), slog.LevelError

@@ -138,6 +138,10 @@ func statusCases() []statusCase {
 		named("wrapped attest.ErrUnauthenticated", sentinel(fmt.Errorf("%w: no SVID presented", attest.ErrUnauthenticated), codes.Unauthenticated)),
 
 		named("store.ErrNotFound", sentinel(store.ErrNotFound, codes.NotFound)),
+		// A store refusal's own words, without the operations it passed.
+		{"wrapped store.Refusal", fmt.Errorf("decide approval: %w", fmt.Errorf("store: decide approval: %w",
+			&store.Refusal{Kind: store.ErrConflict, Msg: "approval a1 is denied, not pending"})),
+			codes.FailedPrecondition, "approval a1 is denied, not pending", nil, slog.LevelInfo},
 		named("store.ErrExists", sentinel(store.ErrExists, codes.AlreadyExists)),
 		named("store.ErrConflict", sentinel(store.ErrConflict, codes.FailedPrecondition)),
 		named("store.ErrDeregistered", sentinel(store.ErrDeregistered, codes.FailedPrecondition)),

@@ -74,7 +74,7 @@ func (s *Store) PutApproval(a Approval) error {
 		}
 		b := tx.Bucket(bucketApprovals)
 		if b.Get([]byte(a.ID)) != nil {
-			return fmt.Errorf("%w: approval %s", ErrExists, a.ID)
+			return refuse(ErrExists, "approval %s", a.ID)
 		}
 		a.Status = ApprovalPending
 		if err := putApproval(tx, a); err != nil {
@@ -146,7 +146,7 @@ func (s *Store) DecideApproval(id, approver string, approve bool, reason string,
 			return err
 		}
 		if st := a.at(now).Status; st != ApprovalPending {
-			return fmt.Errorf("%w: approval %s is %s, not pending", ErrConflict, id, st)
+			return refuse(ErrConflict, "approval %s is %s, not pending", id, st)
 		}
 		a.Status, a.DecidedBy, a.DecidedAt, a.Reason = ApprovalDenied, approver, now, reason
 		kind, decision := "approval_denied", "deny"
@@ -180,13 +180,13 @@ func (s *Store) ClaimApproval(id, agent, role, grantID, decisionID string) (Appr
 		}
 		switch st := a.at(now).Status; {
 		case a.AgentID != agent:
-			return fmt.Errorf("%w: approval %s", ErrNotFound, id)
+			return refuse(ErrNotFound, "approval %s", id)
 		case a.Role != role || a.GrantID != grantID:
-			return fmt.Errorf("%w: approval %s is for role %q under grant %q", ErrConflict, id, a.Role, a.GrantID)
+			return refuse(ErrConflict, "approval %s is for role %q under grant %q", id, a.Role, a.GrantID)
 		case st == ApprovalPending:
-			return fmt.Errorf("%w: approval %s still waits for an approver", ErrConflict, id)
+			return refuse(ErrConflict, "approval %s still waits for an approver", id)
 		case st != ApprovalApproved:
-			return fmt.Errorf("%w: approval %s is %s", ErrConflict, id, st)
+			return refuse(ErrConflict, "approval %s is %s", id, st)
 		}
 		a.Status, a.RedeemedDecisionID = ApprovalRedeemed, decisionID
 		return putApproval(tx, a)
@@ -221,7 +221,7 @@ func getApproval(tx *bolt.Tx, id string) (Approval, error) {
 	var a Approval
 	v := tx.Bucket(bucketApprovals).Get([]byte(id))
 	if v == nil {
-		return a, fmt.Errorf("%w: approval %s", ErrNotFound, id)
+		return a, refuse(ErrNotFound, "approval %s", id)
 	}
 	if err := json.Unmarshal(v, &a); err != nil {
 		return a, fmt.Errorf("store: decode approval %s: %w", id, err)

@@ -240,7 +240,7 @@ func boltOpen(path string, o bolt.Options) (*bolt.DB, error) {
 		}
 		return nil, err
 	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("%w: %s (is another atfd running on it?)", ErrLocked, path)
+		return nil, refuse(ErrLocked, "%s (is another atfd running on it?)", path)
 	case errors.As(err, new(*fs.PathError)), errors.As(err, new(syscall.Errno)):
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}

@@ -1,8 +1,6 @@
 package store
 
 import (
-	"fmt"
-
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -27,8 +25,7 @@ func (s *Store) room(tx *bolt.Tx) error {
 	}
 	used := tx.Size() - int64(s.db.Stats().FreeAlloc)
 	if used > s.maxSize-s.reserve {
-		return fmt.Errorf("%w: %d of %d bytes in use and the last %d are kept for revocations; raise store_max_size or free disk space",
-			ErrFull, used, s.maxSize, s.reserve)
+		return refuse(ErrFull, "%d of %d bytes in use and the last %d are kept for revocations; raise store_max_size or free disk space", used, s.maxSize, s.reserve)
 	}
 	return nil
 }

@@ -17,12 +17,12 @@ var keyGlobalKill = []byte("global_kill")
 func usable(tx *bolt.Tx, a Agent) error {
 	switch {
 	case a.Status != Active:
-		return fmt.Errorf("%w: %s", ErrDeregistered, a.ID)
+		return refuse(ErrDeregistered, "%s", a.ID)
 	case a.Kill != nil:
-		return fmt.Errorf("%w: agent %s", ErrKilled, a.ID)
+		return refuse(ErrKilled, "agent %s", a.ID)
 	}
 	if tx.Bucket(bucketMeta).Get(keyGlobalKill) != nil {
-		return fmt.Errorf("%w: every agent (global switch)", ErrKilled)
+		return refuse(ErrKilled, "every agent (global switch)")
 	}
 	return nil
 }
@@ -100,7 +100,7 @@ func (s *Store) ReleaseAgent(id, actor, reason string) (Agent, error) {
 			return err
 		}
 		if a.Kill == nil {
-			return fmt.Errorf("%w: agent %s is not stopped by the kill switch", ErrConflict, id)
+			return refuse(ErrConflict, "agent %s is not stopped by the kill switch", id)
 		}
 		before := a
 		a.Kill = nil
@@ -147,7 +147,7 @@ func (s *Store) ReleaseAll(actor, reason string) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
 		if b.Get(keyGlobalKill) == nil {
-			return fmt.Errorf("%w: the global kill switch is not set", ErrConflict)
+			return refuse(ErrConflict, "the global kill switch is not set")
 		}
 		if err := b.Delete(keyGlobalKill); err != nil {
 			return err

@@ -86,7 +86,7 @@ type queueItem struct {
 // same parent (ErrLimit). A refused grant leaves no record.
 func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 	if g.ID == "" || strings.ContainsRune(g.ID, 0) {
-		return fmt.Errorf("%w: grant needs an ID without NUL", ErrInvalid)
+		return refuse(ErrInvalid, "grant needs an ID without NUL")
 	}
 	v, err := json.Marshal(g)
 	if err != nil {
@@ -111,7 +111,7 @@ func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 			}
 		}
 		if tx.Bucket(bucketGrants).Get([]byte(g.ID)) != nil {
-			return fmt.Errorf("%w: grant %s", ErrExists, g.ID)
+			return refuse(ErrExists, "grant %s", g.ID)
 		}
 		out, err := given(tx, g.Delegator)
 		if err != nil {
@@ -124,7 +124,7 @@ func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 			}
 		}
 		if live >= maxFanOut {
-			return fmt.Errorf("%w: %s already holds out %d live grants here (limit %d)", ErrLimit, g.Delegator, live, maxFanOut)
+			return refuse(ErrLimit, "%s already holds out %d live grants here (limit %d)", g.Delegator, live, maxFanOut)
 		}
 		if err := tx.Bucket(bucketGrants).Put([]byte(g.ID), v); err != nil {
 			return err
@@ -256,8 +256,7 @@ func credentialRefusal(tx *bolt.Tx, c Credential, a Agent, now time.Time) error 
 	if c.AgentRevision != 0 && a.Revision != c.AgentRevision {
 		// A demotion (or any change) committed after the decision: its
 		// revocation of unbacked credentials could not see this one.
-		return fmt.Errorf("%w: agent %s changed (revision %d, decided at %d) while the credential was issued; retry",
-			ErrConflict, c.AgentID, a.Revision, c.AgentRevision)
+		return refuse(ErrConflict, "agent %s changed (revision %d, decided at %d) while the credential was issued; retry", c.AgentID, a.Revision, c.AgentRevision)
 	}
 	if c.GrantID != "" {
 		chain, err := liveChain(tx, c.GrantID, now)
@@ -265,12 +264,12 @@ func credentialRefusal(tx *bolt.Tx, c Credential, a Agent, now time.Time) error 
 			return err
 		}
 		if chain[len(chain)-1].Delegatee != c.AgentID {
-			return fmt.Errorf("%w: grant %s was not given to %s", ErrRevoked, c.GrantID, c.AgentID)
+			return refuse(ErrRevoked, "grant %s was not given to %s", c.GrantID, c.AgentID)
 		}
 	}
 	if c.Anchor != "" {
 		if an, err := getAnchor(tx, c.Anchor); err != nil || !an.RevokedAt.IsZero() {
-			return fmt.Errorf("%w: anchor of %s", ErrRevoked, c.AgentID)
+			return refuse(ErrRevoked, "anchor of %s", c.AgentID)
 		}
 	}
 	return nil
@@ -329,7 +328,7 @@ func credentialAudit(c Credential, refused error, now time.Time) AuditRecord {
 // be issued or used through the broker.
 func (s *Store) RevokeLineage(root Root, actor, reason string) (Revocation, error) {
 	if (root.AgentID == "") == (root.GrantID == "") {
-		return Revocation{}, fmt.Errorf("%w: a lineage root is one agent or one grant", ErrInvalid)
+		return Revocation{}, refuse(ErrInvalid, "a lineage root is one agent or one grant")
 	}
 	var rev Revocation
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -660,9 +659,9 @@ func liveChain(tx *bolt.Tx, id string, now time.Time) ([]delegation.Grant, error
 	for _, g := range chain {
 		switch {
 		case !g.RevokedAt.IsZero():
-			return nil, fmt.Errorf("%w: grant %s", ErrRevoked, g.ID)
+			return nil, refuse(ErrRevoked, "grant %s", g.ID)
 		case !g.ExpiresAt.After(now):
-			return nil, fmt.Errorf("%w: grant %s expired", ErrRevoked, g.ID)
+			return nil, refuse(ErrRevoked, "grant %s expired", g.ID)
 		}
 	}
 	return chain, nil
@@ -673,7 +672,7 @@ func chainOf(tx *bolt.Tx, id string) ([]delegation.Grant, error) {
 	seen := map[string]bool{}
 	for id != "" {
 		if seen[id] {
-			return nil, fmt.Errorf("%w: grant chain loops at %s", ErrInvalid, id)
+			return nil, refuse(ErrInvalid, "grant chain loops at %s", id)
 		}
 		seen[id] = true
 		g, err := getGrant(tx, id)
@@ -691,7 +690,7 @@ func getGrant(tx *bolt.Tx, id string) (delegation.Grant, error) {
 	var g delegation.Grant
 	v := tx.Bucket(bucketGrants).Get([]byte(id))
 	if v == nil {
-		return g, fmt.Errorf("%w: grant %s", ErrNotFound, id)
+		return g, refuse(ErrNotFound, "grant %s", id)
 	}
 	if err := json.Unmarshal(v, &g); err != nil {
 		return g, fmt.Errorf("store: decode grant %s: %w", id, err)
@@ -744,7 +743,7 @@ func getAnchor(tx *bolt.Tx, accessor string) (Anchor, error) {
 	var a Anchor
 	v := tx.Bucket(bucketAnchors).Get([]byte(accessor))
 	if v == nil {
-		return a, fmt.Errorf("%w: anchor", ErrNotFound)
+		return a, refuse(ErrNotFound, "anchor")
 	}
 	if err := json.Unmarshal(v, &a); err != nil {
 		return a, fmt.Errorf("store: decode anchor: %w", err)

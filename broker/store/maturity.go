@@ -101,7 +101,7 @@ func (s *Store) RecordOutcome(r OutcomeReport) error {
 		case "error":
 			o.Errors++
 		default:
-			return fmt.Errorf("%w: outcome %q", ErrInvalid, r.Outcome)
+			return refuse(ErrInvalid, "outcome %q", r.Outcome)
 		}
 		if err := putJSON(tx, bucketOutcomes, r.Agent, o); err != nil {
 			return err
@@ -226,7 +226,7 @@ func (s *Store) OpenIncident(in Incident) (Incident, error) {
 			return err
 		}
 		if a.Status != Active {
-			return fmt.Errorf("%w: %s", ErrDeregistered, a.ID)
+			return refuse(ErrDeregistered, "%s", a.ID)
 		}
 		in.Level = a.Level
 		if err := putJSON(tx, bucketIncidents, in.ID, in); err != nil {
@@ -250,13 +250,13 @@ func (s *Store) UpdateIncident(id, actor, sev, note string) (Incident, string, e
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketIncidents).Get([]byte(id))
 		if v == nil {
-			return fmt.Errorf("%w: incident %s", ErrNotFound, id)
+			return refuse(ErrNotFound, "incident %s", id)
 		}
 		if err := json.Unmarshal(v, &in); err != nil {
 			return err
 		}
 		if !in.ClosedAt.IsZero() {
-			return fmt.Errorf("%w: incident %s is closed", ErrConflict, id)
+			return refuse(ErrConflict, "incident %s is closed", id)
 		}
 		before = in.Severity
 		if sev != "" {
@@ -283,13 +283,13 @@ func (s *Store) CloseIncident(id, actor, rca string) (Incident, error) {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketIncidents).Get([]byte(id))
 		if v == nil {
-			return fmt.Errorf("%w: incident %s", ErrNotFound, id)
+			return refuse(ErrNotFound, "incident %s", id)
 		}
 		if err := json.Unmarshal(v, &in); err != nil {
 			return err
 		}
 		if !in.ClosedAt.IsZero() {
-			return fmt.Errorf("%w: incident %s is already closed", ErrConflict, id)
+			return refuse(ErrConflict, "incident %s is already closed", id)
 		}
 		in.ClosedAt, in.ClosedBy, in.RCA = s.now().UTC(), actor, rca
 		if err := putJSON(tx, bucketIncidents, id, in); err != nil {
@@ -359,5 +359,5 @@ func (s *Store) AgentAt(id string, revision uint64) (Agent, error) {
 			return ch.Agent, nil
 		}
 	}
-	return Agent{}, fmt.Errorf("%w: agent %s has no revision %d", ErrNotFound, id, revision)
+	return Agent{}, refuse(ErrNotFound, "agent %s has no revision %d", id, revision)
 }

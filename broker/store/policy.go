@@ -41,7 +41,7 @@ func (s *Store) PutPolicy(pv PolicyVersion, expected uint64) (PolicyVersion, err
 			cur = binary.BigEndian.Uint64(k)
 		}
 		if expected != 0 && cur != expected {
-			return fmt.Errorf("%w: the policy is at version %d, not %d; review the change and retry", ErrConflict, cur, expected)
+			return refuse(ErrConflict, "the policy is at version %d, not %d; review the change and retry", cur, expected)
 		}
 		pv.Version = cur + 1
 		pv.CreatedAt = s.now().UTC()
@@ -81,9 +81,9 @@ func (s *Store) Policy(version uint64) (PolicyVersion, error) {
 		}
 		if v == nil {
 			if version == 0 {
-				return fmt.Errorf("%w: no policy has been set", ErrNotFound)
+				return refuse(ErrNotFound, "no policy has been set")
 			}
-			return fmt.Errorf("%w: policy version %d", ErrNotFound, version)
+			return refuse(ErrNotFound, "policy version %d", version)
 		}
 		return json.Unmarshal(v, &pv)
 	})

@@ -280,7 +280,7 @@ func (s *Store) Close() error {
 func (s *Store) RegisterAgent(a Agent, actor string) (Agent, error) {
 	// Keys rely on an ID never holding NUL; callers pass parsed SPIFFE IDs.
 	if a.ID == "" || strings.ContainsRune(a.ID, 0) || !a.Level.Valid() {
-		return Agent{}, fmt.Errorf("%w: agent needs an ID without NUL and a valid level", ErrInvalid)
+		return Agent{}, refuse(ErrInvalid, "agent needs an ID without NUL and a valid level")
 	}
 	now := s.now().UTC()
 	a.Status, a.CreatedAt, a.UpdatedAt, a.UpdatedBy, a.Revision, a.LevelSince = Active, now, now, actor, 1, now
@@ -291,7 +291,7 @@ func (s *Store) RegisterAgent(a Agent, actor string) (Agent, error) {
 			return err
 		}
 		if tx.Bucket(bucketAgents).Get([]byte(a.ID)) != nil {
-			return fmt.Errorf("%w: agent %s", ErrExists, a.ID)
+			return refuse(ErrExists, "agent %s", a.ID)
 		}
 		return s.putAgent(tx, Agent{}, a, AgentChange{Action: ActionRegister})
 	})
@@ -384,10 +384,10 @@ func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange
 			return err
 		}
 		if a.Status == Deregistered {
-			return fmt.Errorf("%w: %s", ErrDeregistered, id)
+			return refuse(ErrDeregistered, "%s", id)
 		}
 		if expectedRevision != 0 && a.Revision != expectedRevision {
-			return fmt.Errorf("%w: agent %s is at revision %d, not %d", ErrConflict, id, a.Revision, expectedRevision)
+			return refuse(ErrConflict, "agent %s is at revision %d, not %d", id, a.Revision, expectedRevision)
 		}
 		orig := a
 		change(&a)
@@ -398,7 +398,7 @@ func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange
 			a.Status = Deregistered
 		}
 		if !a.Level.Valid() {
-			return fmt.Errorf("%w: invalid level %d", ErrInvalid, a.Level)
+			return refuse(ErrInvalid, "invalid level %d", a.Level)
 		}
 		a.UpdatedAt, a.UpdatedBy, a.Revision = s.now().UTC(), actor, orig.Revision+1
 		if a.Level != orig.Level || a.LevelSince.IsZero() {
@@ -434,7 +434,7 @@ func (s *Store) AgentHistory(id string) ([]AgentChange, error) {
 			out = append(out, ch)
 		}
 		if len(out) == 0 {
-			return fmt.Errorf("%w: agent %s", ErrNotFound, id)
+			return refuse(ErrNotFound, "agent %s", id)
 		}
 		return nil
 	})
@@ -463,7 +463,7 @@ func getAgent(tx *bolt.Tx, id string) (Agent, error) {
 	var a Agent
 	v := tx.Bucket(bucketAgents).Get([]byte(id))
 	if v == nil {
-		return a, fmt.Errorf("%w: agent %s", ErrNotFound, id)
+		return a, refuse(ErrNotFound, "agent %s", id)
 	}
 	// Unmarshal copies out of the mmap'd value, so a outlives tx safely.
 	if err := json.Unmarshal(v, &a); err != nil {
@@ -492,7 +492,7 @@ var changeKinds = map[string]string{
 func (s *Store) putAgent(tx *bolt.Tx, before, after Agent, ch AgentChange) error {
 	kind, ok := changeKinds[ch.Action]
 	if !ok {
-		return fmt.Errorf("%w: agent change %q", ErrInvalid, ch.Action)
+		return refuse(ErrInvalid, "agent change %q", ch.Action)
 	}
 	ch.Revision, ch.Time, ch.Actor, ch.Agent = after.Revision, after.UpdatedAt, after.UpdatedBy, after
 	av, err := json.Marshal(after)
@@ -578,4 +578,20 @@ func (s *Store) LiveCredentials(now time.Time) ([]Credential, error) {
 		})
 	})
 	return out, err
+}
+
+// Refusal is a store error that a caller can act on: Kind is one of the
+// sentinel errors above and Msg says, for a person, what is wrong ("approval
+// X is denied, not pending"). Its Error is the sentinel's text and Msg.
+type Refusal struct {
+	Kind error
+	Msg  string
+}
+
+func (r *Refusal) Error() string { return r.Kind.Error() + ": " + r.Msg }
+func (r *Refusal) Unwrap() error { return r.Kind }
+
+// refuse is a Refusal of kind with a formatted message.
+func refuse(kind error, format string, args ...any) error {
+	return &Refusal{Kind: kind, Msg: fmt.Sprintf(format, args...)}
 }

@@ -268,7 +268,7 @@ func TestCLIPolicy(t *testing.T) {
 		want string
 	}{
 		{"lint", f.Admin, []string{"policy", "set", "--policy", midStar, "--comment", "c"}, 6,
-			`InvalidArgument: policy refused, the current one keeps serving: policy line 3: pattern "kv/*/read": '*' is allowed only as the whole last segment`},
+			`InvalidArgument: policy refused, the current one keeps serving: authz: policy line 3: pattern "kv/*/read": '*' is allowed only as the whole last segment`},
 		{"lint in a dry run", f.Admin, []string{"policy", "set", "--policy", midStar, "--comment", "c", "--dry-run"}, 6, `pattern "kv/*/read"`},
 		{"stale version", f.Admin, []string{"policy", "set", "--policy", v2File, "--comment", "c", "--expect-version", "99"}, 6,
 			"the policy is at version 3, not 99"},
