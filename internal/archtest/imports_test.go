@@ -78,6 +78,20 @@ var rules = []rule{
 	{from: "./...", except: "./deploy/dev/...", mayNotImport: "./deploy/dev/...",
 		why: "the dev stack (local SPIRE and Vault, its fixtures, the demo and benchmark tools) is for development " +
 			"and tests; production code may not link it"},
+
+	// Inside the broker (docs/architecture.md).
+	{from: "./broker/*api", mayNotImport: "./broker/*api",
+		why: "each API package receives its collaborators; what two services share has a package of its own"},
+	{from: "./broker/...", except: "./broker", mayNotImport: "./broker/*api",
+		why: "only the composition root wires the API packages"},
+	{from: "./broker/decide", mayNotImport: "google.golang.org/grpc/...",
+		why: "the decision is a pure function of its inputs: no transport, no status codes"},
+	{from: "./broker/decide", mayNotImport: "./proto/...",
+		why: "the decision is a pure function of its inputs: the edge converts messages"},
+	{from: "./broker/fault", mayNotImport: "./...",
+		why: "every package may use fault, so it imports nothing of the module"},
+	{from: "./broker/edge", mayNotImport: "./broker/decide",
+		why: "the edge maps errors and authenticates; it knows no decision"},
 }
 
 // TestImportRules checks every rule against the module's production
