@@ -9,7 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/broker/edge"
-	"github.com/agentictrust/atf/broker/fault"
+	"github.com/agentictrust/atf/broker/notify"
 	"github.com/agentictrust/atf/broker/protoconv"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
@@ -19,26 +19,11 @@ func (s *Service) WatchEvents(_ *adminv1.WatchEventsRequest, stream grpc.ServerS
 	ctx := stream.Context()
 	events, cancel := s.cfg.Events.Subscribe()
 	defer cancel()
-	if err := stream.SendHeader(nil); err != nil {
-		return err
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-s.cfg.Closing:
-			return edge.ErrShuttingDown
-		case ev, ok := <-events:
-			if !ok {
-				return fault.New(fault.Exhausted, "event watcher fell behind; reconnect (missed events are in the audit trail)")
-			}
-			if err := stream.Send(&adminv1.WatchEventsResponse{Event: &adminv1.Event{
-				Id: ev.ID, Time: timestamppb.New(ev.Time), Kind: ev.Kind, Agent: ev.Agent, Role: ev.Role, Summary: ev.Summary, Detail: ev.Detail,
-			}}); err != nil {
-				return err
-			}
-		}
-	}
+	return edge.Relay(ctx, stream, s.cfg.Closing, events, "event watcher fell behind; reconnect (missed events are in the audit trail)", func(ev notify.Event) error {
+		return stream.Send(&adminv1.WatchEventsResponse{Event: &adminv1.Event{
+			Id: ev.ID, Time: timestamppb.New(ev.Time), Kind: ev.Kind, Agent: ev.Agent, Role: ev.Role, Summary: ev.Summary, Detail: ev.Detail,
+		}})
+	})
 }
 
 func (s *Service) QueryAudit(ctx context.Context, req *adminv1.QueryAuditRequest) (*adminv1.QueryAuditResponse, error) {

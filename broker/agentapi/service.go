@@ -208,25 +208,7 @@ func (s *Service) WatchRevocations(_ *brokerv1.WatchRevocationsRequest, stream g
 	ctx := stream.Context()
 	events, cancel := s.cfg.Revoker.Subscribe(edge.Caller(ctx))
 	defer cancel()
-	// Headers tell the client the watch is in place before any event.
-	if err := stream.SendHeader(nil); err != nil {
-		return err
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-s.cfg.Closing:
-			return edge.ErrShuttingDown
-		case ev, ok := <-events:
-			if !ok {
-				return fault.New(fault.Exhausted, "revocation watcher fell behind; reconnect and refetch credentials")
-			}
-			if err := stream.Send(ev); err != nil {
-				return err
-			}
-		}
-	}
+	return edge.Relay(ctx, stream, s.cfg.Closing, events, "revocation watcher fell behind; reconnect and refetch credentials", stream.Send)
 }
 
 func (s *Service) WaitApproval(req *brokerv1.WaitApprovalRequest, stream grpc.ServerStreamingServer[brokerv1.WaitApprovalResponse]) error {

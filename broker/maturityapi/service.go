@@ -173,6 +173,17 @@ func (s *Service) RollbackLevel(ctx context.Context, req *adminv1.RollbackLevelR
 	return &adminv1.RollbackLevelResponse{Agent: protoconv.AgentToProto(a), Summary: sum}, nil
 }
 
+// recordFor is the agent a maturity record (evidence, sign-off) is about
+// and the level it is for.
+func (s *Service) recordFor(id string, l brokerv1.Level) (store.Agent, authz.Level, error) {
+	a, err := s.cfg.Store.GetAgent(id)
+	if err != nil {
+		return a, 0, fmt.Errorf("get agent: %w", err)
+	}
+	to, err := target(a, l)
+	return a, to, err
+}
+
 // target is the level a record is for: the one given, or the next.
 func target(a store.Agent, l brokerv1.Level) (authz.Level, error) {
 	if l != brokerv1.Level_LEVEL_UNSPECIFIED {
@@ -189,11 +200,7 @@ func (s *Service) RecordEvidence(ctx context.Context, req *adminv1.RecordEvidenc
 	if err != nil {
 		return nil, fault.Wrap(fault.Invalid, err)
 	}
-	a, err := s.cfg.Store.GetAgent(req.GetSpiffeId())
-	if err != nil {
-		return nil, fmt.Errorf("get agent: %w", err)
-	}
-	to, err := target(a, req.GetTarget())
+	a, to, err := s.recordFor(req.GetSpiffeId(), req.GetTarget())
 	if err != nil {
 		return nil, err
 	}
@@ -205,11 +212,7 @@ func (s *Service) RecordEvidence(ctx context.Context, req *adminv1.RecordEvidenc
 }
 
 func (s *Service) RecordSignOff(ctx context.Context, req *adminv1.RecordSignOffRequest) (*adminv1.RecordSignOffResponse, error) {
-	a, err := s.cfg.Store.GetAgent(req.GetSpiffeId())
-	if err != nil {
-		return nil, fmt.Errorf("get agent: %w", err)
-	}
-	to, err := target(a, req.GetTarget())
+	a, to, err := s.recordFor(req.GetSpiffeId(), req.GetTarget())
 	if err != nil {
 		return nil, err
 	}
