@@ -84,8 +84,17 @@ func BenchmarkIssuance(b *testing.B) {
 		_, err := anchor.credential(ctx, agent.String())
 		return err
 	}
-	const raw, brk = 0, 1
-	kinds := [2]func(context.Context, int) error{raw: direct, brk: viaBroker}
+	// The batch baseline: a role anchor holding the role's policy creates
+	// a batch child, as the broker does for a batch credential.
+	roleAnchor, err := newRawAnchor(ctx, anchor.client, "demo-reports-read")
+	if err != nil {
+		b.Fatal(err)
+	}
+	directBatch := func(ctx context.Context, _ int) error {
+		return roleAnchor.batchCredential(ctx, agent.String())
+	}
+	const raw, rawBatch, brk = 0, 1, 2
+	kinds := [3]func(context.Context, int) error{raw: direct, rawBatch: directBatch, brk: viaBroker}
 
 	// Warm up TLS sessions, connection pools and the agent's anchor.
 	for _, op := range kinds {
@@ -93,9 +102,9 @@ func BenchmarkIssuance(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	var lat, loaded [2][]time.Duration // sequential; at benchConcurrency
-	var ops [2]int
-	var wall [2]time.Duration
+	var lat, loaded [3][]time.Duration // sequential; at benchConcurrency
+	var ops [3]int
+	var wall [3]time.Duration
 	for b.Loop() {
 		// Alternating, so that drift in Vault (its token count grows)
 		// touches both alike.
@@ -130,7 +139,7 @@ func BenchmarkIssuance(b *testing.B) {
 		}
 	}
 	commit := storeCommitP50(b)
-	var p50, p99, lp50, lp99, rate [2]float64
+	var p50, p99, lp50, lp99, rate [3]float64
 	for k := range kinds {
 		slices.Sort(lat[k])
 		slices.Sort(loaded[k])
@@ -156,6 +165,10 @@ func BenchmarkIssuance(b *testing.B) {
 	b.ReportMetric(lp50[raw], "c32-raw-p50-ns")
 	b.ReportMetric(lp99[brk], "c32-p99-ns")
 	b.ReportMetric(lp99[raw], "c32-raw-p99-ns")
+	b.ReportMetric(p50[rawBatch], "batch-raw-p50-ns")
+	b.ReportMetric(rate[rawBatch], "batch-raw-ops/s")
+	b.ReportMetric(p50[brk]/p50[rawBatch], "p50-vs-batch")
+	b.ReportMetric(rate[brk]/rate[rawBatch], "throughput-vs-batch")
 	b.ReportMetric(float64(commit), "commit-p50-ns")
 	b.ReportMetric(float64(commit)/p50[brk], "commit-share")
 }
@@ -455,7 +468,7 @@ func lineage(b *testing.B, root *vaultapi.Client, delegator, delegatee *client.C
 	creds = make([]string, n)
 	fetch := func(ctx context.Context, i int) error {
 		r, err := delegatee.Broker.FetchCredential(ctx, req)
-		creds[i] = r.GetCredential().GetAccessor()
+		creds[i] = vaultRef(r.GetCredential())
 		return err
 	}
 	// The anchor is never handed out: it is the token that the first
@@ -500,9 +513,9 @@ type rawAnchor struct {
 	client   *vaultapi.Client
 }
 
-func newRawAnchor(ctx context.Context, parent *vaultapi.Client) (rawAnchor, error) {
+func newRawAnchor(ctx context.Context, parent *vaultapi.Client, policies ...string) (rawAnchor, error) {
 	s, err := parent.Auth().Token().CreateWithRoleWithContext(ctx, &vaultapi.TokenCreateRequest{
-		Policies:       []string{"atf-anchor"},
+		Policies:       append([]string{"atf-anchor"}, policies...),
 		TTL:            "14400s",
 		ExplicitMaxTTL: "14400s",
 		Metadata:       map[string]string{"atf_node": "benchmark"},
@@ -546,6 +559,33 @@ func (a rawAnchor) credential(ctx context.Context, agent string) (string, error)
 		return "", fmt.Errorf("create credential: %w", err)
 	}
 	return s.Auth.Accessor, nil
+}
+
+// batchCredential creates, under a role anchor holding demo-reports-read,
+// the batch token the broker creates for an Intern's reports-read
+// credential.
+func (a rawAnchor) batchCredential(ctx context.Context, agent string) error {
+	renewable := false
+	_, err := a.client.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{
+		Policies: []string{"demo-reports-read"},
+		TTL:      "1800s",
+		Metadata: map[string]string{
+			"atf_agent":       agent,
+			"atf_role":        "reports-read",
+			"atf_level":       "intern",
+			"atf_decision_id": "0123456789abcdef0123456789abcdef",
+			"atf_grant_id":    "",
+			"atf_chain":       agent,
+		},
+		DisplayName:     "atf-reports-read",
+		NoDefaultPolicy: true,
+		Renewable:       &renewable,
+		Type:            "batch",
+	})
+	if err != nil {
+		return fmt.Errorf("create batch credential: %w", err)
+	}
+	return nil
 }
 
 // rawTree is a baseline lineage: an anchor and its children's accessors.
@@ -622,18 +662,43 @@ func accessors(ctx context.Context, root *vaultapi.Client) (map[string]bool, err
 	return out, nil
 }
 
-// countDead asks Vault about every accessor at once and returns how many it
-// no longer knows (revoked or expired).
-func countDead(ctx context.Context, root *vaultapi.Client, accs []string) (int, error) {
+// vaultRef is how Vault knows credential c: its accessor, or for a batch
+// token, which has none, the token itself.
+func vaultRef(c *brokerv1.Credential) string {
+	if strings.HasPrefix(c.GetAccessor(), "b.") {
+		return c.GetToken()
+	}
+	return c.GetAccessor()
+}
+
+// vaultRefs are the vaultRef of creds.
+func vaultRefs(creds []*brokerv1.Credential) []string {
+	out := make([]string, len(creds))
+	for i, c := range creds {
+		out[i] = vaultRef(c)
+	}
+	return out
+}
+
+// countDead asks Vault about every token at once, by accessor or, for a
+// batch token (hvb.), by the token, and returns how many it does not know.
+func countDead(ctx context.Context, root *vaultapi.Client, refs []string) (int, error) {
 	var dead atomic.Int32
-	_, err := parallel(ctx, len(accs), len(accs), func(ctx context.Context, i int) error {
-		_, err := root.Auth().Token().LookupAccessorWithContext(ctx, accs[i])
+	_, err := parallel(ctx, len(refs), len(refs), func(ctx context.Context, i int) error {
+		var err error
+		gone := "invalid accessor"
+		if strings.HasPrefix(refs[i], "hvb.") {
+			_, err = root.Auth().Token().LookupWithContext(ctx, refs[i])
+			gone = "bad token"
+		} else {
+			_, err = root.Auth().Token().LookupAccessorWithContext(ctx, refs[i])
+		}
 		var re *vaultapi.ResponseError
 		switch {
 		case err == nil:
 		// Vault wraps the message: "1 error occurred: * invalid accessor".
-		case errors.As(err, &re) && re.StatusCode == http.StatusBadRequest &&
-			slices.ContainsFunc(re.Errors, func(m string) bool { return strings.Contains(m, "invalid accessor") }):
+		case errors.As(err, &re) && (re.StatusCode == http.StatusBadRequest || re.StatusCode == http.StatusForbidden) &&
+			slices.ContainsFunc(re.Errors, func(m string) bool { return strings.Contains(m, gone) }):
 			dead.Add(1)
 		default:
 			return err

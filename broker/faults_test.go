@@ -37,9 +37,9 @@ import (
 // a stack of the test's own, a SPIRE agent that stops and comes back and a
 // Vault process that stops.
 
-// createPath is where every Vault token creation (anchor or credential)
-// goes.
-const createPath = "/v1/auth/token/create/"
+// createPath is where every Vault token creation (anchor, service or batch
+// credential) goes.
+const createPath = "/v1/auth/token/create"
 
 // faultEnv is a broker that reaches Vault through a FaultProxy, with a
 // metrics listener, and one agent holding a credential issued before any
@@ -57,10 +57,22 @@ type faultEnv struct {
 }
 
 func newFaultEnv(t *testing.T, tune func(*config.Config), opts ...broker.Option) *faultEnv {
+	return newFaultEnvOf(t, true, tune, opts...)
+}
+
+// newFaultEnvOf is newFaultEnv with service credentials or, with service
+// false, batch ones (the default kind).
+func newFaultEnvOf(t *testing.T, service bool, tune func(*config.Config), opts ...broker.Option) *faultEnv {
 	t.Helper()
 	e := &faultEnv{f: brokertest.Setup(t)}
 	e.proxy = brokertest.NewFaultProxy(t, strings.TrimPrefix(e.f.Stack.VaultAddr, "http://"))
-	e.cfg = e.f.Config(t, t.TempDir())
+	dir := t.TempDir()
+	e.cfg = e.f.Config(t, dir)
+	// These faults are followed token by token, by accessor: service
+	// credentials. TestVaultSlowBatch follows batch credentials.
+	if service {
+		e.cfg.RolesFile = brokertest.ServiceRoles(t, dir)
+	}
 	e.cfg.Vault.Address = e.proxy.URL()
 	e.cfg.MetricsAddr = freeAddr(t)
 	tune(&e.cfg)
@@ -171,6 +183,42 @@ func TestVaultFaults(t *testing.T) {
 				t.Errorf("the store holds %d credentials for the agent, want 2 (before the fault and after it)", n)
 			}
 		})
+	}
+}
+
+// A batch token Vault creates after the broker gave up cannot be revoked
+// alone: the role anchor it hangs on is, and with it the agent's batch
+// credentials of that role (the one issued before the fault too). Nothing
+// late lives; the next fetch, with Vault back, hangs on a new anchor.
+func TestVaultSlowBatch(t *testing.T) {
+	const timeout, attempts = time.Second, 3
+	e := newFaultEnvOf(t, false, func(cfg *config.Config) {
+		cfg.Vault.Timeout = timeout
+		cfg.Vault.Breaker.Failures = 1000
+	})
+	if !strings.HasPrefix(e.warm.GetAccessor(), "b.") {
+		t.Fatalf("credential before the fault = %s, want a batch token", e.warm.GetAccessor())
+	}
+	before, err := e.f.Stack.LiveAnchors(t.Context(), e.agent.String())
+	if err != nil || len(before) != 2 {
+		t.Fatalf("live anchors %v (%v), want the agent's and its role anchor", before, err)
+	}
+	e.proxy.Delay(3 * timeout)
+	for range attempts {
+		_, err := e.fetch(t.Context())
+		brokertest.WantCode(t, err, codes.Unavailable, "Vault is unavailable", "nothing was issued")
+	}
+	e.proxy.Delay(0)
+	devtest.WaitFor(t, 30*time.Second, "the late batch tokens' role anchor to be revoked", func() bool {
+		return e.metric(t, "atf_vault_late_tokens_revoked_total", nil) == attempts && e.f.Dead(t, e.warm.GetToken())
+	})
+	after, err := e.f.Stack.LiveAnchors(t.Context(), e.agent.String())
+	if err != nil || !slices.Equal(after, []string{store.AgentNode(e.agent.String())}) {
+		t.Fatalf("live anchors after the late answers %v (%v), want only the agent's own", after, err)
+	}
+	r, err := e.fetch(t.Context())
+	if err != nil || e.f.Dead(t, r.GetCredential().GetToken()) {
+		t.Fatalf("fetch with Vault back: %v", err)
 	}
 }
 

@@ -49,7 +49,7 @@ func BenchmarkKillSwitch(b *testing.B) {
 				for i := range killSamples {
 					id := f.ID(b, fmt.Sprintf("i%d-s%d", iter, i))
 					bk.Register(b, id, brokerv1.Level_LEVEL_INTERN, "reports-read")
-					accs := accessorsOf(fetchN(b, delegAgent{id: id, bc: bk.Dial(b, id).Broker}, "reports-read", heldCredentials))
+					accs := vaultRefs(fetchN(b, delegAgent{id: id, bc: bk.Dial(b, id).Broker}, "reports-read", heldCredentials))
 					tree, err := newRawTree(ctx, root, heldCredentials)
 					if err != nil {
 						b.Fatal(err)

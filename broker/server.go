@@ -291,7 +291,9 @@ func (s *Server) openServices(context.Context) (err error) {
 	note := notifier{s.notifier, s.now}
 	s.approvals = approval.New(approval.Config{Store: s.store, PendingTTL: s.cfg.Approvals.PendingTTL,
 		RedeemWithin: s.cfg.Approvals.RedeemWithin, Notifier: note, Now: s.now})
-	if s.revoker, err = revoke.New(revoke.Config{Store: s.store, Vault: s.vault, Live: s.live, Approvals: s.approvals, Log: s.log}); err != nil {
+	rolePolicies := func(role string) []string { return s.roles[role].Policies }
+	if s.revoker, err = revoke.New(revoke.Config{Store: s.store, Vault: s.vault, Live: s.live, Approvals: s.approvals,
+		RolePolicies: rolePolicies, Log: s.log}); err != nil {
 		return err
 	}
 	if gk := s.revoker.GlobalKill(); gk != nil {

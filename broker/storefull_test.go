@@ -32,6 +32,11 @@ func TestStoreFullRefusesIssuanceNotRevocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	under := helper.mustFetch(t, "reports-read", g.GetId())
+	// Batch credentials: what lives in Vault is the anchors they hang on.
+	anchors, err := f.Stack.LiveAnchors(t.Context(), lead.id.String(), helper.id.String())
+	if err != nil || len(anchors) != 4 {
+		t.Fatalf("live anchors %v (%v), want the lead's and the grant's, each with a role anchor", anchors, err)
+	}
 
 	// Fill the store to its limit while atfd is stopped.
 	e.b.Stop()
@@ -54,8 +59,9 @@ func TestStoreFullRefusesIssuanceNotRevocation(t *testing.T) {
 	brokertest.WantCode(t, err, codes.ResourceExhausted, "store is full", "revocations still work")
 	_, err = lead.delegate(t.Context(), helper.id, "", time.Hour, 0, "reports-read")
 	brokertest.WantCode(t, err, codes.ResourceExhausted, "store is full")
-	if live, err := f.Stack.LiveCredentials(t.Context(), lead.id.String(), helper.id.String()); err != nil || !slices.Equal(sorted(live), sorted([]string{own.GetAccessor(), under.GetAccessor()})) {
-		t.Fatalf("live credentials in Vault %v (%v), want only the two issued before", live, err)
+	after, err := f.Stack.LiveAnchors(t.Context(), lead.id.String(), helper.id.String())
+	if err != nil || !slices.Equal(after, anchors) || f.Dead(t, own.GetToken()) || f.Dead(t, under.GetToken()) {
+		t.Fatalf("live anchors in Vault %v (%v), want only those of the two credentials issued before, %v, both alive", after, err, anchors)
 	}
 
 	// Revocation commits in the room kept for it, and Vault follows.

@@ -482,6 +482,12 @@ type Role struct {
 	Classification string        `yaml:"classification"`
 	Policies       []string      `yaml:"policies"`
 	MaxTTL         time.Duration `yaml:"max_ttl"`
+	// Kind is the kind of Vault token the role's credentials are: batch
+	// (the default: revoked at once with their anchor, any number of them;
+	// no accessor, no use count, not revocable one by one) or service
+	// (accessor-tracked, revocable alone). A use-limited credential is
+	// always a service token. See docs/design.md §6.
+	Kind string `yaml:"kind"`
 
 	class          authz.Class
 	classification authz.Classification
@@ -521,6 +527,13 @@ func LoadRoles(path string) (map[string]Role, error) {
 		}
 		if r.MaxTTL <= 0 {
 			return nil, fmt.Errorf("%s: max_ttl must be positive", where)
+		}
+		switch r.Kind {
+		case "":
+			r.Kind = "batch"
+		case "batch", "service":
+		default:
+			return nil, fmt.Errorf("%s: kind must be batch or service, not %q", where, r.Kind)
 		}
 		roles[r.Name] = r
 	}

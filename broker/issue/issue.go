@@ -85,10 +85,25 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 	return cred, nil
 }
 
-// create makes the token in Vault under the plan's lineage node.
+// Kind is the kind of token p is issued as: a batch token unless the role
+// asks for service tokens or the credential carries a use count, which
+// batch tokens cannot (docs/design.md §6).
+func Kind(p decide.Plan) vault.Kind {
+	if p.MaxUses > 0 || p.Role.Kind == string(vault.Service) {
+		return vault.Service
+	}
+	return vault.Batch
+}
+
+// create makes the token in Vault under the anchor of the plan's role node:
+// revoking that anchor revokes exactly the credentials of one role under
+// one agent or grant, and revoking the node's own anchor above it all of
+// the node's.
 func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, string, error) {
 	vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
-	cred, anchor, err := is.underAnchor(vctx, p.Node(), vault.Request{
+	kind := Kind(p)
+	cred, anchor, err := is.underAnchor(vctx, store.RoleNode(p.Node(), p.Role.Name), vault.Request{
+		Kind:     kind,
 		Policies: p.Policies,
 		TTL:      p.TTL,
 		NumUses:  p.MaxUses,
@@ -106,6 +121,10 @@ func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, 
 	tracing.EndSpan(span, err)
 	switch {
 	case err == nil:
+		if kind == vault.Batch {
+			// A batch token has no accessor: the broker names it.
+			cred.Accessor = "b." + edge.NewID()
+		}
 		return cred, anchor, nil
 	case errors.Is(err, store.ErrKilled):
 		return cred, "", decide.Deny(p.Reasons, authz.Decision{Reason: authz.Killed, Message: "the kill switch stopped this agent while the request was in flight"})
@@ -131,7 +150,9 @@ func (is *Issuer) underAnchor(ctx context.Context, node string, req vault.Reques
 		req.Parent = anchor
 		cred, err := is.cfg.Vault.Issue(ctx, req)
 		if errors.Is(err, vault.ErrRejected) && attempt == 0 {
-			is.cfg.Anchors.Drop(node)
+			// The role anchor, or the node's above it, is gone: both are
+			// made anew.
+			is.cfg.Anchors.Drop(store.BaseNode(node))
 			continue
 		}
 		return cred, anchor.Accessor, err
@@ -143,8 +164,13 @@ func (is *Issuer) underAnchor(ctx context.Context, node string, req vault.Reques
 // recorded. (A refused record is queued for revocation too.)
 func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credential, anchor string, revision uint64) error {
 	_, span := is.cfg.Tracer.Start(ctx, tracing.SpanStoreRecord)
+	kind := ""
+	if Kind(p) == vault.Batch {
+		kind = store.KindBatch
+	}
 	err := is.cfg.Store.ForRequest(edge.RequestID(ctx)).RecordCredential(store.Credential{
 		Accessor:      cred.Accessor,
+		Kind:          kind,
 		AgentID:       p.Caller,
 		Role:          p.Role.Name,
 		Level:         p.Level,
@@ -164,7 +190,10 @@ func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credenti
 	if err == nil {
 		return nil
 	}
-	if rerr := is.cfg.Vault.Revoke(context.WithoutCancel(ctx), cred.Accessor); rerr != nil {
+	if kind == store.KindBatch {
+		// A batch token cannot be revoked alone; it never left the broker
+		// and expires within its TTL.
+	} else if rerr := is.cfg.Vault.Revoke(context.WithoutCancel(ctx), cred.Accessor); rerr != nil {
 		edge.Logger(ctx).Error("revoking an unrecorded credential failed; it expires on its own", slog.String(edge.LogError, rerr.Error()),
 			slog.String(edge.LogAccessor, cred.Accessor), slog.Time("expires_at", cred.ExpiresAt))
 	} else if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrKilled) || errors.Is(err, store.ErrConflict) {

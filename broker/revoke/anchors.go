@@ -3,6 +3,7 @@ package revoke
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -34,9 +35,15 @@ const (
 type Anchors struct {
 	issuer *vault.Issuer
 	store  *store.Store
+	// policies are a role's policies, which its role anchors hold.
+	policies func(role string) []string
 
 	mu sync.Mutex
 	m  map[string]*vault.Anchor
+	// roles are the role nodes in m, by their base node: they go with it.
+	roles map[string]map[string]bool
+	// sweepAt is the size of m at which expired anchors are swept out.
+	sweepAt int
 	// making holds the anchors being made, by node; everyone asking for a
 	// node meanwhile waits for the one making.
 	making map[string]*making
@@ -99,19 +106,75 @@ func (a *Anchors) getBelow(ctx context.Context, node string, below []string) (*v
 		delete(a.making, node)
 	}
 	if mk.err == nil && !mk.dropped {
-		a.m[node] = mk.an
+		a.putLocked(node, mk.an)
 	}
 	a.mu.Unlock()
 	close(mk.done)
 	return mk.an, mk.err
 }
 
+// putLocked keeps an for node, sweeping out anchors that can no longer be
+// used once the map has doubled since the last sweep, so that it holds
+// about what is live.
+func (a *Anchors) putLocked(node string, an *vault.Anchor) {
+	if len(a.m) >= a.sweepAt {
+		for n, old := range a.m {
+			if !a.issuer.Usable(old, anchorReserve) {
+				a.deleteLocked(n)
+			}
+		}
+		a.sweepAt = max(2*len(a.m), 1024)
+	}
+	a.m[node] = an
+	if base := store.BaseNode(node); base != node {
+		if a.roles == nil {
+			a.roles = map[string]map[string]bool{}
+		}
+		if a.roles[base] == nil {
+			a.roles[base] = map[string]bool{}
+		}
+		a.roles[base][node] = true
+	}
+}
+
+// deleteLocked forgets node's anchor and those of its role nodes, and
+// those being made for them.
+func (a *Anchors) deleteLocked(node string) {
+	for _, n := range append([]string{node}, slices.Collect(maps.Keys(a.roles[node]))...) {
+		delete(a.m, n)
+		if mk := a.making[n]; mk != nil {
+			mk.dropped = true
+			delete(a.making, n) // later callers make anew
+		}
+	}
+	delete(a.roles, node)
+	if base := store.BaseNode(node); base != node {
+		delete(a.roles[base], node)
+	}
+}
+
+// Len is the number of anchors held.
+func (a *Anchors) Len() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.m)
+}
+
 // create makes and records an anchor for node; path is node and the nodes
-// below it waiting on it.
+// below it waiting on it. A role node's anchor hangs under its base node's
+// and holds the role's policies.
 func (a *Anchors) create(ctx context.Context, node string, path []string) (*vault.Anchor, error) {
 	var parent *vault.Anchor
+	var policies []string
 	parentAccessor := ""
-	if id, ok := strings.CutPrefix(node, "grant:"); ok {
+	if base := store.BaseNode(node); base != node {
+		var err error
+		if parent, err = a.getBelow(ctx, base, path); err != nil {
+			return nil, err
+		}
+		parentAccessor = parent.Accessor
+		policies = a.policies(strings.TrimPrefix(node, base+"#"))
+	} else if id, ok := strings.CutPrefix(node, "grant:"); ok {
 		g, err := a.store.GetGrant(id)
 		if err != nil {
 			return nil, err
@@ -128,7 +191,11 @@ func (a *Anchors) create(ctx context.Context, node string, path []string) (*vaul
 	// Others may be waiting for it: the caller's giving up does not stop
 	// it (the Vault timeout bounds it).
 	ctx = context.WithoutCancel(ctx)
-	an, err := a.issuer.CreateAnchor(ctx, parent, anchorTTL, map[string]string{"atf_node": node})
+	holder, err := a.holder(store.BaseNode(node))
+	if err != nil {
+		return nil, err
+	}
+	an, err := a.issuer.CreateAnchor(ctx, parent, anchorTTL, map[string]string{"atf_node": node, "atf_agent": holder}, policies...)
 	if err != nil {
 		return nil, err
 	}
@@ -141,16 +208,25 @@ func (a *Anchors) create(ctx context.Context, node string, path []string) (*vaul
 	return an, nil
 }
 
-// Drop forgets the anchors of revoked nodes, and those being made for them.
+// holder is the agent whose credentials hang below node's anchors: the
+// agent's own, or a grant's delegatee. Vault's audit log and an operator
+// reading an anchor's metadata see it.
+func (a *Anchors) holder(node string) (string, error) {
+	id, ok := strings.CutPrefix(node, "grant:")
+	if !ok {
+		return strings.TrimPrefix(node, "agent:"), nil
+	}
+	g, err := a.store.GetGrant(id)
+	return g.Delegatee, err
+}
+
+// Drop forgets the anchors of revoked nodes (with their role nodes'), and
+// those being made for them.
 func (a *Anchors) Drop(nodes ...string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, n := range nodes {
-		delete(a.m, n)
-		if mk := a.making[n]; mk != nil {
-			mk.dropped = true
-			delete(a.making, n) // later callers make anew
-		}
+		a.deleteLocked(n)
 	}
 }
 
@@ -159,6 +235,7 @@ func (a *Anchors) DropAll() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	clear(a.m)
+	clear(a.roles)
 	for _, mk := range a.making {
 		mk.dropped = true
 	}

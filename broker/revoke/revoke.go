@@ -40,7 +40,10 @@ type Config struct {
 	Live interface{ Remove(accessors ...string) }
 	// Approvals is told when approvals were cancelled.
 	Approvals interface{ Fire() }
-	Log       *slog.Logger
+	// RolePolicies are a role's Vault policies, which its role anchors
+	// hold to create its batch credentials.
+	RolePolicies func(role string) []string
+	Log          *slog.Logger
 }
 
 // Revoker carries out revocations.
@@ -56,7 +59,7 @@ type Revoker struct {
 // New returns a Revoker; the global kill switch starts as the store has
 // it. Start its queue with Start.
 func New(cfg Config) (*Revoker, error) {
-	r := &Revoker{cfg: cfg, anchors: &Anchors{issuer: cfg.Vault, store: cfg.Store, m: map[string]*vault.Anchor{}},
+	r := &Revoker{cfg: cfg, anchors: &Anchors{issuer: cfg.Vault, store: cfg.Store, policies: cfg.RolePolicies, m: map[string]*vault.Anchor{}, sweepAt: 1024},
 		queue: newQueue(cfg.Store, cfg.Vault, cfg.Log)}
 	gk, err := cfg.Store.GlobalKill()
 	if err != nil {
@@ -181,7 +184,7 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 		ev := event(g.Delegatee)
 		ev.GrantIds = append(ev.GrantIds, g.ID)
 	}
-	r.anchors.Drop(nodes...)
+	r.anchors.Drop(append(nodes, rev.Nodes...)...)
 	if len(rev.Approvals) > 0 {
 		r.cfg.Approvals.Fire()
 	}

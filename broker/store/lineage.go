@@ -35,6 +35,17 @@ func AgentNode(id string) string { return "agent:" + id }
 // GrantNode names a grant's node; see AgentNode.
 func GrantNode(id string) string { return "grant:" + id }
 
+// RoleNode names the node of the anchor that holds one role's policies
+// under node (an agent's or a grant's) and has that role's credentials
+// below it: revoking it revokes exactly them.
+func RoleNode(node, role string) string { return node + "#" + role }
+
+// BaseNode is the agent or grant node a (role) node belongs to.
+func BaseNode(node string) string {
+	n, _, _ := strings.Cut(node, "#")
+	return n
+}
+
 // Root names the top of a lineage: an agent or a grant.
 type Root struct {
 	AgentID string
@@ -60,6 +71,9 @@ type Revocation struct {
 	Queued []string
 	// Approvals are the open approval requests cancelled.
 	Approvals []string
+	// Nodes are the role nodes whose anchors were revoked on their own
+	// (not with their agent's or grant's): the broker makes them anew.
+	Nodes []string
 }
 
 // CredentialCount is the number of credentials revoked.
@@ -189,11 +203,12 @@ func (s *Store) AddAnchor(a Anchor) error {
 		// An anchor for a node revoked meanwhile is refused, so that every
 		// anchor is either recorded before a revocation (and revoked by it)
 		// or never used.
-		if id, ok := strings.CutPrefix(a.Node, "grant:"); ok {
+		node := BaseNode(a.Node)
+		if id, ok := strings.CutPrefix(node, "grant:"); ok {
 			if _, err := liveChain(tx, id, s.now()); err != nil {
 				return err
 			}
-		} else if ag, err := getAgent(tx, strings.TrimPrefix(a.Node, "agent:")); err != nil {
+		} else if ag, err := getAgent(tx, strings.TrimPrefix(node, "agent:")); err != nil {
 			return err
 		} else if err := usable(tx, ag); err != nil {
 			return err
@@ -280,8 +295,12 @@ func credentialRefusal(tx *bolt.Tx, c Credential, a Agent, now time.Time) error 
 func putCredential(tx *bolt.Tx, c Credential, refused error, now time.Time) error {
 	if refused != nil {
 		c.RevokedAt = now
-		if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
-			return err
+		// A refused batch token never left the broker and cannot be
+		// revoked alone; it expires within its TTL.
+		if c.Kind != KindBatch {
+			if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
+				return err
+			}
 		}
 	}
 	v, err := json.Marshal(c)
@@ -426,10 +445,10 @@ func (s *Store) revokeGrants(tx *bolt.Tx, grants []delegation.Grant, root Root, 
 	return revoked, nil
 }
 
-// revokeAnchors marks the live anchors of nodes as revoked at now and
-// queues them in rev, in the order of nodes (parents first): revoking the
-// first in Vault already kills what hangs below it. It returns the
-// accessors queued.
+// revokeAnchors marks the live anchors of nodes, and of their role nodes,
+// as revoked at now and queues them in rev, in the order of nodes (parents
+// first): revoking the first in Vault already kills what hangs below it,
+// and the rest answer at once. It returns the accessors queued.
 func revokeAnchors(tx *bolt.Tx, nodes []string, now time.Time, rev *Revocation) (map[string]bool, error) {
 	queued := map[string]bool{}
 	for _, node := range nodes {
@@ -437,22 +456,51 @@ func revokeAnchors(tx *bolt.Tx, nodes []string, now time.Time, rev *Revocation) 
 		if err != nil {
 			return nil, err
 		}
+		roles, err := roleAnchors(tx, node)
+		if err != nil {
+			return nil, err
+		}
 		for _, an := range anchors {
-			if !an.RevokedAt.IsZero() || !an.ExpiresAt.After(now) {
+			if err := revokeAnchor(tx, an, now, queued, rev); err != nil {
+				return nil, err
+			}
+		}
+		// A role anchor dies with its node's anchor in Vault: it is marked,
+		// and queued only if that anchor is not.
+		for _, an := range roles {
+			if !queued[an.Parent] {
+				if err := revokeAnchor(tx, an, now, queued, rev); err != nil {
+					return nil, err
+				}
 				continue
 			}
-			an.RevokedAt = now
-			if err := putAnchor(tx, an); err != nil {
-				return nil, err
+			if an.RevokedAt.IsZero() && an.ExpiresAt.After(now) {
+				an.RevokedAt = now
+				if err := putAnchor(tx, an); err != nil {
+					return nil, err
+				}
+				queued[an.Accessor] = true // what hangs below it is gone too
 			}
-			if err := enqueue(tx, an.Accessor, queueItem{Kind: "anchor", Order: len(rev.Queued)}); err != nil {
-				return nil, err
-			}
-			queued[an.Accessor] = true
-			rev.Queued = append(rev.Queued, an.Accessor)
 		}
 	}
 	return queued, nil
+}
+
+// revokeAnchor marks an revoked at now and queues it, if it is live.
+func revokeAnchor(tx *bolt.Tx, an Anchor, now time.Time, queued map[string]bool, rev *Revocation) error {
+	if !an.RevokedAt.IsZero() || !an.ExpiresAt.After(now) {
+		return nil
+	}
+	an.RevokedAt = now
+	if err := putAnchor(tx, an); err != nil {
+		return err
+	}
+	if err := enqueue(tx, an.Accessor, queueItem{Kind: "anchor", Order: len(rev.Queued)}); err != nil {
+		return err
+	}
+	queued[an.Accessor] = true
+	rev.Queued = append(rev.Queued, an.Accessor)
+	return nil
 }
 
 // lineageCredentialKeys returns the keys of the credentials issued under
@@ -498,58 +546,72 @@ func revokeCredentialKeys(tx *bolt.Tx, keys [][]byte, queuedAnchors map[string]b
 			return err
 		}
 		rev.Credentials[cr.AgentID] = append(rev.Credentials[cr.AgentID], cr.Accessor)
-		if queuedAnchors[cr.Anchor] {
-			continue // dies with its anchor in Vault
-		}
-		if err := enqueue(tx, cr.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
+		if err := queueCredential(tx, cr, queuedAnchors, now, rev); err != nil {
 			return err
 		}
-		rev.Queued = append(rev.Queued, cr.Accessor)
 	}
 	return nil
 }
 
+// queueCredential queues the revocation of credential cr in Vault, unless
+// it dies with an anchor revoked already: a service token by its
+// accessor, a batch token, which has none, with its anchor.
+func queueCredential(tx *bolt.Tx, cr Credential, revokedAnchors map[string]bool, now time.Time, rev *Revocation) error {
+	if revokedAnchors[cr.Anchor] {
+		return nil // dies with its anchor in Vault
+	}
+	if cr.Kind == KindBatch {
+		an, err := getAnchor(tx, cr.Anchor)
+		if errors.Is(err, ErrNotFound) {
+			return nil // an anchor never recorded was never used
+		}
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(rev.Nodes, an.Node) {
+			rev.Nodes = append(rev.Nodes, an.Node)
+		}
+		return revokeAnchor(tx, an, now, revokedAnchors, rev)
+	}
+	if err := enqueue(tx, cr.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
+		return err
+	}
+	rev.Queued = append(rev.Queued, cr.Accessor)
+	return nil
+}
+
 // RevokeCredentials revokes the agent's live credentials that drop says
-// should go (a demotion or a role taken away), in one transaction, queues
-// them for revocation in Vault and audits each.
+// should go (a demotion, a role taken away, its sessions), in one
+// transaction, queues them for revocation in Vault and audits each. A
+// batch credential goes with its anchor, and so do the agent's other
+// credentials under that anchor (the same role): they are revoked too.
 func (s *Store) RevokeCredentials(agentID, actor, reason string, drop func(Credential) bool) (Revocation, error) {
 	rev := Revocation{Credentials: map[string][]string{}}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		rev = Revocation{Credentials: map[string][]string{}}
 		now := s.now().UTC()
-		creds := tx.Bucket(bucketCredentials)
-		// Collect first: bbolt cursors must not see writes mid-iteration.
-		var drops []Credential
-		prefix := credentialKey(agentID, "")
-		c := creds.Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			var cr Credential
-			if err := json.Unmarshal(v, &cr); err != nil {
-				return fmt.Errorf("store: decode credential: %w", err)
+		live, err := liveCredentialsOf(tx, agentID, now)
+		if err != nil {
+			return err
+		}
+		revokedAnchors := map[string]bool{}
+		gone := map[string]bool{}
+		for _, cr := range live {
+			if !drop(cr) {
+				continue
 			}
-			if cr.RevokedAt.IsZero() && cr.ExpiresAt.After(now) && drop(cr) {
-				drops = append(drops, cr)
+			gone[cr.Accessor] = true
+			if err := queueCredential(tx, cr, revokedAnchors, now, &rev); err != nil {
+				return err
 			}
 		}
-		for _, cr := range drops {
-			cr.RevokedAt = now
-			nv, err := json.Marshal(cr)
-			if err != nil {
+		for _, cr := range live {
+			if !gone[cr.Accessor] && !revokedAnchors[cr.Anchor] {
+				continue
+			}
+			if err := s.revokeCredential(tx, cr, actor, reason, now, &rev); err != nil {
 				return err
 			}
-			if err := creds.Put(credentialKey(agentID, cr.Accessor), nv); err != nil {
-				return err
-			}
-			if err := enqueue(tx, cr.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
-				return err
-			}
-			if err := s.appendAudit(tx, AuditRecord{Time: now, Kind: "credential_revoked", Actor: actor, Subject: cr.Accessor, Detail: map[string]string{
-				"agent": agentID, "role": cr.Role, "reason": reason,
-			}}); err != nil {
-				return err
-			}
-			rev.Credentials[agentID] = append(rev.Credentials[agentID], cr.Accessor)
-			rev.Queued = append(rev.Queued, cr.Accessor)
 		}
 		return nil
 	})
@@ -557,6 +619,43 @@ func (s *Store) RevokeCredentials(agentID, actor, reason string, drop func(Crede
 		return Revocation{}, err
 	}
 	return rev, nil
+}
+
+// liveCredentialsOf are agent's credentials live at now. (Collected before
+// any write: bbolt cursors must not see writes mid-iteration.)
+func liveCredentialsOf(tx *bolt.Tx, agentID string, now time.Time) ([]Credential, error) {
+	var live []Credential
+	prefix := credentialKey(agentID, "")
+	c := tx.Bucket(bucketCredentials).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		var cr Credential
+		if err := json.Unmarshal(v, &cr); err != nil {
+			return nil, fmt.Errorf("store: decode credential: %w", err)
+		}
+		if cr.RevokedAt.IsZero() && cr.ExpiresAt.After(now) {
+			live = append(live, cr)
+		}
+	}
+	return live, nil
+}
+
+// revokeCredential marks cr revoked at now, audits it and adds it to rev.
+func (s *Store) revokeCredential(tx *bolt.Tx, cr Credential, actor, reason string, now time.Time, rev *Revocation) error {
+	cr.RevokedAt = now
+	v, err := json.Marshal(cr)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketCredentials).Put(credentialKey(cr.AgentID, cr.Accessor), v); err != nil {
+		return err
+	}
+	if err := s.appendAudit(tx, AuditRecord{Time: now, Kind: "credential_revoked", Actor: actor, Subject: cr.Accessor, Detail: map[string]string{
+		"agent": cr.AgentID, "role": cr.Role, "reason": reason,
+	}}); err != nil {
+		return err
+	}
+	rev.Credentials[cr.AgentID] = append(rev.Credentials[cr.AgentID], cr.Accessor)
+	return nil
 }
 
 // Lineage returns the grants below root (parents first) and the credentials
@@ -765,6 +864,28 @@ func nodeAnchors(tx *bolt.Tx, node string) ([]Anchor, error) {
 	c := tx.Bucket(bucketNodeAnchors).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 		a, err := getAnchor(tx, string(k[len(prefix):]))
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// roleAnchors are the anchors of node's role nodes (RoleNode).
+func roleAnchors(tx *bolt.Tx, node string) ([]Anchor, error) {
+	var out []Anchor
+	prefix := []byte(node + "#")
+	c := tx.Bucket(bucketNodeAnchors).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		i := bytes.IndexByte(k, 0)
+		if i < 0 {
+			continue
+		}
+		a, err := getAnchor(tx, string(k[i+1:]))
 		if errors.Is(err, ErrNotFound) {
 			continue
 		}

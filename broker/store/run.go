@@ -105,8 +105,8 @@ func (s *Store) revokeAllLive(tx *bolt.Tx, actor string, now time.Time) (Revocat
 			return rev, err
 		}
 		rev.Credentials[c.AgentID] = append(rev.Credentials[c.AgentID], c.Accessor)
-		if queued[c.Anchor] {
-			continue // dies with its anchor in Vault
+		if queued[c.Anchor] || c.Kind == KindBatch {
+			continue // dies with its anchor in Vault (every live anchor is queued)
 		}
 		if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
 			return rev, err

@@ -133,7 +133,12 @@ type AgentChange struct {
 
 // Credential records one issued Vault token, by accessor.
 type Credential struct {
-	Accessor   string      `json:"accessor"`
+	// Accessor is the token's accessor; for a batch token, which has none,
+	// an id of the broker's (see Kind).
+	Accessor string `json:"accessor"`
+	// Kind is "batch" for a batch token, which dies only with its anchor;
+	// "" for a service token, revocable by its accessor.
+	Kind       string      `json:"kind,omitempty"`
 	AgentID    string      `json:"agent_id"`
 	Role       string      `json:"role"`
 	Level      authz.Level `json:"level"`
@@ -579,6 +584,9 @@ func (s *Store) LiveCredentials(now time.Time) ([]Credential, error) {
 	})
 	return out, err
 }
+
+// KindBatch is Credential.Kind for a batch token.
+const KindBatch = "batch"
 
 // Refusal is a store error that a caller can act on: Kind is one of the
 // sentinel errors above and Msg says, for a person, what is wrong ("approval

@@ -1,8 +1,14 @@
 // Package vault issues and revokes the broker's Vault credentials.
 //
-// Every credential is a Vault service token created through one token role
-// (docs/design.md §3), carrying exactly the policies the broker decided on,
-// non-renewable, with the agent, role, level and decision id in its metadata.
+// Every credential is a child of an anchor the broker holds (docs/design.md
+// §3), carrying exactly the policies the broker decided on, non-renewable,
+// with the agent, role, level and decision id in its metadata. It is of one
+// of two kinds (docs/design.md §6): a batch token (Batch, the default),
+// which Vault does not store and checks against its parent anchor at each
+// use, so that revoking the anchor kills any number of them at once; or a
+// service token (Service) created through the credential token role, which
+// has an accessor of its own, can be revoked alone and can carry a use
+// count.
 // The broker's own Vault token (from a static token for development, or an
 // AppRole or JWT-SVID login) is renewed in the background, re-obtained when
 // it cannot be renewed, and never leaves this package.
@@ -290,8 +296,25 @@ func (is *Issuer) watch(ctx context.Context, secret *vaultapi.Secret) error {
 	}
 }
 
+// Kind is a credential's kind of Vault token.
+type Kind string
+
+// The kinds of credential.
+const (
+	// Batch is a non-orphan batch child of its anchor, created with a
+	// subset of the anchor's own policies: no accessor, no use count, not
+	// revocable alone; dead the moment its anchor is.
+	Batch Kind = "batch"
+	// Service is a service child created through the credential role:
+	// an accessor, revocable alone, may carry a use count.
+	Service Kind = "service"
+)
+
 // Request describes a credential to create.
 type Request struct {
+	// Kind is the token's kind; "" means Service. A Batch credential needs
+	// a Parent that holds its policies, and no NumUses.
+	Kind     Kind
 	Policies []string
 	TTL      time.Duration
 	// NumUses limits the token's uses; 0 means unlimited.
@@ -307,37 +330,61 @@ type Request struct {
 
 // Credential is a created token. Token must go only to the agent.
 type Credential struct {
-	Token     string
+	Token string
+	// Accessor is the token's accessor; "" for a batch token, which has
+	// none.
 	Accessor  string
 	Policies  []string
 	IssuedAt  time.Time
 	ExpiresAt time.Time
 }
 
-// Issue creates a credential through the credential role. It checks that
-// Vault granted exactly the requested policies and lifetime and revokes the
-// token otherwise.
+// Issue creates a credential: a service token through the credential
+// role, or a batch token under req.Parent. It checks that Vault granted
+// exactly the requested policies and lifetime and revokes the token
+// otherwise (a batch token, which cannot be revoked alone, by revoking its
+// anchor).
 func (is *Issuer) Issue(ctx context.Context, req Request) (Credential, error) {
 	if len(req.Policies) == 0 || req.TTL <= 0 {
 		return Credential{}, fmt.Errorf("%w: a credential needs policies and a positive TTL", ErrRejected)
 	}
+	// An anchor's policy on a credential would let it make tokens: never,
+	// whatever a roles file says.
+	if slices.Contains(req.Policies, is.cfg.AnchorRole) {
+		return Credential{}, fmt.Errorf("%w: a credential may not carry the anchor policy %q", ErrRejected, is.cfg.AnchorRole)
+	}
+	batch := req.Kind == Batch
+	if batch && (req.Parent == nil || req.NumUses > 0) {
+		return Credential{}, fmt.Errorf("%w: a batch credential needs an anchor and no use count", ErrRejected)
+	}
 	renewable := false
 	issuedAt := time.Now()
-	s, err := is.create(ctx, "create token", is.clientFor(req.Parent), is.cfg.CredentialRole, &vaultapi.TokenCreateRequest{
+	secs := strconv.FormatInt(int64(req.TTL/time.Second), 10) + "s"
+	tr := &vaultapi.TokenCreateRequest{
 		Policies:        req.Policies,
-		TTL:             strconv.FormatInt(int64(req.TTL/time.Second), 10) + "s",
-		ExplicitMaxTTL:  strconv.FormatInt(int64(req.TTL/time.Second), 10) + "s",
+		TTL:             secs,
 		NumUses:         req.NumUses,
 		Metadata:        req.Metadata,
 		DisplayName:     req.DisplayName,
 		NoDefaultPolicy: true,
 		Renewable:       &renewable,
-		Type:            "service",
-	})
+		Type:            string(Service),
+	}
+	role, onLate := is.cfg.CredentialRole, late(lateToken)
+	if batch {
+		// Plain auth/token/create by the anchor: a child with a subset of
+		// the anchor's policies. A late batch token cannot be revoked
+		// alone: its anchor goes.
+		tr.Type, role = string(Batch), ""
+		onLate = lateAnchor(req.Parent.Accessor)
+	} else {
+		tr.ExplicitMaxTTL = secs
+	}
+	s, err := is.create(ctx, "create token", is.clientFor(req.Parent), role, tr, onLate)
 	if err != nil {
 		return Credential{}, err
 	}
-	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" || s.Auth.Accessor == "" {
+	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" || (!batch && s.Auth.Accessor == "") {
 		return Credential{}, fmt.Errorf("%w: create token: Vault returned no token", ErrRejected)
 	}
 	c := Credential{
@@ -350,7 +397,11 @@ func (is *Issuer) Issue(ctx context.Context, req Request) (Credential, error) {
 	want := slices.Sorted(slices.Values(req.Policies))
 	if !slices.Equal(c.Policies, want) || s.Auth.Renewable || time.Duration(s.Auth.LeaseDuration)*time.Second > req.TTL {
 		// Fail closed: a token wider or longer-lived than decided never leaves.
-		rerr := is.Revoke(context.WithoutCancel(ctx), c.Accessor)
+		victim := c.Accessor
+		if batch {
+			victim = req.Parent.Accessor
+		}
+		rerr := is.Revoke(context.WithoutCancel(ctx), victim)
 		return Credential{}, fmt.Errorf("%w: Vault issued policies %q (renewable=%t, ttl=%ds), not the requested %q; token revoked (revoke error: %v)",
 			ErrRejected, c.Policies, s.Auth.Renewable, s.Auth.LeaseDuration, want, rerr)
 	}
@@ -377,8 +428,10 @@ func (is *Issuer) Usable(a *Anchor, d time.Duration) bool {
 }
 
 // CreateAnchor creates an anchor under parent (nil: the broker's own token)
-// living ttl, with meta stored on the token.
-func (is *Issuer) CreateAnchor(ctx context.Context, parent *Anchor, ttl time.Duration, meta map[string]string) (*Anchor, error) {
+// living ttl, with meta stored on the token. Besides the anchor policy it
+// holds policies, those of the batch credentials it will create (none for
+// an anchor that only has anchors below it).
+func (is *Issuer) CreateAnchor(ctx context.Context, parent *Anchor, ttl time.Duration, meta map[string]string, policies ...string) (*Anchor, error) {
 	gen := is.generation.Load()
 	if parent != nil {
 		gen = parent.Generation
@@ -386,13 +439,13 @@ func (is *Issuer) CreateAnchor(ctx context.Context, parent *Anchor, ttl time.Dur
 	created := time.Now()
 	secs := strconv.FormatInt(int64(ttl/time.Second), 10) + "s"
 	s, err := is.create(ctx, "create anchor", is.clientFor(parent), is.cfg.AnchorRole, &vaultapi.TokenCreateRequest{
-		Policies:       []string{is.cfg.AnchorRole},
+		Policies:       append([]string{is.cfg.AnchorRole}, policies...),
 		TTL:            secs,
 		ExplicitMaxTTL: secs,
 		Metadata:       meta,
 		DisplayName:    "atf-anchor",
 		Type:           "service",
-	})
+	}, lateToken)
 	if err != nil {
 		return nil, err
 	}
@@ -423,12 +476,37 @@ func (is *Issuer) clientFor(parent *Anchor) *vaultapi.Client {
 	return is.slow
 }
 
-// create has Vault create a token through role, once the breaker admits
-// the call, and waits for the answer up to the Vault timeout. The request
+// late says what to revoke when Vault answers a creation nobody waits for
+// any more: the accessor of the token in the answer, or "" for nothing.
+type late func(s *vaultapi.Secret) string
+
+// lateToken revokes the late token itself.
+func lateToken(s *vaultapi.Secret) string {
+	if s == nil || s.Auth == nil {
+		return ""
+	}
+	return s.Auth.Accessor
+}
+
+// lateAnchor revokes the anchor of a late batch token, which has no
+// accessor of its own: its siblings go with it, and are made anew under a
+// new anchor.
+func lateAnchor(anchor string) late {
+	return func(s *vaultapi.Secret) string {
+		if s == nil || s.Auth == nil {
+			return ""
+		}
+		return anchor
+	}
+}
+
+// create has Vault create a token through role ("": plain
+// auth/token/create, a child of c's token), once the breaker admits the
+// call, and waits for the answer up to the Vault timeout. The request
 // itself runs on: a token Vault creates after the caller stopped waiting
-// would be recorded nowhere, so it is revoked as soon as the late answer
-// arrives.
-func (is *Issuer) create(ctx context.Context, op string, c *vaultapi.Client, role string, req *vaultapi.TokenCreateRequest) (*vaultapi.Secret, error) {
+// would be recorded nowhere, so what late says is revoked as soon as the
+// late answer arrives.
+func (is *Issuer) create(ctx context.Context, op string, c *vaultapi.Client, role string, req *vaultapi.TokenCreateRequest, late late) (*vaultapi.Secret, error) {
 	if ctx.Err() != nil {
 		// Nobody waits for the answer: do not ask.
 		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, op, context.Cause(ctx))
@@ -443,7 +521,13 @@ func (is *Issuer) create(ctx context.Context, op string, c *vaultapi.Client, rol
 	}
 	answers := make(chan answer, 1)
 	go func() {
-		s, err := c.Auth().Token().CreateWithRoleWithContext(context.WithoutCancel(ctx), req, role)
+		var s *vaultapi.Secret
+		var err error
+		if role == "" {
+			s, err = c.Auth().Token().CreateWithContext(context.WithoutCancel(ctx), req)
+		} else {
+			s, err = c.Auth().Token().CreateWithRoleWithContext(context.WithoutCancel(ctx), req, role)
+		}
 		answers <- answer{s, err}
 	}()
 	wait := time.NewTimer(is.cfg.Timeout)
@@ -470,7 +554,7 @@ func (is *Issuer) create(ctx context.Context, op string, c *vaultapi.Client, rol
 	}
 	is.late.Add(1)
 	go func() {
-		is.revokeLate(op, (<-answers).secret)
+		is.revokeLate(op, late((<-answers).secret))
 		is.late.Add(-1)
 		select {
 		case is.lateEnded <- struct{}{}:
@@ -480,17 +564,17 @@ func (is *Issuer) create(ctx context.Context, op string, c *vaultapi.Client, rol
 	return nil, err
 }
 
-// revokeLate revokes a token in an answer nobody waited for.
-func (is *Issuer) revokeLate(op string, s *vaultapi.Secret) {
-	if s == nil || s.Auth == nil || s.Auth.Accessor == "" {
+// revokeLate revokes accessor, for a token in an answer nobody waited for.
+func (is *Issuer) revokeLate(op, accessor string) {
+	if accessor == "" {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), revokeTimeout)
 	defer cancel()
-	log := is.cfg.Logger.With(slog.String("op", op), slog.String("accessor", s.Auth.Accessor))
-	if err := is.Revoke(ctx, s.Auth.Accessor); err != nil {
+	log := is.cfg.Logger.With(slog.String("op", op), slog.String("accessor", accessor))
+	if err := is.Revoke(ctx, accessor); err != nil {
 		log.Error("Vault created a token after the broker stopped waiting, and revoking it failed; it lives until it expires",
-			slog.Duration("ttl", time.Duration(s.Auth.LeaseDuration)*time.Second), slog.String("error", err.Error()))
+			slog.String("error", err.Error()))
 		return
 	}
 	is.lateRevoked.Add(1)

@@ -127,3 +127,94 @@ func TestIssuerUnavailable(t *testing.T) {
 		t.Fatalf("New with a bad token: %v, want ErrRejected without the token", err)
 	}
 }
+
+// Batch credentials against the real Vault: a role anchor that holds the
+// role's policies creates batch children with exactly them (none of its
+// own anchor policy, nothing it does not hold); they have no accessor,
+// refuse a use count, and die at once, every one of them, with their
+// anchor or any anchor above it, while a service credential under the same
+// anchor can still be revoked alone.
+func TestBatchCredentials(t *testing.T) {
+	s := devtest.Shared(t)
+	is := newIssuer(t, "")
+	ctx := t.Context()
+	// alive uses the token (a batch token is checked against its parent
+	// at each use): each demo policy may read secret/demo/reports.
+	alive := func(token string) bool {
+		c, err := s.VaultClient().Clone()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetToken(token)
+		_, err = c.Logical().ReadWithContext(ctx, "secret/data/demo/reports")
+		return err == nil
+	}
+
+	node, err := is.CreateAnchor(ctx, nil, time.Hour, map[string]string{"atf_node": "agent:batch"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	role, err := is.CreateAnchor(ctx, node, time.Hour, map[string]string{"atf_node": "agent:batch#reports-read"}, "demo-reports-read")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := is.CreateAnchor(ctx, node, time.Hour, map[string]string{"atf_node": "agent:batch#reports-write"}, "demo-reports-write")
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := func(parent *vault.Anchor, policies ...string) vault.Credential {
+		t.Helper()
+		c, err := is.Issue(ctx, vault.Request{Kind: vault.Batch, Policies: policies, TTL: 5 * time.Minute, Parent: parent,
+			Metadata: map[string]string{"atf_role": "reports-read"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Accessor != "" || !slices.Equal(c.Policies, policies) || c.ExpiresAt.Sub(c.IssuedAt) > 5*time.Minute || !alive(c.Token) {
+			t.Errorf("batch credential = accessor %q, policies %v, ttl %s, alive %t", c.Accessor, c.Policies, c.ExpiresAt.Sub(c.IssuedAt), alive(c.Token))
+		}
+		return c
+	}
+	reads := []vault.Credential{batch(role, "demo-reports-read"), batch(role, "demo-reports-read"), batch(role, "demo-reports-read")}
+	write := batch(other, "demo-reports-write")
+	svc, err := is.Issue(ctx, vault.Request{Kind: vault.Service, Policies: []string{"demo-reports-read"}, TTL: 5 * time.Minute, Parent: role, NumUses: 3})
+	if err != nil || svc.Accessor == "" {
+		t.Fatalf("service credential under a role anchor = %+v, %v", svc, err)
+	}
+
+	// Only what the anchor holds, never its anchor policy, never a use count.
+	for _, tt := range []struct {
+		name string
+		req  vault.Request
+	}{
+		{"a policy the anchor does not hold", vault.Request{Kind: vault.Batch, Policies: []string{"demo-payroll-read"}, TTL: time.Minute, Parent: role}},
+		{"the anchor policy", vault.Request{Kind: vault.Batch, Policies: []string{"atf-anchor"}, TTL: time.Minute, Parent: role}},
+		{"a use count", vault.Request{Kind: vault.Batch, Policies: []string{"demo-reports-read"}, TTL: time.Minute, Parent: role, NumUses: 1}},
+		{"no anchor", vault.Request{Kind: vault.Batch, Policies: []string{"demo-reports-read"}, TTL: time.Minute}},
+	} {
+		if _, err := is.Issue(ctx, tt.req); !errors.Is(err, vault.ErrRejected) {
+			t.Errorf("batch with %s: %v, want ErrRejected", tt.name, err)
+		}
+	}
+
+	// The service credential goes alone; the batch ones stay.
+	if err := is.Revoke(ctx, svc.Accessor); err != nil || alive(svc.Token) || !alive(reads[0].Token) {
+		t.Fatalf("revoking the service credential: %v; alive: service %t, batch %t", err, alive(svc.Token), alive(reads[0].Token))
+	}
+	// The role anchor takes every batch credential below it at once, not
+	// the other role's.
+	if err := is.Revoke(ctx, role.Accessor); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range reads {
+		if alive(c.Token) {
+			t.Errorf("batch credential %d alive after its anchor was revoked", i)
+		}
+	}
+	if !alive(write.Token) {
+		t.Error("the other role's batch credential died with a sibling anchor")
+	}
+	// The node anchor takes the rest.
+	if err := is.Revoke(ctx, node.Accessor); err != nil || alive(write.Token) {
+		t.Errorf("after revoking the node anchor: %v, write alive %t", err, alive(write.Token))
+	}
+}

@@ -101,6 +101,17 @@ func (e *atfdEnv) dial(id spiffeid.ID) *client.Conn {
 	return c
 }
 
+// liveAnchorsOf lists the nodes of the live Vault anchors agents'
+// credentials hang on.
+func liveAnchorsOf(t *testing.T, s *dev.Stack, agents ...string) []string {
+	t.Helper()
+	live, err := s.LiveAnchors(t.Context(), agents...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return live
+}
+
 // liveTokensOf lists the live Vault credentials of agents, by accessor.
 func liveTokensOf(t *testing.T, s *dev.Stack, agents ...string) []string {
 	t.Helper()

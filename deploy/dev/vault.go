@@ -231,15 +231,42 @@ func Accessors(ctx context.Context, c *vaultapi.Client) ([]string, error) {
 }
 
 // LiveCredentials lists, asking Vault as root, the accessors of the live
-// tokens whose metadata names one of agents (atf_agent): the credentials
-// brokers issued to them that Vault still honours.
+// service tokens whose metadata names one of agents (atf_agent): the
+// service credentials brokers issued to them that Vault still honours.
+// Batch credentials are not in Vault's lists; LiveAnchors shows what they
+// hang on.
 func (s *Stack) LiveCredentials(ctx context.Context, agents ...string) ([]string, error) {
+	var out []string
+	err := s.liveTokens(ctx, agents, func(acc string, meta map[string]any) {
+		if _, anchor := meta["atf_node"]; !anchor {
+			out = append(out, acc)
+		}
+	})
+	return out, err
+}
+
+// LiveAnchors lists, asking Vault as root, the nodes (atf_node: agent:…,
+// grant:…, and role nodes …#role) of the live anchors under which agents'
+// credentials hang: while none lives, none of their batch credentials can.
+func (s *Stack) LiveAnchors(ctx context.Context, agents ...string) ([]string, error) {
+	var out []string
+	err := s.liveTokens(ctx, agents, func(_ string, meta map[string]any) {
+		if node, ok := meta["atf_node"].(string); ok {
+			out = append(out, node)
+		}
+	})
+	slices.Sort(out)
+	return out, err
+}
+
+// liveTokens calls found with every live token whose metadata names one
+// of agents (atf_agent).
+func (s *Stack) liveTokens(ctx context.Context, agents []string, found func(accessor string, meta map[string]any)) error {
 	v := s.VaultClient()
 	all, err := Accessors(ctx, v)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var out []string
 	for _, acc := range all {
 		sec, err := v.Auth().Token().LookupAccessorWithContext(ctx, acc)
 		if err != nil {
@@ -247,10 +274,10 @@ func (s *Stack) LiveCredentials(ctx context.Context, agents ...string) ([]string
 		}
 		meta, _ := sec.Data["meta"].(map[string]any)
 		if agent, _ := meta["atf_agent"].(string); slices.Contains(agents, agent) {
-			out = append(out, acc)
+			found(acc, meta)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // Vault runs the vault CLI against the stack, as root, and returns its

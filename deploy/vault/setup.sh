@@ -38,9 +38,11 @@
 #                              names no policy gets ALL allowed policies, so
 #                              atfd always names them.
 #   token role atf-anchor      lineage anchors: child tokens with policy
-#                              atf-anchor, renewable. They also keep the
-#                              "default" policy, which is what lets an anchor
-#                              renew and look up itself.
+#                              atf-anchor and, for a role anchor, the policies
+#                              of one role (within ATF_ALLOWED_POLICIES), with
+#                              which it creates batch credentials; renewable.
+#                              They also keep the "default" policy, which is
+#                              what lets an anchor renew and look up itself.
 #   auth method approle/       enabled if missing, with role atf-broker:
 #                              periodic (1 h) renewable tokens with policy
 #                              atf-broker, secret IDs usable any number of
@@ -90,7 +92,7 @@ write auth/token/roles/atf-credential \
 
 say "token role atf-anchor"
 write auth/token/roles/atf-anchor \
-	allowed_policies=atf-anchor \
+	allowed_policies="atf-anchor,$ATF_ALLOWED_POLICIES" \
 	disallowed_policies=root \
 	orphan=false \
 	renewable=true \

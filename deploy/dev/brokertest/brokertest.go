@@ -157,6 +157,18 @@ type Broker struct {
 	done chan error
 }
 
+// ServiceRoles writes Roles with every role's credentials service tokens
+// (kind: service) to a file in dir, and returns its path: for tests of what
+// only service tokens have (an accessor, revocation alone).
+func ServiceRoles(t testing.TB, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "service-roles.yaml")
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(Roles, "    max_ttl:", "    kind: service\n    max_ttl:")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // Config returns a broker configuration for the fixture, with its store in
 // dir and the broker logged in to Vault with a token holding atf-broker.
 func (f *Fixture) Config(t testing.TB, dir string) config.Config {
