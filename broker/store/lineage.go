@@ -524,11 +524,14 @@ func lineageCredentialKeys(tx *bolt.Tx, root Root, grants []delegation.Grant) ([
 	return keys, nil
 }
 
-// revokeCredentialKeys marks the live credentials at keys as revoked at now
-// and adds them to rev; those not under a queued anchor (which takes them
-// with it in Vault) are queued for revocation.
+// revokeCredentialKeys revokes the live credentials at keys at now and adds
+// them to rev. A credential under an anchor revoked in this transaction is
+// not rewritten: its revocation is derived from its anchor's (readCredential),
+// one record per revoked node, whatever the number of credentials. Others
+// are marked and queued for revocation in Vault.
 func revokeCredentialKeys(tx *bolt.Tx, keys [][]byte, queuedAnchors map[string]bool, now time.Time, rev *Revocation) error {
 	creds := tx.Bucket(bucketCredentials)
+	seen := map[string]time.Time{}
 	for _, k := range keys {
 		var cr Credential
 		if err := json.Unmarshal(creds.Get(k), &cr); err != nil {
@@ -536,6 +539,13 @@ func revokeCredentialKeys(tx *bolt.Tx, keys [][]byte, queuedAnchors map[string]b
 		}
 		if !cr.RevokedAt.IsZero() || !cr.ExpiresAt.After(now) {
 			continue
+		}
+		if !queuedAnchors[cr.Anchor] && !anchorRevokedAt(tx, cr.Anchor, seen).IsZero() {
+			continue // died with its anchor earlier
+		}
+		rev.Credentials[cr.AgentID] = append(rev.Credentials[cr.AgentID], cr.Accessor)
+		if queuedAnchors[cr.Anchor] {
+			continue // revoked with its anchor, in the store and in Vault
 		}
 		cr.RevokedAt = now
 		v, err := json.Marshal(cr)
@@ -545,12 +555,42 @@ func revokeCredentialKeys(tx *bolt.Tx, keys [][]byte, queuedAnchors map[string]b
 		if err := creds.Put(k, v); err != nil {
 			return err
 		}
-		rev.Credentials[cr.AgentID] = append(rev.Credentials[cr.AgentID], cr.Accessor)
 		if err := queueCredential(tx, cr, queuedAnchors, now, rev); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// anchorRevokedAt is when the anchor with accessor acc was revoked in the
+// store (zero: live, expired or unknown), remembered in seen.
+func anchorRevokedAt(tx *bolt.Tx, acc string, seen map[string]time.Time) time.Time {
+	if acc == "" {
+		return time.Time{}
+	}
+	if at, ok := seen[acc]; ok {
+		return at
+	}
+	an, err := getAnchor(tx, acc)
+	if err != nil {
+		an = Anchor{}
+	}
+	seen[acc] = an.RevokedAt
+	return an.RevokedAt
+}
+
+// readCredential decodes a credential record; one revoked with its anchor
+// (see revokeCredentialKeys) reads as revoked when the anchor was. seen
+// caches anchors for the transaction.
+func readCredential(tx *bolt.Tx, v []byte, seen map[string]time.Time) (Credential, error) {
+	var cr Credential
+	if err := json.Unmarshal(v, &cr); err != nil {
+		return cr, fmt.Errorf("store: decode credential: %w", err)
+	}
+	if cr.RevokedAt.IsZero() {
+		cr.RevokedAt = anchorRevokedAt(tx, cr.Anchor, seen)
+	}
+	return cr, nil
 }
 
 // queueCredential queues the revocation of credential cr in Vault, unless
@@ -625,12 +665,13 @@ func (s *Store) RevokeCredentials(agentID, actor, reason string, drop func(Crede
 // any write: bbolt cursors must not see writes mid-iteration.)
 func liveCredentialsOf(tx *bolt.Tx, agentID string, now time.Time) ([]Credential, error) {
 	var live []Credential
+	seen := map[string]time.Time{}
 	prefix := credentialKey(agentID, "")
 	c := tx.Bucket(bucketCredentials).Cursor()
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-		var cr Credential
-		if err := json.Unmarshal(v, &cr); err != nil {
-			return nil, fmt.Errorf("store: decode credential: %w", err)
+		cr, err := readCredential(tx, v, seen)
+		if err != nil {
+			return nil, err
 		}
 		if cr.RevokedAt.IsZero() && cr.ExpiresAt.After(now) {
 			live = append(live, cr)
@@ -675,10 +716,11 @@ func (s *Store) Lineage(root Root) ([]delegation.Grant, []Credential, error) {
 			return err
 		}
 		now := s.now()
+		seen := map[string]time.Time{}
 		add := func(v []byte) error {
-			var cr Credential
-			if err := json.Unmarshal(v, &cr); err != nil {
-				return fmt.Errorf("store: decode credential: %w", err)
+			cr, err := readCredential(tx, v, seen)
+			if err != nil {
+				return err
 			}
 			if cr.RevokedAt.IsZero() && cr.ExpiresAt.After(now) {
 				live = append(live, cr)

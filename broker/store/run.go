@@ -82,12 +82,14 @@ func (s *Store) revokeAllLive(tx *bolt.Tx, actor string, now time.Time) (Revocat
 	}
 	creds := tx.Bucket(bucketCredentials)
 	var live []Credential
+	seen := map[string]time.Time{}
 	err = creds.ForEach(func(_, v []byte) error {
 		var c Credential
 		if err := json.Unmarshal(v, &c); err != nil {
 			return fmt.Errorf("store: decode credential: %w", err)
 		}
-		if c.RevokedAt.IsZero() && c.ExpiresAt.After(now) {
+		// Live until now: not revoked, alone or with an anchor before.
+		if c.RevokedAt.IsZero() && c.ExpiresAt.After(now) && (queued[c.Anchor] || anchorRevokedAt(tx, c.Anchor, seen).IsZero()) {
 			live = append(live, c)
 		}
 		return nil

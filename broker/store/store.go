@@ -451,11 +451,12 @@ func (s *Store) Credentials(agentID string) ([]Credential, error) {
 	var out []Credential
 	err := s.db.View(func(tx *bolt.Tx) error {
 		prefix := credentialKey(agentID, "")
+		seen := map[string]time.Time{}
 		c := tx.Bucket(bucketCredentials).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			var cr Credential
-			if err := json.Unmarshal(v, &cr); err != nil {
-				return fmt.Errorf("store: decode credential: %w", err)
+			cr, err := readCredential(tx, v, seen)
+			if err != nil {
+				return err
 			}
 			out = append(out, cr)
 		}
@@ -571,10 +572,11 @@ func credentialKey(agentID, accessor string) []byte { return pair(agentID, acces
 func (s *Store) LiveCredentials(now time.Time) ([]Credential, error) {
 	var out []Credential
 	err := s.db.View(func(tx *bolt.Tx) error {
+		seen := map[string]time.Time{}
 		return tx.Bucket(bucketCredentials).ForEach(func(_, v []byte) error {
-			var cr Credential
-			if err := json.Unmarshal(v, &cr); err != nil {
-				return fmt.Errorf("store: decode credential: %w", err)
+			cr, err := readCredential(tx, v, seen)
+			if err != nil {
+				return err
 			}
 			if cr.RevokedAt.IsZero() && cr.ExpiresAt.After(now) {
 				out = append(out, cr)

@@ -1,0 +1,94 @@
+package store_test
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/agentictrust/atf/broker/store"
+)
+
+// Revoking a lineage writes one record per revoked node (its anchors), not
+// one per credential: a credential under a revoked anchor keeps its record
+// as it was and reads as revoked when its anchor was; a credential with no
+// anchor is still marked on its own. Live credentials, lineages, a second
+// revocation and a crash recovery all see the derived state.
+func TestRevocationDerivedFromAnchors(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atf.db")
+	s, c := openLineage(t, path)
+	now := c.Now().UTC()
+	rev, err := s.RevokeLineage(store.Root{GrantID: "g-ab"}, "admin", "derived")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rev.CredentialCount(); got != 4 { // ab-anchored, ab-bare, bc-anchored, bc-bare
+		t.Fatalf("revoked %d credentials, want 4: %v", got, rev.Credentials)
+	}
+	creds := allCredentials(t, s)
+	for _, acc := range []string{"cred-ab-anchored", "cred-ab-bare", "cred-bc-anchored", "cred-bc-bare"} {
+		if !creds[acc].RevokedAt.Equal(now) {
+			t.Errorf("%s reads as revoked at %v, want %v", acc, creds[acc].RevokedAt, now)
+		}
+	}
+	if !creds["cred-a-anchored"].RevokedAt.IsZero() || !creds["cred-xy-anchored"].RevokedAt.IsZero() {
+		t.Error("a credential outside the lineage reads as revoked")
+	}
+	live, err := s.LiveCredentials(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cr := range live {
+		if cr.GrantID == "g-ab" || cr.GrantID == "g-bc" {
+			t.Errorf("LiveCredentials lists %s of the revoked lineage", cr.Accessor)
+		}
+	}
+	if _, lin, err := s.Lineage(store.Root{AgentID: agentA}); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, cr := range lin {
+			if cr.GrantID == "g-ab" || cr.GrantID == "g-bc" {
+				t.Errorf("Lineage lists %s of the revoked lineage", cr.Accessor)
+			}
+		}
+	}
+	again, err := s.RevokeLineage(store.Root{AgentID: agentA}, "admin", "the rest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, accs := range again.Credentials {
+		for _, acc := range accs {
+			if acc == "cred-ab-anchored" || acc == "cred-bc-anchored" {
+				t.Errorf("revoking A's lineage revoked %s again", acc)
+			}
+		}
+	}
+
+	// On disk: the anchored credential's record was not written again.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		for acc, rewritten := range map[string]bool{"cred-ab-anchored": false, "cred-ab-bare": true} {
+			var raw map[string]any
+			v := tx.Bucket([]byte("credentials")).Get(append(append([]byte(agentB), 0), acc...))
+			if err := json.Unmarshal(v, &raw); err != nil {
+				return err
+			}
+			if _, marked := raw["revoked_at"]; marked != rewritten {
+				t.Errorf("%s's record has revoked_at %t, want %t", acc, marked, rewritten)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
