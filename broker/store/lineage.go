@@ -901,26 +901,18 @@ func putAnchor(tx *bolt.Tx, a Anchor) error {
 }
 
 func nodeAnchors(tx *bolt.Tx, node string) ([]Anchor, error) {
-	var out []Anchor
-	prefix := pair(node, "")
-	c := tx.Bucket(bucketNodeAnchors).Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		a, err := getAnchor(tx, string(k[len(prefix):]))
-		if errors.Is(err, ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, a)
-	}
-	return out, nil
+	return anchorsUnder(tx, pair(node, ""))
 }
 
 // roleAnchors are the anchors of node's role nodes (RoleNode).
 func roleAnchors(tx *bolt.Tx, node string) ([]Anchor, error) {
+	return anchorsUnder(tx, []byte(node+"#"))
+}
+
+// anchorsUnder are the anchors whose node_anchors key (node, NUL,
+// accessor) begins with prefix.
+func anchorsUnder(tx *bolt.Tx, prefix []byte) ([]Anchor, error) {
 	var out []Anchor
-	prefix := []byte(node + "#")
 	c := tx.Bucket(bucketNodeAnchors).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 		i := bytes.IndexByte(k, 0)
