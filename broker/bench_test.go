@@ -27,11 +27,15 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/tracing"
 	"github.com/agentictrust/atf/delegation"
 	"github.com/agentictrust/atf/deploy/dev"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
@@ -296,6 +300,67 @@ func benchPolicy(b *testing.B, n int, agents []delegation.Agent) *authz.Policy {
 	return p
 }
 
+// BenchmarkIssuanceStages says where an issuance's time goes, from the
+// broker's own spans (read through an in-memory recorder): the decision
+// span (atf.decision) holds the Vault call (atf.vault.issue, the anchor
+// included) and the store record with its audit record (atf.store.record);
+// what the client waits beyond the decision span is the transport (gRPC,
+// mutual TLS), the SVID check, validation and the answer. Each stage is
+// reported as its p50 and its share of the client's p50.
+func BenchmarkIssuanceStages(b *testing.B) {
+	rec := tracetest.NewSpanRecorder()
+	f, bk := startBroker(b, broker.WithTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))))
+	ctx := b.Context()
+	agent := f.ID(b, "stages")
+	bk.Register(b, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	conn := bk.Dial(b, agent)
+	req := &brokerv1.FetchCredentialRequest{Role: "reports-read"}
+	for range 20 { // TLS session, connection pools, the agent's anchors
+		if _, err := conn.Broker.FetchCredential(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var total, decision, vaultCall, record []time.Duration
+	for b.Loop() {
+		for range latencySamples {
+			seen := len(rec.Ended())
+			start := time.Now()
+			if _, err := conn.Broker.FetchCredential(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+			total = append(total, time.Since(start))
+			spans := map[string]time.Duration{}
+			for _, sp := range rec.Ended()[seen:] {
+				spans[sp.Name()] = sp.EndTime().Sub(sp.StartTime())
+			}
+			decision = append(decision, spans[tracing.SpanDecision])
+			vaultCall = append(vaultCall, spans[tracing.SpanVaultIssue])
+			record = append(record, spans[tracing.SpanStoreRecord])
+		}
+	}
+	transport := make([]time.Duration, len(total))
+	decide := make([]time.Duration, len(total))
+	for i := range total {
+		transport[i] = total[i] - decision[i]
+		decide[i] = decision[i] - vaultCall[i] - record[i]
+	}
+	p50 := func(ds []time.Duration) float64 {
+		slices.Sort(ds)
+		return float64(percentile(ds, 0.50))
+	}
+	all := p50(total)
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(all, "total-p50-ns")
+	for _, st := range []struct {
+		name string
+		ds   []time.Duration
+	}{{"transport", transport}, {"decide", decide}, {"vault", vaultCall}, {"record", record}} {
+		v := p50(st.ds)
+		b.ReportMetric(v, st.name+"-p50-ns")
+		b.ReportMetric(v/all, st.name+"-share")
+	}
+}
+
 // BenchmarkLineageRevocation revokes, through AdminService.RevokeLineage,
 // one grant under which N live (batch) credentials were issued, and times it until
 // the call returns and until Vault confirms the tokens dead (the grant's
@@ -401,7 +466,7 @@ func BenchmarkLineageRevocation(b *testing.B) {
 // startBroker starts a broker with brokertest's configuration. The Vault
 // token it logs in with is revoked, with everything made under it, when b
 // ends, after the broker has stopped, so Vault is left as it was.
-func startBroker(b *testing.B) (*brokertest.Fixture, *brokertest.Broker) {
+func startBroker(b *testing.B, opts ...broker.Option) (*brokertest.Fixture, *brokertest.Broker) {
 	b.Helper()
 	f := brokertest.Setup(b)
 	cfg := f.Config(b, b.TempDir())
@@ -414,7 +479,7 @@ func startBroker(b *testing.B) (*brokertest.Fixture, *brokertest.Broker) {
 		b.Fatal(err)
 	}
 	revokeAtEnd(b, f, string(tok))
-	return f, f.Start(b, cfg)
+	return f, f.StartWith(b, cfg, opts...)
 }
 
 // vaultToken returns a new token with the broker's policy, revoked with

@@ -11,6 +11,7 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -51,6 +52,7 @@ type Option func(*options)
 type options struct {
 	logger *slog.Logger
 	now    func() time.Time
+	tracer trace.TracerProvider
 }
 
 // WithLogger sets the logger; default discards.
@@ -58,6 +60,13 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l 
 
 // WithClock sets the clock; default time.Now.
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// WithTracerProvider records the broker's spans (a decision, its Vault
+// issuance and store record) with tp instead of the configured exporter:
+// for a process that has its own, or a benchmark that reads them.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) { o.tracer = tp }
+}
 
 // Server is a running broker.
 type Server struct {
@@ -77,17 +86,19 @@ type Server struct {
 	// streamers copy the audit trail out (audit.file, audit.stdout).
 	streamers []*audit.Streamer
 	tracing   *tracing.Tracing
-	metrics   *metrics.Metrics
-	metricsLn net.Listener
-	rate      *limits.Rate
-	live      *limits.Live
-	maturity  maturity.Config
-	monitor   *monitor.Monitor
-	breakers  *monitor.Breakers
-	approvals *approval.Book
-	revoker   *revoke.Revoker
-	levels    *levels.Levels
-	watch     *watch.Watch
+	// tracerProvider replaces the configured tracing (WithTracerProvider).
+	tracerProvider trace.TracerProvider
+	metrics        *metrics.Metrics
+	metricsLn      net.Listener
+	rate           *limits.Rate
+	live           *limits.Live
+	maturity       maturity.Config
+	monitor        *monitor.Monitor
+	breakers       *monitor.Breakers
+	approvals      *approval.Book
+	revoker        *revoke.Revoker
+	levels         *levels.Levels
+	watch          *watch.Watch
 
 	grpc   *grpc.Server
 	health *health.Server
@@ -116,7 +127,7 @@ func New(ctx context.Context, cfg config.Config, opts ...Option) (_ *Server, err
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{log: o.logger, now: o.now, cfg: cfg, closingCh: make(chan struct{})}
+	s := &Server{log: o.logger, now: o.now, cfg: cfg, tracerProvider: o.tracer, closingCh: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -169,6 +180,9 @@ func (s *Server) openStore(context.Context) (err error) {
 	}
 	if s.tracing, err = tracing.New(cfg.Tracing); err != nil {
 		return err
+	}
+	if s.tracerProvider != nil {
+		s.tracing.Tracer = s.tracerProvider.Tracer(tracing.TracerName)
 	}
 	crashed, rev, err := s.store.BeginRun("atfd")
 	if err != nil {

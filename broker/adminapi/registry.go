@@ -10,6 +10,8 @@ import (
 	"slices"
 	"time"
 
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -18,13 +20,9 @@ import (
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/fault"
-	"github.com/agentictrust/atf/broker/levels"
 	"github.com/agentictrust/atf/broker/notify"
-	"github.com/agentictrust/atf/broker/policy"
 	"github.com/agentictrust/atf/broker/protoconv"
-	"github.com/agentictrust/atf/broker/revoke"
 	"github.com/agentictrust/atf/broker/store"
-	"github.com/agentictrust/atf/broker/watch"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 )
 
@@ -38,6 +36,30 @@ type Events interface {
 	Subscribe() (<-chan notify.Event, func())
 }
 
+// Policy is the policy in force (policy.Holder).
+type Policy interface {
+	Current() *authz.Policy
+	Commit(ctx context.Context, pv store.PolicyVersion, p *authz.Policy, expected uint64) (store.PolicyVersion, error)
+}
+
+// Levels revokes what a changed agent no longer backs (levels.Levels).
+type Levels interface {
+	RevokeUnbacked(ctx context.Context, agent store.Agent, actor string) (*brokerv1.RevocationSummary, error)
+}
+
+// Revoker revokes (revoke.Revoker).
+type Revoker interface {
+	GlobalKill() *store.Kill
+	Lineage(ctx context.Context, root store.Root, actor, reason string) (*brokerv1.RevocationSummary, error)
+	Finish(ctx context.Context, root store.Root, actor, reason string, rev store.Revocation, start time.Time, commit time.Duration, wait bool) *brokerv1.RevocationSummary
+}
+
+// Watcher shows what the behaviour watch knows of an agent (watch.Watch).
+type Watcher interface {
+	BreakerProto(agent string) *adminv1.Breaker
+	BaselineFormed(agent string) bool
+}
+
 // Config is what the service needs.
 type Config struct {
 	Store *store.Store
@@ -45,10 +67,10 @@ type Config struct {
 	Trust    edge.TrustChecker
 	Roles    map[string]config.Role
 	Gate     *authz.Gate
-	Policy   *policy.Holder
-	Levels   *levels.Levels
-	Revoker  *revoke.Revoker
-	Watch    *watch.Watch
+	Policy   Policy
+	Levels   Levels
+	Revoker  Revoker
+	Watch    Watcher
 	Notifier Notifier
 	Events   Events
 	// Config is atfd's configuration, for the conformance statement.

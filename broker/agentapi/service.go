@@ -18,20 +18,16 @@ import (
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
-	"github.com/agentictrust/atf/broker/approval"
 	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/decide"
 	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/fault"
-	"github.com/agentictrust/atf/broker/issue"
-	"github.com/agentictrust/atf/broker/limits"
 	"github.com/agentictrust/atf/broker/metrics"
 	"github.com/agentictrust/atf/broker/monitor"
 	"github.com/agentictrust/atf/broker/protoconv"
-	"github.com/agentictrust/atf/broker/revoke"
 	"github.com/agentictrust/atf/broker/store"
-	"github.com/agentictrust/atf/broker/watch"
+	"github.com/agentictrust/atf/broker/vault"
 	"github.com/agentictrust/atf/delegation"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -41,6 +37,37 @@ type Notifier interface {
 	Notify(ctx context.Context, kind, agent, role, summary string, detail map[string]string)
 }
 
+// Limiter is the per-agent rate limit (limits.Rate).
+type Limiter interface {
+	Allow(agent string, level authz.Level) *fault.Error
+}
+
+// Watcher is the behaviour watch (watch.Watch).
+type Watcher interface {
+	Observe(ctx context.Context, ev monitor.Event) *monitor.Anomaly
+	Outcome(ctx context.Context, agent, role string, success bool)
+	Breaker(ctx context.Context, agent string, failure bool)
+	BreakerOpen(agent string) *fault.Error
+}
+
+// Approvals keeps approval requests (approval.Book).
+type Approvals interface {
+	Request(ctx context.Context, ap store.Approval) (store.Approval, error)
+	Wait(ctx context.Context, id, caller string, stop <-chan struct{}, errStop error, send func(store.Approval) error) error
+}
+
+// Issuer carries out a plan (issue.Issuer).
+type Issuer interface {
+	Issue(ctx context.Context, p decide.Plan, revision uint64) (vault.Credential, error)
+}
+
+// Revoker revokes and tells (revoke.Revoker).
+type Revoker interface {
+	GlobalKill() *store.Kill
+	Lineage(ctx context.Context, root store.Root, actor, reason string) (*brokerv1.RevocationSummary, error)
+	Subscribe(agent string) (<-chan *brokerv1.WatchRevocationsResponse, func())
+}
+
 // Config is what the service needs.
 type Config struct {
 	Store     *store.Store
@@ -48,11 +75,11 @@ type Config struct {
 	Gate      *authz.Gate
 	Policy    interface{ Current() *authz.Policy }
 	Rules     delegation.Rules
-	Rate      *limits.Rate
-	Watch     *watch.Watch
-	Approvals *approval.Book
-	Issuer    *issue.Issuer
-	Revoker   *revoke.Revoker
+	Rate      Limiter
+	Watch     Watcher
+	Approvals Approvals
+	Issuer    Issuer
+	Revoker   Revoker
 	Metrics   *metrics.Metrics
 	Tracer    trace.Tracer
 	Notifier  Notifier

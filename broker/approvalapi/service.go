@@ -8,7 +8,6 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/agentictrust/atf/broker/approval"
 	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/protoconv"
@@ -19,7 +18,12 @@ import (
 // Config is what the service needs.
 type Config struct {
 	Store     *store.Store
-	Approvals *approval.Book
+	Approvals Decider
+}
+
+// Decider records approvers' verdicts (approval.Book).
+type Decider interface {
+	Decide(ctx context.Context, id, approver string, approve bool, reason string) (store.Approval, error)
 }
 
 // Service is ApprovalService.

@@ -17,11 +17,9 @@ import (
 	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/fault"
-	"github.com/agentictrust/atf/broker/levels"
 	"github.com/agentictrust/atf/broker/maturity"
 	"github.com/agentictrust/atf/broker/protoconv"
 	"github.com/agentictrust/atf/broker/store"
-	"github.com/agentictrust/atf/broker/watch"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -31,11 +29,23 @@ type Notifier interface {
 	Notify(ctx context.Context, kind, agent, role, summary string, detail map[string]string)
 }
 
+// Levels changes levels (levels.Levels).
+type Levels interface {
+	Demote(ctx context.Context, id, actor, reason string, steps int) (store.Agent, *brokerv1.RevocationSummary, error)
+	Change(ctx context.Context, a store.Agent, actor, action, reason string, to authz.Level) (store.Agent, *brokerv1.RevocationSummary, error)
+}
+
+// Watcher shows what the behaviour watch knows of an agent (watch.Watch).
+type Watcher interface {
+	BreakerProto(agent string) *adminv1.Breaker
+	BaselineProto(agent string) *adminv1.Baseline
+}
+
 // Config is what the service needs.
 type Config struct {
 	Store    *store.Store
-	Levels   *levels.Levels
-	Watch    *watch.Watch
+	Levels   Levels
+	Watch    Watcher
 	Maturity maturity.Config
 	Notifier Notifier
 	Now      func() time.Time

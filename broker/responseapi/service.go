@@ -19,7 +19,6 @@ import (
 	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/fault"
 	"github.com/agentictrust/atf/broker/protoconv"
-	"github.com/agentictrust/atf/broker/revoke"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 )
@@ -29,10 +28,18 @@ type Notifier interface {
 	Notify(ctx context.Context, kind, agent, role, summary string, detail map[string]string)
 }
 
+// Revoker stops agents and revokes what they hold (revoke.Revoker).
+type Revoker interface {
+	Kill(ctx context.Context, id, actor, reason string, lineage, wait bool) ([]string, *brokerv1.RevocationSummary, error)
+	KillAll(ctx context.Context, actor, reason string, wait bool) (*brokerv1.RevocationSummary, error)
+	ReleaseAll(ctx context.Context, actor, reason string) error
+	Credentials(ctx context.Context, agent, actor, reason string, revoke func(store.Credential) bool) (*brokerv1.RevocationSummary, error)
+}
+
 // Config is what the service needs.
 type Config struct {
 	Store   *store.Store
-	Revoker *revoke.Revoker
+	Revoker Revoker
 	// Trust checks the trust domain of agents named in requests.
 	Trust edge.TrustChecker
 	// Operators are the security operators, who alone may release.

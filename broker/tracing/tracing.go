@@ -37,7 +37,7 @@ const (
 	AttrDecisionID   = "atf.decision_id"
 	AttrRequestID    = "atf.request_id"
 	AttrPolicyVer    = "atf.policy_version"
-	tracerName       = "github.com/agentictrust/atf/broker"
+	TracerName       = "github.com/agentictrust/atf/broker"
 	tracingBatchTime = time.Second
 )
 
@@ -54,7 +54,7 @@ type Tracing struct {
 // nothing. Spans carry ids and names, never tokens.
 func New(cfg config.TracingConfig) (*Tracing, error) {
 	if cfg.Endpoint == "" {
-		return &Tracing{Tracer: noop.NewTracerProvider().Tracer(tracerName), Shutdown: func(context.Context) error { return nil }}, nil
+		return &Tracing{Tracer: noop.NewTracerProvider().Tracer(TracerName), Shutdown: func(context.Context) error { return nil }}, nil
 	}
 	opts := []otlptracegrpc.Option{otlptracegrpc.WithEndpoint(cfg.Endpoint)}
 	if cfg.Insecure {
@@ -77,7 +77,7 @@ func New(cfg config.TracingConfig) (*Tracing, error) {
 	)
 	prop := propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 	return &Tracing{
-		Tracer:       tp.Tracer(tracerName),
+		Tracer:       tp.Tracer(TracerName),
 		Shutdown:     tp.Shutdown,
 		ServerOption: grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(prop))),
 	}, nil

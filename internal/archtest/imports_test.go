@@ -92,7 +92,17 @@ var rules = []rule{
 		why: "every package may use fault, so it imports nothing of the module"},
 	{from: "./broker/edge", mayNotImport: "./broker/decide",
 		why: "the edge maps errors and authenticates; it knows no decision"},
+	{from: "./broker/*api", mayNotImport: "./broker/revoke", why: apiWhy},
+	{from: "./broker/*api", mayNotImport: "./broker/issue", why: apiWhy},
+	{from: "./broker/*api", mayNotImport: "./broker/levels", why: apiWhy},
+	{from: "./broker/*api", mayNotImport: "./broker/watch", why: apiWhy},
+	{from: "./broker/*api", mayNotImport: "./broker/approval", why: apiWhy},
+	{from: "./broker/*api", mayNotImport: "./broker/limits", why: apiWhy},
+	{from: "./broker/*api", mayNotImport: "./broker/policy", why: apiWhy},
 }
+
+const apiWhy = "an API package receives its collaborators as small interfaces it declares itself; the composition root " +
+	"hands it the implementations"
 
 // TestImportRules checks every rule against the module's production
 // packages.

@@ -178,6 +178,7 @@ func rows(r results) []row {
 	pick := r.pick
 	const (
 		iss    = "broker/Issuance"
+		stages = "broker/IssuanceStages"
 		lin    = "broker/LineageRevocation/credentials=10000"
 		kill   = "broker/KillSwitch/default"
 		forced = "broker/KillSwitch/forced"
@@ -193,6 +194,15 @@ func rows(r results) []row {
 		{"issuance throughput, concurrency 32", pick(iss, "ops/s", perSecond), "raw service " + pick(iss, "raw-ops/s", perSecond), pick(iss, "throughput-ratio", times), "≥ 1.0×"},
 		{"issuance throughput vs raw batch, concurrency 32", pick(iss, "ops/s", perSecond), "raw batch " + pick(iss, "batch-raw-ops/s", perSecond), pick(iss, "throughput-vs-batch", times), ""},
 		{"store commit (fsync) in an issuance", pick(iss, "commit-p50-ns", ms), "issuance p50 " + pick(iss, "p50-ns", ms), pick(iss, "commit-share", share), ""},
+	}
+	for _, st := range []struct{ key, what string }{
+		{"transport", "gRPC, mutual TLS, SVID check, validation, answer"},
+		{"decide", "decision: admission, chain, monitor, gate, limits"},
+		{"vault", "Vault call (anchor included)"},
+		{"record", "store record with its audit record"},
+	} {
+		out = append(out, row{"issuance stage p50: " + st.what, pick(stages, st.key+"-p50-ns", ms),
+			"issuance p50 " + pick(stages, "total-p50-ns", ms), pick(stages, st.key+"-share", share), ""})
 	}
 	for _, n := range []string{"10", "1000", "10000"} {
 		key := "broker/Decision/lines=" + n
