@@ -980,3 +980,31 @@ func TestAuditQueryUntilUnderConcurrentWrites(t *testing.T) {
 		}
 	}
 }
+
+// A policy line that denies a Principal a role at its level is not escaped
+// by delegating the role to an Intern, whose level the line does not reach:
+// the delegation is refused, and a grant made before the line was set no
+// longer issues, since every delegator is checked at its own level as well
+// as at the chain's.
+func TestDelegationDoesNotLaunderAPolicyDeny(t *testing.T) {
+	f := brokertest.Setup(t)
+	e := newDelegEnv(t, f, f.Config(t, t.TempDir()))
+	ctx := t.Context()
+	p := e.register(t, "launder-principal", brokerv1.Level_LEVEL_PRINCIPAL, "reports-read")
+	in := e.register(t, "launder-intern", brokerv1.Level_LEVEL_INTERN, "reports-read")
+	g, err := p.delegate(ctx, in.id, "", time.Hour, 0, "reports-read")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.mustFetch(t, "reports-read", g.GetId())
+
+	e.setPolicy(t, brokertest.OpenPolicy(f.Stack.TrustDomain)+"p, "+p.id.String()+", reports-read, read, senior, deny\n", "no reports for P")
+	_, err = p.fetch(ctx, "reports-read", "")
+	brokertest.WantCode(t, err, codes.PermissionDenied)
+	_, err = p.delegate(ctx, in.id, "", time.Hour, 0, "reports-read")
+	brokertest.WantCode(t, err, codes.PermissionDenied, p.id.String()+` may not hold role "reports-read" itself`)
+	_, err = in.fetch(ctx, "reports-read", g.GetId())
+	brokertest.WantCode(t, err, codes.PermissionDenied, "delegator "+p.id.String()+` may not hold role "reports-read" itself`)
+	// The Intern's own authority is untouched.
+	in.mustFetch(t, "reports-read", "")
+}

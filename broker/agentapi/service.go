@@ -108,6 +108,23 @@ func (s *Service) db(ctx context.Context) *store.Store {
 	return s.cfg.Store.ForRequest(edge.RequestID(ctx))
 }
 
+// mayPassOn refuses a delegation of a role that delegator a may not hold
+// itself now: the policy in force, at its own level, must allow it (a
+// grant never launders what the policy denies the delegator).
+func (s *Service) mayPassOn(a store.Agent, roles []string) error {
+	self := &authz.Agent{ID: a.ID, Level: a.Level, Active: a.Usable(), Killed: a.Kill != nil, Roles: a.Roles}
+	for _, name := range roles {
+		role, ok := s.cfg.Roles[name]
+		if !ok {
+			continue // delegation's rules refuse it as outside the manifest
+		}
+		if d := s.cfg.Gate.Decide(s.cfg.Policy.Current(), self, role.Authz(), 0); d.Outcome == authz.Deny {
+			return fault.New(fault.Denied, "%s may not hold role %q itself, so it cannot pass it on: %s", a.ID, name, d.Message)
+		}
+	}
+	return nil
+}
+
 // principal is agent a as delegation sees it.
 func (s *Service) principal(a store.Agent) delegation.Agent {
 	return decide.Principal(a, s.cfg.Roles, s.cfg.Gate)
@@ -192,6 +209,9 @@ func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (
 		if g.ParentID == req.GetParentGrantId() && g.RevokedAt.IsZero() && g.ExpiresAt.After(now) {
 			dreq.LiveFanOut++
 		}
+	}
+	if err := s.mayPassOn(a, req.GetRoles()); err != nil {
+		return nil, err
 	}
 	g, err := s.cfg.Rules.Check(dreq, now)
 	if err != nil {

@@ -236,15 +236,11 @@ func Decide(in Input, why Reasons) (Plan, *Refusal) {
 	}
 	role := in.Role.Authz()
 	d := in.Gate.Decide(in.Policy, in.Agent, role, in.Request.TTL)
-	for _, up := range in.Chain[:len(in.Chain)-1] {
+	for i, up := range in.Chain[:len(in.Chain)-1] {
 		if d.Outcome == authz.Deny {
 			break
 		}
-		ud := in.Gate.Decide(in.Policy, &authz.Agent{ID: up, Level: in.Agent.Level, Active: true, Roles: in.Agent.Roles}, role, 0)
-		if ud.Outcome == authz.Deny {
-			ud.Message = fmt.Sprintf("delegator %s may not hold role %q itself, so it cannot pass it on: %s", up, in.Role.Name, ud.Message)
-			d = ud
-		}
+		d = delegatorDecision(in, role, up, i, d)
 	}
 	why.explain(d)
 	if d.Outcome == authz.Deny {
@@ -270,6 +266,25 @@ func Decide(in Input, why Reasons) (Plan, *Refusal) {
 		}
 	}
 	return p, nil
+}
+
+// delegatorDecision is d unless the delegator up (the i-th agent of the
+// chain) may not hold role itself, at the chain's level or at its own: a
+// policy line that denies it at its level (a deny for seniors and above,
+// say) is not escaped by passing the role to a lower level.
+func delegatorDecision(in Input, role authz.Role, up string, i int, d authz.Decision) authz.Decision {
+	levels := []authz.Level{in.Agent.Level}
+	if len(in.Levels) == len(in.Chain) && in.Levels[i] != in.Agent.Level {
+		levels = append(levels, in.Levels[i])
+	}
+	for _, lvl := range levels {
+		ud := in.Gate.Decide(in.Policy, &authz.Agent{ID: up, Level: lvl, Active: true, Roles: in.Agent.Roles}, role, 0)
+		if ud.Outcome == authz.Deny {
+			ud.Message = fmt.Sprintf("delegator %s may not hold role %q itself, so it cannot pass it on: %s", up, in.Role.Name, ud.Message)
+			return ud
+		}
+	}
+	return d
 }
 
 // Reasons explain a decision, whatever its outcome: they become the
