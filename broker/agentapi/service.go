@@ -108,6 +108,22 @@ func (s *Service) db(ctx context.Context) *store.Store {
 	return s.cfg.Store.ForRequest(edge.RequestID(ctx))
 }
 
+// parentChain is the chain down to grant pid, which caller re-delegates
+// under: it must exist and have been given to caller.
+func (s *Service) parentChain(pid, caller string) ([]delegation.Grant, map[string]delegation.Agent, error) {
+	grants, ancestors, err := s.chainOf(pid)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil, fault.New(fault.NotFound, "grant %s does not exist", pid)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("load grant chain: %w", err)
+	}
+	if grants[len(grants)-1].Delegatee != caller {
+		return nil, nil, fault.New(fault.Denied, "grant %s was not given to %s", pid, caller)
+	}
+	return grants, ancestors, nil
+}
+
 // mayPassOn refuses a delegation of a role that delegator a may not hold
 // itself now: the policy in force, at its own level, must allow it (a
 // grant never launders what the policy denies the delegator).
@@ -181,17 +197,9 @@ func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (
 	}
 
 	if pid := req.GetParentGrantId(); pid != "" {
-		grants, ancestors, err := s.chainOf(pid)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, fault.New(fault.NotFound, "grant %s does not exist", pid)
+		if dreq.Chain, dreq.Ancestors, err = s.parentChain(pid, caller); err != nil {
+			return nil, err
 		}
-		if err != nil {
-			return nil, fmt.Errorf("load grant chain: %w", err)
-		}
-		if grants[len(grants)-1].Delegatee != caller {
-			return nil, fault.New(fault.Denied, "grant %s was not given to %s", pid, caller)
-		}
-		dreq.Chain, dreq.Ancestors = grants, ancestors
 	}
 	if dreq.TTL == 0 {
 		// Unset: an hour, or what is left of the chain if less.
@@ -210,10 +218,10 @@ func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (
 			dreq.LiveFanOut++
 		}
 	}
-	if err := s.mayPassOn(a, req.GetRoles()); err != nil {
-		return nil, err
-	}
 	g, err := s.cfg.Rules.Check(dreq, now)
+	if err == nil {
+		err = s.mayPassOn(a, req.GetRoles())
+	}
 	if err != nil {
 		edge.Logger(ctx).Warn("delegation refused", slog.String(edge.LogError, err.Error()))
 		return nil, err
