@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/broker/notify"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
@@ -756,4 +757,47 @@ func TestLimitLivePerLineage(t *testing.T) {
 	wantLimited(t, err, "live_per_lineage", limited)
 	// On its own authority, B is its own lineage.
 	b.mustFetch(t, "reports-read", "")
+}
+
+// An approval is bound to the request the approver saw: redeemed without a
+// lifetime it gives the approved one, never the role's longer one, and a
+// redemption asking for another lifetime is refused (and gives the
+// approval back, so that it redeems as approved).
+func TestApprovalBoundToTheApprovedRequest(t *testing.T) {
+	f := brokertest.Setup(t)
+	e := newApprovalEnv(t, f, f.Config(t, t.TempDir()))
+	ctx := t.Context()
+	junior := e.agent(t, f.ID(t, "bound-junior"), brokerv1.Level_LEVEL_JUNIOR, reportsRW...)
+	ask := func() *brokerv1.Approval {
+		t.Helper()
+		r, err := junior.bc.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "reports-write", Ttl: durationpb.New(time.Minute), Justification: "one minute"})
+		if err != nil || r.GetApproval() == nil || r.GetApproval().GetTtl().AsDuration() != time.Minute {
+			t.Fatalf("asking for a one-minute write: %v, %v", r, err)
+		}
+		e.decide(t, r.GetApproval().GetId(), adminv1.Verdict_VERDICT_APPROVE, "one minute is fine")
+		return r.GetApproval()
+	}
+	lifetime := func(c *brokerv1.Credential) time.Duration {
+		return c.GetExpiresAt().AsTime().Sub(c.GetIssuedAt().AsTime())
+	}
+
+	first := ask()
+	c, err := junior.redeem(ctx, "reports-write", first.GetId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := lifetime(c); d > time.Minute {
+		t.Errorf("redeemed without a ttl: lives %s, want the approved minute", d)
+	}
+
+	second := ask()
+	_, err = junior.bc.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "reports-write", ApprovalId: second.GetId(), Ttl: durationpb.New(10 * time.Minute)})
+	brokertest.WantCode(t, err, codes.FailedPrecondition, "approval "+second.GetId()+" was given for a lifetime of 1m0s, not 10m0s")
+	c, err = junior.redeem(ctx, "reports-write", second.GetId())
+	if err != nil {
+		t.Fatalf("redeeming as approved after a refused redemption: %v", err)
+	}
+	if d := lifetime(c); d > time.Minute {
+		t.Errorf("redeemed as approved: lives %s, want the approved minute", d)
+	}
 }

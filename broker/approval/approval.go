@@ -84,18 +84,19 @@ func (b *Book) Request(ctx context.Context, ap store.Approval) (store.Approval, 
 	return ap, nil
 }
 
-// Claim redeems approval id for decision decisionID; release gives it
-// back if the credential cannot be issued after all.
-func (b *Book) Claim(ctx context.Context, id, agent, role, grantID, decisionID string) (release func(), err error) {
-	if _, err := b.db(ctx).ClaimApproval(id, agent, role, grantID, decisionID); err != nil {
+// Claim redeems approval id for decision decisionID and returns it;
+// release gives it back if the credential cannot be issued after all.
+func (b *Book) Claim(ctx context.Context, id, agent, role, grantID, decisionID string) (_ store.Approval, release func(), err error) {
+	ap, err := b.db(ctx).ClaimApproval(id, agent, role, grantID, decisionID)
+	if err != nil {
 		// Not theirs, not approved, or spent: the caller can act on it.
 		if r := (*store.Refusal)(nil); errors.As(err, &r) && (errors.Is(r, store.ErrConflict) || errors.Is(r, store.ErrNotFound)) {
-			return nil, &fault.Error{Kind: fault.Precondition, Msg: "approval cannot be redeemed: " + r.Msg, Err: err}
+			return ap, nil, &fault.Error{Kind: fault.Precondition, Msg: "approval cannot be redeemed: " + r.Msg, Err: err}
 		}
-		return nil, fmt.Errorf("claim approval: %w", err)
+		return ap, nil, fmt.Errorf("claim approval: %w", err)
 	}
 	b.Fire()
-	return func() {
+	return ap, func() {
 		if err := b.db(ctx).ReleaseApproval(id, decisionID); err != nil {
 			edge.Logger(ctx).Error("releasing an approval after a failed issuance failed", slog.String(edge.LogError, err.Error()))
 		}

@@ -28,7 +28,7 @@ import (
 
 // Approvals redeems approvals.
 type Approvals interface {
-	Claim(ctx context.Context, id, agent, role, grantID, decisionID string) (release func(), err error)
+	Claim(ctx context.Context, id, agent, role, grantID, decisionID string) (store.Approval, func(), error)
 }
 
 // Config is what an Issuer needs.
@@ -66,11 +66,14 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 	}()
 	undo = append(undo, func() { is.cfg.Live.Cancel(res) })
 	if id := p.ApprovalID; id != "" {
-		release, err := is.cfg.Approvals.Claim(ctx, id, p.Caller, p.Role.Name, p.GrantID, p.Reasons.DecisionID)
+		ap, release, err := is.cfg.Approvals.Claim(ctx, id, p.Caller, p.Role.Name, p.GrantID, p.Reasons.DecisionID)
 		if err != nil {
 			return vault.Credential{}, err
 		}
 		undo = append(undo, release)
+		if p, err = boundBy(p, ap); err != nil {
+			return vault.Credential{}, err
+		}
 	}
 	cred, anchor, err := is.create(ctx, p)
 	if err != nil {
@@ -83,6 +86,19 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 	failpoint.Hit(failpoint.IssueAfterRecord)
 	is.cfg.Live.Commit(res, cred.Accessor, cred.ExpiresAt)
 	return cred, nil
+}
+
+// boundBy holds p to what the approver saw in ap: a redemption that asks
+// for another lifetime is refused, one that names none gets the approved
+// one, never more.
+func boundBy(p decide.Plan, ap store.Approval) (decide.Plan, error) {
+	if p.Request.TTL != 0 && p.Request.TTL != ap.TTL {
+		return p, fault.New(fault.Precondition, "approval %s was given for a lifetime of %s, not %s: redeem it as approved (or without a ttl)", ap.ID, ap.TTL, p.Request.TTL)
+	}
+	if ap.TTL > 0 {
+		p.TTL = min(p.TTL, ap.TTL)
+	}
+	return p, nil
 }
 
 // Kind is the kind of token p is issued as: a batch token unless the role
