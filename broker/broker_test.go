@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -744,5 +745,47 @@ func TestDemotionRevokesWhatTheLevelNoLongerHolds(t *testing.T) {
 		if got := f.Dead(t, tokens[role]); got != want {
 			t.Errorf("%s token dead = %t, want %t", role, got, want)
 		}
+	}
+}
+
+// Streams that need no SVID (health Watch, reflection) are bounded: a
+// client without a certificate cannot open them without end; the health
+// Check still answers, and a closed stream frees its slot.
+func TestPublicStreamsBounded(t *testing.T) {
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	conn := dialNoClientCert(t, b)
+	health := healthpb.NewHealthClient(conn)
+	const limit = 64 // edge.Config.MaxPublicStreams's default
+	var cancels []context.CancelFunc
+	for i := range limit {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancels = append(cancels, cancel)
+		w, err := health.Watch(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Recv(); err != nil {
+			t.Fatalf("watch %d: %v", i, err)
+		}
+	}
+	w, err := health.Watch(t.Context(), &healthpb.HealthCheckRequest{})
+	if err == nil {
+		_, err = w.Recv()
+	}
+	brokertest.WantCode(t, err, codes.ResourceExhausted, "too many open health and reflection streams")
+	if r, err := health.Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health Check with the streams full = %v, %v", r, err)
+	}
+	cancels[0]()
+	devtest.WaitFor(t, 10*time.Second, "a closed stream's slot to be free", func() bool {
+		w, err := health.Watch(t.Context(), &healthpb.HealthCheckRequest{})
+		if err == nil {
+			_, err = w.Recv()
+		}
+		return err == nil
+	})
+	for _, c := range cancels {
+		c()
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"buf.build/go/protovalidate"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/encoding"
 	protoenc "google.golang.org/grpc/encoding/proto"
@@ -57,6 +58,11 @@ type Config struct {
 	Admins, SecurityOperators, Approvers map[spiffeid.ID]bool
 	Log                                  *slog.Logger
 	Now                                  func() time.Time
+	// MaxPublicStreams bounds the streams open at once on the methods that
+	// need no SVID (health Watch, reflection); default 64. Past it, new
+	// ones are refused (ResourceExhausted): a client without a certificate
+	// cannot pile up streams.
+	MaxPublicStreams int
 }
 
 // Edge is the gRPC edge of one broker.
@@ -64,6 +70,8 @@ type Edge struct {
 	cfg       Config
 	validator protovalidate.Validator
 	rules     []accessRule
+	// public holds a slot per open stream on a method that needs no SVID.
+	public chan struct{}
 }
 
 // accessRule says who may call a service's methods.
@@ -85,12 +93,15 @@ func New(cfg Config) (*Edge, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.MaxPublicStreams <= 0 {
+		cfg.MaxPublicStreams = 64
+	}
 	v, err := protovalidate.New()
 	if err != nil {
 		return nil, fmt.Errorf("edge: validator: %w", err)
 	}
 	admin := func(id spiffeid.ID) bool { return cfg.Admins[id] }
-	e := &Edge{cfg: cfg, validator: v, rules: []accessRule{
+	e := &Edge{cfg: cfg, validator: v, public: make(chan struct{}, cfg.MaxPublicStreams), rules: []accessRule{
 		{serviceOf(adminv1.AdminService_ServiceDesc), admin,
 			"is not a broker admin; admins are listed in atfd's configuration (admins)", "admin call refused: caller is not an admin"},
 		{serviceOf(adminv1.MaturityService_ServiceDesc), admin,
@@ -147,6 +158,12 @@ func (e *Edge) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 
 func (e *Edge) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if public(info.FullMethod) {
+		select {
+		case e.public <- struct{}{}:
+			defer func() { <-e.public }()
+		default:
+			return status.Errorf(codes.ResourceExhausted, "too many open health and reflection streams (%d); use the health Check", cap(e.public))
+		}
 		return handler(srv, ss)
 	}
 	ctx, _ := e.begin(ss.Context(), info.FullMethod)
