@@ -73,9 +73,8 @@ func RequestID(ctx context.Context) string {
 	return rid
 }
 
-// WithLogger returns ctx carrying log as its request logger, for work
-// started outside a call (background loops) that calls handlers' helpers.
-func WithLogger(ctx context.Context, log *slog.Logger) context.Context {
+// withLogger returns ctx carrying log as its request logger.
+func withLogger(ctx context.Context, log *slog.Logger) context.Context {
 	return context.WithValue(ctx, loggerKey, log)
 }
 

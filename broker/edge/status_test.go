@@ -219,7 +219,7 @@ func TestStatus(t *testing.T) {
 	for _, tc := range statusCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			log := &logRecorder{}
-			got := e.Status(WithLogger(t.Context(), slog.New(log)), tc.err)
+			got := e.Status(withLogger(t.Context(), slog.New(log)), tc.err)
 
 			st := status.Convert(got)
 			if st.Code() != tc.code || st.Message() != tc.msg {

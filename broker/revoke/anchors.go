@@ -153,13 +153,6 @@ func (a *Anchors) deleteLocked(node string) {
 	}
 }
 
-// Len is the number of anchors held.
-func (a *Anchors) Len() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return len(a.m)
-}
-
 // create makes and records an anchor for node; path is node and the nodes
 // below it waiting on it. A role node's anchor hangs under its base node's
 // and holds the role's policies.
