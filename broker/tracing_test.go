@@ -120,6 +120,10 @@ func TestTracing(t *testing.T) {
 	if a := attrs(deny); a["atf.role"] != "reports-write" || a["atf.reason"] != "class_not_allowed" {
 		t.Errorf("deny span attributes %v", a)
 	}
+	// The span's status is the code the caller gets.
+	if st := deny.GetStatus(); st.GetCode() != tracepb.Status_STATUS_CODE_ERROR || st.GetMessage() != "PermissionDenied" {
+		t.Errorf("deny span status %v, want an error saying PermissionDenied", st)
+	}
 	if got := hex.EncodeToString(allow.GetTraceId()); got != traceID {
 		t.Errorf("the decision span is in trace %s, not the caller's %s", got, traceID)
 	}

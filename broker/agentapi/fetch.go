@@ -39,7 +39,7 @@ func (s *Service) FetchCredential(ctx context.Context, req *brokerv1.FetchCreden
 		attribute.String(tracing.AttrAgent, r.Caller), attribute.String(tracing.AttrRole, r.Role.Name),
 		attribute.String(tracing.AttrDecisionID, why.DecisionID), attribute.String(tracing.AttrRequestID, why.RequestID)))
 	resp, outcome, err := s.fetch(ctx, r, why, start)
-	tracing.EndDecision(span, outcome.decision, outcome.reason, outcome.policyVersion, err)
+	tracing.EndDecision(span, outcome.decision, outcome.reason, outcome.policyVersion, edge.Code(err))
 	return resp, err
 }
 

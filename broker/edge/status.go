@@ -104,20 +104,34 @@ func (e *Edge) Status(ctx context.Context, err error) error {
 		}
 		return gs.GRPCStatus().Err()
 	}
-	st, level := e.status(err)
+	st, level := statusOf(err, e.cfg.Now())
 	Logger(ctx).Log(ctx, level, "refused", slog.String(LogError, err.Error()), slog.String(LogCode, st.Code().String()))
 	return st.Err()
 }
 
-// status is err's status and the level its refusal is logged at.
-func (e *Edge) status(err error) (*status.Status, slog.Level) {
+// Code is the gRPC code Status answers err with (OK for nil), for what
+// records an outcome before the edge answers: a trace span, say.
+func Code(err error) codes.Code {
+	if err == nil {
+		return codes.OK
+	}
+	var gs interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &gs) {
+		return gs.GRPCStatus().Code()
+	}
+	st, _ := statusOf(err, time.Now())
+	return st.Code()
+}
+
+// statusOf is err's status at now and the level its refusal is logged at.
+func statusOf(err error, now time.Time) (*status.Status, slog.Level) {
 	var (
 		f    *fault.Error
 		open *vault.BreakerOpenError
 	)
 	switch {
 	case errors.As(err, &open):
-		retry := max(open.RetryAt.Sub(e.cfg.Now()), 0)
+		retry := max(open.RetryAt.Sub(now), 0)
 		st := status.New(codes.Unavailable, fmt.Sprintf("Vault circuit breaker open; retrying at %s (in %s); nothing was issued",
 			open.RetryAt.UTC().Format(time.RFC3339), retry.Round(time.Millisecond)))
 		return withDetails(st, &errdetails.RetryInfo{RetryDelay: durationpb.New(retry)}), slog.LevelWarn

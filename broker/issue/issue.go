@@ -134,7 +134,7 @@ func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, 
 		},
 		DisplayName: "atf-" + strings.ReplaceAll(p.Role.Name, "/", "-"),
 	})
-	tracing.EndSpan(span, err)
+	tracing.EndSpan(span, edge.Code(err))
 	switch {
 	case err == nil:
 		if kind == vault.Batch {
@@ -202,7 +202,7 @@ func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credenti
 		AgentRevision: revision,
 		Why:           p.Reasons.Detail(),
 	})
-	tracing.EndSpan(span, err)
+	tracing.EndSpan(span, edge.Code(err))
 	if err == nil {
 		return nil
 	}

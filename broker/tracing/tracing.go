@@ -20,7 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/codes"
 
 	"github.com/agentictrust/atf/broker/config"
 )
@@ -83,17 +83,18 @@ func New(cfg config.TracingConfig) (*Tracing, error) {
 	}, nil
 }
 
-// EndSpan ends span with err's gRPC code as its status.
-func EndSpan(span trace.Span, err error) {
-	if err != nil {
-		span.SetStatus(otelcodes.Error, status.Code(err).String())
+// EndSpan ends span with the gRPC code its operation is answered with
+// (edge.Code) as its status.
+func EndSpan(span trace.Span, code codes.Code) {
+	if code != codes.OK {
+		span.SetStatus(otelcodes.Error, code.String())
 	}
 	span.End()
 }
 
 // EndDecision ends a decision's span with its outcome: decision (allow,
 // deny, limited, pending, error), reason and the policy version.
-func EndDecision(span trace.Span, decision, reason, policyVersion string, err error) {
+func EndDecision(span trace.Span, decision, reason, policyVersion string, code codes.Code) {
 	span.SetAttributes(attribute.String(AttrDecision, decision), attribute.String(AttrReason, reason), attribute.String(AttrPolicyVer, policyVersion))
-	EndSpan(span, err)
+	EndSpan(span, code)
 }
