@@ -123,7 +123,7 @@ func (s *Service) TestPolicy(ctx context.Context, req *adminv1.TestPolicyRequest
 	agent := &authz.Agent{ID: id, Level: authz.Intern, Active: true, Roles: []string{roleName}}
 	switch rec, err := s.cfg.Store.GetAgent(id); {
 	case err == nil:
-		agent = &authz.Agent{ID: rec.ID, Level: rec.Level, Active: rec.Status == store.Active, Killed: rec.Kill != nil, Roles: rec.Roles}
+		agent = rec.Subject()
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, fmt.Errorf("look up agent: %w", err)
 	}

@@ -55,7 +55,10 @@ func (s *Service) fetch(ctx context.Context, r decide.Request, why decide.Reason
 	if err == nil && plan.NeedsApproval {
 		s.cfg.Metrics.Decisions.WithLabelValues("pending", plan.Reasons.Reason).Inc()
 		resp, err := s.requestApproval(ctx, plan)
-		return resp, outcome{"pending", plan.Reasons.Reason, plan.Reasons.Version()}, err
+		if err != nil {
+			return nil, outcome{"error", plan.Reasons.Reason, plan.Reasons.Version()}, err
+		}
+		return resp, outcome{"pending", plan.Reasons.Reason, plan.Reasons.Version()}, nil
 	}
 	var cred vault.Credential
 	if err == nil {

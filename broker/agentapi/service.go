@@ -128,13 +128,13 @@ func (s *Service) parentChain(pid, caller string) ([]delegation.Grant, map[strin
 // itself now: the policy in force, at its own level, must allow it (a
 // grant never launders what the policy denies the delegator).
 func (s *Service) mayPassOn(a store.Agent, roles []string) error {
-	self := &authz.Agent{ID: a.ID, Level: a.Level, Active: a.Usable(), Killed: a.Kill != nil, Roles: a.Roles}
+	self, policy := a.Subject(), s.cfg.Policy.Current()
 	for _, name := range roles {
 		role, ok := s.cfg.Roles[name]
 		if !ok {
 			continue // delegation's rules refuse it as outside the manifest
 		}
-		if d := s.cfg.Gate.Decide(s.cfg.Policy.Current(), self, role.Authz(), 0); d.Outcome == authz.Deny {
+		if d := s.cfg.Gate.Decide(policy, self, role.Authz(), 0); d.Outcome == authz.Deny {
 			return fault.New(fault.Denied, "%s may not hold role %q itself, so it cannot pass it on: %s", a.ID, name, d.Message)
 		}
 	}

@@ -10,7 +10,8 @@
 // the caller, which turns their verdicts into Refusals with Limited and
 // Denied. A request flows through:
 //
-//	Admit      unknown or killed callers, the global kill switch
+//	Admit      the global kill switch (unknown and killed callers are
+//	           the gate's to refuse)
 //	Attenuate  the authority of a delegation chain: roles intersected,
 //	           level the lowest, expiry the earliest (package delegation)
 //	Decide     the maturity gate and the segmentation policy, for the
@@ -190,7 +191,7 @@ func Principal(a store.Agent, roles map[string]config.Role, gate *authz.Gate) de
 func Own(caller string, a *store.Agent) Authority {
 	au := Authority{Chain: []string{caller}}
 	if a != nil {
-		au.Agent = &authz.Agent{ID: a.ID, Level: a.Level, Active: a.Status == store.Active, Killed: a.Kill != nil, Roles: a.Roles}
+		au.Agent = a.Subject()
 	}
 	return au
 }

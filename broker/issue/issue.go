@@ -52,7 +52,7 @@ func New(cfg Config) *Issuer { return &Issuer{cfg: cfg} }
 // issuing) is a *decide.Refusal, to be audited as the decision's outcome;
 // any other error left nothing issued and nothing recorded.
 func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ vault.Credential, err error) {
-	res, lerr := is.cfg.Live.Reserve(p.Caller, limits.LineageRoot(p.Caller, p.Chain), p.Role.Name)
+	res, lerr := is.cfg.Live.Reserve(p.Caller, p.Lineage(), p.Role.Name)
 	if lerr != nil {
 		return vault.Credential{}, decide.Limit(p.Reasons, lerr)
 	}
@@ -101,10 +101,10 @@ func boundBy(p decide.Plan, ap store.Approval) (decide.Plan, error) {
 	return p, nil
 }
 
-// Kind is the kind of token p is issued as: a batch token unless the role
+// kindOf is the kind of token p is issued as: a batch token unless the role
 // asks for service tokens or the credential carries a use count, which
 // batch tokens cannot (docs/design.md §6).
-func Kind(p decide.Plan) vault.Kind {
+func kindOf(p decide.Plan) vault.Kind {
 	if p.MaxUses > 0 || p.Role.Kind == string(vault.Service) {
 		return vault.Service
 	}
@@ -117,7 +117,7 @@ func Kind(p decide.Plan) vault.Kind {
 // the node's.
 func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, string, error) {
 	vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
-	kind := Kind(p)
+	kind := kindOf(p)
 	cred, anchor, err := is.underAnchor(vctx, store.RoleNode(p.Node(), p.Role.Name), vault.Request{
 		Kind:     kind,
 		Policies: p.Policies,
@@ -181,7 +181,7 @@ func (is *Issuer) underAnchor(ctx context.Context, node string, req vault.Reques
 func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credential, anchor string, revision uint64) error {
 	_, span := is.cfg.Tracer.Start(ctx, tracing.SpanStoreRecord)
 	kind := ""
-	if Kind(p) == vault.Batch {
+	if kindOf(p) == vault.Batch {
 		kind = store.KindBatch
 	}
 	err := is.cfg.Store.ForRequest(edge.RequestID(ctx)).RecordCredential(store.Credential{

@@ -108,7 +108,7 @@ func (l *Levels) RevokeUnbacked(ctx context.Context, agent store.Agent, actor st
 	// the whole decision (invariants, policy, maturity), where a write that
 	// needs approval is backed only if it was approved.
 	policy := l.cfg.Policy.Current()
-	asNow := &authz.Agent{ID: agent.ID, Level: agent.Level, Active: agent.Usable(), Killed: agent.Kill != nil, Roles: agent.Roles}
+	asNow := agent.Subject()
 	rev, err := l.db(ctx).RevokeCredentials(agent.ID, actor, reason, func(c store.Credential) bool {
 		role, ok := l.cfg.Roles[c.Role]
 		if c.GrantID != "" {

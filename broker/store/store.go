@@ -98,6 +98,11 @@ type Agent struct {
 // active and not stopped by the kill switch.
 func (a Agent) Usable() bool { return a.Status == Active && a.Kill == nil }
 
+// Subject is the agent as the gate (authz) judges it.
+func (a Agent) Subject() *authz.Agent {
+	return &authz.Agent{ID: a.ID, Level: a.Level, Active: a.Status == Active, Killed: a.Kill != nil, Roles: a.Roles}
+}
+
 // Kill records who stopped an agent, when and why.
 type Kill struct {
 	At     time.Time `json:"at"`
