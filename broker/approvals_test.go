@@ -800,4 +800,21 @@ func TestApprovalBoundToTheApprovedRequest(t *testing.T) {
 	if d := lifetime(c); d > time.Minute {
 		t.Errorf("redeemed as approved: lives %s, want the approved minute", d)
 	}
+
+	// A request longer than the role allows is approved at the role's
+	// ten minutes; the client redeems by sending its request again, as
+	// broker/client does, and gets those ten minutes.
+	long := durationpb.New(30 * time.Minute)
+	r, err := junior.bc.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "reports-write", Ttl: long, Justification: "as long as allowed"})
+	if err != nil || r.GetApproval().GetTtl().AsDuration() != 10*time.Minute {
+		t.Fatalf("asking for 30 minutes: %v, %v; want an approval for the role's 10", r, err)
+	}
+	e.decide(t, r.GetApproval().GetId(), adminv1.Verdict_VERDICT_APPROVE, "fine")
+	again, err := junior.bc.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "reports-write", Ttl: long, ApprovalId: r.GetApproval().GetId()})
+	if err != nil {
+		t.Fatalf("redeeming with the request as it was made: %v", err)
+	}
+	if d := lifetime(again.GetCredential()); d > 10*time.Minute {
+		t.Errorf("redeemed: lives %s, want at most the approved 10 minutes", d)
+	}
 }

@@ -92,7 +92,7 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 // for another lifetime is refused, one that names none gets the approved
 // one, never more.
 func boundBy(p decide.Plan, ap store.Approval) (decide.Plan, error) {
-	if p.Request.TTL != 0 && p.Request.TTL != ap.TTL {
+	if p.Request.TTL != 0 && p.Request.TTL != ap.RequestedTTL {
 		return p, fault.New(fault.Precondition, "approval %s was given for a lifetime of %s, not %s: redeem it as approved (or without a ttl)", ap.ID, ap.TTL, p.Request.TTL)
 	}
 	if ap.TTL > 0 {

@@ -128,7 +128,7 @@ func (l *Levels) RevokeUnbacked(ctx context.Context, agent store.Agent, actor st
 	if err != nil {
 		return nil, fmt.Errorf("revoke credentials: %w", err)
 	}
-	if len(rev.Queued) > 0 {
+	if rev.CredentialCount() > 0 || len(rev.Queued) > 0 {
 		add(l.cfg.Revoker.Finish(ctx, store.Root{}, actor, reason, rev, start, time.Since(start), true))
 	}
 	given, err := l.cfg.Store.GrantsGivenBy(agent.ID)

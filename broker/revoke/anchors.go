@@ -118,9 +118,14 @@ func (a *Anchors) getBelow(ctx context.Context, node string, below []string) (*v
 // about what is live.
 func (a *Anchors) putLocked(node string, an *vault.Anchor) {
 	if len(a.m) >= a.sweepAt {
+		// Only what is held: a replacement being made for a stale node
+		// is kept when it is done.
 		for n, old := range a.m {
 			if !a.issuer.Usable(old, anchorReserve) {
-				a.deleteLocked(n)
+				delete(a.m, n)
+				if base := store.BaseNode(n); base != n {
+					delete(a.roles[base], n)
+				}
 			}
 		}
 		a.sweepAt = max(2*len(a.m), 1024)

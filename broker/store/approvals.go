@@ -31,19 +31,22 @@ func (st ApprovalStatus) Final() bool { return st != ApprovalPending && st != Ap
 // Approval is a credential request that waits for a human (Junior writes).
 // Free text in it is redacted by the broker before it gets here.
 type Approval struct {
-	ID             string         `json:"id"`
-	AgentID        string         `json:"agent_id"`
-	Role           string         `json:"role"`
-	Class          string         `json:"class"`
-	Classification string         `json:"classification"`
-	Level          authz.Level    `json:"level"`
-	GrantID        string         `json:"grant_id,omitempty"`
-	Chain          []string       `json:"chain,omitempty"`
-	TTL            time.Duration  `json:"ttl"`
-	Purpose        string         `json:"purpose,omitempty"`
-	Justification  string         `json:"justification,omitempty"`
-	Status         ApprovalStatus `json:"status"`
-	CreatedAt      time.Time      `json:"created_at"`
+	ID             string        `json:"id"`
+	AgentID        string        `json:"agent_id"`
+	Role           string        `json:"role"`
+	Class          string        `json:"class"`
+	Classification string        `json:"classification"`
+	Level          authz.Level   `json:"level"`
+	GrantID        string        `json:"grant_id,omitempty"`
+	Chain          []string      `json:"chain,omitempty"`
+	TTL            time.Duration `json:"ttl"`
+	// RequestedTTL is the lifetime the request asked for (0: the most
+	// allowed); a redemption must ask for the same. TTL is what it gets.
+	RequestedTTL  time.Duration  `json:"requested_ttl,omitempty"`
+	Purpose       string         `json:"purpose,omitempty"`
+	Justification string         `json:"justification,omitempty"`
+	Status        ApprovalStatus `json:"status"`
+	CreatedAt     time.Time      `json:"created_at"`
 	// ExpiresAt ends a pending request's wait and, once approved, the
 	// window to redeem it.
 	ExpiresAt  time.Time `json:"expires_at"`

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -90,5 +91,24 @@ func TestRevocationDerivedFromAnchors(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A role anchor being made while its node's anchor is revoked (the agent's
+// lineage revoked, the agent still active) is refused when recorded: it
+// hangs below a dead anchor, and credentials under it would read as live.
+func TestAddAnchorUnderRevokedParent(t *testing.T) {
+	s, c := newLineage(t)
+	if _, err := s.RevokeLineage(store.Root{AgentID: agentB}, "admin", "rotate"); err != nil {
+		t.Fatal(err)
+	}
+	role := store.Anchor{Accessor: "anc-role-b", Node: store.RoleNode(store.AgentNode(agentB), "db-read"), Parent: "anc-3-b",
+		CreatedAt: c.Now().UTC(), ExpiresAt: c.Now().Add(time.Hour).UTC()}
+	if err := s.AddAnchor(role); !errors.Is(err, store.ErrRevoked) {
+		t.Fatalf("AddAnchor under a revoked parent = %v, want ErrRevoked", err)
+	}
+	role.Accessor, role.Parent = "anc-role-b2", ""
+	if err := s.AddAnchor(role); err != nil {
+		t.Fatalf("AddAnchor for the still active agent, under no recorded parent: %v", err)
 	}
 }

@@ -200,6 +200,7 @@ func (rev *Revocation) merge(r Revocation) {
 	}
 	rev.Queued = append(rev.Queued, r.Queued...)
 	rev.Approvals = append(rev.Approvals, r.Approvals...)
+	rev.Nodes = append(rev.Nodes, r.Nodes...)
 }
 
 // keyBaselines holds the behaviour monitor's saved baselines.

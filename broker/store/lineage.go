@@ -213,6 +213,13 @@ func (s *Store) AddAnchor(a Anchor) error {
 		} else if err := usable(tx, ag); err != nil {
 			return err
 		}
+		// Nor one whose parent was revoked meanwhile (a lineage revoked
+		// while a role anchor was being made below its node's anchor).
+		if a.Parent != "" {
+			if p, err := getAnchor(tx, a.Parent); err == nil && !p.RevokedAt.IsZero() {
+				return refuse(ErrRevoked, "anchor %s was revoked", a.Parent)
+			}
+		}
 		if err := tx.Bucket(bucketAnchors).Put([]byte(a.Accessor), v); err != nil {
 			return err
 		}
