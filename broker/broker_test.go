@@ -774,6 +774,14 @@ func TestPublicStreamsBounded(t *testing.T) {
 		_, err = w.Recv()
 	}
 	brokertest.WantCode(t, err, codes.ResourceExhausted, "too many open health and reflection streams")
+	// Reflection shares the bound.
+	refl, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(t.Context())
+	if err == nil {
+		if err = refl.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err == nil {
+			_, err = refl.Recv()
+		}
+	}
+	brokertest.WantCode(t, err, codes.ResourceExhausted, "too many open health and reflection streams")
 	if r, err := health.Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health Check with the streams full = %v, %v", r, err)
 	}

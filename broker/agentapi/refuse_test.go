@@ -38,6 +38,10 @@ func TestRefusalNotAuditedIsUnavailable(t *testing.T) {
 	if err := s.refuse(t.Context(), r, ref, false); err != ref {
 		t.Fatalf("refuse with a working store = %v, want the refusal itself", err)
 	}
+	recs, _, err := st.QueryAudit(store.AuditFilter{Kind: "credential_denied"}, 0, 10)
+	if err != nil || len(recs) != 1 || recs[0].Detail["decision_id"] != "d-1" || recs[0].Actor != r.Caller {
+		t.Fatalf("audit after the refusal: %v, %v; want one credential_denied record of decision d-1", recs, err)
+	}
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -125,6 +125,11 @@ func TestImportRules(t *testing.T) {
 		if !matched {
 			t.Errorf("rule %s applies to no package: fix the pattern, or drop the rule if its packages are gone", r)
 		}
+		// A target inside the module must name packages that exist, or the
+		// rule checks nothing after a rename.
+		if strings.HasPrefix(r.mayNotImport, "./") && !slices.ContainsFunc(pkgs, func(p pkg) bool { return match(target, p.ImportPath) }) {
+			t.Errorf("rule %s forbids a package that does not exist: fix the pattern, or drop the rule", r)
+		}
 	}
 }
 
