@@ -101,6 +101,18 @@ func boundBy(p decide.Plan, ap store.Approval) (decide.Plan, error) {
 	return p, nil
 }
 
+// revokeUnrecorded revokes a service token the store refused to record
+// (refused for err); a refused record is queued for revocation, which is
+// then complete.
+func (is *Issuer) revokeUnrecorded(ctx context.Context, err error, cred vault.Credential) {
+	if rerr := is.cfg.Vault.Revoke(context.WithoutCancel(ctx), cred.Accessor); rerr != nil {
+		edge.Logger(ctx).Error("revoking an unrecorded credential failed; it expires on its own", slog.String(edge.LogError, rerr.Error()),
+			slog.String(edge.LogAccessor, cred.Accessor), slog.Time("expires_at", cred.ExpiresAt))
+	} else if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrKilled) || errors.Is(err, store.ErrConflict) {
+		_ = is.cfg.Store.CompleteRevocation(cred.Accessor)
+	}
+}
+
 // kindOf is the kind of token p is issued as: a batch token unless the role
 // asks for service tokens or the credential carries a use count, which
 // batch tokens cannot (docs/design.md §6).
@@ -206,14 +218,10 @@ func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credenti
 	if err == nil {
 		return nil
 	}
-	if kind == store.KindBatch {
-		// A batch token cannot be revoked alone; it never left the broker
-		// and expires within its TTL.
-	} else if rerr := is.cfg.Vault.Revoke(context.WithoutCancel(ctx), cred.Accessor); rerr != nil {
-		edge.Logger(ctx).Error("revoking an unrecorded credential failed; it expires on its own", slog.String(edge.LogError, rerr.Error()),
-			slog.String(edge.LogAccessor, cred.Accessor), slog.Time("expires_at", cred.ExpiresAt))
-	} else if errors.Is(err, store.ErrDeregistered) || errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrKilled) || errors.Is(err, store.ErrConflict) {
-		_ = is.cfg.Store.CompleteRevocation(cred.Accessor)
+	// A batch token cannot be revoked alone; it never left the broker and
+	// expires within its TTL. A service token is revoked now.
+	if kind != store.KindBatch {
+		is.revokeUnrecorded(ctx, err, cred)
 	}
 	id := p.Reasons.DecisionID
 	switch {

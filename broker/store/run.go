@@ -70,15 +70,9 @@ func (s *Store) revokeAllLive(tx *bolt.Tx, actor string, now time.Time) (Revocat
 	slices.SortFunc(anchors, func(a, b Anchor) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	queued := map[string]bool{}
 	for _, a := range anchors {
-		a.RevokedAt = now
-		if err := putAnchor(tx, a); err != nil {
+		if err := revokeAnchor(tx, a, now, queued, &rev); err != nil {
 			return rev, err
 		}
-		if err := enqueue(tx, a.Accessor, queueItem{Kind: "anchor", Order: len(rev.Queued)}); err != nil {
-			return rev, err
-		}
-		queued[a.Accessor] = true
-		rev.Queued = append(rev.Queued, a.Accessor)
 	}
 	creds := tx.Bucket(bucketCredentials)
 	var live []Credential
@@ -98,6 +92,10 @@ func (s *Store) revokeAllLive(tx *bolt.Tx, actor string, now time.Time) (Revocat
 		return rev, err
 	}
 	for _, c := range live { // written after the scan: cursors must not see writes
+		rev.Credentials[c.AgentID] = append(rev.Credentials[c.AgentID], c.Accessor)
+		if queued[c.Anchor] {
+			continue // revoked with its anchor, in the store (readCredential) and in Vault
+		}
 		c.RevokedAt = now
 		v, err := json.Marshal(c)
 		if err != nil {
@@ -106,9 +104,8 @@ func (s *Store) revokeAllLive(tx *bolt.Tx, actor string, now time.Time) (Revocat
 		if err := creds.Put(credentialKey(c.AgentID, c.Accessor), v); err != nil {
 			return rev, err
 		}
-		rev.Credentials[c.AgentID] = append(rev.Credentials[c.AgentID], c.Accessor)
-		if queued[c.Anchor] || c.Kind == KindBatch {
-			continue // dies with its anchor in Vault (every live anchor is queued)
+		if c.Kind == KindBatch {
+			continue // its anchor expired: so did it, in Vault
 		}
 		if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
 			return rev, err
