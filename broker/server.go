@@ -175,7 +175,7 @@ func (s *Server) openPolicy(context.Context) error {
 // policy in force, the kill switch and the audit streams.
 func (s *Server) openStore(context.Context) (err error) {
 	cfg := s.cfg
-	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: s.now, OnAudit: s.auditCommitted, MaxSize: cfg.StoreMaxSize}); err != nil {
+	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: s.now, OnAudit: s.auditCommitted, OnLost: s.recordLost, MaxSize: cfg.StoreMaxSize}); err != nil {
 		return err
 	}
 	if s.tracing, err = tracing.New(cfg.Tracing); err != nil {
@@ -476,6 +476,14 @@ func vaultLogin(a config.VaultAuth, src *svid.Source) (login vaultapi.AuthMethod
 	}
 	token, err = readSecret(a.TokenFile, a.TokenEnv)
 	return nil, token, err
+}
+
+// recordLost revokes a credential whose record the store lost after the
+// agent had it (store.Options.OnLost).
+func (s *Server) recordLost(c store.Credential) {
+	if s.revoker != nil {
+		s.revoker.Lost(c)
+	}
 }
 
 // auditCommitted wakes the audit streamers after a commit with records.

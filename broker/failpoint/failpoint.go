@@ -15,6 +15,10 @@ const (
 	// IssueAfterVault: Vault issued a credential; the store has not
 	// recorded it and the agent has not received it.
 	IssueAfterVault = "issue-after-vault"
+	// RecordBeforeCommit: the agent was answered (Delayed gives the answer
+	// time to arrive); the transaction holding its credential's record has
+	// not committed.
+	RecordBeforeCommit = "record-before-commit"
 	// IssueAfterRecord: the store recorded the credential; the agent has
 	// not received it.
 	IssueAfterRecord = "issue-after-record"

@@ -232,3 +232,35 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 }
 
 func itoa(n int32) string { return strconv.Itoa(int(n)) }
+
+// lostRetries bounds how long Lost keeps trying Vault: about a minute.
+const lostRetries = 8
+
+// Lost makes safe a credential the agent received but whose record the
+// store then failed to commit (store.Options.OnLost): the store may not
+// take a queue entry, so it revokes in Vault at once, with retries, the
+// credential's anchor (a batch token dies only with it, and its siblings
+// with it) or the credential itself (a service token), and forgets the
+// cached anchors so nothing more hangs on a revoked one.
+func (r *Revoker) Lost(c store.Credential) {
+	acc := c.Accessor
+	if c.Kind == store.KindBatch {
+		acc = c.Anchor
+	}
+	r.anchors.DropAll()
+	wait := 100 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		err := r.cfg.Vault.Revoke(context.Background(), acc)
+		if err == nil {
+			r.cfg.Log.Warn("revoked a credential whose record was lost", slog.String(edge.LogAccessor, acc), slog.String("agent", c.AgentID))
+			return
+		}
+		if attempt == lostRetries {
+			r.cfg.Log.Error("a credential whose record was lost could not be revoked; it expires on its own",
+				slog.String(edge.LogAccessor, acc), slog.String("agent", c.AgentID), slog.Time("expires_at", c.ExpiresAt), slog.String(edge.LogError, err.Error()))
+			return
+		}
+		time.Sleep(wait)
+		wait *= 2
+	}
+}

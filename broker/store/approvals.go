@@ -104,7 +104,7 @@ func (s *Store) PutApproval(a Approval) error {
 // GetApproval returns one request as it stands now.
 func (s *Store) GetApproval(id string) (Approval, error) {
 	var a Approval
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		var err error
 		a, err = getApproval(tx, id)
 		return err
@@ -117,7 +117,7 @@ func (s *Store) GetApproval(id string) (Approval, error) {
 func (s *Store) Approvals(st ApprovalStatus, agent string, limit int) ([]Approval, error) {
 	now := s.now()
 	var out []Approval
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketApprovals).ForEach(func(k, v []byte) error {
 			var a Approval
 			if err := json.Unmarshal(v, &a); err != nil {

@@ -53,7 +53,7 @@ func (s *Store) AppendAudit(recs ...AuditRecord) error {
 // Audit returns up to limit records with Seq > after, in order.
 func (s *Store) Audit(after uint64, limit int) ([]AuditRecord, error) {
 	var out []AuditRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketAudit).Cursor()
 		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
 			var r AuditRecord
@@ -71,7 +71,7 @@ func (s *Store) Audit(after uint64, limit int) ([]AuditRecord, error) {
 // fails at the first record that was edited, inserted or removed.
 func (s *Store) VerifyAudit() (uint64, error) {
 	var n uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		prev := ""
 		return tx.Bucket(bucketAudit).ForEach(func(k, v []byte) error {
 			var r AuditRecord
@@ -189,7 +189,7 @@ const maxAuditScan = 100_000
 func (s *Store) QueryAudit(f AuditFilter, after uint64, limit int) ([]AuditRecord, uint64, error) {
 	var out []AuditRecord
 	var next uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketAudit).Cursor()
 		scanned := 0
 		for k, v := c.Seek(seqKey(after + 1)); k != nil; k, v = c.Next() {
@@ -217,7 +217,7 @@ func (s *Store) QueryAudit(f AuditFilter, after uint64, limit int) ([]AuditRecor
 // AuditHead returns the newest record (the zero record for an empty trail).
 func (s *Store) AuditHead() (AuditRecord, error) {
 	var r AuditRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		if _, v := tx.Bucket(bucketAudit).Cursor().Last(); v != nil {
 			return json.Unmarshal(v, &r)
 		}

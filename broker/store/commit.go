@@ -5,6 +5,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/agentictrust/atf/broker/failpoint"
 )
 
 // ErrClosed is returned for writes after Close.
@@ -21,6 +23,10 @@ const (
 type commitReq struct {
 	fn   func(*bolt.Tx) error
 	done chan error
+	// lost, if set, makes the write answer as soon as fn has run in the
+	// group's transaction, before the commit is made durable; lost is
+	// called if that commit then fails (see groupEarly).
+	lost func()
 }
 
 // group runs fn in a write transaction shared with whatever other writes
@@ -29,7 +35,22 @@ type commitReq struct {
 // fsync. fn may run more than once (alone, if another write in its group
 // failed), so it must be idempotent, as for bbolt's Batch.
 func (s *Store) group(fn func(*bolt.Tx) error) error {
-	r := &commitReq{fn: fn, done: make(chan error, 1)}
+	return s.enqueueWrite(&commitReq{fn: fn, done: make(chan error, 1)})
+}
+
+// groupEarly is group for a write whose loss a crash or a failed commit
+// cannot make dangerous: it returns fn's outcome once fn has run in the
+// group's transaction, without waiting for the commit and its fsync. The
+// transaction holds bbolt's writer lock until it commits, so no other
+// write can see the state before it. If the commit fails, lost is called
+// (on its own goroutine); a crash before it leaves the write unrecorded,
+// which the caller must make safe otherwise (RecordCredential: the run's
+// anchors are revoked at the next start, BeginRun).
+func (s *Store) groupEarly(fn func(*bolt.Tx) error, lost func()) error {
+	return s.enqueueWrite(&commitReq{fn: fn, done: make(chan error, 1), lost: lost})
+}
+
+func (s *Store) enqueueWrite(r *commitReq) error {
 	s.closeMu.RLock()
 	if s.closed {
 		s.closeMu.RUnlock()
@@ -78,18 +99,7 @@ func (s *Store) committer() {
 			}
 		}
 		lastGroup = len(batch)
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			for _, r := range batch {
-				if err := r.fn(tx); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err == nil || len(batch) == 1 {
-			for _, r := range batch {
-				r.done <- err
-			}
+		if err := s.commitGroup(batch); err == nil || len(batch) == 1 {
 			continue
 		}
 		// One write failed and rolled back the group: run each alone, so
@@ -98,4 +108,82 @@ func (s *Store) committer() {
 			r.done <- s.db.Update(r.fn)
 		}
 	}
+}
+
+// commitGroup runs batch in one transaction and answers each write, unless
+// a write failed in a batch of several: then nothing was answered, nothing
+// committed, and the error is returned. Early writes (groupEarly) are
+// answered before the commit.
+func (s *Store) commitGroup(batch []*commitReq) error {
+	tx, err := s.db.Begin(true)
+	if err != nil {
+		for _, r := range batch {
+			r.done <- err
+		}
+		return nil
+	}
+	for _, r := range batch {
+		if err = r.fn(tx); err != nil {
+			break
+		}
+	}
+	if err != nil {
+		_ = tx.Rollback()
+		if len(batch) == 1 {
+			batch[0].done <- err
+		}
+		return err
+	}
+	var early chan struct{}
+	for _, r := range batch {
+		if r.lost == nil {
+			continue
+		}
+		if early == nil {
+			early = make(chan struct{})
+			s.earlyMu.Lock()
+			s.early = early
+			s.earlyMu.Unlock()
+		}
+		r.done <- nil
+	}
+	if early != nil {
+		failpoint.Delayed(failpoint.RecordBeforeCommit)
+	}
+	if s.commitFault != nil {
+		if err = s.commitFault(); err != nil {
+			_ = tx.Rollback()
+		}
+	}
+	if err == nil {
+		err = tx.Commit()
+	}
+	if early != nil {
+		s.earlyMu.Lock()
+		s.early = nil
+		s.earlyMu.Unlock()
+		close(early)
+	}
+	for _, r := range batch {
+		switch {
+		case r.lost == nil:
+			r.done <- err
+		case err != nil:
+			go r.lost()
+		}
+	}
+	return nil
+}
+
+// view runs fn in a read transaction that sees every write answered so
+// far: if an early-answered write (groupEarly) is being committed, it waits
+// for that commit first.
+func (s *Store) view(fn func(*bolt.Tx) error) error {
+	s.earlyMu.Lock()
+	early := s.early
+	s.earlyMu.Unlock()
+	if early != nil {
+		<-early
+	}
+	return s.db.View(fn)
 }

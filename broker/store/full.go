@@ -36,5 +36,5 @@ func (s *Store) Full() error {
 	if s.maxSize == 0 {
 		return nil // no transaction on every request when there is no limit
 	}
-	return s.db.View(s.room)
+	return s.view(s.room)
 }

@@ -163,7 +163,7 @@ func (s *Store) ReleaseAll(actor, reason string) error {
 // GlobalKill returns the global kill switch, or nil when it is not set.
 func (s *Store) GlobalKill() (*Kill, error) {
 	var k *Kill
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketMeta).Get(keyGlobalKill)
 		if v == nil {
 			return nil
@@ -177,7 +177,7 @@ func (s *Store) GlobalKill() (*Kill, error) {
 // KilledAgents lists the agents the kill switch holds.
 func (s *Store) KilledAgents() ([]Agent, error) {
 	var out []Agent
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketAgents).ForEach(func(k, v []byte) error {
 			var a Agent
 			if err := json.Unmarshal(v, &a); err != nil {
@@ -219,7 +219,7 @@ func (s *Store) SaveBaselines(raw []byte) error {
 // Baselines returns what SaveBaselines kept (nil if nothing).
 func (s *Store) Baselines() ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		out = append([]byte(nil), tx.Bucket(bucketMeta).Get(keyBaselines)...)
 		return nil
 	})

@@ -158,7 +158,7 @@ func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 // GetGrant returns one grant.
 func (s *Store) GetGrant(id string) (delegation.Grant, error) {
 	var g delegation.Grant
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		var err error
 		g, err = getGrant(tx, id)
 		return err
@@ -170,7 +170,7 @@ func (s *Store) GetGrant(id string) (delegation.Grant, error) {
 // id, root first. It does not check that they are live.
 func (s *Store) Chain(id string) ([]delegation.Grant, error) {
 	var chain []delegation.Grant
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		var err error
 		chain, err = chainOf(tx, id)
 		return err
@@ -181,7 +181,7 @@ func (s *Store) Chain(id string) ([]delegation.Grant, error) {
 // GrantsGivenBy returns the grants an agent gave, live or not.
 func (s *Store) GrantsGivenBy(agentID string) ([]delegation.Grant, error) {
 	var out []delegation.Grant
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		var err error
 		out, err = given(tx, agentID)
 		return err
@@ -239,9 +239,19 @@ func (s *Store) AddAnchor(a Anchor) error {
 // Vault, and an error wrapping ErrDeregistered or ErrRevoked is returned:
 // a credential racing a revocation is either recorded before it (and revoked
 // by it) or refused. Concurrent calls share commits (see group).
+//
+// It answers before the commit is made durable (groupEarly): a credential
+// hangs on an anchor recorded, durably, before it was used, so a crash
+// that loses the record is made safe by BeginRun revoking the crashed
+// run's anchors, and a commit that fails calls Options.OnLost.
 func (s *Store) RecordCredential(c Credential) error {
 	var refused error
-	err := s.group(func(tx *bolt.Tx) error {
+	lost := func() {
+		if s.onLost != nil {
+			s.onLost(c)
+		}
+	}
+	err := s.groupEarly(func(tx *bolt.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
@@ -257,7 +267,7 @@ func (s *Store) RecordCredential(c Credential) error {
 			return err
 		}
 		return s.appendAudit(tx, credentialAudit(c, refused, now))
-	})
+	}, lost)
 	if err != nil {
 		return fmt.Errorf("store: record credential: %w", err)
 	}
@@ -712,7 +722,7 @@ func (s *Store) revokeCredential(tx *bolt.Tx, cr Credential, actor, reason strin
 func (s *Store) Lineage(root Root) ([]delegation.Grant, []Credential, error) {
 	var grants []delegation.Grant
 	var live []Credential
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		if root.GrantID == "" {
 			if _, err := getAgent(tx, root.AgentID); err != nil {
 				return err
@@ -768,7 +778,7 @@ func (s *Store) PendingRevocations() ([]string, error) {
 		order int
 	}
 	var es []entry
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRevocations).ForEach(func(k, v []byte) error {
 			var it queueItem
 			if err := json.Unmarshal(v, &it); err != nil {

@@ -119,7 +119,7 @@ func (s *Store) RecordOutcome(r OutcomeReport) error {
 // AgentOutcomes returns the agent's outcome counts at its current level.
 func (s *Store) AgentOutcomes(agent string) (Outcomes, error) {
 	var o Outcomes
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		a, err := getAgent(tx, agent)
 		if err != nil {
 			return err
@@ -199,7 +199,7 @@ func binaryPair(agent string, seq uint64) []byte { return append(pair(agent, "")
 
 func listRecords[T any](s *Store, bucket []byte, agent string) ([]T, error) {
 	var out []T
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		prefix := pair(agent, "")
 		c := tx.Bucket(bucket).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
@@ -307,7 +307,7 @@ func (s *Store) CloseIncident(id, actor, rca string) (Incident, error) {
 // Incidents returns the incidents of agent ("" for all), oldest first.
 func (s *Store) Incidents(agent string, openOnly bool) ([]Incident, error) {
 	var out []Incident
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketIncidents).ForEach(func(k, v []byte) error {
 			var in Incident
 			if err := json.Unmarshal(v, &in); err != nil {

@@ -71,7 +71,7 @@ func (s *Store) PutPolicy(pv PolicyVersion, expected uint64) (PolicyVersion, err
 // policy stored it fails with ErrNotFound.
 func (s *Store) Policy(version uint64) (PolicyVersion, error) {
 	var pv PolicyVersion
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPolicies)
 		var v []byte
 		if version == 0 {
@@ -94,7 +94,7 @@ func (s *Store) Policy(version uint64) (PolicyVersion, error) {
 // newest first, without their text.
 func (s *Store) Policies(before uint64, limit int) ([]PolicyVersion, error) {
 	var out []PolicyVersion
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketPolicies).Cursor()
 		var k, v []byte
 		if before == 0 {

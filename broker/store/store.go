@@ -189,6 +189,10 @@ type Options struct {
 	// revocations, kills and deregistrations, which use that room, still
 	// commit.
 	MaxSize int64
+	// OnLost, if set, is called with a credential whose recording was
+	// answered as done but whose commit then failed (RecordCredential):
+	// the broker must revoke it in Vault (its anchor, for a batch token).
+	OnLost func(Credential)
 }
 
 // Store is the broker's state. It is safe for concurrent use.
@@ -204,6 +208,7 @@ type core struct {
 	db      *bolt.DB
 	now     func() time.Time
 	onAudit func()
+	onLost  func(Credential)
 
 	maxSize int64 // Options.MaxSize
 	reserve int64 // kept for revocations
@@ -212,6 +217,13 @@ type core struct {
 	stopped chan struct{}
 	closeMu sync.RWMutex
 	closed  bool
+
+	// early is closed when the commit of writes answered before it
+	// (groupEarly) is done; nil when there is none in flight.
+	earlyMu sync.Mutex
+	early   chan struct{}
+	// commitFault, set only by tests, fails a group's commit.
+	commitFault func() error
 }
 
 // Open opens or creates the store file at path (mode 0600). It refuses a
@@ -245,7 +257,7 @@ func Open(path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", path, err)
 	}
-	s := &Store{core: &core{db: db, now: opts.Now, onAudit: opts.OnAudit, maxSize: opts.MaxSize, reserve: reserveFor(opts.MaxSize), reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}}
+	s := &Store{core: &core{db: db, now: opts.Now, onAudit: opts.OnAudit, onLost: opts.OnLost, maxSize: opts.MaxSize, reserve: reserveFor(opts.MaxSize), reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}}
 	go s.committer()
 	return s, nil
 }
@@ -314,7 +326,7 @@ func (s *Store) RegisterAgent(a Agent, actor string) (Agent, error) {
 // GetAgent returns the agent with the given SPIFFE ID.
 func (s *Store) GetAgent(id string) (Agent, error) {
 	var a Agent
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		var err error
 		a, err = getAgent(tx, id)
 		return err
@@ -331,7 +343,7 @@ func (s *Store) ListAgents(after string, limit int, includeDeregistered bool) ([
 	}
 	var out []Agent
 	next := ""
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketAgents).Cursor()
 		k, v := c.First()
 		if after != "" {
@@ -433,7 +445,7 @@ func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange
 // AgentHistory returns every recorded change to an agent, oldest first.
 func (s *Store) AgentHistory(id string) ([]AgentChange, error) {
 	var out []AgentChange
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		prefix := historyPrefix(id)
 		c := tx.Bucket(bucketHistory).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
@@ -454,7 +466,7 @@ func (s *Store) AgentHistory(id string) ([]AgentChange, error) {
 // Credentials returns the credentials recorded for an agent.
 func (s *Store) Credentials(agentID string) ([]Credential, error) {
 	var out []Credential
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		prefix := credentialKey(agentID, "")
 		seen := map[string]time.Time{}
 		c := tx.Bucket(bucketCredentials).Cursor()
@@ -576,7 +588,7 @@ func credentialKey(agentID, accessor string) []byte { return pair(agentID, acces
 // now.
 func (s *Store) LiveCredentials(now time.Time) ([]Credential, error) {
 	var out []Credential
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		seen := map[string]time.Time{}
 		return tx.Bucket(bucketCredentials).ForEach(func(_, v []byte) error {
 			cr, err := readCredential(tx, v, seen)

@@ -65,7 +65,7 @@ var (
 func TestCrashSafety(t *testing.T) {
 	s := devtest.Shared(t)
 	bin := buildFailpointAtfd(t, s)
-	for i, point := range []string{failpoint.AnchorAfterVault, failpoint.IssueAfterVault, failpoint.IssueAfterRecord,
+	for i, point := range []string{failpoint.AnchorAfterVault, failpoint.IssueAfterVault, failpoint.RecordBeforeCommit, failpoint.IssueAfterRecord,
 		failpoint.RevokeAfterCommit, failpoint.RevokeMidLineage} {
 		t.Run(point, func(t *testing.T) {
 			ctx := t.Context()
@@ -95,13 +95,24 @@ func TestCrashSafety(t *testing.T) {
 			}
 
 			var held []*brokerv1.Credential // credentials the agents received
-			if !revoking {
+			switch {
+			case point == failpoint.RecordBeforeCommit:
+				// The agent has its credential; the record of it dies with
+				// the process: the restart must kill it in Vault.
+				cred, err := fetch(leadC, "")
+				if err != nil {
+					t.Fatalf("the credential answered before its commit: %v", err)
+				}
+				held = append(held, cred)
+				e.awaitKilled(point)
+				e.start()
+			case !revoking:
 				if _, err := fetch(leadC, ""); err == nil {
 					t.Fatal("the request that crashed atfd returned a credential")
 				}
 				e.awaitKilled(point)
 				e.start()
-			} else {
+			default:
 				own, err := fetch(leadC, "")
 				if err != nil {
 					t.Fatal(err)

@@ -1,0 +1,93 @@
+package store_test
+
+import (
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentictrust/atf/broker/store"
+)
+
+// RecordCredential answers before its commit is durable, yet every read
+// after the answer sees the record, and nothing else is answered early: a
+// registration still waits for its commit.
+func TestRecordCredentialReadYourWrites(t *testing.T) {
+	s, _ := open(t)
+	const id = "spiffe://td/agent/early"
+	mustRegister(t, s, id, "alice")
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Go(func() {
+			c := credential(id, "acc-"+string(rune('A'+i%26))+string(rune('a'+i/26)))
+			if err := s.RecordCredential(c); err != nil {
+				t.Errorf("RecordCredential: %v", err)
+				return
+			}
+			got, err := s.Credentials(id)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for _, g := range got {
+				if g.Accessor == c.Accessor {
+					return
+				}
+			}
+			t.Errorf("a read after RecordCredential answered does not see %s", c.Accessor)
+		})
+	}
+	wg.Wait()
+	if got := mustCredentials(t, s, id); len(got) != 64 {
+		t.Fatalf("%d credentials recorded, want 64", len(got))
+	}
+}
+
+// A commit that fails after RecordCredential answered calls OnLost with
+// the credential, once, and leaves nothing of it in the store; a write
+// that waits for its commit (a registration) gets the error instead.
+func TestRecordCredentialLostCommit(t *testing.T) {
+	lost := make(chan store.Credential, 4)
+	c := newClock()
+	s := openAt(t, filepath.Join(t.TempDir(), "atf.db"), store.Options{Now: c.Now, OnLost: func(cr store.Credential) { lost <- cr }})
+	const id = "spiffe://td/agent/lost"
+	mustRegister(t, s, id, "alice")
+	if err := s.AddAnchor(store.Anchor{Accessor: "anchor-1", Node: store.AgentNode(id), CreatedAt: c.Now(), ExpiresAt: c.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	head, err := s.AuditHead()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fault := errors.New("input/output error")
+	store.FailCommits(s, fault)
+	cr := credential(id, "acc-lost")
+	cr.Kind, cr.Anchor = store.KindBatch, "anchor-1"
+	if err := s.RecordCredential(cr); err != nil {
+		t.Fatalf("RecordCredential answered %v; it answers before the commit", err)
+	}
+	select {
+	case got := <-lost:
+		if got.Accessor != cr.Accessor || got.Anchor != "anchor-1" || got.Kind != store.KindBatch {
+			t.Errorf("OnLost(%+v), want the lost credential", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnLost was not called for a credential whose commit failed")
+	}
+	if _, err := s.RegisterAgent(agent("spiffe://td/agent/other"), "alice"); !errors.Is(err, fault) {
+		t.Errorf("RegisterAgent during failing commits = %v, want the commit's error", err)
+	}
+	store.FailCommits(s, nil)
+	if got := mustCredentials(t, s, id); len(got) != 0 {
+		t.Errorf("credentials after the lost commit: %q, want none", accessors(got))
+	}
+	if h, err := s.AuditHead(); err != nil || h.Seq != head.Seq {
+		t.Errorf("audit head after the lost commit = %d (%v), want %d: nothing of it committed", h.Seq, err, head.Seq)
+	}
+	select {
+	case got := <-lost:
+		t.Errorf("OnLost called again, for %s", got.Accessor)
+	default:
+	}
+}
