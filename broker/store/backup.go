@@ -89,12 +89,19 @@ const initialMmapSize = 1 << 30
 //
 //  1. read-only: the file is as long as its meta page says, and its pages
 //     form a tree within it (checkTree), so that
-//  2. opening it for writing, which reads the freelist, cannot fault; then,
-//     on this goroutine, every key and value is read (checkPages);
-//  3. tx.Check, on a goroutine of bbolt's, which reads nothing that step 2
-//     has not: every page is used or free, once, and keys are in order.
+//  2. reading its freelist cannot fault; then, read-only again, with the
+//     freelist loaded, every key and value is read on this goroutine, and
+//  3. tx.Check, on a goroutine of bbolt's, reads nothing that step 2 has
+//     not: every page is used or free, once, and keys are in order.
+//
+// Steps 2 and 3 run on a mapping of their own, closed before the store's
+// is made, so the pages they read do not stay in atfd's resident memory:
+// a restart costs what the live state costs, not the whole file. Only
+// after a crash tore a meta page do they run on the store's own mapping,
+// after its first commit has rewritten that page (tx.Check stops at it).
 func openDB(path string, timeout time.Duration, maxSize int64) (*bolt.DB, error) {
 	fi, err := os.Stat(path)
+	metaBad := false
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
@@ -103,14 +110,19 @@ func openDB(path string, timeout time.Duration, maxSize int64) (*bolt.DB, error)
 		if err := checkLength(path, fi.Size(), timeout); err != nil {
 			return nil, err
 		}
+		if metaBad, err = checkReadOnly(path, timeout); err != nil {
+			return nil, err
+		}
 	}
 	db, err := boltOpen(path, bolt.Options{Timeout: timeout, InitialMmapSize: initialMmapSize, MaxSize: int(maxSize)})
 	if err != nil {
 		return nil, err
 	}
-	if err := checkPages(path, db); err != nil {
-		db.Close()
-		return nil, err
+	if metaBad {
+		if err := checkPages(path, db); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
 	return db, nil
 }
@@ -128,6 +140,36 @@ func checkLength(path string, size int64, timeout time.Duration) error {
 		}
 		return checkTree(path, tx, db.Info().PageSize)
 	})
+}
+
+// checkReadOnly is openDB's steps 2 and 3 on a read-only mapping of the
+// file at path. It skips them, reporting metaBad, if a meta page is not
+// one (a commit torn by a crash): they run after the first commit then.
+func checkReadOnly(path string, timeout time.Duration) (metaBad bool, err error) {
+	var db *bolt.DB
+	err = guard(path, func() (err error) {
+		if db, err = boltOpen(path, bolt.Options{Timeout: timeout, ReadOnly: true, PreLoadFreelist: true}); err != nil {
+			return err
+		}
+		return db.View(func(tx *bolt.Tx) (err error) {
+			if metaBad, err = badMeta(tx); err != nil || metaBad {
+				return err
+			}
+			runtime.KeepAlive(readAll(tx)) // the reads are the point
+			return nil
+		})
+	})
+	if db == nil || err != nil || metaBad {
+		if db != nil {
+			db.Close()
+		}
+		return metaBad, err
+	}
+	defer db.Close()
+	if err := db.View(consistent); err != nil {
+		return false, &DamagedError{Path: path, Reason: err.Error()}
+	}
+	return false, nil
 }
 
 // checkPages reads every page of db, then runs bbolt's consistency check.
@@ -181,20 +223,28 @@ func readAll(tx *bolt.Tx) byte {
 // such a page, so that commit comes first.
 func rewriteMeta(db *bolt.DB) error {
 	var bad bool
-	err := db.View(func(tx *bolt.Tx) error {
-		for id := range 2 {
-			p, err := tx.Page(id)
-			if err != nil {
-				return err
-			}
-			bad = bad || p == nil || p.Type != "meta"
-		}
-		return nil
+	err := db.View(func(tx *bolt.Tx) (err error) {
+		bad, err = badMeta(tx)
+		return err
 	})
 	if err != nil || !bad {
 		return err
 	}
 	return db.Update(func(*bolt.Tx) error { return nil })
+}
+
+// badMeta reports whether one of tx's two meta pages is not one.
+func badMeta(tx *bolt.Tx) (bool, error) {
+	for id := range 2 {
+		p, err := tx.Page(id)
+		if err != nil {
+			return false, err
+		}
+		if p == nil || p.Type != "meta" {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // consistent runs bbolt's consistency check and returns its first finding.
