@@ -50,49 +50,72 @@ func (s *Store) AppendAudit(recs ...AuditRecord) error {
 	})
 }
 
-// Audit returns up to limit records with Seq > after, in order.
+// Audit returns up to limit records with Seq > after, in order, from the
+// segments (Options.AuditDir) and the store.
 func (s *Store) Audit(after uint64, limit int) ([]AuditRecord, error) {
 	var out []AuditRecord
-	err := s.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketAudit).Cursor()
-		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
-			var r AuditRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("store: decode audit record %d: %w", binary.BigEndian.Uint64(k), err)
-			}
-			out = append(out, r)
-		}
-		return nil
+	if limit <= 0 {
+		return nil, nil
+	}
+	err := s.eachAudit(after, func(r AuditRecord) (bool, error) {
+		out = append(out, r)
+		return len(out) < limit, nil
 	})
 	return out, err
 }
 
-// VerifyAudit checks the whole chain and returns the number of records. It
-// fails at the first record that was edited, inserted or removed.
+// VerifyAudit checks the whole chain, across the sealed segments (each as
+// sealed), the open one and the store, and returns the number of records.
+// It fails at the first record that was edited, inserted or removed.
 func (s *Store) VerifyAudit() (uint64, error) {
+	if s.auditDir != "" {
+		var cp auditCheckpoint
+		if err := s.view(func(tx *bolt.Tx) (err error) { cp, err = checkpoint(tx); return err }); err != nil {
+			return 0, err
+		}
+		if err := verifySegments(s.auditDir, cp); err != nil {
+			return 0, err
+		}
+	}
 	var n uint64
-	err := s.view(func(tx *bolt.Tx) error {
-		prev := ""
-		return tx.Bucket(bucketAudit).ForEach(func(k, v []byte) error {
-			var r AuditRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("store: audit record %d is unreadable: %w", binary.BigEndian.Uint64(k), err)
-			}
-			n++
-			if r.Seq != n || binary.BigEndian.Uint64(k) != n {
-				return fmt.Errorf("store: audit record %d: expected sequence number %d (a record was removed or inserted)", r.Seq, n)
-			}
-			if r.Prev != prev {
-				return fmt.Errorf("store: audit record %d does not follow record %d", r.Seq, n-1)
-			}
-			if r.Hash != r.ComputeHash() {
-				return fmt.Errorf("store: audit record %d was altered", r.Seq)
-			}
-			prev = r.Hash
-			return nil
-		})
+	prev := ""
+	err := s.eachAudit(0, func(r AuditRecord) (bool, error) {
+		n++
+		if r.Seq != n {
+			return false, fmt.Errorf("store: audit record %d: expected sequence number %d (a record was removed or inserted)", r.Seq, n)
+		}
+		if r.Prev != prev {
+			return false, fmt.Errorf("store: audit record %d does not follow record %d", r.Seq, n-1)
+		}
+		if r.Hash != r.ComputeHash() {
+			return false, fmt.Errorf("store: audit record %d was altered", r.Seq)
+		}
+		prev = r.Hash
+		return true, nil
 	})
+	if err == nil {
+		err = s.checkTip(n, prev)
+	}
 	return n, err
+}
+
+// checkTip checks that the chain read ends where the checkpoint says the
+// shipped part ends, at least: a segment cut short and nothing after it
+// in the store would otherwise verify.
+func (s *Store) checkTip(n uint64, hash string) error {
+	return s.view(func(tx *bolt.Tx) error {
+		cp, err := checkpoint(tx)
+		if err != nil {
+			return err
+		}
+		if n < cp.Seq {
+			return fmt.Errorf("store: the audit trail ends at record %d, but %d records were shipped to segments: the segments were cut short", n, cp.Seq)
+		}
+		if n == cp.Seq && hash != cp.Hash {
+			return fmt.Errorf("store: audit record %d is not the one shipped", n)
+		}
+		return nil
+	})
 }
 
 // appendAudit appends r in tx, filling Seq, Prev and Hash. Once tx
@@ -113,22 +136,15 @@ func (s *Store) appendAudit(tx *bolt.Tx, r AuditRecord) error {
 	// Records are only ever appended in key order: fill pages instead of
 	// splitting them in half (bbolt's default), which halves the file.
 	b.FillPercent = 0.95
-	r.Prev = ""
-	if k, v := b.Cursor().Last(); k != nil {
-		var last AuditRecord
-		if err := json.Unmarshal(v, &last); err != nil {
-			return fmt.Errorf("store: decode last audit record: %w", err)
-		}
-		r.Prev = last.Hash
-		r.Seq = last.Seq + 1
-		// Records are in time order too (queries rely on it): a record
-		// stamped before its commit by a slower writer takes its
-		// predecessor's time.
-		if r.Time.Before(last.Time) {
-			r.Time = last.Time
-		}
-	} else {
-		r.Seq = 1
+	last, err := lastAudit(tx)
+	if err != nil {
+		return err
+	}
+	r.Prev, r.Seq = last.Hash, last.Seq+1
+	// Records are in time order too (queries rely on it): a record stamped
+	// before its commit by a slower writer takes its predecessor's time.
+	if r.Time.Before(last.Time) {
+		r.Time = last.Time
 	}
 	r.Time = r.Time.UTC()
 	r.Hash = r.ComputeHash()
@@ -189,39 +205,57 @@ const maxAuditScan = 100_000
 func (s *Store) QueryAudit(f AuditFilter, after uint64, limit int) ([]AuditRecord, uint64, error) {
 	var out []AuditRecord
 	var next uint64
-	err := s.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketAudit).Cursor()
-		scanned := 0
-		for k, v := c.Seek(seqKey(after + 1)); k != nil; k, v = c.Next() {
-			if len(out) == limit || scanned == maxAuditScan {
-				next = binary.BigEndian.Uint64(k) - 1
-				return nil
-			}
-			scanned++
-			var r AuditRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("store: decode audit record %d: %w", binary.BigEndian.Uint64(k), err)
-			}
-			if !f.Until.IsZero() && !r.Time.Before(f.Until) {
-				return nil // records are in time order
-			}
-			if f.match(r) {
-				out = append(out, r)
-			}
+	scanned := 0
+	err := s.eachAudit(after, func(r AuditRecord) (bool, error) {
+		if len(out) == limit || scanned == maxAuditScan {
+			next = r.Seq - 1
+			return false, nil
 		}
-		return nil
+		scanned++
+		if !f.Until.IsZero() && !r.Time.Before(f.Until) {
+			return false, nil // records are in time order
+		}
+		if f.match(r) {
+			out = append(out, r)
+		}
+		return true, nil
 	})
 	return out, next, err
 }
 
 // AuditHead returns the newest record (the zero record for an empty trail).
 func (s *Store) AuditHead() (AuditRecord, error) {
-	var r AuditRecord
+	var last AuditRecord
+	var shipped bool
 	err := s.view(func(tx *bolt.Tx) error {
 		if _, v := tx.Bucket(bucketAudit).Cursor().Last(); v != nil {
-			return json.Unmarshal(v, &r)
+			return json.Unmarshal(v, &last)
 		}
-		return nil
+		cp, err := checkpoint(tx)
+		last.Seq, shipped = cp.Seq, cp.Seq > 0
+		return err
 	})
-	return r, err
+	if err != nil || !shipped {
+		return last, err
+	}
+	recs, err := s.Audit(last.Seq-1, 1)
+	if err != nil || len(recs) == 0 {
+		return AuditRecord{}, err
+	}
+	return recs[0], nil
+}
+
+// lastAudit is the newest record in tx, or, if the store holds none, the
+// Seq, Hash and Time of the last one shipped: the chain goes on from it.
+func lastAudit(tx *bolt.Tx) (AuditRecord, error) {
+	var last AuditRecord
+	if k, v := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
+		if err := json.Unmarshal(v, &last); err != nil {
+			return last, fmt.Errorf("store: decode last audit record: %w", err)
+		}
+		return last, nil
+	}
+	cp, err := checkpoint(tx)
+	last.Seq, last.Hash, last.Time = cp.Seq, cp.Hash, cp.Time
+	return last, err
 }

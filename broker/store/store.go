@@ -189,6 +189,14 @@ type Options struct {
 	// revocations, kills and deregistrations, which use that room, still
 	// commit.
 	MaxSize int64
+	// AuditDir, if set, is where audit records go once committed: the
+	// store keeps them only until ShipAudit moves them to segment files
+	// there (see segments.go), so the file stays the size of the live
+	// state. Empty: the trail stays in the store.
+	AuditDir string
+	// AuditSegmentSize is the size at which a segment is sealed; default
+	// 64 MiB.
+	AuditSegmentSize int64
 	// OnLost, if set, is called with a credential whose recording was
 	// answered as done but whose commit then failed (RecordCredential):
 	// the broker must revoke it in Vault (its anchor, for a batch token).
@@ -222,6 +230,14 @@ type core struct {
 	// (groupEarly) is done; nil when there is none in flight.
 	earlyMu sync.Mutex
 	early   chan struct{}
+	// auditDir and segmentSize are Options.AuditDir, AuditSegmentSize;
+	// segments is the open segment, ShipAudit's under shipMu. auditMu
+	// keeps readers of the trail (eachAudit) and its trimming apart.
+	auditDir    string
+	segmentSize int64
+	shipMu      sync.Mutex
+	segments    segmentWriter
+	auditMu     sync.RWMutex
 	// commitFault, set only by tests, fails a group's commit.
 	commitFault func() error
 }
@@ -258,6 +274,16 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("store: init %s: %w", path, err)
 	}
 	s := &Store{core: &core{db: db, now: opts.Now, onAudit: opts.OnAudit, onLost: opts.OnLost, maxSize: opts.MaxSize, reserve: reserveFor(opts.MaxSize), reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}}
+	if opts.AuditDir != "" {
+		s.auditDir, s.segmentSize = opts.AuditDir, opts.AuditSegmentSize
+		if s.segmentSize <= 0 {
+			s.segmentSize = defaultSegmentSize
+		}
+		if err := s.recoverSegments(); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
 	go s.committer()
 	return s, nil
 }
@@ -285,6 +311,9 @@ func (s *Store) Close() error {
 	s.closeMu.Unlock()
 	close(s.quit)
 	<-s.stopped
+	s.shipMu.Lock()
+	s.segments.close()
+	s.shipMu.Unlock()
 	// Writes queued but not taken by the committer are refused.
 	for {
 		select {
