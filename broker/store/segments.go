@@ -38,7 +38,7 @@ const (
 	// defaultSegmentSize is when a segment is sealed and the next begun.
 	defaultSegmentSize = 64 << 20
 	// maxAuditLine is the longest segment line read back.
-	maxAuditLine = 1 << 20
+	maxAuditLine                 = 1 << 20
 	segmentPrefix, segmentSuffix = "audit-", ".jsonl"
 )
 
