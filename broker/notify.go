@@ -2,7 +2,9 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -10,6 +12,7 @@ import (
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/notify"
+	"github.com/agentictrust/atf/broker/store"
 )
 
 // notifier publishes the broker's notifications: it stamps each with an
@@ -49,4 +52,62 @@ func (s *Server) auditStreams(cfg config.AuditConfig) error {
 		s.streamers = append(s.streamers, audit.NewStreamer(s.store, os.Stdout, head.Seq, s.log))
 	}
 	return nil
+}
+
+// shipEvery is how often committed audit records move to the segment
+// files: the store holds about this much of the trail.
+const shipEvery = time.Second
+
+// shipAudit moves committed audit records from the store to the segment
+// files (audit.dir) every shipEvery until ctx ends, and once more then. A
+// failure is logged and retried; the records stay in the store meanwhile.
+func (s *Server) shipAudit(ctx context.Context) {
+	t := time.NewTicker(shipEvery)
+	defer t.Stop()
+	for {
+		for {
+			n, err := s.store.ShipAudit()
+			if err != nil {
+				s.log.Error("moving audit records to the segment files failed; they stay in the store and are retried",
+					slog.String(edge.LogError, err.Error()))
+			}
+			if err != nil || n == 0 {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if _, err := s.store.ShipAudit(); err != nil && !errors.Is(err, store.ErrClosed) {
+				s.log.Error("moving audit records to the segment files failed at shutdown", slog.String(edge.LogError, err.Error()))
+			}
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// pruneEvery is how often the store is pruned (store_retention).
+const pruneEvery = 10 * time.Minute
+
+// prune removes from the store what expired store_retention ago, every
+// pruneEvery until ctx ends.
+func (s *Server) prune(ctx context.Context) {
+	t := time.NewTicker(pruneEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p, err := s.store.Prune(s.now().Add(-s.cfg.StoreRetention), "atfd")
+		if err != nil {
+			s.log.Error("pruning the store failed; retried later", slog.String(edge.LogError, err.Error()))
+			continue
+		}
+		if p.Total() > 0 {
+			s.log.Info("pruned the store", slog.Int("credentials", p.Credentials), slog.Int("anchors", p.Anchors),
+				slog.Int("grants", p.Grants), slog.Int("approvals", p.Approvals), slog.Int("history", p.History))
+		}
+	}
 }

@@ -175,7 +175,7 @@ func (s *Server) openPolicy(context.Context) error {
 // policy in force, the kill switch and the audit streams.
 func (s *Server) openStore(context.Context) (err error) {
 	cfg := s.cfg
-	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: s.now, OnAudit: s.auditCommitted, OnLost: s.recordLost, MaxSize: cfg.StoreMaxSize}); err != nil {
+	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: s.now, OnAudit: s.auditCommitted, OnLost: s.recordLost, MaxSize: cfg.StoreMaxSize, AuditDir: cfg.Audit.Dir}); err != nil {
 		return err
 	}
 	if s.tracing, err = tracing.New(cfg.Tracing); err != nil {
@@ -370,6 +370,8 @@ func (s *Server) Serve(lis net.Listener) error {
 	for _, st := range s.streamers {
 		s.loops.Go(func() { st.Run(ctx) })
 	}
+	s.loops.Go(func() { s.shipAudit(ctx) })
+	s.loops.Go(func() { s.prune(ctx) })
 	s.loops.Go(func() {
 		t := time.NewTicker(watch.BaselineSaveEvery)
 		defer t.Stop()

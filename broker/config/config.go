@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -44,6 +45,10 @@ type Config struct {
 	// commit in the room kept for them (store.Options.MaxSize). Set it
 	// below the disk's free space so that room is real.
 	StoreMaxSize int64 `yaml:"store_max_size"`
+	// StoreRetention is how long expired credential records, anchors,
+	// grants and approvals stay in the store before they are pruned (the
+	// audit trail keeps their story); default 24h.
+	StoreRetention time.Duration `yaml:"store_retention"`
 	// RolesFile defines the roles credentials are issued for.
 	RolesFile string      `yaml:"roles_file"`
 	Vault     VaultConfig `yaml:"vault"`
@@ -160,6 +165,11 @@ type AuditConfig struct {
 	File string `yaml:"file"`
 	// Stdout also writes them to standard output, for a log shipper.
 	Stdout bool `yaml:"stdout"`
+	// Dir is where the trail lives once committed: JSON-lines segment
+	// files with a checkpoint in the store (docs/operations.md), so that
+	// the store stays the size of the live state. Default: "audit" next
+	// to store_path.
+	Dir string `yaml:"dir"`
 }
 
 // LimitsConfig bounds what agents can ask for. A count of 0 takes the
@@ -332,8 +342,16 @@ func (c *Config) validateCore(v *validation) {
 	if c.StoreMaxSize < 0 {
 		v.bad("store_max_size must not be negative")
 	}
+	switch {
+	case c.StoreRetention < 0:
+		v.bad("store_retention must not be negative")
+	case c.StoreRetention == 0:
+		c.StoreRetention = 24 * time.Hour
+	}
 	if c.StorePath == "" {
 		v.bad("store_path is required")
+	} else if c.Audit.Dir == "" {
+		c.Audit.Dir = filepath.Join(filepath.Dir(c.StorePath), "audit")
 	}
 	if c.RolesFile == "" {
 		v.bad("roles_file is required")
