@@ -4,9 +4,10 @@
 #
 # Pinned tools are built once into $(ATF_TOOLS_CACHE) (default
 # ~/.cache/atf-tools) and linked into bin/, each target building only those
-# it uses: dev-tools (Vault 1.14.2, SPIRE 1.13.3) for demo, test, bench and
-# soak; proto-tools (buf and the protoc plugins) for proto and lint; tools
-# for all of them.
+# it uses: dev-tools (Vault 1.14.2, SPIRE 1.13.3, and PostgreSQL from
+# Debian's postgresql package, installed with apt-get when missing if run as
+# root) for demo, test, bench and soak; proto-tools (buf and the protoc
+# plugins) for proto and lint; tools for all of them.
 
 SHELL := /bin/bash
 export PATH := $(CURDIR)/bin:$(PATH)
@@ -21,7 +22,7 @@ all: build
 tools: dev-tools proto-tools
 
 dev-tools:
-	./deploy/dev/tools/install.sh spire vault
+	./deploy/dev/tools/install.sh spire vault postgres
 
 proto-tools:
 	./deploy/dev/tools/install.sh proto

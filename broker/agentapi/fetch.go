@@ -72,7 +72,13 @@ func (s *Service) fetch(ctx context.Context, r decide.Request, why decide.Reason
 		return nil, outcome{"error", "", plan.Reasons.Version()}, err
 	}
 	s.issued(ctx, plan, cred, start)
-	return &brokerv1.FetchCredentialResponse{Credential: &brokerv1.Credential{
+	return &brokerv1.FetchCredentialResponse{Credential: credentialToProto(cred, r, plan, s.cfg.VaultAddress)}, outcome{"allow", string(authz.Allowed), plan.Reasons.Version()}, nil
+}
+
+// credentialToProto is the answer of an issuance: the token, and the
+// dynamic secret read with it, if any.
+func credentialToProto(cred vault.Credential, r decide.Request, plan decide.Plan, vaultAddr string) *brokerv1.Credential {
+	c := &brokerv1.Credential{
 		Token:        cred.Token,
 		Accessor:     cred.Accessor,
 		Role:         r.Role.Name,
@@ -82,10 +88,14 @@ func (s *Service) fetch(ctx context.Context, r decide.Request, why decide.Reason
 		Renewable:    false,
 		Level:        protoconv.LevelToProto(plan.Level),
 		DecisionId:   plan.Reasons.DecisionID,
-		VaultAddress: s.cfg.VaultAddress,
+		VaultAddress: vaultAddr,
 		GrantId:      r.GrantID,
 		Chain:        plan.Chain,
-	}}, outcome{"allow", string(authz.Allowed), plan.Reasons.Version()}, nil
+	}
+	if l := cred.Lease; l.ID != "" {
+		c.Secret, c.LeaseId, c.LeaseExpiresAt = l.Data, l.ID, timestamppb.New(l.ExpiresAt)
+	}
+	return c
 }
 
 // request checks the request's own fields and the role it names.
@@ -221,7 +231,7 @@ func (s *Service) issued(ctx context.Context, p decide.Plan, cred vault.Credenti
 	s.cfg.Watch.Observe(ctx, monitor.Event{Agent: p.Caller, Lineage: p.Lineage(), Role: p.Role.Name, InManifest: true, Kind: monitor.Issued})
 	s.cfg.Watch.Breaker(ctx, p.Caller, false)
 	edge.Logger(ctx).Info("credential issued", slog.String(edge.LogDecisionID, p.Reasons.DecisionID), slog.String(edge.LogRole, p.Role.Name),
-		slog.String(edge.LogAccessor, cred.Accessor), slog.Duration(edge.LogTTL, p.TTL), slog.String(edge.LogLevel, p.Level.String()),
+		slog.String(edge.LogAccessor, cred.Accessor), slog.String(edge.LogLeaseID, cred.Lease.ID), slog.Duration(edge.LogTTL, p.TTL), slog.String(edge.LogLevel, p.Level.String()),
 		slog.String("grant", p.GrantID), slog.Int("uses", p.MaxUses))
 	if p.Notify {
 		s.cfg.Notifier.Notify(ctx, "write_issued", p.Caller, p.Role.Name,

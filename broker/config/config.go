@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -506,6 +507,13 @@ type Role struct {
 	// (accessor-tracked, revocable alone). A use-limited credential is
 	// always a service token. See docs/design.md §6.
 	Kind string `yaml:"kind"`
+	// Dynamic is a Vault path that yields a dynamic secret with a lease,
+	// e.g. database/creds/orders-db: the broker reads it with the
+	// credential's token and hands out the secret with the token. The
+	// role's policies must allow read on it. Such a role's credentials
+	// are service tokens, so that undoing a failed issuance revokes the
+	// token and any lease it made (docs/design.md §3.4).
+	Dynamic string `yaml:"dynamic"`
 
 	class          authz.Class
 	classification authz.Classification
@@ -546,12 +554,8 @@ func LoadRoles(path string) (map[string]Role, error) {
 		if r.MaxTTL <= 0 {
 			return nil, fmt.Errorf("%s: max_ttl must be positive", where)
 		}
-		switch r.Kind {
-		case "":
-			r.Kind = "batch"
-		case "batch", "service":
-		default:
-			return nil, fmt.Errorf("%s: kind must be batch or service, not %q", where, r.Kind)
+		if err := r.checkKind(); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		roles[r.Name] = r
 	}
@@ -559,6 +563,54 @@ func LoadRoles(path string) (map[string]Role, error) {
 		return nil, fmt.Errorf("config: roles %s: no roles defined", path)
 	}
 	return roles, nil
+}
+
+// checkKind checks the role's kind and dynamic-secret path and fills in
+// the default kind: batch, or service for a role with a dynamic secret.
+func (r *Role) checkKind() error {
+	if r.Dynamic != "" {
+		if err := checkDynamicPath(r.Dynamic); err != nil {
+			return err
+		}
+		switch r.Kind {
+		case "":
+			r.Kind = "service"
+		case "batch":
+			return errors.New("a role with a dynamic secret has service credentials (kind: service, or leave it out): undoing a failed issuance must revoke the token and any lease it made, and a batch token cannot be revoked alone")
+		}
+	}
+	switch r.Kind {
+	case "":
+		r.Kind = "batch"
+	case "batch", "service":
+	default:
+		return fmt.Errorf("kind must be batch or service, not %q", r.Kind)
+	}
+	return nil
+}
+
+// notSecretsEngines are mounts a dynamic secret is never read from.
+var notSecretsEngines = []string{"sys", "auth", "identity", "cubbyhole"}
+
+// checkDynamicPath checks a dynamic-secret path: a secrets engine mount
+// and a path below it, in segments of letters, digits, '.', '_' and '-'
+// (no '.' or '..' segment), without leading or trailing '/'.
+func checkDynamicPath(p string) error {
+	segs := strings.Split(p, "/")
+	if len(segs) < 2 {
+		return fmt.Errorf("dynamic %q: want a secrets engine path such as database/creds/ROLE", p)
+	}
+	for _, seg := range segs {
+		if seg == "" || seg == "." || seg == ".." || strings.IndexFunc(seg, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-')
+		}) >= 0 {
+			return fmt.Errorf("dynamic %q: segment %q: use letters, digits, '.', '_' and '-', no empty, '.' or '..' segment", p, seg)
+		}
+	}
+	if slices.Contains(notSecretsEngines, segs[0]) {
+		return fmt.Errorf("dynamic %q: %s/ is not a secrets engine", p, segs[0])
+	}
+	return nil
 }
 
 func (r Role) Authz() authz.Role {

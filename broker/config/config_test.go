@@ -86,6 +86,20 @@ func TestLoadRolesRefusals(t *testing.T) {
 		{"unknown classification", "roles:\n  - {name: a, class: read, classification: top, policies: [p], max_ttl: 1m}\n", `unknown data classification "top"`},
 		{"dot segment", "roles:\n  - {name: kv/../a, class: read, classification: public, policies: [p], max_ttl: 1m}\n", "dot segments are not allowed"},
 		{"uppercase", "roles:\n  - {name: KV/a, class: read, classification: public, policies: [p], max_ttl: 1m}\n", `use lowercase: "kv/a"`},
+		{"dynamic batch", "roles:\n  - {name: db, class: read, classification: internal, policies: [p], max_ttl: 1m, kind: batch, dynamic: database/creds/db}\n",
+			`role 1 ("db"): a role with a dynamic secret has service credentials`},
+		{"dynamic mount only", "roles:\n  - {name: db, class: read, classification: internal, policies: [p], max_ttl: 1m, dynamic: database}\n",
+			`dynamic "database": want a secrets engine path such as database/creds/ROLE`},
+		{"dynamic dot dot", "roles:\n  - {name: db, class: read, classification: internal, policies: [p], max_ttl: 1m, dynamic: database/creds/../x}\n",
+			`dynamic "database/creds/../x": segment ".."`},
+		{"dynamic trailing slash", "roles:\n  - {name: db, class: read, classification: internal, policies: [p], max_ttl: 1m, dynamic: database/creds/}\n",
+			`segment "": use letters, digits`},
+		{"dynamic query", "roles:\n  - {name: db, class: read, classification: internal, policies: [p], max_ttl: 1m, dynamic: \"database/creds/x?ttl=1h\"}\n",
+			`segment "x?ttl=1h"`},
+		{"dynamic from sys", "roles:\n  - {name: db, class: read, classification: internal, policies: [p], max_ttl: 1m, dynamic: sys/leases/lookup}\n",
+			`dynamic "sys/leases/lookup": sys/ is not a secrets engine`},
+		{"dynamic from auth", "roles:\n  - {name: db, class: read, classification: internal, policies: [p], max_ttl: 1m, dynamic: auth/token/create}\n",
+			`auth/ is not a secrets engine`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "roles.yaml")
@@ -105,5 +119,31 @@ func TestLoadRolesRefusals(t *testing.T) {
 	}
 	if roles, err := config.LoadRoles(path); err != nil || len(roles) != 1 {
 		t.Fatalf("LoadRoles = %v, %v; want one role", roles, err)
+	}
+}
+
+// A role with a dynamic secret keeps its path and gets service
+// credentials unless it says so itself; others stay batch by default.
+func TestLoadRolesDynamic(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "roles.yaml")
+	if err := os.WriteFile(path, []byte(`roles:
+  - {name: orders-db, class: read, classification: internal, policies: [p], max_ttl: 1m, dynamic: database/creds/orders-db}
+  - {name: orders-db-svc, class: read, classification: internal, policies: [p], max_ttl: 1m, kind: service, dynamic: database/creds/orders_db.v2}
+  - {name: reports, class: read, classification: internal, policies: [p], max_ttl: 1m}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	roles, err := config.LoadRoles(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string][2]string{
+		"orders-db":     {"service", "database/creds/orders-db"},
+		"orders-db-svc": {"service", "database/creds/orders_db.v2"},
+		"reports":       {"batch", ""},
+	} {
+		if r := roles[name]; r.Kind != want[0] || r.Dynamic != want[1] {
+			t.Errorf("role %s: kind %q, dynamic %q; want %q, %q", name, r.Kind, r.Dynamic, want[0], want[1])
+		}
 	}
 }

@@ -37,6 +37,7 @@ const (
 	LogDecisionID = "decision_id"
 	LogReason     = "reason"
 	LogAccessor   = "accessor"
+	LogLeaseID    = "lease_id"
 	LogTTL        = "ttl"
 	LogCount      = "count"
 )

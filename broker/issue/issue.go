@@ -1,7 +1,8 @@
 // Package issue carries out a credential Plan (package decide): it
 // reserves the credential against the live-credential limits, redeems the
 // approval it rests on, creates the token under its lineage node's Vault
-// anchor, and records it, all or nothing: a step that fails undoes the
+// anchor, reads the role's dynamic secret with it if the role names one,
+// and records it, all or nothing: a step that fails undoes the
 // ones before it, and a token the broker could not record is revoked
 // before the caller hears anything. No credential leaves unrecorded.
 package issue
@@ -9,6 +10,7 @@ package issue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 
@@ -78,6 +80,11 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 	cred, anchor, err := is.create(ctx, p)
 	if err != nil {
 		return cred, err
+	}
+	if p.Role.Dynamic != "" {
+		if cred.Lease, err = is.readDynamic(ctx, p, cred); err != nil {
+			return vault.Credential{}, err
+		}
 	}
 	failpoint.Hit(failpoint.IssueAfterVault)
 	if err := is.record(ctx, p, cred, anchor, revision); err != nil {
@@ -166,6 +173,38 @@ func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, 
 	return cred, "", decide.Fail(p.Reasons, "vault_refused", "Vault refused to issue the credential; nothing was issued", err)
 }
 
+// readDynamic reads the role's dynamic secret with cred's token, so that
+// the lease hangs under the credential, and under its anchor
+// (docs/design.md §3.4); the lease ends with the credential at the latest.
+// If the read fails, cred (a service token: config makes it one) is
+// revoked, and with it any lease the read may have made: nothing of the
+// issuance outlives the failure. The answer names the role and path; the
+// log has Vault's words, which name no secret.
+func (is *Issuer) readDynamic(ctx context.Context, p decide.Plan, cred vault.Credential) (vault.Lease, error) {
+	vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultDynamic)
+	lease, err := is.cfg.Vault.ReadDynamic(vctx, cred.Token, p.Role.Dynamic)
+	tracing.EndSpan(span, edge.Code(err))
+	if err == nil {
+		if lease.ExpiresAt.After(cred.ExpiresAt) {
+			// Vault revokes the lease with the token that made it.
+			lease.ExpiresAt = cred.ExpiresAt
+		}
+		return lease, nil
+	}
+	log := edge.Logger(ctx).With(slog.String(edge.LogDecisionID, p.Reasons.DecisionID), slog.String(edge.LogRole, p.Role.Name), slog.String(edge.LogAccessor, cred.Accessor))
+	log.Error("reading the role's dynamic secret failed; revoking the credential", slog.String(edge.LogError, err.Error()))
+	if rerr := is.cfg.Vault.Revoke(context.WithoutCancel(ctx), cred.Accessor); rerr != nil {
+		log.Error("revoking the credential of a failed dynamic-secret read failed; it and any lease expire on their own",
+			slog.String(edge.LogError, rerr.Error()), slog.Time("expires_at", cred.ExpiresAt))
+	}
+	kind, reason, said := fault.Precondition, "dynamic_secret_refused", "Vault refused"
+	if errors.Is(err, vault.ErrUnavailable) {
+		kind, reason, said = fault.Unavailable, "dynamic_secret_unavailable", "Vault could not give"
+	}
+	msg := fmt.Sprintf("%s the dynamic secret of role %s (%s); nothing was issued (decision %s)", said, p.Role.Name, p.Role.Dynamic, p.Reasons.DecisionID)
+	return vault.Lease{}, decide.Fail(p.Reasons, reason, msg, fault.New(kind, "%s", msg))
+}
+
 // underAnchor creates a credential under node's anchor. If Vault refuses
 // the anchor (revoked or expired behind the broker's back), it is replaced
 // once.
@@ -211,6 +250,7 @@ func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credenti
 		Chain:         p.Chain,
 		GrantIDs:      p.GrantIDs,
 		ApprovalID:    p.ApprovalID,
+		LeaseID:       cred.Lease.ID,
 		AgentRevision: revision,
 		Why:           p.Reasons.Detail(),
 	})

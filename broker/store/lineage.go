@@ -344,6 +344,9 @@ func credentialAudit(c Credential, refused error, now time.Time) AuditRecord {
 		"chain": strings.Join(c.Chain, " > "), "grant_ids": strings.Join(c.GrantIDs, ","),
 		"policies": strings.Join(c.Policies, ","), "expires_at": c.ExpiresAt.UTC().Format(time.RFC3339),
 	}
+	if c.LeaseID != "" {
+		detail["lease_id"] = c.LeaseID
+	}
 	for k, v := range c.Why {
 		if _, set := detail[k]; !set {
 			detail[k] = v

@@ -168,6 +168,10 @@ type Credential struct {
 	AgentRevision uint64 `json:"agent_revision,omitempty"`
 	// ApprovalID is the human approval it was issued on, if any.
 	ApprovalID string `json:"approval_id,omitempty"`
+	// LeaseID is the Vault lease of the dynamic secret read with the
+	// token, for a role that names one: like an accessor, it names the
+	// lease without giving the secret, which is never stored.
+	LeaseID string `json:"lease_id,omitempty"`
 	// Why explains the decision in the issuance's audit record; it is not
 	// kept in the credential record.
 	Why map[string]string `json:"-"`

@@ -30,6 +30,7 @@ const (
 	SpanDecision     = "atf.decision"
 	SpanVaultIssue   = "atf.vault.issue"
 	SpanStoreRecord  = "atf.store.record"
+	SpanVaultDynamic = "atf.vault.dynamic"
 	AttrAgent        = "atf.agent"
 	AttrRole         = "atf.role"
 	AttrDecision     = "atf.decision"

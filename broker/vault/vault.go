@@ -27,6 +27,7 @@ package vault
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -337,6 +338,21 @@ type Credential struct {
 	Policies  []string
 	IssuedAt  time.Time
 	ExpiresAt time.Time
+	// Lease is the dynamic secret read with the token, for a role that
+	// names one (zero otherwise).
+	Lease Lease
+}
+
+// Lease is a dynamic secret and its Vault lease.
+type Lease struct {
+	// ID is the lease's id: like an accessor, it names the lease without
+	// giving its secret, and may be recorded.
+	ID string
+	// Data is the secret (for a database, username and password). It must
+	// go only to the agent: never to a log, an error, the store or audit.
+	Data map[string]string
+	// ExpiresAt is when the lease ends at the latest.
+	ExpiresAt time.Time
 }
 
 // Issue creates a credential: a service token through the credential
@@ -406,6 +422,48 @@ func (is *Issuer) Issue(ctx context.Context, req Request) (Credential, error) {
 			ErrRejected, c.Policies, s.Auth.Renewable, s.Auth.LeaseDuration, want, rerr)
 	}
 	return c, nil
+}
+
+// ReadDynamic reads the dynamic secret at path with token, the token of a
+// credential the broker just created, so that the lease is the
+// credential's: Vault revokes it with the token, and with any anchor above
+// it (docs/design.md §3.4). A secret without a lease is refused.
+//
+// The read runs to its end, bounded by the Vault timeout, even if ctx ends
+// first: a lease Vault registered after the broker gave up, and after the
+// token was revoked, would outlive it.
+func (is *Issuer) ReadDynamic(ctx context.Context, token, path string) (Lease, error) {
+	c, err := is.client.Clone()
+	if err != nil {
+		return Lease{}, fmt.Errorf("vault: %w", err)
+	}
+	c.SetToken(token)
+	start := time.Now()
+	s, err := c.Logical().ReadWithContext(context.WithoutCancel(ctx), path)
+	switch {
+	case err != nil:
+		return Lease{}, classify("read dynamic secret "+path, err)
+	case s == nil:
+		return Lease{}, fmt.Errorf("%w: read dynamic secret %s: nothing there", ErrRejected, path)
+	case s.LeaseID == "" || s.LeaseDuration <= 0:
+		return Lease{}, fmt.Errorf("%w: read dynamic secret %s: Vault gave no lease: not a dynamic secret", ErrRejected, path)
+	case len(s.Data) == 0:
+		return Lease{}, fmt.Errorf("%w: read dynamic secret %s: Vault gave no data (lease %s)", ErrRejected, path, s.LeaseID)
+	}
+	l := Lease{ID: s.LeaseID, Data: make(map[string]string, len(s.Data)), ExpiresAt: start.Add(time.Duration(s.LeaseDuration) * time.Second)}
+	for k, v := range s.Data {
+		if str, ok := v.(string); ok {
+			l.Data[k] = str
+			continue
+		}
+		// Not every engine answers strings only; the agent gets JSON.
+		b, err := json.Marshal(v)
+		if err != nil {
+			return Lease{}, fmt.Errorf("%w: read dynamic secret %s: field %q: %v", ErrRejected, path, k, err)
+		}
+		l.Data[k] = string(b)
+	}
+	return l, nil
 }
 
 // Anchor is a token the broker holds, never hands out, and creates

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -134,6 +136,12 @@ func credentialTable(w *tabwriter.Writer, cr *brokerv1.Credential) {
 	if cr.GetGrantId() != "" {
 		fmt.Fprintf(w, "Grant:\t%s\n", cr.GetGrantId())
 		fmt.Fprintf(w, "Chain:\t%s\n", strings.Join(cr.GetChain(), " → "))
+	}
+	if cr.GetLeaseId() != "" {
+		fmt.Fprintf(w, "Lease:\t%s (ends %s)\n", cr.GetLeaseId(), ts(cr.GetLeaseExpiresAt()))
+		for _, k := range slices.Sorted(maps.Keys(cr.GetSecret())) {
+			fmt.Fprintf(w, "Secret %s:\t%s\n", k, cr.GetSecret()[k])
+		}
 	}
 }
 

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -59,15 +61,46 @@ func envName(role string, only bool) string {
 	if only {
 		return "VAULT_TOKEN"
 	}
-	return "ATF_TOKEN_" + strings.Map(func(r rune) rune {
+	return "ATF_TOKEN_" + envWord(role)
+}
+
+// envWord is s in a variable name: upper case, characters other than
+// letters and digits as _.
+func envWord(s string) string {
+	return strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z':
 			return r - 'a' + 'A'
-		case r >= '0' && r <= '9':
+		case r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
 			return r
 		}
 		return '_'
-	}, role)
+	}, s)
+}
+
+// secretEnv is the environment of a credential's dynamic secret: each
+// field in ATF_SECRET_<FIELD> and the lease id in ATF_LEASE_ID when exec
+// fetches one role, else ATF_SECRET_<ROLE>_<FIELD> and ATF_LEASE_ID_<ROLE>.
+// Two fields that would share a variable are an error.
+func secretEnv(c *brokerv1.Credential, role string, only bool) ([]string, error) {
+	if c.GetLeaseId() == "" {
+		return nil, nil
+	}
+	prefix, lease := "ATF_SECRET_", "ATF_LEASE_ID"
+	if !only {
+		prefix, lease = prefix+envWord(role)+"_", lease+"_"+envWord(role)
+	}
+	env := []string{lease + "=" + c.GetLeaseId()}
+	seen := map[string]string{}
+	for _, k := range slices.Sorted(maps.Keys(c.GetSecret())) {
+		name := prefix + envWord(k)
+		if other, dup := seen[name]; dup {
+			return nil, fmt.Errorf("role %s: secret fields %q and %q would both be %s", role, other, k, name)
+		}
+		seen[name] = k
+		env = append(env, name+"="+c.GetSecret()[k])
+	}
+	return env, nil
 }
 
 // newAgentLogger logs the client's warnings (refresh failures, reconnects)
@@ -129,6 +162,12 @@ The token of a single role goes in VAULT_TOKEN; with several roles, each goes
 in ATF_TOKEN_<ROLE> (upper case, other characters as _), or in the variable
 named after '='. VAULT_ADDR (--vault-addr-env) holds the Vault address.
 
+A role with a dynamic secret (e.g. a database user) also puts each of its
+fields in ATF_SECRET_<FIELD> (ATF_SECRET_USERNAME, ATF_SECRET_PASSWORD) and
+its Vault lease in ATF_LEASE_ID; with several roles, in
+ATF_SECRET_<ROLE>_<FIELD> and ATF_LEASE_ID_<ROLE>. Revoking the credential
+revokes the lease: the database drops the user.
+
 A process's environment cannot change while it runs, so when a credential is
 refreshed before it expires, exec restarts COMMAND with the new one (SIGTERM,
 then SIGKILL after --grace). Also after atfd restarts, since revocations may
@@ -143,7 +182,8 @@ own process group and signals reach the whole group, so that a shell's
 children stop too.`,
 		Example: `  atfctl exec --role reports-read -- python agent.py
   atfctl exec --role reports-read=READ_TOKEN --role reports-write=WRITE_TOKEN -- ./agent
-  atfctl exec --role reports-read --ttl 10m --grace 30s -- sh -c 'vault kv get secret/reports/q3'`,
+  atfctl exec --role reports-read --ttl 10m --grace 30s -- sh -c 'vault kv get secret/reports/q3'
+  atfctl exec --role orders-db -- sh -c 'PGPASSWORD="$ATF_SECRET_PASSWORD" psql -h db -U "$ATF_SECRET_USERNAME" orders'`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, argv []string) error {
 			if cmd.ArgsLenAtDash() != 0 {
@@ -262,6 +302,11 @@ func (x *execution) start(creds map[string]*brokerv1.Credential) error {
 	for _, r := range x.roles {
 		c := creds[r.role]
 		env = append(env, r.name+"="+c.GetToken())
+		secret, err := secretEnv(c, r.role, len(x.roles) == 1)
+		if err != nil {
+			return err
+		}
+		env = append(env, secret...)
 		x.held[c.GetAccessor()] = r.role
 		if x.addrEnv != "" && c.GetVaultAddress() != "" {
 			env = append(env, x.addrEnv+"="+c.GetVaultAddress())

@@ -234,3 +234,68 @@ func TestPythonExample(t *testing.T) {
 		t.Fatalf("payroll under exec: exit %d, want 3\n%s", code, out)
 	}
 }
+
+// atfctl exec with a role whose credential carries a dynamic secret: the
+// child finds the database user in ATF_SECRET_USERNAME and
+// ATF_SECRET_PASSWORD and the lease in ATF_LEASE_ID, and logs in to a real
+// PostgreSQL with them until the agent's lineage is revoked.
+func TestCLIExecDynamicSecret(t *testing.T) {
+	f := brokertest.Setup(t)
+	cfg, pg := f.DatabaseConfig(t, t.TempDir())
+	b := f.Start(t, cfg)
+	agent := f.ID(t, "db-agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "orders-db")
+	env := filepath.Join(t.TempDir(), "env")
+
+	out, code := run(t, b, agent, "exec", "--role", "orders-db", "--",
+		"/bin/sh", "-c", `printf '%s\n%s\n%s\n%s\n' "$ATF_SECRET_USERNAME" "$ATF_SECRET_PASSWORD" "$ATF_LEASE_ID" "$VAULT_TOKEN" > "$1"`, "sh", env)
+	if code != 0 {
+		t.Fatalf("exec: exit %d\n%s", code, out)
+	}
+	raw, err := os.ReadFile(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Split(strings.TrimSuffix(string(raw), "\n"), "\n")
+	if len(got) != 4 || got[0] == "" || got[1] == "" || !strings.HasPrefix(got[2], "database/creds/orders-db/") || got[3] == "" {
+		t.Fatalf("the child's environment lacks the database user, its lease or the token: %d lines", len(got))
+	}
+	if err := pg.Login(t.Context(), got[0], got[1]); err != nil {
+		t.Fatalf("the child's database user cannot log in: %v", err)
+	}
+	if out, code := run(t, b, f.Admin, "revoke", "lineage", agent.String(), "--reason", "exec test"); code != 0 {
+		t.Fatalf("revoke lineage: exit %d\n%s", code, out)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for err := pg.Login(t.Context(), got[0], got[1]); err == nil || !strings.Contains(err.Error(), "password authentication failed"); err = pg.Login(t.Context(), got[0], got[1]) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the database user still logs in 30s after the lineage was revoked (last: %v)", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Secret fields go in variables named after them, prefixed by the role
+// when exec fetches several; fields that would share one are refused.
+func TestSecretEnv(t *testing.T) {
+	c := &brokerv1.Credential{LeaseId: "database/creds/db/x", Secret: map[string]string{"username": "u", "password": "p"}}
+	for _, tt := range []struct {
+		only bool
+		want []string
+	}{
+		{true, []string{"ATF_LEASE_ID=database/creds/db/x", "ATF_SECRET_PASSWORD=p", "ATF_SECRET_USERNAME=u"}},
+		{false, []string{"ATF_LEASE_ID_ORDERS_DB=database/creds/db/x", "ATF_SECRET_ORDERS_DB_PASSWORD=p", "ATF_SECRET_ORDERS_DB_USERNAME=u"}},
+	} {
+		got, err := secretEnv(c, "orders-db", tt.only)
+		if err != nil || strings.Join(got, " ") != strings.Join(tt.want, " ") {
+			t.Errorf("secretEnv(only=%t) = %q, %v; want %q", tt.only, got, err, tt.want)
+		}
+	}
+	if got, err := secretEnv(&brokerv1.Credential{Token: "t"}, "reports-read", true); err != nil || got != nil {
+		t.Errorf("a credential without a lease: %q, %v; want nothing", got, err)
+	}
+	clash := &brokerv1.Credential{LeaseId: "l", Secret: map[string]string{"user-name": "a", "user_name": "b"}}
+	if _, err := secretEnv(clash, "db", true); err == nil || err.Error() != `role db: secret fields "user-name" and "user_name" would both be ATF_SECRET_USER_NAME` {
+		t.Errorf("clashing fields: %v", err)
+	}
+}

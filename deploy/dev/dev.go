@@ -84,10 +84,15 @@ type Stack struct {
 	log   *slog.Logger
 	vault *vaultapi.Client // root client; VaultClient hands out clones
 
-	mu       sync.Mutex
-	procs    []*process
+	mu    sync.Mutex
+	procs []*process
+	// dirs are directories besides Dir that Close removes.
+	dirs     []string
 	closed   bool
 	closeErr error
+
+	pgMu sync.Mutex
+	pg   *Postgres // started by StartPostgres
 }
 
 // tools are the binaries Start needs in the bin directory.
@@ -239,8 +244,10 @@ func (s *Stack) Close() error {
 		wg.Go(p.stop)
 	}
 	wg.Wait()
-	if err := os.RemoveAll(s.Dir); err != nil {
-		s.closeErr = fmt.Errorf("dev: %w", err)
+	for _, dir := range append(s.dirs, s.Dir) {
+		if err := os.RemoveAll(dir); err != nil {
+			s.closeErr = errors.Join(s.closeErr, fmt.Errorf("dev: %w", err))
+		}
 	}
 	s.log.Info("ATF dev stack stopped", keyDir, s.Dir)
 	return s.closeErr
@@ -284,7 +291,7 @@ func (s *Stack) Stop(name string) error {
 }
 
 // logFiles are the logs Logs reports, in order.
-var logFiles = []string{"spire-server", "spire-agent", "vault", "vault-setup"}
+var logFiles = []string{"spire-server", "spire-agent", "vault", "vault-setup", "postgres"}
 
 // Logs returns the last lines of each component's log, labelled, for failure
 // diagnostics. Secrets the Vault dev server prints are masked. After Close it

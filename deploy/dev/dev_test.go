@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"os/user"
 	"slices"
 	"strconv"
 	"strings"
@@ -286,13 +287,45 @@ func TestStack(t *testing.T) {
 		}
 	})
 
+	var pg *dev.Postgres
+	t.Run("Postgres", func(t *testing.T) {
+		var err error
+		if pg, err = s.StartPostgres(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if again, err := s.StartPostgres(t.Context()); err != nil || again != pg {
+			t.Fatalf("second StartPostgres = %p, %v; want the same server %p", again, err, pg)
+		}
+		checkPostgresUser(t, s.PIDs()["postgres"])
+		// A user of Vault's database engine logs in with its password
+		// only, until its lease is revoked.
+		v := s.VaultClient()
+		sec, err := v.Logical().ReadWithContext(t.Context(), dev.DatabaseCredsPath)
+		if err != nil || sec == nil || sec.LeaseID == "" {
+			t.Fatalf("read %s: %v, %v; want a lease", dev.DatabaseCredsPath, sec, err)
+		}
+		user, password := sec.Data["username"].(string), sec.Data["password"].(string)
+		if err := pg.Login(t.Context(), user, password); err != nil {
+			t.Fatal(err)
+		}
+		if err := pg.Login(t.Context(), user, password+"x"); err == nil || !strings.Contains(err.Error(), "password authentication failed") {
+			t.Fatalf("login with a wrong password: %v, want refused", err)
+		}
+		if err := v.Sys().RevokeWithContext(t.Context(), sec.LeaseID); err != nil {
+			t.Fatal(err)
+		}
+		if err := pg.Login(t.Context(), user, password); err == nil || !strings.Contains(err.Error(), "password authentication failed") {
+			t.Fatalf("login after the lease was revoked: %v, want refused", err)
+		}
+	})
+
 	t.Run("Close", func(t *testing.T) {
 		if parent.Failed() {
 			t.Log(s.Logs()) // gone after Close
 		}
 		pids := s.PIDs()
-		if len(pids) != 3 {
-			t.Errorf("PIDs() = %v, want spire-server, spire-agent and vault", pids)
+		if len(pids) != 4 {
+			t.Errorf("PIDs() = %v, want spire-server, spire-agent, vault and postgres", pids)
 		}
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
@@ -302,13 +335,39 @@ func TestStack(t *testing.T) {
 				t.Errorf("%s (process group %d) still there after Close: kill -0 gave %v", name, pid, err)
 			}
 		}
-		if _, err := os.Stat(s.Dir); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s still there after Close: %v", s.Dir, err)
+		for _, dir := range []string{s.Dir, pg.Dir} {
+			if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s still there after Close: %v", dir, err)
+			}
 		}
 		if err := s.Close(); err != nil {
 			t.Errorf("second Close: %v", err)
 		}
 	})
+}
+
+// checkPostgresUser checks that PostgreSQL (process pid) runs as the
+// postgres system user when the tests run as root (PostgreSQL refuses
+// root), and as the tests' user otherwise.
+func checkPostgresUser(t *testing.T, pid int) {
+	t.Helper()
+	want := os.Geteuid()
+	if want == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, err = strconv.Atoi(u.Uid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fi, err := os.Stat("/proc/" + strconv.Itoa(pid))
+	if err != nil {
+		t.Skipf("no /proc to check the owner of PostgreSQL: %v", err)
+	}
+	if got := int(fi.Sys().(*syscall.Stat_t).Uid); got != want {
+		t.Errorf("postgres (pid %d) runs as uid %d, want %d", pid, got, want)
+	}
 }
 
 func clientWithToken(t *testing.T, s *dev.Stack, token string) *vaultapi.Client {

@@ -15,9 +15,18 @@
 //   - Vault: a dev server with a random root token, configured by the real
 //     deploy/vault/setup.sh (policies atf-broker and atf-anchor, token roles
 //     atf-credential and atf-anchor, AppRole atf-broker), plus demo policies
-//     (demo-reports-read, demo-reports-write, demo-payroll-read) and kv-v2
+//     (demo-reports-read, demo-reports-write, demo-payroll-read,
+//     demo-orders-db) and kv-v2
 //     secrets secret/demo/reports and secret/demo/payroll. BrokerVaultToken and
 //     BrokerAppRole give the broker its own non-root credentials.
+//
+// StartPostgres adds, on demand, a PostgreSQL server of Debian's postgresql
+// package (linked into bin/ by `make dev-tools`) on a free loopback port, in a
+// directory of its own, run as the postgres system user when the stack runs as
+// root (PostgreSQL refuses root). It mounts Vault's database secrets engine at
+// database/ with role orders-db (DatabaseCredsPath, allowed by the demo policy
+// demo-orders-db): a LOGIN user that may read table orders, valid until its
+// lease ends, dropped when Vault revokes the lease.
 //
 // Close stops every process (SIGTERM, then SIGKILL) and removes the directory.
 // The deploy/dev/devtest package wraps all this for tests.

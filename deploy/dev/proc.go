@@ -40,16 +40,23 @@ type process struct {
 // spawn starts bin/<tool> with args in its own process group, with stdout and
 // stderr appended to <Dir>/<name>.log.
 func (s *Stack) spawn(name string, env []string, tool string, args ...string) (*process, error) {
+	cmd := exec.Command(filepath.Join(s.BinDir, tool), args...)
+	cmd.Dir = s.Dir
+	cmd.Env = env
+	return s.spawnCmd(name, cmd, nil)
+}
+
+// spawnCmd is spawn for a command made by the caller, run as the user of
+// as (nil: the caller's).
+func (s *Stack) spawnCmd(name string, cmd *exec.Cmd, as *syscall.Credential) (*process, error) {
 	logPath := filepath.Join(s.Dir, name+".log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("dev: %s: %w", name, err)
 	}
-	cmd := exec.Command(filepath.Join(s.BinDir, tool), args...)
-	cmd.Dir = s.Dir
-	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = sysProcAttr()
+	cmd.SysProcAttr.Credential = as
 	p := &process{name: name, logPath: logPath, done: make(chan struct{})}
 
 	// Start and reap the process from one goroutine locked to its OS thread:
@@ -222,15 +229,20 @@ func (s *Stack) tail(path string, n int) string {
 	if err != nil {
 		return fmt.Sprintf("(%v)", err)
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	text := strings.Join(lines, "\n")
+	text := lastLines(string(b), n)
 	if s.VaultRootToken != "" {
 		text = strings.ReplaceAll(text, s.VaultRootToken, "<root token>")
 	}
 	return unsealKey.ReplaceAllString(text, "${1}<unseal key>")
+}
+
+// lastLines is the last n lines of text.
+func lastLines(text string, n int) string {
+	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // unsealKey matches the unseal key the Vault dev server prints.

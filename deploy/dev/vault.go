@@ -24,7 +24,7 @@ import (
 // Demo policies and secrets the stack adds to Vault. The policies are
 // config/<name>.hcl.
 var (
-	demoPolicies = []string{"demo-reports-read", "demo-reports-write", "demo-payroll-read"}
+	demoPolicies = []string{"demo-reports-read", "demo-reports-write", "demo-payroll-read", "demo-orders-db"}
 	demoSecrets  = map[string]map[string]any{
 		"demo/reports": {"summary": "Q3 revenue up 12%"},
 		"demo/payroll": {"total": "1,234,567"},

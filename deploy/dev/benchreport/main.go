@@ -184,6 +184,7 @@ func rows(r results) []row {
 		forced = "broker/KillSwitch/forced"
 		mem    = "cmd/atfd/ResidentMemory"
 		mon    = "broker/MonitorOverhead"
+		dyn    = "broker/DynamicSecret"
 	)
 	out := []row{
 		{"issuance p50, concurrency 1", pick(iss, "p50-ns", ms), "raw Vault service child-token create " + pick(iss, "raw-p50-ns", ms), pick(iss, "p50-ratio", times), "≤ 1.2×"},
@@ -194,6 +195,8 @@ func rows(r results) []row {
 		{"issuance throughput, concurrency 32", pick(iss, "ops/s", perSecond), "raw service " + pick(iss, "raw-ops/s", perSecond), pick(iss, "throughput-ratio", times), "≥ 1.0×"},
 		{"issuance throughput vs raw batch, concurrency 32", pick(iss, "ops/s", perSecond), "raw batch " + pick(iss, "batch-raw-ops/s", perSecond), pick(iss, "throughput-vs-batch", times), ""},
 		{"store commit (fsync) in an issuance", pick(iss, "commit-p50-ns", ms), "issuance p50 " + pick(iss, "p50-ns", ms), pick(iss, "commit-share", share), ""},
+		{"dynamic secret (a PostgreSQL user) through the broker, p50", pick(dyn, "p50-ns", ms), "raw Vault read with a plain token " + pick(dyn, "raw-p50-ns", ms), pick(dyn, "p50-ratio", times), ""},
+		{"dynamic secret through the broker, p99", pick(dyn, "p99-ns", ms), "raw " + pick(dyn, "raw-p99-ns", ms), pick(dyn, "p99-ratio", times), ""},
 	}
 	for _, st := range []struct{ key, what string }{
 		{"transport", "gRPC, mutual TLS, SVID check, validation, answer"},

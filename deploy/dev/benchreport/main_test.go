@@ -10,6 +10,7 @@ const sample = `goos: linux
 pkg: github.com/agentictrust/atf/broker
 BenchmarkIssuance-2   	       1	  97085359 c32-p50-ns	         3.220 c32-p50-ratio	   5522015 p50-ns	         2.387 p50-ratio	   2313515 raw-p50-ns
 BenchmarkDecision/lines=10-2         	       1	      1843 p50-ns	         0.09215 p50-vs-target
+BenchmarkDynamicSecret-2   	       1	  18637700 p50-ns	         1.788 p50-ratio	  54812146 p99-ns	         1.348 p99-ratio	  10422570 raw-p50-ns	  40654366 raw-p99-ns
 pkg: github.com/agentictrust/atf/authz
 BenchmarkDecision/lines=10/uncached-2         	  100000	     10634 ns/op	     400 B/op
 ok  	github.com/agentictrust/atf/authz	3.1s
@@ -40,6 +41,7 @@ func TestReport(t *testing.T) {
 		"| issuance p50, concurrency 1 | 5.52 ms | raw Vault service child-token create 2.31 ms | 2.39× | ≤ 1.2× |",
 		"| full decision (chain of 4, Casbin + maturity), 10 policy lines, p50 | 1.8 µs | target 20 µs | 0.09× | ≤ 1× |",
 		"| Casbin decision alone, uncached, 10 lines | 10.6 µs | target 20 µs | 0.53× | ≤ 1× |",
+		"| dynamic secret (a PostgreSQL user) through the broker, p50 | 18.64 ms | raw Vault read with a plain token 10.42 ms | 1.79× |  |",
 		"| kill switch p99 | not measured |",
 		"2026-11-26 12:00 UTC",
 	} {

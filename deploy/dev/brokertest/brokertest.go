@@ -61,6 +61,39 @@ const Roles = `roles:
     max_ttl: 2m
 `
 
+// DatabaseRoles are roles with a dynamic secret, a PostgreSQL user of the
+// dev stack's database engine (dev.Stack.StartPostgres): orders-db, whose
+// policy allows reading it, and orders-db-unallowed, whose policy does not
+// (Vault refuses the read).
+const DatabaseRoles = `  - name: orders-db
+    class: read
+    classification: internal
+    policies: [demo-orders-db]
+    max_ttl: 10m
+    dynamic: ` + dev.DatabaseCredsPath + `
+  - name: orders-db-unallowed
+    class: read
+    classification: internal
+    policies: [demo-reports-read]
+    max_ttl: 10m
+    dynamic: ` + dev.DatabaseCredsPath + `
+`
+
+// DatabaseConfig is Config with DatabaseRoles in the roles file, and the
+// fixture's PostgreSQL, started if need be.
+func (f *Fixture) DatabaseConfig(t testing.TB, dir string) (config.Config, *dev.Postgres) {
+	t.Helper()
+	pg, err := f.Stack.StartPostgres(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := f.Config(t, dir)
+	if err := os.WriteFile(cfg.RolesFile, []byte(Roles+DatabaseRoles), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, pg
+}
+
 // OpenPolicy is the segmentation policy of every test broker unless a test
 // sets its own: every agent of the trust domain may have every role, so
 // the shipped model's maturity gating (and the code's invariants) decide.

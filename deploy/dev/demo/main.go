@@ -76,6 +76,10 @@ type demo struct {
 	// Vault tokens of the reporter, the writer and the helper, which later
 	// steps show dead.
 	token, wtoken, htoken string
+	// pg is the orders database; dbUser the reporter's user in it, which
+	// the kill switch drops.
+	pg     *dev.Postgres
+	dbUser [2]string
 }
 
 // steps is the demo's script, in order.
@@ -90,6 +94,7 @@ var steps = []struct {
 	{"The reporter agent asks who it is (SVID from the Workload API, no files)", (*demo).reporterWhoAmI},
 	{"The reporter fetches a short-lived Vault token for reports-read", (*demo).reporterFetches},
 	{"The reporter uses the token: its role's path is readable, anything else is denied", (*demo).reporterUsesToken},
+	{"The reporter runs a command with a PostgreSQL user of its own (a dynamic secret under its lineage)", (*demo).reporterDatabase},
 	{"The reporter is an Intern: a write role is refused, whatever its manifest says", (*demo).internRefusedWrite},
 	{"An unregistered workload has a valid SVID but gets nothing", (*demo).strangerRefused},
 	{"A non-admin cannot touch the registry", (*demo).nonAdminRefused},
@@ -97,7 +102,7 @@ var steps = []struct {
 	{"A Junior agent's write waits for a human: bob (an approver) approves it, the agent redeems it once", (*demo).approve},
 	{"Segmentation is explainable: dry-run a request, query the decisions, verify the audit chain", (*demo).explain},
 	{"A policy with a pattern that matches more than it seems is refused; the current one keeps serving", (*demo).refuseBadPolicy},
-	{"The kill switch: alice stops the reporter at once; only a security operator (bob) can release it", (*demo).killSwitch},
+	{"The kill switch: alice stops the reporter at once (its database user is dropped); only a security operator (bob) can release it", (*demo).killSwitch},
 	{"Deregistering the writer kills its tokens and everything it delegated, in Vault, at once", (*demo).deregister},
 }
 
@@ -143,6 +148,9 @@ func (d *demo) startStack(ctx context.Context) error {
 		return err
 	}
 	d.stack, d.bin = stack, stack.BinDir
+	if d.pg, err = stack.StartPostgres(ctx); err != nil {
+		return err
+	}
 	id := func(path string) spiffeid.ID { return spiffeid.RequireFromPath(stack.TrustDomain, path) }
 	d.reporter, d.writer, d.helper, d.stranger, d.drafter = id("/agents/reporter"), id("/agents/writer"), id("/agents/helper"), id("/agents/stranger"), id("/agents/drafter")
 	d.alice, d.bob = id("/ops/alice"), id("/ops/bob")
@@ -198,7 +206,7 @@ func (d *demo) startBroker(ctx context.Context) error {
 
 func (d *demo) registerAgents(ctx context.Context) error {
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.reporter.String(),
-		"--owner", "alice@example.org", "--purpose", "summarise the quarterly reports", "--role", "reports-read", "--role", "reports-write")...)
+		"--owner", "alice@example.org", "--purpose", "summarise the quarterly reports", "--role", "reports-read", "--role", "reports-write", "--role", "orders-db")...)
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.writer.String(),
 		"--owner", "bob@example.org", "--purpose", "publish report updates", "--role", "reports-read", "--role", "reports-write", "--level", "senior")...)
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.helper.String(),
@@ -225,6 +233,41 @@ func (d *demo) reporterUsesToken(ctx context.Context) error {
 	d.vault(ctx, d.token, true, "kv", "get", "secret/demo/reports")
 	d.vault(ctx, d.token, false, "kv", "get", "secret/demo/payroll")
 	return nil
+}
+
+func (d *demo) reporterDatabase(ctx context.Context) error {
+	out := filepath.Join(d.stack.Dir, "reporter-db")
+	d.atfctl(ctx, true, "exec", "--role", "orders-db", "--", "sh", "-c",
+		`echo "PostgreSQL user $ATF_SECRET_USERNAME, Vault lease $ATF_LEASE_ID"; echo "$ATF_SECRET_USERNAME $ATF_SECRET_PASSWORD" > `+out)
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return err
+	}
+	if f := strings.Fields(string(b)); len(f) == 2 {
+		d.dbUser = [2]string{f[0], f[1]}
+	}
+	d.dbLogin(ctx, true)
+	return nil
+}
+
+// dbLogin logs in to the orders database as the reporter's user; a login
+// that should fail is retried for a while, since Vault drops the user in
+// the background.
+func (d *demo) dbLogin(ctx context.Context, wantOK bool) {
+	fmt.Printf("   %s$ psql -U %s orders -c 'SELECT count(*) FROM orders'%s\n", bold, d.dbUser[0], reset)
+	err := d.pg.Login(ctx, d.dbUser[0], d.dbUser[1])
+	for deadline := time.Now().Add(30 * time.Second); err == nil && !wantOK && time.Now().Before(deadline); err = d.pg.Login(ctx, d.dbUser[0], d.dbUser[1]) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	switch {
+	case err == nil && wantOK:
+		fmt.Printf("     %s✔ logged in, as expected%s\n", green, reset)
+	case err != nil && !wantOK:
+		fmt.Printf("%s     %s✔ refused, as expected%s\n", indent(err.Error()+"\n"), green, reset)
+	default:
+		d.unexpected++
+		fmt.Printf("     %s✘ unexpected outcome (%v)%s\n", red, err, reset)
+	}
 }
 
 func (d *demo) internRefusedWrite(ctx context.Context) error {
@@ -304,6 +347,7 @@ func (d *demo) refuseBadPolicy(ctx context.Context) error {
 func (d *demo) killSwitch(ctx context.Context) error {
 	d.atfctl(ctx, true, append(d.as(d.alice), "kill", d.reporter.String(), "--reason", "drill: suspected prompt injection")...)
 	d.vault(ctx, d.token, false, "kv", "get", "secret/demo/reports")
+	d.dbLogin(ctx, false)
 	d.atfctl(ctx, false, "creds", "fetch", "--role", "reports-read")
 	d.atfctl(ctx, false, append(d.as(d.alice), "unkill", d.reporter.String(), "--reason", "drill over")...)
 	d.atfctl(ctx, true, append(d.as(d.bob), "unkill", d.reporter.String(), "--reason", "drill over")...)
@@ -347,7 +391,8 @@ func (d *demo) writeConfig(admin, approver spiffeid.ID) (string, error) {
 	if err := os.WriteFile(model, []byte(policy.Model), 0o600); err != nil {
 		return "", err
 	}
-	example := strings.ReplaceAll(policy.Example, "spiffe://example.org/", d.stack.TrustDomain.IDString()+"/")
+	example := strings.ReplaceAll(policy.Example, "spiffe://example.org/", d.stack.TrustDomain.IDString()+"/") +
+		"\n# The demo's database role: a PostgreSQL user of its own, from Intern.\np, group:reporting, orders-db, read, intern, allow\n"
 	if err := os.WriteFile(pol, []byte(example), 0o600); err != nil {
 		return "", err
 	}

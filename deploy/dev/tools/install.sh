@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned development tools (Vault, SPIRE, buf and the protoc
 # plugins) once, caches them outside the repository and links them into bin/.
+# PostgreSQL is Debian's postgresql package instead (target postgres):
+# installed with apt-get when missing and run as root, then linked likewise.
 #
 # Cache: $ATF_TOOLS_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/atf-tools.
 # Each build is keyed by a hash of its pinning files, so changing a pin
@@ -69,7 +71,40 @@ build_proto() {
 	cp -r "$pv/proto/protovalidate/buf" "$dir/include/" && chmod -R u+w "$dir/include"
 }
 
+# pg_bindir prints the bin directory of the newest PostgreSQL installed by
+# Debian's packages (which keep initdb and postgres off PATH), or nothing.
+pg_bindir() {
+	local d
+	d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+	if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/postgres" ]; then echo "$d"; fi
+}
+
+# postgres: the tests and the demo run a PostgreSQL server of Debian's
+# postgresql package (not a build of ours); install it when missing, if
+# allowed to, and link its programs into bin/.
+install_postgres() {
+	local d
+	d=$(pg_bindir)
+	if [ -z "$d" ]; then
+		if [ "$(id -u)" != 0 ]; then
+			say "PostgreSQL is not installed: run 'make dev-tools' as root, or 'sudo apt-get install postgresql', then again"
+			return 1
+		fi
+		command -v apt-get >/dev/null || { say "PostgreSQL is not installed and this is no Debian system: install PostgreSQL's initdb and postgres under /usr/lib/postgresql/<version>/bin"; return 1; }
+		say "installing Debian's postgresql package"
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+		d=$(pg_bindir)
+		[ -n "$d" ] || { say "postgresql installed but initdb and postgres not found under /usr/lib/postgresql"; return 1; }
+	else
+		say "postgres: installed in $d"
+	fi
+	for f in initdb postgres; do ln -sfn "$d/$f" "$bin/$f"; done
+}
+
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(proto spire vault)
-for t in "${targets[@]}"; do build "$t"; done
+[ ${#targets[@]} -gt 0 ] || targets=(proto spire vault postgres)
+for t in "${targets[@]}"; do
+	if [ "$t" = postgres ]; then install_postgres; else build "$t"; fi
+done
 say "tools ready in $bin"

@@ -923,9 +923,18 @@ type Credential struct {
 	GrantId string `protobuf:"bytes,11,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
 	// The chain of SPIFFE IDs from the root delegator down to the holder
 	// (just the holder for its own authority).
-	Chain         []string `protobuf:"bytes,12,rep,name=chain,proto3" json:"chain,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Chain []string `protobuf:"bytes,12,rep,name=chain,proto3" json:"chain,omitempty"`
+	// For a role with a dynamic secret: the secret the broker read with the
+	// token (for a database, username and password). Returned once; never
+	// stored, logged or audited by the broker.
+	Secret map[string]string `protobuf:"bytes,13,rep,name=secret,proto3" json:"secret,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The Vault lease of the secret. Vault revokes it (a database drops the
+	// user) when the credential is revoked, with its lineage, or expires.
+	LeaseId string `protobuf:"bytes,14,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	// When the lease ends at the latest: never after expires_at.
+	LeaseExpiresAt *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=lease_expires_at,json=leaseExpiresAt,proto3" json:"lease_expires_at,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Credential) Reset() {
@@ -1038,6 +1047,27 @@ func (x *Credential) GetGrantId() string {
 func (x *Credential) GetChain() []string {
 	if x != nil {
 		return x.Chain
+	}
+	return nil
+}
+
+func (x *Credential) GetSecret() map[string]string {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+func (x *Credential) GetLeaseId() string {
+	if x != nil {
+		return x.LeaseId
+	}
+	return ""
+}
+
+func (x *Credential) GetLeaseExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LeaseExpiresAt
 	}
 	return nil
 }
@@ -1747,7 +1777,7 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\vapproval_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{32}$R\n" +
 	"approvalId\"K\n" +
 	"\x14WaitApprovalResponse\x123\n" +
-	"\bapproval\x18\x01 \x01(\v2\x17.atf.broker.v1.ApprovalR\bapproval\"\xa8\x03\n" +
+	"\bapproval\x18\x01 \x01(\v2\x17.atf.broker.v1.ApprovalR\bapproval\"\x88\x05\n" +
 	"\n" +
 	"Credential\x12\x19\n" +
 	"\x05token\x18\x01 \x01(\tB\x03\x80\x01\x01R\x05token\x12\x1a\n" +
@@ -1764,7 +1794,13 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\rvault_address\x18\n" +
 	" \x01(\tR\fvaultAddress\x12\x19\n" +
 	"\bgrant_id\x18\v \x01(\tR\agrantId\x12\x14\n" +
-	"\x05chain\x18\f \x03(\tR\x05chain\"\x9e\x02\n" +
+	"\x05chain\x18\f \x03(\tR\x05chain\x12B\n" +
+	"\x06secret\x18\r \x03(\v2%.atf.broker.v1.Credential.SecretEntryB\x03\x80\x01\x01R\x06secret\x12\x19\n" +
+	"\blease_id\x18\x0e \x01(\tR\aleaseId\x12D\n" +
+	"\x10lease_expires_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x1a9\n" +
+	"\vSecretEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x02\n" +
 	"\x0fDelegateRequest\x123\n" +
 	"\tdelegatee\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\tdelegatee\x12+\n" +
 	"\x05roles\x18\x02 \x03(\tB\x15\xbaH\x12\x92\x01\x0f\b\x01\x10@\x18\x01\"\ar\x05\x10\x01\x18\x80\x01R\x05roles\x12=\n" +
@@ -1868,7 +1904,7 @@ func file_atf_broker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_atf_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_atf_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_atf_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_atf_broker_v1_broker_proto_goTypes = []any{
 	(Level)(0),                       // 0: atf.broker.v1.Level
 	(AgentStatus)(0),                 // 1: atf.broker.v1.AgentStatus
@@ -1893,56 +1929,59 @@ var file_atf_broker_v1_broker_proto_goTypes = []any{
 	(*WatchRevocationsResponse)(nil), // 20: atf.broker.v1.WatchRevocationsResponse
 	(*ReportOutcomeRequest)(nil),     // 21: atf.broker.v1.ReportOutcomeRequest
 	(*ReportOutcomeResponse)(nil),    // 22: atf.broker.v1.ReportOutcomeResponse
-	(*timestamppb.Timestamp)(nil),    // 23: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 24: google.protobuf.Duration
+	nil,                              // 23: atf.broker.v1.Credential.SecretEntry
+	(*timestamppb.Timestamp)(nil),    // 24: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 25: google.protobuf.Duration
 }
 var file_atf_broker_v1_broker_proto_depIdxs = []int32{
 	2,  // 0: atf.broker.v1.WhoAmIResponse.auth_method:type_name -> atf.broker.v1.AuthMethod
-	23, // 1: atf.broker.v1.WhoAmIResponse.svid_expires_at:type_name -> google.protobuf.Timestamp
+	24, // 1: atf.broker.v1.WhoAmIResponse.svid_expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: atf.broker.v1.WhoAmIResponse.level:type_name -> atf.broker.v1.Level
 	1,  // 3: atf.broker.v1.WhoAmIResponse.status:type_name -> atf.broker.v1.AgentStatus
-	24, // 4: atf.broker.v1.FetchCredentialRequest.ttl:type_name -> google.protobuf.Duration
+	25, // 4: atf.broker.v1.FetchCredentialRequest.ttl:type_name -> google.protobuf.Duration
 	12, // 5: atf.broker.v1.FetchCredentialResponse.credential:type_name -> atf.broker.v1.Credential
 	9,  // 6: atf.broker.v1.FetchCredentialResponse.approval:type_name -> atf.broker.v1.Approval
 	0,  // 7: atf.broker.v1.Approval.level:type_name -> atf.broker.v1.Level
-	24, // 8: atf.broker.v1.Approval.ttl:type_name -> google.protobuf.Duration
+	25, // 8: atf.broker.v1.Approval.ttl:type_name -> google.protobuf.Duration
 	3,  // 9: atf.broker.v1.Approval.status:type_name -> atf.broker.v1.ApprovalStatus
-	23, // 10: atf.broker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
-	23, // 11: atf.broker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
-	23, // 12: atf.broker.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
+	24, // 10: atf.broker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
+	24, // 11: atf.broker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
+	24, // 12: atf.broker.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
 	9,  // 13: atf.broker.v1.WaitApprovalResponse.approval:type_name -> atf.broker.v1.Approval
-	23, // 14: atf.broker.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	23, // 15: atf.broker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	24, // 14: atf.broker.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	24, // 15: atf.broker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 16: atf.broker.v1.Credential.level:type_name -> atf.broker.v1.Level
-	24, // 17: atf.broker.v1.DelegateRequest.ttl:type_name -> google.protobuf.Duration
-	15, // 18: atf.broker.v1.DelegateResponse.grant:type_name -> atf.broker.v1.Grant
-	23, // 19: atf.broker.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
-	23, // 20: atf.broker.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
-	23, // 21: atf.broker.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
-	18, // 22: atf.broker.v1.RevokeGrantResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	24, // 23: atf.broker.v1.RevocationSummary.commit_duration:type_name -> google.protobuf.Duration
-	24, // 24: atf.broker.v1.RevocationSummary.total_duration:type_name -> google.protobuf.Duration
-	23, // 25: atf.broker.v1.WatchRevocationsResponse.time:type_name -> google.protobuf.Timestamp
-	4,  // 26: atf.broker.v1.ReportOutcomeRequest.outcome:type_name -> atf.broker.v1.Outcome
-	5,  // 27: atf.broker.v1.BrokerService.WhoAmI:input_type -> atf.broker.v1.WhoAmIRequest
-	7,  // 28: atf.broker.v1.BrokerService.FetchCredential:input_type -> atf.broker.v1.FetchCredentialRequest
-	13, // 29: atf.broker.v1.BrokerService.Delegate:input_type -> atf.broker.v1.DelegateRequest
-	16, // 30: atf.broker.v1.BrokerService.RevokeGrant:input_type -> atf.broker.v1.RevokeGrantRequest
-	19, // 31: atf.broker.v1.BrokerService.WatchRevocations:input_type -> atf.broker.v1.WatchRevocationsRequest
-	10, // 32: atf.broker.v1.BrokerService.WaitApproval:input_type -> atf.broker.v1.WaitApprovalRequest
-	21, // 33: atf.broker.v1.BrokerService.ReportOutcome:input_type -> atf.broker.v1.ReportOutcomeRequest
-	6,  // 34: atf.broker.v1.BrokerService.WhoAmI:output_type -> atf.broker.v1.WhoAmIResponse
-	8,  // 35: atf.broker.v1.BrokerService.FetchCredential:output_type -> atf.broker.v1.FetchCredentialResponse
-	14, // 36: atf.broker.v1.BrokerService.Delegate:output_type -> atf.broker.v1.DelegateResponse
-	17, // 37: atf.broker.v1.BrokerService.RevokeGrant:output_type -> atf.broker.v1.RevokeGrantResponse
-	20, // 38: atf.broker.v1.BrokerService.WatchRevocations:output_type -> atf.broker.v1.WatchRevocationsResponse
-	11, // 39: atf.broker.v1.BrokerService.WaitApproval:output_type -> atf.broker.v1.WaitApprovalResponse
-	22, // 40: atf.broker.v1.BrokerService.ReportOutcome:output_type -> atf.broker.v1.ReportOutcomeResponse
-	34, // [34:41] is the sub-list for method output_type
-	27, // [27:34] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	23, // 17: atf.broker.v1.Credential.secret:type_name -> atf.broker.v1.Credential.SecretEntry
+	24, // 18: atf.broker.v1.Credential.lease_expires_at:type_name -> google.protobuf.Timestamp
+	25, // 19: atf.broker.v1.DelegateRequest.ttl:type_name -> google.protobuf.Duration
+	15, // 20: atf.broker.v1.DelegateResponse.grant:type_name -> atf.broker.v1.Grant
+	24, // 21: atf.broker.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
+	24, // 22: atf.broker.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
+	24, // 23: atf.broker.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
+	18, // 24: atf.broker.v1.RevokeGrantResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	25, // 25: atf.broker.v1.RevocationSummary.commit_duration:type_name -> google.protobuf.Duration
+	25, // 26: atf.broker.v1.RevocationSummary.total_duration:type_name -> google.protobuf.Duration
+	24, // 27: atf.broker.v1.WatchRevocationsResponse.time:type_name -> google.protobuf.Timestamp
+	4,  // 28: atf.broker.v1.ReportOutcomeRequest.outcome:type_name -> atf.broker.v1.Outcome
+	5,  // 29: atf.broker.v1.BrokerService.WhoAmI:input_type -> atf.broker.v1.WhoAmIRequest
+	7,  // 30: atf.broker.v1.BrokerService.FetchCredential:input_type -> atf.broker.v1.FetchCredentialRequest
+	13, // 31: atf.broker.v1.BrokerService.Delegate:input_type -> atf.broker.v1.DelegateRequest
+	16, // 32: atf.broker.v1.BrokerService.RevokeGrant:input_type -> atf.broker.v1.RevokeGrantRequest
+	19, // 33: atf.broker.v1.BrokerService.WatchRevocations:input_type -> atf.broker.v1.WatchRevocationsRequest
+	10, // 34: atf.broker.v1.BrokerService.WaitApproval:input_type -> atf.broker.v1.WaitApprovalRequest
+	21, // 35: atf.broker.v1.BrokerService.ReportOutcome:input_type -> atf.broker.v1.ReportOutcomeRequest
+	6,  // 36: atf.broker.v1.BrokerService.WhoAmI:output_type -> atf.broker.v1.WhoAmIResponse
+	8,  // 37: atf.broker.v1.BrokerService.FetchCredential:output_type -> atf.broker.v1.FetchCredentialResponse
+	14, // 38: atf.broker.v1.BrokerService.Delegate:output_type -> atf.broker.v1.DelegateResponse
+	17, // 39: atf.broker.v1.BrokerService.RevokeGrant:output_type -> atf.broker.v1.RevokeGrantResponse
+	20, // 40: atf.broker.v1.BrokerService.WatchRevocations:output_type -> atf.broker.v1.WatchRevocationsResponse
+	11, // 41: atf.broker.v1.BrokerService.WaitApproval:output_type -> atf.broker.v1.WaitApprovalResponse
+	22, // 42: atf.broker.v1.BrokerService.ReportOutcome:output_type -> atf.broker.v1.ReportOutcomeResponse
+	36, // [36:43] is the sub-list for method output_type
+	29, // [29:36] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_atf_broker_v1_broker_proto_init() }
@@ -1956,7 +1995,7 @@ func file_atf_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_broker_v1_broker_proto_rawDesc), len(file_atf_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
