@@ -2,12 +2,15 @@ package broker_test
 
 import (
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
@@ -40,13 +43,21 @@ func TestStoreFullRefusesIssuanceNotRevocation(t *testing.T) {
 
 	// Fill the store to its limit while atfd is stopped.
 	e.b.Stop()
-	st, err := store.Open(cfg.StorePath, store.Options{MaxSize: limit})
+	withDefaults := cfg
+	if err := withDefaults.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(cfg.StorePath, store.Options{MaxSize: limit, AuditDir: withDefaults.Audit.Dir})
 	if err != nil {
 		t.Fatal(err)
 	}
-	filler := store.AuditRecord{Kind: "filler", Actor: "test", Detail: map[string]string{"padding": string(make([]byte, 2000))}}
-	for err == nil {
-		err = st.AppendAudit(filler, filler, filler, filler)
+	// With live state, its audit records shipped as atfd ships them.
+	for i := 0; err == nil; i++ {
+		_, err = st.RegisterAgent(store.Agent{ID: fmt.Sprintf("spiffe://atf.test/filler/%d", i), Owner: "test",
+			Purpose: strings.Repeat("x", 2000), Level: authz.Intern}, "test")
+		if _, serr := st.ShipAudit(); serr != nil {
+			t.Fatal(serr)
+		}
 	}
 	st.Close()
 	if !errors.Is(err, store.ErrFull) {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -168,8 +167,8 @@ type AuditConfig struct {
 	Stdout bool `yaml:"stdout"`
 	// Dir is where the trail lives once committed: JSON-lines segment
 	// files with a checkpoint in the store (docs/operations.md), so that
-	// the store stays the size of the live state. Default: "audit" next
-	// to store_path.
+	// the store stays the size of the live state. Default: store_path
+	// with ".audit" added.
 	Dir string `yaml:"dir"`
 }
 
@@ -352,7 +351,7 @@ func (c *Config) validateCore(v *validation) {
 	if c.StorePath == "" {
 		v.bad("store_path is required")
 	} else if c.Audit.Dir == "" {
-		c.Audit.Dir = filepath.Join(filepath.Dir(c.StorePath), "audit")
+		c.Audit.Dir = c.StorePath + ".audit"
 	}
 	if c.RolesFile == "" {
 		v.bad("roles_file is required")
