@@ -98,9 +98,9 @@ func TestAdversarialMaturityPeopleAsAgents(t *testing.T) {
 	for _, c := range []struct {
 		id   spiffeid.ID
 		role string
-	}{{operator, "security operator"}, {approver, "approver"}, {admin2, "admin"}} {
+	}{{operator, "a security operator"}, {approver, "an approver"}, {admin2, "an admin"}} {
 		_, err := admin.Admin.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{SpiffeId: c.id.String(), Owner: owner, Purpose: "a person", Roles: []string{"reports-read"}})
-		brokertest.WantCode(t, err, codes.FailedPrecondition, c.id.String()+" is a "+c.role, "not an agent")
+		brokertest.WantCode(t, err, codes.FailedPrecondition, c.id.String()+" is "+c.role, "not an agent")
 	}
 
 	// An agent registered first, then made an operator and an admin.

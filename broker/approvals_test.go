@@ -581,6 +581,12 @@ func TestNotifications(t *testing.T) {
 	e := newApprovalEnv(t, f, cfg)
 	junior := e.agent(t, f.ID(t, "junior"), brokerv1.Level_LEVEL_JUNIOR, reportsRW...)
 	senior := e.agent(t, f.ID(t, "senior"), brokerv1.Level_LEVEL_SENIOR, reportsRW...)
+	// Their placements above Intern are migrations, notified as such.
+	for _, a := range []delegAgent{junior, senior} {
+		if p := nextPost(t, posts, secret, "agent_migrated"); p.Agent != a.id.String() || !strings.Contains(p.Summary, "sign-off: 1 approver") {
+			t.Errorf("agent_migrated notification = %+v, want %s's placement and its sign-off", p, a.id)
+		}
+	}
 
 	s, err := e.admin.WatchEvents(t.Context(), &adminv1.WatchEventsRequest{})
 	if err != nil {

@@ -279,13 +279,13 @@ func (s *Service) checkAgentOnly(id string) error {
 		ids       []string
 		role, key string
 	}{
-		{c.Admins, "admin", "admins"},
-		{c.Approvals.Approvers, "approver", "approvals.approvers"},
-		{c.SecurityOperators, "security operator", "security_operators"},
-		{c.Maturity.OutcomeReporters, "outcome reporter", "maturity.outcome_reporters"},
+		{c.Admins, "an admin", "admins"},
+		{c.Approvals.Approvers, "an approver", "approvals.approvers"},
+		{c.SecurityOperators, "a security operator", "security_operators"},
+		{c.Maturity.OutcomeReporters, "an outcome reporter", "maturity.outcome_reporters"},
 	} {
 		if slices.Contains(r.ids, id) {
-			return fault.New(fault.Precondition, "%s is a %s (atfd's configuration: %s), not an agent: people and agents are kept apart; "+
+			return fault.New(fault.Precondition, "%s is %s (atfd's configuration: %s), not an agent: people and agents are kept apart; "+
 				"register the agent under its own SPIFFE ID", id, r.role, r.key)
 		}
 	}

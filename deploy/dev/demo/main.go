@@ -86,7 +86,7 @@ var steps = []struct {
 	{"Start a local SPIRE server + agent and a Vault dev server", (*demo).startStack},
 	{"Register workloads with SPIRE", (*demo).registerWorkloads},
 	{"Start atfd", (*demo).startBroker},
-	{"The platform team (alice, an admin) registers three agents", (*demo).registerAgents},
+	{"The platform team (alice, an admin) registers three agents; two earned their level elsewhere: alice signs off, then migrates them", (*demo).registerAgents},
 	{"The reporter agent asks who it is (SVID from the Workload API, no files)", (*demo).reporterWhoAmI},
 	{"The reporter fetches a short-lived Vault token for reports-read", (*demo).reporterFetches},
 	{"The reporter uses the token: its role's path is readable, anything else is denied", (*demo).reporterUsesToken},
@@ -200,9 +200,15 @@ func (d *demo) registerAgents(ctx context.Context) error {
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.reporter.String(),
 		"--owner", "alice@example.org", "--purpose", "summarise the quarterly reports", "--role", "reports-read", "--role", "reports-write")...)
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.writer.String(),
-		"--owner", "bob@example.org", "--purpose", "publish report updates", "--role", "reports-read", "--role", "reports-write", "--level", "senior")...)
+		"--owner", "bob@example.org", "--purpose", "publish report updates", "--role", "reports-read", "--role", "reports-write")...)
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.helper.String(),
-		"--owner", "bob@example.org", "--purpose", "proof-read reports for the writer", "--role", "reports-read", "--level", "junior")...)
+		"--owner", "bob@example.org", "--purpose", "proof-read reports for the writer", "--role", "reports-read")...)
+	// New agents start as interns; a migration places one higher on the
+	// sign-offs a promotion there needs, made by the signer's own SVID.
+	for _, a := range []struct{ id, level string }{{d.writer.String(), "senior"}, {d.helper.String(), "junior"}} {
+		d.atfctl(ctx, true, append(d.as(d.alice), "signoff", "add", a.id, "--target", a.level, "--risk", "ran as "+a.level+" on the old broker")...)
+		d.atfctl(ctx, true, append(d.as(d.alice), "agent", "migrate", a.id, "--level", a.level, "--reason", "migrated from the old broker")...)
+	}
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "list")...)
 	return nil
 }
