@@ -203,14 +203,17 @@ func (d *demo) registerAgents(ctx context.Context) error {
 		"--owner", "bob@example.org", "--purpose", "publish report updates", "--role", "reports-read", "--role", "reports-write")...)
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.helper.String(),
 		"--owner", "bob@example.org", "--purpose", "proof-read reports for the writer", "--role", "reports-read")...)
-	// New agents start as interns; a migration places one higher on the
-	// sign-offs a promotion there needs, made by the signer's own SVID.
-	for _, a := range []struct{ id, level string }{{d.writer.String(), "senior"}, {d.helper.String(), "junior"}} {
-		d.atfctl(ctx, true, append(d.as(d.alice), "signoff", "add", a.id, "--target", a.level, "--risk", "ran as "+a.level+" on the old broker")...)
-		d.atfctl(ctx, true, append(d.as(d.alice), "agent", "migrate", a.id, "--level", a.level, "--reason", "migrated from the old broker")...)
-	}
+	d.place(ctx, d.writer.String(), "senior")
+	d.place(ctx, d.helper.String(), "junior")
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "list")...)
 	return nil
+}
+
+// place raises a new agent (an intern) that earned level elsewhere: alice
+// signs the placement off with her own SVID and migrates it.
+func (d *demo) place(ctx context.Context, id, level string) {
+	d.atfctl(ctx, true, append(d.as(d.alice), "signoff", "add", id, "--target", level, "--risk", "ran as "+level+" on the old broker")...)
+	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "migrate", id, "--level", level, "--reason", "migrated from the old broker")...)
 }
 
 func (d *demo) reporterWhoAmI(ctx context.Context) error {
@@ -273,7 +276,8 @@ func (d *demo) delegate(ctx context.Context) error {
 
 func (d *demo) approve(ctx context.Context) error {
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.drafter.String(),
-		"--owner", "carol@example.org", "--purpose", "draft report corrections", "--role", "reports-write", "--level", "junior")...)
+		"--owner", "carol@example.org", "--purpose", "draft report corrections", "--role", "reports-write")...)
+	d.place(ctx, d.drafter.String(), "junior")
 	d.atfctl(ctx, false, append(d.as(d.drafter), "creds", "fetch", "--role", "reports-write", "--justification", "fix the Q3 typo")...)
 	d.atfctl(ctx, true, append(d.as(d.bob), "approvals", "list")...)
 	list, err := d.atfctlOut(ctx, append(d.as(d.bob), "approvals", "list", "-o", "json")...)
