@@ -202,7 +202,14 @@ func wantWaitEnd(t *testing.T, ch <-chan streamed[brokerv1.WaitApprovalResponse]
 func TestApprovals(t *testing.T) {
 	f := brokertest.Setup(t)
 	self, delegator := f.ID(t, "self-approver"), f.ID(t, "delegating-approver")
-	e := newApprovalEnv(t, f, f.Config(t, t.TempDir()), self, delegator)
+	// self and delegator were agents before the configuration made them
+	// approvers too: an approver is never registered as an agent.
+	cfg := f.Config(t, t.TempDir())
+	before := f.Start(t, cfg)
+	before.Register(t, self, brokerv1.Level_LEVEL_JUNIOR, reportsRW...)
+	before.Register(t, delegator, brokerv1.Level_LEVEL_SENIOR, reportsRW...)
+	before.Stop()
+	e := newApprovalEnv(t, f, cfg, self, delegator)
 
 	t.Run("approve and redeem", func(t *testing.T) {
 		t.Parallel()
@@ -317,7 +324,7 @@ func TestApprovals(t *testing.T) {
 	t.Run("the requester may not decide", func(t *testing.T) {
 		t.Parallel()
 		// The requester is an approver itself.
-		me := e.agent(t, self, brokerv1.Level_LEVEL_JUNIOR, reportsRW...)
+		me := delegAgent{id: self, bc: e.b.Dial(t, self).Broker}
 		ap := me.requestWrite(t, "")
 		_, err := e.b.Dial(t, self).Approvals.DecideApproval(t.Context(), &adminv1.DecideApprovalRequest{ApprovalId: ap.GetId(), Verdict: adminv1.Verdict_VERDICT_APPROVE, Reason: "trust me"})
 		brokertest.WantCode(t, err, codes.PermissionDenied, self.String()+" may not decide approval "+ap.GetId(), "part of the request")
@@ -337,7 +344,7 @@ func TestApprovals(t *testing.T) {
 		t.Parallel()
 		// A Junior acting under a Senior approver's grant: the write waits
 		// for approval, and the delegator is part of the request.
-		up := e.agent(t, delegator, brokerv1.Level_LEVEL_SENIOR, reportsRW...)
+		up := delegAgent{id: delegator, bc: e.b.Dial(t, delegator).Broker}
 		down := e.agent(t, f.ID(t, "delegatee"), brokerv1.Level_LEVEL_JUNIOR, reportsRW...)
 		g := up.mustDelegate(t, down.id, "", 10*time.Minute, 0, "reports-write")
 		r, err := down.bc.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-write", GrantId: g.GetId()})
@@ -574,6 +581,12 @@ func TestNotifications(t *testing.T) {
 	e := newApprovalEnv(t, f, cfg)
 	junior := e.agent(t, f.ID(t, "junior"), brokerv1.Level_LEVEL_JUNIOR, reportsRW...)
 	senior := e.agent(t, f.ID(t, "senior"), brokerv1.Level_LEVEL_SENIOR, reportsRW...)
+	// Their placements above Intern are migrations, notified as such.
+	for _, a := range []delegAgent{junior, senior} {
+		if p := nextPost(t, posts, secret, "agent_migrated"); p.Agent != a.id.String() || !strings.Contains(p.Summary, "sign-off: 1 approver") {
+			t.Errorf("agent_migrated notification = %+v, want %s's placement and its sign-off", p, a.id)
+		}
+	}
 
 	s, err := e.admin.WatchEvents(t.Context(), &adminv1.WatchEventsRequest{})
 	if err != nil {

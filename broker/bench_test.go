@@ -830,7 +830,10 @@ func BenchmarkLineageRevocationAgents(b *testing.B) {
 				ids[0] = rootID
 				if _, err := parallel(ctx, n, benchConcurrency, func(ctx context.Context, i int) error {
 					ids[i+1] = id(i + 1)
-					_, err := admin.Admin.RegisterAgent(ctx, &adminv1.RegisterAgentRequest{SpiffeId: ids[i+1].String(), Owner: "bench", Purpose: "bench", Roles: []string{"reports-read"}, Level: brokerv1.Level_LEVEL_PRINCIPAL})
+					_, err := admin.Admin.RegisterAgent(ctx, &adminv1.RegisterAgentRequest{SpiffeId: ids[i+1].String(), Owner: "bench", Purpose: "bench", Roles: []string{"reports-read"}})
+					if err == nil {
+						_, err = bk.TryPlace(b, ctx, ids[i+1], brokerv1.Level_LEVEL_PRINCIPAL)
+					}
 					return err
 				}); err != nil {
 					b.Fatal(err)

@@ -447,8 +447,8 @@ func TestKillSurvivesRestartAndOnlyAnOperatorReleases(t *testing.T) {
 			}
 		}
 	}
-	if !slices.Equal(actions, []string{store.ActionRegister, store.ActionKill, store.ActionRelease}) {
-		t.Errorf("history = %q, want register, kill, release", actions)
+	if !slices.Equal(actions, []string{store.ActionRegister, store.ActionMigrate, store.ActionKill, store.ActionRelease}) {
+		t.Errorf("history = %q, want register, migrate (its placement), kill, release", actions)
 	}
 
 	killedRecs := e.audited(t, "agent_killed", agent.id.String())

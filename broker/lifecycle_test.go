@@ -31,10 +31,9 @@ import (
 
 const (
 	day = 24 * time.Hour
-	// owner is every agent's accountable human here; carol is an authority
-	// who is not.
+	// owner is every agent's accountable human here, unless a test names
+	// the signer (the fixture's second admin) as the owner.
 	owner = "owner@example.org"
-	carol = "carol@example.org"
 	// jwtTTL is how long, by the real clock, the JWT-SVIDs of these tests
 	// live: longer than any of them runs.
 	jwtTTL = 15 * time.Minute
@@ -94,6 +93,9 @@ type lifeEnv struct {
 	// which parties share, each with its JWT-SVID.
 	tls   *grpc.ClientConn
 	admin party
+	// signer is a second admin (the fixture's Signer), a person other
+	// than admin and than owner, who signs promotions off.
+	signer party
 }
 
 // newLifeEnv starts a broker on cfg with clk as its clock (nil: the real
@@ -114,6 +116,7 @@ func newLifeEnv(t *testing.T, cfg config.Config, clk *clock) *lifeEnv {
 		e.tls = dialNoClientCert(t, e.b)
 	}
 	e.admin = e.dial(t, e.f.Admin)
+	e.signer = e.dial(t, e.f.Signer)
 	return e
 }
 
@@ -132,17 +135,39 @@ func (e *lifeEnv) dial(t *testing.T, id spiffeid.ID) party {
 		broker: brokerv1.NewBrokerServiceClient(e.tls), admin: adminv1.NewAdminServiceClient(e.tls), maturity: adminv1.NewMaturityServiceClient(e.tls)}
 }
 
-// register registers a new agent owned by owner and connects as it.
+// register registers a new agent owned by owner, places it at level if
+// that is above Intern, and connects as it.
 func (e *lifeEnv) register(t *testing.T, name string, level brokerv1.Level, roles ...string) party {
+	t.Helper()
+	return e.registerOwned(t, name, owner, level, roles...)
+}
+
+func (e *lifeEnv) registerOwned(t *testing.T, name, owner string, level brokerv1.Level, roles ...string) party {
 	t.Helper()
 	id := e.f.ID(t, name)
 	_, err := e.admin.admin.RegisterAgent(e.admin.ctx, &adminv1.RegisterAgentRequest{
-		SpiffeId: id.String(), Owner: owner, Purpose: "lifecycle test", Roles: roles, Level: level,
+		SpiffeId: id.String(), Owner: owner, Purpose: "lifecycle test", Roles: roles,
 	})
 	if err != nil {
 		t.Fatalf("register %s: %v", id, err)
 	}
+	if level > brokerv1.Level_LEVEL_INTERN {
+		e.place(t, id, level)
+	}
 	return e.dial(t, id)
+}
+
+// place migrates id to level on the sign-offs a promotion there needs:
+// the signer's, and for Principal the admin's too.
+func (e *lifeEnv) place(t *testing.T, id spiffeid.ID, level brokerv1.Level) {
+	t.Helper()
+	e.signOff(t, id, level, e.signer)
+	if level == brokerv1.Level_LEVEL_PRINCIPAL {
+		e.signOff(t, id, level, e.admin)
+	}
+	if _, err := e.admin.maturity.MigrateAgent(e.admin.ctx, &adminv1.MigrateAgentRequest{SpiffeId: id.String(), Level: level, Reason: "earned elsewhere"}); err != nil {
+		t.Fatalf("migrate %s to %s: %v", id, level, err)
+	}
 }
 
 func (e *lifeEnv) agent(t *testing.T, id spiffeid.ID) *adminv1.Agent {
@@ -187,10 +212,11 @@ func (e *lifeEnv) evidence(t *testing.T, id spiffeid.ID, target brokerv1.Level, 
 	}
 }
 
-func (e *lifeEnv) signOff(t *testing.T, id spiffeid.ID, target brokerv1.Level, signer string) {
+// signOff records signer's own sign-off of id's promotion to target.
+func (e *lifeEnv) signOff(t *testing.T, id spiffeid.ID, target brokerv1.Level, signer party) {
 	t.Helper()
-	_, err := e.admin.maturity.RecordSignOff(e.admin.ctx, &adminv1.RecordSignOffRequest{
-		SpiffeId: id.String(), Signer: signer, RiskAcceptance: "RA-" + signer, Target: target,
+	_, err := signer.maturity.RecordSignOff(signer.ctx, &adminv1.RecordSignOffRequest{
+		SpiffeId: id.String(), RiskAcceptance: "RA-" + signer.id.Path(), Target: target,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -265,11 +291,22 @@ func (p party) credential(t *testing.T, role string) *brokerv1.Credential {
 	return r.GetCredential()
 }
 
-// report reports n outcomes of work done with role.
+// report reports n outcomes of work done with role, the caller's own.
 func (p party) report(t *testing.T, role string, outcome brokerv1.Outcome, n int) {
 	t.Helper()
+	p.reportOn(t, spiffeid.ID{}, role, outcome, n)
+}
+
+// reportOn reports n outcomes of agent's work with role (the caller's own
+// if agent is zero).
+func (p party) reportOn(t *testing.T, agent spiffeid.ID, role string, outcome brokerv1.Outcome, n int) {
+	t.Helper()
+	req := &brokerv1.ReportOutcomeRequest{Outcome: outcome, Role: role}
+	if !agent.IsZero() {
+		req.AgentId = agent.String()
+	}
 	for range n {
-		if _, err := p.broker.ReportOutcome(p.ctx, &brokerv1.ReportOutcomeRequest{Outcome: outcome, Role: role}); err != nil {
+		if _, err := p.broker.ReportOutcome(p.ctx, req); err != nil {
 			t.Fatalf("%s reporting %s: %v", p.id, outcome, err)
 		}
 	}
@@ -303,7 +340,7 @@ func TestLifecycleScenario(t *testing.T) {
 	// other than its owner, it passes every gate and is promoted.
 	clk.Advance(15 * day)
 	e.evidence(t, id, junior, juniorEvidence...)
-	e.signOff(t, id, junior, carol)
+	e.signOff(t, id, junior, e.signer)
 	wantPromotable(t, e.evaluate(t, id), "performance", "time at level", "15d at intern, needs 14d")
 	p, err := e.promote(id)
 	if err != nil || p.GetAgent().GetLevel() != junior {
@@ -316,13 +353,15 @@ func TestLifecycleScenario(t *testing.T) {
 		t.Fatalf("a Junior's reports-write = %v, %v; want a pending approval", r, err)
 	}
 
-	// 4. Twenty-nine days of over 95% success on, with the evidence a
-	// Senior needs and a sign-off, it is promoted again.
-	agent.report(t, "reports-read", brokerv1.Outcome_OUTCOME_SUCCESS, 20)
+	// 4. Twenty-nine days of over 95% success on (as reported by an
+	// admin reviewing its work; its own report of a failure counts in
+	// full), with the evidence a Senior needs and a sign-off, it is
+	// promoted again.
+	e.admin.reportOn(t, id, "reports-read", brokerv1.Outcome_OUTCOME_SUCCESS, 20)
 	agent.report(t, "reports-write", brokerv1.Outcome_OUTCOME_FAILURE, 1)
 	clk.Advance(29 * day)
 	e.evidence(t, id, senior, seniorEvidence...)
-	e.signOff(t, id, senior, carol)
+	e.signOff(t, id, senior, e.signer)
 	wantPromotable(t, e.evaluate(t, id), "performance", "success rate", "success 95.2% (20/21), needs > 95%")
 	if p, err = e.promote(id); err != nil || p.GetAgent().GetLevel() != senior {
 		t.Fatalf("Promote = %v, %v; want a Senior", p, err)
@@ -384,30 +423,35 @@ func TestLifecyclePromotionGates(t *testing.T) {
 		name     string
 		late     bool   // registered when the others have served their time
 		skip     string // evidence kind not recorded
-		signer   string // "": no sign-off
+		signed   bool   // the signer signs off
+		owned    bool   // the signer owns the agent (and so may not sign off)
 		incident string // severity of an incident opened and left open
 		want     func(incident string) string
 	}{
-		{name: "missing evidence", skip: "code_review", signer: carol,
+		{name: "missing evidence", skip: "code_review", signed: true,
 			want: func(string) string { return "security: code_review: none for junior since " + start }},
 		{name: "missing sign-off",
 			want: func(string) string {
 				return "governance: sign-off: 0 approvers for junior, needs 1 other than the owner"
 			}},
-		{name: "open high incident", signer: carol, incident: "high",
+		{name: "open high incident", signed: true, incident: "high",
 			want: func(id string) string {
 				return "incidents: open incidents: still open: " + id + " (high, opened " + date(clk.Now()) + ")"
 			}},
-		{name: "too little time", late: true, signer: carol,
+		{name: "too little time", late: true, signed: true,
 			want: func(string) string { return "performance: time at level: 0m at intern, needs 14d (14d to go)" }},
-		{name: "owner-only sign-off", signer: owner,
+		{name: "owner-only sign-off", signed: true, owned: true,
 			want: func(string) string {
-				return "governance: sign-off: 0 approvers for junior, needs 1 other than the owner; not counted: " + owner + " (the owner)"
+				return "governance: sign-off: 0 approvers for junior, needs 1 other than the owner"
 			}},
 	}
 	agents := make([]party, len(cases))
 	register := func(t *testing.T, i int) {
-		agents[i] = e.register(t, fmt.Sprintf("agent-%d", i), brokerv1.Level_LEVEL_INTERN, "reports-read")
+		o := owner
+		if cases[i].owned {
+			o = e.signer.id.String()
+		}
+		agents[i] = e.registerOwned(t, fmt.Sprintf("agent-%d", i), o, brokerv1.Level_LEVEL_INTERN, "reports-read")
 	}
 	for i, c := range cases {
 		if !c.late {
@@ -422,8 +466,12 @@ func TestLifecyclePromotionGates(t *testing.T) {
 			}
 			id := agents[i].id
 			e.evidence(t, id, junior, slices.DeleteFunc(slices.Clone(juniorEvidence), func(k string) bool { return k == c.skip })...)
-			if c.signer != "" {
-				e.signOff(t, id, junior, c.signer)
+			switch {
+			case c.owned:
+				_, err := e.signer.maturity.RecordSignOff(e.signer.ctx, &adminv1.RecordSignOffRequest{SpiffeId: id.String(), RiskAcceptance: "mine", Target: junior})
+				wantStatus(t, err, codes.PermissionDenied, e.signer.id.String()+" owns "+id.String()+": its promotion evidence, sign-offs and releases must come from someone else")
+			case c.signed:
+				e.signOff(t, id, junior, e.signer)
 			}
 			var incident string
 			if c.incident != "" {
@@ -447,7 +495,8 @@ func TestLifecyclePromotionGates(t *testing.T) {
 }
 
 // A critical incident demotes a Junior at once; it closes only with a root
-// cause analysis; a rollback restores the level the agent had.
+// cause analysis; a rollback does not restore the higher level the agent
+// had (new sign-offs do), and restores a lower one.
 func TestLifecycleIncidentDemotion(t *testing.T) {
 	e := newLifeEnv(t, brokertest.Setup(t).Config(t, t.TempDir()), nil)
 	agent := e.register(t, "agent", junior, "reports-read", "reports-write")
@@ -478,8 +527,18 @@ func TestLifecycleIncidentDemotion(t *testing.T) {
 		t.Errorf("closed incident = %v", c)
 	}
 
-	// Revision 1 is the registration, at Junior. The rollback is notified
-	// under its own name.
+	// Revision 1 is the registration, at Intern, 2 the migration to
+	// Junior, 3 the demotion. Rolling back to Junior would skip the gates.
+	_, err = e.admin.maturity.RollbackLevel(e.admin.ctx, &adminv1.RollbackLevelRequest{SpiffeId: id.String(), Revision: 2, Reason: "RCA-7 clears the agent"})
+	wantStatus(t, err, codes.FailedPrecondition, "a rollback only lowers a level: "+id.String()+" is at intern and revision 2 had junior; "+
+		"raise it through the gates (atfctl agent promote) or, with its sign-offs, a migration (atfctl agent migrate)")
+	e.place(t, id, junior)
+	if a := e.agent(t, id); a.GetLevel() != junior || a.GetRevision() != 4 {
+		t.Fatalf("after a new sign-off and migration the agent is %v, want a Junior at revision 4", a)
+	}
+
+	// Revision 3 had Intern: that rollback lowers, and is notified under
+	// its own name.
 	wctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	events, err := e.admin.admin.WatchEvents(wctx, &adminv1.WatchEventsRequest{})
@@ -489,14 +548,15 @@ func TestLifecycleIncidentDemotion(t *testing.T) {
 	if _, err := events.Header(); err != nil {
 		t.Fatal(err)
 	}
-	rb, err := e.admin.maturity.RollbackLevel(e.admin.ctx, &adminv1.RollbackLevelRequest{SpiffeId: id.String(), Revision: 1, Reason: "RCA-7 clears the agent"})
+	rb, err := e.admin.maturity.RollbackLevel(e.admin.ctx, &adminv1.RollbackLevelRequest{SpiffeId: id.String(), Revision: 3, Reason: "migrated back too soon"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rb.GetAgent().GetLevel() != junior || e.agent(t, id).GetLevel() != junior {
-		t.Errorf("level after the rollback = %s, want Junior", rb.GetAgent().GetLevel())
+	intern := brokerv1.Level_LEVEL_INTERN
+	if rb.GetAgent().GetLevel() != intern || e.agent(t, id).GetLevel() != intern {
+		t.Errorf("level after the rollback = %s, want Intern", rb.GetAgent().GetLevel())
 	}
-	if ch := e.lastChange(t, id); ch.GetAction() != "rollback" || ch.GetAgent().GetLevel() != junior || !strings.Contains(ch.GetReason(), "level of revision 1 restored") {
+	if ch := e.lastChange(t, id); ch.GetAction() != "rollback" || ch.GetAgent().GetLevel() != intern || !strings.Contains(ch.GetReason(), "level of revision 3 restored") {
 		t.Errorf("last change = %v, want the rollback", ch)
 	}
 	for {

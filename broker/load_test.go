@@ -215,16 +215,13 @@ func newLoadRun(t *testing.T, f *brokertest.Fixture, spec loadSpec) *loadRun {
 	// Registrations share the store's commits when they come together.
 	start := time.Now()
 	if _, err := parallel(ctx, spec.agents, 64, func(ctx context.Context, i int) error {
-		level := brokerv1.Level_LEVEL_INTERN
-		if i == callerAt(0) {
-			level = brokerv1.Level_LEVEL_SENIOR // may delegate
-		}
 		_, err := r.admin.RegisterAgent(ctx, &adminv1.RegisterAgentRequest{SpiffeId: ids[i].String(), Owner: "load@example.org",
-			Purpose: "load test", Roles: []string{loadRole}, Level: level})
+			Purpose: "load test", Roles: []string{loadRole}})
 		return err
 	}); err != nil {
 		t.Fatalf("register: %v", err)
 	}
+	r.b.Place(t, ids[callerAt(0)], brokerv1.Level_LEVEL_SENIOR) // may delegate
 	registered := time.Since(start)
 
 	start = time.Now()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -345,6 +346,7 @@ func (s *Server) services(rules delegation.Rules, note notifier) []interface{ Re
 	return []interface{ RegisterService(grpc.ServiceRegistrar) }{
 		agentapi.New(agentapi.Config{Store: s.store, Roles: s.roles, Gate: s.gate, Policy: s.policy, Rules: rules, Rate: s.rate, Watch: s.watch,
 			Approvals: s.approvals, Issuer: issuer, Revoker: s.revoker, Metrics: s.metrics, Tracer: s.tracing.Tracer, Notifier: note,
+			Reporters:    idSet(slices.Concat(s.cfg.Admins, s.cfg.Approvals.Approvers, s.cfg.Maturity.OutcomeReporters)),
 			VaultAddress: s.vault.Address(), Closing: s.closingCh, Now: s.now}),
 		adminapi.New(adminapi.Config{Store: s.store, Trust: s.verifier, Roles: s.roles, Gate: s.gate, Policy: s.policy, Levels: s.levels,
 			Revoker: s.revoker, Watch: s.watch, Notifier: note, Events: s.notifier, Config: s.cfg, Closing: s.closingCh, Now: s.now}),

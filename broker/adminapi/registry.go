@@ -104,12 +104,20 @@ func (s *Service) RegisterAgent(ctx context.Context, req *adminv1.RegisterAgentR
 	if err := s.checkRoles(req.GetRoles()); err != nil {
 		return nil, err
 	}
+	if err := s.checkAgentOnly(id); err != nil {
+		return nil, err
+	}
+	// The level field is deprecated: it is read only to refuse it.
+	if l := protoconv.LevelFromProto(req.GetLevel()); l > authz.Intern {
+		return nil, fault.New(fault.Precondition, "new agents start as intern: register %s without a level, then, once the sign-offs a promotion to %s needs are recorded, "+
+			"place it there with a migration (atfctl agent migrate %s --level %s)", id, l, id, l)
+	}
 	agent, err := s.db(ctx).RegisterAgent(store.Agent{
 		ID:           id,
 		Owner:        req.GetOwner(),
 		Purpose:      audit.Redact(req.GetPurpose()),
 		Roles:        req.GetRoles(),
-		Level:        protoconv.LevelFromProto(req.GetLevel()),
+		Level:        authz.Intern,
 		Version:      req.GetVersion(),
 		ConfigDigest: req.GetConfigDigest(),
 	}, edge.Caller(ctx))
@@ -260,6 +268,28 @@ func (s *Service) ListAgentHistory(ctx context.Context, req *adminv1.ListAgentHi
 // agentID checks a SPIFFE ID an admin wants to register or change.
 func (s *Service) agentID(ctx context.Context, raw string) (string, error) {
 	return edge.SubjectID(ctx, raw, s.cfg.Trust)
+}
+
+// checkAgentOnly refuses to register an ID that holds a person's role:
+// an operator registered as an agent could release its own kill, an admin
+// sign off its own promotion (docs/security.md).
+func (s *Service) checkAgentOnly(id string) error {
+	c := s.cfg.Config
+	for _, r := range []struct {
+		ids       []string
+		role, key string
+	}{
+		{c.Admins, "an admin", "admins"},
+		{c.Approvals.Approvers, "an approver", "approvals.approvers"},
+		{c.SecurityOperators, "a security operator", "security_operators"},
+		{c.Maturity.OutcomeReporters, "an outcome reporter", "maturity.outcome_reporters"},
+	} {
+		if slices.Contains(r.ids, id) {
+			return fault.New(fault.Precondition, "%s is %s (atfd's configuration: %s), not an agent: people and agents are kept apart; "+
+				"register the agent under its own SPIFFE ID", id, r.role, r.key)
+		}
+	}
+	return nil
 }
 
 func (s *Service) checkRoles(roles []string) error {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -83,6 +84,10 @@ type Config struct {
 	Metrics   *metrics.Metrics
 	Tracer    trace.Tracer
 	Notifier  Notifier
+	// Reporters may report outcomes of other agents' work (admins,
+	// approvers, maturity.outcome_reporters), reports that count in full
+	// for the promotion gates.
+	Reporters map[spiffeid.ID]bool
 	// VaultAddress is where agents use their credentials.
 	VaultAddress string
 	// Closing is closed when atfd stops: streams end at once.
@@ -275,19 +280,44 @@ func (s *Service) WaitApproval(req *brokerv1.WaitApprovalRequest, stream grpc.Se
 
 func (s *Service) ReportOutcome(ctx context.Context, req *brokerv1.ReportOutcomeRequest) (*brokerv1.ReportOutcomeResponse, error) {
 	caller := edge.Caller(ctx)
-	a, err := s.cfg.Store.GetAgent(caller)
-	if err != nil || !a.Usable() {
-		return nil, fault.New(fault.Denied, "%s is not an active registered agent; only agents report outcomes", caller)
+	agent, err := s.outcomeSubject(ctx, caller, req.GetAgentId())
+	if err != nil {
+		return nil, err
 	}
 	outcome := strings.ToLower(strings.TrimPrefix(req.GetOutcome().String(), "OUTCOME_"))
-	if err := s.db(ctx).RecordOutcome(store.OutcomeReport{Agent: caller, Outcome: outcome, Role: req.GetRole(),
+	if err := s.db(ctx).RecordOutcome(store.OutcomeReport{Agent: agent, Reporter: caller, Outcome: outcome, Role: req.GetRole(),
 		DecisionID: req.GetDecisionId(), Message: audit.Redact(req.GetDetail())}); err != nil {
 		return nil, fmt.Errorf("record outcome: %w", err)
 	}
 	// A human rejecting a recommendation is not the agent failing.
 	failed := req.GetOutcome() == brokerv1.Outcome_OUTCOME_FAILURE || req.GetOutcome() == brokerv1.Outcome_OUTCOME_ERROR
-	s.cfg.Watch.Outcome(ctx, caller, req.GetRole(), !failed)
+	s.cfg.Watch.Outcome(ctx, agent, req.GetRole(), !failed)
 	return &brokerv1.ReportOutcomeResponse{}, nil
+}
+
+// outcomeSubject is the agent an outcome report is about: the caller's own
+// (self-reported), or another's (agentID) if the caller is a reporter who
+// is not an agent itself.
+func (s *Service) outcomeSubject(ctx context.Context, caller, agentID string) (string, error) {
+	if agentID == "" || agentID == caller {
+		a, err := s.cfg.Store.GetAgent(caller)
+		if err != nil || !a.Usable() {
+			return "", fault.New(fault.Denied, "%s is not an active registered agent; only agents report their own outcomes", caller)
+		}
+		return caller, nil
+	}
+	if !s.cfg.Reporters[edge.Identity(ctx).ID] {
+		return "", fault.New(fault.Denied, "%s may not report on another agent's work: reporters are admins, approvers and "+
+			"maturity.outcome_reporters in atfd's configuration", caller)
+	}
+	if err := edge.NotAnAgent(ctx, s.cfg.Store); err != nil {
+		return "", err
+	}
+	a, err := s.cfg.Store.GetAgent(agentID)
+	if err != nil || !a.Usable() {
+		return "", fault.New(fault.Precondition, "%s is not an active registered agent: there is no work of it to report", agentID)
+	}
+	return agentID, nil
 }
 
 // chainOf loads the chain down to grantID and its delegators as they are

@@ -94,9 +94,17 @@ type TracingConfig struct {
 
 // MaturityConfig tunes the promotion gates (defaults: ATF's).
 type MaturityConfig struct {
-	// Authorities are the people (as recorded in sign-offs) whose sign-off
-	// counts; empty: anyone's.
+	// Authorities are the SPIFFE IDs of the people whose sign-off counts;
+	// empty: any admin's but the agent's owner's. Each signs with their
+	// own SVID, so each must be an admin.
 	Authorities []string `yaml:"authorities"`
+	// OutcomeReporters are SPIFFE IDs, besides admins and approvers, that
+	// may report on an agent's work (resource servers, QA workloads):
+	// reports that count in full for the performance gate.
+	OutcomeReporters []string `yaml:"outcome_reporters"`
+	// SelfReportedWeight is what an agent's report of its own success
+	// counts for, 0 (default) to 1; its own failures always count in full.
+	SelfReportedWeight float64 `yaml:"self_reported_weight"`
 	// MinTimeAtLevel overrides the time at intern, junior, senior.
 	MinTimeAtLevel map[string]time.Duration `yaml:"min_time_at_level"`
 	// MinOutcomes is how many outcome reports rates need (default 20).
@@ -422,6 +430,13 @@ func (c *Config) validatePeople(v *validation) {
 	v.ids("admins", c.Admins)
 	v.ids("approvals.approvers", c.Approvals.Approvers)
 	v.ids("security_operators", c.SecurityOperators)
+	v.ids("maturity.authorities", c.Maturity.Authorities)
+	v.ids("maturity.outcome_reporters", c.Maturity.OutcomeReporters)
+	for _, a := range c.Maturity.Authorities {
+		if !slices.Contains(c.Admins, a) {
+			v.bad("maturity.authorities: %s is not in admins: authorities record their sign-offs themselves, through the admin API", a)
+		}
+	}
 }
 
 func (c *Config) validateApprovals(v *validation) {
@@ -620,6 +635,7 @@ func (r Role) Authz() authz.Role {
 func (m MaturityConfig) Config() (maturity.Config, error) {
 	c := maturity.DefaultConfig()
 	c.Authorities = m.Authorities
+	c.SelfReportedWeight = m.SelfReportedWeight
 	c.DemoteOnBreakerTrip = m.DemoteOnBreakerTrip
 	if m.MinOutcomes != 0 {
 		c.MinOutcomes = m.MinOutcomes

@@ -21,8 +21,13 @@ type Config struct {
 	// MinOutcomes is how many outcome reports there must be before the
 	// rates count; a required success rate fails until there are.
 	MinOutcomes int
-	// Authorities are the people whose sign-off counts; if empty, anyone's.
+	// Authorities are the people (their verified identities) whose
+	// sign-off counts; if empty, anyone's but the agent's and its owner's.
 	Authorities []string
+	// SelfReportedWeight is what an agent's report of its own success
+	// counts for, from 0 (nothing, the default) to 1 (as much as one by
+	// someone else). Above 0, an agent that lies raises its own rates.
+	SelfReportedWeight float64
 
 	// DemoteOnSeverity is, per level, the incident severity at or above
 	// which an agent at that level is demoted. A level without an entry is
@@ -82,6 +87,9 @@ func (c Config) Validate() error {
 	}
 	if !(c.MinAvailability >= 0 && c.MinAvailability <= 1) {
 		return fmt.Errorf("maturity: MinAvailability is %v; want a fraction between 0 and 1", c.MinAvailability)
+	}
+	if !(c.SelfReportedWeight >= 0 && c.SelfReportedWeight <= 1) {
+		return fmt.Errorf("maturity: SelfReportedWeight is %v; want a fraction between 0 and 1", c.SelfReportedWeight)
 	}
 	if c.MinOutcomes < 1 {
 		return fmt.Errorf("maturity: MinOutcomes is %d; want at least 1", c.MinOutcomes)

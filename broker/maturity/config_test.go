@@ -40,6 +40,8 @@ func TestConfigValidate(t *testing.T) {
 			"maturity: MinAvailability is NaN; want a fraction between 0 and 1"},
 		{"no outcomes needed", func(c *maturity.Config) { c.MinOutcomes = 0 },
 			"maturity: MinOutcomes is 0; want at least 1"},
+		{"self-reported weight above one", func(c *maturity.Config) { c.SelfReportedWeight = 1.5 },
+			"maturity: SelfReportedWeight is 1.5; want a fraction between 0 and 1"},
 		{"empty authority", func(c *maturity.Config) { c.Authorities = []string{"carol", ""} },
 			"maturity: Authorities[1] is empty"},
 		{"incident severity for no level", func(c *maturity.Config) { c.DemoteOnSeverity[7] = maturity.High },

@@ -23,8 +23,11 @@
 // Only records made for this promotion count: evidence and sign-offs must
 // name the target level and be dated at or after the agent reached its
 // current level, so a stale review or an approval for an earlier promotion
-// does not carry over. The package trusts the records it is given; who may
-// record them, and checking that nobody records their own promotion, is the
-// broker's job. An Intern is never demoted (there is no lower level); the
+// does not carry over. A sign-off counts only if its signer recorded it
+// (SignOff.Signer == RecordedBy), and an agent's own outcome reports
+// (Input.SelfReported) count against it in full but for it only at
+// Config.SelfReportedWeight. Beyond that the package trusts the records it
+// is given; who may record them, and checking that nobody records their own
+// promotion, is the broker's job. An Intern is never demoted (there is no lower level); the
 // caller may still kill it.
 package maturity

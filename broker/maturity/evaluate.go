@@ -91,35 +91,62 @@ func performance(c Config, in Input) []Check {
 	}
 	checks := []Check{held}
 
-	o := in.Outcomes
-	total := o.Success + o.Failure + o.Rejected + o.Errors
-	counted := total >= c.MinOutcomes
+	o := weigh(c, in)
+	total := o.success + o.failure + o.rejected + o.errors
+	counted := total >= float64(c.MinOutcomes)
 	if threshold, ok := c.MinSuccessRate[in.Level]; ok {
 		s := Check{Name: "success rate"}
-		decided := o.Success + o.Failure + o.Rejected
+		decided := o.success + o.failure + o.rejected
 		switch {
 		case !counted:
-			s.Detail = fmt.Sprintf("%d outcome reports, needs %d before rates count (%d more)", total, c.MinOutcomes, c.MinOutcomes-total)
+			s.Detail = fmt.Sprintf("%s outcome reports, needs %d before rates count (%s more)", num(total), c.MinOutcomes, num(float64(c.MinOutcomes)-total))
 		case decided == 0:
-			s.Detail = fmt.Sprintf("no success, failure or rejection among %d reports, needs > %s", total, percent(threshold))
+			s.Detail = fmt.Sprintf("no success, failure or rejection among %s reports, needs > %s", num(total), percent(threshold))
 		default:
-			rate := float64(o.Success) / float64(decided)
+			rate := o.success / decided
 			s.Pass = rate > threshold
-			s.Detail = fmt.Sprintf("success %.1f%% (%d/%d), needs > %s", rate*100, o.Success, decided, percent(threshold))
+			s.Detail = fmt.Sprintf("success %.1f%% (%s/%s), needs > %s", rate*100, num(o.success), num(decided), percent(threshold))
 		}
+		s.Detail += o.note
 		checks = append(checks, s)
 	}
 
 	// Too few reports fail the success rate where one is required; on its
 	// own availability is simply not measured yet.
-	a := Check{Name: "availability", Pass: true, Detail: fmt.Sprintf("not measured: %d outcome reports, counts from %d", total, c.MinOutcomes)}
+	a := Check{Name: "availability", Pass: true, Detail: fmt.Sprintf("not measured: %s outcome reports, counts from %d", num(total), c.MinOutcomes)}
 	if counted {
-		rate := float64(total-o.Errors) / float64(total)
+		rate := (total - o.errors) / total
 		a.Pass = rate >= c.MinAvailability
-		a.Detail = fmt.Sprintf("availability %.1f%% (%d errors in %d reports), needs >= %s", rate*100, o.Errors, total, percent(c.MinAvailability))
+		a.Detail = fmt.Sprintf("availability %.1f%% (%s errors in %s reports), needs >= %s", rate*100, num(o.errors), num(total), percent(c.MinAvailability))
 	}
 	return append(checks, a)
 }
+
+// weighed are the outcome counts the performance gate reads.
+type weighed struct {
+	success, failure, rejected, errors float64
+	note                               string // what was discounted, for the detail of a check
+}
+
+// weigh counts the reports of others in full, and the agent's own: its
+// failures, rejections and errors in full (a report against itself is
+// credible), its successes at Config.SelfReportedWeight.
+func weigh(c Config, in Input) weighed {
+	o, s := in.Outcomes, in.SelfReported
+	w := weighed{
+		success:  float64(o.Success) + c.SelfReportedWeight*float64(s.Success),
+		failure:  float64(o.Failure + s.Failure),
+		rejected: float64(o.Rejected + s.Rejected),
+		errors:   float64(o.Errors + s.Errors),
+	}
+	if s.Success > 0 {
+		w.note = fmt.Sprintf("; %d self-reported successes counted at weight %s", s.Success, num(c.SelfReportedWeight))
+	}
+	return w
+}
+
+// num writes a count with no more digits than it has (at most two).
+func num(f float64) string { return strconv.FormatFloat(math.Round(f*100)/100, 'f', -1, 64) }
 
 // evidence checks the evidence kinds gate needs for a promotion to to.
 func evidence(gate string, in Input, to authz.Level) []Check {
@@ -182,6 +209,22 @@ func listed(name, prefix string, items []string, none string) Check {
 	return Check{Name: name, Detail: prefix + strings.Join(items, "; ")}
 }
 
+// SignedOff is the governance gate's check alone, for placing in's agent
+// at to, which may be more than one level up (a migration): the sign-offs
+// a promotion to to needs, recorded since the agent reached its level.
+func SignedOff(c Config, in Input, to authz.Level) (Check, error) {
+	if err := c.Validate(); err != nil {
+		return Check{}, err
+	}
+	if err := in.validate(); err != nil {
+		return Check{}, err
+	}
+	if to <= in.Level || !to.Valid() {
+		return Check{}, fmt.Errorf("maturity: agent %q is at %s: %s is not above it", in.Agent, in.Level, to)
+	}
+	return governance(c, in, to), nil
+}
+
 func governance(c Config, in Input, to authz.Level) Check {
 	need := 1
 	if to == authz.Principal {
@@ -198,6 +241,8 @@ func governance(c Config, in Input, to authz.Level) Check {
 		switch {
 		case s.Signer == "":
 			why = "no signer"
+		case s.RecordedBy != s.Signer:
+			why = "named by " + s.RecordedBy + ", not signed by the signer's own identity"
 		case s.At.Before(in.LevelSince):
 			why = "signed " + date(s.At) + ", before this level"
 		case strings.TrimSpace(s.RiskAcceptance) == "":

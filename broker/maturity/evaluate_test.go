@@ -45,10 +45,10 @@ func ready(from authz.Level) maturity.Input {
 		Incidents: []maturity.Incident{
 			{ID: "INC-1", Severity: maturity.Low, Level: from, OpenedAt: day(2), ClosedAt: day(3), RCA: "RCA-1"},
 		},
-		SignOffs: []maturity.SignOff{{Signer: "carol", RiskAcceptance: "RA-1", RecordedBy: "alice", Target: to, At: day(9)}},
+		SignOffs: []maturity.SignOff{{Signer: "carol", RiskAcceptance: "RA-1", RecordedBy: "carol", Target: to, At: day(9)}},
 	}
 	if to == authz.Principal {
-		in.SignOffs = append(in.SignOffs, maturity.SignOff{Signer: "erin", RiskAcceptance: "RA-2", RecordedBy: "alice", Target: to, At: day(9)})
+		in.SignOffs = append(in.SignOffs, maturity.SignOff{Signer: "erin", RiskAcceptance: "RA-2", RecordedBy: "erin", Target: to, At: day(9)})
 	}
 	for _, k := range allKinds {
 		in.Evidence = append(in.Evidence, maturity.Evidence{Kind: k, Target: to, Reference: "DOC-" + string(k), RecordedBy: "alice", At: day(5)})
@@ -67,7 +67,7 @@ func signOffs(s ...maturity.SignOff) func(*maturity.Input) {
 }
 
 func signOff(signer string, target authz.Level) maturity.SignOff {
-	return maturity.SignOff{Signer: signer, RiskAcceptance: "RA-" + signer, RecordedBy: "alice", Target: target, At: day(9)}
+	return maturity.SignOff{Signer: signer, RiskAcceptance: "RA-" + signer, RecordedBy: signer, Target: target, At: day(9)}
 }
 
 func outcomes(s, f, r, e int) func(*maturity.Input) {
@@ -150,7 +150,7 @@ func TestEachGateAlone(t *testing.T) {
 			incident(maturity.Incident{ID: "INC-10", Severity: maturity.High, Level: authz.Junior, OpenedAt: day(26)}),
 			[]string{"incidents: open incidents: still open: INC-10 (high, opened 2025-02-01)"}},
 		{"junior signed off without risk acceptance", authz.Junior,
-			signOffs(maturity.SignOff{Signer: "carol", RecordedBy: "alice", Target: authz.Senior, At: day(9)}),
+			signOffs(maturity.SignOff{Signer: "carol", RecordedBy: "carol", Target: authz.Senior, At: day(9)}),
 			[]string{"governance: sign-off: 0 approvers for senior, needs 1 other than the owner; not counted: carol (no risk acceptance)"}},
 		{"junior signed off by the owner only", authz.Junior, signOffs(signOff("dave", authz.Senior)),
 			[]string{"governance: sign-off: 0 approvers for senior, needs 1 other than the owner; not counted: dave (the owner)"}},
@@ -206,13 +206,15 @@ func TestOnlyThisPromotionsRecords(t *testing.T) {
 		}, nil},
 		{"evidence for another level", before(maturity.MetricsBaseline, day(5), authz.Junior),
 			[]string{"business: metrics_baseline: none for senior since 2025-01-06"}},
-		{"sign-off before LevelSince", signOffs(maturity.SignOff{Signer: "carol", RiskAcceptance: "RA-1", Target: authz.Senior, At: day(-1)}),
+		{"sign-off before LevelSince", signOffs(maturity.SignOff{Signer: "carol", RiskAcceptance: "RA-1", RecordedBy: "carol", Target: authz.Senior, At: day(-1)}),
 			[]string{"governance: sign-off: 0 approvers for senior, needs 1 other than the owner; not counted: carol (signed 2025-01-05, before this level)"}},
 		{"sign-off before LevelSince and since", signOffs(
-			maturity.SignOff{Signer: "carol", RiskAcceptance: "RA-0", Target: authz.Senior, At: day(-1)},
+			maturity.SignOff{Signer: "carol", RiskAcceptance: "RA-0", RecordedBy: "carol", Target: authz.Senior, At: day(-1)},
 			signOff("carol", authz.Senior)), nil},
 		{"sign-off for another level", signOffs(signOff("carol", authz.Junior)),
 			[]string{"governance: sign-off: 0 approvers for senior, needs 1 other than the owner"}},
+		{"sign-off named by someone else", signOffs(maturity.SignOff{Signer: "carol", RiskAcceptance: "RA-1", RecordedBy: "alice", Target: authz.Senior, At: day(9)}),
+			[]string{"governance: sign-off: 0 approvers for senior, needs 1 other than the owner; not counted: carol (named by alice, not signed by the signer's own identity)"}},
 		{"sign-off by the agent or nobody", signOffs(signOff(agent, authz.Senior), signOff("", authz.Senior)),
 			[]string{"governance: sign-off: 0 approvers for senior, needs 1 other than the owner; not counted: " + agent + ` (not an authority), "" (no signer)`}},
 	} {
@@ -357,6 +359,38 @@ func TestAvailabilityBeforeMinOutcomes(t *testing.T) {
 	}
 	if got := render(r)[:2]; !slices.Equal(got, want) || !r.Promotable {
 		t.Errorf("got %q (promotable %v), want %q", got, r.Promotable, want)
+	}
+}
+
+// TestSelfReportedOutcomes: an agent's own successes count at
+// SelfReportedWeight (nothing by default); its own failures in full.
+func TestSelfReportedOutcomes(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		weight float64
+		self   maturity.OutcomeStats
+		want   string
+	}{
+		{"successes alone, by default", 0, maturity.OutcomeStats{Success: 500},
+			"performance: success rate: FAIL: 0 outcome reports, needs 20 before rates count (20 more); 500 self-reported successes counted at weight 0"},
+		{"failures count in full", 0, maturity.OutcomeStats{Success: 100, Failure: 30},
+			"performance: success rate: FAIL: success 0.0% (0/30), needs > 95%; 100 self-reported successes counted at weight 0"},
+		{"a weight of one half", 0.5, maturity.OutcomeStats{Success: 50, Failure: 1},
+			"performance: success rate: pass: success 96.2% (25/26), needs > 95%; 50 self-reported successes counted at weight 0.5"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := config()
+			c.SelfReportedWeight = tt.weight
+			in := ready(authz.Junior)
+			in.Outcomes, in.SelfReported = maturity.OutcomeStats{}, tt.self
+			r, err := maturity.Evaluate(c, in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := render(r)[1]; got != tt.want {
+				t.Errorf("got  %q\nwant %q", got, tt.want)
+			}
+		})
 	}
 }
 

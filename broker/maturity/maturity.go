@@ -108,9 +108,10 @@ func ParseEvidenceKind(s string) (EvidenceKind, error) {
 	return "", fmt.Errorf("maturity: unknown evidence kind %q (want one of %s)", s, strings.Join(names, ", "))
 }
 
-// OutcomeStats counts an agent's outcome reports since it reached its level.
-// The success rate is Success / (Success + Failure + Rejected); availability
-// is 1 - Errors / (all four).
+// OutcomeStats counts outcome reports about an agent since it reached its
+// level. The success rate is Success / (Success + Failure + Rejected);
+// availability is 1 - Errors / (all four), over the reports of others and
+// the agent's own as weighed by Config.SelfReportedWeight.
 type OutcomeStats struct {
 	Success  int // the action did what was intended
 	Failure  int // it did not
@@ -138,6 +139,8 @@ type Incident struct {
 }
 
 // SignOff is a person's approval of a promotion, with the risk they accept.
+// It counts only if the signer recorded it (Signer == RecordedBy): a name
+// typed by someone else proves nothing.
 type SignOff struct {
 	Signer         string
 	RiskAcceptance string
@@ -152,15 +155,18 @@ type Input struct {
 	Owner      string // the accountable human; their sign-off alone is not enough
 	Level      authz.Level
 	LevelSince time.Time // when the agent reached Level
-	Outcomes   OutcomeStats
-	Evidence   []Evidence
-	Incidents  []Incident
-	SignOffs   []SignOff
-	Now        time.Time
+	// Outcomes are those others reported (approvers, the owner's tools,
+	// resource servers); SelfReported those the agent reported itself.
+	Outcomes     OutcomeStats
+	SelfReported OutcomeStats
+	Evidence     []Evidence
+	Incidents    []Incident
+	SignOffs     []SignOff
+	Now          time.Time
 }
 
 func (in Input) validate() error {
-	o := in.Outcomes
+	o, s := in.Outcomes, in.SelfReported
 	switch {
 	case !in.Level.Valid():
 		return fmt.Errorf("maturity: agent %q has no valid level (%s)", in.Agent, in.Level)
@@ -174,6 +180,8 @@ func (in Input) validate() error {
 		return fmt.Errorf("maturity: agent %q: Now (%s) is before LevelSince (%s)", in.Agent, in.Now.Format(time.RFC3339), in.LevelSince.Format(time.RFC3339))
 	case o.Success < 0 || o.Failure < 0 || o.Rejected < 0 || o.Errors < 0:
 		return fmt.Errorf("maturity: agent %q: negative outcome count %+v", in.Agent, o)
+	case s.Success < 0 || s.Failure < 0 || s.Rejected < 0 || s.Errors < 0:
+		return fmt.Errorf("maturity: agent %q: negative self-reported outcome count %+v", in.Agent, s)
 	}
 	return nil
 }

@@ -5,8 +5,10 @@ package maturityapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -79,7 +81,7 @@ func (s *Service) promotionInput(a store.Agent) (maturity.Input, error) {
 	if err != nil {
 		return in, err
 	}
-	in.Outcomes = maturity.OutcomeStats{Success: o.Success, Failure: o.Failure, Rejected: o.Rejected, Errors: o.Errors}
+	in.Outcomes, in.SelfReported = outcomeStats(o.Attested), outcomeStats(o.Self)
 	ev, err := s.cfg.Store.AgentEvidence(a.ID)
 	if err != nil {
 		return in, err
@@ -103,6 +105,14 @@ func (s *Service) promotionInput(a store.Agent) (maturity.Input, error) {
 		in.Incidents = append(in.Incidents, maturity.Incident{ID: inc.ID, Severity: sev, Level: inc.Level, OpenedAt: inc.OpenedAt, ClosedAt: inc.ClosedAt, RCA: inc.RCA})
 	}
 	return in, nil
+}
+
+func outcomeStats(c store.OutcomeCounts) maturity.OutcomeStats {
+	return maturity.OutcomeStats{Success: c.Success, Failure: c.Failure, Rejected: c.Rejected, Errors: c.Errors}
+}
+
+func outcomeCounts(o maturity.OutcomeStats) *adminv1.OutcomeCounts {
+	return &adminv1.OutcomeCounts{Success: int64(o.Success), Failure: int64(o.Failure), Rejected: int64(o.Rejected), Errors: int64(o.Errors)}
 }
 
 func (s *Service) evaluate(ctx context.Context, id string) (store.Agent, maturity.Report, error) {
@@ -133,6 +143,9 @@ func (s *Service) EvaluatePromotion(ctx context.Context, req *adminv1.EvaluatePr
 }
 
 func (s *Service) Promote(ctx context.Context, req *adminv1.PromoteRequest) (*adminv1.PromoteResponse, error) {
+	if err := edge.ActOn(ctx, s.cfg.Store, req.GetSpiffeId()); err != nil {
+		return nil, err
+	}
 	a, r, err := s.evaluate(ctx, req.GetSpiffeId())
 	if err != nil {
 		return nil, err
@@ -175,12 +188,57 @@ func (s *Service) RollbackLevel(ctx context.Context, req *adminv1.RollbackLevelR
 	if old.Level == a.Level {
 		return nil, fault.New(fault.Precondition, "%s is already at level %s, the level of revision %d", a.ID, a.Level, req.GetRevision())
 	}
+	// Raising a level skips no gate: that is a promotion or a migration.
+	if old.Level > a.Level {
+		return nil, fault.New(fault.Precondition, "a rollback only lowers a level: %s is at %s and revision %d had %s; raise it through the gates "+
+			"(atfctl agent promote) or, with its sign-offs, a migration (atfctl agent migrate)", a.ID, a.Level, req.GetRevision(), old.Level)
+	}
 	a, sum, err := s.cfg.Levels.Change(ctx, a, edge.Caller(ctx), store.ActionRollback,
 		fmt.Sprintf("level of revision %d restored: %s", req.GetRevision(), audit.Redact(req.GetReason())), old.Level)
 	if err != nil {
 		return nil, err
 	}
 	return &adminv1.RollbackLevelResponse{Agent: protoconv.AgentToProto(a), Summary: sum}, nil
+}
+
+// MigrateAgent places an agent that earned its autonomy elsewhere at a
+// higher level, on the sign-offs a promotion to that level needs; the
+// history and audit trail say it was a migration and who signed off.
+func (s *Service) MigrateAgent(ctx context.Context, req *adminv1.MigrateAgentRequest) (*adminv1.MigrateAgentResponse, error) {
+	if err := edge.ActOn(ctx, s.cfg.Store, req.GetSpiffeId()); err != nil {
+		return nil, err
+	}
+	a, err := s.cfg.Store.GetAgent(req.GetSpiffeId())
+	if err != nil {
+		return nil, fmt.Errorf("get agent: %w", err)
+	}
+	if !a.Usable() {
+		return nil, fault.New(fault.Precondition, "agent %s is deregistered or stopped by the kill switch", a.ID)
+	}
+	to := protoconv.LevelFromProto(req.GetLevel())
+	if to <= a.Level {
+		return nil, fault.New(fault.Precondition, "%s is at %s: a migration only raises a level (lower it with atfctl agent demote)", a.ID, a.Level)
+	}
+	in, err := s.promotionInput(a)
+	if err != nil {
+		return nil, fmt.Errorf("read maturity records: %w", err)
+	}
+	c, err := maturity.SignedOff(s.cfg.Maturity, in, to)
+	if err != nil {
+		return nil, fault.Wrap(fault.Precondition, err)
+	}
+	if !c.Pass {
+		return nil, fault.New(fault.Precondition, "%s cannot be placed at %s without the sign-offs a promotion there needs: %s; "+
+			"each signer records their own (atfctl signoff add %s --target %s)", a.ID, to, c.Detail, a.ID, to)
+	}
+	actor, from := edge.Caller(ctx), a.Level
+	reason := fmt.Sprintf("migration from %s to %s: %s; sign-off: %s", from, to, audit.Redact(req.GetReason()), c.Detail)
+	if a, err = s.db(ctx).SetLevel(a.ID, actor, store.ActionMigrate, reason, to, a.Revision); err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	edge.Logger(ctx).Warn("agent migrated", slog.String(edge.LogAgent, a.ID), slog.String("from", from.String()), slog.String(edge.LogLevel, a.Level.String()))
+	s.cfg.Notifier.Notify(ctx, "agent_migrated", a.ID, "", fmt.Sprintf("%s placed %s at %s (was %s): %s", actor, a.ID, to, from, reason), nil)
+	return &adminv1.MigrateAgentResponse{Agent: protoconv.AgentToProto(a), SignOff: &adminv1.GateCheck{Name: c.Name, Pass: c.Pass, Detail: c.Detail}}, nil
 }
 
 // recordFor is the agent a maturity record (evidence, sign-off) is about
@@ -210,6 +268,9 @@ func (s *Service) RecordEvidence(ctx context.Context, req *adminv1.RecordEvidenc
 	if err != nil {
 		return nil, fault.Wrap(fault.Invalid, err)
 	}
+	if err := edge.ActOn(ctx, s.cfg.Store, req.GetSpiffeId()); err != nil {
+		return nil, err
+	}
 	a, to, err := s.recordFor(req.GetSpiffeId(), req.GetTarget())
 	if err != nil {
 		return nil, err
@@ -221,13 +282,27 @@ func (s *Service) RecordEvidence(ctx context.Context, req *adminv1.RecordEvidenc
 	return &adminv1.RecordEvidenceResponse{Evidence: protoconv.EvidenceToProto(e)}, nil
 }
 
+// RecordSignOff records the caller's own sign-off: the signer is the
+// verified identity that calls, so nobody signs for someone else.
 func (s *Service) RecordSignOff(ctx context.Context, req *adminv1.RecordSignOffRequest) (*adminv1.RecordSignOffResponse, error) {
+	signer := edge.Caller(ctx)
+	// The signer field is deprecated: it is read only to refuse it.
+	if named := req.GetSigner(); named != "" {
+		return nil, fault.New(fault.Invalid, "a sign-off is no longer recorded for a signer named in the request (%q): each signer records their own, "+
+			"with their own SVID (atfctl signoff add, run by the signer)", named)
+	}
+	if auth := s.cfg.Maturity.Authorities; len(auth) > 0 && !slices.Contains(auth, signer) {
+		return nil, fault.New(fault.Denied, "%s is not a promotion authority (atfd's configuration: maturity.authorities): its sign-off would not count", signer)
+	}
+	if err := edge.ActOn(ctx, s.cfg.Store, req.GetSpiffeId()); err != nil {
+		return nil, err
+	}
 	a, to, err := s.recordFor(req.GetSpiffeId(), req.GetTarget())
 	if err != nil {
 		return nil, err
 	}
-	so := store.SignOff{Agent: a.ID, Signer: req.GetSigner(), RiskAcceptance: audit.Redact(req.GetRiskAcceptance()), Target: to,
-		RecordedBy: edge.Caller(ctx), At: s.cfg.Now().UTC()}
+	so := store.SignOff{Agent: a.ID, Signer: signer, RiskAcceptance: audit.Redact(req.GetRiskAcceptance()), Target: to,
+		RecordedBy: signer, At: s.cfg.Now().UTC()}
 	if err := s.db(ctx).AddSignOff(so); err != nil {
 		return nil, fmt.Errorf("record sign-off: %w", err)
 	}
@@ -264,7 +339,23 @@ func (s *Service) incidentDemotion(ctx context.Context, inc store.Incident, acto
 	return protoconv.AgentToProto(a)
 }
 
+// incidentActOn applies edge.ActOn to the agent of incident id; the
+// store reports an unknown id when the incident is changed.
+func (s *Service) incidentActOn(ctx context.Context, id string) error {
+	inc, err := s.cfg.Store.Incident(id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get incident: %w", err)
+	}
+	return edge.ActOn(ctx, s.cfg.Store, inc.Agent)
+}
+
 func (s *Service) UpdateIncident(ctx context.Context, req *adminv1.UpdateIncidentRequest) (*adminv1.UpdateIncidentResponse, error) {
+	if err := s.incidentActOn(ctx, req.GetIncidentId()); err != nil {
+		return nil, err
+	}
 	actor := edge.Caller(ctx)
 	inc, before, err := s.db(ctx).UpdateIncident(req.GetIncidentId(), actor, req.GetSeverity(), audit.Redact(req.GetNote()))
 	if err != nil {
@@ -282,6 +373,9 @@ func (s *Service) UpdateIncident(ctx context.Context, req *adminv1.UpdateInciden
 }
 
 func (s *Service) CloseIncident(ctx context.Context, req *adminv1.CloseIncidentRequest) (*adminv1.CloseIncidentResponse, error) {
+	if err := s.incidentActOn(ctx, req.GetIncidentId()); err != nil {
+		return nil, err
+	}
 	inc, err := s.db(ctx).CloseIncident(req.GetIncidentId(), edge.Caller(ctx), audit.Redact(req.GetRca()))
 	if err != nil {
 		return nil, fmt.Errorf("close incident: %w", err)
@@ -311,12 +405,12 @@ func (s *Service) GetMaturity(ctx context.Context, req *adminv1.GetMaturityReque
 		return nil, fmt.Errorf("read maturity records: %w", err)
 	}
 	resp := &adminv1.GetMaturityResponse{
-		Agent:      protoconv.AgentToProto(a),
-		LevelSince: timestamppb.New(in.LevelSince),
-		Outcomes: &adminv1.OutcomeCounts{Success: int64(in.Outcomes.Success), Failure: int64(in.Outcomes.Failure),
-			Rejected: int64(in.Outcomes.Rejected), Errors: int64(in.Outcomes.Errors)},
-		Breaker:  s.cfg.Watch.BreakerProto(a.ID),
-		Baseline: s.cfg.Watch.BaselineProto(a.ID),
+		Agent:        protoconv.AgentToProto(a),
+		LevelSince:   timestamppb.New(in.LevelSince),
+		Outcomes:     outcomeCounts(in.Outcomes),
+		SelfReported: outcomeCounts(in.SelfReported),
+		Breaker:      s.cfg.Watch.BreakerProto(a.ID),
+		Baseline:     s.cfg.Watch.BaselineProto(a.ID),
 	}
 	ev, err := s.cfg.Store.AgentEvidence(a.ID)
 	if err != nil {

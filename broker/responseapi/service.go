@@ -106,6 +106,10 @@ func (s *Service) Release(ctx context.Context, req *adminv1.ReleaseRequest) (*ad
 	if !s.cfg.Operators[caller] {
 		return nil, fault.New(fault.Denied, "only a security operator may release the kill switch; %s is not one (atfd's configuration: security_operators)", caller)
 	}
+	// An operator that is also a registered agent would release itself.
+	if err := edge.ActOn(ctx, s.cfg.Store, req.GetAgentId()); err != nil {
+		return nil, err
+	}
 	reason := audit.Redact(req.GetReason())
 	if req.GetAll() {
 		if err := s.cfg.Revoker.ReleaseAll(ctx, caller.String(), reason); err != nil {

@@ -296,7 +296,7 @@ func TestRecordOutcome(t *testing.T) {
 	h := s.ForRequest("req-7")
 	const a = "spiffe://td/agent/a"
 	mustRegister(t, s, a, "alice")
-	report := store.OutcomeReport{Agent: a, Outcome: "failure", Role: "db-read", DecisionID: "dec-1", Message: "timed out"}
+	report := store.OutcomeReport{Agent: a, Reporter: a, Outcome: "failure", Role: "db-read", DecisionID: "dec-1", Message: "timed out"}
 
 	c.Advance(time.Minute)
 	seq := lastSeq(t, s)
@@ -305,6 +305,7 @@ func TestRecordOutcome(t *testing.T) {
 	}
 	want := []store.AuditRecord{{Seq: seq + 1, Time: c.Now().UTC(), Kind: "outcome_reported", Actor: a, Subject: "failure", Detail: map[string]string{
 		"agent": a, "outcome": "failure", "role": "db-read", "decision_id": "dec-1", "message": "timed out", "level": "junior", "request_id": "req-7",
+		"self_reported": "true",
 	}}}
 	got := mustAudit(t, s, seq)
 	for i := range got {
@@ -313,7 +314,15 @@ func TestRecordOutcome(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("audit records\n %+v\nwant\n %+v", got, want)
 	}
-	wantCounts := store.Outcomes{Level: authz.Junior, Failure: 1}
+	// A report by someone else is counted apart, under its reporter.
+	const approver = "spiffe://td/people/approver"
+	if err := h.RecordOutcome(store.OutcomeReport{Agent: a, Reporter: approver, Outcome: "success"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustAudit(t, s, seq+1); len(got) != 1 || got[0].Actor != approver || got[0].Detail["self_reported"] != "false" {
+		t.Errorf("audit record of a report by another = %+v, want the approver as actor, not self-reported", got)
+	}
+	wantCounts := store.Outcomes{Level: authz.Junior, Self: store.OutcomeCounts{Failure: 1}, Attested: store.OutcomeCounts{Success: 1}}
 	if o, err := s.AgentOutcomes(a); err != nil || o != wantCounts {
 		t.Errorf("AgentOutcomes = %+v, %v; want %+v", o, err, wantCounts)
 	}

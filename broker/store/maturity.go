@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -22,13 +23,20 @@ var (
 	bucketIncidents = []byte("incidents")
 )
 
-// Outcomes counts an agent's outcome reports at one level.
+// OutcomeCounts counts outcome reports by how the action ended.
+type OutcomeCounts struct {
+	Success  int `json:"success"`
+	Failure  int `json:"failure"`
+	Rejected int `json:"rejected"`
+	Errors   int `json:"errors"`
+}
+
+// Outcomes counts the outcome reports about an agent at one level: those
+// others made (Attested) and those the agent made of itself (Self).
 type Outcomes struct {
-	Level    authz.Level `json:"level"`
-	Success  int         `json:"success"`
-	Failure  int         `json:"failure"`
-	Rejected int         `json:"rejected"`
-	Errors   int         `json:"errors"`
+	Level    authz.Level   `json:"level"`
+	Self     OutcomeCounts `json:"self"`
+	Attested OutcomeCounts `json:"attested"`
 }
 
 // Evidence is a security or business record for a promotion.
@@ -65,9 +73,11 @@ type Incident struct {
 	RCA      string      `json:"rca,omitempty"`
 }
 
-// OutcomeReport is an agent's report of how one of its tasks ended.
+// OutcomeReport is a report of how one of an agent's tasks ended, by the
+// agent itself (Reporter == Agent: self-reported) or by someone else.
 type OutcomeReport struct {
-	Agent string
+	Agent    string
+	Reporter string
 	// Outcome is "success", "failure", "rejected" or "error".
 	Outcome    string
 	Role       string
@@ -91,23 +101,29 @@ func (s *Store) RecordOutcome(r OutcomeReport) error {
 		if err != nil {
 			return err
 		}
+		self := r.Reporter == r.Agent
+		counts := &o.Attested
+		if self {
+			counts = &o.Self
+		}
 		switch r.Outcome {
 		case "success":
-			o.Success++
+			counts.Success++
 		case "failure":
-			o.Failure++
+			counts.Failure++
 		case "rejected":
-			o.Rejected++
+			counts.Rejected++
 		case "error":
-			o.Errors++
+			counts.Errors++
 		default:
 			return refuse(ErrInvalid, "outcome %q", r.Outcome)
 		}
 		if err := putJSON(tx, bucketOutcomes, r.Agent, o); err != nil {
 			return err
 		}
-		return s.appendAudit(tx, AuditRecord{Time: s.now().UTC(), Kind: "outcome_reported", Actor: r.Agent, Subject: r.Outcome, Detail: map[string]string{
+		return s.appendAudit(tx, AuditRecord{Time: s.now().UTC(), Kind: "outcome_reported", Actor: r.Reporter, Subject: r.Outcome, Detail: map[string]string{
 			"agent": r.Agent, "outcome": r.Outcome, "role": r.Role, "decision_id": r.DecisionID, "message": r.Message, "level": a.Level.String(),
+			"self_reported": strconv.FormatBool(self),
 		}})
 	})
 	if err != nil {
@@ -133,12 +149,21 @@ func (s *Store) AgentOutcomes(agent string) (Outcomes, error) {
 func outcomesOf(tx *bolt.Tx, a Agent) (Outcomes, error) {
 	o := Outcomes{Level: a.Level}
 	if v := tx.Bucket(bucketOutcomes).Get([]byte(a.ID)); v != nil {
-		var stored Outcomes
+		// Counts stored before reports by others were kept apart (flat,
+		// all made by the agent) are self-reported.
+		var stored struct {
+			Outcomes
+			OutcomeCounts
+		}
 		if err := json.Unmarshal(v, &stored); err != nil {
 			return o, fmt.Errorf("store: decode outcomes of %s: %w", a.ID, err)
 		}
 		if stored.Level == a.Level {
-			o = stored
+			o = stored.Outcomes
+			o.Self.Success += stored.Success
+			o.Self.Failure += stored.Failure
+			o.Self.Rejected += stored.Rejected
+			o.Self.Errors += stored.Errors
 		}
 	}
 	return o, nil
@@ -304,6 +329,19 @@ func (s *Store) CloseIncident(id, actor, rca string) (Incident, error) {
 	return in, nil
 }
 
+// Incident returns the incident with id.
+func (s *Store) Incident(id string) (Incident, error) {
+	var in Incident
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketIncidents).Get([]byte(id))
+		if v == nil {
+			return refuse(ErrNotFound, "incident %s", id)
+		}
+		return json.Unmarshal(v, &in)
+	})
+	return in, err
+}
+
 // Incidents returns the incidents of agent ("" for all), oldest first.
 func (s *Store) Incidents(agent string, openOnly bool) ([]Incident, error) {
 	var out []Incident
@@ -331,13 +369,13 @@ func putJSON(tx *bolt.Tx, bucket []byte, key string, v any) error {
 	return tx.Bucket(bucket).Put([]byte(key), raw)
 }
 
-// SetLevel changes an agent's level as action (ActionPromote, ActionDemote
-// or ActionRollback), recorded in its history with reason and audited as
+// SetLevel changes an agent's level as action (ActionPromote, ActionDemote,
+// ActionRollback or ActionMigrate), recorded in its history with reason and audited as
 // "agent_" and the action, and returns the agent. A non-zero
 // expectedRevision refuses a concurrent change (ErrConflict).
 func (s *Store) SetLevel(id, actor, action, reason string, level authz.Level, expectedRevision uint64) (Agent, error) {
 	switch action {
-	case ActionPromote, ActionDemote, ActionRollback:
+	case ActionPromote, ActionDemote, ActionRollback, ActionMigrate:
 	default:
 		return Agent{}, fmt.Errorf("store: set level: %w: action %q", ErrInvalid, action)
 	}

@@ -132,9 +132,9 @@ func recordExamples() []any {
 		store.PolicyVersion{Version: 2, CreatedAt: t0.UTC(), Author: "alice", Comment: "why", Model: "[matchers]\nm = r.sub == p.sub",
 			Policy: "p, group:all, *, read, intern, allow\n", Digest: "ab12", Lines: 1, RolledBackFrom: 1},
 		*ag.Kill,
-		store.Outcomes{Level: authz.Senior, Success: 10, Failure: 1, Rejected: 2, Errors: 3},
+		store.Outcomes{Level: authz.Senior, Self: store.OutcomeCounts{Success: 10, Failure: 1, Rejected: 2, Errors: 3}, Attested: store.OutcomeCounts{Success: 4}},
 		store.Evidence{Agent: agentA, Kind: "pentest", Target: authz.Senior, Reference: "https://example.org/r/1", RecordedBy: "alice", At: t0.UTC()},
-		store.SignOff{Agent: agentA, Signer: "carol", RiskAcceptance: "accepted", Target: authz.Senior, RecordedBy: "alice", At: t0.UTC()},
+		store.SignOff{Agent: agentA, Signer: "carol", RiskAcceptance: "accepted", Target: authz.Senior, RecordedBy: "carol", At: t0.UTC()},
 		store.Incident{ID: "inc-1", Agent: agentA, Severity: "high", Summary: "leak", Level: authz.Senior, OpenedAt: t0.UTC(), OpenedBy: "alice",
 			ClosedAt: t0.Add(time.Hour).UTC(), ClosedBy: "bob", RCA: "rotated"},
 	}
@@ -260,7 +260,7 @@ func fuzzStore(f *testing.F) ([]byte, []store.AuditRecord) {
 	must(err)
 	must(s.PutApproval(store.Approval{ID: "ap-1", AgentID: agentB, Role: "db-write", Class: "write", Classification: "internal",
 		Level: authz.Junior, TTL: time.Minute, CreatedAt: c.Now(), ExpiresAt: c.Now().Add(time.Hour), DecisionID: "dec-ap-1"}))
-	must(s.RecordOutcome(store.OutcomeReport{Agent: agentA, Outcome: "success", Role: "db-read", DecisionID: "dec-1", Message: "done"}))
+	must(s.RecordOutcome(store.OutcomeReport{Agent: agentA, Reporter: agentA, Outcome: "success", Role: "db-read", DecisionID: "dec-1", Message: "done"}))
 	must(s.AddEvidence(store.Evidence{Agent: agentA, Kind: "pentest", Target: authz.Senior, Reference: "r", RecordedBy: "alice", At: c.Now()}))
 	_, err = s.OpenIncident(store.Incident{ID: "inc-1", Agent: agentA, Severity: "high", Summary: "s", OpenedAt: c.Now(), OpenedBy: "alice"})
 	must(err)

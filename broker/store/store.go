@@ -123,6 +123,9 @@ const (
 	ActionPromote    = "promote"
 	ActionDemote     = "demote"
 	ActionRollback   = "rollback"
+	// ActionMigrate places an agent that earned its level elsewhere above
+	// the level it was registered at, on the sign-offs a promotion needs.
+	ActionMigrate = "migrate"
 )
 
 // AgentChange is one recorded change to an agent.
@@ -539,6 +542,7 @@ var changeKinds = map[string]string{
 	ActionPromote:    "agent_promote",
 	ActionDemote:     "agent_demote",
 	ActionRollback:   "agent_rollback",
+	ActionMigrate:    "agent_migrate",
 }
 
 // putAgent writes after, its history entry and its audit record in tx, so

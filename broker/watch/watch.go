@@ -109,14 +109,19 @@ func (w *Watch) onAnomaly(ctx context.Context, an monitor.Anomaly) (stopped bool
 	return false
 }
 
-// Outcome feeds an outcome report to the monitor and the breaker.
+// Outcome feeds an outcome report to the monitor and, if it is a failure,
+// to the breaker. A reported success is a claim, not a request the broker
+// saw succeed: it never counts as a half-open breaker's probe, which only
+// a real request is (docs/security.md).
 func (w *Watch) Outcome(ctx context.Context, agent, role string, success bool) {
 	kind := monitor.Failure
 	if success {
 		kind = monitor.Success
 	}
 	w.Observe(ctx, monitor.Event{Agent: agent, Role: role, InManifest: true, Kind: kind})
-	w.Breaker(ctx, agent, !success)
+	if !success {
+		w.Breaker(ctx, agent, true)
+	}
 }
 
 // Breaker counts a success or failure on the agent's breaker; a trip

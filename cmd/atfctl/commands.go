@@ -148,33 +148,31 @@ func credentialTable(w *tabwriter.Writer, cr *brokerv1.Credential) {
 func newAgent(g *globals) *cobra.Command {
 	agent := &cobra.Command{Use: "agent", Short: "Manage the agent registry (admins)"}
 	agent.AddCommand(agentRegister(g), agentGet(g), agentList(g), agentUpdate(g), agentDeregister(g), agentHistory(g),
-		agentPromote(g), agentDemote(g), agentRollback(g), agentMaturity(g))
+		agentPromote(g), agentMigrate(g), agentDemote(g), agentRollback(g), agentMaturity(g))
 	return agent
 }
 
 func agentRegister(g *globals) *cobra.Command {
 	var (
-		owner, purpose, level, version, digest string
-		roles                                  []string
+		owner, purpose, version, digest string
+		roles                           []string
 	)
 	cmd := &cobra.Command{
-		Use:     "register SPIFFE_ID --owner EMAIL --purpose TEXT --role ROLE...",
-		Short:   "Register an agent (default level: intern)",
+		Use:   "register SPIFFE_ID --owner EMAIL --purpose TEXT --role ROLE...",
+		Short: "Register an agent; it starts as an intern",
+		Long: "Autonomy is earned: a new agent is an intern. One that earned a level elsewhere is placed there with\n" +
+			"atfctl agent migrate once the sign-offs a promotion to that level needs are recorded. The ID of an\n" +
+			"admin, approver, security operator or outcome reporter is refused: people are not agents.",
 		Example: `  atfctl agent register spiffe://example.org/agents/reporter --owner alice@example.org --purpose "weekly reports" --role reports-read`,
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			lvl, err := parseLevel(level)
-			if err != nil {
-				return err
-			}
 			c, err := g.dial(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer c.Close()
 			r, err := c.Admin.RegisterAgent(cmd.Context(), &adminv1.RegisterAgentRequest{
-				SpiffeId: args[0], Owner: owner, Purpose: purpose, Roles: roles,
-				Level: lvl, Version: version, ConfigDigest: digest,
+				SpiffeId: args[0], Owner: owner, Purpose: purpose, Roles: roles, Version: version, ConfigDigest: digest,
 			})
 			if err != nil {
 				return err
@@ -186,7 +184,6 @@ func agentRegister(g *globals) *cobra.Command {
 	f.StringVar(&owner, "owner", "", "accountable human, e.g. an email address (required)")
 	f.StringVar(&purpose, "purpose", "", "what the agent is for (required)")
 	f.StringSliceVar(&roles, "role", nil, "role in the agent's capability manifest (repeatable)")
-	f.StringVar(&level, "level", "intern", "maturity level: intern, junior, senior or principal")
 	f.StringVar(&version, "version", "", "agent version")
 	f.StringVar(&digest, "config-digest", "", "digest of the agent's configuration")
 	return cmd

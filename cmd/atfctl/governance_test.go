@@ -304,11 +304,14 @@ func TestCLIApprovals(t *testing.T) {
 	f := brokertest.Setup(t)
 	cfg := f.Config(t, t.TempDir())
 	approver, junior := f.ID(t, "approver"), f.ID(t, "junior")
-	// The junior is an approver too, to show nobody approves their own
-	// request.
-	cfg.Approvals.Approvers = []string{approver.String(), junior.String()}
+	// The junior became an approver too after it was registered (an
+	// approver is never registered as an agent), to show nobody approves
+	// their own request.
 	b := f.Start(t, cfg)
 	b.Register(t, junior, brokerv1.Level_LEVEL_JUNIOR, "reports-write")
+	b.Stop()
+	cfg.Approvals.Approvers = []string{approver.String(), junior.String()}
+	b = f.Start(t, cfg)
 	fetch := []string{"creds", "fetch", "--role", "reports-write"}
 	approvalLine := regexp.MustCompile(`Approval:\s+([0-9a-f]{32})\n`)
 

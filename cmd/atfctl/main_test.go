@@ -83,7 +83,8 @@ func TestCLI(t *testing.T) {
 		{"not found", f.Admin, []string{"agent", "get", f.ID(t, "nobody").String()}, 4, "NotFound"},
 		{"invalid", f.Admin, []string{"agent", "register", "spiffe://atf.test", "--owner", "o", "--purpose", "p"}, 6, "needs a path"},
 		{"missing role flag", agent, []string{"creds", "fetch"}, 2, "--role is required"},
-		{"bad level", f.Admin, []string{"agent", "register", agent.String(), "--level", "boss"}, 2, "--level must be"},
+		{"a person as an agent", f.Admin, []string{"agent", "register", f.Signer.String(), "--owner", "o", "--purpose", "p"}, 6,
+			f.Signer.String() + " is an admin (atfd's configuration: admins), not an agent"},
 		{"missing argument", agent, []string{"agent", "get"}, 2, "takes 1 argument"},
 		{"extra argument", agent, []string{"whoami", "me"}, 2, "takes 0 argument"},
 		{"bad output", agent, []string{"whoami", "-o", "yaml"}, 2, "--output must be"},
@@ -116,9 +117,20 @@ func TestCLIDelegation(t *testing.T) {
 		id    spiffeid.ID
 		level string
 	}{{lead, "senior"}, {helper, "junior"}} {
-		if out, code := run(t, b, f.Admin, "agent", "register", a.id.String(), "--owner", "o@example.org", "--purpose", "cli delegation", "--role", "reports-read", "--level", a.level); code != 0 {
+		// New agents start as interns; these earned their levels elsewhere.
+		if out, code := run(t, b, f.Admin, "agent", "register", a.id.String(), "--owner", "o@example.org", "--purpose", "cli delegation", "--role", "reports-read"); code != 0 {
 			t.Fatalf("register: exit %d\n%s", code, out)
 		}
+		if out, code := run(t, b, f.Admin, "signoff", "add", a.id.String(), "--target", a.level, "--risk", "ran at "+a.level+" elsewhere"); code != 0 {
+			t.Fatalf("signoff add: exit %d\n%s", code, out)
+		}
+		out, code := run(t, b, f.Admin, "agent", "migrate", a.id.String(), "--level", a.level, "--reason", "migrated from broker-eu")
+		if code != 0 {
+			t.Fatalf("agent migrate: exit %d\n%s", code, out)
+		}
+		mustMatch(t, "agent migrate", out,
+			`^Sign-off:\s+1 approver \(`+regexp.QuoteMeta(f.Admin.String())+`\) for `+a.level+`, needs 1 other than the owner\n`,
+			`Migrated:\s+`+regexp.QuoteMeta(a.id.String())+` is now `+a.level+` \(revision 2\)\n$`)
 	}
 	out, code := run(t, b, lead, "delegate", "--to", helper.String(), "--role", "reports-read", "--ttl", "10m", "-o", "json")
 	var got struct {

@@ -62,6 +62,39 @@ func agentPromote(g *globals) *cobra.Command {
 	return cmd
 }
 
+func agentMigrate(g *globals) *cobra.Command {
+	var reason, level string
+	cmd := &cobra.Command{
+		Use:   "migrate SPIFFE_ID --level junior|senior|principal --reason TEXT",
+		Short: "Place an agent that earned its autonomy elsewhere at a higher level, on the sign-offs a promotion there needs",
+		Long: "A migration skips the performance, security, business and incident gates (the agent's record is\n" +
+			"elsewhere) but not governance: the sign-offs a promotion to --level needs must be recorded, each by its\n" +
+			"signer (atfctl signoff add ... --target LEVEL): one for junior and senior, two for principal. The\n" +
+			"agent's history and the audit trail record a migration and who signed it off. A failing check refuses (exit 6).",
+		Example: `  atfctl signoff add spiffe://example.org/agents/planner --target senior --risk "ran as senior at the old broker for a year"
+  atfctl agent migrate spiffe://example.org/agents/planner --level senior --reason "migrated from broker-eu, CAB-77"`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if reason == "" {
+				return usageError{fmt.Errorf("--reason is required")}
+			}
+			to, err := parseTarget(level)
+			if err != nil || to == brokerv1.Level_LEVEL_UNSPECIFIED {
+				return usageError{fmt.Errorf("--level must be junior, senior or principal, not %q", level)}
+			}
+			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.MigrateAgentResponse, error) {
+				return c.Maturity.MigrateAgent(ctx, &adminv1.MigrateAgentRequest{SpiffeId: args[0], Level: to, Reason: reason})
+			}, func(w *tabwriter.Writer, r *adminv1.MigrateAgentResponse) {
+				fmt.Fprintf(w, "Sign-off:	%s\n", r.GetSignOff().GetDetail())
+				fmt.Fprintf(w, "Migrated:	%s is now %s (revision %d)\n", r.GetAgent().GetSpiffeId(), levelName(r.GetAgent().GetLevel()), r.GetAgent().GetRevision())
+			})
+		},
+	}
+	cmd.Flags().StringVar(&level, "level", "", "the level to place the agent at (required)")
+	cmd.Flags().StringVar(&reason, "reason", "", "where it earned the level (required; kept in the agent's history)")
+	return cmd
+}
+
 func agentDemote(g *globals) *cobra.Command {
 	var reason string
 	var levels int32
@@ -96,7 +129,9 @@ func agentRollback(g *globals) *cobra.Command {
 	var revision uint64
 	cmd := &cobra.Command{
 		Use:   "rollback SPIFFE_ID --revision N --reason TEXT",
-		Short: "Restore the level an agent had at an earlier revision (see agent history), as a new change",
+		Short: "Restore the lower level an agent had at an earlier revision (see agent history), as a new change",
+		Long: "A rollback only lowers: a higher level is regained through the gates (agent promote) or, with its\n" +
+			"sign-offs, a migration (agent migrate).",
 		Example: `  atfctl agent history spiffe://example.org/agents/reporter
   atfctl agent rollback spiffe://example.org/agents/reporter --revision 3 --reason "demotion of revision 4 was a mistake"`,
 		Args: exactArgs(1),
@@ -169,25 +204,27 @@ func newEvidence(g *globals) *cobra.Command {
 }
 
 func newSignOff(g *globals) *cobra.Command {
-	so := &cobra.Command{Use: "signoff", Short: "Record the sign-offs the governance gate reads (admins)"}
-	var signer, risk, target string
+	so := &cobra.Command{Use: "signoff", Short: "Record your sign-off of an agent's promotion, which the governance gate reads (admins)"}
+	var risk, target string
 	add := &cobra.Command{
-		Use:   "add SPIFFE_ID --signer WHO --risk TEXT [--target LEVEL]",
-		Short: "Record a person's approval of an agent's promotion and the risk they accept",
-		Long: "The governance gate counts sign-offs since the agent reached its level, by someone other than the agent's\n" +
-			"owner (and, if atfd names authorities, by one of them): one for junior and senior, two for principal.",
-		Example: `  atfctl signoff add spiffe://example.org/agents/reporter --signer bob@example.org --risk "may publish reports unreviewed"`,
+		Use:   "add SPIFFE_ID --risk TEXT [--target LEVEL]",
+		Short: "Record your own approval of an agent's promotion and the risk you accept",
+		Long: "The signer is you: the SVID atfctl calls with (--svid). Nobody signs for someone else; each person\n" +
+			"signs with their own. The governance gate counts sign-offs since the agent reached its level, by someone\n" +
+			"other than the agent and its owner (and, if atfd names maturity.authorities, by one of them): one for\n" +
+			"junior and senior, two distinct people for principal.",
+		Example: `  atfctl --svid bob.pem --svid-key bob-key.pem signoff add spiffe://example.org/agents/reporter --risk "may publish reports unreviewed"`,
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if signer == "" || risk == "" {
-				return usageError{fmt.Errorf("--signer and --risk are required")}
+			if risk == "" {
+				return usageError{fmt.Errorf("--risk is required")}
 			}
 			to, err := parseTarget(target)
 			if err != nil {
 				return err
 			}
 			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*adminv1.RecordSignOffResponse, error) {
-				return c.Maturity.RecordSignOff(ctx, &adminv1.RecordSignOffRequest{SpiffeId: args[0], Signer: signer, RiskAcceptance: risk, Target: to})
+				return c.Maturity.RecordSignOff(ctx, &adminv1.RecordSignOffRequest{SpiffeId: args[0], RiskAcceptance: risk, Target: to})
 			}, func(w *tabwriter.Writer, r *adminv1.RecordSignOffResponse) {
 				s := r.GetSignOff()
 				fmt.Fprintf(w, "Sign-off:\t%s for %s\n", s.GetSigner(), levelName(s.GetTarget()))
@@ -196,8 +233,7 @@ func newSignOff(g *globals) *cobra.Command {
 			})
 		},
 	}
-	add.Flags().StringVar(&signer, "signer", "", "the person signing, e.g. an email address (required)")
-	add.Flags().StringVar(&risk, "risk", "", "the risk they accept (required)")
+	add.Flags().StringVar(&risk, "risk", "", "the risk you accept (required)")
 	add.Flags().StringVar(&target, "target", "", "the level the promotion is to (default: the agent's next)")
 	so.AddCommand(add)
 	return so
@@ -314,16 +350,19 @@ func checkSeverity(s string) error {
 }
 
 func newOutcome(g *globals) *cobra.Command {
-	oc := &cobra.Command{Use: "outcome", Short: "Report how your actions went, for your promotion gates and circuit breaker (agents)"}
-	var outcome, role, decision, detail string
+	oc := &cobra.Command{Use: "outcome", Short: "Report how an agent's actions went, for its promotion gates and circuit breaker"}
+	var outcome, role, decision, detail, agent string
 	report := &cobra.Command{
-		Use:   "report --outcome success|failure|rejected|error [--role R] [--decision ID] [--detail TEXT]",
-		Short: "Report the outcome of an action you took",
+		Use:   "report --outcome success|failure|rejected|error [--agent SPIFFE_ID] [--role R] [--decision ID] [--detail TEXT]",
+		Short: "Report the outcome of an action: your own (agents) or an agent's (--agent: admins, approvers, outcome reporters)",
 		Long: "success: the action did what was intended; failure: it did not; rejected: a human turned the\n" +
-			"recommendation down; error: you failed to answer at all. Anything but success counts against your\n" +
-			"circuit breaker.",
+			"recommendation down; error: the agent failed to answer at all. Failures and errors count against the\n" +
+			"agent's circuit breaker. An agent's report of its own success is self-reported: the performance gate\n" +
+			"counts it at maturity.self_reported_weight (default nothing); reports on an agent's work by an admin,\n" +
+			"an approver or a listed outcome reporter (--agent) count in full.",
 		Example: `  atfctl outcome report --outcome success --role reports-write --decision 3f2a...c9
-  atfctl outcome report --outcome failure --detail "report job timed out"`,
+  atfctl outcome report --outcome failure --detail "report job timed out"
+  atfctl outcome report --agent spiffe://example.org/agents/reporter --outcome success --detail "Q3 report checked, correct"`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v, ok := brokerv1.Outcome_value["OUTCOME_"+strings.ToUpper(outcome)]
@@ -331,7 +370,7 @@ func newOutcome(g *globals) *cobra.Command {
 				return usageError{fmt.Errorf("--outcome must be success, failure, rejected or error, not %q", outcome)}
 			}
 			return call(cmd, g, func(ctx context.Context, c *client.Conn) (*brokerv1.ReportOutcomeResponse, error) {
-				return c.Broker.ReportOutcome(ctx, &brokerv1.ReportOutcomeRequest{Outcome: brokerv1.Outcome(v), Role: role, DecisionId: decision, Detail: detail})
+				return c.Broker.ReportOutcome(ctx, &brokerv1.ReportOutcomeRequest{Outcome: brokerv1.Outcome(v), Role: role, DecisionId: decision, Detail: detail, AgentId: agent})
 			}, func(w *tabwriter.Writer, r *brokerv1.ReportOutcomeResponse) {
 				fmt.Fprintf(w, "Recorded:\t%s\n", outcome)
 			})
@@ -341,6 +380,7 @@ func newOutcome(g *globals) *cobra.Command {
 	report.Flags().StringVar(&role, "role", "", "the role the action used")
 	report.Flags().StringVar(&decision, "decision", "", "the decision ID of the credential the action used")
 	report.Flags().StringVar(&detail, "detail", "", "what happened, for people")
+	report.Flags().StringVar(&agent, "agent", "", "the agent whose work this is, if not yours")
 	oc.AddCommand(report)
 	return oc
 }
@@ -379,6 +419,10 @@ func reportTable(w *tabwriter.Writer, r *adminv1.PromotionReport) {
 	fmt.Fprintf(w, "\nPromotable:\t%s\n", verdict)
 }
 
+func outcomeText(o *adminv1.OutcomeCounts) string {
+	return fmt.Sprintf("%d success, %d failure, %d rejected, %d errors", o.GetSuccess(), o.GetFailure(), o.GetRejected(), o.GetErrors())
+}
+
 // breakerText is a circuit breaker's state and, while open, until when.
 func breakerText(b *adminv1.Breaker) string {
 	if b.GetOpenUntil() == nil {
@@ -388,10 +432,11 @@ func breakerText(b *adminv1.Breaker) string {
 }
 
 func maturityTable(w *tabwriter.Writer, r *adminv1.GetMaturityResponse) {
-	a, o := r.GetAgent(), r.GetOutcomes()
+	a := r.GetAgent()
 	fmt.Fprintf(w, "SPIFFE ID:\t%s\n", a.GetSpiffeId())
 	fmt.Fprintf(w, "Level:\t%s since %s\n", levelName(a.GetLevel()), ts(r.GetLevelSince()))
-	fmt.Fprintf(w, "Outcomes:\t%d success, %d failure, %d rejected, %d errors (at this level)\n", o.GetSuccess(), o.GetFailure(), o.GetRejected(), o.GetErrors())
+	fmt.Fprintf(w, "Outcomes:\t%s (reported by others, at this level)\n", outcomeText(r.GetOutcomes()))
+	fmt.Fprintf(w, "Self-reported:\t%s (by the agent, at this level)\n", outcomeText(r.GetSelfReported()))
 	fmt.Fprintf(w, "Breaker:\t%s\n", breakerText(r.GetBreaker()))
 	fmt.Fprintf(w, "Baseline:\t%s\n", baselineText(r.GetBaseline()))
 	fmt.Fprintf(w, "Evidence:\t%d\n", len(r.GetEvidence()))

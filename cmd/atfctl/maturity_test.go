@@ -116,7 +116,8 @@ func TestCLIPromotionGates(t *testing.T) {
 	mustMatch(t, "agent maturity", out,
 		`SPIFFE ID:\s+`+regexp.QuoteMeta(flaky.String())+`\n`,
 		`Level:\s+intern since \S+\n`,
-		`Outcomes:\s+0 success, 2 failure, 0 rejected, 0 errors \(at this level\)\n`,
+		`Outcomes:\s+0 success, 0 failure, 0 rejected, 0 errors \(reported by others, at this level\)\n`,
+		`Self-reported:\s+0 success, 2 failure, 0 rejected, 0 errors \(by the agent, at this level\)\n`,
 		breakerOpen,
 		`Baseline:\s+forming: \d+ events since \S+\n`,
 		`Evidence:\s+0\nSign-offs:\s+0\nIncidents:\s+0\n$`)
@@ -134,7 +135,11 @@ func TestCLIPromotionGates(t *testing.T) {
 		{"non-admin demote", agent, []string{"agent", "demote", flaky.String(), "--reason", "r"}, 3, "not a broker admin"},
 		{"non-admin maturity", agent, []string{"agent", "maturity", agent.String()}, 3, "not a broker admin"},
 		{"non-admin evidence", agent, []string{"evidence", "add", agent.String(), "--kind", "code_review", "--reference", "PR-1"}, 3, "not a broker admin"},
-		{"non-admin sign-off", agent, []string{"signoff", "add", agent.String(), "--signer", "me", "--risk", "none"}, 3, "not a broker admin"},
+		{"non-admin sign-off", agent, []string{"signoff", "add", agent.String(), "--risk", "none"}, 3, "not a broker admin"},
+		{"an agent reporting on another", agent, []string{"outcome", "report", "--agent", flaky.String(), "--outcome", "success"}, 3, "may not report on another agent's work"},
+		{"migrate without sign-off", f.Admin, []string{"agent", "migrate", agent.String(), "--level", "senior", "--reason", "r"}, 6,
+			"cannot be placed at senior without the sign-offs a promotion there needs: 0 approvers for senior"},
+		{"migrate without level", f.Admin, []string{"agent", "migrate", agent.String(), "--reason", "r"}, 2, `--level must be junior, senior or principal, not ""`},
 		{"non-admin incident", agent, []string{"incident", "open", flaky.String(), "--severity", "low", "--summary", "s"}, 3, "not a broker admin"},
 		{"non-admin incident list", agent, []string{"incident", "list"}, 3, "not a broker admin"},
 		{"unknown agent", f.Admin, []string{"agent", "promote", stranger.String(), "--dry-run"}, 4, "NotFound"},
@@ -150,7 +155,8 @@ func TestCLIPromotionGates(t *testing.T) {
 		{"evidence without reference", f.Admin, []string{"evidence", "add", agent.String(), "--kind", "code_review"}, 2, "--kind and --reference are required"},
 		{"bad target", f.Admin, []string{"evidence", "add", agent.String(), "--kind", "code_review", "--reference", "r", "--target", "intern"}, 2,
 			`--target must be junior, senior or principal, not "intern"`},
-		{"sign-off without risk", f.Admin, []string{"signoff", "add", agent.String(), "--signer", "bob"}, 2, "--signer and --risk are required"},
+		{"sign-off without risk", f.Admin, []string{"signoff", "add", agent.String()}, 2, "--risk is required"},
+		{"sign-off for someone else", f.Admin, []string{"signoff", "add", agent.String(), "--signer", "bob", "--risk", "r"}, 2, "unknown flag: --signer"},
 		{"bad severity", f.Admin, []string{"incident", "open", agent.String(), "--severity", "sev1", "--summary", "s"}, 2, `--severity must be low, medium, high or critical, not "sev1"`},
 		{"incident without summary", f.Admin, []string{"incident", "open", agent.String(), "--severity", "low"}, 2, "--summary is required"},
 		{"close without rca", f.Admin, []string{"incident", "close", strings.Repeat("0", 32)}, 2, "--rca is required"},
@@ -171,8 +177,8 @@ func TestCLIPromotionGates(t *testing.T) {
 }
 
 // An intern earns junior from the command line (outcomes, evidence, a
-// sign-off), loses it to a critical incident, and gets it back by level
-// rollback.
+// sign-off), loses it to a critical incident, cannot roll the demotion
+// back up, and gets junior back on a new sign-off and a migration.
 func TestCLIPromotion(t *testing.T) {
 	f := brokertest.Setup(t)
 	cfg := f.Config(t, t.TempDir())
@@ -180,10 +186,12 @@ func TestCLIPromotion(t *testing.T) {
 	b := f.Start(t, cfg)
 	agent := f.ID(t, "agent")
 	id := agent.String()
-	if out, code := run(t, b, f.Admin, "agent", "register", id, "--owner", "alice@example.org", "--purpose", "maturity", "--role", "reports-read"); code != 0 {
+	// Its owner is the fixture's second admin.
+	if out, code := run(t, b, f.Admin, "agent", "register", id, "--owner", f.Signer.String(), "--purpose", "maturity", "--role", "reports-read"); code != 0 {
 		t.Fatalf("register: exit %d\n%s", code, out)
 	}
 
+	// Its own reports are self-reported; the admin's, on its work, count.
 	for _, args := range [][]string{
 		{"--outcome", "success"},
 		{"--outcome", "success", "--role", "reports-read"},
@@ -191,6 +199,9 @@ func TestCLIPromotion(t *testing.T) {
 	} {
 		if out, code := run(t, b, agent, append([]string{"outcome", "report"}, args...)...); code != 0 {
 			t.Fatalf("outcome report %v: exit %d\n%s", args, code, out)
+		}
+		if out, code := run(t, b, f.Admin, append([]string{"outcome", "report", "--agent", id}, args...)...); code != 0 {
+			t.Fatalf("outcome report --agent %v: exit %d\n%s", args, code, out)
 		}
 	}
 
@@ -201,21 +212,23 @@ func TestCLIPromotion(t *testing.T) {
 		}
 		mustMatch(t, "evidence add", out, `^Evidence:\s+`+kind+` for junior\nReference:\s+SEC-`+kind+`\nRecorded:\s+\S+ by `+regexp.QuoteMeta(f.Admin.String())+`\n$`)
 	}
-	// The owner's sign-off does not count.
-	if out, code := run(t, b, f.Admin, "signoff", "add", id, "--signer", "alice@example.org", "--risk", "mine", "--target", "junior"); code != 0 {
-		t.Fatalf("signoff add by the owner: exit %d\n%s", code, out)
+	// The owner may not sign off.
+	out, code := run(t, b, f.Signer, "signoff", "add", id, "--risk", "mine", "--target", "junior")
+	if code != 3 || !strings.Contains(out, f.Signer.String()+" owns "+id) {
+		t.Fatalf("signoff add by the owner: exit %d, want 3\n%s", code, out)
 	}
-	out, code := run(t, b, f.Admin, "agent", "promote", id, "--reason", "early")
-	if code != 6 || !strings.HasSuffix(out, "cannot be promoted to junior yet: governance: sign-off: 0 approvers for junior, needs 1 other than the owner; not counted: alice@example.org (the owner)") {
-		t.Fatalf("promote with only the owner's sign-off: exit %d, want 6 naming only the sign-off\n%s", code, out)
+	out, code = run(t, b, f.Admin, "agent", "promote", id, "--reason", "early")
+	if code != 6 || !strings.HasSuffix(out, "cannot be promoted to junior yet: governance: sign-off: 0 approvers for junior, needs 1 other than the owner") {
+		t.Fatalf("promote without a sign-off: exit %d, want 6 naming only the sign-off\n%s", code, out)
 	}
-	out, code = run(t, b, f.Admin, "signoff", "add", id, "--signer", "bob@example.org", "--risk", "reports may go out unreviewed", "-o", "json")
+	out, code = run(t, b, f.Admin, "signoff", "add", id, "--risk", "reports may go out unreviewed", "-o", "json")
 	var so struct {
 		SignOff struct {
-			Signer, RiskAcceptance, Target, RecordedBy string
+			Signer, Target string
+			RecordedBy     string `json:"recorded_by"`
 		} `json:"sign_off"`
 	}
-	if code != 0 || json.Unmarshal([]byte(out), &so) != nil || so.SignOff.Signer != "bob@example.org" || so.SignOff.Target != "LEVEL_JUNIOR" {
+	if code != 0 || json.Unmarshal([]byte(out), &so) != nil || so.SignOff.Signer != f.Admin.String() || so.SignOff.RecordedBy != f.Admin.String() || so.SignOff.Target != "LEVEL_JUNIOR" {
 		t.Fatalf("signoff add -o json: exit %d\n%s", code, out)
 	}
 
@@ -227,7 +240,7 @@ func TestCLIPromotion(t *testing.T) {
 		`(?m)^performance\s+time at level\s+pass\s+0m at intern, needs 0m$`,
 		`(?m)^performance\s+availability\s+pass\s+availability 100\.0% \(0 errors in 3 reports\), needs >= 99%$`,
 		`(?m)^security\s+code_review\s+pass\s+SEC-code_review by `,
-		`(?m)^governance\s+sign-off\s+pass\s+1 approver \(bob@example\.org\) for junior, needs 1 other than the owner; not counted: alice@example\.org \(the owner\)$`,
+		`(?m)^governance\s+sign-off\s+pass\s+1 approver \(`+regexp.QuoteMeta(f.Admin.String())+`\) for junior, needs 1 other than the owner$`,
 		`Promotable:\s+yes\n$`)
 	out, code = run(t, b, f.Admin, "agent", "promote", id, "--reason", "gates met, CAB-42")
 	if code != 0 {
@@ -247,12 +260,12 @@ func TestCLIPromotion(t *testing.T) {
 	}
 	mustMatch(t, "agent maturity after promote", out,
 		`Level:\s+junior since \S+\n`,
-		`Outcomes:\s+0 success, 0 failure, 0 rejected, 0 errors \(at this level\)\n`,
+		`Outcomes:\s+0 success, 0 failure, 0 rejected, 0 errors \(reported by others, at this level\)\n`,
 		`Breaker:\s+closed\n`,
-		`Evidence:\s+5\nSign-offs:\s+2\nIncidents:\s+0\n`,
+		`Evidence:\s+5\nSign-offs:\s+1\nIncidents:\s+0\n`,
 		`(?m)^EVIDENCE\s+TARGET\s+REFERENCE\s+RECORDED BY\s+AT$`,
 		`(?m)^stakeholder_signoff\s+junior\s+SEC-stakeholder_signoff\s`,
-		`(?m)^bob@example\.org\s+junior\s+reports may go out unreviewed\s`)
+		`(?m)^`+regexp.QuoteMeta(f.Admin.String())+`\s+junior\s+reports may go out unreviewed\s`)
 
 	// A critical incident demotes a junior at once.
 	out, code = run(t, b, f.Admin, "incident", "open", id, "--severity", "critical", "--summary", "published draft numbers")
@@ -301,15 +314,23 @@ func TestCLIPromotion(t *testing.T) {
 		t.Fatalf("incident list -o json: exit %d\n%s", code, out)
 	}
 
-	// Demotion stops at intern; rollback restores the promotion's level.
+	// Demotion stops at intern; rollback does not raise it back to the
+	// promotion's level: a new sign-off and a migration do.
 	if out, code = run(t, b, f.Admin, "agent", "demote", id, "--reason", "more"); code != 6 || !strings.Contains(out, "is an intern already") {
 		t.Fatalf("demoting an intern: exit %d, want 6\n%s", code, out)
 	}
 	out, code = run(t, b, f.Admin, "agent", "rollback", id, "--revision", "2", "--reason", "the incident was upstream's")
-	if code != 0 {
-		t.Fatalf("agent rollback: exit %d\n%s", code, out)
+	if code != 6 || !strings.Contains(out, "a rollback only lowers a level: "+id+" is at intern and revision 2 had junior") {
+		t.Fatalf("agent rollback up: exit %d, want 6\n%s", code, out)
 	}
-	mustMatch(t, "agent rollback", out, `^Level:\s+junior \(of revision 2; now revision 4\)\nGrants revoked:\s+0\n`)
+	if out, code = run(t, b, f.Admin, "signoff", "add", id, "--risk", "the incident was upstream's"); code != 0 {
+		t.Fatalf("signoff add after the demotion: exit %d\n%s", code, out)
+	}
+	out, code = run(t, b, f.Admin, "agent", "migrate", id, "--level", "junior", "--reason", "the incident was upstream's")
+	if code != 0 {
+		t.Fatalf("agent migrate: exit %d\n%s", code, out)
+	}
+	mustMatch(t, "agent migrate", out, `Migrated:\s+`+regexp.QuoteMeta(id)+` is now junior \(revision 4\)\n$`)
 	if out, code = run(t, b, f.Admin, "agent", "get", id); code != 0 || !regexp.MustCompile(`Level:\s+junior\n`).MatchString(out) {
 		t.Fatalf("agent get after rollback: exit %d\n%s", code, out)
 	}
@@ -332,6 +353,6 @@ func TestCLIPromotion(t *testing.T) {
 	}
 	mustMatch(t, "agent history", out,
 		`(?m)^3\s+\S+\s+\S+\s+demote\s+intern\s+critical incident `+inc[1]+`$`,
-		`(?m)^4\s+\S+\s+\S+\s+rollback\s+junior\s+level of revision 2 restored: the incident was upstream's$`,
+		`(?m)^4\s+\S+\s+\S+\s+migrate\s+junior\s+migration from intern to junior: the incident was upstream's; sign-off: 1 approver `,
 		`(?m)^5\s+\S+\s+\S+\s+demote\s+intern\s+back to supervised work$`)
 }

@@ -107,6 +107,9 @@ type Fixture struct {
 	Stack *dev.Stack
 	// Admin is the SPIFFE ID in every broker's admins list.
 	Admin spiffeid.ID
+	// Signer is a second admin, a person other than Admin: a Principal's
+	// placement needs two distinct sign-offs.
+	Signer spiffeid.ID
 
 	mu    sync.Mutex
 	svids map[spiffeid.ID]dev.SVIDFiles
@@ -157,7 +160,8 @@ func newFixture(ctx context.Context, s *dev.Stack, svidTTL time.Duration) (*Fixt
 	if _, err := s.AwaitX509SVID(ctx, s.BrokerID); err != nil {
 		return nil, err
 	}
-	return &Fixture{Stack: s, Admin: spiffeid.RequireFromPath(s.TrustDomain, "/ops/admin"), svids: map[spiffeid.ID]dev.SVIDFiles{}}, nil
+	return &Fixture{Stack: s, Admin: spiffeid.RequireFromPath(s.TrustDomain, "/ops/admin"), Signer: spiffeid.RequireFromPath(s.TrustDomain, "/ops/signer"),
+		svids: map[spiffeid.ID]dev.SVIDFiles{}}, nil
 }
 
 // ID returns a SPIFFE ID in the stack's trust domain, unique to the test.
@@ -188,6 +192,10 @@ type Broker struct {
 	Addr string
 	srv  *broker.Server
 	done chan error
+
+	placeOnce sync.Once
+	placers   [2]*client.Conn // the admin's and the signer's, for Place; closed by Stop
+	placeErr  error
 }
 
 // ServiceRoles writes Roles with every role's credentials service tokens
@@ -229,7 +237,7 @@ func (f *Fixture) Config(t testing.TB, dir string) config.Config {
 		ListenAddr:   "127.0.0.1:0",
 		SPIFFE:       config.SPIFFEConfig{WorkloadAPIAddr: f.Stack.WorkloadAPIAddr},
 		TrustDomains: []string{f.Stack.TrustDomain.Name()},
-		Admins:       []string{f.Admin.String()},
+		Admins:       []string{f.Admin.String(), f.Signer.String()},
 		StorePath:    filepath.Join(dir, "atf.db"),
 		RolesFile:    roles,
 		Policy:       config.PolicyConfig{ModelFile: modelFile, PolicyFile: policyFile},
@@ -291,6 +299,11 @@ func (f *Fixture) TryStart(t testing.TB, cfg config.Config, opts ...broker.Optio
 
 // Stop stops the broker and waits for Serve to return; idempotent.
 func (b *Broker) Stop() {
+	for _, c := range b.placers {
+		if c != nil {
+			c.Close()
+		}
+	}
 	b.srv.Close()
 	if b.done != nil {
 		<-b.done
@@ -308,13 +321,7 @@ func (b *Broker) Dial(t testing.TB, id spiffeid.ID) *client.Conn {
 // DialFiles connects to the broker with the given SVID files.
 func (b *Broker) DialFiles(t testing.TB, s dev.SVIDFiles) *client.Conn {
 	t.Helper()
-	c, err := client.Dial(t.Context(), client.Config{
-		Addr:        b.Addr,
-		BrokerID:    b.F.Stack.BrokerID.String(),
-		SVIDFile:    s.CertPath,
-		SVIDKeyFile: s.KeyPath,
-		BundleFile:  s.BundlePath,
-	})
+	c, err := client.Dial(t.Context(), b.clientConfig(s))
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -322,16 +329,68 @@ func (b *Broker) DialFiles(t testing.TB, s dev.SVIDFiles) *client.Conn {
 	return c
 }
 
-// Register registers id through AdminService as the admin.
+func (b *Broker) clientConfig(s dev.SVIDFiles) client.Config {
+	return client.Config{Addr: b.Addr, BrokerID: b.F.Stack.BrokerID.String(), SVIDFile: s.CertPath, SVIDKeyFile: s.KeyPath, BundleFile: s.BundlePath}
+}
+
+// Register registers id through AdminService as the admin and, for a
+// level above Intern, places it there (Place).
 func (b *Broker) Register(t testing.TB, id spiffeid.ID, level brokerv1.Level, roles ...string) *adminv1.Agent {
 	t.Helper()
 	r, err := b.Dial(t, b.F.Admin).Admin.RegisterAgent(t.Context(), &adminv1.RegisterAgentRequest{
-		SpiffeId: id.String(), Owner: "owner@example.org", Purpose: "test " + t.Name(), Roles: roles, Level: level,
+		SpiffeId: id.String(), Owner: "owner@example.org", Purpose: "test " + t.Name(), Roles: roles,
 	})
 	if err != nil {
 		t.Fatalf("register %s: %v", id, err)
 	}
+	if level > brokerv1.Level_LEVEL_INTERN {
+		return b.Place(t, id, level)
+	}
 	return r.GetAgent()
+}
+
+// Place raises a registered agent to level as a migration does: the
+// fixture's admin (and, for Principal, its signer) sign off with their own
+// SVIDs, and the admin migrates it.
+func (b *Broker) Place(t testing.TB, id spiffeid.ID, level brokerv1.Level) *adminv1.Agent {
+	t.Helper()
+	a, err := b.TryPlace(t, t.Context(), id, level)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// TryPlace is Place returning the error, safe to call from several
+// goroutines once Place (or Register at a level above Intern) has run on
+// the test's own.
+func (b *Broker) TryPlace(t testing.TB, ctx context.Context, id spiffeid.ID, level brokerv1.Level) (*adminv1.Agent, error) {
+	// The connections live as long as the broker, whichever test placed
+	// first.
+	b.placeOnce.Do(func() {
+		for i, id := range []spiffeid.ID{b.F.Admin, b.F.Signer} {
+			if b.placers[i], b.placeErr = client.Dial(context.WithoutCancel(ctx), b.clientConfig(b.F.SVID(t, id))); b.placeErr != nil {
+				return
+			}
+		}
+	})
+	if b.placeErr != nil {
+		return nil, fmt.Errorf("dial to place %s: %w", id, b.placeErr)
+	}
+	signers := b.placers[:1]
+	if level == brokerv1.Level_LEVEL_PRINCIPAL {
+		signers = b.placers[:]
+	}
+	for _, c := range signers {
+		if _, err := c.Maturity.RecordSignOff(ctx, &adminv1.RecordSignOffRequest{SpiffeId: id.String(), RiskAcceptance: "test placement", Target: level}); err != nil {
+			return nil, fmt.Errorf("sign off %s for %s: %w", id, level, err)
+		}
+	}
+	r, err := b.placers[0].Maturity.MigrateAgent(ctx, &adminv1.MigrateAgentRequest{SpiffeId: id.String(), Level: level, Reason: "test placement"})
+	if err != nil {
+		return nil, fmt.Errorf("migrate %s to %s: %w", id, level, err)
+	}
+	return r.GetAgent(), nil
 }
 
 // VaultAs returns a Vault client using token.

@@ -90,7 +90,7 @@ var steps = []struct {
 	{"Start a local SPIRE server + agent and a Vault dev server", (*demo).startStack},
 	{"Register workloads with SPIRE", (*demo).registerWorkloads},
 	{"Start atfd", (*demo).startBroker},
-	{"The platform team (alice, an admin) registers three agents", (*demo).registerAgents},
+	{"The platform team (alice, an admin) registers three agents; two earned their level elsewhere: alice signs off, then migrates them", (*demo).registerAgents},
 	{"The reporter agent asks who it is (SVID from the Workload API, no files)", (*demo).reporterWhoAmI},
 	{"The reporter fetches a short-lived Vault token for reports-read", (*demo).reporterFetches},
 	{"The reporter uses the token: its role's path is readable, anything else is denied", (*demo).reporterUsesToken},
@@ -208,11 +208,20 @@ func (d *demo) registerAgents(ctx context.Context) error {
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.reporter.String(),
 		"--owner", "alice@example.org", "--purpose", "summarise the quarterly reports", "--role", "reports-read", "--role", "reports-write", "--role", "orders-db")...)
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.writer.String(),
-		"--owner", "bob@example.org", "--purpose", "publish report updates", "--role", "reports-read", "--role", "reports-write", "--level", "senior")...)
+		"--owner", "bob@example.org", "--purpose", "publish report updates", "--role", "reports-read", "--role", "reports-write")...)
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.helper.String(),
-		"--owner", "bob@example.org", "--purpose", "proof-read reports for the writer", "--role", "reports-read", "--level", "junior")...)
+		"--owner", "bob@example.org", "--purpose", "proof-read reports for the writer", "--role", "reports-read")...)
+	d.place(ctx, d.writer.String(), "senior")
+	d.place(ctx, d.helper.String(), "junior")
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "list")...)
 	return nil
+}
+
+// place raises a new agent (an intern) that earned level elsewhere: alice
+// signs the placement off with her own SVID and migrates it.
+func (d *demo) place(ctx context.Context, id, level string) {
+	d.atfctl(ctx, true, append(d.as(d.alice), "signoff", "add", id, "--target", level, "--risk", "ran as "+level+" on the old broker")...)
+	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "migrate", id, "--level", level, "--reason", "migrated from the old broker")...)
 }
 
 func (d *demo) reporterWhoAmI(ctx context.Context) error {
@@ -310,7 +319,8 @@ func (d *demo) delegate(ctx context.Context) error {
 
 func (d *demo) approve(ctx context.Context) error {
 	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.drafter.String(),
-		"--owner", "carol@example.org", "--purpose", "draft report corrections", "--role", "reports-write", "--level", "junior")...)
+		"--owner", "carol@example.org", "--purpose", "draft report corrections", "--role", "reports-write")...)
+	d.place(ctx, d.drafter.String(), "junior")
 	d.atfctl(ctx, false, append(d.as(d.drafter), "creds", "fetch", "--role", "reports-write", "--justification", "fix the Q3 typo")...)
 	d.atfctl(ctx, true, append(d.as(d.bob), "approvals", "list")...)
 	list, err := d.atfctlOut(ctx, append(d.as(d.bob), "approvals", "list", "-o", "json")...)

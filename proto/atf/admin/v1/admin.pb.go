@@ -409,7 +409,11 @@ type RegisterAgentRequest struct {
 	Owner    string                 `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
 	Purpose  string                 `protobuf:"bytes,3,opt,name=purpose,proto3" json:"purpose,omitempty"`
 	Roles    []string               `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
-	// Unset means LEVEL_INTERN: autonomy is earned.
+	// Deprecated: new agents start as LEVEL_INTERN (autonomy is earned);
+	// any other level is refused. Place an agent that earned a level
+	// elsewhere with MaturityService.MigrateAgent.
+	//
+	// Deprecated: Marked as deprecated in atf/admin/v1/admin.proto.
 	Level         v1.Level `protobuf:"varint,5,opt,name=level,proto3,enum=atf.broker.v1.Level" json:"level,omitempty"`
 	Version       string   `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
 	ConfigDigest  string   `protobuf:"bytes,7,opt,name=config_digest,json=configDigest,proto3" json:"config_digest,omitempty"`
@@ -475,6 +479,7 @@ func (x *RegisterAgentRequest) GetRoles() []string {
 	return nil
 }
 
+// Deprecated: Marked as deprecated in atf/admin/v1/admin.proto.
 func (x *RegisterAgentRequest) GetLevel() v1.Level {
 	if x != nil {
 		return x.Level
@@ -4351,6 +4356,121 @@ func (x *RollbackLevelResponse) GetSummary() *v1.RevocationSummary {
 	return nil
 }
 
+type MigrateAgentRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// The level to place the agent at: above its current one.
+	Level v1.Level `protobuf:"varint,2,opt,name=level,proto3,enum=atf.broker.v1.Level" json:"level,omitempty"`
+	// Where the agent earned the level, for the audit trail.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateAgentRequest) Reset() {
+	*x = MigrateAgentRequest{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateAgentRequest) ProtoMessage() {}
+
+func (x *MigrateAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateAgentRequest.ProtoReflect.Descriptor instead.
+func (*MigrateAgentRequest) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *MigrateAgentRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *MigrateAgentRequest) GetLevel() v1.Level {
+	if x != nil {
+		return x.Level
+	}
+	return v1.Level(0)
+}
+
+func (x *MigrateAgentRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type MigrateAgentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Agent *Agent                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// The governance check the migration passed: who signed off.
+	SignOff       *GateCheck `protobuf:"bytes,2,opt,name=sign_off,json=signOff,proto3" json:"sign_off,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateAgentResponse) Reset() {
+	*x = MigrateAgentResponse{}
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateAgentResponse) ProtoMessage() {}
+
+func (x *MigrateAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateAgentResponse.ProtoReflect.Descriptor instead.
+func (*MigrateAgentResponse) Descriptor() ([]byte, []int) {
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *MigrateAgentResponse) GetAgent() *Agent {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+func (x *MigrateAgentResponse) GetSignOff() *GateCheck {
+	if x != nil {
+		return x.SignOff
+	}
+	return nil
+}
+
 type Evidence struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// vulnerability_assessment, code_review, configuration_audit, pen_test,
@@ -4368,7 +4488,7 @@ type Evidence struct {
 
 func (x *Evidence) Reset() {
 	*x = Evidence{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[65]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4380,7 +4500,7 @@ func (x *Evidence) String() string {
 func (*Evidence) ProtoMessage() {}
 
 func (x *Evidence) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[65]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4393,7 +4513,7 @@ func (x *Evidence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Evidence.ProtoReflect.Descriptor instead.
 func (*Evidence) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{65}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *Evidence) GetKind() string {
@@ -4444,7 +4564,7 @@ type RecordEvidenceRequest struct {
 
 func (x *RecordEvidenceRequest) Reset() {
 	*x = RecordEvidenceRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[66]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4456,7 +4576,7 @@ func (x *RecordEvidenceRequest) String() string {
 func (*RecordEvidenceRequest) ProtoMessage() {}
 
 func (x *RecordEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[66]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4469,7 +4589,7 @@ func (x *RecordEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*RecordEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{66}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *RecordEvidenceRequest) GetSpiffeId() string {
@@ -4509,7 +4629,7 @@ type RecordEvidenceResponse struct {
 
 func (x *RecordEvidenceResponse) Reset() {
 	*x = RecordEvidenceResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[67]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4521,7 +4641,7 @@ func (x *RecordEvidenceResponse) String() string {
 func (*RecordEvidenceResponse) ProtoMessage() {}
 
 func (x *RecordEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[67]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4534,7 +4654,7 @@ func (x *RecordEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*RecordEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{67}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *RecordEvidenceResponse) GetEvidence() *Evidence {
@@ -4546,7 +4666,8 @@ func (x *RecordEvidenceResponse) GetEvidence() *Evidence {
 
 type SignOff struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The person signing (e.g. an e-mail address).
+	// The signer's verified identity (SPIFFE ID). Sign-offs recorded before
+	// signers were verified name what an admin typed; they do not count.
 	Signer         string                 `protobuf:"bytes,1,opt,name=signer,proto3" json:"signer,omitempty"`
 	RiskAcceptance string                 `protobuf:"bytes,2,opt,name=risk_acceptance,json=riskAcceptance,proto3" json:"risk_acceptance,omitempty"`
 	Target         v1.Level               `protobuf:"varint,3,opt,name=target,proto3,enum=atf.broker.v1.Level" json:"target,omitempty"`
@@ -4558,7 +4679,7 @@ type SignOff struct {
 
 func (x *SignOff) Reset() {
 	*x = SignOff{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[68]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4570,7 +4691,7 @@ func (x *SignOff) String() string {
 func (*SignOff) ProtoMessage() {}
 
 func (x *SignOff) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[68]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4583,7 +4704,7 @@ func (x *SignOff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignOff.ProtoReflect.Descriptor instead.
 func (*SignOff) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{68}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *SignOff) GetSigner() string {
@@ -4622,10 +4743,14 @@ func (x *SignOff) GetAt() *timestamppb.Timestamp {
 }
 
 type RecordSignOffRequest struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	SpiffeId       string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	Signer         string                 `protobuf:"bytes,2,opt,name=signer,proto3" json:"signer,omitempty"`
-	RiskAcceptance string                 `protobuf:"bytes,3,opt,name=risk_acceptance,json=riskAcceptance,proto3" json:"risk_acceptance,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// Deprecated: the signer is the caller. A request naming a signer is
+	// refused: each signer records their own sign-off with their own SVID.
+	//
+	// Deprecated: Marked as deprecated in atf/admin/v1/admin.proto.
+	Signer         string `protobuf:"bytes,2,opt,name=signer,proto3" json:"signer,omitempty"`
+	RiskAcceptance string `protobuf:"bytes,3,opt,name=risk_acceptance,json=riskAcceptance,proto3" json:"risk_acceptance,omitempty"`
 	// Default: the agent's next level.
 	Target        v1.Level `protobuf:"varint,4,opt,name=target,proto3,enum=atf.broker.v1.Level" json:"target,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -4634,7 +4759,7 @@ type RecordSignOffRequest struct {
 
 func (x *RecordSignOffRequest) Reset() {
 	*x = RecordSignOffRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[69]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4646,7 +4771,7 @@ func (x *RecordSignOffRequest) String() string {
 func (*RecordSignOffRequest) ProtoMessage() {}
 
 func (x *RecordSignOffRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[69]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4659,7 +4784,7 @@ func (x *RecordSignOffRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordSignOffRequest.ProtoReflect.Descriptor instead.
 func (*RecordSignOffRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{69}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *RecordSignOffRequest) GetSpiffeId() string {
@@ -4669,6 +4794,7 @@ func (x *RecordSignOffRequest) GetSpiffeId() string {
 	return ""
 }
 
+// Deprecated: Marked as deprecated in atf/admin/v1/admin.proto.
 func (x *RecordSignOffRequest) GetSigner() string {
 	if x != nil {
 		return x.Signer
@@ -4699,7 +4825,7 @@ type RecordSignOffResponse struct {
 
 func (x *RecordSignOffResponse) Reset() {
 	*x = RecordSignOffResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[70]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4711,7 +4837,7 @@ func (x *RecordSignOffResponse) String() string {
 func (*RecordSignOffResponse) ProtoMessage() {}
 
 func (x *RecordSignOffResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[70]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4724,7 +4850,7 @@ func (x *RecordSignOffResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordSignOffResponse.ProtoReflect.Descriptor instead.
 func (*RecordSignOffResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{70}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *RecordSignOffResponse) GetSignOff() *SignOff {
@@ -4755,7 +4881,7 @@ type Incident struct {
 
 func (x *Incident) Reset() {
 	*x = Incident{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[71]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4767,7 +4893,7 @@ func (x *Incident) String() string {
 func (*Incident) ProtoMessage() {}
 
 func (x *Incident) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[71]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4780,7 +4906,7 @@ func (x *Incident) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Incident.ProtoReflect.Descriptor instead.
 func (*Incident) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{71}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *Incident) GetId() string {
@@ -4864,7 +4990,7 @@ type OpenIncidentRequest struct {
 
 func (x *OpenIncidentRequest) Reset() {
 	*x = OpenIncidentRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[72]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4876,7 +5002,7 @@ func (x *OpenIncidentRequest) String() string {
 func (*OpenIncidentRequest) ProtoMessage() {}
 
 func (x *OpenIncidentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[72]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4889,7 +5015,7 @@ func (x *OpenIncidentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenIncidentRequest.ProtoReflect.Descriptor instead.
 func (*OpenIncidentRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{72}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *OpenIncidentRequest) GetSpiffeId() string {
@@ -4924,7 +5050,7 @@ type OpenIncidentResponse struct {
 
 func (x *OpenIncidentResponse) Reset() {
 	*x = OpenIncidentResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[73]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4936,7 +5062,7 @@ func (x *OpenIncidentResponse) String() string {
 func (*OpenIncidentResponse) ProtoMessage() {}
 
 func (x *OpenIncidentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[73]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4949,7 +5075,7 @@ func (x *OpenIncidentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenIncidentResponse.ProtoReflect.Descriptor instead.
 func (*OpenIncidentResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{73}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *OpenIncidentResponse) GetIncident() *Incident {
@@ -4978,7 +5104,7 @@ type UpdateIncidentRequest struct {
 
 func (x *UpdateIncidentRequest) Reset() {
 	*x = UpdateIncidentRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[74]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4990,7 +5116,7 @@ func (x *UpdateIncidentRequest) String() string {
 func (*UpdateIncidentRequest) ProtoMessage() {}
 
 func (x *UpdateIncidentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[74]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5003,7 +5129,7 @@ func (x *UpdateIncidentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateIncidentRequest.ProtoReflect.Descriptor instead.
 func (*UpdateIncidentRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{74}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *UpdateIncidentRequest) GetIncidentId() string {
@@ -5038,7 +5164,7 @@ type UpdateIncidentResponse struct {
 
 func (x *UpdateIncidentResponse) Reset() {
 	*x = UpdateIncidentResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[75]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5050,7 +5176,7 @@ func (x *UpdateIncidentResponse) String() string {
 func (*UpdateIncidentResponse) ProtoMessage() {}
 
 func (x *UpdateIncidentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[75]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5063,7 +5189,7 @@ func (x *UpdateIncidentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateIncidentResponse.ProtoReflect.Descriptor instead.
 func (*UpdateIncidentResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{75}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *UpdateIncidentResponse) GetIncident() *Incident {
@@ -5090,7 +5216,7 @@ type CloseIncidentRequest struct {
 
 func (x *CloseIncidentRequest) Reset() {
 	*x = CloseIncidentRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[76]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5102,7 +5228,7 @@ func (x *CloseIncidentRequest) String() string {
 func (*CloseIncidentRequest) ProtoMessage() {}
 
 func (x *CloseIncidentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[76]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5115,7 +5241,7 @@ func (x *CloseIncidentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseIncidentRequest.ProtoReflect.Descriptor instead.
 func (*CloseIncidentRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{76}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *CloseIncidentRequest) GetIncidentId() string {
@@ -5141,7 +5267,7 @@ type CloseIncidentResponse struct {
 
 func (x *CloseIncidentResponse) Reset() {
 	*x = CloseIncidentResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[77]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5153,7 +5279,7 @@ func (x *CloseIncidentResponse) String() string {
 func (*CloseIncidentResponse) ProtoMessage() {}
 
 func (x *CloseIncidentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[77]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5166,7 +5292,7 @@ func (x *CloseIncidentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseIncidentResponse.ProtoReflect.Descriptor instead.
 func (*CloseIncidentResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{77}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *CloseIncidentResponse) GetIncident() *Incident {
@@ -5186,7 +5312,7 @@ type ListIncidentsRequest struct {
 
 func (x *ListIncidentsRequest) Reset() {
 	*x = ListIncidentsRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[78]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5198,7 +5324,7 @@ func (x *ListIncidentsRequest) String() string {
 func (*ListIncidentsRequest) ProtoMessage() {}
 
 func (x *ListIncidentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[78]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5211,7 +5337,7 @@ func (x *ListIncidentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIncidentsRequest.ProtoReflect.Descriptor instead.
 func (*ListIncidentsRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{78}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *ListIncidentsRequest) GetSpiffeId() string {
@@ -5237,7 +5363,7 @@ type ListIncidentsResponse struct {
 
 func (x *ListIncidentsResponse) Reset() {
 	*x = ListIncidentsResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[79]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5249,7 +5375,7 @@ func (x *ListIncidentsResponse) String() string {
 func (*ListIncidentsResponse) ProtoMessage() {}
 
 func (x *ListIncidentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[79]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5262,7 +5388,7 @@ func (x *ListIncidentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIncidentsResponse.ProtoReflect.Descriptor instead.
 func (*ListIncidentsResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{79}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ListIncidentsResponse) GetIncidents() []*Incident {
@@ -5281,7 +5407,7 @@ type GetMaturityRequest struct {
 
 func (x *GetMaturityRequest) Reset() {
 	*x = GetMaturityRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[80]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5293,7 +5419,7 @@ func (x *GetMaturityRequest) String() string {
 func (*GetMaturityRequest) ProtoMessage() {}
 
 func (x *GetMaturityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[80]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5306,7 +5432,7 @@ func (x *GetMaturityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMaturityRequest.ProtoReflect.Descriptor instead.
 func (*GetMaturityRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{80}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *GetMaturityRequest) GetSpiffeId() string {
@@ -5329,7 +5455,7 @@ type OutcomeCounts struct {
 
 func (x *OutcomeCounts) Reset() {
 	*x = OutcomeCounts{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[81]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5341,7 +5467,7 @@ func (x *OutcomeCounts) String() string {
 func (*OutcomeCounts) ProtoMessage() {}
 
 func (x *OutcomeCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[81]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5354,7 +5480,7 @@ func (x *OutcomeCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutcomeCounts.ProtoReflect.Descriptor instead.
 func (*OutcomeCounts) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{81}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *OutcomeCounts) GetSuccess() int64 {
@@ -5397,7 +5523,7 @@ type Breaker struct {
 
 func (x *Breaker) Reset() {
 	*x = Breaker{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[82]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5409,7 +5535,7 @@ func (x *Breaker) String() string {
 func (*Breaker) ProtoMessage() {}
 
 func (x *Breaker) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[82]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5422,7 +5548,7 @@ func (x *Breaker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Breaker.ProtoReflect.Descriptor instead.
 func (*Breaker) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{82}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *Breaker) GetState() string {
@@ -5456,7 +5582,7 @@ type Baseline struct {
 
 func (x *Baseline) Reset() {
 	*x = Baseline{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[83]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5468,7 +5594,7 @@ func (x *Baseline) String() string {
 func (*Baseline) ProtoMessage() {}
 
 func (x *Baseline) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[83]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5481,7 +5607,7 @@ func (x *Baseline) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Baseline.ProtoReflect.Descriptor instead.
 func (*Baseline) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{83}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *Baseline) GetFormed() bool {
@@ -5541,22 +5667,28 @@ func (x *Baseline) GetDelegations() int64 {
 }
 
 type GetMaturityResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Agent         *Agent                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
-	LevelSince    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=level_since,json=levelSince,proto3" json:"level_since,omitempty"`
-	Outcomes      *OutcomeCounts         `protobuf:"bytes,3,opt,name=outcomes,proto3" json:"outcomes,omitempty"`
-	Evidence      []*Evidence            `protobuf:"bytes,4,rep,name=evidence,proto3" json:"evidence,omitempty"`
-	SignOffs      []*SignOff             `protobuf:"bytes,5,rep,name=sign_offs,json=signOffs,proto3" json:"sign_offs,omitempty"`
-	Incidents     []*Incident            `protobuf:"bytes,6,rep,name=incidents,proto3" json:"incidents,omitempty"`
-	Breaker       *Breaker               `protobuf:"bytes,7,opt,name=breaker,proto3" json:"breaker,omitempty"`
-	Baseline      *Baseline              `protobuf:"bytes,8,opt,name=baseline,proto3" json:"baseline,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Agent      *Agent                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	LevelSince *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=level_since,json=levelSince,proto3" json:"level_since,omitempty"`
+	// Outcomes reported about the agent by others (its owner's tools,
+	// approvers, resource servers) at its level: what the performance gate
+	// counts in full.
+	Outcomes  *OutcomeCounts `protobuf:"bytes,3,opt,name=outcomes,proto3" json:"outcomes,omitempty"`
+	Evidence  []*Evidence    `protobuf:"bytes,4,rep,name=evidence,proto3" json:"evidence,omitempty"`
+	SignOffs  []*SignOff     `protobuf:"bytes,5,rep,name=sign_offs,json=signOffs,proto3" json:"sign_offs,omitempty"`
+	Incidents []*Incident    `protobuf:"bytes,6,rep,name=incidents,proto3" json:"incidents,omitempty"`
+	Breaker   *Breaker       `protobuf:"bytes,7,opt,name=breaker,proto3" json:"breaker,omitempty"`
+	Baseline  *Baseline      `protobuf:"bytes,8,opt,name=baseline,proto3" json:"baseline,omitempty"`
+	// Outcomes the agent reported of itself at its level: its failures
+	// count in full, its successes only at maturity.self_reported_weight.
+	SelfReported  *OutcomeCounts `protobuf:"bytes,9,opt,name=self_reported,json=selfReported,proto3" json:"self_reported,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetMaturityResponse) Reset() {
 	*x = GetMaturityResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[84]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5568,7 +5700,7 @@ func (x *GetMaturityResponse) String() string {
 func (*GetMaturityResponse) ProtoMessage() {}
 
 func (x *GetMaturityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[84]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5581,7 +5713,7 @@ func (x *GetMaturityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMaturityResponse.ProtoReflect.Descriptor instead.
 func (*GetMaturityResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{84}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *GetMaturityResponse) GetAgent() *Agent {
@@ -5640,6 +5772,13 @@ func (x *GetMaturityResponse) GetBaseline() *Baseline {
 	return nil
 }
 
+func (x *GetMaturityResponse) GetSelfReported() *OutcomeCounts {
+	if x != nil {
+		return x.SelfReported
+	}
+	return nil
+}
+
 type BackupRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -5648,7 +5787,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[85]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5660,7 +5799,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[85]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5673,7 +5812,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{85}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{87}
 }
 
 type BackupResponse struct {
@@ -5689,7 +5828,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[86]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5701,7 +5840,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[86]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5714,7 +5853,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{86}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *BackupResponse) GetChunk() []byte {
@@ -5752,7 +5891,7 @@ type GetConformanceRequest struct {
 
 func (x *GetConformanceRequest) Reset() {
 	*x = GetConformanceRequest{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[87]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5764,7 +5903,7 @@ func (x *GetConformanceRequest) String() string {
 func (*GetConformanceRequest) ProtoMessage() {}
 
 func (x *GetConformanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[87]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5777,7 +5916,7 @@ func (x *GetConformanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConformanceRequest.ProtoReflect.Descriptor instead.
 func (*GetConformanceRequest) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{87}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *GetConformanceRequest) GetTargetLevel() v1.Level {
@@ -5803,7 +5942,7 @@ type GetConformanceResponse struct {
 
 func (x *GetConformanceResponse) Reset() {
 	*x = GetConformanceResponse{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[88]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5815,7 +5954,7 @@ func (x *GetConformanceResponse) String() string {
 func (*GetConformanceResponse) ProtoMessage() {}
 
 func (x *GetConformanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[88]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5828,7 +5967,7 @@ func (x *GetConformanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConformanceResponse.ProtoReflect.Descriptor instead.
 func (*GetConformanceResponse) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{88}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *GetConformanceResponse) GetStatement() *ConformanceStatement {
@@ -5865,7 +6004,7 @@ type ConformanceStatement struct {
 
 func (x *ConformanceStatement) Reset() {
 	*x = ConformanceStatement{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[89]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5877,7 +6016,7 @@ func (x *ConformanceStatement) String() string {
 func (*ConformanceStatement) ProtoMessage() {}
 
 func (x *ConformanceStatement) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[89]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5890,7 +6029,7 @@ func (x *ConformanceStatement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConformanceStatement.ProtoReflect.Descriptor instead.
 func (*ConformanceStatement) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{89}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *ConformanceStatement) GetOrganization() string {
@@ -5994,7 +6133,7 @@ type ConformanceElement struct {
 
 func (x *ConformanceElement) Reset() {
 	*x = ConformanceElement{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[90]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6006,7 +6145,7 @@ func (x *ConformanceElement) String() string {
 func (*ConformanceElement) ProtoMessage() {}
 
 func (x *ConformanceElement) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[90]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6019,7 +6158,7 @@ func (x *ConformanceElement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConformanceElement.ProtoReflect.Descriptor instead.
 func (*ConformanceElement) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{90}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *ConformanceElement) GetName() string {
@@ -6088,7 +6227,7 @@ type ConformanceRequirement struct {
 
 func (x *ConformanceRequirement) Reset() {
 	*x = ConformanceRequirement{}
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[91]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6100,7 +6239,7 @@ func (x *ConformanceRequirement) String() string {
 func (*ConformanceRequirement) ProtoMessage() {}
 
 func (x *ConformanceRequirement) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_admin_v1_admin_proto_msgTypes[91]
+	mi := &file_atf_admin_v1_admin_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6113,7 +6252,7 @@ func (x *ConformanceRequirement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConformanceRequirement.ProtoReflect.Descriptor instead.
 func (*ConformanceRequirement) Descriptor() ([]byte, []int) {
-	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{91}
+	return file_atf_admin_v1_admin_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *ConformanceRequirement) GetId() string {
@@ -6195,15 +6334,16 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"updated_by\x18\v \x01(\tR\tupdatedBy\x12\x1a\n" +
 	"\brevision\x18\f \x01(\x04R\brevision\x12+\n" +
 	"\x04kill\x18\r \x01(\v2\x17.atf.admin.v1.KillStateR\x04kill\x12/\n" +
-	"\abreaker\x18\x0e \x01(\v2\x15.atf.admin.v1.BreakerR\abreaker\"\xc6\x02\n" +
+	"\abreaker\x18\x0e \x01(\v2\x15.atf.admin.v1.BreakerR\abreaker\"\xc8\x02\n" +
 	"\x14RegisterAgentRequest\x122\n" +
 	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12 \n" +
 	"\x05owner\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x05owner\x12$\n" +
 	"\apurpose\x18\x03 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\bR\apurpose\x12)\n" +
-	"\x05roles\x18\x04 \x03(\tB\x13\xbaH\x10\x92\x01\r\x10@\x18\x01\"\ar\x05\x10\x01\x18\x80\x01R\x05roles\x124\n" +
-	"\x05level\x18\x05 \x01(\x0e2\x14.atf.broker.v1.LevelB\b\xbaH\x05\x82\x01\x02\x10\x01R\x05level\x12\"\n" +
+	"\x05roles\x18\x04 \x03(\tB\x13\xbaH\x10\x92\x01\r\x10@\x18\x01\"\ar\x05\x10\x01\x18\x80\x01R\x05roles\x126\n" +
+	"\x05level\x18\x05 \x01(\x0e2\x14.atf.broker.v1.LevelB\n" +
+	"\xbaH\x05\x82\x01\x02\x10\x01\x18\x01R\x05level\x12\"\n" +
 	"\aversion\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\aversion\x12-\n" +
 	"\rconfig_digest\x18\a \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\fconfigDigest\"B\n" +
 	"\x15RegisterAgentResponse\x12)\n" +
@@ -6495,7 +6635,16 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\bR\x06reason\"~\n" +
 	"\x15RollbackLevelResponse\x12)\n" +
 	"\x05agent\x18\x01 \x01(\v2\x13.atf.admin.v1.AgentR\x05agent\x12:\n" +
-	"\asummary\x18\x02 \x01(\v2 .atf.broker.v1.RevocationSummaryR\asummary\"\xb7\x01\n" +
+	"\asummary\x18\x02 \x01(\v2 .atf.broker.v1.RevocationSummaryR\asummary\"\xa5\x01\n" +
+	"\x13MigrateAgentRequest\x122\n" +
+	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x126\n" +
+	"\x05level\x18\x02 \x01(\x0e2\x14.atf.broker.v1.LevelB\n" +
+	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\x05level\x12\"\n" +
+	"\x06reason\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\bR\x06reason\"u\n" +
+	"\x14MigrateAgentResponse\x12)\n" +
+	"\x05agent\x18\x01 \x01(\v2\x13.atf.admin.v1.AgentR\x05agent\x122\n" +
+	"\bsign_off\x18\x02 \x01(\v2\x17.atf.admin.v1.GateCheckR\asignOff\"\xb7\x01\n" +
 	"\bEvidence\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12,\n" +
 	"\x06target\x18\x02 \x01(\x0e2\x14.atf.broker.v1.LevelR\x06target\x12\x1c\n" +
@@ -6521,7 +6670,7 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\x14RecordSignOffRequest\x122\n" +
 	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12\"\n" +
 	"\x06signer\x18\x02 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x06signer\x123\n" +
+	"\xbaH\x05r\x03\x18\x80\x02\x18\x01R\x06signer\x123\n" +
 	"\x0frisk_acceptance\x18\x03 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x10R\x0eriskAcceptance\x12,\n" +
 	"\x06target\x18\x04 \x01(\x0e2\x14.atf.broker.v1.LevelR\x06target\"I\n" +
@@ -6590,7 +6739,7 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"RolesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xb9\x03\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xfb\x03\n" +
 	"\x13GetMaturityResponse\x12)\n" +
 	"\x05agent\x18\x01 \x01(\v2\x13.atf.admin.v1.AgentR\x05agent\x12;\n" +
 	"\vlevel_since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -6600,7 +6749,8 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\tsign_offs\x18\x05 \x03(\v2\x15.atf.admin.v1.SignOffR\bsignOffs\x124\n" +
 	"\tincidents\x18\x06 \x03(\v2\x16.atf.admin.v1.IncidentR\tincidents\x12/\n" +
 	"\abreaker\x18\a \x01(\v2\x15.atf.admin.v1.BreakerR\abreaker\x122\n" +
-	"\bbaseline\x18\b \x01(\v2\x16.atf.admin.v1.BaselineR\bbaseline\"\x0f\n" +
+	"\bbaseline\x18\b \x01(\v2\x16.atf.admin.v1.BaselineR\bbaseline\x12@\n" +
+	"\rself_reported\x18\t \x01(\v2\x1b.atf.admin.v1.OutcomeCountsR\fselfReported\"\x0f\n" +
 	"\rBackupRequest\"`\n" +
 	"\x0eBackupResponse\x12\x14\n" +
 	"\x05chunk\x18\x01 \x01(\fR\x05chunk\x12\x12\n" +
@@ -6689,12 +6839,13 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\vVerifyAudit\x12 .atf.admin.v1.VerifyAuditRequest\x1a!.atf.admin.v1.VerifyAuditResponse\x12T\n" +
 	"\vWatchEvents\x12 .atf.admin.v1.WatchEventsRequest\x1a!.atf.admin.v1.WatchEventsResponse0\x01\x12E\n" +
 	"\x06Backup\x12\x1b.atf.admin.v1.BackupRequest\x1a\x1c.atf.admin.v1.BackupResponse0\x01\x12[\n" +
-	"\x0eGetConformance\x12#.atf.admin.v1.GetConformanceRequest\x1a$.atf.admin.v1.GetConformanceResponse2\xd1\a\n" +
+	"\x0eGetConformance\x12#.atf.admin.v1.GetConformanceRequest\x1a$.atf.admin.v1.GetConformanceResponse2\xa8\b\n" +
 	"\x0fMaturityService\x12d\n" +
 	"\x11EvaluatePromotion\x12&.atf.admin.v1.EvaluatePromotionRequest\x1a'.atf.admin.v1.EvaluatePromotionResponse\x12F\n" +
 	"\aPromote\x12\x1c.atf.admin.v1.PromoteRequest\x1a\x1d.atf.admin.v1.PromoteResponse\x12C\n" +
 	"\x06Demote\x12\x1b.atf.admin.v1.DemoteRequest\x1a\x1c.atf.admin.v1.DemoteResponse\x12X\n" +
-	"\rRollbackLevel\x12\".atf.admin.v1.RollbackLevelRequest\x1a#.atf.admin.v1.RollbackLevelResponse\x12[\n" +
+	"\rRollbackLevel\x12\".atf.admin.v1.RollbackLevelRequest\x1a#.atf.admin.v1.RollbackLevelResponse\x12U\n" +
+	"\fMigrateAgent\x12!.atf.admin.v1.MigrateAgentRequest\x1a\".atf.admin.v1.MigrateAgentResponse\x12[\n" +
 	"\x0eRecordEvidence\x12#.atf.admin.v1.RecordEvidenceRequest\x1a$.atf.admin.v1.RecordEvidenceResponse\x12X\n" +
 	"\rRecordSignOff\x12\".atf.admin.v1.RecordSignOffRequest\x1a#.atf.admin.v1.RecordSignOffResponse\x12U\n" +
 	"\fOpenIncident\x12!.atf.admin.v1.OpenIncidentRequest\x1a\".atf.admin.v1.OpenIncidentResponse\x12[\n" +
@@ -6724,7 +6875,7 @@ func file_atf_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_atf_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 95)
+var file_atf_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 97)
 var file_atf_admin_v1_admin_proto_goTypes = []any{
 	(Outcome)(0),                      // 0: atf.admin.v1.Outcome
 	(Verdict)(0),                      // 1: atf.admin.v1.Verdict
@@ -6795,217 +6946,225 @@ var file_atf_admin_v1_admin_proto_goTypes = []any{
 	(*DemoteResponse)(nil),            // 66: atf.admin.v1.DemoteResponse
 	(*RollbackLevelRequest)(nil),      // 67: atf.admin.v1.RollbackLevelRequest
 	(*RollbackLevelResponse)(nil),     // 68: atf.admin.v1.RollbackLevelResponse
-	(*Evidence)(nil),                  // 69: atf.admin.v1.Evidence
-	(*RecordEvidenceRequest)(nil),     // 70: atf.admin.v1.RecordEvidenceRequest
-	(*RecordEvidenceResponse)(nil),    // 71: atf.admin.v1.RecordEvidenceResponse
-	(*SignOff)(nil),                   // 72: atf.admin.v1.SignOff
-	(*RecordSignOffRequest)(nil),      // 73: atf.admin.v1.RecordSignOffRequest
-	(*RecordSignOffResponse)(nil),     // 74: atf.admin.v1.RecordSignOffResponse
-	(*Incident)(nil),                  // 75: atf.admin.v1.Incident
-	(*OpenIncidentRequest)(nil),       // 76: atf.admin.v1.OpenIncidentRequest
-	(*OpenIncidentResponse)(nil),      // 77: atf.admin.v1.OpenIncidentResponse
-	(*UpdateIncidentRequest)(nil),     // 78: atf.admin.v1.UpdateIncidentRequest
-	(*UpdateIncidentResponse)(nil),    // 79: atf.admin.v1.UpdateIncidentResponse
-	(*CloseIncidentRequest)(nil),      // 80: atf.admin.v1.CloseIncidentRequest
-	(*CloseIncidentResponse)(nil),     // 81: atf.admin.v1.CloseIncidentResponse
-	(*ListIncidentsRequest)(nil),      // 82: atf.admin.v1.ListIncidentsRequest
-	(*ListIncidentsResponse)(nil),     // 83: atf.admin.v1.ListIncidentsResponse
-	(*GetMaturityRequest)(nil),        // 84: atf.admin.v1.GetMaturityRequest
-	(*OutcomeCounts)(nil),             // 85: atf.admin.v1.OutcomeCounts
-	(*Breaker)(nil),                   // 86: atf.admin.v1.Breaker
-	(*Baseline)(nil),                  // 87: atf.admin.v1.Baseline
-	(*GetMaturityResponse)(nil),       // 88: atf.admin.v1.GetMaturityResponse
-	(*BackupRequest)(nil),             // 89: atf.admin.v1.BackupRequest
-	(*BackupResponse)(nil),            // 90: atf.admin.v1.BackupResponse
-	(*GetConformanceRequest)(nil),     // 91: atf.admin.v1.GetConformanceRequest
-	(*GetConformanceResponse)(nil),    // 92: atf.admin.v1.GetConformanceResponse
-	(*ConformanceStatement)(nil),      // 93: atf.admin.v1.ConformanceStatement
-	(*ConformanceElement)(nil),        // 94: atf.admin.v1.ConformanceElement
-	(*ConformanceRequirement)(nil),    // 95: atf.admin.v1.ConformanceRequirement
-	nil,                               // 96: atf.admin.v1.AuditRecord.DetailEntry
-	nil,                               // 97: atf.admin.v1.Event.DetailEntry
-	nil,                               // 98: atf.admin.v1.Baseline.RolesEntry
-	(v1.Level)(0),                     // 99: atf.broker.v1.Level
-	(v1.AgentStatus)(0),               // 100: atf.broker.v1.AgentStatus
-	(*timestamppb.Timestamp)(nil),     // 101: google.protobuf.Timestamp
-	(*v1.RevocationSummary)(nil),      // 102: atf.broker.v1.RevocationSummary
-	(*v1.Grant)(nil),                  // 103: atf.broker.v1.Grant
-	(*durationpb.Duration)(nil),       // 104: google.protobuf.Duration
-	(v1.ApprovalStatus)(0),            // 105: atf.broker.v1.ApprovalStatus
-	(*v1.Approval)(nil),               // 106: atf.broker.v1.Approval
+	(*MigrateAgentRequest)(nil),       // 69: atf.admin.v1.MigrateAgentRequest
+	(*MigrateAgentResponse)(nil),      // 70: atf.admin.v1.MigrateAgentResponse
+	(*Evidence)(nil),                  // 71: atf.admin.v1.Evidence
+	(*RecordEvidenceRequest)(nil),     // 72: atf.admin.v1.RecordEvidenceRequest
+	(*RecordEvidenceResponse)(nil),    // 73: atf.admin.v1.RecordEvidenceResponse
+	(*SignOff)(nil),                   // 74: atf.admin.v1.SignOff
+	(*RecordSignOffRequest)(nil),      // 75: atf.admin.v1.RecordSignOffRequest
+	(*RecordSignOffResponse)(nil),     // 76: atf.admin.v1.RecordSignOffResponse
+	(*Incident)(nil),                  // 77: atf.admin.v1.Incident
+	(*OpenIncidentRequest)(nil),       // 78: atf.admin.v1.OpenIncidentRequest
+	(*OpenIncidentResponse)(nil),      // 79: atf.admin.v1.OpenIncidentResponse
+	(*UpdateIncidentRequest)(nil),     // 80: atf.admin.v1.UpdateIncidentRequest
+	(*UpdateIncidentResponse)(nil),    // 81: atf.admin.v1.UpdateIncidentResponse
+	(*CloseIncidentRequest)(nil),      // 82: atf.admin.v1.CloseIncidentRequest
+	(*CloseIncidentResponse)(nil),     // 83: atf.admin.v1.CloseIncidentResponse
+	(*ListIncidentsRequest)(nil),      // 84: atf.admin.v1.ListIncidentsRequest
+	(*ListIncidentsResponse)(nil),     // 85: atf.admin.v1.ListIncidentsResponse
+	(*GetMaturityRequest)(nil),        // 86: atf.admin.v1.GetMaturityRequest
+	(*OutcomeCounts)(nil),             // 87: atf.admin.v1.OutcomeCounts
+	(*Breaker)(nil),                   // 88: atf.admin.v1.Breaker
+	(*Baseline)(nil),                  // 89: atf.admin.v1.Baseline
+	(*GetMaturityResponse)(nil),       // 90: atf.admin.v1.GetMaturityResponse
+	(*BackupRequest)(nil),             // 91: atf.admin.v1.BackupRequest
+	(*BackupResponse)(nil),            // 92: atf.admin.v1.BackupResponse
+	(*GetConformanceRequest)(nil),     // 93: atf.admin.v1.GetConformanceRequest
+	(*GetConformanceResponse)(nil),    // 94: atf.admin.v1.GetConformanceResponse
+	(*ConformanceStatement)(nil),      // 95: atf.admin.v1.ConformanceStatement
+	(*ConformanceElement)(nil),        // 96: atf.admin.v1.ConformanceElement
+	(*ConformanceRequirement)(nil),    // 97: atf.admin.v1.ConformanceRequirement
+	nil,                               // 98: atf.admin.v1.AuditRecord.DetailEntry
+	nil,                               // 99: atf.admin.v1.Event.DetailEntry
+	nil,                               // 100: atf.admin.v1.Baseline.RolesEntry
+	(v1.Level)(0),                     // 101: atf.broker.v1.Level
+	(v1.AgentStatus)(0),               // 102: atf.broker.v1.AgentStatus
+	(*timestamppb.Timestamp)(nil),     // 103: google.protobuf.Timestamp
+	(*v1.RevocationSummary)(nil),      // 104: atf.broker.v1.RevocationSummary
+	(*v1.Grant)(nil),                  // 105: atf.broker.v1.Grant
+	(*durationpb.Duration)(nil),       // 106: google.protobuf.Duration
+	(v1.ApprovalStatus)(0),            // 107: atf.broker.v1.ApprovalStatus
+	(*v1.Approval)(nil),               // 108: atf.broker.v1.Approval
 }
 var file_atf_admin_v1_admin_proto_depIdxs = []int32{
-	99,  // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
-	100, // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
-	101, // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
-	101, // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
+	101, // 0: atf.admin.v1.Agent.level:type_name -> atf.broker.v1.Level
+	102, // 1: atf.admin.v1.Agent.status:type_name -> atf.broker.v1.AgentStatus
+	103, // 2: atf.admin.v1.Agent.created_at:type_name -> google.protobuf.Timestamp
+	103, // 3: atf.admin.v1.Agent.updated_at:type_name -> google.protobuf.Timestamp
 	48,  // 4: atf.admin.v1.Agent.kill:type_name -> atf.admin.v1.KillState
-	86,  // 5: atf.admin.v1.Agent.breaker:type_name -> atf.admin.v1.Breaker
-	99,  // 6: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
+	88,  // 5: atf.admin.v1.Agent.breaker:type_name -> atf.admin.v1.Breaker
+	101, // 6: atf.admin.v1.RegisterAgentRequest.level:type_name -> atf.broker.v1.Level
 	4,   // 7: atf.admin.v1.RegisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
 	4,   // 8: atf.admin.v1.GetAgentResponse.agent:type_name -> atf.admin.v1.Agent
 	4,   // 9: atf.admin.v1.ListAgentsResponse.agents:type_name -> atf.admin.v1.Agent
 	12,  // 10: atf.admin.v1.UpdateAgentRequest.roles:type_name -> atf.admin.v1.RoleList
-	99,  // 11: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
+	101, // 11: atf.admin.v1.UpdateAgentRequest.level:type_name -> atf.broker.v1.Level
 	4,   // 12: atf.admin.v1.UpdateAgentResponse.agent:type_name -> atf.admin.v1.Agent
 	4,   // 13: atf.admin.v1.DeregisterAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	102, // 14: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	103, // 15: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
+	104, // 14: atf.admin.v1.RevokeLineageResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	105, // 15: atf.admin.v1.GetLineageResponse.grants:type_name -> atf.broker.v1.Grant
 	20,  // 16: atf.admin.v1.GetLineageResponse.credentials:type_name -> atf.admin.v1.LiveCredential
-	101, // 17: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
+	103, // 17: atf.admin.v1.LiveCredential.expires_at:type_name -> google.protobuf.Timestamp
 	23,  // 18: atf.admin.v1.ListAgentHistoryResponse.changes:type_name -> atf.admin.v1.AgentChange
-	101, // 19: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
+	103, // 19: atf.admin.v1.AgentChange.time:type_name -> google.protobuf.Timestamp
 	4,   // 20: atf.admin.v1.AgentChange.agent:type_name -> atf.admin.v1.Agent
-	101, // 21: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
+	103, // 21: atf.admin.v1.PolicyVersion.created_at:type_name -> google.protobuf.Timestamp
 	24,  // 22: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
 	24,  // 23: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
 	24,  // 24: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
 	24,  // 25: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	99,  // 26: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
+	101, // 26: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
 	35,  // 27: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
 	0,   // 28: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
-	104, // 29: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
-	99,  // 30: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
-	101, // 31: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
-	101, // 32: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
-	101, // 33: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	96,  // 34: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
+	106, // 29: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
+	101, // 30: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
+	103, // 31: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
+	103, // 32: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
+	103, // 33: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	98,  // 34: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
 	37,  // 35: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
-	101, // 36: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	97,  // 37: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
+	103, // 36: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	99,  // 37: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
 	42,  // 38: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
-	105, // 39: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
-	106, // 40: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
+	107, // 39: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
+	108, // 40: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
 	1,   // 41: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
-	106, // 42: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
-	101, // 43: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
-	102, // 44: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	102, // 45: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	108, // 42: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
+	103, // 43: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
+	104, // 44: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	104, // 45: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
 	48,  // 46: atf.admin.v1.GetKillSwitchResponse.global:type_name -> atf.admin.v1.KillState
 	57,  // 47: atf.admin.v1.GetKillSwitchResponse.agents:type_name -> atf.admin.v1.KilledAgent
 	48,  // 48: atf.admin.v1.KilledAgent.kill:type_name -> atf.admin.v1.KillState
 	59,  // 49: atf.admin.v1.PromotionGate.checks:type_name -> atf.admin.v1.GateCheck
-	99,  // 50: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
-	99,  // 51: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
+	101, // 50: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
+	101, // 51: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
 	60,  // 52: atf.admin.v1.PromotionReport.gates:type_name -> atf.admin.v1.PromotionGate
 	61,  // 53: atf.admin.v1.EvaluatePromotionResponse.report:type_name -> atf.admin.v1.PromotionReport
 	61,  // 54: atf.admin.v1.PromoteResponse.report:type_name -> atf.admin.v1.PromotionReport
 	4,   // 55: atf.admin.v1.PromoteResponse.agent:type_name -> atf.admin.v1.Agent
 	4,   // 56: atf.admin.v1.DemoteResponse.agent:type_name -> atf.admin.v1.Agent
-	102, // 57: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	104, // 57: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
 	4,   // 58: atf.admin.v1.RollbackLevelResponse.agent:type_name -> atf.admin.v1.Agent
-	102, // 59: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	99,  // 60: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
-	101, // 61: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
-	99,  // 62: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
-	69,  // 63: atf.admin.v1.RecordEvidenceResponse.evidence:type_name -> atf.admin.v1.Evidence
-	99,  // 64: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
-	101, // 65: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
-	99,  // 66: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
-	72,  // 67: atf.admin.v1.RecordSignOffResponse.sign_off:type_name -> atf.admin.v1.SignOff
-	99,  // 68: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
-	101, // 69: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
-	101, // 70: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
-	75,  // 71: atf.admin.v1.OpenIncidentResponse.incident:type_name -> atf.admin.v1.Incident
-	4,   // 72: atf.admin.v1.OpenIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
-	75,  // 73: atf.admin.v1.UpdateIncidentResponse.incident:type_name -> atf.admin.v1.Incident
-	4,   // 74: atf.admin.v1.UpdateIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
-	75,  // 75: atf.admin.v1.CloseIncidentResponse.incident:type_name -> atf.admin.v1.Incident
-	75,  // 76: atf.admin.v1.ListIncidentsResponse.incidents:type_name -> atf.admin.v1.Incident
-	101, // 77: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
-	101, // 78: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
-	98,  // 79: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
-	4,   // 80: atf.admin.v1.GetMaturityResponse.agent:type_name -> atf.admin.v1.Agent
-	101, // 81: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
-	85,  // 82: atf.admin.v1.GetMaturityResponse.outcomes:type_name -> atf.admin.v1.OutcomeCounts
-	69,  // 83: atf.admin.v1.GetMaturityResponse.evidence:type_name -> atf.admin.v1.Evidence
-	72,  // 84: atf.admin.v1.GetMaturityResponse.sign_offs:type_name -> atf.admin.v1.SignOff
-	75,  // 85: atf.admin.v1.GetMaturityResponse.incidents:type_name -> atf.admin.v1.Incident
-	86,  // 86: atf.admin.v1.GetMaturityResponse.breaker:type_name -> atf.admin.v1.Breaker
-	87,  // 87: atf.admin.v1.GetMaturityResponse.baseline:type_name -> atf.admin.v1.Baseline
-	99,  // 88: atf.admin.v1.GetConformanceRequest.target_level:type_name -> atf.broker.v1.Level
-	93,  // 89: atf.admin.v1.GetConformanceResponse.statement:type_name -> atf.admin.v1.ConformanceStatement
-	99,  // 90: atf.admin.v1.ConformanceStatement.target_level:type_name -> atf.broker.v1.Level
-	101, // 91: atf.admin.v1.ConformanceStatement.assessed_at:type_name -> google.protobuf.Timestamp
-	94,  // 92: atf.admin.v1.ConformanceStatement.elements:type_name -> atf.admin.v1.ConformanceElement
-	95,  // 93: atf.admin.v1.ConformanceElement.requirements:type_name -> atf.admin.v1.ConformanceRequirement
-	2,   // 94: atf.admin.v1.ConformanceRequirement.status:type_name -> atf.admin.v1.ConformanceStatus
-	3,   // 95: atf.admin.v1.ConformanceRequirement.obligation:type_name -> atf.admin.v1.Obligation
-	5,   // 96: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
-	7,   // 97: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
-	9,   // 98: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
-	11,  // 99: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
-	14,  // 100: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
-	21,  // 101: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
-	16,  // 102: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
-	18,  // 103: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
-	25,  // 104: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
-	27,  // 105: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
-	29,  // 106: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
-	31,  // 107: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
-	33,  // 108: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
-	36,  // 109: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
-	39,  // 110: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
-	41,  // 111: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
-	89,  // 112: atf.admin.v1.AdminService.Backup:input_type -> atf.admin.v1.BackupRequest
-	91,  // 113: atf.admin.v1.AdminService.GetConformance:input_type -> atf.admin.v1.GetConformanceRequest
-	58,  // 114: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
-	63,  // 115: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
-	65,  // 116: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
-	67,  // 117: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
-	70,  // 118: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
-	73,  // 119: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
-	76,  // 120: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
-	78,  // 121: atf.admin.v1.MaturityService.UpdateIncident:input_type -> atf.admin.v1.UpdateIncidentRequest
-	80,  // 122: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
-	82,  // 123: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
-	84,  // 124: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
-	49,  // 125: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
-	51,  // 126: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
-	53,  // 127: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
-	55,  // 128: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
-	44,  // 129: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
-	46,  // 130: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
-	6,   // 131: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
-	8,   // 132: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
-	10,  // 133: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
-	13,  // 134: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
-	15,  // 135: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
-	22,  // 136: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
-	17,  // 137: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
-	19,  // 138: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
-	26,  // 139: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
-	28,  // 140: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
-	30,  // 141: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
-	32,  // 142: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
-	34,  // 143: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
-	38,  // 144: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
-	40,  // 145: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
-	43,  // 146: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
-	90,  // 147: atf.admin.v1.AdminService.Backup:output_type -> atf.admin.v1.BackupResponse
-	92,  // 148: atf.admin.v1.AdminService.GetConformance:output_type -> atf.admin.v1.GetConformanceResponse
-	62,  // 149: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
-	64,  // 150: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
-	66,  // 151: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
-	68,  // 152: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
-	71,  // 153: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
-	74,  // 154: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
-	77,  // 155: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
-	79,  // 156: atf.admin.v1.MaturityService.UpdateIncident:output_type -> atf.admin.v1.UpdateIncidentResponse
-	81,  // 157: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
-	83,  // 158: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
-	88,  // 159: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
-	50,  // 160: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
-	52,  // 161: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
-	54,  // 162: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
-	56,  // 163: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
-	45,  // 164: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
-	47,  // 165: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
-	131, // [131:166] is the sub-list for method output_type
-	96,  // [96:131] is the sub-list for method input_type
-	96,  // [96:96] is the sub-list for extension type_name
-	96,  // [96:96] is the sub-list for extension extendee
-	0,   // [0:96] is the sub-list for field type_name
+	104, // 59: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	101, // 60: atf.admin.v1.MigrateAgentRequest.level:type_name -> atf.broker.v1.Level
+	4,   // 61: atf.admin.v1.MigrateAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	59,  // 62: atf.admin.v1.MigrateAgentResponse.sign_off:type_name -> atf.admin.v1.GateCheck
+	101, // 63: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
+	103, // 64: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
+	101, // 65: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
+	71,  // 66: atf.admin.v1.RecordEvidenceResponse.evidence:type_name -> atf.admin.v1.Evidence
+	101, // 67: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
+	103, // 68: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
+	101, // 69: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
+	74,  // 70: atf.admin.v1.RecordSignOffResponse.sign_off:type_name -> atf.admin.v1.SignOff
+	101, // 71: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
+	103, // 72: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
+	103, // 73: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
+	77,  // 74: atf.admin.v1.OpenIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	4,   // 75: atf.admin.v1.OpenIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
+	77,  // 76: atf.admin.v1.UpdateIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	4,   // 77: atf.admin.v1.UpdateIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
+	77,  // 78: atf.admin.v1.CloseIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	77,  // 79: atf.admin.v1.ListIncidentsResponse.incidents:type_name -> atf.admin.v1.Incident
+	103, // 80: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
+	103, // 81: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
+	100, // 82: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
+	4,   // 83: atf.admin.v1.GetMaturityResponse.agent:type_name -> atf.admin.v1.Agent
+	103, // 84: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
+	87,  // 85: atf.admin.v1.GetMaturityResponse.outcomes:type_name -> atf.admin.v1.OutcomeCounts
+	71,  // 86: atf.admin.v1.GetMaturityResponse.evidence:type_name -> atf.admin.v1.Evidence
+	74,  // 87: atf.admin.v1.GetMaturityResponse.sign_offs:type_name -> atf.admin.v1.SignOff
+	77,  // 88: atf.admin.v1.GetMaturityResponse.incidents:type_name -> atf.admin.v1.Incident
+	88,  // 89: atf.admin.v1.GetMaturityResponse.breaker:type_name -> atf.admin.v1.Breaker
+	89,  // 90: atf.admin.v1.GetMaturityResponse.baseline:type_name -> atf.admin.v1.Baseline
+	87,  // 91: atf.admin.v1.GetMaturityResponse.self_reported:type_name -> atf.admin.v1.OutcomeCounts
+	101, // 92: atf.admin.v1.GetConformanceRequest.target_level:type_name -> atf.broker.v1.Level
+	95,  // 93: atf.admin.v1.GetConformanceResponse.statement:type_name -> atf.admin.v1.ConformanceStatement
+	101, // 94: atf.admin.v1.ConformanceStatement.target_level:type_name -> atf.broker.v1.Level
+	103, // 95: atf.admin.v1.ConformanceStatement.assessed_at:type_name -> google.protobuf.Timestamp
+	96,  // 96: atf.admin.v1.ConformanceStatement.elements:type_name -> atf.admin.v1.ConformanceElement
+	97,  // 97: atf.admin.v1.ConformanceElement.requirements:type_name -> atf.admin.v1.ConformanceRequirement
+	2,   // 98: atf.admin.v1.ConformanceRequirement.status:type_name -> atf.admin.v1.ConformanceStatus
+	3,   // 99: atf.admin.v1.ConformanceRequirement.obligation:type_name -> atf.admin.v1.Obligation
+	5,   // 100: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
+	7,   // 101: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
+	9,   // 102: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
+	11,  // 103: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
+	14,  // 104: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
+	21,  // 105: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
+	16,  // 106: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
+	18,  // 107: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
+	25,  // 108: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
+	27,  // 109: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
+	29,  // 110: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
+	31,  // 111: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
+	33,  // 112: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
+	36,  // 113: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
+	39,  // 114: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
+	41,  // 115: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
+	91,  // 116: atf.admin.v1.AdminService.Backup:input_type -> atf.admin.v1.BackupRequest
+	93,  // 117: atf.admin.v1.AdminService.GetConformance:input_type -> atf.admin.v1.GetConformanceRequest
+	58,  // 118: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
+	63,  // 119: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
+	65,  // 120: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
+	67,  // 121: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
+	69,  // 122: atf.admin.v1.MaturityService.MigrateAgent:input_type -> atf.admin.v1.MigrateAgentRequest
+	72,  // 123: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
+	75,  // 124: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
+	78,  // 125: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
+	80,  // 126: atf.admin.v1.MaturityService.UpdateIncident:input_type -> atf.admin.v1.UpdateIncidentRequest
+	82,  // 127: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
+	84,  // 128: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
+	86,  // 129: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
+	49,  // 130: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
+	51,  // 131: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
+	53,  // 132: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
+	55,  // 133: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
+	44,  // 134: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
+	46,  // 135: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
+	6,   // 136: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
+	8,   // 137: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
+	10,  // 138: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
+	13,  // 139: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
+	15,  // 140: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
+	22,  // 141: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
+	17,  // 142: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
+	19,  // 143: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
+	26,  // 144: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
+	28,  // 145: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
+	30,  // 146: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
+	32,  // 147: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
+	34,  // 148: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
+	38,  // 149: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
+	40,  // 150: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
+	43,  // 151: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
+	92,  // 152: atf.admin.v1.AdminService.Backup:output_type -> atf.admin.v1.BackupResponse
+	94,  // 153: atf.admin.v1.AdminService.GetConformance:output_type -> atf.admin.v1.GetConformanceResponse
+	62,  // 154: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
+	64,  // 155: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
+	66,  // 156: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
+	68,  // 157: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
+	70,  // 158: atf.admin.v1.MaturityService.MigrateAgent:output_type -> atf.admin.v1.MigrateAgentResponse
+	73,  // 159: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
+	76,  // 160: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
+	79,  // 161: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
+	81,  // 162: atf.admin.v1.MaturityService.UpdateIncident:output_type -> atf.admin.v1.UpdateIncidentResponse
+	83,  // 163: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
+	85,  // 164: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
+	90,  // 165: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
+	50,  // 166: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
+	52,  // 167: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
+	54,  // 168: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
+	56,  // 169: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
+	45,  // 170: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
+	47,  // 171: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
+	136, // [136:172] is the sub-list for method output_type
+	100, // [100:136] is the sub-list for method input_type
+	100, // [100:100] is the sub-list for extension type_name
+	100, // [100:100] is the sub-list for extension extendee
+	0,   // [0:100] is the sub-list for field type_name
 }
 
 func init() { file_atf_admin_v1_admin_proto_init() }
@@ -7036,7 +7195,7 @@ func file_atf_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_admin_v1_admin_proto_rawDesc), len(file_atf_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   95,
+			NumMessages:   97,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -847,6 +847,7 @@ const (
 	MaturityService_Promote_FullMethodName           = "/atf.admin.v1.MaturityService/Promote"
 	MaturityService_Demote_FullMethodName            = "/atf.admin.v1.MaturityService/Demote"
 	MaturityService_RollbackLevel_FullMethodName     = "/atf.admin.v1.MaturityService/RollbackLevel"
+	MaturityService_MigrateAgent_FullMethodName      = "/atf.admin.v1.MaturityService/MigrateAgent"
 	MaturityService_RecordEvidence_FullMethodName    = "/atf.admin.v1.MaturityService/RecordEvidence"
 	MaturityService_RecordSignOff_FullMethodName     = "/atf.admin.v1.MaturityService/RecordSignOff"
 	MaturityService_OpenIncident_FullMethodName      = "/atf.admin.v1.MaturityService/OpenIncident"
@@ -872,9 +873,16 @@ type MaturityServiceClient interface {
 	// not hold.
 	Demote(ctx context.Context, in *DemoteRequest, opts ...grpc.CallOption) (*DemoteResponse, error)
 	// RollbackLevel restores the agent's level as it was at an earlier
-	// revision of its record (ATF R-4), as a new change.
+	// revision of its record (ATF R-4), as a new change. It only lowers: a
+	// level is raised through Promote or MigrateAgent.
 	RollbackLevel(ctx context.Context, in *RollbackLevelRequest, opts ...grpc.CallOption) (*RollbackLevelResponse, error)
+	// MigrateAgent places an agent that earned its autonomy elsewhere (a
+	// migration) at a higher level, skipping the levels between, if the
+	// sign-offs a promotion to that level needs are recorded.
+	MigrateAgent(ctx context.Context, in *MigrateAgentRequest, opts ...grpc.CallOption) (*MigrateAgentResponse, error)
 	RecordEvidence(ctx context.Context, in *RecordEvidenceRequest, opts ...grpc.CallOption) (*RecordEvidenceResponse, error)
+	// RecordSignOff records the caller's own sign-off: the signer is the
+	// caller's verified identity, never a name in the request.
 	RecordSignOff(ctx context.Context, in *RecordSignOffRequest, opts ...grpc.CallOption) (*RecordSignOffResponse, error)
 	OpenIncident(ctx context.Context, in *OpenIncidentRequest, opts ...grpc.CallOption) (*OpenIncidentResponse, error)
 	// UpdateIncident changes an open incident's severity or adds a note; a
@@ -929,6 +937,16 @@ func (c *maturityServiceClient) RollbackLevel(ctx context.Context, in *RollbackL
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RollbackLevelResponse)
 	err := c.cc.Invoke(ctx, MaturityService_RollbackLevel_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *maturityServiceClient) MigrateAgent(ctx context.Context, in *MigrateAgentRequest, opts ...grpc.CallOption) (*MigrateAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MigrateAgentResponse)
+	err := c.cc.Invoke(ctx, MaturityService_MigrateAgent_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -1021,9 +1039,16 @@ type MaturityServiceServer interface {
 	// not hold.
 	Demote(context.Context, *DemoteRequest) (*DemoteResponse, error)
 	// RollbackLevel restores the agent's level as it was at an earlier
-	// revision of its record (ATF R-4), as a new change.
+	// revision of its record (ATF R-4), as a new change. It only lowers: a
+	// level is raised through Promote or MigrateAgent.
 	RollbackLevel(context.Context, *RollbackLevelRequest) (*RollbackLevelResponse, error)
+	// MigrateAgent places an agent that earned its autonomy elsewhere (a
+	// migration) at a higher level, skipping the levels between, if the
+	// sign-offs a promotion to that level needs are recorded.
+	MigrateAgent(context.Context, *MigrateAgentRequest) (*MigrateAgentResponse, error)
 	RecordEvidence(context.Context, *RecordEvidenceRequest) (*RecordEvidenceResponse, error)
+	// RecordSignOff records the caller's own sign-off: the signer is the
+	// caller's verified identity, never a name in the request.
 	RecordSignOff(context.Context, *RecordSignOffRequest) (*RecordSignOffResponse, error)
 	OpenIncident(context.Context, *OpenIncidentRequest) (*OpenIncidentResponse, error)
 	// UpdateIncident changes an open incident's severity or adds a note; a
@@ -1055,6 +1080,9 @@ func (UnimplementedMaturityServiceServer) Demote(context.Context, *DemoteRequest
 }
 func (UnimplementedMaturityServiceServer) RollbackLevel(context.Context, *RollbackLevelRequest) (*RollbackLevelResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RollbackLevel not implemented")
+}
+func (UnimplementedMaturityServiceServer) MigrateAgent(context.Context, *MigrateAgentRequest) (*MigrateAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MigrateAgent not implemented")
 }
 func (UnimplementedMaturityServiceServer) RecordEvidence(context.Context, *RecordEvidenceRequest) (*RecordEvidenceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RecordEvidence not implemented")
@@ -1166,6 +1194,24 @@ func _MaturityService_RollbackLevel_Handler(srv interface{}, ctx context.Context
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(MaturityServiceServer).RollbackLevel(ctx, req.(*RollbackLevelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MaturityService_MigrateAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MigrateAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MaturityServiceServer).MigrateAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MaturityService_MigrateAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MaturityServiceServer).MigrateAgent(ctx, req.(*MigrateAgentRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1318,6 +1364,10 @@ var MaturityService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RollbackLevel",
 			Handler:    _MaturityService_RollbackLevel_Handler,
+		},
+		{
+			MethodName: "MigrateAgent",
+			Handler:    _MaturityService_MigrateAgent_Handler,
 		},
 		{
 			MethodName: "RecordEvidence",

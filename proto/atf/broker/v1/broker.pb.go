@@ -1615,7 +1615,11 @@ type ReportOutcomeRequest struct {
 	DecisionId string `protobuf:"bytes,2,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
 	Role       string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
 	// What happened, for people (redacted before it is stored).
-	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The agent the outcome is about, when the caller reports on another
+	// agent's work (an approver, an admin, a resource server listed in
+	// maturity.outcome_reporters). Empty: the caller's own, self-reported.
+	AgentId       string `protobuf:"bytes,5,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1674,6 +1678,13 @@ func (x *ReportOutcomeRequest) GetRole() string {
 func (x *ReportOutcomeRequest) GetDetail() string {
 	if x != nil {
 		return x.Detail
+	}
+	return ""
+}
+
+func (x *ReportOutcomeRequest) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
 	}
 	return ""
 }
@@ -1843,14 +1854,15 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\taccessors\x18\x01 \x03(\tR\taccessors\x12\x1b\n" +
 	"\tgrant_ids\x18\x02 \x03(\tR\bgrantIds\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12.\n" +
-	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xd1\x01\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x88\x02\n" +
 	"\x14ReportOutcomeRequest\x12<\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x16.atf.broker.v1.OutcomeB\n" +
 	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\aoutcome\x12;\n" +
 	"\vdecision_id\x18\x02 \x01(\tB\x1a\xbaH\x17r\x15\x18@2\x11^([0-9a-f]{32})?$R\n" +
 	"decisionId\x12\x1c\n" +
 	"\x04role\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x04role\x12 \n" +
-	"\x06detail\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\x06detail\"\x17\n" +
+	"\x06detail\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\x06detail\x125\n" +
+	"\bagent_id\x18\x05 \x01(\tB\x1a\xbaH\x17r\x15\x18\x80\x102\x10^(spiffe://.+)?$R\aagentId\"\x17\n" +
 	"\x15ReportOutcomeResponse*i\n" +
 	"\x05Level\x12\x15\n" +
 	"\x11LEVEL_UNSPECIFIED\x10\x00\x12\x10\n" +

@@ -56,9 +56,12 @@ type BrokerServiceClient interface {
 	// the request is decided, expires or is redeemed. Once approved, the
 	// caller redeems it with FetchCredential and approval_id.
 	WaitApproval(ctx context.Context, in *WaitApprovalRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WaitApprovalResponse], error)
-	// ReportOutcome records how an action the caller took went, for its
-	// promotion gates (success and acceptance rates, availability) and its
-	// circuit breaker (failures).
+	// ReportOutcome records how an action went, for the agent's promotion
+	// gates (success and acceptance rates, availability) and its circuit
+	// breaker (failures only: a breaker closes on real requests). An agent
+	// reports its own, marked self-reported; approvers, admins and listed
+	// outcome reporters report on an agent's work with agent_id, and only
+	// those reports count in full.
 	ReportOutcome(ctx context.Context, in *ReportOutcomeRequest, opts ...grpc.CallOption) (*ReportOutcomeResponse, error)
 }
 
@@ -182,9 +185,12 @@ type BrokerServiceServer interface {
 	// the request is decided, expires or is redeemed. Once approved, the
 	// caller redeems it with FetchCredential and approval_id.
 	WaitApproval(*WaitApprovalRequest, grpc.ServerStreamingServer[WaitApprovalResponse]) error
-	// ReportOutcome records how an action the caller took went, for its
-	// promotion gates (success and acceptance rates, availability) and its
-	// circuit breaker (failures).
+	// ReportOutcome records how an action went, for the agent's promotion
+	// gates (success and acceptance rates, availability) and its circuit
+	// breaker (failures only: a breaker closes on real requests). An agent
+	// reports its own, marked self-reported; approvers, admins and listed
+	// outcome reporters report on an agent's work with agent_id, and only
+	// those reports count in full.
 	ReportOutcome(context.Context, *ReportOutcomeRequest) (*ReportOutcomeResponse, error)
 	mustEmbedUnimplementedBrokerServiceServer()
 }
