@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/broker/failpoint"
 	"github.com/agentictrust/atf/broker/store"
@@ -77,17 +78,26 @@ func TestCrashSafety(t *testing.T) {
 			if revoking {
 				armed = "" // armed at the restart below, after the lineage is built
 			}
-			e.start("ATF_FAILPOINT=" + armed)
-			admin := e.dial(testAdmin(s))
+			// Placed at their levels in the store before atfd starts (through
+			// the API a level above Intern takes sign-offs and a migration).
+			st, err := store.Open(e.storePath, store.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
 			for _, a := range []struct {
 				id    spiffeid.ID
-				level brokerv1.Level
-			}{{lead, brokerv1.Level_LEVEL_SENIOR}, {helper, brokerv1.Level_LEVEL_JUNIOR}} {
-				if _, err := admin.Admin.RegisterAgent(ctx, &adminv1.RegisterAgentRequest{SpiffeId: a.id.String(), Owner: "o@example.org",
-					Purpose: "crash test", Roles: []string{"reports-read"}, Level: a.level}); err != nil {
+				level authz.Level
+			}{{lead, authz.Senior}, {helper, authz.Junior}} {
+				if _, err := st.RegisterAgent(store.Agent{ID: a.id.String(), Owner: "o@example.org", Purpose: "crash test",
+					Roles: []string{"reports-read"}, Level: a.level}, "test"); err != nil {
 					t.Fatal(err)
 				}
 			}
+			if err := st.Close(); err != nil {
+				t.Fatal(err)
+			}
+			e.start("ATF_FAILPOINT=" + armed)
+			admin := e.dial(testAdmin(s))
 			leadC, helperC := e.dial(lead), e.dial(helper)
 			fetch := func(c *client.Conn, grant string) (*brokerv1.Credential, error) {
 				r, err := c.Broker.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "reports-read", GrantId: grant})
