@@ -86,9 +86,11 @@ func (r *Revoker) Subscribe(agent string) (<-chan *brokerv1.WatchRevocationsResp
 	return r.hub.subscribe(agent)
 }
 
-// db is the store handle of the request in ctx.
+// db is the store handle of the request in ctx. Its revocations leave
+// listing their credentials to Finish (store.SettleLater), which tells
+// Vault first.
 func (r *Revoker) db(ctx context.Context) *store.Store {
-	return r.cfg.Store.ForRequest(edge.RequestID(ctx))
+	return r.cfg.Store.ForRequest(edge.RequestID(ctx)).SettleLater()
 }
 
 // Kill stops agent id (and, with lineage, every agent below it in its
@@ -188,8 +190,23 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 	if len(rev.Approvals) > 0 {
 		r.cfg.Approvals.Fire()
 	}
-	// Agents hear at once: the broker already refuses everything revoked,
-	// whatever Vault is doing.
+	// Vault is told at once, while the credentials that died with their
+	// anchors are listed (store.Settle) for the agents to hear: the broker
+	// already refuses everything revoked, whatever Vault is doing.
+	timeout := inlineRevokeTimeout
+	if !wait {
+		timeout = 0 // nothing confirmed inline; the revoker is woken
+	}
+	vault := make(chan int, 1)
+	go func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+		defer cancel()
+		vault <- r.queue.revoke(rctx, rev.Queued)
+	}()
+	if err := r.cfg.Store.Settle(&rev); err != nil {
+		edge.Logger(ctx).Error("listing the revoked credentials failed; their agents are told of the revocation without them",
+			slog.String(edge.LogError, err.Error()))
+	}
 	for agent, accs := range rev.Credentials {
 		ev := event(agent)
 		ev.Accessors = append(ev.Accessors, accs...)
@@ -199,13 +216,7 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 		r.hub.publish(agent, ev)
 	}
 
-	timeout := inlineRevokeTimeout
-	if !wait {
-		timeout = 0 // nothing confirmed inline; the revoker is woken
-	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-	confirmed := r.queue.revoke(rctx, rev.Queued)
-	cancel()
+	confirmed := <-vault
 	sum := &brokerv1.RevocationSummary{
 		GrantsRevoked:      int32(len(rev.Grants)),
 		CredentialsRevoked: int32(rev.CredentialCount()),

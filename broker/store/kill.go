@@ -87,7 +87,7 @@ func (s *Store) KillAgent(id, actor, reason string, lineage bool) (Revocation, [
 	if err != nil {
 		return Revocation{}, nil, fmt.Errorf("store: kill agent: %w", err)
 	}
-	return rev, killed, nil
+	return rev, killed, s.settled(&rev, nil)
 }
 
 // ReleaseAgent lifts the kill switch from an agent. Its revoked grants and
@@ -139,7 +139,7 @@ func (s *Store) KillAll(actor, reason string) (Revocation, error) {
 	if err != nil {
 		return Revocation{}, fmt.Errorf("store: kill all: %w", err)
 	}
-	return rev, nil
+	return rev, s.settled(&rev, nil)
 }
 
 // ReleaseAll lifts the global kill switch.
@@ -201,6 +201,7 @@ func (rev *Revocation) merge(r Revocation) {
 	rev.Queued = append(rev.Queued, r.Queued...)
 	rev.Approvals = append(rev.Approvals, r.Approvals...)
 	rev.Nodes = append(rev.Nodes, r.Nodes...)
+	rev.derived = append(rev.derived, r.derived...)
 }
 
 // keyBaselines holds the behaviour monitor's saved baselines.

@@ -74,6 +74,20 @@ type Revocation struct {
 	// Nodes are the role nodes whose anchors were revoked on their own
 	// (not with their agent's or grant's): the broker makes them anew.
 	Nodes []string
+
+	// derived are the credentials revoked with their anchors, not yet
+	// listed in Credentials (Settle).
+	derived []derivedSet
+}
+
+// derivedSet names credentials a revocation revoked through their
+// anchors, without a write each: those of nodes (and of an agent root's
+// own) under the anchors queued, live at the revocation's time.
+type derivedSet struct {
+	grants []string
+	agent  string
+	queued map[string]bool
+	at     time.Time
 }
 
 // CredentialCount is the number of credentials revoked.
@@ -144,6 +158,9 @@ func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 			return err
 		}
 		if err := tx.Bucket(bucketGiven).Put(pair(g.Delegator, g.ID), nil); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketReceived).Put(pair(g.Delegatee, g.ID), nil); err != nil {
 			return err
 		}
 		if err := tx.Bucket(bucketChildren).Put(pair(g.ParentID, g.ID), nil); err != nil {
@@ -328,6 +345,11 @@ func putCredential(tx *bolt.Tx, c Credential, refused error, now time.Time) erro
 	if err := tx.Bucket(bucketCredentials).Put(key, v); err != nil {
 		return err
 	}
+	if c.Anchor == "" {
+		if err := tx.Bucket(bucketBare).Put(pair(credentialNode(c), c.Accessor), key); err != nil {
+			return err
+		}
+	}
 	if c.GrantID != "" {
 		return tx.Bucket(bucketGrantCreds).Put(pair(c.GrantID, c.Accessor), key)
 	}
@@ -380,7 +402,7 @@ func (s *Store) RevokeLineage(root Root, actor, reason string) (Revocation, erro
 		rev, err = s.revokeLineage(tx, root, actor, reason, s.now().UTC())
 		return err
 	})
-	return rev, err
+	return rev, s.settled(&rev, err)
 }
 
 // revokeLineage revokes root's lineage in tx at now: its grants, the open
@@ -415,11 +437,68 @@ func (s *Store) revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now 
 	if err != nil {
 		return Revocation{}, err
 	}
-	keys, err := lineageCredentialKeys(tx, root, grants)
-	if err != nil {
+	// Only credentials without an anchor are rewritten; the rest are
+	// revoked with their anchors and listed after the commit (Settle):
+	// the transaction costs the number of nodes, not of credentials.
+	var keys [][]byte
+	for _, node := range nodes {
+		keys = append(keys, bareCredentialKeys(tx, node)...)
+	}
+	if root.AgentID != "" {
+		// The agent's own credentials held under grants it received: those
+		// grants' anchors are not the lineage's, so these go one by one.
+		held, err := heldUnderReceived(tx, root.AgentID)
+		if err != nil {
+			return Revocation{}, err
+		}
+		keys = append(keys, held...)
+	}
+	if err := revokeCredentialKeys(tx, keys, queuedAnchors, now, &rev); err != nil {
 		return Revocation{}, err
 	}
-	return rev, revokeCredentialKeys(tx, keys, queuedAnchors, now, &rev)
+	set := derivedSet{agent: root.AgentID, queued: queuedAnchors, at: now}
+	for _, g := range grants {
+		set.grants = append(set.grants, g.ID)
+	}
+	rev.derived = append(rev.derived, set)
+	return rev, nil
+}
+
+// Settle lists in rev.Credentials the credentials rev revoked with their
+// anchors, which the revocation's transaction did not read (see
+// revokeLineage). It reads, outside any write, so call it once Vault has
+// been told: what it lists is already refused by the broker and dead with
+// its anchors. A settled Revocation is left as it is.
+func (s *Store) Settle(rev *Revocation) error {
+	if len(rev.derived) == 0 {
+		return nil
+	}
+	if rev.Credentials == nil {
+		rev.Credentials = map[string][]string{}
+	}
+	err := s.view(func(tx *bolt.Tx) error {
+		for _, set := range rev.derived {
+			keys, err := lineageCredentialKeys(tx, Root{AgentID: set.agent}, set.grants)
+			if err != nil {
+				return err
+			}
+			creds := tx.Bucket(bucketCredentials)
+			for _, k := range keys {
+				var cr Credential
+				if err := json.Unmarshal(creds.Get(k), &cr); err != nil {
+					return fmt.Errorf("store: decode credential: %w", err)
+				}
+				if set.queued[cr.Anchor] && cr.RevokedAt.IsZero() && cr.ExpiresAt.After(set.at) {
+					rev.Credentials[cr.AgentID] = append(rev.Credentials[cr.AgentID], cr.Accessor)
+				}
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		rev.derived = nil
+	}
+	return err
 }
 
 // lineageGrants returns the grants below root, parents first: a grant and
@@ -525,10 +604,10 @@ func revokeAnchor(tx *bolt.Tx, an Anchor, now time.Time, queued map[string]bool,
 
 // lineageCredentialKeys returns the keys of the credentials issued under
 // grants and, for an agent root, of the agent's own.
-func lineageCredentialKeys(tx *bolt.Tx, root Root, grants []delegation.Grant) ([][]byte, error) {
+func lineageCredentialKeys(tx *bolt.Tx, root Root, grants []string) ([][]byte, error) {
 	var keys [][]byte
 	for _, g := range grants {
-		ks, err := grantCredentialKeys(tx, g.ID)
+		ks, err := grantCredentialKeys(tx, g)
 		if err != nil {
 			return nil, err
 		}
@@ -542,6 +621,44 @@ func lineageCredentialKeys(tx *bolt.Tx, root Root, grants []delegation.Grant) ([
 		}
 	}
 	return keys, nil
+}
+
+// bareCredentialKeys returns the keys of node's credentials recorded
+// without an anchor.
+func bareCredentialKeys(tx *bolt.Tx, node string) [][]byte {
+	var keys [][]byte
+	prefix := pair(node, "")
+	c := tx.Bucket(bucketBare).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		keys = append(keys, bytes.Clone(v))
+	}
+	return keys
+}
+
+// heldUnderReceived returns the keys of the credentials agent holds under
+// grants it received.
+func heldUnderReceived(tx *bolt.Tx, agent string) ([][]byte, error) {
+	var keys [][]byte
+	prefix := pair(agent, "")
+	c := tx.Bucket(bucketReceived).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		id := string(k[len(prefix):])
+		ks, err := grantCredentialKeys(tx, id)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, ks...)
+	}
+	return keys, nil
+}
+
+// credentialNode is the node a credential was issued at: its grant's, or
+// its agent's for its own authority.
+func credentialNode(c Credential) string {
+	if c.GrantID != "" {
+		return GrantNode(c.GrantID)
+	}
+	return AgentNode(c.AgentID)
 }
 
 // revokeCredentialKeys revokes the live credentials at keys at now and adds

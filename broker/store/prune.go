@@ -178,9 +178,14 @@ func dropKey(bucket []byte) func(*bolt.Tx, []byte) error {
 func dropCredential(tx *bolt.Tx, k []byte) error {
 	b := tx.Bucket(bucketCredentials)
 	var c Credential
-	if v := b.Get(k); v != nil && json.Unmarshal(v, &c) == nil && c.GrantID != "" {
-		if err := tx.Bucket(bucketGrantCreds).Delete(pair(c.GrantID, c.Accessor)); err != nil {
+	if v := b.Get(k); v != nil && json.Unmarshal(v, &c) == nil {
+		if err := tx.Bucket(bucketBare).Delete(pair(credentialNode(c), c.Accessor)); err != nil {
 			return err
+		}
+		if c.GrantID != "" {
+			if err := tx.Bucket(bucketGrantCreds).Delete(pair(c.GrantID, c.Accessor)); err != nil {
+				return err
+			}
 		}
 	}
 	return b.Delete(k)
@@ -205,6 +210,9 @@ func dropGrant(tx *bolt.Tx, k []byte) error {
 		return nil // already gone
 	}
 	if err := tx.Bucket(bucketGiven).Delete(pair(g.Delegator, g.ID)); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketReceived).Delete(pair(g.Delegatee, g.ID)); err != nil {
 		return err
 	}
 	if g.ParentID != "" {

@@ -16,6 +16,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/delegation"
 )
 
 // Errors returned by the store; test with errors.Is.
@@ -43,6 +44,12 @@ var (
 	bucketChildren    = []byte("grant_children")
 	bucketGiven       = []byte("grants_by_delegator")
 	bucketGrantCreds  = []byte("grant_credentials")
+	// bucketBare indexes the credentials recorded without an anchor, by
+	// node: pair(node, accessor) -> credential key. A lineage revocation
+	// rewrites these one by one; those under anchors die with them.
+	bucketBare = []byte("bare_credentials")
+	// bucketReceived indexes grants by delegatee: pair(delegatee, id).
+	bucketReceived    = []byte("grants_by_delegatee")
 	bucketAnchors     = []byte("anchors")
 	bucketNodeAnchors = []byte("node_anchors")
 	bucketAudit       = []byte("audit")
@@ -51,7 +58,7 @@ var (
 	bucketMeta        = []byte("meta")
 
 	allBuckets = [][]byte{bucketAgents, bucketHistory, bucketCredentials, bucketRevocations,
-		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketAnchors, bucketNodeAnchors, bucketAudit,
+		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketBare, bucketReceived, bucketAnchors, bucketNodeAnchors, bucketAudit,
 		bucketPolicies, bucketApprovals, bucketMeta, bucketOutcomes, bucketEvidence, bucketSignOffs, bucketIncidents}
 )
 
@@ -216,6 +223,9 @@ type Store struct {
 	// requestID goes into every audit record written through this handle
 	// (ForRequest).
 	requestID string
+	// settleLater leaves listing a revocation's credentials to Settle
+	// (SettleLater).
+	settleLater bool
 }
 
 // core is the store that every handle shares.
@@ -274,7 +284,7 @@ func Open(path string, opts Options) (*Store, error) {
 				return err
 			}
 		}
-		return nil
+		return indexBare(tx)
 	})
 	if err != nil {
 		db.Close()
@@ -303,7 +313,24 @@ func (s *Store) ForRequest(rid string) *Store {
 	if rid == "" {
 		return s
 	}
-	return &Store{core: s.core, requestID: rid}
+	return &Store{core: s.core, requestID: rid, settleLater: s.settleLater}
+}
+
+// SettleLater returns a handle on the same store whose revocations
+// (RevokeLineage, DeregisterAgent, KillAgent, KillAll) return as soon as
+// they committed, before listing in Revocation.Credentials the credentials
+// that died with their anchors: the caller tells Vault first, then calls
+// Settle. Through other handles they return settled.
+func (s *Store) SettleLater() *Store {
+	return &Store{core: s.core, requestID: s.requestID, settleLater: true}
+}
+
+// settled settles rev unless this handle leaves it to the caller.
+func (s *Store) settled(rev *Revocation, err error) error {
+	if err != nil || s.settleLater {
+		return err
+	}
+	return s.Settle(rev)
 }
 
 // Close waits for the write being committed, refuses later writes and
@@ -426,7 +453,7 @@ func (s *Store) DeregisterAgent(id, actor, reason string) (Agent, Revocation, er
 		rev, err = s.revokeLineage(tx, Root{AgentID: id}, actor, reason, s.now().UTC())
 		return err
 	})
-	if err != nil {
+	if err = s.settled(&rev, err); err != nil {
 		return Agent{}, Revocation{}, err
 	}
 	return a, rev, nil
@@ -658,4 +685,44 @@ func (r *Refusal) Unwrap() error { return r.Kind }
 // refuse is a Refusal of kind with a formatted message.
 func refuse(kind error, format string, args ...any) error {
 	return &Refusal{Kind: kind, Msg: fmt.Sprintf(format, args...)}
+}
+
+// keyBareIndexed marks a store whose credentials without an anchor are
+// indexed in bucketBare, and grants in bucketReceived (stores written
+// before them had neither).
+var keyBareIndexed = []byte("bare_indexed")
+
+// indexBare fills, once, bucketBare and bucketReceived for what was
+// recorded before they existed.
+func indexBare(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if meta.Get(keyBareIndexed) != nil {
+		return nil
+	}
+	bare := tx.Bucket(bucketBare)
+	err := tx.Bucket(bucketCredentials).ForEach(func(k, v []byte) error {
+		var c Credential
+		if err := json.Unmarshal(v, &c); err != nil {
+			return fmt.Errorf("store: decode credential: %w", err)
+		}
+		if c.Anchor != "" {
+			return nil
+		}
+		return bare.Put(pair(credentialNode(c), c.Accessor), bytes.Clone(k))
+	})
+	if err != nil {
+		return err
+	}
+	received := tx.Bucket(bucketReceived)
+	err = tx.Bucket(bucketGrants).ForEach(func(k, v []byte) error {
+		var g delegation.Grant
+		if err := json.Unmarshal(v, &g); err != nil {
+			return fmt.Errorf("store: decode grant: %w", err)
+		}
+		return received.Put(pair(g.Delegatee, g.ID), nil)
+	})
+	if err != nil {
+		return err
+	}
+	return meta.Put(keyBareIndexed, []byte{1})
 }
