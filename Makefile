@@ -64,7 +64,7 @@ lint: proto-tools
 # real SPIRE and Vault, one iteration each since they take their samples
 # per iteration; the in-process micro-benchmarks as usual) and writes
 # BENCHMARKS.md: every row a ratio to a baseline of the same run. About
-# 10-15 minutes on 2 cores.
+# 20 minutes on 2 cores.
 bench: dev-tools
 	$(GO) run ./deploy/dev/benchreport -go $(GO) -o BENCHMARKS.md
 

@@ -428,25 +428,45 @@ func (s *Store) recoverSegments() error {
 }
 
 // cutTornTail cuts off an incomplete last line of the segment at path and
-// returns its last record (zero if none) and its size after.
+// returns its last record (zero if none) and its size after. It reads only
+// the end of the file.
 func cutTornTail(path string) (AuditRecord, int64, error) {
 	var last AuditRecord
-	data, err := os.ReadFile(path)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return last, 0, fmt.Errorf("store: audit segment: %w", err)
 	}
-	keep := bytes.LastIndexByte(data, '\n') + 1
-	if keep < len(data) {
-		if err := os.Truncate(path, int64(keep)); err != nil {
-			return last, 0, fmt.Errorf("store: audit segment: cut off a torn line: %w", err)
-		}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return last, 0, fmt.Errorf("store: audit segment: %w", err)
 	}
-	data = data[:keep]
-	if keep > 0 {
-		start := bytes.LastIndexByte(data[:keep-1], '\n') + 1
-		if err := json.Unmarshal(data[start:keep-1], &last); err != nil {
+	size := fi.Size()
+	for n := min(size, 64<<10); ; n = min(2*n, size) {
+		buf := make([]byte, n)
+		if _, err := f.ReadAt(buf, size-n); err != nil {
+			return last, 0, fmt.Errorf("store: audit segment: %w", err)
+		}
+		end := bytes.LastIndexByte(buf, '\n')
+		start := bytes.LastIndexByte(buf[:max(end, 0)], '\n') + 1
+		switch {
+		case end < 0 && n == size:
+			return last, 0, f.Truncate(0) // not one whole line
+		case end < 0 || (start == 0 && n < size):
+			if n >= 2*maxAuditLine || n == size {
+				return last, 0, fmt.Errorf("store: audit segment %s: the last line is longer than %d bytes", filepath.Base(path), maxAuditLine)
+			}
+			continue
+		}
+		keep := size - n + int64(end) + 1
+		if keep < size {
+			if err := f.Truncate(keep); err != nil {
+				return last, 0, fmt.Errorf("store: audit segment: cut off a torn line: %w", err)
+			}
+		}
+		if err := json.Unmarshal(buf[start:end], &last); err != nil {
 			return last, 0, fmt.Errorf("store: audit segment %s: the last line is not a record: %w", filepath.Base(path), err)
 		}
+		return last, keep, nil
 	}
-	return last, int64(keep), nil
 }

@@ -90,9 +90,12 @@ func (e *atfdEnv) serveAndMeasure() memStatus {
 }
 
 // fillStore registers memAgents agents and appends memAuditRecords audit
-// records to the store at path, and returns its size.
+// records to the store at path, moving them to its audit segments as atfd
+// does, and returns the store file's size.
 func fillStore(b testing.TB, path string, td spiffeid.TrustDomain) int64 {
-	st, err := store.Open(path, store.Options{})
+	// As atfd runs it: the audit trail moves to audit.dir (its default)
+	// as it is written.
+	st, err := store.Open(path, store.Options{AuditDir: path + ".audit"})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -112,9 +115,31 @@ func fillStore(b testing.TB, path string, td spiffeid.TrustDomain) int64 {
 			}
 		})
 	}
+	// atfd moves the trail out every second; registrations come faster.
+	registered, shipped := make(chan struct{}), make(chan error, 1)
+	go func() {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-registered:
+				shipped <- nil
+				return
+			case <-t.C:
+			}
+			if _, err := st.ShipAudit(); err != nil {
+				shipped <- err
+				return
+			}
+		}
+	}()
 	wg.Wait()
+	close(registered)
 	close(errs)
 	if err := <-errs; err != nil {
+		b.Fatal(err)
+	}
+	if err := <-shipped; err != nil {
 		b.Fatal(err)
 	}
 	batch := make([]store.AuditRecord, 1000)
@@ -124,6 +149,14 @@ func fillStore(b testing.TB, path string, td spiffeid.TrustDomain) int64 {
 				Subject: fmt.Sprintf("accessor-%d", i+j), Detail: map[string]string{"decision": "allow", "role": "reports-read", "decision_id": strconv.Itoa(i + j)}}
 		}
 		if err := st.AppendAudit(batch...); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := st.ShipAudit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for n := 1; n > 0; {
+		if n, err = st.ShipAudit(); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -29,6 +29,7 @@ const module = "github.com/agentictrust/atf/"
 // their samples per iteration (one each); the micro-benchmarks run as usual.
 var suites = [][]string{
 	{"test", "-run", "^$", "-bench", ".", "-benchtime", "1x", "-timeout", "60m", "./broker/", "./cmd/atfd/"},
+	{"test", "-run", "^$", "-bench", "StoreAfterIssuances", "-benchtime", "1x", "-timeout", "30m", "./broker/store/"},
 	{"test", "-run", "^$", "-bench", ".", "./authz/", "./delegation/", "./broker/monitor/", "./broker/audit/"},
 }
 
@@ -165,6 +166,20 @@ func vsTarget20us(ns float64) string { return times(ns / 20e3) }
 // vsTarget20ms is a duration in milliseconds against the 20 ms target.
 func vsTarget20ms(ms float64) string { return times(ms / 20) }
 
+// vsTarget50ms is a duration in milliseconds against the 50 ms target.
+func vsTarget50ms(ms float64) string { return times(ms / 50) }
+
+// ratioOf is key's metric over base's, or says the run did not produce
+// them.
+func (r results) ratioOf(key, base, unit string) string {
+	v, ok := r.get(key, unit)
+	w, ok2 := r.get(base, unit)
+	if !ok || !ok2 || w == 0 {
+		return "not measured"
+	}
+	return times(v / w)
+}
+
 // pick formats a metric, or says the run did not produce it.
 func (r results) pick(key, unit string, format func(float64) string) string {
 	if v, ok := r.get(key, unit); ok {
@@ -180,6 +195,7 @@ func rows(r results) []row {
 		iss    = "broker/Issuance"
 		stages = "broker/IssuanceStages"
 		lin    = "broker/LineageRevocation/credentials=10000"
+		size   = "broker/store/StoreAfterIssuances"
 		kill   = "broker/KillSwitch/default"
 		forced = "broker/KillSwitch/forced"
 		mem    = "cmd/atfd/ResidentMemory"
@@ -207,6 +223,12 @@ func rows(r results) []row {
 		out = append(out, row{"issuance stage p50: " + st.what, pick(stages, st.key+"-p50-ns", ms),
 			"issuance p50 " + pick(stages, "total-p50-ns", ms), pick(stages, st.key+"-share", share), ""})
 	}
+	for _, n := range []string{"10", "1000", "10000", "100000"} {
+		key := "broker/LineageRevocation/credentials=" + n
+		out = append(out, row{"lineage revocation of " + n + " credentials: store commit / answer / all dead in Vault", pick(key, "commit-ms", tenthMS) + " / " +
+			pick(key, "return-ms", wholeMS) + " / " + pick(key, "dead-ms", wholeMS), "10,000: all dead " + pick(lin, "dead-ms", wholeMS),
+			r.ratioOf(key, lin, "dead-ms"), "flat"})
+	}
 	for _, n := range []string{"10", "1000", "10000"} {
 		key := "broker/Decision/lines=" + n
 		out = append(out, row{"full decision (chain of 4, Casbin + maturity), " + n + " policy lines, p50", pick(key, "p50-ns", us),
@@ -226,11 +248,15 @@ func rows(r results) []row {
 			"Vault revoke-tree " + pick(lin, "tree-dead-ms", wholeMS), pick(lin, "vs-revoke-tree", times), "≤ 0.05×"},
 		row{"the same vs revoking one by one", pick(lin, "dead-ms", wholeMS),
 			"one by one " + pick(lin, "one-by-one-ms", wholeMS), pick(lin, "vs-one-by-one", times), ""},
+		row{"the same, all dead in Vault, absolute", pick(lin, "dead-ms", wholeMS), "target 50 ms", pick(lin, "dead-ms", vsTarget50ms), "≤ 1×"},
+		row{"store file after 1M issuances (credentials of 5 min, store_retention 5 min)", pick(size, "file-MiB", mib) + " (" + pick(size, "used-MiB", mib) + " in use)",
+			"audit trail moved out to segments " + pick(size, "segments-MiB", mib), pick(size, "file-vs-segments", times), ""},
 		row{"kill switch, 100 live credentials, p50 (answer after Vault confirmed)", pick(kill, "p50-ms", tenthMS), "raw revoke " + pick(kill, "raw-p50-ms", tenthMS), pick(kill, "p50-vs-raw", times), ""},
 		row{"kill switch p99", pick(kill, "p99-ms", tenthMS), "target 20 ms", pick(kill, "p99-ms", vsTarget20ms), "≤ 1×"},
 		row{"kill switch --forced: all dead in Vault, p99", pick(forced, "dead-p99-ms", tenthMS), "target 1 s", pick(forced, "dead-p99-vs-1s", times), "≤ 1×"},
-		row{"atfd resident memory, 100k agents + 1M audit records (store " + pick(mem, "store-MiB", mib) + ")", pick(mem, "rss-MiB", mib),
+		row{"atfd resident memory after a restart, 100k agents + 1M audit records written (store " + pick(mem, "store-MiB", mib) + ")", pick(mem, "rss-MiB", mib),
 			"empty store " + pick(mem, "empty-rss-MiB", mib), pick(mem, "rss-ratio", times), ""},
+		row{"the same against its target", pick(mem, "rss-MiB", mib), "target 150 MiB", pick(mem, "rss-MiB", func(v float64) string { return times(v / 150) }), "≤ 1×"},
 		row{"of which anonymous (heap, stacks) / file (store pages mapped)", pick(mem, "anon-MiB", mib) + " / " + pick(mem, "file-MiB", mib), "", pick(mem, "anon-ratio", times) + " anon", ""},
 		row{"behaviour monitoring + breaker per request", pick(mon, "monitor-ns", wholeNS),
 			"issuance p50 " + pick(mon, "issuance-p50-ns", ms), pick(mon, "monitor-ns", monitorShare), "≤ 5%"},
