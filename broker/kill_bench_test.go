@@ -1,11 +1,14 @@
 package broker_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/agentictrust/atf/broker/config"
+	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -34,12 +37,21 @@ func BenchmarkKillSwitch(b *testing.B) {
 	f, bk := startBroker(b)
 	admin := bk.Dial(b, f.Admin)
 	root := f.Stack.VaultClient()
-	for _, forced := range []bool{false, true} {
-		name := "default"
-		if forced {
-			name = "forced"
+	for _, v := range []struct {
+		name      string
+		forced    bool
+		approvals int
+	}{{"default", false, 0}, {"forced", true, 0}, {"approvals-100000", false, 100_000}} {
+		forced := v.forced
+		if v.approvals > 0 {
+			// History the kill must not walk: requests of other agents,
+			// most of them decided long ago.
+			bk.Stop()
+			fillApprovals(b, bk.Cfg, v.approvals)
+			bk = f.StartWith(b, bk.Cfg)
+			admin = bk.Dial(b, f.Admin)
 		}
-		b.Run(name, func(b *testing.B) {
+		b.Run(v.name, func(b *testing.B) {
 			ctx := b.Context()
 			var kill, dead, commit, raw []time.Duration
 			var pending int32
@@ -112,5 +124,41 @@ func BenchmarkKillSwitch(b *testing.B) {
 				b.ReportMetric(float64(percentile(dead, 0.99))/float64(killEndToEnd), "dead-p99-vs-1s")
 			}
 		})
+	}
+}
+
+// fillApprovals adds n approval requests of 1,000 other agents to the
+// store of cfg, one in ten still pending, and moves their audit records
+// out, as the running broker would have.
+func fillApprovals(b *testing.B, cfg config.Config, n int) {
+	b.Helper()
+	if err := cfg.Validate(); err != nil { // a copy, with audit.dir's default
+		b.Fatal(err)
+	}
+	st, err := store.Open(cfg.StorePath, store.Options{AuditDir: cfg.Audit.Dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now()
+	_, err = parallel(b.Context(), n, 64, func(_ context.Context, i int) error {
+		a := store.Approval{ID: fmt.Sprintf("%032x", i), AgentID: fmt.Sprintf("spiffe://atf.test/bench/requester-%d", i%1000), Role: "reports-write",
+			Class: "write", DecisionID: fmt.Sprintf("%032x", i), CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+		if err := st.PutApproval(a); err != nil {
+			return err
+		}
+		if i%10 == 0 {
+			return nil
+		}
+		_, err := st.DecideApproval(a.ID, "spiffe://atf.test/ops/approver", false, "benchmark history", 0)
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for moved := 1; moved > 0; {
+		if moved, err = st.ShipAudit(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

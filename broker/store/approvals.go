@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -232,31 +233,39 @@ func getApproval(tx *bolt.Tx, id string) (Approval, error) {
 	return a, nil
 }
 
+// putApproval writes a, and keeps it in the index of open requests by
+// agent while it is open.
 func putApproval(tx *bolt.Tx, a Approval) error {
 	v, err := json.Marshal(a)
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(bucketApprovals).Put([]byte(a.ID), v)
+	if err := tx.Bucket(bucketApprovals).Put([]byte(a.ID), v); err != nil {
+		return err
+	}
+	if a.Status.Final() {
+		return tx.Bucket(bucketOpenApprovals).Delete(pair(a.AgentID, a.ID))
+	}
+	return tx.Bucket(bucketOpenApprovals).Put(pair(a.AgentID, a.ID), nil)
 }
 
-// cancelApprovals cancels, in tx, every open request that match selects,
-// and audits each.
-func (s *Store) cancelApprovals(tx *bolt.Tx, match func(Approval) bool, actor, reason string, now time.Time) ([]string, error) {
+// cancelApprovals cancels, in tx, every open request of agents that match
+// selects, and audits each. It reads only those agents' open requests
+// (bucketOpenApprovals), whatever the number of requests ever made.
+func (s *Store) cancelApprovals(tx *bolt.Tx, agents []string, match func(Approval) bool, actor, reason string, now time.Time) ([]string, error) {
 	var open []Approval
-	err := tx.Bucket(bucketApprovals).ForEach(func(k, v []byte) error {
-		var a Approval
-		if err := json.Unmarshal(v, &a); err != nil {
-			return fmt.Errorf("store: decode approval %s: %w", k, err)
+	for _, agent := range agents {
+		prefix := pair(agent, "")
+		c := tx.Bucket(bucketOpenApprovals).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			a, err := getApproval(tx, string(k[len(prefix):]))
+			if err != nil {
+				return nil, err
+			}
+			if !a.at(now).Status.Final() && match(a) {
+				open = append(open, a)
+			}
 		}
-		if a.at(now).Status.Final() || !match(a) {
-			return nil
-		}
-		open = append(open, a)
-		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
 	ids := make([]string, 0, len(open))
 	for _, a := range open {

@@ -421,7 +421,11 @@ func (s *Store) revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now 
 	for _, g := range grants {
 		inLineage[g.ID] = true
 	}
-	if rev.Approvals, err = s.cancelApprovals(tx, func(a Approval) bool {
+	agents := []string{root.AgentID}
+	for _, g := range grants {
+		agents = append(agents, g.Delegatee)
+	}
+	if rev.Approvals, err = s.cancelApprovals(tx, agents, func(a Approval) bool {
 		return (root.AgentID != "" && a.AgentID == root.AgentID) || inLineage[a.GrantID]
 	}, actor, reason, now); err != nil {
 		return Revocation{}, err

@@ -47,7 +47,7 @@ func (s *Store) Prune(cutoff time.Time, actor string) (Pruned, error) {
 		{&p.Credentials, expiredIn(bucketCredentials, cutoff, credentialExpiry), dropCredential},
 		{&p.Anchors, expiredIn(bucketAnchors, cutoff, anchorExpiry), dropAnchor},
 		{&p.Grants, expiredIn(bucketGrants, cutoff, grantExpiry), dropGrant},
-		{&p.Approvals, expiredIn(bucketApprovals, cutoff, approvalExpiry), dropKey(bucketApprovals)},
+		{&p.Approvals, expiredIn(bucketApprovals, cutoff, approvalExpiry), dropApproval},
 		{&p.History, oldHistory, dropKey(bucketHistory)},
 	}
 	for _, st := range steps {
@@ -221,4 +221,13 @@ func dropGrant(tx *bolt.Tx, k []byte) error {
 		}
 	}
 	return tx.Bucket(bucketGrants).Delete(k)
+}
+
+func dropApproval(tx *bolt.Tx, k []byte) error {
+	if a, err := getApproval(tx, string(k)); err == nil {
+		if err := tx.Bucket(bucketOpenApprovals).Delete(pair(a.AgentID, a.ID)); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bucketApprovals).Delete(k)
 }

@@ -49,16 +49,19 @@ var (
 	// rewrites these one by one; those under anchors die with them.
 	bucketBare = []byte("bare_credentials")
 	// bucketReceived indexes grants by delegatee: pair(delegatee, id).
-	bucketReceived    = []byte("grants_by_delegatee")
-	bucketAnchors     = []byte("anchors")
-	bucketNodeAnchors = []byte("node_anchors")
-	bucketAudit       = []byte("audit")
-	bucketPolicies    = []byte("policies")
-	bucketApprovals   = []byte("approvals")
-	bucketMeta        = []byte("meta")
+	bucketReceived = []byte("grants_by_delegatee")
+	// bucketOpenApprovals indexes the requests not yet final by agent:
+	// pair(agent, id).
+	bucketOpenApprovals = []byte("open_approvals")
+	bucketAnchors       = []byte("anchors")
+	bucketNodeAnchors   = []byte("node_anchors")
+	bucketAudit         = []byte("audit")
+	bucketPolicies      = []byte("policies")
+	bucketApprovals     = []byte("approvals")
+	bucketMeta          = []byte("meta")
 
 	allBuckets = [][]byte{bucketAgents, bucketHistory, bucketCredentials, bucketRevocations,
-		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketBare, bucketReceived, bucketAnchors, bucketNodeAnchors, bucketAudit,
+		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketBare, bucketReceived, bucketOpenApprovals, bucketAnchors, bucketNodeAnchors, bucketAudit,
 		bucketPolicies, bucketApprovals, bucketMeta, bucketOutcomes, bucketEvidence, bucketSignOffs, bucketIncidents}
 )
 
@@ -688,12 +691,12 @@ func refuse(kind error, format string, args ...any) error {
 }
 
 // keyBareIndexed marks a store whose credentials without an anchor are
-// indexed in bucketBare, and grants in bucketReceived (stores written
-// before them had neither).
-var keyBareIndexed = []byte("bare_indexed")
+// indexed in bucketBare, grants in bucketReceived and open approvals in
+// bucketOpenApprovals (stores written before them had none).
+var keyBareIndexed = []byte("indexed_v2")
 
-// indexBare fills, once, bucketBare and bucketReceived for what was
-// recorded before they existed.
+// indexBare fills, once, bucketBare, bucketReceived and
+// bucketOpenApprovals for what was recorded before they existed.
 func indexBare(tx *bolt.Tx) error {
 	meta := tx.Bucket(bucketMeta)
 	if meta.Get(keyBareIndexed) != nil {
@@ -713,6 +716,9 @@ func indexBare(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
+	if err := indexApprovals(tx); err != nil {
+		return err
+	}
 	received := tx.Bucket(bucketReceived)
 	err = tx.Bucket(bucketGrants).ForEach(func(k, v []byte) error {
 		var g delegation.Grant
@@ -725,4 +731,20 @@ func indexBare(tx *bolt.Tx) error {
 		return err
 	}
 	return meta.Put(keyBareIndexed, []byte{1})
+}
+
+// indexApprovals fills bucketOpenApprovals with the requests not yet
+// final, for a store written before it existed.
+func indexApprovals(tx *bolt.Tx) error {
+	open := tx.Bucket(bucketOpenApprovals)
+	return tx.Bucket(bucketApprovals).ForEach(func(k, v []byte) error {
+		var a Approval
+		if err := json.Unmarshal(v, &a); err != nil {
+			return fmt.Errorf("store: decode approval %s: %w", k, err)
+		}
+		if a.Status.Final() {
+			return nil
+		}
+		return open.Put(pair(a.AgentID, a.ID), nil)
+	})
 }
