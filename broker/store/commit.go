@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -99,22 +100,20 @@ func (s *Store) committer() {
 			}
 		}
 		lastGroup = len(batch)
-		if err := s.commitGroup(batch); err == nil || len(batch) == 1 {
-			continue
-		}
-		// One write failed and rolled back the group: run each alone, so
-		// only the failing one sees its error.
-		for _, r := range batch {
-			r.done <- s.db.Update(r.fn)
+		// A write that fails rolls the group back: it alone hears its
+		// error and the others run again, together, without it. A bad
+		// request costs the others one rollback, not a commit each.
+		for len(batch) > 0 {
+			batch = s.commitGroup(batch)
 		}
 	}
 }
 
-// commitGroup runs batch in one transaction and answers each write, unless
-// a write failed in a batch of several: then nothing was answered, nothing
-// committed, and the error is returned. Early writes (groupEarly) are
-// answered before the commit.
-func (s *Store) commitGroup(batch []*commitReq) error {
+// commitGroup runs batch in one transaction and answers each write. If a
+// write fails, nothing is committed: that write is answered with its error
+// and the rest, unanswered, are returned to be run again. Early writes
+// (groupEarly) are answered before the commit.
+func (s *Store) commitGroup(batch []*commitReq) []*commitReq {
 	tx, err := s.db.Begin(true)
 	if err != nil {
 		for _, r := range batch {
@@ -122,17 +121,13 @@ func (s *Store) commitGroup(batch []*commitReq) error {
 		}
 		return nil
 	}
-	for _, r := range batch {
-		if err = r.fn(tx); err != nil {
-			break
+	for i, r := range batch {
+		if err := r.fn(tx); err != nil {
+			_ = tx.Rollback()
+			s.rollbacks.Add(1)
+			r.done <- err
+			return slices.Delete(batch, i, i+1)
 		}
-	}
-	if err != nil {
-		_ = tx.Rollback()
-		if len(batch) == 1 {
-			batch[0].done <- err
-		}
-		return err
 	}
 	var early chan struct{}
 	for _, r := range batch {
@@ -157,6 +152,7 @@ func (s *Store) commitGroup(batch []*commitReq) error {
 	}
 	if err == nil {
 		err = tx.Commit()
+		s.commits.Add(1)
 	}
 	if early != nil {
 		s.earlyMu.Lock()

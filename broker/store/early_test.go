@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -89,5 +90,44 @@ func TestRecordCredentialLostCommit(t *testing.T) {
 	case got := <-lost:
 		t.Errorf("OnLost called again, for %s", got.Accessor)
 	default:
+	}
+}
+
+// A write that fails in a group commit costs the others one rollback: they
+// commit together without it, in one transaction, and only it hears its
+// error (before, one bad write made every write of its group commit alone).
+func TestGroupCommitSurvivesABadWrite(t *testing.T) {
+	s, _ := open(t)
+	const id = "spiffe://td/agent/group"
+	mustRegister(t, s, id, "alice")
+	commits, rollbacks := store.Committed(s)
+	release := store.HoldWriter(s)
+	defer release()
+	results := make(chan error, 21)
+	for i := range 21 {
+		agent := id
+		if i%4 == 3 {
+			agent = "spiffe://td/agent/unknown" // fails: not registered
+		}
+		go func() { results <- s.RecordCredential(credential(agent, fmt.Sprintf("acc-%02d", i))) }()
+	}
+	// All wait: queued, or in the group the committer took and holds,
+	// waiting for the writer.
+	time.Sleep(200 * time.Millisecond)
+	release()
+	var failed int
+	for range 21 {
+		if err := <-results; errors.Is(err, store.ErrNotFound) {
+			failed++
+		} else if err != nil {
+			t.Errorf("RecordCredential: %v", err)
+		}
+	}
+	c, r := store.Committed(s)
+	if failed != 5 || c-commits > 2 || r-rollbacks != 5 {
+		t.Errorf("%d refused, %d commits, %d rollbacks; want 5 refused, at most 2 commits (the group the committer held, then the rest together), 5 rollbacks", failed, c-commits, r-rollbacks)
+	}
+	if got := mustCredentials(t, s, id); len(got) != 16 {
+		t.Errorf("%d credentials recorded, want 16", len(got))
 	}
 }

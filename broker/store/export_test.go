@@ -1,5 +1,11 @@
 package store
 
+import (
+	"sync"
+
+	bolt "go.etcd.io/bbolt"
+)
+
 // FailCommits makes every group commit of s fail with err (nil: commit
 // again), as a full disk or an I/O error would: a fault the tests cannot
 // cause for real.
@@ -11,4 +17,20 @@ func FailCommits(s *Store, err error) {
 		return
 	}
 	s.commitFault = func() error { return err }
+}
+
+// Committed is how many transactions the group committer committed and
+// rolled back.
+func Committed(s *Store) (commits, rollbacks uint64) {
+	return s.commits.Load(), s.rollbacks.Load()
+}
+
+// HoldWriter holds bbolt's writer lock until release is called, so that
+// writes queue up for the group committer meanwhile.
+func HoldWriter(s *Store) (release func()) {
+	held, done := make(chan struct{}), make(chan struct{})
+	go s.db.Update(func(*bolt.Tx) error { close(held); <-done; return nil })
+	<-held
+	var once sync.Once
+	return func() { once.Do(func() { close(done) }) }
 }

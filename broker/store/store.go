@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -258,6 +259,8 @@ type core struct {
 	shipMu      sync.Mutex
 	segments    segmentWriter
 	auditMu     sync.RWMutex
+	// commits and rollbacks count the committer's transactions.
+	commits, rollbacks atomic.Uint64
 	// commitFault, set only by tests, fails a group's commit.
 	commitFault func() error
 }
