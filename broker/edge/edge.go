@@ -63,6 +63,12 @@ type Config struct {
 	// ones are refused (ResourceExhausted): a client without a certificate
 	// cannot pile up streams.
 	MaxPublicStreams int
+	// MaxStreams bounds the authenticated streams open at once (default
+	// 4096): past it, new ones are refused (ResourceExhausted) and unary
+	// calls still go through. MaxStreamsPerConnection bounds the calls
+	// open at once on one connection (default 128): HTTP/2 clients wait
+	// for a free one.
+	MaxStreams, MaxStreamsPerConnection int
 }
 
 // Edge is the gRPC edge of one broker.
@@ -70,8 +76,9 @@ type Edge struct {
 	cfg       Config
 	validator protovalidate.Validator
 	rules     []accessRule
-	// public holds a slot per open stream on a method that needs no SVID.
-	public chan struct{}
+	// public holds a slot per open stream on a method that needs no SVID,
+	// streams one per authenticated stream.
+	public, streams chan struct{}
 }
 
 // accessRule says who may call a service's methods.
@@ -96,12 +103,18 @@ func New(cfg Config) (*Edge, error) {
 	if cfg.MaxPublicStreams <= 0 {
 		cfg.MaxPublicStreams = 64
 	}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = 4096
+	}
+	if cfg.MaxStreamsPerConnection <= 0 {
+		cfg.MaxStreamsPerConnection = 128
+	}
 	v, err := protovalidate.New()
 	if err != nil {
 		return nil, fmt.Errorf("edge: validator: %w", err)
 	}
 	admin := func(id spiffeid.ID) bool { return cfg.Admins[id] }
-	e := &Edge{cfg: cfg, validator: v, public: make(chan struct{}, cfg.MaxPublicStreams), rules: []accessRule{
+	e := &Edge{cfg: cfg, validator: v, public: make(chan struct{}, cfg.MaxPublicStreams), streams: make(chan struct{}, cfg.MaxStreams), rules: []accessRule{
 		{serviceOf(adminv1.AdminService_ServiceDesc), admin,
 			"is not a broker admin; admins are listed in atfd's configuration (admins)", "admin call refused: caller is not an admin"},
 		{serviceOf(adminv1.MaturityService_ServiceDesc), admin,
@@ -125,6 +138,7 @@ func (e *Edge) ServerOptions(tlsConfig credentials.TransportCredentials) []grpc.
 		grpc.Creds(tlsConfig),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.MaxHeaderListSize(MaxHeaderBytes),
+		grpc.MaxConcurrentStreams(uint32(e.cfg.MaxStreamsPerConnection)),
 		grpc.ForceServerCodecV2(requestCodec{encoding.GetCodecV2(protoenc.Name)}),
 		grpc.ChainUnaryInterceptor(e.unary),
 		grpc.ChainStreamInterceptor(e.stream),
@@ -170,6 +184,13 @@ func (e *Edge) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo
 	ctx, err := e.authorize(ctx, info.FullMethod)
 	if err != nil {
 		return e.Status(ctx, err)
+	}
+	select {
+	case e.streams <- struct{}{}:
+		defer func() { <-e.streams }()
+	default:
+		return e.Status(ctx, fault.New(fault.Exhausted, "too many open streams (%d, limits.max_streams in atfd's configuration); "+
+			"close one or retry later", cap(e.streams)))
 	}
 	return e.Status(ctx, handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx, validate: e.validate}))
 }
