@@ -11,6 +11,7 @@ import (
 
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
@@ -134,4 +135,93 @@ func TestAdversarialConnectionsPerIP(t *testing.T) {
 	devtest.WaitFor(t, 10*time.Second, "a closed connection's place to be free", func() bool {
 		return check(dialNoClientCert(t, b)) == nil
 	})
+}
+
+// An admin's event stream ends, Unauthenticated, when the X.509-SVID it
+// was opened with expires, though the connection stays up.
+func TestAdversarialStreamEndsWithSVID(t *testing.T) {
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	const ttl = 5 * time.Second
+	short, err := f.Stack.MintX509(t.Context(), f.Admin, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expires := leafExpiry(t, short)
+	s, err := b.DialFiles(t, short).Admin.WatchEvents(t.Context(), &adminv1.WatchEventsRequest{})
+	if err == nil {
+		_, err = s.Header()
+	}
+	if err != nil {
+		t.Fatalf("WatchEvents with a fresh SVID: %v", err)
+	}
+	events := follow(s)
+	r, ok := within(events, time.Until(expires)+streamWait)
+	if !ok {
+		t.Fatalf("the event stream was still open %s after the admin's SVID expired", streamWait)
+	}
+	if time.Now().Before(expires) {
+		t.Errorf("the stream ended at %s, before the SVID expired at %s", time.Now(), expires)
+	}
+	brokertest.WantCode(t, r.err, codes.Unauthenticated, "expired")
+}
+
+// A killed or deregistered agent hears the revocation of what it held on
+// its revocation stream, then the stream ends, PermissionDenied, saying
+// why; it cannot open a new one.
+func TestAdversarialStoppedAgentStreamEnds(t *testing.T) {
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	admin := b.Dial(t, f.Admin)
+	for _, tt := range []struct {
+		name string
+		stop func(id string) error
+		want string
+	}{
+		{"kill", func(id string) error {
+			_, err := admin.Response.Kill(t.Context(), &adminv1.KillRequest{Target: &adminv1.KillRequest_AgentId{AgentId: id}, Reason: "streams test"})
+			return err
+		}, "kill switch"},
+		{"deregister", func(id string) error {
+			_, err := admin.Admin.DeregisterAgent(t.Context(), &adminv1.DeregisterAgentRequest{SpiffeId: id, Reason: "streams test"})
+			return err
+		}, "deregistered"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			agent := f.ID(t, "agent")
+			b.Register(t, agent, brokerv1.Level_LEVEL_SENIOR, "reports-read")
+			bc := b.Dial(t, agent).Broker
+			if _, err := bc.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"}); err != nil {
+				t.Fatal(err)
+			}
+			w, err := bc.WatchRevocations(t.Context(), &brokerv1.WatchRevocationsRequest{})
+			if err == nil {
+				_, err = w.Header()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			events := follow(w)
+			if err := tt.stop(agent.String()); err != nil {
+				t.Fatal(err)
+			}
+			r, ok := within(events, streamWait)
+			if !ok || r.err != nil || len(r.msg.GetAccessors()) != 1 || r.msg.GetReason() != "streams test" {
+				t.Fatalf("first message after the stop = %v, %v (in time: %v); want the revocation of its credential", r.msg, r.err, ok)
+			}
+			r, ok = within(events, streamWait)
+			if !ok {
+				t.Fatalf("the revocation stream was still open %s after the agent was stopped", streamWait)
+			}
+			brokertest.WantCode(t, r.err, codes.PermissionDenied, agent.String(), tt.want)
+
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			w, err = bc.WatchRevocations(ctx, &brokerv1.WatchRevocationsRequest{})
+			if err == nil {
+				_, err = w.Recv()
+			}
+			brokertest.WantCode(t, err, codes.PermissionDenied, tt.want)
+		})
+	}
 }

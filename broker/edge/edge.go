@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"buf.build/go/protovalidate"
@@ -192,16 +193,66 @@ func (e *Edge) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo
 		return e.Status(ctx, fault.New(fault.Exhausted, "too many open streams (%d, limits.max_streams in atfd's configuration); "+
 			"close one or retry later", cap(e.streams)))
 	}
-	return e.Status(ctx, handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx, validate: e.validate}))
+	w := &wrappedStream{ServerStream: ss, validate: e.validate, recheck: func(ctx context.Context) error { return e.recheck(ctx, info.FullMethod) }}
+	w.ctx, w.cancel = context.WithCancelCause(ctx)
+	defer w.cancel(nil)
+	// A stream lives no longer than the SVID it was opened with.
+	exp := Identity(ctx).ExpiresAt
+	expiry := time.AfterFunc(exp.Sub(e.cfg.Now()), func() {
+		w.end(fmt.Errorf("%w: the SVID this stream was opened with expired at %s; open it again with a fresh one",
+			attest.ErrUnauthenticated, exp.UTC().Format(time.RFC3339)))
+	})
+	defer expiry.Stop()
+	err = handler(srv, w)
+	if ended := w.ended(); ended != nil {
+		err = ended
+	}
+	return e.Status(ctx, err)
 }
 
+// wrappedStream is an authenticated stream: it carries the call's
+// context, validates what it receives, and checks the caller again before
+// each message it sends, ending the stream once the caller may no longer
+// hold it.
 type wrappedStream struct {
 	grpc.ServerStream
 	ctx      context.Context
+	cancel   context.CancelCauseFunc
 	validate func(any) error
+	recheck  func(context.Context) error
+
+	mu     sync.Mutex
+	endErr error // why the edge ended the stream
 }
 
 func (w *wrappedStream) Context() context.Context { return w.ctx }
+
+// end ends the stream: its context is cancelled and the call ends with err.
+func (w *wrappedStream) end(err error) {
+	w.mu.Lock()
+	if w.endErr == nil {
+		w.endErr = err
+	}
+	w.mu.Unlock()
+	w.cancel(err)
+}
+
+// ended is why the edge ended the stream (nil: it did not).
+func (w *wrappedStream) ended() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.endErr
+}
+
+// SendMsg sends m if the caller still authenticates and may still call
+// the method: an SVID expired or no longer trusted ends the stream.
+func (w *wrappedStream) SendMsg(m any) error {
+	if err := w.recheck(w.ctx); err != nil {
+		w.end(err)
+		return err
+	}
+	return w.ServerStream.SendMsg(m)
+}
 
 // RecvMsg validates a stream's request as the unary interceptor does. It
 // receives the request through decodeRequest: one that did not unmarshal
@@ -272,13 +323,34 @@ func (e *Edge) authorize(ctx context.Context, method string) (context.Context, e
 	}
 	log = log.With(slog.String(LogCaller, id.ID.String()), slog.String(LogAuthMethod, id.Method.String()))
 	ctx = context.WithValue(context.WithValue(ctx, identityKey, id), loggerKey, log)
-	for _, r := range e.rules {
-		if strings.HasPrefix(method, r.prefix) && !r.allowed(id.ID) {
-			log.Warn(r.logMsg)
-			return ctx, fault.New(fault.Denied, "%s %s", id.ID, r.refusal)
-		}
+	if r := e.broken(method, id.ID); r != nil {
+		log.Warn(r.logMsg)
+		return ctx, fault.New(fault.Denied, "%s %s", id.ID, r.refusal)
 	}
 	return ctx, nil
+}
+
+// broken is the access rule id breaks by calling method (nil: none).
+func (e *Edge) broken(method string, id spiffeid.ID) *accessRule {
+	for i, r := range e.rules {
+		if strings.HasPrefix(method, r.prefix) && !r.allowed(id) {
+			return &e.rules[i]
+		}
+	}
+	return nil
+}
+
+// recheck authenticates a stream's caller again, as on a new call, and
+// applies its access rule.
+func (e *Edge) recheck(ctx context.Context, method string) error {
+	id, err := e.authenticate(ctx)
+	if err != nil {
+		return err
+	}
+	if r := e.broken(method, id.ID); r != nil {
+		return fault.New(fault.Denied, "%s %s", id.ID, r.refusal)
+	}
+	return nil
 }
 
 // authenticate verifies the caller's X.509-SVID (from mutual TLS) or
@@ -315,6 +387,9 @@ func (e *Edge) authenticate(ctx context.Context) (attest.Identity, error) {
 	}
 	if x509ID != nil && x509ID.ID != id.ID {
 		return attest.Identity{}, fmt.Errorf("%w: X.509-SVID names %s but JWT-SVID names %s", attest.ErrUnauthenticated, x509ID.ID, id.ID)
+	}
+	if x509ID != nil && x509ID.ExpiresAt.Before(id.ExpiresAt) {
+		id.ExpiresAt = x509ID.ExpiresAt // the call stands on both
 	}
 	return id, nil
 }
