@@ -191,6 +191,8 @@ func newLoadRun(t *testing.T, f *brokertest.Fixture, spec loadSpec) *loadRun {
 	// queue there for seconds, which the fixture's 2 s would count as an
 	// outage (and open the breaker).
 	cfg.Vault.Timeout = 30 * time.Second
+	// Every caller connects from loopback: one IP address holds them all.
+	cfg.Limits.MaxConnectionsPerIP = spec.callers + 16
 	// The fixture's open policy, for the load trust domain too.
 	pol, err := os.OpenFile(cfg.Policy.PolicyFile, os.O_APPEND|os.O_WRONLY, 0)
 	if err == nil {

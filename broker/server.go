@@ -322,7 +322,8 @@ func (s *Server) openServices(context.Context) (err error) {
 		return err
 	}
 	e, err := edge.New(edge.Config{Verifier: s.verifier, Admins: idSet(s.cfg.Admins), SecurityOperators: idSet(s.cfg.SecurityOperators),
-		Approvers: idSet(s.cfg.Approvals.Approvers), Log: s.log, Now: s.now})
+		Approvers: idSet(s.cfg.Approvals.Approvers), MaxStreams: s.cfg.Limits.MaxStreams, MaxStreamsPerConnection: s.cfg.Limits.MaxStreamsPerConnection,
+		Log: s.log, Now: s.now})
 	if err != nil {
 		return err
 	}
@@ -394,6 +395,9 @@ func (s *Server) Serve(lis net.Listener) error {
 		s.loops.Go(func() { s.metrics.Serve(ctx, s.metricsLn, s.log) })
 	}
 	s.lifeMu.Unlock()
+	if n := s.cfg.Limits.MaxConnectionsPerIP; n > 0 {
+		lis = edge.LimitPerIP(lis, n, s.log)
+	}
 	err := s.grpc.Serve(lis)
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil

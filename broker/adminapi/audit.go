@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/fault"
 	"github.com/agentictrust/atf/broker/notify"
 	"github.com/agentictrust/atf/broker/protoconv"
 	"github.com/agentictrust/atf/broker/store"
@@ -19,7 +20,10 @@ func (s *Service) WatchEvents(_ *adminv1.WatchEventsRequest, stream grpc.ServerS
 	ctx := stream.Context()
 	events, cancel := s.cfg.Events.Subscribe()
 	defer cancel()
-	return edge.Relay(ctx, stream, s.cfg.Closing, events, "event watcher fell behind; reconnect (missed events are in the audit trail)", func(ev notify.Event) error {
+	behind := func() error {
+		return fault.New(fault.Exhausted, "event watcher fell behind; reconnect (missed events are in the audit trail)")
+	}
+	return edge.Relay(ctx, stream, s.cfg.Closing, events, behind, func(ev notify.Event) error {
 		return stream.Send(&adminv1.WatchEventsResponse{Event: &adminv1.Event{
 			Id: ev.ID, Time: timestamppb.New(ev.Time), Kind: ev.Kind, Agent: ev.Agent, Role: ev.Role, Summary: ev.Summary, Detail: ev.Detail,
 		}})

@@ -66,7 +66,9 @@ type Issuer interface {
 type Revoker interface {
 	GlobalKill() *store.Kill
 	Lineage(ctx context.Context, root store.Root, actor, reason string) (*brokerv1.RevocationSummary, error)
-	Subscribe(agent string) (<-chan *brokerv1.WatchRevocationsResponse, func())
+	// Subscribe watches agent's revocations; when events closes, ended
+	// says why.
+	Subscribe(agent string) (events <-chan *brokerv1.WatchRevocationsResponse, ended func() error, cancel func())
 }
 
 // Config is what the service needs.
@@ -266,9 +268,9 @@ func (s *Service) RevokeGrant(ctx context.Context, req *brokerv1.RevokeGrantRequ
 
 func (s *Service) WatchRevocations(_ *brokerv1.WatchRevocationsRequest, stream grpc.ServerStreamingServer[brokerv1.WatchRevocationsResponse]) error {
 	ctx := stream.Context()
-	events, cancel := s.cfg.Revoker.Subscribe(edge.Caller(ctx))
+	events, ended, cancel := s.cfg.Revoker.Subscribe(edge.Caller(ctx))
 	defer cancel()
-	return edge.Relay(ctx, stream, s.cfg.Closing, events, "revocation watcher fell behind; reconnect and refetch credentials", stream.Send)
+	return edge.Relay(ctx, stream, s.cfg.Closing, events, ended, stream.Send)
 }
 
 func (s *Service) WaitApproval(req *brokerv1.WaitApprovalRequest, stream grpc.ServerStreamingServer[brokerv1.WaitApprovalResponse]) error {

@@ -197,6 +197,16 @@ type LimitsConfig struct {
 	// by configuration).
 	MaxTTL  map[string]time.Duration `yaml:"max_ttl"`
 	MaxUses map[string]int           `yaml:"max_uses"`
+	// MaxStreams bounds the authenticated streams (revocation, event and
+	// approval watches) open at once across all connections (default
+	// 4096); MaxStreamsPerConnection the calls open at once on one
+	// connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS, default 128);
+	// MaxConnectionsPerIP the connections open at once from one IP
+	// address (default 256, -1: no limit). Together they bound what a
+	// client, with or without an SVID, can make atfd hold.
+	MaxStreams              int `yaml:"max_streams"`
+	MaxStreamsPerConnection int `yaml:"max_streams_per_connection"`
+	MaxConnectionsPerIP     int `yaml:"max_connections_per_ip"`
 }
 
 // LevelLimits applies the configured tightening to the maturity defaults.
@@ -473,16 +483,24 @@ func (c *Config) validateLimits(v *validation) {
 		name string
 		v    *int
 		def  int
+		// unlimited: -1 lifts the limit.
+		unlimited bool
 	}{
-		{"max_live_per_agent", &c.Limits.MaxLivePerAgent, 50},
-		{"max_live_per_lineage", &c.Limits.MaxLivePerLineage, 500},
-		{"max_live_per_role", &c.Limits.MaxLivePerRole, 5000},
+		{"max_live_per_agent", &c.Limits.MaxLivePerAgent, 50, true},
+		{"max_live_per_lineage", &c.Limits.MaxLivePerLineage, 500, true},
+		{"max_live_per_role", &c.Limits.MaxLivePerRole, 5000, true},
+		{"max_connections_per_ip", &c.Limits.MaxConnectionsPerIP, 256, true},
+		{"max_streams", &c.Limits.MaxStreams, 4096, false},
+		{"max_streams_per_connection", &c.Limits.MaxStreamsPerConnection, 128, false},
 	} {
 		switch {
 		case *l.v == 0:
 			*l.v = l.def
-		case *l.v < -1:
+		case *l.v == -1 && l.unlimited:
+		case *l.v < 0 && l.unlimited:
 			v.bad("limits.%s must be positive, or -1 for no limit", l.name)
+		case *l.v < 0:
+			v.bad("limits.%s must be positive", l.name)
 		}
 	}
 }

@@ -35,6 +35,9 @@ func TestConfigDefaults(t *testing.T) {
 	if c.Limits.MaxLivePerAgent != 50 || c.Limits.MaxLivePerLineage != 500 || c.Limits.MaxLivePerRole != 5000 {
 		t.Errorf("live limits = %d/%d/%d, want 50/500/5000", c.Limits.MaxLivePerAgent, c.Limits.MaxLivePerLineage, c.Limits.MaxLivePerRole)
 	}
+	if c.Limits.MaxStreams != 4096 || c.Limits.MaxStreamsPerConnection != 128 || c.Limits.MaxConnectionsPerIP != 256 {
+		t.Errorf("stream and connection limits = %d/%d/%d, want 4096/128/256", c.Limits.MaxStreams, c.Limits.MaxStreamsPerConnection, c.Limits.MaxConnectionsPerIP)
+	}
 	// A set map is taken as written: levels left out are not rate limited.
 	c = minimal()
 	c.Limits.Rate = map[string]config.RateLimit{"junior": {PerSecond: 3, Burst: 3}}
@@ -55,6 +58,8 @@ func TestConfigRefusals(t *testing.T) {
 	}{
 		{"policy model without policy", func(c *config.Config) { c.Policy.ModelFile = "m.conf" }, "policy.model_file and policy.policy_file go together"},
 		{"approver not a SPIFFE ID", func(c *config.Config) { c.Approvals.Approvers = []string{"bob"} }, "approvals.approvers:"},
+		{"no stream limit", func(c *config.Config) { c.Limits.MaxStreams = -1 }, "limits.max_streams must be positive"},
+		{"negative connections per IP", func(c *config.Config) { c.Limits.MaxConnectionsPerIP = -2 }, "limits.max_connections_per_ip must be positive, or -1 for no limit"},
 		{"negative approval window", func(c *config.Config) { c.Approvals.RedeemWithin = -time.Minute }, "redeem_within must be positive"},
 		{"webhook url twice", func(c *config.Config) {
 			c.Notifications.Webhook.URLFile, c.Notifications.Webhook.URLEnv = "f", "E"

@@ -40,6 +40,7 @@ const (
 	LogLeaseID    = "lease_id"
 	LogTTL        = "ttl"
 	LogCount      = "count"
+	LogPeer       = "peer"
 )
 
 type ctxKey int

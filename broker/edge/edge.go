@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"buf.build/go/protovalidate"
@@ -63,6 +64,12 @@ type Config struct {
 	// ones are refused (ResourceExhausted): a client without a certificate
 	// cannot pile up streams.
 	MaxPublicStreams int
+	// MaxStreams bounds the authenticated streams open at once (default
+	// 4096): past it, new ones are refused (ResourceExhausted) and unary
+	// calls still go through. MaxStreamsPerConnection bounds the calls
+	// open at once on one connection (default 128): HTTP/2 clients wait
+	// for a free one.
+	MaxStreams, MaxStreamsPerConnection int
 }
 
 // Edge is the gRPC edge of one broker.
@@ -70,8 +77,9 @@ type Edge struct {
 	cfg       Config
 	validator protovalidate.Validator
 	rules     []accessRule
-	// public holds a slot per open stream on a method that needs no SVID.
-	public chan struct{}
+	// public holds a slot per open stream on a method that needs no SVID,
+	// streams one per authenticated stream.
+	public, streams chan struct{}
 }
 
 // accessRule says who may call a service's methods.
@@ -96,12 +104,18 @@ func New(cfg Config) (*Edge, error) {
 	if cfg.MaxPublicStreams <= 0 {
 		cfg.MaxPublicStreams = 64
 	}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = 4096
+	}
+	if cfg.MaxStreamsPerConnection <= 0 {
+		cfg.MaxStreamsPerConnection = 128
+	}
 	v, err := protovalidate.New()
 	if err != nil {
 		return nil, fmt.Errorf("edge: validator: %w", err)
 	}
 	admin := func(id spiffeid.ID) bool { return cfg.Admins[id] }
-	e := &Edge{cfg: cfg, validator: v, public: make(chan struct{}, cfg.MaxPublicStreams), rules: []accessRule{
+	e := &Edge{cfg: cfg, validator: v, public: make(chan struct{}, cfg.MaxPublicStreams), streams: make(chan struct{}, cfg.MaxStreams), rules: []accessRule{
 		{serviceOf(adminv1.AdminService_ServiceDesc), admin,
 			"is not a broker admin; admins are listed in atfd's configuration (admins)", "admin call refused: caller is not an admin"},
 		{serviceOf(adminv1.MaturityService_ServiceDesc), admin,
@@ -125,6 +139,7 @@ func (e *Edge) ServerOptions(tlsConfig credentials.TransportCredentials) []grpc.
 		grpc.Creds(tlsConfig),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.MaxHeaderListSize(MaxHeaderBytes),
+		grpc.MaxConcurrentStreams(uint32(e.cfg.MaxStreamsPerConnection)),
 		grpc.ForceServerCodecV2(requestCodec{encoding.GetCodecV2(protoenc.Name)}),
 		grpc.ChainUnaryInterceptor(e.unary),
 		grpc.ChainStreamInterceptor(e.stream),
@@ -171,16 +186,73 @@ func (e *Edge) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo
 	if err != nil {
 		return e.Status(ctx, err)
 	}
-	return e.Status(ctx, handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx, validate: e.validate}))
+	select {
+	case e.streams <- struct{}{}:
+		defer func() { <-e.streams }()
+	default:
+		return e.Status(ctx, fault.New(fault.Exhausted, "too many open streams (%d, limits.max_streams in atfd's configuration); "+
+			"close one or retry later", cap(e.streams)))
+	}
+	w := &wrappedStream{ServerStream: ss, validate: e.validate, recheck: func(ctx context.Context) error { return e.recheck(ctx, info.FullMethod) }}
+	w.ctx, w.cancel = context.WithCancelCause(ctx)
+	defer w.cancel(nil)
+	// A stream lives no longer than the SVID it was opened with.
+	exp := Identity(ctx).ExpiresAt
+	expiry := time.AfterFunc(exp.Sub(e.cfg.Now()), func() {
+		w.end(fmt.Errorf("%w: the SVID this stream was opened with expired at %s; open it again with a fresh one",
+			attest.ErrUnauthenticated, exp.UTC().Format(time.RFC3339)))
+	})
+	defer expiry.Stop()
+	err = handler(srv, w)
+	if ended := w.ended(); ended != nil {
+		err = ended
+	}
+	return e.Status(ctx, err)
 }
 
+// wrappedStream is an authenticated stream: it carries the call's
+// context, validates what it receives, and checks the caller again before
+// each message it sends, ending the stream once the caller may no longer
+// hold it.
 type wrappedStream struct {
 	grpc.ServerStream
 	ctx      context.Context
+	cancel   context.CancelCauseFunc
 	validate func(any) error
+	recheck  func(context.Context) error
+
+	mu     sync.Mutex
+	endErr error // why the edge ended the stream
 }
 
 func (w *wrappedStream) Context() context.Context { return w.ctx }
+
+// end ends the stream: its context is cancelled and the call ends with err.
+func (w *wrappedStream) end(err error) {
+	w.mu.Lock()
+	if w.endErr == nil {
+		w.endErr = err
+	}
+	w.mu.Unlock()
+	w.cancel(err)
+}
+
+// ended is why the edge ended the stream (nil: it did not).
+func (w *wrappedStream) ended() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.endErr
+}
+
+// SendMsg sends m if the caller still authenticates and may still call
+// the method: an SVID expired or no longer trusted ends the stream.
+func (w *wrappedStream) SendMsg(m any) error {
+	if err := w.recheck(w.ctx); err != nil {
+		w.end(err)
+		return err
+	}
+	return w.ServerStream.SendMsg(m)
+}
 
 // RecvMsg validates a stream's request as the unary interceptor does. It
 // receives the request through decodeRequest: one that did not unmarshal
@@ -251,13 +323,34 @@ func (e *Edge) authorize(ctx context.Context, method string) (context.Context, e
 	}
 	log = log.With(slog.String(LogCaller, id.ID.String()), slog.String(LogAuthMethod, id.Method.String()))
 	ctx = context.WithValue(context.WithValue(ctx, identityKey, id), loggerKey, log)
-	for _, r := range e.rules {
-		if strings.HasPrefix(method, r.prefix) && !r.allowed(id.ID) {
-			log.Warn(r.logMsg)
-			return ctx, fault.New(fault.Denied, "%s %s", id.ID, r.refusal)
-		}
+	if r := e.broken(method, id.ID); r != nil {
+		log.Warn(r.logMsg)
+		return ctx, fault.New(fault.Denied, "%s %s", id.ID, r.refusal)
 	}
 	return ctx, nil
+}
+
+// broken is the access rule id breaks by calling method (nil: none).
+func (e *Edge) broken(method string, id spiffeid.ID) *accessRule {
+	for i, r := range e.rules {
+		if strings.HasPrefix(method, r.prefix) && !r.allowed(id) {
+			return &e.rules[i]
+		}
+	}
+	return nil
+}
+
+// recheck authenticates a stream's caller again, as on a new call, and
+// applies its access rule.
+func (e *Edge) recheck(ctx context.Context, method string) error {
+	id, err := e.authenticate(ctx)
+	if err != nil {
+		return err
+	}
+	if r := e.broken(method, id.ID); r != nil {
+		return fault.New(fault.Denied, "%s %s", id.ID, r.refusal)
+	}
+	return nil
 }
 
 // authenticate verifies the caller's X.509-SVID (from mutual TLS) or
@@ -294,6 +387,9 @@ func (e *Edge) authenticate(ctx context.Context) (attest.Identity, error) {
 	}
 	if x509ID != nil && x509ID.ID != id.ID {
 		return attest.Identity{}, fmt.Errorf("%w: X.509-SVID names %s but JWT-SVID names %s", attest.ErrUnauthenticated, x509ID.ID, id.ID)
+	}
+	if x509ID != nil && x509ID.ExpiresAt.Before(id.ExpiresAt) {
+		id.ExpiresAt = x509ID.ExpiresAt // the call stands on both
 	}
 	return id, nil
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/failpoint"
+	"github.com/agentictrust/atf/broker/fault"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/vault"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -82,8 +83,37 @@ func (r *Revoker) Anchors() *Anchors { return r.anchors }
 func (r *Revoker) GlobalKill() *store.Kill { return r.globalKill.Load() }
 
 // Subscribe registers a watcher of agent's revocations; cancel removes it.
-func (r *Revoker) Subscribe(agent string) (<-chan *brokerv1.WatchRevocationsResponse, func()) {
-	return r.hub.subscribe(agent)
+// When events closes, ended says why: the watcher fell behind, or the
+// agent may no longer get anything (killed, deregistered, the global kill
+// switch), which also refuses a new watch (docs/security.md).
+func (r *Revoker) Subscribe(agent string) (events <-chan *brokerv1.WatchRevocationsResponse, ended func() error, cancel func()) {
+	events, ended, cancel = r.hub.subscribe(agent)
+	// Registered first, so a stop committed meanwhile ends it too.
+	r.endStopped([]string{agent})
+	return events, ended, cancel
+}
+
+// endStopped ends the revocation watches of those of agents that may no
+// longer get anything, or of every agent under the global kill switch,
+// after the events already sent to them.
+func (r *Revoker) endStopped(agents []string) {
+	if gk := r.GlobalKill(); gk != nil {
+		r.hub.end("", fault.New(fault.Denied, "the global kill switch stops every agent (since %s): the revocation watch ends; "+
+			"only a security operator can release it", gk.At.Format(time.RFC3339)))
+		return
+	}
+	for _, id := range agents {
+		a, err := r.cfg.Store.GetAgent(id)
+		switch {
+		case err != nil || a.Usable():
+			// Unknown callers (and no agent, "") may watch: there is
+			// nothing to hear. A failed read leaves the watch be.
+		case a.Kill != nil:
+			r.hub.end(id, fault.New(fault.Denied, "%s is stopped by the kill switch: its revocation watch ends; only a security operator can release it", id))
+		default:
+			r.hub.end(id, fault.New(fault.Denied, "%s is deregistered: its revocation watch ends", id))
+		}
+	}
 }
 
 // db is the store handle of the request in ctx. Its revocations leave
@@ -107,7 +137,9 @@ func (r *Revoker) Kill(ctx context.Context, id, actor, reason string, lineage, w
 	}
 	// Whoever waits for an approval hears of the cancellation now.
 	r.cfg.Approvals.Fire()
-	return killed, r.Finish(ctx, store.Root{AgentID: id}, actor, reason, rev, start, time.Since(start), wait), nil
+	sum = r.Finish(ctx, store.Root{AgentID: id}, actor, reason, rev, start, time.Since(start), wait)
+	r.endStopped(killed)
+	return killed, sum, nil
 }
 
 // KillAll flips the global kill switch: every agent is stopped and every
@@ -215,6 +247,9 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 	for agent, ev := range events {
 		r.hub.publish(agent, ev)
 	}
+	// An agent stopped (killed, deregistered) hears what it lost, then its
+	// watch ends; Kill ends those of the agents stopped below it.
+	r.endStopped([]string{root.AgentID})
 
 	confirmed := <-vault
 	sum := &brokerv1.RevocationSummary{
