@@ -6,7 +6,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// FailCommits makes every group commit of s fail with err (nil: commit
+// FailCommits makes every group commit and audit trim of s fail with err (nil: commit
 // again), as a full disk or an I/O error would: a fault the tests cannot
 // cause for real.
 func FailCommits(s *Store, err error) {

@@ -222,24 +222,32 @@ func (s *Store) ShipAudit() (int, error) {
 				return fmt.Errorf("store: decode audit record: %w", err)
 			}
 			recs = append(recs, r)
-			lines = append(append(lines, v...), '\n')
+			// Written already by a ShipAudit whose trim failed: not again.
+			if r.Seq > s.segments.last {
+				lines = append(append(lines, v...), '\n')
+			}
 		}
 		return nil
 	})
 	if err != nil || len(recs) == 0 {
 		return 0, err
 	}
-	if err := s.segments.append(s.auditDir, recs[0].Seq, lines); err != nil {
-		return 0, err
-	}
 	last := recs[len(recs)-1]
-	cp.Seq, cp.Hash, cp.Time = last.Seq, last.Hash, last.Time
-	if sealed, ok, err := s.segments.sealIfFull(s.auditDir, last.Seq, s.segmentSize); err != nil {
-		return 0, err
-	} else if ok {
-		cp.Sealed = append(cp.Sealed, sealed)
+	if len(lines) > 0 {
+		if err := s.segments.append(s.auditDir, last.Seq-uint64(bytes.Count(lines, []byte{'\n'}))+1, last.Seq, lines); err != nil {
+			return 0, err
+		}
 	}
-	return len(recs), s.trimAudit(cp)
+	if err := s.segments.sealIfFull(s.segmentSize); err != nil {
+		return 0, err
+	}
+	cp.Seq, cp.Hash, cp.Time = last.Seq, last.Hash, last.Time
+	cp.Sealed = append(cp.Sealed, s.segments.unsaved...)
+	if err := s.trimAudit(cp); err != nil {
+		return 0, err
+	}
+	s.segments.unsaved = nil
+	return len(recs), nil
 }
 
 // trimAudit deletes the records up to cp.Seq from the store and commits cp.
@@ -247,6 +255,11 @@ func (s *Store) trimAudit(cp auditCheckpoint) error {
 	s.auditMu.Lock()
 	defer s.auditMu.Unlock()
 	return s.db.Update(func(tx *bolt.Tx) error {
+		if s.commitFault != nil {
+			if err := s.commitFault(); err != nil {
+				return err
+			}
+		}
 		b := tx.Bucket(bucketAudit)
 		c := b.Cursor()
 		for k, _ := c.First(); k != nil && bytes.Compare(k, seqKey(cp.Seq)) <= 0; k, _ = c.First() {
@@ -263,11 +276,16 @@ type segmentWriter struct {
 	f     *os.File
 	first uint64
 	size  int64
+	// last is the Seq of the last record written to a segment, and
+	// unsaved the segments sealed since the last checkpoint committed: a
+	// ShipAudit whose trim failed leaves both for the next one.
+	last    uint64
+	unsaved []SealedSegment
 }
 
-// append writes lines (records from Seq first on) to the open segment, or
-// to a new one, and makes them durable.
-func (w *segmentWriter) append(dir string, first uint64, lines []byte) error {
+// append writes lines (records first to last) to the open segment, or to
+// a new one, and makes them durable.
+func (w *segmentWriter) append(dir string, first, last uint64, lines []byte) error {
 	if w.f == nil {
 		if err := w.open(dir, first); err != nil {
 			return err
@@ -284,6 +302,7 @@ func (w *segmentWriter) append(dir string, first uint64, lines []byte) error {
 		w.size -= int64(n)
 		return fmt.Errorf("store: write audit segment: %w", err)
 	}
+	w.last = last
 	return nil
 }
 
@@ -306,23 +325,22 @@ func (w *segmentWriter) open(dir string, first uint64) error {
 	return nil
 }
 
-// sealIfFull closes the open segment once it reached size, returning it
-// as sealed with its digest.
-func (w *segmentWriter) sealIfFull(dir string, last uint64, size int64) (SealedSegment, bool, error) {
+// sealIfFull closes the open segment once it reached size and adds it,
+// with its digest, to unsaved.
+func (w *segmentWriter) sealIfFull(size int64) error {
 	if w.f == nil || w.size < size {
-		return SealedSegment{}, false, nil
+		return nil
 	}
-	name := filepath.Base(w.f.Name())
 	sum, err := fileSHA256(w.f.Name())
 	if err != nil {
-		return SealedSegment{}, false, err
+		return err
 	}
 	if err := w.f.Close(); err != nil {
-		return SealedSegment{}, false, fmt.Errorf("store: audit segment: %w", err)
+		return fmt.Errorf("store: audit segment: %w", err)
 	}
-	seg := SealedSegment{Name: name, First: w.first, Last: last, SHA256: sum}
+	w.unsaved = append(w.unsaved, SealedSegment{Name: filepath.Base(w.f.Name()), First: w.first, Last: w.last, SHA256: sum})
 	w.f = nil
-	return seg, true, nil
+	return nil
 }
 
 func (w *segmentWriter) close() {
@@ -416,6 +434,7 @@ func (s *Store) recoverSegments() error {
 			return err
 		}
 	}
+	s.segments.last = last.Seq
 	if slices.ContainsFunc(cp.Sealed, func(seg SealedSegment) bool { return seg.Name == names[len(names)-1] }) {
 		return nil
 	}
@@ -423,7 +442,7 @@ func (s *Store) recoverSegments() error {
 	if err != nil {
 		return fmt.Errorf("store: audit segment: %w", err)
 	}
-	s.segments = segmentWriter{f: f, first: firsts[len(firsts)-1], size: size}
+	s.segments.f, s.segments.first, s.segments.size = f, firsts[len(firsts)-1], size
 	return nil
 }
 

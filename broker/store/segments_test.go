@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -300,5 +301,36 @@ func TestAuditShippingWhileReading(t *testing.T) {
 	}
 	if n := mustVerifyAudit(t, s); n != 200 {
 		t.Fatalf("VerifyAudit = %d, want 200", n)
+	}
+}
+
+// A shipment whose trim fails (the store refuses the commit) leaves its
+// records in the segments and in the store; the next one neither writes
+// them twice nor loses the segments it sealed.
+func TestAuditShipmentTrimFails(t *testing.T) {
+	dir, c := t.TempDir(), newClock()
+	s := openShipping(t, dir, c, 4<<10)
+	appendN(t, s, c, 0, 30)
+	store.FailCommits(s, errors.New("input/output error"))
+	if _, err := s.ShipAudit(); err == nil {
+		t.Fatal("ShipAudit with a failing trim = nil error")
+	}
+	store.FailCommits(s, nil)
+	appendN(t, s, c, 30, 5)
+	if n := shipAll(t, s); n != 35 {
+		t.Fatalf("shipped %d after the failed trim, want all 35", n)
+	}
+	if n := mustVerifyAudit(t, s); n != 35 {
+		t.Fatalf("VerifyAudit = %d, want 35", n)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The sealed segment's digest made it into the checkpoint: editing it
+	// is caught.
+	editFile(t, segments(t, dir)[0], func(b string) string { return strings.Replace(b, `"g1"`, `"gX"`, 1) })
+	s = openShipping(t, dir, c, 4<<10)
+	if _, err := s.VerifyAudit(); err == nil || !strings.Contains(err.Error(), "altered since it was sealed") {
+		t.Fatalf("VerifyAudit after editing the sealed segment = %v", err)
 	}
 }

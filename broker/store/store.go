@@ -261,7 +261,8 @@ type core struct {
 	auditMu     sync.RWMutex
 	// commits and rollbacks count the committer's transactions.
 	commits, rollbacks atomic.Uint64
-	// commitFault, set only by tests, fails a group's commit.
+	// commitFault, set only by tests, fails a group's commit and an
+	// audit trim.
 	commitFault func() error
 }
 
