@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,12 +24,9 @@ const (
 	// minBackoff and maxBackoff bound the wait before retrying a failure.
 	minBackoff = 100 * time.Millisecond
 	maxBackoff = 30 * time.Second
-	// maxLine is the longest line VerifyLines and OpenFile accept.
+	// maxLine is the longest line VerifyLines and OpenFile accept (as
+	// store.LastLine).
 	maxLine = 1 << 20
-	// tailChunk is how much of a file's end OpenFile reads first, and
-	// tailMax the most: a torn line and a whole one, with their newlines.
-	tailChunk = 64 << 10
-	tailMax   = 2*maxLine + 2
 )
 
 // Log field names.
@@ -118,9 +114,9 @@ func resume(f *os.File, log *slog.Logger) (store.AuditRecord, error) {
 	if err != nil {
 		return store.AuditRecord{}, fmt.Errorf("audit: %w", err)
 	}
-	keep, line, err := lastLine(f, fi.Size())
+	keep, line, err := store.LastLine(f, fi.Size())
 	if err != nil {
-		return store.AuditRecord{}, err
+		return store.AuditRecord{}, fmt.Errorf("audit: %w", err)
 	}
 	if keep < fi.Size() {
 		if err := f.Truncate(keep); err != nil {
@@ -139,29 +135,6 @@ func resume(f *os.File, log *slog.Logger) (store.AuditRecord, error) {
 		return last, fmt.Errorf("audit: %s: the last line is not an audit record", f.Name())
 	}
 	return last, nil
-}
-
-// lastLine returns how much of f (size bytes) ends in a newline, and the
-// last line within that, without its newline (nil if there is none). It
-// reads only the end of the file.
-func lastLine(f *os.File, size int64) (keep int64, line []byte, err error) {
-	for n := min(size, tailChunk); ; n = min(2*n, size, tailMax) {
-		buf := make([]byte, n)
-		if _, err := f.ReadAt(buf, size-n); err != nil {
-			return 0, nil, fmt.Errorf("audit: %w", err)
-		}
-		if end := bytes.LastIndexByte(buf, '\n'); end >= 0 {
-			start := bytes.LastIndexByte(buf[:end], '\n') + 1
-			if start > 0 || n == size {
-				return size - n + int64(end) + 1, buf[start:end], nil
-			}
-		} else if n == size {
-			return 0, nil, nil // no complete line at all
-		}
-		if n == tailMax {
-			return 0, nil, fmt.Errorf("audit: %s: the last line is longer than %d bytes", f.Name(), maxLine)
-		}
-	}
 }
 
 // Notify tells Run that there are new records. It never blocks.

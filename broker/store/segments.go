@@ -460,32 +460,45 @@ func cutTornTail(path string) (AuditRecord, int64, error) {
 	if err != nil {
 		return last, 0, fmt.Errorf("store: audit segment: %w", err)
 	}
-	size := fi.Size()
-	for n := min(size, 64<<10); ; n = min(2*n, size) {
-		buf := make([]byte, n)
-		if _, err := f.ReadAt(buf, size-n); err != nil {
-			return last, 0, fmt.Errorf("store: audit segment: %w", err)
+	keep, line, err := LastLine(f, fi.Size())
+	if err != nil {
+		return last, 0, fmt.Errorf("store: audit segment: %w", err)
+	}
+	if keep < fi.Size() {
+		if err := f.Truncate(keep); err != nil {
+			return last, 0, fmt.Errorf("store: audit segment: cut off a torn line: %w", err)
 		}
-		end := bytes.LastIndexByte(buf, '\n')
-		start := bytes.LastIndexByte(buf[:max(end, 0)], '\n') + 1
-		switch {
-		case end < 0 && n == size:
-			return last, 0, f.Truncate(0) // not one whole line
-		case end < 0 || (start == 0 && n < size):
-			if n >= 2*maxAuditLine || n == size {
-				return last, 0, fmt.Errorf("store: audit segment %s: the last line is longer than %d bytes", filepath.Base(path), maxAuditLine)
-			}
-			continue
-		}
-		keep := size - n + int64(end) + 1
-		if keep < size {
-			if err := f.Truncate(keep); err != nil {
-				return last, 0, fmt.Errorf("store: audit segment: cut off a torn line: %w", err)
-			}
-		}
-		if err := json.Unmarshal(buf[start:end], &last); err != nil {
+	}
+	if line != nil {
+		if err := json.Unmarshal(line, &last); err != nil {
 			return last, 0, fmt.Errorf("store: audit segment %s: the last line is not a record: %w", filepath.Base(path), err)
 		}
-		return last, keep, nil
+	}
+	return last, keep, nil
+}
+
+// LastLine returns how much of f (size bytes) ends in a newline, and the
+// last line within that, without its newline (nil if there is none). It
+// reads only the end of the file, and refuses a last line longer than
+// 1 MiB. For the JSON-lines files of the audit trail: segments, and the
+// audit package's copies. Its errors carry no package prefix.
+func LastLine(f *os.File, size int64) (keep int64, line []byte, err error) {
+	const chunk, most = 64 << 10, 2*maxAuditLine + 2 // a torn line and a whole one, with their newlines
+	for n := min(size, chunk); ; n = min(2*n, size, most) {
+		buf := make([]byte, n)
+		if _, err := f.ReadAt(buf, size-n); err != nil {
+			return 0, nil, err
+		}
+		if end := bytes.LastIndexByte(buf, '\n'); end >= 0 {
+			start := bytes.LastIndexByte(buf[:end], '\n') + 1
+			if start > 0 || n == size {
+				return size - n + int64(end) + 1, buf[start:end], nil
+			}
+		} else if n == size {
+			return 0, nil, nil // no complete line at all
+		}
+		if n == most {
+			return 0, nil, fmt.Errorf("%s: the last line is longer than %d bytes", f.Name(), maxAuditLine)
+		}
 	}
 }

@@ -291,7 +291,7 @@ func Open(path string, opts Options) (*Store, error) {
 				return err
 			}
 		}
-		return indexBare(tx)
+		return fillIndexes(tx)
 	})
 	if err != nil {
 		db.Close()
@@ -694,16 +694,15 @@ func refuse(kind error, format string, args ...any) error {
 	return &Refusal{Kind: kind, Msg: fmt.Sprintf(format, args...)}
 }
 
-// keyBareIndexed marks a store whose credentials without an anchor are
-// indexed in bucketBare, grants in bucketReceived and open approvals in
-// bucketOpenApprovals (stores written before them had none).
-var keyBareIndexed = []byte("indexed_v2")
+// keyIndexed marks a store whose indexes (bucketBare, bucketReceived,
+// bucketOpenApprovals) are filled; stores written before them had none.
+var keyIndexed = []byte("indexed_v2")
 
-// indexBare fills, once, bucketBare, bucketReceived and
-// bucketOpenApprovals for what was recorded before they existed.
-func indexBare(tx *bolt.Tx) error {
+// fillIndexes fills, once, the indexes for what was recorded before they
+// existed.
+func fillIndexes(tx *bolt.Tx) error {
 	meta := tx.Bucket(bucketMeta)
-	if meta.Get(keyBareIndexed) != nil {
+	if meta.Get(keyIndexed) != nil {
 		return nil
 	}
 	bare := tx.Bucket(bucketBare)
@@ -734,7 +733,7 @@ func indexBare(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	return meta.Put(keyBareIndexed, []byte{1})
+	return meta.Put(keyIndexed, []byte{1})
 }
 
 // indexApprovals fills bucketOpenApprovals with the requests not yet
