@@ -298,7 +298,11 @@ var logFiles = []string{"spire-server", "spire-agent", "vault", "vault-setup", "
 // returns "".
 func (s *Stack) Logs() string {
 	var b strings.Builder
-	for _, name := range logFiles {
+	etcd, _ := filepath.Glob(filepath.Join(s.Dir, "etcd-[0-9]*.log"))
+	for i := range etcd {
+		etcd[i] = strings.TrimSuffix(filepath.Base(etcd[i]), ".log")
+	}
+	for _, name := range append(logFiles, etcd...) {
 		path := filepath.Join(s.Dir, name+".log")
 		if _, err := os.Stat(path); err != nil {
 			continue

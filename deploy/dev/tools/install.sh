@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the pinned development tools (Vault, SPIRE, buf and the protoc
-# plugins) once, caches them outside the repository and links them into bin/.
+# Builds the pinned development tools (Vault, SPIRE, etcd, buf and the
+# protoc plugins) once, caches them outside the repository and links them into bin/.
 # PostgreSQL is Debian's postgresql package instead (target postgres):
 # installed with apt-get when missing and run as root, then linked likewise.
 #
@@ -58,6 +58,11 @@ build_spire() {
 		github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent)
 }
 
+build_etcd() {
+	local dir=$1
+	(cd "$here/etcd" && go build -trimpath -o "$dir/bin/etcd" .)
+}
+
 build_proto() {
 	local dir=$1 pv
 	(cd "$here/proto" && GOBIN="$dir/bin" go install -trimpath \
@@ -103,7 +108,7 @@ install_postgres() {
 }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(proto spire vault postgres)
+[ ${#targets[@]} -gt 0 ] || targets=(proto spire vault etcd postgres)
 for t in "${targets[@]}"; do
 	if [ "$t" = postgres ]; then install_postgres; else build "$t"; fi
 done

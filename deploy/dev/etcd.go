@@ -1,0 +1,257 @@
+package dev
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Etcd is an etcd cluster the stack runs on loopback: the store of atfd's
+// high-availability mode (docs/operations.md). Clients must present a
+// certificate signed by CAFile (mutual TLS); members talk to each other in
+// plain HTTP on loopback.
+type Etcd struct {
+	// Endpoints are the members' client URLs (https://127.0.0.1:port), in
+	// member order.
+	Endpoints []string
+	// CAFile signs the members' and the client's certificates; CertFile and
+	// KeyFile are a client certificate for atfd and the tests (PEM).
+	CAFile, CertFile, KeyFile string
+
+	members []etcdMember
+	cluster string // --initial-cluster
+}
+
+// etcdMember is one member's name, ports and data directory.
+type etcdMember struct {
+	name, dir    string
+	client, peer int
+}
+
+// EtcdMemberName is the component name of member i (0-based) of the
+// cluster StartEtcd starts, for Stop and PIDs.
+func EtcdMemberName(i int) string { return fmt.Sprintf("etcd-%d", i) }
+
+// StartEtcd starts an etcd cluster of n members (bin/etcd, which `make
+// dev-tools` builds) and returns once every member answers its health
+// check. Close stops it with the rest; Stop(EtcdMemberName(i)) stops one
+// member and RestartEtcdMember starts it again on its data.
+func (s *Stack) StartEtcd(ctx context.Context, n int) (*Etcd, error) {
+	if _, err := os.Stat(filepath.Join(s.BinDir, "etcd")); err != nil {
+		return nil, fmt.Errorf("dev: etcd not found: run `make dev-tools` first: %w", err)
+	}
+	dir, err := os.MkdirTemp(s.Dir, "etcd-")
+	if err != nil {
+		return nil, fmt.Errorf("dev: %w", err)
+	}
+	e := &Etcd{}
+	if err := e.writeCerts(dir); err != nil {
+		return nil, err
+	}
+	var peers []string
+	for i := range n {
+		client, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		peer, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		m := etcdMember{name: EtcdMemberName(i), dir: filepath.Join(dir, EtcdMemberName(i)), client: client, peer: peer}
+		e.members = append(e.members, m)
+		e.Endpoints = append(e.Endpoints, fmt.Sprintf("https://127.0.0.1:%d", client))
+		peers = append(peers, fmt.Sprintf("%s=http://127.0.0.1:%d", m.name, peer))
+	}
+	e.cluster = strings.Join(peers, ",")
+	for i := range e.members {
+		if _, err := s.spawnEtcd(e, i, "new"); err != nil {
+			return nil, err
+		}
+	}
+	for i := range e.members {
+		if err := s.awaitEtcd(ctx, e, i); err != nil {
+			return nil, err
+		}
+	}
+	s.log.Info("etcd ready", keyAddr, strings.Join(e.Endpoints, ","))
+	return e, nil
+}
+
+// RestartEtcdMember starts member i again on its data directory, after
+// Stop(EtcdMemberName(i)), and waits until it is healthy.
+func (s *Stack) RestartEtcdMember(ctx context.Context, e *Etcd, i int) error {
+	if _, err := s.spawnEtcd(e, i, "existing"); err != nil {
+		return err
+	}
+	return s.awaitEtcd(ctx, e, i)
+}
+
+// spawnEtcd starts member i with the cluster state given ("new" or
+// "existing").
+func (s *Stack) spawnEtcd(e *Etcd, i int, state string) (*process, error) {
+	m := e.members[i]
+	return s.spawn(m.name, []string{"PATH=" + os.Getenv("PATH")}, "etcd",
+		"--name", m.name, "--data-dir", m.dir,
+		"--listen-client-urls", e.Endpoints[i], "--advertise-client-urls", e.Endpoints[i],
+		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", m.peer),
+		"--initial-advertise-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", m.peer),
+		"--initial-cluster", e.cluster, "--initial-cluster-state", state,
+		"--initial-cluster-token", "atf-dev",
+		"--client-cert-auth", "--trusted-ca-file", e.CAFile,
+		"--cert-file", filepath.Join(filepath.Dir(e.CAFile), "server.pem"),
+		"--key-file", filepath.Join(filepath.Dir(e.CAFile), "server-key.pem"),
+		// Loopback: elect quickly, so that failover tests do not wait on
+		// production timings.
+		"--heartbeat-interval", "50", "--election-timeout", "500",
+		"--log-level", "warn")
+}
+
+// awaitEtcd waits until member i reports healthy (a quorum and a leader).
+func (s *Stack) awaitEtcd(ctx context.Context, e *Etcd, i int) error {
+	s.mu.Lock()
+	var p *process
+	for _, q := range s.procs {
+		if q.name == e.members[i].name {
+			p = q
+		}
+	}
+	s.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("dev: %s is not running", e.members[i].name)
+	}
+	client, err := e.HTTPClient()
+	if err != nil {
+		return err
+	}
+	return s.awaitReady(ctx, p, func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.Endpoints[i]+"/health", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"health":"true"`) {
+			return fmt.Errorf("health %s: %s", resp.Status, body)
+		}
+		return nil
+	})
+}
+
+// TLSConfig is the client side of the cluster's mutual TLS.
+func (e *Etcd) TLSConfig() (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(e.CertFile, e.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("dev: etcd client certificate: %w", err)
+	}
+	ca, err := os.ReadFile(e.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("dev: etcd CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, errors.New("dev: etcd CA: no certificate in " + e.CAFile)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// HTTPClient is an HTTP client for the members' HTTP endpoints (/health).
+func (e *Etcd) HTTPClient() (*http.Client, error) {
+	cfg, err := e.TLSConfig()
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}, nil
+}
+
+// writeCerts writes a CA, a server certificate for 127.0.0.1 and a client
+// certificate into dir, and sets the paths of e.
+func (e *Etcd) writeCerts(dir string) error {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("dev: etcd CA key: %w", err)
+	}
+	caTmpl := certTemplate("atf dev etcd CA")
+	caTmpl.IsCA, caTmpl.BasicConstraintsValid = true, true
+	caTmpl.KeyUsage = x509.KeyUsageCertSign
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return fmt.Errorf("dev: etcd CA: %w", err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return fmt.Errorf("dev: etcd CA: %w", err)
+	}
+	e.CAFile = filepath.Join(dir, "ca.pem")
+	if err := writePEM(e.CAFile, "CERTIFICATE", caDER); err != nil {
+		return err
+	}
+	server := certTemplate("127.0.0.1")
+	server.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+	server.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	if err := issueCert(dir, "server", server, ca, caKey); err != nil {
+		return err
+	}
+	client := certTemplate("atfd")
+	client.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	if err := issueCert(dir, "client", client, ca, caKey); err != nil {
+		return err
+	}
+	e.CertFile, e.KeyFile = filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
+	return nil
+}
+
+// certTemplate is a day-long certificate template for cn.
+func certTemplate(cn string) *x509.Certificate {
+	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
+	return &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature}
+}
+
+// issueCert signs tmpl with the CA and writes <name>.pem and <name>-key.pem.
+func issueCert(dir, name string, tmpl, ca *x509.Certificate, caKey *ecdsa.PrivateKey) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("dev: etcd %s key: %w", name, err)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return fmt.Errorf("dev: etcd %s certificate: %w", name, err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("dev: etcd %s key: %w", name, err)
+	}
+	if err := writePEM(filepath.Join(dir, name+".pem"), "CERTIFICATE", der); err != nil {
+		return err
+	}
+	return writePEM(filepath.Join(dir, name+"-key.pem"), "PRIVATE KEY", keyDER)
+}
+
+// writePEM writes one PEM block to path, readable by its owner only.
+func writePEM(path, typ string, der []byte) error {
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		return fmt.Errorf("dev: %w", err)
+	}
+	return nil
+}
