@@ -8,9 +8,8 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/store/kv"
 )
 
 // ApprovalStatus is where an approval request stands.
@@ -72,7 +71,7 @@ func (a Approval) at(now time.Time) Approval {
 
 // PutApproval records a new pending request and audits it.
 func (s *Store) PutApproval(a Approval) error {
-	err := s.group(func(tx *bolt.Tx) error {
+	err := s.group(func(tx kv.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
@@ -105,7 +104,7 @@ func (s *Store) PutApproval(a Approval) error {
 // GetApproval returns one request as it stands now.
 func (s *Store) GetApproval(id string) (Approval, error) {
 	var a Approval
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		var err error
 		a, err = getApproval(tx, id)
 		return err
@@ -118,7 +117,7 @@ func (s *Store) GetApproval(id string) (Approval, error) {
 func (s *Store) Approvals(st ApprovalStatus, agent string, limit int) ([]Approval, error) {
 	now := s.now()
 	var out []Approval
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		return tx.Bucket(bucketApprovals).ForEach(func(k, v []byte) error {
 			var a Approval
 			if err := json.Unmarshal(v, &a); err != nil {
@@ -143,7 +142,7 @@ func (s *Store) Approvals(st ApprovalStatus, agent string, limit int) ([]Approva
 // A request that is not pending (decided, expired) fails with ErrConflict.
 func (s *Store) DecideApproval(id, approver string, approve bool, reason string, redeemWithin time.Duration) (Approval, error) {
 	var a Approval
-	err := s.group(func(tx *bolt.Tx) error {
+	err := s.group(func(tx kv.Tx) error {
 		now := s.now().UTC()
 		var err error
 		if a, err = getApproval(tx, id); err != nil {
@@ -176,7 +175,7 @@ func (s *Store) DecideApproval(id, approver string, approve bool, reason string,
 // number of concurrent claims succeeds; the others fail with ErrConflict.
 func (s *Store) ClaimApproval(id, agent, role, grantID, decisionID string) (Approval, error) {
 	var a Approval
-	err := s.group(func(tx *bolt.Tx) error {
+	err := s.group(func(tx kv.Tx) error {
 		now := s.now().UTC()
 		var err error
 		if a, err = getApproval(tx, id); err != nil {
@@ -204,7 +203,7 @@ func (s *Store) ClaimApproval(id, agent, role, grantID, decisionID string) (Appr
 // ReleaseApproval undoes a claim whose credential could not be issued, so
 // the agent can try again before the approval expires.
 func (s *Store) ReleaseApproval(id, decisionID string) error {
-	err := s.group(func(tx *bolt.Tx) error {
+	err := s.group(func(tx kv.Tx) error {
 		a, err := getApproval(tx, id)
 		if err != nil {
 			return err
@@ -221,7 +220,7 @@ func (s *Store) ReleaseApproval(id, decisionID string) error {
 	return nil
 }
 
-func getApproval(tx *bolt.Tx, id string) (Approval, error) {
+func getApproval(tx kv.Tx, id string) (Approval, error) {
 	var a Approval
 	v := tx.Bucket(bucketApprovals).Get([]byte(id))
 	if v == nil {
@@ -235,7 +234,7 @@ func getApproval(tx *bolt.Tx, id string) (Approval, error) {
 
 // putApproval writes a, and keeps it in the index of open requests by
 // agent while it is open.
-func putApproval(tx *bolt.Tx, a Approval) error {
+func putApproval(tx kv.Tx, a Approval) error {
 	v, err := json.Marshal(a)
 	if err != nil {
 		return err
@@ -252,7 +251,7 @@ func putApproval(tx *bolt.Tx, a Approval) error {
 // cancelApprovals cancels, in tx, every open request of agents that match
 // selects, and audits each. It reads only those agents' open requests
 // (bucketOpenApprovals), whatever the number of requests ever made.
-func (s *Store) cancelApprovals(tx *bolt.Tx, agents []string, match func(Approval) bool, actor, reason string, now time.Time) ([]string, error) {
+func (s *Store) cancelApprovals(tx kv.Tx, agents []string, match func(Approval) bool, actor, reason string, now time.Time) ([]string, error) {
 	var open []Approval
 	for _, agent := range agents {
 		prefix := pair(agent, "")

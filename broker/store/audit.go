@@ -10,7 +10,7 @@ import (
 	"maps"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/agentictrust/atf/broker/store/kv"
 )
 
 // AuditRecord is one entry of the tamper-evident audit trail. Records are
@@ -34,7 +34,7 @@ type AuditRecord struct {
 // AppendAudit appends records to the audit trail in one transaction.
 func (s *Store) AppendAudit(recs ...AuditRecord) error {
 	// Denials come in bursts: they share commits like issuances do.
-	return s.group(func(tx *bolt.Tx) error {
+	return s.group(func(tx kv.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
@@ -71,7 +71,7 @@ func (s *Store) Audit(after uint64, limit int) ([]AuditRecord, error) {
 // records it holds, from its checkpoint on.
 func (s *Store) VerifyAudit() (uint64, error) {
 	var cp auditCheckpoint
-	if err := s.view(func(tx *bolt.Tx) (err error) { cp, err = checkpoint(tx); return err }); err != nil {
+	if err := s.view(func(tx kv.Tx) (err error) { cp, err = checkpoint(tx); return err }); err != nil {
 		return 0, err
 	}
 	var n uint64
@@ -105,7 +105,7 @@ func (s *Store) VerifyAudit() (uint64, error) {
 // shipped part ends, at least: a segment cut short and nothing after it
 // in the store would otherwise verify.
 func (s *Store) checkTip(n uint64, hash string) error {
-	return s.view(func(tx *bolt.Tx) error {
+	return s.view(func(tx kv.Tx) error {
 		cp, err := checkpoint(tx)
 		if err != nil {
 			return err
@@ -122,7 +122,7 @@ func (s *Store) checkTip(n uint64, hash string) error {
 
 // appendAudit appends r in tx, filling Seq, Prev and Hash. Once tx
 // commits, Options.OnAudit is called.
-func (s *Store) appendAudit(tx *bolt.Tx, r AuditRecord) error {
+func (s *Store) appendAudit(tx kv.Tx, r AuditRecord) error {
 	if s.requestID != "" && r.Detail["request_id"] == "" {
 		d := maps.Clone(r.Detail)
 		if d == nil {
@@ -135,9 +135,7 @@ func (s *Store) appendAudit(tx *bolt.Tx, r AuditRecord) error {
 		tx.OnCommit(s.onAudit)
 	}
 	b := tx.Bucket(bucketAudit)
-	// Records are only ever appended in key order: fill pages instead of
-	// splitting them in half (bbolt's default), which halves the file.
-	b.FillPercent = 0.95
+	kv.AppendOnly(b)
 	last, err := lastAudit(tx)
 	if err != nil {
 		return err
@@ -229,7 +227,7 @@ func (s *Store) QueryAudit(f AuditFilter, after uint64, limit int) ([]AuditRecor
 func (s *Store) AuditHead() (AuditRecord, error) {
 	var last AuditRecord
 	var shipped bool
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		if _, v := tx.Bucket(bucketAudit).Cursor().Last(); v != nil {
 			return json.Unmarshal(v, &last)
 		}
@@ -249,7 +247,7 @@ func (s *Store) AuditHead() (AuditRecord, error) {
 
 // lastAudit is the newest record in tx, or, if the store holds none, the
 // Seq, Hash and Time of the last one shipped: the chain goes on from it.
-func lastAudit(tx *bolt.Tx) (AuditRecord, error) {
+func lastAudit(tx kv.Tx) (AuditRecord, error) {
 	var last AuditRecord
 	if k, v := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
 		if err := json.Unmarshal(v, &last); err != nil {

@@ -44,7 +44,7 @@ func (s *Store) Backup(w io.Writer) (int64, error) {
 // (initialMmapSize): that one waits for the transaction to end.
 func (s *Store) BackupTo(begin func(BackupInfo) (io.Writer, error)) (int64, error) {
 	var n int64
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.viewBolt(func(tx *bolt.Tx) error {
 		info := BackupInfo{Size: tx.Size()}
 		if k, _ := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
 			info.AuditHead = binary.BigEndian.Uint64(k)

@@ -8,6 +8,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/agentictrust/atf/broker/failpoint"
+	"github.com/agentictrust/atf/broker/store/kv"
 )
 
 // ErrClosed is returned for writes after Close.
@@ -22,7 +23,7 @@ const (
 
 // commitReq is one write waiting for the group committer.
 type commitReq struct {
-	fn   func(*bolt.Tx) error
+	fn   func(kv.Tx) error
 	done chan error
 	// lost, if set, makes the write answer as soon as fn has run in the
 	// group's transaction, before the commit is made durable; lost is
@@ -35,7 +36,7 @@ type commitReq struct {
 // commits at once (no batching delay), and concurrent writes share one
 // fsync. fn may run more than once (alone, if another write in its group
 // failed), so it must be idempotent, as for bbolt's Batch.
-func (s *Store) group(fn func(*bolt.Tx) error) error {
+func (s *Store) group(fn func(kv.Tx) error) error {
 	return s.enqueueWrite(&commitReq{fn: fn, done: make(chan error, 1)})
 }
 
@@ -47,7 +48,7 @@ func (s *Store) group(fn func(*bolt.Tx) error) error {
 // (on its own goroutine); a crash before it leaves the write unrecorded,
 // which the caller must make safe otherwise (RecordCredential: the run's
 // anchors are revoked at the next start, BeginRun).
-func (s *Store) groupEarly(fn func(*bolt.Tx) error, lost func()) error {
+func (s *Store) groupEarly(fn func(kv.Tx) error, lost func()) error {
 	return s.enqueueWrite(&commitReq{fn: fn, done: make(chan error, 1), lost: lost})
 }
 
@@ -122,7 +123,7 @@ func (s *Store) commitGroup(batch []*commitReq) []*commitReq {
 		return nil
 	}
 	for i, r := range batch {
-		if err := r.fn(tx); err != nil {
+		if err := r.fn(kv.Bolt(tx)); err != nil {
 			_ = tx.Rollback()
 			s.rollbacks.Add(1)
 			r.done <- err
@@ -174,12 +175,28 @@ func (s *Store) commitGroup(batch []*commitReq) []*commitReq {
 // view runs fn in a read transaction that sees every write answered so
 // far: if an early-answered write (groupEarly) is being committed, it waits
 // for that commit first.
-func (s *Store) view(fn func(*bolt.Tx) error) error {
+func (s *Store) view(fn func(kv.Tx) error) error {
 	s.earlyMu.Lock()
 	early := s.early
 	s.earlyMu.Unlock()
 	if early != nil {
 		<-early
 	}
-	return s.db.View(fn)
+	return s.db.View(func(tx *bolt.Tx) error { return fn(kv.Bolt(tx)) })
+}
+
+// viewBolt is view for what needs bbolt's own transaction (a consistent
+// copy of the file, its size).
+func (s *Store) viewBolt(fn func(*bolt.Tx) error) error {
+	return s.view(func(tx kv.Tx) error {
+		btx, _ := kv.BoltTx(tx)
+		return fn(btx)
+	})
+}
+
+// update runs fn in a write transaction of its own, committed (and made
+// durable) before update returns; for writes that must not share a
+// group's commit.
+func (s *Store) update(fn func(kv.Tx) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return fn(kv.Bolt(tx)) })
 }

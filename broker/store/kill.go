@@ -4,8 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 
-	bolt "go.etcd.io/bbolt"
-
+	"github.com/agentictrust/atf/broker/store/kv"
 	"github.com/agentictrust/atf/delegation"
 )
 
@@ -14,7 +13,7 @@ var keyGlobalKill = []byte("global_kill")
 
 // usable refuses an agent that is deregistered or held by the kill switch,
 // its own or the global one.
-func usable(tx *bolt.Tx, a Agent) error {
+func usable(tx kv.Tx, a Agent) error {
 	switch {
 	case a.Status != Active:
 		return refuse(ErrDeregistered, "%s", a.ID)
@@ -35,7 +34,7 @@ func usable(tx *bolt.Tx, a Agent) error {
 func (s *Store) KillAgent(id, actor, reason string, lineage bool) (Revocation, []string, error) {
 	var rev Revocation
 	var killed []string
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx kv.Tx) error {
 		rev, killed = Revocation{Credentials: map[string][]string{}}, nil
 		now := s.now().UTC()
 		queue := []string{id}
@@ -94,7 +93,7 @@ func (s *Store) KillAgent(id, actor, reason string, lineage bool) (Revocation, [
 // credentials stay revoked.
 func (s *Store) ReleaseAgent(id, actor, reason string) (Agent, error) {
 	var a Agent
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx kv.Tx) error {
 		var err error
 		if a, err = getAgent(tx, id); err != nil {
 			return err
@@ -117,7 +116,7 @@ func (s *Store) ReleaseAgent(id, actor, reason string) (Agent, error) {
 // nothing is issued to anyone until ReleaseAll.
 func (s *Store) KillAll(actor, reason string) (Revocation, error) {
 	var rev Revocation
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx kv.Tx) error {
 		rev = Revocation{Credentials: map[string][]string{}}
 		now := s.now().UTC()
 		v, err := json.Marshal(Kill{At: now, By: actor, Reason: reason})
@@ -144,7 +143,7 @@ func (s *Store) KillAll(actor, reason string) (Revocation, error) {
 
 // ReleaseAll lifts the global kill switch.
 func (s *Store) ReleaseAll(actor, reason string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx kv.Tx) error {
 		b := tx.Bucket(bucketMeta)
 		if b.Get(keyGlobalKill) == nil {
 			return refuse(ErrConflict, "the global kill switch is not set")
@@ -163,7 +162,7 @@ func (s *Store) ReleaseAll(actor, reason string) error {
 // GlobalKill returns the global kill switch, or nil when it is not set.
 func (s *Store) GlobalKill() (*Kill, error) {
 	var k *Kill
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		v := tx.Bucket(bucketMeta).Get(keyGlobalKill)
 		if v == nil {
 			return nil
@@ -177,7 +176,7 @@ func (s *Store) GlobalKill() (*Kill, error) {
 // KilledAgents lists the agents the kill switch holds.
 func (s *Store) KilledAgents() ([]Agent, error) {
 	var out []Agent
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		return tx.Bucket(bucketAgents).ForEach(func(k, v []byte) error {
 			var a Agent
 			if err := json.Unmarshal(v, &a); err != nil {
@@ -209,7 +208,7 @@ var keyBaselines = []byte("baselines")
 
 // SaveBaselines keeps the behaviour monitor's baselines (opaque JSON).
 func (s *Store) SaveBaselines(raw []byte) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx kv.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
@@ -220,7 +219,7 @@ func (s *Store) SaveBaselines(raw []byte) error {
 // Baselines returns what SaveBaselines kept (nil if nothing).
 func (s *Store) Baselines() ([]byte, error) {
 	var out []byte
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		out = append([]byte(nil), tx.Bucket(bucketMeta).Get(keyBaselines)...)
 		return nil
 	})

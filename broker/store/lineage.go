@@ -9,8 +9,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
+	"github.com/agentictrust/atf/broker/store/kv"
 	"github.com/agentictrust/atf/delegation"
 )
 
@@ -120,7 +119,7 @@ func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 	if err != nil {
 		return fmt.Errorf("store: encode grant: %w", err)
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx kv.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
@@ -175,7 +174,7 @@ func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 // GetGrant returns one grant.
 func (s *Store) GetGrant(id string) (delegation.Grant, error) {
 	var g delegation.Grant
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		var err error
 		g, err = getGrant(tx, id)
 		return err
@@ -187,7 +186,7 @@ func (s *Store) GetGrant(id string) (delegation.Grant, error) {
 // id, root first. It does not check that they are live.
 func (s *Store) Chain(id string) ([]delegation.Grant, error) {
 	var chain []delegation.Grant
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		var err error
 		chain, err = chainOf(tx, id)
 		return err
@@ -198,7 +197,7 @@ func (s *Store) Chain(id string) ([]delegation.Grant, error) {
 // GrantsGivenBy returns the grants an agent gave, live or not.
 func (s *Store) GrantsGivenBy(agentID string) ([]delegation.Grant, error) {
 	var out []delegation.Grant
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		var err error
 		out, err = given(tx, agentID)
 		return err
@@ -213,7 +212,7 @@ func (s *Store) AddAnchor(a Anchor) error {
 	if err != nil {
 		return fmt.Errorf("store: encode anchor: %w", err)
 	}
-	err = s.group(func(tx *bolt.Tx) error {
+	err = s.group(func(tx kv.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
@@ -268,7 +267,7 @@ func (s *Store) RecordCredential(c Credential) error {
 			s.onLost(c)
 		}
 	}
-	err := s.groupEarly(func(tx *bolt.Tx) error {
+	err := s.groupEarly(func(tx kv.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
@@ -298,7 +297,7 @@ func (s *Store) RecordCredential(c Credential) error {
 // agent is not usable or changed since the decision, or the grant chain or
 // the anchor it was issued under is no longer live. It is nil for a
 // credential that may be kept.
-func credentialRefusal(tx *bolt.Tx, c Credential, a Agent, now time.Time) error {
+func credentialRefusal(tx kv.Tx, c Credential, a Agent, now time.Time) error {
 	if err := usable(tx, a); err != nil {
 		return err
 	}
@@ -326,7 +325,7 @@ func credentialRefusal(tx *bolt.Tx, c Credential, a Agent, now time.Time) error 
 
 // putCredential writes c in tx, indexed under its grant; a refused
 // credential is written revoked at now and queued for revocation in Vault.
-func putCredential(tx *bolt.Tx, c Credential, refused error, now time.Time) error {
+func putCredential(tx kv.Tx, c Credential, refused error, now time.Time) error {
 	if refused != nil {
 		c.RevokedAt = now
 		// A refused batch token never left the broker and cannot be
@@ -392,7 +391,7 @@ func (s *Store) RevokeLineage(root Root, actor, reason string) (Revocation, erro
 		return Revocation{}, refuse(ErrInvalid, "a lineage root is one agent or one grant")
 	}
 	var rev Revocation
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx kv.Tx) error {
 		if root.AgentID != "" {
 			if _, err := getAgent(tx, root.AgentID); err != nil {
 				return err
@@ -407,7 +406,7 @@ func (s *Store) RevokeLineage(root Root, actor, reason string) (Revocation, erro
 
 // revokeLineage revokes root's lineage in tx at now: its grants, the open
 // approvals in it, the anchors of its nodes and its live credentials.
-func (s *Store) revokeLineage(tx *bolt.Tx, root Root, actor, reason string, now time.Time) (Revocation, error) {
+func (s *Store) revokeLineage(tx kv.Tx, root Root, actor, reason string, now time.Time) (Revocation, error) {
 	grants, err := lineageGrants(tx, root)
 	if err != nil {
 		return Revocation{}, err
@@ -480,7 +479,7 @@ func (s *Store) Settle(rev *Revocation) error {
 	if rev.Credentials == nil {
 		rev.Credentials = map[string][]string{}
 	}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		for _, set := range rev.derived {
 			keys, err := lineageCredentialKeys(tx, Root{AgentID: set.agent}, set.grants)
 			if err != nil {
@@ -507,7 +506,7 @@ func (s *Store) Settle(rev *Revocation) error {
 
 // lineageGrants returns the grants below root, parents first: a grant and
 // its descendants, or every grant an agent gave and their descendants.
-func lineageGrants(tx *bolt.Tx, root Root) ([]delegation.Grant, error) {
+func lineageGrants(tx kv.Tx, root Root) ([]delegation.Grant, error) {
 	children := func(id string) ([]delegation.Grant, error) { return childrenOf(tx, id) }
 	var grants []delegation.Grant
 	var err error
@@ -528,7 +527,7 @@ func lineageGrants(tx *bolt.Tx, root Root) ([]delegation.Grant, error) {
 
 // revokeGrants marks the grants not yet revoked as revoked at now, with a
 // grant_revoked audit record each, and returns them.
-func (s *Store) revokeGrants(tx *bolt.Tx, grants []delegation.Grant, root Root, actor, reason string, now time.Time) ([]delegation.Grant, error) {
+func (s *Store) revokeGrants(tx kv.Tx, grants []delegation.Grant, root Root, actor, reason string, now time.Time) ([]delegation.Grant, error) {
 	var revoked []delegation.Grant
 	for _, g := range grants {
 		if !g.RevokedAt.IsZero() {
@@ -552,7 +551,7 @@ func (s *Store) revokeGrants(tx *bolt.Tx, grants []delegation.Grant, root Root, 
 // as revoked at now and queues them in rev, in the order of nodes (parents
 // first): revoking the first in Vault already kills what hangs below it,
 // and the rest answer at once. It returns the accessors queued.
-func revokeAnchors(tx *bolt.Tx, nodes []string, now time.Time, rev *Revocation) (map[string]bool, error) {
+func revokeAnchors(tx kv.Tx, nodes []string, now time.Time, rev *Revocation) (map[string]bool, error) {
 	queued := map[string]bool{}
 	for _, node := range nodes {
 		anchors, err := nodeAnchors(tx, node)
@@ -590,7 +589,7 @@ func revokeAnchors(tx *bolt.Tx, nodes []string, now time.Time, rev *Revocation) 
 }
 
 // revokeAnchor marks an revoked at now and queues it, if it is live.
-func revokeAnchor(tx *bolt.Tx, an Anchor, now time.Time, queued map[string]bool, rev *Revocation) error {
+func revokeAnchor(tx kv.Tx, an Anchor, now time.Time, queued map[string]bool, rev *Revocation) error {
 	if !an.RevokedAt.IsZero() || !an.ExpiresAt.After(now) {
 		return nil
 	}
@@ -608,7 +607,7 @@ func revokeAnchor(tx *bolt.Tx, an Anchor, now time.Time, queued map[string]bool,
 
 // lineageCredentialKeys returns the keys of the credentials issued under
 // grants and, for an agent root, of the agent's own.
-func lineageCredentialKeys(tx *bolt.Tx, root Root, grants []string) ([][]byte, error) {
+func lineageCredentialKeys(tx kv.Tx, root Root, grants []string) ([][]byte, error) {
 	var keys [][]byte
 	for _, g := range grants {
 		ks, err := grantCredentialKeys(tx, g)
@@ -629,7 +628,7 @@ func lineageCredentialKeys(tx *bolt.Tx, root Root, grants []string) ([][]byte, e
 
 // bareCredentialKeys returns the keys of node's credentials recorded
 // without an anchor.
-func bareCredentialKeys(tx *bolt.Tx, node string) [][]byte {
+func bareCredentialKeys(tx kv.Tx, node string) [][]byte {
 	var keys [][]byte
 	prefix := pair(node, "")
 	c := tx.Bucket(bucketBare).Cursor()
@@ -641,7 +640,7 @@ func bareCredentialKeys(tx *bolt.Tx, node string) [][]byte {
 
 // heldUnderReceived returns the keys of the credentials agent holds under
 // grants it received.
-func heldUnderReceived(tx *bolt.Tx, agent string) ([][]byte, error) {
+func heldUnderReceived(tx kv.Tx, agent string) ([][]byte, error) {
 	var keys [][]byte
 	prefix := pair(agent, "")
 	c := tx.Bucket(bucketReceived).Cursor()
@@ -670,7 +669,7 @@ func credentialNode(c Credential) string {
 // not rewritten: its revocation is derived from its anchor's (readCredential),
 // one record per revoked node, whatever the number of credentials. Others
 // are marked and queued for revocation in Vault.
-func revokeCredentialKeys(tx *bolt.Tx, keys [][]byte, queuedAnchors map[string]bool, now time.Time, rev *Revocation) error {
+func revokeCredentialKeys(tx kv.Tx, keys [][]byte, queuedAnchors map[string]bool, now time.Time, rev *Revocation) error {
 	creds := tx.Bucket(bucketCredentials)
 	seen := map[string]time.Time{}
 	for _, k := range keys {
@@ -705,7 +704,7 @@ func revokeCredentialKeys(tx *bolt.Tx, keys [][]byte, queuedAnchors map[string]b
 
 // anchorRevokedAt is when the anchor with accessor acc was revoked in the
 // store (zero: live, expired or unknown), remembered in seen.
-func anchorRevokedAt(tx *bolt.Tx, acc string, seen map[string]time.Time) time.Time {
+func anchorRevokedAt(tx kv.Tx, acc string, seen map[string]time.Time) time.Time {
 	if acc == "" {
 		return time.Time{}
 	}
@@ -723,7 +722,7 @@ func anchorRevokedAt(tx *bolt.Tx, acc string, seen map[string]time.Time) time.Ti
 // readCredential decodes a credential record; one revoked with its anchor
 // (see revokeCredentialKeys) reads as revoked when the anchor was. seen
 // caches anchors for the transaction.
-func readCredential(tx *bolt.Tx, v []byte, seen map[string]time.Time) (Credential, error) {
+func readCredential(tx kv.Tx, v []byte, seen map[string]time.Time) (Credential, error) {
 	var cr Credential
 	if err := json.Unmarshal(v, &cr); err != nil {
 		return cr, fmt.Errorf("store: decode credential: %w", err)
@@ -737,7 +736,7 @@ func readCredential(tx *bolt.Tx, v []byte, seen map[string]time.Time) (Credentia
 // queueCredential queues the revocation of credential cr in Vault, unless
 // it dies with an anchor revoked already: a service token by its
 // accessor, a batch token, which has none, with its anchor.
-func queueCredential(tx *bolt.Tx, cr Credential, revokedAnchors map[string]bool, now time.Time, rev *Revocation) error {
+func queueCredential(tx kv.Tx, cr Credential, revokedAnchors map[string]bool, now time.Time, rev *Revocation) error {
 	if revokedAnchors[cr.Anchor] {
 		return nil // dies with its anchor in Vault
 	}
@@ -768,7 +767,7 @@ func queueCredential(tx *bolt.Tx, cr Credential, revokedAnchors map[string]bool,
 // credentials under that anchor (the same role): they are revoked too.
 func (s *Store) RevokeCredentials(agentID, actor, reason string, drop func(Credential) bool) (Revocation, error) {
 	rev := Revocation{Credentials: map[string][]string{}}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx kv.Tx) error {
 		rev = Revocation{Credentials: map[string][]string{}}
 		now := s.now().UTC()
 		live, err := liveCredentialsOf(tx, agentID, now)
@@ -804,7 +803,7 @@ func (s *Store) RevokeCredentials(agentID, actor, reason string, drop func(Crede
 
 // liveCredentialsOf are agent's credentials live at now. (Collected before
 // any write: bbolt cursors must not see writes mid-iteration.)
-func liveCredentialsOf(tx *bolt.Tx, agentID string, now time.Time) ([]Credential, error) {
+func liveCredentialsOf(tx kv.Tx, agentID string, now time.Time) ([]Credential, error) {
 	var live []Credential
 	seen := map[string]time.Time{}
 	prefix := credentialKey(agentID, "")
@@ -822,7 +821,7 @@ func liveCredentialsOf(tx *bolt.Tx, agentID string, now time.Time) ([]Credential
 }
 
 // revokeCredential marks cr revoked at now, audits it and adds it to rev.
-func (s *Store) revokeCredential(tx *bolt.Tx, cr Credential, actor, reason string, now time.Time, rev *Revocation) error {
+func (s *Store) revokeCredential(tx kv.Tx, cr Credential, actor, reason string, now time.Time, rev *Revocation) error {
 	cr.RevokedAt = now
 	v, err := json.Marshal(cr)
 	if err != nil {
@@ -846,7 +845,7 @@ func (s *Store) revokeCredential(tx *bolt.Tx, cr Credential, actor, reason strin
 func (s *Store) Lineage(root Root) ([]delegation.Grant, []Credential, error) {
 	var grants []delegation.Grant
 	var live []Credential
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		if root.GrantID == "" {
 			if _, err := getAgent(tx, root.AgentID); err != nil {
 				return err
@@ -902,7 +901,7 @@ func (s *Store) PendingRevocations() ([]string, error) {
 		order int
 	}
 	var es []entry
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		return tx.Bucket(bucketRevocations).ForEach(func(k, v []byte) error {
 			var it queueItem
 			if err := json.Unmarshal(v, &it); err != nil {
@@ -922,7 +921,7 @@ func (s *Store) PendingRevocations() ([]string, error) {
 
 // CompleteRevocation records that Vault confirmed a queued revocation.
 func (s *Store) CompleteRevocation(accessor string) error {
-	err := s.group(func(tx *bolt.Tx) error {
+	err := s.group(func(tx kv.Tx) error {
 		return tx.Bucket(bucketRevocations).Delete([]byte(accessor))
 	})
 	if err != nil {
@@ -933,7 +932,7 @@ func (s *Store) CompleteRevocation(accessor string) error {
 
 // liveChain returns the chain down to grant id, checking that every grant
 // in it is neither revoked nor expired at now.
-func liveChain(tx *bolt.Tx, id string, now time.Time) ([]delegation.Grant, error) {
+func liveChain(tx kv.Tx, id string, now time.Time) ([]delegation.Grant, error) {
 	chain, err := chainOf(tx, id)
 	if err != nil {
 		return nil, err
@@ -949,7 +948,7 @@ func liveChain(tx *bolt.Tx, id string, now time.Time) ([]delegation.Grant, error
 	return chain, nil
 }
 
-func chainOf(tx *bolt.Tx, id string) ([]delegation.Grant, error) {
+func chainOf(tx kv.Tx, id string) ([]delegation.Grant, error) {
 	var chain []delegation.Grant
 	seen := map[string]bool{}
 	for id != "" {
@@ -968,7 +967,7 @@ func chainOf(tx *bolt.Tx, id string) ([]delegation.Grant, error) {
 	return chain, nil
 }
 
-func getGrant(tx *bolt.Tx, id string) (delegation.Grant, error) {
+func getGrant(tx kv.Tx, id string) (delegation.Grant, error) {
 	var g delegation.Grant
 	v := tx.Bucket(bucketGrants).Get([]byte(id))
 	if v == nil {
@@ -980,7 +979,7 @@ func getGrant(tx *bolt.Tx, id string) (delegation.Grant, error) {
 	return g, nil
 }
 
-func putGrant(tx *bolt.Tx, g delegation.Grant) error {
+func putGrant(tx kv.Tx, g delegation.Grant) error {
 	v, err := json.Marshal(g)
 	if err != nil {
 		return fmt.Errorf("store: encode grant: %w", err)
@@ -989,7 +988,7 @@ func putGrant(tx *bolt.Tx, g delegation.Grant) error {
 }
 
 // grantsUnder reads the grant ids indexed under prefix in bucket b.
-func grantsUnder(tx *bolt.Tx, b []byte, owner string) ([]delegation.Grant, error) {
+func grantsUnder(tx kv.Tx, b []byte, owner string) ([]delegation.Grant, error) {
 	var out []delegation.Grant
 	prefix := pair(owner, "")
 	c := tx.Bucket(b).Cursor()
@@ -1003,15 +1002,15 @@ func grantsUnder(tx *bolt.Tx, b []byte, owner string) ([]delegation.Grant, error
 	return out, nil
 }
 
-func childrenOf(tx *bolt.Tx, id string) ([]delegation.Grant, error) {
+func childrenOf(tx kv.Tx, id string) ([]delegation.Grant, error) {
 	return grantsUnder(tx, bucketChildren, id)
 }
 
-func given(tx *bolt.Tx, agentID string) ([]delegation.Grant, error) {
+func given(tx kv.Tx, agentID string) ([]delegation.Grant, error) {
 	return grantsUnder(tx, bucketGiven, agentID)
 }
 
-func grantCredentialKeys(tx *bolt.Tx, grantID string) ([][]byte, error) {
+func grantCredentialKeys(tx kv.Tx, grantID string) ([][]byte, error) {
 	var out [][]byte
 	prefix := pair(grantID, "")
 	c := tx.Bucket(bucketGrantCreds).Cursor()
@@ -1021,7 +1020,7 @@ func grantCredentialKeys(tx *bolt.Tx, grantID string) ([][]byte, error) {
 	return out, nil
 }
 
-func getAnchor(tx *bolt.Tx, accessor string) (Anchor, error) {
+func getAnchor(tx kv.Tx, accessor string) (Anchor, error) {
 	var a Anchor
 	v := tx.Bucket(bucketAnchors).Get([]byte(accessor))
 	if v == nil {
@@ -1033,7 +1032,7 @@ func getAnchor(tx *bolt.Tx, accessor string) (Anchor, error) {
 	return a, nil
 }
 
-func putAnchor(tx *bolt.Tx, a Anchor) error {
+func putAnchor(tx kv.Tx, a Anchor) error {
 	v, err := json.Marshal(a)
 	if err != nil {
 		return fmt.Errorf("store: encode anchor: %w", err)
@@ -1041,18 +1040,18 @@ func putAnchor(tx *bolt.Tx, a Anchor) error {
 	return tx.Bucket(bucketAnchors).Put([]byte(a.Accessor), v)
 }
 
-func nodeAnchors(tx *bolt.Tx, node string) ([]Anchor, error) {
+func nodeAnchors(tx kv.Tx, node string) ([]Anchor, error) {
 	return anchorsUnder(tx, pair(node, ""))
 }
 
 // roleAnchors are the anchors of node's role nodes (RoleNode).
-func roleAnchors(tx *bolt.Tx, node string) ([]Anchor, error) {
+func roleAnchors(tx kv.Tx, node string) ([]Anchor, error) {
 	return anchorsUnder(tx, []byte(node+"#"))
 }
 
 // anchorsUnder are the anchors whose node_anchors key (node, NUL,
 // accessor) begins with prefix.
-func anchorsUnder(tx *bolt.Tx, prefix []byte) ([]Anchor, error) {
+func anchorsUnder(tx kv.Tx, prefix []byte) ([]Anchor, error) {
 	var out []Anchor
 	c := tx.Bucket(bucketNodeAnchors).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
@@ -1072,7 +1071,7 @@ func anchorsUnder(tx *bolt.Tx, prefix []byte) ([]Anchor, error) {
 	return out, nil
 }
 
-func enqueue(tx *bolt.Tx, accessor string, it queueItem) error {
+func enqueue(tx kv.Tx, accessor string, it queueItem) error {
 	v, err := json.Marshal(it)
 	if err != nil {
 		return err

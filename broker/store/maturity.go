@@ -8,9 +8,8 @@ import (
 	"strconv"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/store/kv"
 )
 
 // Records the promotion gates read. Evidence and sign-offs are kept per
@@ -89,7 +88,7 @@ type OutcomeReport struct {
 // RecordOutcome counts r at its agent's current level and, in the same
 // transaction, appends its outcome_reported audit record.
 func (s *Store) RecordOutcome(r OutcomeReport) error {
-	err := s.group(func(tx *bolt.Tx) error {
+	err := s.group(func(tx kv.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
@@ -135,7 +134,7 @@ func (s *Store) RecordOutcome(r OutcomeReport) error {
 // AgentOutcomes returns the agent's outcome counts at its current level.
 func (s *Store) AgentOutcomes(agent string) (Outcomes, error) {
 	var o Outcomes
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		a, err := getAgent(tx, agent)
 		if err != nil {
 			return err
@@ -146,7 +145,7 @@ func (s *Store) AgentOutcomes(agent string) (Outcomes, error) {
 	return o, err
 }
 
-func outcomesOf(tx *bolt.Tx, a Agent) (Outcomes, error) {
+func outcomesOf(tx kv.Tx, a Agent) (Outcomes, error) {
 	o := Outcomes{Level: a.Level}
 	if v := tx.Bucket(bucketOutcomes).Get([]byte(a.ID)); v != nil {
 		// Counts stored before reports by others were kept apart (flat,
@@ -197,7 +196,7 @@ func (s *Store) addRecord(bucket []byte, agent string, v any, rec AuditRecord) e
 	if err != nil {
 		return err
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx kv.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
@@ -224,7 +223,7 @@ func binaryPair(agent string, seq uint64) []byte { return append(pair(agent, "")
 
 func listRecords[T any](s *Store, bucket []byte, agent string) ([]T, error) {
 	var out []T
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		prefix := pair(agent, "")
 		c := tx.Bucket(bucket).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
@@ -242,7 +241,7 @@ func listRecords[T any](s *Store, bucket []byte, agent string) ([]T, error) {
 // OpenIncident records a new incident against an agent, audited. The
 // agent's level at that moment is kept with it.
 func (s *Store) OpenIncident(in Incident) (Incident, error) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx kv.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
@@ -272,7 +271,7 @@ func (s *Store) OpenIncident(in Incident) (Incident, error) {
 func (s *Store) UpdateIncident(id, actor, sev, note string) (Incident, string, error) {
 	var in Incident
 	var before string
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx kv.Tx) error {
 		v := tx.Bucket(bucketIncidents).Get([]byte(id))
 		if v == nil {
 			return refuse(ErrNotFound, "incident %s", id)
@@ -305,7 +304,7 @@ func (s *Store) UpdateIncident(id, actor, sev, note string) (Incident, string, e
 // CloseIncident closes an open incident with its root-cause analysis.
 func (s *Store) CloseIncident(id, actor, rca string) (Incident, error) {
 	var in Incident
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx kv.Tx) error {
 		v := tx.Bucket(bucketIncidents).Get([]byte(id))
 		if v == nil {
 			return refuse(ErrNotFound, "incident %s", id)
@@ -332,7 +331,7 @@ func (s *Store) CloseIncident(id, actor, rca string) (Incident, error) {
 // Incident returns the incident with id.
 func (s *Store) Incident(id string) (Incident, error) {
 	var in Incident
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		v := tx.Bucket(bucketIncidents).Get([]byte(id))
 		if v == nil {
 			return refuse(ErrNotFound, "incident %s", id)
@@ -345,7 +344,7 @@ func (s *Store) Incident(id string) (Incident, error) {
 // Incidents returns the incidents of agent ("" for all), oldest first.
 func (s *Store) Incidents(agent string, openOnly bool) ([]Incident, error) {
 	var out []Incident
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		return tx.Bucket(bucketIncidents).ForEach(func(k, v []byte) error {
 			var in Incident
 			if err := json.Unmarshal(v, &in); err != nil {
@@ -361,7 +360,7 @@ func (s *Store) Incidents(agent string, openOnly bool) ([]Incident, error) {
 	return out, err
 }
 
-func putJSON(tx *bolt.Tx, bucket []byte, key string, v any) error {
+func putJSON(tx kv.Tx, bucket []byte, key string, v any) error {
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return err

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/agentictrust/atf/broker/store/kv"
 )
 
 // PolicyVersion is one stored version of the segmentation policy. Versions
@@ -31,7 +31,7 @@ type PolicyVersion struct {
 // with ErrConflict: someone else changed the policy meanwhile. The change
 // is audited in the same transaction.
 func (s *Store) PutPolicy(pv PolicyVersion, expected uint64) (PolicyVersion, error) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx kv.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
@@ -71,7 +71,7 @@ func (s *Store) PutPolicy(pv PolicyVersion, expected uint64) (PolicyVersion, err
 // policy stored it fails with ErrNotFound.
 func (s *Store) Policy(version uint64) (PolicyVersion, error) {
 	var pv PolicyVersion
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		b := tx.Bucket(bucketPolicies)
 		var v []byte
 		if version == 0 {
@@ -94,7 +94,7 @@ func (s *Store) Policy(version uint64) (PolicyVersion, error) {
 // newest first, without their text.
 func (s *Store) Policies(before uint64, limit int) ([]PolicyVersion, error) {
 	var out []PolicyVersion
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		c := tx.Bucket(bucketPolicies).Cursor()
 		var k, v []byte
 		if before == 0 {

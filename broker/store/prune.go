@@ -7,8 +7,7 @@ import (
 	"strconv"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
+	"github.com/agentictrust/atf/broker/store/kv"
 	"github.com/agentictrust/atf/delegation"
 )
 
@@ -41,8 +40,8 @@ func (s *Store) Prune(cutoff time.Time, actor string) (Pruned, error) {
 	var err error
 	steps := []struct {
 		n    *int
-		scan func(*bolt.Tx, []byte) ([][]byte, []byte, error)
-		drop func(*bolt.Tx, []byte) error
+		scan func(kv.Tx, []byte) ([][]byte, []byte, error)
+		drop func(kv.Tx, []byte) error
 	}{
 		{&p.Credentials, expiredIn(bucketCredentials, cutoff, credentialExpiry), dropCredential},
 		{&p.Anchors, expiredIn(bucketAnchors, cutoff, anchorExpiry), dropAnchor},
@@ -67,17 +66,17 @@ func (s *Store) Prune(cutoff time.Time, actor string) (Pruned, error) {
 // pruneBucket finds keys to drop with scan (up to pruneChunk at a time,
 // from where the last scan stopped) and drops each in a transaction of its
 // own chunk, until scan finds none.
-func (s *Store) pruneBucket(scan func(*bolt.Tx, []byte) ([][]byte, []byte, error), drop func(*bolt.Tx, []byte) error) (int, error) {
+func (s *Store) pruneBucket(scan func(kv.Tx, []byte) ([][]byte, []byte, error), drop func(kv.Tx, []byte) error) (int, error) {
 	n := 0
 	var from []byte
 	for {
 		var keys [][]byte
 		var next []byte
-		if err := s.view(func(tx *bolt.Tx) (err error) { keys, next, err = scan(tx, from); return err }); err != nil {
+		if err := s.view(func(tx kv.Tx) (err error) { keys, next, err = scan(tx, from); return err }); err != nil {
 			return n, err
 		}
 		if len(keys) > 0 {
-			err := s.db.Update(func(tx *bolt.Tx) error {
+			err := s.update(func(tx kv.Tx) error {
 				for _, k := range keys {
 					if err := drop(tx, k); err != nil {
 						return err
@@ -99,8 +98,8 @@ func (s *Store) pruneBucket(scan func(*bolt.Tx, []byte) ([][]byte, []byte, error
 
 // expiredIn scans bucket for values whose expiry (by expiry; ok false to
 // keep it regardless) is before cutoff.
-func expiredIn(bucket []byte, cutoff time.Time, expiry func(*bolt.Tx, []byte) (time.Time, bool)) func(*bolt.Tx, []byte) ([][]byte, []byte, error) {
-	return func(tx *bolt.Tx, from []byte) ([][]byte, []byte, error) {
+func expiredIn(bucket []byte, cutoff time.Time, expiry func(kv.Tx, []byte) (time.Time, bool)) func(kv.Tx, []byte) ([][]byte, []byte, error) {
+	return func(tx kv.Tx, from []byte) ([][]byte, []byte, error) {
 		var keys [][]byte
 		c := tx.Bucket(bucket).Cursor()
 		k, v := c.First()
@@ -119,13 +118,13 @@ func expiredIn(bucket []byte, cutoff time.Time, expiry func(*bolt.Tx, []byte) (t
 	}
 }
 
-func credentialExpiry(_ *bolt.Tx, v []byte) (time.Time, bool) {
+func credentialExpiry(_ kv.Tx, v []byte) (time.Time, bool) {
 	var c Credential
 	return c.ExpiresAt, json.Unmarshal(v, &c) == nil
 }
 
 // anchorExpiry keeps an anchor whose revocation Vault has not confirmed.
-func anchorExpiry(tx *bolt.Tx, v []byte) (time.Time, bool) {
+func anchorExpiry(tx kv.Tx, v []byte) (time.Time, bool) {
 	var a Anchor
 	if json.Unmarshal(v, &a) != nil || tx.Bucket(bucketRevocations).Get([]byte(a.Accessor)) != nil {
 		return time.Time{}, false
@@ -133,21 +132,21 @@ func anchorExpiry(tx *bolt.Tx, v []byte) (time.Time, bool) {
 	return a.ExpiresAt, true
 }
 
-func grantExpiry(_ *bolt.Tx, v []byte) (time.Time, bool) {
+func grantExpiry(_ kv.Tx, v []byte) (time.Time, bool) {
 	var g delegation.Grant
 	return g.ExpiresAt, json.Unmarshal(v, &g) == nil
 }
 
 // approvalExpiry is when an approval stops mattering, whatever its
 // status: past it a pending or approved one has expired (Approval.at).
-func approvalExpiry(_ *bolt.Tx, v []byte) (time.Time, bool) {
+func approvalExpiry(_ kv.Tx, v []byte) (time.Time, bool) {
 	var a Approval
 	return a.ExpiresAt, json.Unmarshal(v, &a) == nil
 }
 
 // oldHistory scans the history for all but each agent's newest
 // historyKeep changes.
-func oldHistory(tx *bolt.Tx, from []byte) ([][]byte, []byte, error) {
+func oldHistory(tx kv.Tx, from []byte) ([][]byte, []byte, error) {
 	var keys [][]byte
 	c := tx.Bucket(bucketHistory).Cursor()
 	k, _ := c.First()
@@ -171,11 +170,11 @@ func oldHistory(tx *bolt.Tx, from []byte) ([][]byte, []byte, error) {
 	return keys, nil, nil
 }
 
-func dropKey(bucket []byte) func(*bolt.Tx, []byte) error {
-	return func(tx *bolt.Tx, k []byte) error { return tx.Bucket(bucket).Delete(k) }
+func dropKey(bucket []byte) func(kv.Tx, []byte) error {
+	return func(tx kv.Tx, k []byte) error { return tx.Bucket(bucket).Delete(k) }
 }
 
-func dropCredential(tx *bolt.Tx, k []byte) error {
+func dropCredential(tx kv.Tx, k []byte) error {
 	b := tx.Bucket(bucketCredentials)
 	var c Credential
 	if v := b.Get(k); v != nil && json.Unmarshal(v, &c) == nil {
@@ -191,7 +190,7 @@ func dropCredential(tx *bolt.Tx, k []byte) error {
 	return b.Delete(k)
 }
 
-func dropAnchor(tx *bolt.Tx, k []byte) error {
+func dropAnchor(tx kv.Tx, k []byte) error {
 	b := tx.Bucket(bucketAnchors)
 	var a Anchor
 	if v := b.Get(k); v != nil && json.Unmarshal(v, &a) == nil {
@@ -204,7 +203,7 @@ func dropAnchor(tx *bolt.Tx, k []byte) error {
 
 // dropGrant removes a grant and its index entries. Its children expired
 // no later than it (attenuation), so they go in the same prune.
-func dropGrant(tx *bolt.Tx, k []byte) error {
+func dropGrant(tx kv.Tx, k []byte) error {
 	g, err := getGrant(tx, string(k))
 	if err != nil {
 		return nil // already gone
@@ -223,7 +222,7 @@ func dropGrant(tx *bolt.Tx, k []byte) error {
 	return tx.Bucket(bucketGrants).Delete(k)
 }
 
-func dropApproval(tx *bolt.Tx, k []byte) error {
+func dropApproval(tx kv.Tx, k []byte) error {
 	if a, err := getApproval(tx, string(k)); err == nil {
 		if err := tx.Bucket(bucketOpenApprovals).Delete(pair(a.AgentID, a.ID)); err != nil {
 			return err

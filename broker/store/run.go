@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/agentictrust/atf/broker/store/kv"
 )
 
 // keyRunning is present in the meta bucket while an atfd uses the store.
@@ -25,7 +25,7 @@ var keyRunning = []byte("running")
 // The anchors and credentials are queued for revocation in Vault (the
 // revoker drains the queue) and one audit record says what was revoked.
 func (s *Store) BeginRun(actor string) (crashed bool, rev Revocation, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx kv.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		crashed = meta.Get(keyRunning) != nil
 		rev = Revocation{Credentials: map[string][]string{}}
@@ -46,11 +46,11 @@ func (s *Store) BeginRun(actor string) (crashed bool, rev Revocation, err error)
 // EndRun marks a clean end: every issuance of the run was recorded or
 // refused. Call it only when no call is in flight.
 func (s *Store) EndRun() error {
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keyRunning) })
+	return s.update(func(tx kv.Tx) error { return tx.Bucket(bucketMeta).Delete(keyRunning) })
 }
 
 // revokeAllLive revokes every live anchor (parents first) and credential.
-func (s *Store) revokeAllLive(tx *bolt.Tx, actor string, now time.Time) (Revocation, error) {
+func (s *Store) revokeAllLive(tx kv.Tx, actor string, now time.Time) (Revocation, error) {
 	rev := Revocation{Credentials: map[string][]string{}}
 	var anchors []Anchor
 	err := tx.Bucket(bucketAnchors).ForEach(func(_, v []byte) error {

@@ -18,7 +18,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/agentictrust/atf/broker/store/kv"
 )
 
 // The audit trail leaves the store once it is safely in segment files
@@ -91,7 +91,7 @@ func segmentFiles(dir string) ([]string, []uint64, error) {
 }
 
 // checkpoint reads the audit checkpoint in tx (the zero one if none).
-func checkpoint(tx *bolt.Tx) (auditCheckpoint, error) {
+func checkpoint(tx kv.Tx) (auditCheckpoint, error) {
 	var cp auditCheckpoint
 	if v := tx.Bucket(bucketMeta).Get(keyAuditCheckpoint); v != nil {
 		if err := json.Unmarshal(v, &cp); err != nil {
@@ -101,7 +101,7 @@ func checkpoint(tx *bolt.Tx) (auditCheckpoint, error) {
 	return cp, nil
 }
 
-func putCheckpoint(tx *bolt.Tx, cp auditCheckpoint) error {
+func putCheckpoint(tx kv.Tx, cp auditCheckpoint) error {
 	v, err := json.Marshal(cp)
 	if err != nil {
 		return err
@@ -168,7 +168,7 @@ func (s *Store) eachAudit(after uint64, fn func(AuditRecord) (bool, error)) erro
 	s.auditMu.RLock()
 	defer s.auditMu.RUnlock()
 	var cp auditCheckpoint
-	if err := s.view(func(tx *bolt.Tx) (err error) { cp, err = checkpoint(tx); return err }); err != nil {
+	if err := s.view(func(tx kv.Tx) (err error) { cp, err = checkpoint(tx); return err }); err != nil {
 		return err
 	}
 	stopped := false
@@ -182,7 +182,7 @@ func (s *Store) eachAudit(after uint64, fn func(AuditRecord) (bool, error)) erro
 			return err
 		}
 	}
-	return s.view(func(tx *bolt.Tx) error {
+	return s.view(func(tx kv.Tx) error {
 		c := tx.Bucket(bucketAudit).Cursor()
 		for k, v := c.Seek(seqKey(max(after, cp.Seq) + 1)); k != nil; k, v = c.Next() {
 			var r AuditRecord
@@ -211,7 +211,7 @@ func (s *Store) ShipAudit() (int, error) {
 	var cp auditCheckpoint
 	var recs []AuditRecord
 	var lines []byte
-	err := s.view(func(tx *bolt.Tx) (err error) {
+	err := s.view(func(tx kv.Tx) (err error) {
 		if cp, err = checkpoint(tx); err != nil {
 			return err
 		}
@@ -254,7 +254,7 @@ func (s *Store) ShipAudit() (int, error) {
 func (s *Store) trimAudit(cp auditCheckpoint) error {
 	s.auditMu.Lock()
 	defer s.auditMu.Unlock()
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx kv.Tx) error {
 		if s.commitFault != nil {
 			if err := s.commitFault(); err != nil {
 				return err
@@ -263,7 +263,7 @@ func (s *Store) trimAudit(cp auditCheckpoint) error {
 		b := tx.Bucket(bucketAudit)
 		c := b.Cursor()
 		for k, _ := c.First(); k != nil && bytes.Compare(k, seqKey(cp.Seq)) <= 0; k, _ = c.First() {
-			if err := c.Delete(); err != nil {
+			if err := b.Delete(k); err != nil {
 				return err
 			}
 		}
@@ -412,7 +412,7 @@ func (s *Store) recoverSegments() error {
 	}
 	var cp auditCheckpoint
 	var inStore AuditRecord
-	err = s.view(func(tx *bolt.Tx) (err error) {
+	err = s.view(func(tx kv.Tx) (err error) {
 		if cp, err = checkpoint(tx); err != nil {
 			return err
 		}

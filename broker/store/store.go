@@ -17,6 +17,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/store/kv"
 	"github.com/agentictrust/atf/delegation"
 )
 
@@ -291,7 +292,7 @@ func Open(path string, opts Options) (*Store, error) {
 				return err
 			}
 		}
-		return fillIndexes(tx)
+		return fillIndexes(kv.Bolt(tx))
 	})
 	if err != nil {
 		db.Close()
@@ -378,7 +379,7 @@ func (s *Store) RegisterAgent(a Agent, actor string) (Agent, error) {
 	a.Status, a.CreatedAt, a.UpdatedAt, a.UpdatedBy, a.Revision, a.LevelSince = Active, now, now, actor, 1, now
 	// Registrations come in bulk when a fleet is onboarded: they share
 	// commits like issuances do.
-	err := s.group(func(tx *bolt.Tx) error {
+	err := s.group(func(tx kv.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
@@ -396,7 +397,7 @@ func (s *Store) RegisterAgent(a Agent, actor string) (Agent, error) {
 // GetAgent returns the agent with the given SPIFFE ID.
 func (s *Store) GetAgent(id string) (Agent, error) {
 	var a Agent
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		var err error
 		a, err = getAgent(tx, id)
 		return err
@@ -413,7 +414,7 @@ func (s *Store) ListAgents(after string, limit int, includeDeregistered bool) ([
 	}
 	var out []Agent
 	next := ""
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		c := tx.Bucket(bucketAgents).Cursor()
 		k, v := c.First()
 		if after != "" {
@@ -455,7 +456,7 @@ func (s *Store) UpdateAgent(id, actor string, expectedRevision uint64, change fu
 // kept.
 func (s *Store) DeregisterAgent(id, actor, reason string) (Agent, Revocation, error) {
 	var rev Revocation
-	a, err := s.modify(id, actor, 0, AgentChange{Action: ActionDeregister, Reason: reason}, func(*Agent) {}, func(tx *bolt.Tx) error {
+	a, err := s.modify(id, actor, 0, AgentChange{Action: ActionDeregister, Reason: reason}, func(*Agent) {}, func(tx kv.Tx) error {
 		var err error
 		rev, err = s.revokeLineage(tx, Root{AgentID: id}, actor, reason, s.now().UTC())
 		return err
@@ -468,9 +469,9 @@ func (s *Store) DeregisterAgent(id, actor, reason string) (Agent, Revocation, er
 
 // modify applies change to an active agent as ch, then runs also in the
 // same transaction.
-func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange, change func(*Agent), also ...func(*bolt.Tx) error) (Agent, error) {
+func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange, change func(*Agent), also ...func(kv.Tx) error) (Agent, error) {
 	var a Agent
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx kv.Tx) error {
 		var err error
 		if a, err = getAgent(tx, id); err != nil {
 			return err
@@ -515,7 +516,7 @@ func (s *Store) modify(id, actor string, expectedRevision uint64, ch AgentChange
 // AgentHistory returns every recorded change to an agent, oldest first.
 func (s *Store) AgentHistory(id string) ([]AgentChange, error) {
 	var out []AgentChange
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		prefix := historyPrefix(id)
 		c := tx.Bucket(bucketHistory).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
@@ -536,7 +537,7 @@ func (s *Store) AgentHistory(id string) ([]AgentChange, error) {
 // Credentials returns the credentials recorded for an agent.
 func (s *Store) Credentials(agentID string) ([]Credential, error) {
 	var out []Credential
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		prefix := credentialKey(agentID, "")
 		seen := map[string]time.Time{}
 		c := tx.Bucket(bucketCredentials).Cursor()
@@ -552,7 +553,7 @@ func (s *Store) Credentials(agentID string) ([]Credential, error) {
 	return out, err
 }
 
-func getAgent(tx *bolt.Tx, id string) (Agent, error) {
+func getAgent(tx kv.Tx, id string) (Agent, error) {
 	var a Agent
 	v := tx.Bucket(bucketAgents).Get([]byte(id))
 	if v == nil {
@@ -583,7 +584,7 @@ var changeKinds = map[string]string{
 // that no change to the registry commits without its record in the chain.
 // before is the record the change started from: the zero Agent for a
 // registration.
-func (s *Store) putAgent(tx *bolt.Tx, before, after Agent, ch AgentChange) error {
+func (s *Store) putAgent(tx kv.Tx, before, after Agent, ch AgentChange) error {
 	kind, ok := changeKinds[ch.Action]
 	if !ok {
 		return refuse(ErrInvalid, "agent change %q", ch.Action)
@@ -659,7 +660,7 @@ func credentialKey(agentID, accessor string) []byte { return pair(agentID, acces
 // now.
 func (s *Store) LiveCredentials(now time.Time) ([]Credential, error) {
 	var out []Credential
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		seen := map[string]time.Time{}
 		return tx.Bucket(bucketCredentials).ForEach(func(_, v []byte) error {
 			cr, err := readCredential(tx, v, seen)
@@ -700,7 +701,7 @@ var keyIndexed = []byte("indexed_v2")
 
 // fillIndexes fills, once, the indexes for what was recorded before they
 // existed.
-func fillIndexes(tx *bolt.Tx) error {
+func fillIndexes(tx kv.Tx) error {
 	meta := tx.Bucket(bucketMeta)
 	if meta.Get(keyIndexed) != nil {
 		return nil
@@ -738,7 +739,7 @@ func fillIndexes(tx *bolt.Tx) error {
 
 // indexApprovals fills bucketOpenApprovals with the requests not yet
 // final, for a store written before it existed.
-func indexApprovals(tx *bolt.Tx) error {
+func indexApprovals(tx kv.Tx) error {
 	open := tx.Bucket(bucketOpenApprovals)
 	return tx.Bucket(bucketApprovals).ForEach(func(k, v []byte) error {
 		var a Approval

@@ -1,0 +1,53 @@
+// Package kv is the storage engine under package store: ordered buckets of
+// keys and values, read and written in serializable transactions. The
+// store's records, indexes and audit trail are written against these
+// interfaces only, so that the same code runs on bbolt (one process, one
+// file; Bolt) and, for several replicas, on etcd (docs/operations.md).
+//
+// The interfaces are the part of bbolt's API the store uses, with bbolt's
+// meaning: a Tx sees one consistent snapshot plus its own writes; a
+// Bucket's keys are ordered bytewise; values returned by Get and by a
+// Cursor are valid only until the transaction ends and must not be
+// modified; Put and Delete are only allowed in a writable Tx.
+package kv
+
+// Tx is a transaction: one consistent snapshot of every bucket, plus this
+// transaction's own writes.
+type Tx interface {
+	// Bucket returns the bucket called name. Every bucket the store uses is
+	// created when the store opens, so a missing one is a programming
+	// error: Bucket panics rather than returning nil.
+	Bucket(name []byte) Bucket
+	// Writable reports whether Put and Delete are allowed.
+	Writable() bool
+	// OnCommit calls fn once the transaction has committed.
+	OnCommit(fn func())
+}
+
+// Bucket is an ordered map from keys to values.
+type Bucket interface {
+	// Get returns the value of key, or nil if it has none.
+	Get(key []byte) []byte
+	// Put sets key to value.
+	Put(key, value []byte) error
+	// Delete removes key; deleting a missing key is not an error.
+	Delete(key []byte) error
+	// Cursor iterates over the bucket's keys in order.
+	Cursor() Cursor
+	// ForEach calls fn for every key in order until fn fails.
+	ForEach(fn func(k, v []byte) error) error
+	// NextSequence returns a number greater than any it returned before
+	// for this bucket.
+	NextSequence() (uint64, error)
+}
+
+// Cursor walks a bucket's keys in order. Each method returns the key and
+// value it moved to, or nil, nil past either end.
+type Cursor interface {
+	First() (key, value []byte)
+	Last() (key, value []byte)
+	// Seek moves to key, or to the first key after it.
+	Seek(seek []byte) (key, value []byte)
+	Next() (key, value []byte)
+	Prev() (key, value []byte)
+}
