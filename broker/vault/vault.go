@@ -2,13 +2,16 @@
 //
 // Every credential is a child of an anchor the broker holds (docs/design.md
 // §3), carrying exactly the policies the broker decided on, non-renewable,
-// with the agent, role, level and decision id in its metadata. It is of one
-// of two kinds (docs/design.md §6): a batch token (Batch, the default),
-// which Vault does not store and checks against its parent anchor at each
-// use, so that revoking the anchor kills any number of them at once; or a
-// service token (Service) created through the credential token role, which
-// has an accessor of its own, can be revoked alone and can carry a use
-// count.
+// with the agent, role, level and decision id in its metadata. Anchors,
+// and with them their credentials, carry their agent's own Vault entity,
+// never the broker's, and a token Vault widens through its entity's
+// identity policies is revoked and refused (docs/security.md, "Vault
+// identity"). A credential is of one of two kinds (docs/design.md §6): a
+// batch token (Batch, the default), which Vault does not store and checks
+// against its parent anchor at each use, so that revoking the anchor kills
+// any number of them at once; or a service token (Service) created through
+// the credential token role, which has an accessor of its own, can be
+// revoked alone and can carry a use count.
 // The broker's own Vault token (from a static token for development, or an
 // AppRole or JWT-SVID login) is renewed in the background, re-obtained when
 // it cannot be renewed, and never leaves this package.
