@@ -114,8 +114,16 @@ func (s *Service) commitPolicy(ctx context.Context, pv store.PolicyVersion, p *a
 		return pv, &brokerv1.RevocationSummary{CommitDuration: durationpb.New(commit), TotalDuration: durationpb.New(commit)}, nil
 	}
 	reason := fmt.Sprintf("policy version %d no longer allows it", pv.Version)
-	return pv, s.cfg.Revoker.Finish(ctx, store.Root{}, pv.Author, reason, rev, start, commit, true), nil
+	wait := len(rev.Queued) <= policyVaultInline
+	return pv, s.cfg.Revoker.Finish(ctx, store.Root{}, pv.Author, reason, rev, start, commit, wait), nil
 }
+
+// policyVaultInline is the most Vault revocations a policy change waits
+// for before it answers, as a demotion does; a wider change (each agent's
+// role anchor is revoked on its own, a few milliseconds each) answers once
+// committed, already in force in the broker, and Vault follows from the
+// durable queue (vault_pending says how many are left).
+const policyVaultInline = 256
 
 func (s *Service) TestPolicy(ctx context.Context, req *adminv1.TestPolicyRequest) (*adminv1.TestPolicyResponse, error) {
 	p := s.cfg.Policy.Current()

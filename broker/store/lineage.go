@@ -759,7 +759,9 @@ func queueCredential(tx *bolt.Tx, cr Credential, revokedAnchors map[string]bool,
 		if err != nil {
 			return err
 		}
-		if !slices.Contains(rev.Nodes, an.Node) {
+		// Once per anchor (revokedAnchors), so without a search: a node
+		// listed twice (an anchor and its replacement) is dropped twice.
+		if an.RevokedAt.IsZero() && an.ExpiresAt.After(now) {
 			rev.Nodes = append(rev.Nodes, an.Node)
 		}
 		return revokeAnchor(tx, an, now, revokedAnchors, rev)
