@@ -66,9 +66,8 @@ func (s *Service) SetPolicy(ctx context.Context, req *adminv1.SetPolicyRequest) 
 		return nil, policyRefused(err)
 	}
 	resp := &adminv1.SetPolicyResponse{Warnings: p.Warnings()}
-	judge := s.cfg.Levels.PolicyJudge(p)
 	if req.GetDryRun() {
-		rev, err := s.cfg.Store.ReviewPolicy(judge)
+		rev, err := s.cfg.Store.ReviewPolicy(s.cfg.Levels.PolicyJudge(p))
 		if err != nil {
 			return nil, fmt.Errorf("review what the policy would revoke: %w", err)
 		}
@@ -106,16 +105,15 @@ func (s *Service) RollbackPolicy(ctx context.Context, req *adminv1.RollbackPolic
 func (s *Service) commitPolicy(ctx context.Context, pv store.PolicyVersion, p *authz.Policy, expected uint64) (store.PolicyVersion, *brokerv1.RevocationSummary, error) {
 	start := time.Now()
 	pv, rev, err := s.cfg.Policy.Commit(ctx, pv, p, expected, s.cfg.Levels.PolicyJudge(p))
-	if err != nil {
-		return pv, nil, err
-	}
 	commit := time.Since(start)
 	if len(rev.Grants) == 0 && rev.CredentialCount() == 0 && len(rev.Queued) == 0 {
-		return pv, &brokerv1.RevocationSummary{CommitDuration: durationpb.New(commit), TotalDuration: durationpb.New(commit)}, nil
+		return pv, &brokerv1.RevocationSummary{CommitDuration: durationpb.New(commit), TotalDuration: durationpb.New(commit)}, err
 	}
+	// Committed, even if putting the version in force then failed: what
+	// it revoked is finished either way.
 	reason := fmt.Sprintf("policy version %d no longer allows it", pv.Version)
 	wait := len(rev.Queued) <= policyVaultInline
-	return pv, s.cfg.Revoker.Finish(ctx, store.Root{}, pv.Author, reason, rev, start, commit, wait), nil
+	return pv, s.cfg.Revoker.Finish(ctx, store.Root{}, pv.Author, reason, rev, start, commit, wait), err
 }
 
 // policyVaultInline is the most Vault revocations a policy change waits
