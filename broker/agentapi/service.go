@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -43,6 +44,12 @@ type Limiter interface {
 	Allow(agent string, level authz.Level) *fault.Error
 }
 
+// RefusalCounter counts the refusals that need no audit record each
+// (limits.Refusals).
+type RefusalCounter interface {
+	Note(caller, kind, reason, subject string) (write bool, prior *store.AuditRecord)
+}
+
 // Watcher is the behaviour watch (watch.Watch).
 type Watcher interface {
 	Observe(ctx context.Context, ev monitor.Event) *monitor.Anomaly
@@ -73,12 +80,17 @@ type Revoker interface {
 
 // Config is what the service needs.
 type Config struct {
-	Store     *store.Store
-	Roles     map[string]config.Role
-	Gate      *authz.Gate
-	Policy    interface{ Current() *authz.Policy }
-	Rules     delegation.Rules
-	Rate      Limiter
+	Store  *store.Store
+	Roles  map[string]config.Role
+	Gate   *authz.Gate
+	Policy interface{ Current() *authz.Policy }
+	Rules  delegation.Rules
+	// Rate limits credential requests; Calls the other calls, per caller
+	// (docs/security.md).
+	Rate, Calls Limiter
+	// Refusals counts the refusals that need no record each (nil: every
+	// refusal is written).
+	Refusals  RefusalCounter
 	Watch     Watcher
 	Approvals Approvals
 	Issuer    Issuer
@@ -101,10 +113,42 @@ type Config struct {
 type Service struct {
 	brokerv1.UnimplementedBrokerServiceServer
 	cfg Config
+
+	mu sync.Mutex
+	// open counts each caller's open streams (MaxStreamsPerCaller).
+	open map[string]int
 }
 
+// MaxStreamsPerCaller bounds the streams (revocation and approval
+// watches) one caller holds open at once, so that one SVID cannot take
+// the broker's limits.max_streams for itself (docs/security.md).
+const MaxStreamsPerCaller = 16
+
 // New returns the service.
-func New(cfg Config) *Service { return &Service{cfg: cfg} }
+func New(cfg Config) *Service { return &Service{cfg: cfg, open: map[string]int{}} }
+
+// openStream takes one of the caller's stream slots; done gives it back.
+func (s *Service) openStream(ctx context.Context, method string) (done func(), err error) {
+	if err := s.admit(ctx, method); err != nil {
+		return nil, err
+	}
+	caller := edge.Caller(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open[caller] >= MaxStreamsPerCaller {
+		s.cfg.Metrics.CallsLimited.WithLabelValues(method).Inc()
+		return nil, fault.Limited("streams_per_caller", time.Second, "%s already holds %d streams open, the most one caller may; close one first",
+			caller, MaxStreamsPerCaller)
+	}
+	s.open[caller]++
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.open[caller]--; s.open[caller] <= 0 {
+			delete(s.open, caller)
+		}
+	}, nil
+}
 
 // RegisterService registers the service with r.
 func (s *Service) RegisterService(r grpc.ServiceRegistrar) {
@@ -113,6 +157,34 @@ func (s *Service) RegisterService(r grpc.ServiceRegistrar) {
 
 func (s *Service) db(ctx context.Context) *store.Store {
 	return s.cfg.Store.ForRequest(edge.RequestID(ctx))
+}
+
+// admit takes one call of the caller's from its bucket of
+// limits.call_rate: every call of the agent API but FetchCredential
+// (limited by limits.rate) passes it first, so that no call an agent can
+// make writes or holds without bound (docs/security.md). An unregistered
+// caller counts at the Intern rate, a reporter that is not an agent at
+// the Principal one.
+func (s *Service) admit(ctx context.Context, method string) error {
+	if s.cfg.Calls == nil {
+		return nil
+	}
+	caller := edge.Caller(ctx)
+	level := authz.Intern
+	a, err := s.cfg.Store.GetAgent(caller)
+	switch {
+	case err == nil:
+		level = a.Level
+	case !errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("look up caller: %w", err)
+	case s.cfg.Reporters[edge.Identity(ctx).ID]:
+		level = authz.Principal
+	}
+	if f := s.cfg.Calls.Allow(caller, level); f != nil {
+		s.cfg.Metrics.CallsLimited.WithLabelValues(method).Inc()
+		return f
+	}
+	return nil
 }
 
 // parentChain is the chain down to grant pid, which caller re-delegates
@@ -154,6 +226,9 @@ func (s *Service) principal(a store.Agent) delegation.Agent {
 }
 
 func (s *Service) WhoAmI(ctx context.Context, _ *brokerv1.WhoAmIRequest) (*brokerv1.WhoAmIResponse, error) {
+	if err := s.admit(ctx, "WhoAmI"); err != nil {
+		return nil, err
+	}
 	id := edge.Identity(ctx)
 	resp := &brokerv1.WhoAmIResponse{
 		SpiffeId:      id.ID.String(),
@@ -172,6 +247,9 @@ func (s *Service) WhoAmI(ctx context.Context, _ *brokerv1.WhoAmIRequest) (*broke
 }
 
 func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (*brokerv1.DelegateResponse, error) {
+	if err := s.admit(ctx, "Delegate"); err != nil {
+		return nil, err
+	}
 	caller := edge.Caller(ctx)
 	if gk := s.cfg.Revoker.GlobalKill(); gk != nil {
 		return nil, fault.New(fault.Denied, "%s", decide.KillSwitchMessage(gk))
@@ -247,6 +325,9 @@ func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (
 }
 
 func (s *Service) RevokeGrant(ctx context.Context, req *brokerv1.RevokeGrantRequest) (*brokerv1.RevokeGrantResponse, error) {
+	if err := s.admit(ctx, "RevokeGrant"); err != nil {
+		return nil, err
+	}
 	caller := edge.Caller(ctx)
 	chain, err := s.cfg.Store.Chain(req.GetGrantId())
 	if errors.Is(err, store.ErrNotFound) {
@@ -268,6 +349,11 @@ func (s *Service) RevokeGrant(ctx context.Context, req *brokerv1.RevokeGrantRequ
 
 func (s *Service) WatchRevocations(_ *brokerv1.WatchRevocationsRequest, stream grpc.ServerStreamingServer[brokerv1.WatchRevocationsResponse]) error {
 	ctx := stream.Context()
+	done, err := s.openStream(ctx, "WatchRevocations")
+	if err != nil {
+		return err
+	}
+	defer done()
 	events, ended, cancel := s.cfg.Revoker.Subscribe(edge.Caller(ctx))
 	defer cancel()
 	return edge.Relay(ctx, stream, s.cfg.Closing, events, ended, stream.Send)
@@ -275,12 +361,20 @@ func (s *Service) WatchRevocations(_ *brokerv1.WatchRevocationsRequest, stream g
 
 func (s *Service) WaitApproval(req *brokerv1.WaitApprovalRequest, stream grpc.ServerStreamingServer[brokerv1.WaitApprovalResponse]) error {
 	ctx := stream.Context()
+	done, err := s.openStream(ctx, "WaitApproval")
+	if err != nil {
+		return err
+	}
+	defer done()
 	return s.cfg.Approvals.Wait(ctx, req.GetApprovalId(), edge.Caller(ctx), s.cfg.Closing, edge.ErrShuttingDown, func(ap store.Approval) error {
 		return stream.Send(&brokerv1.WaitApprovalResponse{Approval: protoconv.ApprovalToProto(ap)})
 	})
 }
 
 func (s *Service) ReportOutcome(ctx context.Context, req *brokerv1.ReportOutcomeRequest) (*brokerv1.ReportOutcomeResponse, error) {
+	if err := s.admit(ctx, "ReportOutcome"); err != nil {
+		return nil, err
+	}
 	caller := edge.Caller(ctx)
 	agent, err := s.outcomeSubject(ctx, caller, req.GetAgentId())
 	if err != nil {
