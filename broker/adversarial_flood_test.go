@@ -7,8 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/broker/config"
@@ -196,4 +200,114 @@ func accounted(recs []*adminv1.AuditRecord, id string) int {
 		}
 	}
 	return n
+}
+
+// An error tells the caller only what it is entitled to know: whether
+// another SPIFFE ID is registered, killed or unknown, who the parties of a
+// grant it is no party to are, whether such a grant exists, or that the
+// kill switch is on, are the audit trail's and the log's. And a caller's
+// x-request-id never becomes the id the trail knows its request by.
+func TestAdversarialOracles(t *testing.T) {
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	admin := b.Dial(t, f.Admin)
+	ids := map[string]spiffeid.ID{}
+	for _, name := range []string{"intern", "prober", "killed", "unknown", "giver", "taker"} {
+		ids[name] = f.ID(t, name)
+	}
+	b.Register(t, ids["intern"], brokerv1.Level_LEVEL_INTERN, "reports-read")
+	for _, name := range []string{"prober", "killed", "giver", "taker"} {
+		b.Register(t, ids[name], brokerv1.Level_LEVEL_SENIOR, "reports-read")
+	}
+	if _, err := admin.Response.Kill(t.Context(), &adminv1.KillRequest{Target: &adminv1.KillRequest_AgentId{AgentId: ids["killed"].String()}, Reason: "oracle test"}); err != nil {
+		t.Fatal(err)
+	}
+	g, err := b.Dial(t, ids["giver"]).Broker.Delegate(t.Context(), &brokerv1.DelegateRequest{Delegatee: ids["taker"].String(), Roles: []string{"reports-read"}, Ttl: durationpb.New(10 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grant, missing := g.GetGrant().GetId(), "0123456789abcdef0123456789abcdef"
+
+	// Registered but killed, or never registered: the same answer.
+	for _, who := range []string{"intern", "prober"} {
+		c := b.Dial(t, ids[who]).Broker
+		delegate := func(to spiffeid.ID) error {
+			_, err := c.Delegate(t.Context(), &brokerv1.DelegateRequest{Delegatee: to.String(), Roles: []string{"reports-read"}, Ttl: durationpb.New(time.Minute)})
+			return err
+		}
+		sameAnswer(t, who+" delegating to a killed and to an unknown ID", delegate(ids["killed"]), delegate(ids["unknown"]),
+			ids["killed"].String(), ids["unknown"].String())
+	}
+
+	// A grant one is no party to: as if it did not exist, parties unnamed.
+	prober := b.Dial(t, ids["prober"]).Broker
+	fetch := func(grantID string) error {
+		_, err := prober.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read", GrantId: grantID})
+		return err
+	}
+	revoke := func(grantID string) error {
+		_, err := prober.RevokeGrant(t.Context(), &brokerv1.RevokeGrantRequest{GrantId: grantID, Reason: "oracle test"})
+		return err
+	}
+	extend := func(grantID string) error {
+		_, err := prober.Delegate(t.Context(), &brokerv1.DelegateRequest{Delegatee: ids["intern"].String(), Roles: []string{"reports-read"},
+			Ttl: durationpb.New(time.Minute), ParentGrantId: grantID})
+		return err
+	}
+	for name, call := range map[string]func(string) error{"FetchCredential": fetch, "RevokeGrant": revoke, "Delegate": extend} {
+		err := call(grant)
+		sameAnswer(t, name+" under another's grant and a missing one", err, call(missing), grant, missing)
+		for _, party := range []string{"giver", "taker"} {
+			if err != nil && strings.Contains(err.Error(), ids[party].String()) {
+				t.Errorf("%s under another's grant names its %s: %v", name, party, err)
+			}
+		}
+	}
+
+	// An unknown SVID is not told the kill switch is on.
+	if _, err := admin.Response.Kill(t.Context(), &adminv1.KillRequest{Target: &adminv1.KillRequest_All{All: true}, Reason: "oracle test"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.Dial(t, ids["unknown"]).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"})
+	brokertest.WantCode(t, err, codes.PermissionDenied, "not a registered agent")
+	if strings.Contains(err.Error(), "kill") {
+		t.Errorf("an unknown SVID is told about the kill switch: %v", err)
+	}
+}
+
+// A caller-chosen x-request-id is kept as client_request_id; the audit
+// record's request_id is the broker's own, also in the answer's header.
+func TestAdversarialCallerChosenRequestID(t *testing.T) {
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	admin := b.Dial(t, f.Admin)
+	agent := f.ID(t, "agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_SENIOR, "reports-read")
+	var header metadata.MD
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "x-request-id", "evil")
+	if _, err := b.Dial(t, agent).Broker.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "reports-read"}, grpc.Header(&header)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := admin.Admin.QueryAudit(t.Context(), &adminv1.QueryAuditRequest{Kind: "credential_issued", Agent: agent.String()})
+	if err != nil || len(r.GetRecords()) != 1 {
+		t.Fatalf("QueryAudit = %v, %v; want one issuance", r, err)
+	}
+	d := r.GetRecords()[0].GetDetail()
+	if d["request_id"] == "evil" || len(d["request_id"]) != 32 || d["client_request_id"] != "evil" {
+		t.Errorf("request_id %q, client_request_id %q; want a broker-made id and the caller's apart", d["request_id"], d["client_request_id"])
+	}
+	if got := header.Get("x-request-id"); len(got) != 1 || got[0] != d["request_id"] {
+		t.Errorf("the answer's x-request-id = %v, want the record's %q", got, d["request_id"])
+	}
+}
+
+// sameAnswer fails unless a and b are the same status once their own IDs
+// (idA, idB) are taken out.
+func sameAnswer(t *testing.T, what string, a, b error, idA, idB string) {
+	t.Helper()
+	sa, sb := status.Convert(a), status.Convert(b)
+	ma, mb := strings.ReplaceAll(sa.Message(), idA, "ID"), strings.ReplaceAll(sb.Message(), idB, "ID")
+	if a == nil || sa.Code() != sb.Code() || ma != mb {
+		t.Errorf("%s: answers differ (or none refused):\n  %s: %s\n  %s: %s", what, sa.Code(), sa.Message(), sb.Code(), sb.Message())
+	}
 }

@@ -140,14 +140,16 @@ func (s *Service) decide(ctx context.Context, r decide.Request, why decide.Reaso
 	if f := s.cfg.Rate.Allow(r.Caller, a.Level); f != nil {
 		return plan, a, false, decide.Limit(why, f)
 	}
-	if ref := decide.Admit(why, s.cfg.Revoker.GlobalKill()); ref != nil {
+	// An unregistered caller is the gate's to refuse, as not registered:
+	// whether the kill switch is on is none of its business.
+	if ref := decide.Admit(why, s.cfg.Revoker.GlobalKill()); ref != nil && rec != nil {
 		return plan, a, false, ref
 	}
 	auth := decide.Own(r.Caller, rec)
 	if r.GrantID != "" && rec != nil {
 		grants, ancestors, err := s.chainOf(r.GrantID)
-		if errors.Is(err, store.ErrNotFound) {
-			return plan, a, false, fault.New(fault.NotFound, "grant %s does not exist", r.GrantID)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && grants[len(grants)-1].Delegatee != r.Caller) {
+			return plan, a, false, noGrant(r.GrantID, "given to", r.Caller)
 		}
 		if err != nil {
 			return plan, a, false, fmt.Errorf("load grant chain: %w", err)

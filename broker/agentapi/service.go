@@ -156,7 +156,7 @@ func (s *Service) RegisterService(r grpc.ServiceRegistrar) {
 }
 
 func (s *Service) db(ctx context.Context) *store.Store {
-	return s.cfg.Store.ForRequest(edge.RequestID(ctx))
+	return s.cfg.Store.ForRequest(edge.RequestIDs(ctx))
 }
 
 // admit takes one call of the caller's from its bucket of
@@ -191,16 +191,27 @@ func (s *Service) admit(ctx context.Context, method string) error {
 // under: it must exist and have been given to caller.
 func (s *Service) parentChain(pid, caller string) ([]delegation.Grant, map[string]delegation.Agent, error) {
 	grants, ancestors, err := s.chainOf(pid)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil, fault.New(fault.NotFound, "grant %s does not exist", pid)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && grants[len(grants)-1].Delegatee != caller) {
+		return nil, nil, noGrant(pid, "given to", caller)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("load grant chain: %w", err)
 	}
-	if grants[len(grants)-1].Delegatee != caller {
-		return nil, nil, fault.New(fault.Denied, "grant %s was not given to %s", pid, caller)
-	}
 	return grants, ancestors, nil
+}
+
+// noGrant is the answer about a grant that does not exist or that the
+// caller is no party to: the same, so that it learns neither whether the
+// grant exists nor who its parties are (docs/security.md).
+func noGrant(id, relation, caller string) error {
+	return fault.New(fault.NotFound, "grant %s does not exist or was not %s %s", id, relation, caller)
+}
+
+// noDelegatee is the answer about a delegatee that is not an active
+// registered agent, unknown, deregistered or killed alike, so that a
+// delegator learns nothing of another ID's standing (docs/security.md).
+func noDelegatee(id string) error {
+	return fault.New(fault.Denied, "delegatee %s is not an active registered agent and may receive no grant; check its SPIFFE ID, or ask an admin", id)
 }
 
 // mayPassOn refuses a delegation of a role that delegator a may not hold
@@ -261,17 +272,12 @@ func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (
 	if err != nil {
 		return nil, fmt.Errorf("look up caller: %w", err)
 	}
-	delegateeID, err := attest.ParseID(req.GetDelegatee())
-	if err != nil {
-		return nil, fault.Wrap(fault.Invalid, err)
+	if !a.Usable() {
+		return nil, fault.Wrap(fault.Denied, fmt.Errorf("%w: agent %s is deregistered or killed and holds no authority", delegation.ErrAgentInactive, caller))
 	}
-	var delegatee *delegation.Agent
-	switch e, err := s.cfg.Store.GetAgent(delegateeID.String()); {
-	case err == nil:
-		p := s.principal(e)
-		delegatee = &p
-	case !errors.Is(err, store.ErrNotFound):
-		return nil, fmt.Errorf("look up delegatee: %w", err)
+	delegatee, err := s.delegatee(ctx, req.GetDelegatee())
+	if err != nil {
+		return nil, err
 	}
 	dreq := delegation.Request{
 		Delegator: s.principal(a),
@@ -324,21 +330,38 @@ func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (
 	return &brokerv1.DelegateResponse{Grant: protoconv.GrantToProto(g)}, nil
 }
 
+// delegatee is the agent a grant is to go to: an active registered one,
+// or the same refusal whatever else it is (noDelegatee).
+func (s *Service) delegatee(ctx context.Context, raw string) (*delegation.Agent, error) {
+	id, err := attest.ParseID(raw)
+	if err != nil {
+		return nil, fault.Wrap(fault.Invalid, err)
+	}
+	e, err := s.cfg.Store.GetAgent(id.String())
+	switch {
+	case err == nil && e.Usable():
+		p := s.principal(e)
+		return &p, nil
+	case err == nil || errors.Is(err, store.ErrNotFound):
+		edge.Logger(ctx).Warn("delegation refused: the delegatee is not an active registered agent",
+			slog.String("delegatee", id.String()), slog.Bool("registered", err == nil))
+		return nil, noDelegatee(id.String())
+	}
+	return nil, fmt.Errorf("look up delegatee: %w", err)
+}
+
 func (s *Service) RevokeGrant(ctx context.Context, req *brokerv1.RevokeGrantRequest) (*brokerv1.RevokeGrantResponse, error) {
 	if err := s.admit(ctx, "RevokeGrant"); err != nil {
 		return nil, err
 	}
 	caller := edge.Caller(ctx)
 	chain, err := s.cfg.Store.Chain(req.GetGrantId())
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fault.New(fault.NotFound, "grant %s does not exist", req.GetGrantId())
+	// The delegator, or anyone above it in the chain, may revoke.
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !slices.ContainsFunc(chain, func(g delegation.Grant) bool { return g.Delegator == caller })) {
+		return nil, noGrant(req.GetGrantId(), "given, nor any grant above it, by", caller)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load grant chain: %w", err)
-	}
-	// The delegator, or anyone above it in the chain, may revoke.
-	if !slices.ContainsFunc(chain, func(g delegation.Grant) bool { return g.Delegator == caller }) {
-		return nil, fault.New(fault.Denied, "%s did not give grant %s nor any grant above it", caller, req.GetGrantId())
 	}
 	sum, err := s.cfg.Revoker.Lineage(ctx, store.Root{GrantID: req.GetGrantId()}, caller, req.GetReason())
 	if err != nil {

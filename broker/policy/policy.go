@@ -109,7 +109,7 @@ func (h *Holder) Commit(ctx context.Context, pv store.PolicyVersion, p *authz.Po
 	pv.Author = edge.Caller(ctx)
 	pv.Comment = audit.Redact(pv.Comment)
 	pv.Digest, pv.Lines = p.Digest(), p.Lines()
-	pv, err := h.store.ForRequest(edge.RequestID(ctx)).PutPolicy(pv, expected)
+	pv, err := h.store.ForRequest(edge.RequestIDs(ctx)).PutPolicy(pv, expected)
 	if err != nil {
 		return pv, fmt.Errorf("store policy: %w", err)
 	}
