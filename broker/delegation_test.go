@@ -239,7 +239,7 @@ func TestDelegateRefusals(t *testing.T) {
 		parts    []string
 	}{
 		{"unknown delegatee", a, f.ID(t, "nobody"), "", time.Minute, 0, []string{"reports-read"},
-			codes.NotFound, []string{"unknown delegatee", "not a registered agent"}},
+			codes.PermissionDenied, []string{"is not an active registered agent and may receive no grant"}},
 		{"self-delegation", a, a.id, "", time.Minute, 0, []string{"reports-read"},
 			codes.PermissionDenied, []string{"self-delegation", "may not delegate to itself"}},
 		{"cycle: B back to A under A's grant", b, a.id, ab.GetId(), time.Minute, 0, []string{"reports-read"},
@@ -267,11 +267,11 @@ func TestDelegateRefusals(t *testing.T) {
 		{"a Senior's level binds under a Principal's grant", b, c.id, ab.GetId(), time.Minute, 2, []string{"reports-read"},
 			codes.InvalidArgument, []string{"max depth 2 exceeds the 1 further hop(s) left below this grant at depth 2"}},
 		{"parent grant given to someone else", stranger, c.id, ab.GetId(), time.Minute, 0, []string{"reports-read"},
-			codes.PermissionDenied, []string{"grant " + ab.GetId() + " was not given to " + stranger.id.String()}},
+			codes.NotFound, []string{"grant " + ab.GetId() + " does not exist or was not given to " + stranger.id.String()}},
 		{"unknown parent grant", b, c.id, "0123456789abcdef0123456789abcdef", time.Minute, 0, []string{"reports-read"},
-			codes.NotFound, []string{"grant 0123456789abcdef0123456789abcdef does not exist"}},
+			codes.NotFound, []string{"grant 0123456789abcdef0123456789abcdef does not exist or was not given to"}},
 		{"deregistered delegatee", a, gone.id, "", time.Minute, 0, []string{"reports-read"},
-			codes.PermissionDenied, []string{"delegatee is not active", "may receive no authority"}},
+			codes.PermissionDenied, []string{gone.id.String() + " is not an active registered agent and may receive no grant"}},
 		{"deregistered delegator", goneDelegator, b.id, "", time.Minute, 0, []string{"reports-read"},
 			codes.PermissionDenied, []string{"is deregistered or killed and holds no authority"}},
 		{"unregistered delegator", unregistered, b.id, "", time.Minute, 0, []string{"reports-read"},
@@ -441,9 +441,9 @@ func TestDelegationChainCredentials(t *testing.T) {
 
 	// A grant is usable only by its delegatee.
 	_, err = ch.c.fetch(t.Context(), "reports-read", ch.cd.GetId())
-	brokertest.WantCode(t, err, codes.PermissionDenied, "not to agent "+ch.c.id.String())
+	brokertest.WantCode(t, err, codes.NotFound, "does not exist or was not given to "+ch.c.id.String())
 	_, err = ch.c.fetch(t.Context(), "reports-read", "0123456789abcdef0123456789abcdef")
-	brokertest.WantCode(t, err, codes.NotFound, "does not exist")
+	brokertest.WantCode(t, err, codes.NotFound, "does not exist or was not given to")
 }
 
 // The level under a grant is the lowest along the chain: a Principal's
@@ -567,13 +567,13 @@ func TestRevokeGrantByDelegatorOrAncestor(t *testing.T) {
 	}
 
 	_, err := revoke(stranger, ch.bc.GetId())
-	brokertest.WantCode(t, err, codes.PermissionDenied, stranger.id.String()+" did not give grant "+ch.bc.GetId())
+	brokertest.WantCode(t, err, codes.NotFound, "grant "+ch.bc.GetId()+" does not exist or was not given, nor any grant above it, by "+stranger.id.String())
 	_, err = revoke(ch.c, ch.bc.GetId())
-	brokertest.WantCode(t, err, codes.PermissionDenied, "did not give grant")
+	brokertest.WantCode(t, err, codes.NotFound, "does not exist or was not given")
 	_, err = revoke(ch.d, ch.ab.GetId())
-	brokertest.WantCode(t, err, codes.PermissionDenied, "did not give grant")
+	brokertest.WantCode(t, err, codes.NotFound, "does not exist or was not given")
 	_, err = revoke(ch.a, "0123456789abcdef0123456789abcdef")
-	brokertest.WantCode(t, err, codes.NotFound, "does not exist")
+	brokertest.WantCode(t, err, codes.NotFound, "does not exist or was not given")
 	e.wantAlive(t, below)
 
 	// A, two grants above, revokes C's grant to D.

@@ -748,13 +748,16 @@ func TestAuditTrail(t *testing.T) {
 	wantDetail(t, issued, map[string]string{
 		"decision": "allow", "reason": "allowed", "policy": "p, group:all, *, *, intern, allow", "rule": "senior: read allowed",
 		"policy_version": "1", "classification": "internal", "class": "read", "level": "senior", "role": "reports-read",
-		"request_id": "seg-audit-1", "decision_id": c.GetDecisionId(), "chain": senior.id.String(), "policies": "demo-reports-read",
+		"client_request_id": "seg-audit-1", "decision_id": c.GetDecisionId(), "chain": senior.id.String(), "policies": "demo-reports-read",
 	})
 	if issued.GetDetail()["expires_at"] == "" {
 		t.Errorf("issuance record has no expires_at: %v", issued.GetDetail())
 	}
 	denied := oneRecord(t, e.admin, &adminv1.QueryAuditRequest{Kind: "credential_denied", Agent: intern.id.String()})
 	wantDetail(t, denied, map[string]string{"decision": "deny", "reason": "class_not_allowed", "rule": "intern: read only (invariant)", "level": "intern"})
+	if rid := issued.GetDetail()["request_id"]; rid == "" || rid == "seg-audit-1" {
+		t.Errorf("request_id = %q, want the broker's own (the caller's is client_request_id)", rid)
+	}
 	if denied.GetDetail()["request_id"] == "" {
 		t.Errorf("denial record has no request_id: %v", denied.GetDetail())
 	}

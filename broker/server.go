@@ -91,7 +91,8 @@ type Server struct {
 	tracerProvider trace.TracerProvider
 	metrics        *metrics.Metrics
 	metricsLn      net.Listener
-	rate           *limits.Rate
+	rate, calls    *limits.Rate
+	refusals       *limits.Refusals
 	live           *limits.Live
 	maturity       maturity.Config
 	monitor        *monitor.Monitor
@@ -241,6 +242,8 @@ func (s *Server) openMonitoring(context.Context) (err error) {
 		}
 	}
 	s.rate = limits.NewRate(cfg.Limits.Rate, s.now)
+	s.calls = limits.NewCallRate(cfg.Limits.CallRate, s.now)
+	s.refusals = limits.NewRefusals(cfg.Limits.RefusalWindow, s.now)
 	s.live = limits.NewLive(cfg.Limits, s.now)
 	live, err := s.store.LiveCredentials(s.now())
 	if err != nil {
@@ -345,7 +348,8 @@ func (s *Server) openServices(context.Context) (err error) {
 func (s *Server) services(rules delegation.Rules, note notifier) []interface{ RegisterService(grpc.ServiceRegistrar) } {
 	issuer := issue.New(issue.Config{Store: s.store, Vault: s.vault, Anchors: s.revoker.Anchors(), Live: s.live, Approvals: s.approvals, Tracer: s.tracing.Tracer})
 	return []interface{ RegisterService(grpc.ServiceRegistrar) }{
-		agentapi.New(agentapi.Config{Store: s.store, Roles: s.roles, Gate: s.gate, Policy: s.policy, Rules: rules, Rate: s.rate, Watch: s.watch,
+		agentapi.New(agentapi.Config{Store: s.store, Roles: s.roles, Gate: s.gate, Policy: s.policy, Rules: rules, Rate: s.rate, Calls: s.calls,
+			Refusals: s.refusals, Watch: s.watch,
 			Approvals: s.approvals, Issuer: issuer, Revoker: s.revoker, Metrics: s.metrics, Tracer: s.tracing.Tracer, Notifier: note,
 			Reporters:    idSet(slices.Concat(s.cfg.Admins, s.cfg.Approvals.Approvers, s.cfg.Maturity.OutcomeReporters)),
 			VaultAddress: s.vault.Address(), Closing: s.closingCh, Now: s.now}),
@@ -375,6 +379,7 @@ func (s *Server) Serve(lis net.Listener) error {
 	}
 	s.loops.Go(func() { s.shipAudit(ctx) })
 	s.loops.Go(func() { s.prune(ctx) })
+	s.loops.Go(func() { s.flushRefusals(ctx) })
 	s.loops.Go(func() {
 		t := time.NewTicker(watch.BaselineSaveEvery)
 		defer t.Stop()
@@ -405,6 +410,34 @@ func (s *Server) Serve(lis net.Listener) error {
 	return err
 }
 
+// flushRefusals writes the aggregated records of the refusal windows
+// that ended (limits.Refusals), every window's length, until ctx ends.
+func (s *Server) flushRefusals(ctx context.Context) {
+	t := time.NewTicker(s.refusals.Window())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.writeRefusals(false)
+		}
+	}
+}
+
+// writeRefusals writes the aggregated records of the refusal windows
+// that ended, or of all of them.
+func (s *Server) writeRefusals(all bool) {
+	recs := s.refusals.Flush(all)
+	if len(recs) == 0 {
+		return
+	}
+	if err := s.store.AppendAudit(recs...); err != nil {
+		s.log.Error("writing aggregated refusal records failed; their counts are lost", slog.String(edge.LogError, err.Error()),
+			slog.Int(edge.LogCount, len(recs)))
+	}
+}
+
 // Close stops serving (letting calls in flight finish for up to 5 s) and
 // releases the store, the Workload API and Vault renewal. Safe to call more
 // than once and after a failed New.
@@ -426,6 +459,10 @@ func (s *Server) Close() {
 				// next start must treat this run as crashed.
 				s.runBegun = false
 			}
+		}
+		if s.refusals != nil && s.store != nil {
+			// Calls are over: what the refusal windows counted is written.
+			s.writeRefusals(true)
 		}
 		s.lifeMu.Lock()
 		if s.revoker != nil {

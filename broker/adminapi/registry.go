@@ -97,7 +97,7 @@ func New(cfg Config) *Service { return &Service{cfg: cfg} }
 func (s *Service) RegisterService(r grpc.ServiceRegistrar) { adminv1.RegisterAdminServiceServer(r, s) }
 
 func (s *Service) db(ctx context.Context) *store.Store {
-	return s.cfg.Store.ForRequest(edge.RequestID(ctx))
+	return s.cfg.Store.ForRequest(edge.RequestIDs(ctx))
 }
 
 func (s *Service) RegisterAgent(ctx context.Context, req *adminv1.RegisterAgentRequest) (*adminv1.RegisterAgentResponse, error) {

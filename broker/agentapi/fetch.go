@@ -135,17 +135,21 @@ func (s *Service) decide(ctx context.Context, r decide.Request, why decide.Reaso
 	case !errors.Is(err, store.ErrNotFound):
 		return plan, a, false, fmt.Errorf("look up caller: %w", err)
 	}
-	if ref := decide.Admit(why, s.cfg.Revoker.GlobalKill()); ref != nil {
-		return plan, a, false, ref
-	}
+	// The rate limit first: a caller refused by the kill switch (or the
+	// gate, unregistered) is limited like any other (docs/security.md).
 	if f := s.cfg.Rate.Allow(r.Caller, a.Level); f != nil {
 		return plan, a, false, decide.Limit(why, f)
+	}
+	// An unregistered caller is the gate's to refuse, as not registered:
+	// whether the kill switch is on is none of its business.
+	if ref := decide.Admit(why, s.cfg.Revoker.GlobalKill()); ref != nil && rec != nil {
+		return plan, a, false, ref
 	}
 	auth := decide.Own(r.Caller, rec)
 	if r.GrantID != "" && rec != nil {
 		grants, ancestors, err := s.chainOf(r.GrantID)
-		if errors.Is(err, store.ErrNotFound) {
-			return plan, a, false, fault.New(fault.NotFound, "grant %s does not exist", r.GrantID)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && grants[len(grants)-1].Delegatee != r.Caller) {
+			return plan, a, false, noGrant(r.GrantID, "given to", r.Caller)
 		}
 		if err != nil {
 			return plan, a, false, fmt.Errorf("load grant chain: %w", err)
@@ -176,13 +180,31 @@ func (s *Service) decide(ctx context.Context, r decide.Request, why decide.Reaso
 // refuse records a refusal: an audit record, a metric, and for a watched
 // agent an event for the monitor (and a failure for its breaker, if
 // denied).
-func (s *Service) refuse(ctx context.Context, r decide.Request, ref *decide.Refusal, watched bool) error {
+func (s *Service) refuse(ctx context.Context, r decide.Request, ref *decide.Refusal, watched bool) (err error) {
 	why := ref.Reasons
 	log := edge.Logger(ctx).With(slog.String(edge.LogDecisionID, why.DecisionID), slog.String(edge.LogRole, r.Role.Name))
 	s.cfg.Metrics.Decisions.WithLabelValues(why.Decision, refusalReason(ref)).Inc()
-	if err := s.db(ctx).AppendAudit(store.AuditRecord{Kind: ref.AuditKind(), Actor: r.Caller, Subject: r.Role.Name, Detail: why.Detail()}); err != nil {
+	write := true
+	if countOnly(ref) && s.cfg.Refusals != nil {
+		var prior *store.AuditRecord
+		write, prior = s.cfg.Refusals.Note(r.Caller, ref.AuditKind(), refusalReason(ref), r.Role.Name)
+		if prior != nil {
+			// The window before this one: not this request's record.
+			err = s.cfg.Store.AppendAudit(*prior)
+		}
+		if !write {
+			s.cfg.Metrics.Suppressed.WithLabelValues(ref.AuditKind(), refusalReason(ref)).Inc()
+		}
+	}
+	if write && err == nil {
+		err = s.db(ctx).AppendAudit(store.AuditRecord{Kind: ref.AuditKind(), Actor: r.Caller, Subject: r.Role.Name, Detail: why.Detail()})
+	}
+	if err != nil {
 		log.Error("writing the audit record of a refusal failed; the caller is told the broker is unavailable", slog.String(edge.LogError, err.Error()))
 		return fault.New(fault.Unavailable, "the broker could not record its decision %s; nothing was issued; retry later", why.DecisionID)
+	}
+	if !write {
+		log = slog.New(slog.DiscardHandler) // counted: one line per window
 	}
 	switch ref.Outcome {
 	case decide.Denied:
@@ -198,6 +220,20 @@ func (s *Service) refuse(ctx context.Context, r decide.Request, ref *decide.Refu
 		}
 	}
 	return ref
+}
+
+// countOnly says whether ref is a refusal the audit trail counts per
+// caller, kind and reason instead of recording each (Refusals): one of an
+// unregistered caller, of the kill switch, of a deregistered agent or of
+// the rate limit. Any caller with an SVID can repeat these at will; a
+// registered agent's refusals by the policy keep a record each, at the
+// pace its rate limit allows (docs/security.md).
+func countOnly(ref *decide.Refusal) bool {
+	switch authz.Reason(ref.Reasons.Reason) {
+	case authz.NotRegistered, authz.Killed, authz.NotActive:
+		return true
+	}
+	return ref.Outcome == decide.Limited && ref.Reasons.Limit == "rate"
 }
 
 // refusalReason is the reason a refusal is counted under: the limit for a

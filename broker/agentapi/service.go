@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -43,6 +44,12 @@ type Limiter interface {
 	Allow(agent string, level authz.Level) *fault.Error
 }
 
+// RefusalCounter counts the refusals that need no audit record each
+// (limits.Refusals).
+type RefusalCounter interface {
+	Note(caller, kind, reason, subject string) (write bool, prior *store.AuditRecord)
+}
+
 // Watcher is the behaviour watch (watch.Watch).
 type Watcher interface {
 	Observe(ctx context.Context, ev monitor.Event) *monitor.Anomaly
@@ -73,12 +80,17 @@ type Revoker interface {
 
 // Config is what the service needs.
 type Config struct {
-	Store     *store.Store
-	Roles     map[string]config.Role
-	Gate      *authz.Gate
-	Policy    interface{ Current() *authz.Policy }
-	Rules     delegation.Rules
-	Rate      Limiter
+	Store  *store.Store
+	Roles  map[string]config.Role
+	Gate   *authz.Gate
+	Policy interface{ Current() *authz.Policy }
+	Rules  delegation.Rules
+	// Rate limits credential requests; Calls the other calls, per caller
+	// (docs/security.md).
+	Rate, Calls Limiter
+	// Refusals counts the refusals that need no record each (nil: every
+	// refusal is written).
+	Refusals  RefusalCounter
 	Watch     Watcher
 	Approvals Approvals
 	Issuer    Issuer
@@ -101,10 +113,42 @@ type Config struct {
 type Service struct {
 	brokerv1.UnimplementedBrokerServiceServer
 	cfg Config
+
+	mu sync.Mutex
+	// open counts each caller's open streams (MaxStreamsPerCaller).
+	open map[string]int
 }
 
+// MaxStreamsPerCaller bounds the streams (revocation and approval
+// watches) one caller holds open at once, so that one SVID cannot take
+// the broker's limits.max_streams for itself (docs/security.md).
+const MaxStreamsPerCaller = 16
+
 // New returns the service.
-func New(cfg Config) *Service { return &Service{cfg: cfg} }
+func New(cfg Config) *Service { return &Service{cfg: cfg, open: map[string]int{}} }
+
+// openStream takes one of the caller's stream slots; done gives it back.
+func (s *Service) openStream(ctx context.Context, method string) (done func(), err error) {
+	if err := s.admit(ctx, method); err != nil {
+		return nil, err
+	}
+	caller := edge.Caller(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open[caller] >= MaxStreamsPerCaller {
+		s.cfg.Metrics.CallsLimited.WithLabelValues(method).Inc()
+		return nil, fault.Limited("streams_per_caller", time.Second, "%s already holds %d streams open, the most one caller may; close one first",
+			caller, MaxStreamsPerCaller)
+	}
+	s.open[caller]++
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.open[caller]--; s.open[caller] <= 0 {
+			delete(s.open, caller)
+		}
+	}, nil
+}
 
 // RegisterService registers the service with r.
 func (s *Service) RegisterService(r grpc.ServiceRegistrar) {
@@ -112,23 +156,62 @@ func (s *Service) RegisterService(r grpc.ServiceRegistrar) {
 }
 
 func (s *Service) db(ctx context.Context) *store.Store {
-	return s.cfg.Store.ForRequest(edge.RequestID(ctx))
+	return s.cfg.Store.ForRequest(edge.RequestIDs(ctx))
+}
+
+// admit takes one call of the caller's from its bucket of
+// limits.call_rate: every call of the agent API but FetchCredential
+// (limited by limits.rate) passes it first, so that no call an agent can
+// make writes or holds without bound (docs/security.md). An unregistered
+// caller counts at the Intern rate, a reporter that is not an agent at
+// the Principal one.
+func (s *Service) admit(ctx context.Context, method string) error {
+	if s.cfg.Calls == nil {
+		return nil
+	}
+	caller := edge.Caller(ctx)
+	level := authz.Intern
+	a, err := s.cfg.Store.GetAgent(caller)
+	switch {
+	case err == nil:
+		level = a.Level
+	case !errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("look up caller: %w", err)
+	case s.cfg.Reporters[edge.Identity(ctx).ID]:
+		level = authz.Principal
+	}
+	if f := s.cfg.Calls.Allow(caller, level); f != nil {
+		s.cfg.Metrics.CallsLimited.WithLabelValues(method).Inc()
+		return f
+	}
+	return nil
 }
 
 // parentChain is the chain down to grant pid, which caller re-delegates
 // under: it must exist and have been given to caller.
 func (s *Service) parentChain(pid, caller string) ([]delegation.Grant, map[string]delegation.Agent, error) {
 	grants, ancestors, err := s.chainOf(pid)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil, fault.New(fault.NotFound, "grant %s does not exist", pid)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && grants[len(grants)-1].Delegatee != caller) {
+		return nil, nil, noGrant(pid, "given to", caller)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("load grant chain: %w", err)
 	}
-	if grants[len(grants)-1].Delegatee != caller {
-		return nil, nil, fault.New(fault.Denied, "grant %s was not given to %s", pid, caller)
-	}
 	return grants, ancestors, nil
+}
+
+// noGrant is the answer about a grant that does not exist or that the
+// caller is no party to: the same, so that it learns neither whether the
+// grant exists nor who its parties are (docs/security.md).
+func noGrant(id, relation, caller string) error {
+	return fault.New(fault.NotFound, "grant %s does not exist or was not %s %s", id, relation, caller)
+}
+
+// noDelegatee is the answer about a delegatee that is not an active
+// registered agent, unknown, deregistered or killed alike, so that a
+// delegator learns nothing of another ID's standing (docs/security.md).
+func noDelegatee(id string) error {
+	return fault.New(fault.Denied, "delegatee %s is not an active registered agent and may receive no grant; check its SPIFFE ID, or ask an admin", id)
 }
 
 // mayPassOn refuses a delegation of a role that delegator a may not hold
@@ -154,6 +237,9 @@ func (s *Service) principal(a store.Agent) delegation.Agent {
 }
 
 func (s *Service) WhoAmI(ctx context.Context, _ *brokerv1.WhoAmIRequest) (*brokerv1.WhoAmIResponse, error) {
+	if err := s.admit(ctx, "WhoAmI"); err != nil {
+		return nil, err
+	}
 	id := edge.Identity(ctx)
 	resp := &brokerv1.WhoAmIResponse{
 		SpiffeId:      id.ID.String(),
@@ -172,6 +258,9 @@ func (s *Service) WhoAmI(ctx context.Context, _ *brokerv1.WhoAmIRequest) (*broke
 }
 
 func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (*brokerv1.DelegateResponse, error) {
+	if err := s.admit(ctx, "Delegate"); err != nil {
+		return nil, err
+	}
 	caller := edge.Caller(ctx)
 	if gk := s.cfg.Revoker.GlobalKill(); gk != nil {
 		return nil, fault.New(fault.Denied, "%s", decide.KillSwitchMessage(gk))
@@ -183,17 +272,12 @@ func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (
 	if err != nil {
 		return nil, fmt.Errorf("look up caller: %w", err)
 	}
-	delegateeID, err := attest.ParseID(req.GetDelegatee())
-	if err != nil {
-		return nil, fault.Wrap(fault.Invalid, err)
+	if !a.Usable() {
+		return nil, fault.Wrap(fault.Denied, fmt.Errorf("%w: agent %s is deregistered or killed and holds no authority", delegation.ErrAgentInactive, caller))
 	}
-	var delegatee *delegation.Agent
-	switch e, err := s.cfg.Store.GetAgent(delegateeID.String()); {
-	case err == nil:
-		p := s.principal(e)
-		delegatee = &p
-	case !errors.Is(err, store.ErrNotFound):
-		return nil, fmt.Errorf("look up delegatee: %w", err)
+	delegatee, err := s.delegatee(ctx, req.GetDelegatee())
+	if err != nil {
+		return nil, err
 	}
 	dreq := delegation.Request{
 		Delegator: s.principal(a),
@@ -246,18 +330,38 @@ func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (
 	return &brokerv1.DelegateResponse{Grant: protoconv.GrantToProto(g)}, nil
 }
 
+// delegatee is the agent a grant is to go to: an active registered one,
+// or the same refusal whatever else it is (noDelegatee).
+func (s *Service) delegatee(ctx context.Context, raw string) (*delegation.Agent, error) {
+	id, err := attest.ParseID(raw)
+	if err != nil {
+		return nil, fault.Wrap(fault.Invalid, err)
+	}
+	e, err := s.cfg.Store.GetAgent(id.String())
+	switch {
+	case err == nil && e.Usable():
+		p := s.principal(e)
+		return &p, nil
+	case err == nil || errors.Is(err, store.ErrNotFound):
+		edge.Logger(ctx).Warn("delegation refused: the delegatee is not an active registered agent",
+			slog.String("delegatee", id.String()), slog.Bool("registered", err == nil))
+		return nil, noDelegatee(id.String())
+	}
+	return nil, fmt.Errorf("look up delegatee: %w", err)
+}
+
 func (s *Service) RevokeGrant(ctx context.Context, req *brokerv1.RevokeGrantRequest) (*brokerv1.RevokeGrantResponse, error) {
+	if err := s.admit(ctx, "RevokeGrant"); err != nil {
+		return nil, err
+	}
 	caller := edge.Caller(ctx)
 	chain, err := s.cfg.Store.Chain(req.GetGrantId())
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fault.New(fault.NotFound, "grant %s does not exist", req.GetGrantId())
+	// The delegator, or anyone above it in the chain, may revoke.
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !slices.ContainsFunc(chain, func(g delegation.Grant) bool { return g.Delegator == caller })) {
+		return nil, noGrant(req.GetGrantId(), "given, nor any grant above it, by", caller)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load grant chain: %w", err)
-	}
-	// The delegator, or anyone above it in the chain, may revoke.
-	if !slices.ContainsFunc(chain, func(g delegation.Grant) bool { return g.Delegator == caller }) {
-		return nil, fault.New(fault.Denied, "%s did not give grant %s nor any grant above it", caller, req.GetGrantId())
 	}
 	sum, err := s.cfg.Revoker.Lineage(ctx, store.Root{GrantID: req.GetGrantId()}, caller, req.GetReason())
 	if err != nil {
@@ -268,6 +372,11 @@ func (s *Service) RevokeGrant(ctx context.Context, req *brokerv1.RevokeGrantRequ
 
 func (s *Service) WatchRevocations(_ *brokerv1.WatchRevocationsRequest, stream grpc.ServerStreamingServer[brokerv1.WatchRevocationsResponse]) error {
 	ctx := stream.Context()
+	done, err := s.openStream(ctx, "WatchRevocations")
+	if err != nil {
+		return err
+	}
+	defer done()
 	events, ended, cancel := s.cfg.Revoker.Subscribe(edge.Caller(ctx))
 	defer cancel()
 	return edge.Relay(ctx, stream, s.cfg.Closing, events, ended, stream.Send)
@@ -275,12 +384,20 @@ func (s *Service) WatchRevocations(_ *brokerv1.WatchRevocationsRequest, stream g
 
 func (s *Service) WaitApproval(req *brokerv1.WaitApprovalRequest, stream grpc.ServerStreamingServer[brokerv1.WaitApprovalResponse]) error {
 	ctx := stream.Context()
+	done, err := s.openStream(ctx, "WaitApproval")
+	if err != nil {
+		return err
+	}
+	defer done()
 	return s.cfg.Approvals.Wait(ctx, req.GetApprovalId(), edge.Caller(ctx), s.cfg.Closing, edge.ErrShuttingDown, func(ap store.Approval) error {
 		return stream.Send(&brokerv1.WaitApprovalResponse{Approval: protoconv.ApprovalToProto(ap)})
 	})
 }
 
 func (s *Service) ReportOutcome(ctx context.Context, req *brokerv1.ReportOutcomeRequest) (*brokerv1.ReportOutcomeResponse, error) {
+	if err := s.admit(ctx, "ReportOutcome"); err != nil {
+		return nil, err
+	}
 	caller := edge.Caller(ctx)
 	agent, err := s.outcomeSubject(ctx, caller, req.GetAgentId())
 	if err != nil {

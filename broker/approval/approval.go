@@ -66,7 +66,7 @@ func (b *Book) Fire() {
 }
 
 func (b *Book) db(ctx context.Context) *store.Store {
-	return b.cfg.Store.ForRequest(edge.RequestID(ctx))
+	return b.cfg.Store.ForRequest(edge.RequestIDs(ctx))
 }
 
 // Request records ap as a pending request and tells the approvers.

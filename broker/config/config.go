@@ -186,6 +186,18 @@ type LimitsConfig struct {
 	// Rate is a token bucket per agent, by maturity level name. Unset takes
 	// the defaults; a level left out of a set map is not rate limited.
 	Rate map[string]RateLimit `yaml:"rate"`
+	// CallRate is a second token bucket per caller, by level, for the
+	// other BrokerService calls (delegate, revoke a grant, report an
+	// outcome, open a watch, who am I): unset takes the same defaults as
+	// Rate. Unregistered callers get the Intern rate, per SPIFFE ID; the
+	// configured outcome reporters that are not agents the Principal one.
+	CallRate map[string]RateLimit `yaml:"call_rate"`
+	// RefusalWindow is how long the refusals of one caller by the same
+	// kind and reason that need no record each (an unregistered caller,
+	// a rate limit, the kill switch) are counted in memory after the
+	// first is written, before one aggregated record says how many there
+	// were (default 1m; docs/security.md).
+	RefusalWindow time.Duration `yaml:"refusal_window"`
 	// Live credentials at once: per agent (default 50), per lineage (all
 	// credentials issued under one root agent's authority, default 500) and
 	// per role (default 5000).
@@ -468,13 +480,24 @@ func (c *Config) validateLimits(v *validation) {
 	if c.Limits.Rate == nil {
 		c.Limits.Rate = DefaultRateLimits()
 	}
-	for name, r := range c.Limits.Rate {
-		if _, err := authz.ParseLevel(name); err != nil {
-			v.bad("limits.rate: %v", err)
+	if c.Limits.CallRate == nil {
+		c.Limits.CallRate = DefaultRateLimits()
+	}
+	for key, rates := range map[string]map[string]RateLimit{"rate": c.Limits.Rate, "call_rate": c.Limits.CallRate} {
+		for name, r := range rates {
+			if _, err := authz.ParseLevel(name); err != nil {
+				v.bad("limits.%s: %v", key, err)
+			}
+			if r.PerSecond <= 0 || r.Burst < 1 {
+				v.bad("limits.%s.%s: per_second must be positive and burst at least 1", key, name)
+			}
 		}
-		if r.PerSecond <= 0 || r.Burst < 1 {
-			v.bad("limits.rate.%s: per_second must be positive and burst at least 1", name)
-		}
+	}
+	switch {
+	case c.Limits.RefusalWindow == 0:
+		c.Limits.RefusalWindow = time.Minute
+	case c.Limits.RefusalWindow < 0:
+		v.bad("limits.refusal_window must be positive")
 	}
 	if _, err := c.Limits.LevelLimits(); err != nil {
 		v.bad("%v", err)

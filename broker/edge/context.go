@@ -28,19 +28,21 @@ const (
 	LogCode       = "code"
 	LogDuration   = "duration"
 	LogRequestID  = "request_id"
-	LogError      = "error"
-	LogSPIFFEID   = "spiffe_id"
-	LogVaultAddr  = "vault_addr"
-	LogAgent      = "agent"
-	LogRole       = "role"
-	LogLevel      = "level"
-	LogDecisionID = "decision_id"
-	LogReason     = "reason"
-	LogAccessor   = "accessor"
-	LogLeaseID    = "lease_id"
-	LogTTL        = "ttl"
-	LogCount      = "count"
-	LogPeer       = "peer"
+	// LogClientRequestID is the id the caller chose (x-request-id).
+	LogClientRequestID = "client_request_id"
+	LogError           = "error"
+	LogSPIFFEID        = "spiffe_id"
+	LogVaultAddr       = "vault_addr"
+	LogAgent           = "agent"
+	LogRole            = "role"
+	LogLevel           = "level"
+	LogDecisionID      = "decision_id"
+	LogReason          = "reason"
+	LogAccessor        = "accessor"
+	LogLeaseID         = "lease_id"
+	LogTTL             = "ttl"
+	LogCount           = "count"
+	LogPeer            = "peer"
 )
 
 type ctxKey int
@@ -49,6 +51,7 @@ const (
 	identityKey ctxKey = iota
 	loggerKey
 	requestIDKey
+	clientRequestIDKey
 )
 
 // Identity is the caller the edge verified (zero outside a call).
@@ -69,10 +72,24 @@ func Logger(ctx context.Context) *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// RequestID is the request's id ("" outside a call).
+// RequestID is the request's id, the broker's own ("" outside a call).
 func RequestID(ctx context.Context) string {
 	rid, _ := ctx.Value(requestIDKey).(string)
 	return rid
+}
+
+// ClientRequestID is the id the caller chose for the request (its
+// x-request-id header), "" if none: kept apart from RequestID, for the
+// caller to correlate, never as the id the broker knows the request by.
+func ClientRequestID(ctx context.Context) string {
+	cid, _ := ctx.Value(clientRequestIDKey).(string)
+	return cid
+}
+
+// RequestIDs are RequestID and ClientRequestID, as store.ForRequest takes
+// them.
+func RequestIDs(ctx context.Context) (rid, clientRID string) {
+	return RequestID(ctx), ClientRequestID(ctx)
 }
 
 // withLogger returns ctx carrying log as its request logger.

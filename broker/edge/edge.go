@@ -41,7 +41,8 @@ const MaxRequestBytes = 64 << 10
 const MaxHeaderBytes = attest.MaxJWTSize + 8<<10
 
 // requestIDHeader lets a caller correlate its request with the broker's
-// logs; the broker makes one up when it is absent.
+// logs and audit trail (as client_request_id); the broker's own id of the
+// request comes back in the answer's header of the same name.
 const requestIDHeader = "x-request-id"
 
 // Verifier checks SVIDs; *attest.Verifier is one.
@@ -297,18 +298,24 @@ func (e *Edge) validate(req any) error {
 var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 
 // begin attaches a request id and a logger carrying it to ctx.
+// The request id is always the broker's own; the caller's x-request-id,
+// if it is a plain token, is kept apart (ClientRequestID), so that no
+// caller chooses the id its request is logged and audited by. The answer's
+// headers carry the broker's id as x-request-id.
 func (e *Edge) begin(ctx context.Context, method string) (context.Context, *slog.Logger) {
-	rid := ""
+	rid, cid := NewID(), ""
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		if v := md.Get(requestIDHeader); len(v) == 1 && requestIDPattern.MatchString(v[0]) {
-			rid = v[0]
+			cid = v[0]
 		}
 	}
-	if rid == "" {
-		rid = NewID()
-	}
+	_ = grpc.SetHeader(ctx, metadata.Pairs(requestIDHeader, rid)) // outside a gRPC call (tests) there is no header
 	log := e.cfg.Log.With(slog.String(LogRequestID, rid), slog.String(LogMethod, method))
-	return context.WithValue(context.WithValue(ctx, loggerKey, log), requestIDKey, rid), log
+	if cid != "" {
+		log = log.With(slog.String(LogClientRequestID, cid))
+	}
+	ctx = context.WithValue(context.WithValue(ctx, loggerKey, log), requestIDKey, rid)
+	return context.WithValue(ctx, clientRequestIDKey, cid), log
 }
 
 // authorize authenticates the caller from its SVID and applies its

@@ -264,7 +264,7 @@ func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credenti
 	if kindOf(p) == vault.Batch {
 		kind = store.KindBatch
 	}
-	err := is.cfg.Store.ForRequest(edge.RequestID(ctx)).RecordCredential(store.Credential{
+	err := is.cfg.Store.ForRequest(edge.RequestIDs(ctx)).RecordCredential(store.Credential{
 		Accessor:      cred.Accessor,
 		Kind:          kind,
 		AgentID:       p.Caller,

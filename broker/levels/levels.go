@@ -48,7 +48,7 @@ type Levels struct{ cfg Config }
 func New(cfg Config) *Levels { return &Levels{cfg: cfg} }
 
 func (l *Levels) db(ctx context.Context) *store.Store {
-	return l.cfg.Store.ForRequest(edge.RequestID(ctx))
+	return l.cfg.Store.ForRequest(edge.RequestIDs(ctx))
 }
 
 // Demote lowers agent by steps levels (not below Intern) and at once

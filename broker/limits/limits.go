@@ -21,6 +21,9 @@ import (
 type Rate struct {
 	byLevel map[authz.Level]config.RateLimit
 	now     func() time.Time
+	// limit names the limit in refusals; what says what it counts;
+	// setting is appended to the burst, naming the configuration.
+	limit, what, setting string
 
 	mu      sync.Mutex
 	buckets map[string]*bucket
@@ -33,7 +36,17 @@ type bucket struct {
 
 // NewRate returns the rate limits of cfg (checked by config.Validate).
 func NewRate(cfg map[string]config.RateLimit, now func() time.Time) *Rate {
-	r := &Rate{byLevel: map[authz.Level]config.RateLimit{}, now: now, buckets: map[string]*bucket{}}
+	return newRate(cfg, now, "rate", "credential requests", "")
+}
+
+// NewCallRate returns the rate limits of cfg (limits.call_rate) on the
+// agent API's other calls.
+func NewCallRate(cfg map[string]config.RateLimit, now func() time.Time) *Rate {
+	return newRate(cfg, now, "call_rate", "calls to the agent API besides credential requests", ", limits.call_rate")
+}
+
+func newRate(cfg map[string]config.RateLimit, now func() time.Time, limit, what, setting string) *Rate {
+	r := &Rate{byLevel: map[authz.Level]config.RateLimit{}, now: now, buckets: map[string]*bucket{}, limit: limit, what: what, setting: setting}
 	for name, rl := range cfg {
 		l, _ := authz.ParseLevel(name) // checked by Validate
 		r.byLevel[l] = rl
@@ -74,7 +87,7 @@ func (r *Rate) Allow(agent string, level authz.Level) *fault.Error {
 	if delay == 0 {
 		return nil
 	}
-	return fault.Limited("rate", delay, "rate limit: %s agents may make %g credential requests per second (burst %d)", level, rl.PerSecond, rl.Burst)
+	return fault.Limited(r.limit, delay, "rate limit: %s agents may make %g %s per second (burst %d%s)", level, rl.PerSecond, r.what, rl.Burst, r.setting)
 }
 
 func (r *Rate) pruneLocked(now time.Time) {

@@ -68,7 +68,7 @@ func (s *Service) RegisterService(r grpc.ServiceRegistrar) {
 }
 
 func (s *Service) db(ctx context.Context) *store.Store {
-	return s.cfg.Store.ForRequest(edge.RequestID(ctx))
+	return s.cfg.Store.ForRequest(edge.RequestIDs(ctx))
 }
 
 // promotionInput gathers what the gates read about agent.

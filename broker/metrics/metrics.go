@@ -31,6 +31,12 @@ type Metrics struct {
 	Anomalies *prometheus.CounterVec
 	Trips     prometheus.Counter
 	Up        *prometheus.GaugeVec
+	// Suppressed counts refusals counted in an aggregated audit record
+	// instead of one of their own, by record kind and reason;
+	// CallsLimited the agent API calls refused by limits.call_rate, by
+	// method (docs/security.md).
+	Suppressed   *prometheus.CounterVec
+	CallsLimited *prometheus.CounterVec
 }
 
 // State is what the gauges read from the running broker.
@@ -62,8 +68,14 @@ func New(s State) *Metrics {
 		Up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "atf_dependency_up", Help: "1 if the dependency (vault, workload_api) answered the last health probe.",
 		}, []string{"dependency"}),
+		Suppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "atf_refusals_suppressed_total", Help: "Refusals counted in an aggregated audit record instead of one of their own, by kind and reason.",
+		}, []string{"kind", "reason"}),
+		CallsLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "atf_calls_limited_total", Help: "Agent API calls refused by limits.call_rate, by method.",
+		}, []string{"method"}),
 	}
-	m.reg.MustRegister(m.Decisions, m.Issuance, m.Anomalies, m.Trips, m.Up,
+	m.reg.MustRegister(m.Decisions, m.Issuance, m.Anomalies, m.Trips, m.Up, m.Suppressed, m.CallsLimited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_live_credentials", Help: "Credentials issued and neither revoked nor expired."},
 			func() float64 { return float64(s.LiveCredentials()) }),

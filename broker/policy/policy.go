@@ -111,7 +111,7 @@ func (h *Holder) Commit(ctx context.Context, pv store.PolicyVersion, p *authz.Po
 	pv.Author = edge.Caller(ctx)
 	pv.Comment = audit.Redact(pv.Comment)
 	pv.Digest, pv.Lines = p.Digest(), p.Lines()
-	pv, rev, err := h.store.ForRequest(edge.RequestID(ctx)).CommitPolicy(pv, expected, judge)
+	pv, rev, err := h.store.ForRequest(edge.RequestIDs(ctx)).CommitPolicy(pv, expected, judge)
 	if err != nil {
 		return pv, rev, fmt.Errorf("store policy: %w", err)
 	}

@@ -116,7 +116,7 @@ func (s *Service) Release(ctx context.Context, req *adminv1.ReleaseRequest) (*ad
 			return nil, err
 		}
 	} else {
-		if _, err := s.cfg.Store.ForRequest(edge.RequestID(ctx)).ReleaseAgent(req.GetAgentId(), caller.String(), reason); err != nil {
+		if _, err := s.cfg.Store.ForRequest(edge.RequestIDs(ctx)).ReleaseAgent(req.GetAgentId(), caller.String(), reason); err != nil {
 			return nil, fmt.Errorf("release agent: %w", err)
 		}
 	}

@@ -120,7 +120,7 @@ func (r *Revoker) endStopped(agents []string) {
 // listing their credentials to Finish (store.SettleLater), which tells
 // Vault first.
 func (r *Revoker) db(ctx context.Context) *store.Store {
-	return r.cfg.Store.ForRequest(edge.RequestID(ctx)).SettleLater()
+	return r.cfg.Store.ForRequest(edge.RequestIDs(ctx)).SettleLater()
 }
 
 // Kill stops agent id (and, with lineage, every agent below it in its

@@ -123,14 +123,7 @@ func (s *Store) checkTip(n uint64, hash string) error {
 // appendAudit appends r in tx, filling Seq, Prev and Hash. Once tx
 // commits, Options.OnAudit is called.
 func (s *Store) appendAudit(tx kv.Tx, r AuditRecord) error {
-	if s.requestID != "" && r.Detail["request_id"] == "" {
-		d := maps.Clone(r.Detail)
-		if d == nil {
-			d = map[string]string{}
-		}
-		d["request_id"] = s.requestID
-		r.Detail = d
-	}
+	r.Detail = s.withRequestIDs(r.Detail)
 	if s.onAudit != nil {
 		tx.OnCommit(s.onAudit)
 	}
@@ -153,6 +146,27 @@ func (s *Store) appendAudit(tx kv.Tx, r AuditRecord) error {
 		return fmt.Errorf("store: encode audit record: %w", err)
 	}
 	return b.Put(seqKey(r.Seq), v)
+}
+
+// withRequestIDs is d with the handle's request ids (ForRequest) where d
+// has none.
+func (s *Store) withRequestIDs(d map[string]string) map[string]string {
+	add := map[string]string{}
+	if s.requestID != "" && d["request_id"] == "" {
+		add["request_id"] = s.requestID
+	}
+	if s.clientRequestID != "" && d["client_request_id"] == "" {
+		add["client_request_id"] = s.clientRequestID
+	}
+	if len(add) == 0 {
+		return d
+	}
+	out := maps.Clone(d)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, add)
+	return out
 }
 
 // ComputeHash is SHA-256 over the record's JSON without its Hash: what Hash

@@ -230,8 +230,8 @@ type Options struct {
 type Store struct {
 	*core
 	// requestID goes into every audit record written through this handle
-	// (ForRequest).
-	requestID string
+	// (ForRequest), and clientRequestID, the id the caller chose, if any.
+	requestID, clientRequestID string
 	// settleLater leaves listing a revocation's credentials to Settle
 	// (SettleLater).
 	settleLater bool
@@ -318,14 +318,17 @@ func Open(path string, opts Options) (*Store, error) {
 }
 
 // ForRequest returns a handle on the same store whose audit records carry
-// rid in their detail as "request_id", so that every record a request
-// causes can be found from the request id in atfd's log and the caller's
-// answer. An empty rid returns s.
-func (s *Store) ForRequest(rid string) *Store {
+// rid, the broker's own id of the request, in their detail as
+// "request_id", so that every record a request causes can be found from
+// the request id in atfd's log and the caller's answer; and clientRID, the
+// id the caller chose (x-request-id), if any, apart as
+// "client_request_id": a caller never chooses the id the trail knows its
+// request by (docs/security.md). An empty rid returns s.
+func (s *Store) ForRequest(rid, clientRID string) *Store {
 	if rid == "" {
 		return s
 	}
-	return &Store{core: s.core, requestID: rid, settleLater: s.settleLater}
+	return &Store{core: s.core, requestID: rid, clientRequestID: clientRID, settleLater: s.settleLater}
 }
 
 // SettleLater returns a handle on the same store whose revocations
@@ -334,7 +337,7 @@ func (s *Store) ForRequest(rid string) *Store {
 // that died with their anchors: the caller tells Vault first, then calls
 // Settle. Through other handles they return settled.
 func (s *Store) SettleLater() *Store {
-	return &Store{core: s.core, requestID: s.requestID, settleLater: true}
+	return &Store{core: s.core, requestID: s.requestID, clientRequestID: s.clientRequestID, settleLater: true}
 }
 
 // settled settles rev unless this handle leaves it to the caller.

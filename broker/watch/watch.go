@@ -57,7 +57,7 @@ func New(cfg Config) (*Watch, error) {
 }
 
 func (w *Watch) db(ctx context.Context) *store.Store {
-	return w.cfg.Store.ForRequest(edge.RequestID(ctx))
+	return w.cfg.Store.ForRequest(edge.RequestIDs(ctx))
 }
 
 // Observe feeds one event to the behaviour monitor and carries out the

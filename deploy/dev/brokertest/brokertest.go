@@ -244,6 +244,7 @@ func (f *Fixture) Config(t testing.TB, dir string) config.Config {
 		// Tests fetch in bursts; limit tests set their own.
 		Limits: config.LimitsConfig{
 			Rate:            map[string]config.RateLimit{},
+			CallRate:        map[string]config.RateLimit{},
 			MaxLivePerAgent: -1, MaxLivePerLineage: -1, MaxLivePerRole: -1,
 		},
 		// Tests provoke refusals on purpose: anomalies only alert and the
