@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"time"
@@ -57,6 +58,10 @@ func (s *Store) enqueueWrite(r *commitReq) error {
 	if s.closed {
 		s.closeMu.RUnlock()
 		return ErrClosed
+	}
+	if s.db == nil {
+		defer s.closeMu.RUnlock()
+		return s.commitEtcd(r)
 	}
 	s.reqs <- r
 	s.closeMu.RUnlock()
@@ -182,12 +187,20 @@ func (s *Store) view(fn func(kv.Tx) error) error {
 	if early != nil {
 		<-early
 	}
+	if s.db == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		defer cancel()
+		return s.etcd.View(ctx, fn)
+	}
 	return s.db.View(func(tx *bolt.Tx) error { return fn(kv.Bolt(tx)) })
 }
 
 // viewBolt is view for what needs bbolt's own transaction (a consistent
 // copy of the file, its size).
 func (s *Store) viewBolt(fn func(*bolt.Tx) error) error {
+	if s.db == nil {
+		return ErrNotBolt
+	}
 	return s.view(func(tx kv.Tx) error {
 		btx, _ := kv.BoltTx(tx)
 		return fn(btx)
@@ -198,5 +211,10 @@ func (s *Store) viewBolt(fn func(*bolt.Tx) error) error {
 // durable) before update returns; for writes that must not share a
 // group's commit.
 func (s *Store) update(fn func(kv.Tx) error) error {
+	if s.db == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		defer cancel()
+		return s.etcd.Update(ctx, fn)
+	}
 	return s.db.Update(func(tx *bolt.Tx) error { return fn(kv.Bolt(tx)) })
 }

@@ -19,6 +19,7 @@ import (
 // dir/audit in segments of segSize bytes.
 func openShipping(t *testing.T, dir string, c *clock, segSize int64) *store.Store {
 	t.Helper()
+	boltOnly(t)
 	return openAt(t, filepath.Join(dir, "atf.db"), store.Options{Now: c.Now, AuditDir: filepath.Join(dir, "audit"), AuditSegmentSize: segSize})
 }
 

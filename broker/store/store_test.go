@@ -46,7 +46,7 @@ func (c *clock) Advance(d time.Duration) {
 // openAt opens the store at path and closes it when the test ends.
 func openAt(t *testing.T, path string, opts store.Options) *store.Store {
 	t.Helper()
-	s, err := store.Open(path, opts)
+	s, err := openStore(path, opts)
 	if err != nil {
 		t.Fatalf("Open(%s): %v", path, err)
 	}
@@ -62,6 +62,7 @@ func openAt(t *testing.T, path string, opts store.Options) *store.Store {
 // intruder could, bypassing the store.
 func rawUpdate(t *testing.T, path string, edit func(*bolt.Tx) error) {
 	t.Helper()
+	boltOnly(t)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatalf("bolt.Open(%s): %v", path, err)
