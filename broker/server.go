@@ -350,7 +350,7 @@ func (s *Server) services(rules delegation.Rules, note notifier) []interface{ Re
 			Reporters:    idSet(slices.Concat(s.cfg.Admins, s.cfg.Approvals.Approvers, s.cfg.Maturity.OutcomeReporters)),
 			VaultAddress: s.vault.Address(), Closing: s.closingCh, Now: s.now}),
 		adminapi.New(adminapi.Config{Store: s.store, Trust: s.verifier, Roles: s.roles, Gate: s.gate, Policy: s.policy, Levels: s.levels,
-			Revoker: s.revoker, Watch: s.watch, Notifier: note, Events: s.notifier, Config: s.cfg, Closing: s.closingCh, Now: s.now}),
+			Revoker: s.revoker, Watch: s.watch, Notifier: note, Events: s.notifier, Config: s.cfg, Probes: probes{s}, Closing: s.closingCh, Now: s.now}),
 		approvalapi.New(approvalapi.Config{Store: s.store, Approvals: s.approvals}),
 		responseapi.New(responseapi.Config{Store: s.store, Revoker: s.revoker, Trust: s.verifier, Operators: idSet(s.cfg.SecurityOperators), Notifier: note}),
 		maturityapi.New(maturityapi.Config{Store: s.store, Levels: s.levels, Watch: s.watch, Maturity: s.maturity, Notifier: note, Now: s.now}),

@@ -73,8 +73,10 @@ type Config struct {
 	Watch    Watcher
 	Notifier Notifier
 	Events   Events
-	// Config is atfd's configuration, for the conformance statement.
+	// Config is atfd's configuration, and Probes its live checks, for the
+	// conformance statement.
 	Config config.Config
+	Probes Probes
 	// Closing is closed when atfd stops: streams end at once.
 	Closing <-chan struct{}
 	Now     func() time.Time

@@ -1,6 +1,11 @@
-// Package conformance assesses a broker's configuration and state against the
-// 25 core requirements of the ATF conformance specification. It is pure: the
-// same configuration and facts give the same statement.
+// Package conformance assesses a running broker against the 25 core
+// requirements of the ATF conformance specification. It is pure: it reads
+// only the Evidence the caller gathered from the running broker (counts,
+// probes of its dependencies, the policy and gate in force) and the
+// configuration, so the same evidence gives the same statement. Each
+// verdict rests on that evidence and says so; a verdict that only the code
+// can back says "by construction" and names the test that checks it
+// (docs/conformance.md).
 package conformance
 
 import (
@@ -12,7 +17,9 @@ import (
 	"github.com/agentictrust/atf/broker/breaker"
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/monitor"
+	"github.com/agentictrust/atf/broker/notify"
 	"github.com/agentictrust/atf/broker/protoconv"
+	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/vault"
 	"github.com/agentictrust/atf/delegation"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
@@ -26,36 +33,94 @@ const (
 	implementation = "ATF Broker (atfd)"
 )
 
-// Facts are what a conformance assessment reads besides the
-// configuration: counts from the registry and the broker's state.
+// StaleRevocation is how long a revocation may wait in the durable queue
+// before R-3 is not met: the queue retries with a backoff of at most a
+// minute, so an entry this old has failed several retries.
+const StaleRevocation = 5 * time.Minute
+
+// Facts are counts from the registry and the store.
 type Facts struct {
 	// Agents counts the active (not deregistered) agents by level.
 	Agents map[authz.Level]int
 	// Active agents without an owner, without a purpose, with an empty
-	// capability manifest, and with both a version and a config digest
-	// recorded.
-	NoOwner, NoPurpose, EmptyManifest, Bound int
+	// capability manifest, with a manifest role the roles file lacks, and
+	// with both a version and a config digest recorded.
+	NoOwner, NoPurpose, EmptyManifest, UnknownRoles, Bound int
 	// Killed counts the agents the kill switch holds; GlobalKill is set
 	// while the global switch holds every agent.
 	Killed     int
 	GlobalKill bool
-	// PolicyVersion is the segmentation policy in force (0: none) and
-	// PolicyLines its number of lines.
+	// PolicyVersion is the newest stored segmentation policy (0: none).
 	PolicyVersion uint64
-	PolicyLines   int
 	// RoleClasses and RoleClassifications count the roles file's roles by
 	// class (read, write, privileged) and data classification.
 	RoleClasses         map[string]int
 	RoleClassifications map[string]int
 	// AuditHead is the sequence number of the newest audit record.
 	AuditHead uint64
-	// PendingRevocations are revocations Vault has not confirmed yet.
-	PendingRevocations int
 	// BaselinesFormed counts active agents whose behaviour baseline has
 	// formed.
 	BaselinesFormed int
 	// MaxRequestBytes is the largest request the broker reads.
 	MaxRequestBytes int
+}
+
+// Evidence is what the running broker shows: the registry's counts and
+// live checks of its parts, gathered by the caller (broker/adminapi).
+type Evidence struct {
+	Facts
+	// Now is when the evidence was gathered.
+	Now time.Time
+	// Policy is the segmentation policy in force (nil: none) and Gate the
+	// maturity gate in force; Roles the roles file loaded.
+	Policy *authz.Policy
+	Gate   *authz.Gate
+	Roles  map[string]config.Role
+	// AuditTail is the newest part of the audit chain, verified now.
+	AuditTail AuditTail
+	// AuditFile is the audit.file copy's newest record, if configured.
+	AuditFile Check
+	// Webhook is the notification sinks' delivery outcomes.
+	Webhook notify.Deliveries
+	// Queue is the durable revocation queue.
+	Queue store.QueueState
+	// Vault is Vault's answer to the broker's token now, and VaultBreaker
+	// the state of the breaker towards it.
+	Vault        Check
+	VaultBreaker VaultBreaker
+	// Identity is the broker's own SVID and trust bundles, from SPIRE.
+	Identity Identity
+}
+
+// Check is the outcome of one live check: Err empty when it passed; Detail
+// says what it saw.
+type Check struct {
+	Checked     bool
+	Err, Detail string
+}
+
+// AuditTail is the range of audit records whose hash chain was verified
+// (From..To), or the error that stopped it.
+type AuditTail struct {
+	From, To uint64
+	Err      string
+}
+
+// VaultBreaker is the breaker towards Vault.
+type VaultBreaker struct {
+	Open  bool
+	Trips uint64
+}
+
+// Identity is what SPIRE gives the broker now.
+type Identity struct {
+	// SVIDNotBefore and SVIDNotAfter bound the broker's own X.509-SVID.
+	SVIDNotBefore, SVIDNotAfter time.Time
+	// WorkloadAPI is whether SPIRE's Workload API answers now.
+	WorkloadAPI Check
+	// Authorities counts the X.509 authorities of each configured trust
+	// domain's bundle (0: no bundle).
+	Authorities map[string]int
 }
 
 func (f Facts) active() int {
@@ -82,6 +147,7 @@ var allLevels = []authz.Level{authz.Intern, authz.Junior, authz.Senior, authz.Pr
 type assessment struct {
 	cfg    config.Config
 	f      Facts
+	ev     Evidence
 	target authz.Level
 }
 
@@ -116,12 +182,14 @@ type element struct {
 }
 
 // Evaluate assesses a broker with configuration cfg (validated:
-// defaults filled in) and state f against the 25 core requirements of the
-// ATF conformance specification, for agents up to target. An invalid target
-// (0) means the highest level of any active agent, Intern if there is none.
-// It reads nothing else, so the same inputs give the same statement; the
-// caller fills in the organization and the assessment time.
-func Evaluate(cfg config.Config, f Facts, target authz.Level) *adminv1.ConformanceStatement {
+// defaults filled in) and the evidence ev gathered from it against the 25
+// core requirements of the ATF conformance specification, for agents up to
+// target. An invalid target (0) means the highest level of any active
+// agent, Intern if there is none. It reads nothing else, so the same inputs
+// give the same statement; the caller fills in the organization and the
+// assessment time.
+func Evaluate(cfg config.Config, ev Evidence, target authz.Level) *adminv1.ConformanceStatement {
+	f := ev.Facts
 	st := &adminv1.ConformanceStatement{Implementation: implementation, AtfVersion: atfVersion}
 	if !target.Valid() {
 		st.TargetLevelDerived = true
@@ -133,7 +201,7 @@ func Evaluate(cfg config.Config, f Facts, target authz.Level) *adminv1.Conforman
 		}
 	}
 	st.TargetLevel = protoconv.LevelToProto(target)
-	a := assessment{cfg: cfg, f: f, target: target}
+	a := assessment{cfg: cfg, f: f, ev: ev, target: target}
 	for _, el := range conformanceElements {
 		e := &adminv1.ConformanceElement{Name: el.name, Question: el.question}
 		for _, r := range el.reqs {
@@ -164,7 +232,7 @@ func Evaluate(cfg config.Config, f Facts, target authz.Level) *adminv1.Conforman
 		st.Elements = append(st.Elements, e)
 	}
 	st.Notes = append(st.Notes,
-		"Assessed by atfd from its own configuration and registry. The broker governs agents' identities and credentials: "+
+		"Assessed by atfd from live evidence: its registry, the policy and gate in force, probes of Vault, SPIRE, the audit chain, the revocation queue and the webhook. The broker governs agents' identities and credentials: "+
 			"where a requirement's substance is the agent's own inputs, outputs or actions, it is partial or not met here, "+
 			"and each requirement says what stays the operator's job.",
 		"A self-assessment (ATF Compatible). ATF Certified needs all 25 requirements fully met, 90 days in production at "+
@@ -180,25 +248,11 @@ var conformanceElements = []element{
 		{"I-1", "Unique Identifier", "Globally unique, immutable identifier for each agent instance",
 			[4]adminv1.Obligation{must, must, must, must},
 			"Give each agent instance its own SPIFFE ID in SPIRE if instances must be told apart: replicas sharing one registration entry share an ID.",
-			func(a assessment) (v verdict) {
-				v.add("every caller is identified by its SPIFFE ID, verified on every call, from trust domains %s; the registry is keyed by it",
-					strings.Join(a.cfg.TrustDomains, ", "))
-				v.add("active agents registered: %d", a.f.active())
-				return v
-			}},
+			checkI1},
 		{"I-2", "Credential Binding", "Agent identity bound to cryptographic credentials",
 			[4]adminv1.Obligation{should, must, must, must},
 			"The broker records an agent's version and config digest but does not compare them with the running agent: bind an ID to its code with SPIRE's workload attestation selectors (e.g. an image digest).",
-			func(a assessment) (v verdict) {
-				aud := a.cfg.JWTAudience
-				if aud == "" {
-					aud = "atfd's own SPIFFE ID"
-				}
-				v.add("callers prove their identity with an X.509-SVID over mutual TLS or a JWT-SVID whose audience is %s, issued and rotated by SPIRE; no static secret", aud)
-				v.add("every Vault credential is issued against a verified SVID and carries the agent's SPIFFE ID in its metadata")
-				v.add("active agents with a version and config digest recorded: %d of %d (atfctl agent update --version --config-digest)", a.f.Bound, a.f.active())
-				return v
-			}},
+			checkI2},
 		{"I-3", "Ownership Chain", "Clear documentation of ownership and operational responsibility",
 			[4]adminv1.Obligation{must, must, must, must},
 			"Keep owners current when people move (atfctl agent update --owner): the broker does not check that an owner still exists.",
@@ -224,9 +278,16 @@ var conformanceElements = []element{
 			[4]adminv1.Obligation{should, should, must, must},
 			"The manifest lists the credentials (roles) an agent may hold, not its tools or skills that need no credential.",
 			func(a assessment) (v verdict) {
-				v.add("each agent's capability manifest is the list of roles it may be issued, machine-readable (atfctl agent get -o json); nothing outside it is ever issued, and asking outside it is a high anomaly (outside_manifest)")
-				v.add("roles file: %s", countsText(a.f.RoleClasses, "read", "write", "privileged"))
+				v.add("each agent's capability manifest is the list of roles it may be issued, machine-readable (atfctl agent get -o json); by construction nothing outside it is ever issued, and asking outside it is a high anomaly (tested by TestFetchCredentialGating)")
+				v.add("roles file loaded: %s", countsText(a.f.RoleClasses, "read", "write", "privileged"))
 				v.add("active agents with an empty manifest (they get nothing): %d", a.f.EmptyManifest)
+				if total(a.f.RoleClasses) == 0 {
+					v.gap("the roles file defines no role: no manifest can name anything")
+					v.notMet = true
+				}
+				if a.f.UnknownRoles > 0 {
+					v.gap("active agents whose manifest names a role the roles file lacks: %d (atfctl agent update ID --roles)", a.f.UnknownRoles)
+				}
 				return v
 			}},
 	}},
@@ -236,8 +297,13 @@ var conformanceElements = []element{
 			"The broker logs credential requests and its decisions. What an agent does with a credential is logged by Vault's audit device and the target systems: enable Vault's audit device and keep both.",
 			func(a assessment) (v verdict) {
 				v.add("every decision (allow, deny, pending, limited), issuance, revocation, delegation, registry and policy change, approval, anomaly and kill is a record of the store's hash-chained audit trail, records: %d (atfctl audit query -o json, atfctl audit verify)", a.f.AuditHead)
+				auditTail(a, &v)
 				if a.cfg.Audit.File != "" {
-					v.add("audit.file set: a JSON-lines copy of the trail, resumed after restarts without gaps or duplicates")
+					if fc := a.ev.AuditFile; fc.Err != "" {
+						v.gap("audit.file %s: %s", a.cfg.Audit.File, fc.Err)
+					} else {
+						v.add("audit.file: a JSON-lines copy of the trail, %s", fc.Detail)
+					}
 				}
 				if a.cfg.Audit.Stdout {
 					v.add("audit.stdout: the trail as JSON lines on atfd's standard output, for a log shipper")
@@ -254,8 +320,8 @@ var conformanceElements = []element{
 			[4]adminv1.Obligation{must, must, must, must},
 			"Attribution ends at the credential: have the agent log the decision id it was given with the actions it takes.",
 			func(a assessment) (v verdict) {
-				v.add("every decision and credential is tied to one agent's SPIFFE ID, a decision id and the request id (x-request-id), in the audit trail and in the Vault token's metadata (agent, role, level, decision)")
-				v.add("under delegation the whole chain of SPIFFE IDs is recorded with the credential and in the token's metadata")
+				v.add("by construction (tested by TestFetchCredentialIssuesScopedVaultToken, TestAuditTrail): every decision and credential is tied to one agent's SPIFFE ID, a decision id and the request id (x-request-id), in the audit trail and in the Vault token's metadata (agent, role, level, decision)")
+				v.add("by construction (tested by TestDelegationChainCredentials): under delegation the whole chain of SPIFFE IDs is recorded with the credential and in the token's metadata")
 				return v
 			}},
 		{"B-3", "Behavioral Baseline", "Established patterns of normal operation for anomaly detection",
@@ -284,18 +350,17 @@ var conformanceElements = []element{
 				v.add("rules on every event: role outside the manifest (high), first use of a role (medium), burst of denials (high), request-rate spike (z-score, medium or high), unusual hour (low); anomalies of one lineage within 5 minutes raise the later one a step")
 				v.add("monitor.actions: %s", actionsText(a.cfg.Monitor.Actions))
 				v.add("each anomaly is audited and sent to admins' event streams (atfctl events watch) in the request that raised it")
-				if webhookSet(a.cfg) {
-					v.add("notifications.webhook set: anomalies are pushed to it as they are raised")
-				} else {
-					v.gap("notifications.webhook is not set: anomalies reach only the audit trail and admins running atfctl events watch, so nobody is alerted (the spec asks for alerts within 60 s)")
-				}
+				webhookDeliveries(a, &v)
 				return v
 			}},
 		{"B-5", "Explainability", "Ability to retrieve rationale for agent decisions",
 			[4]adminv1.Obligation{may, should, must, must},
 			"Record the agent's own reasoning (its trace, prompts, tool choices) with the decision id the broker returns.",
 			func(a assessment) (v verdict) {
-				v.add("every decision records its id, reason code, the policy lines that matched, the maturity rule and the policy version (atfctl audit query); atfctl policy test explains any request without issuing")
+				v.add("by construction (tested by TestPolicyTestExplains, TestAuditTrail): every decision records its id, reason code, the policy lines that matched, the maturity rule and the policy version (atfctl audit query); atfctl policy test explains any request without issuing")
+				if p := a.ev.Policy; p != nil {
+					v.add("policy in force that decisions cite: version %d, digest %.12s", p.Version(), p.Digest())
+				}
 				v.add("the purpose an agent states with a request is kept in its decision record, and the justification of a write that waits for approval with the approval (PII redacted)")
 				v.gap("the rationale behind the agent's own decisions is not visible to the broker: only why it asked for a credential and why the broker decided")
 				return v
@@ -306,7 +371,7 @@ var conformanceElements = []element{
 			[4]adminv1.Obligation{should, must, must, must},
 			"Validate the agent's inputs (prompts, retrieved documents, tool results) in the agent or a gateway in front of it.",
 			func(a assessment) (v verdict) {
-				v.add("every request to the broker is validated against its schema (protovalidate rules) and bounded to %d KiB; role names must be canonical; the configuration and roles files refuse unknown keys", a.f.MaxRequestBytes>>10)
+				v.add("by construction (tested by TestMalformedRequests, TestAdversarialMalformedMessages): every request to the broker is validated against its schema (protovalidate rules) and bounded to %d KiB; role names must be canonical; the configuration and roles files refuse unknown keys", a.f.MaxRequestBytes>>10)
 				v.gap("the agent's own inputs never pass through the broker")
 				return v
 			}},
@@ -314,7 +379,7 @@ var conformanceElements = []element{
 			[4]adminv1.Obligation{should, must, must, must},
 			"Put prompt-injection detection in front of the model; the broker limits what an injected agent can reach.",
 			func(a assessment) (v verdict) {
-				v.add("adversarial input to the broker is refused: non-canonical role names (dot segments, encodings, look-alikes, Casbin tokens), policies that use eval() or fields the broker cannot fill, a request body naming another agent")
+				v.add("by construction (tested by TestCanonicalRoleNames, TestAdversarialMalformedMessages): adversarial input to the broker is refused: non-canonical role names (dot segments, encodings, look-alikes, Casbin tokens), policies that use eval() or fields the broker cannot fill, a request body naming another agent")
 				v.add("an agent asking outside its manifest, as a hijacked one would, gets nothing and raises a high anomaly; least privilege and short TTLs bound what a successful injection reaches")
 				v.gap("prompt injection in the agent's inputs is not detected: the broker never sees them")
 				return v
@@ -323,8 +388,8 @@ var conformanceElements = []element{
 			[4]adminv1.Obligation{must, must, must, must},
 			"Mask or block sensitive data on the data paths themselves (DLP, Vault's transform engine, database views, a proxy).",
 			func(a assessment) (v verdict) {
-				v.add("free text (purposes, justifications, reasons, comments) is scanned and redacted for PII and secrets before it is stored, logged or sent")
-				v.add("roles are classified (%s); the default policy model gives pii and secret roles to Senior agents and above only", countsText(a.f.RoleClassifications, "public", "internal", "pii", "secret"))
+				v.add("by construction (tested by TestRedaction): free text (purposes, justifications, reasons, comments) is scanned and redacted for PII and secrets before it is stored, logged or sent")
+				v.add("roles file loaded, by classification: %s; the default policy model gives pii and secret roles to Senior agents and above only", countsText(a.f.RoleClassifications, "public", "internal", "pii", "secret"))
 				v.add("no token or secret is stored: credentials are recorded by accessor")
 				v.gap("the data an agent reads or writes with its credential is neither inspected nor masked by the broker")
 				return v
@@ -342,7 +407,7 @@ var conformanceElements = []element{
 			[4]adminv1.Obligation{may, should, should, must},
 			"Record data provenance (sources, transformations) in the agent's pipeline, keyed by the decision id.",
 			func(a assessment) (v verdict) {
-				v.add("lineage of authority: every credential records its agent, role, decision and policy version and, under delegation, the chain of grants it came through (atfctl lineage show)")
+				v.add("by construction (tested by TestDelegationChainCredentials): lineage of authority: every credential records its agent, role, decision and policy version and, under delegation, the chain of grants it came through (atfctl lineage show)")
 				v.gap("the provenance of the data itself through the agent's pipeline is not tracked by the broker")
 				return v
 			}},
@@ -351,21 +416,13 @@ var conformanceElements = []element{
 		{"S-1", "Resource Allowlist", "Explicit enumeration of permitted resources",
 			[4]adminv1.Obligation{must, must, must, must},
 			"Keep the Vault policies behind each role least-privilege: Vault enforces them. Network segmentation (spec 4.4.2) is outside the broker.",
-			func(a assessment) (v verdict) {
-				v.add("roles defined in the roles file: %d, each exactly its Vault policies (never root, no default policy)", total(a.f.RoleClasses))
-				v.add("an agent gets only roles in its manifest that the segmentation policy allows; deny by default")
-				if a.f.PolicyVersion == 0 {
-					v.gap("no segmentation policy is stored: every credential request is denied until an admin sets one (atfctl policy set)")
-				} else {
-					v.add("segmentation policy in force: version %d, policy lines: %d; every change is versioned, linted and audited", a.f.PolicyVersion, a.f.PolicyLines)
-				}
-				return v
-			}},
+			checkS1},
 		{"S-2", "Action Boundaries", "Explicit enumeration of permitted actions",
 			[4]adminv1.Obligation{must, must, must, must},
 			"What one credential allows inside a target system is bounded by the Vault policy behind its role.",
 			func(a assessment) (v verdict) {
 				v.add("each role has a class (read, write, privileged) gated by level: Intern read, Junior read and write after a human's approval, Senior read and write (notified), Principal also privileged; an Intern never writes, whatever the policy")
+				gateProbes(a, &v)
 				v.add("approvals.approvers: %d", len(a.cfg.Approvals.Approvers))
 				if len(a.cfg.Approvals.Approvers) == 0 && a.target >= authz.Junior {
 					v.gap("approvals.approvers is empty: a Junior agent's write can never be approved (it waits until it expires), so the Junior level cannot act as the spec describes")
@@ -401,19 +458,24 @@ var conformanceElements = []element{
 			[4]adminv1.Obligation{may, should, must, must},
 			"The size of one operation made with a credential (an amount, a number of rows) is for the Vault policy and the target system to bound.",
 			func(a assessment) (v verdict) {
-				lim, _ := a.cfg.Limits.LevelLimits() // checked by Validate
+				if a.ev.Gate == nil {
+					v.gap("no maturity gate in force: the broker's per-level limits cannot be shown")
+					v.notMet = true
+					return v
+				}
 				var ttl, uses []string
 				for _, l := range allLevels {
-					ttl = append(ttl, fmt.Sprintf("%s %s", l, span(lim[l].MaxTTL)))
-					if lim[l].MaxUses > 0 {
-						uses = append(uses, fmt.Sprintf("%s %d", l, lim[l].MaxUses))
+					lim := a.ev.Gate.Limits(l)
+					ttl = append(ttl, fmt.Sprintf("%s %s", l, span(lim.MaxTTL)))
+					if lim.MaxUses > 0 {
+						uses = append(uses, fmt.Sprintf("%s %d", l, lim.MaxUses))
 					}
 				}
-				v.add("every credential carries exactly one role's policies, is non-renewable and lives at most min(role max_ttl, level, requested): %s (limits.max_ttl)", strings.Join(ttl, ", "))
+				v.add("the gate in force: every credential carries exactly one role's policies, is non-renewable and lives at most min(role max_ttl, level, requested): %s (limits.max_ttl)", strings.Join(ttl, ", "))
 				if len(uses) > 0 {
 					v.add("use-limited tokens (limits.max_uses): %s", strings.Join(uses, ", "))
 				}
-				v.add("a token Vault granted wider or longer than decided is revoked at once and nothing is handed out")
+				v.add("by construction (tested by TestVaultFaults): a token Vault granted wider or longer than decided is revoked at once and nothing is handed out")
 				return v
 			}},
 		{"S-5", "Blast Radius Containment", "Limits on cumulative impact and cascade effects",
@@ -455,6 +517,11 @@ var conformanceElements = []element{
 				vb := a.cfg.Vault.Breaker.WithDefaults(vault.DefaultBreakerConfig())
 				v.add("a circuit breaker towards Vault: %d unavailability failures in a row within %s stop issuance for %s (fail fast, Unavailable with the time to retry), then one probe; revocations never wait on it (vault.breaker)",
 					vb.Failures, dur(vb.Window), dur(vb.OpenFor))
+				state := "closed"
+				if a.ev.VaultBreaker.Open {
+					state = "open (issuance is halted until Vault answers)"
+				}
+				v.add("the breaker towards Vault now: %s, trips since start: %d", state, a.ev.VaultBreaker.Trips)
 				return v
 			}},
 		{"R-2", "Kill Switch", "Immediate manual termination capability (<1 second)",
@@ -464,6 +531,7 @@ var conformanceElements = []element{
 				v.add("atfctl kill (an agent, its lineage, or --all) commits the stop in one store transaction before answering, refuses requests already in flight, revokes its credentials and grants in Vault through its anchor tokens, and survives restarts; --forced answers at the commit; every activation is audited")
 				v.add("may stop agents: admins (%d) and security operators (%d, security_operators); only security operators may release", len(a.cfg.Admins), len(a.cfg.SecurityOperators))
 				v.add("agents held by the kill switch now: %d", a.f.Killed)
+				killProbe(a, &v)
 				if sev := severities(a.cfg.Monitor.Actions, "kill"); sev != "" {
 					v.add("anomalies of severity %s stop the agent automatically (monitor.actions)", sev)
 				}
@@ -478,17 +546,15 @@ var conformanceElements = []element{
 		{"R-3", "Session Revocation", "Ability to invalidate all agent sessions",
 			[4]adminv1.Obligation{may, should, must, must},
 			"Sessions an agent opened in other systems with a credential (a database connection) may outlive the token: make those systems re-check it.",
-			func(a assessment) (v verdict) {
-				v.add("atfctl revoke sessions revokes every live credential of an agent without blocking it; lineage revocation, deregistration and demotion revoke in one commit before answering, in Vault through the token tree")
-				v.add("revocations Vault has not confirmed wait in a durable queue, retried across restarts: %d now", a.f.PendingRevocations)
-				v.add("agents are told at once (BrokerService.WatchRevocations) so they drop cached credentials")
-				return v
-			}},
+			checkR3},
 		{"R-4", "State Rollback", "Ability to undo agent actions where possible",
 			[4]adminv1.Obligation{may, may, should, must},
 			"Undo what agents did in other systems: compensating actions, backups and point-in-time recovery of those systems.",
 			func(a assessment) (v verdict) {
-				v.add("the broker's own state rolls back: the segmentation policy to any earlier version (atfctl policy rollback), an agent's level to an earlier revision (atfctl agent rollback), the store from an online backup (atfctl admin backup)")
+				if a.f.PolicyVersion > 1 {
+					v.add("stored policy versions an admin can roll back to: %d", a.f.PolicyVersion-1)
+				}
+				v.add("by construction (tested by TestPolicyLifecycle, TestBackup): the broker's own state rolls back: the segmentation policy to any earlier version (atfctl policy rollback), an agent's level to an earlier revision (atfctl agent rollback), the store from an online backup (atfctl admin backup)")
 				v.gap("the broker cannot undo what an agent did with its credentials in other systems")
 				return v
 			}},
@@ -502,18 +568,13 @@ var conformanceElements = []element{
 					v.add("anomalies of severity %s demote the agent (monitor.actions)", sev)
 				}
 				v.add("maturity.demote_on_breaker_trip: %t", a.cfg.Maturity.DemoteOnBreakerTrip)
-				v.add("when Vault, the Workload API or the store cannot serve, nothing is issued (fail closed) while revocations go on: queued durably, with room kept in a full store (store_max_size)")
+				v.add("by construction (tested by TestVaultOutage, TestSPIREAgentStopped, TestStoreFullRefusesIssuanceNotRevocation): when Vault, the Workload API or the store cannot serve, nothing is issued (fail closed) while revocations go on: queued durably, with room kept in a full store (store_max_size)")
 				if sev == "" && !a.cfg.Maturity.DemoteOnBreakerTrip {
 					v.gap("nothing lowers autonomy automatically: no monitor.actions severity is demote and maturity.demote_on_breaker_trip is false; only a person does (atfctl agent demote, a critical incident)")
 				}
 				return v
 			}},
 	}},
-}
-
-// webhookSet reports whether notifications go to a webhook.
-func webhookSet(cfg config.Config) bool {
-	return cfg.Notifications.Webhook.URLFile != "" || cfg.Notifications.Webhook.URLEnv != ""
 }
 
 var severityOrder = []string{"low", "medium", "high", "critical"}

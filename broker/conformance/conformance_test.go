@@ -7,16 +7,21 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/conformance"
+	"github.com/agentictrust/atf/broker/notify"
+	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
+	"github.com/agentictrust/atf/deploy/policy"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -60,25 +65,70 @@ func scores(st *adminv1.ConformanceStatement) [][2]int32 {
 	return out
 }
 
-// conformanceBase is a validated configuration with every default, and a
-// registry of one Junior and one Senior agent.
-func conformanceBase(t *testing.T) (config.Config, conformance.Facts) {
+// now is when the pure tests' evidence was gathered.
+var now = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// allowAll is a policy that gives every subject of the trust domain every
+// role: the shape of brokertest.OpenPolicy.
+const allowAll = "g, spiffe://td/*, group:all\np, group:all, *, *, intern, allow\n"
+
+// conformanceBase is a validated configuration with every default, and the
+// evidence of a healthy broker: a registry of one Junior and one Senior
+// agent, the example policy and the default gate in force, the audit tail
+// verified, Vault and SPIRE answering, no revocation queued, no webhook.
+func conformanceBase(t *testing.T) (config.Config, conformance.Evidence) {
 	t.Helper()
 	cfg := minimal()
 	cfg.Admins = []string{"spiffe://td/ops/admin"}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	return cfg, conformance.Facts{
-		Agents:              map[authz.Level]int{authz.Junior: 1, authz.Senior: 1},
-		Bound:               1,
-		PolicyVersion:       3,
-		PolicyLines:         12,
-		RoleClasses:         map[string]int{"read": 2, "write": 1},
-		RoleClassifications: map[string]int{"internal": 2, "pii": 1},
-		AuditHead:           40,
-		MaxRequestBytes:     64 << 10,
+	rolesFile := filepath.Join(t.TempDir(), "roles.yaml")
+	if err := os.WriteFile(rolesFile, []byte(brokertest.Roles), 0o600); err != nil {
+		t.Fatal(err)
 	}
+	roles, err := config.LoadRoles(rolesFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim, err := cfg.Limits.LevelLimits()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate, err := authz.NewGate(lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, conformance.Evidence{
+		Facts: conformance.Facts{
+			Agents:              map[authz.Level]int{authz.Junior: 1, authz.Senior: 1},
+			Bound:               1,
+			PolicyVersion:       3,
+			RoleClasses:         map[string]int{"read": 2, "write": 1},
+			RoleClassifications: map[string]int{"internal": 2, "pii": 1},
+			AuditHead:           40,
+			MaxRequestBytes:     64 << 10,
+		},
+		Now:       now,
+		Policy:    mustPolicy(t, policy.Example),
+		Gate:      gate,
+		Roles:     roles,
+		AuditTail: conformance.AuditTail{From: 1, To: 40},
+		Vault:     conformance.Check{Checked: true},
+		Identity: conformance.Identity{
+			SVIDNotBefore: now.Add(-10 * time.Minute), SVIDNotAfter: now.Add(50 * time.Minute),
+			WorkloadAPI: conformance.Check{Checked: true}, Authorities: map[string]int{"td": 1},
+		},
+	}
+}
+
+func mustPolicy(t *testing.T, text string) *authz.Policy {
+	t.Helper()
+	p, err := authz.NewPolicy(3, policy.Model, text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // The evaluation is a function of the configuration and the registry's
@@ -96,7 +146,7 @@ func TestEvaluateConformance(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
 		cfg    func(*config.Config)
-		facts  func(*conformance.Facts)
+		facts  func(*conformance.Evidence)
 		target authz.Level
 		// The requirements whose status differs from defaults, and a part
 		// of the first gap of each that has one.
@@ -108,8 +158,55 @@ func TestEvaluateConformance(t *testing.T) {
 			want: map[string]adminv1.ConformanceStatus{"B-1": met}},
 		{name: "audit stdout", cfg: func(c *config.Config) { c.Audit.Stdout = true },
 			want: map[string]adminv1.ConformanceStatus{"B-1": met}},
-		{name: "webhook", cfg: func(c *config.Config) { c.Notifications.Webhook.URLEnv = "ATF_WEBHOOK" },
+		// B-4 rests on what the webhook did, not on its URL being set.
+		{name: "webhook delivering", facts: func(e *conformance.Evidence) {
+			e.Webhook = notify.Deliveries{Sinks: 1, Delivered: 3, LastDelivered: now.Add(-time.Minute)}
+		},
 			want: map[string]adminv1.ConformanceStatus{"B-4": met}},
+		{name: "webhook set but nothing sent", facts: func(e *conformance.Evidence) { e.Webhook = notify.Deliveries{Sinks: 1} },
+			wantGap: map[string]string{"B-4": "its delivery is unproven"}},
+		{name: "webhook failing", facts: func(e *conformance.Evidence) {
+			e.Webhook = notify.Deliveries{Sinks: 1, Delivered: 1, LastDelivered: now.Add(-time.Hour),
+				Failed: 2, LastFailed: now.Add(-time.Minute), LastError: "connection refused"}
+		},
+			want:    map[string]adminv1.ConformanceStatus{"B-4": notMet},
+			wantGap: map[string]string{"B-4": "the webhook's last delivery failed 1m ago (connection refused)"}},
+		{name: "webhook recovered", facts: func(e *conformance.Evidence) {
+			e.Webhook = notify.Deliveries{Sinks: 1, Delivered: 2, LastDelivered: now.Add(-time.Minute), Failed: 2, LastFailed: now.Add(-time.Hour)}
+		},
+			want: map[string]adminv1.ConformanceStatus{"B-4": met}},
+		{name: "allow-all policy", facts: func(e *conformance.Evidence) { e.Policy = mustPolicy(t, allowAll) },
+			want:    map[string]adminv1.ConformanceStatus{"S-1": notMet},
+			wantGap: map[string]string{"S-1": "the policy in force allows spiffe://td/atf-conformance-probe/unregistered, which no agent is registered under"}},
+		{name: "revocations draining", facts: func(e *conformance.Evidence) {
+			e.Queue = store.QueueState{Pending: 3, Oldest: now.Add(-30 * time.Second)}
+		}},
+		{name: "revocations stale", facts: func(e *conformance.Evidence) {
+			e.Queue = store.QueueState{Pending: 3, Oldest: now.Add(-10 * time.Minute)}
+		},
+			want:    map[string]adminv1.ConformanceStatus{"R-3": notMet},
+			wantGap: map[string]string{"R-3": "revocations have waited longer than 5m (3 queued, the oldest for 10m)"}},
+		{name: "vault down", facts: func(e *conformance.Evidence) { e.Vault.Err = "connection refused" },
+			want:    map[string]adminv1.ConformanceStatus{"R-3": partial},
+			wantGap: map[string]string{"R-3": "Vault does not answer now (connection refused)"}},
+		{name: "audit chain broken", facts: func(e *conformance.Evidence) { e.AuditTail = conformance.AuditTail{Err: "audit record 7 was altered"} },
+			want:    map[string]adminv1.ConformanceStatus{"B-1": notMet},
+			wantGap: map[string]string{"B-1": "the audit chain does not verify: audit record 7 was altered"}},
+		{name: "svid expired", facts: func(e *conformance.Evidence) { e.Identity.SVIDNotAfter = now.Add(-time.Second) },
+			want:    map[string]adminv1.ConformanceStatus{"I-2": notMet},
+			wantGap: map[string]string{"I-2": "the broker's own X.509-SVID expired"}},
+		{name: "svid rotation late", facts: func(e *conformance.Evidence) { e.Identity.SVIDNotAfter = now.Add(time.Minute) },
+			want:    map[string]adminv1.ConformanceStatus{"I-2": partial},
+			wantGap: map[string]string{"I-2": "past two thirds of its life"}},
+		{name: "workload api down", facts: func(e *conformance.Evidence) { e.Identity.WorkloadAPI.Err = "connection refused" },
+			want:    map[string]adminv1.ConformanceStatus{"I-2": partial},
+			wantGap: map[string]string{"I-2": "SPIRE's Workload API does not answer now"}},
+		{name: "no trust bundle", facts: func(e *conformance.Evidence) { e.Identity.Authorities = nil },
+			want:    map[string]adminv1.ConformanceStatus{"I-1": notMet},
+			wantGap: map[string]string{"I-1": "no trust bundle for any configured trust domain (td)"}},
+		{name: "manifest names an unknown role", facts: func(e *conformance.Evidence) { e.UnknownRoles = 1 },
+			want:    map[string]adminv1.ConformanceStatus{"I-5": partial},
+			wantGap: map[string]string{"I-5": "active agents whose manifest names a role the roles file lacks: 1"}},
 		{name: "approvers", cfg: func(c *config.Config) { c.Approvals.Approvers = []string{"spiffe://td/people/ann"} },
 			want: map[string]adminv1.ConformanceStatus{"S-2": met}},
 		{name: "no approvers, intern target", target: authz.Intern,
@@ -145,12 +242,12 @@ func TestEvaluateConformance(t *testing.T) {
 		{name: "nobody may kill", cfg: func(c *config.Config) { c.Admins = nil },
 			want:    map[string]adminv1.ConformanceStatus{"R-2": partial},
 			wantGap: map[string]string{"R-2": "nobody can pull the kill switch"}},
-		{name: "agent without owner or purpose", facts: func(f *conformance.Facts) { f.NoOwner, f.NoPurpose = 1, 2 },
+		{name: "agent without owner or purpose", facts: func(f *conformance.Evidence) { f.NoOwner, f.NoPurpose = 1, 2 },
 			want:    map[string]adminv1.ConformanceStatus{"I-3": partial, "I-4": partial},
 			wantGap: map[string]string{"I-3": "active agents without an owner: 1", "I-4": "active agents without a purpose: 2"}},
-		{name: "no policy", facts: func(f *conformance.Facts) { f.PolicyVersion = 0 },
+		{name: "no policy", facts: func(f *conformance.Evidence) { f.PolicyVersion, f.Policy = 0, nil },
 			want:    map[string]adminv1.ConformanceStatus{"S-1": partial},
-			wantGap: map[string]string{"S-1": "no segmentation policy is stored: every credential request is denied"}},
+			wantGap: map[string]string{"S-1": "no segmentation policy is in force: every credential request is denied"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg, facts := conformanceBase(t)
@@ -256,6 +353,10 @@ func TestConformance(t *testing.T) {
 	junior, senior := f.ID(t, "junior"), f.ID(t, "senior")
 	b.Register(t, junior, brokerv1.Level_LEVEL_JUNIOR, "reports-read", "reports-write")
 	b.Register(t, senior, brokerv1.Level_LEVEL_SENIOR, "reports-read")
+	// An allowlist in place of the fixture's allow-all policy; the change
+	// is notified, so the webhook shows a delivery.
+	setPolicy(t, b, f, allowlist(junior.String(), senior.String()))
+	waitStatus(t, b, f, "B-4", met)
 	if _, err := b.Dial(t, f.Admin).Admin.UpdateAgent(t.Context(), &adminv1.UpdateAgentRequest{
 		SpiffeId: senior.String(), Version: ptr("1.4.2"), ConfigDigest: ptr("sha256:0f1e"),
 	}); err != nil {
@@ -283,9 +384,11 @@ func TestConformance(t *testing.T) {
 		"I-1": "active agents registered: 2",
 		"I-2": "active agents with a version and config digest recorded: 1 of 2",
 		"I-3": "active agents: 2, without an owner: 0",
-		"B-1": "audit.file set",
-		"B-4": "notifications.webhook set",
-		"S-1": "segmentation policy in force: version 1, policy lines: 1",
+		"B-1": "audit.file: a JSON-lines copy of the trail, newest record copied:",
+		"B-4": "delivered, 0 failed, 0 queued, 0 dropped",
+		"S-1": "segmentation policy in force: version 2, policy lines: 3",
+		"R-3": "waiting in the durable queue: none",
+		"R-2": "probe: the admit decision refuses every request with the global switch on",
 		"S-2": "approvals.approvers: 1",
 		"S-3": "limits.rate (token bucket per agent): intern 1/s burst 10, junior 2/s burst 20, senior 10/s burst 50, principal 20/s burst 100",
 		"S-5": "limits.max_live_per_agent 50, max_live_per_lineage 500, max_live_per_role 5000",
@@ -329,6 +432,150 @@ func TestConformance(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// allowlist is a segmentation policy naming its agents: junior and senior
+// may read reports, junior may write them.
+func allowlist(junior, senior string) string {
+	return "p, " + junior + ", reports-read, read, intern, allow\n" +
+		"p, " + junior + ", reports-write, write, junior, allow\n" +
+		"p, " + senior + ", reports-read, read, intern, allow\n"
+}
+
+func setPolicy(t *testing.T, b *brokertest.Broker, f *brokertest.Fixture, text string) {
+	t.Helper()
+	if _, err := b.Dial(t, f.Admin).Admin.SetPolicy(t.Context(), &adminv1.SetPolicyRequest{Policy: text, Comment: "conformance test"}); err != nil {
+		t.Fatalf("SetPolicy: %v", err)
+	}
+}
+
+// statement asks b for its conformance statement, indexed by requirement.
+func statement(t *testing.T, b *brokertest.Broker, f *brokertest.Fixture) map[string]*adminv1.ConformanceRequirement {
+	t.Helper()
+	r, err := b.Dial(t, f.Admin).Admin.GetConformance(t.Context(), &adminv1.GetConformanceRequest{})
+	if err != nil {
+		t.Fatalf("GetConformance: %v", err)
+	}
+	return requirements(r.GetStatement())
+}
+
+// waitStatus asks for the statement until requirement id has status want,
+// for up to a minute, and returns it.
+func waitStatus(t *testing.T, b *brokertest.Broker, f *brokertest.Fixture, id string, want adminv1.ConformanceStatus) *adminv1.ConformanceRequirement {
+	t.Helper()
+	// One connection for every try: the broker bounds connections per IP.
+	admin := b.Dial(t, f.Admin).Admin
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := admin.GetConformance(t.Context(), &adminv1.GetConformanceRequest{})
+		if err != nil {
+			t.Fatalf("GetConformance: %v", err)
+		}
+		r := requirements(resp.GetStatement())[id]
+		if r.GetStatus() == want {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s stayed %s, want %s; evidence %q, gaps %q", id, r.GetStatus(), want, r.GetEvidence(), r.GetGaps())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// wantStatus checks requirement r's status and that its first gap (or,
+// met, its evidence) says what part does.
+func wantStatus(t *testing.T, r *adminv1.ConformanceRequirement, want adminv1.ConformanceStatus, part string) {
+	t.Helper()
+	text := strings.Join(r.GetGaps(), "\n")
+	if want == met {
+		text = strings.Join(r.GetEvidence(), "\n")
+	}
+	if r.GetStatus() != want || !strings.Contains(text, part) {
+		t.Errorf("%s: %s, want %s saying %q; evidence %q, gaps %q", r.GetId(), r.GetStatus(), want, part, r.GetEvidence(), r.GetGaps())
+	}
+}
+
+// S-1 runs the policy in force on an unregistered subject: the fixture's
+// allow-all policy (every agent of the trust domain, every role) is not
+// an allowlist, and an allowlist naming agents is.
+func TestConformanceAllowAllPolicy(t *testing.T) {
+	f := brokertest.Setup(t)
+	b := f.Start(t, f.Config(t, t.TempDir()))
+	wantStatus(t, statement(t, b, f)["S-1"], notMet, "the policy in force allows spiffe://"+f.Stack.TrustDomain.Name()+"/atf-conformance-probe/unregistered")
+	setPolicy(t, b, f, allowlist(f.ID(t, "junior").String(), f.ID(t, "senior").String()))
+	wantStatus(t, statement(t, b, f)["S-1"], met, "all denied by the policy in force")
+}
+
+// B-4 rests on what the webhook did: a URL that is set but reaches nothing
+// is not met once a notification has failed.
+func TestConformanceDeadWebhook(t *testing.T) {
+	f := brokertest.Setup(t)
+	dir := t.TempDir()
+	cfg := f.Config(t, dir)
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close() // its port now refuses connections
+	cfg.Notifications.Webhook.URLFile = filepath.Join(dir, "webhook-url")
+	if err := os.WriteFile(cfg.Notifications.Webhook.URLFile, []byte(dead.URL+"/hook"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Notifications.Webhook.MaxAttempts = 1
+	b := f.Start(t, cfg)
+	wantStatus(t, statement(t, b, f)["B-4"], partial, "its delivery is unproven")
+	setPolicy(t, b, f, allowlist(f.ID(t, "junior").String(), f.ID(t, "senior").String()))
+	r := waitStatus(t, b, f, "B-4", notMet)
+	wantStatus(t, r, notMet, "the webhook's last delivery failed")
+	if ev := strings.Join(r.GetEvidence(), "\n"); !strings.Contains(ev, "0 delivered, 1 failed") {
+		t.Errorf("B-4 evidence does not count the failure:\n%s", ev)
+	}
+}
+
+// offsetClock is the real time plus an offset the test moves.
+type offsetClock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *offsetClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+func (c *offsetClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.offset += d
+}
+
+// R-3 rests on the durable revocation queue: revocations Vault cannot
+// confirm for longer than conformance.StaleRevocation make it not met, and
+// it is met again once the queue drains.
+func TestConformanceStaleRevocations(t *testing.T) {
+	f := brokertest.Setup(t)
+	proxy := brokertest.NewFaultProxy(t, strings.TrimPrefix(f.Stack.VaultAddr, "http://"))
+	dir := t.TempDir()
+	cfg := f.Config(t, dir)
+	cfg.RolesFile = brokertest.ServiceRoles(t, dir) // revoked by accessor, one by one
+	cfg.Vault.Address = proxy.URL()
+	clk := &offsetClock{}
+	b := f.StartWith(t, cfg, broker.WithClock(clk.Now))
+	agent := f.ID(t, "agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	if _, err := b.Dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"}); err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, statement(t, b, f)["R-3"], met, "waiting in the durable queue: none")
+
+	proxy.Down()
+	if _, err := b.Dial(t, f.Admin).Admin.DeregisterAgent(t.Context(), &adminv1.DeregisterAgentRequest{SpiffeId: agent.String(), Reason: "conformance test"}); err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, statement(t, b, f)["R-3"], partial, "Vault does not answer now")
+	clk.Advance(2 * conformance.StaleRevocation)
+	wantStatus(t, statement(t, b, f)["R-3"], notMet, "revocations have waited longer than 5m")
+
+	proxy.Restore(t)
+	wantStatus(t, waitStatus(t, b, f, "R-3", met), met, "waiting in the durable queue: none")
+}
 
 // webhookURLFile is a file naming a webhook that accepts every post.
 func webhookURLFile(t *testing.T, dir string) string {

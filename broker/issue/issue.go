@@ -154,6 +154,7 @@ func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, 
 		DisplayName: "atf-" + strings.ReplaceAll(p.Role.Name, "/", "-"),
 	})
 	tracing.EndSpan(span, edge.Code(err))
+	var widened *vault.IdentityError
 	switch {
 	case err == nil:
 		if kind == vault.Batch {
@@ -167,6 +168,10 @@ func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, 
 		// The store refused an anchor: a revocation committed while this
 		// call was in flight.
 		return cred, "", decide.Deny(p.Reasons, authz.Decision{Reason: decide.ReasonRevoked, Message: "the lineage this credential belongs to was revoked"})
+	case errors.As(err, &widened):
+		return cred, "", decide.Fail(p.Reasons, "vault_identity_policies", widened.Error(), fault.New(fault.Precondition,
+			"Vault identity: Vault gives the Vault entity of agent %s identity policies beyond role %s's (an identity group or the entity's own policies); nothing was issued and the agent's Vault anchors were revoked; a Vault operator must remove those policies (decision %s)",
+			p.Caller, p.Role.Name, p.Reasons.DecisionID))
 	case errors.Is(err, vault.ErrUnavailable):
 		return cred, "", decide.Fail(p.Reasons, "vault_unavailable", "Vault did not issue the credential; nothing was issued", err)
 	}
@@ -207,15 +212,19 @@ func (is *Issuer) readDynamic(ctx context.Context, p decide.Plan, cred vault.Cre
 
 // underAnchor creates a credential under node's anchor. If Vault refuses
 // the anchor (revoked or expired behind the broker's back), it is replaced
-// once.
+// once. If Vault widens the anchor or the credential through the agent's
+// Vault entity, every anchor of that entity goes (retire).
 func (is *Issuer) underAnchor(ctx context.Context, node string, req vault.Request) (vault.Credential, string, error) {
 	for attempt := 0; ; attempt++ {
 		anchor, err := is.cfg.Anchors.Get(ctx, node)
 		if err != nil {
-			return vault.Credential{}, "", err
+			return vault.Credential{}, "", is.retire(ctx, err)
 		}
 		req.Parent = anchor
 		cred, err := is.cfg.Vault.Issue(ctx, req)
+		if widened := (*vault.IdentityError)(nil); errors.As(err, &widened) {
+			return vault.Credential{}, "", is.retire(ctx, err)
+		}
 		if errors.Is(err, vault.ErrRejected) && attempt == 0 {
 			// The role anchor, or the node's above it, is gone: both are
 			// made anew.
@@ -224,6 +233,26 @@ func (is *Issuer) underAnchor(ctx context.Context, node string, req vault.Reques
 		}
 		return cred, anchor.Accessor, err
 	}
+}
+
+// retire fails closed on err, if it says Vault gives an agent's entity
+// identity policies (docs/security.md, "Vault identity"): they widen every
+// token of the entity, so its anchors are revoked, and with them the
+// agent's credentials; the refused token itself already was. It returns
+// err.
+func (is *Issuer) retire(ctx context.Context, err error) error {
+	var widened *vault.IdentityError
+	if !errors.As(err, &widened) {
+		return err
+	}
+	n, rerr := is.cfg.Anchors.Retire(context.WithoutCancel(ctx), widened.Entity)
+	log := edge.Logger(ctx).With(slog.String("vault_entity", widened.Entity), slog.Any("identity_policies", widened.Policies), slog.Int("anchors_revoked", n))
+	if rerr != nil || widened.RevokeErr != nil {
+		log.Error("Vault gives an agent's entity identity policies; revoking its tokens failed in part, they expire on their own", slog.String(edge.LogError, errors.Join(rerr, widened.RevokeErr).Error()))
+	} else {
+		log.Error("Vault gives an agent's entity identity policies; refused, and revoked its anchors with their credentials")
+	}
+	return err
 }
 
 // record records cred; if the store refuses, cred is revoked before the

@@ -70,6 +70,9 @@ type Notifier struct {
 	cancel  context.CancelFunc
 	workers sync.WaitGroup
 
+	statsMu sync.Mutex // guards stats
+	stats   Deliveries
+
 	mu     sync.Mutex // guards what follows, and sends on the channels
 	closed bool
 	full   []bool // whether a sink's queue was full when last tried
@@ -104,7 +107,9 @@ func (n *Notifier) deliver(i int, s Sink, q <-chan Event) {
 			lost++
 			continue
 		}
-		if err := s.Send(n.ctx, ev); err != nil {
+		err := s.Send(n.ctx, ev)
+		n.record(err)
+		if err != nil {
 			// The error names the event's kind and id, never its contents.
 			n.log.Error("notification not delivered", slog.Int(logSink, i), slog.String(logEvent, ev.ID),
 				slog.String(logKind, ev.Kind), slog.String(logError, err.Error()))
@@ -114,6 +119,50 @@ func (n *Notifier) deliver(i int, s Sink, q <-chan Event) {
 		n.dropped.Add(lost)
 		n.log.Warn("notifications dropped at shutdown", slog.Int(logSink, i), slog.Uint64(logCount, lost))
 	}
+}
+
+// Deliveries are the sinks' delivery outcomes since the Notifier started:
+// live evidence that notifications reach someone (docs/conformance.md, B-4).
+type Deliveries struct {
+	// Sinks is the number of sinks (webhooks).
+	Sinks int
+	// Delivered and Failed count events a sink delivered or gave up on.
+	Delivered, Failed uint64
+	// LastDelivered and LastFailed are when that last happened; LastError
+	// is the last failure (it names the sink's scheme and host only).
+	LastDelivered, LastFailed time.Time
+	LastError                 string
+	// Queued is the number of events waiting for a sink; Dropped as
+	// Dropped returns.
+	Queued  int
+	Dropped uint64
+}
+
+// record counts one delivery attempt's outcome.
+func (n *Notifier) record(err error) {
+	n.statsMu.Lock()
+	defer n.statsMu.Unlock()
+	if err == nil {
+		n.stats.Delivered++
+		n.stats.LastDelivered = time.Now()
+		return
+	}
+	n.stats.Failed++
+	n.stats.LastFailed = time.Now()
+	n.stats.LastError = err.Error()
+}
+
+// Deliveries returns the delivery outcomes so far.
+func (n *Notifier) Deliveries() Deliveries {
+	n.statsMu.Lock()
+	d := n.stats
+	n.statsMu.Unlock()
+	d.Sinks = len(n.queues)
+	for _, q := range n.queues {
+		d.Queued += len(q)
+	}
+	d.Dropped = n.Dropped()
+	return d
 }
 
 // Publish queues ev for every sink and hands it to every subscriber. It

@@ -193,7 +193,9 @@ func (a *Anchors) create(ctx context.Context, node string, path []string) (*vaul
 	if err != nil {
 		return nil, err
 	}
-	an, err := a.issuer.CreateAnchor(ctx, parent, anchorTTL, map[string]string{"atf_node": node, "atf_agent": holder}, policies...)
+	// It carries the holder's Vault entity, never the broker's: so do all
+	// tokens below it (docs/security.md, "Vault identity").
+	an, err := a.issuer.CreateAnchor(ctx, parent, holder, anchorTTL, map[string]string{"atf_node": node, "atf_agent": holder}, policies...)
 	if err != nil {
 		return nil, err
 	}
@@ -207,8 +209,9 @@ func (a *Anchors) create(ctx context.Context, node string, path []string) (*vaul
 }
 
 // holder is the agent whose credentials hang below node's anchors: the
-// agent's own, or a grant's delegatee. Vault's audit log and an operator
-// reading an anchor's metadata see it.
+// agent's own, or a grant's delegatee. The anchors carry its Vault entity
+// (vault.EntityAlias), which Vault's audit log names in every request of
+// theirs and their credentials', and their metadata names it.
 func (a *Anchors) holder(node string) (string, error) {
 	id, ok := strings.CutPrefix(node, "grant:")
 	if !ok {
@@ -238,4 +241,33 @@ func (a *Anchors) DropAll() {
 		mk.dropped = true
 	}
 	clear(a.making)
+}
+
+// Retire revokes in Vault, and forgets, every anchor held that carries
+// Vault entity entity: Vault gives that entity identity policies, which
+// widen every token below them (docs/security.md, "Vault identity"). It
+// returns how many it revoked and the first error; an anchor it could not
+// revoke lives until it expires, and its credentials no longer than theirs.
+func (a *Anchors) Retire(ctx context.Context, entity string) (int, error) {
+	if entity == "" {
+		return 0, nil
+	}
+	a.mu.Lock()
+	var nodes, victims []string
+	for n, an := range a.m {
+		if an.EntityID == entity {
+			nodes, victims = append(nodes, n), append(victims, an.Accessor)
+		}
+	}
+	for _, n := range nodes {
+		a.deleteLocked(n)
+	}
+	a.mu.Unlock()
+	var first error
+	for _, acc := range victims {
+		if err := a.issuer.Revoke(ctx, acc); err != nil && first == nil {
+			first = err
+		}
+	}
+	return len(victims), first
 }

@@ -103,6 +103,10 @@ type queueItem struct {
 	Kind string `json:"kind"` // "anchor" or "credential"
 	// Order keeps anchors before credentials and parents before children.
 	Order int `json:"order"`
+	// Queued is when the revocation was queued (absent in entries queued
+	// before it was recorded): the age of the oldest is live evidence of
+	// the queue draining (docs/conformance.md, R-3).
+	Queued time.Time `json:"queued,omitzero"`
 }
 
 // PutGrant records a new grant with its grant_created audit record,
@@ -331,7 +335,7 @@ func putCredential(tx kv.Tx, c Credential, refused error, now time.Time) error {
 		// A refused batch token never left the broker and cannot be
 		// revoked alone; it expires within its TTL.
 		if c.Kind != KindBatch {
-			if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
+			if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20, Queued: now}); err != nil {
 				return err
 			}
 		}
@@ -597,7 +601,7 @@ func revokeAnchor(tx kv.Tx, an Anchor, now time.Time, queued map[string]bool, re
 	if err := putAnchor(tx, an); err != nil {
 		return err
 	}
-	if err := enqueue(tx, an.Accessor, queueItem{Kind: "anchor", Order: len(rev.Queued)}); err != nil {
+	if err := enqueue(tx, an.Accessor, queueItem{Kind: "anchor", Order: len(rev.Queued), Queued: now}); err != nil {
 		return err
 	}
 	queued[an.Accessor] = true
@@ -753,7 +757,7 @@ func queueCredential(tx kv.Tx, cr Credential, revokedAnchors map[string]bool, no
 		}
 		return revokeAnchor(tx, an, now, revokedAnchors, rev)
 	}
-	if err := enqueue(tx, cr.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
+	if err := enqueue(tx, cr.Accessor, queueItem{Kind: "credential", Order: 1 << 20, Queued: now}); err != nil {
 		return err
 	}
 	rev.Queued = append(rev.Queued, cr.Accessor)
@@ -891,6 +895,33 @@ func (s *Store) Lineage(root Root) ([]delegation.Grant, []Credential, error) {
 		return nil
 	})
 	return grants, live, err
+}
+
+// QueueState is the revocation queue's length and when its oldest entry
+// was queued (zero when it is empty or its entries predate the record).
+type QueueState struct {
+	Pending int
+	Oldest  time.Time
+}
+
+// RevocationQueue reads the revocation queue's length and the age of its
+// oldest entry.
+func (s *Store) RevocationQueue() (QueueState, error) {
+	var q QueueState
+	err := s.view(func(tx kv.Tx) error {
+		return tx.Bucket(bucketRevocations).ForEach(func(_, v []byte) error {
+			var it queueItem
+			if err := json.Unmarshal(v, &it); err != nil {
+				return fmt.Errorf("store: decode queue entry: %w", err)
+			}
+			q.Pending++
+			if !it.Queued.IsZero() && (q.Oldest.IsZero() || it.Queued.Before(q.Oldest)) {
+				q.Oldest = it.Queued
+			}
+			return nil
+		})
+	})
+	return q, err
 }
 
 // PendingRevocations returns the accessors whose revocation Vault has not

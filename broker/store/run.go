@@ -107,7 +107,7 @@ func (s *Store) revokeAllLive(tx kv.Tx, actor string, now time.Time) (Revocation
 		if c.Kind == KindBatch {
 			continue // its anchor expired: so did it, in Vault
 		}
-		if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20}); err != nil {
+		if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20, Queued: now}); err != nil {
 			return rev, err
 		}
 		rev.Queued = append(rev.Queued, c.Accessor)

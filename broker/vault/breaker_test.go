@@ -96,7 +96,7 @@ func TestIssuerBreaker(t *testing.T) {
 	reached := proxy.Requests(create)
 	retryAt := clk.Now().Add(openFor)
 	wantOpen(issue(), retryAt)
-	_, err = is.CreateAnchor(t.Context(), nil, time.Hour, nil)
+	_, err = is.CreateAnchor(t.Context(), nil, "spiffe://atf.test/breaker", time.Hour, nil)
 	wantOpen(err, retryAt)
 	if n := proxy.Requests(create); n != reached {
 		t.Errorf("%d creations reached Vault with the breaker open", n-reached)

@@ -2,13 +2,16 @@
 //
 // Every credential is a child of an anchor the broker holds (docs/design.md
 // §3), carrying exactly the policies the broker decided on, non-renewable,
-// with the agent, role, level and decision id in its metadata. It is of one
-// of two kinds (docs/design.md §6): a batch token (Batch, the default),
-// which Vault does not store and checks against its parent anchor at each
-// use, so that revoking the anchor kills any number of them at once; or a
-// service token (Service) created through the credential token role, which
-// has an accessor of its own, can be revoked alone and can carry a use
-// count.
+// with the agent, role, level and decision id in its metadata. Anchors,
+// and with them their credentials, carry their agent's own Vault entity,
+// never the broker's, and a token Vault widens through its entity's
+// identity policies is revoked and refused (docs/security.md, "Vault
+// identity"). A credential is of one of two kinds (docs/design.md §6): a
+// batch token (Batch, the default), which Vault does not store and checks
+// against its parent anchor at each use, so that revoking the anchor kills
+// any number of them at once; or a service token (Service) created through
+// the credential token role, which has an accessor of its own, can be
+// revoked alone and can carry a use count.
 // The broker's own Vault token (from a static token for development, or an
 // AppRole or JWT-SVID login) is renewed in the background, re-obtained when
 // it cannot be renewed, and never leaves this package.
@@ -27,6 +30,8 @@ package vault
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,6 +40,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -96,6 +102,10 @@ type Issuer struct {
 	// generation counts logins: anchors made under an earlier login hang on
 	// a token that is no longer renewed, so they must not be used again.
 	generation atomic.Uint64
+	// entity is the Vault entity of the broker's own token ("" if it has
+	// none, e.g. a token made by root): no anchor or credential may carry
+	// it.
+	entity atomic.Pointer[string]
 	// late counts creations the caller gave up on, until their answer is
 	// in and any token in it revoked (each end signals lateEnded);
 	// lateRevoked counts those tokens.
@@ -198,12 +208,22 @@ func (is *Issuer) Close() {
 	}
 }
 
-// setToken makes token the broker's own, for issuing and revoking; anchors
-// made under the previous one are not used again.
-func (is *Issuer) setToken(token string) {
+// setToken makes token, of Vault entity entity, the broker's own, for
+// issuing and revoking; anchors made under the previous one are not used
+// again.
+func (is *Issuer) setToken(token, entity string) {
 	is.client.SetToken(token)
 	is.slow.SetToken(token)
+	is.entity.Store(&entity)
 	is.generation.Add(1)
+}
+
+// brokerEntity is the Vault entity of the broker's own token, "" if none.
+func (is *Issuer) brokerEntity() string {
+	if e := is.entity.Load(); e != nil {
+		return *e
+	}
+	return ""
 }
 
 // login obtains a token and returns its self-lookup as a renewable secret,
@@ -217,16 +237,19 @@ func (is *Issuer) login(ctx context.Context) (*vaultapi.Secret, error) {
 		if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
 			return nil, fmt.Errorf("%w: login returned no token", ErrRejected)
 		}
-		is.setToken(s.Auth.ClientToken)
+		is.setToken(s.Auth.ClientToken, s.Auth.EntityID)
 		if !s.Auth.Renewable || s.Auth.LeaseDuration == 0 {
 			return nil, nil
 		}
 		return s, nil
 	}
-	is.setToken(is.cfg.Token)
+	is.setToken(is.cfg.Token, "")
 	self, err := is.client.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
 		return nil, classify("look up own token", err)
+	}
+	if entity, _ := self.Data["entity_id"].(string); entity != "" {
+		is.entity.Store(&entity)
 	}
 	ttl, _ := self.TokenTTL()
 	renewable, _ := self.TokenIsRenewable()
@@ -410,18 +433,93 @@ func (is *Issuer) Issue(ctx context.Context, req Request) (Credential, error) {
 		IssuedAt:  issuedAt,
 		ExpiresAt: issuedAt.Add(time.Duration(s.Auth.LeaseDuration) * time.Second),
 	}
-	want := slices.Sorted(slices.Values(req.Policies))
-	if !slices.Equal(c.Policies, want) || s.Auth.Renewable || time.Duration(s.Auth.LeaseDuration)*time.Second > req.TTL {
-		// Fail closed: a token wider or longer-lived than decided never leaves.
-		victim := c.Accessor
-		if batch {
-			victim = req.Parent.Accessor
-		}
-		rerr := is.Revoke(context.WithoutCancel(ctx), victim)
-		return Credential{}, fmt.Errorf("%w: Vault issued policies %q (renewable=%t, ttl=%ds), not the requested %q; token revoked (revoke error: %v)",
-			ErrRejected, c.Policies, s.Auth.Renewable, s.Auth.LeaseDuration, want, rerr)
+	if err := is.checkIssued(ctx, req, s.Auth, c); err != nil {
+		return Credential{}, err
 	}
 	return c, nil
+}
+
+// checkIssued fails closed on a credential wider or longer-lived than
+// decided, and revokes it (a batch token, which cannot be revoked alone,
+// by revoking its anchor). Its token policies must be exactly the
+// requested ones; its identity policies, those Vault adds from its entity
+// and the entity's groups at each use, none beyond them; its entity its
+// anchor's (its agent's), never the broker's own (docs/security.md, "Vault
+// identity"). Vault's answer to the creation names them all: the check
+// costs no call.
+func (is *Issuer) checkIssued(ctx context.Context, req Request, auth *vaultapi.SecretAuth, c Credential) error {
+	want := slices.Sorted(slices.Values(req.Policies))
+	wider := outside(auth.IdentityPolicies, want)
+	entity := ""
+	switch {
+	case req.Parent != nil && auth.EntityID != req.Parent.EntityID:
+		entity = fmt.Sprintf("entity %q, not its anchor's %q", auth.EntityID, req.Parent.EntityID)
+	case auth.EntityID != "" && auth.EntityID == is.brokerEntity():
+		entity = "the broker's own entity " + auth.EntityID
+	}
+	if slices.Equal(c.Policies, want) && len(wider) == 0 && entity == "" && !auth.Renewable && time.Duration(auth.LeaseDuration)*time.Second <= req.TTL {
+		return nil
+	}
+	// Fail closed: a token wider or longer-lived than decided never leaves.
+	victim := c.Accessor
+	if req.Kind == Batch {
+		victim = req.Parent.Accessor
+	}
+	rerr := is.Revoke(context.WithoutCancel(ctx), victim)
+	switch {
+	case len(wider) > 0:
+		return &IdentityError{Token: "credential", Entity: auth.EntityID, Policies: wider, RevokeErr: rerr}
+	case entity != "":
+		return fmt.Errorf("%w: Vault gave the credential %s; token revoked (revoke error: %v)", ErrRejected, entity, rerr)
+	}
+	return fmt.Errorf("%w: Vault issued policies %q (renewable=%t, ttl=%ds), not the requested %q; token revoked (revoke error: %v)",
+		ErrRejected, c.Policies, auth.Renewable, auth.LeaseDuration, want, rerr)
+}
+
+// IdentityError is a token Vault gave policies beyond the decided ones
+// through its identity: policies of its entity, or of the entity's
+// identity groups (docs/security.md, "Vault identity"). The token was
+// revoked (unless RevokeErr says otherwise). It is ErrRejected.
+type IdentityError struct {
+	// Token is what was refused: "credential" or "anchor".
+	Token string
+	// Entity is the token's Vault entity.
+	Entity string
+	// Policies are its identity policies beyond the decided ones.
+	Policies []string
+	// RevokeErr is the revocation's error; nil if the token was revoked.
+	RevokeErr error
+}
+
+func (e *IdentityError) Error() string {
+	return fmt.Sprintf("%v: Vault gives the %s's entity %s identity policies %q beyond the decided ones (policies of the entity or of identity groups it is in); token revoked (revoke error: %v)",
+		ErrRejected, e.Token, e.Entity, e.Policies, e.RevokeErr)
+}
+
+// Unwrap makes an IdentityError ErrRejected.
+func (e *IdentityError) Unwrap() error { return ErrRejected }
+
+// outside is what of got is not in allowed, sorted.
+func outside(got, allowed []string) []string {
+	var out []string
+	for _, p := range got {
+		if !slices.Contains(allowed, p) && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// EntityAlias is the name of the entity alias, on Vault's token auth
+// mount, of agent's Vault entity: the entity its anchors carry, and with
+// them all its credentials (docs/security.md, "Vault identity").
+// It is "atf-agent-" and the first 32 hex digits of the SHA-256 of the
+// agent's SPIFFE ID: Vault matches alias names regardless of case, which
+// SPIFFE IDs do not, and the token role atf-anchor allows "atf-agent-*".
+func EntityAlias(agent string) string {
+	sum := sha256.Sum256([]byte(agent))
+	return "atf-agent-" + hex.EncodeToString(sum[:16])
 }
 
 // ReadDynamic reads the dynamic secret at path with token, the token of a
@@ -476,7 +574,10 @@ type Anchor struct {
 	ExpiresAt time.Time
 	// Generation is the broker login it hangs under.
 	Generation uint64
-	client     *vaultapi.Client // carries the anchor's token; slow's timeout
+	// EntityID is its Vault entity: its owner's (EntityAlias), which every
+	// token below it carries.
+	EntityID string
+	client   *vaultapi.Client // carries the anchor's token; slow's timeout
 }
 
 // Usable reports whether children lasting up to d can still be created
@@ -486,29 +587,43 @@ func (is *Issuer) Usable(a *Anchor, d time.Duration) bool {
 }
 
 // CreateAnchor creates an anchor under parent (nil: the broker's own token)
-// living ttl, with meta stored on the token. Besides the anchor policy it
-// holds policies, those of the batch credentials it will create (none for
-// an anchor that only has anchors below it).
-func (is *Issuer) CreateAnchor(ctx context.Context, parent *Anchor, ttl time.Duration, meta map[string]string, policies ...string) (*Anchor, error) {
+// living ttl, with meta stored on the token, carrying the Vault entity of
+// owner, the agent whose credentials it will hold (EntityAlias). Besides
+// the anchor policy it holds policies, those of the batch credentials it
+// will create (none for an anchor that only has anchors below it). An
+// anchor wider than that, through its entity's identity policies, is
+// revoked and refused (an *IdentityError).
+func (is *Issuer) CreateAnchor(ctx context.Context, parent *Anchor, owner string, ttl time.Duration, meta map[string]string, policies ...string) (*Anchor, error) {
+	if owner == "" {
+		return nil, fmt.Errorf("%w: an anchor needs the agent it holds credentials of", ErrRejected)
+	}
 	gen := is.generation.Load()
 	if parent != nil {
 		gen = parent.Generation
 	}
 	created := time.Now()
 	secs := strconv.FormatInt(int64(ttl/time.Second), 10) + "s"
+	want := append([]string{is.cfg.AnchorRole}, policies...)
 	s, err := is.create(ctx, "create anchor", is.clientFor(parent), is.cfg.AnchorRole, &vaultapi.TokenCreateRequest{
-		Policies:       append([]string{is.cfg.AnchorRole}, policies...),
+		Policies:       want,
 		TTL:            secs,
 		ExplicitMaxTTL: secs,
 		Metadata:       meta,
 		DisplayName:    "atf-anchor",
 		Type:           "service",
+		EntityAlias:    EntityAlias(owner),
 	}, lateToken)
+	if errors.Is(err, ErrRejected) && strings.Contains(err.Error(), "entity_alias") {
+		return nil, fmt.Errorf("%w (the token role %s must allow the entity aliases atf-agent-*: run deploy/vault/setup.sh again)", err, is.cfg.AnchorRole)
+	}
 	if err != nil {
 		return nil, err
 	}
 	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" || s.Auth.Accessor == "" {
 		return nil, fmt.Errorf("%w: create anchor: Vault returned no token", ErrRejected)
+	}
+	if err := is.checkAnchor(ctx, s.Auth, append(want, "default")); err != nil {
+		return nil, err
 	}
 	c, err := is.slow.Clone()
 	if err != nil {
@@ -519,12 +634,36 @@ func (is *Issuer) CreateAnchor(ctx context.Context, parent *Anchor, ttl time.Dur
 		Accessor:   s.Auth.Accessor,
 		ExpiresAt:  created.Add(time.Duration(s.Auth.LeaseDuration) * time.Second),
 		Generation: gen,
+		EntityID:   s.Auth.EntityID,
 		client:     c,
 	}
 	if parent != nil && parent.ExpiresAt.Before(a.ExpiresAt) {
 		a.ExpiresAt = parent.ExpiresAt
 	}
 	return a, nil
+}
+
+// checkAnchor revokes and refuses an anchor that holds more than allowed
+// (its own policies and default), through its token or its identity
+// policies, or whose entity is not one of its own: none, or the broker's.
+func (is *Issuer) checkAnchor(ctx context.Context, auth *vaultapi.SecretAuth, allowed []string) error {
+	wider, identity := outside(auth.TokenPolicies, allowed), outside(auth.IdentityPolicies, allowed)
+	var why string
+	switch {
+	case len(wider) > 0:
+		why = fmt.Sprintf("token policies %q beyond %q", wider, allowed)
+	case auth.EntityID == "":
+		why = "no entity: Vault ignored its entity alias"
+	case auth.EntityID == is.brokerEntity():
+		why = "the broker's own entity " + auth.EntityID
+	case len(identity) == 0:
+		return nil
+	}
+	rerr := is.Revoke(context.WithoutCancel(ctx), auth.Accessor)
+	if why == "" {
+		return &IdentityError{Token: "anchor", Entity: auth.EntityID, Policies: identity, RevokeErr: rerr}
+	}
+	return fmt.Errorf("%w: Vault gave the anchor %s; anchor revoked (revoke error: %v)", ErrRejected, why, rerr)
 }
 
 func (is *Issuer) clientFor(parent *Anchor) *vaultapi.Client {

@@ -44,19 +44,27 @@ func TestIssuer(t *testing.T) {
 		return err == nil
 	}
 
-	agent, err := is.CreateAnchor(ctx, nil, time.Hour, map[string]string{"atf_node": "agent:test"})
+	agent, err := is.CreateAnchor(ctx, nil, "spiffe://atf.test/test", time.Hour, map[string]string{"atf_node": "agent:test"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !is.Usable(agent, 30*time.Minute) || is.Usable(agent, 2*time.Hour) {
 		t.Errorf("a 1h anchor: usable for 30m children %t, for 2h children %t", is.Usable(agent, 30*time.Minute), is.Usable(agent, 2*time.Hour))
 	}
-	grant, err := is.CreateAnchor(ctx, agent, 2*time.Hour, nil)
+	grant, err := is.CreateAnchor(ctx, agent, "spiffe://atf.test/Test", 2*time.Hour, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if grant.ExpiresAt.After(agent.ExpiresAt) {
 		t.Errorf("child anchor outlives its parent: %s > %s", grant.ExpiresAt, agent.ExpiresAt)
+	}
+	// Each anchor carries its owner's entity, even below another's anchor:
+	// owners differing only in case are different agents.
+	if agent.EntityID == "" || grant.EntityID == "" || agent.EntityID == grant.EntityID {
+		t.Errorf("anchor entities %q (owner .../test) and %q (owner .../Test): want two", agent.EntityID, grant.EntityID)
+	}
+	if _, err := is.CreateAnchor(ctx, nil, "", time.Hour, nil); !errors.Is(err, vault.ErrRejected) {
+		t.Errorf("an anchor without owner: %v, want ErrRejected", err)
 	}
 	var creds []vault.Credential
 	for _, parent := range []*vault.Anchor{nil, agent, grant} {
@@ -150,15 +158,15 @@ func TestBatchCredentials(t *testing.T) {
 		return err == nil
 	}
 
-	node, err := is.CreateAnchor(ctx, nil, time.Hour, map[string]string{"atf_node": "agent:batch"})
+	node, err := is.CreateAnchor(ctx, nil, "spiffe://atf.test/batch", time.Hour, map[string]string{"atf_node": "agent:batch"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	role, err := is.CreateAnchor(ctx, node, time.Hour, map[string]string{"atf_node": "agent:batch#reports-read"}, "demo-reports-read")
+	role, err := is.CreateAnchor(ctx, node, "spiffe://atf.test/batch", time.Hour, map[string]string{"atf_node": "agent:batch#reports-read"}, "demo-reports-read")
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := is.CreateAnchor(ctx, node, time.Hour, map[string]string{"atf_node": "agent:batch#reports-write"}, "demo-reports-write")
+	other, err := is.CreateAnchor(ctx, node, "spiffe://atf.test/batch", time.Hour, map[string]string{"atf_node": "agent:batch#reports-write"}, "demo-reports-write")
 	if err != nil {
 		t.Fatal(err)
 	}

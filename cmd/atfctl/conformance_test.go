@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -22,8 +23,15 @@ func TestCLIConformance(t *testing.T) {
 	off := f.Config(t, t.TempDir())
 	on := f.Config(t, t.TempDir())
 	on.Limits = config.LimitsConfig{}
-	bOff, bOn := f.Start(t, off), f.Start(t, on)
 	agent := f.ID(t, "agent")
+	// An allowlist, not the fixture's allow-all policy, which S-1's probe
+	// refuses.
+	for _, c := range []config.Config{off, on} {
+		if err := os.WriteFile(c.Policy.PolicyFile, []byte("p, "+agent.String()+", reports-read, read, intern, allow\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bOff, bOn := f.Start(t, off), f.Start(t, on)
 	for _, b := range []*brokertest.Broker{bOff, bOn} {
 		b.Register(t, agent, brokerv1.Level_LEVEL_SENIOR, "reports-read")
 	}
@@ -91,7 +99,7 @@ func TestCLIConformance(t *testing.T) {
 		"| Element | Requirements met | Partially met |\n|---|---|---|\n| 1 - Identity | 5/5 | 0 |\n",
 		"## Element 4 - Segmentation (\"Where can you go?\")\n",
 		"| # | Requirement | Status | Obligation (senior) | Evidence | Not met because | Operator's job |\n|---|---|---|---|---|---|---|\n",
-		"| I-1 | Unique Identifier | met | MUST | every caller is identified by its SPIFFE ID",
+		"| I-1 | Unique Identifier | met | MUST | by construction (tested by TestRefusedCallers, TestAdversarialX509Forgeries): every caller is identified by its SPIFFE ID",
 		"| D-4 | Output Validation | not met | MUST | related: ",
 		"\n## Notes\n\n- Assessed by atfd",
 	} {

@@ -212,6 +212,15 @@ func TestStack(t *testing.T) {
 		if _, err := s.VaultClient().Auth().Token().LookupWithContext(ctx, below.Auth.ClientToken); err == nil {
 			t.Error("credential under a revoked anchor is still alive")
 		}
+
+		// Anchors carry their agent's entity: aliases atf-agent-* only.
+		for alias, ok := range map[string]bool{"atf-agent-0123abcd": true, "someone-else": false} {
+			_, err := broker.Auth().Token().CreateWithRoleWithContext(ctx,
+				&vaultapi.TokenCreateRequest{Policies: []string{"atf-anchor"}, TTL: "1m", EntityAlias: alias}, "atf-anchor")
+			if (err == nil) != ok {
+				t.Errorf("anchor with entity alias %s: %v, want allowed %t", alias, err, ok)
+			}
+		}
 	})
 
 	t.Run("BrokerAppRole", func(t *testing.T) {

@@ -43,6 +43,13 @@
 #                              which it creates batch credentials; renewable.
 #                              They also keep the "default" policy, which is
 #                              what lets an anchor renew and look up itself.
+#                              Each carries the Vault entity of the agent it
+#                              holds credentials of (entity alias
+#                              atf-agent-<32 hex digits of SHA-256 of its
+#                              SPIFFE ID> on the token mount, created by
+#                              Vault on first use), not atfd's, and so do
+#                              its credentials: attach no policy to these
+#                              entities, atfd refuses to issue if you do.
 #   auth method approle/       enabled if missing, with role atf-broker:
 #                              periodic (1 h) renewable tokens with policy
 #                              atf-broker, secret IDs usable any number of
@@ -96,7 +103,8 @@ write auth/token/roles/atf-anchor \
 	disallowed_policies=root \
 	orphan=false \
 	renewable=true \
-	token_type=service
+	token_type=service \
+	allowed_entity_aliases='atf-agent-*'
 
 # enabled PATH: whether an auth method was mounted at PATH/ when the script
 # started.
