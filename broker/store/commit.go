@@ -59,10 +59,6 @@ func (s *Store) enqueueWrite(r *commitReq) error {
 		s.closeMu.RUnlock()
 		return ErrClosed
 	}
-	if s.db == nil {
-		defer s.closeMu.RUnlock()
-		return s.commitEtcd(r)
-	}
 	s.reqs <- r
 	s.closeMu.RUnlock()
 	return <-r.done
@@ -120,6 +116,9 @@ func (s *Store) committer() {
 // and the rest, unanswered, are returned to be run again. Early writes
 // (groupEarly) are answered before the commit.
 func (s *Store) commitGroup(batch []*commitReq) []*commitReq {
+	if s.db == nil {
+		return s.commitGroupEtcd(batch)
+	}
 	tx, err := s.db.Begin(true)
 	if err != nil {
 		for _, r := range batch {

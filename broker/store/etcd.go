@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -54,18 +55,55 @@ func OpenEtcd(cli *clientv3.Client, eo EtcdOptions, opts Options) (*Store, error
 	return s, nil
 }
 
-// commitEtcd commits r in an etcd transaction of its own, on the
-// caller's goroutine: etcd batches concurrent transactions in its Raft
-// log, and one write's conflict or failure must not cost the others. An
-// early write is answered after its commit: there is no fsync of ours to
-// save.
-func (s *Store) commitEtcd(r *commitReq) error {
-	if s.commitFault != nil {
-		if err := s.commitFault(); err != nil {
-			return err
+// auditChunk bounds the audit records AppendAudit writes in one etcd
+// transaction (each is a write and its chain's tail a read).
+const auditChunk = 50
+
+// errMember aborts a group's etcd transaction when one of its writes
+// failed.
+var errMember = errors.New("store: a write of the group failed")
+
+// commitGroupEtcd is commitGroup in etcd: the group's writes in one etcd
+// transaction, so that a burst shares one Raft round and the writes of one
+// replica do not conflict with each other (a replica's writes reach etcd
+// one group at a time, like bbolt's single writer; replicas' groups race
+// optimistically). A failing write is answered alone and the rest run
+// again; a group too large for one etcd transaction runs write by write.
+// Early writes are answered after the commit: there is no fsync of ours
+// to save.
+func (s *Store) commitGroupEtcd(batch []*commitReq) []*commitReq {
+	failed, failErr := -1, error(nil)
+	err := s.update(func(tx kv.Tx) error {
+		failed = -1 // update may run this more than once
+		if s.commitFault != nil {
+			if err := s.commitFault(); err != nil {
+				return err
+			}
 		}
+		for i, r := range batch {
+			if err := r.fn(tx); err != nil {
+				failed, failErr = i, err
+				return errMember
+			}
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, errMember):
+		s.rollbacks.Add(1)
+		batch[failed].done <- failErr
+		return slices.Delete(batch, failed, failed+1)
+	case errors.Is(err, kv.ErrTooLarge) && len(batch) > 1:
+		for _, r := range batch {
+			r.done <- s.update(r.fn)
+		}
+		return nil
 	}
-	return s.update(r.fn)
+	s.commits.Add(1)
+	for _, r := range batch {
+		r.done <- err
+	}
+	return nil
 }
 
 // closeDB releases the bbolt file, if the store has one.

@@ -227,6 +227,7 @@ func TestAuditShipmentInterrupted(t *testing.T) {
 // The store file stays the size of the live state however long the trail
 // grows, when its records are shipped as they come.
 func TestAuditShippingBoundsTheFile(t *testing.T) {
+	boltOnly(t)
 	size := func(shipping bool) int64 {
 		dir, c := t.TempDir(), newClock()
 		opts := store.Options{Now: c.Now}

@@ -1154,7 +1154,7 @@ func TestRecordCredentialConcurrent(t *testing.T) {
 func TestReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "atf.db")
 	c := newClock()
-	s, err := store.Open(path, store.Options{Now: c.Now})
+	s, err := openStore(path, store.Options{Now: c.Now})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -1217,6 +1217,7 @@ func TestReopen(t *testing.T) {
 }
 
 func TestOpenLocked(t *testing.T) {
+	boltOnly(t)
 	path := filepath.Join(t.TempDir(), "atf.db")
 	first, err := store.Open(path, store.Options{})
 	if err != nil {
@@ -1309,6 +1310,7 @@ func TestOpenCorrupt(t *testing.T) {
 }
 
 func TestOpenFileModes(t *testing.T) {
+	boltOnly(t)
 	dir := filepath.Join(t.TempDir(), "state", "atf")
 	path := filepath.Join(dir, "atf.db")
 	openAt(t, path, store.Options{})

@@ -124,7 +124,12 @@ type etcdTx struct {
 	onCommit []func()
 }
 
-type write struct{ value []byte }
+// write is a buffered write: a value (never nil, as bbolt keeps an empty
+// value as empty) or a delete.
+type write struct {
+	value   []byte
+	deleted bool
+}
 
 func (t *etcdTx) Writable() bool     { return t.writable }
 func (t *etcdTx) OnCommit(fn func()) { t.onCommit = append(t.onCommit, fn) }
@@ -163,7 +168,7 @@ func (t *etcdTx) get(key string, opts ...clientv3.OpOption) *clientv3.GetRespons
 // read returns full's value as this transaction sees it.
 func (t *etcdTx) read(full string) []byte {
 	if w, ok := t.writes[full]; ok {
-		return w.value
+		return w.value // nil if deleted
 	}
 	if v, ok := t.cache[full]; ok {
 		return v
@@ -175,14 +180,16 @@ func (t *etcdTx) read(full string) []byte {
 	var v []byte
 	var mod int64
 	if len(resp.Kvs) > 0 {
-		v, mod = resp.Kvs[0].Value, resp.Kvs[0].ModRevision
+		// etcd gives an empty value as nil; a key that is there reads as
+		// non-nil, as in bbolt.
+		v, mod = append([]byte{}, resp.Kvs[0].Value...), resp.Kvs[0].ModRevision
 	}
 	t.reads[full], t.cache[full] = mod, v
 	return v
 }
 
-// put buffers a write of full in bucket (value nil: a delete).
-func (t *etcdTx) put(bucket, full string, value []byte) error {
+// put buffers a write of full in bucket: value, or a delete if deleted.
+func (t *etcdTx) put(bucket, full string, value []byte, deleted bool) error {
 	if !t.writable {
 		return errors.New("kv: write in a read-only transaction")
 	}
@@ -194,7 +201,10 @@ func (t *etcdTx) put(bucket, full string, value []byte) error {
 		i, _ := slices.BinarySearch(keys, full)
 		t.written[bucket] = slices.Insert(keys, i, full)
 	}
-	t.writes[full] = &write{value: value}
+	if !deleted && value == nil {
+		value = []byte{}
+	}
+	t.writes[full] = &write{value: value, deleted: deleted}
 	return nil
 }
 
@@ -212,7 +222,7 @@ func (t *etcdTx) commit() (bool, error) {
 	}
 	ops := make([]clientv3.Op, 0, len(t.writes))
 	for k, w := range t.writes {
-		if w.value == nil {
+		if w.deleted {
 			ops = append(ops, clientv3.OpDelete(k))
 		} else {
 			ops = append(ops, clientv3.OpPut(k, string(w.value)))
@@ -238,9 +248,9 @@ type etcdBucket struct {
 
 func (b *etcdBucket) Get(key []byte) []byte { return b.t.read(b.lo + string(key)) }
 func (b *etcdBucket) Put(key, value []byte) error {
-	return b.t.put(b.name, b.lo+string(key), slices.Clone(value))
+	return b.t.put(b.name, b.lo+string(key), slices.Clone(value), false)
 }
-func (b *etcdBucket) Delete(key []byte) error { return b.t.put(b.name, b.lo+string(key), nil) }
+func (b *etcdBucket) Delete(key []byte) error { return b.t.put(b.name, b.lo+string(key), nil, true) }
 func (b *etcdBucket) Cursor() Cursor          { return &etcdCursor{b: b} }
 
 func (b *etcdBucket) ForEach(fn func(k, v []byte) error) error {
@@ -266,7 +276,7 @@ func (b *etcdBucket) NextSequence() (uint64, error) {
 		return 0, b.t.err
 	}
 	n++
-	return n, b.t.put("", key, []byte(fmt.Sprint(n)))
+	return n, b.t.put("", key, []byte(fmt.Sprint(n)), false)
 }
 
 // etcdCursor walks a bucket: the snapshot's keys, fetched a page at a time
@@ -327,7 +337,7 @@ func (c *etcdCursor) move(from string, desc, inclusive bool) ([]byte, []byte) {
 		}
 		from, inclusive = key, false
 		if w, ok := c.b.t.writes[key]; ok {
-			if w.value == nil {
+			if w.deleted {
 				continue // deleted in this transaction
 			}
 			c.cur = key
@@ -375,7 +385,7 @@ func (c *etcdCursor) fetch(from string, desc, inclusive bool) {
 	}
 	c.page = c.page[:0]
 	for _, kv := range resp.Kvs {
-		c.page = append(c.page, kvPair{string(kv.Key), string(kv.Value)})
+		c.page = append(c.page, kvPair{string(kv.Key), string(kv.Value)}) // "" → []byte{}, not nil
 	}
 	c.done = !resp.More
 	// The span seen: up to the last key fetched, or to the end if none is

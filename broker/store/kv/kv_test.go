@@ -156,6 +156,19 @@ func TestBasics(t *testing.T) {
 			if got := get(t, e, bucketA, "missing"); got != "" {
 				t.Errorf("missing key = %q", got)
 			}
+			// An empty value (the store's index keys) is there, not absent.
+			if err := e.Update(t.Context(), func(tx kv.Tx) error { return tx.Bucket(bucketB).Put([]byte("idx"), nil) }); err != nil {
+				t.Fatal(err)
+			}
+			_ = e.View(t.Context(), func(tx kv.Tx) error {
+				if tx.Bucket(bucketB).Get([]byte("idx")) == nil {
+					t.Error("a key put with an empty value reads as absent")
+				}
+				if k, v := tx.Bucket(bucketB).Cursor().Seek([]byte("idx")); string(k) != "idx" || v == nil {
+					t.Errorf("Seek(idx) = %q, %v; want the key with an empty, non-nil value", k, v)
+				}
+				return nil
+			})
 		})
 	}
 }
