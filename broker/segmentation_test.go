@@ -685,8 +685,10 @@ func TestCanonicalRoleNames(t *testing.T) {
 }
 
 // Under a grant every delegator up the chain must be allowed the role by
-// the policy too: a deny line for the delegator stops the delegatee's
-// fetch under its grant, not the delegatee's own authority.
+// the policy too: a deny line for the delegator revokes its grant at once
+// (and stops any fetch under it), not the delegatee's own authority. (The
+// decision's own check of every delegator, for what a policy change has
+// not revoked, is decide's: broker/decide/decide_test.go.)
 func TestSegmentationDelegatorDenied(t *testing.T) {
 	f := brokertest.Setup(t)
 	e := newDelegEnv(t, f, f.Config(t, t.TempDir()))
@@ -696,16 +698,17 @@ func TestSegmentationDelegatorDenied(t *testing.T) {
 	b.mustFetch(t, "reports-read", g.GetId())
 
 	denyA := "p, " + a.id.String() + ", reports-read, read, intern, deny"
-	if v := e.setPolicy(t, brokertest.OpenPolicy(f.Stack.TrustDomain)+denyA+"\n", "a may not read reports"); v.GetVersion() != 2 {
-		t.Fatalf("policy version %d, want 2", v.GetVersion())
+	set, err := e.admin.SetPolicy(t.Context(), &adminv1.SetPolicyRequest{Policy: brokertest.OpenPolicy(f.Stack.TrustDomain) + denyA + "\n", Comment: "a may not read reports"})
+	if err != nil || set.GetVersion().GetVersion() != 2 {
+		t.Fatalf("SetPolicy = %v, %v; want version 2", set, err)
 	}
-	_, err := b.fetch(t.Context(), "reports-read", g.GetId())
-	brokertest.WantCode(t, err, codes.PermissionDenied,
-		"delegator "+a.id.String()+` may not hold role "reports-read" itself, so it cannot pass it on`,
-		"a segmentation rule denies agent "+a.id.String()+` the read role "reports-read"`)
+	if s := set.GetSummary(); s.GetGrantsRevoked() != 1 || s.GetCredentialsRevoked() != 1 {
+		t.Errorf("SetPolicy summary = %v, want A's grant and B's credential under it revoked", s)
+	}
+	_, err = b.fetch(t.Context(), "reports-read", g.GetId())
+	brokertest.WantCode(t, err, codes.PermissionDenied, "grant "+g.GetId())
 	rec := oneRecord(t, e.admin, &adminv1.QueryAuditRequest{Agent: b.id.String(), Decision: "deny"})
-	wantDetail(t, rec, map[string]string{"reason": "policy_denied", "policy": denyA, "policy_version": "2", "grant_id": g.GetId(),
-		"chain": a.id.String() + " > " + b.id.String()})
+	wantDetail(t, rec, map[string]string{"reason": "grant", "grant_id": g.GetId()})
 	wantDecisionAudited(t, err, rec)
 
 	_, err = a.fetch(t.Context(), "reports-read", "")
@@ -1005,8 +1008,9 @@ func TestDelegationDoesNotLaunderAPolicyDeny(t *testing.T) {
 	brokertest.WantCode(t, err, codes.PermissionDenied)
 	_, err = p.delegate(ctx, in.id, "", time.Hour, 0, "reports-read")
 	brokertest.WantCode(t, err, codes.PermissionDenied, p.id.String()+` may not hold role "reports-read" itself`)
+	// The policy change revoked P's grant at once.
 	_, err = in.fetch(ctx, "reports-read", g.GetId())
-	brokertest.WantCode(t, err, codes.PermissionDenied, "delegator "+p.id.String()+` may not hold role "reports-read" itself`)
+	brokertest.WantCode(t, err, codes.PermissionDenied, "grant "+g.GetId(), "was revoked")
 	// The Intern's own authority is untouched.
 	in.mustFetch(t, "reports-read", "")
 }

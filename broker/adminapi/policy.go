@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/authz"
@@ -14,6 +16,7 @@ import (
 	"github.com/agentictrust/atf/broker/protoconv"
 	"github.com/agentictrust/atf/broker/store"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
 // policyRefused is the answer to a policy that does not load.
@@ -64,13 +67,18 @@ func (s *Service) SetPolicy(ctx context.Context, req *adminv1.SetPolicyRequest) 
 	}
 	resp := &adminv1.SetPolicyResponse{Warnings: p.Warnings()}
 	if req.GetDryRun() {
+		rev, err := s.cfg.Store.ReviewPolicy(s.cfg.Levels.PolicyJudge(p))
+		if err != nil {
+			return nil, fmt.Errorf("review what the policy would revoke: %w", err)
+		}
+		resp.Summary = &brokerv1.RevocationSummary{GrantsRevoked: int32(len(rev.Grants)), CredentialsRevoked: int32(rev.CredentialCount())}
 		return resp, nil
 	}
-	pv, err := s.cfg.Policy.Commit(ctx, store.PolicyVersion{Model: model, Policy: req.GetPolicy(), Comment: req.GetComment()}, p, req.GetExpectedVersion())
+	pv, sum, err := s.commitPolicy(ctx, store.PolicyVersion{Model: model, Policy: req.GetPolicy(), Comment: req.GetComment()}, p, req.GetExpectedVersion())
 	if err != nil {
 		return nil, err
 	}
-	resp.Version = s.versionToProto(pv)
+	resp.Version, resp.Summary = s.versionToProto(pv), sum
 	return resp, nil
 }
 
@@ -83,12 +91,37 @@ func (s *Service) RollbackPolicy(ctx context.Context, req *adminv1.RollbackPolic
 	if err != nil {
 		return nil, policyRefused(err)
 	}
-	pv, err := s.cfg.Policy.Commit(ctx, store.PolicyVersion{Model: old.Model, Policy: old.Policy, Comment: req.GetComment(), RolledBackFrom: old.Version}, p, req.GetExpectedVersion())
+	pv, sum, err := s.commitPolicy(ctx, store.PolicyVersion{Model: old.Model, Policy: old.Policy, Comment: req.GetComment(), RolledBackFrom: old.Version}, p, req.GetExpectedVersion())
 	if err != nil {
 		return nil, err
 	}
-	return &adminv1.RollbackPolicyResponse{Version: s.versionToProto(pv)}, nil
+	return &adminv1.RollbackPolicyResponse{Version: s.versionToProto(pv), Summary: sum}, nil
 }
+
+// commitPolicy puts p in force as the newest version and revokes, in the
+// same commit, what it no longer allows; then revokes that in Vault and
+// tells the agents watching, as a demotion does (docs/security.md, "A
+// policy change").
+func (s *Service) commitPolicy(ctx context.Context, pv store.PolicyVersion, p *authz.Policy, expected uint64) (store.PolicyVersion, *brokerv1.RevocationSummary, error) {
+	start := time.Now()
+	pv, rev, err := s.cfg.Policy.Commit(ctx, pv, p, expected, s.cfg.Levels.PolicyJudge(p))
+	commit := time.Since(start)
+	if len(rev.Grants) == 0 && rev.CredentialCount() == 0 && len(rev.Queued) == 0 {
+		return pv, &brokerv1.RevocationSummary{CommitDuration: durationpb.New(commit), TotalDuration: durationpb.New(commit)}, err
+	}
+	// Committed, even if putting the version in force then failed: what
+	// it revoked is finished either way.
+	reason := fmt.Sprintf("policy version %d no longer allows it", pv.Version)
+	wait := len(rev.Queued) <= policyVaultInline
+	return pv, s.cfg.Revoker.Finish(ctx, store.Root{}, pv.Author, reason, rev, start, commit, wait), err
+}
+
+// policyVaultInline is the most Vault revocations a policy change waits
+// for before it answers, as a demotion does; a wider change (each agent's
+// role anchor is revoked on its own, a few milliseconds each) answers once
+// committed, already in force in the broker, and Vault follows from the
+// durable queue (vault_pending says how many are left).
+const policyVaultInline = 256
 
 func (s *Service) TestPolicy(ctx context.Context, req *adminv1.TestPolicyRequest) (*adminv1.TestPolicyResponse, error) {
 	p := s.cfg.Policy.Current()

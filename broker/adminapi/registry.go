@@ -39,12 +39,14 @@ type Events interface {
 // Policy is the policy in force (policy.Holder).
 type Policy interface {
 	Current() *authz.Policy
-	Commit(ctx context.Context, pv store.PolicyVersion, p *authz.Policy, expected uint64) (store.PolicyVersion, error)
+	Commit(ctx context.Context, pv store.PolicyVersion, p *authz.Policy, expected uint64, judge store.PolicyJudge) (store.PolicyVersion, store.Revocation, error)
 }
 
-// Levels revokes what a changed agent no longer backs (levels.Levels).
+// Levels revokes what a changed agent, or a changed policy, no longer
+// backs (levels.Levels).
 type Levels interface {
 	RevokeUnbacked(ctx context.Context, agent store.Agent, actor string) (*brokerv1.RevocationSummary, error)
+	PolicyJudge(p *authz.Policy) store.PolicyJudge
 }
 
 // Revoker revokes (revoke.Revoker).

@@ -281,6 +281,7 @@ func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credenti
 		ApprovalID:    p.ApprovalID,
 		LeaseID:       cred.Lease.ID,
 		AgentRevision: revision,
+		PolicyVersion: p.Reasons.PolicyVersion,
 		Why:           p.Reasons.Detail(),
 	})
 	tracing.EndSpan(span, edge.Code(err))

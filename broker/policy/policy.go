@@ -101,27 +101,30 @@ func readPolicyFiles(cfg config.PolicyConfig) (model, policy string, err error) 
 }
 
 // Commit stores a checked policy as the newest version and puts it in
-// force. Updates are serialised so the policy in force is always the
-// newest stored one.
-func (h *Holder) Commit(ctx context.Context, pv store.PolicyVersion, p *authz.Policy, expected uint64) (store.PolicyVersion, error) {
+// force, revoking in the same store transaction what judge says it no
+// longer allows (store.CommitPolicy); the caller finishes the returned
+// revocation (Vault, watching agents). Updates are serialised so the
+// policy in force is always the newest stored one.
+func (h *Holder) Commit(ctx context.Context, pv store.PolicyVersion, p *authz.Policy, expected uint64, judge store.PolicyJudge) (store.PolicyVersion, store.Revocation, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	pv.Author = edge.Caller(ctx)
 	pv.Comment = audit.Redact(pv.Comment)
 	pv.Digest, pv.Lines = p.Digest(), p.Lines()
-	pv, err := h.store.ForRequest(edge.RequestID(ctx)).PutPolicy(pv, expected)
+	pv, rev, err := h.store.ForRequest(edge.RequestID(ctx)).CommitPolicy(pv, expected, judge)
 	if err != nil {
-		return pv, fmt.Errorf("store policy: %w", err)
+		return pv, rev, fmt.Errorf("store policy: %w", err)
 	}
 	// The version number is known only now; the loaded rules are the same.
 	p, err = authz.NewPolicy(pv.Version, pv.Model, pv.Policy)
 	if err != nil {
-		return pv, fmt.Errorf("load stored policy: %w", err)
+		return pv, rev, fmt.Errorf("load stored policy: %w", err)
 	}
 	h.cur.Store(p)
 	edge.Logger(ctx).Info("segmentation policy updated", slog.Uint64("version", pv.Version), slog.Int("lines", pv.Lines),
-		slog.Uint64("restored", pv.RolledBackFrom))
+		slog.Uint64("restored", pv.RolledBackFrom), slog.Int("grants_revoked", len(rev.Grants)), slog.Int("credentials_revoked", rev.CredentialCount()))
 	h.notifier.Notify(ctx, "policy_updated", "", "", fmt.Sprintf("segmentation policy version %d set by %s: %s", pv.Version, pv.Author, pv.Comment),
-		map[string]string{"version": fmt.Sprint(pv.Version), "digest": pv.Digest})
-	return pv, nil
+		map[string]string{"version": fmt.Sprint(pv.Version), "digest": pv.Digest,
+			"grants_revoked": fmt.Sprint(len(rev.Grants)), "credentials_revoked": fmt.Sprint(rev.CredentialCount())})
+	return pv, rev, nil
 }

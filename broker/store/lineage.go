@@ -310,6 +310,12 @@ func credentialRefusal(tx kv.Tx, c Credential, a Agent, now time.Time) error {
 		// revocation of unbacked credentials could not see this one.
 		return refuse(ErrConflict, "agent %s changed (revision %d, decided at %d) while the credential was issued; retry", c.AgentID, a.Revision, c.AgentRevision)
 	}
+	if c.PolicyVersion != 0 && currentPolicy(tx) != c.PolicyVersion {
+		// A policy change committed after the decision: its revocation of
+		// what the new version forbids could not see this one.
+		return refuse(ErrConflict, "the segmentation policy changed (version %d, decided under %d) while the credential was issued; retry",
+			currentPolicy(tx), c.PolicyVersion)
+	}
 	if c.GrantID != "" {
 		chain, err := liveChain(tx, c.GrantID, now)
 		if err != nil {
@@ -480,32 +486,36 @@ func (s *Store) Settle(rev *Revocation) error {
 	if len(rev.derived) == 0 {
 		return nil
 	}
+	return s.view(func(tx kv.Tx) error { return settle(tx, rev) })
+}
+
+// settle is Settle in tx; a revocation's own transaction may settle it
+// (CommitPolicy: its audit record counts every credential).
+func settle(tx kv.Tx, rev *Revocation) error {
+	if len(rev.derived) == 0 {
+		return nil
+	}
 	if rev.Credentials == nil {
 		rev.Credentials = map[string][]string{}
 	}
-	err := s.view(func(tx kv.Tx) error {
-		for _, set := range rev.derived {
-			keys, err := lineageCredentialKeys(tx, Root{AgentID: set.agent}, set.grants)
-			if err != nil {
-				return err
+	creds := tx.Bucket(bucketCredentials)
+	for _, set := range rev.derived {
+		keys, err := lineageCredentialKeys(tx, Root{AgentID: set.agent}, set.grants)
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			var cr Credential
+			if err := json.Unmarshal(creds.Get(k), &cr); err != nil {
+				return fmt.Errorf("store: decode credential: %w", err)
 			}
-			creds := tx.Bucket(bucketCredentials)
-			for _, k := range keys {
-				var cr Credential
-				if err := json.Unmarshal(creds.Get(k), &cr); err != nil {
-					return fmt.Errorf("store: decode credential: %w", err)
-				}
-				if set.queued[cr.Anchor] && cr.RevokedAt.IsZero() && cr.ExpiresAt.After(set.at) {
-					rev.Credentials[cr.AgentID] = append(rev.Credentials[cr.AgentID], cr.Accessor)
-				}
+			if set.queued[cr.Anchor] && cr.RevokedAt.IsZero() && cr.ExpiresAt.After(set.at) {
+				rev.Credentials[cr.AgentID] = append(rev.Credentials[cr.AgentID], cr.Accessor)
 			}
 		}
-		return nil
-	})
-	if err == nil {
-		rev.derived = nil
 	}
-	return err
+	rev.derived = nil
+	return nil
 }
 
 // lineageGrants returns the grants below root, parents first: a grant and
@@ -752,7 +762,9 @@ func queueCredential(tx kv.Tx, cr Credential, revokedAnchors map[string]bool, no
 		if err != nil {
 			return err
 		}
-		if !slices.Contains(rev.Nodes, an.Node) {
+		// Once per anchor (revokedAnchors), so without a search: a node
+		// listed twice (an anchor and its replacement) is dropped twice.
+		if an.RevokedAt.IsZero() && an.ExpiresAt.After(now) {
 			rev.Nodes = append(rev.Nodes, an.Node)
 		}
 		return revokeAnchor(tx, an, now, revokedAnchors, rev)

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -29,31 +30,51 @@ type PolicyVersion struct {
 // PutPolicy stores pv as the newest version and returns it with its number.
 // If expected is not 0 and the current version is not expected, it fails
 // with ErrConflict: someone else changed the policy meanwhile. The change
-// is audited in the same transaction.
+// is audited in the same transaction. It revokes nothing: CommitPolicy
+// does, for a version put in force over live credentials.
 func (s *Store) PutPolicy(pv PolicyVersion, expected uint64) (PolicyVersion, error) {
+	pv, _, err := s.CommitPolicy(pv, expected, nil)
+	return pv, err
+}
+
+// CommitPolicy is PutPolicy that also revokes, in the same transaction,
+// every live grant and credential judge says the new version no longer
+// allows (nil: none), as a lineage revocation does: through their anchors,
+// queued for Vault (docs/security.md, "A policy change"). The change's
+// audit record counts what it revoked. The caller finishes the returned
+// Revocation (Vault, watchers) and puts the version in force; a credential
+// decided under an older version and recorded after this commit is refused
+// (Credential.PolicyVersion), so nothing the new version forbids outlives
+// it. The Revocation is settled: its Credentials list every credential.
+func (s *Store) CommitPolicy(pv PolicyVersion, expected uint64, judge PolicyJudge) (PolicyVersion, Revocation, error) {
+	var rev Revocation
 	err := s.update(func(tx kv.Tx) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
-		b := tx.Bucket(bucketPolicies)
-		var cur uint64
-		if k, _ := b.Cursor().Last(); k != nil {
-			cur = binary.BigEndian.Uint64(k)
-		}
+		cur := currentPolicy(tx)
 		if expected != 0 && cur != expected {
 			return refuse(ErrConflict, "the policy is at version %d, not %d; review the change and retry", cur, expected)
 		}
 		pv.Version = cur + 1
 		pv.CreatedAt = s.now().UTC()
+		detail := map[string]string{"version": strconv.FormatUint(pv.Version, 10), "digest": pv.Digest,
+			"comment": pv.Comment, "lines": strconv.Itoa(pv.Lines), "previous": strconv.FormatUint(cur, 10)}
+		if judge != nil {
+			var err error
+			reason := fmt.Sprintf("policy version %d no longer allows it", pv.Version)
+			if rev, err = s.revokeDisallowed(tx, judge, pv.Author, reason, pv.CreatedAt); err != nil {
+				return err
+			}
+			detail["grants_revoked"], detail["credentials_revoked"] = strconv.Itoa(len(rev.Grants)), strconv.Itoa(rev.CredentialCount())
+		}
 		v, err := json.Marshal(pv)
 		if err != nil {
 			return err
 		}
-		if err := b.Put(seqKey(pv.Version), v); err != nil {
+		if err := tx.Bucket(bucketPolicies).Put(seqKey(pv.Version), v); err != nil {
 			return err
 		}
-		detail := map[string]string{"version": strconv.FormatUint(pv.Version, 10), "digest": pv.Digest,
-			"comment": pv.Comment, "lines": strconv.Itoa(pv.Lines), "previous": strconv.FormatUint(cur, 10)}
 		kind := "policy_updated"
 		if pv.RolledBackFrom != 0 {
 			kind = "policy_rolled_back"
@@ -62,9 +83,37 @@ func (s *Store) PutPolicy(pv PolicyVersion, expected uint64) (PolicyVersion, err
 		return s.appendAudit(tx, AuditRecord{Time: pv.CreatedAt, Kind: kind, Actor: pv.Author, Subject: "policy", Detail: detail})
 	})
 	if err != nil {
-		return PolicyVersion{}, fmt.Errorf("store: put policy: %w", err)
+		return PolicyVersion{}, Revocation{}, fmt.Errorf("store: put policy: %w", err)
 	}
-	return pv, nil
+	return pv, rev, nil
+}
+
+// ReviewPolicy is what CommitPolicy with judge would revoke now, without
+// revoking it: the same transaction, rolled back (a dry run).
+func (s *Store) ReviewPolicy(judge PolicyJudge) (Revocation, error) {
+	var rev Revocation
+	err := s.update(func(tx kv.Tx) error {
+		var err error
+		if rev, err = s.revokeDisallowed(tx, judge, "", "dry run", s.now().UTC()); err != nil {
+			return err
+		}
+		return errDryRun
+	})
+	if !errors.Is(err, errDryRun) {
+		return Revocation{}, fmt.Errorf("store: review policy: %w", err)
+	}
+	return rev, nil
+}
+
+// errDryRun rolls back ReviewPolicy's transaction.
+var errDryRun = errors.New("store: dry run")
+
+// currentPolicy is the number of the newest stored version (0: none).
+func currentPolicy(tx kv.Tx) uint64 {
+	if k, _ := tx.Bucket(bucketPolicies).Cursor().Last(); k != nil {
+		return binary.BigEndian.Uint64(k)
+	}
+	return 0
 }
 
 // Policy returns one version, or the current one if version is 0. With no

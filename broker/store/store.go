@@ -181,6 +181,10 @@ type Credential struct {
 	// AgentRevision is the revision of the agent's record the decision
 	// read; recording refuses the credential if the record changed since.
 	AgentRevision uint64 `json:"agent_revision,omitempty"`
+	// PolicyVersion is the version of the segmentation policy the decision
+	// read; recording refuses the credential if a newer one was committed
+	// since (its revocation of what it forbids could not see this one).
+	PolicyVersion uint64 `json:"policy_version,omitempty"`
 	// ApprovalID is the human approval it was issued on, if any.
 	ApprovalID string `json:"approval_id,omitempty"`
 	// LeaseID is the Vault lease of the dynamic secret read with the
@@ -665,17 +669,9 @@ func credentialKey(agentID, accessor string) []byte { return pair(agentID, acces
 func (s *Store) LiveCredentials(now time.Time) ([]Credential, error) {
 	var out []Credential
 	err := s.view(func(tx kv.Tx) error {
-		seen := map[string]time.Time{}
-		return tx.Bucket(bucketCredentials).ForEach(func(_, v []byte) error {
-			cr, err := readCredential(tx, v, seen)
-			if err != nil {
-				return err
-			}
-			if cr.RevokedAt.IsZero() && cr.ExpiresAt.After(now) {
-				out = append(out, cr)
-			}
-			return nil
-		})
+		var err error
+		out, err = liveCredentials(tx, now)
+		return err
 	})
 	return out, err
 }

@@ -125,10 +125,13 @@ func policySet(g *globals) *cobra.Command {
 				}
 				if dryRun {
 					fmt.Fprintln(w, "Dry run:\tthe policy loads; nothing was changed")
+					fmt.Fprintf(w, "Would revoke:\t%d grants, %d credentials (what it no longer allows)\n",
+						r.GetSummary().GetGrantsRevoked(), r.GetSummary().GetCredentialsRevoked())
 					return
 				}
 				fmt.Fprintf(w, "Version:\t%d (now current)\n", r.GetVersion().GetVersion())
 				fmt.Fprintf(w, "Digest:\t%s\n", r.GetVersion().GetDigest())
+				summaryTable(w, r.GetSummary())
 			})
 		},
 	}
@@ -289,6 +292,7 @@ func policyRollback(g *globals) *cobra.Command {
 				return c.Admin.RollbackPolicy(ctx, &adminv1.RollbackPolicyRequest{Version: v, Comment: comment, ExpectedVersion: expected})
 			}, func(w *tabwriter.Writer, r *adminv1.RollbackPolicyResponse) {
 				fmt.Fprintf(w, "Version:\t%d (restores %d, now current)\n", r.GetVersion().GetVersion(), v)
+				summaryTable(w, r.GetSummary())
 			})
 		},
 	}

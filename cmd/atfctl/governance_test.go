@@ -184,16 +184,20 @@ func TestCLIPolicy(t *testing.T) {
 		"p, " + denied.String() + ", reports-read, *, intern, deny\n"
 	v1File, v2File := writeFile(t, dir, "v1.csv", v1), writeFile(t, dir, "v2.csv", v2)
 
+	// The reader's credential under version 1: version 2 revokes it.
+	if out, code = run(t, b, denied, "creds", "fetch", "--role", "reports-read"); code != 0 {
+		t.Fatalf("fetch under version 1: exit %d\n%s", code, out)
+	}
 	out, code = run(t, b, f.Admin, "policy", "set", "--policy", writeFile(t, dir, "repeat.csv", v2+group), "--comment", "try", "--dry-run")
 	if code != 0 || !regexp.MustCompile(`warning:\s+policy line 5 repeats an earlier line\n`).MatchString(out) ||
-		!regexp.MustCompile(`Dry run:\s+the policy loads; nothing was changed\n`).MatchString(out) {
+		!regexp.MustCompile(`Dry run:\s+the policy loads; nothing was changed\nWould revoke:\s+0 grants, 1 credentials `).MatchString(out) {
 		t.Fatalf("policy set --dry-run: exit %d\n%s", code, out)
 	}
 	if vs := policyVersions(t, b); len(vs) != 1 {
 		t.Fatalf("a dry run stored a version: %v", vs)
 	}
 	out, code = run(t, b, f.Admin, "policy", "set", "--policy", v2File, "--comment", "deny one reader")
-	if code != 0 || !regexp.MustCompile(`Version:\s+2 \(now current\)\nDigest:\s+[0-9a-f]{64}\n`).MatchString(out) {
+	if code != 0 || !regexp.MustCompile(`Version:\s+2 \(now current\)\nDigest:\s+[0-9a-f]{64}\nGrants revoked:\s+0\nCredentials revoked:\s+1\n`).MatchString(out) {
 		t.Fatalf("policy set: exit %d\n%s", code, out)
 	}
 	if out, code = run(t, b, denied, "creds", "fetch", "--role", "reports-read"); code != 3 || !strings.Contains(out, "a segmentation rule denies") {
@@ -238,7 +242,7 @@ func TestCLIPolicy(t *testing.T) {
 	}
 
 	out, code = run(t, b, f.Admin, "policy", "rollback", "1", "--comment", "version 2 locked out a reader")
-	if code != 0 || !regexp.MustCompile(`Version:\s+3 \(restores 1, now current\)\n`).MatchString(out) {
+	if code != 0 || !regexp.MustCompile(`Version:\s+3 \(restores 1, now current\)\nGrants revoked:\s+0\nCredentials revoked:\s+0\n`).MatchString(out) {
 		t.Fatalf("policy rollback: exit %d\n%s", code, out)
 	}
 	out, code = run(t, b, f.Admin, "policy", "list")

@@ -1971,7 +1971,12 @@ type SetPolicyResponse struct {
 	// The new version (unset for a dry run).
 	Version *PolicyVersion `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
 	// Lint findings that did not stop the update.
-	Warnings      []string `protobuf:"bytes,2,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Warnings []string `protobuf:"bytes,2,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// What the new version no longer allows, revoked at once: live grants
+	// whose delegator it no longer lets hold a delegated role, and live
+	// credentials it would no longer issue (docs/security.md). For a dry
+	// run: what would be revoked, with nothing revoked and Vault untouched.
+	Summary       *v1.RevocationSummary `protobuf:"bytes,3,opt,name=summary,proto3" json:"summary,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2016,6 +2021,13 @@ func (x *SetPolicyResponse) GetVersion() *PolicyVersion {
 func (x *SetPolicyResponse) GetWarnings() []string {
 	if x != nil {
 		return x.Warnings
+	}
+	return nil
+}
+
+func (x *SetPolicyResponse) GetSummary() *v1.RevocationSummary {
+	if x != nil {
+		return x.Summary
 	}
 	return nil
 }
@@ -2081,8 +2093,11 @@ func (x *RollbackPolicyRequest) GetExpectedVersion() uint64 {
 }
 
 type RollbackPolicyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       *PolicyVersion         `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version *PolicyVersion         `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// What the restored version no longer allows, revoked at once (see
+	// SetPolicyResponse.summary).
+	Summary       *v1.RevocationSummary `protobuf:"bytes,2,opt,name=summary,proto3" json:"summary,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2120,6 +2135,13 @@ func (*RollbackPolicyResponse) Descriptor() ([]byte, []int) {
 func (x *RollbackPolicyResponse) GetVersion() *PolicyVersion {
 	if x != nil {
 		return x.Version
+	}
+	return nil
+}
+
+func (x *RollbackPolicyResponse) GetSummary() *v1.RevocationSummary {
+	if x != nil {
+		return x.Summary
 	}
 	return nil
 }
@@ -6460,17 +6482,19 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\acomment\x18\x03 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\bR\acomment\x12)\n" +
 	"\x10expected_version\x18\x04 \x01(\x04R\x0fexpectedVersion\x12\x17\n" +
-	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"f\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"\xa2\x01\n" +
 	"\x11SetPolicyResponse\x125\n" +
 	"\aversion\x18\x01 \x01(\v2\x1b.atf.admin.v1.PolicyVersionR\aversion\x12\x1a\n" +
-	"\bwarnings\x18\x02 \x03(\tR\bwarnings\"\x8b\x01\n" +
+	"\bwarnings\x18\x02 \x03(\tR\bwarnings\x12:\n" +
+	"\asummary\x18\x03 \x01(\v2 .atf.broker.v1.RevocationSummaryR\asummary\"\x8b\x01\n" +
 	"\x15RollbackPolicyRequest\x12!\n" +
 	"\aversion\x18\x01 \x01(\x04B\a\xbaH\x042\x02 \x00R\aversion\x12$\n" +
 	"\acomment\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\bR\acomment\x12)\n" +
-	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"O\n" +
+	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"\x8b\x01\n" +
 	"\x16RollbackPolicyResponse\x125\n" +
-	"\aversion\x18\x01 \x01(\v2\x1b.atf.admin.v1.PolicyVersionR\aversion\"\xd8\x01\n" +
+	"\aversion\x18\x01 \x01(\v2\x1b.atf.admin.v1.PolicyVersionR\aversion\x12:\n" +
+	"\asummary\x18\x02 \x01(\v2 .atf.broker.v1.RevocationSummaryR\asummary\"\xd8\x01\n" +
 	"\x11TestPolicyRequest\x122\n" +
 	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12\x1e\n" +
 	"\x04role\x18\x02 \x01(\tB\n" +
@@ -7013,158 +7037,160 @@ var file_atf_admin_v1_admin_proto_depIdxs = []int32{
 	24,  // 22: atf.admin.v1.GetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
 	24,  // 23: atf.admin.v1.ListPoliciesResponse.versions:type_name -> atf.admin.v1.PolicyVersion
 	24,  // 24: atf.admin.v1.SetPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	24,  // 25: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
-	101, // 26: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
-	35,  // 27: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
-	0,   // 28: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
-	106, // 29: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
-	101, // 30: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
-	103, // 31: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
-	103, // 32: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
-	103, // 33: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	98,  // 34: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
-	37,  // 35: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
-	103, // 36: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
-	99,  // 37: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
-	42,  // 38: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
-	107, // 39: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
-	108, // 40: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
-	1,   // 41: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
-	108, // 42: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
-	103, // 43: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
-	104, // 44: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	104, // 45: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	48,  // 46: atf.admin.v1.GetKillSwitchResponse.global:type_name -> atf.admin.v1.KillState
-	57,  // 47: atf.admin.v1.GetKillSwitchResponse.agents:type_name -> atf.admin.v1.KilledAgent
-	48,  // 48: atf.admin.v1.KilledAgent.kill:type_name -> atf.admin.v1.KillState
-	59,  // 49: atf.admin.v1.PromotionGate.checks:type_name -> atf.admin.v1.GateCheck
-	101, // 50: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
-	101, // 51: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
-	60,  // 52: atf.admin.v1.PromotionReport.gates:type_name -> atf.admin.v1.PromotionGate
-	61,  // 53: atf.admin.v1.EvaluatePromotionResponse.report:type_name -> atf.admin.v1.PromotionReport
-	61,  // 54: atf.admin.v1.PromoteResponse.report:type_name -> atf.admin.v1.PromotionReport
-	4,   // 55: atf.admin.v1.PromoteResponse.agent:type_name -> atf.admin.v1.Agent
-	4,   // 56: atf.admin.v1.DemoteResponse.agent:type_name -> atf.admin.v1.Agent
-	104, // 57: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	4,   // 58: atf.admin.v1.RollbackLevelResponse.agent:type_name -> atf.admin.v1.Agent
-	104, // 59: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	101, // 60: atf.admin.v1.MigrateAgentRequest.level:type_name -> atf.broker.v1.Level
-	4,   // 61: atf.admin.v1.MigrateAgentResponse.agent:type_name -> atf.admin.v1.Agent
-	59,  // 62: atf.admin.v1.MigrateAgentResponse.sign_off:type_name -> atf.admin.v1.GateCheck
-	101, // 63: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
-	103, // 64: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
-	101, // 65: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
-	71,  // 66: atf.admin.v1.RecordEvidenceResponse.evidence:type_name -> atf.admin.v1.Evidence
-	101, // 67: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
-	103, // 68: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
-	101, // 69: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
-	74,  // 70: atf.admin.v1.RecordSignOffResponse.sign_off:type_name -> atf.admin.v1.SignOff
-	101, // 71: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
-	103, // 72: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
-	103, // 73: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
-	77,  // 74: atf.admin.v1.OpenIncidentResponse.incident:type_name -> atf.admin.v1.Incident
-	4,   // 75: atf.admin.v1.OpenIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
-	77,  // 76: atf.admin.v1.UpdateIncidentResponse.incident:type_name -> atf.admin.v1.Incident
-	4,   // 77: atf.admin.v1.UpdateIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
-	77,  // 78: atf.admin.v1.CloseIncidentResponse.incident:type_name -> atf.admin.v1.Incident
-	77,  // 79: atf.admin.v1.ListIncidentsResponse.incidents:type_name -> atf.admin.v1.Incident
-	103, // 80: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
-	103, // 81: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
-	100, // 82: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
-	4,   // 83: atf.admin.v1.GetMaturityResponse.agent:type_name -> atf.admin.v1.Agent
-	103, // 84: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
-	87,  // 85: atf.admin.v1.GetMaturityResponse.outcomes:type_name -> atf.admin.v1.OutcomeCounts
-	71,  // 86: atf.admin.v1.GetMaturityResponse.evidence:type_name -> atf.admin.v1.Evidence
-	74,  // 87: atf.admin.v1.GetMaturityResponse.sign_offs:type_name -> atf.admin.v1.SignOff
-	77,  // 88: atf.admin.v1.GetMaturityResponse.incidents:type_name -> atf.admin.v1.Incident
-	88,  // 89: atf.admin.v1.GetMaturityResponse.breaker:type_name -> atf.admin.v1.Breaker
-	89,  // 90: atf.admin.v1.GetMaturityResponse.baseline:type_name -> atf.admin.v1.Baseline
-	87,  // 91: atf.admin.v1.GetMaturityResponse.self_reported:type_name -> atf.admin.v1.OutcomeCounts
-	101, // 92: atf.admin.v1.GetConformanceRequest.target_level:type_name -> atf.broker.v1.Level
-	95,  // 93: atf.admin.v1.GetConformanceResponse.statement:type_name -> atf.admin.v1.ConformanceStatement
-	101, // 94: atf.admin.v1.ConformanceStatement.target_level:type_name -> atf.broker.v1.Level
-	103, // 95: atf.admin.v1.ConformanceStatement.assessed_at:type_name -> google.protobuf.Timestamp
-	96,  // 96: atf.admin.v1.ConformanceStatement.elements:type_name -> atf.admin.v1.ConformanceElement
-	97,  // 97: atf.admin.v1.ConformanceElement.requirements:type_name -> atf.admin.v1.ConformanceRequirement
-	2,   // 98: atf.admin.v1.ConformanceRequirement.status:type_name -> atf.admin.v1.ConformanceStatus
-	3,   // 99: atf.admin.v1.ConformanceRequirement.obligation:type_name -> atf.admin.v1.Obligation
-	5,   // 100: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
-	7,   // 101: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
-	9,   // 102: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
-	11,  // 103: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
-	14,  // 104: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
-	21,  // 105: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
-	16,  // 106: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
-	18,  // 107: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
-	25,  // 108: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
-	27,  // 109: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
-	29,  // 110: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
-	31,  // 111: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
-	33,  // 112: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
-	36,  // 113: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
-	39,  // 114: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
-	41,  // 115: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
-	91,  // 116: atf.admin.v1.AdminService.Backup:input_type -> atf.admin.v1.BackupRequest
-	93,  // 117: atf.admin.v1.AdminService.GetConformance:input_type -> atf.admin.v1.GetConformanceRequest
-	58,  // 118: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
-	63,  // 119: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
-	65,  // 120: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
-	67,  // 121: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
-	69,  // 122: atf.admin.v1.MaturityService.MigrateAgent:input_type -> atf.admin.v1.MigrateAgentRequest
-	72,  // 123: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
-	75,  // 124: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
-	78,  // 125: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
-	80,  // 126: atf.admin.v1.MaturityService.UpdateIncident:input_type -> atf.admin.v1.UpdateIncidentRequest
-	82,  // 127: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
-	84,  // 128: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
-	86,  // 129: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
-	49,  // 130: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
-	51,  // 131: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
-	53,  // 132: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
-	55,  // 133: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
-	44,  // 134: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
-	46,  // 135: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
-	6,   // 136: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
-	8,   // 137: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
-	10,  // 138: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
-	13,  // 139: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
-	15,  // 140: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
-	22,  // 141: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
-	17,  // 142: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
-	19,  // 143: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
-	26,  // 144: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
-	28,  // 145: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
-	30,  // 146: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
-	32,  // 147: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
-	34,  // 148: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
-	38,  // 149: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
-	40,  // 150: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
-	43,  // 151: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
-	92,  // 152: atf.admin.v1.AdminService.Backup:output_type -> atf.admin.v1.BackupResponse
-	94,  // 153: atf.admin.v1.AdminService.GetConformance:output_type -> atf.admin.v1.GetConformanceResponse
-	62,  // 154: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
-	64,  // 155: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
-	66,  // 156: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
-	68,  // 157: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
-	70,  // 158: atf.admin.v1.MaturityService.MigrateAgent:output_type -> atf.admin.v1.MigrateAgentResponse
-	73,  // 159: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
-	76,  // 160: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
-	79,  // 161: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
-	81,  // 162: atf.admin.v1.MaturityService.UpdateIncident:output_type -> atf.admin.v1.UpdateIncidentResponse
-	83,  // 163: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
-	85,  // 164: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
-	90,  // 165: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
-	50,  // 166: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
-	52,  // 167: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
-	54,  // 168: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
-	56,  // 169: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
-	45,  // 170: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
-	47,  // 171: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
-	136, // [136:172] is the sub-list for method output_type
-	100, // [100:136] is the sub-list for method input_type
-	100, // [100:100] is the sub-list for extension type_name
-	100, // [100:100] is the sub-list for extension extendee
-	0,   // [0:100] is the sub-list for field type_name
+	104, // 25: atf.admin.v1.SetPolicyResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	24,  // 26: atf.admin.v1.RollbackPolicyResponse.version:type_name -> atf.admin.v1.PolicyVersion
+	104, // 27: atf.admin.v1.RollbackPolicyResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	101, // 28: atf.admin.v1.TestPolicyRequest.level:type_name -> atf.broker.v1.Level
+	35,  // 29: atf.admin.v1.TestPolicyResponse.decision:type_name -> atf.admin.v1.Decision
+	0,   // 30: atf.admin.v1.Decision.outcome:type_name -> atf.admin.v1.Outcome
+	106, // 31: atf.admin.v1.Decision.ttl:type_name -> google.protobuf.Duration
+	101, // 32: atf.admin.v1.Decision.level:type_name -> atf.broker.v1.Level
+	103, // 33: atf.admin.v1.QueryAuditRequest.since:type_name -> google.protobuf.Timestamp
+	103, // 34: atf.admin.v1.QueryAuditRequest.until:type_name -> google.protobuf.Timestamp
+	103, // 35: atf.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	98,  // 36: atf.admin.v1.AuditRecord.detail:type_name -> atf.admin.v1.AuditRecord.DetailEntry
+	37,  // 37: atf.admin.v1.QueryAuditResponse.records:type_name -> atf.admin.v1.AuditRecord
+	103, // 38: atf.admin.v1.Event.time:type_name -> google.protobuf.Timestamp
+	99,  // 39: atf.admin.v1.Event.detail:type_name -> atf.admin.v1.Event.DetailEntry
+	42,  // 40: atf.admin.v1.WatchEventsResponse.event:type_name -> atf.admin.v1.Event
+	107, // 41: atf.admin.v1.ListApprovalsRequest.status:type_name -> atf.broker.v1.ApprovalStatus
+	108, // 42: atf.admin.v1.ListApprovalsResponse.approvals:type_name -> atf.broker.v1.Approval
+	1,   // 43: atf.admin.v1.DecideApprovalRequest.verdict:type_name -> atf.admin.v1.Verdict
+	108, // 44: atf.admin.v1.DecideApprovalResponse.approval:type_name -> atf.broker.v1.Approval
+	103, // 45: atf.admin.v1.KillState.at:type_name -> google.protobuf.Timestamp
+	104, // 46: atf.admin.v1.KillResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	104, // 47: atf.admin.v1.RevokeSessionsResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	48,  // 48: atf.admin.v1.GetKillSwitchResponse.global:type_name -> atf.admin.v1.KillState
+	57,  // 49: atf.admin.v1.GetKillSwitchResponse.agents:type_name -> atf.admin.v1.KilledAgent
+	48,  // 50: atf.admin.v1.KilledAgent.kill:type_name -> atf.admin.v1.KillState
+	59,  // 51: atf.admin.v1.PromotionGate.checks:type_name -> atf.admin.v1.GateCheck
+	101, // 52: atf.admin.v1.PromotionReport.from:type_name -> atf.broker.v1.Level
+	101, // 53: atf.admin.v1.PromotionReport.to:type_name -> atf.broker.v1.Level
+	60,  // 54: atf.admin.v1.PromotionReport.gates:type_name -> atf.admin.v1.PromotionGate
+	61,  // 55: atf.admin.v1.EvaluatePromotionResponse.report:type_name -> atf.admin.v1.PromotionReport
+	61,  // 56: atf.admin.v1.PromoteResponse.report:type_name -> atf.admin.v1.PromotionReport
+	4,   // 57: atf.admin.v1.PromoteResponse.agent:type_name -> atf.admin.v1.Agent
+	4,   // 58: atf.admin.v1.DemoteResponse.agent:type_name -> atf.admin.v1.Agent
+	104, // 59: atf.admin.v1.DemoteResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	4,   // 60: atf.admin.v1.RollbackLevelResponse.agent:type_name -> atf.admin.v1.Agent
+	104, // 61: atf.admin.v1.RollbackLevelResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	101, // 62: atf.admin.v1.MigrateAgentRequest.level:type_name -> atf.broker.v1.Level
+	4,   // 63: atf.admin.v1.MigrateAgentResponse.agent:type_name -> atf.admin.v1.Agent
+	59,  // 64: atf.admin.v1.MigrateAgentResponse.sign_off:type_name -> atf.admin.v1.GateCheck
+	101, // 65: atf.admin.v1.Evidence.target:type_name -> atf.broker.v1.Level
+	103, // 66: atf.admin.v1.Evidence.at:type_name -> google.protobuf.Timestamp
+	101, // 67: atf.admin.v1.RecordEvidenceRequest.target:type_name -> atf.broker.v1.Level
+	71,  // 68: atf.admin.v1.RecordEvidenceResponse.evidence:type_name -> atf.admin.v1.Evidence
+	101, // 69: atf.admin.v1.SignOff.target:type_name -> atf.broker.v1.Level
+	103, // 70: atf.admin.v1.SignOff.at:type_name -> google.protobuf.Timestamp
+	101, // 71: atf.admin.v1.RecordSignOffRequest.target:type_name -> atf.broker.v1.Level
+	74,  // 72: atf.admin.v1.RecordSignOffResponse.sign_off:type_name -> atf.admin.v1.SignOff
+	101, // 73: atf.admin.v1.Incident.level:type_name -> atf.broker.v1.Level
+	103, // 74: atf.admin.v1.Incident.opened_at:type_name -> google.protobuf.Timestamp
+	103, // 75: atf.admin.v1.Incident.closed_at:type_name -> google.protobuf.Timestamp
+	77,  // 76: atf.admin.v1.OpenIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	4,   // 77: atf.admin.v1.OpenIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
+	77,  // 78: atf.admin.v1.UpdateIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	4,   // 79: atf.admin.v1.UpdateIncidentResponse.demoted:type_name -> atf.admin.v1.Agent
+	77,  // 80: atf.admin.v1.CloseIncidentResponse.incident:type_name -> atf.admin.v1.Incident
+	77,  // 81: atf.admin.v1.ListIncidentsResponse.incidents:type_name -> atf.admin.v1.Incident
+	103, // 82: atf.admin.v1.Breaker.open_until:type_name -> google.protobuf.Timestamp
+	103, // 83: atf.admin.v1.Baseline.since:type_name -> google.protobuf.Timestamp
+	100, // 84: atf.admin.v1.Baseline.roles:type_name -> atf.admin.v1.Baseline.RolesEntry
+	4,   // 85: atf.admin.v1.GetMaturityResponse.agent:type_name -> atf.admin.v1.Agent
+	103, // 86: atf.admin.v1.GetMaturityResponse.level_since:type_name -> google.protobuf.Timestamp
+	87,  // 87: atf.admin.v1.GetMaturityResponse.outcomes:type_name -> atf.admin.v1.OutcomeCounts
+	71,  // 88: atf.admin.v1.GetMaturityResponse.evidence:type_name -> atf.admin.v1.Evidence
+	74,  // 89: atf.admin.v1.GetMaturityResponse.sign_offs:type_name -> atf.admin.v1.SignOff
+	77,  // 90: atf.admin.v1.GetMaturityResponse.incidents:type_name -> atf.admin.v1.Incident
+	88,  // 91: atf.admin.v1.GetMaturityResponse.breaker:type_name -> atf.admin.v1.Breaker
+	89,  // 92: atf.admin.v1.GetMaturityResponse.baseline:type_name -> atf.admin.v1.Baseline
+	87,  // 93: atf.admin.v1.GetMaturityResponse.self_reported:type_name -> atf.admin.v1.OutcomeCounts
+	101, // 94: atf.admin.v1.GetConformanceRequest.target_level:type_name -> atf.broker.v1.Level
+	95,  // 95: atf.admin.v1.GetConformanceResponse.statement:type_name -> atf.admin.v1.ConformanceStatement
+	101, // 96: atf.admin.v1.ConformanceStatement.target_level:type_name -> atf.broker.v1.Level
+	103, // 97: atf.admin.v1.ConformanceStatement.assessed_at:type_name -> google.protobuf.Timestamp
+	96,  // 98: atf.admin.v1.ConformanceStatement.elements:type_name -> atf.admin.v1.ConformanceElement
+	97,  // 99: atf.admin.v1.ConformanceElement.requirements:type_name -> atf.admin.v1.ConformanceRequirement
+	2,   // 100: atf.admin.v1.ConformanceRequirement.status:type_name -> atf.admin.v1.ConformanceStatus
+	3,   // 101: atf.admin.v1.ConformanceRequirement.obligation:type_name -> atf.admin.v1.Obligation
+	5,   // 102: atf.admin.v1.AdminService.RegisterAgent:input_type -> atf.admin.v1.RegisterAgentRequest
+	7,   // 103: atf.admin.v1.AdminService.GetAgent:input_type -> atf.admin.v1.GetAgentRequest
+	9,   // 104: atf.admin.v1.AdminService.ListAgents:input_type -> atf.admin.v1.ListAgentsRequest
+	11,  // 105: atf.admin.v1.AdminService.UpdateAgent:input_type -> atf.admin.v1.UpdateAgentRequest
+	14,  // 106: atf.admin.v1.AdminService.DeregisterAgent:input_type -> atf.admin.v1.DeregisterAgentRequest
+	21,  // 107: atf.admin.v1.AdminService.ListAgentHistory:input_type -> atf.admin.v1.ListAgentHistoryRequest
+	16,  // 108: atf.admin.v1.AdminService.RevokeLineage:input_type -> atf.admin.v1.RevokeLineageRequest
+	18,  // 109: atf.admin.v1.AdminService.GetLineage:input_type -> atf.admin.v1.GetLineageRequest
+	25,  // 110: atf.admin.v1.AdminService.GetPolicy:input_type -> atf.admin.v1.GetPolicyRequest
+	27,  // 111: atf.admin.v1.AdminService.ListPolicies:input_type -> atf.admin.v1.ListPoliciesRequest
+	29,  // 112: atf.admin.v1.AdminService.SetPolicy:input_type -> atf.admin.v1.SetPolicyRequest
+	31,  // 113: atf.admin.v1.AdminService.RollbackPolicy:input_type -> atf.admin.v1.RollbackPolicyRequest
+	33,  // 114: atf.admin.v1.AdminService.TestPolicy:input_type -> atf.admin.v1.TestPolicyRequest
+	36,  // 115: atf.admin.v1.AdminService.QueryAudit:input_type -> atf.admin.v1.QueryAuditRequest
+	39,  // 116: atf.admin.v1.AdminService.VerifyAudit:input_type -> atf.admin.v1.VerifyAuditRequest
+	41,  // 117: atf.admin.v1.AdminService.WatchEvents:input_type -> atf.admin.v1.WatchEventsRequest
+	91,  // 118: atf.admin.v1.AdminService.Backup:input_type -> atf.admin.v1.BackupRequest
+	93,  // 119: atf.admin.v1.AdminService.GetConformance:input_type -> atf.admin.v1.GetConformanceRequest
+	58,  // 120: atf.admin.v1.MaturityService.EvaluatePromotion:input_type -> atf.admin.v1.EvaluatePromotionRequest
+	63,  // 121: atf.admin.v1.MaturityService.Promote:input_type -> atf.admin.v1.PromoteRequest
+	65,  // 122: atf.admin.v1.MaturityService.Demote:input_type -> atf.admin.v1.DemoteRequest
+	67,  // 123: atf.admin.v1.MaturityService.RollbackLevel:input_type -> atf.admin.v1.RollbackLevelRequest
+	69,  // 124: atf.admin.v1.MaturityService.MigrateAgent:input_type -> atf.admin.v1.MigrateAgentRequest
+	72,  // 125: atf.admin.v1.MaturityService.RecordEvidence:input_type -> atf.admin.v1.RecordEvidenceRequest
+	75,  // 126: atf.admin.v1.MaturityService.RecordSignOff:input_type -> atf.admin.v1.RecordSignOffRequest
+	78,  // 127: atf.admin.v1.MaturityService.OpenIncident:input_type -> atf.admin.v1.OpenIncidentRequest
+	80,  // 128: atf.admin.v1.MaturityService.UpdateIncident:input_type -> atf.admin.v1.UpdateIncidentRequest
+	82,  // 129: atf.admin.v1.MaturityService.CloseIncident:input_type -> atf.admin.v1.CloseIncidentRequest
+	84,  // 130: atf.admin.v1.MaturityService.ListIncidents:input_type -> atf.admin.v1.ListIncidentsRequest
+	86,  // 131: atf.admin.v1.MaturityService.GetMaturity:input_type -> atf.admin.v1.GetMaturityRequest
+	49,  // 132: atf.admin.v1.ResponseService.Kill:input_type -> atf.admin.v1.KillRequest
+	51,  // 133: atf.admin.v1.ResponseService.Release:input_type -> atf.admin.v1.ReleaseRequest
+	53,  // 134: atf.admin.v1.ResponseService.RevokeSessions:input_type -> atf.admin.v1.RevokeSessionsRequest
+	55,  // 135: atf.admin.v1.ResponseService.GetKillSwitch:input_type -> atf.admin.v1.GetKillSwitchRequest
+	44,  // 136: atf.admin.v1.ApprovalService.ListApprovals:input_type -> atf.admin.v1.ListApprovalsRequest
+	46,  // 137: atf.admin.v1.ApprovalService.DecideApproval:input_type -> atf.admin.v1.DecideApprovalRequest
+	6,   // 138: atf.admin.v1.AdminService.RegisterAgent:output_type -> atf.admin.v1.RegisterAgentResponse
+	8,   // 139: atf.admin.v1.AdminService.GetAgent:output_type -> atf.admin.v1.GetAgentResponse
+	10,  // 140: atf.admin.v1.AdminService.ListAgents:output_type -> atf.admin.v1.ListAgentsResponse
+	13,  // 141: atf.admin.v1.AdminService.UpdateAgent:output_type -> atf.admin.v1.UpdateAgentResponse
+	15,  // 142: atf.admin.v1.AdminService.DeregisterAgent:output_type -> atf.admin.v1.DeregisterAgentResponse
+	22,  // 143: atf.admin.v1.AdminService.ListAgentHistory:output_type -> atf.admin.v1.ListAgentHistoryResponse
+	17,  // 144: atf.admin.v1.AdminService.RevokeLineage:output_type -> atf.admin.v1.RevokeLineageResponse
+	19,  // 145: atf.admin.v1.AdminService.GetLineage:output_type -> atf.admin.v1.GetLineageResponse
+	26,  // 146: atf.admin.v1.AdminService.GetPolicy:output_type -> atf.admin.v1.GetPolicyResponse
+	28,  // 147: atf.admin.v1.AdminService.ListPolicies:output_type -> atf.admin.v1.ListPoliciesResponse
+	30,  // 148: atf.admin.v1.AdminService.SetPolicy:output_type -> atf.admin.v1.SetPolicyResponse
+	32,  // 149: atf.admin.v1.AdminService.RollbackPolicy:output_type -> atf.admin.v1.RollbackPolicyResponse
+	34,  // 150: atf.admin.v1.AdminService.TestPolicy:output_type -> atf.admin.v1.TestPolicyResponse
+	38,  // 151: atf.admin.v1.AdminService.QueryAudit:output_type -> atf.admin.v1.QueryAuditResponse
+	40,  // 152: atf.admin.v1.AdminService.VerifyAudit:output_type -> atf.admin.v1.VerifyAuditResponse
+	43,  // 153: atf.admin.v1.AdminService.WatchEvents:output_type -> atf.admin.v1.WatchEventsResponse
+	92,  // 154: atf.admin.v1.AdminService.Backup:output_type -> atf.admin.v1.BackupResponse
+	94,  // 155: atf.admin.v1.AdminService.GetConformance:output_type -> atf.admin.v1.GetConformanceResponse
+	62,  // 156: atf.admin.v1.MaturityService.EvaluatePromotion:output_type -> atf.admin.v1.EvaluatePromotionResponse
+	64,  // 157: atf.admin.v1.MaturityService.Promote:output_type -> atf.admin.v1.PromoteResponse
+	66,  // 158: atf.admin.v1.MaturityService.Demote:output_type -> atf.admin.v1.DemoteResponse
+	68,  // 159: atf.admin.v1.MaturityService.RollbackLevel:output_type -> atf.admin.v1.RollbackLevelResponse
+	70,  // 160: atf.admin.v1.MaturityService.MigrateAgent:output_type -> atf.admin.v1.MigrateAgentResponse
+	73,  // 161: atf.admin.v1.MaturityService.RecordEvidence:output_type -> atf.admin.v1.RecordEvidenceResponse
+	76,  // 162: atf.admin.v1.MaturityService.RecordSignOff:output_type -> atf.admin.v1.RecordSignOffResponse
+	79,  // 163: atf.admin.v1.MaturityService.OpenIncident:output_type -> atf.admin.v1.OpenIncidentResponse
+	81,  // 164: atf.admin.v1.MaturityService.UpdateIncident:output_type -> atf.admin.v1.UpdateIncidentResponse
+	83,  // 165: atf.admin.v1.MaturityService.CloseIncident:output_type -> atf.admin.v1.CloseIncidentResponse
+	85,  // 166: atf.admin.v1.MaturityService.ListIncidents:output_type -> atf.admin.v1.ListIncidentsResponse
+	90,  // 167: atf.admin.v1.MaturityService.GetMaturity:output_type -> atf.admin.v1.GetMaturityResponse
+	50,  // 168: atf.admin.v1.ResponseService.Kill:output_type -> atf.admin.v1.KillResponse
+	52,  // 169: atf.admin.v1.ResponseService.Release:output_type -> atf.admin.v1.ReleaseResponse
+	54,  // 170: atf.admin.v1.ResponseService.RevokeSessions:output_type -> atf.admin.v1.RevokeSessionsResponse
+	56,  // 171: atf.admin.v1.ResponseService.GetKillSwitch:output_type -> atf.admin.v1.GetKillSwitchResponse
+	45,  // 172: atf.admin.v1.ApprovalService.ListApprovals:output_type -> atf.admin.v1.ListApprovalsResponse
+	47,  // 173: atf.admin.v1.ApprovalService.DecideApproval:output_type -> atf.admin.v1.DecideApprovalResponse
+	138, // [138:174] is the sub-list for method output_type
+	102, // [102:138] is the sub-list for method input_type
+	102, // [102:102] is the sub-list for extension type_name
+	102, // [102:102] is the sub-list for extension extendee
+	0,   // [0:102] is the sub-list for field type_name
 }
 
 func init() { file_atf_admin_v1_admin_proto_init() }
