@@ -63,7 +63,7 @@ func openStore(path string, opts store.Options) (*store.Store, error) {
 	if etcdCluster.err != nil {
 		return nil, etcdCluster.err
 	}
-	return store.OpenEtcd(etcdCluster.cli, store.EtcdOptions{Prefix: "/store" + path + "/"}, opts)
+	return store.OpenEtcd(etcdCluster.cli, store.EtcdOptions{Prefix: "/store" + path + "/", MaxTxnOps: dev.MaxTxnOps}, opts)
 }
 
 // boltOnly skips a test of what only a bbolt file has (its bytes, its

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -46,6 +47,10 @@ type etcdMember struct {
 	name, dir    string
 	client, peer int
 }
+
+// MaxTxnOps is the dev cluster's --max-txn-ops, the value
+// docs/operations.md asks of a cluster that holds atfd's store.
+const MaxTxnOps = 4096
 
 // EtcdMemberName is the component name of member i (0-based) of the
 // cluster StartEtcd starts, for Stop and PIDs.
@@ -123,6 +128,9 @@ func (s *Stack) spawnEtcd(e *Etcd, i int, state string) (*process, error) {
 		// Loopback: elect quickly, so that failover tests do not wait on
 		// production timings.
 		"--heartbeat-interval", "50", "--election-timeout", "500",
+		// atfd's store in etcd needs more than etcd's default 128
+		// operations per transaction (docs/operations.md).
+		"--max-txn-ops", strconv.Itoa(MaxTxnOps),
 		"--log-level", "warn")
 }
 
