@@ -47,8 +47,11 @@ build:
 # deploy/k8s is a module of its own (the Kubernetes API packages stay out of
 # the broker's go.mod); it reaches the broker through a replace of ../.., so
 # a change to the root go.mod needs `go mod tidy` there too.
+# The store's tests run twice: on a bbolt file (with everything else) and
+# on a real three-member etcd cluster (ATF_STORE_ENGINE=etcd).
 test: dev-tools
 	$(GO) test $(TEST_FLAGS) ./...
+	ATF_STORE_ENGINE=etcd $(GO) test $(TEST_FLAGS) ./broker/store/
 	cd deploy/k8s && $(GO) test $(TEST_FLAGS) ./...
 
 demo: dev-tools build

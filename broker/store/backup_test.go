@@ -123,6 +123,7 @@ func (g gated) Write(p []byte) (int, error) {
 // a store that opens, whose audit trail verifies up to the announced head,
 // and that holds the agents registered before it started, a gap-free run.
 func TestBackupOnline(t *testing.T) {
+	boltOnly(t)
 	s := openAt(t, filepath.Join(t.TempDir(), "atf.db"), store.Options{})
 	before := fill(t, s, 0, 50)
 
@@ -386,6 +387,7 @@ func zeros(n int) []byte { return make([]byte, n) }
 // file is left as it was and unlocked, and a backup restored in its place
 // opens. Damage bbolt is built to survive is not refused.
 func TestOpenDamaged(t *testing.T) {
+	boltOnly(t)
 	dir := t.TempDir()
 	orig := filepath.Join(dir, "atf.db")
 	s, err := store.Open(orig, store.Options{})

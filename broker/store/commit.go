@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"time"
@@ -115,6 +116,9 @@ func (s *Store) committer() {
 // and the rest, unanswered, are returned to be run again. Early writes
 // (groupEarly) are answered before the commit.
 func (s *Store) commitGroup(batch []*commitReq) []*commitReq {
+	if s.db == nil {
+		return s.commitGroupEtcd(batch)
+	}
 	tx, err := s.db.Begin(true)
 	if err != nil {
 		for _, r := range batch {
@@ -182,12 +186,20 @@ func (s *Store) view(fn func(kv.Tx) error) error {
 	if early != nil {
 		<-early
 	}
+	if s.db == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		defer cancel()
+		return s.etcd.View(ctx, fn)
+	}
 	return s.db.View(func(tx *bolt.Tx) error { return fn(kv.Bolt(tx)) })
 }
 
 // viewBolt is view for what needs bbolt's own transaction (a consistent
 // copy of the file, its size).
 func (s *Store) viewBolt(fn func(*bolt.Tx) error) error {
+	if s.db == nil {
+		return ErrNotBolt
+	}
 	return s.view(func(tx kv.Tx) error {
 		btx, _ := kv.BoltTx(tx)
 		return fn(btx)
@@ -198,5 +210,10 @@ func (s *Store) viewBolt(fn func(*bolt.Tx) error) error {
 // durable) before update returns; for writes that must not share a
 // group's commit.
 func (s *Store) update(fn func(kv.Tx) error) error {
+	if s.db == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		defer cancel()
+		return s.etcd.Update(ctx, fn)
+	}
 	return s.db.Update(func(tx *bolt.Tx) error { return fn(kv.Bolt(tx)) })
 }

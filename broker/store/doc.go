@@ -1,6 +1,8 @@
-// Package store keeps the broker's state in one bbolt file: the agent
-// registry with the history of every change, a record of every issued
-// credential, and the hash-chained audit trail.
+// Package store keeps the broker's state in one bbolt file (Open) or in
+// etcd for several replicas (OpenEtcd): the agent registry with the
+// history of every change, a record of every issued credential, and the
+// hash-chained audit trail. Its code is written against the storage engine
+// of package kv, so both hold the same records under the same rules.
 //
 // # Basics
 //

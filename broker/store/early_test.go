@@ -49,6 +49,7 @@ func TestRecordCredentialReadYourWrites(t *testing.T) {
 // the credential, once, and leaves nothing of it in the store; a write
 // that waits for its commit (a registration) gets the error instead.
 func TestRecordCredentialLostCommit(t *testing.T) {
+	boltOnly(t)
 	lost := make(chan store.Credential, 4)
 	c := newClock()
 	s := openAt(t, filepath.Join(t.TempDir(), "atf.db"), store.Options{Now: c.Now, OnLost: func(cr store.Credential) { lost <- cr }})
@@ -97,6 +98,7 @@ func TestRecordCredentialLostCommit(t *testing.T) {
 // commit together without it, in one transaction, and only it hears its
 // error (before, one bad write made every write of its group commit alone).
 func TestGroupCommitSurvivesABadWrite(t *testing.T) {
+	boltOnly(t)
 	s, _ := open(t)
 	const id = "spiffe://td/agent/group"
 	mustRegister(t, s, id, "alice")

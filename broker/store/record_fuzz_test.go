@@ -464,6 +464,7 @@ func TestAuditInvalidUTF8(t *testing.T) {
 // first write after it panic: bbolt follows page ids, spans and counts as
 // it finds them. Each is refused, in bounded time. (Found by FuzzOpen.)
 func TestOpenDamagedTree(t *testing.T) {
+	boltOnly(t)
 	dir := t.TempDir()
 	orig := filepath.Join(dir, "atf.db")
 	s := openAt(t, orig, store.Options{})

@@ -19,6 +19,7 @@ import (
 // dir/audit in segments of segSize bytes.
 func openShipping(t *testing.T, dir string, c *clock, segSize int64) *store.Store {
 	t.Helper()
+	boltOnly(t)
 	return openAt(t, filepath.Join(dir, "atf.db"), store.Options{Now: c.Now, AuditDir: filepath.Join(dir, "audit"), AuditSegmentSize: segSize})
 }
 
@@ -226,6 +227,7 @@ func TestAuditShipmentInterrupted(t *testing.T) {
 // The store file stays the size of the live state however long the trail
 // grows, when its records are shipped as they come.
 func TestAuditShippingBoundsTheFile(t *testing.T) {
+	boltOnly(t)
 	size := func(shipping bool) int64 {
 		dir, c := t.TempDir(), newClock()
 		opts := store.Options{Now: c.Now}

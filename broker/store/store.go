@@ -239,7 +239,11 @@ type Store struct {
 
 // core is the store that every handle shares.
 type core struct {
+	// db is the bbolt file; nil for a store in etcd, whose engine is etcd
+	// (OpenEtcd).
 	db      *bolt.DB
+	etcd    *kv.Etcd
+	timeout time.Duration // of one etcd transaction
 	now     func() time.Time
 	onAudit func()
 	onLost  func(Credential)
@@ -354,7 +358,7 @@ func (s *Store) Close() error {
 	s.closeMu.Lock()
 	if s.closed {
 		s.closeMu.Unlock()
-		return s.db.Close()
+		return s.closeDB()
 	}
 	s.closed = true
 	s.closeMu.Unlock()
@@ -369,7 +373,7 @@ func (s *Store) Close() error {
 		case r := <-s.reqs:
 			r.done <- ErrClosed
 		default:
-			return s.db.Close()
+			return s.closeDB()
 		}
 	}
 }

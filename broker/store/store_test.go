@@ -46,7 +46,7 @@ func (c *clock) Advance(d time.Duration) {
 // openAt opens the store at path and closes it when the test ends.
 func openAt(t *testing.T, path string, opts store.Options) *store.Store {
 	t.Helper()
-	s, err := store.Open(path, opts)
+	s, err := openStore(path, opts)
 	if err != nil {
 		t.Fatalf("Open(%s): %v", path, err)
 	}
@@ -62,6 +62,7 @@ func openAt(t *testing.T, path string, opts store.Options) *store.Store {
 // intruder could, bypassing the store.
 func rawUpdate(t *testing.T, path string, edit func(*bolt.Tx) error) {
 	t.Helper()
+	boltOnly(t)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatalf("bolt.Open(%s): %v", path, err)
@@ -1153,7 +1154,7 @@ func TestRecordCredentialConcurrent(t *testing.T) {
 func TestReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "atf.db")
 	c := newClock()
-	s, err := store.Open(path, store.Options{Now: c.Now})
+	s, err := openStore(path, store.Options{Now: c.Now})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -1216,6 +1217,7 @@ func TestReopen(t *testing.T) {
 }
 
 func TestOpenLocked(t *testing.T) {
+	boltOnly(t)
 	path := filepath.Join(t.TempDir(), "atf.db")
 	first, err := store.Open(path, store.Options{})
 	if err != nil {
@@ -1308,6 +1310,7 @@ func TestOpenCorrupt(t *testing.T) {
 }
 
 func TestOpenFileModes(t *testing.T) {
+	boltOnly(t)
 	dir := filepath.Join(t.TempDir(), "state", "atf")
 	path := filepath.Join(dir, "atf.db")
 	openAt(t, path, store.Options{})

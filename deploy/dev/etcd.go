@@ -12,13 +12,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // Etcd is an etcd cluster the stack runs on loopback: the store of atfd's
@@ -42,6 +47,10 @@ type etcdMember struct {
 	name, dir    string
 	client, peer int
 }
+
+// MaxTxnOps is the dev cluster's --max-txn-ops, the value
+// docs/operations.md asks of a cluster that holds atfd's store.
+const MaxTxnOps = 4096
 
 // EtcdMemberName is the component name of member i (0-based) of the
 // cluster StartEtcd starts, for Stop and PIDs.
@@ -119,6 +128,9 @@ func (s *Stack) spawnEtcd(e *Etcd, i int, state string) (*process, error) {
 		// Loopback: elect quickly, so that failover tests do not wait on
 		// production timings.
 		"--heartbeat-interval", "50", "--election-timeout", "500",
+		// atfd's store in etcd needs more than etcd's default 128
+		// operations per transaction (docs/operations.md).
+		"--max-txn-ops", strconv.Itoa(MaxTxnOps),
 		"--log-level", "warn")
 }
 
@@ -254,4 +266,42 @@ func writePEM(path, typ string, der []byte) error {
 		return fmt.Errorf("dev: %w", err)
 	}
 	return nil
+}
+
+// StartEtcdAlone starts a stack that runs only an etcd cluster of n
+// members (no SPIRE, no Vault), for tests of the etcd engine alone. Close
+// the stack to stop it.
+func StartEtcdAlone(ctx context.Context, opts Options, n int) (*Stack, *Etcd, error) {
+	binDir, err := opts.binDir()
+	if err != nil {
+		return nil, nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dir, err := os.MkdirTemp("", "atf-etcd-")
+	if err != nil {
+		return nil, nil, fmt.Errorf("dev: %w", err)
+	}
+	s := &Stack{Dir: dir, BinDir: binDir, log: log}
+	e, err := s.StartEtcd(ctx, n)
+	if err != nil {
+		return nil, nil, errors.Join(err, s.Close())
+	}
+	return s, e, nil
+}
+
+// Client is an etcd client of the cluster, over its mutual TLS.
+func (e *Etcd) Client() (*clientv3.Client, error) {
+	cfg, err := e.TLSConfig()
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, TLS: cfg, DialTimeout: 5 * time.Second,
+		Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("dev: etcd client: %w", err)
+	}
+	return cli, nil
 }

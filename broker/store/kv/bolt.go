@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"context"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -43,3 +44,16 @@ func AppendOnly(b Bucket) {
 type boltBucket struct{ *bolt.Bucket }
 
 func (b boltBucket) Cursor() Cursor { return b.Bucket.Cursor() }
+
+// BoltEngine is the bbolt engine: one file, one writer at a time.
+type BoltEngine struct{ DB *bolt.DB }
+
+// View runs fn in a bbolt read transaction.
+func (e BoltEngine) View(_ context.Context, fn func(Tx) error) error {
+	return e.DB.View(func(tx *bolt.Tx) error { return fn(Bolt(tx)) })
+}
+
+// Update runs fn in a bbolt write transaction, committed before it returns.
+func (e BoltEngine) Update(_ context.Context, fn func(Tx) error) error {
+	return e.DB.Update(func(tx *bolt.Tx) error { return fn(Bolt(tx)) })
+}

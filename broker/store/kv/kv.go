@@ -11,6 +11,8 @@
 // modified; Put and Delete are only allowed in a writable Tx.
 package kv
 
+import "context"
+
 // Tx is a transaction: one consistent snapshot of every bucket, plus this
 // transaction's own writes.
 type Tx interface {
@@ -50,4 +52,14 @@ type Cursor interface {
 	Seek(seek []byte) (key, value []byte)
 	Next() (key, value []byte)
 	Prev() (key, value []byte)
+}
+
+// Engine runs transactions: Bolt's for one process and one file, Etcd's for
+// several replicas.
+type Engine interface {
+	// View runs fn in a read-only transaction.
+	View(ctx context.Context, fn func(Tx) error) error
+	// Update runs fn in a read-write transaction and commits it if fn
+	// succeeds; fn may run more than once.
+	Update(ctx context.Context, fn func(Tx) error) error
 }

@@ -1,0 +1,424 @@
+package kv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// DefaultMaxTxnOps is etcd's default limit on the operations (and on the
+// comparisons) of one transaction (its --max-txn-ops).
+const DefaultMaxTxnOps = 128
+
+// ErrTooLarge is returned by Etcd.Update for a transaction that needs more
+// operations or comparisons than the cluster allows in one transaction.
+var ErrTooLarge = errors.New("kv: transaction too large for etcd")
+
+// ErrConflict is returned by Etcd.Update when its transaction kept losing
+// to concurrent writers until ctx ended.
+var ErrConflict = errors.New("kv: transaction kept conflicting with concurrent writes")
+
+// pageSize is how many keys a cursor fetches from etcd at once.
+const pageSize = 64
+
+// Etcd is the etcd engine: every bucket is a range of keys under a prefix
+// of an etcd cluster, and a transaction is optimistic. It reads one
+// snapshot (the revision of its first read), buffers its writes, and
+// commits them in one etcd transaction that succeeds only if nothing it
+// read has changed since that revision: every key it read still has the
+// modification revision it read, and no key of a range its cursors walked
+// was written after it. Otherwise Update runs fn again on a new snapshot,
+// so fn must be safe to run more than once (as for the store's group
+// commit). A key deleted from a walked range, not read by Get, is the one
+// change a commit does not notice; the store never relies on such an
+// absence.
+type Etcd struct {
+	cli    *clientv3.Client
+	prefix string
+	maxOps int
+}
+
+// NewEtcd returns the engine for the buckets under prefix on cli's
+// cluster; maxOps is the cluster's --max-txn-ops (0: DefaultMaxTxnOps).
+func NewEtcd(cli *clientv3.Client, prefix string, maxOps int) *Etcd {
+	if maxOps <= 0 {
+		maxOps = DefaultMaxTxnOps
+	}
+	return &Etcd{cli: cli, prefix: prefix, maxOps: maxOps}
+}
+
+// View runs fn in a read-only transaction on one snapshot: the cluster's
+// latest committed state when fn first reads (a linearizable read).
+func (e *Etcd) View(ctx context.Context, fn func(Tx) error) error {
+	t := e.begin(ctx, false)
+	err := fn(t)
+	if t.err != nil {
+		return t.err
+	}
+	return err
+}
+
+// Update runs fn in a read-write transaction and commits it, running fn
+// again on a fresh snapshot whenever a concurrent write changed what it
+// read, until it commits, fails, or ctx ends. OnCommit functions run
+// after the commit, once.
+func (e *Etcd) Update(ctx context.Context, fn func(Tx) error) error {
+	backoff := time.Millisecond
+	for {
+		t := e.begin(ctx, true)
+		err := fn(t)
+		if t.err != nil {
+			return t.err
+		}
+		if err != nil {
+			return err
+		}
+		ok, err := t.commit()
+		if err != nil {
+			return err
+		}
+		if ok {
+			for _, f := range t.onCommit {
+				f()
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", ErrConflict, ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 50*time.Millisecond)
+	}
+}
+
+func (e *Etcd) begin(ctx context.Context, writable bool) *etcdTx {
+	return &etcdTx{e: e, ctx: ctx, writable: writable, reads: map[string]int64{},
+		cache: map[string][]byte{}, writes: map[string]*write{}}
+}
+
+// etcdTx is one transaction of the etcd engine.
+type etcdTx struct {
+	e        *Etcd
+	ctx      context.Context
+	writable bool
+	// rev is the snapshot every read sees; 0 until the first read.
+	rev int64
+	// err is the first failed read: the transaction fails with it, and
+	// reads after it return nothing.
+	err error
+	// reads holds the modification revision of every key read (0: absent),
+	// cache its value; ranges the spans cursors walked, [from, to).
+	reads  map[string]int64
+	cache  map[string][]byte
+	ranges [][2]string
+	// writes are the buffered writes by full key (value nil: a delete), and
+	// written their keys by bucket, sorted, for cursors.
+	writes   map[string]*write
+	written  map[string][]string
+	onCommit []func()
+}
+
+// write is a buffered write: a value (never nil, as bbolt keeps an empty
+// value as empty) or a delete.
+type write struct {
+	value   []byte
+	deleted bool
+}
+
+func (t *etcdTx) Writable() bool     { return t.writable }
+func (t *etcdTx) OnCommit(fn func()) { t.onCommit = append(t.onCommit, fn) }
+
+func (t *etcdTx) Bucket(name []byte) Bucket {
+	return &etcdBucket{t: t, name: string(name), lo: t.e.prefix + string(name) + "\x00", hi: t.e.prefix + string(name) + "\x01"}
+}
+
+// fail records the first read error.
+func (t *etcdTx) fail(err error) {
+	if t.err == nil {
+		t.err = fmt.Errorf("kv: etcd: %w", err)
+	}
+}
+
+// get fetches opts' keys at the snapshot, fixing the snapshot on the first
+// read.
+func (t *etcdTx) get(key string, opts ...clientv3.OpOption) *clientv3.GetResponse {
+	if t.err != nil {
+		return nil
+	}
+	if t.rev != 0 {
+		opts = append(opts, clientv3.WithRev(t.rev))
+	}
+	resp, err := t.e.cli.Get(t.ctx, key, opts...)
+	if err != nil {
+		t.fail(err)
+		return nil
+	}
+	if t.rev == 0 {
+		t.rev = resp.Header.Revision
+	}
+	return resp
+}
+
+// read returns full's value as this transaction sees it.
+func (t *etcdTx) read(full string) []byte {
+	if w, ok := t.writes[full]; ok {
+		return w.value // nil if deleted
+	}
+	if v, ok := t.cache[full]; ok {
+		return v
+	}
+	resp := t.get(full)
+	if resp == nil {
+		return nil
+	}
+	var v []byte
+	var mod int64
+	if len(resp.Kvs) > 0 {
+		// etcd gives an empty value as nil; a key that is there reads as
+		// non-nil, as in bbolt.
+		v, mod = append([]byte{}, resp.Kvs[0].Value...), resp.Kvs[0].ModRevision
+	}
+	t.reads[full], t.cache[full] = mod, v
+	return v
+}
+
+// put buffers a write of full in bucket: value, or a delete if deleted.
+func (t *etcdTx) put(bucket, full string, value []byte, deleted bool) error {
+	if !t.writable {
+		return errors.New("kv: write in a read-only transaction")
+	}
+	if _, ok := t.writes[full]; !ok {
+		if t.written == nil {
+			t.written = map[string][]string{}
+		}
+		keys := t.written[bucket]
+		i, _ := slices.BinarySearch(keys, full)
+		t.written[bucket] = slices.Insert(keys, i, full)
+	}
+	if !deleted && value == nil {
+		value = []byte{}
+	}
+	t.writes[full] = &write{value: value, deleted: deleted}
+	return nil
+}
+
+// commit tries to commit the buffered writes; false means a conflict.
+func (t *etcdTx) commit() (bool, error) {
+	if len(t.writes) == 0 {
+		return true, nil
+	}
+	cmps := make([]clientv3.Cmp, 0, len(t.reads)+len(t.ranges))
+	for k, mod := range t.reads {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
+	}
+	for _, r := range t.ranges {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r[0]).WithRange(r[1]), "<", t.rev+1))
+	}
+	ops := make([]clientv3.Op, 0, len(t.writes))
+	for k, w := range t.writes {
+		if w.deleted {
+			ops = append(ops, clientv3.OpDelete(k))
+		} else {
+			ops = append(ops, clientv3.OpPut(k, string(w.value)))
+		}
+	}
+	if len(cmps) > t.e.maxOps || len(ops) > t.e.maxOps {
+		return false, fmt.Errorf("%w: %d comparisons and %d writes, the cluster allows %d of each (etcd's --max-txn-ops)",
+			ErrTooLarge, len(cmps), len(ops), t.e.maxOps)
+	}
+	resp, err := t.e.cli.Txn(t.ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return false, fmt.Errorf("kv: etcd commit: %w", err)
+	}
+	return resp.Succeeded, nil
+}
+
+// etcdBucket is a bucket of the etcd engine: the keys in [lo, hi).
+type etcdBucket struct {
+	t      *etcdTx
+	name   string
+	lo, hi string
+}
+
+func (b *etcdBucket) Get(key []byte) []byte { return b.t.read(b.lo + string(key)) }
+func (b *etcdBucket) Put(key, value []byte) error {
+	return b.t.put(b.name, b.lo+string(key), slices.Clone(value), false)
+}
+func (b *etcdBucket) Delete(key []byte) error { return b.t.put(b.name, b.lo+string(key), nil, true) }
+func (b *etcdBucket) Cursor() Cursor          { return &etcdCursor{b: b} }
+
+func (b *etcdBucket) ForEach(fn func(k, v []byte) error) error {
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return b.t.err
+}
+
+// NextSequence increments the bucket's counter, a key outside its range.
+func (b *etcdBucket) NextSequence() (uint64, error) {
+	key := b.hi + "seq"
+	var n uint64
+	if v := b.t.read(key); v != nil {
+		if _, err := fmt.Sscan(string(v), &n); err != nil {
+			return 0, fmt.Errorf("kv: bucket %s: bad sequence %q", b.name, v)
+		}
+	}
+	if b.t.err != nil {
+		return 0, b.t.err
+	}
+	n++
+	return n, b.t.put("", key, []byte(fmt.Sprint(n)), false)
+}
+
+// etcdCursor walks a bucket: the snapshot's keys, fetched a page at a time
+// in the direction of travel, merged with the transaction's own writes.
+type etcdCursor struct {
+	b   *etcdBucket
+	cur string // full key the cursor is at; "" before the first move
+	// page holds keys fetched beyond cur in direction desc; done says the
+	// page reaches the end of the bucket.
+	page []kvPair
+	desc bool
+	done bool
+}
+
+type kvPair struct{ k, v string }
+
+func (c *etcdCursor) First() ([]byte, []byte) { return c.move(c.b.lo, false, true) }
+func (c *etcdCursor) Last() ([]byte, []byte)  { return c.move(c.b.hi, true, true) }
+func (c *etcdCursor) Seek(seek []byte) ([]byte, []byte) {
+	return c.move(c.b.lo+string(seek), false, true)
+}
+
+func (c *etcdCursor) Next() ([]byte, []byte) {
+	if c.cur == "" {
+		return nil, nil
+	}
+	return c.move(c.cur, false, false)
+}
+
+func (c *etcdCursor) Prev() ([]byte, []byte) {
+	if c.cur == "" {
+		return nil, nil
+	}
+	return c.move(c.cur, true, false)
+}
+
+// move goes from `from` to the nearest key after it (before it if desc),
+// or onto it if inclusive, and returns that key and value.
+func (c *etcdCursor) move(from string, desc, inclusive bool) ([]byte, []byte) {
+	if c.desc != desc || c.cur != from || inclusive {
+		c.page, c.done, c.desc = nil, false, desc
+	}
+	for {
+		snap, okSnap := c.peek(from, desc, inclusive)
+		own, okOwn := c.own(from, desc, inclusive)
+		if !okSnap && !okOwn {
+			c.cur = ""
+			return nil, nil
+		}
+		// The nearer of the snapshot's next key and this transaction's
+		// next written key; a key written here hides the snapshot's.
+		key := own
+		if okSnap && (!okOwn || (!desc && snap.k < own) || (desc && snap.k > own)) {
+			key = snap.k
+		}
+		if okSnap && snap.k == key {
+			c.page = c.page[1:]
+		}
+		from, inclusive = key, false
+		if w, ok := c.b.t.writes[key]; ok {
+			if w.deleted {
+				continue // deleted in this transaction
+			}
+			c.cur = key
+			return []byte(strings.TrimPrefix(key, c.b.lo)), w.value
+		}
+		c.cur = key
+		return []byte(strings.TrimPrefix(key, c.b.lo)), []byte(snap.v)
+	}
+}
+
+// peek returns the snapshot's first key beyond from, fetching a page when
+// the one held is used up.
+func (c *etcdCursor) peek(from string, desc, inclusive bool) (kvPair, bool) {
+	if len(c.page) == 0 && !c.done {
+		c.fetch(from, desc, inclusive)
+	}
+	if len(c.page) == 0 {
+		return kvPair{}, false
+	}
+	return c.page[0], true
+}
+
+// fetch reads the next page beyond from and records the span it covered,
+// so that a commit notices a key written into it since the snapshot.
+func (c *etcdCursor) fetch(from string, desc, inclusive bool) {
+	t, b := c.b.t, c.b
+	var start, end string
+	opts := []clientv3.OpOption{clientv3.WithLimit(pageSize)}
+	if desc {
+		start, end = b.lo, from
+		if inclusive && from != b.hi {
+			end = from + "\x00"
+		}
+		opts = append(opts, clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend))
+	} else {
+		start, end = from, b.hi
+		if !inclusive {
+			start = from + "\x00"
+		}
+	}
+	resp := t.get(start, append(opts, clientv3.WithRange(end))...)
+	if resp == nil {
+		c.done = true
+		return
+	}
+	c.page = c.page[:0]
+	for _, kv := range resp.Kvs {
+		c.page = append(c.page, kvPair{string(kv.Key), string(kv.Value)}) // "" → []byte{}, not nil
+	}
+	c.done = !resp.More
+	// The span seen: up to the last key fetched, or to the end if none is
+	// left.
+	switch {
+	case c.done:
+	case desc:
+		start = c.page[len(c.page)-1].k
+	default:
+		end = c.page[len(c.page)-1].k + "\x00"
+	}
+	t.ranges = append(t.ranges, [2]string{start, end})
+}
+
+// own returns this transaction's first written key of the bucket beyond
+// from.
+func (c *etcdCursor) own(from string, desc, inclusive bool) (string, bool) {
+	keys := c.b.t.written[c.b.name]
+	i, found := slices.BinarySearch(keys, from)
+	if desc {
+		if found && inclusive {
+			return keys[i], true
+		}
+		if i == 0 {
+			return "", false
+		}
+		return keys[i-1], true
+	}
+	if found && !inclusive {
+		i++
+	}
+	if i == len(keys) {
+		return "", false
+	}
+	return keys[i], true
+}

@@ -1,0 +1,518 @@
+package kv_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/agentictrust/atf/broker/store/kv"
+	"github.com/agentictrust/atf/deploy/dev"
+)
+
+var (
+	bucketA = []byte("a")
+	bucketB = []byte("b")
+)
+
+// engines are the two engines every test runs on: bbolt on a real file,
+// and etcd on a real three-member cluster on loopback (one cluster for the
+// package, a prefix per test).
+func engines(t *testing.T) map[string]kv.Engine {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "kv.db"), 0o600,
+		// A writer that grows the map waits for open readers: TestSnapshot
+		// writes while a View is open.
+		&bolt.Options{InitialMmapSize: 1 << 24})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if err := db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketA, bucketB} {
+			if _, err := tx.CreateBucket(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]kv.Engine{"bolt": kv.BoltEngine{DB: db}, "etcd": etcdEngine(t, 0)}
+}
+
+var cluster struct {
+	once sync.Once
+	s    *dev.Stack
+	e    *dev.Etcd
+	err  error
+}
+
+// etcdEngine is an etcd engine under a prefix of the test's own on the
+// package's cluster, started by the first test that asks.
+func etcdEngine(t *testing.T, maxOps int) *kv.Etcd {
+	t.Helper()
+	cluster.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cluster.s, cluster.e, cluster.err = dev.StartEtcdAlone(ctx, dev.Options{Logger: slog.New(slog.DiscardHandler)}, 3)
+	})
+	if cluster.err != nil {
+		t.Fatal(cluster.err)
+	}
+	cli, err := cluster.e.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return kv.NewEtcd(cli, "/test/"+t.Name()+"/", maxOps)
+}
+
+// TestMain stops the package's etcd cluster, if a test started one.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if cluster.s != nil {
+		if err := cluster.s.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+	}
+	os.Exit(code)
+}
+
+func put(t *testing.T, e kv.Engine, bucket []byte, kvs ...string) {
+	t.Helper()
+	err := e.Update(t.Context(), func(tx kv.Tx) error {
+		b := tx.Bucket(bucket)
+		for i := 0; i < len(kvs); i += 2 {
+			if err := b.Put([]byte(kvs[i]), []byte(kvs[i+1])); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func get(t *testing.T, e kv.Engine, bucket []byte, key string) string {
+	t.Helper()
+	var v []byte
+	if err := e.View(t.Context(), func(tx kv.Tx) error {
+		v = bytes.Clone(tx.Bucket(bucket).Get([]byte(key)))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return string(v)
+}
+
+// Gets, puts and deletes, with a transaction's own writes visible to it,
+// buckets apart, and a failed transaction leaving nothing behind.
+func TestBasics(t *testing.T) {
+	for name, e := range engines(t) {
+		t.Run(name, func(t *testing.T) {
+			put(t, e, bucketA, "k1", "v1", "k2", "v2")
+			put(t, e, bucketB, "k1", "other")
+			boom := errors.New("boom")
+			err := e.Update(t.Context(), func(tx kv.Tx) error {
+				b := tx.Bucket(bucketA)
+				if err := b.Put([]byte("k1"), []byte("changed")); err != nil {
+					return err
+				}
+				if err := b.Delete([]byte("k2")); err != nil {
+					return err
+				}
+				if got := string(b.Get([]byte("k1"))); got != "changed" {
+					t.Errorf("own write: got %q", got)
+				}
+				if got := b.Get([]byte("k2")); got != nil {
+					t.Errorf("own delete: got %q", got)
+				}
+				return boom
+			})
+			if !errors.Is(err, boom) {
+				t.Fatalf("Update = %v, want fn's error", err)
+			}
+			if got := get(t, e, bucketA, "k1"); got != "v1" {
+				t.Errorf("after a failed Update k1 = %q, want v1", got)
+			}
+			if got := get(t, e, bucketA, "k2"); got != "v2" {
+				t.Errorf("after a failed Update k2 = %q, want v2", got)
+			}
+			if got := get(t, e, bucketB, "k1"); got != "other" {
+				t.Errorf("bucket b k1 = %q", got)
+			}
+			if got := get(t, e, bucketA, "missing"); got != "" {
+				t.Errorf("missing key = %q", got)
+			}
+			// An empty value (the store's index keys) is there, not absent.
+			if err := e.Update(t.Context(), func(tx kv.Tx) error { return tx.Bucket(bucketB).Put([]byte("idx"), nil) }); err != nil {
+				t.Fatal(err)
+			}
+			_ = e.View(t.Context(), func(tx kv.Tx) error {
+				if tx.Bucket(bucketB).Get([]byte("idx")) == nil {
+					t.Error("a key put with an empty value reads as absent")
+				}
+				if k, v := tx.Bucket(bucketB).Cursor().Seek([]byte("idx")); string(k) != "idx" || v == nil {
+					t.Errorf("Seek(idx) = %q, %v; want the key with an empty, non-nil value", k, v)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// Cursors walk the keys in order both ways, across etcd's pages, seeing
+// the transaction's own writes and deletes merged in.
+func TestCursor(t *testing.T) {
+	for name, e := range engines(t) {
+		t.Run(name, func(t *testing.T) {
+			var kvs []string
+			for i := 0; i < 200; i += 2 { // even keys: k000, k002, ...
+				kvs = append(kvs, fmt.Sprintf("k%03d", i), strconv.Itoa(i))
+			}
+			put(t, e, bucketA, kvs...)
+			put(t, e, bucketB, "a", "x", "z", "x")
+			err := e.Update(t.Context(), func(tx kv.Tx) error {
+				b := tx.Bucket(bucketA)
+				// Own writes: odd keys 1 and 199, a change of k100, deletes of
+				// k000 and k198.
+				for _, k := range []string{"k001", "k199", "k100"} {
+					if err := b.Put([]byte(k), []byte("own")); err != nil {
+						return err
+					}
+				}
+				for _, k := range []string{"k000", "k198"} {
+					if err := b.Delete([]byte(k)); err != nil {
+						return err
+					}
+				}
+				var want []string
+				for i := 0; i < 200; i++ {
+					if (i%2 == 0 && i != 0 && i != 198) || i == 1 || i == 199 {
+						want = append(want, fmt.Sprintf("k%03d", i))
+					}
+				}
+				checkWalk(t, b, want)
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// checkWalk walks b forwards, backwards, and from Seeks, against want.
+func checkWalk(t *testing.T, b kv.Bucket, want []string) {
+	t.Helper()
+	var fwd, back []string
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		fwd = append(fwd, string(k))
+		if string(k) == "k100" && string(v) != "own" {
+			t.Errorf("k100 = %q, want the transaction's own value", v)
+		}
+	}
+	for k, _ := c.Last(); k != nil; k, _ = c.Prev() {
+		back = append([]string{string(k)}, back...)
+	}
+	if fmt.Sprint(fwd) != fmt.Sprint(want) {
+		t.Errorf("forward walk:\n got %v\nwant %v", fwd, want)
+	}
+	if fmt.Sprint(back) != fmt.Sprint(want) {
+		t.Errorf("backward walk:\n got %v\nwant %v", back, want)
+	}
+	var each []string
+	if err := b.ForEach(func(k, _ []byte) error { each = append(each, string(k)); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(each) != fmt.Sprint(want) {
+		t.Errorf("ForEach:\n got %v\nwant %v", each, want)
+	}
+	for _, s := range []struct{ seek, want string }{{"k000", "k001"}, {"k101", "k102"}, {"k100", "k100"}, {"k198", "k199"}, {"k2", ""}, {"", "k001"}} {
+		if k, _ := c.Seek([]byte(s.seek)); string(k) != s.want {
+			t.Errorf("Seek(%q) = %q, want %q", s.seek, k, s.want)
+		}
+	}
+	if k, _ := c.Seek([]byte("k150")); string(k) != "k150" {
+		t.Fatalf("Seek(k150) = %q", k)
+	}
+	if k, _ := c.Prev(); string(k) != "k148" {
+		t.Errorf("Prev after Seek(k150) = %q, want k148", k)
+	}
+	if k, _ := c.Next(); string(k) != "k150" {
+		t.Errorf("Next after that = %q, want k150", k)
+	}
+}
+
+// Read-modify-write transactions from several goroutines lose no update:
+// a counter incremented 4 × 25 times ends at 100, and sequences never
+// repeat.
+func TestSerializable(t *testing.T) {
+	for name, e := range engines(t) {
+		t.Run(name, func(t *testing.T) {
+			var wg sync.WaitGroup
+			seqs := make(chan uint64, 100)
+			for range 4 {
+				wg.Go(func() {
+					for range 25 {
+						err := e.Update(t.Context(), func(tx kv.Tx) error {
+							b := tx.Bucket(bucketA)
+							n, _ := strconv.Atoi(string(b.Get([]byte("counter"))))
+							seq, err := tx.Bucket(bucketB).NextSequence()
+							if err != nil {
+								return err
+							}
+							tx.OnCommit(func() { seqs <- seq })
+							return b.Put([]byte("counter"), []byte(strconv.Itoa(n+1)))
+						})
+						if err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(seqs)
+			if got := get(t, e, bucketA, "counter"); got != "100" {
+				t.Errorf("counter = %s, want 100", got)
+			}
+			seen := map[uint64]bool{}
+			for s := range seqs {
+				if seen[s] || s == 0 || s > 100 {
+					t.Errorf("sequence %d repeated or out of 1..100", s)
+				}
+				seen[s] = true
+			}
+			if len(seen) != 100 {
+				t.Errorf("%d sequences committed, want 100 (OnCommit once per commit)", len(seen))
+			}
+		})
+	}
+}
+
+// A limit checked by walking a bucket holds under concurrent inserts: each
+// transaction counts the keys with a cursor and adds one only below 10, so
+// 40 concurrent attempts leave exactly 10 keys.
+func TestRangeConflict(t *testing.T) {
+	for name, e := range engines(t) {
+		t.Run(name, func(t *testing.T) {
+			var wg sync.WaitGroup
+			for i := range 40 {
+				wg.Go(func() {
+					err := e.Update(t.Context(), func(tx kv.Tx) error {
+						n := 0
+						_ = tx.Bucket(bucketA).ForEach(func(_, _ []byte) error { n++; return nil })
+						if n >= 10 {
+							return nil
+						}
+						return tx.Bucket(bucketA).Put(fmt.Appendf(nil, "slot-%02d", i), []byte("taken"))
+					})
+					if err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+			n := 0
+			_ = e.View(t.Context(), func(tx kv.Tx) error {
+				return tx.Bucket(bucketA).ForEach(func(_, _ []byte) error { n++; return nil })
+			})
+			if n != 10 {
+				t.Errorf("%d keys after 40 concurrent bounded inserts, want 10", n)
+			}
+		})
+	}
+}
+
+// A View sees one snapshot: a write committed while it runs is not seen.
+func TestSnapshot(t *testing.T) {
+	for name, e := range engines(t) {
+		t.Run(name, func(t *testing.T) {
+			put(t, e, bucketA, "x", "before")
+			started, written := make(chan struct{}), make(chan struct{})
+			done := make(chan error, 1)
+			go func() {
+				done <- e.View(t.Context(), func(tx kv.Tx) error {
+					b := tx.Bucket(bucketA)
+					if got := string(b.Get([]byte("y"))); got != "" {
+						return fmt.Errorf("y = %q before the write", got)
+					}
+					close(started)
+					<-written
+					if got := string(b.Get([]byte("x"))); got != "before" {
+						return fmt.Errorf("x = %q inside the snapshot, want before", got)
+					}
+					return nil
+				})
+			}()
+			<-started
+			put(t, e, bucketA, "x", "after")
+			close(written)
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// etcd's limit on a transaction's size is reported, not worked around by
+// committing part of it.
+func TestEtcdTooLarge(t *testing.T) {
+	e := etcdEngine(t, 4)
+	err := e.Update(t.Context(), func(tx kv.Tx) error {
+		for i := range 5 {
+			if err := tx.Bucket(bucketA).Put(fmt.Appendf(nil, "k%d", i), []byte("v")); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if !errors.Is(err, kv.ErrTooLarge) {
+		t.Fatalf("Update of 5 writes with a limit of 4 = %v, want ErrTooLarge", err)
+	}
+	if got := get(t, e, bucketA, "k0"); got != "" {
+		t.Errorf("k0 = %q after a refused transaction, want nothing written", got)
+	}
+}
+
+// A read that fails (here: the caller's context already ended) fails the
+// transaction: nothing is committed on the strength of a read that saw
+// nothing.
+func TestEtcdReadFailureFailsClosed(t *testing.T) {
+	e := etcdEngine(t, 0)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	err := e.Update(ctx, func(tx kv.Tx) error {
+		b := tx.Bucket(bucketA)
+		if b.Get([]byte("guard")) == nil {
+			return b.Put([]byte("written"), []byte("on a failed read"))
+		}
+		return nil
+	})
+	if err == nil {
+		t.Fatal("Update with failing reads succeeded")
+	}
+	if got := get(t, e, bucketA, "written"); got != "" {
+		t.Errorf("written = %q, want nothing", got)
+	}
+}
+
+// With one member of three down, transactions go on through the others,
+// and the member catches up when it is back.
+func TestEtcdMemberDown(t *testing.T) {
+	e := etcdEngine(t, 0)
+	put(t, e, bucketA, "before", "1")
+	if err := cluster.s.Stop(dev.EtcdMemberName(0)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		err := e.Update(ctx, func(tx kv.Tx) error {
+			b := tx.Bucket(bucketA)
+			n, _ := strconv.Atoi(string(b.Get([]byte("n"))))
+			return b.Put([]byte("n"), []byte(strconv.Itoa(n+1)))
+		})
+		cancel()
+		if err != nil {
+			t.Fatalf("update %d with a member down: %v", i, err)
+		}
+	}
+	if err := cluster.s.RestartEtcdMember(t.Context(), cluster.e, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(t, e, bucketA, "n"); got != "20" {
+		t.Errorf("n = %q, want 20", got)
+	}
+}
+
+// The etcd engine's cursors agree with bbolt's on random keys (with NULs
+// and shared prefixes, as the store's two-part keys have), random own
+// writes, and random walks.
+func TestCursorDifferential(t *testing.T) {
+	es := engines(t)
+	bo, et := es["bolt"], es["etcd"]
+	rnd := rand.New(rand.NewPCG(1, 2))
+	key := func() []byte {
+		parts := []string{"a", "ab", "b", "b\x00x", "b\x00y", "c\x00", "c\x00\x00", "d"}
+		return []byte(parts[rnd.IntN(len(parts))] + strconv.Itoa(rnd.IntN(30)))
+	}
+	var kvs []string
+	for range 150 {
+		kvs = append(kvs, string(key()), "v")
+	}
+	put(t, bo, bucketA, kvs...)
+	put(t, et, bucketA, kvs...)
+	type step struct {
+		op  string
+		arg []byte
+	}
+	for round := range 60 {
+		var steps []step
+		for range 40 {
+			ops := []string{"put", "del", "first", "last", "seek", "next", "next", "next", "prev", "prev"}
+			steps = append(steps, step{ops[rnd.IntN(len(ops))], key()})
+		}
+		run := func(e kv.Engine) []string {
+			var out []string
+			_ = e.Update(t.Context(), func(tx kv.Tx) error {
+				b := tx.Bucket(bucketA)
+				c := b.Cursor()
+				// Walking on past either end (or before any move) is left
+				// undefined: the store never does it.
+				lost := true
+				for _, s := range steps {
+					if lost && (s.op == "next" || s.op == "prev") {
+						continue
+					}
+					var k []byte
+					switch s.op {
+					case "put":
+						_ = b.Put(s.arg, []byte("own"))
+						c, lost = b.Cursor(), true // bbolt: a cursor is invalid after a write
+						continue
+					case "del":
+						_ = b.Delete(s.arg)
+						c, lost = b.Cursor(), true
+						continue
+					case "first":
+						k, _ = c.First()
+					case "last":
+						k, _ = c.Last()
+					case "seek":
+						k, _ = c.Seek(s.arg)
+					case "next":
+						k, _ = c.Next()
+					case "prev":
+						k, _ = c.Prev()
+					}
+					lost = k == nil
+					out = append(out, s.op+":"+string(k))
+				}
+				return errors.New("roll back")
+			})
+			return out
+		}
+		got, want := run(et), run(bo)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			for i := range min(len(got), len(want)) {
+				if got[i] != want[i] {
+					t.Fatalf("round %d: step %d differs: etcd %q, bbolt %q", round, i, got[i], want[i])
+				}
+			}
+		}
+	}
+}
