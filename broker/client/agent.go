@@ -535,6 +535,10 @@ func (a *Agent) sleep(d time.Duration, gone <-chan struct{}) bool {
 	return false
 }
 
+// WatchHeader is the header atfd's answer to a watch carries once the
+// watch is in place (broker/edge.WatchHeader).
+const WatchHeader = "atf-watch"
+
 // openWatch opens the revocation watch and waits until the broker says it
 // is in place.
 func (a *Agent) openWatch(ctx context.Context) (brokerv1.BrokerService_WatchRevocationsClient, error) {
@@ -543,8 +547,8 @@ func (a *Agent) openWatch(ctx context.Context) (brokerv1.BrokerService_WatchRevo
 		return nil, err
 	}
 	md, err := w.Header()
-	if err == nil && md == nil {
-		// No header: the stream ended, and Recv says why.
+	if err == nil && len(md.Get(WatchHeader)) == 0 {
+		// Not in place: the stream ended, and Recv says why.
 		if _, err = w.Recv(); err == nil || errors.Is(err, io.EOF) {
 			err = errors.New("client: the revocation watch ended before it began")
 		}

@@ -52,6 +52,7 @@ var sentinelCodes = []struct {
 	{store.ErrRevoked, codes.PermissionDenied},
 	{store.ErrKilled, codes.PermissionDenied},
 	{store.ErrLimit, codes.ResourceExhausted},
+	{store.ErrNotBolt, codes.FailedPrecondition},
 
 	{delegation.ErrUnknownDelegatee, codes.NotFound},
 	{delegation.ErrFanOut, codes.ResourceExhausted},

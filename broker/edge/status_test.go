@@ -146,6 +146,7 @@ func statusCases() []statusCase {
 		named("store.ErrConflict", sentinel(store.ErrConflict, codes.FailedPrecondition)),
 		named("store.ErrDeregistered", sentinel(store.ErrDeregistered, codes.FailedPrecondition)),
 		named("store.ErrInvalid", sentinel(store.ErrInvalid, codes.InvalidArgument)),
+		named("store.ErrNotBolt", sentinel(store.ErrNotBolt, codes.FailedPrecondition)),
 		named("store.ErrRevoked", sentinel(store.ErrRevoked, codes.PermissionDenied)),
 		named("store.ErrKilled", sentinel(store.ErrKilled, codes.PermissionDenied)),
 		named("store.ErrLimit", sentinel(store.ErrLimit, codes.ResourceExhausted)),

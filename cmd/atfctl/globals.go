@@ -87,8 +87,9 @@ func call[R proto.Message](cmd *cobra.Command, g *globals, do func(context.Conte
 
 // follow is the shape of the watch commands: dial, open a stream, print
 // each message as it comes (flushed at once) until Ctrl-C. A stream the
-// broker refuses ends before its headers; its error comes with the first
-// Recv and is returned before anything is printed.
+// broker refuses ends without the watch header (client.WatchHeader); its
+// error comes with the first Recv and is returned before anything is
+// printed.
 func follow[M any, PM interface {
 	*M
 	proto.Message
@@ -108,7 +109,7 @@ func follow[M any, PM interface {
 	}
 	var first *M
 	pending := false
-	if md == nil {
+	if len(md.Get(client.WatchHeader)) == 0 { // refused: Recv says why
 		if first, err = stream.Recv(); err != nil {
 			return err
 		}
