@@ -104,7 +104,7 @@ func (s *Store) PutApproval(a Approval) error {
 // GetApproval returns one request as it stands now.
 func (s *Store) GetApproval(id string) (Approval, error) {
 	var a Approval
-	err := s.view(func(tx kv.Tx) error {
+	err := s.read(func(tx kv.Tx) error {
 		var err error
 		a, err = getApproval(tx, id)
 		return err

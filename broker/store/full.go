@@ -38,5 +38,5 @@ func (s *Store) Full() error {
 	if s.maxSize == 0 {
 		return nil // no transaction on every request when there is no limit
 	}
-	return s.view(s.room)
+	return s.read(s.room)
 }

@@ -162,7 +162,7 @@ func (s *Store) ReleaseAll(actor, reason string) error {
 // GlobalKill returns the global kill switch, or nil when it is not set.
 func (s *Store) GlobalKill() (*Kill, error) {
 	var k *Kill
-	err := s.view(func(tx kv.Tx) error {
+	err := s.read(func(tx kv.Tx) error {
 		v := tx.Bucket(bucketMeta).Get(keyGlobalKill)
 		if v == nil {
 			return nil

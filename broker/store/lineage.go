@@ -178,7 +178,7 @@ func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 // GetGrant returns one grant.
 func (s *Store) GetGrant(id string) (delegation.Grant, error) {
 	var g delegation.Grant
-	err := s.view(func(tx kv.Tx) error {
+	err := s.read(func(tx kv.Tx) error {
 		var err error
 		g, err = getGrant(tx, id)
 		return err
@@ -190,7 +190,7 @@ func (s *Store) GetGrant(id string) (delegation.Grant, error) {
 // id, root first. It does not check that they are live.
 func (s *Store) Chain(id string) ([]delegation.Grant, error) {
 	var chain []delegation.Grant
-	err := s.view(func(tx kv.Tx) error {
+	err := s.read(func(tx kv.Tx) error {
 		var err error
 		chain, err = chainOf(tx, id)
 		return err

@@ -408,7 +408,7 @@ func (s *Store) RegisterAgent(a Agent, actor string) (Agent, error) {
 // GetAgent returns the agent with the given SPIFFE ID.
 func (s *Store) GetAgent(id string) (Agent, error) {
 	var a Agent
-	err := s.view(func(tx kv.Tx) error {
+	err := s.read(func(tx kv.Tx) error {
 		var err error
 		a, err = getAgent(tx, id)
 		return err
