@@ -12,6 +12,7 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -76,6 +77,7 @@ type Server struct {
 	cfg config.Config
 
 	store    *store.Store
+	etcd     *clientv3.Client // the store's, when it is in etcd
 	source   *svid.Source
 	self     spiffeid.ID
 	verifier *attest.Verifier
@@ -177,7 +179,16 @@ func (s *Server) openPolicy(context.Context) error {
 // policy in force, the kill switch and the audit streams.
 func (s *Server) openStore(context.Context) (err error) {
 	cfg := s.cfg
-	if s.store, err = store.Open(cfg.StorePath, store.Options{Now: s.now, OnAudit: s.auditCommitted, OnLost: s.recordLost, MaxSize: cfg.StoreMaxSize, AuditDir: cfg.Audit.Dir}); err != nil {
+	opts := store.Options{Now: s.now, OnAudit: s.auditCommitted, OnLost: s.recordLost, MaxSize: cfg.StoreMaxSize, AuditDir: cfg.Audit.Dir}
+	if e := cfg.Store.Etcd; e != nil {
+		if s.etcd, err = etcdClient(e); err != nil {
+			return err
+		}
+		s.store, err = store.OpenEtcd(s.etcd, store.EtcdOptions{Prefix: e.Prefix, MaxTxnOps: e.MaxTxnOps, Timeout: e.Timeout, Replica: e.Replica}, opts)
+	} else {
+		s.store, err = store.Open(cfg.StorePath, opts)
+	}
+	if err != nil {
 		return err
 	}
 	if s.tracing, err = tracing.New(cfg.Tracing); err != nil {
@@ -311,7 +322,7 @@ func (s *Server) openServices(context.Context) (err error) {
 		RedeemWithin: s.cfg.Approvals.RedeemWithin, Notifier: note, Now: s.now})
 	rolePolicies := func(role string) []string { return s.roles[role].Policies }
 	if s.revoker, err = revoke.New(revoke.Config{Store: s.store, Vault: s.vault, Live: s.live, Approvals: s.approvals,
-		RolePolicies: rolePolicies, Log: s.log}); err != nil {
+		RolePolicies: rolePolicies, Shared: s.etcd != nil, Log: s.log}); err != nil {
 		return err
 	}
 	if gk := s.revoker.GlobalKill(); gk != nil {
@@ -505,6 +516,9 @@ func (s *Server) Close() {
 				}
 			}
 			s.store.Close()
+		}
+		if s.etcd != nil {
+			s.etcd.Close()
 		}
 	})
 }

@@ -38,8 +38,11 @@ type Config struct {
 	// SecurityOperators may stop agents (as admins may) and are the only
 	// ones who may release them (ResponseService).
 	SecurityOperators []string `yaml:"security_operators"`
-	// StorePath is the bbolt file.
+	// StorePath is the bbolt file; empty when the store is in etcd.
 	StorePath string `yaml:"store_path"`
+	// Store holds the store in etcd instead, for several replicas
+	// (docs/operations.md, "Several replicas on etcd").
+	Store StoreConfig `yaml:"store"`
 	// StoreMaxSize bounds the store file, in bytes (0: the disk is the
 	// limit). Near it, nothing new is issued while revocations still
 	// commit in the room kept for them (store.Options.MaxSize). Set it
@@ -378,9 +381,8 @@ func (c *Config) validateCore(v *validation) {
 	case c.StoreRetention == 0:
 		c.StoreRetention = 24 * time.Hour
 	}
-	if c.StorePath == "" {
-		v.bad("store_path is required")
-	} else if c.Audit.Dir == "" {
+	c.Store.validate(v, c.StorePath)
+	if c.StorePath != "" && c.Audit.Dir == "" {
 		c.Audit.Dir = c.StorePath + ".audit"
 	}
 	if c.RolesFile == "" {

@@ -44,7 +44,12 @@ type Config struct {
 	// RolePolicies are a role's Vault policies, which its role anchors
 	// hold to create its batch credentials.
 	RolePolicies func(role string) []string
-	Log          *slog.Logger
+	// Shared says other replicas share the store (etcd): the kill switch
+	// is then read from the store on every call, never from this
+	// replica's memory, so that a switch flipped on any replica stops
+	// every one at once.
+	Shared bool
+	Log    *slog.Logger
 }
 
 // Revoker carries out revocations.
@@ -79,8 +84,19 @@ func (r *Revoker) Stop() { r.queue.stop() }
 // Anchors is the anchor cache issuance hangs credentials under.
 func (r *Revoker) Anchors() *Anchors { return r.anchors }
 
-// GlobalKill is the global kill switch in force (nil: released).
-func (r *Revoker) GlobalKill() *store.Kill { return r.globalKill.Load() }
+// GlobalKill is the global kill switch in force (nil: released). With a
+// shared store it is read there; a store that cannot be read stops every
+// agent (fail closed).
+func (r *Revoker) GlobalKill() *store.Kill {
+	if !r.cfg.Shared {
+		return r.globalKill.Load()
+	}
+	gk, err := r.cfg.Store.GlobalKill()
+	if err != nil {
+		return &store.Kill{At: time.Now().UTC(), By: "atfd", Reason: "the store cannot be read, so whether the kill switch is set is unknown: nothing is issued until it can"}
+	}
+	return gk
+}
 
 // Subscribe registers a watcher of agent's revocations; cancel removes it.
 // When events closes, ended says why: the watcher fell behind, or the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -73,5 +74,63 @@ func boltOnly(t testing.TB) {
 	t.Helper()
 	if onEtcd() {
 		t.Skip("a bbolt file's own behaviour; the tests run on etcd")
+	}
+}
+
+// Replicas share a store in etcd, each with its own run: one that crashed
+// revokes at its next start what it made (its anchors, and the credentials
+// under them), never another replica's.
+func TestReplicaCrashRevokesItsOwn(t *testing.T) {
+	if !onEtcd() {
+		t.Skip("replicas share a store in etcd only")
+	}
+	path := filepath.Join(t.TempDir(), "atf.db")
+	c := newClock()
+	open := func(replica string) *store.Store {
+		if _, err := openStore(path, store.Options{}); err != nil { // starts the cluster
+			t.Fatal(err)
+		}
+		s, err := store.OpenEtcd(etcdCluster.cli, store.EtcdOptions{Prefix: "/store" + path + "/", MaxTxnOps: dev.MaxTxnOps, Replica: replica}, store.Options{Now: c.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	a, b := open("a"), open("b")
+	defer a.Close()
+	for _, s := range []*store.Store{a, b} {
+		if crashed, _, err := s.BeginRun("atfd"); err != nil || crashed {
+			t.Fatalf("first BeginRun = crashed %t, %v", crashed, err)
+		}
+	}
+	const agent = "spiffe://td/agent/ha"
+	mustRegister(t, a, agent, "alice")
+	for _, an := range []struct {
+		s   *store.Store
+		acc string
+	}{{a, "anchor-of-a"}, {b, "anchor-of-b"}} {
+		if err := an.s.AddAnchor(store.Anchor{Accessor: an.acc, Node: store.AgentNode(agent), CreatedAt: c.Now(), ExpiresAt: c.Now().Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// b stops without EndRun (a crash), a stays up; b starts again.
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b = open("b")
+	defer b.Close()
+	crashed, rev, err := b.BeginRun("atfd")
+	if err != nil || !crashed {
+		t.Fatalf("BeginRun after b's crash = crashed %t, %v; want crashed", crashed, err)
+	}
+	if fmt.Sprint(rev.Queued) != "[anchor-of-b]" {
+		t.Errorf("b's crash recovery queued %v, want only b's own anchor", rev.Queued)
+	}
+	// a's run is untouched: a clean stop of a is not a crash.
+	if err := a.EndRun(); err != nil {
+		t.Fatal(err)
+	}
+	if crashed, _, err := a.BeginRun("atfd"); err != nil || crashed {
+		t.Errorf("a's BeginRun after a clean stop = crashed %t, %v", crashed, err)
 	}
 }

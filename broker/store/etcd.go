@@ -26,6 +26,11 @@ type EtcdOptions struct {
 	// Timeout bounds one transaction, retries on conflict included; a
 	// store cut off from etcd fails its calls after it. Default 5 s.
 	Timeout time.Duration
+	// Replica names this replica among those sharing the store: its run
+	// marker, and what it made, so that its crash recovery (BeginRun)
+	// revokes its own anchors and credentials only. Empty: the only
+	// replica, whose crash recovery revokes everything, as with a file.
+	Replica string
 }
 
 // OpenEtcd opens the store kept in etcd under eo.Prefix, through cli,
@@ -45,7 +50,7 @@ func OpenEtcd(cli *clientv3.Client, eo EtcdOptions, opts Options) (*Store, error
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	c := &core{etcd: kv.NewEtcd(cli, eo.Prefix, eo.MaxTxnOps), timeout: eo.Timeout, now: opts.Now, onAudit: opts.OnAudit,
+	c := &core{etcd: kv.NewEtcd(cli, eo.Prefix, eo.MaxTxnOps), timeout: eo.Timeout, replica: eo.Replica, now: opts.Now, onAudit: opts.OnAudit,
 		onLost: opts.OnLost, reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}
 	s := &Store{core: c}
 	if err := s.update(fillIndexes); err != nil {

@@ -26,6 +26,8 @@ type Anchor struct {
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at"`
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	// Replica is the atfd replica that made it (Credential.Replica).
+	Replica string `json:"replica,omitempty"`
 }
 
 // AgentNode and GrantNode name the nodes of the lineage tree anchors hang on.
@@ -212,6 +214,7 @@ func (s *Store) GrantsGivenBy(agentID string) ([]delegation.Grant, error) {
 // AddAnchor records an anchor before the broker uses it, so that a
 // revocation can always find it.
 func (s *Store) AddAnchor(a Anchor) error {
+	a.Replica = s.replica
 	v, err := json.Marshal(a)
 	if err != nil {
 		return fmt.Errorf("store: encode anchor: %w", err)
@@ -265,6 +268,7 @@ func (s *Store) AddAnchor(a Anchor) error {
 // that loses the record is made safe by BeginRun revoking the crashed
 // run's anchors, and a commit that fails calls Options.OnLost.
 func (s *Store) RecordCredential(c Credential) error {
+	c.Replica = s.replica
 	var refused error
 	lost := func() {
 		if s.onLost != nil {

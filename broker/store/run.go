@@ -10,8 +10,22 @@ import (
 	"github.com/agentictrust/atf/broker/store/kv"
 )
 
-// keyRunning is present in the meta bucket while an atfd uses the store.
+// keyRunning is present in the meta bucket while an atfd uses the store
+// (with its replica's name after it, in etcd: runKey).
 var keyRunning = []byte("running")
+
+// runKey is this store's run marker: one per replica in etcd, so that a
+// replica's crash is its own.
+func (s *Store) runKey() []byte {
+	if s.replica == "" {
+		return keyRunning
+	}
+	return []byte(string(keyRunning) + "/" + s.replica)
+}
+
+// mine reports whether what replica made is this store's to recover
+// after a crash: everything in a bbolt file, a replica's own in etcd.
+func (s *Store) mine(replica string) bool { return s.replica == "" || replica == s.replica }
 
 // BeginRun marks the store in use and reports whether the previous run
 // ended without EndRun: a crash, a SIGKILL, a power cut. After such an end
@@ -27,7 +41,7 @@ var keyRunning = []byte("running")
 func (s *Store) BeginRun(actor string) (crashed bool, rev Revocation, err error) {
 	err = s.update(func(tx kv.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		crashed = meta.Get(keyRunning) != nil
+		crashed = meta.Get(s.runKey()) != nil
 		rev = Revocation{Credentials: map[string][]string{}}
 		if crashed {
 			var err error
@@ -35,7 +49,7 @@ func (s *Store) BeginRun(actor string) (crashed bool, rev Revocation, err error)
 				return err
 			}
 		}
-		return meta.Put(keyRunning, []byte(s.now().UTC().Format(time.RFC3339Nano)))
+		return meta.Put(s.runKey(), []byte(s.now().UTC().Format(time.RFC3339Nano)))
 	})
 	if err != nil {
 		return false, Revocation{}, fmt.Errorf("store: begin run: %w", err)
@@ -46,7 +60,7 @@ func (s *Store) BeginRun(actor string) (crashed bool, rev Revocation, err error)
 // EndRun marks a clean end: every issuance of the run was recorded or
 // refused. Call it only when no call is in flight.
 func (s *Store) EndRun() error {
-	return s.update(func(tx kv.Tx) error { return tx.Bucket(bucketMeta).Delete(keyRunning) })
+	return s.update(func(tx kv.Tx) error { return tx.Bucket(bucketMeta).Delete(s.runKey()) })
 }
 
 // revokeAllLive revokes every live anchor (parents first) and credential.
@@ -58,7 +72,7 @@ func (s *Store) revokeAllLive(tx kv.Tx, actor string, now time.Time) (Revocation
 		if err := json.Unmarshal(v, &a); err != nil {
 			return fmt.Errorf("store: decode anchor: %w", err)
 		}
-		if a.RevokedAt.IsZero() && a.ExpiresAt.After(now) {
+		if a.RevokedAt.IsZero() && a.ExpiresAt.After(now) && s.mine(a.Replica) {
 			anchors = append(anchors, a)
 		}
 		return nil
@@ -83,7 +97,7 @@ func (s *Store) revokeAllLive(tx kv.Tx, actor string, now time.Time) (Revocation
 			return fmt.Errorf("store: decode credential: %w", err)
 		}
 		// Live until now: not revoked, alone or with an anchor before.
-		if c.RevokedAt.IsZero() && c.ExpiresAt.After(now) && (queued[c.Anchor] || anchorRevokedAt(tx, c.Anchor, seen).IsZero()) {
+		if c.RevokedAt.IsZero() && c.ExpiresAt.After(now) && s.mine(c.Replica) && (queued[c.Anchor] || anchorRevokedAt(tx, c.Anchor, seen).IsZero()) {
 			live = append(live, c)
 		}
 		return nil

@@ -171,6 +171,9 @@ type Credential struct {
 	GrantID string `json:"grant_id,omitempty"`
 	// Anchor is the accessor of the Vault anchor token it is a child of.
 	Anchor string `json:"anchor,omitempty"`
+	// Replica is the atfd replica that issued it, for a store in etcd
+	// (EtcdOptions.Replica); its crash recovery revokes only its own.
+	Replica string `json:"replica,omitempty"`
 	// Chain is the provenance: the SPIFFE IDs from the root delegator down
 	// to the holder, and the grants between them, root first.
 	Chain    []string `json:"chain,omitempty"`
@@ -244,6 +247,7 @@ type core struct {
 	db      *bolt.DB
 	etcd    *kv.Etcd
 	timeout time.Duration // of one etcd transaction
+	replica string        // EtcdOptions.Replica; "" for a bbolt file
 	now     func() time.Time
 	onAudit func()
 	onLost  func(Credential)

@@ -574,3 +574,36 @@ func (p *FaultProxy) Requests(prefix string) int {
 
 // URL is the proxy's address as an http URL.
 func (p *FaultProxy) URL() string { return "http://" + p.addr }
+
+var (
+	etcdOnce sync.Once
+	etcdRun  *dev.Etcd
+	etcdErr  error
+)
+
+// Etcd returns the test binary's etcd cluster (three members on the shared
+// stack), started by the first test that asks.
+func (f *Fixture) Etcd(t testing.TB) *dev.Etcd {
+	t.Helper()
+	etcdOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		etcdRun, etcdErr = f.Stack.StartEtcd(ctx, 3)
+	})
+	if etcdErr != nil {
+		t.Fatal(etcdErr)
+	}
+	return etcdRun
+}
+
+// EtcdConfig is Config with the store in the fixture's etcd cluster under
+// prefix, as replica: replicas of one broker share a prefix.
+func (f *Fixture) EtcdConfig(t testing.TB, dir, prefix, replica string) config.Config {
+	t.Helper()
+	e := f.Etcd(t)
+	cfg := f.Config(t, dir)
+	cfg.StorePath = ""
+	cfg.Store.Etcd = &config.EtcdConfig{Endpoints: e.Endpoints, CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile,
+		Prefix: prefix, MaxTxnOps: dev.MaxTxnOps, Replica: replica}
+	return cfg
+}
