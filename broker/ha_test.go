@@ -2,6 +2,8 @@ package broker_test
 
 import (
 	"crypto/rand"
+	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -9,9 +11,12 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/devtest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Two replicas on one store in a real three-member etcd cluster serve
@@ -55,7 +60,9 @@ func TestHAReplicasShareOneTruth(t *testing.T) {
 		t.Fatalf("fetch on b under a grant made on a: %v", err)
 	}
 
-	// A lineage revoked on b: refused on a at once, and dead in Vault.
+	// A lineage revoked on b: refused on a at once, dead in Vault, and the
+	// taker, watching on a, hears it.
+	takerW := watchOn(t, a, taker)
 	if _, err := b.Dial(t, f.Admin).Admin.RevokeLineage(t.Context(), &adminv1.RevokeLineageRequest{
 		Root: &adminv1.RevokeLineageRequest_GrantId{GrantId: grant}, Reason: "ha test"}); err != nil {
 		t.Fatal(err)
@@ -65,6 +72,9 @@ func TestHAReplicasShareOneTruth(t *testing.T) {
 	}
 	if !f.Dead(t, under.GetToken()) {
 		t.Error("the credential under the revoked grant is still live in Vault")
+	}
+	if ev := recvWithin(t, takerW, 5*time.Second); !slices.Contains(ev.GetGrantIds(), grant) || !slices.Contains(ev.GetAccessors(), under.GetAccessor()) {
+		t.Errorf("the taker watching on a heard %v, want grant %s and accessor %s revoked on b", ev, grant, under.GetAccessor())
 	}
 
 	// The global kill switch flipped on b stops a; released on a, b serves.
@@ -81,13 +91,27 @@ func TestHAReplicasShareOneTruth(t *testing.T) {
 		t.Errorf("fetch on b after the release on a: %v", err)
 	}
 
-	// One agent killed on a: refused on b.
+	// One agent killed on a: refused on b, and its watch on b ends.
+	giverW := watchOn(t, b, giver)
 	if _, err := a.Dial(t, f.Admin).Response.Kill(t.Context(), &adminv1.KillRequest{Target: &adminv1.KillRequest_AgentId{AgentId: giver.String()}, Reason: "ha test"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := fetch(b, "giver", ""); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("fetch on b by an agent killed on a = %v, want PermissionDenied", err)
 	}
+	if err := endWithin(giverW, 5*time.Second); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("the killed agent's watch on b ended with %v, want PermissionDenied", err)
+	}
+
+	// A policy set on a is in force on b at once: its next decision denies.
+	deny := brokertest.OpenPolicy(f.Stack.TrustDomain) + "p, " + taker.String() + ", reports-read, read, intern, deny\n"
+	if _, err := a.Dial(t, f.Admin).Admin.SetPolicy(t.Context(), &adminv1.SetPolicyRequest{Policy: deny, Comment: "ha test"}); err != nil {
+		t.Fatal(err)
+	}
+	devtest.WaitFor(t, 5*time.Second, "b to deny under the policy set on a", func() bool {
+		_, err := fetch(b, "taker", "")
+		return status.Code(err) == codes.PermissionDenied
+	})
 
 	// One chain, whichever replica wrote each record.
 	for name, r := range map[string]*brokertest.Broker{"a": a, "b": b} {
@@ -98,5 +122,55 @@ func TestHAReplicasShareOneTruth(t *testing.T) {
 		if !v.GetOk() || v.GetRecords() < 10 {
 			t.Errorf("verify on %s: %v", name, v)
 		}
+	}
+}
+
+// watchOn opens id's revocation watch on r and waits until it is in place.
+func watchOn(t *testing.T, r *brokertest.Broker, id spiffeid.ID) brokerv1.BrokerService_WatchRevocationsClient {
+	t.Helper()
+	w, err := r.Dial(t, id).Broker.WatchRevocations(t.Context(), &brokerv1.WatchRevocationsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md, err := w.Header(); err != nil || len(md.Get(client.WatchHeader)) == 0 {
+		t.Fatalf("watch of %s not in place: %v", id, err)
+	}
+	return w
+}
+
+// recvWithin is the watch's next event, failing after d.
+func recvWithin(t *testing.T, w brokerv1.BrokerService_WatchRevocationsClient, d time.Duration) *brokerv1.WatchRevocationsResponse {
+	t.Helper()
+	got := make(chan *brokerv1.WatchRevocationsResponse, 1)
+	go func() {
+		ev, _ := w.Recv()
+		got <- ev
+	}()
+	select {
+	case ev := <-got:
+		return ev
+	case <-time.After(d):
+		t.Fatalf("no revocation event within %s", d)
+		return nil
+	}
+}
+
+// endWithin is the error the watch ends with, skipping events, or a
+// timeout error after d.
+func endWithin(w brokerv1.BrokerService_WatchRevocationsClient, d time.Duration) error {
+	got := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := w.Recv(); err != nil {
+				got <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-got:
+		return err
+	case <-time.After(d):
+		return errors.New("the watch did not end")
 	}
 }

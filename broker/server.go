@@ -78,6 +78,7 @@ type Server struct {
 
 	store    *store.Store
 	etcd     *clientv3.Client // the store's, when it is in etcd
+	feed     *feed            // the change feed between replicas, with etcd
 	source   *svid.Source
 	self     spiffeid.ID
 	verifier *attest.Verifier
@@ -177,11 +178,14 @@ func (s *Server) openPolicy(context.Context) error {
 
 // openStore opens the store and what lives in it: the run marker, the
 // policy in force, the kill switch and the audit streams.
-func (s *Server) openStore(context.Context) (err error) {
+func (s *Server) openStore(ctx context.Context) (err error) {
 	cfg := s.cfg
 	opts := store.Options{Now: s.now, OnAudit: s.auditCommitted, OnLost: s.recordLost, MaxSize: cfg.StoreMaxSize, AuditDir: cfg.Audit.Dir}
 	if e := cfg.Store.Etcd; e != nil {
 		if s.etcd, err = etcdClient(e); err != nil {
+			return err
+		}
+		if s.feed, err = newFeed(ctx, s.etcd, e, s.log); err != nil {
 			return err
 		}
 		s.store, err = store.OpenEtcd(s.etcd, store.EtcdOptions{Prefix: e.Prefix, MaxTxnOps: e.MaxTxnOps, Timeout: e.Timeout, Replica: e.Replica}, opts)
@@ -321,9 +325,17 @@ func (s *Server) openServices(context.Context) (err error) {
 	s.approvals = approval.New(approval.Config{Store: s.store, PendingTTL: s.cfg.Approvals.PendingTTL,
 		RedeemWithin: s.cfg.Approvals.RedeemWithin, Notifier: note, Now: s.now})
 	rolePolicies := func(role string) []string { return s.roles[role].Policies }
-	if s.revoker, err = revoke.New(revoke.Config{Store: s.store, Vault: s.vault, Live: s.live, Approvals: s.approvals,
-		RolePolicies: rolePolicies, Shared: s.etcd != nil, Log: s.log}); err != nil {
+	rc := revoke.Config{Store: s.store, Vault: s.vault, Live: s.live, Approvals: s.approvals,
+		RolePolicies: rolePolicies, Shared: s.etcd != nil, Log: s.log}
+	if s.feed != nil {
+		rc.Feed = s.feed
+	}
+	if s.revoker, err = revoke.New(rc); err != nil {
 		return err
+	}
+	if s.feed != nil {
+		s.feed.apply = s.applyChange
+		s.policy.OnCommit = func() { s.feed.Publish(revoke.Change{Policy: true}) }
 	}
 	if gk := s.revoker.GlobalKill(); gk != nil {
 		s.log.Warn("the global kill switch holds every agent; a security operator must release it", slog.String(edge.LogReason, gk.Reason))
@@ -389,6 +401,9 @@ func (s *Server) Serve(lis net.Listener) error {
 		s.loops.Go(func() { st.Run(ctx) })
 	}
 	s.loops.Go(func() { s.shipAudit(ctx) })
+	if s.feed != nil {
+		s.loops.Go(func() { s.feed.run(ctx) })
+	}
 	s.loops.Go(func() { s.prune(ctx) })
 	s.loops.Go(func() { s.flushRefusals(ctx) })
 	s.loops.Go(func() {

@@ -26,6 +26,9 @@ type Notifier interface {
 
 // Holder holds the policy in force.
 type Holder struct {
+	// OnCommit, if set, is called after a new version is in force here
+	// (the composition root tells the other replicas, which Reload).
+	OnCommit func()
 	store    *store.Store
 	notifier Notifier
 	log      *slog.Logger
@@ -121,10 +124,34 @@ func (h *Holder) Commit(ctx context.Context, pv store.PolicyVersion, p *authz.Po
 		return pv, rev, fmt.Errorf("load stored policy: %w", err)
 	}
 	h.cur.Store(p)
+	if h.OnCommit != nil {
+		h.OnCommit()
+	}
 	edge.Logger(ctx).Info("segmentation policy updated", slog.Uint64("version", pv.Version), slog.Int("lines", pv.Lines),
 		slog.Uint64("restored", pv.RolledBackFrom), slog.Int("grants_revoked", len(rev.Grants)), slog.Int("credentials_revoked", rev.CredentialCount()))
 	h.notifier.Notify(ctx, "policy_updated", "", "", fmt.Sprintf("segmentation policy version %d set by %s: %s", pv.Version, pv.Author, pv.Comment),
 		map[string]string{"version": fmt.Sprint(pv.Version), "digest": pv.Digest,
 			"grants_revoked": fmt.Sprint(len(rev.Grants)), "credentials_revoked": fmt.Sprint(rev.CredentialCount())})
 	return pv, rev, nil
+}
+
+// Reload puts in force the store's current version if it is newer than the
+// one in force: another replica committed it.
+func (h *Holder) Reload() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	pv, err := h.store.Policy(0)
+	if err != nil {
+		return err
+	}
+	if cur := h.cur.Load(); cur != nil && cur.Version() >= pv.Version {
+		return nil
+	}
+	p, err := authz.NewPolicy(pv.Version, pv.Model, pv.Policy)
+	if err != nil {
+		return fmt.Errorf("policy: version %d from another replica does not load: %w", pv.Version, err)
+	}
+	h.cur.Store(p)
+	h.log.Info("segmentation policy updated by another replica", slog.Uint64("version", pv.Version))
+	return nil
 }

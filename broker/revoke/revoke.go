@@ -49,7 +49,10 @@ type Config struct {
 	// replica's memory, so that a switch flipped on any replica stops
 	// every one at once.
 	Shared bool
-	Log    *slog.Logger
+	// Feed, with a shared store, tells the other replicas what Finish,
+	// Kill and KillAll did here (Change).
+	Feed Feed
+	Log  *slog.Logger
 }
 
 // Revoker carries out revocations.
@@ -155,6 +158,7 @@ func (r *Revoker) Kill(ctx context.Context, id, actor, reason string, lineage, w
 	r.cfg.Approvals.Fire()
 	sum = r.Finish(ctx, store.Root{AgentID: id}, actor, reason, rev, start, time.Since(start), wait)
 	r.endStopped(killed)
+	r.share(Change{Stopped: killed, Approvals: true})
 	return killed, sum, nil
 }
 
@@ -173,6 +177,7 @@ func (r *Revoker) KillAll(ctx context.Context, actor, reason string, wait bool) 
 	r.globalKill.Store(gk)
 	r.anchors.DropAll()
 	r.cfg.Approvals.Fire()
+	r.share(Change{DropAll: true, Approvals: true})
 	return r.Finish(ctx, store.Root{}, actor, reason, rev, start, time.Since(start), wait), nil
 }
 
@@ -266,6 +271,9 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 	// An agent stopped (killed, deregistered) hears what it lost, then its
 	// watch ends; Kill ends those of the agents stopped below it.
 	r.endStopped([]string{root.AgentID})
+	change := Change{Drop: append(nodes, rev.Nodes...), Approvals: len(rev.Approvals) > 0, Stopped: []string{root.AgentID}}
+	change.withEvents(events)
+	r.share(change)
 
 	confirmed := <-vault
 	sum := &brokerv1.RevocationSummary{
