@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -173,4 +174,59 @@ func endWithin(w brokerv1.BrokerService_WatchRevocationsClient, d time.Duration)
 	case <-time.After(d):
 		return errors.New("the watch did not end")
 	}
+}
+
+// A replica whose etcd cluster loses its quorum fails closed: its calls
+// that read the store fail (nothing is issued), its health turns
+// NOT_SERVING within the probe interval plus store.etcd.timeout, and it
+// serves again by itself once the quorum is back.
+func TestHAQuorumLostFailsClosed(t *testing.T) {
+	f := brokertest.Setup(t)
+	ctx := t.Context()
+	e, err := f.Stack.StartEtcd(ctx, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := f.EtcdConfigOn(t, e, t.TempDir(), "/quorum/", "solo")
+	cfg.HealthInterval = 200 * time.Millisecond
+	cfg.Store.Etcd.Timeout = time.Second
+	b := f.Start(t, cfg)
+	agent := f.ID(t, "agent")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	conn := b.Dial(t, agent)
+	health := func() healthpb.HealthCheckResponse_ServingStatus {
+		r, err := healthpb.NewHealthClient(conn.ClientConn).Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			return healthpb.HealthCheckResponse_UNKNOWN
+		}
+		return r.GetStatus()
+	}
+	fetch := func() error {
+		_, err := conn.Broker.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "reports-read"})
+		return err
+	}
+	devtest.WaitFor(t, 10*time.Second, "health SERVING", func() bool { return health() == healthpb.HealthCheckResponse_SERVING })
+	if err := fetch(); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, i := range []int{1, 2} {
+		if err := f.Stack.Stop(e.MemberName(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	devtest.WaitFor(t, 10*time.Second, "health NOT_SERVING without a quorum", func() bool {
+		return health() == healthpb.HealthCheckResponse_NOT_SERVING
+	})
+	if err := fetch(); err == nil {
+		t.Error("a credential was issued without the store's quorum")
+	}
+
+	for _, i := range []int{1, 2} {
+		if err := f.Stack.RestartEtcdMember(ctx, e, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	devtest.WaitFor(t, 20*time.Second, "health SERVING with the quorum back", func() bool { return health() == healthpb.HealthCheckResponse_SERVING })
+	devtest.WaitFor(t, 10*time.Second, "issuance with the quorum back", func() bool { return fetch() == nil })
 }

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -22,12 +23,12 @@ func (s *Server) probeHealth(ctx context.Context, interval time.Duration) {
 	for {
 		// Each probe has its own deadline: a Vault that hangs must not make
 		// the Workload API look down, nor the other way round.
-		var verr, werr error
+		var verr, werr, serr error
 		var probes sync.WaitGroup
 		for _, p := range []struct {
 			healthy func(context.Context) error
 			err     *error
-		}{{s.vault.Healthy, &verr}, {s.source.Healthy, &werr}} {
+		}{{s.vault.Healthy, &verr}, {s.source.Healthy, &werr}, {s.storeHealthy, &serr}} {
 			probes.Go(func() {
 				pctx, cancel := context.WithTimeout(ctx, min(interval, 2*time.Second))
 				defer cancel()
@@ -40,15 +41,19 @@ func (s *Server) probeHealth(ctx context.Context, interval time.Duration) {
 		}
 		s.metrics.Up.WithLabelValues("vault").Set(metrics.BoolGauge(verr == nil))
 		s.metrics.Up.WithLabelValues("workload_api").Set(metrics.BoolGauge(werr == nil))
-		ok := verr == nil && werr == nil
+		if s.etcd != nil {
+			s.metrics.Up.WithLabelValues("store").Set(metrics.BoolGauge(serr == nil))
+		}
+		ok := verr == nil && werr == nil && serr == nil
 		if ok != serving {
 			serving = ok
 			st := healthpb.HealthCheckResponse_SERVING
 			if !ok {
 				st = healthpb.HealthCheckResponse_NOT_SERVING
-				s.log.Error("not serving: a dependency does not answer", slog.Any("vault", errText(verr)), slog.Any("workload_api", errText(werr)))
+				s.log.Error("not serving: a dependency does not answer", slog.Any("vault", errText(verr)), slog.Any("workload_api", errText(werr)),
+					slog.Any("store", errText(serr)))
 			} else {
-				s.log.Info("serving again: Vault and the Workload API answer")
+				s.log.Info("serving again: Vault, the Workload API and the store answer")
 			}
 			for _, svc := range healthServices {
 				s.health.SetServingStatus(svc, st)
@@ -71,4 +76,19 @@ func errText(err error) string {
 		return "ok"
 	}
 	return err.Error()
+}
+
+// storeHealthy checks that a store in etcd answers a linearizable read:
+// a replica cut off from the cluster's quorum fails it (and every call
+// that reads the store fails within store.etcd.timeout, so nothing is
+// issued), and reports NOT_SERVING until it answers again. A bbolt file is
+// always there.
+func (s *Server) storeHealthy(ctx context.Context) error {
+	if s.etcd == nil {
+		return nil
+	}
+	if _, err := s.etcd.Get(ctx, s.cfg.Store.Etcd.Prefix+"health"); err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	return nil
 }

@@ -284,6 +284,14 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 		CommitDuration:     durationpb.New(commit),
 		TotalDuration:      durationpb.New(time.Since(start)),
 	}
+	r.record(ctx, actor, subject, reason, sum)
+	return sum
+}
+
+// record writes the audit summary and the log line of a finished
+// revocation.
+func (r *Revoker) record(ctx context.Context, actor, subject, reason string, sum *brokerv1.RevocationSummary) {
+	commit := sum.CommitDuration.AsDuration()
 	if err := r.db(ctx).AppendAudit(store.AuditRecord{Kind: "lineage_revoked", Actor: actor, Subject: subject, Detail: map[string]string{
 		"reason":              reason,
 		"grants_revoked":      itoa(sum.GrantsRevoked),
@@ -295,10 +303,9 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 	}}); err != nil {
 		edge.Logger(ctx).Error("writing the revocation audit summary failed", slog.String(edge.LogError, err.Error()))
 	}
-	edge.Logger(ctx).Info("lineage revoked", slog.String("root", subject), slog.Int("grants", len(rev.Grants)),
-		slog.Int("credentials", rev.CredentialCount()), slog.Int("vault_confirmed", confirmed),
-		slog.Int("vault_pending", len(rev.Queued)-confirmed), slog.Duration("commit", commit), slog.Duration(edge.LogDuration, time.Since(start)))
-	return sum
+	edge.Logger(ctx).Info("lineage revoked", slog.String("root", subject), slog.Int("grants", int(sum.GrantsRevoked)),
+		slog.Int("credentials", int(sum.CredentialsRevoked)), slog.Int("vault_confirmed", int(sum.VaultConfirmed)),
+		slog.Int("vault_pending", int(sum.VaultPending)), slog.Duration("commit", commit), slog.Duration(edge.LogDuration, sum.TotalDuration.AsDuration()))
 }
 
 func itoa(n int32) string { return strconv.Itoa(int(n)) }

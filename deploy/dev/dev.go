@@ -91,6 +91,8 @@ type Stack struct {
 	closed   bool
 	closeErr error
 
+	etcdClusters int // started by StartEtcd, under mu
+
 	pgMu sync.Mutex
 	pg   *Postgres // started by StartPostgres
 }
@@ -298,7 +300,7 @@ var logFiles = []string{"spire-server", "spire-agent", "vault", "vault-setup", "
 // returns "".
 func (s *Stack) Logs() string {
 	var b strings.Builder
-	etcd, _ := filepath.Glob(filepath.Join(s.Dir, "etcd-[0-9]*.log"))
+	etcd, _ := filepath.Glob(filepath.Join(s.Dir, "etcd[0-9]*-[0-9]*.log"))
 	for i := range etcd {
 		etcd[i] = strings.TrimSuffix(filepath.Base(etcd[i]), ".log")
 	}

@@ -52,13 +52,13 @@ type etcdMember struct {
 // docs/operations.md asks of a cluster that holds atfd's store.
 const MaxTxnOps = 4096
 
-// EtcdMemberName is the component name of member i (0-based) of the
-// cluster StartEtcd starts, for Stop and PIDs.
-func EtcdMemberName(i int) string { return fmt.Sprintf("etcd-%d", i) }
+// MemberName is the component name of member i (0-based), for Stop and
+// PIDs: etcd<k>-<i>, k counting the stack's clusters.
+func (e *Etcd) MemberName(i int) string { return e.members[i].name }
 
 // StartEtcd starts an etcd cluster of n members (bin/etcd, which `make
 // dev-tools` builds) and returns once every member answers its health
-// check. Close stops it with the rest; Stop(EtcdMemberName(i)) stops one
+// check. Close stops it with the rest; Stop(e.MemberName(i)) stops one
 // member and RestartEtcdMember starts it again on its data.
 func (s *Stack) StartEtcd(ctx context.Context, n int) (*Etcd, error) {
 	if _, err := os.Stat(filepath.Join(s.BinDir, "etcd")); err != nil {
@@ -68,6 +68,10 @@ func (s *Stack) StartEtcd(ctx context.Context, n int) (*Etcd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dev: %w", err)
 	}
+	s.mu.Lock()
+	s.etcdClusters++
+	k := s.etcdClusters
+	s.mu.Unlock()
 	e := &Etcd{}
 	if err := e.writeCerts(dir); err != nil {
 		return nil, err
@@ -82,7 +86,8 @@ func (s *Stack) StartEtcd(ctx context.Context, n int) (*Etcd, error) {
 		if err != nil {
 			return nil, err
 		}
-		m := etcdMember{name: EtcdMemberName(i), dir: filepath.Join(dir, EtcdMemberName(i)), client: client, peer: peer}
+		name := fmt.Sprintf("etcd%d-%d", k, i)
+		m := etcdMember{name: name, dir: filepath.Join(dir, name), client: client, peer: peer}
 		e.members = append(e.members, m)
 		e.Endpoints = append(e.Endpoints, fmt.Sprintf("https://127.0.0.1:%d", client))
 		peers = append(peers, fmt.Sprintf("%s=http://127.0.0.1:%d", m.name, peer))
@@ -103,7 +108,7 @@ func (s *Stack) StartEtcd(ctx context.Context, n int) (*Etcd, error) {
 }
 
 // RestartEtcdMember starts member i again on its data directory, after
-// Stop(EtcdMemberName(i)), and waits until it is healthy.
+// Stop(e.MemberName(i)), and waits until it is healthy.
 func (s *Stack) RestartEtcdMember(ctx context.Context, e *Etcd, i int) error {
 	if _, err := s.spawnEtcd(e, i, "existing"); err != nil {
 		return err

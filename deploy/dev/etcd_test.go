@@ -35,7 +35,7 @@ func TestEtcdCluster(t *testing.T) {
 		t.Error("a client without a certificate was served; want the TLS handshake refused")
 	}
 
-	if err := s.Stop(dev.EtcdMemberName(0)); err != nil {
+	if err := s.Stop(e.MemberName(0)); err != nil {
 		t.Fatal(err)
 	}
 	for _, ep := range e.Endpoints[1:] {

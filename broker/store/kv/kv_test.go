@@ -416,7 +416,7 @@ func TestEtcdReadFailureFailsClosed(t *testing.T) {
 func TestEtcdMemberDown(t *testing.T) {
 	e := etcdEngine(t, 0)
 	put(t, e, bucketA, "before", "1")
-	if err := cluster.s.Stop(dev.EtcdMemberName(0)); err != nil {
+	if err := cluster.s.Stop(cluster.e.MemberName(0)); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 20 {

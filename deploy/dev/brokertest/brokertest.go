@@ -600,7 +600,13 @@ func (f *Fixture) Etcd(t testing.TB) *dev.Etcd {
 // prefix, as replica: replicas of one broker share a prefix.
 func (f *Fixture) EtcdConfig(t testing.TB, dir, prefix, replica string) config.Config {
 	t.Helper()
-	e := f.Etcd(t)
+	return f.EtcdConfigOn(t, f.Etcd(t), dir, prefix, replica)
+}
+
+// EtcdConfigOn is EtcdConfig on the cluster e (a test's own, to stop
+// members of).
+func (f *Fixture) EtcdConfigOn(t testing.TB, e *dev.Etcd, dir, prefix, replica string) config.Config {
+	t.Helper()
 	cfg := f.Config(t, dir)
 	cfg.StorePath = ""
 	cfg.Store.Etcd = &config.EtcdConfig{Endpoints: e.Endpoints, CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile,
