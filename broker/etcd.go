@@ -10,9 +10,11 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 
 	"github.com/agentictrust/atf/broker/config"
@@ -154,4 +156,77 @@ func (s *Server) applyChange(c revoke.Change) {
 				slog.String(edge.LogError, err.Error()))
 		}
 	}
+}
+
+// leaderTTL is the life, in seconds, of the session a replica leads the
+// revocation queue with: a leader that dies, or is cut off from etcd, is
+// replaced within it.
+const leaderTTL = 5
+
+// leader elects, among the replicas sharing a store in etcd, the one that
+// drains the durable revocation queue in the background (revoke.Config's
+// Lead): an etcd election under <prefix>leader/revocations, held with a
+// session lease of leaderTTL seconds. Every replica still revokes inline
+// what it revoked itself; the leader retries what Vault did not confirm,
+// and what a dead replica left.
+type leader struct {
+	cli          *clientv3.Client
+	key, replica string
+	log          *slog.Logger
+	leading      atomic.Bool
+	terms        atomic.Int64
+}
+
+func newLeader(cli *clientv3.Client, e *config.EtcdConfig, log *slog.Logger) *leader {
+	return &leader{cli: cli, key: e.Prefix + "leader/revocations", replica: e.Replica, log: log}
+}
+
+// Lead campaigns for the leadership and runs run for every term this
+// replica wins, until ctx ends; on a clean stop it resigns, so another
+// replica takes over at once rather than after the lease.
+func (l *leader) Lead(ctx context.Context, run func(context.Context)) {
+	for ctx.Err() == nil {
+		if err := l.term(ctx, run); err != nil && ctx.Err() == nil {
+			l.log.Warn("campaigning to lead the revocation queue failed; retrying", slog.String(edge.LogError, err.Error()))
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+// term waits to be elected, runs run until the session or ctx ends, and
+// resigns.
+func (l *leader) term(ctx context.Context, run func(context.Context)) error {
+	sess, err := concurrency.NewSession(l.cli, concurrency.WithTTL(leaderTTL), concurrency.WithContext(ctx))
+	if err != nil {
+		return err
+	}
+	defer sess.Close() // revokes the lease: a stopped leader's key goes now
+	tctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-sess.Done(): // the lease expired or was revoked: the term is over
+		case <-tctx.Done():
+		}
+		cancel()
+	}()
+	el := concurrency.NewElection(sess, l.key)
+	if err := el.Campaign(tctx, l.replica); err != nil {
+		return err
+	}
+	l.leading.Store(true)
+	l.terms.Add(1)
+	l.log.Info("leading the revocation queue", slog.String("replica", l.replica))
+	run(tctx)
+	l.leading.Store(false)
+	l.log.Info("no longer leading the revocation queue", slog.String("replica", l.replica))
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer rcancel()
+	if err := el.Resign(rctx); err != nil && ctx.Err() == nil {
+		l.log.Warn("resigning the revocation queue's leadership failed; it passes on when the lease ends", slog.String(edge.LogError, err.Error()))
+	}
+	return nil
 }

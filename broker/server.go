@@ -79,6 +79,7 @@ type Server struct {
 	store    *store.Store
 	etcd     *clientv3.Client // the store's, when it is in etcd
 	feed     *feed            // the change feed between replicas, with etcd
+	leader   *leader          // who drains the revocation queue, with etcd
 	source   *svid.Source
 	self     spiffeid.ID
 	verifier *attest.Verifier
@@ -188,6 +189,7 @@ func (s *Server) openStore(ctx context.Context) (err error) {
 		if s.feed, err = newFeed(ctx, s.etcd, e, s.log); err != nil {
 			return err
 		}
+		s.leader = newLeader(s.etcd, e, s.log)
 		s.store, err = store.OpenEtcd(s.etcd, store.EtcdOptions{Prefix: e.Prefix, MaxTxnOps: e.MaxTxnOps, Timeout: e.Timeout, Replica: e.Replica}, opts)
 	} else {
 		s.store, err = store.Open(cfg.StorePath, opts)
@@ -238,6 +240,7 @@ func (s *Server) openMonitoring(context.Context) (err error) {
 	}
 	s.metrics = metrics.New(metrics.State{
 		LiveCredentials: func() int { return s.live.Total() },
+		LeadingQueue:    func() bool { return s.leader == nil || s.leader.leading.Load() },
 		PendingRevocations: func() (int, error) {
 			q, err := s.store.PendingRevocations()
 			return len(q), err
@@ -328,7 +331,7 @@ func (s *Server) openServices(context.Context) (err error) {
 	rc := revoke.Config{Store: s.store, Vault: s.vault, Live: s.live, Approvals: s.approvals,
 		RolePolicies: rolePolicies, Shared: s.etcd != nil, Log: s.log}
 	if s.feed != nil {
-		rc.Feed = s.feed
+		rc.Feed, rc.Lead = s.feed, s.leader.Lead
 	}
 	if s.revoker, err = revoke.New(rc); err != nil {
 		return err

@@ -31,6 +31,7 @@ func TestRefusalNotAuditedIsUnavailable(t *testing.T) {
 		PolicyVersion:      func() uint64 { return 0 },
 		Vault:              func() vault.Stats { return vault.Stats{} },
 		GlobalKill:         func() bool { return false },
+		LeadingQueue:       func() bool { return true },
 	})})
 	r := decide.Request{Caller: "spiffe://td/agent", Role: config.Role{Name: "reports-read"}}
 	ref := decide.Deny(decide.NewReasons("d-1", "r-1", r), authz.Decision{Reason: authz.NotRegistered, Message: "not registered"})

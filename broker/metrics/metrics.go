@@ -46,6 +46,9 @@ type State struct {
 	PolicyVersion      func() uint64
 	Vault              func() vault.Stats
 	GlobalKill         func() bool
+	// LeadingQueue says this replica drains the revocation queue (always,
+	// alone on a bbolt file).
+	LeadingQueue func() bool
 }
 
 // New returns the metrics, their gauges reading s.
@@ -87,6 +90,8 @@ func New(s State) *Metrics {
 				}
 				return float64(n)
 			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_revocation_queue_leader", Help: "1 while this replica drains the revocation queue (one replica at a time on etcd)."},
+			func() float64 { return BoolGauge(s.LeadingQueue()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_policy_version", Help: "Version of the segmentation policy in force (0: none)."},
 			func() float64 {
 				return float64(s.PolicyVersion())

@@ -30,6 +30,9 @@ type Change struct {
 	// EndAll ends every watch, for a replica that may have missed changes:
 	// its agents reconnect and fetch anew.
 	EndAll bool `json:"end_all,omitempty"`
+	// Queued says revocations were left in the durable queue for Vault:
+	// the replica that leads the queue drains it now.
+	Queued bool `json:"queued,omitempty"`
 }
 
 // Feed carries Changes to the other replicas (broker's etcd feed).
@@ -80,6 +83,9 @@ func (r *Revoker) Apply(c Change) {
 	}
 	if c.EndAll {
 		r.hub.end("", errMissed)
+	}
+	if c.Queued {
+		r.queue.wake()
 	}
 }
 

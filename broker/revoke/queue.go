@@ -15,19 +15,38 @@ import (
 
 // queue finishes queued revocations: inline when they are queued, and in
 // the background, with jittered backoff, for those Vault did not confirm.
-// The queue lives in the store, so a restart resumes it.
+// The queue lives in the store, so a restart resumes it. With a shared
+// store, one replica at a time drains it in the background (lead), told
+// by the others when they leave something in it (left), and reading it
+// every leaderPoll besides.
 type queue struct {
 	store  *store.Store
 	issuer *vault.Issuer
 	log    *slog.Logger
+	lead   func(ctx context.Context, run func(context.Context))
+	// left tells the replica that drains the queue that this one left
+	// something in it.
+	left func()
 
 	kick   chan struct{}
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
-func newQueue(st *store.Store, is *vault.Issuer, log *slog.Logger) *queue {
-	return &queue{store: st, issuer: is, log: log, kick: make(chan struct{}, 1), cancel: func() {}}
+func newQueue(st *store.Store, is *vault.Issuer, log *slog.Logger, lead func(context.Context, func(context.Context))) *queue {
+	return &queue{store: st, issuer: is, log: log, lead: lead, left: func() {}, kick: make(chan struct{}, 1), cancel: func() {}}
+}
+
+// leaderPoll is how often the replica leading a shared queue reads it
+// even when nobody said it holds anything.
+const leaderPoll = 10 * time.Second
+
+// wake wakes the background drain.
+func (r *queue) wake() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
 }
 
 // revoke revokes creds in Vault and returns how many Vault confirmed; the
@@ -35,10 +54,8 @@ func newQueue(st *store.Store, is *vault.Issuer, log *slog.Logger) *queue {
 func (r *queue) revoke(ctx context.Context, accessors []string) int {
 	done := r.revokeAll(ctx, accessors)
 	if done < len(accessors) {
-		select {
-		case r.kick <- struct{}{}:
-		default:
-		}
+		r.wake()
+		r.left()
 	}
 	return done
 }
@@ -73,7 +90,11 @@ func (r *queue) start() {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		r.loop(ctx)
+		if r.lead == nil {
+			r.loop(ctx)
+			return
+		}
+		r.lead(ctx, r.loop)
 	}()
 }
 
@@ -102,9 +123,12 @@ func (r *queue) loop(ctx context.Context) {
 			}
 		}
 		var wait <-chan time.Time
-		if len(pending) > 0 || err != nil {
+		switch {
+		case len(pending) > 0 || err != nil:
 			wait = time.After(backoff/2 + rand.N(backoff))
 			backoff = min(2*backoff, time.Minute)
+		case r.lead != nil:
+			wait = time.After(leaderPoll)
 		}
 		select {
 		case <-ctx.Done():

@@ -52,6 +52,12 @@ type Config struct {
 	// Feed, with a shared store, tells the other replicas what Finish,
 	// Kill and KillAll did here (Change).
 	Feed Feed
+	// Lead, with a shared store, runs the durable queue's background
+	// drain only while this replica leads it (one replica at a time,
+	// elected in the store): lead calls run with a context that ends when
+	// the leadership does, and again at every new term, until ctx ends.
+	// Nil: this replica drains alone.
+	Lead func(ctx context.Context, run func(context.Context))
 	Log  *slog.Logger
 }
 
@@ -69,7 +75,8 @@ type Revoker struct {
 // it. Start its queue with Start.
 func New(cfg Config) (*Revoker, error) {
 	r := &Revoker{cfg: cfg, anchors: &Anchors{issuer: cfg.Vault, store: cfg.Store, policies: cfg.RolePolicies, m: map[string]*vault.Anchor{}, sweepAt: 1024},
-		queue: newQueue(cfg.Store, cfg.Vault, cfg.Log)}
+		queue: newQueue(cfg.Store, cfg.Vault, cfg.Log, cfg.Lead)}
+	r.queue.left = func() { r.share(Change{Queued: true}) }
 	gk, err := cfg.Store.GlobalKill()
 	if err != nil {
 		return nil, err
