@@ -97,7 +97,7 @@ type Server struct {
 	metricsLn      net.Listener
 	rate, calls    *limits.Rate
 	refusals       *limits.Refusals
-	live           *limits.Live
+	live           limits.Counter
 	maturity       maturity.Config
 	monitor        *monitor.Monitor
 	breakers       *monitor.Breakers
@@ -262,12 +262,19 @@ func (s *Server) openMonitoring(context.Context) (err error) {
 	s.rate = limits.NewRate(cfg.Limits.Rate, s.now)
 	s.calls = limits.NewCallRate(cfg.Limits.CallRate, s.now)
 	s.refusals = limits.NewRefusals(cfg.Limits.RefusalWindow, s.now)
-	s.live = limits.NewLive(cfg.Limits, s.now)
-	live, err := s.store.LiveCredentials(s.now())
+	if s.etcd != nil {
+		// Replicas count in the store they share, so the limits hold
+		// across all of them.
+		s.live = limits.NewShared(s.store, cfg.Limits, s.log)
+		return nil
+	}
+	live := limits.NewLive(cfg.Limits, s.now)
+	creds, err := s.store.LiveCredentials(s.now())
 	if err != nil {
 		return err
 	}
-	s.live.Load(live)
+	live.Load(creds)
+	s.live = live
 	return nil
 }
 

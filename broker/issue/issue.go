@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
@@ -38,7 +39,7 @@ type Config struct {
 	Store     *store.Store
 	Vault     *vault.Issuer
 	Anchors   *revoke.Anchors
-	Live      *limits.Live
+	Live      limits.Counter
 	Approvals Approvals
 	Tracer    trace.Tracer
 }
@@ -49,14 +50,21 @@ type Issuer struct{ cfg Config }
 // New returns an Issuer.
 func New(cfg Config) *Issuer { return &Issuer{cfg: cfg} }
 
+// reserveMargin is how much longer than the credential's lifetime its
+// live-credential reservation is made for, to cover the issuance itself;
+// Commit then records the real expiry.
+const reserveMargin = 5 * time.Second
+
 // Issue issues p for an agent whose record is at revision. A refusal on
 // the way (a limit, a revocation or kill committed meanwhile, Vault not
 // issuing) is a *decide.Refusal, to be audited as the decision's outcome;
 // any other error left nothing issued and nothing recorded.
 func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ vault.Credential, err error) {
-	res, lerr := is.cfg.Live.Reserve(p.Caller, p.Lineage(), p.Role.Name)
-	if lerr != nil {
-		return vault.Credential{}, decide.Limit(p.Reasons, lerr)
+	res, lerr := is.cfg.Live.Reserve(p.Caller, p.Lineage(), p.Role.Name, time.Now().Add(p.TTL+reserveMargin))
+	if fe := (*fault.Error)(nil); errors.As(lerr, &fe) && fe.Limit != "" {
+		return vault.Credential{}, decide.Limit(p.Reasons, fe)
+	} else if lerr != nil {
+		return vault.Credential{}, lerr
 	}
 	var undo []func()
 	defer func() {

@@ -116,6 +116,8 @@ type Live struct {
 
 // Reservation is one counted credential (or reservation, until commit).
 type Reservation struct {
+	// id is the reservation in the store (Shared only).
+	id                   string
 	accessor             string
 	agent, lineage, role string
 	expires              time.Time
@@ -150,9 +152,23 @@ func LineageRoot(agent string, chain []string) string {
 	return agent
 }
 
+// Counter counts live credentials for the limits on them: Live in one
+// process, Shared across the replicas sharing a store. Reserve counts one
+// more credential for agent in lineage and role until expires, or says
+// which limit it would break (a *fault.Error with its Limit set) or that
+// it could not count (any other error); the caller must then Commit the
+// issued credential or Cancel. Remove forgets revoked credentials.
+type Counter interface {
+	Reserve(agent, lineage, role string, expires time.Time) (*Reservation, error)
+	Commit(lc *Reservation, accessor string, expires time.Time)
+	Cancel(lc *Reservation)
+	Remove(accessors ...string)
+	Total() int
+}
+
 // Reserve counts one more credential for agent in lineage and role, or says
 // which limit it would break. The caller must commit or cancel.
-func (l *Live) Reserve(agent, lineage, role string) (*Reservation, *fault.Error) {
+func (l *Live) Reserve(agent, lineage, role string, _ time.Time) (*Reservation, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.expireLocked()

@@ -64,7 +64,8 @@ var (
 
 	allBuckets = [][]byte{bucketAgents, bucketHistory, bucketCredentials, bucketRevocations,
 		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketBare, bucketReceived, bucketOpenApprovals, bucketAnchors, bucketNodeAnchors, bucketAudit,
-		bucketPolicies, bucketApprovals, bucketMeta, bucketOutcomes, bucketEvidence, bucketSignOffs, bucketIncidents}
+		bucketPolicies, bucketApprovals, bucketMeta, bucketOutcomes, bucketEvidence, bucketSignOffs, bucketIncidents,
+		bucketLiveCounts, bucketLive, bucketLiveExpiry, bucketLiveAccessors}
 )
 
 // Status is an agent's standing in the registry.

@@ -1,0 +1,94 @@
+package limits
+
+import (
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/agentictrust/atf/broker/config"
+	"github.com/agentictrust/atf/broker/fault"
+	"github.com/agentictrust/atf/broker/store"
+)
+
+// Shared counts live credentials in a store several replicas share (etcd),
+// so that the limits on them (ATF S-4, S-5) hold across every replica
+// exactly: a reservation is committed in the store, in a transaction that
+// reads the counts it checks, before Vault is asked (store.ReserveLive).
+// A count may be briefly too high (a credential revoked before its
+// reservation recorded its accessor, a replica that died with a
+// reservation in flight: each is counted until its expiry), never too low.
+type Shared struct {
+	store                         *store.Store
+	maxAgent, maxLineage, maxRole int // -1: no limit
+	log                           *slog.Logger
+}
+
+// NewShared returns the limits of cfg counted in st.
+func NewShared(st *store.Store, cfg config.LimitsConfig, log *slog.Logger) *Shared {
+	return &Shared{store: st, maxAgent: cfg.MaxLivePerAgent, maxLineage: cfg.MaxLivePerLineage, maxRole: cfg.MaxLivePerRole, log: log}
+}
+
+// sharedLimits names each counted key's limit, for refusals.
+var sharedLimits = map[string]string{"agent": "live_per_agent", "lineage": "live_per_lineage", "role": "live_per_role"}
+
+// Reserve counts one more credential for agent in lineage and role until
+// expires, committed in the store.
+func (s *Shared) Reserve(agent, lineage, role string, expires time.Time) (*Reservation, error) {
+	id, err := s.store.ReserveLive([]store.LiveLimit{
+		{Key: store.LiveKey("agent", agent), Max: s.maxAgent},
+		{Key: store.LiveKey("lineage", lineage), Max: s.maxLineage},
+		{Key: store.LiveKey("role", role), Max: s.maxRole},
+	}, expires)
+	if le, ok := store.IsLiveLimit(err); ok {
+		kind, name, _ := strings.Cut(le.Key, "\x00")
+		what := map[string]string{"agent": "agent " + name, "lineage": "the lineage of " + name, "role": "role " + name}[kind]
+		retry := time.Minute
+		if !le.Soonest.IsZero() {
+			retry = max(time.Until(le.Soonest), time.Second)
+		}
+		return nil, fault.Limited(sharedLimits[kind], retry, "limit %s: %s already holds %d live credentials, the most allowed", sharedLimits[kind], what, le.Count)
+	}
+	if err != nil {
+		return nil, fault.New(fault.Unavailable, "the live credentials could not be counted in the store, so nothing is issued: %w", err)
+	}
+	return &Reservation{id: id, agent: agent, lineage: lineage, role: role, expires: expires}, nil
+}
+
+// Commit records the issued credential's accessor (by which a revocation
+// releases it) and expiry, in the background: until it lands, the
+// reservation counts until its planned expiry.
+func (s *Shared) Commit(lc *Reservation, accessor string, expires time.Time) {
+	go func() {
+		if err := s.store.CommitLive(lc.id, accessor, expires); err != nil && !errors.Is(err, store.ErrClosed) {
+			s.log.Warn("recording a live credential in the store failed; it counts against its limits until its expiry",
+				slog.String("error", err.Error()))
+		}
+	}()
+}
+
+// Cancel gives a reservation back.
+func (s *Shared) Cancel(lc *Reservation) {
+	if err := s.store.CancelLive(lc.id); err != nil {
+		s.log.Warn("giving back a live-credential reservation failed; it counts against its limits until its expiry",
+			slog.String("error", err.Error()))
+	}
+}
+
+// Remove stops counting revoked credentials.
+func (s *Shared) Remove(accessors ...string) {
+	if err := s.store.ReleaseLiveAccessors(accessors...); err != nil {
+		s.log.Warn("releasing revoked credentials from the live counts failed; they count against their limits until they expire",
+			slog.String("error", err.Error()), slog.Int("count", len(accessors)))
+	}
+}
+
+// Total is the number of live credentials counted (-1 if the store
+// cannot be read).
+func (s *Shared) Total() int {
+	n, err := s.store.LiveTotal()
+	if err != nil {
+		return -1
+	}
+	return n
+}

@@ -1,0 +1,284 @@
+package store
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/agentictrust/atf/broker/store/kv"
+)
+
+// Live credentials counted in the store, for replicas that share it
+// (etcd): the limits on live credentials per agent, lineage and role
+// (limits.max_live_*) then hold across every replica exactly, since a
+// reservation is committed in the store before Vault is asked, in a
+// transaction that reads the counts it checks (docs/operations.md). One
+// process on a bbolt file counts in memory instead (limits.Live).
+//
+// A reservation lives until the expiry it was made for, until its
+// credential is revoked (ReleaseLiveAccessors) or until it is cancelled;
+// expired ones are swept by the next reservation. A replica that dies
+// with a reservation in flight leaves it counted until that expiry: a
+// count may be briefly too high, never too low.
+var (
+	// bucketLiveCounts holds a count (8 bytes, big-endian) per counted
+	// key: LiveKey's, and liveTotal.
+	bucketLiveCounts = []byte("live_counts")
+	// bucketLive holds the reservations by id (liveEntry).
+	bucketLive = []byte("live")
+	// bucketLiveExpiry indexes them by expiry: 8 bytes of Unix
+	// nanoseconds, big-endian, then the id; no value.
+	bucketLiveExpiry = []byte("live_expiry")
+	// bucketLiveAccessors maps an issued credential's accessor to its
+	// reservation.
+	bucketLiveAccessors = []byte("live_accessors")
+
+	liveTotal = []byte("total")
+)
+
+// liveSweepMax bounds how many expired reservations one reservation
+// sweeps, so that its transaction stays small.
+const liveSweepMax = 64
+
+// LiveLimit is one limit a reservation must respect: at most Max live
+// credentials under Key.
+type LiveLimit struct {
+	Key string
+	Max int
+}
+
+// LiveKey is the counted key of a limit: kind ("agent", "lineage",
+// "role") and the name counted.
+func LiveKey(kind, name string) string { return kind + "\x00" + name }
+
+// LiveLimitError says which limit a reservation would break.
+type LiveLimitError struct {
+	Key   string
+	Count int
+	// Soonest is the soonest expiry among the live reservations (zero if
+	// none), a lower bound on when the count can drop.
+	Soonest time.Time
+}
+
+func (e *LiveLimitError) Error() string {
+	return fmt.Sprintf("store: %d live credentials under %q, the most allowed", e.Count, e.Key)
+}
+
+type liveEntry struct {
+	Keys     []string  `json:"keys"`
+	Expires  time.Time `json:"expires"`
+	Accessor string    `json:"accessor,omitempty"`
+}
+
+// ReserveLive counts one more live credential under every limit's key,
+// until expires, or returns a *LiveLimitError naming the first limit it
+// would break (nothing is then written). It returns the reservation's id.
+func (s *Store) ReserveLive(limits []LiveLimit, expires time.Time) (string, error) {
+	var id string
+	err := s.group(func(tx kv.Tx) error {
+		if err := sweepLive(tx, s.now(), liveSweepMax); err != nil {
+			return err
+		}
+		counts := tx.Bucket(bucketLiveCounts)
+		for _, l := range limits {
+			if n := liveCount(counts, l.Key); l.Max >= 0 && n >= l.Max {
+				return &LiveLimitError{Key: l.Key, Count: n, Soonest: soonestLive(tx)}
+			}
+		}
+		seq, err := tx.Bucket(bucketLive).NextSequence()
+		if err != nil {
+			return err
+		}
+		id = fmt.Sprintf("%016x", seq)
+		e := liveEntry{Expires: expires.UTC()}
+		for _, l := range limits {
+			e.Keys = append(e.Keys, l.Key)
+		}
+		return putLive(tx, id, e, 1)
+	})
+	return id, err
+}
+
+// CommitLive records the credential issued under reservation id: its
+// accessor, by which a revocation releases it, and its expiry.
+func (s *Store) CommitLive(id, accessor string, expires time.Time) error {
+	return s.group(func(tx kv.Tx) error {
+		e, ok, err := getLive(tx, id)
+		if err != nil || !ok {
+			return err // released or swept meanwhile: nothing to record
+		}
+		if err := tx.Bucket(bucketLiveExpiry).Delete(liveExpiryKey(e.Expires, id)); err != nil {
+			return err
+		}
+		e.Accessor, e.Expires = accessor, expires.UTC()
+		if err := tx.Bucket(bucketLiveAccessors).Put([]byte(accessor), []byte(id)); err != nil {
+			return err
+		}
+		return putLive(tx, id, e, 0)
+	})
+}
+
+// CancelLive gives reservation id back.
+func (s *Store) CancelLive(id string) error {
+	return s.group(func(tx kv.Tx) error { return releaseLive(tx, id) })
+}
+
+// liveReleaseChunk bounds the revoked credentials released per
+// transaction.
+const liveReleaseChunk = 256
+
+// ReleaseLiveAccessors stops counting the revoked credentials with these
+// accessors (those not counted are skipped).
+func (s *Store) ReleaseLiveAccessors(accessors ...string) error {
+	for len(accessors) > 0 {
+		chunk := accessors[:min(len(accessors), liveReleaseChunk)]
+		accessors = accessors[len(chunk):]
+		if err := s.group(func(tx kv.Tx) error {
+			for _, acc := range chunk {
+				id := tx.Bucket(bucketLiveAccessors).Get([]byte(acc))
+				if id == nil {
+					continue
+				}
+				if err := releaseLive(tx, string(id)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LiveTotal is the number of live credentials counted (and reservations
+// in flight).
+func (s *Store) LiveTotal() (int, error) {
+	var n int
+	err := s.view(func(tx kv.Tx) error {
+		n = liveCount(tx.Bucket(bucketLiveCounts), string(liveTotal))
+		return nil
+	})
+	return n, err
+}
+
+// putLive writes reservation id, adding delta to the counts of its keys.
+func putLive(tx kv.Tx, id string, e liveEntry, delta int) error {
+	v, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketLive).Put([]byte(id), v); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketLiveExpiry).Put(liveExpiryKey(e.Expires, id), nil); err != nil {
+		return err
+	}
+	return addLive(tx, e.Keys, delta)
+}
+
+// releaseLive deletes reservation id (if it is still there) and its
+// indexes, and takes it off the counts.
+func releaseLive(tx kv.Tx, id string) error {
+	e, ok, err := getLive(tx, id)
+	if err != nil || !ok {
+		return err
+	}
+	for _, d := range []struct {
+		bucket []byte
+		key    []byte
+	}{{bucketLive, []byte(id)}, {bucketLiveExpiry, liveExpiryKey(e.Expires, id)}} {
+		if err := tx.Bucket(d.bucket).Delete(d.key); err != nil {
+			return err
+		}
+	}
+	if e.Accessor != "" {
+		if err := tx.Bucket(bucketLiveAccessors).Delete([]byte(e.Accessor)); err != nil {
+			return err
+		}
+	}
+	return addLive(tx, e.Keys, -1)
+}
+
+func getLive(tx kv.Tx, id string) (liveEntry, bool, error) {
+	var e liveEntry
+	v := tx.Bucket(bucketLive).Get([]byte(id))
+	if v == nil {
+		return e, false, nil
+	}
+	if err := json.Unmarshal(v, &e); err != nil {
+		return e, false, fmt.Errorf("store: decode live credential %s: %w", id, err)
+	}
+	return e, true, nil
+}
+
+// addLive adds delta to the counts of keys and to the total.
+func addLive(tx kv.Tx, keys []string, delta int) error {
+	if delta == 0 {
+		return nil
+	}
+	counts := tx.Bucket(bucketLiveCounts)
+	for _, k := range append(keys, string(liveTotal)) {
+		n := max(liveCount(counts, k)+delta, 0)
+		var err error
+		if n == 0 {
+			err = counts.Delete([]byte(k))
+		} else {
+			err = counts.Put([]byte(k), binary.BigEndian.AppendUint64(nil, uint64(n)))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func liveCount(counts kv.Bucket, key string) int {
+	v := counts.Get([]byte(key))
+	if len(v) != 8 {
+		return 0
+	}
+	return int(binary.BigEndian.Uint64(v))
+}
+
+func liveExpiryKey(at time.Time, id string) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, uint64(at.UnixNano())), id...)
+}
+
+// sweepLive releases up to limit reservations expired at now.
+func sweepLive(tx kv.Tx, now time.Time, limit int) error {
+	end := binary.BigEndian.AppendUint64(nil, uint64(now.UnixNano()))
+	var expired []string
+	c := tx.Bucket(bucketLiveExpiry).Cursor()
+	for k, _ := c.First(); k != nil && len(expired) < limit; k, _ = c.Next() {
+		if len(k) < 8 || string(k[:8]) >= string(end) {
+			break
+		}
+		expired = append(expired, string(k[8:]))
+	}
+	for _, id := range expired {
+		if err := releaseLive(tx, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// soonestLive is the soonest expiry of a live reservation (zero if none).
+func soonestLive(tx kv.Tx) time.Time {
+	k, _ := tx.Bucket(bucketLiveExpiry).Cursor().First()
+	if len(k) < 8 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
+}
+
+// IsLiveLimit reports whether err is a refusal by a live-credential
+// limit, and which.
+func IsLiveLimit(err error) (*LiveLimitError, bool) {
+	var le *LiveLimitError
+	ok := errors.As(err, &le)
+	return le, ok
+}

@@ -1,0 +1,116 @@
+package store_test
+
+import (
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/agentictrust/atf/broker/store"
+)
+
+func liveLimits(agent string, maxAgent, maxRole int) []store.LiveLimit {
+	return []store.LiveLimit{{Key: store.LiveKey("agent", agent), Max: maxAgent}, {Key: store.LiveKey("role", "db-read"), Max: maxRole}}
+}
+
+func wantLiveLimit(t *testing.T, err error, key string, count int) {
+	t.Helper()
+	le, ok := store.IsLiveLimit(err)
+	if !ok || le.Key != key || le.Count != count {
+		t.Fatalf("reservation over the limit = %v, want a LiveLimitError on %q at %d", err, key, count)
+	}
+}
+
+// Live credentials counted in the store: a reservation over a limit is
+// refused and writes nothing; a cancelled, revoked (by accessor) or
+// expired one frees its place; the total follows.
+func TestLiveReservations(t *testing.T) {
+	s, clock := open(t)
+	exp := clock.Now().Add(time.Minute)
+	first, err := s.ReserveLive(liveLimits("a", 2, 3), exp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ReserveLive(liveLimits("a", 2, 3), exp.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.ReserveLive(liveLimits("a", 2, 3), exp)
+	wantLiveLimit(t, err, store.LiveKey("agent", "a"), 2)
+	if le, _ := store.IsLiveLimit(err); !le.Soonest.Equal(exp) {
+		t.Errorf("soonest expiry %v, want the first reservation's %v", le.Soonest, exp)
+	}
+	third, err := s.ReserveLive(liveLimits("b", 2, 3), exp.Add(2*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.ReserveLive(liveLimits("c", 2, 3), exp)
+	wantLiveLimit(t, err, store.LiveKey("role", "db-read"), 3)
+	if n, err := s.LiveTotal(); err != nil || n != 3 {
+		t.Fatalf("LiveTotal = %d, %v; want 3 (a refusal writes nothing)", n, err)
+	}
+
+	// Cancelled: its place is free.
+	if err := s.CancelLive(third); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ReserveLive(liveLimits("c", 2, 3), exp.Add(time.Hour)); err != nil {
+		t.Fatalf("after a cancel: %v", err)
+	}
+	// Committed, then revoked by its accessor: free again.
+	if err := s.CommitLive(first, "acc-1", exp); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReleaseLiveAccessors("acc-unknown", "acc-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ReserveLive(liveLimits("a", 2, 3), exp.Add(time.Hour)); err != nil {
+		t.Fatalf("after the revocation of one: %v", err)
+	}
+	_, err = s.ReserveLive(liveLimits("d", 2, 3), exp)
+	wantLiveLimit(t, err, store.LiveKey("role", "db-read"), 3)
+
+	// Expired (the second, at exp+1m): swept by the next reservation.
+	clock.Advance(2*time.Minute + time.Second)
+	if _, err := s.ReserveLive(liveLimits("d", 2, 3), clock.Now().Add(time.Minute)); err != nil {
+		t.Fatalf("after one expired: %v", err)
+	}
+	if n, err := s.LiveTotal(); err != nil || n != 3 {
+		t.Fatalf("LiveTotal = %d, %v; want 3", n, err)
+	}
+}
+
+// Concurrent reservations never overshoot a limit, also from two store
+// handles on one etcd store (two replicas): exactly the limit succeed.
+func TestLiveReservationsConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atf.db")
+	s := openAt(t, path, store.Options{})
+	handles := []*store.Store{s}
+	if onEtcd() {
+		handles = append(handles, openAt(t, path, store.Options{}))
+	}
+	const limit, tries = 7, 40
+	var ok, refused atomic.Int32
+	var wg sync.WaitGroup
+	for i := range tries {
+		wg.Go(func() {
+			_, err := handles[i%len(handles)].ReserveLive(liveLimits("shared", limit, -1), time.Now().Add(time.Hour))
+			if _, limited := store.IsLiveLimit(err); limited {
+				refused.Add(1)
+			} else if err != nil {
+				t.Error(err)
+			} else {
+				ok.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if ok.Load() != limit || refused.Load() != tries-limit {
+		t.Fatalf("%d reservations succeeded and %d were refused, want %d and %d", ok.Load(), refused.Load(), limit, tries-limit)
+	}
+	for _, h := range handles {
+		if n, err := h.LiveTotal(); err != nil || n != limit {
+			t.Errorf("LiveTotal = %d, %v; want %d", n, err, limit)
+		}
+	}
+}
