@@ -4,13 +4,17 @@ import (
 	"crypto/rand"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
+	"github.com/agentictrust/atf/deploy/dev/devtest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // The limit on an agent's live credentials holds across replicas exactly:
@@ -72,4 +76,58 @@ func TestHALiveLimitsAcrossReplicas(t *testing.T) {
 	}
 	_, err := conns[1].FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"})
 	wantLimited(t, err, "live_per_agent", "limit live_per_agent: agent "+agent.String()+" already holds 3 live credentials")
+}
+
+// An agent's rate is split between the replicas, so that together they
+// never allow more than the configured rate: with a burst of 4 and no
+// refill to speak of, two replicas allow 4 requests in all, 2 each, and
+// the one left alone allows the whole burst again.
+func TestHARateSharedAcrossReplicas(t *testing.T) {
+	f := brokertest.Setup(t)
+	prefix := "/ha-" + rand.Text() + "/"
+	start := func(replica string) *brokertest.Broker {
+		cfg := f.EtcdConfig(t, t.TempDir(), prefix, replica)
+		cfg.Limits.Rate = map[string]config.RateLimit{"intern": {PerSecond: 0.0001, Burst: 4}}
+		cfg.MetricsAddr = freeAddr(t)
+		return f.Start(t, cfg)
+	}
+	a, b := start("a"), start("b")
+	agents := []spiffeid.ID{f.ID(t, "first"), f.ID(t, "second")}
+	for _, id := range agents {
+		a.Register(t, id, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	}
+	allowed := func(r *brokertest.Broker, id spiffeid.ID) int {
+		c := r.Dial(t, id).Broker
+		n := 0
+		for range 10 {
+			_, err := c.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"})
+			if status.Code(err) == codes.ResourceExhausted {
+				return n
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+		return n
+	}
+	// b joined after a: a hears of it through etcd.
+	devtest.WaitFor(t, 5*time.Second, "both replicas to count each other", func() bool {
+		return metricValue(t, a, "atf_replicas") == 2 && metricValue(t, b, "atf_replicas") == 2
+	})
+	if na, nb := allowed(a, agents[0]), allowed(b, agents[0]); na+nb != 4 {
+		t.Errorf("two replicas allowed %d + %d requests of a burst of 4, want 4 in all", na, nb)
+	}
+	b.Stop()
+	devtest.WaitFor(t, 5*time.Second, "a to count itself alone once b stopped", func() bool { return metricValue(t, a, "atf_replicas") == 1 })
+	if n := allowed(a, agents[1]); n != 4 {
+		t.Errorf("the replica left alone allowed %d requests of a burst of 4, want 4", n)
+	}
+}
+
+// metricValue is the value of the unlabelled metric name on r (metrics_addr).
+func metricValue(t *testing.T, r *brokertest.Broker, name string) float64 {
+	t.Helper()
+	v, _ := value(scrape(t, "http://"+r.Cfg.MetricsAddr+"/metrics"), name, nil)
+	return v
 }

@@ -80,6 +80,7 @@ type Server struct {
 	etcd     *clientv3.Client // the store's, when it is in etcd
 	feed     *feed            // the change feed between replicas, with etcd
 	leader   *leader          // who drains the revocation queue, with etcd
+	members  *members         // the replicas sharing the store, with etcd
 	source   *svid.Source
 	self     spiffeid.ID
 	verifier *attest.Verifier
@@ -241,6 +242,12 @@ func (s *Server) openMonitoring(context.Context) (err error) {
 	s.metrics = metrics.New(metrics.State{
 		LiveCredentials: func() int { return s.live.Total() },
 		LeadingQueue:    func() bool { return s.leader == nil || s.leader.leading.Load() },
+		Replicas: func() int {
+			if s.members == nil {
+				return 1
+			}
+			return int(s.members.n.Load())
+		},
 		PendingRevocations: func() (int, error) {
 			q, err := s.store.PendingRevocations()
 			return len(q), err
@@ -330,7 +337,7 @@ func (s *Server) openVault(ctx context.Context) (err error) {
 
 // openServices wires what decides, issues and revokes, and the gRPC
 // services that use them, behind the edge.
-func (s *Server) openServices(context.Context) (err error) {
+func (s *Server) openServices(ctx context.Context) (err error) {
 	note := notifier{s.notifier, s.now}
 	s.approvals = approval.New(approval.Config{Store: s.store, PendingTTL: s.cfg.Approvals.PendingTTL,
 		RedeemWithin: s.cfg.Approvals.RedeemWithin, Notifier: note, Now: s.now})
@@ -346,6 +353,13 @@ func (s *Server) openServices(context.Context) (err error) {
 	if s.feed != nil {
 		s.feed.apply = s.applyChange
 		s.policy.OnCommit = func() { s.feed.Publish(revoke.Change{Policy: true}) }
+		share := func(n int) {
+			s.rate.Share(n)
+			s.calls.Share(n)
+		}
+		if s.members, err = joinMembers(ctx, s.etcd, s.cfg.Store.Etcd, s.log, share); err != nil {
+			return err
+		}
 	}
 	if gk := s.revoker.GlobalKill(); gk != nil {
 		s.log.Warn("the global kill switch holds every agent; a security operator must release it", slog.String(edge.LogReason, gk.Reason))
@@ -413,6 +427,7 @@ func (s *Server) Serve(lis net.Listener) error {
 	s.loops.Go(func() { s.shipAudit(ctx) })
 	if s.feed != nil {
 		s.loops.Go(func() { s.feed.run(ctx) })
+		s.loops.Go(func() { s.members.run(ctx) })
 	}
 	s.loops.Go(func() { s.prune(ctx) })
 	s.loops.Go(func() { s.flushRefusals(ctx) })

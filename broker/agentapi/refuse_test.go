@@ -32,6 +32,7 @@ func TestRefusalNotAuditedIsUnavailable(t *testing.T) {
 		Vault:              func() vault.Stats { return vault.Stats{} },
 		GlobalKill:         func() bool { return false },
 		LeadingQueue:       func() bool { return true },
+		Replicas:           func() int { return 1 },
 	})})
 	r := decide.Request{Caller: "spiffe://td/agent", Role: config.Role{Name: "reports-read"}}
 	ref := decide.Deny(decide.NewReasons("d-1", "r-1", r), authz.Decision{Reason: authz.NotRegistered, Message: "not registered"})

@@ -27,6 +27,8 @@ type Rate struct {
 
 	mu      sync.Mutex
 	buckets map[string]*bucket
+	// shares is how many replicas the rate is split between (Share).
+	shares int
 }
 
 type bucket struct {
@@ -46,7 +48,7 @@ func NewCallRate(cfg map[string]config.RateLimit, now func() time.Time) *Rate {
 }
 
 func newRate(cfg map[string]config.RateLimit, now func() time.Time, limit, what, setting string) *Rate {
-	r := &Rate{byLevel: map[authz.Level]config.RateLimit{}, now: now, buckets: map[string]*bucket{}, limit: limit, what: what, setting: setting}
+	r := &Rate{byLevel: map[authz.Level]config.RateLimit{}, now: now, buckets: map[string]*bucket{}, limit: limit, what: what, setting: setting, shares: 1}
 	for name, rl := range cfg {
 		l, _ := authz.ParseLevel(name) // checked by Validate
 		r.byLevel[l] = rl
@@ -75,7 +77,7 @@ func (r *Rate) Allow(agent string, level authz.Level) *fault.Error {
 		if len(r.buckets) >= maxBuckets {
 			r.pruneLocked(now)
 		}
-		b = &bucket{level: level, lim: rate.NewLimiter(rate.Limit(rl.PerSecond), rl.Burst)}
+		b = &bucket{level: level, lim: rate.NewLimiter(r.shareOf(rl))}
 		r.buckets[agent] = b
 	}
 	res := b.lim.ReserveN(now, 1)
@@ -88,6 +90,31 @@ func (r *Rate) Allow(agent string, level authz.Level) *fault.Error {
 		return nil
 	}
 	return fault.Limited(r.limit, delay, "rate limit: %s agents may make %g %s per second (burst %d%s)", level, rl.PerSecond, r.what, rl.Burst, r.setting)
+}
+
+// Share splits every agent's rate between n replicas that each keep
+// their own buckets (etcd): each allows 1/n of the rate, and of the burst
+// (at least one), so that together they never allow more than the
+// configured rate (docs/operations.md).
+func (r *Rate) Share(n int) {
+	n = max(n, 1)
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n == r.shares {
+		return
+	}
+	r.shares = n
+	for _, b := range r.buckets {
+		lim, burst := r.shareOf(r.byLevel[b.level])
+		b.lim.SetLimitAt(now, lim)
+		b.lim.SetBurstAt(now, burst)
+	}
+}
+
+// shareOf is this replica's share of rl. Called with mu held.
+func (r *Rate) shareOf(rl config.RateLimit) (rate.Limit, int) {
+	return rate.Limit(rl.PerSecond / float64(r.shares)), max(rl.Burst/r.shares, 1)
 }
 
 func (r *Rate) pruneLocked(now time.Time) {

@@ -49,6 +49,8 @@ type State struct {
 	// LeadingQueue says this replica drains the revocation queue (always,
 	// alone on a bbolt file).
 	LeadingQueue func() bool
+	// Replicas is the number of replicas sharing the store (1 on bbolt).
+	Replicas func() int
 }
 
 // New returns the metrics, their gauges reading s.
@@ -90,6 +92,8 @@ func New(s State) *Metrics {
 				}
 				return float64(n)
 			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_replicas", Help: "Replicas sharing the store, as this one counts them (1 on a bbolt file)."},
+			func() float64 { return float64(s.Replicas()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_revocation_queue_leader", Help: "1 while this replica drains the revocation queue (one replica at a time on etcd)."},
 			func() float64 { return BoolGauge(s.LeadingQueue()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atf_policy_version", Help: "Version of the segmentation policy in force (0: none)."},
