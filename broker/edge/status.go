@@ -81,6 +81,7 @@ const (
 	msgVaultUnavailable = "Vault is unavailable; nothing was issued; retry later"
 	msgVaultRejected    = "Vault refused the request; the broker's Vault setup needs attention (see atfd's log)"
 	msgClosing          = "atfd is shutting down; reconnect"
+	msgStoreUnavailable = "this replica cannot reach its store (etcd) in time; nothing was done; retry, or use another replica"
 	msgCanceled         = "the request was cancelled"
 	msgDeadline         = "the request's deadline passed before the broker answered"
 )
@@ -146,6 +147,8 @@ func statusOf(err error, now time.Time) (*status.Status, slog.Level) {
 		return status.New(codes.FailedPrecondition, msgVaultRejected), slog.LevelError
 	case errors.Is(err, store.ErrClosed):
 		return status.New(codes.Unavailable, msgClosing), slog.LevelInfo
+	case errors.Is(err, store.ErrUnavailable):
+		return status.New(codes.Unavailable, msgStoreUnavailable), slog.LevelError
 	case errors.Is(err, context.Canceled):
 		return status.New(codes.Canceled, msgCanceled), slog.LevelInfo
 	case errors.Is(err, context.DeadlineExceeded):

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -196,7 +197,7 @@ func (s *Store) view(fn func(kv.Tx) error) error {
 	if s.db == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 		defer cancel()
-		return s.etcd.View(ctx, fn)
+		return unavailable(s.etcd.View(ctx, fn))
 	}
 	return s.db.View(func(tx *bolt.Tx) error { return fn(kv.Bolt(tx)) })
 }
@@ -213,6 +214,15 @@ func (s *Store) viewBolt(fn func(*bolt.Tx) error) error {
 	})
 }
 
+// unavailable marks err as ErrUnavailable if etcd did not answer (or
+// kept refusing the transaction) within the store's timeout.
+func unavailable(err error) error {
+	if errors.Is(err, kv.ErrEtcd) || errors.Is(err, kv.ErrConflict) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return err
+}
+
 // update runs fn in a write transaction of its own, committed (and made
 // durable) before update returns; for writes that must not share a
 // group's commit.
@@ -220,7 +230,7 @@ func (s *Store) update(fn func(kv.Tx) error) error {
 	if s.db == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 		defer cancel()
-		return s.etcd.Update(ctx, fn)
+		return unavailable(s.etcd.Update(ctx, fn))
 	}
 	return s.db.Update(func(tx *bolt.Tx) error { return fn(kv.Bolt(tx)) })
 }

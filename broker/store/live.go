@@ -1,10 +1,12 @@
 package store
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/agentictrust/atf/broker/store/kv"
@@ -24,7 +26,8 @@ import (
 // count may be briefly too high, never too low.
 var (
 	// bucketLiveCounts holds a count (8 bytes, big-endian) per counted
-	// key: LiveKey's, and liveTotal.
+	// key: LiveKey's, and a total per replica (liveTotal + the replica),
+	// so that replicas do not all write one key.
 	bucketLiveCounts = []byte("live_counts")
 	// bucketLive holds the reservations by id (liveEntry).
 	bucketLive = []byte("live")
@@ -35,7 +38,7 @@ var (
 	// reservation.
 	bucketLiveAccessors = []byte("live_accessors")
 
-	liveTotal = []byte("total")
+	liveTotal = "total\x00"
 )
 
 // liveSweepMax bounds how many expired reservations one reservation
@@ -82,20 +85,19 @@ func (s *Store) ReserveLive(limits []LiveLimit, expires time.Time) (string, erro
 			return err
 		}
 		counts := tx.Bucket(bucketLiveCounts)
+		// Only limits in force are counted: a key every replica raises
+		// is a point where their transactions conflict.
+		e := liveEntry{Expires: expires.UTC(), Keys: []string{liveTotal + s.replica}}
 		for _, l := range limits {
-			if n := liveCount(counts, l.Key); l.Max >= 0 && n >= l.Max {
+			if l.Max < 0 {
+				continue
+			}
+			if n := liveCount(counts, l.Key); n >= l.Max {
 				return &LiveLimitError{Key: l.Key, Count: n, Soonest: soonestLive(tx)}
 			}
-		}
-		seq, err := tx.Bucket(bucketLive).NextSequence()
-		if err != nil {
-			return err
-		}
-		id = fmt.Sprintf("%016x", seq)
-		e := liveEntry{Expires: expires.UTC()}
-		for _, l := range limits {
 			e.Keys = append(e.Keys, l.Key)
 		}
+		id = rand.Text() // not a sequence: one key every replica writes
 		return putLive(tx, id, e, 1)
 	})
 	return id, err
@@ -158,7 +160,11 @@ func (s *Store) ReleaseLiveAccessors(accessors ...string) error {
 func (s *Store) LiveTotal() (int, error) {
 	var n int
 	err := s.view(func(tx kv.Tx) error {
-		n = liveCount(tx.Bucket(bucketLiveCounts), string(liveTotal))
+		counts := tx.Bucket(bucketLiveCounts)
+		c := counts.Cursor()
+		for k, _ := c.Seek([]byte(liveTotal)); k != nil && strings.HasPrefix(string(k), liveTotal); k, _ = c.Next() {
+			n += liveCount(counts, string(k))
+		}
 		return nil
 	})
 	return n, err
@@ -214,13 +220,13 @@ func getLive(tx kv.Tx, id string) (liveEntry, bool, error) {
 	return e, true, nil
 }
 
-// addLive adds delta to the counts of keys and to the total.
+// addLive adds delta to the counts of keys.
 func addLive(tx kv.Tx, keys []string, delta int) error {
 	if delta == 0 {
 		return nil
 	}
 	counts := tx.Bucket(bucketLiveCounts)
-	for _, k := range append(keys, string(liveTotal)) {
+	for _, k := range keys {
 		n := max(liveCount(counts, k)+delta, 0)
 		var err error
 		if n == 0 {

@@ -32,6 +32,10 @@ var (
 	ErrRevoked      = errors.New("store: revoked")
 	ErrLimit        = errors.New("store: limit reached")
 	ErrKilled       = errors.New("store: stopped by the kill switch")
+	// ErrUnavailable: the store shared in etcd did not answer within
+	// store.etcd.timeout (unreachable, no quorum, or a transaction that
+	// kept conflicting); nothing was written.
+	ErrUnavailable = errors.New("store: the shared store (etcd) did not answer in time")
 	// ErrFull: the file reached its size limit, less the room kept for
 	// revocations; nothing new is recorded until space is made.
 	ErrFull = errors.New("store: full")

@@ -116,6 +116,42 @@ func (s *Stack) RestartEtcdMember(ctx context.Context, e *Etcd, i int) error {
 	return s.awaitEtcd(ctx, e, i)
 }
 
+// RestartEtcd starts every member of e again on its data directory, after
+// each was stopped, and waits until all are healthy (a quorum forms only
+// once enough of them run, so they start together).
+func (s *Stack) RestartEtcd(ctx context.Context, e *Etcd) error {
+	for i := range e.members {
+		if _, err := s.spawnEtcd(e, i, "existing"); err != nil {
+			return err
+		}
+	}
+	for i := range e.members {
+		if err := s.awaitEtcd(ctx, e, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Leader is the index of the member that leads the cluster now.
+func (e *Etcd) Leader(ctx context.Context) (int, error) {
+	cli, err := e.Client()
+	if err != nil {
+		return 0, err
+	}
+	defer cli.Close()
+	for i, ep := range e.Endpoints {
+		st, err := cli.Status(ctx, ep)
+		if err != nil {
+			continue
+		}
+		if st.Leader == st.Header.MemberId {
+			return i, nil
+		}
+	}
+	return 0, errors.New("dev: no etcd member says it leads")
+}
+
 // spawnEtcd starts member i with the cluster state given ("new" or
 // "existing").
 func (s *Stack) spawnEtcd(e *Etcd, i int, state string) (*process, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"time"
@@ -22,6 +23,10 @@ var ErrTooLarge = errors.New("kv: transaction too large for etcd")
 // ErrConflict is returned by Etcd.Update when its transaction kept losing
 // to concurrent writers until ctx ended.
 var ErrConflict = errors.New("kv: transaction kept conflicting with concurrent writes")
+
+// ErrEtcd wraps every failure of etcd itself (unreachable, no leader, a
+// timeout): a read or a commit the cluster did not answer.
+var ErrEtcd = errors.New("kv: etcd did not answer")
 
 // pageSize is how many keys a cursor fetches from etcd at once.
 const pageSize = 64
@@ -91,7 +96,7 @@ func (e *Etcd) Update(ctx context.Context, fn func(Tx) error) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %w", ErrConflict, ctx.Err())
-		case <-time.After(backoff):
+		case <-time.After(backoff/2 + rand.N(backoff)):
 		}
 		backoff = min(2*backoff, 50*time.Millisecond)
 	}
@@ -141,7 +146,7 @@ func (t *etcdTx) Bucket(name []byte) Bucket {
 // fail records the first read error.
 func (t *etcdTx) fail(err error) {
 	if t.err == nil {
-		t.err = fmt.Errorf("kv: etcd: %w", err)
+		t.err = fmt.Errorf("%w: %w", ErrEtcd, err)
 	}
 }
 
@@ -234,7 +239,7 @@ func (t *etcdTx) commit() (bool, error) {
 	}
 	resp, err := t.e.cli.Txn(t.ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
-		return false, fmt.Errorf("kv: etcd commit: %w", err)
+		return false, fmt.Errorf("%w: commit: %w", ErrEtcd, err)
 	}
 	return resp.Succeeded, nil
 }
