@@ -160,6 +160,9 @@ func statusCases() []statusCase {
 			codes.ResourceExhausted, msgFull, nil, slog.LevelError},
 		// Not in sentinelCodes (see TestSentinelCodesComplete).
 		{"store.ErrClosed", store.ErrClosed, codes.Unavailable, msgClosing, nil, slog.LevelInfo},
+		{"store.ErrUnavailable", store.ErrUnavailable, codes.Unavailable, msgStoreUnavailable, nil, slog.LevelError},
+		{"store.ErrUnavailable wrapping a deadline", fmt.Errorf("look up caller: %w", fmt.Errorf("%w: %w", store.ErrUnavailable, context.DeadlineExceeded)),
+			codes.Unavailable, msgStoreUnavailable, nil, slog.LevelError},
 		{"store.ErrLocked", store.ErrLocked, codes.Internal, msgInternal, nil, slog.LevelError},
 
 		named("delegation.ErrUnknownDelegatee", sentinel(delegation.ErrUnknownDelegatee, codes.NotFound)),
@@ -299,6 +302,7 @@ var statusExceptions = map[string]string{
 	"vault.ErrRejected":            "a case of its own: FailedPrecondition with a fixed message",
 	"store.ErrLocked":              "returned only by Open, before atfd serves: Internal",
 	"store.ErrClosed":              "a case of its own: Unavailable, atfd is stopping",
+	"store.ErrUnavailable":         "a case of its own: Unavailable, the store in etcd did not answer (before DeadlineExceeded, which it wraps)",
 	"delegation.ErrMalformedChain": "the stored chain does not link up, the broker's fault: Internal",
 }
 
