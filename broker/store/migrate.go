@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -209,6 +210,10 @@ func openSource(path, auditDir string) (*source, error) {
 	if err != nil {
 		return nil, migrateOpenError(err)
 	}
+	if err := tornSegment(path, auditDir); err != nil {
+		db.Close()
+		return nil, err
+	}
 	src := &source{path: path, db: db, s: &Store{core: &core{db: db, auditDir: auditDir, now: time.Now}}}
 	err = db.View(func(tx *bolt.Tx) (err error) {
 		if err := knownBuckets(path, tx); err != nil {
@@ -230,6 +235,29 @@ func migrateOpenError(err error) error {
 		return fmt.Errorf("%w: stop it first; a migration copies a store that no atfd is using", err)
 	}
 	return err
+}
+
+// tornSegment refuses a newest audit segment of dir whose last line a
+// crash tore: atfd cuts it off when it next opens the store at path.
+func tornSegment(path, dir string) error {
+	names, _, err := segmentFiles(dir)
+	if err != nil || len(names) == 0 {
+		return err
+	}
+	f, err := os.Open(filepath.Join(dir, names[len(names)-1]))
+	if err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	if keep, _, err := LastLine(f, fi.Size()); err != nil || keep < fi.Size() {
+		return refuse(ErrInvalid, "the audit segment %s ends in a line torn by a crash: start atfd on %s once (it cuts the line off), "+
+			"stop it, then migrate", f.Name(), path)
+	}
+	return nil
 }
 
 // knownBuckets refuses a file with a bucket the store does not have: one

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -253,6 +254,20 @@ func TestMigrateRefuses(t *testing.T) {
 		}, store.ErrExists, "etcd holds 1 keys under"},
 		{"no file", func(t *testing.T, m *store.Migration) { m.Path += ".missing" }, store.ErrNotFound, "no store file at"},
 		{"segments missing", func(t *testing.T, m *store.Migration) { m.AuditDir = t.TempDir() }, nil, "does not verify"},
+		{"torn segment", func(t *testing.T, m *store.Migration) {
+			segs, err := filepath.Glob(filepath.Join(m.Path+".audit", "audit-*.jsonl"))
+			if err != nil || len(segs) == 0 {
+				t.Fatalf("segments: %v, %v", segs, err)
+			}
+			f, err := os.OpenFile(segs[len(segs)-1], os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if _, err := f.WriteString(`{"seq":`); err != nil {
+				t.Fatal(err)
+			}
+		}, store.ErrInvalid, "ends in a line torn by a crash: start atfd on"},
 		{"unknown bucket", func(t *testing.T, m *store.Migration) {
 			rawUpdate(t, m.Path, func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("from_the_future")); return err })
 		}, store.ErrInvalid, `bucket "from_the_future" that this version does not know`},

@@ -46,6 +46,9 @@ nothing.`,
 			if from == "" || to == "" {
 				return usageError{errors.New("--from-bbolt and --to-etcd-config are required")}
 			}
+			if g.output != "table" && g.output != "json" {
+				return usageError{fmt.Errorf("--output must be table or json, not %q", g.output)}
+			}
 			e, err := etcdDestination(to)
 			if err != nil {
 				return err
