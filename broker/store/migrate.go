@@ -123,7 +123,7 @@ func MigrateToEtcd(ctx context.Context, m Migration) (MigrationReport, error) {
 		return rep, err
 	}
 	if err := dst.Claim(ctx, bucketMeta, keyMigrating, marker); errors.Is(err, kv.ErrNotEmpty) {
-		return rep, empty(ctx, dst, m.Etcd.Prefix) // someone was quicker
+		return rep, refuse(ErrExists, "something wrote under %s as the migration began: is another migration, or an atfd, using it?", m.Etcd.Prefix)
 	} else if err != nil {
 		return rep, fmt.Errorf("store: migrate: %w", err)
 	}
