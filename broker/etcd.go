@@ -2,50 +2,20 @@ package broker
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
-	"go.uber.org/zap"
 
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/revoke"
 )
-
-// etcdClient connects to the etcd cluster that holds the store, over
-// mutual TLS (docs/operations.md, "Several replicas on etcd").
-func etcdClient(e *config.EtcdConfig) (*clientv3.Client, error) {
-	cert, err := tls.LoadX509KeyPair(e.CertFile, e.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("store.etcd: client certificate: %w", err)
-	}
-	ca, err := os.ReadFile(e.CAFile)
-	if err != nil {
-		return nil, fmt.Errorf("store.etcd: ca_file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca) {
-		return nil, errors.New("store.etcd: ca_file holds no PEM certificate")
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: e.Timeout, Logger: zap.NewNop(),
-		TLS: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12},
-		// A member that stops answering is left for another within seconds.
-		DialKeepAliveTime: 5 * time.Second, DialKeepAliveTimeout: 2 * time.Second})
-	if err != nil {
-		return nil, fmt.Errorf("store.etcd: %w", err)
-	}
-	return cli, nil
-}
 
 // feed carries revoke.Changes between the replicas sharing a store in
 // etcd: each is put under <prefix>feed/<replica>/ with the replica's lease

@@ -29,6 +29,7 @@ import (
 	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/etcdclient"
 	"github.com/agentictrust/atf/broker/issue"
 	"github.com/agentictrust/atf/broker/levels"
 	"github.com/agentictrust/atf/broker/limits"
@@ -184,7 +185,7 @@ func (s *Server) openStore(ctx context.Context) (err error) {
 	cfg := s.cfg
 	opts := store.Options{Now: s.now, OnAudit: s.auditCommitted, OnLost: s.recordLost, MaxSize: cfg.StoreMaxSize, AuditDir: cfg.Audit.Dir}
 	if e := cfg.Store.Etcd; e != nil {
-		if s.etcd, err = etcdClient(e); err != nil {
+		if s.etcd, err = etcdclient.New(e); err != nil {
 			return err
 		}
 		if s.feed, err = newFeed(ctx, s.etcd, e, s.log); err != nil {

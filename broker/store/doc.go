@@ -2,7 +2,8 @@
 // etcd for several replicas (OpenEtcd): the agent registry with the
 // history of every change, a record of every issued credential, and the
 // hash-chained audit trail. Its code is written against the storage engine
-// of package kv, so both hold the same records under the same rules.
+// of package kv, so both hold the same records under the same rules;
+// MigrateToEtcd moves a file's store into etcd and proves the copy equal.
 //
 // # Basics
 //

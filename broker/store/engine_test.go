@@ -52,6 +52,16 @@ func openStore(path string, opts store.Options) (*store.Store, error) {
 	if !onEtcd() {
 		return store.Open(path, opts)
 	}
+	cli, err := etcdClient()
+	if err != nil {
+		return nil, err
+	}
+	return store.OpenEtcd(cli, store.EtcdOptions{Prefix: "/store" + path + "/", MaxTxnOps: dev.MaxTxnOps}, opts)
+}
+
+// etcdClient is a client of the package's etcd cluster, started by the
+// first test that asks, whichever engine the tests run on.
+func etcdClient() (*clientv3.Client, error) {
 	etcdCluster.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -61,10 +71,7 @@ func openStore(path string, opts store.Options) (*store.Store, error) {
 			etcdCluster.cli, etcdCluster.err = e.Client()
 		}
 	})
-	if etcdCluster.err != nil {
-		return nil, etcdCluster.err
-	}
-	return store.OpenEtcd(etcdCluster.cli, store.EtcdOptions{Prefix: "/store" + path + "/", MaxTxnOps: dev.MaxTxnOps}, opts)
+	return etcdCluster.cli, etcdCluster.err
 }
 
 // boltOnly skips a test of what only a bbolt file has (its bytes, its

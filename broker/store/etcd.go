@@ -53,7 +53,13 @@ func OpenEtcd(cli *clientv3.Client, eo EtcdOptions, opts Options) (*Store, error
 	c := &core{etcd: kv.NewEtcd(cli, eo.Prefix, eo.MaxTxnOps), timeout: eo.Timeout, replica: eo.Replica, now: opts.Now, onAudit: opts.OnAudit,
 		onLost: opts.OnLost, reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}
 	s := &Store{core: c}
-	if err := s.update(fillIndexes); err != nil {
+	err := s.update(func(tx kv.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyMigrating); v != nil {
+			return unfinishedMigration(eo.Prefix, v)
+		}
+		return fillIndexes(tx)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("store: init etcd %s: %w", eo.Prefix, err)
 	}
 	go s.committer()

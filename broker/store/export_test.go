@@ -34,3 +34,8 @@ func HoldWriter(s *Store) (release func()) {
 	var once sync.Once
 	return func() { once.Do(func() { close(done) }) }
 }
+
+// AfterMigrationCopy makes MigrateToEtcd call f between its copy and the
+// comparison (nil: no more), for a test to damage the copy as a bug or
+// another writer could.
+func AfterMigrationCopy(f func()) { afterCopy = f }

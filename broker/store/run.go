@@ -27,6 +27,10 @@ func (s *Store) runKey() []byte {
 // after a crash: everything in a bbolt file, a replica's own in etcd.
 func (s *Store) mine(replica string) bool { return s.replica == "" || replica == s.replica }
 
+// single reports whether replica is that of a single atfd on a bbolt file:
+// what it made carries no replica's name.
+func single(replica string) bool { return replica == "" }
+
 // BeginRun marks the store in use and reports whether the previous run
 // ended without EndRun: a crash, a SIGKILL, a power cut. After such an end
 // the broker cannot know which tokens Vault issued just before it that were
@@ -36,20 +40,39 @@ func (s *Store) mine(replica string) bool { return s.replica == "" || replica ==
 // Vault kills any unrecorded credential too. Agents fetch anew (the client
 // package does so on its own when its revocation watch reconnects).
 //
+// In etcd, a replica recovers its own run, and also the run of a single
+// atfd whose bbolt file was migrated after that atfd crashed (its marker
+// has no replica's name, MigrateToEtcd copies it): whichever replica
+// begins first revokes what that atfd made, and removes its marker.
+//
 // The anchors and credentials are queued for revocation in Vault (the
-// revoker drains the queue) and one audit record says what was revoked.
+// revoker drains the queue) and one audit record per run recovered says
+// what was revoked.
 func (s *Store) BeginRun(actor string) (crashed bool, rev Revocation, err error) {
 	err = s.update(func(tx kv.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		crashed = meta.Get(s.runKey()) != nil
-		rev = Revocation{Credentials: map[string][]string{}}
-		if crashed {
-			var err error
-			if rev, err = s.revokeAllLive(tx, actor, s.now().UTC()); err != nil {
+		now := s.now().UTC()
+		crashed, rev = false, Revocation{Credentials: map[string][]string{}}
+		if meta.Get(s.runKey()) != nil {
+			own, err := s.revokeAllLive(tx, actor, now, s.mine, "the previous run ended without a clean stop")
+			if err != nil {
+				return err
+			}
+			crashed = true
+			rev.add(own)
+		}
+		if s.replica != "" && meta.Get(keyRunning) != nil {
+			migrated, err := s.revokeAllLive(tx, actor, now, single, "the run of the single atfd whose bbolt file this store was migrated from ended without a clean stop")
+			if err != nil {
+				return err
+			}
+			crashed = true
+			rev.add(migrated)
+			if err := meta.Delete(keyRunning); err != nil {
 				return err
 			}
 		}
-		return meta.Put(s.runKey(), []byte(s.now().UTC().Format(time.RFC3339Nano)))
+		return meta.Put(s.runKey(), []byte(now.Format(time.RFC3339Nano)))
 	})
 	if err != nil {
 		return false, Revocation{}, fmt.Errorf("store: begin run: %w", err)
@@ -63,8 +86,9 @@ func (s *Store) EndRun() error {
 	return s.update(func(tx kv.Tx) error { return tx.Bucket(bucketMeta).Delete(s.runKey()) })
 }
 
-// revokeAllLive revokes every live anchor (parents first) and credential.
-func (s *Store) revokeAllLive(tx kv.Tx, actor string, now time.Time) (Revocation, error) {
+// revokeAllLive revokes every live anchor (parents first) and credential
+// made by a replica whose is true of, and audits it with why.
+func (s *Store) revokeAllLive(tx kv.Tx, actor string, now time.Time, whose func(replica string) bool, why string) (Revocation, error) {
 	rev := Revocation{Credentials: map[string][]string{}}
 	var anchors []Anchor
 	err := tx.Bucket(bucketAnchors).ForEach(func(_, v []byte) error {
@@ -72,7 +96,7 @@ func (s *Store) revokeAllLive(tx kv.Tx, actor string, now time.Time) (Revocation
 		if err := json.Unmarshal(v, &a); err != nil {
 			return fmt.Errorf("store: decode anchor: %w", err)
 		}
-		if a.RevokedAt.IsZero() && a.ExpiresAt.After(now) && s.mine(a.Replica) {
+		if a.RevokedAt.IsZero() && a.ExpiresAt.After(now) && whose(a.Replica) {
 			anchors = append(anchors, a)
 		}
 		return nil
@@ -97,7 +121,7 @@ func (s *Store) revokeAllLive(tx kv.Tx, actor string, now time.Time) (Revocation
 			return fmt.Errorf("store: decode credential: %w", err)
 		}
 		// Live until now: not revoked, alone or with an anchor before.
-		if c.RevokedAt.IsZero() && c.ExpiresAt.After(now) && s.mine(c.Replica) && (queued[c.Anchor] || anchorRevokedAt(tx, c.Anchor, seen).IsZero()) {
+		if c.RevokedAt.IsZero() && c.ExpiresAt.After(now) && whose(c.Replica) && (queued[c.Anchor] || anchorRevokedAt(tx, c.Anchor, seen).IsZero()) {
 			live = append(live, c)
 		}
 		return nil
@@ -127,7 +151,7 @@ func (s *Store) revokeAllLive(tx kv.Tx, actor string, now time.Time) (Revocation
 		rev.Queued = append(rev.Queued, c.Accessor)
 	}
 	return rev, s.appendAudit(tx, AuditRecord{Time: now, Kind: "crash_recovery", Actor: actor, Subject: "store", Detail: map[string]string{
-		"reason":      "the previous run ended without a clean stop; tokens Vault issued just before it may be unrecorded",
+		"reason":      why + "; tokens Vault issued just before it may be unrecorded",
 		"anchors":     strconv.Itoa(len(anchors)),
 		"credentials": strconv.Itoa(rev.CredentialCount()),
 	}})

@@ -110,8 +110,9 @@ func putCheckpoint(tx kv.Tx, cp auditCheckpoint) error {
 }
 
 // eachSegmentRecord calls fn with every record in the segments of dir with
-// after < Seq <= upto, in order, until fn returns false or an error.
-func eachSegmentRecord(dir string, after, upto uint64, fn func(AuditRecord) (bool, error)) error {
+// after < Seq <= upto, in order, and its line (valid only during fn), until
+// fn returns false or an error.
+func eachSegmentRecord(dir string, after, upto uint64, fn func(r AuditRecord, line []byte) (bool, error)) error {
 	names, firsts, err := segmentFiles(dir)
 	if err != nil {
 		return err
@@ -132,7 +133,7 @@ func eachSegmentRecord(dir string, after, upto uint64, fn func(AuditRecord) (boo
 }
 
 // eachLine is eachSegmentRecord for one file.
-func eachLine(path string, after, upto uint64, fn func(AuditRecord) (bool, error)) (bool, error) {
+func eachLine(path string, after, upto uint64, fn func(AuditRecord, []byte) (bool, error)) (bool, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return false, fmt.Errorf("store: audit segment: %w", err)
@@ -151,7 +152,7 @@ func eachLine(path string, after, upto uint64, fn func(AuditRecord) (bool, error
 		if r.Seq > upto {
 			return false, nil
 		}
-		if more, err := fn(r); err != nil || !more {
+		if more, err := fn(r, sc.Bytes()); err != nil || !more {
 			return false, err
 		}
 	}
@@ -173,7 +174,7 @@ func (s *Store) eachAudit(after uint64, fn func(AuditRecord) (bool, error)) erro
 	}
 	stopped := false
 	if after < cp.Seq && s.auditDir != "" {
-		err := eachSegmentRecord(s.auditDir, after, cp.Seq, func(r AuditRecord) (bool, error) {
+		err := eachSegmentRecord(s.auditDir, after, cp.Seq, func(r AuditRecord, _ []byte) (bool, error) {
 			more, err := fn(r)
 			stopped = !more
 			return more, err

@@ -15,8 +15,8 @@ import (
 )
 
 func newAdmin(g *globals) *cobra.Command {
-	admin := &cobra.Command{Use: "admin", Short: "Look after the broker itself (admins)"}
-	admin.AddCommand(adminBackup(g))
+	admin := &cobra.Command{Use: "admin", Short: "Look after the broker itself: its backup (admins), its move to etcd (offline)"}
+	admin.AddCommand(adminBackup(g), adminMigrate(g))
 	return admin
 }
 

@@ -102,6 +102,35 @@ func (e *Etcd) Update(ctx context.Context, fn func(Tx) error) error {
 	}
 }
 
+// ErrNotEmpty is returned by Claim when the prefix holds keys already.
+var ErrNotEmpty = errors.New("kv: the etcd prefix is not empty")
+
+// Keys returns how many keys are under the engine's prefix, in its
+// buckets or not.
+func (e *Etcd) Keys(ctx context.Context) (int64, error) {
+	resp, err := e.cli.Get(ctx, e.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("kv: etcd: %w", err)
+	}
+	return resp.Count, nil
+}
+
+// Claim puts key in bucket if nothing at all is under the prefix, in one
+// etcd transaction, for the first write of a copy into the prefix; it
+// fails with ErrNotEmpty otherwise.
+func (e *Etcd) Claim(ctx context.Context, bucket, key, value []byte) error {
+	full := e.prefix + string(bucket) + "\x00" + string(key)
+	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(e.prefix).WithPrefix(), "=", 0)).
+		Then(clientv3.OpPut(full, string(value))).Commit()
+	if err != nil {
+		return fmt.Errorf("kv: etcd: %w", err)
+	}
+	if !resp.Succeeded {
+		return ErrNotEmpty
+	}
+	return nil
+}
+
 func (e *Etcd) begin(ctx context.Context, writable bool) *etcdTx {
 	return &etcdTx{e: e, ctx: ctx, writable: writable, reads: map[string]int64{},
 		cache: map[string][]byte{}, writes: map[string]*write{}}
@@ -270,19 +299,32 @@ func (b *etcdBucket) ForEach(fn func(k, v []byte) error) error {
 
 // NextSequence increments the bucket's counter, a key outside its range.
 func (b *etcdBucket) NextSequence() (uint64, error) {
-	key := b.hi + "seq"
-	var n uint64
-	if v := b.t.read(key); v != nil {
-		if _, err := fmt.Sscan(string(v), &n); err != nil {
-			return 0, fmt.Errorf("kv: bucket %s: bad sequence %q", b.name, v)
-		}
-	}
+	n := b.Sequence()
 	if b.t.err != nil {
 		return 0, b.t.err
 	}
-	n++
-	return n, b.t.put("", key, []byte(fmt.Sprint(n)), false)
+	return n + 1, b.SetSequence(n + 1)
 }
+
+// Sequence reads the bucket's counter; one that does not read as a number
+// fails the transaction.
+func (b *etcdBucket) Sequence() uint64 {
+	var n uint64
+	if v := b.t.read(b.seqKey()); v != nil {
+		if _, err := fmt.Sscan(string(v), &n); err != nil {
+			b.t.fail(fmt.Errorf("bucket %s: bad sequence %q", b.name, v))
+			return 0
+		}
+	}
+	return n
+}
+
+func (b *etcdBucket) SetSequence(n uint64) error {
+	return b.t.put("", b.seqKey(), []byte(fmt.Sprint(n)), false)
+}
+
+// seqKey is where the bucket's counter is: just past its keys.
+func (b *etcdBucket) seqKey() string { return b.hi + "seq" }
 
 // etcdCursor walks a bucket: the snapshot's keys, fetched a page at a time
 // in the direction of travel, merged with the transaction's own writes.

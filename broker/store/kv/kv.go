@@ -41,6 +41,11 @@ type Bucket interface {
 	// NextSequence returns a number greater than any it returned before
 	// for this bucket.
 	NextSequence() (uint64, error)
+	// Sequence is the bucket's last NextSequence (0: none yet), and
+	// SetSequence sets it: for a copy of the bucket, whose next numbers
+	// must not repeat the original's.
+	Sequence() uint64
+	SetSequence(n uint64) error
 }
 
 // Cursor walks a bucket's keys in order. Each method returns the key and

@@ -516,3 +516,62 @@ func TestCursorDifferential(t *testing.T) {
 		}
 	}
 }
+
+// A bucket's sequence goes on from where SetSequence put it, in either
+// engine, and is read back by Sequence: a copy of a bucket numbers on
+// without repeating the original.
+func TestSequence(t *testing.T) {
+	for name, e := range engines(t) {
+		t.Run(name, func(t *testing.T) {
+			next := func() uint64 {
+				var n uint64
+				if err := e.Update(t.Context(), func(tx kv.Tx) (err error) { n, err = tx.Bucket(bucketA).NextSequence(); return err }); err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			if a, b := next(), next(); a != 1 || b != 2 {
+				t.Fatalf("NextSequence = %d, %d; want 1, 2", a, b)
+			}
+			if err := e.Update(t.Context(), func(tx kv.Tx) error { return tx.Bucket(bucketA).SetSequence(41) }); err != nil {
+				t.Fatal(err)
+			}
+			var a, b uint64
+			_ = e.View(t.Context(), func(tx kv.Tx) error {
+				a, b = tx.Bucket(bucketA).Sequence(), tx.Bucket(bucketB).Sequence()
+				return nil
+			})
+			if a != 41 || b != 0 {
+				t.Errorf("Sequence = %d (bucket a), %d (bucket b); want 41, 0", a, b)
+			}
+			if n := next(); n != 42 {
+				t.Errorf("NextSequence after SetSequence(41) = %d, want 42", n)
+			}
+		})
+	}
+}
+
+// Claim writes into an empty prefix only, in one transaction: a second
+// claim, or one on a prefix holding anything, is refused and writes
+// nothing.
+func TestEtcdClaim(t *testing.T) {
+	e := etcdEngine(t, 0)
+	if n, err := e.Keys(t.Context()); err != nil || n != 0 {
+		t.Fatalf("Keys of a fresh prefix = %d, %v", n, err)
+	}
+	if err := e.Claim(t.Context(), bucketA, []byte("mine"), []byte("1")); err != nil {
+		t.Fatalf("Claim of an empty prefix: %v", err)
+	}
+	if got := get(t, e, bucketA, "mine"); got != "1" {
+		t.Errorf("claimed key = %q, want 1", got)
+	}
+	if err := e.Claim(t.Context(), bucketB, []byte("theirs"), []byte("2")); !errors.Is(err, kv.ErrNotEmpty) {
+		t.Errorf("Claim of a prefix holding a key = %v, want ErrNotEmpty", err)
+	}
+	if got := get(t, e, bucketB, "theirs"); got != "" {
+		t.Errorf("a refused Claim wrote %q", got)
+	}
+	if n, err := e.Keys(t.Context()); err != nil || n != 1 {
+		t.Errorf("Keys = %d, %v; want 1", n, err)
+	}
+}
