@@ -328,7 +328,7 @@ func (s *Server) openServices(context.Context) (err error) {
 	rc := revoke.Config{Store: s.store, Vault: s.vault, Live: s.live, Approvals: s.approvals,
 		RolePolicies: rolePolicies, Shared: s.etcd != nil, Log: s.log}
 	if s.feed != nil {
-		rc.Feed = s.feed
+		rc.Feed, rc.ResumeWindow = s.feed, s.feed.window
 	}
 	if s.revoker, err = revoke.New(rc); err != nil {
 		return err
