@@ -5,8 +5,10 @@
 //
 // Agents use New: an Agent caches each role's credential, refreshes it
 // before it expires, drops it the moment the broker revokes it, and waits
-// for a human's approval where its level needs one. Dial is the raw
-// connection, for operators' tools.
+// for a human's approval where its level needs one. Given several
+// replicas (Config.Addrs, or a DNS name), it moves to another when one
+// goes, and its revocation watch resumes there without missing what was
+// revoked meanwhile. Dial is the raw connection, for operators' tools.
 package client
 
 import (

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/agentictrust/atf/broker/client"
+	"github.com/agentictrust/atf/deploy/dev"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -184,4 +185,72 @@ func firstMark(t *testing.T, bc brokerv1.BrokerServiceClient, cursor string) *br
 		t.Fatalf("the watch's first message is %v, want a mark", m)
 	}
 	return m
+}
+
+// With the etcd leader gone, both replicas carry on once the others elect
+// a new one: the agent, watching on a, hears a revocation made on b (a's
+// watch of the change feed moves to a live member and resumes), and
+// fetches anew.
+func TestAgentKeepsOnWhenEtcdLeaderGoes(t *testing.T) {
+	f := brokertest.Setup(t)
+	e, err := f.Stack.StartEtcd(t.Context(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(replica string) *brokertest.Broker {
+		return f.Start(t, f.EtcdConfigOn(t, e, t.TempDir(), "/leader/", replica))
+	}
+	a, b := start("a"), start("b")
+	id := f.ID(t, "reader")
+	a.Register(t, id, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	changes := make(changesOf, 16)
+	ag := newAgentAt(t, f, client.Config{Addrs: []string{a.Addr, b.Addr}}, id, changes.option())
+	old := ag.credential(t, "reports-read")
+
+	stopLeader(t, f, e)
+	revokeLineage(t, b, id)
+	if c := changes.next(t, "the revocation made on b", 30*time.Second); c.Kind != client.Revoked || c.Accessor != old.GetAccessor() {
+		t.Fatalf("change %+v, want %s revoked", c, old.GetAccessor())
+	}
+	next := ag.newCredential(t, "reports-read", old, 10*time.Second)
+	if f.Dead(t, next.GetToken()) {
+		t.Error("Vault does not know the credential fetched without the old etcd leader")
+	}
+}
+
+// stopLeader stops the leader of e and waits until the other members have
+// elected another.
+func stopLeader(t *testing.T, f *brokertest.Fixture, e *dev.Etcd) {
+	t.Helper()
+	cli, err := e.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	leaderOf := func(i int) (self, leader uint64) {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		st, err := cli.Status(ctx, e.Endpoints[i])
+		if err != nil {
+			return 0, 0
+		}
+		return st.Header.GetMemberId(), st.Leader
+	}
+	gone := -1
+	for i := range e.Endpoints {
+		if self, leader := leaderOf(i); self != 0 && self == leader {
+			gone = i
+		}
+	}
+	if gone < 0 {
+		t.Fatal("no etcd member says it leads")
+	}
+	old, _ := leaderOf(gone)
+	if err := f.Stack.Stop(e.MemberName(gone)); err != nil {
+		t.Fatal(err)
+	}
+	devtest.WaitFor(t, 20*time.Second, "a new etcd leader", func() bool {
+		_, leader := leaderOf((gone + 1) % len(e.Endpoints))
+		return leader != 0 && leader != old
+	})
 }
