@@ -75,7 +75,7 @@ func (r *Revoker) announce(c Change, events map[string]*brokerv1.WatchRevocation
 		r.hub.publishHere(events)
 		return
 	}
-	if !r.hub.await(pos, feedWait) {
+	if len(events) > 0 && !r.hub.await(pos, feedWait) {
 		r.cfg.Log.Warn("this replica's watch of the change feed did not deliver a revocation in time; the watchers here hear it at once")
 		r.hub.publishHere(events)
 	}
