@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -18,26 +20,33 @@ import (
 )
 
 // feed carries revoke.Changes between the replicas sharing a store in
-// etcd: each is put under <prefix>feed/<replica>/ with the replica's lease
-// (so the keys go a minute after it does), and every replica watches the
-// range from the revision it started at, applying the others' changes.
-// The watch resumes from the last revision it saw, so a change made while
-// it reconnected still arrives; one compacted away makes the replica drop
-// every anchor and end every watch, the safe reading of "something was
-// missed". A change is sent after its revocation committed: a replica that
-// dies in between leaves the others' caches and watchers uninformed, never
-// the store (every replica refuses what was revoked on its next call).
+// etcd, and keeps them for the revocation watches that resume: each is put
+// under <prefix>feed/<replica>/<time>-<n>, and every replica watches the
+// range from the revision it started at, in order, applying the others'
+// changes and delivering every entry's revocation events, its own too, to
+// its watchers at the entry's revision (revoke.Feed). The watch resumes
+// from the last revision it saw, so a change made while it reconnected
+// still arrives; one compacted away makes the replica drop every anchor
+// and end every watch, the safe reading of "something was missed".
+//
+// Entries older than store.etcd.resume_window are trimmed, by whichever
+// replica gets there first, and <prefix>feed-trimmed keeps the newest
+// revision trimmed: a watch resumes, on any replica, from a cursor no
+// older than that (Since). A change is sent after its revocation
+// committed: a replica that dies in between leaves the others' caches and
+// watchers uninformed, never the store (every replica refuses what was
+// revoked on its next call).
 type feed struct {
-	cli             *clientv3.Client
-	prefix, replica string
-	log             *slog.Logger
-	lease           clientv3.LeaseID
-	apply           func(revoke.Change) // set once the revoker exists
-	start           int64               // the revision the watch starts after
+	cli                      *clientv3.Client
+	prefix, trimmed, replica string
+	window, timeout          time.Duration
+	maxOps                   int
+	log                      *slog.Logger
+	apply                    func(c revoke.Change, pos int64, own bool) // set once the revoker exists
+	epoch                    string                                     // the cluster's
+	start                    int64                                      // the revision the watch starts after
+	seq                      atomic.Uint64                              // tells apart the keys of one instant
 }
-
-// feedTTL is the life of the feed's keys after their replica is gone.
-const feedTTL = 60
 
 type feedMsg struct {
 	Replica string        `json:"replica"`
@@ -45,41 +54,71 @@ type feedMsg struct {
 }
 
 func newFeed(ctx context.Context, cli *clientv3.Client, e *config.EtcdConfig, log *slog.Logger) (*feed, error) {
-	f := &feed{cli: cli, prefix: e.Prefix + "feed/", replica: e.Replica, log: log}
-	g, err := cli.Grant(ctx, feedTTL)
+	f := &feed{cli: cli, prefix: e.Prefix + "feed/", trimmed: e.Prefix + "feed-trimmed", replica: e.Replica,
+		window: e.ResumeWindow, timeout: e.Timeout, maxOps: e.MaxTxnOps, log: log}
+	r, err := cli.Get(ctx, f.trimmed)
 	if err != nil {
-		return nil, fmt.Errorf("store.etcd: lease for the change feed: %w", err)
+		return nil, fmt.Errorf("store.etcd: the change feed: %w", err)
 	}
-	f.lease, f.start = g.ID, g.Revision
+	f.epoch, f.start = fmt.Sprintf("e%x", r.Header.ClusterId), r.Header.Revision
 	return f, nil
 }
 
-// Publish puts c in the feed for the other replicas.
-func (f *feed) Publish(c revoke.Change) {
+// Start is the epoch of the feed's positions, its cluster's ID, and the
+// revision its watch starts after.
+func (f *feed) Start() (string, int64) { return f.epoch, f.start }
+
+// Publish puts c in the feed, for every replica, and returns its revision.
+func (f *feed) Publish(c revoke.Change) (int64, error) {
 	b, err := json.Marshal(feedMsg{Replica: f.replica, Change: c})
 	if err != nil {
-		return
+		return 0, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
-	key := f.prefix + f.replica + "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	if _, err := f.cli.Put(ctx, key, string(b), clientv3.WithLease(f.lease)); err != nil {
-		f.log.Warn("telling the other replicas of a revocation failed; they enforce it from the store, but their watchers hear nothing of it",
+	key := f.prefix + f.replica + "/" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + strconv.FormatUint(f.seq.Add(1), 36)
+	r, err := f.cli.Put(ctx, key, string(b))
+	if err != nil {
+		f.log.Warn("putting a change in the feed failed; the other replicas enforce it from the store, but only the watchers here hear of it",
 			slog.String(edge.LogError, err.Error()))
+		return 0, err
 	}
+	return r.Header.Revision, nil
 }
 
-// run keeps the lease alive and applies the other replicas' changes until
-// ctx ends.
-func (f *feed) run(ctx context.Context) {
-	if alive, err := f.cli.KeepAlive(ctx, f.lease); err != nil {
-		f.log.Warn("keeping the change feed's lease alive failed", slog.String(edge.LogError, err.Error()))
-	} else {
-		go func() {
-			for range alive { // the client needs its answers read
-			}
-		}()
+// Since returns agent's revocation events in the feed after revision
+// after, and the revision read; revoke.ErrGap if entries after it were
+// trimmed, or it is ahead of the cluster.
+func (f *feed) Since(ctx context.Context, agent string, after int64) ([]revoke.Event, int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	r, err := f.cli.Txn(ctx).Then(clientv3.OpGet(f.trimmed), clientv3.OpGet(f.prefix, clientv3.WithPrefix(),
+		clientv3.WithMinModRev(after+1), clientv3.WithSort(clientv3.SortByModRevision, clientv3.SortAscend))).Commit()
+	if err != nil {
+		return nil, 0, fmt.Errorf("store.etcd: reading the change feed: %w", err)
 	}
+	trimmed, _ := trimMark(r)
+	if after < trimmed || after > r.Header.Revision {
+		return nil, 0, revoke.ErrGap
+	}
+	var events []revoke.Event
+	for _, kv := range r.Responses[1].GetResponseRange().Kvs {
+		var m feedMsg
+		if json.Unmarshal(kv.Value, &m) != nil {
+			continue
+		}
+		if ev := m.Change.Event(agent); ev != nil {
+			events = append(events, revoke.Event{Pos: kv.ModRevision, Msg: ev})
+		}
+	}
+	return events, r.Header.Revision, nil
+}
+
+// run applies the feed's entries, and trims it, until ctx ends.
+func (f *feed) run(ctx context.Context) {
+	var trim sync.WaitGroup
+	defer trim.Wait()
+	trim.Go(func() { f.trimEvery(ctx) })
 	last := f.start
 	for ctx.Err() == nil {
 		last = f.watch(ctx, last)
@@ -90,15 +129,15 @@ func (f *feed) run(ctx context.Context) {
 	}
 }
 
-// watch applies changes after revision last until the watch breaks, and
-// returns the last revision seen.
+// watch applies the entries after revision last until the watch breaks,
+// and returns the last revision seen.
 func (f *feed) watch(ctx context.Context, last int64) int64 {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	for wr := range f.cli.Watch(wctx, f.prefix, clientv3.WithPrefix(), clientv3.WithRev(last+1)) {
 		if wr.CompactRevision != 0 {
 			f.log.Warn("the change feed was compacted past what this replica saw: dropping every anchor and ending every watch")
-			f.apply(revoke.Change{DropAll: true, Approvals: true, Policy: true, EndAll: true})
+			f.apply(revoke.Change{DropAll: true, Approvals: true, Policy: true, EndAll: true}, 0, false)
 			return wr.CompactRevision - 1
 		}
 		if err := wr.Err(); err != nil {
@@ -108,19 +147,85 @@ func (f *feed) watch(ctx context.Context, last int64) int64 {
 		for _, ev := range wr.Events {
 			last = ev.Kv.ModRevision
 			var m feedMsg
-			if ev.Type != clientv3.EventTypePut || json.Unmarshal(ev.Kv.Value, &m) != nil || m.Replica == f.replica {
+			if ev.Type != clientv3.EventTypePut || json.Unmarshal(ev.Kv.Value, &m) != nil {
 				continue
 			}
-			f.apply(m.Change)
+			f.apply(m.Change, ev.Kv.ModRevision, m.Replica == f.replica)
 		}
 	}
 	return last
 }
 
-// applyChange brings this replica up to date with another's change.
-func (s *Server) applyChange(c revoke.Change) {
-	s.revoker.Apply(c)
-	if c.Policy {
+// trimEvery trims the feed every tenth of the resume window (at most a
+// minute apart) until ctx ends.
+func (f *feed) trimEvery(ctx context.Context) {
+	t := time.NewTicker(min(f.window/10, time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := f.trim(ctx); err != nil && ctx.Err() == nil {
+			f.log.Warn("trimming the change feed failed; trying again later", slog.String(edge.LogError, err.Error()))
+		}
+	}
+}
+
+// trim deletes the entries older than the resume window, whoever put them,
+// and raises the trimmed mark to the newest revision deleted, in one
+// transaction. Replicas trimming at once: one wins, the others find the
+// mark moved and try again later.
+func (f *feed) trim(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	r, err := f.cli.Txn(ctx).Then(clientv3.OpGet(f.trimmed), clientv3.OpGet(f.prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithSort(clientv3.SortByModRevision, clientv3.SortAscend), clientv3.WithLimit(int64(f.maxOps-1)))).Commit()
+	if err != nil {
+		return err
+	}
+	mark, markRev := trimMark(r)
+	cutoff := time.Now().Add(-f.window)
+	var ops []clientv3.Op
+	for _, kv := range r.Responses[1].GetResponseRange().Kvs {
+		if at, ok := entryTime(string(kv.Key)); !ok || at.Before(cutoff) {
+			ops = append(ops, clientv3.OpDelete(string(kv.Key)))
+			mark = max(mark, kv.ModRevision)
+		}
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	ops = append(ops, clientv3.OpPut(f.trimmed, strconv.FormatInt(mark, 10)))
+	_, err = f.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(f.trimmed), "=", markRev)).Then(ops...).Commit()
+	return err
+}
+
+// trimMark is the trimmed mark's revision and the key's own, from the
+// first answer of r.
+func trimMark(r *clientv3.TxnResponse) (mark, modRev int64) {
+	kvs := r.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
+		return 0, 0
+	}
+	mark, _ = strconv.ParseInt(string(kvs[0].Value), 10, 64)
+	return mark, kvs[0].ModRevision
+}
+
+// entryTime is when the entry at key was put, by its replica's clock.
+func entryTime(key string) (time.Time, bool) {
+	name := key[strings.LastIndexByte(key, '/')+1:]
+	name, _, _ = strings.Cut(name, "-")
+	ns, err := strconv.ParseInt(name, 36, 64)
+	return time.Unix(0, ns), err == nil
+}
+
+// applyChange brings this replica up to date with the change at revision
+// pos of the feed (own: made here, only its events are new).
+func (s *Server) applyChange(c revoke.Change, pos int64, own bool) {
+	s.revoker.Apply(c, pos, own)
+	if c.Policy && !own {
 		if err := s.policy.Reload(); err != nil {
 			s.log.Error("loading the policy another replica committed failed; the one in force stays, and credentials it decides are refused when recorded",
 				slog.String(edge.LogError, err.Error()))

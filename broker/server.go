@@ -346,7 +346,7 @@ func (s *Server) openServices(ctx context.Context) (err error) {
 	rc := revoke.Config{Store: s.store, Vault: s.vault, Live: s.live, Approvals: s.approvals,
 		RolePolicies: rolePolicies, Shared: s.etcd != nil, Log: s.log}
 	if s.feed != nil {
-		rc.Feed, rc.Lead = s.feed, s.leader.Lead
+		rc.Feed, rc.Lead, rc.ResumeWindow = s.feed, s.leader.Lead, s.feed.window
 	}
 	if s.revoker, err = revoke.New(rc); err != nil {
 		return err

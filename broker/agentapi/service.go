@@ -73,9 +73,9 @@ type Issuer interface {
 type Revoker interface {
 	GlobalKill() *store.Kill
 	Lineage(ctx context.Context, root store.Root, actor, reason string) (*brokerv1.RevocationSummary, error)
-	// Subscribe watches agent's revocations; when events closes, ended
-	// says why.
-	Subscribe(agent string) (events <-chan *brokerv1.WatchRevocationsResponse, ended func() error, cancel func())
+	// Subscribe watches agent's revocations, resuming after a cursor if
+	// one is given; when events closes, ended says why.
+	Subscribe(ctx context.Context, agent, resumeAfter string, marks bool) (events <-chan *brokerv1.WatchRevocationsResponse, ended func() error, cancel func())
 }
 
 // Config is what the service needs.
@@ -370,14 +370,14 @@ func (s *Service) RevokeGrant(ctx context.Context, req *brokerv1.RevokeGrantRequ
 	return &brokerv1.RevokeGrantResponse{Summary: sum}, nil
 }
 
-func (s *Service) WatchRevocations(_ *brokerv1.WatchRevocationsRequest, stream grpc.ServerStreamingServer[brokerv1.WatchRevocationsResponse]) error {
+func (s *Service) WatchRevocations(req *brokerv1.WatchRevocationsRequest, stream grpc.ServerStreamingServer[brokerv1.WatchRevocationsResponse]) error {
 	ctx := stream.Context()
 	done, err := s.openStream(ctx, "WatchRevocations")
 	if err != nil {
 		return err
 	}
 	defer done()
-	events, ended, cancel := s.cfg.Revoker.Subscribe(edge.Caller(ctx))
+	events, ended, cancel := s.cfg.Revoker.Subscribe(ctx, edge.Caller(ctx), req.GetResumeAfter(), req.GetMarks())
 	defer cancel()
 	return edge.Relay(ctx, stream, s.cfg.Closing, events, ended, stream.Send)
 }

@@ -67,8 +67,9 @@ const (
 	// Expired: the credential expired without a successor (refreshing it
 	// failed until then, or needed a human's approval).
 	Expired
-	// Reset: the credential was dropped because the revocation watch broke;
-	// it may have been revoked meanwhile, or may still be valid.
+	// Reset: the credential was dropped because the revocation watch broke
+	// and could not resume; it may have been revoked meanwhile, or may
+	// still be valid.
 	Reset
 )
 
@@ -140,10 +141,13 @@ func WithOnChange(fn func(Change)) Option { return func(o *options) { o.onChange
 // A credential is fetched on the first Credential call for its role, then
 // served from the cache and replaced in the background before it expires.
 // The agent watches the broker's revocations: a revoked credential is
-// dropped at once and the next call fetches anew. If the watch breaks (the
-// broker restarted), the agent reconnects with backoff and then drops every
-// cached credential, since it may have missed revocations meanwhile; until
-// then it keeps serving what it holds.
+// dropped at once and the next call fetches anew. If the watch breaks (a
+// replica stopped), the agent reconnects with backoff, to another replica
+// if its Config names several, and resumes the watch where it broke: what
+// was revoked meanwhile arrives then. Only if the broker cannot resume it
+// (it restarted, or the watch was down longer than its resume window)
+// does the agent drop every cached credential, since it may have missed
+// revocations; until then it keeps serving what it holds.
 //
 // A credential that needed a human's approval is not refreshed, since its
 // successor would need another approval nobody asked for; it is served
@@ -171,6 +175,9 @@ type Agent struct {
 	// one is queued.
 	changes []Change
 	changed chan struct{}
+	// cursor is where the revocation watch stands (its last message's),
+	// for it to resume there; only the watch's goroutine uses it.
+	cursor string
 }
 
 // entry is a cached credential.
@@ -218,15 +225,17 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Agent, error) {
 	}
 	// The watch lives as long as the agent, but New gives up on it with ctx.
 	stop := context.AfterFunc(ctx, cancel)
-	w, err := a.openWatch(actx)
+	w, first, err := a.openWatch(actx)
 	if !stop() || err != nil {
 		cancel()
 		conn.Close()
 		if err == nil {
+			w.cancel()
 			err = ctx.Err()
 		}
 		return nil, err
 	}
+	a.heard(first)
 	a.wg.Add(1)
 	go a.watch(w)
 	if o.onChange != nil {
@@ -539,60 +548,122 @@ func (a *Agent) sleep(d time.Duration, gone <-chan struct{}) bool {
 // watch is in place (broker/edge.WatchHeader).
 const WatchHeader = "atf-watch"
 
-// openWatch opens the revocation watch and waits until the broker says it
-// is in place.
-func (a *Agent) openWatch(ctx context.Context) (brokerv1.BrokerService_WatchRevocationsClient, error) {
-	w, err := a.conn.Broker.WatchRevocations(ctx, &brokerv1.WatchRevocationsRequest{})
+// markWait bounds the wait for a watch's first message, a mark the
+// broker sends as soon as the watch is in place.
+const markWait = 10 * time.Second
+
+// watchStream is an open revocation watch; cancel ends it.
+type watchStream struct {
+	brokerv1.BrokerService_WatchRevocationsClient
+	cancel context.CancelFunc
+}
+
+// openWatch opens the revocation watch, resuming after the cursor if the
+// agent has one, and waits until the broker says it is in place: the
+// header, then the first message, a mark that says whether it resumed.
+func (a *Agent) openWatch(ctx context.Context) (w watchStream, first *brokerv1.WatchRevocationsResponse, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		if err != nil {
+			cancel()
+		}
+	}()
+	s, err := a.conn.Broker.WatchRevocations(ctx, &brokerv1.WatchRevocationsRequest{ResumeAfter: a.cursor, Marks: true})
 	if err != nil {
-		return nil, err
+		return watchStream{}, nil, err
 	}
-	md, err := w.Header()
+	md, err := s.Header()
 	if err == nil && len(md.Get(WatchHeader)) == 0 {
 		// Not in place: the stream ended, and Recv says why.
-		if _, err = w.Recv(); err == nil || errors.Is(err, io.EOF) {
+		if _, err = s.Recv(); err == nil || errors.Is(err, io.EOF) {
 			err = errors.New("client: the revocation watch ended before it began")
 		}
 	}
 	if err != nil {
-		return nil, err
+		return watchStream{}, nil, err
 	}
-	return w, nil
+	late := time.AfterFunc(markWait, cancel)
+	first, err = s.Recv()
+	if !late.Stop() {
+		err = fmt.Errorf("client: the broker sent no mark within %s of the revocation watch's start (is atfd older than this client?)", markWait)
+	}
+	if err != nil {
+		return watchStream{}, nil, err
+	}
+	return watchStream{s, cancel}, first, nil
 }
 
-// watch drops revoked credentials as the broker reports them; when the
-// watch breaks, it reconnects with backoff and drops everything cached.
-func (a *Agent) watch(w brokerv1.BrokerService_WatchRevocationsClient) {
+// watch follows the revocation watch; when it breaks, it reconnects
+// (rewatch).
+func (a *Agent) watch(w watchStream) {
 	defer a.wg.Done()
 	for {
 		m, err := w.Recv()
 		if err == nil {
-			a.revoked(m)
+			a.heard(m)
 			continue
 		}
+		w.cancel()
 		if a.ctx.Err() != nil {
 			return
 		}
 		a.log.Warn("revocation watch broke; reconnecting", slog.String(logError, err.Error()))
-		for attempt := 0; ; attempt++ {
-			if !a.sleep(backoff(attempt), nil) {
-				return
-			}
-			if w, err = a.openWatch(a.ctx); err == nil {
-				break
-			}
-			if a.ctx.Err() != nil {
-				return
-			}
-			a.log.Warn("reconnecting the revocation watch failed", slog.String(logError, err.Error()), slog.Int(logAttempt, attempt+1))
+		var ok bool
+		if w, ok = a.rewatch(); !ok {
+			return
 		}
-		a.mu.Lock()
-		a.epoch++
-		n := len(a.creds)
-		for role := range a.creds {
-			a.drop(role, nil, Change{Kind: Reset})
+	}
+}
+
+// rewatch reopens the revocation watch with backoff, on whichever replica
+// answers, resuming where it broke: the revocations made meanwhile arrive
+// first. If the broker cannot resume it (a restart, a cursor past its
+// resume window), it drops every cached credential, since revocations may
+// have been missed; until then it keeps serving what it holds. ok is false
+// once the agent closes.
+func (a *Agent) rewatch() (w watchStream, ok bool) {
+	for attempt := 0; ; attempt++ {
+		if !a.sleep(backoff(attempt), nil) {
+			return watchStream{}, false
 		}
-		a.mu.Unlock()
-		a.log.Info("revocation watch restored; dropped every cached credential, since revocations may have been missed", slog.Int("dropped", n))
+		w, first, err := a.openWatch(a.ctx)
+		if err == nil {
+			if a.cursor != "" && first.GetResumed() {
+				a.log.Info("revocation watch resumed where it broke; what was revoked meanwhile follows")
+			} else {
+				a.reset()
+			}
+			a.heard(first)
+			return w, true
+		}
+		if a.ctx.Err() != nil {
+			return watchStream{}, false
+		}
+		a.log.Warn("reconnecting the revocation watch failed", slog.String(logError, err.Error()), slog.Int(logAttempt, attempt+1))
+	}
+}
+
+// reset drops every cached credential, after a watch that could not
+// resume.
+func (a *Agent) reset() {
+	a.mu.Lock()
+	a.epoch++
+	n := len(a.creds)
+	for role := range a.creds {
+		a.drop(role, nil, Change{Kind: Reset})
+	}
+	a.mu.Unlock()
+	a.log.Info("revocation watch restored; dropped every cached credential, since revocations may have been missed", slog.Int("dropped", n))
+}
+
+// heard takes in a message of the watch: its cursor, and what it revokes
+// (a mark revokes nothing).
+func (a *Agent) heard(m *brokerv1.WatchRevocationsResponse) {
+	if c := m.GetCursor(); c != "" {
+		a.cursor = c
+	}
+	if len(m.GetAccessors()) > 0 || len(m.GetGrantIds()) > 0 {
+		a.revoked(m)
 	}
 }
 

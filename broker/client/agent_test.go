@@ -42,6 +42,12 @@ type testAgent struct {
 // newAgent starts an Agent for id on the broker at addr, closed when t ends.
 func newAgent(t *testing.T, f *brokertest.Fixture, addr string, id spiffeid.ID, opts ...client.Option) *testAgent {
 	t.Helper()
+	return newAgentAt(t, f, client.Config{Addr: addr}, id, opts...)
+}
+
+// newAgentAt is newAgent at the addresses of at.
+func newAgentAt(t *testing.T, f *brokertest.Fixture, at client.Config, id spiffeid.ID, opts ...client.Option) *testAgent {
+	t.Helper()
 	s := f.SVID(t, id)
 	ta := &testAgent{logs: &syncBuffer{}}
 	t.Cleanup(func() {
@@ -53,7 +59,8 @@ func newAgent(t *testing.T, f *brokertest.Fixture, addr string, id spiffeid.ID, 
 	})
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(ta.logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	a, err := client.New(t.Context(), client.Config{
-		Addr:        addr,
+		Addr:        at.Addr,
+		Addrs:       at.Addrs,
 		BrokerID:    f.Stack.BrokerID.String(),
 		SVIDFile:    s.CertPath,
 		SVIDKeyFile: s.KeyPath,
@@ -420,10 +427,16 @@ func pending(t *testing.T, approvals adminv1.ApprovalServiceClient, id spiffeid.
 
 // relay forwards TCP to a broker that can be swapped, so that the agent
 // keeps one address across a restart, as it would with atfd's fixed listen
-// address (a brokertest broker listens on a new port at every start).
+// address (a brokertest broker listens on a new port at every start). It
+// also injects faults: it can refuse connections and cut those it holds.
 type relay struct {
 	lis    net.Listener
 	target atomic.Pointer[string]
+	// refusing: new connections are closed at once.
+	refusing atomic.Bool
+
+	mu    sync.Mutex
+	conns map[net.Conn]bool // both ends of every connection forwarded
 }
 
 func newRelay(t *testing.T, target string) *relay {
@@ -432,7 +445,7 @@ func newRelay(t *testing.T, target string) *relay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &relay{lis: lis}
+	r := &relay{lis: lis, conns: map[net.Conn]bool{}}
 	r.to(target)
 	go func() {
 		for {
@@ -452,8 +465,24 @@ func (r *relay) addr() string { return r.lis.Addr().String() }
 // to sends new connections to target.
 func (r *relay) to(target string) { r.target.Store(&target) }
 
+// refuse closes new connections at once (on) or forwards them again.
+func (r *relay) refuse(on bool) { r.refusing.Store(on) }
+
+// cut closes every connection the relay holds: the client sees its
+// broker go away without a word.
+func (r *relay) cut() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for c := range r.conns {
+		c.Close()
+	}
+}
+
 func (r *relay) forward(c net.Conn) {
 	defer c.Close()
+	if r.refusing.Load() {
+		return
+	}
 	var d net.Dialer
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	s, err := d.DialContext(ctx, "tcp", *r.target.Load())
@@ -462,6 +491,15 @@ func (r *relay) forward(c net.Conn) {
 		return
 	}
 	defer s.Close()
+	r.mu.Lock()
+	r.conns[c], r.conns[s] = true, true
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.conns, c)
+		delete(r.conns, s)
+		r.mu.Unlock()
+	}()
 	go func() { io.Copy(s, c); s.Close() }()
 	io.Copy(c, s)
 }

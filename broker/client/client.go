@@ -5,20 +5,26 @@
 //
 // Agents use New: an Agent caches each role's credential, refreshes it
 // before it expires, drops it the moment the broker revokes it, and waits
-// for a human's approval where its level needs one. Dial is the raw
-// connection, for operators' tools.
+// for a human's approval where its level needs one. Given several
+// replicas (Config.Addrs, or a DNS name), it moves to another when one
+// goes, and its revocation watch resumes there without missing what was
+// revoked meanwhile. Dial is the raw connection, for operators' tools.
 package client
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/agentictrust/atf/broker/svid"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
@@ -27,8 +33,17 @@ import (
 
 // Config says how to reach the broker and who the caller is.
 type Config struct {
-	// Addr is the broker's gRPC address, host:port.
+	// Addr is the broker's gRPC address, host:port, or a gRPC target that
+	// names several replicas, such as dns:///atfd.example.org:8443 (every
+	// address the name has is a replica). A host name alone is resolved
+	// the same way.
 	Addr string
+	// Addrs are replicas' addresses, host:port, after Addr if it is set.
+	// Whatever names several replicas, the first that answers serves, in
+	// order, and when it goes the next that answers takes over: calls
+	// carry on, and the revocation watch resumes there (Agent). Every
+	// replica must present BrokerID.
+	Addrs []string
 	// BrokerID is the SPIFFE ID the broker must present; default
 	// spiffe://<caller's trust domain>/atfd.
 	BrokerID string
@@ -61,8 +76,9 @@ type Conn struct {
 // Dial connects to the broker. The connection is lazy: errors reaching the
 // broker surface on the first call.
 func Dial(ctx context.Context, cfg Config) (*Conn, error) {
-	if cfg.Addr == "" {
-		return nil, errors.New("client: broker address is required")
+	target, resolvers, err := brokerTarget(cfg)
+	if err != nil {
+		return nil, err
 	}
 	var own spiffeid.ID
 	if cfg.SVIDFile != "" {
@@ -98,7 +114,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 			return nil, fmt.Errorf("client: %w", err)
 		}
 	}
-	var opts []grpc.DialOption
+	opts := resolvers
 	if cfg.JWT {
 		tc := tlsconfig.TLSClientConfig(src, tlsconfig.AuthorizeID(brokerID))
 		opts = append(opts,
@@ -108,7 +124,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		tc := tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(brokerID))
 		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	}
-	cc, err := grpc.NewClient(cfg.Addr, opts...)
+	cc, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		src.Close()
 		return nil, fmt.Errorf("client: %w", err)
@@ -127,6 +143,36 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 // Close closes the connection and the SVID source.
 func (c *Conn) Close() error {
 	return errors.Join(c.ClientConn.Close(), c.source.Close())
+}
+
+// brokerTarget is the gRPC target of cfg's addresses, and the dial
+// options it needs. One address or target is gRPC's to resolve (by DNS);
+// several go to a resolver of their own. Either way gRPC's pick_first
+// takes the first address that answers, in order, and moves on when it
+// goes. The server's identity is its SPIFFE ID, never a host name, so any
+// replica will do.
+func brokerTarget(cfg Config) (string, []grpc.DialOption, error) {
+	addrs := cfg.Addrs
+	if cfg.Addr != "" {
+		addrs = append([]string{cfg.Addr}, addrs...)
+	}
+	switch len(addrs) {
+	case 0:
+		return "", nil, errors.New("client: broker address is required")
+	case 1:
+		return addrs[0], nil, nil
+	}
+	eps := make([]resolver.Endpoint, len(addrs))
+	for i, a := range addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil || strings.Contains(a, "/") {
+			return "", nil, fmt.Errorf("client: broker address %q is not host:port; of several addresses each is one replica's host:port "+
+				"(a target such as dns:///atfd.example.org:8443 names several alone)", a)
+		}
+		eps[i] = resolver.Endpoint{Addresses: []resolver.Address{{Addr: a}}}
+	}
+	r := manual.NewBuilderWithScheme("atf-replicas")
+	r.InitialState(resolver.State{Endpoints: eps})
+	return r.Scheme() + ":///" + addrs[0], []grpc.DialOption{grpc.WithResolvers(r)}, nil
 }
 
 // resolveBrokerID returns the configured broker ID or, by default,

@@ -31,6 +31,9 @@ type EtcdConfig struct {
 	// Replica names this atfd among the replicas (its crash recovery
 	// revokes only what it made); default the host name.
 	Replica string `yaml:"replica"`
+	// ResumeWindow is how long the change feed keeps revocation events
+	// for the watches that resume on any replica; default 10m.
+	ResumeWindow time.Duration `yaml:"resume_window"`
 }
 
 // MinEtcdTxnOps is the least --max-txn-ops a cluster holding the store
@@ -71,6 +74,12 @@ func (sc *StoreConfig) validate(v *validation, storePath string) {
 	}
 	if e.Timeout <= 0 {
 		e.Timeout = 5 * time.Second
+	}
+	switch {
+	case e.ResumeWindow == 0:
+		e.ResumeWindow = 10 * time.Minute
+	case e.ResumeWindow < time.Second:
+		v.bad("store.etcd.resume_window %s is under a second: a watch could hardly ever resume", e.ResumeWindow)
 	}
 	if e.Replica == "" {
 		e.Replica, _ = os.Hostname()

@@ -20,8 +20,8 @@ func TestStoreEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := c.Store.Etcd
-	if e.Prefix != "/atf/" || e.MaxTxnOps != config.MinEtcdTxnOps || e.Timeout != 5*time.Second || e.Replica == "" {
-		t.Errorf("defaults = %+v; want prefix /atf/, %d ops, 5s, the host name as replica", e, config.MinEtcdTxnOps)
+	if e.Prefix != "/atf/" || e.MaxTxnOps != config.MinEtcdTxnOps || e.Timeout != 5*time.Second || e.Replica == "" || e.ResumeWindow != 10*time.Minute {
+		t.Errorf("defaults = %+v; want prefix /atf/, %d ops, 5s, the host name as replica, a 10m resume window", e, config.MinEtcdTxnOps)
 	}
 	if c.Audit.Dir != "" {
 		t.Errorf("audit.dir = %q; a store in etcd keeps its trail there", c.Audit.Dir)
@@ -37,6 +37,7 @@ func TestStoreEtcd(t *testing.T) {
 		{"plain http", func(c *config.Config) { c.Store.Etcd.Endpoints = []string{"http://10.0.0.1:2379"} }, "is not https://"},
 		{"no client certificate", func(c *config.Config) { c.Store.Etcd.CertFile = "" }, "mutual TLS"},
 		{"too few ops", func(c *config.Config) { c.Store.Etcd.MaxTxnOps = 128 }, "raise the cluster's --max-txn-ops"},
+		{"resume window too short", func(c *config.Config) { c.Store.Etcd.ResumeWindow = time.Millisecond }, "resume_window 1ms is under a second"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := minimal()

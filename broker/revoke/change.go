@@ -1,6 +1,8 @@
 package revoke
 
 import (
+	"time"
+
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/agentictrust/atf/broker/fault"
@@ -35,15 +37,50 @@ type Change struct {
 	Queued bool `json:"queued,omitempty"`
 }
 
-// Feed carries Changes to the other replicas (broker's etcd feed).
+// Feed carries Changes between the replicas, and keeps them for the
+// watches that resume (broker's etcd feed): every replica, this one too,
+// delivers the events of each entry to its watchers (Apply) in the order
+// of the entries, so that an entry's position is its events' on every
+// replica.
 type Feed interface {
-	Publish(Change)
+	// Start is the epoch of the feed's positions (its cluster) and the
+	// position its watch starts after.
+	Start() (epoch string, pos int64)
+	// Publish puts c in the feed and returns its position.
+	Publish(c Change) (int64, error)
+	Journal
 }
+
+// feedWait bounds how long a revocation waits for this replica's watch of
+// the feed to deliver its events; past it, they are sent here at once.
+const feedWait = 5 * time.Second
 
 // share sends c to the other replicas, if there are any.
 func (r *Revoker) share(c Change) {
 	if r.cfg.Feed != nil {
-		r.cfg.Feed.Publish(c)
+		_, _ = r.cfg.Feed.Publish(c) // Publish logs a failure
+	}
+}
+
+// announce tells the watchers of events, and the other replicas of c with
+// them. With a feed, the watchers here hear them as the others do, from
+// the feed, in the order of its entries; if the feed does not confirm
+// them in time, they hear them at once, outside the journal, and those
+// elsewhere only if it did take them.
+func (r *Revoker) announce(c Change, events map[string]*brokerv1.WatchRevocationsResponse) {
+	if r.cfg.Feed == nil {
+		r.hub.publish(events)
+		return
+	}
+	c.withEvents(events)
+	pos, err := r.cfg.Feed.Publish(c)
+	if err != nil {
+		r.hub.publishHere(events)
+		return
+	}
+	if len(events) > 0 && !r.hub.await(pos, feedWait) {
+		r.cfg.Log.Warn("this replica's watch of the change feed did not deliver a revocation in time; the watchers here hear it at once")
+		r.hub.publishHere(events)
 	}
 }
 
@@ -61,10 +98,34 @@ func (c *Change) withEvents(events map[string]*brokerv1.WatchRevocationsResponse
 	}
 }
 
-// Apply brings this replica up to date with a Change another made: its
-// anchors, its watchers, its approvals' waiters. The policy is the
-// caller's (the composition root reloads it).
-func (r *Revoker) Apply(c Change) {
+// Event is agent's revocation event in c, if there is one.
+func (c Change) Event(agent string) *brokerv1.WatchRevocationsResponse {
+	raw, ok := c.Events[agent]
+	if !ok {
+		return nil
+	}
+	ev := &brokerv1.WatchRevocationsResponse{}
+	if protojson.Unmarshal([]byte(raw), ev) != nil {
+		return nil
+	}
+	return ev
+}
+
+// Apply brings this replica up to date with the Change at position pos
+// of the feed: its watchers hear its events; and unless this replica made
+// it (own), its anchors, watches and approvals' waiters follow it. The
+// policy is the caller's (the composition root reloads it).
+func (r *Revoker) Apply(c Change, pos int64, own bool) {
+	events := map[string]*brokerv1.WatchRevocationsResponse{}
+	for agent := range c.Events {
+		if ev := c.Event(agent); ev != nil {
+			events[agent] = ev
+		}
+	}
+	if own {
+		r.hub.publishAt(pos, events)
+		return
+	}
 	if c.DropAll {
 		r.anchors.DropAll()
 	}
@@ -72,12 +133,7 @@ func (r *Revoker) Apply(c Change) {
 	if c.Approvals {
 		r.cfg.Approvals.Fire()
 	}
-	for agent, raw := range c.Events {
-		ev := &brokerv1.WatchRevocationsResponse{}
-		if protojson.Unmarshal([]byte(raw), ev) == nil {
-			r.hub.publish(agent, ev)
-		}
-	}
+	r.hub.publishAt(pos, events)
 	if len(c.Stopped) > 0 {
 		r.endStopped(c.Stopped)
 	}

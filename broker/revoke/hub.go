@@ -1,7 +1,13 @@
 package revoke
 
 import (
+	"context"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/agentictrust/atf/broker/fault"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -10,33 +16,54 @@ import (
 // errBehind ends the watch of an agent too slow to keep up.
 var errBehind = fault.New(fault.Exhausted, "revocation watcher fell behind; reconnect and refetch credentials")
 
-// hub fans revocation events out to the agents watching them.
+// Event is a revocation event and its position: the revision of the feed
+// entry that carries it (several replicas), or its rank among this
+// process's events (one). A cursor names a position (epoch.position).
+type Event struct {
+	Pos int64
+	Msg *brokerv1.WatchRevocationsResponse
+	// here: published by this replica alone, outside the journal (its
+	// feed entry was not confirmed); a resumed watch never skips it.
+	here bool
+}
+
+// hub fans revocation events out to the agents watching them, in the
+// order of their positions, and knows the position of the last one.
 type hub struct {
 	mu sync.Mutex
 	// subs holds, by agent, each watcher's channel and why it was closed.
-	subs map[string]map[chan *brokerv1.WatchRevocationsResponse]*error
+	subs map[string]map[chan Event]*error
+	// epoch names the positions: the feed's cluster, or this process.
+	epoch string
+	pos   int64
+	// moved is closed, and replaced, when pos moves (await).
+	moved chan struct{}
+	// ring keeps the recent events when no feed does (one process).
+	ring ring
 }
 
-// subscribe registers a watcher for agent. When events closes, ended says
-// why; cancel removes the watcher.
-func (h *hub) subscribe(agent string) (events <-chan *brokerv1.WatchRevocationsResponse, ended func() error, cancel func()) {
-	ch := make(chan *brokerv1.WatchRevocationsResponse, 64)
+// subscribe registers a watcher for agent; from is the position after
+// which it hears every event. When events closes, ended says why; cancel
+// removes the watcher.
+func (h *hub) subscribe(agent string) (events <-chan Event, from int64, ended func() error, cancel func()) {
+	ch := make(chan Event, 64)
 	why := new(error)
 	h.mu.Lock()
 	if h.subs == nil {
-		h.subs = map[string]map[chan *brokerv1.WatchRevocationsResponse]*error{}
+		h.subs = map[string]map[chan Event]*error{}
 	}
 	if h.subs[agent] == nil {
-		h.subs[agent] = map[chan *brokerv1.WatchRevocationsResponse]*error{}
+		h.subs[agent] = map[chan Event]*error{}
 	}
 	h.subs[agent][ch] = why
+	from = h.pos
 	h.mu.Unlock()
 	ended = func() error {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		return *why
 	}
-	return ch, ended, func() {
+	return ch, from, ended, func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if h.subs[agent][ch] != nil {
@@ -47,7 +74,7 @@ func (h *hub) subscribe(agent string) (events <-chan *brokerv1.WatchRevocationsR
 
 // close removes a watcher of agent and closes its channel, after the
 // events already in it, for why. Called with mu held.
-func (h *hub) close(agent string, ch chan *brokerv1.WatchRevocationsResponse, why error) {
+func (h *hub) close(agent string, ch chan Event, why error) {
 	*h.subs[agent][ch] = why
 	delete(h.subs[agent], ch)
 	if len(h.subs[agent]) == 0 {
@@ -56,12 +83,11 @@ func (h *hub) close(agent string, ch chan *brokerv1.WatchRevocationsResponse, wh
 	close(ch)
 }
 
-// publish sends ev to agent's watchers. A watcher too slow to keep up is
-// cut off (its stream ends), so it reconnects and refetches rather than
-// missing an event silently.
-func (h *hub) publish(agent string, ev *brokerv1.WatchRevocationsResponse) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+// send sends ev to agent's watchers, with its cursor. A watcher too slow
+// to keep up is cut off (its stream ends), so it reconnects and resumes
+// rather than missing an event silently. Called with mu held.
+func (h *hub) send(agent string, ev Event) {
+	ev.Msg.Cursor = h.cursor(ev.Pos)
 	for ch := range h.subs[agent] {
 		select {
 		case ch <- ev:
@@ -69,6 +95,86 @@ func (h *hub) publish(agent string, ev *brokerv1.WatchRevocationsResponse) {
 			h.close(agent, ch, errBehind)
 		}
 	}
+}
+
+// publish gives each agent's event the next position, keeps it for the
+// watches that resume (ring) and sends it: the journal of one process.
+func (h *hub) publish(events map[string]*brokerv1.WatchRevocationsResponse) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := time.Now()
+	for _, agent := range slices.Sorted(maps.Keys(events)) {
+		ev := Event{Pos: h.pos + 1, Msg: events[agent]}
+		h.ring.add(agent, ev, now)
+		h.advance(ev.Pos)
+		h.send(agent, ev)
+	}
+}
+
+// publishAt sends each agent's event at pos, the feed entry carrying
+// them; the feed delivers its entries in order.
+func (h *hub) publishAt(pos int64, events map[string]*brokerv1.WatchRevocationsResponse) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.advance(pos)
+	for agent, msg := range events {
+		h.send(agent, Event{Pos: pos, Msg: msg})
+	}
+}
+
+// publishHere sends events the feed did not confirm to this replica's
+// watchers alone, at the current position.
+func (h *hub) publishHere(events map[string]*brokerv1.WatchRevocationsResponse) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for agent, msg := range events {
+		h.send(agent, Event{Pos: h.pos, Msg: msg, here: true})
+	}
+}
+
+// advance moves the position to pos, if that is forward. Called with mu
+// held.
+func (h *hub) advance(pos int64) {
+	if pos <= h.pos {
+		return
+	}
+	h.pos = pos
+	if h.moved != nil {
+		close(h.moved)
+		h.moved = nil
+	}
+}
+
+// await waits up to d for the position to reach pos, and says whether it
+// did.
+func (h *hub) await(pos int64, d time.Duration) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	for {
+		h.mu.Lock()
+		if h.pos >= pos {
+			h.mu.Unlock()
+			return true
+		}
+		if h.moved == nil {
+			h.moved = make(chan struct{})
+		}
+		moved := h.moved
+		h.mu.Unlock()
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// mark is the position a watcher reading ch has heard everything up to:
+// the hub's, if nothing waits in ch.
+func (h *hub) mark(ch <-chan Event) (int64, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.pos, len(ch) == 0
 }
 
 // end ends the watches of agent for why (every agent's, if agent is ""),
@@ -84,4 +190,70 @@ func (h *hub) end(agent string, why error) {
 			h.close(a, ch, why)
 		}
 	}
+}
+
+// cursor names pos in this hub's epoch.
+func (h *hub) cursor(pos int64) string { return h.epoch + "." + strconv.FormatInt(pos, 10) }
+
+// position is the position a cursor of this hub's epoch names; ok is
+// false for any other cursor.
+func (h *hub) position(cursor string) (pos int64, ok bool) {
+	epoch, p, found := strings.Cut(cursor, ".")
+	if !found || epoch != h.epoch {
+		return 0, false
+	}
+	pos, err := strconv.ParseInt(p, 10, 64)
+	return pos, err == nil && pos >= 0
+}
+
+// Since is the journal of one process (no feed): agent's events after
+// position after, from the ring.
+func (h *hub) Since(_ context.Context, agent string, after int64) ([]Event, int64, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if after < h.ring.floor || after > h.pos {
+		return nil, 0, ErrGap
+	}
+	return h.ring.since(agent, after), h.pos, nil
+}
+
+// ringSize bounds the events a ring keeps.
+const ringSize = 8192
+
+// ring keeps the events of the last keep (the resume window), and at most
+// ringSize, oldest first, for the watches that resume in one process.
+type ring struct {
+	keep   time.Duration
+	events []ringEvent
+	// floor is the position of the newest event dropped: a watch cannot
+	// resume from before it.
+	floor int64
+}
+
+type ringEvent struct {
+	agent string
+	at    time.Time
+	ev    Event
+}
+
+// add keeps ev and drops what is past the window.
+func (r *ring) add(agent string, ev Event, now time.Time) {
+	r.events = append(r.events, ringEvent{agent: agent, at: now, ev: ev})
+	drop := 0
+	for drop < len(r.events) && (len(r.events)-drop > ringSize || now.Sub(r.events[drop].at) > r.keep) {
+		r.floor = r.events[drop].ev.Pos
+		drop++
+	}
+	r.events = r.events[drop:]
+}
+
+// since is agent's events after position after.
+func (r *ring) since(agent string, after int64) []Event {
+	var out []Event
+	for _, e := range r.events {
+		if e.agent == agent && e.ev.Pos > after {
+			out = append(out, e.ev)
+		}
+	}
+	return out
 }

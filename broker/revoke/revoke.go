@@ -15,6 +15,7 @@ package revoke
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -50,7 +51,10 @@ type Config struct {
 	// every one at once.
 	Shared bool
 	// Feed, with a shared store, tells the other replicas what Finish,
-	// Kill and KillAll did here (Change).
+	// Kill and KillAll did here (Change), and carries the revocation
+	// events to the watchers of every replica, this one's too, in one
+	// order that watches resume from. Without it, the events of the last
+	// ten minutes are kept in memory for that.
 	Feed Feed
 	// Lead, with a shared store, runs the durable queue's background
 	// drain only while this replica leads it (one replica at a time,
@@ -58,7 +62,11 @@ type Config struct {
 	// the leadership does, and again at every new term, until ctx ends.
 	// Nil: this replica drains alone.
 	Lead func(ctx context.Context, run func(context.Context))
-	Log  *slog.Logger
+	// ResumeWindow is how long the journal keeps events for the watches
+	// that resume (the feed's store.etcd.resume_window); marks go out at
+	// least four times within it. Default ten minutes.
+	ResumeWindow time.Duration
+	Log          *slog.Logger
 }
 
 // Revoker carries out revocations.
@@ -77,6 +85,16 @@ func New(cfg Config) (*Revoker, error) {
 	r := &Revoker{cfg: cfg, anchors: &Anchors{issuer: cfg.Vault, store: cfg.Store, policies: cfg.RolePolicies, m: map[string]*vault.Anchor{}, sweepAt: 1024},
 		queue: newQueue(cfg.Store, cfg.Vault, cfg.Log, cfg.Lead)}
 	r.queue.left = func() { r.share(Change{Queued: true}) }
+	// Positions are the feed's, or this process's alone: a cursor of
+	// another run cannot resume.
+	r.hub.epoch = "m" + rand.Text()
+	if cfg.ResumeWindow <= 0 {
+		r.cfg.ResumeWindow = 10 * time.Minute
+	}
+	r.hub.ring.keep = r.cfg.ResumeWindow
+	if cfg.Feed != nil {
+		r.hub.epoch, r.hub.pos = cfg.Feed.Start()
+	}
 	gk, err := cfg.Store.GlobalKill()
 	if err != nil {
 		return nil, err
@@ -106,17 +124,6 @@ func (r *Revoker) GlobalKill() *store.Kill {
 		return &store.Kill{At: time.Now().UTC(), By: "atfd", Reason: "the store cannot be read, so whether the kill switch is set is unknown: nothing is issued until it can"}
 	}
 	return gk
-}
-
-// Subscribe registers a watcher of agent's revocations; cancel removes it.
-// When events closes, ended says why: the watcher fell behind, or the
-// agent may no longer get anything (killed, deregistered, the global kill
-// switch), which also refuses a new watch (docs/security.md).
-func (r *Revoker) Subscribe(agent string) (events <-chan *brokerv1.WatchRevocationsResponse, ended func() error, cancel func()) {
-	events, ended, cancel = r.hub.subscribe(agent)
-	// Registered first, so a stop committed meanwhile ends it too.
-	r.endStopped([]string{agent})
-	return events, ended, cancel
 }
 
 // endStopped ends the revocation watches of those of agents that may no
@@ -272,15 +279,10 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 		ev.Accessors = append(ev.Accessors, accs...)
 		r.cfg.Live.Remove(accs...)
 	}
-	for agent, ev := range events {
-		r.hub.publish(agent, ev)
-	}
+	r.announce(Change{Drop: append(nodes, rev.Nodes...), Approvals: len(rev.Approvals) > 0, Stopped: []string{root.AgentID}}, events)
 	// An agent stopped (killed, deregistered) hears what it lost, then its
 	// watch ends; Kill ends those of the agents stopped below it.
 	r.endStopped([]string{root.AgentID})
-	change := Change{Drop: append(nodes, rev.Nodes...), Approvals: len(rev.Approvals) > 0, Stopped: []string{root.AgentID}}
-	change.withEvents(events)
-	r.share(change)
 
 	confirmed := <-vault
 	sum := &brokerv1.RevocationSummary{

@@ -115,11 +115,12 @@ func newAgentLogger(cmd *cobra.Command) *slog.Logger {
 // nobody reads any more are then dropped, so that closing never waits on
 // them.
 func (g *globals) startAgent(cmd *cobra.Command, ttl time.Duration) (_ *client.Agent, _ <-chan client.Change, stop func(), _ error) {
-	if g.output != "table" && g.output != "json" {
-		return nil, nil, nil, usageError{fmt.Errorf("--output must be table or json, not %q", g.output)}
+	cfg, err := g.clientConfig()
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	changes, done := make(chan client.Change, 64), make(chan struct{})
-	a, err := client.New(cmd.Context(), g.cfg, client.WithTTL(ttl), client.WithLogger(newAgentLogger(cmd)),
+	a, err := client.New(cmd.Context(), cfg, client.WithTTL(ttl), client.WithLogger(newAgentLogger(cmd)),
 		client.WithOnChange(func(c client.Change) {
 			select {
 			case changes <- c:

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -19,13 +20,17 @@ import (
 
 // globals are the flags every command shares.
 type globals struct {
-	cfg    client.Config
+	cfg client.Config
+	// addr is --addr: one address or gRPC target, or several replicas'
+	// addresses, comma-separated.
+	addr   string
 	output string
 }
 
 func (g *globals) register(root *cobra.Command) {
 	f := root.PersistentFlags()
-	f.StringVar(&g.cfg.Addr, "addr", envOr("ATF_BROKER_ADDR", "127.0.0.1:8443"), "broker address (env ATF_BROKER_ADDR)")
+	f.StringVar(&g.addr, "addr", envOr("ATF_BROKER_ADDR", "127.0.0.1:8443"),
+		"broker address host:port; several replicas comma-separated, or a DNS name for all of them as dns:///host:port (env ATF_BROKER_ADDR)")
 	f.StringVar(&g.cfg.BrokerID, "broker-id", os.Getenv("ATF_BROKER_ID"), "SPIFFE ID the broker must present; default spiffe://<your trust domain>/atfd (env ATF_BROKER_ID)")
 	f.StringVar(&g.cfg.WorkloadAPIAddr, "workload-api", "", "Workload API socket, e.g. unix:///run/spire/agent.sock (default $SPIFFE_ENDPOINT_SOCKET)")
 	f.StringVar(&g.cfg.SVIDFile, "svid", "", "X.509-SVID file (PEM), instead of the Workload API")
@@ -44,10 +49,29 @@ func envOr(key, def string) string {
 
 // dial connects to the broker with the global flags.
 func (g *globals) dial(ctx context.Context) (*client.Conn, error) {
-	if g.output != "table" && g.output != "json" {
-		return nil, usageError{fmt.Errorf("--output must be table or json, not %q", g.output)}
+	cfg, err := g.clientConfig()
+	if err != nil {
+		return nil, err
 	}
-	return client.Dial(ctx, g.cfg)
+	return client.Dial(ctx, cfg)
+}
+
+// clientConfig is the client's configuration from the global flags: --addr
+// may list several replicas, comma-separated, which the client fails over
+// between.
+func (g *globals) clientConfig() (client.Config, error) {
+	if g.output != "table" && g.output != "json" {
+		return client.Config{}, usageError{fmt.Errorf("--output must be table or json, not %q", g.output)}
+	}
+	cfg := g.cfg
+	cfg.Addr, cfg.Addrs = "", nil
+	for a := range strings.SplitSeq(g.addr, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			return client.Config{}, usageError{fmt.Errorf("--addr %q has an empty address: list replicas as host:port,host:port", g.addr)}
+		}
+		cfg.Addrs = append(cfg.Addrs, a)
+	}
+	return cfg, nil
 }
 
 // print writes m as JSON, or as a table through table.

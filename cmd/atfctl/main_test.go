@@ -89,6 +89,9 @@ func TestCLI(t *testing.T) {
 		{"extra argument", agent, []string{"whoami", "me"}, 2, "takes 0 argument"},
 		{"bad output", agent, []string{"whoami", "-o", "yaml"}, 2, "--output must be"},
 		{"unknown flag", agent, []string{"whoami", "--bogus"}, 2, "unknown flag"},
+		{"several replicas, the first down", agent, []string{"whoami", "--addr", "127.0.0.1:1," + b.Addr}, 0, agent.String()},
+		{"an empty address among several", agent, []string{"whoami", "--addr", "127.0.0.1:1,," + b.Addr}, 2, "has an empty address"},
+		{"a target among several", agent, []string{"whoami", "--addr", "dns:///atfd.example.org:8443," + b.Addr}, 1, "is not host:port"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out, code := run(t, b, tt.as, tt.args...)

@@ -1502,8 +1502,20 @@ func (x *RevocationSummary) GetTotalDuration() *durationpb.Duration {
 	return nil
 }
 
+// A watch that resumes hears every revocation made since the cursor it
+// names, on whichever replica it was made, and then those to come; one that
+// cannot resume says so on its first message (resumed unset), and then its
+// caller must drop every credential it holds, since some revocations may
+// have been missed (docs/agents.md, "Revocations").
 type WatchRevocationsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cursor of the last message received on an earlier watch of the
+	// caller's; empty: from now. Implies marks.
+	ResumeAfter string `protobuf:"bytes,1,opt,name=resume_after,json=resumeAfter,proto3" json:"resume_after,omitempty"`
+	// Ask for marks: the first message is a mark, sent as soon as the watch
+	// is in place, and more follow now and then while nothing is revoked, so
+	// that the cursor kept stays fresh enough to resume from.
+	Marks         bool `protobuf:"varint,2,opt,name=marks,proto3" json:"marks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1538,14 +1550,38 @@ func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
 	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
+func (x *WatchRevocationsRequest) GetResumeAfter() string {
+	if x != nil {
+		return x.ResumeAfter
+	}
+	return ""
+}
+
+func (x *WatchRevocationsRequest) GetMarks() bool {
+	if x != nil {
+		return x.Marks
+	}
+	return false
+}
+
+// A revocation, or a mark: a message with neither accessors nor grant_ids,
+// which revokes nothing and carries a cursor (and, first on a watch that
+// asked to resume, resumed).
 type WatchRevocationsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Accessors of the caller's credentials that are revoked.
 	Accessors []string `protobuf:"bytes,1,rep,name=accessors,proto3" json:"accessors,omitempty"`
 	// Grants the caller held that are revoked.
-	GrantIds      []string               `protobuf:"bytes,2,rep,name=grant_ids,json=grantIds,proto3" json:"grant_ids,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	GrantIds []string               `protobuf:"bytes,2,rep,name=grant_ids,json=grantIds,proto3" json:"grant_ids,omitempty"`
+	Reason   string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Time     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	// Where this message stands among the caller's revocations: keep the
+	// last one received, to pass as resume_after when reconnecting.
+	Cursor string `protobuf:"bytes,5,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// Set on the first message of a watch that asked to resume, if it did:
+	// every revocation after resume_after follows. Unset there, it could not
+	// (the cursor is too old, from another broker, or unknown).
+	Resumed       bool `protobuf:"varint,6,opt,name=resumed,proto3" json:"resumed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1606,6 +1642,20 @@ func (x *WatchRevocationsResponse) GetTime() *timestamppb.Timestamp {
 		return x.Time
 	}
 	return nil
+}
+
+func (x *WatchRevocationsResponse) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *WatchRevocationsResponse) GetResumed() bool {
+	if x != nil {
+		return x.Resumed
+	}
+	return false
 }
 
 type ReportOutcomeRequest struct {
@@ -1848,13 +1898,17 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\x0fvault_confirmed\x18\x03 \x01(\x05R\x0evaultConfirmed\x12#\n" +
 	"\rvault_pending\x18\x04 \x01(\x05R\fvaultPending\x12B\n" +
 	"\x0fcommit_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0ecommitDuration\x12@\n" +
-	"\x0etotal_duration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\rtotalDuration\"\x19\n" +
-	"\x17WatchRevocationsRequest\"\x9d\x01\n" +
+	"\x0etotal_duration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\rtotalDuration\"\\\n" +
+	"\x17WatchRevocationsRequest\x12+\n" +
+	"\fresume_after\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\vresumeAfter\x12\x14\n" +
+	"\x05marks\x18\x02 \x01(\bR\x05marks\"\xcf\x01\n" +
 	"\x18WatchRevocationsResponse\x12\x1c\n" +
 	"\taccessors\x18\x01 \x03(\tR\taccessors\x12\x1b\n" +
 	"\tgrant_ids\x18\x02 \x03(\tR\bgrantIds\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12.\n" +
-	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x88\x02\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06cursor\x18\x05 \x01(\tR\x06cursor\x12\x18\n" +
+	"\aresumed\x18\x06 \x01(\bR\aresumed\"\x88\x02\n" +
 	"\x14ReportOutcomeRequest\x12<\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x16.atf.broker.v1.OutcomeB\n" +
 	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\aoutcome\x12;\n" +

@@ -49,7 +49,8 @@ type BrokerServiceClient interface {
 	// RevokeGrant revokes a grant the caller gave, and everything below it.
 	RevokeGrant(ctx context.Context, in *RevokeGrantRequest, opts ...grpc.CallOption) (*RevokeGrantResponse, error)
 	// WatchRevocations streams revocations that affect the caller, so it can
-	// drop cached credentials at once.
+	// drop cached credentials at once; a watch resumes after a cursor, on any
+	// replica, without missing what was revoked while it was down.
 	WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error)
 	// WaitApproval streams the state of one of the caller's approval
 	// requests: the current state at once, then every change, and ends when
@@ -178,7 +179,8 @@ type BrokerServiceServer interface {
 	// RevokeGrant revokes a grant the caller gave, and everything below it.
 	RevokeGrant(context.Context, *RevokeGrantRequest) (*RevokeGrantResponse, error)
 	// WatchRevocations streams revocations that affect the caller, so it can
-	// drop cached credentials at once.
+	// drop cached credentials at once; a watch resumes after a cursor, on any
+	// replica, without missing what was revoked while it was down.
 	WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error
 	// WaitApproval streams the state of one of the caller's approval
 	// requests: the current state at once, then every change, and ends when

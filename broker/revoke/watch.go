@@ -1,0 +1,153 @@
+package revoke
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/agentictrust/atf/broker/edge"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+// ErrGap says a watch cannot resume from its cursor: some events after it
+// may be gone (past the resume window), or the cursor is none the journal
+// gave.
+var ErrGap = errors.New("revoke: the events after this cursor may be gone")
+
+// Journal keeps the events of the resume window for the watches that
+// resume: the feed's entries in etcd (several replicas), or a ring in
+// memory (one process).
+type Journal interface {
+	// Since returns agent's events after position after, in order, and
+	// the position they run to; ErrGap if some may be gone.
+	Since(ctx context.Context, agent string, after int64) (events []Event, upto int64, err error)
+}
+
+// Subscribe opens a watch of agent's revocations. With marks (implied by
+// resumeAfter), its first message is a mark, resumed if resumeAfter was
+// given and every event after it follows; marks follow now and then while
+// nothing is revoked. When events closes, ended says why: the watcher fell
+// behind, or the agent may no longer get anything (killed, deregistered,
+// the global kill switch), which also refuses a new watch after the events
+// it missed (docs/security.md). cancel ends the watch.
+func (r *Revoker) Subscribe(ctx context.Context, agent, resumeAfter string, marks bool) (events <-chan *brokerv1.WatchRevocationsResponse, ended func() error, cancel func()) {
+	in, from, ended, unsubscribe := r.hub.subscribe(agent)
+	// Registered first, so a stop committed meanwhile ends it too.
+	r.endStopped([]string{agent})
+	w := &watch{hub: &r.hub, in: in, out: make(chan *brokerv1.WatchRevocationsResponse), done: make(chan struct{}),
+		marks: marks || resumeAfter != "", markEvery: min(time.Minute, r.cfg.ResumeWindow/4), last: from}
+	if resumeAfter != "" {
+		w.resume(ctx, r.journal(), agent, resumeAfter)
+	}
+	go w.run()
+	var once sync.Once
+	return w.out, ended, func() {
+		once.Do(func() {
+			close(w.done)
+			unsubscribe()
+		})
+	}
+}
+
+// journal is where watches resume from: the feed, or this process's ring.
+func (r *Revoker) journal() Journal {
+	if r.cfg.Feed != nil {
+		return r.cfg.Feed
+	}
+	return &r.hub
+}
+
+// watch relays one watcher's events: its first mark, the events it
+// missed, then those published, and marks now and then.
+type watch struct {
+	hub   *hub
+	in    <-chan Event
+	out   chan *brokerv1.WatchRevocationsResponse
+	done  chan struct{}
+	marks bool
+	// markEvery is how often a mark goes out while nothing else does, if
+	// the position moved: well within the resume window, so that the
+	// cursor the agent keeps stays one it can resume from.
+	markEvery time.Duration
+	// resumed: replay holds the events after the cursor, up to upto;
+	// those of in up to upto are already among them.
+	resumed bool
+	replay  []Event
+	upto    int64
+	// last is the position of the last message sent.
+	last int64
+}
+
+// resume finds the events after cursor, if the journal still has them all.
+func (w *watch) resume(ctx context.Context, j Journal, agent, cursor string) {
+	after, ok := w.hub.position(cursor)
+	if !ok {
+		return
+	}
+	events, upto, err := j.Since(ctx, agent, after)
+	if err != nil {
+		if !errors.Is(err, ErrGap) {
+			edge.Logger(ctx).Warn("a revocation watch could not resume; its agent drops what it holds", slog.String(edge.LogError, err.Error()))
+		}
+		return
+	}
+	for _, ev := range events {
+		if ev.Msg.GetCursor() == "" { // the feed's: a copy of this watch's own
+			ev.Msg.Cursor = w.hub.cursor(ev.Pos)
+		}
+	}
+	w.resumed, w.replay, w.upto, w.last = true, events, max(upto, after), after
+}
+
+// run sends the watch's messages to out until in closes or done.
+func (w *watch) run() {
+	defer close(w.out)
+	if w.marks && !w.send(w.last, &brokerv1.WatchRevocationsResponse{Cursor: w.hub.cursor(w.last), Resumed: w.resumed}) {
+		return
+	}
+	for _, ev := range w.replay {
+		if !w.send(ev.Pos, ev.Msg) {
+			return
+		}
+	}
+	w.replay = nil
+	var tick <-chan time.Time
+	if w.marks {
+		t := time.NewTicker(w.markEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case ev, ok := <-w.in:
+			if !ok {
+				return
+			}
+			if w.resumed && ev.Pos <= w.upto && !ev.here {
+				continue // replayed
+			}
+			if !w.send(ev.Pos, ev.Msg) {
+				return
+			}
+		case <-tick:
+			if pos, idle := w.hub.mark(w.in); idle && pos > w.last && !w.send(pos, &brokerv1.WatchRevocationsResponse{Cursor: w.hub.cursor(pos)}) {
+				return
+			}
+		case <-w.done:
+			return
+		}
+	}
+}
+
+// send sends m, at position pos, unless the watch is done first.
+func (w *watch) send(pos int64, m *brokerv1.WatchRevocationsResponse) bool {
+	select {
+	case w.out <- m:
+		w.last = max(w.last, pos)
+		return true
+	case <-w.done:
+		return false
+	}
+}
