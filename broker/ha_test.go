@@ -3,6 +3,7 @@ package broker_test
 import (
 	"crypto/rand"
 	"errors"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/broker/client"
+	"github.com/agentictrust/atf/broker/metrics"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
@@ -190,6 +192,7 @@ func TestHAQuorumLostFailsClosed(t *testing.T) {
 	cfg := f.EtcdConfigOn(t, e, t.TempDir(), "/quorum/", "solo")
 	cfg.HealthInterval = 200 * time.Millisecond
 	cfg.Store.Etcd.Timeout = time.Second
+	cfg.MetricsAddr = freeAddr(t)
 	b := f.Start(t, cfg)
 	agent := f.ID(t, "agent")
 	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
@@ -220,6 +223,19 @@ func TestHAQuorumLostFailsClosed(t *testing.T) {
 	})
 	if err := fetch(); err == nil {
 		t.Error("a credential was issued without the store's quorum")
+	}
+	// The kubelet's view (deploy/k8s/components/etcd): readiness fails,
+	// and liveness (/metrics, whose queue depth and kill switch gauges each
+	// read the store) still answers within three times store.etcd.timeout,
+	// the liveness probe's timeout there, so an etcd outage restarts no
+	// replica.
+	if code, body := ready(t, "http://"+cfg.MetricsAddr+metrics.ReadyPath); code != http.StatusServiceUnavailable {
+		t.Errorf("%s without a quorum = %d %s, want 503", metrics.ReadyPath, code, body)
+	}
+	began := time.Now()
+	scrape(t, "http://"+cfg.MetricsAddr+"/metrics")
+	if took := time.Since(began); took > 3*cfg.Store.Etcd.Timeout {
+		t.Errorf("/metrics without a quorum took %s, more than three times store.etcd.timeout (%s)", took, cfg.Store.Etcd.Timeout)
 	}
 
 	for _, i := range []int{1, 2} {

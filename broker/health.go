@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -76,6 +77,28 @@ func errText(err error) string {
 		return "ok"
 	}
 	return err.Error()
+}
+
+// readyHandler answers the metrics listener's readiness check (GET
+// metrics.ReadyPath) with the gRPC health service's answer for the whole
+// broker: 200 while it is SERVING, 503 otherwise, the status in the body.
+// The same answer as grpc.health.v1 in plain HTTP, for the kubelet, whose
+// gRPC probe cannot reach the TLS-only gRPC port (docs/operations.md,
+// Kubernetes).
+func readyHandler(h healthpb.HealthServer) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st := healthpb.HealthCheckResponse_NOT_SERVING
+		if resp, err := h.Check(r.Context(), &healthpb.HealthCheckRequest{}); err == nil {
+			st = resp.GetStatus()
+		}
+		code := http.StatusOK
+		if st != healthpb.HealthCheckResponse_SERVING {
+			code = http.StatusServiceUnavailable
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(code)
+		fmt.Fprintln(w, st)
+	})
 }
 
 // storeHealthy checks that a store in etcd answers a linearizable read:

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/common/model"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/agentictrust/atf/broker/metrics"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -68,11 +69,17 @@ func TestObservability(t *testing.T) {
 		}
 	}
 
+	// The gRPC health service's status, and the metrics listener's
+	// readiness check (the kubelet's probe) saying the same in HTTP.
 	health := healthpb.NewHealthClient(b.Dial(t, agent).ClientConn)
 	status := func() healthpb.HealthCheckResponse_ServingStatus {
 		r, err := health.Check(t.Context(), &healthpb.HealthCheckRequest{Service: ""})
 		if err != nil {
 			return healthpb.HealthCheckResponse_UNKNOWN
+		}
+		code, body := ready(t, "http://"+cfg.MetricsAddr+metrics.ReadyPath)
+		if want := map[bool]int{true: http.StatusOK, false: http.StatusServiceUnavailable}[r.GetStatus() == healthpb.HealthCheckResponse_SERVING]; code != want || body != r.GetStatus().String() {
+			t.Errorf("%s answered %d %q while the health service says %s, want %d", metrics.ReadyPath, code, body, r.GetStatus(), want)
 		}
 		return r.GetStatus()
 	}
@@ -92,9 +99,30 @@ func TestObservability(t *testing.T) {
 	})
 }
 
-func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
+// ready is the status code and the trimmed body of a GET of url.
+func ready(t *testing.T, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, strings.TrimSpace(string(body))
+}
+
+func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	return scrapeWith(t, http.DefaultClient, url)
+}
+
+// scrapeWith parses the Prometheus metrics at url, fetched with c.
+func scrapeWith(t *testing.T, c *http.Client, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := c.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -449,7 +449,7 @@ func (s *Server) Serve(lis net.Listener) error {
 	}
 	s.loops.Go(func() { s.probeHealth(ctx, s.cfg.HealthInterval) })
 	if s.metricsLn != nil {
-		s.loops.Go(func() { s.metrics.Serve(ctx, s.metricsLn, s.log) })
+		s.loops.Go(func() { s.metrics.Serve(ctx, s.metricsLn, readyHandler(s.health), s.log) })
 	}
 	s.lifeMu.Unlock()
 	if n := s.cfg.Limits.MaxConnectionsPerIP; n > 0 {

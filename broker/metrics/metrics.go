@@ -114,10 +114,14 @@ func New(s State) *Metrics {
 	return m
 }
 
-// Serve serves /metrics on lis until ctx ends.
-func (m *Metrics) Serve(ctx context.Context, lis net.Listener, log *slog.Logger) {
+// ReadyPath is where Serve answers ready's readiness check.
+const ReadyPath = "/readyz"
+
+// Serve serves /metrics, and ready on ReadyPath, on lis until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, lis net.Listener, ready http.Handler, log *slog.Logger) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET "+ReadyPath, ready)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()

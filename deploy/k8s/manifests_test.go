@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -60,6 +61,7 @@ type kustomization struct {
 	ConfigMapGenerator []struct {
 		Name      string   `json:"name"`
 		Namespace string   `json:"namespace,omitempty"`
+		Behavior  string   `json:"behavior,omitempty"`
 		Files     []string `json:"files"`
 	} `json:"configMapGenerator,omitempty"`
 	Images []struct {
@@ -188,8 +190,73 @@ func readFile(file string) ([]object, error) {
 	return objs, nil
 }
 
+// readPatch decodes every document of a strategic merge patch strictly
+// into its type, once its merge directives are checked and set aside.
+func readPatch(file string) ([]object, error) {
+	docs, err := documents(file)
+	if err != nil {
+		return nil, err
+	}
+	objs := make([]object, 0, len(docs))
+	for i, js := range docs {
+		var doc any
+		if err := json.Unmarshal(js, &doc); err != nil {
+			return nil, err
+		}
+		doc, err := withoutDirectives(doc)
+		if err != nil {
+			return nil, fmt.Errorf("%s: document %d: %w", file, i+1, err)
+		}
+		if js, err = json.Marshal(doc); err != nil {
+			return nil, err
+		}
+		key, obj, err := decodeStrict(js)
+		if err != nil {
+			return nil, fmt.Errorf("%s: document %d: %w", file, i+1, err)
+		}
+		objs = append(objs, object{key: key, obj: obj})
+	}
+	return objs, nil
+}
+
+// withoutDirectives returns v less the one merge directive the patches
+// use, a list element {$patch: delete, <merge key>: ...} (kustomize and
+// strategicpatch remove the element it names); any other directive is an
+// error.
+func withoutDirectives(v any) (any, error) {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, e := range v {
+			if strings.HasPrefix(k, "$") {
+				return nil, fmt.Errorf("merge directive %s: %v outside a list element", k, e)
+			}
+			var err error
+			if v[k], err = withoutDirectives(e); err != nil {
+				return nil, fmt.Errorf("%s: %w", k, err)
+			}
+		}
+	case []any:
+		kept := v[:0]
+		for _, e := range v {
+			if m, ok := e.(map[string]any); ok && m["$patch"] != nil {
+				if m["$patch"] != "delete" || len(m) != 2 {
+					return nil, fmt.Errorf("list element %v: only {$patch: delete, <merge key>: ...} is supported", m)
+				}
+				continue
+			}
+			e, err := withoutDirectives(e)
+			if err != nil {
+				return nil, err
+			}
+			kept = append(kept, e)
+		}
+		return kept, nil
+	}
+	return v, nil
+}
+
 // yamlFiles lists the YAML files under dir, except atfd's own files in
-// config/ (checked by atfd's loaders instead).
+// config directories (checked by atfd's loaders instead).
 func yamlFiles(t *testing.T, dir string) []string {
 	t.Helper()
 	var files []string
@@ -197,7 +264,7 @@ func yamlFiles(t *testing.T, dir string) []string {
 		switch {
 		case err != nil:
 			return err
-		case d.IsDir() && p == filepath.Join(dir, "config"):
+		case d.IsDir() && d.Name() == "config":
 			return fs.SkipDir
 		case !d.IsDir() && (strings.HasSuffix(p, ".yaml") || strings.HasSuffix(p, ".yml")):
 			files = append(files, p)
@@ -239,9 +306,23 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 	if len(files) == 0 {
 		t.Fatal("no manifests found")
 	}
+	patches := map[string]bool{}
+	dirs, err := filepath.Glob(filepath.Join("components", "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range dirs {
+		for _, p := range readKustomization(t, filepath.Join(dir, "kustomization.yaml")).Patches {
+			patches[filepath.Join(dir, p.Path)] = true
+		}
+	}
 	for _, f := range files {
 		t.Run(f, func(t *testing.T) {
-			objs, err := readFile(f)
+			read := readFile
+			if patches[f] {
+				read = readPatch
+			}
+			objs, err := read(f)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -314,6 +395,13 @@ func readKustomization(t *testing.T, file string) *kustomization {
 			t.Errorf("%s: resource: %v", file, err)
 		}
 	}
+	for _, g := range k.ConfigMapGenerator {
+		for _, f := range g.Files {
+			if _, err := os.Stat(filepath.Join(filepath.Dir(file), f)); err != nil {
+				t.Errorf("%s: configMapGenerator %s: %v", file, g.Name, err)
+			}
+		}
+	}
 	return k
 }
 
@@ -357,12 +445,12 @@ func loadBase(t *testing.T) deployment {
 	return d
 }
 
-// get returns the one object of kind.
+// get returns the one object of kind, or the object kind/name.
 func get[T any](t *testing.T, d deployment, kind string) *T {
 	t.Helper()
 	var found []*T
 	for key, o := range d.objs {
-		if strings.HasPrefix(key, kind+"/") {
+		if key == kind || strings.HasPrefix(key, kind+"/") {
 			if obj, ok := o.(*T); ok {
 				found = append(found, obj)
 			}
@@ -384,101 +472,145 @@ func (d deployment) container(t *testing.T) corev1.Container {
 	return cs[0]
 }
 
-// patched applies a component's strategic merge patches to a copy of d,
-// as kustomize does, and decodes the results strictly again.
-func (d deployment) patched(t *testing.T, component string) deployment {
+// patched applies components, in order, to a copy of d as kustomize
+// does: their resources are added, their ConfigMap generators merged into
+// atfd's, their strategic merge patches applied; every patched object is
+// decoded strictly again.
+func (d deployment) patched(t *testing.T, components ...string) deployment {
 	t.Helper()
-	c := readKustomization(t, filepath.Join("components", component, "kustomization.yaml"))
-	out := deployment{objs: map[string]any{}, configMap: d.configMap, keys: d.keys}
-	for k, v := range d.objs {
-		out.objs[k] = v
-	}
-	for _, p := range c.Patches {
-		file := filepath.Join("components", component, p.Path)
-		patches, err := documents(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, patch := range patches {
-			_, key, err := typeOf(patch)
-			if err != nil {
-				t.Fatalf("%s: %v", file, err)
-			}
-			target, ok := out.objs[key]
-			if !ok {
-				t.Fatalf("%s: patches %s, which kustomization.yaml does not deploy", file, key)
-			}
-			orig, err := json.Marshal(target)
+	out := deployment{objs: maps.Clone(d.objs), configMap: d.configMap, keys: maps.Clone(d.keys)}
+	ns := get[corev1.Namespace](t, d, "Namespace")
+	for _, component := range components {
+		dir := filepath.Join("components", component)
+		c := readKustomization(t, filepath.Join(dir, "kustomization.yaml"))
+		for _, r := range c.Resources {
+			objs, err := readFile(filepath.Join(dir, r))
 			if err != nil {
 				t.Fatal(err)
 			}
-			merged, err := strategicpatch.StrategicMergePatch(orig, patch, target)
-			if err != nil {
-				t.Fatalf("%s: %s: %v", file, key, err)
+			for _, o := range objs {
+				if _, dup := out.objs[o.key]; dup {
+					t.Fatalf("%s: %s is already deployed", filepath.Join(dir, r), o.key)
+				}
+				out.objs[o.key] = o.obj
 			}
-			if _, out.objs[key], err = decodeStrict(merged); err != nil {
-				t.Fatalf("%s: %s after the patch: %v", file, key, err)
+		}
+		// A component replaces files of atfd's ConfigMap; another
+		// ConfigMap would not be mounted.
+		for _, g := range c.ConfigMapGenerator {
+			if g.Name != out.configMap || g.Namespace != ns.Name || g.Behavior != "merge" {
+				t.Fatalf("%s: configMapGenerator %s/%s, behavior %q: want behavior merge into %s/%s", dir, g.Namespace, g.Name, g.Behavior, ns.Name, out.configMap)
 			}
+			for _, f := range g.Files {
+				out.keys[path.Base(f)] = filepath.Join(dir, f)
+			}
+		}
+		for _, p := range c.Patches {
+			out.applyPatch(t, filepath.Join(dir, p.Path))
 		}
 	}
 	return out
 }
 
+// applyPatch applies the strategic merge patches of file to d's objects,
+// as kustomize does, and decodes the results strictly again.
+func (d deployment) applyPatch(t *testing.T, file string) {
+	t.Helper()
+	patches, err := documents(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, patch := range patches {
+		_, key, err := typeOf(patch)
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		target, ok := d.objs[key]
+		if !ok {
+			t.Fatalf("%s: patches %s, which kustomization.yaml does not deploy", file, key)
+		}
+		orig, err := json.Marshal(target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		merged, err := strategicpatch.StrategicMergePatch(orig, patch, target)
+		if err != nil {
+			t.Fatalf("%s: %s: %v", file, key, err)
+		}
+		if _, d.objs[key], err = decodeStrict(merged); err != nil {
+			t.Fatalf("%s: %s after the patch: %v", file, key, err)
+		}
+	}
+}
+
 // TestDeployment checks the manifests against atfd's configuration, read
-// and validated by atfd's own loader, as deployed and with each component.
+// and validated by atfd's own loader, as deployed, with each component, and
+// with the etcd mode and the hostPath socket together.
 func TestDeployment(t *testing.T) {
-	const enforce = "pod-security.kubernetes.io/enforce"
 	type variant struct {
-		component string // "": kustomization.yaml as it is
-		check     func(*testing.T, deployment, config.Config)
+		components []string // none: kustomization.yaml as it is
+		check      func(*testing.T, deployment, config.Config)
 	}
 	variants := []variant{
-		{"", func(t *testing.T, d deployment, cfg config.Config) {
-			if v := socketVolume(t, d, cfg); v.CSI == nil || v.CSI.Driver != "csi.spiffe.io" || v.CSI.ReadOnly == nil || !*v.CSI.ReadOnly {
-				t.Errorf("Workload API volume %+v, want a read-only csi.spiffe.io volume", v.VolumeSource)
-			}
-			if ns := get[corev1.Namespace](t, d, "Namespace"); ns.Labels[enforce] != "restricted" {
-				t.Errorf("namespace %s enforces %q, want Pod Security restricted", ns.Name, ns.Labels[enforce])
-			}
-		}},
-		{"hostpath-socket", func(t *testing.T, d deployment, cfg config.Config) {
-			if v := socketVolume(t, d, cfg); v.CSI != nil || v.HostPath == nil {
-				t.Errorf("Workload API volume %+v, want a hostPath and no CSI", v.VolumeSource)
-			}
-			if ns := get[corev1.Namespace](t, d, "Namespace"); ns.Labels[enforce] != "privileged" {
-				t.Errorf("namespace %s enforces %q, but a hostPath volume needs privileged", ns.Name, ns.Labels[enforce])
-			}
-		}},
-		{"grpc-tls-probe", func(t *testing.T, d deployment, _ config.Config) {
+		{nil, checkCSISocket},
+		{[]string{"hostpath-socket"}, checkHostPathSocket},
+		{[]string{"grpc-tls-probe"}, func(t *testing.T, d deployment, _ config.Config) {
 			if p := d.container(t).ReadinessProbe; p.GRPC == nil {
 				t.Errorf("readiness probe %+v, want gRPC health", p.ProbeHandler)
 			}
 		}},
+		{[]string{"etcd"}, func(t *testing.T, d deployment, cfg config.Config) {
+			checkCSISocket(t, d, cfg)
+			checkEtcdConfig(t, cfg)
+		}},
+		{[]string{"etcd", "hostpath-socket"}, checkHostPathSocket},
 	}
 	dirs, err := filepath.Glob(filepath.Join("components", "*"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, dir := range dirs {
-		if !slices.ContainsFunc(variants, func(v variant) bool { return v.component == filepath.Base(dir) }) {
+		if !slices.ContainsFunc(variants, func(v variant) bool { return slices.Contains(v.components, filepath.Base(dir)) }) {
 			t.Errorf("%s: no check for this component here", dir)
 		}
 	}
 	base := loadBase(t)
 	for _, v := range variants {
-		name := v.component
+		name := strings.Join(v.components, "+")
 		if name == "" {
 			name = "base"
 		}
 		t.Run(name, func(t *testing.T) {
-			d := base
-			if v.component != "" {
-				d = base.patched(t, v.component)
-			}
+			d := base.patched(t, v.components...)
 			cfg := d.config(t)
 			checkDeployment(t, d, cfg)
 			v.check(t, d, cfg)
 		})
+	}
+}
+
+// enforce is the namespace label of the Pod Security level it enforces.
+const enforce = "pod-security.kubernetes.io/enforce"
+
+// checkCSISocket checks that the Workload API comes from the SPIFFE CSI
+// driver, which Pod Security "restricted" allows.
+func checkCSISocket(t *testing.T, d deployment, cfg config.Config) {
+	if v := socketVolume(t, d, cfg); v.CSI == nil || v.CSI.Driver != "csi.spiffe.io" || v.CSI.ReadOnly == nil || !*v.CSI.ReadOnly {
+		t.Errorf("Workload API volume %+v, want a read-only csi.spiffe.io volume", v.VolumeSource)
+	}
+	if ns := get[corev1.Namespace](t, d, "Namespace"); ns.Labels[enforce] != "restricted" {
+		t.Errorf("namespace %s enforces %q, want Pod Security restricted", ns.Name, ns.Labels[enforce])
+	}
+}
+
+// checkHostPathSocket checks that the Workload API comes from a hostPath,
+// in a namespace that allows one.
+func checkHostPathSocket(t *testing.T, d deployment, cfg config.Config) {
+	if v := socketVolume(t, d, cfg); v.CSI != nil || v.HostPath == nil {
+		t.Errorf("Workload API volume %+v, want a hostPath and no CSI", v.VolumeSource)
+	}
+	if ns := get[corev1.Namespace](t, d, "Namespace"); ns.Labels[enforce] != "privileged" {
+		t.Errorf("namespace %s enforces %q, but a hostPath volume needs privileged", ns.Name, ns.Labels[enforce])
 	}
 }
 
@@ -496,6 +628,12 @@ func (d deployment) config(t *testing.T) config.Config {
 	cfg, err := config.Load(file)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// One file for every pod: a replica name in it would make them one
+	// replica. Unset, each takes its host name, its pod's name (Validate
+	// fills it in, so look before).
+	if e := cfg.Store.Etcd; e != nil && e.Replica != "" {
+		t.Errorf("%s: store.etcd.replica %q in a file every replica reads: leave it unset (the pod's name)", file, e.Replica)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -636,8 +774,8 @@ func checkProbe(c corev1.Container, p *corev1.Probe, grpcPort, metricsPort int32
 			return fmt.Errorf("tcpSocket %s: not atfd's gRPC (%d) or metrics (%d) port", h.TCPSocket.Port.String(), grpcPort, metricsPort)
 		}
 	case h.HTTPGet != nil:
-		if port := containerPort(c, h.HTTPGet.Port); port != metricsPort || h.HTTPGet.Path != "/metrics" || (h.HTTPGet.Scheme != "" && h.HTTPGet.Scheme != corev1.URISchemeHTTP) {
-			return fmt.Errorf("httpGet %s %s:%s: only the metrics port (%d) serves HTTP, plain, on /metrics", h.HTTPGet.Scheme, h.HTTPGet.Port.String(), h.HTTPGet.Path, metricsPort)
+		if port := containerPort(c, h.HTTPGet.Port); port != metricsPort || (h.HTTPGet.Path != "/metrics" && h.HTTPGet.Path != readyPath) || (h.HTTPGet.Scheme != "" && h.HTTPGet.Scheme != corev1.URISchemeHTTP) {
+			return fmt.Errorf("httpGet %s %s:%s: only the metrics port (%d) serves HTTP, plain, on /metrics and %s", h.HTTPGet.Scheme, h.HTTPGet.Port.String(), h.HTTPGet.Path, metricsPort, readyPath)
 		}
 	case h.GRPC != nil:
 		if h.GRPC.Port != grpcPort {
@@ -650,6 +788,14 @@ func checkProbe(c corev1.Container, p *corev1.Probe, grpcPort, metricsPort int32
 		}
 	}
 	return nil
+}
+
+// val is *p, or "unset" for nil, for messages.
+func val[T any](p *T) any {
+	if p == nil {
+		return "unset"
+	}
+	return *p
 }
 
 // selects reports whether sel selects the set of labels.
@@ -666,73 +812,95 @@ func selects(t *testing.T, sel *metav1.LabelSelector, set map[string]string) boo
 }
 
 // checkDeployment checks one variant of the deployment against atfd's
-// configuration.
+// configuration: what every variant holds, then its store's mode.
 func checkDeployment(t *testing.T, d deployment, cfg config.Config) {
+	checkObjects(t, d)
+	grpcPort, metricsPort := checkPorts(t, d, cfg)
+	checkSecurity(t, d)
+	checkService(t, d, grpcPort, metricsPort)
+	checkIngress(t, d, grpcPort, metricsPort)
+	checkSPIFFEID(t, d)
+	if m, _ := mountAt(t, d, socketDir(t, cfg)); !m.ReadOnly {
+		t.Errorf("the Workload API socket's directory %s is mounted read-write", m.MountPath)
+	}
+	env := map[string]string{}
+	for _, e := range d.container(t).Env {
+		env[e.Name] = e.Value
+	}
+	if got := env["SPIFFE_ENDPOINT_SOCKET"]; got != cfg.SPIFFE.WorkloadAPIAddr {
+		t.Errorf("SPIFFE_ENDPOINT_SOCKET %q (atfctl in the container), want spiffe.workload_api_addr %q", got, cfg.SPIFFE.WorkloadAPIAddr)
+	}
+	if cfg.Store.Etcd == nil {
+		checkBolt(t, d, cfg)
+	} else {
+		checkEtcd(t, d, cfg)
+	}
+}
+
+// checkObjects checks that the namespaced objects are in atfd's namespace
+// and that the StatefulSet's and the PodDisruptionBudget's selectors
+// select its pods, which run as its service account.
+func checkObjects(t *testing.T, d deployment) {
 	ns := get[corev1.Namespace](t, d, "Namespace")
 	sa := get[corev1.ServiceAccount](t, d, "ServiceAccount")
 	svc := get[corev1.Service](t, d, "Service")
 	sts := get[appsv1.StatefulSet](t, d, "StatefulSet")
 	pdb := get[policyv1.PodDisruptionBudget](t, d, "PodDisruptionBudget")
-	np := get[networkingv1.NetworkPolicy](t, d, "NetworkPolicy")
-	id := get[clusterSPIFFEID](t, d, "ClusterSPIFFEID")
-	pod := sts.Spec.Template
-	c := d.container(t)
-
-	for _, m := range []metav1.ObjectMeta{sa.ObjectMeta, svc.ObjectMeta, sts.ObjectMeta, pdb.ObjectMeta, np.ObjectMeta} {
+	metas := []metav1.ObjectMeta{sa.ObjectMeta, svc.ObjectMeta, sts.ObjectMeta, pdb.ObjectMeta}
+	for _, np := range networkPolicies(t, d) {
+		metas = append(metas, np.ObjectMeta)
+	}
+	for _, m := range metas {
 		if m.Namespace != ns.Name {
 			t.Errorf("%s is in namespace %q, want %q", m.Name, m.Namespace, ns.Name)
 		}
 	}
-
-	// One replica: bbolt has one writer.
-	if sts.Spec.Replicas == nil || *sts.Spec.Replicas != 1 {
-		t.Errorf("StatefulSet replicas %v, want exactly 1", sts.Spec.Replicas)
-	}
+	pod := sts.Spec.Template
 	if !selects(t, sts.Spec.Selector, pod.Labels) {
 		t.Errorf("StatefulSet selector %v does not select its pods %v", sts.Spec.Selector, pod.Labels)
 	}
 	if pod.Spec.ServiceAccountName != sa.Name {
 		t.Errorf("pod runs as service account %q, want %q", pod.Spec.ServiceAccountName, sa.Name)
 	}
+	for _, m := range d.container(t).VolumeMounts {
+		if !slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name }) &&
+			!slices.ContainsFunc(sts.Spec.VolumeClaimTemplates, func(c corev1.PersistentVolumeClaim) bool { return c.Name == m.Name }) {
+			t.Errorf("mount %s: no volume or volume claim template %s", m.MountPath, m.Name)
+		}
+	}
+	if !selects(t, pdb.Spec.Selector, pod.Labels) {
+		t.Errorf("PodDisruptionBudget selector %v does not select atfd's pods", pdb.Spec.Selector)
+	}
+}
 
-	// Ports: the configuration's, reachable, named.
-	grpcPort := hostPort(t, "listen_addr", cfg.ListenAddr)
+// checkPorts checks the container's ports against the configuration's
+// (reachable, named) and its probes against what each port speaks, and
+// returns the gRPC and metrics ports.
+func checkPorts(t *testing.T, d deployment, cfg config.Config) (grpcPort, metricsPort int32) {
+	c := d.container(t)
+	grpcPort = hostPort(t, "listen_addr", cfg.ListenAddr)
 	if cfg.MetricsAddr == "" {
 		t.Fatal("metrics_addr is off: liveness needs it")
 	}
-	metricsPort := hostPort(t, "metrics_addr", cfg.MetricsAddr)
+	metricsPort = hostPort(t, "metrics_addr", cfg.MetricsAddr)
 	for name, want := range map[string]int32{"grpc": grpcPort, "metrics": metricsPort} {
 		if got := containerPort(c, intstr.FromString(name)); got != want {
 			t.Errorf("container port %q is %d, want %d from the configuration", name, got, want)
 		}
 	}
-
-	// Probes.
 	for name, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
 		if err := checkProbe(c, p, grpcPort, metricsPort); err != nil {
 			t.Errorf("%s probe: %v", name, err)
 		}
 	}
+	return grpcPort, metricsPort
+}
 
-	// Paths: the store on the volume claim, the socket on a read-only volume.
-	m, v := mountAt(t, d, path.Dir(cfg.StorePath))
-	if v.PersistentVolumeClaim == nil || m.ReadOnly {
-		t.Errorf("store_path %s: not on a writable volume claim template", cfg.StorePath)
-	}
-	if m, _ := mountAt(t, d, socketDir(t, cfg)); !m.ReadOnly {
-		t.Errorf("the Workload API socket's directory %s is mounted read-write", m.MountPath)
-	}
-	env := map[string]string{}
-	for _, e := range c.Env {
-		env[e.Name] = e.Value
-	}
-	if got := env["SPIFFE_ENDPOINT_SOCKET"]; got != cfg.SPIFFE.WorkloadAPIAddr {
-		t.Errorf("SPIFFE_ENDPOINT_SOCKET %q (atfctl in the container), want spiffe.workload_api_addr %q", got, cfg.SPIFFE.WorkloadAPIAddr)
-	}
-
-	// Security context: what Pod Security "restricted" asks, and a
-	// read-only root filesystem.
-	ps, cs := pod.Spec.SecurityContext, c.SecurityContext
+// checkSecurity checks the pod's and the container's security context
+// (what Pod Security "restricted" asks, and a read-only root filesystem)
+// and the container's resources.
+func checkSecurity(t *testing.T, d deployment) {
+	ps, cs := get[appsv1.StatefulSet](t, d, "StatefulSet").Spec.Template.Spec.SecurityContext, d.container(t).SecurityContext
 	switch {
 	case ps == nil || cs == nil:
 		t.Fatal("pod or container without a security context")
@@ -747,6 +915,7 @@ func checkDeployment(t *testing.T, d deployment, cfg config.Config) {
 	case cs.Capabilities == nil || !slices.Equal(cs.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(cs.Capabilities.Add) != 0:
 		t.Error("the container must drop ALL capabilities and add none")
 	}
+	c := d.container(t)
 	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
 		if _, ok := c.Resources.Requests[r]; !ok {
 			t.Errorf("no %s request", r)
@@ -755,8 +924,14 @@ func checkDeployment(t *testing.T, d deployment, cfg config.Config) {
 			t.Errorf("no %s limit", r)
 		}
 	}
+}
 
-	// The Service: atfd's two ports, by name, on the same numbers.
+// checkService checks that the Service serves atfd's two ports, by name,
+// on the same numbers.
+func checkService(t *testing.T, d deployment, grpcPort, metricsPort int32) {
+	svc := get[corev1.Service](t, d, "Service")
+	pod := get[appsv1.StatefulSet](t, d, "StatefulSet").Spec.Template
+	c := d.container(t)
 	if !selects(t, &metav1.LabelSelector{MatchLabels: svc.Spec.Selector}, pod.Labels) {
 		t.Errorf("Service selector %v does not select atfd's pods %v", svc.Spec.Selector, pod.Labels)
 	}
@@ -772,24 +947,41 @@ func checkDeployment(t *testing.T, d deployment, cfg config.Config) {
 	if want := []int32{min(grpcPort, metricsPort), max(grpcPort, metricsPort)}; !slices.Equal(served, want) {
 		t.Errorf("Service serves ports %v, want %v", served, want)
 	}
+}
 
-	// The PodDisruptionBudget: no voluntary eviction of the one replica.
-	if !selects(t, pdb.Spec.Selector, pod.Labels) {
-		t.Errorf("PodDisruptionBudget selector %v does not select atfd's pods", pdb.Spec.Selector)
+// networkPolicies returns the NetworkPolicies that select atfd's pods;
+// at least one must.
+func networkPolicies(t *testing.T, d deployment) []*networkingv1.NetworkPolicy {
+	t.Helper()
+	pod := get[appsv1.StatefulSet](t, d, "StatefulSet").Spec.Template
+	var nps []*networkingv1.NetworkPolicy
+	for key, o := range d.objs {
+		np, ok := o.(*networkingv1.NetworkPolicy)
+		if !ok {
+			continue
+		}
+		if !selects(t, &np.Spec.PodSelector, pod.Labels) {
+			t.Errorf("%s: selector %v does not select atfd's pods", key, np.Spec.PodSelector)
+		}
+		nps = append(nps, np)
 	}
-	if mu, ma := pdb.Spec.MaxUnavailable, pdb.Spec.MinAvailable; !(mu != nil && mu.String() == "0") && !(ma != nil && ma.String() == "1") {
-		t.Errorf("PodDisruptionBudget maxUnavailable %v minAvailable %v, want maxUnavailable 0 or minAvailable 1", mu, ma)
+	if len(nps) == 0 {
+		t.Fatal("no NetworkPolicy selects atfd's pods")
 	}
+	return nps
+}
 
-	// The NetworkPolicy: atfd's pods, both ports open to someone.
-	if !selects(t, &np.Spec.PodSelector, pod.Labels) {
-		t.Errorf("NetworkPolicy selector %v does not select atfd's pods", np.Spec.PodSelector)
-	}
+// checkIngress checks that the NetworkPolicies admit traffic to both of
+// atfd's ports.
+func checkIngress(t *testing.T, d deployment, grpcPort, metricsPort int32) {
+	c := d.container(t)
 	var open []int32
-	for _, rule := range np.Spec.Ingress {
-		for _, p := range rule.Ports {
-			if p.Port != nil {
-				open = append(open, containerPort(c, *p.Port))
+	for _, np := range networkPolicies(t, d) {
+		for _, rule := range np.Spec.Ingress {
+			for _, p := range rule.Ports {
+				if p.Port != nil {
+					open = append(open, containerPort(c, *p.Port))
+				}
 			}
 		}
 	}
@@ -798,9 +990,15 @@ func checkDeployment(t *testing.T, d deployment, cfg config.Config) {
 			t.Errorf("NetworkPolicy admits no traffic to port %d", want)
 		}
 	}
+}
 
-	// atfd's SPIFFE ID: the default broker ID (broker/client:
-	// spiffe://<trust domain>/atfd), for atfd's container only.
+// checkSPIFFEID checks atfd's ClusterSPIFFEID: the default broker ID
+// (broker/client: spiffe://<trust domain>/atfd), for atfd's container only.
+func checkSPIFFEID(t *testing.T, d deployment) {
+	ns := get[corev1.Namespace](t, d, "Namespace")
+	sa := get[corev1.ServiceAccount](t, d, "ServiceAccount")
+	id := get[clusterSPIFFEID](t, d, "ClusterSPIFFEID")
+	pod := get[appsv1.StatefulSet](t, d, "StatefulSet").Spec.Template
 	if id.Spec.SPIFFEIDTemplate != "spiffe://{{ .TrustDomain }}/atfd" {
 		t.Errorf("ClusterSPIFFEID %s: template %q, want the default broker ID", id.Name, id.Spec.SPIFFEIDTemplate)
 	}
@@ -814,9 +1012,49 @@ func checkDeployment(t *testing.T, d deployment, cfg config.Config) {
 	if !selects(t, id.Spec.NamespaceSelector, nsLabels) || !selects(t, id.Spec.PodSelector, pod.Labels) {
 		t.Errorf("ClusterSPIFFEID %s does not select atfd's namespace and pods", id.Name)
 	}
-	for _, sel := range []string{"k8s:sa:" + sa.Name, "k8s:container-name:" + c.Name} {
+	for _, sel := range []string{"k8s:sa:" + sa.Name, "k8s:container-name:" + d.container(t).Name} {
 		if !slices.Contains(id.Spec.WorkloadSelectorTemplates, sel) {
 			t.Errorf("ClusterSPIFFEID %s: no workload selector %s", id.Name, sel)
 		}
 	}
+}
+
+// checkBolt checks the default mode: one replica on a bbolt file, which
+// has one writer, on a writable volume claim, and no voluntary eviction of
+// that replica.
+func checkBolt(t *testing.T, d deployment, cfg config.Config) {
+	sts := get[appsv1.StatefulSet](t, d, "StatefulSet")
+	if sts.Spec.Replicas == nil || *sts.Spec.Replicas != 1 {
+		t.Errorf("StatefulSet replicas %v, want exactly 1: a bbolt file has one writer", val(sts.Spec.Replicas))
+	}
+	m, v := mountAt(t, d, path.Dir(cfg.StorePath))
+	if v.PersistentVolumeClaim == nil || m.ReadOnly {
+		t.Errorf("store_path %s: not on a writable volume claim template", cfg.StorePath)
+	}
+	if n := disruptions(t, d, 1); n != 0 {
+		t.Errorf("PodDisruptionBudget allows %d voluntary disruptions of the one replica, want 0", n)
+	}
+}
+
+// disruptions is how many of replicas ready pods the PodDisruptionBudget
+// lets voluntary disruptions take at once.
+func disruptions(t *testing.T, d deployment, replicas int) int {
+	t.Helper()
+	pdb := get[policyv1.PodDisruptionBudget](t, d, "PodDisruptionBudget")
+	mu, ma := pdb.Spec.MaxUnavailable, pdb.Spec.MinAvailable
+	if (mu == nil) == (ma == nil) {
+		t.Fatalf("PodDisruptionBudget: maxUnavailable %v, minAvailable %v: want exactly one", mu, ma)
+	}
+	if mu != nil {
+		n, err := intstr.GetScaledValueFromIntOrPercent(mu, replicas, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	n, err := intstr.GetScaledValueFromIntOrPercent(ma, replicas, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return max(replicas-n, 0)
 }
