@@ -77,10 +77,13 @@ type writes struct {
 
 // family is the key family of a key under the prefix: its bucket (a
 // bucket's keys are <prefix><bucket>\x00<key>, its sequence
-// <prefix><bucket>\x01seq), or "feed" for the change between replicas.
+// <prefix><bucket>\x01seq), or "feed", "leader" and "members" for the
+// keys replicas keep to work together.
 func family(key string) string {
-	if strings.HasPrefix(key, "feed/") {
-		return "feed"
+	for _, f := range []string{"feed", "leader", "members"} {
+		if strings.HasPrefix(key, f+"/") {
+			return f
+		}
 	}
 	if i := strings.IndexAny(key, "\x00\x01"); i >= 0 {
 		if key[i] == '\x01' {

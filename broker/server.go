@@ -429,6 +429,9 @@ func (s *Server) Serve(lis net.Listener) error {
 	if s.feed != nil {
 		s.loops.Go(func() { s.feed.run(ctx) })
 		s.loops.Go(func() { s.members.run(ctx) })
+		if shared, ok := s.live.(*limits.Shared); ok {
+			s.loops.Go(func() { shared.Run(ctx) })
+		}
 	}
 	s.loops.Go(func() { s.prune(ctx) })
 	s.loops.Go(func() { s.flushRefusals(ctx) })

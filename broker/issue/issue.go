@@ -95,7 +95,7 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 		}
 	}
 	failpoint.Hit(failpoint.IssueAfterVault)
-	if err := is.record(ctx, p, cred, anchor, revision); err != nil {
+	if err := is.record(ctx, p, cred, anchor, revision, res.StoreID()); err != nil {
 		return vault.Credential{}, err
 	}
 	failpoint.Hit(failpoint.IssueAfterRecord)
@@ -266,31 +266,32 @@ func (is *Issuer) retire(ctx context.Context, err error) error {
 // record records cred; if the store refuses, cred is revoked before the
 // caller hears anything: never hand out a credential the broker has not
 // recorded. (A refused record is queued for revocation too.)
-func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credential, anchor string, revision uint64) error {
+func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credential, anchor string, revision uint64, live string) error {
 	_, span := is.cfg.Tracer.Start(ctx, tracing.SpanStoreRecord)
 	kind := ""
 	if kindOf(p) == vault.Batch {
 		kind = store.KindBatch
 	}
 	err := is.cfg.Store.ForRequest(edge.RequestIDs(ctx)).RecordCredential(store.Credential{
-		Accessor:      cred.Accessor,
-		Kind:          kind,
-		AgentID:       p.Caller,
-		Role:          p.Role.Name,
-		Level:         p.Level,
-		Policies:      cred.Policies,
-		DecisionID:    p.Reasons.DecisionID,
-		IssuedAt:      cred.IssuedAt.UTC(),
-		ExpiresAt:     cred.ExpiresAt.UTC(),
-		GrantID:       p.GrantID,
-		Anchor:        anchor,
-		Chain:         p.Chain,
-		GrantIDs:      p.GrantIDs,
-		ApprovalID:    p.ApprovalID,
-		LeaseID:       cred.Lease.ID,
-		AgentRevision: revision,
-		PolicyVersion: p.Reasons.PolicyVersion,
-		Why:           p.Reasons.Detail(),
+		Accessor:        cred.Accessor,
+		Kind:            kind,
+		AgentID:         p.Caller,
+		Role:            p.Role.Name,
+		Level:           p.Level,
+		Policies:        cred.Policies,
+		DecisionID:      p.Reasons.DecisionID,
+		IssuedAt:        cred.IssuedAt.UTC(),
+		ExpiresAt:       cred.ExpiresAt.UTC(),
+		GrantID:         p.GrantID,
+		Anchor:          anchor,
+		Chain:           p.Chain,
+		GrantIDs:        p.GrantIDs,
+		ApprovalID:      p.ApprovalID,
+		LeaseID:         cred.Lease.ID,
+		AgentRevision:   revision,
+		PolicyVersion:   p.Reasons.PolicyVersion,
+		Why:             p.Reasons.Detail(),
+		LiveReservation: live,
 	})
 	tracing.EndSpan(span, edge.Code(err))
 	if err == nil {

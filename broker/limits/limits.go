@@ -189,7 +189,7 @@ type Counter interface {
 	Reserve(agent, lineage, role string, expires time.Time) (*Reservation, error)
 	Commit(lc *Reservation, accessor string, expires time.Time)
 	Cancel(lc *Reservation)
-	Remove(accessors ...string)
+	Remove(agent string, accessors ...string)
 	Total() int
 }
 
@@ -217,6 +217,15 @@ func (l *Live) Reserve(agent, lineage, role string, _ time.Time) (*Reservation, 
 	return lc, nil
 }
 
+// StoreID is the reservation's id in the store (store.Credential's
+// LiveReservation), "" if it is counted in memory.
+func (lc *Reservation) StoreID() string {
+	if lc == nil {
+		return ""
+	}
+	return lc.id
+}
+
 // Commit records the issued credential behind a reservation.
 func (l *Live) Commit(lc *Reservation, accessor string, expires time.Time) {
 	l.mu.Lock()
@@ -241,7 +250,7 @@ func (l *Live) Cancel(lc *Reservation) {
 }
 
 // Remove forgets revoked credentials.
-func (l *Live) Remove(accessors ...string) {
+func (l *Live) Remove(_ string, accessors ...string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, acc := range accessors {

@@ -1,9 +1,10 @@
 package limits
 
 import (
-	"errors"
+	"context"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentictrust/atf/broker/config"
@@ -15,18 +16,42 @@ import (
 // so that the limits on them (ATF S-4, S-5) hold across every replica
 // exactly: a reservation is committed in the store, in a transaction that
 // reads the counts it checks, before Vault is asked (store.ReserveLive).
-// A count may be briefly too high (a credential revoked before its
-// reservation recorded its accessor, a replica that died with a
-// reservation in flight: each is counted until its expiry), never too low.
+// A count may be too high for a while (a replica that died with a
+// reservation in flight, a credential whose record was lost: each is
+// counted until the expiry it was reserved for), never too low.
 type Shared struct {
 	store                         *store.Store
 	maxAgent, maxLineage, maxRole int // -1: no limit
 	log                           *slog.Logger
+	// total is the count Run last read (-1: unread).
+	total atomic.Int64
 }
 
 // NewShared returns the limits of cfg counted in st.
 func NewShared(st *store.Store, cfg config.LimitsConfig, log *slog.Logger) *Shared {
-	return &Shared{store: st, maxAgent: cfg.MaxLivePerAgent, maxLineage: cfg.MaxLivePerLineage, maxRole: cfg.MaxLivePerRole, log: log}
+	s := &Shared{store: st, maxAgent: cfg.MaxLivePerAgent, maxLineage: cfg.MaxLivePerLineage, maxRole: cfg.MaxLivePerRole, log: log}
+	s.total.Store(-1)
+	return s
+}
+
+// sharedTotalEvery is how often Run reads the total of live credentials.
+const sharedTotalEvery = 5 * time.Second
+
+// Run reads the total of live credentials every sharedTotalEvery until
+// ctx ends, so that a metrics scrape does not wait on the store.
+func (s *Shared) Run(ctx context.Context) {
+	for {
+		n, err := s.store.LiveTotal()
+		if err != nil {
+			n = -1
+		}
+		s.total.Store(int64(n))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(sharedTotalEvery):
+		}
+	}
 }
 
 // sharedLimits names each counted key's limit, for refusals.
@@ -55,17 +80,10 @@ func (s *Shared) Reserve(agent, lineage, role string, expires time.Time) (*Reser
 	return &Reservation{id: id, agent: agent, lineage: lineage, role: role, expires: expires}, nil
 }
 
-// Commit records the issued credential's accessor (by which a revocation
-// releases it) and expiry, in the background: until it lands, the
-// reservation counts until its planned expiry.
-func (s *Shared) Commit(lc *Reservation, accessor string, expires time.Time) {
-	go func() {
-		if err := s.store.CommitLive(lc.id, accessor, expires); err != nil && !errors.Is(err, store.ErrClosed) {
-			s.log.Warn("recording a live credential in the store failed; it counts against its limits until its expiry",
-				slog.String("error", err.Error()))
-		}
-	}()
-}
+// Commit does nothing: the credential's record names its reservation
+// (store.Credential's LiveReservation), by which its revocation releases
+// it, and a refused record gives it back in the same transaction.
+func (s *Shared) Commit(*Reservation, string, time.Time) {}
 
 // Cancel gives a reservation back.
 func (s *Shared) Cancel(lc *Reservation) {
@@ -76,19 +94,13 @@ func (s *Shared) Cancel(lc *Reservation) {
 }
 
 // Remove stops counting revoked credentials.
-func (s *Shared) Remove(accessors ...string) {
-	if err := s.store.ReleaseLiveAccessors(accessors...); err != nil {
+func (s *Shared) Remove(agent string, accessors ...string) {
+	if err := s.store.ReleaseLive(agent, accessors...); err != nil {
 		s.log.Warn("releasing revoked credentials from the live counts failed; they count against their limits until they expire",
 			slog.String("error", err.Error()), slog.Int("count", len(accessors)))
 	}
 }
 
-// Total is the number of live credentials counted (-1 if the store
-// cannot be read).
-func (s *Shared) Total() int {
-	n, err := s.store.LiveTotal()
-	if err != nil {
-		return -1
-	}
-	return n
-}
+// Total is the number of live credentials counted, as Run last read it
+// (-1 if the store could not be read).
+func (s *Shared) Total() int { return int(s.total.Load()) }

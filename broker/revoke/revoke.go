@@ -39,7 +39,9 @@ type Config struct {
 	Store *store.Store
 	Vault *vault.Issuer
 	// Live forgets the revoked credentials' counts.
-	Live interface{ Remove(accessors ...string) }
+	Live interface {
+		Remove(agent string, accessors ...string)
+	}
 	// Approvals is told when approvals were cancelled.
 	Approvals interface{ Fire() }
 	// RolePolicies are a role's Vault policies, which its role anchors
@@ -277,7 +279,7 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 	for agent, accs := range rev.Credentials {
 		ev := event(agent)
 		ev.Accessors = append(ev.Accessors, accs...)
-		r.cfg.Live.Remove(accs...)
+		r.cfg.Live.Remove(agent, accs...)
 	}
 	r.announce(Change{Drop: append(nodes, rev.Nodes...), Approvals: len(rev.Approvals) > 0, Stopped: []string{root.AgentID}}, events)
 	// An agent stopped (killed, deregistered) hears what it lost, then its

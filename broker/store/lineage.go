@@ -290,6 +290,11 @@ func (s *Store) RecordCredential(c Credential) error {
 		if err := putCredential(tx, c, refused, now); err != nil {
 			return err
 		}
+		if refused != nil && c.LiveReservation != "" {
+			if err := releaseLive(tx, c.LiveReservation); err != nil {
+				return err
+			}
+		}
 		return s.appendAudit(tx, credentialAudit(c, refused, now))
 	}, lost)
 	if err != nil {

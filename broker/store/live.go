@@ -19,8 +19,10 @@ import (
 // transaction that reads the counts it checks (docs/operations.md). One
 // process on a bbolt file counts in memory instead (limits.Live).
 //
-// A reservation lives until the expiry it was made for, until its
-// credential is revoked (ReleaseLiveAccessors) or until it is cancelled;
+// A reservation lives until the expiry it was made for (the credential's
+// lifetime and a margin), until its credential is revoked (ReleaseLive,
+// by the reservation the credential's record names) or until it is
+// cancelled or its record refused;
 // expired ones are swept by the next reservation. A replica that dies
 // with a reservation in flight leaves it counted until that expiry: a
 // count may be briefly too high, never too low.
@@ -34,9 +36,6 @@ var (
 	// bucketLiveExpiry indexes them by expiry: 8 bytes of Unix
 	// nanoseconds, big-endian, then the id; no value.
 	bucketLiveExpiry = []byte("live_expiry")
-	// bucketLiveAccessors maps an issued credential's accessor to its
-	// reservation.
-	bucketLiveAccessors = []byte("live_accessors")
 
 	liveTotal = "total\x00"
 )
@@ -70,9 +69,8 @@ func (e *LiveLimitError) Error() string {
 }
 
 type liveEntry struct {
-	Keys     []string  `json:"keys"`
-	Expires  time.Time `json:"expires"`
-	Accessor string    `json:"accessor,omitempty"`
+	Keys    []string  `json:"keys"`
+	Expires time.Time `json:"expires"`
 }
 
 // ReserveLive counts one more live credential under every limit's key,
@@ -103,25 +101,6 @@ func (s *Store) ReserveLive(limits []LiveLimit, expires time.Time) (string, erro
 	return id, err
 }
 
-// CommitLive records the credential issued under reservation id: its
-// accessor, by which a revocation releases it, and its expiry.
-func (s *Store) CommitLive(id, accessor string, expires time.Time) error {
-	return s.group(func(tx kv.Tx) error {
-		e, ok, err := getLive(tx, id)
-		if err != nil || !ok {
-			return err // released or swept meanwhile: nothing to record
-		}
-		if err := tx.Bucket(bucketLiveExpiry).Delete(liveExpiryKey(e.Expires, id)); err != nil {
-			return err
-		}
-		e.Accessor, e.Expires = accessor, expires.UTC()
-		if err := tx.Bucket(bucketLiveAccessors).Put([]byte(accessor), []byte(id)); err != nil {
-			return err
-		}
-		return putLive(tx, id, e, 0)
-	})
-}
-
 // CancelLive gives reservation id back.
 func (s *Store) CancelLive(id string) error {
 	return s.group(func(tx kv.Tx) error { return releaseLive(tx, id) })
@@ -131,19 +110,21 @@ func (s *Store) CancelLive(id string) error {
 // transaction.
 const liveReleaseChunk = 256
 
-// ReleaseLiveAccessors stops counting the revoked credentials with these
-// accessors (those not counted are skipped).
-func (s *Store) ReleaseLiveAccessors(accessors ...string) error {
+// ReleaseLive stops counting agent's revoked credentials with these
+// accessors, by the reservation their records name (those without one are
+// skipped).
+func (s *Store) ReleaseLive(agent string, accessors ...string) error {
 	for len(accessors) > 0 {
 		chunk := accessors[:min(len(accessors), liveReleaseChunk)]
 		accessors = accessors[len(chunk):]
 		if err := s.group(func(tx kv.Tx) error {
 			for _, acc := range chunk {
-				id := tx.Bucket(bucketLiveAccessors).Get([]byte(acc))
-				if id == nil {
+				v := tx.Bucket(bucketCredentials).Get(credentialKey(agent, acc))
+				var c Credential
+				if v == nil || json.Unmarshal(v, &c) != nil || c.LiveReservation == "" {
 					continue
 				}
-				if err := releaseLive(tx, string(id)); err != nil {
+				if err := releaseLive(tx, c.LiveReservation); err != nil {
 					return err
 				}
 			}
@@ -197,11 +178,6 @@ func releaseLive(tx kv.Tx, id string) error {
 		key    []byte
 	}{{bucketLive, []byte(id)}, {bucketLiveExpiry, liveExpiryKey(e.Expires, id)}} {
 		if err := tx.Bucket(d.bucket).Delete(d.key); err != nil {
-			return err
-		}
-	}
-	if e.Accessor != "" {
-		if err := tx.Bucket(bucketLiveAccessors).Delete([]byte(e.Accessor)); err != nil {
 			return err
 		}
 	}

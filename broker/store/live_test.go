@@ -57,11 +57,18 @@ func TestLiveReservations(t *testing.T) {
 	if _, err := s.ReserveLive(liveLimits("c", 2, 3), exp.Add(time.Hour)); err != nil {
 		t.Fatalf("after a cancel: %v", err)
 	}
-	// Committed, then revoked by its accessor: free again.
-	if err := s.CommitLive(first, "acc-1", exp); err != nil {
+	// Recorded with its credential, then revoked: free again.
+	holder := mustRegister(t, s, "a", "admin").ID
+	now := clock.Now()
+	anchor := store.Anchor{Accessor: "anchor-a", Node: store.AgentNode(holder), CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+	if err := s.AddAnchor(anchor); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ReleaseLiveAccessors("acc-unknown", "acc-1"); err != nil {
+	if err := s.RecordCredential(store.Credential{Accessor: "acc-1", AgentID: holder, Role: "db-read", IssuedAt: now, ExpiresAt: exp,
+		Anchor: anchor.Accessor, LiveReservation: first}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReleaseLive(holder, "acc-unknown", "acc-1"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.ReserveLive(liveLimits("a", 2, 3), exp.Add(time.Hour)); err != nil {

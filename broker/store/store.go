@@ -69,7 +69,7 @@ var (
 	allBuckets = [][]byte{bucketAgents, bucketHistory, bucketCredentials, bucketRevocations,
 		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketBare, bucketReceived, bucketOpenApprovals, bucketAnchors, bucketNodeAnchors, bucketAudit,
 		bucketPolicies, bucketApprovals, bucketMeta, bucketOutcomes, bucketEvidence, bucketSignOffs, bucketIncidents,
-		bucketLiveCounts, bucketLive, bucketLiveExpiry, bucketLiveAccessors}
+		bucketLiveCounts, bucketLive, bucketLiveExpiry}
 )
 
 // Status is an agent's standing in the registry.
@@ -179,6 +179,10 @@ type Credential struct {
 	// Replica is the atfd replica that issued it, for a store in etcd
 	// (EtcdOptions.Replica); its crash recovery revokes only its own.
 	Replica string `json:"replica,omitempty"`
+	// LiveReservation is its place in the live counts (ReserveLive), with
+	// a store several replicas share: its revocation releases it
+	// (ReleaseLive), and a refused record gives it back at once.
+	LiveReservation string `json:"live,omitempty"`
 	// Chain is the provenance: the SPIFFE IDs from the root delegator down
 	// to the holder, and the grants between them, root first.
 	Chain    []string `json:"chain,omitempty"`
