@@ -131,3 +131,44 @@ func metricValue(t *testing.T, r *brokertest.Broker, name string) float64 {
 	v, _ := value(scrape(t, "http://"+r.Cfg.MetricsAddr+"/metrics"), name, nil)
 	return v
 }
+
+// An approval is redeemed once across replicas: requested on a, approved
+// on b, redeemed at once on both, exactly one credential is issued.
+func TestHAApprovalRedeemedOnce(t *testing.T) {
+	f := brokertest.Setup(t)
+	prefix := "/ha-" + rand.Text() + "/"
+	approver := f.ID(t, "approver")
+	start := func(replica string) *brokertest.Broker {
+		cfg := f.EtcdConfig(t, t.TempDir(), prefix, replica)
+		cfg.Approvals.Approvers = []string{approver.String()}
+		return f.Start(t, cfg)
+	}
+	a, b := start("a"), start("b")
+	junior := f.ID(t, "junior")
+	a.Register(t, junior, brokerv1.Level_LEVEL_JUNIOR, "reports-write")
+	onA, onB := delegAgent{id: junior, bc: a.Dial(t, junior).Broker}, delegAgent{id: junior, bc: b.Dial(t, junior).Broker}
+	ap := onA.requestWrite(t, "ha test")
+	if _, err := b.Dial(t, approver).Approvals.DecideApproval(t.Context(), &adminv1.DecideApprovalRequest{ApprovalId: ap.GetId(),
+		Verdict: adminv1.Verdict_VERDICT_APPROVE, Reason: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 3 {
+		var mu sync.Mutex
+		var issued []string
+		var wg sync.WaitGroup
+		for _, on := range []delegAgent{onA, onB, onA, onB} {
+			wg.Go(func() {
+				cred, err := on.redeem(t.Context(), "reports-write", ap.GetId())
+				if err == nil {
+					mu.Lock()
+					issued = append(issued, cred.GetAccessor())
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if want := map[bool]int{true: 1, false: 0}[round == 0]; len(issued) != want {
+			t.Fatalf("round %d: approval %s redeemed %d times across two replicas (%v), want %d", round, ap.GetId(), len(issued), issued, want)
+		}
+	}
+}
