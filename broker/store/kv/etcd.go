@@ -28,8 +28,14 @@ var ErrConflict = errors.New("kv: transaction kept conflicting with concurrent w
 // timeout): a read or a commit the cluster did not answer.
 var ErrEtcd = errors.New("kv: etcd did not answer")
 
-// pageSize is how many keys a cursor fetches from etcd at once.
-const pageSize = 64
+// pageSize is how many keys a cursor fetches from etcd at once; its
+// first fetch after First, Last or Seek takes firstPage, since many walks
+// stop after a key or two (the audit trail's tail, the first expired
+// reservation).
+const (
+	pageSize  = 64
+	firstPage = 4
+)
 
 // Etcd is the etcd engine: every bucket is a range of keys under a prefix
 // of an etcd cluster, and a transaction is optimistic. It reads one
@@ -336,6 +342,9 @@ type etcdCursor struct {
 	page []kvPair
 	desc bool
 	done bool
+	// fetched counts the pages fetched since the cursor last moved to a
+	// key of its choosing.
+	fetched int
 }
 
 type kvPair struct{ k, v string }
@@ -364,7 +373,7 @@ func (c *etcdCursor) Prev() ([]byte, []byte) {
 // or onto it if inclusive, and returns that key and value.
 func (c *etcdCursor) move(from string, desc, inclusive bool) ([]byte, []byte) {
 	if c.desc != desc || c.cur != from || inclusive {
-		c.page, c.done, c.desc = nil, false, desc
+		c.page, c.done, c.desc, c.fetched = nil, false, desc, 0
 	}
 	for {
 		snap, okSnap := c.peek(from, desc, inclusive)
@@ -412,7 +421,12 @@ func (c *etcdCursor) peek(from string, desc, inclusive bool) (kvPair, bool) {
 func (c *etcdCursor) fetch(from string, desc, inclusive bool) {
 	t, b := c.b.t, c.b
 	var start, end string
-	opts := []clientv3.OpOption{clientv3.WithLimit(pageSize)}
+	limit := int64(pageSize)
+	if c.fetched == 0 {
+		limit = firstPage
+	}
+	c.fetched++
+	opts := []clientv3.OpOption{clientv3.WithLimit(limit)}
 	if desc {
 		start, end = b.lo, from
 		if inclusive && from != b.hi {
