@@ -75,3 +75,45 @@ func TestMigrateCrashedBrokerToEtcd(t *testing.T) {
 		t.Errorf("crash_recovery records = %v, %v; want one, revoking the crashed broker's one credential", q.GetRecords(), err)
 	}
 }
+
+// The credentials live when a bbolt store is migrated count against the
+// live-credential limits on etcd: an agent at its limit on bbolt is still
+// at it on the copy, until a revocation frees its places.
+func TestMigrateKeepsLiveCounts(t *testing.T) {
+	f := brokertest.Setup(t)
+	cfg := f.Config(t, t.TempDir())
+	cfg.Limits.MaxLivePerAgent = 2
+	b := f.Start(t, cfg)
+	agent := f.ID(t, "at-its-limit")
+	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
+	for range 2 {
+		if _, err := b.Dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Stop()
+
+	prefix := "/migrate-live-" + rand.Text() + "/"
+	onEtcd := f.EtcdConfig(t, t.TempDir(), prefix, "a")
+	onEtcd.Limits.MaxLivePerAgent = 2
+	cli, err := etcdclient.New(onEtcd.Store.Etcd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	rep, err := store.MigrateToEtcd(t.Context(), store.Migration{Path: cfg.StorePath, Client: cli,
+		Etcd: store.EtcdOptions{Prefix: prefix, MaxTxnOps: onEtcd.Store.Etcd.MaxTxnOps}, CountLive: store.LiveKinds{Agent: true}})
+	if err != nil || rep.LiveCounted != 2 {
+		t.Fatalf("MigrateToEtcd = %d live credentials counted, %v; want 2", rep.LiveCounted, err)
+	}
+	a := f.Start(t, onEtcd)
+	_, err = a.Dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"})
+	wantLimited(t, err, "live_per_agent", "limit live_per_agent: agent "+agent.String()+" already holds 2 live credentials")
+	if _, err := a.Dial(t, f.Admin).Admin.RevokeLineage(t.Context(), &adminv1.RevokeLineageRequest{
+		Root: &adminv1.RevokeLineageRequest_AgentId{AgentId: agent.String()}, Reason: "free the places"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Dial(t, agent).Broker.FetchCredential(t.Context(), &brokerv1.FetchCredentialRequest{Role: "reports-read"}); err != nil {
+		t.Fatalf("fetch after the migrated credentials were revoked: %v", err)
+	}
+}

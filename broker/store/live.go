@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
@@ -263,4 +264,89 @@ func IsLiveLimit(err error) (*LiveLimitError, bool) {
 	var le *LiveLimitError
 	ok := errors.As(err, &le)
 	return le, ok
+}
+
+// seedChunk bounds the credentials seedLive counts per transaction.
+const seedChunk = 200
+
+// seedLive counts, in a copy just migrated from a bbolt file (where live
+// credentials are counted in memory), every credential not yet expired
+// nor marked revoked under the kinds of limits in force, each with a
+// reservation its record names until its expiry. A credential revoked
+// with its lineage node is counted too: too high until it expires, never
+// too low. It returns how many it counted.
+func seedLive(ctx context.Context, dst *kv.Etcd, kinds LiveKinds, now time.Time) (int, error) {
+	var after []byte
+	total := 0
+	for {
+		n, last, err := seedLiveChunk(ctx, dst, kinds, now, after)
+		total += n
+		if err != nil || last == nil {
+			return total, err
+		}
+		after = last
+	}
+}
+
+// seedLiveChunk counts up to seedChunk credentials after key after, and
+// returns how many it counted and the last key it read (nil at the end).
+func seedLiveChunk(ctx context.Context, dst *kv.Etcd, kinds LiveKinds, now time.Time, after []byte) (int, []byte, error) {
+	var counted int
+	var last []byte
+	err := dst.Update(ctx, func(tx kv.Tx) error {
+		counted, last = 0, nil
+		c := tx.Bucket(bucketCredentials).Cursor()
+		k, v := c.First()
+		if after != nil {
+			if k, v = c.Seek(after); k != nil && string(k) == string(after) {
+				k, v = c.Next()
+			}
+		}
+		for read := 0; k != nil && read < seedChunk; k, v = c.Next() {
+			read++
+			last = append([]byte(nil), k...)
+			var cr Credential
+			if err := json.Unmarshal(v, &cr); err != nil {
+				return fmt.Errorf("store: decode credential: %w", err)
+			}
+			if !cr.RevokedAt.IsZero() || !cr.ExpiresAt.After(now) || cr.LiveReservation != "" {
+				continue
+			}
+			if err := seedOne(tx, k, cr, kinds); err != nil {
+				return err
+			}
+			counted++
+		}
+		if k == nil {
+			last = nil
+		}
+		return nil
+	})
+	return counted, last, err
+}
+
+// seedOne counts credential cr, whose record is at key k.
+func seedOne(tx kv.Tx, k []byte, cr Credential, kinds LiveKinds) error {
+	lineage := cr.AgentID
+	if len(cr.Chain) > 0 {
+		lineage = cr.Chain[0]
+	}
+	e := liveEntry{Expires: cr.ExpiresAt.UTC(), Keys: []string{liveTotal + "migrated"}}
+	for _, c := range []struct {
+		on         bool
+		kind, name string
+	}{{kinds.Agent, "agent", cr.AgentID}, {kinds.Lineage, "lineage", lineage}, {kinds.Role, "role", cr.Role}} {
+		if c.on {
+			e.Keys = append(e.Keys, LiveKey(c.kind, c.name))
+		}
+	}
+	cr.LiveReservation = rand.Text()
+	if err := putLive(tx, cr.LiveReservation, e, 1); err != nil {
+		return err
+	}
+	v, err := json.Marshal(cr)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketCredentials).Put(k, v)
 }

@@ -52,7 +52,15 @@ type Migration struct {
 	// DryRun checks the file, its audit trail and the destination, and
 	// writes nothing.
 	DryRun bool
+	// CountLive says which live-credential limits the replicas enforce
+	// (limits.max_live_* not -1): the credentials still live in the file
+	// are counted under those in the copy (SeedLive), so that the limits
+	// hold for them on etcd too.
+	CountLive LiveKinds
 }
+
+// LiveKinds says which of the live-credential counts are kept.
+type LiveKinds struct{ Agent, Lineage, Role bool }
 
 // MigrationReport is what MigrateToEtcd found in the file and copied.
 type MigrationReport struct {
@@ -70,6 +78,9 @@ type MigrationReport struct {
 	Crashed bool `json:"crashed"`
 	// Keys is how many keys the copy holds in etcd; 0 for a dry run.
 	Keys int64 `json:"keys"`
+	// LiveCounted is how many unexpired credentials of the file were
+	// counted against the live-credential limits in the copy.
+	LiveCounted int `json:"live_counted"`
 }
 
 // BucketReport is one bucket of a MigrationReport.
@@ -134,6 +145,9 @@ func MigrateToEtcd(ctx context.Context, m Migration) (MigrationReport, error) {
 		afterCopy()
 	}
 	if err := src.compare(ctx, dst, rep); err != nil {
+		return rep, unfinished(m.Etcd.Prefix, err)
+	}
+	if rep.LiveCounted, err = seedLive(ctx, dst, m.CountLive, time.Now()); err != nil {
 		return rep, unfinished(m.Etcd.Prefix, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.Etcd.Timeout)

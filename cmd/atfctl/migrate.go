@@ -49,17 +49,19 @@ nothing.`,
 			if g.output != "table" && g.output != "json" {
 				return usageError{fmt.Errorf("--output must be table or json, not %q", g.output)}
 			}
-			e, err := etcdDestination(to)
+			cfg, err := etcdDestination(to)
 			if err != nil {
 				return err
 			}
+			e, lim := cfg.Store.Etcd, cfg.Limits
 			cli, err := etcdclient.New(e)
 			if err != nil {
 				return err
 			}
 			defer cli.Close()
 			rep, err := store.MigrateToEtcd(cmd.Context(), store.Migration{Path: from, AuditDir: auditDir, Client: cli, DryRun: dryRun,
-				Etcd: store.EtcdOptions{Prefix: e.Prefix, MaxTxnOps: e.MaxTxnOps, Timeout: e.Timeout}})
+				Etcd:      store.EtcdOptions{Prefix: e.Prefix, MaxTxnOps: e.MaxTxnOps, Timeout: e.Timeout},
+				CountLive: store.LiveKinds{Agent: lim.MaxLivePerAgent >= 0, Lineage: lim.MaxLivePerLineage >= 0, Role: lim.MaxLivePerRole >= 0}})
 			if err != nil {
 				return migrateError(err)
 			}
@@ -76,7 +78,7 @@ nothing.`,
 
 // etcdDestination is the store.etcd section of the atfd configuration at
 // path, validated as atfd validates it.
-func etcdDestination(path string) (*config.EtcdConfig, error) {
+func etcdDestination(path string) (*config.Config, error) {
 	cfg, err := config.Load(path)
 	if err == nil {
 		err = cfg.Validate()
@@ -87,7 +89,7 @@ func etcdDestination(path string) (*config.EtcdConfig, error) {
 	if cfg.Store.Etcd == nil {
 		return nil, exitError{code: 6, msg: fmt.Sprintf("%s has no store.etcd: give the configuration the replicas will run with on etcd", path)}
 	}
-	return cfg.Store.Etcd, nil
+	return &cfg, nil
 }
 
 // migrateError gives a refusal a person can act on (a file an atfd holds,
@@ -121,6 +123,7 @@ func printMigration(out io.Writer, g *globals, rep store.MigrationReport, from, 
 		fmt.Fprintf(w, "Dry run:\tnothing written; etcd holds nothing under %s\n", prefix)
 	} else {
 		fmt.Fprintf(w, "Migrated:\t%s into etcd under %s, %d keys, compared key by key with the file: identical\n", from, prefix, rep.Keys)
+		fmt.Fprintf(w, "Live credentials:\t%d not yet expired, counted against limits.max_live_* on etcd\n", rep.LiveCounted)
 	}
 	return w.Flush()
 }
