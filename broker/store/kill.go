@@ -3,6 +3,8 @@ package store
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/agentictrust/atf/broker/store/kv"
 	"github.com/agentictrust/atf/delegation"
@@ -203,25 +205,66 @@ func (rev *Revocation) merge(r Revocation) {
 	rev.derived = append(rev.derived, r.derived...)
 }
 
-// keyBaselines holds the behaviour monitor's saved baselines.
+// keyBaselines held every agent's behaviour baseline in one value, before
+// they had a key each (bucketBaselines); it is read once, and deleted by
+// the next save.
 var keyBaselines = []byte("baselines")
 
-// SaveBaselines keeps the behaviour monitor's baselines (opaque JSON).
-func (s *Store) SaveBaselines(raw []byte) error {
-	return s.update(func(tx kv.Tx) error {
-		if err := s.room(tx); err != nil {
+// bucketBaselines holds the behaviour monitor's baselines, one key per
+// agent (opaque JSON): one value for all grew past what etcd takes in a
+// request (docs/scaling.md).
+var bucketBaselines = []byte("baselines")
+
+// baselineChunk bounds the baselines written per transaction.
+const baselineChunk = 500
+
+// SaveBaselines keeps the behaviour monitor's baselines of the agents in
+// byAgent (opaque JSON each), leaving the others' as they are, in
+// transactions of up to baselineChunk.
+func (s *Store) SaveBaselines(byAgent map[string][]byte) error {
+	agents := slices.Sorted(maps.Keys(byAgent))
+	first := true
+	for len(agents) > 0 || first {
+		chunk := agents[:min(len(agents), baselineChunk)]
+		agents = agents[len(chunk):]
+		legacy := first
+		first = false
+		if err := s.update(func(tx kv.Tx) error {
+			if err := s.room(tx); err != nil {
+				return err
+			}
+			if legacy && tx.Bucket(bucketMeta).Get(keyBaselines) != nil {
+				if err := tx.Bucket(bucketMeta).Delete(keyBaselines); err != nil {
+					return err
+				}
+			}
+			for _, a := range chunk {
+				if err := tx.Bucket(bucketBaselines).Put([]byte(a), byAgent[a]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketMeta).Put(keyBaselines, raw)
-	})
+	}
+	return nil
 }
 
-// Baselines returns what SaveBaselines kept (nil if nothing).
-func (s *Store) Baselines() ([]byte, error) {
-	var out []byte
-	err := s.view(func(tx kv.Tx) error {
-		out = append([]byte(nil), tx.Bucket(bucketMeta).Get(keyBaselines)...)
-		return nil
+// Baselines returns what SaveBaselines kept, by agent, and the value of
+// every agent's baselines as a store written before they had a key each
+// holds it (nil if none).
+func (s *Store) Baselines() (byAgent map[string][]byte, legacy []byte, err error) {
+	byAgent = map[string][]byte{}
+	err = s.view(func(tx kv.Tx) error {
+		legacy = append([]byte(nil), tx.Bucket(bucketMeta).Get(keyBaselines)...)
+		return tx.Bucket(bucketBaselines).ForEach(func(k, v []byte) error {
+			byAgent[string(k)] = append([]byte(nil), v...)
+			return nil
+		})
 	})
-	return out, err
+	if len(legacy) == 0 {
+		legacy = nil
+	}
+	return byAgent, legacy, err
 }

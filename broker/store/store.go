@@ -69,7 +69,7 @@ var (
 	allBuckets = [][]byte{bucketAgents, bucketHistory, bucketCredentials, bucketRevocations,
 		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketBare, bucketReceived, bucketOpenApprovals, bucketAnchors, bucketNodeAnchors, bucketAudit,
 		bucketPolicies, bucketApprovals, bucketMeta, bucketOutcomes, bucketEvidence, bucketSignOffs, bucketIncidents,
-		bucketLiveCounts, bucketLive, bucketLiveExpiry}
+		bucketLiveCounts, bucketLive, bucketLiveExpiry, bucketBaselines}
 )
 
 // Status is an agent's standing in the registry.

@@ -9,8 +9,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -48,11 +51,18 @@ type Config struct {
 }
 
 // Watch watches agents' behaviour.
-type Watch struct{ cfg Config }
+type Watch struct {
+	cfg Config
+	// saved is a hash of each agent's baseline as last saved or loaded,
+	// so that a save writes only the baselines that changed.
+	savedMu sync.Mutex
+	seed    maphash.Seed
+	saved   map[string]uint64
+}
 
 // New returns a Watch whose monitor has the baselines saved in the store.
 func New(cfg Config) (*Watch, error) {
-	w := &Watch{cfg: cfg}
+	w := &Watch{cfg: cfg, seed: maphash.MakeSeed(), saved: map[string]uint64{}}
 	return w, w.loadBaselines()
 }
 
@@ -180,31 +190,57 @@ func (w *Watch) BaselineProto(agent string) *adminv1.Baseline {
 	return out
 }
 
-// loadBaselines restores the monitor's baselines saved by SaveBaselines.
+// loadBaselines restores the monitor's baselines saved by SaveBaselines
+// (and those of a store that kept them all in one value).
 func (w *Watch) loadBaselines() error {
-	raw, err := w.cfg.Store.Baselines()
-	if err != nil || len(raw) == 0 {
+	byAgent, legacy, err := w.cfg.Store.Baselines()
+	if err != nil {
 		return err
 	}
 	var bs []monitor.Baseline
-	if err := json.Unmarshal(raw, &bs); err != nil {
-		w.cfg.Log.Warn("saved behaviour baselines are unreadable; they form again", slog.String(edge.LogError, err.Error()))
-		return nil
+	if legacy != nil && json.Unmarshal(legacy, &bs) != nil {
+		w.cfg.Log.Warn("saved behaviour baselines are unreadable; they form again")
+		bs = nil
+	}
+	bs = slices.DeleteFunc(bs, func(b monitor.Baseline) bool { return byAgent[b.Agent] != nil })
+	for agent, raw := range byAgent {
+		var b monitor.Baseline
+		if err := json.Unmarshal(raw, &b); err != nil || b.Agent != agent {
+			w.cfg.Log.Warn("a saved behaviour baseline is unreadable; it forms again", slog.String(edge.LogAgent, agent))
+			continue
+		}
+		bs = append(bs, b)
+		w.saved[agent] = maphash.Bytes(w.seed, raw)
 	}
 	if err := w.cfg.Monitor.Restore(bs); err != nil {
 		w.cfg.Log.Warn("saved behaviour baselines were refused; they form again", slog.String(edge.LogError, err.Error()))
+		clear(w.saved)
 	}
 	return nil
 }
 
-// SaveBaselines keeps the monitor's baselines in the store.
+// SaveBaselines keeps in the store the monitor's baselines that changed
+// since they were last saved or loaded.
 func (w *Watch) SaveBaselines() {
-	raw, err := json.Marshal(w.cfg.Monitor.Snapshot())
-	if err == nil {
-		err = w.cfg.Store.SaveBaselines(raw)
+	w.savedMu.Lock()
+	defer w.savedMu.Unlock()
+	changed := map[string][]byte{}
+	for _, b := range w.cfg.Monitor.Snapshot() {
+		raw, err := json.Marshal(b)
+		if err != nil {
+			w.cfg.Log.Error("saving behaviour baselines failed", slog.String(edge.LogError, err.Error()))
+			return
+		}
+		if w.saved[b.Agent] != maphash.Bytes(w.seed, raw) {
+			changed[b.Agent] = raw
+		}
 	}
-	if err != nil {
+	if err := w.cfg.Store.SaveBaselines(changed); err != nil {
 		w.cfg.Log.Error("saving behaviour baselines failed", slog.String(edge.LogError, err.Error()))
+		return
+	}
+	for agent, raw := range changed {
+		w.saved[agent] = maphash.Bytes(w.seed, raw)
 	}
 }
 
