@@ -1,6 +1,7 @@
 # ATF Broker. The two commands a newcomer needs:
 #   make demo   builds what it needs and runs the demo on a local SPIRE + Vault + atfd
 #   make test   runs every test, including those against real SPIRE and Vault
+# and an extra: make demo-ha runs three atfd replicas on etcd, kills one.
 #
 # Pinned tools are built once into $(ATF_TOOLS_CACHE) (default
 # ~/.cache/atf-tools) and linked into bin/, each target building only those
@@ -14,7 +15,7 @@ export PATH := $(CURDIR)/bin:$(PATH)
 GO ?= go
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all tools dev-tools proto-tools proto proto-check proto-breaking build test demo lint bench clean fuzz soak
+.PHONY: all tools dev-tools proto-tools proto proto-check proto-breaking build test demo demo-ha lint bench clean fuzz soak
 
 all: build
 
@@ -56,6 +57,12 @@ test: dev-tools
 
 demo: dev-tools build
 	$(GO) run ./deploy/dev/demo
+
+# The high-availability demo: three atfd replicas on a three-member etcd
+# cluster, the one serving an agent killed (the agent carries on), a
+# lineage revoked on one replica heard through another.
+demo-ha: dev-tools build
+	$(GO) run ./deploy/dev/demo -ha
 
 lint: proto-tools
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

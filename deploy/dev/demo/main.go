@@ -11,6 +11,12 @@
 // a deregistration killing the agent's tokens and everything it delegated.
 // Everything runs in a temporary directory that is removed at the end, also
 // on Ctrl-C.
+//
+// With -ha (`make demo-ha`) it runs the high-availability demo instead
+// (ha.go): three atfd replicas on one store in a three-member etcd cluster,
+// one killed while an agent uses it, a lineage revoked on one replica heard
+// through another. Either demo exits 0 only if every step behaved as
+// expected: it is a check as much as a show.
 package main
 
 import (
@@ -19,6 +25,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -47,9 +54,16 @@ const (
 )
 
 func main() {
+	ha := flag.Bool("ha", false, "run the high-availability demo: three atfd replicas on etcd, one killed (make demo-ha)")
+	bin := flag.String("bin", "", "directory holding atfd and atfctl (default: bin/, where `make build` puts them)")
+	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx); err != nil {
+	sc := mainScript
+	if *ha {
+		sc = haScript
+	}
+	if err := run(ctx, sc, *bin); err != nil {
 		if ctx.Err() != nil {
 			fmt.Println("\ninterrupted; cleaned up")
 			os.Exit(130)
@@ -61,11 +75,10 @@ func main() {
 
 type demo struct {
 	stack      *dev.Stack
-	bin        string
+	bin        string   // holds atfd and atfctl
 	env        []string // for atfctl and vault
-	atfd       *exec.Cmd
-	atfLog     string
-	unexpected int // steps whose outcome was not the expected one
+	atfds      []*atfd  // one, or the replicas of the HA demo
+	unexpected int      // steps whose outcome was not the expected one
 
 	// The cast: agents, admins and approvers, and the SVID files of those
 	// that do not use the Workload API.
@@ -80,13 +93,26 @@ type demo struct {
 	// the kill switch drops.
 	pg     *dev.Postgres
 	dbUser [2]string
+
+	ha haState
 }
 
-// steps is the demo's script, in order.
-var steps = []struct {
+// step is one numbered step of a demo.
+type step struct {
 	title string
 	run   func(*demo, context.Context) error
-}{
+}
+
+// script is a demo: its steps in order, and what it says once all held.
+type script struct {
+	steps []step
+	done  string
+}
+
+var mainScript = script{steps: mainSteps, done: "Every step above went through real SPIRE SVIDs, a real Vault and atfd."}
+
+// mainSteps are `make demo`'s steps, in order.
+var mainSteps = []step{
 	{"Start a local SPIRE server + agent and a Vault dev server", (*demo).startStack},
 	{"Register workloads with SPIRE", (*demo).registerWorkloads},
 	{"Start atfd", (*demo).startBroker},
@@ -106,27 +132,50 @@ var steps = []struct {
 	{"Deregistering the writer kills its tokens and everything it delegated, in Vault, at once", (*demo).deregister},
 }
 
-func run(ctx context.Context) error {
-	d := &demo{}
+// run runs sc's steps in order, atfd and atfctl from bin (default the
+// stack's bin/), and says whether every step behaved as expected.
+func run(ctx context.Context, sc script, bin string) (err error) {
+	d := &demo{bin: bin}
 	defer d.close()
-	for i, s := range steps {
+	defer func() {
+		if err != nil {
+			d.printLogs()
+		}
+	}()
+	for i, s := range sc.steps {
 		fmt.Printf("\n%s%d. %s%s\n", bold, i+1, s.title, reset)
 		if err := s.run(d, ctx); err != nil {
 			return err
 		}
 	}
 	if d.unexpected > 0 {
-		return fmt.Errorf("%d step(s) did not behave as expected; atfd's log is %s", d.unexpected, d.atfLog)
+		return fmt.Errorf("%d check(s) did not behave as expected (marked ✘ above)", d.unexpected)
 	}
-	fmt.Printf("\n%sDone.%s Every step above went through real SPIRE SVIDs, a real Vault and atfd.\n", green, reset)
+	fmt.Printf("\n%sDone.%s %s\n", green, reset, sc.done)
 	return nil
 }
 
-// close stops atfd and the stack, whichever the demo got to start.
+// logLines is how much of each atfd's log printLogs shows.
+const logLines = 30
+
+// printLogs shows the end of each atfd's log, on failure, before the
+// stack's directory (which holds them) is removed.
+func (d *demo) printLogs() {
+	for _, a := range d.atfds {
+		b, _ := os.ReadFile(a.log)
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		fmt.Fprintf(os.Stderr, "\n%slast lines of %s's log:%s\n%s", bold, a.name, reset, indent(strings.Join(lines[max(0, len(lines)-logLines):], "\n")))
+	}
+}
+
+// close stops the agent, atfd and the stack, whichever the demo got to
+// start.
 func (d *demo) close() {
-	if d.atfd != nil {
-		d.atfd.Process.Signal(syscall.SIGTERM)
-		d.atfd.Wait()
+	if d.ha.agent != nil {
+		d.ha.agent.Close()
+	}
+	for _, a := range d.atfds {
+		a.stop()
 	}
 	if d.stack != nil {
 		fmt.Printf("\n%sCleaning up:%s stopping atfd, SPIRE and Vault, removing %s\n", bold, reset, d.stack.Dir)
@@ -135,6 +184,16 @@ func (d *demo) close() {
 }
 
 func (d *demo) startStack(ctx context.Context) error {
+	if err := d.startDev(ctx); err != nil {
+		return err
+	}
+	var err error
+	d.pg, err = d.stack.StartPostgres(ctx)
+	return err
+}
+
+// startDev starts SPIRE and Vault and names the cast.
+func (d *demo) startDev(ctx context.Context) error {
 	fmt.Println("   (loopback only, in a temporary directory; `make dev-tools` built them once)")
 	stack, err := dev.Start(ctx, dev.Options{Logger: slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{
 		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
@@ -147,9 +206,9 @@ func (d *demo) startStack(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.stack, d.bin = stack, stack.BinDir
-	if d.pg, err = stack.StartPostgres(ctx); err != nil {
-		return err
+	d.stack = stack
+	if d.bin == "" {
+		d.bin = stack.BinDir
 	}
 	id := func(path string) spiffeid.ID { return spiffeid.RequireFromPath(stack.TrustDomain, path) }
 	d.reporter, d.writer, d.helper, d.stranger, d.drafter = id("/agents/reporter"), id("/agents/writer"), id("/agents/helper"), id("/agents/stranger"), id("/agents/drafter")
@@ -160,20 +219,33 @@ func (d *demo) startStack(ctx context.Context) error {
 func (d *demo) registerWorkloads(ctx context.Context) error {
 	fmt.Println("   atfd and the reporter agent get their SVIDs from the SPIRE agent's Workload API,")
 	fmt.Println("   attested by their binary path; the admin, the writer and a stranger use SVIDs minted by SPIRE.")
-	uid := fmt.Sprintf("unix:uid:%d", os.Getuid())
-	if err := d.stack.RegisterWorkload(ctx, d.stack.BrokerID, uid, "unix:path:"+filepath.Join(d.bin, "atfd")); err != nil {
+	if err := d.registerAtfd(ctx); err != nil {
 		return err
 	}
+	uid := fmt.Sprintf("unix:uid:%d", os.Getuid())
 	if err := d.stack.RegisterWorkload(ctx, d.reporter, uid, "unix:path:"+filepath.Join(d.bin, "atfctl")); err != nil {
 		return err
 	}
-	d.files = map[spiffeid.ID]dev.SVIDFiles{}
-	for _, who := range []spiffeid.ID{d.alice, d.bob, d.writer, d.helper, d.drafter, d.stranger} {
-		f, err := d.stack.MintX509(ctx, who, time.Hour)
+	return d.mint(ctx, d.alice, d.bob, d.writer, d.helper, d.drafter, d.stranger)
+}
+
+// registerAtfd registers atfd's binary as the broker's workload.
+func (d *demo) registerAtfd(ctx context.Context) error {
+	uid := fmt.Sprintf("unix:uid:%d", os.Getuid())
+	return d.stack.RegisterWorkload(ctx, d.stack.BrokerID, uid, "unix:path:"+filepath.Join(d.bin, "atfd"))
+}
+
+// mint gets SPIRE-signed SVID files for each of who.
+func (d *demo) mint(ctx context.Context, who ...spiffeid.ID) error {
+	if d.files == nil {
+		d.files = map[spiffeid.ID]dev.SVIDFiles{}
+	}
+	for _, id := range who {
+		f, err := d.stack.MintX509(ctx, id, time.Hour)
 		if err != nil {
 			return err
 		}
-		d.files[who] = f
+		d.files[id] = f
 	}
 	return nil
 }
@@ -185,11 +257,14 @@ func (d *demo) as(who spiffeid.ID) []string {
 }
 
 func (d *demo) startBroker(ctx context.Context) error {
-	cfgPath, err := d.writeConfig(d.alice, d.bob)
+	cfg, err := d.writeConfig(atfdConfig{name: "atfd", addr: brokerAddr, format: "text",
+		store: "store_path: " + filepath.Join(d.stack.Dir, "atf.db")})
 	if err != nil {
 		return err
 	}
-	if d.atfd, err = d.startAtfd(ctx, cfgPath); err != nil {
+	fmt.Printf("%s%s%s", dim, indent(cfg.text), reset)
+	a, err := d.startAtfd(ctx, cfg)
+	if err != nil {
 		return err
 	}
 	d.env = append(os.Environ(),
@@ -197,10 +272,7 @@ func (d *demo) startBroker(ctx context.Context) error {
 		"ATF_BROKER_ADDR="+brokerAddr,
 		"VAULT_ADDR="+d.stack.VaultAddr,
 	)
-	if err := d.waitReady(ctx, d.as(d.alice)); err != nil {
-		return err
-	}
-	fmt.Printf("   atfd is serving on %s as %s (log: %s)\n", brokerAddr, d.stack.BrokerID, d.atfLog)
+	fmt.Printf("   atfd is serving on %s as %s (log: %s)\n", a.addr, d.stack.BrokerID, a.log)
 	return nil
 }
 
@@ -270,12 +342,12 @@ func (d *demo) dbLogin(ctx context.Context, wantOK bool) {
 	}
 	switch {
 	case err == nil && wantOK:
-		fmt.Printf("     %s✔ logged in, as expected%s\n", green, reset)
+		d.check(true, "logged in, as expected")
 	case err != nil && !wantOK:
-		fmt.Printf("%s     %s✔ refused, as expected%s\n", indent(err.Error()+"\n"), green, reset)
+		fmt.Print(indent(err.Error()))
+		d.check(true, "refused, as expected")
 	default:
-		d.unexpected++
-		fmt.Printf("     %s✘ unexpected outcome (%v)%s\n", red, err, reset)
+		d.check(false, "unexpected outcome (%v)", err)
 	}
 }
 
@@ -389,30 +461,41 @@ func firstApprovalID(list string) string {
 	return out.Approvals[0].ID
 }
 
-// writeConfig writes atfd's configuration, roles file and policy (the
-// shipped example, in the stack's trust domain) into the stack dir.
-func (d *demo) writeConfig(admin, approver spiffeid.ID) (string, error) {
+// atfdConfig is what sets one atfd's configuration apart.
+type atfdConfig struct {
+	name   string // "atfd", or the replica's name
+	addr   string // listen_addr
+	store  string // the YAML of store_path, or of store.etcd
+	format string // log_format
+	// path and text are the written file and its contents.
+	path, text string
+}
+
+// writeConfig writes atfd's configuration for c into the stack dir, with
+// the roles file and policy (the shipped example, in the stack's trust
+// domain) every atfd of the demo shares.
+func (d *demo) writeConfig(c atfdConfig) (atfdConfig, error) {
 	dir := d.stack.Dir
 	roles := filepath.Join(dir, "roles.yaml")
 	if err := os.WriteFile(roles, rolesYAML, 0o600); err != nil {
-		return "", err
+		return c, err
 	}
 	model, pol := filepath.Join(dir, "model.conf"), filepath.Join(dir, "policy.csv")
 	if err := os.WriteFile(model, []byte(policy.Model), 0o600); err != nil {
-		return "", err
+		return c, err
 	}
 	example := strings.ReplaceAll(policy.Example, "spiffe://example.org/", d.stack.TrustDomain.IDString()+"/") +
 		"\n# The demo's database role: a PostgreSQL user of its own, from Intern.\np, group:reporting, orders-db, read, intern, allow\n"
 	if err := os.WriteFile(pol, []byte(example), 0o600); err != nil {
-		return "", err
+		return c, err
 	}
-	cfg := fmt.Sprintf(`# atfd configuration for the demo (see docs/operations.md, configuration reference)
+	c.text = fmt.Sprintf(`# atfd configuration for the demo (see docs/operations.md, configuration reference)
 listen_addr: %s
 spiffe:
   workload_api_addr: %s
 trust_domains: [%s]
 admins: [%s]
-store_path: %s
+%s
 roles_file: %s
 policy:                  # seeds the store; later changes go through atfctl policy
   model_file: %s
@@ -428,42 +511,82 @@ vault:
     method: jwt          # atfd logs in to Vault with its own JWT-SVID
     role: atf-broker
     audience: vault
-log_format: text
-`, brokerAddr, d.stack.WorkloadAPIAddr, d.stack.TrustDomain.Name(), admin, filepath.Join(dir, "atf.db"), roles,
-		model, pol, approver, approver, filepath.Join(dir, "audit.jsonl"), d.stack.VaultAddr)
-	path := filepath.Join(dir, "atfd.yaml")
-	fmt.Printf("%s%s%s", dim, indent(cfg), reset)
-	return path, os.WriteFile(path, []byte(cfg), 0o600)
+log_format: %s
+`, c.addr, d.stack.WorkloadAPIAddr, d.stack.TrustDomain.Name(), d.alice, c.store, roles,
+		model, pol, d.bob, d.bob, filepath.Join(dir, c.name+"-audit.jsonl"), d.stack.VaultAddr, c.format)
+	c.path = filepath.Join(dir, c.name+".yaml")
+	return c, os.WriteFile(c.path, []byte(c.text), 0o600)
 }
 
-func (d *demo) startAtfd(ctx context.Context, cfgPath string) (*exec.Cmd, error) {
-	d.atfLog = filepath.Join(d.stack.Dir, "atfd.log")
-	logf, err := os.Create(d.atfLog)
+// atfd is one atfd process of the demo.
+type atfd struct {
+	name, addr, log string
+	cmd             *exec.Cmd
+	done            chan struct{} // closed once it exited and was reaped
+	err             error         // how it exited, once done is closed
+}
+
+// startAtfd starts atfd on c, logging to <name>.log in the stack dir, and
+// returns once it answers the admin.
+func (d *demo) startAtfd(ctx context.Context, c atfdConfig) (*atfd, error) {
+	a := &atfd{name: c.name, addr: c.addr, log: filepath.Join(d.stack.Dir, c.name+".log"), done: make(chan struct{})}
+	logf, err := os.Create(a.log)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(filepath.Join(d.bin, "atfd"), "-config", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = os.Environ()
-	if err := cmd.Start(); err != nil {
+	defer logf.Close()
+	a.cmd = exec.Command(filepath.Join(d.bin, "atfd"), "-config", c.path)
+	a.cmd.Stdout, a.cmd.Stderr = logf, logf
+	a.cmd.Env = os.Environ()
+	if err := a.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start atfd: %w", err)
 	}
-	return cmd, nil
+	d.atfds = append(d.atfds, a)
+	go func() {
+		a.err = a.cmd.Wait()
+		close(a.done)
+	}()
+	return a, d.waitReady(ctx, a)
 }
 
-// waitReady polls whoami until atfd answers.
-func (d *demo) waitReady(ctx context.Context, flags []string) error {
+// atfdStopGrace is how long atfd has to stop after SIGTERM before it is
+// killed: its graceful stop waits up to 5 s for open streams.
+const atfdStopGrace = 15 * time.Second
+
+// stop stops a with SIGTERM (SIGKILL after atfdStopGrace) unless it
+// already exited, and reports how it exited.
+func (a *atfd) stop() error {
+	select {
+	case <-a.done:
+		return a.err
+	default:
+	}
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+	case <-time.After(atfdStopGrace):
+		a.cmd.Process.Kill()
+		<-a.done
+	}
+	return a.err
+}
+
+// waitReady polls whoami, as the admin, until a answers.
+func (d *demo) waitReady(ctx context.Context, a *atfd) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		cmd := exec.CommandContext(ctx, filepath.Join(d.bin, "atfctl"), append(flags, "whoami")...)
-		cmd.Env = d.env
+		cmd := exec.CommandContext(ctx, filepath.Join(d.bin, "atfctl"), append(d.as(d.alice), "--addr", a.addr, "whoami")...)
 		out, err := cmd.CombinedOutput()
 		if err == nil {
 			return nil
 		}
+		select {
+		case <-a.done:
+			return fmt.Errorf("%s exited before it was ready (%v)", a.name, a.err)
+		default:
+		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			log, _ := os.ReadFile(d.atfLog)
-			return fmt.Errorf("atfd did not become ready: %s\n%s\natfd log:\n%s", err, out, log)
+			return fmt.Errorf("%s did not become ready: %s\n%s", a.name, err, out)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -493,22 +616,34 @@ func (d *demo) vault(ctx context.Context, token string, wantOK bool, args ...str
 
 func (d *demo) show(ctx context.Context, wantOK bool, extraEnv []string, tool string, args ...string) {
 	fmt.Printf("   %s$ %s %s%s\n", bold, tool, shorten(args), reset)
-	cmd := exec.CommandContext(ctx, filepath.Join(d.bin, tool), args...)
+	dir := d.bin
+	if tool == "vault" {
+		dir = d.stack.BinDir
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(dir, tool), args...)
 	cmd.Env = append(append([]string{}, d.env...), extraEnv...)
 	out, err := cmd.CombinedOutput()
 	fmt.Print(indent(string(out)))
 	var exitErr *exec.ExitError
 	switch {
-	case err == nil && wantOK, errors.As(err, &exitErr) && !wantOK:
-		verdict := "allowed, as expected"
-		if !wantOK {
-			verdict = "refused, as expected"
-		}
-		fmt.Printf("     %s✔ %s%s\n", green, verdict, reset)
+	case err == nil && wantOK:
+		d.check(true, "allowed, as expected")
+	case errors.As(err, &exitErr) && !wantOK:
+		d.check(true, "refused, as expected")
 	default:
-		d.unexpected++
-		fmt.Printf("     %s✘ unexpected outcome (%v)%s\n", red, err, reset)
+		d.check(false, "unexpected outcome (%v)", err)
 	}
+}
+
+// check prints whether something the demo expects held, and counts it
+// if not: the demo fails at the end.
+func (d *demo) check(ok bool, format string, args ...any) {
+	if ok {
+		fmt.Printf("     %s✔ %s%s\n", green, fmt.Sprintf(format, args...), reset)
+		return
+	}
+	d.unexpected++
+	fmt.Printf("     %s✘ %s%s\n", red, fmt.Sprintf(format, args...), reset)
 }
 
 // jsonField returns a string field of the object atfctl's JSON output

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/agentictrust/atf/deploy/dev"
+)
+
+// haDemoTimeout bounds the HA demo's run (about 20 s on 2 cores).
+const haDemoTimeout = 4 * time.Minute
+
+// ansi matches the demo's colour codes.
+var ansi = regexp.MustCompile(`\x1b\[[0-9;]*m`)
+
+// `make demo-ha` end to end: atfd, atfctl and the demo built as `make
+// build` builds them, the demo run as a person runs it. It exits 0 (every
+// check held), and its narration says what the brief promises: the agent's
+// next credential came from a replica other than the one killed, its watch
+// resumed there, a lineage revoked on a third replica reached it, Vault
+// refuses the three revoked tokens, and the survivors stopped cleanly.
+func TestHADemo(t *testing.T) {
+	bin := buildDemo(t)
+	ctx, cancel := context.WithTimeout(t.Context(), haDemoTimeout)
+	defer cancel()
+	demo := exec.CommandContext(ctx, filepath.Join(bin, "demo"), "-ha", "-bin", bin)
+	demo.Dir = repoRoot(t)
+	// The replicas are the demo's children, in its process group: a demo
+	// that overruns goes with them (SPIRE, Vault and etcd die with it).
+	demo.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	demo.Cancel = func() error { return syscall.Kill(-demo.Process.Pid, syscall.SIGKILL) }
+	start := time.Now()
+	raw, err := demo.CombinedOutput()
+	out := ansi.ReplaceAllString(string(raw), "")
+	if err != nil {
+		t.Fatalf("demo -ha: %v after %s\n%s", err, time.Since(start).Round(time.Second), out)
+	}
+	t.Logf("demo -ha passed in %s", time.Since(start).Round(time.Second))
+
+	find := func(re string) []string {
+		t.Helper()
+		m := regexp.MustCompile(re).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("the demo's output does not match %q:\n%s", re, out)
+		}
+		return m
+	}
+	killed := find(`kill -KILL \d+ +\((r\d), which the agent's connection is on\)`)[1]
+	after := find(`✔ issued by (r\d), \S+ after the kill`)[1]
+	find(`✔ the agent's revocation watch resumed on ` + after + ` where it broke`)
+	m := find(`The agent's connection, and its revocation watch, is on (r\d); alice revokes on (r\d)`)
+	if m[1] != after || m[2] == after || m[2] == killed || after == killed {
+		t.Errorf("killed %s, the agent moved to %s, watched on %s, the revocation made on %s: want three distinct replicas", killed, after, m[1], m[2])
+	}
+	find(`✔ the agent heard, through ` + after + `, the revocation made on another replica`)
+	for what, n := range map[string]int{"✔ refused: Vault no longer knows it": 3, "stopped cleanly": 2, "✘": 0} {
+		if got := strings.Count(out, what); got != n {
+			t.Errorf("%q %d times in the demo's output, want %d:\n%s", what, got, n, out)
+		}
+	}
+	find(`Done\. Three atfd replicas served one store in etcd`)
+}
+
+// A check that does not hold fails the demo, whatever the steps return:
+// the demo is a check, not just a show.
+func TestRunFailsOnAFailedCheck(t *testing.T) {
+	sc := script{steps: []step{
+		{"a check that holds", func(d *demo, _ context.Context) error { d.check(true, "holds"); return nil }},
+		{"a check that does not", func(d *demo, _ context.Context) error { d.check(false, "does not hold"); return nil }},
+	}, done: "never said"}
+	err := run(t.Context(), sc, "")
+	if err == nil || err.Error() != "1 check(s) did not behave as expected (marked ✘ above)" {
+		t.Fatalf("run: %v, want 1 failed check", err)
+	}
+}
+
+// buildDemo builds atfd, atfctl and the demo into a directory of the
+// test's, as `make build` and `go run` do.
+func buildDemo(t *testing.T) string {
+	t.Helper()
+	bin := t.TempDir()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+	}
+	build := exec.CommandContext(t.Context(), goTool, "build", "-o", bin+string(filepath.Separator), "./cmd/atfd", "./cmd/atfctl", "./deploy/dev/demo")
+	build.Dir = repoRoot(t)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := dev.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
