@@ -31,7 +31,9 @@ func (s *Server) probeHealth(ctx context.Context, interval time.Duration) {
 			err     *error
 		}{{s.vault.Healthy, &verr}, {s.source.Healthy, &werr}, {s.storeHealthy, &serr}} {
 			probes.Go(func() {
-				pctx, cancel := context.WithTimeout(ctx, min(interval, 2*time.Second))
+				// At least a second, even when probing more often: a busy
+				// host must not read as a dependency down.
+				pctx, cancel := context.WithTimeout(ctx, min(max(interval, time.Second), 2*time.Second))
 				defer cancel()
 				*p.err = p.healthy(pctx)
 			})
