@@ -160,4 +160,3 @@ func TestSubscribeWithoutPush(t *testing.T) {
 		t.Errorf("Subscribe = %v", err)
 	}
 }
-
