@@ -44,6 +44,7 @@ type issuer struct {
 	events      chan string   // raw SSE event blocks to write
 	connects    chan string   // Last-Event-ID of each subscription
 	dropStreams chan struct{} // closes the current stream
+	refuse      atomic.Bool   // answers 503 to subscriptions
 	active      func(token string) bool
 	introspects atomic.Int64
 }
@@ -110,6 +111,10 @@ func (is *issuer) serveJWKS(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (is *issuer) serveEvents(w http.ResponseWriter, r *http.Request) {
+	if is.refuse.Load() {
+		http.Error(w, "not now", http.StatusServiceUnavailable)
+		return
+	}
 	is.connects <- r.Header.Get("Last-Event-ID")
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.WriteHeader(http.StatusOK)

@@ -84,9 +84,11 @@ func (r *revocations) follow(ctx context.Context) (connected bool, err error) {
 	// A stream silent past MaxSilence is presumed dead: drop it.
 	watchdog := time.AfterFunc(r.push.MaxSilence, cancel)
 	defer watchdog.Stop()
+	first := true
 	err = readEvents(resp.Body, func(e event) {
 		watchdog.Reset(r.push.MaxSilence)
-		r.dispatch(e, connectedAt)
+		r.dispatch(e, connectedAt, first)
+		first = false
 	})
 	return true, err
 }
@@ -104,8 +106,8 @@ func (r *revocations) issuerTime(date string) time.Time {
 type event struct{ typ, id, data string }
 
 // dispatch applies one event. connectedAt is the issuer's clock when the
-// stream opened.
-func (r *revocations) dispatch(e event, connectedAt time.Time) {
+// stream opened; first says whether e is the stream's first event.
+func (r *revocations) dispatch(e event, connectedAt time.Time, first bool) {
 	switch e.typ {
 	case "revoked":
 		var d struct {
@@ -131,9 +133,27 @@ func (r *revocations) dispatch(e event, connectedAt time.Time) {
 			r.push.OnRevoked(ev)
 		}
 	case "reset":
-		r.reset(connectedAt, r.now())
+		r.reset(r.resetTime(e.data, connectedAt, first), r.now())
 	}
 	r.heard(e.id)
+}
+
+// resetTime is the issuer's clock when it reset: the time in the event's
+// data; else, for a reset sent first on connection, the connection's Date;
+// else this server's clock plus the leeway.
+func (r *revocations) resetTime(data string, connectedAt time.Time, first bool) time.Time {
+	var d struct {
+		Time string `json:"time"`
+	}
+	if json.Unmarshal([]byte(data), &d) == nil {
+		if t, err := time.Parse(time.RFC3339Nano, d.Time); err == nil {
+			return t
+		}
+	}
+	if first {
+		return connectedAt
+	}
+	return r.issuerTime("")
 }
 
 // readEvents parses a text/event-stream body and calls fn with each event
