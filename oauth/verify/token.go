@@ -94,7 +94,8 @@ type Actor struct {
 	Subject string // the actor's SPIFFE ID
 }
 
-// Claims are a verified token's claims.
+// Claims are a verified token's claims. They are shared by every request
+// that presents the same token: read them, never modify them.
 type Claims struct {
 	Issuer   string
 	Subject  string // the holder's SPIFFE ID

@@ -2,6 +2,7 @@ package verify
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -85,6 +86,7 @@ type Verifier struct {
 	leeway time.Duration
 	keys   *keyCache
 	revs   *revocations // nil without Push
+	seen   seen
 }
 
 // New returns a Verifier for cfg. It does no I/O: the JWK Set is fetched
@@ -164,6 +166,20 @@ func (v *Verifier) Verify(ctx context.Context, token string, required ...string)
 
 // verifyToken checks the signature and claims of token.
 func (v *Verifier) verifyToken(ctx context.Context, token string) (*Claims, error) {
+	if len(token) > MaxTokenSize {
+		return nil, fmt.Errorf("%w: longer than %d bytes", ErrInvalidToken, MaxTokenSize)
+	}
+	sum := sha256.Sum256([]byte(token))
+	if e, ok := v.seen.get(sum); ok {
+		// The signature verified before; the key must still be published.
+		if _, err := v.keys.key(ctx, e.kid); err != nil {
+			return nil, err
+		}
+		if err := v.checkClaims(e.claims); err != nil {
+			return nil, err
+		}
+		return e.claims, nil
+	}
 	p, err := parseJWS(token)
 	if err != nil {
 		return nil, err
@@ -182,6 +198,7 @@ func (v *Verifier) verifyToken(ctx context.Context, token string) (*Claims, erro
 	if err := v.checkClaims(c); err != nil {
 		return nil, err
 	}
+	v.seen.add(sum, seenToken{kid: p.header.Kid, claims: c}, v.cfg.Now())
 	return c, nil
 }
 
