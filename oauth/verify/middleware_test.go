@@ -18,11 +18,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/agentictrust/atf/oauth/verify"
+	"github.com/agentictrust/atf/oauth/verify/verifytest"
 )
 
 func TestMiddlewareResponses(t *testing.T) {
-	is := newIssuer(t)
-	v := is.verifier(t, nil)
+	is := verifytest.NewIssuer(t)
+	v := newVerifier(t, is, nil)
 	srv := toolServer(t, v)
 	now := time.Now()
 	for _, tt := range []struct {
@@ -31,10 +32,10 @@ func TestMiddlewareResponses(t *testing.T) {
 		www         string
 	}{
 		{"no token", "", http.StatusUnauthorized, `Bearer scope="tools:call"`},
-		{"valid", is.mint(tok{}, now), http.StatusOK, ""},
-		{"wrong audience", is.mint(tok{aud: "https://billing.example"}, now), http.StatusUnauthorized,
+		{"valid", is.Mint(tok{}, now), http.StatusOK, ""},
+		{"wrong audience", is.Mint(tok{Aud: "https://billing.example"}, now), http.StatusUnauthorized,
 			`Bearer error="invalid_token", error_description="verify: invalid token: audience is not this server (https://mcp.example/tools)", scope="tools:call"`},
-		{"insufficient scope", is.mint(tok{scope: "tools:list"}, now), http.StatusForbidden,
+		{"insufficient scope", is.Mint(tok{Scope: "tools:list"}, now), http.StatusForbidden,
 			`Bearer error="insufficient_scope", error_description="verify: insufficient scope: scope 'tools:call' is required", scope="tools:call"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -58,8 +59,8 @@ func TestMiddlewareResponses(t *testing.T) {
 }
 
 func TestGRPCInterceptors(t *testing.T) {
-	is := newIssuer(t)
-	v := is.verifier(t, nil)
+	is := verifytest.NewIssuer(t)
+	v := newVerifier(t, is, nil)
 	scopes := func(method string) []string {
 		if method == "/grpc.health.v1.Health/Watch" {
 			return []string{"health:watch"}
@@ -84,7 +85,7 @@ func TestGRPCInterceptors(t *testing.T) {
 		return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tk)
 	}
 	now := time.Now()
-	checker := is.mint(tok{scope: "health:check"}, now)
+	checker := is.Mint(tok{Scope: "health:check"}, now)
 	for _, tt := range []struct {
 		name string
 		ctx  context.Context
@@ -92,8 +93,8 @@ func TestGRPCInterceptors(t *testing.T) {
 	}{
 		{"no token", context.Background(), codes.Unauthenticated},
 		{"valid", withToken(checker), codes.OK},
-		{"wrong audience", withToken(is.mint(tok{aud: "https://billing.example", scope: "health:check"}, now)), codes.Unauthenticated},
-		{"insufficient scope", withToken(is.mint(tok{scope: "health:watch"}, now)), codes.PermissionDenied},
+		{"wrong audience", withToken(is.Mint(tok{Aud: "https://billing.example", Scope: "health:check"}, now)), codes.Unauthenticated},
+		{"insufficient scope", withToken(is.Mint(tok{Scope: "health:watch"}, now)), codes.PermissionDenied},
 	} {
 		_, err := client.Check(tt.ctx, &healthpb.HealthCheckRequest{})
 		if status.Code(err) != tt.want {
@@ -108,7 +109,7 @@ func TestGRPCInterceptors(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied {
 		t.Errorf("Watch without health:watch: %v", err)
 	}
-	stream, err = client.Watch(withToken(is.mint(tok{scope: "health:watch"}, now)), &healthpb.HealthCheckRequest{})
+	stream, err = client.Watch(withToken(is.Mint(tok{Scope: "health:watch"}, now)), &healthpb.HealthCheckRequest{})
 	if err == nil {
 		_, err = stream.Recv()
 	}
@@ -124,14 +125,12 @@ func TestGRPCInterceptors(t *testing.T) {
 // token seen for the first time (ECDSA P-256 verification and JSON
 // decoding on top).
 func BenchmarkMiddleware(b *testing.B) {
-	t := &testing.T{}
-	is := newIssuer(t)
-	defer is.srv.Close()
-	v := is.verifier(t, func(c *verify.Config) { c.Push = &verify.Push{} })
+	is := verifytest.NewIssuer(b)
+	v := newVerifier(b, is, func(c *verify.Config) { c.Push = &verify.Push{} })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go v.Subscribe(ctx)
-	<-is.connects
+	is.NextConnect(b)
 	handler := v.Middleware("tools:call")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	serve := func(token string) int {
 		req := httptest.NewRequest(http.MethodPost, "/mcp", nil)
@@ -144,7 +143,7 @@ func BenchmarkMiddleware(b *testing.B) {
 	// new to it when it comes round again.
 	tokens := make([]string, 10000)
 	for i := range tokens {
-		tokens[i] = is.after(2*time.Second, tok{jti: fmt.Sprintf("j-%d", i), act: []string{agentB, agentA}})
+		tokens[i] = is.MintAfter(2*time.Second, tok{JTI: fmt.Sprintf("j-%d", i), Act: []string{agentB, agentA}})
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for serve(tokens[0]) != http.StatusOK {

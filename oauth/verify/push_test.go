@@ -11,11 +11,12 @@ import (
 	"time"
 
 	"github.com/agentictrust/atf/oauth/verify"
+	"github.com/agentictrust/atf/oauth/verify/verifytest"
 )
 
 // subscribe runs v.Subscribe until the test ends and returns the
 // Last-Event-ID of its first connection.
-func subscribe(t *testing.T, is *issuer, v *verify.Verifier) string {
+func subscribe(t *testing.T, is *verifytest.Issuer, v *verify.Verifier) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -26,18 +27,7 @@ func subscribe(t *testing.T, is *issuer, v *verify.Verifier) string {
 			t.Errorf("Subscribe = %v, want context.Canceled", err)
 		}
 	})
-	return is.nextConnect(t)
-}
-
-func (is *issuer) nextConnect(t *testing.T) string {
-	t.Helper()
-	select {
-	case id := <-is.connects:
-		return id
-	case <-time.After(10 * time.Second):
-		t.Fatal("the verifier did not subscribe")
-		return ""
-	}
+	return is.NextConnect(t)
 }
 
 // waitFor polls cond until it holds, for up to 5 s.
@@ -52,13 +42,6 @@ func waitFor(t *testing.T, what string, cond func() error) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Fatalf("%s: still %v after 5 s", what, err)
-}
-
-// after mints a token issued d after now: later than the subscription's
-// start, which makes every token issued up to it suspect.
-func (is *issuer) after(d time.Duration, tk tok) string {
-	tk.iat = time.Now().Add(d)
-	return is.mint(tk, time.Now())
 }
 
 func isStatus(err error, want error) error {
@@ -103,17 +86,17 @@ func TestPushRevocationRefusesNextRequest(t *testing.T) {
 		{"agent", func(string) map[string]any { return map[string]any{"agents": []string{agentC}} }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			is := newIssuer(t)
+			is := verifytest.NewIssuer(t)
 			applied := make(chan verify.Revocation, 1)
-			v := is.verifier(t, func(c *verify.Config) {
+			v := newVerifier(t, is, func(c *verify.Config) {
 				c.Push = &verify.Push{OnRevoked: func(r verify.Revocation) { applied <- r }}
 			})
 			srv := toolServer(t, v)
 			if id := subscribe(t, is, v); id != "" {
 				t.Errorf("first subscription sent Last-Event-ID %q", id)
 			}
-			token := is.after(2*time.Second, tok{jti: "j-revoked", act: []string{agentB, agentA}})
-			other := is.after(2*time.Second, tok{jti: "j-other", sub: agentB, lineage: []string{"agent:" + agentB}})
+			token := is.MintAfter(2*time.Second, tok{JTI: "j-revoked", Act: []string{agentB, agentA}})
+			other := is.MintAfter(2*time.Second, tok{JTI: "j-other", Sub: agentB, Lineage: []string{"agent:" + agentB}})
 			waitFor(t, "token accepted once subscribed", func() error {
 				if code, _ := call(t, srv.URL, token); code != http.StatusOK {
 					return fmt.Errorf("status %d", code)
@@ -122,7 +105,7 @@ func TestPushRevocationRefusesNextRequest(t *testing.T) {
 			})
 			ev := tt.event("j-revoked")
 			ev["reason"], ev["time"] = "test", time.Now().Add(3*time.Second).Format(time.RFC3339Nano)
-			is.send("revoked", "1", ev)
+			is.Send("revoked", "1", ev)
 			r := <-applied
 			if r.Reason != "test" || r.Received.IsZero() {
 				t.Errorf("OnRevoked got %+v", r)
@@ -136,7 +119,7 @@ func TestPushRevocationRefusesNextRequest(t *testing.T) {
 			}
 			// A token from a decision after the revocation is not refused
 			// for the agent or the node; a revoked jti stays revoked.
-			later := is.after(5*time.Second, tok{jti: "j-later", act: []string{agentB, agentA}})
+			later := is.MintAfter(5*time.Second, tok{JTI: "j-later", Act: []string{agentB, agentA}})
 			if code, _ := call(t, srv.URL, later); code != http.StatusOK {
 				t.Errorf("token issued after the revocation: %d", code)
 			}
@@ -145,11 +128,11 @@ func TestPushRevocationRefusesNextRequest(t *testing.T) {
 }
 
 func TestPushResetFailsClosed(t *testing.T) {
-	is := newIssuer(t)
-	v := is.verifier(t, func(c *verify.Config) { c.Push = &verify.Push{} })
+	is := verifytest.NewIssuer(t)
+	v := newVerifier(t, is, func(c *verify.Config) { c.Push = &verify.Push{} })
 	srv := toolServer(t, v)
 	// Before any subscription, nothing is known: refuse.
-	before := is.after(2*time.Second, tok{})
+	before := is.MintAfter(2*time.Second, tok{})
 	if _, err := v.Verify(context.Background(), before); !errors.Is(err, verify.ErrRevocationUnknown) {
 		t.Fatalf("before subscribing: %v", err)
 	}
@@ -158,7 +141,7 @@ func TestPushResetFailsClosed(t *testing.T) {
 		_, err := v.Verify(context.Background(), before)
 		return err
 	})
-	is.send("reset", "2", map[string]any{"time": time.Now().Add(3 * time.Second).Format(time.RFC3339Nano)})
+	is.Send("reset", "2", map[string]any{"time": time.Now().Add(3 * time.Second).Format(time.RFC3339Nano)})
 	waitFor(t, "refused after reset", func() error {
 		_, err := v.Verify(context.Background(), before)
 		return isStatus(err, verify.ErrRevocationUnknown)
@@ -167,21 +150,21 @@ func TestPushResetFailsClosed(t *testing.T) {
 	if code != http.StatusServiceUnavailable {
 		t.Errorf("middleware after reset: %d, want 503", code)
 	}
-	if _, err := v.Verify(context.Background(), is.after(5*time.Second, tok{})); err != nil {
+	if _, err := v.Verify(context.Background(), is.MintAfter(5*time.Second, tok{})); err != nil {
 		t.Errorf("token issued after the reset: %v", err)
 	}
 }
 
 func TestPushResetFallsBackToIntrospection(t *testing.T) {
-	is := newIssuer(t)
-	v := is.verifier(t, func(c *verify.Config) {
-		c.Push = &verify.Push{IntrospectionURL: is.url() + "/oauth2/introspect"}
+	is := verifytest.NewIssuer(t)
+	v := newVerifier(t, is, func(c *verify.Config) {
+		c.Push = &verify.Push{IntrospectionURL: is.URL() + "/oauth2/introspect"}
 	})
-	good := is.after(2*time.Second, tok{jti: "j-good"})
-	bad := is.after(2*time.Second, tok{jti: "j-bad"})
-	is.active = func(token string) bool { return token == good }
+	good := is.MintAfter(2*time.Second, tok{JTI: "j-good"})
+	bad := is.MintAfter(2*time.Second, tok{JTI: "j-bad"})
+	is.SetActive(func(token string) bool { return token == good })
 	subscribe(t, is, v)
-	is.send("reset", "3", map[string]any{"time": time.Now().Add(3 * time.Second).Format(time.RFC3339Nano)})
+	is.Send("reset", "3", map[string]any{"time": time.Now().Add(3 * time.Second).Format(time.RFC3339Nano)})
 	waitFor(t, "bad token refused by introspection", func() error {
 		_, err := v.Verify(context.Background(), bad)
 		if err == nil || !strings.Contains(err.Error(), "not active (introspection)") {
@@ -192,28 +175,28 @@ func TestPushResetFallsBackToIntrospection(t *testing.T) {
 	if _, err := v.Verify(context.Background(), good); err != nil {
 		t.Errorf("good token: %v", err)
 	}
-	if n := is.introspects.Load(); n < 2 {
+	if n := is.Introspections(); n < 2 {
 		t.Errorf("%d introspections, want at least 2", n)
 	}
 }
 
 func TestPushStreamDownFailsClosedThenResumes(t *testing.T) {
-	is := newIssuer(t)
-	v := is.verifier(t, func(c *verify.Config) { c.Push = &verify.Push{MaxSilence: 300 * time.Millisecond} })
+	is := verifytest.NewIssuer(t)
+	v := newVerifier(t, is, func(c *verify.Config) { c.Push = &verify.Push{MaxSilence: 300 * time.Millisecond} })
 	subscribe(t, is, v)
-	token := is.after(2*time.Second, tok{})
-	is.send("ping", "7", map[string]any{})
+	token := is.MintAfter(2*time.Second, tok{})
+	is.Send("ping", "7", map[string]any{})
 	waitFor(t, "accepted", func() error { _, err := v.Verify(context.Background(), token); return err })
 	// The issuer stops answering: the stream is dropped and refused.
-	is.refuse.Store(true)
-	is.dropStreams <- struct{}{}
+	is.Refuse(true)
+	is.DropStream()
 	waitFor(t, "refused while the stream is down", func() error {
 		_, err := v.Verify(context.Background(), token)
 		return isStatus(err, verify.ErrRevocationUnknown)
 	})
 	// Back: the verifier resumes from the last event id, no reset needed.
-	is.refuse.Store(false)
-	if id := is.nextConnect(t); id != "7" {
+	is.Refuse(false)
+	if id := is.NextConnect(t); id != "7" {
 		t.Errorf("resumed with Last-Event-ID %q, want 7", id)
 	}
 	waitFor(t, "accepted after resuming", func() error { _, err := v.Verify(context.Background(), token); return err })
