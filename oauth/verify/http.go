@@ -44,7 +44,7 @@ func (v *Verifier) Middleware(scopes ...string) func(http.Handler) http.Handler 
 			}
 			c, err := v.Verify(r.Context(), token, scopes...)
 			if err != nil {
-				writeRefusal(w, err, scopes)
+				Refuse(w, err, scopes...)
 				return
 			}
 			next.ServeHTTP(w, r.WithContext(WithClaims(r.Context(), c)))
@@ -62,7 +62,11 @@ func bearer(h string) (string, bool) {
 	return token, token != ""
 }
 
-func writeRefusal(w http.ResponseWriter, err error, scopes []string) {
+// Refuse writes the RFC 6750 response for a verification error: 403
+// insufficient_scope, 503 with Retry-After for an unknown revocation
+// status, else 401 invalid_token; scopes are the ones the resource
+// requires.
+func Refuse(w http.ResponseWriter, err error, scopes ...string) {
 	code, status := "invalid_token", http.StatusUnauthorized
 	switch {
 	case errors.Is(err, ErrInsufficientScope):

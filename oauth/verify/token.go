@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"slices"
 	"strings"
 	"time"
 )
@@ -121,6 +122,18 @@ func (c *Claims) Actors() []Actor { return c.actors }
 
 // Depth is the number of delegators behind the holder.
 func (c *Claims) Depth() int { return len(c.actors) }
+
+// Require returns an error wrapping ErrInsufficientScope unless the token
+// grants every one of scopes: for a handler whose scopes depend on the
+// request (an MCP method), after the middleware.
+func (c *Claims) Require(scopes ...string) error {
+	for _, s := range scopes {
+		if !slices.Contains(c.Scopes, s) {
+			return fmt.Errorf("%w: scope %q is required", ErrInsufficientScope, s)
+		}
+	}
+	return nil
+}
 
 // rawClaims is the JSON form of the claims.
 type rawClaims struct {

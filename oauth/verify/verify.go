@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 )
@@ -156,10 +155,8 @@ func (v *Verifier) Verify(ctx context.Context, token string, required ...string)
 			return nil, err
 		}
 	}
-	for _, s := range required {
-		if !slices.Contains(c.Scopes, s) {
-			return nil, fmt.Errorf("%w: scope %q is required", ErrInsufficientScope, s)
-		}
+	if err := c.Require(required...); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
