@@ -35,9 +35,6 @@ func parseJWS(token string) (*jws, error) {
 	if token == "" {
 		return nil, fmt.Errorf("%w: no token", ErrInvalidToken)
 	}
-	if len(token) > MaxTokenSize {
-		return nil, fmt.Errorf("%w: longer than %d bytes", ErrInvalidToken, MaxTokenSize)
-	}
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
 		return nil, fmt.Errorf("%w: not a compact JWS", ErrInvalidToken)
