@@ -30,7 +30,7 @@ const module = "github.com/agentictrust/atf/"
 var suites = [][]string{
 	{"test", "-run", "^$", "-bench", ".", "-benchtime", "1x", "-timeout", "60m", "./broker/", "./cmd/atfd/"},
 	{"test", "-run", "^$", "-bench", "StoreAfterIssuances", "-benchtime", "1x", "-timeout", "30m", "./broker/store/"},
-	{"test", "-run", "^$", "-bench", ".", "./authz/", "./delegation/", "./broker/monitor/", "./broker/audit/"},
+	{"test", "-run", "^$", "-bench", ".", "./authz/", "./delegation/", "./broker/monitor/", "./broker/audit/", "./oauth/verify/"},
 }
 
 // results maps "pkg/Name/sub" (no Benchmark prefix, no -N suffix) to its
@@ -202,6 +202,9 @@ func rows(r results) []row {
 		mem      = "cmd/atfd/ResidentMemory"
 		mon      = "broker/MonitorOverhead"
 		dyn      = "broker/DynamicSecret"
+		mwRepeat = "oauth/verify/Middleware/repeat-token"
+		mwNew    = "oauth/verify/Middleware/new-token"
+		mwFloor  = "oauth/verify/Middleware/baseline-ecdsa-p256-verify"
 	)
 	out := []row{
 		{"issuance p50, concurrency 1", pick(iss, "p50-ns", ms), "raw Vault service child-token create " + pick(iss, "raw-p50-ns", ms), pick(iss, "p50-ratio", times), "≤ 1.2×"},
@@ -263,6 +266,10 @@ func rows(r results) []row {
 		row{"of which anonymous (heap, stacks) / file (store pages mapped)", pick(mem, "anon-MiB", mib) + " / " + pick(mem, "file-MiB", mib), "", pick(mem, "anon-ratio", times) + " anon", ""},
 		row{"behaviour monitoring + breaker per request", pick(mon, "monitor-ns", wholeNS),
 			"issuance p50 " + pick(mon, "issuance-p50-ns", ms), pick(mon, "monitor-ns", monitorShare), "≤ 5%"},
+		row{"resource server's token verifier per request, token seen before (cached JWK Set, push revocation on)", pick(mwRepeat, "ns/op", us),
+			"target 50 µs", pick(mwRepeat, "ns/op", func(v float64) string { return times(v / 50e3) }), "≤ 1×"},
+		row{"the same, token seen for the first time (signature verified)", pick(mwNew, "ns/op", us),
+			"one ECDSA P-256 verification " + pick(mwFloor, "ns/op", us), r.ratioOf(mwNew, mwFloor, "ns/op"), ""},
 	)
 }
 
