@@ -201,3 +201,17 @@ func TestPushStreamDownFailsClosedThenResumes(t *testing.T) {
 	}
 	waitFor(t, "accepted after resuming", func() error { _, err := v.Verify(context.Background(), token); return err })
 }
+
+// An event that cannot be read may be any revocation: it counts as a reset.
+func TestPushUnreadableEventFailsClosed(t *testing.T) {
+	is := verifytest.NewIssuer(t)
+	v := newVerifier(t, is, func(c *verify.Config) { c.Push = &verify.Push{} })
+	subscribe(t, is, v)
+	token := is.MintAfter(2*time.Second, tok{})
+	waitFor(t, "accepted", func() error { _, err := v.Verify(context.Background(), token); return err })
+	is.Send("revoked", "4", "not an object")
+	waitFor(t, "refused after an unreadable revocation", func() error {
+		_, err := v.Verify(context.Background(), token)
+		return isStatus(err, verify.ErrRevocationUnknown)
+	})
+}
