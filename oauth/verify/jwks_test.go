@@ -110,6 +110,12 @@ func TestKeyRotation(t *testing.T) {
 	if _, err := v.Verify(ctx, fresh); err != nil {
 		t.Errorf("new kid after refresh: %v", err)
 	}
+	// A kid reused for another key: a token verified before is refused.
+	is.AddKey("atf-oauth-2")
+	clk.Add(301 * time.Second)
+	if _, err := v.Verify(ctx, fresh); !errors.Is(err, verify.ErrInvalidToken) || !strings.HasSuffix(err.Error(), "the key id names another key now") {
+		t.Errorf("kid reused for another key: %v", err)
+	}
 }
 
 func TestJWKSCacheControlBoundsAndStaleKeys(t *testing.T) {

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"crypto/ecdsa"
 	"crypto/sha256"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ type seen struct {
 
 type seenToken struct {
 	kid    string
+	key    *ecdsa.PublicKey
 	claims *Claims
 }
 

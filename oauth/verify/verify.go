@@ -168,9 +168,13 @@ func (v *Verifier) verifyToken(ctx context.Context, token string) (*Claims, erro
 	}
 	sum := sha256.Sum256([]byte(token))
 	if e, ok := v.seen.get(sum); ok {
-		// The signature verified before; the key must still be published.
-		if _, err := v.keys.key(ctx, e.kid); err != nil {
+		// The signature verified before; its key must still be published.
+		key, err := v.keys.key(ctx, e.kid)
+		if err != nil {
 			return nil, err
+		}
+		if !key.Equal(e.key) {
+			return nil, fmt.Errorf("%w: the key id names another key now", ErrInvalidToken)
 		}
 		if err := v.checkClaims(e.claims); err != nil {
 			return nil, err
@@ -195,7 +199,7 @@ func (v *Verifier) verifyToken(ctx context.Context, token string) (*Claims, erro
 	if err := v.checkClaims(c); err != nil {
 		return nil, err
 	}
-	v.seen.add(sum, seenToken{kid: p.header.Kid, claims: c}, v.cfg.Now())
+	v.seen.add(sum, seenToken{kid: p.header.Kid, key: key, claims: c}, v.cfg.Now())
 	return c, nil
 }
 
