@@ -67,6 +67,10 @@ func (r *revocations) follow(ctx context.Context) (connected bool, err error) {
 	if cursor != "" {
 		req.Header.Set("Last-Event-ID", cursor)
 	}
+	// A stream silent past MaxSilence, connecting included, is presumed
+	// dead: drop it.
+	watchdog := time.AfterFunc(r.push.MaxSilence, cancel)
+	defer watchdog.Stop()
 	resp, err := r.client.Do(req)
 	if err != nil {
 		return false, err
@@ -81,9 +85,7 @@ func (r *revocations) follow(ctx context.Context) (connected bool, err error) {
 		r.reset(connectedAt, r.now())
 	}
 	r.heard("")
-	// A stream silent past MaxSilence is presumed dead: drop it.
-	watchdog := time.AfterFunc(r.push.MaxSilence, cancel)
-	defer watchdog.Stop()
+	watchdog.Reset(r.push.MaxSilence)
 	first := true
 	err = readEvents(resp.Body, func(e event) {
 		watchdog.Reset(r.push.MaxSilence)
