@@ -36,6 +36,8 @@
 // and while the stream has been silent longer than Push.MaxSilence. In the
 // first two cases every token issued up to that moment is suspect; in the
 // third, every token. A suspect token is checked by introspection when
-// Push.IntrospectionURL is set, and refused otherwise (ErrRevocationUnknown,
-// HTTP 503, gRPC Unavailable): the default fails closed.
+// Push.IntrospectionURL is set (once per token after a reset, on every
+// request while the stream is silent), and refused otherwise
+// (ErrRevocationUnknown, HTTP 503, gRPC Unavailable): the default fails
+// closed.
 package verify

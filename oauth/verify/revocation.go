@@ -68,12 +68,10 @@ type Revocation struct {
 
 // revocations is what the stream has said.
 type revocations struct {
-	push       Push
-	issuer     string
-	client     *http.Client
-	now        func() time.Time
-	leeway     time.Duration
-	introspect func(ctx context.Context, token string) (bool, error)
+	push   Push
+	client *http.Client
+	now    func() time.Time
+	leeway time.Duration
 
 	mu   sync.RWMutex
 	jtis map[string]time.Time // jti → when to forget it
@@ -83,8 +81,12 @@ type revocations struct {
 	// Tokens issued at or before suspectUpTo are suspect until
 	// suspectUntil: what was revoked before the stream was heard is unknown.
 	suspectUpTo, suspectUntil time.Time
-	lastHeard                 time.Time // zero: never connected
-	cursor                    string    // Last-Event-ID
+	// cleared holds the tokens introspection found active since the last
+	// reset (jti → exp): the stream has told every revocation since.
+	cleared   map[string]time.Time
+	resets    uint64    // counts resets, so that a clearance outdated by one is dropped
+	lastHeard time.Time // zero: never connected
+	cursor    string    // Last-Event-ID
 }
 
 type revokedAt struct{ at, forget time.Time }
@@ -99,56 +101,87 @@ func newRevocations(cfg Config, p Push, leeway time.Duration) *revocations {
 	if p.MaxTokenLifetime == 0 {
 		p.MaxTokenLifetime = DefaultMaxTokenLifetime
 	}
-	r := &revocations{push: p, issuer: cfg.Issuer, client: cfg.Client, now: cfg.Now, leeway: leeway,
-		jtis: map[string]time.Time{}, agents: map[string]revokedAt{}, nodes: map[string]revokedAt{}}
-	r.introspect = r.introspectHTTP
-	return r
+	return &revocations{push: p, client: cfg.Client, now: cfg.Now, leeway: leeway, jtis: map[string]time.Time{},
+		agents: map[string]revokedAt{}, nodes: map[string]revokedAt{}, cleared: map[string]time.Time{}}
 }
+
+// verdict is what the stream says of a token.
+type verdict int
+
+const (
+	unrevoked     verdict = iota
+	revoked               // revoked by an event
+	suspectSilent         // the stream is silent or down now
+	suspectReset          // issued before a reset or the first subscription
+)
 
 // check refuses c if it was revoked, and when its status is unknown either
 // introspects it or refuses it.
+//
+// A token introspected after a reset, while the stream is up, is clear from
+// then on: any later revocation comes by the stream. While the stream is
+// silent, every request is introspected.
 func (r *revocations) check(ctx context.Context, c *Claims, token string) error {
-	revoked, suspect := r.status(c)
-	if revoked {
-		return fmt.Errorf("%w: revoked", ErrInvalidToken)
-	}
-	if !suspect {
+	v, resets := r.status(c)
+	switch {
+	case v == unrevoked:
 		return nil
-	}
-	if r.push.IntrospectionURL == "" {
+	case v == revoked:
+		return fmt.Errorf("%w: revoked", ErrInvalidToken)
+	case r.push.IntrospectionURL == "":
 		return fmt.Errorf("%w: the revocation stream has not been heard since before this token was issued", ErrRevocationUnknown)
 	}
-	active, err := r.introspect(ctx, token)
+	active, err := r.introspectHTTP(ctx, token)
 	switch {
 	case err != nil:
 		return fmt.Errorf("%w: introspection: %v", ErrRevocationUnknown, err)
 	case !active:
 		return fmt.Errorf("%w: not active (introspection)", ErrInvalidToken)
 	}
+	if v == suspectReset {
+		r.clear(c, resets)
+	}
 	return nil
 }
 
-// status says whether c is revoked, and whether it is suspect: issued
-// before a gap in the stream, or the stream is silent now.
-func (r *revocations) status(c *Claims) (revoked, suspect bool) {
+// clear records that c was found active after the reset numbered resets.
+func (r *revocations) clear(c *Claims, resets uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.resets != resets {
+		return
+	}
+	if len(r.cleared) >= maxSeen {
+		r.pruneLocked(r.now())
+	}
+	if len(r.cleared) < maxSeen {
+		r.cleared[c.JTI] = c.Expiry
+	}
+}
+
+// status says what the stream says of c, and the number of resets so far.
+func (r *revocations) status(c *Claims) (verdict, uint64) {
 	now := r.now()
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if _, ok := r.jtis[c.JTI]; ok {
-		return true, false
+		return revoked, r.resets
 	}
 	if a, ok := r.agents[c.Subject]; ok && !c.IssuedAt.After(a.at) {
-		return true, false
+		return revoked, r.resets
 	}
 	for _, n := range c.Lineage {
 		if a, ok := r.nodes[n]; ok && !c.IssuedAt.After(a.at) {
-			return true, false
+			return revoked, r.resets
 		}
 	}
 	if r.lastHeard.IsZero() || now.Sub(r.lastHeard) > r.push.MaxSilence {
-		return false, true
+		return suspectSilent, r.resets
 	}
-	return false, now.Before(r.suspectUntil) && !c.IssuedAt.After(r.suspectUpTo)
+	if _, ok := r.cleared[c.JTI]; !ok && now.Before(r.suspectUntil) && !c.IssuedAt.After(r.suspectUpTo) {
+		return suspectReset, r.resets
+	}
+	return unrevoked, r.resets
 }
 
 // apply records a revocation event.
@@ -176,6 +209,8 @@ func (r *revocations) reset(upTo, received time.Time) {
 		r.suspectUpTo = upTo
 	}
 	r.suspectUntil = received.Add(r.push.MaxTokenLifetime + r.leeway)
+	r.resets++
+	clear(r.cleared)
 }
 
 // heard records that the stream spoke, and the event id to resume from.
@@ -194,11 +229,14 @@ func (r *revocations) lastID() string {
 	return r.cursor
 }
 
-// pruneLocked forgets revocations of tokens that have all expired.
+// pruneLocked forgets revocations of tokens that have all expired, and
+// clearances of expired tokens.
 func (r *revocations) pruneLocked(now time.Time) {
-	for j, forget := range r.jtis {
-		if now.After(forget) {
-			delete(r.jtis, j)
+	for _, m := range []map[string]time.Time{r.jtis, r.cleared} {
+		for j, forget := range m {
+			if now.After(forget) {
+				delete(m, j)
+			}
 		}
 	}
 	for _, m := range []map[string]revokedAt{r.agents, r.nodes} {
