@@ -78,6 +78,9 @@ var rules = []rule{
 	{from: "./...", except: "./deploy/dev/...", mayNotImport: "./deploy/dev/...",
 		why: "the dev stack (local SPIRE and Vault, its fixtures, the demo and benchmark tools) is for development " +
 			"and tests; production code may not link it"},
+	{from: "./oauth/verify", mayNotImport: "./...",
+		why: "resource servers link the token verifier on its own (docs/oauth-verifier.md): it imports nothing of the " +
+			"module, so it pulls in neither the broker nor its dependencies"},
 
 	// Inside the broker (docs/architecture.md).
 	{from: "./broker/*api", mayNotImport: "./broker/*api",

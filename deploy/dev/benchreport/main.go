@@ -30,7 +30,7 @@ const module = "github.com/agentictrust/atf/"
 var suites = [][]string{
 	{"test", "-run", "^$", "-bench", ".", "-benchtime", "1x", "-timeout", "60m", "./broker/", "./cmd/atfd/"},
 	{"test", "-run", "^$", "-bench", "StoreAfterIssuances", "-benchtime", "1x", "-timeout", "30m", "./broker/store/"},
-	{"test", "-run", "^$", "-bench", ".", "./authz/", "./delegation/", "./broker/monitor/", "./broker/audit/"},
+	{"test", "-run", "^$", "-bench", ".", "./authz/", "./delegation/", "./broker/monitor/", "./broker/audit/", "./oauth/verify/"},
 }
 
 // results maps "pkg/Name/sub" (no Benchmark prefix, no -N suffix) to its
@@ -244,7 +244,7 @@ func rows(r results) []row {
 		p, _ := r.get(mon, "issuance-p50-ns")
 		return fmt.Sprintf("%.3f%%", 100*v/p)
 	}
-	return append(out,
+	out = append(out,
 		row{"lineage revocation, 10,000 credentials, all dead in Vault", pick(lin, "dead-ms", wholeMS),
 			"Vault revoke-tree " + pick(lin, "tree-dead-ms", wholeMS), pick(lin, "vs-revoke-tree", times), "≤ 0.05×"},
 		row{"the same vs revoking one by one", pick(lin, "dead-ms", wholeMS),
@@ -264,6 +264,23 @@ func rows(r results) []row {
 		row{"behaviour monitoring + breaker per request", pick(mon, "monitor-ns", wholeNS),
 			"issuance p50 " + pick(mon, "issuance-p50-ns", ms), pick(mon, "monitor-ns", monitorShare), "≤ 5%"},
 	)
+	return append(out, verifierRows(r)...)
+}
+
+// verifierRows are the resource servers' token verifier's figures
+// (oauth/verify).
+func verifierRows(r results) []row {
+	const (
+		repeat = "oauth/verify/Middleware/repeat-token"
+		first  = "oauth/verify/Middleware/new-token"
+		floor  = "oauth/verify/Middleware/baseline-ecdsa-p256-verify"
+	)
+	return []row{
+		{"resource server's token verifier per request, token seen before (cached JWK Set, push revocation on)", r.pick(repeat, "ns/op", us),
+			"target 50 µs", r.pick(repeat, "ns/op", func(v float64) string { return times(v / 50e3) }), "≤ 1×"},
+		{"the same, token seen for the first time (signature verified)", r.pick(first, "ns/op", us),
+			"one ECDSA P-256 verification " + r.pick(floor, "ns/op", us), r.ratioOf(first, floor, "ns/op"), ""},
+	}
 }
 
 // writeAll writes every result, by benchmark and unit.
