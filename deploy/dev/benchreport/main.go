@@ -62,7 +62,7 @@ func main() {
 		if res, prov, err = readReport(string(old)); err != nil {
 			log.Fatalf("%s: %v", *out, err)
 		}
-		prov.reruns = append(prov.reruns, rerunNote(started, *only))
+		prov = prov.rerun(started, *only)
 	}
 	for _, args := range suites {
 		if *only != "" {
@@ -157,10 +157,13 @@ type provenance struct {
 // dateLayout is how the report writes the date of a run.
 const dateLayout = "2006-01-02 15:04 MST"
 
-// rerunNote is the report's line for the benchmarks matching pattern,
-// re-run alone at t.
-func rerunNote(t time.Time, pattern string) string {
-	return fmt.Sprintf("- %s: `%s`", t.Format(dateLayout), pattern)
+// rerun is p with the benchmarks matching pattern re-run alone at t: its
+// note replaces an older one of the same pattern.
+func (p provenance) rerun(t time.Time, pattern string) provenance {
+	tail := ": `" + pattern + "`"
+	p.reruns = append(slices.DeleteFunc(slices.Clone(p.reruns), func(n string) bool { return strings.HasSuffix(n, tail) }),
+		"- "+t.Format(dateLayout)+tail)
+	return p
 }
 
 // writeReport writes BENCHMARKS.md: the run's setting, the figures against
@@ -374,13 +377,14 @@ func rerunsText(reruns []string) string {
 // allResults heads the report's table of every result.
 const allResults = "All results, by benchmark and unit:"
 
-// writeAll writes every result, by benchmark and unit.
+// writeAll writes every result, by benchmark and unit, each value as go
+// test printed it, so that readReport reads back the same figures.
 func writeAll(w io.Writer, r results) {
 	fmt.Fprintf(w, "\n%s\n\n```\n", allResults)
 	for _, k := range slices.Sorted(maps.Keys(r)) {
 		var parts []string
 		for _, u := range slices.Sorted(maps.Keys(r[k])) {
-			parts = append(parts, fmt.Sprintf("%s=%.4g", u, r[k][u]))
+			parts = append(parts, u+"="+strconv.FormatFloat(r[k][u], 'g', -1, 64))
 		}
 		fmt.Fprintf(w, "%s %s\n", k, strings.Join(parts, " "))
 	}

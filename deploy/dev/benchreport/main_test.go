@@ -52,8 +52,9 @@ func TestReport(t *testing.T) {
 }
 
 // A run of some benchmarks alone (-bench) keeps the other figures of the
-// report it rewrites, read back from its table of all results, and the
-// date of the full run, and adds a note of its own.
+// report it rewrites, read back from its table of all results as go test
+// printed them, and the date of the full run, and notes the run, in place
+// of an older run of the same benchmarks.
 func TestRerunKeepsOtherFigures(t *testing.T) {
 	res := results{}
 	parse(strings.NewReader(sample), res)
@@ -72,7 +73,7 @@ func TestRerunKeepsOtherFigures(t *testing.T) {
 BenchmarkHAIssuance-2   	       1	  27820056 p50-ns	         7.528 p50-ratio	   3695447 bolt-p50-ns
 `
 	parse(strings.NewReader(rerun), kept)
-	prov.reruns = append(prov.reruns, rerunNote(time.Date(2026, 12, 7, 13, 0, 0, 0, time.UTC), "^BenchmarkHA"))
+	prov = prov.rerun(time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC), "^BenchmarkHA").rerun(time.Date(2026, 12, 7, 13, 0, 0, 0, time.UTC), "^BenchmarkHA")
 	sb.Reset()
 	writeReport(&sb, kept, prov)
 	report := sb.String()
@@ -86,8 +87,12 @@ BenchmarkHAIssuance-2   	       1	  27820056 p50-ns	         7.528 p50-ratio	   
 			t.Errorf("report lacks %q:\n%s", want, report)
 		}
 	}
-	if _, again, err := readReport(report); err != nil || len(again.reruns) != 1 {
-		t.Errorf("read back the re-runs %q (%v), want the one note", again.reruns, err)
+	again, prov, err := readReport(report)
+	if err != nil || len(prov.reruns) != 1 {
+		t.Errorf("read back the re-runs %q (%v), want the last note of the pattern alone", prov.reruns, err)
+	}
+	if v, _ := again.get("broker/Issuance", "c32-p50-ns"); v != 97085359 {
+		t.Errorf("c32-p50-ns read back as %v, want 97085359 as go test printed it", v)
 	}
 }
 
