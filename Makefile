@@ -74,9 +74,11 @@ lint: proto-tools
 # real SPIRE and Vault, one iteration each since they take their samples
 # per iteration; the in-process micro-benchmarks as usual) and writes
 # BENCHMARKS.md: every row a ratio to a baseline of the same run. About
-# 20 minutes on 2 cores.
+# 20 minutes on 2 cores. BENCH=REGEXP runs only the benchmarks matching it
+# (go test -bench) and keeps the other figures of BENCHMARKS.md, e.g.
+# `make bench BENCH=^BenchmarkHA` (about 3 minutes).
 bench: dev-tools
-	$(GO) run ./deploy/dev/benchreport -go $(GO) -o BENCHMARKS.md
+	$(GO) run ./deploy/dev/benchreport -go $(GO) -o BENCHMARKS.md $(if $(BENCH),-bench '$(BENCH)')
 
 # The broker's load test at soak size (TestSoak: 50,000 agents, 2,000
 # callers with their revocation streams) for SOAK_DURATION.

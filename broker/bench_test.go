@@ -34,6 +34,7 @@ import (
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/broker/client"
+	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/tracing"
 	"github.com/agentictrust/atf/delegation"
@@ -491,13 +492,20 @@ func revokeLineageTimed(b *testing.B, admin *client.Conn, root *vaultapi.Client,
 	return ret, dead, resp.GetSummary().GetCommitDuration().AsDuration(), resp.GetSummary().GetVaultPending()
 }
 
-// startBroker starts a broker with brokertest's configuration. The Vault
-// token it logs in with is revoked, with everything made under it, when b
-// ends, after the broker has stopped, so Vault is left as it was.
+// startBroker starts a broker with brokertest's configuration, set for
+// load (benchConfig). The Vault token it logs in with is revoked, with
+// everything made under it, when b ends, after the broker has stopped, so
+// Vault is left as it was.
 func startBroker(b *testing.B, opts ...broker.Option) (*brokertest.Fixture, *brokertest.Broker) {
 	b.Helper()
 	f := brokertest.Setup(b)
-	cfg := f.Config(b, b.TempDir())
+	return f, f.StartWith(b, benchConfig(b, f, f.Config(b, b.TempDir())), opts...)
+}
+
+// benchConfig is cfg, one of the fixture's, set for load; the Vault token
+// it logs in with is revoked, with everything made under it, when b ends.
+func benchConfig(b *testing.B, f *brokertest.Fixture, cfg config.Config) config.Config {
+	b.Helper()
 	// The set-up issues thousands of credentials in bursts: Vault queues
 	// them, which is load, not an outage the breaker should act on.
 	cfg.Vault.Timeout = 30 * time.Second
@@ -510,7 +518,7 @@ func startBroker(b *testing.B, opts ...broker.Option) (*brokertest.Fixture, *bro
 		b.Fatal(err)
 	}
 	revokeAtEnd(b, f, string(tok))
-	return f, f.StartWith(b, cfg, opts...)
+	return cfg
 }
 
 // vaultToken returns a new token with the broker's policy, revoked with

@@ -129,7 +129,7 @@ func TestHAReplicasShareOneTruth(t *testing.T) {
 }
 
 // watchOn opens id's revocation watch on r and waits until it is in place.
-func watchOn(t *testing.T, r *brokertest.Broker, id spiffeid.ID) brokerv1.BrokerService_WatchRevocationsClient {
+func watchOn(t testing.TB, r *brokertest.Broker, id spiffeid.ID) brokerv1.BrokerService_WatchRevocationsClient {
 	t.Helper()
 	w, err := r.Dial(t, id).Broker.WatchRevocations(t.Context(), &brokerv1.WatchRevocationsRequest{})
 	if err != nil {

@@ -120,7 +120,7 @@ func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 }
 
 // scrapeWith parses the Prometheus metrics at url, fetched with c.
-func scrapeWith(t *testing.T, c *http.Client, url string) map[string]*dto.MetricFamily {
+func scrapeWith(t testing.TB, c *http.Client, url string) map[string]*dto.MetricFamily {
 	t.Helper()
 	resp, err := c.Get(url)
 	if err != nil {

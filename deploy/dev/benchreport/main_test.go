@@ -39,7 +39,7 @@ func TestReport(t *testing.T) {
 		}
 	}
 	var sb strings.Builder
-	writeReport(&sb, res, time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
+	writeReport(&sb, res, provenance{full: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)})
 	report := sb.String()
 	for _, want := range []string{
 		"| issuance p50, concurrency 1 | 5.52 ms | raw Vault service child-token create 2.31 ms | 2.39× | ≤ 1.2× |",
@@ -54,5 +54,59 @@ func TestReport(t *testing.T) {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q:\n%s", want, report)
 		}
+	}
+}
+
+// A run of some benchmarks alone (-bench) keeps the other figures of the
+// report it rewrites, read back from its table of all results as go test
+// printed them, and the date of the full run, and notes the run, in place
+// of an older run of the same benchmarks.
+func TestRerunKeepsOtherFigures(t *testing.T) {
+	res := results{}
+	parse(strings.NewReader(sample), res)
+	full := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	var sb strings.Builder
+	writeReport(&sb, res, provenance{full: full})
+
+	kept, prov, err := readReport(sb.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !prov.full.Equal(full) || len(prov.reruns) != 0 {
+		t.Fatalf("read back %+v, want the full run of %s and no re-run", prov, full)
+	}
+	const rerun = `pkg: github.com/agentictrust/atf/broker
+BenchmarkHAIssuance-2   	       1	  27820056 p50-ns	         7.528 p50-ratio	   3695447 bolt-p50-ns
+`
+	parse(strings.NewReader(rerun), kept)
+	prov = prov.rerun(time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC), "^BenchmarkHA").rerun(time.Date(2026, 12, 7, 13, 0, 0, 0, time.UTC), "^BenchmarkHA")
+	sb.Reset()
+	writeReport(&sb, kept, prov)
+	report := sb.String()
+	for _, want := range []string{
+		"| issuance p50, concurrency 1 | 5.52 ms | raw Vault service child-token create 2.31 ms | 2.39× | ≤ 1.2× |",
+		"| HA: issuance p50 on etcd (3 members), concurrency 1 | 27.82 ms | bbolt 3.70 ms | 7.53× | ≤ 1.3× |",
+		"on 2026-11-26 12:00 UTC.",
+		"\n- 2026-12-07 13:00 UTC: `^BenchmarkHA`\n",
+	} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q:\n%s", want, report)
+		}
+	}
+	again, prov, err := readReport(report)
+	if err != nil || len(prov.reruns) != 1 {
+		t.Errorf("read back the re-runs %q (%v), want the last note of the pattern alone", prov.reruns, err)
+	}
+	if v, _ := again.get("broker/Issuance", "c32-p50-ns"); v != 97085359 {
+		t.Errorf("c32-p50-ns read back as %v, want 97085359 as go test printed it", v)
+	}
+}
+
+// -bench replaces each suite's pattern and nothing else.
+func TestWithBench(t *testing.T) {
+	got := withBench([]string{"test", "-run", "^$", "-bench", ".", "-benchtime", "1x", "./broker/"}, "^BenchmarkHA")
+	want := "test -run ^$ -bench ^BenchmarkHA -benchtime 1x ./broker/"
+	if strings.Join(got, " ") != want || suites[0][4] != "." {
+		t.Errorf("withBench = %q, want %q, the suite itself unchanged", got, want)
 	}
 }
