@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -196,13 +198,48 @@ func firstArgs(args []string) string {
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+//
+// It picks below the kernel's ephemeral range, where neither a listener
+// on port 0 nor an outgoing connection's local port can take it between
+// this check and the component's own bind, nor while a stopped component
+// (an etcd member) waits to be started again on it: with many test
+// packages running at once, an ephemeral port was taken within seconds.
 func freePort() (int, error) {
+	lo, hi := 10000, ephemeralStart()
+	for range 50 {
+		if hi-lo < 1000 {
+			break
+		}
+		p := lo + rand.N(hi-lo)
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			l.Close()
+			return p, nil
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("dev: finding a free port: %w", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ephemeralStart is the first port of the kernel's ephemeral range
+// (32768 if it cannot be read).
+func ephemeralStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return n
 }
 
 // freePortPair returns a port p such that p and p+1 were both free a moment
