@@ -1,0 +1,516 @@
+package broker_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/agentictrust/atf/deploy/dev/brokertest"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+)
+
+// The OAuth token exchange (docs/oauth.md) against real SPIRE SVIDs and
+// the real Vault transit engine of the shared dev stack. Tokens are
+// checked with go-jose, a library independent of the broker.
+
+var toolRoles = []string{"tools-read", "tools-admin"}
+
+// oauthEnv is a broker with the OAuth endpoints on, a kill switch, and a
+// resource server allowed to introspect and watch.
+type oauthEnv struct {
+	*killEnv
+	rs spiffeid.ID
+}
+
+// withRoles has newOAuthEnv write roles as the roles file.
+type withRoles string
+
+func newOAuthEnv(t *testing.T, roles ...withRoles) *oauthEnv {
+	t.Helper()
+	f := brokertest.Setup(t)
+	rs := f.ID(t, "resource-server")
+	cfg := f.OAuthConfig(t, t.TempDir(), rs)
+	for _, r := range roles {
+		if err := os.WriteFile(cfg.RolesFile, []byte(r), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	op := f.ID(t, "operator")
+	cfg.SecurityOperators = []string{op.String()}
+	d := &delegEnv{f: f, cfg: cfg}
+	d.b = f.Start(t, cfg)
+	d.admin = d.b.Dial(t, f.Admin).Admin
+	e := &oauthEnv{killEnv: &killEnv{delegEnv: d, operator: op}, rs: rs}
+	e.dial(t)
+	return e
+}
+
+// oauthReply is a token endpoint's answer, success or error.
+type oauthReply struct {
+	status      int
+	AccessToken string `json:"access_token"`
+	TokenType   string `json:"token_type"`
+	IssuedType  string `json:"issued_token_type"`
+	ExpiresIn   int64  `json:"expires_in"`
+	Scope       string `json:"scope"`
+	Error       string `json:"error"`
+	Description string `json:"error_description"`
+	DecisionID  string `json:"atf_decision_id"`
+}
+
+// post posts form to the broker's path as id (the zero ID: no client
+// certificate) and decodes the JSON answer into out.
+func (e *oauthEnv) post(t *testing.T, id spiffeid.ID, path string, form url.Values, out any) int {
+	t.Helper()
+	resp, err := e.b.HTTPClient(t, id).PostForm(e.b.OAuthURL()+path, form)
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		t.Fatalf("POST %s: decoding the answer: %v", path, err)
+	}
+	return resp.StatusCode
+}
+
+// exchange asks for a token for resource as id.
+func (e *oauthEnv) exchange(t *testing.T, id spiffeid.ID, resource, scope, grant string) oauthReply {
+	t.Helper()
+	form := url.Values{"grant_type": {"urn:ietf:params:oauth:grant-type:token-exchange"}, "resource": {resource}}
+	if scope != "" {
+		form.Set("scope", scope)
+	}
+	if grant != "" {
+		form.Set("grant_id", grant)
+	}
+	var r oauthReply
+	r.status = e.post(t, id, "/oauth2/token", form, &r)
+	return r
+}
+
+func (e *oauthEnv) mustExchange(t *testing.T, id spiffeid.ID, resource, scope, grant string) oauthReply {
+	t.Helper()
+	r := e.exchange(t, id, resource, scope, grant)
+	if r.status != http.StatusOK || r.AccessToken == "" {
+		t.Fatalf("token exchange for %s as %s: %d %s: %s", resource, id, r.status, r.Error, r.Description)
+	}
+	return r
+}
+
+// jwks fetches the key set, without a client certificate, and checks
+// that verifiers may cache it.
+func (e *oauthEnv) jwks(t *testing.T) jose.JSONWebKeySet {
+	t.Helper()
+	resp, err := e.b.HTTPClient(t, spiffeid.ID{}).Get(e.b.OAuthURL() + "/.well-known/jwks.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if cc := resp.Header.Get("Cache-Control"); cc != "public, max-age=300" {
+		t.Errorf("JWKS Cache-Control = %q, want public, max-age=300", cc)
+	}
+	var set jose.JSONWebKeySet
+	if err := json.NewDecoder(resp.Body).Decode(&set); err != nil {
+		t.Fatal(err)
+	}
+	return set
+}
+
+// verify checks token's signature with go-jose against set, ES256 only,
+// and returns its kid and claims.
+func verifyToken(t *testing.T, set jose.JSONWebKeySet, token string) (kid string, claims map[string]any, err error) {
+	t.Helper()
+	jws, err := jose.ParseSigned(token, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		return "", nil, err
+	}
+	h := jws.Signatures[0].Header
+	if typ := h.ExtraHeaders[jose.HeaderType]; typ != "at+jwt" {
+		t.Errorf("typ = %v, want at+jwt", typ)
+	}
+	keys := set.Key(h.KeyID)
+	if len(keys) != 1 {
+		return h.KeyID, nil, errNoKey
+	}
+	if keys[0].Algorithm != "ES256" || keys[0].Use != "sig" {
+		t.Errorf("JWK %s: alg %q use %q, want ES256 sig", h.KeyID, keys[0].Algorithm, keys[0].Use)
+	}
+	payload, err := jws.Verify(keys[0].Key)
+	if err != nil {
+		return h.KeyID, nil, err
+	}
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		t.Fatal(err)
+	}
+	return h.KeyID, claims, nil
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
+
+const errNoKey = errString("the JWKS has no key of this kid")
+
+var hexJTI = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+// A token through the chain A → B → C, verified with go-jose: every
+// claim, the act nesting against the chain, the lineage; and an own
+// authority token without act.
+func TestOAuthTokenClaims(t *testing.T) {
+	e := newOAuthEnv(t)
+	a := e.register(t, "a", brokerv1.Level_LEVEL_PRINCIPAL, toolRoles...)
+	b := e.register(t, "b", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	c := e.register(t, "c", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	ab := a.mustDelegate(t, b.id, "", time.Hour, 2, toolRoles...)
+	bc := b.mustDelegate(t, c.id, ab.GetId(), 3*time.Minute, 1, "tools-read")
+
+	before := time.Now().Truncate(time.Second)
+	r := e.mustExchange(t, c.id, brokertest.OAuthToolsAudience, "tools.call", bc.GetId())
+	if r.TokenType != "Bearer" || r.IssuedType != "urn:ietf:params:oauth:token-type:access_token" || r.Scope != "tools.call" {
+		t.Errorf("answer: token_type %q issued_token_type %q scope %q", r.TokenType, r.IssuedType, r.Scope)
+	}
+	kid, cl, err := verifyToken(t, e.jwks(t), r.AccessToken)
+	if err != nil {
+		t.Fatalf("go-jose does not verify the token: %v", err)
+	}
+	if !strings.HasPrefix(kid, "atf-oauth-") {
+		t.Errorf("kid = %q, want atf-oauth-<version>", kid)
+	}
+	iat, exp := int64(cl["iat"].(float64)), int64(cl["exp"].(float64))
+	for name, want := range map[string]any{
+		"iss": brokertest.OAuthIssuer, "sub": c.id.String(), "client_id": c.id.String(), "aud": brokertest.OAuthToolsAudience,
+		"scope": "tools.call", "atf_level": "senior", "nbf": float64(iat),
+	} {
+		if cl[name] != want {
+			t.Errorf("claim %s = %v, want %v", name, cl[name], want)
+		}
+	}
+	if iat < before.Unix() || iat > time.Now().Unix() {
+		t.Errorf("iat %d is not the time of issue", iat)
+	}
+	// The grant B → C ends in 3 minutes: so does the token, not in the
+	// role's 10.
+	if grantEnd := bc.GetExpiresAt().AsTime().Unix(); exp > grantEnd || exp < grantEnd-5 {
+		t.Errorf("exp %d, want the grant's expiry %d", exp, grantEnd)
+	}
+	if jti, _ := cl["jti"].(string); !hexJTI.MatchString(jti) {
+		t.Errorf("jti %q is not 128 bits of hex", jti)
+	}
+	if d, _ := cl["atf_decision_id"].(string); d == "" {
+		t.Error("no atf_decision_id")
+	}
+	wantAct := map[string]any{"sub": b.id.String(), "act": map[string]any{"sub": a.id.String()}}
+	if got, _ := json.Marshal(cl["act"]); string(got) != mustJSON(t, wantAct) {
+		t.Errorf("act = %s, want %s", got, mustJSON(t, wantAct))
+	}
+	if got, want := mustJSON(t, cl["atf_lineage"]), mustJSON(t, []string{"agent:" + a.id.String(), "grant:" + ab.GetId(), "grant:" + bc.GetId()}); got != want {
+		t.Errorf("atf_lineage = %s, want %s", got, want)
+	}
+
+	own := e.mustExchange(t, a.id, brokertest.OAuthToolsAudience, "", "")
+	_, cl, err = verifyToken(t, e.jwks(t), own.AccessToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := cl["act"]; ok {
+		t.Errorf("an own-authority token has act %v", cl["act"])
+	}
+	if cl["scope"] != "tools.call tools.list" && cl["scope"] != "tools.list tools.call" || cl["atf_level"] != "principal" {
+		t.Errorf("own token: scope %v level %v, want every scope of the role, principal", cl["scope"], cl["atf_level"])
+	}
+	if got := mustJSON(t, cl["atf_lineage"]); got != mustJSON(t, []string{"agent:" + a.id.String()}) {
+		t.Errorf("own token's atf_lineage = %s", got)
+	}
+	e.wantAudited(t, cl["atf_decision_id"].(string))
+}
+
+// wantAudited fails t unless the audit trail records the issuance of
+// decision.
+func (e *oauthEnv) wantAudited(t *testing.T, decision string) {
+	t.Helper()
+	r, err := e.admin.QueryAudit(t.Context(), &adminv1.QueryAuditRequest{Decision: "allow", Kind: "credential_issued"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range r.GetRecords() {
+		if rec.GetDetail()["decision_id"] == decision {
+			return
+		}
+	}
+	t.Errorf("no audit record of decision %s", decision)
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// Every refusal of the token endpoint, as RFC 6749 errors with the
+// decision's id where the broker decided.
+func TestOAuthRefusals(t *testing.T) {
+	e := newOAuthEnv(t)
+	intern := e.register(t, "intern", brokerv1.Level_LEVEL_INTERN, toolRoles...)
+	a := e.register(t, "a", brokerv1.Level_LEVEL_PRINCIPAL, toolRoles...)
+	b := e.register(t, "b", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	victim := e.register(t, "victim", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	revoked := a.mustDelegate(t, b.id, "", time.Hour, 0, "tools-read")
+	e.revokeLineage(t, revoked.GetId(), "test")
+	short := a.mustDelegate(t, b.id, "", time.Second, 0, "tools-read")
+	time.Sleep(time.Until(short.GetExpiresAt().AsTime()))
+	e.kill(t, &adminv1.KillRequest{Target: &adminv1.KillRequest_AgentId{AgentId: victim.id.String()}, Reason: "test"})
+	stranger := e.f.ID(t, "stranger")
+
+	for _, tt := range []struct {
+		name             string
+		as               spiffeid.ID
+		resource, scope  string
+		grant            string
+		status           int
+		code             string
+		decided          bool
+		descriptionParts []string
+	}{
+		{"unknown resource", a.id, "https://mcp.example/nothing", "", "", 400, "invalid_target", false, []string{"not a resource of this broker"}},
+		{"scope wider than the resource", a.id, brokertest.OAuthToolsAudience, "tools.call tools.admin", "", 400, "invalid_scope", false, []string{`"tools.admin"`}},
+		{"Intern asking for a write resource", intern.id, brokertest.OAuthAdminAudience, "", "", 403, "access_denied", true, nil},
+		{"killed agent", victim.id, brokertest.OAuthToolsAudience, "", "", 403, "access_denied", true, []string{"kill"}},
+		{"revoked grant", b.id, brokertest.OAuthToolsAudience, "", revoked.GetId(), 400, "invalid_grant", true, []string{"revoked"}},
+		{"expired grant", b.id, brokertest.OAuthToolsAudience, "", short.GetId(), 400, "invalid_grant", true, nil},
+		{"grant wider than given", b.id, brokertest.OAuthAdminAudience, "", short.GetId(), 400, "invalid_grant", true, nil},
+		{"unregistered caller", stranger, brokertest.OAuthToolsAudience, "", "", 403, "unauthorized_client", true, nil},
+		{"no client certificate", spiffeid.ID{}, brokertest.OAuthToolsAudience, "", "", 401, "invalid_client", false, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.exchange(t, tt.as, tt.resource, tt.scope, tt.grant)
+			if r.status != tt.status || r.Error != tt.code || r.AccessToken != "" {
+				t.Fatalf("got %d %s (%s), want %d %s", r.status, r.Error, r.Description, tt.status, tt.code)
+			}
+			if tt.decided != (r.DecisionID != "") {
+				t.Errorf("atf_decision_id = %q; decided by the pipeline: %v", r.DecisionID, tt.decided)
+			}
+			for _, p := range tt.descriptionParts {
+				if !strings.Contains(r.Description, p) {
+					t.Errorf("error_description %q does not say %q", r.Description, p)
+				}
+			}
+		})
+	}
+	var r oauthReply
+	if st := e.post(t, a.id, "/oauth2/token", url.Values{"grant_type": {"client_credentials"}}, &r); st != 400 || r.Error != "unsupported_grant_type" {
+		t.Errorf("grant_type client_credentials: %d %s", st, r.Error)
+	}
+	if st := e.post(t, a.id, "/oauth2/introspect", url.Values{"token": {"x"}}, &r); st != 403 || r.Error != "unauthorized_client" {
+		t.Errorf("introspection by an agent not in oauth.resource_servers: %d %s", st, r.Error)
+	}
+}
+
+// introspect asks as the resource server whether token is active.
+func (e *oauthEnv) introspect(t *testing.T, token string) map[string]any {
+	t.Helper()
+	var out map[string]any
+	if st := e.post(t, e.rs, "/oauth2/introspect", url.Values{"token": {token}}, &out); st != http.StatusOK {
+		t.Fatalf("introspection: %d %v", st, out)
+	}
+	return out
+}
+
+func (e *oauthEnv) wantActive(t *testing.T, token string, active bool) {
+	t.Helper()
+	got := e.introspect(t, token)
+	if got["active"] != active {
+		t.Fatalf("introspection: active %v, want %v (%v)", got["active"], active, got)
+	}
+}
+
+// sse is a resource server's subscription to the revocation events.
+type sse struct{ events chan map[string]any }
+
+func (e *oauthEnv) subscribe(t *testing.T) sse {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, e.b.OAuthURL()+"/oauth2/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.b.HTTPClient(t, e.rs).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("events: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	s := sse{events: make(chan map[string]any, 64)}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Scan() // ": subscribed", then the blank line
+	sc.Scan()
+	go func() {
+		defer resp.Body.Close()
+		kind := ""
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.HasPrefix(line, "event: "):
+				kind = strings.TrimPrefix(line, "event: ")
+			case strings.HasPrefix(line, "data: ") && kind == "revoked":
+				var ev map[string]any
+				if json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev) == nil {
+					s.events <- ev
+				}
+			}
+		}
+	}()
+	return s
+}
+
+// await waits for an event naming jti and returns it.
+func (s sse) await(t *testing.T, jti string) map[string]any {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case ev := <-s.events:
+			if jtis, _ := ev["jtis"].([]any); slices.Contains(jtis, any(jti)) {
+				return ev
+			}
+		case <-deadline:
+			t.Fatalf("no revocation event named jti %s", jti)
+		}
+	}
+}
+
+// Introspection flips to inactive at the commit of a lineage revocation,
+// a kill and the holder's own revocation, and the resource server's event
+// stream names the token's jti and lineage.
+func TestOAuthRevocation(t *testing.T) {
+	e := newOAuthEnv(t)
+	a := e.register(t, "a", brokerv1.Level_LEVEL_PRINCIPAL, toolRoles...)
+	b := e.register(t, "b", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	c := e.register(t, "c", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	ab := a.mustDelegate(t, b.id, "", time.Hour, 2, toolRoles...)
+	bc := b.mustDelegate(t, c.id, ab.GetId(), 30*time.Minute, 1, "tools-read")
+	events := e.subscribe(t)
+
+	tok := e.mustExchange(t, c.id, brokertest.OAuthToolsAudience, "", bc.GetId()).AccessToken
+	got := e.introspect(t, tok)
+	if got["active"] != true || got["sub"] != c.id.String() || got["aud"] != brokertest.OAuthToolsAudience || got["act"] == nil {
+		t.Fatalf("introspection of a live token: %v", got)
+	}
+	jti := got["jti"].(string)
+	e.revokeLineage(t, ab.GetId(), "lineage test")
+	e.wantActive(t, tok, false)
+	ev := events.await(t, jti)
+	if nodes, _ := ev["nodes"].([]any); !slices.Contains(nodes, any("grant:"+bc.GetId())) {
+		t.Errorf("event %v does not name the node grant:%s", ev, bc.GetId())
+	}
+
+	own := e.mustExchange(t, a.id, brokertest.OAuthToolsAudience, "", "").AccessToken
+	e.wantActive(t, own, true)
+	e.kill(t, &adminv1.KillRequest{Target: &adminv1.KillRequest_AgentId{AgentId: a.id.String()}, Reason: "kill test"})
+	e.wantActive(t, own, false)
+	events.await(t, e.introspectJTI(t, own))
+
+	held := e.mustExchange(t, b.id, brokertest.OAuthToolsAudience, "", "").AccessToken
+	var r oauthReply
+	if st := e.post(t, c.id, "/oauth2/revoke", url.Values{"token": {held}}, &r); st != 403 || r.Error != "unauthorized_client" {
+		t.Errorf("revocation by another agent: %d %s", st, r.Error)
+	}
+	e.wantActive(t, held, true)
+	var empty map[string]any
+	if st := e.post(t, b.id, "/oauth2/revoke", url.Values{"token": {held}}, &empty); st != http.StatusOK {
+		t.Fatalf("revocation by the holder: %d %v", st, empty)
+	}
+	e.wantActive(t, held, false)
+	e.wantActive(t, "not.a.token", false)
+}
+
+// introspectJTI is the jti of a token, read without judging it.
+func (e *oauthEnv) introspectJTI(t *testing.T, token string) string {
+	t.Helper()
+	_, cl, err := verifyToken(t, e.jwks(t), token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl["jti"].(string)
+}
+
+// Rotation: a token signed before verifies (go-jose, JWKS; introspection)
+// until its key version is trimmed from the set, one token lifetime after
+// its successor appeared; new tokens name the new key. The resource's
+// tokens live 3 s here, so that the trim comes within the test.
+func TestOAuthKeyRotation(t *testing.T) {
+	short := strings.NewReplacer("tools.call]\n    max_ttl: 10m", "tools.call]\n    max_ttl: 3s", "tools.admin]\n    max_ttl: 5m", "tools.admin]\n    max_ttl: 3s")
+	e := newOAuthEnv(t, withRoles(short.Replace(brokertest.Roles+brokertest.OAuthRoles)))
+	a := e.register(t, "a", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	old := e.mustExchange(t, a.id, brokertest.OAuthToolsAudience, "", "").AccessToken
+	oldKid, _, err := verifyToken(t, e.jwks(t), old)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	e.b.RotateSigningKey(t)
+	rotated := time.Now()
+	fresh := e.mustExchange(t, a.id, brokertest.OAuthToolsAudience, "", "").AccessToken
+	set := e.jwks(t)
+	newKid, _, err := verifyToken(t, set, fresh)
+	if err != nil || newKid == oldKid {
+		t.Fatalf("after rotation: kid %s (before %s), %v", newKid, oldKid, err)
+	}
+	if _, _, err := verifyToken(t, set, old); err != nil {
+		t.Errorf("a token signed before the rotation no longer verifies: %v", err)
+	}
+	e.wantActive(t, old, true)
+
+	// One token lifetime after the rotation, the old version goes; the
+	// next rotation keeps the one before it, which signed fresh.
+	time.Sleep(time.Until(rotated.Add(3*time.Second + 100*time.Millisecond)))
+	e.b.RotateSigningKey(t)
+	set = e.jwks(t)
+	if _, _, err := verifyToken(t, set, old); err != errNoKey {
+		t.Errorf("a token of a trimmed key version: %v, want %v", err, errNoKey)
+	}
+	if _, _, err := verifyToken(t, set, fresh); err != nil {
+		t.Errorf("the previous version was trimmed too early: %v", err)
+	}
+	e.wantActive(t, old, false)
+}
+
+// The metadata names every endpoint under the issuer.
+func TestOAuthMetadata(t *testing.T) {
+	e := newOAuthEnv(t)
+	resp, err := e.b.HTTPClient(t, spiffeid.ID{}).Get(e.b.OAuthURL() + "/.well-known/oauth-authorization-server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var md map[string]any
+	if err := json.Unmarshal(raw, &md); err != nil {
+		t.Fatal(err)
+	}
+	iss := brokertest.OAuthIssuer
+	for k, want := range map[string]string{"issuer": iss, "token_endpoint": iss + "/oauth2/token", "jwks_uri": iss + "/.well-known/jwks.json",
+		"introspection_endpoint": iss + "/oauth2/introspect", "revocation_endpoint": iss + "/oauth2/revoke",
+		"atf_revocation_events_endpoint": iss + "/oauth2/events"} {
+		if md[k] != want {
+			t.Errorf("%s = %v, want %s", k, md[k], want)
+		}
+	}
+	if got := mustJSON(t, md["grant_types_supported"]); got != `["urn:ietf:params:oauth:grant-type:token-exchange"]` {
+		t.Errorf("grant_types_supported = %s", got)
+	}
+}
