@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"bufio"
+	"crypto/rand"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
@@ -40,19 +42,25 @@ type withRoles string
 func newOAuthEnv(t *testing.T, roles ...withRoles) *oauthEnv {
 	t.Helper()
 	f := brokertest.Setup(t)
-	rs := f.ID(t, "resource-server")
-	cfg := f.OAuthConfig(t, t.TempDir(), rs)
+	cfg := f.OAuthConfig(t, t.TempDir(), f.ID(t, "resource-server"))
 	for _, r := range roles {
 		if err := os.WriteFile(cfg.RolesFile, []byte(r), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return startOAuthEnv(t, f, cfg)
+}
+
+// startOAuthEnv starts a broker on cfg (with the OAuth endpoints on, and
+// one resource server), with an operator of its own.
+func startOAuthEnv(t *testing.T, f *brokertest.Fixture, cfg config.Config) *oauthEnv {
+	t.Helper()
 	op := f.ID(t, "operator")
 	cfg.SecurityOperators = []string{op.String()}
 	d := &delegEnv{f: f, cfg: cfg}
 	d.b = f.Start(t, cfg)
 	d.admin = d.b.Dial(t, f.Admin).Admin
-	e := &oauthEnv{killEnv: &killEnv{delegEnv: d, operator: op}, rs: rs}
+	e := &oauthEnv{killEnv: &killEnv{delegEnv: d, operator: op}, rs: spiffeid.RequireFromString(cfg.OAuth.ResourceServers[0])}
 	e.dial(t)
 	return e
 }
@@ -68,6 +76,7 @@ type oauthReply struct {
 	Error       string `json:"error"`
 	Description string `json:"error_description"`
 	DecisionID  string `json:"atf_decision_id"`
+	ApprovalID  string `json:"atf_approval_id"`
 }
 
 // post posts form to the broker's path as id (the zero ID: no client
@@ -88,13 +97,20 @@ func (e *oauthEnv) post(t *testing.T, id spiffeid.ID, path string, form url.Valu
 // exchange asks for a token for resource as id.
 func (e *oauthEnv) exchange(t *testing.T, id spiffeid.ID, resource, scope, grant string) oauthReply {
 	t.Helper()
-	form := url.Values{"grant_type": {"urn:ietf:params:oauth:grant-type:token-exchange"}, "resource": {resource}}
+	form := url.Values{"resource": {resource}}
 	if scope != "" {
 		form.Set("scope", scope)
 	}
 	if grant != "" {
 		form.Set("grant_id", grant)
 	}
+	return e.exchangeForm(t, id, form)
+}
+
+// exchangeForm posts a token exchange of form's parameters as id.
+func (e *oauthEnv) exchangeForm(t *testing.T, id spiffeid.ID, form url.Values) oauthReply {
+	t.Helper()
+	form.Set("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange")
 	var r oauthReply
 	r.status = e.post(t, id, "/oauth2/token", form, &r)
 	return r
@@ -271,6 +287,7 @@ func TestOAuthRefusals(t *testing.T) {
 	victim := e.register(t, "victim", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
 	revoked := a.mustDelegate(t, b.id, "", time.Hour, 0, "tools-read")
 	e.revokeLineage(t, revoked.GetId(), "test")
+	narrow := a.mustDelegate(t, b.id, "", time.Hour, 0, "tools-read")
 	short := a.mustDelegate(t, b.id, "", time.Second, 0, "tools-read")
 	time.Sleep(time.Until(short.GetExpiresAt().AsTime()))
 	e.kill(t, &adminv1.KillRequest{Target: &adminv1.KillRequest_AgentId{AgentId: victim.id.String()}, Reason: "test"})
@@ -292,7 +309,7 @@ func TestOAuthRefusals(t *testing.T) {
 		{"killed agent", victim.id, brokertest.OAuthToolsAudience, "", "", 403, "access_denied", true, []string{"kill"}},
 		{"revoked grant", b.id, brokertest.OAuthToolsAudience, "", revoked.GetId(), 400, "invalid_grant", true, []string{"revoked"}},
 		{"expired grant", b.id, brokertest.OAuthToolsAudience, "", short.GetId(), 400, "invalid_grant", true, nil},
-		{"grant wider than given", b.id, brokertest.OAuthAdminAudience, "", short.GetId(), 400, "invalid_grant", true, nil},
+		{"resource the grant does not give", b.id, brokertest.OAuthAdminAudience, "", narrow.GetId(), 403, "access_denied", true, []string{"tools-admin"}},
 		{"unregistered caller", stranger, brokertest.OAuthToolsAudience, "", "", 403, "unauthorized_client", true, nil},
 		{"no client certificate", spiffeid.ID{}, brokertest.OAuthToolsAudience, "", "", 401, "invalid_client", false, nil},
 	} {
@@ -513,4 +530,109 @@ func TestOAuthMetadata(t *testing.T) {
 	if got := mustJSON(t, md["grant_types_supported"]); got != `["urn:ietf:params:oauth:grant-type:token-exchange"]` {
 		t.Errorf("grant_types_supported = %s", got)
 	}
+}
+
+// With two replicas on one etcd, a token issued on one is active at the
+// other's introspection, and a revocation committed on one reaches the
+// event stream of the other (through the change feed) and flips its
+// introspection.
+func TestOAuthHAReplicas(t *testing.T) {
+	f := brokertest.Setup(t)
+	prefix := "/oauth-" + rand.Text() + "/"
+	rs := f.ID(t, "resource-server")
+	one := startOAuthEnv(t, f, brokertest.WithOAuth(t, f.EtcdConfig(t, t.TempDir(), prefix, "one"), rs))
+	two := startOAuthEnv(t, f, brokertest.WithOAuth(t, f.EtcdConfig(t, t.TempDir(), prefix, "two"), rs))
+	a := one.register(t, "a", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	b := one.register(t, "b", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	ab := a.mustDelegate(t, b.id, "", time.Hour, 0, "tools-read")
+	events := two.subscribe(t)
+
+	tok := one.mustExchange(t, b.id, brokertest.OAuthToolsAudience, "tools.list", ab.GetId()).AccessToken
+	got := two.introspect(t, tok)
+	if got["active"] != true {
+		t.Fatalf("the other replica's introspection of a live token: %v", got)
+	}
+	start := time.Now()
+	one.revokeLineage(t, ab.GetId(), "ha test")
+	ev := events.await(t, got["jti"].(string))
+	t.Logf("revocation on one → event on two: %s", time.Since(start))
+	if nodes, _ := ev["nodes"].([]any); !slices.Contains(nodes, any("grant:"+ab.GetId())) {
+		t.Errorf("event %v does not name grant:%s", ev, ab.GetId())
+	}
+	two.wantActive(t, tok, false)
+}
+
+// A JWT-SVID whose audience is the issuer authenticates the client as
+// subject_token, without a client certificate; one for another audience,
+// or naming another workload than the certificate, does not.
+func TestOAuthJWTSVIDSubjectToken(t *testing.T) {
+	e := newOAuthEnv(t)
+	a := e.register(t, "a", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	b := e.register(t, "b", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	mint := func(id spiffeid.ID, aud string) string {
+		jwt, err := e.f.Stack.MintJWT(t.Context(), id, aud, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return jwt
+	}
+	form := func(jwt, typ string) url.Values {
+		return url.Values{"resource": {brokertest.OAuthToolsAudience}, "subject_token": {jwt}, "subject_token_type": {typ}}
+	}
+	const jwtType = "urn:ietf:params:oauth:token-type:jwt"
+	r := e.exchangeForm(t, spiffeid.ID{}, form(mint(a.id, brokertest.OAuthIssuer), jwtType))
+	if r.status != http.StatusOK {
+		t.Fatalf("JWT-SVID as subject_token: %d %s %s", r.status, r.Error, r.Description)
+	}
+	if _, cl, err := verifyToken(t, e.jwks(t), r.AccessToken); err != nil || cl["sub"] != a.id.String() {
+		t.Fatalf("token of a JWT-SVID client: sub %v, %v", cl["sub"], err)
+	}
+	for _, tt := range []struct {
+		name string
+		as   spiffeid.ID
+		form url.Values
+		part string
+	}{
+		{"another audience", spiffeid.ID{}, form(mint(a.id, "vault"), jwtType), "audience"},
+		{"another workload than the certificate", b.id, form(mint(a.id, brokertest.OAuthIssuer), jwtType), "names " + a.id.String()},
+		{"not said to be a JWT", spiffeid.ID{}, form(mint(a.id, brokertest.OAuthIssuer), "urn:ietf:params:oauth:token-type:access_token"), "subject_token_type"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.exchangeForm(t, tt.as, tt.form)
+			if r.status != http.StatusUnauthorized || r.Error != "invalid_client" || !strings.Contains(r.Description, tt.part) {
+				t.Errorf("got %d %s %q, want 401 invalid_client saying %q", r.status, r.Error, r.Description, tt.part)
+			}
+		})
+	}
+}
+
+// A Junior's write resource waits for a human's approval, then is issued
+// on it; a demotion that takes a write away makes its token inactive.
+func TestOAuthApprovalAndDemotion(t *testing.T) {
+	f := brokertest.Setup(t)
+	approver := f.ID(t, "approver")
+	cfg := f.OAuthConfig(t, t.TempDir(), f.ID(t, "resource-server"))
+	cfg.Approvals.Approvers = []string{approver.String()}
+	e := startOAuthEnv(t, f, cfg)
+	junior := e.register(t, "junior", brokerv1.Level_LEVEL_JUNIOR, toolRoles...)
+	r := e.exchange(t, junior.id, brokertest.OAuthAdminAudience, "", "")
+	if r.status != http.StatusBadRequest || r.Error != "authorization_pending" || r.ApprovalID == "" || r.DecisionID == "" {
+		t.Fatalf("a Junior's write: %d %s %q (approval %q)", r.status, r.Error, r.Description, r.ApprovalID)
+	}
+	if _, err := e.b.Dial(t, approver).Approvals.DecideApproval(t.Context(), &adminv1.DecideApprovalRequest{ApprovalId: r.ApprovalID,
+		Verdict: adminv1.Verdict_VERDICT_APPROVE, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.exchangeForm(t, junior.id, url.Values{"resource": {brokertest.OAuthAdminAudience}, "approval_id": {r.ApprovalID}}); r.status != http.StatusOK {
+		t.Fatalf("redeeming the approval: %d %s %s", r.status, r.Error, r.Description)
+	}
+
+	senior := e.register(t, "senior", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	write := e.mustExchange(t, senior.id, brokertest.OAuthAdminAudience, "", "").AccessToken
+	read := e.mustExchange(t, senior.id, brokertest.OAuthToolsAudience, "", "").AccessToken
+	if _, err := e.b.Dial(t, f.Admin).Maturity.Demote(t.Context(), &adminv1.DemoteRequest{SpiffeId: senior.id.String(), Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	e.wantActive(t, write, false)
+	e.wantActive(t, read, true)
 }

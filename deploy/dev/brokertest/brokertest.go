@@ -648,7 +648,12 @@ const (
 // may introspect and watch revocations.
 func (f *Fixture) OAuthConfig(t testing.TB, dir string, resourceServers ...spiffeid.ID) config.Config {
 	t.Helper()
-	cfg := f.Config(t, dir)
+	return WithOAuth(t, f.Config(t, dir), resourceServers...)
+}
+
+// WithOAuth is cfg (Config, EtcdConfig) with what OAuthConfig adds.
+func WithOAuth(t testing.TB, cfg config.Config, resourceServers ...spiffeid.ID) config.Config {
+	t.Helper()
 	if err := os.WriteFile(cfg.RolesFile, []byte(Roles+OAuthRoles), 0o600); err != nil {
 		t.Fatal(err)
 	}
