@@ -81,7 +81,7 @@ type oauthReply struct {
 
 // post posts form to the broker's path as id (the zero ID: no client
 // certificate) and decodes the JSON answer into out.
-func (e *oauthEnv) post(t *testing.T, id spiffeid.ID, path string, form url.Values, out any) int {
+func (e *oauthEnv) post(t testing.TB, id spiffeid.ID, path string, form url.Values, out any) int {
 	t.Helper()
 	resp, err := e.b.HTTPClient(t, id).PostForm(e.b.OAuthURL()+path, form)
 	if err != nil {
@@ -95,7 +95,7 @@ func (e *oauthEnv) post(t *testing.T, id spiffeid.ID, path string, form url.Valu
 }
 
 // exchange asks for a token for resource as id.
-func (e *oauthEnv) exchange(t *testing.T, id spiffeid.ID, resource, scope, grant string) oauthReply {
+func (e *oauthEnv) exchange(t testing.TB, id spiffeid.ID, resource, scope, grant string) oauthReply {
 	t.Helper()
 	form := url.Values{"resource": {resource}}
 	if scope != "" {
@@ -108,7 +108,7 @@ func (e *oauthEnv) exchange(t *testing.T, id spiffeid.ID, resource, scope, grant
 }
 
 // exchangeForm posts a token exchange of form's parameters as id.
-func (e *oauthEnv) exchangeForm(t *testing.T, id spiffeid.ID, form url.Values) oauthReply {
+func (e *oauthEnv) exchangeForm(t testing.TB, id spiffeid.ID, form url.Values) oauthReply {
 	t.Helper()
 	form.Set("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange")
 	var r oauthReply
@@ -116,7 +116,7 @@ func (e *oauthEnv) exchangeForm(t *testing.T, id spiffeid.ID, form url.Values) o
 	return r
 }
 
-func (e *oauthEnv) mustExchange(t *testing.T, id spiffeid.ID, resource, scope, grant string) oauthReply {
+func (e *oauthEnv) mustExchange(t testing.TB, id spiffeid.ID, resource, scope, grant string) oauthReply {
 	t.Helper()
 	r := e.exchange(t, id, resource, scope, grant)
 	if r.status != http.StatusOK || r.AccessToken == "" {
@@ -358,7 +358,7 @@ func (e *oauthEnv) wantActive(t *testing.T, token string, active bool) {
 // sse is a resource server's subscription to the revocation events.
 type sse struct{ events chan map[string]any }
 
-func (e *oauthEnv) subscribe(t *testing.T) sse {
+func (e *oauthEnv) subscribe(t testing.TB) sse {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, e.b.OAuthURL()+"/oauth2/events", nil)
 	if err != nil {
@@ -395,17 +395,29 @@ func (e *oauthEnv) subscribe(t *testing.T) sse {
 }
 
 // await waits for an event naming jti and returns it.
-func (s sse) await(t *testing.T, jti string) map[string]any {
+func (s sse) await(t testing.TB, jti string) map[string]any {
+	t.Helper()
+	return s.awaitIn(t, "jtis", jti)
+}
+
+// awaitNode waits for an event naming the lineage node and returns it.
+func (s sse) awaitNode(t testing.TB, node string) map[string]any {
+	t.Helper()
+	return s.awaitIn(t, "nodes", node)
+}
+
+// awaitIn waits for an event whose list key holds v.
+func (s sse) awaitIn(t testing.TB, key, v string) map[string]any {
 	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for {
 		select {
 		case ev := <-s.events:
-			if jtis, _ := ev["jtis"].([]any); slices.Contains(jtis, any(jti)) {
+			if list, _ := ev[key].([]any); slices.Contains(list, any(v)) {
 				return ev
 			}
 		case <-deadline:
-			t.Fatalf("no revocation event named jti %s", jti)
+			t.Fatalf("no revocation event's %s named %s", key, v)
 		}
 	}
 }
