@@ -72,6 +72,9 @@ func (s *Server) openOAuth(exchanger oauthapi.Exchanger) error {
 	if err != nil {
 		return fmt.Errorf("broker: oauth.listen_addr: %w", err)
 	}
+	if n := s.cfg.Limits.MaxConnectionsPerIP; n > 0 {
+		ln = edge.LimitPerIP(ln, n, s.log)
+	}
 	s.oauthLn = tls.NewListener(ln, tlsCfg)
 	s.oauth = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	return nil

@@ -648,3 +648,51 @@ func TestOAuthApprovalAndDemotion(t *testing.T) {
 	e.wantActive(t, write, false)
 	e.wantActive(t, read, true)
 }
+
+// Vault failing to sign: 503 temporarily_unavailable with the decision's
+// id, nothing issued or recorded; a Vault refusing to sign (the key gone):
+// 400 invalid_request. Both are audited as credential_failed.
+func TestOAuthVaultFaults(t *testing.T) {
+	f := brokertest.Setup(t)
+	proxy := brokertest.NewFaultProxy(t, strings.TrimPrefix(f.Stack.VaultAddr, "http://"))
+	cfg := f.OAuthConfig(t, t.TempDir(), f.ID(t, "resource-server"))
+	cfg.Vault.Address = proxy.URL()
+	cfg.Vault.Breaker.Failures = 1000
+	e := startOAuthEnv(t, f, cfg)
+	a := e.register(t, "a", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	e.mustExchange(t, a.id, brokertest.OAuthToolsAudience, "", "")
+
+	proxy.Fail(http.StatusServiceUnavailable)
+	r := e.exchange(t, a.id, brokertest.OAuthToolsAudience, "", "")
+	proxy.Fail(0)
+	if r.status != http.StatusServiceUnavailable || r.Error != "temporarily_unavailable" || r.DecisionID == "" ||
+		!strings.Contains(r.Description, "Vault did not sign the access token") {
+		t.Fatalf("Vault unavailable: %d %s %q (decision %q)", r.status, r.Error, r.Description, r.DecisionID)
+	}
+	proxy.Fail(http.StatusForbidden)
+	r = e.exchange(t, a.id, brokertest.OAuthToolsAudience, "", "")
+	proxy.Fail(0)
+	if r.status != http.StatusBadRequest || r.Error != "invalid_request" || !strings.Contains(r.Description, "Vault refused to sign") {
+		t.Fatalf("Vault refusing: %d %s %q", r.status, r.Error, r.Description)
+	}
+	recs, err := e.admin.QueryAudit(t.Context(), &adminv1.QueryAuditRequest{Kind: "credential_failed", Agent: a.id.String()})
+	if err != nil || len(recs.GetRecords()) != 2 {
+		t.Fatalf("credential_failed records: %v, %v; want 2", recs.GetRecords(), err)
+	}
+	creds, err := e.admin.GetLineage(t.Context(), &adminv1.GetLineageRequest{Root: &adminv1.GetLineageRequest_AgentId{AgentId: a.id.String()}})
+	if err != nil || len(creds.GetCredentials()) != 1 {
+		t.Fatalf("live credentials of the agent: %v, %v; want the one issued before the faults", creds.GetCredentials(), err)
+	}
+}
+
+// A roles file with a jwt role and the OAuth endpoints off: atfd refuses
+// to start, saying what to do.
+func TestOAuthRolesNeedTheEndpoints(t *testing.T) {
+	f := brokertest.Setup(t)
+	cfg := f.OAuthConfig(t, t.TempDir())
+	cfg.OAuth = config.OAuthConfig{}
+	_, err := f.TryStart(t, cfg)
+	if err == nil || !strings.Contains(err.Error(), "is of kind jwt (OAuth access tokens) and oauth.listen_addr is not set") {
+		t.Fatalf("start with a jwt role and no OAuth endpoints: %v", err)
+	}
+}

@@ -213,13 +213,16 @@ func (is *Issuer) sign(ctx context.Context, p decide.Plan) (vault.Credential, er
 	vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
 	cred, err := is.cfg.Tokens.Issue(vctx, p)
 	tracing.EndSpan(span, edge.Code(err))
-	switch {
-	case err == nil:
+	if err == nil {
 		return cred, nil
-	case errors.Is(err, vault.ErrUnavailable):
-		return cred, decide.Fail(p.Reasons, "vault_unavailable", "Vault did not sign the access token; nothing was issued", err)
 	}
-	return cred, decide.Fail(p.Reasons, "vault_refused", "Vault refused to sign the access token; nothing was issued", err)
+	edge.Logger(ctx).Error("signing an access token failed", slog.String(edge.LogError, err.Error()), slog.String(edge.LogDecisionID, p.Reasons.DecisionID))
+	kind, reason, said := fault.Precondition, "vault_refused", "Vault refused to sign the access token"
+	if errors.Is(err, vault.ErrUnavailable) {
+		kind, reason, said = fault.Unavailable, "vault_unavailable", "Vault did not sign the access token"
+	}
+	msg := fmt.Sprintf("%s of role %s; nothing was issued (decision %s)", said, p.Role.Name, p.Reasons.DecisionID)
+	return cred, decide.Fail(p.Reasons, reason, msg, fault.New(kind, "%s", msg))
 }
 
 // readDynamic reads the role's dynamic secret with cred's token, so that
