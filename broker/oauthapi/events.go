@@ -20,7 +20,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	}
 	fl, ok := w.(http.Flusher)
 	if !ok {
-		s.fail(w, ctx, http.StatusInternalServerError, "server_error", "streaming is not supported here", "")
+		s.fail(ctx, w, http.StatusInternalServerError, "server_error", "streaming is not supported here", "")
 		return
 	}
 	events, cancel := s.cfg.Revoker.Events()

@@ -1,7 +1,6 @@
 package oauthapi
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -28,7 +27,7 @@ func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
 	if !ok || !s.form(w, r) {
 		return
 	}
-	c, err := s.live(ctx, r.PostForm.Get("token"))
+	c, err := s.live(r.PostForm.Get("token"))
 	if err != nil {
 		edge.Logger(ctx).Info("introspection: inactive", slog.String(edge.LogReason, err.Error()))
 		writeJSON(w, http.StatusOK, introspection{})
@@ -48,7 +47,7 @@ var (
 )
 
 // live is token's claims if it is active, or why not.
-func (s *Server) live(_ context.Context, token string) (accesstoken.Claims, error) {
+func (s *Server) live(token string) (accesstoken.Claims, error) {
 	c, err := s.cfg.Tokens.Verify(token)
 	if err != nil {
 		return c, errNotToken
@@ -85,7 +84,7 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			desc = err.Error()
 		}
-		s.fail(w, r.Context(), http.StatusUnauthorized, "invalid_client", desc, "")
+		s.fail(r.Context(), w, http.StatusUnauthorized, "invalid_client", desc, "")
 		return
 	}
 	ctx := edge.Begin(r.Context(), s.cfg.Log, id, "oauth2/revoke")
@@ -98,13 +97,13 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if c.Subject != id.ID.String() {
-		s.fail(w, ctx, http.StatusForbidden, "unauthorized_client", "only the token's holder ("+c.Subject+") may revoke it", c.DecisionID)
+		s.fail(ctx, w, http.StatusForbidden, "unauthorized_client", "only the token's holder ("+c.Subject+") may revoke it", c.DecisionID)
 		return
 	}
 	if _, err := s.cfg.Revoker.Credentials(ctx, c.Subject, c.Subject, "revoked by its holder (RFC 7009)", func(cr store.Credential) bool {
 		return cr.Accessor == c.ID
 	}); err != nil {
-		s.refused(w, ctx, err)
+		s.refused(ctx, w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, struct{}{})

@@ -150,13 +150,13 @@ func (s *Server) resourceServer(w http.ResponseWriter, r *http.Request, method s
 	id, ok, err := s.peer(r)
 	switch {
 	case !ok:
-		s.fail(w, r.Context(), http.StatusUnauthorized, "invalid_client", "present your X.509-SVID (mutual TLS)", "")
+		s.fail(r.Context(), w, http.StatusUnauthorized, "invalid_client", "present your X.509-SVID (mutual TLS)", "")
 		return nil, false
 	case err != nil:
-		s.fail(w, r.Context(), http.StatusUnauthorized, "invalid_client", err.Error(), "")
+		s.fail(r.Context(), w, http.StatusUnauthorized, "invalid_client", err.Error(), "")
 		return nil, false
 	case !s.cfg.ResourceServers[id.ID]:
-		s.fail(w, r.Context(), http.StatusForbidden, "unauthorized_client", id.ID.String()+" is not in oauth.resource_servers", "")
+		s.fail(r.Context(), w, http.StatusForbidden, "unauthorized_client", id.ID.String()+" is not in oauth.resource_servers", "")
 		return nil, false
 	}
 	return edge.Begin(r.Context(), s.cfg.Log, id, method), true
@@ -171,7 +171,7 @@ type oauthError struct {
 }
 
 // fail answers an error.
-func (s *Server) fail(w http.ResponseWriter, ctx context.Context, status int, code, desc, decision string) {
+func (s *Server) fail(ctx context.Context, w http.ResponseWriter, status int, code, desc, decision string) {
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `TLS realm="atfd"`)
 	}
@@ -194,12 +194,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (s *Server) form(w http.ResponseWriter, r *http.Request) bool {
 	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
 	if err := r.ParseForm(); err != nil {
-		s.fail(w, r.Context(), http.StatusBadRequest, "invalid_request", "the body must be a form (application/x-www-form-urlencoded) of at most 64 KiB", "")
+		s.fail(r.Context(), w, http.StatusBadRequest, "invalid_request", "the body must be a form (application/x-www-form-urlencoded) of at most 64 KiB", "")
 		return false
 	}
 	for k, v := range r.PostForm {
 		if len(v) > 1 {
-			s.fail(w, r.Context(), http.StatusBadRequest, "invalid_request", "parameter "+k+" is given more than once", "")
+			s.fail(r.Context(), w, http.StatusBadRequest, "invalid_request", "parameter "+k+" is given more than once", "")
 			return false
 		}
 	}

@@ -47,36 +47,36 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	}
 	f := r.PostForm
 	if gt := f.Get("grant_type"); gt != GrantTypeTokenExchange {
-		s.fail(w, r.Context(), http.StatusBadRequest, "unsupported_grant_type", "grant_type must be "+GrantTypeTokenExchange, "")
+		s.fail(r.Context(), w, http.StatusBadRequest, "unsupported_grant_type", "grant_type must be "+GrantTypeTokenExchange, "")
 		return
 	}
 	id, err := s.client(r)
 	if err != nil {
-		s.fail(w, r.Context(), http.StatusUnauthorized, "invalid_client", err.Error(), "")
+		s.fail(r.Context(), w, http.StatusUnauthorized, "invalid_client", err.Error(), "")
 		return
 	}
 	ctx := edge.Begin(r.Context(), s.cfg.Log, id, "oauth2/token")
 	role, scopes, code, msg := s.target(f.Get("resource"), f.Get("audience"), f.Get("scope"), f.Get("requested_token_type"))
 	if code != "" {
-		s.fail(w, ctx, http.StatusBadRequest, code, msg, "")
+		s.fail(ctx, w, http.StatusBadRequest, code, msg, "")
 		return
 	}
 	req := &brokerv1.FetchCredentialRequest{Role: role.Name, GrantId: f.Get("grant_id"), ApprovalId: f.Get("approval_id"), Purpose: f.Get("atf_purpose")}
 	if ttl := f.Get("atf_ttl"); ttl != "" {
 		d, err := time.ParseDuration(ttl)
 		if err != nil {
-			s.fail(w, ctx, http.StatusBadRequest, "invalid_request", "atf_ttl must be a duration such as 5m", "")
+			s.fail(ctx, w, http.StatusBadRequest, "invalid_request", "atf_ttl must be a duration such as 5m", "")
 			return
 		}
 		req.Ttl = durationpb.New(d)
 	}
 	if err := protovalidate.Validate(req); err != nil {
-		s.fail(w, ctx, http.StatusBadRequest, "invalid_request", err.Error(), "")
+		s.fail(ctx, w, http.StatusBadRequest, "invalid_request", err.Error(), "")
 		return
 	}
 	resp, err := s.cfg.Exchanger.Exchange(ctx, req, scopes)
 	if err != nil {
-		s.refused(w, ctx, err)
+		s.refused(ctx, w, err)
 		return
 	}
 	if ap := resp.GetApproval(); ap != nil {
@@ -155,17 +155,17 @@ func (s *Server) target(resource, audience, scope, tokenType string) (role confi
 }
 
 // refused answers a refusal of the pipeline as an RFC 6749 error.
-func (s *Server) refused(w http.ResponseWriter, ctx context.Context, err error) {
+func (s *Server) refused(ctx context.Context, w http.ResponseWriter, err error) {
 	decision := ""
 	var ref *decide.Refusal
 	if errors.As(err, &ref) {
 		decision = ref.Reasons.DecisionID
 		switch ref.Reasons.Reason {
 		case string(authz.NotRegistered):
-			s.fail(w, ctx, http.StatusForbidden, "unauthorized_client", err.Error(), decision)
+			s.fail(ctx, w, http.StatusForbidden, "unauthorized_client", err.Error(), decision)
 			return
 		case string(decide.ReasonGrant), string(decide.ReasonRevoked):
-			s.fail(w, ctx, http.StatusBadRequest, "invalid_grant", err.Error(), decision)
+			s.fail(ctx, w, http.StatusBadRequest, "invalid_grant", err.Error(), decision)
 			return
 		}
 	}
@@ -197,5 +197,5 @@ func (s *Server) refused(w http.ResponseWriter, ctx context.Context, err error) 
 		edge.Logger(ctx).Error("token exchange failed", slog.String(edge.LogError, err.Error()))
 		desc = "the broker failed; nothing was issued"
 	}
-	s.fail(w, ctx, status, code, desc, decision)
+	s.fail(ctx, w, status, code, desc, decision)
 }
