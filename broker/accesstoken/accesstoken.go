@@ -265,8 +265,14 @@ func (t *Tokens) claimsOf(p decide.Plan, now time.Time) (Claims, error) {
 	for _, g := range p.GrantIDs {
 		lineage = append(lineage, store.GrantNode(g))
 	}
+	// The decision capped the lifetime at the chain's expiry a moment ago:
+	// exp holds to it from now.
+	exp := now.Add(p.TTL)
+	if !p.NotAfter.IsZero() && exp.After(p.NotAfter) {
+		exp = p.NotAfter
+	}
 	return Claims{Issuer: t.cfg.Issuer, Subject: p.Caller, Audience: p.Role.Audience, IssuedAt: now.Unix(), NotBefore: now.Unix(),
-		Expiry: now.Add(p.TTL).Unix(), ID: edge.NewID(), ClientID: p.Caller, Scope: strings.Join(scopes, " "), Act: act,
+		Expiry: exp.Unix(), ID: edge.NewID(), ClientID: p.Caller, Scope: strings.Join(scopes, " "), Act: act,
 		Level: p.Level.String(), DecisionID: p.Reasons.DecisionID, Lineage: lineage}, nil
 }
 
