@@ -619,8 +619,9 @@ func TestOAuthJWTSVIDSubjectToken(t *testing.T) {
 }
 
 // A Junior's write resource waits for a human's approval, then is issued
-// on it; a demotion that takes a write away makes its token inactive.
-func TestOAuthApprovalAndDemotion(t *testing.T) {
+// on it; a demotion that takes a write away, and a policy change that
+// takes a resource away, make their tokens inactive.
+func TestOAuthApprovalDemotionPolicy(t *testing.T) {
 	f := brokertest.Setup(t)
 	approver := f.ID(t, "approver")
 	cfg := f.OAuthConfig(t, t.TempDir(), f.ID(t, "resource-server"))
@@ -647,6 +648,13 @@ func TestOAuthApprovalAndDemotion(t *testing.T) {
 	}
 	e.wantActive(t, write, false)
 	e.wantActive(t, read, true)
+
+	deny := brokertest.OpenPolicy(f.Stack.TrustDomain) + "p, " + senior.id.String() + ", tools-read, read, intern, deny\n"
+	set, err := e.admin.SetPolicy(t.Context(), &adminv1.SetPolicyRequest{Policy: deny, Comment: "no tools for senior"})
+	if err != nil || set.GetSummary().GetCredentialsRevoked() != 1 {
+		t.Fatalf("SetPolicy: %v, %v; want one credential revoked", set.GetSummary(), err)
+	}
+	e.wantActive(t, read, false)
 }
 
 // Vault failing to sign: 503 temporarily_unavailable with the decision's
