@@ -261,7 +261,10 @@ func (e *oauthEnv) wantAudited(t *testing.T, decision string) {
 		t.Fatal(err)
 	}
 	for _, rec := range r.GetRecords() {
-		if rec.GetDetail()["decision_id"] == decision {
+		if d := rec.GetDetail(); d["decision_id"] == decision {
+			if d["kind"] != "jwt" || d["audience"] != brokertest.OAuthToolsAudience || d["policies"] != "tools.list,tools.call" {
+				t.Errorf("audit record of decision %s: kind %q audience %q policies (scopes) %q", decision, d["kind"], d["audience"], d["policies"])
+			}
 			return
 		}
 	}

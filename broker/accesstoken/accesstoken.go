@@ -297,8 +297,10 @@ func (t *Tokens) Issue(ctx context.Context, p decide.Plan) (vault.Credential, er
 	if err != nil {
 		return vault.Credential{}, err
 	}
+	// Its scopes are what it grants, as a Vault token's policies are: the
+	// record and its audit record list them.
 	return vault.Credential{Token: input + "." + base64.RawURLEncoding.EncodeToString(sig), Accessor: c.ID,
-		IssuedAt: now, ExpiresAt: time.Unix(c.Expiry, 0)}, nil
+		Policies: strings.Fields(c.Scope), IssuedAt: now, ExpiresAt: time.Unix(c.Expiry, 0)}, nil
 }
 
 // Verify checks that token is an access token this broker signed with a

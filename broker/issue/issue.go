@@ -307,10 +307,10 @@ func (is *Issuer) retire(ctx context.Context, err error) error {
 // recorded. (A refused record is queued for revocation too.)
 func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credential, anchor string, revision uint64, live string) error {
 	_, span := is.cfg.Tracer.Start(ctx, tracing.SpanStoreRecord)
-	kind := ""
+	kind, why := "", p.Reasons.Detail()
 	switch {
 	case p.Role.Kind == config.KindJWT:
-		kind = store.KindJWT
+		kind, why["kind"], why["audience"] = store.KindJWT, store.KindJWT, p.Role.Audience
 	case kindOf(p) == vault.Batch:
 		kind = store.KindBatch
 	}
@@ -332,7 +332,7 @@ func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credenti
 		LeaseID:         cred.Lease.ID,
 		AgentRevision:   revision,
 		PolicyVersion:   p.Reasons.PolicyVersion,
-		Why:             p.Reasons.Detail(),
+		Why:             why,
 		LiveReservation: live,
 	})
 	tracing.EndSpan(span, edge.Code(err))
