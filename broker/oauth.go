@@ -76,7 +76,10 @@ func (s *Server) openOAuth(exchanger oauthapi.Exchanger) error {
 		ln = edge.LimitPerIP(ln, n, s.log)
 	}
 	s.oauthLn = tls.NewListener(ln, tlsCfg)
-	s.oauth = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	// No ReadTimeout: it would cut the event streams; each form sets its
+	// own deadline (oauthapi).
+	s.oauth = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	return nil
 }
 

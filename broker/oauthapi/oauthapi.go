@@ -132,8 +132,12 @@ func New(cfg Config) *Server {
 // ServeHTTP serves the endpoints.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// maxForm bounds a request body: a form of a few tokens.
-const maxForm = 64 << 10
+// maxForm bounds a request body, a form of a few tokens, and formTimeout
+// how long it may take to arrive.
+const (
+	maxForm     = 64 << 10
+	formTimeout = 30 * time.Second
+)
 
 // peer is the caller's identity from its X.509-SVID, if it presented one.
 func (s *Server) peer(r *http.Request) (attest.Identity, bool, error) {
@@ -192,6 +196,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // form parses a POST form, bounded; on error it has answered.
 func (s *Server) form(w http.ResponseWriter, r *http.Request) bool {
+	// A form is small: one that is slow to arrive is cut off.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(formTimeout))
 	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
 	if err := r.ParseForm(); err != nil {
 		s.fail(r.Context(), w, http.StatusBadRequest, "invalid_request", "the body must be a form (application/x-www-form-urlencoded) of at most 64 KiB", "")
