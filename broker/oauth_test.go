@@ -363,16 +363,22 @@ type sse struct{ events chan map[string]any }
 
 func (e *oauthEnv) subscribe(t testing.TB) sse {
 	t.Helper()
+	return e.subscribeWith(t, e.b.HTTPClient(t, e.rs), "HTTP/2.0")
+}
+
+// subscribeWith subscribes with hc, which must speak proto.
+func (e *oauthEnv) subscribeWith(t testing.TB, hc *http.Client, proto string) sse {
+	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, e.b.OAuthURL()+"/oauth2/events", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := e.b.HTTPClient(t, e.rs).Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
-		t.Fatalf("events: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" || resp.Proto != proto {
+		t.Fatalf("events: %d %s %s, want 200 text/event-stream over %s", resp.StatusCode, resp.Header.Get("Content-Type"), resp.Proto, proto)
 	}
 	s := sse{events: make(chan map[string]any, 64)}
 	sc := bufio.NewScanner(resp.Body)
@@ -436,6 +442,9 @@ func TestOAuthRevocation(t *testing.T) {
 	ab := a.mustDelegate(t, b.id, "", time.Hour, 2, toolRoles...)
 	bc := b.mustDelegate(t, c.id, ab.GetId(), 30*time.Minute, 1, "tools-read")
 	events := e.subscribe(t)
+	h1 := e.b.HTTPClient(t, e.rs).Transport.(*http.Transport).Clone()
+	h1.ForceAttemptHTTP2, h1.TLSClientConfig.NextProtos = false, []string{"http/1.1"}
+	events1 := e.subscribeWith(t, &http.Client{Transport: h1}, "HTTP/1.1")
 
 	tok := e.mustExchange(t, c.id, brokertest.OAuthToolsAudience, "", bc.GetId()).AccessToken
 	got := e.introspect(t, tok)
@@ -446,6 +455,7 @@ func TestOAuthRevocation(t *testing.T) {
 	e.revokeLineage(t, ab.GetId(), "lineage test")
 	e.wantActive(t, tok, false)
 	ev := events.await(t, jti)
+	events1.await(t, jti)
 	if nodes, _ := ev["nodes"].([]any); !slices.Contains(nodes, any("grant:"+bc.GetId())) {
 		t.Errorf("event %v does not name the node grant:%s", ev, bc.GetId())
 	}
@@ -705,5 +715,29 @@ func TestOAuthRolesNeedTheEndpoints(t *testing.T) {
 	_, err := f.TryStart(t, cfg)
 	if err == nil || !strings.Contains(err.Error(), "is of kind jwt (OAuth access tokens) and oauth.listen_addr is not set") {
 		t.Fatalf("start with a jwt role and no OAuth endpoints: %v", err)
+	}
+}
+
+// A client that asks to resume (Last-Event-ID) is told first that it
+// cannot: event reset, so that it treats its cached verdicts as stale.
+func TestOAuthEventsReset(t *testing.T) {
+	e := newOAuthEnv(t)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, e.b.OAuthURL()+"/oauth2/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Last-Event-ID", "x.42")
+	resp, err := e.b.HTTPClient(t, e.rs).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	if !sc.Scan() || sc.Text() != "event: reset" {
+		t.Fatalf("first line %q, want event: reset", sc.Text())
+	}
+	var r oauthReply
+	if st := e.post(t, spiffeid.ID{}, "/oauth2/introspect", url.Values{"token": {"x"}}, &r); st != http.StatusUnauthorized || r.Error != "invalid_client" {
+		t.Errorf("introspection without a client certificate: %d %s", st, r.Error)
 	}
 }
