@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"slices"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/accesstoken"
 	"github.com/agentictrust/atf/broker/adminapi"
 	"github.com/agentictrust/atf/broker/agentapi"
 	"github.com/agentictrust/atf/broker/approval"
@@ -77,19 +79,21 @@ type Server struct {
 	now func() time.Time
 	cfg config.Config
 
-	store    *store.Store
-	etcd     *clientv3.Client // the store's, when it is in etcd
-	feed     *feed            // the change feed between replicas, with etcd
-	leader   *leader          // who drains the revocation queue, with etcd
-	members  *members         // the replicas sharing the store, with etcd
-	source   *svid.Source
-	self     spiffeid.ID
-	verifier *attest.Verifier
-	vault    *vault.Issuer
-	roles    map[string]config.Role
-	gate     *authz.Gate
-	policy   *policy.Holder
-	notifier *notify.Notifier
+	store   *store.Store
+	etcd    *clientv3.Client // the store's, when it is in etcd
+	feed    *feed            // the change feed between replicas, with etcd
+	leader  *leader          // who drains the revocation queue, with etcd
+	members *members         // the replicas sharing the store, with etcd
+	source  *svid.Source
+	self    spiffeid.ID
+	// trustDomains are those whose SVIDs authenticate here.
+	trustDomains []spiffeid.TrustDomain
+	verifier     *attest.Verifier
+	vault        *vault.Issuer
+	roles        map[string]config.Role
+	gate         *authz.Gate
+	policy       *policy.Holder
+	notifier     *notify.Notifier
 	// streamers copy the audit trail out (audit.file, audit.stdout).
 	streamers []*audit.Streamer
 	tracing   *tracing.Tracing
@@ -107,6 +111,12 @@ type Server struct {
 	revoker        *revoke.Revoker
 	levels         *levels.Levels
 	watch          *watch.Watch
+
+	// tokens signs access tokens; oauth serves the OAuth endpoints on
+	// oauthLn (all nil unless oauth.listen_addr is set).
+	tokens  *accesstoken.Tokens
+	oauth   *http.Server
+	oauthLn net.Listener
 
 	grpc   *grpc.Server
 	health *health.Server
@@ -175,8 +185,10 @@ func (s *Server) openPolicy(context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.gate, err = authz.NewGate(limits)
-	return err
+	if s.gate, err = authz.NewGate(limits); err != nil {
+		return err
+	}
+	return s.checkOAuthRoles()
 }
 
 // openStore opens the store and what lives in it: the run marker, the
@@ -313,6 +325,7 @@ func (s *Server) openIdentity(ctx context.Context) (err error) {
 	if audience == "" {
 		audience = s.self.String()
 	}
+	s.trustDomains = tds
 	s.verifier, err = attest.New(attest.Config{TrustDomains: tds, X509Bundles: s.source, JWTBundles: s.source, Audience: audience, Now: s.now})
 	return err
 }
@@ -383,8 +396,15 @@ func (s *Server) openServices(ctx context.Context) (err error) {
 		sopts = append(sopts, s.tracing.ServerOption)
 	}
 	s.grpc = grpc.NewServer(sopts...)
-	for _, svc := range s.services(rules, note) {
+	if err := s.openTokens(ctx); err != nil {
+		return err
+	}
+	svcs := s.services(rules, note)
+	for _, svc := range svcs {
 		svc.RegisterService(edge.Registrar(s.grpc))
+	}
+	if err := s.openOAuth(svcs[0].(*agentapi.Service)); err != nil {
+		return err
 	}
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -394,7 +414,11 @@ func (s *Server) openServices(ctx context.Context) (err error) {
 
 // services are the broker's gRPC services, each given what it uses.
 func (s *Server) services(rules delegation.Rules, note notifier) []interface{ RegisterService(grpc.ServiceRegistrar) } {
-	issuer := issue.New(issue.Config{Store: s.store, Vault: s.vault, Anchors: s.revoker.Anchors(), Live: s.live, Approvals: s.approvals, Tracer: s.tracing.Tracer})
+	ic := issue.Config{Store: s.store, Vault: s.vault, Anchors: s.revoker.Anchors(), Live: s.live, Approvals: s.approvals, Tracer: s.tracing.Tracer}
+	if s.tokens != nil {
+		ic.Tokens = s.tokens
+	}
+	issuer := issue.New(ic)
 	return []interface{ RegisterService(grpc.ServiceRegistrar) }{
 		agentapi.New(agentapi.Config{Store: s.store, Roles: s.roles, Gate: s.gate, Policy: s.policy, Rules: rules, Rate: s.rate, Calls: s.calls,
 			Refusals: s.refusals, Watch: s.watch,
@@ -434,6 +458,7 @@ func (s *Server) Serve(lis net.Listener) error {
 		}
 	}
 	s.loops.Go(func() { s.prune(ctx) })
+	s.serveOAuth(ctx)
 	s.loops.Go(func() { s.flushRefusals(ctx) })
 	s.loops.Go(func() {
 		t := time.NewTicker(watch.BaselineSaveEvery)
@@ -515,6 +540,7 @@ func (s *Server) Close() {
 				s.runBegun = false
 			}
 		}
+		s.closeOAuth()
 		if s.refusals != nil && s.store != nil {
 			// Calls are over: what the refusal windows counted is written.
 			s.writeRefusals(true)

@@ -29,11 +29,19 @@ import (
 // decide (package decide, with the stateful checks between its stages),
 // then wait for a human, or issue (package issue), and report.
 func (s *Service) FetchCredential(ctx context.Context, req *brokerv1.FetchCredentialRequest) (*brokerv1.FetchCredentialResponse, error) {
+	return s.Exchange(ctx, req, nil)
+}
+
+// Exchange is FetchCredential with the scopes an access token is narrowed
+// to (a role of kind jwt): the OAuth token exchange (docs/oauth.md) runs
+// through the same pipeline, gates and audit as any credential.
+func (s *Service) Exchange(ctx context.Context, req *brokerv1.FetchCredentialRequest, scopes []string) (*brokerv1.FetchCredentialResponse, error) {
 	start := time.Now()
 	r, err := s.request(ctx, req)
 	if err != nil {
 		return nil, err
 	}
+	r.Scopes = scopes
 	why := decide.NewReasons(edge.NewID(), edge.RequestID(ctx), r)
 	ctx, span := s.cfg.Tracer.Start(ctx, tracing.SpanDecision, trace.WithAttributes(
 		attribute.String(tracing.AttrAgent, r.Caller), attribute.String(tracing.AttrRole, r.Role.Name),

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -82,7 +84,35 @@ type Config struct {
 	// Tracing exports an OpenTelemetry span for every call and every
 	// credential decision; off unless an endpoint is set.
 	Tracing TracingConfig `yaml:"tracing"`
+	// OAuth is the OAuth 2.0 token exchange (docs/oauth.md); off unless
+	// oauth.listen_addr is set.
+	OAuth OAuthConfig `yaml:"oauth"`
 }
+
+// OAuthConfig configures the OAuth 2.0 token exchange (RFC 8693) that
+// issues JWT access tokens for roles of kind jwt (docs/oauth.md).
+type OAuthConfig struct {
+	// ListenAddr is the HTTPS listener of the OAuth endpoints; "" turns
+	// them off.
+	ListenAddr string `yaml:"listen_addr"`
+	// Issuer is the tokens' iss and the base of the metadata's URLs, an
+	// https URL without a trailing slash.
+	Issuer string `yaml:"issuer"`
+	// TransitMount and Key name the Vault transit key (ecdsa-p256) that
+	// signs the tokens; defaults transit and atf-oauth.
+	TransitMount string `yaml:"transit_mount"`
+	Key          string `yaml:"key"`
+	// ResourceServers are the SPIFFE IDs that may introspect tokens and
+	// subscribe to revocation events.
+	ResourceServers []string `yaml:"resource_servers"`
+	// RotateEvery rotates the signing key once the newest version is this
+	// old; default 24h. The previous versions stay published while tokens
+	// they signed may be unexpired.
+	RotateEvery time.Duration `yaml:"rotate_every"`
+}
+
+// Enabled says whether the OAuth endpoints are on.
+func (o OAuthConfig) Enabled() bool { return o.ListenAddr != "" }
 
 // TracingConfig sends traces over OTLP/gRPC.
 type TracingConfig struct {
@@ -343,6 +373,7 @@ func (c *Config) Validate() error {
 	c.validateApprovals(&v)
 	c.validateLimits(&v)
 	c.validateMonitor(&v)
+	c.validateOAuth(&v)
 	if err := errors.Join(v.errs...); err != nil {
 		return fmt.Errorf("config: invalid:\n%w", err)
 	}
@@ -547,6 +578,30 @@ func (c *Config) validateMonitor(v *validation) {
 	}
 }
 
+func (c *Config) validateOAuth(v *validation) {
+	o := &c.OAuth
+	if !o.Enabled() {
+		return
+	}
+	if u, err := url.Parse(o.Issuer); err != nil || u.Scheme != "https" || u.Host == "" || strings.HasSuffix(o.Issuer, "/") ||
+		u.RawQuery != "" || u.Fragment != "" {
+		v.bad("oauth.issuer must be an https URL without query, fragment or trailing slash, such as https://atfd.example:8443, not %q", o.Issuer)
+	}
+	if o.TransitMount == "" {
+		o.TransitMount = "transit"
+	}
+	if o.Key == "" {
+		o.Key = "atf-oauth"
+	}
+	switch {
+	case o.RotateEvery == 0:
+		o.RotateEvery = 24 * time.Hour
+	case o.RotateEvery < time.Minute:
+		v.bad("oauth.rotate_every must be at least 1m")
+	}
+	v.ids("oauth.resource_servers", o.ResourceServers)
+}
+
 // Role is a credential the broker issues: a name agents ask for, a class
 // that maturity gating checks, and the Vault policies the token carries.
 type Role struct {
@@ -571,6 +626,12 @@ type Role struct {
 	// are service tokens, so that undoing a failed issuance revokes the
 	// token and any lease it made (docs/design.md §3.4).
 	Dynamic string `yaml:"dynamic"`
+	// Audience is, for a role of kind jwt, the resource its access tokens
+	// are for (their aud, an RFC 8707 resource indicator such as
+	// https://mcp.example/tools); Scopes are the scopes a token may carry.
+	// Such a role has no Vault policies (docs/oauth.md).
+	Audience string   `yaml:"audience"`
+	Scopes   []string `yaml:"scopes"`
 
 	class          authz.Class
 	classification authz.Classification
@@ -605,7 +666,11 @@ func LoadRoles(path string) (map[string]Role, error) {
 		if r.classification, err = authz.ParseClassification(r.Classification); err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
-		if len(r.Policies) == 0 || slices.Contains(r.Policies, "root") || slices.Contains(r.Policies, "") {
+		if r.Kind == KindJWT {
+			if err := r.checkJWT(); err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
+		} else if len(r.Policies) == 0 || slices.Contains(r.Policies, "root") || slices.Contains(r.Policies, "") {
 			return nil, fmt.Errorf("%s: needs one or more Vault policies, none of them root", where)
 		}
 		if r.MaxTTL <= 0 {
@@ -615,6 +680,9 @@ func LoadRoles(path string) (map[string]Role, error) {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		roles[r.Name] = r
+	}
+	if err := distinctAudiences(roles); err != nil {
+		return nil, fmt.Errorf("config: roles %s: %w", path, err)
 	}
 	if len(roles) == 0 {
 		return nil, fmt.Errorf("config: roles %s: no roles defined", path)
@@ -639,9 +707,33 @@ func (r *Role) checkKind() error {
 	switch r.Kind {
 	case "":
 		r.Kind = "batch"
-	case "batch", "service":
+	case "batch", "service", KindJWT:
 	default:
-		return fmt.Errorf("kind must be batch or service, not %q", r.Kind)
+		return fmt.Errorf("kind must be batch, service or jwt, not %q", r.Kind)
+	}
+	return nil
+}
+
+// KindJWT is the kind of a role whose credentials are OAuth access tokens
+// (JWTs) for one resource, not Vault tokens (docs/oauth.md).
+const KindJWT = "jwt"
+
+// checkJWT checks a jwt role: an absolute resource URI as its audience,
+// plain scope tokens, and no Vault policy or dynamic secret.
+func (r *Role) checkJWT() error {
+	if len(r.Policies) > 0 || r.Dynamic != "" {
+		return errors.New("a role of kind jwt issues access tokens, not Vault tokens: it takes no policies and no dynamic secret")
+	}
+	u, err := url.Parse(r.Audience)
+	if err != nil || !u.IsAbs() || u.Fragment != "" {
+		return fmt.Errorf("a role of kind jwt needs audience, an absolute URI without fragment (RFC 8707), not %q", r.Audience)
+	}
+	seen := map[string]bool{}
+	for _, sc := range r.Scopes {
+		if sc == "" || seen[sc] || strings.ContainsFunc(sc, func(c rune) bool { return c <= ' ' || c == '"' || c == '\\' || c > '~' }) {
+			return fmt.Errorf("scope %q: scopes are distinct, non-empty printable ASCII without space, '\"' or '\\' (RFC 6749 §3.3)", sc)
+		}
+		seen[sc] = true
 	}
 	return nil
 }
@@ -691,4 +783,21 @@ func (m MaturityConfig) Config() (maturity.Config, error) {
 		c.MinTimeAtLevel[l] = d
 	}
 	return c, c.Validate()
+}
+
+// distinctAudiences checks that no two jwt roles name the same audience:
+// a token request names its resource, and the resource its role.
+func distinctAudiences(roles map[string]Role) error {
+	by := map[string]string{}
+	for _, name := range slices.Sorted(maps.Keys(roles)) {
+		r := roles[name]
+		if r.Kind != KindJWT {
+			continue
+		}
+		if other, dup := by[r.Audience]; dup {
+			return fmt.Errorf("roles %q and %q both have audience %q: a resource belongs to one role", other, name, r.Audience)
+		}
+		by[r.Audience] = name
+	}
+	return nil
 }

@@ -71,6 +71,15 @@ func TestConfigRefusals(t *testing.T) {
 		{"max uses above the default", func(c *config.Config) { c.Limits.MaxUses = map[string]int{"principal": 1000} }, "limits.max_uses.principal must be positive and at most the default 100"},
 		{"max uses for an unknown level", func(c *config.Config) { c.Limits.MaxUses = map[string]int{"chief": 1} }, `limits.max_uses: authz: unknown level "chief"`},
 		{"negative Vault breaker", func(c *config.Config) { c.Vault.Breaker.OpenFor = -time.Second }, "vault.breaker: OpenFor is -1s; want 0 or more"},
+		{"OAuth without issuer", func(c *config.Config) { c.OAuth.ListenAddr = ":8443" }, `oauth.issuer must be an https URL without query, fragment or trailing slash, such as https://atfd.example:8443, not ""`},
+		{"OAuth issuer over http", func(c *config.Config) { c.OAuth = config.OAuthConfig{ListenAddr: ":8443", Issuer: "http://atfd"} }, "oauth.issuer must be an https URL"},
+		{"OAuth issuer with a trailing slash", func(c *config.Config) { c.OAuth = config.OAuthConfig{ListenAddr: ":8443", Issuer: "https://atfd/"} }, "oauth.issuer must be an https URL"},
+		{"OAuth rotation too often", func(c *config.Config) {
+			c.OAuth = config.OAuthConfig{ListenAddr: ":8443", Issuer: "https://atfd", RotateEvery: time.Second}
+		}, "oauth.rotate_every must be at least 1m"},
+		{"OAuth resource server not a SPIFFE ID", func(c *config.Config) {
+			c.OAuth = config.OAuthConfig{ListenAddr: ":8443", Issuer: "https://atfd", ResourceServers: []string{"mcp"}}
+		}, "oauth.resource_servers:"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := minimal()
@@ -105,6 +114,18 @@ func TestLoadRolesRefusals(t *testing.T) {
 			`dynamic "sys/leases/lookup": sys/ is not a secrets engine`},
 		{"dynamic from auth", "roles:\n  - {name: db, class: read, classification: internal, policies: [p], max_ttl: 1m, dynamic: auth/token/create}\n",
 			`auth/ is not a secrets engine`},
+		{"unknown kind", "roles:\n  - {name: a, class: read, classification: public, policies: [p], max_ttl: 1m, kind: oauth}\n", `kind must be batch, service or jwt, not "oauth"`},
+		{"jwt with policies", "roles:\n  - {name: a, kind: jwt, class: read, classification: public, policies: [p], audience: \"https://x\", max_ttl: 1m}\n",
+			"a role of kind jwt issues access tokens, not Vault tokens: it takes no policies and no dynamic secret"},
+		{"jwt without audience", "roles:\n  - {name: a, kind: jwt, class: read, classification: public, max_ttl: 1m}\n",
+			`a role of kind jwt needs audience, an absolute URI without fragment (RFC 8707), not ""`},
+		{"jwt relative audience", "roles:\n  - {name: a, kind: jwt, class: read, classification: public, audience: tools, max_ttl: 1m}\n", `not "tools"`},
+		{"jwt scope with a space", "roles:\n  - {name: a, kind: jwt, class: read, classification: public, audience: \"https://x\", scopes: [\"a b\"], max_ttl: 1m}\n",
+			`scope "a b": scopes are distinct, non-empty printable ASCII`},
+		{"jwt scope twice", "roles:\n  - {name: a, kind: jwt, class: read, classification: public, audience: \"https://x\", scopes: [a, a], max_ttl: 1m}\n", `scope "a"`},
+		{"two jwt roles, one audience", "roles:\n  - {name: a, kind: jwt, class: read, classification: public, audience: \"https://x\", max_ttl: 1m}\n" +
+			"  - {name: b, kind: jwt, class: write, classification: public, audience: \"https://x\", max_ttl: 1m}\n",
+			`roles "a" and "b" both have audience "https://x": a resource belongs to one role`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "roles.yaml")

@@ -52,6 +52,9 @@ type Request struct {
 	// Purpose and Justification are the caller's free text, already
 	// redacted.
 	Purpose, Justification string
+	// Scopes narrow an access token (a role of kind jwt) to these of its
+	// role's scopes; none: all of them.
+	Scopes []string
 }
 
 // Authority is what the caller may hold: its own, or what a delegation

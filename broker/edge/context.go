@@ -92,6 +92,17 @@ func RequestIDs(ctx context.Context) (rid, clientRID string) {
 	return RequestID(ctx), ClientRequestID(ctx)
 }
 
+// Begin is what the edge does for a call that is not gRPC (the OAuth
+// endpoints, package oauthapi), once the caller's SVID is verified: ctx
+// then carries id as the caller, a new request id, and log with both.
+func Begin(ctx context.Context, log *slog.Logger, id attest.Identity, method string) context.Context {
+	rid := NewID()
+	log = log.With(slog.String(LogRequestID, rid), slog.String(LogMethod, method), slog.String(LogCaller, id.ID.String()),
+		slog.String(LogAuthMethod, id.Method.String()))
+	ctx = context.WithValue(context.WithValue(ctx, loggerKey, log), requestIDKey, rid)
+	return context.WithValue(ctx, identityKey, id)
+}
+
 // withLogger returns ctx carrying log as its request logger.
 func withLogger(ctx context.Context, log *slog.Logger) context.Context {
 	return context.WithValue(ctx, loggerKey, log)

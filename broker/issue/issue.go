@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/agentictrust/atf/authz"
+	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/decide"
 	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/failpoint"
@@ -42,6 +43,14 @@ type Config struct {
 	Live      limits.Counter
 	Approvals Approvals
 	Tracer    trace.Tracer
+	// Tokens signs the access tokens of roles of kind jwt; nil when the
+	// OAuth endpoints are off (docs/oauth.md).
+	Tokens Tokens
+}
+
+// Tokens signs access tokens (package accesstoken).
+type Tokens interface {
+	Issue(ctx context.Context, p decide.Plan) (vault.Credential, error)
 }
 
 // Issuer issues planned credentials.
@@ -85,7 +94,13 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 			return vault.Credential{}, err
 		}
 	}
-	cred, anchor, err := is.create(ctx, p)
+	var cred vault.Credential
+	var anchor string
+	if p.Role.Kind == config.KindJWT {
+		cred, err = is.sign(ctx, p)
+	} else {
+		cred, anchor, err = is.create(ctx, p)
+	}
 	if err != nil {
 		return cred, err
 	}
@@ -186,6 +201,30 @@ func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, 
 	return cred, "", decide.Fail(p.Reasons, "vault_refused", "Vault refused to issue the credential; nothing was issued", err)
 }
 
+// sign signs the access token of a jwt role's plan: no Vault token, no
+// anchor; the token's jti is its accessor, and its record in the store,
+// under its lineage node, is what revocation and introspection judge it
+// by (docs/oauth.md).
+func (is *Issuer) sign(ctx context.Context, p decide.Plan) (vault.Credential, error) {
+	if is.cfg.Tokens == nil {
+		return vault.Credential{}, decide.Fail(p.Reasons, "oauth_off", "role "+p.Role.Name+" issues access tokens and the OAuth endpoints are off",
+			fault.New(fault.Precondition, "role %s issues OAuth access tokens, and this broker's oauth section is off; nothing was issued (decision %s)", p.Role.Name, p.Reasons.DecisionID))
+	}
+	vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
+	cred, err := is.cfg.Tokens.Issue(vctx, p)
+	tracing.EndSpan(span, edge.Code(err))
+	if err == nil {
+		return cred, nil
+	}
+	edge.Logger(ctx).Error("signing an access token failed", slog.String(edge.LogError, err.Error()), slog.String(edge.LogDecisionID, p.Reasons.DecisionID))
+	kind, reason, said := fault.Precondition, "vault_refused", "Vault refused to sign the access token"
+	if errors.Is(err, vault.ErrUnavailable) {
+		kind, reason, said = fault.Unavailable, "vault_unavailable", "Vault did not sign the access token"
+	}
+	msg := fmt.Sprintf("%s of role %s; nothing was issued (decision %s)", said, p.Role.Name, p.Reasons.DecisionID)
+	return cred, decide.Fail(p.Reasons, reason, msg, fault.New(kind, "%s", msg))
+}
+
 // readDynamic reads the role's dynamic secret with cred's token, so that
 // the lease hangs under the credential, and under its anchor
 // (docs/design.md §3.4); the lease ends with the credential at the latest.
@@ -268,8 +307,11 @@ func (is *Issuer) retire(ctx context.Context, err error) error {
 // recorded. (A refused record is queued for revocation too.)
 func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credential, anchor string, revision uint64, live string) error {
 	_, span := is.cfg.Tracer.Start(ctx, tracing.SpanStoreRecord)
-	kind := ""
-	if kindOf(p) == vault.Batch {
+	kind, why := "", p.Reasons.Detail()
+	switch {
+	case p.Role.Kind == config.KindJWT:
+		kind, why["kind"], why["audience"] = store.KindJWT, store.KindJWT, p.Role.Audience
+	case kindOf(p) == vault.Batch:
 		kind = store.KindBatch
 	}
 	err := is.cfg.Store.ForRequest(edge.RequestIDs(ctx)).RecordCredential(store.Credential{
@@ -290,16 +332,17 @@ func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credenti
 		LeaseID:         cred.Lease.ID,
 		AgentRevision:   revision,
 		PolicyVersion:   p.Reasons.PolicyVersion,
-		Why:             p.Reasons.Detail(),
+		Why:             why,
 		LiveReservation: live,
 	})
 	tracing.EndSpan(span, edge.Code(err))
 	if err == nil {
 		return nil
 	}
-	// A batch token cannot be revoked alone; it never left the broker and
-	// expires within its TTL. A service token is revoked now.
-	if kind != store.KindBatch {
+	// A batch token cannot be revoked alone, nor can an access token; they
+	// never left the broker and expire within their TTL. A service token
+	// is revoked now.
+	if kind == "" {
 		is.revokeUnrecorded(ctx, err, cred)
 	}
 	id := p.Reasons.DecisionID

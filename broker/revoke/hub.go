@@ -40,6 +40,38 @@ type hub struct {
 	moved chan struct{}
 	// ring keeps the recent events when no feed does (one process).
 	ring ring
+	// all are the watchers of every agent's events (SubscribeAll).
+	all map[chan AgentEvent]struct{}
+}
+
+// AgentEvent is a revocation event of one agent, for a watcher of all
+// of them.
+type AgentEvent struct {
+	Agent string
+	// Cursor names the event's position (Msg's may be rewritten).
+	Cursor string
+	Event
+}
+
+// subscribeAll registers a watcher of every agent's events. Its channel
+// closes if it falls behind (or on cancel): it must then assume it missed
+// some.
+func (h *hub) subscribeAll() (events <-chan AgentEvent, cancel func()) {
+	ch := make(chan AgentEvent, 256)
+	h.mu.Lock()
+	if h.all == nil {
+		h.all = map[chan AgentEvent]struct{}{}
+	}
+	h.all[ch] = struct{}{}
+	h.mu.Unlock()
+	return ch, func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if _, ok := h.all[ch]; ok {
+			delete(h.all, ch)
+			close(ch)
+		}
+	}
 }
 
 // subscribe registers a watcher for agent; from is the position after
@@ -93,6 +125,14 @@ func (h *hub) send(agent string, ev Event) {
 		case ch <- ev:
 		default:
 			h.close(agent, ch, errBehind)
+		}
+	}
+	for ch := range h.all {
+		select {
+		case ch <- AgentEvent{Agent: agent, Cursor: ev.Msg.Cursor, Event: ev}:
+		default:
+			delete(h.all, ch)
+			close(ch)
 		}
 	}
 }

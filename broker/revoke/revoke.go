@@ -331,6 +331,9 @@ const lostRetries = 8
 // with it) or the credential itself (a service token), and forgets the
 // cached anchors so nothing more hangs on a revoked one.
 func (r *Revoker) Lost(c store.Credential) {
+	if c.Kind == store.KindJWT {
+		return // no Vault token: the lost record leaves it unknown, so introspection says inactive
+	}
 	acc := c.Accessor
 	if c.Kind == store.KindBatch {
 		acc = c.Anchor

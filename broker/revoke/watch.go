@@ -151,3 +151,11 @@ func (w *watch) send(pos int64, m *brokerv1.WatchRevocationsResponse) bool {
 		return false
 	}
 }
+
+// SubscribeAll is a watch of every agent's revocation events, for the
+// resource servers of the OAuth endpoints (docs/oauth.md): those of this
+// replica and, through the change feed, of the others. Its channel closes
+// if the watcher falls behind, or on cancel.
+func (r *Revoker) SubscribeAll() (events <-chan AgentEvent, cancel func()) {
+	return r.hub.subscribeAll()
+}

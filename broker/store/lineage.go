@@ -347,9 +347,9 @@ func credentialRefusal(tx kv.Tx, c Credential, a Agent, now time.Time) error {
 func putCredential(tx kv.Tx, c Credential, refused error, now time.Time) error {
 	if refused != nil {
 		c.RevokedAt = now
-		// A refused batch token never left the broker and cannot be
-		// revoked alone; it expires within its TTL.
-		if c.Kind != KindBatch {
+		// A refused batch token or access token never left the broker,
+		// and cannot be revoked alone; it expires within its TTL.
+		if c.inVault() {
 			if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20, Queued: now}); err != nil {
 				return err
 			}
@@ -760,8 +760,8 @@ func readCredential(tx kv.Tx, v []byte, seen map[string]time.Time) (Credential, 
 // it dies with an anchor revoked already: a service token by its
 // accessor, a batch token, which has none, with its anchor.
 func queueCredential(tx kv.Tx, cr Credential, revokedAnchors map[string]bool, now time.Time, rev *Revocation) error {
-	if revokedAnchors[cr.Anchor] {
-		return nil // dies with its anchor in Vault
+	if revokedAnchors[cr.Anchor] || cr.Kind == KindJWT {
+		return nil // dies with its anchor in Vault, or is no Vault token
 	}
 	if cr.Kind == KindBatch {
 		an, err := getAnchor(tx, cr.Anchor)

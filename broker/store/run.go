@@ -142,8 +142,8 @@ func (s *Store) revokeAllLive(tx kv.Tx, actor string, now time.Time, whose func(
 		if err := creds.Put(credentialKey(c.AgentID, c.Accessor), v); err != nil {
 			return rev, err
 		}
-		if c.Kind == KindBatch {
-			continue // its anchor expired: so did it, in Vault
+		if !c.inVault() {
+			continue // a batch token's anchor expired: so did it, in Vault; an access token has none
 		}
 		if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20, Queued: now}); err != nil {
 			return rev, err

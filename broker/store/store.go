@@ -162,7 +162,8 @@ type Credential struct {
 	// an id of the broker's (see Kind).
 	Accessor string `json:"accessor"`
 	// Kind is "batch" for a batch token, which dies only with its anchor;
-	// "" for a service token, revocable by its accessor.
+	// "jwt" for an OAuth access token, which has no Vault token; "" for a
+	// service token, revocable by its accessor.
 	Kind       string      `json:"kind,omitempty"`
 	AgentID    string      `json:"agent_id"`
 	Role       string      `json:"role"`
@@ -577,6 +578,23 @@ func (s *Store) Credentials(agentID string) ([]Credential, error) {
 	return out, err
 }
 
+// Credential returns the agent's credential with accessor (an access
+// token's: its jti), revoked if its anchor, its lineage or the agent was;
+// ErrNotFound if there is none.
+func (s *Store) Credential(agentID, accessor string) (Credential, error) {
+	var cr Credential
+	err := s.view(func(tx kv.Tx) error {
+		v := tx.Bucket(bucketCredentials).Get(credentialKey(agentID, accessor))
+		if v == nil {
+			return refuse(ErrNotFound, "credential %s of agent %s", accessor, agentID)
+		}
+		var err error
+		cr, err = readCredential(tx, v, map[string]time.Time{})
+		return err
+	})
+	return cr, err
+}
+
 func getAgent(tx kv.Tx, id string) (Agent, error) {
 	var a Agent
 	v := tx.Bucket(bucketAgents).Get([]byte(id))
@@ -692,8 +710,19 @@ func (s *Store) LiveCredentials(now time.Time) ([]Credential, error) {
 	return out, err
 }
 
-// KindBatch is Credential.Kind for a batch token.
-const KindBatch = "batch"
+// Credential kinds (Credential.Kind; "" is a service token).
+const (
+	// KindBatch is a batch token: it dies with its anchor, never alone.
+	KindBatch = "batch"
+	// KindJWT is an OAuth access token (docs/oauth.md): no Vault token at
+	// all, its accessor its jti. Its record is all there is to revoke:
+	// introspection and the revocation events judge it by it.
+	KindJWT = "jwt"
+)
+
+// inVault says whether revoking c means revoking a Vault token by its
+// accessor (a service token), not only its record.
+func (c Credential) inVault() bool { return c.Kind == "" }
 
 // Refusal is a store error that a caller can act on: Kind is one of the
 // sentinel errors above and Msg says, for a person, what is wrong ("approval

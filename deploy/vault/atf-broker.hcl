@@ -39,6 +39,19 @@ path "auth/token/renew-self" {
   capabilities = ["update"]
 }
 
+# Sign OAuth access tokens (docs/oauth.md) with the transit key atf-oauth,
+# whose private half never leaves Vault; read its public keys for the JWKS;
+# rotate it on schedule (oauth.rotate_every).
+path "transit/sign/atf-oauth" {
+  capabilities = ["update"]
+}
+path "transit/keys/atf-oauth" {
+  capabilities = ["read"]
+}
+path "transit/keys/atf-oauth/rotate" {
+  capabilities = ["update"]
+}
+
 # Let atfd verify at startup that its token holds the capabilities above, so a
 # misconfigured token fails fast with a clear message instead of at first use.
 path "sys/capabilities-self" {

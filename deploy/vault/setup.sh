@@ -56,6 +56,11 @@
 #                              times. Give atfd its credentials with
 #                                vault read -field=role_id auth/approle/role/atf-broker/role-id
 #                                vault write -f -field=secret_id auth/approle/role/atf-broker/secret-id
+#   secrets engine transit/    enabled if missing, with key atf-oauth
+#                              (ecdsa-p256), which signs atfd's OAuth access
+#                              tokens (docs/oauth.md); atfd may sign with it,
+#                              read its public keys and rotate it, never
+#                              export it.
 #   auth method jwt/           only with ATF_BROKER_SPIFFE_ID: enabled if
 #                              missing, with role atf-broker: the same tokens
 #                              as the AppRole, for a JWT-SVID whose subject is
@@ -122,6 +127,15 @@ write auth/approle/role/atf-broker \
 	token_policies=atf-broker \
 	token_period=1h \
 	secret_id_num_uses=0
+
+if [[ $(vault secrets list -format=json) == *'"transit/"'* ]]; then
+	say "secrets engine transit/ already enabled"
+else
+	say "enabling secrets engine transit/"
+	vault secrets enable transit >/dev/null
+fi
+say "transit key atf-oauth (ecdsa-p256)"
+write transit/keys/atf-oauth type=ecdsa-p256 exportable=false
 
 if [ -n "${ATF_BROKER_SPIFFE_ID:-}" ]; then
 	case "$ATF_BROKER_SPIFFE_ID" in

@@ -267,6 +267,7 @@ func rows(r results) []row {
 		{"dynamic secret (a PostgreSQL user) through the broker, p50", pick(dyn, "p50-ns", ms), "raw Vault read with a plain token " + pick(dyn, "raw-p50-ns", ms), pick(dyn, "p50-ratio", times), ""},
 		{"dynamic secret through the broker, p99", pick(dyn, "p99-ns", ms), "raw " + pick(dyn, "raw-p99-ns", ms), pick(dyn, "p99-ratio", times), ""},
 	}
+	out = append(out, oauthRows(r)...)
 	for _, st := range []struct{ key, what string }{
 		{"transport", "gRPC, mutual TLS, SVID check, validation, answer"},
 		{"decide", "decision: admission, chain, monitor, gate, limits"},
@@ -390,6 +391,22 @@ func rerunsText(reruns []string) string {
 	}
 	return "\nBenchmarks re-run alone since (`make bench BENCH=regexp`), each of their rows from that run:\n\n" +
 		strings.Join(reruns, "\n") + "\n"
+}
+
+// oauthRows are the figures of the OAuth token exchange (docs/oauth.md).
+func oauthRows(r results) []row {
+	const (
+		tx   = "broker/OAuthTokenExchange"
+		push = "broker/OAuthRevocationPush"
+	)
+	return []row{
+		{"OAuth token exchange p50 (HTTPS, mutual TLS, decision, transit sign, record)", r.pick(tx, "p50-ns", ms),
+			"raw Vault transit sign " + r.pick(tx, "raw-p50-ns", ms), r.pick(tx, "p50-ratio", times), ""},
+		{"OAuth token exchange throughput, concurrency 32", r.pick(tx, "ops/s", perSecond),
+			"raw transit sign " + r.pick(tx, "raw-ops/s", perSecond), r.pick(tx, "throughput-ratio", times), ""},
+		{"revocation → resource server's event stream, p99", r.pick(push, "p99-ns", ms), "target 50 ms (p50 " + r.pick(push, "p50-ns", ms) + ")",
+			r.pick(push, "p99-ns", func(ns float64) string { return vsTarget50ms(ns / 1e6) }), "≤ 1×"},
+	}
 }
 
 // allResults heads the report's table of every result.

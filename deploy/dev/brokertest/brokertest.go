@@ -28,7 +28,10 @@ import (
 	"github.com/agentictrust/atf/broker/config"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -612,4 +615,87 @@ func (f *Fixture) EtcdConfigOn(t testing.TB, e *dev.Etcd, dir, prefix, replica s
 	cfg.Store.Etcd = &config.EtcdConfig{Endpoints: e.Endpoints, CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile,
 		Prefix: prefix, MaxTxnOps: dev.MaxTxnOps, Replica: replica}
 	return cfg
+}
+
+// OAuthRoles are roles of kind jwt: OAuth access tokens for two resources
+// of an MCP-style tool server, one to read (tools-read) and one to write
+// (tools-admin), added to Roles by OAuthConfig.
+const OAuthRoles = `  - name: tools-read
+    kind: jwt
+    class: read
+    classification: internal
+    audience: ` + OAuthToolsAudience + `
+    scopes: [tools.list, tools.call]
+    max_ttl: 10m
+  - name: tools-admin
+    kind: jwt
+    class: write
+    classification: internal
+    audience: ` + OAuthAdminAudience + `
+    scopes: [tools.admin]
+    max_ttl: 5m
+`
+
+// The resources of OAuthRoles, and the issuer of OAuthConfig.
+const (
+	OAuthToolsAudience = "https://mcp.example/tools"
+	OAuthAdminAudience = "https://mcp.example/admin"
+	OAuthIssuer        = "https://atfd.test"
+)
+
+// OAuthConfig is Config with the OAuth endpoints on (a loopback port, the
+// issuer OAuthIssuer) and OAuthRoles in the roles file; resourceServers
+// may introspect and watch revocations.
+func (f *Fixture) OAuthConfig(t testing.TB, dir string, resourceServers ...spiffeid.ID) config.Config {
+	t.Helper()
+	return WithOAuth(t, f.Config(t, dir), resourceServers...)
+}
+
+// WithOAuth is cfg (Config, EtcdConfig) with what OAuthConfig adds.
+func WithOAuth(t testing.TB, cfg config.Config, resourceServers ...spiffeid.ID) config.Config {
+	t.Helper()
+	if err := os.WriteFile(cfg.RolesFile, []byte(Roles+OAuthRoles), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.OAuth = config.OAuthConfig{ListenAddr: "127.0.0.1:0", Issuer: OAuthIssuer}
+	for _, id := range resourceServers {
+		cfg.OAuth.ResourceServers = append(cfg.OAuth.ResourceServers, id.String())
+	}
+	return cfg
+}
+
+// RotateSigningKey rotates the broker's access-token signing key now.
+func (b *Broker) RotateSigningKey(t testing.TB) {
+	t.Helper()
+	if err := b.srv.RotateSigningKey(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// OAuthURL is the base URL of the broker's OAuth endpoints.
+func (b *Broker) OAuthURL() string { return "https://" + b.srv.OAuthAddr() }
+
+// HTTPClient is an HTTPS client of the broker's OAuth endpoints that
+// verifies the broker's X.509-SVID against the trust bundle and, unless
+// id is the zero ID, presents id's X.509-SVID (mutual TLS).
+func (b *Broker) HTTPClient(t testing.TB, id spiffeid.ID) *http.Client {
+	t.Helper()
+	td := b.F.Stack.TrustDomain
+	files := b.F.SVID(t, b.F.Admin) // any SVID's bundle is the trust domain's
+	bundle, err := x509bundle.Load(td, files.BundlePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeMemberOf(td))
+	if !id.IsZero() {
+		s := b.F.SVID(t, id)
+		svid, err := x509svid.Load(s.CertPath, s.KeyPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tlsCfg = tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(td))
+	}
+	tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }

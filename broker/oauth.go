@@ -1,0 +1,191 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/agentictrust/atf/attest"
+	"github.com/agentictrust/atf/broker/accesstoken"
+	"github.com/agentictrust/atf/broker/config"
+	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/oauthapi"
+	"github.com/agentictrust/atf/broker/revoke"
+	"github.com/agentictrust/atf/broker/store"
+)
+
+// checkOAuthRoles refuses a roles file with roles of kind jwt when the
+// OAuth endpoints are off: nobody could be issued them.
+func (s *Server) checkOAuthRoles() error {
+	if s.cfg.OAuth.Enabled() {
+		return nil
+	}
+	for _, r := range s.roles {
+		if r.Kind == config.KindJWT {
+			return fmt.Errorf("broker: role %s is of kind jwt (OAuth access tokens) and oauth.listen_addr is not set: turn the OAuth endpoints on (docs/oauth.md) or remove the role", r.Name)
+		}
+	}
+	return nil
+}
+
+// openTokens reads the transit key that signs access tokens, if the OAuth
+// endpoints are on.
+func (s *Server) openTokens(ctx context.Context) (err error) {
+	o := s.cfg.OAuth
+	if !o.Enabled() {
+		return nil
+	}
+	var overlap time.Duration
+	for _, r := range s.roles {
+		if r.Kind == config.KindJWT {
+			overlap = max(overlap, r.MaxTTL)
+		}
+	}
+	s.tokens, err = accesstoken.New(ctx, accesstoken.Config{Transit: s.vault, Mount: o.TransitMount, Key: o.Key, Issuer: o.Issuer,
+		Overlap: overlap, Now: s.now})
+	return err
+}
+
+// openOAuth builds the OAuth endpoints on their own listener, served with
+// the broker's X.509-SVID.
+func (s *Server) openOAuth(exchanger oauthapi.Exchanger) error {
+	o := s.cfg.OAuth
+	if !o.Enabled() {
+		return nil
+	}
+	jwtVerifier, err := attest.New(attest.Config{TrustDomains: s.trustDomains, JWTBundles: s.source, X509Bundles: s.source, Audience: o.Issuer, Now: s.now})
+	if err != nil {
+		return err
+	}
+	h := oauthapi.New(oauthapi.Config{Issuer: o.Issuer, Roles: s.roles, X509: s.verifier, JWT: jwtVerifier,
+		ResourceServers: idSet(o.ResourceServers), Exchanger: exchanger, Tokens: s.tokens, Store: s.store,
+		Revoker: oauthRevoker{s.revoker}, Log: s.log, Now: s.now, Closing: s.closingCh})
+	tlsCfg := s.verifier.ServerTLSConfig(s.source)
+	tlsCfg.NextProtos = []string{"h2", "http/1.1"}
+	ln, err := net.Listen("tcp", o.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("broker: oauth.listen_addr: %w", err)
+	}
+	if n := s.cfg.Limits.MaxConnectionsPerIP; n > 0 {
+		ln = edge.LimitPerIP(ln, n, s.log)
+	}
+	s.oauthLn = tls.NewListener(ln, tlsCfg)
+	// No ReadTimeout: it would cut the event streams; each form sets its
+	// own deadline (oauthapi).
+	s.oauth = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	return nil
+}
+
+// OAuthAddr is the address the OAuth endpoints listen on ("" if off).
+func (s *Server) OAuthAddr() string {
+	if s.oauthLn == nil {
+		return ""
+	}
+	return s.oauthLn.Addr().String()
+}
+
+// serveOAuth serves the OAuth endpoints and keeps the signing key
+// rotated and its published versions fresh, until ctx ends.
+func (s *Server) serveOAuth(ctx context.Context) {
+	if s.oauth == nil {
+		return
+	}
+	s.loops.Go(func() {
+		if err := s.oauth.Serve(s.oauthLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("the OAuth endpoints stopped", slog.String(edge.LogError, err.Error()))
+		}
+	})
+	s.loops.Go(func() {
+		t := time.NewTicker(keyCheckEvery)
+		defer t.Stop()
+		for {
+			s.rotateKey(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+}
+
+// keyCheckEvery is how often the signing key's age and versions are read.
+const keyCheckEvery = time.Minute
+
+// rotateKey rotates the signing key if it is due, and refreshes its
+// published versions.
+func (s *Server) rotateKey(ctx context.Context) {
+	rotated, err := s.tokens.RotateIfDue(ctx, s.cfg.OAuth.RotateEvery)
+	if err != nil {
+		s.log.Error("checking the access tokens' signing key failed; tokens are signed with the key version last read", slog.String(edge.LogError, err.Error()))
+		return
+	}
+	if rotated {
+		s.log.Info("rotated the access tokens' signing key", slog.String("key", s.cfg.OAuth.Key))
+	}
+}
+
+// RotateSigningKey rotates the access tokens' signing key now, outside its
+// schedule (oauth.rotate_every): after a suspected compromise, or in a
+// test. Tokens signed before stay valid while their key version is
+// published (docs/oauth.md, rotation).
+func (s *Server) RotateSigningKey(ctx context.Context) error {
+	if s.tokens == nil {
+		return errors.New("broker: the OAuth endpoints are off")
+	}
+	return s.tokens.Rotate(ctx)
+}
+
+// closeOAuth stops the OAuth endpoints, letting requests in flight end.
+func (s *Server) closeOAuth() {
+	if s.oauth == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.oauth.Shutdown(ctx); err != nil {
+		_ = s.oauth.Close()
+	}
+	_ = s.oauthLn.Close() // already closed if served
+}
+
+// oauthRevoker is the revoker as the OAuth endpoints use it.
+type oauthRevoker struct{ *revoke.Revoker }
+
+// Events watches every agent's revocations, as resource servers hear
+// them: an event's accessors are jtis (an access token's accessor is its
+// jti; the others match none), its grants lineage nodes.
+func (o oauthRevoker) Events() (<-chan oauthapi.Event, func()) {
+	in, cancel := o.SubscribeAll()
+	out := make(chan oauthapi.Event, 16)
+	done := make(chan struct{})
+	go func() {
+		defer close(out)
+		for ev := range in {
+			e := oauthapi.Event{JTIs: slices.Clone(ev.Msg.GetAccessors()), Nodes: []string{}, Agents: []string{}, Reason: ev.Msg.GetReason(),
+				Time: ev.Msg.GetTime().AsTime(), Cursor: ev.Cursor}
+			if e.JTIs == nil {
+				e.JTIs = []string{}
+			}
+			for _, g := range ev.Msg.GetGrantIds() {
+				e.Nodes = append(e.Nodes, store.GrantNode(g))
+			}
+			select {
+			case out <- e:
+			case <-done:
+				return
+			}
+		}
+	}()
+	return out, func() {
+		cancel()
+		close(done)
+	}
+}

@@ -1,0 +1,57 @@
+package oauthapi
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// events streams revocations to a resource server as Server-Sent Events
+// (docs/oauth.md): "revoked" events, a "ping" every Ping, and a "reset"
+// first if the client asks to resume (Last-Event-ID), which this broker
+// cannot: the client must treat what it cached as stale. The stream ends
+// if the client falls behind or the broker stops; the client reconnects
+// and, having missed events, is sent a reset.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	ctx, ok := s.resourceServer(w, r, "oauth2/events")
+	if !ok {
+		return
+	}
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		s.fail(ctx, w, http.StatusInternalServerError, "server_error", "streaming is not supported here", "")
+		return
+	}
+	events, cancel := s.cfg.Revoker.Events()
+	defer cancel()
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	if r.Header.Get("Last-Event-ID") != "" {
+		fmt.Fprint(w, "event: reset\ndata: {}\n\n")
+	}
+	fmt.Fprint(w, ": subscribed\n\n")
+	fl.Flush()
+	ping := time.NewTicker(s.cfg.Ping)
+	defer ping.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.cfg.Closing:
+			return
+		case <-ping.C:
+			fmt.Fprint(w, "event: ping\ndata: {}\n\n")
+		case ev, open := <-events:
+			if !open {
+				return // fell behind: the client reconnects and is reset
+			}
+			data, _ := json.Marshal(ev) // an Event always marshals
+			fmt.Fprintf(w, "event: revoked\nid: %s\ndata: %s\n\n", ev.Cursor, data)
+		}
+		fl.Flush()
+	}
+}
