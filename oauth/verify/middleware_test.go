@@ -34,12 +34,12 @@ func TestMiddlewareResponses(t *testing.T) {
 		status      int
 		www         string
 	}{
-		{"no token", "", http.StatusUnauthorized, `Bearer scope="tools:call"`},
+		{"no token", "", http.StatusUnauthorized, `Bearer scope="tools.call"`},
 		{"valid", is.Mint(tok{}, now), http.StatusOK, ""},
 		{"wrong audience", is.Mint(tok{Aud: "https://billing.example"}, now), http.StatusUnauthorized,
-			`Bearer error="invalid_token", error_description="verify: invalid token: audience is not this server (https://mcp.example/tools)", scope="tools:call"`},
-		{"insufficient scope", is.Mint(tok{Scope: "tools:list"}, now), http.StatusForbidden,
-			`Bearer error="insufficient_scope", error_description="verify: insufficient scope: scope 'tools:call' is required", scope="tools:call"`},
+			`Bearer error="invalid_token", error_description="verify: invalid token: audience is not this server (https://mcp.example/tools)", scope="tools.call"`},
+		{"insufficient scope", is.Mint(tok{Scope: "tools.list"}, now), http.StatusForbidden,
+			`Bearer error="insufficient_scope", error_description="verify: insufficient scope: scope 'tools.call' is required", scope="tools.call"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			code, www := call(t, srv.URL, tt.token)
@@ -56,7 +56,7 @@ func TestMiddlewareResponses(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != `Bearer scope="tools:call"` {
+	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != `Bearer scope="tools.call"` {
 		t.Errorf("Basic: %d %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
 	}
 }
@@ -134,7 +134,7 @@ func BenchmarkMiddleware(b *testing.B) {
 	defer cancel()
 	go v.Subscribe(ctx)
 	is.NextConnect(b)
-	handler := v.Middleware("tools:call")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	handler := v.Middleware("tools.call")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	serve := func(token string) int {
 		req := httptest.NewRequest(http.MethodPost, "/mcp", nil)
 		req.Header.Set("Authorization", "Bearer "+token)

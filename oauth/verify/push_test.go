@@ -54,7 +54,7 @@ func isStatus(err error, want error) error {
 // toolServer is a resource server behind the middleware.
 func toolServer(t *testing.T, v *verify.Verifier) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(v.Middleware("tools:call")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(v.Middleware("tools.call")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, _ := verify.ClaimsFrom(r.Context())
 		fmt.Fprintf(w, "hello %s, depth %d", c.Subject, c.Depth())
 	})))
@@ -111,7 +111,7 @@ func TestPushRevocationRefusesNextRequest(t *testing.T) {
 				t.Errorf("OnRevoked got %+v", r)
 			}
 			code, www := call(t, srv.URL, token)
-			if code != http.StatusUnauthorized || www != `Bearer error="invalid_token", error_description="verify: invalid token: revoked", scope="tools:call"` {
+			if code != http.StatusUnauthorized || www != `Bearer error="invalid_token", error_description="verify: invalid token: revoked", scope="tools.call"` {
 				t.Errorf("revoked token: %d %s", code, www)
 			}
 			if code, _ := call(t, srv.URL, other); code != http.StatusOK {

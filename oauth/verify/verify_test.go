@@ -23,14 +23,14 @@ func TestVerifyExposesClaimsAndActChain(t *testing.T) {
 	clk := verifytest.NewClock()
 	v := newVerifier(t, is, func(c *verify.Config) { c.Now = clk.Now })
 	token := is.Mint(tok{Act: []string{agentB, agentA}, JTI: "j-1"}, clk.Now())
-	c, err := v.Verify(context.Background(), token, "tools:call")
+	c, err := v.Verify(context.Background(), token, "tools.call")
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
 	if c.Subject != agentC || c.ClientID != agentC || c.Audience != audience || c.Issuer != is.URL() || c.JTI != "j-1" {
 		t.Errorf("claims = %+v", c)
 	}
-	if !slices.Equal(c.Scopes, []string{"tools:list", "tools:call"}) || c.Level != "junior" || c.DecisionID != "d-123" {
+	if !slices.Equal(c.Scopes, []string{"tools.list", "tools.call"}) || c.Level != "junior" || c.DecisionID != "d-123" {
 		t.Errorf("scopes %v, level %q, decision %q", c.Scopes, c.Level, c.DecisionID)
 	}
 	if !slices.Equal(c.Lineage, []string{"agent:" + agentA, "grant:g-ab", "grant:g-bc"}) {
@@ -107,8 +107,8 @@ func TestVerifyTypAndScope(t *testing.T) {
 			t.Errorf("typ %q: %v", typ, err)
 		}
 	}
-	_, err := v.Verify(context.Background(), is.Mint(tok{Scope: "tools:list"}, clk.Now()), "tools:call")
-	if !errors.Is(err, verify.ErrInsufficientScope) || err.Error() != `verify: insufficient scope: scope "tools:call" is required` {
+	_, err := v.Verify(context.Background(), is.Mint(tok{Scope: "tools.list"}, clk.Now()), "tools.call")
+	if !errors.Is(err, verify.ErrInsufficientScope) || err.Error() != `verify: insufficient scope: scope "tools.call" is required` {
 		t.Errorf("Verify without the scope = %v", err)
 	}
 	// Leeway: a token expired 10 s ago passes with the default 30 s, not

@@ -68,9 +68,9 @@ func TestToolsThroughChainThenRevoked(t *testing.T) {
 	if !strings.Contains(logs.String(), `msg="tool call" tool=whoami holder=`+verifytest.AgentC) || !strings.Contains(logs.String(), "depth=2") {
 		t.Errorf("log: %s", logs.String())
 	}
-	listOnly := is.MintAfter(2*time.Second, verifytest.Token{Scope: "tools:list"})
+	listOnly := is.MintAfter(2*time.Second, verifytest.Token{Scope: "tools.list"})
 	if code, _ := rpc(t, srv.URL, listOnly, "tools/call", map[string]any{"name": "echo", "arguments": map[string]string{"text": "hi"}}); code != http.StatusForbidden {
-		t.Errorf("tools/call without tools:call: %d, want 403", code)
+		t.Errorf("tools/call without tools.call: %d, want 403", code)
 	}
 
 	is.Send("revoked", "1", map[string]any{"nodes": []string{"grant:g-ab"}, "reason": "lineage revoked",

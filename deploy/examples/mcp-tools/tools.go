@@ -17,8 +17,8 @@ import (
 // insufficient_scope.
 var methodScopes = map[string]string{
 	"initialize": "",
-	"tools/list": "tools:list",
-	"tools/call": "tools:call",
+	"tools/list": "tools.list",
+	"tools/call": "tools.call",
 }
 
 type rpcRequest struct {

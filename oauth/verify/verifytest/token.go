@@ -13,7 +13,7 @@ import (
 
 // Token describes a token to mint; its zero fields take the values a valid
 // token of atfd has: iss the issuer, sub and client_id AgentC, aud
-// Audience, scope "tools:list tools:call", a fresh jti, iat now, nbf iat,
+// Audience, scope "tools.list tools.call", a fresh jti, iat now, nbf iat,
 // exp iat + 5 min, lineage A → g-ab → g-bc, level junior.
 type Token struct {
 	Kid     string // FirstKid; a kid not published signs with a new key
@@ -42,7 +42,7 @@ func (is *Issuer) Claims(tk Token, now time.Time) map[string]any {
 	}
 	def(&tk.Iss, is.URL())
 	def(&tk.Sub, AgentC)
-	def(&tk.Scope, "tools:list tools:call")
+	def(&tk.Scope, "tools.list tools.call")
 	def(&tk.JTI, fmt.Sprintf("jti-%d", jtis.Add(1)))
 	if tk.Aud == nil {
 		tk.Aud = Audience
