@@ -19,6 +19,7 @@ import (
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // healthOf is the broker's gRPC health as conn sees it (UNKNOWN if it
@@ -98,6 +99,21 @@ func haLoadConfig(t *testing.T, f *brokertest.Fixture, e *dev.Etcd, prefix, repl
 	return cfg
 }
 
+// haLoadPair starts a cluster of its own and two replicas on it
+// (haLoadConfig), and registers a Senior agent connected to both.
+func haLoadPair(t *testing.T) (f *brokertest.Fixture, e *dev.Etcd, a, b *brokertest.Broker, agent spiffeid.ID, conns []*client.Conn) {
+	f = brokertest.Setup(t)
+	e, err := f.Stack.StartEtcd(t.Context(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := "/ha-" + rand.Text() + "/"
+	a, b = f.Start(t, haLoadConfig(t, f, e, prefix, "a")), f.Start(t, haLoadConfig(t, f, e, prefix, "b"))
+	agent = f.ID(t, "agent")
+	a.Register(t, agent, brokerv1.Level_LEVEL_SENIOR, "reports-read")
+	return f, e, a, b, agent, []*client.Conn{a.Dial(t, agent), b.Dial(t, agent)}
+}
+
 // stopLeader stops the member of e that leads it, and returns its index.
 func stopLeader(t *testing.T, f *brokertest.Fixture, e *dev.Etcd) int {
 	t.Helper()
@@ -116,16 +132,7 @@ func stopLeader(t *testing.T, f *brokertest.Fixture, e *dev.Etcd) int {
 // the lineage kills every one), or a clean Unavailable; issuance goes on
 // under the new leader.
 func TestHAEtcdLeaderKilledDuringIssuance(t *testing.T) {
-	f := brokertest.Setup(t)
-	e, err := f.Stack.StartEtcd(t.Context(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	prefix := "/ha-" + rand.Text() + "/"
-	a, b := f.Start(t, haLoadConfig(t, f, e, prefix, "a")), f.Start(t, haLoadConfig(t, f, e, prefix, "b"))
-	agent := f.ID(t, "agent")
-	a.Register(t, agent, brokerv1.Level_LEVEL_SENIOR, "reports-read")
-	conns := []*client.Conn{a.Dial(t, agent), b.Dial(t, agent)}
+	f, e, a, _, agent, conns := haLoadPair(t)
 
 	var mu sync.Mutex
 	var issued []string
@@ -178,16 +185,7 @@ func TestHAEtcdLeaderKilledDuringIssuance(t *testing.T) {
 // done again; in the end every one of them is dead in Vault, the grant
 // refused on both replicas, and the audit chain verifies.
 func TestHAEtcdLeaderKilledDuringRevocation(t *testing.T) {
-	f := brokertest.Setup(t)
-	e, err := f.Stack.StartEtcd(t.Context(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	prefix := "/ha-" + rand.Text() + "/"
-	a, b := f.Start(t, haLoadConfig(t, f, e, prefix, "a")), f.Start(t, haLoadConfig(t, f, e, prefix, "b"))
-	agent := f.ID(t, "agent")
-	a.Register(t, agent, brokerv1.Level_LEVEL_SENIOR, "reports-read")
-	conns := []*client.Conn{a.Dial(t, agent), b.Dial(t, agent)}
+	f, e, a, b, agent, conns := haLoadPair(t)
 	const n = 1000
 	tokens := make([]string, n)
 	began := time.Now()
