@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"bufio"
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
@@ -236,4 +237,37 @@ func tokenPart(t *testing.T, token string, part int) (p struct{ Kid, JTI string 
 		t.Fatalf("part %d of the token has no kid or jti: %v", part, err)
 	}
 	return p
+}
+
+// A resource server that resumes (Last-Event-ID) is reset first, with the
+// broker's time in the data, which the verifier reads as the moment up to
+// which tokens may have been revoked unheard.
+func TestVerifierResetTime(t *testing.T) {
+	e := newOAuthEnv(t)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, e.b.OAuthURL()+"/oauth2/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Last-Event-ID", "x.42")
+	before := time.Now()
+	resp, err := e.b.HTTPClient(t, e.rs).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var lines [2]string
+	sc := bufio.NewScanner(resp.Body)
+	for i := range lines {
+		if !sc.Scan() {
+			t.Fatalf("the stream ended: %v", sc.Err())
+		}
+		lines[i] = sc.Text()
+	}
+	var d struct {
+		Time time.Time `json:"time"`
+	}
+	data, ok := strings.CutPrefix(lines[1], "data: ")
+	if lines[0] != "event: reset" || !ok || json.Unmarshal([]byte(data), &d) != nil || d.Time.Before(before) || d.Time.After(time.Now()) {
+		t.Fatalf("the stream begins %q, want event: reset with data {\"time\": the broker's clock now}", lines)
+	}
 }

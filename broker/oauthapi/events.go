@@ -9,8 +9,9 @@ import (
 
 // events streams revocations to a resource server as Server-Sent Events
 // (docs/oauth.md): "revoked" events, a "ping" every Ping, and a "reset"
-// first if the client asks to resume (Last-Event-ID), which this broker
-// cannot: the client must treat what it cached as stale. The stream ends
+// (data: the broker's time) first if the client asks to resume
+// (Last-Event-ID), which this broker cannot: the client must treat what
+// it cached as stale. The stream ends
 // if the client falls behind or the broker stops; the client reconnects
 // and, having missed events, is sent a reset.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
@@ -31,7 +32,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	if r.Header.Get("Last-Event-ID") != "" {
-		fmt.Fprint(w, "event: reset\ndata: {}\n\n")
+		// time is the broker's clock: every token issued up to it may have
+		// been revoked unheard.
+		fmt.Fprintf(w, "event: reset\ndata: {\"time\":%q}\n\n", s.cfg.Now().UTC().Format(time.RFC3339Nano))
 	}
 	fmt.Fprint(w, ": subscribed\n\n")
 	fl.Flush()
