@@ -8,7 +8,10 @@
 // unregistered workload refused, a delegation to a helper agent, a Junior
 // write approved by a human and redeemed once, the policy explaining its
 // decisions and refusing a dangerous pattern, the audit chain verified, and
-// a deregistration killing the agent's tokens and everything it delegated.
+// a deregistration killing the agent's tokens and everything it delegated;
+// then (oauth.go) an agent calling an MCP tool server with an OAuth access
+// token through a delegation chain A → B → C, refused as soon as B's
+// lineage is revoked (-oauth runs only that part).
 // Everything runs in a temporary directory that is removed at the end, also
 // on Ctrl-C.
 //
@@ -55,13 +58,17 @@ const (
 
 func main() {
 	ha := flag.Bool("ha", false, "run the high-availability demo: three atfd replicas on etcd, one killed (make demo-ha)")
+	oauth := flag.Bool("oauth", false, "run only the OAuth part (oauth.go): a delegation chain calling an MCP tool server, revoked")
 	bin := flag.String("bin", "", "directory holding atfd and atfctl (default: bin/, where `make build` puts them)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	sc := mainScript
-	if *ha {
+	switch {
+	case *ha:
 		sc = haScript
+	case *oauth:
+		sc = oauthScript
 	}
 	if err := run(ctx, sc, *bin); err != nil {
 		if ctx.Err() != nil {
@@ -94,7 +101,8 @@ type demo struct {
 	pg     *dev.Postgres
 	dbUser [2]string
 
-	ha haState
+	ha    haState
+	oauth oauthState
 }
 
 // step is one numbered step of a demo.
@@ -109,7 +117,7 @@ type script struct {
 	done  string
 }
 
-var mainScript = script{steps: mainSteps, done: "Every step above went through real SPIRE SVIDs, a real Vault and atfd."}
+var mainScript = script{steps: append(mainSteps, oauthSteps...), done: "Every step above went through real SPIRE SVIDs, a real Vault and atfd."}
 
 // mainSteps are `make demo`'s steps, in order.
 var mainSteps = []step{
@@ -174,6 +182,7 @@ func (d *demo) close() {
 	if d.ha.agent != nil {
 		d.ha.agent.Close()
 	}
+	d.oauth.stopTools()
 	for _, a := range d.atfds {
 		a.stop()
 	}
@@ -257,8 +266,12 @@ func (d *demo) as(who spiffeid.ID) []string {
 }
 
 func (d *demo) startBroker(ctx context.Context) error {
+	oauth, err := d.oauthConfig()
+	if err != nil {
+		return err
+	}
 	cfg, err := d.writeConfig(atfdConfig{name: "atfd", addr: brokerAddr, format: "text",
-		store: "store_path: " + filepath.Join(d.stack.Dir, "atf.db")})
+		store: "store_path: " + filepath.Join(d.stack.Dir, "atf.db"), oauth: oauth})
 	if err != nil {
 		return err
 	}
@@ -467,6 +480,9 @@ type atfdConfig struct {
 	addr   string // listen_addr
 	store  string // the YAML of store_path, or of store.etcd
 	format string // log_format
+	// oauth is the YAML of the oauth section (oauth.go), which also adds
+	// the tool server's role and policy; "" leaves OAuth off.
+	oauth string
 	// path and text are the written file and its contents.
 	path, text string
 }
@@ -477,7 +493,11 @@ type atfdConfig struct {
 func (d *demo) writeConfig(c atfdConfig) (atfdConfig, error) {
 	dir := d.stack.Dir
 	roles := filepath.Join(dir, "roles.yaml")
-	if err := os.WriteFile(roles, rolesYAML, 0o600); err != nil {
+	rolesText := string(rolesYAML)
+	if c.oauth != "" {
+		rolesText += d.oauthRole()
+	}
+	if err := os.WriteFile(roles, []byte(rolesText), 0o600); err != nil {
 		return c, err
 	}
 	model, pol := filepath.Join(dir, "model.conf"), filepath.Join(dir, "policy.csv")
@@ -486,6 +506,9 @@ func (d *demo) writeConfig(c atfdConfig) (atfdConfig, error) {
 	}
 	example := strings.ReplaceAll(policy.Example, "spiffe://example.org/", d.stack.TrustDomain.IDString()+"/") +
 		"\n# The demo's database role: a PostgreSQL user of its own, from Intern.\np, group:reporting, orders-db, read, intern, allow\n"
+	if c.oauth != "" {
+		example += d.oauthPolicy()
+	}
 	if err := os.WriteFile(pol, []byte(example), 0o600); err != nil {
 		return c, err
 	}
@@ -512,8 +535,9 @@ vault:
     role: atf-broker
     audience: vault
 log_format: %s
+%s
 `, c.addr, d.stack.WorkloadAPIAddr, d.stack.TrustDomain.Name(), d.alice, c.store, roles,
-		model, pol, d.bob, d.bob, filepath.Join(dir, c.name+"-audit.jsonl"), d.stack.VaultAddr, c.format)
+		model, pol, d.bob, d.bob, filepath.Join(dir, c.name+"-audit.jsonl"), d.stack.VaultAddr, c.format, c.oauth)
 	c.path = filepath.Join(dir, c.name+".yaml")
 	return c, os.WriteFile(c.path, []byte(c.text), 0o600)
 }
