@@ -226,13 +226,26 @@ func unavailable(err error) error {
 // update runs fn in a write transaction of its own, committed (and made
 // durable) before update returns; for writes that must not share a
 // group's commit.
+//
+// On etcd it goes through the group committer instead: a transaction of
+// its own would race this replica's groups optimistically, and a large
+// one (a lineage revocation reads every credential of the lineage) kept
+// losing to a steady stream of issuances until it timed out. In a group,
+// it is ordered with this replica's other writes, and conflicts only
+// with other replicas'.
 func (s *Store) update(fn func(kv.Tx) error) error {
 	if s.db == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-		defer cancel()
-		return unavailable(s.etcd.Update(ctx, fn))
+		return s.group(fn)
 	}
 	return s.db.Update(func(tx *bolt.Tx) error { return fn(kv.Bolt(tx)) })
+}
+
+// updateEtcd runs fn in an etcd transaction of its own, for the
+// committer's groups and what runs before the committer.
+func (s *Store) updateEtcd(fn func(kv.Tx) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	return unavailable(s.etcd.Update(ctx, fn))
 }
 
 // read runs fn in a read transaction without waiting for an early-answered

@@ -53,7 +53,7 @@ func OpenEtcd(cli *clientv3.Client, eo EtcdOptions, opts Options) (*Store, error
 	c := &core{etcd: kv.NewEtcd(cli, eo.Prefix, eo.MaxTxnOps), timeout: eo.Timeout, replica: eo.Replica, now: opts.Now, onAudit: opts.OnAudit,
 		onLost: opts.OnLost, reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}
 	s := &Store{core: c}
-	err := s.update(func(tx kv.Tx) error {
+	err := s.updateEtcd(func(tx kv.Tx) error {
 		if v := tx.Bucket(bucketMeta).Get(keyMigrating); v != nil {
 			return unfinishedMigration(eo.Prefix, v)
 		}
@@ -84,7 +84,7 @@ var errMember = errors.New("store: a write of the group failed")
 // to save.
 func (s *Store) commitGroupEtcd(batch []*commitReq) []*commitReq {
 	failed, failErr := -1, error(nil)
-	err := s.update(func(tx kv.Tx) error {
+	err := s.updateEtcd(func(tx kv.Tx) error {
 		failed = -1 // update may run this more than once
 		if s.commitFault != nil {
 			if err := s.commitFault(); err != nil {
@@ -106,7 +106,7 @@ func (s *Store) commitGroupEtcd(batch []*commitReq) []*commitReq {
 		return slices.Delete(batch, failed, failed+1)
 	case errors.Is(err, kv.ErrTooLarge) && len(batch) > 1:
 		for _, r := range batch {
-			r.done <- s.update(r.fn)
+			r.done <- s.updateEtcd(r.fn)
 		}
 		return nil
 	}
