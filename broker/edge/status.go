@@ -82,6 +82,7 @@ const (
 	msgVaultRejected    = "Vault refused the request; the broker's Vault setup needs attention (see atfd's log)"
 	msgClosing          = "atfd is shutting down; reconnect"
 	msgStoreUnavailable = "this replica cannot reach its store (etcd) in time; nothing was done; retry, or use another replica"
+	msgStoreBusy        = "the store (etcd) stayed busy with other replicas' concurrent writes until the store's timeout; nothing was done; retry"
 	msgCanceled         = "the request was cancelled"
 	msgDeadline         = "the request's deadline passed before the broker answered"
 )
@@ -149,6 +150,8 @@ func statusOf(err error, now time.Time) (*status.Status, slog.Level) {
 		return status.New(codes.Unavailable, msgClosing), slog.LevelInfo
 	case errors.Is(err, store.ErrUnavailable):
 		return status.New(codes.Unavailable, msgStoreUnavailable), slog.LevelError
+	case errors.Is(err, store.ErrBusy):
+		return status.New(codes.Unavailable, msgStoreBusy), slog.LevelWarn
 	case errors.Is(err, context.Canceled):
 		return status.New(codes.Canceled, msgCanceled), slog.LevelInfo
 	case errors.Is(err, context.DeadlineExceeded):

@@ -161,6 +161,7 @@ func statusCases() []statusCase {
 		// Not in sentinelCodes (see TestSentinelCodesComplete).
 		{"store.ErrClosed", store.ErrClosed, codes.Unavailable, msgClosing, nil, slog.LevelInfo},
 		{"store.ErrUnavailable", store.ErrUnavailable, codes.Unavailable, msgStoreUnavailable, nil, slog.LevelError},
+		{"store.ErrBusy", fmt.Errorf("record: %w", fmt.Errorf("%w: %w", store.ErrBusy, context.DeadlineExceeded)), codes.Unavailable, msgStoreBusy, nil, slog.LevelWarn},
 		{"store.ErrUnavailable wrapping a deadline", fmt.Errorf("look up caller: %w", fmt.Errorf("%w: %w", store.ErrUnavailable, context.DeadlineExceeded)),
 			codes.Unavailable, msgStoreUnavailable, nil, slog.LevelError},
 		{"store.ErrLocked", store.ErrLocked, codes.Internal, msgInternal, nil, slog.LevelError},
@@ -303,6 +304,7 @@ var statusExceptions = map[string]string{
 	"store.ErrLocked":              "returned only by Open, before atfd serves: Internal",
 	"store.ErrClosed":              "a case of its own: Unavailable, atfd is stopping",
 	"store.ErrUnavailable":         "a case of its own: Unavailable, the store in etcd did not answer (before DeadlineExceeded, which it wraps)",
+	"store.ErrBusy":                "a case of its own: Unavailable, a transaction in etcd kept conflicting (before DeadlineExceeded, which it wraps)",
 	"delegation.ErrMalformedChain": "the stored chain does not link up, the broker's fault: Internal",
 }
 

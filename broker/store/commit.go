@@ -214,10 +214,14 @@ func (s *Store) viewBolt(fn func(*bolt.Tx) error) error {
 	})
 }
 
-// unavailable marks err as ErrUnavailable if etcd did not answer (or
-// kept refusing the transaction) within the store's timeout.
+// unavailable marks err as ErrUnavailable if etcd did not answer within
+// the store's timeout, or ErrBusy if the transaction kept conflicting
+// with other writes until then.
 func unavailable(err error) error {
-	if errors.Is(err, kv.ErrEtcd) || errors.Is(err, kv.ErrConflict) {
+	switch {
+	case errors.Is(err, kv.ErrConflict):
+		return fmt.Errorf("%w: %w", ErrBusy, err)
+	case errors.Is(err, kv.ErrEtcd):
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return err

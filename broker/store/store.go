@@ -36,6 +36,10 @@ var (
 	// store.etcd.timeout (unreachable, no quorum, or a transaction that
 	// kept conflicting); nothing was written.
 	ErrUnavailable = errors.New("store: the shared store (etcd) did not answer in time")
+	// ErrBusy: a transaction on the store shared in etcd kept conflicting
+	// with concurrent writes (other replicas') until store.etcd.timeout;
+	// nothing was written.
+	ErrBusy = errors.New("store: the shared store (etcd) stayed busy with concurrent writes")
 	// ErrFull: the file reached its size limit, less the room kept for
 	// revocations; nothing new is recorded until space is made.
 	ErrFull = errors.New("store: full")
