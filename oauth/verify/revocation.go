@@ -188,7 +188,7 @@ func (r *revocations) status(c *Claims) (verdict, uint64) {
 func (r *revocations) apply(ev Revocation) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	forget := ev.Received.Add(r.push.MaxTokenLifetime + r.leeway)
+	forget := r.forgetAt(ev.Time, ev.Received)
 	for _, j := range ev.JTIs {
 		r.jtis[j] = forget
 	}
@@ -208,9 +208,21 @@ func (r *revocations) reset(upTo, received time.Time) {
 	if upTo.After(r.suspectUpTo) {
 		r.suspectUpTo = upTo
 	}
-	r.suspectUntil = received.Add(r.push.MaxTokenLifetime + r.leeway)
+	r.suspectUntil = r.forgetAt(upTo, received)
 	r.resets++
 	clear(r.cleared)
+}
+
+// forgetAt is when every token issued up to at (the issuer's clock) has
+// expired here: at plus MaxTokenLifetime plus the leeway the exp check
+// allows, and no earlier than that from received (this server's clock).
+// Counting from received alone would forget too soon on a server whose
+// clock lags the issuer's (docs/oauth-verifier.md, "Revocation: the push stream").
+func (r *revocations) forgetAt(at, received time.Time) time.Time {
+	if received.After(at) {
+		at = received
+	}
+	return at.Add(r.push.MaxTokenLifetime + r.leeway)
 }
 
 // heard records that the stream spoke, and the event id to resume from.
