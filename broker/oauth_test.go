@@ -246,6 +246,9 @@ func TestOAuthTokenClaims(t *testing.T) {
 	if cl["scope"] != "tools.call tools.list" && cl["scope"] != "tools.list tools.call" || cl["atf_level"] != "principal" {
 		t.Errorf("own token: scope %v level %v, want every scope of the role, principal", cl["scope"], cl["atf_level"])
 	}
+	if own.Scope != cl["scope"] {
+		t.Errorf("own token: the answer's scope %q is not the token's %v", own.Scope, cl["scope"])
+	}
 	if got := mustJSON(t, cl["atf_lineage"]); got != mustJSON(t, []string{"agent:" + a.id.String()}) {
 		t.Errorf("own token's atf_lineage = %s", got)
 	}

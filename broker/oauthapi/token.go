@@ -85,13 +85,11 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 			Description: fmt.Sprintf("role %s needs a human's approval (%s); once approved, ask again with approval_id=%s", role.Name, ap.GetId(), ap.GetId())})
 		return
 	}
+	// The token's scopes are its policies (docs/oauth.md): those asked
+	// for, or all the role's, as the token was signed with them.
 	c := resp.GetCredential()
-	sc := strings.Join(scopes, " ")
-	if len(scopes) == 0 {
-		sc = strings.Join(role.Scopes, " ")
-	}
 	writeJSON(w, http.StatusOK, tokenResponse{AccessToken: c.GetToken(), IssuedTokenType: TokenTypeAccessToken, TokenType: "Bearer",
-		ExpiresIn: int64(time.Until(c.GetExpiresAt().AsTime()).Round(time.Second) / time.Second), Scope: sc})
+		ExpiresIn: int64(time.Until(c.GetExpiresAt().AsTime()).Round(time.Second) / time.Second), Scope: strings.Join(c.GetPolicies(), " ")})
 }
 
 // client is the caller: by its X.509-SVID, or by the JWT-SVID it gives as
