@@ -747,6 +747,11 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[max(int(math.Ceil(p*float64(len(sorted))))-1, 0)]
 }
 
+// percentileMS is percentile in milliseconds, for b.ReportMetric.
+func percentileMS(sorted []time.Duration, p float64) float64 {
+	return float64(percentile(sorted, p)) / float64(time.Millisecond)
+}
+
 // sample returns up to revocationSamples of accessors, evenly spread.
 func sample(accessors []string) []string {
 	k := min(len(accessors), revocationSamples)

@@ -400,20 +400,17 @@ func BenchmarkHARevocationHeard(b *testing.B) {
 	for _, l := range [][]time.Duration{same, other, rawLat} {
 		slices.Sort(l)
 	}
-	ms := func(sorted []time.Duration, p float64) float64 {
-		return float64(percentile(sorted, p)) / float64(time.Millisecond)
-	}
 	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(ms(other, 0.50), "other-p50-ms")
-	b.ReportMetric(ms(other, 0.99), "other-p99-ms")
-	b.ReportMetric(ms(same, 0.50), "same-p50-ms")
-	b.ReportMetric(ms(same, 0.99), "same-p99-ms")
-	b.ReportMetric(ms(rawLat, 0.50), "raw-p50-ms")
-	b.ReportMetric(ms(rawLat, 0.99), "raw-p99-ms")
+	b.ReportMetric(percentileMS(other, 0.50), "other-p50-ms")
+	b.ReportMetric(percentileMS(other, 0.99), "other-p99-ms")
+	b.ReportMetric(percentileMS(same, 0.50), "same-p50-ms")
+	b.ReportMetric(percentileMS(same, 0.99), "same-p99-ms")
+	b.ReportMetric(percentileMS(rawLat, 0.50), "raw-p50-ms")
+	b.ReportMetric(percentileMS(rawLat, 0.99), "raw-p99-ms")
 	b.ReportMetric(float64(percentile(other, 0.99))/float64(haHeardTarget), "other-p99-vs-50ms")
-	b.ReportMetric(ms(other, 0.99)/ms(same, 0.99), "other-vs-same")
-	b.ReportMetric(ms(other, 0.99)/ms(rawLat, 0.99), "other-vs-raw")
-	b.ReportMetric(ms(other, 0.50)/ms(rawLat, 0.50), "other-p50-vs-raw")
+	b.ReportMetric(percentileMS(other, 0.99)/percentileMS(same, 0.99), "other-vs-same")
+	b.ReportMetric(percentileMS(other, 0.99)/percentileMS(rawLat, 0.99), "other-vs-raw")
+	b.ReportMetric(percentileMS(other, 0.50)/percentileMS(rawLat, 0.50), "other-p50-vs-raw")
 }
 
 // heardAcross registers agent, has it watch on a and on other and fetch
@@ -581,15 +578,12 @@ func BenchmarkHAFailover(b *testing.B) {
 			}
 			slices.Sort(took)
 			slices.Sort(cold)
-			ms := func(sorted []time.Duration, p float64) float64 {
-				return float64(percentile(sorted, p)) / float64(time.Millisecond)
-			}
 			b.ReportMetric(0, "ns/op")
-			b.ReportMetric(ms(took, 0.50), "p50-ms")
-			b.ReportMetric(ms(took, 0.99), "p99-ms")
-			b.ReportMetric(ms(cold, 0.50), "cold-p50-ms")
-			b.ReportMetric(ms(cold, 0.99), "cold-p99-ms")
-			b.ReportMetric(ms(took, 0.99)/ms(cold, 0.99), "p99-vs-cold")
+			b.ReportMetric(percentileMS(took, 0.50), "p50-ms")
+			b.ReportMetric(percentileMS(took, 0.99), "p99-ms")
+			b.ReportMetric(percentileMS(cold, 0.50), "cold-p50-ms")
+			b.ReportMetric(percentileMS(cold, 0.99), "cold-p99-ms")
+			b.ReportMetric(percentileMS(took, 0.99)/percentileMS(cold, 0.99), "p99-vs-cold")
 			b.ReportMetric(float64(failed)/float64(len(took)), "failed-calls")
 		})
 	}

@@ -106,21 +106,18 @@ func BenchmarkKillSwitch(b *testing.B) {
 			for _, lat := range [][]time.Duration{kill, dead, commit, raw} {
 				slices.Sort(lat)
 			}
-			ms := func(sorted []time.Duration, p float64) float64 {
-				return float64(percentile(sorted, p)) / float64(time.Millisecond)
-			}
 			b.ReportMetric(0, "ns/op")
-			b.ReportMetric(ms(kill, 0.50), "p50-ms")
-			b.ReportMetric(ms(kill, 0.99), "p99-ms")
+			b.ReportMetric(percentileMS(kill, 0.50), "p50-ms")
+			b.ReportMetric(percentileMS(kill, 0.99), "p99-ms")
 			b.ReportMetric(float64(percentile(kill, 0.99))/float64(killTarget), "p99-vs-100ms")
-			b.ReportMetric(ms(commit, 0.50), "commit-p50-ms")
-			b.ReportMetric(ms(raw, 0.50), "raw-p50-ms")
-			b.ReportMetric(ms(raw, 0.99), "raw-p99-ms")
+			b.ReportMetric(percentileMS(commit, 0.50), "commit-p50-ms")
+			b.ReportMetric(percentileMS(raw, 0.50), "raw-p50-ms")
+			b.ReportMetric(percentileMS(raw, 0.99), "raw-p99-ms")
 			b.ReportMetric(float64(percentile(kill, 0.50))/float64(percentile(raw, 0.50)), "p50-vs-raw")
 			b.ReportMetric(float64(pending)/float64(len(kill)), "vault-pending")
 			if forced {
-				b.ReportMetric(ms(dead, 0.50), "dead-p50-ms")
-				b.ReportMetric(ms(dead, 0.99), "dead-p99-ms")
+				b.ReportMetric(percentileMS(dead, 0.50), "dead-p50-ms")
+				b.ReportMetric(percentileMS(dead, 0.99), "dead-p99-ms")
 				b.ReportMetric(float64(percentile(dead, 0.99))/float64(killEndToEnd), "dead-p99-vs-1s")
 			}
 		})
