@@ -27,31 +27,9 @@ var ansi = regexp.MustCompile(`\x1b\[[0-9;]*m`)
 // resumed there, a lineage revoked on a third replica reached it, Vault
 // refuses the three revoked tokens, and the survivors stopped cleanly.
 func TestHADemo(t *testing.T) {
-	bin := buildDemo(t)
-	ctx, cancel := context.WithTimeout(t.Context(), haDemoTimeout)
-	defer cancel()
-	demo := exec.CommandContext(ctx, filepath.Join(bin, "demo"), "-ha", "-bin", bin)
-	demo.Dir = repoRoot(t)
-	// The replicas are the demo's children, in its process group: a demo
-	// that overruns goes with them (SPIRE, Vault and etcd die with it).
-	demo.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	demo.Cancel = func() error { return syscall.Kill(-demo.Process.Pid, syscall.SIGKILL) }
-	start := time.Now()
-	raw, err := demo.CombinedOutput()
-	out := ansi.ReplaceAllString(string(raw), "")
-	if err != nil {
-		t.Fatalf("demo -ha: %v after %s\n%s", err, time.Since(start).Round(time.Second), out)
-	}
-	t.Logf("demo -ha passed in %s", time.Since(start).Round(time.Second))
-
-	find := func(re string) []string {
-		t.Helper()
-		m := regexp.MustCompile(re).FindStringSubmatch(out)
-		if m == nil {
-			t.Fatalf("the demo's output does not match %q:\n%s", re, out)
-		}
-		return m
-	}
+	out, took := runDemo(t, "-ha", haDemoTimeout)
+	t.Logf("demo -ha passed in %s", took.Round(time.Second))
+	find := matcher(t, out)
 	killed := find(`kill -KILL \d+ +\((r\d), which the agent's connection is on\)`)[1]
 	after := find(`✔ issued by (r\d), \S+ after the kill`)[1]
 	find(`✔ the agent's revocation watch resumed on ` + after + ` where it broke`)
@@ -78,6 +56,42 @@ func TestRunFailsOnAFailedCheck(t *testing.T) {
 	err := run(t.Context(), sc, "")
 	if err == nil || err.Error() != "1 check(s) did not behave as expected (marked ✘ above)" {
 		t.Fatalf("run: %v, want 1 failed check", err)
+	}
+}
+
+// runDemo builds the demo and runs it with flag, as a person runs it, for
+// at most timeout. What it starts (atfd replicas, mcp-tools; SPIRE, Vault
+// and etcd with them) are its children, in its process group: a demo that
+// overruns goes with them. It fails the test unless the demo exits 0, and
+// returns the demo's output without its colour codes, and how long it ran.
+func runDemo(t *testing.T, flag string, timeout time.Duration) (string, time.Duration) {
+	t.Helper()
+	bin := buildDemo(t)
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	defer cancel()
+	demo := exec.CommandContext(ctx, filepath.Join(bin, "demo"), flag, "-bin", bin)
+	demo.Dir = repoRoot(t)
+	demo.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	demo.Cancel = func() error { return syscall.Kill(-demo.Process.Pid, syscall.SIGKILL) }
+	start := time.Now()
+	raw, err := demo.CombinedOutput()
+	out := ansi.ReplaceAllString(string(raw), "")
+	if err != nil {
+		t.Fatalf("demo %s: %v after %s\n%s", flag, err, time.Since(start).Round(time.Second), out)
+	}
+	return out, time.Since(start)
+}
+
+// matcher returns a find that returns the submatches of a regular
+// expression in out, and fails the test when out does not match it.
+func matcher(t *testing.T, out string) func(re string) []string {
+	return func(re string) []string {
+		t.Helper()
+		m := regexp.MustCompile(re).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("the demo's output does not match %q:\n%s", re, out)
+		}
+		return m
 	}
 }
 

@@ -1,12 +1,7 @@
 package main
 
 import (
-	"context"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -21,28 +16,8 @@ const oauthDemoTimeout = 3 * time.Minute
 // chain A → B → C, and after the lineage was revoked refused C's next
 // call within the push latency while A's own token still worked.
 func TestOAuthDemo(t *testing.T) {
-	bin := buildDemo(t)
-	ctx, cancel := context.WithTimeout(t.Context(), oauthDemoTimeout)
-	defer cancel()
-	demo := exec.CommandContext(ctx, filepath.Join(bin, "demo"), "-oauth", "-bin", bin)
-	demo.Dir = repoRoot(t)
-	// atfd and mcp-tools are the demo's children, in its process group.
-	demo.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	demo.Cancel = func() error { return syscall.Kill(-demo.Process.Pid, syscall.SIGKILL) }
-	start := time.Now()
-	raw, err := demo.CombinedOutput()
-	out := ansi.ReplaceAllString(string(raw), "")
-	if err != nil {
-		t.Fatalf("demo -oauth: %v after %s\n%s", err, time.Since(start).Round(time.Second), out)
-	}
-	find := func(re string) []string {
-		t.Helper()
-		m := regexp.MustCompile(re).FindStringSubmatch(out)
-		if m == nil {
-			t.Fatalf("the demo's output does not match %q:\n%s", re, out)
-		}
-		return m
-	}
+	out, took := runDemo(t, "-oauth", oauthDemoTimeout)
+	find := matcher(t, out)
 	find(`agents/planner → \S+/agents/researcher → \S+/agents/summarizer \(level junior`)
 	find(`✔ the tool server saw C acting for B acting for A`)
 	refused := find(`✔ refused \(401\), \S+ after .atfctl revoke. started, (\S+) after it returned`)
@@ -52,5 +27,5 @@ func TestOAuthDemo(t *testing.T) {
 		t.Errorf("a check failed:\n%s", out)
 	}
 	t.Logf("demo -oauth passed in %s: refused %s after the revocation returned, push latency %s",
-		time.Since(start).Round(time.Second), refused[1], latency[1])
+		took.Round(time.Second), refused[1], latency[1])
 }
