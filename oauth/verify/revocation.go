@@ -208,7 +208,9 @@ func (r *revocations) reset(upTo, received time.Time) {
 	if upTo.After(r.suspectUpTo) {
 		r.suspectUpTo = upTo
 	}
-	r.suspectUntil = r.forgetAt(upTo, received)
+	if until := r.forgetAt(upTo, received); until.After(r.suspectUntil) {
+		r.suspectUntil = until
+	}
 	r.resets++
 	clear(r.cleared)
 }

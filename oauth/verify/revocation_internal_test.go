@@ -21,6 +21,8 @@ func TestRevocationOutlivesTokensOnALaggingClock(t *testing.T) {
 	tok := &Claims{JTI: "j1", Subject: "spiffe://td/a", IssuedAt: issuerNow, Expiry: issuerNow.Add(lifetime)}
 	r.apply(Revocation{JTIs: []string{"j1"}, Time: issuerNow, Received: local})
 	r.reset(issuerNow, local)
+	// A later reset naming an older time does not cut the suspicion short.
+	r.reset(issuerNow.Add(-lifetime), local)
 
 	// The last instant this server's exp check still admits the token.
 	local = tok.Expiry.Add(leeway - time.Second)
