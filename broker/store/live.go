@@ -76,10 +76,13 @@ type liveEntry struct {
 
 // ReserveLive counts one more live credential under every limit's key,
 // until expires, or returns a *LiveLimitError naming the first limit it
-// would break (nothing is then written). It returns the reservation's id.
+// would break (no reservation is then written). It returns the
+// reservation's id.
 func (s *Store) ReserveLive(limits []LiveLimit, expires time.Time) (string, error) {
 	var id string
+	var refused *LiveLimitError
 	err := s.group(func(tx kv.Tx) error {
+		id, refused = "", nil // the group may run this more than once
 		if err := sweepLive(tx, s.now(), liveSweepMax); err != nil {
 			return err
 		}
@@ -92,13 +95,21 @@ func (s *Store) ReserveLive(limits []LiveLimit, expires time.Time) (string, erro
 				continue
 			}
 			if n := liveCount(counts, l.Key); n >= l.Max {
-				return &LiveLimitError{Key: l.Key, Count: n, Soonest: soonestLive(tx)}
+				// Not an error of the group's: an agent at its limit
+				// that keeps asking would otherwise roll back, and run
+				// again, every group its requests land in. The sweep
+				// is kept.
+				refused = &LiveLimitError{Key: l.Key, Count: n, Soonest: soonestLive(tx)}
+				return nil
 			}
 			e.Keys = append(e.Keys, l.Key)
 		}
 		id = rand.Text() // not a sequence: one key every replica writes
 		return putLive(tx, id, e, 1)
 	})
+	if err == nil && refused != nil {
+		err = refused
+	}
 	return id, err
 }
 
