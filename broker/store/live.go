@@ -285,12 +285,13 @@ const seedChunk = 200
 // nor marked revoked under the kinds of limits in force, each with a
 // reservation its record names until its expiry. A credential revoked
 // with its lineage node is counted too: too high until it expires, never
-// too low. It returns how many it counted.
-func seedLive(ctx context.Context, dst *kv.Etcd, kinds LiveKinds, now time.Time) (int, error) {
+// too low. It returns how many it counted. Each transaction has timeout,
+// as the copy's.
+func seedLive(ctx context.Context, dst *kv.Etcd, kinds LiveKinds, now time.Time, timeout time.Duration) (int, error) {
 	var after []byte
 	total := 0
 	for {
-		n, last, err := seedLiveChunk(ctx, dst, kinds, now, after)
+		n, last, err := seedLiveChunk(ctx, dst, kinds, now, after, timeout)
 		total += n
 		if err != nil || last == nil {
 			return total, err
@@ -301,7 +302,9 @@ func seedLive(ctx context.Context, dst *kv.Etcd, kinds LiveKinds, now time.Time)
 
 // seedLiveChunk counts up to seedChunk credentials after key after, and
 // returns how many it counted and the last key it read (nil at the end).
-func seedLiveChunk(ctx context.Context, dst *kv.Etcd, kinds LiveKinds, now time.Time, after []byte) (int, []byte, error) {
+func seedLiveChunk(ctx context.Context, dst *kv.Etcd, kinds LiveKinds, now time.Time, after []byte, timeout time.Duration) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	var counted int
 	var last []byte
 	err := dst.Update(ctx, func(tx kv.Tx) error {

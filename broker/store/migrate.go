@@ -147,7 +147,7 @@ func MigrateToEtcd(ctx context.Context, m Migration) (MigrationReport, error) {
 	if err := src.compare(ctx, dst, rep); err != nil {
 		return rep, unfinished(m.Etcd.Prefix, err)
 	}
-	if rep.LiveCounted, err = seedLive(ctx, dst, m.CountLive, time.Now()); err != nil {
+	if rep.LiveCounted, err = seedLive(ctx, dst, m.CountLive, time.Now(), m.Etcd.Timeout); err != nil {
 		return rep, unfinished(m.Etcd.Prefix, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.Etcd.Timeout)
