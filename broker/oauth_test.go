@@ -343,6 +343,42 @@ func TestOAuthRefusals(t *testing.T) {
 	}
 }
 
+// Bad forms at the token endpoint are refused, each with an error a
+// person can act on, and nothing is issued.
+func TestOAuthBadForms(t *testing.T) {
+	e := newOAuthEnv(t)
+	a := e.register(t, "a", brokerv1.Level_LEVEL_PRINCIPAL, toolRoles...)
+	b := e.register(t, "b", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	c := e.register(t, "c", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	toB := a.mustDelegate(t, b.id, "", time.Hour, 0, "tools-read")
+	tools, admin := brokertest.OAuthToolsAudience, brokertest.OAuthAdminAudience
+	for _, tt := range []struct {
+		name   string
+		as     spiffeid.ID
+		form   url.Values
+		status int
+		code   string
+		part   string
+	}{
+		{"no resource", a.id, url.Values{}, 400, "invalid_request", "resource"},
+		{"resource and audience differ", a.id, url.Values{"resource": {tools}, "audience": {admin}}, 400, "invalid_target", "different resources"},
+		{"parameter given twice", a.id, url.Values{"resource": {tools, admin}}, 400, "invalid_request", "more than once"},
+		{"another token type", a.id, url.Values{"resource": {tools}, "requested_token_type": {"urn:ietf:params:oauth:token-type:jwt"}}, 400, "invalid_request", "requested_token_type"},
+		{"atf_ttl not a duration", a.id, url.Values{"resource": {tools}, "atf_ttl": {"5 minutes"}}, 400, "invalid_request", "atf_ttl"},
+		{"atf_ttl below a second", a.id, url.Values{"resource": {tools}, "atf_ttl": {"-5m"}}, 400, "invalid_request", "ttl"},
+		{"grant_id not an id", b.id, url.Values{"resource": {tools}, "grant_id": {"../x"}}, 400, "invalid_request", "grant_id"},
+		{"approval_id not an id", a.id, url.Values{"resource": {tools}, "approval_id": {"x"}}, 400, "invalid_request", "approval_id"},
+		{"grant given to another agent", c.id, url.Values{"resource": {tools}, "grant_id": {toB.GetId()}}, 400, "invalid_grant", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.exchangeForm(t, tt.as, tt.form)
+			if r.status != tt.status || r.Error != tt.code || r.AccessToken != "" || !strings.Contains(r.Description, tt.part) {
+				t.Errorf("got %d %s %q (token given: %v), want %d %s saying %q", r.status, r.Error, r.Description, r.AccessToken != "", tt.status, tt.code, tt.part)
+			}
+		})
+	}
+}
+
 // introspect asks as the resource server whether token is active.
 func (e *oauthEnv) introspect(t *testing.T, token string) map[string]any {
 	t.Helper()
