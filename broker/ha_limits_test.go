@@ -1,7 +1,6 @@
 package broker_test
 
 import (
-	"crypto/rand"
 	"sync"
 	"testing"
 	"time"
@@ -23,14 +22,9 @@ import (
 // one frees the places for the other.
 func TestHALiveLimitsAcrossReplicas(t *testing.T) {
 	f := brokertest.Setup(t)
-	prefix := "/ha-" + rand.Text() + "/"
 	const limit, tries = 3, 10
-	start := func(replica string) *brokertest.Broker {
-		cfg := f.EtcdConfig(t, t.TempDir(), prefix, replica)
-		cfg.Limits.MaxLivePerAgent = limit
-		return f.Start(t, cfg)
-	}
-	replicas := []*brokertest.Broker{start("a"), start("b")}
+	a, b := replicaPair(t, f, func(cfg *config.Config) { cfg.Limits.MaxLivePerAgent = limit })
+	replicas := []*brokertest.Broker{a, b}
 	agent := f.ID(t, "agent")
 	replicas[0].Register(t, agent, brokerv1.Level_LEVEL_SENIOR, "reports-read")
 	conns := []brokerv1.BrokerServiceClient{replicas[0].Dial(t, agent).Broker, replicas[1].Dial(t, agent).Broker}
@@ -84,14 +78,10 @@ func TestHALiveLimitsAcrossReplicas(t *testing.T) {
 // the one left alone allows the whole burst again.
 func TestHARateSharedAcrossReplicas(t *testing.T) {
 	f := brokertest.Setup(t)
-	prefix := "/ha-" + rand.Text() + "/"
-	start := func(replica string) *brokertest.Broker {
-		cfg := f.EtcdConfig(t, t.TempDir(), prefix, replica)
+	a, b := replicaPair(t, f, func(cfg *config.Config) {
 		cfg.Limits.Rate = map[string]config.RateLimit{"intern": {PerSecond: 0.0001, Burst: 4}}
 		cfg.MetricsAddr = freeAddr(t)
-		return f.Start(t, cfg)
-	}
-	a, b := start("a"), start("b")
+	})
 	agents := []spiffeid.ID{f.ID(t, "first"), f.ID(t, "second")}
 	for _, id := range agents {
 		a.Register(t, id, brokerv1.Level_LEVEL_INTERN, "reports-read")
@@ -136,14 +126,8 @@ func metricValue(t *testing.T, r *brokertest.Broker, name string) float64 {
 // on b, redeemed at once on both, exactly one credential is issued.
 func TestHAApprovalRedeemedOnce(t *testing.T) {
 	f := brokertest.Setup(t)
-	prefix := "/ha-" + rand.Text() + "/"
 	approver := f.ID(t, "approver")
-	start := func(replica string) *brokertest.Broker {
-		cfg := f.EtcdConfig(t, t.TempDir(), prefix, replica)
-		cfg.Approvals.Approvers = []string{approver.String()}
-		return f.Start(t, cfg)
-	}
-	a, b := start("a"), start("b")
+	a, b := replicaPair(t, f, func(cfg *config.Config) { cfg.Approvals.Approvers = []string{approver.String()} })
 	junior := f.ID(t, "junior")
 	a.Register(t, junior, brokerv1.Level_LEVEL_JUNIOR, "reports-write")
 	onA, onB := delegAgent{id: junior, bc: a.Dial(t, junior).Broker}, delegAgent{id: junior, bc: b.Dial(t, junior).Broker}

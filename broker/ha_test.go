@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/broker/client"
+	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/metrics"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
@@ -29,14 +30,8 @@ import (
 // release. The audit trail is one chain, verified from either replica.
 func TestHAReplicasShareOneTruth(t *testing.T) {
 	f := brokertest.Setup(t)
-	prefix := "/ha-" + rand.Text() + "/"
 	op := f.ID(t, "operator")
-	start := func(replica string) *brokertest.Broker {
-		cfg := f.EtcdConfig(t, t.TempDir(), prefix, replica)
-		cfg.SecurityOperators = []string{op.String()}
-		return f.Start(t, cfg)
-	}
-	a, b := start("a"), start("b")
+	a, b := replicaPair(t, f, func(cfg *config.Config) { cfg.SecurityOperators = []string{op.String()} })
 	giver, taker := f.ID(t, "giver"), f.ID(t, "taker")
 	a.Register(t, giver, brokerv1.Level_LEVEL_SENIOR, "reports-read")
 	a.Register(t, taker, brokerv1.Level_LEVEL_INTERN, "reports-read")
@@ -126,6 +121,19 @@ func TestHAReplicasShareOneTruth(t *testing.T) {
 			t.Errorf("verify on %s: %v", name, v)
 		}
 	}
+}
+
+// replicaPair starts replicas a and b of one broker on the fixture's etcd,
+// under a prefix of their own, each configured by tweak.
+func replicaPair(t *testing.T, f *brokertest.Fixture, tweak func(*config.Config)) (a, b *brokertest.Broker) {
+	t.Helper()
+	prefix := "/ha-" + rand.Text() + "/"
+	start := func(replica string) *brokertest.Broker {
+		cfg := f.EtcdConfig(t, t.TempDir(), prefix, replica)
+		tweak(&cfg)
+		return f.Start(t, cfg)
+	}
+	return start("a"), start("b")
 }
 
 // watchOn opens id's revocation watch on r and waits until it is in place.
