@@ -35,8 +35,12 @@ func TestLiveReservations(t *testing.T) {
 	if _, err := s.ReserveLive(liveLimits("a", 2, 3), exp.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
+	_, rollbacks := store.Committed(s)
 	_, err = s.ReserveLive(liveLimits("a", 2, 3), exp)
 	wantLiveLimit(t, err, store.LiveKey("agent", "a"), 2)
+	if _, r := store.Committed(s); r != rollbacks {
+		t.Errorf("a refusal rolled back its group (%d rollbacks): the others in it would run again", r-rollbacks)
+	}
 	if le, _ := store.IsLiveLimit(err); !le.Soonest.Equal(exp) {
 		t.Errorf("soonest expiry %v, want the first reservation's %v", le.Soonest, exp)
 	}
