@@ -594,6 +594,9 @@ func TestOAuthMetadata(t *testing.T) {
 	if got := mustJSON(t, md["grant_types_supported"]); got != `["urn:ietf:params:oauth:grant-type:token-exchange"]` {
 		t.Errorf("grant_types_supported = %s", got)
 	}
+	if got := mustJSON(t, md["scopes_supported"]); got != `["tools.admin","tools.call","tools.list"]` {
+		t.Errorf("scopes_supported = %s, want every resource's scopes, sorted", got)
+	}
 }
 
 // With two replicas on one etcd, a token issued on one is active at the

@@ -45,17 +45,11 @@ func (s *Server) metadata(w http.ResponseWriter, _ *http.Request) {
 // scopes are every resource's scopes.
 func (s *Server) scopes() []string {
 	var out []string
-	seen := map[string]bool{}
 	for _, r := range s.resources {
-		for _, sc := range r.Scopes {
-			if !seen[sc] {
-				seen[sc] = true
-				out = append(out, sc)
-			}
-		}
+		out = append(out, r.Scopes...)
 	}
 	slices.Sort(out)
-	return out
+	return slices.Compact(out)
 }
 
 func timeOf(unix int64) time.Time { return time.Unix(unix, 0) }
