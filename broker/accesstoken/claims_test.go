@@ -4,7 +4,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"strings"
@@ -103,4 +105,57 @@ func publicPEM(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+}
+
+// Verify accepts a token signed with a published version and refuses one
+// altered, of another issuer, algorithm or type, or naming a version not
+// published.
+func TestVerify(t *testing.T) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk := &Tokens{cfg: Config{Key: "k", Issuer: "https://atfd.test"}, keys: []published{{kid: "k-2", pub: &k.PublicKey}}}
+	enc := func(v any) string {
+		b, _ := json.Marshal(v)
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	sign := func(header map[string]string, claims Claims) string {
+		input := enc(header) + "." + enc(claims)
+		digest := sha256.Sum256([]byte(input))
+		r, s, err := ecdsa.Sign(rand.Reader, k, digest[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig := append(r.FillBytes(make([]byte, 32)), s.FillBytes(make([]byte, 32))...)
+		return input + "." + base64.RawURLEncoding.EncodeToString(sig)
+	}
+	header := map[string]string{"alg": "ES256", "typ": Type, "kid": "k-2"}
+	claims := Claims{Issuer: "https://atfd.test", Subject: "spiffe://td/a", ID: "j"}
+	good := sign(header, claims)
+	if c, err := tk.Verify(good); err != nil || c.Subject != "spiffe://td/a" || c.ID != "j" {
+		t.Fatalf("a token signed with a published version: %+v, %v", c, err)
+	}
+	parts := strings.Split(good, ".")
+	with := func(key, v string) map[string]string {
+		h := map[string]string{"alg": header["alg"], "typ": header["typ"], "kid": header["kid"]}
+		h[key] = v
+		return h
+	}
+	for _, tt := range []struct {
+		name, token string
+		want        error
+	}{
+		{"claims altered", parts[0] + "." + enc(Claims{Issuer: "https://atfd.test", Subject: "spiffe://td/b", ID: "j"}) + "." + parts[2], ErrSignature},
+		{"a version not published", sign(with("kid", "k-1"), claims), ErrSignature},
+		{"alg none", enc(with("alg", "none")) + "." + parts[1] + ".", ErrMalformed},
+		{"another type", sign(with("typ", "JWT"), claims), ErrMalformed},
+		{"another issuer", sign(header, Claims{Issuer: "https://other.test", Subject: "spiffe://td/a"}), ErrMalformed},
+		{"signature too long", good + "AA", ErrSignature},
+		{"two parts", parts[0] + "." + parts[1], ErrMalformed},
+	} {
+		if _, err := tk.Verify(tt.token); err != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
+		}
+	}
 }
