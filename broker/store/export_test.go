@@ -4,6 +4,8 @@ import (
 	"sync"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/agentictrust/atf/broker/store/kv"
 )
 
 // FailCommits makes every group commit and audit trim of s fail with err (nil: commit
@@ -39,3 +41,9 @@ func HoldWriter(s *Store) (release func()) {
 // comparison (nil: no more), for a test to damage the copy as a bug or
 // another writer could.
 func AfterMigrationCopy(f func()) { afterCopy = f }
+
+// PutLegacyBaselines writes every agent's baselines in one value, as a
+// store did before they had a key each.
+func PutLegacyBaselines(s *Store, v []byte) error {
+	return s.update(func(tx kv.Tx) error { return tx.Bucket(bucketMeta).Put(keyBaselines, v) })
+}
