@@ -223,12 +223,10 @@ const baselineChunk = 500
 // transactions of up to baselineChunk.
 func (s *Store) SaveBaselines(byAgent map[string][]byte) error {
 	agents := slices.Sorted(maps.Keys(byAgent))
-	first := true
-	for len(agents) > 0 || first {
-		chunk := agents[:min(len(agents), baselineChunk)]
-		agents = agents[len(chunk):]
-		legacy := first
-		first = false
+	// The first transaction runs even with nothing to save: it deletes
+	// the legacy value.
+	for i := 0; i == 0 || i < len(agents); i += baselineChunk {
+		chunk, legacy := agents[i:min(i+baselineChunk, len(agents))], i == 0
 		if err := s.update(func(tx kv.Tx) error {
 			if err := s.room(tx); err != nil {
 				return err
