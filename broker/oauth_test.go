@@ -519,6 +519,28 @@ func TestOAuthRevocation(t *testing.T) {
 	e.wantActive(t, "not.a.token", false)
 }
 
+// A deregistered agent's token, then every token under the global kill
+// switch, is inactive, and the token endpoint issues none while the
+// switch is on.
+func TestOAuthIntrospectionDeregisterGlobalKill(t *testing.T) {
+	e := newOAuthEnv(t)
+	a := e.register(t, "a", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	gone := e.register(t, "gone", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	tok := e.mustExchange(t, a.id, brokertest.OAuthToolsAudience, "", "").AccessToken
+	goneTok := e.mustExchange(t, gone.id, brokertest.OAuthToolsAudience, "", "").AccessToken
+	if _, err := e.admin.DeregisterAgent(t.Context(), &adminv1.DeregisterAgentRequest{SpiffeId: gone.id.String(), Reason: "retired"}); err != nil {
+		t.Fatal(err)
+	}
+	e.wantActive(t, goneTok, false)
+	e.wantActive(t, tok, true)
+
+	e.kill(t, &adminv1.KillRequest{Target: &adminv1.KillRequest_All{All: true}, Reason: "global kill test"})
+	e.wantActive(t, tok, false)
+	if r := e.exchange(t, a.id, brokertest.OAuthToolsAudience, "", ""); r.status != http.StatusForbidden || r.Error != "access_denied" || r.AccessToken != "" {
+		t.Errorf("token exchange under the global kill switch: %d %s %q", r.status, r.Error, r.Description)
+	}
+}
+
 // introspectJTI is the jti of a token, read without judging it.
 func (e *oauthEnv) introspectJTI(t *testing.T, token string) string {
 	t.Helper()
