@@ -185,13 +185,11 @@ func releaseLive(tx kv.Tx, id string) error {
 	if err != nil || !ok {
 		return err
 	}
-	for _, d := range []struct {
-		bucket []byte
-		key    []byte
-	}{{bucketLive, []byte(id)}, {bucketLiveExpiry, liveExpiryKey(e.Expires, id)}} {
-		if err := tx.Bucket(d.bucket).Delete(d.key); err != nil {
-			return err
-		}
+	if err := tx.Bucket(bucketLive).Delete([]byte(id)); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketLiveExpiry).Delete(liveExpiryKey(e.Expires, id)); err != nil {
+		return err
 	}
 	return addLive(tx, e.Keys, -1)
 }
