@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -391,5 +392,68 @@ func TestMigrateCrashedRun(t *testing.T) {
 	}
 	if _, err := a.VerifyAudit(); err != nil {
 		t.Error(err)
+	}
+}
+
+// A migration counts every credential of the file still live, across
+// several seeding transactions, and no expired or revoked one: on the
+// copy, the agent is at a limit of exactly that many, and each
+// credential's revocation frees its place.
+func TestMigrateSeedsLiveCounts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atf.db")
+	s, err := store.Open(path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := mustRegister(t, s, "a", "alice").ID
+	now := time.Now()
+	anchor := store.Anchor{Accessor: "anchor-a", Node: store.AgentNode(holder), CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+	if err := s.AddAnchor(anchor); err != nil {
+		t.Fatal(err)
+	}
+	const live = 450 // three of seedLive's transactions
+	for i := range live + 2 {
+		exp := now.Add(time.Hour)
+		if i == live {
+			exp = now.Add(-time.Minute) // expired
+		}
+		cr := store.Credential{Accessor: fmt.Sprintf("acc-%04d", i), AgentID: holder, Role: "db-read", IssuedAt: now.Add(-2 * time.Minute),
+			ExpiresAt: exp, Anchor: anchor.Accessor}
+		if err := s.RecordCredential(cr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	revoked := fmt.Sprintf("acc-%04d", live+1)
+	if _, err := s.RevokeCredentials(holder, "alice", "test", func(c store.Credential) bool { return c.Accessor == revoked }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	cli, eo := migrationDest(t)
+	rep, err := store.MigrateToEtcd(t.Context(), store.Migration{Path: path, Client: cli, Etcd: eo, CountLive: store.LiveKinds{Agent: true}})
+	if err != nil || rep.LiveCounted != live {
+		t.Fatalf("MigrateToEtcd = %d counted, %v; want %d", rep.LiveCounted, err, live)
+	}
+	d, err := store.OpenEtcd(cli, eo, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if n, err := d.LiveTotal(); err != nil || n != live {
+		t.Fatalf("LiveTotal on the copy = %d, %v; want %d", n, err, live)
+	}
+	limit := []store.LiveLimit{{Key: store.LiveKey("agent", holder), Max: live}}
+	_, err = d.ReserveLive(limit, now.Add(time.Hour))
+	wantLiveLimit(t, err, store.LiveKey("agent", holder), live)
+	if err := d.ReleaseLive(holder, "acc-0000", fmt.Sprintf("acc-%04d", live-1)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.LiveTotal(); err != nil || n != live-2 {
+		t.Fatalf("LiveTotal after releasing two = %d, %v; want %d", n, err, live-2)
+	}
+	if _, err := d.ReserveLive(limit, now.Add(time.Hour)); err != nil {
+		t.Fatalf("reservation after two were released: %v", err)
 	}
 }
