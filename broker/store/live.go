@@ -308,11 +308,11 @@ func seedLiveChunk(ctx context.Context, dst *kv.Etcd, kinds LiveKinds, now time.
 	err := dst.Update(ctx, func(tx kv.Tx) error {
 		counted, last = 0, nil
 		c := tx.Bucket(bucketCredentials).Cursor()
-		k, v := c.First()
-		if after != nil {
-			if k, v = c.Seek(after); k != nil && string(k) == string(after) {
-				k, v = c.Next()
-			}
+		var k, v []byte
+		if after == nil {
+			k, v = c.First()
+		} else {
+			k, v = c.Seek([]byte(string(after) + "\x00")) // the first key past after
 		}
 		for read := 0; k != nil && read < seedChunk; k, v = c.Next() {
 			read++
