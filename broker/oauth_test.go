@@ -510,6 +510,9 @@ func TestOAuthRevocation(t *testing.T) {
 	if st := e.post(t, c.id, "/oauth2/revoke", url.Values{"token": {held}}, &r); st != 403 || r.Error != "unauthorized_client" {
 		t.Errorf("revocation by another agent: %d %s", st, r.Error)
 	}
+	if st := e.post(t, spiffeid.ID{}, "/oauth2/revoke", url.Values{"token": {held}}, &r); st != http.StatusUnauthorized || r.Error != "invalid_client" {
+		t.Errorf("revocation without a client certificate: %d %s", st, r.Error)
+	}
 	e.wantActive(t, held, true)
 	var empty map[string]any
 	if st := e.post(t, b.id, "/oauth2/revoke", url.Values{"token": {held}}, &empty); st != http.StatusOK {

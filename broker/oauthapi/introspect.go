@@ -78,13 +78,8 @@ func (s *Server) live(token string) (accesstoken.Claims, error) {
 // be the token's subject. As the RFC asks, a token that is not one, or
 // not live, is answered like a revoked one: 200.
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
-	id, ok, err := s.peer(r)
-	if !ok || err != nil {
-		desc := "present your X.509-SVID (mutual TLS)"
-		if err != nil {
-			desc = err.Error()
-		}
-		s.fail(r.Context(), w, http.StatusUnauthorized, "invalid_client", desc, "")
+	id, ok := s.mtls(w, r)
+	if !ok {
 		return
 	}
 	ctx := edge.Begin(r.Context(), s.cfg.Log, id, "oauth2/revoke")

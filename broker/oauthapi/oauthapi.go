@@ -148,16 +148,27 @@ func (s *Server) peer(r *http.Request) (attest.Identity, bool, error) {
 	return id, true, err
 }
 
-// resourceServer authenticates a resource server by its X.509-SVID; on
-// refusal it has answered.
-func (s *Server) resourceServer(w http.ResponseWriter, r *http.Request, method string) (context.Context, bool) {
+// mtls authenticates the caller by its X.509-SVID, which it must
+// present; on refusal it has answered.
+func (s *Server) mtls(w http.ResponseWriter, r *http.Request) (attest.Identity, bool) {
 	id, ok, err := s.peer(r)
 	switch {
 	case !ok:
 		s.fail(r.Context(), w, http.StatusUnauthorized, "invalid_client", "present your X.509-SVID (mutual TLS)", "")
-		return nil, false
+		return id, false
 	case err != nil:
 		s.fail(r.Context(), w, http.StatusUnauthorized, "invalid_client", err.Error(), "")
+		return id, false
+	}
+	return id, true
+}
+
+// resourceServer authenticates a resource server by its X.509-SVID; on
+// refusal it has answered.
+func (s *Server) resourceServer(w http.ResponseWriter, r *http.Request, method string) (context.Context, bool) {
+	id, ok := s.mtls(w, r)
+	switch {
+	case !ok:
 		return nil, false
 	case !s.cfg.ResourceServers[id.ID]:
 		s.fail(r.Context(), w, http.StatusForbidden, "unauthorized_client", id.ID.String()+" is not in oauth.resource_servers", "")
