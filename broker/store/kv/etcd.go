@@ -18,7 +18,8 @@ import (
 const DefaultMaxTxnOps = 128
 
 // ErrTooLarge is returned by Etcd.Update for a transaction that needs more
-// operations or comparisons than the cluster allows in one transaction.
+// operations or comparisons than the cluster allows in one transaction,
+// or more bytes than it takes in one request.
 var ErrTooLarge = errors.New("kv: transaction too large for etcd")
 
 // ErrConflict is returned by Etcd.Update when its transaction kept losing
@@ -286,7 +287,12 @@ func (t *etcdTx) commit() (bool, error) {
 			ErrTooLarge, len(cmps), len(ops), t.e.maxOps)
 	}
 	resp, err := t.e.cli.Txn(t.ctx).If(cmps...).Then(ops...).Commit()
-	if err != nil {
+	switch {
+	case errors.Is(err, rpctypes.ErrRequestTooLarge):
+		// etcd's --max-request-bytes: too large, like too many ops, not
+		// an etcd that did not answer (a group then runs write by write).
+		return false, fmt.Errorf("%w: %w", ErrTooLarge, err)
+	case err != nil:
 		return false, fmt.Errorf("%w: commit: %w", ErrEtcd, err)
 	}
 	return resp.Succeeded, nil

@@ -575,3 +575,24 @@ func TestEtcdClaim(t *testing.T) {
 		t.Errorf("Keys = %d, %v; want 1", n, err)
 	}
 }
+
+// A transaction larger than etcd takes in one request (its
+// --max-request-bytes, 1.5 MiB by default) fails as ErrTooLarge, as one
+// with too many operations does, not as an etcd that did not answer: the
+// store's group committer then runs the group's writes one by one.
+func TestEtcdRequestTooLarge(t *testing.T) {
+	e := etcdEngine(t, 0)
+	err := e.Update(t.Context(), func(tx kv.Tx) error {
+		b := tx.Bucket(bucketA)
+		if err := b.Put([]byte("x"), bytes.Repeat([]byte("a"), 900<<10)); err != nil {
+			return err
+		}
+		return b.Put([]byte("y"), bytes.Repeat([]byte("a"), 900<<10))
+	})
+	if !errors.Is(err, kv.ErrTooLarge) || errors.Is(err, kv.ErrEtcd) {
+		t.Fatalf("Update of 1.8 MiB = %v, want ErrTooLarge (and not ErrEtcd)", err)
+	}
+	if got := get(t, e, bucketA, "x"); got != "" {
+		t.Errorf("the refused transaction wrote %d bytes", len(got))
+	}
+}
