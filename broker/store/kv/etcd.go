@@ -11,6 +11,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // DefaultMaxTxnOps is etcd's default limit on the operations (and on the
@@ -288,7 +290,7 @@ func (t *etcdTx) commit() (bool, error) {
 	}
 	resp, err := t.e.cli.Txn(t.ctx).If(cmps...).Then(ops...).Commit()
 	switch {
-	case errors.Is(err, rpctypes.ErrRequestTooLarge):
+	case errors.Is(err, rpctypes.ErrRequestTooLarge) || tooLargeToSend(err):
 		// etcd's --max-request-bytes: too large, like too many ops, not
 		// an etcd that did not answer (a group then runs write by write).
 		return false, fmt.Errorf("%w: %w", ErrTooLarge, err)
@@ -296,6 +298,15 @@ func (t *etcdTx) commit() (bool, error) {
 		return false, fmt.Errorf("%w: commit: %w", ErrEtcd, err)
 	}
 	return resp.Succeeded, nil
+}
+
+// tooLargeToSend reports whether err is the client's refusal to send a
+// request over its message size limit (2 MiB), which it gives before
+// etcd's own limit could: a ResourceExhausted from the client, not one of
+// etcd's (no space, too many requests).
+func tooLargeToSend(err error) bool {
+	var fromEtcd rpctypes.EtcdError
+	return status.Code(err) == codes.ResourceExhausted && !errors.As(err, &fromEtcd)
 }
 
 // etcdBucket is a bucket of the etcd engine: the keys in [lo, hi).

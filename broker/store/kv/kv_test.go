@@ -595,4 +595,11 @@ func TestEtcdRequestTooLarge(t *testing.T) {
 	if got := get(t, e, bucketA, "x"); got != "" {
 		t.Errorf("the refused transaction wrote %d bytes", len(got))
 	}
+	// Over the client's own limit (2 MiB), which refuses to send it.
+	err = e.Update(t.Context(), func(tx kv.Tx) error {
+		return tx.Bucket(bucketA).Put([]byte("z"), bytes.Repeat([]byte("a"), 2<<20))
+	})
+	if !errors.Is(err, kv.ErrTooLarge) || errors.Is(err, kv.ErrEtcd) {
+		t.Fatalf("Update of 2 MiB = %v, want ErrTooLarge (and not ErrEtcd)", err)
+	}
 }
