@@ -41,6 +41,12 @@ var (
 	liveTotal = "total\x00"
 )
 
+// liveSweepSlack is how long past its expiry a reservation is still
+// counted: another replica made it by its own clock, and one whose clock
+// runs ahead must not sweep it early (a count too low), while a count too
+// high for this long is only a brief early refusal.
+const liveSweepSlack = time.Minute
+
 // liveSweepMax bounds how many expired reservations one reservation
 // sweeps, so that its transaction stays small.
 const liveSweepMax = 64
@@ -83,7 +89,7 @@ func (s *Store) ReserveLive(limits []LiveLimit, expires time.Time) (string, erro
 	var refused *LiveLimitError
 	err := s.group(func(tx kv.Tx) error {
 		id, refused = "", nil // the group may run this more than once
-		if err := sweepLive(tx, s.now(), liveSweepMax); err != nil {
+		if err := sweepLive(tx, s.now().Add(-liveSweepSlack), liveSweepMax); err != nil {
 			return err
 		}
 		counts := tx.Bucket(bucketLiveCounts)

@@ -81,8 +81,9 @@ func TestLiveReservations(t *testing.T) {
 	_, err = s.ReserveLive(liveLimits("d", 2, 3), exp)
 	wantLiveLimit(t, err, store.LiveKey("role", "db-read"), 3)
 
-	// Expired (the second, at exp+1m): swept by the next reservation.
-	clock.Advance(2*time.Minute + time.Second)
+	// Expired (the second, at exp+1m) a minute ago, the slack for replicas'
+	// clocks: swept by the next reservation.
+	clock.Advance(3*time.Minute + time.Second)
 	if _, err := s.ReserveLive(liveLimits("d", 2, 3), clock.Now().Add(time.Minute)); err != nil {
 		t.Fatalf("after one expired: %v", err)
 	}
