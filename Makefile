@@ -6,8 +6,8 @@
 # Pinned tools are built once into $(ATF_TOOLS_CACHE) (default
 # ~/.cache/atf-tools) and linked into bin/, each target building only those
 # it uses: dev-tools (Vault 1.14.2, SPIRE 1.13.3, etcd 3.6.16, and PostgreSQL from
-# Debian's postgresql package, installed with apt-get when missing if run as
-# root) for demo, test, bench and soak; proto-tools (buf and the protoc
+# Debian's postgresql and chromium packages, installed with apt-get when
+# missing if run as root) for demo, test, bench and soak; proto-tools (buf and the protoc
 # plugins) for proto and lint; tools for all of them.
 
 SHELL := /bin/bash
@@ -23,7 +23,7 @@ all: build
 tools: dev-tools proto-tools
 
 dev-tools:
-	./deploy/dev/tools/install.sh spire vault etcd postgres
+	./deploy/dev/tools/install.sh spire vault etcd postgres chromium
 
 proto-tools:
 	./deploy/dev/tools/install.sh proto

@@ -44,6 +44,9 @@ type Method int
 const (
 	X509SVID Method = iota + 1
 	JWTSVID
+	// OIDC is a person signed in through OpenID Connect (the console,
+	// atfctl login): the Identity's Human says who.
+	OIDC
 )
 
 func (m Method) String() string {
@@ -52,17 +55,57 @@ func (m Method) String() string {
 		return "x509-svid"
 	case JWTSVID:
 		return "jwt-svid"
+	case OIDC:
+		return "oidc"
 	}
 	return fmt.Sprintf("method(%d)", int(m))
 }
 
-// Identity is a verified caller.
+// Identity is a verified caller: a workload (ID, from its SVID) or a
+// person (Human, from OpenID Connect; ID is then zero).
 type Identity struct {
 	ID     spiffeid.ID
 	Method Method
-	// ExpiresAt is when the presented SVID stops being valid.
+	// ExpiresAt is when the presented SVID (or the person's session) stops
+	// being valid.
 	ExpiresAt time.Time
+	// Human is the person, for Method OIDC; nil for a workload.
+	Human *Human
 }
+
+// Principal is the caller as the broker records it (audit actor, approver,
+// signer): the SPIFFE ID of a workload, Human.Principal of a person.
+func (id Identity) Principal() string {
+	if id.Human != nil {
+		return id.Human.Principal()
+	}
+	return id.ID.String()
+}
+
+// Human is a person whose OpenID Connect ID token the broker verified.
+// Issuer and Subject identify them; the rest is what the provider said
+// about them at sign-in.
+type Human struct {
+	Issuer  string
+	Subject string
+	// Name is for display only: never compared.
+	Name string
+	// Email is set only when the provider verified it.
+	Email string
+	// Roles are the broker roles the provider's claims map to (console
+	// configuration): admin, approver, security_operator, auditor.
+	Roles []string
+	// AuthTime is when the person last authenticated at the provider.
+	AuthTime time.Time
+}
+
+// Principal is "oidc:" + issuer + "#" + subject: unique per person (an
+// OpenID issuer has no fragment, so the first '#' splits it), stable
+// across sign-ins, and never a SPIFFE ID.
+func (h *Human) Principal() string { return "oidc:" + h.Issuer + "#" + h.Subject }
+
+// Has says whether the person holds role.
+func (h *Human) Has(role string) bool { return h != nil && slices.Contains(h.Roles, role) }
 
 // Config configures a Verifier.
 type Config struct {

@@ -117,6 +117,10 @@ type Server struct {
 	tokens  *accesstoken.Tokens
 	oauth   *http.Server
 	oauthLn net.Listener
+	// console serves the web console on consoleLn (nil unless
+	// console.listen_addr is set).
+	console   *http.Server
+	consoleLn net.Listener
 
 	grpc   *grpc.Server
 	health *health.Server
@@ -406,6 +410,13 @@ func (s *Server) openServices(ctx context.Context) (err error) {
 	if err := s.openOAuth(svcs[0].(*agentapi.Service)); err != nil {
 		return err
 	}
+	all := make([]any, len(svcs))
+	for i, svc := range svcs {
+		all[i] = svc
+	}
+	if err := s.openConsole(all); err != nil {
+		return err
+	}
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -459,6 +470,7 @@ func (s *Server) Serve(lis net.Listener) error {
 	}
 	s.loops.Go(func() { s.prune(ctx) })
 	s.serveOAuth(ctx)
+	s.serveConsole()
 	s.loops.Go(func() { s.flushRefusals(ctx) })
 	s.loops.Go(func() {
 		t := time.NewTicker(watch.BaselineSaveEvery)
@@ -541,6 +553,7 @@ func (s *Server) Close() {
 			}
 		}
 		s.closeOAuth()
+		s.closeConsole()
 		if s.refusals != nil && s.store != nil {
 			// Calls are over: what the refusal windows counted is written.
 			s.writeRefusals(true)

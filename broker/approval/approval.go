@@ -116,6 +116,13 @@ func (b *Book) Decide(ctx context.Context, id, approver string, approve bool, re
 		edge.Logger(ctx).Warn("self-approval refused", slog.String("approval", ap.ID))
 		return ap, fault.New(fault.Denied, "%s may not decide approval %s: it is part of the request", approver, ap.ID)
 	}
+	if owned, err := b.ownedBy(ctx, ap); err != nil || owned != "" {
+		if err != nil {
+			return ap, err
+		}
+		edge.Logger(ctx).Warn("approval by the agent's owner refused", slog.String("approval", ap.ID), slog.String(edge.LogAgent, owned))
+		return ap, fault.New(fault.Denied, "%s owns %s, which approval %s is for: another approver must decide it", approver, owned, ap.ID)
+	}
 	if ap, err = b.db(ctx).DecideApproval(ap.ID, approver, approve, reason, b.cfg.RedeemWithin); err != nil {
 		return ap, err
 	}
@@ -128,6 +135,25 @@ func (b *Book) Decide(ctx context.Context, id, approver string, approve bool, re
 	b.cfg.Notifier.Notify(ctx, "approval_"+verb, ap.AgentID, ap.Role, fmt.Sprintf("%s %s %s's request for %s: %s", approver, verb, ap.AgentID, ap.Role, ap.Reason),
 		map[string]string{"approval_id": ap.ID, "approver": approver})
 	return ap, nil
+}
+
+// ownedBy is the agent of ap's request (the requester or one of its
+// delegators) that the caller owns, "" if none: nobody approves a request
+// of an agent they own.
+func (b *Book) ownedBy(ctx context.Context, ap store.Approval) (string, error) {
+	for _, id := range append([]string{ap.AgentID}, ap.Chain...) {
+		a, err := b.cfg.Store.GetAgent(id)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			continue
+		case err != nil:
+			return "", fmt.Errorf("get agent: %w", err)
+		}
+		if edge.Owns(ctx, a.Owner) {
+			return id, nil
+		}
+	}
+	return "", nil
 }
 
 // Wait sends caller's approval id to send at once and at every change of

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/url"
 	"os"
 	"slices"
@@ -87,7 +88,68 @@ type Config struct {
 	// OAuth is the OAuth 2.0 token exchange (docs/oauth.md); off unless
 	// oauth.listen_addr is set.
 	OAuth OAuthConfig `yaml:"oauth"`
+	// Console is the web console for people, who sign in through OpenID
+	// Connect (docs/console.md); off unless console.listen_addr is set.
+	Console ConsoleConfig `yaml:"console"`
 }
+
+// Console roles: what a person signed in to the console may do
+// (docs/console.md). Every role may read; auditor may only read.
+const (
+	ConsoleAdmin            = "admin"
+	ConsoleApprover         = "approver"
+	ConsoleSecurityOperator = "security_operator"
+	ConsoleAuditor          = "auditor"
+)
+
+// ConsoleConfig configures the web console.
+type ConsoleConfig struct {
+	// ListenAddr is the console's listener; "" turns it off.
+	ListenAddr string `yaml:"listen_addr"`
+	// URL is where people's browsers reach the console, without a trailing
+	// slash (the OpenID redirect URI is URL + "/auth/callback"): https,
+	// or http on a loopback address for a workstation.
+	URL string `yaml:"url"`
+	// TLSCertFile and TLSKeyFile are the console's certificate, one that
+	// browsers trust; required unless ListenAddr is a loopback address
+	// (or a TLS-terminating proxy on the same host forwards to it).
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
+	// OIDC is the OpenID provider people sign in with.
+	OIDC OIDCConfig `yaml:"oidc"`
+	// RolesClaim is the ID token (or userinfo) claim listing a person's
+	// groups; default "groups".
+	RolesClaim string `yaml:"roles_claim"`
+	// Roles maps each console role (admin, approver, security_operator,
+	// auditor) to the values of RolesClaim that grant it.
+	Roles map[string][]string `yaml:"roles"`
+	// SessionTTL is how long a sign-in lasts; default 30m, at most 12h.
+	SessionTTL time.Duration `yaml:"session_ttl"`
+	// ReauthAfter is how recent a person's authentication at the provider
+	// must be for a dangerous act (the global kill switch, a policy
+	// change); default 5m.
+	ReauthAfter time.Duration `yaml:"reauth_after"`
+	// SessionKeyFile holds the key (32 random bytes, hex) that seals the
+	// session cookies; replicas behind one address share it. Default: a
+	// key of this process, so a restart signs everybody out.
+	SessionKeyFile string `yaml:"session_key_file"`
+}
+
+// OIDCConfig names an OpenID provider and the console's client there.
+type OIDCConfig struct {
+	// Issuer is the provider's issuer URL (its discovery document is at
+	// Issuer + "/.well-known/openid-configuration").
+	Issuer   string `yaml:"issuer"`
+	ClientID string `yaml:"client_id"`
+	// ClientSecretFile holds the client secret; empty for a public
+	// client (PKCE alone).
+	ClientSecretFile string `yaml:"client_secret_file"`
+	// Scopes asked for besides openid; default profile, email.
+	Scopes []string `yaml:"scopes"`
+}
+
+// Enabled says whether the console is on.
+func (c ConsoleConfig) Enabled() bool { return c.ListenAddr != "" }
 
 // OAuthConfig configures the OAuth 2.0 token exchange (RFC 8693) that
 // issues JWT access tokens for roles of kind jwt (docs/oauth.md).
@@ -374,6 +436,7 @@ func (c *Config) Validate() error {
 	c.validateLimits(&v)
 	c.validateMonitor(&v)
 	c.validateOAuth(&v)
+	c.validateConsole(&v)
 	if err := errors.Join(v.errs...); err != nil {
 		return fmt.Errorf("config: invalid:\n%w", err)
 	}
@@ -485,9 +548,19 @@ func (c *Config) validatePeople(v *validation) {
 	v.ids("admins", c.Admins)
 	v.ids("approvals.approvers", c.Approvals.Approvers)
 	v.ids("security_operators", c.SecurityOperators)
-	v.ids("maturity.authorities", c.Maturity.Authorities)
 	v.ids("maturity.outcome_reporters", c.Maturity.OutcomeReporters)
 	for _, a := range c.Maturity.Authorities {
+		if strings.HasPrefix(a, "oidc:") {
+			// A person of the console: the console checks they are an admin.
+			if !c.Console.Enabled() || !strings.Contains(a, "#") {
+				v.bad("maturity.authorities: %s names a person signed in through OpenID Connect (oidc:ISSUER#SUBJECT), which needs the console on (console.listen_addr)", a)
+			}
+			continue
+		}
+		if _, err := attest.ParseID(a); err != nil {
+			v.bad("maturity.authorities: %v", err)
+			continue
+		}
 		if !slices.Contains(c.Admins, a) {
 			v.bad("maturity.authorities: %s is not in admins: authorities record their sign-offs themselves, through the admin API", a)
 		}
@@ -600,6 +673,75 @@ func (c *Config) validateOAuth(v *validation) {
 		v.bad("oauth.rotate_every must be at least 1m")
 	}
 	v.ids("oauth.resource_servers", o.ResourceServers)
+}
+
+func (c *Config) validateConsole(v *validation) {
+	o := &c.Console
+	if !o.Enabled() {
+		return
+	}
+	loopback := isLoopback(o.ListenAddr)
+	u, err := url.Parse(o.URL)
+	switch {
+	case err != nil || u.Host == "" || strings.HasSuffix(o.URL, "/") || u.RawQuery != "" || u.Fragment != "" || u.Path != "":
+		v.bad("console.url must be the console's base URL, such as https://atf.example.com, without path or trailing slash, not %q", o.URL)
+	case u.Scheme == "http" && !isLoopback(u.Host):
+		v.bad("console.url: http is only for a loopback address (a workstation); people's browsers reach the console over https")
+	case u.Scheme != "http" && u.Scheme != "https":
+		v.bad("console.url must be an https URL, not %q", o.URL)
+	}
+	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
+		v.bad("console.tls_cert_file and console.tls_key_file go together")
+	}
+	if o.TLSCertFile == "" && !loopback {
+		v.bad("console.listen_addr %s is not a loopback address: set console.tls_cert_file and console.tls_key_file (the console never serves people in the clear)", o.ListenAddr)
+	}
+	if iu, err := url.Parse(o.OIDC.Issuer); err != nil || iu.Host == "" || (iu.Scheme != "https" && !(iu.Scheme == "http" && isLoopback(iu.Host))) {
+		v.bad("console.oidc.issuer must be the OpenID provider's https issuer URL, not %q", o.OIDC.Issuer)
+	}
+	if o.OIDC.ClientID == "" {
+		v.bad("console.oidc.client_id is required")
+	}
+	if len(o.OIDC.Scopes) == 0 {
+		o.OIDC.Scopes = []string{"profile", "email"}
+	}
+	if o.RolesClaim == "" {
+		o.RolesClaim = "groups"
+	}
+	if len(o.Roles) == 0 {
+		v.bad("console.roles must map at least one role (admin, approver, security_operator, auditor) to groups of console.roles_claim: nobody could do anything")
+	}
+	for r := range o.Roles {
+		if !slices.Contains([]string{ConsoleAdmin, ConsoleApprover, ConsoleSecurityOperator, ConsoleAuditor}, r) {
+			v.bad("console.roles: %q is no console role (admin, approver, security_operator, auditor)", r)
+		}
+	}
+	switch {
+	case o.SessionTTL == 0:
+		o.SessionTTL = 30 * time.Minute
+	case o.SessionTTL < time.Minute || o.SessionTTL > 12*time.Hour:
+		v.bad("console.session_ttl must be between 1m and 12h")
+	}
+	switch {
+	case o.ReauthAfter == 0:
+		o.ReauthAfter = 5 * time.Minute
+	case o.ReauthAfter < 0 || o.ReauthAfter > o.SessionTTL:
+		v.bad("console.reauth_after must be positive and at most console.session_ttl")
+	}
+}
+
+// isLoopback says whether hostport (or a host alone) is a loopback address
+// or localhost.
+func isLoopback(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Role is a credential the broker issues: a name agents ask for, a class

@@ -13,11 +13,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"log/slog"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/broker/fault"
+	"github.com/agentictrust/atf/broker/store"
 )
 
 // Log field names used across the broker.
@@ -60,8 +62,26 @@ func Identity(ctx context.Context) attest.Identity {
 	return id
 }
 
-// Caller is the verified caller's SPIFFE ID as a string.
-func Caller(ctx context.Context) string { return Identity(ctx).ID.String() }
+// Caller is the verified caller as the broker records it: a workload's
+// SPIFFE ID, a person's issuer and subject (attest.Identity.Principal).
+func Caller(ctx context.Context) string { return Identity(ctx).Principal() }
+
+// Human is the person calling, nil for a workload.
+func Human(ctx context.Context) *attest.Human { return Identity(ctx).Human }
+
+// Owns says whether the caller is owner, an agent's accountable human as
+// its record names them: by principal, or, for a person, by the email
+// address their provider verified.
+func Owns(ctx context.Context, owner string) bool {
+	if owner == "" {
+		return false
+	}
+	if owner == Caller(ctx) {
+		return true
+	}
+	h := Human(ctx)
+	return h != nil && h.Email != "" && strings.EqualFold(owner, h.Email)
+}
 
 // Logger is the request's logger, carrying its id, method and caller;
 // outside a call, a logger that discards.
@@ -86,10 +106,14 @@ func ClientRequestID(ctx context.Context) string {
 	return cid
 }
 
-// RequestIDs are RequestID and ClientRequestID, as store.ForRequest takes
-// them.
-func RequestIDs(ctx context.Context) (rid, clientRID string) {
-	return RequestID(ctx), ClientRequestID(ctx)
+// RequestIDs are RequestID, ClientRequestID and a person's display name,
+// as store.ForRequest takes them.
+func RequestIDs(ctx context.Context) store.Request {
+	r := store.Request{ID: RequestID(ctx), ClientID: ClientRequestID(ctx)}
+	if h := Human(ctx); h != nil {
+		r.ActorName = h.Name
+	}
+	return r
 }
 
 // Begin is what the edge does for a call that is not gRPC (the OAuth
@@ -97,7 +121,7 @@ func RequestIDs(ctx context.Context) (rid, clientRID string) {
 // then carries id as the caller, a new request id, and log with both.
 func Begin(ctx context.Context, log *slog.Logger, id attest.Identity, method string) context.Context {
 	rid := NewID()
-	log = log.With(slog.String(LogRequestID, rid), slog.String(LogMethod, method), slog.String(LogCaller, id.ID.String()),
+	log = log.With(slog.String(LogRequestID, rid), slog.String(LogMethod, method), slog.String(LogCaller, id.Principal()),
 		slog.String(LogAuthMethod, id.Method.String()))
 	ctx = context.WithValue(context.WithValue(ctx, loggerKey, log), requestIDKey, rid)
 	return context.WithValue(ctx, identityKey, id)

@@ -37,7 +37,7 @@ func ActOn(ctx context.Context, agents Agents, agent string) error {
 		// The act itself says what is wrong with the agent.
 		return nil
 	}
-	if a.Owner == caller {
+	if Owns(ctx, a.Owner) {
 		return fault.New(fault.Denied, "%s owns %s: its promotion evidence, sign-offs and releases must come from someone else", caller, agent)
 	}
 	return nil

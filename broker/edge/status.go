@@ -112,6 +112,18 @@ func (e *Edge) Status(ctx context.Context, err error) error {
 	return st.Err()
 }
 
+// Answer is the status Status answers err with, logged the same way, for
+// an edge that is not gRPC's (the console's pages, package console).
+func Answer(ctx context.Context, err error) *status.Status {
+	var gs interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &gs) {
+		return gs.GRPCStatus()
+	}
+	st, level := statusOf(err, time.Now())
+	Logger(ctx).Log(ctx, level, "refused", slog.String(LogError, err.Error()), slog.String(LogCode, st.Code().String()))
+	return st
+}
+
 // Code is the gRPC code Status answers err with (OK for nil), for what
 // records an outcome before the edge answers: a trace span, say.
 func Code(err error) codes.Code {

@@ -47,6 +47,10 @@ type Config struct {
 	Notifier  Notifier
 }
 
+// RoleSecurityOperator is the console role (console.roles) of a person who
+// may release the kill switch.
+const RoleSecurityOperator = "security_operator"
+
 // Service is ResponseService.
 type Service struct {
 	adminv1.UnimplementedResponseServiceServer
@@ -102,9 +106,10 @@ func killedSummary(killed []string) string {
 }
 
 func (s *Service) Release(ctx context.Context, req *adminv1.ReleaseRequest) (*adminv1.ReleaseResponse, error) {
-	caller := edge.Identity(ctx).ID
-	if !s.cfg.Operators[caller] {
-		return nil, fault.New(fault.Denied, "only a security operator may release the kill switch; %s is not one (atfd's configuration: security_operators)", caller)
+	id := edge.Identity(ctx)
+	caller := id.Principal()
+	if !s.cfg.Operators[id.ID] && !id.Human.Has(RoleSecurityOperator) {
+		return nil, fault.New(fault.Denied, "only a security operator may release the kill switch; %s is not one (atfd's configuration: security_operators, or console.roles for a person)", caller)
 	}
 	// An operator that is also a registered agent would release itself.
 	if err := edge.ActOn(ctx, s.cfg.Store, req.GetAgentId()); err != nil {
@@ -112,16 +117,16 @@ func (s *Service) Release(ctx context.Context, req *adminv1.ReleaseRequest) (*ad
 	}
 	reason := audit.Redact(req.GetReason())
 	if req.GetAll() {
-		if err := s.cfg.Revoker.ReleaseAll(ctx, caller.String(), reason); err != nil {
+		if err := s.cfg.Revoker.ReleaseAll(ctx, caller, reason); err != nil {
 			return nil, err
 		}
 	} else {
-		if _, err := s.cfg.Store.ForRequest(edge.RequestIDs(ctx)).ReleaseAgent(req.GetAgentId(), caller.String(), reason); err != nil {
+		if _, err := s.cfg.Store.ForRequest(edge.RequestIDs(ctx)).ReleaseAgent(req.GetAgentId(), caller, reason); err != nil {
 			return nil, fmt.Errorf("release agent: %w", err)
 		}
 	}
 	edge.Logger(ctx).Warn("kill switch released", slog.String(edge.LogAgent, req.GetAgentId()), slog.Bool("all", req.GetAll()))
-	s.cfg.Notifier.Notify(ctx, "release", req.GetAgentId(), "", "kill switch released by "+caller.String()+": "+reason, nil)
+	s.cfg.Notifier.Notify(ctx, "release", req.GetAgentId(), "", "kill switch released by "+caller+": "+reason, nil)
 	return &adminv1.ReleaseResponse{}, nil
 }
 

@@ -160,15 +160,14 @@ func (s *Store) appendAudit(tx kv.Tx, r AuditRecord) error {
 	return b.Put(seqKey(r.Seq), v)
 }
 
-// withRequestIDs is d with the handle's request ids (ForRequest) where d
-// has none.
+// withRequestIDs is d with the handle's request (ForRequest) where d says
+// nothing of it.
 func (s *Store) withRequestIDs(d map[string]string) map[string]string {
 	add := map[string]string{}
-	if s.requestID != "" && d["request_id"] == "" {
-		add["request_id"] = s.requestID
-	}
-	if s.clientRequestID != "" && d["client_request_id"] == "" {
-		add["client_request_id"] = s.clientRequestID
+	for k, v := range map[string]string{"request_id": s.req.ID, "client_request_id": s.req.ClientID, "actor_name": s.req.ActorName} {
+		if v != "" && d[k] == "" {
+			add[k] = v
+		}
 	}
 	if len(add) == 0 {
 		return d

@@ -27,7 +27,7 @@ func registered(id string) map[string]string {
 // through.
 func TestAgentChangesAreAudited(t *testing.T) {
 	s, c := open(t)
-	h := s.ForRequest("req-1", "")
+	h := s.ForRequest(store.Request{ID: "req-1"})
 	const id = "spiffe://td/agent/a"
 	steps := []struct {
 		name   string
@@ -293,7 +293,7 @@ func TestAgentChangeRollsBackWithItsRecord(t *testing.T) {
 // the same transaction; a report the store refuses is neither.
 func TestRecordOutcome(t *testing.T) {
 	s, c := open(t)
-	h := s.ForRequest("req-7", "")
+	h := s.ForRequest(store.Request{ID: "req-7"})
 	const a = "spiffe://td/agent/a"
 	mustRegister(t, s, a, "alice")
 	report := store.OutcomeReport{Agent: a, Reporter: a, Outcome: "failure", Role: "db-read", DecisionID: "dec-1", Message: "timed out"}

@@ -719,7 +719,7 @@ func TestPutGrant(t *testing.T) {
 			before, beforeErr := s.GetGrant(tt.grant.ID)
 			seq := lastSeq(t, s)
 
-			err = s.ForRequest("req-1", "").PutGrant(tt.grant, tt.maxFanOut)
+			err = s.ForRequest(store.Request{ID: "req-1"}).PutGrant(tt.grant, tt.maxFanOut)
 			audit := mustAudit(t, s, seq)
 			mustVerifyAudit(t, s)
 			if tt.wantIs == nil {

@@ -246,9 +246,9 @@ type Options struct {
 // Store is the broker's state. It is safe for concurrent use.
 type Store struct {
 	*core
-	// requestID goes into every audit record written through this handle
-	// (ForRequest), and clientRequestID, the id the caller chose, if any.
-	requestID, clientRequestID string
+	// req goes into every audit record written through this handle
+	// (ForRequest).
+	req Request
 	// settleLater leaves listing a revocation's credentials to Settle
 	// (SettleLater).
 	settleLater bool
@@ -339,18 +339,31 @@ func Open(path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
+// Request is what a request's audit records say about it (ForRequest).
+type Request struct {
+	// ID is the broker's own id of the request.
+	ID string
+	// ClientID is the id the caller chose (x-request-id), if any.
+	ClientID string
+	// ActorName is the display name of a person acting (signed in through
+	// OpenID Connect), if any: the records' actor is their issuer and
+	// subject, which say who; the name says it to a reader.
+	ActorName string
+}
+
 // ForRequest returns a handle on the same store whose audit records carry
-// rid, the broker's own id of the request, in their detail as
+// r.ID, the broker's own id of the request, in their detail as
 // "request_id", so that every record a request causes can be found from
-// the request id in atfd's log and the caller's answer; and clientRID, the
+// the request id in atfd's log and the caller's answer; r.ClientID, the
 // id the caller chose (x-request-id), if any, apart as
 // "client_request_id": a caller never chooses the id the trail knows its
-// request by (docs/security.md). An empty rid returns s.
-func (s *Store) ForRequest(rid, clientRID string) *Store {
-	if rid == "" {
+// request by (docs/security.md); and r.ActorName as "actor_name". An empty
+// r.ID returns s.
+func (s *Store) ForRequest(r Request) *Store {
+	if r.ID == "" {
 		return s
 	}
-	return &Store{core: s.core, requestID: rid, clientRequestID: clientRID, settleLater: s.settleLater}
+	return &Store{core: s.core, req: r, settleLater: s.settleLater}
 }
 
 // SettleLater returns a handle on the same store whose revocations
@@ -359,7 +372,7 @@ func (s *Store) ForRequest(rid, clientRID string) *Store {
 // that died with their anchors: the caller tells Vault first, then calls
 // Settle. Through other handles they return settled.
 func (s *Store) SettleLater() *Store {
-	return &Store{core: s.core, requestID: s.requestID, clientRequestID: s.clientRequestID, settleLater: true}
+	return &Store{core: s.core, req: s.req, settleLater: true}
 }
 
 // settled settles rev unless this handle leaves it to the caller.

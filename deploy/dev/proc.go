@@ -284,3 +284,8 @@ func lastLines(text string, n int) string {
 
 // unsealKey matches the unseal key the Vault dev server prints.
 var unsealKey = regexp.MustCompile(`(Unseal Key: )\S+`)
+
+// FreePort is a TCP port on 127.0.0.1 that was free a moment ago, below
+// the ephemeral range (freePort), for a listener whose address must be
+// known before it starts (the console's, named in its own URL).
+func FreePort() (int, error) { return freePort() }

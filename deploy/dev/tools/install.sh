@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned development tools (Vault, SPIRE, etcd, buf and the
 # protoc plugins) once, caches them outside the repository and links them into bin/.
-# PostgreSQL is Debian's postgresql package instead (target postgres):
+# PostgreSQL and Chromium are Debian's packages instead (targets postgres,
+# chromium):
 # installed with apt-get when missing and run as root, then linked likewise.
 #
 # Cache: $ATF_TOOLS_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/atf-tools.
@@ -107,9 +108,40 @@ install_postgres() {
 	for f in initdb postgres; do ln -sfn "$d/$f" "$bin/$f"; done
 }
 
+# chromium: the console's browser tests drive Debian's chromium package
+# (headless, through chromedp); install it when missing, if allowed to,
+# and link it into bin/.
+install_chromium() {
+	local c
+	c=$(command -v chromium || true)
+	if [ -z "$c" ] || [ "$c" = "$bin/chromium" ]; then
+		c=""
+		[ -x /usr/bin/chromium ] && c=/usr/bin/chromium
+	fi
+	if [ -z "$c" ]; then
+		if [ "$(id -u)" != 0 ]; then
+			say "Chromium is not installed: run 'make dev-tools' as root, or 'sudo apt-get install chromium', then again"
+			return 1
+		fi
+		command -v apt-get >/dev/null || { say "Chromium is not installed and this is no Debian system: install chromium and put it on PATH"; return 1; }
+		say "installing Debian's chromium package"
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+		c=/usr/bin/chromium
+		[ -x "$c" ] || { say "chromium installed but /usr/bin/chromium not found"; return 1; }
+	else
+		say "chromium: installed at $c"
+	fi
+	ln -sfn "$c" "$bin/chromium"
+}
+
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(proto spire vault etcd postgres)
+[ ${#targets[@]} -gt 0 ] || targets=(proto spire vault etcd postgres chromium)
 for t in "${targets[@]}"; do
-	if [ "$t" = postgres ]; then install_postgres; else build "$t"; fi
+	case $t in
+	postgres) install_postgres ;;
+	chromium) install_chromium ;;
+	*) build "$t" ;;
+	esac
 done
 say "tools ready in $bin"
