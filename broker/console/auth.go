@@ -141,12 +141,18 @@ func (c *Console) verify(ctx context.Context, code string, st loginState) (*atte
 	if err := idt.Claims(&claims); err != nil {
 		return nil, fmt.Errorf("the ID token's claims: %w", err)
 	}
-	authTime := claimTime(claims["auth_time"])
-	if st.Reauth && (authTime.IsZero() || authTime.Before(st.Started.Add(-time.Minute))) {
-		return nil, errors.New("the provider did not authenticate the person again (auth_time is older than the request)")
+	// How long before the token the person authenticated, by the
+	// provider's own clock (auth_time against iat), so that a skew
+	// between the provider's clock and atfd's changes nothing.
+	authTime, age := c.cfg.Now(), time.Duration(0)
+	if at := claimTime(claims["auth_time"]); !at.IsZero() {
+		age = max(idt.IssuedAt.Sub(at), 0)
+		authTime = authTime.Add(-age)
+	} else if st.Reauth {
+		return nil, errors.New("the provider did not say when the person authenticated (no auth_time), so a fresh sign-in cannot be proven")
 	}
-	if authTime.IsZero() {
-		authTime = c.cfg.Now()
+	if st.Reauth && age > time.Minute {
+		return nil, fmt.Errorf("the provider did not authenticate the person again: they authenticated %s before the token", age.Round(time.Second))
 	}
 	// Userinfo completes what the ID token leaves out (name, groups), for
 	// the same subject only.

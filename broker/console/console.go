@@ -142,9 +142,9 @@ func (c *Console) routes() {
 	c.handle("POST /logout", act{fn: func(_ context.Context, w http.ResponseWriter, r *http.Request, s *session) { c.logout(w, r, s) }})
 
 	c.handle("GET /{$}", act{fn: c.agentsPage})
-	c.handle("GET /agents/{id...}", act{fn: c.agentPage})
+	c.handle("GET /agent", act{fn: c.agentPage})
 	c.handle("POST /signoff", act{roles: adminsOnly, fn: c.signOff})
-	c.handle("GET /lineage/{id...}", act{fn: c.lineagePage})
+	c.handle("GET /lineage", act{fn: c.lineagePage})
 	c.handle("GET /revoke", act{roles: responders, fn: c.revokeConfirm})
 	c.handle("POST /revoke", act{roles: responders, fn: c.revoke})
 	c.handle("GET /approvals", act{fn: c.approvalsPage})

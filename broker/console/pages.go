@@ -3,6 +3,7 @@ package console
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,7 +47,7 @@ func (c *Console) agentsPage(ctx context.Context, w http.ResponseWriter, r *http
 }
 
 func (c *Console) agentPage(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
-	id := r.PathValue("id")
+	id := r.URL.Query().Get("id")
 	ag, err := call(ctx, c, &adminv1.GetMaturityRequest{SpiffeId: id}, c.cfg.Maturity.GetMaturity)
 	if err != nil {
 		c.failErr(w, r, s, err)
@@ -78,7 +79,7 @@ func (c *Console) signOff(ctx context.Context, w http.ResponseWriter, r *http.Re
 		c.failErr(w, r, s, err)
 		return
 	}
-	done(w, r, "/agents/"+id)
+	done(w, r, "/agent?id="+url.QueryEscape(id))
 }
 
 func level(v string) (brokerv1.Level, error) {
@@ -96,7 +97,7 @@ func (e errBadLevel) Error() string {
 }
 
 func (c *Console) lineagePage(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
-	id := r.PathValue("id")
+	id := r.URL.Query().Get("id")
 	l, err := call(ctx, c, &adminv1.GetLineageRequest{Root: &adminv1.GetLineageRequest_AgentId{AgentId: id}}, c.cfg.Admin.GetLineage)
 	if err != nil {
 		c.failErr(w, r, s, err)
@@ -255,7 +256,7 @@ func (c *Console) auditPage(ctx context.Context, w http.ResponseWriter, r *http.
 		c.failErr(w, r, s, err)
 		return
 	}
-	data := map[string]any{"Records": resp.GetRecords(), "Next": resp.GetNextAfterSeq(), "Q": q}
+	data := map[string]any{"Records": resp.GetRecords(), "Next": resp.GetNextAfterSeq(), "Q": q, "Decisions": []string{"allow", "deny", "pending", "limited"}}
 	if v, err := call(ctx, c, &adminv1.VerifyAuditRequest{}, c.cfg.Admin.VerifyAudit); err == nil {
 		data["Verify"] = v
 	} else {

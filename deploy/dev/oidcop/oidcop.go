@@ -46,7 +46,8 @@ type Client struct {
 
 // Provider is a running provider.
 type Provider struct {
-	// Issuer is its issuer URL, http://127.0.0.1:PORT.
+	// Issuer is its issuer URL, http://127.0.0.1:PORT/ (with the slash,
+	// as the provider names itself).
 	Issuer string
 	srv    *http.Server
 	ln     net.Listener
@@ -63,7 +64,7 @@ func Start(addr string, users []User, clients ...Client) (*Provider, error) {
 	if err != nil {
 		return nil, fmt.Errorf("oidcop: listen: %w", err)
 	}
-	p := &Provider{Issuer: "http://" + ln.Addr().String(), ln: ln}
+	p := &Provider{Issuer: "http://" + ln.Addr().String() + "/", ln: ln}
 	registerMu.Lock()
 	for _, c := range clients {
 		if c.Secret != "" {
@@ -77,7 +78,7 @@ func Start(addr string, users []User, clients ...Client) (*Provider, error) {
 	for _, u := range users {
 		st.groups[u.ID] = slices.Clone(u.Groups)
 	}
-	router := exampleop.SetupServer(p.Issuer+"/", st, nil, false)
+	router := exampleop.SetupServer(p.Issuer, st, nil, false)
 	p.srv = &http.Server{Handler: router, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = p.srv.Serve(ln) }()
 	return p, nil
