@@ -1,13 +1,14 @@
 # ATF Broker. The two commands a newcomer needs:
 #   make demo   builds what it needs and runs the demo on a local SPIRE + Vault + atfd
 #   make test   runs every test, including those against real SPIRE and Vault
-# and an extra: make demo-ha runs three atfd replicas on etcd, kills one.
+# and extras: make demo-ha runs three atfd replicas on etcd, kills one;
+# make console opens the web console on the dev stack.
 #
 # Pinned tools are built once into $(ATF_TOOLS_CACHE) (default
 # ~/.cache/atf-tools) and linked into bin/, each target building only those
-# it uses: dev-tools (Vault 1.14.2, SPIRE 1.13.3, etcd 3.6.16, and PostgreSQL from
-# Debian's postgresql and chromium packages, installed with apt-get when
-# missing if run as root) for demo, test, bench and soak; proto-tools (buf and the protoc
+# it uses: dev-tools (Vault 1.14.2, SPIRE 1.13.3, etcd 3.6.16, and PostgreSQL
+# and Chromium from Debian's postgresql and chromium packages, installed
+# with apt-get when missing if run as root) for demo, test, bench and soak; proto-tools (buf and the protoc
 # plugins) for proto and lint; tools for all of them.
 
 SHELL := /bin/bash
@@ -15,7 +16,7 @@ export PATH := $(CURDIR)/bin:$(PATH)
 GO ?= go
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all tools dev-tools proto-tools proto proto-check proto-breaking build test demo demo-ha lint bench clean fuzz soak
+.PHONY: all tools dev-tools proto-tools proto proto-check proto-breaking build test demo demo-ha console lint bench clean fuzz soak
 
 all: build
 
@@ -61,6 +62,11 @@ demo: dev-tools build
 # The high-availability demo: three atfd replicas on a three-member etcd
 # cluster, the one serving an agent killed (the agent carries on), a
 # lineage revoked on one replica heard through another.
+# The web console on the dev stack, with a local OpenID provider and two
+# demo people (docs/console.md); runs until Ctrl-C.
+console: dev-tools build
+	$(GO) run ./deploy/dev/demo -console
+
 demo-ha: dev-tools build
 	$(GO) run ./deploy/dev/demo -ha
 

@@ -173,7 +173,7 @@ func (e *consoleEnv) signIn(t *testing.T, ctx context.Context, user, next string
 
 func (e *consoleEnv) shot(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Logf("screenshot %s: %v", name, err)
 		return

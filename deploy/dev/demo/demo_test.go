@@ -46,6 +46,24 @@ func TestHADemo(t *testing.T) {
 	find(`Done\. Three atfd replicas served one store in etcd`)
 }
 
+// `make console` (the demo with -console, here with -once so that it
+// stops once the console answers): the stack, the OpenID provider and
+// atfd with its console start, the console sends a sign-in to the
+// provider, and a Junior's write waits in the approvals inbox. The flows
+// in the browser are TestConsole's (broker/console_e2e_test.go).
+func TestConsoleDemo(t *testing.T) {
+	out, took := runDemo(t, "-console", consoleDemoTimeout, "-once")
+	t.Logf("demo -console passed in %s", took.Round(time.Second))
+	find := matcher(t, out)
+	find(`✔ the console sends a sign-in to the OpenID provider`)
+	find(`Open http://127\.0\.0\.1:\d+ and sign in as`)
+	find(`carol +password carol-demo`)
+	find(`Done\. The console ran on real SPIRE SVIDs`)
+}
+
+// consoleDemoTimeout bounds TestConsoleDemo.
+const consoleDemoTimeout = 3 * time.Minute
+
 // A check that does not hold fails the demo, whatever the steps return:
 // the demo is a check, not just a show.
 func TestRunFailsOnAFailedCheck(t *testing.T) {
@@ -53,7 +71,7 @@ func TestRunFailsOnAFailedCheck(t *testing.T) {
 		{"a check that holds", func(d *demo, _ context.Context) error { d.check(true, "holds"); return nil }},
 		{"a check that does not", func(d *demo, _ context.Context) error { d.check(false, "does not hold"); return nil }},
 	}, done: "never said"}
-	err := run(t.Context(), sc, "")
+	err := run(t.Context(), sc, "", false)
 	if err == nil || err.Error() != "1 check(s) did not behave as expected (marked ✘ above)" {
 		t.Fatalf("run: %v, want 1 failed check", err)
 	}
@@ -64,12 +82,12 @@ func TestRunFailsOnAFailedCheck(t *testing.T) {
 // and etcd with them) are its children, in its process group: a demo that
 // overruns goes with them. It fails the test unless the demo exits 0, and
 // returns the demo's output without its colour codes, and how long it ran.
-func runDemo(t *testing.T, flag string, timeout time.Duration) (string, time.Duration) {
+func runDemo(t *testing.T, flag string, timeout time.Duration, more ...string) (string, time.Duration) {
 	t.Helper()
 	bin := buildDemo(t)
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	defer cancel()
-	demo := exec.CommandContext(ctx, filepath.Join(bin, "demo"), flag, "-bin", bin)
+	demo := exec.CommandContext(ctx, filepath.Join(bin, "demo"), append([]string{flag, "-bin", bin}, more...)...)
 	demo.Dir = repoRoot(t)
 	demo.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	demo.Cancel = func() error { return syscall.Kill(-demo.Process.Pid, syscall.SIGKILL) }

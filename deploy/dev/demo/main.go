@@ -59,6 +59,8 @@ const (
 func main() {
 	ha := flag.Bool("ha", false, "run the high-availability demo: three atfd replicas on etcd, one killed (make demo-ha)")
 	oauth := flag.Bool("oauth", false, "run only the OAuth part (oauth.go): a delegation chain calling an MCP tool server, revoked")
+	consoleDemo := flag.Bool("console", false, "run the web console on the dev stack with a local OpenID provider and demo people, until Ctrl-C (make console)")
+	once := flag.Bool("once", false, "with -console, stop once the console answers instead of waiting for Ctrl-C (a check)")
 	bin := flag.String("bin", "", "directory holding atfd and atfctl (default: bin/, where `make build` puts them)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -69,8 +71,10 @@ func main() {
 		sc = haScript
 	case *oauth:
 		sc = oauthScript
+	case *consoleDemo:
+		sc = consoleScript
 	}
-	if err := run(ctx, sc, *bin); err != nil {
+	if err := run(ctx, sc, *bin, *consoleDemo && !*once); err != nil {
 		if ctx.Err() != nil {
 			fmt.Println("\ninterrupted; cleaned up")
 			os.Exit(130)
@@ -101,8 +105,9 @@ type demo struct {
 	pg     *dev.Postgres
 	dbUser [2]string
 
-	ha    haState
-	oauth oauthState
+	ha      haState
+	oauth   oauthState
+	console consoleState
 }
 
 // step is one numbered step of a demo.
@@ -142,8 +147,8 @@ var mainSteps = []step{
 
 // run runs sc's steps in order, atfd and atfctl from bin (default the
 // stack's bin/), and says whether every step behaved as expected.
-func run(ctx context.Context, sc script, bin string) (err error) {
-	d := &demo{bin: bin}
+func run(ctx context.Context, sc script, bin string, wait bool) (err error) {
+	d := &demo{bin: bin, console: consoleState{wait: wait}}
 	defer d.close()
 	defer func() {
 		if err != nil {
@@ -183,6 +188,9 @@ func (d *demo) close() {
 		d.ha.agent.Close()
 	}
 	d.oauth.stopTools()
+	if d.console.op != nil {
+		_ = d.console.op.Close()
+	}
 	for _, a := range d.atfds {
 		a.stop()
 	}
@@ -271,7 +279,7 @@ func (d *demo) startBroker(ctx context.Context) error {
 		return err
 	}
 	cfg, err := d.writeConfig(atfdConfig{name: "atfd", addr: brokerAddr, format: "text",
-		store: "store_path: " + filepath.Join(d.stack.Dir, "atf.db"), oauth: oauth})
+		store: "store_path: " + filepath.Join(d.stack.Dir, "atf.db"), oauth: oauth + d.console.yaml})
 	if err != nil {
 		return err
 	}
