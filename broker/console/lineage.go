@@ -20,14 +20,16 @@ type graph struct {
 }
 
 type gnode struct {
-	X, Y    int
-	Agent   string
-	Label   string
-	Grant   string // the grant that made this node (none for the root)
-	Roles   string
-	Expires string
-	Revoked bool
-	Live    []*adminv1.LiveCredential
+	X, Y  int
+	Agent string
+	Label string
+	Grant string // the grant that made this node (none for the root)
+	// Delegator is who made Grant.
+	Delegator string
+	Roles     string
+	Expires   string
+	Revoked   bool
+	Live      []*adminv1.LiveCredential
 }
 
 type gedge struct {
@@ -61,7 +63,7 @@ func layout(root string, l *adminv1.GetLineageResponse, now time.Time) graph {
 		key := ""
 		if grant != nil {
 			key = grant.GetId()
-			n.Grant, n.Roles = grant.GetId(), fmt.Sprint(grant.GetRoles())
+			n.Grant, n.Roles, n.Delegator = grant.GetId(), fmt.Sprint(grant.GetRoles()), grant.GetDelegator()
 			n.Revoked = grant.GetRevokedAt() != nil || (grant.GetExpiresAt() != nil && !grant.GetExpiresAt().AsTime().After(now))
 			if grant.GetExpiresAt() != nil {
 				n.Expires = grant.GetExpiresAt().AsTime().UTC().Format("15:04:05Z")
@@ -92,9 +94,20 @@ func layout(root string, l *adminv1.GetLineageResponse, now time.Time) graph {
 	return g
 }
 
-// short is an agent's SPIFFE ID without its scheme and trust domain, for
-// a node's label (its full ID is its title).
+// labelLen is the most characters of an ID a node's label shows.
+const labelLen = 34
+
+// short is an agent's SPIFFE ID without its scheme and trust domain, cut
+// to its end if long, for a node's label (its full ID is its title).
 func short(id string) string {
+	s := idPath(id)
+	if r := []rune(s); len(r) > labelLen {
+		return "…" + string(r[len(r)-labelLen+1:])
+	}
+	return s
+}
+
+func idPath(id string) string {
 	const scheme = "spiffe://"
 	if len(id) > len(scheme) && id[:len(scheme)] == scheme {
 		rest := id[len(scheme):]
