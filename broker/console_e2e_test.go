@@ -458,6 +458,11 @@ func TestConsole(t *testing.T) {
 		if n != 0 {
 			t.Errorf("an admin is offered %d release buttons; release is for security operators", n)
 		}
+		// The same selector finds the operator's (the agent killed above
+		// is listed with its release button).
+		if n := get(t, sam, "look for release", chromedp.Evaluate[int](`document.querySelectorAll("#release-all, button.release").length`)); n < 2 {
+			t.Errorf("the security operator is offered %d release buttons, want the global one and the killed agent's", n)
+		}
 		if code, body := e.post(t, e.cookie(t, adm), "/release/all", url.Values{"csrf": {csrf(t, adm)}, "reason": {"x"}}, nil); code != http.StatusForbidden {
 			t.Errorf("an admin's release: %d %.200q, want 403", code, body)
 		}
@@ -502,15 +507,21 @@ func TestConsole(t *testing.T) {
 		var (
 			mu    sync.Mutex
 			hosts []string
+			own   int // requests to the console: proof the listener hears them
 		)
 		do(t, ctx, "open a tab", chromedp.Navigate("about:blank"))
 		if err := chromedp.Listen(ctx, func(ev any) {
 			if r, ok := ev.(*network.EventRequestWillBeSent); ok {
-				if u, err := url.Parse(r.Request.URL); err == nil && u.Scheme != "about" && u.Scheme != "data" &&
-					u.Host != strings.TrimPrefix(e.url, "http://") && !strings.HasPrefix(r.Request.URL, e.op.Issuer) {
-					mu.Lock()
+				u, err := url.Parse(r.Request.URL)
+				if err != nil || u.Scheme == "about" || u.Scheme == "data" || strings.HasPrefix(r.Request.URL, e.op.Issuer) {
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if u.Host == strings.TrimPrefix(e.url, "http://") {
+					own++
+				} else {
 					hosts = append(hosts, u.Host)
-					mu.Unlock()
 				}
 			}
 		}); err != nil {
@@ -531,6 +542,9 @@ func TestConsole(t *testing.T) {
 		defer mu.Unlock()
 		if len(hosts) != 0 {
 			t.Errorf("the console made requests to %v", hosts)
+		}
+		if own < 8 {
+			t.Errorf("the browser was seen making %d requests to the console, want every page and its assets: the check above saw nothing", own)
 		}
 	})
 }

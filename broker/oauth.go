@@ -2,12 +2,9 @@ package broker
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"slices"
 	"time"
 
@@ -68,28 +65,14 @@ func (s *Server) openOAuth(exchanger oauthapi.Exchanger) error {
 		Revoker: oauthRevoker{s.revoker}, Log: s.log, Now: s.now, Closing: s.closingCh})
 	tlsCfg := s.verifier.ServerTLSConfig(s.source)
 	tlsCfg.NextProtos = []string{"h2", "http/1.1"}
-	ln, err := net.Listen("tcp", o.ListenAddr)
-	if err != nil {
-		return fmt.Errorf("broker: oauth.listen_addr: %w", err)
-	}
-	if n := s.cfg.Limits.MaxConnectionsPerIP; n > 0 {
-		ln = edge.LimitPerIP(ln, n, s.log)
-	}
-	s.oauthLn = tls.NewListener(ln, tlsCfg)
-	// No ReadTimeout: it would cut the event streams; each form sets its
+	// No read timeout: it would cut the event streams; each form sets its
 	// own deadline (oauthapi).
-	s.oauth = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
-	return nil
+	s.oauth, err = s.listen("OAuth endpoints", "oauth.listen_addr", o.ListenAddr, tlsCfg, h, 0)
+	return err
 }
 
 // OAuthAddr is the address the OAuth endpoints listen on ("" if off).
-func (s *Server) OAuthAddr() string {
-	if s.oauthLn == nil {
-		return ""
-	}
-	return s.oauthLn.Addr().String()
-}
+func (s *Server) OAuthAddr() string { return s.oauth.addr() }
 
 // serveOAuth serves the OAuth endpoints and keeps the signing key
 // rotated and its published versions fresh, until ctx ends.
@@ -97,11 +80,7 @@ func (s *Server) serveOAuth(ctx context.Context) {
 	if s.oauth == nil {
 		return
 	}
-	s.loops.Go(func() {
-		if err := s.oauth.Serve(s.oauthLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("the OAuth endpoints stopped", slog.String(edge.LogError, err.Error()))
-		}
-	})
+	s.serve(s.oauth)
 	s.loops.Go(func() {
 		t := time.NewTicker(keyCheckEvery)
 		defer t.Stop()
@@ -141,19 +120,6 @@ func (s *Server) RotateSigningKey(ctx context.Context) error {
 		return errors.New("broker: the OAuth endpoints are off")
 	}
 	return s.tokens.Rotate(ctx)
-}
-
-// closeOAuth stops the OAuth endpoints, letting requests in flight end.
-func (s *Server) closeOAuth() {
-	if s.oauth == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := s.oauth.Shutdown(ctx); err != nil {
-		_ = s.oauth.Close()
-	}
-	_ = s.oauthLn.Close() // already closed if served
 }
 
 // oauthRevoker is the revoker as the OAuth endpoints use it.

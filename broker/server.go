@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"slices"
 	"sync"
 	"time"
@@ -112,15 +111,13 @@ type Server struct {
 	levels         *levels.Levels
 	watch          *watch.Watch
 
-	// tokens signs access tokens; oauth serves the OAuth endpoints on
-	// oauthLn (all nil unless oauth.listen_addr is set).
-	tokens  *accesstoken.Tokens
-	oauth   *http.Server
-	oauthLn net.Listener
-	// console serves the web console on consoleLn (nil unless
-	// console.listen_addr is set).
-	console   *http.Server
-	consoleLn net.Listener
+	// tokens signs access tokens; oauth serves the OAuth endpoints (both
+	// nil unless oauth.listen_addr is set).
+	tokens *accesstoken.Tokens
+	oauth  *endpoint
+	// console serves the web console (nil unless console.listen_addr is
+	// set).
+	console *endpoint
 
 	grpc   *grpc.Server
 	health *health.Server
@@ -470,7 +467,7 @@ func (s *Server) Serve(lis net.Listener) error {
 	}
 	s.loops.Go(func() { s.prune(ctx) })
 	s.serveOAuth(ctx)
-	s.serveConsole()
+	s.serve(s.console)
 	s.loops.Go(func() { s.flushRefusals(ctx) })
 	s.loops.Go(func() {
 		t := time.NewTicker(watch.BaselineSaveEvery)
@@ -552,8 +549,8 @@ func (s *Server) Close() {
 				s.runBegun = false
 			}
 		}
-		s.closeOAuth()
-		s.closeConsole()
+		s.oauth.close()
+		s.console.close()
 		if s.refusals != nil && s.store != nil {
 			// Calls are over: what the refusal windows counted is written.
 			s.writeRefusals(true)

@@ -102,6 +102,9 @@ const (
 	ConsoleAuditor          = "auditor"
 )
 
+// ConsoleRoles are the console roles, in the order pages list them.
+var ConsoleRoles = []string{ConsoleAdmin, ConsoleApprover, ConsoleSecurityOperator, ConsoleAuditor}
+
 // ConsoleConfig configures the web console.
 type ConsoleConfig struct {
 	// ListenAddr is the console's listener; "" turns it off.
@@ -712,7 +715,7 @@ func (c *Config) validateConsole(v *validation) {
 		v.bad("console.roles must map at least one role (admin, approver, security_operator, auditor) to groups of console.roles_claim: nobody could do anything")
 	}
 	for r := range o.Roles {
-		if !slices.Contains([]string{ConsoleAdmin, ConsoleApprover, ConsoleSecurityOperator, ConsoleAuditor}, r) {
+		if !slices.Contains(ConsoleRoles, r) {
 			v.bad("console.roles: %q is no console role (admin, approver, security_operator, auditor)", r)
 		}
 	}

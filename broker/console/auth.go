@@ -15,6 +15,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/agentictrust/atf/attest"
+	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/edge"
 )
 
@@ -194,7 +195,7 @@ func (c *Console) roles(claim any) []string {
 		}
 	}
 	var out []string
-	for _, role := range allRoles {
+	for _, role := range config.ConsoleRoles {
 		if slices.ContainsFunc(c.cfg.Roles[role], func(g string) bool { return slices.Contains(groups, g) }) {
 			out = append(out, role)
 		}

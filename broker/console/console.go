@@ -23,7 +23,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -37,7 +36,6 @@ import (
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/edge"
-	"github.com/agentictrust/atf/broker/fault"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 )
 
@@ -46,9 +44,6 @@ var templateFS embed.FS
 
 //go:embed static
 var staticFS embed.FS
-
-// allRoles are the console roles, in the order pages list them.
-var allRoles = []string{config.ConsoleAdmin, config.ConsoleApprover, config.ConsoleSecurityOperator, config.ConsoleAuditor}
 
 // Config is what the console needs.
 type Config struct {
@@ -77,6 +72,7 @@ type Console struct {
 	pages     map[string]*template.Template
 	mux       *http.ServeMux
 	ended     *endedSessions
+	chain     chainCheck
 
 	provMu sync.Mutex
 	prov   *oidc.Provider
@@ -124,13 +120,12 @@ type act struct {
 	fn     func(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session)
 }
 
+// Who may act (docs/console.md, Who may do what).
 var (
-	anyRole     []string
-	approvers   = []string{config.ConsoleApprover}
-	responders  = []string{config.ConsoleSecurityOperator, config.ConsoleAdmin}
-	operators   = []string{config.ConsoleSecurityOperator}
-	adminsOnly  = []string{config.ConsoleAdmin}
-	readerRoles = allRoles
+	approvers  = []string{config.ConsoleApprover}
+	responders = []string{config.ConsoleSecurityOperator, config.ConsoleAdmin}
+	operators  = []string{config.ConsoleSecurityOperator}
+	adminsOnly = []string{config.ConsoleAdmin}
 )
 
 func (c *Console) routes() {
@@ -178,7 +173,7 @@ func (c *Console) handle(pattern string, a act) {
 			return
 		}
 		ctx := c.context(r, s)
-		if a.roles != nil && !slices.ContainsFunc(s.Roles, func(role string) bool { return slices.Contains(a.roles, role) }) {
+		if a.roles != nil && !s.can(a.roles) {
 			edge.Logger(ctx).Warn("console act refused: role", slog.Any("roles", s.Roles))
 			c.failAs(w, r, s, http.StatusForbidden, "This needs the role "+strings.Join(a.roles, " or ")+"; you hold "+strings.Join(s.Roles, ", ")+".")
 			return
@@ -192,7 +187,7 @@ func (c *Console) handle(pattern string, a act) {
 			}
 			if a.reauth && c.cfg.Now().Sub(s.AuthTime) > c.cfg.ReauthAfter {
 				w.WriteHeader(http.StatusForbidden)
-				c.render(w, r, s, "reauth", map[string]any{"Next": localPath(r.Referer()), "After": c.cfg.ReauthAfter})
+				c.render(w, r, s, "reauth", map[string]any{"Next": c.samePage(r.Referer()), "After": c.cfg.ReauthAfter})
 				return
 			}
 		}
@@ -261,14 +256,13 @@ var httpCodes = map[codes.Code]int{
 	codes.Aborted: http.StatusConflict, codes.ResourceExhausted: http.StatusTooManyRequests, codes.Unavailable: http.StatusServiceUnavailable,
 }
 
-// failErr shows err, a service's refusal, with its HTTP status.
+// failErr shows err, a service's refusal (call's error), with its HTTP
+// status.
 func (c *Console) failErr(w http.ResponseWriter, r *http.Request, s *session, err error) {
 	var a answerErr
 	if !errors.As(err, &a) {
-		a = answerErr{code: codes.Internal, msg: "internal error"}
-		if k, ok := fault.KindOf(err); ok && k == fault.Invalid {
-			a = answerErr{code: codes.InvalidArgument, msg: err.Error()}
-		}
+		st := edge.Answer(r.Context(), err)
+		a = answerErr{code: st.Code(), msg: st.Message()}
 	}
 	code, ok := httpCodes[a.code]
 	if !ok {
@@ -286,8 +280,23 @@ func (c *Console) failAs(w http.ResponseWriter, r *http.Request, s *session, cod
 	c.render(w, r, s, "error", map[string]any{"Code": code, "Status": http.StatusText(code), "Message": msg})
 }
 
-// done sends the browser on to next after a successful act (303: the
-// next page is fetched with GET).
-func done(w http.ResponseWriter, r *http.Request, next string) {
+// submit carries out a form's act through fn and sends the browser on to
+// next (303: the next page is fetched with GET), or shows the refusal.
+func submit[Req proto.Message, Resp any](ctx context.Context, c *Console, w http.ResponseWriter, r *http.Request, s *session,
+	req Req, fn func(context.Context, Req) (Resp, error), next string) {
+	if _, err := call(ctx, c, req, fn); err != nil {
+		c.failErr(w, r, s, err)
+		return
+	}
 	http.Redirect(w, r, localPath(next), http.StatusSeeOther)
+}
+
+// samePage is the path and query of ref if it is a page of this console
+// (a form's Referer), else "/".
+func (c *Console) samePage(ref string) string {
+	u, err := url.Parse(ref)
+	if err != nil || u.Scheme+"://"+u.Host != c.origin {
+		return "/"
+	}
+	return localPath(u.RequestURI())
 }

@@ -57,5 +57,11 @@ func (s *sseStream) Context() context.Context     { return s.ctx }
 func (s *sseStream) SetHeader(metadata.MD) error  { return nil }
 func (s *sseStream) SendHeader(metadata.MD) error { return nil }
 func (s *sseStream) SetTrailer(metadata.MD)       {}
-func (s *sseStream) SendMsg(m any) error          { return s.Send(m.(*adminv1.WatchEventsResponse)) }
-func (s *sseStream) RecvMsg(any) error            { return nil }
+func (s *sseStream) SendMsg(m any) error {
+	ev, ok := m.(*adminv1.WatchEventsResponse)
+	if !ok {
+		return fmt.Errorf("console: events stream cannot send a %T", m)
+	}
+	return s.Send(ev)
+}
+func (s *sseStream) RecvMsg(any) error { return nil }

@@ -2,16 +2,17 @@ package console
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/agentictrust/atf/broker/config"
 	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
@@ -75,25 +76,15 @@ func (c *Console) signOff(ctx context.Context, w http.ResponseWriter, r *http.Re
 		return
 	}
 	req := &adminv1.RecordSignOffRequest{SpiffeId: id, Target: target, RiskAcceptance: r.PostFormValue("risk_acceptance")}
-	if _, err := call(ctx, c, req, c.cfg.Maturity.RecordSignOff); err != nil {
-		c.failErr(w, r, s, err)
-		return
-	}
-	done(w, r, "/agent?id="+url.QueryEscape(id))
+	submit(ctx, c, w, r, s, req, c.cfg.Maturity.RecordSignOff, "/agent?id="+url.QueryEscape(id))
 }
 
 func level(v string) (brokerv1.Level, error) {
 	n, ok := brokerv1.Level_value["LEVEL_"+strings.ToUpper(v)]
 	if !ok || n == 0 {
-		return 0, errBadLevel(v)
+		return 0, fmt.Errorf("unknown level %q: intern, junior, senior or principal", v)
 	}
 	return brokerv1.Level(n), nil
-}
-
-type errBadLevel string
-
-func (e errBadLevel) Error() string {
-	return "unknown level " + strconv.Quote(string(e)) + ": intern, junior, senior or principal"
 }
 
 func (c *Console) lineagePage(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
@@ -158,11 +149,7 @@ func (c *Console) decide(ctx context.Context, w http.ResponseWriter, r *http.Req
 		verdict = adminv1.Verdict_VERDICT_APPROVE
 	}
 	req := &adminv1.DecideApprovalRequest{ApprovalId: r.PostFormValue("id"), Verdict: verdict, Reason: r.PostFormValue("reason")}
-	if _, err := call(ctx, c, req, c.cfg.Approvals.DecideApproval); err != nil {
-		c.failErr(w, r, s, err)
-		return
-	}
-	done(w, r, "/approvals")
+	submit(ctx, c, w, r, s, req, c.cfg.Approvals.DecideApproval, "/approvals")
 }
 
 func (c *Console) killPage(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
@@ -196,38 +183,22 @@ func (c *Console) killConfirm(ctx context.Context, w http.ResponseWriter, r *htt
 func (c *Console) kill(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
 	req := &adminv1.KillRequest{Target: &adminv1.KillRequest_AgentId{AgentId: r.PostFormValue("agent")}, Lineage: r.PostFormValue("lineage") == "1",
 		Reason: r.PostFormValue("reason")}
-	if _, err := call(ctx, c, req, c.cfg.Response.Kill); err != nil {
-		c.failErr(w, r, s, err)
-		return
-	}
-	done(w, r, "/kill")
+	submit(ctx, c, w, r, s, req, c.cfg.Response.Kill, "/kill")
 }
 
 func (c *Console) killAll(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
 	req := &adminv1.KillRequest{Target: &adminv1.KillRequest_All{All: true}, Reason: r.PostFormValue("reason")}
-	if _, err := call(ctx, c, req, c.cfg.Response.Kill); err != nil {
-		c.failErr(w, r, s, err)
-		return
-	}
-	done(w, r, "/kill")
+	submit(ctx, c, w, r, s, req, c.cfg.Response.Kill, "/kill")
 }
 
 func (c *Console) release(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
 	req := &adminv1.ReleaseRequest{Target: &adminv1.ReleaseRequest_AgentId{AgentId: r.PostFormValue("agent")}, Reason: r.PostFormValue("reason")}
-	if _, err := call(ctx, c, req, c.cfg.Response.Release); err != nil {
-		c.failErr(w, r, s, err)
-		return
-	}
-	done(w, r, "/kill")
+	submit(ctx, c, w, r, s, req, c.cfg.Response.Release, "/kill")
 }
 
 func (c *Console) releaseAll(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
 	req := &adminv1.ReleaseRequest{Target: &adminv1.ReleaseRequest_All{All: true}, Reason: r.PostFormValue("reason")}
-	if _, err := call(ctx, c, req, c.cfg.Response.Release); err != nil {
-		c.failErr(w, r, s, err)
-		return
-	}
-	done(w, r, "/kill")
+	submit(ctx, c, w, r, s, req, c.cfg.Response.Release, "/kill")
 }
 
 func (c *Console) auditPage(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
@@ -257,12 +228,42 @@ func (c *Console) auditPage(ctx context.Context, w http.ResponseWriter, r *http.
 		return
 	}
 	data := map[string]any{"Records": resp.GetRecords(), "Next": resp.GetNextAfterSeq(), "Q": q, "Decisions": []string{"allow", "deny", "pending", "limited"}}
-	if v, err := call(ctx, c, &adminv1.VerifyAuditRequest{}, c.cfg.Admin.VerifyAudit); err == nil {
-		data["Verify"] = v
+	if v, at, err := c.verifyChain(ctx); err == nil {
+		data["Verify"], data["VerifiedAt"] = v, at
 	} else {
 		data["VerifyError"] = err.Error()
 	}
 	c.render(w, r, s, "audit", data)
+}
+
+// chainRecheck is how long a verification of the audit chain is shown
+// before the next view of the audit page verifies again: verifying reads
+// every record of the trail, too much for each page of 100 an auditor
+// turns.
+const chainRecheck = time.Minute
+
+// chainCheck is the last verification of the audit chain.
+type chainCheck struct {
+	mu   sync.Mutex
+	at   time.Time
+	resp *adminv1.VerifyAuditResponse
+}
+
+// verifyChain verifies the audit chain, or returns the verification made
+// less than chainRecheck ago, with when it was made.
+func (c *Console) verifyChain(ctx context.Context) (*adminv1.VerifyAuditResponse, time.Time, error) {
+	c.chain.mu.Lock()
+	defer c.chain.mu.Unlock()
+	now := c.cfg.Now()
+	if c.chain.resp != nil && now.Sub(c.chain.at) < chainRecheck {
+		return c.chain.resp, c.chain.at, nil
+	}
+	v, err := call(ctx, c, &adminv1.VerifyAuditRequest{}, c.cfg.Admin.VerifyAudit)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	c.chain.resp, c.chain.at = v, now
+	return v, now, nil
 }
 
 func (c *Console) policyPage(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
@@ -326,22 +327,14 @@ func (c *Console) policyRollback(ctx context.Context, w http.ResponseWriter, r *
 		return
 	}
 	req := &adminv1.RollbackPolicyRequest{Version: v, Comment: r.PostFormValue("comment")}
-	if _, err := call(ctx, c, req, c.cfg.Admin.RollbackPolicy); err != nil {
-		c.failErr(w, r, s, err)
-		return
-	}
-	done(w, r, "/policy")
+	submit(ctx, c, w, r, s, req, c.cfg.Admin.RollbackPolicy, "/policy")
 }
 
 func (c *Console) policySet(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
 	exp, _ := strconv.ParseUint(r.PostFormValue("expected_version"), 10, 64)
 	req := &adminv1.SetPolicyRequest{Policy: strings.ReplaceAll(r.PostFormValue("policy"), "\r\n", "\n"), Comment: r.PostFormValue("comment"),
 		ExpectedVersion: exp}
-	if _, err := call(ctx, c, req, c.cfg.Admin.SetPolicy); err != nil {
-		c.failErr(w, r, s, err)
-		return
-	}
-	done(w, r, "/policy")
+	submit(ctx, c, w, r, s, req, c.cfg.Admin.SetPolicy, "/policy")
 }
 
 // can says whether s holds any of roles (for what a page shows; every act
@@ -354,5 +347,5 @@ func (s *session) can(roles []string) bool {
 type caps struct{ Approve, Respond, Release, Admin bool }
 
 func capsOf(s *session) caps {
-	return caps{Approve: s.can(approvers), Respond: s.can(responders), Release: s.can(operators), Admin: s.can([]string{config.ConsoleAdmin})}
+	return caps{Approve: s.can(approvers), Respond: s.can(responders), Release: s.can(operators), Admin: s.can(adminsOnly)}
 }

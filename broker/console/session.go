@@ -118,7 +118,7 @@ func (c *Console) setCookie(w http.ResponseWriter, name string, v any, exp time.
 	if err != nil {
 		return err
 	}
-	http.SetCookie(w, &http.Cookie{Name: name, Value: val, Path: "/", Expires: exp, MaxAge: int(time.Until(exp).Seconds()) + 1,
+	http.SetCookie(w, &http.Cookie{Name: name, Value: val, Path: "/", Expires: exp, MaxAge: int(exp.Sub(c.cfg.Now()).Seconds()) + 1,
 		HttpOnly: true, Secure: true, SameSite: same})
 	return nil
 }
