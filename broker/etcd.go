@@ -159,18 +159,11 @@ func (f *feed) watch(ctx context.Context, last int64) int64 {
 // trimEvery trims the feed every tenth of the resume window (at most a
 // minute apart) until ctx ends.
 func (f *feed) trimEvery(ctx context.Context) {
-	t := time.NewTicker(min(f.window/10, time.Minute))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, min(f.window/10, time.Minute), func() {
 		if err := f.trim(ctx); err != nil && ctx.Err() == nil {
 			f.log.Warn("trimming the change feed failed; trying again later", slog.String(edge.LogError, err.Error()))
 		}
-	}
+	})
 }
 
 // trim deletes the entries older than the resume window, whoever put them,

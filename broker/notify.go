@@ -92,22 +92,29 @@ const pruneEvery = 10 * time.Minute
 // prune removes from the store what expired store_retention ago, every
 // pruneEvery until ctx ends.
 func (s *Server) prune(ctx context.Context) {
-	t := time.NewTicker(pruneEvery)
+	every(ctx, pruneEvery, func() {
+		p, err := s.store.Prune(s.now().Add(-s.cfg.StoreRetention), "atfd")
+		if err != nil {
+			s.log.Error("pruning the store failed; retried later", slog.String(edge.LogError, err.Error()))
+			return
+		}
+		if p.Total() > 0 {
+			s.log.Info("pruned the store", slog.Int("credentials", p.Credentials), slog.Int("anchors", p.Anchors),
+				slog.Int("grants", p.Grants), slog.Int("approvals", p.Approvals), slog.Int("history", p.History))
+		}
+	})
+}
+
+// every calls fn every d (the first time d from now) until ctx ends.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		p, err := s.store.Prune(s.now().Add(-s.cfg.StoreRetention), "atfd")
-		if err != nil {
-			s.log.Error("pruning the store failed; retried later", slog.String(edge.LogError, err.Error()))
-			continue
-		}
-		if p.Total() > 0 {
-			s.log.Info("pruned the store", slog.Int("credentials", p.Credentials), slog.Int("anchors", p.Anchors),
-				slog.Int("grants", p.Grants), slog.Int("approvals", p.Approvals), slog.Int("history", p.History))
+			fn()
 		}
 	}
 }

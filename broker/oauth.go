@@ -82,16 +82,8 @@ func (s *Server) serveOAuth(ctx context.Context) {
 	}
 	s.serve(s.oauth)
 	s.loops.Go(func() {
-		t := time.NewTicker(keyCheckEvery)
-		defer t.Stop()
-		for {
-			s.rotateKey(ctx)
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-		}
+		s.rotateKey(ctx)
+		every(ctx, keyCheckEvery, func() { s.rotateKey(ctx) })
 	})
 }
 

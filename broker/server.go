@@ -469,18 +469,7 @@ func (s *Server) Serve(lis net.Listener) error {
 	s.serveOAuth(ctx)
 	s.serve(s.console)
 	s.loops.Go(func() { s.flushRefusals(ctx) })
-	s.loops.Go(func() {
-		t := time.NewTicker(watch.BaselineSaveEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				s.watch.SaveBaselines()
-			}
-		}
-	})
+	s.loops.Go(func() { every(ctx, watch.BaselineSaveEvery, s.watch.SaveBaselines) })
 	for _, svc := range healthServices {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
@@ -502,16 +491,7 @@ func (s *Server) Serve(lis net.Listener) error {
 // flushRefusals writes the aggregated records of the refusal windows
 // that ended (limits.Refusals), every window's length, until ctx ends.
 func (s *Server) flushRefusals(ctx context.Context) {
-	t := time.NewTicker(s.refusals.Window())
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.writeRefusals(false)
-		}
-	}
+	every(ctx, s.refusals.Window(), func() { s.writeRefusals(false) })
 }
 
 // writeRefusals writes the aggregated records of the refusal windows

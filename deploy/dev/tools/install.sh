@@ -85,6 +85,22 @@ pg_bindir() {
 	if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/postgres" ]; then echo "$d"; fi
 }
 
+# apt_install WHAT ELSEWHERE PACKAGE...: installs Debian's PACKAGEs (for
+# WHAT, missing here) when run as root on Debian; otherwise says how
+# (ELSEWHERE: what to install on a system without apt-get) and fails.
+apt_install() {
+	local what=$1 elsewhere=$2
+	shift 2
+	if [ "$(id -u)" != 0 ]; then
+		say "$what is not installed: run 'make dev-tools' as root, or 'sudo apt-get install $1', then again"
+		return 1
+	fi
+	command -v apt-get >/dev/null || { say "$what is not installed and this is no Debian system: $elsewhere"; return 1; }
+	say "installing Debian's $1 package"
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 # postgres: the tests and the demo run a PostgreSQL server of Debian's
 # postgresql package (not a build of ours); install it when missing, if
 # allowed to, and link its programs into bin/.
@@ -92,14 +108,7 @@ install_postgres() {
 	local d
 	d=$(pg_bindir)
 	if [ -z "$d" ]; then
-		if [ "$(id -u)" != 0 ]; then
-			say "PostgreSQL is not installed: run 'make dev-tools' as root, or 'sudo apt-get install postgresql', then again"
-			return 1
-		fi
-		command -v apt-get >/dev/null || { say "PostgreSQL is not installed and this is no Debian system: install PostgreSQL's initdb and postgres under /usr/lib/postgresql/<version>/bin"; return 1; }
-		say "installing Debian's postgresql package"
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+		apt_install PostgreSQL "install PostgreSQL's initdb and postgres under /usr/lib/postgresql/<version>/bin" postgresql || return 1
 		d=$(pg_bindir)
 		[ -n "$d" ] || { say "postgresql installed but initdb and postgres not found under /usr/lib/postgresql"; return 1; }
 	else
@@ -112,22 +121,9 @@ install_postgres() {
 # (headless, through chromedp); install it when missing, if allowed to,
 # and link it into bin/.
 install_chromium() {
-	local c
-	c=$(command -v chromium || true)
-	if [ -z "$c" ] || [ "$c" = "$bin/chromium" ]; then
-		c=""
-		[ -x /usr/bin/chromium ] && c=/usr/bin/chromium
-	fi
-	if [ -z "$c" ]; then
-		if [ "$(id -u)" != 0 ]; then
-			say "Chromium is not installed: run 'make dev-tools' as root, or 'sudo apt-get install chromium', then again"
-			return 1
-		fi
-		command -v apt-get >/dev/null || { say "Chromium is not installed and this is no Debian system: install chromium and put it on PATH"; return 1; }
-		say "installing Debian's chromium package"
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
-		c=/usr/bin/chromium
+	local c=/usr/bin/chromium
+	if [ ! -x "$c" ]; then
+		apt_install Chromium "install chromium as /usr/bin/chromium" chromium fonts-dejavu-core || return 1
 		[ -x "$c" ] || { say "chromium installed but /usr/bin/chromium not found"; return 1; }
 	else
 		say "chromium: installed at $c"
