@@ -2,6 +2,7 @@ package limits
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -75,9 +76,11 @@ func (s *Shared) Reserve(agent, lineage, role string, expires time.Time) (*Reser
 		return nil, fault.Limited(sharedLimits[kind], retry, "limit %s: %s already holds %d live credentials, the most allowed", sharedLimits[kind], what, le.Count)
 	}
 	if err != nil {
-		return nil, fault.New(fault.Unavailable, "the live credentials could not be counted in the store, so nothing is issued: %w", err)
+		// The edge answers a store that does not answer as such, without
+		// the store's own words (addresses, keys).
+		return nil, fmt.Errorf("limits: counting live credentials: %w", err)
 	}
-	return &Reservation{id: id, agent: agent, lineage: lineage, role: role, expires: expires}, nil
+	return &Reservation{id: id}, nil
 }
 
 // Commit does nothing: the credential's record names its reservation

@@ -218,7 +218,9 @@ func (h *hub) mark(ch <-chan Event) (int64, bool) {
 }
 
 // end ends the watches of agent for why (every agent's, if agent is ""),
-// once they have received the events already published.
+// once they have received the events already published. Ending every
+// agent's ends the watchers of all of them too (SubscribeAll): they may
+// have missed events (a compacted feed), and must assume so.
 func (h *hub) end(agent string, why error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -228,6 +230,12 @@ func (h *hub) end(agent string, why error) {
 		}
 		for ch := range subs {
 			h.close(a, ch, why)
+		}
+	}
+	if agent == "" {
+		for ch := range h.all {
+			delete(h.all, ch)
+			close(ch)
 		}
 	}
 }
