@@ -21,6 +21,12 @@ import (
 // fetchTimeout bounds one fetch of the JWK Set.
 const fetchTimeout = 10 * time.Second
 
+// staleWait is how long a request whose key is in a set past its expiry
+// (but within KeysStaleFor) waits for the refresh before it is served
+// from that set: an issuer that does not answer costs each request at
+// most this, not the whole fetchTimeout.
+const staleWait = time.Second
+
 // maxJWKSSize bounds the JWK Set read.
 const maxJWKSSize = 1 << 20
 
@@ -31,7 +37,8 @@ type keySet struct {
 }
 
 // keyCache holds the issuer's keys. Lookups of a known kid in a fresh set
-// take no lock; fetches are serialized and rate-limited.
+// take no lock; fetches run one at a time, rate-limited, apart from the
+// requests waiting for them (which a caller giving up does not cancel).
 type keyCache struct {
 	url      string
 	client   *http.Client
@@ -41,8 +48,9 @@ type keyCache struct {
 	log      *slog.Logger
 
 	set         atomic.Pointer[keySet]
-	mu          sync.Mutex // held while fetching
-	lastAttempt time.Time  // guarded by mu
+	mu          sync.Mutex
+	lastAttempt time.Time     // guarded by mu
+	inflight    chan struct{} // guarded by mu; closed when the fetch ends
 }
 
 func newKeyCache(cfg Config) *keyCache {
@@ -72,17 +80,29 @@ func (k *keyCache) key(ctx context.Context, kid string) (*ecdsa.PublicKey, error
 // A set that could not be refreshed is used up to staleFor past its expiry.
 func (k *keyCache) fetchFor(ctx context.Context, kid string) (*ecdsa.PublicKey, error) {
 	k.mu.Lock()
-	defer k.mu.Unlock()
 	now := k.now()
 	s := k.set.Load()
-	fresh := s != nil && now.Before(s.expires)
-	if _, ok := lookup(s, kid); !(fresh && ok) && now.Sub(k.lastAttempt) >= k.refetch {
+	_, known := lookup(s, kid)
+	wait := k.inflight
+	if wait == nil && !(known && now.Before(s.expires)) && now.Sub(k.lastAttempt) >= k.refetch {
 		k.lastAttempt = now
-		if fetched, err := k.fetch(ctx); err != nil {
-			k.log.Warn("verify: fetching the JWK Set failed", slog.String("url", k.url), slog.Any("error", err))
-		} else {
-			k.set.Store(fetched)
-			s = fetched
+		wait = make(chan struct{})
+		k.inflight = wait
+		go k.refresh(wait)
+	}
+	k.mu.Unlock()
+	if wait != nil {
+		var stale <-chan time.Time
+		if known && now.Before(s.expires.Add(k.staleFor)) {
+			t := time.NewTimer(staleWait)
+			defer t.Stop()
+			stale = t.C
+		}
+		select {
+		case <-wait:
+			s = k.set.Load()
+		case <-stale:
+		case <-ctx.Done():
 		}
 	}
 	switch key, ok := lookup(s, kid); {
@@ -95,6 +115,20 @@ func (k *keyCache) fetchFor(ctx context.Context, kid string) (*ecdsa.PublicKey, 
 	default:
 		return key, nil
 	}
+}
+
+// refresh fetches the set, bounded by fetchTimeout only, then closes done.
+func (k *keyCache) refresh(done chan struct{}) {
+	fetched, err := k.fetch(context.Background())
+	if err != nil {
+		k.log.Warn("verify: fetching the JWK Set failed", slog.String("url", k.url), slog.Any("error", err))
+	} else {
+		k.set.Store(fetched)
+	}
+	k.mu.Lock()
+	k.inflight = nil
+	k.mu.Unlock()
+	close(done)
 }
 
 func lookup(s *keySet, kid string) (*ecdsa.PublicKey, bool) {

@@ -150,3 +150,54 @@ func TestJWKSCacheControlBoundsAndStaleKeys(t *testing.T) {
 		t.Errorf("keys past KeysStaleFor: %v", err)
 	}
 }
+
+// An issuer that stops answering its JWK Set does not hold up requests
+// whose key is cached: once the set is past its max-age, each waits at
+// most a second for the refresh, then is served from the stale set
+// (within KeysStaleFor); a request that gives up does not cancel the
+// refresh the others wait for.
+func TestHangingJWKSDoesNotHoldUpRequests(t *testing.T) {
+	is := verifytest.NewIssuer(t)
+	clk := verifytest.NewClock()
+	v := newVerifier(t, is, func(c *verify.Config) { c.Now = clk.Now; c.KeysStaleFor = 10 * time.Minute })
+	if _, err := v.Verify(context.Background(), is.Mint(tok{}, clk.Now())); err != nil {
+		t.Fatal(err)
+	}
+	release := is.HangJWKS()
+	clk.Add(301 * time.Second) // past max-age 300
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			if _, err := v.Verify(context.Background(), is.Mint(tok{}, clk.Now())); err != nil {
+				t.Errorf("cached kid while the issuer hangs: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("20 requests took %s while the JWK Set hung, want about a second", took)
+	}
+	if n := is.JWKSFetches(); n != 2 {
+		t.Errorf("%d fetches, want 2: the first and one refresh for all", n)
+	}
+	// A caller that gives up leaves the refresh running; once the issuer
+	// answers, a removed key is refused.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, _ = v.Verify(ctx, is.Mint(tok{}, clk.Now()))
+	is.RemoveKey(verifytest.FirstKid)
+	is.AddKey("atf-oauth-2")
+	release()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := v.Verify(context.Background(), is.Mint(tok{}, clk.Now()))
+		if err != nil && strings.HasSuffix(err.Error(), "unknown kid") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the removed key still verifies after the issuer answered: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

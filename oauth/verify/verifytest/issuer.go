@@ -41,6 +41,7 @@ type Issuer struct {
 	cacheControl string
 	active       func(token string) bool
 	jwksFetches  atomic.Int64
+	jwksHang     chan struct{} // while set, JWK Set requests wait for it to close
 	introspects  atomic.Int64
 
 	events      chan string   // SSE event blocks to write
@@ -111,6 +112,26 @@ func (is *Issuer) SetActive(active func(token string) bool) {
 	is.active = active
 }
 
+// HangJWKS makes JWK Set requests wait, unanswered, until the returned
+// func is called (or the test ends).
+func (is *Issuer) HangJWKS() (release func()) {
+	ch := make(chan struct{})
+	is.mu.Lock()
+	is.jwksHang = ch
+	is.mu.Unlock()
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			is.mu.Lock()
+			is.jwksHang = nil
+			is.mu.Unlock()
+			close(ch)
+		})
+	}
+	is.t.Cleanup(release)
+	return release
+}
+
 // JWKSFetches counts the JWK Set's fetches.
 func (is *Issuer) JWKSFetches() int64 { return is.jwksFetches.Load() }
 
@@ -120,7 +141,7 @@ func (is *Issuer) Introspections() int64 { return is.introspects.Load() }
 // Refuse makes the events endpoint answer 503, or answer again.
 func (is *Issuer) Refuse(refuse bool) { is.refuse.Store(refuse) }
 
-// DropStream ends the current event stream.
+// DropStream ends the current event stream, after the events sent before.
 func (is *Issuer) DropStream() { is.dropStreams <- struct{}{} }
 
 // Send writes one event to the current (or next) stream.
@@ -145,8 +166,18 @@ func (is *Issuer) NextConnect(t testing.TB) string {
 	}
 }
 
-func (is *Issuer) serveJWKS(w http.ResponseWriter, _ *http.Request) {
+func (is *Issuer) serveJWKS(w http.ResponseWriter, r *http.Request) {
 	is.jwksFetches.Add(1)
+	is.mu.Lock()
+	hang := is.jwksHang
+	is.mu.Unlock()
+	if hang != nil {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+			return
+		}
+	}
 	is.mu.Lock()
 	var set jose.JSONWebKeySet
 	for kid, k := range is.keys {
@@ -173,7 +204,18 @@ func (is *Issuer) serveEvents(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			return
 		case <-is.dropStreams:
-			return
+			// What was sent before the drop goes out first, in order.
+			for {
+				select {
+				case ev := <-is.events:
+					if _, err := fmt.Fprint(w, ev); err != nil {
+						return
+					}
+				default:
+					w.(http.Flusher).Flush()
+					return
+				}
+			}
 		case ev := <-is.events:
 			if _, err := fmt.Fprint(w, ev); err != nil {
 				return
