@@ -217,12 +217,17 @@ func (is *Issuer) sign(ctx context.Context, p decide.Plan) (vault.Credential, er
 		return cred, nil
 	}
 	edge.Logger(ctx).Error("signing an access token failed", slog.String(edge.LogError, err.Error()), slog.String(edge.LogDecisionID, p.Reasons.DecisionID))
-	kind, reason, said := fault.Precondition, "vault_refused", "Vault refused to sign the access token"
 	if errors.Is(err, vault.ErrUnavailable) {
-		kind, reason, said = fault.Unavailable, "vault_unavailable", "Vault did not sign the access token"
+		msg := fmt.Sprintf("Vault did not sign the access token of role %s; nothing was issued (decision %s)", p.Role.Name, p.Reasons.DecisionID)
+		// An open breaker says when it lets the next call through.
+		f := &fault.Error{Kind: fault.Unavailable, Msg: msg, Err: err}
+		if open := (*vault.BreakerOpenError)(nil); errors.As(err, &open) {
+			f.Retry = max(time.Until(open.RetryAt), time.Second)
+		}
+		return cred, decide.Fail(p.Reasons, "vault_unavailable", msg, f)
 	}
-	msg := fmt.Sprintf("%s of role %s; nothing was issued (decision %s)", said, p.Role.Name, p.Reasons.DecisionID)
-	return cred, decide.Fail(p.Reasons, reason, msg, fault.New(kind, "%s", msg))
+	msg := fmt.Sprintf("Vault refused to sign the access token of role %s; nothing was issued (decision %s)", p.Role.Name, p.Reasons.DecisionID)
+	return cred, decide.Fail(p.Reasons, "vault_refused", msg, fault.New(fault.Precondition, "%s", msg))
 }
 
 // readDynamic reads the role's dynamic secret with cred's token, so that

@@ -1,10 +1,13 @@
 package oauthapi
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/agentictrust/atf/broker/edge"
 )
 
 // events streams revocations to a resource server as Server-Sent Events
@@ -13,12 +16,17 @@ import (
 // (Last-Event-ID), which this broker cannot: the client must treat what
 // it cached as stale. The stream ends
 // if the client falls behind or the broker stops; the client reconnects
-// and, having missed events, is sent a reset.
+// and, having missed events, is sent a reset. It also ends when the
+// resource server's X.509-SVID expires, or stops verifying (checked at
+// each ping: a trust bundle changed), as the gRPC edge ends a watch: the
+// events name tokens and lineages, for resource servers only.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	ctx, ok := s.resourceServer(w, r, "oauth2/events")
 	if !ok {
 		return
 	}
+	ctx, cancelAt := context.WithDeadline(ctx, edge.Identity(ctx).ExpiresAt)
+	defer cancelAt()
 	fl, ok := w.(http.Flusher)
 	if !ok {
 		s.fail(ctx, w, http.StatusInternalServerError, "server_error", "streaming is not supported here", "")
@@ -47,6 +55,10 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		case <-s.cfg.Closing:
 			return
 		case <-ping.C:
+			if _, ok, err := s.peer(r); !ok || err != nil {
+				edge.Logger(ctx).Info("revocation events ended: the resource server's SVID no longer verifies")
+				return
+			}
 			fmt.Fprint(w, "event: ping\ndata: {}\n\n")
 		case ev, open := <-events:
 			if !open {

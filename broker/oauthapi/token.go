@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"buf.build/go/protovalidate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/attest"
@@ -18,7 +20,6 @@ import (
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/decide"
 	"github.com/agentictrust/atf/broker/edge"
-	"github.com/agentictrust/atf/broker/fault"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
@@ -167,33 +168,39 @@ func (s *Server) refused(ctx context.Context, w http.ResponseWriter, err error) 
 			return
 		}
 	}
-	var fe *fault.Error
-	kind := fault.Internal
-	if errors.As(err, &fe) {
-		kind = fe.Kind
-		if fe.Retry > 0 {
-			w.Header().Set("Retry-After", fmt.Sprint(int(fe.Retry.Seconds())+1))
+	// The gRPC edge's answer (its code, its words, when to retry), as
+	// an RFC 6749 error: a store or Vault that does not answer is
+	// temporarily_unavailable here as it is Unavailable there.
+	st := edge.Answer(ctx, err, s.cfg.Now())
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			w.Header().Set("Retry-After", fmt.Sprint(int(ri.GetRetryDelay().AsDuration().Seconds())+1))
 		}
 	}
-	status, code := http.StatusInternalServerError, "server_error"
-	switch kind {
-	case fault.Invalid, fault.Precondition, fault.Exists:
-		status, code = http.StatusBadRequest, "invalid_request"
-	case fault.NotFound:
-		status, code = http.StatusBadRequest, "invalid_grant"
-	case fault.Denied:
-		status, code = http.StatusForbidden, "access_denied"
-	case fault.Unauthenticated:
-		status, code = http.StatusUnauthorized, "invalid_client"
-	case fault.Exhausted:
-		status, code = http.StatusTooManyRequests, "temporarily_unavailable"
-	case fault.Aborted, fault.Unavailable:
-		status, code = http.StatusServiceUnavailable, "temporarily_unavailable"
+	oe, ok := errorCodes[st.Code()]
+	if !ok {
+		oe = errorCode{http.StatusInternalServerError, "server_error"}
 	}
-	desc := err.Error()
-	if kind == fault.Internal {
-		edge.Logger(ctx).Error("token exchange failed", slog.String(edge.LogError, err.Error()))
-		desc = "the broker failed; nothing was issued"
-	}
-	s.fail(ctx, w, status, code, desc, decision)
+	s.fail(ctx, w, oe.status, oe.code, st.Message(), decision)
+}
+
+// errorCode is an RFC 6749 error code and its HTTP status.
+type errorCode struct {
+	status int
+	code   string
+}
+
+// errorCodes are the RFC 6749 errors of the gRPC codes of refusals.
+var errorCodes = map[codes.Code]errorCode{
+	codes.InvalidArgument:    {http.StatusBadRequest, "invalid_request"},
+	codes.FailedPrecondition: {http.StatusBadRequest, "invalid_request"},
+	codes.AlreadyExists:      {http.StatusBadRequest, "invalid_request"},
+	codes.NotFound:           {http.StatusBadRequest, "invalid_grant"},
+	codes.PermissionDenied:   {http.StatusForbidden, "access_denied"},
+	codes.Unauthenticated:    {http.StatusUnauthorized, "invalid_client"},
+	codes.ResourceExhausted:  {http.StatusTooManyRequests, "temporarily_unavailable"},
+	codes.Aborted:            {http.StatusServiceUnavailable, "temporarily_unavailable"},
+	codes.Unavailable:        {http.StatusServiceUnavailable, "temporarily_unavailable"},
+	codes.DeadlineExceeded:   {http.StatusServiceUnavailable, "temporarily_unavailable"},
+	codes.Canceled:           {http.StatusServiceUnavailable, "temporarily_unavailable"},
 }
