@@ -141,13 +141,17 @@ func (b *Book) Decide(ctx context.Context, id, approver string, approve bool, re
 // delegators) that the caller owns, "" if none: nobody approves a request
 // of an agent they own.
 func (b *Book) ownedBy(ctx context.Context, ap store.Approval) (string, error) {
-	for _, id := range append([]string{ap.AgentID}, ap.Chain...) {
+	chain := ap.Chain // the delegators, then the requester
+	if len(chain) == 0 {
+		chain = []string{ap.AgentID}
+	}
+	for _, id := range chain {
 		a, err := b.cfg.Store.GetAgent(id)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			continue
 		case err != nil:
-			return "", fmt.Errorf("get agent: %w", err)
+			return "", fmt.Errorf("approval: get agent: %w", err)
 		}
 		if edge.Owns(ctx, a.Owner) {
 			return id, nil

@@ -236,7 +236,7 @@ func call[Req proto.Message, Resp any](ctx context.Context, c *Console, req Req,
 	}
 	resp, err := fn(ctx, req)
 	if err != nil {
-		st := edge.Answer(ctx, err)
+		st := edge.Answer(ctx, err, c.cfg.Now())
 		return zero, answerErr{code: st.Code(), msg: st.Message()}
 	}
 	return resp, nil
@@ -261,7 +261,7 @@ var httpCodes = map[codes.Code]int{
 func (c *Console) failErr(w http.ResponseWriter, r *http.Request, s *session, err error) {
 	var a answerErr
 	if !errors.As(err, &a) {
-		st := edge.Answer(r.Context(), err)
+		st := edge.Answer(r.Context(), err, c.cfg.Now())
 		a = answerErr{code: st.Code(), msg: st.Message()}
 	}
 	code, ok := httpCodes[a.code]

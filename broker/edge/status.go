@@ -105,21 +105,19 @@ func (e *Edge) Status(ctx context.Context, err error) error {
 		if e, ok := gs.(error); ok && e == err {
 			return err
 		}
-		return gs.GRPCStatus().Err()
 	}
-	st, level := statusOf(err, e.cfg.Now())
-	Logger(ctx).Log(ctx, level, "refused", slog.String(LogError, err.Error()), slog.String(LogCode, st.Code().String()))
-	return st.Err()
+	return Answer(ctx, err, e.cfg.Now()).Err()
 }
 
-// Answer is the status Status answers err with, logged the same way, for
-// an edge that is not gRPC's (the console's pages, package console).
-func Answer(ctx context.Context, err error) *status.Status {
+// Answer is the status Status answers err with at now, logged, for the
+// gRPC edge and those that are not gRPC's (the console's pages, package
+// console): a status passes as it is.
+func Answer(ctx context.Context, err error, now time.Time) *status.Status {
 	var gs interface{ GRPCStatus() *status.Status }
 	if errors.As(err, &gs) {
 		return gs.GRPCStatus()
 	}
-	st, level := statusOf(err, time.Now())
+	st, level := statusOf(err, now)
 	Logger(ctx).Log(ctx, level, "refused", slog.String(LogError, err.Error()), slog.String(LogCode, st.Code().String()))
 	return st
 }

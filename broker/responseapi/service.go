@@ -16,6 +16,7 @@ import (
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/fault"
 	"github.com/agentictrust/atf/broker/protoconv"
@@ -46,10 +47,6 @@ type Config struct {
 	Operators map[spiffeid.ID]bool
 	Notifier  Notifier
 }
-
-// RoleSecurityOperator is the console role (console.roles) of a person who
-// may release the kill switch.
-const RoleSecurityOperator = "security_operator"
 
 // Service is ResponseService.
 type Service struct {
@@ -108,7 +105,7 @@ func killedSummary(killed []string) string {
 func (s *Service) Release(ctx context.Context, req *adminv1.ReleaseRequest) (*adminv1.ReleaseResponse, error) {
 	id := edge.Identity(ctx)
 	caller := id.Principal()
-	if !s.cfg.Operators[id.ID] && !id.Human.Has(RoleSecurityOperator) {
+	if !s.cfg.Operators[id.ID] && !id.Human.Has(config.ConsoleSecurityOperator) {
 		return nil, fault.New(fault.Denied, "only a security operator may release the kill switch; %s is not one (atfd's configuration: security_operators, or console.roles for a person)", caller)
 	}
 	// An operator that is also a registered agent would release itself.
