@@ -6,25 +6,30 @@
 #
 # Pinned tools are built once into $(ATF_TOOLS_CACHE) (default
 # ~/.cache/atf-tools) and linked into bin/, each target building only those
-# it uses: dev-tools (Vault 1.14.2, SPIRE 1.13.3, etcd 3.6.16, and PostgreSQL
-# and Chromium from Debian's postgresql and chromium packages, installed
-# with apt-get when missing if run as root) for demo, test, bench and soak; proto-tools (buf and the protoc
-# plugins) for proto and lint; tools for all of them.
+# it uses: demo-tools (Vault 1.14.2, SPIRE 1.13.3, etcd 3.6.16, and
+# PostgreSQL from Debian's postgresql package, installed with apt-get when
+# missing if run as root) for the demos, bench and soak; dev-tools (those
+# and Chromium, Debian's chromium package, for the console's browser
+# tests) for test; proto-tools (buf and the protoc plugins) for proto and
+# lint; tools for all of them.
 
 SHELL := /bin/bash
 export PATH := $(CURDIR)/bin:$(PATH)
 GO ?= go
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all tools dev-tools proto-tools proto proto-check proto-breaking build test demo demo-ha console lint bench clean fuzz soak
+.PHONY: all tools demo-tools dev-tools proto-tools proto proto-check proto-breaking build test demo demo-ha console lint bench clean fuzz soak
 
 all: build
 
 # install.sh is a cached no-op once a tool is built for its pinned version.
 tools: dev-tools proto-tools
 
-dev-tools:
-	./deploy/dev/tools/install.sh spire vault etcd postgres chromium
+demo-tools:
+	./deploy/dev/tools/install.sh spire vault etcd postgres
+
+dev-tools: demo-tools
+	./deploy/dev/tools/install.sh chromium
 
 proto-tools:
 	./deploy/dev/tools/install.sh proto
@@ -56,18 +61,18 @@ test: dev-tools
 	ATF_STORE_ENGINE=etcd $(GO) test $(TEST_FLAGS) ./broker/store/
 	cd deploy/k8s && $(GO) test $(TEST_FLAGS) ./...
 
-demo: dev-tools build
+demo: demo-tools build
 	$(GO) run ./deploy/dev/demo
+
+# The web console on the dev stack, with a local OpenID provider and two
+# demo people (docs/console.md); runs until Ctrl-C.
+console: demo-tools build
+	$(GO) run ./deploy/dev/demo -console
 
 # The high-availability demo: three atfd replicas on a three-member etcd
 # cluster, the one serving an agent killed (the agent carries on), a
 # lineage revoked on one replica heard through another.
-# The web console on the dev stack, with a local OpenID provider and two
-# demo people (docs/console.md); runs until Ctrl-C.
-console: dev-tools build
-	$(GO) run ./deploy/dev/demo -console
-
-demo-ha: dev-tools build
+demo-ha: demo-tools build
 	$(GO) run ./deploy/dev/demo -ha
 
 lint: proto-tools
@@ -83,13 +88,13 @@ lint: proto-tools
 # 20 minutes on 2 cores. BENCH=REGEXP runs only the benchmarks matching it
 # (go test -bench) and keeps the other figures of BENCHMARKS.md, e.g.
 # `make bench BENCH=^BenchmarkHA` (about 3 minutes).
-bench: dev-tools
+bench: demo-tools
 	$(GO) run ./deploy/dev/benchreport -go $(GO) -o BENCHMARKS.md $(if $(BENCH),-bench '$(BENCH)')
 
 # The broker's load test at soak size (TestSoak: 50,000 agents, 2,000
 # callers with their revocation streams) for SOAK_DURATION.
 SOAK_DURATION ?= 10m
-soak: dev-tools
+soak: demo-tools
 	ATF_SOAK=1 ATF_SOAK_DURATION=$(SOAK_DURATION) $(GO) test -race -count=1 -timeout 60m -run '^TestSoak$$' -v ./broker/
 
 # Every fuzz target runs for FUZZTIME (their seed corpora already run in

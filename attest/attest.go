@@ -44,8 +44,8 @@ type Method int
 const (
 	X509SVID Method = iota + 1
 	JWTSVID
-	// OIDC is a person signed in through OpenID Connect (the console,
-	// atfctl login): the Identity's Human says who.
+	// OIDC is a person signed in through OpenID Connect (the web
+	// console): the Identity's Human says who.
 	OIDC
 )
 

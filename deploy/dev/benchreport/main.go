@@ -148,7 +148,7 @@ type row struct {
 }
 
 // provenance is when the report's figures were measured: the full run, and
-// the benchmarks re-run alone since, one note each (rerunNote).
+// the benchmarks re-run alone since, one note each.
 type provenance struct {
 	full   time.Time
 	reruns []string

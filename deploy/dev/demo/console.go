@@ -19,13 +19,13 @@ import (
 
 var consoleScript = script{
 	steps: []step{
-		{"Start a local SPIRE server + agent and a Vault dev server", (*demo).startStack},
+		{"Start a local SPIRE server + agent and a Vault dev server", (*demo).startDev},
 		{"Register workloads with SPIRE", (*demo).registerWorkloads},
 		{"Start a local OpenID provider with demo people (zitadel/oidc, deploy/dev/oidcop)", (*demo).startProvider},
 		{"Start atfd, with its web console on", (*demo).startBroker},
 		{"The platform team (alice, an admin) registers three agents; two earned their level elsewhere: alice signs off, then migrates them", (*demo).registerAgents},
 		{"The writer (Senior) gets a write token and delegates read access to a helper agent", (*demo).delegate},
-		{"The helper (Junior) asks to write: its request waits in the console's approvals inbox", (*demo).pendingWrite},
+		{"The drafter (Junior) asks to write: its request waits in the console's approvals inbox", (*demo).pendingWrite},
 		{"The console answers: sign in as one of the demo people", (*demo).openConsole},
 	},
 	done: "The console ran on real SPIRE SVIDs, a real Vault, atfd and an OpenID provider.",
@@ -84,7 +84,11 @@ console:                 # the web console (docs/console.md)
 }
 
 func (d *demo) pendingWrite(ctx context.Context) error {
-	d.atfctl(ctx, false, append(d.as(d.helper), "creds", "fetch", "--role", "reports-write", "--justification", "fix a typo in the Q3 report")...)
+	id, err := d.drafterWaits(ctx, "erin@example.org")
+	if err != nil {
+		return err
+	}
+	d.check(id != "none", "the drafter's request waits in the approvals inbox (%s)", id)
 	return nil
 }
 

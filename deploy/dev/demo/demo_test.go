@@ -56,6 +56,7 @@ func TestConsoleDemo(t *testing.T) {
 	t.Logf("demo -console passed in %s", took.Round(time.Second))
 	find := matcher(t, out)
 	find(`✔ the console sends a sign-in to the OpenID provider`)
+	find(`✔ the drafter's request waits in the approvals inbox \([0-9a-f]{32}\)`)
 	find(`Open http://127\.0\.0\.1:\d+ and sign in as`)
 	find(`carol +password carol-demo`)
 	find(`Done\. The console ran on real SPIRE SVIDs`)

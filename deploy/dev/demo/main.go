@@ -411,16 +411,10 @@ func (d *demo) delegate(ctx context.Context) error {
 }
 
 func (d *demo) approve(ctx context.Context) error {
-	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.drafter.String(),
-		"--owner", "carol@example.org", "--purpose", "draft report corrections", "--role", "reports-write")...)
-	d.place(ctx, d.drafter.String(), "junior")
-	d.atfctl(ctx, false, append(d.as(d.drafter), "creds", "fetch", "--role", "reports-write", "--justification", "fix the Q3 typo")...)
-	d.atfctl(ctx, true, append(d.as(d.bob), "approvals", "list")...)
-	list, err := d.atfctlOut(ctx, append(d.as(d.bob), "approvals", "list", "-o", "json")...)
+	approvalID, err := d.drafterWaits(ctx, "carol@example.org")
 	if err != nil {
 		return err
 	}
-	approvalID := firstApprovalID(list)
 	d.atfctl(ctx, false, append(d.as(d.drafter), "approvals", "approve", approvalID, "--reason", "approving myself")...)
 	d.atfctl(ctx, true, append(d.as(d.bob), "approvals", "approve", approvalID, "--reason", "typo fix, ticket REP-7")...)
 	d.atfctl(ctx, true, append(d.as(d.drafter), "creds", "fetch", "--role", "reports-write", "--approval", approvalID)...)
@@ -470,6 +464,22 @@ func (d *demo) deregister(ctx context.Context) error {
 const brokerAddr = "127.0.0.1:18443"
 
 // firstApprovalID picks the newest request from `approvals list -o json`.
+// drafterWaits registers the drafter (a Junior that may write reports,
+// owned by owner) and has it ask to write: its request waits for a human;
+// it returns the request's approval id, as bob lists it.
+func (d *demo) drafterWaits(ctx context.Context, owner string) (string, error) {
+	d.atfctl(ctx, true, append(d.as(d.alice), "agent", "register", d.drafter.String(),
+		"--owner", owner, "--purpose", "draft report corrections", "--role", "reports-write")...)
+	d.place(ctx, d.drafter.String(), "junior")
+	d.atfctl(ctx, false, append(d.as(d.drafter), "creds", "fetch", "--role", "reports-write", "--justification", "fix the Q3 typo")...)
+	d.atfctl(ctx, true, append(d.as(d.bob), "approvals", "list")...)
+	list, err := d.atfctlOut(ctx, append(d.as(d.bob), "approvals", "list", "-o", "json")...)
+	if err != nil {
+		return "", err
+	}
+	return firstApprovalID(list), nil
+}
+
 func firstApprovalID(list string) string {
 	var out struct {
 		Approvals []struct {
