@@ -182,19 +182,27 @@ func (r *Revoker) Kill(ctx context.Context, id, actor, reason string, lineage, w
 // credential revoked.
 func (r *Revoker) KillAll(ctx context.Context, actor, reason string, wait bool) (*brokerv1.RevocationSummary, error) {
 	start := time.Now()
-	rev, err := r.db(ctx).KillAll(actor, reason)
-	if err != nil {
-		return nil, fmt.Errorf("kill all: %w", err)
-	}
+	rev, kerr := r.db(ctx).KillAll(actor, reason)
 	gk, err := r.cfg.Store.GlobalKill()
-	if err != nil {
+	switch {
+	case kerr != nil && (err != nil || gk == nil):
+		// The switch did not commit (or cannot be read back): as if
+		// nothing changed.
+		return nil, fmt.Errorf("kill all: %w", kerr)
+	case err != nil:
 		return nil, fmt.Errorf("read the kill switch: %w", err)
 	}
 	r.globalKill.Store(gk)
 	r.anchors.DropAll()
 	r.cfg.Approvals.Fire()
 	r.share(Change{DropAll: true, Approvals: true})
-	return r.Finish(ctx, store.Root{}, actor, reason, rev, start, time.Since(start), wait), nil
+	sum := r.Finish(ctx, store.Root{}, actor, reason, rev, start, time.Since(start), wait && kerr == nil)
+	if kerr != nil {
+		// The switch holds; what was revoked goes to Vault; the rest waits
+		// for another KillAll.
+		return nil, fmt.Errorf("kill all: %w", kerr)
+	}
+	return sum, nil
 }
 
 // ReleaseAll releases the global kill switch.

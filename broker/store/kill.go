@@ -114,13 +114,23 @@ func (s *Store) ReleaseAgent(id, actor, reason string) (Agent, error) {
 	return a, nil
 }
 
+// killAllChunk is how many agents' lineages one transaction of KillAll
+// revokes: one transaction for a whole fleet would pass etcd's limits on
+// a transaction's operations and size, and the switch with it.
+const killAllChunk = 16
+
 // KillAll sets the global kill switch and revokes every agent's lineage:
 // nothing is issued to anyone until ReleaseAll.
+//
+// The switch commits first, alone: from then on no transaction that makes
+// an anchor or records a credential for any agent commits (usable reads
+// it in each), so the lineages are then revoked killAllChunk agents per
+// transaction, each with its Vault revocations queued. If one of those
+// fails, the switch stays set and the error says so: KillAll again
+// finishes the rest (a revoked lineage is revoked once).
 func (s *Store) KillAll(actor, reason string) (Revocation, error) {
-	var rev Revocation
+	now := s.now().UTC()
 	err := s.update(func(tx kv.Tx) error {
-		rev = Revocation{Credentials: map[string][]string{}}
-		now := s.now().UTC()
 		v, err := json.Marshal(Kill{At: now, By: actor, Reason: reason})
 		if err != nil {
 			return err
@@ -128,19 +138,57 @@ func (s *Store) KillAll(actor, reason string) (Revocation, error) {
 		if err := tx.Bucket(bucketMeta).Put(keyGlobalKill, v); err != nil {
 			return err
 		}
-		if err := s.appendAudit(tx, AuditRecord{Time: now, Kind: "global_kill", Actor: actor, Subject: "*", Detail: map[string]string{"reason": reason, "decision": "deny"}}); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketAgents).ForEach(func(k, _ []byte) error {
-			r, err := s.revokeLineage(tx, Root{AgentID: string(k)}, actor, reason, now)
-			rev.merge(r)
-			return err
-		})
+		return s.appendAudit(tx, AuditRecord{Time: now, Kind: "global_kill", Actor: actor, Subject: "*", Detail: map[string]string{"reason": reason, "decision": "deny"}})
 	})
 	if err != nil {
 		return Revocation{}, fmt.Errorf("store: kill all: %w", err)
 	}
+	rev := Revocation{Credentials: map[string][]string{}}
+	var after []byte
+	for {
+		ids, err := s.agentsAfter(after, killAllChunk)
+		if err == nil && len(ids) == 0 {
+			break
+		}
+		var part Revocation
+		if err == nil {
+			err = s.update(func(tx kv.Tx) error {
+				part = Revocation{Credentials: map[string][]string{}}
+				for _, id := range ids {
+					r, err := s.revokeLineage(tx, Root{AgentID: id}, actor, reason, now)
+					if err != nil {
+						return err
+					}
+					part.merge(r)
+				}
+				return nil
+			})
+		}
+		if err != nil {
+			return rev, fmt.Errorf("store: kill all: the switch is set (nothing is issued), but revoking every lineage stopped; kill all again to finish: %w", err)
+		}
+		rev.merge(part)
+		after = []byte(ids[len(ids)-1])
+	}
 	return rev, s.settled(&rev, nil)
+}
+
+// agentsAfter is up to n agent IDs after after (from the first if nil),
+// in key order.
+func (s *Store) agentsAfter(after []byte, n int) ([]string, error) {
+	var ids []string
+	err := s.view(func(tx kv.Tx) error {
+		c := tx.Bucket(bucketAgents).Cursor()
+		k, _ := c.Seek(after)
+		if k != nil && after != nil && string(k) == string(after) {
+			k, _ = c.Next()
+		}
+		for ; k != nil && len(ids) < n; k, _ = c.Next() {
+			ids = append(ids, string(k))
+		}
+		return nil
+	})
+	return ids, err
 }
 
 // ReleaseAll lifts the global kill switch.

@@ -79,6 +79,10 @@ type Revocation struct {
 	// derived are the credentials revoked with their anchors, not yet
 	// listed in Credentials (Settle).
 	derived []derivedSet
+	// orderBase is how many were queued before this revocation's part of a
+	// larger one (crash recovery's chunks): its anchors' queue order
+	// follows theirs.
+	orderBase int
 }
 
 // derivedSet names credentials a revocation revoked through their
@@ -620,7 +624,7 @@ func revokeAnchor(tx kv.Tx, an Anchor, now time.Time, queued map[string]bool, re
 	if err := putAnchor(tx, an); err != nil {
 		return err
 	}
-	if err := enqueue(tx, an.Accessor, queueItem{Kind: "anchor", Order: len(rev.Queued), Queued: now}); err != nil {
+	if err := enqueue(tx, an.Accessor, queueItem{Kind: "anchor", Order: rev.orderBase + len(rev.Queued), Queued: now}); err != nil {
 		return err
 	}
 	queued[an.Accessor] = true

@@ -63,7 +63,7 @@ func (s *Store) revokeDisallowed(tx kv.Tx, judge PolicyJudge, actor, reason stri
 		if err != nil {
 			return rev, err
 		}
-		rev.add(one)
+		rev.merge(one)
 	}
 	// Read after the lineages' revocation: what died with them is not live.
 	live, err := liveCredentials(tx, now)
@@ -139,16 +139,4 @@ func liveCredentials(tx kv.Tx, now time.Time) ([]Credential, error) {
 		return nil
 	})
 	return out, err
-}
-
-// add merges o, committed in the same transaction, into r.
-func (r *Revocation) add(o Revocation) {
-	r.Grants = append(r.Grants, o.Grants...)
-	for agent, accs := range o.Credentials {
-		r.Credentials[agent] = append(r.Credentials[agent], accs...)
-	}
-	r.Queued = append(r.Queued, o.Queued...)
-	r.Approvals = append(r.Approvals, o.Approvals...)
-	r.Nodes = append(r.Nodes, o.Nodes...)
-	r.derived = append(r.derived, o.derived...)
 }

@@ -1,8 +1,10 @@
 package store
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -34,11 +36,12 @@ func single(replica string) bool { return replica == "" }
 // BeginRun marks the store in use and reports whether the previous run
 // ended without EndRun: a crash, a SIGKILL, a power cut. After such an end
 // the broker cannot know which tokens Vault issued just before it that were
-// never recorded, so BeginRun revokes, in the same transaction, every live
-// anchor and every live credential: each credential the broker creates is a
-// child of an anchor recorded before it is used, so revoking the anchors in
-// Vault kills any unrecorded credential too. Agents fetch anew (the client
-// package does so on its own when its revocation watch reconnects).
+// never recorded, so BeginRun revokes every live anchor and every live
+// credential of that run before it returns: each credential the broker
+// creates is a child of an anchor recorded before it is used, so revoking
+// the anchors in Vault kills any unrecorded credential too. Agents fetch
+// anew (the client package does so on its own when its revocation watch
+// reconnects).
 //
 // In etcd, a replica recovers its own run, and also the run of a single
 // atfd whose bbolt file was migrated after that atfd crashed (its marker
@@ -47,33 +50,43 @@ func single(replica string) bool { return replica == "" }
 //
 // The anchors and credentials are queued for revocation in Vault (the
 // revoker drains the queue) and one audit record per run recovered says
-// what was revoked.
+// what was revoked. The revocation runs recoverChunk records per
+// transaction (etcd's limits; a store keeps expired records for
+// store_retention, so a run may have made hundreds of thousands); the
+// crashed run's marker stays until the last one commits, so a crash
+// during the recovery is recovered again at the next start.
 func (s *Store) BeginRun(actor string) (crashed bool, rev Revocation, err error) {
-	err = s.update(func(tx kv.Tx) error {
+	var own, migrated bool
+	err = s.view(func(tx kv.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		now := s.now().UTC()
-		crashed, rev = false, Revocation{Credentials: map[string][]string{}}
-		if meta.Get(s.runKey()) != nil {
-			own, err := s.revokeAllLive(tx, actor, now, s.mine, "the previous run ended without a clean stop")
-			if err != nil {
-				return err
-			}
-			crashed = true
-			rev.add(own)
-		}
-		if s.replica != "" && meta.Get(keyRunning) != nil {
-			migrated, err := s.revokeAllLive(tx, actor, now, single, "the run of the single atfd whose bbolt file this store was migrated from ended without a clean stop")
-			if err != nil {
-				return err
-			}
-			crashed = true
-			rev.add(migrated)
-			if err := meta.Delete(keyRunning); err != nil {
-				return err
-			}
-		}
-		return meta.Put(s.runKey(), []byte(now.Format(time.RFC3339Nano)))
+		own = meta.Get(s.runKey()) != nil
+		migrated = s.replica != "" && meta.Get(keyRunning) != nil
+		return nil
 	})
+	rev = Revocation{Credentials: map[string][]string{}}
+	for _, run := range []struct {
+		crashed bool
+		whose   func(replica string) bool
+		marker  []byte // removed with the recovery's audit record ("" keeps it)
+		why     string
+	}{
+		{own, s.mine, nil, "the previous run ended without a clean stop"},
+		{migrated, single, keyRunning, "the run of the single atfd whose bbolt file this store was migrated from ended without a clean stop"},
+	} {
+		if err != nil || !run.crashed {
+			continue
+		}
+		var r Revocation
+		if r, err = s.recoverRun(actor, run.whose, run.marker, run.why); err == nil {
+			crashed = true
+			rev.merge(r)
+		}
+	}
+	if err == nil {
+		err = s.update(func(tx kv.Tx) error {
+			return tx.Bucket(bucketMeta).Put(s.runKey(), []byte(s.now().UTC().Format(time.RFC3339Nano)))
+		})
+	}
 	if err != nil {
 		return false, Revocation{}, fmt.Errorf("store: begin run: %w", err)
 	}
@@ -86,73 +99,154 @@ func (s *Store) EndRun() error {
 	return s.update(func(tx kv.Tx) error { return tx.Bucket(bucketMeta).Delete(s.runKey()) })
 }
 
-// revokeAllLive revokes every live anchor (parents first) and credential
-// made by a replica whose is true of, and audits it with why.
-func (s *Store) revokeAllLive(tx kv.Tx, actor string, now time.Time, whose func(replica string) bool, why string) (Revocation, error) {
+// recoverChunk is how many anchors, or credentials, one transaction of
+// crash recovery revokes.
+const recoverChunk = 64
+
+// recoverRun revokes every live anchor (parents first) and credential
+// made by a replica whose is true of, recoverChunk per transaction, then
+// audits it with why (and removes marker, if set, in that transaction).
+// Each transaction reads again what it revokes: a record revoked since the
+// scan (by another replica recovering the same migrated run) is skipped.
+func (s *Store) recoverRun(actor string, whose func(replica string) bool, marker []byte, why string) (Revocation, error) {
+	now := s.now().UTC()
+	anchors, creds, err := s.liveOfRun(now, whose)
+	if err != nil {
+		return Revocation{}, err
+	}
 	rev := Revocation{Credentials: map[string][]string{}}
-	var anchors []Anchor
-	err := tx.Bucket(bucketAnchors).ForEach(func(_, v []byte) error {
-		var a Anchor
-		if err := json.Unmarshal(v, &a); err != nil {
-			return fmt.Errorf("store: decode anchor: %w", err)
-		}
-		if a.RevokedAt.IsZero() && a.ExpiresAt.After(now) && whose(a.Replica) {
-			anchors = append(anchors, a)
-		}
-		return nil
-	})
-	if err != nil {
-		return rev, err
-	}
-	// A child anchor is created after its parent.
-	slices.SortFunc(anchors, func(a, b Anchor) int { return a.CreatedAt.Compare(b.CreatedAt) })
-	queued := map[string]bool{}
-	for _, a := range anchors {
-		if err := revokeAnchor(tx, a, now, queued, &rev); err != nil {
-			return rev, err
-		}
-	}
-	creds := tx.Bucket(bucketCredentials)
-	var live []Credential
-	seen := map[string]time.Time{}
-	err = creds.ForEach(func(_, v []byte) error {
-		var c Credential
-		if err := json.Unmarshal(v, &c); err != nil {
-			return fmt.Errorf("store: decode credential: %w", err)
-		}
-		// Live until now: not revoked, alone or with an anchor before.
-		if c.RevokedAt.IsZero() && c.ExpiresAt.After(now) && whose(c.Replica) && (queued[c.Anchor] || anchorRevokedAt(tx, c.Anchor, seen).IsZero()) {
-			live = append(live, c)
-		}
-		return nil
-	})
-	if err != nil {
-		return rev, err
-	}
-	for _, c := range live { // written after the scan: cursors must not see writes
-		rev.Credentials[c.AgentID] = append(rev.Credentials[c.AgentID], c.Accessor)
-		if queued[c.Anchor] {
-			continue // revoked with its anchor, in the store (readCredential) and in Vault
-		}
-		c.RevokedAt = now
-		v, err := json.Marshal(c)
+	queued := map[string]bool{} // anchors this recovery revoked
+	for chunk := range slices.Chunk(anchors, recoverChunk) {
+		var part Revocation
+		var partQueued map[string]bool
+		err := s.update(func(tx kv.Tx) error {
+			part, partQueued = Revocation{Credentials: map[string][]string{}, orderBase: len(rev.Queued)}, map[string]bool{}
+			for _, acc := range chunk {
+				an, err := getAnchor(tx, acc)
+				if err != nil {
+					return err
+				}
+				if err := revokeAnchor(tx, an, now, partQueued, &part); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 		if err != nil {
 			return rev, err
 		}
-		if err := creds.Put(credentialKey(c.AgentID, c.Accessor), v); err != nil {
-			return rev, err
-		}
-		if !c.inVault() {
-			continue // a batch token's anchor expired: so did it, in Vault; an access token has none
-		}
-		if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20, Queued: now}); err != nil {
-			return rev, err
-		}
-		rev.Queued = append(rev.Queued, c.Accessor)
+		rev.merge(part)
+		maps.Copy(queued, partQueued)
 	}
-	return rev, s.appendAudit(tx, AuditRecord{Time: now, Kind: "crash_recovery", Actor: actor, Subject: "store", Detail: map[string]string{
-		"reason":      why + "; tokens Vault issued just before it may be unrecorded",
-		"anchors":     strconv.Itoa(len(anchors)),
-		"credentials": strconv.Itoa(rev.CredentialCount()),
-	}})
+	nAnchors := len(rev.Queued)
+	for chunk := range slices.Chunk(creds, recoverChunk) {
+		var part Revocation
+		err := s.update(func(tx kv.Tx) error {
+			part = Revocation{Credentials: map[string][]string{}}
+			seen := map[string]time.Time{}
+			for _, key := range chunk {
+				if err := recoverCredential(tx, key, now, whose, queued, seen, &part); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return rev, err
+		}
+		rev.merge(part)
+	}
+	return rev, s.update(func(tx kv.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if marker != nil {
+			if meta.Get(marker) == nil && len(rev.Queued) == 0 && rev.CredentialCount() == 0 {
+				return nil // another replica recovered this run first
+			}
+			if err := meta.Delete(marker); err != nil {
+				return err
+			}
+		}
+		return s.appendAudit(tx, AuditRecord{Time: now, Kind: "crash_recovery", Actor: actor, Subject: "store", Detail: map[string]string{
+			"reason":      why + "; tokens Vault issued just before it may be unrecorded",
+			"anchors":     strconv.Itoa(nAnchors),
+			"credentials": strconv.Itoa(rev.CredentialCount()),
+		}})
+	})
+}
+
+// liveOfRun lists, in one read, the live anchors (by creation: a child
+// anchor is made after its parent) and the keys of the credential records
+// made by a replica whose is true of.
+func (s *Store) liveOfRun(now time.Time, whose func(replica string) bool) (anchors []string, creds [][]byte, err error) {
+	err = s.view(func(tx kv.Tx) error {
+		var live []Anchor
+		err := tx.Bucket(bucketAnchors).ForEach(func(_, v []byte) error {
+			var a Anchor
+			if err := json.Unmarshal(v, &a); err != nil {
+				return fmt.Errorf("store: decode anchor: %w", err)
+			}
+			if a.RevokedAt.IsZero() && a.ExpiresAt.After(now) && whose(a.Replica) {
+				live = append(live, a)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		slices.SortFunc(live, func(a, b Anchor) int { return a.CreatedAt.Compare(b.CreatedAt) })
+		for _, a := range live {
+			anchors = append(anchors, a.Accessor)
+		}
+		return tx.Bucket(bucketCredentials).ForEach(func(k, v []byte) error {
+			var c Credential
+			if err := json.Unmarshal(v, &c); err != nil {
+				return fmt.Errorf("store: decode credential: %w", err)
+			}
+			if c.RevokedAt.IsZero() && c.ExpiresAt.After(now) && whose(c.Replica) {
+				creds = append(creds, bytes.Clone(k))
+			}
+			return nil
+		})
+	})
+	return anchors, creds, err
+}
+
+// recoverCredential revokes the credential at key if it is still live: one
+// under an anchor this recovery revoked (queued) is revoked with it, in
+// the store (readCredential) and in Vault; one alone, or under an anchor
+// that was live, is marked and queued on its own.
+func recoverCredential(tx kv.Tx, key []byte, now time.Time, whose func(string) bool, queued map[string]bool, seen map[string]time.Time, rev *Revocation) error {
+	creds := tx.Bucket(bucketCredentials)
+	v := creds.Get(key)
+	if v == nil {
+		return nil // pruned since the scan
+	}
+	var c Credential
+	if err := json.Unmarshal(v, &c); err != nil {
+		return fmt.Errorf("store: decode credential: %w", err)
+	}
+	// Live until now: not revoked, alone or with an anchor before.
+	if !c.RevokedAt.IsZero() || !c.ExpiresAt.After(now) || !whose(c.Replica) || !(queued[c.Anchor] || anchorRevokedAt(tx, c.Anchor, seen).IsZero()) {
+		return nil
+	}
+	rev.Credentials[c.AgentID] = append(rev.Credentials[c.AgentID], c.Accessor)
+	if queued[c.Anchor] {
+		return nil // revoked with its anchor, in the store (readCredential) and in Vault
+	}
+	c.RevokedAt = now
+	v, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	if err := creds.Put(key, v); err != nil {
+		return err
+	}
+	if !c.inVault() {
+		return nil // a batch token's anchor expired: so did it, in Vault; an access token has none
+	}
+	if err := enqueue(tx, c.Accessor, queueItem{Kind: "credential", Order: 1 << 20, Queued: now}); err != nil {
+		return err
+	}
+	rev.Queued = append(rev.Queued, c.Accessor)
+	return nil
 }
