@@ -101,81 +101,21 @@ func BenchmarkIssuance(b *testing.B) {
 	const raw, rawBatch, brk = 0, 1, 2
 	kinds := [3]func(context.Context, int) error{raw: direct, rawBatch: directBatch, brk: viaBroker}
 
-	// Warm up TLS sessions, connection pools and the agent's anchor.
-	for _, op := range kinds {
-		if _, err := parallel(ctx, 4*benchConcurrency, benchConcurrency, op); err != nil {
-			b.Fatal(err)
-		}
-	}
-	var lat, loaded [3][]time.Duration // sequential; at benchConcurrency
-	var ops [3]int
-	var wall [3]time.Duration
-	for b.Loop() {
-		// Alternating, so that drift in Vault (its token count grows)
-		// touches both alike.
-		for range latencySamples {
-			for k, op := range kinds {
-				start := time.Now()
-				if err := op(ctx, 0); err != nil {
-					b.Fatal(err)
-				}
-				lat[k] = append(lat[k], time.Since(start))
-			}
-		}
-		for range 2 {
-			for k, op := range kinds {
-				var mu sync.Mutex
-				timed := func(ctx context.Context, i int) error {
-					start := time.Now()
-					err := op(ctx, i)
-					d := time.Since(start)
-					mu.Lock()
-					loaded[k] = append(loaded[k], d)
-					mu.Unlock()
-					return err
-				}
-				d, err := parallel(ctx, throughputOps, benchConcurrency, timed)
-				if err != nil {
-					b.Fatal(err)
-				}
-				ops[k] += throughputOps
-				wall[k] += d
-			}
-		}
-	}
+	v := compareToRaw(b, kinds[:], latencySamples, throughputOps, 2)
 	commit := storeCommitP50(b)
-	var p50, p99, lp50, lp99, rate [3]float64
-	for k := range kinds {
-		slices.Sort(lat[k])
-		slices.Sort(loaded[k])
-		p50[k] = float64(percentile(lat[k], 0.50))
-		p99[k] = float64(percentile(lat[k], 0.99))
-		lp50[k] = float64(percentile(loaded[k], 0.50))
-		lp99[k] = float64(percentile(loaded[k], 0.99))
-		rate[k] = float64(ops[k]) / wall[k].Seconds()
-	}
-	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(p50[raw], "raw-p50-ns")
-	b.ReportMetric(p99[raw], "raw-p99-ns")
-	b.ReportMetric(rate[raw], "raw-ops/s")
-	b.ReportMetric(p50[brk], "p50-ns")
-	b.ReportMetric(p99[brk], "p99-ns")
-	b.ReportMetric(rate[brk], "ops/s")
-	b.ReportMetric(p50[brk]/p50[raw], "p50-ratio")
-	b.ReportMetric(p99[brk]/p99[raw], "p99-ratio")
-	b.ReportMetric(rate[brk]/rate[raw], "throughput-ratio")
-	b.ReportMetric(lp50[brk]/lp50[raw], "c32-p50-ratio")
-	b.ReportMetric(lp99[brk]/lp99[raw], "c32-p99-ratio")
-	b.ReportMetric(lp50[brk], "c32-p50-ns")
-	b.ReportMetric(lp50[raw], "c32-raw-p50-ns")
-	b.ReportMetric(lp99[brk], "c32-p99-ns")
-	b.ReportMetric(lp99[raw], "c32-raw-p99-ns")
-	b.ReportMetric(p50[rawBatch], "batch-raw-p50-ns")
-	b.ReportMetric(rate[rawBatch], "batch-raw-ops/s")
-	b.ReportMetric(p50[brk]/p50[rawBatch], "p50-vs-batch")
-	b.ReportMetric(rate[brk]/rate[rawBatch], "throughput-vs-batch")
+	v.report(b, raw, brk)
+	b.ReportMetric(v.lp(brk, 0.50)/v.lp(raw, 0.50), "c32-p50-ratio")
+	b.ReportMetric(v.lp(brk, 0.99)/v.lp(raw, 0.99), "c32-p99-ratio")
+	b.ReportMetric(v.lp(brk, 0.50), "c32-p50-ns")
+	b.ReportMetric(v.lp(raw, 0.50), "c32-raw-p50-ns")
+	b.ReportMetric(v.lp(brk, 0.99), "c32-p99-ns")
+	b.ReportMetric(v.lp(raw, 0.99), "c32-raw-p99-ns")
+	b.ReportMetric(v.p(rawBatch, 0.50), "batch-raw-p50-ns")
+	b.ReportMetric(v.rate(rawBatch), "batch-raw-ops/s")
+	b.ReportMetric(v.p(brk, 0.50)/v.p(rawBatch, 0.50), "p50-vs-batch")
+	b.ReportMetric(v.rate(brk)/v.rate(rawBatch), "throughput-vs-batch")
 	b.ReportMetric(float64(commit), "commit-p50-ns")
-	b.ReportMetric(float64(commit)/p50[brk], "commit-share")
+	b.ReportMetric(float64(commit)/v.p(brk, 0.50), "commit-share")
 }
 
 // storeCommitP50 is the median time of RecordCredential (the credential,
@@ -740,6 +680,97 @@ func parallel(ctx context.Context, n, conc int, op func(ctx context.Context, i i
 		return elapsed, context.Cause(ctx)
 	}
 	return elapsed, nil
+}
+
+// vsRaw is what compareToRaw measured of each kind of call.
+type vsRaw struct {
+	lat, loaded [][]time.Duration // sequential; at benchConcurrency
+	ops         []int
+	wall        []time.Duration
+}
+
+// compareToRaw times kinds of calls in one run, so that each is compared
+// with the raw baseline under the same conditions: per b.Loop, samples
+// sequential calls of each kind, alternating (drift in Vault, whose token
+// count grows, touches all alike); then, if throughputOps > 0, rounds
+// rounds of throughputOps calls of each kind at benchConcurrency (their
+// latencies under load kept too). Connections, pools and anchors are
+// warmed up first: as loaded as they will be.
+func compareToRaw(b *testing.B, kinds []func(context.Context, int) error, samples, throughputOps, rounds int) vsRaw {
+	ctx := b.Context()
+	for _, op := range kinds {
+		warm, conc := 5, 1
+		if throughputOps > 0 {
+			warm, conc = 4*benchConcurrency, benchConcurrency
+		}
+		if _, err := parallel(ctx, warm, conc, op); err != nil {
+			b.Fatal(err)
+		}
+	}
+	n := len(kinds)
+	v := vsRaw{lat: make([][]time.Duration, n), loaded: make([][]time.Duration, n), ops: make([]int, n), wall: make([]time.Duration, n)}
+	for b.Loop() {
+		for range samples {
+			for k, op := range kinds {
+				start := time.Now()
+				if err := op(ctx, 0); err != nil {
+					b.Fatal(err)
+				}
+				v.lat[k] = append(v.lat[k], time.Since(start))
+			}
+		}
+		for range rounds {
+			if throughputOps == 0 {
+				break
+			}
+			for k, op := range kinds {
+				var mu sync.Mutex
+				timed := func(ctx context.Context, i int) error {
+					start := time.Now()
+					err := op(ctx, i)
+					d := time.Since(start)
+					mu.Lock()
+					v.loaded[k] = append(v.loaded[k], d)
+					mu.Unlock()
+					return err
+				}
+				d, err := parallel(ctx, throughputOps, benchConcurrency, timed)
+				if err != nil {
+					b.Fatal(err)
+				}
+				v.ops[k] += throughputOps
+				v.wall[k] += d
+			}
+		}
+	}
+	for k := range kinds {
+		slices.Sort(v.lat[k])
+		slices.Sort(v.loaded[k])
+	}
+	return v
+}
+
+// p is kind k's sequential q-quantile latency, in ns; lp its latency
+// under load; rate its calls per second under load.
+func (v vsRaw) p(k int, q float64) float64  { return float64(percentile(v.lat[k], q)) }
+func (v vsRaw) lp(k int, q float64) float64 { return float64(percentile(v.loaded[k], q)) }
+func (v vsRaw) rate(k int) float64          { return float64(v.ops[k]) / v.wall[k].Seconds() }
+
+// report reports kind brk against the raw kind: latencies and their
+// ratios, and, if measured, throughput and its ratio.
+func (v vsRaw) report(b *testing.B, raw, brk int) {
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(v.p(raw, 0.50), "raw-p50-ns")
+	b.ReportMetric(v.p(raw, 0.99), "raw-p99-ns")
+	b.ReportMetric(v.p(brk, 0.50), "p50-ns")
+	b.ReportMetric(v.p(brk, 0.99), "p99-ns")
+	b.ReportMetric(v.p(brk, 0.50)/v.p(raw, 0.50), "p50-ratio")
+	b.ReportMetric(v.p(brk, 0.99)/v.p(raw, 0.99), "p99-ratio")
+	if v.ops[raw] > 0 {
+		b.ReportMetric(v.rate(raw), "raw-ops/s")
+		b.ReportMetric(v.rate(brk), "ops/s")
+		b.ReportMetric(v.rate(brk)/v.rate(raw), "throughput-ratio")
+	}
 }
 
 // percentile returns the p-quantile of sorted, by the nearest-rank method.

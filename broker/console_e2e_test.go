@@ -60,11 +60,11 @@ func newConsoleEnv(t *testing.T) *consoleEnv {
 		t.Fatalf("the console's browser tests need Debian's chromium: run 'make dev-tools' (as root, it installs it): %v", err)
 	}
 	f := brokertest.Setup(t)
-	port, err := dev.FreePort()
+	addr, err := dev.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	base := "http://" + addr
 	op, err := oidcop.Start("127.0.0.1:0", consoleUsers, oidcop.Client{ID: "atf-console-" + t.Name(), Secret: "console-secret",
 		RedirectURIs: []string{base + "/auth/callback"}})
 	if err != nil {
@@ -77,7 +77,7 @@ func newConsoleEnv(t *testing.T) *consoleEnv {
 		t.Fatal(err)
 	}
 	cfg := f.Config(t, dir)
-	cfg.Console = config.ConsoleConfig{ListenAddr: fmt.Sprintf("127.0.0.1:%d", port), URL: base,
+	cfg.Console = config.ConsoleConfig{ListenAddr: addr, URL: base,
 		OIDC:  config.OIDCConfig{Issuer: op.Issuer, ClientID: "atf-console-" + t.Name(), ClientSecretFile: secret, Scopes: []string{"profile", "email", oidcop.GroupsScope}},
 		Roles: map[string][]string{"admin": {"atf-admins"}, "approver": {"atf-approvers"}, "security_operator": {"atf-secops"}, "auditor": {"atf-auditors"}}}
 	offset := &atomic.Int64{}

@@ -3,9 +3,7 @@ package broker_test
 import (
 	"context"
 	"os"
-	"slices"
 	"testing"
-	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
 
@@ -36,7 +34,7 @@ func BenchmarkDynamicSecret(b *testing.B) {
 	agent := f.ID(b, "db-reader")
 	bk.Register(b, agent, brokerv1.Level_LEVEL_INTERN, "orders-db")
 	conn := bk.Dial(b, agent)
-	viaBroker := func(ctx context.Context) error {
+	viaBroker := func(ctx context.Context, _ int) error {
 		_, err := conn.Broker.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "orders-db"})
 		return err
 	}
@@ -47,42 +45,9 @@ func BenchmarkDynamicSecret(b *testing.B) {
 	}
 	revokeAtEnd(b, f, plain.Auth.ClientToken)
 	raw := vaultClient(b, f, plain.Auth.ClientToken)
-	direct := func(ctx context.Context) error {
+	direct := func(ctx context.Context, _ int) error {
 		_, err := raw.Logical().ReadWithContext(ctx, dev.DatabaseCredsPath)
 		return err
 	}
-	const rawRead, brk = 0, 1
-	kinds := [2]func(context.Context) error{rawRead: direct, brk: viaBroker}
-	// Warm up connections, the database engine's pool and the agent's anchor.
-	for range 5 {
-		for _, op := range kinds {
-			if err := op(ctx); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
-	var lat [2][]time.Duration
-	for b.Loop() {
-		for range dynamicSamples {
-			for k, op := range kinds {
-				start := time.Now()
-				if err := op(ctx); err != nil {
-					b.Fatal(err)
-				}
-				lat[k] = append(lat[k], time.Since(start))
-			}
-		}
-	}
-	var p50, p99 [2]float64
-	for k := range kinds {
-		slices.Sort(lat[k])
-		p50[k], p99[k] = float64(percentile(lat[k], 0.50)), float64(percentile(lat[k], 0.99))
-	}
-	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(p50[brk], "p50-ns")
-	b.ReportMetric(p99[brk], "p99-ns")
-	b.ReportMetric(p50[rawRead], "raw-p50-ns")
-	b.ReportMetric(p99[rawRead], "raw-p99-ns")
-	b.ReportMetric(p50[brk]/p50[rawRead], "p50-ratio")
-	b.ReportMetric(p99[brk]/p99[rawRead], "p99-ratio")
+	compareToRaw(b, []func(context.Context, int) error{direct, viaBroker}, dynamicSamples, 0, 0).report(b, 0, 1)
 }

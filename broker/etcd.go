@@ -242,7 +242,6 @@ type leader struct {
 	key, replica string
 	log          *slog.Logger
 	leading      atomic.Bool
-	terms        atomic.Int64
 }
 
 func newLeader(cli *clientv3.Client, e *config.EtcdConfig, log *slog.Logger) *leader {
@@ -286,7 +285,6 @@ func (l *leader) term(ctx context.Context, run func(context.Context)) error {
 		return err
 	}
 	l.leading.Store(true)
-	l.terms.Add(1)
 	l.log.Info("leading the revocation queue", slog.String("replica", l.replica))
 	run(tctx)
 	l.leading.Store(false)

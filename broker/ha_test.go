@@ -205,17 +205,8 @@ func TestHAQuorumLostFailsClosed(t *testing.T) {
 	agent := f.ID(t, "agent")
 	b.Register(t, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
 	conn := b.Dial(t, agent)
-	health := func() healthpb.HealthCheckResponse_ServingStatus {
-		r, err := healthpb.NewHealthClient(conn.ClientConn).Check(ctx, &healthpb.HealthCheckRequest{})
-		if err != nil {
-			return healthpb.HealthCheckResponse_UNKNOWN
-		}
-		return r.GetStatus()
-	}
-	fetch := func() error {
-		_, err := conn.Broker.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "reports-read"})
-		return err
-	}
+	health := func() healthpb.HealthCheckResponse_ServingStatus { return healthOf(t, conn) }
+	fetch := func() error { _, err := fetchOn(t, conn); return err }
 	devtest.WaitFor(t, 10*time.Second, "health SERVING", func() bool { return health() == healthpb.HealthCheckResponse_SERVING })
 	if err := fetch(); err != nil {
 		t.Fatal(err)

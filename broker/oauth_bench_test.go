@@ -56,52 +56,7 @@ func BenchmarkOAuthTokenExchange(b *testing.B) {
 		_, err := vc.Logical().WriteWithContext(ctx, "transit/sign/atf-oauth", map[string]any{"input": input, "marshaling_algorithm": "jws"})
 		return err
 	}
-	const rawK, brk = 0, 1
-	kinds := [2]func(context.Context, int) error{rawK: raw, brk: viaBroker}
-	ctx := b.Context()
-	for _, op := range kinds {
-		if _, err := parallel(ctx, 4*benchConcurrency, benchConcurrency, op); err != nil {
-			b.Fatal(err)
-		}
-	}
-	var lat [2][]time.Duration
-	var ops [2]int
-	var wall [2]time.Duration
-	for b.Loop() {
-		for range latencySamples {
-			for k, op := range kinds {
-				start := time.Now()
-				if err := op(ctx, 0); err != nil {
-					b.Fatal(err)
-				}
-				lat[k] = append(lat[k], time.Since(start))
-			}
-		}
-		for k, op := range kinds {
-			d, err := parallel(ctx, throughputOps, benchConcurrency, op)
-			if err != nil {
-				b.Fatal(err)
-			}
-			ops[k] += throughputOps
-			wall[k] += d
-		}
-	}
-	var p50, p99, rate [2]float64
-	for k := range kinds {
-		slices.Sort(lat[k])
-		p50[k], p99[k] = float64(percentile(lat[k], 0.50)), float64(percentile(lat[k], 0.99))
-		rate[k] = float64(ops[k]) / wall[k].Seconds()
-	}
-	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(p50[rawK], "raw-p50-ns")
-	b.ReportMetric(p99[rawK], "raw-p99-ns")
-	b.ReportMetric(rate[rawK], "raw-ops/s")
-	b.ReportMetric(p50[brk], "p50-ns")
-	b.ReportMetric(p99[brk], "p99-ns")
-	b.ReportMetric(rate[brk], "ops/s")
-	b.ReportMetric(p50[brk]/p50[rawK], "p50-ratio")
-	b.ReportMetric(p99[brk]/p99[rawK], "p99-ratio")
-	b.ReportMetric(rate[brk]/rate[rawK], "throughput-ratio")
+	compareToRaw(b, []func(context.Context, int) error{raw, viaBroker}, latencySamples, throughputOps, 1).report(b, 0, 1)
 }
 
 // pushSamples is how many revocations BenchmarkOAuthRevocationPush times.

@@ -341,6 +341,9 @@ func TestOAuthRefusals(t *testing.T) {
 	if st := e.post(t, a.id, "/oauth2/introspect", url.Values{"token": {"x"}}, &r); st != 403 || r.Error != "unauthorized_client" {
 		t.Errorf("introspection by an agent not in oauth.resource_servers: %d %s", st, r.Error)
 	}
+	if st := e.post(t, spiffeid.ID{}, "/oauth2/introspect", url.Values{"token": {"x"}}, &r); st != http.StatusUnauthorized || r.Error != "invalid_client" {
+		t.Errorf("introspection without a client certificate: %d %s", st, r.Error)
+	}
 }
 
 // Bad forms at the token endpoint are refused, each with an error a
@@ -782,29 +785,5 @@ func TestOAuthRolesNeedTheEndpoints(t *testing.T) {
 	_, err := f.TryStart(t, cfg)
 	if err == nil || !strings.Contains(err.Error(), "is of kind jwt (OAuth access tokens) and oauth.listen_addr is not set") {
 		t.Fatalf("start with a jwt role and no OAuth endpoints: %v", err)
-	}
-}
-
-// A client that asks to resume (Last-Event-ID) is told first that it
-// cannot: event reset, so that it treats its cached verdicts as stale.
-func TestOAuthEventsReset(t *testing.T) {
-	e := newOAuthEnv(t)
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, e.b.OAuthURL()+"/oauth2/events", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Last-Event-ID", "x.42")
-	resp, err := e.b.HTTPClient(t, e.rs).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	if !sc.Scan() || sc.Text() != "event: reset" {
-		t.Fatalf("first line %q, want event: reset", sc.Text())
-	}
-	var r oauthReply
-	if st := e.post(t, spiffeid.ID{}, "/oauth2/introspect", url.Values{"token": {"x"}}, &r); st != http.StatusUnauthorized || r.Error != "invalid_client" {
-		t.Errorf("introspection without a client certificate: %d %s", st, r.Error)
 	}
 }

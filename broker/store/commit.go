@@ -227,11 +227,11 @@ func unavailable(err error) error {
 	return err
 }
 
-// update runs fn in a write transaction of its own, committed (and made
-// durable) before update returns; for writes that must not share a
-// group's commit.
+// update runs fn in a write transaction committed (and made durable)
+// before update returns: on a bbolt file one of its own, for writes that
+// must not share a group's commit.
 //
-// On etcd it goes through the group committer instead: a transaction of
+// On etcd it goes through the group committer: a transaction of
 // its own would race this replica's groups optimistically, and a large
 // one (a lineage revocation reads every credential of the lineage) kept
 // losing to a steady stream of issuances until it timed out. In a group,

@@ -36,9 +36,9 @@ type EtcdOptions struct {
 // OpenEtcd opens the store kept in etcd under eo.Prefix, through cli,
 // which the caller keeps and closes after the store. Every replica of
 // atfd opens the same prefix. The store's records, rules and audit chain
-// are the same as in a bbolt file; what differs: writes are not grouped
-// (each is one etcd transaction, Raft batches them), an issuance is
-// answered after its commit, the audit trail stays in etcd
+// are the same as in a bbolt file; what differs: every write goes through
+// the group committer (a group is one etcd transaction, within etcd's
+// limits), an issuance is answered after its commit, the audit trail stays in etcd
 // (Options.AuditDir is not used), and Backup is etcd's snapshot's job.
 func OpenEtcd(cli *clientv3.Client, eo EtcdOptions, opts Options) (*Store, error) {
 	if eo.Prefix == "" {

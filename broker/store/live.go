@@ -159,10 +159,9 @@ func (s *Store) ReleaseLive(agent string, accessors ...string) error {
 func (s *Store) LiveTotal() (int, error) {
 	var n int
 	err := s.view(func(tx kv.Tx) error {
-		counts := tx.Bucket(bucketLiveCounts)
-		c := counts.Cursor()
-		for k, _ := c.Seek([]byte(liveTotal)); k != nil && strings.HasPrefix(string(k), liveTotal); k, _ = c.Next() {
-			n += liveCount(counts, string(k))
+		c := tx.Bucket(bucketLiveCounts).Cursor()
+		for k, v := c.Seek([]byte(liveTotal)); k != nil && strings.HasPrefix(string(k), liveTotal); k, v = c.Next() {
+			n += decodeLiveCount(v)
 		}
 		return nil
 	})
@@ -233,8 +232,10 @@ func addLive(tx kv.Tx, keys []string, delta int) error {
 	return nil
 }
 
-func liveCount(counts kv.Bucket, key string) int {
-	v := counts.Get([]byte(key))
+func liveCount(counts kv.Bucket, key string) int { return decodeLiveCount(counts.Get([]byte(key))) }
+
+// decodeLiveCount is a count's value (0 if absent).
+func decodeLiveCount(v []byte) int {
 	if len(v) != 8 {
 		return 0
 	}

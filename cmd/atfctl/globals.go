@@ -56,12 +56,20 @@ func (g *globals) dial(ctx context.Context) (*client.Conn, error) {
 	return client.Dial(ctx, cfg)
 }
 
+// checkOutput refuses an --output other than table or json.
+func (g *globals) checkOutput() error {
+	if g.output != "table" && g.output != "json" {
+		return usageError{fmt.Errorf("--output must be table or json, not %q", g.output)}
+	}
+	return nil
+}
+
 // clientConfig is the client's configuration from the global flags: --addr
 // may list several replicas, comma-separated, which the client fails over
 // between.
 func (g *globals) clientConfig() (client.Config, error) {
-	if g.output != "table" && g.output != "json" {
-		return client.Config{}, usageError{fmt.Errorf("--output must be table or json, not %q", g.output)}
+	if err := g.checkOutput(); err != nil {
+		return client.Config{}, err
 	}
 	cfg := g.cfg
 	cfg.Addr, cfg.Addrs = "", nil

@@ -46,8 +46,8 @@ nothing.`,
 			if from == "" || to == "" {
 				return usageError{errors.New("--from-bbolt and --to-etcd-config are required")}
 			}
-			if g.output != "table" && g.output != "json" {
-				return usageError{fmt.Errorf("--output must be table or json, not %q", g.output)}
+			if err := g.checkOutput(); err != nil {
+				return err
 			}
 			cfg, err := etcdDestination(to)
 			if err != nil {

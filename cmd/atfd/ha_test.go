@@ -100,6 +100,12 @@ func TestHAQueueLeaderKilledWhileDraining(t *testing.T) {
 	}
 	a.awaitKilled(failpoint.RevokeMidLineage)
 	killed := time.Now()
+	// The rest waits in the queue (a's election lease outlives it by
+	// seconds): proof that queueLen reads the queue, whose emptiness below
+	// says the handover finished it.
+	if n := queueLen(t, cli, prefix); n == 0 {
+		t.Fatal("nothing is queued after the leader died mid-lineage: the queue's keys are not where queueLen looks")
+	}
 
 	devtest.WaitFor(t, 30*time.Second, "replica b to lead the revocation queue", func() bool { return queueLeader(t, cli, prefix) == "b" })
 	devtest.WaitFor(t, 30*time.Second, "every anchor of the killed agent to die in Vault", func() bool {

@@ -285,7 +285,14 @@ func lastLines(text string, n int) string {
 // unsealKey matches the unseal key the Vault dev server prints.
 var unsealKey = regexp.MustCompile(`(Unseal Key: )\S+`)
 
-// FreePort is a TCP port on 127.0.0.1 that was free a moment ago, below
-// the ephemeral range (freePort), for a listener whose address must be
-// known before it starts (the console's, named in its own URL).
-func FreePort() (int, error) { return freePort() }
+// FreeAddr is an address on 127.0.0.1 whose port was free a moment ago,
+// below the ephemeral range (freePort), for a listener whose address
+// must be known before it starts (the console's, named in its own URL;
+// the demo's replicas and servers; a test's metrics).
+func FreeAddr() (string, error) {
+	p, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("127.0.0.1:%d", p), nil
+}

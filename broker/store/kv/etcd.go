@@ -348,7 +348,10 @@ func (b *etcdBucket) Sequence() uint64 {
 	var n uint64
 	if v := b.t.read(b.seqKey()); v != nil {
 		if _, err := fmt.Sscan(string(v), &n); err != nil {
-			b.t.fail(fmt.Errorf("bucket %s: bad sequence %q", b.name, v))
+			// The store's data, not etcd's answer: not an outage.
+			if b.t.err == nil {
+				b.t.err = fmt.Errorf("kv: bucket %s: bad sequence %q", b.name, v)
+			}
 			return 0
 		}
 	}

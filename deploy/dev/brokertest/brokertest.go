@@ -686,14 +686,16 @@ func (b *Broker) HTTPClient(t testing.TB, id spiffeid.ID) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tlsCfg := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeMemberOf(td))
+	// The broker's own SVID, as the gRPC fixture checks.
+	broker := tlsconfig.AuthorizeID(b.F.Stack.BrokerID)
+	tlsCfg := tlsconfig.TLSClientConfig(bundle, broker)
 	if !id.IsZero() {
 		s := b.F.SVID(t, id)
 		svid, err := x509svid.Load(s.CertPath, s.KeyPath)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tlsCfg = tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(td))
+		tlsCfg = tlsconfig.MTLSClientConfig(svid, bundle, broker)
 	}
 	tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}
 	t.Cleanup(tr.CloseIdleConnections)

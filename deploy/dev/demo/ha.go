@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -401,14 +400,7 @@ func (d *demo) lookup(ctx context.Context, what, token string, wantAlive bool) {
 }
 
 // freeAddr is a loopback address whose port was free a moment ago.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+func freeAddr() (string, error) { return dev.FreeAddr() }
 
 // noTime drops the time from log lines the demo prints.
 func noTime(_ []string, a slog.Attr) slog.Attr {
