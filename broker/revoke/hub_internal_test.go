@@ -2,8 +2,12 @@ package revoke
 
 import (
 	"errors"
+	"log/slog"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/agentictrust/atf/broker/store"
 )
 
 // Ending every agent's watch (a compacted feed, the global kill switch)
@@ -42,5 +46,23 @@ func TestEndAllEndsWatchersOfAll(t *testing.T) {
 	}
 	if _, open := <-one; open || !errors.Is(ended(), why) {
 		t.Errorf("the agent's watch: open %v, ended %v; want closed for %v", open, ended(), why)
+	}
+}
+
+// An access token handed out whose record did not commit is announced
+// revoked to the watchers of all agents (resource servers following the
+// events), since no Vault revocation can kill it.
+func TestLostAccessTokenIsAnnounced(t *testing.T) {
+	r := &Revoker{cfg: Config{Log: slog.New(slog.DiscardHandler)}, hub: hub{epoch: "e"}}
+	all, cancel := r.hub.subscribeAll()
+	defer cancel()
+	r.Lost(store.Credential{Kind: store.KindJWT, Accessor: "jti-1", AgentID: "spiffe://td/a"})
+	select {
+	case ev := <-all:
+		if ev.Agent != "spiffe://td/a" || !slices.Equal(ev.Msg.GetAccessors(), []string{"jti-1"}) {
+			t.Errorf("event = %s %v, want the agent's jti-1", ev.Agent, ev.Msg.GetAccessors())
+		}
+	case <-time.After(time.Second):
+		t.Error("a lost access token was not announced")
 	}
 }

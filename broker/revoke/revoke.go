@@ -340,7 +340,13 @@ const lostRetries = 8
 // cached anchors so nothing more hangs on a revoked one.
 func (r *Revoker) Lost(c store.Credential) {
 	if c.Kind == store.KindJWT {
-		return // no Vault token: the lost record leaves it unknown, so introspection says inactive
+		// No Vault token: introspection, finding no record, says inactive;
+		// resource servers that only follow the events hear it revoked.
+		r.cfg.Log.Warn("an access token was handed out but its record was not committed; it is announced revoked",
+			slog.String(edge.LogAgent, c.AgentID), slog.String("jti", c.Accessor))
+		r.announce(Change{}, map[string]*brokerv1.WatchRevocationsResponse{c.AgentID: {
+			Reason: "the broker could not record this access token", Time: timestamppb.Now(), Accessors: []string{c.Accessor}}})
+		return
 	}
 	acc := c.Accessor
 	if c.Kind == store.KindBatch {
