@@ -164,19 +164,11 @@ func (l *Live) Load(creds []store.Credential) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, c := range creds {
-		lc := &Reservation{accessor: c.Accessor, agent: c.AgentID, lineage: LineageRoot(c.AgentID, c.Chain), role: c.Role, expires: c.ExpiresAt}
+		lc := &Reservation{accessor: c.Accessor, agent: c.AgentID, lineage: c.LineageRoot(), role: c.Role, expires: c.ExpiresAt}
 		l.addLocked(lc)
 		l.byAcc[c.Accessor] = lc
 		heap.Push(&l.byExpiry, lc)
 	}
-}
-
-// LineageRoot is the agent whose authority a credential ultimately rests on.
-func LineageRoot(agent string, chain []string) string {
-	if len(chain) > 0 {
-		return chain[0]
-	}
-	return agent
 }
 
 // Counter counts live credentials for the limits on them: Live in one

@@ -56,19 +56,19 @@ func (s *Shared) Run(ctx context.Context) {
 }
 
 // sharedLimits names each counted key's limit, for refusals.
-var sharedLimits = map[string]string{"agent": "live_per_agent", "lineage": "live_per_lineage", "role": "live_per_role"}
+var sharedLimits = map[string]string{store.LiveAgent: "live_per_agent", store.LiveLineage: "live_per_lineage", store.LiveRole: "live_per_role"}
 
 // Reserve counts one more credential for agent in lineage and role until
 // expires, committed in the store.
 func (s *Shared) Reserve(agent, lineage, role string, expires time.Time) (*Reservation, error) {
 	id, err := s.store.ReserveLive([]store.LiveLimit{
-		{Key: store.LiveKey("agent", agent), Max: s.maxAgent},
-		{Key: store.LiveKey("lineage", lineage), Max: s.maxLineage},
-		{Key: store.LiveKey("role", role), Max: s.maxRole},
+		{Key: store.LiveKey(store.LiveAgent, agent), Max: s.maxAgent},
+		{Key: store.LiveKey(store.LiveLineage, lineage), Max: s.maxLineage},
+		{Key: store.LiveKey(store.LiveRole, role), Max: s.maxRole},
 	}, expires)
 	if le, ok := store.IsLiveLimit(err); ok {
 		kind, name, _ := strings.Cut(le.Key, "\x00")
-		what := map[string]string{"agent": "agent " + name, "lineage": "the lineage of " + name, "role": "role " + name}[kind]
+		what := map[string]string{store.LiveAgent: "agent " + name, store.LiveLineage: "the lineage of " + name, store.LiveRole: "role " + name}[kind]
 		retry := time.Minute
 		if !le.Soonest.IsZero() {
 			retry = max(time.Until(le.Soonest), time.Second)

@@ -95,6 +95,16 @@ type derivedSet struct {
 	at     time.Time
 }
 
+// LineageRoot is the agent at the top of c's delegation chain: the root
+// of the lineage its live-credential limit counts it in (the agent itself
+// when it holds it on its own authority).
+func (c Credential) LineageRoot() string {
+	if len(c.Chain) > 0 {
+		return c.Chain[0]
+	}
+	return c.AgentID
+}
+
 // CredentialCount is the number of credentials revoked.
 func (r Revocation) CredentialCount() int {
 	n := 0

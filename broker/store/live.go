@@ -58,8 +58,15 @@ type LiveLimit struct {
 	Max int
 }
 
-// LiveKey is the counted key of a limit: kind ("agent", "lineage",
-// "role") and the name counted.
+// The kinds of counted keys: what a live-credential limit counts by.
+const (
+	LiveAgent   = "agent"
+	LiveLineage = "lineage"
+	LiveRole    = "role"
+)
+
+// LiveKey is the counted key of a limit: kind (LiveAgent, LiveLineage,
+// LiveRole) and the name counted.
 func LiveKey(kind, name string) string { return kind + "\x00" + name }
 
 // LiveLimitError says which limit a reservation would break.
@@ -346,15 +353,11 @@ func seedLiveChunk(ctx context.Context, dst *kv.Etcd, kinds LiveKinds, now time.
 
 // seedOne counts credential cr, whose record is at key k.
 func seedOne(tx kv.Tx, k []byte, cr Credential, kinds LiveKinds) error {
-	lineage := cr.AgentID
-	if len(cr.Chain) > 0 {
-		lineage = cr.Chain[0]
-	}
 	e := liveEntry{Expires: cr.ExpiresAt.UTC(), Keys: []string{liveTotal + "migrated"}}
 	for _, c := range []struct {
 		on         bool
 		kind, name string
-	}{{kinds.Agent, "agent", cr.AgentID}, {kinds.Lineage, "lineage", lineage}, {kinds.Role, "role", cr.Role}} {
+	}{{kinds.Agent, LiveAgent, cr.AgentID}, {kinds.Lineage, LiveLineage, cr.LineageRoot()}, {kinds.Role, LiveRole, cr.Role}} {
 		if c.on {
 			e.Keys = append(e.Keys, LiveKey(c.kind, c.name))
 		}
