@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -72,6 +73,7 @@ type revocations struct {
 	client *http.Client
 	now    func() time.Time
 	leeway time.Duration
+	log    *slog.Logger
 
 	mu   sync.RWMutex
 	jtis map[string]time.Time // jti → when to forget it
@@ -92,6 +94,9 @@ type revocations struct {
 type revokedAt struct{ at, forget time.Time }
 
 func newRevocations(cfg Config, p Push, leeway time.Duration) *revocations {
+	if cfg.Logger == nil { // New sets it; a test of this file may not
+		cfg.Logger = slog.Default()
+	}
 	if p.EventsURL == "" {
 		p.EventsURL = cfg.Issuer + "/oauth2/events"
 	}
@@ -101,7 +106,7 @@ func newRevocations(cfg Config, p Push, leeway time.Duration) *revocations {
 	if p.MaxTokenLifetime == 0 {
 		p.MaxTokenLifetime = DefaultMaxTokenLifetime
 	}
-	return &revocations{push: p, client: cfg.Client, now: cfg.Now, leeway: leeway, jtis: map[string]time.Time{},
+	return &revocations{push: p, client: cfg.Client, now: cfg.Now, leeway: leeway, log: cfg.Logger, jtis: map[string]time.Time{},
 		agents: map[string]revokedAt{}, nodes: map[string]revokedAt{}, cleared: map[string]time.Time{}}
 }
 
@@ -134,7 +139,10 @@ func (r *revocations) check(ctx context.Context, c *Claims, token string) error 
 	active, err := r.introspectHTTP(ctx, token)
 	switch {
 	case err != nil:
-		return fmt.Errorf("%w: introspection: %v", ErrRevocationUnknown, err)
+		// The cause (the issuer's address, a dial error) is for the log,
+		// not for the caller, who gets Refuse's 503.
+		r.log.Warn("verify: introspection failed", slog.Any("error", err))
+		return fmt.Errorf("%w: introspection did not answer", ErrRevocationUnknown)
 	case !active:
 		return fmt.Errorf("%w: not active (introspection)", ErrInvalidToken)
 	}
