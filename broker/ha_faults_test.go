@@ -114,14 +114,12 @@ func haLoadPair(t *testing.T) (f *brokertest.Fixture, e *dev.Etcd, a, b *brokert
 	return f, e, a, b, agent, []*client.Conn{a.Dial(t, agent), b.Dial(t, agent)}
 }
 
-// stopLeader stops the member of e that leads it, and returns its index.
+// stopLeader stops the member of e that leads it, waits until another
+// leads, and returns its index.
 func stopLeader(t *testing.T, f *brokertest.Fixture, e *dev.Etcd) int {
 	t.Helper()
-	leader, err := e.Leader(t.Context())
+	leader, err := f.Stack.StopEtcdLeader(t.Context(), e)
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Stack.Stop(e.MemberName(leader)); err != nil {
 		t.Fatal(err)
 	}
 	return leader

@@ -141,7 +141,10 @@ func (e *Etcd) Leader(ctx context.Context) (int, error) {
 	}
 	defer cli.Close()
 	for i, ep := range e.Endpoints {
-		st, err := cli.Status(ctx, ep)
+		// Each its own deadline: a stopped member waits out the one given.
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := cli.Status(sctx, ep)
+		cancel()
 		if err != nil {
 			continue
 		}
@@ -150,6 +153,32 @@ func (e *Etcd) Leader(ctx context.Context) (int, error) {
 		}
 	}
 	return 0, errors.New("dev: no etcd member says it leads")
+}
+
+// StopEtcdLeader stops the member of e that leads it, waits until the
+// others have elected another (up to 20 s), and returns the stopped
+// member's index.
+func (s *Stack) StopEtcdLeader(ctx context.Context, e *Etcd) (int, error) {
+	gone, err := e.Leader(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if err := s.Stop(e.MemberName(gone)); err != nil {
+		return gone, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	for {
+		// The stopped member does not answer: a leader found is another.
+		if _, err := e.Leader(ctx); err == nil {
+			return gone, nil
+		}
+		select {
+		case <-ctx.Done():
+			return gone, fmt.Errorf("dev: no new etcd leader after member %d stopped: %w", gone, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // spawnEtcd starts member i with the cluster state given ("new" or
