@@ -58,7 +58,7 @@ func queueLeader(t *testing.T, cli *clientv3.Client, prefix string) string {
 // revocation queue. Killed by SIGKILL while it drains a forced kill's
 // revocations (after Vault revoked the first), its lease runs out, the
 // other replica is elected and finishes the queue: nothing of the killed
-// agent is left live in Vault.
+// agents is left live in Vault.
 func TestHAQueueLeaderKilledWhileDraining(t *testing.T) {
 	s := devtest.Shared(t)
 	bin := buildFailpointAtfd(t, s)
@@ -80,40 +80,48 @@ func TestHAQueueLeaderKilledWhileDraining(t *testing.T) {
 	b := newEtcdAtfdEnv(t, s, bin, e, prefix, "b")
 	b.start()
 
-	agent := spiffeid.RequireFromPath(s.TrustDomain, "/ha/queue/agent")
+	// Two agents: the kill queues an anchor of each, so that after a
+	// revokes the first and dies, one is left for b.
 	admin := b.dial(testAdmin(s))
-	if _, err := admin.Admin.RegisterAgent(ctx, &adminv1.RegisterAgentRequest{SpiffeId: agent.String(), Owner: "o@example.org",
-		Purpose: "ha queue test", Roles: []string{"reports-read"}}); err != nil {
-		t.Fatal(err)
-	}
-	cred, err := b.dial(agent).Broker.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "reports-read"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if live := liveAnchorsOf(t, s, agent.String()); len(live) < 2 {
-		t.Fatalf("live anchors of the agent %v, want its own and its role's", live)
+	var agents []string
+	var creds []string
+	for _, name := range []string{"agent-1", "agent-2"} {
+		agent := spiffeid.RequireFromPath(s.TrustDomain, "/ha/queue/"+name)
+		if _, err := admin.Admin.RegisterAgent(ctx, &adminv1.RegisterAgentRequest{SpiffeId: agent.String(), Owner: "o@example.org",
+			Purpose: "ha queue test", Roles: []string{"reports-read"}}); err != nil {
+			t.Fatal(err)
+		}
+		cred, err := b.dial(agent).Broker.FetchCredential(ctx, &brokerv1.FetchCredentialRequest{Role: "reports-read"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if live := liveAnchorsOf(t, s, agent.String()); len(live) < 2 {
+			t.Fatalf("live anchors of %s %v, want its own and its role's", agent, live)
+		}
+		agents, creds = append(agents, agent.String()), append(creds, cred.GetCredential().GetToken())
 	}
 	// Forced: b commits the kill and leaves Vault to the queue, which a
 	// leads; a dies after Vault revoked the first anchor.
-	if _, err := admin.Response.Kill(ctx, &adminv1.KillRequest{Target: &adminv1.KillRequest_AgentId{AgentId: agent.String()}, Forced: true, Reason: "ha test"}); err != nil {
+	if _, err := admin.Response.Kill(ctx, &adminv1.KillRequest{Target: &adminv1.KillRequest_All{All: true}, Forced: true, Reason: "ha test"}); err != nil {
 		t.Fatal(err)
 	}
 	a.awaitKilled(failpoint.RevokeMidLineage)
 	killed := time.Now()
 	// The rest waits in the queue (a's election lease outlives it by
-	// seconds): proof that queueLen reads the queue, whose emptiness below
-	// says the handover finished it.
+	// seconds): b has something to finish, and queueLen reads the queue.
 	if n := queueLen(t, cli, prefix); n == 0 {
-		t.Fatal("nothing is queued after the leader died mid-lineage: the queue's keys are not where queueLen looks")
+		t.Fatal("nothing is queued after the leader died mid-revocation: b would have nothing to finish")
 	}
 
 	devtest.WaitFor(t, 30*time.Second, "replica b to lead the revocation queue", func() bool { return queueLeader(t, cli, prefix) == "b" })
-	devtest.WaitFor(t, 30*time.Second, "every anchor of the killed agent to die in Vault", func() bool {
-		return len(liveAnchorsOf(t, s, agent.String())) == 0
+	devtest.WaitFor(t, 30*time.Second, "every anchor of the killed agents to die in Vault", func() bool {
+		return len(liveAnchorsOf(t, s, agents...)) == 0
 	})
 	t.Logf("leadership handed over and the queue finished %v after the leader died", time.Since(killed).Round(time.Millisecond))
-	if _, err := s.VaultClient().Auth().Token().LookupWithContext(ctx, cred.GetCredential().GetToken()); err == nil || !strings.Contains(err.Error(), "bad token") {
-		t.Errorf("the killed agent's credential after the handover: %v, want dead in Vault", err)
+	for i, tok := range creds {
+		if _, err := s.VaultClient().Auth().Token().LookupWithContext(ctx, tok); err == nil || !strings.Contains(err.Error(), "bad token") {
+			t.Errorf("the credential of %s after the handover: %v, want dead in Vault", agents[i], err)
+		}
 	}
 	if n := queueLen(t, cli, prefix); n != 0 {
 		t.Errorf("%d revocations still queued after Vault confirmed them all", n)
