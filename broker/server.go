@@ -29,6 +29,7 @@ import (
 	"github.com/agentictrust/atf/broker/approvalapi"
 	"github.com/agentictrust/atf/broker/audit"
 	"github.com/agentictrust/atf/broker/config"
+	"github.com/agentictrust/atf/broker/console"
 	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/etcdclient"
 	"github.com/agentictrust/atf/broker/issue"
@@ -118,6 +119,9 @@ type Server struct {
 	// console serves the web console (nil unless console.listen_addr is
 	// set).
 	console *endpoint
+	// people is the console's OpenID provider, shared with the edge for
+	// people's ID tokens from atfctl login (nil unless the console is on).
+	people *console.People
 
 	grpc   *grpc.Server
 	health *health.Server
@@ -386,8 +390,15 @@ func (s *Server) openServices(ctx context.Context) (err error) {
 		Metrics: s.metrics, Notifier: note, Maturity: s.maturity, Actions: s.cfg.Monitor.Actions, Log: s.log, Now: s.now}); err != nil {
 		return err
 	}
+	var people edge.People
+	if o := s.cfg.Console; o.Enabled() {
+		s.people = console.NewPeople(o, nil, s.now)
+		if o.CLIClientID != "" {
+			people = s.people
+		}
+	}
 	e, err := edge.New(edge.Config{Verifier: s.verifier, Admins: idSet(s.cfg.Admins), SecurityOperators: idSet(s.cfg.SecurityOperators),
-		Approvers: idSet(s.cfg.Approvals.Approvers), MaxStreams: s.cfg.Limits.MaxStreams, MaxStreamsPerConnection: s.cfg.Limits.MaxStreamsPerConnection,
+		Approvers: idSet(s.cfg.Approvals.Approvers), People: people, ReauthAfter: s.cfg.Console.ReauthAfter, MaxStreams: s.cfg.Limits.MaxStreams, MaxStreamsPerConnection: s.cfg.Limits.MaxStreamsPerConnection,
 		Log: s.log, Now: s.now})
 	if err != nil {
 		return err

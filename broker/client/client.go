@@ -57,6 +57,11 @@ type Config struct {
 	// JWT authenticates with a JWT-SVID from the Workload API, whose
 	// audience is the broker's ID, instead of the X.509-SVID.
 	JWT bool
+	// IDToken, when set, is a person's sign-in (Login.IDToken, from
+	// atfctl login) to call with instead of any SVID: the connection then
+	// only verifies the broker, with BundleFile and BrokerID, both
+	// required.
+	IDToken string
 }
 
 // Conn is a connection to the broker.
@@ -79,6 +84,9 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	target, resolvers, err := brokerTarget(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.IDToken != "" {
+		return dialAsPerson(target, resolvers, cfg)
 	}
 	var own spiffeid.ID
 	if cfg.SVIDFile != "" {
@@ -129,6 +137,10 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		src.Close()
 		return nil, fmt.Errorf("client: %w", err)
 	}
+	return newConn(cc, src), nil
+}
+
+func newConn(cc *grpc.ClientConn, src *svid.Source) *Conn {
 	return &Conn{
 		ClientConn: cc,
 		Broker:     brokerv1.NewBrokerServiceClient(cc),
@@ -137,12 +149,49 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		Response:   adminv1.NewResponseServiceClient(cc),
 		Maturity:   adminv1.NewMaturityServiceClient(cc),
 		source:     src,
-	}, nil
+	}
 }
+
+// dialAsPerson connects with a person's ID token: TLS verifying the
+// broker's X.509-SVID against the bundle file, the token on every call.
+func dialAsPerson(target string, opts []grpc.DialOption, cfg Config) (*Conn, error) {
+	if cfg.BundleFile == "" || cfg.BrokerID == "" {
+		return nil, errors.New("client: a person's sign-in needs the broker's trust bundle and SPIFFE ID to verify it " +
+			"(atfctl: --bundle and --broker-id, or give them to atfctl login)")
+	}
+	brokerID, err := resolveBrokerID(cfg.BrokerID, spiffeid.ID{})
+	if err != nil {
+		return nil, err
+	}
+	bundles, err := svid.LoadBundles(map[string]string{brokerID.TrustDomain().Name(): cfg.BundleFile})
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	tc := tlsconfig.TLSClientConfig(bundles, tlsconfig.AuthorizeID(brokerID))
+	opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tc)), grpc.WithPerRPCCredentials(bearer(cfg.IDToken)))
+	cc, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	return newConn(cc, nil), nil
+}
+
+// bearer attaches a person's ID token to every call.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }
 
 // Close closes the connection and the SVID source.
 func (c *Conn) Close() error {
-	return errors.Join(c.ClientConn.Close(), c.source.Close())
+	err := c.ClientConn.Close()
+	if c.source != nil {
+		err = errors.Join(err, c.source.Close())
+	}
+	return err
 }
 
 // brokerTarget is the gRPC target of cfg's addresses, and the dial

@@ -132,6 +132,12 @@ type ConsoleConfig struct {
 	// must be for a dangerous act (the global kill switch, a policy
 	// change); default 5m.
 	ReauthAfter time.Duration `yaml:"reauth_after"`
+	// CLIClientID is atfctl's client id at the provider: a public client
+	// of the device authorization grant (RFC 8628). When set, a person
+	// who ran `atfctl login` calls the admin services with the ID token
+	// the provider gave atfctl (audience CLIClientID), under the same
+	// roles as in the console; "" refuses people on the gRPC API.
+	CLIClientID string `yaml:"cli_client_id"`
 	// SessionKeyFile holds the key (32 random bytes, hex) that seals the
 	// session cookies; replicas behind one address share it. Default: a
 	// key of this process, so a restart signs everybody out.
@@ -704,6 +710,10 @@ func (c *Config) validateConsole(v *validation) {
 	}
 	if o.OIDC.ClientID == "" {
 		v.bad("console.oidc.client_id is required")
+	}
+	if o.CLIClientID != "" && o.CLIClientID == o.OIDC.ClientID {
+		v.bad("console.cli_client_id must be a client of its own at the provider (a public one, with the device grant), not the console's %q: "+
+			"each ID token then names the one client it was issued to", o.CLIClientID)
 	}
 	if len(o.OIDC.Scopes) == 0 {
 		o.OIDC.Scopes = []string{"profile", "email"}

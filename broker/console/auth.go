@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
@@ -15,31 +14,20 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/agentictrust/atf/attest"
-	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/edge"
 )
 
 // loginTTL bounds a sign-in at the provider.
 const loginTTL = 10 * time.Minute
 
-// provider is the OpenID provider, discovered at the first sign-in (so
-// that atfd starts while the provider is down; the console then says so).
+// provider is the OpenID provider and the console's client there.
 func (c *Console) provider(ctx context.Context) (*oidc.Provider, *oauth2.Config, error) {
-	c.provMu.Lock()
-	defer c.provMu.Unlock()
-	if c.prov != nil {
-		return c.prov, c.oauth, nil
-	}
-	ctx, cancel := context.WithTimeout(oidc.ClientContext(ctx, c.cfg.HTTPClient), 10*time.Second)
-	defer cancel()
-	p, err := oidc.NewProvider(ctx, c.cfg.OIDC.Issuer)
+	p, err := c.people.provider(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	c.prov = p
-	c.oauth = &oauth2.Config{ClientID: c.cfg.OIDC.ClientID, ClientSecret: c.cfg.ClientSecret, Endpoint: p.Endpoint(),
-		RedirectURL: c.cfg.URL + "/auth/callback", Scopes: append([]string{oidc.ScopeOpenID}, c.cfg.OIDC.Scopes...)}
-	return c.prov, c.oauth, nil
+	return p, &oauth2.Config{ClientID: c.cfg.OIDC.ClientID, ClientSecret: c.cfg.ClientSecret, Endpoint: p.Endpoint(),
+		RedirectURL: c.cfg.URL + "/auth/callback", Scopes: append([]string{oidc.ScopeOpenID}, c.cfg.OIDC.Scopes...)}, nil
 }
 
 // login sends the browser to the provider: authorization code with PKCE,
@@ -142,14 +130,8 @@ func (c *Console) verify(ctx context.Context, code string, st loginState) (*atte
 	if err := idt.Claims(&claims); err != nil {
 		return nil, fmt.Errorf("the ID token's claims: %w", err)
 	}
-	// How long before the token the person authenticated, by the
-	// provider's own clock (auth_time against iat), so that a skew
-	// between the provider's clock and atfd's changes nothing.
-	authTime, age := c.cfg.Now(), time.Duration(0)
-	if at := claimTime(claims["auth_time"]); !at.IsZero() {
-		age = max(idt.IssuedAt.Sub(at), 0)
-		authTime = authTime.Add(-age)
-	} else if st.Reauth {
+	_, age, ok := c.people.human(idt, claims)
+	if !ok && st.Reauth {
 		return nil, errors.New("the provider did not say when the person authenticated (no auth_time), so a fresh sign-in cannot be proven")
 	}
 	if st.Reauth && age > time.Minute {
@@ -167,47 +149,8 @@ func (c *Console) verify(ctx context.Context, code string, st loginState) (*atte
 			}
 		}
 	}
-	h := &attest.Human{Issuer: idt.Issuer, Subject: idt.Subject, AuthTime: authTime, Roles: c.roles(claims[c.cfg.RolesClaim])}
-	h.Name, _ = claims["name"].(string)
-	if h.Name == "" {
-		h.Name, _ = claims["preferred_username"].(string)
-	}
-	if h.Name == "" {
-		h.Name = idt.Subject
-	}
-	if v, _ := claims["email_verified"].(bool); v {
-		h.Email, _ = claims["email"].(string)
-	}
+	h, _, _ := c.people.human(idt, claims)
 	return h, nil
-}
-
-// roles maps the values of the roles claim to console roles.
-func (c *Console) roles(claim any) []string {
-	var groups []string
-	switch v := claim.(type) {
-	case string:
-		groups = strings.Fields(v)
-	case []any:
-		for _, g := range v {
-			if s, ok := g.(string); ok {
-				groups = append(groups, s)
-			}
-		}
-	}
-	var out []string
-	for _, role := range config.ConsoleRoles {
-		if slices.ContainsFunc(c.cfg.Roles[role], func(g string) bool { return slices.Contains(groups, g) }) {
-			out = append(out, role)
-		}
-	}
-	return out
-}
-
-func claimTime(v any) time.Time {
-	if f, ok := v.(float64); ok && f > 0 {
-		return time.Unix(int64(f), 0)
-	}
-	return time.Time{}
 }
 
 // logout ends the session (POST, with its CSRF token).

@@ -24,12 +24,9 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"buf.build/go/protovalidate"
-	"github.com/coreos/go-oidc/v3/oidc"
-	"golang.org/x/oauth2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
@@ -56,6 +53,9 @@ type Config struct {
 	Maturity  adminv1.MaturityServiceServer
 	Response  adminv1.ResponseServiceServer
 	Approvals adminv1.ApprovalServiceServer
+	// People is the provider, shared with the gRPC edge; default one of
+	// the console's own.
+	People *People
 	// HTTPClient reaches the provider; default http.DefaultClient.
 	HTTPClient *http.Client
 	Log        *slog.Logger
@@ -73,10 +73,7 @@ type Console struct {
 	mux       *http.ServeMux
 	ended     *endedSessions
 	chain     chainCheck
-
-	provMu sync.Mutex
-	prov   *oidc.Provider
-	oauth  *oauth2.Config
+	people    *People
 }
 
 // New builds the console.
@@ -106,7 +103,10 @@ func New(cfg Config) (*Console, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Console{cfg: cfg, log: cfg.Log.With(slog.String("component", "console")), origin: u.Scheme + "://" + u.Host, sealer: sl,
+	if cfg.People == nil {
+		cfg.People = NewPeople(cfg.ConsoleConfig, cfg.HTTPClient, cfg.Now)
+	}
+	c := &Console{cfg: cfg, people: cfg.People, log: cfg.Log.With(slog.String("component", "console")), origin: u.Scheme + "://" + u.Host, sealer: sl,
 		validator: v, pages: pages, mux: http.NewServeMux(), ended: &endedSessions{ids: map[string]time.Time{}, now: cfg.Now}}
 	c.routes()
 	return c, nil

@@ -69,9 +69,9 @@ func TestSealer(t *testing.T) {
 
 // The roles claim maps to console roles through the configuration only.
 func TestRoles(t *testing.T) {
-	c := &Console{cfg: Config{ConsoleConfig: config.ConsoleConfig{Roles: map[string][]string{
+	p := NewPeople(config.ConsoleConfig{Roles: map[string][]string{
 		config.ConsoleApprover: {"approvers"}, config.ConsoleAuditor: {"audit", "approvers"},
-	}}}}
+	}}, nil, nil)
 	for name, tt := range map[string]struct {
 		claim any
 		want  []string
@@ -82,7 +82,7 @@ func TestRoles(t *testing.T) {
 		"not strings":     {[]any{1, true}, nil},
 		"absent":          {nil, nil},
 	} {
-		if got := c.roles(tt.claim); !slices.Equal(got, tt.want) {
+		if got := p.roles(tt.claim); !slices.Equal(got, tt.want) {
 			t.Errorf("%s: roles = %v, want %v", name, got, tt.want)
 		}
 	}

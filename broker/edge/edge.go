@@ -58,7 +58,13 @@ type Config struct {
 	// (and admins) ResponseService; Approvers ApprovalService. Any
 	// authenticated caller may call BrokerService.
 	Admins, SecurityOperators, Approvers map[spiffeid.ID]bool
-	Log                                  *slog.Logger
+	// People verifies people's ID tokens from `atfctl login`; nil refuses
+	// them. A person may call what their console roles allow
+	// (peopleRules); ReauthAfter bounds the age of their authentication
+	// for a dangerous act (console.reauth_after).
+	People      People
+	ReauthAfter time.Duration
+	Log         *slog.Logger
 	Now                                  func() time.Time
 	// MaxPublicStreams bounds the streams open at once on the methods that
 	// need no SVID (health Watch, reflection); default 64. Past it, new
@@ -166,6 +172,9 @@ func (e *Edge) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 		return nil, e.Status(ctx, err)
 	}
 	if err := e.validate(req); err != nil {
+		return nil, e.Status(ctx, err)
+	}
+	if err := e.fresh(ctx, info.FullMethod, req); err != nil {
 		return nil, e.Status(ctx, err)
 	}
 	resp, err = handler(ctx, req)
@@ -328,20 +337,29 @@ func (e *Edge) authorize(ctx context.Context, method string) (context.Context, e
 		log.Warn("unauthenticated call", slog.String(LogError, err.Error()))
 		return ctx, err
 	}
-	log = log.With(slog.String(LogCaller, id.ID.String()), slog.String(LogAuthMethod, id.Method.String()))
+	log = log.With(slog.String(LogCaller, id.Principal()), slog.String(LogAuthMethod, id.Method.String()))
 	ctx = context.WithValue(context.WithValue(ctx, identityKey, id), loggerKey, log)
-	if r := e.broken(method, id.ID); r != nil {
-		log.Warn(r.logMsg)
-		return ctx, fault.New(fault.Denied, "%s %s", id.ID, r.refusal)
+	if err := e.refused(method, id, log); err != nil {
+		return ctx, err
 	}
 	return ctx, nil
 }
 
-// broken is the access rule id breaks by calling method (nil: none).
-func (e *Edge) broken(method string, id spiffeid.ID) *accessRule {
-	for i, r := range e.rules {
-		if strings.HasPrefix(method, r.prefix) && !r.allowed(id) {
-			return &e.rules[i]
+// refused is why id may not call method (nil: it may), logged to log:
+// a person by their console roles, a workload by its service's access
+// rule.
+func (e *Edge) refused(method string, id attest.Identity, log *slog.Logger) error {
+	if id.Human != nil {
+		err := personRefused(method, id.Human)
+		if err != nil {
+			log.Warn("call refused to a person: role", slog.Any("roles", id.Human.Roles))
+		}
+		return err
+	}
+	for _, r := range e.rules {
+		if strings.HasPrefix(method, r.prefix) && !r.allowed(id.ID) {
+			log.Warn(r.logMsg)
+			return fault.New(fault.Denied, "%s %s", id.ID, r.refusal)
 		}
 	}
 	return nil
@@ -354,10 +372,7 @@ func (e *Edge) recheck(ctx context.Context, method string) error {
 	if err != nil {
 		return err
 	}
-	if r := e.broken(method, id.ID); r != nil {
-		return fault.New(fault.Denied, "%s %s", id.ID, r.refusal)
-	}
-	return nil
+	return e.refused(method, id, Logger(ctx))
 }
 
 // authenticate verifies the caller's X.509-SVID (from mutual TLS) or
@@ -387,6 +402,15 @@ func (e *Edge) authenticate(ctx context.Context) (attest.Identity, error) {
 	token, ok := strings.CutPrefix(auth[0], "Bearer ")
 	if !ok {
 		return attest.Identity{}, fmt.Errorf("%w: authorization header must be \"Bearer <JWT-SVID>\"", attest.ErrUnauthenticated)
+	}
+	if e.cfg.People != nil && e.cfg.People.Issued(token) {
+		// A person's ID token (atfctl login) stands alone: a workload's
+		// certificate beside it would make the call two callers'.
+		if x509ID != nil {
+			return attest.Identity{}, fmt.Errorf("%w: a person's sign-in (atfctl login) comes without an X.509-SVID, and this call presents %s's",
+				attest.ErrUnauthenticated, x509ID.ID)
+		}
+		return e.cfg.People.Verify(ctx, token)
 	}
 	id, err := e.cfg.Verifier.VerifyJWT(token)
 	if err != nil {

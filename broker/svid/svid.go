@@ -85,7 +85,7 @@ func Open(ctx context.Context, cfg Config) (*Source, error) {
 		s.svid = src
 	}
 	if len(cfg.BundleFiles) > 0 {
-		set, err := loadBundles(cfg.BundleFiles)
+		set, err := LoadBundles(cfg.BundleFiles)
 		if err != nil {
 			return nil, err
 		}
@@ -185,7 +185,10 @@ type staticSVID struct{ svid *x509svid.SVID }
 
 func (s staticSVID) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
 
-func loadBundles(files map[string]string) (*spiffebundle.Set, error) {
+// LoadBundles reads bundle files, by trust domain name, as
+// Config.BundleFiles: for a caller that has no SVID of its own (a person
+// on the command line) but must verify the broker's.
+func LoadBundles(files map[string]string) (*spiffebundle.Set, error) {
 	set := spiffebundle.NewSet()
 	for name, path := range files {
 		td, err := spiffeid.TrustDomainFromString(name)

@@ -25,6 +25,9 @@ type globals struct {
 	// addresses, comma-separated.
 	addr   string
 	output string
+	// loginFile is --login-file: where atfctl login keeps a person's
+	// sign-in.
+	loginFile string
 }
 
 func (g *globals) register(root *cobra.Command) {
@@ -38,6 +41,7 @@ func (g *globals) register(root *cobra.Command) {
 	f.StringVar(&g.cfg.BundleFile, "bundle", "", "trust bundle of the broker's trust domain (PEM or SPIFFE bundle), instead of the Workload API")
 	f.BoolVar(&g.cfg.JWT, "jwt", false, "authenticate with a JWT-SVID from the Workload API instead of the X.509-SVID")
 	f.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	f.StringVar(&g.loginFile, "login-file", os.Getenv("ATF_LOGIN_FILE"), "where atfctl login keeps your sign-in as a person; default atf/login.json in your configuration directory (env ATF_LOGIN_FILE)")
 }
 
 func envOr(key, def string) string {
@@ -72,6 +76,19 @@ func (g *globals) clientConfig() (client.Config, error) {
 		return client.Config{}, err
 	}
 	cfg := g.cfg
+	l, err := g.signedIn()
+	if err != nil {
+		return client.Config{}, err
+	}
+	if l != nil {
+		cfg.IDToken = l.IDToken
+		if cfg.BrokerID == "" {
+			cfg.BrokerID = l.BrokerID
+		}
+		if cfg.BundleFile == "" {
+			cfg.BundleFile = l.BundleFile
+		}
+	}
 	cfg.Addr, cfg.Addrs = "", nil
 	for a := range strings.SplitSeq(g.addr, ",") {
 		if a = strings.TrimSpace(a); a == "" {

@@ -27,7 +27,7 @@ import (
 
 // bgWait bounds how long a test waits for a background atfctl to say or
 // finish something it must.
-const bgWait = 15 * time.Second
+const bgWait = 30 * time.Second
 
 // bg is atfctl running in the background, for the commands that block:
 // events watch and creds fetch --wait. Its output can be read meanwhile.
@@ -67,12 +67,18 @@ func (c *bg) ended() bool {
 func start(ctx context.Context, t *testing.T, b *brokertest.Broker, id spiffeid.ID, args ...string) *bg {
 	t.Helper()
 	s := b.F.SVID(t, id)
+	return startArgs(ctx, t, append([]string{"--addr", b.Addr, "--broker-id", b.F.Stack.BrokerID.String(),
+		"--svid", s.CertPath, "--svid-key", s.KeyPath, "--bundle", s.BundlePath}, args...)...)
+}
+
+// startArgs runs atfctl in-process with args alone, as start does.
+func startArgs(ctx context.Context, t *testing.T, args ...string) *bg {
+	t.Helper()
 	c := &bg{written: make(chan struct{}), done: make(chan struct{})}
 	root := newRoot()
 	root.SetOut(c)
 	root.SetErr(c)
-	root.SetArgs(append([]string{"--addr", b.Addr, "--broker-id", b.F.Stack.BrokerID.String(),
-		"--svid", s.CertPath, "--svid-key", s.KeyPath, "--bundle", s.BundlePath}, args...))
+	root.SetArgs(args)
 	go func() {
 		defer close(c.done)
 		err := root.ExecuteContext(ctx)

@@ -2,7 +2,8 @@
 // for the platform team (agent registry).
 //
 // The caller's identity is its SPIFFE SVID, from the Workload API socket
-// ($SPIFFE_ENDPOINT_SOCKET) or from files (--svid, --svid-key, --bundle).
+// ($SPIFFE_ENDPOINT_SOCKET) or from files (--svid, --svid-key, --bundle),
+// or a person's sign-in through OpenID Connect (atfctl login).
 //
 // Exit codes: 0 success, 1 other error, 2 usage error, 3 unauthenticated or
 // permission denied, 4 not found, 5 broker or Vault unavailable, 6 invalid
@@ -94,7 +95,8 @@ credentials; the platform team uses it to manage the agent registry.
 
 Identity comes from the caller's SPIFFE SVID: from the SPIRE Workload API
 ($SPIFFE_ENDPOINT_SOCKET or --workload-api), or from files (--svid, --svid-key,
---bundle).`,
+--bundle). A person may instead sign in with 'atfctl login' (their company's
+OpenID provider); the commands then act as them until 'atfctl logout'.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -102,6 +104,6 @@ Identity comes from the caller's SPIFFE SVID: from the SPIRE Workload API
 	g.register(root)
 	root.AddCommand(newWhoAmI(g), newCreds(g), newAgent(g), newDelegate(g), newRevoke(g), newLineage(g), newWatch(g),
 		newPolicy(g), newApprovals(g), newAudit(g), newEvents(g), newKill(g), newUnkill(g), newKilled(g), newConformance(g),
-		newEvidence(g), newSignOff(g), newIncident(g), newOutcome(g), newAdmin(g), newExec(g), newSidecar(g))
+		newEvidence(g), newSignOff(g), newIncident(g), newOutcome(g), newAdmin(g), newExec(g), newSidecar(g), newLogin(g), newLogout(g))
 	return root
 }

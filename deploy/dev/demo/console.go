@@ -61,7 +61,7 @@ func (d *demo) startProvider(ctx context.Context) error {
 		return err
 	}
 	if c.op, err = oidcop.Start("127.0.0.1:0", demoPeople, oidcop.Client{ID: "atf-console", Secret: "demo-console-secret",
-		RedirectURIs: []string{c.url + "/auth/callback"}}); err != nil {
+		RedirectURIs: []string{c.url + "/auth/callback"}}, oidcop.Client{ID: "atfctl", Device: true}); err != nil {
 		return err
 	}
 	c.yaml = fmt.Sprintf(`
@@ -73,6 +73,7 @@ console:                 # the web console (docs/console.md)
     client_id: atf-console
     client_secret_file: %s
     scopes: [profile, email, groups]
+  cli_client_id: atfctl  # people on the command line: atfctl login
   roles:
     admin: [atf-admins]
     approver: [atf-approvers]
@@ -106,6 +107,9 @@ func (d *demo) openConsole(ctx context.Context) error {
 	for _, p := range demoPeople {
 		fmt.Printf("     %-6s password %-11s groups %s\n", p.Username, p.Password, strings.Join(p.Groups, ", "))
 	}
+	fmt.Printf("   or, from a terminal, sign in with the device grant and act as that person:\n"+
+		"     atfctl --addr %s --broker-id %s --bundle %s \\\n       login --issuer %s\n     atfctl --addr %s approvals list\n",
+		brokerAddr, d.stack.BrokerID, d.stack.BundlePath, c.op.Issuer, brokerAddr)
 	if c.wait {
 		fmt.Printf("   %sPress Ctrl-C to stop.%s\n", dim, reset)
 		<-ctx.Done()
