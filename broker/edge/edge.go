@@ -65,7 +65,7 @@ type Config struct {
 	People      People
 	ReauthAfter time.Duration
 	Log         *slog.Logger
-	Now                                  func() time.Time
+	Now         func() time.Time
 	// MaxPublicStreams bounds the streams open at once on the methods that
 	// need no SVID (health Watch, reflection); default 64. Past it, new
 	// ones are refused (ResourceExhausted): a client without a certificate

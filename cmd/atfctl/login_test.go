@@ -78,7 +78,7 @@ func (e *loginEnv) login(t *testing.T, user string) string {
 		}
 	}
 	out, exit := w.wait(t)
-	if exit != 0 || !regexp.MustCompile(`Signed in as \S+ \S+ \(oidc:` + regexp.QuoteMeta(e.op.Issuer) + `#u-` + user + `\) until`).MatchString(out) {
+	if exit != 0 || !regexp.MustCompile(`Signed in as \S+ \S+ \(oidc:`+regexp.QuoteMeta(e.op.Issuer)+`#u-`+user+`\) until`).MatchString(out) {
 		t.Fatalf("atfctl login as %s: exit %d\n%s", user, exit, out)
 	}
 	st, err := os.Stat(file)
