@@ -19,7 +19,7 @@ func (s *Server) openConsole(svcs []any) error {
 	if !o.Enabled() {
 		return nil
 	}
-	cc := console.Config{ConsoleConfig: o, People: s.people, Log: s.log, Now: s.now}
+	cc := console.Config{ConsoleConfig: o, People: s.people, Sessions: s.store, Log: s.log, Now: s.now}
 	for _, svc := range svcs {
 		switch v := svc.(type) {
 		case adminv1.AdminServiceServer:

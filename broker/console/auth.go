@@ -155,7 +155,12 @@ func (c *Console) verify(ctx context.Context, code string, st loginState) (*atte
 
 // logout ends the session (POST, with its CSRF token).
 func (c *Console) logout(w http.ResponseWriter, r *http.Request, s *session) {
-	c.ended.add(s.ID, s.Expires)
+	if err := c.ended.add(s.ID, s.Expires); err != nil {
+		c.log.Error("console sign-out not recorded for the other replicas", slog.String(edge.LogError, err.Error()))
+		c.failAs(w, r, s, http.StatusServiceUnavailable, "Your sign-out could not be recorded for every replica of the broker (its store does not answer); "+
+			"this replica has ended your session, but sign out again shortly.")
+		return
+	}
 	clearCookie(w, sessionCookie, http.SameSiteStrictMode)
 	c.log.Info("console sign-out", slog.String(edge.LogCaller, "oidc:"+s.Issuer+"#"+s.Subject))
 	c.render(w, r, nil, "signedout", nil)

@@ -56,6 +56,9 @@ type Config struct {
 	// People is the provider, shared with the gRPC edge; default one of
 	// the console's own.
 	People *People
+	// Sessions keeps sign-outs for every replica; nil keeps them in this
+	// process only.
+	Sessions Sessions
 	// HTTPClient reaches the provider; default http.DefaultClient.
 	HTTPClient *http.Client
 	Log        *slog.Logger
@@ -107,7 +110,7 @@ func New(cfg Config) (*Console, error) {
 		cfg.People = NewPeople(cfg.ConsoleConfig, cfg.HTTPClient, cfg.Now)
 	}
 	c := &Console{cfg: cfg, people: cfg.People, log: cfg.Log.With(slog.String("component", "console")), origin: u.Scheme + "://" + u.Host, sealer: sl,
-		validator: v, pages: pages, mux: http.NewServeMux(), ended: &endedSessions{ids: map[string]time.Time{}, now: cfg.Now}}
+		validator: v, pages: pages, mux: http.NewServeMux(), ended: &endedSessions{shared: cfg.Sessions, ids: map[string]time.Time{}, now: cfg.Now}}
 	c.routes()
 	return c, nil
 }
@@ -163,7 +166,12 @@ func (c *Console) routes() {
 // and re-authentication.
 func (c *Console) handle(pattern string, a act) {
 	c.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		s := c.session(r)
+		s, err := c.session(r)
+		if err != nil {
+			c.log.Error("console: whether a session was signed out cannot be read", slog.String(edge.LogError, err.Error()))
+			c.failAs(w, r, nil, http.StatusServiceUnavailable, "The broker cannot check your session right now (its store does not answer); try again shortly.")
+			return
+		}
 		if s == nil {
 			if r.Method == http.MethodGet {
 				http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusFound)
@@ -272,7 +280,8 @@ func (c *Console) failErr(w http.ResponseWriter, r *http.Request, s *session, er
 }
 
 func (c *Console) fail(w http.ResponseWriter, r *http.Request, code int, msg string) {
-	c.failAs(w, r, c.session(r), code, msg)
+	s, _ := c.session(r)
+	c.failAs(w, r, s, code, msg)
 }
 
 func (c *Console) failAs(w http.ResponseWriter, r *http.Request, s *session, code int, msg string) {

@@ -1,10 +1,19 @@
 package console
 
 import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/agentictrust/atf/broker/config"
+	"github.com/agentictrust/atf/broker/store"
 )
 
 // A sign-in or a form never sends the browser off the console: an open
@@ -94,4 +103,74 @@ func TestDiffLines(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("diff = %v, want %v", got, want)
 	}
+}
+
+// Signing out on one replica ends the session on every replica sharing
+// the store (a real bbolt store here; on etcd, the store's own
+// TestEndedSessions shows another replica reads it): a copy of the
+// cookie is refused by both. If whether it ended cannot be read, nobody
+// is signed in.
+func TestSignOutEveryReplica(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "session-key")
+	if err := os.WriteFile(key, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(filepath.Join(dir, "atf.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	replica := func(sessions Sessions) *Console {
+		c, err := New(Config{ConsoleConfig: config.ConsoleConfig{URL: "http://127.0.0.1:8444", SessionKeyFile: key, SessionTTL: time.Hour},
+			Sessions: sessions})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	one, two := replica(st), replica(st)
+	s := session{ID: randomToken(), Issuer: "https://op.example", Subject: "u-1", Name: "Ann", Roles: []string{config.ConsoleAuditor},
+		Expires: time.Now().Add(time.Hour), CSRF: randomToken()}
+	sealed, err := one.sealer.seal(sessionCookie, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := func(method, path string, body url.Values) *http.Request {
+		r := httptest.NewRequest(method, path, strings.NewReader(body.Encode()))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.AddCookie(&http.Cookie{Name: sessionCookie, Value: sealed})
+		return r
+	}
+	if got, err := two.session(req(http.MethodGet, "/", nil)); err != nil || got == nil || got.Subject != "u-1" {
+		t.Fatalf("the other replica before sign-out: %+v, %v", got, err)
+	}
+	w := httptest.NewRecorder()
+	one.ServeHTTP(w, req(http.MethodPost, "/logout", url.Values{"csrf": {s.CSRF}}))
+	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "Signed out") {
+		t.Fatalf("sign-out: %d\n%.500s", w.Code, w.Body.String())
+	}
+	for name, c := range map[string]*Console{"the replica signed out on": one, "another replica": two} {
+		w := httptest.NewRecorder()
+		c.ServeHTTP(w, req(http.MethodGet, "/approvals", nil))
+		if w.Code != http.StatusFound || !strings.HasPrefix(w.Header().Get("Location"), "/login") {
+			t.Errorf("%s after sign-out: %d %s, want a redirect to the sign-in", name, w.Code, w.Header().Get("Location"))
+		}
+	}
+
+	down := replica(failingSessions{})
+	w = httptest.NewRecorder()
+	down.ServeHTTP(w, req(http.MethodGet, "/approvals", nil))
+	if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), "cannot check your session") {
+		t.Fatalf("with the store down: %d\n%.500s", w.Code, w.Body.String())
+	}
+}
+
+// failingSessions is a store that does not answer (a fault injected; the
+// real path is TestSignOutEveryReplica's store).
+type failingSessions struct{}
+
+func (failingSessions) EndSession(string, time.Time) error { return errors.New("etcd: no leader") }
+func (failingSessions) SessionEnded(string) (bool, error) {
+	return false, errors.New("etcd: no leader")
 }

@@ -135,17 +135,23 @@ func randomToken() string {
 }
 
 // session is the request's signed-in person, or nil: no cookie, one this
-// console did not seal, expired, or signed out.
-func (c *Console) session(r *http.Request) *session {
+// console did not seal, expired, or signed out. An error says whether it
+// was signed out could not be read (the store is down): nobody is then
+// signed in.
+func (c *Console) session(r *http.Request) (*session, error) {
 	ck, err := r.Cookie(sessionCookie)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	var s session
-	if c.sealer.open(sessionCookie, ck.Value, &s) != nil || !c.cfg.Now().Before(s.Expires) || c.ended.has(s.ID) {
-		return nil
+	if c.sealer.open(sessionCookie, ck.Value, &s) != nil || !c.cfg.Now().Before(s.Expires) {
+		return nil, nil
 	}
-	return &s
+	ended, err := c.ended.has(s.ID)
+	if err != nil || ended {
+		return nil, err
+	}
+	return &s, nil
 }
 
 // csrfOK says whether a state-changing request comes from this session's
@@ -162,19 +168,25 @@ func (c *Console) csrfOK(r *http.Request, s *session) bool {
 	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(s.CSRF)) == 1
 }
 
-// endedSessions are the sessions signed out before their expiry, kept
-// until then: a sealed cookie copied before sign-out is refused too.
-// In memory: with replicas, a copied cookie stays valid on the others
-// until it expires (console.session_ttl; docs/console.md).
-type endedSessions struct {
-	mu  sync.Mutex
-	ids map[string]time.Time
-	now func() time.Time
+// Sessions records the sessions people signed out of, for every
+// replica (*store.Store).
+type Sessions interface {
+	EndSession(id string, expires time.Time) error
+	SessionEnded(id string) (bool, error)
 }
 
-func (e *endedSessions) add(id string, exp time.Time) {
+// endedSessions are the sessions signed out before their expiry, kept
+// until then: a sealed cookie copied before sign-out is refused too, on
+// every replica when shared is set (the store), else on this one.
+type endedSessions struct {
+	shared Sessions
+	mu     sync.Mutex
+	ids    map[string]time.Time
+	now    func() time.Time
+}
+
+func (e *endedSessions) add(id string, exp time.Time) error {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	now := e.now()
 	for k, t := range e.ids {
 		if now.After(t) {
@@ -182,11 +194,19 @@ func (e *endedSessions) add(id string, exp time.Time) {
 		}
 	}
 	e.ids[id] = exp
+	e.mu.Unlock()
+	if e.shared != nil {
+		return e.shared.EndSession(id, exp)
+	}
+	return nil
 }
 
-func (e *endedSessions) has(id string) bool {
+func (e *endedSessions) has(id string) (bool, error) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	_, ok := e.ids[id]
-	return ok
+	e.mu.Unlock()
+	if ok || e.shared == nil {
+		return ok, nil
+	}
+	return e.shared.SessionEnded(id)
 }

@@ -21,19 +21,20 @@ const (
 
 // Pruned counts what one Prune removed.
 type Pruned struct {
-	Credentials, Anchors, Grants, Approvals, History int
+	Credentials, Anchors, Grants, Approvals, History, Sessions int
 }
 
 // Total is the number of records removed.
 func (p Pruned) Total() int {
-	return p.Credentials + p.Anchors + p.Grants + p.Approvals + p.History
+	return p.Credentials + p.Anchors + p.Grants + p.Approvals + p.History + p.Sessions
 }
 
 // Prune removes what history no longer needs in the store, with one
 // store_pruned audit record saying how much: credential records, anchors
 // and grants expired before cutoff (nothing of them can be live, and the
 // audit trail keeps their issuance and revocation), approvals that expired
-// before it, and all but the newest historyKeep changes of each agent.
+// before it, all but the newest historyKeep changes of each agent, and
+// the console's ended sessions that expired before it.
 // Anchors still queued for revocation in Vault are kept.
 func (s *Store) Prune(cutoff time.Time, actor string) (Pruned, error) {
 	var p Pruned
@@ -48,6 +49,7 @@ func (s *Store) Prune(cutoff time.Time, actor string) (Pruned, error) {
 		{&p.Grants, expiredIn(bucketGrants, cutoff, grantExpiry), dropGrant},
 		{&p.Approvals, expiredIn(bucketApprovals, cutoff, approvalExpiry), dropApproval},
 		{&p.History, oldHistory, dropKey(bucketHistory)},
+		{&p.Sessions, expiredIn(bucketEndedSessions, cutoff, sessionExpiry), dropKey(bucketEndedSessions)},
 	}
 	for _, st := range steps {
 		if *st.n, err = s.pruneBucket(st.scan, st.drop); err != nil {
@@ -60,6 +62,7 @@ func (s *Store) Prune(cutoff time.Time, actor string) (Pruned, error) {
 	return p, s.AppendAudit(AuditRecord{Kind: "store_pruned", Actor: actor, Subject: "store", Detail: map[string]string{
 		"cutoff": cutoff.UTC().Format(time.RFC3339), "credentials": strconv.Itoa(p.Credentials), "anchors": strconv.Itoa(p.Anchors),
 		"grants": strconv.Itoa(p.Grants), "approvals": strconv.Itoa(p.Approvals), "history": strconv.Itoa(p.History),
+		"ended_sessions": strconv.Itoa(p.Sessions),
 	}})
 }
 

@@ -73,7 +73,7 @@ var (
 	allBuckets = [][]byte{bucketAgents, bucketHistory, bucketCredentials, bucketRevocations,
 		bucketGrants, bucketChildren, bucketGiven, bucketGrantCreds, bucketBare, bucketReceived, bucketOpenApprovals, bucketAnchors, bucketNodeAnchors, bucketAudit,
 		bucketPolicies, bucketApprovals, bucketMeta, bucketOutcomes, bucketEvidence, bucketSignOffs, bucketIncidents,
-		bucketLiveCounts, bucketLive, bucketLiveExpiry, bucketBaselines}
+		bucketLiveCounts, bucketLive, bucketLiveExpiry, bucketBaselines, bucketEndedSessions}
 )
 
 // Status is an agent's standing in the registry.
