@@ -16,6 +16,9 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
@@ -785,5 +788,74 @@ func TestOAuthRolesNeedTheEndpoints(t *testing.T) {
 	_, err := f.TryStart(t, cfg)
 	if err == nil || !strings.Contains(err.Error(), "is of kind jwt (OAuth access tokens) and oauth.listen_addr is not set") {
 		t.Fatalf("start with a jwt role and no OAuth endpoints: %v", err)
+	}
+}
+
+// A grant narrows an access-token role to some of its scopes: a token
+// under it carries only those (all of them when none is asked for), a
+// wider scope is invalid_scope naming the grant, a grant below it may
+// narrow further but never widen, and a Vault role or a scope the role
+// does not have cannot be narrowed at all.
+func TestOAuthGrantScopes(t *testing.T) {
+	e := newOAuthEnv(t)
+	a := e.register(t, "a", brokerv1.Level_LEVEL_PRINCIPAL, toolRoles...)
+	b := e.register(t, "b", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	c := e.register(t, "c", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	delegate := func(from delegAgent, to spiffeid.ID, parent string, maxDepth int32, scopes ...*brokerv1.RoleScopes) (*brokerv1.Grant, error) {
+		ttl := time.Hour
+		if parent != "" {
+			ttl = 30 * time.Minute
+		}
+		r, err := from.bc.Delegate(t.Context(), &brokerv1.DelegateRequest{Delegatee: to.String(), Roles: []string{"tools-read"},
+			Ttl: durationpb.New(ttl), MaxDepth: maxDepth, ParentGrantId: parent, Scopes: scopes})
+		return r.GetGrant(), err
+	}
+	listOnly := &brokerv1.RoleScopes{Role: "tools-read", Scopes: []string{"tools.list"}}
+	g1, err := delegate(a, b.id, "", 1, listOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := g1.GetScopes(); len(got) != 1 || got[0].GetRole() != "tools-read" || !slices.Equal(got[0].GetScopes(), []string{"tools.list"}) {
+		t.Fatalf("the grant's scopes = %v", got)
+	}
+
+	set := e.jwks(t)
+	r := e.mustExchange(t, b.id, brokertest.OAuthToolsAudience, "", g1.GetId())
+	if _, claims, err := verifyToken(t, set, r.AccessToken); err != nil || claims["scope"] != "tools.list" || r.Scope != "tools.list" {
+		t.Fatalf("a token under the narrowing grant, no scope asked: scope %v (answer %q), %v; want tools.list", claims["scope"], r.Scope, err)
+	}
+	r = e.exchange(t, b.id, brokertest.OAuthToolsAudience, "tools.call", g1.GetId())
+	if r.status != 400 || r.Error != "invalid_scope" || r.DecisionID == "" || !strings.Contains(r.Description, `scope "tools.call" of role "tools-read" is wider than the grants of the chain under grant `+g1.GetId()) {
+		t.Fatalf("a scope wider than the grant: %d %s (%s)", r.status, r.Error, r.Description)
+	}
+	// On its own authority B has every scope of the role.
+	if r = e.mustExchange(t, b.id, brokertest.OAuthToolsAudience, "tools.call", ""); r.Scope != "tools.call" {
+		t.Fatalf("B's own token for tools.call: scope %q", r.Scope)
+	}
+
+	// Below g1, B may not widen, and a grant that names no scope keeps g1's.
+	if _, err := delegate(b, c.id, g1.GetId(), 0, &brokerv1.RoleScopes{Role: "tools-read", Scopes: []string{"tools.list", "tools.call"}}); status.Code(err) != codes.PermissionDenied ||
+		!strings.Contains(err.Error(), `may pass on only the scopes ["tools.list"] of role "tools-read"`) {
+		t.Fatalf("widening below the grant: %v", err)
+	}
+	g2, err := delegate(b, c.id, g1.GetId(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r = e.exchange(t, c.id, brokertest.OAuthToolsAudience, "tools.call", g2.GetId()); r.Error != "invalid_scope" {
+		t.Fatalf("C under a grant below the narrowing one, asking tools.call: %d %s (%s)", r.status, r.Error, r.Description)
+	}
+	if r = e.mustExchange(t, c.id, brokertest.OAuthToolsAudience, "tools.list", g2.GetId()); r.Scope != "tools.list" {
+		t.Fatalf("C's token for tools.list: scope %q", r.Scope)
+	}
+
+	for name, rs := range map[string]*brokerv1.RoleScopes{
+		"a scope the role does not have": {Role: "tools-read", Scopes: []string{"tools.admin"}},
+		"a Vault role":                   {Role: "reports-read", Scopes: []string{"read"}},
+		"no role of the broker":          {Role: "nothing", Scopes: []string{"x"}},
+	} {
+		if _, err := delegate(a, b.id, "", 0, rs); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v, want InvalidArgument", name, err)
+		}
 	}
 }

@@ -24,6 +24,10 @@ type Authority struct {
 	Chain []string
 	// GrantIDs are the chain's grants, root first.
 	GrantIDs []string
+	// Scopes are, for each access-token role a grant of the chain
+	// narrows, the scopes every such grant allows (sorted); a role not
+	// here has all its scopes. Nil without a narrowing grant.
+	Scopes map[string][]string
 }
 
 // Effective returns the authority agent has when acting under chain, which
@@ -63,8 +67,22 @@ func Effective(agent Agent, chain []Grant, ancestors map[string]Agent, now time.
 		}
 		auth.GrantIDs[i] = g.ID
 		lists = append(lists, g.Roles, a.Roles)
+		for role, scopes := range g.Scopes {
+			if have, ok := auth.Scopes[role]; ok {
+				scopes = intersect(have, [][]string{scopes})
+			}
+			if auth.Scopes == nil {
+				auth.Scopes = map[string][]string{}
+			}
+			auth.Scopes[role] = normalize(scopes)
+		}
 	}
 	auth.Roles = intersect(agent.Roles, lists)
+	for role := range auth.Scopes {
+		if _, ok := slices.BinarySearch(auth.Roles, role); !ok {
+			delete(auth.Scopes, role)
+		}
+	}
 	return auth, nil
 }
 

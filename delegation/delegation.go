@@ -53,7 +53,11 @@ type Grant struct {
 	Delegatee string
 	// Roles is the grant's scope, sorted and without duplicates when made by
 	// Check.
-	Roles     []string
+	Roles []string
+	// Scopes narrow roles of access tokens further: for each role named,
+	// one of Roles, the scopes the grant allows of it (sorted); a role not
+	// named keeps what the delegator had of it.
+	Scopes    map[string][]string `json:",omitempty"`
 	ExpiresAt time.Time
 	// MaxDepth is how many further hops of re-delegation are allowed below
 	// this grant: 0 means the delegatee may not re-delegate it.
@@ -106,7 +110,10 @@ type Request struct {
 	// registry holds it now. A missing entry counts as deregistered.
 	Ancestors map[string]Agent
 	Roles     []string
-	TTL       time.Duration
+	// Scopes narrow roles of Roles to some of their scopes (Grant.Scopes);
+	// the caller checks they are scopes of those roles at all.
+	Scopes map[string][]string
+	TTL    time.Duration
 	// MaxDepth becomes the new grant's MaxDepth.
 	MaxDepth int
 	// LiveFanOut is how many live grants the delegator already holds out
@@ -135,6 +142,10 @@ func (r Rules) Check(req Request, now time.Time) (Grant, error) {
 	if err != nil {
 		return Grant{}, err
 	}
+	scopes, err := checkScopes(req, auth, roles)
+	if err != nil {
+		return Grant{}, err
+	}
 	expires, err := r.checkTTL(req, auth, now)
 	if err != nil {
 		return Grant{}, err
@@ -152,6 +163,7 @@ func (r Rules) Check(req Request, now time.Time) (Grant, error) {
 		Delegator: req.Delegator.ID,
 		Delegatee: req.Delegatee.ID,
 		Roles:     roles,
+		Scopes:    scopes,
 		ExpiresAt: expires,
 		MaxDepth:  req.MaxDepth,
 		Depth:     depth,
@@ -210,6 +222,39 @@ func checkScope(req Request, auth Authority) ([]string, error) {
 		return nil, fmt.Errorf("%w: agent %s may delegate only %q here (its manifest, narrowed by every grant and every ancestor's current manifest in its chain), not %q", ErrScope, req.Delegator.ID, auth.Roles, outside)
 	}
 	return roles, nil
+}
+
+// checkScopes returns the requested scopes of roles, normalized, if each
+// names one of the grant's roles and stays within what the chain allows
+// of it.
+func checkScopes(req Request, auth Authority, roles []string) (map[string][]string, error) {
+	if len(req.Scopes) == 0 {
+		return nil, nil
+	}
+	out := make(map[string][]string, len(req.Scopes))
+	for role, scopes := range req.Scopes {
+		if _, ok := slices.BinarySearch(roles, role); !ok {
+			return nil, fmt.Errorf("%w: scopes are given for role %q, which the grant does not give (%q)", ErrScope, role, roles)
+		}
+		scopes = normalize(scopes)
+		if len(scopes) == 0 {
+			return nil, fmt.Errorf("%w: role %q is narrowed to no scope at all; leave it out of the grant instead", ErrScope, role)
+		}
+		if allowed, narrowed := auth.Scopes[role]; narrowed {
+			var outside []string
+			for _, sc := range scopes {
+				if _, ok := slices.BinarySearch(allowed, sc); !ok {
+					outside = append(outside, sc)
+				}
+			}
+			if len(outside) > 0 {
+				return nil, fmt.Errorf("%w: agent %s may pass on only the scopes %q of role %q here (narrowed by a grant in its chain), not %q",
+					ErrScope, req.Delegator.ID, allowed, role, outside)
+			}
+		}
+		out[role] = scopes
+	}
+	return out, nil
 }
 
 // checkTTL returns when the grant expires, if its TTL is positive, within

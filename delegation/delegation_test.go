@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -917,4 +918,76 @@ func equalGrant(a, b delegation.Grant) bool {
 func equalAuthority(a, b delegation.Authority) bool {
 	return slices.Equal(a.Roles, b.Roles) && a.Level == b.Level && a.ExpiresAt.Equal(b.ExpiresAt) &&
 		slices.Equal(a.Chain, b.Chain) && slices.Equal(a.GrantIDs, b.GrantIDs)
+}
+
+// A grant may narrow a role to some of its scopes; a grant below it may
+// narrow further but never widen, the chain's scopes are the intersection
+// of every narrowing grant's, and a role the chain no longer gives takes
+// its scopes with it.
+func TestScopes(t *testing.T) {
+	rules := delegation.DefaultRules()
+	agents := map[string]delegation.Agent{
+		idA: agent(idA, delegation.Principal), idB: agent(idB, delegation.Senior),
+		idC: agent(idC, delegation.Senior), idD: agent(idD, delegation.Principal),
+	}
+	check := func(from, to string, chain []delegation.Grant, roles []string, scopes map[string][]string) (delegation.Grant, error) {
+		d := agents[to]
+		return rules.Check(delegation.Request{Delegator: agents[from], Delegatee: &d, Chain: chain, Ancestors: agents,
+			Roles: roles, Scopes: scopes, TTL: time.Hour, MaxDepth: 2 - len(chain)}, now)
+	}
+	g1, err := check(idA, idB, nil, []string{"db-read", "tickets-write"}, map[string][]string{"tickets-write": {"tickets.update", "tickets.list", "tickets.list"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"tickets.list", "tickets.update"}; !slices.Equal(g1.Scopes["tickets-write"], want) || len(g1.Scopes) != 1 {
+		t.Fatalf("g1.Scopes = %v, want tickets-write: %q", g1.Scopes, want)
+	}
+	g1.ID = "g1"
+	chain := []delegation.Grant{g1}
+	auth, err := delegation.Effective(agents[idB], chain, agents, now)
+	if err != nil || !slices.Equal(auth.Scopes["tickets-write"], []string{"tickets.list", "tickets.update"}) || len(auth.Scopes) != 1 {
+		t.Fatalf("Effective(B).Scopes = %v, %v", auth.Scopes, err)
+	}
+
+	for name, tt := range map[string]struct {
+		roles  []string
+		scopes map[string][]string
+		want   string
+	}{
+		"wider than the chain": {[]string{"tickets-write"}, map[string][]string{"tickets-write": {"tickets.list", "tickets.delete"}},
+			`may pass on only the scopes ["tickets.list" "tickets.update"] of role "tickets-write" here (narrowed by a grant in its chain), not ["tickets.delete"]`},
+		"a role the grant does not give": {[]string{"db-read"}, map[string][]string{"tickets-write": {"tickets.list"}},
+			`scopes are given for role "tickets-write", which the grant does not give`},
+		"no scope": {[]string{"tickets-write"}, map[string][]string{"tickets-write": {}}, "narrowed to no scope at all"},
+	} {
+		_, err := check(idB, idC, chain, tt.roles, tt.scopes)
+		if !errors.Is(err, delegation.ErrScope) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: Check = %v, want ErrScope saying %s", name, err, tt.want)
+		}
+	}
+
+	// Narrower: allowed; the chain keeps the intersection.
+	g2, err := check(idB, idC, chain, []string{"db-read", "tickets-write"}, map[string][]string{"tickets-write": {"tickets.list"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2.ID = "g2"
+	chain = append(chain, g2)
+	if auth, err = delegation.Effective(agents[idC], chain, agents, now); err != nil || !slices.Equal(auth.Scopes["tickets-write"], []string{"tickets.list"}) {
+		t.Fatalf("Effective(C).Scopes = %v, %v", auth.Scopes, err)
+	}
+	// A grant below that does not name the role keeps the chain's scopes.
+	g3, err := check(idC, idD, chain, []string{"tickets-write"}, nil)
+	if err != nil || g3.Scopes != nil {
+		t.Fatalf("g3 = %+v, %v", g3, err)
+	}
+	g3.ID = "g3"
+	if auth, err = delegation.Effective(agents[idD], append(chain, g3), agents, now); err != nil || !slices.Equal(auth.Scopes["tickets-write"], []string{"tickets.list"}) {
+		t.Fatalf("Effective(D).Scopes = %v, %v", auth.Scopes, err)
+	}
+	// A role the chain no longer gives takes its scopes with it.
+	g3.Roles = []string{"db-read"}
+	if auth, err = delegation.Effective(agents[idD], append(chain, g3), agents, now); err != nil || len(auth.Scopes) != 0 {
+		t.Fatalf("Effective(D).Scopes without tickets-write = %v, %v", auth.Scopes, err)
+	}
 }

@@ -231,6 +231,36 @@ func (s *Service) mayPassOn(a store.Agent, roles []string) error {
 	return nil
 }
 
+// grantScopes are the scopes a grant narrows roles to, by role, each a
+// scope of an access-token role (kind jwt): a Vault role has none to
+// narrow.
+func (s *Service) grantScopes(in []*brokerv1.RoleScopes) (map[string][]string, error) {
+	if len(in) == 0 {
+		return nil, nil
+	}
+	out := make(map[string][]string, len(in))
+	for _, rs := range in {
+		name := rs.GetRole()
+		if _, dup := out[name]; dup {
+			return nil, fault.New(fault.Invalid, "scopes of role %q are given twice; give them once", name)
+		}
+		role, ok := s.cfg.Roles[name]
+		switch {
+		case !ok:
+			return nil, fault.New(fault.Invalid, "scopes are given for %q, which is no role of this broker", name)
+		case role.Kind != config.KindJWT:
+			return nil, fault.New(fault.Invalid, "role %q is a Vault role (kind %s): only roles of kind jwt have scopes to narrow", name, role.Kind)
+		}
+		for _, sc := range rs.GetScopes() {
+			if !slices.Contains(role.Scopes, sc) {
+				return nil, fault.New(fault.Invalid, "scope %q is not one of role %s's: %s", sc, name, strings.Join(role.Scopes, " "))
+			}
+		}
+		out[name] = rs.GetScopes()
+	}
+	return out, nil
+}
+
 // principal is agent a as delegation sees it.
 func (s *Service) principal(a store.Agent) delegation.Agent {
 	return decide.Principal(a, s.cfg.Roles, s.cfg.Gate)
@@ -279,10 +309,15 @@ func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (
 	if err != nil {
 		return nil, err
 	}
+	scopes, err := s.grantScopes(req.GetScopes())
+	if err != nil {
+		return nil, err
+	}
 	dreq := delegation.Request{
 		Delegator: s.principal(a),
 		Delegatee: delegatee,
 		Roles:     req.GetRoles(),
+		Scopes:    scopes,
 		TTL:       req.GetTtl().AsDuration(),
 		MaxDepth:  int(req.GetMaxDepth()),
 	}

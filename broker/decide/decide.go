@@ -22,6 +22,7 @@ package decide
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,9 @@ const (
 	ReasonGrant   authz.Reason = "grant"
 	ReasonAnomaly authz.Reason = "anomaly"
 	ReasonRevoked authz.Reason = "revoked"
+	// ReasonScope: an access token asked for scopes wider than the
+	// grants of the chain allow of its role.
+	ReasonScope authz.Reason = "scope"
 )
 
 // Request is a credential request as the decision sees it.
@@ -74,6 +78,9 @@ type Authority struct {
 	// issued under the chain keeps within the limits of every one of them.
 	// Empty without a chain.
 	Levels []authz.Level
+	// GrantScopes are, for each access-token role the chain's grants
+	// narrow, the scopes they allow of it (delegation.Authority.Scopes).
+	GrantScopes map[string][]string
 }
 
 // Lineage is the agent whose authority the credential rests on.
@@ -212,7 +219,7 @@ func Attenuate(why Reasons, own Authority, self delegation.Agent, grants []deleg
 	}
 	agent := *own.Agent
 	agent.Level, agent.Roles = authz.Level(auth.Level), auth.Roles
-	out := Authority{Agent: &agent, Chain: auth.Chain, GrantIDs: auth.GrantIDs, NotAfter: auth.ExpiresAt}
+	out := Authority{Agent: &agent, Chain: auth.Chain, GrantIDs: auth.GrantIDs, NotAfter: auth.ExpiresAt, GrantScopes: auth.Scopes}
 	for _, g := range grants {
 		if an, ok := ancestors[g.Delegator]; ok {
 			out.Levels = append(out.Levels, authz.Level(an.Level))
@@ -252,6 +259,13 @@ func Decide(in Input, why Reasons) (Plan, *Refusal) {
 	}
 	p := Plan{Request: in.Request, Level: in.Agent.Level, Policies: in.Role.Policies, TTL: d.TTL, MaxUses: d.MaxUses, Notify: d.Notify,
 		NeedsApproval: d.Outcome == authz.NeedsApproval && in.ApprovalID == "", Authority: in.Authority, Reasons: why}
+	if allowed, narrowed := in.GrantScopes[in.Role.Name]; narrowed {
+		var refused *authz.Decision
+		if p.Request.Scopes, refused = narrowScopes(in.Request.Scopes, allowed, in.Role.Name, in.GrantID); refused != nil {
+			why.explain(*refused)
+			return Plan{}, Deny(why, *refused)
+		}
+	}
 	// A delegated credential never exceeds what any agent along the chain
 	// could hold itself: the strictest lifetime and use limits apply. An
 	// approval request is clamped too, so the approver sees what would be
@@ -270,6 +284,26 @@ func Decide(in Input, why Reasons) (Plan, *Refusal) {
 		}
 	}
 	return p, nil
+}
+
+// narrowScopes are the scopes an access token of role may carry under a
+// chain whose grants allow only allowed of it: those asked for if all are
+// allowed, all allowed if none is asked for; else the refusal.
+func narrowScopes(asked, allowed []string, role, grant string) ([]string, *authz.Decision) {
+	if len(asked) == 0 {
+		if len(allowed) == 0 {
+			return nil, &authz.Decision{Outcome: authz.Deny, Reason: ReasonScope,
+				Message: fmt.Sprintf("the grants of the chain under grant %s leave no scope of role %q", grant, role)}
+		}
+		return allowed, nil
+	}
+	for _, sc := range asked {
+		if !slices.Contains(allowed, sc) {
+			return nil, &authz.Decision{Outcome: authz.Deny, Reason: ReasonScope,
+				Message: fmt.Sprintf("scope %q of role %q is wider than the grants of the chain under grant %s allow: %s", sc, role, grant, strings.Join(allowed, " "))}
+		}
+	}
+	return asked, nil
 }
 
 // delegatorDecision is d unless the delegator up (the i-th agent of the

@@ -166,6 +166,9 @@ func (s *Server) refused(ctx context.Context, w http.ResponseWriter, err error) 
 		case string(decide.ReasonGrant), string(decide.ReasonRevoked):
 			s.fail(ctx, w, http.StatusBadRequest, "invalid_grant", err.Error(), decision)
 			return
+		case string(decide.ReasonScope):
+			s.fail(ctx, w, http.StatusBadRequest, "invalid_scope", err.Error(), decision)
+			return
 		}
 	}
 	// The gRPC edge's answer (its code, its words, when to retry), as

@@ -4,6 +4,9 @@
 package protoconv
 
 import (
+	"maps"
+	"slices"
+
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -153,6 +156,9 @@ func GrantToProto(g delegation.Grant) *brokerv1.Grant {
 	}
 	if !g.RevokedAt.IsZero() {
 		p.RevokedAt = timestamppb.New(g.RevokedAt)
+	}
+	for _, role := range slices.Sorted(maps.Keys(g.Scopes)) {
+		p.Scopes = append(p.Scopes, &brokerv1.RoleScopes{Role: role, Scopes: g.Scopes[role]})
 	}
 	return p
 }

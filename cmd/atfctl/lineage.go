@@ -23,18 +23,28 @@ func newDelegate(g *globals) *cobra.Command {
 	var (
 		to, parent string
 		roles      []string
+		scopes     []string
 		ttl        time.Duration
 		maxDepth   int32
 	)
 	cmd := &cobra.Command{
-		Use:   "delegate --to SPIFFE_ID --role ROLE... [--ttl 10m] [--max-depth N]",
+		Use:   "delegate --to SPIFFE_ID --role ROLE... [--scope ROLE=SCOPE,...] [--ttl 10m] [--max-depth N]",
 		Short: "Give another agent a narrower slice of your authority",
 		Example: `  atfctl delegate --to spiffe://example.org/agents/helper --role reports-read --ttl 10m
-  atfctl delegate --to spiffe://example.org/agents/sub --role reports-read --parent 3f2a... --max-depth 0`,
+  atfctl delegate --to spiffe://example.org/agents/sub --role reports-read --parent 3f2a... --max-depth 0
+  atfctl delegate --to spiffe://example.org/agents/helper --role mcp-tools --scope mcp-tools=tools.list`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if to == "" || len(roles) == 0 {
 				return usageError{fmt.Errorf("--to and at least one --role are required")}
+			}
+			var rs []*brokerv1.RoleScopes
+			for _, sc := range scopes {
+				role, list, ok := strings.Cut(sc, "=")
+				if !ok || role == "" || list == "" {
+					return usageError{fmt.Errorf("--scope %q must be ROLE=SCOPE[,SCOPE...], such as mcp-tools=tools.list", sc)}
+				}
+				rs = append(rs, &brokerv1.RoleScopes{Role: role, Scopes: strings.Split(list, ",")})
 			}
 			c, err := g.dial(cmd.Context())
 			if err != nil {
@@ -42,7 +52,7 @@ func newDelegate(g *globals) *cobra.Command {
 			}
 			defer c.Close()
 			r, err := c.Broker.Delegate(cmd.Context(), &brokerv1.DelegateRequest{
-				Delegatee: to, Roles: roles, Ttl: durationpb.New(ttl), MaxDepth: maxDepth, ParentGrantId: parent,
+				Delegatee: to, Roles: roles, Ttl: durationpb.New(ttl), MaxDepth: maxDepth, ParentGrantId: parent, Scopes: rs,
 			})
 			if err != nil {
 				return err
@@ -53,6 +63,7 @@ func newDelegate(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&to, "to", "", "the agent to delegate to (required)")
 	f.StringSliceVar(&roles, "role", nil, "role to delegate (repeatable; required)")
+	f.StringArrayVar(&scopes, "scope", nil, "narrow an access-token role (kind jwt) to some of its scopes: ROLE=SCOPE,SCOPE (repeatable, once per role)")
 	f.DurationVar(&ttl, "ttl", time.Hour, "how long the grant lives")
 	f.Int32Var(&maxDepth, "max-depth", 0, "how many further hops the delegatee may re-delegate")
 	f.StringVar(&parent, "parent", "", "delegate from a grant you hold instead of your own authority")
@@ -213,6 +224,9 @@ func grantTable(w *tabwriter.Writer, gr *brokerv1.Grant) {
 	fmt.Fprintf(w, "Delegator:\t%s\n", gr.GetDelegator())
 	fmt.Fprintf(w, "Delegatee:\t%s\n", gr.GetDelegatee())
 	fmt.Fprintf(w, "Roles:\t%s\n", strings.Join(gr.GetRoles(), ", "))
+	for _, rs := range gr.GetScopes() {
+		fmt.Fprintf(w, "Scopes of %s:\t%s\n", rs.GetRole(), strings.Join(rs.GetScopes(), " "))
+	}
 	fmt.Fprintf(w, "Expires:\t%s\n", ts(gr.GetExpiresAt()))
 	fmt.Fprintf(w, "Depth:\t%d (may re-delegate %d more)\n", gr.GetDepth(), gr.GetMaxDepth())
 }

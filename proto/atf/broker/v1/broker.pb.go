@@ -1084,6 +1084,12 @@ type DelegateRequest struct {
 	MaxDepth int32 `protobuf:"varint,4,opt,name=max_depth,json=maxDepth,proto3" json:"max_depth,omitempty"`
 	// Delegate from a grant the caller holds rather than its own authority.
 	ParentGrantId string `protobuf:"bytes,5,opt,name=parent_grant_id,json=parentGrantId,proto3" json:"parent_grant_id,omitempty"`
+	// Narrow access-token roles (kind jwt) further than by role: for each
+	// role named here, one of roles, the delegatee (and whoever it
+	// delegates to) may ask tokens only for these of its scopes, which must
+	// be within what the caller itself may ask for. A role not named keeps
+	// the scopes the caller has of it.
+	Scopes        []*RoleScopes `protobuf:"bytes,6,rep,name=scopes,proto3" json:"scopes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1153,6 +1159,66 @@ func (x *DelegateRequest) GetParentGrantId() string {
 	return ""
 }
 
+func (x *DelegateRequest) GetScopes() []*RoleScopes {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+// RoleScopes are the scopes of one access-token role a grant allows.
+type RoleScopes struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Role          string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	Scopes        []string               `protobuf:"bytes,2,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleScopes) Reset() {
+	*x = RoleScopes{}
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleScopes) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleScopes) ProtoMessage() {}
+
+func (x *RoleScopes) ProtoReflect() protoreflect.Message {
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleScopes.ProtoReflect.Descriptor instead.
+func (*RoleScopes) Descriptor() ([]byte, []int) {
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RoleScopes) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *RoleScopes) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
 type DelegateResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Grant         *Grant                 `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
@@ -1162,7 +1228,7 @@ type DelegateResponse struct {
 
 func (x *DelegateResponse) Reset() {
 	*x = DelegateResponse{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[9]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +1240,7 @@ func (x *DelegateResponse) String() string {
 func (*DelegateResponse) ProtoMessage() {}
 
 func (x *DelegateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[9]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +1253,7 @@ func (x *DelegateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelegateResponse.ProtoReflect.Descriptor instead.
 func (*DelegateResponse) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DelegateResponse) GetGrant() *Grant {
@@ -1211,14 +1277,17 @@ type Grant struct {
 	// 1 for a grant of the delegator's own authority.
 	Depth int32 `protobuf:"varint,9,opt,name=depth,proto3" json:"depth,omitempty"`
 	// Set once revoked.
-	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	// The scopes it allows of access-token roles it narrows (others: all
+	// the delegator had).
+	Scopes        []*RoleScopes `protobuf:"bytes,11,rep,name=scopes,proto3" json:"scopes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[10]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1299,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[10]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1312,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Grant) GetId() string {
@@ -1316,6 +1385,13 @@ func (x *Grant) GetRevokedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Grant) GetScopes() []*RoleScopes {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
 type RevokeGrantRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	GrantId       string                 `protobuf:"bytes,1,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
@@ -1326,7 +1402,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[11]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1414,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[11]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1427,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RevokeGrantRequest) GetGrantId() string {
@@ -1377,7 +1453,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[12]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +1465,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[12]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +1478,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RevokeGrantResponse) GetSummary() *RevocationSummary {
@@ -1432,7 +1508,7 @@ type RevocationSummary struct {
 
 func (x *RevocationSummary) Reset() {
 	*x = RevocationSummary{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[13]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1520,7 @@ func (x *RevocationSummary) String() string {
 func (*RevocationSummary) ProtoMessage() {}
 
 func (x *RevocationSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[13]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1533,7 @@ func (x *RevocationSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevocationSummary.ProtoReflect.Descriptor instead.
 func (*RevocationSummary) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RevocationSummary) GetGrantsRevoked() int32 {
@@ -1522,7 +1598,7 @@ type WatchRevocationsRequest struct {
 
 func (x *WatchRevocationsRequest) Reset() {
 	*x = WatchRevocationsRequest{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[14]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1610,7 @@ func (x *WatchRevocationsRequest) String() string {
 func (*WatchRevocationsRequest) ProtoMessage() {}
 
 func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[14]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1623,7 @@ func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchRevocationsRequest) GetResumeAfter() string {
@@ -1588,7 +1664,7 @@ type WatchRevocationsResponse struct {
 
 func (x *WatchRevocationsResponse) Reset() {
 	*x = WatchRevocationsResponse{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[15]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1676,7 @@ func (x *WatchRevocationsResponse) String() string {
 func (*WatchRevocationsResponse) ProtoMessage() {}
 
 func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[15]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1689,7 @@ func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchRevocationsResponse) GetAccessors() []string {
@@ -1676,7 +1752,7 @@ type ReportOutcomeRequest struct {
 
 func (x *ReportOutcomeRequest) Reset() {
 	*x = ReportOutcomeRequest{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1764,7 @@ func (x *ReportOutcomeRequest) String() string {
 func (*ReportOutcomeRequest) ProtoMessage() {}
 
 func (x *ReportOutcomeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[16]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1777,7 @@ func (x *ReportOutcomeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportOutcomeRequest.ProtoReflect.Descriptor instead.
 func (*ReportOutcomeRequest) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReportOutcomeRequest) GetOutcome() Outcome {
@@ -1747,7 +1823,7 @@ type ReportOutcomeResponse struct {
 
 func (x *ReportOutcomeResponse) Reset() {
 	*x = ReportOutcomeResponse{}
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1835,7 @@ func (x *ReportOutcomeResponse) String() string {
 func (*ReportOutcomeResponse) ProtoMessage() {}
 
 func (x *ReportOutcomeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_atf_broker_v1_broker_proto_msgTypes[17]
+	mi := &file_atf_broker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1848,7 @@ func (x *ReportOutcomeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportOutcomeResponse.ProtoReflect.Descriptor instead.
 func (*ReportOutcomeResponse) Descriptor() ([]byte, []int) {
-	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_atf_broker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 var File_atf_broker_v1_broker_proto protoreflect.FileDescriptor
@@ -1861,16 +1937,22 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\x10lease_expires_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x1a9\n" +
 	"\vSecretEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdb\x02\n" +
 	"\x0fDelegateRequest\x123\n" +
 	"\tdelegatee\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\tdelegatee\x12+\n" +
 	"\x05roles\x18\x02 \x03(\tB\x15\xbaH\x12\x92\x01\x0f\b\x01\x10@\x18\x01\"\ar\x05\x10\x01\x18\x80\x01R\x05roles\x12=\n" +
 	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x10\xbaH\r\xaa\x01\n" +
 	"\"\x04\b\x80\xf5$2\x02\b\x01R\x03ttl\x12&\n" +
 	"\tmax_depth\x18\x04 \x01(\x05B\t\xbaH\x06\x1a\x04\x18\b(\x00R\bmaxDepth\x12B\n" +
-	"\x0fparent_grant_id\x18\x05 \x01(\tB\x1a\xbaH\x17r\x15\x18@2\x11^([0-9a-f]{32})?$R\rparentGrantId\">\n" +
+	"\x0fparent_grant_id\x18\x05 \x01(\tB\x1a\xbaH\x17r\x15\x18@2\x11^([0-9a-f]{32})?$R\rparentGrantId\x12;\n" +
+	"\x06scopes\x18\x06 \x03(\v2\x19.atf.broker.v1.RoleScopesB\b\xbaH\x05\x92\x01\x02\x10@R\x06scopes\"[\n" +
+	"\n" +
+	"RoleScopes\x12\x1e\n" +
+	"\x04role\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x04role\x12-\n" +
+	"\x06scopes\x18\x02 \x03(\tB\x15\xbaH\x12\x92\x01\x0f\b\x01\x10@\x18\x01\"\ar\x05\x10\x01\x18\x80\x01R\x06scopes\">\n" +
 	"\x10DelegateResponse\x12*\n" +
-	"\x05grant\x18\x01 \x01(\v2\x14.atf.broker.v1.GrantR\x05grant\"\xf5\x02\n" +
+	"\x05grant\x18\x01 \x01(\v2\x14.atf.broker.v1.GrantR\x05grant\"\xa8\x03\n" +
 	"\x05Grant\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12&\n" +
 	"\x0fparent_grant_id\x18\x02 \x01(\tR\rparentGrantId\x12\x1c\n" +
@@ -1885,7 +1967,8 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\x05depth\x18\t \x01(\x05R\x05depth\x129\n" +
 	"\n" +
 	"revoked_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"j\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x121\n" +
+	"\x06scopes\x18\v \x03(\v2\x19.atf.broker.v1.RoleScopesR\x06scopes\"j\n" +
 	"\x12RevokeGrantRequest\x120\n" +
 	"\bgrant_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{32}$R\agrantId\x12\"\n" +
 	"\x06reason\x18\x02 \x01(\tB\n" +
@@ -1970,7 +2053,7 @@ func file_atf_broker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_atf_broker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_atf_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_atf_broker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_atf_broker_v1_broker_proto_goTypes = []any{
 	(Level)(0),                       // 0: atf.broker.v1.Level
 	(AgentStatus)(0),                 // 1: atf.broker.v1.AgentStatus
@@ -1986,68 +2069,71 @@ var file_atf_broker_v1_broker_proto_goTypes = []any{
 	(*WaitApprovalResponse)(nil),     // 11: atf.broker.v1.WaitApprovalResponse
 	(*Credential)(nil),               // 12: atf.broker.v1.Credential
 	(*DelegateRequest)(nil),          // 13: atf.broker.v1.DelegateRequest
-	(*DelegateResponse)(nil),         // 14: atf.broker.v1.DelegateResponse
-	(*Grant)(nil),                    // 15: atf.broker.v1.Grant
-	(*RevokeGrantRequest)(nil),       // 16: atf.broker.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),      // 17: atf.broker.v1.RevokeGrantResponse
-	(*RevocationSummary)(nil),        // 18: atf.broker.v1.RevocationSummary
-	(*WatchRevocationsRequest)(nil),  // 19: atf.broker.v1.WatchRevocationsRequest
-	(*WatchRevocationsResponse)(nil), // 20: atf.broker.v1.WatchRevocationsResponse
-	(*ReportOutcomeRequest)(nil),     // 21: atf.broker.v1.ReportOutcomeRequest
-	(*ReportOutcomeResponse)(nil),    // 22: atf.broker.v1.ReportOutcomeResponse
-	nil,                              // 23: atf.broker.v1.Credential.SecretEntry
-	(*timestamppb.Timestamp)(nil),    // 24: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 25: google.protobuf.Duration
+	(*RoleScopes)(nil),               // 14: atf.broker.v1.RoleScopes
+	(*DelegateResponse)(nil),         // 15: atf.broker.v1.DelegateResponse
+	(*Grant)(nil),                    // 16: atf.broker.v1.Grant
+	(*RevokeGrantRequest)(nil),       // 17: atf.broker.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),      // 18: atf.broker.v1.RevokeGrantResponse
+	(*RevocationSummary)(nil),        // 19: atf.broker.v1.RevocationSummary
+	(*WatchRevocationsRequest)(nil),  // 20: atf.broker.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil), // 21: atf.broker.v1.WatchRevocationsResponse
+	(*ReportOutcomeRequest)(nil),     // 22: atf.broker.v1.ReportOutcomeRequest
+	(*ReportOutcomeResponse)(nil),    // 23: atf.broker.v1.ReportOutcomeResponse
+	nil,                              // 24: atf.broker.v1.Credential.SecretEntry
+	(*timestamppb.Timestamp)(nil),    // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 26: google.protobuf.Duration
 }
 var file_atf_broker_v1_broker_proto_depIdxs = []int32{
 	2,  // 0: atf.broker.v1.WhoAmIResponse.auth_method:type_name -> atf.broker.v1.AuthMethod
-	24, // 1: atf.broker.v1.WhoAmIResponse.svid_expires_at:type_name -> google.protobuf.Timestamp
+	25, // 1: atf.broker.v1.WhoAmIResponse.svid_expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: atf.broker.v1.WhoAmIResponse.level:type_name -> atf.broker.v1.Level
 	1,  // 3: atf.broker.v1.WhoAmIResponse.status:type_name -> atf.broker.v1.AgentStatus
-	25, // 4: atf.broker.v1.FetchCredentialRequest.ttl:type_name -> google.protobuf.Duration
+	26, // 4: atf.broker.v1.FetchCredentialRequest.ttl:type_name -> google.protobuf.Duration
 	12, // 5: atf.broker.v1.FetchCredentialResponse.credential:type_name -> atf.broker.v1.Credential
 	9,  // 6: atf.broker.v1.FetchCredentialResponse.approval:type_name -> atf.broker.v1.Approval
 	0,  // 7: atf.broker.v1.Approval.level:type_name -> atf.broker.v1.Level
-	25, // 8: atf.broker.v1.Approval.ttl:type_name -> google.protobuf.Duration
+	26, // 8: atf.broker.v1.Approval.ttl:type_name -> google.protobuf.Duration
 	3,  // 9: atf.broker.v1.Approval.status:type_name -> atf.broker.v1.ApprovalStatus
-	24, // 10: atf.broker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
-	24, // 11: atf.broker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
-	24, // 12: atf.broker.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
+	25, // 10: atf.broker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
+	25, // 11: atf.broker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
+	25, // 12: atf.broker.v1.Approval.decided_at:type_name -> google.protobuf.Timestamp
 	9,  // 13: atf.broker.v1.WaitApprovalResponse.approval:type_name -> atf.broker.v1.Approval
-	24, // 14: atf.broker.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	24, // 15: atf.broker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	25, // 14: atf.broker.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	25, // 15: atf.broker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 16: atf.broker.v1.Credential.level:type_name -> atf.broker.v1.Level
-	23, // 17: atf.broker.v1.Credential.secret:type_name -> atf.broker.v1.Credential.SecretEntry
-	24, // 18: atf.broker.v1.Credential.lease_expires_at:type_name -> google.protobuf.Timestamp
-	25, // 19: atf.broker.v1.DelegateRequest.ttl:type_name -> google.protobuf.Duration
-	15, // 20: atf.broker.v1.DelegateResponse.grant:type_name -> atf.broker.v1.Grant
-	24, // 21: atf.broker.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
-	24, // 22: atf.broker.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
-	24, // 23: atf.broker.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
-	18, // 24: atf.broker.v1.RevokeGrantResponse.summary:type_name -> atf.broker.v1.RevocationSummary
-	25, // 25: atf.broker.v1.RevocationSummary.commit_duration:type_name -> google.protobuf.Duration
-	25, // 26: atf.broker.v1.RevocationSummary.total_duration:type_name -> google.protobuf.Duration
-	24, // 27: atf.broker.v1.WatchRevocationsResponse.time:type_name -> google.protobuf.Timestamp
-	4,  // 28: atf.broker.v1.ReportOutcomeRequest.outcome:type_name -> atf.broker.v1.Outcome
-	5,  // 29: atf.broker.v1.BrokerService.WhoAmI:input_type -> atf.broker.v1.WhoAmIRequest
-	7,  // 30: atf.broker.v1.BrokerService.FetchCredential:input_type -> atf.broker.v1.FetchCredentialRequest
-	13, // 31: atf.broker.v1.BrokerService.Delegate:input_type -> atf.broker.v1.DelegateRequest
-	16, // 32: atf.broker.v1.BrokerService.RevokeGrant:input_type -> atf.broker.v1.RevokeGrantRequest
-	19, // 33: atf.broker.v1.BrokerService.WatchRevocations:input_type -> atf.broker.v1.WatchRevocationsRequest
-	10, // 34: atf.broker.v1.BrokerService.WaitApproval:input_type -> atf.broker.v1.WaitApprovalRequest
-	21, // 35: atf.broker.v1.BrokerService.ReportOutcome:input_type -> atf.broker.v1.ReportOutcomeRequest
-	6,  // 36: atf.broker.v1.BrokerService.WhoAmI:output_type -> atf.broker.v1.WhoAmIResponse
-	8,  // 37: atf.broker.v1.BrokerService.FetchCredential:output_type -> atf.broker.v1.FetchCredentialResponse
-	14, // 38: atf.broker.v1.BrokerService.Delegate:output_type -> atf.broker.v1.DelegateResponse
-	17, // 39: atf.broker.v1.BrokerService.RevokeGrant:output_type -> atf.broker.v1.RevokeGrantResponse
-	20, // 40: atf.broker.v1.BrokerService.WatchRevocations:output_type -> atf.broker.v1.WatchRevocationsResponse
-	11, // 41: atf.broker.v1.BrokerService.WaitApproval:output_type -> atf.broker.v1.WaitApprovalResponse
-	22, // 42: atf.broker.v1.BrokerService.ReportOutcome:output_type -> atf.broker.v1.ReportOutcomeResponse
-	36, // [36:43] is the sub-list for method output_type
-	29, // [29:36] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	24, // 17: atf.broker.v1.Credential.secret:type_name -> atf.broker.v1.Credential.SecretEntry
+	25, // 18: atf.broker.v1.Credential.lease_expires_at:type_name -> google.protobuf.Timestamp
+	26, // 19: atf.broker.v1.DelegateRequest.ttl:type_name -> google.protobuf.Duration
+	14, // 20: atf.broker.v1.DelegateRequest.scopes:type_name -> atf.broker.v1.RoleScopes
+	16, // 21: atf.broker.v1.DelegateResponse.grant:type_name -> atf.broker.v1.Grant
+	25, // 22: atf.broker.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
+	25, // 23: atf.broker.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
+	25, // 24: atf.broker.v1.Grant.revoked_at:type_name -> google.protobuf.Timestamp
+	14, // 25: atf.broker.v1.Grant.scopes:type_name -> atf.broker.v1.RoleScopes
+	19, // 26: atf.broker.v1.RevokeGrantResponse.summary:type_name -> atf.broker.v1.RevocationSummary
+	26, // 27: atf.broker.v1.RevocationSummary.commit_duration:type_name -> google.protobuf.Duration
+	26, // 28: atf.broker.v1.RevocationSummary.total_duration:type_name -> google.protobuf.Duration
+	25, // 29: atf.broker.v1.WatchRevocationsResponse.time:type_name -> google.protobuf.Timestamp
+	4,  // 30: atf.broker.v1.ReportOutcomeRequest.outcome:type_name -> atf.broker.v1.Outcome
+	5,  // 31: atf.broker.v1.BrokerService.WhoAmI:input_type -> atf.broker.v1.WhoAmIRequest
+	7,  // 32: atf.broker.v1.BrokerService.FetchCredential:input_type -> atf.broker.v1.FetchCredentialRequest
+	13, // 33: atf.broker.v1.BrokerService.Delegate:input_type -> atf.broker.v1.DelegateRequest
+	17, // 34: atf.broker.v1.BrokerService.RevokeGrant:input_type -> atf.broker.v1.RevokeGrantRequest
+	20, // 35: atf.broker.v1.BrokerService.WatchRevocations:input_type -> atf.broker.v1.WatchRevocationsRequest
+	10, // 36: atf.broker.v1.BrokerService.WaitApproval:input_type -> atf.broker.v1.WaitApprovalRequest
+	22, // 37: atf.broker.v1.BrokerService.ReportOutcome:input_type -> atf.broker.v1.ReportOutcomeRequest
+	6,  // 38: atf.broker.v1.BrokerService.WhoAmI:output_type -> atf.broker.v1.WhoAmIResponse
+	8,  // 39: atf.broker.v1.BrokerService.FetchCredential:output_type -> atf.broker.v1.FetchCredentialResponse
+	15, // 40: atf.broker.v1.BrokerService.Delegate:output_type -> atf.broker.v1.DelegateResponse
+	18, // 41: atf.broker.v1.BrokerService.RevokeGrant:output_type -> atf.broker.v1.RevokeGrantResponse
+	21, // 42: atf.broker.v1.BrokerService.WatchRevocations:output_type -> atf.broker.v1.WatchRevocationsResponse
+	11, // 43: atf.broker.v1.BrokerService.WaitApproval:output_type -> atf.broker.v1.WaitApprovalResponse
+	23, // 44: atf.broker.v1.BrokerService.ReportOutcome:output_type -> atf.broker.v1.ReportOutcomeResponse
+	38, // [38:45] is the sub-list for method output_type
+	31, // [31:38] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_atf_broker_v1_broker_proto_init() }
@@ -2061,7 +2147,7 @@ func file_atf_broker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_atf_broker_v1_broker_proto_rawDesc), len(file_atf_broker_v1_broker_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
