@@ -14,6 +14,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -564,6 +565,11 @@ func TestDeployment(t *testing.T) {
 			checkEtcdConfig(t, cfg)
 		}},
 		{[]string{"etcd", "hostpath-socket"}, checkHostPathSocket},
+		{[]string{"oauth"}, func(t *testing.T, d deployment, cfg config.Config) {
+			checkCSISocket(t, d, cfg)
+			checkOAuthConfig(t, cfg)
+		}},
+		{[]string{"oauth", "hostpath-socket", "grpc-tls-probe"}, checkHostPathSocket},
 	}
 	dirs, err := filepath.Glob(filepath.Join("components", "*"))
 	if err != nil {
@@ -815,10 +821,10 @@ func selects(t *testing.T, sel *metav1.LabelSelector, set map[string]string) boo
 // configuration: what every variant holds, then its store's mode.
 func checkDeployment(t *testing.T, d deployment, cfg config.Config) {
 	checkObjects(t, d)
-	grpcPort, metricsPort := checkPorts(t, d, cfg)
+	ports := checkPorts(t, d, cfg)
 	checkSecurity(t, d)
-	checkService(t, d, grpcPort, metricsPort)
-	checkIngress(t, d, grpcPort, metricsPort)
+	checkService(t, d, ports)
+	checkIngress(t, d, ports)
 	checkSPIFFEID(t, d)
 	if m, _ := mountAt(t, d, socketDir(t, cfg)); !m.ReadOnly {
 		t.Errorf("the Workload API socket's directory %s is mounted read-write", m.MountPath)
@@ -876,24 +882,35 @@ func checkObjects(t *testing.T, d deployment) {
 // checkPorts checks the container's ports against the configuration's
 // (reachable, named) and its probes against what each port speaks, and
 // returns the gRPC and metrics ports.
-func checkPorts(t *testing.T, d deployment, cfg config.Config) (grpcPort, metricsPort int32) {
+func checkPorts(t *testing.T, d deployment, cfg config.Config) []int32 {
 	c := d.container(t)
-	grpcPort = hostPort(t, "listen_addr", cfg.ListenAddr)
+	grpcPort := hostPort(t, "listen_addr", cfg.ListenAddr)
 	if cfg.MetricsAddr == "" {
 		t.Fatal("metrics_addr is off: liveness needs it")
 	}
-	metricsPort = hostPort(t, "metrics_addr", cfg.MetricsAddr)
-	for name, want := range map[string]int32{"grpc": grpcPort, "metrics": metricsPort} {
-		if got := containerPort(c, intstr.FromString(name)); got != want {
-			t.Errorf("container port %q is %d, want %d from the configuration", name, got, want)
+	metricsPort := hostPort(t, "metrics_addr", cfg.MetricsAddr)
+	want := map[string]int32{"grpc": grpcPort, "metrics": metricsPort}
+	// The OAuth listener, when on, has a port of its own; a port without
+	// the listener would be dead.
+	if cfg.OAuth.ListenAddr != "" {
+		want["oauth"] = hostPort(t, "oauth.listen_addr", cfg.OAuth.ListenAddr)
+	} else if p := containerPort(c, intstr.FromString("oauth")); p != 0 {
+		t.Errorf("container port oauth (%d), but oauth.listen_addr is off", p)
+	}
+	ports := make([]int32, 0, len(want))
+	for name, port := range want {
+		if got := containerPort(c, intstr.FromString(name)); got != port {
+			t.Errorf("container port %q is %d, want %d from the configuration", name, got, port)
 		}
+		ports = append(ports, port)
 	}
 	for name, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
 		if err := checkProbe(c, p, grpcPort, metricsPort); err != nil {
 			t.Errorf("%s probe: %v", name, err)
 		}
 	}
-	return grpcPort, metricsPort
+	slices.Sort(ports)
+	return ports
 }
 
 // checkSecurity checks the pod's and the container's security context
@@ -928,7 +945,7 @@ func checkSecurity(t *testing.T, d deployment) {
 
 // checkService checks that the Service serves atfd's two ports, by name,
 // on the same numbers.
-func checkService(t *testing.T, d deployment, grpcPort, metricsPort int32) {
+func checkService(t *testing.T, d deployment, ports []int32) {
 	svc := get[corev1.Service](t, d, "Service")
 	pod := get[appsv1.StatefulSet](t, d, "StatefulSet").Spec.Template
 	c := d.container(t)
@@ -944,8 +961,8 @@ func checkService(t *testing.T, d deployment, grpcPort, metricsPort int32) {
 		served = append(served, port)
 	}
 	slices.Sort(served)
-	if want := []int32{min(grpcPort, metricsPort), max(grpcPort, metricsPort)}; !slices.Equal(served, want) {
-		t.Errorf("Service serves ports %v, want %v", served, want)
+	if !slices.Equal(served, ports) {
+		t.Errorf("Service serves ports %v, want %v", served, ports)
 	}
 }
 
@@ -973,7 +990,7 @@ func networkPolicies(t *testing.T, d deployment) []*networkingv1.NetworkPolicy {
 
 // checkIngress checks that the NetworkPolicies admit traffic to both of
 // atfd's ports.
-func checkIngress(t *testing.T, d deployment, grpcPort, metricsPort int32) {
+func checkIngress(t *testing.T, d deployment, ports []int32) {
 	c := d.container(t)
 	var open []int32
 	for _, np := range networkPolicies(t, d) {
@@ -985,7 +1002,7 @@ func checkIngress(t *testing.T, d deployment, grpcPort, metricsPort int32) {
 			}
 		}
 	}
-	for _, want := range []int32{grpcPort, metricsPort} {
+	for _, want := range ports {
 		if !slices.Contains(open, want) {
 			t.Errorf("NetworkPolicy admits no traffic to port %d", want)
 		}
@@ -1057,4 +1074,21 @@ func disruptions(t *testing.T, d deployment, replicas int) int {
 		t.Fatal(err)
 	}
 	return max(replicas-n, 0)
+}
+
+// checkOAuthConfig checks that the OAuth component's configuration turns
+// the endpoints on and is otherwise config/atfd.yaml.
+func checkOAuthConfig(t *testing.T, cfg config.Config) {
+	if cfg.OAuth.ListenAddr == "" || !strings.HasPrefix(cfg.OAuth.Issuer, "https://") {
+		t.Fatalf("the oauth component's configuration: oauth %+v, want the listener on and an https issuer", cfg.OAuth)
+	}
+	if _, port, _ := net.SplitHostPort(cfg.OAuth.ListenAddr); !strings.HasSuffix(cfg.OAuth.Issuer, ":"+port) {
+		t.Errorf("oauth.issuer %s is not on the listener's port %s (the Service's)", cfg.OAuth.Issuer, port)
+	}
+	base := loadBase(t).config(t)
+	same := cfg
+	same.OAuth = base.OAuth
+	if !reflect.DeepEqual(same, base) {
+		t.Errorf("the oauth component's configuration differs from config/atfd.yaml in more than oauth:\n%+v\n%+v", same, base)
+	}
 }
