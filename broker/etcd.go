@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,6 +92,40 @@ func (f *feed) Publish(c revoke.Change) (int64, error) {
 // after, and the revision read; revoke.ErrGap if entries after it were
 // trimmed, or it is ahead of the cluster.
 func (f *feed) Since(ctx context.Context, agent string, after int64) ([]revoke.Event, int64, error) {
+	changes, upto, err := f.changesAfter(ctx, after)
+	var events []revoke.Event
+	for _, c := range changes {
+		if ev := c.Event(agent); ev != nil {
+			events = append(events, revoke.Event{Pos: c.pos, Msg: ev})
+		}
+	}
+	return events, upto, err
+}
+
+// SinceAll is Since for every agent's events.
+func (f *feed) SinceAll(ctx context.Context, after int64) ([]revoke.AgentEvent, int64, error) {
+	changes, upto, err := f.changesAfter(ctx, after)
+	var events []revoke.AgentEvent
+	for _, c := range changes {
+		for _, agent := range slices.Sorted(maps.Keys(c.Events)) {
+			if ev := c.Event(agent); ev != nil {
+				events = append(events, revoke.AgentEvent{Agent: agent, Event: revoke.Event{Pos: c.pos, Msg: ev}})
+			}
+		}
+	}
+	return events, upto, err
+}
+
+// posChange is a change of the feed at its revision.
+type posChange struct {
+	revoke.Change
+	pos int64
+}
+
+// changesAfter reads the feed's changes after revision after, and the
+// revision read; revoke.ErrGap if entries after it were trimmed, or it
+// is ahead of the cluster.
+func (f *feed) changesAfter(ctx context.Context, after int64) ([]posChange, int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	r, err := f.cli.Txn(ctx).Then(clientv3.OpGet(f.trimmed), clientv3.OpGet(f.prefix, clientv3.WithPrefix(),
@@ -101,17 +137,14 @@ func (f *feed) Since(ctx context.Context, agent string, after int64) ([]revoke.E
 	if after < trimmed || after > r.Header.Revision {
 		return nil, 0, revoke.ErrGap
 	}
-	var events []revoke.Event
+	var changes []posChange
 	for _, kv := range r.Responses[1].GetResponseRange().Kvs {
 		var m feedMsg
-		if json.Unmarshal(kv.Value, &m) != nil {
-			continue
-		}
-		if ev := m.Change.Event(agent); ev != nil {
-			events = append(events, revoke.Event{Pos: kv.ModRevision, Msg: ev})
+		if json.Unmarshal(kv.Value, &m) == nil {
+			changes = append(changes, posChange{Change: m.Change, pos: kv.ModRevision})
 		}
 	}
-	return events, r.Header.Revision, nil
+	return changes, r.Header.Revision, nil
 }
 
 // run applies the feed's entries, and trims it, until ctx ends.

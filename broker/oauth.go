@@ -119,14 +119,23 @@ type oauthRevoker struct{ *revoke.Revoker }
 
 // Events watches every agent's revocations, as resource servers hear
 // them: an event's accessors are jtis (an access token's accessor is its
-// jti; the others match none), its grants lineage nodes.
-func (o oauthRevoker) Events() (<-chan oauthapi.Event, func()) {
-	in, cancel := o.SubscribeAll()
+// jti; the others match none), its grants lineage nodes. It resumes after
+// resumeAfter if it can (revoke.Revoker.SubscribeAll).
+func (o oauthRevoker) Events(ctx context.Context, resumeAfter string) (<-chan oauthapi.Event, bool, func()) {
+	in, resumed, cancel := o.SubscribeAll(ctx, resumeAfter)
 	out := make(chan oauthapi.Event, 16)
 	done := make(chan struct{})
 	go func() {
 		defer close(out)
 		for ev := range in {
+			if ev.Msg == nil {
+				select {
+				case out <- oauthapi.Event{Mark: true, Cursor: ev.Cursor}:
+					continue
+				case <-done:
+					return
+				}
+			}
 			e := oauthapi.Event{JTIs: slices.Clone(ev.Msg.GetAccessors()), Nodes: []string{}, Agents: []string{}, Reason: ev.Msg.GetReason(),
 				Time: ev.Msg.GetTime().AsTime(), Cursor: ev.Cursor}
 			if e.JTIs == nil {
@@ -142,7 +151,7 @@ func (o oauthRevoker) Events() (<-chan oauthapi.Event, func()) {
 			}
 		}
 	}()
-	return out, func() {
+	return out, resumed, func() {
 		cancel()
 		close(done)
 	}

@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -404,19 +406,33 @@ func (e *oauthEnv) wantActive(t *testing.T, token string, active bool) {
 }
 
 // sse is a resource server's subscription to the revocation events.
-type sse struct{ events chan map[string]any }
+// sse is a subscription to the events: the revoked events' data, the
+// kind of the first event (reset or revoked), the last id heard, and
+// how to hang up.
+type sse struct {
+	events chan map[string]any
+	first  chan string
+	id     *atomic.Value // string
+	close  context.CancelFunc
+}
 
 func (e *oauthEnv) subscribe(t testing.TB) sse {
 	t.Helper()
-	return e.subscribeWith(t, e.b.HTTPClient(t, e.rs), "HTTP/2.0")
+	return e.subscribeWith(t, e.b.HTTPClient(t, e.rs), "HTTP/2.0", "")
 }
 
-// subscribeWith subscribes with hc, which must speak proto.
-func (e *oauthEnv) subscribeWith(t testing.TB, hc *http.Client, proto string) sse {
+// subscribeWith subscribes with hc, which must speak proto, resuming
+// after lastID if it is set.
+func (e *oauthEnv) subscribeWith(t testing.TB, hc *http.Client, proto, lastID string) sse {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, e.b.OAuthURL()+"/oauth2/events", nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.b.OAuthURL()+"/oauth2/events", nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
@@ -425,10 +441,9 @@ func (e *oauthEnv) subscribeWith(t testing.TB, hc *http.Client, proto string) ss
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" || resp.Proto != proto {
 		t.Fatalf("events: %d %s %s, want 200 text/event-stream over %s", resp.StatusCode, resp.Header.Get("Content-Type"), resp.Proto, proto)
 	}
-	s := sse{events: make(chan map[string]any, 64)}
+	s := sse{events: make(chan map[string]any, 64), first: make(chan string, 1), id: &atomic.Value{}, close: cancel}
+	s.id.Store("")
 	sc := bufio.NewScanner(resp.Body)
-	sc.Scan() // ": subscribed", then the blank line
-	sc.Scan()
 	go func() {
 		defer resp.Body.Close()
 		kind := ""
@@ -437,6 +452,14 @@ func (e *oauthEnv) subscribeWith(t testing.TB, hc *http.Client, proto string) ss
 			switch {
 			case strings.HasPrefix(line, "event: "):
 				kind = strings.TrimPrefix(line, "event: ")
+				if kind != "ping" {
+					select {
+					case s.first <- kind:
+					default:
+					}
+				}
+			case strings.HasPrefix(line, "id: "):
+				s.id.Store(strings.TrimPrefix(line, "id: "))
 			case strings.HasPrefix(line, "data: ") && kind == "revoked":
 				var ev map[string]any
 				if json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev) == nil {
@@ -447,6 +470,9 @@ func (e *oauthEnv) subscribeWith(t testing.TB, hc *http.Client, proto string) ss
 	}()
 	return s
 }
+
+// lastID is the id of the last event heard.
+func (s sse) lastID() string { return s.id.Load().(string) }
 
 // await waits for an event naming jti and returns it.
 func (s sse) await(t testing.TB, jti string) map[string]any {
@@ -489,7 +515,7 @@ func TestOAuthRevocation(t *testing.T) {
 	events := e.subscribe(t)
 	h1 := e.b.HTTPClient(t, e.rs).Transport.(*http.Transport).Clone()
 	h1.ForceAttemptHTTP2, h1.TLSClientConfig.NextProtos = false, []string{"http/1.1"}
-	events1 := e.subscribeWith(t, &http.Client{Transport: h1}, "HTTP/1.1")
+	events1 := e.subscribeWith(t, &http.Client{Transport: h1}, "HTTP/1.1", "")
 
 	tok := e.mustExchange(t, c.id, brokertest.OAuthToolsAudience, "", bc.GetId()).AccessToken
 	got := e.introspect(t, tok)
@@ -858,4 +884,59 @@ func TestOAuthGrantScopes(t *testing.T) {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)
 		}
 	}
+}
+
+// A resource server that loses its event stream and reconnects with the
+// last id it heard (Last-Event-ID) hears the revocations it missed,
+// without a reset: on one broker, and on another replica of the same
+// etcd store than the one it was following.
+func TestOAuthEventsResume(t *testing.T) {
+	t.Run("bbolt", func(t *testing.T) {
+		e := newOAuthEnv(t)
+		resumeEvents(t, e, e)
+	})
+	t.Run("etcd-another-replica", func(t *testing.T) {
+		f := brokertest.Setup(t)
+		prefix := "/oauth-resume-" + rand.Text() + "/"
+		rs := f.ID(t, "resource-server")
+		one := startOAuthEnv(t, f, brokertest.WithOAuth(t, f.EtcdConfig(t, t.TempDir(), prefix, "one"), rs))
+		two := startOAuthEnv(t, f, brokertest.WithOAuth(t, f.EtcdConfig(t, t.TempDir(), prefix, "two"), rs))
+		resumeEvents(t, one, two)
+	})
+}
+
+// resumeEvents follows one's events, hangs up, revokes meanwhile, and
+// resumes on two.
+func resumeEvents(t *testing.T, one, two *oauthEnv) {
+	a := one.register(t, "a", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	b := one.register(t, "b", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
+	var grants []*brokerv1.Grant
+	for range 3 {
+		grants = append(grants, a.mustDelegate(t, b.id, "", time.Hour, 0, "tools-read"))
+	}
+	first := one.subscribe(t)
+	one.revokeLineage(t, grants[0].GetId(), "before the hang-up")
+	first.awaitNode(t, "grant:"+grants[0].GetId())
+	id := first.lastID()
+	if id == "" {
+		t.Fatal("the revoked event came without an id to resume from")
+	}
+	first.close()
+	for _, g := range grants[1:] {
+		one.revokeLineage(t, g.GetId(), "while the resource server was away")
+	}
+	again := two.subscribeWith(t, two.b.HTTPClient(t, two.rs), "HTTP/2.0", id)
+	select {
+	case kind := <-again.first:
+		if kind != "revoked" {
+			t.Fatalf("the resumed stream begins with %q, want the revocations missed (not a reset)", kind)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the resumed stream sent nothing")
+	}
+	for _, g := range grants[1:] {
+		again.awaitNode(t, "grant:"+g.GetId())
+	}
+	// An id from before the resume window, or of another cluster, is
+	// answered with a reset (TestVerifierResetTime).
 }

@@ -11,12 +11,13 @@ import (
 )
 
 // events streams revocations to a resource server as Server-Sent Events
-// (docs/oauth.md): "revoked" events, a "ping" every Ping, and a "reset"
-// (data: the broker's time) first if the client asks to resume
-// (Last-Event-ID), which this broker cannot: the client must treat what
-// it cached as stale. The stream ends
+// (docs/oauth.md): "revoked" events and a "ping" every Ping, each with an
+// id (a cursor) while there is one to give. A client that reconnects
+// with Last-Event-ID hears the events it missed, if the resume window
+// still holds them all; otherwise a "reset" (data: the broker's time)
+// comes first: it must treat what it cached as stale. The stream ends
 // if the client falls behind or the broker stops; the client reconnects
-// and, having missed events, is sent a reset. It also ends when the
+// and resumes. It also ends when the
 // resource server's X.509-SVID expires, or stops verifying (checked at
 // each ping: a trust bundle changed), as the gRPC edge ends a watch: the
 // events name tokens and lineages, for resource servers only.
@@ -32,14 +33,15 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		s.fail(ctx, w, http.StatusInternalServerError, "server_error", "streaming is not supported here", "")
 		return
 	}
-	events, cancel := s.cfg.Revoker.Events()
+	last := r.Header.Get("Last-Event-ID")
+	events, resumed, cancel := s.cfg.Revoker.Events(ctx, last)
 	defer cancel()
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	if r.Header.Get("Last-Event-ID") != "" {
+	if last != "" && !resumed {
 		// time is the broker's clock: every token issued up to it may have
 		// been revoked unheard.
 		fmt.Fprintf(w, "event: reset\ndata: {\"time\":%q}\n\n", s.cfg.Now().UTC().Format(time.RFC3339Nano))
@@ -48,6 +50,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	fl.Flush()
 	ping := time.NewTicker(s.cfg.Ping)
 	defer ping.Stop()
+	// mark is the position every event sent runs to, for the next ping's
+	// id; sent is the last id the client got.
+	mark, sent := "", last
 	for {
 		select {
 		case <-ctx.Done():
@@ -59,13 +64,24 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 				edge.Logger(ctx).Info("revocation events ended: the resource server's SVID no longer verifies")
 				return
 			}
-			fmt.Fprint(w, "event: ping\ndata: {}\n\n")
+			if mark != "" && mark != sent {
+				fmt.Fprintf(w, "event: ping\nid: %s\ndata: {}\n\n", mark)
+				sent = mark
+			} else {
+				fmt.Fprint(w, "event: ping\ndata: {}\n\n")
+			}
 		case ev, open := <-events:
 			if !open {
-				return // fell behind: the client reconnects and is reset
+				return // fell behind: the client reconnects and resumes
 			}
+			if ev.Mark {
+				mark = ev.Cursor
+				continue
+			}
+			mark = ""
 			data, _ := json.Marshal(ev) // an Event always marshals
 			fmt.Fprintf(w, "event: revoked\nid: %s\ndata: %s\n\n", ev.Cursor, data)
+			sent = ev.Cursor
 		}
 		fl.Flush()
 	}

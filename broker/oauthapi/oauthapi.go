@@ -51,9 +51,10 @@ type Store interface {
 type Revoker interface {
 	GlobalKill() *store.Kill
 	Credentials(ctx context.Context, agent, actor, reason string, revoke func(store.Credential) bool) (*brokerv1.RevocationSummary, error)
-	// Events watches every agent's revocations; the channel closes if
-	// the watcher falls behind.
-	Events() (events <-chan Event, cancel func())
+	// Events watches every agent's revocations, after resumeAfter (an
+	// event's cursor) if it can resume from there (resumed); the channel
+	// closes if the watcher falls behind.
+	Events(ctx context.Context, resumeAfter string) (events <-chan Event, resumed bool, cancel func())
 }
 
 // Event is a revocation as resource servers hear it: a token is revoked
@@ -67,6 +68,8 @@ type Event struct {
 	Time   time.Time `json:"time"`
 	// Cursor is the event's position (the SSE id).
 	Cursor string `json:"-"`
+	// Mark: no event, but the position every event sent runs to.
+	Mark bool `json:"-"`
 }
 
 // Config is what the server needs.

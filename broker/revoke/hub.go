@@ -53,18 +53,19 @@ type AgentEvent struct {
 	Event
 }
 
-// subscribeAll registers a watcher of every agent's events. Its channel
-// closes if it falls behind (or on cancel): it must then assume it missed
-// some.
-func (h *hub) subscribeAll() (events <-chan AgentEvent, cancel func()) {
+// subscribeAll registers a watcher of every agent's events; from is the
+// position after which it hears every one. Its channel closes if it falls
+// behind (or on cancel): it must then assume it missed some.
+func (h *hub) subscribeAll() (events <-chan AgentEvent, from int64, cancel func()) {
 	ch := make(chan AgentEvent, 256)
 	h.mu.Lock()
 	if h.all == nil {
 		h.all = map[chan AgentEvent]struct{}{}
 	}
 	h.all[ch] = struct{}{}
+	from = h.pos
 	h.mu.Unlock()
-	return ch, func() {
+	return ch, from, func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if _, ok := h.all[ch]; ok {
@@ -217,6 +218,13 @@ func (h *hub) mark(ch <-chan Event) (int64, bool) {
 	return h.pos, len(ch) == 0
 }
 
+// markAll is mark for a watcher of every agent's events.
+func (h *hub) markAll(ch <-chan AgentEvent) (int64, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.pos, len(ch) == 0
+}
+
 // end ends the watches of agent for why (every agent's, if agent is ""),
 // once they have received the events already published. Ending every
 // agent's ends the watchers of all of them too (SubscribeAll): they may
@@ -263,6 +271,22 @@ func (h *hub) Since(_ context.Context, agent string, after int64) ([]Event, int6
 		return nil, 0, ErrGap
 	}
 	return h.ring.since(agent, after), h.pos, nil
+}
+
+// SinceAll is Since for every agent's events.
+func (h *hub) SinceAll(_ context.Context, after int64) ([]AgentEvent, int64, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if after < h.ring.floor || after > h.pos {
+		return nil, 0, ErrGap
+	}
+	var out []AgentEvent
+	for _, e := range h.ring.events {
+		if e.ev.Pos > after {
+			out = append(out, AgentEvent{Agent: e.agent, Event: e.ev})
+		}
+	}
+	return out, h.pos, nil
 }
 
 // ringSize bounds the events a ring keeps.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/agentictrust/atf/broker/store"
+	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
 // Ending every agent's watch (a compacted feed, the global kill switch)
@@ -16,11 +17,11 @@ import (
 // keeps accepting revoked tokens.
 func TestEndAllEndsWatchersOfAll(t *testing.T) {
 	h := &hub{epoch: "e"}
-	all, cancelAll := h.subscribeAll()
+	all, _, cancelAll := h.subscribeAll()
 	defer cancelAll()
 	one, _, ended, cancelOne := h.subscribe("spiffe://td/a")
 	defer cancelOne()
-	other, cancelOther := h.subscribeAll()
+	other, _, cancelOther := h.subscribeAll()
 	defer cancelOther()
 
 	h.end("spiffe://td/b", errors.New("b only"))
@@ -54,7 +55,7 @@ func TestEndAllEndsWatchersOfAll(t *testing.T) {
 // events), since no Vault revocation can kill it.
 func TestLostAccessTokenIsAnnounced(t *testing.T) {
 	r := &Revoker{cfg: Config{Log: slog.New(slog.DiscardHandler)}, hub: hub{epoch: "e"}}
-	all, cancel := r.hub.subscribeAll()
+	all, _, cancel := r.hub.subscribeAll()
 	defer cancel()
 	r.Lost(store.Credential{Kind: store.KindJWT, Accessor: "jti-1", AgentID: "spiffe://td/a"})
 	select {
@@ -64,5 +65,56 @@ func TestLostAccessTokenIsAnnounced(t *testing.T) {
 		}
 	case <-time.After(time.Second):
 		t.Error("a lost access token was not announced")
+	}
+}
+
+// A watcher of all agents resumes after a cursor it heard: the events
+// after it come first (an event's cursor names the position before it,
+// so its own position's events come again), then what is published, and
+// a mark names the position once nothing waits. A cursor of another
+// epoch, or from before the window, resumes nothing.
+func TestSubscribeAllResumes(t *testing.T) {
+	r := &Revoker{cfg: Config{Log: slog.New(slog.DiscardHandler), ResumeWindow: 40 * time.Millisecond}, hub: hub{epoch: "e"}}
+	r.hub.ring.keep = time.Hour
+	msg := func(acc string) map[string]*brokerv1.WatchRevocationsResponse {
+		return map[string]*brokerv1.WatchRevocationsResponse{"spiffe://td/" + acc: {Accessors: []string{acc}}}
+	}
+	r.hub.publish(msg("a")) // position 1
+	r.hub.publish(msg("b")) // 2
+	r.hub.publish(msg("c")) // 3
+	recv := func(ch <-chan AgentEvent) AgentEvent {
+		t.Helper()
+		select {
+		case ev, ok := <-ch:
+			if !ok {
+				t.Fatal("the watch ended")
+			}
+			return ev
+		case <-time.After(2 * time.Second):
+			t.Fatal("nothing came")
+		}
+		return AgentEvent{}
+	}
+	events, resumed, cancel := r.SubscribeAll(t.Context(), "e.2")
+	defer cancel()
+	if !resumed {
+		t.Fatal("a cursor of the window did not resume")
+	}
+	if ev := recv(events); ev.Agent != "spiffe://td/c" || ev.Cursor != "e.2" {
+		t.Fatalf("first = %s %s, want c's event with cursor e.2 (the position before it)", ev.Agent, ev.Cursor)
+	}
+	r.hub.publish(msg("d"))
+	if ev := recv(events); ev.Agent != "spiffe://td/d" || ev.Cursor != "e.3" {
+		t.Fatalf("next = %s %s, want d's event, cursor e.3", ev.Agent, ev.Cursor)
+	}
+	if ev := recv(events); ev.Msg != nil || ev.Cursor != "e.4" {
+		t.Fatalf("then %+v, want a mark at e.4", ev)
+	}
+	for _, cursor := range []string{"other.2", "e.99", "x"} {
+		_, resumed, cancel := r.SubscribeAll(t.Context(), cursor)
+		cancel()
+		if resumed {
+			t.Errorf("cursor %s resumed", cursor)
+		}
 	}
 }

@@ -23,6 +23,8 @@ type Journal interface {
 	// Since returns agent's events after position after, in order, and
 	// the position they run to; ErrGap if some may be gone.
 	Since(ctx context.Context, agent string, after int64) (events []Event, upto int64, err error)
+	// SinceAll is Since for every agent's events.
+	SinceAll(ctx context.Context, after int64) (events []AgentEvent, upto int64, err error)
 }
 
 // Subscribe opens a watch of agent's revocations. With marks (implied by
@@ -154,8 +156,99 @@ func (w *watch) send(pos int64, m *brokerv1.WatchRevocationsResponse) bool {
 
 // SubscribeAll is a watch of every agent's revocation events, for the
 // resource servers of the OAuth endpoints (docs/oauth.md): those of this
-// replica and, through the change feed, of the others. Its channel closes
-// if the watcher falls behind, or on cancel.
-func (r *Revoker) SubscribeAll() (events <-chan AgentEvent, cancel func()) {
-	return r.hub.subscribeAll()
+// replica and, through the change feed, of the others. Given
+// resumeAfter, a cursor it heard (an event's or a mark's), the events
+// after it come first if the journal still has them all (resumed);
+// otherwise it hears what comes next only, and must assume it missed
+// some. Marks (an AgentEvent without Msg) name the position everything
+// sent so far runs to, now and then while nothing is revoked, so that
+// the cursor a client keeps stays within the resume window. Its channel
+// closes if the watcher falls behind, or on cancel.
+func (r *Revoker) SubscribeAll(ctx context.Context, resumeAfter string) (events <-chan AgentEvent, resumed bool, cancel func()) {
+	in, from, unsubscribe := r.hub.subscribeAll()
+	w := &allWatch{hub: &r.hub, in: in, out: make(chan AgentEvent), done: make(chan struct{}),
+		markEvery: min(time.Minute, r.cfg.ResumeWindow/4), last: from}
+	if after, ok := r.hub.position(resumeAfter); ok && resumeAfter != "" {
+		evs, upto, err := r.journal().SinceAll(ctx, after)
+		switch {
+		case err == nil:
+			w.resumed, w.replay, w.upto, w.last = true, evs, max(upto, after), after
+		case !errors.Is(err, ErrGap):
+			edge.Logger(ctx).Warn("a revocation event stream could not resume; its resource server is reset", slog.String(edge.LogError, err.Error()))
+		}
+	}
+	go w.run()
+	var once sync.Once
+	return w.out, w.resumed, func() {
+		once.Do(func() {
+			close(w.done)
+			unsubscribe()
+		})
+	}
+}
+
+// allWatch relays the events of every agent to one watcher: those it
+// missed (replay, up to upto), then those published, and marks.
+type allWatch struct {
+	hub       *hub
+	in        <-chan AgentEvent
+	out       chan AgentEvent
+	done      chan struct{}
+	markEvery time.Duration
+	resumed   bool
+	replay    []AgentEvent
+	upto      int64
+	// last is the position the watcher's cursor runs to.
+	last int64
+}
+
+func (w *allWatch) run() {
+	defer close(w.out)
+	for _, ev := range w.replay {
+		if !w.send(ev) {
+			return
+		}
+	}
+	w.replay = nil
+	t := time.NewTicker(w.markEvery)
+	defer t.Stop()
+	for {
+		select {
+		case ev, ok := <-w.in:
+			if !ok {
+				return
+			}
+			if w.resumed && ev.Pos <= w.upto && !ev.here {
+				continue // replayed
+			}
+			if !w.send(ev) {
+				return
+			}
+		case <-t.C:
+			if pos, idle := w.hub.markAll(w.in); idle && pos > w.last && !w.send(AgentEvent{Cursor: w.hub.cursor(pos), Event: Event{Pos: pos}}) {
+				return
+			}
+		case <-w.done:
+			return
+		}
+	}
+}
+
+// send sends ev. An event's cursor names the position before it: the
+// events of one change share its position (one per agent), so a stream
+// cut between two of them and resumed after the first hears both again.
+// Delivery is at least once; a revocation heard twice changes nothing.
+func (w *allWatch) send(ev AgentEvent) bool {
+	heard := ev.Pos // how far the watcher's cursor now runs
+	if ev.Msg != nil {
+		heard = max(ev.Pos-1, 0)
+		ev.Cursor = w.hub.cursor(heard)
+	}
+	select {
+	case w.out <- ev:
+		w.last = max(w.last, heard)
+		return true
+	case <-w.done:
+		return false
+	}
 }
