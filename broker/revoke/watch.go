@@ -73,14 +73,22 @@ type watch struct {
 	// the position moved: well within the resume window, so that the
 	// cursor the agent keeps stays one it can resume from.
 	markEvery time.Duration
-	// resumed: replay holds the events after the cursor, up to upto;
-	// those of in up to upto are already among them.
-	resumed bool
-	replay  []Event
-	upto    int64
+	resumePoint
+	replay []Event
 	// last is the position of the last message sent.
 	last int64
 }
+
+// resumePoint is where a resumed watch's replay ends: if resumed, the
+// journal's events up to upto were replayed, and those of the hub up to
+// there are among them (but for the ones it published alone).
+type resumePoint struct {
+	resumed bool
+	upto    int64
+}
+
+// replayed says whether ev was among the events replayed.
+func (p resumePoint) replayed(ev Event) bool { return p.resumed && ev.Pos <= p.upto && !ev.here }
 
 // resume finds the events after cursor, if the journal still has them all.
 func (w *watch) resume(ctx context.Context, j Journal, agent, cursor string) {
@@ -100,7 +108,7 @@ func (w *watch) resume(ctx context.Context, j Journal, agent, cursor string) {
 			ev.Msg.Cursor = w.hub.cursor(ev.Pos)
 		}
 	}
-	w.resumed, w.replay, w.upto, w.last = true, events, max(upto, after), after
+	w.resumePoint, w.replay, w.last = resumePoint{true, max(upto, after)}, events, after
 }
 
 // run sends the watch's messages to out until in closes or done.
@@ -127,8 +135,8 @@ func (w *watch) run() {
 			if !ok {
 				return
 			}
-			if w.resumed && ev.Pos <= w.upto && !ev.here {
-				continue // replayed
+			if w.replayed(ev) {
+				continue
 			}
 			if !w.send(ev.Pos, ev.Msg) {
 				return
@@ -172,7 +180,7 @@ func (r *Revoker) SubscribeAll(ctx context.Context, resumeAfter string) (events 
 		evs, upto, err := r.journal().SinceAll(ctx, after)
 		switch {
 		case err == nil:
-			w.resumed, w.replay, w.upto, w.last = true, evs, max(upto, after), after
+			w.resumePoint, w.replay, w.last = resumePoint{true, max(upto, after)}, evs, after
 		case !errors.Is(err, ErrGap):
 			edge.Logger(ctx).Warn("a revocation event stream could not resume; its resource server is reset", slog.String(edge.LogError, err.Error()))
 		}
@@ -195,9 +203,8 @@ type allWatch struct {
 	out       chan AgentEvent
 	done      chan struct{}
 	markEvery time.Duration
-	resumed   bool
-	replay    []AgentEvent
-	upto      int64
+	resumePoint
+	replay []AgentEvent
 	// last is the position the watcher's cursor runs to.
 	last int64
 }
@@ -218,8 +225,8 @@ func (w *allWatch) run() {
 			if !ok {
 				return
 			}
-			if w.resumed && ev.Pos <= w.upto && !ev.here {
-				continue // replayed
+			if w.replayed(ev.Event) {
+				continue
 			}
 			if !w.send(ev) {
 				return
