@@ -687,6 +687,9 @@ func (c *Config) validateOAuth(v *validation) {
 func (c *Config) validateConsole(v *validation) {
 	o := &c.Console
 	if !o.Enabled() {
+		if o.CLIClientID != "" {
+			v.bad("console.cli_client_id needs the console's provider and roles: set console.listen_addr and the rest of console")
+		}
 		return
 	}
 	loopback := isLoopback(o.ListenAddr)

@@ -80,6 +80,11 @@ func TestConfigRefusals(t *testing.T) {
 		{"OAuth resource server not a SPIFFE ID", func(c *config.Config) {
 			c.OAuth = config.OAuthConfig{ListenAddr: ":8443", Issuer: "https://atfd", ResourceServers: []string{"mcp"}}
 		}, "oauth.resource_servers:"},
+		{"atfctl login without the console", func(c *config.Config) { c.Console.CLIClientID = "atfctl" }, "console.cli_client_id needs the console"},
+		{"atfctl login as the console's client", func(c *config.Config) {
+			c.Console = config.ConsoleConfig{ListenAddr: "127.0.0.1:8444", URL: "http://127.0.0.1:8444", CLIClientID: "atf-console",
+				OIDC: config.OIDCConfig{Issuer: "https://op.example", ClientID: "atf-console"}, Roles: map[string][]string{"auditor": {"g"}}}
+		}, "console.cli_client_id must be a client of its own"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := minimal()
