@@ -43,7 +43,11 @@ func DeviceLogin(ctx context.Context, issuer, clientID string, scopes []string, 
 	if p.Endpoint().DeviceAuthURL == "" {
 		return nil, fmt.Errorf("client: the OpenID provider %s offers no device authorization grant (device_authorization_endpoint)", issuer)
 	}
-	oc := &oauth2.Config{ClientID: clientID, Endpoint: p.Endpoint(), Scopes: append([]string{oidc.ScopeOpenID}, scopes...)}
+	ep := p.Endpoint()
+	// A public client: its id in the form, no (empty) Basic credentials
+	// for the provider to take as a confidential client's.
+	ep.AuthStyle = oauth2.AuthStyleInParams
+	oc := &oauth2.Config{ClientID: clientID, Endpoint: ep, Scopes: append([]string{oidc.ScopeOpenID}, scopes...)}
 	da, err := oc.DeviceAuth(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("client: the provider refused to start a device sign-in for client %s: %w", clientID, err)

@@ -35,6 +35,10 @@ broker maps your groups to (console.roles), until it expires or 'atfctl logout'.
 The broker must name atfctl's client at the provider (console.cli_client_id).
 Without a Workload API, give the broker's trust bundle and SPIFFE ID here
 (--bundle, --broker-id): they are kept with the sign-in.`,
+		Example: `  atfctl --addr atf.example.com:8443 --broker-id spiffe://example.org/atfd --bundle example.org.pem \
+      login --issuer https://login.example.com
+  atfctl approvals list          # as the person signed in
+  atfctl login --issuer https://login.example.com --client-id atf-cli --scope profile,email,roles`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if issuer == "" {
@@ -83,9 +87,10 @@ Without a Workload API, give the broker's trust bundle and SPIFFE ID here
 
 func newLogout(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "logout",
-		Short: "Forget the sign-in of atfctl login",
-		Args:  cobra.NoArgs,
+		Use:     "logout",
+		Short:   "Forget the sign-in of atfctl login",
+		Example: `  atfctl logout                  # the commands then call with your SVID again`,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path, err := g.loginPath()
 			if err != nil {

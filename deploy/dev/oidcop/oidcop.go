@@ -11,10 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -95,7 +97,8 @@ func Start(addr string, users []User, clients ...Client) (*Provider, error) {
 	for _, u := range users {
 		st.groups[u.ID] = slices.Clone(u.Groups)
 	}
-	router := exampleop.SetupServer(p.Issuer, st, nil, false)
+	// The example logs every request; its warnings and errors are enough.
+	router := exampleop.SetupServer(p.Issuer, st, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), false)
 	p.srv = &http.Server{Handler: router, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = p.srv.Serve(ln) }()
 	return p, nil
