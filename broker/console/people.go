@@ -56,11 +56,16 @@ func (p *People) provider(ctx context.Context) (*oidc.Provider, error) {
 	if err != nil {
 		return nil, err
 	}
+	var meta struct {
+		JWKS string   `json:"jwks_uri"`
+		Algs []string `json:"id_token_signing_alg_values_supported"`
+	}
+	if err := prov.Claims(&meta); err != nil || meta.JWKS == "" {
+		return nil, fmt.Errorf("the provider's discovery document names no jwks_uri: %v", err)
+	}
 	p.prov = prov
-	// The key set is fetched, and refetched for an unknown key, with the
-	// client of the discovery; a verification waits for it at most as
-	// long as its caller does.
-	p.cli = prov.Verifier(&oidc.Config{ClientID: p.cfg.CLIClientID, Now: p.now})
+	p.cli = oidc.NewVerifier(p.cfg.OIDC.Issuer, &keySet{url: meta.JWKS, hc: p.hc, now: p.now},
+		&oidc.Config{ClientID: p.cfg.CLIClientID, Now: p.now, SupportedSigningAlgs: meta.Algs})
 	return prov, nil
 }
 
@@ -104,6 +109,12 @@ func (p *People) Verify(ctx context.Context, token string) (attest.Identity, err
 	claims := map[string]any{}
 	if err := idt.Claims(&claims); err != nil {
 		return attest.Identity{}, fmt.Errorf("%w: the ID token's claims: %v", attest.ErrUnauthenticated, err)
+	}
+	// A token for several clients must say it was issued to atfctl's
+	// (OpenID Connect Core 3.1.3.7): another client could replay it here.
+	if azp, _ := claims["azp"].(string); (len(idt.Audience) > 1 || azp != "") && azp != p.cfg.CLIClientID {
+		return attest.Identity{}, fmt.Errorf("%w: the ID token was issued to client %q, not atfctl's (console.cli_client_id); run 'atfctl login' again",
+			attest.ErrUnauthenticated, azp)
 	}
 	h, _, _ := p.human(idt, claims)
 	// Every call verifies the token again, so the authentication's age
