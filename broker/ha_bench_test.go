@@ -24,11 +24,14 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/broker/client"
 	"github.com/agentictrust/atf/deploy/dev"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
@@ -119,6 +122,18 @@ func BenchmarkHAIssuance(b *testing.B) {
 	}
 	b.ReportMetric(phases[onOne].rate()/phases[onBolt].rate(), "r1-vs-bolt")
 	b.ReportMetric(phases[onAll].rate()/phases[onOne].rate(), "r3-vs-r1")
+}
+
+// BenchmarkHAIssuanceStages is BenchmarkIssuanceStages on one replica
+// whose store is in the dev stack's etcd (three members): where its
+// distance to the same broker on bbolt goes, stage by stage (the
+// decision's store reads, the store record with its audit record).
+func BenchmarkHAIssuanceStages(b *testing.B) {
+	rec := tracetest.NewSpanRecorder()
+	f := brokertest.Setup(b)
+	cfg := benchConfig(b, f, f.EtcdConfig(b, b.TempDir(), "/bench-stages-"+rand.Text()+"/", "r0"))
+	bk := f.StartWith(b, cfg, broker.WithTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))))
+	issuanceStages(b, f, bk, rec)
 }
 
 // alternate times one sequential FetchCredential on bolt then on etcd,

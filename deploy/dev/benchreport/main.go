@@ -240,6 +240,14 @@ func (r results) pick(key, unit string, format func(float64) string) string {
 	return "not measured"
 }
 
+// issuanceStages are the stages BenchmarkIssuanceStages times, by metric.
+var issuanceStages = []struct{ key, what string }{
+	{"transport", "gRPC, mutual TLS, SVID check, validation, answer"},
+	{"decide", "decision: admission, chain, monitor, gate, limits"},
+	{"vault", "Vault call (anchor included)"},
+	{"record", "store record with its audit record"},
+}
+
 // rows are the report's figures, each against its baseline.
 func rows(r results) []row {
 	pick := r.pick
@@ -268,12 +276,7 @@ func rows(r results) []row {
 		{"dynamic secret through the broker, p99", pick(dyn, "p99-ns", ms), "raw " + pick(dyn, "raw-p99-ns", ms), pick(dyn, "p99-ratio", times), ""},
 	}
 	out = append(out, oauthRows(r)...)
-	for _, st := range []struct{ key, what string }{
-		{"transport", "gRPC, mutual TLS, SVID check, validation, answer"},
-		{"decide", "decision: admission, chain, monitor, gate, limits"},
-		{"vault", "Vault call (anchor included)"},
-		{"record", "store record with its audit record"},
-	} {
+	for _, st := range issuanceStages {
 		out = append(out, row{"issuance stage p50: " + st.what, pick(stages, st.key+"-p50-ns", ms),
 			"issuance p50 " + pick(stages, "total-p50-ns", ms), pick(stages, st.key+"-share", share), ""})
 	}
@@ -341,8 +344,10 @@ func verifierRows(r results) []row {
 func haRows(r results) []row {
 	pick := r.pick
 	const (
-		iss   = "broker/HAIssuance"
-		heard = "broker/HARevocationHeard"
+		iss        = "broker/HAIssuance"
+		heard      = "broker/HARevocationHeard"
+		stages     = "broker/HAIssuanceStages"
+		boltStages = "broker/IssuanceStages"
 	)
 	// etcd's work and the CPU in a throughput phase (r1, r3, bolt).
 	etcdWork := func(phase string) string {
@@ -356,6 +361,13 @@ func haRows(r results) []row {
 	out := []row{
 		{"HA: issuance p50 on etcd (3 members), concurrency 1", pick(iss, "p50-ns", ms), "bbolt " + pick(iss, "bolt-p50-ns", ms), pick(iss, "p50-ratio", times), "≤ 1.3×"},
 		{"HA: issuance p99 on etcd, concurrency 1", pick(iss, "p99-ns", ms), "bbolt " + pick(iss, "bolt-p99-ns", ms), pick(iss, "p99-ratio", times), ""},
+	}
+	// Where the distance to bbolt goes, stage by stage.
+	for _, st := range issuanceStages {
+		out = append(out, row{"HA: issuance stage p50 on etcd: " + st.what, pick(stages, st.key+"-p50-ns", ms),
+			"bbolt " + pick(boltStages, st.key+"-p50-ns", ms), r.ratioOf(stages, boltStages, st.key+"-p50-ns"), ""})
+	}
+	out = append(out, []row{
 		{"HA: issuance throughput on etcd, 1 replica, concurrency 64", pick(iss, "r1-ops/s", perSecond), "bbolt " + pick(iss, "bolt-ops/s", perSecond), pick(iss, "r1-vs-bolt", times), ""},
 		{"HA: issuance throughput, 3 replicas on one store, concurrency 64", pick(iss, "r3-ops/s", perSecond), "1 replica " + pick(iss, "r1-ops/s", perSecond), pick(iss, "r3-vs-r1", times), ""},
 		{"HA: calls refused Unavailable at concurrency 64 (a store transaction that kept conflicting until store.etcd.timeout), 3 replicas", pick(iss, "r3-refused", share),
@@ -370,7 +382,7 @@ func haRows(r results) []row {
 		{"HA: the same, p50", pick(heard, "other-p50-ms", tenthMS), "raw " + pick(heard, "raw-p50-ms", tenthMS), pick(heard, "other-p50-vs-raw", times), ""},
 		{"HA: the same heard on the replica that revoked, p99", pick(heard, "other-p99-ms", tenthMS), "that replica " + pick(heard, "same-p99-ms", tenthMS),
 			pick(heard, "other-vs-same", times), ""},
-	}
+	}...)
 	for _, v := range []struct{ key, what string }{
 		{"broker/HAFailover/stopped", "stopped (graceful)"},
 		{"broker/HAFailover/crashed", "crashed (its connections dropped)"},
