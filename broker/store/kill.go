@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -221,6 +222,31 @@ func (s *Store) GlobalKill() (*Kill, error) {
 		return json.Unmarshal(v, k)
 	})
 	return k, err
+}
+
+// Caller reads, in one snapshot, what a decision reads first: the agent
+// record of id and the global kill switch (nil if off). For an
+// unregistered caller err is ErrNotFound, and the switch is still read.
+// In etcd that is one linearizable read where two calls were two.
+func (s *Store) Caller(id string) (Agent, *Kill, error) {
+	var a Agent
+	var k *Kill
+	var agentErr error
+	err := s.read(func(tx kv.Tx) error {
+		a, agentErr = getAgent(tx, id)
+		if agentErr != nil && !errors.Is(agentErr, ErrNotFound) {
+			return agentErr
+		}
+		if v := tx.Bucket(bucketMeta).Get(keyGlobalKill); v != nil {
+			k = &Kill{}
+			return json.Unmarshal(v, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return Agent{}, nil, err
+	}
+	return a, k, agentErr
 }
 
 // KilledAgents lists the agents the kill switch holds.
