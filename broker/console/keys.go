@@ -15,17 +15,26 @@ import (
 	"github.com/go-jose/go-jose/v4"
 )
 
-// refetchEvery bounds how often a token that no key verifies may make
-// atfd fetch the provider's key set again.
-const refetchEvery = 30 * time.Second
+const (
+	// refetchEvery bounds how often a token that no key verifies may make
+	// atfd fetch the provider's key set again, after a fetch that worked.
+	refetchEvery = 30 * time.Second
+	// retryFetchAfter is how soon a fetch that failed may be tried again.
+	retryFetchAfter = 2 * time.Second
+	// fetchTimeout bounds one fetch.
+	fetchTimeout = 10 * time.Second
+)
 
 // keySet is the provider's signing keys, for the ID tokens people present
 // on the gRPC API (atfctl login): anybody can send one, so a token that
 // none of the keys verifies fetches the key set again at most once per
-// refetchEvery (go-oidc's RemoteKeySet fetches again for every such
-// token, which would let anyone make atfd hammer the provider, and wait
-// on it). A provider that rotated its keys is heard at the first token
-// of the new key after that.
+// refetchEvery after a fetch that worked (go-oidc's RemoteKeySet fetches
+// again for every such token, which would let anyone make atfd hammer the
+// provider, and wait on it). A fetch runs on its own: callers at the same
+// time wait for it together, and one that gives up cancels nothing. A
+// fetch that failed may be tried again after retryFetchAfter. A provider
+// that rotated its keys is heard at the first token of the new key past
+// the interval.
 type keySet struct {
 	url string
 	hc  *http.Client
@@ -33,16 +42,14 @@ type keySet struct {
 
 	mu      sync.Mutex
 	keys    *oidc.StaticKeySet
-	fetched time.Time // the last fetch's start
-	failed  error     // why it failed, if it did
+	fetched time.Time     // when the last fetch ended
+	failed  error         // why it failed, if it did
+	pending chan struct{} // closed when the fetch under way ends; nil if none
 }
 
 // VerifySignature implements oidc.KeySet.
 func (k *keySet) VerifySignature(ctx context.Context, jwt string) ([]byte, error) {
-	k.mu.Lock()
-	keys := k.keys
-	k.mu.Unlock()
-	if keys != nil {
+	if keys := k.current(); keys != nil {
 		if payload, err := keys.VerifySignature(ctx, jwt); err == nil {
 			return payload, nil
 		}
@@ -50,38 +57,64 @@ func (k *keySet) VerifySignature(ctx context.Context, jwt string) ([]byte, error
 	if err := k.refetch(ctx); err != nil {
 		return nil, err
 	}
-	k.mu.Lock()
-	keys = k.keys
-	k.mu.Unlock()
-	return keys.VerifySignature(ctx, jwt)
+	return k.current().VerifySignature(ctx, jwt)
 }
 
-// refetch fetches the key set, unless it was fetched less than
-// refetchEvery ago.
-func (k *keySet) refetch(ctx context.Context) error {
-	k.mu.Lock()
-	if since := k.now().Sub(k.fetched); !k.fetched.IsZero() && since < refetchEvery {
-		defer k.mu.Unlock()
-		if k.failed != nil {
-			return fmt.Errorf("the provider's key set could not be fetched %s ago: %w", since.Round(time.Second), k.failed)
-		}
-		return fmt.Errorf("no key of the provider verifies it (its key set was fetched %s ago)", since.Round(time.Second))
-	}
-	k.fetched = k.now()
-	k.mu.Unlock()
-	keys, err := k.fetch(ctx)
+func (k *keySet) current() *oidc.StaticKeySet {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.failed = err; err != nil {
-		return fmt.Errorf("fetching the provider's key set: %w", err)
+	return k.keys
+}
+
+// refetch fetches the key set, or waits for the fetch under way, unless
+// the last fetch is too recent to try again.
+func (k *keySet) refetch(ctx context.Context) error {
+	k.mu.Lock()
+	done := k.pending
+	if done == nil {
+		since := k.now().Sub(k.fetched)
+		switch {
+		case k.fetched.IsZero():
+		case k.failed != nil && since < retryFetchAfter:
+			k.mu.Unlock()
+			return fmt.Errorf("the provider's key set could not be fetched %s ago: %w", since.Round(time.Millisecond), k.failed)
+		case k.failed == nil && since < refetchEvery:
+			k.mu.Unlock()
+			return fmt.Errorf("no key of the provider verifies it (its key set was fetched %s ago)", since.Round(time.Second))
+		}
+		done = make(chan struct{})
+		k.pending = done
+		go k.fetchNow(done)
 	}
-	k.keys = keys
+	k.mu.Unlock()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.failed != nil {
+		return fmt.Errorf("fetching the provider's key set: %w", k.failed)
+	}
 	return nil
 }
 
-func (k *keySet) fetch(ctx context.Context) (*oidc.StaticKeySet, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+// fetchNow fetches the key set, apart from any caller, and closes done.
+func (k *keySet) fetchNow(done chan struct{}) {
+	ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
 	defer cancel()
+	keys, err := k.fetch(ctx)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.fetched, k.failed, k.pending = k.now(), err, nil
+	if err == nil {
+		k.keys = keys
+	}
+	close(done)
+}
+
+func (k *keySet) fetch(ctx context.Context) (*oidc.StaticKeySet, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, k.url, nil)
 	if err != nil {
 		return nil, err
