@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/store"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 )
 
 // A sign-in or a form never sends the browser off the console: an open
@@ -156,6 +158,26 @@ func TestSignOutEveryReplica(t *testing.T) {
 		if w.Code != http.StatusFound || !strings.HasPrefix(w.Header().Get("Location"), "/login") {
 			t.Errorf("%s after sign-out: %d %s, want a redirect to the sign-in", name, w.Code, w.Header().Get("Location"))
 		}
+	}
+
+	// A live events stream opened with the cookie ends too, on another
+	// replica: at its next event, or its next check while quiet.
+	sessionCheck = 10 * time.Millisecond
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ended := make(chan struct{})
+	go func() { two.untilSignedOut(ctx, cancel, s.ID); close(ended) }()
+	select {
+	case <-ended:
+		if ctx.Err() == nil {
+			t.Error("the quiet events stream's check returned without ending it")
+		}
+	case <-time.After(2 * time.Second):
+		t.Error("a quiet events stream of a signed-out session was not ended")
+	}
+	live := &sseStream{ctx: t.Context(), live: func() bool { e, err := two.ended.has(s.ID); return err == nil && !e }}
+	if err := live.Send(&adminv1.WatchEventsResponse{}); !errors.Is(err, errSignedOut) {
+		t.Errorf("an event for a signed-out session: %v, want errSignedOut", err)
 	}
 
 	down := replica(failingSessions{})

@@ -3,8 +3,10 @@ package console
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"google.golang.org/grpc/metadata"
 
@@ -16,7 +18,9 @@ func (c *Console) eventsPage(_ context.Context, w http.ResponseWriter, r *http.R
 }
 
 // eventsStream relays the broker's live events (AdminService.WatchEvents)
-// as server-sent events, until the browser leaves or the session ends.
+// as server-sent events, until the browser leaves or the session ends:
+// it expires, or is signed out (on any replica), which each event sent
+// checks, and every sessionCheck while none is.
 func (c *Console) eventsStream(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
@@ -29,7 +33,33 @@ func (c *Console) eventsStream(ctx context.Context, w http.ResponseWriter, r *ht
 	w.WriteHeader(http.StatusOK)
 	_, _ = fmt.Fprint(w, ": events of atfd\n\n")
 	fl.Flush()
-	_ = c.cfg.Admin.WatchEvents(&adminv1.WatchEventsRequest{}, &sseStream{ctx: ctx, w: w, fl: fl})
+	go c.untilSignedOut(ctx, cancel, s.ID)
+	_ = c.cfg.Admin.WatchEvents(&adminv1.WatchEventsRequest{}, &sseStream{ctx: ctx, w: w, fl: fl, live: func() bool {
+		ended, err := c.ended.has(s.ID)
+		return err == nil && !ended
+	}})
+}
+
+// sessionCheck is how often a quiet events stream checks that its session
+// was not signed out.
+var sessionCheck = 5 * time.Second
+
+// untilSignedOut cancels ctx's stream once session id was signed out, or
+// whether it was cannot be read.
+func (c *Console) untilSignedOut(ctx context.Context, cancel context.CancelFunc, id string) {
+	t := time.NewTicker(sessionCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if ended, err := c.ended.has(id); err != nil || ended {
+				cancel()
+				return
+			}
+		}
+	}
 }
 
 // sseStream is WatchEvents' stream written as server-sent events.
@@ -37,9 +67,14 @@ type sseStream struct {
 	ctx context.Context
 	w   http.ResponseWriter
 	fl  http.Flusher
+	// live says whether the session still stands (not signed out).
+	live func() bool
 }
 
 func (s *sseStream) Send(m *adminv1.WatchEventsResponse) error {
+	if !s.live() {
+		return errSignedOut
+	}
 	ev := m.GetEvent()
 	b, err := json.Marshal(map[string]any{"id": ev.GetId(), "time": ev.GetTime().AsTime(), "kind": ev.GetKind(), "agent": ev.GetAgent(),
 		"role": ev.GetRole(), "summary": ev.GetSummary()})
@@ -52,6 +87,9 @@ func (s *sseStream) Send(m *adminv1.WatchEventsResponse) error {
 	s.fl.Flush()
 	return nil
 }
+
+// errSignedOut ends an events stream whose session was signed out.
+var errSignedOut = errors.New("console: the session was signed out")
 
 func (s *sseStream) Context() context.Context     { return s.ctx }
 func (s *sseStream) SetHeader(metadata.MD) error  { return nil }

@@ -29,6 +29,11 @@ type People struct {
 	mu   sync.Mutex
 	prov *oidc.Provider
 	cli  *oidc.IDTokenVerifier
+	// failedAt and failed are the last discovery that failed: another is
+	// tried only retryFetchAfter later, so that tokens anyone sends cannot
+	// make atfd ask a provider that is down again and again.
+	failedAt time.Time
+	failed   error
 }
 
 // NewPeople returns the people of cfg's provider; hc reaches it (nil:
@@ -50,10 +55,16 @@ func (p *People) provider(ctx context.Context) (*oidc.Provider, error) {
 	if p.prov != nil {
 		return p.prov, nil
 	}
-	ctx, cancel := context.WithTimeout(oidc.ClientContext(ctx, p.hc), 10*time.Second)
+	if p.failed != nil && p.now().Sub(p.failedAt) < retryFetchAfter {
+		return nil, p.failed
+	}
+	// Apart from the caller's context: one that gives up does not fail
+	// the discovery for the others.
+	ctx, cancel := context.WithTimeout(oidc.ClientContext(context.WithoutCancel(ctx), p.hc), fetchTimeout)
 	defer cancel()
 	prov, err := oidc.NewProvider(ctx, p.cfg.OIDC.Issuer)
 	if err != nil {
+		p.failedAt, p.failed = p.now(), err
 		return nil, err
 	}
 	var meta struct {

@@ -193,6 +193,9 @@ func (e *Edge) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo
 	}
 	ctx, _ := e.begin(ss.Context(), info.FullMethod)
 	ctx, err := e.authorize(ctx, info.FullMethod)
+	if err == nil {
+		err = e.fresh(ctx, info.FullMethod, nil)
+	}
 	if err != nil {
 		return e.Status(ctx, err)
 	}

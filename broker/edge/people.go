@@ -22,8 +22,10 @@ type People interface {
 
 // Who, by console role, may call each method as a person
 // (docs/console.md, Who may do what): what the console lets them do, no
-// more. A method missing here is refused to every person; the agents'
-// own service (BrokerService) is one: people are not agents.
+// more. nil: no person, whatever their roles; the method is for
+// automation with an SVID (a SPIFFE ID in atfd's configuration). A method
+// missing here is refused to every person too; the agents' own service
+// (BrokerService) is: people are not agents.
 var (
 	anyRole    = config.ConsoleRoles
 	admins     = []string{config.ConsoleAdmin}
@@ -39,33 +41,33 @@ var (
 		adminv1.AdminService_QueryAudit_FullMethodName:       anyRole,
 		adminv1.AdminService_VerifyAudit_FullMethodName:      anyRole,
 		adminv1.AdminService_WatchEvents_FullMethodName:      anyRole,
-		adminv1.AdminService_GetConformance_FullMethodName:   anyRole,
-		adminv1.AdminService_RegisterAgent_FullMethodName:    admins,
-		adminv1.AdminService_UpdateAgent_FullMethodName:      admins,
-		adminv1.AdminService_DeregisterAgent_FullMethodName:  admins,
 		adminv1.AdminService_SetPolicy_FullMethodName:        admins,
 		adminv1.AdminService_RollbackPolicy_FullMethodName:   admins,
 		adminv1.AdminService_TestPolicy_FullMethodName:       admins,
-		adminv1.AdminService_Backup_FullMethodName:           admins,
 		adminv1.AdminService_RevokeLineage_FullMethodName:    responders,
+		adminv1.AdminService_RegisterAgent_FullMethodName:    nil,
+		adminv1.AdminService_UpdateAgent_FullMethodName:      nil,
+		adminv1.AdminService_DeregisterAgent_FullMethodName:  nil,
+		adminv1.AdminService_Backup_FullMethodName:           nil,
+		adminv1.AdminService_GetConformance_FullMethodName:   nil,
 
 		adminv1.MaturityService_EvaluatePromotion_FullMethodName: anyRole,
 		adminv1.MaturityService_GetMaturity_FullMethodName:       anyRole,
 		adminv1.MaturityService_ListIncidents_FullMethodName:     anyRole,
-		adminv1.MaturityService_Promote_FullMethodName:           admins,
-		adminv1.MaturityService_Demote_FullMethodName:            admins,
-		adminv1.MaturityService_RollbackLevel_FullMethodName:     admins,
-		adminv1.MaturityService_MigrateAgent_FullMethodName:      admins,
-		adminv1.MaturityService_RecordEvidence_FullMethodName:    admins,
 		adminv1.MaturityService_RecordSignOff_FullMethodName:     admins,
-		adminv1.MaturityService_OpenIncident_FullMethodName:      admins,
-		adminv1.MaturityService_UpdateIncident_FullMethodName:    admins,
-		adminv1.MaturityService_CloseIncident_FullMethodName:     admins,
+		adminv1.MaturityService_Promote_FullMethodName:           nil,
+		adminv1.MaturityService_Demote_FullMethodName:            nil,
+		adminv1.MaturityService_RollbackLevel_FullMethodName:     nil,
+		adminv1.MaturityService_MigrateAgent_FullMethodName:      nil,
+		adminv1.MaturityService_RecordEvidence_FullMethodName:    nil,
+		adminv1.MaturityService_OpenIncident_FullMethodName:      nil,
+		adminv1.MaturityService_UpdateIncident_FullMethodName:    nil,
+		adminv1.MaturityService_CloseIncident_FullMethodName:     nil,
 
 		adminv1.ResponseService_GetKillSwitch_FullMethodName:  anyRole,
 		adminv1.ResponseService_Kill_FullMethodName:           responders,
-		adminv1.ResponseService_RevokeSessions_FullMethodName: responders,
 		adminv1.ResponseService_Release_FullMethodName:        {config.ConsoleSecurityOperator},
+		adminv1.ResponseService_RevokeSessions_FullMethodName: nil,
 
 		adminv1.ApprovalService_ListApprovals_FullMethodName:  anyRole,
 		adminv1.ApprovalService_DecideApproval_FullMethodName: {config.ConsoleApprover},
@@ -80,8 +82,9 @@ func personRefused(method string, h *attest.Human) error {
 	}
 	roles, ok := peopleRules[method]
 	switch {
-	case !ok:
-		return fault.New(fault.Denied, "%s is a person: %s is for agents and automation with an SVID, not for people signed in with atfctl login", who, method)
+	case !ok || roles == nil:
+		return fault.New(fault.Denied, "%s is a person: %s is for agents and automation with an SVID, not for people signed in with atfctl login "+
+			"(to call it with your SVID, give --svid or --workload-api, or run 'atfctl logout')", who, method)
 	case slices.ContainsFunc(roles, h.Has):
 		return nil
 	case len(h.Roles) == 0:
@@ -93,13 +96,16 @@ func personRefused(method string, h *attest.Human) error {
 
 // dangerous says whether req to method is an act that needs a fresh
 // authentication from a person, as in the console: the global kill
-// switch, releasing everyone, a policy change.
+// switch, releasing everyone, a policy change (not its dry run). For a
+// stream, req is nil: the method alone says.
 func dangerous(method string, req any) bool {
 	switch r := req.(type) {
 	case *adminv1.KillRequest:
 		return r.GetAll()
 	case *adminv1.ReleaseRequest:
 		return r.GetAll()
+	case *adminv1.SetPolicyRequest:
+		return !r.GetDryRun()
 	}
 	return method == adminv1.AdminService_SetPolicy_FullMethodName || method == adminv1.AdminService_RollbackPolicy_FullMethodName
 }

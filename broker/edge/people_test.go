@@ -45,4 +45,35 @@ func TestPeopleRulesComplete(t *testing.T) {
 	if len(peopleRules) != methods {
 		t.Errorf("peopleRules has %d methods; one of them is no method of the admin services", len(peopleRules))
 	}
+	// What the console does not do, people may not do here either.
+	for _, m := range []string{adminv1.AdminService_Backup_FullMethodName, adminv1.AdminService_RegisterAgent_FullMethodName,
+		adminv1.MaturityService_MigrateAgent_FullMethodName, adminv1.MaturityService_Promote_FullMethodName, adminv1.ResponseService_RevokeSessions_FullMethodName} {
+		if err := personRefused(m, admin); err == nil || !strings.Contains(err.Error(), "is a person") {
+			t.Errorf("%s as a person holding every role: %v, want refused", m, err)
+		}
+	}
+}
+
+// The acts that need a fresh sign-in from a person: the global kill
+// switch, releasing everyone, a policy change but not its dry run; for a
+// stream the method alone says.
+func TestDangerous(t *testing.T) {
+	for _, tt := range []struct {
+		method string
+		req    any
+		want   bool
+	}{
+		{adminv1.ResponseService_Kill_FullMethodName, &adminv1.KillRequest{Target: &adminv1.KillRequest_All{All: true}}, true},
+		{adminv1.ResponseService_Kill_FullMethodName, &adminv1.KillRequest{Target: &adminv1.KillRequest_AgentId{AgentId: "spiffe://td/a"}}, false},
+		{adminv1.ResponseService_Release_FullMethodName, &adminv1.ReleaseRequest{Target: &adminv1.ReleaseRequest_All{All: true}}, true},
+		{adminv1.AdminService_SetPolicy_FullMethodName, &adminv1.SetPolicyRequest{}, true},
+		{adminv1.AdminService_SetPolicy_FullMethodName, &adminv1.SetPolicyRequest{DryRun: true}, false},
+		{adminv1.AdminService_RollbackPolicy_FullMethodName, &adminv1.RollbackPolicyRequest{}, true},
+		{adminv1.AdminService_SetPolicy_FullMethodName, nil, true},
+		{adminv1.AdminService_WatchEvents_FullMethodName, nil, false},
+	} {
+		if got := dangerous(tt.method, tt.req); got != tt.want {
+			t.Errorf("dangerous(%s, %v) = %v, want %v", tt.method, tt.req, got, tt.want)
+		}
+	}
 }

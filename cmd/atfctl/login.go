@@ -33,8 +33,8 @@ only) and every following command calls the broker as you, with the roles the
 broker maps your groups to (console.roles), until it expires or 'atfctl logout'.
 
 The broker must name atfctl's client at the provider (console.cli_client_id).
-Without a Workload API, give the broker's trust bundle and SPIFFE ID here
-(--bundle, --broker-id): they are kept with the sign-in.`,
+Give the broker's trust bundle and SPIFFE ID here (--bundle, --broker-id), to
+verify the broker with: they are kept with the sign-in.`,
 		Example: `  atfctl --addr atf.example.com:8443 --broker-id spiffe://example.org/atfd --bundle example.org.pem \
       login --issuer https://login.example.com
   atfctl approvals list          # as the person signed in
@@ -43,6 +43,10 @@ Without a Workload API, give the broker's trust bundle and SPIFFE ID here
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if issuer == "" {
 				return usageError{errors.New("--issuer is required: your OpenID provider's issuer URL (console.oidc.issuer of atfd)")}
+			}
+			if g.cfg.BundleFile == "" || g.cfg.BrokerID == "" {
+				return usageError{errors.New("--bundle and --broker-id are required: the broker's trust bundle and SPIFFE ID, " +
+					"which every command signed in as you verifies the broker with")}
 			}
 			path, err := g.loginPath()
 			if err != nil {

@@ -205,3 +205,17 @@ func TestCLILogin(t *testing.T) {
 		t.Fatalf("logout left the sign-in: %v", err)
 	}
 }
+
+// atfctl login refuses to start a sign-in it could not use: without the
+// broker's bundle and SPIFFE ID, no command could verify the broker.
+func TestLoginNeedsTheBroker(t *testing.T) {
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs([]string{"--login-file", filepath.Join(t.TempDir(), "login.json"), "login", "--issuer", "https://op.example"})
+	err := root.ExecuteContext(t.Context())
+	if exitCode(err) != 2 || !strings.Contains(message(err), "--bundle and --broker-id are required") {
+		t.Fatalf("login without --bundle and --broker-id: exit %d, %v", exitCode(err), err)
+	}
+}

@@ -215,6 +215,15 @@ func (s *groupStorage) GetDeviceAuthorizatonState(ctx context.Context, clientID,
 		return nil, errors.New("device code not found for client")
 	}
 	c := *st
+	if st.Done || st.Denied {
+		// Answered once: the code gives no second token.
+		delete(s.deviceCodes, deviceCode)
+		for u, d := range s.userCodes {
+			if d == deviceCode {
+				delete(s.userCodes, u)
+			}
+		}
+	}
 	return &c, nil
 }
 
@@ -239,8 +248,13 @@ func (s *groupStorage) CompleteDeviceAuthorization(ctx context.Context, userCode
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st, ok := s.deviceCodes[s.userCodes[userCode]]
-	if !ok {
+	switch {
+	case !ok:
 		return errors.New("user code not found")
+	case st.Done || st.Denied:
+		return errors.New("this code was already answered")
+	case time.Now().After(st.Expires):
+		return errors.New("this code expired; start the sign-in again")
 	}
 	st.Subject, st.AuthTime, st.AMR, st.Done = u.ID, time.Now(), []string{"pwd"}, true
 	return nil
