@@ -844,6 +844,10 @@ func TestOAuthGrantScopes(t *testing.T) {
 	if got := g1.GetScopes(); len(got) != 1 || got[0].GetRole() != "tools-read" || !slices.Equal(got[0].GetScopes(), []string{"tools.list"}) {
 		t.Fatalf("the grant's scopes = %v", got)
 	}
+	created, err := e.admin.QueryAudit(t.Context(), &adminv1.QueryAuditRequest{Kind: "grant_created", Agent: a.id.String()})
+	if err != nil || len(created.GetRecords()) == 0 || created.GetRecords()[0].GetDetail()["scopes"] != "tools-read=tools.list" {
+		t.Fatalf("the grant's audit record = %v, %v; want its scopes", created.GetRecords(), err)
+	}
 
 	set := e.jwks(t)
 	r := e.mustExchange(t, b.id, brokertest.OAuthToolsAudience, "", g1.GetId())

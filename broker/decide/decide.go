@@ -261,8 +261,12 @@ func Decide(in Input, why Reasons) (Plan, *Refusal) {
 		NeedsApproval: d.Outcome == authz.NeedsApproval && in.ApprovalID == "", Authority: in.Authority, Reasons: why}
 	if allowed, narrowed := in.GrantScopes[in.Role.Name]; narrowed {
 		var refused *authz.Decision
+		// What the grants allow, of what the role has now (a scope taken
+		// from the role since is gone under the grants too).
+		allowed = slices.DeleteFunc(slices.Clone(allowed), func(sc string) bool { return !slices.Contains(in.Role.Scopes, sc) })
 		if p.Request.Scopes, refused = narrowScopes(in.Request.Scopes, allowed, in.Role.Name, in.GrantID); refused != nil {
-			why.explain(*refused)
+			// The gate's explanation (rule, policy line) stays: Deny
+			// sets the reason and message only.
 			return Plan{}, Deny(why, *refused)
 		}
 	}

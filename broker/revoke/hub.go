@@ -42,6 +42,10 @@ type hub struct {
 	ring ring
 	// all are the watchers of every agent's events (SubscribeAll).
 	all map[chan AgentEvent]struct{}
+	// resumeFrom is the first position a watch may resume from: events
+	// went to this replica's watchers alone (publishHere) at the one
+	// before it, and the journal does not have them.
+	resumeFrom int64
 }
 
 // AgentEvent is a revocation event of one agent, for a watcher of all
@@ -168,6 +172,7 @@ func (h *hub) publishAt(pos int64, events map[string]*brokerv1.WatchRevocationsR
 func (h *hub) publishHere(events map[string]*brokerv1.WatchRevocationsResponse) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.resumeFrom = h.pos + 1
 	for agent, msg := range events {
 		h.send(agent, Event{Pos: h.pos, Msg: msg, here: true})
 	}
@@ -210,19 +215,31 @@ func (h *hub) await(pos int64, d time.Duration) bool {
 	}
 }
 
-// mark is the position a watcher reading ch has heard everything up to:
-// the hub's, if nothing waits in ch.
-func (h *hub) mark(ch <-chan Event) (int64, bool) {
+// mark is the position a watcher of agent reading ch has heard
+// everything up to: the hub's, if nothing waits in ch and the hub did not
+// cut it off (a watcher cut off missed the event that did not fit, and
+// its position is past it).
+func (h *hub) mark(agent string, ch <-chan Event) (int64, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.pos, len(ch) == 0
+	for c := range h.subs[agent] {
+		if c == ch {
+			return h.pos, len(ch) == 0
+		}
+	}
+	return h.pos, false
 }
 
 // markAll is mark for a watcher of every agent's events.
 func (h *hub) markAll(ch <-chan AgentEvent) (int64, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.pos, len(ch) == 0
+	for c := range h.all {
+		if c == ch {
+			return h.pos, len(ch) == 0
+		}
+	}
+	return h.pos, false
 }
 
 // end ends the watches of agent for why (every agent's, if agent is ""),
@@ -246,6 +263,14 @@ func (h *hub) end(agent string, why error) {
 			close(ch)
 		}
 	}
+}
+
+// resumable says whether a watch may resume after position after from
+// the journal: no event went to this replica's watchers alone since.
+func (h *hub) resumable(after int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return after >= h.resumeFrom
 }
 
 // cursor names pos in this hub's epoch.

@@ -2,6 +2,7 @@ package revoke
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"testing"
@@ -116,5 +117,61 @@ func TestSubscribeAllResumes(t *testing.T) {
 		if resumed {
 			t.Errorf("cursor %s resumed", cursor)
 		}
+	}
+}
+
+// A watcher the hub cut off (it fell behind) gets no mark: the event that
+// did not fit is behind the hub's position, and a mark past it would let
+// the watcher resume without it.
+func TestNoMarkForAWatcherCutOff(t *testing.T) {
+	h := &hub{epoch: "e"}
+	all, _, cancelAll := h.subscribeAll()
+	defer cancelAll()
+	one, _, _, cancelOne := h.subscribe("spiffe://td/a")
+	defer cancelOne()
+	for i := range 300 {
+		h.publish(map[string]*brokerv1.WatchRevocationsResponse{"spiffe://td/a": {Accessors: []string{fmt.Sprint(i)}}})
+	}
+	for len(all) > 0 {
+		<-all
+	}
+	for len(one) > 0 {
+		<-one
+	}
+	if pos, idle := h.markAll(all); idle {
+		t.Errorf("a watcher of all cut off is marked idle at %d", pos)
+	}
+	if pos, idle := h.mark("spiffe://td/a", one); idle {
+		t.Errorf("an agent's watcher cut off is marked idle at %d", pos)
+	}
+}
+
+// Events that went to this replica's watchers alone (the feed did not
+// take them) are in no journal: a watch from a cursor at or before them
+// is not resumed, so its client is reset rather than missing them.
+func TestNoResumePastEventsHereAlone(t *testing.T) {
+	r := &Revoker{cfg: Config{Log: slog.New(slog.DiscardHandler), ResumeWindow: time.Minute}, hub: hub{epoch: "e"}}
+	r.hub.ring.keep = time.Hour
+	r.hub.publish(map[string]*brokerv1.WatchRevocationsResponse{"spiffe://td/a": {Accessors: []string{"x"}}})
+	r.hub.publish(map[string]*brokerv1.WatchRevocationsResponse{"spiffe://td/a": {Accessors: []string{"y"}}})
+	if _, resumed, cancel := r.SubscribeAll(t.Context(), "e.1"); !resumed {
+		t.Fatal("a cursor of the window did not resume")
+	} else {
+		cancel()
+	}
+	r.hub.publishHere(map[string]*brokerv1.WatchRevocationsResponse{"spiffe://td/a": {Accessors: []string{"z"}}})
+	for _, cursor := range []string{"e.1", "e.2"} {
+		if _, resumed, cancel := r.SubscribeAll(t.Context(), cursor); resumed {
+			cancel()
+			t.Errorf("resumed from %s past an event sent here alone", cursor)
+		} else {
+			cancel()
+		}
+	}
+	r.hub.publish(map[string]*brokerv1.WatchRevocationsResponse{"spiffe://td/a": {Accessors: []string{"w"}}})
+	if _, resumed, cancel := r.SubscribeAll(t.Context(), "e.3"); !resumed {
+		t.Error("a cursor after the event sent here alone did not resume")
+	} else {
+		cancel()
 	}
 }

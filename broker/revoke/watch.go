@@ -38,7 +38,7 @@ func (r *Revoker) Subscribe(ctx context.Context, agent, resumeAfter string, mark
 	in, from, ended, unsubscribe := r.hub.subscribe(agent)
 	// Registered first, so a stop committed meanwhile ends it too.
 	r.endStopped([]string{agent})
-	w := &watch{hub: &r.hub, in: in, out: make(chan *brokerv1.WatchRevocationsResponse), done: make(chan struct{}),
+	w := &watch{hub: &r.hub, agent: agent, in: in, out: make(chan *brokerv1.WatchRevocationsResponse), done: make(chan struct{}),
 		marks: marks || resumeAfter != "", markEvery: min(time.Minute, r.cfg.ResumeWindow/4), last: from}
 	if resumeAfter != "" {
 		w.resume(ctx, r.journal(), agent, resumeAfter)
@@ -65,6 +65,7 @@ func (r *Revoker) journal() Journal {
 // missed, then those published, and marks now and then.
 type watch struct {
 	hub   *hub
+	agent string
 	in    <-chan Event
 	out   chan *brokerv1.WatchRevocationsResponse
 	done  chan struct{}
@@ -93,7 +94,7 @@ func (p resumePoint) replayed(ev Event) bool { return p.resumed && ev.Pos <= p.u
 // resume finds the events after cursor, if the journal still has them all.
 func (w *watch) resume(ctx context.Context, j Journal, agent, cursor string) {
 	after, ok := w.hub.position(cursor)
-	if !ok {
+	if !ok || !w.hub.resumable(after) {
 		return
 	}
 	events, upto, err := j.Since(ctx, agent, after)
@@ -142,7 +143,7 @@ func (w *watch) run() {
 				return
 			}
 		case <-tick:
-			if pos, idle := w.hub.mark(w.in); idle && pos > w.last && !w.send(pos, &brokerv1.WatchRevocationsResponse{Cursor: w.hub.cursor(pos)}) {
+			if pos, idle := w.hub.mark(w.agent, w.in); idle && pos > w.last && !w.send(pos, &brokerv1.WatchRevocationsResponse{Cursor: w.hub.cursor(pos)}) {
 				return
 			}
 		case <-w.done:
@@ -176,7 +177,7 @@ func (r *Revoker) SubscribeAll(ctx context.Context, resumeAfter string) (events 
 	in, from, unsubscribe := r.hub.subscribeAll()
 	w := &allWatch{hub: &r.hub, in: in, out: make(chan AgentEvent), done: make(chan struct{}),
 		markEvery: min(time.Minute, r.cfg.ResumeWindow/4), last: from}
-	if after, ok := r.hub.position(resumeAfter); ok && resumeAfter != "" {
+	if after, ok := r.hub.position(resumeAfter); ok && resumeAfter != "" && r.hub.resumable(after) {
 		evs, upto, err := r.journal().SinceAll(ctx, after)
 		switch {
 		case err == nil:

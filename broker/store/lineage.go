@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -185,9 +186,18 @@ func (s *Store) PutGrant(g delegation.Grant, maxFanOut int) error {
 		if err := tx.Bucket(bucketChildren).Put(pair(g.ParentID, g.ID), nil); err != nil {
 			return err
 		}
-		return s.appendAudit(tx, AuditRecord{Time: s.now().UTC(), Kind: "grant_created", Actor: g.Delegator, Subject: g.ID, Detail: map[string]string{
+		detail := map[string]string{
 			"delegatee": g.Delegatee, "roles": strings.Join(g.Roles, ","), "parent": g.ParentID, "expires_at": g.ExpiresAt.UTC().Format(time.RFC3339),
-		}})
+		}
+		if len(g.Scopes) > 0 {
+			// role=scope scope;role=scope
+			var scopes []string
+			for _, role := range slices.Sorted(maps.Keys(g.Scopes)) {
+				scopes = append(scopes, role+"="+strings.Join(g.Scopes[role], " "))
+			}
+			detail["scopes"] = strings.Join(scopes, ";")
+		}
+		return s.appendAudit(tx, AuditRecord{Time: s.now().UTC(), Kind: "grant_created", Actor: g.Delegator, Subject: g.ID, Detail: detail})
 	})
 }
 
