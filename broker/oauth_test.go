@@ -740,9 +740,14 @@ func TestOAuthApprovalDemotionPolicy(t *testing.T) {
 	cfg.Approvals.Approvers = []string{approver.String()}
 	e := startOAuthEnv(t, f, cfg)
 	junior := e.register(t, "junior", brokerv1.Level_LEVEL_JUNIOR, toolRoles...)
-	r := e.exchange(t, junior.id, brokertest.OAuthAdminAudience, "", "")
+	r := e.exchange(t, junior.id, brokertest.OAuthAdminAudience, "tools.admin", "")
 	if r.status != http.StatusBadRequest || r.Error != "authorization_pending" || r.ApprovalID == "" || r.DecisionID == "" {
 		t.Fatalf("a Junior's write: %d %s %q (approval %q)", r.status, r.Error, r.Description, r.ApprovalID)
+	}
+	// The approver sees the scopes the token would carry.
+	listed, err := e.b.Dial(t, approver).Approvals.ListApprovals(t.Context(), &adminv1.ListApprovalsRequest{})
+	if err != nil || len(listed.GetApprovals()) != 1 || !slices.Equal(listed.GetApprovals()[0].GetScopes(), []string{"tools.admin"}) {
+		t.Fatalf("the pending approval as listed: %v, %v; want its scopes", listed.GetApprovals(), err)
 	}
 	if _, err := e.b.Dial(t, approver).Approvals.DecideApproval(t.Context(), &adminv1.DecideApprovalRequest{ApprovalId: r.ApprovalID,
 		Verdict: adminv1.Verdict_VERDICT_APPROVE, Reason: "test"}); err != nil {

@@ -260,7 +260,7 @@ func (s *Service) requestApproval(ctx context.Context, p decide.Plan) (*brokerv1
 	role := p.Role.Authz()
 	ap, err := s.cfg.Approvals.Request(ctx, store.Approval{
 		ID: edge.NewID(), AgentID: p.Caller, Role: p.Role.Name, Class: role.Class.String(), Classification: role.Classification.String(),
-		Level: p.Level, GrantID: p.GrantID, Chain: p.Chain, TTL: p.TTL, RequestedTTL: p.Request.TTL, Purpose: p.Purpose,
+		Level: p.Level, GrantID: p.GrantID, Chain: p.Chain, TTL: p.TTL, RequestedTTL: p.Request.TTL, Scopes: p.Request.Scopes, Purpose: p.Purpose,
 		Justification: p.Justification, CreatedAt: s.cfg.Now().UTC(), DecisionID: p.Reasons.DecisionID, Why: p.Reasons.Detail(),
 	})
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -120,13 +121,26 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 
 // boundBy holds p to what the approver saw in ap: a redemption that asks
 // for another lifetime is refused, one that names none gets the approved
-// one, never more.
+// one, never more; an access token carries the approved scopes at most
+// (of those the redemption may have: the answer's scope says which), and
+// none in common is a refusal.
 func boundBy(p decide.Plan, ap store.Approval) (decide.Plan, error) {
 	if p.Request.TTL != 0 && p.Request.TTL != ap.RequestedTTL {
 		return p, fault.New(fault.Precondition, "approval %s was given for a lifetime of %s, not %s: redeem it as approved (or without a ttl)", ap.ID, ap.TTL, p.Request.TTL)
 	}
 	if ap.TTL > 0 {
 		p.TTL = min(p.TTL, ap.TTL)
+	}
+	if len(ap.Scopes) > 0 {
+		may := p.Request.Scopes
+		if len(may) == 0 {
+			may = p.Role.Scopes
+		}
+		p.Request.Scopes = slices.DeleteFunc(slices.Clone(may), func(sc string) bool { return !slices.Contains(ap.Scopes, sc) })
+		if len(p.Request.Scopes) == 0 {
+			return p, fault.New(fault.Precondition, "approval %s was given for the scopes %s, none of which this redemption may have (%s): redeem it as approved",
+				ap.ID, strings.Join(ap.Scopes, " "), strings.Join(may, " "))
+		}
 	}
 	return p, nil
 }

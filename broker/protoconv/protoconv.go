@@ -80,6 +80,7 @@ func ApprovalToProto(a store.Approval) *brokerv1.Approval {
 		DecisionId:         a.DecisionID,
 		RedeemedDecisionId: a.RedeemedDecisionID,
 		Chain:              a.Chain,
+		Scopes:             a.Scopes,
 	}
 	if !a.DecidedAt.IsZero() {
 		out.DecidedAt = timestamppb.New(a.DecidedAt)

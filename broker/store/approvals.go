@@ -42,7 +42,11 @@ type Approval struct {
 	TTL            time.Duration `json:"ttl"`
 	// RequestedTTL is the lifetime the request asked for (0: the most
 	// allowed); a redemption must ask for the same. TTL is what it gets.
-	RequestedTTL  time.Duration  `json:"requested_ttl,omitempty"`
+	RequestedTTL time.Duration `json:"requested_ttl,omitempty"`
+	// Scopes are, for an access-token role, the scopes the token would
+	// carry (the approver sees them); a redemption gets these or fewer.
+	// Empty: every scope of the role.
+	Scopes        []string       `json:"scopes,omitempty"`
 	Purpose       string         `json:"purpose,omitempty"`
 	Justification string         `json:"justification,omitempty"`
 	Status        ApprovalStatus `json:"status"`

@@ -412,5 +412,8 @@ func printApproval(w *tabwriter.Writer, ap *brokerv1.Approval) {
 	fmt.Fprintf(w, "Status:\t%s\n", enumName(ap.GetStatus().String(), "APPROVAL_STATUS_"))
 	fmt.Fprintf(w, "Approval:\t%s\n", ap.GetId())
 	fmt.Fprintf(w, "Role:\t%s (%s, %s data)\n", ap.GetRole(), ap.GetClass(), ap.GetClassification())
+	if sc := ap.GetScopes(); len(sc) > 0 {
+		fmt.Fprintf(w, "Scopes:\t%s\n", strings.Join(sc, " "))
+	}
 	fmt.Fprintf(w, "Expires:\t%s\n", ts(ap.GetExpiresAt()))
 }

@@ -351,6 +351,9 @@ func decide(g *globals, v adminv1.Verdict) *cobra.Command {
 				fmt.Fprintf(w, "Status:\t%s\n", enumName(a.GetStatus().String(), "APPROVAL_STATUS_"))
 				fmt.Fprintf(w, "Agent:\t%s\n", a.GetAgentId())
 				fmt.Fprintf(w, "Role:\t%s\n", a.GetRole())
+				if sc := a.GetScopes(); len(sc) > 0 {
+					fmt.Fprintf(w, "Scopes:\t%s\n", strings.Join(sc, " "))
+				}
 				if v == adminv1.Verdict_VERDICT_APPROVE {
 					fmt.Fprintf(w, "Redeem by:\t%s\n", ts(a.GetExpiresAt()))
 				}

@@ -644,8 +644,12 @@ type Approval struct {
 	DecisionId         string   `protobuf:"bytes,17,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
 	RedeemedDecisionId string   `protobuf:"bytes,18,opt,name=redeemed_decision_id,json=redeemedDecisionId,proto3" json:"redeemed_decision_id,omitempty"`
 	Chain              []string `protobuf:"bytes,19,rep,name=chain,proto3" json:"chain,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// For an access-token role (kind jwt): the scopes the token would
+	// carry. Redeeming it asks for these or fewer; empty: every scope of the
+	// role.
+	Scopes        []string `protobuf:"bytes,20,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Approval) Reset() {
@@ -807,6 +811,13 @@ func (x *Approval) GetRedeemedDecisionId() string {
 func (x *Approval) GetChain() []string {
 	if x != nil {
 		return x.Chain
+	}
+	return nil
+}
+
+func (x *Approval) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
 	}
 	return nil
 }
@@ -1883,7 +1894,7 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x19.atf.broker.v1.CredentialR\n" +
 	"credential\x123\n" +
-	"\bapproval\x18\x02 \x01(\v2\x17.atf.broker.v1.ApprovalR\bapproval\"\xc3\x05\n" +
+	"\bapproval\x18\x02 \x01(\v2\x17.atf.broker.v1.ApprovalR\bapproval\"\xdb\x05\n" +
 	"\bApproval\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bagent_id\x18\x02 \x01(\tR\aagentId\x12\x12\n" +
@@ -1909,7 +1920,8 @@ const file_atf_broker_v1_broker_proto_rawDesc = "" +
 	"\vdecision_id\x18\x11 \x01(\tR\n" +
 	"decisionId\x120\n" +
 	"\x14redeemed_decision_id\x18\x12 \x01(\tR\x12redeemedDecisionId\x12\x14\n" +
-	"\x05chain\x18\x13 \x03(\tR\x05chain\"M\n" +
+	"\x05chain\x18\x13 \x03(\tR\x05chain\x12\x16\n" +
+	"\x06scopes\x18\x14 \x03(\tR\x06scopes\"M\n" +
 	"\x13WaitApprovalRequest\x126\n" +
 	"\vapproval_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{32}$R\n" +
 	"approvalId\"K\n" +
