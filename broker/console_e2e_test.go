@@ -531,7 +531,17 @@ func TestConsole(t *testing.T) {
 		for _, p := range []string{"/", "/approvals", "/kill", "/audit", "/policy", "/events"} {
 			do(t, ctx, "open "+p, chromedp.Navigate(e.url+p), chromedp.WaitVisible(chromedp.CSS("main")))
 		}
-		do(t, ctx, "live events", chromedp.WaitVisible(chromedp.ID("events-state")))
+		// The page follows the broker's events: a kill made elsewhere
+		// appears in it.
+		do(t, ctx, "live events", chromedp.WaitVisible(chromedp.ID("events-state")),
+			chromedp.Poll[chromedp.Void](`document.getElementById("events-state").textContent === "Live."`, chromedp.WithPollingTimeout(10*time.Second)))
+		watched := e.register(t, "watched", brokerv1.Level_LEVEL_INTERN, "reports-read")
+		if _, err := e.b.Dial(t, e.f.Admin).Response.Kill(t.Context(), &adminv1.KillRequest{
+			Target: &adminv1.KillRequest_AgentId{AgentId: watched.id.String()}, Reason: "events page"}); err != nil {
+			t.Fatal(err)
+		}
+		do(t, ctx, "the kill in the live events", chromedp.Poll[chromedp.Void](`[...document.querySelectorAll("#events tbody tr")].some(r => r.textContent.includes("`+
+			watched.id.String()+`") && r.textContent.includes("kill"))`, chromedp.WithPollingTimeout(10*time.Second)))
 		e.shot(t, ctx, "events")
 		do(t, ctx, "audit", chromedp.Navigate(e.url+"/audit"), chromedp.WaitVisible(chromedp.ID("chain")))
 		if s := text(t, ctx, "#chain"); !strings.Contains(s, "Hash chain verified") {
