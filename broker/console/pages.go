@@ -112,7 +112,13 @@ func (c *Console) revokeConfirm(ctx context.Context, w http.ResponseWriter, r *h
 		c.failErr(w, r, s, err)
 		return
 	}
-	c.render(w, r, s, "revoke", map[string]any{"Agent": root, "Grant": grant, "Lineage": l, "Back": q.Get("back")})
+	live := 0 // the grants that will die: those not revoked already
+	for _, g := range l.GetGrants() {
+		if g.GetRevokedAt() == nil {
+			live++
+		}
+	}
+	c.render(w, r, s, "revoke", map[string]any{"Agent": root, "Grant": grant, "Lineage": l, "Grants": live, "Back": localPath(q.Get("back"))})
 }
 
 func (c *Console) revoke(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
