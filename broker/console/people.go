@@ -72,7 +72,8 @@ func (p *People) provider(ctx context.Context) (*oidc.Provider, error) {
 		Algs []string `json:"id_token_signing_alg_values_supported"`
 	}
 	if err := prov.Claims(&meta); err != nil || meta.JWKS == "" {
-		return nil, fmt.Errorf("the provider's discovery document names no jwks_uri: %v", err)
+		p.failedAt, p.failed = p.now(), fmt.Errorf("the provider's discovery document names no jwks_uri: %v", err)
+		return nil, p.failed
 	}
 	p.prov = prov
 	p.cli = oidc.NewVerifier(p.cfg.OIDC.Issuer, &keySet{url: meta.JWKS, hc: p.hc, now: p.now},
