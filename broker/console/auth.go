@@ -130,12 +130,10 @@ func (c *Console) verify(ctx context.Context, code string, st loginState) (*atte
 	if err := idt.Claims(&claims); err != nil {
 		return nil, fmt.Errorf("the ID token's claims: %w", err)
 	}
-	_, age, ok := c.people.human(idt, claims)
-	if !ok && st.Reauth {
-		return nil, errors.New("the provider did not say when the person authenticated (no auth_time), so a fresh sign-in cannot be proven")
-	}
-	if st.Reauth && age > time.Minute {
-		return nil, fmt.Errorf("the provider did not authenticate the person again: they authenticated %s before the token", age.Round(time.Second))
+	if _, age, known := c.people.human(idt, claims); st.Reauth {
+		if err := freshSignIn(age, known); err != nil {
+			return nil, err
+		}
 	}
 	// Userinfo completes what the ID token leaves out (name, groups), for
 	// the same subject only.
@@ -151,6 +149,19 @@ func (c *Console) verify(ctx context.Context, code string, st loginState) (*atte
 	}
 	h, _, _ := c.people.human(idt, claims)
 	return h, nil
+}
+
+// freshSignIn refuses a re-authentication the provider did not do: the
+// person authenticated age before the token, by the provider's clock;
+// known says whether the token said when (auth_time).
+func freshSignIn(age time.Duration, known bool) error {
+	switch {
+	case !known:
+		return errors.New("the provider did not say when the person authenticated (no auth_time), so a fresh sign-in cannot be proven")
+	case age > time.Minute:
+		return fmt.Errorf("the provider did not authenticate the person again: they authenticated %s before the token", age.Round(time.Second))
+	}
+	return nil
 }
 
 // logout ends the session (POST, with its CSRF token).

@@ -196,3 +196,24 @@ func (failingSessions) EndSession(string, time.Time) error { return errors.New("
 func (failingSessions) SessionEnded(string) (bool, error) {
 	return false, errors.New("etcd: no leader")
 }
+
+// A re-authentication counts only if the provider says it authenticated
+// the person again: auth_time within a minute of the token, by its own
+// clock; a token that does not say when is refused.
+func TestFreshSignIn(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		age   time.Duration
+		known bool
+		want  string
+	}{
+		{"fresh", 10 * time.Second, true, ""},
+		{"stale", 10 * time.Minute, true, "did not authenticate the person again"},
+		{"no auth_time", 0, false, "no auth_time"},
+	} {
+		err := freshSignIn(tt.age, tt.known)
+		if (tt.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want %q", tt.name, err, tt.want)
+		}
+	}
+}
