@@ -923,9 +923,23 @@ func resumeEvents(t *testing.T, one, two *oauthEnv) {
 	for range 3 {
 		grants = append(grants, a.mustDelegate(t, b.id, "", time.Hour, 0, "tools-read"))
 	}
-	first := one.subscribe(t)
+	// A stream that hears nothing revoked still gets an id at once, and
+	// resumes from it.
+	quiet := one.subscribe(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for quiet.lastID() == "" && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if quiet.lastID() == "" {
+		t.Fatal("a quiet event stream gave no id to resume from")
+	}
+	quiet.close()
+	first := one.subscribeWith(t, one.b.HTTPClient(t, one.rs), "HTTP/2.0", quiet.lastID())
 	one.revokeLineage(t, grants[0].GetId(), "before the hang-up")
 	first.awaitNode(t, "grant:"+grants[0].GetId())
+	if kind := <-first.first; kind != "revoked" {
+		t.Fatalf("the stream resumed from a quiet one's id begins with %q, want no reset", kind)
+	}
 	id := first.lastID()
 	if id == "" {
 		t.Fatal("the revoked event came without an id to resume from")

@@ -11,8 +11,9 @@ import (
 )
 
 // events streams revocations to a resource server as Server-Sent Events
-// (docs/oauth.md): "revoked" events and a "ping" every Ping, each with an
-// id (a cursor) while there is one to give. A client that reconnects
+// (docs/oauth.md): "revoked" events with an id (a cursor), a "ping"
+// every Ping, and a ping with an id at once and whenever the position
+// moves with nothing for this client. A client that reconnects
 // with Last-Event-ID hears the events it missed, if the resume window
 // still holds them all; otherwise a "reset" (data: the broker's time)
 // comes first: it must treat what it cached as stale. The stream ends
@@ -50,9 +51,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	fl.Flush()
 	ping := time.NewTicker(s.cfg.Ping)
 	defer ping.Stop()
-	// mark is the position every event sent runs to, for the next ping's
-	// id; sent is the last id the client got.
-	mark, sent := "", last
+	sent := last // the last id the client got
 	for {
 		select {
 		case <-ctx.Done():
@@ -64,21 +63,21 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 				edge.Logger(ctx).Info("revocation events ended: the resource server's SVID no longer verifies")
 				return
 			}
-			if mark != "" && mark != sent {
-				fmt.Fprintf(w, "event: ping\nid: %s\ndata: {}\n\n", mark)
-				sent = mark
-			} else {
-				fmt.Fprint(w, "event: ping\ndata: {}\n\n")
-			}
+			fmt.Fprint(w, "event: ping\ndata: {}\n\n")
 		case ev, open := <-events:
 			if !open {
 				return // fell behind: the client reconnects and resumes
 			}
 			if ev.Mark {
-				mark = ev.Cursor
-				continue
+				// The position moved with nothing for this client: a ping
+				// carrying it as the id to resume from.
+				if ev.Cursor == sent {
+					continue
+				}
+				fmt.Fprintf(w, "event: ping\nid: %s\ndata: {}\n\n", ev.Cursor)
+				sent = ev.Cursor
+				break
 			}
-			mark = ""
 			data, _ := json.Marshal(ev) // an Event always marshals
 			fmt.Fprintf(w, "event: revoked\nid: %s\ndata: %s\n\n", ev.Cursor, data)
 			sent = ev.Cursor

@@ -69,8 +69,8 @@ func TestLostAccessTokenIsAnnounced(t *testing.T) {
 	}
 }
 
-// A watcher of all agents resumes after a cursor it heard: the events
-// after it come first (an event's cursor names the position before it,
+// A watcher of all agents resumes after a cursor it heard: a mark at it,
+// then the events after it (an event's cursor names the position before it,
 // so its own position's events come again), then what is published, and
 // a mark names the position once nothing waits. A cursor of another
 // epoch, or from before the window, resumes nothing.
@@ -101,6 +101,9 @@ func TestSubscribeAllResumes(t *testing.T) {
 	if !resumed {
 		t.Fatal("a cursor of the window did not resume")
 	}
+	if ev := recv(events); ev.Msg != nil || ev.Cursor != "e.2" {
+		t.Fatalf("first = %+v, want a mark at the cursor resumed from", ev)
+	}
 	if ev := recv(events); ev.Agent != "spiffe://td/c" || ev.Cursor != "e.2" {
 		t.Fatalf("first = %s %s, want c's event with cursor e.2 (the position before it)", ev.Agent, ev.Cursor)
 	}
@@ -111,12 +114,16 @@ func TestSubscribeAllResumes(t *testing.T) {
 	if ev := recv(events); ev.Msg != nil || ev.Cursor != "e.4" {
 		t.Fatalf("then %+v, want a mark at e.4", ev)
 	}
-	for _, cursor := range []string{"other.2", "e.99", "x"} {
-		_, resumed, cancel := r.SubscribeAll(t.Context(), cursor)
-		cancel()
+	for _, cursor := range []string{"other.2", "e.99", "x", ""} {
+		events, resumed, cancel := r.SubscribeAll(t.Context(), cursor)
 		if resumed {
 			t.Errorf("cursor %s resumed", cursor)
 		}
+		// Not resumed, it still gets a cursor at once to resume from later.
+		if ev := recv(events); ev.Msg != nil || ev.Cursor != "e.4" {
+			t.Errorf("cursor %q: first %+v, want a mark at e.4", cursor, ev)
+		}
+		cancel()
 	}
 }
 

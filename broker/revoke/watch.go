@@ -170,14 +170,15 @@ func (w *watch) send(pos int64, m *brokerv1.WatchRevocationsResponse) bool {
 // after it come first if the journal still has them all (resumed);
 // otherwise it hears what comes next only, and must assume it missed
 // some. Marks (an AgentEvent without Msg) name the position everything
-// sent so far runs to, now and then while nothing is revoked, so that
-// the cursor a client keeps stays within the resume window. Its channel
+// sent so far runs to: one first, then now and then while nothing is
+// revoked, so that the cursor a client keeps stays within the resume
+// window. Its channel
 // closes if the watcher falls behind, or on cancel.
 func (r *Revoker) SubscribeAll(ctx context.Context, resumeAfter string) (events <-chan AgentEvent, resumed bool, cancel func()) {
 	in, from, unsubscribe := r.hub.subscribeAll()
 	w := &allWatch{hub: &r.hub, in: in, out: make(chan AgentEvent), done: make(chan struct{}),
 		markEvery: min(time.Minute, r.cfg.ResumeWindow/4), last: from}
-	if after, ok := r.hub.position(resumeAfter); ok && resumeAfter != "" && r.hub.resumable(after) {
+	if after, ok := r.hub.position(resumeAfter); ok && r.hub.resumable(after) {
 		evs, upto, err := r.journal().SinceAll(ctx, after)
 		switch {
 		case err == nil:
@@ -212,6 +213,11 @@ type allWatch struct {
 
 func (w *allWatch) run() {
 	defer close(w.out)
+	// A mark first, as an agent's watch sends: a client that hears
+	// nothing revoked still has a cursor to resume from.
+	if !w.send(AgentEvent{Cursor: w.hub.cursor(w.last), Event: Event{Pos: w.last}}) {
+		return
+	}
 	for _, ev := range w.replay {
 		if !w.send(ev) {
 			return
