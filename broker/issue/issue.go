@@ -233,12 +233,9 @@ func (is *Issuer) sign(ctx context.Context, p decide.Plan) (vault.Credential, er
 	edge.Logger(ctx).Error("signing an access token failed", slog.String(edge.LogError, err.Error()), slog.String(edge.LogDecisionID, p.Reasons.DecisionID))
 	if errors.Is(err, vault.ErrUnavailable) {
 		msg := fmt.Sprintf("Vault did not sign the access token of role %s; nothing was issued (decision %s)", p.Role.Name, p.Reasons.DecisionID)
-		// An open breaker says when it lets the next call through.
-		f := &fault.Error{Kind: fault.Unavailable, Msg: msg, Err: err}
-		if open := (*vault.BreakerOpenError)(nil); errors.As(err, &open) {
-			f.Retry = max(time.Until(open.RetryAt), time.Second)
-		}
-		return cred, decide.Fail(p.Reasons, "vault_unavailable", msg, f)
+		// An open breaker's retry time comes through err: the edge's
+		// mapping finds it (Retry-After).
+		return cred, decide.Fail(p.Reasons, "vault_unavailable", msg, &fault.Error{Kind: fault.Unavailable, Msg: msg, Err: err})
 	}
 	msg := fmt.Sprintf("Vault refused to sign the access token of role %s; nothing was issued (decision %s)", p.Role.Name, p.Reasons.DecisionID)
 	return cred, decide.Fail(p.Reasons, "vault_refused", msg, fault.New(fault.Precondition, "%s", msg))
