@@ -756,6 +756,15 @@ func TestOAuthApprovalDemotionPolicy(t *testing.T) {
 	if r := e.exchangeForm(t, junior.id, url.Values{"resource": {brokertest.OAuthAdminAudience}, "approval_id": {r.ApprovalID}}); r.status != http.StatusOK {
 		t.Fatalf("redeeming the approval: %d %s %s", r.status, r.Error, r.Description)
 	}
+	// Asked for no scope, the approval names every scope the role has, and
+	// holds the redemption to them.
+	if r := e.exchange(t, junior.id, brokertest.OAuthAdminAudience, "", ""); r.Error != "authorization_pending" {
+		t.Fatalf("a Junior's second write: %d %s %q", r.status, r.Error, r.Description)
+	}
+	listed, err = e.b.Dial(t, approver).Approvals.ListApprovals(t.Context(), &adminv1.ListApprovalsRequest{})
+	if err != nil || len(listed.GetApprovals()) != 1 || !slices.Equal(listed.GetApprovals()[0].GetScopes(), []string{"tools.admin"}) {
+		t.Fatalf("the pending approval asked without a scope: %v, %v; want the role's scopes", listed.GetApprovals(), err)
+	}
 
 	senior := e.register(t, "senior", brokerv1.Level_LEVEL_SENIOR, toolRoles...)
 	write := e.mustExchange(t, senior.id, brokertest.OAuthAdminAudience, "", "").AccessToken

@@ -14,6 +14,7 @@ import (
 
 	"github.com/agentictrust/atf/authz"
 	"github.com/agentictrust/atf/broker/audit"
+	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/decide"
 	"github.com/agentictrust/atf/broker/edge"
 	"github.com/agentictrust/atf/broker/fault"
@@ -258,9 +259,15 @@ func refusalReason(ref *decide.Refusal) string {
 // requestApproval records plan as a request a human must approve.
 func (s *Service) requestApproval(ctx context.Context, p decide.Plan) (*brokerv1.FetchCredentialResponse, error) {
 	role := p.Role.Authz()
+	// The scopes the token would carry, named for the approver and held
+	// to at redemption: asked for none, every scope the role has now.
+	scopes := p.Request.Scopes
+	if len(scopes) == 0 && p.Role.Kind == config.KindJWT {
+		scopes = p.Role.Scopes
+	}
 	ap, err := s.cfg.Approvals.Request(ctx, store.Approval{
 		ID: edge.NewID(), AgentID: p.Caller, Role: p.Role.Name, Class: role.Class.String(), Classification: role.Classification.String(),
-		Level: p.Level, GrantID: p.GrantID, Chain: p.Chain, TTL: p.TTL, RequestedTTL: p.Request.TTL, Scopes: p.Request.Scopes, Purpose: p.Purpose,
+		Level: p.Level, GrantID: p.GrantID, Chain: p.Chain, TTL: p.TTL, RequestedTTL: p.Request.TTL, Scopes: scopes, Purpose: p.Purpose,
 		Justification: p.Justification, CreatedAt: s.cfg.Now().UTC(), DecisionID: p.Reasons.DecisionID, Why: p.Reasons.Detail(),
 	})
 	if err != nil {
