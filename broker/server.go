@@ -362,7 +362,7 @@ func (s *Server) openServices(ctx context.Context) (err error) {
 		RedeemWithin: s.cfg.Approvals.RedeemWithin, Notifier: note, Now: s.now})
 	rolePolicies := func(role string) []string { return s.roles[role].Policies }
 	rc := revoke.Config{Store: s.store, Vault: s.vault, Live: s.live, Approvals: s.approvals,
-		RolePolicies: rolePolicies, Shared: s.etcd != nil, Log: s.log}
+		RolePolicies: rolePolicies, Log: s.log}
 	if s.feed != nil {
 		rc.Feed, rc.Lead, rc.ResumeWindow = s.feed, s.leader.Lead, s.feed.window
 	}

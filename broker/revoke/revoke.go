@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -47,11 +46,6 @@ type Config struct {
 	// RolePolicies are a role's Vault policies, which its role anchors
 	// hold to create its batch credentials.
 	RolePolicies func(role string) []string
-	// Shared says other replicas share the store (etcd): the kill switch
-	// is then read from the store on every call, never from this
-	// replica's memory, so that a switch flipped on any replica stops
-	// every one at once.
-	Shared bool
 	// Feed, with a shared store, tells the other replicas what Finish,
 	// Kill and KillAll did here (Change), and carries the revocation
 	// events to the watchers of every replica, this one's too, in one
@@ -77,8 +71,6 @@ type Revoker struct {
 	anchors *Anchors
 	hub     hub
 	queue   *queue
-	// globalKill is the global kill switch, as committed in the store.
-	globalKill atomic.Pointer[store.Kill]
 }
 
 // New returns a Revoker; the global kill switch starts as the store has
@@ -97,11 +89,9 @@ func New(cfg Config) (*Revoker, error) {
 	if cfg.Feed != nil {
 		r.hub.epoch, r.hub.pos = cfg.Feed.Start()
 	}
-	gk, err := cfg.Store.GlobalKill()
-	if err != nil {
+	if _, err := cfg.Store.GlobalKill(); err != nil {
 		return nil, err
 	}
-	r.globalKill.Store(gk)
 	return r, nil
 }
 
@@ -114,13 +104,12 @@ func (r *Revoker) Stop() { r.queue.stop() }
 // Anchors is the anchor cache issuance hangs credentials under.
 func (r *Revoker) Anchors() *Anchors { return r.anchors }
 
-// GlobalKill is the global kill switch in force (nil: released). With a
-// shared store it is read there; a store that cannot be read stops every
-// agent (fail closed).
+// GlobalKill is the global kill switch in force (nil: released), read
+// from the store on every call, never from memory: a switch flipped on
+// any replica stops every one at once, and from the commit of the switch
+// on, not once a KillAll has revoked every lineage. A store that cannot be
+// read stops every agent (fail closed).
 func (r *Revoker) GlobalKill() *store.Kill {
-	if !r.cfg.Shared {
-		return r.globalKill.Load()
-	}
 	gk, err := r.cfg.Store.GlobalKill()
 	if err != nil {
 		return &store.Kill{At: time.Now().UTC(), By: "atfd", Reason: "the store cannot be read, so whether the kill switch is set is unknown: nothing is issued until it can"}
@@ -192,7 +181,6 @@ func (r *Revoker) KillAll(ctx context.Context, actor, reason string, wait bool) 
 	case err != nil:
 		return nil, fmt.Errorf("read the kill switch: %w", err)
 	}
-	r.globalKill.Store(gk)
 	r.anchors.DropAll()
 	r.cfg.Approvals.Fire()
 	r.share(Change{DropAll: true, Approvals: true})
@@ -210,7 +198,6 @@ func (r *Revoker) ReleaseAll(ctx context.Context, actor, reason string) error {
 	if err := r.db(ctx).ReleaseAll(actor, reason); err != nil {
 		return fmt.Errorf("release all: %w", err)
 	}
-	r.globalKill.Store(nil)
 	return nil
 }
 
