@@ -292,15 +292,14 @@ func (s *Service) Delegate(ctx context.Context, req *brokerv1.DelegateRequest) (
 		return nil, err
 	}
 	caller := edge.Caller(ctx)
-	if gk := s.cfg.Revoker.GlobalKill(); gk != nil {
-		return nil, fault.New(fault.Denied, "%s", decide.KillSwitchMessage(gk))
-	}
-	a, err := s.cfg.Store.GetAgent(caller)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fault.New(fault.Denied, "caller is not a registered agent")
-	}
-	if err != nil {
+	a, gk, err := s.cfg.Store.Caller(caller)
+	switch {
+	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return nil, fmt.Errorf("look up caller: %w", err)
+	case gk != nil:
+		return nil, fault.New(fault.Denied, "%s", decide.KillSwitchMessage(gk))
+	case err != nil:
+		return nil, fault.New(fault.Denied, "caller is not a registered agent")
 	}
 	if !a.Usable() {
 		return nil, fault.Wrap(fault.Denied, fmt.Errorf("%w: agent %s is deregistered or killed and holds no authority", delegation.ErrAgentInactive, caller))
