@@ -169,13 +169,26 @@ func TestKillAllLargeFleet(t *testing.T) {
 	defer s.Close()
 	const n = 60
 	ids := fill(t, s, 0, n)
-	var anchors []string
+	var anchors, queued []string
+	now := time.Now().UTC()
 	for i, id := range ids {
-		a := store.Anchor{Accessor: fmt.Sprintf("anc-%03d", i), Node: store.AgentNode(id), CreatedAt: time.Now().UTC(), ExpiresAt: time.Now().Add(time.Hour).UTC()}
+		a := store.Anchor{Accessor: fmt.Sprintf("anc-%03d", i), Node: store.AgentNode(id), CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
 		if err := s.AddAnchor(a); err != nil {
 			t.Fatalf("anchor of %s: %v", id, err)
 		}
 		anchors = append(anchors, a.Accessor)
+		// Credentials without an anchor (access tokens), one of them
+		// expired and kept for store_retention: each is read, so 16
+		// agents' lineages no longer fit one transaction of 128.
+		for j, exp := range []time.Time{now.Add(time.Hour), now.Add(time.Hour), now.Add(-time.Hour)} {
+			acc := fmt.Sprintf("bare-%03d-%d", i, j)
+			if err := s.RecordCredential(store.Credential{Accessor: acc, AgentID: id, Role: "reports-read", IssuedAt: exp.Add(-2 * time.Hour), ExpiresAt: exp}); err != nil {
+				t.Fatalf("credential of %s: %v", id, err)
+			}
+			if exp.After(now) {
+				queued = append(queued, acc)
+			}
+		}
 	}
 	rev, err := s.KillAll("ops", "drill")
 	if err != nil {
@@ -184,8 +197,9 @@ func TestKillAllLargeFleet(t *testing.T) {
 	if gk, err := s.GlobalKill(); err != nil || gk == nil || gk.By != "ops" {
 		t.Fatalf("global kill switch = %v, %v; want set by ops", gk, err)
 	}
-	if got := slices.Sorted(slices.Values(rev.Queued)); !slices.Equal(got, anchors) {
-		t.Errorf("queued %d accessors, want the %d anchors: %v", len(got), len(anchors), got)
+	want := slices.Sorted(slices.Values(append(anchors, queued...)))
+	if got := slices.Sorted(slices.Values(rev.Queued)); !slices.Equal(got, want) {
+		t.Errorf("queued %d accessors, want the %d anchors and %d live credentials without one: %v", len(got), len(anchors), len(queued), got)
 	}
 	// Nothing more is anchored for anyone.
 	err = s.AddAnchor(store.Anchor{Accessor: "anc-late", Node: store.AgentNode(ids[0]), CreatedAt: time.Now().UTC(), ExpiresAt: time.Now().Add(time.Hour).UTC()})

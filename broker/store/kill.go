@@ -116,8 +116,10 @@ func (s *Store) ReleaseAgent(id, actor, reason string) (Agent, error) {
 }
 
 // killAllChunk is how many agents' lineages one transaction of KillAll
-// revokes: one transaction for a whole fleet would pass etcd's limits on
-// a transaction's operations and size, and the switch with it.
+// revokes at first: one transaction for a whole fleet would pass etcd's
+// limits on a transaction's operations and size, and the switch with it.
+// A chunk still too large (agents with many credentials) is halved, down
+// to one agent.
 const killAllChunk = 16
 
 // KillAll sets the global kill switch and revokes every agent's lineage:
@@ -146,8 +148,9 @@ func (s *Store) KillAll(actor, reason string) (Revocation, error) {
 	}
 	rev := Revocation{Credentials: map[string][]string{}}
 	var after []byte
+	chunk := killAllChunk
 	for {
-		ids, err := s.agentsAfter(after, killAllChunk)
+		ids, err := s.agentsAfter(after, chunk)
 		if err == nil && len(ids) == 0 {
 			break
 		}
@@ -164,6 +167,10 @@ func (s *Store) KillAll(actor, reason string) (Revocation, error) {
 				}
 				return nil
 			})
+		}
+		if errors.Is(err, kv.ErrTooLarge) && chunk > 1 {
+			chunk /= 2
+			continue
 		}
 		if err != nil {
 			return rev, fmt.Errorf("store: kill all: the switch is set (nothing is issued), but revoking every lineage stopped; kill all again to finish: %w", err)
