@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/agentictrust/atf/attest"
 	"github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
 )
@@ -71,7 +72,7 @@ func DeviceLogin(ctx context.Context, issuer, clientID string, scopes []string, 
 	}
 	_ = idt.Claims(&claims) // names are for display only
 	l := &Login{Issuer: idt.Issuer, ClientID: clientID, IDToken: raw, Expiry: idt.Expiry,
-		Principal: "oidc:" + idt.Issuer + "#" + idt.Subject, Name: claims.Name}
+		Principal: (&attest.Human{Issuer: idt.Issuer, Subject: idt.Subject}).Principal(), Name: claims.Name}
 	if l.Name == "" {
 		l.Name = claims.Username
 	}

@@ -173,7 +173,7 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request, s *session) {
 		return
 	}
 	clearCookie(w, sessionCookie, http.SameSiteStrictMode)
-	c.log.Info("console sign-out", slog.String(edge.LogCaller, "oidc:"+s.Issuer+"#"+s.Subject))
+	c.log.Info("console sign-out", slog.String(edge.LogCaller, (&attest.Human{Issuer: s.Issuer, Subject: s.Subject}).Principal()))
 	c.render(w, r, nil, "signedout", nil)
 }
 
