@@ -123,13 +123,27 @@ type act struct {
 	fn     func(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session)
 }
 
-// Who may act (docs/console.md, Who may do what).
+// Who may act (docs/console.md, Who may do what): the roles of the gRPC
+// method each act calls, as people on the command line may call it
+// (edge.PeopleRoles): one table for both.
 var (
-	approvers  = []string{config.ConsoleApprover}
-	responders = []string{config.ConsoleSecurityOperator, config.ConsoleAdmin}
-	operators  = []string{config.ConsoleSecurityOperator}
-	adminsOnly = []string{config.ConsoleAdmin}
+	approvers  = rolesOf(adminv1.ApprovalService_DecideApproval_FullMethodName)
+	responders = rolesOf(adminv1.ResponseService_Kill_FullMethodName)
+	revokers   = rolesOf(adminv1.AdminService_RevokeLineage_FullMethodName)
+	operators  = rolesOf(adminv1.ResponseService_Release_FullMethodName)
+	signers    = rolesOf(adminv1.MaturityService_RecordSignOff_FullMethodName)
+	adminsOnly = rolesOf(adminv1.AdminService_SetPolicy_FullMethodName)
 )
+
+// rolesOf is edge.PeopleRoles(method), which an act needs to name: an
+// act's nil roles would open it to every role.
+func rolesOf(method string) []string {
+	roles := edge.PeopleRoles(method)
+	if len(roles) == 0 {
+		panic("console: no person may call " + method + ", so no act of the console may")
+	}
+	return roles
+}
 
 func (c *Console) routes() {
 	static, _ := fs.Sub(staticFS, "static")
@@ -141,10 +155,10 @@ func (c *Console) routes() {
 
 	c.handle("GET /{$}", act{fn: c.agentsPage})
 	c.handle("GET /agent", act{fn: c.agentPage})
-	c.handle("POST /signoff", act{roles: adminsOnly, fn: c.signOff})
+	c.handle("POST /signoff", act{roles: signers, fn: c.signOff})
 	c.handle("GET /lineage", act{fn: c.lineagePage})
-	c.handle("GET /revoke", act{roles: responders, fn: c.revokeConfirm})
-	c.handle("POST /revoke", act{roles: responders, fn: c.revoke})
+	c.handle("GET /revoke", act{roles: revokers, fn: c.revokeConfirm})
+	c.handle("POST /revoke", act{roles: revokers, fn: c.revoke})
 	c.handle("GET /approvals", act{fn: c.approvalsPage})
 	c.handle("POST /approvals/decide", act{roles: approvers, fn: c.decide})
 	c.handle("GET /kill", act{fn: c.killPage})

@@ -74,6 +74,12 @@ var (
 	}
 )
 
+// PeopleRoles are the console roles that may call method as a person
+// (nil: no person): the console allows each of its acts by the rule of
+// the gRPC method the act calls, so that the console and the command line
+// cannot differ.
+func PeopleRoles(method string) []string { return peopleRules[method] }
+
 // personRefused is why h may not call method (nil: they may).
 func personRefused(method string, h *attest.Human) error {
 	who := h.Principal()
