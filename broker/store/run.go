@@ -174,41 +174,75 @@ func (s *Store) recoverRun(actor string, whose func(replica string) bool, marker
 	})
 }
 
-// liveOfRun lists, in one read, the live anchors (by creation: a child
-// anchor is made after its parent) and the keys of the credential records
-// made by a replica whose is true of.
+// liveOfRun lists the live anchors (by creation: a child anchor is made
+// after its parent) and the keys of the credential records made by a
+// replica whose is true of, a page of keys per read (scanPages).
 func (s *Store) liveOfRun(now time.Time, whose func(replica string) bool) (anchors []string, creds [][]byte, err error) {
-	err = s.view(func(tx kv.Tx) error {
-		var live []Anchor
-		err := tx.Bucket(bucketAnchors).ForEach(func(_, v []byte) error {
-			var a Anchor
-			if err := json.Unmarshal(v, &a); err != nil {
-				return fmt.Errorf("store: decode anchor: %w", err)
-			}
-			if a.RevokedAt.IsZero() && a.ExpiresAt.After(now) && whose(a.Replica) {
-				live = append(live, a)
-			}
-			return nil
-		})
-		if err != nil {
-			return err
+	var live []Anchor
+	err = s.scanPages(bucketAnchors, func(_, v []byte) error {
+		var a Anchor
+		if err := json.Unmarshal(v, &a); err != nil {
+			return fmt.Errorf("store: decode anchor: %w", err)
 		}
-		slices.SortFunc(live, func(a, b Anchor) int { return a.CreatedAt.Compare(b.CreatedAt) })
-		for _, a := range live {
-			anchors = append(anchors, a.Accessor)
+		if a.RevokedAt.IsZero() && a.ExpiresAt.After(now) && whose(a.Replica) {
+			live = append(live, a)
 		}
-		return tx.Bucket(bucketCredentials).ForEach(func(k, v []byte) error {
-			var c Credential
-			if err := json.Unmarshal(v, &c); err != nil {
-				return fmt.Errorf("store: decode credential: %w", err)
-			}
-			if c.RevokedAt.IsZero() && c.ExpiresAt.After(now) && whose(c.Replica) {
-				creds = append(creds, bytes.Clone(k))
-			}
-			return nil
-		})
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	slices.SortFunc(live, func(a, b Anchor) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	for _, a := range live {
+		anchors = append(anchors, a.Accessor)
+	}
+	err = s.scanPages(bucketCredentials, func(k, v []byte) error {
+		var c Credential
+		if err := json.Unmarshal(v, &c); err != nil {
+			return fmt.Errorf("store: decode credential: %w", err)
+		}
+		if c.RevokedAt.IsZero() && c.ExpiresAt.After(now) && whose(c.Replica) {
+			creds = append(creds, bytes.Clone(k))
+		}
+		return nil
 	})
 	return anchors, creds, err
+}
+
+// scanPage is how many keys one read of scanPages walks.
+const scanPage = 256
+
+// scanPages calls fn with every key and value of bucket, scanPage keys per
+// read transaction: one read of a whole large bucket would have to finish
+// within one etcd timeout (store.etcd.timeout). Records written meanwhile
+// may or may not be seen; fn must copy what it keeps.
+func (s *Store) scanPages(bucket []byte, fn func(k, v []byte) error) error {
+	var from []byte
+	for {
+		var next []byte
+		err := s.view(func(tx kv.Tx) error {
+			c := tx.Bucket(bucket).Cursor()
+			k, v := c.First()
+			if from != nil {
+				k, v = c.Seek(from)
+			}
+			for n := 0; k != nil; k, v = c.Next() {
+				if n == scanPage {
+					next = bytes.Clone(k)
+					return nil
+				}
+				if err := fn(k, v); err != nil {
+					return err
+				}
+				n++
+			}
+			return nil
+		})
+		if err != nil || next == nil {
+			return err
+		}
+		from = next
+	}
 }
 
 // recoverCredential revokes the credential at key if it is still live: one
