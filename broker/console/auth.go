@@ -130,7 +130,8 @@ func (c *Console) verify(ctx context.Context, code string, st loginState) (*atte
 	if err := idt.Claims(&claims); err != nil {
 		return nil, fmt.Errorf("the ID token's claims: %w", err)
 	}
-	if _, age, known := c.people.human(idt, claims); st.Reauth {
+	age, known := authAge(idt, claims)
+	if st.Reauth {
 		if err := freshSignIn(age, known); err != nil {
 			return nil, err
 		}
@@ -147,7 +148,8 @@ func (c *Console) verify(ctx context.Context, code string, st loginState) (*atte
 			}
 		}
 	}
-	h, _, _ := c.people.human(idt, claims)
+	h := c.people.human(idt, claims)
+	h.AuthTime = c.cfg.Now().Add(-age) // by atfd's clock: sessions are judged on it
 	return h, nil
 }
 

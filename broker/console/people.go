@@ -128,7 +128,7 @@ func (p *People) Verify(ctx context.Context, token string) (attest.Identity, err
 		return attest.Identity{}, fmt.Errorf("%w: the ID token was issued to client %q, not atfctl's (console.cli_client_id); run 'atfctl login' again",
 			attest.ErrUnauthenticated, azp)
 	}
-	h, _, _ := p.human(idt, claims)
+	h := p.human(idt, claims)
 	// Every call verifies the token again, so the authentication's age
 	// is judged against the provider's auth_time itself (zero if it does
 	// not say: then no act that needs a fresh one is allowed).
@@ -145,17 +145,10 @@ func (p *People) Verify(ctx context.Context, token string) (attest.Identity, err
 }
 
 // human is the person an ID token names, with claims (the token's, and
-// userinfo's for the console), and how long before the token they
-// authenticated, judged by the provider's own clock (auth_time against
-// iat) so that a skew between its clock and atfd's changes nothing; ok
-// is false if the token does not say (no auth_time).
-func (p *People) human(idt *oidc.IDToken, claims map[string]any) (h *attest.Human, age time.Duration, ok bool) {
-	authTime := p.now()
-	if at := claimTime(claims["auth_time"]); !at.IsZero() {
-		age, ok = max(idt.IssuedAt.Sub(at), 0), true
-		authTime = authTime.Add(-age)
-	}
-	h = &attest.Human{Issuer: idt.Issuer, Subject: idt.Subject, AuthTime: authTime, Roles: p.roles(claims[p.cfg.RolesClaim])}
+// userinfo's for the console); when they authenticated is the caller's
+// to say (authAge, or auth_time itself).
+func (p *People) human(idt *oidc.IDToken, claims map[string]any) *attest.Human {
+	h := &attest.Human{Issuer: idt.Issuer, Subject: idt.Subject, Roles: p.roles(claims[p.cfg.RolesClaim])}
 	h.Name, _ = claims["name"].(string)
 	if h.Name == "" {
 		h.Name, _ = claims["preferred_username"].(string)
@@ -166,7 +159,19 @@ func (p *People) human(idt *oidc.IDToken, claims map[string]any) (h *attest.Huma
 	if v, _ := claims["email_verified"].(bool); v {
 		h.Email, _ = claims["email"].(string)
 	}
-	return h, age, ok
+	return h
+}
+
+// authAge is how long before the token the person authenticated, judged
+// by the provider's own clock (auth_time against iat), so that a skew
+// between its clock and atfd's changes nothing; known is false if the
+// token does not say (no auth_time).
+func authAge(idt *oidc.IDToken, claims map[string]any) (age time.Duration, known bool) {
+	at := claimTime(claims["auth_time"])
+	if at.IsZero() {
+		return 0, false
+	}
+	return max(idt.IssuedAt.Sub(at), 0), true
 }
 
 // roles maps the values of the roles claim to console roles.
