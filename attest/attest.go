@@ -5,7 +5,9 @@
 // Either is verified against the trust bundles of an allowlist of trust
 // domains, on every call: a connection opened with an SVID that has since
 // expired, or whose authority has left the bundle, is refused on its next
-// call. Nothing else identifies a caller; identity named in a request body is
+// call. An X.509 chain's signatures are checked once and the chain
+// remembered (verified.go); its validity and its authority's place in the
+// bundle are checked on every call. Nothing else identifies a caller; identity named in a request body is
 // never trusted.
 //
 // SPIFFE IDs are parsed strictly: an ID must have a path (a trust domain on
@@ -125,7 +127,8 @@ type Config struct {
 
 // Verifier verifies SVIDs. It is safe for concurrent use.
 type Verifier struct {
-	cfg Config
+	cfg  Config
+	seen verifiedChains
 }
 
 // New returns a Verifier for cfg.
@@ -180,9 +183,16 @@ func (v *Verifier) VerifyX509(chain []*x509.Certificate) (Identity, error) {
 	if err := v.CheckID(id); err != nil {
 		return Identity{}, err
 	}
-	if _, _, err := x509svid.Verify(chain, v.cfg.X509Bundles, x509svid.WithTime(v.cfg.Now())); err != nil {
+	now := v.cfg.Now()
+	key := chainKey(chain)
+	if v.seen.still(key, id.TrustDomain(), v.cfg.X509Bundles, now) {
+		return Identity{ID: id, Method: X509SVID, ExpiresAt: chain[0].NotAfter}, nil
+	}
+	_, paths, err := x509svid.Verify(chain, v.cfg.X509Bundles, x509svid.WithTime(now))
+	if err != nil {
 		return Identity{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
 	}
+	v.seen.add(key, paths, now)
 	return Identity{ID: id, Method: X509SVID, ExpiresAt: chain[0].NotAfter}, nil
 }
 

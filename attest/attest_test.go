@@ -2,15 +2,20 @@ package attest_test
 
 import (
 	"context"
+	"crypto/x509"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/agentictrust/atf/attest"
+	"github.com/agentictrust/atf/attest/attesttest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 )
 
@@ -152,6 +157,105 @@ func TestVerifySPIRESVIDs(t *testing.T) {
 		_, err := verifier(now, s.TrustDomain).VerifyJWT(strings.Repeat("a.", attest.MaxJWTSize))
 		wantErr(t, err, "longer than")
 	})
+}
+
+// A chain verified once is remembered (its signatures are not checked
+// again), yet every call still refuses it once any certificate on it has
+// expired or once its authority leaves the bundle, whether the bundle is
+// changed in place or the source hands out another one: SVIDs minted by a
+// real SPIRE server.
+func TestVerifyX509Remembered(t *testing.T) {
+	s := devtest.Shared(t)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	spire, err := spiffebundle.Load(s.TrustDomain, s.SPIFFEBundlePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := spiffeid.RequireFromPath(s.TrustDomain, "/agents/remembered")
+	files, err := s.MintX509(ctx, agent, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv, err := x509svid.Load(files.CertPath, files.KeyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authorities := spire.X509Authorities()
+	bundle := x509bundle.FromX509Authorities(s.TrustDomain, authorities)
+	source := &swappable{bundle: bundle}
+	now := time.Now()
+	v, err := attest.New(attest.Config{TrustDomains: []spiffeid.TrustDomain{s.TrustDomain}, X509Bundles: source, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := func(step string) {
+		t.Helper()
+		if id, err := v.VerifyX509(sv.Certificates); err != nil || id.ID != agent || !id.ExpiresAt.Equal(sv.Certificates[0].NotAfter) {
+			t.Fatalf("%s: VerifyX509 = %+v, %v; want %s", step, id, err, agent)
+		}
+	}
+	ok("first call")
+	ok("second call, remembered")
+
+	now = sv.Certificates[0].NotAfter.Add(time.Second)
+	_, err = v.VerifyX509(sv.Certificates)
+	wantErr(t, err, "expired")
+	now = sv.Certificates[0].NotBefore.Add(-time.Second)
+	_, err = v.VerifyX509(sv.Certificates)
+	wantErr(t, err, "not yet valid")
+	now = time.Now()
+	ok("back within its lifetime")
+
+	for _, a := range authorities {
+		bundle.RemoveX509Authority(a)
+	}
+	_, err = v.VerifyX509(sv.Certificates)
+	wantErr(t, err, "certificate signed by unknown authority")
+	for _, a := range authorities {
+		bundle.AddX509Authority(a)
+	}
+	ok("authority back in the bundle")
+
+	other := attesttest.New(t, s.TrustDomain.Name())
+	source.set(x509bundle.FromX509Authorities(s.TrustDomain, []*x509.Certificate{other.CA}))
+	_, err = v.VerifyX509(sv.Certificates)
+	wantErr(t, err, "certificate signed by unknown authority")
+	source.set(nil)
+	_, err = v.VerifyX509(sv.Certificates)
+	wantErr(t, err, "no X.509 bundle")
+	source.set(bundle)
+	ok("bundle back")
+
+	// Another chain of the same workload is a chain of its own: one whose
+	// leaf is signed by a key outside the bundle is refused even though
+	// the genuine chain of that SPIFFE ID was remembered.
+	forged := other.X509(t, agent)
+	_, err = v.VerifyX509(forged.Chain)
+	wantErr(t, err, "certificate signed by unknown authority")
+	ok("the genuine chain still")
+}
+
+// swappable is a bundle source whose bundle a test replaces; nil means
+// it has none.
+type swappable struct {
+	mu     sync.Mutex
+	bundle *x509bundle.Bundle
+}
+
+func (s *swappable) set(b *x509bundle.Bundle) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bundle = b
+}
+
+func (s *swappable) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bundle == nil {
+		return nil, fmt.Errorf("no X.509 bundle for %s", td)
+	}
+	return s.bundle, nil
 }
 
 func wantErr(t *testing.T, err error, part string) {

@@ -1,0 +1,54 @@
+package attest
+
+import (
+	"crypto/x509"
+	"math/big"
+	"testing"
+	"time"
+)
+
+// A remembered path is valid only while every certificate on it is (the
+// latest NotBefore, the earliest NotAfter), and the memory stays bounded:
+// expired chains go first, then others.
+func TestVerifiedChainsWindowAndBound(t *testing.T) {
+	now := time.Now()
+	cert := func(serial int64, from, to time.Duration) *x509.Certificate {
+		return &x509.Certificate{SerialNumber: big.NewInt(serial), Raw: big.NewInt(serial).Bytes(), NotBefore: now.Add(from), NotAfter: now.Add(to)}
+	}
+	leaf, mid, root := cert(1, -time.Hour, time.Hour), cert(2, -time.Minute, 10*time.Minute), cert(3, -24*time.Hour, 24*time.Hour)
+	var v verifiedChains
+	key := chainKey([]*x509.Certificate{leaf, mid})
+	v.add(key, [][]*x509.Certificate{{leaf, mid, root}}, now)
+	p := v.chains[key]
+	if len(p) != 1 || p[0].root != root || !p[0].notBefore.Equal(mid.NotBefore) || !p[0].notAfter.Equal(mid.NotAfter) {
+		t.Fatalf("remembered %+v; want the root and the intermediate's window", p)
+	}
+	if chainKey([]*x509.Certificate{leaf}) == key || chainKey([]*x509.Certificate{mid, leaf}) == key {
+		t.Fatal("different chains share a key")
+	}
+
+	v = verifiedChains{}
+	for i := range maxVerifiedChains {
+		c := cert(int64(100+i), -time.Hour, time.Hour)
+		if i == 0 {
+			c = cert(int64(100+i), -time.Hour, -time.Minute) // expired
+		}
+		v.add(chainKey([]*x509.Certificate{c}), [][]*x509.Certificate{{c, root}}, now)
+	}
+	expiredKey := chainKey([]*x509.Certificate{cert(100, -time.Hour, -time.Minute)})
+	if _, ok := v.chains[expiredKey]; !ok || len(v.chains) != maxVerifiedChains {
+		t.Fatalf("%d chains remembered; want %d, the expired one among them", len(v.chains), maxVerifiedChains)
+	}
+	extra := cert(1, -time.Hour, 2*time.Hour)
+	v.add(chainKey([]*x509.Certificate{extra}), [][]*x509.Certificate{{extra, root}}, now)
+	if _, ok := v.chains[expiredKey]; ok || len(v.chains) != maxVerifiedChains {
+		t.Fatalf("full: %d chains remembered, expired one kept %v; want it forgotten first and %d kept", len(v.chains), ok, maxVerifiedChains)
+	}
+	for range 3 {
+		c := cert(int64(2*maxVerifiedChains+len(v.chains)), -time.Hour, time.Hour)
+		v.add(chainKey([]*x509.Certificate{c, extra}), [][]*x509.Certificate{{c, root}}, now)
+		if len(v.chains) > maxVerifiedChains {
+			t.Fatalf("%d chains remembered; bound %d", len(v.chains), maxVerifiedChains)
+		}
+	}
+}
