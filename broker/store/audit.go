@@ -275,9 +275,16 @@ func (s *Store) AuditHead() (AuditRecord, error) {
 func lastAudit(tx kv.Tx) (AuditRecord, error) {
 	var last AuditRecord
 	if k, v := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
-		if err := json.Unmarshal(v, &last); err != nil {
+		// Only what the next record links to: every write pays this.
+		var head struct {
+			Seq  uint64    `json:"seq"`
+			Time time.Time `json:"time"`
+			Hash string    `json:"hash"`
+		}
+		if err := json.Unmarshal(v, &head); err != nil {
 			return last, fmt.Errorf("store: decode last audit record: %w", err)
 		}
+		last.Seq, last.Time, last.Hash = head.Seq, head.Time, head.Hash
 		return last, nil
 	}
 	cp, err := checkpoint(tx)

@@ -538,7 +538,15 @@ func settle(tx kv.Tx, rev *Revocation) error {
 			return err
 		}
 		for _, k := range keys {
-			var cr Credential
+			// Only the fields settling reads: a lineage may hold
+			// 100,000 credentials, and this runs while Vault is told.
+			var cr struct {
+				Accessor  string    `json:"accessor"`
+				AgentID   string    `json:"agent_id"`
+				ExpiresAt time.Time `json:"expires_at"`
+				Anchor    string    `json:"anchor"`
+				RevokedAt time.Time `json:"revoked_at"`
+			}
 			if err := json.Unmarshal(creds.Get(k), &cr); err != nil {
 				return fmt.Errorf("store: decode credential: %w", err)
 			}
@@ -997,9 +1005,11 @@ func (s *Store) PendingRevocations() ([]string, error) {
 
 // CompleteRevocation records that Vault confirmed a queued revocation.
 func (s *Store) CompleteRevocation(accessor string) error {
-	err := s.group(func(tx kv.Tx) error {
+	// Answered before its fsync: a completion a crash loses leaves the
+	// entry queued, and the drain finds it already revoked in Vault.
+	err := s.groupEarly(func(tx kv.Tx) error {
 		return tx.Bucket(bucketRevocations).Delete([]byte(accessor))
-	})
+	}, func() {})
 	if err != nil {
 		return fmt.Errorf("store: complete revocation: %w", err)
 	}
