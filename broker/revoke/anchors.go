@@ -23,6 +23,10 @@ const (
 	// inlineRevokeTimeout bounds the Vault work a revoking call waits for;
 	// the rest finishes from the queue.
 	inlineRevokeTimeout = 30 * time.Second
+	// settleAfterVault bounds how long a revocation's agents wait for
+	// Vault to be told before they hear it: the broker already refuses
+	// what was revoked.
+	settleAfterVault = 50 * time.Millisecond
 )
 
 // Anchors holds the broker's current Vault anchor per lineage node, in
