@@ -37,6 +37,7 @@ import (
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/broker/tracing"
+	"github.com/agentictrust/atf/broker/vault"
 	"github.com/agentictrust/atf/delegation"
 	"github.com/agentictrust/atf/deploy/dev"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
@@ -495,8 +496,8 @@ func revokeAtEnd(b *testing.B, f *brokertest.Fixture, token string) {
 // broker's issuer configures its own: same transport, no retries.
 func vaultClient(b *testing.B, f *brokertest.Fixture, token string) *vaultapi.Client {
 	b.Helper()
-	cfg := vaultapi.DefaultConfig()
-	cfg.Address = f.Stack.VaultAddr
+	// The broker's own client configuration: the same connection pool.
+	cfg := vault.ClientConfig(f.Stack.VaultAddr)
 	cfg.MaxRetries = 0
 	c, err := vaultapi.NewClient(cfg)
 	if err != nil {

@@ -145,8 +145,7 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 		// Callers refused while the probe is out retry once it has had its time.
 		cfg.Breaker.ProbeTimeout = cfg.Timeout
 	}
-	vc := vaultapi.DefaultConfig()
-	vc.Address = cfg.Address
+	vc := ClientConfig(cfg.Address)
 	vc.Timeout = cfg.Timeout
 	// Fail fast: an agent waiting on a retrying broker is worse than an
 	// Unavailable it can retry itself.
@@ -184,6 +183,24 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	is.cancel = cancel
 	go is.keepAlive(rctx, secret)
 	return is, nil
+}
+
+// IdleConns is how many idle connections to Vault a client of
+// ClientConfig keeps. Vault's default pooled transport keeps GOMAXPROCS+1:
+// under load every call beyond them opened a connection of its own (and,
+// to a Vault served over TLS, ran a handshake), then closed it.
+const IdleConns = 256
+
+// ClientConfig is Vault's default client configuration for addr, keeping
+// IdleConns idle connections.
+func ClientConfig(addr string) *vaultapi.Config {
+	vc := vaultapi.DefaultConfig()
+	vc.Address = addr
+	if t, ok := vc.HttpClient.Transport.(*http.Transport); ok {
+		t.MaxIdleConns = IdleConns
+		t.MaxIdleConnsPerHost = IdleConns
+	}
+	return vc
 }
 
 // Close stops the renewal loop and gives creations still awaiting a late
