@@ -309,7 +309,14 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 // revocation.
 func (r *Revoker) record(ctx context.Context, actor, subject, reason string, sum *brokerv1.RevocationSummary) {
 	commit := sum.CommitDuration.AsDuration()
-	if err := r.db(ctx).AppendAudit(store.AuditRecord{Kind: "lineage_revoked", Actor: actor, Subject: subject, Detail: map[string]string{
+	log := edge.Logger(ctx)
+	// The revocation and its own records are committed already: the
+	// caller need not wait for the summary's fsync.
+	lost := func() {
+		log.Error("the revocation audit summary was lost: the store's commit failed after it was written; this log line holds its counts",
+			slog.String("root", subject), slog.Int("grants", int(sum.GrantsRevoked)), slog.Int("credentials", int(sum.CredentialsRevoked)))
+	}
+	if err := r.db(ctx).AppendSummary(store.AuditRecord{Kind: "lineage_revoked", Actor: actor, Subject: subject, Detail: map[string]string{
 		"reason":              reason,
 		"grants_revoked":      itoa(sum.GrantsRevoked),
 		"credentials_revoked": itoa(sum.CredentialsRevoked),
@@ -317,10 +324,10 @@ func (r *Revoker) record(ctx context.Context, actor, subject, reason string, sum
 		"vault_pending":       itoa(sum.VaultPending),
 		"commit_duration":     commit.String(),
 		"total_duration":      sum.TotalDuration.AsDuration().String(),
-	}}); err != nil {
-		edge.Logger(ctx).Error("writing the revocation audit summary failed", slog.String(edge.LogError, err.Error()))
+	}}, lost); err != nil {
+		log.Error("writing the revocation audit summary failed", slog.String(edge.LogError, err.Error()))
 	}
-	edge.Logger(ctx).Info("lineage revoked", slog.String("root", subject), slog.Int("grants", int(sum.GrantsRevoked)),
+	log.Info("lineage revoked", slog.String("root", subject), slog.Int("grants", int(sum.GrantsRevoked)),
 		slog.Int("credentials", int(sum.CredentialsRevoked)), slog.Int("vault_confirmed", int(sum.VaultConfirmed)),
 		slog.Int("vault_pending", int(sum.VaultPending)), slog.Duration("commit", commit), slog.Duration(edge.LogDuration, sum.TotalDuration.AsDuration()))
 }

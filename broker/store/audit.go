@@ -62,6 +62,24 @@ func (s *Store) AppendAudit(recs ...AuditRecord) error {
 	})
 }
 
+// AppendSummary appends r, the summary of a change already committed with
+// audit records of its own (a revocation's counts and what Vault
+// confirmed), and returns once r is in the chain, before its commit's
+// fsync (groupEarly): a crash then loses the summary, never the change.
+// If the commit fails, lost is called. On etcd it returns after the
+// commit, as every write does.
+func (s *Store) AppendSummary(r AuditRecord, lost func()) error {
+	return s.groupEarly(func(tx kv.Tx) error {
+		if err := s.room(tx); err != nil {
+			return err
+		}
+		if r.Time.IsZero() {
+			r.Time = s.now().UTC()
+		}
+		return s.appendAudit(tx, r)
+	}, lost)
+}
+
 // Audit returns up to limit records with Seq > after, in order, from the
 // segments (Options.AuditDir) and the store.
 func (s *Store) Audit(after uint64, limit int) ([]AuditRecord, error) {

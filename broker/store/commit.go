@@ -181,10 +181,12 @@ func (s *Store) commitGroup(batch []*commitReq) []*commitReq {
 // far: if an early-answered write (groupEarly) is being committed, it waits
 // for that commit first.
 //
-// Reads of what no early write touches use read instead: the only early
-// write, RecordCredential, writes a credential, its indexes and its audit
-// record, so an agent, a grant, the kill switch, an approval or the file's
-// room read before its commit are already what they will be after it.
+// Reads of what no early write touches use read instead: the early writes
+// are RecordCredential (a credential, its indexes and its audit record),
+// CompleteRevocation (a queue entry removed) and AppendSummary (an audit
+// record), so an agent, a grant, the kill switch, an approval or the
+// file's room read before their commit are already what they will be
+// after it.
 // Waiting there would put the previous issuance's fsync back on the next
 // one's path.
 func (s *Store) view(fn func(kv.Tx) error) error {

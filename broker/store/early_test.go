@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -131,5 +132,70 @@ func TestGroupCommitSurvivesABadWrite(t *testing.T) {
 	}
 	if got := mustCredentials(t, s, id); len(got) != 16 {
 		t.Errorf("%d credentials recorded, want 16", len(got))
+	}
+}
+
+// What follows a committed revocation is answered before its fsync too: a
+// completed queue entry and the revocation's audit summary are seen by
+// every read after the answer; if their commit fails, the entry stays
+// queued (the drain revokes it again, harmlessly) and the summary's lost
+// function is called, once, with nothing of it in the trail.
+func TestRevocationFollowUpsEarly(t *testing.T) {
+	boltOnly(t)
+	s, _ := openLineage(t, filepath.Join(t.TempDir(), "atf.db"))
+	if _, err := s.RevokeLineage(store.Root{AgentID: agentA}, "carol", "compromised"); err != nil {
+		t.Fatalf("RevokeLineage: %v", err)
+	}
+	pending := mustPending(t, s)
+	summary := func(n int) store.AuditRecord {
+		return store.AuditRecord{Kind: "lineage_revoked", Actor: "carol", Subject: "agent " + agentA, Detail: map[string]string{"n": fmt.Sprint(n)}}
+	}
+	for i, acc := range pending[:2] {
+		if err := s.CompleteRevocation(acc); err != nil {
+			t.Fatalf("CompleteRevocation(%s): %v", acc, err)
+		}
+		if got := mustPending(t, s); slices.Contains(got, acc) {
+			t.Errorf("a read after CompleteRevocation(%s) answered still lists it", acc)
+		}
+		if err := s.AppendSummary(summary(i), func() { t.Errorf("lost called for a summary that committed") }); err != nil {
+			t.Fatalf("AppendSummary: %v", err)
+		}
+		h, err := s.AuditHead()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if recs, err := s.Audit(h.Seq-1, 1); err != nil || len(recs) != 1 || recs[0].Kind != "lineage_revoked" || recs[0].Detail["n"] != fmt.Sprint(i) {
+			t.Errorf("the last audit record after AppendSummary answered = %+v, %v; want the summary", recs, err)
+		}
+	}
+
+	head, err := s.AuditHead()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := make(chan struct{}, 2)
+	store.FailCommits(s, errors.New("input/output error"))
+	if err := s.CompleteRevocation(pending[2]); err != nil {
+		t.Fatalf("CompleteRevocation answered %v; it answers before the commit", err)
+	}
+	if err := s.AppendSummary(summary(9), func() { lost <- struct{}{} }); err != nil {
+		t.Fatalf("AppendSummary answered %v; it answers before the commit", err)
+	}
+	select {
+	case <-lost:
+	case <-time.After(5 * time.Second):
+		t.Fatal("lost was not called for a summary whose commit failed")
+	}
+	store.FailCommits(s, nil)
+	if got := mustPending(t, s); !slices.Equal(got, pending[2:]) {
+		t.Errorf("pending after a lost completion = %q, want %q (the entry still queued)", got, pending[2:])
+	}
+	if h, err := s.AuditHead(); err != nil || h.Seq != head.Seq {
+		t.Errorf("audit head after the lost commit = %d (%v), want %d", h.Seq, err, head.Seq)
+	}
+	select {
+	case <-lost:
+		t.Error("lost called twice")
+	default:
 	}
 }
