@@ -16,6 +16,7 @@ import (
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/broker/config"
@@ -299,6 +300,28 @@ func TestConsole(t *testing.T) {
 		if r.GetActor() != humanOf("u-ann") || r.GetDetail()["actor_name"] != "Ann Approver" {
 			t.Errorf("approval audited with actor %q, name %q; want %q, Ann Approver", r.GetActor(), r.GetDetail()["actor_name"], humanOf("u-ann"))
 		}
+	})
+
+	t.Run("the agents page counts the live credentials each agent holds itself", func(t *testing.T) {
+		ch := e.chain(t)
+		ch.below(t) // one each for B, C and D, under the chain's grants
+		for range 2 {
+			ch.a.mustFetch(t, "reports-read", "")
+		}
+		ctx := e.browser(t)
+		e.signIn(t, ctx, "aud", "/")
+		live := func(step string, want map[spiffeid.ID]string) {
+			t.Helper()
+			do(t, ctx, step, chromedp.Navigate(e.url+"/"), chromedp.WaitVisible(chromedp.ID("agents")))
+			for id, n := range want {
+				if got := text(t, ctx, fmt.Sprintf(`tr[data-agent="%s"] td.num`, id)); got != n {
+					t.Errorf("%s: %s's live credentials = %q, want %s (its own, not its delegatees')", step, id, got, n)
+				}
+			}
+		}
+		live("before", map[spiffeid.ID]string{ch.a.id: "2", ch.b.id: "1", ch.c.id: "1", ch.d.id: "1"})
+		e.revokeLineage(t, ch.ab.GetId(), "agents page")
+		live("after revoking A→B", map[spiffeid.ID]string{ch.a.id: "2", ch.b.id: "0", ch.c.id: "0", ch.d.id: "0"})
 	})
 
 	t.Run("a security operator revokes a subtree in the lineage graph and its tokens die in Vault", func(t *testing.T) {

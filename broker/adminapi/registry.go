@@ -149,9 +149,19 @@ func (s *Service) ListAgents(ctx context.Context, req *adminv1.ListAgentsRequest
 	if err != nil {
 		return nil, fmt.Errorf("list agents: %w", err)
 	}
+	ids := make([]string, len(agents))
+	for i, ag := range agents {
+		ids[i] = ag.ID
+	}
+	live, err := s.cfg.Store.LiveCounts(ids)
+	if err != nil {
+		return nil, fmt.Errorf("list agents: %w", err)
+	}
 	resp := &adminv1.ListAgentsResponse{NextPageToken: next}
 	for _, ag := range agents {
-		resp.Agents = append(resp.Agents, protoconv.AgentToProto(ag))
+		a := protoconv.AgentToProto(ag)
+		a.LiveCredentials = int32(live[ag.ID])
+		resp.Agents = append(resp.Agents, a)
 	}
 	return resp, nil
 }

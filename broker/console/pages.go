@@ -17,34 +17,17 @@ import (
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
-// maxAgentsListed bounds the agents page (each row reads the agent's
-// lineage for its live credentials).
+// maxAgentsListed bounds the agents page.
 const maxAgentsListed = 200
 
-type agentRow struct {
-	Agent *adminv1.Agent
-	Live  int
-}
-
 func (c *Console) agentsPage(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {
+	// ListAgents counts each agent's live credentials in the same call.
 	resp, err := call(ctx, c, &adminv1.ListAgentsRequest{PageSize: maxAgentsListed, PageToken: r.URL.Query().Get("page")}, c.cfg.Admin.ListAgents)
 	if err != nil {
 		c.failErr(w, r, s, err)
 		return
 	}
-	rows := make([]agentRow, 0, len(resp.GetAgents()))
-	for _, a := range resp.GetAgents() {
-		row := agentRow{Agent: a}
-		if l, err := call(ctx, c, &adminv1.GetLineageRequest{Root: &adminv1.GetLineageRequest_AgentId{AgentId: a.GetSpiffeId()}}, c.cfg.Admin.GetLineage); err == nil {
-			for _, cr := range l.GetCredentials() {
-				if cr.GetAgentId() == a.GetSpiffeId() {
-					row.Live++
-				}
-			}
-		}
-		rows = append(rows, row)
-	}
-	c.render(w, r, s, "agents", map[string]any{"Agents": rows, "Next": resp.GetNextPageToken()})
+	c.render(w, r, s, "agents", map[string]any{"Agents": resp.GetAgents(), "Next": resp.GetNextPageToken()})
 }
 
 func (c *Console) agentPage(ctx context.Context, w http.ResponseWriter, r *http.Request, s *session) {

@@ -595,6 +595,33 @@ func (s *Store) Credentials(agentID string) ([]Credential, error) {
 	return out, err
 }
 
+// LiveCounts returns how many live credentials (neither revoked, through
+// their own record, their anchor or their lineage, nor expired) each of
+// agentIDs holds itself, in one read: a page of agents, not a lineage
+// each. Agents with none are absent.
+func (s *Store) LiveCounts(agentIDs []string) (map[string]int, error) {
+	out := map[string]int{}
+	now := s.now()
+	err := s.view(func(tx kv.Tx) error {
+		seen := map[string]time.Time{}
+		c := tx.Bucket(bucketCredentials).Cursor()
+		for _, id := range agentIDs {
+			prefix := credentialKey(id, "")
+			for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+				cr, err := readCredential(tx, v, seen)
+				if err != nil {
+					return err
+				}
+				if cr.RevokedAt.IsZero() && cr.ExpiresAt.After(now) {
+					out[id]++
+				}
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
 // Credential returns the agent's credential with accessor (an access
 // token's: its jti), revoked if its anchor, its lineage or the agent was;
 // ErrNotFound if there is none.

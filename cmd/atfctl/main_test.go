@@ -69,6 +69,10 @@ func TestCLI(t *testing.T) {
 	if _, err := f.Lookup(t, strings.TrimSpace(out)); err != nil {
 		t.Fatalf("the printed token is not valid in Vault: %v", err)
 	}
+	row := regexp.MustCompile(regexp.QuoteMeta(agent.String()) + `\s.*\sreports-read\s+1\n`)
+	if out, code = run(t, b, f.Admin, "agent", "list"); code != 0 || !strings.Contains(out, "LIVE") || !row.MatchString(out) {
+		t.Fatalf("list after a fetch: exit %d, want the agent's one live credential in LIVE\n%s", code, out)
+	}
 
 	// Exit codes scripts can rely on.
 	for _, tt := range []struct {
