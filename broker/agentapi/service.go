@@ -251,10 +251,8 @@ func (s *Service) grantScopes(in []*brokerv1.RoleScopes) (map[string][]string, e
 		case role.Kind != config.KindJWT:
 			return nil, fault.New(fault.Invalid, "role %q is a Vault role (kind %s): only roles of kind jwt have scopes to narrow", name, role.Kind)
 		}
-		for _, sc := range rs.GetScopes() {
-			if !slices.Contains(role.Scopes, sc) {
-				return nil, fault.New(fault.Invalid, "scope %q is not one of role %s's: %s", sc, name, strings.Join(role.Scopes, " "))
-			}
+		if sc := role.ForeignScope(rs.GetScopes()); sc != "" {
+			return nil, fault.New(fault.Invalid, "scope %q is not one of role %s's: %s", sc, name, strings.Join(role.Scopes, " "))
 		}
 		out[name] = rs.GetScopes()
 	}

@@ -920,6 +920,17 @@ func checkDynamicPath(p string) error {
 	return nil
 }
 
+// ForeignScope returns the first of scopes that is not one of the role's,
+// or "" if the role has them all.
+func (r Role) ForeignScope(scopes []string) string {
+	for _, sc := range scopes {
+		if !slices.Contains(r.Scopes, sc) {
+			return sc
+		}
+	}
+	return ""
+}
+
 func (r Role) Authz() authz.Role {
 	return authz.Role{Name: r.Name, Class: r.class, Classification: r.classification, MaxTTL: r.MaxTTL}
 }
