@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,11 +11,16 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
 	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/broker/config"
 	"github.com/agentictrust/atf/deploy/dev"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/oidcop"
+	adminv1 "github.com/agentictrust/atf/proto/atf/admin/v1"
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 )
 
@@ -191,6 +197,19 @@ func TestCLILogin(t *testing.T) {
 	}
 	if out, code = e.as(t, forged, "approvals", "list"); code != 3 || !strings.Contains(out, "Unauthenticated") {
 		t.Fatalf("an altered ID token: exit %d, want 3\n%s", code, out)
+	}
+	// A person's sign-in stands alone: sent over a workload's mutual TLS,
+	// the call would be two callers', and is refused as such.
+	var saved struct {
+		IDToken string `json:"id_token"`
+	}
+	if raw, err = os.ReadFile(aud); err != nil || json.Unmarshal(raw, &saved) != nil || saved.IDToken == "" {
+		t.Fatalf("read the ID token of %s: %v", aud, err)
+	}
+	both := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+saved.IDToken)
+	if _, err := e.b.Dial(t, junior).Approvals.ListApprovals(both, &adminv1.ListApprovalsRequest{}); status.Code(err) != codes.Unauthenticated ||
+		!strings.Contains(err.Error(), "comes without an X.509-SVID") || !strings.Contains(err.Error(), junior.String()) {
+		t.Fatalf("an ID token over a workload's X.509-SVID: %v, want Unauthenticated naming the workload", err)
 	}
 	if err := os.Chmod(ann, 0o644); err != nil {
 		t.Fatal(err)
