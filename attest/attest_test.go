@@ -16,6 +16,7 @@ import (
 
 	"github.com/agentictrust/atf/attest"
 	"github.com/agentictrust/atf/attest/attesttest"
+	"github.com/agentictrust/atf/deploy/dev"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
 )
 
@@ -79,20 +80,9 @@ func TestVerifySPIRESVIDs(t *testing.T) {
 	s := devtest.Shared(t)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	bundle, err := spiffebundle.Load(s.TrustDomain, s.SPIFFEBundlePath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	broker := spiffeid.RequireFromPath(s.TrustDomain, "/atfd")
 	agent := spiffeid.RequireFromPath(s.TrustDomain, "/agents/verify")
-	files, err := s.MintX509(ctx, agent, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sv, err := x509svid.Load(files.CertPath, files.KeyPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bundle, sv := spireSVID(t, ctx, s, agent)
 	jwt, err := s.MintJWT(ctx, agent, broker.String(), 5*time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -168,19 +158,8 @@ func TestVerifyX509Remembered(t *testing.T) {
 	s := devtest.Shared(t)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	spire, err := spiffebundle.Load(s.TrustDomain, s.SPIFFEBundlePath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	agent := spiffeid.RequireFromPath(s.TrustDomain, "/agents/remembered")
-	files, err := s.MintX509(ctx, agent, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sv, err := x509svid.Load(files.CertPath, files.KeyPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	spire, sv := spireSVID(t, ctx, s, agent)
 	authorities := spire.X509Authorities()
 	bundle := x509bundle.FromX509Authorities(s.TrustDomain, authorities)
 	source := &swappable{bundle: bundle}
@@ -234,6 +213,25 @@ func TestVerifyX509Remembered(t *testing.T) {
 	_, err = v.VerifyX509(forged.Chain)
 	wantErr(t, err, "certificate signed by unknown authority")
 	ok("the genuine chain still")
+}
+
+// spireSVID returns the SPIRE server's bundle and an hour's X.509-SVID
+// for agent, minted by it.
+func spireSVID(t *testing.T, ctx context.Context, s *dev.Stack, agent spiffeid.ID) (*spiffebundle.Bundle, *x509svid.SVID) {
+	t.Helper()
+	bundle, err := spiffebundle.Load(s.TrustDomain, s.SPIFFEBundlePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := s.MintX509(ctx, agent, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv, err := x509svid.Load(files.CertPath, files.KeyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bundle, sv
 }
 
 // swappable is a bundle source whose bundle a test replaces; nil means
