@@ -186,10 +186,12 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 }
 
 // IdleConns is how many idle connections to Vault a client of
-// ClientConfig keeps. Vault's default pooled transport keeps GOMAXPROCS+1:
-// under load every call beyond them opened a connection of its own (and,
-// to a Vault served over TLS, ran a handshake), then closed it.
-const IdleConns = 256
+// ClientConfig keeps (each holds two goroutines until it has been idle for
+// 90 s). Vault's default pooled transport keeps GOMAXPROCS+1: under load
+// every call beyond them opened a connection of its own (and, to a Vault
+// served over TLS, ran a handshake), then closed it. 32 covers a load of
+// 32 issuances at once, BenchmarkIssuance's.
+const IdleConns = 32
 
 // ClientConfig is Vault's default client configuration for addr, keeping
 // IdleConns idle connections.
