@@ -240,6 +240,7 @@ func (s *Store) Caller(id string) (Agent, *Kill, error) {
 	var k *Kill
 	var agentErr error
 	err := s.read(func(tx kv.Tx) error {
+		kv.Prefetch(tx, kv.Key{Bucket: bucketAgents, Key: []byte(id)}, kv.Key{Bucket: bucketMeta, Key: keyGlobalKill})
 		a, agentErr = getAgent(tx, id)
 		if agentErr != nil && !errors.Is(agentErr, ErrNotFound) {
 			return agentErr

@@ -305,6 +305,7 @@ func (s *Store) RecordCredential(c Credential) error {
 		}
 		// group may run this more than once; refused is set on every run.
 		refused = nil
+		kv.Prefetch(tx, recordReads(c)...)
 		a, err := getAgent(tx, c.AgentID)
 		if err != nil {
 			return err
@@ -328,6 +329,19 @@ func (s *Store) RecordCredential(c Credential) error {
 		return fmt.Errorf("%w; credential queued for revocation", refused)
 	}
 	return nil
+}
+
+// recordReads are the keys RecordCredential reads by name: the agent,
+// the global kill switch, the anchor and the grants of the chain.
+func recordReads(c Credential) []kv.Key {
+	keys := []kv.Key{{Bucket: bucketAgents, Key: []byte(c.AgentID)}, {Bucket: bucketMeta, Key: keyGlobalKill}}
+	if c.Anchor != "" {
+		keys = append(keys, kv.Key{Bucket: bucketAnchors, Key: []byte(c.Anchor)})
+	}
+	for _, g := range c.GrantIDs {
+		keys = append(keys, kv.Key{Bucket: bucketGrants, Key: []byte(g)})
+	}
+	return keys
 }
 
 // credentialRefusal says why c, issued to a, may not be kept at now: its

@@ -103,6 +103,13 @@ func (s *Store) ReserveLive(limits []LiveLimit, expires time.Time) (string, erro
 		// Only limits in force are counted: a key every replica raises
 		// is a point where their transactions conflict.
 		e := liveEntry{Expires: expires.UTC(), Keys: []string{liveTotal + s.replica}}
+		read := []kv.Key{{Bucket: bucketLiveCounts, Key: []byte(e.Keys[0])}}
+		for _, l := range limits {
+			if l.Max >= 0 {
+				read = append(read, kv.Key{Bucket: bucketLiveCounts, Key: []byte(l.Key)})
+			}
+		}
+		kv.Prefetch(tx, read...)
 		for _, l := range limits {
 			if l.Max < 0 {
 				continue

@@ -68,3 +68,20 @@ type Engine interface {
 	// succeeds; fn may run more than once.
 	Update(ctx context.Context, fn func(Tx) error) error
 }
+
+// Key names a key of a bucket, for Prefetch.
+type Key struct {
+	Bucket, Key []byte
+}
+
+// Prefetch reads keys into tx ahead of its Gets, in one round trip: on
+// etcd, where every Get a transaction makes is a request to the cluster,
+// a transaction that knows the keys it will read saves a request for each
+// but one. The values and the revisions read join the transaction's read
+// set as a Get's would. bbolt reads from memory-mapped pages: nothing to
+// save, nothing done.
+func Prefetch(tx Tx, keys ...Key) {
+	if t, ok := tx.(*etcdTx); ok {
+		t.prefetch(keys)
+	}
+}
