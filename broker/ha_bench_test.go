@@ -33,6 +33,7 @@ import (
 
 	"github.com/agentictrust/atf/broker"
 	"github.com/agentictrust/atf/broker/client"
+	"github.com/agentictrust/atf/broker/store/kv"
 	"github.com/agentictrust/atf/deploy/dev"
 	"github.com/agentictrust/atf/deploy/dev/brokertest"
 	"github.com/agentictrust/atf/deploy/dev/devtest"
@@ -257,8 +258,8 @@ func (p loadPhase) report(b *testing.B, prefix string, etcd bool) {
 	// An issuance is two of the store's writes: its reservation in the
 	// live counts, then its record (docs/scaling.md).
 	b.ReportMetric(2*float64(p.ops)/writes, prefix+"-writes/txn")
-	b.ReportMetric(max(p.use.txns-writes, 0)/float64(p.ops+p.refused), prefix+"-conflicts/op")
-	b.ReportMetric(p.use.ranges/float64(p.ops+p.refused), prefix+"-ranges/op")
+	b.ReportMetric(p.use.conflicts/float64(p.ops+p.refused), prefix+"-conflicts/op")
+	b.ReportMetric((p.use.ranges+p.use.prefetches)/float64(p.ops+p.refused), prefix+"-ranges/op")
 }
 
 // CPU users the stack meter tells apart.
@@ -270,19 +271,21 @@ const (
 
 // usage is what the stack has done, up to a point or between two: the
 // etcd cluster's revisions (one per transaction that wrote), the Range
-// and Txn requests its members answered (Txn: those that wrote, those that
-// lost to a concurrent write, and the few read-only ones), and the CPU
-// time of etcd's members, of Vault and of this process (the brokers and
-// their load).
+// requests its members answered, the brokers' transactions that lost to a
+// concurrent write and their prefetches (one Txn of reads each;
+// kv.EtcdCounts, which etcd's own counters cannot tell apart), and the
+// CPU time of etcd's members, of Vault and of this process (the brokers
+// and their load).
 type usage struct {
-	revisions    int64
-	ranges, txns float64
-	cpu          [3]time.Duration
-	cpuKnown     bool
+	revisions                     int64
+	ranges, conflicts, prefetches float64
+	cpu                           [3]time.Duration
+	cpuKnown                      bool
 }
 
 func (u usage) plus(v usage) usage {
-	out := usage{revisions: u.revisions + v.revisions, ranges: u.ranges + v.ranges, txns: u.txns + v.txns, cpuKnown: v.cpuKnown}
+	out := usage{revisions: u.revisions + v.revisions, ranges: u.ranges + v.ranges, conflicts: u.conflicts + v.conflicts,
+		prefetches: u.prefetches + v.prefetches, cpuKnown: v.cpuKnown}
 	for i := range out.cpu {
 		out.cpu[i] = u.cpu[i] + v.cpu[i]
 	}
@@ -290,7 +293,8 @@ func (u usage) plus(v usage) usage {
 }
 
 func (u usage) minus(v usage) usage {
-	out := usage{revisions: u.revisions - v.revisions, ranges: u.ranges - v.ranges, txns: u.txns - v.txns, cpuKnown: u.cpuKnown && v.cpuKnown}
+	out := usage{revisions: u.revisions - v.revisions, ranges: u.ranges - v.ranges, conflicts: u.conflicts - v.conflicts,
+		prefetches: u.prefetches - v.prefetches, cpuKnown: u.cpuKnown && v.cpuKnown}
 	for i := range out.cpu {
 		out.cpu[i] = u.cpu[i] - v.cpu[i]
 	}
@@ -341,13 +345,14 @@ func (m *stackMeter) now(b *testing.B) usage {
 	u := usage{revisions: st.Header.Revision}
 	for _, ep := range m.e.Endpoints {
 		families := scrapeWith(b, m.web, ep+"/metrics")
-		kv := func(method string) float64 {
+		handled := func(method string) float64 {
 			v, _ := value(families, "grpc_server_handled_total", map[string]string{"grpc_service": "etcdserverpb.KV", "grpc_method": method, "grpc_code": "OK"})
 			return v
 		}
-		u.ranges += kv("Range")
-		u.txns += kv("Txn")
+		u.ranges += handled("Range")
 	}
+	conflicts, prefetches := kv.EtcdCounts()
+	u.conflicts, u.prefetches = float64(conflicts), float64(prefetches)
 	pids := m.f.Stack.PIDs()
 	u.cpuKnown = true
 	for i := range m.e.Endpoints {

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -40,6 +41,18 @@ const (
 	pageSize  = 64
 	firstPage = 4
 )
+
+// etcdCounts counts, for the whole process, the etcd transactions that
+// conflicted and ran again and the prefetches (EtcdCounts): etcd's own
+// counters cannot tell a prefetch, a transaction of reads, from a
+// transaction whose comparisons failed.
+var etcdCounts struct{ conflicts, prefetches atomic.Int64 }
+
+// EtcdCounts returns how many of this process's etcd transactions
+// conflicted and ran again, and how many prefetch requests it made.
+func EtcdCounts() (conflicts, prefetches int64) {
+	return etcdCounts.conflicts.Load(), etcdCounts.prefetches.Load()
+}
 
 // Etcd is the etcd engine: every bucket is a range of keys under a prefix
 // of an etcd cluster, and a transaction is optimistic. It reads one
@@ -103,6 +116,7 @@ func (e *Etcd) Update(ctx context.Context, fn func(Tx) error) error {
 			}
 			return nil
 		}
+		etcdCounts.conflicts.Add(1)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %w", ErrConflict, ctx.Err())
@@ -274,6 +288,7 @@ func (t *etcdTx) prefetch(keys []Key) {
 	if len(ops) > t.e.maxOps {
 		ops, fulls = ops[:t.e.maxOps], fulls[:t.e.maxOps] // the rest when read
 	}
+	etcdCounts.prefetches.Add(1)
 	resp, err := t.e.cli.Txn(t.ctx).Then(ops...).Commit()
 	if err != nil {
 		t.fail(err)
