@@ -41,8 +41,12 @@ func TestVerifiedChainsWindowAndBound(t *testing.T) {
 	}
 	extra := cert(1, -time.Hour, 2*time.Hour)
 	v.add(chainKey([]*x509.Certificate{extra}), [][]*x509.Certificate{{extra, root}}, now)
-	if _, ok := v.chains[expiredKey]; ok || len(v.chains) != maxVerifiedChains {
-		t.Fatalf("full: %d chains remembered, expired one kept %v; want it forgotten first and %d kept", len(v.chains), ok, maxVerifiedChains)
+	kept := maxVerifiedChains - maxVerifiedChains/8 + 1
+	if _, ok := v.chains[expiredKey]; ok || len(v.chains) != kept {
+		t.Fatalf("full: %d chains remembered, expired one kept %v; want it forgotten, an eighth swept, %d kept", len(v.chains), ok, kept)
+	}
+	if _, ok := v.chains[chainKey([]*x509.Certificate{extra})]; !ok {
+		t.Fatal("the chain added when full is not remembered")
 	}
 	for range 3 {
 		c := cert(int64(2*maxVerifiedChains+len(v.chains)), -time.Hour, time.Hour)
