@@ -24,8 +24,8 @@ const (
 	// the rest finishes from the queue.
 	inlineRevokeTimeout = 30 * time.Second
 	// settleAfterVault bounds how long a revocation's agents wait for
-	// Vault to be told before they hear it: the broker already refuses
-	// what was revoked.
+	// Vault's answer before the credentials that died with the anchors
+	// are listed for them: the broker already refuses what was revoked.
 	settleAfterVault = 50 * time.Millisecond
 )
 

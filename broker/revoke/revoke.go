@@ -254,9 +254,10 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 	if len(rev.Approvals) > 0 {
 		r.cfg.Approvals.Fire()
 	}
-	// Vault is told at once, while the credentials that died with their
-	// anchors are listed (store.Settle) for the agents to hear: the broker
-	// already refuses everything revoked, whatever Vault is doing.
+	// Vault is told at once; the credentials that died with their anchors
+	// are listed (store.Settle) for the agents to hear once it answered:
+	// the broker already refuses everything revoked, whatever Vault is
+	// doing.
 	timeout := inlineRevokeTimeout
 	if !wait {
 		timeout = 0 // nothing confirmed inline; the revoker is woken
@@ -269,12 +270,15 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 	}()
 	// Listing what died with the anchors reads every credential of a
 	// large lineage: it waits for Vault's answer (briefly), so as not to
-	// take the CPU Vault needs to kill them.
+	// take the CPU Vault needs to kill them. With nothing to list, the
+	// agents hear it at once.
 	confirmed, told := 0, false
-	select {
-	case confirmed = <-vault:
-		told = true
-	case <-time.After(settleAfterVault):
+	if rev.Unsettled() {
+		select {
+		case confirmed = <-vault:
+			told = true
+		case <-time.After(settleAfterVault):
+		}
 	}
 	if err := r.cfg.Store.Settle(&rev); err != nil {
 		edge.Logger(ctx).Error("listing the revoked credentials failed; their agents are told of the revocation without them",

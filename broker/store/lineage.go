@@ -524,6 +524,10 @@ func (s *Store) revokeLineage(tx kv.Tx, root Root, actor, reason string, now tim
 	return rev, nil
 }
 
+// Unsettled says whether rev revoked credentials with their anchors that
+// Settle has yet to list.
+func (rev *Revocation) Unsettled() bool { return len(rev.derived) > 0 }
+
 // Settle lists in rev.Credentials the credentials rev revoked with their
 // anchors, which the revocation's transaction did not read (see
 // revokeLineage). It reads, outside any write, so call it once Vault has
@@ -553,7 +557,7 @@ func settle(tx kv.Tx, rev *Revocation) error {
 		}
 		for _, k := range keys {
 			// Only the fields settling reads: a lineage may hold
-			// 100,000 credentials, and this runs while Vault is told.
+			// 100,000 credentials.
 			var cr struct {
 				Accessor  string    `json:"accessor"`
 				AgentID   string    `json:"agent_id"`
