@@ -116,12 +116,12 @@ func (e *Etcd) Update(ctx context.Context, fn func(Tx) error) error {
 			}
 			return nil
 		}
-		etcdCounts.conflicts.Add(1)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %w", ErrConflict, ctx.Err())
 		case <-time.After(backoff/2 + rand.N(backoff)):
 		}
+		etcdCounts.conflicts.Add(1)
 		backoff = min(2*backoff, 50*time.Millisecond)
 	}
 }
@@ -266,7 +266,6 @@ func (t *etcdTx) prefetch(keys []Key) {
 		return
 	}
 	var fulls []string
-	ops := make([]clientv3.Op, 0, len(keys))
 	for _, k := range keys {
 		full := t.e.prefix + string(k.Bucket) + "\x00" + string(k.Key)
 		if _, ok := t.writes[full]; ok {
@@ -276,20 +275,33 @@ func (t *etcdTx) prefetch(keys []Key) {
 			continue
 		}
 		fulls = append(fulls, full)
-		if t.rev != 0 {
-			ops = append(ops, clientv3.OpGet(full, clientv3.WithRev(t.rev)))
-		} else {
-			ops = append(ops, clientv3.OpGet(full))
-		}
 	}
-	if len(ops) < 2 {
+	if len(fulls) < 2 {
 		return // one Get costs what it would later
 	}
-	if len(ops) > t.e.maxOps {
-		ops, fulls = ops[:t.e.maxOps], fulls[:t.e.maxOps] // the rest when read
+	if len(fulls) > t.e.maxOps {
+		fulls = fulls[:t.e.maxOps] // the rest when read
+	}
+	gets := func(opts ...clientv3.OpOption) []clientv3.Op {
+		ops := make([]clientv3.Op, len(fulls))
+		for i, full := range fulls {
+			ops[i] = clientv3.OpGet(full, opts...)
+		}
+		return ops
 	}
 	etcdCounts.prefetches.Add(1)
-	resp, err := t.e.cli.Txn(t.ctx).Then(ops...).Commit()
+	var resp *clientv3.TxnResponse
+	var err error
+	if t.rev != 0 {
+		// At the snapshot's revision, as get reads: served by any member
+		// that has applied it, through the leader otherwise.
+		resp, err = t.e.cli.Txn(t.ctx).Then(gets(clientv3.WithRev(t.rev), clientv3.WithSerializable())...).Commit()
+		if errors.Is(err, rpctypes.ErrFutureRev) {
+			resp, err = t.e.cli.Txn(t.ctx).Then(gets(clientv3.WithRev(t.rev))...).Commit()
+		}
+	} else {
+		resp, err = t.e.cli.Txn(t.ctx).Then(gets()...).Commit()
+	}
 	if err != nil {
 		t.fail(err)
 		return
