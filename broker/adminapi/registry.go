@@ -13,6 +13,7 @@ import (
 	brokerv1 "github.com/agentictrust/atf/proto/atf/broker/v1"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentictrust/atf/authz"
@@ -153,14 +154,18 @@ func (s *Service) ListAgents(ctx context.Context, req *adminv1.ListAgentsRequest
 	for i, ag := range agents {
 		ids[i] = ag.ID
 	}
+	// The counts are a convenience: the page goes without them rather
+	// than not at all.
 	live, err := s.cfg.Store.LiveCounts(ids)
 	if err != nil {
-		return nil, fmt.Errorf("list agents: %w", err)
+		edge.Logger(ctx).Warn("counting the listed agents' live credentials failed; listed without them", slog.String(edge.LogError, err.Error()))
 	}
 	resp := &adminv1.ListAgentsResponse{NextPageToken: next}
 	for _, ag := range agents {
 		a := protoconv.AgentToProto(ag)
-		a.LiveCredentials = int32(live[ag.ID])
+		if err == nil {
+			a.LiveCredentials = proto.Int32(int32(live[ag.ID]))
+		}
 		resp.Agents = append(resp.Agents, a)
 	}
 	return resp, nil

@@ -597,8 +597,9 @@ func (s *Store) Credentials(agentID string) ([]Credential, error) {
 
 // LiveCounts returns how many live credentials (neither revoked, through
 // their own record, their anchor or their lineage, nor expired) each of
-// agentIDs holds itself, in one read: a page of agents, not a lineage
-// each. Agents with none are absent.
+// agentIDs holds itself, in one read transaction (on etcd, a request per
+// agent): a page of agents, not a lineage each. Agents with none are
+// absent.
 func (s *Store) LiveCounts(agentIDs []string) (map[string]int, error) {
 	out := map[string]int{}
 	now := s.now()

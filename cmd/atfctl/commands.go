@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -234,8 +235,12 @@ func agentList(g *globals) *cobra.Command {
 			return g.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "SPIFFE ID\tLEVEL\tSTATUS\tOWNER\tROLES\tLIVE")
 				for _, a := range out.GetAgents() {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\n", a.GetSpiffeId(), enumName(a.GetLevel().String(), "LEVEL_"),
-						enumName(a.GetStatus().String(), "AGENT_STATUS_"), a.GetOwner(), strings.Join(a.GetRoles(), ","), a.GetLiveCredentials())
+					live := "?"
+					if a.LiveCredentials != nil {
+						live = strconv.Itoa(int(a.GetLiveCredentials()))
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", a.GetSpiffeId(), enumName(a.GetLevel().String(), "LEVEL_"),
+						enumName(a.GetStatus().String(), "AGENT_STATUS_"), a.GetOwner(), strings.Join(a.GetRoles(), ","), live)
 				}
 			})
 		},

@@ -272,8 +272,8 @@ type Agent struct {
 	// The agent's circuit breaker (GetAgent only).
 	Breaker *Breaker `protobuf:"bytes,14,opt,name=breaker,proto3" json:"breaker,omitempty"`
 	// How many live credentials the agent holds itself, not counting its
-	// delegatees' (ListAgents only).
-	LiveCredentials int32 `protobuf:"varint,15,opt,name=live_credentials,json=liveCredentials,proto3" json:"live_credentials,omitempty"`
+	// delegatees' (ListAgents only; unset if the store could not count them).
+	LiveCredentials *int32 `protobuf:"varint,15,opt,name=live_credentials,json=liveCredentials,proto3,oneof" json:"live_credentials,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -407,8 +407,8 @@ func (x *Agent) GetBreaker() *Breaker {
 }
 
 func (x *Agent) GetLiveCredentials() int32 {
-	if x != nil {
-		return x.LiveCredentials
+	if x != nil && x.LiveCredentials != nil {
+		return *x.LiveCredentials
 	}
 	return 0
 }
@@ -6347,7 +6347,7 @@ var File_atf_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18atf/admin/v1/admin.proto\x12\fatf.admin.v1\x1a\x1aatf/broker/v1/broker.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x04\n" +
+	"\x18atf/admin/v1/admin.proto\x12\fatf.admin.v1\x1a\x1aatf/broker/v1/broker.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x04\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x18\n" +
@@ -6366,8 +6366,9 @@ const file_atf_admin_v1_admin_proto_rawDesc = "" +
 	"updated_by\x18\v \x01(\tR\tupdatedBy\x12\x1a\n" +
 	"\brevision\x18\f \x01(\x04R\brevision\x12+\n" +
 	"\x04kill\x18\r \x01(\v2\x17.atf.admin.v1.KillStateR\x04kill\x12/\n" +
-	"\abreaker\x18\x0e \x01(\v2\x15.atf.admin.v1.BreakerR\abreaker\x12)\n" +
-	"\x10live_credentials\x18\x0f \x01(\x05R\x0fliveCredentials\"\xc8\x02\n" +
+	"\abreaker\x18\x0e \x01(\v2\x15.atf.admin.v1.BreakerR\abreaker\x12.\n" +
+	"\x10live_credentials\x18\x0f \x01(\x05H\x00R\x0fliveCredentials\x88\x01\x01B\x13\n" +
+	"\x11_live_credentials\"\xc8\x02\n" +
 	"\x14RegisterAgentRequest\x122\n" +
 	"\tspiffe_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x10\x10\x01\x18\x80\x10:\tspiffe://R\bspiffeId\x12 \n" +
 	"\x05owner\x18\x02 \x01(\tB\n" +
@@ -7209,6 +7210,7 @@ func file_atf_admin_v1_admin_proto_init() {
 	if File_atf_admin_v1_admin_proto != nil {
 		return
 	}
+	file_atf_admin_v1_admin_proto_msgTypes[0].OneofWrappers = []any{}
 	file_atf_admin_v1_admin_proto_msgTypes[7].OneofWrappers = []any{}
 	file_atf_admin_v1_admin_proto_msgTypes[12].OneofWrappers = []any{
 		(*RevokeLineageRequest_AgentId)(nil),
