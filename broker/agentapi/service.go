@@ -251,7 +251,7 @@ func (s *Service) grantScopes(in []*brokerv1.RoleScopes) (map[string][]string, e
 		case role.Kind != config.KindJWT:
 			return nil, fault.New(fault.Invalid, "role %q is a Vault role (kind %s): only roles of kind jwt have scopes to narrow", name, role.Kind)
 		}
-		if sc := role.ForeignScope(rs.GetScopes()); sc != "" {
+		if sc, foreign := role.ForeignScope(rs.GetScopes()); foreign {
 			return nil, fault.New(fault.Invalid, "scope %q is not one of role %s's: %s", sc, name, strings.Join(role.Scopes, " "))
 		}
 		out[name] = rs.GetScopes()

@@ -920,15 +920,15 @@ func checkDynamicPath(p string) error {
 	return nil
 }
 
-// ForeignScope returns the first of scopes that is not one of the role's,
-// or "" if the role has them all.
-func (r Role) ForeignScope(scopes []string) string {
+// ForeignScope returns the first of scopes that is not one of the role's;
+// false if the role has them all.
+func (r Role) ForeignScope(scopes []string) (string, bool) {
 	for _, sc := range scopes {
 		if !slices.Contains(r.Scopes, sc) {
-			return sc
+			return sc, true
 		}
 	}
-	return ""
+	return "", false
 }
 
 func (r Role) Authz() authz.Role {

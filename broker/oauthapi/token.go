@@ -144,7 +144,7 @@ func (s *Server) target(resource, audience, scope, tokenType string) (role confi
 		return role, nil, "invalid_target", fmt.Sprintf("%q is not a resource of this broker (a role of kind jwt in its roles file)", resource)
 	}
 	scopes = strings.Fields(scope)
-	if sc := role.ForeignScope(scopes); sc != "" {
+	if sc, foreign := role.ForeignScope(scopes); foreign {
 		return role, nil, "invalid_scope", fmt.Sprintf("scope %q is not one of resource %s's: %s", sc, resource, strings.Join(role.Scopes, " "))
 	}
 	slices.Sort(scopes)
