@@ -23,10 +23,13 @@ const (
 	// inlineRevokeTimeout bounds the Vault work a revoking call waits for;
 	// the rest finishes from the queue.
 	inlineRevokeTimeout = 30 * time.Second
-	// settleAfterVault bounds how long a revocation's agents wait for
-	// Vault's answer before the credentials that died with the anchors
-	// are listed for them: the broker already refuses what was revoked.
-	settleAfterVault = 50 * time.Millisecond
+	// settleAfterVault bounds how long a revocation of at least
+	// settleAfterVaultFrom credentials waits for Vault's answer before
+	// the credentials that died with the anchors are listed for their
+	// agents (the broker already refuses what was revoked). Below that,
+	// listing takes a few milliseconds and goes first.
+	settleAfterVault     = 50 * time.Millisecond
+	settleAfterVaultFrom = 1000
 )
 
 // Anchors holds the broker's current Vault anchor per lineage node, in

@@ -269,18 +269,21 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 		vault <- r.queue.revoke(rctx, rev.Queued)
 	}()
 	// Listing what died with the anchors reads every credential of a
-	// large lineage: it waits for Vault's answer (briefly), so as not to
-	// take the CPU Vault needs to kill them. With nothing to list, the
-	// agents hear it at once.
+	// large lineage: that waits for Vault's answer (briefly), so as not to
+	// take the CPU Vault needs to kill them. A small one is listed at once:
+	// the agents hear it without waiting on Vault.
 	confirmed, told := 0, false
-	if rev.Unsettled() {
+	ahead := func(n int) {
+		if n < settleAfterVaultFrom {
+			return
+		}
 		select {
 		case confirmed = <-vault:
 			told = true
 		case <-time.After(settleAfterVault):
 		}
 	}
-	if err := r.cfg.Store.Settle(&rev); err != nil {
+	if err := r.cfg.Store.Settle(&rev, ahead); err != nil {
 		edge.Logger(ctx).Error("listing the revoked credentials failed; their agents are told of the revocation without them",
 			slog.String(edge.LogError, err.Error()))
 	}

@@ -524,38 +524,47 @@ func (s *Store) revokeLineage(tx kv.Tx, root Root, actor, reason string, now tim
 	return rev, nil
 }
 
-// Unsettled says whether rev revoked credentials with their anchors that
-// Settle has yet to list.
-func (rev *Revocation) Unsettled() bool { return len(rev.derived) > 0 }
-
 // Settle lists in rev.Credentials the credentials rev revoked with their
 // anchors, which the revocation's transaction did not read (see
 // revokeLineage). It reads, outside any write, so call it once Vault has
 // been told: what it lists is already refused by the broker and dead with
 // its anchors. A settled Revocation is left as it is.
-func (s *Store) Settle(rev *Revocation) error {
+//
+// If ahead is not nil, it is called with the number of credential records
+// to read once their keys are known (an index walk), before they are read
+// and decoded: revoke.Finish holds a large listing back until Vault has
+// answered.
+func (s *Store) Settle(rev *Revocation, ahead func(n int)) error {
 	if len(rev.derived) == 0 {
 		return nil
 	}
-	return s.view(func(tx kv.Tx) error { return settle(tx, rev) })
+	return s.view(func(tx kv.Tx) error { return settle(tx, rev, ahead) })
 }
 
 // settle is Settle in tx; a revocation's own transaction may settle it
 // (CommitPolicy: its audit record counts every credential).
-func settle(tx kv.Tx, rev *Revocation) error {
+func settle(tx kv.Tx, rev *Revocation, ahead func(n int)) error {
 	if len(rev.derived) == 0 {
 		return nil
 	}
 	if rev.Credentials == nil {
 		rev.Credentials = map[string][]string{}
 	}
-	creds := tx.Bucket(bucketCredentials)
-	for _, set := range rev.derived {
-		keys, err := lineageCredentialKeys(tx, Root{AgentID: set.agent}, set.grants)
-		if err != nil {
+	keys := make([][][]byte, len(rev.derived))
+	n := 0
+	for i, set := range rev.derived {
+		var err error
+		if keys[i], err = lineageCredentialKeys(tx, Root{AgentID: set.agent}, set.grants); err != nil {
 			return err
 		}
-		for _, k := range keys {
+		n += len(keys[i])
+	}
+	if ahead != nil {
+		ahead(n)
+	}
+	creds := tx.Bucket(bucketCredentials)
+	for i, set := range rev.derived {
+		for _, k := range keys[i] {
 			// Only the fields settling reads: a lineage may hold
 			// 100,000 credentials.
 			var cr struct {

@@ -73,7 +73,7 @@ func (s *Store) revokeDisallowed(tx kv.Tx, judge PolicyJudge, actor, reason stri
 	if err := s.revokeDropped(tx, judge, live, actor, reason, now, &rev); err != nil {
 		return rev, err
 	}
-	return rev, settle(tx, &rev)
+	return rev, settle(tx, &rev, nil)
 }
 
 // revokeDropped revokes the credentials of live that judge drops, and

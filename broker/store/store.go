@@ -380,7 +380,7 @@ func (s *Store) settled(rev *Revocation, err error) error {
 	if err != nil || s.settleLater {
 		return err
 	}
-	return s.Settle(rev)
+	return s.Settle(rev, nil)
 }
 
 // Close waits for the write being committed, refuses later writes and
