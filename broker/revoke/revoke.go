@@ -254,35 +254,9 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 	if len(rev.Approvals) > 0 {
 		r.cfg.Approvals.Fire()
 	}
-	// Vault is told at once; the credentials that died with their anchors
-	// are listed (store.Settle) for the agents to hear once it answered:
-	// the broker already refuses everything revoked, whatever Vault is
-	// doing.
-	timeout := inlineRevokeTimeout
-	if !wait {
-		timeout = 0 // nothing confirmed inline; the revoker is woken
-	}
-	vault := make(chan int, 1)
-	go func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-		defer cancel()
-		vault <- r.queue.revoke(rctx, rev.Queued)
-	}()
-	// Listing what died with the anchors reads every credential of a
-	// large lineage: that waits for Vault's answer (briefly), so as not to
-	// take the CPU Vault needs to kill them. A small one is listed at once:
-	// the agents hear it without waiting on Vault.
-	confirmed, told := 0, false
-	ahead := func(n int) {
-		if n < settleAfterVaultFrom {
-			return
-		}
-		select {
-		case confirmed = <-vault:
-			told = true
-		case <-time.After(settleAfterVault):
-		}
-	}
+	// Vault is told at once: the broker already refuses everything
+	// revoked, whatever Vault is doing.
+	ahead, confirmed := r.toVault(ctx, rev.Queued, wait)
 	if err := r.cfg.Store.Settle(&rev, ahead); err != nil {
 		edge.Logger(ctx).Error("listing the revoked credentials failed; their agents are told of the revocation without them",
 			slog.String(edge.LogError, err.Error()))
@@ -297,19 +271,54 @@ func (r *Revoker) Finish(ctx context.Context, root store.Root, actor, reason str
 	// watch ends; Kill ends those of the agents stopped below it.
 	r.endStopped([]string{root.AgentID})
 
-	if !told {
-		confirmed = <-vault
-	}
+	done := confirmed()
 	sum := &brokerv1.RevocationSummary{
 		GrantsRevoked:      int32(len(rev.Grants)),
 		CredentialsRevoked: int32(rev.CredentialCount()),
-		VaultConfirmed:     int32(confirmed),
-		VaultPending:       int32(len(rev.Queued) - confirmed),
+		VaultConfirmed:     int32(done),
+		VaultPending:       int32(len(rev.Queued) - done),
 		CommitDuration:     durationpb.New(commit),
 		TotalDuration:      durationpb.New(time.Since(start)),
 	}
 	r.record(ctx, actor, subject, reason, sum)
 	return sum
+}
+
+// toVault revokes queued in Vault on a goroutine of its own: inline for
+// up to inlineRevokeTimeout with wait, and without it only by waking the
+// background revoker. It returns ahead, for store.Settle: a listing of
+// settleAfterVaultFrom credentials or more (which would take the CPU
+// Vault needs to kill them) waits for Vault's answer, at most
+// settleAfterVault; a smaller one goes first, so that agents hear it
+// without waiting on Vault. confirmed waits for Vault's count.
+func (r *Revoker) toVault(ctx context.Context, queued []string, wait bool) (ahead func(n int), confirmed func() int) {
+	timeout := inlineRevokeTimeout
+	if !wait {
+		timeout = 0 // nothing confirmed inline; the revoker is woken
+	}
+	vault := make(chan int, 1)
+	go func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+		defer cancel()
+		vault <- r.queue.revoke(rctx, queued)
+	}()
+	n, told := 0, false
+	ahead = func(records int) {
+		if records < settleAfterVaultFrom {
+			return
+		}
+		select {
+		case n = <-vault:
+			told = true
+		case <-time.After(settleAfterVault):
+		}
+	}
+	return ahead, func() int {
+		if !told {
+			n, told = <-vault, true
+		}
+		return n
+	}
 }
 
 // record writes the audit summary and the log line of a finished
