@@ -64,6 +64,24 @@ func (s *Stack) StartEtcd(ctx context.Context, n int) (*Etcd, error) {
 	if _, err := os.Stat(filepath.Join(s.BinDir, "etcd")); err != nil {
 		return nil, fmt.Errorf("dev: etcd not found: run `make dev-tools` first: %w", err)
 	}
+	// A port found free (freePort) can be taken by another test process
+	// before a member binds it: the cluster then starts again, on other
+	// ports, under other names.
+	for attempt := 1; ; attempt++ {
+		e, err := s.startEtcd(ctx, n)
+		if err == nil || e == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return e, err
+		}
+		for i := range e.members {
+			_ = s.Stop(e.MemberName(i)) // a member that exited is not running
+		}
+		s.log.Warn("an etcd port was taken before its member bound it; starting the cluster again on other ports", "error", err.Error())
+	}
+}
+
+// startEtcd is one attempt of StartEtcd; on failure e holds the members it
+// meant to start.
+func (s *Stack) startEtcd(ctx context.Context, n int) (*Etcd, error) {
 	dir, err := os.MkdirTemp(s.Dir, "etcd-")
 	if err != nil {
 		return nil, fmt.Errorf("dev: %w", err)
@@ -95,12 +113,12 @@ func (s *Stack) StartEtcd(ctx context.Context, n int) (*Etcd, error) {
 	e.cluster = strings.Join(peers, ",")
 	for i := range e.members {
 		if _, err := s.spawnEtcd(e, i, "new"); err != nil {
-			return nil, err
+			return e, err
 		}
 	}
 	for i := range e.members {
 		if err := s.awaitEtcd(ctx, e, i); err != nil {
-			return nil, err
+			return e, err
 		}
 	}
 	s.log.Info("etcd ready", keyAddr, strings.Join(e.Endpoints, ","))
