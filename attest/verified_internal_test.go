@@ -5,6 +5,9 @@ import (
 	"math/big"
 	"testing"
 	"time"
+
+	"github.com/agentictrust/atf/attest/attesttest"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // A remembered path is valid only while every certificate on it is (the
@@ -54,5 +57,33 @@ func TestVerifiedChainsWindowAndBound(t *testing.T) {
 		if len(v.chains) > maxVerifiedChains {
 			t.Fatalf("%d chains remembered; bound %d", len(v.chains), maxVerifiedChains)
 		}
+	}
+}
+
+// VerifyX509 remembers the chains it verified, one entry per distinct
+// chain, and answers a remembered one from memory.
+func TestVerifyX509UsesMemory(t *testing.T) {
+	a := attesttest.New(t, "atf.test")
+	v, err := New(Config{TrustDomains: []spiffeid.TrustDomain{a.TD}, X509Bundles: a.Bundle()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv := a.X509(t, spiffeid.RequireFromPath(a.TD, "/agents/memory"))
+	for range 3 {
+		if _, err := v.VerifyX509(sv.Chain); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(v.seen.chains); n != 1 {
+		t.Fatalf("%d chains remembered after verifying one three times, want 1", n)
+	}
+	if !v.seen.still(chainKey(sv.Chain), a.TD, a.Bundle(), time.Now()) {
+		t.Fatal("the verified chain is not answered from memory")
+	}
+	if _, err := v.VerifyX509(append(sv.Chain[:1:1], a.CA)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(v.seen.chains); n != 2 {
+		t.Fatalf("%d chains remembered, want 2: a chain with one more certificate is another chain", n)
 	}
 }
