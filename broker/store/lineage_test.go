@@ -1188,3 +1188,28 @@ func TestGrantCycle(t *testing.T) {
 		})
 	}
 }
+
+// Settle says how many credential records it is about to read, before it
+// reads them (revoke.Finish holds a large listing back until Vault has
+// answered), and lists what died with the anchors.
+func TestSettleCountsAhead(t *testing.T) {
+	s, _ := openLineage(t, filepath.Join(t.TempDir(), "atf.db"))
+	rev, err := s.SettleLater().RevokeLineage(store.Root{AgentID: agentA}, "carol", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls, ahead := 0, -1
+	if err := s.Settle(&rev, func(n int) { calls++; ahead = n }); err != nil {
+		t.Fatal(err)
+	}
+	listed := 0
+	for _, accs := range rev.Credentials {
+		listed += len(accs)
+	}
+	if calls != 1 || ahead < listed || listed == 0 {
+		t.Fatalf("ahead called %d times with %d; %d credentials listed: want once, with at least as many records as listed", calls, ahead, listed)
+	}
+	if err := s.Settle(&rev, func(int) { t.Error("ahead called for a settled revocation") }); err != nil {
+		t.Fatal(err)
+	}
+}

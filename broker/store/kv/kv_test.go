@@ -663,6 +663,28 @@ func TestPrefetch(t *testing.T) {
 				t.Error(err)
 			}
 
+			// A prefetch that is the transaction's first read fixes its
+			// snapshot: a write after it is not seen by the Gets that follow
+			// (Gets made only then would see it).
+			started, written = make(chan struct{}), make(chan struct{})
+			go func() {
+				done <- e.View(t.Context(), func(tx kv.Tx) error {
+					kv.Prefetch(tx, keys("a", "b")...)
+					close(started)
+					<-written
+					if a := string(tx.Bucket(bucketA).Get([]byte("a"))); a != "changed" {
+						return fmt.Errorf("a = %q after a later write, want the prefetched %q", a, "changed")
+					}
+					return nil
+				})
+			}()
+			<-started
+			put(t, e, bucketA, "a", "changed again")
+			close(written)
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+
 			// Read sets: a counter read through Prefetch counts every
 			// increment, and of 20 claims of an absent key one wins.
 			var wg sync.WaitGroup
