@@ -5,6 +5,11 @@
 // and records it, all or nothing: a step that fails undoes the
 // ones before it, and a token the broker could not record is revoked
 // before the caller hears anything. No credential leaves unrecorded.
+//
+// A batch token (the default) is recorded while Vault makes it, and the
+// record reserves its place in the live counts when they are kept in a
+// store replicas share: the answer waits for the longer of the two, not
+// for both in turn (docs/design.md §3.3).
 package issue
 
 import (
@@ -70,12 +75,13 @@ const reserveMargin = 5 * time.Second
 // issuing) is a *decide.Refusal, to be audited as the decision's outcome;
 // any other error left nothing issued and nothing recorded.
 func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ vault.Credential, err error) {
-	res, lerr := is.cfg.Live.Reserve(p.Caller, p.Lineage(), p.Role.Name, time.Now().Add(p.TTL+reserveMargin))
-	if fe := (*fault.Error)(nil); errors.As(lerr, &fe) && fe.Limit != "" {
-		return vault.Credential{}, decide.Limit(p.Reasons, fe)
-	} else if lerr != nil {
-		return vault.Credential{}, lerr
+	expires := time.Now().Add(p.TTL + reserveMargin)
+	batch := p.Role.Kind != config.KindJWT && kindOf(p) == vault.Batch
+	var inRecord *store.LiveReserve
+	if batch {
+		inRecord = is.cfg.Live.InRecord(p.Caller, p.Lineage(), p.Role.Name, expires)
 	}
+	var res *limits.Reservation
 	var undo []func()
 	defer func() {
 		if err != nil {
@@ -84,7 +90,16 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 			}
 		}
 	}()
-	undo = append(undo, func() { is.cfg.Live.Cancel(res) })
+	if inRecord == nil {
+		var lerr error
+		res, lerr = is.cfg.Live.Reserve(p.Caller, p.Lineage(), p.Role.Name, expires)
+		if fe := (*fault.Error)(nil); errors.As(lerr, &fe) && fe.Limit != "" {
+			return vault.Credential{}, decide.Limit(p.Reasons, fe)
+		} else if lerr != nil {
+			return vault.Credential{}, lerr
+		}
+		undo = append(undo, func() { is.cfg.Live.Cancel(res) })
+	}
 	if id := p.ApprovalID; id != "" {
 		ap, release, err := is.cfg.Approvals.Claim(ctx, id, p.Caller, p.Role.Name, p.GrantID, p.Reasons.DecisionID)
 		if err != nil {
@@ -96,7 +111,28 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 		}
 	}
 	var cred vault.Credential
+	if batch {
+		cred, err = is.issueBatch(ctx, p, revision, inRecord)
+	} else {
+		cred, err = is.issueInTurn(ctx, p, revision, res)
+	}
+	if err != nil {
+		return vault.Credential{}, err
+	}
+	failpoint.Hit(failpoint.IssueAfterRecord)
+	if res != nil {
+		is.cfg.Live.Commit(res, cred.Accessor, cred.ExpiresAt)
+	}
+	return cred, nil
+}
+
+// issueInTurn issues a service token or an access token, then records it:
+// a service token has its accessor only once Vault made it, and a dynamic
+// secret is read with the token.
+func (is *Issuer) issueInTurn(ctx context.Context, p decide.Plan, revision uint64, res *limits.Reservation) (vault.Credential, error) {
+	var cred vault.Credential
 	var anchor string
+	var err error
 	if p.Role.Kind == config.KindJWT {
 		cred, err = is.sign(ctx, p)
 	} else {
@@ -111,12 +147,73 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 		}
 	}
 	failpoint.Hit(failpoint.IssueAfterVault)
-	if err := is.record(ctx, p, cred, anchor, revision, res.StoreID()); err != nil {
+	if err := is.record(ctx, p, cred, anchor, revision, res.StoreID(), nil); err != nil {
 		return vault.Credential{}, err
 	}
-	failpoint.Hit(failpoint.IssueAfterRecord)
-	is.cfg.Live.Commit(res, cred.Accessor, cred.ExpiresAt)
 	return cred, nil
+}
+
+// issueBatch issues a batch token: its record is committed while Vault
+// makes it, and it is handed out once both are done. A record refused
+// (a revocation or kill committed meanwhile, a live-credential limit
+// reached, which inRecord reserves in the record's own transaction) leaves
+// the token in the broker, unused: it cannot be revoked alone, and expires
+// within its TTL. A token Vault did not make voids the record. If Vault
+// refuses the anchor (revoked or expired behind the broker's back), the
+// node's anchors are made anew and the issuance made again, once.
+func (is *Issuer) issueBatch(ctx context.Context, p decide.Plan, revision uint64, inRecord *store.LiveReserve) (vault.Credential, error) {
+	node := store.RoleNode(p.Node(), p.Role.Name)
+	for attempt := 0; ; attempt++ {
+		anchor, err := is.cfg.Anchors.Get(ctx, node)
+		if err != nil {
+			return vault.Credential{}, is.vaultRefusal(p, is.retire(ctx, err))
+		}
+		now := time.Now()
+		want := vault.Credential{Accessor: "b." + edge.NewID(), Policies: slices.Sorted(slices.Values(p.Policies)), IssuedAt: now, ExpiresAt: now.Add(p.TTL)}
+		recorded := make(chan error, 1)
+		go func() { recorded <- is.record(ctx, p, want, anchor.Accessor, revision, "", inRecord) }()
+		req := is.request(p)
+		req.Parent = anchor
+		vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
+		cred, verr := is.cfg.Vault.Issue(vctx, req)
+		tracing.EndSpan(span, edge.Code(verr))
+		failpoint.Hit(failpoint.IssueAfterVault)
+		rerr := <-recorded
+		if verr == nil && rerr == nil {
+			// What the record says, which Vault's answer can only shorten.
+			cred.Accessor, cred.IssuedAt = want.Accessor, want.IssuedAt
+			if cred.ExpiresAt.After(want.ExpiresAt) {
+				cred.ExpiresAt = want.ExpiresAt
+			}
+			return cred, nil
+		}
+		if verr != nil && rerr == nil {
+			is.void(ctx, p, want.Accessor, verr)
+		}
+		switch {
+		case rerr != nil:
+			// The record's refusal says why (a revocation, a kill, a
+			// limit), whatever Vault answered meanwhile.
+			return vault.Credential{}, rerr
+		case errors.Is(verr, vault.ErrRejected) && !errors.As(verr, new(*vault.IdentityError)) && attempt == 0:
+			is.cfg.Anchors.Drop(store.BaseNode(node))
+			continue
+		}
+		return vault.Credential{}, is.vaultRefusal(p, is.retire(ctx, verr))
+	}
+}
+
+// void undoes the record of a batch token Vault did not make (failed
+// with err): its reservation is released, and the audit trail says so.
+func (is *Issuer) void(ctx context.Context, p decide.Plan, accessor string, err error) {
+	why := "Vault refused to issue it"
+	if errors.Is(err, vault.ErrUnavailable) {
+		why = "Vault did not issue it"
+	}
+	if verr := is.cfg.Store.ForRequest(edge.RequestIDs(ctx)).VoidCredential(p.Caller, accessor, why); verr != nil {
+		edge.Logger(ctx).Error("voiding the record of a credential Vault did not issue failed; it counts as live until its expiry",
+			slog.String(edge.LogError, verr.Error()), slog.String(edge.LogAccessor, accessor), slog.String(edge.LogDecisionID, p.Reasons.DecisionID))
+	}
 }
 
 // boundBy holds p to what the approver saw in ap: a redemption that asks
@@ -173,9 +270,22 @@ func kindOf(p decide.Plan) vault.Kind {
 // the node's.
 func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, string, error) {
 	vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
-	kind := kindOf(p)
-	cred, anchor, err := is.underAnchor(vctx, store.RoleNode(p.Node(), p.Role.Name), vault.Request{
-		Kind:     kind,
+	cred, anchor, err := is.underAnchor(vctx, store.RoleNode(p.Node(), p.Role.Name), is.request(p))
+	tracing.EndSpan(span, edge.Code(err))
+	if err != nil {
+		return cred, "", is.vaultRefusal(p, err)
+	}
+	if kindOf(p) == vault.Batch {
+		// A batch token has no accessor: the broker names it.
+		cred.Accessor = "b." + edge.NewID()
+	}
+	return cred, anchor, nil
+}
+
+// request is what Vault is asked for to issue p.
+func (is *Issuer) request(p decide.Plan) vault.Request {
+	return vault.Request{
+		Kind:     kindOf(p),
 		Policies: p.Policies,
 		TTL:      p.TTL,
 		NumUses:  p.MaxUses,
@@ -189,30 +299,28 @@ func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, 
 			"atf_grant_chain": strings.Join(p.GrantIDs, ","),
 		},
 		DisplayName: "atf-" + strings.ReplaceAll(p.Role.Name, "/", "-"),
-	})
-	tracing.EndSpan(span, edge.Code(err))
+	}
+}
+
+// vaultRefusal is the refusal of p for err, a failure to make its token
+// in Vault (or its anchor).
+func (is *Issuer) vaultRefusal(p decide.Plan, err error) error {
 	var widened *vault.IdentityError
 	switch {
-	case err == nil:
-		if kind == vault.Batch {
-			// A batch token has no accessor: the broker names it.
-			cred.Accessor = "b." + edge.NewID()
-		}
-		return cred, anchor, nil
 	case errors.Is(err, store.ErrKilled):
-		return cred, "", decide.Deny(p.Reasons, authz.Decision{Reason: authz.Killed, Message: "the kill switch stopped this agent while the request was in flight"})
+		return decide.Deny(p.Reasons, authz.Decision{Reason: authz.Killed, Message: "the kill switch stopped this agent while the request was in flight"})
 	case errors.Is(err, store.ErrRevoked), errors.Is(err, store.ErrDeregistered):
 		// The store refused an anchor: a revocation committed while this
 		// call was in flight.
-		return cred, "", decide.Deny(p.Reasons, authz.Decision{Reason: decide.ReasonRevoked, Message: "the lineage this credential belongs to was revoked"})
+		return decide.Deny(p.Reasons, authz.Decision{Reason: decide.ReasonRevoked, Message: "the lineage this credential belongs to was revoked"})
 	case errors.As(err, &widened):
-		return cred, "", decide.Fail(p.Reasons, "vault_identity_policies", widened.Error(), fault.New(fault.Precondition,
+		return decide.Fail(p.Reasons, "vault_identity_policies", widened.Error(), fault.New(fault.Precondition,
 			"Vault identity: Vault gives the Vault entity of agent %s identity policies beyond role %s's (an identity group or the entity's own policies); nothing was issued and the agent's Vault anchors were revoked; a Vault operator must remove those policies (decision %s)",
 			p.Caller, p.Role.Name, p.Reasons.DecisionID))
 	case errors.Is(err, vault.ErrUnavailable):
-		return cred, "", decide.Fail(p.Reasons, "vault_unavailable", "Vault did not issue the credential; nothing was issued", err)
+		return decide.Fail(p.Reasons, "vault_unavailable", "Vault did not issue the credential; nothing was issued", err)
 	}
-	return cred, "", decide.Fail(p.Reasons, "vault_refused", "Vault refused to issue the credential; nothing was issued", err)
+	return decide.Fail(p.Reasons, "vault_refused", "Vault refused to issue the credential; nothing was issued", err)
 }
 
 // sign signs the access token of a jwt role's plan: no Vault token, no
@@ -321,7 +429,7 @@ func (is *Issuer) retire(ctx context.Context, err error) error {
 // record records cred; if the store refuses, cred is revoked before the
 // caller hears anything: never hand out a credential the broker has not
 // recorded. (A refused record is queued for revocation too.)
-func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credential, anchor string, revision uint64, live string) error {
+func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credential, anchor string, revision uint64, live string, reserve *store.LiveReserve) error {
 	_, span := is.cfg.Tracer.Start(ctx, tracing.SpanStoreRecord)
 	kind, why := "", p.Reasons.Detail()
 	switch {
@@ -350,6 +458,7 @@ func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credenti
 		PolicyVersion:   p.Reasons.PolicyVersion,
 		Why:             why,
 		LiveReservation: live,
+		Reserve:         reserve,
 	})
 	tracing.EndSpan(span, edge.Code(err))
 	if err == nil {
@@ -360,6 +469,9 @@ func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credenti
 	// is revoked now.
 	if kind == "" {
 		is.revokeUnrecorded(ctx, err, cred)
+	}
+	if fe, ok := limits.Refused(err); ok {
+		return decide.Limit(p.Reasons, fe)
 	}
 	id := p.Reasons.DecisionID
 	switch {

@@ -177,8 +177,12 @@ func (l *Live) Load(creds []store.Credential) {
 // which limit it would break (a *fault.Error with its Limit set) or that
 // it could not count (any other error); the caller must then Commit the
 // issued credential or Cancel. Remove forgets revoked credentials.
+// InRecord, instead of Reserve, gives the reservation for the credential's
+// record to make in its own transaction (store.Credential's Reserve), or
+// nil if it is counted here (Reserve).
 type Counter interface {
 	Reserve(agent, lineage, role string, expires time.Time) (*Reservation, error)
+	InRecord(agent, lineage, role string, expires time.Time) *store.LiveReserve
 	Commit(lc *Reservation, accessor string, expires time.Time)
 	Cancel(lc *Reservation)
 	Remove(agent string, accessors ...string)
@@ -208,6 +212,9 @@ func (l *Live) Reserve(agent, lineage, role string, _ time.Time) (*Reservation, 
 	l.addLocked(lc)
 	return lc, nil
 }
+
+// InRecord is nil: Live counts in memory (Reserve).
+func (l *Live) InRecord(string, string, string, time.Time) *store.LiveReserve { return nil }
 
 // StoreID is the reservation's id in the store (store.Credential's
 // LiveReservation), "" if it is counted in memory.

@@ -61,19 +61,9 @@ var sharedLimits = map[string]string{store.LiveAgent: "live_per_agent", store.Li
 // Reserve counts one more credential for agent in lineage and role until
 // expires, committed in the store.
 func (s *Shared) Reserve(agent, lineage, role string, expires time.Time) (*Reservation, error) {
-	id, err := s.store.ReserveLive([]store.LiveLimit{
-		{Key: store.LiveKey(store.LiveAgent, agent), Max: s.maxAgent},
-		{Key: store.LiveKey(store.LiveLineage, lineage), Max: s.maxLineage},
-		{Key: store.LiveKey(store.LiveRole, role), Max: s.maxRole},
-	}, expires)
-	if le, ok := store.IsLiveLimit(err); ok {
-		kind, name, _ := strings.Cut(le.Key, "\x00")
-		what := map[string]string{store.LiveAgent: "agent " + name, store.LiveLineage: "the lineage of " + name, store.LiveRole: "role " + name}[kind]
-		retry := time.Minute
-		if !le.Soonest.IsZero() {
-			retry = max(time.Until(le.Soonest), time.Second)
-		}
-		return nil, fault.Limited(sharedLimits[kind], retry, "limit %s: %s already holds %d live credentials, the most allowed", sharedLimits[kind], what, le.Count)
+	id, err := s.store.ReserveLive(s.InRecord(agent, lineage, role, expires).Limits, expires)
+	if fe, ok := Refused(err); ok {
+		return nil, fe
 	}
 	if err != nil {
 		// The edge answers a store that does not answer as such, without
@@ -81,6 +71,32 @@ func (s *Shared) Reserve(agent, lineage, role string, expires time.Time) (*Reser
 		return nil, fmt.Errorf("limits: counting live credentials: %w", err)
 	}
 	return &Reservation{id: id}, nil
+}
+
+// InRecord is the reservation of one more credential for agent in lineage
+// and role until expires, for its record to make in the store.
+func (s *Shared) InRecord(agent, lineage, role string, expires time.Time) *store.LiveReserve {
+	return &store.LiveReserve{Expires: expires, Limits: []store.LiveLimit{
+		{Key: store.LiveKey(store.LiveAgent, agent), Max: s.maxAgent},
+		{Key: store.LiveKey(store.LiveLineage, lineage), Max: s.maxLineage},
+		{Key: store.LiveKey(store.LiveRole, role), Max: s.maxRole},
+	}}
+}
+
+// Refused is the refusal of a live-credential limit err reports
+// (store.LiveLimitError), as Reserve gives it; false if err is not one.
+func Refused(err error) (*fault.Error, bool) {
+	le, ok := store.IsLiveLimit(err)
+	if !ok {
+		return nil, false
+	}
+	kind, name, _ := strings.Cut(le.Key, "\x00")
+	what := map[string]string{store.LiveAgent: "agent " + name, store.LiveLineage: "the lineage of " + name, store.LiveRole: "role " + name}[kind]
+	retry := time.Minute
+	if !le.Soonest.IsZero() {
+		retry = max(time.Until(le.Soonest), time.Second)
+	}
+	return fault.Limited(sharedLimits[kind], retry, "limit %s: %s already holds %d live credentials, the most allowed", sharedLimits[kind], what, le.Count), true
 }
 
 // Commit does nothing: the credential's record names its reservation

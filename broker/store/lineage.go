@@ -287,6 +287,10 @@ func (s *Store) AddAnchor(a Anchor) error {
 // a credential racing a revocation is either recorded before it (and revoked
 // by it) or refused. Concurrent calls share commits (see group).
 //
+// With c.Reserve set, the credential is counted in the live counts in the
+// same transaction (as ReserveLive), and a limit it would break is a
+// *LiveLimitError, with nothing recorded.
+//
 // It answers before the commit is made durable (groupEarly): a credential
 // hangs on an anchor recorded, durably, before it was used, so a crash
 // that loses the record is made safe by BeginRun revoking the crashed
@@ -294,6 +298,7 @@ func (s *Store) AddAnchor(a Anchor) error {
 func (s *Store) RecordCredential(c Credential) error {
 	c.Replica = s.replica
 	var refused error
+	var limited *LiveLimitError
 	lost := func() {
 		if s.onLost != nil {
 			s.onLost(c)
@@ -303,30 +308,94 @@ func (s *Store) RecordCredential(c Credential) error {
 		if err := s.room(tx); err != nil {
 			return err
 		}
-		// group may run this more than once; refused is set on every run.
-		refused = nil
-		kv.Prefetch(tx, recordReads(c)...)
+		// group may run this more than once; what it sets is set on
+		// every run.
+		refused, limited = nil, nil
+		rec := c
+		reads := recordReads(c)
+		if c.Reserve != nil {
+			reads = append(reads, liveReads(s.replica, c.Reserve.Limits)...)
+		}
+		kv.Prefetch(tx, reads...)
 		a, err := getAgent(tx, c.AgentID)
 		if err != nil {
 			return err
 		}
 		now := s.now().UTC()
 		refused = credentialRefusal(tx, c, a, now)
-		if err := putCredential(tx, c, refused, now); err != nil {
+		if refused == nil && c.Reserve != nil {
+			if rec.LiveReservation, limited, err = s.reserveLive(tx, c.Reserve.Limits, c.Reserve.Expires); err != nil || limited != nil {
+				return err
+			}
+		}
+		if err := putCredential(tx, rec, refused, now); err != nil {
 			return err
 		}
-		if refused != nil && c.LiveReservation != "" {
+		if refused != nil && rec.LiveReservation != "" {
+			if err := releaseLive(tx, rec.LiveReservation); err != nil {
+				return err
+			}
+		}
+		return s.appendAudit(tx, credentialAudit(rec, refused, now))
+	}, lost)
+	switch {
+	case err != nil:
+		return fmt.Errorf("store: record credential: %w", err)
+	case limited != nil:
+		return limited
+	case refused != nil:
+		return fmt.Errorf("%w; credential queued for revocation", refused)
+	}
+	return nil
+}
+
+// LiveReserve is a reservation in the live counts made with a
+// credential's record (Credential.Reserve).
+type LiveReserve struct {
+	Limits  []LiveLimit
+	Expires time.Time
+}
+
+// VoidCredential undoes the record of agent's credential accessor, which
+// was recorded while Vault was asked for it and which Vault then did not
+// issue (why says so, in the broker's words): the record and its index
+// keys are deleted, its live-credential reservation released, and a
+// credential_voided audit record says why, after the credential_issued
+// one. Nothing is queued: there is nothing in Vault to revoke.
+func (s *Store) VoidCredential(agent, accessor, why string) error {
+	err := s.group(func(tx kv.Tx) error {
+		key := credentialKey(agent, accessor)
+		v := tx.Bucket(bucketCredentials).Get(key)
+		if v == nil {
+			return nil
+		}
+		var c Credential
+		if err := json.Unmarshal(v, &c); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketCredentials).Delete(key); err != nil {
+			return err
+		}
+		if c.Anchor == "" {
+			if err := tx.Bucket(bucketBare).Delete(pair(credentialNode(c), c.Accessor)); err != nil {
+				return err
+			}
+		}
+		if c.GrantID != "" {
+			if err := tx.Bucket(bucketGrantCreds).Delete(pair(c.GrantID, c.Accessor)); err != nil {
+				return err
+			}
+		}
+		if c.LiveReservation != "" {
 			if err := releaseLive(tx, c.LiveReservation); err != nil {
 				return err
 			}
 		}
-		return s.appendAudit(tx, credentialAudit(c, refused, now))
-	}, lost)
+		return s.appendAudit(tx, AuditRecord{Time: s.now().UTC(), Kind: "credential_voided", Actor: agent, Subject: accessor,
+			Detail: map[string]string{"decision_id": c.DecisionID, "role": c.Role, "grant_id": c.GrantID, "reason": why}})
+	})
 	if err != nil {
-		return fmt.Errorf("store: record credential: %w", err)
-	}
-	if refused != nil {
-		return fmt.Errorf("%w; credential queued for revocation", refused)
+		return fmt.Errorf("store: void credential: %w", err)
 	}
 	return nil
 }

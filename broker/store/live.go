@@ -95,42 +95,52 @@ func (s *Store) ReserveLive(limits []LiveLimit, expires time.Time) (string, erro
 	var id string
 	var refused *LiveLimitError
 	err := s.group(func(tx kv.Tx) error {
-		id, refused = "", nil // the group may run this more than once
-		if err := sweepLive(tx, s.now().Add(-liveSweepSlack), liveSweepMax); err != nil {
-			return err
-		}
-		counts := tx.Bucket(bucketLiveCounts)
-		// Only limits in force are counted: a key every replica raises
-		// is a point where their transactions conflict.
-		e := liveEntry{Expires: expires.UTC(), Keys: []string{liveTotal + s.replica}}
-		read := []kv.Key{{Bucket: bucketLiveCounts, Key: []byte(e.Keys[0])}}
-		for _, l := range limits {
-			if l.Max >= 0 {
-				read = append(read, kv.Key{Bucket: bucketLiveCounts, Key: []byte(l.Key)})
-			}
-		}
-		kv.Prefetch(tx, read...)
-		for _, l := range limits {
-			if l.Max < 0 {
-				continue
-			}
-			if n := liveCount(counts, l.Key); n >= l.Max {
-				// Not an error of the group's: an agent at its limit
-				// that keeps asking would otherwise roll back, and run
-				// again, every group its requests land in. The sweep
-				// is kept.
-				refused = &LiveLimitError{Key: l.Key, Count: n, Soonest: soonestLive(tx)}
-				return nil
-			}
-			e.Keys = append(e.Keys, l.Key)
-		}
-		id = rand.Text() // not a sequence: one key every replica writes
-		return putLive(tx, id, e, 1)
+		var err error // the group may run this more than once
+		id, refused, err = s.reserveLive(tx, limits, expires)
+		return err
 	})
 	if err == nil && refused != nil {
 		err = refused
 	}
 	return id, err
+}
+
+// reserveLive is ReserveLive in tx: the reservation's id, or the limit it
+// would break (nothing is then reserved, and tx is still good: an agent at
+// its limit that keeps asking would otherwise roll back, and run again,
+// every group its requests land in; the sweep is kept).
+func (s *Store) reserveLive(tx kv.Tx, limits []LiveLimit, expires time.Time) (string, *LiveLimitError, error) {
+	if err := sweepLive(tx, s.now().Add(-liveSweepSlack), liveSweepMax); err != nil {
+		return "", nil, err
+	}
+	counts := tx.Bucket(bucketLiveCounts)
+	// Only limits in force are counted: a key every replica raises is a
+	// point where their transactions conflict.
+	e := liveEntry{Expires: expires.UTC(), Keys: []string{liveTotal + s.replica}}
+	kv.Prefetch(tx, liveReads(s.replica, limits)...)
+	for _, l := range limits {
+		if l.Max < 0 {
+			continue
+		}
+		if n := liveCount(counts, l.Key); n >= l.Max {
+			return "", &LiveLimitError{Key: l.Key, Count: n, Soonest: soonestLive(tx)}, nil
+		}
+		e.Keys = append(e.Keys, l.Key)
+	}
+	id := rand.Text() // not a sequence: one key every replica writes
+	return id, nil, putLive(tx, id, e, 1)
+}
+
+// liveReads are the counts a reservation under limits reads: replica's
+// total and those of the limits in force.
+func liveReads(replica string, limits []LiveLimit) []kv.Key {
+	read := []kv.Key{{Bucket: bucketLiveCounts, Key: []byte(liveTotal + replica)}}
+	for _, l := range limits {
+		if l.Max >= 0 {
+			read = append(read, kv.Key{Bucket: bucketLiveCounts, Key: []byte(l.Key)})
+		}
+	}
+	return read
 }
 
 // CancelLive gives reservation id back.

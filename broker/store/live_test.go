@@ -1,7 +1,10 @@
 package store_test
 
 import (
+	"errors"
+	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -124,5 +127,95 @@ func TestLiveReservationsConcurrent(t *testing.T) {
 		if n, err := h.LiveTotal(); err != nil || n != limit {
 			t.Errorf("LiveTotal = %d, %v; want %d", n, err, limit)
 		}
+	}
+}
+
+// A record that reserves its place in the live counts (Credential.Reserve)
+// does so in its own transaction: over a limit it is refused with nothing
+// recorded; concurrent records, also from two handles on one etcd store,
+// never overshoot; a voided record (Vault did not make the token) frees
+// its place, is no longer live, and says why in the audit trail; a record
+// refused by a revocation reserves nothing.
+func TestRecordReserves(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atf.db")
+	s := openAt(t, path, store.Options{})
+	handles := []*store.Store{s}
+	if onEtcd() {
+		handles = append(handles, openAt(t, path, store.Options{}))
+	}
+	holder := mustRegister(t, s, "reserver", "admin").ID
+	now := time.Now()
+	anchor := store.Anchor{Accessor: "anchor-r", Node: store.AgentNode(holder), CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+	if err := s.AddAnchor(anchor); err != nil {
+		t.Fatal(err)
+	}
+	record := func(h *store.Store, acc string, max int) error {
+		return h.RecordCredential(store.Credential{Accessor: acc, Kind: store.KindBatch, AgentID: holder, Role: "db-read", IssuedAt: now,
+			ExpiresAt: now.Add(time.Hour), Anchor: anchor.Accessor,
+			Reserve: &store.LiveReserve{Limits: liveLimits(holder, max, -1), Expires: now.Add(time.Hour)}})
+	}
+	const limit, tries = 5, 24
+	var ok, refused atomic.Int32
+	var wg sync.WaitGroup
+	for i := range tries {
+		wg.Go(func() {
+			err := record(handles[i%len(handles)], fmt.Sprintf("b.%d", i), limit)
+			if _, limited := store.IsLiveLimit(err); limited {
+				refused.Add(1)
+			} else if err != nil {
+				t.Error(err)
+			} else {
+				ok.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if ok.Load() != limit || refused.Load() != tries-limit {
+		t.Fatalf("%d records succeeded and %d were refused by the limit, want %d and %d", ok.Load(), refused.Load(), limit, tries-limit)
+	}
+	creds, err := s.Credentials(holder)
+	if err != nil || len(creds) != limit {
+		t.Fatalf("%d credentials recorded (%v), want %d: a record over the limit writes nothing", len(creds), err, limit)
+	}
+	for _, h := range handles {
+		if n, err := h.LiveTotal(); err != nil || n != limit {
+			t.Errorf("LiveTotal = %d, %v; want %d", n, err, limit)
+		}
+	}
+
+	// Voided: its place is free, its record gone, the trail says why.
+	voided := creds[0].Accessor
+	if err := s.VoidCredential(holder, voided, "Vault refused to issue it"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.VoidCredential(holder, "b.unknown", "Vault refused to issue it"); err != nil {
+		t.Fatalf("voiding an unknown record: %v", err)
+	}
+	if err := record(s, "b.after-void", limit); err != nil {
+		t.Fatalf("a record after a void: %v", err)
+	}
+	if err := record(s, "b.over", limit); err == nil {
+		t.Fatal("a record over the limit after the void was accepted")
+	}
+	if creds, err = s.Credentials(holder); err != nil {
+		t.Fatal(err)
+	}
+	if len(creds) != limit || slices.ContainsFunc(creds, func(c store.Credential) bool { return c.Accessor == voided }) {
+		t.Fatalf("%d credentials recorded (voided %s among them?): want %d without it", len(creds), voided, limit)
+	}
+	recs, _, err := s.QueryAudit(store.AuditFilter{Kind: "credential_voided"}, 0, 10)
+	if err != nil || len(recs) != 1 || recs[0].Subject != voided || recs[0].Detail["reason"] != "Vault refused to issue it" {
+		t.Fatalf("credential_voided records %+v, %v; want one for %s with its reason", recs, err, voided)
+	}
+
+	// Refused by a revocation: recorded revoked, nothing reserved.
+	if _, err := s.RevokeLineage(store.Root{AgentID: holder}, "admin", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := record(s, "b.revoked", 100); !errors.Is(err, store.ErrRevoked) {
+		t.Fatalf("record after the revocation = %v, want ErrRevoked", err)
+	}
+	if n, err := s.LiveTotal(); err != nil || n != limit {
+		t.Errorf("LiveTotal after a refused record = %d, %v; want %d (the lineage's release aside)", n, err, limit)
 	}
 }

@@ -211,6 +211,10 @@ type Credential struct {
 	// Why explains the decision in the issuance's audit record; it is not
 	// kept in the credential record.
 	Why map[string]string `json:"-"`
+	// Reserve, if set, has RecordCredential count the credential in the
+	// live counts in its own transaction; LiveReservation is then set
+	// there. Not kept in the record.
+	Reserve *LiveReserve `json:"-"`
 }
 
 // Options tune Open.

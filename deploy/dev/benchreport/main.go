@@ -245,7 +245,8 @@ var issuanceStages = []struct{ key, what string }{
 	{"transport", "gRPC, mutual TLS, SVID check, validation, answer"},
 	{"decide", "decision: admission, chain, monitor, gate, limits"},
 	{"vault", "Vault call (anchor included)"},
-	{"record", "store record with its audit record"},
+	{"record", "store record with its audit record (committed while Vault makes a batch token)"},
+	{"record-exposed", "of the record, what the answer waits for beyond the Vault call"},
 }
 
 // rows are the report's figures, each against its baseline.
