@@ -288,6 +288,9 @@ func (s *Store) AuditHead() (AuditRecord, error) {
 	return recs[0], nil
 }
 
+// auditTail is what lastAudit reads, for a prefetch (kv.Prefetch).
+var auditTail = kv.Key{Bucket: bucketAudit, Edge: kv.Last}
+
 // lastAudit is the newest record in tx, or, if the store holds none, the
 // Seq, Hash and Time of the last one shipped: the chain goes on from it.
 func lastAudit(tx kv.Tx) (AuditRecord, error) {

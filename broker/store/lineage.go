@@ -315,6 +315,7 @@ func (s *Store) RecordCredential(c Credential) error {
 		reads := recordReads(c)
 		if c.Reserve != nil {
 			reads = append(reads, liveReads(s.replica, c.Reserve.Limits)...)
+			reads = append(reads, kv.Key{Bucket: bucketLiveExpiry, Edge: kv.First}) // the sweep's
 		}
 		kv.Prefetch(tx, reads...)
 		a, err := getAgent(tx, c.AgentID)
@@ -400,10 +401,15 @@ func (s *Store) VoidCredential(agent, accessor, why string) error {
 	return nil
 }
 
-// recordReads are the keys RecordCredential reads by name: the agent,
-// the global kill switch, the anchor and the grants of the chain.
+// recordReads are the keys RecordCredential reads: the agent, the global
+// kill switch, the anchor and the grants of the chain by name; the
+// current policy version and the audit trail's tail, the last keys of
+// their buckets.
 func recordReads(c Credential) []kv.Key {
-	keys := []kv.Key{{Bucket: bucketAgents, Key: []byte(c.AgentID)}, {Bucket: bucketMeta, Key: keyGlobalKill}}
+	keys := []kv.Key{{Bucket: bucketAgents, Key: []byte(c.AgentID)}, {Bucket: bucketMeta, Key: keyGlobalKill}, auditTail}
+	if c.PolicyVersion != 0 {
+		keys = append(keys, kv.Key{Bucket: bucketPolicies, Edge: kv.Last})
+	}
 	if c.Anchor != "" {
 		keys = append(keys, kv.Key{Bucket: bucketAnchors, Key: []byte(c.Anchor)})
 	}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
@@ -46,13 +47,17 @@ const (
 // conflicted and ran again and the prefetches (EtcdCounts): etcd's own
 // counters cannot tell a prefetch, a transaction of reads, from a
 // transaction whose comparisons failed.
-var etcdCounts struct{ conflicts, prefetches atomic.Int64 }
+var etcdCounts struct{ conflicts, prefetches, gets atomic.Int64 }
 
 // EtcdCounts returns how many of this process's etcd transactions
 // conflicted and ran again, and how many prefetch requests it made.
 func EtcdCounts() (conflicts, prefetches int64) {
 	return etcdCounts.conflicts.Load(), etcdCounts.prefetches.Load()
 }
+
+// EtcdGets returns how many single reads (a Get, or a cursor's page) this
+// process's etcd transactions made, besides their prefetches.
+func EtcdGets() int64 { return etcdCounts.gets.Load() }
 
 // Etcd is the etcd engine: every bucket is a range of keys under a prefix
 // of an etcd cluster, and a transaction is optimistic. It reads one
@@ -175,6 +180,9 @@ type etcdTx struct {
 	reads  map[string]int64
 	cache  map[string][]byte
 	ranges [][2]string
+	// pages holds the first pages prefetched for cursors (Edge), by
+	// pageKey.
+	pages map[string]*pageRead
 	// writes are the buffered writes by full key (value nil: a delete), and
 	// written their keys by bucket, sorted, for cursors.
 	writes   map[string]*write
@@ -209,6 +217,7 @@ func (t *etcdTx) get(key string, opts ...clientv3.OpOption) *clientv3.GetRespons
 	if t.err != nil {
 		return nil
 	}
+	etcdCounts.gets.Add(1)
 	var resp *clientv3.GetResponse
 	var err error
 	if t.rev != 0 {
@@ -266,7 +275,15 @@ func (t *etcdTx) prefetch(keys []Key) {
 		return
 	}
 	var fulls []string
+	var edges []pageSpan
 	for _, k := range keys {
+		if k.Edge != NoEdge {
+			b := t.Bucket(k.Bucket).(*etcdBucket)
+			if sp := firstSpan(b, k.Edge == Last); t.pages[sp.key()] == nil && !slices.Contains(edges, sp) {
+				edges = append(edges, sp)
+			}
+			continue
+		}
 		full := t.e.prefix + string(k.Bucket) + "\x00" + string(k.Key)
 		if _, ok := t.writes[full]; ok {
 			continue
@@ -276,16 +293,20 @@ func (t *etcdTx) prefetch(keys []Key) {
 		}
 		fulls = append(fulls, full)
 	}
-	if len(fulls) < 2 {
+	if len(fulls)+len(edges) < 2 {
 		return // one Get costs what it would later
 	}
-	if len(fulls) > t.e.maxOps {
-		fulls = fulls[:t.e.maxOps] // the rest when read
+	if len(fulls)+len(edges) > t.e.maxOps {
+		edges = edges[:min(len(edges), t.e.maxOps)]
+		fulls = fulls[:min(len(fulls), t.e.maxOps-len(edges))] // the rest when read
 	}
 	gets := func(opts ...clientv3.OpOption) []clientv3.Op {
-		ops := make([]clientv3.Op, len(fulls))
-		for i, full := range fulls {
-			ops[i] = clientv3.OpGet(full, opts...)
+		ops := make([]clientv3.Op, 0, len(fulls)+len(edges))
+		for _, full := range fulls {
+			ops = append(ops, clientv3.OpGet(full, opts...))
+		}
+		for _, sp := range edges {
+			ops = append(ops, clientv3.OpGet(sp.start, append(sp.opts(), opts...)...))
 		}
 		return ops
 	}
@@ -315,6 +336,13 @@ func (t *etcdTx) prefetch(keys []Key) {
 			t.fail(fmt.Errorf("prefetch: no range in answer %d", i))
 			return
 		}
+		if i >= len(fulls) {
+			if t.pages == nil {
+				t.pages = map[string]*pageRead{}
+			}
+			t.pages[edges[i-len(fulls)].key()] = &pageRead{kvs: rr.Kvs, more: rr.More}
+			continue
+		}
 		var v []byte
 		var mod int64
 		if len(rr.Kvs) > 0 {
@@ -322,6 +350,41 @@ func (t *etcdTx) prefetch(keys []Key) {
 		}
 		t.reads[fulls[i]], t.cache[fulls[i]] = mod, v
 	}
+}
+
+// pageSpan is the span a cursor's page reads: [start, end), descending if
+// desc, at most limit keys.
+type pageSpan struct {
+	start, end string
+	desc       bool
+	limit      int64
+}
+
+func (sp pageSpan) key() string {
+	return fmt.Sprintf("%t\x00%d\x00%s\x00%s", sp.desc, sp.limit, sp.start, sp.end)
+}
+
+func (sp pageSpan) opts() []clientv3.OpOption {
+	opts := []clientv3.OpOption{clientv3.WithLimit(sp.limit), clientv3.WithRange(sp.end)}
+	if sp.desc {
+		opts = append(opts, clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend))
+	}
+	return opts
+}
+
+// firstSpan is the span of b's first page from either end, as a Cursor's
+// First (or Last, if last) fetches it.
+func firstSpan(b *etcdBucket, last bool) pageSpan {
+	if last {
+		return pageSpan{start: b.lo, end: b.hi, desc: true, limit: firstPage}
+	}
+	return pageSpan{start: b.lo, end: b.hi, limit: firstPage}
+}
+
+// pageRead is a prefetched page: its keys, and whether the span has more.
+type pageRead struct {
+	kvs  []*mvccpb.KeyValue
+	more bool
 }
 
 // put buffers a write of full in bucket: value, or a delete if deleted.
@@ -533,37 +596,39 @@ func (c *etcdCursor) peek(from string, desc, inclusive bool) (kvPair, bool) {
 // so that a commit notices a key written into it since the snapshot.
 func (c *etcdCursor) fetch(from string, desc, inclusive bool) {
 	t, b := c.b.t, c.b
-	var start, end string
-	limit := int64(pageSize)
+	sp := pageSpan{desc: desc, limit: pageSize}
 	if c.fetched == 0 {
-		limit = firstPage
+		sp.limit = firstPage
 	}
 	c.fetched++
-	opts := []clientv3.OpOption{clientv3.WithLimit(limit)}
 	if desc {
-		start, end = b.lo, from
+		sp.start, sp.end = b.lo, from
 		if inclusive && from != b.hi {
-			end = from + "\x00"
+			sp.end = from + "\x00"
 		}
-		opts = append(opts, clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend))
 	} else {
-		start, end = from, b.hi
+		sp.start, sp.end = from, b.hi
 		if !inclusive {
-			start = from + "\x00"
+			sp.start = from + "\x00"
 		}
 	}
-	resp := t.get(start, append(opts, clientv3.WithRange(end))...)
-	if resp == nil {
-		c.done = true
-		return
+	page := t.pages[sp.key()]
+	if page == nil {
+		resp := t.get(sp.start, sp.opts()...)
+		if resp == nil {
+			c.done = true
+			return
+		}
+		page = &pageRead{kvs: resp.Kvs, more: resp.More}
 	}
 	c.page = c.page[:0]
-	for _, kv := range resp.Kvs {
+	for _, kv := range page.kvs {
 		c.page = append(c.page, kvPair{string(kv.Key), string(kv.Value)}) // "" → []byte{}, not nil
 	}
-	c.done = !resp.More
+	c.done = !page.more
 	// The span seen: up to the last key fetched, or to the end if none is
 	// left.
+	start, end := sp.start, sp.end
 	switch {
 	case c.done:
 	case desc:

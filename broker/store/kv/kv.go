@@ -69,10 +69,23 @@ type Engine interface {
 	Update(ctx context.Context, fn func(Tx) error) error
 }
 
-// Key names a key of a bucket, for Prefetch.
+// Key names a key of a bucket, for Prefetch; or, with Edge set (and Key
+// nil), the first keys of the bucket as a Cursor's First (Edge First) or
+// Last (Edge Last) reads them.
 type Key struct {
 	Bucket, Key []byte
+	Edge        Edge
 }
+
+// Edge says which end of a bucket a prefetch reads.
+type Edge int
+
+// The ends of a bucket: none (a Key), its first keys, its last keys.
+const (
+	NoEdge Edge = iota
+	First
+	Last
+)
 
 // Prefetch reads keys into tx ahead of its Gets, in one round trip: on
 // etcd, where every Get a transaction makes is a request to the cluster,
