@@ -16,7 +16,9 @@ import (
 // Shared counts live credentials in a store several replicas share (etcd),
 // so that the limits on them (ATF S-4, S-5) hold across every replica
 // exactly: a reservation is committed in the store, in a transaction that
-// reads the counts it checks, before Vault is asked (store.ReserveLive).
+// reads the counts it checks, before the credential is handed out: in a
+// batch credential's record (InRecord), or before Vault is asked
+// (Reserve, store.ReserveLive).
 // A count may be too high for a while (a replica that died with a
 // reservation in flight, a credential whose record was lost: each is
 // counted until the expiry it was reserved for), never too low.

@@ -16,14 +16,16 @@ import (
 // Live credentials counted in the store, for replicas that share it
 // (etcd): the limits on live credentials per agent, lineage and role
 // (limits.max_live_*) then hold across every replica exactly, since a
-// reservation is committed in the store before Vault is asked, in a
-// transaction that reads the counts it checks (docs/operations.md). One
+// reservation is committed in the store before the credential is handed
+// out, in a transaction that reads the counts it checks: a batch
+// credential's own record (Credential.Reserve), a service token's
+// ReserveLive before Vault is asked (docs/operations.md). One
 // process on a bbolt file counts in memory instead (limits.Live).
 //
 // A reservation lives until the expiry it was made for (the credential's
 // lifetime and a margin), until its credential is revoked (ReleaseLive,
 // by the reservation the credential's record names) or until it is
-// cancelled or its record refused;
+// cancelled, its record refused or voided;
 // expired ones are swept by the next reservation. A replica that dies
 // with a reservation in flight leaves it counted until that expiry: a
 // count may be briefly too high, never too low.
