@@ -108,6 +108,14 @@ func TestHARateSharedAcrossReplicas(t *testing.T) {
 	if na, nb := allowed(a, agents[0]), allowed(b, agents[0]); na+nb != 4 {
 		t.Errorf("two replicas allowed %d + %d requests of a burst of 4, want 4 in all", na, nb)
 	}
+	// What the store asks of etcd is counted (for the process: every
+	// issuance here prefetched its caller and its record).
+	families := scrape(t, "http://"+a.Cfg.MetricsAddr+"/metrics")
+	for name, least := range map[string]float64{"atf_store_etcd_prefetches_total": 8, "atf_store_etcd_conflicts_total": 0, "atf_store_etcd_single_reads_total": 1} {
+		if got, ok := value(families, name, nil); !ok || got < least {
+			t.Errorf("%s = %v (found %t), want at least %v", name, got, ok, least)
+		}
+	}
 	b.Stop()
 	devtest.WaitFor(t, 5*time.Second, "a to count itself alone once b stopped", func() bool { return metricValue(t, a, "atf_replicas") == 1 })
 	if n := allowed(a, agents[1]); n != 4 {

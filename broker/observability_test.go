@@ -67,6 +67,10 @@ func TestObservability(t *testing.T) {
 			t.Errorf("%s%v = %v (found %t), want at least %v", want.name, want.labels, got, ok, want.min)
 		}
 	}
+	// A store on a bbolt file asks nothing of etcd: no etcd metrics.
+	if _, ok := value(families, "atf_store_etcd_prefetches_total", nil); ok {
+		t.Error("atf_store_etcd_prefetches_total is exported by a broker on a bbolt file")
+	}
 
 	// The gRPC health service's status, and the metrics listener's
 	// readiness check (the kubelet's probe) saying the same in HTTP.

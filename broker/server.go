@@ -44,6 +44,7 @@ import (
 	"github.com/agentictrust/atf/broker/responseapi"
 	"github.com/agentictrust/atf/broker/revoke"
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/store/kv"
 	"github.com/agentictrust/atf/broker/svid"
 	"github.com/agentictrust/atf/broker/tracing"
 	"github.com/agentictrust/atf/broker/vault"
@@ -278,6 +279,7 @@ func (s *Server) openMonitoring(context.Context) (err error) {
 		},
 		Vault:      func() vault.Stats { return s.vault.Stats() },
 		GlobalKill: func() bool { return s.revoker.GlobalKill() != nil },
+		Etcd:       etcdStats(s.etcd != nil),
 	})
 	if cfg.MetricsAddr != "" {
 		if s.metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
@@ -641,4 +643,16 @@ func webhookSinks(cfg config.WebhookConfig) ([]notify.Sink, error) {
 		wh.Secret = []byte(secret)
 	}
 	return []notify.Sink{wh}, nil
+}
+
+// etcdStats reads the store's etcd counters for the metrics, if the store
+// is in etcd (nil otherwise).
+func etcdStats(inEtcd bool) func() metrics.EtcdStats {
+	if !inEtcd {
+		return nil
+	}
+	return func() metrics.EtcdStats {
+		conflicts, prefetches := kv.EtcdCounts()
+		return metrics.EtcdStats{Conflicts: conflicts, Prefetches: prefetches, Gets: kv.EtcdGets()}
+	}
 }

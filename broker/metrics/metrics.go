@@ -51,7 +51,16 @@ type State struct {
 	LeadingQueue func() bool
 	// Replicas is the number of replicas sharing the store (1 on bbolt).
 	Replicas func() int
+	// Etcd, for a store in etcd (nil on bbolt), is what this process's
+	// store transactions asked of etcd.
+	Etcd func() EtcdStats
 }
+
+// EtcdStats count, for the whole process, the store's etcd transactions
+// that conflicted with another writer and ran again, and its read
+// requests: prefetches (the keys a transaction names, in one request) and
+// single reads.
+type EtcdStats struct{ Conflicts, Prefetches, Gets int64 }
 
 // New returns the metrics, their gauges reading s.
 func New(s State) *Metrics {
@@ -111,6 +120,19 @@ func New(s State) *Metrics {
 				return BoolGauge(s.GlobalKill())
 			}),
 	)
+	if s.Etcd != nil {
+		m.reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "atf_store_etcd_conflicts_total",
+				Help: "Store transactions in etcd that conflicted with a concurrent writer (another request or replica) and ran again."},
+				func() float64 { return float64(s.Etcd().Conflicts) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "atf_store_etcd_prefetches_total",
+				Help: "Prefetch requests of store transactions to etcd: the keys a transaction names, and the ends of buckets it walks, in one request."},
+				func() float64 { return float64(s.Etcd().Prefetches) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "atf_store_etcd_single_reads_total",
+				Help: "Single read requests of store transactions to etcd (a key, or a page of a bucket), besides the prefetches."},
+				func() float64 { return float64(s.Etcd().Gets) }),
+		)
+	}
 	return m
 }
 

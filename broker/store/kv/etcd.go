@@ -327,6 +327,12 @@ func (t *etcdTx) prefetch(keys []Key) {
 		t.fail(err)
 		return
 	}
+	t.prefetched(resp, fulls, edges)
+}
+
+// prefetched takes in a prefetch's answer: the values of fulls, then the
+// pages of edges.
+func (t *etcdTx) prefetched(resp *clientv3.TxnResponse, fulls []string, edges []pageSpan) {
 	if t.rev == 0 {
 		t.rev = resp.Header.Revision
 	}
