@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -650,11 +651,74 @@ func getAgent(tx kv.Tx, id string) (Agent, error) {
 	if v == nil {
 		return a, refuse(ErrNotFound, "agent %s", id)
 	}
+	if a, ok := agentsDecoded.get(id, v); ok {
+		return a, nil
+	}
 	// Unmarshal copies out of the mmap'd value, so a outlives tx safely.
 	if err := json.Unmarshal(v, &a); err != nil {
 		return a, fmt.Errorf("store: decode agent %s: %w", id, err)
 	}
+	agentsDecoded.put(id, v, a)
 	return a, nil
+}
+
+// agentsDecoded remembers agent records as decoded, by the exact bytes
+// they were decoded from: every request reads its caller's record, most
+// of them twice (the decision, the credential's record), and decoding
+// JSON costs more than the rest of reading it. Keyed by the bytes, an
+// entry is right for any store and any snapshot that holds them.
+var agentsDecoded = agentCache{m: map[string]decodedAgent{}}
+
+// agentCacheMax bounds agentsDecoded; when it is full, a random half is
+// dropped.
+const agentCacheMax = 16384
+
+type agentCache struct {
+	mu sync.Mutex
+	m  map[string]decodedAgent
+}
+
+type decodedAgent struct {
+	raw string
+	a   Agent
+}
+
+// get returns the agent decoded from raw, if remembered.
+func (c *agentCache) get(id string, raw []byte) (Agent, bool) {
+	c.mu.Lock()
+	d, ok := c.m[id]
+	c.mu.Unlock()
+	if !ok || d.raw != string(raw) {
+		return Agent{}, false
+	}
+	return d.a.clone(), true
+}
+
+// put remembers a, decoded from raw.
+func (c *agentCache) put(id string, raw []byte, a Agent) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= agentCacheMax {
+		n := 0
+		for k := range c.m { // map order is random
+			if n++; n > agentCacheMax/2 {
+				break
+			}
+			delete(c.m, k)
+		}
+	}
+	c.m[id] = decodedAgent{raw: string(raw), a: a.clone()}
+}
+
+// clone is a copy of a that shares nothing with it: every field of a
+// reference type (TestAgentCloneShares lists them) is copied.
+func (a Agent) clone() Agent {
+	a.Roles = slices.Clone(a.Roles)
+	if a.Kill != nil {
+		k := *a.Kill
+		a.Kill = &k
+	}
+	return a
 }
 
 // changeKinds are the audit record kinds of the changes to an agent. The

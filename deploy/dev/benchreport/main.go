@@ -244,7 +244,7 @@ func (r results) pick(key, unit string, format func(float64) string) string {
 var issuanceStages = []struct{ key, what string }{
 	{"transport", "gRPC, mutual TLS, SVID check, validation, answer"},
 	{"decide", "decision: admission, chain, monitor, gate, limits"},
-	{"vault", "Vault call (anchor included)"},
+	{"vault", "Vault call (for a service token, its anchor too)"},
 	{"record", "store record with its audit record (committed while Vault makes a batch token)"},
 	{"record-exposed", "of the record, what the answer waits for beyond the Vault call"},
 }
@@ -373,7 +373,7 @@ func haRows(r results) []row {
 		{"HA: issuance throughput, 3 replicas on one store, concurrency 64", pick(iss, "r3-ops/s", perSecond), "1 replica " + pick(iss, "r1-ops/s", perSecond), pick(iss, "r3-vs-r1", times), ""},
 		{"HA: calls refused Unavailable at concurrency 64 (a store transaction that kept conflicting until store.etcd.timeout), 3 replicas", pick(iss, "r3-refused", share),
 			"1 replica " + pick(iss, "r1-refused", share), "", ""},
-		{"HA: etcd at concurrency 64, 3 replicas: write transactions / store writes per transaction (2 per issuance) / transactions that conflicted and ran again, per call / read requests per call (a Range, or one prefetch of several keys)",
+		{"HA: etcd at concurrency 64, 3 replicas: write transactions / store writes per transaction (1 per issuance) / transactions that conflicted and ran again, per call / read requests per call (a Range, or one prefetch of several keys)",
 			etcdWork("r3"), "1 replica: " + etcdWork("r1"), "", ""},
 		{"HA: CPU at concurrency 64, 3 replicas, in cores of the machine's: etcd's 3 members / Vault / this process (the replicas and the load)", cpu("r3"),
 			"1 replica: " + cpu("r1") + "; bbolt: " + cpu("bolt"), "", ""},

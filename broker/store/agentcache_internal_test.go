@@ -1,0 +1,52 @@
+package store
+
+import (
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/agentictrust/atf/authz"
+)
+
+// Agent.clone copies every field of a reference type: a field added to
+// Agent of a kind it does not know fails here until clone copies it, so
+// that an agent remembered by agentsDecoded never shares memory with one
+// a caller changes.
+func TestAgentCloneShares(t *testing.T) {
+	copied := []string{"Roles", "Kill"}
+	typ := reflect.TypeFor[Agent]()
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		switch f.Type.Kind() {
+		case reflect.Slice, reflect.Map, reflect.Pointer, reflect.Interface, reflect.Chan, reflect.Func:
+			if !slices.Contains(copied, f.Name) {
+				t.Errorf("Agent.%s is a %s that Agent.clone does not copy", f.Name, f.Type.Kind())
+			}
+		}
+	}
+	a := Agent{ID: "a", Roles: []string{"r1", "r2"}, Level: authz.Senior, Kill: &Kill{At: time.Now(), Reason: "why"}}
+	b := a.clone()
+	b.Roles[0], b.Kill.Reason = "changed", "changed"
+	if a.Roles[0] != "r1" || a.Kill.Reason != "why" {
+		t.Errorf("changing a clone changed the original: %+v", a)
+	}
+}
+
+// getAgent answers from what it decoded before only for the same bytes,
+// and what it answers can be changed without changing what it remembers.
+func TestAgentsDecoded(t *testing.T) {
+	raw := []byte(`{"id":"cache-test","roles":["r1"],"level":2,"revision":1}`)
+	agentsDecoded.put("cache-test", raw, Agent{ID: "cache-test", Roles: []string{"r1"}, Revision: 1})
+	got, ok := agentsDecoded.get("cache-test", raw)
+	if !ok || got.Revision != 1 {
+		t.Fatalf("get of the same bytes = %+v, %t", got, ok)
+	}
+	got.Roles[0] = "changed"
+	if again, _ := agentsDecoded.get("cache-test", raw); again.Roles[0] != "r1" {
+		t.Errorf("a change to an answer reached the cache: %v", again.Roles)
+	}
+	if _, ok := agentsDecoded.get("cache-test", []byte(`{"id":"cache-test","revision":2}`)); ok {
+		t.Error("get of other bytes answered from the cache")
+	}
+}
