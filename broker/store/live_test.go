@@ -98,18 +98,35 @@ func TestLiveReservations(t *testing.T) {
 // Concurrent reservations never overshoot a limit, also from two store
 // handles on one etcd store (two replicas): exactly the limit succeed.
 func TestLiveReservationsConcurrent(t *testing.T) {
+	handles := sharedHandles(t)
+	raceLimit(t, handles, 7, 40, func(h *store.Store, _ int) error {
+		_, err := h.ReserveLive(liveLimits("shared", 7, -1), time.Now().Add(time.Hour))
+		return err
+	})
+}
+
+// sharedHandles opens a store, and on etcd a second handle on it (a
+// second replica).
+func sharedHandles(t *testing.T) []*store.Store {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "atf.db")
-	s := openAt(t, path, store.Options{})
-	handles := []*store.Store{s}
+	handles := []*store.Store{openAt(t, path, store.Options{})}
 	if onEtcd() {
 		handles = append(handles, openAt(t, path, store.Options{}))
 	}
-	const limit, tries = 7, 40
+	return handles
+}
+
+// raceLimit makes tries calls of reserve at once, spread over handles,
+// under a live limit of limit: exactly limit succeed, the others are
+// refused by the limit, and every handle counts limit in all.
+func raceLimit(t *testing.T, handles []*store.Store, limit, tries int, reserve func(h *store.Store, i int) error) {
+	t.Helper()
 	var ok, refused atomic.Int32
 	var wg sync.WaitGroup
 	for i := range tries {
 		wg.Go(func() {
-			_, err := handles[i%len(handles)].ReserveLive(liveLimits("shared", limit, -1), time.Now().Add(time.Hour))
+			err := reserve(handles[i%len(handles)], i)
 			if _, limited := store.IsLiveLimit(err); limited {
 				refused.Add(1)
 			} else if err != nil {
@@ -120,8 +137,8 @@ func TestLiveReservationsConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if ok.Load() != limit || refused.Load() != tries-limit {
-		t.Fatalf("%d reservations succeeded and %d were refused, want %d and %d", ok.Load(), refused.Load(), limit, tries-limit)
+	if int(ok.Load()) != limit || int(refused.Load()) != tries-limit {
+		t.Fatalf("%d reservations succeeded and %d were refused by the limit, want %d and %d", ok.Load(), refused.Load(), limit, tries-limit)
 	}
 	for _, h := range handles {
 		if n, err := h.LiveTotal(); err != nil || n != limit {
@@ -137,12 +154,8 @@ func TestLiveReservationsConcurrent(t *testing.T) {
 // its place, is no longer live, and says why in the audit trail; a record
 // refused by a revocation reserves nothing.
 func TestRecordReserves(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "atf.db")
-	s := openAt(t, path, store.Options{})
-	handles := []*store.Store{s}
-	if onEtcd() {
-		handles = append(handles, openAt(t, path, store.Options{}))
-	}
+	handles := sharedHandles(t)
+	s := handles[0]
 	holder := mustRegister(t, s, "reserver", "admin").ID
 	now := time.Now()
 	anchor := store.Anchor{Accessor: "anchor-r", Node: store.AgentNode(holder), CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
@@ -154,33 +167,11 @@ func TestRecordReserves(t *testing.T) {
 			ExpiresAt: now.Add(time.Hour), Anchor: anchor.Accessor,
 			Reserve: &store.LiveReserve{Limits: liveLimits(holder, max, -1), Expires: now.Add(time.Hour)}})
 	}
-	const limit, tries = 5, 24
-	var ok, refused atomic.Int32
-	var wg sync.WaitGroup
-	for i := range tries {
-		wg.Go(func() {
-			err := record(handles[i%len(handles)], fmt.Sprintf("b.%d", i), limit)
-			if _, limited := store.IsLiveLimit(err); limited {
-				refused.Add(1)
-			} else if err != nil {
-				t.Error(err)
-			} else {
-				ok.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	if ok.Load() != limit || refused.Load() != tries-limit {
-		t.Fatalf("%d records succeeded and %d were refused by the limit, want %d and %d", ok.Load(), refused.Load(), limit, tries-limit)
-	}
+	const limit = 5
+	raceLimit(t, handles, limit, 24, func(h *store.Store, i int) error { return record(h, fmt.Sprintf("b.%d", i), limit) })
 	creds, err := s.Credentials(holder)
 	if err != nil || len(creds) != limit {
 		t.Fatalf("%d credentials recorded (%v), want %d: a record over the limit writes nothing", len(creds), err, limit)
-	}
-	for _, h := range handles {
-		if n, err := h.LiveTotal(); err != nil || n != limit {
-			t.Errorf("LiveTotal = %d, %v; want %d", n, err, limit)
-		}
 	}
 
 	// Voided: its place is free, its record gone, the trail says why.
