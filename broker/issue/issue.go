@@ -178,6 +178,9 @@ func (is *Issuer) issueBatch(ctx context.Context, p decide.Plan, revision uint64
 		cred, verr := is.cfg.Vault.Issue(vctx, req)
 		tracing.EndSpan(span, edge.Code(verr))
 		failpoint.Hit(failpoint.IssueAfterVault)
+		// Widened through its entity: the agent's anchors go, whatever
+		// the record says.
+		verr = is.retire(ctx, verr)
 		rerr := <-recorded
 		if verr == nil && rerr == nil {
 			// What the record says, which Vault's answer can only shorten.
@@ -187,7 +190,9 @@ func (is *Issuer) issueBatch(ctx context.Context, p decide.Plan, revision uint64
 			}
 			return cred, nil
 		}
-		if verr != nil && rerr == nil {
+		if verr != nil && !refusedByStore(rerr) {
+			// Recorded, or perhaps recorded (a store that did not
+			// answer): voiding a record that is not there does nothing.
 			is.void(ctx, p, want.Accessor, verr)
 		}
 		switch {
@@ -199,8 +204,15 @@ func (is *Issuer) issueBatch(ctx context.Context, p decide.Plan, revision uint64
 			is.cfg.Anchors.Drop(store.BaseNode(node))
 			continue
 		}
-		return vault.Credential{}, is.vaultRefusal(p, is.retire(ctx, verr))
+		return vault.Credential{}, is.vaultRefusal(p, verr)
 	}
+}
+
+// refusedByStore says whether err is the store's refusal of a record
+// (record's answers: a revocation, a kill, a change, a limit), after which
+// the record is either absent or kept as refused: nothing to void.
+func refusedByStore(err error) bool {
+	return errors.As(err, new(*fault.Error)) || errors.As(err, new(*decide.Refusal))
 }
 
 // void undoes the record of a batch token Vault did not make (failed
