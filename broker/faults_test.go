@@ -216,9 +216,18 @@ func TestVaultSlowBatch(t *testing.T) {
 	if err != nil || !slices.Equal(after, []string{store.AgentNode(e.agent.String())}) {
 		t.Fatalf("live anchors after the late answers %v (%v), want only the agent's own", after, err)
 	}
+	// Each failed call's record, committed while Vault was asked, was
+	// voided: the trail says so, and the store holds none of them.
+	voided, err := e.b.Dial(t, e.f.Admin).Admin.QueryAudit(t.Context(), &adminv1.QueryAuditRequest{Kind: "credential_voided", Agent: e.agent.String()})
+	if err != nil || len(voided.GetRecords()) != attempts || voided.GetRecords()[0].GetDetail()["reason"] != "Vault did not issue it" {
+		t.Errorf("credential_voided records %v (%v), want %d saying Vault did not issue it", voided.GetRecords(), err, attempts)
+	}
 	r, err := e.fetch(t.Context())
 	if err != nil || e.f.Dead(t, r.GetCredential().GetToken()) {
 		t.Fatalf("fetch with Vault back: %v", err)
+	}
+	if n := e.recorded(t); n != 2 {
+		t.Errorf("the store holds %d credentials for the agent, want 2 (before the fault and after it)", n)
 	}
 }
 
