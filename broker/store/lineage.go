@@ -350,13 +350,6 @@ func (s *Store) RecordCredential(c Credential) error {
 	return nil
 }
 
-// LiveReserve is a reservation in the live counts made with a
-// credential's record (Credential.Reserve).
-type LiveReserve struct {
-	Limits  []LiveLimit
-	Expires time.Time
-}
-
 // VoidCredential undoes the record of agent's credential accessor, which
 // was recorded while Vault was asked for it and which Vault then did not
 // issue (why says so, in the broker's words): the record and its index
@@ -374,18 +367,8 @@ func (s *Store) VoidCredential(agent, accessor, why string) error {
 		if err := json.Unmarshal(v, &c); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketCredentials).Delete(key); err != nil {
+		if err := dropCredential(tx, key); err != nil {
 			return err
-		}
-		if c.Anchor == "" {
-			if err := tx.Bucket(bucketBare).Delete(pair(credentialNode(c), c.Accessor)); err != nil {
-				return err
-			}
-		}
-		if c.GrantID != "" {
-			if err := tx.Bucket(bucketGrantCreds).Delete(pair(c.GrantID, c.Accessor)); err != nil {
-				return err
-			}
 		}
 		if c.LiveReservation != "" {
 			if err := releaseLive(tx, c.LiveReservation); err != nil {

@@ -60,6 +60,13 @@ type LiveLimit struct {
 	Max int
 }
 
+// LiveReserve is a reservation in the live counts made with a
+// credential's record (Credential.Reserve).
+type LiveReserve struct {
+	Limits  []LiveLimit
+	Expires time.Time
+}
+
 // The kinds of counted keys: what a live-credential limit counts by.
 const (
 	LiveAgent   = "agent"
