@@ -378,13 +378,31 @@ func (sp pageSpan) opts() []clientv3.OpOption {
 	return opts
 }
 
-// firstSpan is the span of b's first page from either end, as a Cursor's
-// First (or Last, if last) fetches it.
+// firstSpan is the span of b's first page from either end: what a
+// Cursor's First (or Last, if last) fetches.
 func firstSpan(b *etcdBucket, last bool) pageSpan {
 	if last {
-		return pageSpan{start: b.lo, end: b.hi, desc: true, limit: firstPage}
+		return spanFrom(b, b.hi, true, true, firstPage)
 	}
-	return pageSpan{start: b.lo, end: b.hi, limit: firstPage}
+	return spanFrom(b, b.lo, false, true, firstPage)
+}
+
+// spanFrom is the span of b a page of limit keys from `from` reads, in
+// direction desc, `from` itself included if inclusive.
+func spanFrom(b *etcdBucket, from string, desc, inclusive bool, limit int64) pageSpan {
+	sp := pageSpan{desc: desc, limit: limit}
+	if desc {
+		sp.start, sp.end = b.lo, from
+		if inclusive && from != b.hi {
+			sp.end = from + "\x00"
+		}
+	} else {
+		sp.start, sp.end = from, b.hi
+		if !inclusive {
+			sp.start = from + "\x00"
+		}
+	}
+	return sp
 }
 
 // pageRead is a prefetched page: its keys, and whether the span has more.
@@ -601,23 +619,13 @@ func (c *etcdCursor) peek(from string, desc, inclusive bool) (kvPair, bool) {
 // fetch reads the next page beyond from and records the span it covered,
 // so that a commit notices a key written into it since the snapshot.
 func (c *etcdCursor) fetch(from string, desc, inclusive bool) {
-	t, b := c.b.t, c.b
-	sp := pageSpan{desc: desc, limit: pageSize}
+	t := c.b.t
+	limit := int64(pageSize)
 	if c.fetched == 0 {
-		sp.limit = firstPage
+		limit = firstPage
 	}
 	c.fetched++
-	if desc {
-		sp.start, sp.end = b.lo, from
-		if inclusive && from != b.hi {
-			sp.end = from + "\x00"
-		}
-	} else {
-		sp.start, sp.end = from, b.hi
-		if !inclusive {
-			sp.start = from + "\x00"
-		}
-	}
+	sp := spanFrom(c.b, from, desc, inclusive, limit)
 	page := t.pages[sp.key()]
 	if page == nil {
 		resp := t.get(sp.start, sp.opts()...)
