@@ -231,6 +231,43 @@ func TestVaultSlowBatch(t *testing.T) {
 	}
 }
 
+// While Vault's breaker is open, a batch issuance is refused before
+// anything is written: it is recorded beside the Vault call only while
+// Vault answers. The calls that opened the breaker reached Vault, so their
+// records were voided; the calls refused fast left none.
+func TestVaultBreakerBatch(t *testing.T) {
+	const failures = 3
+	e := newFaultEnvOf(t, false, func(cfg *config.Config) {
+		cfg.Vault.Breaker = breaker.Config{Failures: failures, OpenFor: time.Minute}
+	})
+	admin := e.b.Dial(t, e.f.Admin).Admin
+	voided := func() int {
+		r, err := admin.QueryAudit(t.Context(), &adminv1.QueryAuditRequest{Kind: "credential_voided", Agent: e.agent.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(r.GetRecords())
+	}
+	e.proxy.Fail(503)
+	for range failures {
+		_, err := e.fetch(t.Context())
+		brokertest.WantCode(t, err, codes.Unavailable, "Vault is unavailable", "nothing was issued")
+	}
+	if n := voided(); n != failures {
+		t.Fatalf("%d credential_voided records after the failures that opened the breaker, want %d", n, failures)
+	}
+	for range 10 {
+		_, err := e.fetch(t.Context())
+		brokertest.WantCode(t, err, codes.Unavailable, "Vault circuit breaker open", "nothing was issued")
+	}
+	if n := voided(); n != failures {
+		t.Errorf("%d credential_voided records after 10 calls refused by the open breaker, want still %d: they recorded something", n, failures)
+	}
+	if n := e.recorded(t); n != 1 {
+		t.Errorf("the store holds %d credentials for the agent, want 1 (the one before the fault)", n)
+	}
+}
+
 // A burst of concurrent requests against a slow Vault: every one fails
 // closed, and once Vault's late answers are in (and their tokens revoked)
 // the goroutines are back near where they were: nothing piles up.

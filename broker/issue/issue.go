@@ -6,10 +6,10 @@
 // ones before it, and a token the broker could not record is revoked
 // before the caller hears anything. No credential leaves unrecorded.
 //
-// A batch token (the default) is recorded while Vault makes it, and the
-// record reserves its place in the live counts when they are kept in a
-// store replicas share: the answer waits for the longer of the two, not
-// for both in turn (docs/design.md §3.3).
+// A batch token (the default) is recorded while Vault makes it (while
+// Vault answers), and the record reserves its place in the live counts
+// when they are kept in a store replicas share: the answer waits for the
+// longer of the two, not for both in turn (docs/design.md §3.3).
 package issue
 
 import (
@@ -76,9 +76,12 @@ const reserveMargin = 5 * time.Second
 // any other error left nothing issued and nothing recorded.
 func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ vault.Credential, err error) {
 	expires := time.Now().Add(p.TTL + reserveMargin)
-	batch := p.Role.Kind != config.KindJWT && kindOf(p) == vault.Batch
+	// A batch token is named by the broker, so it can be recorded while
+	// Vault makes it; not while Vault's breaker is open or probing, when
+	// most calls fail and each would leave a record to void.
+	beside := p.Role.Kind != config.KindJWT && kindOf(p) == vault.Batch && is.cfg.Vault.Answering()
 	var inRecord *store.LiveReserve
-	if batch {
+	if beside {
 		inRecord = is.cfg.Live.InRecord(p.Caller, p.Lineage(), p.Role.Name, expires)
 	}
 	var res *limits.Reservation
@@ -111,8 +114,8 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 		}
 	}
 	var cred vault.Credential
-	if batch {
-		cred, err = is.issueBatch(ctx, p, revision, inRecord)
+	if beside {
+		cred, err = is.issueBeside(ctx, p, revision, inRecord)
 	} else {
 		cred, err = is.issueInTurn(ctx, p, revision, res)
 	}
@@ -126,9 +129,9 @@ func (is *Issuer) Issue(ctx context.Context, p decide.Plan, revision uint64) (_ 
 	return cred, nil
 }
 
-// issueInTurn issues a service token or an access token, then records it:
-// a service token has its accessor only once Vault made it, and a dynamic
-// secret is read with the token.
+// issueInTurn issues the credential, then records it: a service token has
+// its accessor only once Vault made it, a dynamic secret is read with the
+// token, and a batch token is made first while Vault is not answering.
 func (is *Issuer) issueInTurn(ctx context.Context, p decide.Plan, revision uint64, res *limits.Reservation) (vault.Credential, error) {
 	var cred vault.Credential
 	var anchor string
@@ -153,59 +156,48 @@ func (is *Issuer) issueInTurn(ctx context.Context, p decide.Plan, revision uint6
 	return cred, nil
 }
 
-// issueBatch issues a batch token: its record is committed while Vault
-// makes it, and it is handed out once both are done. A record refused
-// (a revocation or kill committed meanwhile, a live-credential limit
-// reached, which inRecord reserves in the record's own transaction) leaves
-// the token in the broker, unused: it cannot be revoked alone, and expires
-// within its TTL. A token Vault did not make voids the record. If Vault
-// refuses the anchor (revoked or expired behind the broker's back), the
-// node's anchors are made anew and the issuance made again, once.
-func (is *Issuer) issueBatch(ctx context.Context, p decide.Plan, revision uint64, inRecord *store.LiveReserve) (vault.Credential, error) {
-	node := store.RoleNode(p.Node(), p.Role.Name)
-	for attempt := 0; ; attempt++ {
-		anchor, err := is.cfg.Anchors.Get(ctx, node)
-		if err != nil {
-			return vault.Credential{}, is.vaultRefusal(p, is.retire(ctx, err))
-		}
+// issueBeside issues a batch token whose record is committed while Vault
+// makes it; it is handed out once both are done. A record refused (a
+// revocation or kill committed meanwhile, a live-credential limit reached,
+// which inRecord reserves in the record's own transaction) leaves the
+// token in the broker, unused: it cannot be revoked alone, and expires
+// within its TTL. A token Vault did not make voids the record.
+func (is *Issuer) issueBeside(ctx context.Context, p decide.Plan, revision uint64, inRecord *store.LiveReserve) (vault.Credential, error) {
+	var want vault.Credential
+	var rerr error
+	record := func(anchor *vault.Anchor) func(error) error {
 		now := time.Now()
-		want := vault.Credential{Accessor: "b." + edge.NewID(), Policies: slices.Sorted(slices.Values(p.Policies)), IssuedAt: now, ExpiresAt: now.Add(p.TTL)}
+		want = vault.Credential{Accessor: "b." + edge.NewID(), Policies: slices.Sorted(slices.Values(p.Policies)), IssuedAt: now, ExpiresAt: now.Add(p.TTL)}
 		recorded := make(chan error, 1)
 		go func() { recorded <- is.record(ctx, p, want, anchor.Accessor, revision, "", inRecord) }()
-		req := is.request(p)
-		req.Parent = anchor
-		vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
-		cred, verr := is.cfg.Vault.Issue(vctx, req)
-		tracing.EndSpan(span, edge.Code(verr))
-		failpoint.Hit(failpoint.IssueAfterVault)
-		// Widened through its entity: the agent's anchors go, whatever
-		// the record says.
-		verr = is.retire(ctx, verr)
-		rerr := <-recorded
-		if verr == nil && rerr == nil {
-			// What the record says, which Vault's answer can only shorten.
-			cred.Accessor, cred.IssuedAt = want.Accessor, want.IssuedAt
-			if cred.ExpiresAt.After(want.ExpiresAt) {
-				cred.ExpiresAt = want.ExpiresAt
+		return func(verr error) error {
+			failpoint.Hit(failpoint.IssueAfterVault)
+			rerr = <-recorded
+			if verr != nil && !refusedByStore(rerr) {
+				// Recorded, or perhaps recorded (a store that did not
+				// answer): voiding a record that is not there does nothing.
+				is.void(ctx, p, want.Accessor, verr)
 			}
-			return cred, nil
-		}
-		if verr != nil && !refusedByStore(rerr) {
-			// Recorded, or perhaps recorded (a store that did not
-			// answer): voiding a record that is not there does nothing.
-			is.void(ctx, p, want.Accessor, verr)
-		}
-		switch {
-		case rerr != nil:
 			// The record's refusal says why (a revocation, a kill, a
-			// limit), whatever Vault answered meanwhile.
-			return vault.Credential{}, rerr
-		case errors.Is(verr, vault.ErrRejected) && !errors.As(verr, new(*vault.IdentityError)) && attempt == 0:
-			is.cfg.Anchors.Drop(store.BaseNode(node))
-			continue
+			// limit), whatever Vault answered.
+			return rerr
 		}
-		return vault.Credential{}, is.vaultRefusal(p, verr)
 	}
+	vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
+	cred, _, err := is.underAnchor(vctx, store.RoleNode(p.Node(), p.Role.Name), is.request(p), record)
+	tracing.EndSpan(span, edge.Code(err))
+	switch {
+	case rerr != nil:
+		return vault.Credential{}, rerr
+	case err != nil:
+		return vault.Credential{}, is.vaultRefusal(p, err)
+	}
+	// What the record says, which Vault's answer can only shorten.
+	cred.Accessor, cred.IssuedAt = want.Accessor, want.IssuedAt
+	if cred.ExpiresAt.After(want.ExpiresAt) {
+		cred.ExpiresAt = want.ExpiresAt
+	}
+	return cred, nil
 }
 
 // refusedByStore says whether err is the store's refusal of a record
@@ -282,7 +274,7 @@ func kindOf(p decide.Plan) vault.Kind {
 // the node's.
 func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, string, error) {
 	vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
-	cred, anchor, err := is.underAnchor(vctx, store.RoleNode(p.Node(), p.Role.Name), is.request(p))
+	cred, anchor, err := is.underAnchor(vctx, store.RoleNode(p.Node(), p.Role.Name), is.request(p), nil)
 	tracing.EndSpan(span, edge.Code(err))
 	if err != nil {
 		return cred, "", is.vaultRefusal(p, err)
@@ -397,18 +389,30 @@ func (is *Issuer) readDynamic(ctx context.Context, p decide.Plan, cred vault.Cre
 // the anchor (revoked or expired behind the broker's back), it is replaced
 // once. If Vault widens the anchor or the credential through the agent's
 // Vault entity, every anchor of that entity goes (retire).
-func (is *Issuer) underAnchor(ctx context.Context, node string, req vault.Request) (vault.Credential, string, error) {
+//
+// beside, if set, is started with each attempt's anchor before Vault is
+// asked, and the function it returns is called once Vault answered, with
+// Vault's error (nil if it issued): an error of that function ends the
+// issuance, whatever Vault answered (issueBeside's record).
+func (is *Issuer) underAnchor(ctx context.Context, node string, req vault.Request, beside func(*vault.Anchor) func(error) error) (vault.Credential, string, error) {
 	for attempt := 0; ; attempt++ {
 		anchor, err := is.cfg.Anchors.Get(ctx, node)
 		if err != nil {
 			return vault.Credential{}, "", is.retire(ctx, err)
 		}
+		var done func(error) error
+		if beside != nil {
+			done = beside(anchor)
+		}
 		req.Parent = anchor
 		cred, err := is.cfg.Vault.Issue(ctx, req)
-		if widened := (*vault.IdentityError)(nil); errors.As(err, &widened) {
-			return vault.Credential{}, "", is.retire(ctx, err)
+		err = is.retire(ctx, err)
+		if done != nil {
+			if berr := done(err); berr != nil {
+				return vault.Credential{}, "", berr
+			}
 		}
-		if errors.Is(err, vault.ErrRejected) && attempt == 0 {
+		if errors.Is(err, vault.ErrRejected) && !errors.As(err, new(*vault.IdentityError)) && attempt == 0 {
 			// The role anchor, or the node's above it, is gone: both are
 			// made anew.
 			is.cfg.Anchors.Drop(store.BaseNode(node))

@@ -75,3 +75,11 @@ func (is *Issuer) abandoned(probe bool) {
 		is.breaker.Abandon()
 	}
 }
+
+// Answering reports whether Vault's breaker is closed: Vault answered
+// lately, and a call now is expected to reach it (not refused fast, not a
+// probe).
+func (is *Issuer) Answering() bool {
+	state, _ := is.breaker.State()
+	return state == breaker.Closed
+}
