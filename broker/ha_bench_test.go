@@ -351,8 +351,8 @@ func (m *stackMeter) now(b *testing.B) usage {
 		}
 		u.ranges += handled("Range")
 	}
-	conflicts, prefetches := kv.EtcdCounts()
-	u.conflicts, u.prefetches = float64(conflicts), float64(prefetches)
+	counts := kv.EtcdCounts()
+	u.conflicts, u.prefetches = float64(counts.Conflicts), float64(counts.Prefetches)
 	pids := m.f.Stack.PIDs()
 	u.cpuKnown = true
 	for i := range m.e.Endpoints {

@@ -258,7 +258,7 @@ func (s *Server) openMonitoring(context.Context) (err error) {
 	if s.breakers, err = monitor.NewBreakers(cfg.Monitor.Breaker, s.now); err != nil {
 		return fmt.Errorf("broker: monitor.breaker: %w", err)
 	}
-	s.metrics = metrics.New(metrics.State{
+	ms := metrics.State{
 		LiveCredentials: func() int { return s.live.Total() },
 		LeadingQueue:    func() bool { return s.leader == nil || s.leader.leading.Load() },
 		Replicas: func() int {
@@ -279,8 +279,11 @@ func (s *Server) openMonitoring(context.Context) (err error) {
 		},
 		Vault:      func() vault.Stats { return s.vault.Stats() },
 		GlobalKill: func() bool { return s.revoker.GlobalKill() != nil },
-		Etcd:       etcdStats(s.etcd != nil),
-	})
+	}
+	if s.etcd != nil {
+		ms.Etcd = kv.EtcdCounts
+	}
+	s.metrics = metrics.New(ms)
 	if cfg.MetricsAddr != "" {
 		if s.metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
 			return fmt.Errorf("broker: metrics_addr: %w", err)
@@ -643,16 +646,4 @@ func webhookSinks(cfg config.WebhookConfig) ([]notify.Sink, error) {
 		wh.Secret = []byte(secret)
 	}
 	return []notify.Sink{wh}, nil
-}
-
-// etcdStats reads the store's etcd counters for the metrics, if the store
-// is in etcd (nil otherwise).
-func etcdStats(inEtcd bool) func() metrics.EtcdStats {
-	if !inEtcd {
-		return nil
-	}
-	return func() metrics.EtcdStats {
-		conflicts, prefetches := kv.EtcdCounts()
-		return metrics.EtcdStats{Conflicts: conflicts, Prefetches: prefetches, Gets: kv.EtcdGets()}
-	}
 }

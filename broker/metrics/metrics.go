@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/agentictrust/atf/broker/edge"
+	"github.com/agentictrust/atf/broker/store/kv"
 	"github.com/agentictrust/atf/broker/vault"
 )
 
@@ -52,15 +53,9 @@ type State struct {
 	// Replicas is the number of replicas sharing the store (1 on bbolt).
 	Replicas func() int
 	// Etcd, for a store in etcd (nil on bbolt), is what this process's
-	// store transactions asked of etcd.
-	Etcd func() EtcdStats
+	// store transactions asked of etcd (kv.EtcdCounts).
+	Etcd func() kv.EtcdStats
 }
-
-// EtcdStats count, for the whole process, the store's etcd transactions
-// that conflicted with another writer and ran again, and its read
-// requests: prefetches (the keys a transaction names, in one request) and
-// single reads.
-type EtcdStats struct{ Conflicts, Prefetches, Gets int64 }
 
 // New returns the metrics, their gauges reading s.
 func New(s State) *Metrics {

@@ -49,15 +49,15 @@ const (
 // transaction whose comparisons failed.
 var etcdCounts struct{ conflicts, prefetches, gets atomic.Int64 }
 
-// EtcdCounts returns how many of this process's etcd transactions
-// conflicted and ran again, and how many prefetch requests it made.
-func EtcdCounts() (conflicts, prefetches int64) {
-	return etcdCounts.conflicts.Load(), etcdCounts.prefetches.Load()
-}
+// EtcdStats count what this process's etcd transactions did: how many
+// conflicted and ran again, how many prefetch requests they made, and how
+// many single reads (a Get, or a cursor's page) besides.
+type EtcdStats struct{ Conflicts, Prefetches, Gets int64 }
 
-// EtcdGets returns how many single reads (a Get, or a cursor's page) this
-// process's etcd transactions made, besides their prefetches.
-func EtcdGets() int64 { return etcdCounts.gets.Load() }
+// EtcdCounts returns this process's EtcdStats so far.
+func EtcdCounts() EtcdStats {
+	return EtcdStats{Conflicts: etcdCounts.conflicts.Load(), Prefetches: etcdCounts.prefetches.Load(), Gets: etcdCounts.gets.Load()}
+}
 
 // Etcd is the etcd engine: every bucket is a range of keys under a prefix
 // of an etcd cluster, and a transaction is optimistic. It reads one
@@ -180,9 +180,9 @@ type etcdTx struct {
 	reads  map[string]int64
 	cache  map[string][]byte
 	ranges [][2]string
-	// pages holds the first pages prefetched for cursors (Edge), by
-	// pageKey.
-	pages map[string]*pageRead
+	// pages holds the first pages prefetched for cursors (Edge), by the
+	// span they read.
+	pages map[pageSpan]*pageRead
 	// writes are the buffered writes by full key (value nil: a delete), and
 	// written their keys by bucket, sorted, for cursors.
 	writes   map[string]*write
@@ -279,7 +279,7 @@ func (t *etcdTx) prefetch(keys []Key) {
 	for _, k := range keys {
 		if k.Edge != NoEdge {
 			b := t.Bucket(k.Bucket).(*etcdBucket)
-			if sp := firstSpan(b, k.Edge == Last); t.pages[sp.key()] == nil && !slices.Contains(edges, sp) {
+			if sp := firstSpan(b, k.Edge == Last); t.pages[sp] == nil && !slices.Contains(edges, sp) {
 				edges = append(edges, sp)
 			}
 			continue
@@ -344,9 +344,9 @@ func (t *etcdTx) prefetched(resp *clientv3.TxnResponse, fulls []string, edges []
 		}
 		if i >= len(fulls) {
 			if t.pages == nil {
-				t.pages = map[string]*pageRead{}
+				t.pages = map[pageSpan]*pageRead{}
 			}
-			t.pages[edges[i-len(fulls)].key()] = &pageRead{kvs: rr.Kvs, more: rr.More}
+			t.pages[edges[i-len(fulls)]] = &pageRead{kvs: rr.Kvs, more: rr.More}
 			continue
 		}
 		var v []byte
@@ -364,10 +364,6 @@ type pageSpan struct {
 	start, end string
 	desc       bool
 	limit      int64
-}
-
-func (sp pageSpan) key() string {
-	return fmt.Sprintf("%t\x00%d\x00%s\x00%s", sp.desc, sp.limit, sp.start, sp.end)
 }
 
 func (sp pageSpan) opts() []clientv3.OpOption {
@@ -626,7 +622,7 @@ func (c *etcdCursor) fetch(from string, desc, inclusive bool) {
 	}
 	c.fetched++
 	sp := spanFrom(c.b, from, desc, inclusive, limit)
-	page := t.pages[sp.key()]
+	page := t.pages[sp]
 	if page == nil {
 		resp := t.get(sp.start, sp.opts()...)
 		if resp == nil {

@@ -736,7 +736,7 @@ func TestPrefetchEdges(t *testing.T) {
 					return err
 				}
 				kv.Prefetch(tx, edges...)
-				before := kv.EtcdGets()
+				before := kv.EtcdCounts().Gets
 				if k, v := b.Cursor().Last(); string(k) != "k9" || string(v) != "mine" {
 					return fmt.Errorf("Last = %s=%s, want the transaction's own k9=mine", k, v)
 				}
@@ -746,7 +746,7 @@ func TestPrefetchEdges(t *testing.T) {
 				if k, _ := tx.Bucket(bucketB).Cursor().Last(); k != nil {
 					return fmt.Errorf("Last of an empty bucket = %s", k)
 				}
-				if after := kv.EtcdGets(); after != before {
+				if after := kv.EtcdCounts().Gets; after != before {
 					return fmt.Errorf("%d reads after the prefetch, want none", after-before)
 				}
 				// Walking on past the prefetched page reads the next.
