@@ -1,6 +1,7 @@
 package store
 
 import (
+	"path/filepath"
 	"reflect"
 	"slices"
 	"testing"
@@ -48,5 +49,40 @@ func TestAgentsDecoded(t *testing.T) {
 	}
 	if _, ok := agentsDecoded.get("cache-test", []byte(`{"id":"cache-test","revision":2}`)); ok {
 		t.Error("get of other bytes answered from the cache")
+	}
+}
+
+// Reading an agent through the store fills agentsDecoded and answers from
+// it, and a change to the record is read as changed, never as remembered;
+// a caller changing what it read changes nothing for the next reader.
+func TestGetAgentRemembers(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "atf.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	id := "spiffe://atf.test/cache/agent"
+	if _, err := s.RegisterAgent(Agent{ID: id, Owner: "o@example.org", Purpose: "cache", Roles: []string{"r1"}, Level: authz.Intern}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	first, _, err := s.Caller(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentsDecoded.mu.Lock()
+	d, ok := agentsDecoded.m[id]
+	agentsDecoded.mu.Unlock()
+	if !ok || d.a.Revision != first.Revision {
+		t.Fatalf("after a read, agentsDecoded holds %+v (%t), want revision %d", d.a, ok, first.Revision)
+	}
+	first.Roles[0] = "changed by a caller"
+	if again, _, _ := s.Caller(id); again.Roles[0] != "r1" {
+		t.Errorf("a caller's change to what it read reached the next reader: %v", again.Roles)
+	}
+	if _, err := s.UpdateAgent(id, "test", 0, func(a *Agent) { a.Roles = []string{"r2"} }); err != nil {
+		t.Fatal(err)
+	}
+	if after, _, _ := s.Caller(id); after.Roles[0] != "r2" || after.Revision == first.Revision {
+		t.Errorf("after an update the store read %v at revision %d, want r2 at a new revision", after.Roles, after.Revision)
 	}
 }
