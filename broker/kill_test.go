@@ -109,19 +109,16 @@ func (e *killEnv) killSwitch(t *testing.T) (*adminv1.KillState, map[string]*admi
 // audited returns the audit records of kind about subject.
 func (e *killEnv) audited(t *testing.T, kind, subject string) []*adminv1.AuditRecord {
 	t.Helper()
-	r, err := e.admin.QueryAudit(t.Context(), &adminv1.QueryAuditRequest{Kind: kind, PageSize: 1000})
-	if err != nil {
-		t.Fatalf("QueryAudit(%s): %v", kind, err)
-	}
-	return slices.DeleteFunc(r.GetRecords(), func(rec *adminv1.AuditRecord) bool { return rec.GetSubject() != subject })
+	return slices.DeleteFunc(e.query(t, &adminv1.QueryAuditRequest{Kind: kind}), func(rec *adminv1.AuditRecord) bool { return rec.GetSubject() != subject })
 }
 
-// auditedBy returns the audit records of kind whose actor is actor.
-func auditedBy(t *testing.T, admin adminv1.AdminServiceClient, kind, actor string) []*adminv1.AuditRecord {
+// query returns the audit records q selects, up to 1,000.
+func (e *killEnv) query(t *testing.T, q *adminv1.QueryAuditRequest) []*adminv1.AuditRecord {
 	t.Helper()
-	r, err := admin.QueryAudit(t.Context(), &adminv1.QueryAuditRequest{Kind: kind, Agent: actor, PageSize: 1000})
+	q.PageSize = 1000
+	r, err := e.admin.QueryAudit(t.Context(), q)
 	if err != nil {
-		t.Fatalf("QueryAudit(%s): %v", kind, err)
+		t.Fatalf("QueryAudit(%v): %v", q, err)
 	}
 	return r.GetRecords()
 }
@@ -300,7 +297,7 @@ func TestKillSwitch(t *testing.T) {
 	// after (docs/design.md §3.3). Those, and only those, are besides the
 	// credentials handed out.
 	var voided []string
-	for _, r := range auditedBy(t, e.admin, "credential_voided", agent.id.String()) {
+	for _, r := range e.query(t, &adminv1.QueryAuditRequest{Kind: "credential_voided", Agent: agent.id.String()}) {
 		voided = append(voided, r.GetSubject())
 	}
 	revoked := slices.Sorted(slices.Values(append(accessorsOf(handedOut), voided...)))
