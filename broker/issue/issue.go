@@ -183,9 +183,7 @@ func (is *Issuer) issueBeside(ctx context.Context, p decide.Plan, revision uint6
 			return rerr
 		}
 	}
-	vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
-	cred, _, err := is.underAnchor(vctx, store.RoleNode(p.Node(), p.Role.Name), is.request(p), record)
-	tracing.EndSpan(span, edge.Code(err))
+	cred, _, err := is.underAnchor(ctx, store.RoleNode(p.Node(), p.Role.Name), is.request(p), record)
 	switch {
 	case rerr != nil:
 		return vault.Credential{}, rerr
@@ -273,9 +271,7 @@ func kindOf(p decide.Plan) vault.Kind {
 // one agent or grant, and revoking the node's own anchor above it all of
 // the node's.
 func (is *Issuer) create(ctx context.Context, p decide.Plan) (vault.Credential, string, error) {
-	vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
-	cred, anchor, err := is.underAnchor(vctx, store.RoleNode(p.Node(), p.Role.Name), is.request(p), nil)
-	tracing.EndSpan(span, edge.Code(err))
+	cred, anchor, err := is.underAnchor(ctx, store.RoleNode(p.Node(), p.Role.Name), is.request(p), nil)
 	if err != nil {
 		return cred, "", is.vaultRefusal(p, err)
 	}
@@ -405,7 +401,9 @@ func (is *Issuer) underAnchor(ctx context.Context, node string, req vault.Reques
 			done = beside(anchor)
 		}
 		req.Parent = anchor
-		cred, err := is.cfg.Vault.Issue(ctx, req)
+		vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
+		cred, err := is.cfg.Vault.Issue(vctx, req)
+		tracing.EndSpan(span, edge.Code(err))
 		err = is.retire(ctx, err)
 		if done != nil {
 			if berr := done(err); berr != nil {

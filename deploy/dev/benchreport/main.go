@@ -244,7 +244,7 @@ func (r results) pick(key, unit string, format func(float64) string) string {
 var issuanceStages = []struct{ key, what string }{
 	{"transport", "gRPC, mutual TLS, SVID check, validation, answer"},
 	{"decide", "decision: admission, chain, monitor, gate, limits"},
-	{"vault", "Vault call (anchor included)"},
+	{"vault", "Vault call"},
 	{"record", "store record with its audit record (committed while Vault makes a batch token)"},
 	{"record-exposed", "of the record, what the answer waits for beyond the Vault call"},
 }
