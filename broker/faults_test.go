@@ -231,6 +231,58 @@ func TestVaultSlowBatch(t *testing.T) {
 	}
 }
 
+// An agent changed while its credential is issued (the change commits
+// between the decision's read and the record; a slow Vault holds the
+// issuance open): the record refuses the credential decided on the old
+// agent record, whose service token is revoked in Vault, and the broker
+// decides once more on the new record and issues. The caller gets one
+// credential, and the audit trail has both decisions.
+func TestAgentChangedMidIssuance(t *testing.T) {
+	e := newFaultEnvOf(t, true, func(*config.Config) {})
+	admin := e.b.Dial(t, e.f.Admin).Admin
+	asked := e.proxy.Requests(createPath)
+	e.proxy.Delay(300 * time.Millisecond)
+	type answer struct {
+		r   *brokerv1.FetchCredentialResponse
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		r, err := e.fetch(t.Context())
+		done <- answer{r, err}
+	}()
+	devtest.WaitFor(t, 10*time.Second, "the issuance to reach Vault", func() bool { return e.proxy.Requests(createPath) > asked })
+	purpose := "changed while a credential was issued"
+	up, err := admin.UpdateAgent(t.Context(), &adminv1.UpdateAgentRequest{SpiffeId: e.agent.String(), Purpose: &purpose})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := <-done
+	e.proxy.Delay(0)
+	if got.err != nil {
+		t.Fatalf("fetch across the change: %v, want a credential decided again", got.err)
+	}
+	issued := got.r.GetCredential()
+	refused, err := admin.QueryAudit(t.Context(), &adminv1.QueryAuditRequest{Kind: "credential_refused", Agent: e.agent.String()})
+	if err != nil || len(refused.GetRecords()) != 1 {
+		t.Fatalf("credential_refused records %v (%v), want the one decided on the old record", refused.GetRecords(), err)
+	}
+	old := refused.GetRecords()[0]
+	if d := old.GetDetail(); !strings.Contains(d["refused"], "changed") || d["decision_id"] == issued.GetDecisionId() {
+		t.Errorf("refused record %v: want it refused as the agent changed, under a decision other than the issued one (%s)", d, issued.GetDecisionId())
+	}
+	if up.GetAgent().GetRevision() < 2 {
+		t.Fatalf("agent revision after the change %d, want it raised", up.GetAgent().GetRevision())
+	}
+	live, err := e.f.Stack.LiveCredentials(t.Context(), e.agent.String())
+	if want := []string{e.warm.GetAccessor(), issued.GetAccessor()}; err != nil || !sameSet(live, want) {
+		t.Errorf("live in Vault %v (%v), want only %v: the refused token revoked", live, err, want)
+	}
+	if e.f.Dead(t, issued.GetToken()) {
+		t.Error("the credential issued on the new record does not work in Vault")
+	}
+}
+
 // While Vault's breaker is open, a batch issuance is refused before
 // anything is written: it is recorded beside the Vault call only while
 // Vault answers. The calls that opened the breaker reached Vault, so their

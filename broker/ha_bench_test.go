@@ -96,8 +96,14 @@ func BenchmarkHAIssuance(b *testing.B) {
 	}
 	var lat [2][]time.Duration // bbolt, etcd: sequential
 	var phases [3]loadPhase
+	var seq kv.EtcdStats // what the sequential etcd calls read
 	for b.Loop() {
+		before := kv.EtcdCounts()
 		lat = alternate(b, lat, conns[0][0], conns[1][0])
+		after := kv.EtcdCounts()
+		seq.Recent += after.Recent - before.Recent
+		seq.Behind += after.Behind - before.Behind
+		seq.Stale += after.Stale - before.Stale
 		for range 2 {
 			for k, on := range kinds {
 				phases[k] = phases[k].add(m.phase(b, on))
@@ -118,6 +124,11 @@ func BenchmarkHAIssuance(b *testing.B) {
 	b.ReportMetric(p99[1], "p99-ns")
 	b.ReportMetric(p50[1]/p50[0], "p50-ratio")
 	b.ReportMetric(p99[1]/p99[0], "p99-ratio")
+	// Per sequential etcd call: first reads served by a member (recent),
+	// members behind this replica, recent snapshots found stale.
+	b.ReportMetric(float64(seq.Recent)/float64(len(lat[1])), "recent/op")
+	b.ReportMetric(float64(seq.Behind)/float64(len(lat[1])), "behind/op")
+	b.ReportMetric(float64(seq.Stale)/float64(len(lat[1])), "stale/op")
 	for k, name := range []string{"bolt", "r1", "r3"} {
 		phases[k].report(b, name, k != onBolt)
 	}
@@ -260,6 +271,9 @@ func (p loadPhase) report(b *testing.B, prefix string, etcd bool) {
 	b.ReportMetric(2*float64(p.ops)/writes, prefix+"-writes/txn")
 	b.ReportMetric(p.use.conflicts/float64(p.ops+p.refused), prefix+"-conflicts/op")
 	b.ReportMetric((p.use.ranges+p.use.prefetches)/float64(p.ops+p.refused), prefix+"-ranges/op")
+	b.ReportMetric(p.use.recent/float64(p.ops+p.refused), prefix+"-recent/op")
+	b.ReportMetric(p.use.behind/float64(p.ops+p.refused), prefix+"-behind/op")
+	b.ReportMetric(p.use.stale/float64(p.ops+p.refused), prefix+"-stale/op")
 }
 
 // CPU users the stack meter tells apart.
@@ -279,13 +293,14 @@ const (
 type usage struct {
 	revisions                     int64
 	ranges, conflicts, prefetches float64
+	recent, behind, stale         float64
 	cpu                           [3]time.Duration
 	cpuKnown                      bool
 }
 
 func (u usage) plus(v usage) usage {
 	out := usage{revisions: u.revisions + v.revisions, ranges: u.ranges + v.ranges, conflicts: u.conflicts + v.conflicts,
-		prefetches: u.prefetches + v.prefetches, cpuKnown: v.cpuKnown}
+		prefetches: u.prefetches + v.prefetches, recent: u.recent + v.recent, behind: u.behind + v.behind, stale: u.stale + v.stale, cpuKnown: v.cpuKnown}
 	for i := range out.cpu {
 		out.cpu[i] = u.cpu[i] + v.cpu[i]
 	}
@@ -294,7 +309,7 @@ func (u usage) plus(v usage) usage {
 
 func (u usage) minus(v usage) usage {
 	out := usage{revisions: u.revisions - v.revisions, ranges: u.ranges - v.ranges, conflicts: u.conflicts - v.conflicts,
-		prefetches: u.prefetches - v.prefetches, cpuKnown: u.cpuKnown && v.cpuKnown}
+		prefetches: u.prefetches - v.prefetches, recent: u.recent - v.recent, behind: u.behind - v.behind, stale: u.stale - v.stale, cpuKnown: u.cpuKnown && v.cpuKnown}
 	for i := range out.cpu {
 		out.cpu[i] = u.cpu[i] - v.cpu[i]
 	}
@@ -353,6 +368,7 @@ func (m *stackMeter) now(b *testing.B) usage {
 	}
 	counts := kv.EtcdCounts()
 	u.conflicts, u.prefetches = float64(counts.Conflicts), float64(counts.Prefetches)
+	u.recent, u.behind, u.stale = float64(counts.Recent), float64(counts.Behind), float64(counts.Stale)
 	pids := m.f.Stack.PIDs()
 	u.cpuKnown = true
 	for i := range m.e.Endpoints {

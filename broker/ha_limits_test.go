@@ -111,7 +111,10 @@ func TestHARateSharedAcrossReplicas(t *testing.T) {
 	// What the store asks of etcd is counted (for the process: every
 	// issuance here prefetched its caller and its record).
 	families := scrape(t, "http://"+a.Cfg.MetricsAddr+"/metrics")
-	for name, least := range map[string]float64{"atf_store_etcd_prefetches_total": 8, "atf_store_etcd_conflicts_total": 0, "atf_store_etcd_single_reads_total": 1} {
+	for name, least := range map[string]float64{"atf_store_etcd_prefetches_total": 8, "atf_store_etcd_conflicts_total": 0, "atf_store_etcd_single_reads_total": 1,
+		// Every issuance's decision and record read a recent snapshot
+		// unless the member asked was behind.
+		"atf_store_etcd_recent_reads_total": 1, "atf_store_etcd_stale_snapshots_total": 0} {
 		if got, ok := value(families, name, nil); !ok || got < least {
 			t.Errorf("%s = %v (found %t), want at least %v", name, got, ok, least)
 		}

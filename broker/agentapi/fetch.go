@@ -61,27 +61,46 @@ type outcome struct{ decision, reason, policyVersion string }
 // Unavailable, so that nothing is ever refused silently.
 func (s *Service) fetch(ctx context.Context, r decide.Request, why decide.Reasons, start time.Time) (*brokerv1.FetchCredentialResponse, outcome, error) {
 	plan, agent, watched, err := s.decide(ctx, r, why)
-	if err == nil && plan.NeedsApproval {
-		s.cfg.Metrics.Decisions.WithLabelValues("pending", plan.Reasons.Reason).Inc()
-		resp, err := s.requestApproval(ctx, plan)
-		if err != nil {
-			return nil, outcome{"error", plan.Reasons.Reason, plan.Reasons.Version()}, err
+	for again := false; ; again = true {
+		if err == nil && plan.NeedsApproval {
+			s.cfg.Metrics.Decisions.WithLabelValues("pending", plan.Reasons.Reason).Inc()
+			resp, err := s.requestApproval(ctx, plan)
+			if err != nil {
+				return nil, outcome{"error", plan.Reasons.Reason, plan.Reasons.Version()}, err
+			}
+			return resp, outcome{"pending", plan.Reasons.Reason, plan.Reasons.Version()}, nil
 		}
-		return resp, outcome{"pending", plan.Reasons.Reason, plan.Reasons.Version()}, nil
+		var cred vault.Credential
+		if err == nil {
+			cred, err = s.cfg.Issuer.Issue(ctx, plan, agent.Revision)
+		}
+		if errors.Is(err, decide.ErrChanged) && !again {
+			// The agent changed between the decision's read and the
+			// record (a change committed meanwhile, or a moment before on
+			// another replica and not yet in the recent read), and the
+			// record refused the credential: once more, as a new
+			// decision on the latest record.
+			why = decide.NewReasons(edge.NewID(), why.RequestID, r)
+			plan, agent, watched, err = s.decideOn(ctx, r, why, s.latest(r.Caller))
+			continue
+		}
+		var ref *decide.Refusal
+		if errors.As(err, &ref) {
+			return nil, outcome{ref.Reasons.Decision, refusalReason(ref), ref.Reasons.Version()}, s.refuse(ctx, r, ref, watched)
+		}
+		if err != nil {
+			return nil, outcome{"error", "", plan.Reasons.Version()}, err
+		}
+		s.issued(ctx, plan, cred, start)
+		return &brokerv1.FetchCredentialResponse{Credential: credentialToProto(cred, r, plan, s.cfg.VaultAddress)}, outcome{"allow", string(authz.Allowed), plan.Reasons.Version()}, nil
 	}
-	var cred vault.Credential
-	if err == nil {
-		cred, err = s.cfg.Issuer.Issue(ctx, plan, agent.Revision)
-	}
-	var ref *decide.Refusal
-	if errors.As(err, &ref) {
-		return nil, outcome{ref.Reasons.Decision, refusalReason(ref), ref.Reasons.Version()}, s.refuse(ctx, r, ref, watched)
-	}
-	if err != nil {
-		return nil, outcome{"error", "", plan.Reasons.Version()}, err
-	}
-	s.issued(ctx, plan, cred, start)
-	return &brokerv1.FetchCredentialResponse{Credential: credentialToProto(cred, r, plan, s.cfg.VaultAddress)}, outcome{"allow", string(authz.Allowed), plan.Reasons.Version()}, nil
+}
+
+// latest reads the caller as store.Caller does: the latest state.
+func (s *Service) latest(id string) store.CallerRead {
+	var c store.CallerRead
+	c.Agent, c.Kill, c.Err = s.cfg.Store.Caller(id)
+	return c
 }
 
 // credentialToProto is the answer of an issuance: the token, and the
@@ -131,20 +150,42 @@ func (s *Service) request(ctx context.Context, req *brokerv1.FetchCredentialRequ
 		ApprovalID: req.GetApprovalId(), Purpose: audit.Redact(req.GetPurpose()), Justification: audit.Redact(req.GetJustification())}, nil
 }
 
-// decide runs the decision's stages: admission (the kill switch, the rate
-// limit), the chain's attenuation, the breaker and the behaviour monitor,
-// then the gate. watched says whether the caller's refusals feed the
-// behaviour watch (once it is known as an agent that passed the monitor).
-func (s *Service) decide(ctx context.Context, r decide.Request, why decide.Reasons) (plan decide.Plan, agent store.Agent, watched bool, err error) {
-	// The caller and the kill switch in one read of the store: on etcd,
-	// one round trip to the cluster instead of two.
-	a, globalKill, err := s.cfg.Store.Caller(r.Caller)
+// decide decides r on the caller's record and the kill switch as a recent
+// read of the store finds them (store.CallerRecent; in etcd, without a
+// round trip to the leader). An issuance decided on it stands: its record
+// commits only if the agent is still at the revision decided on, the kill
+// switch off and the lineage live (store.RecordCredential), so a
+// revocation or a kill committed on any replica refuses it all the same.
+// Any other outcome (a refusal, an approval to ask for) is checked
+// against the latest state and, if that differs, decided again on it: in
+// that rare case the request counts twice against the caller's rate and
+// behaviour baseline.
+func (s *Service) decide(ctx context.Context, r decide.Request, why decide.Reasons) (decide.Plan, store.Agent, bool, error) {
+	c := s.cfg.Store.CallerRecent(r.Caller)
+	plan, agent, watched, err := s.decideOn(ctx, r, why, c)
+	if !c.Recent || (err == nil && !plan.NeedsApproval) {
+		return plan, agent, watched, err
+	}
+	latest := s.latest(r.Caller)
+	if latest.Same(c) {
+		return plan, agent, watched, err
+	}
+	return s.decideOn(ctx, r, why, latest)
+}
+
+// decideOn runs the decision's stages on c: admission (the kill switch,
+// the rate limit), the chain's attenuation, the breaker and the behaviour
+// monitor, then the gate. watched says whether the caller's refusals feed
+// the behaviour watch (once it is known as an agent that passed the
+// monitor).
+func (s *Service) decideOn(ctx context.Context, r decide.Request, why decide.Reasons, c store.CallerRead) (plan decide.Plan, agent store.Agent, watched bool, err error) {
+	a, globalKill := c.Agent, c.Kill
 	var rec *store.Agent
 	switch {
-	case err == nil:
+	case c.Err == nil:
 		rec = &a
-	case !errors.Is(err, store.ErrNotFound):
-		return plan, a, false, fmt.Errorf("look up caller: %w", err)
+	case !errors.Is(c.Err, store.ErrNotFound):
+		return plan, a, false, fmt.Errorf("look up caller: %w", c.Err)
 	}
 	// The rate limit first: a caller refused by the kill switch (or the
 	// gate, unregistered) is limited like any other (docs/security.md).

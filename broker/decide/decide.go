@@ -21,6 +21,7 @@
 package decide
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -33,6 +34,12 @@ import (
 	"github.com/agentictrust/atf/broker/store"
 	"github.com/agentictrust/atf/delegation"
 )
+
+// ErrChanged is under the error of an issuance whose record was refused
+// because the agent (or the segmentation policy) changed after the
+// decision: a decision on a record read a moment before another
+// replica's change is made again (package agentapi).
+var ErrChanged = errors.New("the agent or the policy changed after the decision")
 
 // Reason codes of refusals that do not come from the gate.
 const (

@@ -490,7 +490,8 @@ func (is *Issuer) record(ctx context.Context, p decide.Plan, cred vault.Credenti
 	id := p.Reasons.DecisionID
 	switch {
 	case errors.Is(err, store.ErrConflict):
-		return fault.New(fault.Aborted, "agent %s's registration changed while the credential was issued; nothing was issued, retry (decision %s)", p.Caller, id)
+		return &fault.Error{Kind: fault.Aborted, Err: decide.ErrChanged,
+			Msg: fmt.Sprintf("agent %s's registration changed while the credential was issued; nothing was issued, retry (decision %s)", p.Caller, id)}
 	case errors.Is(err, store.ErrKilled):
 		return fault.New(fault.Denied, "agent %s was stopped by the kill switch (decision %s)", p.Caller, id)
 	case errors.Is(err, store.ErrDeregistered):

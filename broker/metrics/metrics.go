@@ -126,6 +126,12 @@ func New(s State) *Metrics {
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "atf_store_etcd_single_reads_total",
 				Help: "Single read requests of store transactions to etcd (a key, or a page of a bucket), besides the prefetches."},
 				func() float64 { return float64(s.Etcd().Gets) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "atf_store_etcd_recent_reads_total",
+				Help: "Store transactions in etcd whose first read was served by a member without the leader's confirmation (a recent snapshot, checked at commit)."},
+				func() float64 { return float64(s.Etcd().Recent) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "atf_store_etcd_stale_snapshots_total",
+				Help: "Store transactions in etcd whose recent snapshot was found older than the latest state at commit, and which ran again on it (counted among the conflicts too)."},
+				func() float64 { return float64(s.Etcd().Stale) }),
 		)
 	}
 	return m

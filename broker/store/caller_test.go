@@ -18,8 +18,21 @@ func TestCaller(t *testing.T) {
 	if err != nil || a.ID != "spiffe://td/a" || k != nil {
 		t.Fatalf("Caller(registered) = %s, %v, %v; want the agent, no kill", a.ID, k, err)
 	}
+	// A recent read sees this store's own writes, and Same tells reads
+	// of one state from reads of another.
+	alive := s.CallerRecent("spiffe://td/a")
+	if alive.Err != nil || alive.Agent.Revision != a.Revision || alive.Kill != nil || !alive.Same(store.CallerRead{Agent: a}) {
+		t.Fatalf("CallerRecent(registered) = %+v; want what Caller read", alive)
+	}
 	if _, err := s.KillAll("ops", "drill"); err != nil {
 		t.Fatal(err)
+	}
+	killed := s.CallerRecent("spiffe://td/a")
+	if killed.Kill == nil || killed.Kill.Reason != "drill" || killed.Same(alive) || !killed.Same(killed) {
+		t.Errorf("CallerRecent after the switch = %+v; want the switch, a state other than before", killed)
+	}
+	if stranger := s.CallerRecent("spiffe://td/stranger"); !errors.Is(stranger.Err, store.ErrNotFound) || stranger.Same(killed) {
+		t.Errorf("CallerRecent(stranger) = %+v; want ErrNotFound, a state other than a registered agent's", stranger)
 	}
 	for _, id := range []string{"spiffe://td/a", "spiffe://td/stranger"} {
 		_, k, err := s.Caller(id)

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -236,10 +237,60 @@ func (s *Store) GlobalKill() (*Kill, error) {
 // unregistered caller err is ErrNotFound, and the switch is still read.
 // In etcd that is one linearizable read where two calls were two.
 func (s *Store) Caller(id string) (Agent, *Kill, error) {
+	c := s.caller(id, s.read)
+	return c.Agent, c.Kill, c.Err
+}
+
+// CallerRead is what CallerRecent read.
+type CallerRead struct {
+	Agent Agent
+	Kill  *Kill
+	// Err is ErrNotFound for an unregistered caller.
+	Err error
+	// Recent says the read may be older than the latest state (etcd):
+	// what is decided on it must be checked again (RecordCredential
+	// checks an issuance's at its commit) or confirmed with Caller.
+	Recent bool
+}
+
+// Same reports whether c and o read the same state: the same agent
+// record (by revision), the same kill switch.
+func (c CallerRead) Same(o CallerRead) bool {
+	switch {
+	case errors.Is(c.Err, ErrNotFound) != errors.Is(o.Err, ErrNotFound), (c.Kill == nil) != (o.Kill == nil):
+		return false
+	case c.Kill != nil && *c.Kill != *o.Kill:
+		return false
+	}
+	return c.Agent.Revision == o.Agent.Revision
+}
+
+// CallerRecent is Caller on a recent snapshot: in etcd, the state of the
+// member that answers, at least as new as everything this replica has
+// read or written, without the round trip to etcd's leader a
+// linearizable read waits for (docs/scaling.md); in bbolt, Caller.
+func (s *Store) CallerRecent(id string) CallerRead {
+	if s.db != nil {
+		return s.caller(id, s.read)
+	}
+	var recent bool
+	c := s.caller(id, func(fn func(kv.Tx) error) error {
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		defer cancel()
+		var err error
+		recent, err = s.etcd.ViewRecent(ctx, fn)
+		return unavailable(err)
+	})
+	c.Recent = recent
+	return c
+}
+
+// caller reads id's CallerRead through read.
+func (s *Store) caller(id string, read func(func(kv.Tx) error) error) CallerRead {
 	var a Agent
 	var k *Kill
 	var agentErr error
-	err := s.read(func(tx kv.Tx) error {
+	err := read(func(tx kv.Tx) error {
 		kv.Prefetch(tx, kv.Key{Bucket: bucketAgents, Key: []byte(id)}, kv.Key{Bucket: bucketMeta, Key: keyGlobalKill})
 		a, agentErr = getAgent(tx, id)
 		if agentErr != nil && !errors.Is(agentErr, ErrNotFound) {
@@ -252,9 +303,9 @@ func (s *Store) Caller(id string) (Agent, *Kill, error) {
 		return nil
 	})
 	if err != nil {
-		return Agent{}, nil, err
+		return CallerRead{Err: err}
 	}
-	return a, k, agentErr
+	return CallerRead{Agent: a, Kill: k, Err: agentErr}
 }
 
 // KilledAgents lists the agents the kill switch holds.

@@ -47,16 +47,22 @@ const (
 // conflicted and ran again and the prefetches (EtcdCounts): etcd's own
 // counters cannot tell a prefetch, a transaction of reads, from a
 // transaction whose comparisons failed.
-var etcdCounts struct{ conflicts, prefetches, gets atomic.Int64 }
+var etcdCounts struct{ conflicts, prefetches, gets, recent, behind, stale atomic.Int64 }
 
 // EtcdStats count what this process's etcd transactions did: how many
 // conflicted and ran again, how many prefetch requests they made, and how
-// many single reads (a Get, or a cursor's page) besides.
-type EtcdStats struct{ Conflicts, Prefetches, Gets int64 }
+// many single reads (a Get, or a cursor's page) besides; how many read a
+// recent snapshot (served by a member without the leader's confirmation),
+// how many asked a member that had not applied what the engine had seen
+// (and read through the leader), and how many found their recent snapshot
+// stale and ran again through the leader (counted among the conflicts
+// too).
+type EtcdStats struct{ Conflicts, Prefetches, Gets, Recent, Behind, Stale int64 }
 
 // EtcdCounts returns this process's EtcdStats so far.
 func EtcdCounts() EtcdStats {
-	return EtcdStats{Conflicts: etcdCounts.conflicts.Load(), Prefetches: etcdCounts.prefetches.Load(), Gets: etcdCounts.gets.Load()}
+	return EtcdStats{Conflicts: etcdCounts.conflicts.Load(), Prefetches: etcdCounts.prefetches.Load(), Gets: etcdCounts.gets.Load(),
+		Recent: etcdCounts.recent.Load(), Behind: etcdCounts.behind.Load(), Stale: etcdCounts.stale.Load()}
 }
 
 // Etcd is the etcd engine: every bucket is a range of keys under a prefix
@@ -70,10 +76,22 @@ func EtcdCounts() EtcdStats {
 // commit). A key deleted from a walked range, not read by Get, is the one
 // change a commit does not notice; the store never relies on such an
 // absence.
+//
+// Because the commit checks every read, an Update's first run reads a
+// recent snapshot: the state of whichever member answers, without the
+// leader's confirmation that a linearizable read waits for (a round trip
+// to the leader, most of etcd's CPU under load), provided that member has
+// applied every revision this engine has read or committed (its own
+// writes are never missed). A run that writes nothing, or whose fn fails,
+// has no commit to check its reads: they are checked by a transaction of
+// comparisons alone before its outcome counts. A recent snapshot found
+// stale runs again at once, on the leader's latest state.
 type Etcd struct {
 	cli    *clientv3.Client
 	prefix string
 	maxOps int
+	// seen is the newest revision this engine has read or committed.
+	seen atomic.Int64
 }
 
 // NewEtcd returns the engine for the buckets under prefix on cli's
@@ -96,39 +114,72 @@ func (e *Etcd) View(ctx context.Context, fn func(Tx) error) error {
 	return err
 }
 
+// ViewRecent is View on a recent snapshot (see Etcd): at least as new as
+// every revision this engine has read or committed, perhaps older than
+// the cluster's latest. recent reports whether it was (false: the answer
+// came through the leader, the latest). For reads whose use is checked
+// again at a later commit, or confirmed before it counts.
+func (e *Etcd) ViewRecent(ctx context.Context, fn func(Tx) error) (recent bool, err error) {
+	t := e.begin(ctx, false)
+	t.recent = true
+	err = fn(t)
+	if t.err != nil {
+		return false, t.err
+	}
+	return t.unconfirmed, err
+}
+
 // Update runs fn in a read-write transaction and commits it, running fn
 // again on a fresh snapshot whenever a concurrent write changed what it
 // read, until it commits, fails, or ctx ends. OnCommit functions run
-// after the commit, once.
+// after the commit, once. The first run reads a recent snapshot (see
+// Etcd).
 func (e *Etcd) Update(ctx context.Context, fn func(Tx) error) error {
 	backoff := time.Millisecond
-	for {
+	for run := 0; ; run++ {
 		t := e.begin(ctx, true)
-		err := fn(t)
-		if t.err != nil {
-			return t.err
-		}
-		if err != nil {
+		t.recent = run == 0
+		ok, err := t.run(fn)
+		if err != nil || ok {
 			return err
 		}
-		ok, err := t.commit()
-		if err != nil {
-			return err
-		}
-		if ok {
-			for _, f := range t.onCommit {
-				f()
-			}
-			return nil
+		etcdCounts.conflicts.Add(1)
+		if t.unconfirmed {
+			// Only stale: again at once, on the latest state.
+			etcdCounts.stale.Add(1)
+			continue
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %w", ErrConflict, ctx.Err())
 		case <-time.After(backoff/2 + rand.N(backoff)):
 		}
-		etcdCounts.conflicts.Add(1)
 		backoff = min(2*backoff, 50*time.Millisecond)
 	}
+}
+
+// run runs fn once and commits it: false if what it read changed (a
+// conflict), and fn's error only if what it read was still the latest.
+func (t *etcdTx) run(fn func(Tx) error) (bool, error) {
+	err := fn(t)
+	if t.err != nil {
+		return false, t.err
+	}
+	if err != nil {
+		// A failure decided on a stale snapshot is no failure yet.
+		if ok, cerr := t.confirm(); cerr != nil || !ok {
+			return false, cerr
+		}
+		return false, err
+	}
+	ok, err := t.commit()
+	if err != nil || !ok {
+		return false, err
+	}
+	for _, f := range t.onCommit {
+		f()
+	}
+	return true, nil
 }
 
 // ErrNotEmpty is returned by Claim when the prefix holds keys already.
@@ -172,6 +223,9 @@ type etcdTx struct {
 	writable bool
 	// rev is the snapshot every read sees; 0 until the first read.
 	rev int64
+	// recent says the first read may fix a recent snapshot (see Etcd);
+	// unconfirmed that it did, without the leader's confirmation.
+	recent, unconfirmed bool
 	// err is the first failed read: the transaction fails with it, and
 	// reads after it return nothing.
 	err error
@@ -232,16 +286,50 @@ func (t *etcdTx) get(key string, opts ...clientv3.OpOption) *clientv3.GetRespons
 			resp, err = t.e.cli.Get(t.ctx, key, opts...)
 		}
 	} else {
-		resp, err = t.e.cli.Get(t.ctx, key, opts...)
+		resp, err = firstRead(t, func(more ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+			return t.e.cli.Get(t.ctx, key, append(opts, more...)...)
+		}, func(r *clientv3.GetResponse) int64 { return r.Header.Revision })
 	}
 	if err != nil {
 		t.fail(err)
 		return nil
 	}
-	if t.rev == 0 {
-		t.rev = resp.Header.Revision
-	}
+	t.fix(resp.Header.Revision)
 	return resp
+}
+
+// firstRead makes the read that fixes t's snapshot: on a recent snapshot
+// if t may read one and the member that answers has applied every
+// revision the engine has seen, through the leader otherwise.
+func firstRead[R any](t *etcdTx, read func(...clientv3.OpOption) (R, error), rev func(R) int64) (R, error) {
+	if t.recent {
+		resp, err := read(clientv3.WithSerializable())
+		if err == nil && rev(resp) >= t.e.seen.Load() {
+			t.unconfirmed = true
+			etcdCounts.recent.Add(1)
+			return resp, nil
+		}
+		etcdCounts.behind.Add(1)
+	}
+	return read()
+}
+
+// fix fixes the snapshot at rev if none is fixed yet.
+func (t *etcdTx) fix(rev int64) {
+	if t.rev == 0 {
+		t.rev = rev
+		t.e.saw(rev)
+	}
+}
+
+// saw notes that rev has been read or committed.
+func (e *Etcd) saw(rev int64) {
+	for {
+		cur := e.seen.Load()
+		if rev <= cur || e.seen.CompareAndSwap(cur, rev) {
+			return
+		}
+	}
 }
 
 // read returns full's value as this transaction sees it.
@@ -321,7 +409,9 @@ func (t *etcdTx) prefetch(keys []Key) {
 			resp, err = t.e.cli.Txn(t.ctx).Then(gets(clientv3.WithRev(t.rev))...).Commit()
 		}
 	} else {
-		resp, err = t.e.cli.Txn(t.ctx).Then(gets()...).Commit()
+		resp, err = firstRead(t, func(more ...clientv3.OpOption) (*clientv3.TxnResponse, error) {
+			return t.e.cli.Txn(t.ctx).Then(gets(more...)...).Commit()
+		}, func(r *clientv3.TxnResponse) int64 { return r.Header.Revision })
 	}
 	if err != nil {
 		t.fail(err)
@@ -333,9 +423,7 @@ func (t *etcdTx) prefetch(keys []Key) {
 // prefetched takes in a prefetch's answer: the values of fulls, then the
 // pages of edges.
 func (t *etcdTx) prefetched(resp *clientv3.TxnResponse, fulls []string, edges []pageSpan) {
-	if t.rev == 0 {
-		t.rev = resp.Header.Revision
-	}
+	t.fix(resp.Header.Revision)
 	for i, r := range resp.Responses {
 		rr := r.GetResponseRange()
 		if rr == nil {
@@ -430,15 +518,9 @@ func (t *etcdTx) put(bucket, full string, value []byte, deleted bool) error {
 // commit tries to commit the buffered writes; false means a conflict.
 func (t *etcdTx) commit() (bool, error) {
 	if len(t.writes) == 0 {
-		return true, nil
+		return t.confirm()
 	}
-	cmps := make([]clientv3.Cmp, 0, len(t.reads)+len(t.ranges))
-	for k, mod := range t.reads {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
-	}
-	for _, r := range t.ranges {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r[0]).WithRange(r[1]), "<", t.rev+1))
-	}
+	cmps := t.compares()
 	ops := make([]clientv3.Op, 0, len(t.writes))
 	for k, w := range t.writes {
 		if w.deleted {
@@ -459,6 +541,40 @@ func (t *etcdTx) commit() (bool, error) {
 		return false, fmt.Errorf("%w: %w", ErrTooLarge, err)
 	case err != nil:
 		return false, fmt.Errorf("%w: commit: %w", ErrEtcd, err)
+	}
+	if resp.Succeeded {
+		t.e.saw(resp.Header.Revision)
+	}
+	return resp.Succeeded, nil
+}
+
+// compares are the comparisons that hold if nothing t read has changed.
+func (t *etcdTx) compares() []clientv3.Cmp {
+	cmps := make([]clientv3.Cmp, 0, len(t.reads)+len(t.ranges))
+	for k, mod := range t.reads {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
+	}
+	for _, r := range t.ranges {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r[0]).WithRange(r[1]), "<", t.rev+1))
+	}
+	return cmps
+}
+
+// confirm checks that what t read on a recent snapshot is still the
+// cluster's latest state, in a transaction of comparisons only (served
+// like a linearizable read): false if it is not. A snapshot read through
+// the leader needs no check.
+func (t *etcdTx) confirm() (bool, error) {
+	if !t.unconfirmed {
+		return true, nil
+	}
+	cmps := t.compares()
+	if len(cmps) > t.e.maxOps {
+		return false, nil // more than one check can hold: run again, through the leader
+	}
+	resp, err := t.e.cli.Txn(t.ctx).If(cmps...).Commit()
+	if err != nil {
+		return false, fmt.Errorf("%w: confirm: %w", ErrEtcd, err)
 	}
 	return resp.Succeeded, nil
 }

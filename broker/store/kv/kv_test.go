@@ -64,6 +64,13 @@ var cluster struct {
 // package's cluster, started by the first test that asks.
 func etcdEngine(t *testing.T, maxOps int) *kv.Etcd {
 	t.Helper()
+	return etcdEngineAt(t, "/test/"+t.Name()+"/", maxOps)
+}
+
+// etcdEngineAt is an etcd engine under prefix, with a client of its own:
+// another replica on the same store.
+func etcdEngineAt(t *testing.T, prefix string, maxOps int) *kv.Etcd {
+	t.Helper()
 	cluster.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -77,7 +84,7 @@ func etcdEngine(t *testing.T, maxOps int) *kv.Etcd {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	return kv.NewEtcd(cli, "/test/"+t.Name()+"/", maxOps)
+	return kv.NewEtcd(cli, prefix, maxOps)
 }
 
 // TestMain stops the package's etcd cluster, if a test started one.
@@ -790,4 +797,63 @@ func TestPrefetchEdges(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An Update's first run reads a recent snapshot (any member's state, at
+// least what the engine has seen) and counts only once what it read is
+// confirmed the latest: a run that fails, or writes nothing, after another
+// writer changed what it read runs again on the latest state, as a run
+// that writes does through its commit. An engine reads its own writes.
+func TestEtcdRecent(t *testing.T) {
+	prefix := "/test/" + t.Name() + "/"
+	other := etcdEngineAt(t, prefix, 0)
+	put(t, other, bucketA, "k", "1")
+	refusal := errors.New("refused")
+	for _, writes := range []bool{false, true} {
+		t.Run(fmt.Sprintf("writes=%v", writes), func(t *testing.T) {
+			// A fresh engine has seen nothing: its first read is recent.
+			e := etcdEngineAt(t, prefix, 0)
+			before := kv.EtcdCounts()
+			var runs []string
+			err := e.Update(t.Context(), func(tx kv.Tx) error {
+				v := string(tx.Bucket(bucketA).Get([]byte("k")))
+				runs = append(runs, v)
+				if len(runs) == 1 {
+					// Another replica's write lands after this run read.
+					put(t, other, bucketA, "k", v+"+")
+				}
+				if writes {
+					return tx.Bucket(bucketB).Put([]byte("seen"), []byte(v))
+				}
+				return fmt.Errorf("%w on %s", refusal, v)
+			})
+			after := kv.EtcdCounts()
+			if len(runs) != 2 || runs[1] != runs[0]+"+" {
+				t.Fatalf("runs read %q, want a second run on the other's write", runs)
+			}
+			if after.Recent-before.Recent < 1 || after.Stale-before.Stale < 1 {
+				t.Errorf("counts %+v then %+v: want a recent snapshot found stale", before, after)
+			}
+			if writes {
+				if err != nil || get(t, e, bucketB, "seen") != runs[1] {
+					t.Errorf("Update = %v, seen %q: want committed on the latest", err, get(t, e, bucketB, "seen"))
+				}
+			} else if !errors.Is(err, refusal) || err.Error() != "refused on "+runs[1] {
+				t.Errorf("Update = %v, want the refusal decided on the latest (%s)", err, runs[1])
+			}
+		})
+	}
+	t.Run("own writes", func(t *testing.T) {
+		e := etcdEngine(t, 0)
+		for i := range 50 {
+			put(t, e, bucketA, "mine", strconv.Itoa(i))
+			var v []byte
+			if _, err := e.ViewRecent(t.Context(), func(tx kv.Tx) error {
+				v = bytes.Clone(tx.Bucket(bucketA).Get([]byte("mine")))
+				return nil
+			}); err != nil || string(v) != strconv.Itoa(i) {
+				t.Fatalf("ViewRecent after writing %d read %q (%v): an engine reads its own writes", i, v, err)
+			}
+		}
+	})
 }
