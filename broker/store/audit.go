@@ -175,7 +175,14 @@ func (s *Store) appendAudit(tx kv.Tx, r AuditRecord) error {
 	if err != nil {
 		return fmt.Errorf("store: encode audit record: %w", err)
 	}
-	return b.Put(seqKey(r.Seq), v)
+	if err := b.Put(seqKey(r.Seq), v); err != nil {
+		return err
+	}
+	tail, err := json.Marshal(auditLink{Seq: r.Seq, Time: r.Time, Hash: r.Hash})
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketMeta).Put(keyAuditTail, tail)
 }
 
 // withRequestIDs is d with the handle's request (ForRequest) where d says
@@ -271,12 +278,15 @@ func (s *Store) AuditHead() (AuditRecord, error) {
 	var last AuditRecord
 	var shipped bool
 	err := s.view(func(tx kv.Tx) error {
-		if _, v := tx.Bucket(bucketAudit).Cursor().Last(); v != nil {
+		link, err := lastAudit(tx)
+		if err != nil || link.Seq == 0 {
+			return err
+		}
+		if v := tx.Bucket(bucketAudit).Get(seqKey(link.Seq)); v != nil {
 			return json.Unmarshal(v, &last)
 		}
-		cp, err := checkpoint(tx)
-		last.Seq, shipped = cp.Seq, cp.Seq > 0
-		return err
+		last.Seq, shipped = link.Seq, true
+		return nil
 	})
 	if err != nil || !shipped {
 		return last, err
@@ -288,24 +298,39 @@ func (s *Store) AuditHead() (AuditRecord, error) {
 	return recs[0], nil
 }
 
-// auditTail is what lastAudit reads, for a prefetch (kv.Prefetch).
-var auditTail = kv.Key{Bucket: bucketAudit, Edge: kv.Last}
+// keyAuditTail, in the meta bucket, links to the audit trail's newest
+// record (an auditLink): every audited write reads it. The newest key of
+// the audit bucket says the same, but etcd cannot read the last key of a
+// range without reading all of it (it sorts a descending range in full
+// before it truncates), and the trail there only grows.
+var keyAuditTail = []byte("audit_tail")
 
-// lastAudit is the newest record in tx, or, if the store holds none, the
-// Seq, Hash and Time of the last one shipped: the chain goes on from it.
+// auditLink is what the next audit record links to.
+type auditLink struct {
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"`
+	Hash string    `json:"hash"`
+}
+
+// auditTail is what lastAudit reads, for a prefetch (kv.Prefetch).
+var auditTail = kv.Key{Bucket: bucketMeta, Key: keyAuditTail}
+
+// lastAudit is the Seq, Hash and Time of the newest record in tx, or, if
+// the store holds none, of the last one shipped: the chain goes on from
+// it. A store written before keyAuditTail has its newest record read.
 func lastAudit(tx kv.Tx) (AuditRecord, error) {
 	var last AuditRecord
-	if k, v := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
+	var link auditLink
+	v := tx.Bucket(bucketMeta).Get(keyAuditTail)
+	if v == nil {
+		_, v = tx.Bucket(bucketAudit).Cursor().Last()
+	}
+	if v != nil {
 		// Only what the next record links to: every write pays this.
-		var head struct {
-			Seq  uint64    `json:"seq"`
-			Time time.Time `json:"time"`
-			Hash string    `json:"hash"`
+		if err := json.Unmarshal(v, &link); err != nil {
+			return last, fmt.Errorf("store: decode the audit trail's tail: %w", err)
 		}
-		if err := json.Unmarshal(v, &head); err != nil {
-			return last, fmt.Errorf("store: decode last audit record: %w", err)
-		}
-		last.Seq, last.Time, last.Hash = head.Seq, head.Time, head.Hash
+		last.Seq, last.Time, last.Hash = link.Seq, link.Time, link.Hash
 		return last, nil
 	}
 	cp, err := checkpoint(tx)

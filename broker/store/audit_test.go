@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -13,7 +14,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/agentictrust/atf/broker/store"
+	"github.com/agentictrust/atf/broker/store/kv"
 	"github.com/agentictrust/atf/delegation"
+	"github.com/agentictrust/atf/deploy/dev"
 )
 
 func mustVerifyAudit(t *testing.T, s *store.Store) uint64 {
@@ -289,5 +292,112 @@ func TestVerifyAuditDetectsTampering(t *testing.T) {
 				t.Errorf("VerifyAudit = %d, %v; want error %q", n, err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// etcd serves a descending range by reading all of it (it sorts the whole
+// range before it truncates), so what every audited write and every
+// issuance read of the audit trail's tail and the current policy comes
+// from meta keys that point to them: with a trail of hundreds of records
+// in etcd, recording credentials, reading the policy and the trail's head
+// read no descending page, and the chain verifies.
+func TestTailsReadWithoutDescendingPages(t *testing.T) {
+	cli, err := etcdClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.OpenEtcd(cli, store.EtcdOptions{Prefix: "/store/" + t.Name() + "/", MaxTxnOps: dev.MaxTxnOps}, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	holder := mustRegister(t, s, "spiffe://td/tails", "admin").ID
+	var pv store.PolicyVersion
+	for i := range 3 {
+		if pv, err = s.PutPolicy(store.PolicyVersion{Author: "alice", Comment: fmt.Sprint(i), Model: "m", Policy: "p"}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now().UTC()
+	record := func(i int) {
+		t.Helper()
+		if err := s.RecordCredential(store.Credential{Accessor: fmt.Sprintf("b.%d", i), Kind: store.KindBatch, AgentID: holder, Role: "db-read",
+			IssuedAt: now, ExpiresAt: now.Add(time.Hour), PolicyVersion: pv.Version}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 300 {
+		record(i)
+	}
+	before := kv.EtcdCounts()
+	record(300)
+	head, err := s.AuditHead()
+	if err != nil || head.Kind != "credential_issued" || head.Subject != "b.300" {
+		t.Fatalf("AuditHead = %+v (%v), want the last record's", head, err)
+	}
+	if cur, err := s.Policy(0); err != nil || cur.Version != pv.Version || cur.Comment != "2" {
+		t.Fatalf("Policy(0) = version %d %q (%v), want version %d", cur.Version, cur.Comment, err, pv.Version)
+	}
+	if list, err := s.Policies(0, 2); err != nil || len(list) != 2 || list[0].Version != 3 || list[1].Version != 2 {
+		t.Fatalf("Policies(0, 2) = %+v (%v), want versions 3 and 2", list, err)
+	}
+	if list, err := s.Policies(2, 5); err != nil || len(list) != 1 || list[0].Version != 1 {
+		t.Fatalf("Policies(2, 5) = %+v (%v), want version 1", list, err)
+	}
+	if d := kv.EtcdCounts().Descending - before.Descending; d != 0 {
+		t.Errorf("%d descending pages read by a record, the head, the policy: each reads the whole span below it in etcd", d)
+	}
+	if n := mustVerifyAudit(t, s); n != head.Seq {
+		t.Errorf("verified %d records, want %d", n, head.Seq)
+	}
+}
+
+// A store written before the tail pointers (keyAuditTail, keyPolicyCurrent)
+// goes on from its newest record and version: the chain links on, the
+// policy version counts on, and the pointers are written then.
+func TestTailsOfAStoreWithoutPointers(t *testing.T) {
+	boltOnly(t)
+	path := filepath.Join(t.TempDir(), "atf.db")
+	s := openAt(t, path, store.Options{})
+	mustRegister(t, s, "spiffe://td/old", "admin")
+	if _, err := s.PutPolicy(store.PolicyVersion{Author: "alice", Model: "m", Policy: "p"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket([]byte("meta"))
+		for _, k := range []string{"audit_tail", "policy_current"} {
+			if meta.Get([]byte(k)) == nil {
+				return fmt.Errorf("no %s written", k)
+			}
+			if err := meta.Delete([]byte(k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openAt(t, path, store.Options{})
+	mustRegister(t, s, "spiffe://td/new", "admin")
+	pv, err := s.PutPolicy(store.PolicyVersion{Author: "alice", Model: "m", Policy: "p2"}, 1)
+	if err != nil || pv.Version != 2 {
+		t.Fatalf("PutPolicy after version 1 = %d (%v), want version 2", pv.Version, err)
+	}
+	head, err := s.AuditHead()
+	if err != nil || head.Kind != "policy_updated" {
+		t.Fatalf("AuditHead = %+v (%v), want the policy's record", head, err)
+	}
+	if n := mustVerifyAudit(t, s); n != head.Seq || n != 4 {
+		t.Errorf("verified %d records (head %d), want the 4 written across the upgrade", n, head.Seq)
 	}
 }

@@ -386,12 +386,12 @@ func (s *Store) VoidCredential(agent, accessor, why string) error {
 
 // recordReads are the keys RecordCredential reads: the agent, the global
 // kill switch, the anchor and the grants of the chain by name; the
-// current policy version and the audit trail's tail, the last keys of
-// their buckets.
+// current policy version and the audit trail's tail, by the meta keys
+// that point to them.
 func recordReads(c Credential) []kv.Key {
 	keys := []kv.Key{{Bucket: bucketAgents, Key: []byte(c.AgentID)}, {Bucket: bucketMeta, Key: keyGlobalKill}, auditTail}
 	if c.PolicyVersion != 0 {
-		keys = append(keys, kv.Key{Bucket: bucketPolicies, Edge: kv.Last})
+		keys = append(keys, policyCurrent)
 	}
 	if c.Anchor != "" {
 		keys = append(keys, kv.Key{Bucket: bucketAnchors, Key: []byte(c.Anchor)})

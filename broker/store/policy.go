@@ -75,6 +75,9 @@ func (s *Store) CommitPolicy(pv PolicyVersion, expected uint64, judge PolicyJudg
 		if err := tx.Bucket(bucketPolicies).Put(seqKey(pv.Version), v); err != nil {
 			return err
 		}
+		if err := tx.Bucket(bucketMeta).Put(keyPolicyCurrent, seqKey(pv.Version)); err != nil {
+			return err
+		}
 		kind := "policy_updated"
 		if pv.RolledBackFrom != 0 {
 			kind = "policy_rolled_back"
@@ -108,8 +111,20 @@ func (s *Store) ReviewPolicy(judge PolicyJudge) (Revocation, error) {
 // errDryRun rolls back ReviewPolicy's transaction.
 var errDryRun = errors.New("store: dry run")
 
-// currentPolicy is the number of the newest stored version (0: none).
+// keyPolicyCurrent, in the meta bucket, is the number of the newest
+// policy version: every issuance reads it (as keyAuditTail, rather than
+// the newest key of a bucket, which etcd reads by reading all of them).
+var keyPolicyCurrent = []byte("policy_current")
+
+// policyCurrent is what currentPolicy reads, for a prefetch (kv.Prefetch).
+var policyCurrent = kv.Key{Bucket: bucketMeta, Key: keyPolicyCurrent}
+
+// currentPolicy is the number of the newest stored version (0: none). A
+// store written before keyPolicyCurrent has its newest version read.
 func currentPolicy(tx kv.Tx) uint64 {
+	if v := tx.Bucket(bucketMeta).Get(keyPolicyCurrent); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
 	if k, _ := tx.Bucket(bucketPolicies).Cursor().Last(); k != nil {
 		return binary.BigEndian.Uint64(k)
 	}
@@ -121,13 +136,11 @@ func currentPolicy(tx kv.Tx) uint64 {
 func (s *Store) Policy(version uint64) (PolicyVersion, error) {
 	var pv PolicyVersion
 	err := s.view(func(tx kv.Tx) error {
-		b := tx.Bucket(bucketPolicies)
-		var v []byte
+		ask := version
 		if version == 0 {
-			_, v = b.Cursor().Last()
-		} else {
-			v = b.Get(seqKey(version))
+			ask = currentPolicy(tx)
 		}
+		v := tx.Bucket(bucketPolicies).Get(seqKey(ask))
 		if v == nil {
 			if version == 0 {
 				return refuse(ErrNotFound, "no policy has been set")
@@ -140,22 +153,28 @@ func (s *Store) Policy(version uint64) (PolicyVersion, error) {
 }
 
 // Policies returns up to limit versions below before (0: from the newest),
-// newest first, without their text.
+// newest first, without their text. Versions are numbered 1, 2, ... with
+// none removed, so they are read by number (in etcd, in one request).
 func (s *Store) Policies(before uint64, limit int) ([]PolicyVersion, error) {
 	var out []PolicyVersion
 	err := s.view(func(tx kv.Tx) error {
-		c := tx.Bucket(bucketPolicies).Cursor()
-		var k, v []byte
-		if before == 0 {
-			k, v = c.Last()
-		} else {
-			c.Seek(seqKey(before))
-			k, v = c.Prev()
+		top := currentPolicy(tx)
+		if before != 0 {
+			top = min(top, before-1)
 		}
-		for ; k != nil && len(out) < limit; k, v = c.Prev() {
+		var keys []kv.Key
+		for n := top; n > 0 && len(keys) < limit; n-- {
+			keys = append(keys, kv.Key{Bucket: bucketPolicies, Key: seqKey(n)})
+		}
+		kv.Prefetch(tx, keys...)
+		for _, k := range keys {
+			v := tx.Bucket(bucketPolicies).Get(k.Key)
+			if v == nil {
+				continue
+			}
 			var pv PolicyVersion
 			if err := json.Unmarshal(v, &pv); err != nil {
-				return fmt.Errorf("store: decode policy version %d: %w", binary.BigEndian.Uint64(k), err)
+				return fmt.Errorf("store: decode policy version %d: %w", binary.BigEndian.Uint64(k.Key), err)
 			}
 			pv.Model, pv.Policy = "", ""
 			out = append(out, pv)

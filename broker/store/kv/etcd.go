@@ -47,7 +47,9 @@ const (
 // conflicted and ran again and the prefetches (EtcdCounts): etcd's own
 // counters cannot tell a prefetch, a transaction of reads, from a
 // transaction whose comparisons failed.
-var etcdCounts struct{ conflicts, prefetches, gets, recent, behind, stale atomic.Int64 }
+var etcdCounts struct {
+	conflicts, prefetches, gets, recent, behind, stale, descending atomic.Int64
+}
 
 // EtcdStats count what this process's etcd transactions did: how many
 // conflicted and ran again, how many prefetch requests they made, and how
@@ -56,13 +58,16 @@ var etcdCounts struct{ conflicts, prefetches, gets, recent, behind, stale atomic
 // how many asked a member that had not applied what the engine had seen
 // (and read through the leader), and how many found their recent snapshot
 // stale and ran again through the leader (counted among the conflicts
-// too).
-type EtcdStats struct{ Conflicts, Prefetches, Gets, Recent, Behind, Stale int64 }
+// too); and how many descending pages (Last, Prev) they read, each of
+// which etcd serves by reading the whole span below it (it sorts a
+// descending range in full, then truncates it): none on a hot path.
+type EtcdStats struct{ Conflicts, Prefetches, Gets, Recent, Behind, Stale, Descending int64 }
 
 // EtcdCounts returns this process's EtcdStats so far.
 func EtcdCounts() EtcdStats {
 	return EtcdStats{Conflicts: etcdCounts.conflicts.Load(), Prefetches: etcdCounts.prefetches.Load(), Gets: etcdCounts.gets.Load(),
-		Recent: etcdCounts.recent.Load(), Behind: etcdCounts.behind.Load(), Stale: etcdCounts.stale.Load()}
+		Recent: etcdCounts.recent.Load(), Behind: etcdCounts.behind.Load(), Stale: etcdCounts.stale.Load(),
+		Descending: etcdCounts.descending.Load()}
 }
 
 // Etcd is the etcd engine: every bucket is a range of keys under a prefix
@@ -86,6 +91,11 @@ func EtcdCounts() EtcdStats {
 // has no commit to check its reads: they are checked by a transaction of
 // comparisons alone before its outcome counts. A recent snapshot found
 // stale runs again at once, on the leader's latest state.
+//
+// A cursor's Last and Prev read a descending page, which etcd serves by
+// reading every key of the span below it (it sorts a descending range in
+// full before it truncates it to the page): the store reads none on a
+// hot path (EtcdStats.Descending counts them).
 type Etcd struct {
 	cli    *clientv3.Client
 	prefix string
@@ -369,6 +379,9 @@ func (t *etcdTx) prefetch(keys []Key) {
 			b := t.Bucket(k.Bucket).(*etcdBucket)
 			if sp := firstSpan(b, k.Edge == Last); t.pages[sp] == nil && !slices.Contains(edges, sp) {
 				edges = append(edges, sp)
+				if sp.desc {
+					etcdCounts.descending.Add(1)
+				}
 			}
 			continue
 		}
@@ -740,6 +753,9 @@ func (c *etcdCursor) fetch(from string, desc, inclusive bool) {
 	sp := spanFrom(c.b, from, desc, inclusive, limit)
 	page := t.pages[sp]
 	if page == nil {
+		if desc {
+			etcdCounts.descending.Add(1)
+		}
 		resp := t.get(sp.start, sp.opts()...)
 		if resp == nil {
 			c.done = true
