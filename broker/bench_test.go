@@ -68,12 +68,15 @@ const (
 // BenchmarkIssuance compares FetchCredential, end to end over gRPC and
 // mutual TLS, with what the broker asks Vault for, asked directly: a child
 // token through the atf-credential role, under an anchor made through
-// atf-anchor with a token of the broker's policy, with the same policies,
-// lifetime and metadata. Sequential calls alternate between the two (p50,
-// p99); throughput phases run each at benchConcurrency.
+// atf-anchor with a token of the broker's policy and the agent's Vault
+// entity (the broker's anchors carry it, docs/security.md "Vault
+// identity"), with the same policies, lifetime and metadata; and a batch
+// child of a role anchor, as the broker makes a batch credential. The
+// same two under anchors without an entity, which cost Vault less, are
+// reported besides (plain-…). Sequential calls alternate between the
+// kinds (p50, p99); throughput phases run each at benchConcurrency.
 func BenchmarkIssuance(b *testing.B) {
 	f, bk := startBroker(b)
-	ctx := b.Context()
 	agent := f.ID(b, "issuer")
 	bk.Register(b, agent, brokerv1.Level_LEVEL_INTERN, "reports-read")
 	conn := bk.Dial(b, agent)
@@ -82,25 +85,10 @@ func BenchmarkIssuance(b *testing.B) {
 		_, err := conn.Broker.FetchCredential(ctx, req)
 		return err
 	}
-	anchor, err := newRawAnchor(ctx, vaultClient(b, f, vaultToken(b, f)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	direct := func(ctx context.Context, _ int) error {
-		_, err := anchor.credential(ctx, agent.String())
-		return err
-	}
-	// The batch baseline: a role anchor holding the role's policy creates
-	// a batch child, as the broker does for a batch credential.
-	roleAnchor, err := newRawAnchor(ctx, anchor.client, "demo-reports-read")
-	if err != nil {
-		b.Fatal(err)
-	}
-	directBatch := func(ctx context.Context, _ int) error {
-		return roleAnchor.batchCredential(ctx, agent.String())
-	}
-	const raw, rawBatch, brk = 0, 1, 2
-	kinds := [3]func(context.Context, int) error{raw: direct, rawBatch: directBatch, brk: viaBroker}
+	direct, directBatch := rawIssuance(b, f, agent.String(), vault.EntityAlias(agent.String()))
+	plain, plainBatch := rawIssuance(b, f, agent.String(), "")
+	const raw, rawBatch, brk, rawPlain, rawPlainBatch = 0, 1, 2, 3, 4
+	kinds := [5]func(context.Context, int) error{raw: direct, rawBatch: directBatch, brk: viaBroker, rawPlain: plain, rawPlainBatch: plainBatch}
 
 	v := compareToRaw(b, kinds[:], latencySamples, throughputOps, 2)
 	commit := storeCommitP50(b)
@@ -111,12 +99,40 @@ func BenchmarkIssuance(b *testing.B) {
 	b.ReportMetric(v.lp(raw, 0.50), "c32-raw-p50-ns")
 	b.ReportMetric(v.lp(brk, 0.99), "c32-p99-ns")
 	b.ReportMetric(v.lp(raw, 0.99), "c32-raw-p99-ns")
-	b.ReportMetric(v.p(rawBatch, 0.50), "batch-raw-p50-ns")
-	b.ReportMetric(v.rate(rawBatch), "batch-raw-ops/s")
-	b.ReportMetric(v.p(brk, 0.50)/v.p(rawBatch, 0.50), "p50-vs-batch")
-	b.ReportMetric(v.rate(brk)/v.rate(rawBatch), "throughput-vs-batch")
+	for prefix, k := range map[string]int{"": rawBatch, "plain-": rawPlainBatch} {
+		b.ReportMetric(v.p(k, 0.50), prefix+"batch-raw-p50-ns")
+		b.ReportMetric(v.rate(k), prefix+"batch-raw-ops/s")
+		b.ReportMetric(v.p(brk, 0.50)/v.p(k, 0.50), prefix+"p50-vs-batch")
+		b.ReportMetric(v.rate(brk)/v.rate(k), prefix+"throughput-vs-batch")
+	}
+	b.ReportMetric(v.p(rawPlain, 0.50), "plain-raw-p50-ns")
+	b.ReportMetric(v.rate(rawPlain), "plain-raw-ops/s")
+	b.ReportMetric(v.p(brk, 0.50)/v.p(rawPlain, 0.50), "plain-p50-ratio")
+	b.ReportMetric(v.rate(brk)/v.rate(rawPlain), "plain-throughput-ratio")
 	b.ReportMetric(float64(commit), "commit-p50-ns")
 	b.ReportMetric(float64(commit)/v.p(brk, 0.50), "commit-share")
+}
+
+// rawIssuance returns the raw baselines of an issuance for agent, under
+// anchors with the Vault entity of alias entity ("": none): a service
+// child of an anchor, and a batch child of a role anchor holding the
+// role's policy, as the broker makes a batch credential.
+func rawIssuance(b *testing.B, f *brokertest.Fixture, agent, entity string) (service, batch func(context.Context, int) error) {
+	b.Helper()
+	anchor, err := newRawAnchor(b.Context(), vaultClient(b, f, vaultToken(b, f)), entity)
+	if err != nil {
+		b.Fatal(err)
+	}
+	roleAnchor, err := newRawAnchor(b.Context(), anchor.client, entity, "demo-reports-read")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return func(ctx context.Context, _ int) error {
+			_, err := anchor.credential(ctx, agent)
+			return err
+		}, func(ctx context.Context, _ int) error {
+			return roleAnchor.batchCredential(ctx, agent)
+		}
 }
 
 // storeCommitP50 is the median time of RecordCredential (the credential,
@@ -595,8 +611,9 @@ type rawAnchor struct {
 	client   *vaultapi.Client
 }
 
-func newRawAnchor(ctx context.Context, parent *vaultapi.Client, policies ...string) (rawAnchor, error) {
+func newRawAnchor(ctx context.Context, parent *vaultapi.Client, entity string, policies ...string) (rawAnchor, error) {
 	s, err := parent.Auth().Token().CreateWithRoleWithContext(ctx, &vaultapi.TokenCreateRequest{
+		EntityAlias:    entity,
 		Policies:       append([]string{"atf-anchor"}, policies...),
 		TTL:            "14400s",
 		ExplicitMaxTTL: "14400s",
@@ -677,7 +694,7 @@ type rawTree struct {
 }
 
 func newRawTree(ctx context.Context, parent *vaultapi.Client, n int) (rawTree, error) {
-	a, err := newRawAnchor(ctx, parent)
+	a, err := newRawAnchor(ctx, parent, "")
 	if err != nil {
 		return rawTree{}, err
 	}

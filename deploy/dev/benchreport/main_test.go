@@ -42,7 +42,7 @@ func TestReport(t *testing.T) {
 	writeReport(&sb, res, provenance{full: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)})
 	report := sb.String()
 	for _, want := range []string{
-		"| issuance p50, concurrency 1 | 5.52 ms | raw Vault service child-token create 2.31 ms | 2.39× | ≤ 1.2× |",
+		"| issuance p50, concurrency 1 | 5.52 ms | raw Vault service child-token create, under an anchor with the agent's Vault entity as the broker's 2.31 ms | 2.39× | ≤ 1.2× |",
 		"| full decision (chain of 4, Casbin + maturity), 10 policy lines, p50 | 1.8 µs | target 20 µs | 0.09× | ≤ 1× |",
 		"| Casbin decision alone, uncached, 10 lines | 10.6 µs | target 20 µs | 0.53× | ≤ 1× |",
 		"| dynamic secret (a PostgreSQL user) through the broker, p50 | 18.64 ms | raw Vault read with a plain token 10.42 ms | 1.79× |  |",
@@ -84,7 +84,7 @@ BenchmarkHAIssuance-2   	       1	  27820056 p50-ns	         7.528 p50-ratio	   
 	writeReport(&sb, kept, prov)
 	report := sb.String()
 	for _, want := range []string{
-		"| issuance p50, concurrency 1 | 5.52 ms | raw Vault service child-token create 2.31 ms | 2.39× | ≤ 1.2× |",
+		"| issuance p50, concurrency 1 | 5.52 ms | raw Vault service child-token create, under an anchor with the agent's Vault entity as the broker's 2.31 ms | 2.39× | ≤ 1.2× |",
 		"| HA: issuance p50 on etcd (3 members), concurrency 1 | 27.82 ms | bbolt 3.70 ms | 7.53× | ≤ 1.3× |",
 		"on 2026-11-26 12:00 UTC.",
 		"\n- 2026-12-07 13:00 UTC: `^BenchmarkHA`\n",
