@@ -81,7 +81,7 @@ func (s *Service) fetch(ctx context.Context, r decide.Request, why decide.Reason
 			// record refused the credential: once more, as a new
 			// decision on the latest record.
 			why = decide.NewReasons(edge.NewID(), why.RequestID, r)
-			plan, agent, watched, err = s.decideOn(ctx, r, why, s.latest(r.Caller))
+			plan, agent, watched, err = s.decideOn(ctx, r, why, s.latest(r.Caller), true)
 			continue
 		}
 		var ref *decide.Refusal
@@ -156,13 +156,19 @@ func (s *Service) request(ctx context.Context, req *brokerv1.FetchCredentialRequ
 // commits only if the agent is still at the revision decided on, the kill
 // switch off and the lineage live (store.RecordCredential), so a
 // revocation or a kill committed on any replica refuses it all the same.
-// Any other outcome (a refusal, an approval to ask for) is checked
-// against the latest state and, if that differs, decided again on it: in
-// that rare case the request counts twice against the caller's rate and
-// behaviour baseline.
+// A read that would refuse before the gate, or feed the behaviour monitor
+// a role outside the agent's manifest (an anomaly, which can demote or
+// stop the agent), is confirmed on the latest state before anything is
+// decided on it. Any other outcome (a refusal by the gate, an approval
+// to ask for) is checked against the latest state after and, if that
+// differs, decided again on it: in that rare case the request counts
+// twice against the caller's rate and behaviour baseline.
 func (s *Service) decide(ctx context.Context, r decide.Request, why decide.Reasons) (decide.Plan, store.Agent, bool, error) {
 	c := s.cfg.Store.CallerRecent(r.Caller)
-	plan, agent, watched, err := s.decideOn(ctx, r, why, c)
+	if c.Recent && (c.Err != nil || c.Kill != nil || !c.Agent.Usable() || !slices.Contains(c.Agent.Roles, r.Role.Name)) {
+		c = s.latest(r.Caller)
+	}
+	plan, agent, watched, err := s.decideOn(ctx, r, why, c, false)
 	if !c.Recent || (err == nil && !plan.NeedsApproval) {
 		return plan, agent, watched, err
 	}
@@ -170,15 +176,16 @@ func (s *Service) decide(ctx context.Context, r decide.Request, why decide.Reaso
 	if latest.Same(c) {
 		return plan, agent, watched, err
 	}
-	return s.decideOn(ctx, r, why, latest)
+	return s.decideOn(ctx, r, why, latest, false)
 }
 
 // decideOn runs the decision's stages on c: admission (the kill switch,
 // the rate limit), the chain's attenuation, the breaker and the behaviour
 // monitor, then the gate. watched says whether the caller's refusals feed
 // the behaviour watch (once it is known as an agent that passed the
-// monitor).
-func (s *Service) decideOn(ctx context.Context, r decide.Request, why decide.Reasons, c store.CallerRead) (plan decide.Plan, agent store.Agent, watched bool, err error) {
+// monitor). again is a request decided a second time, after it passed
+// the rate limit and the monitor once: they do not count it again.
+func (s *Service) decideOn(ctx context.Context, r decide.Request, why decide.Reasons, c store.CallerRead, again bool) (plan decide.Plan, agent store.Agent, watched bool, err error) {
 	a, globalKill := c.Agent, c.Kill
 	var rec *store.Agent
 	switch {
@@ -189,7 +196,7 @@ func (s *Service) decideOn(ctx context.Context, r decide.Request, why decide.Rea
 	}
 	// The rate limit first: a caller refused by the kill switch (or the
 	// gate, unregistered) is limited like any other (docs/security.md).
-	if f := s.cfg.Rate.Allow(r.Caller, a.Level); f != nil {
+	if f := s.rate(r.Caller, a.Level, again); f != nil {
 		return plan, a, false, decide.Limit(why, f)
 	}
 	// An unregistered caller is the gate's to refuse, as not registered:
@@ -216,8 +223,8 @@ func (s *Service) decideOn(ctx context.Context, r decide.Request, why decide.Rea
 		if f := s.cfg.Watch.BreakerOpen(r.Caller); f != nil {
 			return plan, a, false, decide.Limit(why, f)
 		}
-		if an := s.cfg.Watch.Observe(ctx, monitor.Event{Agent: r.Caller, Lineage: auth.Lineage(), Role: r.Role.Name,
-			InManifest: slices.Contains(a.Roles, r.Role.Name), Kind: monitor.Request}); an != nil {
+		if an := s.observe(ctx, monitor.Event{Agent: r.Caller, Lineage: auth.Lineage(), Role: r.Role.Name,
+			InManifest: slices.Contains(a.Roles, r.Role.Name), Kind: monitor.Request}, again); an != nil {
 			return plan, a, true, decide.Deny(why, authz.Decision{Reason: decide.ReasonAnomaly, Message: fmt.Sprintf(
 				"request refused: %s behaviour anomaly (%s); the platform team has been notified", an.Severity, an.Rule)})
 		}
@@ -227,6 +234,23 @@ func (s *Service) decideOn(ctx context.Context, r decide.Request, why decide.Rea
 		return plan, a, rec != nil, ref
 	}
 	return plan, a, rec != nil, nil
+}
+
+// rate is the caller's rate limit; a request decided again is not
+// counted again.
+func (s *Service) rate(caller string, level authz.Level, again bool) *fault.Error {
+	if again {
+		return nil
+	}
+	return s.cfg.Rate.Allow(caller, level)
+}
+
+// observe feeds ev to the behaviour monitor, once per request.
+func (s *Service) observe(ctx context.Context, ev monitor.Event, again bool) *monitor.Anomaly {
+	if again {
+		return nil
+	}
+	return s.cfg.Watch.Observe(ctx, ev)
 }
 
 // refuse records a refusal: an audit record, a metric, and for a watched

@@ -159,7 +159,7 @@ func (s *Store) appendAudit(tx kv.Tx, r AuditRecord) error {
 	}
 	b := tx.Bucket(bucketAudit)
 	kv.AppendOnly(b)
-	last, err := lastAudit(tx)
+	last, err := s.lastAudit(tx)
 	if err != nil {
 		return err
 	}
@@ -178,11 +178,7 @@ func (s *Store) appendAudit(tx kv.Tx, r AuditRecord) error {
 	if err := b.Put(seqKey(r.Seq), v); err != nil {
 		return err
 	}
-	tail, err := json.Marshal(auditLink{Seq: r.Seq, Time: r.Time, Hash: r.Hash})
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(bucketMeta).Put(keyAuditTail, tail)
+	return s.audit.appended(tx, r.Seq)
 }
 
 // withRequestIDs is d with the handle's request (ForRequest) where d says
@@ -278,7 +274,7 @@ func (s *Store) AuditHead() (AuditRecord, error) {
 	var last AuditRecord
 	var shipped bool
 	err := s.view(func(tx kv.Tx) error {
-		link, err := lastAudit(tx)
+		link, err := s.lastAudit(tx)
 		if err != nil || link.Seq == 0 {
 			return err
 		}
@@ -298,39 +294,22 @@ func (s *Store) AuditHead() (AuditRecord, error) {
 	return recs[0], nil
 }
 
-// keyAuditTail, in the meta bucket, links to the audit trail's newest
-// record (an auditLink): every audited write reads it. The newest key of
-// the audit bucket says the same, but etcd cannot read the last key of a
-// range without reading all of it (it sorts a descending range in full
-// before it truncates), and the trail there only grows.
-var keyAuditTail = []byte("audit_tail")
-
-// auditLink is what the next audit record links to.
-type auditLink struct {
-	Seq  uint64    `json:"seq"`
-	Time time.Time `json:"time"`
-	Hash string    `json:"hash"`
-}
-
-// auditTail is what lastAudit reads, for a prefetch (kv.Prefetch).
-var auditTail = kv.Key{Bucket: bucketMeta, Key: keyAuditTail}
-
 // lastAudit is the Seq, Hash and Time of the newest record in tx, or, if
 // the store holds none, of the last one shipped: the chain goes on from
-// it. A store written before keyAuditTail has its newest record read.
-func lastAudit(tx kv.Tx) (AuditRecord, error) {
+// it.
+func (s *Store) lastAudit(tx kv.Tx) (AuditRecord, error) {
 	var last AuditRecord
-	var link auditLink
-	v := tx.Bucket(bucketMeta).Get(keyAuditTail)
-	if v == nil {
-		_, v = tx.Bucket(bucketAudit).Cursor().Last()
-	}
-	if v != nil {
+	if _, v := s.audit.newest(tx); v != nil {
 		// Only what the next record links to: every write pays this.
-		if err := json.Unmarshal(v, &link); err != nil {
-			return last, fmt.Errorf("store: decode the audit trail's tail: %w", err)
+		var head struct {
+			Seq  uint64    `json:"seq"`
+			Time time.Time `json:"time"`
+			Hash string    `json:"hash"`
 		}
-		last.Seq, last.Time, last.Hash = link.Seq, link.Time, link.Hash
+		if err := json.Unmarshal(v, &head); err != nil {
+			return last, fmt.Errorf("store: decode last audit record: %w", err)
+		}
+		last.Seq, last.Time, last.Hash = head.Seq, head.Time, head.Hash
 		return last, nil
 	}
 	cp, err := checkpoint(tx)

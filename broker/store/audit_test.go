@@ -352,52 +352,70 @@ func TestTailsReadWithoutDescendingPages(t *testing.T) {
 	}
 }
 
-// A store written before the tail pointers (keyAuditTail, keyPolicyCurrent)
-// goes on from its newest record and version: the chain links on, the
-// policy version counts on, and the pointers are written then.
+// The tail pointers (meta keys audit_tail, policy_current) are where the
+// walk to the newest audit record and policy version starts, never the
+// answer: a store written before them, or whose pointers a binary from
+// before them left behind (it appended without moving them), goes on from
+// its true newest record and version: the chain links on, the policy
+// version counts on.
 func TestTailsOfAStoreWithoutPointers(t *testing.T) {
 	boltOnly(t)
-	path := filepath.Join(t.TempDir(), "atf.db")
-	s := openAt(t, path, store.Options{})
-	mustRegister(t, s, "spiffe://td/old", "admin")
-	if _, err := s.PutPolicy(store.PolicyVersion{Author: "alice", Model: "m", Policy: "p"}, 0); err != nil {
-		t.Fatal(err)
+	for _, damage := range []string{"deleted", "rewound"} {
+		t.Run(damage, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "atf.db")
+			s := openAt(t, path, store.Options{})
+			mustRegister(t, s, "spiffe://td/old", "admin")
+			for range 3 {
+				if _, err := s.PutPolicy(store.PolicyVersion{Author: "alice", Model: "m", Policy: "p"}, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			setPointers(t, path, damage)
+			s = openAt(t, path, store.Options{})
+			mustRegister(t, s, "spiffe://td/new", "admin")
+			pv, err := s.PutPolicy(store.PolicyVersion{Author: "alice", Model: "m", Policy: "p2"}, 3)
+			if err != nil || pv.Version != 4 {
+				t.Fatalf("PutPolicy after version 3 = %d (%v), want version 4", pv.Version, err)
+			}
+			head, err := s.AuditHead()
+			if err != nil || head.Kind != "policy_updated" || head.Seq != 6 {
+				t.Fatalf("AuditHead = %+v (%v), want the policy's record, the 6th", head, err)
+			}
+			if n := mustVerifyAudit(t, s); n != 6 {
+				t.Errorf("verified %d records, want the 6 written across the upgrade", n)
+			}
+		})
 	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+}
+
+// setPointers deletes the tail pointers of the store at path, or rewinds
+// them to the first entry.
+func setPointers(t *testing.T, path, how string) {
+	t.Helper()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer db.Close()
 	if err := db.Update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket([]byte("meta"))
 		for _, k := range []string{"audit_tail", "policy_current"} {
 			if meta.Get([]byte(k)) == nil {
 				return fmt.Errorf("no %s written", k)
 			}
-			if err := meta.Delete([]byte(k)); err != nil {
+			if how == "deleted" {
+				if err := meta.Delete([]byte(k)); err != nil {
+					return err
+				}
+			} else if err := meta.Put([]byte(k), binary.BigEndian.AppendUint64(nil, 1)); err != nil {
 				return err
 			}
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s = openAt(t, path, store.Options{})
-	mustRegister(t, s, "spiffe://td/new", "admin")
-	pv, err := s.PutPolicy(store.PolicyVersion{Author: "alice", Model: "m", Policy: "p2"}, 1)
-	if err != nil || pv.Version != 2 {
-		t.Fatalf("PutPolicy after version 1 = %d (%v), want version 2", pv.Version, err)
-	}
-	head, err := s.AuditHead()
-	if err != nil || head.Kind != "policy_updated" {
-		t.Fatalf("AuditHead = %+v (%v), want the policy's record", head, err)
-	}
-	if n := mustVerifyAudit(t, s); n != head.Seq || n != 4 {
-		t.Errorf("verified %d records (head %d), want the 4 written across the upgrade", n, head.Seq)
 	}
 }

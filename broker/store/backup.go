@@ -3,7 +3,6 @@ package store
 // Backups, and the refusal of a damaged file that makes them matter.
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +15,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/agentictrust/atf/broker/store/kv"
 )
 
 // BackupInfo is what a backup holds, known before its first byte is written.
@@ -46,9 +47,11 @@ func (s *Store) BackupTo(begin func(BackupInfo) (io.Writer, error)) (int64, erro
 	var n int64
 	err := s.viewBolt(func(tx *bolt.Tx) error {
 		info := BackupInfo{Size: tx.Size()}
-		if k, _ := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
-			info.AuditHead = binary.BigEndian.Uint64(k)
+		last, err := s.lastAudit(kv.Bolt(tx))
+		if err != nil {
+			return err
 		}
+		info.AuditHead = last.Seq
 		w, err := begin(info)
 		if err != nil {
 			return err

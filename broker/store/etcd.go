@@ -59,6 +59,9 @@ func OpenEtcd(cli *clientv3.Client, eo EtcdOptions, opts Options) (*Store, error
 		}
 		return fillIndexes(tx)
 	})
+	if err == nil {
+		err = s.loadTails()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store: init etcd %s: %w", eo.Prefix, err)
 	}

@@ -259,7 +259,7 @@ func (c CallerRead) Same(o CallerRead) bool {
 	switch {
 	case errors.Is(c.Err, ErrNotFound) != errors.Is(o.Err, ErrNotFound), (c.Kill == nil) != (o.Kill == nil):
 		return false
-	case c.Kill != nil && *c.Kill != *o.Kill:
+	case c.Kill != nil && (!c.Kill.At.Equal(o.Kill.At) || c.Kill.By != o.Kill.By || c.Kill.Reason != o.Kill.Reason || c.Kill.Lineage != o.Kill.Lineage):
 		return false
 	}
 	return c.Agent.Revision == o.Agent.Revision

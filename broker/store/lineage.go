@@ -312,7 +312,7 @@ func (s *Store) RecordCredential(c Credential) error {
 		// every run.
 		refused, limited = nil, nil
 		rec := c
-		reads := recordReads(c)
+		reads := s.recordReads(c)
 		if c.Reserve != nil {
 			reads = append(reads, liveReads(s.replica, c.Reserve.Limits)...)
 			reads = append(reads, kv.Key{Bucket: bucketLiveExpiry, Edge: kv.First}) // the sweep's
@@ -323,7 +323,11 @@ func (s *Store) RecordCredential(c Credential) error {
 			return err
 		}
 		now := s.now().UTC()
-		refused = credentialRefusal(tx, c, a, now)
+		var policy uint64
+		if c.PolicyVersion != 0 {
+			policy = s.currentPolicy(tx)
+		}
+		refused = credentialRefusal(tx, c, a, now, policy)
 		if refused == nil && c.Reserve != nil {
 			if rec.LiveReservation, limited, err = s.reserveLive(tx, c.Reserve.Limits, c.Reserve.Expires); err != nil || limited != nil {
 				return err
@@ -385,13 +389,12 @@ func (s *Store) VoidCredential(agent, accessor, why string) error {
 }
 
 // recordReads are the keys RecordCredential reads: the agent, the global
-// kill switch, the anchor and the grants of the chain by name; the
-// current policy version and the audit trail's tail, by the meta keys
-// that point to them.
-func recordReads(c Credential) []kv.Key {
-	keys := []kv.Key{{Bucket: bucketAgents, Key: []byte(c.AgentID)}, {Bucket: bucketMeta, Key: keyGlobalKill}, auditTail}
+// kill switch, the anchor and the grants of the chain by name; the newest
+// policy version and audit record, from where their tails' walks start.
+func (s *Store) recordReads(c Credential) []kv.Key {
+	keys := []kv.Key{{Bucket: bucketAgents, Key: []byte(c.AgentID)}, {Bucket: bucketMeta, Key: keyGlobalKill}, s.audit.at()}
 	if c.PolicyVersion != 0 {
-		keys = append(keys, policyCurrent)
+		keys = append(keys, s.policies.at())
 	}
 	if c.Anchor != "" {
 		keys = append(keys, kv.Key{Bucket: bucketAnchors, Key: []byte(c.Anchor)})
@@ -403,10 +406,11 @@ func recordReads(c Credential) []kv.Key {
 }
 
 // credentialRefusal says why c, issued to a, may not be kept at now: its
-// agent is not usable or changed since the decision, or the grant chain or
-// the anchor it was issued under is no longer live. It is nil for a
-// credential that may be kept.
-func credentialRefusal(tx kv.Tx, c Credential, a Agent, now time.Time) error {
+// agent is not usable or changed since the decision, the policy is no
+// longer at the version decided under (policy, the current one, read if
+// c names one), or the grant chain or the anchor it was issued under is
+// no longer live. It is nil for a credential that may be kept.
+func credentialRefusal(tx kv.Tx, c Credential, a Agent, now time.Time, policy uint64) error {
 	if err := usable(tx, a); err != nil {
 		return err
 	}
@@ -415,11 +419,11 @@ func credentialRefusal(tx kv.Tx, c Credential, a Agent, now time.Time) error {
 		// revocation of unbacked credentials could not see this one.
 		return refuse(ErrConflict, "agent %s changed (revision %d, decided at %d) while the credential was issued; retry", c.AgentID, a.Revision, c.AgentRevision)
 	}
-	if c.PolicyVersion != 0 && currentPolicy(tx) != c.PolicyVersion {
+	if c.PolicyVersion != 0 && policy != c.PolicyVersion {
 		// A policy change committed after the decision: its revocation of
 		// what the new version forbids could not see this one.
 		return refuse(ErrConflict, "the segmentation policy changed (version %d, decided under %d) while the credential was issued; retry",
-			currentPolicy(tx), c.PolicyVersion)
+			policy, c.PolicyVersion)
 	}
 	if c.GrantID != "" {
 		chain, err := liveChain(tx, c.GrantID, now)

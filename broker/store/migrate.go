@@ -236,6 +236,9 @@ func openSource(path, auditDir string) (*source, error) {
 		src.cp, err = checkpoint(kv.Bolt(tx))
 		return err
 	})
+	if err == nil {
+		err = src.s.loadTails()
+	}
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -491,6 +494,9 @@ func (src *source) compare(ctx context.Context, dst *kv.Etcd, rep MigrationRepor
 		return err
 	}
 	copied := &Store{core: &core{etcd: dst, timeout: verifyTimeout, now: time.Now}}
+	if err := copied.loadTails(); err != nil {
+		return fmt.Errorf("the copy in etcd: %w", err)
+	}
 	n, err := copied.VerifyAudit()
 	switch {
 	case err != nil:

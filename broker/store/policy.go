@@ -52,7 +52,7 @@ func (s *Store) CommitPolicy(pv PolicyVersion, expected uint64, judge PolicyJudg
 		if err := s.room(tx); err != nil {
 			return err
 		}
-		cur := currentPolicy(tx)
+		cur := s.currentPolicy(tx)
 		if expected != 0 && cur != expected {
 			return refuse(ErrConflict, "the policy is at version %d, not %d; review the change and retry", cur, expected)
 		}
@@ -75,7 +75,7 @@ func (s *Store) CommitPolicy(pv PolicyVersion, expected uint64, judge PolicyJudg
 		if err := tx.Bucket(bucketPolicies).Put(seqKey(pv.Version), v); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketMeta).Put(keyPolicyCurrent, seqKey(pv.Version)); err != nil {
+		if err := s.policies.appended(tx, pv.Version); err != nil {
 			return err
 		}
 		kind := "policy_updated"
@@ -111,24 +111,10 @@ func (s *Store) ReviewPolicy(judge PolicyJudge) (Revocation, error) {
 // errDryRun rolls back ReviewPolicy's transaction.
 var errDryRun = errors.New("store: dry run")
 
-// keyPolicyCurrent, in the meta bucket, is the number of the newest
-// policy version: every issuance reads it (as keyAuditTail, rather than
-// the newest key of a bucket, which etcd reads by reading all of them).
-var keyPolicyCurrent = []byte("policy_current")
-
-// policyCurrent is what currentPolicy reads, for a prefetch (kv.Prefetch).
-var policyCurrent = kv.Key{Bucket: bucketMeta, Key: keyPolicyCurrent}
-
-// currentPolicy is the number of the newest stored version (0: none). A
-// store written before keyPolicyCurrent has its newest version read.
-func currentPolicy(tx kv.Tx) uint64 {
-	if v := tx.Bucket(bucketMeta).Get(keyPolicyCurrent); len(v) == 8 {
-		return binary.BigEndian.Uint64(v)
-	}
-	if k, _ := tx.Bucket(bucketPolicies).Cursor().Last(); k != nil {
-		return binary.BigEndian.Uint64(k)
-	}
-	return 0
+// currentPolicy is the number of the newest stored version (0: none).
+func (s *Store) currentPolicy(tx kv.Tx) uint64 {
+	n, _ := s.policies.newest(tx)
+	return n
 }
 
 // Policy returns one version, or the current one if version is 0. With no
@@ -138,7 +124,7 @@ func (s *Store) Policy(version uint64) (PolicyVersion, error) {
 	err := s.view(func(tx kv.Tx) error {
 		ask := version
 		if version == 0 {
-			ask = currentPolicy(tx)
+			ask = s.currentPolicy(tx)
 		}
 		v := tx.Bucket(bucketPolicies).Get(seqKey(ask))
 		if v == nil {
@@ -158,7 +144,7 @@ func (s *Store) Policy(version uint64) (PolicyVersion, error) {
 func (s *Store) Policies(before uint64, limit int) ([]PolicyVersion, error) {
 	var out []PolicyVersion
 	err := s.view(func(tx kv.Tx) error {
-		top := currentPolicy(tx)
+		top := s.currentPolicy(tx)
 		if before != 0 {
 			top = min(top, before-1)
 		}

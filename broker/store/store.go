@@ -291,6 +291,9 @@ type core struct {
 	shipMu      sync.Mutex
 	segments    segmentWriter
 	auditMu     sync.RWMutex
+	// audit and policies find the newest audit record and policy
+	// version (tail).
+	audit, policies tail
 	// commits and rollbacks count the committer's transactions.
 	commits, rollbacks atomic.Uint64
 	// commitFault, set only by tests, fails a group's commit and an
@@ -330,6 +333,10 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("store: init %s: %w", path, err)
 	}
 	s := &Store{core: &core{db: db, now: opts.Now, onAudit: opts.OnAudit, onLost: opts.OnLost, maxSize: opts.MaxSize, reserve: reserveFor(opts.MaxSize), reqs: make(chan *commitReq, maxGroup), quit: make(chan struct{}), stopped: make(chan struct{})}}
+	if err := s.loadTails(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: init %s: %w", path, err)
+	}
 	if opts.AuditDir != "" {
 		s.auditDir, s.segmentSize = opts.AuditDir, opts.AuditSegmentSize
 		if s.segmentSize <= 0 {

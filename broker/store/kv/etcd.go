@@ -79,8 +79,10 @@ func EtcdCounts() EtcdStats {
 // was written after it. Otherwise Update runs fn again on a new snapshot,
 // so fn must be safe to run more than once (as for the store's group
 // commit). A key deleted from a walked range, not read by Get, is the one
-// change a commit does not notice; the store never relies on such an
-// absence.
+// change a commit does not notice (from the snapshot on, which for a
+// recent one below can be a few milliseconds older than the latest
+// state); the store never relies on such an absence: what it changes, it
+// reads by Get, whose comparison a deletion fails.
 //
 // Because the commit checks every read, an Update's first run reads a
 // recent snapshot: the state of whichever member answers, without the
@@ -366,8 +368,9 @@ func (t *etcdTx) read(full string) []byte {
 }
 
 // prefetch reads keys, those the transaction has not read or written,
-// in one etcd transaction of Gets: a linearizable read that fixes the
-// snapshot if none is fixed yet, at the snapshot's revision otherwise.
+// in one etcd transaction of Gets: a read that fixes the snapshot if none
+// is fixed yet (firstRead: recent or linearizable), at the snapshot's
+// revision otherwise.
 func (t *etcdTx) prefetch(keys []Key) {
 	if t.err != nil {
 		return
@@ -377,11 +380,12 @@ func (t *etcdTx) prefetch(keys []Key) {
 	for _, k := range keys {
 		if k.Edge != NoEdge {
 			b := t.Bucket(k.Bucket).(*etcdBucket)
-			if sp := firstSpan(b, k.Edge == Last); t.pages[sp] == nil && !slices.Contains(edges, sp) {
+			sp := firstSpan(b, k.Edge == Last)
+			if k.Edge == From {
+				sp = spanFrom(b, b.lo+string(k.Key), false, true, firstPage)
+			}
+			if t.pages[sp] == nil && !slices.Contains(edges, sp) {
 				edges = append(edges, sp)
-				if sp.desc {
-					etcdCounts.descending.Add(1)
-				}
 			}
 			continue
 		}
@@ -400,6 +404,11 @@ func (t *etcdTx) prefetch(keys []Key) {
 	if len(fulls)+len(edges) > t.e.maxOps {
 		edges = edges[:min(len(edges), t.e.maxOps)]
 		fulls = fulls[:min(len(fulls), t.e.maxOps-len(edges))] // the rest when read
+	}
+	for _, sp := range edges {
+		if sp.desc {
+			etcdCounts.descending.Add(1)
+		}
 	}
 	gets := func(opts ...clientv3.OpOption) []clientv3.Op {
 		ops := make([]clientv3.Op, 0, len(fulls)+len(edges))

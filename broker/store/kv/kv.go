@@ -69,9 +69,9 @@ type Engine interface {
 	Update(ctx context.Context, fn func(Tx) error) error
 }
 
-// Key names a key of a bucket, for Prefetch; or, with Edge set (and Key
-// nil), the first keys of the bucket as a Cursor's First (Edge First) or
-// Last (Edge Last) reads them.
+// Key names a key of a bucket, for Prefetch; or, with Edge set, the first
+// keys of the bucket as a Cursor's First (Edge First, Key nil), Last (Edge
+// Last, Key nil) or Seek(Key) (Edge From) reads them.
 type Key struct {
 	Bucket, Key []byte
 	Edge        Edge
@@ -80,11 +80,13 @@ type Key struct {
 // Edge says which end of a bucket a prefetch reads.
 type Edge int
 
-// The ends of a bucket: none (a Key), its first keys, its last keys.
+// The ends of a bucket: none (a Key), its first keys, its last keys, its
+// first keys from Key on.
 const (
 	NoEdge Edge = iota
 	First
 	Last
+	From
 )
 
 // Prefetch reads keys into tx ahead of its Gets, in one round trip: on

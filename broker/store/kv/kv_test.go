@@ -733,7 +733,8 @@ func TestPrefetchEdges(t *testing.T) {
 	for name, e := range engines(t) {
 		t.Run(name, func(t *testing.T) {
 			put(t, e, bucketA, "k1", "1", "k2", "2", "k3", "3", "k4", "4", "k5", "5", "k6", "6")
-			edges := []kv.Key{{Bucket: bucketA, Edge: kv.First}, {Bucket: bucketA, Edge: kv.Last}, {Bucket: bucketB, Edge: kv.Last}}
+			edges := []kv.Key{{Bucket: bucketA, Edge: kv.First}, {Bucket: bucketA, Edge: kv.Last}, {Bucket: bucketB, Edge: kv.Last},
+				{Bucket: bucketA, Key: []byte("k4"), Edge: kv.From}}
 			err := e.Update(t.Context(), func(tx kv.Tx) error {
 				b := tx.Bucket(bucketA)
 				if err := b.Delete([]byte("k1")); err != nil {
@@ -753,11 +754,18 @@ func TestPrefetchEdges(t *testing.T) {
 				if k, _ := tx.Bucket(bucketB).Cursor().Last(); k != nil {
 					return fmt.Errorf("Last of an empty bucket = %s", k)
 				}
+				c := b.Cursor()
+				if k, v := c.Seek([]byte("k4")); string(k) != "k4" || string(v) != "4" {
+					return fmt.Errorf("Seek(k4) = %s=%s, want k4=4", k, v)
+				}
+				if k, _ := c.Next(); string(k) != "k5" {
+					return fmt.Errorf("Next after k4 = %s, want k5 (of the page prefetched from k4)", k)
+				}
 				if after := kv.EtcdCounts().Gets; after != before {
 					return fmt.Errorf("%d reads after the prefetch, want none", after-before)
 				}
 				// Walking on past the prefetched page reads the next.
-				c := b.Cursor()
+				c = b.Cursor()
 				var walked []string
 				for k, _ := c.First(); k != nil; k, _ = c.Next() {
 					walked = append(walked, string(k))

@@ -1,0 +1,98 @@
+package store
+
+import (
+	"encoding/binary"
+	"sync/atomic"
+
+	"github.com/agentictrust/atf/broker/store/kv"
+)
+
+// A tail finds the newest entry of a bucket whose keys are sequence
+// numbers appended in order (the audit trail, the policy versions), which
+// every audited write and every issuance read. etcd serves a descending
+// read (a cursor's Last) by reading every key of the range below it,
+// sorting them and truncating to the page, whatever the limit, and the
+// audit trail there only grows; an ascending read stops at its limit. So
+// the newest entry is found by walking forward from a hint, a sequence
+// number at or before it: the newest this process has seen committed,
+// started from a key of the meta bucket that each append moves. A hint
+// that lags (another replica, or a binary from before the pointer,
+// appended since) costs a longer walk, never a wrong answer; the span
+// walked is in the transaction's read set, so an append racing the walk
+// makes its commit conflict.
+type tail struct {
+	bucket, pointer []byte
+	hint            atomic.Uint64
+}
+
+// The tails the store keeps.
+var (
+	keyAuditTail     = []byte("audit_tail")
+	keyPolicyCurrent = []byte("policy_current")
+)
+
+// at is where a walk starts, for a prefetch (kv.Prefetch).
+func (t *tail) at() kv.Key {
+	return kv.Key{Bucket: t.bucket, Key: seqKey(t.hint.Load()), Edge: kv.From}
+}
+
+// newest returns the bucket's newest key as a number and its value (0 and
+// nil for an empty bucket), as tx sees it.
+func (t *tail) newest(tx kv.Tx) (uint64, []byte) {
+	c := tx.Bucket(t.bucket).Cursor()
+	k, v := c.Seek(seqKey(t.hint.Load()))
+	if k == nil {
+		// Nothing at or after the hint: an empty bucket, or one whose
+		// records were all moved out (bbolt's audit segments).
+		k, v = c.Last()
+	}
+	for nk, nv := c.Next(); nk != nil; nk, nv = c.Next() {
+		k, v = nk, nv
+	}
+	if k == nil {
+		return 0, nil
+	}
+	seq := binary.BigEndian.Uint64(k)
+	tx.OnCommit(func() { t.raise(seq) })
+	return seq, v
+}
+
+// appended notes that tx wrote entry seq, the newest: the pointer now,
+// the hint once tx commits.
+func (t *tail) appended(tx kv.Tx, seq uint64) error {
+	tx.OnCommit(func() { t.raise(seq) })
+	return tx.Bucket(bucketMeta).Put(t.pointer, seqKey(seq))
+}
+
+// load starts the hint from the pointer; a store written before it has
+// its newest key read once.
+func (t *tail) load(tx kv.Tx) error {
+	if v := tx.Bucket(bucketMeta).Get(t.pointer); len(v) == 8 {
+		t.raise(binary.BigEndian.Uint64(v))
+	} else if k, _ := tx.Bucket(t.bucket).Cursor().Last(); len(k) == 8 {
+		t.raise(binary.BigEndian.Uint64(k))
+	}
+	return nil
+}
+
+// raise moves the hint up to seq.
+func (t *tail) raise(seq uint64) {
+	for {
+		cur := t.hint.Load()
+		if seq <= cur || t.hint.CompareAndSwap(cur, seq) {
+			return
+		}
+	}
+}
+
+// loadTails names the store's tails and starts their hints.
+func (s *Store) loadTails() error {
+	s.audit.bucket, s.audit.pointer = bucketAudit, keyAuditTail
+	s.policies.bucket, s.policies.pointer = bucketPolicies, keyPolicyCurrent
+	return s.view(func(tx kv.Tx) error {
+		if err := s.audit.load(tx); err != nil {
+			return err
+		}
+		return s.policies.load(tx)
+	})
+}
