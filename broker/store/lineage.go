@@ -392,9 +392,9 @@ func (s *Store) VoidCredential(agent, accessor, why string) error {
 // kill switch, the anchor and the grants of the chain by name; the newest
 // policy version and audit record, from where their tails' walks start.
 func (s *Store) recordReads(c Credential) []kv.Key {
-	keys := []kv.Key{{Bucket: bucketAgents, Key: []byte(c.AgentID)}, {Bucket: bucketMeta, Key: keyGlobalKill}, s.audit.at()}
+	keys := append([]kv.Key{{Bucket: bucketAgents, Key: []byte(c.AgentID)}, {Bucket: bucketMeta, Key: keyGlobalKill}}, s.audit.at()...)
 	if c.PolicyVersion != 0 {
-		keys = append(keys, s.policies.at())
+		keys = append(keys, s.policies.at()...)
 	}
 	if c.Anchor != "" {
 		keys = append(keys, kv.Key{Bucket: bucketAnchors, Key: []byte(c.Anchor)})

@@ -13,13 +13,14 @@ import (
 // read (a cursor's Last) by reading every key of the range below it,
 // sorting them and truncating to the page, whatever the limit, and the
 // audit trail there only grows; an ascending read stops at its limit. So
-// the newest entry is found by walking forward from a hint, a sequence
-// number at or before it: the newest this process has seen committed,
-// started from a key of the meta bucket that each append moves. A hint
-// that lags (another replica, or a binary from before the pointer,
-// appended since) costs a longer walk, never a wrong answer; the span
-// walked is in the transaction's read set, so an append racing the walk
-// makes its commit conflict.
+// the newest entry is found by walking forward from a sequence number at
+// or before it: the newest this process has seen committed (the hint,
+// whose page a transaction prefetches), or, if that is far behind (other
+// replicas appended meanwhile), a key of the meta bucket that each
+// append moves (the pointer, prefetched too). A start that lags (a binary
+// from before the pointer appended without moving it) costs a longer
+// walk, never a wrong answer; the span walked is in the transaction's
+// read set, so an append racing the walk makes its commit conflict.
 type tail struct {
 	bucket, pointer []byte
 	hint            atomic.Uint64
@@ -31,9 +32,14 @@ var (
 	keyPolicyCurrent = []byte("policy_current")
 )
 
-// at is where a walk starts, for a prefetch (kv.Prefetch).
-func (t *tail) at() kv.Key {
-	return kv.Key{Bucket: t.bucket, Key: seqKey(t.hint.Load()), Edge: kv.From}
+// farBehind is how many entries a walk goes through before it looks up
+// the pointer: half the page a prefetch reads from the hint.
+const farBehind = 32
+
+// at is what a walk reads first, for a prefetch (kv.Prefetch): the
+// pointer, and the page from the hint.
+func (t *tail) at() []kv.Key {
+	return []kv.Key{{Bucket: bucketMeta, Key: t.pointer}, {Bucket: t.bucket, Key: seqKey(t.hint.Load()), Edge: kv.From}}
 }
 
 // newest returns the bucket's newest key as a number and its value (0 and
@@ -46,8 +52,18 @@ func (t *tail) newest(tx kv.Tx) (uint64, []byte) {
 		// records were all moved out (bbolt's audit segments).
 		k, v = c.Last()
 	}
+	walked := 0
 	for nk, nv := c.Next(); nk != nil; nk, nv = c.Next() {
 		k, v = nk, nv
+		if walked++; walked == farBehind {
+			// Others appended while this process did not: on from the
+			// pointer, if it is further on.
+			if p := tx.Bucket(bucketMeta).Get(t.pointer); len(p) == 8 && binary.BigEndian.Uint64(p) > binary.BigEndian.Uint64(k) {
+				if pk, pv := c.Seek(p); pk != nil {
+					k, v = pk, pv
+				}
+			}
+		}
 	}
 	if k == nil {
 		return 0, nil

@@ -382,7 +382,8 @@ func (t *etcdTx) prefetch(keys []Key) {
 			b := t.Bucket(k.Bucket).(*etcdBucket)
 			sp := firstSpan(b, k.Edge == Last)
 			if k.Edge == From {
-				sp = spanFrom(b, b.lo+string(k.Key), false, true, firstPage)
+				// A walk from a key to the end (a tail): a full page.
+				sp = spanFrom(b, b.lo+string(k.Key), false, true, pageSize)
 			}
 			if t.pages[sp] == nil && !slices.Contains(edges, sp) {
 				edges = append(edges, sp)
@@ -761,6 +762,9 @@ func (c *etcdCursor) fetch(from string, desc, inclusive bool) {
 	c.fetched++
 	sp := spanFrom(c.b, from, desc, inclusive, limit)
 	page := t.pages[sp]
+	if full := spanFrom(c.b, from, desc, inclusive, pageSize); page == nil && t.pages[full] != nil {
+		sp, page = full, t.pages[full] // prefetched From
+	}
 	if page == nil {
 		if desc {
 			etcdCounts.descending.Add(1)

@@ -70,8 +70,9 @@ type Engine interface {
 }
 
 // Key names a key of a bucket, for Prefetch; or, with Edge set, the first
-// keys of the bucket as a Cursor's First (Edge First, Key nil), Last (Edge
-// Last, Key nil) or Seek(Key) (Edge From) reads them.
+// keys of the bucket as a Cursor's First (Edge First, Key nil) or Last
+// (Edge Last, Key nil) reads them, or (Edge From) a full page of keys from
+// Key on, for a walk from Key to the end.
 type Key struct {
 	Bucket, Key []byte
 	Edge        Edge
