@@ -419,3 +419,39 @@ func setPointers(t *testing.T, path, how string) {
 		t.Fatal(err)
 	}
 }
+
+// A replica that was idle while another appended hundreds of records
+// finds the tail from the pointer once its walk from what it last saw
+// runs long, in a few reads (5 here), not a read per page of the records
+// between (12 without the pointer).
+func TestTailOfAnIdleReplica(t *testing.T) {
+	cli, err := etcdClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(replica string) *store.Store {
+		s, err := store.OpenEtcd(cli, store.EtcdOptions{Prefix: "/store/" + t.Name() + "/", Replica: replica, MaxTxnOps: dev.MaxTxnOps}, store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	idle, busy := open("idle"), open("busy")
+	mustRegister(t, idle, "spiffe://td/first", "admin")
+	for i := range 600 {
+		mustRegister(t, busy, fmt.Sprintf("spiffe://td/busy-%d", i), "admin")
+	}
+	before := kv.EtcdCounts()
+	mustRegister(t, idle, "spiffe://td/last", "admin")
+	if gets := kv.EtcdCounts().Gets - before.Gets; gets > 6 {
+		t.Errorf("the idle replica's append read %d times: it walked the records the other appended", gets)
+	}
+	head, err := idle.AuditHead()
+	if err != nil || head.Subject != "spiffe://td/last" || head.Seq != 602 {
+		t.Fatalf("AuditHead = %+v (%v), want the 602nd record, the idle replica's", head, err)
+	}
+	if n := mustVerifyAudit(t, busy); n != 602 {
+		t.Errorf("verified %d records, want 602", n)
+	}
+}
