@@ -81,7 +81,7 @@ func (s *Service) fetch(ctx context.Context, r decide.Request, why decide.Reason
 			// record refused the credential: once more, as a new
 			// decision on the latest record.
 			why = decide.NewReasons(edge.NewID(), why.RequestID, r)
-			plan, agent, watched, err = s.decideOn(ctx, r, why, s.latest(r.Caller), true)
+			plan, agent, watched, err = s.decideOn(ctx, r, why, s.cfg.Store.CallerLatest(r.Caller), true)
 			continue
 		}
 		var ref *decide.Refusal
@@ -94,13 +94,6 @@ func (s *Service) fetch(ctx context.Context, r decide.Request, why decide.Reason
 		s.issued(ctx, plan, cred, start)
 		return &brokerv1.FetchCredentialResponse{Credential: credentialToProto(cred, r, plan, s.cfg.VaultAddress)}, outcome{"allow", string(authz.Allowed), plan.Reasons.Version()}, nil
 	}
-}
-
-// latest reads the caller as store.Caller does: the latest state.
-func (s *Service) latest(id string) store.CallerRead {
-	var c store.CallerRead
-	c.Agent, c.Kill, c.Err = s.cfg.Store.Caller(id)
-	return c
 }
 
 // credentialToProto is the answer of an issuance: the token, and the
@@ -166,13 +159,13 @@ func (s *Service) request(ctx context.Context, req *brokerv1.FetchCredentialRequ
 func (s *Service) decide(ctx context.Context, r decide.Request, why decide.Reasons) (decide.Plan, store.Agent, bool, error) {
 	c := s.cfg.Store.CallerRecent(r.Caller)
 	if c.Recent && (c.Err != nil || c.Kill != nil || !c.Agent.Usable() || !slices.Contains(c.Agent.Roles, r.Role.Name)) {
-		c = s.latest(r.Caller)
+		c = s.cfg.Store.CallerLatest(r.Caller)
 	}
 	plan, agent, watched, err := s.decideOn(ctx, r, why, c, false)
 	if !c.Recent || (err == nil && !plan.NeedsApproval) {
 		return plan, agent, watched, err
 	}
-	latest := s.latest(r.Caller)
+	latest := s.cfg.Store.CallerLatest(r.Caller)
 	if latest.Same(c) {
 		return plan, agent, watched, err
 	}

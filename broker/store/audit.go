@@ -274,15 +274,12 @@ func (s *Store) AuditHead() (AuditRecord, error) {
 	var last AuditRecord
 	var shipped bool
 	err := s.view(func(tx kv.Tx) error {
-		link, err := s.lastAudit(tx)
-		if err != nil || link.Seq == 0 {
-			return err
-		}
-		if v := tx.Bucket(bucketAudit).Get(seqKey(link.Seq)); v != nil {
+		if _, v := s.audit.newest(tx); v != nil {
 			return json.Unmarshal(v, &last)
 		}
-		last.Seq, shipped = link.Seq, true
-		return nil
+		cp, err := checkpoint(tx)
+		last.Seq, shipped = cp.Seq, cp.Seq > 0
+		return err
 	})
 	if err != nil || !shipped {
 		return last, err

@@ -237,9 +237,12 @@ func (s *Store) GlobalKill() (*Kill, error) {
 // unregistered caller err is ErrNotFound, and the switch is still read.
 // In etcd that is one linearizable read where two calls were two.
 func (s *Store) Caller(id string) (Agent, *Kill, error) {
-	c := s.caller(id, s.read)
+	c := s.CallerLatest(id)
 	return c.Agent, c.Kill, c.Err
 }
+
+// CallerLatest is Caller as a CallerRead: the latest state.
+func (s *Store) CallerLatest(id string) CallerRead { return s.caller(id, s.read) }
 
 // CallerRead is what CallerRecent read.
 type CallerRead struct {
@@ -271,7 +274,7 @@ func (c CallerRead) Same(o CallerRead) bool {
 // linearizable read waits for (docs/scaling.md); in bbolt, Caller.
 func (s *Store) CallerRecent(id string) CallerRead {
 	if s.db != nil {
-		return s.caller(id, s.read)
+		return s.CallerLatest(id)
 	}
 	var recent bool
 	c := s.caller(id, func(fn func(kv.Tx) error) error {

@@ -122,11 +122,12 @@ func (s *Store) currentPolicy(tx kv.Tx) uint64 {
 func (s *Store) Policy(version uint64) (PolicyVersion, error) {
 	var pv PolicyVersion
 	err := s.view(func(tx kv.Tx) error {
-		ask := version
+		var v []byte
 		if version == 0 {
-			ask = s.currentPolicy(tx)
+			_, v = s.policies.newest(tx)
+		} else {
+			v = tx.Bucket(bucketPolicies).Get(seqKey(version))
 		}
-		v := tx.Bucket(bucketPolicies).Get(seqKey(ask))
 		if v == nil {
 			if version == 0 {
 				return refuse(ErrNotFound, "no policy has been set")
