@@ -404,11 +404,14 @@ func (is *Issuer) underAnchor(ctx context.Context, node string, req vault.Reques
 		vctx, span := is.cfg.Tracer.Start(ctx, tracing.SpanVaultIssue)
 		cred, err := is.cfg.Vault.Issue(vctx, req)
 		tracing.EndSpan(span, edge.Code(err))
-		err = is.retire(ctx, err)
+		var berr error
 		if done != nil {
-			if berr := done(err); berr != nil {
-				return vault.Credential{}, "", berr
-			}
+			// The record first: retiring the entity's anchors would have
+			// it refused as revoked, hiding why nothing was issued.
+			berr = done(err)
+		}
+		if err = is.retire(ctx, err); berr != nil {
+			return vault.Credential{}, "", berr
 		}
 		if errors.Is(err, vault.ErrRejected) && !errors.As(err, new(*vault.IdentityError)) && attempt == 0 {
 			// The role anchor, or the node's above it, is gone: both are
