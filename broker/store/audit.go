@@ -178,7 +178,7 @@ func (s *Store) appendAudit(tx kv.Tx, r AuditRecord) error {
 	if err := b.Put(seqKey(r.Seq), v); err != nil {
 		return err
 	}
-	return s.audit.appended(tx, r.Seq)
+	return s.auditTail().appended(tx, r.Seq)
 }
 
 // withRequestIDs is d with the handle's request (ForRequest) where d says
@@ -274,7 +274,7 @@ func (s *Store) AuditHead() (AuditRecord, error) {
 	var last AuditRecord
 	var shipped bool
 	err := s.view(func(tx kv.Tx) error {
-		if _, v := s.audit.newest(tx); v != nil {
+		if _, v := s.auditTail().newest(tx); v != nil {
 			return json.Unmarshal(v, &last)
 		}
 		cp, err := checkpoint(tx)
@@ -296,7 +296,7 @@ func (s *Store) AuditHead() (AuditRecord, error) {
 // it.
 func (s *Store) lastAudit(tx kv.Tx) (AuditRecord, error) {
 	var last AuditRecord
-	if _, v := s.audit.newest(tx); v != nil {
+	if _, v := s.auditTail().newest(tx); v != nil {
 		// Only what the next record links to: every write pays this.
 		var head struct {
 			Seq  uint64    `json:"seq"`

@@ -323,11 +323,7 @@ func (s *Store) RecordCredential(c Credential) error {
 			return err
 		}
 		now := s.now().UTC()
-		var policy uint64
-		if c.PolicyVersion != 0 {
-			policy = s.currentPolicy(tx)
-		}
-		refused = credentialRefusal(tx, c, a, now, policy)
+		refused = s.credentialRefusal(tx, c, a, now)
 		if refused == nil && c.Reserve != nil {
 			if rec.LiveReservation, limited, err = s.reserveLive(tx, c.Reserve.Limits, c.Reserve.Expires); err != nil || limited != nil {
 				return err
@@ -392,9 +388,9 @@ func (s *Store) VoidCredential(agent, accessor, why string) error {
 // kill switch, the anchor and the grants of the chain by name; the newest
 // policy version and audit record, from where their tails' walks start.
 func (s *Store) recordReads(c Credential) []kv.Key {
-	keys := append([]kv.Key{{Bucket: bucketAgents, Key: []byte(c.AgentID)}, {Bucket: bucketMeta, Key: keyGlobalKill}}, s.audit.at()...)
+	keys := append([]kv.Key{{Bucket: bucketAgents, Key: []byte(c.AgentID)}, {Bucket: bucketMeta, Key: keyGlobalKill}}, s.auditTail().at()...)
 	if c.PolicyVersion != 0 {
-		keys = append(keys, s.policies.at()...)
+		keys = append(keys, s.policyTail().at()...)
 	}
 	if c.Anchor != "" {
 		keys = append(keys, kv.Key{Bucket: bucketAnchors, Key: []byte(c.Anchor)})
@@ -407,10 +403,10 @@ func (s *Store) recordReads(c Credential) []kv.Key {
 
 // credentialRefusal says why c, issued to a, may not be kept at now: its
 // agent is not usable or changed since the decision, the policy is no
-// longer at the version decided under (policy, the current one, read if
-// c names one), or the grant chain or the anchor it was issued under is
-// no longer live. It is nil for a credential that may be kept.
-func credentialRefusal(tx kv.Tx, c Credential, a Agent, now time.Time, policy uint64) error {
+// longer at the version decided under, or the grant chain or the anchor
+// it was issued under is no longer live. It is nil for a credential that
+// may be kept.
+func (s *Store) credentialRefusal(tx kv.Tx, c Credential, a Agent, now time.Time) error {
 	if err := usable(tx, a); err != nil {
 		return err
 	}
@@ -419,11 +415,11 @@ func credentialRefusal(tx kv.Tx, c Credential, a Agent, now time.Time, policy ui
 		// revocation of unbacked credentials could not see this one.
 		return refuse(ErrConflict, "agent %s changed (revision %d, decided at %d) while the credential was issued; retry", c.AgentID, a.Revision, c.AgentRevision)
 	}
-	if c.PolicyVersion != 0 && policy != c.PolicyVersion {
+	if c.PolicyVersion != 0 && s.currentPolicy(tx) != c.PolicyVersion {
 		// A policy change committed after the decision: its revocation of
 		// what the new version forbids could not see this one.
 		return refuse(ErrConflict, "the segmentation policy changed (version %d, decided under %d) while the credential was issued; retry",
-			policy, c.PolicyVersion)
+			s.currentPolicy(tx), c.PolicyVersion)
 	}
 	if c.GrantID != "" {
 		chain, err := liveChain(tx, c.GrantID, now)

@@ -75,7 +75,7 @@ func (s *Store) CommitPolicy(pv PolicyVersion, expected uint64, judge PolicyJudg
 		if err := tx.Bucket(bucketPolicies).Put(seqKey(pv.Version), v); err != nil {
 			return err
 		}
-		if err := s.policies.appended(tx, pv.Version); err != nil {
+		if err := s.policyTail().appended(tx, pv.Version); err != nil {
 			return err
 		}
 		kind := "policy_updated"
@@ -113,7 +113,7 @@ var errDryRun = errors.New("store: dry run")
 
 // currentPolicy is the number of the newest stored version (0: none).
 func (s *Store) currentPolicy(tx kv.Tx) uint64 {
-	n, _ := s.policies.newest(tx)
+	n, _ := s.policyTail().newest(tx)
 	return n
 }
 
@@ -124,7 +124,7 @@ func (s *Store) Policy(version uint64) (PolicyVersion, error) {
 	err := s.view(func(tx kv.Tx) error {
 		var v []byte
 		if version == 0 {
-			_, v = s.policies.newest(tx)
+			_, v = s.policyTail().newest(tx)
 		} else {
 			v = tx.Bucket(bucketPolicies).Get(seqKey(version))
 		}

@@ -291,9 +291,9 @@ type core struct {
 	shipMu      sync.Mutex
 	segments    segmentWriter
 	auditMu     sync.RWMutex
-	// audit and policies find the newest audit record and policy
-	// version (tail).
-	audit, policies tail
+	// auditHint and policyHint are where the walks to the newest audit
+	// record and policy version start (auditTail, policyTail).
+	auditHint, policyHint atomic.Uint64
 	// commits and rollbacks count the committer's transactions.
 	commits, rollbacks atomic.Uint64
 	// commitFault, set only by tests, fails a group's commit and an

@@ -23,8 +23,12 @@ import (
 // read set, so an append racing the walk makes its commit conflict.
 type tail struct {
 	bucket, pointer []byte
-	hint            atomic.Uint64
+	hint            *atomic.Uint64
 }
+
+// auditTail is the audit trail's tail; policyTail the policy versions'.
+func (s *Store) auditTail() tail  { return tail{bucketAudit, keyAuditTail, &s.auditHint} }
+func (s *Store) policyTail() tail { return tail{bucketPolicies, keyPolicyCurrent, &s.policyHint} }
 
 // The tails the store keeps.
 var (
@@ -38,13 +42,13 @@ const farBehind = 32
 
 // at is what a walk reads first, for a prefetch (kv.Prefetch): the
 // pointer, and the page from the hint.
-func (t *tail) at() []kv.Key {
+func (t tail) at() []kv.Key {
 	return []kv.Key{{Bucket: bucketMeta, Key: t.pointer}, {Bucket: t.bucket, Key: seqKey(t.hint.Load()), Edge: kv.From}}
 }
 
 // newest returns the bucket's newest key as a number and its value (0 and
 // nil for an empty bucket), as tx sees it.
-func (t *tail) newest(tx kv.Tx) (uint64, []byte) {
+func (t tail) newest(tx kv.Tx) (uint64, []byte) {
 	c := tx.Bucket(t.bucket).Cursor()
 	k, v := c.Seek(seqKey(t.hint.Load()))
 	if k == nil {
@@ -75,14 +79,14 @@ func (t *tail) newest(tx kv.Tx) (uint64, []byte) {
 
 // appended notes that tx wrote entry seq, the newest: the pointer now,
 // the hint once tx commits.
-func (t *tail) appended(tx kv.Tx, seq uint64) error {
+func (t tail) appended(tx kv.Tx, seq uint64) error {
 	tx.OnCommit(func() { t.raise(seq) })
 	return tx.Bucket(bucketMeta).Put(t.pointer, seqKey(seq))
 }
 
 // load starts the hint from the pointer; a store written before it has
 // its newest key read once.
-func (t *tail) load(tx kv.Tx) error {
+func (t tail) load(tx kv.Tx) error {
 	if v := tx.Bucket(bucketMeta).Get(t.pointer); len(v) == 8 {
 		t.raise(binary.BigEndian.Uint64(v))
 	} else if k, _ := tx.Bucket(t.bucket).Cursor().Last(); len(k) == 8 {
@@ -92,7 +96,7 @@ func (t *tail) load(tx kv.Tx) error {
 }
 
 // raise moves the hint up to seq.
-func (t *tail) raise(seq uint64) {
+func (t tail) raise(seq uint64) {
 	for {
 		cur := t.hint.Load()
 		if seq <= cur || t.hint.CompareAndSwap(cur, seq) {
@@ -101,14 +105,13 @@ func (t *tail) raise(seq uint64) {
 	}
 }
 
-// loadTails names the store's tails and starts their hints.
+// loadTails starts the hints of the store's tails; without it, a walk
+// starts from the first entry.
 func (s *Store) loadTails() error {
-	s.audit.bucket, s.audit.pointer = bucketAudit, keyAuditTail
-	s.policies.bucket, s.policies.pointer = bucketPolicies, keyPolicyCurrent
 	return s.view(func(tx kv.Tx) error {
-		if err := s.audit.load(tx); err != nil {
+		if err := s.auditTail().load(tx); err != nil {
 			return err
 		}
-		return s.policies.load(tx)
+		return s.policyTail().load(tx)
 	})
 }
