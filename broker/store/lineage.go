@@ -315,7 +315,6 @@ func (s *Store) RecordCredential(c Credential) error {
 		reads := s.recordReads(c)
 		if c.Reserve != nil {
 			reads = append(reads, liveReads(s.replica, c.Reserve.Limits)...)
-			reads = append(reads, kv.Key{Bucket: bucketLiveExpiry, Edge: kv.First}) // the sweep's
 		}
 		kv.Prefetch(tx, reads...)
 		a, err := getAgent(tx, c.AgentID)

@@ -119,6 +119,7 @@ func (s *Store) ReserveLive(limits []LiveLimit, expires time.Time) (string, erro
 // its limit that keeps asking would otherwise roll back, and run again,
 // every group its requests land in; the sweep is kept).
 func (s *Store) reserveLive(tx kv.Tx, limits []LiveLimit, expires time.Time) (string, *LiveLimitError, error) {
+	kv.Prefetch(tx, liveReads(s.replica, limits)...)
 	if err := sweepLive(tx, s.now().Add(-liveSweepSlack), liveSweepMax); err != nil {
 		return "", nil, err
 	}
@@ -126,7 +127,6 @@ func (s *Store) reserveLive(tx kv.Tx, limits []LiveLimit, expires time.Time) (st
 	// Only limits in force are counted: a key every replica raises is a
 	// point where their transactions conflict.
 	e := liveEntry{Expires: expires.UTC(), Keys: []string{liveTotal + s.replica}}
-	kv.Prefetch(tx, liveReads(s.replica, limits)...)
 	for _, l := range limits {
 		if l.Max < 0 {
 			continue
@@ -140,10 +140,10 @@ func (s *Store) reserveLive(tx kv.Tx, limits []LiveLimit, expires time.Time) (st
 	return id, nil, putLive(tx, id, e, 1)
 }
 
-// liveReads are the counts a reservation under limits reads: replica's
-// total and those of the limits in force.
+// liveReads are what a reservation under limits reads: the sweep's first
+// expiries, replica's total and the counts of the limits in force.
 func liveReads(replica string, limits []LiveLimit) []kv.Key {
-	read := []kv.Key{{Bucket: bucketLiveCounts, Key: []byte(liveTotal + replica)}}
+	read := []kv.Key{{Bucket: bucketLiveExpiry, Edge: kv.First}, {Bucket: bucketLiveCounts, Key: []byte(liveTotal + replica)}}
 	for _, l := range limits {
 		if l.Max >= 0 {
 			read = append(read, kv.Key{Bucket: bucketLiveCounts, Key: []byte(l.Key)})
